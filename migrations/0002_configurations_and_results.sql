@@ -35,6 +35,7 @@ CREATE TABLE optimization_results (
     solver                text             NOT NULL,
     constraints_satisfied boolean          NOT NULL,
     response              bytea            NOT NULL, -- serialized stratopt.v1.OptimizeResponse, for replays
+    run_inputs            jsonb            NOT NULL, -- input kind, window and the caller's current weights
     FOREIGN KEY (portfolio_id, configuration_version)
         REFERENCES optimization_configurations (portfolio_id, version)
 );

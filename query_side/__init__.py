@@ -1,0 +1,51 @@
+"""The query side of stratopt: ``stratopt.v1.OptimizationQueryService`` over the stored events.
+
+Use :func:`register` to add the servicer to a ``grpc.aio`` server and :func:`interceptor` for the interceptor
+that maps its errors to ``google.rpc.Status`` (pass it in ``grpc.aio.server(interceptors=[...])``).
+"""
+
+from __future__ import annotations
+
+import asyncpg
+import grpc
+from stratopt.v1 import query_service_pb2, query_service_pb2_grpc
+
+from query_side.rpc_errors import ErrorMappingInterceptor
+from query_side.servicer import OptimizationQueryServicer
+
+SERVICE_NAME: str = query_service_pb2.DESCRIPTOR.services_by_name["OptimizationQueryService"].full_name
+"""Full name of the service, ``stratopt.v1.OptimizationQueryService``."""
+
+__all__ = ["SERVICE_NAME", "ErrorMappingInterceptor", "OptimizationQueryServicer", "interceptor", "register"]
+
+
+def register(server: grpc.aio.Server, pool: asyncpg.Pool[asyncpg.Record]) -> list[str]:
+    """Add the query servicer to a server.
+
+    Parameters
+    ----------
+    server : grpc.aio.Server
+        Server not yet started.
+    pool : asyncpg.Pool
+        Pool on the stratopt database, created on the server's event loop.
+
+    Returns
+    -------
+    list of str
+        Full names of the services added, for reflection and health checking.
+    """
+    query_service_pb2_grpc.add_OptimizationQueryServiceServicer_to_server(
+        OptimizationQueryServicer(pool), server
+    )
+    return [SERVICE_NAME]
+
+
+def interceptor() -> ErrorMappingInterceptor:
+    """Return the interceptor mapping the query service's errors to ``google.rpc.Status``.
+
+    Returns
+    -------
+    ErrorMappingInterceptor
+        Interceptor acting on ``/stratopt.v1.OptimizationQueryService/`` methods only.
+    """
+    return ErrorMappingInterceptor(method_prefix=f"/{SERVICE_NAME}/")

@@ -1,0 +1,306 @@
+"""Use cases of the command side: optimize, batch, configurations, re-runs, market-data ingestion."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import AsyncIterable, Callable
+from datetime import UTC
+
+import asyncpg
+import numpy as np
+from google.rpc import status_pb2
+
+from command_side.mapping import (
+    datetime_to_timestamp,
+    normalize_configuration,
+    optimize_request_from_configuration,
+    timestamp_to_datetime,
+    validate_optimize_request,
+)
+from command_side.repository import WriteRepository
+from command_side.workers import SolverPool
+from services.engine import OptimizationJob, OptimizationOutcome
+from services.errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    PreconditionError,
+    StratoptError,
+)
+from services.estimators import prices_to_returns
+from services.types import Moments, ReturnHistory
+from stratopt.v1 import command_service_pb2 as cmd_pb
+from stratopt.v1 import types_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+StatusFactory = Callable[[BaseException], status_pb2.Status]
+"""Turns an exception into the ``google.rpc.Status`` a unary call would have returned."""
+
+MAX_BATCH_SIZE = 1000
+"""Most requests in one BatchOptimize call."""
+MAX_BARS_PER_MESSAGE = 10_000
+PERSISTENCE_RESERVE_S = 0.05
+"""Part of the caller's deadline kept for storing the result after the solve."""
+
+_STATUS = {
+    "OPTIMAL": pb.CONVERGENCE_STATUS_OPTIMAL,
+    "OPTIMAL_INACCURATE": pb.CONVERGENCE_STATUS_OPTIMAL_INACCURATE,
+}
+
+
+class OptimizationService:
+    """The command side's application service: validation, idempotency, solve off-loop, atomic persistence.
+
+    Parameters
+    ----------
+    repository : WriteRepository
+        Write model over PostgreSQL + TimescaleDB.
+    solver_pool : SolverPool
+        Worker processes that run the engine.
+    batch_concurrency : int, optional
+        Batch items in flight at once; default twice the workers.
+    """
+
+    def __init__(self, repository: WriteRepository, solver_pool: SolverPool, batch_concurrency: int = 0) -> None:
+        self._repository = repository
+        self._pool = solver_pool
+        self._batch_concurrency = batch_concurrency or 2 * solver_pool.workers
+
+    async def optimize(self, request: cmd_pb.OptimizeRequest, *, time_remaining_s: float | None) -> cmd_pb.OptimizeResponse:
+        """Optimize one portfolio and store the run, or replay the stored answer to a repeated request_id.
+
+        Parameters
+        ----------
+        request : stratopt.v1.OptimizeRequest
+            The request.
+        time_remaining_s : float or None
+            Seconds left before the caller's deadline; None when the call has none.
+
+        Returns
+        -------
+        stratopt.v1.OptimizeResponse
+            The stored result (``optimization_metadata.replayed`` is true for a replay).
+
+        Raises
+        ------
+        InvalidInputError, InfeasibleError, PreconditionError, DeadlineExceededError, UnavailableError,
+        OptimizationError
+            Mapped to gRPC status codes by the error interceptor; nothing is stored for a failed request.
+        """
+        validated = validate_optimize_request(request)
+        if validated.request_id:
+            stored = await self._replay(validated.request_id, validated.request_hash)
+            if stored is not None:
+                return stored
+        job_inputs: ReturnHistory | Moments
+        run_inputs: dict[str, object] = {"current_weights": validated.current_weights}
+        if validated.moments is not None:
+            job_inputs = validated.moments
+            run_inputs["kind"] = "moments"
+        elif validated.inline_returns is not None:
+            job_inputs = validated.inline_returns
+            run_inputs["kind"] = "returns"
+        else:
+            job_inputs = await self._market_data_returns(validated.problem.strategy_ids, request.market_data)
+            run_inputs["kind"] = "market_data"
+        limit = None if time_remaining_s is None else time_remaining_s - PERSISTENCE_RESERVE_S
+        if limit is not None and limit <= 0:
+            raise DeadlineExceededError("the call's deadline leaves no time to optimize")
+        job = OptimizationJob(
+            problem=validated.problem, inputs=job_inputs, settings=validated.settings, time_limit_s=limit
+        )
+        outcome = await self._pool.run(job, timeout_s=limit)
+        response = _response(request, outcome)
+        try:
+            return await self._repository.persist_run(
+                configuration=validated.configuration,
+                response=response,
+                request_hash=validated.request_hash,
+                run_inputs=run_inputs,
+            )
+        except asyncpg.UniqueViolationError:
+            # A concurrent call with the same request_id committed first: answer with its result.
+            stored = await self._replay(validated.request_id, validated.request_hash)
+            if stored is None:
+                raise
+            return stored
+
+    async def _replay(self, request_id: str, request_hash: str) -> cmd_pb.OptimizeResponse | None:
+        stored = await self._repository.find_result(request_id)
+        if stored is None:
+            return None
+        if stored.request_hash != request_hash:
+            raise InvalidInputError.for_field(
+                "request_id", f"'{request_id}' was already used for a different request; use a new key"
+            )
+        response = cmd_pb.OptimizeResponse.FromString(stored.response)
+        response.optimization_metadata.replayed = True
+        return response
+
+    async def _market_data_returns(self, symbols: tuple[str, ...], window: pb.MarketDataWindow) -> ReturnHistory:
+        prices = await self._repository.load_prices(
+            symbols,
+            start=timestamp_to_datetime(window.start) if window.HasField("start") else None,
+            end=timestamp_to_datetime(window.end) if window.HasField("end") else None,
+            lookback_periods=window.lookback_periods,
+            market_symbol=window.market_symbol,
+        )
+        market = None if prices.market_prices is None else prices_to_returns(prices.market_prices[:, None])[:, 0]
+        return ReturnHistory(
+            returns=prices_to_returns(prices.prices), timestamps=prices.timestamps[1:], market_returns=market
+        )
+
+    async def batch_optimize(
+        self, request: cmd_pb.BatchOptimizeRequest, *, time_remaining_s: float | None, to_status: StatusFactory
+    ) -> cmd_pb.BatchOptimizeResponse:
+        """Optimize each request on its own; a failed item yields its error status, the others go on.
+
+        Raises
+        ------
+        InvalidInputError
+            When the batch is empty or larger than ``MAX_BATCH_SIZE``.
+        """
+        count = len(request.requests)
+        if count == 0:
+            raise InvalidInputError.for_field("requests", "must hold at least one request")
+        if count > MAX_BATCH_SIZE:
+            raise InvalidInputError.for_field("requests", f"at most {MAX_BATCH_SIZE} requests per batch, got {count}")
+        loop = asyncio.get_running_loop()
+        deadline = None if time_remaining_s is None else loop.time() + time_remaining_s
+        gate = asyncio.Semaphore(self._batch_concurrency)
+
+        async def one(index: int, item: cmd_pb.OptimizeRequest) -> cmd_pb.BatchOptimizeResult:
+            async with gate:
+                remaining = None if deadline is None else deadline - loop.time()
+                try:
+                    response = await self.optimize(item, time_remaining_s=remaining)
+                except StratoptError as exc:
+                    return cmd_pb.BatchOptimizeResult(index=index, error=to_status(exc))
+                except Exception as exc:  # noqa: BLE001 - one broken item must not sink the batch
+                    log.exception("batch item %d failed", index)
+                    return cmd_pb.BatchOptimizeResult(index=index, error=to_status(exc))
+                return cmd_pb.BatchOptimizeResult(index=index, response=response)
+
+        results = await asyncio.gather(*(one(i, item) for i, item in enumerate(request.requests)))
+        failed = sum(1 for r in results if r.HasField("error"))
+        return cmd_pb.BatchOptimizeResponse(results=results, succeeded=count - failed, failed=failed)
+
+    async def upsert_configuration(
+        self, config: cmd_pb.OptimizationConfiguration
+    ) -> cmd_pb.UpsertConfigurationResponse:
+        """Validate and store a configuration (a new version only when its content changed)."""
+        stored, created = await self._repository.upsert_configuration(normalize_configuration(config))
+        return cmd_pb.UpsertConfigurationResponse(configuration=stored, created=created)
+
+    async def get_configuration(self, portfolio_id: str, version: int) -> cmd_pb.OptimizationConfiguration:
+        """One configuration version (0 = latest); NotFoundError when absent."""
+        if not portfolio_id:
+            raise InvalidInputError.for_field("portfolio_id", "must not be empty")
+        return await self._repository.get_configuration(portfolio_id, version)
+
+    async def list_configurations(self, page_size: int, page_token: str) -> cmd_pb.ListConfigurationsResponse:
+        """A page of latest configurations ordered by portfolio_id (keyset on the id)."""
+        size = min(page_size or 50, 500)
+        try:
+            after = base64.urlsafe_b64decode(page_token.encode()).decode() if page_token else ""
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidInputError.for_field("page_token", "is not a token this service issued") from exc
+        rows = await self._repository.list_configurations(after_portfolio_id=after, limit=size + 1)
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = base64.urlsafe_b64encode(rows[-1].portfolio_id.encode()).decode()
+        return cmd_pb.ListConfigurationsResponse(configurations=rows, next_page_token=token)
+
+    async def run_configuration(
+        self, portfolio_id: str, request_id: str, *, time_remaining_s: float | None
+    ) -> cmd_pb.OptimizeResponse:
+        """Re-optimize the latest stored configuration on its window of stored prices.
+
+        Raises
+        ------
+        NotFoundError
+            No configuration for the portfolio.
+        PreconditionError
+            The configuration is disabled, or its strategies lack stored prices.
+        """
+        if not portfolio_id:
+            raise InvalidInputError.for_field("portfolio_id", "must not be empty")
+        config = await self._repository.get_configuration(portfolio_id)
+        if not config.enabled:
+            raise PreconditionError(f"the configuration of portfolio '{portfolio_id}' is disabled")
+        request = optimize_request_from_configuration(config, request_id)
+        return await self.optimize(request, time_remaining_s=time_remaining_s)
+
+    async def ingest(self, chunks: AsyncIterable[cmd_pb.IngestMarketDataRequest]) -> cmd_pb.IngestMarketDataResponse:
+        """Validate and upsert streamed price bars, chunk by chunk (each chunk in its own transaction).
+
+        Raises
+        ------
+        InvalidInputError
+            Naming ``bars[i]`` of the offending message (empty symbol, unset timestamp, price not positive and
+            finite, negative volume); chunks before it stay stored.
+        """
+        written = 0
+        symbols: set[str] = set()
+        first = last = None
+        message_index = 0
+        async for chunk in chunks:
+            if len(chunk.bars) > MAX_BARS_PER_MESSAGE:
+                raise InvalidInputError.for_field("bars", f"at most {MAX_BARS_PER_MESSAGE} bars per message")
+            records = []
+            for i, bar in enumerate(chunk.bars):
+                field = f"bars[{i}]"
+                if not bar.symbol:
+                    raise InvalidInputError.for_field(f"{field}.symbol", f"must not be empty (message {message_index})")
+                if not bar.HasField("timestamp"):
+                    raise InvalidInputError.for_field(f"{field}.timestamp", f"must be set (message {message_index})")
+                if not (np.isfinite(bar.price) and bar.price > 0):
+                    raise InvalidInputError.for_field(
+                        f"{field}.price", f"must be positive and finite, got {bar.price} (message {message_index})"
+                    )
+                volume = bar.volume if bar.HasField("volume") else None
+                if volume is not None and not (np.isfinite(volume) and volume >= 0):
+                    raise InvalidInputError.for_field(f"{field}.volume", "must be finite and not negative")
+                when = bar.timestamp.ToDatetime(tzinfo=UTC)
+                records.append((bar.symbol, when, bar.price, volume))
+                symbols.add(bar.symbol)
+                first = when if first is None or when < first else first
+                last = when if last is None or when > last else last
+            written += await self._repository.ingest_bars(records)
+            message_index += 1
+        response = cmd_pb.IngestMarketDataResponse(rows_written=written, symbols=sorted(symbols))
+        if first is not None and last is not None:
+            response.first_timestamp.CopyFrom(datetime_to_timestamp(first))
+            response.last_timestamp.CopyFrom(datetime_to_timestamp(last))
+        return response
+
+
+def _response(request: cmd_pb.OptimizeRequest, outcome: OptimizationOutcome) -> cmd_pb.OptimizeResponse:
+    result, estimated = outcome.result, outcome.estimated
+    response = cmd_pb.OptimizeResponse(
+        portfolio_id=request.portfolio_id,
+        request_id=request.request_id,
+        optimal_weights={
+            s.strategy_id: float(w) for s, w in zip(request.strategies, result.weights, strict=True)
+        },
+        expected_return=result.performance.expected_return,
+        expected_volatility=result.performance.volatility,
+        sharpe_ratio=result.performance.sharpe_ratio,
+    )
+    meta = response.optimization_metadata
+    meta.convergence_status = _STATUS.get(result.status, pb.CONVERGENCE_STATUS_UNSPECIFIED)
+    meta.iterations = result.iterations
+    meta.optimization_time_ms = outcome.total_time_ms
+    meta.objective_value = result.objective_value
+    meta.constraints_satisfied = result.constraints_satisfied
+    meta.solver = result.solver
+    meta.missing_data_policy = estimated.missing_data_policy
+    meta.observations = estimated.observations
+    if estimated.window_start is not None:
+        meta.window_start.CopyFrom(datetime_to_timestamp(np.datetime64(estimated.window_start)))
+    if estimated.window_end is not None:
+        meta.window_end.CopyFrom(datetime_to_timestamp(np.datetime64(estimated.window_end)))
+    return response

@@ -1,0 +1,425 @@
+"""Translation between the ``stratopt.v1`` contract and the engine's domain types, with input validation.
+
+Every check names the offending request field by its path (``strategies[3].returns[17]``), so a caller gets
+an INVALID_ARGUMENT with ``google.rpc.BadRequest`` field violations it can act on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.errors import InvalidInputError
+from services.types import (
+    CovarianceEstimator,
+    EstimationSettings,
+    MissingDataPolicy,
+    Moments,
+    Objective,
+    PortfolioProblem,
+    ReturnHistory,
+    ReturnsEstimator,
+    SectorLimit,
+)
+from stratopt.v1 import command_service_pb2 as cmd_pb
+from stratopt.v1 import types_pb2 as pb
+
+MAX_STRATEGIES = 5000
+"""Largest N accepted in one request."""
+MAX_ID_LENGTH = 200
+DEFAULT_PERIODS_PER_YEAR = 252
+DEFAULT_EMA_SPAN = 500
+DEFAULT_LOOKBACK_PERIODS = 756
+"""Stored prices a configuration uses by default: three years of trading days."""
+
+_OBJECTIVES = {
+    pb.OBJECTIVE_MAX_SHARPE: Objective.MAX_SHARPE,
+    pb.OBJECTIVE_MIN_VOLATILITY: Objective.MIN_VOLATILITY,
+    pb.OBJECTIVE_MAX_RETURN: Objective.MAX_RETURN,
+    pb.OBJECTIVE_MAX_QUADRATIC_UTILITY: Objective.MAX_QUADRATIC_UTILITY,
+}
+_RETURNS_ESTIMATORS = {
+    pb.RETURNS_ESTIMATOR_UNSPECIFIED: ReturnsEstimator.MEAN_HISTORICAL,
+    pb.RETURNS_ESTIMATOR_MEAN_HISTORICAL: ReturnsEstimator.MEAN_HISTORICAL,
+    pb.RETURNS_ESTIMATOR_EMA: ReturnsEstimator.EMA,
+    pb.RETURNS_ESTIMATOR_CAPM: ReturnsEstimator.CAPM,
+}
+_COVARIANCE_ESTIMATORS = {
+    pb.COVARIANCE_ESTIMATOR_UNSPECIFIED: CovarianceEstimator.SAMPLE,
+    pb.COVARIANCE_ESTIMATOR_SAMPLE: CovarianceEstimator.SAMPLE,
+    pb.COVARIANCE_ESTIMATOR_LEDOIT_WOLF: CovarianceEstimator.LEDOIT_WOLF,
+    pb.COVARIANCE_ESTIMATOR_EXPONENTIAL: CovarianceEstimator.EXPONENTIAL,
+}
+_MISSING_DATA_POLICIES = {
+    pb.MISSING_DATA_POLICY_UNSPECIFIED: MissingDataPolicy.PAIRWISE,
+    pb.MISSING_DATA_POLICY_PAIRWISE: MissingDataPolicy.PAIRWISE,
+    pb.MISSING_DATA_POLICY_COMMON_WINDOW: MissingDataPolicy.COMMON_WINDOW,
+}
+_METHODS = {pb.OPTIMIZATION_METHOD_UNSPECIFIED, pb.OPTIMIZATION_METHOD_MEAN_VARIANCE}
+
+
+def _bad(field: str, description: str) -> InvalidInputError:
+    return InvalidInputError.for_field(field, description)
+
+
+def _finite(value: float, field: str) -> float:
+    if not math.isfinite(value):
+        raise _bad(field, f"must be finite, got {value}")
+    return value
+
+
+def timestamp_to_datetime(ts: Timestamp) -> datetime:
+    """UTC datetime of a protobuf Timestamp."""
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def datetime_to_timestamp(value: datetime | np.datetime64) -> Timestamp:
+    """Protobuf Timestamp of a datetime (naive values are taken as UTC) or a datetime64."""
+    if isinstance(value, np.datetime64):
+        micros = int(value.astype("datetime64[us]").astype(np.int64))
+        ts = Timestamp()
+        ts.FromMicroseconds(micros)
+        return ts
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatedRequest:
+    """An optimize request checked field by field and translated to the engine's types."""
+
+    portfolio_id: str
+    request_id: str
+    problem: PortfolioProblem
+    settings: EstimationSettings
+    inline_returns: ReturnHistory | None
+    moments: Moments | None
+    market_data: pb.MarketDataWindow | None
+    configuration: cmd_pb.OptimizationConfiguration
+    request_hash: str
+    current_weights: dict[str, float]
+
+
+def _validate_strategies(strategies: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    n = len(strategies)
+    if n < 2:
+        raise _bad("strategies", f"at least 2 strategies are needed, got {n}")
+    if n > MAX_STRATEGIES:
+        raise _bad("strategies", f"at most {MAX_STRATEGIES} strategies per request, got {n}")
+    seen: dict[str, int] = {}
+    for i, s in enumerate(strategies):
+        if not s.strategy_id:
+            raise _bad(f"strategies[{i}].strategy_id", "must not be empty")
+        if len(s.strategy_id) > MAX_ID_LENGTH:
+            raise _bad(f"strategies[{i}].strategy_id", f"longer than {MAX_ID_LENGTH} characters")
+        if s.strategy_id in seen:
+            raise _bad(
+                f"strategies[{i}].strategy_id",
+                f"duplicate id '{s.strategy_id}' (also strategies[{seen[s.strategy_id]}])",
+            )
+        seen[s.strategy_id] = i
+        if s.HasField("current_weight"):
+            _finite(s.current_weight, f"strategies[{i}].current_weight")
+    return tuple(s.strategy_id for s in strategies), tuple(s.sector for s in strategies)
+
+
+def _bounds(constraints: pb.OptimizationConstraints, ids: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    lower = _finite(constraints.min_weight, "constraints.min_weight") if constraints.HasField("min_weight") else 0.0
+    upper = _finite(constraints.max_weight, "constraints.max_weight") if constraints.HasField("max_weight") else 1.0
+    if not -1.0 <= lower <= 1.0:
+        raise _bad("constraints.min_weight", f"must lie in [-1, 1], got {lower}")
+    if not -1.0 <= upper <= 1.0:
+        raise _bad("constraints.max_weight", f"must lie in [-1, 1], got {upper}")
+    if lower > upper:
+        raise _bad("constraints.min_weight", f"{lower} is above constraints.max_weight {upper}")
+    lo = np.full(len(ids), lower)
+    hi = np.full(len(ids), upper)
+    index = {sid: i for i, sid in enumerate(ids)}
+    for key, bounds in constraints.strategy_bounds.items():
+        field = f"constraints.strategy_bounds[{key}]"
+        if key not in index:
+            raise _bad(field, f"'{key}' is not one of the request's strategies")
+        i = index[key]
+        if bounds.HasField("min_weight"):
+            lo[i] = _finite(bounds.min_weight, f"{field}.min_weight")
+        if bounds.HasField("max_weight"):
+            hi[i] = _finite(bounds.max_weight, f"{field}.max_weight")
+        if not (-1.0 <= lo[i] <= 1.0 and -1.0 <= hi[i] <= 1.0):
+            raise _bad(field, "bounds must lie in [-1, 1]")
+        if lo[i] > hi[i]:
+            raise _bad(field, f"min_weight {lo[i]:g} is above max_weight {hi[i]:g}")
+    return lo, hi
+
+
+def _sector_limits(constraints: pb.OptimizationConstraints) -> tuple[SectorLimit, ...]:
+    limits = []
+    seen = set()
+    for k, limit in enumerate(constraints.sector_limits):
+        field = f"constraints.sector_limits[{k}]"
+        if not limit.sector:
+            raise _bad(f"{field}.sector", "must not be empty")
+        if limit.sector in seen:
+            raise _bad(f"{field}.sector", f"sector '{limit.sector}' is limited twice")
+        seen.add(limit.sector)
+        lo = _finite(limit.min_weight, f"{field}.min_weight") if limit.HasField("min_weight") else None
+        hi = _finite(limit.max_weight, f"{field}.max_weight") if limit.HasField("max_weight") else None
+        if lo is None and hi is None:
+            raise _bad(field, "set min_weight, max_weight or both")
+        limits.append(SectorLimit(limit.sector, lo, hi))
+    return tuple(limits)
+
+
+def _settings(risk: pb.RiskParameters) -> EstimationSettings:
+    if risk.returns_estimator not in _RETURNS_ESTIMATORS:
+        raise _bad("risk_parameters.returns_estimator", f"unknown value {risk.returns_estimator}")
+    if risk.covariance_estimator not in _COVARIANCE_ESTIMATORS:
+        raise _bad("risk_parameters.covariance_estimator", f"unknown value {risk.covariance_estimator}")
+    if risk.missing_data_policy not in _MISSING_DATA_POLICIES:
+        raise _bad("risk_parameters.missing_data_policy", f"unknown value {risk.missing_data_policy}")
+    periods = risk.periods_per_year or DEFAULT_PERIODS_PER_YEAR
+    if periods > 1_000_000:
+        raise _bad("risk_parameters.periods_per_year", f"{periods} is not a plausible number of periods a year")
+    span = risk.ema_span or DEFAULT_EMA_SPAN
+    rf = _finite(risk.risk_free_rate, "risk_parameters.risk_free_rate")
+    if not -1.0 < rf < 1.0:
+        raise _bad("risk_parameters.risk_free_rate", f"must be an annualised decimal in (-1, 1), got {rf}")
+    return EstimationSettings(
+        returns_estimator=_RETURNS_ESTIMATORS[risk.returns_estimator],
+        covariance_estimator=_COVARIANCE_ESTIMATORS[risk.covariance_estimator],
+        periods_per_year=periods,
+        ema_span=span,
+        compounding=risk.compounding if risk.HasField("compounding") else True,
+        missing_data_policy=_MISSING_DATA_POLICIES[risk.missing_data_policy],
+        risk_free_rate=rf,
+    )
+
+
+def _inline_returns(request: cmd_pb.OptimizeRequest) -> ReturnHistory:
+    inputs = request.returns
+    t = len(inputs.timestamps)
+    if t < 2:
+        raise _bad("returns.timestamps", f"at least 2 observations are needed, got {t}")
+    micros = np.array([ts.ToMicroseconds() for ts in inputs.timestamps], dtype=np.int64)
+    if np.any(np.diff(micros) <= 0):
+        k = int(np.flatnonzero(np.diff(micros) <= 0)[0]) + 1
+        raise _bad(f"returns.timestamps[{k}]", "timestamps must be strictly increasing")
+    matrix = np.empty((t, len(request.strategies)), dtype=np.float64)
+    for i, s in enumerate(request.strategies):
+        if len(s.returns) != t:
+            raise _bad(f"strategies[{i}].returns", f"has {len(s.returns)} values for {t} timestamps")
+        column = np.fromiter(s.returns, dtype=np.float64, count=t)
+        bad = np.flatnonzero(~np.isfinite(column) | (column <= -1.0))
+        if bad.size:
+            raise _bad(
+                f"strategies[{i}].returns[{int(bad[0])}]",
+                f"must be a finite simple return above -1 (a positive price), got {column[bad[0]]}",
+            )
+        matrix[:, i] = column
+    market = None
+    if len(inputs.market_returns):
+        if len(inputs.market_returns) != t:
+            raise _bad("returns.market_returns", f"has {len(inputs.market_returns)} values for {t} timestamps")
+        market = np.fromiter(inputs.market_returns, dtype=np.float64, count=t)
+        bad = np.flatnonzero(~np.isfinite(market) | (market <= -1.0))
+        if bad.size:
+            raise _bad(f"returns.market_returns[{int(bad[0])}]", "must be a finite simple return above -1")
+    return ReturnHistory(returns=matrix, timestamps=micros.astype("datetime64[us]"), market_returns=market)
+
+
+def _moments(request: cmd_pb.OptimizeRequest) -> Moments:
+    n = len(request.strategies)
+    mu = np.fromiter(request.moments.expected_returns, dtype=np.float64)
+    sigma = np.fromiter(request.moments.covariance, dtype=np.float64)
+    if mu.size != n:
+        raise _bad("moments.expected_returns", f"has {mu.size} values for {n} strategies")
+    if sigma.size != n * n:
+        raise _bad("moments.covariance", f"has {sigma.size} values; expected {n}x{n} = {n * n}")
+    return Moments(expected_returns=mu, covariance=sigma.reshape(n, n))
+
+
+def configuration_from_request(request: cmd_pb.OptimizeRequest) -> cmd_pb.OptimizationConfiguration:
+    """The configuration an optimize request implies: everything but the input data."""
+    config = cmd_pb.OptimizationConfiguration(
+        portfolio_id=request.portfolio_id,
+        objective=request.objective,
+        method=request.method or pb.OPTIMIZATION_METHOD_MEAN_VARIANCE,
+        constraints=request.constraints,
+        risk_parameters=request.risk_parameters,
+        enabled=True,
+    )
+    for s in request.strategies:
+        config.strategies.add(strategy_id=s.strategy_id, sector=s.sector)
+    if request.WhichOneof("inputs") == "market_data":
+        config.lookback_periods = request.market_data.lookback_periods
+        config.market_symbol = request.market_data.market_symbol
+    return config
+
+
+def configuration_content(config: cmd_pb.OptimizationConfiguration) -> dict[str, Any]:
+    """The versioned content of a configuration as JSON-ready dicts (protobuf JSON mapping)."""
+
+    def as_dict(message: Any) -> Any:
+        return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+    return {
+        "objective": pb.Objective.Name(config.objective),
+        "method": pb.OptimizationMethod.Name(config.method),
+        "strategies": [as_dict(s) for s in config.strategies],
+        "constraints": as_dict(config.constraints),
+        "risk_parameters": as_dict(config.risk_parameters),
+        "lookback_periods": config.lookback_periods,
+        "market_symbol": config.market_symbol,
+        "enabled": config.enabled,
+    }
+
+
+def content_hash(content: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of a configuration's content."""
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def normalize_configuration(
+    config: cmd_pb.OptimizationConfiguration, *, prefix: str = "configuration"
+) -> cmd_pb.OptimizationConfiguration:
+    """Check a configuration given to UpsertConfiguration and return its canonical form.
+
+    The canonical form is the configuration an equivalent Optimize call implies: strategy ids and sectors
+    only, ``lookback_periods`` set to its default (756) when 0, the method made explicit. The same content
+    therefore always hashes to the same version, whichever RPC stored it.
+
+    Raises
+    ------
+    InvalidInputError
+        For the first invalid field, named under ``prefix``.
+    """
+    probe = optimize_request_from_configuration(config, request_id="")
+    probe.market_data.lookback_periods = config.lookback_periods or DEFAULT_LOOKBACK_PERIODS
+    try:
+        validated = validate_optimize_request(probe)
+    except InvalidInputError as exc:
+        violations = tuple(
+            type(v)(field=f"{prefix}.{v.field}", description=v.description) for v in exc.field_violations
+        )
+        raise InvalidInputError(f"{prefix}.{exc.message}", field_violations=violations) from None
+    canonical = validated.configuration
+    canonical.enabled = config.enabled
+    return canonical
+
+
+def validate_optimize_request(request: cmd_pb.OptimizeRequest) -> ValidatedRequest:
+    """Check an OptimizeRequest field by field and translate it to the engine's types.
+
+    Parameters
+    ----------
+    request : stratopt.v1.OptimizeRequest
+        The request as received.
+
+    Returns
+    -------
+    ValidatedRequest
+        Problem, estimation settings, inputs and the implied configuration.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming the first invalid field (empty ids, duplicates, NaN/inf, non-positive prices as returns ≤ −1,
+        mismatched lengths, unspecified objective, malformed bounds).
+    """
+    if not request.portfolio_id:
+        raise _bad("portfolio_id", "must not be empty")
+    if len(request.portfolio_id) > MAX_ID_LENGTH:
+        raise _bad("portfolio_id", f"longer than {MAX_ID_LENGTH} characters")
+    if len(request.request_id) > MAX_ID_LENGTH:
+        raise _bad("request_id", f"longer than {MAX_ID_LENGTH} characters")
+    if request.objective == pb.OBJECTIVE_UNSPECIFIED:
+        raise _bad("objective", "must be set (MAX_SHARPE, MIN_VOLATILITY, MAX_RETURN or MAX_QUADRATIC_UTILITY)")
+    if request.objective not in _OBJECTIVES:
+        raise _bad("objective", f"unknown value {request.objective}")
+    if request.method not in _METHODS:
+        raise _bad("method", f"method {request.method} is not available in this version (MEAN_VARIANCE is)")
+    ids, sectors = _validate_strategies(request.strategies)
+    lower, upper = _bounds(request.constraints, ids)
+    c = request.constraints
+    min_return = _finite(c.min_return, "constraints.min_return") if c.HasField("min_return") else None
+    max_volatility = None
+    if c.HasField("max_volatility"):
+        max_volatility = _finite(c.max_volatility, "constraints.max_volatility")
+        if max_volatility <= 0:
+            raise _bad("constraints.max_volatility", f"must be positive, got {max_volatility}")
+    risk = request.risk_parameters
+    settings = _settings(risk)
+    risk_aversion = 1.0
+    if risk.HasField("risk_aversion"):
+        risk_aversion = _finite(risk.risk_aversion, "risk_parameters.risk_aversion")
+        if risk_aversion <= 0:
+            raise _bad("risk_parameters.risk_aversion", f"must be positive, got {risk_aversion}")
+    problem = PortfolioProblem(
+        strategy_ids=ids,
+        objective=_OBJECTIVES[request.objective],
+        lower_bounds=lower,
+        upper_bounds=upper,
+        sectors=sectors,
+        sector_limits=_sector_limits(c),
+        min_return=min_return,
+        max_volatility=max_volatility,
+        risk_free_rate=settings.risk_free_rate,
+        risk_aversion=risk_aversion,
+    )
+    which = request.WhichOneof("inputs")
+    inline = moments = window = None
+    if which is None:
+        raise _bad("inputs", "set one of returns, market_data or moments")
+    if which == "returns":
+        inline = _inline_returns(request)
+    elif which == "moments":
+        moments = _moments(request)
+    else:
+        window = request.market_data
+        if window.HasField("start") and window.HasField("end") and window.start.ToMicroseconds() > (
+            window.end.ToMicroseconds()
+        ):
+            raise _bad("market_data.end", "is before market_data.start")
+    if which != "returns" and any(len(s.returns) for s in request.strategies):
+        raise _bad("strategies", "returns are only read with returns input; remove them or set inputs to returns")
+    return ValidatedRequest(
+        portfolio_id=request.portfolio_id,
+        request_id=request.request_id,
+        problem=problem,
+        settings=settings,
+        inline_returns=inline,
+        moments=moments,
+        market_data=window,
+        configuration=configuration_from_request(request),
+        request_hash=hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest(),
+        current_weights={s.strategy_id: s.current_weight for s in request.strategies if s.HasField("current_weight")},
+    )
+
+
+def optimize_request_from_configuration(
+    config: cmd_pb.OptimizationConfiguration, request_id: str
+) -> cmd_pb.OptimizeRequest:
+    """The optimize request that re-runs a stored configuration on its window of stored prices."""
+    return cmd_pb.OptimizeRequest(
+        portfolio_id=config.portfolio_id,
+        request_id=request_id,
+        strategies=config.strategies,
+        market_data=pb.MarketDataWindow(
+            lookback_periods=config.lookback_periods,
+            market_symbol=config.market_symbol,
+        ),
+        objective=config.objective,
+        method=config.method,
+        constraints=config.constraints,
+        risk_parameters=config.risk_parameters,
+    )

@@ -1,0 +1,80 @@
+"""A pool of worker processes that runs solves off the event loop.
+
+Processes are started with the ``spawn`` method (gRPC's threads make ``fork`` unsafe) and warmed up at
+start-up (imports of NumPy, cvxpy and PyPortfolioOpt plus one small solve), so the first request pays no
+import cost. The event loop only awaits futures: health checks and queries keep being answered while solves
+run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+import numpy as np
+
+from services.engine import OptimizationJob, OptimizationOutcome, run_optimization
+from services.errors import DeadlineExceededError, UnavailableError
+from services.types import EstimationSettings, Moments, Objective, PortfolioProblem
+
+
+def _warm_up() -> bool:
+    """Import the engine's libraries and run one tiny solve in this worker."""
+    problem = PortfolioProblem(
+        strategy_ids=("a", "b"),
+        objective=Objective.MAX_SHARPE,
+        lower_bounds=np.zeros(2),
+        upper_bounds=np.ones(2),
+    )
+    moments = Moments(expected_returns=np.array([0.1, 0.2]), covariance=np.array([[0.04, 0.0], [0.0, 0.09]]))
+    run_optimization(OptimizationJob(problem=problem, inputs=moments, settings=EstimationSettings()))
+    return True
+
+
+class SolverPool:
+    """Worker processes for ``services.engine.run_optimization``.
+
+    Parameters
+    ----------
+    workers : int, optional
+        Number of processes; default ``os.cpu_count()``.
+    """
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        self._executor = self._new_executor()
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+
+    async def warm_up(self) -> None:
+        """Start every worker and run one small solve in each."""
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self._executor, _warm_up) for _ in range(self.workers)))
+
+    async def run(self, job: OptimizationJob, *, timeout_s: float | None) -> OptimizationOutcome:
+        """Run one job in a worker; raise ``DeadlineExceededError`` when it outlives ``timeout_s``.
+
+        Raises
+        ------
+        DeadlineExceededError
+            The job did not finish in time (the worker's solver also stops at the job's own time limit).
+        UnavailableError
+            A worker died (e.g. killed for memory); the pool is replaced for later calls.
+        """
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, run_optimization, job)
+        try:
+            return await asyncio.wait_for(future, timeout=timeout_s)
+        except TimeoutError as exc:
+            raise DeadlineExceededError(f"the optimization did not finish within {timeout_s:.3f} s") from exc
+        except BrokenProcessPool as exc:
+            self._executor = self._new_executor()
+            raise UnavailableError("a solver worker process died; retry the call") from exc
+
+    def shutdown(self) -> None:
+        """Stop the workers (running jobs are cancelled)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,296 @@
+"""Read repository over the event store: ``portfolio_optimized`` and ``latest_portfolio_optimizations``.
+
+Queries run on an :class:`asyncpg.Pool` created elsewhere, with no connection ``init``: jsonb values are
+decoded here (text from a bare connection, or already-decoded objects when a codec is registered). Losing
+the database (refused or dropped connections, a closing pool, a server shutting down or out of connection
+slots) raises :class:`services.errors.UnavailableError`, which callers may retry.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from query_side.analytics import RunRecord
+from services.errors import UnavailableError
+
+_EVENT_COLUMNS = (
+    'event_id, "timestamp", portfolio_id, result_id, configuration_version, request_id, objective, method, '
+    "weights, expected_return, volatility, sharpe_ratio, metadata"
+)
+_RUN_COLUMNS = 'event_id, "timestamp", weights, expected_return, volatility, sharpe_ratio'
+
+_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # refused or reset sockets; TimeoutError (pool acquire, connect) is an OSError too
+    asyncpg.exceptions.PostgresConnectionError,  # class 08: connection does not exist, failure, ...
+    asyncpg.exceptions.CannotConnectNowError,  # 57P03: starting up or shutting down
+    asyncpg.exceptions.AdminShutdownError,  # 57P01
+    asyncpg.exceptions.CrashShutdownError,  # 57P02
+    asyncpg.exceptions.TooManyConnectionsError,  # 53300
+    asyncpg.exceptions.InterfaceError,  # pool closed or closing, connection closed
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredEvent:
+    """One ``portfolio_optimized`` event as stored."""
+
+    event_id: uuid.UUID
+    """Event identifier."""
+    timestamp: datetime
+    """Event time (timezone-aware, microsecond precision)."""
+    portfolio_id: str
+    """Portfolio identifier."""
+    result_id: uuid.UUID
+    """Identifier of the stored result."""
+    configuration_version: int
+    """Configuration version used by the run."""
+    request_id: str | None
+    """Idempotency key of the request; None when none was given."""
+    objective: str
+    """Name of the ``stratopt.v1.Objective`` value, e.g. ``OBJECTIVE_MAX_SHARPE``."""
+    method: str
+    """Name of the ``stratopt.v1.OptimizationMethod`` value."""
+    weights: dict[str, float]
+    """Optimal weights keyed by strategy id (fractions of portfolio value)."""
+    expected_return: float
+    """Annualised expected return (decimal)."""
+    volatility: float
+    """Annualised volatility (decimal)."""
+    sharpe_ratio: float
+    """Sharpe ratio at the run's risk-free rate."""
+    metadata: dict[str, Any]
+    """``stratopt.v1.OptimizationMetadata`` in the protobuf JSON mapping."""
+
+    @property
+    def key(self) -> HistoryKey:
+        """Position of the event in the history order."""
+        return HistoryKey(timestamp=self.timestamp, event_id=self.event_id)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, order=True)
+class HistoryKey:
+    """Keyset position in a portfolio's history, ordered by ``(timestamp, event_id)``."""
+
+    timestamp: datetime
+    """Event time (timezone-aware)."""
+    event_id: uuid.UUID
+    """Event identifier; breaks ties between events with the same timestamp."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AnalyticsWindow:
+    """The runs of a time window and the weights of the run just before it."""
+
+    runs: tuple[RunRecord, ...]
+    """Runs in the window, oldest first (by ``(timestamp, event_id)``)."""
+    previous_weights: dict[str, float] | None
+    """Weights of the portfolio's last run before the window; None when the window starts the history."""
+
+
+def _json_value(value: object) -> Any:
+    """Decode a jsonb column: text without a registered codec, the decoded value with one."""
+    if isinstance(value, str | bytes | bytearray):
+        return json.loads(value)
+    return value
+
+
+def _weights(value: object) -> dict[str, float]:
+    return {str(name): float(weight) for name, weight in _json_value(value).items()}
+
+
+def _event(row: asyncpg.Record) -> StoredEvent:
+    return StoredEvent(
+        event_id=row["event_id"],
+        timestamp=row["timestamp"],
+        portfolio_id=row["portfolio_id"],
+        result_id=row["result_id"],
+        configuration_version=row["configuration_version"],
+        request_id=row["request_id"],
+        objective=row["objective"],
+        method=row["method"],
+        weights=_weights(row["weights"]),
+        expected_return=row["expected_return"],
+        volatility=row["volatility"],
+        sharpe_ratio=row["sharpe_ratio"],
+        metadata=dict(_json_value(row["metadata"])),
+    )
+
+
+def _run(row: asyncpg.Record) -> RunRecord:
+    return RunRecord(
+        timestamp=row["timestamp"],
+        event_id=str(row["event_id"]),
+        weights=_weights(row["weights"]),
+        expected_return=row["expected_return"],
+        volatility=row["volatility"],
+        sharpe_ratio=row["sharpe_ratio"],
+    )
+
+
+@asynccontextmanager
+async def _database_errors() -> AsyncIterator[None]:
+    """Turn losing the database into :class:`UnavailableError`; other errors pass through."""
+    try:
+        yield
+    except _UNAVAILABLE_ERRORS as exc:
+        if isinstance(exc, ValueError):  # asyncpg's client-side DataError: a bad argument, a bug
+            raise
+        raise UnavailableError(f"database unavailable: {type(exc).__name__}: {exc}") from exc
+
+
+class EventReadRepository:
+    """Reads of the event store for the query side.
+
+    Parameters
+    ----------
+    pool : asyncpg.Pool
+        Pool on the stratopt database; used as given (no codec or ``init`` needed).
+    """
+
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+        self._pool = pool
+
+    async def get_latest(self, portfolio_id: str) -> StoredEvent | None:
+        """Return the latest event of a portfolio from the read model.
+
+        Parameters
+        ----------
+        portfolio_id : str
+            Portfolio identifier.
+
+        Returns
+        -------
+        StoredEvent or None
+            The event, or None when the portfolio has none.
+
+        Raises
+        ------
+        UnavailableError
+            When the database cannot be reached.
+        """
+        query = f"SELECT {_EVENT_COLUMNS} FROM latest_portfolio_optimizations WHERE portfolio_id = $1"
+        async with _database_errors():
+            row = await self._pool.fetchrow(query, portfolio_id)
+        return None if row is None else _event(row)
+
+    async def history(
+        self,
+        portfolio_id: str,
+        *,
+        start: datetime | None,
+        end: datetime | None,
+        limit: int,
+        after: HistoryKey | None = None,
+    ) -> list[StoredEvent]:
+        """Return a portfolio's events in ``[start, end)``, newest first, after a keyset position.
+
+        Events are ordered by ``(timestamp, event_id)`` descending, the order of the index
+        ``(portfolio_id, timestamp DESC, event_id DESC)``.
+
+        Parameters
+        ----------
+        portfolio_id : str
+            Portfolio identifier.
+        start : datetime or None
+            Inclusive lower bound on the event time; None = no bound.
+        end : datetime or None
+            Exclusive upper bound on the event time; None = no bound.
+        limit : int
+            Maximum number of events returned (positive).
+        after : HistoryKey, optional
+            Position of the last event of the previous page; only older events are returned.
+
+        Returns
+        -------
+        list of StoredEvent
+            At most ``limit`` events, newest first; empty for an unknown portfolio.
+
+        Raises
+        ------
+        UnavailableError
+            When the database cannot be reached.
+        """
+        conditions = ["portfolio_id = $1"]
+        arguments: list[object] = [portfolio_id]
+        if start is not None:
+            arguments.append(start)
+            conditions.append(f'"timestamp" >= ${len(arguments)}')
+        if end is not None:
+            arguments.append(end)
+            conditions.append(f'"timestamp" < ${len(arguments)}')
+        if after is not None:
+            arguments.extend((after.timestamp, after.event_id))
+            timestamp_arg, event_id_arg = len(arguments) - 1, len(arguments)
+            # The plain bound lets TimescaleDB exclude newer chunks; the row comparison is the keyset.
+            conditions.append(f'"timestamp" <= ${timestamp_arg}')
+            conditions.append(f'("timestamp", event_id) < (${timestamp_arg}, ${event_id_arg})')
+        arguments.append(limit)
+        query = (
+            f"SELECT {_EVENT_COLUMNS} FROM portfolio_optimized WHERE {' AND '.join(conditions)} "
+            f'ORDER BY "timestamp" DESC, event_id DESC LIMIT ${len(arguments)}'
+        )
+        async with _database_errors():
+            rows = await self._pool.fetch(query, *arguments)
+        return [_event(row) for row in rows]
+
+    async def analytics_window(
+        self, portfolio_id: str, *, start: datetime | None, end: datetime | None
+    ) -> AnalyticsWindow:
+        """Return a portfolio's runs in ``[start, end)`` and the weights of its last run before ``start``.
+
+        Parameters
+        ----------
+        portfolio_id : str
+            Portfolio identifier.
+        start : datetime or None
+            Inclusive lower bound on the event time; None = from the first event (no previous run).
+        end : datetime or None
+            Exclusive upper bound on the event time; None = no bound.
+
+        Returns
+        -------
+        AnalyticsWindow
+            Runs oldest first; both parts empty/None for an unknown portfolio.
+
+        Raises
+        ------
+        UnavailableError
+            When the database cannot be reached.
+        """
+        conditions = ["portfolio_id = $1"]
+        arguments: list[object] = [portfolio_id]
+        if start is not None:
+            arguments.append(start)
+            conditions.append(f'"timestamp" >= ${len(arguments)}')
+        if end is not None:
+            arguments.append(end)
+            conditions.append(f'"timestamp" < ${len(arguments)}')
+        runs_query = (
+            f"SELECT {_RUN_COLUMNS} FROM portfolio_optimized WHERE {' AND '.join(conditions)} "
+            'ORDER BY "timestamp", event_id'
+        )
+        previous_query = (
+            'SELECT weights FROM portfolio_optimized WHERE portfolio_id = $1 AND "timestamp" < $2 '
+            'ORDER BY "timestamp" DESC, event_id DESC LIMIT 1'
+        )
+        async with (
+            _database_errors(),
+            self._pool.acquire() as connection,
+            connection.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            rows = await connection.fetch(runs_query, *arguments)
+            previous = (
+                None if start is None else await connection.fetchval(previous_query, portfolio_id, start)
+            )
+        return AnalyticsWindow(
+            runs=tuple(_run(row) for row in rows),
+            previous_weights=None if previous is None else _weights(previous),
+        )

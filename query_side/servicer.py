@@ -1,0 +1,285 @@
+"""gRPC servicer of ``stratopt.v1.OptimizationQueryService`` (grpc.aio).
+
+Each RPC validates and converts the request, awaits one repository read (plus, for analytics, the pure
+computation in a worker thread) and converts the answer back. Errors are raised as
+:mod:`services.errors` exceptions; the interceptor of :mod:`query_side.rpc_errors` turns them into
+``google.rpc.Status``. Handlers never call ``context.abort``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import grpc
+from google.protobuf import json_format, timestamp_pb2
+from stratopt.v1 import query_service_pb2, query_service_pb2_grpc, types_pb2
+
+from query_side.analytics import PortfolioAnalytics, events_frame, portfolio_analytics
+from query_side.page_token import decode_page_token, encode_page_token, query_fingerprint
+from query_side.repository import AnalyticsWindow, EventReadRepository, StoredEvent
+from services.errors import InvalidInputError, NotFoundError
+
+DEFAULT_PAGE_SIZE = 50
+"""Events per ``GetHistory`` page when the request leaves ``page_size`` at 0."""
+MAX_PAGE_SIZE = 1000
+"""Largest ``GetHistory`` page; larger requested sizes are capped to it."""
+DEFAULT_BUCKET_WIDTH = timedelta(days=1)
+"""Analytics bucket width when the request leaves ``bucket_width`` unset."""
+MIN_BUCKET_WIDTH = timedelta(seconds=1)
+"""Smallest accepted analytics bucket width."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MIN_TIMESTAMP_SECONDS = -62_135_596_800  # 0001-01-01T00:00:00Z, the lower limit of google.protobuf.Timestamp
+_MAX_TIMESTAMP_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the upper limit
+
+if TYPE_CHECKING:  # grpc.aio.ServicerContext is generic only in the stubs
+    ServicerContext = grpc.aio.ServicerContext[Any, Any]
+
+
+def _portfolio_id(value: str) -> str:
+    if not value:
+        raise InvalidInputError.for_field("portfolio_id", "must not be empty")
+    return value
+
+
+def _bound(field: str, value: timestamp_pb2.Timestamp) -> datetime:
+    """Convert a time bound to a UTC datetime, rounded up to PostgreSQL's microsecond precision.
+
+    Rounding up keeps both comparisons exact for microsecond event times: ``t >= start`` holds for the
+    rounded ``start`` exactly when it holds for the given one, and so does ``t < end``.
+    """
+    in_range = _MIN_TIMESTAMP_SECONDS <= value.seconds <= _MAX_TIMESTAMP_SECONDS
+    if not (in_range and 0 <= value.nanos < 1_000_000_000):
+        raise InvalidInputError.for_field(field, "timestamp out of range (years 0001 to 9999)")
+    microseconds = value.seconds * 1_000_000 + -(-value.nanos // 1000)
+    try:
+        return _EPOCH + timedelta(microseconds=microseconds)
+    except OverflowError as exc:
+        raise InvalidInputError.for_field(field, "timestamp out of range (years 0001 to 9999)") from exc
+
+
+def _time_range(
+    start: timestamp_pb2.Timestamp | None, end: timestamp_pb2.Timestamp | None
+) -> tuple[datetime | None, datetime | None]:
+    """Validate the ``[start, end)`` bounds (None when unset)."""
+    start_time = None if start is None else _bound("start", start)
+    end_time = None if end is None else _bound("end", end)
+    if start_time is not None and end_time is not None and start_time >= end_time:
+        raise InvalidInputError.for_field("end", "must be after start")
+    return start_time, end_time
+
+
+def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    message = timestamp_pb2.Timestamp()
+    message.FromDatetime(moment)
+    return message
+
+
+def _objective(name: str) -> types_pb2.Objective.ValueType:
+    """Enum value of a stored objective name; UNSPECIFIED for a name this build does not know."""
+    try:
+        return types_pb2.Objective.Value(name)
+    except ValueError:
+        return types_pb2.OBJECTIVE_UNSPECIFIED
+
+
+def _method(name: str) -> types_pb2.OptimizationMethod.ValueType:
+    """Enum value of a stored method name; UNSPECIFIED for a name this build does not know."""
+    try:
+        return types_pb2.OptimizationMethod.Value(name)
+    except ValueError:
+        return types_pb2.OPTIMIZATION_METHOD_UNSPECIFIED
+
+
+def event_message(event: StoredEvent) -> types_pb2.PortfolioOptimizedEvent:
+    """Convert a stored event to its ``stratopt.v1.PortfolioOptimizedEvent`` message.
+
+    Parameters
+    ----------
+    event : StoredEvent
+        The event as read from the database.
+
+    Returns
+    -------
+    stratopt.v1.PortfolioOptimizedEvent
+        The message; a missing ``request_id`` becomes ``""`` and unknown metadata fields are dropped.
+    """
+    message = types_pb2.PortfolioOptimizedEvent(
+        event_id=str(event.event_id),
+        timestamp=_timestamp(event.timestamp),
+        portfolio_id=event.portfolio_id,
+        weights=event.weights,
+        expected_return=event.expected_return,
+        volatility=event.volatility,
+        sharpe_ratio=event.sharpe_ratio,
+        configuration_version=event.configuration_version,
+        request_id=event.request_id or "",
+        objective=_objective(event.objective),
+        method=_method(event.method),
+    )
+    json_format.ParseDict(event.metadata, message.metadata, ignore_unknown_fields=True)
+    return message
+
+
+def _analytics(window: AnalyticsWindow, bucket_width: timedelta) -> PortfolioAnalytics:
+    return portfolio_analytics(
+        events_frame(window.runs), bucket_width=bucket_width, previous_weights=window.previous_weights
+    )
+
+
+class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceServicer):
+    """Read-only queries over the stored ``portfolio_optimized`` events.
+
+    Parameters
+    ----------
+    pool : asyncpg.Pool
+        Pool on the stratopt database.
+    """
+
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+        self._repository = EventReadRepository(pool)
+
+    async def GetLatest(  # noqa: N802 (gRPC method name)
+        self, request: query_service_pb2.GetLatestRequest, context: ServicerContext
+    ) -> query_service_pb2.GetLatestResponse:
+        """Return the latest event of a portfolio, from the ``latest_portfolio_optimizations`` read model.
+
+        Parameters
+        ----------
+        request : stratopt.v1.GetLatestRequest
+            The portfolio.
+        context : grpc.aio.ServicerContext
+            Call context (unused).
+
+        Returns
+        -------
+        stratopt.v1.GetLatestResponse
+            The event.
+
+        Raises
+        ------
+        InvalidInputError
+            When ``portfolio_id`` is empty.
+        NotFoundError
+            When the portfolio has no events.
+        UnavailableError
+            When the database cannot be reached.
+        """
+        portfolio_id = _portfolio_id(request.portfolio_id)
+        event = await self._repository.get_latest(portfolio_id)
+        if event is None:
+            raise NotFoundError(f"portfolio {portfolio_id!r} has no optimization events")
+        return query_service_pb2.GetLatestResponse(event=event_message(event))
+
+    async def GetHistory(  # noqa: N802 (gRPC method name)
+        self, request: query_service_pb2.GetHistoryRequest, context: ServicerContext
+    ) -> query_service_pb2.GetHistoryResponse:
+        """Return one page of a portfolio's events in ``[start, end)``, newest first.
+
+        Events are ordered by ``(timestamp, event_id)`` descending and paginated by keyset: the page token
+        names the last event returned (see :mod:`query_side.page_token`). A portfolio without events, known
+        or not, gives an empty page with no token, not NOT_FOUND: the history is a filter over the event
+        store, and an empty result is its honest answer.
+
+        Parameters
+        ----------
+        request : stratopt.v1.GetHistoryRequest
+            Portfolio, optional bounds, page size (0 = 50, capped at 1000) and page token.
+        context : grpc.aio.ServicerContext
+            Call context (unused).
+
+        Returns
+        -------
+        stratopt.v1.GetHistoryResponse
+            The events and the token of the next page (empty on the last page).
+
+        Raises
+        ------
+        InvalidInputError
+            When ``portfolio_id`` is empty, a bound is out of range, ``start >= end`` (field ``end``), or the
+            page token is malformed or from a request with another portfolio or range (field ``page_token``).
+        UnavailableError
+            When the database cannot be reached.
+        """
+        portfolio_id = _portfolio_id(request.portfolio_id)
+        start, end = _time_range(
+            request.start if request.HasField("start") else None,
+            request.end if request.HasField("end") else None,
+        )
+        page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        fingerprint = query_fingerprint(portfolio_id, start, end)
+        after = decode_page_token(request.page_token, fingerprint) if request.page_token else None
+        events = await self._repository.history(
+            portfolio_id, start=start, end=end, limit=page_size + 1, after=after
+        )
+        page = events[:page_size]
+        next_page_token = encode_page_token(page[-1].key, fingerprint) if len(events) > page_size else ""
+        return query_service_pb2.GetHistoryResponse(
+            events=[event_message(event) for event in page], next_page_token=next_page_token
+        )
+
+    async def GetPortfolioAnalytics(  # noqa: N802 (gRPC method name)
+        self, request: query_service_pb2.GetPortfolioAnalyticsRequest, context: ServicerContext
+    ) -> query_service_pb2.GetPortfolioAnalyticsResponse:
+        """Return per-bucket statistics of a portfolio's runs in ``[start, end)``.
+
+        The first run of the range gets its turnover against the portfolio's last run before ``start``; only
+        the first run of the whole history has none (see :mod:`query_side.analytics`). A bucket none of whose
+        runs has a turnover reports ``mean_turnover`` and ``max_turnover`` as 0. An unknown portfolio gives no
+        buckets and ``total_runs`` 0.
+
+        Parameters
+        ----------
+        request : stratopt.v1.GetPortfolioAnalyticsRequest
+            Portfolio, optional bounds and bucket width (unset = 1 day, at least 1 second).
+        context : grpc.aio.ServicerContext
+            Call context (unused).
+
+        Returns
+        -------
+        stratopt.v1.GetPortfolioAnalyticsResponse
+            Buckets with at least one run, oldest first, and the total run count.
+
+        Raises
+        ------
+        InvalidInputError
+            When ``portfolio_id`` is empty, a bound is out of range, ``start >= end`` (field ``end``) or the
+            bucket width is under 1 second (field ``bucket_width``).
+        UnavailableError
+            When the database cannot be reached.
+        """
+        portfolio_id = _portfolio_id(request.portfolio_id)
+        start, end = _time_range(
+            request.start if request.HasField("start") else None,
+            request.end if request.HasField("end") else None,
+        )
+        try:
+            bucket_width = (
+                request.bucket_width.ToTimedelta()
+                if request.HasField("bucket_width")
+                else DEFAULT_BUCKET_WIDTH
+            )
+        except OverflowError as exc:
+            raise InvalidInputError.for_field("bucket_width", "duration out of range") from exc
+        if bucket_width < MIN_BUCKET_WIDTH:
+            raise InvalidInputError.for_field("bucket_width", "must be at least 1 second")
+        window = await self._repository.analytics_window(portfolio_id, start=start, end=end)
+        analytics = await asyncio.to_thread(_analytics, window, bucket_width)
+        return query_service_pb2.GetPortfolioAnalyticsResponse(
+            buckets=[
+                query_service_pb2.AnalyticsBucket(
+                    bucket_start=_timestamp(bucket.bucket_start),
+                    run_count=bucket.run_count,
+                    mean_sharpe_ratio=bucket.mean_sharpe_ratio,
+                    mean_volatility=bucket.mean_volatility,
+                    mean_expected_return=bucket.mean_expected_return,
+                    mean_turnover=bucket.mean_turnover or 0.0,
+                    max_turnover=bucket.max_turnover or 0.0,
+                )
+                for bucket in analytics.buckets
+            ],
+            total_runs=analytics.total_runs,
+        )

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Static checks, in order, stopping at the first failure:
+#   1. generated code in proto/stratopt/v1 matches the .proto files (scripts/gen_proto.sh --check)
+#   2. buf lint (STANDARD rules, buf.yaml) and buf format of proto/ (skipped with a warning only when buf
+#      is not installed: scripts/setup.sh installs it with npm)
+#   3. ruff check, 4. ruff format --check, 5. mypy (strict; settings in pyproject.toml)
+# Usage: bash scripts/lint.sh   (run scripts/setup.sh first; scripts/test.sh does both)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { echo "lint: $*"; }
+fail() {
+  echo "lint: FAILED: $*" >&2
+  exit 1
+}
+
+# uv may sit outside PATH when pip put it there (pyenv before a rehash, pip --user): see scripts/setup.sh.
+if ! uv --version >/dev/null 2>&1; then
+  for d in "$HOME/.local/bin" "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null || true)"; do
+    if [ -n "$d" ] && [ -x "$d/uv" ]; then PATH="$d:$PATH"; fi
+  done
+  export PATH
+  uv --version >/dev/null 2>&1 || fail "uv not found: run scripts/setup.sh"
+fi
+export UV_PYTHON_DOWNLOADS=never
+
+step "generated code is up to date (scripts/gen_proto.sh --check)"
+bash scripts/gen_proto.sh --check || fail "generated code under proto/stratopt/v1 is stale: run scripts/gen_proto.sh"
+
+buf="node_modules/.bin/buf"
+if "$buf" --version >/dev/null 2>&1; then
+  step "buf lint (buf $("$buf" --version))"
+  "$buf" lint || fail "buf lint reported the problems above (rules: buf.yaml)"
+  step "buf format"
+  "$buf" format --diff --exit-code || fail "proto files are not buf-formatted: run node_modules/.bin/buf format -w"
+else
+  echo "lint: WARNING: buf is not installed (scripts/setup.sh installs it with npm); skipping buf lint and buf format" >&2
+fi
+
+step "ruff check"
+uv run --frozen ruff check . || fail "ruff check (fix with: uv run ruff check --fix .)"
+step "ruff format --check"
+uv run --frozen ruff format --check . || fail "ruff format (fix with: uv run ruff format .)"
+step "mypy"
+uv run --frozen mypy || fail "mypy"
+step "all checks passed"

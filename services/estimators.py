@@ -1,0 +1,233 @@
+"""Estimators of annualised expected returns and covariance from return histories.
+
+Mean historical, EMA and CAPM returns come from PyPortfolioOpt (``pypfopt.expected_returns``); Ledoit-Wolf
+shrinkage from scikit-learn (as PyPortfolioOpt does). The pairwise sample covariance and the exponentially
+weighted covariance are computed here with matrix products: they equal ``pandas.DataFrame.cov`` (pairwise
+complete observations) and PyPortfolioOpt's ``exp_cov`` but cost one BLAS product instead of a Python loop over
+the N(N-1)/2 pairs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from pypfopt import expected_returns as pypfopt_returns
+from sklearn.covariance import ledoit_wolf
+
+from services.errors import InvalidInputError
+from services.types import (
+    CovarianceEstimator,
+    EstimatedMoments,
+    EstimationSettings,
+    FloatArray,
+    MissingDataPolicy,
+    Moments,
+    ReturnHistory,
+    ReturnsEstimator,
+)
+
+MIN_OBSERVATIONS = 2
+"""Fewest return observations a strategy (or, pairwise, a pair of strategies) needs."""
+
+
+def prices_to_returns(prices: FloatArray) -> FloatArray:
+    """Simple returns from prices, keeping missing prices missing.
+
+    Parameters
+    ----------
+    prices : ndarray of shape (T + 1, N)
+        Positive prices; NaN marks a missing price (e.g. before a listing).
+
+    Returns
+    -------
+    ndarray of shape (T, N)
+        ``p_t / p_{t-1} - 1``; NaN where either price is missing. Same as PyPortfolioOpt's
+        ``returns_from_prices`` without its dropping of all-NaN rows.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.asarray(prices[1:] / prices[:-1] - 1.0, dtype=np.float64)
+
+
+def pairwise_covariance(returns: FloatArray) -> FloatArray:
+    """Sample covariance over pairwise-complete observations (per period, not annualised).
+
+    Parameters
+    ----------
+    returns : ndarray of shape (T, N)
+        Returns with NaN for missing observations.
+
+    Returns
+    -------
+    ndarray of shape (N, N)
+        ``cov_ij`` over the periods where both i and j are observed, with ``n_ij - 1`` degrees of freedom;
+        NaN where fewer than 2 periods are shared. Equal to ``pandas.DataFrame.cov()``.
+    """
+    present = ~np.isnan(returns)
+    x = np.where(present, returns, 0.0)
+    m = present.astype(np.float64)
+    n = m.T @ m
+    sum_xy = x.T @ x
+    sum_x_given_y = x.T @ m  # [i, j]: sum of x_i over periods where j (and i) are observed
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov = (sum_xy - sum_x_given_y * sum_x_given_y.T / n) / (n - 1.0)
+    cov[n < MIN_OBSERVATIONS] = np.nan
+    return np.asarray((cov + cov.T) / 2.0, dtype=np.float64)
+
+
+def exponential_covariance(returns: FloatArray, span: int) -> FloatArray:
+    """Exponentially weighted covariance of complete rows (per period, not annualised).
+
+    Parameters
+    ----------
+    returns : ndarray of shape (T, N)
+        Returns without missing values.
+    span : int
+        Span of the weights: ``alpha = 2 / (span + 1)``, weight of period t ``(1 - alpha)^(T-1-t)``.
+
+    Returns
+    -------
+    ndarray of shape (N, N)
+        Weighted covariance about the weighted means, the last value of pandas'
+        ``ewm(span, adjust=True).mean()`` of the demeaned cross products — PyPortfolioOpt's ``exp_cov``.
+    """
+    t = returns.shape[0]
+    alpha = 2.0 / (span + 1.0)
+    weights = (1.0 - alpha) ** np.arange(t - 1, -1, -1, dtype=np.float64)
+    weights /= weights.sum()
+    demeaned = returns - returns.mean(axis=0)
+    return np.asarray((demeaned * weights[:, None]).T @ demeaned, dtype=np.float64)
+
+
+def nearest_psd(matrix: FloatArray) -> FloatArray:
+    """Clip negative eigenvalues to zero (PyPortfolioOpt's ``fix_nonpositive_semidefinite``, spectral).
+
+    Parameters
+    ----------
+    matrix : ndarray of shape (N, N)
+        Symmetric matrix.
+
+    Returns
+    -------
+    ndarray of shape (N, N)
+        The input when it is positive semidefinite (Cholesky of ``matrix + 1e-16 I`` succeeds), else
+        ``V diag(max(λ, 0)) Vᵀ``.
+    """
+    try:
+        np.linalg.cholesky(matrix + 1e-16 * np.eye(len(matrix)))
+        return matrix
+    except np.linalg.LinAlgError:
+        eigenvalues, eigenvectors = np.linalg.eigh(matrix)
+        fixed = (eigenvectors * np.clip(eigenvalues, 0.0, None)) @ eigenvectors.T
+        return np.asarray((fixed + fixed.T) / 2.0, dtype=np.float64)
+
+
+def _expected_returns(
+    returns: FloatArray, market_returns: FloatArray | None, settings: EstimationSettings
+) -> FloatArray:
+    frame = pd.DataFrame(returns)
+    freq = settings.periods_per_year
+    if settings.returns_estimator is ReturnsEstimator.MEAN_HISTORICAL:
+        mu = pypfopt_returns.mean_historical_return(
+            frame, returns_data=True, compounding=settings.compounding, frequency=freq
+        )
+    elif settings.returns_estimator is ReturnsEstimator.EMA:
+        mu = pypfopt_returns.ema_historical_return(
+            frame, returns_data=True, compounding=settings.compounding, span=settings.ema_span, frequency=freq
+        )
+    else:
+        market = None if market_returns is None else pd.DataFrame({"mkt": market_returns})
+        mu = pypfopt_returns.capm_return(
+            frame,
+            market_prices=market,
+            returns_data=True,
+            risk_free_rate=settings.risk_free_rate,
+            compounding=settings.compounding,
+            frequency=freq,
+        )
+    return np.asarray(mu, dtype=np.float64)
+
+
+def estimate_moments(history: ReturnHistory, settings: EstimationSettings) -> EstimatedMoments:
+    """Annualised expected returns and covariance of a return history.
+
+    Missing data: under ``PAIRWISE`` each mean uses all observations of its strategy and each covariance
+    entry all periods both strategies share (PyPortfolioOpt's behaviour; a non-PSD result is repaired by
+    eigenvalue clipping). Ledoit-Wolf and the exponential covariance need complete rows and always use the
+    common window, which the returned ``missing_data_policy`` then says. Under ``COMMON_WINDOW`` every
+    estimator uses only periods where all strategies are observed.
+
+    Parameters
+    ----------
+    history : ReturnHistory
+        Returns of shape (T, N), NaN for missing.
+    settings : EstimationSettings
+        Estimators, annualisation and missing-data policy.
+
+    Returns
+    -------
+    EstimatedMoments
+        Moments of shape (N,) and (N, N), the number of periods used and the policy applied.
+
+    Raises
+    ------
+    InvalidInputError
+        Fewer than 2 observations for a strategy or for the common window, or a strategy with zero variance.
+    """
+    returns = history.returns
+    keep = ~np.all(np.isnan(returns), axis=1)
+    returns = returns[keep]
+    timestamps = history.timestamps[keep]
+    market = None if history.market_returns is None else history.market_returns[keep]
+    complete = ~np.any(np.isnan(returns), axis=1)
+    has_gaps = not bool(complete.all())
+    needs_complete = settings.covariance_estimator is not CovarianceEstimator.SAMPLE
+    policy = settings.missing_data_policy
+
+    counts = np.sum(~np.isnan(returns), axis=0)
+    short = np.flatnonzero(counts < MIN_OBSERVATIONS)
+    if short.size:
+        raise InvalidInputError.for_field(
+            f"strategies[{int(short[0])}]", f"needs at least {MIN_OBSERVATIONS} return observations"
+        )
+    if (policy is MissingDataPolicy.COMMON_WINDOW or needs_complete) and complete.sum() < MIN_OBSERVATIONS:
+        raise InvalidInputError.for_field(
+            "risk_parameters.missing_data_policy",
+            f"the strategies share only {int(complete.sum())} complete periods; the common window needs "
+            f"at least {MIN_OBSERVATIONS}",
+        )
+
+    if policy is MissingDataPolicy.COMMON_WINDOW and has_gaps:
+        returns, timestamps = returns[complete], timestamps[complete]
+        market = None if market is None else market[complete]
+        complete = np.ones(len(returns), dtype=bool)
+        has_gaps = False
+
+    mu = _expected_returns(returns, market, settings)
+    freq = settings.periods_per_year
+    common = returns[complete]
+    if settings.covariance_estimator is CovarianceEstimator.SAMPLE:
+        per_period = pairwise_covariance(returns) if has_gaps else np.cov(returns, rowvar=False)
+    elif settings.covariance_estimator is CovarianceEstimator.LEDOIT_WOLF:
+        per_period = ledoit_wolf(common)[0]
+    else:
+        per_period = exponential_covariance(common, settings.ema_span)
+    if np.isnan(per_period).any():
+        i, j = np.argwhere(np.isnan(per_period))[0]
+        raise InvalidInputError.for_field(
+            f"strategies[{int(i)}]", f"shares fewer than {MIN_OBSERVATIONS} observations with strategies[{int(j)}]"
+        )
+    covariance = nearest_psd(np.asarray(per_period, dtype=np.float64) * freq)
+    flat = np.flatnonzero(np.diag(covariance) <= 0.0)
+    if flat.size:
+        raise InvalidInputError.for_field(f"strategies[{int(flat[0])}]", "returns have zero variance")
+
+    applied = policy.value
+    if policy is MissingDataPolicy.PAIRWISE and needs_complete and has_gaps:
+        applied = "PAIRWISE (covariance: COMMON_WINDOW)"
+    return EstimatedMoments(
+        moments=Moments(expected_returns=mu, covariance=covariance),
+        observations=len(returns),
+        missing_data_policy=applied,
+        window_start=timestamps[0] if len(timestamps) else None,
+        window_end=timestamps[-1] if len(timestamps) else None,
+    )

@@ -1,0 +1,418 @@
+"""Mean-variance optimization (Markowitz, 1952) as convex programs solved by Clarabel through cvxpy.
+
+Formulations (w: weights, μ: expected returns, Σ = F Fᵀ: covariance, l ≤ w ≤ u: bounds, A_s: sector
+membership):
+
+- min volatility: minimise wᵀΣw s.t. 1ᵀw = 1, l ≤ w ≤ u, sector bounds, [μᵀw ≥ r_min], [‖Fᵀw‖ ≤ σ_max];
+- max return: maximise μᵀw under the same constraints (an LP, or an SOCP with σ_max);
+- quadratic utility: maximise μᵀw − δ/2 wᵀΣw;
+- max Sharpe: the homogenised problem of Cornuejols and Tütüncü (2007, §8.2) that PyPortfolioOpt also uses:
+  minimise yᵀΣy s.t. (μ − r_f)ᵀy = 1, 1ᵀy = κ, κ ≥ 0, lκ ≤ y ≤ uκ, sector bounds times κ,
+  [μᵀy ≥ r_min κ], [‖Fᵀy‖ ≤ σ_max κ]; then w = y / κ.
+
+Each problem is checked for feasibility by cheap pre-checks first (named in the error), and the returned
+weights are checked against every constraint independently of the solver's status.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import cvxpy as cp
+import numpy as np
+
+from services.errors import (
+    DeadlineExceededError,
+    InfeasibleError,
+    InvalidInputError,
+    OptimizationError,
+    PreconditionViolation,
+)
+from services.types import (
+    FloatArray,
+    Moments,
+    Objective,
+    OptimizationResult,
+    PortfolioPerformance,
+    PortfolioProblem,
+)
+
+TOLERANCE = 1e-6
+"""Tolerance of the post-solve constraint check (weights, sums, sector totals, return and volatility)."""
+
+_SOLVER = "CLARABEL"
+
+
+@dataclass(frozen=True, slots=True)
+class _SectorRows:
+    name: str
+    members: FloatArray  # (N,) 0/1 membership
+    min_weight: float | None
+    max_weight: float | None
+
+
+def portfolio_performance(weights: FloatArray, moments: Moments, risk_free_rate: float) -> PortfolioPerformance:
+    """Annualised expected return, volatility and Sharpe ratio of a weight vector.
+
+    Parameters
+    ----------
+    weights : ndarray of shape (N,)
+        Portfolio weights (fractions).
+    moments : Moments
+        Annualised expected returns (N,) and covariance (N, N).
+    risk_free_rate : float
+        Annualised risk-free rate (decimal).
+
+    Returns
+    -------
+    PortfolioPerformance
+        ``μᵀw``, ``sqrt(wᵀΣw)`` and ``(μᵀw − r_f) / sqrt(wᵀΣw)`` (0 when the volatility is 0).
+    """
+    expected = float(moments.expected_returns @ weights)
+    volatility = float(np.sqrt(max(float(weights @ moments.covariance @ weights), 0.0)))
+    sharpe = (expected - risk_free_rate) / volatility if volatility > 0 else 0.0
+    return PortfolioPerformance(expected_return=expected, volatility=volatility, sharpe_ratio=sharpe)
+
+
+def validate_moments(moments: Moments, n_assets: int) -> None:
+    """Check shapes, finiteness, symmetry and positive semidefiniteness of caller-given moments.
+
+    Parameters
+    ----------
+    moments : Moments
+        Expected returns (N,) and covariance (N, N).
+    n_assets : int
+        N, the number of strategies.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming ``moments.expected_returns`` or ``moments.covariance``.
+    """
+    mu, sigma = moments.expected_returns, moments.covariance
+    if mu.shape != (n_assets,):
+        raise InvalidInputError.for_field(
+            "moments.expected_returns", f"has {mu.size} values for {n_assets} strategies"
+        )
+    if sigma.shape != (n_assets, n_assets):
+        raise InvalidInputError.for_field(
+            "moments.covariance", f"has {sigma.size} values; expected {n_assets}x{n_assets} = {n_assets**2}"
+        )
+    if not np.all(np.isfinite(mu)):
+        idx = int(np.flatnonzero(~np.isfinite(mu))[0])
+        raise InvalidInputError.for_field(f"moments.expected_returns[{idx}]", "must be finite")
+    if not np.all(np.isfinite(sigma)):
+        idx = int(np.flatnonzero(~np.isfinite(sigma.ravel()))[0])
+        raise InvalidInputError.for_field(f"moments.covariance[{idx}]", "must be finite")
+    scale = max(float(np.max(np.abs(sigma))), 1e-300)
+    if not np.allclose(sigma, sigma.T, rtol=0.0, atol=1e-10 * scale):
+        i, j = np.unravel_index(int(np.argmax(np.abs(sigma - sigma.T))), sigma.shape)
+        raise InvalidInputError.for_field(
+            "moments.covariance", f"is not symmetric: entry ({i},{j}) differs from ({j},{i})"
+        )
+    smallest = float(np.linalg.eigvalsh((sigma + sigma.T) / 2.0)[0])
+    if smallest < -1e-10 * scale:
+        raise InvalidInputError.for_field(
+            "moments.covariance", f"is not positive semidefinite (smallest eigenvalue {smallest:.3g})"
+        )
+
+
+def _sector_rows(problem: PortfolioProblem) -> list[_SectorRows]:
+    rows = []
+    for k, limit in enumerate(problem.sector_limits):
+        members = np.array([1.0 if s == limit.sector else 0.0 for s in problem.sectors])
+        if not members.any():
+            raise InvalidInputError.for_field(
+                f"constraints.sector_limits[{k}].sector", f"no strategy has sector '{limit.sector}'"
+            )
+        rows.append(_SectorRows(limit.sector, members, limit.min_weight, limit.max_weight))
+    return rows
+
+
+def precheck(problem: PortfolioProblem, moments: Moments) -> None:
+    """Cheap feasibility checks that name the conflicting constraints before any solve.
+
+    Parameters
+    ----------
+    problem : PortfolioProblem
+        The problem.
+    moments : Moments
+        Its annualised moments.
+
+    Raises
+    ------
+    InvalidInputError
+        A lower bound above its upper bound, or a sector minimum above its maximum.
+    InfeasibleError
+        With ``PreconditionViolation`` details: ``BOUNDS_SUM`` (Σ lower > 1 or Σ upper < 1), ``SECTOR_MINIMA``
+        (sector minima sum above 1), ``SECTOR_BOUNDS`` (a sector limit its members' bounds cannot meet),
+        ``TARGET_RETURN`` (min_return above every expected return), ``NO_EXCESS_RETURN`` (max Sharpe with
+        every expected return at or below the risk-free rate).
+    """
+    lower, upper = problem.lower_bounds, problem.upper_bounds
+    crossed = np.flatnonzero(lower > upper + 1e-12)
+    if crossed.size:
+        sid = problem.strategy_ids[int(crossed[0])]
+        raise InvalidInputError.for_field(
+            f"constraints.strategy_bounds[{sid}]",
+            f"min_weight {lower[crossed[0]]:g} is above max_weight {upper[crossed[0]]:g}",
+        )
+    violations: list[PreconditionViolation] = []
+    if lower.sum() > 1 + 1e-9:
+        violations.append(
+            PreconditionViolation(
+                "BOUNDS_SUM", "constraints.min_weight", f"minimum weights sum to {lower.sum():.6g} > 1"
+            )
+        )
+    if upper.sum() < 1 - 1e-9:
+        violations.append(
+            PreconditionViolation(
+                "BOUNDS_SUM", "constraints.max_weight", f"maximum weights sum to {upper.sum():.6g} < 1"
+            )
+        )
+    rows = _sector_rows(problem)
+    minima = 0.0
+    for k, row in enumerate(rows):
+        subject = f"constraints.sector_limits[{k}]"
+        if row.min_weight is not None and row.max_weight is not None and row.min_weight > row.max_weight:
+            raise InvalidInputError.for_field(
+                subject, f"min_weight {row.min_weight:g} is above max_weight {row.max_weight:g}"
+            )
+        if row.min_weight is not None:
+            minima += max(row.min_weight, 0.0)
+            reachable = float(row.members @ upper)
+            if row.min_weight > reachable + 1e-9:
+                violations.append(
+                    PreconditionViolation(
+                        "SECTOR_BOUNDS",
+                        subject,
+                        f"sector '{row.name}' minimum {row.min_weight:g} exceeds its members' maximum weights "
+                        f"({reachable:.6g})",
+                    )
+                )
+        if row.max_weight is not None:
+            floor = float(row.members @ lower)
+            if row.max_weight < floor - 1e-9:
+                violations.append(
+                    PreconditionViolation(
+                        "SECTOR_BOUNDS",
+                        subject,
+                        f"sector '{row.name}' maximum {row.max_weight:g} is below its members' minimum weights "
+                        f"({floor:.6g})",
+                    )
+                )
+    if minima > 1 + 1e-9:
+        violations.append(
+            PreconditionViolation("SECTOR_MINIMA", "constraints.sector_limits", f"sector minima sum to {minima:.6g} > 1")
+        )
+    mu = moments.expected_returns
+    if problem.min_return is not None and problem.min_return > float(mu.max()) + 1e-12:
+        violations.append(
+            PreconditionViolation(
+                "TARGET_RETURN",
+                "constraints.min_return",
+                f"min_return {problem.min_return:g} is above the highest expected return {float(mu.max()):.6g}",
+            )
+        )
+    if problem.objective is Objective.MAX_SHARPE and float(mu.max()) <= problem.risk_free_rate:
+        violations.append(
+            PreconditionViolation(
+                "NO_EXCESS_RETURN",
+                "risk_parameters.risk_free_rate",
+                f"max Sharpe needs an expected return above the risk-free rate {problem.risk_free_rate:g}; "
+                f"the highest is {float(mu.max()):.6g}",
+            )
+        )
+    if violations:
+        raise InfeasibleError(
+            "infeasible constraints: " + "; ".join(v.description for v in violations),
+            precondition_violations=tuple(violations),
+        )
+
+
+def _covariance_factor(covariance: FloatArray) -> FloatArray:
+    """F with F Fᵀ = Σ (Cholesky, or the eigen-factor for a singular Σ)."""
+    try:
+        return np.linalg.cholesky(covariance)
+    except np.linalg.LinAlgError:
+        eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+        return np.asarray(eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None)), dtype=np.float64)
+
+
+def check_constraints(weights: FloatArray, problem: PortfolioProblem, moments: Moments) -> tuple[str, ...]:
+    """Every constraint the weights violate by more than ``TOLERANCE``.
+
+    Parameters
+    ----------
+    weights : ndarray of shape (N,)
+        Weights to check.
+    problem : PortfolioProblem
+        The constraints.
+    moments : Moments
+        Annualised moments for the return and volatility constraints.
+
+    Returns
+    -------
+    tuple of str
+        One description per violated constraint; empty when all hold.
+    """
+    found: list[str] = []
+    if abs(weights.sum() - 1.0) > TOLERANCE:
+        found.append(f"weights sum to {weights.sum():.9g}, not 1")
+    for i in np.flatnonzero(weights < problem.lower_bounds - TOLERANCE):
+        found.append(f"{problem.strategy_ids[i]} weight {weights[i]:.9g} below {problem.lower_bounds[i]:g}")
+    for i in np.flatnonzero(weights > problem.upper_bounds + TOLERANCE):
+        found.append(f"{problem.strategy_ids[i]} weight {weights[i]:.9g} above {problem.upper_bounds[i]:g}")
+    for row in _sector_rows(problem):
+        total = float(row.members @ weights)
+        if row.min_weight is not None and total < row.min_weight - TOLERANCE:
+            found.append(f"sector {row.name} weight {total:.9g} below {row.min_weight:g}")
+        if row.max_weight is not None and total > row.max_weight + TOLERANCE:
+            found.append(f"sector {row.name} weight {total:.9g} above {row.max_weight:g}")
+    performance = portfolio_performance(weights, moments, problem.risk_free_rate)
+    if problem.min_return is not None and performance.expected_return < problem.min_return - TOLERANCE:
+        found.append(f"expected return {performance.expected_return:.9g} below {problem.min_return:g}")
+    if problem.max_volatility is not None and performance.volatility > problem.max_volatility + TOLERANCE:
+        found.append(f"volatility {performance.volatility:.9g} above {problem.max_volatility:g}")
+    return tuple(found)
+
+
+def optimize_mean_variance(
+    problem: PortfolioProblem, moments: Moments, *, time_limit_s: float | None = None
+) -> OptimizationResult:
+    """Solve a mean-variance problem with Clarabel.
+
+    Parameters
+    ----------
+    problem : PortfolioProblem
+        Objective and constraints over N strategies.
+    moments : Moments
+        Annualised expected returns (N,) and covariance (N, N), validated.
+    time_limit_s : float, optional
+        Wall-clock limit for the solver in seconds (from the call's deadline).
+
+    Returns
+    -------
+    OptimizationResult
+        Optimal weights (N,), their performance and the solve metadata.
+
+    Raises
+    ------
+    InvalidInputError
+        Inconsistent bounds (see ``precheck``).
+    InfeasibleError
+        A pre-check failed, or the solver proved the constraints infeasible (``SOLVER_INFEASIBLE``).
+    DeadlineExceededError
+        The solver hit ``time_limit_s``.
+    OptimizationError
+        The solver failed otherwise (numerical trouble, unbounded problem).
+    """
+    precheck(problem, moments)
+    started = time.perf_counter()
+    n = problem.n_assets
+    mu = moments.expected_returns
+    factor = _covariance_factor(moments.covariance)
+    rows = _sector_rows(problem)
+    lower, upper = problem.lower_bounds, problem.upper_bounds
+
+    if problem.objective is Objective.MAX_SHARPE:
+        y = cp.Variable(n)
+        kappa = cp.Variable(nonneg=True)
+        constraints = [
+            (mu - problem.risk_free_rate) @ y == 1,
+            cp.sum(y) == kappa,
+            y >= lower * kappa,
+            y <= upper * kappa,
+        ]
+        for row in rows:
+            if row.min_weight is not None:
+                constraints.append(row.members @ y >= row.min_weight * kappa)
+            if row.max_weight is not None:
+                constraints.append(row.members @ y <= row.max_weight * kappa)
+        if problem.min_return is not None:
+            constraints.append(mu @ y >= problem.min_return * kappa)
+        if problem.max_volatility is not None:
+            constraints.append(cp.norm(factor.T @ y, 2) <= problem.max_volatility * kappa)
+        cvx_problem = cp.Problem(cp.Minimize(cp.sum_squares(factor.T @ y)), constraints)
+        variable = y
+    else:
+        w = cp.Variable(n)
+        constraints = [cp.sum(w) == 1, w >= lower, w <= upper]
+        for row in rows:
+            if row.min_weight is not None:
+                constraints.append(row.members @ w >= row.min_weight)
+            if row.max_weight is not None:
+                constraints.append(row.members @ w <= row.max_weight)
+        if problem.min_return is not None:
+            constraints.append(mu @ w >= problem.min_return)
+        if problem.max_volatility is not None:
+            constraints.append(cp.norm(factor.T @ w, 2) <= problem.max_volatility)
+        if problem.objective is Objective.MIN_VOLATILITY:
+            objective = cp.Minimize(cp.sum_squares(factor.T @ w))
+        elif problem.objective is Objective.MAX_RETURN:
+            objective = cp.Maximize(mu @ w)
+        else:
+            objective = cp.Maximize(mu @ w - 0.5 * problem.risk_aversion * cp.sum_squares(factor.T @ w))
+        cvx_problem = cp.Problem(objective, constraints)
+        variable = w
+
+    options: dict[str, float] = {}
+    if time_limit_s is not None:
+        if time_limit_s <= 0:
+            raise DeadlineExceededError("no time left before the call's deadline to solve")
+        options["time_limit"] = float(time_limit_s)
+    try:
+        cvx_problem.solve(solver=cp.CLARABEL, **options)
+    except cp.error.SolverError as exc:
+        if time_limit_s is not None and time.perf_counter() - started >= time_limit_s:
+            raise DeadlineExceededError(f"the solver did not finish within {time_limit_s:.3f} s") from exc
+        raise OptimizationError(f"{_SOLVER} failed: {exc}") from exc
+    status = cvx_problem.status
+    if status in (cp.INFEASIBLE, cp.INFEASIBLE_INACCURATE):
+        raise InfeasibleError(
+            "the solver proved the constraints infeasible (no portfolio meets the bounds, sector limits, "
+            "min_return and max_volatility together)",
+            precondition_violations=(
+                PreconditionViolation(
+                    "SOLVER_INFEASIBLE", "constraints", f"{_SOLVER} reported {status} for {problem.objective}"
+                ),
+            ),
+        )
+    if status in (cp.UNBOUNDED, cp.UNBOUNDED_INACCURATE):
+        raise OptimizationError(f"{_SOLVER} reported the problem unbounded")
+    if status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE) or variable.value is None:
+        if time_limit_s is not None and time.perf_counter() - started >= time_limit_s:
+            raise DeadlineExceededError(f"the solver did not finish within {time_limit_s:.3f} s")
+        raise OptimizationError(f"{_SOLVER} ended with status {status}")
+
+    raw = np.asarray(variable.value, dtype=np.float64)
+    if problem.objective is Objective.MAX_SHARPE:
+        total = raw.sum()
+        if total <= 1e-12:
+            raise OptimizationError("max Sharpe solution degenerated (κ = 0)")
+        raw = raw / total
+    # Solver noise just outside a bound (≤ TOLERANCE) is put on the bound; larger breaches stay and are reported.
+    weights = np.where((raw < lower) & (raw >= lower - TOLERANCE), lower, raw)
+    weights = np.where((weights > upper) & (weights <= upper + TOLERANCE), upper, weights)
+    violations = check_constraints(weights, problem, moments)
+    performance = portfolio_performance(weights, moments, problem.risk_free_rate)
+    variance = performance.volatility**2
+    objective_value = {
+        Objective.MAX_SHARPE: performance.sharpe_ratio,
+        Objective.MIN_VOLATILITY: variance,
+        Objective.MAX_RETURN: performance.expected_return,
+        Objective.MAX_QUADRATIC_UTILITY: performance.expected_return - 0.5 * problem.risk_aversion * variance,
+    }[problem.objective]
+    stats = cvx_problem.solver_stats
+    return OptimizationResult(
+        weights=weights,
+        performance=performance,
+        objective_value=float(objective_value),
+        status="OPTIMAL" if status == cp.OPTIMAL else "OPTIMAL_INACCURATE",
+        iterations=int(stats.num_iters or 0) if stats is not None else 0,
+        solver=_SOLVER,
+        solve_time_ms=(time.perf_counter() - started) * 1000.0,
+        constraints_satisfied=not violations,
+        violations=violations,
+    )

@@ -1,0 +1,104 @@
+"""Client-side helpers shared by the CLI, the demo and the benchmark: channels, CSV ingestion, errors."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import polars as pl
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from stratopt.v1 import command_service_pb2 as cmd_pb
+from stratopt.v1 import command_service_pb2_grpc as cmd_grpc
+from stratopt.v1 import query_service_pb2_grpc as query_grpc
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+BARS_PER_MESSAGE = 10_000
+_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+
+
+def channel(target: str) -> grpc.Channel:
+    """An insecure channel to a stratopt server at ``host:port``."""
+    return grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+
+
+def command_stub(ch: grpc.Channel) -> cmd_grpc.OptimizationCommandServiceStub:
+    """Stub of the command service."""
+    return cmd_grpc.OptimizationCommandServiceStub(ch)
+
+
+def query_stub(ch: grpc.Channel) -> query_grpc.OptimizationQueryServiceStub:
+    """Stub of the query service."""
+    return query_grpc.OptimizationQueryServiceStub(ch)
+
+
+def read_wide_prices(path: Path) -> pl.DataFrame:
+    """Read a wide price CSV (first column the date, one column per symbol; gzip allowed).
+
+    Returns
+    -------
+    polars.DataFrame
+        Long format: ``symbol`` (str), ``timestamp`` (UTC datetime), ``price`` (float), rows with a price only.
+    """
+    frame = pl.read_csv(path, try_parse_dates=True, infer_schema_length=10_000)
+    date_column = frame.columns[0]
+    frame = frame.with_columns(pl.col(date_column).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"))
+    return (
+        frame.unpivot(index=date_column, variable_name="symbol", value_name="price")
+        .rename({date_column: "timestamp"})
+        .with_columns(pl.col("price").cast(pl.Float64))
+        .drop_nulls("price")
+        .select("symbol", "timestamp", "price")
+    )
+
+
+def bar_messages(
+    prices: pl.DataFrame, progress: Callable[[int], None] | None = None
+) -> Iterator[cmd_pb.IngestMarketDataRequest]:
+    """Client-stream messages of at most ``BARS_PER_MESSAGE`` bars from a long price frame."""
+    sent = 0
+    for chunk in prices.iter_slices(BARS_PER_MESSAGE):
+        message = cmd_pb.IngestMarketDataRequest()
+        for symbol, when, price in chunk.iter_rows():
+            bar = message.bars.add(symbol=symbol, price=price)
+            bar.timestamp.FromDatetime(when)
+        sent += len(chunk)
+        if progress is not None:
+            progress(sent)
+        yield message
+
+
+def ingest_csv(stub: cmd_grpc.OptimizationCommandServiceStub, path: Path, *, quiet: bool = False) -> cmd_pb.IngestMarketDataResponse:
+    """Stream a wide price CSV to ``IngestMarketData``, printing progress to stderr unless ``quiet``."""
+    prices = read_wide_prices(path)
+    total = len(prices)
+
+    def report(sent: int) -> None:
+        if not quiet:
+            print(f"\ringesting {path.name}: {sent}/{total} bars", end="", file=sys.stderr, flush=True)
+
+    response: cmd_pb.IngestMarketDataResponse = stub.IngestMarketData(bar_messages(prices, report), timeout=600)
+    if not quiet:
+        print(file=sys.stderr)
+    return response
+
+
+def describe_rpc_error(error: grpc.RpcError) -> str:
+    """One readable paragraph for a failed call: code, message and the rich error details."""
+    call = error if isinstance(error, grpc.Call) else None
+    code = call.code().name if call is not None else "UNKNOWN"
+    lines = [f"{code}: {call.details() if call is not None else error}"]
+    status = rpc_status.from_call(call) if call is not None else None
+    for detail in status.details if status is not None else []:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            lines += [f"  field {v.field}: {v.description}" for v in bad.field_violations]
+        elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+            failure = error_details_pb2.PreconditionFailure()
+            detail.Unpack(failure)
+            lines += [f"  {v.type} ({v.subject}): {v.description}" for v in failure.violations]
+    return "\n".join(lines)

@@ -1,0 +1,221 @@
+"""The main job on real data: serve, ingest S&P 500 prices, optimize portfolios over gRPC, query, stop.
+
+Data: ``data/sp500_dataset.csv.gz`` (20 S&P 500 stocks, daily, 1990-2022) and ``data/sp500_index.csv.gz``
+from skfolio (BSD-3-Clause, see ``data/LICENSE-skfolio.txt``).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from rich.console import Console
+from rich.table import Table
+
+from stratopt.v1 import command_service_pb2 as cmd_pb
+from stratopt.v1 import query_service_pb2 as query_pb
+from stratopt.v1 import types_pb2 as pb
+from stratopt_cli import client
+from stratopt_cli.runtime import database
+from stratopt_cli.server import ServerThread, StratoptServer
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+SECTORS = {
+    "AAPL": "Information Technology", "AMD": "Information Technology", "MSFT": "Information Technology",
+    "BAC": "Financials", "JPM": "Financials",
+    "BBY": "Consumer Discretionary", "HD": "Consumer Discretionary",
+    "CVX": "Energy", "XOM": "Energy", "RRC": "Energy",
+    "GE": "Industrials",
+    "JNJ": "Health Care", "LLY": "Health Care", "MRK": "Health Care", "PFE": "Health Care", "UNH": "Health Care",
+    "KO": "Consumer Staples", "PEP": "Consumer Staples", "PG": "Consumer Staples", "WMT": "Consumer Staples",
+}  # fmt: skip
+"""GICS sectors of the 20 stocks of the skfolio S&P 500 data set."""
+
+
+def _strategies() -> list[pb.Strategy]:
+    return [pb.Strategy(strategy_id=s, sector=sector) for s, sector in SECTORS.items()]
+
+
+def _window(end_year: int, years: int = 3) -> pb.MarketDataWindow:
+    window = pb.MarketDataWindow(market_symbol="SP500")
+    window.start.FromDatetime(datetime(end_year - years, 12, 31, tzinfo=UTC))
+    window.end.FromDatetime(datetime(end_year, 12, 31, tzinfo=UTC))
+    return window
+
+
+def demo_requests(run_tag: str) -> list[cmd_pb.OptimizeRequest]:
+    """The demo's portfolios: max Sharpe, min volatility, sector-constrained, efficient return (2020-2022)."""
+    risk = pb.RiskParameters(risk_free_rate=0.02)
+    window = _window(2022)
+    return [
+        cmd_pb.OptimizeRequest(
+            portfolio_id="sp500-max-sharpe", request_id=f"{run_tag}-max-sharpe", strategies=_strategies(),
+            market_data=window, objective=pb.OBJECTIVE_MAX_SHARPE,
+            constraints=pb.OptimizationConstraints(max_weight=0.25), risk_parameters=risk,
+        ),
+        cmd_pb.OptimizeRequest(
+            portfolio_id="sp500-min-volatility", request_id=f"{run_tag}-min-vol", strategies=_strategies(),
+            market_data=window, objective=pb.OBJECTIVE_MIN_VOLATILITY,
+            risk_parameters=pb.RiskParameters(
+                risk_free_rate=0.02, covariance_estimator=pb.COVARIANCE_ESTIMATOR_LEDOIT_WOLF
+            ),
+        ),
+        cmd_pb.OptimizeRequest(
+            portfolio_id="sp500-sector-limits", request_id=f"{run_tag}-sector", strategies=_strategies(),
+            market_data=window, objective=pb.OBJECTIVE_MAX_SHARPE,
+            constraints=pb.OptimizationConstraints(
+                max_weight=0.15,
+                sector_limits=[
+                    pb.SectorLimit(sector="Information Technology", max_weight=0.20),
+                    pb.SectorLimit(sector="Health Care", min_weight=0.25),
+                    pb.SectorLimit(sector="Energy", max_weight=0.10),
+                    pb.SectorLimit(sector="Financials", min_weight=0.05),
+                ],
+            ),
+            risk_parameters=risk,
+        ),
+        cmd_pb.OptimizeRequest(
+            portfolio_id="sp500-efficient-return", request_id=f"{run_tag}-efficient-return",
+            strategies=_strategies(), market_data=window, objective=pb.OBJECTIVE_MIN_VOLATILITY,
+            constraints=pb.OptimizationConstraints(min_return=0.15, max_weight=0.30), risk_parameters=risk,
+        ),
+    ]  # fmt: skip
+
+
+def rolling_requests(run_tag: str) -> list[cmd_pb.OptimizeRequest]:
+    """Max Sharpe re-optimized on the three years to each year end 2013-2021 (a history of runs)."""
+    requests = []
+    for year in range(2013, 2022):
+        requests.append(
+            cmd_pb.OptimizeRequest(
+                portfolio_id="sp500-max-sharpe", request_id=f"{run_tag}-rolling-{year}", strategies=_strategies(),
+                market_data=_window(year), objective=pb.OBJECTIVE_MAX_SHARPE,
+                constraints=pb.OptimizationConstraints(max_weight=0.25),
+                risk_parameters=pb.RiskParameters(risk_free_rate=0.02),
+            )
+        )  # fmt: skip
+    return requests
+
+
+def _weights_table(responses: list[cmd_pb.OptimizeResponse]) -> Table:
+    table = Table(title="Optimal weights (%), S&P 500 stocks, 3 years to 2022-12-28")
+    table.add_column("strategy")
+    table.add_column("sector")
+    for r in responses:
+        table.add_column(r.portfolio_id.removeprefix("sp500-"), justify="right")
+    for symbol, sector in SECTORS.items():
+        cells = [f"{100 * r.optimal_weights[symbol]:.1f}" if r.optimal_weights[symbol] >= 5e-4 else "." for r in responses]
+        table.add_row(symbol, sector, *cells)
+    return table
+
+
+def _metrics_table(responses: list[cmd_pb.OptimizeResponse]) -> Table:
+    table = Table(title="Metrics (annualised; risk-free rate 2 %)")
+    for name in ("portfolio", "exp. return", "volatility", "Sharpe", "solver", "status", "iters", "solve ms",
+                 "constraints ok", "missing data", "obs", "config v", "replayed"):  # fmt: skip
+        table.add_column(name, justify="left" if name == "portfolio" else "right")
+    for r in responses:
+        m = r.optimization_metadata
+        table.add_row(
+            r.portfolio_id, f"{100 * r.expected_return:.2f}%", f"{100 * r.expected_volatility:.2f}%",
+            f"{r.sharpe_ratio:.3f}", m.solver, pb.ConvergenceStatus.Name(m.convergence_status).split("_", 2)[-1],
+            str(m.iterations), f"{m.optimization_time_ms:.1f}", "yes" if m.constraints_satisfied else "NO",
+            m.missing_data_policy, str(m.observations), str(m.configuration_version), "yes" if m.replayed else "no",
+        )  # fmt: skip
+    return table
+
+
+def run_demo(database_url: str | None = None, console: Console | None = None) -> int:
+    """Run the demo end to end; return the process exit code (0 on success)."""
+    console = console or Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # piped output (CI, logs): wide enough for the tables
+    run_tag = f"demo-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    with database(database_url) as url:
+        console.print(f"[bold]database[/] {url}")
+        thread = ServerThread(StratoptServer(url, address="127.0.0.1:0"))
+        started = time.perf_counter()
+        thread.start()
+        console.print(f"[bold]server[/] listening on {thread.target} (ready in {time.perf_counter() - started:.1f} s)")
+        try:
+            with client.channel(thread.target) as ch:
+                commands, queries = client.command_stub(ch), client.query_stub(ch)
+                for name in ("sp500_dataset.csv.gz", "sp500_index.csv.gz"):
+                    stored = client.ingest_csv(commands, DATA_DIR / name)
+                    console.print(f"[bold]ingested[/] {name}: {stored.rows_written} bars, {len(stored.symbols)} symbols")
+                batch = commands.BatchOptimize(cmd_pb.BatchOptimizeRequest(requests=rolling_requests(run_tag)), timeout=120)
+                console.print(f"[bold]batch[/] rolling max Sharpe 2013-2021: {batch.succeeded} stored, {batch.failed} failed")
+                responses = [commands.Optimize(r, timeout=60) for r in demo_requests(run_tag)]
+                console.print(_weights_table(responses))
+                console.print(_metrics_table(responses))
+                replay = commands.Optimize(demo_requests(run_tag)[0], timeout=60)
+                console.print(f"[bold]idempotent retry[/] of {replay.request_id}: replayed={replay.optimization_metadata.replayed}")
+                try:
+                    bad = demo_requests(run_tag + "-bad")[2]
+                    bad.constraints.sector_limits.append(pb.SectorLimit(sector="Consumer Staples", min_weight=0.9))
+                    commands.Optimize(bad, timeout=60)
+                except grpc.RpcError as error:
+                    console.print("[bold]infeasible request[/] answered with:\n" + client.describe_rpc_error(error))
+
+                _print_queries(console, queries)
+        finally:
+            thread.stop()
+            console.print("[bold]server[/] stopped")
+    console.print("[bold]done[/]: the embedded database was stopped. `stratopt serve` keeps the service running.")
+    return 0
+
+
+def _print_queries(console: Console, queries: object) -> None:
+    stub = queries  # typed loosely: the generated stub has no static types for mypy
+    latest = Table(title="GetLatest (query side, read model)")
+    for name in ("portfolio", "event time (UTC)", "exp. return", "volatility", "Sharpe", "config v", "top holdings"):
+        latest.add_column(name)
+    for portfolio in ("sp500-max-sharpe", "sp500-min-volatility", "sp500-sector-limits", "sp500-efficient-return"):
+        event = stub.GetLatest(query_pb.GetLatestRequest(portfolio_id=portfolio), timeout=30).event  # type: ignore[attr-defined]
+        top = sorted(event.weights.items(), key=lambda kv: -kv[1])[:3]
+        latest.add_row(
+            portfolio, event.timestamp.ToDatetime().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+            f"{100 * event.expected_return:.2f}%", f"{100 * event.volatility:.2f}%", f"{event.sharpe_ratio:.3f}",
+            str(event.configuration_version), ", ".join(f"{k} {100 * v:.0f}%" for k, v in top),
+        )  # fmt: skip
+    console.print(latest)
+
+    history = Table(title="GetHistory sp500-max-sharpe (newest first, pages of 4)")
+    for name in ("page", "event time (UTC)", "estimation window", "exp. return", "volatility", "Sharpe"):
+        history.add_column(name)
+    request = query_pb.GetHistoryRequest(portfolio_id="sp500-max-sharpe", page_size=4)
+    page_number = 0
+    while page_number < 3:
+        page_number += 1
+        page = stub.GetHistory(request, timeout=30)  # type: ignore[attr-defined]
+        for event in page.events:
+            m = event.metadata
+            window = f"{m.window_start.ToDatetime():%Y-%m-%d} .. {m.window_end.ToDatetime():%Y-%m-%d}"
+            history.add_row(
+                str(page_number), event.timestamp.ToDatetime().strftime("%H:%M:%S.%f")[:-3], window,
+                f"{100 * event.expected_return:.2f}%", f"{100 * event.volatility:.2f}%", f"{event.sharpe_ratio:.3f}",
+            )  # fmt: skip
+        if not page.next_page_token:
+            break
+        request.page_token = page.next_page_token
+    console.print(history)
+
+    analytics = stub.GetPortfolioAnalytics(  # type: ignore[attr-defined]
+        query_pb.GetPortfolioAnalyticsRequest(portfolio_id="sp500-max-sharpe", bucket_width=Duration(seconds=3600)),
+        timeout=60,
+    )
+    table = Table(title="GetPortfolioAnalytics sp500-max-sharpe (DuckDB, 1-hour buckets)")
+    for name in ("bucket start (UTC)", "runs", "mean Sharpe", "mean volatility", "mean exp. return",
+                 "mean one-way turnover", "max turnover"):  # fmt: skip
+        table.add_column(name, justify="right")
+    for b in analytics.buckets:
+        table.add_row(
+            f"{b.bucket_start.ToDatetime():%Y-%m-%d %H:%M}", str(b.run_count), f"{b.mean_sharpe_ratio:.3f}",
+            f"{100 * b.mean_volatility:.2f}%", f"{100 * b.mean_expected_return:.2f}%",
+            f"{100 * b.mean_turnover:.1f}%", f"{100 * b.max_turnover:.1f}%",
+        )  # fmt: skip
+    console.print(table)

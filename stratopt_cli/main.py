@@ -1,0 +1,207 @@
+"""The ``stratopt`` command line: serve, migrate, ingest, optimize, latest, history, analytics, demo."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import grpc
+import typer
+from google.protobuf import json_format
+from google.protobuf.duration_pb2 import Duration
+
+from stratopt.v1 import command_service_pb2 as cmd_pb
+from stratopt.v1 import query_service_pb2 as query_pb
+from stratopt_cli import client
+from stratopt_cli.runtime import DATABASE_URL_ENV, database
+
+app = typer.Typer(
+    help="stratopt: portfolio strategy optimization over gRPC (command + query sides).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+TargetOption = Annotated[
+    str, typer.Option("--target", envvar="STRATOPT_TARGET", help="host:port of a running stratopt server.")
+]
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar=DATABASE_URL_ENV,
+        help="PostgreSQL + TimescaleDB URL. Unset: start and own the embedded cluster.",
+    ),
+]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _fail(error: grpc.RpcError) -> None:
+    typer.echo(client.describe_rpc_error(error), err=True)
+    raise typer.Exit(code=1)
+
+
+def _print_json(message: object) -> None:
+    typer.echo(json_format.MessageToJson(message, indent=2))  # type: ignore[arg-type]
+
+
+@app.command()
+def serve(
+    database_url: DatabaseOption = None,
+    address: Annotated[str, typer.Option(help="host:port to listen on.")] = "127.0.0.1:50051",
+    side: Annotated[str, typer.Option(help="Which side to serve: both, command or query.")] = "both",
+    workers: Annotated[int, typer.Option(help="Solver worker processes (0 = CPU count).")] = 0,
+    verbose: bool = False,
+) -> None:
+    """Run the gRPC server until SIGINT or SIGTERM (migrating the database first)."""
+    from stratopt_cli.server import SIDES, StratoptServer
+
+    _setup_logging(verbose)
+    sides = SIDES if side == "both" else (side,)
+    if side not in ("both", *SIDES):
+        raise typer.BadParameter("must be both, command or query", param_hint="--side")
+
+    async def run(url: str) -> None:
+        server = StratoptServer(url, address=address, sides=sides, workers=workers or None)
+        await server.start()
+        typer.echo(f"stratopt serving {', '.join(sides)} on {address.rsplit(':', 1)[0]}:{server.port}", err=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        typer.echo("stratopt stopping", err=True)
+        await server.stop()
+
+    with database(database_url) as url:
+        asyncio.run(run(url))
+
+
+@app.command()
+def migrate(database_url: DatabaseOption = None) -> None:
+    """Apply pending SQL migrations (to the embedded cluster when no URL is given)."""
+    from stratopt_cli.migrate import migrate as apply
+
+    _setup_logging(False)
+    with database(database_url, run_migrations=False) as url:
+        applied = apply(url)
+    typer.echo("applied: " + (", ".join(applied) if applied else "nothing (schema is current)"))
+
+
+@app.command()
+def ingest(
+    csv: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Wide CSV: date, then one column per symbol.")],
+    target: TargetOption = client.DEFAULT_TARGET,
+) -> None:
+    """Stream a price CSV into the market_data hypertable through IngestMarketData."""
+    with client.channel(target) as ch:
+        try:
+            response = client.ingest_csv(client.command_stub(ch), csv)
+        except grpc.RpcError as error:
+            _fail(error)
+    typer.echo(f"stored {response.rows_written} bars for {len(response.symbols)} symbols")
+
+
+@app.command()
+def optimize(
+    request_file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="OptimizeRequest as JSON.")],
+    target: TargetOption = client.DEFAULT_TARGET,
+    timeout: Annotated[float, typer.Option(help="Deadline in seconds.")] = 60.0,
+) -> None:
+    """Send an OptimizeRequest (protobuf JSON mapping) and print the JSON response."""
+    request = json_format.Parse(request_file.read_text(), cmd_pb.OptimizeRequest())
+    with client.channel(target) as ch:
+        try:
+            response = client.command_stub(ch).Optimize(request, timeout=timeout)
+        except grpc.RpcError as error:
+            _fail(error)
+    _print_json(response)
+
+
+@app.command()
+def latest(portfolio_id: str, target: TargetOption = client.DEFAULT_TARGET) -> None:
+    """Print the latest portfolio_optimized event of a portfolio as JSON."""
+    with client.channel(target) as ch:
+        try:
+            response = client.query_stub(ch).GetLatest(query_pb.GetLatestRequest(portfolio_id=portfolio_id), timeout=30)
+        except grpc.RpcError as error:
+            _fail(error)
+    _print_json(response.event)
+
+
+def _history_request(portfolio_id: str, start: datetime | None, end: datetime | None) -> query_pb.GetHistoryRequest:
+    request = query_pb.GetHistoryRequest(portfolio_id=portfolio_id)
+    if start is not None:
+        request.start.FromDatetime(start)
+    if end is not None:
+        request.end.FromDatetime(end)
+    return request
+
+
+@app.command()
+def history(
+    portfolio_id: str,
+    start: Annotated[datetime | None, typer.Option(help="Inclusive lower bound (UTC).")] = None,
+    end: Annotated[datetime | None, typer.Option(help="Exclusive upper bound (UTC).")] = None,
+    page_size: Annotated[int, typer.Option(help="Events per page.")] = 50,
+    target: TargetOption = client.DEFAULT_TARGET,
+) -> None:
+    """Print every event of a portfolio in a time range, newest first, one JSON object per line."""
+    request = _history_request(portfolio_id, start, end)
+    request.page_size = page_size
+    with client.channel(target) as ch:
+        stub = client.query_stub(ch)
+        while True:
+            try:
+                page = stub.GetHistory(request, timeout=30)
+            except grpc.RpcError as error:
+                _fail(error)
+            for event in page.events:
+                typer.echo(json_format.MessageToJson(event, indent=None))
+            if not page.next_page_token:
+                break
+            request.page_token = page.next_page_token
+
+
+@app.command()
+def analytics(
+    portfolio_id: str,
+    bucket_hours: Annotated[float, typer.Option(help="Bucket width in hours.")] = 24.0,
+    target: TargetOption = client.DEFAULT_TARGET,
+) -> None:
+    """Print per-bucket run statistics (DuckDB over the event history) as JSON."""
+    seconds = int(bucket_hours * 3600)
+    request = query_pb.GetPortfolioAnalyticsRequest(portfolio_id=portfolio_id, bucket_width=Duration(seconds=seconds))
+    with client.channel(target) as ch:
+        try:
+            response = client.query_stub(ch).GetPortfolioAnalytics(request, timeout=60)
+        except grpc.RpcError as error:
+            _fail(error)
+    _print_json(response)
+
+
+@app.command()
+def demo(
+    database_url: DatabaseOption = None,
+    verbose: bool = False,
+) -> None:
+    """Start the service on the embedded database, optimize real S&P 500 portfolios, query them, stop."""
+    from stratopt_cli.demo import run_demo
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr)
+    raise typer.Exit(code=run_demo(database_url))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
