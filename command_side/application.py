@@ -10,7 +10,7 @@ from datetime import UTC
 
 import asyncpg
 import numpy as np
-from google.rpc import status_pb2
+from google.rpc import status_pb2  # type: ignore[attr-defined]  # stubs hidden by types-protobuf
 
 from command_side.mapping import (
     datetime_to_timestamp,
@@ -68,7 +68,9 @@ class OptimizationService:
         self._pool = solver_pool
         self._batch_concurrency = batch_concurrency or 2 * solver_pool.workers
 
-    async def optimize(self, request: cmd_pb.OptimizeRequest, *, time_remaining_s: float | None) -> cmd_pb.OptimizeResponse:
+    async def optimize(
+        self, request: cmd_pb.OptimizeRequest, *, time_remaining_s: float | None
+    ) -> cmd_pb.OptimizeResponse:
         """Optimize one portfolio and store the run, or replay the stored answer to a repeated request_id.
 
         Parameters
@@ -153,7 +155,11 @@ class OptimizationService:
         )
 
     async def batch_optimize(
-        self, request: cmd_pb.BatchOptimizeRequest, *, time_remaining_s: float | None, to_status: StatusFactory
+        self,
+        request: cmd_pb.BatchOptimizeRequest,
+        *,
+        time_remaining_s: float | None,
+        to_status: StatusFactory,
     ) -> cmd_pb.BatchOptimizeResponse:
         """Optimize each request on its own; a failed item yields its error status, the others go on.
 
@@ -178,7 +184,7 @@ class OptimizationService:
                     response = await self.optimize(item, time_remaining_s=remaining)
                 except StratoptError as exc:
                     return cmd_pb.BatchOptimizeResult(index=index, error=to_status(exc))
-                except Exception as exc:  # noqa: BLE001 - one broken item must not sink the batch
+                except Exception as exc:
                     log.exception("batch item %d failed", index)
                     return cmd_pb.BatchOptimizeResult(index=index, error=to_status(exc))
                 return cmd_pb.BatchOptimizeResult(index=index, response=response)
@@ -259,7 +265,8 @@ class OptimizationService:
                     raise InvalidInputError.for_field(f"{field}.timestamp", f"must be set (message {message_index})")
                 if not (np.isfinite(bar.price) and bar.price > 0):
                     raise InvalidInputError.for_field(
-                        f"{field}.price", f"must be positive and finite, got {bar.price} (message {message_index})"
+                        f"{field}.price",
+                        f"must be positive and finite, got {bar.price} (message {message_index})",
                     )
                 volume = bar.volume if bar.HasField("volume") else None
                 if volume is not None and not (np.isfinite(volume) and volume >= 0):
@@ -283,9 +290,7 @@ def _response(request: cmd_pb.OptimizeRequest, outcome: OptimizationOutcome) -> 
     response = cmd_pb.OptimizeResponse(
         portfolio_id=request.portfolio_id,
         request_id=request.request_id,
-        optimal_weights={
-            s.strategy_id: float(w) for s, w in zip(request.strategies, result.weights, strict=True)
-        },
+        optimal_weights={s.strategy_id: float(w) for s, w in zip(request.strategies, result.weights, strict=True)},
         expected_return=result.performance.expected_return,
         expected_volatility=result.performance.volatility,
         sharpe_ratio=result.performance.sharpe_ratio,

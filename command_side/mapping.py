@@ -386,8 +386,10 @@ def validate_optimize_request(request: cmd_pb.OptimizeRequest) -> ValidatedReque
         moments = _moments(request)
     else:
         window = request.market_data
-        if window.HasField("start") and window.HasField("end") and window.start.ToMicroseconds() > (
-            window.end.ToMicroseconds()
+        if (
+            window.HasField("start")
+            and window.HasField("end")
+            and window.start.ToMicroseconds() > (window.end.ToMicroseconds())
         ):
             raise _bad("market_data.end", "is before market_data.start")
     if which != "returns" and any(len(s.returns) for s in request.strategies):

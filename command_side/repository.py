@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import numpy as np
@@ -26,6 +26,11 @@ from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
 
 NOTIFY_CHANNEL = "portfolio_optimized"
+
+if TYPE_CHECKING:  # asyncpg's classes are generic only in its stubs
+    Connection = asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
+else:
+    Connection = asyncpg.Connection
 
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -215,13 +220,11 @@ class WriteRepository:
                    WHERE latest_portfolio_optimizations."timestamp" <= EXCLUDED."timestamp\"""",
                 *event_args,
             )
-            await conn.execute(
-                "SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{configuration.portfolio_id} {event_id}"
-            )
+            await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{configuration.portfolio_id} {event_id}")
         return response
 
     @staticmethod
-    async def _upsert_configuration(conn: asyncpg.Connection, config: cmd_pb.OptimizationConfiguration) -> int:
+    async def _upsert_configuration(conn: Connection, config: cmd_pb.OptimizationConfiguration) -> int:
         """Version of ``config`` for its portfolio: the current one if unchanged, else a new one."""
         content = configuration_content(config)
         digest = content_hash(content)
@@ -256,7 +259,8 @@ class WriteRepository:
         async with database_errors(), self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", config.portfolio_id)
             before = await conn.fetchval(
-                "SELECT max(version) FROM optimization_configurations WHERE portfolio_id = $1", config.portfolio_id
+                "SELECT max(version) FROM optimization_configurations WHERE portfolio_id = $1",
+                config.portfolio_id,
             )
             version = await self._upsert_configuration(conn, config)
             row = await conn.fetchrow(
@@ -264,6 +268,7 @@ class WriteRepository:
                 config.portfolio_id,
                 version,
             )
+        assert row is not None  # written (or found) in this transaction
         return _configuration_from_row(row), before is None or version > before
 
     async def get_configuration(self, portfolio_id: str, version: int = 0) -> cmd_pb.OptimizationConfiguration:
@@ -283,8 +288,7 @@ class WriteRepository:
                 )
             else:
                 row = await conn.fetchrow(
-                    "SELECT * FROM optimization_configurations WHERE portfolio_id = $1 "
-                    "ORDER BY version DESC LIMIT 1",
+                    "SELECT * FROM optimization_configurations WHERE portfolio_id = $1 ORDER BY version DESC LIMIT 1",
                     portfolio_id,
                 )
         if row is None:
@@ -313,7 +317,7 @@ class WriteRepository:
         async with database_errors(), self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS market_data_stage "
-                "(symbol text, \"timestamp\" timestamptz, price double precision, volume double precision) "
+                '(symbol text, "timestamp" timestamptz, price double precision, volume double precision) '
                 "ON COMMIT DELETE ROWS"
             )
             await conn.copy_records_to_table(

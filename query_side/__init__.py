@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncpg
 import grpc
-from stratopt.v1 import query_service_pb2, query_service_pb2_grpc
 
-from query_side.rpc_errors import ErrorMappingInterceptor
 from query_side.servicer import OptimizationQueryServicer
+from stratopt.rpc_errors import ErrorMappingInterceptor
+from stratopt.v1 import query_service_pb2, query_service_pb2_grpc
 
 SERVICE_NAME: str = query_service_pb2.DESCRIPTOR.services_by_name["OptimizationQueryService"].full_name
 """Full name of the service, ``stratopt.v1.OptimizationQueryService``."""
@@ -34,9 +34,7 @@ def register(server: grpc.aio.Server, pool: asyncpg.Pool[asyncpg.Record]) -> lis
     list of str
         Full names of the services added, for reflection and health checking.
     """
-    query_service_pb2_grpc.add_OptimizationQueryServiceServicer_to_server(
-        OptimizationQueryServicer(pool), server
-    )
+    query_service_pb2_grpc.add_OptimizationQueryServiceServicer_to_server(OptimizationQueryServicer(pool), server)
     return [SERVICE_NAME]
 
 

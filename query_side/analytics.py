@@ -123,9 +123,7 @@ def events_frame(runs: Iterable[RunRecord]) -> pl.DataFrame:
         {
             "timestamp": run.timestamp,
             "event_id": run.event_id,
-            "weights": [
-                {"strategy_id": name, "weight": float(weight)} for name, weight in run.weights.items()
-            ],
+            "weights": [{"strategy_id": name, "weight": float(weight)} for name, weight in run.weights.items()],
             "expected_return": run.expected_return,
             "volatility": run.volatility,
             "sharpe_ratio": run.sharpe_ratio,
@@ -135,9 +133,7 @@ def events_frame(runs: Iterable[RunRecord]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=EVENTS_SCHEMA)
 
 
-def with_turnover(
-    events: pl.DataFrame, *, previous_weights: Mapping[str, float] | None = None
-) -> pl.DataFrame:
+def with_turnover(events: pl.DataFrame, *, previous_weights: Mapping[str, float] | None = None) -> pl.DataFrame:
     r"""Order runs by ``(timestamp, event_id)`` and add each run's one-way turnover.
 
     The turnover of a run against the previous run is :math:`\tfrac{1}{2} \sum_i |w_{i,t} - w_{i,t-1}|`
@@ -163,9 +159,7 @@ def with_turnover(
         .with_row_index("run_index")
         .with_columns(pl.col("run_index").cast(pl.Int64))
     )
-    run_weights = (
-        ordered.select("run_index", "weights").explode("weights").drop_nulls("weights").unnest("weights")
-    )
+    run_weights = ordered.select("run_index", "weights").explode("weights").drop_nulls("weights").unnest("weights")
     if previous_weights is not None:
         predecessor = pl.DataFrame(
             {
@@ -187,9 +181,9 @@ def with_turnover(
         .filter(pl.col("run_index") < ordered.height)
         .group_by("run_index")
         .agg(
-            (
-                0.5 * (pl.col("weight").fill_null(0.0) - pl.col("previous_weight").fill_null(0.0)).abs().sum()
-            ).alias("turnover")
+            (0.5 * (pl.col("weight").fill_null(0.0) - pl.col("previous_weight").fill_null(0.0)).abs().sum()).alias(
+                "turnover"
+            )
         )
     )
     first_with_turnover = 0 if previous_weights is not None else 1

@@ -114,16 +114,10 @@ def decode_page_token(token: str, fingerprint: str) -> HistoryKey:
     if not isinstance(payload, dict) or payload.get("v") != _VERSION:
         raise InvalidInputError.for_field(_FIELD, "malformed page token")
     timestamp_us, event_id, token_fingerprint = payload.get("t"), payload.get("e"), payload.get("q")
-    if (
-        type(timestamp_us) is not int
-        or not isinstance(event_id, str)
-        or not isinstance(token_fingerprint, str)
-    ):
+    if type(timestamp_us) is not int or not isinstance(event_id, str) or not isinstance(token_fingerprint, str):
         raise InvalidInputError.for_field(_FIELD, "malformed page token")
     if token_fingerprint != fingerprint:
-        raise InvalidInputError.for_field(
-            _FIELD, "page token was issued for a different portfolio_id, start or end"
-        )
+        raise InvalidInputError.for_field(_FIELD, "page token was issued for a different portfolio_id, start or end")
     try:
         return HistoryKey(timestamp=_EPOCH + timestamp_us * _MICROSECOND, event_id=uuid.UUID(event_id))
     except (ValueError, OverflowError) as exc:

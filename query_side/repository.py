@@ -287,9 +287,7 @@ class EventReadRepository:
             connection.transaction(isolation="repeatable_read", readonly=True),
         ):
             rows = await connection.fetch(runs_query, *arguments)
-            previous = (
-                None if start is None else await connection.fetchval(previous_query, portfolio_id, start)
-            )
+            previous = None if start is None else await connection.fetchval(previous_query, portfolio_id, start)
         return AnalyticsWindow(
             runs=tuple(_run(row) for row in rows),
             previous_weights=None if previous is None else _weights(previous),

@@ -2,7 +2,7 @@
 
 Each RPC validates and converts the request, awaits one repository read (plus, for analytics, the pure
 computation in a worker thread) and converts the answer back. Errors are raised as
-:mod:`services.errors` exceptions; the interceptor of :mod:`query_side.rpc_errors` turns them into
+:mod:`services.errors` exceptions; the interceptor of :mod:`stratopt.rpc_errors` turns them into
 ``google.rpc.Status``. Handlers never call ``context.abort``.
 """
 
@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import grpc
 from google.protobuf import json_format, timestamp_pb2
-from stratopt.v1 import query_service_pb2, query_service_pb2_grpc, types_pb2
 
 from query_side.analytics import PortfolioAnalytics, events_frame, portfolio_analytics
 from query_side.page_token import decode_page_token, encode_page_token, query_fingerprint
 from query_side.repository import AnalyticsWindow, EventReadRepository, StoredEvent
 from services.errors import InvalidInputError, NotFoundError
+from stratopt.v1 import query_service_pb2, query_service_pb2_grpc, types_pb2
 
 DEFAULT_PAGE_SIZE = 50
 """Events per ``GetHistory`` page when the request leaves ``page_size`` at 0."""
@@ -212,9 +212,7 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         fingerprint = query_fingerprint(portfolio_id, start, end)
         after = decode_page_token(request.page_token, fingerprint) if request.page_token else None
-        events = await self._repository.history(
-            portfolio_id, start=start, end=end, limit=page_size + 1, after=after
-        )
+        events = await self._repository.history(portfolio_id, start=start, end=end, limit=page_size + 1, after=after)
         page = events[:page_size]
         next_page_token = encode_page_token(page[-1].key, fingerprint) if len(events) > page_size else ""
         return query_service_pb2.GetHistoryResponse(
@@ -258,9 +256,7 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         )
         try:
             bucket_width = (
-                request.bucket_width.ToTimedelta()
-                if request.HasField("bucket_width")
-                else DEFAULT_BUCKET_WIDTH
+                request.bucket_width.ToTimedelta() if request.HasField("bucket_width") else DEFAULT_BUCKET_WIDTH
             )
         except OverflowError as exc:
             raise InvalidInputError.for_field("bucket_width", "duration out of range") from exc

@@ -50,7 +50,8 @@ apt_install() {
 
 apt_install ca-certificates util-linux postgresql-15 postgresql-client-15 ||
   die "could not install the PostgreSQL 15 packages with apt-get"
-command -v runuser >/dev/null 2>&1 || die "runuser not found (package util-linux)"
+# runuser (util-linux) lets stratopt, when run as root, start PostgreSQL as the postgres user.
+[ -x /usr/sbin/runuser ] || command -v runuser >/dev/null 2>&1 || die "runuser not found (package util-linux)"
 [ -x /usr/lib/postgresql/15/bin/initdb ] || die "/usr/lib/postgresql/15/bin/initdb missing after installing postgresql-15"
 getent passwd postgres >/dev/null || die "the 'postgres' user is missing (it comes with postgresql-common)"
 log "PostgreSQL 15 server binaries present"

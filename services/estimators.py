@@ -214,7 +214,8 @@ def estimate_moments(history: ReturnHistory, settings: EstimationSettings) -> Es
     if np.isnan(per_period).any():
         i, j = np.argwhere(np.isnan(per_period))[0]
         raise InvalidInputError.for_field(
-            f"strategies[{int(i)}]", f"shares fewer than {MIN_OBSERVATIONS} observations with strategies[{int(j)}]"
+            f"strategies[{int(i)}]",
+            f"shares fewer than {MIN_OBSERVATIONS} observations with strategies[{int(j)}]",
         )
     covariance = nearest_psd(np.asarray(per_period, dtype=np.float64) * freq)
     flat = np.flatnonzero(np.diag(covariance) <= 0.0)

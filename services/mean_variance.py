@@ -92,9 +92,7 @@ def validate_moments(moments: Moments, n_assets: int) -> None:
     """
     mu, sigma = moments.expected_returns, moments.covariance
     if mu.shape != (n_assets,):
-        raise InvalidInputError.for_field(
-            "moments.expected_returns", f"has {mu.size} values for {n_assets} strategies"
-        )
+        raise InvalidInputError.for_field("moments.expected_returns", f"has {mu.size} values for {n_assets} strategies")
     if sigma.shape != (n_assets, n_assets):
         raise InvalidInputError.for_field(
             "moments.covariance", f"has {sigma.size} values; expected {n_assets}x{n_assets} = {n_assets**2}"
@@ -204,7 +202,9 @@ def precheck(problem: PortfolioProblem, moments: Moments) -> None:
                 )
     if minima > 1 + 1e-9:
         violations.append(
-            PreconditionViolation("SECTOR_MINIMA", "constraints.sector_limits", f"sector minima sum to {minima:.6g} > 1")
+            PreconditionViolation(
+                "SECTOR_MINIMA", "constraints.sector_limits", f"sector minima sum to {minima:.6g} > 1"
+            )
         )
     mu = moments.expected_returns
     if problem.min_return is not None and problem.min_return > float(mu.max()) + 1e-12:
@@ -234,7 +234,7 @@ def precheck(problem: PortfolioProblem, moments: Moments) -> None:
 def _covariance_factor(covariance: FloatArray) -> FloatArray:
     """F with F Fᵀ = Σ (Cholesky, or the eigen-factor for a singular Σ)."""
     try:
-        return np.linalg.cholesky(covariance)
+        return np.asarray(np.linalg.cholesky(covariance), dtype=np.float64)
     except np.linalg.LinAlgError:
         eigenvalues, eigenvectors = np.linalg.eigh(covariance)
         return np.asarray(eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None)), dtype=np.float64)
@@ -348,6 +348,7 @@ def optimize_mean_variance(
             constraints.append(mu @ w >= problem.min_return)
         if problem.max_volatility is not None:
             constraints.append(cp.norm(factor.T @ w, 2) <= problem.max_volatility)
+        objective: cp.Minimize | cp.Maximize
         if problem.objective is Objective.MIN_VOLATILITY:
             objective = cp.Minimize(cp.sum_squares(factor.T @ w))
         elif problem.objective is Objective.MAX_RETURN:
@@ -363,7 +364,7 @@ def optimize_mean_variance(
             raise DeadlineExceededError("no time left before the call's deadline to solve")
         options["time_limit"] = float(time_limit_s)
     try:
-        cvx_problem.solve(solver=cp.CLARABEL, **options)
+        cvx_problem.solve(solver=cp.CLARABEL, **options)  # type: ignore[no-untyped-call]
     except cp.error.SolverError as exc:
         if time_limit_s is not None and time.perf_counter() - started >= time_limit_s:
             raise DeadlineExceededError(f"the solver did not finish within {time_limit_s:.3f} s") from exc

@@ -5,10 +5,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import polars as pl
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2  # type: ignore[attr-defined]  # stubs hidden by types-protobuf
 from grpc_status import rpc_status
 
 from stratopt.v1 import command_service_pb2 as cmd_pb
@@ -35,8 +36,15 @@ def query_stub(ch: grpc.Channel) -> query_grpc.OptimizationQueryServiceStub:
     return query_grpc.OptimizationQueryServiceStub(ch)
 
 
-def read_wide_prices(path: Path) -> pl.DataFrame:
+def read_wide_prices(path: Path, symbol_prefix: str = "") -> pl.DataFrame:
     """Read a wide price CSV (first column the date, one column per symbol; gzip allowed).
+
+    Parameters
+    ----------
+    path : Path
+        The CSV file.
+    symbol_prefix : str
+        Prepended to every column name (to keep two sources of the same ticker apart, e.g. ``PPO.``).
 
     Returns
     -------
@@ -49,7 +57,7 @@ def read_wide_prices(path: Path) -> pl.DataFrame:
     return (
         frame.unpivot(index=date_column, variable_name="symbol", value_name="price")
         .rename({date_column: "timestamp"})
-        .with_columns(pl.col("price").cast(pl.Float64))
+        .with_columns(pl.col("price").cast(pl.Float64), (pl.lit(symbol_prefix) + pl.col("symbol")).alias("symbol"))
         .drop_nulls("price")
         .select("symbol", "timestamp", "price")
     )
@@ -71,9 +79,11 @@ def bar_messages(
         yield message
 
 
-def ingest_csv(stub: cmd_grpc.OptimizationCommandServiceStub, path: Path, *, quiet: bool = False) -> cmd_pb.IngestMarketDataResponse:
+def ingest_csv(
+    stub: cmd_grpc.OptimizationCommandServiceStub, path: Path, *, symbol_prefix: str = "", quiet: bool = False
+) -> cmd_pb.IngestMarketDataResponse:
     """Stream a wide price CSV to ``IngestMarketData``, printing progress to stderr unless ``quiet``."""
-    prices = read_wide_prices(path)
+    prices = read_wide_prices(path, symbol_prefix)
     total = len(prices)
 
     def report(sent: int) -> None:
@@ -92,7 +102,8 @@ def describe_rpc_error(error: grpc.RpcError) -> str:
     code = call.code().name if call is not None else "UNKNOWN"
     lines = [f"{code}: {call.details() if call is not None else error}"]
     status = rpc_status.from_call(call) if call is not None else None
-    for detail in status.details if status is not None else []:
+    details: list[Any] = list(status.details) if status is not None else []
+    for detail in details:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)

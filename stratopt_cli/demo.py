@@ -108,7 +108,9 @@ def _weights_table(responses: list[cmd_pb.OptimizeResponse]) -> Table:
     for r in responses:
         table.add_column(r.portfolio_id.removeprefix("sp500-"), justify="right")
     for symbol, sector in SECTORS.items():
-        cells = [f"{100 * r.optimal_weights[symbol]:.1f}" if r.optimal_weights[symbol] >= 5e-4 else "." for r in responses]
+        cells = [
+            f"{100 * r.optimal_weights[symbol]:.1f}" if r.optimal_weights[symbol] >= 5e-4 else "." for r in responses
+        ]
         table.add_row(symbol, sector, *cells)
     return table
 
@@ -146,14 +148,22 @@ def run_demo(database_url: str | None = None, console: Console | None = None) ->
                 commands, queries = client.command_stub(ch), client.query_stub(ch)
                 for name in ("sp500_dataset.csv.gz", "sp500_index.csv.gz"):
                     stored = client.ingest_csv(commands, DATA_DIR / name)
-                    console.print(f"[bold]ingested[/] {name}: {stored.rows_written} bars, {len(stored.symbols)} symbols")
-                batch = commands.BatchOptimize(cmd_pb.BatchOptimizeRequest(requests=rolling_requests(run_tag)), timeout=120)
-                console.print(f"[bold]batch[/] rolling max Sharpe 2013-2021: {batch.succeeded} stored, {batch.failed} failed")
+                    console.print(
+                        f"[bold]ingested[/] {name}: {stored.rows_written} bars, {len(stored.symbols)} symbols"
+                    )
+                batch = commands.BatchOptimize(
+                    cmd_pb.BatchOptimizeRequest(requests=rolling_requests(run_tag)), timeout=120
+                )
+                console.print(
+                    f"[bold]batch[/] rolling max Sharpe 2013-2021: {batch.succeeded} stored, {batch.failed} failed"
+                )
                 responses = [commands.Optimize(r, timeout=60) for r in demo_requests(run_tag)]
                 console.print(_weights_table(responses))
                 console.print(_metrics_table(responses))
                 replay = commands.Optimize(demo_requests(run_tag)[0], timeout=60)
-                console.print(f"[bold]idempotent retry[/] of {replay.request_id}: replayed={replay.optimization_metadata.replayed}")
+                console.print(
+                    f"[bold]idempotent retry[/] of {replay.request_id}: replayed={replay.optimization_metadata.replayed}"
+                )
                 try:
                     bad = demo_requests(run_tag + "-bad")[2]
                     bad.constraints.sector_limits.append(pb.SectorLimit(sector="Consumer Staples", min_weight=0.9))
@@ -172,9 +182,22 @@ def run_demo(database_url: str | None = None, console: Console | None = None) ->
 def _print_queries(console: Console, queries: object) -> None:
     stub = queries  # typed loosely: the generated stub has no static types for mypy
     latest = Table(title="GetLatest (query side, read model)")
-    for name in ("portfolio", "event time (UTC)", "exp. return", "volatility", "Sharpe", "config v", "top holdings"):
+    for name in (
+        "portfolio",
+        "event time (UTC)",
+        "exp. return",
+        "volatility",
+        "Sharpe",
+        "config v",
+        "top holdings",
+    ):
         latest.add_column(name)
-    for portfolio in ("sp500-max-sharpe", "sp500-min-volatility", "sp500-sector-limits", "sp500-efficient-return"):
+    for portfolio in (
+        "sp500-max-sharpe",
+        "sp500-min-volatility",
+        "sp500-sector-limits",
+        "sp500-efficient-return",
+    ):
         event = stub.GetLatest(query_pb.GetLatestRequest(portfolio_id=portfolio), timeout=30).event  # type: ignore[attr-defined]
         top = sorted(event.weights.items(), key=lambda kv: -kv[1])[:3]
         latest.add_row(

@@ -40,8 +40,7 @@ def _pg_bindir() -> Path:
         if (candidate / "initdb").exists():
             return candidate
     raise EmbeddedPostgresError(
-        "PostgreSQL server binaries not found: install postgresql-15 (scripts/setup.sh does) "
-        "or set STRATOPT_PG_BINDIR"
+        "PostgreSQL server binaries not found: install postgresql-15 (scripts/setup.sh does) or set STRATOPT_PG_BINDIR"
     )
 
 
@@ -95,7 +94,7 @@ class EmbeddedPostgres:
 
     @property
     def dsn(self) -> str:
-        """libpq connection URL of the stratopt database (Unix socket, trust authentication)."""
+        """Libpq connection URL of the stratopt database (Unix socket, trust authentication)."""
         return f"postgresql://{_SERVICE_USER}@/{self.database}?host={self.socket_dir}&port=5432"
 
     def _run(self, args: list[str], *, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -127,7 +126,9 @@ class EmbeddedPostgres:
         """Whether the cluster's postmaster answers ``pg_ctl status``."""
         if not self._initialised():
             return False
-        return self._run([str(_pg_bindir() / "pg_ctl"), "status", "-D", str(self.data_dir)], check=False).returncode == 0
+        return (
+            self._run([str(_pg_bindir() / "pg_ctl"), "status", "-D", str(self.data_dir)], check=False).returncode == 0
+        )
 
     def start(self) -> str:
         """Create the cluster if needed, start it if stopped, create the database; return its DSN.
@@ -141,8 +142,16 @@ class EmbeddedPostgres:
         if not self._initialised():
             self._prepare_directory()
             self._run(
-                [str(bindir / "initdb"), "-D", str(self.data_dir), "-U", _SERVICE_USER, "--auth=trust",
-                 "--encoding=UTF8", "--locale=C.UTF-8"]
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    _SERVICE_USER,
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                ]
             )
             with (self.data_dir / "postgresql.conf").open("a") as conf:
                 conf.write(
@@ -168,7 +177,16 @@ class EmbeddedPostgres:
         return self.dsn
 
     def _ensure_database(self, bindir: Path) -> None:
-        psql = [str(bindir / "psql"), "-h", str(self.socket_dir), "-U", _SERVICE_USER, "-d", "postgres", "-tAc"]
+        psql = [
+            str(bindir / "psql"),
+            "-h",
+            str(self.socket_dir),
+            "-U",
+            _SERVICE_USER,
+            "-d",
+            "postgres",
+            "-tAc",
+        ]
         deadline = time.monotonic() + 30
         while True:
             found = self._run([*psql, f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'"], check=False)
@@ -191,5 +209,17 @@ class EmbeddedPostgres:
         if only_if_started_here and not self._started_here:
             return
         if self.running():
-            self._run([str(_pg_bindir() / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60"])
+            self._run(
+                [
+                    str(_pg_bindir() / "pg_ctl"),
+                    "stop",
+                    "-D",
+                    str(self.data_dir),
+                    "-m",
+                    "fast",
+                    "-w",
+                    "-t",
+                    "60",
+                ]
+            )
         self._started_here = False

@@ -101,13 +101,16 @@ def migrate(database_url: DatabaseOption = None) -> None:
 
 @app.command()
 def ingest(
-    csv: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Wide CSV: date, then one column per symbol.")],
+    csv: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="Wide CSV: date, then one column per symbol.")
+    ],
+    symbol_prefix: Annotated[str, typer.Option(help="Prepended to every symbol, e.g. 'PPO.'.")] = "",
     target: TargetOption = client.DEFAULT_TARGET,
 ) -> None:
     """Stream a price CSV into the market_data hypertable through IngestMarketData."""
     with client.channel(target) as ch:
         try:
-            response = client.ingest_csv(client.command_stub(ch), csv)
+            response = client.ingest_csv(client.command_stub(ch), csv, symbol_prefix=symbol_prefix)
         except grpc.RpcError as error:
             _fail(error)
     typer.echo(f"stored {response.rows_written} bars for {len(response.symbols)} symbols")

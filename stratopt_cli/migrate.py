@@ -11,7 +11,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def _yoyo_url(dsn: str) -> str:
-    """yoyo names the driver in the URL scheme; stratopt uses psycopg 3 for migrations."""
+    """Yoyo names the driver in the URL scheme; stratopt uses psycopg 3 for migrations."""
     parts = urlsplit(dsn)
     return urlunsplit(("postgresql+psycopg", *parts[1:]))
 

@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 import grpc
@@ -60,7 +61,7 @@ class StratoptServer:
         if unknown or not sides:
             raise ValueError(f"sides must be a non-empty subset of {SIDES}, got {sorted(sides)}")
         self._pool = await asyncpg.create_pool(self.database_url, min_size=1, max_size=10, command_timeout=60)
-        interceptors: list[grpc.aio.ServerInterceptor] = []
+        interceptors: list[Any] = []
         if "command" in sides:
             interceptors.append(command_side.interceptor())
         if "query" in sides:
@@ -79,7 +80,7 @@ class StratoptServer:
             names += command_side.register(server, self._pool, self._solver_pool)
         if "query" in sides:
             names += query_side.register(server, self._pool)
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # missing from the stubs
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         self.port = server.add_insecure_port(self.address)

@@ -33,15 +33,11 @@ def run(
     )
 
 
-def dense_turnover(
-    weights: list[dict[str, float]], previous: dict[str, float] | None = None
-) -> list[float | None]:
+def dense_turnover(weights: list[dict[str, float]], previous: dict[str, float] | None = None) -> list[float | None]:
     """0.5 * sum |w_t - w_{t-1}| on a dense (runs x names) matrix, zeros for missing names."""
     history = ([previous] if previous is not None else []) + weights
     names = sorted({name for w in history for name in w})
-    matrix = np.array([[w.get(name, 0.0) for name in names] for w in history]).reshape(
-        len(history), len(names)
-    )
+    matrix = np.array([[w.get(name, 0.0) for name in names] for w in history]).reshape(len(history), len(names))
     turnover = 0.5 * np.abs(np.diff(matrix, axis=0)).sum(axis=1)
     values: list[float | None] = [float(x) for x in turnover]
     return values if previous is not None else [None, *values]

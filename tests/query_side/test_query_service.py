@@ -21,7 +21,6 @@ from google.protobuf import duration_pb2, json_format, timestamp_pb2
 from google.rpc import code_pb2, error_details_pb2
 from grpc_status import rpc_status
 from psycopg.types.json import Jsonb
-from stratopt.v1 import query_service_pb2, query_service_pb2_grpc, types_pb2
 
 import query_side
 from query_side.repository import EventReadRepository
@@ -31,6 +30,7 @@ from services.errors import (
     PreconditionViolation,
     UnavailableError,
 )
+from stratopt.v1 import query_service_pb2, query_service_pb2_grpc, types_pb2
 
 pytestmark = pytest.mark.integration
 
@@ -303,9 +303,7 @@ def all_pages(stub: Any, request: query_service_pb2.GetHistoryRequest) -> list[l
         request.page_token = response.next_page_token
 
 
-def test_history_pages_newest_first_with_ties_broken_by_event_id(
-    stub: Any, db: psycopg.Connection[Any]
-) -> None:
+def test_history_pages_newest_first_with_ties_broken_by_event_id(stub: Any, db: psycopg.Connection[Any]) -> None:
     portfolio_id = new_portfolio()
     t0 = datetime(2024, 4, 1, tzinfo=UTC)
     # Three events share one timestamp and two another: a page boundary falls inside the first group.
@@ -322,9 +320,7 @@ def test_history_pages_newest_first_with_ties_broken_by_event_id(
     assert len(set(returned)) == 7
 
 
-def test_history_exact_multiple_of_page_size_ends_without_token(
-    stub: Any, db: psycopg.Connection[Any]
-) -> None:
+def test_history_exact_multiple_of_page_size_ends_without_token(stub: Any, db: psycopg.Connection[Any]) -> None:
     portfolio_id = new_portfolio()
     t0 = datetime(2024, 4, 2, tzinfo=UTC)
     events = make_events([t0 + timedelta(minutes=k) for k in range(6)], seed=3)
@@ -332,9 +328,7 @@ def test_history_exact_multiple_of_page_size_ends_without_token(
     first = stub.GetHistory(query_service_pb2.GetHistoryRequest(portfolio_id=portfolio_id, page_size=3))
     assert first.next_page_token
     second = stub.GetHistory(
-        query_service_pb2.GetHistoryRequest(
-            portfolio_id=portfolio_id, page_size=3, page_token=first.next_page_token
-        )
+        query_service_pb2.GetHistoryRequest(portfolio_id=portfolio_id, page_size=3, page_token=first.next_page_token)
     )
     assert len(second.events) == 3
     assert second.next_page_token == ""
@@ -357,9 +351,7 @@ def test_history_start_is_inclusive_and_end_exclusive(stub: Any, db: psycopg.Con
     assert len(returned) == 5
 
     only_start = stub.GetHistory(
-        query_service_pb2.GetHistoryRequest(
-            portfolio_id=portfolio_id, start=timestamp(t0 + timedelta(hours=8))
-        )
+        query_service_pb2.GetHistoryRequest(portfolio_id=portfolio_id, start=timestamp(t0 + timedelta(hours=8)))
     )
     assert [e.event_id for e in only_start.events] == [str(e.event_id) for e in newest_first(events)[:2]]
 
@@ -480,9 +472,7 @@ def expected_buckets(
         [(start is None or e.timestamp >= start) and (end is None or e.timestamp < end) for e in ordered]
     )
     width_us = width // timedelta(microseconds=1)
-    bucket = np.array(
-        [(e.timestamp - EPOCH) // timedelta(microseconds=1) // width_us * width_us for e in ordered]
-    )
+    bucket = np.array([(e.timestamp - EPOCH) // timedelta(microseconds=1) // width_us * width_us for e in ordered])
     sharpe = np.array([e.sharpe_ratio for e in ordered])
     volatility = np.array([e.volatility for e in ordered])
     expected_return = np.array([e.expected_return for e in ordered])
@@ -504,9 +494,7 @@ def expected_buckets(
     return result
 
 
-def assert_buckets(
-    response: query_service_pb2.GetPortfolioAnalyticsResponse, expected: list[dict[str, Any]]
-) -> None:
+def assert_buckets(response: query_service_pb2.GetPortfolioAnalyticsResponse, expected: list[dict[str, Any]]) -> None:
     assert response.total_runs == sum(b["run_count"] for b in expected)
     assert len(response.buckets) == len(expected)
     for bucket, truth in zip(response.buckets, expected, strict=True):
@@ -532,9 +520,7 @@ def test_analytics_against_numpy(stub: Any, db: psycopg.Connection[Any]) -> None
     events = make_events(timestamps, seed=9, universe=("AAA", "BBB", "CCC", "DDD", "EEE", "FFF"))
     insert_events(db, portfolio_id, events)
 
-    whole = stub.GetPortfolioAnalytics(
-        query_service_pb2.GetPortfolioAnalyticsRequest(portfolio_id=portfolio_id)
-    )
+    whole = stub.GetPortfolioAnalytics(query_service_pb2.GetPortfolioAnalyticsRequest(portfolio_id=portfolio_id))
     assert_buckets(whole, expected_buckets(events, start=None, end=None, width=timedelta(days=1)))
 
     start, end = t0 + timedelta(days=1, hours=5), t0 + timedelta(days=4, hours=17)
@@ -552,9 +538,7 @@ def test_analytics_against_numpy(stub: Any, db: psycopg.Connection[Any]) -> None
 
 
 def test_analytics_of_unknown_portfolio_is_empty(stub: Any) -> None:
-    response = stub.GetPortfolioAnalytics(
-        query_service_pb2.GetPortfolioAnalyticsRequest(portfolio_id=new_portfolio())
-    )
+    response = stub.GetPortfolioAnalytics(query_service_pb2.GetPortfolioAnalyticsRequest(portfolio_id=new_portfolio()))
     assert list(response.buckets) == []
     assert response.total_runs == 0
 
@@ -664,7 +648,7 @@ def test_unexpected_exception_is_internal_without_detail(
     assert status is not None
     assert status.code == code_pb2.INTERNAL
     assert status.message == "internal error"
-    (record,) = [r for r in caplog.records if r.name == "query_side.rpc_errors"]
+    (record,) = [r for r in caplog.records if r.name == "stratopt.rpc_errors"]
     assert "GetLatest" in record.getMessage()
     assert record.exc_info is not None
     assert "secret internal detail" in str(record.exc_info[1])

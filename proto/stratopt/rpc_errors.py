@@ -1,6 +1,8 @@
-"""Error mapping for grpc.aio servicers: domain errors become ``google.rpc.Status``, anything else INTERNAL.
+"""The contract's error model: domain errors become ``google.rpc.Status``, anything else INTERNAL.
 
-A :class:`services.errors.StratoptError` aborts the call with the status code its ``code`` names and its
+Shared by the command and the query side (which never import each other). A domain error is any exception
+with the attributes of :class:`DomainError` (``services.errors.StratoptError`` and its subclasses); it aborts
+the call with the status code its ``code`` names and its
 message; its field violations travel as a ``google.rpc.BadRequest`` detail and its precondition violations as
 a ``google.rpc.PreconditionFailure`` detail, in the ``grpc-status-details-bin`` trailer that
 ``grpc_status.rpc_status.from_call`` reads. Any other exception is logged with its traceback and answered
@@ -11,15 +13,13 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, runtime_checkable
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[attr-defined]  # no stubs seen by mypy
 from grpc_status import rpc_status
-
-from services.errors import StratoptError
 
 if TYPE_CHECKING:  # the grpc.aio classes are generic only in the stubs
     ServicerContext = grpc.aio.ServicerContext[Any, Any]
@@ -30,17 +30,36 @@ else:
 
 _logger = logging.getLogger(__name__)
 
+
+@runtime_checkable
+class DomainError(Protocol):
+    """What the error mapping reads from a domain exception (``services.errors.StratoptError``)."""
+
+    code: str
+    """Name of the gRPC status code, e.g. ``INVALID_ARGUMENT``."""
+    message: str
+    """Message for the caller."""
+    field_violations: Sequence[Any]
+    """Items with ``field`` and ``description`` (sent as ``google.rpc.BadRequest``)."""
+    precondition_violations: Sequence[Any]
+    """Items with ``type``, ``subject`` and ``description`` (sent as ``google.rpc.PreconditionFailure``)."""
+
+
+def _is_domain_error(error: BaseException) -> TypeGuard[DomainError]:
+    return isinstance(error, DomainError) and isinstance(error.code, str)
+
+
 INTERNAL_MESSAGE = "internal error"
 """Message of the INTERNAL status sent for an unexpected exception."""
 
 
-def status_for(error: Exception) -> status_pb2.Status:
+def status_for(error: BaseException) -> status_pb2.Status:
     """Build the ``google.rpc.Status`` that answers an exception.
 
     Parameters
     ----------
-    error : Exception
-        A :class:`StratoptError` (mapped by its ``code``, message and violations) or any other exception
+    error : BaseException
+        A :class:`DomainError` (mapped by its ``code``, message and violations) or any other exception
         (INTERNAL with a generic message).
 
     Returns
@@ -49,7 +68,7 @@ def status_for(error: Exception) -> status_pb2.Status:
         Code, message and, for domain errors with violations, ``BadRequest`` / ``PreconditionFailure``
         details.
     """
-    if not isinstance(error, StratoptError):
+    if not _is_domain_error(error):
         return status_pb2.Status(code=grpc.StatusCode.INTERNAL.value[0], message=INTERNAL_MESSAGE)
     try:
         code = grpc.StatusCode[error.code]
@@ -84,7 +103,7 @@ def status_for(error: Exception) -> status_pb2.Status:
 
 
 async def _abort(context: ServicerContext, error: Exception, method: str) -> None:
-    if not isinstance(error, StratoptError):
+    if not _is_domain_error(error):
         _logger.exception("unexpected error in %s", method, exc_info=error)
     # abort_with_status exists on grpc.aio contexts but is missing from grpc-stubs.
     await context.abort_with_status(rpc_status.to_status(status_for(error)))  # type: ignore[attr-defined]
@@ -169,17 +188,13 @@ class ErrorMappingInterceptor(_ServerInterceptor):
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _unary_response(handler.unary_unary, method), **serializers
-            )
+            return grpc.unary_unary_rpc_method_handler(_unary_response(handler.unary_unary, method), **serializers)
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 _streaming_response(handler.unary_stream, method), **serializers
             )
         if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                _unary_response(handler.stream_unary, method), **serializers
-            )
+            return grpc.stream_unary_rpc_method_handler(_unary_response(handler.stream_unary, method), **serializers)
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
                 _streaming_response(handler.stream_stream, method), **serializers
