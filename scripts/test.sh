@@ -7,14 +7,8 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh </dev/null
 
-# uv may sit outside PATH when pip put it there (pyenv before a rehash, pip --user): see scripts/setup.sh.
-if ! uv --version >/dev/null 2>&1; then
-  for d in "$HOME/.local/bin" "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null || true)"; do
-    if [ -n "$d" ] && [ -x "$d/uv" ]; then PATH="$d:$PATH"; fi
-  done
-  export PATH
-fi
-export UV_PYTHON_DOWNLOADS=never
+# shellcheck source=scripts/uv_env.sh
+source scripts/uv_env.sh
 
 bash scripts/lint.sh </dev/null
 

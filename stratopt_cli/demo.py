@@ -133,9 +133,10 @@ def _metrics_table(responses: list[cmd_pb.OptimizeResponse]) -> Table:
 
 def run_demo(database_url: str | None = None, console: Console | None = None) -> int:
     """Run the demo end to end; return the process exit code (0 on success)."""
-    console = console or Console()
-    if not console.is_terminal:
-        console = Console(width=160)  # piped output (CI, logs): wide enough for the tables
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=160)  # piped output (CI, logs): wide enough for the tables
     run_tag = f"demo-{datetime.now(UTC):%Y%m%dT%H%M%S}"
     with database(database_url) as url:
         console.print(f"[bold]database[/] {url}")
