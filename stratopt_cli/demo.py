@@ -162,9 +162,8 @@ def run_demo(database_url: str | None = None, console: Console | None = None) ->
                 console.print(_weights_table(responses))
                 console.print(_metrics_table(responses))
                 replay = commands.Optimize(demo_requests(run_tag)[0], timeout=60)
-                console.print(
-                    f"[bold]idempotent retry[/] of {replay.request_id}: replayed={replay.optimization_metadata.replayed}"
-                )
+                replayed = replay.optimization_metadata.replayed
+                console.print(f"[bold]idempotent retry[/] of {replay.request_id}: replayed={replayed}")
                 try:
                     bad = demo_requests(run_tag + "-bad")[2]
                     bad.constraints.sector_limits.append(pb.SectorLimit(sector="Consumer Staples", min_weight=0.9))
