@@ -9,6 +9,8 @@ the N(N-1)/2 pairs.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from pypfopt import expected_returns as pypfopt_returns
@@ -63,7 +65,12 @@ def pairwise_covariance(returns: FloatArray) -> FloatArray:
         NaN where fewer than 2 periods are shared. Equal to ``pandas.DataFrame.cov()``.
     """
     present = ~np.isnan(returns)
-    x = np.where(present, returns, 0.0)
+    # Covariance is shift-invariant: centring each column first keeps the one-pass formula accurate when the
+    # mean is large relative to the spread (e.g. gross returns).
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns are reported by the caller
+        centre = np.nanmean(returns, axis=0)
+    x = np.where(present, returns - np.nan_to_num(centre), 0.0)
     m = present.astype(np.float64)
     n = m.T @ m
     sum_xy = x.T @ x
@@ -126,6 +133,16 @@ def _expected_returns(
 ) -> FloatArray:
     frame = pd.DataFrame(returns)
     freq = settings.periods_per_year
+    with warnings.catch_warnings():
+        # PyPortfolioOpt warns about NaN returns; missing data is handled (and reported) by the policy here.
+        warnings.filterwarnings("ignore", message="Some returns are NaN")
+        return _pypfopt_expected_returns(frame, market_returns, settings)
+
+
+def _pypfopt_expected_returns(
+    frame: pd.DataFrame, market_returns: FloatArray | None, settings: EstimationSettings
+) -> FloatArray:
+    freq = settings.periods_per_year
     if settings.returns_estimator is ReturnsEstimator.MEAN_HISTORICAL:
         mu = pypfopt_returns.mean_historical_return(
             frame, returns_data=True, compounding=settings.compounding, frequency=freq
@@ -183,6 +200,9 @@ def estimate_moments(history: ReturnHistory, settings: EstimationSettings) -> Es
     needs_complete = settings.covariance_estimator is not CovarianceEstimator.SAMPLE
     policy = settings.missing_data_policy
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns are caught just below
+        constant = np.nanmax(returns, axis=0) == np.nanmin(returns, axis=0)
     counts = np.sum(~np.isnan(returns), axis=0)
     short = np.flatnonzero(counts < MIN_OBSERVATIONS)
     if short.size:
@@ -202,6 +222,10 @@ def estimate_moments(history: ReturnHistory, settings: EstimationSettings) -> Es
         complete = np.ones(len(returns), dtype=bool)
         has_gaps = False
 
+    flat = np.flatnonzero(constant)
+    if flat.size:
+        raise InvalidInputError.for_field(f"strategies[{int(flat[0])}]", "returns are constant (zero variance)")
+
     mu = _expected_returns(returns, market, settings)
     freq = settings.periods_per_year
     common = returns[complete]
@@ -218,7 +242,8 @@ def estimate_moments(history: ReturnHistory, settings: EstimationSettings) -> Es
             f"shares fewer than {MIN_OBSERVATIONS} observations with strategies[{int(j)}]",
         )
     covariance = nearest_psd(np.asarray(per_period, dtype=np.float64) * freq)
-    flat = np.flatnonzero(np.diag(covariance) <= 0.0)
+    variances = np.diag(covariance)
+    flat = np.flatnonzero(variances <= 1e-12 * max(float(variances.max()), 1e-300))
     if flat.size:
         raise InvalidInputError.for_field(f"strategies[{int(flat[0])}]", "returns have zero variance")
 

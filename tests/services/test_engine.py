@@ -1,0 +1,168 @@
+"""The engine's entry point: moments and return-history inputs agree, missing data is reported as counted.
+
+Truth: pandas (rows with at least one observation, the common window), PyPortfolioOpt's estimates and
+``EfficientFrontier`` on the same data, and the consistency of the two input kinds.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+from pypfopt import EfficientFrontier, expected_returns, risk_models
+
+from services.engine import OptimizationJob, run_optimization
+from services.errors import DeadlineExceededError, InvalidInputError
+from services.types import (
+    EstimationSettings,
+    MissingDataPolicy,
+    Moments,
+    Objective,
+    PortfolioProblem,
+    ReturnHistory,
+)
+from tests.services.market_data import return_history
+
+
+def long_only(objective: Objective, tickers: list[str], **options: float) -> PortfolioProblem:
+    n = len(tickers)
+    return PortfolioProblem(
+        strategy_ids=tuple(tickers),
+        objective=objective,
+        lower_bounds=np.zeros(n),
+        upper_bounds=np.full(n, 0.35),
+        **options,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="module")
+def sp500_returns(sp500_prices: pd.DataFrame) -> pd.DataFrame:
+    return sp500_prices.iloc[-757:].pct_change(fill_method=None).iloc[1:]
+
+
+@pytest.fixture(scope="module")
+def stock_returns(stock_prices: pd.DataFrame) -> pd.DataFrame:
+    return stock_prices.pct_change(fill_method=None).iloc[1:]
+
+
+@pytest.mark.parametrize("objective", list(Objective))
+def test_moments_input_and_history_input_give_the_same_portfolio(
+    sp500_returns: pd.DataFrame, objective: Objective
+) -> None:
+    tickers = list(sp500_returns.columns)
+    problem = long_only(objective, tickers, risk_free_rate=0.02, risk_aversion=3.0)
+    settings = EstimationSettings()
+    from_history = run_optimization(
+        OptimizationJob(problem=problem, inputs=return_history(sp500_returns), settings=settings)
+    )
+    # Moments computed independently by pypfopt from the same returns equal the engine's estimates ...
+    moments = Moments(
+        expected_returns=expected_returns.mean_historical_return(sp500_returns, returns_data=True).to_numpy(),
+        covariance=risk_models.sample_cov(sp500_returns, returns_data=True).to_numpy(),
+    )
+    np.testing.assert_allclose(from_history.estimated.moments.expected_returns, moments.expected_returns, rtol=1e-12)
+    np.testing.assert_allclose(from_history.estimated.moments.covariance, moments.covariance, rtol=1e-12)
+    # ... so the caller-given moments must give the same portfolio.
+    from_moments = run_optimization(OptimizationJob(problem=problem, inputs=moments, settings=settings))
+    np.testing.assert_allclose(from_moments.result.weights, from_history.result.weights, rtol=0.0, atol=1e-8)
+    assert from_moments.result.objective_value == pytest.approx(from_history.result.objective_value, rel=1e-9)
+    assert from_moments.estimated.missing_data_policy == "NONE"
+    assert from_moments.estimated.observations == 0
+    assert from_history.estimated.missing_data_policy == "PAIRWISE"
+    assert from_history.estimated.observations == len(sp500_returns)
+    assert from_history.result.constraints_satisfied
+    assert from_history.total_time_ms >= from_history.result.solve_time_ms > 0.0
+
+
+def test_missing_data_history_reports_pairwise_and_the_rows_observed(
+    stock_prices: pd.DataFrame, stock_returns: pd.DataFrame
+) -> None:
+    tickers = list(stock_returns.columns)
+    # Add two market holidays (all strategies missing) to the listing gaps already there.
+    holidays = pd.DataFrame(
+        np.nan, index=stock_returns.index[[10, 4000]] + pd.Timedelta(hours=6), columns=stock_returns.columns
+    )
+    history = pd.concat([stock_returns, holidays]).sort_index()
+    assert history.isna().any(axis=None) and not history.notna().all(axis=1).all()
+    job = OptimizationJob(
+        problem=long_only(Objective.MAX_SHARPE, tickers, risk_free_rate=0.02),
+        inputs=return_history(history),
+        settings=EstimationSettings(),
+    )
+    outcome = run_optimization(job)
+    assert outcome.estimated.missing_data_policy == "PAIRWISE"
+    assert outcome.estimated.observations == int(history.notna().any(axis=1).sum())
+    assert outcome.estimated.observations == len(history) - 2
+    assert outcome.estimated.window_start == history.dropna(how="all").index[0].to_datetime64()
+    # The same problem solved by pypfopt on its own estimates from the prices.
+    frontier = EfficientFrontier(
+        expected_returns.mean_historical_return(stock_prices),
+        risk_models.sample_cov(stock_prices),
+        weight_bounds=(0.0, 0.35),
+    )
+    frontier.max_sharpe(risk_free_rate=0.02)
+    sharpe = frontier.portfolio_performance(risk_free_rate=0.02)[2]
+    assert outcome.result.objective_value == pytest.approx(sharpe, rel=1e-6)
+
+
+def test_common_window_history_reports_the_complete_rows(stock_returns: pd.DataFrame) -> None:
+    tickers = list(stock_returns.columns)
+    job = OptimizationJob(
+        problem=long_only(Objective.MIN_VOLATILITY, tickers),
+        inputs=return_history(stock_returns),
+        settings=EstimationSettings(missing_data_policy=MissingDataPolicy.COMMON_WINDOW),
+    )
+    outcome = run_optimization(job)
+    complete = stock_returns.dropna()
+    assert outcome.estimated.missing_data_policy == "COMMON_WINDOW"
+    assert outcome.estimated.observations == len(complete)
+    assert outcome.estimated.window_start == complete.index[0].to_datetime64()
+    assert outcome.estimated.window_end == complete.index[-1].to_datetime64()
+    frontier = EfficientFrontier(None, complete.cov() * 252, weight_bounds=(0.0, 0.35))
+    frontier.min_volatility()
+    assert outcome.result.objective_value == pytest.approx(frontier.portfolio_performance()[1] ** 2, rel=1e-6)
+
+
+def test_invalid_moments_input_is_rejected(sp500_returns: pd.DataFrame) -> None:
+    tickers = list(sp500_returns.columns)
+    covariance = sp500_returns.cov().to_numpy() * 252
+    covariance[0, 1] += 0.01  # asymmetric
+    job = OptimizationJob(
+        problem=long_only(Objective.MIN_VOLATILITY, tickers),
+        inputs=Moments(expected_returns=np.zeros(len(tickers)), covariance=covariance),
+        settings=EstimationSettings(),
+    )
+    with pytest.raises(InvalidInputError) as caught:
+        run_optimization(job)
+    assert [v.field for v in caught.value.field_violations] == ["moments.covariance"]
+
+
+def test_a_spent_time_limit_raises_deadline_exceeded(sp500_returns: pd.DataFrame) -> None:
+    tickers = list(sp500_returns.columns)
+    job = OptimizationJob(
+        problem=long_only(Objective.MIN_VOLATILITY, tickers),
+        inputs=return_history(sp500_returns),
+        settings=EstimationSettings(),
+        time_limit_s=1e-9,  # gone before the estimation finishes
+    )
+    with pytest.raises(DeadlineExceededError) as caught:
+        run_optimization(job)
+    assert caught.value.code == "DEADLINE_EXCEEDED"
+
+
+def test_jobs_and_outcomes_pickle_round_trip(sp500_returns: pd.DataFrame) -> None:
+    # The command side ships jobs to worker processes and outcomes back.
+    tickers = list(sp500_returns.columns)
+    job = OptimizationJob(
+        problem=long_only(Objective.MAX_SHARPE, tickers, risk_free_rate=0.02),
+        inputs=ReturnHistory(
+            returns=sp500_returns.to_numpy(), timestamps=sp500_returns.index.to_numpy().astype("datetime64[us]")
+        ),
+        settings=EstimationSettings(),
+    )
+    outcome = run_optimization(pickle.loads(pickle.dumps(job)))
+    again = pickle.loads(pickle.dumps(outcome))
+    np.testing.assert_array_equal(again.result.weights, outcome.result.weights)
+    assert again.estimated.observations == outcome.estimated.observations
