@@ -132,7 +132,6 @@ def _expected_returns(
     returns: FloatArray, market_returns: FloatArray | None, settings: EstimationSettings
 ) -> FloatArray:
     frame = pd.DataFrame(returns)
-    freq = settings.periods_per_year
     with warnings.catch_warnings():
         # PyPortfolioOpt warns about NaN returns; missing data is handled (and reported) by the policy here.
         warnings.filterwarnings("ignore", message="Some returns are NaN")
