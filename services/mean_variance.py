@@ -42,6 +42,9 @@ TOLERANCE = 1e-6
 """Tolerance of the post-solve constraint check (weights, sums, sector totals, return and volatility)."""
 
 _SOLVER = "CLARABEL"
+CLARABEL_SETTINGS = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10, "tol_ktratio": 1e-8}
+"""Tighter than Clarabel's defaults (1e-8): objective values agree with an exact solve to ~1e-10 relative for
+about one extra interior-point iteration."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,7 +361,7 @@ def optimize_mean_variance(
         cvx_problem = cp.Problem(objective, constraints)
         variable = w
 
-    options: dict[str, float] = {}
+    options: dict[str, float] = dict(CLARABEL_SETTINGS)
     if time_limit_s is not None:
         if time_limit_s <= 0:
             raise DeadlineExceededError("no time left before the call's deadline to solve")
