@@ -11,9 +11,13 @@ if [ "${1:-}" = "--check" ]; then
   out="$(mktemp -d)"
   trap 'rm -rf "$out"' EXIT
 fi
-$py -m grpc_tools.protoc -I proto -I "$site" \
+# protoc's mypy plugin reports every file it writes; show its output only when protoc fails.
+if ! log="$($py -m grpc_tools.protoc -I proto -I "$site" \
   --python_out="$out" --grpc_python_out="$out" --mypy_out="$out" --mypy_grpc_out="$out" \
-  proto/stratopt/v1/*.proto
+  proto/stratopt/v1/*.proto 2>&1)"; then
+  echo "$log" >&2
+  exit 1
+fi
 if [ "${1:-}" = "--check" ]; then
   for f in "$out"/stratopt/v1/*; do
     name="$(basename "$f")"

@@ -1,5 +1,7 @@
-"""Every listed bad input gets its status code and names its field; nothing is written; UNAVAILABLE when the
-database is down; health answers while solves run.
+"""Error paths of the command service.
+
+Every listed bad input gets its status code and names its field, and nothing is written; the database down is
+UNAVAILABLE; health checks are answered while solves run.
 """
 
 from __future__ import annotations
