@@ -17,6 +17,7 @@ weights are checked against every constraint independently of the solver's statu
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import cvxpy as cp
@@ -281,6 +282,24 @@ def check_constraints(weights: FloatArray, problem: PortfolioProblem, moments: M
     return tuple(found)
 
 
+def _solve(cvx_problem: cp.Problem, options: dict[str, float], *, started: float, time_limit_s: float | None) -> str:
+    """Run Clarabel once; return the cvxpy status (solver failures become domain errors)."""
+    if time_limit_s is not None:
+        remaining = time_limit_s - (time.perf_counter() - started)
+        if remaining <= 0:
+            raise DeadlineExceededError(f"the solver did not finish within {time_limit_s:.3f} s")
+        options = {**options, "time_limit": remaining}
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Solution may be inaccurate")  # reported in the status
+            cvx_problem.solve(solver=cp.CLARABEL, **options)  # type: ignore[no-untyped-call]
+    except cp.error.SolverError as exc:
+        if time_limit_s is not None and time.perf_counter() - started >= time_limit_s:
+            raise DeadlineExceededError(f"the solver did not finish within {time_limit_s:.3f} s") from exc
+        raise OptimizationError(f"{_SOLVER} failed: {exc}") from exc
+    return str(cvx_problem.status)
+
+
 def optimize_mean_variance(
     problem: PortfolioProblem, moments: Moments, *, time_limit_s: float | None = None
 ) -> OptimizationResult:
@@ -362,17 +381,16 @@ def optimize_mean_variance(
         variable = w
 
     options: dict[str, float] = dict(CLARABEL_SETTINGS)
-    if time_limit_s is not None:
-        if time_limit_s <= 0:
-            raise DeadlineExceededError("no time left before the call's deadline to solve")
-        options["time_limit"] = float(time_limit_s)
-    try:
-        cvx_problem.solve(solver=cp.CLARABEL, **options)  # type: ignore[no-untyped-call]
-    except cp.error.SolverError as exc:
-        if time_limit_s is not None and time.perf_counter() - started >= time_limit_s:
-            raise DeadlineExceededError(f"the solver did not finish within {time_limit_s:.3f} s") from exc
-        raise OptimizationError(f"{_SOLVER} failed: {exc}") from exc
-    status = cvx_problem.status
+    if time_limit_s is not None and time_limit_s <= 0:
+        raise DeadlineExceededError("no time left before the call's deadline to solve")
+    status = _solve(cvx_problem, options, started=started, time_limit_s=time_limit_s)
+    if status == cp.OPTIMAL_INACCURATE:
+        # The tight tolerances were out of reach (e.g. a binding volatility cone): Clarabel's defaults may
+        # still certify optimality; keep whichever answer is better certified.
+        tight_solution = variable.value
+        status = _solve(cvx_problem, {}, started=started, time_limit_s=time_limit_s)
+        if status != cp.OPTIMAL:
+            status, variable.value = cp.OPTIMAL_INACCURATE, tight_solution
     if status in (cp.INFEASIBLE, cp.INFEASIBLE_INACCURATE):
         raise InfeasibleError(
             "the solver proved the constraints infeasible (no portfolio meets the bounds, sector limits, "
