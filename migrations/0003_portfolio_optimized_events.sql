@@ -22,7 +22,7 @@ CREATE TABLE portfolio_optimized (
     metadata              jsonb            NOT NULL, -- stratopt.v1.OptimizationMetadata (protobuf JSON mapping)
     PRIMARY KEY (event_id, "timestamp")
 );
-SELECT create_hypertable('portfolio_optimized', by_range('timestamp', INTERVAL '7 days'));
+DO $$ BEGIN PERFORM create_hypertable('portfolio_optimized', by_range('timestamp', INTERVAL '7 days')); END $$;
 -- History and analytics read one portfolio over a time range, newest first, keyset-paginated on (timestamp, event_id).
 CREATE INDEX portfolio_optimized_portfolio_time_idx
     ON portfolio_optimized (portfolio_id, "timestamp" DESC, event_id DESC);

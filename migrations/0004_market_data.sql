@@ -11,4 +11,4 @@ CREATE TABLE market_data (
     volume      double precision CHECK (volume IS NULL OR volume >= 0),
     PRIMARY KEY (symbol, "timestamp")
 );
-SELECT create_hypertable('market_data', by_range('timestamp', INTERVAL '365 days'));
+DO $$ BEGIN PERFORM create_hypertable('market_data', by_range('timestamp', INTERVAL '365 days')); END $$;
