@@ -334,7 +334,7 @@ def optimize_mean_variance(
     started = time.perf_counter()
     n = problem.n_assets
     mu = moments.expected_returns
-    factor = _covariance_factor(moments.covariance)
+    sigma = cp.psd_wrap(moments.covariance)  # validated PSD: skip cvxpy's eigenvalue check
     rows = _sector_rows(problem)
     lower, upper = problem.lower_bounds, problem.upper_bounds
 
@@ -355,8 +355,9 @@ def optimize_mean_variance(
         if problem.min_return is not None:
             constraints.append(mu @ y >= problem.min_return * kappa)
         if problem.max_volatility is not None:
+            factor = _covariance_factor(moments.covariance)
             constraints.append(cp.norm(factor.T @ y, 2) <= problem.max_volatility * kappa)
-        cvx_problem = cp.Problem(cp.Minimize(cp.sum_squares(factor.T @ y)), constraints)
+        cvx_problem = cp.Problem(cp.Minimize(cp.quad_form(y, sigma)), constraints)
         variable = y
     else:
         w = cp.Variable(n)
@@ -369,14 +370,15 @@ def optimize_mean_variance(
         if problem.min_return is not None:
             constraints.append(mu @ w >= problem.min_return)
         if problem.max_volatility is not None:
+            factor = _covariance_factor(moments.covariance)
             constraints.append(cp.norm(factor.T @ w, 2) <= problem.max_volatility)
         objective: cp.Minimize | cp.Maximize
         if problem.objective is Objective.MIN_VOLATILITY:
-            objective = cp.Minimize(cp.sum_squares(factor.T @ w))
+            objective = cp.Minimize(cp.quad_form(w, sigma))
         elif problem.objective is Objective.MAX_RETURN:
             objective = cp.Maximize(mu @ w)
         else:
-            objective = cp.Maximize(mu @ w - 0.5 * problem.risk_aversion * cp.sum_squares(factor.T @ w))
+            objective = cp.Maximize(mu @ w - 0.5 * problem.risk_aversion * cp.quad_form(w, sigma))
         cvx_problem = cp.Problem(objective, constraints)
         variable = w
 
