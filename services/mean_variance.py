@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
+from typing import cast
 
 import cvxpy as cp
 import numpy as np
@@ -282,6 +284,147 @@ def check_constraints(weights: FloatArray, problem: PortfolioProblem, moments: M
     return tuple(found)
 
 
+PARAMETRIC_MAX_ASSETS = 150
+"""Up to this N a compiled program is cached per problem shape and re-solved with new parameter values (cvxpy
+DPP: no re-canonicalisation, ~10 ms saved at N = 20); above it the covariance enters as a constant quadratic
+form, which Clarabel solves several times faster than the dense factor a parametric program needs."""
+_CACHE_SIZE = 32
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What determines the structure of the convex program (its cache key)."""
+
+    objective: Objective
+    n_assets: int
+    sector_minima: int
+    sector_maxima: int
+    min_return: bool
+    max_volatility: bool
+    parametric: bool
+
+
+class _Program:
+    """One mean-variance program in cvxpy with every datum a ``Parameter`` (except Σ above the DPP size).
+
+    With ``scale`` = 1 it is the plain problem over weights x; for max Sharpe ``scale`` is the homogenising
+    variable κ (x = κ·w) and the budget becomes ``(μ − r_f)ᵀx = 1``, ``1ᵀx = κ``.
+    """
+
+    def __init__(self, shape: _Shape, covariance: FloatArray | None) -> None:
+        n = shape.n_assets
+        self.shape = shape
+        self.x = x = cp.Variable(n)
+        self.lower, self.upper = cp.Parameter(n), cp.Parameter(n)
+        self.mu = cp.Parameter(n)
+        self.factor = cp.Parameter((n, n)) if shape.parametric else None
+        sharpe = shape.objective is Objective.MAX_SHARPE
+        scale: cp.Expression | float
+        if sharpe:
+            self.excess = cp.Parameter(n)
+            kappa = cp.Variable(nonneg=True)
+            scale = kappa
+            constraints = [self.excess @ x == 1, cp.sum(x) == kappa]
+        else:
+            scale = 1.0
+            constraints = [cp.sum(x) == 1]
+        constraints += [x >= cp.multiply(self.lower, scale), x <= cp.multiply(self.upper, scale)]
+        self.sector_min_matrix = self.sector_min = self.sector_max_matrix = self.sector_max = None
+        if shape.sector_minima:
+            self.sector_min_matrix = cp.Parameter((shape.sector_minima, n))
+            self.sector_min = cp.Parameter(shape.sector_minima)
+            constraints.append(self.sector_min_matrix @ x >= cp.multiply(self.sector_min, scale))
+        if shape.sector_maxima:
+            self.sector_max_matrix = cp.Parameter((shape.sector_maxima, n))
+            self.sector_max = cp.Parameter(shape.sector_maxima)
+            constraints.append(self.sector_max_matrix @ x <= cp.multiply(self.sector_max, scale))
+        self.min_return = cp.Parameter()
+        if shape.min_return:
+            constraints.append(self.mu @ x >= self.min_return * scale)
+        self.max_volatility = cp.Parameter(nonneg=True)
+        if shape.max_volatility:
+            factor: cp.Parameter | FloatArray
+            if self.factor is not None:
+                factor = self.factor
+            else:
+                assert covariance is not None
+                factor = _covariance_factor(covariance)
+            constraints.append(cp.norm(factor.T @ x, 2) <= self.max_volatility * scale)
+
+        def risk(v: cp.Variable) -> cp.Expression:
+            if self.factor is not None:
+                return cast(cp.Expression, cp.sum_squares(self.factor.T @ v))
+            assert covariance is not None
+            # Validated PSD: psd_wrap skips cvxpy's own eigenvalue check.
+            return cast(cp.Expression, cp.quad_form(v, cp.psd_wrap(covariance)))
+
+        self.half_risk_aversion = cp.Parameter(nonneg=True)
+        objective: cp.Minimize | cp.Maximize
+        if sharpe or shape.objective is Objective.MIN_VOLATILITY:
+            objective = cp.Minimize(risk(x))
+        elif shape.objective is Objective.MAX_RETURN:
+            objective = cp.Maximize(self.mu @ x)
+        elif self.factor is not None:
+            # DPP forbids a parameter times a parametric quadratic: δ/2 is folded into the factor instead
+            # (see ``risk_scale`` in ``set_values``).
+            objective = cp.Maximize(self.mu @ x - risk(x))
+        else:
+            objective = cp.Maximize(self.mu @ x - self.half_risk_aversion * risk(x))
+        self.problem = cp.Problem(objective, constraints)
+
+    def set_values(self, problem: PortfolioProblem, rows: list[_SectorRows], moments: Moments) -> None:
+        """Load one problem's data into the parameters."""
+        mu = moments.expected_returns
+        self.lower.value, self.upper.value = problem.lower_bounds, problem.upper_bounds
+        self.mu.value = mu
+        if self.shape.objective is Objective.MAX_SHARPE:
+            self.excess.value = mu - problem.risk_free_rate
+        # Parametric utility programs hold sqrt(δ/2)·F, so that sum_squares(factorᵀx) = δ/2·xᵀΣx; the volatility
+        # cap on the same factor is scaled alike.
+        risk_scale = 1.0
+        if self.factor is not None and self.shape.objective is Objective.MAX_QUADRATIC_UTILITY:
+            risk_scale = float(np.sqrt(0.5 * problem.risk_aversion))
+        if self.factor is not None:
+            self.factor.value = _covariance_factor(moments.covariance) * risk_scale
+        minima = [r for r in rows if r.min_weight is not None]
+        maxima = [r for r in rows if r.max_weight is not None]
+        if self.sector_min_matrix is not None and self.sector_min is not None:
+            self.sector_min_matrix.value = np.array([r.members for r in minima])
+            self.sector_min.value = np.array([r.min_weight for r in minima], dtype=np.float64)
+        if self.sector_max_matrix is not None and self.sector_max is not None:
+            self.sector_max_matrix.value = np.array([r.members for r in maxima])
+            self.sector_max.value = np.array([r.max_weight for r in maxima], dtype=np.float64)
+        self.min_return.value = problem.min_return if problem.min_return is not None else 0.0
+        self.max_volatility.value = risk_scale * (problem.max_volatility if problem.max_volatility is not None else 0.0)
+        self.half_risk_aversion.value = 0.5 * problem.risk_aversion
+
+
+_PROGRAMS: OrderedDict[_Shape, _Program] = OrderedDict()
+
+
+def _program(problem: PortfolioProblem, rows: list[_SectorRows], covariance: FloatArray) -> _Program:
+    """The cached program of this problem's shape (small N), or a new one built around Σ (large N)."""
+    shape = _Shape(
+        objective=problem.objective,
+        n_assets=problem.n_assets,
+        sector_minima=sum(r.min_weight is not None for r in rows),
+        sector_maxima=sum(r.max_weight is not None for r in rows),
+        min_return=problem.min_return is not None,
+        max_volatility=problem.max_volatility is not None,
+        parametric=problem.n_assets <= PARAMETRIC_MAX_ASSETS,
+    )
+    if not shape.parametric:
+        return _Program(shape, covariance)
+    program = _PROGRAMS.get(shape)
+    if program is None:
+        program = _PROGRAMS[shape] = _Program(shape, None)
+        if len(_PROGRAMS) > _CACHE_SIZE:
+            _PROGRAMS.popitem(last=False)
+    else:
+        _PROGRAMS.move_to_end(shape)
+    return program
+
+
 def _solve(cvx_problem: cp.Problem, options: dict[str, float], *, started: float, time_limit_s: float | None) -> str:
     """Run Clarabel once; return the cvxpy status (solver failures become domain errors)."""
     if time_limit_s is not None:
@@ -332,55 +475,11 @@ def optimize_mean_variance(
     """
     precheck(problem, moments)
     started = time.perf_counter()
-    n = problem.n_assets
-    mu = moments.expected_returns
-    sigma = cp.psd_wrap(moments.covariance)  # validated PSD: skip cvxpy's eigenvalue check
     rows = _sector_rows(problem)
     lower, upper = problem.lower_bounds, problem.upper_bounds
-
-    if problem.objective is Objective.MAX_SHARPE:
-        y = cp.Variable(n)
-        kappa = cp.Variable(nonneg=True)
-        constraints = [
-            (mu - problem.risk_free_rate) @ y == 1,
-            cp.sum(y) == kappa,
-            y >= lower * kappa,
-            y <= upper * kappa,
-        ]
-        for row in rows:
-            if row.min_weight is not None:
-                constraints.append(row.members @ y >= row.min_weight * kappa)
-            if row.max_weight is not None:
-                constraints.append(row.members @ y <= row.max_weight * kappa)
-        if problem.min_return is not None:
-            constraints.append(mu @ y >= problem.min_return * kappa)
-        if problem.max_volatility is not None:
-            factor = _covariance_factor(moments.covariance)
-            constraints.append(cp.norm(factor.T @ y, 2) <= problem.max_volatility * kappa)
-        cvx_problem = cp.Problem(cp.Minimize(cp.quad_form(y, sigma)), constraints)
-        variable = y
-    else:
-        w = cp.Variable(n)
-        constraints = [cp.sum(w) == 1, w >= lower, w <= upper]
-        for row in rows:
-            if row.min_weight is not None:
-                constraints.append(row.members @ w >= row.min_weight)
-            if row.max_weight is not None:
-                constraints.append(row.members @ w <= row.max_weight)
-        if problem.min_return is not None:
-            constraints.append(mu @ w >= problem.min_return)
-        if problem.max_volatility is not None:
-            factor = _covariance_factor(moments.covariance)
-            constraints.append(cp.norm(factor.T @ w, 2) <= problem.max_volatility)
-        objective: cp.Minimize | cp.Maximize
-        if problem.objective is Objective.MIN_VOLATILITY:
-            objective = cp.Minimize(cp.quad_form(w, sigma))
-        elif problem.objective is Objective.MAX_RETURN:
-            objective = cp.Maximize(mu @ w)
-        else:
-            objective = cp.Maximize(mu @ w - 0.5 * problem.risk_aversion * cp.quad_form(w, sigma))
-        cvx_problem = cp.Problem(objective, constraints)
-        variable = w
+    program = _program(problem, rows, moments.covariance)
+    program.set_values(problem, rows, moments)
+    cvx_problem, variable = program.problem, program.x
 
     options: dict[str, float] = dict(CLARABEL_SETTINGS)
     if time_limit_s is not None and time_limit_s <= 0:
