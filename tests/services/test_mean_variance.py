@@ -765,3 +765,29 @@ def test_validate_moments_accepts_psd_and_rounding_noise() -> None:
     covariance = noisy.covariance.copy()
     covariance[0, 1] *= 1 + 1e-14
     validate_moments(Moments(noisy.expected_returns, covariance), N_SMALL)
+
+
+def test_cached_parametric_program_equals_a_fresh_constant_program(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-solving a cached program with other data of the same shape gives what a fresh build gives."""
+    import services.mean_variance as mv
+
+    rng = np.random.default_rng(7)
+    n = 12
+    problems = []
+    for _ in range(3):
+        loadings = rng.normal(size=(n, 3))
+        covariance = loadings @ loadings.T * 0.01 + np.diag(rng.uniform(0.01, 0.05, n))
+        moments = Moments(expected_returns=rng.uniform(0.0, 0.25, n), covariance=covariance)
+        problem = PortfolioProblem(
+            strategy_ids=tuple(f"s{i}" for i in range(n)),
+            objective=Objective.MAX_SHARPE,
+            lower_bounds=np.zeros(n),
+            upper_bounds=np.full(n, rng.uniform(0.2, 0.5)),
+            risk_free_rate=0.01,
+        )
+        problems.append((problem, moments))
+    cached = [optimize_mean_variance(p, m).weights for p, m in problems + problems[:1]]
+    monkeypatch.setattr(mv, "PARAMETRIC_MAX_ASSETS", 0)
+    fresh = [optimize_mean_variance(p, m).weights for p, m in problems]
+    for got, expected in zip(cached, [*fresh, fresh[0]], strict=True):
+        np.testing.assert_allclose(got, expected, atol=1e-7)
