@@ -218,14 +218,7 @@ class EventReadRepository:
         UnavailableError
             When the database cannot be reached.
         """
-        conditions = ["portfolio_id = $1"]
-        arguments: list[object] = [portfolio_id]
-        if start is not None:
-            arguments.append(start)
-            conditions.append(f'"timestamp" >= ${len(arguments)}')
-        if end is not None:
-            arguments.append(end)
-            conditions.append(f'"timestamp" < ${len(arguments)}')
+        conditions, arguments = _time_range(portfolio_id, start, end)
         if after is not None:
             arguments.extend((after.timestamp, after.event_id))
             timestamp_arg, event_id_arg = len(arguments) - 1, len(arguments)
@@ -265,14 +258,7 @@ class EventReadRepository:
         UnavailableError
             When the database cannot be reached.
         """
-        conditions = ["portfolio_id = $1"]
-        arguments: list[object] = [portfolio_id]
-        if start is not None:
-            arguments.append(start)
-            conditions.append(f'"timestamp" >= ${len(arguments)}')
-        if end is not None:
-            arguments.append(end)
-            conditions.append(f'"timestamp" < ${len(arguments)}')
+        conditions, arguments = _time_range(portfolio_id, start, end)
         runs_query = (
             f"SELECT {_RUN_COLUMNS} FROM portfolio_optimized WHERE {' AND '.join(conditions)} "
             'ORDER BY "timestamp", event_id'
@@ -292,3 +278,16 @@ class EventReadRepository:
             runs=tuple(_run(row) for row in rows),
             previous_weights=None if previous is None else _weights(previous),
         )
+
+
+def _time_range(portfolio_id: str, start: datetime | None, end: datetime | None) -> tuple[list[str], list[object]]:
+    """WHERE conditions and their arguments for one portfolio's events in ``[start, end)``."""
+    conditions = ["portfolio_id = $1"]
+    arguments: list[object] = [portfolio_id]
+    if start is not None:
+        arguments.append(start)
+        conditions.append(f'"timestamp" >= ${len(arguments)}')
+    if end is not None:
+        arguments.append(end)
+        conditions.append(f'"timestamp" < ${len(arguments)}')
+    return conditions, arguments
