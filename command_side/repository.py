@@ -217,7 +217,8 @@ class WriteRepository:
                        method = EXCLUDED.method, weights = EXCLUDED.weights,
                        expected_return = EXCLUDED.expected_return, volatility = EXCLUDED.volatility,
                        sharpe_ratio = EXCLUDED.sharpe_ratio, metadata = EXCLUDED.metadata
-                   WHERE latest_portfolio_optimizations."timestamp" <= EXCLUDED."timestamp\"""",
+                   WHERE (latest_portfolio_optimizations."timestamp", latest_portfolio_optimizations.event_id)
+                       <= (EXCLUDED."timestamp", EXCLUDED.event_id)""",
                 *event_args,
             )
             await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{configuration.portfolio_id} {event_id}")
