@@ -446,3 +446,31 @@ def test_health_and_reflection_are_served(grpc_channel: grpc.Channel) -> None:
     replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
     names = {s.name for reply in replies for s in reply.list_services_response.service}
     assert {"stratopt.v1.OptimizationCommandService", "stratopt.v1.OptimizationQueryService"} <= names
+
+
+def test_disabled_configuration_is_not_run(commands: Any, db: psycopg.Connection[Any]) -> None:
+    portfolio_id = unique("disabled")
+    config = cmd_pb.OptimizationConfiguration(
+        portfolio_id=portfolio_id,
+        strategies=[pb.Strategy(strategy_id="AAPL"), pb.Strategy(strategy_id="KO")],
+        objective=pb.OBJECTIVE_MIN_VOLATILITY,
+        enabled=False,
+    )
+    commands.UpsertConfiguration(cmd_pb.UpsertConfigurationRequest(configuration=config), timeout=10)
+    with pytest.raises(grpc.RpcError) as caught:
+        commands.RunConfiguration(cmd_pb.RunConfigurationRequest(portfolio_id=portfolio_id), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "disabled" in (caught.value.details() or "")
+    assert stored_rows(db, portfolio_id)["portfolio_optimized"] == 0
+
+
+def test_upsert_configuration_rejects_invalid_fields(commands: Any) -> None:
+    config = cmd_pb.OptimizationConfiguration(
+        portfolio_id=unique("bad-config"),
+        strategies=[pb.Strategy(strategy_id="AAPL"), pb.Strategy(strategy_id="AAPL")],
+        objective=pb.OBJECTIVE_MIN_VOLATILITY,
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        commands.UpsertConfiguration(cmd_pb.UpsertConfigurationRequest(configuration=config), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(caught.value) == ["configuration.strategies[1].strategy_id"]

@@ -78,3 +78,22 @@ def test_demo_runs_end_to_end_on_real_data(pg_dsn: str) -> None:
     for expected in ("Optimal weights", "sp500-sector-limits", "GetHistory", "GetPortfolioAnalytics", "replayed=True"):
         assert expected in text
     assert "FAILED_PRECONDITION" in text
+
+
+def test_ingest_csv_command_stores_prices(server_target: str, tmp_path: Path, db: Any) -> None:
+    path = tmp_path / "prices.csv"
+    path.write_text("date,CLI_A,CLI_B\n2024-01-02,10.0,20.0\n2024-01-03,10.5,\n2024-01-04,10.25,21.0\n")
+    result = runner.invoke(app, ["ingest", str(path), "--symbol-prefix", "T.", "--target", server_target])
+    assert result.exit_code == 0, result.output
+    assert "stored 5 bars for 2 symbols" in result.output
+    rows = db.execute(
+        "SELECT symbol, \"timestamp\"::date::text, price FROM market_data WHERE symbol LIKE 'T.CLI_%' "
+        'ORDER BY symbol, "timestamp"'
+    ).fetchall()
+    assert rows == [
+        ("T.CLI_A", "2024-01-02", 10.0),
+        ("T.CLI_A", "2024-01-03", 10.5),
+        ("T.CLI_A", "2024-01-04", 10.25),
+        ("T.CLI_B", "2024-01-02", 20.0),
+        ("T.CLI_B", "2024-01-04", 21.0),
+    ]
