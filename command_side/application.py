@@ -28,7 +28,7 @@ from services.errors import (
     PreconditionError,
     StratoptError,
 )
-from services.estimators import prices_to_returns
+from services.estimators import returns_between_observations
 from services.types import Moments, ReturnHistory
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
@@ -149,9 +149,11 @@ class OptimizationService:
             lookback_periods=window.lookback_periods,
             market_symbol=window.market_symbol,
         )
-        market = None if prices.market_prices is None else prices_to_returns(prices.market_prices[:, None])[:, 0]
+        market = None
+        if prices.market_prices is not None:
+            market = returns_between_observations(prices.market_prices[:, None])[:, 0]
         return ReturnHistory(
-            returns=prices_to_returns(prices.prices), timestamps=prices.timestamps[1:], market_returns=market
+            returns=returns_between_observations(prices.prices), timestamps=prices.timestamps[1:], market_returns=market
         )
 
     async def batch_optimize(

@@ -21,7 +21,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from command_side.mapping import configuration_content, content_hash, datetime_to_timestamp
-from services.errors import NotFoundError, PreconditionError, UnavailableError
+from services.errors import NotFoundError, PreconditionError, PreconditionViolation, UnavailableError
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
 
@@ -67,9 +67,9 @@ class StoredResult:
 class PriceWindow:
     """Stored prices of N symbols on the union of their timestamps."""
 
-    timestamps: np.ndarray  # (T + 1,) datetime64[us]
-    prices: np.ndarray  # (T + 1, N), NaN where a symbol has no price
-    market_prices: np.ndarray | None  # (T + 1,) or None
+    timestamps: np.ndarray  # (T + 1,) datetime64[us]: the union of the strategies' price dates
+    prices: np.ndarray  # (T + 1, N), NaN where a symbol has no price that date
+    market_prices: np.ndarray | None  # (T + 1,) as of each date (last price at or before it), or None
 
 
 def _json(value: Any) -> str:
@@ -105,17 +105,20 @@ class WriteRepository:
         lookback_periods: int,
         market_symbol: str = "",
     ) -> PriceWindow:
-        """Prices of ``symbols`` (and the market symbol) in ``[start, end]``, the last ``lookback_periods``.
+        """Prices of ``symbols`` in ``[start, end]`` on their own calendar, the last ``lookback_periods`` returns.
+
+        The calendar is the union of the strategies' price dates only; the market symbol (CAPM) is aligned to
+        it as of each date (its last price at or before the date), so a market series on another calendar
+        never removes strategy observations. A market symbol may also be one of the strategies.
 
         Raises
         ------
         PreconditionError
-            When a symbol has fewer than 3 stored prices in the window (listing the symbols).
+            When a symbol has fewer than 3 stored prices in the window, with a ``MISSING_MARKET_DATA``
+            violation per symbol.
         """
-        wanted = list(symbols) + ([market_symbol] if market_symbol else [])
-        query = [
-            'SELECT symbol, "timestamp", price FROM market_data WHERE symbol = ANY($1::text[])',
-        ]
+        wanted = sorted(set(symbols) | ({market_symbol} if market_symbol else set()))
+        query = ['SELECT symbol, "timestamp", price FROM market_data WHERE symbol = ANY($1::text[])']
         args: list[Any] = [wanted]
         if start is not None:
             args.append(start)
@@ -123,30 +126,49 @@ class WriteRepository:
         if end is not None:
             args.append(end)
             query.append(f'AND "timestamp" <= ${len(args)}')
+        query.append('ORDER BY "timestamp"')
         async with database_errors(), self._pool.acquire() as conn:
             rows = await conn.fetch(" ".join(query), *args)
-        column = {s: i for i, s in enumerate(wanted)}
-        if rows:
-            stamps = np.array([r["timestamp"].timestamp() * 1e6 for r in rows]).round().astype(np.int64)
-            calendar, row_index = np.unique(stamps, return_inverse=True)
-            matrix = np.full((len(calendar), len(wanted)), np.nan)
-            cols = np.fromiter((column[r["symbol"]] for r in rows), dtype=np.int64, count=len(rows))
-            matrix[row_index, cols] = np.fromiter((r["price"] for r in rows), dtype=np.float64, count=len(rows))
-        else:
-            calendar = np.empty(0, dtype=np.int64)
-            matrix = np.empty((0, len(wanted)))
+        by_symbol: dict[str, tuple[list[int], list[float]]] = {s: ([], []) for s in wanted}
+        for r in rows:
+            stamps, values = by_symbol[r["symbol"]]
+            stamps.append(round(r["timestamp"].timestamp() * 1e6))
+            values.append(r["price"])
+        strategy_set = set(symbols)
+        calendar = np.unique(
+            np.concatenate(
+                [np.asarray(by_symbol[s][0], dtype=np.int64) for s in strategy_set] or [np.empty(0, np.int64)]
+            )
+        )
         if lookback_periods > 0:
-            calendar, matrix = calendar[-(lookback_periods + 1) :], matrix[-(lookback_periods + 1) :]
-        counts = np.sum(~np.isnan(matrix), axis=0)
-        short = [s for s, c in zip(wanted, counts, strict=True) if c < 3]
+            calendar = calendar[-(lookback_periods + 1) :]
+        prices = np.full((len(calendar), len(symbols)), np.nan)
+        for j, symbol in enumerate(symbols):
+            stamps, values = by_symbol[symbol]
+            positions = np.searchsorted(calendar, np.asarray(stamps, dtype=np.int64))
+            inside = (positions < len(calendar)) & (calendar[np.minimum(positions, len(calendar) - 1)] == stamps)
+            prices[positions[inside], j] = np.asarray(values)[inside]
+        market = None
+        short = [s for j, s in enumerate(symbols) if np.sum(~np.isnan(prices[:, j])) < 3]
+        if market_symbol:
+            stamps, values = by_symbol[market_symbol]
+            # As-of alignment: the market's last price at or before each calendar date.
+            index = np.searchsorted(np.asarray(stamps, dtype=np.int64), calendar, side="right") - 1
+            market = np.where(index >= 0, np.asarray([*values, np.nan])[index], np.nan)
+            if np.sum(~np.isnan(market)) < 3:
+                short.append(market_symbol)
         if short:
             raise PreconditionError(
                 f"not enough stored prices in the window for: {', '.join(short[:20])}"
                 + (" ..." if len(short) > 20 else "")
-                + " (at least 3 each; ingest market data first)"
+                + " (at least 3 each; ingest market data first)",
+                precondition_violations=tuple(
+                    PreconditionViolation(
+                        "MISSING_MARKET_DATA", symbol, f"fewer than 3 stored prices for '{symbol}' in the window"
+                    )
+                    for symbol in short
+                ),
             )
-        market = matrix[:, -1] if market_symbol else None
-        prices = matrix[:, : len(symbols)]
         return PriceWindow(calendar.astype("datetime64[us]"), prices, market)
 
     async def persist_run(

@@ -50,6 +50,32 @@ def prices_to_returns(prices: FloatArray) -> FloatArray:
         return np.asarray(prices[1:] / prices[:-1] - 1.0, dtype=np.float64)
 
 
+def returns_between_observations(prices: FloatArray) -> FloatArray:
+    """Simple returns of each series between its own consecutive observed prices.
+
+    A missing quote inside a series does not lose the price move across it: the return from the last observed
+    price is booked on the next observed date (``pandas.Series.dropna().pct_change()`` per column). Periods
+    before a series' first price (a later listing) stay missing.
+
+    Parameters
+    ----------
+    prices : ndarray of shape (T + 1, N)
+        Positive prices on a common calendar; NaN where a series has no price.
+
+    Returns
+    -------
+    ndarray of shape (T, N)
+        Row t is the return booked at calendar date t + 1; NaN where the series has no price at that date or
+        no earlier price.
+    """
+    returns = np.full((prices.shape[0] - 1, prices.shape[1]), np.nan)
+    for j in range(prices.shape[1]):
+        observed = np.flatnonzero(~np.isnan(prices[:, j]))
+        if observed.size > 1:
+            returns[observed[1:] - 1, j] = prices[observed[1:], j] / prices[observed[:-1], j] - 1.0
+    return returns
+
+
 def pairwise_covariance(returns: FloatArray) -> FloatArray:
     """Sample covariance over pairwise-complete observations (per period, not annualised).
 

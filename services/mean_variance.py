@@ -134,6 +134,33 @@ def _sector_rows(problem: PortfolioProblem) -> list[_SectorRows]:
     return rows
 
 
+def max_achievable_return(expected_returns: FloatArray, lower: FloatArray, upper: FloatArray) -> float:
+    """Largest μᵀw over l ≤ w ≤ u with Σw = 1 (bounds only): start at l, fill 1 − Σl by descending μ.
+
+    Parameters
+    ----------
+    expected_returns : ndarray of shape (N,)
+        Annualised expected returns μ.
+    lower, upper : ndarray of shape (N,)
+        Weight bounds with Σl ≤ 1 ≤ Σu.
+
+    Returns
+    -------
+    float
+        The maximum (the LP's greedy closed form); it ignores sector limits, so it bounds from above the
+        return a constrained problem can reach.
+    """
+    weights = lower.astype(np.float64).copy()
+    room = 1.0 - weights.sum()
+    for i in np.argsort(-expected_returns, kind="stable"):
+        if room <= 0:
+            break
+        step = min(upper[i] - lower[i], room)
+        weights[i] += step
+        room -= step
+    return float(expected_returns @ weights)
+
+
 def precheck(problem: PortfolioProblem, moments: Moments) -> None:
     """Cheap feasibility checks that name the conflicting constraints before any solve.
 
@@ -151,8 +178,8 @@ def precheck(problem: PortfolioProblem, moments: Moments) -> None:
     InfeasibleError
         With ``PreconditionViolation`` details: ``BOUNDS_SUM`` (Σ lower > 1 or Σ upper < 1), ``SECTOR_MINIMA``
         (sector minima sum above 1), ``SECTOR_BOUNDS`` (a sector limit its members' bounds cannot meet),
-        ``TARGET_RETURN`` (min_return above every expected return), ``NO_EXCESS_RETURN`` (max Sharpe with
-        every expected return at or below the risk-free rate).
+        ``TARGET_RETURN`` (min_return above the highest return the bounds allow), ``NO_EXCESS_RETURN`` (max
+        Sharpe where no portfolio within the bounds beats the risk-free rate). All hold with shorting allowed.
     """
     lower, upper = problem.lower_bounds, problem.upper_bounds
     crossed = np.flatnonzero(lower > upper + 1e-12)
@@ -176,7 +203,14 @@ def precheck(problem: PortfolioProblem, moments: Moments) -> None:
             )
         )
     rows = _sector_rows(problem)
+    # The least total weight the sector minima force: each limited sector holds at least max(its minimum, its
+    # members' lower bounds); every other strategy at least its lower bound (negative when shorting is allowed).
+    limited = np.zeros(problem.n_assets, dtype=bool)
     minima = 0.0
+    for row in rows:
+        limited |= row.members > 0
+        minima += max(row.min_weight if row.min_weight is not None else -np.inf, float(row.members @ lower))
+    minima += float(lower[~limited].sum())
     for k, row in enumerate(rows):
         subject = f"constraints.sector_limits[{k}]"
         if row.min_weight is not None and row.max_weight is not None and row.min_weight > row.max_weight:
@@ -184,7 +218,6 @@ def precheck(problem: PortfolioProblem, moments: Moments) -> None:
                 subject, f"min_weight {row.min_weight:g} is above max_weight {row.max_weight:g}"
             )
         if row.min_weight is not None:
-            minima += max(row.min_weight, 0.0)
             reachable = float(row.members @ upper)
             if row.min_weight > reachable + 1e-9:
                 violations.append(
@@ -206,28 +239,36 @@ def precheck(problem: PortfolioProblem, moments: Moments) -> None:
                         f"({floor:.6g})",
                     )
                 )
-    if minima > 1 + 1e-9:
+    if any(r.min_weight is not None for r in rows) and minima > 1 + 1e-9:
         violations.append(
             PreconditionViolation(
-                "SECTOR_MINIMA", "constraints.sector_limits", f"sector minima sum to {minima:.6g} > 1"
+                "SECTOR_MINIMA",
+                "constraints.sector_limits",
+                f"sector minima (with the other strategies at their lower bounds) sum to {minima:.6g} > 1",
             )
         )
     mu = moments.expected_returns
-    if problem.min_return is not None and problem.min_return > float(mu.max()) + 1e-12:
+    bounds_ok = lower.sum() <= 1 + 1e-9 and upper.sum() >= 1 - 1e-9
+    if bounds_ok:
+        best = max_achievable_return(mu, lower, upper)
+    else:  # already infeasible; long-only, no portfolio can beat the best single return either
+        best = float(mu.max()) if float(lower.min()) >= 0 else float("inf")
+    if problem.min_return is not None and problem.min_return > best + 1e-12:
         violations.append(
             PreconditionViolation(
                 "TARGET_RETURN",
                 "constraints.min_return",
-                f"min_return {problem.min_return:g} is above the highest expected return {float(mu.max()):.6g}",
+                f"min_return {problem.min_return:g} is above the highest expected return the weight bounds allow "
+                f"({best:.6g})",
             )
         )
-    if problem.objective is Objective.MAX_SHARPE and float(mu.max()) <= problem.risk_free_rate:
+    if problem.objective is Objective.MAX_SHARPE and best <= problem.risk_free_rate:
         violations.append(
             PreconditionViolation(
                 "NO_EXCESS_RETURN",
                 "risk_parameters.risk_free_rate",
-                f"max Sharpe needs an expected return above the risk-free rate {problem.risk_free_rate:g}; "
-                f"the highest is {float(mu.max()):.6g}",
+                f"max Sharpe needs a portfolio with expected return above the risk-free rate "
+                f"{problem.risk_free_rate:g}; the highest the weight bounds allow is {best:.6g}",
             )
         )
     if violations:

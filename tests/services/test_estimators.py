@@ -407,3 +407,18 @@ def test_zero_variance_strategy_is_invalid(sp500_small_returns: pd.DataFrame, co
     with pytest.raises(InvalidInputError) as caught:
         estimate_moments(return_history(returns), EstimationSettings())
     assert [v.field for v in caught.value.field_violations] == ["strategies[2]"]
+
+
+def test_returns_between_observations_keep_the_move_across_a_missing_quote(stock_prices: pd.DataFrame) -> None:
+    from services.estimators import returns_between_observations
+
+    prices = stock_prices.iloc[:60].copy()
+    prices.iloc[30, 1] = np.nan  # a missing quote inside a series
+    prices.iloc[40:43, 3] = np.nan  # three missing quotes
+    ours = returns_between_observations(prices.to_numpy())
+    for j, column in enumerate(prices.columns):
+        expected = prices[column].dropna().pct_change().reindex(prices.index).iloc[1:].to_numpy()
+        np.testing.assert_allclose(ours[:, j], expected, rtol=1e-14, atol=0.0, equal_nan=True)
+    # The move over the gap is booked on the next observed date, not lost.
+    gap_return = prices.iloc[31, 1] / prices.iloc[29, 1] - 1.0
+    assert ours[30, 1] == pytest.approx(gap_return, rel=1e-14)

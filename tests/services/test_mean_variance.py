@@ -657,15 +657,34 @@ def test_max_volatility_below_the_min_volatility_portfolio_is_solver_infeasible(
     assert infeasibility_types(problem, sp500_moments) == ["SOLVER_INFEASIBLE"]
 
 
-def test_min_return_above_the_reachable_return_is_solver_infeasible(
+def test_min_return_above_the_reachable_return_is_caught_by_the_precheck(
     sp500_frame_moments: tuple[pd.Series, pd.DataFrame], sp500_moments: Moments
 ) -> None:
     tickers = list(sp500_frame_moments[0].index)
     lower, upper = np.zeros(len(tickers)), np.full(len(tickers), 0.3)
     reachable = sp500_moments.expected_returns @ greedy_max_return(sp500_moments.expected_returns, lower, upper)
     target = reachable + 0.02
-    assert target < sp500_moments.expected_returns.max()  # passes the TARGET_RETURN pre-check
+    assert target < sp500_moments.expected_returns.max()  # below the best single return, above what 0.3 caps allow
     problem = make_problem(Objective.MIN_VOLATILITY, tickers, lower, upper, min_return=target)
+    assert infeasibility_types(problem, sp500_moments) == ["TARGET_RETURN"]
+    # Just below the reachable maximum the problem is feasible and the return binds.
+    feasible = make_problem(Objective.MIN_VOLATILITY, tickers, lower, upper, min_return=reachable - 1e-4)
+    result = optimize_mean_variance(feasible, sp500_moments)
+    assert sp500_moments.expected_returns @ result.weights == pytest.approx(reachable - 1e-4, abs=1e-6)
+
+
+def test_sector_caps_below_the_target_are_solver_infeasible(
+    sp500_frame_moments: tuple[pd.Series, pd.DataFrame], sp500_moments: Moments
+) -> None:
+    """Sector limits are not in the greedy pre-check: the solver proves this conflict."""
+    tickers = list(sp500_frame_moments[0].index)
+    mu = sp500_moments.expected_returns
+    best = tickers[int(np.argmax(mu))]
+    problem = replace(
+        make_problem(Objective.MIN_VOLATILITY, tickers, 0.0, 1.0, min_return=float(mu.max()) - 1e-3),
+        sectors=tuple("top" if t == best else "rest" for t in tickers),
+        sector_limits=(SectorLimit("top", max_weight=0.1),),
+    )
     assert infeasibility_types(problem, sp500_moments) == ["SOLVER_INFEASIBLE"]
 
 
@@ -791,3 +810,34 @@ def test_cached_parametric_program_equals_a_fresh_constant_program(monkeypatch: 
     fresh = [optimize_mean_variance(p, m).weights for p, m in problems]
     for got, expected in zip(cached, [*fresh, fresh[0]], strict=True):
         np.testing.assert_allclose(got, expected, atol=1e-7)
+
+
+def test_prechecks_allow_what_shorting_makes_feasible() -> None:
+    """Pre-checks let through what shorting makes feasible.
+
+    With negative lower bounds a target above every μ, an r_f above every μ and sector minima over 1 can all be
+    feasible; the solver must find the portfolio (checked by hand below).
+    """
+    mu = np.array([0.08, 0.07, 0.01])
+    moments = Moments(expected_returns=mu, covariance=np.diag([0.04, 0.03, 0.02]))
+
+    def problem(**fields: object) -> PortfolioProblem:
+        base: dict[str, object] = {
+            "strategy_ids": ("a", "b", "c"),
+            "objective": Objective.MIN_VOLATILITY,
+            "lower_bounds": np.full(3, -1.0),
+            "upper_bounds": np.ones(3),
+            "sectors": ("x", "y", "z"),
+        }
+        base.update(fields)
+        return PortfolioProblem(**base)  # type: ignore[arg-type]
+
+    # w = (1, 1, -1) sums to 1 with return 0.14: above every single μ.
+    target = optimize_mean_variance(problem(min_return=0.10), moments)
+    assert float(mu @ target.weights) >= 0.10 - 1e-6
+    sharpe = optimize_mean_variance(problem(objective=Objective.MAX_SHARPE, risk_free_rate=0.09), moments)
+    assert float(mu @ sharpe.weights) > 0.09
+    sectors = (SectorLimit("x", min_weight=0.6), SectorLimit("y", min_weight=0.6))
+    minima = optimize_mean_variance(problem(sector_limits=sectors), moments)
+    assert minima.weights[0] >= 0.6 - 1e-6 and minima.weights[1] >= 0.6 - 1e-6
+    assert minima.weights.sum() == pytest.approx(1.0, abs=1e-6)
