@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
+import hashlib
 import logging
 from collections.abc import AsyncIterable, Callable
 from datetime import UTC
@@ -25,7 +27,9 @@ from services.engine import OptimizationJob, OptimizationOutcome
 from services.errors import (
     DeadlineExceededError,
     InvalidInputError,
+    NotFoundError,
     PreconditionError,
+    PreconditionViolation,
     StratoptError,
 )
 from services.estimators import returns_between_observations
@@ -34,6 +38,10 @@ from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+_LIST_TOKEN_PREFIX = "configurations:v1:"
+
+_RUN_INHERITS = ("enabled", "lookback_periods", "market_symbol")
 
 StatusFactory = Callable[[BaseException], status_pb2.Status]
 """Turns an exception into the ``google.rpc.Status`` a unary call would have returned."""
@@ -69,7 +77,11 @@ class OptimizationService:
         self._batch_concurrency = batch_concurrency or 2 * solver_pool.workers
 
     async def optimize(
-        self, request: cmd_pb.OptimizeRequest, *, time_remaining_s: float | None
+        self,
+        request: cmd_pb.OptimizeRequest,
+        *,
+        time_remaining_s: float | None,
+        request_hash: str | None = None,
     ) -> cmd_pb.OptimizeResponse:
         """Optimize one portfolio and store the run, or replay the stored answer to a repeated request_id.
 
@@ -79,6 +91,9 @@ class OptimizationService:
             The request.
         time_remaining_s : float or None
             Seconds left before the caller's deadline; None when the call has none.
+        request_hash : str, optional
+            Idempotency fingerprint to store instead of the request's own (RunConfiguration hashes its own
+            request, so a retry replays even after the configuration changed).
 
         Returns
         -------
@@ -91,9 +106,12 @@ class OptimizationService:
         OptimizationError
             Mapped to gRPC status codes by the error interceptor; nothing is stored for a failed request.
         """
+        loop = asyncio.get_running_loop()
+        deadline = None if time_remaining_s is None else loop.time() + time_remaining_s
         validated = validate_optimize_request(request)
+        fingerprint = request_hash if request_hash is not None else validated.request_hash
         if validated.request_id:
-            stored = await self._replay(validated.request_id, validated.request_hash)
+            stored = await self._replay(validated.request_id, fingerprint)
             if stored is not None:
                 return stored
         job_inputs: ReturnHistory | Moments
@@ -107,7 +125,8 @@ class OptimizationService:
         else:
             job_inputs = await self._market_data_returns(validated.problem.strategy_ids, request.market_data)
             run_inputs["kind"] = "market_data"
-        limit = None if time_remaining_s is None else time_remaining_s - PERSISTENCE_RESERVE_S
+        # The solver gets what is left of the deadline now, minus a reserve for storing the result.
+        limit = None if deadline is None else deadline - loop.time() - PERSISTENCE_RESERVE_S
         if limit is not None and limit <= 0:
             raise DeadlineExceededError("the call's deadline leaves no time to optimize")
         job = OptimizationJob(
@@ -119,12 +138,14 @@ class OptimizationService:
             return await self._repository.persist_run(
                 configuration=validated.configuration,
                 response=response,
-                request_hash=validated.request_hash,
+                request_hash=fingerprint,
                 run_inputs=run_inputs,
+                # The stored-data window of a configuration is only set by runs on stored data (or upserts).
+                inherit=("enabled",) if validated.market_data is not None else _RUN_INHERITS,
             )
         except asyncpg.UniqueViolationError:
             # A concurrent call with the same request_id committed first: answer with its result.
-            stored = await self._replay(validated.request_id, validated.request_hash)
+            stored = await self._replay(validated.request_id, fingerprint)
             if stored is None:
                 raise
             return stored
@@ -186,12 +207,23 @@ class OptimizationService:
                     response = await self.optimize(item, time_remaining_s=remaining)
                 except StratoptError as exc:
                     return cmd_pb.BatchOptimizeResult(index=index, error=to_status(exc))
-                except Exception as exc:
+                except Exception as exc:  # one broken item must not sink the batch
                     log.exception("batch item %d failed", index)
                     return cmd_pb.BatchOptimizeResult(index=index, error=to_status(exc))
                 return cmd_pb.BatchOptimizeResult(index=index, response=response)
 
-        results = await asyncio.gather(*(one(i, item) for i, item in enumerate(request.requests)))
+        # Items of one portfolio run one after another in request order, so its history (and the latest read
+        # model) follows the batch's order; different portfolios run concurrently.
+        groups: dict[str, list[int]] = {}
+        for i, item in enumerate(request.requests):
+            groups.setdefault(item.portfolio_id, []).append(i)
+        results: list[cmd_pb.BatchOptimizeResult] = [cmd_pb.BatchOptimizeResult()] * count
+
+        async def run_group(indices: list[int]) -> None:
+            for i in indices:
+                results[i] = await one(i, request.requests[i])
+
+        await asyncio.gather(*(run_group(indices) for indices in groups.values()))
         failed = sum(1 for r in results if r.HasField("error"))
         return cmd_pb.BatchOptimizeResponse(results=results, succeeded=count - failed, failed=failed)
 
@@ -206,20 +238,27 @@ class OptimizationService:
         """One configuration version (0 = latest); NotFoundError when absent."""
         if not portfolio_id:
             raise InvalidInputError.for_field("portfolio_id", "must not be empty")
+        if version > 2**31 - 1:
+            raise NotFoundError(f"no configuration version {version} for portfolio '{portfolio_id}'")
         return await self._repository.get_configuration(portfolio_id, version)
 
     async def list_configurations(self, page_size: int, page_token: str) -> cmd_pb.ListConfigurationsResponse:
         """A page of latest configurations ordered by portfolio_id (keyset on the id)."""
         size = min(page_size or 50, 500)
-        try:
-            after = base64.urlsafe_b64decode(page_token.encode()).decode() if page_token else ""
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidInputError.for_field("page_token", "is not a token this service issued") from exc
+        after = ""
+        if page_token:
+            try:
+                decoded = base64.b64decode(page_token.encode(), altchars=b"-_", validate=True).decode()
+            except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+                raise InvalidInputError.for_field("page_token", "is not a token this service issued") from exc
+            if not decoded.startswith(_LIST_TOKEN_PREFIX):
+                raise InvalidInputError.for_field("page_token", "is not a token this service issued")
+            after = decoded.removeprefix(_LIST_TOKEN_PREFIX)
         rows = await self._repository.list_configurations(after_portfolio_id=after, limit=size + 1)
         token = ""
         if len(rows) > size:
             rows = rows[:size]
-            token = base64.urlsafe_b64encode(rows[-1].portfolio_id.encode()).decode()
+            token = base64.urlsafe_b64encode((_LIST_TOKEN_PREFIX + rows[-1].portfolio_id).encode()).decode()
         return cmd_pb.ListConfigurationsResponse(configurations=rows, next_page_token=token)
 
     async def run_configuration(
@@ -236,11 +275,25 @@ class OptimizationService:
         """
         if not portfolio_id:
             raise InvalidInputError.for_field("portfolio_id", "must not be empty")
+        # A retry replays the stored answer even if the configuration was edited or disabled since.
+        fingerprint = ""
+        if request_id:
+            fingerprint = hashlib.sha256(f"RunConfiguration\0{portfolio_id}".encode()).hexdigest()
+            stored = await self._replay(request_id, fingerprint)
+            if stored is not None:
+                return stored
         config = await self._repository.get_configuration(portfolio_id)
         if not config.enabled:
-            raise PreconditionError(f"the configuration of portfolio '{portfolio_id}' is disabled")
+            raise PreconditionError(
+                f"the configuration of portfolio '{portfolio_id}' is disabled",
+                precondition_violations=(
+                    PreconditionViolation(
+                        "CONFIGURATION_DISABLED", portfolio_id, f"version {config.version} has enabled = false"
+                    ),
+                ),
+            )
         request = optimize_request_from_configuration(config, request_id)
-        return await self.optimize(request, time_remaining_s=time_remaining_s)
+        return await self.optimize(request, time_remaining_s=time_remaining_s, request_hash=fingerprint)
 
     async def ingest(self, chunks: AsyncIterable[cmd_pb.IngestMarketDataRequest]) -> cmd_pb.IngestMarketDataResponse:
         """Validate and upsert streamed price bars, chunk by chunk (each chunk in its own transaction).

@@ -32,13 +32,12 @@ from services.types import (
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
 
-MAX_STRATEGIES = 5000
-"""Largest N accepted in one request."""
+MAX_STRATEGIES = 2000
+"""Largest N accepted in one request: a 2000 x 2000 covariance is 32 MB, half the 64 MiB message limit, and
+N = 2000 takes seconds to estimate and solve on one core (N = 5000 took minutes in the review's measurement)."""
 MAX_ID_LENGTH = 200
 DEFAULT_PERIODS_PER_YEAR = 252
 DEFAULT_EMA_SPAN = 500
-DEFAULT_LOOKBACK_PERIODS = 756
-"""Stored prices a configuration uses by default: three years of trading days."""
 
 _OBJECTIVES = {
     pb.OBJECTIVE_MAX_SHARPE: Objective.MAX_SHARPE,
@@ -295,8 +294,8 @@ def normalize_configuration(
     """Check a configuration given to UpsertConfiguration and return its canonical form.
 
     The canonical form is the configuration an equivalent Optimize call implies: strategy ids and sectors
-    only, ``lookback_periods`` set to its default (756) when 0, the method made explicit. The same content
-    therefore always hashes to the same version, whichever RPC stored it.
+    only, the method made explicit. The same content therefore always hashes to the same version, whichever
+    RPC stored it.
 
     Raises
     ------
@@ -304,7 +303,6 @@ def normalize_configuration(
         For the first invalid field, named under ``prefix``.
     """
     probe = optimize_request_from_configuration(config, request_id="")
-    probe.market_data.lookback_periods = config.lookback_periods or DEFAULT_LOOKBACK_PERIODS
     try:
         validated = validate_optimize_request(probe)
     except InvalidInputError as exc:

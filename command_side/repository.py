@@ -178,8 +178,12 @@ class WriteRepository:
         response: cmd_pb.OptimizeResponse,
         request_hash: str,
         run_inputs: dict[str, Any],
+        inherit: tuple[str, ...] = ("enabled",),
     ) -> cmd_pb.OptimizeResponse:
         """Store one run atomically and return the response completed with its ids and version.
+
+        ``inherit`` names configuration fields kept from the portfolio's current configuration version (see
+        ``_upsert_configuration``).
 
         The response's metadata gets ``event_id``, ``result_id``, ``configuration_version`` and
         ``timestamp`` before it is serialised into the result row (for idempotent replays).
@@ -197,7 +201,7 @@ class WriteRepository:
         async with database_errors(), self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", configuration.portfolio_id)
             now = await conn.fetchval("SELECT clock_timestamp()")
-            version = await self._upsert_configuration(conn, configuration)
+            version = await self._upsert_configuration(conn, configuration, inherit)
             meta.configuration_version = version
             meta.timestamp.CopyFrom(datetime_to_timestamp(now))
             objective = pb.Objective.Name(configuration.objective)
@@ -247,15 +251,27 @@ class WriteRepository:
         return response
 
     @staticmethod
-    async def _upsert_configuration(conn: Connection, config: cmd_pb.OptimizationConfiguration) -> int:
-        """Version of ``config`` for its portfolio: the current one if unchanged, else a new one."""
-        content = configuration_content(config)
-        digest = content_hash(content)
+    async def _upsert_configuration(
+        conn: Connection, config: cmd_pb.OptimizationConfiguration, inherit: tuple[str, ...] = ()
+    ) -> int:
+        """Version of ``config`` for its portfolio: the current one if unchanged, else a new one.
+
+        Fields named in ``inherit`` (``enabled``, ``lookback_periods``, ``market_symbol``) are taken from the
+        current version when there is one: an Optimize call does not undo what an operator configured.
+        """
         current = await conn.fetchrow(
-            "SELECT version, content_hash FROM optimization_configurations WHERE portfolio_id = $1 "
-            "ORDER BY version DESC LIMIT 1",
+            "SELECT version, content_hash, enabled, lookback_periods, market_symbol "
+            "FROM optimization_configurations WHERE portfolio_id = $1 ORDER BY version DESC LIMIT 1",
             config.portfolio_id,
         )
+        if current is not None and inherit:
+            inherited = cmd_pb.OptimizationConfiguration()
+            inherited.CopyFrom(config)
+            for name in inherit:
+                setattr(inherited, name, current[name])
+            config = inherited
+        content = configuration_content(config)
+        digest = content_hash(content)
         if current is not None and current["content_hash"] == digest:
             return int(current["version"])
         version = 1 if current is None else int(current["version"]) + 1
@@ -339,17 +355,17 @@ class WriteRepository:
             return 0
         async with database_errors(), self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS market_data_stage "
-                '(symbol text, "timestamp" timestamptz, price double precision, volume double precision) '
-                "ON COMMIT DELETE ROWS"
+                "CREATE TEMP TABLE IF NOT EXISTS market_data_stage (seq bigserial, symbol text, "
+                '"timestamp" timestamptz, price double precision, volume double precision) ON COMMIT DELETE ROWS'
             )
             await conn.copy_records_to_table(
                 "market_data_stage", records=records, columns=["symbol", "timestamp", "price", "volume"]
             )
+            # A bar sent twice in one message: the later one wins (the same rule as across messages).
             result = await conn.execute(
                 """INSERT INTO market_data (symbol, "timestamp", price, volume)
                    SELECT DISTINCT ON (symbol, "timestamp") symbol, "timestamp", price, volume
-                   FROM market_data_stage ORDER BY symbol, "timestamp"
+                   FROM market_data_stage ORDER BY symbol, "timestamp", seq DESC
                    ON CONFLICT (symbol, "timestamp") DO UPDATE SET price = EXCLUDED.price, volume = EXCLUDED.volume"""
             )
         return int(result.split()[-1])

@@ -56,6 +56,7 @@ class SolverPool:
     def __init__(self, workers: int | None = None) -> None:
         self.workers = max(1, workers or os.cpu_count() or 1)
         self._executor = self._new_executor()
+        self._warming: asyncio.Task[None] | None = None
 
     def _new_executor(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -75,17 +76,27 @@ class SolverPool:
         DeadlineExceededError
             The job did not finish in time (the worker's solver also stops at the job's own time limit).
         UnavailableError
-            A worker died (e.g. killed for memory); the pool is replaced for later calls.
+            A worker died (e.g. killed for memory), now or while idle; the pool is replaced once, warmed up in
+            the background, and later calls go to the new one.
         """
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, run_optimization, job)
+        executor = self._executor
         try:
+            future = loop.run_in_executor(executor, run_optimization, job)
             return await asyncio.wait_for(future, timeout=timeout_s)
         except TimeoutError as exc:
             raise DeadlineExceededError(f"the optimization did not finish within {timeout_s:.3f} s") from exc
         except BrokenProcessPool as exc:
-            self._executor = self._new_executor()
+            self._replace(executor)
             raise UnavailableError("a solver worker process died; retry the call") from exc
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        """Swap in a fresh executor once per broken one (concurrent callers see the same broken pool)."""
+        if self._executor is not broken:
+            return
+        self._executor = self._new_executor()
+        broken.shutdown(wait=False, cancel_futures=True)
+        self._warming = asyncio.get_running_loop().create_task(self.warm_up())
 
     def shutdown(self) -> None:
         """Stop the workers (running jobs are cancelled)."""

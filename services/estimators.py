@@ -266,7 +266,11 @@ def estimate_moments(history: ReturnHistory, settings: EstimationSettings) -> Es
             f"strategies[{int(i)}]",
             f"shares fewer than {MIN_OBSERVATIONS} observations with strategies[{int(j)}]",
         )
-    covariance = nearest_psd(np.asarray(per_period, dtype=np.float64) * freq)
+    covariance = np.asarray(per_period, dtype=np.float64) * freq
+    if has_gaps and settings.covariance_estimator is CovarianceEstimator.SAMPLE:
+        # Only the pairwise estimate can be indefinite; complete-row estimates are PSD by construction (an
+        # eigendecomposition per call would cost seconds at N = 2000).
+        covariance = nearest_psd(covariance)
     variances = np.diag(covariance)
     flat = np.flatnonzero(variances <= 1e-12 * max(float(variances.max()), 1e-300))
     if flat.size:

@@ -115,6 +115,11 @@ def validate_moments(moments: Moments, n_assets: int) -> None:
         raise InvalidInputError.for_field(
             "moments.covariance", f"is not symmetric: entry ({i},{j}) differs from ({j},{i})"
         )
+    flat = np.flatnonzero(np.diag(sigma) <= 0.0)
+    if flat.size:
+        raise InvalidInputError.for_field(
+            f"moments.covariance[{int(flat[0]) * (n_assets + 1)}]", "every variance (diagonal entry) must be positive"
+        )
     smallest = float(np.linalg.eigvalsh((sigma + sigma.T) / 2.0)[0])
     if smallest < -1e-10 * scale:
         raise InvalidInputError.for_field(

@@ -254,3 +254,24 @@ def test_health_checks_are_answered_while_solves_run(
     assert latencies, "the batch finished before a health check could be sent"
     # Generous bound: the event loop is free while workers solve (a blocked loop would take seconds).
     assert max(latencies) < 1.0
+
+
+def test_a_solver_worker_dying_while_idle_is_unavailable_once_then_recovers(pg_dsn: str, returns: pd.DataFrame) -> None:
+    thread = ServerThread(StratoptServer(pg_dsn, address="127.0.0.1:0", sides=("command",), workers=1))
+    thread.start()
+    try:
+        with grpc.insecure_channel(thread.target) as ch:
+            commands = cmd_grpc.OptimizationCommandServiceStub(ch)
+            request = returns_request(returns, f"worker-{uuid.uuid4().hex[:8]}", objective=pb.OBJECTIVE_MIN_VOLATILITY)
+            commands.Optimize(request, timeout=60)
+            pool = thread.server._solver_pool
+            assert pool is not None
+            for process in list(pool._executor._processes.values()):  # the OOM killer, say
+                process.kill()
+                process.join(10)
+            with pytest.raises(grpc.RpcError) as caught:
+                commands.Optimize(request, timeout=60)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert commands.Optimize(request, timeout=120).optimization_metadata.event_id
+    finally:
+        thread.stop()

@@ -474,3 +474,129 @@ def test_upsert_configuration_rejects_invalid_fields(commands: Any) -> None:
         commands.UpsertConfiguration(cmd_pb.UpsertConfigurationRequest(configuration=config), timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(caught.value) == ["configuration.strategies[1].strategy_id"]
+
+
+def test_optimize_keeps_what_the_operator_configured(
+    commands: Any, sp500_returns: pd.DataFrame, stored_prices: dict[str, str]
+) -> None:
+    """An Optimize call on inline returns neither re-enables a disabled configuration nor drops its window."""
+    portfolio_id = unique("operator")
+    columns = list(sp500_returns.columns[:4])
+    config = cmd_pb.OptimizationConfiguration(
+        portfolio_id=portfolio_id,
+        strategies=[pb.Strategy(strategy_id=c, sector=SECTORS[c]) for c in columns],
+        objective=pb.OBJECTIVE_MIN_VOLATILITY,
+        lookback_periods=250,
+        market_symbol="SP500",
+        enabled=False,
+    )
+    commands.UpsertConfiguration(cmd_pb.UpsertConfigurationRequest(configuration=config), timeout=10)
+    commands.Optimize(
+        returns_request(sp500_returns[columns], portfolio_id, objective=pb.OBJECTIVE_MIN_VOLATILITY), timeout=60
+    )
+    stored = commands.GetConfiguration(cmd_pb.GetConfigurationRequest(portfolio_id=portfolio_id), timeout=10)
+    assert stored.configuration.version == 1  # same content: no new version
+    assert not stored.configuration.enabled
+    assert stored.configuration.lookback_periods == 250
+    assert stored.configuration.market_symbol == "SP500"
+
+
+def test_run_configuration_retry_replays_after_the_configuration_changed(
+    commands: Any, stored_prices: dict[str, str], db: psycopg.Connection[Any]
+) -> None:
+    portfolio_id = unique("run-retry")
+    config = cmd_pb.OptimizationConfiguration(
+        portfolio_id=portfolio_id,
+        strategies=[pb.Strategy(strategy_id=s) for s in ("AAPL", "KO", "XOM")],
+        objective=pb.OBJECTIVE_MIN_VOLATILITY,
+        lookback_periods=300,
+        enabled=True,
+    )
+    commands.UpsertConfiguration(cmd_pb.UpsertConfigurationRequest(configuration=config), timeout=10)
+    request = cmd_pb.RunConfigurationRequest(portfolio_id=portfolio_id, request_id=unique("run"))
+    first = commands.RunConfiguration(request, timeout=60).result
+    config.enabled = False
+    config.lookback_periods = 100
+    commands.UpsertConfiguration(cmd_pb.UpsertConfigurationRequest(configuration=config), timeout=10)
+    again = commands.RunConfiguration(request, timeout=60).result
+    assert again.optimization_metadata.replayed
+    assert again.optimization_metadata.event_id == first.optimization_metadata.event_id
+    assert stored_rows(db, portfolio_id)["portfolio_optimized"] == 1
+
+
+def test_batch_items_of_one_portfolio_are_stored_in_request_order(
+    commands: Any, queries: Any, sp500_returns: pd.DataFrame
+) -> None:
+    portfolio_id = unique("ordered")
+    items = [
+        returns_request(
+            sp500_returns.iloc[:, :5], portfolio_id, objective=pb.OBJECTIVE_MIN_VOLATILITY, request_id=unique(f"o{i}")
+        )
+        for i in range(8)
+    ]
+    for i, item in enumerate(items):
+        item.constraints.max_weight = 0.3 + 0.05 * i  # distinct configurations: versions 1..8 in order
+    response = commands.BatchOptimize(cmd_pb.BatchOptimizeRequest(requests=items), timeout=120)
+    assert response.succeeded == 8
+    history = queries.GetHistory(query_pb.GetHistoryRequest(portfolio_id=portfolio_id, page_size=20), timeout=10)
+    newest_first = [e.request_id for e in history.events]
+    assert newest_first == [item.request_id for item in reversed(items)]
+    assert [e.configuration_version for e in history.events] == list(range(8, 0, -1))
+
+
+def test_list_configurations_rejects_foreign_page_tokens(commands: Any) -> None:
+    for token in ("!!!!", "Zm9v"):  # not base64; base64 of "foo" (not a token of ours)
+        with pytest.raises(grpc.RpcError) as caught:
+            commands.ListConfigurations(cmd_pb.ListConfigurationsRequest(page_token=token), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field_violations(caught.value) == ["page_token"]
+
+
+def test_configuration_version_beyond_int32_is_not_found(commands: Any) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        commands.GetConfiguration(
+            cmd_pb.GetConfigurationRequest(portfolio_id="anything", version=3_000_000_000), timeout=10
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_ingest_keeps_the_last_of_duplicate_bars(commands: Any, db: psycopg.Connection[Any]) -> None:
+    symbol = unique("dup")
+    bars = []
+    for price in (10.0, 11.0, 12.0):
+        bar = cmd_pb.PriceBar(symbol=symbol, price=price)
+        bar.timestamp.FromDatetime(datetime(2024, 3, 1, tzinfo=UTC))
+        bars.append(bar)
+    commands.IngestMarketData(iter([cmd_pb.IngestMarketDataRequest(bars=bars)]), timeout=10)
+    assert db.execute("SELECT price FROM market_data WHERE symbol = %s", [symbol]).fetchall() == [(12.0,)]
+
+
+def test_market_symbol_may_be_a_strategy_and_another_calendar_changes_nothing(
+    commands: Any, stored_prices: dict[str, str]
+) -> None:
+    """CAPM against SPY holding SPY too; and mean-historical estimates ignore the market's calendar."""
+    spy = PPO_PREFIX + "SPY"
+    tickers = [PPO_PREFIX + t for t in ("AAPL", "GE", "XOM")]
+    capm = cmd_pb.OptimizeRequest(
+        portfolio_id=unique("capm"),
+        strategies=[pb.Strategy(strategy_id=s) for s in [*tickers, spy]],
+        market_data=pb.MarketDataWindow(market_symbol=spy, lookback_periods=500),
+        objective=pb.OBJECTIVE_MIN_VOLATILITY,
+        risk_parameters=pb.RiskParameters(returns_estimator=pb.RETURNS_ESTIMATOR_CAPM),
+    )
+    assert commands.Optimize(capm, timeout=60).optimization_metadata.observations == 500
+
+    def plain(market_symbol: str) -> Any:
+        request = cmd_pb.OptimizeRequest(
+            portfolio_id=unique("calendar"),
+            strategies=[pb.Strategy(strategy_id=s) for s in ("AAPL", "KO", "XOM")],
+            market_data=pb.MarketDataWindow(market_symbol=market_symbol, lookback_periods=500),
+            objective=pb.OBJECTIVE_MAX_SHARPE,
+        )
+        return commands.Optimize(request, timeout=60)
+
+    # PyPortfolioOpt's SPY series trades on a calendar that ends in 2018: as a market symbol for the
+    # skfolio stocks it must not remove any of their observations.
+    with_market, without = plain(spy), plain("")
+    assert with_market.optimization_metadata.observations == without.optimization_metadata.observations
+    assert dict(with_market.optimal_weights) == pytest.approx(dict(without.optimal_weights), abs=1e-9)
