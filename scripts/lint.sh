@@ -14,15 +14,9 @@ fail() {
   exit 1
 }
 
-# uv may sit outside PATH when pip put it there (pyenv before a rehash, pip --user): see scripts/setup.sh.
-if ! uv --version >/dev/null 2>&1; then
-  for d in "$HOME/.local/bin" "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null || true)"; do
-    if [ -n "$d" ] && [ -x "$d/uv" ]; then PATH="$d:$PATH"; fi
-  done
-  export PATH
-  uv --version >/dev/null 2>&1 || fail "uv not found: run scripts/setup.sh"
-fi
-export UV_PYTHON_DOWNLOADS=never
+# shellcheck source=scripts/uv_env.sh
+source scripts/uv_env.sh
+uv --version >/dev/null 2>&1 || fail "uv not found: run scripts/setup.sh"
 
 step "generated code is up to date (scripts/gen_proto.sh --check)"
 bash scripts/gen_proto.sh --check || fail "generated code under proto/stratopt/v1 is stale: run scripts/gen_proto.sh"

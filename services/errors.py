@@ -92,12 +92,6 @@ class NotFoundError(StratoptError):
     code = "NOT_FOUND"
 
 
-class ConflictError(StratoptError):
-    """An idempotency key was reused with a different request."""
-
-    code = "ALREADY_EXISTS"
-
-
 class UnavailableError(StratoptError):
     """A dependency (the database) cannot be reached; the call may be retried."""
 
