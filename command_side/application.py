@@ -55,6 +55,7 @@ PERSISTENCE_RESERVE_S = 0.05
 _STATUS = {
     "OPTIMAL": pb.CONVERGENCE_STATUS_OPTIMAL,
     "OPTIMAL_INACCURATE": pb.CONVERGENCE_STATUS_OPTIMAL_INACCURATE,
+    "CLOSED_FORM": pb.CONVERGENCE_STATUS_CLOSED_FORM,
 }
 
 
@@ -130,7 +131,11 @@ class OptimizationService:
         if limit is not None and limit <= 0:
             raise DeadlineExceededError("the call's deadline leaves no time to optimize")
         job = OptimizationJob(
-            problem=validated.problem, inputs=job_inputs, settings=validated.settings, time_limit_s=limit
+            problem=validated.problem,
+            inputs=job_inputs,
+            settings=validated.settings,
+            method=validated.method,
+            time_limit_s=limit,
         )
         outcome = await self._pool.run(job, timeout_s=limit)
         response = _response(request, outcome)
@@ -363,4 +368,17 @@ def _response(request: cmd_pb.OptimizeRequest, outcome: OptimizationOutcome) -> 
         meta.window_start.CopyFrom(datetime_to_timestamp(np.datetime64(estimated.window_start)))
     if estimated.window_end is not None:
         meta.window_end.CopyFrom(datetime_to_timestamp(np.datetime64(estimated.window_end)))
+    meta.method = request.method or pb.OPTIMIZATION_METHOD_MEAN_VARIANCE
+    meta.risk_measure = outcome.risk_measure
+    if outcome.risk_measure_value is not None:
+        meta.risk_measure_value = outcome.risk_measure_value
+    ids = [s.strategy_id for s in request.strategies]
+    meta.risk_contributions.update(zip(ids, map(float, outcome.risk_contributions), strict=True))
+    if outcome.posterior is not None:
+        posterior = outcome.posterior
+        meta.black_litterman.prior_returns.update(zip(ids, map(float, posterior.prior_returns), strict=True))
+        meta.black_litterman.posterior_returns.update(zip(ids, map(float, posterior.posterior_returns), strict=True))
+        meta.black_litterman.posterior_covariance.extend(posterior.posterior_covariance.ravel().tolist())
+        meta.black_litterman.risk_aversion = posterior.risk_aversion
+        meta.black_litterman.tau = posterior.tau
     return response

@@ -17,7 +17,10 @@ import numpy as np
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.engine import BlackLittermanSettings, Method, MethodSettings
 from services.errors import InvalidInputError
+from services.risk_measures import RiskMeasure
+from services.robust import Uncertainty
 from services.types import (
     CovarianceEstimator,
     EstimationSettings,
@@ -62,7 +65,35 @@ _MISSING_DATA_POLICIES = {
     pb.MISSING_DATA_POLICY_PAIRWISE: MissingDataPolicy.PAIRWISE,
     pb.MISSING_DATA_POLICY_COMMON_WINDOW: MissingDataPolicy.COMMON_WINDOW,
 }
-_METHODS = {pb.OPTIMIZATION_METHOD_UNSPECIFIED, pb.OPTIMIZATION_METHOD_MEAN_VARIANCE}
+_METHODS = {
+    pb.OPTIMIZATION_METHOD_UNSPECIFIED: Method.MEAN_VARIANCE,
+    pb.OPTIMIZATION_METHOD_MEAN_VARIANCE: Method.MEAN_VARIANCE,
+    pb.OPTIMIZATION_METHOD_BLACK_LITTERMAN: Method.BLACK_LITTERMAN,
+    pb.OPTIMIZATION_METHOD_RISK_PARITY: Method.RISK_PARITY,
+    pb.OPTIMIZATION_METHOD_HIERARCHICAL_RISK_PARITY: Method.HIERARCHICAL_RISK_PARITY,
+    pb.OPTIMIZATION_METHOD_ROBUST_OPTIMIZATION: Method.ROBUST_OPTIMIZATION,
+}
+_RISK_MEASURES = {
+    pb.RISK_MEASURE_UNSPECIFIED: None,
+    pb.RISK_MEASURE_VARIANCE: None,
+    pb.RISK_MEASURE_CVAR: RiskMeasure.CVAR,
+    pb.RISK_MEASURE_MAD: RiskMeasure.MAD,
+    pb.RISK_MEASURE_CDAR: RiskMeasure.CDAR,
+}
+_LINKAGES = {
+    pb.LINKAGE_METHOD_UNSPECIFIED: "single",
+    pb.LINKAGE_METHOD_SINGLE: "single",
+    pb.LINKAGE_METHOD_WARD: "ward",
+    pb.LINKAGE_METHOD_COMPLETE: "complete",
+    pb.LINKAGE_METHOD_AVERAGE: "average",
+}
+_UNCERTAINTY = {
+    pb.UNCERTAINTY_SET_UNSPECIFIED: Uncertainty.ELLIPSOIDAL,
+    pb.UNCERTAINTY_SET_ELLIPSOIDAL: Uncertainty.ELLIPSOIDAL,
+    pb.UNCERTAINTY_SET_BOX: Uncertainty.BOX,
+}
+_NO_OBJECTIVE = {Method.RISK_PARITY, Method.HIERARCHICAL_RISK_PARITY}
+"""Methods whose weights follow from the risk model alone: the objective must be left unspecified."""
 
 
 def _bad(field: str, description: str) -> InvalidInputError:
@@ -108,6 +139,7 @@ class ValidatedRequest:
     configuration: cmd_pb.OptimizationConfiguration
     request_hash: str
     current_weights: dict[str, float]
+    method: MethodSettings
 
 
 def _validate_strategies(strategies: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -257,6 +289,8 @@ def configuration_from_request(request: cmd_pb.OptimizeRequest) -> cmd_pb.Optimi
         risk_parameters=request.risk_parameters,
         enabled=True,
     )
+    if request.HasField("black_litterman"):
+        config.black_litterman.CopyFrom(request.black_litterman)
     for s in request.strategies:
         config.strategies.add(strategy_id=s.strategy_id, sector=s.sector)
     if request.WhichOneof("inputs") == "market_data":
@@ -277,6 +311,7 @@ def configuration_content(config: cmd_pb.OptimizationConfiguration) -> dict[str,
         "strategies": [as_dict(s) for s in config.strategies],
         "constraints": as_dict(config.constraints),
         "risk_parameters": as_dict(config.risk_parameters),
+        "black_litterman": as_dict(config.black_litterman),
         "lookback_periods": config.lookback_periods,
         "market_symbol": config.market_symbol,
         "enabled": config.enabled,
@@ -340,12 +375,16 @@ def validate_optimize_request(request: cmd_pb.OptimizeRequest) -> ValidatedReque
         raise _bad("portfolio_id", f"longer than {MAX_ID_LENGTH} characters")
     if len(request.request_id) > MAX_ID_LENGTH:
         raise _bad("request_id", f"longer than {MAX_ID_LENGTH} characters")
-    if request.objective == pb.OBJECTIVE_UNSPECIFIED:
-        raise _bad("objective", "must be set (MAX_SHARPE, MIN_VOLATILITY, MAX_RETURN or MAX_QUADRATIC_UTILITY)")
-    if request.objective not in _OBJECTIVES:
-        raise _bad("objective", f"unknown value {request.objective}")
     if request.method not in _METHODS:
-        raise _bad("method", f"method {request.method} is not available in this version (MEAN_VARIANCE is)")
+        raise _bad("method", f"unknown value {request.method}")
+    method = _METHODS[request.method]
+    if method in _NO_OBJECTIVE:
+        if request.objective != pb.OBJECTIVE_UNSPECIFIED:
+            raise _bad("objective", f"{method} has no objective: leave objective unspecified")
+    elif request.objective == pb.OBJECTIVE_UNSPECIFIED:
+        raise _bad("objective", "must be set (MAX_SHARPE, MIN_VOLATILITY, MAX_RETURN or MAX_QUADRATIC_UTILITY)")
+    elif request.objective not in _OBJECTIVES:
+        raise _bad("objective", f"unknown value {request.objective}")
     ids, sectors = _validate_strategies(request.strategies)
     lower, upper = _bounds(request.constraints, ids)
     c = request.constraints
@@ -364,7 +403,8 @@ def validate_optimize_request(request: cmd_pb.OptimizeRequest) -> ValidatedReque
             raise _bad("risk_parameters.risk_aversion", f"must be positive, got {risk_aversion}")
     problem = PortfolioProblem(
         strategy_ids=ids,
-        objective=_OBJECTIVES[request.objective],
+        # Risk parity and HRP have no objective; their constraint check uses min-volatility's (none extra).
+        objective=_OBJECTIVES.get(request.objective, Objective.MIN_VOLATILITY),
         lower_bounds=lower,
         upper_bounds=upper,
         sectors=sectors,
@@ -392,6 +432,7 @@ def validate_optimize_request(request: cmd_pb.OptimizeRequest) -> ValidatedReque
             raise _bad("market_data.end", "is before market_data.start")
     if which != "returns" and any(len(s.returns) for s in request.strategies):
         raise _bad("strategies", "returns are only read with returns input; remove them or set inputs to returns")
+    method_settings = _method_settings(request, method, problem, which)
     return ValidatedRequest(
         portfolio_id=request.portfolio_id,
         request_id=request.request_id,
@@ -406,6 +447,150 @@ def validate_optimize_request(request: cmd_pb.OptimizeRequest) -> ValidatedReque
             hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest() if request.request_id else ""
         ),
         current_weights={s.strategy_id: s.current_weight for s in request.strategies if s.HasField("current_weight")},
+        method=method_settings,
+    )
+
+
+def _method_settings(
+    request: cmd_pb.OptimizeRequest, method: Method, problem: PortfolioProblem, inputs: str
+) -> MethodSettings:
+    """Method parameters, with every combination that makes no sense rejected by name."""
+    risk = request.risk_parameters
+    c = request.constraints
+    name = pb.OptimizationMethod.Name(request.method or pb.OPTIMIZATION_METHOD_MEAN_VARIANCE)
+    if risk.risk_measure not in _RISK_MEASURES:
+        raise _bad("risk_parameters.risk_measure", f"unknown value {risk.risk_measure}")
+    risk_measure = _RISK_MEASURES[risk.risk_measure]
+    if risk_measure is not None:
+        if method is not Method.MEAN_VARIANCE:
+            raise _bad("risk_parameters.risk_measure", f"{risk_measure} works with MEAN_VARIANCE only, not {name}")
+        if problem.objective not in (Objective.MIN_VOLATILITY, Objective.MAX_SHARPE, Objective.MAX_RETURN):
+            raise _bad(
+                "risk_parameters.risk_measure",
+                f"{risk_measure} works with MIN_VOLATILITY (min risk) and MAX_SHARPE (max return/risk ratio)",
+            )
+        if problem.max_volatility is not None:
+            raise _bad("constraints.max_volatility", f"a volatility cap does not combine with {risk_measure}")
+        if inputs == "moments":
+            raise _bad("risk_parameters.risk_measure", f"{risk_measure} needs returns or market_data input")
+    confidence = 0.95
+    if risk.HasField("confidence_level"):
+        confidence = _finite(risk.confidence_level, "risk_parameters.confidence_level")
+        if not 0.0 < confidence < 1.0:
+            raise _bad("risk_parameters.confidence_level", f"must lie in (0, 1), got {confidence}")
+    if risk.linkage_method not in _LINKAGES:
+        raise _bad("risk_parameters.linkage_method", f"unknown value {risk.linkage_method}")
+    if risk.linkage_method and method is not Method.HIERARCHICAL_RISK_PARITY:
+        raise _bad("risk_parameters.linkage_method", f"applies to HIERARCHICAL_RISK_PARITY only, not {name}")
+    budgets = None
+    if risk.risk_budgets:
+        if method is not Method.RISK_PARITY:
+            raise _bad("risk_parameters.risk_budgets", f"apply to RISK_PARITY only, not {name}")
+        budgets = _by_strategy(risk.risk_budgets, problem.strategy_ids, "risk_parameters.risk_budgets", positive=True)
+    has_bounds = c.HasField("min_weight") or c.HasField("max_weight") or bool(c.strategy_bounds)
+    if method is Method.RISK_PARITY and (
+        has_bounds or c.sector_limits or problem.min_return is not None or (problem.max_volatility is not None)
+    ):
+        raise _bad("constraints", "RISK_PARITY is long-only without further constraints; remove the constraints")
+    if method is Method.HIERARCHICAL_RISK_PARITY and (
+        c.sector_limits or problem.min_return is not None or problem.max_volatility is not None
+    ):
+        raise _bad(
+            "constraints", "HIERARCHICAL_RISK_PARITY takes weight bounds only (no sector limits, return or volatility)"
+        )
+    robust = risk.robust
+    if robust.ByteSize() and method is not Method.ROBUST_OPTIMIZATION:
+        raise _bad("risk_parameters.robust", f"applies to ROBUST_OPTIMIZATION only, not {name}")
+    if robust.uncertainty_set not in _UNCERTAINTY:
+        raise _bad("risk_parameters.robust.uncertainty_set", f"unknown value {robust.uncertainty_set}")
+    robust_confidence = 0.95
+    if robust.HasField("confidence_level"):
+        robust_confidence = _finite(robust.confidence_level, "risk_parameters.robust.confidence_level")
+        if not 0.0 < robust_confidence < 1.0:
+            raise _bad("risk_parameters.robust.confidence_level", f"must lie in (0, 1), got {robust_confidence}")
+    if method is Method.ROBUST_OPTIMIZATION and inputs == "moments" and robust.observations < 2:
+        raise _bad("risk_parameters.robust.observations", "set the observations behind the moments (>= 2)")
+    black_litterman = None
+    if request.HasField("black_litterman"):
+        if method is not Method.BLACK_LITTERMAN:
+            raise _bad("black_litterman", f"applies to BLACK_LITTERMAN only, not {name}")
+        black_litterman = _black_litterman(request.black_litterman, problem.strategy_ids)
+    elif method is Method.BLACK_LITTERMAN:
+        raise _bad("black_litterman", "BLACK_LITTERMAN needs black_litterman.market_caps or prior_returns")
+    return MethodSettings(
+        method=method,
+        risk_measure=risk_measure,
+        confidence_level=confidence,
+        linkage=_LINKAGES[risk.linkage_method],
+        risk_budgets=budgets,
+        uncertainty=_UNCERTAINTY[robust.uncertainty_set],
+        robust_confidence=robust_confidence,
+        robust_observations=robust.observations,
+        black_litterman=black_litterman,
+    )
+
+
+def _by_strategy(
+    values: Any, ids: tuple[str, ...], field: str, *, positive: bool = False, complete: bool = True
+) -> np.ndarray:
+    """A map keyed by strategy_id as an array in strategy order, every key checked."""
+    index = {sid: i for i, sid in enumerate(ids)}
+    out = np.full(len(ids), np.nan)
+    for key, value in values.items():
+        if key not in index:
+            raise _bad(f"{field}[{key}]", f"'{key}' is not one of the request's strategies")
+        _finite(value, f"{field}[{key}]")
+        if positive and value <= 0:
+            raise _bad(f"{field}[{key}]", f"must be positive, got {value}")
+        out[index[key]] = value
+    if complete and np.isnan(out).any():
+        missing = ids[int(np.flatnonzero(np.isnan(out))[0])]
+        raise _bad(f"{field}[{missing}]", f"missing: give a value for every strategy (first missing: '{missing}')")
+    return out
+
+
+def _black_litterman(inputs: pb.BlackLittermanInputs, ids: tuple[str, ...]) -> BlackLittermanSettings:
+    if bool(inputs.market_caps) == bool(inputs.prior_returns):
+        raise _bad("black_litterman.market_caps", "give exactly one of market_caps and prior_returns")
+    caps = prior = None
+    if inputs.market_caps:
+        caps = _by_strategy(inputs.market_caps, ids, "black_litterman.market_caps")
+        if (caps < 0).any():
+            raise _bad(f"black_litterman.market_caps[{ids[int(np.argmin(caps))]}]", "must not be negative")
+    else:
+        prior = _by_strategy(inputs.prior_returns, ids, "black_litterman.prior_returns")
+    k = len(inputs.views)
+    picking = np.zeros((k, len(ids)))
+    returns = np.zeros(k)
+    confidences = [v.HasField("confidence") for v in inputs.views]
+    if any(confidences) and not all(confidences):
+        first = confidences.index(False)
+        raise _bad(f"black_litterman.views[{first}].confidence", "set a confidence on every view or on none")
+    for i, view in enumerate(inputs.views):
+        if not view.weights:
+            raise _bad(f"black_litterman.views[{i}].weights", "a view needs at least one strategy")
+        picking[i] = np.nan_to_num(
+            _by_strategy(view.weights, ids, f"black_litterman.views[{i}].weights", complete=False)
+        )
+        returns[i] = _finite(view.expected_return, f"black_litterman.views[{i}].expected_return")
+    omega = None
+    if len(inputs.omega):
+        if len(inputs.omega) != k * k:
+            raise _bad("black_litterman.omega", f"has {len(inputs.omega)} values; expected {k}x{k} = {k * k}")
+        omega = np.fromiter(inputs.omega, dtype=np.float64).reshape(k, k)
+    tau = _finite(inputs.tau, "black_litterman.tau") if inputs.HasField("tau") else 0.05
+    risk_aversion = None
+    if inputs.HasField("risk_aversion"):
+        risk_aversion = _finite(inputs.risk_aversion, "black_litterman.risk_aversion")
+    return BlackLittermanSettings(
+        picking_matrix=picking,
+        view_returns=returns,
+        market_caps=caps,
+        prior_returns=prior,
+        risk_aversion=risk_aversion,
+        omega=omega,
+        view_confidences=np.array([v.confidence for v in inputs.views]) if all(confidences) and k else None,
+        tau=tau,
     )
 
 
@@ -413,7 +598,7 @@ def optimize_request_from_configuration(
     config: cmd_pb.OptimizationConfiguration, request_id: str
 ) -> cmd_pb.OptimizeRequest:
     """The optimize request that re-runs a stored configuration on its window of stored prices."""
-    return cmd_pb.OptimizeRequest(
+    request = cmd_pb.OptimizeRequest(
         portfolio_id=config.portfolio_id,
         request_id=request_id,
         strategies=config.strategies,
@@ -426,3 +611,6 @@ def optimize_request_from_configuration(
         constraints=config.constraints,
         risk_parameters=config.risk_parameters,
     )
+    if config.HasField("black_litterman"):
+        request.black_litterman.CopyFrom(config.black_litterman)
+    return request

@@ -277,11 +277,12 @@ class WriteRepository:
         version = 1 if current is None else int(current["version"]) + 1
         await conn.execute(
             """INSERT INTO optimization_configurations (portfolio_id, version, objective, method, strategies,
-                   constraints, risk_parameters, lookback_periods, market_symbol, enabled, content_hash)
-               VALUES ($1,$2,$3,$4,$5::jsonb,$6::jsonb,$7::jsonb,$8,$9,$10,$11)""",
+                   constraints, risk_parameters, lookback_periods, market_symbol, enabled, content_hash,
+                   black_litterman)
+               VALUES ($1,$2,$3,$4,$5::jsonb,$6::jsonb,$7::jsonb,$8,$9,$10,$11,$12::jsonb)""",
             config.portfolio_id, version, content["objective"], content["method"], _json(content["strategies"]),
             _json(content["constraints"]), _json(content["risk_parameters"]), config.lookback_periods,
-            config.market_symbol, config.enabled, digest,
+            config.market_symbol, config.enabled, digest, _json(content["black_litterman"]),
         )  # fmt: skip
         return version
 
@@ -388,5 +389,8 @@ def _configuration_from_row(row: asyncpg.Record) -> cmd_pb.OptimizationConfigura
         json_format.ParseDict(strategy, config.strategies.add())
     json_format.ParseDict(load(row["constraints"]), config.constraints)
     json_format.ParseDict(load(row["risk_parameters"]), config.risk_parameters)
+    black_litterman = load(row["black_litterman"])
+    if black_litterman:
+        json_format.ParseDict(black_litterman, config.black_litterman)
     config.created_at.CopyFrom(datetime_to_timestamp(row["created_at"]))
     return config

@@ -1,23 +1,104 @@
-"""The engine's single entry point: inputs and a problem in, an optimization outcome out.
+"""The engine's single entry point: inputs, a problem and a method in, an optimization outcome out.
 
 This is what the command side runs in its worker processes: it is pure (no I/O) and picklable both ways.
+Methods: mean-variance (variance, or CVaR / MAD / CDaR on the historical scenarios), Black-Litterman (the
+posterior moments, then mean-variance), risk parity (JAX Newton), hierarchical risk parity, and robust
+mean-variance over an uncertainty set on expected returns.
 """
 
 from __future__ import annotations
 
+import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 
+import numpy as np
+
+from services.black_litterman import BlackLittermanPosterior, BlackLittermanSpec, black_litterman_posterior
+from services.errors import InvalidInputError
 from services.estimators import estimate_moments
-from services.mean_variance import optimize_mean_variance, validate_moments
+from services.hrp import hierarchical_risk_parity
+from services.mean_variance import (
+    check_constraints,
+    optimize_mean_variance,
+    portfolio_performance,
+    validate_moments,
+)
+from services.risk_measures import RiskMeasure, optimize_risk_measure, risk_measure_value
+from services.risk_parity import risk_budgeting, risk_contributions
+from services.robust import Uncertainty, optimize_robust
 from services.types import (
     EstimatedMoments,
     EstimationSettings,
+    FloatArray,
     Moments,
     OptimizationResult,
     PortfolioProblem,
     ReturnHistory,
 )
+
+
+class Method(StrEnum):
+    """Optimization method family."""
+
+    MEAN_VARIANCE = "MEAN_VARIANCE"
+    BLACK_LITTERMAN = "BLACK_LITTERMAN"
+    RISK_PARITY = "RISK_PARITY"
+    HIERARCHICAL_RISK_PARITY = "HIERARCHICAL_RISK_PARITY"
+    ROBUST_OPTIMIZATION = "ROBUST_OPTIMIZATION"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlackLittermanSettings:
+    """Prior and views of Black-Litterman, in the strategies' order (N strategies, K views).
+
+    Attributes
+    ----------
+    picking_matrix : ndarray of shape (K, N)
+        View portfolios P.
+    view_returns : ndarray of shape (K,)
+        Annualised expected returns Q of the view portfolios.
+    market_caps, prior_returns : ndarray of shape (N,) or None
+        Exactly one: capitalisations for the market-implied prior, or the prior returns.
+    risk_aversion : float or None
+        δ; None = implied from the market series when there is one, else 1.
+    omega : ndarray of shape (K, K) or None
+        View uncertainty; None = Idzorek (with ``view_confidences``) or He-Litterman.
+    view_confidences : ndarray of shape (K,) or None
+        Idzorek confidences in [0, 1].
+    tau : float
+        Scalar on the prior covariance.
+    """
+
+    picking_matrix: FloatArray
+    view_returns: FloatArray
+    market_caps: FloatArray | None = None
+    prior_returns: FloatArray | None = None
+    risk_aversion: float | None = None
+    omega: FloatArray | None = None
+    view_confidences: FloatArray | None = None
+    tau: float = 0.05
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MethodSettings:
+    """Which method runs, with its parameters."""
+
+    method: Method = Method.MEAN_VARIANCE
+    risk_measure: RiskMeasure | None = None
+    """CVaR, MAD or CDaR on the historical scenarios; None = variance."""
+    confidence_level: float = 0.95
+    """α of CVaR and CDaR."""
+    linkage: str = "single"
+    """Linkage of hierarchical risk parity."""
+    risk_budgets: FloatArray | None = None
+    """Risk budgets (N,) of risk parity; None = equal."""
+    uncertainty: Uncertainty = Uncertainty.ELLIPSOIDAL
+    robust_confidence: float = 0.95
+    robust_observations: int = 0
+    """Observations behind μ for the uncertainty set; 0 = those of the history."""
+    black_litterman: BlackLittermanSettings | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,6 +113,8 @@ class OptimizationJob:
         A return history of shape (T, N) to estimate moments from, or annualised moments.
     settings : EstimationSettings
         Estimators and annualisation (ignored for moments input).
+    method : MethodSettings
+        Method and its parameters.
     time_limit_s : float or None
         Seconds left for the whole job (from the call's deadline); None = no limit.
     """
@@ -39,6 +122,7 @@ class OptimizationJob:
     problem: PortfolioProblem
     inputs: ReturnHistory | Moments
     settings: EstimationSettings
+    method: MethodSettings = field(default_factory=MethodSettings)
     time_limit_s: float | None = None
 
 
@@ -50,36 +134,201 @@ class OptimizationOutcome:
     estimated: EstimatedMoments
     total_time_ms: float
     """Wall time of estimation plus solve (milliseconds)."""
+    risk_contributions: FloatArray
+    """Each strategy's share of portfolio variance under the moments used, shape (N,), sums to 1."""
+    risk_measure: str = "VARIANCE"
+    risk_measure_value: float | None = None
+    """Per-period CVaR / MAD / CDaR of the weights on the scenarios (losses positive)."""
+    posterior: BlackLittermanPosterior | None = None
 
 
 def run_optimization(job: OptimizationJob) -> OptimizationOutcome:
-    """Estimate moments (unless given), validate them and solve the mean-variance problem.
+    """Estimate moments (unless given), validate them and run the job's method.
 
     Parameters
     ----------
     job : OptimizationJob
-        Problem, inputs, estimation settings and time limit.
+        Problem, inputs, estimation settings, method and time limit.
 
     Returns
     -------
     OptimizationOutcome
-        Optimal weights of shape (N,), performance, solve metadata and the moments used.
+        Optimal weights of shape (N,), performance, solve metadata, risk contributions and the moments used.
 
     Raises
     ------
     InvalidInputError, InfeasibleError, DeadlineExceededError, OptimizationError
-        See ``estimate_moments`` and ``optimize_mean_variance``.
+        See the method modules; a risk measure other than variance with moments input is invalid
+        (``risk_parameters.risk_measure``), as is robust optimization without an observation count.
     """
     started = time.perf_counter()
+    history: ReturnHistory | None = None
     if isinstance(job.inputs, Moments):
         validate_moments(job.inputs, job.problem.n_assets)
         estimated = EstimatedMoments(moments=job.inputs, observations=0, missing_data_policy="NONE")
     else:
-        estimated = estimate_moments(job.inputs, job.settings)
-    remaining = None
-    if job.time_limit_s is not None:
-        remaining = job.time_limit_s - (time.perf_counter() - started)
-    result = optimize_mean_variance(job.problem, estimated.moments, time_limit_s=remaining)
+        history = job.inputs
+        estimated = estimate_moments(history, job.settings)
+
+    def remaining() -> float | None:
+        return None if job.time_limit_s is None else job.time_limit_s - (time.perf_counter() - started)
+
+    spec, problem, moments = job.method, job.problem, estimated.moments
+    posterior: BlackLittermanPosterior | None = None
+    measure_name, measure_value = "VARIANCE", None
+    if spec.method is Method.MEAN_VARIANCE and spec.risk_measure is not None:
+        if history is None:
+            raise InvalidInputError.for_field(
+                "risk_parameters.risk_measure",
+                f"{spec.risk_measure} is computed on historical scenarios: send returns or market_data, not moments",
+            )
+        scenarios = history.returns[~np.isnan(history.returns).any(axis=1)]
+        result = optimize_risk_measure(
+            problem,
+            scenarios,
+            moments.expected_returns,
+            risk_measure=spec.risk_measure,
+            covariance=moments.covariance,
+            alpha=spec.confidence_level,
+            periods_per_year=job.settings.periods_per_year,
+            time_limit_s=remaining(),
+        )
+        measure_name = spec.risk_measure.value
+        measure_value = risk_measure_value(
+            scenarios, result.weights, risk_measure=spec.risk_measure, alpha=spec.confidence_level
+        )
+    elif spec.method in (Method.MEAN_VARIANCE, Method.BLACK_LITTERMAN):
+        if spec.method is Method.BLACK_LITTERMAN:
+            posterior = _posterior(spec, moments, history, job.settings, problem.risk_free_rate)
+            moments = posterior.moments
+        result = optimize_mean_variance(problem, moments, time_limit_s=remaining())
+    elif spec.method is Method.RISK_PARITY:
+        solved = risk_budgeting(moments.covariance, spec.risk_budgets)
+        result = _closed_result(
+            solved.weights,
+            problem,
+            moments,
+            objective_value=solved.max_relative_rc_error,
+            status="OPTIMAL" if solved.converged else "OPTIMAL_INACCURATE",
+            iterations=solved.iterations,
+            solver=solved.solver,
+            solve_time_ms=solved.solve_time_ms,
+        )
+    elif spec.method is Method.HIERARCHICAL_RISK_PARITY:
+        hrp = hierarchical_risk_parity(
+            moments.covariance,
+            linkage=spec.linkage,
+            lower_bounds=problem.lower_bounds,
+            upper_bounds=problem.upper_bounds,
+        )
+        result = _closed_result(
+            hrp.weights,
+            problem,
+            moments,
+            objective_value=float(hrp.weights @ moments.covariance @ hrp.weights),
+            status="CLOSED_FORM",
+            iterations=0,
+            solver="HRP",
+            solve_time_ms=hrp.solve_time_ms,
+        )
+    else:
+        observations = spec.robust_observations or estimated.observations
+        if observations < 2:
+            raise InvalidInputError.for_field(
+                "risk_parameters.robust.observations",
+                "robust optimization on moments input needs the number of observations behind them (>= 2)",
+            )
+        result = optimize_robust(
+            problem,
+            moments,
+            uncertainty=spec.uncertainty,
+            confidence=spec.robust_confidence,
+            observations=observations,
+            periods_per_year=job.settings.periods_per_year,
+            time_limit_s=remaining(),
+        )
     return OptimizationOutcome(
-        result=result, estimated=estimated, total_time_ms=(time.perf_counter() - started) * 1000.0
+        result=result,
+        estimated=estimated,
+        total_time_ms=(time.perf_counter() - started) * 1000.0,
+        risk_contributions=risk_contributions(result.weights, moments.covariance),
+        risk_measure=measure_name,
+        risk_measure_value=measure_value,
+        posterior=posterior,
     )
+
+
+def _closed_result(
+    weights: FloatArray,
+    problem: PortfolioProblem,
+    moments: Moments,
+    *,
+    objective_value: float,
+    status: str,
+    iterations: int,
+    solver: str,
+    solve_time_ms: float,
+) -> OptimizationResult:
+    """An ``OptimizationResult`` for weights found without the convex solver (checked like any other)."""
+    violations = check_constraints(weights, problem, moments)
+    return OptimizationResult(
+        weights=weights,
+        performance=portfolio_performance(weights, moments, problem.risk_free_rate),
+        objective_value=float(objective_value),
+        status=status,
+        iterations=iterations,
+        solver=solver,
+        solve_time_ms=solve_time_ms,
+        constraints_satisfied=not violations,
+        violations=violations,
+    )
+
+
+_BL_FIELD_RENAMES = (
+    (re.compile(r"^black_litterman\.view_confidences\[(\d+)\]"), r"black_litterman.views[\1].confidence"),
+    (re.compile(r"^black_litterman\.view_confidences$"), "black_litterman.views"),
+    (re.compile(r"^black_litterman\.market_(returns|prices)(\[\d+\])?$"), "returns.market_returns"),
+)
+
+
+def _posterior(
+    spec: MethodSettings,
+    moments: Moments,
+    history: ReturnHistory | None,
+    settings: EstimationSettings,
+    risk_free_rate: float,
+) -> BlackLittermanPosterior:
+    """Black-Litterman posterior on the estimated covariance; field names mapped to the request's."""
+    bl = spec.black_litterman
+    if bl is None:
+        raise InvalidInputError.for_field("black_litterman", "BLACK_LITTERMAN needs market_caps or prior_returns")
+    market = None
+    if history is not None and history.market_returns is not None and bl.risk_aversion is None:
+        market = history.market_returns[~np.isnan(history.market_returns)]
+    try:
+        return black_litterman_posterior(
+            BlackLittermanSpec(
+                covariance=moments.covariance,
+                picking_matrix=bl.picking_matrix,
+                view_returns=bl.view_returns,
+                market_caps=bl.market_caps,
+                prior_returns=bl.prior_returns,
+                risk_aversion=bl.risk_aversion,
+                market_returns=market if market is not None and market.size >= 2 else None,
+                periods_per_year=settings.periods_per_year,
+                risk_free_rate=risk_free_rate,
+                omega=bl.omega,
+                view_confidences=bl.view_confidences,
+                tau=bl.tau,
+            )
+        )
+    except InvalidInputError as exc:
+        renamed = tuple(replace(v, field=_rename(v.field)) for v in exc.field_violations)
+        raise InvalidInputError(exc.message, field_violations=renamed) from None
+
+
+def _rename(field_path: str) -> str:
+    for pattern, replacement in _BL_FIELD_RENAMES:
+        if pattern.match(field_path):
+            return pattern.sub(replacement, field_path)
+    return field_path

@@ -46,6 +46,9 @@ TOLERANCE = 1e-6
 
 _SOLVER = "CLARABEL"
 CLARABEL_SETTINGS = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10, "tol_ktratio": 1e-8}
+CLARABEL_DEFAULTS = {"tol_gap_abs": 1e-8, "tol_gap_rel": 1e-8, "tol_feas": 1e-8, "tol_ktratio": 1e-6}
+"""Clarabel's own defaults, passed explicitly on the fallback solve: cvxpy keeps a re-solved problem's solver
+settings from the previous call unless they are given again."""
 """Tighter than Clarabel's defaults (1e-8): objective values agree with an exact solve to ~1e-10 relative for
 about one extra interior-point iteration."""
 
@@ -474,11 +477,14 @@ def _program(problem: PortfolioProblem, rows: list[_SectorRows], covariance: Flo
 
 def _solve(cvx_problem: cp.Problem, options: dict[str, float], *, started: float, time_limit_s: float | None) -> str:
     """Run Clarabel once; return the cvxpy status (solver failures become domain errors)."""
+    # Always set the time limit: a cached program would otherwise keep the previous call's (cvxpy re-uses the
+    # solver object and its settings between solves of the same problem).
+    remaining = float("inf")
     if time_limit_s is not None:
         remaining = time_limit_s - (time.perf_counter() - started)
         if remaining <= 0:
             raise DeadlineExceededError(f"the solver did not finish within {time_limit_s:.3f} s")
-        options = {**options, "time_limit": remaining}
+    options = {**options, "time_limit": remaining}
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Solution may be inaccurate")  # reported in the status
@@ -536,7 +542,7 @@ def optimize_mean_variance(
         # The tight tolerances were out of reach (e.g. a binding volatility cone): Clarabel's defaults may
         # still certify optimality; keep whichever answer is better certified.
         tight_solution = variable.value
-        status = _solve(cvx_problem, {}, started=started, time_limit_s=time_limit_s)
+        status = _solve(cvx_problem, dict(CLARABEL_DEFAULTS), started=started, time_limit_s=time_limit_s)
         if status != cp.OPTIMAL:
             status, variable.value = cp.OPTIMAL_INACCURATE, tight_solution
     if status in (cp.INFEASIBLE, cp.INFEASIBLE_INACCURATE):

@@ -9,6 +9,7 @@ and feasibility checked here with NumPy.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 from pypfopt import EfficientFrontier, expected_returns, risk_models
 from scipy.optimize import linprog
 
-from services.errors import InfeasibleError, InvalidInputError
+from services.errors import DeadlineExceededError, InfeasibleError, InvalidInputError
 from services.estimators import estimate_moments
 from services.mean_variance import check_constraints, optimize_mean_variance, validate_moments
 from services.types import (
@@ -756,7 +757,7 @@ def with_spectrum(eigenvalues: list[float]) -> Moments:
     ("moments", "field", "words"),
     [
         (with_covariance_entry(0, 1, 0.5), "moments.covariance", "symmetric"),
-        (with_spectrum([0.04, 0.03, 0.02, 0.01, -0.1]), "moments.covariance", "positive semidefinite"),
+        (with_spectrum([0.04, 0.03, 0.02, 0.01, -0.005]), "moments.covariance", "positive semidefinite"),
         (with_covariance_entry(1, 2, np.nan), f"moments.covariance[{1 * N_SMALL + 2}]", "finite"),
         (with_covariance_entry(4, 4, np.inf), f"moments.covariance[{4 * N_SMALL + 4}]", "finite"),
         (
@@ -841,3 +842,18 @@ def test_prechecks_allow_what_shorting_makes_feasible() -> None:
     minima = optimize_mean_variance(problem(sector_limits=sectors), moments)
     assert minima.weights[0] >= 0.6 - 1e-6 and minima.weights[1] >= 0.6 - 1e-6
     assert minima.weights.sum() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_deadline_does_not_stick_to_a_cached_program(sp500_moments: Moments) -> None:
+    """A time limit must not leak into the next call (cvxpy keeps a re-solved problem's solver settings)."""
+    n = len(sp500_moments.expected_returns)
+    problem = PortfolioProblem(
+        strategy_ids=tuple(f"s{i}" for i in range(n)),
+        objective=Objective.MIN_VOLATILITY,
+        lower_bounds=np.zeros(n),
+        upper_bounds=np.ones(n),
+    )
+    for limit in (0.001, 0.002, 0.004):  # long enough to reach the solver, too short to finish it
+        with contextlib.suppress(DeadlineExceededError):
+            optimize_mean_variance(problem, sp500_moments, time_limit_s=limit)
+        assert optimize_mean_variance(problem, sp500_moments).status == "OPTIMAL"

@@ -37,6 +37,7 @@ class OptimizeRequest(_message.Message):
     METHOD_FIELD_NUMBER: _builtins.int
     CONSTRAINTS_FIELD_NUMBER: _builtins.int
     RISK_PARAMETERS_FIELD_NUMBER: _builtins.int
+    BLACK_LITTERMAN_FIELD_NUMBER: _builtins.int
     portfolio_id: _builtins.str
     """Portfolio identifier; required."""
     request_id: _builtins.str
@@ -69,6 +70,10 @@ class OptimizeRequest(_message.Message):
     def risk_parameters(self) -> _types_pb2.RiskParameters:
         """Estimator and objective parameters."""
 
+    @_builtins.property
+    def black_litterman(self) -> _types_pb2.BlackLittermanInputs:
+        """Black-Litterman prior and views (method BLACK_LITTERMAN only)."""
+
     def __init__(
         self,
         *,
@@ -82,10 +87,11 @@ class OptimizeRequest(_message.Message):
         method: _types_pb2.OptimizationMethod.ValueType = ...,
         constraints: _types_pb2.OptimizationConstraints | None = ...,
         risk_parameters: _types_pb2.RiskParameters | None = ...,
+        black_litterman: _types_pb2.BlackLittermanInputs | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "inputs", b"inputs", "market_data", b"market_data", "moments", b"moments", "returns", b"returns", "risk_parameters", b"risk_parameters"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["black_litterman", b"black_litterman", "constraints", b"constraints", "inputs", b"inputs", "market_data", b"market_data", "moments", b"moments", "returns", b"returns", "risk_parameters", b"risk_parameters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "inputs", b"inputs", "market_data", b"market_data", "method", b"method", "moments", b"moments", "objective", b"objective", "portfolio_id", b"portfolio_id", "request_id", b"request_id", "returns", b"returns", "risk_parameters", b"risk_parameters", "strategies", b"strategies"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["black_litterman", b"black_litterman", "constraints", b"constraints", "inputs", b"inputs", "market_data", b"market_data", "method", b"method", "moments", b"moments", "objective", b"objective", "portfolio_id", b"portfolio_id", "request_id", b"request_id", "returns", b"returns", "risk_parameters", b"risk_parameters", "strategies", b"strategies"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_inputs: _TypeAlias = _typing.Literal["returns", "market_data", "moments"]  # noqa: Y015
     _WhichOneofArgType_inputs: _TypeAlias = _typing.Literal["inputs", b"inputs"]  # noqa: Y015
@@ -272,6 +278,7 @@ class OptimizationConfiguration(_message.Message):
     LOOKBACK_PERIODS_FIELD_NUMBER: _builtins.int
     MARKET_SYMBOL_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    BLACK_LITTERMAN_FIELD_NUMBER: _builtins.int
     portfolio_id: _builtins.str
     """Portfolio identifier."""
     version: _builtins.int
@@ -283,12 +290,14 @@ class OptimizationConfiguration(_message.Message):
     enabled: _builtins.bool
     """Whether RunConfiguration may run it."""
     lookback_periods: _builtins.int
-    """Number of most recent stored prices RunConfiguration uses; 0 = 756 (three years of trading days)."""
+    """Most recent return periods of stored prices RunConfiguration uses; 0 = every stored price. An Optimize
+    call on inline returns or moments keeps the stored value.
+    """
     market_symbol: _builtins.str
     """Market symbol for the CAPM estimator with stored data."""
     @_builtins.property
     def strategies(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Strategy]:
-        """Strategies (ids, sectors, current weights; returns are not stored)."""
+        """Strategies (ids and sectors; returns and current weights belong to runs and are not stored here)."""
 
     @_builtins.property
     def constraints(self) -> _types_pb2.OptimizationConstraints:
@@ -301,6 +310,10 @@ class OptimizationConfiguration(_message.Message):
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When this version was stored; assigned by the server."""
+
+    @_builtins.property
+    def black_litterman(self) -> _types_pb2.BlackLittermanInputs:
+        """Black-Litterman prior and views (method BLACK_LITTERMAN only)."""
 
     def __init__(
         self,
@@ -316,10 +329,11 @@ class OptimizationConfiguration(_message.Message):
         lookback_periods: _builtins.int = ...,
         market_symbol: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        black_litterman: _types_pb2.BlackLittermanInputs | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "created_at", b"created_at", "risk_parameters", b"risk_parameters"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["black_litterman", b"black_litterman", "constraints", b"constraints", "created_at", b"created_at", "risk_parameters", b"risk_parameters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "created_at", b"created_at", "enabled", b"enabled", "lookback_periods", b"lookback_periods", "market_symbol", b"market_symbol", "method", b"method", "objective", b"objective", "portfolio_id", b"portfolio_id", "risk_parameters", b"risk_parameters", "strategies", b"strategies", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["black_litterman", b"black_litterman", "constraints", b"constraints", "created_at", b"created_at", "enabled", b"enabled", "lookback_periods", b"lookback_periods", "market_symbol", b"market_symbol", "method", b"method", "objective", b"objective", "portfolio_id", b"portfolio_id", "risk_parameters", b"risk_parameters", "strategies", b"strategies", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -66,16 +66,120 @@ class _OptimizationMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Op
     OPTIMIZATION_METHOD_UNSPECIFIED: _OptimizationMethod.ValueType  # 0
     """Not set: mean-variance."""
     OPTIMIZATION_METHOD_MEAN_VARIANCE: _OptimizationMethod.ValueType  # 1
-    """Markowitz mean-variance optimization."""
+    """Markowitz mean-variance optimization (or mean-risk with risk_parameters.risk_measure)."""
+    OPTIMIZATION_METHOD_BLACK_LITTERMAN: _OptimizationMethod.ValueType  # 2
+    """Black-Litterman posterior (OptimizeRequest.black_litterman), then the objective on the posterior moments."""
+    OPTIMIZATION_METHOD_RISK_PARITY: _OptimizationMethod.ValueType  # 3
+    """Long-only equal risk contribution, or risk budgets from risk_parameters.risk_budgets. No objective."""
+    OPTIMIZATION_METHOD_HIERARCHICAL_RISK_PARITY: _OptimizationMethod.ValueType  # 4
+    """Hierarchical risk parity (Lopez de Prado, 2016) with risk_parameters.linkage_method. No objective."""
+    OPTIMIZATION_METHOD_ROBUST_OPTIMIZATION: _OptimizationMethod.ValueType  # 5
+    """Worst-case mean-variance over an uncertainty set on expected returns (risk_parameters.robust)."""
 
 class OptimizationMethod(_OptimizationMethod, metaclass=_OptimizationMethodEnumTypeWrapper):
-    """The family of optimization method. This slice implements mean-variance; later slices add the rest."""
+    """The family of optimization method."""
 
 OPTIMIZATION_METHOD_UNSPECIFIED: OptimizationMethod.ValueType  # 0
 """Not set: mean-variance."""
 OPTIMIZATION_METHOD_MEAN_VARIANCE: OptimizationMethod.ValueType  # 1
-"""Markowitz mean-variance optimization."""
+"""Markowitz mean-variance optimization (or mean-risk with risk_parameters.risk_measure)."""
+OPTIMIZATION_METHOD_BLACK_LITTERMAN: OptimizationMethod.ValueType  # 2
+"""Black-Litterman posterior (OptimizeRequest.black_litterman), then the objective on the posterior moments."""
+OPTIMIZATION_METHOD_RISK_PARITY: OptimizationMethod.ValueType  # 3
+"""Long-only equal risk contribution, or risk budgets from risk_parameters.risk_budgets. No objective."""
+OPTIMIZATION_METHOD_HIERARCHICAL_RISK_PARITY: OptimizationMethod.ValueType  # 4
+"""Hierarchical risk parity (Lopez de Prado, 2016) with risk_parameters.linkage_method. No objective."""
+OPTIMIZATION_METHOD_ROBUST_OPTIMIZATION: OptimizationMethod.ValueType  # 5
+"""Worst-case mean-variance over an uncertainty set on expected returns (risk_parameters.robust)."""
 Global___OptimizationMethod: _TypeAlias = OptimizationMethod  # noqa: Y015
+
+class _RiskMeasure:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RiskMeasureEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RiskMeasure.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RISK_MEASURE_UNSPECIFIED: _RiskMeasure.ValueType  # 0
+    """Not set: variance."""
+    RISK_MEASURE_VARIANCE: _RiskMeasure.ValueType  # 1
+    """Portfolio variance from the covariance."""
+    RISK_MEASURE_CVAR: _RiskMeasure.ValueType  # 2
+    """Conditional value at risk of the periodic loss at risk_parameters.confidence_level (historical scenarios)."""
+    RISK_MEASURE_MAD: _RiskMeasure.ValueType  # 3
+    """Mean absolute deviation of the periodic portfolio return (historical scenarios)."""
+    RISK_MEASURE_CDAR: _RiskMeasure.ValueType  # 4
+    """Conditional drawdown at risk of the cumulative uncompounded return at confidence_level (historical scenarios)."""
+
+class RiskMeasure(_RiskMeasure, metaclass=_RiskMeasureEnumTypeWrapper):
+    """The risk measure minimised (min volatility objective) or in the ratio's denominator (max Sharpe objective)."""
+
+RISK_MEASURE_UNSPECIFIED: RiskMeasure.ValueType  # 0
+"""Not set: variance."""
+RISK_MEASURE_VARIANCE: RiskMeasure.ValueType  # 1
+"""Portfolio variance from the covariance."""
+RISK_MEASURE_CVAR: RiskMeasure.ValueType  # 2
+"""Conditional value at risk of the periodic loss at risk_parameters.confidence_level (historical scenarios)."""
+RISK_MEASURE_MAD: RiskMeasure.ValueType  # 3
+"""Mean absolute deviation of the periodic portfolio return (historical scenarios)."""
+RISK_MEASURE_CDAR: RiskMeasure.ValueType  # 4
+"""Conditional drawdown at risk of the cumulative uncompounded return at confidence_level (historical scenarios)."""
+Global___RiskMeasure: _TypeAlias = RiskMeasure  # noqa: Y015
+
+class _LinkageMethod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LinkageMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LinkageMethod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LINKAGE_METHOD_UNSPECIFIED: _LinkageMethod.ValueType  # 0
+    """Not set: single linkage."""
+    LINKAGE_METHOD_SINGLE: _LinkageMethod.ValueType  # 1
+    """Single linkage (nearest point)."""
+    LINKAGE_METHOD_WARD: _LinkageMethod.ValueType  # 2
+    """Ward's minimum-variance linkage."""
+    LINKAGE_METHOD_COMPLETE: _LinkageMethod.ValueType  # 3
+    """Complete linkage (farthest point)."""
+    LINKAGE_METHOD_AVERAGE: _LinkageMethod.ValueType  # 4
+    """Average linkage (UPGMA)."""
+
+class LinkageMethod(_LinkageMethod, metaclass=_LinkageMethodEnumTypeWrapper):
+    """Linkage of the hierarchical clustering used by hierarchical risk parity."""
+
+LINKAGE_METHOD_UNSPECIFIED: LinkageMethod.ValueType  # 0
+"""Not set: single linkage."""
+LINKAGE_METHOD_SINGLE: LinkageMethod.ValueType  # 1
+"""Single linkage (nearest point)."""
+LINKAGE_METHOD_WARD: LinkageMethod.ValueType  # 2
+"""Ward's minimum-variance linkage."""
+LINKAGE_METHOD_COMPLETE: LinkageMethod.ValueType  # 3
+"""Complete linkage (farthest point)."""
+LINKAGE_METHOD_AVERAGE: LinkageMethod.ValueType  # 4
+"""Average linkage (UPGMA)."""
+Global___LinkageMethod: _TypeAlias = LinkageMethod  # noqa: Y015
+
+class _UncertaintySet:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UncertaintySetEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UncertaintySet.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    UNCERTAINTY_SET_UNSPECIFIED: _UncertaintySet.ValueType  # 0
+    """Not set: ellipsoidal."""
+    UNCERTAINTY_SET_BOX: _UncertaintySet.ValueType  # 1
+    """Componentwise interval around each estimated expected return."""
+    UNCERTAINTY_SET_ELLIPSOIDAL: _UncertaintySet.ValueType  # 2
+    """Ellipsoid shaped by the estimation error covariance of the expected returns."""
+
+class UncertaintySet(_UncertaintySet, metaclass=_UncertaintySetEnumTypeWrapper):
+    """Shape of the uncertainty set on expected returns for robust optimization."""
+
+UNCERTAINTY_SET_UNSPECIFIED: UncertaintySet.ValueType  # 0
+"""Not set: ellipsoidal."""
+UNCERTAINTY_SET_BOX: UncertaintySet.ValueType  # 1
+"""Componentwise interval around each estimated expected return."""
+UNCERTAINTY_SET_ELLIPSOIDAL: UncertaintySet.ValueType  # 2
+"""Ellipsoid shaped by the estimation error covariance of the expected returns."""
+Global___UncertaintySet: _TypeAlias = UncertaintySet  # noqa: Y015
 
 class _ReturnsEstimator:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -485,6 +589,26 @@ class RiskParameters(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class RiskBudgetsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     RISK_FREE_RATE_FIELD_NUMBER: _builtins.int
     RISK_AVERSION_FIELD_NUMBER: _builtins.int
     PERIODS_PER_YEAR_FIELD_NUMBER: _builtins.int
@@ -493,6 +617,11 @@ class RiskParameters(_message.Message):
     EMA_SPAN_FIELD_NUMBER: _builtins.int
     COMPOUNDING_FIELD_NUMBER: _builtins.int
     MISSING_DATA_POLICY_FIELD_NUMBER: _builtins.int
+    RISK_MEASURE_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_LEVEL_FIELD_NUMBER: _builtins.int
+    LINKAGE_METHOD_FIELD_NUMBER: _builtins.int
+    RISK_BUDGETS_FIELD_NUMBER: _builtins.int
+    ROBUST_FIELD_NUMBER: _builtins.int
     risk_free_rate: _builtins.float
     """Annualised risk-free rate (decimal); default 0."""
     risk_aversion: _builtins.float
@@ -509,6 +638,20 @@ class RiskParameters(_message.Message):
     """Geometric (compounded) mean returns when true, the default; arithmetic when false."""
     missing_data_policy: Global___MissingDataPolicy.ValueType
     """Missing-data policy; default pairwise."""
+    risk_measure: Global___RiskMeasure.ValueType
+    """Risk measure; default variance. CVaR, MAD and CDaR need a return history (returns or market_data input)."""
+    confidence_level: _builtins.float
+    """Confidence level of CVaR and CDaR, in (0, 1); default 0.95."""
+    linkage_method: Global___LinkageMethod.ValueType
+    """Linkage of hierarchical risk parity; default single."""
+    @_builtins.property
+    def risk_budgets(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Risk budgets of risk parity keyed by strategy_id (positive; normalised to sum 1); default equal."""
+
+    @_builtins.property
+    def robust(self) -> Global___RobustParameters:
+        """Uncertainty set of robust optimization."""
+
     def __init__(
         self,
         *,
@@ -520,27 +663,327 @@ class RiskParameters(_message.Message):
         ema_span: _builtins.int = ...,
         compounding: _builtins.bool | None = ...,
         missing_data_policy: Global___MissingDataPolicy.ValueType = ...,
+        risk_measure: Global___RiskMeasure.ValueType = ...,
+        confidence_level: _builtins.float | None = ...,
+        linkage_method: Global___LinkageMethod.ValueType = ...,
+        risk_budgets: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        robust: Global___RobustParameters | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_compounding", b"_compounding", "_risk_aversion", b"_risk_aversion", "compounding", b"compounding", "risk_aversion", b"risk_aversion"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_compounding", b"_compounding", "_confidence_level", b"_confidence_level", "_risk_aversion", b"_risk_aversion", "compounding", b"compounding", "confidence_level", b"confidence_level", "risk_aversion", b"risk_aversion", "robust", b"robust"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_compounding", b"_compounding", "_risk_aversion", b"_risk_aversion", "compounding", b"compounding", "covariance_estimator", b"covariance_estimator", "ema_span", b"ema_span", "missing_data_policy", b"missing_data_policy", "periods_per_year", b"periods_per_year", "returns_estimator", b"returns_estimator", "risk_aversion", b"risk_aversion", "risk_free_rate", b"risk_free_rate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_compounding", b"_compounding", "_confidence_level", b"_confidence_level", "_risk_aversion", b"_risk_aversion", "compounding", b"compounding", "confidence_level", b"confidence_level", "covariance_estimator", b"covariance_estimator", "ema_span", b"ema_span", "linkage_method", b"linkage_method", "missing_data_policy", b"missing_data_policy", "periods_per_year", b"periods_per_year", "returns_estimator", b"returns_estimator", "risk_aversion", b"risk_aversion", "risk_budgets", b"risk_budgets", "risk_free_rate", b"risk_free_rate", "risk_measure", b"risk_measure", "robust", b"robust"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__compounding: _TypeAlias = _typing.Literal["compounding"]  # noqa: Y015
     _WhichOneofArgType__compounding: _TypeAlias = _typing.Literal["_compounding", b"_compounding"]  # noqa: Y015
+    _WhichOneofReturnType__confidence_level: _TypeAlias = _typing.Literal["confidence_level"]  # noqa: Y015
+    _WhichOneofArgType__confidence_level: _TypeAlias = _typing.Literal["_confidence_level", b"_confidence_level"]  # noqa: Y015
     _WhichOneofReturnType__risk_aversion: _TypeAlias = _typing.Literal["risk_aversion"]  # noqa: Y015
     _WhichOneofArgType__risk_aversion: _TypeAlias = _typing.Literal["_risk_aversion", b"_risk_aversion"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__compounding) -> _WhichOneofReturnType__compounding | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__confidence_level) -> _WhichOneofReturnType__confidence_level | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__risk_aversion) -> _WhichOneofReturnType__risk_aversion | None: ...
 
 Global___RiskParameters: _TypeAlias = RiskParameters  # noqa: Y015
 
 @_typing.final
+class RobustParameters(_message.Message):
+    """Uncertainty set on expected returns for OPTIMIZATION_METHOD_ROBUST_OPTIMIZATION."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNCERTAINTY_SET_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_LEVEL_FIELD_NUMBER: _builtins.int
+    OBSERVATIONS_FIELD_NUMBER: _builtins.int
+    uncertainty_set: Global___UncertaintySet.ValueType
+    """Shape of the set; default ellipsoidal."""
+    confidence_level: _builtins.float
+    """Confidence level in (0, 1) that the true expected returns lie in the set; default 0.95."""
+    observations: _builtins.int
+    """Observations behind the expected returns (sizes the estimation error); required with moments input,
+    taken from the history otherwise.
+    """
+    def __init__(
+        self,
+        *,
+        uncertainty_set: Global___UncertaintySet.ValueType = ...,
+        confidence_level: _builtins.float | None = ...,
+        observations: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_confidence_level", b"_confidence_level", "confidence_level", b"confidence_level"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_confidence_level", b"_confidence_level", "confidence_level", b"confidence_level", "observations", b"observations", "uncertainty_set", b"uncertainty_set"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__confidence_level: _TypeAlias = _typing.Literal["confidence_level"]  # noqa: Y015
+    _WhichOneofArgType__confidence_level: _TypeAlias = _typing.Literal["_confidence_level", b"_confidence_level"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__confidence_level) -> _WhichOneofReturnType__confidence_level | None: ...
+
+Global___RobustParameters: _TypeAlias = RobustParameters  # noqa: Y015
+
+@_typing.final
+class View(_message.Message):
+    """One Black-Litterman view: sum_i weights[i] * mu_i = expected_return."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class WeightsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    EXPECTED_RETURN_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    expected_return: _builtins.float
+    """Annualised expected return of the view portfolio (Q, decimal)."""
+    confidence: _builtins.float
+    """Idzorek confidence in [0, 1]; set on all views or none."""
+    @_builtins.property
+    def weights(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """View portfolio keyed by strategy_id (P row): one entry of 1 for an absolute view, +1/-1 for a relative one."""
+
+    def __init__(
+        self,
+        *,
+        weights: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        expected_return: _builtins.float = ...,
+        confidence: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_confidence", b"_confidence", "confidence", b"confidence"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_confidence", b"_confidence", "confidence", b"confidence", "expected_return", b"expected_return", "weights", b"weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__confidence: _TypeAlias = _typing.Literal["confidence"]  # noqa: Y015
+    _WhichOneofArgType__confidence: _TypeAlias = _typing.Literal["_confidence", b"_confidence"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__confidence) -> _WhichOneofReturnType__confidence | None: ...
+
+Global___View: _TypeAlias = View  # noqa: Y015
+
+@_typing.final
+class BlackLittermanInputs(_message.Message):
+    """Inputs of OPTIMIZATION_METHOD_BLACK_LITTERMAN."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MarketCapsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class PriorReturnsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    MARKET_CAPS_FIELD_NUMBER: _builtins.int
+    PRIOR_RETURNS_FIELD_NUMBER: _builtins.int
+    RISK_AVERSION_FIELD_NUMBER: _builtins.int
+    TAU_FIELD_NUMBER: _builtins.int
+    VIEWS_FIELD_NUMBER: _builtins.int
+    OMEGA_FIELD_NUMBER: _builtins.int
+    risk_aversion: _builtins.float
+    """Risk aversion delta; unset = implied from the market series (returns.market_returns or
+    market_data.market_symbol), else 1.
+    """
+    tau: _builtins.float
+    """Scalar tau on the prior covariance; default 0.05."""
+    @_builtins.property
+    def market_caps(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Market capitalisations keyed by strategy_id for the market-implied prior pi = delta * Sigma * w_mkt."""
+
+    @_builtins.property
+    def prior_returns(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Prior annualised expected returns keyed by strategy_id, instead of market_caps."""
+
+    @_builtins.property
+    def views(self) -> _containers.RepeatedCompositeFieldContainer[Global___View]:
+        """The views (P, Q)."""
+
+    @_builtins.property
+    def omega(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Optional view uncertainty Omega, row-major K x K; default He-Litterman diag(tau P Sigma P') or Idzorek."""
+
+    def __init__(
+        self,
+        *,
+        market_caps: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        prior_returns: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        risk_aversion: _builtins.float | None = ...,
+        tau: _builtins.float | None = ...,
+        views: _abc.Iterable[Global___View] | None = ...,
+        omega: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_risk_aversion", b"_risk_aversion", "_tau", b"_tau", "risk_aversion", b"risk_aversion", "tau", b"tau"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_risk_aversion", b"_risk_aversion", "_tau", b"_tau", "market_caps", b"market_caps", "omega", b"omega", "prior_returns", b"prior_returns", "risk_aversion", b"risk_aversion", "tau", b"tau", "views", b"views"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__risk_aversion: _TypeAlias = _typing.Literal["risk_aversion"]  # noqa: Y015
+    _WhichOneofArgType__risk_aversion: _TypeAlias = _typing.Literal["_risk_aversion", b"_risk_aversion"]  # noqa: Y015
+    _WhichOneofReturnType__tau: _TypeAlias = _typing.Literal["tau"]  # noqa: Y015
+    _WhichOneofArgType__tau: _TypeAlias = _typing.Literal["_tau", b"_tau"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__risk_aversion) -> _WhichOneofReturnType__risk_aversion | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tau) -> _WhichOneofReturnType__tau | None: ...
+
+Global___BlackLittermanInputs: _TypeAlias = BlackLittermanInputs  # noqa: Y015
+
+@_typing.final
+class BlackLittermanPosterior(_message.Message):
+    """What Black-Litterman produced."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class PriorReturnsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class PosteriorReturnsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    PRIOR_RETURNS_FIELD_NUMBER: _builtins.int
+    POSTERIOR_RETURNS_FIELD_NUMBER: _builtins.int
+    POSTERIOR_COVARIANCE_FIELD_NUMBER: _builtins.int
+    RISK_AVERSION_FIELD_NUMBER: _builtins.int
+    TAU_FIELD_NUMBER: _builtins.int
+    risk_aversion: _builtins.float
+    """Risk aversion used."""
+    tau: _builtins.float
+    """Tau used."""
+    @_builtins.property
+    def prior_returns(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Prior annualised expected returns keyed by strategy_id."""
+
+    @_builtins.property
+    def posterior_returns(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Posterior annualised expected returns keyed by strategy_id."""
+
+    @_builtins.property
+    def posterior_covariance(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Posterior annualised covariance, row-major N x N in request strategy order."""
+
+    def __init__(
+        self,
+        *,
+        prior_returns: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        posterior_returns: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        posterior_covariance: _abc.Iterable[_builtins.float] | None = ...,
+        risk_aversion: _builtins.float = ...,
+        tau: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["posterior_covariance", b"posterior_covariance", "posterior_returns", b"posterior_returns", "prior_returns", b"prior_returns", "risk_aversion", b"risk_aversion", "tau", b"tau"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlackLittermanPosterior: _TypeAlias = BlackLittermanPosterior  # noqa: Y015
+
+@_typing.final
 class OptimizationMetadata(_message.Message):
     """Metadata of one optimization run."""
 
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RiskContributionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     CONVERGENCE_STATUS_FIELD_NUMBER: _builtins.int
     ITERATIONS_FIELD_NUMBER: _builtins.int
@@ -557,6 +1000,11 @@ class OptimizationMetadata(_message.Message):
     REPLAYED_FIELD_NUMBER: _builtins.int
     WINDOW_START_FIELD_NUMBER: _builtins.int
     WINDOW_END_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    RISK_MEASURE_FIELD_NUMBER: _builtins.int
+    RISK_MEASURE_VALUE_FIELD_NUMBER: _builtins.int
+    RISK_CONTRIBUTIONS_FIELD_NUMBER: _builtins.int
+    BLACK_LITTERMAN_FIELD_NUMBER: _builtins.int
     convergence_status: Global___ConvergenceStatus.ValueType
     """How the solve ended."""
     iterations: _builtins.int
@@ -581,6 +1029,12 @@ class OptimizationMetadata(_message.Message):
     """Identifier of the stored result."""
     replayed: _builtins.bool
     """True when this response is the stored answer to an earlier call with the same request_id."""
+    method: Global___OptimizationMethod.ValueType
+    """Method that produced the weights."""
+    risk_measure: _builtins.str
+    """Risk measure of the objective (VARIANCE, CVAR, MAD, CDAR)."""
+    risk_measure_value: _builtins.float
+    """Value of the risk measure at the optimum (per period, losses positive) for CVaR, MAD and CDaR."""
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp:
         """Time of the event."""
@@ -592,6 +1046,14 @@ class OptimizationMetadata(_message.Message):
     @_builtins.property
     def window_end(self) -> _timestamp_pb2.Timestamp:
         """Last observation used by the estimators."""
+
+    @_builtins.property
+    def risk_contributions(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Each strategy's share of portfolio variance, w_i (Sigma w)_i / w'Sigma w, keyed by strategy_id (sums to 1)."""
+
+    @_builtins.property
+    def black_litterman(self) -> Global___BlackLittermanPosterior:
+        """Black-Litterman prior and posterior (method BLACK_LITTERMAN only)."""
 
     def __init__(
         self,
@@ -611,10 +1073,15 @@ class OptimizationMetadata(_message.Message):
         replayed: _builtins.bool = ...,
         window_start: _timestamp_pb2.Timestamp | None = ...,
         window_end: _timestamp_pb2.Timestamp | None = ...,
+        method: Global___OptimizationMethod.ValueType = ...,
+        risk_measure: _builtins.str = ...,
+        risk_measure_value: _builtins.float = ...,
+        risk_contributions: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        black_litterman: Global___BlackLittermanPosterior | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["timestamp", b"timestamp", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["black_litterman", b"black_litterman", "timestamp", b"timestamp", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["configuration_version", b"configuration_version", "constraints_satisfied", b"constraints_satisfied", "convergence_status", b"convergence_status", "event_id", b"event_id", "iterations", b"iterations", "missing_data_policy", b"missing_data_policy", "objective_value", b"objective_value", "observations", b"observations", "optimization_time_ms", b"optimization_time_ms", "replayed", b"replayed", "result_id", b"result_id", "solver", b"solver", "timestamp", b"timestamp", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["black_litterman", b"black_litterman", "configuration_version", b"configuration_version", "constraints_satisfied", b"constraints_satisfied", "convergence_status", b"convergence_status", "event_id", b"event_id", "iterations", b"iterations", "method", b"method", "missing_data_policy", b"missing_data_policy", "objective_value", b"objective_value", "observations", b"observations", "optimization_time_ms", b"optimization_time_ms", "replayed", b"replayed", "result_id", b"result_id", "risk_contributions", b"risk_contributions", "risk_measure", b"risk_measure", "risk_measure_value", b"risk_measure_value", "solver", b"solver", "timestamp", b"timestamp", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,440 @@
+"""Scenario risk measures (CVaR, MAD, CDaR) against skfolio, Riskfolio-Lib and hand-computed values.
+
+Truth: skfolio's ``MeanRisk`` on the same daily returns with an ``EmpiricalPrior`` (skfolio works per period: its
+μ is the daily mean, our annualised μ is 252 times it, so risk values and per-period ratios compare directly),
+Riskfolio-Lib's ``Portfolio.optimization(model="Classic")``, ``skfolio.measures`` for the measure of any weight
+vector, hand-worked scenario sets, and feasibility checked here with NumPy.
+
+Riskfolio-Lib's ``rm="MAD"`` objective is the mean downside deviation, half the MAD (its ``RiskFunctions.MAD`` is the
+full MAD): the optimal weights agree with ours, so its weights are compared through the MAD we and skfolio compute.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import riskfolio as rp
+import skfolio.measures as skm
+from skfolio import RiskMeasure as SkRiskMeasure
+from skfolio.optimization import MeanRisk, ObjectiveFunction
+from skfolio.prior import EmpiricalPrior
+
+from services.errors import DeadlineExceededError, InfeasibleError, InvalidInputError
+from services.mean_variance import check_constraints
+from services.risk_measures import (
+    RiskMeasure,
+    conditional_drawdown_at_risk,
+    conditional_value_at_risk,
+    drawdowns,
+    mean_absolute_deviation,
+    optimize_risk_measure,
+    risk_measure_value,
+)
+from services.types import Moments, Objective, OptimizationResult, PortfolioProblem, SectorLimit
+from tests.services.market_data import SP500_SECTORS
+
+PERIODS = 252
+DAYS = 756
+RISK_FREE_RATE = 0.02
+ALPHA = 0.95
+OBJECTIVE_RTOL = 1e-6
+FEASIBILITY_TOLERANCE = 1e-6
+SKFOLIO_TIGHT = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10}
+SKFOLIO_MEASURE = {
+    RiskMeasure.CVAR: SkRiskMeasure.CVAR,
+    RiskMeasure.MAD: SkRiskMeasure.MEAN_ABSOLUTE_DEVIATION,
+    RiskMeasure.CDAR: SkRiskMeasure.CDAR,
+}
+SKFOLIO_MAX_RISK = {
+    RiskMeasure.CVAR: "max_cvar",
+    RiskMeasure.MAD: "max_mean_absolute_deviation",
+    RiskMeasure.CDAR: "max_cdar",
+}
+RISKFOLIO_MEASURE = {RiskMeasure.CVAR: "CVaR", RiskMeasure.MAD: "MAD", RiskMeasure.CDAR: "CDaR"}
+SECTOR_LOWER = {"financials": 0.05, "staples": 0.10}
+SECTOR_UPPER = {"tech": 0.20, "energy": 0.15, "health": 0.30}
+
+
+# --- fixtures and helpers -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def daily_returns(sp500_prices: pd.DataFrame) -> pd.DataFrame:
+    """The last 756 daily simple returns of the 20 S&P 500 stocks."""
+    return sp500_prices.iloc[-(DAYS + 1) :].pct_change().iloc[1:]
+
+
+@pytest.fixture(scope="module")
+def scenarios(daily_returns: pd.DataFrame) -> np.ndarray:
+    return daily_returns.to_numpy()
+
+
+@pytest.fixture(scope="module")
+def moments(scenarios: np.ndarray) -> Moments:
+    """Arithmetic annualisation of skfolio's empirical prior: μ = 252·mean, Σ = 252·cov (ddof 1)."""
+    return Moments(
+        expected_returns=scenarios.mean(axis=0) * PERIODS, covariance=np.cov(scenarios, rowvar=False) * PERIODS
+    )
+
+
+def skfolio_risk(risk_measure: RiskMeasure, portfolio_returns: np.ndarray, alpha: float = ALPHA) -> float:
+    """The measure as skfolio.measures computes it."""
+    if risk_measure is RiskMeasure.CVAR:
+        return float(skm.cvar(portfolio_returns, beta=alpha))
+    if risk_measure is RiskMeasure.MAD:
+        return float(skm.mean_absolute_deviation(portfolio_returns))
+    return float(skm.cdar(skm.get_drawdowns(portfolio_returns), beta=alpha))
+
+
+def make_problem(
+    objective: Objective,
+    tickers: list[str],
+    lower: float,
+    upper: float,
+    *,
+    with_sectors: bool = False,
+    **options: object,
+) -> PortfolioProblem:
+    n = len(tickers)
+    limits = tuple(
+        SectorLimit(s, SECTOR_LOWER.get(s), SECTOR_UPPER.get(s)) for s in sorted(set(SECTOR_LOWER) | set(SECTOR_UPPER))
+    )
+    return PortfolioProblem(
+        strategy_ids=tuple(tickers),
+        objective=objective,
+        lower_bounds=np.full(n, lower),
+        upper_bounds=np.full(n, upper),
+        sectors=tuple(SP500_SECTORS[t] for t in tickers) if with_sectors else (),
+        sector_limits=limits if with_sectors else (),
+        risk_free_rate=RISK_FREE_RATE,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def sector_inequalities(tickers: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The sector limits as skfolio's A w ≤ b, built from the sector map independently of the engine."""
+    rows, bounds = [], []
+    for sector, minimum in SECTOR_LOWER.items():
+        rows.append([-1.0 if SP500_SECTORS[t] == sector else 0.0 for t in tickers])
+        bounds.append(-minimum)
+    for sector, maximum in SECTOR_UPPER.items():
+        rows.append([1.0 if SP500_SECTORS[t] == sector else 0.0 for t in tickers])
+        bounds.append(maximum)
+    return np.array(rows), np.array(bounds)
+
+
+def skfolio_weights(
+    daily_returns: pd.DataFrame,
+    risk_measure: SkRiskMeasure,
+    objective: ObjectiveFunction,
+    lower: float,
+    upper: float,
+    *,
+    with_sectors: bool = False,
+    **options: object,
+) -> np.ndarray:
+    if with_sectors:
+        options["left_inequality"], options["right_inequality"] = sector_inequalities(list(daily_returns.columns))
+    options = {"cvar_beta": ALPHA, "cdar_beta": ALPHA, **options}
+    model = MeanRisk(
+        risk_measure=risk_measure,
+        objective_function=objective,
+        prior_estimator=EmpiricalPrior(),
+        min_weights=lower,
+        max_weights=upper,
+        risk_free_rate=RISK_FREE_RATE / PERIODS,
+        solver_params=SKFOLIO_TIGHT,
+        **options,  # type: ignore[arg-type]
+    )
+    model.fit(daily_returns)
+    return np.asarray(model.weights_, dtype=np.float64)
+
+
+def assert_feasible(result: OptimizationResult, problem: PortfolioProblem, moments: Moments) -> None:
+    w, tol = result.weights, FEASIBILITY_TOLERANCE
+    assert abs(w.sum() - 1.0) <= tol
+    assert np.all(w >= problem.lower_bounds - tol)
+    assert np.all(w <= problem.upper_bounds + tol)
+    totals = pd.Series(w).groupby(list(problem.sectors)).sum() if problem.sectors else pd.Series(dtype=float)
+    for limit in problem.sector_limits:
+        if limit.min_weight is not None:
+            assert totals[limit.sector] >= limit.min_weight - tol
+        if limit.max_weight is not None:
+            assert totals[limit.sector] <= limit.max_weight + tol
+    if problem.min_return is not None:
+        assert moments.expected_returns @ w >= problem.min_return - tol
+    if problem.max_volatility is not None:
+        assert np.sqrt(w @ moments.covariance @ w) <= problem.max_volatility + tol
+    assert result.constraints_satisfied
+    assert result.violations == ()
+    assert check_constraints(w, problem, moments) == ()
+    assert result.performance.expected_return == pytest.approx(moments.expected_returns @ w, rel=1e-12)
+    assert result.performance.volatility == pytest.approx(np.sqrt(w @ moments.covariance @ w), rel=1e-12)
+
+
+def per_period_ratio(scenarios: np.ndarray, weights: np.ndarray, risk_measure: RiskMeasure) -> float:
+    excess = scenarios.mean(axis=0) @ weights - RISK_FREE_RATE / PERIODS
+    return float(excess / skfolio_risk(risk_measure, scenarios @ weights))
+
+
+# --- the measures in NumPy ------------------------------------------------------------------------------------
+
+
+def test_cvar_of_a_hand_worked_sample_includes_a_fraction_of_the_boundary_loss() -> None:
+    # 10 returns, α = 0.75: the tail holds 2.5 observations, the losses 0.05, 0.03 and half of 0.02.
+    returns = np.array([-0.05, 0.01, -0.03, 0.02, -0.02, 0.00, 0.03, -0.01, 0.04, 0.05])
+    assert conditional_value_at_risk(returns, 0.75) == pytest.approx((0.05 + 0.03 + 0.5 * 0.02) / 2.5, rel=1e-14)
+    # An integer tail: α = 0.8 averages the two worst losses.
+    assert conditional_value_at_risk(returns, 0.8) == pytest.approx(0.04, rel=1e-14)
+    # A tail under one observation is the worst loss.
+    assert conditional_value_at_risk(returns, 0.95) == pytest.approx(0.05, rel=1e-14)
+
+
+def test_drawdowns_of_a_hand_worked_path_start_from_zero_wealth() -> None:
+    # cumulative [-0.02, 0.08, 0.03, -0.07, 0.13, 0.12]: the first-period loss is a drawdown from C_0 = 0.
+    returns = np.array([-0.02, 0.10, -0.05, -0.10, 0.20, -0.01])
+    np.testing.assert_allclose(drawdowns(returns), [0.02, 0.0, 0.05, 0.15, 0.0, 0.01], atol=1e-15)
+    # α = 0.5: the worst three drawdowns 0.15, 0.05, 0.02.
+    assert conditional_drawdown_at_risk(returns, 0.5) == pytest.approx((0.15 + 0.05 + 0.02) / 3, rel=1e-14)
+    assert mean_absolute_deviation(np.array([0.01, 0.03, -0.01, 0.05])) == pytest.approx(0.02, rel=1e-14)
+
+
+@pytest.mark.parametrize("risk_measure", list(RiskMeasure))
+@pytest.mark.parametrize("alpha", [0.9, 0.95, 0.99])
+def test_measures_equal_skfolio_measures(scenarios: np.ndarray, risk_measure: RiskMeasure, alpha: float) -> None:
+    rng = np.random.default_rng(11)
+    for weights in rng.dirichlet(np.ones(scenarios.shape[1]), size=5):
+        ours = risk_measure_value(scenarios, weights, risk_measure=risk_measure, alpha=alpha)
+        assert ours == pytest.approx(skfolio_risk(risk_measure, scenarios @ weights, alpha), rel=1e-12)
+
+
+# --- optimal portfolios against skfolio and Riskfolio-Lib ------------------------------------------------------
+
+OBJECTIVES = {
+    "min-risk": (Objective.MIN_VOLATILITY, ObjectiveFunction.MINIMIZE_RISK),
+    "max-ratio": (Objective.MAX_SHARPE, ObjectiveFunction.MAXIMIZE_RATIO),
+}
+CONFIGURATIONS = {
+    "long-only": (0.0, 1.0, False, None),
+    "box-sectors-min-return": (0.01, 0.25, True, 0.20),
+}
+
+
+@pytest.mark.parametrize("risk_measure", list(RiskMeasure))
+@pytest.mark.parametrize("objective_name", list(OBJECTIVES))
+@pytest.mark.parametrize("configuration", list(CONFIGURATIONS))
+def test_objective_value_equals_skfolio(
+    daily_returns: pd.DataFrame,
+    scenarios: np.ndarray,
+    moments: Moments,
+    risk_measure: RiskMeasure,
+    objective_name: str,
+    configuration: str,
+) -> None:
+    objective, skfolio_objective = OBJECTIVES[objective_name]
+    lower, upper, with_sectors, min_return = CONFIGURATIONS[configuration]
+    problem = make_problem(
+        objective, list(daily_returns.columns), lower, upper, with_sectors=with_sectors, min_return=min_return
+    )
+    result = optimize_risk_measure(
+        problem, scenarios, moments.expected_returns, risk_measure=risk_measure, covariance=moments.covariance
+    )
+    reference = skfolio_weights(
+        daily_returns,
+        SKFOLIO_MEASURE[risk_measure],
+        skfolio_objective,
+        lower,
+        upper,
+        with_sectors=with_sectors,
+        min_return=None if min_return is None else min_return / PERIODS,
+    )
+    # The reported value is the measure of the returned weights, as skfolio.measures computes it.
+    risk = skfolio_risk(risk_measure, scenarios @ result.weights)
+    if objective is Objective.MIN_VOLATILITY:
+        assert result.objective_value == pytest.approx(risk, rel=1e-9)
+        assert result.objective_value == pytest.approx(
+            skfolio_risk(risk_measure, scenarios @ reference), rel=OBJECTIVE_RTOL
+        )
+    else:
+        assert result.objective_value == pytest.approx(
+            per_period_ratio(scenarios, result.weights, risk_measure), rel=1e-9
+        )
+        assert result.objective_value == pytest.approx(
+            per_period_ratio(scenarios, reference, risk_measure), rel=OBJECTIVE_RTOL
+        )
+    assert result.status == "OPTIMAL"
+    assert_feasible(result, problem, moments)
+
+
+@pytest.mark.parametrize("risk_measure", list(RiskMeasure))
+@pytest.mark.parametrize("objective_name", list(OBJECTIVES))
+def test_objective_value_equals_riskfolio(
+    daily_returns: pd.DataFrame, scenarios: np.ndarray, moments: Moments, risk_measure: RiskMeasure, objective_name: str
+) -> None:
+    objective = OBJECTIVES[objective_name][0]
+    problem = make_problem(objective, list(daily_returns.columns), 0.0, 1.0)
+    result = optimize_risk_measure(problem, scenarios, moments.expected_returns, risk_measure=risk_measure)
+
+    portfolio = rp.Portfolio(returns=daily_returns, alpha=1.0 - ALPHA)
+    portfolio.assets_stats(method_mu="hist", method_cov="hist")
+    portfolio.solvers = ["CLARABEL"]
+    portfolio.sol_params = {"CLARABEL": SKFOLIO_TIGHT}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Riskfolio-Lib's own pandas and cvxpy deprecations
+        frame = portfolio.optimization(
+            model="Classic",
+            rm=RISKFOLIO_MEASURE[risk_measure],
+            obj="MinRisk" if objective is Objective.MIN_VOLATILITY else "Sharpe",
+            rf=RISK_FREE_RATE / PERIODS,
+            l=0,
+            hist=True,
+        )
+    reference = frame.to_numpy().ravel()
+    if objective is Objective.MIN_VOLATILITY:
+        expected = skfolio_risk(risk_measure, scenarios @ reference)
+    else:
+        expected = per_period_ratio(scenarios, reference, risk_measure)
+    assert result.objective_value == pytest.approx(expected, rel=OBJECTIVE_RTOL)
+
+
+@pytest.mark.parametrize(
+    ("risk_measure", "max_risk"), [(RiskMeasure.CVAR, 0.03), (RiskMeasure.MAD, 0.009), (RiskMeasure.CDAR, 0.15)]
+)
+def test_max_return_under_a_risk_cap_equals_skfolio(
+    daily_returns: pd.DataFrame, scenarios: np.ndarray, moments: Moments, risk_measure: RiskMeasure, max_risk: float
+) -> None:
+    problem = make_problem(Objective.MAX_RETURN, list(daily_returns.columns), 0.0, 1.0)
+    result = optimize_risk_measure(
+        problem, scenarios, moments.expected_returns, risk_measure=risk_measure, max_risk=max_risk
+    )
+    reference = skfolio_weights(
+        daily_returns,
+        SKFOLIO_MEASURE[risk_measure],
+        ObjectiveFunction.MAXIMIZE_RETURN,
+        0.0,
+        1.0,
+        **{SKFOLIO_MAX_RISK[risk_measure]: max_risk},
+    )
+    assert result.objective_value == pytest.approx(moments.expected_returns @ reference, rel=OBJECTIVE_RTOL)
+    assert result.objective_value == pytest.approx(result.performance.expected_return, rel=1e-15)
+    # The cap binds: the unconstrained max return is the single best stock, far riskier.
+    assert skfolio_risk(risk_measure, scenarios @ result.weights) == pytest.approx(max_risk, rel=1e-6)
+    assert_feasible(result, problem, moments)
+
+
+@pytest.mark.parametrize("risk_measure", list(RiskMeasure))
+def test_min_risk_under_a_volatility_cap_equals_skfolio(
+    daily_returns: pd.DataFrame, scenarios: np.ndarray, moments: Moments, risk_measure: RiskMeasure
+) -> None:
+    unconstrained = optimize_risk_measure(
+        make_problem(Objective.MIN_VOLATILITY, list(daily_returns.columns), 0.0, 1.0),
+        scenarios,
+        moments.expected_returns,
+        risk_measure=risk_measure,
+    )
+    cap = 0.98 * unconstrained.performance.volatility
+    problem = make_problem(Objective.MIN_VOLATILITY, list(daily_returns.columns), 0.0, 1.0, max_volatility=cap)
+    result = optimize_risk_measure(problem, scenarios, moments.expected_returns, risk_measure=risk_measure)
+    reference = skfolio_weights(
+        daily_returns,
+        SKFOLIO_MEASURE[risk_measure],
+        ObjectiveFunction.MINIMIZE_RISK,
+        0.0,
+        1.0,
+        max_standard_deviation=cap / np.sqrt(PERIODS),
+    )
+    assert result.objective_value == pytest.approx(
+        skfolio_risk(risk_measure, scenarios @ reference), rel=OBJECTIVE_RTOL
+    )
+    assert result.objective_value > unconstrained.objective_value
+    assert result.performance.volatility == pytest.approx(cap, rel=1e-6)
+    assert_feasible(result, problem, moments)
+
+
+def test_default_covariance_is_the_annualised_sample_covariance(
+    daily_returns: pd.DataFrame, scenarios: np.ndarray, moments: Moments
+) -> None:
+    problem = make_problem(Objective.MIN_VOLATILITY, list(daily_returns.columns), 0.0, 1.0)
+    result = optimize_risk_measure(problem, scenarios, moments.expected_returns, risk_measure=RiskMeasure.CVAR)
+    w = result.weights
+    portfolio_returns = scenarios @ w
+    assert result.performance.volatility == pytest.approx(
+        np.std(portfolio_returns, ddof=1) * np.sqrt(PERIODS), rel=1e-12
+    )
+    assert result.performance.sharpe_ratio == pytest.approx(
+        (moments.expected_returns @ w - RISK_FREE_RATE) / result.performance.volatility, rel=1e-12
+    )
+
+
+def test_alpha_sets_the_tail(daily_returns: pd.DataFrame, scenarios: np.ndarray, moments: Moments) -> None:
+    problem = make_problem(Objective.MIN_VOLATILITY, list(daily_returns.columns), 0.0, 1.0)
+    values = [
+        optimize_risk_measure(
+            problem, scenarios, moments.expected_returns, risk_measure=RiskMeasure.CVAR, alpha=alpha
+        ).objective_value
+        for alpha in (0.9, 0.99)
+    ]
+    reference = skfolio_weights(
+        daily_returns, SkRiskMeasure.CVAR, ObjectiveFunction.MINIMIZE_RISK, 0.0, 1.0, cvar_beta=0.99
+    )
+    assert values[1] == pytest.approx(skfolio_risk(RiskMeasure.CVAR, scenarios @ reference, 0.99), rel=OBJECTIVE_RTOL)
+    assert values[0] < values[1]
+
+
+# --- errors ---------------------------------------------------------------------------------------------------
+
+
+def test_invalid_inputs_name_the_field(daily_returns: pd.DataFrame, scenarios: np.ndarray, moments: Moments) -> None:
+    problem = make_problem(Objective.MIN_VOLATILITY, list(daily_returns.columns), 0.0, 1.0)
+    mu = moments.expected_returns
+    gappy = scenarios.copy()
+    gappy[3, 2] = np.nan
+    cases: list[tuple[dict[str, object], str]] = [
+        ({"scenarios": scenarios[:, :5]}, "scenarios"),
+        ({"scenarios": scenarios[:1]}, "scenarios"),
+        ({"scenarios": gappy}, "scenarios[3][2]"),
+        ({"alpha": 1.0}, "risk_parameters.alpha"),
+        ({"periods_per_year": 0}, "risk_parameters.periods_per_year"),
+        ({"max_risk": -0.01}, "constraints.max_risk"),
+        ({"expected_returns": mu[:3]}, "moments.expected_returns"),
+        ({"risk_measure": "VARIANCE"}, "risk_measure"),
+    ]
+    for overrides, field in cases:
+        arguments: dict[str, object] = {"scenarios": scenarios, "expected_returns": mu, "risk_measure": "CVAR"}
+        arguments.update(overrides)
+        with pytest.raises(InvalidInputError) as raised:
+            optimize_risk_measure(problem, **arguments)  # type: ignore[arg-type]
+        assert raised.value.field_violations[0].field == field
+
+    with pytest.raises(InvalidInputError) as raised:
+        optimize_risk_measure(
+            replace(problem, objective=Objective.MAX_QUADRATIC_UTILITY), scenarios, mu, risk_measure=RiskMeasure.MAD
+        )
+    assert raised.value.field_violations[0].field == "objective"
+
+
+def test_infeasible_problems_are_reported(daily_returns: pd.DataFrame, scenarios: np.ndarray, moments: Moments) -> None:
+    problem = make_problem(Objective.MIN_VOLATILITY, list(daily_returns.columns), 0.0, 1.0)
+    mu = moments.expected_returns
+    # Pre-check: a target above every expected return.
+    with pytest.raises(InfeasibleError) as raised:
+        optimize_risk_measure(replace(problem, min_return=float(mu.max()) + 0.01), scenarios, mu, risk_measure="CDAR")
+    assert raised.value.precondition_violations[0].type == "TARGET_RETURN"
+    # Solver: a CVaR cap below the min-CVaR portfolio's.
+    with pytest.raises(InfeasibleError) as raised:
+        optimize_risk_measure(
+            replace(problem, objective=Objective.MAX_RETURN), scenarios, mu, risk_measure="CVAR", max_risk=0.02
+        )
+    assert raised.value.precondition_violations[0].type == "SOLVER_INFEASIBLE"
+
+
+def test_no_time_left_is_a_deadline_error(daily_returns: pd.DataFrame, scenarios: np.ndarray, moments: Moments) -> None:
+    problem = make_problem(Objective.MIN_VOLATILITY, list(daily_returns.columns), 0.0, 1.0)
+    with pytest.raises(DeadlineExceededError):
+        optimize_risk_measure(
+            problem, scenarios, moments.expected_returns, risk_measure=RiskMeasure.MAD, time_limit_s=0.0
+        )
