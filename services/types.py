@@ -160,6 +160,25 @@ class PortfolioProblem:
     max_volatility: float | None = None
     risk_free_rate: float = 0.0
     risk_aversion: float = 1.0
+    current_weights: FloatArray | None = None
+    """Current weights w₀ (N,), the reference of turnover and transaction costs; None = all zero."""
+    turnover_limit: float | None = None
+    """Two-way turnover cap: Σ|w − w₀| ≤ limit (fractions of portfolio value)."""
+    turnover_caps: FloatArray | None = None
+    """Per-strategy caps (N,) on |w_i − w₀_i|; inf where none."""
+    leverage_limit: float | None = None
+    """Gross exposure cap: Σ|w_i| ≤ limit."""
+    transaction_costs_bps: FloatArray | None = None
+    """Linear costs (N,) in basis points of traded value, c_i·|w_i − w₀_i|/1e4, subtracted from the expected
+    return wherever it appears (objective, min_return)."""
+    benchmark_weights: FloatArray | None = None
+    """Benchmark weights b (N,) of the tracking-error limit."""
+    tracking_error_limit: float | None = None
+    """Annualised tracking-error cap: sqrt((w − b)ᵀΣ(w − b)) ≤ limit."""
+    betas: FloatArray | None = None
+    """Betas (N,) against the market, for beta neutrality."""
+    beta_tolerance: float | None = None
+    """Beta neutrality: |βᵀw| ≤ tolerance."""
 
     @property
     def n_assets(self) -> int:
