@@ -8,6 +8,7 @@ import binascii
 import hashlib
 import logging
 from collections.abc import AsyncIterable, Callable
+from dataclasses import replace
 from datetime import UTC
 
 import asyncpg
@@ -15,6 +16,7 @@ import numpy as np
 from google.rpc import status_pb2  # type: ignore[attr-defined]  # stubs hidden by types-protobuf
 
 from command_side.mapping import (
+    ValidatedRequest,
     datetime_to_timestamp,
     normalize_configuration,
     optimize_request_from_configuration,
@@ -23,7 +25,7 @@ from command_side.mapping import (
 )
 from command_side.repository import WriteRepository
 from command_side.workers import SolverPool
-from services.engine import OptimizationJob, OptimizationOutcome
+from services.engine import Method, OptimizationJob, OptimizationOutcome
 from services.errors import (
     DeadlineExceededError,
     InvalidInputError,
@@ -115,17 +117,8 @@ class OptimizationService:
             stored = await self._replay(validated.request_id, fingerprint)
             if stored is not None:
                 return stored
-        job_inputs: ReturnHistory | Moments
-        run_inputs: dict[str, object] = {"current_weights": validated.current_weights}
-        if validated.moments is not None:
-            job_inputs = validated.moments
-            run_inputs["kind"] = "moments"
-        elif validated.inline_returns is not None:
-            job_inputs = validated.inline_returns
-            run_inputs["kind"] = "returns"
-        else:
-            job_inputs = await self._market_data_returns(validated.problem.strategy_ids, request.market_data)
-            run_inputs["kind"] = "market_data"
+        job_inputs, kind = await self._inputs(validated, request)
+        run_inputs: dict[str, object] = {"current_weights": validated.current_weights, "kind": kind}
         # The solver gets what is left of the deadline now, minus a reserve for storing the result.
         limit = None if deadline is None else deadline - loop.time() - PERSISTENCE_RESERVE_S
         if limit is not None and limit <= 0:
@@ -154,6 +147,68 @@ class OptimizationService:
             if stored is None:
                 raise
             return stored
+
+    async def _inputs(
+        self, validated: ValidatedRequest, request: cmd_pb.OptimizeRequest
+    ) -> tuple[ReturnHistory | Moments, str]:
+        """The job's inputs and their kind (``moments``, ``returns`` or ``market_data``)."""
+        if validated.moments is not None:
+            return validated.moments, "moments"
+        if validated.inline_returns is not None:
+            return validated.inline_returns, "returns"
+        return await self._market_data_returns(validated.problem.strategy_ids, request.market_data), "market_data"
+
+    async def efficient_frontier(
+        self, request: cmd_pb.ComputeEfficientFrontierRequest, *, time_remaining_s: float | None
+    ) -> cmd_pb.ComputeEfficientFrontierResponse:
+        """Points of the efficient frontier of ``request.problem``; nothing is stored.
+
+        Raises
+        ------
+        InvalidInputError
+            As Optimize, plus ``points`` outside 2..200 and methods other than variance mean-variance and
+            Black-Litterman (fields under ``problem.``).
+        """
+        points = request.points or 20
+        if not 2 <= points <= 200:
+            raise InvalidInputError.for_field("points", f"must lie in 2..200, got {points}")
+        problem = cmd_pb.OptimizeRequest()
+        problem.CopyFrom(request.problem)
+        problem.objective = pb.OBJECTIVE_MIN_VOLATILITY  # ignored: the frontier spans every objective
+        problem.request_id = ""
+        try:
+            validated = validate_optimize_request(problem)
+        except InvalidInputError as exc:
+            raise _prefixed(exc, "problem") from None
+        if validated.method.method not in (Method.MEAN_VARIANCE, Method.BLACK_LITTERMAN) or (
+            validated.method.risk_measure is not None
+        ):
+            raise InvalidInputError.for_field(
+                "problem.method",
+                "the efficient frontier is defined for variance-based MEAN_VARIANCE and BLACK_LITTERMAN",
+            )
+        loop = asyncio.get_running_loop()
+        deadline = None if time_remaining_s is None else loop.time() + time_remaining_s
+        job_inputs, _ = await self._inputs(validated, problem)
+        limit = None if deadline is None else deadline - loop.time()
+        job = OptimizationJob(
+            problem=validated.problem,
+            inputs=job_inputs,
+            settings=validated.settings,
+            method=validated.method,
+            time_limit_s=limit,
+        )
+        outcome = await self._pool.frontier(job, points, timeout_s=limit)
+        ids = validated.problem.strategy_ids
+        response = cmd_pb.ComputeEfficientFrontierResponse(computation_time_ms=outcome.total_time_ms)
+        for result in outcome.results:
+            response.points.add(
+                expected_return=result.performance.expected_return,
+                volatility=result.performance.volatility,
+                sharpe_ratio=result.performance.sharpe_ratio,
+                weights=dict(zip(ids, map(float, result.weights), strict=True)),
+            )
+        return response
 
     async def _replay(self, request_id: str, request_hash: str) -> cmd_pb.OptimizeResponse | None:
         stored = await self._repository.find_result(request_id)
@@ -382,3 +437,9 @@ def _response(request: cmd_pb.OptimizeRequest, outcome: OptimizationOutcome) -> 
         meta.black_litterman.risk_aversion = posterior.risk_aversion
         meta.black_litterman.tau = posterior.tau
     return response
+
+
+def _prefixed(exc: InvalidInputError, prefix: str) -> InvalidInputError:
+    """The same error with every field path under ``prefix``."""
+    violations = tuple(replace(v, field=f"{prefix}.{v.field}") for v in exc.field_violations)
+    return InvalidInputError(f"{prefix}.{exc.message}", field_violations=violations)

@@ -401,7 +401,9 @@ def validate_optimize_request(request: cmd_pb.OptimizeRequest) -> ValidatedReque
         risk_aversion = _finite(risk.risk_aversion, "risk_parameters.risk_aversion")
         if risk_aversion <= 0:
             raise _bad("risk_parameters.risk_aversion", f"must be positive, got {risk_aversion}")
+    desk = _desk_constraints(request, ids)
     problem = PortfolioProblem(
+        **desk,
         strategy_ids=ids,
         # Risk parity and HRP have no objective; their constraint check uses min-volatility's (none extra).
         objective=_OBJECTIVES.get(request.objective, Objective.MIN_VOLATILITY),
@@ -451,6 +453,52 @@ def validate_optimize_request(request: cmd_pb.OptimizeRequest) -> ValidatedReque
     )
 
 
+def _desk_constraints(request: cmd_pb.OptimizeRequest, ids: tuple[str, ...]) -> dict[str, Any]:
+    """Turnover, leverage, cost, tracking-error and beta constraints as PortfolioProblem fields."""
+    c = request.constraints
+    fields: dict[str, Any] = {}
+
+    def non_negative(name: str) -> float:
+        value = _finite(getattr(c, name), f"constraints.{name}")
+        if value < 0:
+            raise _bad(f"constraints.{name}", f"must not be negative, got {value}")
+        return value
+
+    uses_current = c.HasField("turnover_limit") or bool(c.turnover_caps) or bool(c.transaction_costs_bps)
+    if uses_current:
+        fields["current_weights"] = np.array(
+            [s.current_weight if s.HasField("current_weight") else 0.0 for s in request.strategies]
+        )
+    if c.HasField("turnover_limit"):
+        fields["turnover_limit"] = non_negative("turnover_limit")
+    if c.turnover_caps:
+        caps = _by_strategy(c.turnover_caps, ids, "constraints.turnover_caps", complete=False)
+        if (caps < 0).any():
+            raise _bad(f"constraints.turnover_caps[{ids[int(np.nanargmin(caps))]}]", "must not be negative")
+        fields["turnover_caps"] = np.where(np.isnan(caps), np.inf, caps)
+    if c.HasField("leverage_limit"):
+        fields["leverage_limit"] = non_negative("leverage_limit")
+    if c.transaction_costs_bps:
+        costs = _by_strategy(c.transaction_costs_bps, ids, "constraints.transaction_costs_bps", complete=False)
+        if (costs < 0).any():
+            raise _bad(f"constraints.transaction_costs_bps[{ids[int(np.nanargmin(costs))]}]", "must not be negative")
+        fields["transaction_costs_bps"] = np.nan_to_num(costs)
+    if c.HasField("tracking_error_limit"):
+        fields["tracking_error_limit"] = non_negative("tracking_error_limit")
+        benchmark = _by_strategy(c.benchmark_weights, ids, "constraints.benchmark_weights", complete=False)
+        fields["benchmark_weights"] = np.nan_to_num(benchmark)
+    elif c.benchmark_weights:
+        raise _bad("constraints.benchmark_weights", "only used with constraints.tracking_error_limit")
+    if c.HasField("beta_tolerance"):
+        fields["beta_tolerance"] = non_negative("beta_tolerance")
+        if not c.betas:
+            raise _bad("constraints.betas", "beta neutrality needs the strategies' betas")
+        fields["betas"] = np.nan_to_num(_by_strategy(c.betas, ids, "constraints.betas", complete=False))
+    elif c.betas:
+        raise _bad("constraints.betas", "only used with constraints.beta_tolerance")
+    return fields
+
+
 def _method_settings(
     request: cmd_pb.OptimizeRequest, method: Method, problem: PortfolioProblem, inputs: str
 ) -> MethodSettings:
@@ -497,6 +545,20 @@ def _method_settings(
     ):
         raise _bad(
             "constraints", "HIERARCHICAL_RISK_PARITY takes weight bounds only (no sector limits, return or volatility)"
+        )
+    present = {
+        "turnover_limit": c.HasField("turnover_limit"),
+        "turnover_caps": bool(c.turnover_caps),
+        "leverage_limit": c.HasField("leverage_limit"),
+        "transaction_costs_bps": bool(c.transaction_costs_bps),
+        "tracking_error_limit": c.HasField("tracking_error_limit"),
+        "beta_tolerance": c.HasField("beta_tolerance"),
+    }
+    desk = [f for f, given in present.items() if given]
+    if desk and (method not in (Method.MEAN_VARIANCE, Method.BLACK_LITTERMAN) or risk_measure is not None):
+        what = risk_measure.value if risk_measure is not None else name
+        raise _bad(
+            f"constraints.{desk[0]}", f"is supported with variance-based MEAN_VARIANCE and BLACK_LITTERMAN, not {what}"
         )
     robust = risk.robust
     if robust.ByteSize() and method is not Method.ROBUST_OPTIMIZATION:

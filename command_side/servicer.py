@@ -72,6 +72,12 @@ class OptimizationCommandServicer(cmd_grpc.OptimizationCommandServiceServicer):
         )
         return cmd_pb.RunConfigurationResponse(result=result)
 
+    async def ComputeEfficientFrontier(  # noqa: N802
+        self, request: cmd_pb.ComputeEfficientFrontierRequest, context: Context
+    ) -> cmd_pb.ComputeEfficientFrontierResponse:
+        """Compute efficient-frontier points (nothing stored)."""
+        return await self._service.efficient_frontier(request, time_remaining_s=context.time_remaining())
+
     async def IngestMarketData(  # noqa: N802
         self,
         request_iterator: AsyncIterator[cmd_pb.IngestMarketDataRequest],

@@ -11,15 +11,25 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import TypeVar
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from services.engine import OptimizationJob, OptimizationOutcome, run_optimization
+from services.engine import (
+    FrontierOutcome,
+    OptimizationJob,
+    OptimizationOutcome,
+    efficient_frontier,
+    run_optimization,
+)
 from services.errors import DeadlineExceededError, UnavailableError
 from services.types import EstimationSettings, Moments, Objective, PortfolioProblem
+
+T = TypeVar("T")
 
 
 def _single_threaded_blas() -> None:
@@ -68,6 +78,10 @@ class SolverPool:
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(self._executor, _warm_up) for _ in range(self.workers)))
 
+    async def frontier(self, job: OptimizationJob, points: int, *, timeout_s: float | None) -> FrontierOutcome:
+        """Run ``services.engine.efficient_frontier`` in a worker (errors as ``run``)."""
+        return await self._call(efficient_frontier, job, points, timeout_s=timeout_s)
+
     async def run(self, job: OptimizationJob, *, timeout_s: float | None) -> OptimizationOutcome:
         """Run one job in a worker; raise ``DeadlineExceededError`` when it outlives ``timeout_s``.
 
@@ -79,10 +93,13 @@ class SolverPool:
             A worker died (e.g. killed for memory), now or while idle; the pool is replaced once, warmed up in
             the background, and later calls go to the new one.
         """
+        return await self._call(run_optimization, job, timeout_s=timeout_s)
+
+    async def _call(self, function: Callable[..., T], *args: object, timeout_s: float | None) -> T:
         loop = asyncio.get_running_loop()
         executor = self._executor
         try:
-            future = loop.run_in_executor(executor, run_optimization, job)
+            future = loop.run_in_executor(executor, function, *args)
             return await asyncio.wait_for(future, timeout=timeout_s)
         except TimeoutError as exc:
             raise DeadlineExceededError(f"the optimization did not finish within {timeout_s:.3f} s") from exc

@@ -33,6 +33,7 @@ from services.types import (
     EstimationSettings,
     FloatArray,
     Moments,
+    Objective,
     OptimizationResult,
     PortfolioProblem,
     ReturnHistory,
@@ -332,3 +333,60 @@ def _rename(field_path: str) -> str:
         if pattern.match(field_path):
             return pattern.sub(replacement, field_path)
     return field_path
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FrontierOutcome:
+    """Efficient portfolios from minimum volatility to maximum return."""
+
+    results: tuple[OptimizationResult, ...]
+    """One result per point, by increasing expected return."""
+    total_time_ms: float
+
+
+def efficient_frontier(job: OptimizationJob, points: int) -> FrontierOutcome:
+    """The mean-variance efficient frontier of a job's problem under its constraints.
+
+    Estimates the moments once (or takes the Black-Litterman posterior), solves the minimum-volatility and the
+    maximum-return portfolios, then minimum volatility at ``points`` evenly spaced target returns between them
+    (Markowitz, 1952; PyPortfolioOpt's ``efficient_return`` at each target).
+
+    Parameters
+    ----------
+    job : OptimizationJob
+        Problem, inputs and method (MEAN_VARIANCE with variance, or BLACK_LITTERMAN); the objective is ignored.
+    points : int
+        Number of portfolios, at least 2.
+
+    Returns
+    -------
+    FrontierOutcome
+        ``points`` results by increasing expected return.
+
+    Raises
+    ------
+    InvalidInputError, InfeasibleError, DeadlineExceededError, OptimizationError
+        As ``optimize_mean_variance``.
+    """
+    started = time.perf_counter()
+    if isinstance(job.inputs, Moments):
+        validate_moments(job.inputs, job.problem.n_assets)
+        moments = job.inputs
+    else:
+        moments = estimate_moments(job.inputs, job.settings).moments
+    if job.method.method is Method.BLACK_LITTERMAN:
+        history = None if isinstance(job.inputs, Moments) else job.inputs
+        moments = _posterior(job.method, moments, history, job.settings, job.problem.risk_free_rate).moments
+
+    def solve(problem: PortfolioProblem) -> OptimizationResult:
+        left = None if job.time_limit_s is None else job.time_limit_s - (time.perf_counter() - started)
+        return optimize_mean_variance(problem, moments, time_limit_s=left)
+
+    lowest = solve(replace(job.problem, objective=Objective.MIN_VOLATILITY))
+    highest = solve(replace(job.problem, objective=Objective.MAX_RETURN))
+    low, high = lowest.performance.expected_return, highest.performance.expected_return
+    results = [lowest]
+    for target in np.linspace(low, high, points)[1:-1]:
+        results.append(solve(replace(job.problem, objective=Objective.MIN_VOLATILITY, min_return=float(target))))
+    results.append(highest)
+    return FrontierOutcome(results=tuple(results), total_time_ms=(time.perf_counter() - started) * 1000.0)

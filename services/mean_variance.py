@@ -142,6 +142,110 @@ def _sector_rows(problem: PortfolioProblem) -> list[_SectorRows]:
     return rows
 
 
+@dataclass(frozen=True, slots=True)
+class _Desk:
+    """The desk constraint families of a problem, validated and resolved to arrays (None = family absent)."""
+
+    current: FloatArray
+    """w₀ (zeros when not given)."""
+    turnover_limit: float | None
+    turnover_caps: FloatArray | None
+    """Per-name caps with inf where none; None when no cap is finite."""
+    leverage_limit: float | None
+    costs: FloatArray | None
+    """Linear cost rates c_i/1e4 (fractions of traded value); None when absent or all zero."""
+    benchmark: FloatArray | None
+    """b, present only with a tracking-error limit."""
+    tracking_error_limit: float | None
+    betas: FloatArray | None
+    """β, present only with a beta tolerance."""
+    beta_tolerance: float | None
+
+    @property
+    def trades(self) -> bool:
+        """Whether the program needs the trade variable t ≥ |w − w₀|."""
+        return self.turnover_limit is not None or self.turnover_caps is not None or self.costs is not None
+
+    def cost(self, weights: FloatArray) -> float:
+        """Transaction cost cᵀ|w − w₀|/1e4 of moving from w₀ to ``weights`` (0 without costs)."""
+        return 0.0 if self.costs is None else float(self.costs @ np.abs(weights - self.current))
+
+
+def _desk_vector(value: FloatArray | None, field: str, n_assets: int, *, allow_inf: bool = False) -> FloatArray | None:
+    if value is None:
+        return None
+    array = np.asarray(value, dtype=np.float64)
+    if array.shape != (n_assets,):
+        raise InvalidInputError.for_field(f"constraints.{field}", f"has {array.size} values for {n_assets} strategies")
+    bad = np.flatnonzero(np.isnan(array) if allow_inf else ~np.isfinite(array))
+    if bad.size:
+        raise InvalidInputError.for_field(
+            f"constraints.{field}[{int(bad[0])}]", "must be finite" if not allow_inf else "must not be NaN"
+        )
+    return array
+
+
+def _desk_limit(value: float | None, field: str) -> float | None:
+    if value is None:
+        return None
+    if not np.isfinite(value) or value < 0:
+        raise InvalidInputError.for_field(f"constraints.{field}", f"must be finite and non-negative, got {value:g}")
+    return float(value)
+
+
+def _desk(problem: PortfolioProblem) -> _Desk:
+    """Validate and resolve the desk constraint families (turnover, leverage, costs, tracking error, beta).
+
+    Raises
+    ------
+    InvalidInputError
+        A wrong-length or non-finite vector, a negative limit, cap or cost, or a tracking-error limit without
+        benchmark weights (beta tolerance without betas); the field is named ``constraints.<field>[i]``.
+    """
+    n = problem.n_assets
+    current = _desk_vector(problem.current_weights, "current_weights", n)
+    turnover_limit = _desk_limit(problem.turnover_limit, "turnover_limit")
+    caps = _desk_vector(problem.turnover_caps, "turnover_caps", n, allow_inf=True)
+    if caps is not None:
+        bad = np.flatnonzero(caps < 0)
+        if bad.size:
+            raise InvalidInputError.for_field(f"constraints.turnover_caps[{int(bad[0])}]", "must be non-negative")
+        if not np.isfinite(caps).any():
+            caps = None
+    leverage_limit = _desk_limit(problem.leverage_limit, "leverage_limit")
+    costs = _desk_vector(problem.transaction_costs_bps, "transaction_costs_bps", n)
+    if costs is not None:
+        bad = np.flatnonzero(costs < 0)
+        if bad.size:
+            raise InvalidInputError.for_field(
+                f"constraints.transaction_costs_bps[{int(bad[0])}]", "must be non-negative"
+            )
+        costs = costs / 1e4 if costs.any() else None
+    tracking_error_limit = _desk_limit(problem.tracking_error_limit, "tracking_error_limit")
+    benchmark = _desk_vector(problem.benchmark_weights, "benchmark_weights", n)
+    if tracking_error_limit is None:
+        benchmark = None
+    elif benchmark is None:
+        raise InvalidInputError.for_field("constraints.benchmark_weights", "required with a tracking_error_limit")
+    beta_tolerance = _desk_limit(problem.beta_tolerance, "beta_tolerance")
+    betas = _desk_vector(problem.betas, "betas", n)
+    if beta_tolerance is None:
+        betas = None
+    elif betas is None:
+        raise InvalidInputError.for_field("constraints.betas", "required with a beta_tolerance")
+    return _Desk(
+        current=current if current is not None else np.zeros(n),
+        turnover_limit=turnover_limit,
+        turnover_caps=caps,
+        leverage_limit=leverage_limit,
+        costs=costs,
+        benchmark=benchmark,
+        tracking_error_limit=tracking_error_limit,
+        betas=betas,
+        beta_tolerance=beta_tolerance,
+    )
+
+
 def max_achievable_return(expected_returns: FloatArray, lower: FloatArray, upper: FloatArray) -> float:
     """Largest μᵀw over l ≤ w ≤ u with Σw = 1 (bounds only): start at l, fill 1 − Σl by descending μ.
 
@@ -279,11 +383,77 @@ def precheck(problem: PortfolioProblem, moments: Moments) -> None:
                 f"{problem.risk_free_rate:g}; the highest the weight bounds allow is {best:.6g}",
             )
         )
+    violations += _desk_violations(problem, _desk(problem), bounds_ok)
     if violations:
         raise InfeasibleError(
             "infeasible constraints: " + "; ".join(v.description for v in violations),
             precondition_violations=tuple(violations),
         )
+
+
+def _desk_violations(problem: PortfolioProblem, desk: _Desk, bounds_ok: bool) -> list[PreconditionViolation]:
+    """Pre-checks of the desk families; each names a necessary condition of feasibility."""
+    lower, upper, current = problem.lower_bounds, problem.upper_bounds, desk.current
+    found: list[PreconditionViolation] = []
+    if desk.turnover_limit is not None:
+        # Σ|w − w₀| ≥ |Σ(w − w₀)| = |1 − Σw₀|, and ≥ the distance of w₀ to the bounds' box.
+        budget_gap = abs(1.0 - float(current.sum()))
+        box_gap = float(np.sum(np.maximum(lower - current, 0.0) + np.maximum(current - upper, 0.0)))
+        needed = max(budget_gap, box_gap)
+        if needed > desk.turnover_limit + 1e-9:
+            found.append(
+                PreconditionViolation(
+                    "TURNOVER",
+                    "constraints.turnover_limit",
+                    f"turnover_limit {desk.turnover_limit:g} is below the turnover the budget and weight bounds "
+                    f"force ({needed:.6g})",
+                )
+            )
+    if desk.turnover_caps is not None:
+        # Each name is confined to [w₀ − cap, w₀ + cap] ∩ [l, u]; those intervals must be non-empty and admit Σw = 1.
+        low = np.maximum(lower, current - desk.turnover_caps)
+        high = np.minimum(upper, current + desk.turnover_caps)
+        empty = np.flatnonzero(low > high + 1e-9)
+        if empty.size:
+            i = int(empty[0])
+            found.append(
+                PreconditionViolation(
+                    "TURNOVER",
+                    f"constraints.turnover_caps[{i}]",
+                    f"{problem.strategy_ids[i]}: no weight within cap {desk.turnover_caps[i]:g} of its current "
+                    f"weight {current[i]:g} lies within its bounds [{lower[i]:g}, {upper[i]:g}]",
+                )
+            )
+        elif bounds_ok and (low.sum() > 1 + 1e-9 or high.sum() < 1 - 1e-9):
+            found.append(
+                PreconditionViolation(
+                    "TURNOVER",
+                    "constraints.turnover_caps",
+                    f"within the per-name turnover caps the weights sum to between {low.sum():.6g} and "
+                    f"{high.sum():.6g}, never 1",
+                )
+            )
+    if desk.leverage_limit is not None and desk.leverage_limit < 1 - 1e-9:
+        found.append(
+            PreconditionViolation(
+                "LEVERAGE",
+                "constraints.leverage_limit",
+                f"leverage_limit {desk.leverage_limit:g} < 1: weights summing to 1 have gross exposure Σ|w| ≥ 1",
+            )
+        )
+    if desk.betas is not None and desk.beta_tolerance is not None and bounds_ok:
+        highest = max_achievable_return(desk.betas, lower, upper)
+        lowest = -max_achievable_return(-desk.betas, lower, upper)
+        if lowest > desk.beta_tolerance + 1e-9 or highest < -desk.beta_tolerance - 1e-9:
+            found.append(
+                PreconditionViolation(
+                    "BETA",
+                    "constraints.beta_tolerance",
+                    f"the weight bounds allow portfolio betas in [{lowest:.6g}, {highest:.6g}], outside "
+                    f"±{desk.beta_tolerance:g}",
+                )
+            )
+    return found
 
 
 def _covariance_factor(covariance: FloatArray) -> FloatArray:
@@ -325,11 +495,31 @@ def check_constraints(weights: FloatArray, problem: PortfolioProblem, moments: M
             found.append(f"sector {row.name} weight {total:.9g} below {row.min_weight:g}")
         if row.max_weight is not None and total > row.max_weight + TOLERANCE:
             found.append(f"sector {row.name} weight {total:.9g} above {row.max_weight:g}")
+    desk = _desk(problem)
     performance = portfolio_performance(weights, moments, problem.risk_free_rate)
-    if problem.min_return is not None and performance.expected_return < problem.min_return - TOLERANCE:
-        found.append(f"expected return {performance.expected_return:.9g} below {problem.min_return:g}")
+    net_return = performance.expected_return - desk.cost(weights)
+    if problem.min_return is not None and net_return < problem.min_return - TOLERANCE:
+        found.append(f"expected return net of costs {net_return:.9g} below {problem.min_return:g}")
     if problem.max_volatility is not None and performance.volatility > problem.max_volatility + TOLERANCE:
         found.append(f"volatility {performance.volatility:.9g} above {problem.max_volatility:g}")
+    trades = np.abs(weights - desk.current)
+    if desk.turnover_limit is not None and trades.sum() > desk.turnover_limit + TOLERANCE:
+        found.append(f"turnover {trades.sum():.9g} above {desk.turnover_limit:g}")
+    if desk.turnover_caps is not None:
+        for i in np.flatnonzero(trades > desk.turnover_caps + TOLERANCE):
+            found.append(f"{problem.strategy_ids[i]} trade {trades[i]:.9g} above its cap {desk.turnover_caps[i]:g}")
+    gross = float(np.abs(weights).sum())
+    if desk.leverage_limit is not None and gross > desk.leverage_limit + TOLERANCE:
+        found.append(f"leverage {gross:.9g} above {desk.leverage_limit:g}")
+    if desk.benchmark is not None and desk.tracking_error_limit is not None:
+        active = weights - desk.benchmark
+        tracking_error = float(np.sqrt(max(float(active @ moments.covariance @ active), 0.0)))
+        if tracking_error > desk.tracking_error_limit + TOLERANCE:
+            found.append(f"tracking error {tracking_error:.9g} above {desk.tracking_error_limit:g}")
+    if desk.betas is not None and desk.beta_tolerance is not None:
+        beta = float(desk.betas @ weights)
+        if abs(beta) > desk.beta_tolerance + TOLERANCE:
+            found.append(f"portfolio beta {beta:.9g} outside ±{desk.beta_tolerance:g}")
     return tuple(found)
 
 
@@ -352,6 +542,12 @@ class _Shape:
     min_return: bool
     max_volatility: bool
     parametric: bool
+    turnover: bool = False
+    turnover_caps: bool = False
+    leverage: bool = False
+    costs: bool = False
+    tracking_error: bool = False
+    beta: bool = False
 
 
 class _Program:
@@ -388,18 +584,56 @@ class _Program:
             self.sector_max_matrix = cp.Parameter((shape.sector_maxima, n))
             self.sector_max = cp.Parameter(shape.sector_maxima)
             constraints.append(self.sector_max_matrix @ x <= cp.multiply(self.sector_max, scale))
+        # Desk families. Parameter-times-parameter-dependent products break DPP, so trades t ≥ |x − w₀·scale| and
+        # the active position z = x − b·scale are variables of their own.
+        self.current = cp.Parameter(n)
+        self.turnover_limit = cp.Parameter(nonneg=True)
+        self.turnover_caps = cp.Parameter(n, nonneg=True)
+        self.costs = cp.Parameter(n, nonneg=True)
+        self.leverage_limit = cp.Parameter(nonneg=True)
+        self.benchmark = cp.Parameter(n)
+        self.tracking_error_limit = cp.Parameter(nonneg=True)
+        self.betas = cp.Parameter(n)
+        self.beta_tolerance = cp.Parameter(nonneg=True)
+        net_return: cp.Expression = self.mu @ x
+        cost: cp.Expression | float = 0.0
+        if shape.turnover or shape.turnover_caps or shape.costs:
+            trades = cp.Variable(n, nonneg=True)
+            moved = x - cp.multiply(self.current, scale)
+            constraints += [trades >= moved, trades >= -moved]
+            if shape.turnover:
+                constraints.append(cp.sum(trades) <= self.turnover_limit * scale)
+            if shape.turnover_caps:
+                constraints.append(trades <= cp.multiply(self.turnover_caps, scale))
+            if shape.costs:
+                cost = self.costs @ trades
+                net_return = net_return - cost
+        if shape.leverage:
+            constraints.append(cp.norm1(x) <= self.leverage_limit * scale)
+        if shape.beta:
+            exposure = self.betas @ x
+            constraints += [exposure <= self.beta_tolerance * scale, exposure >= -self.beta_tolerance * scale]
+        if sharpe and shape.costs:
+            # Net excess return (μ − r_f)ᵀy − cᵀ|y − w₀κ| ≥ 1: concave ≥ constant; tight at the optimum.
+            constraints[0] = self.excess @ x - cost >= 1
         self.min_return = cp.Parameter()
         if shape.min_return:
-            constraints.append(self.mu @ x >= self.min_return * scale)
+            constraints.append(net_return >= self.min_return * scale)
         self.max_volatility = cp.Parameter(nonneg=True)
+        factor: cp.Parameter | FloatArray | None = self.factor
+        if factor is None and (shape.max_volatility or shape.tracking_error):
+            assert covariance is not None
+            factor = _covariance_factor(covariance)
         if shape.max_volatility:
-            factor: cp.Parameter | FloatArray
-            if self.factor is not None:
-                factor = self.factor
-            else:
-                assert covariance is not None
-                factor = _covariance_factor(covariance)
+            assert factor is not None
             constraints.append(cp.norm(factor.T @ x, 2) <= self.max_volatility * scale)
+        if shape.tracking_error:
+            assert factor is not None
+            active = cp.Variable(n)
+            constraints += [
+                active == x - cp.multiply(self.benchmark, scale),
+                cp.norm(factor.T @ active, 2) <= self.tracking_error_limit * scale,
+            ]
 
         def risk(v: cp.Variable) -> cp.Expression:
             if self.factor is not None:
@@ -413,13 +647,13 @@ class _Program:
         if sharpe or shape.objective is Objective.MIN_VOLATILITY:
             objective = cp.Minimize(risk(x))
         elif shape.objective is Objective.MAX_RETURN:
-            objective = cp.Maximize(self.mu @ x)
+            objective = cp.Maximize(net_return)
         elif self.factor is not None:
             # DPP forbids a parameter times a parametric quadratic: δ/2 is folded into the factor instead
             # (see ``risk_scale`` in ``set_values``).
-            objective = cp.Maximize(self.mu @ x - risk(x))
+            objective = cp.Maximize(net_return - risk(x))
         else:
-            objective = cp.Maximize(self.mu @ x - self.half_risk_aversion * risk(x))
+            objective = cp.Maximize(net_return - self.half_risk_aversion * risk(x))
         self.problem = cp.Problem(objective, constraints)
 
     def set_values(self, problem: PortfolioProblem, rows: list[_SectorRows], moments: Moments) -> None:
@@ -447,6 +681,24 @@ class _Program:
         self.min_return.value = problem.min_return if problem.min_return is not None else 0.0
         self.max_volatility.value = risk_scale * (problem.max_volatility if problem.max_volatility is not None else 0.0)
         self.half_risk_aversion.value = 0.5 * problem.risk_aversion
+        desk = _desk(problem)
+        n = problem.n_assets
+        self.current.value = desk.current
+        self.turnover_limit.value = desk.turnover_limit if desk.turnover_limit is not None else 0.0
+        if desk.turnover_caps is not None:
+            # An infinite cap becomes one no feasible weight can reach: |w − w₀| ≤ max(|l|, |u|) + |w₀|.
+            reach = np.maximum(np.abs(problem.lower_bounds), np.abs(problem.upper_bounds)) + np.abs(desk.current) + 1.0
+            reach = np.where(np.isfinite(reach), reach, 1e6)
+            self.turnover_caps.value = np.where(np.isfinite(desk.turnover_caps), desk.turnover_caps, reach)
+        else:
+            self.turnover_caps.value = np.zeros(n)
+        self.costs.value = desk.costs if desk.costs is not None else np.zeros(n)
+        self.leverage_limit.value = desk.leverage_limit if desk.leverage_limit is not None else 0.0
+        self.benchmark.value = desk.benchmark if desk.benchmark is not None else np.zeros(n)
+        te_limit = desk.tracking_error_limit if desk.tracking_error_limit is not None else 0.0
+        self.tracking_error_limit.value = risk_scale * te_limit  # same factor scaling as the volatility cap
+        self.betas.value = desk.betas if desk.betas is not None else np.zeros(n)
+        self.beta_tolerance.value = desk.beta_tolerance if desk.beta_tolerance is not None else 0.0
 
 
 _PROGRAMS: OrderedDict[_Shape, _Program] = OrderedDict()
@@ -454,7 +706,14 @@ _PROGRAMS: OrderedDict[_Shape, _Program] = OrderedDict()
 
 def _program(problem: PortfolioProblem, rows: list[_SectorRows], covariance: FloatArray) -> _Program:
     """The cached program of this problem's shape (small N), or a new one built around Σ (large N)."""
+    desk = _desk(problem)
     shape = _Shape(
+        turnover=desk.turnover_limit is not None,
+        turnover_caps=desk.turnover_caps is not None,
+        leverage=desk.leverage_limit is not None,
+        costs=desk.costs is not None,
+        tracking_error=desk.tracking_error_limit is not None,
+        beta=desk.beta_tolerance is not None,
         objective=problem.objective,
         n_assets=problem.n_assets,
         sector_minima=sum(r.min_weight is not None for r in rows),
@@ -473,6 +732,26 @@ def _program(problem: PortfolioProblem, rows: list[_SectorRows], covariance: Flo
     else:
         _PROGRAMS.move_to_end(shape)
     return program
+
+
+def objective_value_of(weights: FloatArray, problem: PortfolioProblem, moments: Moments) -> float:
+    """The objective of ``problem`` at ``weights``, net of transaction costs.
+
+    With ``transaction_costs_bps`` the expected return in the objective is μᵀw − cᵀ|w − w₀|/1e4: max Sharpe
+    reports (μᵀw − cost − r_f)/σ, max return μᵀw − cost, quadratic utility μᵀw − cost − δ/2·wᵀΣw; min volatility
+    reports the variance wᵀΣw (costs only enter through min_return). ``portfolio_performance`` stays gross.
+    """
+    performance = portfolio_performance(weights, moments, problem.risk_free_rate)
+    net_return = performance.expected_return - _desk(problem).cost(weights)
+    variance = performance.volatility**2
+    if problem.objective is Objective.MAX_SHARPE:
+        volatility = performance.volatility
+        return (net_return - problem.risk_free_rate) / volatility if volatility > 0 else 0.0
+    if problem.objective is Objective.MIN_VOLATILITY:
+        return variance
+    if problem.objective is Objective.MAX_RETURN:
+        return net_return
+    return net_return - 0.5 * problem.risk_aversion * variance
 
 
 def _solve(cvx_problem: cp.Problem, options: dict[str, float], *, started: float, time_limit_s: float | None) -> str:
@@ -573,13 +852,7 @@ def optimize_mean_variance(
     weights = np.where((weights > upper) & (weights <= upper + TOLERANCE), upper, weights)
     violations = check_constraints(weights, problem, moments)
     performance = portfolio_performance(weights, moments, problem.risk_free_rate)
-    variance = performance.volatility**2
-    objective_value = {
-        Objective.MAX_SHARPE: performance.sharpe_ratio,
-        Objective.MIN_VOLATILITY: variance,
-        Objective.MAX_RETURN: performance.expected_return,
-        Objective.MAX_QUADRATIC_UTILITY: performance.expected_return - 0.5 * problem.risk_aversion * variance,
-    }[problem.objective]
+    objective_value = objective_value_of(weights, problem, moments)
     stats = cvx_problem.solver_stats
     return OptimizationResult(
         weights=weights,

@@ -190,8 +190,9 @@ def risk_budgeting(
 ) -> RiskParityResult:
     """Long-only risk-budgeting portfolio (equal risk contribution when ``budgets`` is None).
 
-    Solves min ½ yᵀΣy − bᵀ log y over y > 0 by Newton steps with backtracking in one jit-compiled JAX loop and returns
-    w = y / 1ᵀy, whose variance contributions w_i (Σw)_i / wᵀΣw equal the budgets b_i (see the module docstring).
+    Solves min ½ yᵀΣy − bᵀ log y over y > 0 by Newton steps with backtracking in one jit-compiled JAX loop and
+    returns w = y / 1ᵀy, whose variance contributions w_i (Σw)_i / wᵀΣw equal the budgets b_i (see the module
+    docstring).
 
     Parameters
     ----------
@@ -275,8 +276,8 @@ def risk_budgeting(
         raise OptimizationError("risk budgeting produced a portfolio with zero variance")
     if error > max(tolerance, FAILURE_ERROR) and iterations_host < max_iterations:
         raise OptimizationError(
-            f"risk budgeting stalled after {iterations_host} Newton iterations with risk contributions "
-            f"{error:.3g} (relative) from the budgets; the covariance probably admits a long-only portfolio "
+            f"risk budgeting stalled after {iterations_host} Newton iterations with a relative risk-contribution "
+            f"error of {error:.3g}; the covariance probably admits a long-only portfolio "
             "with zero variance (e.g. a singular sample covariance from fewer observations than strategies), "
             "for which no risk-budgeting portfolio exists"
         )

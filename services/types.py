@@ -207,7 +207,8 @@ class OptimizationResult:
         Expected return, volatility and Sharpe ratio of ``weights``.
     objective_value : float
         Objective at the optimum: Sharpe ratio (max Sharpe), variance w'Σw (min volatility), expected return
-        (max return), or utility μ'w − δ/2 w'Σw (quadratic utility).
+        (max return), or utility μ'w − δ/2 w'Σw (quadratic utility); returns net of transaction costs when the
+        problem has them (``performance`` stays gross).
     status : str
         ``OPTIMAL`` or ``OPTIMAL_INACCURATE``.
     iterations : int

@@ -223,3 +223,95 @@ def test_invalid_method_combinations(commands: Any, returns: pd.DataFrame) -> No
             commands.Optimize(request, timeout=30)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field_violations(caught.value) == [field]
+
+
+def test_desk_constraints_hold_on_the_returned_weights(
+    commands: Any, returns: pd.DataFrame, covariance: np.ndarray
+) -> None:
+    """Turnover from current weights, tracking error to a benchmark and beta neutrality, all binding."""
+    columns = list(returns.columns)
+    n = len(columns)
+    current = np.full(n, 1.0 / n)
+    request = returns_request(
+        returns,
+        unique("desk"),
+        objective=pb.OBJECTIVE_MAX_SHARPE,
+        risk_parameters=pb.RiskParameters(risk_free_rate=0.02),
+        constraints=pb.OptimizationConstraints(
+            turnover_limit=0.4,
+            benchmark_weights={c: 1.0 / n for c in columns},
+            tracking_error_limit=0.03,
+            transaction_costs_bps={c: 10.0 for c in columns},
+        ),
+    )
+    for strategy, weight in zip(request.strategies, current, strict=True):
+        strategy.current_weight = weight
+    w = weights_of(commands.Optimize(request, timeout=60), columns)
+    assert np.abs(w - current).sum() <= 0.4 + 1e-6
+    active = w - 1.0 / n
+    assert np.sqrt(active @ covariance @ active) <= 0.03 + 1e-6
+    assert w.sum() == pytest.approx(1.0, abs=1e-6)
+
+    market = returns.mean(axis=1)
+    betas = {c: float(returns[c].cov(market) / market.var()) for c in columns}
+    neutral = returns_request(
+        returns,
+        unique("beta"),
+        objective=pb.OBJECTIVE_MIN_VOLATILITY,
+        constraints=pb.OptimizationConstraints(min_weight=-1.0, betas=betas, beta_tolerance=0.05, leverage_limit=3.0),
+    )
+    w = weights_of(commands.Optimize(neutral, timeout=60), columns)
+    assert abs(np.array([betas[c] for c in columns]) @ w) <= 0.05 + 1e-6
+    assert np.abs(w).sum() <= 3.0 + 1e-6
+
+
+def test_desk_constraints_are_rejected_where_they_do_not_apply(commands: Any, returns: pd.DataFrame) -> None:
+    request = returns_request(
+        returns,
+        unique("desk-bad"),
+        objective=pb.OBJECTIVE_MIN_VOLATILITY,
+        risk_parameters=pb.RiskParameters(risk_measure=pb.RISK_MEASURE_CVAR),
+        constraints=pb.OptimizationConstraints(turnover_limit=0.5),
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        commands.Optimize(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(caught.value) == ["constraints.turnover_limit"]
+
+
+def test_efficient_frontier_points_are_pypfopt_efficient_returns(
+    commands: Any, returns: pd.DataFrame, db: psycopg.Connection[Any]
+) -> None:
+    portfolio_id = unique("frontier")
+    problem = returns_request(
+        returns, portfolio_id, constraints=pb.OptimizationConstraints(max_weight=0.3), objective=pb.OBJECTIVE_MAX_SHARPE
+    )
+    response = commands.ComputeEfficientFrontier(
+        cmd_pb.ComputeEfficientFrontierRequest(problem=problem, points=6), timeout=120
+    )
+    assert len(response.points) == 6
+    expected = [p.expected_return for p in response.points]
+    assert expected == sorted(expected)
+    vols = [p.volatility for p in response.points]
+    assert vols == sorted(vols)  # above the minimum-variance point the frontier rises
+    mu = expected_returns.mean_historical_return(returns, returns_data=True)
+    cov = risk_models.sample_cov(returns, returns_data=True)
+    for point in response.points[1:-1]:
+        frontier = EfficientFrontier(mu, cov, weight_bounds=(0, 0.3))
+        frontier.efficient_return(point.expected_return)
+        assert point.volatility == pytest.approx(frontier.portfolio_performance()[1], rel=1e-6)
+    lowest = EfficientFrontier(mu, cov, weight_bounds=(0, 0.3))
+    lowest.min_volatility()
+    assert response.points[0].volatility == pytest.approx(lowest.portfolio_performance()[1], rel=1e-6)
+    assert set(stored_rows(db, portfolio_id).values()) == {0}  # a computation only
+
+
+def test_efficient_frontier_rejects_bad_points(commands: Any, returns: pd.DataFrame) -> None:
+    problem = returns_request(returns, unique("frontier-bad"), objective=pb.OBJECTIVE_MAX_SHARPE)
+    with pytest.raises(grpc.RpcError) as caught:
+        commands.ComputeEfficientFrontier(cmd_pb.ComputeEfficientFrontierRequest(problem=problem, points=1), timeout=30)
+    assert field_violations(caught.value) == ["points"]
+    problem.strategies[0].returns[3] = float("nan")
+    with pytest.raises(grpc.RpcError) as caught:
+        commands.ComputeEfficientFrontier(cmd_pb.ComputeEfficientFrontierRequest(problem=problem), timeout=30)
+    assert field_violations(caught.value) == ["problem.strategies[0].returns[3]"]

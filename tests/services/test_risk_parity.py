@@ -353,10 +353,18 @@ def test_invalid_solver_settings(keyword: str, value: float) -> None:
     assert _field(error) == keyword
 
 
-def test_zero_variance_long_only_portfolio_has_no_solution() -> None:
-    """ρ = −1 with equal volatilities: the equal-weight portfolio has zero variance and f is unbounded below."""
+@pytest.mark.parametrize(
+    "covariance",
+    [
+        np.array([[1.0, -1.0], [-1.0, 1.0]]),  # ρ = −1, equal volatilities: (½, ½) has zero variance
+        np.array([[1.0, 1.0, -1.0], [1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]]),  # (¼, ¼, ½) has zero variance
+        np.cov(np.random.default_rng(3).standard_normal((4, 13)), rowvar=False),  # T = 4 < N = 13
+    ],
+)
+def test_zero_variance_long_only_portfolio_has_no_solution(covariance: np.ndarray) -> None:
+    """No risk-budgeting portfolio exists when some long-only portfolio has zero variance (f unbounded below)."""
     with pytest.raises(OptimizationError):
-        risk_budgeting(np.array([[1.0, -1.0], [-1.0, 1.0]]))
+        risk_budgeting(covariance)
 
 
 @pytest.mark.parametrize(

@@ -646,3 +646,117 @@ class IngestMarketDataResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IngestMarketDataResponse: _TypeAlias = IngestMarketDataResponse  # noqa: Y015
+
+@_typing.final
+class ComputeEfficientFrontierRequest(_message.Message):
+    """The frontier of one problem."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROBLEM_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    points: _builtins.int
+    """Number of points, 2 to 200; 0 = 20."""
+    @_builtins.property
+    def problem(self) -> Global___OptimizeRequest:
+        """The problem: strategies, inputs, constraints, risk parameters; method MEAN_VARIANCE (variance) or
+        BLACK_LITTERMAN. Its objective is ignored; portfolio_id names the problem in errors only.
+        """
+
+    def __init__(
+        self,
+        *,
+        problem: Global___OptimizeRequest | None = ...,
+        points: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["problem", b"problem"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["points", b"points", "problem", b"problem"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComputeEfficientFrontierRequest: _TypeAlias = ComputeEfficientFrontierRequest  # noqa: Y015
+
+@_typing.final
+class FrontierPoint(_message.Message):
+    """One efficient portfolio."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class WeightsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    EXPECTED_RETURN_FIELD_NUMBER: _builtins.int
+    VOLATILITY_FIELD_NUMBER: _builtins.int
+    SHARPE_RATIO_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    expected_return: _builtins.float
+    """Annualised expected return (decimal)."""
+    volatility: _builtins.float
+    """Annualised volatility (decimal)."""
+    sharpe_ratio: _builtins.float
+    """Sharpe ratio at the problem's risk-free rate."""
+    @_builtins.property
+    def weights(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Weights keyed by strategy_id."""
+
+    def __init__(
+        self,
+        *,
+        expected_return: _builtins.float = ...,
+        volatility: _builtins.float = ...,
+        sharpe_ratio: _builtins.float = ...,
+        weights: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_return", b"expected_return", "sharpe_ratio", b"sharpe_ratio", "volatility", b"volatility", "weights", b"weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FrontierPoint: _TypeAlias = FrontierPoint  # noqa: Y015
+
+@_typing.final
+class ComputeEfficientFrontierResponse(_message.Message):
+    """Frontier points by increasing expected return."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POINTS_FIELD_NUMBER: _builtins.int
+    COMPUTATION_TIME_MS_FIELD_NUMBER: _builtins.int
+    computation_time_ms: _builtins.float
+    """Wall time of estimation and all solves, in milliseconds."""
+    @_builtins.property
+    def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___FrontierPoint]:
+        """From the minimum-volatility portfolio to the maximum-return one, evenly spaced in expected return."""
+
+    def __init__(
+        self,
+        *,
+        points: _abc.Iterable[Global___FrontierPoint] | None = ...,
+        computation_time_ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["computation_time_ms", b"computation_time_ms", "points", b"points"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComputeEfficientFrontierResponse: _TypeAlias = ComputeEfficientFrontierResponse  # noqa: Y015

@@ -66,6 +66,11 @@ class OptimizationCommandServiceStub:
                 request_serializer=stratopt_dot_v1_dot_command__service__pb2.RunConfigurationRequest.SerializeToString,
                 response_deserializer=stratopt_dot_v1_dot_command__service__pb2.RunConfigurationResponse.FromString,
                 _registered_method=True)
+        self.ComputeEfficientFrontier = channel.unary_unary(
+                '/stratopt.v1.OptimizationCommandService/ComputeEfficientFrontier',
+                request_serializer=stratopt_dot_v1_dot_command__service__pb2.ComputeEfficientFrontierRequest.SerializeToString,
+                response_deserializer=stratopt_dot_v1_dot_command__service__pb2.ComputeEfficientFrontierResponse.FromString,
+                _registered_method=True)
         self.IngestMarketData = channel.stream_unary(
                 '/stratopt.v1.OptimizationCommandService/IngestMarketData',
                 request_serializer=stratopt_dot_v1_dot_command__service__pb2.IngestMarketDataRequest.SerializeToString,
@@ -121,6 +126,14 @@ class OptimizationCommandServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ComputeEfficientFrontier(self, request, context):
+        """The efficient frontier of a mean-variance (or Black-Litterman) problem: points from the minimum-volatility
+        to the maximum-return portfolio under the same constraints. A computation only: nothing is stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def IngestMarketData(self, request_iterator, context):
         """Store price bars in the market_data hypertable (upsert on symbol and timestamp). Client-streaming:
         send bars in chunks of up to 10000.
@@ -161,6 +174,11 @@ def add_OptimizationCommandServiceServicer_to_server(servicer, server):
                     servicer.RunConfiguration,
                     request_deserializer=stratopt_dot_v1_dot_command__service__pb2.RunConfigurationRequest.FromString,
                     response_serializer=stratopt_dot_v1_dot_command__service__pb2.RunConfigurationResponse.SerializeToString,
+            ),
+            'ComputeEfficientFrontier': grpc.unary_unary_rpc_method_handler(
+                    servicer.ComputeEfficientFrontier,
+                    request_deserializer=stratopt_dot_v1_dot_command__service__pb2.ComputeEfficientFrontierRequest.FromString,
+                    response_serializer=stratopt_dot_v1_dot_command__service__pb2.ComputeEfficientFrontierResponse.SerializeToString,
             ),
             'IngestMarketData': grpc.stream_unary_rpc_method_handler(
                     servicer.IngestMarketData,
@@ -332,6 +350,33 @@ class OptimizationCommandService:
             '/stratopt.v1.OptimizationCommandService/RunConfiguration',
             stratopt_dot_v1_dot_command__service__pb2.RunConfigurationRequest.SerializeToString,
             stratopt_dot_v1_dot_command__service__pb2.RunConfigurationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ComputeEfficientFrontier(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stratopt.v1.OptimizationCommandService/ComputeEfficientFrontier',
+            stratopt_dot_v1_dot_command__service__pb2.ComputeEfficientFrontierRequest.SerializeToString,
+            stratopt_dot_v1_dot_command__service__pb2.ComputeEfficientFrontierResponse.FromString,
             options,
             channel_credentials,
             insecure,

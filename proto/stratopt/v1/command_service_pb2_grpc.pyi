@@ -49,6 +49,10 @@ class OptimizationCommandServiceStub:
     """List the latest configuration of every portfolio, ordered by portfolio_id, paginated."""
     RunConfiguration: _grpc.UnaryUnaryMultiCallable[_command_service_pb2.RunConfigurationRequest, _command_service_pb2.RunConfigurationResponse]
     """Re-optimize a stored configuration on stored market data."""
+    ComputeEfficientFrontier: _grpc.UnaryUnaryMultiCallable[_command_service_pb2.ComputeEfficientFrontierRequest, _command_service_pb2.ComputeEfficientFrontierResponse]
+    """The efficient frontier of a mean-variance (or Black-Litterman) problem: points from the minimum-volatility
+    to the maximum-return portfolio under the same constraints. A computation only: nothing is stored.
+    """
     IngestMarketData: _grpc.StreamUnaryMultiCallable[_command_service_pb2.IngestMarketDataRequest, _command_service_pb2.IngestMarketDataResponse]
     """Store price bars in the market_data hypertable (upsert on symbol and timestamp). Client-streaming:
     send bars in chunks of up to 10000.
@@ -75,6 +79,10 @@ class OptimizationCommandServiceAsyncStub(OptimizationCommandServiceStub):
     """List the latest configuration of every portfolio, ordered by portfolio_id, paginated."""
     RunConfiguration: _aio.UnaryUnaryMultiCallable[_command_service_pb2.RunConfigurationRequest, _command_service_pb2.RunConfigurationResponse]  # type: ignore[assignment]
     """Re-optimize a stored configuration on stored market data."""
+    ComputeEfficientFrontier: _aio.UnaryUnaryMultiCallable[_command_service_pb2.ComputeEfficientFrontierRequest, _command_service_pb2.ComputeEfficientFrontierResponse]  # type: ignore[assignment]
+    """The efficient frontier of a mean-variance (or Black-Litterman) problem: points from the minimum-volatility
+    to the maximum-return portfolio under the same constraints. A computation only: nothing is stored.
+    """
     IngestMarketData: _aio.StreamUnaryMultiCallable[_command_service_pb2.IngestMarketDataRequest, _command_service_pb2.IngestMarketDataResponse]  # type: ignore[assignment]
     """Store price bars in the market_data hypertable (upsert on symbol and timestamp). Client-streaming:
     send bars in chunks of up to 10000.
@@ -134,6 +142,16 @@ class OptimizationCommandServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_command_service_pb2.RunConfigurationResponse, _abc.Awaitable[_command_service_pb2.RunConfigurationResponse]]:
         """Re-optimize a stored configuration on stored market data."""
+
+    @_abc_1.abstractmethod
+    def ComputeEfficientFrontier(
+        self,
+        request: _command_service_pb2.ComputeEfficientFrontierRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_command_service_pb2.ComputeEfficientFrontierResponse, _abc.Awaitable[_command_service_pb2.ComputeEfficientFrontierResponse]]:
+        """The efficient frontier of a mean-variance (or Black-Litterman) problem: points from the minimum-volatility
+        to the maximum-return portfolio under the same constraints. A computation only: nothing is stored.
+        """
 
     @_abc_1.abstractmethod
     def IngestMarketData(

@@ -528,12 +528,100 @@ class OptimizationConstraints(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class TurnoverCapsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class TransactionCostsBpsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class BenchmarkWeightsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class BetasEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MIN_WEIGHT_FIELD_NUMBER: _builtins.int
     MAX_WEIGHT_FIELD_NUMBER: _builtins.int
     STRATEGY_BOUNDS_FIELD_NUMBER: _builtins.int
     SECTOR_LIMITS_FIELD_NUMBER: _builtins.int
     MIN_RETURN_FIELD_NUMBER: _builtins.int
     MAX_VOLATILITY_FIELD_NUMBER: _builtins.int
+    TURNOVER_LIMIT_FIELD_NUMBER: _builtins.int
+    TURNOVER_CAPS_FIELD_NUMBER: _builtins.int
+    LEVERAGE_LIMIT_FIELD_NUMBER: _builtins.int
+    TRANSACTION_COSTS_BPS_FIELD_NUMBER: _builtins.int
+    BENCHMARK_WEIGHTS_FIELD_NUMBER: _builtins.int
+    TRACKING_ERROR_LIMIT_FIELD_NUMBER: _builtins.int
+    BETAS_FIELD_NUMBER: _builtins.int
+    BETA_TOLERANCE_FIELD_NUMBER: _builtins.int
     min_weight: _builtins.float
     """Lower bound for every weight; default 0 (long-only). Negative values allow shorting."""
     max_weight: _builtins.float
@@ -542,6 +630,14 @@ class OptimizationConstraints(_message.Message):
     """Minimum annualised expected return (efficient return)."""
     max_volatility: _builtins.float
     """Maximum annualised volatility (efficient risk)."""
+    turnover_limit: _builtins.float
+    """Two-way turnover cap: sum_i |w_i - current_weight_i| <= turnover_limit (a full switch is 2)."""
+    leverage_limit: _builtins.float
+    """Gross exposure cap: sum_i |w_i| <= leverage_limit (>= 1; binds only when shorting is allowed)."""
+    tracking_error_limit: _builtins.float
+    """Annualised tracking-error cap: sqrt((w - b)' Sigma (w - b)) <= tracking_error_limit."""
+    beta_tolerance: _builtins.float
+    """Beta neutrality: |sum_i beta_i w_i| <= beta_tolerance."""
     @_builtins.property
     def strategy_bounds(self) -> _containers.MessageMap[_builtins.str, Global___WeightBounds]:
         """Per-strategy bounds that override min_weight / max_weight, keyed by strategy_id."""
@@ -549,6 +645,24 @@ class OptimizationConstraints(_message.Message):
     @_builtins.property
     def sector_limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SectorLimit]:
         """Sector limits."""
+
+    @_builtins.property
+    def turnover_caps(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Per-strategy caps on |w_i - current_weight_i|, keyed by strategy_id."""
+
+    @_builtins.property
+    def transaction_costs_bps(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Linear transaction costs in basis points of traded value, keyed by strategy_id: cost_i * |w_i - w0_i| / 1e4
+        is subtracted from the expected return wherever it appears (objective and min_return).
+        """
+
+    @_builtins.property
+    def benchmark_weights(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Benchmark weights keyed by strategy_id (missing = 0) for tracking_error_limit."""
+
+    @_builtins.property
+    def betas(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Betas against the market keyed by strategy_id (missing = 0), for beta_tolerance."""
 
     def __init__(
         self,
@@ -559,11 +673,23 @@ class OptimizationConstraints(_message.Message):
         sector_limits: _abc.Iterable[Global___SectorLimit] | None = ...,
         min_return: _builtins.float | None = ...,
         max_volatility: _builtins.float | None = ...,
+        turnover_limit: _builtins.float | None = ...,
+        turnover_caps: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        leverage_limit: _builtins.float | None = ...,
+        transaction_costs_bps: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        benchmark_weights: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        tracking_error_limit: _builtins.float | None = ...,
+        betas: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        beta_tolerance: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_volatility", b"_max_volatility", "_max_weight", b"_max_weight", "_min_return", b"_min_return", "_min_weight", b"_min_weight", "max_volatility", b"max_volatility", "max_weight", b"max_weight", "min_return", b"min_return", "min_weight", b"min_weight"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_beta_tolerance", b"_beta_tolerance", "_leverage_limit", b"_leverage_limit", "_max_volatility", b"_max_volatility", "_max_weight", b"_max_weight", "_min_return", b"_min_return", "_min_weight", b"_min_weight", "_tracking_error_limit", b"_tracking_error_limit", "_turnover_limit", b"_turnover_limit", "beta_tolerance", b"beta_tolerance", "leverage_limit", b"leverage_limit", "max_volatility", b"max_volatility", "max_weight", b"max_weight", "min_return", b"min_return", "min_weight", b"min_weight", "tracking_error_limit", b"tracking_error_limit", "turnover_limit", b"turnover_limit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_volatility", b"_max_volatility", "_max_weight", b"_max_weight", "_min_return", b"_min_return", "_min_weight", b"_min_weight", "max_volatility", b"max_volatility", "max_weight", b"max_weight", "min_return", b"min_return", "min_weight", b"min_weight", "sector_limits", b"sector_limits", "strategy_bounds", b"strategy_bounds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_beta_tolerance", b"_beta_tolerance", "_leverage_limit", b"_leverage_limit", "_max_volatility", b"_max_volatility", "_max_weight", b"_max_weight", "_min_return", b"_min_return", "_min_weight", b"_min_weight", "_tracking_error_limit", b"_tracking_error_limit", "_turnover_limit", b"_turnover_limit", "benchmark_weights", b"benchmark_weights", "beta_tolerance", b"beta_tolerance", "betas", b"betas", "leverage_limit", b"leverage_limit", "max_volatility", b"max_volatility", "max_weight", b"max_weight", "min_return", b"min_return", "min_weight", b"min_weight", "sector_limits", b"sector_limits", "strategy_bounds", b"strategy_bounds", "tracking_error_limit", b"tracking_error_limit", "transaction_costs_bps", b"transaction_costs_bps", "turnover_caps", b"turnover_caps", "turnover_limit", b"turnover_limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__beta_tolerance: _TypeAlias = _typing.Literal["beta_tolerance"]  # noqa: Y015
+    _WhichOneofArgType__beta_tolerance: _TypeAlias = _typing.Literal["_beta_tolerance", b"_beta_tolerance"]  # noqa: Y015
+    _WhichOneofReturnType__leverage_limit: _TypeAlias = _typing.Literal["leverage_limit"]  # noqa: Y015
+    _WhichOneofArgType__leverage_limit: _TypeAlias = _typing.Literal["_leverage_limit", b"_leverage_limit"]  # noqa: Y015
     _WhichOneofReturnType__max_volatility: _TypeAlias = _typing.Literal["max_volatility"]  # noqa: Y015
     _WhichOneofArgType__max_volatility: _TypeAlias = _typing.Literal["_max_volatility", b"_max_volatility"]  # noqa: Y015
     _WhichOneofReturnType__max_weight: _TypeAlias = _typing.Literal["max_weight"]  # noqa: Y015
@@ -572,6 +698,14 @@ class OptimizationConstraints(_message.Message):
     _WhichOneofArgType__min_return: _TypeAlias = _typing.Literal["_min_return", b"_min_return"]  # noqa: Y015
     _WhichOneofReturnType__min_weight: _TypeAlias = _typing.Literal["min_weight"]  # noqa: Y015
     _WhichOneofArgType__min_weight: _TypeAlias = _typing.Literal["_min_weight", b"_min_weight"]  # noqa: Y015
+    _WhichOneofReturnType__tracking_error_limit: _TypeAlias = _typing.Literal["tracking_error_limit"]  # noqa: Y015
+    _WhichOneofArgType__tracking_error_limit: _TypeAlias = _typing.Literal["_tracking_error_limit", b"_tracking_error_limit"]  # noqa: Y015
+    _WhichOneofReturnType__turnover_limit: _TypeAlias = _typing.Literal["turnover_limit"]  # noqa: Y015
+    _WhichOneofArgType__turnover_limit: _TypeAlias = _typing.Literal["_turnover_limit", b"_turnover_limit"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__beta_tolerance) -> _WhichOneofReturnType__beta_tolerance | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__leverage_limit) -> _WhichOneofReturnType__leverage_limit | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_volatility) -> _WhichOneofReturnType__max_volatility | None: ...
     @_typing.overload
@@ -580,6 +714,10 @@ class OptimizationConstraints(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__min_return) -> _WhichOneofReturnType__min_return | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__min_weight) -> _WhichOneofReturnType__min_weight | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tracking_error_limit) -> _WhichOneofReturnType__tracking_error_limit | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__turnover_limit) -> _WhichOneofReturnType__turnover_limit | None: ...
 
 Global___OptimizationConstraints: _TypeAlias = OptimizationConstraints  # noqa: Y015
 
