@@ -38,10 +38,13 @@ Run
 
     uv run python -m benchmarks.risk_parity_speed                        # N = 20, 100, 500, 2000
     uv run python -m benchmarks.risk_parity_speed --sizes 20,100 --repeats 50
+    uv run python -m benchmarks.risk_parity_speed --xla-single-thread     # XLA on one CPU thread
 
 Options: ``--sizes`` (comma-separated N, default ``20,100,500,2000``), ``--repeats K`` (default 30 for N <= 100,
 10 for N <= 500 and 5 above, for every library), ``--limit-s`` (longest first call of a library before it is
-skipped at that N, default 60), ``--budget-s`` (time a library may spend at one N, default 180). Progress goes to
+skipped at that N, default 60), ``--budget-s`` (time a library may spend at one N, default 180), ``--xla-single-thread`` (XLA's CPU backend on one
+thread: on a machine whose cores are busy with other work, XLA's multi-threaded Cholesky can stall for seconds
+while its threads wait for each other; one thread gives stable times). Progress goes to
 stderr, the report to stdout. Other load on the machine shows up directly in the numbers: the header prints the
 load average before and after the run.
 """
@@ -72,6 +75,9 @@ PERIODS = 756
 SEED = 20_240_521
 FACTORS = 5
 LIBRARIES = ("skfolio", "riskfolio")
+SINGLE_THREAD_XLA_FLAGS = ("--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1")
+"""XLA flags of ``--xla-single-thread``: XLA's CPU backend (Eigen thread pool and intra-op parallelism) on one
+thread. The libraries' children inherit the environment but do not use XLA."""
 READY_TIMEOUT_S = 600.0
 """Longest a library's child process may take to import and receive its inputs."""
 
@@ -323,7 +329,7 @@ def report(rows: list[Row], load_before: tuple[float, ...], load_after: tuple[fl
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
         f"load average before: {', '.join(f'{x:.2f}' for x in load_before)}; "
         f"after: {', '.join(f'{x:.2f}' for x in load_after)}",
-        f"JAX device: {device} (float64 via jax.enable_x64)",
+        f"JAX device: {device} (float64 via jax.enable_x64); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
         f"versions: {versions()}",
         f"command: {shlex.join(['python', '-m', 'benchmarks.risk_parity_speed', *sys.argv[1:]])}",
         "",
@@ -378,8 +384,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="K calls per library and N")
     parser.add_argument("--limit-s", type=float, default=60.0, help="skip a library whose first call exceeds this")
     parser.add_argument("--budget-s", type=float, default=180.0, help="time a library may spend at one N")
+    parser.add_argument(
+        "--xla-single-thread",
+        action="store_true",
+        help="run XLA's CPU backend on one thread (appends to XLA_FLAGS before JAX starts)",
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    if args.xla_single_thread:
+        os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), *SINGLE_THREAD_XLA_FLAGS]))
 
     import jax
 

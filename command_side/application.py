@@ -417,6 +417,7 @@ def _response(request: cmd_pb.OptimizeRequest, outcome: OptimizationOutcome) -> 
     meta.objective_value = result.objective_value
     meta.constraints_satisfied = result.constraints_satisfied
     meta.solver = result.solver
+    meta.fallback_used = result.fallback_used
     meta.missing_data_policy = estimated.missing_data_policy
     meta.observations = estimated.observations
     if estimated.window_start is not None:

@@ -46,6 +46,18 @@ TOLERANCE = 1e-6
 
 _SOLVER = "CLARABEL"
 CLARABEL_SETTINGS = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10, "tol_ktratio": 1e-8}
+_FALLBACK_SOLVER = "SCS"
+SCS_SETTINGS = {"eps_abs": 1e-9, "eps_rel": 1e-9, "max_iters": 200_000}
+"""The fallback's settings: SCS (first-order, splitting) to its tightest practical accuracy."""
+_DECISIVE = {
+    cp.OPTIMAL,
+    cp.OPTIMAL_INACCURATE,
+    cp.INFEASIBLE,
+    cp.INFEASIBLE_INACCURATE,
+    cp.UNBOUNDED,
+    cp.UNBOUNDED_INACCURATE,
+}
+"""Statuses that settle a solve; anything else (an error, a limit) goes to the fallback solver."""
 CLARABEL_DEFAULTS = {"tol_gap_abs": 1e-8, "tol_gap_rel": 1e-8, "tol_feas": 1e-8, "tol_ktratio": 1e-6}
 """Clarabel's own defaults, passed explicitly on the fallback solve: cvxpy keeps a re-solved problem's solver
 settings from the previous call unless they are given again."""
@@ -754,8 +766,15 @@ def objective_value_of(weights: FloatArray, problem: PortfolioProblem, moments: 
     return net_return - 0.5 * problem.risk_aversion * variance
 
 
-def _solve(cvx_problem: cp.Problem, options: dict[str, float], *, started: float, time_limit_s: float | None) -> str:
-    """Run Clarabel once; return the cvxpy status (solver failures become domain errors)."""
+def _solve(
+    cvx_problem: cp.Problem,
+    options: dict[str, float],
+    *,
+    started: float,
+    time_limit_s: float | None,
+    solver: str = _SOLVER,
+) -> str:
+    """Run the solver once; return the cvxpy status (solver failures become domain errors)."""
     # Always set the time limit: a cached program would otherwise keep the previous call's (cvxpy re-uses the
     # solver object and its settings between solves of the same problem).
     remaining = float("inf")
@@ -763,15 +782,18 @@ def _solve(cvx_problem: cp.Problem, options: dict[str, float], *, started: float
         remaining = time_limit_s - (time.perf_counter() - started)
         if remaining <= 0:
             raise DeadlineExceededError(f"the solver did not finish within {time_limit_s:.3f} s")
-    options = {**options, "time_limit": remaining}
+    if solver == _SOLVER:
+        options = {**options, "time_limit": remaining}
+    else:  # SCS: 0 means no limit
+        options = {**options, "time_limit_secs": remaining if np.isfinite(remaining) else 0.0}
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Solution may be inaccurate")  # reported in the status
-            cvx_problem.solve(solver=cp.CLARABEL, **options)  # type: ignore[no-untyped-call]
+            cvx_problem.solve(solver=solver, **options)  # type: ignore[no-untyped-call]
     except cp.error.SolverError as exc:
         if time_limit_s is not None and time.perf_counter() - started >= time_limit_s:
             raise DeadlineExceededError(f"the solver did not finish within {time_limit_s:.3f} s") from exc
-        raise OptimizationError(f"{_SOLVER} failed: {exc}") from exc
+        raise OptimizationError(f"{solver} failed: {exc}") from exc
     return str(cvx_problem.status)
 
 
@@ -816,8 +838,16 @@ def optimize_mean_variance(
     options: dict[str, float] = dict(CLARABEL_SETTINGS)
     if time_limit_s is not None and time_limit_s <= 0:
         raise DeadlineExceededError("no time left before the call's deadline to solve")
-    status = _solve(cvx_problem, options, started=started, time_limit_s=time_limit_s)
-    if status == cp.OPTIMAL_INACCURATE:
+    solver, fallback_used = _SOLVER, False
+    try:
+        status = _solve(cvx_problem, options, started=started, time_limit_s=time_limit_s)
+    except OptimizationError:
+        status = "solver_error"
+    if status not in _DECISIVE:
+        # Clarabel failed (numerical trouble, iteration limit): the first-order SCS is the second opinion.
+        solver, fallback_used = _FALLBACK_SOLVER, True
+        status = _solve(cvx_problem, dict(SCS_SETTINGS), started=started, time_limit_s=time_limit_s, solver=solver)
+    elif status == cp.OPTIMAL_INACCURATE:
         # The tight tolerances were out of reach (e.g. a binding volatility cone): Clarabel's defaults may
         # still certify optimality; keep whichever answer is better certified.
         tight_solution = variable.value
@@ -830,16 +860,16 @@ def optimize_mean_variance(
             "min_return and max_volatility together)",
             precondition_violations=(
                 PreconditionViolation(
-                    "SOLVER_INFEASIBLE", "constraints", f"{_SOLVER} reported {status} for {problem.objective}"
+                    "SOLVER_INFEASIBLE", "constraints", f"{solver} reported {status} for {problem.objective}"
                 ),
             ),
         )
     if status in (cp.UNBOUNDED, cp.UNBOUNDED_INACCURATE):
-        raise OptimizationError(f"{_SOLVER} reported the problem unbounded")
+        raise OptimizationError(f"{solver} reported the problem unbounded")
     if status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE) or variable.value is None:
         if time_limit_s is not None and time.perf_counter() - started >= time_limit_s:
             raise DeadlineExceededError(f"the solver did not finish within {time_limit_s:.3f} s")
-        raise OptimizationError(f"{_SOLVER} ended with status {status}")
+        raise OptimizationError(f"{solver} ended with status {status}")
 
     raw = np.asarray(variable.value, dtype=np.float64)
     if problem.objective is Objective.MAX_SHARPE:
@@ -860,8 +890,9 @@ def optimize_mean_variance(
         objective_value=float(objective_value),
         status="OPTIMAL" if status == cp.OPTIMAL else "OPTIMAL_INACCURATE",
         iterations=int(stats.num_iters or 0) if stats is not None else 0,
-        solver=_SOLVER,
+        solver=solver,
         solve_time_ms=(time.perf_counter() - started) * 1000.0,
         constraints_satisfied=not violations,
         violations=violations,
+        fallback_used=fallback_used,
     )

@@ -232,3 +232,5 @@ class OptimizationResult:
     solve_time_ms: float
     constraints_satisfied: bool
     violations: tuple[str, ...] = field(default=())
+    fallback_used: bool = False
+    """Whether the primary solver failed and the fallback solver produced the answer."""

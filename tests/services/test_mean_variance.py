@@ -18,7 +18,7 @@ import pytest
 from pypfopt import EfficientFrontier, expected_returns, risk_models
 from scipy.optimize import linprog
 
-from services.errors import DeadlineExceededError, InfeasibleError, InvalidInputError
+from services.errors import DeadlineExceededError, InfeasibleError, InvalidInputError, OptimizationError
 from services.estimators import estimate_moments
 from services.mean_variance import check_constraints, optimize_mean_variance, validate_moments
 from services.types import (
@@ -857,3 +857,28 @@ def test_a_deadline_does_not_stick_to_a_cached_program(sp500_moments: Moments) -
         with contextlib.suppress(DeadlineExceededError):
             optimize_mean_variance(problem, sp500_moments, time_limit_s=limit)
         assert optimize_mean_variance(problem, sp500_moments).status == "OPTIMAL"
+
+
+def test_a_failing_primary_solver_falls_back_to_scs(
+    sp500_frame_moments: tuple[pd.Series, pd.DataFrame], sp500_moments: Moments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clarabel made to fail (a fake of the solver call only): SCS answers, the result says so and is right."""
+    import services.mean_variance as mv
+
+    tickers = list(sp500_frame_moments[0].index)
+    problem = make_problem(Objective.MIN_VOLATILITY, tickers, 0.0, 0.3)
+    exact = optimize_mean_variance(problem, sp500_moments)
+    real_solve = mv._solve
+
+    def failing_clarabel(*args: object, solver: str = "CLARABEL", **kwargs: object) -> str:
+        if solver == "CLARABEL":
+            raise OptimizationError("CLARABEL failed: simulated numerical trouble")
+        return real_solve(*args, solver=solver, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(mv, "_solve", failing_clarabel)
+    result = optimize_mean_variance(problem, sp500_moments)
+    assert result.solver == "SCS" and result.fallback_used
+    assert result.constraints_satisfied
+    # SCS is first-order: its optimum agrees with Clarabel's to its own accuracy.
+    assert result.objective_value == pytest.approx(exact.objective_value, rel=1e-5)
+    assert not exact.fallback_used and exact.solver == "CLARABEL"

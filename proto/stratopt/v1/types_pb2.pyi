@@ -1143,6 +1143,7 @@ class OptimizationMetadata(_message.Message):
     RISK_MEASURE_VALUE_FIELD_NUMBER: _builtins.int
     RISK_CONTRIBUTIONS_FIELD_NUMBER: _builtins.int
     BLACK_LITTERMAN_FIELD_NUMBER: _builtins.int
+    FALLBACK_USED_FIELD_NUMBER: _builtins.int
     convergence_status: Global___ConvergenceStatus.ValueType
     """How the solve ended."""
     iterations: _builtins.int
@@ -1173,6 +1174,8 @@ class OptimizationMetadata(_message.Message):
     """Risk measure of the objective (VARIANCE, CVAR, MAD, CDAR)."""
     risk_measure_value: _builtins.float
     """Value of the risk measure at the optimum (per period, losses positive) for CVaR, MAD and CDaR."""
+    fallback_used: _builtins.bool
+    """True when the primary solver (Clarabel) failed and the fallback (SCS) produced the answer; solver names it."""
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp:
         """Time of the event."""
@@ -1216,10 +1219,11 @@ class OptimizationMetadata(_message.Message):
         risk_measure_value: _builtins.float = ...,
         risk_contributions: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         black_litterman: Global___BlackLittermanPosterior | None = ...,
+        fallback_used: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["black_litterman", b"black_litterman", "timestamp", b"timestamp", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["black_litterman", b"black_litterman", "configuration_version", b"configuration_version", "constraints_satisfied", b"constraints_satisfied", "convergence_status", b"convergence_status", "event_id", b"event_id", "iterations", b"iterations", "method", b"method", "missing_data_policy", b"missing_data_policy", "objective_value", b"objective_value", "observations", b"observations", "optimization_time_ms", b"optimization_time_ms", "replayed", b"replayed", "result_id", b"result_id", "risk_contributions", b"risk_contributions", "risk_measure", b"risk_measure", "risk_measure_value", b"risk_measure_value", "solver", b"solver", "timestamp", b"timestamp", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["black_litterman", b"black_litterman", "configuration_version", b"configuration_version", "constraints_satisfied", b"constraints_satisfied", "convergence_status", b"convergence_status", "event_id", b"event_id", "fallback_used", b"fallback_used", "iterations", b"iterations", "method", b"method", "missing_data_policy", b"missing_data_policy", "objective_value", b"objective_value", "observations", b"observations", "optimization_time_ms", b"optimization_time_ms", "replayed", b"replayed", "result_id", b"result_id", "risk_contributions", b"risk_contributions", "risk_measure", b"risk_measure", "risk_measure_value", b"risk_measure_value", "solver", b"solver", "timestamp", b"timestamp", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
