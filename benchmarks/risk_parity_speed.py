@@ -42,11 +42,11 @@ Run
 
 Options: ``--sizes`` (comma-separated N, default ``20,100,500,2000``), ``--repeats K`` (default 30 for N <= 100,
 10 for N <= 500 and 5 above, for every library), ``--limit-s`` (longest first call of a library before it is
-skipped at that N, default 60), ``--budget-s`` (time a library may spend at one N, default 180), ``--xla-single-thread`` (XLA's CPU backend on one
-thread: on a machine whose cores are busy with other work, XLA's multi-threaded Cholesky can stall for seconds
-while its threads wait for each other; one thread gives stable times). Progress goes to
-stderr, the report to stdout. Other load on the machine shows up directly in the numbers: the header prints the
-load average before and after the run.
+skipped at that N, default 60), ``--budget-s`` (time a library may spend at one N, default 180),
+``--xla-single-thread`` (XLA's CPU backend on one thread: on a machine whose cores are busy with other work,
+XLA's multi-threaded Cholesky can stall for seconds while its threads wait for each other; one thread gives
+stable times). Progress goes to stderr, the report to stdout. Other load on the machine shows up directly in the
+numbers: the header prints the load average before and after the run.
 """
 
 from __future__ import annotations
@@ -284,6 +284,7 @@ def run_size(n: int, repeats: int, limit_s: float, budget_s: float) -> Row:
         started = time.perf_counter()
         result = risk_budgeting(data.covariance)
         samples.append((time.perf_counter() - started) * 1e3)
+    progress(f"N={n}: stratopt calls (ms): {' '.join(f'{x:.1f}' for x in samples)}")
     if not np.array_equal(result.weights, first.weights):
         progress(
             f"N={n}: note: repeated calls gave weights differing by {np.abs(result.weights - first.weights).max():.2g}"
