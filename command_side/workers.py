@@ -36,9 +36,12 @@ def _single_threaded_blas() -> None:
     """Limit each worker to one BLAS thread.
 
     The pool already runs one process per core; oversubscribed BLAS threads made 500x500 products and
-    eigendecompositions 4-10x slower under load (benchmark, 2 cores).
+    eigendecompositions 4-10x slower under load (benchmark, 2 cores). XLA (risk parity's JAX solver) reads its
+    flags when its backend starts, after this: single-threaded it took 1.0 s at N = 2000 against 2.8-12.6 s
+    multi-threaded on the shared 2-core machine (``benchmarks/risk_parity_speed.py``).
     """
     threadpool_limits(1)
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 
 def _warm_up() -> bool:

@@ -34,11 +34,14 @@ Typical solves take 5-10 Newton steps from y₀ to an error near 1e-15 (N = 20 t
 JAX usage: the solver runs under ``jax.enable_x64(True)`` (a thread-local context manager, entered on each
 call), so float64 is used without changing the process-wide ``jax_enable_x64`` default for other JAX code.
 ``jax.jit`` compiles one executable per matrix size N (and per device/backend), kept in memory for the life of
-the process: the first call with a new N pays the tracing and XLA compilation (1.5-3 s per N measured on a
-loaded 2-core CPU, more than the solve itself up to N ≈ 1000), later calls with that N reuse it; tolerance and
-iteration limit are traced arguments and do not recompile. :func:`warm_up` compiles a size ahead of time (e.g.
-at worker start). JAX runs on its default device, a GPU when jaxlib has one and the CPU otherwise; nothing here
-assumes either.
+the process: the first call with a new N pays the tracing and XLA compilation (about 1-1.5 s per N on a 2-core
+CPU, up to ~5 s under load; more than the solve itself up to N ≈ 2000), later calls with that N reuse it;
+tolerance and iteration limit are traced arguments and do not recompile. :func:`warm_up` compiles a size ahead
+of time (e.g. at worker start). JAX runs on its default device, a GPU when jaxlib has one and the CPU otherwise;
+nothing here assumes either. On CPU cores shared with other work, XLA's multi-threaded runtime can stall for
+seconds at N ≥ 500; ``XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"`` (set in the
+environment before JAX starts; process-wide, so not set here) gave stable times in
+``benchmarks/risk_parity_speed.py`` (``--xla-single-thread``).
 
 Weight bounds, sector limits and a minimum return are not supported: risk budgeting here is long-only and fully
 invested without further constraints (:func:`check_no_binding_bounds` rejects bounds that could bind).

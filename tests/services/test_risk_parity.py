@@ -36,8 +36,8 @@ RC_RTOL = 1e-8
 """Required max_i |RC_i / b_i − 1| on real data (the solver reaches ~1e-15)."""
 REFERENCE_ATOL = 1e-7
 """Largest weight difference to skfolio and Riskfolio-Lib run with the tight Clarabel settings below (observed
-~1e-9 to 3e-8; with the libraries' default tolerances it is ~4e-6)."""
-TIGHT_CLARABEL = {"tol_gap_abs": 1e-11, "tol_gap_rel": 1e-11, "tol_feas": 1e-11, "tol_ktratio": 1e-9}
+1e-12 to 1e-9; with the libraries' default tolerances it is ~4e-6)."""
+TIGHT_CLARABEL = {"tol_gap_abs": 1e-12, "tol_gap_rel": 1e-12, "tol_feas": 1e-12, "tol_ktratio": 1e-10}
 SKFOLIO_EXAMPLE_BUDGETS = {"AAPL": 1.5, "GE": 0.2, "JPM": 0.2}
 """Non-uniform budgets of skfolio's RiskBudgeting docstring example (others 1), before normalisation."""
 
