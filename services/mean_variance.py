@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import cast
 
@@ -768,7 +769,7 @@ def objective_value_of(weights: FloatArray, problem: PortfolioProblem, moments: 
 
 def _solve(
     cvx_problem: cp.Problem,
-    options: dict[str, float],
+    options: Mapping[str, float | str],
     *,
     started: float,
     time_limit_s: float | None,
@@ -795,6 +796,96 @@ def _solve(
             raise DeadlineExceededError(f"the solver did not finish within {time_limit_s:.3f} s") from exc
         raise OptimizationError(f"{solver} failed: {exc}") from exc
     return str(cvx_problem.status)
+
+
+@dataclass(frozen=True, slots=True)
+class SolveOutcome:
+    """How a convex program was solved."""
+
+    status: str
+    """``OPTIMAL`` or ``OPTIMAL_INACCURATE``."""
+    solver: str
+    """The solver whose answer the program's variables hold."""
+    fallback_used: bool
+    """Whether Clarabel failed and SCS answered."""
+
+
+def solve_program(
+    cvx_problem: cp.Problem,
+    settings: Mapping[str, float | str],
+    *,
+    description: str,
+    started: float,
+    time_limit_s: float | None,
+) -> SolveOutcome:
+    """Solve with Clarabel (its defaults if the given tolerances prove out of reach, SCS if it fails).
+
+    Every program of the engine (mean-variance, CVaR/MAD/CDaR, robust) is solved here, so they share the
+    tolerance retry, the fallback and the mapping of solver outcomes to domain errors.
+
+    Parameters
+    ----------
+    cvx_problem : cvxpy.Problem
+        The program; its variables hold the solution on return.
+    settings : dict
+        Clarabel settings of the first attempt.
+    description : str
+        What was solved, for error messages (e.g. ``MIN_VOLATILITY with CVAR``).
+    started : float
+        ``time.perf_counter()`` at the start of the call, for ``time_limit_s``.
+    time_limit_s : float, optional
+        Wall-clock limit of the whole call in seconds.
+
+    Returns
+    -------
+    SolveOutcome
+        Status, the solver that answered and whether the fallback was used.
+
+    Raises
+    ------
+    InfeasibleError
+        The solver proved the constraints infeasible (``SOLVER_INFEASIBLE``).
+    DeadlineExceededError
+        No time was left, or the solver hit ``time_limit_s``.
+    OptimizationError
+        Unbounded, or both solvers failed.
+    """
+    if time_limit_s is not None and time_limit_s <= 0:
+        raise DeadlineExceededError("no time left before the call's deadline to solve")
+    solver, fallback_used = _SOLVER, False
+    try:
+        status = _solve(cvx_problem, dict(settings), started=started, time_limit_s=time_limit_s)
+    except OptimizationError:
+        status = "solver_error"
+    if status not in _DECISIVE:
+        # Clarabel failed (numerical trouble, iteration limit): the first-order SCS is the second opinion.
+        solver, fallback_used = _FALLBACK_SOLVER, True
+        status = _solve(cvx_problem, dict(SCS_SETTINGS), started=started, time_limit_s=time_limit_s, solver=solver)
+    elif status == cp.OPTIMAL_INACCURATE:
+        # The tight tolerances were out of reach (e.g. a binding cone): Clarabel's defaults may still certify
+        # optimality; keep whichever answer is better certified.
+        tight = {variable: variable.value for variable in cvx_problem.variables()}
+        status = _solve(cvx_problem, {**settings, **CLARABEL_DEFAULTS}, started=started, time_limit_s=time_limit_s)
+        if status != cp.OPTIMAL:
+            status = cp.OPTIMAL_INACCURATE
+            for variable, value in tight.items():
+                variable.value = value
+    if status in (cp.INFEASIBLE, cp.INFEASIBLE_INACCURATE):
+        raise InfeasibleError(
+            "the solver proved the constraints infeasible (no portfolio meets all the constraints together)",
+            precondition_violations=(
+                PreconditionViolation(
+                    "SOLVER_INFEASIBLE", "constraints", f"{solver} reported {status} for {description}"
+                ),
+            ),
+        )
+    if status in (cp.UNBOUNDED, cp.UNBOUNDED_INACCURATE):
+        raise OptimizationError(f"{solver} reported {description} unbounded")
+    if status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
+        if time_limit_s is not None and time.perf_counter() - started >= time_limit_s:
+            raise DeadlineExceededError(f"the solver did not finish within {time_limit_s:.3f} s")
+        raise OptimizationError(f"{solver} ended with status {status} for {description}")
+    return SolveOutcome("OPTIMAL" if status == cp.OPTIMAL else "OPTIMAL_INACCURATE", solver, fallback_used)
 
 
 def optimize_mean_variance(
@@ -838,38 +929,11 @@ def optimize_mean_variance(
     options: dict[str, float] = dict(CLARABEL_SETTINGS)
     if time_limit_s is not None and time_limit_s <= 0:
         raise DeadlineExceededError("no time left before the call's deadline to solve")
-    solver, fallback_used = _SOLVER, False
-    try:
-        status = _solve(cvx_problem, options, started=started, time_limit_s=time_limit_s)
-    except OptimizationError:
-        status = "solver_error"
-    if status not in _DECISIVE:
-        # Clarabel failed (numerical trouble, iteration limit): the first-order SCS is the second opinion.
-        solver, fallback_used = _FALLBACK_SOLVER, True
-        status = _solve(cvx_problem, dict(SCS_SETTINGS), started=started, time_limit_s=time_limit_s, solver=solver)
-    elif status == cp.OPTIMAL_INACCURATE:
-        # The tight tolerances were out of reach (e.g. a binding volatility cone): Clarabel's defaults may
-        # still certify optimality; keep whichever answer is better certified.
-        tight_solution = variable.value
-        status = _solve(cvx_problem, dict(CLARABEL_DEFAULTS), started=started, time_limit_s=time_limit_s)
-        if status != cp.OPTIMAL:
-            status, variable.value = cp.OPTIMAL_INACCURATE, tight_solution
-    if status in (cp.INFEASIBLE, cp.INFEASIBLE_INACCURATE):
-        raise InfeasibleError(
-            "the solver proved the constraints infeasible (no portfolio meets the bounds, sector limits, "
-            "min_return and max_volatility together)",
-            precondition_violations=(
-                PreconditionViolation(
-                    "SOLVER_INFEASIBLE", "constraints", f"{solver} reported {status} for {problem.objective}"
-                ),
-            ),
-        )
-    if status in (cp.UNBOUNDED, cp.UNBOUNDED_INACCURATE):
-        raise OptimizationError(f"{solver} reported the problem unbounded")
-    if status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE) or variable.value is None:
-        if time_limit_s is not None and time.perf_counter() - started >= time_limit_s:
-            raise DeadlineExceededError(f"the solver did not finish within {time_limit_s:.3f} s")
-        raise OptimizationError(f"{solver} ended with status {status}")
+    outcome = solve_program(
+        cvx_problem, options, description=str(problem.objective), started=started, time_limit_s=time_limit_s
+    )
+    if variable.value is None:
+        raise OptimizationError(f"{outcome.solver} returned no solution for {problem.objective}")
 
     raw = np.asarray(variable.value, dtype=np.float64)
     if problem.objective is Objective.MAX_SHARPE:
@@ -888,11 +952,11 @@ def optimize_mean_variance(
         weights=weights,
         performance=performance,
         objective_value=float(objective_value),
-        status="OPTIMAL" if status == cp.OPTIMAL else "OPTIMAL_INACCURATE",
+        status=outcome.status,
         iterations=int(stats.num_iters or 0) if stats is not None else 0,
-        solver=solver,
+        solver=outcome.solver,
         solve_time_ms=(time.perf_counter() - started) * 1000.0,
         constraints_satisfied=not violations,
         violations=violations,
-        fallback_used=fallback_used,
+        fallback_used=outcome.fallback_used,
     )

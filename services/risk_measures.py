@@ -38,40 +38,28 @@ import cvxpy as cp
 import numpy as np
 
 from services.errors import (
-    DeadlineExceededError,
-    InfeasibleError,
     InvalidInputError,
     OptimizationError,
-    PreconditionViolation,
 )
 from services.mean_variance import (
     CLARABEL_SETTINGS,
     TOLERANCE,
     _covariance_factor,
     _sector_rows,
-    _solve,
     check_constraints,
     portfolio_performance,
     precheck,
+    solve_program,
     validate_moments,
 )
 from services.types import FloatArray, Moments, Objective, OptimizationResult, PortfolioProblem
 
-_SOLVER = "CLARABEL"
 LP_SETTINGS: dict[str, float | str] = {**CLARABEL_SETTINGS, "direct_solve_method": "qdldl"}
 """Clarabel's tight tolerances with the QDLDL factorisation. Measured on this project's 2-core machine (synthetic
 T = 756, cvxpy build included, best of 5, min risk): at N = 100 QDLDL took 240 / 200 / 245 ms for CVaR / MAD / CDaR
 against 790 / 530 / 445 ms with Clarabel's default (multithreaded faer), 150 / 360 / 550 ms with HiGHS's dual simplex
 and 230 / 230 / 405 ms with its interior point; at N = 20 Clarabel took 36 / 38 / 81 ms and HiGHS at best 34 / 64 /
 123 ms. HiGHS gains only on CVaR at large N, so one solver serves every measure."""
-CLARABEL_DEFAULT_TOLERANCES: dict[str, float | str] = {
-    "tol_gap_abs": 1e-8,
-    "tol_gap_rel": 1e-8,
-    "tol_feas": 1e-8,
-    "tol_ktratio": 1e-6,
-}
-"""Clarabel's own defaults, spelled out: a re-solve of the same cvxpy problem reuses the cached solver and keeps the
-previous call's settings for every option not passed again."""
 
 
 class RiskMeasure(StrEnum):
@@ -268,75 +256,6 @@ def _validate_inputs(
     return moments
 
 
-def solve_program(
-    cvx_problem: cp.Problem,
-    settings: dict[str, float | str],
-    *,
-    description: str,
-    started: float,
-    time_limit_s: float | None,
-) -> str:
-    """Solve with Clarabel at tight tolerances (its defaults if those prove out of reach) and map failures.
-
-    Parameters
-    ----------
-    cvx_problem : cvxpy.Problem
-        The program; its variables hold the solution on return.
-    settings : dict
-        Clarabel settings of the first attempt.
-    description : str
-        What was solved, for the error messages (e.g. ``MIN_VOLATILITY with CVAR``).
-    started : float
-        ``time.perf_counter()`` at the start of the call, for ``time_limit_s``.
-    time_limit_s : float, optional
-        Wall-clock limit of the whole call in seconds.
-
-    Returns
-    -------
-    str
-        ``cvxpy.OPTIMAL`` or ``cvxpy.OPTIMAL_INACCURATE``.
-
-    Raises
-    ------
-    InfeasibleError
-        The solver proved the constraints infeasible (``SOLVER_INFEASIBLE``).
-    DeadlineExceededError
-        No time was left, or the solver hit ``time_limit_s``.
-    OptimizationError
-        Unbounded, or another solver failure.
-    """
-    if time_limit_s is not None and time_limit_s <= 0:
-        raise DeadlineExceededError("no time left before the call's deadline to solve")
-    options = cast(dict[str, float], settings)
-    status = _solve(cvx_problem, options, started=started, time_limit_s=time_limit_s)
-    if status == cp.OPTIMAL_INACCURATE:
-        # As in mean_variance: keep the tight attempt unless Clarabel's defaults certify optimality.
-        tight = {variable: variable.value for variable in cvx_problem.variables()}
-        defaults = cast(dict[str, float], {**settings, **CLARABEL_DEFAULT_TOLERANCES})
-        status = _solve(cvx_problem, defaults, started=started, time_limit_s=time_limit_s)
-        if status != cp.OPTIMAL:
-            status = cp.OPTIMAL_INACCURATE
-            for variable, value in tight.items():
-                variable.value = value
-    if status in (cp.INFEASIBLE, cp.INFEASIBLE_INACCURATE):
-        raise InfeasibleError(
-            "the solver proved the constraints infeasible (no portfolio meets the bounds, sector limits and "
-            "return and risk constraints together)",
-            precondition_violations=(
-                PreconditionViolation(
-                    "SOLVER_INFEASIBLE", "constraints", f"{_SOLVER} reported {status} for {description}"
-                ),
-            ),
-        )
-    if status in (cp.UNBOUNDED, cp.UNBOUNDED_INACCURATE):
-        raise OptimizationError(f"{_SOLVER} reported {description} unbounded")
-    if status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
-        if time_limit_s is not None and time.perf_counter() - started >= time_limit_s:
-            raise DeadlineExceededError(f"the solver did not finish within {time_limit_s:.3f} s")
-        raise OptimizationError(f"{_SOLVER} ended with status {status} for {description}")
-    return status
-
-
 def weights_from_solution(raw: FloatArray, problem: PortfolioProblem, *, homogenised: bool) -> FloatArray:
     """Weights of a solution vector: y / 1ᵀy if homogenised, solver noise within ``TOLERANCE`` put on the bound.
 
@@ -501,11 +420,11 @@ def optimize_risk_measure(
     cvx_problem = cp.Problem(objective, constraints)
 
     description = f"{problem.objective} with {risk_measure}"
-    status = solve_program(
+    outcome = solve_program(
         cvx_problem, LP_SETTINGS, description=description, started=started, time_limit_s=time_limit_s
     )
     if x.value is None:
-        raise OptimizationError(f"{_SOLVER} returned no solution for {description}")
+        raise OptimizationError(f"{outcome.solver} returned no solution for {description}")
     weights = weights_from_solution(np.asarray(x.value, dtype=np.float64), problem, homogenised=sharpe)
 
     value = risk_measure_value(scenarios, weights, risk_measure=risk_measure, alpha=alpha)
@@ -525,9 +444,10 @@ def optimize_risk_measure(
         weights=weights,
         performance=performance,
         objective_value=float(objective_value),
-        status="OPTIMAL" if status == cp.OPTIMAL else "OPTIMAL_INACCURATE",
+        status=outcome.status,
         iterations=int(stats.num_iters or 0) if stats is not None else 0,
-        solver=_SOLVER,
+        solver=outcome.solver,
+        fallback_used=outcome.fallback_used,
         solve_time_ms=(time.perf_counter() - started) * 1000.0,
         constraints_satisfied=not violations,
         violations=violations,

@@ -51,12 +51,11 @@ from services.mean_variance import (
     check_constraints,
     portfolio_performance,
     precheck,
+    solve_program,
     validate_moments,
 )
-from services.risk_measures import linear_constraints, solve_program, weights_from_solution
+from services.risk_measures import linear_constraints, weights_from_solution
 from services.types import FloatArray, Moments, Objective, OptimizationResult, PortfolioProblem
-
-_SOLVER = "CLARABEL"
 
 
 class Uncertainty(StrEnum):
@@ -281,7 +280,7 @@ def optimize_robust(
 
     description = f"robust {problem.objective} ({uncertainty_set.uncertainty})"
     try:
-        status = solve_program(
+        outcome = solve_program(
             cvx_problem, dict(CLARABEL_SETTINGS), description=description, started=started, time_limit_s=time_limit_s
         )
     except InfeasibleError as exc:
@@ -299,7 +298,7 @@ def optimize_robust(
             ) from exc
         raise
     if x.value is None:
-        raise OptimizationError(f"{_SOLVER} returned no solution for {description}")
+        raise OptimizationError(f"{outcome.solver} returned no solution for {description}")
     weights = weights_from_solution(np.asarray(x.value, dtype=np.float64), problem, homogenised=sharpe)
 
     performance = portfolio_performance(weights, moments, problem.risk_free_rate)
@@ -323,9 +322,10 @@ def optimize_robust(
         weights=weights,
         performance=performance,
         objective_value=float(objective_value),
-        status="OPTIMAL" if status == cp.OPTIMAL else "OPTIMAL_INACCURATE",
+        status=outcome.status,
         iterations=int(solver_stats.num_iters or 0) if solver_stats is not None else 0,
-        solver=_SOLVER,
+        solver=outcome.solver,
+        fallback_used=outcome.fallback_used,
         solve_time_ms=(time.perf_counter() - started) * 1000.0,
         constraints_satisfied=not violations,
         violations=violations,
