@@ -35,6 +35,7 @@ from services.errors import (
     StratoptError,
 )
 from services.estimators import returns_between_observations
+from services.mean_variance import HELD_THRESHOLD
 from services.types import Moments, ReturnHistory
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
@@ -418,6 +419,18 @@ def _response(request: cmd_pb.OptimizeRequest, outcome: OptimizationOutcome) -> 
     meta.constraints_satisfied = result.constraints_satisfied
     meta.solver = result.solver
     meta.fallback_used = result.fallback_used
+    meta.solve_path = result.solve_path
+    meta.holdings = int((np.abs(result.weights) > HELD_THRESHOLD).sum())
+    meta.net_exposure = float(result.weights.sum())
+    meta.gross_exposure = float(np.abs(result.weights).sum())
+    meta.constraint_violations.extend(result.violations)
+    for relaxation in result.relaxations:
+        meta.relaxations.add(
+            constraint=relaxation.constraint,
+            original=relaxation.original,
+            relaxed=relaxation.relaxed,
+            description=relaxation.description,
+        )
     meta.missing_data_policy = estimated.missing_data_policy
     meta.observations = estimated.observations
     if estimated.window_start is not None:
@@ -430,6 +443,8 @@ def _response(request: cmd_pb.OptimizeRequest, outcome: OptimizationOutcome) -> 
         meta.risk_measure_value = outcome.risk_measure_value
     ids = [s.strategy_id for s in request.strategies]
     meta.risk_contributions.update(zip(ids, map(float, outcome.risk_contributions), strict=True))
+    if result.betas is not None:
+        meta.betas.update(zip(ids, map(float, result.betas), strict=True))
     if outcome.posterior is not None:
         posterior = outcome.posterior
         meta.black_litterman.prior_returns.update(zip(ids, map(float, posterior.prior_returns), strict=True))

@@ -26,6 +26,7 @@ from services.types import (
     EstimationSettings,
     MissingDataPolicy,
     Moments,
+    MultiObjectiveWeights,
     Objective,
     PortfolioProblem,
     ReturnHistory,
@@ -47,6 +48,7 @@ _OBJECTIVES = {
     pb.OBJECTIVE_MIN_VOLATILITY: Objective.MIN_VOLATILITY,
     pb.OBJECTIVE_MAX_RETURN: Objective.MAX_RETURN,
     pb.OBJECTIVE_MAX_QUADRATIC_UTILITY: Objective.MAX_QUADRATIC_UTILITY,
+    pb.OBJECTIVE_MULTI_OBJECTIVE: Objective.MULTI_OBJECTIVE,
 }
 _RETURNS_ESTIMATORS = {
     pb.RETURNS_ESTIMATOR_UNSPECIFIED: ReturnsEstimator.MEAN_HISTORICAL,
@@ -162,7 +164,16 @@ def _validate_strategies(strategies: Any) -> tuple[tuple[str, ...], tuple[str, .
         seen[s.strategy_id] = i
         if s.HasField("current_weight"):
             _finite(s.current_weight, f"strategies[{i}].current_weight")
+        for scheme in s.classifications:
+            if not scheme:
+                raise _bad(f"strategies[{i}].classifications", "scheme names must not be empty")
     return tuple(s.strategy_id for s in strategies), tuple(s.sector for s in strategies)
+
+
+def _classifications(strategies: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Every classification scheme named by a strategy, with each strategy's group ("" = none), by scheme name."""
+    schemes = sorted({scheme for s in strategies for scheme in s.classifications})
+    return tuple((scheme, tuple(s.classifications.get(scheme, "") for s in strategies)) for scheme in schemes)
 
 
 def _bounds(constraints: pb.OptimizationConstraints, ids: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -195,19 +206,20 @@ def _bounds(constraints: pb.OptimizationConstraints, ids: tuple[str, ...]) -> tu
 
 def _sector_limits(constraints: pb.OptimizationConstraints) -> tuple[SectorLimit, ...]:
     limits = []
-    seen = set()
+    seen: set[tuple[str, str]] = set()
     for k, limit in enumerate(constraints.sector_limits):
         field = f"constraints.sector_limits[{k}]"
         if not limit.sector:
             raise _bad(f"{field}.sector", "must not be empty")
-        if limit.sector in seen:
-            raise _bad(f"{field}.sector", f"sector '{limit.sector}' is limited twice")
-        seen.add(limit.sector)
+        if (limit.scheme, limit.sector) in seen:
+            where = f" of scheme '{limit.scheme}'" if limit.scheme else ""
+            raise _bad(f"{field}.sector", f"group '{limit.sector}'{where} is limited twice")
+        seen.add((limit.scheme, limit.sector))
         lo = _finite(limit.min_weight, f"{field}.min_weight") if limit.HasField("min_weight") else None
         hi = _finite(limit.max_weight, f"{field}.max_weight") if limit.HasField("max_weight") else None
         if lo is None and hi is None:
             raise _bad(field, "set min_weight, max_weight or both")
-        limits.append(SectorLimit(limit.sector, lo, hi))
+        limits.append(SectorLimit(limit.sector, lo, hi, limit.scheme))
     return tuple(limits)
 
 
@@ -292,7 +304,7 @@ def configuration_from_request(request: cmd_pb.OptimizeRequest) -> cmd_pb.Optimi
     if request.HasField("black_litterman"):
         config.black_litterman.CopyFrom(request.black_litterman)
     for s in request.strategies:
-        config.strategies.add(strategy_id=s.strategy_id, sector=s.sector)
+        config.strategies.add(strategy_id=s.strategy_id, sector=s.sector, classifications=dict(s.classifications))
     if request.WhichOneof("inputs") == "market_data":
         config.lookback_periods = request.market_data.lookback_periods
         config.market_symbol = request.market_data.market_symbol
@@ -328,9 +340,9 @@ def normalize_configuration(
 ) -> cmd_pb.OptimizationConfiguration:
     """Check a configuration given to UpsertConfiguration and return its canonical form.
 
-    The canonical form is the configuration an equivalent Optimize call implies: strategy ids and sectors
-    only, the method made explicit. The same content therefore always hashes to the same version, whichever
-    RPC stored it.
+    The canonical form is the configuration an equivalent Optimize call implies: strategy ids, sectors and
+    classifications only, the method made explicit. The same content therefore always hashes to the same
+    version, whichever RPC stored it.
 
     Raises
     ------
@@ -382,7 +394,10 @@ def validate_optimize_request(request: cmd_pb.OptimizeRequest) -> ValidatedReque
         if request.objective != pb.OBJECTIVE_UNSPECIFIED:
             raise _bad("objective", f"{method} has no objective: leave objective unspecified")
     elif request.objective == pb.OBJECTIVE_UNSPECIFIED:
-        raise _bad("objective", "must be set (MAX_SHARPE, MIN_VOLATILITY, MAX_RETURN or MAX_QUADRATIC_UTILITY)")
+        raise _bad(
+            "objective",
+            "must be set (MAX_SHARPE, MIN_VOLATILITY, MAX_RETURN, MAX_QUADRATIC_UTILITY or MULTI_OBJECTIVE)",
+        )
     elif request.objective not in _OBJECTIVES:
         raise _bad("objective", f"unknown value {request.objective}")
     ids, sectors = _validate_strategies(request.strategies)
@@ -411,10 +426,14 @@ def validate_optimize_request(request: cmd_pb.OptimizeRequest) -> ValidatedReque
         upper_bounds=upper,
         sectors=sectors,
         sector_limits=_sector_limits(c),
+        classifications=_classifications(request.strategies),
         min_return=min_return,
         max_volatility=max_volatility,
         risk_free_rate=settings.risk_free_rate,
         risk_aversion=risk_aversion,
+        multi_objective=_multi_objective(request),
+        allow_relaxation=c.allow_relaxation,
+        **_portfolio_shape(c, len(ids)),
     )
     which = request.WhichOneof("inputs")
     inline = moments = window = None
@@ -464,7 +483,12 @@ def _desk_constraints(request: cmd_pb.OptimizeRequest, ids: tuple[str, ...]) -> 
             raise _bad(f"constraints.{name}", f"must not be negative, got {value}")
         return value
 
-    uses_current = c.HasField("turnover_limit") or bool(c.turnover_caps) or bool(c.transaction_costs_bps)
+    uses_current = (
+        c.HasField("turnover_limit")
+        or bool(c.turnover_caps)
+        or bool(c.transaction_costs_bps)
+        or request.objective == pb.OBJECTIVE_MULTI_OBJECTIVE
+    )
     if uses_current:
         fields["current_weights"] = np.array(
             [s.current_weight if s.HasField("current_weight") else 0.0 for s in request.strategies]
@@ -491,11 +515,65 @@ def _desk_constraints(request: cmd_pb.OptimizeRequest, ids: tuple[str, ...]) -> 
         raise _bad("constraints.benchmark_weights", "only used with constraints.tracking_error_limit")
     if c.HasField("beta_tolerance"):
         fields["beta_tolerance"] = non_negative("beta_tolerance")
-        if not c.betas:
-            raise _bad("constraints.betas", "beta neutrality needs the strategies' betas")
-        fields["betas"] = np.nan_to_num(_by_strategy(c.betas, ids, "constraints.betas", complete=False))
+        which = request.WhichOneof("inputs")
+        market = (which == "returns" and len(request.returns.market_returns) > 0) or (
+            which == "market_data" and bool(request.market_data.market_symbol)
+        )
+        if not c.betas and not market:
+            raise _bad(
+                "constraints.betas",
+                "beta neutrality needs the strategies' betas, or a market series to estimate them against "
+                "(returns.market_returns or market_data.market_symbol)",
+            )
+        if c.betas:
+            fields["betas"] = np.nan_to_num(_by_strategy(c.betas, ids, "constraints.betas", complete=False))
     elif c.betas:
         raise _bad("constraints.betas", "only used with constraints.beta_tolerance")
+    return fields
+
+
+def _multi_objective(request: cmd_pb.OptimizeRequest) -> MultiObjectiveWeights | None:
+    """The multi-objective weights (defaults 1, 1, 0, 0), only with OBJECTIVE_MULTI_OBJECTIVE."""
+    risk = request.risk_parameters
+    if not risk.HasField("multi_objective"):
+        return MultiObjectiveWeights() if request.objective == pb.OBJECTIVE_MULTI_OBJECTIVE else None
+    if request.objective != pb.OBJECTIVE_MULTI_OBJECTIVE:
+        raise _bad("risk_parameters.multi_objective", "applies to OBJECTIVE_MULTI_OBJECTIVE only")
+    given = risk.multi_objective
+    defaults = MultiObjectiveWeights()
+    values = {}
+    for name in ("return_weight", "variance_weight", "turnover_weight", "l2_weight"):
+        field = f"risk_parameters.multi_objective.{name}"
+        value = _finite(getattr(given, name), field) if given.HasField(name) else getattr(defaults, name)
+        if value < 0:
+            raise _bad(field, f"must not be negative, got {value}")
+        values[name] = value
+    if values["return_weight"] == 0 and values["variance_weight"] == 0:
+        raise _bad("risk_parameters.multi_objective", "return_weight and variance_weight cannot both be 0")
+    return MultiObjectiveWeights(**values)
+
+
+def _portfolio_shape(c: pb.OptimizationConstraints, n_assets: int) -> dict[str, Any]:
+    """Cardinality, minimum position size and net exposure bounds as PortfolioProblem fields."""
+    fields: dict[str, Any] = {}
+    if c.HasField("max_holdings"):
+        if c.max_holdings < 1:
+            raise _bad("constraints.max_holdings", "must be at least 1")
+        fields["max_holdings"] = int(c.max_holdings)
+    if c.HasField("min_position_weight"):
+        m = _finite(c.min_position_weight, "constraints.min_position_weight")
+        if not 0.0 < m <= 1.0:
+            raise _bad("constraints.min_position_weight", f"must lie in (0, 1], got {m}")
+        fields["min_position_weight"] = m
+    for name in ("min_net_exposure", "max_net_exposure"):
+        if c.HasField(name):
+            value = _finite(getattr(c, name), f"constraints.{name}")
+            if not -float(n_assets) <= value <= float(n_assets):
+                raise _bad(f"constraints.{name}", f"must lie in [-N, N] = [-{n_assets}, {n_assets}], got {value}")
+            fields[name] = value
+    low, high = fields.get("min_net_exposure", -np.inf), fields.get("max_net_exposure", np.inf)
+    if low > high:
+        raise _bad("constraints.min_net_exposure", f"{low} is above constraints.max_net_exposure {high}")
     return fields
 
 
@@ -540,6 +618,25 @@ def _method_settings(
         has_bounds or c.sector_limits or problem.min_return is not None or (problem.max_volatility is not None)
     ):
         raise _bad("constraints", "RISK_PARITY is long-only without further constraints; remove the constraints")
+    portfolio_shape = {
+        "max_holdings": c.HasField("max_holdings"),
+        "min_position_weight": c.HasField("min_position_weight"),
+        "min_net_exposure": c.HasField("min_net_exposure"),
+        "max_net_exposure": c.HasField("max_net_exposure"),
+    }
+    for field_name, given in portfolio_shape.items():
+        if not given:
+            continue
+        if method in (Method.RISK_PARITY, Method.HIERARCHICAL_RISK_PARITY, Method.ROBUST_OPTIMIZATION):
+            raise _bad(f"constraints.{field_name}", f"is not supported with {name}")
+        if field_name.endswith("net_exposure") and risk_measure is not None:
+            raise _bad(f"constraints.{field_name}", f"is supported with the variance risk measure, not {risk_measure}")
+    if problem.objective is Objective.MULTI_OBJECTIVE and risk_measure is not None:
+        raise _bad("objective", f"OBJECTIVE_MULTI_OBJECTIVE needs the variance risk measure, not {risk_measure}")
+    if problem.objective is Objective.MULTI_OBJECTIVE and method is Method.ROBUST_OPTIMIZATION:
+        raise _bad("objective", "OBJECTIVE_MULTI_OBJECTIVE is not available with ROBUST_OPTIMIZATION")
+    if c.allow_relaxation and method in (Method.RISK_PARITY, Method.HIERARCHICAL_RISK_PARITY):
+        raise _bad("constraints.allow_relaxation", f"{name} has no constraints to relax")
     if method is Method.HIERARCHICAL_RISK_PARITY and (
         c.sector_limits or problem.min_return is not None or problem.max_volatility is not None
     ):

@@ -16,8 +16,8 @@ from enum import StrEnum
 import numpy as np
 
 from services.black_litterman import BlackLittermanPosterior, BlackLittermanSpec, black_litterman_posterior
-from services.errors import InvalidInputError
-from services.estimators import estimate_moments
+from services.errors import InfeasibleError, InvalidInputError, PreconditionViolation
+from services.estimators import estimate_betas, estimate_moments
 from services.hrp import hierarchical_risk_parity
 from services.mean_variance import (
     check_constraints,
@@ -25,6 +25,7 @@ from services.mean_variance import (
     portfolio_performance,
     validate_moments,
 )
+from services.relaxation import find_relaxation
 from services.risk_measures import RiskMeasure, optimize_risk_measure, risk_measure_value
 from services.risk_parity import risk_budgeting, risk_contributions
 from services.robust import Uncertainty, optimize_robust
@@ -176,7 +177,13 @@ def run_optimization(job: OptimizationJob) -> OptimizationOutcome:
 
     spec, problem, moments = job.method, job.problem, estimated.moments
     posterior: BlackLittermanPosterior | None = None
-    measure_name, measure_value = "VARIANCE", None
+    if spec.method is Method.BLACK_LITTERMAN:
+        posterior = _posterior(spec, moments, history, job.settings, problem.risk_free_rate)
+        moments = posterior.moments
+    _check_method_objective(spec, problem)
+    if problem.beta_tolerance is not None and problem.betas is None:
+        problem = replace(problem, betas=_estimated_betas(history))
+    scenarios: FloatArray | None = None
     if spec.method is Method.MEAN_VARIANCE and spec.risk_measure is not None:
         if history is None:
             raise InvalidInputError.for_field(
@@ -184,69 +191,94 @@ def run_optimization(job: OptimizationJob) -> OptimizationOutcome:
                 f"{spec.risk_measure} is computed on historical scenarios: send returns or market_data, not moments",
             )
         scenarios = history.returns[~np.isnan(history.returns).any(axis=1)]
-        result = optimize_risk_measure(
-            problem,
-            scenarios,
-            moments.expected_returns,
-            risk_measure=spec.risk_measure,
-            covariance=moments.covariance,
-            alpha=spec.confidence_level,
-            periods_per_year=job.settings.periods_per_year,
-            time_limit_s=remaining(),
-        )
-        measure_name = spec.risk_measure.value
-        measure_value = risk_measure_value(
-            scenarios, result.weights, risk_measure=spec.risk_measure, alpha=spec.confidence_level
-        )
-    elif spec.method in (Method.MEAN_VARIANCE, Method.BLACK_LITTERMAN):
-        if spec.method is Method.BLACK_LITTERMAN:
-            posterior = _posterior(spec, moments, history, job.settings, problem.risk_free_rate)
-            moments = posterior.moments
-        result = optimize_mean_variance(problem, moments, time_limit_s=remaining())
-    elif spec.method is Method.RISK_PARITY:
-        solved = risk_budgeting(moments.covariance, spec.risk_budgets)
-        result = _closed_result(
-            solved.weights,
-            problem,
-            moments,
-            objective_value=solved.max_relative_rc_error,
-            status="OPTIMAL" if solved.converged else "OPTIMAL_INACCURATE",
-            iterations=solved.iterations,
-            solver=solved.solver,
-            solve_time_ms=solved.solve_time_ms,
-        )
-    elif spec.method is Method.HIERARCHICAL_RISK_PARITY:
-        hrp = hierarchical_risk_parity(
-            moments.covariance,
-            linkage=spec.linkage,
-            lower_bounds=problem.lower_bounds,
-            upper_bounds=problem.upper_bounds,
-        )
-        result = _closed_result(
-            hrp.weights,
-            problem,
-            moments,
-            objective_value=float(hrp.weights @ moments.covariance @ hrp.weights),
-            status="CLOSED_FORM",
-            iterations=0,
-            solver="HRP",
-            solve_time_ms=hrp.solve_time_ms,
-        )
-    else:
+
+    def solve(p: PortfolioProblem) -> OptimizationResult:
+        if scenarios is not None and spec.risk_measure is not None:
+            return optimize_risk_measure(
+                p,
+                scenarios,
+                moments.expected_returns,
+                risk_measure=spec.risk_measure,
+                covariance=moments.covariance,
+                alpha=spec.confidence_level,
+                periods_per_year=job.settings.periods_per_year,
+                time_limit_s=remaining(),
+            )
+        if spec.method in (Method.MEAN_VARIANCE, Method.BLACK_LITTERMAN):
+            return optimize_mean_variance(p, moments, time_limit_s=remaining())
+        if spec.method is Method.RISK_PARITY:
+            solved = risk_budgeting(moments.covariance, spec.risk_budgets)
+            return _closed_result(
+                solved.weights,
+                p,
+                moments,
+                objective_value=solved.max_relative_rc_error,
+                status="OPTIMAL" if solved.converged else "OPTIMAL_INACCURATE",
+                iterations=solved.iterations,
+                solver=solved.solver,
+                solve_time_ms=solved.solve_time_ms,
+                solve_path="JAX_NEWTON",
+            )
+        if spec.method is Method.HIERARCHICAL_RISK_PARITY:
+            hrp = hierarchical_risk_parity(
+                moments.covariance, linkage=spec.linkage, lower_bounds=p.lower_bounds, upper_bounds=p.upper_bounds
+            )
+            return _closed_result(
+                hrp.weights,
+                p,
+                moments,
+                objective_value=float(hrp.weights @ moments.covariance @ hrp.weights),
+                status="CLOSED_FORM",
+                iterations=0,
+                solver="HRP",
+                solve_time_ms=hrp.solve_time_ms,
+                solve_path="CLOSED_FORM",
+            )
         observations = spec.robust_observations or estimated.observations
         if observations < 2:
             raise InvalidInputError.for_field(
                 "risk_parameters.robust.observations",
                 "robust optimization on moments input needs the number of observations behind them (>= 2)",
             )
-        result = optimize_robust(
-            problem,
+        return optimize_robust(
+            p,
             moments,
             uncertainty=spec.uncertainty,
             confidence=spec.robust_confidence,
             observations=observations,
             periods_per_year=job.settings.periods_per_year,
             time_limit_s=remaining(),
+        )
+
+    relaxable = spec.method not in (Method.RISK_PARITY, Method.HIERARCHICAL_RISK_PARITY)
+    try:
+        result = solve(problem)
+    except InfeasibleError as exc:
+        if not relaxable:
+            raise
+        found = find_relaxation(problem, moments, time_limit_s=remaining())
+        if found is None:
+            raise
+        relaxed, relaxations = found
+        if not problem.allow_relaxation:
+            smallest = "; ".join(r.description for r in relaxations)
+            raise InfeasibleError(
+                f"{exc.message}. The smallest relaxation that makes it feasible: {smallest}",
+                precondition_violations=(
+                    *exc.precondition_violations,
+                    *(PreconditionViolation("RELAXATION", r.constraint, r.description) for r in relaxations),
+                ),
+            ) from exc
+        result = solve(relaxed)
+        violations = check_constraints(result.weights, problem, moments)
+        result = replace(result, relaxations=relaxations, violations=violations, constraints_satisfied=not violations)
+    if problem.betas is not None and result.betas is None:
+        result = replace(result, betas=problem.betas)
+    measure_name, measure_value = "VARIANCE", None
+    if scenarios is not None and spec.risk_measure is not None:
+        measure_name = spec.risk_measure.value
+        measure_value = risk_measure_value(
+            scenarios, result.weights, risk_measure=spec.risk_measure, alpha=spec.confidence_level
         )
     return OptimizationOutcome(
         result=result,
@@ -269,6 +301,7 @@ def _closed_result(
     iterations: int,
     solver: str,
     solve_time_ms: float,
+    solve_path: str,
 ) -> OptimizationResult:
     """An ``OptimizationResult`` for weights found without the convex solver (checked like any other)."""
     violations = check_constraints(weights, problem, moments)
@@ -282,7 +315,44 @@ def _closed_result(
         solve_time_ms=solve_time_ms,
         constraints_satisfied=not violations,
         violations=violations,
+        solve_path=solve_path,
     )
+
+
+def _check_method_objective(spec: MethodSettings, problem: PortfolioProblem) -> None:
+    """Reject objective and constraint combinations a method cannot honour, naming them.
+
+    Raises
+    ------
+    InvalidInputError
+        The multi-objective outside mean-variance with variance (``objective``).
+    """
+    if problem.objective is Objective.MULTI_OBJECTIVE:
+        if spec.method is Method.ROBUST_OPTIMIZATION:
+            raise InvalidInputError.for_field(
+                "objective", "OBJECTIVE_MULTI_OBJECTIVE is not available with OPTIMIZATION_METHOD_ROBUST_OPTIMIZATION"
+            )
+        if spec.risk_measure is not None and spec.method is Method.MEAN_VARIANCE:
+            raise InvalidInputError.for_field(
+                "objective", f"OBJECTIVE_MULTI_OBJECTIVE needs the variance risk measure, not {spec.risk_measure}"
+            )
+
+
+def _estimated_betas(history: ReturnHistory | None) -> FloatArray:
+    """Betas against the history's market series, for a beta tolerance given without betas.
+
+    Raises
+    ------
+    InvalidInputError
+        No market series (``constraints.betas``).
+    """
+    if history is None or history.market_returns is None:
+        raise InvalidInputError.for_field(
+            "constraints.betas",
+            "required with beta_tolerance unless a market series is given to estimate them against "
+            "(returns.market_returns or market_data.market_symbol)",
+        )
+    return estimate_betas(history.returns, history.market_returns)
 
 
 _BL_FIELD_RENAMES = (

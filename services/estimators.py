@@ -107,6 +107,48 @@ def pairwise_covariance(returns: FloatArray) -> FloatArray:
     return np.asarray((cov + cov.T) / 2.0, dtype=np.float64)
 
 
+def estimate_betas(returns: FloatArray, market_returns: FloatArray) -> FloatArray:
+    """OLS betas of each strategy against a market series: β_i = cov(r_i, r_m) / var(r_m).
+
+    Each beta uses the periods where both the strategy and the market are observed (pairwise, like the
+    covariance); it is the slope of the least-squares line r_i = α_i + β_i r_m (Sharpe, 1964; the beta of
+    PyPortfolioOpt's ``capm_return``, there on complete rows only).
+
+    Parameters
+    ----------
+    returns : ndarray of shape (T, N)
+        Periodic simple returns, NaN where missing.
+    market_returns : ndarray of shape (T,)
+        The market's returns on the same periods, NaN where missing.
+
+    Returns
+    -------
+    ndarray of shape (N,)
+        Betas (dimensionless).
+
+    Raises
+    ------
+    InvalidInputError
+        A strategy shares fewer than 2 periods with the market, or the market does not move over them
+        (``constraints.betas``).
+    """
+    betas = np.empty(returns.shape[1])
+    for i in range(returns.shape[1]):
+        both = ~np.isnan(returns[:, i]) & ~np.isnan(market_returns)
+        if both.sum() < MIN_OBSERVATIONS:
+            raise InvalidInputError.for_field(
+                "constraints.betas", f"strategy {i} shares {int(both.sum())} periods with the market series; need 2"
+            )
+        market = market_returns[both]
+        variance = float(np.var(market, ddof=1))
+        if variance <= 0:
+            raise InvalidInputError.for_field(
+                "constraints.betas", f"the market series is constant over strategy {i}'s periods: no beta"
+            )
+        betas[i] = float(np.cov(returns[both, i], market, ddof=1)[0, 1]) / variance
+    return betas
+
+
 def exponential_covariance(returns: FloatArray, span: int) -> FloatArray:
     """Exponentially weighted covariance of complete rows (per period, not annualised).
 

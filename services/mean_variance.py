@@ -36,6 +36,7 @@ from services.errors import (
 from services.types import (
     FloatArray,
     Moments,
+    MultiObjectiveWeights,
     Objective,
     OptimizationResult,
     PortfolioPerformance,
@@ -44,6 +45,8 @@ from services.types import (
 
 TOLERANCE = 1e-6
 """Tolerance of the post-solve constraint check (weights, sums, sector totals, return and volatility)."""
+HELD_THRESHOLD = 1e-8
+"""|w_i| above which a strategy counts as held (cardinality and minimum position size)."""
 
 _SOLVER = "CLARABEL"
 CLARABEL_SETTINGS = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10, "tol_ktratio": 1e-8}
@@ -89,9 +92,11 @@ def portfolio_performance(weights: FloatArray, moments: Moments, risk_free_rate:
     Returns
     -------
     PortfolioPerformance
-        ``μᵀw``, ``sqrt(wᵀΣw)`` and ``(μᵀw − r_f) / sqrt(wᵀΣw)`` (0 when the volatility is 0).
+        ``μᵀw + (1 − Σw)·r_f``, ``sqrt(wᵀΣw)`` and the Sharpe ratio ``(that − r_f) / sqrt(wᵀΣw)`` (0 when the
+        volatility is 0). The cash leg ``(1 − Σw)·r_f`` is zero for fully invested weights; it matters only with
+        net exposure bounds, where the part of the capital not invested earns the risk-free rate.
     """
-    expected = float(moments.expected_returns @ weights)
+    expected = float(moments.expected_returns @ weights) + (1.0 - float(weights.sum())) * risk_free_rate
     volatility = float(np.sqrt(max(float(weights @ moments.covariance @ weights), 0.0)))
     sharpe = (expected - risk_free_rate) / volatility if volatility > 0 else 0.0
     return PortfolioPerformance(expected_return=expected, volatility=volatility, sharpe_ratio=sharpe)
@@ -144,15 +149,83 @@ def validate_moments(moments: Moments, n_assets: int) -> None:
 
 
 def _sector_rows(problem: PortfolioProblem) -> list[_SectorRows]:
+    """One membership row per group limit, in any classification scheme (sector or ``classifications``)."""
+    schemes = dict(problem.classifications)
     rows = []
     for k, limit in enumerate(problem.sector_limits):
-        members = np.array([1.0 if s == limit.sector else 0.0 for s in problem.sectors])
+        if limit.scheme:
+            if limit.scheme not in schemes:
+                known = ", ".join(sorted(schemes)) or "none"
+                raise InvalidInputError.for_field(
+                    f"constraints.sector_limits[{k}].scheme",
+                    f"no strategy is classified under scheme '{limit.scheme}' (schemes given: {known})",
+                )
+            groups = schemes[limit.scheme]
+        else:
+            groups = problem.sectors
+        members = np.array([1.0 if s == limit.sector else 0.0 for s in groups])
         if not members.any():
+            where = f"scheme '{limit.scheme}'" if limit.scheme else "sector"
             raise InvalidInputError.for_field(
-                f"constraints.sector_limits[{k}].sector", f"no strategy has sector '{limit.sector}'"
+                f"constraints.sector_limits[{k}].sector", f"no strategy has {where} '{limit.sector}'"
             )
-        rows.append(_SectorRows(limit.sector, members, limit.min_weight, limit.max_weight))
+        name = f"{limit.scheme}:{limit.sector}" if limit.scheme else limit.sector
+        rows.append(_SectorRows(name, members, limit.min_weight, limit.max_weight))
     return rows
+
+
+def net_exposure_range(problem: PortfolioProblem) -> tuple[float, float] | None:
+    """The net exposure bounds (low, high) of Σw (±inf where one side is open), or None for the budget Σw = 1.
+
+    Raises
+    ------
+    InvalidInputError
+        A NaN bound, or ``min_net_exposure`` above ``max_net_exposure``.
+    """
+    low, high = problem.min_net_exposure, problem.max_net_exposure
+    if low is None and high is None:
+        return None
+    for value, name in ((low, "min_net_exposure"), (high, "max_net_exposure")):
+        if value is not None and not np.isfinite(value):
+            raise InvalidInputError.for_field(f"constraints.{name}", f"must be finite, got {value}")
+    lo = -np.inf if low is None else float(low)
+    hi = np.inf if high is None else float(high)
+    if lo > hi:
+        raise InvalidInputError.for_field(
+            "constraints.min_net_exposure", f"min_net_exposure {lo:g} is above max_net_exposure {hi:g}"
+        )
+    return lo, hi
+
+
+def budget_range(problem: PortfolioProblem) -> tuple[float, float]:
+    """(low, high) of Σw: (1, 1) for a fully invested portfolio, else the net exposure bounds."""
+    net = net_exposure_range(problem)
+    return (1.0, 1.0) if net is None else net
+
+
+def multi_objective_weights(problem: PortfolioProblem) -> MultiObjectiveWeights:
+    """The validated weights of ``Objective.MULTI_OBJECTIVE``.
+
+    Missing weights are the defaults of ``MultiObjectiveWeights`` (return 1, variance 1, turnover 0, L2 0).
+
+    Raises
+    ------
+    InvalidInputError
+        A negative or non-finite weight, or return and variance weights both zero
+        (``risk_parameters.multi_objective.*``).
+    """
+    weights = problem.multi_objective if problem.multi_objective is not None else MultiObjectiveWeights()
+    for name in ("return_weight", "variance_weight", "turnover_weight", "l2_weight"):
+        value = getattr(weights, name)
+        if not np.isfinite(value) or value < 0:
+            raise InvalidInputError.for_field(
+                f"risk_parameters.multi_objective.{name}", f"must be finite and non-negative, got {value:g}"
+            )
+    if weights.return_weight == 0 and weights.variance_weight == 0:
+        raise InvalidInputError.for_field(
+            "risk_parameters.multi_objective", "return_weight and variance_weight cannot both be 0"
+        )
+    return weights
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,30 +332,43 @@ def _desk(problem: PortfolioProblem) -> _Desk:
     )
 
 
-def max_achievable_return(expected_returns: FloatArray, lower: FloatArray, upper: FloatArray) -> float:
-    """Largest μᵀw over l ≤ w ≤ u with Σw = 1 (bounds only): start at l, fill 1 − Σl by descending μ.
+def max_achievable_return(
+    expected_returns: FloatArray,
+    lower: FloatArray,
+    upper: FloatArray,
+    budget: tuple[float, float] = (1.0, 1.0),
+) -> float:
+    """Largest μᵀw over l ≤ w ≤ u with low ≤ Σw ≤ high (bounds only): the LP's greedy closed form.
+
+    Start at l; by descending μ, add what positive μ_i can take up to ``high``, and what ``low`` still forces
+    where μ_i ≤ 0 (largest first).
 
     Parameters
     ----------
     expected_returns : ndarray of shape (N,)
-        Annualised expected returns μ.
+        Annualised expected returns μ (or any linear coefficients, e.g. betas).
     lower, upper : ndarray of shape (N,)
-        Weight bounds with Σl ≤ 1 ≤ Σu.
+        Weight bounds with Σl ≤ high and Σu ≥ low.
+    budget : tuple of float
+        (low, high) of Σw; default (1, 1), the fully invested budget.
 
     Returns
     -------
     float
-        The maximum (the LP's greedy closed form); it ignores sector limits, so it bounds from above the
-        return a constrained problem can reach.
+        The maximum; it ignores sector limits, so it bounds from above the value a constrained problem can reach.
     """
     weights = lower.astype(np.float64).copy()
-    room = 1.0 - weights.sum()
+    need = budget[0] - weights.sum()  # still to add (≤ 0: nothing forced)
+    room = budget[1] - weights.sum()  # may add at most
     for i in np.argsort(-expected_returns, kind="stable"):
         if room <= 0:
             break
-        step = min(upper[i] - lower[i], room)
-        weights[i] += step
-        room -= step
+        take = min(upper[i] - lower[i], room) if expected_returns[i] > 0 else min(upper[i] - lower[i], need)
+        if take <= 0:
+            continue
+        weights[i] += take
+        need -= take
+        room -= take
     return float(expected_returns @ weights)
 
 
@@ -315,27 +401,34 @@ def precheck(problem: PortfolioProblem, moments: Moments) -> None:
             f"min_weight {lower[crossed[0]]:g} is above max_weight {upper[crossed[0]]:g}",
         )
     violations: list[PreconditionViolation] = []
-    if lower.sum() > 1 + 1e-9:
+    budget = budget_range(problem)
+    low_name = "1" if problem.min_net_exposure is None else "min_net_exposure"
+    high_name = "1" if problem.max_net_exposure is None else "max_net_exposure"
+    if problem.min_net_exposure is None and problem.max_net_exposure is not None:
+        low_name = "-inf"
+    if problem.max_net_exposure is None and problem.min_net_exposure is not None:
+        high_name = "inf"
+    if lower.sum() > budget[1] + 1e-9:
         violations.append(
             PreconditionViolation(
-                "BOUNDS_SUM", "constraints.min_weight", f"minimum weights sum to {lower.sum():.6g} > 1"
+                "BOUNDS_SUM",
+                "constraints.min_weight",
+                f"minimum weights sum to {lower.sum():.6g} > {high_name} ({budget[1]:g})",
             )
         )
-    if upper.sum() < 1 - 1e-9:
+    if upper.sum() < budget[0] - 1e-9:
         violations.append(
             PreconditionViolation(
-                "BOUNDS_SUM", "constraints.max_weight", f"maximum weights sum to {upper.sum():.6g} < 1"
+                "BOUNDS_SUM",
+                "constraints.max_weight",
+                f"maximum weights sum to {upper.sum():.6g} < {low_name} ({budget[0]:g})",
             )
         )
+    if problem.objective is Objective.MULTI_OBJECTIVE:
+        multi_objective_weights(problem)
     rows = _sector_rows(problem)
-    # The least total weight the sector minima force: each limited sector holds at least max(its minimum, its
-    # members' lower bounds); every other strategy at least its lower bound (negative when shorting is allowed).
-    limited = np.zeros(problem.n_assets, dtype=bool)
-    minima = 0.0
-    for row in rows:
-        limited |= row.members > 0
-        minima += max(row.min_weight if row.min_weight is not None else -np.inf, float(row.members @ lower))
-    minima += float(lower[~limited].sum())
+    # The least total weight the group minima of one scheme force: each limited group holds at least max(its
+    # minimum, its members' lower bounds); every other strategy at least its lower bound (negative when shorting).
     for k, row in enumerate(rows):
         subject = f"constraints.sector_limits[{k}]"
         if row.min_weight is not None and row.max_weight is not None and row.min_weight > row.max_weight:
@@ -364,20 +457,38 @@ def precheck(problem: PortfolioProblem, moments: Moments) -> None:
                         f"({floor:.6g})",
                     )
                 )
-    if any(r.min_weight is not None for r in rows) and minima > 1 + 1e-9:
-        violations.append(
-            PreconditionViolation(
-                "SECTOR_MINIMA",
-                "constraints.sector_limits",
-                f"sector minima (with the other strategies at their lower bounds) sum to {minima:.6g} > 1",
+    # Rows of different schemes overlap, so the sum of minima is a valid bound only within one scheme.
+    for scheme in sorted({limit.scheme for limit in problem.sector_limits}):
+        in_scheme = [row for row, limit in zip(rows, problem.sector_limits, strict=True) if limit.scheme == scheme]
+        if not any(r.min_weight is not None for r in in_scheme):
+            continue
+        covered = np.zeros(problem.n_assets, dtype=bool)
+        forced = 0.0
+        for row in in_scheme:
+            covered |= row.members > 0
+            forced += max(row.min_weight if row.min_weight is not None else -np.inf, float(row.members @ lower))
+        forced += float(lower[~covered].sum())
+        if forced > budget[1] + 1e-9:
+            label = f"scheme '{scheme}' group" if scheme else "sector"
+            violations.append(
+                PreconditionViolation(
+                    "SECTOR_MINIMA",
+                    "constraints.sector_limits",
+                    f"{label} minima (with the other strategies at their lower bounds) sum to {forced:.6g} > "
+                    f"{budget[1]:g}",
+                )
             )
-        )
     mu = moments.expected_returns
-    bounds_ok = lower.sum() <= 1 + 1e-9 and upper.sum() >= 1 - 1e-9
+    bounds_ok = lower.sum() <= budget[1] + 1e-9 and upper.sum() >= budget[0] - 1e-9
     if bounds_ok:
-        best = max_achievable_return(mu, lower, upper)
+        best = max_achievable_return(mu, lower, upper, budget)
+        best_excess = max_achievable_return(mu - problem.risk_free_rate, lower, upper, budget)
+        if net_exposure_range(problem) is not None:
+            # The cash leg (1 − Σw)·r_f: the best total return is r_f + the best excess return.
+            best = problem.risk_free_rate + best_excess
     else:  # already infeasible; long-only, no portfolio can beat the best single return either
         best = float(mu.max()) if float(lower.min()) >= 0 else float("inf")
+        best_excess = best - problem.risk_free_rate
     if problem.min_return is not None and problem.min_return > best + 1e-12:
         violations.append(
             PreconditionViolation(
@@ -387,7 +498,7 @@ def precheck(problem: PortfolioProblem, moments: Moments) -> None:
                 f"({best:.6g})",
             )
         )
-    if problem.objective is Objective.MAX_SHARPE and best <= problem.risk_free_rate:
+    if problem.objective is Objective.MAX_SHARPE and best_excess <= 0:
         violations.append(
             PreconditionViolation(
                 "NO_EXCESS_RETURN",
@@ -396,7 +507,7 @@ def precheck(problem: PortfolioProblem, moments: Moments) -> None:
                 f"{problem.risk_free_rate:g}; the highest the weight bounds allow is {best:.6g}",
             )
         )
-    violations += _desk_violations(problem, _desk(problem), bounds_ok)
+    violations += _desk_violations(problem, _desk(problem), bounds_ok, budget)
     if violations:
         raise InfeasibleError(
             "infeasible constraints: " + "; ".join(v.description for v in violations),
@@ -404,13 +515,17 @@ def precheck(problem: PortfolioProblem, moments: Moments) -> None:
         )
 
 
-def _desk_violations(problem: PortfolioProblem, desk: _Desk, bounds_ok: bool) -> list[PreconditionViolation]:
+def _desk_violations(
+    problem: PortfolioProblem, desk: _Desk, bounds_ok: bool, budget: tuple[float, float]
+) -> list[PreconditionViolation]:
     """Pre-checks of the desk families; each names a necessary condition of feasibility."""
     lower, upper, current = problem.lower_bounds, problem.upper_bounds, desk.current
     found: list[PreconditionViolation] = []
     if desk.turnover_limit is not None:
-        # Σ|w − w₀| ≥ |Σ(w − w₀)| = |1 − Σw₀|, and ≥ the distance of w₀ to the bounds' box.
-        budget_gap = abs(1.0 - float(current.sum()))
+        # Σ|w − w₀| ≥ |Σ(w − w₀)| ≥ the distance of Σw₀ to the budget [low, high], and ≥ the distance of w₀ to
+        # the bounds' box.
+        held = float(current.sum())
+        budget_gap = max(budget[0] - held, held - budget[1], 0.0)
         box_gap = float(np.sum(np.maximum(lower - current, 0.0) + np.maximum(current - upper, 0.0)))
         needed = max(budget_gap, box_gap)
         if needed > desk.turnover_limit + 1e-9:
@@ -437,26 +552,29 @@ def _desk_violations(problem: PortfolioProblem, desk: _Desk, bounds_ok: bool) ->
                     f"weight {current[i]:g} lies within its bounds [{lower[i]:g}, {upper[i]:g}]",
                 )
             )
-        elif bounds_ok and (low.sum() > 1 + 1e-9 or high.sum() < 1 - 1e-9):
+        elif bounds_ok and (low.sum() > budget[1] + 1e-9 or high.sum() < budget[0] - 1e-9):
             found.append(
                 PreconditionViolation(
                     "TURNOVER",
                     "constraints.turnover_caps",
                     f"within the per-name turnover caps the weights sum to between {low.sum():.6g} and "
-                    f"{high.sum():.6g}, never 1",
+                    f"{high.sum():.6g}, never within [{budget[0]:g}, {budget[1]:g}]",
                 )
             )
-    if desk.leverage_limit is not None and desk.leverage_limit < 1 - 1e-9:
+    # Gross exposure Σ|w| ≥ |Σw| ≥ the distance of 0 to the budget [low, high].
+    least_gross = max(budget[0], -budget[1], 0.0)
+    if desk.leverage_limit is not None and desk.leverage_limit < least_gross - 1e-9:
         found.append(
             PreconditionViolation(
                 "LEVERAGE",
                 "constraints.leverage_limit",
-                f"leverage_limit {desk.leverage_limit:g} < 1: weights summing to 1 have gross exposure Σ|w| ≥ 1",
+                f"leverage_limit {desk.leverage_limit:g} < {least_gross:g}: weights with net exposure in "
+                f"[{budget[0]:g}, {budget[1]:g}] have gross exposure Σ|w| ≥ {least_gross:g}",
             )
         )
     if desk.betas is not None and desk.beta_tolerance is not None and bounds_ok:
-        highest = max_achievable_return(desk.betas, lower, upper)
-        lowest = -max_achievable_return(-desk.betas, lower, upper)
+        highest = max_achievable_return(desk.betas, lower, upper, budget)
+        lowest = -max_achievable_return(-desk.betas, lower, upper, budget)
         if lowest > desk.beta_tolerance + 1e-9 or highest < -desk.beta_tolerance - 1e-9:
             found.append(
                 PreconditionViolation(
@@ -496,8 +614,23 @@ def check_constraints(weights: FloatArray, problem: PortfolioProblem, moments: M
         One description per violated constraint; empty when all hold.
     """
     found: list[str] = []
-    if abs(weights.sum() - 1.0) > TOLERANCE:
-        found.append(f"weights sum to {weights.sum():.9g}, not 1")
+    net = net_exposure_range(problem)
+    total = float(weights.sum())
+    if net is None and abs(total - 1.0) > TOLERANCE:
+        found.append(f"weights sum to {total:.9g}, not 1")
+    if net is not None and total < net[0] - TOLERANCE:
+        found.append(f"net exposure {total:.9g} below {net[0]:g}")
+    if net is not None and total > net[1] + TOLERANCE:
+        found.append(f"net exposure {total:.9g} above {net[1]:g}")
+    held = np.abs(weights) > HELD_THRESHOLD
+    if problem.max_holdings is not None and int(held.sum()) > problem.max_holdings:
+        found.append(f"{int(held.sum())} holdings above max_holdings {problem.max_holdings}")
+    if problem.min_position_weight is not None:
+        for i in np.flatnonzero(held & (np.abs(weights) < problem.min_position_weight - TOLERANCE)):
+            found.append(
+                f"{problem.strategy_ids[i]} weight {weights[i]:.9g} held below min_position_weight "
+                f"{problem.min_position_weight:g}"
+            )
     for i in np.flatnonzero(weights < problem.lower_bounds - TOLERANCE):
         found.append(f"{problem.strategy_ids[i]} weight {weights[i]:.9g} below {problem.lower_bounds[i]:g}")
     for i in np.flatnonzero(weights > problem.upper_bounds + TOLERANCE):
@@ -515,6 +648,8 @@ def check_constraints(weights: FloatArray, problem: PortfolioProblem, moments: M
         found.append(f"expected return net of costs {net_return:.9g} below {problem.min_return:g}")
     if problem.max_volatility is not None and performance.volatility > problem.max_volatility + TOLERANCE:
         found.append(f"volatility {performance.volatility:.9g} above {problem.max_volatility:g}")
+    if problem.objective is Objective.MULTI_OBJECTIVE:
+        multi_objective_weights(problem)
     trades = np.abs(weights - desk.current)
     if desk.turnover_limit is not None and trades.sum() > desk.turnover_limit + TOLERANCE:
         found.append(f"turnover {trades.sum():.9g} above {desk.turnover_limit:g}")
@@ -561,6 +696,10 @@ class _Shape:
     costs: bool = False
     tracking_error: bool = False
     beta: bool = False
+    net_min: bool = False
+    net_max: bool = False
+    turnover_penalty: bool = False
+    l2: bool = False
 
 
 class _Program:
@@ -579,14 +718,24 @@ class _Program:
         self.factor = cp.Parameter((n, n)) if shape.parametric else None
         sharpe = shape.objective is Objective.MAX_SHARPE
         scale: cp.Expression | float
+        self.kappa: cp.Variable | None = None
+        self.net_low, self.net_high = cp.Parameter(), cp.Parameter()
         if sharpe:
             self.excess = cp.Parameter(n)
-            kappa = cp.Variable(nonneg=True)
+            self.kappa = kappa = cp.Variable(nonneg=True)
             scale = kappa
-            constraints = [self.excess @ x == 1, cp.sum(x) == kappa]
+            constraints = [self.excess @ x == 1]
         else:
             scale = 1.0
-            constraints = [cp.sum(x) == 1]
+            constraints = []
+        if shape.net_min or shape.net_max:
+            # Net exposure bounds replace the budget; the rest of the capital is cash at r_f.
+            if shape.net_min:
+                constraints.append(cp.sum(x) >= self.net_low * scale)
+            if shape.net_max:
+                constraints.append(cp.sum(x) <= self.net_high * scale)
+        else:
+            constraints.append(cp.sum(x) == scale)
         constraints += [x >= cp.multiply(self.lower, scale), x <= cp.multiply(self.upper, scale)]
         self.sector_min_matrix = self.sector_min = self.sector_max_matrix = self.sector_max = None
         if shape.sector_minima:
@@ -608,9 +757,13 @@ class _Program:
         self.tracking_error_limit = cp.Parameter(nonneg=True)
         self.betas = cp.Parameter(n)
         self.beta_tolerance = cp.Parameter(nonneg=True)
+        self.risk_free = cp.Parameter()
         net_return: cp.Expression = self.mu @ x
+        if shape.net_min or shape.net_max:
+            net_return = net_return + self.risk_free * (scale - cp.sum(x))
         cost: cp.Expression | float = 0.0
-        if shape.turnover or shape.turnover_caps or shape.costs:
+        trades: cp.Variable | None = None
+        if shape.turnover or shape.turnover_caps or shape.costs or shape.turnover_penalty:
             trades = cp.Variable(n, nonneg=True)
             moved = x - cp.multiply(self.current, scale)
             constraints += [trades >= moved, trades >= -moved]
@@ -632,6 +785,10 @@ class _Program:
         self.min_return = cp.Parameter()
         if shape.min_return:
             constraints.append(net_return >= self.min_return * scale)
+        # Every linear family so far; services.cardinality builds its mixed-integer master on them (the cones below
+        # become its cuts).
+        self.linear_constraints: list[cp.Constraint] = list(constraints)
+        self.scale, self.net_return, self.trades = scale, net_return, trades
         self.max_volatility = cp.Parameter(nonneg=True)
         factor: cp.Parameter | FloatArray | None = self.factor
         if factor is None and (shape.max_volatility or shape.tracking_error):
@@ -656,11 +813,37 @@ class _Program:
             return cast(cp.Expression, cp.quad_form(v, cp.psd_wrap(covariance)))
 
         self.half_risk_aversion = cp.Parameter(nonneg=True)
+        self.return_weight = cp.Parameter(nonneg=True)
+        self.turnover_weight = cp.Parameter(nonneg=True)
+        self.l2_weight = cp.Parameter(nonneg=True)
+        self.objective_factor = cp.Parameter((n, n)) if shape.parametric else None
         objective: cp.Minimize | cp.Maximize
         if sharpe or shape.objective is Objective.MIN_VOLATILITY:
             objective = cp.Minimize(risk(x))
         elif shape.objective is Objective.MAX_RETURN:
             objective = cp.Maximize(net_return)
+        elif shape.objective is Objective.MULTI_OBJECTIVE:
+            # a·μᵀw is not DPP (parameter times parameter-affine): μ and c are pre-multiplied by a in set_values
+            # (``mu_scaled``, ``costs_scaled``); b·wᵀΣw uses its own factor sqrt(b)·F (parametric) or b·Σ.
+            self.mu_scaled = cp.Parameter(n)
+            gain: cp.Expression = self.mu_scaled @ x
+            if shape.net_min or shape.net_max:
+                gain = gain + self.risk_free * self.return_weight * (1.0 - cp.sum(x))
+            if shape.costs:
+                assert trades is not None
+                self.costs_scaled = cp.Parameter(n, nonneg=True)
+                gain = gain - self.costs_scaled @ trades
+            if self.objective_factor is not None:
+                penalty: cp.Expression = cp.sum_squares(self.objective_factor.T @ x)
+            else:
+                assert covariance is not None
+                penalty = self.half_risk_aversion * cp.quad_form(x, cp.psd_wrap(covariance))
+            if shape.turnover_penalty:
+                assert trades is not None
+                penalty = penalty + self.turnover_weight * cp.sum(trades)
+            if shape.l2:
+                penalty = penalty + self.l2_weight * cp.sum_squares(x)
+            objective = cp.Maximize(gain - penalty)
         elif self.factor is not None:
             # DPP forbids a parameter times a parametric quadratic: δ/2 is folded into the factor instead
             # (see ``risk_scale`` in ``set_values``).
@@ -694,7 +877,24 @@ class _Program:
         self.min_return.value = problem.min_return if problem.min_return is not None else 0.0
         self.max_volatility.value = risk_scale * (problem.max_volatility if problem.max_volatility is not None else 0.0)
         self.half_risk_aversion.value = 0.5 * problem.risk_aversion
+        self.risk_free.value = problem.risk_free_rate
+        net = net_exposure_range(problem)
+        self.net_low.value = net[0] if net is not None and np.isfinite(net[0]) else 0.0
+        self.net_high.value = net[1] if net is not None and np.isfinite(net[1]) else 0.0
         desk = _desk(problem)
+        if self.shape.objective is Objective.MULTI_OBJECTIVE:
+            weights = multi_objective_weights(problem)
+            self.return_weight.value = weights.return_weight
+            self.turnover_weight.value = weights.turnover_weight
+            self.l2_weight.value = weights.l2_weight
+            self.mu_scaled.value = weights.return_weight * mu
+            if self.shape.costs:
+                assert desk.costs is not None
+                self.costs_scaled.value = weights.return_weight * desk.costs
+            if self.objective_factor is not None:
+                self.objective_factor.value = _covariance_factor(moments.covariance) * np.sqrt(weights.variance_weight)
+            else:
+                self.half_risk_aversion.value = weights.variance_weight
         n = problem.n_assets
         self.current.value = desk.current
         self.turnover_limit.value = desk.turnover_limit if desk.turnover_limit is not None else 0.0
@@ -720,6 +920,7 @@ _PROGRAMS: OrderedDict[_Shape, _Program] = OrderedDict()
 def _program(problem: PortfolioProblem, rows: list[_SectorRows], covariance: FloatArray) -> _Program:
     """The cached program of this problem's shape (small N), or a new one built around Σ (large N)."""
     desk = _desk(problem)
+    mo = multi_objective_weights(problem) if problem.objective is Objective.MULTI_OBJECTIVE else None
     shape = _Shape(
         turnover=desk.turnover_limit is not None,
         turnover_caps=desk.turnover_caps is not None,
@@ -727,6 +928,10 @@ def _program(problem: PortfolioProblem, rows: list[_SectorRows], covariance: Flo
         costs=desk.costs is not None,
         tracking_error=desk.tracking_error_limit is not None,
         beta=desk.beta_tolerance is not None,
+        net_min=problem.min_net_exposure is not None,
+        net_max=problem.max_net_exposure is not None,
+        turnover_penalty=mo is not None and mo.turnover_weight > 0,
+        l2=mo is not None and mo.l2_weight > 0,
         objective=problem.objective,
         n_assets=problem.n_assets,
         sector_minima=sum(r.min_weight is not None for r in rows),
@@ -752,11 +957,22 @@ def objective_value_of(weights: FloatArray, problem: PortfolioProblem, moments: 
 
     With ``transaction_costs_bps`` the expected return in the objective is μᵀw − cᵀ|w − w₀|/1e4: max Sharpe
     reports (μᵀw − cost − r_f)/σ, max return μᵀw − cost, quadratic utility μᵀw − cost − δ/2·wᵀΣw; min volatility
-    reports the variance wᵀΣw (costs only enter through min_return). ``portfolio_performance`` stays gross.
+    reports the variance wᵀΣw (costs only enter through min_return), the multi-objective
+    a·(μᵀw − cost) − b·wᵀΣw − g·Σ|w − w₀| − λ·‖w‖². ``portfolio_performance`` stays gross.
     """
     performance = portfolio_performance(weights, moments, problem.risk_free_rate)
-    net_return = performance.expected_return - _desk(problem).cost(weights)
+    desk = _desk(problem)
+    net_return = performance.expected_return - desk.cost(weights)
     variance = performance.volatility**2
+    if problem.objective is Objective.MULTI_OBJECTIVE:
+        mo = multi_objective_weights(problem)
+        turnover = float(np.abs(weights - desk.current).sum())
+        return (
+            mo.return_weight * net_return
+            - mo.variance_weight * variance
+            - mo.turnover_weight * turnover
+            - mo.l2_weight * float(weights @ weights)
+        )
     if problem.objective is Objective.MAX_SHARPE:
         volatility = performance.volatility
         return (net_return - problem.risk_free_rate) / volatility if volatility > 0 else 0.0
@@ -919,6 +1135,10 @@ def optimize_mean_variance(
         The solver failed otherwise (numerical trouble, unbounded problem).
     """
     precheck(problem, moments)
+    if problem.max_holdings is not None or problem.min_position_weight is not None:
+        from services.cardinality import optimize_cardinality  # mixed-integer: outer approximation with HiGHS
+
+        return optimize_cardinality(problem, moments, time_limit_s=time_limit_s)
     started = time.perf_counter()
     rows = _sector_rows(problem)
     lower, upper = problem.lower_bounds, problem.upper_bounds
@@ -936,11 +1156,11 @@ def optimize_mean_variance(
         raise OptimizationError(f"{outcome.solver} returned no solution for {problem.objective}")
 
     raw = np.asarray(variable.value, dtype=np.float64)
-    if problem.objective is Objective.MAX_SHARPE:
-        total = raw.sum()
-        if total <= 1e-12:
+    if program.kappa is not None:
+        kappa = float(program.kappa.value) if program.kappa.value is not None else 0.0
+        if kappa <= 1e-12:
             raise OptimizationError("max Sharpe solution degenerated (κ = 0)")
-        raw = raw / total
+        raw = raw / kappa
     # Solver noise just outside a bound (≤ TOLERANCE) is put on the bound; larger breaches stay and are reported.
     weights = np.where((raw < lower) & (raw >= lower - TOLERANCE), lower, raw)
     weights = np.where((weights > upper) & (weights <= upper + TOLERANCE), upper, weights)
@@ -959,4 +1179,5 @@ def optimize_mean_variance(
         constraints_satisfied=not violations,
         violations=violations,
         fallback_used=outcome.fallback_used,
+        solve_path="CONIC",
     )

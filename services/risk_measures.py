@@ -31,12 +31,14 @@ objective: it serves the σ_max cap and the reported (mean-variance) performance
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import cast
 
 import cvxpy as cp
 import numpy as np
 
+from services.cardinality import optimize_scenario_cardinality
 from services.errors import (
     InvalidInputError,
     OptimizationError,
@@ -318,6 +320,78 @@ def linear_constraints(problem: PortfolioProblem, x: cp.Variable, scale: cp.Expr
     return constraints
 
 
+@dataclass(frozen=True, slots=True)
+class MeasureProgram:
+    """The convex program of one risk-measure problem (see the module docstring), before solving."""
+
+    x: cp.Variable
+    """The weights w, or y = κw for the max ratio."""
+    kappa: cp.Variable | None
+    """κ of the max ratio's homogenisation; None otherwise."""
+    constraints: list[cp.Constraint]
+    objective: cp.Expression
+    """Minimised: ρ(x) (min risk, max ratio) or −μᵀx (max return)."""
+
+
+def measure_program(
+    problem: PortfolioProblem,
+    scenarios: FloatArray,
+    moments: Moments,
+    *,
+    risk_measure: RiskMeasure,
+    alpha: float,
+    max_risk: float | None,
+    with_volatility_cap: bool = True,
+) -> MeasureProgram:
+    """Build the program of a risk-measure problem (also the linear part of ``services.cardinality``'s master).
+
+    Parameters
+    ----------
+    problem : PortfolioProblem
+        Objective (MIN_VOLATILITY, MAX_SHARPE or MAX_RETURN) and constraints over N strategies.
+    scenarios : ndarray of shape (T, N)
+        Per-period simple returns.
+    moments : Moments
+        Annualised μ (N,) and Σ (N, N).
+    risk_measure : RiskMeasure
+        The measure ρ.
+    alpha : float
+        Confidence level of CVaR and CDaR.
+    max_risk : float or None
+        Cap on ρ.
+    with_volatility_cap : bool, default=True
+        Whether to include the cone ‖Fᵀx‖ ≤ σ_max·scale (the mixed-integer master outer-approximates it instead).
+
+    Returns
+    -------
+    MeasureProgram
+        Variables, constraints and the objective to minimise.
+    """
+    mu = moments.expected_returns
+    x = cp.Variable(problem.n_assets)
+    scale: cp.Expression | float
+    kappa: cp.Variable | None = None
+    if problem.objective is Objective.MAX_SHARPE:
+        kappa = cp.Variable(nonneg=True)
+        scale = kappa
+        constraints = [(mu - problem.risk_free_rate) @ x == 1]
+    else:
+        scale = 1.0
+        constraints = []
+    constraints += linear_constraints(problem, x, scale)
+    risk, risk_constraints = _risk_program(risk_measure, scenarios, x, alpha)
+    constraints += risk_constraints
+    if problem.min_return is not None:
+        constraints.append(mu @ x >= problem.min_return * scale)
+    if problem.max_volatility is not None and with_volatility_cap:
+        factor = _covariance_factor(moments.covariance)
+        constraints.append(cp.norm(factor.T @ x, 2) <= problem.max_volatility * scale)
+    if max_risk is not None:
+        constraints.append(risk <= max_risk * scale)
+    objective = -(mu @ x) if problem.objective is Objective.MAX_RETURN else risk
+    return MeasureProgram(x=x, kappa=kappa, constraints=constraints, objective=cast(cp.Expression, objective))
+
+
 # --- the optimizer -----------------------------------------------------------------------------------------------
 
 
@@ -393,31 +467,22 @@ def optimize_risk_measure(
     scenarios = np.asarray(scenarios, dtype=np.float64)
     moments = _validate_inputs(problem, scenarios, expected_returns, covariance, alpha, periods_per_year, max_risk)
     precheck(problem, moments)
+    if problem.max_holdings is not None or problem.min_position_weight is not None:
+        return optimize_scenario_cardinality(
+            problem,
+            scenarios,
+            moments,
+            risk_measure=risk_measure,
+            alpha=alpha,
+            periods_per_year=periods_per_year,
+            max_risk=max_risk,
+            time_limit_s=time_limit_s,
+        )
     started = time.perf_counter()
-    mu = moments.expected_returns
     sharpe = problem.objective is Objective.MAX_SHARPE
-
-    x = cp.Variable(problem.n_assets)
-    scale: cp.Expression | float
-    if sharpe:
-        kappa = cp.Variable(nonneg=True)
-        scale = kappa
-        constraints = [(mu - problem.risk_free_rate) @ x == 1]
-    else:
-        scale = 1.0
-        constraints = []
-    constraints += linear_constraints(problem, x, scale)
-    risk, risk_constraints = _risk_program(risk_measure, scenarios, x, alpha)
-    constraints += risk_constraints
-    if problem.min_return is not None:
-        constraints.append(mu @ x >= problem.min_return * scale)
-    if problem.max_volatility is not None:
-        factor = _covariance_factor(moments.covariance)
-        constraints.append(cp.norm(factor.T @ x, 2) <= problem.max_volatility * scale)
-    if max_risk is not None:
-        constraints.append(risk <= max_risk * scale)
-    objective = cp.Maximize(mu @ x) if problem.objective is Objective.MAX_RETURN else cp.Minimize(risk)
-    cvx_problem = cp.Problem(objective, constraints)
+    program = measure_program(problem, scenarios, moments, risk_measure=risk_measure, alpha=alpha, max_risk=max_risk)
+    x = program.x
+    cvx_problem = cp.Problem(cp.Minimize(program.objective), program.constraints)
 
     description = f"{problem.objective} with {risk_measure}"
     outcome = solve_program(
@@ -448,6 +513,7 @@ def optimize_risk_measure(
         iterations=int(stats.num_iters or 0) if stats is not None else 0,
         solver=outcome.solver,
         fallback_used=outcome.fallback_used,
+        solve_path="CONIC",
         solve_time_ms=(time.perf_counter() - started) * 1000.0,
         constraints_satisfied=not violations,
         violations=violations,

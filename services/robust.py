@@ -326,6 +326,7 @@ def optimize_robust(
         iterations=int(solver_stats.num_iters or 0) if solver_stats is not None else 0,
         solver=outcome.solver,
         fallback_used=outcome.fallback_used,
+        solve_path="CONIC",
         solve_time_ms=(time.perf_counter() - started) * 1000.0,
         constraints_satisfied=not violations,
         violations=violations,

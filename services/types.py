@@ -23,6 +23,8 @@ class Objective(StrEnum):
     MIN_VOLATILITY = "MIN_VOLATILITY"
     MAX_RETURN = "MAX_RETURN"
     MAX_QUADRATIC_UTILITY = "MAX_QUADRATIC_UTILITY"
+    MULTI_OBJECTIVE = "MULTI_OBJECTIVE"
+    """Maximise a weighted sum of expected return, variance, turnover and L2 (see ``MultiObjectiveWeights``)."""
 
 
 class ReturnsEstimator(StrEnum):
@@ -117,11 +119,48 @@ class EstimatedMoments:
 
 @dataclass(frozen=True, slots=True)
 class SectorLimit:
-    """Bounds on the summed weight of the strategies of one sector."""
+    """Bounds on the summed weight of the strategies of one group of a classification scheme."""
 
     sector: str
+    """Group name (a sector, a country, a style ...)."""
     min_weight: float | None = None
     max_weight: float | None = None
+    scheme: str = ""
+    """Classification scheme of ``sector``: "" = ``PortfolioProblem.sectors``, else a key of
+    ``PortfolioProblem.classifications``."""
+
+
+@dataclass(frozen=True, slots=True)
+class MultiObjectiveWeights:
+    """Weights of the multi-objective: maximise a·μᵀw − b·wᵀΣw − g·Σ|w − w₀| − λ·‖w‖².
+
+    μᵀw is net of transaction costs when the problem has them (and includes the cash leg at r_f with net exposure
+    bounds); Σ|w − w₀| is the two-way turnover from the current weights; ‖w‖² the L2 (ridge) regulariser that
+    spreads weight over more names. All four are non-negative and at least one of a, b is positive.
+    """
+
+    return_weight: float = 1.0
+    variance_weight: float = 1.0
+    turnover_weight: float = 0.0
+    l2_weight: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Relaxation:
+    """How much one constraint had to be relaxed to make an infeasible problem feasible."""
+
+    constraint: str
+    """Field path of the constraint, e.g. ``constraints.sector_limits[1].min_weight``."""
+    original: float
+    """The limit as asked."""
+    relaxed: float
+    """The smallest limit (in the relaxing direction) that makes the problem feasible with the other relaxations."""
+    description: str
+
+    @property
+    def amount(self) -> float:
+        """|relaxed − original|, in the constraint's own units (weights, annualised decimals)."""
+        return abs(self.relaxed - self.original)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,6 +218,22 @@ class PortfolioProblem:
     """Betas (N,) against the market, for beta neutrality."""
     beta_tolerance: float | None = None
     """Beta neutrality: |βᵀw| ≤ tolerance."""
+    classifications: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Extra classification schemes: (scheme, group of each strategy (length N, "" = none)) pairs."""
+    multi_objective: MultiObjectiveWeights | None = None
+    """Weights of ``Objective.MULTI_OBJECTIVE``; None = ``MultiObjectiveWeights()``."""
+    max_holdings: int | None = None
+    """Cardinality: at most this many strategies with a non-zero weight (mixed-integer program)."""
+    min_position_weight: float | None = None
+    """Minimum |w_i| of a held strategy (mixed-integer program); a strategy is held or at weight 0."""
+    min_net_exposure: float | None = None
+    """Net exposure Σw lower bound; with either net bound the budget Σw = 1 becomes min ≤ Σw ≤ max and the rest
+    (1 − Σw) is cash earning r_f."""
+    max_net_exposure: float | None = None
+    """Net exposure Σw upper bound (see ``min_net_exposure``)."""
+    allow_relaxation: bool = False
+    """When the constraints are infeasible, solve the smallest relaxation instead of failing (see
+    ``services.relaxation``)."""
 
     @property
     def n_assets(self) -> int:
@@ -234,3 +289,10 @@ class OptimizationResult:
     violations: tuple[str, ...] = field(default=())
     fallback_used: bool = False
     """Whether the primary solver failed and the fallback solver produced the answer."""
+    solve_path: str = ""
+    """Which algorithm answered, e.g. ``CONIC`` (cvxpy + Clarabel), ``ACTIVE_SET``, ``MIP_OUTER_APPROXIMATION``,
+    ``JAX_NEWTON``, ``CLOSED_FORM``."""
+    relaxations: tuple[Relaxation, ...] = ()
+    """Constraints relaxed to reach a feasible problem (``PortfolioProblem.allow_relaxation``); empty otherwise."""
+    betas: FloatArray | None = None
+    """Betas (N,) used by the beta constraint (given or estimated against the market series)."""

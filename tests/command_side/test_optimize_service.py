@@ -302,7 +302,7 @@ def test_failed_request_writes_nothing(commands: Any, sp500_returns: pd.DataFram
     with pytest.raises(grpc.RpcError) as caught:
         commands.Optimize(request, timeout=60)
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert precondition_types(caught.value) == ["SOLVER_INFEASIBLE"]
+    assert precondition_types(caught.value) == ["SOLVER_INFEASIBLE", "RELAXATION"]
     assert set(stored_rows(db, portfolio_id).values()) == {0}
     row = db.execute("SELECT count(*) FROM optimization_results WHERE request_id = %s", [request.request_id]).fetchone()
     assert row == (0,)

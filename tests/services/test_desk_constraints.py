@@ -24,7 +24,7 @@ from pypfopt import expected_returns, risk_models
 import services.mean_variance as mv
 from services.errors import InfeasibleError, InvalidInputError
 from services.mean_variance import check_constraints, optimize_mean_variance
-from services.types import Moments, Objective, OptimizationResult, PortfolioProblem
+from services.types import Moments, MultiObjectiveWeights, Objective, OptimizationResult, PortfolioProblem
 
 SP500_DAYS = 756
 TOL = 1e-6
@@ -163,6 +163,16 @@ def reference_value(problem: PortfolioProblem, moments: Moments) -> float:
     if problem.objective is Objective.MAX_QUADRATIC_UTILITY:
         utility = net - 0.5 * problem.risk_aversion * variance
         return float(cp.Problem(cp.Maximize(utility), constraints).solve(solver=cp.CLARABEL))
+    if problem.objective is Objective.MULTI_OBJECTIVE:
+        mo = problem.multi_objective or MultiObjectiveWeights()
+        current = problem.current_weights if problem.current_weights is not None else np.zeros(n)
+        value = (
+            mo.return_weight * net
+            - mo.variance_weight * variance
+            - mo.turnover_weight * cp.norm1(w - current)
+            - mo.l2_weight * cp.sum_squares(w)
+        )
+        return float(cp.Problem(cp.Maximize(value), constraints).solve(solver=cp.CLARABEL))
     # Max Sharpe: Sharpe of the min-variance portfolio with net return ≥ r, maximised over r by golden section
     # (the frontier σ(r) is convex, so the Sharpe ratio along it is unimodal).
     target = cp.Parameter()

@@ -297,7 +297,9 @@ class OptimizationConfiguration(_message.Message):
     """Market symbol for the CAPM estimator with stored data."""
     @_builtins.property
     def strategies(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Strategy]:
-        """Strategies (ids and sectors; returns and current weights belong to runs and are not stored here)."""
+        """Strategies (ids, sectors and classifications; returns and current weights belong to runs and are not
+        stored here).
+        """
 
     @_builtins.property
     def constraints(self) -> _types_pb2.OptimizationConstraints:

@@ -41,6 +41,10 @@ class _ObjectiveEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Objective.V
     """Maximise expected return; with constraints.max_volatility this is PyPortfolioOpt's efficient_risk."""
     OBJECTIVE_MAX_QUADRATIC_UTILITY: _Objective.ValueType  # 4
     """Maximise mu'w - (risk_aversion / 2) w'Sigma w."""
+    OBJECTIVE_MULTI_OBJECTIVE: _Objective.ValueType  # 5
+    """Maximise a mu'w - b w'Sigma w - g sum_i |w_i - current_i| - l ||w||^2 with the weights (a, b, g, l) of
+    risk_parameters.multi_objective (mu'w net of transaction costs; the turnover term is two-way).
+    """
 
 class Objective(_Objective, metaclass=_ObjectiveEnumTypeWrapper):
     """What the optimizer maximises or minimises."""
@@ -55,6 +59,10 @@ OBJECTIVE_MAX_RETURN: Objective.ValueType  # 3
 """Maximise expected return; with constraints.max_volatility this is PyPortfolioOpt's efficient_risk."""
 OBJECTIVE_MAX_QUADRATIC_UTILITY: Objective.ValueType  # 4
 """Maximise mu'w - (risk_aversion / 2) w'Sigma w."""
+OBJECTIVE_MULTI_OBJECTIVE: Objective.ValueType  # 5
+"""Maximise a mu'w - b w'Sigma w - g sum_i |w_i - current_i| - l ||w||^2 with the weights (a, b, g, l) of
+risk_parameters.multi_objective (mu'w net of transaction costs; the turnover term is two-way).
+"""
 Global___Objective: _TypeAlias = Objective  # noqa: Y015
 
 class _OptimizationMethod:
@@ -301,10 +309,31 @@ class Strategy(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ClassificationsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     STRATEGY_ID_FIELD_NUMBER: _builtins.int
     SECTOR_FIELD_NUMBER: _builtins.int
     CURRENT_WEIGHT_FIELD_NUMBER: _builtins.int
     RETURNS_FIELD_NUMBER: _builtins.int
+    CLASSIFICATIONS_FIELD_NUMBER: _builtins.int
     strategy_id: _builtins.str
     """Identifier; with stored market data it is the symbol. Unique within a request."""
     sector: _builtins.str
@@ -315,6 +344,12 @@ class Strategy(_message.Message):
     def returns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Simple periodic returns aligned one-to-one with ReturnsInput.timestamps (inline returns only)."""
 
+    @_builtins.property
+    def classifications(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Group of this strategy in further classification schemes, keyed by scheme name (e.g. "country": "US",
+        "style": "value"); used by SectorLimit.scheme. A strategy missing from a scheme belongs to no group of it.
+        """
+
     def __init__(
         self,
         *,
@@ -322,10 +357,11 @@ class Strategy(_message.Message):
         sector: _builtins.str = ...,
         current_weight: _builtins.float | None = ...,
         returns: _abc.Iterable[_builtins.float] | None = ...,
+        classifications: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_current_weight", b"_current_weight", "current_weight", b"current_weight"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_current_weight", b"_current_weight", "current_weight", b"current_weight", "returns", b"returns", "sector", b"sector", "strategy_id", b"strategy_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_current_weight", b"_current_weight", "classifications", b"classifications", "current_weight", b"current_weight", "returns", b"returns", "sector", b"sector", "strategy_id", b"strategy_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__current_weight: _TypeAlias = _typing.Literal["current_weight"]  # noqa: Y015
     _WhichOneofArgType__current_weight: _TypeAlias = _typing.Literal["_current_weight", b"_current_weight"]  # noqa: Y015
@@ -466,29 +502,35 @@ Global___WeightBounds: _TypeAlias = WeightBounds  # noqa: Y015
 
 @_typing.final
 class SectorLimit(_message.Message):
-    """Bounds on the total weight of one sector."""
+    """Bounds on the total weight of one sector (or of one group of another classification scheme)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SECTOR_FIELD_NUMBER: _builtins.int
     MIN_WEIGHT_FIELD_NUMBER: _builtins.int
     MAX_WEIGHT_FIELD_NUMBER: _builtins.int
+    SCHEME_FIELD_NUMBER: _builtins.int
     sector: _builtins.str
-    """Sector name as given in Strategy.sector."""
+    """Sector name as given in Strategy.sector, or the group name within `scheme`."""
     min_weight: _builtins.float
     """Minimum total weight of the sector (fraction); unset = no minimum."""
     max_weight: _builtins.float
     """Maximum total weight of the sector (fraction); unset = no maximum."""
+    scheme: _builtins.str
+    """Classification scheme: empty = Strategy.sector; otherwise a key of Strategy.classifications. Limits of
+    several schemes apply at once.
+    """
     def __init__(
         self,
         *,
         sector: _builtins.str = ...,
         min_weight: _builtins.float | None = ...,
         max_weight: _builtins.float | None = ...,
+        scheme: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_weight", b"_max_weight", "_min_weight", b"_min_weight", "max_weight", b"max_weight", "min_weight", b"min_weight"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_weight", b"_max_weight", "_min_weight", b"_min_weight", "max_weight", b"max_weight", "min_weight", b"min_weight", "sector", b"sector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_weight", b"_max_weight", "_min_weight", b"_min_weight", "max_weight", b"max_weight", "min_weight", b"min_weight", "scheme", b"scheme", "sector", b"sector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_weight: _TypeAlias = _typing.Literal["max_weight"]  # noqa: Y015
     _WhichOneofArgType__max_weight: _TypeAlias = _typing.Literal["_max_weight", b"_max_weight"]  # noqa: Y015
@@ -503,7 +545,7 @@ Global___SectorLimit: _TypeAlias = SectorLimit  # noqa: Y015
 
 @_typing.final
 class OptimizationConstraints(_message.Message):
-    """Constraints on the optimal weights. Weights always sum to 1."""
+    """Constraints on the optimal weights. Weights sum to 1 unless net exposure bounds are set."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -622,6 +664,11 @@ class OptimizationConstraints(_message.Message):
     TRACKING_ERROR_LIMIT_FIELD_NUMBER: _builtins.int
     BETAS_FIELD_NUMBER: _builtins.int
     BETA_TOLERANCE_FIELD_NUMBER: _builtins.int
+    MAX_HOLDINGS_FIELD_NUMBER: _builtins.int
+    MIN_POSITION_WEIGHT_FIELD_NUMBER: _builtins.int
+    MIN_NET_EXPOSURE_FIELD_NUMBER: _builtins.int
+    MAX_NET_EXPOSURE_FIELD_NUMBER: _builtins.int
+    ALLOW_RELAXATION_FIELD_NUMBER: _builtins.int
     min_weight: _builtins.float
     """Lower bound for every weight; default 0 (long-only). Negative values allow shorting."""
     max_weight: _builtins.float
@@ -638,6 +685,25 @@ class OptimizationConstraints(_message.Message):
     """Annualised tracking-error cap: sqrt((w - b)' Sigma (w - b)) <= tracking_error_limit."""
     beta_tolerance: _builtins.float
     """Beta neutrality: |sum_i beta_i w_i| <= beta_tolerance."""
+    max_holdings: _builtins.int
+    """Cardinality: at most this many strategies with a non-zero weight (>= 1). Solved as a mixed-integer program
+    (HiGHS); mean-variance, Black-Litterman and CVaR/MAD/CDaR only.
+    """
+    min_position_weight: _builtins.float
+    """Minimum |weight| of every held strategy (a strategy is either at 0 or at least this); in (0, 1].
+    Mixed-integer, like max_holdings.
+    """
+    min_net_exposure: _builtins.float
+    """Net exposure bounds for long/short portfolios: min_net_exposure <= sum_i w_i <= max_net_exposure replaces
+    the budget sum_i w_i = 1; the rest of the capital (1 - sum_i w_i) is cash earning the risk-free rate.
+    Mean-variance and Black-Litterman with variance only.
+    """
+    max_net_exposure: _builtins.float
+    """Upper net exposure bound (see min_net_exposure)."""
+    allow_relaxation: _builtins.bool
+    """When the constraints are infeasible, return (and store) the solution of the smallest relaxation, listed
+    in OptimizationMetadata.relaxations, instead of failing with FAILED_PRECONDITION.
+    """
     @_builtins.property
     def strategy_bounds(self) -> _containers.MessageMap[_builtins.str, Global___WeightBounds]:
         """Per-strategy bounds that override min_weight / max_weight, keyed by strategy_id."""
@@ -662,7 +728,10 @@ class OptimizationConstraints(_message.Message):
 
     @_builtins.property
     def betas(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """Betas against the market keyed by strategy_id (missing = 0), for beta_tolerance."""
+        """Betas against the market keyed by strategy_id (missing = 0), for beta_tolerance. Empty with a
+        beta_tolerance: estimated by OLS against the market series (returns.market_returns or
+        market_data.market_symbol) and reported in OptimizationMetadata.betas.
+        """
 
     def __init__(
         self,
@@ -681,19 +750,32 @@ class OptimizationConstraints(_message.Message):
         tracking_error_limit: _builtins.float | None = ...,
         betas: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         beta_tolerance: _builtins.float | None = ...,
+        max_holdings: _builtins.int | None = ...,
+        min_position_weight: _builtins.float | None = ...,
+        min_net_exposure: _builtins.float | None = ...,
+        max_net_exposure: _builtins.float | None = ...,
+        allow_relaxation: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_beta_tolerance", b"_beta_tolerance", "_leverage_limit", b"_leverage_limit", "_max_volatility", b"_max_volatility", "_max_weight", b"_max_weight", "_min_return", b"_min_return", "_min_weight", b"_min_weight", "_tracking_error_limit", b"_tracking_error_limit", "_turnover_limit", b"_turnover_limit", "beta_tolerance", b"beta_tolerance", "leverage_limit", b"leverage_limit", "max_volatility", b"max_volatility", "max_weight", b"max_weight", "min_return", b"min_return", "min_weight", b"min_weight", "tracking_error_limit", b"tracking_error_limit", "turnover_limit", b"turnover_limit"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_beta_tolerance", b"_beta_tolerance", "_leverage_limit", b"_leverage_limit", "_max_holdings", b"_max_holdings", "_max_net_exposure", b"_max_net_exposure", "_max_volatility", b"_max_volatility", "_max_weight", b"_max_weight", "_min_net_exposure", b"_min_net_exposure", "_min_position_weight", b"_min_position_weight", "_min_return", b"_min_return", "_min_weight", b"_min_weight", "_tracking_error_limit", b"_tracking_error_limit", "_turnover_limit", b"_turnover_limit", "beta_tolerance", b"beta_tolerance", "leverage_limit", b"leverage_limit", "max_holdings", b"max_holdings", "max_net_exposure", b"max_net_exposure", "max_volatility", b"max_volatility", "max_weight", b"max_weight", "min_net_exposure", b"min_net_exposure", "min_position_weight", b"min_position_weight", "min_return", b"min_return", "min_weight", b"min_weight", "tracking_error_limit", b"tracking_error_limit", "turnover_limit", b"turnover_limit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_beta_tolerance", b"_beta_tolerance", "_leverage_limit", b"_leverage_limit", "_max_volatility", b"_max_volatility", "_max_weight", b"_max_weight", "_min_return", b"_min_return", "_min_weight", b"_min_weight", "_tracking_error_limit", b"_tracking_error_limit", "_turnover_limit", b"_turnover_limit", "benchmark_weights", b"benchmark_weights", "beta_tolerance", b"beta_tolerance", "betas", b"betas", "leverage_limit", b"leverage_limit", "max_volatility", b"max_volatility", "max_weight", b"max_weight", "min_return", b"min_return", "min_weight", b"min_weight", "sector_limits", b"sector_limits", "strategy_bounds", b"strategy_bounds", "tracking_error_limit", b"tracking_error_limit", "transaction_costs_bps", b"transaction_costs_bps", "turnover_caps", b"turnover_caps", "turnover_limit", b"turnover_limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_beta_tolerance", b"_beta_tolerance", "_leverage_limit", b"_leverage_limit", "_max_holdings", b"_max_holdings", "_max_net_exposure", b"_max_net_exposure", "_max_volatility", b"_max_volatility", "_max_weight", b"_max_weight", "_min_net_exposure", b"_min_net_exposure", "_min_position_weight", b"_min_position_weight", "_min_return", b"_min_return", "_min_weight", b"_min_weight", "_tracking_error_limit", b"_tracking_error_limit", "_turnover_limit", b"_turnover_limit", "allow_relaxation", b"allow_relaxation", "benchmark_weights", b"benchmark_weights", "beta_tolerance", b"beta_tolerance", "betas", b"betas", "leverage_limit", b"leverage_limit", "max_holdings", b"max_holdings", "max_net_exposure", b"max_net_exposure", "max_volatility", b"max_volatility", "max_weight", b"max_weight", "min_net_exposure", b"min_net_exposure", "min_position_weight", b"min_position_weight", "min_return", b"min_return", "min_weight", b"min_weight", "sector_limits", b"sector_limits", "strategy_bounds", b"strategy_bounds", "tracking_error_limit", b"tracking_error_limit", "transaction_costs_bps", b"transaction_costs_bps", "turnover_caps", b"turnover_caps", "turnover_limit", b"turnover_limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__beta_tolerance: _TypeAlias = _typing.Literal["beta_tolerance"]  # noqa: Y015
     _WhichOneofArgType__beta_tolerance: _TypeAlias = _typing.Literal["_beta_tolerance", b"_beta_tolerance"]  # noqa: Y015
     _WhichOneofReturnType__leverage_limit: _TypeAlias = _typing.Literal["leverage_limit"]  # noqa: Y015
     _WhichOneofArgType__leverage_limit: _TypeAlias = _typing.Literal["_leverage_limit", b"_leverage_limit"]  # noqa: Y015
+    _WhichOneofReturnType__max_holdings: _TypeAlias = _typing.Literal["max_holdings"]  # noqa: Y015
+    _WhichOneofArgType__max_holdings: _TypeAlias = _typing.Literal["_max_holdings", b"_max_holdings"]  # noqa: Y015
+    _WhichOneofReturnType__max_net_exposure: _TypeAlias = _typing.Literal["max_net_exposure"]  # noqa: Y015
+    _WhichOneofArgType__max_net_exposure: _TypeAlias = _typing.Literal["_max_net_exposure", b"_max_net_exposure"]  # noqa: Y015
     _WhichOneofReturnType__max_volatility: _TypeAlias = _typing.Literal["max_volatility"]  # noqa: Y015
     _WhichOneofArgType__max_volatility: _TypeAlias = _typing.Literal["_max_volatility", b"_max_volatility"]  # noqa: Y015
     _WhichOneofReturnType__max_weight: _TypeAlias = _typing.Literal["max_weight"]  # noqa: Y015
     _WhichOneofArgType__max_weight: _TypeAlias = _typing.Literal["_max_weight", b"_max_weight"]  # noqa: Y015
+    _WhichOneofReturnType__min_net_exposure: _TypeAlias = _typing.Literal["min_net_exposure"]  # noqa: Y015
+    _WhichOneofArgType__min_net_exposure: _TypeAlias = _typing.Literal["_min_net_exposure", b"_min_net_exposure"]  # noqa: Y015
+    _WhichOneofReturnType__min_position_weight: _TypeAlias = _typing.Literal["min_position_weight"]  # noqa: Y015
+    _WhichOneofArgType__min_position_weight: _TypeAlias = _typing.Literal["_min_position_weight", b"_min_position_weight"]  # noqa: Y015
     _WhichOneofReturnType__min_return: _TypeAlias = _typing.Literal["min_return"]  # noqa: Y015
     _WhichOneofArgType__min_return: _TypeAlias = _typing.Literal["_min_return", b"_min_return"]  # noqa: Y015
     _WhichOneofReturnType__min_weight: _TypeAlias = _typing.Literal["min_weight"]  # noqa: Y015
@@ -707,9 +789,17 @@ class OptimizationConstraints(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__leverage_limit) -> _WhichOneofReturnType__leverage_limit | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_holdings) -> _WhichOneofReturnType__max_holdings | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_net_exposure) -> _WhichOneofReturnType__max_net_exposure | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_volatility) -> _WhichOneofReturnType__max_volatility | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_weight) -> _WhichOneofReturnType__max_weight | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_net_exposure) -> _WhichOneofReturnType__min_net_exposure | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_position_weight) -> _WhichOneofReturnType__min_position_weight | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__min_return) -> _WhichOneofReturnType__min_return | None: ...
     @_typing.overload
@@ -720,6 +810,91 @@ class OptimizationConstraints(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__turnover_limit) -> _WhichOneofReturnType__turnover_limit | None: ...
 
 Global___OptimizationConstraints: _TypeAlias = OptimizationConstraints  # noqa: Y015
+
+@_typing.final
+class MultiObjectiveWeights(_message.Message):
+    """Weights of OBJECTIVE_MULTI_OBJECTIVE: maximise a mu'w - b w'Sigma w - g sum_i |w_i - current_i| - l ||w||^2."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RETURN_WEIGHT_FIELD_NUMBER: _builtins.int
+    VARIANCE_WEIGHT_FIELD_NUMBER: _builtins.int
+    TURNOVER_WEIGHT_FIELD_NUMBER: _builtins.int
+    L2_WEIGHT_FIELD_NUMBER: _builtins.int
+    return_weight: _builtins.float
+    """a, on the annualised expected return (net of transaction costs); default 1."""
+    variance_weight: _builtins.float
+    """b, on the annualised variance; default 1."""
+    turnover_weight: _builtins.float
+    """g, on the two-way turnover from Strategy.current_weight; default 0."""
+    l2_weight: _builtins.float
+    """l, on the L2 norm squared of the weights (regularisation that spreads the weight); default 0."""
+    def __init__(
+        self,
+        *,
+        return_weight: _builtins.float | None = ...,
+        variance_weight: _builtins.float | None = ...,
+        turnover_weight: _builtins.float | None = ...,
+        l2_weight: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_l2_weight", b"_l2_weight", "_return_weight", b"_return_weight", "_turnover_weight", b"_turnover_weight", "_variance_weight", b"_variance_weight", "l2_weight", b"l2_weight", "return_weight", b"return_weight", "turnover_weight", b"turnover_weight", "variance_weight", b"variance_weight"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_l2_weight", b"_l2_weight", "_return_weight", b"_return_weight", "_turnover_weight", b"_turnover_weight", "_variance_weight", b"_variance_weight", "l2_weight", b"l2_weight", "return_weight", b"return_weight", "turnover_weight", b"turnover_weight", "variance_weight", b"variance_weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__l2_weight: _TypeAlias = _typing.Literal["l2_weight"]  # noqa: Y015
+    _WhichOneofArgType__l2_weight: _TypeAlias = _typing.Literal["_l2_weight", b"_l2_weight"]  # noqa: Y015
+    _WhichOneofReturnType__return_weight: _TypeAlias = _typing.Literal["return_weight"]  # noqa: Y015
+    _WhichOneofArgType__return_weight: _TypeAlias = _typing.Literal["_return_weight", b"_return_weight"]  # noqa: Y015
+    _WhichOneofReturnType__turnover_weight: _TypeAlias = _typing.Literal["turnover_weight"]  # noqa: Y015
+    _WhichOneofArgType__turnover_weight: _TypeAlias = _typing.Literal["_turnover_weight", b"_turnover_weight"]  # noqa: Y015
+    _WhichOneofReturnType__variance_weight: _TypeAlias = _typing.Literal["variance_weight"]  # noqa: Y015
+    _WhichOneofArgType__variance_weight: _TypeAlias = _typing.Literal["_variance_weight", b"_variance_weight"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__l2_weight) -> _WhichOneofReturnType__l2_weight | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__return_weight) -> _WhichOneofReturnType__return_weight | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__turnover_weight) -> _WhichOneofReturnType__turnover_weight | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__variance_weight) -> _WhichOneofReturnType__variance_weight | None: ...
+
+Global___MultiObjectiveWeights: _TypeAlias = MultiObjectiveWeights  # noqa: Y015
+
+@_typing.final
+class ConstraintRelaxation(_message.Message):
+    """One constraint limit moved to make an infeasible problem feasible."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSTRAINT_FIELD_NUMBER: _builtins.int
+    ORIGINAL_FIELD_NUMBER: _builtins.int
+    RELAXED_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    constraint: _builtins.str
+    """Field path of the limit, e.g. constraints.sector_limits[1].min_weight or
+    constraints.strategy_bounds[AAPL].max_weight.
+    """
+    original: _builtins.float
+    """The limit as requested."""
+    relaxed: _builtins.float
+    """The relaxed limit."""
+    description: _builtins.str
+    """What was relaxed, in words."""
+    def __init__(
+        self,
+        *,
+        constraint: _builtins.str = ...,
+        original: _builtins.float = ...,
+        relaxed: _builtins.float = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraint", b"constraint", "description", b"description", "original", b"original", "relaxed", b"relaxed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConstraintRelaxation: _TypeAlias = ConstraintRelaxation  # noqa: Y015
 
 @_typing.final
 class RiskParameters(_message.Message):
@@ -760,6 +935,7 @@ class RiskParameters(_message.Message):
     LINKAGE_METHOD_FIELD_NUMBER: _builtins.int
     RISK_BUDGETS_FIELD_NUMBER: _builtins.int
     ROBUST_FIELD_NUMBER: _builtins.int
+    MULTI_OBJECTIVE_FIELD_NUMBER: _builtins.int
     risk_free_rate: _builtins.float
     """Annualised risk-free rate (decimal); default 0."""
     risk_aversion: _builtins.float
@@ -790,6 +966,10 @@ class RiskParameters(_message.Message):
     def robust(self) -> Global___RobustParameters:
         """Uncertainty set of robust optimization."""
 
+    @_builtins.property
+    def multi_objective(self) -> Global___MultiObjectiveWeights:
+        """Weights of OBJECTIVE_MULTI_OBJECTIVE (unset = return 1, variance 1, turnover 0, L2 0)."""
+
     def __init__(
         self,
         *,
@@ -806,10 +986,11 @@ class RiskParameters(_message.Message):
         linkage_method: Global___LinkageMethod.ValueType = ...,
         risk_budgets: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         robust: Global___RobustParameters | None = ...,
+        multi_objective: Global___MultiObjectiveWeights | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_compounding", b"_compounding", "_confidence_level", b"_confidence_level", "_risk_aversion", b"_risk_aversion", "compounding", b"compounding", "confidence_level", b"confidence_level", "risk_aversion", b"risk_aversion", "robust", b"robust"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_compounding", b"_compounding", "_confidence_level", b"_confidence_level", "_risk_aversion", b"_risk_aversion", "compounding", b"compounding", "confidence_level", b"confidence_level", "multi_objective", b"multi_objective", "risk_aversion", b"risk_aversion", "robust", b"robust"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_compounding", b"_compounding", "_confidence_level", b"_confidence_level", "_risk_aversion", b"_risk_aversion", "compounding", b"compounding", "confidence_level", b"confidence_level", "covariance_estimator", b"covariance_estimator", "ema_span", b"ema_span", "linkage_method", b"linkage_method", "missing_data_policy", b"missing_data_policy", "periods_per_year", b"periods_per_year", "returns_estimator", b"returns_estimator", "risk_aversion", b"risk_aversion", "risk_budgets", b"risk_budgets", "risk_free_rate", b"risk_free_rate", "risk_measure", b"risk_measure", "robust", b"robust"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_compounding", b"_compounding", "_confidence_level", b"_confidence_level", "_risk_aversion", b"_risk_aversion", "compounding", b"compounding", "confidence_level", b"confidence_level", "covariance_estimator", b"covariance_estimator", "ema_span", b"ema_span", "linkage_method", b"linkage_method", "missing_data_policy", b"missing_data_policy", "multi_objective", b"multi_objective", "periods_per_year", b"periods_per_year", "returns_estimator", b"returns_estimator", "risk_aversion", b"risk_aversion", "risk_budgets", b"risk_budgets", "risk_free_rate", b"risk_free_rate", "risk_measure", b"risk_measure", "robust", b"robust"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__compounding: _TypeAlias = _typing.Literal["compounding"]  # noqa: Y015
     _WhichOneofArgType__compounding: _TypeAlias = _typing.Literal["_compounding", b"_compounding"]  # noqa: Y015
@@ -1123,6 +1304,26 @@ class OptimizationMetadata(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class BetasEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     CONVERGENCE_STATUS_FIELD_NUMBER: _builtins.int
     ITERATIONS_FIELD_NUMBER: _builtins.int
     OPTIMIZATION_TIME_MS_FIELD_NUMBER: _builtins.int
@@ -1144,6 +1345,13 @@ class OptimizationMetadata(_message.Message):
     RISK_CONTRIBUTIONS_FIELD_NUMBER: _builtins.int
     BLACK_LITTERMAN_FIELD_NUMBER: _builtins.int
     FALLBACK_USED_FIELD_NUMBER: _builtins.int
+    SOLVE_PATH_FIELD_NUMBER: _builtins.int
+    RELAXATIONS_FIELD_NUMBER: _builtins.int
+    BETAS_FIELD_NUMBER: _builtins.int
+    HOLDINGS_FIELD_NUMBER: _builtins.int
+    NET_EXPOSURE_FIELD_NUMBER: _builtins.int
+    GROSS_EXPOSURE_FIELD_NUMBER: _builtins.int
+    CONSTRAINT_VIOLATIONS_FIELD_NUMBER: _builtins.int
     convergence_status: Global___ConvergenceStatus.ValueType
     """How the solve ended."""
     iterations: _builtins.int
@@ -1176,6 +1384,16 @@ class OptimizationMetadata(_message.Message):
     """Value of the risk measure at the optimum (per period, losses positive) for CVaR, MAD and CDaR."""
     fallback_used: _builtins.bool
     """True when the primary solver (Clarabel) failed and the fallback (SCS) produced the answer; solver names it."""
+    solve_path: _builtins.str
+    """Algorithm that answered: CONIC (cvxpy + Clarabel), ACTIVE_SET (exact active-set for budget and bounds),
+    MIP_OUTER_APPROXIMATION or MILP (HiGHS, cardinality), JAX_NEWTON (risk parity), CLOSED_FORM (HRP).
+    """
+    holdings: _builtins.int
+    """Number of strategies with a non-zero weight (|w| > 1e-8)."""
+    net_exposure: _builtins.float
+    """Net exposure sum_i w_i."""
+    gross_exposure: _builtins.float
+    """Gross exposure sum_i |w_i|."""
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp:
         """Time of the event."""
@@ -1195,6 +1413,20 @@ class OptimizationMetadata(_message.Message):
     @_builtins.property
     def black_litterman(self) -> Global___BlackLittermanPosterior:
         """Black-Litterman prior and posterior (method BLACK_LITTERMAN only)."""
+
+    @_builtins.property
+    def relaxations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConstraintRelaxation]:
+        """Constraints relaxed to reach a feasible problem (constraints.allow_relaxation); empty otherwise. When set,
+        constraints_satisfied is false and constraint_violations lists what the weights violate.
+        """
+
+    @_builtins.property
+    def betas(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Betas used by the beta constraint keyed by strategy_id (given, or estimated against the market series)."""
+
+    @_builtins.property
+    def constraint_violations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Constraints the returned weights violate by more than 1e-6 (empty when constraints_satisfied)."""
 
     def __init__(
         self,
@@ -1220,10 +1452,17 @@ class OptimizationMetadata(_message.Message):
         risk_contributions: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         black_litterman: Global___BlackLittermanPosterior | None = ...,
         fallback_used: _builtins.bool = ...,
+        solve_path: _builtins.str = ...,
+        relaxations: _abc.Iterable[Global___ConstraintRelaxation] | None = ...,
+        betas: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        holdings: _builtins.int = ...,
+        net_exposure: _builtins.float = ...,
+        gross_exposure: _builtins.float = ...,
+        constraint_violations: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["black_litterman", b"black_litterman", "timestamp", b"timestamp", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["black_litterman", b"black_litterman", "configuration_version", b"configuration_version", "constraints_satisfied", b"constraints_satisfied", "convergence_status", b"convergence_status", "event_id", b"event_id", "fallback_used", b"fallback_used", "iterations", b"iterations", "method", b"method", "missing_data_policy", b"missing_data_policy", "objective_value", b"objective_value", "observations", b"observations", "optimization_time_ms", b"optimization_time_ms", "replayed", b"replayed", "result_id", b"result_id", "risk_contributions", b"risk_contributions", "risk_measure", b"risk_measure", "risk_measure_value", b"risk_measure_value", "solver", b"solver", "timestamp", b"timestamp", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["betas", b"betas", "black_litterman", b"black_litterman", "configuration_version", b"configuration_version", "constraint_violations", b"constraint_violations", "constraints_satisfied", b"constraints_satisfied", "convergence_status", b"convergence_status", "event_id", b"event_id", "fallback_used", b"fallback_used", "gross_exposure", b"gross_exposure", "holdings", b"holdings", "iterations", b"iterations", "method", b"method", "missing_data_policy", b"missing_data_policy", "net_exposure", b"net_exposure", "objective_value", b"objective_value", "observations", b"observations", "optimization_time_ms", b"optimization_time_ms", "relaxations", b"relaxations", "replayed", b"replayed", "result_id", b"result_id", "risk_contributions", b"risk_contributions", "risk_measure", b"risk_measure", "risk_measure_value", b"risk_measure_value", "solve_path", b"solve_path", "solver", b"solver", "timestamp", b"timestamp", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
