@@ -22,10 +22,11 @@ from skfolio.moments import EmpiricalCovariance
 from skfolio.optimization import RiskBudgeting
 from skfolio.prior import EmpiricalPrior
 
-from services.errors import InvalidInputError, OptimizationError
+from services.errors import InfeasibleError, InvalidInputError
 from services.risk_parity import (
     SOLVER,
     RiskParityResult,
+    bucket_size,
     check_no_binding_bounds,
     risk_budgeting,
     risk_contributions,
@@ -363,8 +364,10 @@ def test_invalid_solver_settings(keyword: str, value: float) -> None:
 )
 def test_zero_variance_long_only_portfolio_has_no_solution(covariance: np.ndarray) -> None:
     """No risk-budgeting portfolio exists when some long-only portfolio has zero variance (f unbounded below)."""
-    with pytest.raises(OptimizationError):
+    with pytest.raises(InfeasibleError) as caught:
         risk_budgeting(covariance)
+    assert caught.value.code == "FAILED_PRECONDITION"
+    assert [v.type for v in caught.value.precondition_violations] == ["SINGULAR_COVARIANCE"]
 
 
 @pytest.mark.parametrize(
@@ -381,3 +384,16 @@ def test_binding_bounds_are_unsupported(lower: np.ndarray | None, upper: np.ndar
 @pytest.mark.parametrize(("lower", "upper"), [(None, None), (np.zeros(3), np.ones(3)), (np.full(3, -1.0), None)])
 def test_non_binding_bounds_are_accepted(lower: np.ndarray | None, upper: np.ndarray | None) -> None:
     check_no_binding_bounds(lower, upper)
+
+
+@pytest.mark.parametrize(("n", "size"), [(2, 2), (5, 6), (20, 24), (100, 128), (500, 512), (2000, 2048)])
+def test_the_solver_is_compiled_per_bucket_of_sizes(n: int, size: int) -> None:
+    """Sizes pad to 2^k or 3·2^k; the padded block is independent, so the weights are those of the N-block."""
+    assert bucket_size(n) == size
+    if n <= 100:
+        rng = np.random.default_rng(n)
+        factor = rng.standard_normal((3 * n, n))
+        covariance = factor.T @ factor / (3 * n)
+        weights = risk_budgeting(covariance).weights
+        contributions = weights * (covariance @ weights) / (weights @ covariance @ weights)
+        np.testing.assert_allclose(contributions, 1 / n, rtol=1e-10)
