@@ -5,18 +5,23 @@ from __future__ import annotations
 import asyncpg
 import grpc
 
+from command_side.allocations import AllocationService
 from command_side.application import MAX_BATCH_SIZE, OptimizationService
+from command_side.rebalancing import RebalancingService
 from command_side.repository import WriteRepository
 from command_side.servicer import OptimizationCommandServicer
+from command_side.trading_servicer import TradingCommandServicer
 from command_side.workers import SolverPool
 from stratopt.rpc_errors import ErrorMappingInterceptor
-from stratopt.v1 import command_service_pb2, command_service_pb2_grpc
+from stratopt.v1 import command_service_pb2, command_service_pb2_grpc, trading_service_pb2, trading_service_pb2_grpc
 
 SERVICE_NAME = command_service_pb2.DESCRIPTOR.services_by_name["OptimizationCommandService"].full_name
+TRADING_SERVICE_NAME = trading_service_pb2.DESCRIPTOR.services_by_name["TradingCommandService"].full_name
 
 __all__ = [
     "MAX_BATCH_SIZE",
     "SERVICE_NAME",
+    "TRADING_SERVICE_NAME",
     "ErrorMappingInterceptor",
     "OptimizationService",
     "SolverPool",
@@ -26,14 +31,17 @@ __all__ = [
 
 
 def interceptor() -> ErrorMappingInterceptor:
-    """Return the interceptor that maps the command service's errors to ``google.rpc.Status``."""
-    return ErrorMappingInterceptor(method_prefix=f"/{SERVICE_NAME}/")
+    """Return the interceptor that maps the command services' errors to ``google.rpc.Status``."""
+    return ErrorMappingInterceptor(method_prefix=(f"/{SERVICE_NAME}/", f"/{TRADING_SERVICE_NAME}/"))
 
 
 def register(server: grpc.aio.Server, pool: asyncpg.Pool[asyncpg.Record], solver_pool: SolverPool) -> list[str]:
-    """Add the command service to ``server``; return its full service name(s) for health and reflection."""
+    """Add the command services to ``server``; return their full service names for health and reflection."""
     service = OptimizationService(WriteRepository(pool), solver_pool)
     command_service_pb2_grpc.add_OptimizationCommandServiceServicer_to_server(
         OptimizationCommandServicer(service), server
     )
-    return [SERVICE_NAME]
+    trading_service_pb2_grpc.add_TradingCommandServiceServicer_to_server(
+        TradingCommandServicer(AllocationService(pool, solver_pool), RebalancingService(pool)), server
+    )
+    return [SERVICE_NAME, TRADING_SERVICE_NAME]

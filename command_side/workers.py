@@ -19,6 +19,8 @@ from typing import TypeVar
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from services.allocation import AllocationRequest, AllocationResult
+from services.allocation import allocate as allocate_shares
 from services.engine import (
     FrontierOutcome,
     OptimizationJob,
@@ -84,6 +86,31 @@ class SolverPool:
     async def frontier(self, job: OptimizationJob, points: int, *, timeout_s: float | None) -> FrontierOutcome:
         """Run ``services.engine.efficient_frontier`` in a worker (errors as ``run``)."""
         return await self._call(efficient_frontier, job, points, timeout_s=timeout_s)
+
+    async def allocate(self, request: AllocationRequest, *, timeout_s: float | None) -> AllocationResult:
+        """Run ``services.allocation.allocate`` (the integer-share MILP) in a worker.
+
+        Parameters
+        ----------
+        request : AllocationRequest
+            The allocation problem; its ``time_limit_s`` (seconds) bounds the solve in the worker, which then
+            returns its greedy answer, so ``timeout_s`` should leave a little more time than that.
+        timeout_s : float or None
+            Seconds to wait for the worker's answer; None waits without limit.
+
+        Returns
+        -------
+        AllocationResult
+            The engine's result.
+
+        Raises
+        ------
+        InvalidInputError, InfeasibleError
+            From the engine, as it raised them in the worker.
+        DeadlineExceededError, UnavailableError
+            As ``run``.
+        """
+        return await self._call(allocate_shares, request, timeout_s=timeout_s)
 
     async def run(self, job: OptimizationJob, *, timeout_s: float | None) -> OptimizationOutcome:
         """Run one job in a worker; raise ``DeadlineExceededError`` when it outlives ``timeout_s``.

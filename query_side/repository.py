@@ -1,4 +1,7 @@
-"""Read repository over the event store: ``portfolio_optimized`` and ``latest_portfolio_optimizations``.
+"""Read repository over the event store: optimization events and the rebalance workflow.
+
+Tables read: ``portfolio_optimized``, ``latest_portfolio_optimizations``, ``rebalance_recommendations`` and the
+``rebalance_events`` hypertable.
 
 Queries run on an :class:`asyncpg.Pool` created elsewhere, with no connection ``init``: jsonb values are
 decoded here (text from a bare connection, or already-decoded objects when a codec is registered). Losing
@@ -26,6 +29,9 @@ _EVENT_COLUMNS = (
     "weights, expected_return, volatility, sharpe_ratio, metadata"
 )
 _RUN_COLUMNS = 'event_id, "timestamp", weights, expected_return, volatility, sharpe_ratio'
+_REBALANCE_EVENT_COLUMNS = (
+    'event_id, "timestamp", portfolio_id, recommendation_id, event_type, status, actor, total_trade_value'
+)
 
 _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,  # refused or reset sockets; TimeoutError (pool acquire, connect) is an OSError too
@@ -93,6 +99,67 @@ class AnalyticsWindow:
     """Runs in the window, oldest first (by ``(timestamp, event_id)``)."""
     previous_weights: dict[str, float] | None
     """Weights of the portfolio's last run before the window; None when the window starts the history."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredRecommendation:
+    """One ``rebalance_recommendations`` row, read at the database clock's ``now``."""
+
+    recommendation: bytes
+    """``stratopt.v1.RebalanceRecommendation`` as created (serialized)."""
+    status: str
+    """Stored status: ``AUTO_APPROVED``, ``PENDING_APPROVAL``, ``APPROVED``, ``REJECTED`` or ``EXPIRED``."""
+    expires_at: datetime
+    """When a pending recommendation expires (timezone-aware)."""
+    decided_by: str | None
+    """Approver of a decision; None when none."""
+    decided_at: datetime | None
+    """When it was decided (or expired, or auto-approved); None while pending."""
+    reason: str | None
+    """Reason given with the decision; None when none."""
+    now: datetime
+    """The database clock when the row was read."""
+
+    @property
+    def effective_status(self) -> str:
+        """The status as of ``now``: a pending recommendation at or past ``expires_at`` is ``EXPIRED``."""
+        if self.status == "PENDING_APPROVAL" and self.expires_at <= self.now:
+            return "EXPIRED"
+        return self.status
+
+    @property
+    def effective_decided_at(self) -> datetime | None:
+        """``decided_at``, or ``expires_at`` for a pending recommendation read as expired."""
+        if self.decided_at is None and self.effective_status == "EXPIRED":
+            return self.expires_at
+        return self.decided_at
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredRebalanceEvent:
+    """One ``rebalance_events`` row."""
+
+    event_id: uuid.UUID
+    """Event identifier."""
+    timestamp: datetime
+    """Event time (timezone-aware, microsecond precision)."""
+    portfolio_id: str
+    """Portfolio identifier."""
+    recommendation_id: uuid.UUID | None
+    """Recommendation identifier; None for SHARES_ALLOCATED."""
+    event_type: str
+    """CREATED, APPROVED, REJECTED, EXPIRED or SHARES_ALLOCATED."""
+    status: str
+    """Status name after the event (``PENDING_APPROVAL`` ...)."""
+    actor: str
+    """Who caused it; empty for the service."""
+    total_trade_value: float
+    """Total trade value of the recommendation (or the budget used by an allocation)."""
+
+    @property
+    def key(self) -> HistoryKey:
+        """Position of the event in the newest-first order."""
+        return HistoryKey(timestamp=self.timestamp, event_id=self.event_id)
 
 
 def _json_value(value: object) -> Any:
@@ -278,6 +345,107 @@ class EventReadRepository:
             runs=tuple(_run(row) for row in rows),
             previous_weights=None if previous is None else _weights(previous),
         )
+
+    async def get_rebalance(self, recommendation_id: uuid.UUID) -> StoredRecommendation | None:
+        """Return one rebalance recommendation with the database clock's ``now``.
+
+        Parameters
+        ----------
+        recommendation_id : uuid.UUID
+            Recommendation identifier.
+
+        Returns
+        -------
+        StoredRecommendation or None
+            The row, or None when no recommendation has the id.
+
+        Raises
+        ------
+        UnavailableError
+            When the database cannot be reached.
+        """
+        query = (
+            "SELECT recommendation, status, expires_at, decided_by, decided_at, reason, clock_timestamp() AS now "
+            "FROM rebalance_recommendations WHERE recommendation_id = $1"
+        )
+        async with _database_errors():
+            row = await self._pool.fetchrow(query, recommendation_id)
+        if row is None:
+            return None
+        return StoredRecommendation(
+            recommendation=bytes(row["recommendation"]),
+            status=row["status"],
+            expires_at=row["expires_at"],
+            decided_by=row["decided_by"],
+            decided_at=row["decided_at"],
+            reason=row["reason"],
+            now=row["now"],
+        )
+
+    async def rebalance_events(
+        self,
+        portfolio_id: str,
+        *,
+        start: datetime | None,
+        end: datetime | None,
+        limit: int,
+        after: HistoryKey | None = None,
+    ) -> list[StoredRebalanceEvent]:
+        """Return a portfolio's rebalance events in ``[start, end)``, newest first, after a keyset position.
+
+        Events are ordered by ``(timestamp, event_id)`` descending, the order of the index
+        ``rebalance_events_portfolio_time_idx``; the keyset works as in :meth:`history`.
+
+        Parameters
+        ----------
+        portfolio_id : str
+            Portfolio identifier.
+        start : datetime or None
+            Inclusive lower bound on the event time; None = no bound.
+        end : datetime or None
+            Exclusive upper bound on the event time; None = no bound.
+        limit : int
+            Maximum number of events returned (positive).
+        after : HistoryKey, optional
+            Position of the last event of the previous page; only older events are returned.
+
+        Returns
+        -------
+        list of StoredRebalanceEvent
+            At most ``limit`` events, newest first; empty for an unknown portfolio.
+
+        Raises
+        ------
+        UnavailableError
+            When the database cannot be reached.
+        """
+        conditions, arguments = _time_range(portfolio_id, start, end)
+        if after is not None:
+            arguments.extend((after.timestamp, after.event_id))
+            timestamp_arg, event_id_arg = len(arguments) - 1, len(arguments)
+            conditions.append(f'"timestamp" <= ${timestamp_arg}')
+            conditions.append(f'("timestamp", event_id) < (${timestamp_arg}, ${event_id_arg})')
+        arguments.append(limit)
+        query = (
+            f"SELECT {_REBALANCE_EVENT_COLUMNS} FROM rebalance_events WHERE {' AND '.join(conditions)} "
+            f'ORDER BY "timestamp" DESC, event_id DESC LIMIT ${len(arguments)}'
+        )
+        async with _database_errors():
+            rows = await self._pool.fetch(query, *arguments)
+        return [_rebalance_event(row) for row in rows]
+
+
+def _rebalance_event(row: asyncpg.Record) -> StoredRebalanceEvent:
+    return StoredRebalanceEvent(
+        event_id=row["event_id"],
+        timestamp=row["timestamp"],
+        portfolio_id=row["portfolio_id"],
+        recommendation_id=row["recommendation_id"],
+        event_type=row["event_type"],
+        status=row["status"],
+        actor=row["actor"],
+        total_trade_value=row["total_trade_value"],
+    )
 
 
 def _time_range(portfolio_id: str, start: datetime | None, end: datetime | None) -> tuple[list[str], list[object]]:

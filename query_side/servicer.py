@@ -9,6 +9,7 @@ computation in a worker thread) and converts the answer back. Errors are raised 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -18,9 +19,15 @@ from google.protobuf import json_format, timestamp_pb2
 
 from query_side.analytics import PortfolioAnalytics, events_frame, portfolio_analytics
 from query_side.page_token import decode_page_token, encode_page_token, query_fingerprint
-from query_side.repository import AnalyticsWindow, EventReadRepository, StoredEvent
+from query_side.repository import (
+    AnalyticsWindow,
+    EventReadRepository,
+    StoredEvent,
+    StoredRebalanceEvent,
+    StoredRecommendation,
+)
 from services.errors import InvalidInputError, NotFoundError
-from stratopt.v1 import query_service_pb2, query_service_pb2_grpc, types_pb2
+from stratopt.v1 import query_service_pb2, query_service_pb2_grpc, trading_service_pb2, types_pb2
 
 DEFAULT_PAGE_SIZE = 50
 """Events per ``GetHistory`` page when the request leaves ``page_size`` at 0."""
@@ -30,6 +37,10 @@ DEFAULT_BUCKET_WIDTH = timedelta(days=1)
 """Analytics bucket width when the request leaves ``bucket_width`` unset."""
 MIN_BUCKET_WIDTH = timedelta(seconds=1)
 """Smallest accepted analytics bucket width."""
+
+_REBALANCE_EVENTS_KEY = "rebalance_events:"
+"""Prefix of the portfolio id in ``ListRebalanceEvents`` page-token fingerprints (not valid for GetHistory)."""
+_STATUS_PREFIX = "RECOMMENDATION_STATUS_"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MIN_TIMESTAMP_SECONDS = -62_135_596_800  # 0001-01-01T00:00:00Z, the lower limit of google.protobuf.Timestamp
@@ -124,6 +135,46 @@ def event_message(event: StoredEvent) -> types_pb2.PortfolioOptimizedEvent:
     return message
 
 
+def _recommendation_status(name: str) -> trading_service_pb2.RecommendationStatus.ValueType:
+    """Enum value of a stored status name; UNSPECIFIED for a name this build does not know."""
+    try:
+        return trading_service_pb2.RecommendationStatus.Value(_STATUS_PREFIX + name)
+    except ValueError:
+        return trading_service_pb2.RECOMMENDATION_STATUS_UNSPECIFIED
+
+
+def recommendation_message(stored: StoredRecommendation) -> trading_service_pb2.RebalanceRecommendation:
+    """The recommendation as created, with its status and decision fields as of the read.
+
+    A PENDING_APPROVAL recommendation at or past ``expires_at`` reads as EXPIRED with ``decided_at`` =
+    ``expires_at`` (the command side persists that transition when it next touches the portfolio).
+    """
+    message = trading_service_pb2.RebalanceRecommendation.FromString(stored.recommendation)
+    message.status = _recommendation_status(stored.effective_status)
+    if stored.decided_by:
+        message.decided_by = stored.decided_by
+    decided_at = stored.effective_decided_at
+    if decided_at is not None:
+        message.decided_at.CopyFrom(_timestamp(decided_at))
+    if stored.reason:
+        message.reason = stored.reason
+    return message
+
+
+def rebalance_event_message(event: StoredRebalanceEvent) -> trading_service_pb2.RebalanceEvent:
+    """Convert a stored rebalance event to its ``stratopt.v1.RebalanceEvent`` message."""
+    return trading_service_pb2.RebalanceEvent(
+        event_id=str(event.event_id),
+        timestamp=_timestamp(event.timestamp),
+        portfolio_id=event.portfolio_id,
+        recommendation_id="" if event.recommendation_id is None else str(event.recommendation_id),
+        event_type=event.event_type,
+        status=_recommendation_status(event.status),
+        actor=event.actor,
+        total_trade_value=event.total_trade_value,
+    )
+
+
 def _analytics(window: AnalyticsWindow, bucket_width: timedelta) -> PortfolioAnalytics:
     return portfolio_analytics(
         events_frame(window.runs), bucket_width=bucket_width, previous_weights=window.previous_weights
@@ -131,7 +182,7 @@ def _analytics(window: AnalyticsWindow, bucket_width: timedelta) -> PortfolioAna
 
 
 class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceServicer):
-    """Read-only queries over the stored ``portfolio_optimized`` events.
+    """Read-only queries over the stored ``portfolio_optimized`` events and rebalance recommendations.
 
     Parameters
     ----------
@@ -278,4 +329,90 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
                 for bucket in analytics.buckets
             ],
             total_runs=analytics.total_runs,
+        )
+
+    async def GetRebalance(  # noqa: N802 (gRPC method name)
+        self, request: query_service_pb2.GetRebalanceRequest, context: ServicerContext
+    ) -> query_service_pb2.GetRebalanceResponse:
+        """Return one rebalance recommendation with its current status and decision fields.
+
+        A PENDING_APPROVAL recommendation at or past its ``expires_at`` (database clock) reads as EXPIRED, with
+        ``decided_at`` = ``expires_at``, whether or not the command side has persisted the expiry yet.
+
+        Parameters
+        ----------
+        request : stratopt.v1.GetRebalanceRequest
+            The recommendation id.
+        context : grpc.aio.ServicerContext
+            Call context (unused).
+
+        Returns
+        -------
+        stratopt.v1.GetRebalanceResponse
+            The recommendation.
+
+        Raises
+        ------
+        InvalidInputError
+            When ``recommendation_id`` is not a UUID.
+        NotFoundError
+            When no recommendation has the id.
+        UnavailableError
+            When the database cannot be reached.
+        """
+        try:
+            recommendation_id = uuid.UUID(request.recommendation_id)
+        except ValueError:
+            raise InvalidInputError.for_field(
+                "recommendation_id", f"{request.recommendation_id[:64]!r} is not a UUID"
+            ) from None
+        stored = await self._repository.get_rebalance(recommendation_id)
+        if stored is None:
+            raise NotFoundError(f"no rebalance recommendation '{recommendation_id}'")
+        return query_service_pb2.GetRebalanceResponse(recommendation=recommendation_message(stored))
+
+    async def ListRebalanceEvents(  # noqa: N802 (gRPC method name)
+        self, request: query_service_pb2.ListRebalanceEventsRequest, context: ServicerContext
+    ) -> query_service_pb2.ListRebalanceEventsResponse:
+        """Return one page of a portfolio's rebalance events in ``[start, end)``, newest first.
+
+        Ordered by ``(timestamp, event_id)`` descending with keyset pagination, as :meth:`GetHistory` (the
+        tokens are bound to this RPC, the portfolio and the range). An unknown portfolio gives an empty page.
+        EXPIRED events appear once the command side has persisted the expiry (dated at ``expires_at``).
+
+        Parameters
+        ----------
+        request : stratopt.v1.ListRebalanceEventsRequest
+            Portfolio, optional bounds, page size (0 = 50, capped at 1000) and page token.
+        context : grpc.aio.ServicerContext
+            Call context (unused).
+
+        Returns
+        -------
+        stratopt.v1.ListRebalanceEventsResponse
+            The events and the token of the next page (empty on the last page).
+
+        Raises
+        ------
+        InvalidInputError
+            When ``portfolio_id`` is empty, a bound is out of range, ``start >= end`` (field ``end``), or the
+            page token is malformed or from another request (field ``page_token``).
+        UnavailableError
+            When the database cannot be reached.
+        """
+        portfolio_id = _portfolio_id(request.portfolio_id)
+        start, end = _time_range(
+            request.start if request.HasField("start") else None,
+            request.end if request.HasField("end") else None,
+        )
+        page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        fingerprint = query_fingerprint(_REBALANCE_EVENTS_KEY + portfolio_id, start, end)
+        after = decode_page_token(request.page_token, fingerprint) if request.page_token else None
+        events = await self._repository.rebalance_events(
+            portfolio_id, start=start, end=end, limit=page_size + 1, after=after
+        )
+        page = events[:page_size]
+        next_page_token = encode_page_token(page[-1].key, fingerprint) if len(events) > page_size else ""
+        return query_service_pb2.ListRebalanceEventsResponse(
+            events=[rebalance_event_message(event) for event in page], next_page_token=next_page_token
         )

@@ -15,6 +15,7 @@ from grpc_status import rpc_status
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import command_service_pb2_grpc as cmd_grpc
 from stratopt.v1 import query_service_pb2_grpc as query_grpc
+from stratopt.v1 import trading_service_pb2_grpc as trading_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 BARS_PER_MESSAGE = 10_000
@@ -34,6 +35,11 @@ def command_stub(ch: grpc.Channel) -> cmd_grpc.OptimizationCommandServiceStub:
 def query_stub(ch: grpc.Channel) -> query_grpc.OptimizationQueryServiceStub:
     """Stub of the query service."""
     return query_grpc.OptimizationQueryServiceStub(ch)
+
+
+def trading_stub(ch: grpc.Channel) -> trading_grpc.TradingCommandServiceStub:
+    """Stub of the trading command service (allocation, holdings, drift, rebalancing, approval)."""
+    return trading_grpc.TradingCommandServiceStub(ch)
 
 
 def read_wide_prices(path: Path, symbol_prefix: str = "") -> pl.DataFrame:

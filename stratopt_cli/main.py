@@ -1,4 +1,8 @@
-"""The ``stratopt`` command line: serve, migrate, ingest, optimize, latest, history, analytics, demo."""
+"""The ``stratopt`` command line.
+
+Service: serve, migrate, demo. Optimization: ingest, optimize, latest, history, analytics. Trading: allocate,
+allocation-cache, holdings, policy, drift, rebalance, approve, reject, recommendation, rebalance-events.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import query_service_pb2 as query_pb
+from stratopt.v1 import trading_service_pb2 as trading_pb
 from stratopt_cli import client
 from stratopt_cli.runtime import DATABASE_URL_ENV, database
 
@@ -192,6 +197,126 @@ def analytics(
         except grpc.RpcError as error:
             _fail(error)
     _print_json(response)
+
+
+# --- trading: allocation, holdings, drift, rebalancing, approval --------------------------------------------------
+
+
+def _send(method: str, request: object, target: str, *, query: bool = False, timeout: float = 60.0) -> None:
+    """Call one RPC of the trading (or query) service and print the JSON response; exit 1 on an error."""
+    with client.channel(target) as ch:
+        stub = client.query_stub(ch) if query else client.trading_stub(ch)
+        try:
+            response = getattr(stub, method)(request, timeout=timeout)
+        except grpc.RpcError as error:
+            _fail(error)
+    _print_json(response)
+
+
+JsonFile = Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The request as JSON (protobuf mapping).")]
+
+
+@app.command()
+def allocate(request_file: JsonFile, target: TargetOption = client.DEFAULT_TARGET) -> None:
+    """Send an AllocateSharesRequest (integer shares for target weights) and print the allocation."""
+    _send("AllocateShares", json_format.Parse(request_file.read_text(), trading_pb.AllocateSharesRequest()), target)
+
+
+@app.command("allocation-cache")
+def allocation_cache(
+    cache_key: Annotated[str, typer.Argument(help="Cache key of an allocation.")] = "",
+    clear: Annotated[bool, typer.Option(help="Remove the entry (every entry without a key).")] = False,
+    target: TargetOption = client.DEFAULT_TARGET,
+) -> None:
+    """Print a cached allocation, or clear the cache with --clear."""
+    if clear:
+        _send("ClearAllocationCache", trading_pb.ClearAllocationCacheRequest(cache_key=cache_key), target)
+    else:
+        _send("GetCachedAllocation", trading_pb.GetCachedAllocationRequest(cache_key=cache_key), target)
+
+
+@app.command()
+def holdings(request_file: JsonFile, target: TargetOption = client.DEFAULT_TARGET) -> None:
+    """Store a portfolio's holdings (UpsertHoldingsRequest: positions with optional tax lots, cash)."""
+    _send("UpsertHoldings", json_format.Parse(request_file.read_text(), trading_pb.UpsertHoldingsRequest()), target)
+
+
+@app.command()
+def policy(request_file: JsonFile, target: TargetOption = client.DEFAULT_TARGET) -> None:
+    """Store a portfolio's rebalance policy (UpsertRebalancePolicyRequest)."""
+    request = json_format.Parse(request_file.read_text(), trading_pb.UpsertRebalancePolicyRequest())
+    _send("UpsertRebalancePolicy", request, target)
+
+
+@app.command()
+def drift(
+    portfolio_id: str,
+    threshold: Annotated[float | None, typer.Option(help="Portfolio drift threshold (two-way, fraction).")] = None,
+    target: TargetOption = client.DEFAULT_TARGET,
+) -> None:
+    """Drift of the stored holdings from the latest optimized target, with band breaches."""
+    request = trading_pb.CheckDriftRequest(portfolio_id=portfolio_id)
+    if threshold is not None:
+        request.threshold = threshold
+    _send("CheckDrift", request, target)
+
+
+@app.command()
+def rebalance(
+    portfolio_id: str,
+    request_file: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="A GenerateRebalanceRequest as JSON (targets, prices, ...)."),
+    ] = None,
+    target: TargetOption = client.DEFAULT_TARGET,
+) -> None:
+    """Generate and store a rebalance recommendation (the trade list with costs, lots and gains)."""
+    request = trading_pb.GenerateRebalanceRequest()
+    if request_file is not None:
+        json_format.Parse(request_file.read_text(), request)
+    request.portfolio_id = portfolio_id
+    _send("GenerateRebalance", request, target)
+
+
+@app.command()
+def approve(
+    recommendation_id: str,
+    approver: Annotated[str, typer.Option(help="Identity of the approver.")],
+    reason: Annotated[str, typer.Option(help="Optional comment.")] = "",
+    target: TargetOption = client.DEFAULT_TARGET,
+) -> None:
+    """Approve a PENDING_APPROVAL rebalance recommendation."""
+    request = trading_pb.ApproveRebalanceRequest(recommendation_id=recommendation_id, approver=approver, reason=reason)
+    _send("ApproveRebalance", request, target)
+
+
+@app.command()
+def reject(
+    recommendation_id: str,
+    approver: Annotated[str, typer.Option(help="Identity of the approver.")],
+    reason: Annotated[str, typer.Option(help="Why it is rejected.")],
+    target: TargetOption = client.DEFAULT_TARGET,
+) -> None:
+    """Reject a PENDING_APPROVAL rebalance recommendation."""
+    request = trading_pb.RejectRebalanceRequest(recommendation_id=recommendation_id, approver=approver, reason=reason)
+    _send("RejectRebalance", request, target)
+
+
+@app.command()
+def recommendation(recommendation_id: str, target: TargetOption = client.DEFAULT_TARGET) -> None:
+    """Print a rebalance recommendation with its current status (query side)."""
+    _send("GetRebalance", query_pb.GetRebalanceRequest(recommendation_id=recommendation_id), target, query=True)
+
+
+@app.command("rebalance-events")
+def rebalance_events(
+    portfolio_id: str,
+    page_size: Annotated[int, typer.Option(help="Events per page.")] = 50,
+    target: TargetOption = client.DEFAULT_TARGET,
+) -> None:
+    """Print the newest rebalance events of a portfolio (CREATED, APPROVED, REJECTED, EXPIRED, SHARES_ALLOCATED)."""
+    request = query_pb.ListRebalanceEventsRequest(portfolio_id=portfolio_id, page_size=page_size)
+    _send("ListRebalanceEvents", request, target, query=True)
 
 
 @app.command()

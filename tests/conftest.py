@@ -15,6 +15,7 @@ import pytest
 
 from stratopt.v1 import command_service_pb2_grpc as cmd_grpc
 from stratopt.v1 import query_service_pb2_grpc as query_grpc
+from stratopt.v1 import trading_service_pb2_grpc as trading_grpc
 from stratopt_cli.embedded_postgres import EmbeddedPostgres
 from stratopt_cli.migrate import migrate
 
@@ -71,6 +72,12 @@ def commands(grpc_channel: grpc.Channel) -> cmd_grpc.OptimizationCommandServiceS
 def queries(grpc_channel: grpc.Channel) -> query_grpc.OptimizationQueryServiceStub:
     """Stub of the query service."""
     return query_grpc.OptimizationQueryServiceStub(grpc_channel)
+
+
+@pytest.fixture(scope="session")
+def trading(grpc_channel: grpc.Channel) -> trading_grpc.TradingCommandServiceStub:
+    """Stub of the trading command service (allocation, holdings, drift, rebalancing, approval)."""
+    return trading_grpc.TradingCommandServiceStub(grpc_channel)
 
 
 @pytest.fixture(scope="session")

@@ -151,12 +151,12 @@ class ErrorMappingInterceptor(_ServerInterceptor):
 
     Parameters
     ----------
-    method_prefix : str
-        Prefix of the full method names handled, e.g. ``/stratopt.v1.OptimizationQueryService/``; calls to
-        other methods (health, reflection, other services) pass through untouched.
+    method_prefix : str or tuple of str
+        Prefix (or prefixes) of the full method names handled, e.g. ``/stratopt.v1.OptimizationQueryService/``;
+        calls to other methods (health, reflection, other services) pass through untouched.
     """
 
-    def __init__(self, *, method_prefix: str) -> None:
+    def __init__(self, *, method_prefix: str | tuple[str, ...]) -> None:
         self._method_prefix = method_prefix
 
     async def intercept_service(

@@ -25,6 +25,7 @@ def test_hypertables_and_chunk_intervals(db: psycopg.Connection[Any]) -> None:
     assert rows == [
         ("market_data", "timestamp", timedelta(days=365)),
         ("portfolio_optimized", "timestamp", timedelta(days=7)),
+        ("rebalance_events", "timestamp", timedelta(days=30)),
     ]
     version = db.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
     assert version is not None and version[0].startswith("2.")

@@ -24,30 +24,39 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from stratopt.v1 import trading_service_pb2 as stratopt_dot_v1_dot_trading__service__pb2
 from stratopt.v1 import types_pb2 as stratopt_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fstratopt/v1/query_service.proto\x12\x0bstratopt.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17stratopt/v1/types.proto\"(\n\x10GetLatestRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\"H\n\x11GetLatestResponse\x12\x33\n\x05\x65vent\x18\x01 \x01(\x0b\x32$.stratopt.v1.PortfolioOptimizedEvent\"\xa4\x01\n\x11GetHistoryRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"c\n\x12GetHistoryResponse\x12\x34\n\x06\x65vents\x18\x01 \x03(\x0b\x32$.stratopt.v1.PortfolioOptimizedEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb9\x01\n\x1cGetPortfolioAnalyticsRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0c\x62ucket_width\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd5\x01\n\x0f\x41nalyticsBucket\x12\x30\n\x0c\x62ucket_start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\trun_count\x18\x02 \x01(\r\x12\x19\n\x11mean_sharpe_ratio\x18\x03 \x01(\x01\x12\x17\n\x0fmean_volatility\x18\x04 \x01(\x01\x12\x1c\n\x14mean_expected_return\x18\x05 \x01(\x01\x12\x15\n\rmean_turnover\x18\x06 \x01(\x01\x12\x14\n\x0cmax_turnover\x18\x07 \x01(\x01\"b\n\x1dGetPortfolioAnalyticsResponse\x12-\n\x07\x62uckets\x18\x01 \x03(\x0b\x32\x1c.stratopt.v1.AnalyticsBucket\x12\x12\n\ntotal_runs\x18\x02 \x01(\r2\xa5\x02\n\x18OptimizationQueryService\x12J\n\tGetLatest\x12\x1d.stratopt.v1.GetLatestRequest\x1a\x1e.stratopt.v1.GetLatestResponse\x12M\n\nGetHistory\x12\x1e.stratopt.v1.GetHistoryRequest\x1a\x1f.stratopt.v1.GetHistoryResponse\x12n\n\x15GetPortfolioAnalytics\x12).stratopt.v1.GetPortfolioAnalyticsRequest\x1a*.stratopt.v1.GetPortfolioAnalyticsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fstratopt/v1/query_service.proto\x12\x0bstratopt.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!stratopt/v1/trading_service.proto\x1a\x17stratopt/v1/types.proto\"(\n\x10GetLatestRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\"H\n\x11GetLatestResponse\x12\x33\n\x05\x65vent\x18\x01 \x01(\x0b\x32$.stratopt.v1.PortfolioOptimizedEvent\"\xa4\x01\n\x11GetHistoryRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"c\n\x12GetHistoryResponse\x12\x34\n\x06\x65vents\x18\x01 \x03(\x0b\x32$.stratopt.v1.PortfolioOptimizedEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb9\x01\n\x1cGetPortfolioAnalyticsRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0c\x62ucket_width\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd5\x01\n\x0f\x41nalyticsBucket\x12\x30\n\x0c\x62ucket_start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\trun_count\x18\x02 \x01(\r\x12\x19\n\x11mean_sharpe_ratio\x18\x03 \x01(\x01\x12\x17\n\x0fmean_volatility\x18\x04 \x01(\x01\x12\x1c\n\x14mean_expected_return\x18\x05 \x01(\x01\x12\x15\n\rmean_turnover\x18\x06 \x01(\x01\x12\x14\n\x0cmax_turnover\x18\x07 \x01(\x01\"b\n\x1dGetPortfolioAnalyticsResponse\x12-\n\x07\x62uckets\x18\x01 \x03(\x0b\x32\x1c.stratopt.v1.AnalyticsBucket\x12\x12\n\ntotal_runs\x18\x02 \x01(\r\"0\n\x13GetRebalanceRequest\x12\x19\n\x11recommendation_id\x18\x01 \x01(\t\"T\n\x14GetRebalanceResponse\x12<\n\x0erecommendation\x18\x01 \x01(\x0b\x32$.stratopt.v1.RebalanceRecommendation\"\xad\x01\n\x1aListRebalanceEventsRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"c\n\x1bListRebalanceEventsResponse\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.stratopt.v1.RebalanceEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xe4\x03\n\x18OptimizationQueryService\x12J\n\tGetLatest\x12\x1d.stratopt.v1.GetLatestRequest\x1a\x1e.stratopt.v1.GetLatestResponse\x12M\n\nGetHistory\x12\x1e.stratopt.v1.GetHistoryRequest\x1a\x1f.stratopt.v1.GetHistoryResponse\x12n\n\x15GetPortfolioAnalytics\x12).stratopt.v1.GetPortfolioAnalyticsRequest\x1a*.stratopt.v1.GetPortfolioAnalyticsResponse\x12S\n\x0cGetRebalance\x12 .stratopt.v1.GetRebalanceRequest\x1a!.stratopt.v1.GetRebalanceResponse\x12h\n\x13ListRebalanceEvents\x12\'.stratopt.v1.ListRebalanceEventsRequest\x1a(.stratopt.v1.ListRebalanceEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stratopt.v1.query_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETLATESTREQUEST']._serialized_start=138
-  _globals['_GETLATESTREQUEST']._serialized_end=178
-  _globals['_GETLATESTRESPONSE']._serialized_start=180
-  _globals['_GETLATESTRESPONSE']._serialized_end=252
-  _globals['_GETHISTORYREQUEST']._serialized_start=255
-  _globals['_GETHISTORYREQUEST']._serialized_end=419
-  _globals['_GETHISTORYRESPONSE']._serialized_start=421
-  _globals['_GETHISTORYRESPONSE']._serialized_end=520
-  _globals['_GETPORTFOLIOANALYTICSREQUEST']._serialized_start=523
-  _globals['_GETPORTFOLIOANALYTICSREQUEST']._serialized_end=708
-  _globals['_ANALYTICSBUCKET']._serialized_start=711
-  _globals['_ANALYTICSBUCKET']._serialized_end=924
-  _globals['_GETPORTFOLIOANALYTICSRESPONSE']._serialized_start=926
-  _globals['_GETPORTFOLIOANALYTICSRESPONSE']._serialized_end=1024
-  _globals['_OPTIMIZATIONQUERYSERVICE']._serialized_start=1027
-  _globals['_OPTIMIZATIONQUERYSERVICE']._serialized_end=1320
+  _globals['_GETLATESTREQUEST']._serialized_start=173
+  _globals['_GETLATESTREQUEST']._serialized_end=213
+  _globals['_GETLATESTRESPONSE']._serialized_start=215
+  _globals['_GETLATESTRESPONSE']._serialized_end=287
+  _globals['_GETHISTORYREQUEST']._serialized_start=290
+  _globals['_GETHISTORYREQUEST']._serialized_end=454
+  _globals['_GETHISTORYRESPONSE']._serialized_start=456
+  _globals['_GETHISTORYRESPONSE']._serialized_end=555
+  _globals['_GETPORTFOLIOANALYTICSREQUEST']._serialized_start=558
+  _globals['_GETPORTFOLIOANALYTICSREQUEST']._serialized_end=743
+  _globals['_ANALYTICSBUCKET']._serialized_start=746
+  _globals['_ANALYTICSBUCKET']._serialized_end=959
+  _globals['_GETPORTFOLIOANALYTICSRESPONSE']._serialized_start=961
+  _globals['_GETPORTFOLIOANALYTICSRESPONSE']._serialized_end=1059
+  _globals['_GETREBALANCEREQUEST']._serialized_start=1061
+  _globals['_GETREBALANCEREQUEST']._serialized_end=1109
+  _globals['_GETREBALANCERESPONSE']._serialized_start=1111
+  _globals['_GETREBALANCERESPONSE']._serialized_end=1195
+  _globals['_LISTREBALANCEEVENTSREQUEST']._serialized_start=1198
+  _globals['_LISTREBALANCEEVENTSREQUEST']._serialized_end=1371
+  _globals['_LISTREBALANCEEVENTSRESPONSE']._serialized_start=1373
+  _globals['_LISTREBALANCEEVENTSRESPONSE']._serialized_end=1472
+  _globals['_OPTIMIZATIONQUERYSERVICE']._serialized_start=1475
+  _globals['_OPTIMIZATIONQUERYSERVICE']._serialized_end=1959
 # @@protoc_insertion_point(module_scope)

@@ -50,6 +50,16 @@ class OptimizationQueryServiceStub:
                 request_serializer=stratopt_dot_v1_dot_query__service__pb2.GetPortfolioAnalyticsRequest.SerializeToString,
                 response_deserializer=stratopt_dot_v1_dot_query__service__pb2.GetPortfolioAnalyticsResponse.FromString,
                 _registered_method=True)
+        self.GetRebalance = channel.unary_unary(
+                '/stratopt.v1.OptimizationQueryService/GetRebalance',
+                request_serializer=stratopt_dot_v1_dot_query__service__pb2.GetRebalanceRequest.SerializeToString,
+                response_deserializer=stratopt_dot_v1_dot_query__service__pb2.GetRebalanceResponse.FromString,
+                _registered_method=True)
+        self.ListRebalanceEvents = channel.unary_unary(
+                '/stratopt.v1.OptimizationQueryService/ListRebalanceEvents',
+                request_serializer=stratopt_dot_v1_dot_query__service__pb2.ListRebalanceEventsRequest.SerializeToString,
+                response_deserializer=stratopt_dot_v1_dot_query__service__pb2.ListRebalanceEventsResponse.FromString,
+                _registered_method=True)
 
 
 class OptimizationQueryServiceServicer:
@@ -78,6 +88,22 @@ class OptimizationQueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRebalance(self, request, context):
+        """One rebalance recommendation with its current status (a pending one past its expiry reads EXPIRED).
+        NOT_FOUND when absent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRebalanceEvents(self, request, context):
+        """Rebalance events (CREATED, APPROVED, REJECTED, EXPIRED, SHARES_ALLOCATED) of a portfolio in a time range,
+        newest first, with keyset pagination.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizationQueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +121,16 @@ def add_OptimizationQueryServiceServicer_to_server(servicer, server):
                     servicer.GetPortfolioAnalytics,
                     request_deserializer=stratopt_dot_v1_dot_query__service__pb2.GetPortfolioAnalyticsRequest.FromString,
                     response_serializer=stratopt_dot_v1_dot_query__service__pb2.GetPortfolioAnalyticsResponse.SerializeToString,
+            ),
+            'GetRebalance': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRebalance,
+                    request_deserializer=stratopt_dot_v1_dot_query__service__pb2.GetRebalanceRequest.FromString,
+                    response_serializer=stratopt_dot_v1_dot_query__service__pb2.GetRebalanceResponse.SerializeToString,
+            ),
+            'ListRebalanceEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRebalanceEvents,
+                    request_deserializer=stratopt_dot_v1_dot_query__service__pb2.ListRebalanceEventsRequest.FromString,
+                    response_serializer=stratopt_dot_v1_dot_query__service__pb2.ListRebalanceEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +215,60 @@ class OptimizationQueryService:
             '/stratopt.v1.OptimizationQueryService/GetPortfolioAnalytics',
             stratopt_dot_v1_dot_query__service__pb2.GetPortfolioAnalyticsRequest.SerializeToString,
             stratopt_dot_v1_dot_query__service__pb2.GetPortfolioAnalyticsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRebalance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stratopt.v1.OptimizationQueryService/GetRebalance',
+            stratopt_dot_v1_dot_query__service__pb2.GetRebalanceRequest.SerializeToString,
+            stratopt_dot_v1_dot_query__service__pb2.GetRebalanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRebalanceEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stratopt.v1.OptimizationQueryService/ListRebalanceEvents',
+            stratopt_dot_v1_dot_query__service__pb2.ListRebalanceEventsRequest.SerializeToString,
+            stratopt_dot_v1_dot_query__service__pb2.ListRebalanceEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

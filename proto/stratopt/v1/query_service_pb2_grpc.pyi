@@ -41,6 +41,14 @@ class OptimizationQueryServiceStub:
     """Per time bucket: run count, mean Sharpe, mean volatility, mean expected return and the one-way turnover
     between consecutive runs, computed with DuckDB over the event history.
     """
+    GetRebalance: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.GetRebalanceRequest, _query_service_pb2.GetRebalanceResponse]
+    """One rebalance recommendation with its current status (a pending one past its expiry reads EXPIRED).
+    NOT_FOUND when absent.
+    """
+    ListRebalanceEvents: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.ListRebalanceEventsRequest, _query_service_pb2.ListRebalanceEventsResponse]
+    """Rebalance events (CREATED, APPROVED, REJECTED, EXPIRED, SHARES_ALLOCATED) of a portfolio in a time range,
+    newest first, with keyset pagination.
+    """
 
 @_typing.type_check_only
 class OptimizationQueryServiceAsyncStub(OptimizationQueryServiceStub):
@@ -54,6 +62,14 @@ class OptimizationQueryServiceAsyncStub(OptimizationQueryServiceStub):
     GetPortfolioAnalytics: _aio.UnaryUnaryMultiCallable[_query_service_pb2.GetPortfolioAnalyticsRequest, _query_service_pb2.GetPortfolioAnalyticsResponse]  # type: ignore[assignment]
     """Per time bucket: run count, mean Sharpe, mean volatility, mean expected return and the one-way turnover
     between consecutive runs, computed with DuckDB over the event history.
+    """
+    GetRebalance: _aio.UnaryUnaryMultiCallable[_query_service_pb2.GetRebalanceRequest, _query_service_pb2.GetRebalanceResponse]  # type: ignore[assignment]
+    """One rebalance recommendation with its current status (a pending one past its expiry reads EXPIRED).
+    NOT_FOUND when absent.
+    """
+    ListRebalanceEvents: _aio.UnaryUnaryMultiCallable[_query_service_pb2.ListRebalanceEventsRequest, _query_service_pb2.ListRebalanceEventsResponse]  # type: ignore[assignment]
+    """Rebalance events (CREATED, APPROVED, REJECTED, EXPIRED, SHARES_ALLOCATED) of a portfolio in a time range,
+    newest first, with keyset pagination.
     """
 
 class OptimizationQueryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -83,6 +99,26 @@ class OptimizationQueryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_query_service_pb2.GetPortfolioAnalyticsResponse, _abc.Awaitable[_query_service_pb2.GetPortfolioAnalyticsResponse]]:
         """Per time bucket: run count, mean Sharpe, mean volatility, mean expected return and the one-way turnover
         between consecutive runs, computed with DuckDB over the event history.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRebalance(
+        self,
+        request: _query_service_pb2.GetRebalanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_query_service_pb2.GetRebalanceResponse, _abc.Awaitable[_query_service_pb2.GetRebalanceResponse]]:
+        """One rebalance recommendation with its current status (a pending one past its expiry reads EXPIRED).
+        NOT_FOUND when absent.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRebalanceEvents(
+        self,
+        request: _query_service_pb2.ListRebalanceEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_query_service_pb2.ListRebalanceEventsResponse, _abc.Awaitable[_query_service_pb2.ListRebalanceEventsResponse]]:
+        """Rebalance events (CREATED, APPROVED, REJECTED, EXPIRED, SHARES_ALLOCATED) of a portfolio in a time range,
+        newest first, with keyset pagination.
         """
 
 def add_OptimizationQueryServiceServicer_to_server(servicer: OptimizationQueryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

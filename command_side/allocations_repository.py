@@ -1,0 +1,190 @@
+"""The allocation cache and its events over PostgreSQL + TimescaleDB (asyncpg).
+
+Tables (``migrations/0006_trading.sql``): ``share_allocations`` holds AllocateShares results keyed by the hash of
+their normalised input (``services.allocation.allocation_cache_key``), each with the normalised request (jsonb,
+protobuf JSON mapping with the proto field names) and the ``stratopt.v1.AllocateSharesResponse`` as first
+returned (serialized, ``cached`` false, ``expires_at`` set). A row past ``expires_at`` is a miss; expired rows
+are deleted by every write. An allocation made for a portfolio is recorded as a ``SHARES_ALLOCATED`` row of the
+``rebalance_events`` hypertable in the same transaction as its cache row. Times come from the database clock
+(``clock_timestamp()``).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+import asyncpg
+from google.protobuf import json_format
+
+from command_side.mapping import datetime_to_timestamp
+from command_side.repository import Connection, database_errors
+from stratopt.v1 import trading_service_pb2 as trading_pb
+
+EVENT_TYPE: Final = "SHARES_ALLOCATED"
+"""``rebalance_events.event_type`` of a recorded allocation."""
+EVENT_STATUS: Final = "UNSPECIFIED"
+"""``rebalance_events.status`` of a recorded allocation: it has no recommendation, so no recommendation status
+(``RecommendationStatus`` ``RECOMMENDATION_STATUS_UNSPECIFIED``)."""
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAllocation:
+    """A live cache entry."""
+
+    response: trading_pb.AllocateSharesResponse
+    """The allocation with ``cached`` true and ``expires_at`` from the row."""
+    portfolio_id: str
+    """Portfolio of the call that computed it ('' when none)."""
+    created_at: datetime
+    """When it was computed and stored."""
+
+
+class AllocationRepository:
+    """Persistence of cached allocations and of ``SHARES_ALLOCATED`` events.
+
+    Parameters
+    ----------
+    pool : asyncpg.Pool
+        Connection pool to the migrated database.
+    """
+
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+        self._pool = pool
+
+    async def find(self, cache_key: str) -> CachedAllocation | None:
+        """The unexpired entry of ``cache_key``, or None (absent or expired).
+
+        Raises
+        ------
+        UnavailableError
+            When the database cannot be reached.
+        """
+        async with database_errors(), self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                """SELECT portfolio_id, response, created_at, expires_at FROM share_allocations
+                   WHERE cache_key = $1 AND expires_at > clock_timestamp()""",
+                cache_key,
+            )
+        if row is None:
+            return None
+        response = trading_pb.AllocateSharesResponse.FromString(bytes(row["response"]))
+        response.cached = True
+        response.expires_at.CopyFrom(datetime_to_timestamp(row["expires_at"]))
+        return CachedAllocation(response, row["portfolio_id"], row["created_at"])
+
+    async def save(
+        self,
+        response: trading_pb.AllocateSharesResponse,
+        *,
+        request: trading_pb.AllocateSharesRequest,
+        portfolio_id: str,
+        ttl: timedelta | None,
+    ) -> trading_pb.AllocateSharesResponse:
+        """Store a computed allocation in the cache (when ``ttl`` is given) and its event (for a portfolio).
+
+        One transaction: the expired rows are deleted, the entry is upserted (a later computation of the same
+        key replaces an earlier one) and, when ``portfolio_id`` is set, the ``SHARES_ALLOCATED`` event is
+        inserted. Nothing is written when there is neither a ``ttl`` nor a ``portfolio_id``.
+
+        Parameters
+        ----------
+        response : stratopt.v1.AllocateSharesResponse
+            The allocation with its ``cache_key``; its ``expires_at`` is set here (when cached), in place.
+        request : stratopt.v1.AllocateSharesRequest
+            The normalised request, stored as jsonb (protobuf JSON mapping, proto field names).
+        portfolio_id : str
+            Portfolio to record the event for; '' records none.
+        ttl : datetime.timedelta or None
+            Lifetime of the entry from now (database clock); None stores no entry.
+
+        Returns
+        -------
+        stratopt.v1.AllocateSharesResponse
+            ``response``, with ``expires_at`` set when it was cached.
+
+        Raises
+        ------
+        UnavailableError
+            When the database cannot be reached.
+        """
+        if ttl is None and not portfolio_id:
+            return response
+        async with database_errors(), self._pool.acquire() as conn, conn.transaction():
+            now: datetime = await conn.fetchval("SELECT clock_timestamp()")
+            if ttl is not None:
+                response.expires_at.CopyFrom(datetime_to_timestamp(now + ttl))
+                await conn.execute("DELETE FROM share_allocations WHERE expires_at <= $1", now)
+                await conn.execute(
+                    """INSERT INTO share_allocations (cache_key, portfolio_id, request, response, created_at,
+                           expires_at)
+                       VALUES ($1, $2, $3::jsonb, $4, $5, $6)
+                       ON CONFLICT (cache_key) DO UPDATE SET portfolio_id = EXCLUDED.portfolio_id,
+                           request = EXCLUDED.request, response = EXCLUDED.response,
+                           created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at""",
+                    response.cache_key, portfolio_id,
+                    _json(json_format.MessageToDict(request, preserving_proto_field_name=True)),
+                    response.SerializeToString(), now, now + ttl,
+                )  # fmt: skip
+            if portfolio_id:
+                await _insert_event(conn, now, portfolio_id, response)
+        return response
+
+    async def record(self, response: trading_pb.AllocateSharesResponse, *, portfolio_id: str) -> None:
+        """Record the ``SHARES_ALLOCATED`` event of an allocation answered from the cache for a portfolio.
+
+        Raises
+        ------
+        UnavailableError
+            When the database cannot be reached.
+        """
+        async with database_errors(), self._pool.acquire() as conn:
+            now: datetime = await conn.fetchval("SELECT clock_timestamp()")
+            await _insert_event(conn, now, portfolio_id, response)
+
+    async def clear(self, cache_key: str) -> int:
+        """Delete the entry of ``cache_key`` (expired or not), or every entry when it is ''; the rows deleted.
+
+        Raises
+        ------
+        UnavailableError
+            When the database cannot be reached.
+        """
+        async with database_errors(), self._pool.acquire() as conn:
+            if cache_key:
+                status = await conn.execute("DELETE FROM share_allocations WHERE cache_key = $1", cache_key)
+            else:
+                status = await conn.execute("DELETE FROM share_allocations")
+        return int(status.split()[-1])
+
+
+async def _insert_event(
+    conn: Connection, now: datetime, portfolio_id: str, response: trading_pb.AllocateSharesResponse
+) -> None:
+    """Insert the ``SHARES_ALLOCATED`` event of ``response`` (total_trade_value = the budget used).
+
+    The payload (jsonb) holds the cache key, whether the answer came from the cache, the metrics (protobuf JSON
+    mapping, proto field names, every field), the final shares per target symbol and the shares sold in full.
+    """
+    payload = {
+        "cache_key": response.cache_key,
+        "cached": response.cached,
+        "metrics": json_format.MessageToDict(
+            response.metrics, always_print_fields_with_no_presence=True, preserving_proto_field_name=True
+        ),
+        "final_shares": {line.symbol: line.final_shares for line in response.lines},
+        "sold_in_full": {sold.symbol: sold.shares for sold in response.sold_in_full},
+    }
+    await conn.execute(
+        """INSERT INTO rebalance_events (event_id, "timestamp", portfolio_id, recommendation_id, event_type, status,
+               actor, total_trade_value, payload)
+           VALUES ($1, $2, $3, NULL, $4, $5, '', $6, $7::jsonb)""",
+        uuid.uuid4(), now, portfolio_id, EVENT_TYPE, EVENT_STATUS, response.metrics.budget_used, _json(payload),
+    )  # fmt: skip

@@ -1,0 +1,92 @@
+"""The gRPC servicer of ``stratopt.v1.TradingCommandService``: proto in, one application call, proto out.
+
+Allocation (``command_side.allocations``) and rebalancing (``command_side.rebalancing``) are separate
+application services over the same database pool; errors propagate as domain exceptions to the
+``ErrorMappingInterceptor``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from command_side.allocations import AllocationService
+from command_side.rebalancing import RebalancingService
+from stratopt.v1 import trading_service_pb2 as trading_pb
+from stratopt.v1 import trading_service_pb2_grpc as trading_grpc
+
+if TYPE_CHECKING:  # the grpc.aio context is generic only in the stubs
+    Context = grpc.aio.ServicerContext[Any, Any]
+else:
+    Context = grpc.aio.ServicerContext
+
+
+class TradingCommandServicer(trading_grpc.TradingCommandServiceServicer):
+    """Thin adapter over the allocation and rebalancing application services.
+
+    Parameters
+    ----------
+    allocations : AllocationService
+        Integer-share allocation with its cache.
+    rebalancing : RebalancingService
+        Holdings, policies, drift, rebalance recommendations and their approval.
+    """
+
+    def __init__(self, allocations: AllocationService, rebalancing: RebalancingService) -> None:
+        self._allocations = allocations
+        self._rebalancing = rebalancing
+
+    async def AllocateShares(  # noqa: N802 - gRPC method name
+        self, request: trading_pb.AllocateSharesRequest, context: Context
+    ) -> trading_pb.AllocateSharesResponse:
+        """Allocate whole shares to target weights."""
+        return await self._allocations.allocate(request, time_remaining_s=context.time_remaining())
+
+    async def GetCachedAllocation(  # noqa: N802
+        self, request: trading_pb.GetCachedAllocationRequest, context: Context
+    ) -> trading_pb.GetCachedAllocationResponse:
+        """Read a cached allocation."""
+        return await self._allocations.get_cached(request.cache_key)
+
+    async def ClearAllocationCache(  # noqa: N802
+        self, request: trading_pb.ClearAllocationCacheRequest, context: Context
+    ) -> trading_pb.ClearAllocationCacheResponse:
+        """Remove one or every cached allocation."""
+        return await self._allocations.clear_cache(request.cache_key)
+
+    async def UpsertHoldings(  # noqa: N802
+        self, request: trading_pb.UpsertHoldingsRequest, context: Context
+    ) -> trading_pb.UpsertHoldingsResponse:
+        """Store a holdings snapshot."""
+        return await self._rebalancing.upsert_holdings(request)
+
+    async def UpsertRebalancePolicy(  # noqa: N802
+        self, request: trading_pb.UpsertRebalancePolicyRequest, context: Context
+    ) -> trading_pb.UpsertRebalancePolicyResponse:
+        """Store a rebalance policy."""
+        return await self._rebalancing.upsert_policy(request)
+
+    async def CheckDrift(  # noqa: N802
+        self, request: trading_pb.CheckDriftRequest, context: Context
+    ) -> trading_pb.CheckDriftResponse:
+        """Drift of the stored holdings from the target."""
+        return await self._rebalancing.check_drift(request)
+
+    async def GenerateRebalance(  # noqa: N802
+        self, request: trading_pb.GenerateRebalanceRequest, context: Context
+    ) -> trading_pb.GenerateRebalanceResponse:
+        """Generate and store a rebalance recommendation."""
+        return await self._rebalancing.generate(request, time_remaining_s=context.time_remaining())
+
+    async def ApproveRebalance(  # noqa: N802
+        self, request: trading_pb.ApproveRebalanceRequest, context: Context
+    ) -> trading_pb.ApproveRebalanceResponse:
+        """Approve a pending recommendation."""
+        return await self._rebalancing.approve(request)
+
+    async def RejectRebalance(  # noqa: N802
+        self, request: trading_pb.RejectRebalanceRequest, context: Context
+    ) -> trading_pb.RejectRebalanceResponse:
+        """Reject a pending recommendation."""
+        return await self._rebalancing.reject(request)
