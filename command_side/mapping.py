@@ -629,8 +629,6 @@ def _method_settings(
             continue
         if method in (Method.RISK_PARITY, Method.HIERARCHICAL_RISK_PARITY, Method.ROBUST_OPTIMIZATION):
             raise _bad(f"constraints.{field_name}", f"is not supported with {name}")
-        if field_name.endswith("net_exposure") and risk_measure is not None:
-            raise _bad(f"constraints.{field_name}", f"is supported with the variance risk measure, not {risk_measure}")
     if problem.objective is Objective.MULTI_OBJECTIVE and risk_measure is not None:
         raise _bad("objective", f"OBJECTIVE_MULTI_OBJECTIVE needs the variance risk measure, not {risk_measure}")
     if problem.objective is Objective.MULTI_OBJECTIVE and method is Method.ROBUST_OPTIMIZATION:
@@ -652,10 +650,14 @@ def _method_settings(
         "beta_tolerance": c.HasField("beta_tolerance"),
     }
     desk = [f for f, given in present.items() if given]
-    if desk and (method not in (Method.MEAN_VARIANCE, Method.BLACK_LITTERMAN) or risk_measure is not None):
+    if desk and method in (Method.RISK_PARITY, Method.HIERARCHICAL_RISK_PARITY):
+        raise _bad(f"constraints.{desk[0]}", f"is not supported with {name}")
+    costs_elsewhere = method is Method.ROBUST_OPTIMIZATION or risk_measure is not None
+    if present["transaction_costs_bps"] and costs_elsewhere:
         what = risk_measure.value if risk_measure is not None else name
         raise _bad(
-            f"constraints.{desk[0]}", f"is supported with variance-based MEAN_VARIANCE and BLACK_LITTERMAN, not {what}"
+            "constraints.transaction_costs_bps",
+            f"transaction costs enter variance-based MEAN_VARIANCE and BLACK_LITTERMAN objectives, not {what}",
         )
     robust = risk.robust
     if robust.ByteSize() and method is not Method.ROBUST_OPTIMIZATION:

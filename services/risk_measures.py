@@ -47,8 +47,10 @@ from services.mean_variance import (
     CLARABEL_SETTINGS,
     TOLERANCE,
     _covariance_factor,
+    _desk,
     _sector_rows,
     check_constraints,
+    net_exposure_range,
     portfolio_performance,
     precheck,
     solve_program,
@@ -258,8 +260,8 @@ def _validate_inputs(
     return moments
 
 
-def weights_from_solution(raw: FloatArray, problem: PortfolioProblem, *, homogenised: bool) -> FloatArray:
-    """Weights of a solution vector: y / 1ᵀy if homogenised, solver noise within ``TOLERANCE`` put on the bound.
+def weights_from_solution(raw: FloatArray, problem: PortfolioProblem, *, kappa: float | None) -> FloatArray:
+    """Weights of a solution vector: y / κ if homogenised, solver noise within ``TOLERANCE`` put on the bound.
 
     Parameters
     ----------
@@ -267,8 +269,9 @@ def weights_from_solution(raw: FloatArray, problem: PortfolioProblem, *, homogen
         The solver's x (w, or y = κw when ``homogenised``).
     problem : PortfolioProblem
         For the bounds.
-    homogenised : bool
-        Whether ``raw`` is y = κw.
+    kappa : float or None
+        κ when ``raw`` is y = κw (with a fixed budget κ = 1ᵀy; with net exposure bounds κ is its own variable),
+        None when ``raw`` is w.
 
     Returns
     -------
@@ -278,20 +281,23 @@ def weights_from_solution(raw: FloatArray, problem: PortfolioProblem, *, homogen
     Raises
     ------
     OptimizationError
-        The homogenised solution degenerated (κ = 1ᵀy ≤ 0).
+        The homogenised solution degenerated (κ ≤ 0).
     """
-    if homogenised:
-        total = float(raw.sum())
-        if total <= 1e-12:
+    if kappa is not None:
+        if kappa <= 1e-12:
             raise OptimizationError("max ratio solution degenerated (κ = 0)")
-        raw = raw / total
+        raw = raw / kappa
     lower, upper = problem.lower_bounds, problem.upper_bounds
     weights = np.where((raw < lower) & (raw >= lower - TOLERANCE), lower, raw)
     return np.asarray(np.where((weights > upper) & (weights <= upper + TOLERANCE), upper, weights), dtype=np.float64)
 
 
 def linear_constraints(problem: PortfolioProblem, x: cp.Variable, scale: cp.Expression | float) -> list[cp.Constraint]:
-    """Budget, bounds and sector limits on x = scale·w (``scale`` = 1, or κ when homogenised).
+    """Budget (or net exposure), bounds, group limits and the linear desk families on x = scale·w.
+
+    ``scale`` is 1, or κ when homogenised. The desk families are the two-way turnover limit and per-name caps
+    (against ``current_weights``), the gross exposure (leverage) cap and beta neutrality; transaction costs and the
+    tracking-error cone are not linear constraints and are left to the caller.
 
     Parameters
     ----------
@@ -305,19 +311,66 @@ def linear_constraints(problem: PortfolioProblem, x: cp.Variable, scale: cp.Expr
     Returns
     -------
     list of cvxpy.Constraint
-        ``1ᵀx = scale``, ``l·scale ≤ x ≤ u·scale`` and every sector minimum and maximum times ``scale``.
+        ``1ᵀx = scale`` (or the net exposure bounds times ``scale``), ``l·scale ≤ x ≤ u·scale``, every group
+        minimum and maximum times ``scale``, and the desk families present in ``problem``.
     """
-    constraints = [
-        cp.sum(x) == scale,
-        x >= problem.lower_bounds * scale,
-        x <= problem.upper_bounds * scale,
-    ]
+    net = net_exposure_range(problem)
+    constraints = [x >= problem.lower_bounds * scale, x <= problem.upper_bounds * scale]
+    if net is None:
+        constraints.append(cp.sum(x) == scale)
+    else:
+        if np.isfinite(net[0]):
+            constraints.append(cp.sum(x) >= net[0] * scale)
+        if np.isfinite(net[1]):
+            constraints.append(cp.sum(x) <= net[1] * scale)
     for row in _sector_rows(problem):
         if row.min_weight is not None:
             constraints.append(row.members @ x >= row.min_weight * scale)
         if row.max_weight is not None:
             constraints.append(row.members @ x <= row.max_weight * scale)
+    desk = _desk(problem)
+    if desk.turnover_limit is not None or desk.turnover_caps is not None:
+        trades = cp.Variable(problem.n_assets, nonneg=True)
+        moved = x - desk.current * scale
+        constraints += [trades >= moved, trades >= -moved]
+        if desk.turnover_limit is not None:
+            constraints.append(cp.sum(trades) <= desk.turnover_limit * scale)
+        if desk.turnover_caps is not None:
+            finite = np.flatnonzero(np.isfinite(desk.turnover_caps))
+            constraints.append(trades[finite] <= desk.turnover_caps[finite] * scale)
+    if desk.leverage_limit is not None:
+        constraints.append(cp.norm1(x) <= desk.leverage_limit * scale)
+    if desk.betas is not None and desk.beta_tolerance is not None:
+        exposure = desk.betas @ x
+        constraints += [exposure <= desk.beta_tolerance * scale, exposure >= -desk.beta_tolerance * scale]
     return constraints
+
+
+def tracking_error_constraint(
+    problem: PortfolioProblem, x: cp.Variable, scale: cp.Expression | float, factor: FloatArray
+) -> list[cp.Constraint]:
+    """The tracking-error cone ‖Fᵀ(x − b·scale)‖ ≤ TE·scale when the problem has one (else nothing).
+
+    Parameters
+    ----------
+    problem : PortfolioProblem
+        With ``tracking_error_limit`` and ``benchmark_weights``.
+    x : cvxpy.Variable
+        The weights, or their homogenised y.
+    scale : cvxpy.Expression or float
+        1, or the homogenising variable κ.
+    factor : ndarray of shape (N, N)
+        F with F Fᵀ = Σ (annualised).
+
+    Returns
+    -------
+    list of cvxpy.Constraint
+        Zero or one constraint.
+    """
+    desk = _desk(problem)
+    if desk.tracking_error_limit is None or desk.benchmark is None:
+        return []
+    return [cp.norm(factor.T @ (x - desk.benchmark * scale), 2) <= desk.tracking_error_limit * scale]
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,15 +434,20 @@ def measure_program(
     constraints += linear_constraints(problem, x, scale)
     risk, risk_constraints = _risk_program(risk_measure, scenarios, x, alpha)
     constraints += risk_constraints
+    expected: cp.Expression = mu @ x
+    if net_exposure_range(problem) is not None:
+        expected = expected + problem.risk_free_rate * (scale - cp.sum(x))  # the cash leg at r_f
     if problem.min_return is not None:
-        constraints.append(mu @ x >= problem.min_return * scale)
-    if problem.max_volatility is not None and with_volatility_cap:
+        constraints.append(expected >= problem.min_return * scale)
+    if with_volatility_cap and (problem.max_volatility is not None or problem.tracking_error_limit is not None):
         factor = _covariance_factor(moments.covariance)
-        constraints.append(cp.norm(factor.T @ x, 2) <= problem.max_volatility * scale)
+        if problem.max_volatility is not None:
+            constraints.append(cp.norm(factor.T @ x, 2) <= problem.max_volatility * scale)
+        constraints += tracking_error_constraint(problem, x, scale, factor)
     if max_risk is not None:
         constraints.append(risk <= max_risk * scale)
-    objective = -(mu @ x) if problem.objective is Objective.MAX_RETURN else risk
-    return MeasureProgram(x=x, kappa=kappa, constraints=constraints, objective=cast(cp.Expression, objective))
+    objective = -expected if problem.objective is Objective.MAX_RETURN else risk
+    return MeasureProgram(x=x, kappa=kappa, constraints=constraints, objective=objective)
 
 
 # --- the optimizer -----------------------------------------------------------------------------------------------
@@ -464,6 +522,10 @@ def optimize_risk_measure(
         raise InvalidInputError.for_field(
             "objective", f"MAX_QUADRATIC_UTILITY is defined for variance only, not for {risk_measure}"
         )
+    if problem.transaction_costs_bps is not None and np.any(problem.transaction_costs_bps):
+        raise InvalidInputError.for_field(
+            "constraints.transaction_costs_bps", f"transaction costs are supported with variance, not {risk_measure}"
+        )
     scenarios = np.asarray(scenarios, dtype=np.float64)
     moments = _validate_inputs(problem, scenarios, expected_returns, covariance, alpha, periods_per_year, max_risk)
     precheck(problem, moments)
@@ -479,7 +541,6 @@ def optimize_risk_measure(
             time_limit_s=time_limit_s,
         )
     started = time.perf_counter()
-    sharpe = problem.objective is Objective.MAX_SHARPE
     program = measure_program(problem, scenarios, moments, risk_measure=risk_measure, alpha=alpha, max_risk=max_risk)
     x = program.x
     cvx_problem = cp.Problem(cp.Minimize(program.objective), program.constraints)
@@ -490,7 +551,10 @@ def optimize_risk_measure(
     )
     if x.value is None:
         raise OptimizationError(f"{outcome.solver} returned no solution for {description}")
-    weights = weights_from_solution(np.asarray(x.value, dtype=np.float64), problem, homogenised=sharpe)
+    kappa = None
+    if program.kappa is not None:
+        kappa = float(program.kappa.value) if program.kappa.value is not None else 0.0
+    weights = weights_from_solution(np.asarray(x.value, dtype=np.float64), problem, kappa=kappa)
 
     value = risk_measure_value(scenarios, weights, risk_measure=risk_measure, alpha=alpha)
     violations = check_constraints(weights, problem, moments)

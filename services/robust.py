@@ -54,7 +54,7 @@ from services.mean_variance import (
     solve_program,
     validate_moments,
 )
-from services.risk_measures import linear_constraints, weights_from_solution
+from services.risk_measures import linear_constraints, tracking_error_constraint, weights_from_solution
 from services.types import FloatArray, Moments, Objective, OptimizationResult, PortfolioProblem
 
 
@@ -239,6 +239,15 @@ def optimize_robust(
         observations=observations,
         periods_per_year=periods_per_year,
     )
+    if problem.min_net_exposure is not None or problem.max_net_exposure is not None:
+        field = "min_net_exposure" if problem.min_net_exposure is not None else "max_net_exposure"
+        raise InvalidInputError.for_field(
+            f"constraints.{field}", "net exposure bounds are not supported with robust optimization (budget 1)"
+        )
+    if problem.transaction_costs_bps is not None and np.any(problem.transaction_costs_bps):
+        raise InvalidInputError.for_field(
+            "constraints.transaction_costs_bps", "transaction costs are not supported with robust optimization"
+        )
     precheck(problem, moments)
     started = time.perf_counter()
     mu, covariance = moments.expected_returns, moments.covariance
@@ -247,6 +256,7 @@ def optimize_robust(
 
     x = cp.Variable(problem.n_assets)
     scale: cp.Expression | float
+    kappa: cp.Variable | None = None
     if sharpe:
         kappa = cp.Variable(nonneg=True)
         scale = kappa
@@ -260,7 +270,7 @@ def optimize_robust(
     else:
         # κ‖Lᵀx‖ with L = sqrt(P/T)·F.
         worst_case_return = mu @ x - uncertainty_set.radius * np.sqrt(periods_per_year / observations) * volatility
-    constraints = linear_constraints(problem, x, scale)
+    constraints = linear_constraints(problem, x, scale) + tracking_error_constraint(problem, x, scale, factor)
     if sharpe:
         constraints.append(worst_case_return - problem.risk_free_rate * scale >= 1)
     if problem.min_return is not None:
@@ -299,7 +309,10 @@ def optimize_robust(
         raise
     if x.value is None:
         raise OptimizationError(f"{outcome.solver} returned no solution for {description}")
-    weights = weights_from_solution(np.asarray(x.value, dtype=np.float64), problem, homogenised=sharpe)
+    kappa_value = None
+    if kappa is not None:
+        kappa_value = float(kappa.value) if kappa.value is not None else 0.0
+    weights = weights_from_solution(np.asarray(x.value, dtype=np.float64), problem, kappa=kappa_value)
 
     performance = portfolio_performance(weights, moments, problem.risk_free_rate)
     worst = uncertainty_set.worst_case_return(weights, mu)

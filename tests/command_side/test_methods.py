@@ -265,18 +265,42 @@ def test_desk_constraints_hold_on_the_returned_weights(
     assert np.abs(w).sum() <= 3.0 + 1e-6
 
 
-def test_desk_constraints_are_rejected_where_they_do_not_apply(commands: Any, returns: pd.DataFrame) -> None:
-    request = returns_request(
+def test_desk_constraints_work_with_cvar_and_are_rejected_where_they_do_not_apply(
+    commands: Any, returns: pd.DataFrame
+) -> None:
+    columns = list(returns.columns)
+    cvar = returns_request(
         returns,
-        unique("desk-bad"),
+        unique("desk-cvar"),
         objective=pb.OBJECTIVE_MIN_VOLATILITY,
         risk_parameters=pb.RiskParameters(risk_measure=pb.RISK_MEASURE_CVAR),
-        constraints=pb.OptimizationConstraints(turnover_limit=0.5),
+        constraints=pb.OptimizationConstraints(turnover_limit=0.5, leverage_limit=1.0),
     )
-    with pytest.raises(grpc.RpcError) as caught:
-        commands.Optimize(request, timeout=30)
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert field_violations(caught.value) == ["constraints.turnover_limit"]
+    for strategy in cvar.strategies:
+        strategy.current_weight = 1.0 / len(columns)
+    response = commands.Optimize(cvar, timeout=60)
+    w = weights_of(response, columns)
+    assert np.abs(w - 1.0 / len(columns)).sum() <= 0.5 + 1e-6
+    assert response.optimization_metadata.constraints_satisfied
+    for method, risk_measure, field in (
+        (pb.OPTIMIZATION_METHOD_MEAN_VARIANCE, pb.RISK_MEASURE_CVAR, "constraints.transaction_costs_bps"),
+        (pb.OPTIMIZATION_METHOD_HIERARCHICAL_RISK_PARITY, 0, "constraints.turnover_limit"),
+    ):
+        request = returns_request(
+            returns,
+            unique("desk-bad"),
+            method=method,
+            objective=pb.OBJECTIVE_MIN_VOLATILITY if method == pb.OPTIMIZATION_METHOD_MEAN_VARIANCE else 0,
+            risk_parameters=pb.RiskParameters(risk_measure=risk_measure),
+        )
+        if field.endswith("costs_bps"):
+            request.constraints.transaction_costs_bps[columns[0]] = 5.0
+        else:
+            request.constraints.turnover_limit = 0.5
+        with pytest.raises(grpc.RpcError) as caught:
+            commands.Optimize(request, timeout=30)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field_violations(caught.value) == [field]
 
 
 def test_efficient_frontier_points_are_pypfopt_efficient_returns(

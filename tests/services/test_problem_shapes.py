@@ -19,6 +19,8 @@ from services.errors import InfeasibleError, InvalidInputError
 from services.estimators import estimate_betas, estimate_moments
 from services.mean_variance import optimize_mean_variance
 from services.relaxation import find_relaxation
+from services.risk_measures import optimize_risk_measure
+from services.robust import mu_uncertainty_set, optimize_robust
 from services.types import (
     EstimationSettings,
     Moments,
@@ -377,3 +379,101 @@ def test_no_relaxation_helps_max_sharpe_without_excess_return(returns: pd.DataFr
     with pytest.raises(InfeasibleError) as caught:
         run_optimization(OptimizationJob(problem=spec, inputs=moments, settings=EstimationSettings()))
     assert [v.type for v in caught.value.precondition_violations] == ["NO_EXCESS_RETURN"]
+
+
+# --- desk families with the scenario risk measures and robust optimization ----------------------------------------
+
+
+def test_cvar_with_turnover_leverage_beta_tracking_error_and_net_exposure_matches_a_plain_lp(
+    returns: pd.DataFrame, moments: Moments
+) -> None:
+    """Min CVaR_95 under every linear desk family and the tracking-error cone, against a plain LP.
+
+    Rockafellar-Uryasev written out here: τ + 1/((1 − α)T) Σ max(0, −r_tᵀw − τ).
+    """
+    tickers = list(returns.columns)
+    n = len(tickers)
+    scenarios = returns.to_numpy()
+    current = np.full(n, 1 / n)
+    betas = np.linspace(0.6, 1.4, n)
+    benchmark = np.full(n, 1 / n)
+    spec = problem(
+        tickers,
+        Objective.MIN_VOLATILITY,
+        lower=-0.1,
+        upper=0.25,
+        current_weights=current,
+        turnover_limit=0.6,
+        turnover_caps=np.full(n, 0.12),
+        leverage_limit=1.3,
+        betas=betas,
+        beta_tolerance=0.95,
+        benchmark_weights=benchmark,
+        tracking_error_limit=0.06,
+        min_net_exposure=0.9,
+        max_net_exposure=1.0,
+    )
+    result = optimize_risk_measure(
+        spec, scenarios, moments.expected_returns, risk_measure="CVAR", covariance=moments.covariance
+    )
+    assert result.constraints_satisfied, result.violations
+    w, tau = cp.Variable(n), cp.Variable()
+    factor = np.linalg.cholesky(moments.covariance)
+    reference = cp.Problem(
+        cp.Minimize(tau + cp.sum(cp.pos(-scenarios @ w - tau)) / (0.05 * len(scenarios))),
+        [
+            w >= -0.1,
+            w <= 0.25,
+            cp.sum(w) >= 0.9,
+            cp.sum(w) <= 1.0,
+            cp.norm1(w - current) <= 0.6,
+            cp.abs(w - current) <= 0.12,
+            cp.norm1(w) <= 1.3,
+            cp.abs(betas @ w) <= 0.95,
+            cp.norm(factor.T @ (w - benchmark), 2) <= 0.06,
+        ],
+    ).solve(solver=cp.CLARABEL)
+    assert result.objective_value == pytest.approx(reference, rel=1e-6)
+
+
+def test_robust_max_return_with_turnover_and_beta_matches_a_plain_formulation(
+    returns: pd.DataFrame, moments: Moments
+) -> None:
+    """Worst-case return over the ellipsoid (its radius from ``mu_uncertainty_set``), written out here."""
+    tickers = list(returns.columns)
+    n = len(tickers)
+    current = np.full(n, 1 / n)
+    betas = np.linspace(0.6, 1.4, n)
+    spec = problem(
+        tickers,
+        Objective.MAX_RETURN,
+        upper=0.3,
+        current_weights=current,
+        turnover_limit=0.5,
+        betas=betas,
+        beta_tolerance=0.95,
+        max_volatility=0.25,
+    )
+    result = optimize_robust(
+        spec, moments, uncertainty="ELLIPSOIDAL", confidence=0.9, observations=DAYS, periods_per_year=252
+    )
+    assert result.constraints_satisfied, result.violations
+    radius = mu_uncertainty_set(
+        moments.covariance, uncertainty="ELLIPSOIDAL", confidence=0.9, observations=DAYS, periods_per_year=252
+    ).radius
+    factor = np.linalg.cholesky(moments.covariance)
+    w = cp.Variable(n)
+    worst = moments.expected_returns @ w - radius * np.sqrt(252 / DAYS) * cp.norm(factor.T @ w, 2)
+    reference = cp.Problem(
+        cp.Maximize(worst),
+        [
+            cp.sum(w) == 1,
+            w >= 0,
+            w <= 0.3,
+            cp.norm1(w - current) <= 0.5,
+            cp.abs(betas @ w) <= 0.95,
+            cp.norm(factor.T @ w, 2) <= 0.25,
+        ],
+    ).solve(solver=cp.CLARABEL)
+    assert result.objective_value == pytest.approx(reference, rel=1e-6)
+    assert np.abs(result.weights - current).sum() <= 0.5 + TOL
