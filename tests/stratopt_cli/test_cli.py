@@ -97,3 +97,39 @@ def test_ingest_csv_command_stores_prices(server_target: str, tmp_path: Path, db
         ("T.CLI_B", "2024-01-02", 20.0),
         ("T.CLI_B", "2024-01-04", 21.0),
     ]
+
+
+def test_trading_commands_walk_the_examples(server_target: str, stored_prices: dict[str, str]) -> None:
+    """The trading commands on the examples: allocate, holdings, policy, rebalance, approve, drift, events."""
+
+    def run(*args: str) -> Any:
+        result = runner.invoke(app, [*args, "--target", server_target])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output) if result.output.strip() else None
+
+    allocation = run("allocate", str(REPO_ROOT / "examples/allocate_shares.json"))
+    metrics = allocation["metrics"]
+    # Budget: the holdings at their prices plus the extra cash (GE is sold in full: not a target).
+    assert metrics["budget"] == pytest.approx(40 * 125.674 + 100 * 63.883 + 85000, rel=1e-12)
+    assert metrics["unusedFraction"] <= 1e-4
+    assert [line["symbol"] for line in allocation["lines"]] == ["AAPL", "JNJ", "KO", "MSFT", "XOM"]
+    assert allocation["soldInFull"][0]["symbol"] == "GE"
+    cached = run("allocation-cache", allocation["cacheKey"])
+    assert cached["allocation"]["cached"] is True
+
+    run("holdings", str(REPO_ROOT / "examples/holdings.json"))
+    run("policy", str(REPO_ROOT / "examples/rebalance_policy.json"))
+    recommendation = run(
+        "rebalance", "example-rebalance", "--request-file", str(REPO_ROOT / "examples/generate_rebalance.json")
+    )["recommendation"]
+    assert recommendation["trades"]
+    assert recommendation["status"] in ("RECOMMENDATION_STATUS_PENDING_APPROVAL", "RECOMMENDATION_STATUS_AUTO_APPROVED")
+    if recommendation["status"] == "RECOMMENDATION_STATUS_PENDING_APPROVAL":
+        run("approve", recommendation["recommendationId"], "--approver", "risk-desk")
+    stored = run("recommendation", recommendation["recommendationId"])["recommendation"]
+    assert stored["status"] in ("RECOMMENDATION_STATUS_APPROVED", "RECOMMENDATION_STATUS_AUTO_APPROVED")
+    events = run("rebalance-events", "example-rebalance")["events"]
+    assert events[-1]["eventType"] == "CREATED"
+    # No optimization has been stored for this portfolio: drift has no target and says so (exit 1).
+    failed = runner.invoke(app, ["drift", "example-rebalance", "--target", server_target])
+    assert failed.exit_code == 1 and "NO_TARGET" in failed.output
