@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -17,6 +18,7 @@ from rich.table import Table
 
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import query_service_pb2 as query_pb
+from stratopt.v1 import trading_service_pb2 as trading_pb
 from stratopt.v1 import types_pb2 as pb
 from stratopt_cli import client
 from stratopt_cli.runtime import database
@@ -172,6 +174,7 @@ def run_demo(database_url: str | None = None, console: Console | None = None) ->
                     console.print("[bold]infeasible request[/] answered with:\n" + client.describe_rpc_error(error))
 
                 _print_queries(console, queries)
+                _trading(console, client.trading_stub(ch), queries, responses[0])
         finally:
             thread.stop()
             console.print("[bold]server[/] stopped")
@@ -242,3 +245,88 @@ def _print_queries(console: Console, queries: object) -> None:
             f"{100 * b.mean_turnover:.1f}%", f"{100 * b.max_turnover:.1f}%",
         )  # fmt: skip
     console.print(table)
+
+
+def _prices_on(day: str) -> dict[str, float]:
+    """Closing prices of the 20 stocks on ``day`` (YYYY-MM-DD) from the bundled data set."""
+    frame = client.read_wide_prices(DATA_DIR / "sp500_dataset.csv.gz")
+    row = frame.filter(frame["timestamp"].dt.strftime("%Y-%m-%d") == day)
+    return {str(symbol): float(price) for symbol, price in zip(row["symbol"], row["price"], strict=True)}
+
+
+def _trading(console: Console, trading: object, queries: object, optimized: cmd_pb.OptimizeResponse) -> None:
+    """Weights to trades: allocation, drift, a rebalance recommendation and its approval.
+
+    Whole shares for the max-Sharpe weights at mid-2022 prices, their drift at the end of 2022, the rebalance
+    recommendation (above the approval limit) and its approval.
+    """
+    stub: Any = trading
+    portfolio = optimized.portfolio_id
+    buy_day = _prices_on("2022-06-30")
+    targets = [(s, w) for s, w in sorted(optimized.optimal_weights.items()) if w > 1e-4]
+    total = sum(w for _, w in targets)
+    request = trading_pb.AllocateSharesRequest(
+        portfolio_id=portfolio, extra_cash=100_000.0, commission_per_trade=1.0, fee_per_share=0.005
+    )
+    for symbol, weight in targets:
+        request.targets.add(symbol=symbol, target_weight=weight / total, price=buy_day[symbol])
+    allocation = stub.AllocateShares(request, timeout=60)
+    table = Table(title="AllocateShares: $100,000 into the max-Sharpe weights at 2022-06-30 prices")
+    for name in ("symbol", "shares", "price", "value", "target", "actual"):
+        table.add_column(name, justify="right")
+    for line in allocation.lines:
+        table.add_row(
+            line.symbol, str(line.final_shares), f"{line.price:.2f}", f"{line.final_value:,.2f}",
+            f"{100 * line.target_weight:.2f}%", f"{100 * line.actual_weight:.2f}%",
+        )  # fmt: skip
+    console.print(table)
+    m = allocation.metrics
+    console.print(
+        f"[bold]allocation[/] used {100 * (1 - m.unused_fraction):.4f}% of ${m.budget:,.2f} "
+        f"(unused ${m.unused_budget:.2f}, fees ${m.fees_total:.2f}) by {m.solver} in {m.solve_time_ms:.1f} ms"
+    )
+    holdings = trading_pb.UpsertHoldingsRequest(portfolio_id=portfolio, cash=m.unused_budget)
+    for line in allocation.lines:
+        position = holdings.positions.add(symbol=line.symbol, shares=float(line.final_shares))
+        lot = position.lots.add(lot_id=f"{line.symbol}-2022-06-30", shares=float(line.final_shares))
+        lot.cost_basis = line.price
+        lot.acquired.FromDatetime(datetime(2022, 6, 30, tzinfo=UTC))
+    stub.UpsertHoldings(holdings, timeout=30)
+    drift = stub.CheckDrift(trading_pb.CheckDriftRequest(portfolio_id=portfolio), timeout=30)
+    console.print(
+        f"[bold]drift[/] at the latest stored prices (2022-12-28): {100 * drift.portfolio_drift:.2f}% two-way "
+        f"(threshold {100 * drift.threshold:.0f}%, exceeded: {drift.exceeds_threshold}); breached: "
+        + ", ".join(n.symbol for n in drift.names if n.breached)
+    )
+    as_of = trading_pb.GenerateRebalanceRequest(portfolio_id=portfolio)
+    as_of.as_of.FromDatetime(datetime(2022, 12, 28, tzinfo=UTC))
+    recommendation = stub.GenerateRebalance(as_of, timeout=60).recommendation
+    trades = Table(title=f"GenerateRebalance: {trading_pb.RecommendationStatus.Name(recommendation.status)}")
+    for name in ("symbol", "side", "shares", "value", "cost", "realised gain"):
+        trades.add_column(name, justify="right")
+    for trade in recommendation.trades:
+        trades.add_row(
+            trade.symbol, trading_pb.TradeSide.Name(trade.side).removeprefix("TRADE_SIDE_"), f"{trade.shares:.0f}",
+            f"{trade.value:,.2f}", f"{trade.total_cost:.2f}", f"{trade.short_term_gain + trade.long_term_gain:,.2f}",
+        )  # fmt: skip
+    console.print(trades)
+    console.print(
+        f"[bold]rebalance[/] trade value ${recommendation.total_trade_value:,.2f} (approval limit "
+        f"${recommendation.approval_limit:,.0f}), one-way turnover {100 * recommendation.turnover:.2f}%, "
+        f"drift {100 * recommendation.drift_before:.2f}% → {100 * recommendation.drift_after:.2f}%, "
+        f"estimated tax ${recommendation.estimated_tax:,.2f}"
+    )
+    if recommendation.status == trading_pb.RECOMMENDATION_STATUS_PENDING_APPROVAL:
+        approved = stub.ApproveRebalance(
+            trading_pb.ApproveRebalanceRequest(
+                recommendation_id=recommendation.recommendation_id, approver="demo-risk-desk"
+            ),
+            timeout=30,
+        ).recommendation
+        console.print(
+            f"[bold]approved[/] by {approved.decided_by}: {trading_pb.RecommendationStatus.Name(approved.status)}"
+        )
+    events = queries.ListRebalanceEvents(  # type: ignore[attr-defined]
+        query_pb.ListRebalanceEventsRequest(portfolio_id=portfolio), timeout=30
+    ).events
+    console.print("[bold]rebalance events[/] (query side): " + ", ".join(e.event_type for e in reversed(events)))
