@@ -127,7 +127,7 @@ def test_max_sharpe_on_stored_prices_matches_pypfopt_published_figures(
     meta = response.optimization_metadata
     assert meta.missing_data_policy == "PAIRWISE"
     assert meta.constraints_satisfied
-    assert meta.solver == "CLARABEL"
+    assert meta.solver == "ACTIVE_SET" and meta.solve_path == "ACTIVE_SET"  # budget + bounds: the exact fast path
     assert meta.convergence_status == pb.CONVERGENCE_STATUS_OPTIMAL
     prices = pd.read_csv(DATA_DIR / "stock_prices.csv", parse_dates=["date"], index_col="date")
     assert meta.observations == len(prices) - 1

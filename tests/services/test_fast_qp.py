@@ -1,0 +1,481 @@
+"""The active-set fast path of mean-variance (``services.fast_qp``) against the Clarabel path, KKT and PyPortfolioOpt.
+
+Truth: the conic path of ``optimize_mean_variance`` (cvxpy + Clarabel at 1e-10) with the fast path switched off
+(``fast_qp.ENABLED = False``), the KKT conditions of min ½wᵀΣw − λμᵀw s.t. 1ᵀw = 1, l ≤ w ≤ u checked here with
+NumPy (for the maximum Sharpe ratio at λ = wᵀΣw / (μ − r_f)ᵀw, where its KKT conditions and the QP's coincide), and
+PyPortfolioOpt's ``EfficientFrontier.max_sharpe`` / ``min_volatility`` (Clarabel) on its own ``stock_prices.csv``.
+Data: the S&P 500 and PyPortfolioOpt data sets of ``data/`` and seeded random positive definite matrices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+import pytest
+from pypfopt import EfficientFrontier, expected_returns, risk_models
+
+from services import fast_qp
+from services.mean_variance import check_constraints, objective_value_of, optimize_mean_variance
+from services.types import (
+    Moments,
+    MultiObjectiveWeights,
+    Objective,
+    OptimizationResult,
+    PortfolioProblem,
+    SectorLimit,
+)
+
+OBJECTIVE_RTOL = 1e-7
+"""Agreement of the fast path's objective with the Clarabel path's (the issue's requirement)."""
+KKT_TOL = 1e-9
+"""KKT residuals relative to max(diag Σ)·‖w‖₁ + λ‖μ‖∞ (and bounds, budget to 1e-9 absolute)."""
+OBJECTIVES = (Objective.MIN_VOLATILITY, Objective.MAX_SHARPE, Objective.MAX_QUADRATIC_UTILITY)
+RISK_FREE = 0.02
+
+
+# --- helpers ----------------------------------------------------------------------------------------------------
+
+
+def problem_of(
+    objective: Objective,
+    n: int,
+    lower: float | np.ndarray,
+    upper: float | np.ndarray,
+    **options: object,
+) -> PortfolioProblem:
+    return PortfolioProblem(
+        strategy_ids=tuple(f"s{i}" for i in range(n)),
+        objective=objective,
+        lower_bounds=np.broadcast_to(np.asarray(lower, dtype=np.float64), (n,)).copy(),
+        upper_bounds=np.broadcast_to(np.asarray(upper, dtype=np.float64), (n,)).copy(),
+        risk_free_rate=RISK_FREE,
+        risk_aversion=2.0,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def conic(problem: PortfolioProblem, moments: Moments, monkeypatch: pytest.MonkeyPatch) -> OptimizationResult:
+    """The Clarabel path's answer (fast path switched off for this call)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(fast_qp, "ENABLED", False)
+        result = optimize_mean_variance(problem, moments)
+    assert result.solve_path == "CONIC"
+    return result
+
+
+def risk_tolerance_of(problem: PortfolioProblem, moments: Moments, weights: np.ndarray) -> float:
+    """λ of the QP whose solution ``weights`` must be: 0, 1/δ, or wᵀΣw / (μ − r_f)ᵀw for max Sharpe."""
+    if problem.objective is Objective.MIN_VOLATILITY:
+        return 0.0
+    if problem.objective is Objective.MAX_QUADRATIC_UTILITY:
+        return 1.0 / problem.risk_aversion
+    excess = float((moments.expected_returns - problem.risk_free_rate) @ weights)
+    assert excess > 0
+    return float(weights @ moments.covariance @ weights) / excess
+
+
+def assert_kkt(problem: PortfolioProblem, moments: Moments, weights: np.ndarray) -> None:
+    """The KKT conditions, checked independently of ``fast_qp.kkt_holds``.
+
+    Free names (strictly inside their bounds by 1e-9) fix the budget multiplier ν = −mean(g_F) of g = Σw − λμ;
+    then |g_F + ν| ≈ 0, g + ν ≥ 0 at lower bounds and ≤ 0 at upper bounds. At a vertex (no free name) some ν must
+    satisfy the sign conditions: max(−g) over lower bounds ≤ min(−g) over upper bounds.
+    """
+    sigma, mu = moments.covariance, moments.expected_returns
+    lower, upper = problem.lower_bounds, problem.upper_bounds
+    assert np.all(weights >= lower - 1e-12) and np.all(weights <= upper + 1e-12)
+    assert weights.sum() == pytest.approx(1.0, abs=1e-10)
+    lam = risk_tolerance_of(problem, moments, weights)
+    g = sigma @ weights - lam * mu
+    tol = KKT_TOL * (float(np.diag(sigma).max()) * float(np.abs(weights).sum()) + lam * float(np.abs(mu).max()))
+    free = (weights > lower + 1e-9) & (weights < upper - 1e-9)
+    at_lower = (weights <= lower + 1e-9) & (upper > lower)
+    at_upper = (weights >= upper - 1e-9) & (upper > lower)
+    if free.any():
+        nu = -float(g[free].mean())
+        residual = g + nu
+        assert np.abs(residual[free]).max() <= tol
+        assert np.all(residual[at_lower] >= -tol)
+        assert np.all(residual[at_upper] <= tol)
+    else:
+        assert float(np.max(-g[at_lower], initial=-np.inf)) <= float(np.min(-g[at_upper], initial=np.inf)) + tol
+
+
+def assert_matches_conic(
+    problem: PortfolioProblem, moments: Moments, monkeypatch: pytest.MonkeyPatch
+) -> OptimizationResult:
+    """The fast path answers, satisfies KKT, and its objective equals the Clarabel path's to 1e-7."""
+    fast = optimize_mean_variance(problem, moments)
+    assert fast.solve_path == "ACTIVE_SET" and fast.solver == "ACTIVE_SET"
+    assert fast.status == "OPTIMAL" and fast.iterations >= 1 and not fast.fallback_used
+    assert fast.constraints_satisfied and fast.violations == ()
+    assert check_constraints(fast.weights, problem, moments) == ()
+    assert fast.objective_value == objective_value_of(fast.weights, problem, moments)
+    assert_kkt(problem, moments, fast.weights)
+    reference = conic(problem, moments, monkeypatch)
+    # Clarabel stops at an absolute duality gap of 1e-10 (``CLARABEL_SETTINGS``), which bounds its accuracy on
+    # small variances.
+    assert fast.objective_value == pytest.approx(reference.objective_value, rel=OBJECTIVE_RTOL, abs=1e-10)
+    if problem.objective is Objective.MIN_VOLATILITY:  # exact, so never worse than the interior-point answer
+        assert fast.objective_value <= reference.objective_value * (1 + 1e-9)
+    else:
+        assert fast.objective_value >= reference.objective_value - 1e-9 * abs(reference.objective_value)
+    return fast
+
+
+def random_moments(n: int, seed: int, *, factor: bool = False) -> Moments:
+    """A seeded positive definite Σ (a sample covariance of 2N periods, or 3 factors + idiosyncratic) and μ."""
+    rng = np.random.default_rng([seed, n])
+    if factor:
+        loadings = rng.normal(1.0, 0.4, (n, 3)) * [1.0, 0.5, 0.5]
+        covariance = 0.02 * loadings @ loadings.T + np.diag(rng.uniform(0.01, 0.06, n))
+    else:
+        # Sample covariance of 2N periods of returns with a common component (correlations ≈ 0.2).
+        samples = 0.5 * rng.normal(size=(2 * n, 1)) + rng.normal(size=(2 * n, n))
+        scales = rng.uniform(0.1, 0.5, n)
+        covariance = (samples.T @ samples / (2 * n)) * np.outer(scales, scales)
+    mu = rng.normal(0.08, 0.08, n)
+    return Moments(expected_returns=mu, covariance=(covariance + covariance.T) / 2)
+
+
+# --- fixtures: real data -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sp500_moments(sp500_prices: pd.DataFrame) -> Moments:
+    """PyPortfolioOpt's mean historical return and sample covariance of the last 756 daily S&P 500 returns."""
+    prices = sp500_prices.iloc[-757:]
+    mu, cov = expected_returns.mean_historical_return(prices), risk_models.sample_cov(prices)
+    return Moments(expected_returns=mu.to_numpy(), covariance=cov.to_numpy())
+
+
+@pytest.fixture(scope="module")
+def pypfopt_inputs(stock_prices: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
+    """PyPortfolioOpt's own estimates on its stock_prices.csv (its published examples' inputs)."""
+    return expected_returns.mean_historical_return(stock_prices), risk_models.sample_cov(stock_prices)
+
+
+@pytest.fixture(scope="module")
+def stock_moments(pypfopt_inputs: tuple[pd.Series, pd.DataFrame]) -> Moments:
+    mu, cov = pypfopt_inputs
+    return Moments(expected_returns=mu.to_numpy(), covariance=cov.to_numpy())
+
+
+# --- agreement with the Clarabel path -----------------------------------------------------------------------------
+
+REAL_BOUNDS = {"long-only": (0.0, 1.0), "cap-0.15": (0.0, 0.15), "short": (-0.3, 0.6), "box": (0.02, 0.2)}
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+@pytest.mark.parametrize("bounds", REAL_BOUNDS.values(), ids=REAL_BOUNDS.keys())
+def test_real_data_matches_the_conic_path(
+    sp500_moments: Moments,
+    stock_moments: Moments,
+    objective: Objective,
+    bounds: tuple[float, float],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for moments in (sp500_moments, stock_moments):
+        problem = problem_of(objective, moments.expected_returns.size, *bounds)
+        assert_matches_conic(problem, moments, monkeypatch)
+
+
+@pytest.mark.parametrize("n", [20, 100, 500])
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_random_covariances_match_the_conic_path(n: int, objective: Objective, monkeypatch: pytest.MonkeyPatch) -> None:
+    for factor in (False, True):
+        moments = random_moments(n, 11, factor=factor)
+        configurations = [(0.0, 1.0), (0.0, 5.0 / n), (-0.5 / n**0.5, 3.0 / n)]
+        if n == 500:
+            configurations = configurations[1:2] if factor else configurations[2:]
+        for lower, upper in configurations:
+            assert_matches_conic(problem_of(objective, n, lower, upper), moments, monkeypatch)
+
+
+def test_caps_put_names_at_both_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """N = 100 with a 5 % cap: names at the cap, at zero, and in between, for every objective."""
+    moments = random_moments(100, 3, factor=True)
+    for objective in OBJECTIVES:
+        problem = problem_of(objective, 100, 0.0, 0.05)
+        weights = assert_matches_conic(problem, moments, monkeypatch).weights
+        assert np.sum(weights >= 0.05 - 1e-12) >= 2, objective
+        assert np.sum(weights <= 1e-12) >= 2, objective
+        assert np.sum((weights > 1e-9) & (weights < 0.05 - 1e-9)) >= 1, objective
+
+
+def test_short_positions_at_negative_lower_bounds(sp500_moments: Moments, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-name bounds with negative lower bounds, some of them binding."""
+    n = sp500_moments.expected_returns.size
+    lower = np.linspace(-0.15, -0.02, n)
+    upper = np.linspace(0.35, 0.15, n)
+    for objective in OBJECTIVES:
+        weights = assert_matches_conic(problem_of(objective, n, lower, upper), sp500_moments, monkeypatch).weights
+        assert (weights < -1e-6).any()
+        assert np.isclose(weights, lower, atol=1e-12).any() or np.isclose(weights, upper, atol=1e-12).any()
+
+
+def test_pinned_names_and_a_vertex(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name with l = u stays at it; a cap that leaves one feasible split of the budget is a vertex."""
+    moments = random_moments(20, 5)
+    lower, upper = np.zeros(20), np.full(20, 0.3)
+    lower[3] = upper[3] = 0.1
+    for objective in OBJECTIVES:
+        weights = assert_matches_conic(problem_of(objective, 20, lower, upper), moments, monkeypatch).weights
+        assert weights[3] == 0.1
+    vertex = random_moments(10, 9)
+    result = fast_qp.solve_max_sharpe(
+        vertex.covariance, vertex.expected_returns, np.zeros(10), np.full(10, 0.1001), RISK_FREE
+    )
+    assert result is not None
+    assert result.weights.sum() == pytest.approx(1.0, abs=1e-12)
+
+
+# --- the fallbacks inside the fast path ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_primal_active_set_and_sharpe_search_agree(
+    sp500_moments: Moments, objective: Objective, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the primal-dual iteration off, the primal method (and the λ search for max Sharpe) answer alike."""
+    n = sp500_moments.expected_returns.size
+    for lower, upper in [(0.0, 1.0), (0.0, 0.1), (-0.2, 0.4)]:
+        problem = problem_of(objective, n, lower, upper)
+        default = optimize_mean_variance(problem, sp500_moments)
+        with monkeypatch.context() as patch:
+            patch.setattr(fast_qp, "MAX_PDAS_ITERATIONS", 0)
+            solution = fast_qp.solve_problem(problem, sp500_moments)
+            assert solution is not None
+            assert solution.method == ("SHARPE_SEARCH" if objective is Objective.MAX_SHARPE else "PRIMAL")
+            forced = assert_matches_conic(problem, sp500_moments, monkeypatch)
+        np.testing.assert_allclose(forced.weights, default.weights, atol=1e-9)
+
+
+def test_schur_complement_updates_equal_fresh_factorisations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Solving partitions through Schur complements of an earlier Cholesky factor gives the same answers."""
+    moments = random_moments(300, 21, factor=True)
+    args = (moments.covariance, moments.expected_returns, np.full(300, -0.01), np.full(300, 0.02))
+    with monkeypatch.context() as patch:
+        patch.setattr(fast_qp, "SCHUR_MIN_SIZE", 10**9)
+        fresh = [fast_qp.solve_qp(*args), fast_qp.solve_max_sharpe(*args, risk_free_rate=RISK_FREE)]
+    schur_calls = 0
+    real_schur = fast_qp._Problem._schur
+
+    def counting(self: fast_qp._Problem, *a: object) -> object:
+        nonlocal schur_calls
+        schur_calls += 1
+        return real_schur(self, *a)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(fast_qp, "SCHUR_MIN_SIZE", 1)
+        patch.setattr(fast_qp._Problem, "_schur", counting)
+        updated = [fast_qp.solve_qp(*args), fast_qp.solve_max_sharpe(*args, risk_free_rate=RISK_FREE)]
+    assert schur_calls > 0
+    for a, b in zip(fresh, updated, strict=True):
+        assert a is not None and b is not None
+        np.testing.assert_allclose(a.weights, b.weights, atol=1e-10)
+
+
+@pytest.mark.parametrize("refinements", [fast_qp.MAX_REFINEMENTS, 0])
+def test_single_precision_proposals_give_the_double_precision_answer(
+    refinements: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large free sets solved in single precision (then refined, or refactorised in double) change nothing."""
+    moments = random_moments(200, 17, factor=True)
+    cases = [(np.zeros(200), np.ones(200)), (np.full(200, -0.05), np.full(200, 0.1))]
+    refined: list[bool] = []
+    real_refine = fast_qp._Problem._refine
+
+    def recording(self: fast_qp._Problem, *a: object) -> object:
+        result = real_refine(self, *a)  # type: ignore[arg-type]
+        refined.append(result is not None)
+        return result
+
+    for lower, upper in cases:
+        refined.clear()
+        args = (moments.covariance, moments.expected_returns, lower, upper)
+        with monkeypatch.context() as patch:
+            patch.setattr(fast_qp, "ROUGH_MIN_SIZE", 10**9)
+            exact = [fast_qp.solve_qp(*args), fast_qp.solve_max_sharpe(*args, risk_free_rate=RISK_FREE)]
+        with monkeypatch.context() as patch:
+            patch.setattr(fast_qp, "ROUGH_MIN_SIZE", 16)
+            patch.setattr(fast_qp, "MAX_REFINEMENTS", refinements)
+            patch.setattr(fast_qp._Problem, "_refine", recording)
+            mixed = [fast_qp.solve_qp(*args), fast_qp.solve_max_sharpe(*args, risk_free_rate=RISK_FREE)]
+        assert refined  # the settled partitions were solved again in double precision
+        assert all(refined) if refinements else not any(refined)
+        for a, b in zip(exact, mixed, strict=True):
+            assert a is not None and b is not None
+            np.testing.assert_allclose(a.weights, b.weights, atol=1e-10)
+
+
+# --- PyPortfolioOpt ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bounds", [(0.0, 1.0), (0.0, 0.1), (-0.5, 1.0)])
+def test_max_sharpe_matches_pypfopt(
+    pypfopt_inputs: tuple[pd.Series, pd.DataFrame], stock_moments: Moments, bounds: tuple[float, float]
+) -> None:
+    mu, cov = pypfopt_inputs
+    frontier = EfficientFrontier(mu, cov, weight_bounds=bounds, solver="CLARABEL")
+    frontier.max_sharpe(risk_free_rate=RISK_FREE)
+    pypfopt_sharpe = frontier.portfolio_performance(risk_free_rate=RISK_FREE)[2]
+    problem = problem_of(Objective.MAX_SHARPE, len(mu), *bounds)
+    result = optimize_mean_variance(problem, stock_moments)
+    assert result.solve_path == "ACTIVE_SET"
+    assert result.performance.sharpe_ratio == pytest.approx(pypfopt_sharpe, rel=1e-6)
+    assert result.performance.sharpe_ratio >= pypfopt_sharpe - 1e-9  # exact: never below the conic answer
+    pypfopt_weights = np.array([frontier.weights[i] for i in range(len(mu))])
+    np.testing.assert_allclose(result.weights, pypfopt_weights, atol=1e-4)
+
+
+def test_min_volatility_matches_pypfopt(pypfopt_inputs: tuple[pd.Series, pd.DataFrame], stock_moments: Moments) -> None:
+    mu, cov = pypfopt_inputs
+    frontier = EfficientFrontier(mu, cov, weight_bounds=(0.0, 0.1), solver="CLARABEL")
+    frontier.min_volatility()
+    pypfopt_volatility = frontier.portfolio_performance()[1]
+    result = optimize_mean_variance(problem_of(Objective.MIN_VOLATILITY, len(mu), 0.0, 0.1), stock_moments)
+    assert result.solve_path == "ACTIVE_SET"
+    assert result.performance.volatility == pytest.approx(pypfopt_volatility, rel=1e-7)
+
+
+# --- what goes to Clarabel -----------------------------------------------------------------------------------------
+
+
+def singular_moments(n: int = 30, periods: int = 20) -> Moments:
+    """Sample covariance of fewer periods than names: rank ≤ T − 1 < N (positive semidefinite, singular)."""
+    rng = np.random.default_rng(2)
+    returns = rng.normal(0.0005, 0.01, (periods, n))
+    return Moments(expected_returns=rng.normal(0.1, 0.05, n), covariance=np.cov(returns, rowvar=False) * 252)
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_singular_and_near_singular_covariances_fall_back(objective: Objective) -> None:
+    singular = singular_moments()
+    duplicated = random_moments(20, 4)
+    cov = duplicated.covariance.copy()
+    cov[1, :] = cov[0, :]
+    cov[:, 1] = cov[:, 0]
+    cov[1, 1] = cov[0, 0] * (1 + 1e-15)  # a name that is another one's copy: cond(Σ) ≈ 1e15
+    near = Moments(expected_returns=duplicated.expected_returns, covariance=cov)
+    for moments in (singular, near):
+        n = moments.expected_returns.size
+        problem = problem_of(objective, n, 0.0, 1.0)
+        assert fast_qp.solve_problem(problem, moments) is None
+        result = optimize_mean_variance(problem, moments)
+        assert result.solve_path == "CONIC" and result.solver in ("CLARABEL", "SCS")
+
+
+NOT_ELIGIBLE: dict[str, dict[str, object]] = {
+    "sector_limits": {"sectors": ("a",) * 10, "sector_limits": (SectorLimit("a", max_weight=1.0),)},
+    "min_return": {"min_return": 0.01},
+    "max_volatility": {"max_volatility": 0.5},
+    "turnover_limit": {"current_weights": np.full(10, 0.1), "turnover_limit": 2.0},
+    "turnover_caps": {"turnover_caps": np.full(10, np.inf)},
+    "transaction_costs": {"transaction_costs_bps": np.zeros(10)},
+    "leverage_limit": {"leverage_limit": 3.0},
+    "tracking_error": {"benchmark_weights": np.full(10, 0.1), "tracking_error_limit": 1.0},
+    "beta": {"betas": np.ones(10), "beta_tolerance": 5.0},
+    "max_holdings": {"max_holdings": 10},
+    "min_position_weight": {"min_position_weight": 0.0},
+    "net_exposure": {"min_net_exposure": 1.0, "max_net_exposure": 1.0},
+    "allow_relaxation": {"allow_relaxation": True},
+}
+
+
+@pytest.mark.parametrize("fields", NOT_ELIGIBLE.values(), ids=NOT_ELIGIBLE.keys())
+def test_other_constraint_families_are_not_eligible(fields: dict[str, object]) -> None:
+    problem = replace(problem_of(Objective.MIN_VOLATILITY, 10, 0.0, 1.0), **fields)  # type: ignore[arg-type]
+    assert not fast_qp.eligible(problem)
+
+
+def test_eligibility() -> None:
+    base = problem_of(Objective.MIN_VOLATILITY, 10, 0.0, 1.0)
+    assert fast_qp.eligible(base)
+    # Fields that do not change the problem on their own keep it eligible.
+    inert = replace(
+        base,
+        sectors=("a",) * 10,
+        current_weights=np.full(10, 0.1),
+        benchmark_weights=np.full(10, 0.1),
+        betas=np.ones(10),
+        multi_objective=MultiObjectiveWeights(),
+    )
+    assert fast_qp.eligible(inert)
+    assert not fast_qp.eligible(replace(base, objective=Objective.MAX_RETURN))
+    assert not fast_qp.eligible(replace(base, objective=Objective.MULTI_OBJECTIVE))
+    assert not fast_qp.eligible(replace(base, objective=Objective.MAX_QUADRATIC_UTILITY, risk_aversion=0.0))
+    assert not fast_qp.eligible(replace(base, upper_bounds=np.full(10, np.inf)))
+    # A field the fast path does not know about is not eligible once it is set.
+
+    @dataclass(frozen=True, slots=True, kw_only=True)
+    class Extended(PortfolioProblem):
+        new_constraint: float | None = None
+
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    assert fast_qp.eligible(Extended(**fields))
+    assert not fast_qp.eligible(Extended(**fields, new_constraint=0.5))
+
+
+def test_switched_off_and_ineligible_problems_take_the_conic_path(sp500_moments: Moments) -> None:
+    n = sp500_moments.expected_returns.size
+    problem = problem_of(Objective.MIN_VOLATILITY, n, 0.0, 1.0)
+    assert optimize_mean_variance(problem, sp500_moments).solve_path == "ACTIVE_SET"
+    capped = replace(problem, max_volatility=0.5)
+    assert optimize_mean_variance(capped, sp500_moments).solve_path == "CONIC"
+    assert optimize_mean_variance(replace(problem, objective=Objective.MAX_RETURN), sp500_moments).solve_path == (
+        "CONIC"
+    )
+
+
+# --- the building blocks -----------------------------------------------------------------------------------------
+
+
+def test_projection_onto_budget_and_bounds() -> None:
+    """The projection is feasible and satisfies its own KKT conditions: w = clip(z − τ, l, u)."""
+    rng = np.random.default_rng(8)
+    for n in (1, 2, 7, 100):
+        for _ in range(20):
+            lower = rng.uniform(-0.5, 0.1, n)
+            upper = lower + rng.uniform(0.0, 1.0, n)
+            if lower.sum() > 1 or upper.sum() < 1:
+                continue
+            z = rng.normal(0.0, 1.0, n)
+            w = fast_qp.project(z, lower, upper)
+            assert w.sum() == pytest.approx(1.0, abs=1e-12)
+            assert np.all(w >= lower) and np.all(w <= upper)
+            free = (w > lower) & (w < upper)
+            if free.any():
+                tau = float(np.mean((z - w)[free]))
+                np.testing.assert_allclose(w, np.clip(z - tau, lower, upper), atol=1e-12)
+
+
+def test_kkt_certificate_rejects_a_perturbed_optimum(sp500_moments: Moments) -> None:
+    n = sp500_moments.expected_returns.size
+    sigma, mu = sp500_moments.covariance, sp500_moments.expected_returns
+    lower, upper = np.zeros(n), np.full(n, 0.2)
+    solution = fast_qp.solve_qp(sigma, mu, lower, upper, 0.5)
+    assert solution is not None and solution.method == "PDAS"
+    assert fast_qp.kkt_holds(sigma, mu, 0.5, lower, upper, solution.weights)
+    free = np.flatnonzero((solution.weights > 1e-6) & (solution.weights < 0.2 - 1e-6))
+    moved = solution.weights.copy()
+    moved[free[0]] += 1e-6
+    moved[free[1]] -= 1e-6
+    assert not fast_qp.kkt_holds(sigma, mu, 0.5, lower, upper, moved)
+    assert not fast_qp.kkt_holds(sigma, mu, 0.4, lower, upper, solution.weights)  # another λ's optimum
+    outside = solution.weights.copy()
+    outside[int(np.argmax(outside))] += 1e-6  # budget off
+    assert not fast_qp.kkt_holds(sigma, mu, 0.5, lower, upper, outside)
+
+
+def test_an_iteration_cap_returns_none(sp500_moments: Moments, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When neither active-set method finishes within its cap the fast path declines and Clarabel answers."""
+    monkeypatch.setattr(fast_qp, "MAX_PDAS_ITERATIONS", 1)
+    monkeypatch.setattr(fast_qp, "MAX_PRIMAL_ITERATIONS", 1)
+    n = sp500_moments.expected_returns.size
+    problem = problem_of(Objective.MIN_VOLATILITY, n, 0.0, 0.1)
+    assert fast_qp.solve_problem(problem, sp500_moments) is None
+    assert optimize_mean_variance(problem, sp500_moments).solve_path == "CONIC"
