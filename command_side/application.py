@@ -176,6 +176,7 @@ class OptimizationService:
         problem = cmd_pb.OptimizeRequest()
         problem.CopyFrom(request.problem)
         problem.objective = pb.OBJECTIVE_MIN_VOLATILITY  # ignored: the frontier spans every objective
+        problem.risk_parameters.ClearField("multi_objective")  # weights of an objective the frontier does not use
         problem.request_id = ""
         try:
             validated = validate_optimize_request(problem)

@@ -525,8 +525,8 @@ def _desk_constraints(request: cmd_pb.OptimizeRequest, ids: tuple[str, ...]) -> 
                 "beta neutrality needs the strategies' betas, or a market series to estimate them against "
                 "(returns.market_returns or market_data.market_symbol)",
             )
-        if c.betas:
-            fields["betas"] = np.nan_to_num(_by_strategy(c.betas, ids, "constraints.betas", complete=False))
+        if c.betas:  # every strategy's beta: a missing one is not silently 0
+            fields["betas"] = _by_strategy(c.betas, ids, "constraints.betas", complete=True)
     elif c.betas:
         raise _bad("constraints.betas", "only used with constraints.beta_tolerance")
     return fields
@@ -633,8 +633,8 @@ def _method_settings(
         raise _bad("objective", f"OBJECTIVE_MULTI_OBJECTIVE needs the variance risk measure, not {risk_measure}")
     if problem.objective is Objective.MULTI_OBJECTIVE and method is Method.ROBUST_OPTIMIZATION:
         raise _bad("objective", "OBJECTIVE_MULTI_OBJECTIVE is not available with ROBUST_OPTIMIZATION")
-    if c.allow_relaxation and method in (Method.RISK_PARITY, Method.HIERARCHICAL_RISK_PARITY):
-        raise _bad("constraints.allow_relaxation", f"{name} has no constraints to relax")
+    if c.allow_relaxation and method not in (Method.MEAN_VARIANCE, Method.BLACK_LITTERMAN):
+        raise _bad("constraints.allow_relaxation", f"applies to MEAN_VARIANCE and BLACK_LITTERMAN, not {name}")
     if method is Method.HIERARCHICAL_RISK_PARITY and (
         c.sector_limits or problem.min_return is not None or problem.max_volatility is not None
     ):

@@ -80,7 +80,6 @@ DEFAULT_IMPACT_COEFFICIENT: Final = 1.0
 """Y of the square-root impact model."""
 DEFAULT_SHORT_TERM_TAX_RATE: Final = 0.37
 DEFAULT_LONG_TERM_TAX_RATE: Final = 0.20
-DEFAULT_LONG_TERM_AFTER_DAYS: Final = 365
 DEFAULT_WASH_SALE_WINDOW_DAYS: Final = 30
 DEFAULT_APPROVAL_LIMIT: Final = 10_000.0
 """Total trade value ($) above which a recommendation needs approval."""
@@ -319,8 +318,6 @@ def resolved_policy(policy: trading_pb.RebalancePolicy | None) -> trading_pb.Reb
         resolved.short_term_tax_rate = DEFAULT_SHORT_TERM_TAX_RATE
     if not resolved.HasField("long_term_tax_rate"):
         resolved.long_term_tax_rate = DEFAULT_LONG_TERM_TAX_RATE
-    if not resolved.HasField("long_term_after_days"):
-        resolved.long_term_after_days = DEFAULT_LONG_TERM_AFTER_DAYS
     if not resolved.HasField("wash_sale_window_days"):
         resolved.wash_sale_window_days = DEFAULT_WASH_SALE_WINDOW_DAYS
     if not resolved.HasField("approval_limit"):
@@ -334,7 +331,7 @@ def _tax_settings(policy: trading_pb.RebalancePolicy) -> TaxSettings:
     return TaxSettings(
         short_term_rate=policy.short_term_tax_rate,
         long_term_rate=policy.long_term_tax_rate,
-        long_term_after_days=policy.long_term_after_days,
+        long_term_after_days=policy.long_term_after_days if policy.HasField("long_term_after_days") else None,
         wash_sale_window_days=policy.wash_sale_window_days,
     )
 
@@ -770,9 +767,13 @@ class RebalancingService:
         for recent in await self._repository.recent_trades(portfolio_id, as_of, timedelta(days=window_days + 1)):
             trade_date: date = recent.as_of.astimezone(UTC).date()
             for trade in recent.trades:
-                gain = trade.short_term_gain + trade.long_term_gain
-                if trade.side == trading_pb.TRADE_SIDE_SELL and gain < 0.0:
-                    losses.append(RealizedLoss(trade.symbol, trade_date, -gain))
+                # Lot by lot: a losing lot inside a sale with a net gain is still a loss sale.
+                if trade.lots:
+                    loss = sum(-lot.gain for lot in trade.lots if lot.gain < 0.0)
+                else:
+                    loss = max(-(trade.short_term_gain + trade.long_term_gain), 0.0)
+                if trade.side == trading_pb.TRADE_SIDE_SELL and loss > 0.0:
+                    losses.append(RealizedLoss(trade.symbol, trade_date, loss))
                 elif trade.side == trading_pb.TRADE_SIDE_BUY:
                     purchases.append(Purchase(trade.symbol, trade_date, trade.shares))
         return losses, purchases

@@ -16,7 +16,13 @@ from enum import StrEnum
 import numpy as np
 
 from services.black_litterman import BlackLittermanPosterior, BlackLittermanSpec, black_litterman_posterior
-from services.errors import InfeasibleError, InvalidInputError, PreconditionViolation
+from services.errors import (
+    DeadlineExceededError,
+    InfeasibleError,
+    InvalidInputError,
+    OptimizationError,
+    PreconditionViolation,
+)
 from services.estimators import estimate_betas, estimate_moments
 from services.hrp import hierarchical_risk_parity
 from services.mean_variance import (
@@ -250,26 +256,38 @@ def run_optimization(job: OptimizationJob) -> OptimizationOutcome:
             time_limit_s=remaining(),
         )
 
-    relaxable = spec.method not in (Method.RISK_PARITY, Method.HIERARCHICAL_RISK_PARITY)
+    # The elastic program models the nominal return μᵀw: robust optimization (worst-case return) is not relaxed.
+    relaxable = spec.method in (Method.MEAN_VARIANCE, Method.BLACK_LITTERMAN)
     try:
         result = solve(problem)
     except InfeasibleError as exc:
         if not relaxable:
             raise
-        found = find_relaxation(problem, moments, time_limit_s=remaining())
+        try:
+            found = find_relaxation(problem, moments, time_limit_s=remaining())
+        except (OptimizationError, DeadlineExceededError):
+            raise exc from None  # the diagnosis failed: the infeasibility is still the answer
         if found is None:
             raise
         relaxed, relaxations = found
+        details = (
+            *exc.precondition_violations,
+            *(PreconditionViolation("RELAXATION", r.constraint, r.description) for r in relaxations),
+        )
+        smallest = "; ".join(r.description for r in relaxations)
         if not problem.allow_relaxation:
-            smallest = "; ".join(r.description for r in relaxations)
             raise InfeasibleError(
                 f"{exc.message}. The smallest relaxation that makes it feasible: {smallest}",
-                precondition_violations=(
-                    *exc.precondition_violations,
-                    *(PreconditionViolation("RELAXATION", r.constraint, r.description) for r in relaxations),
-                ),
+                precondition_violations=details,
             ) from exc
-        result = solve(relaxed)
+        try:
+            result = solve(relaxed)
+        except InfeasibleError as still:
+            # Relaxing the limits is not enough (e.g. cardinality, or no excess return for max Sharpe).
+            raise InfeasibleError(
+                f"{exc.message}. Relaxing the limits ({smallest}) is not enough: {still.message}",
+                precondition_violations=(*details, *still.precondition_violations),
+            ) from exc
         violations = check_constraints(result.weights, problem, moments)
         result = replace(result, relaxations=relaxations, violations=violations, constraints_satisfied=not violations)
     if problem.betas is not None and result.betas is None:
@@ -452,11 +470,14 @@ def efficient_frontier(job: OptimizationJob, points: int) -> FrontierOutcome:
         left = None if job.time_limit_s is None else job.time_limit_s - (time.perf_counter() - started)
         return optimize_mean_variance(problem, moments, time_limit_s=left)
 
-    lowest = solve(replace(job.problem, objective=Objective.MIN_VOLATILITY))
-    highest = solve(replace(job.problem, objective=Objective.MAX_RETURN))
+    base = job.problem
+    if base.beta_tolerance is not None and base.betas is None:
+        base = replace(base, betas=_estimated_betas(None if isinstance(job.inputs, Moments) else job.inputs))
+    lowest = solve(replace(base, objective=Objective.MIN_VOLATILITY))
+    highest = solve(replace(base, objective=Objective.MAX_RETURN))
     low, high = lowest.performance.expected_return, highest.performance.expected_return
     results = [lowest]
     for target in np.linspace(low, high, points)[1:-1]:
-        results.append(solve(replace(job.problem, objective=Objective.MIN_VOLATILITY, min_return=float(target))))
+        results.append(solve(replace(base, objective=Objective.MIN_VOLATILITY, min_return=float(target))))
     results.append(highest)
     return FrontierOutcome(results=tuple(results), total_time_ms=(time.perf_counter() - started) * 1000.0)

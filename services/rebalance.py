@@ -858,8 +858,10 @@ def generate_rebalance(
                 field=f"holdings[{i}].lots",
             )
             lot_results[i] = selection
-            if selection.realized_gain < 0.0:
-                losses_here.append(RealizedLoss(holding.name, as_of, -selection.realized_gain))
+            # Wash sales apply lot by lot: a losing lot inside a sale with a net gain is still a loss sale.
+            lot_losses = sum(-lot.gain for lot in selection.lots if lot.gain < 0.0)
+            if lot_losses > 0.0:
+                losses_here.append(RealizedLoss(holding.name, as_of, lot_losses))
                 sold_ids = frozenset(lot.lot_id for lot in selection.lots)
                 if recently_bought(
                     holding.name,

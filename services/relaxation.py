@@ -42,8 +42,9 @@ from services.types import FloatArray, Moments, PortfolioProblem, Relaxation, Se
 
 SLACK_THRESHOLD = 1e-7
 """Slacks at or below this are solver noise: the constraint is not reported as relaxed."""
-_MARGIN = 1e-9
-"""Added to each relaxation so the relaxed problem is strictly feasible for the re-solve."""
+_MARGIN = 1e-7
+"""Added to each relaxation so the relaxed problem is strictly (not just barely) feasible for the re-solve; a
+relaxed positive minimum weight never goes below 0."""
 
 
 def find_relaxation(
@@ -175,6 +176,7 @@ def find_relaxation(
     relaxations: list[Relaxation] = []
     changes: dict[str, Any] = {}
     new_lower, new_upper = lower - amounts(below), upper + amounts(above)
+    new_lower = np.where((lower >= 0.0) & (new_lower < lower), np.maximum(new_lower, 0.0), new_lower)
     for i in np.flatnonzero(new_lower < lower):
         sid = problem.strategy_ids[i]
         relaxations.append(

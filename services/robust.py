@@ -244,6 +244,9 @@ def optimize_robust(
         raise InvalidInputError.for_field(
             f"constraints.{field}", "net exposure bounds are not supported with robust optimization (budget 1)"
         )
+    if problem.max_holdings is not None or problem.min_position_weight is not None:
+        field = "max_holdings" if problem.max_holdings is not None else "min_position_weight"
+        raise InvalidInputError.for_field(f"constraints.{field}", "is not supported with robust optimization")
     if problem.transaction_costs_bps is not None and np.any(problem.transaction_costs_bps):
         raise InvalidInputError.for_field(
             "constraints.transaction_costs_bps", "transaction costs are not supported with robust optimization"

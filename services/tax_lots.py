@@ -4,9 +4,9 @@ A holding of one name may carry tax lots (lot id, shares, cost basis per share, 
 up to the holding's shares. A sell of S shares at price p on a sale date consumes lots in the order of a lot
 method; each consumed lot j contributes x_j shares with realised gain g_j = x_j (p − b_j) (b_j its cost basis per
 share; a negative gain is a loss) and a term: LONG_TERM when the days held, sale date − acquisition date, exceed
-``TaxSettings.long_term_after_days`` (default 365, "held more than one year" as a day count; the US rule counts
-calendar years from the day after acquisition, which differs from 365 days only across a 29 February), else
-SHORT_TERM. Proceeds are shares × price, gross of trading costs.
+``TaxSettings.long_term_after_days`` when that is set, and by default (None) when the sale is after the first
+anniversary of the acquisition ("held more than one year", the US rule; an acquisition on 29 February has its
+anniversary on 28 February), else SHORT_TERM. Proceeds are shares × price, gross of trading costs.
 
 The tax model is linear: estimated tax = Σ_j g_j · r(term_j) with the short- and long-term rates of
 ``TaxSettings`` (defaults 0.37 and 0.20 are placeholders, roughly the top US federal rates without the net
@@ -121,15 +121,16 @@ class TaxSettings:
     short_term_rate, long_term_rate : float
         Tax rates (fractions in [0, 1]) on short- and long-term realised gains. The defaults 0.37 / 0.20 are
         placeholders (roughly the top US federal rates), to be configured per account.
-    long_term_after_days : int
-        A gain is long-term when sale date − acquisition date > this many days (default 365).
+    long_term_after_days : int or None
+        A gain is long-term when sale date − acquisition date > this many days; None (the default): when the sale
+        is after the acquisition's first anniversary (held more than one calendar year).
     wash_sale_window_days : int
         Days before and after a loss sale in which a buy of the same name is a wash sale (default 30).
     """
 
     short_term_rate: float = 0.37
     long_term_rate: float = 0.20
-    long_term_after_days: int = 365
+    long_term_after_days: int | None = None
     wash_sale_window_days: int = 30
 
     def rate(self, term: HoldingTerm) -> float:
@@ -307,13 +308,21 @@ class HarvestCandidate:
     recently_bought: bool
 
 
-def holding_term(acquired: date, sold: date, *, long_term_after_days: int = 365) -> HoldingTerm:
-    """Term of a gain: LONG_TERM when sold − acquired > ``long_term_after_days`` days, else SHORT_TERM.
+def holding_term(acquired: date, sold: date, *, long_term_after_days: int | None = None) -> HoldingTerm:
+    """Term of a gain: LONG_TERM when held more than one year (or more than ``long_term_after_days`` days).
 
-    With the default 365, a lot bought 2022-06-01 and sold 2023-06-01 (365 days) is short-term and sold 2023-06-02
-    (366 days) long-term.
+    By default (None) a lot is long-term when sold after the first anniversary of its acquisition (IRS
+    Publication 550: "more than 1 year"; 29 February → 28 February): bought 2023-06-01, sold 2024-06-01 (366
+    days, across 29 February 2024) is short-term, sold 2024-06-02 long-term. With a day count, LONG_TERM when
+    sold − acquired > ``long_term_after_days``.
     """
-    return HoldingTerm.LONG_TERM if (sold - acquired).days > long_term_after_days else HoldingTerm.SHORT_TERM
+    if long_term_after_days is not None:
+        return HoldingTerm.LONG_TERM if (sold - acquired).days > long_term_after_days else HoldingTerm.SHORT_TERM
+    try:
+        anniversary = acquired.replace(year=acquired.year + 1)
+    except ValueError:  # 29 February
+        anniversary = acquired.replace(year=acquired.year + 1, day=28)
+    return HoldingTerm.LONG_TERM if sold > anniversary else HoldingTerm.SHORT_TERM
 
 
 def validate_tax_settings(settings: TaxSettings, *, field: str = "tax_settings") -> None:
@@ -331,7 +340,7 @@ def validate_tax_settings(settings: TaxSettings, *, field: str = "tax_settings")
             raise InvalidInputError.for_field(f"{field}.{attribute}", f"is {value!r}; must lie in [0, 1]")
     for attribute in ("long_term_after_days", "wash_sale_window_days"):
         value = getattr(settings, attribute)
-        if value < 0:
+        if value is not None and value < 0:
             raise InvalidInputError.for_field(f"{field}.{attribute}", f"is {value}; must be ≥ 0")
 
 

@@ -202,12 +202,23 @@ def test_relaxed_solution_is_returned_stored_and_in_the_event(
             lambda r: setattr(r.constraints, "min_position_weight", 1.5),
             "constraints.min_position_weight",
         ),
+        (
+            pb.OPTIMIZATION_METHOD_ROBUST_OPTIMIZATION,
+            lambda r: setattr(r.constraints, "allow_relaxation", True),
+            "constraints.allow_relaxation",
+        ),
+        (
+            pb.OPTIMIZATION_METHOD_MEAN_VARIANCE,
+            lambda r: (setattr(r.constraints, "beta_tolerance", 0.1), r.constraints.betas.update({"AAPL": 1.0})),
+            "constraints.betas[AMD]",
+        ),
     ],
 )
 def test_combinations_that_make_no_sense_name_the_field(
     commands: Any, returns: pd.DataFrame, method: int, mutate: Any, field: str
 ) -> None:
-    objective = pb.OBJECTIVE_MIN_VOLATILITY if method == pb.OPTIMIZATION_METHOD_MEAN_VARIANCE else 0
+    no_objective = (pb.OPTIMIZATION_METHOD_RISK_PARITY, pb.OPTIMIZATION_METHOD_HIERARCHICAL_RISK_PARITY)
+    objective = 0 if method in no_objective else pb.OBJECTIVE_MIN_VOLATILITY
     request = returns_request(returns.iloc[:, :5], unique("combo"), method=method, objective=objective)
     mutate(request)
     with pytest.raises(grpc.RpcError) as caught:

@@ -126,7 +126,6 @@ def test_holdings_and_policy_are_stored_with_documented_defaults(trading: Any, d
         lot_method=tpb.LOT_METHOD_FIFO,
         short_term_tax_rate=0.37,
         long_term_tax_rate=0.20,
-        long_term_after_days=365,
         wash_sale_window_days=30,
         approval_limit=10_000.0,
         approval_ttl=duration_pb2.Duration(seconds=86_400),

@@ -14,7 +14,7 @@ import pytest
 from pypfopt import EfficientFrontier
 from scipy import stats
 
-from services.engine import OptimizationJob, run_optimization
+from services.engine import OptimizationJob, efficient_frontier, run_optimization
 from services.errors import InfeasibleError, InvalidInputError
 from services.estimators import estimate_betas, estimate_moments
 from services.mean_variance import optimize_mean_variance
@@ -315,6 +315,11 @@ def test_beta_neutrality_without_betas_estimates_them_against_the_market(sp500_p
     np.testing.assert_allclose(betas, expected, rtol=1e-10)
     assert abs(float(betas @ outcome.result.weights)) <= 0.05 + TOL
     assert outcome.result.constraints_satisfied
+    # The efficient frontier estimates them the same way.
+    frontier = efficient_frontier(
+        OptimizationJob(problem=spec, inputs=return_history(frame, market), settings=EstimationSettings()), points=3
+    )
+    assert all(abs(float(betas @ r.weights)) <= 0.05 + TOL for r in frontier.results)
     # Without a market series the betas cannot be estimated: the field is named.
     with pytest.raises(InvalidInputError) as caught:
         run_optimization(OptimizationJob(problem=spec, inputs=return_history(frame), settings=EstimationSettings()))

@@ -424,6 +424,13 @@ def test_wash_sale_flags_in_the_trade_list() -> None:
     recent = [Purchase("LOSER", SALE - timedelta(days=5), 1.0)]
     assert generate_rebalance(old_only, 0.0, [0.5], as_of=SALE, recent_purchases=recent).trades[0].wash_sale
 
+    # Lot by lot: a sale with a net gain that includes a losing lot (A +1500, C −1000 under FIFO) is a loss sale
+    # for the losing lot, so a purchase 9 days before flags it.
+    mixed = [Holding("XYZ", 300.0, 100.0, LOTS)]
+    bought = [Purchase("XYZ", SALE - timedelta(days=9), 5.0)]
+    (net_gain_sale,) = generate_rebalance(mixed, 0.0, [0.5], as_of=SALE, recent_purchases=bought).trades
+    assert net_gain_sale.realized_gain == pytest.approx(500.0) and net_gain_sale.wash_sale
+
 
 # --- validation -----------------------------------------------------------------------------------------------
 

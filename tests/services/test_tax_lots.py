@@ -167,12 +167,21 @@ def test_tax_minimizing_matches_brute_force_over_whole_share_allocations() -> No
 # --- holding period boundary -------------------------------------------------------------------------------------
 
 
-def test_long_term_boundary_is_more_than_365_days() -> None:
+def test_long_term_boundary_is_more_than_one_year() -> None:
     bought = date(2022, 6, 1)
     assert (date(2023, 6, 1) - bought).days == 365
     assert holding_term(bought, date(2023, 6, 1)) is HoldingTerm.SHORT_TERM
     assert holding_term(bought, date(2023, 6, 2)) is HoldingTerm.LONG_TERM
+    # Across 29 February 2024 one year is 366 days: sold on the anniversary it is still short-term (IRS Pub. 550).
+    assert (date(2024, 6, 1) - date(2023, 6, 1)).days == 366
+    assert holding_term(date(2023, 6, 1), date(2024, 6, 1)) is HoldingTerm.SHORT_TERM
+    assert holding_term(date(2023, 6, 1), date(2024, 6, 2)) is HoldingTerm.LONG_TERM
+    # Bought on 29 February: the anniversary is 28 February.
+    assert holding_term(date(2024, 2, 29), date(2025, 2, 28)) is HoldingTerm.SHORT_TERM
+    assert holding_term(date(2024, 2, 29), date(2025, 3, 1)) is HoldingTerm.LONG_TERM
+    # A configured day count replaces the calendar rule.
     assert holding_term(bought, date(2023, 6, 2), long_term_after_days=366) is HoldingTerm.SHORT_TERM
+    assert holding_term(bought, date(2023, 6, 2), long_term_after_days=365) is HoldingTerm.LONG_TERM
 
 
 def test_boundary_in_a_sale_uses_the_configured_rates() -> None:

@@ -852,7 +852,9 @@ class RebalancePolicy(_message.Message):
     long_term_tax_rate: _builtins.float
     """Long-term capital gains tax rate; default 0.20 (a placeholder: set yours)."""
     long_term_after_days: _builtins.int
-    """A lot is long-term when held more than this many days; default 365."""
+    """A lot is long-term when held more than this many days; unset (the default) = sold after the first
+    anniversary of its acquisition (held more than one year, the US rule; 29 February counts as 28 February).
+    """
     wash_sale_window_days: _builtins.int
     """Wash-sale window in days either side of a loss sale; default 30."""
     approval_limit: _builtins.float

@@ -728,7 +728,7 @@ class OptimizationConstraints(_message.Message):
 
     @_builtins.property
     def betas(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """Betas against the market keyed by strategy_id (missing = 0), for beta_tolerance. Empty with a
+        """Betas against the market keyed by strategy_id, one for every strategy, for beta_tolerance. Empty with a
         beta_tolerance: estimated by OLS against the market series (returns.market_returns or
         market_data.market_symbol) and reported in OptimizationMetadata.betas.
         """
