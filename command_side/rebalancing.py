@@ -672,6 +672,9 @@ class RebalancingService:
         if len(request.request_id) > MAX_ID_LENGTH:
             raise InvalidInputError.for_field("request_id", f"must be at most {MAX_ID_LENGTH} characters")
         given_as_of = _timestamp(request.as_of, "as_of") if request.HasField("as_of") else None
+        if given_as_of is not None and given_as_of > datetime.now(UTC) + timedelta(days=1):
+            # A future trade date would age every lot (short-term gains taxed as long-term).
+            raise InvalidInputError.for_field("as_of", f"{given_as_of.isoformat()} is in the future")
         market = _market(request.market)
         _request_targets(request.target_weights, long_only=True)
         _prices(request.prices)
@@ -822,6 +825,10 @@ def _decided(decision: Decision, recommendation_id: str) -> trading_pb.Rebalance
         raise NotFoundError(f"no rebalance recommendation '{recommendation_id}'")
     recommendation = decision.recommendation
     if decision.outcome is DecisionOutcome.EXPIRED:
+        if recommendation.reason.startswith("superseded"):
+            raise _violation(
+                "EXPIRED", recommendation_id, f"recommendation '{recommendation_id}' was {recommendation.reason}"
+            )
         expired_at = recommendation.expires_at.ToDatetime(tzinfo=UTC).isoformat()
         raise _violation(
             "EXPIRED", recommendation_id, f"recommendation '{recommendation_id}' expired at {expired_at} undecided"

@@ -346,7 +346,10 @@ class RebalancingRepository:
 
         Fills in ``recommendation_id``, ``created_at`` (database clock), ``status`` (PENDING_APPROVAL when
         ``pending``, else AUTO_APPROVED with ``decided_at`` = ``created_at``) and, when pending, ``expires_at`` =
-        ``created_at + approval_ttl`` (the row of an auto-approved one stores ``created_at`` there).
+        ``created_at + approval_ttl`` (the row of an auto-approved one stores ``created_at`` there). A new
+        recommendation supersedes the portfolio's pending ones (built on an older state of the same holdings:
+        approving both would trade twice): they become EXPIRED now, each with an EXPIRED event whose payload
+        names the superseding recommendation.
 
         Raises
         ------
@@ -364,6 +367,28 @@ class RebalancingRepository:
             now = await _lock_portfolio(conn, portfolio_id)
             expires_at = now + approval_ttl if pending else now
             message.created_at.CopyFrom(datetime_to_timestamp(now))
+            superseded = await conn.fetch(
+                """UPDATE rebalance_recommendations
+                   SET status = 'EXPIRED', decided_at = $2, expires_at = LEAST(expires_at, $2),
+                       reason = 'superseded by recommendation ' || $3
+                   WHERE portfolio_id = $1 AND status = 'PENDING_APPROVAL'
+                   RETURNING recommendation_id, total_trade_value""",
+                portfolio_id,
+                now,
+                str(recommendation_id),
+            )
+            for row in superseded:
+                await _insert_event(
+                    conn,
+                    timestamp=now,
+                    portfolio_id=portfolio_id,
+                    recommendation_id=row["recommendation_id"],
+                    event_type=EXPIRED,
+                    status=EXPIRED,
+                    actor="",
+                    total_trade_value=row["total_trade_value"],
+                    payload={"superseded_by": str(recommendation_id)},
+                )
             if pending:
                 message.expires_at.CopyFrom(datetime_to_timestamp(expires_at))
             await conn.execute(

@@ -545,41 +545,51 @@ def test_reject_requires_a_reason_and_records_it(
     assert precondition_types(error) == ["NOT_PENDING"] and "REJECTED" in (error.details() or "")
 
 
-def test_pending_recommendations_expire(
+def test_pending_recommendations_expire_or_are_superseded(
     trading: Any, queries: Any, db: psycopg.Connection[Any], stored_prices: dict[str, str]
 ) -> None:
     portfolio_id = unique("expire")
     first = _pending(trading, portfolio_id, approval_ttl=duration_pb2.Duration(seconds=1))
+    assert first.expires_at.ToDatetime() - first.created_at.ToDatetime() == timedelta(seconds=1)
+    # A newer recommendation supersedes the pending one (approving both would trade twice): EXPIRED at once.
     second = trading.GenerateRebalance(
         tpb.GenerateRebalanceRequest(portfolio_id=portfolio_id, target_weights={"AAPL": 0.0})
     ).recommendation
-    assert first.expires_at.ToDatetime() - first.created_at.ToDatetime() == timedelta(seconds=1)
-    time.sleep(1.5)
-
-    # The query side reads it as expired before the command side has persisted anything.
+    assert second.status == tpb.RECOMMENDATION_STATUS_PENDING_APPROVAL
     read = queries.GetRebalance(query_pb.GetRebalanceRequest(recommendation_id=first.recommendation_id))
     assert read.recommendation.status == tpb.RECOMMENDATION_STATUS_EXPIRED
-    assert read.recommendation.decided_at == first.expires_at
-    assert [e.event_type for e in events(queries, portfolio_id)] == ["CREATED", "CREATED"]
-
+    assert read.recommendation.reason == f"superseded by recommendation {second.recommendation_id}"
+    assert [e.event_type for e in events(queries, portfolio_id)][::-1] == ["CREATED", "EXPIRED", "CREATED"]
     error = expect_error(
         trading.ApproveRebalance,
         tpb.ApproveRebalanceRequest(recommendation_id=first.recommendation_id, approver="alice"),
         grpc.StatusCode.FAILED_PRECONDITION,
     )
     assert precondition_types(error) == ["EXPIRED"]
-    # The expiry is committed although the call failed, for every overdue recommendation of the portfolio.
+    time.sleep(1.5)
+
+    # The query side reads the second as expired before the command side has persisted anything.
+    read = queries.GetRebalance(query_pb.GetRebalanceRequest(recommendation_id=second.recommendation_id))
+    assert read.recommendation.status == tpb.RECOMMENDATION_STATUS_EXPIRED
+    assert read.recommendation.decided_at == second.expires_at
+    assert len(events(queries, portfolio_id)) == 3
+
+    error = expect_error(
+        trading.ApproveRebalance,
+        tpb.ApproveRebalanceRequest(recommendation_id=second.recommendation_id, approver="alice"),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert precondition_types(error) == ["EXPIRED"]
+    # The expiry is committed although the call failed, dated at the expiry.
     history = events(queries, portfolio_id)
     expired = {e.recommendation_id: e for e in history if e.event_type == "EXPIRED"}
     assert set(expired) == {first.recommendation_id, second.recommendation_id}
-    assert expired[first.recommendation_id].timestamp == first.expires_at
+    assert expired[second.recommendation_id].timestamp == second.expires_at
     assert all(e.status == tpb.RECOMMENDATION_STATUS_EXPIRED for e in expired.values())
     statuses = db.execute(
         "SELECT DISTINCT status FROM rebalance_recommendations WHERE portfolio_id = %s", [portfolio_id]
     ).fetchall()
     assert statuses == [("EXPIRED",)]
-    read = queries.GetRebalance(query_pb.GetRebalanceRequest(recommendation_id=second.recommendation_id))
-    assert read.recommendation.status == tpb.RECOMMENDATION_STATUS_EXPIRED
     error = expect_error(
         trading.RejectRebalance,
         tpb.RejectRebalanceRequest(recommendation_id=second.recommendation_id, approver="alice", reason="x"),

@@ -79,16 +79,19 @@ def test_get_rebalance_errors(queries: Any) -> None:
 
 def test_list_rebalance_events_pages_newest_first(trading: Any, queries: Any, db: psycopg.Connection[Any]) -> None:
     portfolio_id = portfolio(trading, approval_limit=100.0)
-    ids = [generate(trading, portfolio_id, target).recommendation_id for target in (0.25, 0.3, 0.35)]
+    # Each decided before the next is generated (a new recommendation supersedes a pending one).
+    ids = [generate(trading, portfolio_id, 0.25).recommendation_id]
     trading.ApproveRebalance(tpb.ApproveRebalanceRequest(recommendation_id=ids[0], approver="alice"))
+    ids.append(generate(trading, portfolio_id, 0.3).recommendation_id)
     trading.RejectRebalance(tpb.RejectRebalanceRequest(recommendation_id=ids[1], approver="bob", reason="no"))
+    ids.append(generate(trading, portfolio_id, 0.35).recommendation_id)
 
     stored = db.execute(
         """SELECT event_id::text, recommendation_id::text, event_type FROM rebalance_events WHERE portfolio_id = %s
            ORDER BY "timestamp" DESC, event_id DESC""",
         [portfolio_id],
     ).fetchall()
-    assert [row[2] for row in stored] == ["REJECTED", "APPROVED", "CREATED", "CREATED", "CREATED"]
+    assert [row[2] for row in stored] == ["CREATED", "REJECTED", "CREATED", "APPROVED", "CREATED"]
 
     seen: list[tpb.RebalanceEvent] = []
     token = ""
@@ -113,7 +116,7 @@ def test_list_rebalance_events_pages_newest_first(trading: Any, queries: Any, db
     stamps = [e.timestamp.ToDatetime() for e in seen]
     assert stamps == sorted(stamps, reverse=True)
 
-    # [start, end): from the second CREATED (inclusive) to the REJECTED (exclusive).
+    # [start, end): from the APPROVED (inclusive) to the newest CREATED (exclusive).
     start, end = seen[3].timestamp, seen[0].timestamp
     window = queries.ListRebalanceEvents(
         query_pb.ListRebalanceEventsRequest(portfolio_id=portfolio_id, start=start, end=end)
