@@ -349,7 +349,7 @@ class RebalancingRepository:
         ``created_at + approval_ttl`` (the row of an auto-approved one stores ``created_at`` there). A new
         recommendation supersedes the portfolio's pending ones (built on an older state of the same holdings:
         approving both would trade twice): they become EXPIRED now, each with an EXPIRED event whose payload
-        names the superseding recommendation.
+        names the superseding recommendation (dated one microsecond before its CREATED event).
 
         Raises
         ------
@@ -380,7 +380,8 @@ class RebalancingRepository:
             for row in superseded:
                 await _insert_event(
                     conn,
-                    timestamp=now,
+                    # One microsecond before the successor's CREATED event, so that the history orders them.
+                    timestamp=now - timedelta(microseconds=1),
                     portfolio_id=portfolio_id,
                     recommendation_id=row["recommendation_id"],
                     event_type=EXPIRED,

@@ -764,6 +764,8 @@ class _Program:
         self.betas = cp.Parameter(n)
         self.beta_tolerance = cp.Parameter(nonneg=True)
         self.risk_free = cp.Parameter()
+        self.cash_return = cp.Parameter()
+        """a·r_f of the multi-objective's cash leg (a product of two parameters is not DPP)."""
         net_return: cp.Expression = self.mu @ x
         if shape.net_min or shape.net_max:
             net_return = net_return + self.risk_free * (scale - cp.sum(x))
@@ -834,7 +836,7 @@ class _Program:
             self.mu_scaled = cp.Parameter(n)
             gain: cp.Expression = self.mu_scaled @ x
             if shape.net_min or shape.net_max:
-                gain = gain + self.risk_free * self.return_weight * (1.0 - cp.sum(x))
+                gain = gain + self.cash_return * (1.0 - cp.sum(x))  # a·r_f, one parameter (DPP)
             if shape.costs:
                 assert trades is not None
                 self.costs_scaled = cp.Parameter(n, nonneg=True)
@@ -891,6 +893,7 @@ class _Program:
         if self.shape.objective is Objective.MULTI_OBJECTIVE:
             weights = multi_objective_weights(problem)
             self.return_weight.value = weights.return_weight
+            self.cash_return.value = weights.return_weight * problem.risk_free_rate
             self.turnover_weight.value = weights.turnover_weight
             self.l2_weight.value = weights.l2_weight
             self.mu_scaled.value = weights.return_weight * mu
@@ -1113,7 +1116,10 @@ def solve_program(
 def optimize_mean_variance(
     problem: PortfolioProblem, moments: Moments, *, time_limit_s: float | None = None
 ) -> OptimizationResult:
-    """Solve a mean-variance problem: exact active set under budget and bounds only (``fast_qp``), else Clarabel.
+    """Solve a mean-variance problem: exact active set (``fast_qp``), direct Clarabel (``clarabel_direct``) or cvxpy.
+
+    Budget and bounds only: the active set; linear constraints only: Clarabel on matrices assembled with NumPy;
+    anything else (and what those decline): Clarabel through cvxpy, with SCS as its fallback.
 
     Parameters
     ----------
@@ -1151,6 +1157,12 @@ def optimize_mean_variance(
     fast = try_fast_path(problem, moments, started=started) if time_limit_s is None or time_limit_s > 0 else None
     if fast is not None:
         return fast
+    from services.clarabel_direct import try_direct_path  # linear constraints only: Clarabel without cvxpy
+
+    if time_limit_s is None or time_limit_s > 0:
+        direct = try_direct_path(problem, moments, started=started, time_limit_s=time_limit_s)
+        if direct is not None:
+            return direct
     rows = _sector_rows(problem)
     lower, upper = problem.lower_bounds, problem.upper_bounds
     program = _program(problem, rows, moments.covariance)

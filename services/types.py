@@ -290,8 +290,8 @@ class OptimizationResult:
     fallback_used: bool = False
     """Whether the primary solver failed and the fallback solver produced the answer."""
     solve_path: str = ""
-    """Which algorithm answered, e.g. ``CONIC`` (cvxpy + Clarabel), ``ACTIVE_SET``, ``MIP_OUTER_APPROXIMATION``,
-    ``JAX_NEWTON``, ``CLOSED_FORM``."""
+    """Which algorithm answered, e.g. ``CONIC`` (cvxpy + Clarabel), ``ACTIVE_SET``, ``CLARABEL_DIRECT`` (Clarabel on
+    directly assembled matrices), ``MIP_OUTER_APPROXIMATION``, ``JAX_NEWTON``, ``CLOSED_FORM``."""
     relaxations: tuple[Relaxation, ...] = ()
     """Constraints relaxed to reach a feasible problem (``PortfolioProblem.allow_relaxation``); empty otherwise."""
     betas: FloatArray | None = None

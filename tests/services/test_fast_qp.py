@@ -1,9 +1,10 @@
 """The active-set fast path of mean-variance (``services.fast_qp``) against the Clarabel path, KKT and PyPortfolioOpt.
 
-Truth: the conic path of ``optimize_mean_variance`` (cvxpy + Clarabel at 1e-10) with the fast path switched off
-(``fast_qp.ENABLED = False``), the KKT conditions of min ½wᵀΣw − λμᵀw s.t. 1ᵀw = 1, l ≤ w ≤ u checked here with
-NumPy (for the maximum Sharpe ratio at λ = wᵀΣw / (μ − r_f)ᵀw, where its KKT conditions and the QP's coincide), and
-PyPortfolioOpt's ``EfficientFrontier.max_sharpe`` / ``min_volatility`` (Clarabel) on its own ``stock_prices.csv``.
+Truth: the conic path of ``optimize_mean_variance`` (cvxpy + Clarabel at 1e-10) with the fast path and the direct
+Clarabel path switched off (``fast_qp.ENABLED = False``, ``clarabel_direct.ENABLED = False``), the KKT conditions of
+min ½wᵀΣw − λμᵀw s.t. 1ᵀw = 1, l ≤ w ≤ u checked here with NumPy (for the maximum Sharpe ratio at
+λ = wᵀΣw / (μ − r_f)ᵀw, where its KKT conditions and the QP's coincide), and PyPortfolioOpt's
+``EfficientFrontier.max_sharpe`` / ``min_volatility`` (Clarabel) on its own ``stock_prices.csv``.
 Data: the S&P 500 and PyPortfolioOpt data sets of ``data/`` and seeded random positive definite matrices.
 """
 
@@ -17,7 +18,7 @@ import pandas as pd
 import pytest
 from pypfopt import EfficientFrontier, expected_returns, risk_models
 
-from services import fast_qp
+from services import clarabel_direct, fast_qp
 from services.mean_variance import check_constraints, objective_value_of, optimize_mean_variance
 from services.types import (
     Moments,
@@ -58,9 +59,10 @@ def problem_of(
 
 
 def conic(problem: PortfolioProblem, moments: Moments, monkeypatch: pytest.MonkeyPatch) -> OptimizationResult:
-    """The Clarabel path's answer (fast path switched off for this call)."""
+    """The cvxpy + Clarabel path's answer (fast path and direct Clarabel path switched off for this call)."""
     with monkeypatch.context() as patch:
         patch.setattr(fast_qp, "ENABLED", False)
+        patch.setattr(clarabel_direct, "ENABLED", False)
         result = optimize_mean_variance(problem, moments)
     assert result.solve_path == "CONIC"
     return result
@@ -366,7 +368,7 @@ def test_singular_and_near_singular_covariances_fall_back(objective: Objective) 
         problem = problem_of(objective, n, 0.0, 1.0)
         assert fast_qp.solve_problem(problem, moments) is None
         result = optimize_mean_variance(problem, moments)
-        assert result.solve_path == "CONIC" and result.solver in ("CLARABEL", "SCS")
+        assert result.solve_path in ("CLARABEL_DIRECT", "CONIC") and result.solver in ("CLARABEL", "SCS")
 
 
 NOT_ELIGIBLE: dict[str, dict[str, object]] = {
@@ -427,7 +429,7 @@ def test_switched_off_and_ineligible_problems_take_the_conic_path(sp500_moments:
     capped = replace(problem, max_volatility=0.5)
     assert optimize_mean_variance(capped, sp500_moments).solve_path == "CONIC"
     assert optimize_mean_variance(replace(problem, objective=Objective.MAX_RETURN), sp500_moments).solve_path == (
-        "CONIC"
+        "CLARABEL_DIRECT"  # linear constraints only: Clarabel on directly assembled matrices
     )
 
 
@@ -478,4 +480,4 @@ def test_an_iteration_cap_returns_none(sp500_moments: Moments, monkeypatch: pyte
     n = sp500_moments.expected_returns.size
     problem = problem_of(Objective.MIN_VOLATILITY, n, 0.0, 0.1)
     assert fast_qp.solve_problem(problem, sp500_moments) is None
-    assert optimize_mean_variance(problem, sp500_moments).solve_path == "CONIC"
+    assert optimize_mean_variance(problem, sp500_moments).solve_path == "CLARABEL_DIRECT"

@@ -18,7 +18,7 @@ import pytest
 from pypfopt import EfficientFrontier, expected_returns, risk_models
 from scipy.optimize import linprog
 
-from services import fast_qp
+from services import clarabel_direct, fast_qp
 from services.errors import DeadlineExceededError, InfeasibleError, InvalidInputError, OptimizationError
 from services.estimators import estimate_moments
 from services.mean_variance import check_constraints, optimize_mean_variance, validate_moments
@@ -792,7 +792,8 @@ def test_cached_parametric_program_equals_a_fresh_constant_program(monkeypatch: 
     """Re-solving a cached program with other data of the same shape gives what a fresh build gives."""
     import services.mean_variance as mv
 
-    monkeypatch.setattr(fast_qp, "ENABLED", False)  # the conic programs, not the active-set fast path
+    monkeypatch.setattr(fast_qp, "ENABLED", False)  # the cvxpy programs, not the active-set fast path
+    monkeypatch.setattr(clarabel_direct, "ENABLED", False)  # nor the directly assembled one
 
     rng = np.random.default_rng(7)
     n = 12
@@ -849,7 +850,8 @@ def test_prechecks_allow_what_shorting_makes_feasible() -> None:
 
 def test_a_deadline_does_not_stick_to_a_cached_program(sp500_moments: Moments, monkeypatch: pytest.MonkeyPatch) -> None:
     """A time limit must not leak into the next call (cvxpy keeps a re-solved problem's solver settings)."""
-    monkeypatch.setattr(fast_qp, "ENABLED", False)  # the conic programs, not the active-set fast path
+    monkeypatch.setattr(fast_qp, "ENABLED", False)  # the cvxpy programs, not the active-set fast path
+    monkeypatch.setattr(clarabel_direct, "ENABLED", False)  # nor the directly assembled one
     n = len(sp500_moments.expected_returns)
     problem = PortfolioProblem(
         strategy_ids=tuple(f"s{i}" for i in range(n)),
@@ -869,7 +871,8 @@ def test_a_failing_primary_solver_falls_back_to_scs(
     """Clarabel made to fail (a fake of the solver call only): SCS answers, the result says so and is right."""
     import services.mean_variance as mv
 
-    monkeypatch.setattr(fast_qp, "ENABLED", False)  # the conic programs, not the active-set fast path
+    monkeypatch.setattr(fast_qp, "ENABLED", False)  # the cvxpy programs, not the active-set fast path
+    monkeypatch.setattr(clarabel_direct, "ENABLED", False)  # nor the directly assembled one
 
     tickers = list(sp500_frame_moments[0].index)
     problem = make_problem(Objective.MIN_VOLATILITY, tickers, 0.0, 0.3)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -438,3 +439,33 @@ def test_no_time_left_is_a_deadline_error(daily_returns: pd.DataFrame, scenarios
         optimize_risk_measure(
             problem, scenarios, moments.expected_returns, risk_measure=RiskMeasure.MAD, time_limit_s=0.0
         )
+
+
+@pytest.mark.parametrize("objective", [Objective.MIN_VOLATILITY, Objective.MAX_SHARPE, Objective.MAX_RETURN])
+def test_cvar_by_the_simplex_equals_the_interior_point_answer(
+    daily_returns: pd.DataFrame, scenarios: np.ndarray, moments: Moments, objective: Objective, monkeypatch: Any
+) -> None:
+    """CVaR LPs go to HiGHS first (a vertex); Clarabel (interior point, 1e-10) gives the same optimum."""
+    import services.risk_measures as rm
+
+    tickers = list(daily_returns.columns)
+    problem = make_problem(objective, tickers, 0.0, 0.3, with_sectors=True)
+    max_risk = 0.05 if objective is Objective.MAX_RETURN else None
+
+    def solve() -> OptimizationResult:
+        return optimize_risk_measure(
+            problem,
+            scenarios,
+            moments.expected_returns,
+            risk_measure="CVAR",
+            covariance=moments.covariance,
+            max_risk=max_risk,
+        )
+
+    simplex = solve()
+    assert (simplex.solver, simplex.solve_path) == ("HIGHS", "SIMPLEX")
+    monkeypatch.setattr(rm, "HIGHS_ENABLED", False)
+    interior = solve()
+    assert (interior.solver, interior.solve_path) == ("CLARABEL", "CONIC")
+    assert simplex.objective_value == pytest.approx(interior.objective_value, rel=1e-7)
+    assert not check_constraints(simplex.weights, problem, moments)

@@ -1386,6 +1386,7 @@ class OptimizationMetadata(_message.Message):
     """True when the primary solver (Clarabel) failed and the fallback (SCS) produced the answer; solver names it."""
     solve_path: _builtins.str
     """Algorithm that answered: CONIC (cvxpy + Clarabel), ACTIVE_SET (exact active-set for budget and bounds),
+    CLARABEL_DIRECT (Clarabel on directly assembled matrices, linear constraints only),
     MIP_OUTER_APPROXIMATION or MILP (HiGHS, cardinality), JAX_NEWTON (risk parity), CLOSED_FORM (HRP).
     """
     holdings: _builtins.int

@@ -1,0 +1,423 @@
+"""Mean-variance with linear constraints, assembled for Clarabel directly (no cvxpy canonicalisation).
+
+Scope
+-----
+Problems whose constraints are all linear and whose objective is a variance or linear function: min volatility,
+quadratic utility, max return and max Sharpe (homogenised), under the budget 1ᵀw = 1 (or net exposure bounds),
+finite per-name bounds l ≤ w ≤ u, group limits of any classification scheme and a minimum expected return. Every
+other problem (a volatility cap, the desk families, the multi-objective, cardinality, relaxation, infinite bounds,
+a field added to ``PortfolioProblem`` later) is left to the cvxpy path of ``services.mean_variance``:
+``try_direct_path`` returns None, as it does when Clarabel fails (the cvxpy path then tries again, with SCS as its
+fallback).
+
+Why: above ``PARAMETRIC_MAX_ASSETS`` cvxpy canonicalises the program anew on every call, about 75 % of the call at
+N = 100; at or below it the cached (DPP) program still costs its parameter mapping and a larger factor-form
+program (2.4 ms at N = 20 for a 0.3 ms solve). Assembling the same program with NumPy costs 0.1-0.3 ms up to
+N = 100, so this path is used at every N. Measured by ``benchmarks/mean_variance_direct.py`` (min volatility and
+max Sharpe with three group limits and a min_return, 2 busy cores), the whole engine call took 1.0-1.3 × the time
+of Clarabel alone on the same matrices from N = 64 up (1.15 × at N = 100, 1.0 × at N = 500 and 1000), and about
+2.3 × at N = 20, where the engine's pre- and post-solve checks (~0.3 ms) weigh as much as the solve; the cvxpy
+path took 3-9 × up to N = 100 and 1.2-1.5 × at N = 500 and 1000.
+
+The program
+-----------
+Clarabel (Goulart & Chen, 2024, "Clarabel: An interior-point solver for conic programs with quadratic
+objectives", arXiv:2405.12762) solves
+
+    minimise ½ xᵀPx + qᵀx  subject to  Ax + s = b,  s ∈ K,
+
+with P given by its upper triangle (CSC) and K a product of the zero cone (equalities) and the non-negative orthant
+(inequalities Ax ≤ b). With w the weights (N,), Σ the covariance (N, N), μ the expected returns (N,), r_f the
+risk-free rate and m_k the 0/1 membership of group k:
+
+- min volatility: x = w, P = 2Σ, q = 0;
+- quadratic utility (maximise μᵀw − δ/2 wᵀΣw): P = δΣ, q = −μ;
+- max return (an LP): P = 0, q = −μ;
+- max Sharpe, the homogenised problem of Cornuejols & Tütüncü (2007, §8.2): x = (y, κ), P = 2Σ on y, q = 0,
+  (μ − r_f)ᵀy = 1, 1ᵀy = κ, κ ≥ 0, lκ ≤ y ≤ uκ, group limits times κ, μᵀy ≥ r_min κ; then w = y / κ.
+
+With net exposure bounds the budget becomes low ≤ 1ᵀw ≤ high (low·κ ≤ 1ᵀy ≤ high·κ for max Sharpe) and the
+return carries the cash leg r_f(1 − 1ᵀw): μ is replaced by μ − r_f in the objective and min_return becomes
+(μ − r_f)ᵀw ≥ r_min − r_f ((μ − r_f)ᵀy ≥ (r_min − r_f)κ). These are the programs the cvxpy path builds
+(``services.mean_variance._Program``), so both paths have the same optimum.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import clarabel
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
+
+from services.errors import DeadlineExceededError, InfeasibleError, PreconditionViolation
+from services.fast_qp import _is_default
+from services.mean_variance import (
+    CLARABEL_DEFAULTS,
+    CLARABEL_SETTINGS,
+    TOLERANCE,
+    _sector_rows,
+    _SectorRows,
+    check_constraints,
+    net_exposure_range,
+    objective_value_of,
+    portfolio_performance,
+)
+from services.types import FloatArray, Moments, Objective, OptimizationResult, PortfolioProblem
+
+ENABLED = True
+"""Module switch; False sends every problem to the cvxpy path (tests, timing)."""
+SOLVER = "CLARABEL"
+SOLVE_PATH = "CLARABEL_DIRECT"
+"""``OptimizationResult.solve_path`` of an answer of this module (``solver`` is ``CLARABEL``)."""
+
+ELIGIBLE_OBJECTIVES = frozenset(
+    {Objective.MIN_VOLATILITY, Objective.MAX_QUADRATIC_UTILITY, Objective.MAX_RETURN, Objective.MAX_SHARPE}
+)
+READ_FIELDS = frozenset(
+    {
+        "strategy_ids",
+        "objective",
+        "lower_bounds",
+        "upper_bounds",
+        "risk_free_rate",
+        "risk_aversion",
+        "sectors",
+        "classifications",
+        "sector_limits",
+        "min_return",
+        "min_net_exposure",
+        "max_net_exposure",
+    }
+)
+"""``PortfolioProblem`` fields this module turns into the program."""
+INERT_FIELDS = frozenset({"multi_objective", "current_weights", "benchmark_weights", "betas"})
+"""Fields that do not change an eligible problem on their own: the multi-objective weights (read only by
+``Objective.MULTI_OBJECTIVE``), w₀ (read only by turnover and transaction costs), benchmark weights (only with
+``tracking_error_limit``) and betas (only with ``beta_tolerance``). Any other field that differs from its default
+makes a problem ineligible, so that a field added later is ineligible until it is listed here."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConicProgram:
+    """One problem in Clarabel's standard form: minimise ½xᵀPx + qᵀx s.t. Ax + s = b, s ∈ K.
+
+    Attributes
+    ----------
+    P : scipy.sparse.csc_array of shape (n, n)
+        Upper triangle of the quadratic cost (n = N, or N + 1 for max Sharpe with κ last).
+    q : ndarray of shape (n,)
+        Linear cost.
+    A : scipy.sparse.csc_array of shape (m, n)
+        Constraint matrix: the ``n_equalities`` equality rows first, then the inequality rows.
+    b : ndarray of shape (m,)
+        Right-hand side.
+    n_equalities : int
+        Rows of the zero cone; the other m − n_equalities rows are in the non-negative orthant.
+    homogenised : bool
+        Whether x = (y, κ) is the max Sharpe program (w = y / κ).
+    """
+
+    P: sp.csc_array
+    q: FloatArray
+    A: sp.csc_array
+    b: FloatArray
+    n_equalities: int
+    homogenised: bool
+
+    def cones(self) -> list[Any]:
+        """Clarabel's cones of the rows of A: ``ZeroConeT`` then ``NonnegativeConeT``."""
+        cones = [clarabel.ZeroConeT(self.n_equalities)] if self.n_equalities else []
+        return [*cones, clarabel.NonnegativeConeT(self.A.shape[0] - self.n_equalities)]
+
+
+def eligible(problem: PortfolioProblem) -> bool:
+    """Whether this module covers ``problem``: a variance or linear objective under linear constraints only.
+
+    The objective must be one of ``ELIGIBLE_OBJECTIVES`` (quadratic utility with a finite positive risk aversion);
+    bounds, the risk-free rate, min_return and group limits must be finite. Every field other than ``READ_FIELDS``
+    and ``INERT_FIELDS`` must equal its default (compared field by field with ``dataclasses.fields``), so that a
+    constraint family added later is not eligible until it is reviewed.
+    """
+    if problem.objective not in ELIGIBLE_OBJECTIVES or problem.n_assets == 0:
+        return False
+    for field in dataclasses.fields(problem):
+        if field.name in READ_FIELDS or field.name in INERT_FIELDS:
+            continue
+        if not _is_default(getattr(problem, field.name), field):
+            return False
+    if problem.objective is Objective.MAX_QUADRATIC_UTILITY and not (
+        np.isfinite(problem.risk_aversion) and problem.risk_aversion > 0.0
+    ):
+        return False
+    scalars = [problem.risk_free_rate, *(() if problem.min_return is None else (problem.min_return,))]
+    for limit in problem.sector_limits:
+        scalars += [v for v in (limit.min_weight, limit.max_weight) if v is not None]
+    return bool(
+        np.all(np.isfinite(problem.lower_bounds))
+        and np.all(np.isfinite(problem.upper_bounds))
+        and np.all(np.isfinite(scalars))
+    )
+
+
+_PATTERN_CACHE_MAX_N = 256
+"""Largest N whose upper-triangle pattern is cached (0.03 ms to build at N = 100, a tenth of a small solve; at
+large N building it is negligible next to the solve, and caching would hold megabytes)."""
+
+
+def _upper_pattern(n: int) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.int64]]:
+    """Rows, columns (column-major order) and CSC column pointers of the upper triangle of an n × n matrix."""
+    return _cached_upper_pattern(n) if n <= _PATTERN_CACHE_MAX_N else _new_upper_pattern(n)
+
+
+def _new_upper_pattern(n: int) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.int64]]:
+    columns, rows = np.tril_indices(n)  # row-major over the lower triangle = column-major over the upper
+    indptr = np.concatenate(([0], np.cumsum(np.arange(1, n + 1, dtype=np.int64))))
+    return rows, columns, indptr
+
+
+@lru_cache(maxsize=8)
+def _cached_upper_pattern(n: int) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.int64]]:
+    pattern = _new_upper_pattern(n)
+    for array in pattern:
+        array.flags.writeable = False  # shared between calls (and threads)
+    return pattern
+
+
+def _upper_triangle(matrix: FloatArray, scale: float, n_vars: int) -> sp.csc_array:
+    """``scale`` × the upper triangle of the symmetric ``matrix`` (N, N) in CSC, padded with zero columns to n_vars."""
+    n = matrix.shape[0]
+    rows, columns, indptr = _upper_pattern(n)
+    data = scale * matrix[rows, columns]
+    if n_vars > n:
+        indptr = np.concatenate((indptr, np.full(n_vars - n, indptr[-1])))
+    return sp.csc_array((data, rows, indptr), shape=(n_vars, n_vars))
+
+
+def build_program(problem: PortfolioProblem, moments: Moments, rows: list[_SectorRows]) -> ConicProgram:
+    """Clarabel's P, q, A, b and cones of an eligible problem.
+
+    Parameters
+    ----------
+    problem : PortfolioProblem
+        An eligible problem (``eligible``) over N strategies.
+    moments : Moments
+        Annualised expected returns μ (N,) and covariance Σ (N, N), validated.
+    rows : list of _SectorRows
+        Its group limits (``services.mean_variance._sector_rows``).
+
+    Returns
+    -------
+    ConicProgram
+        n = N variables (N + 1 for max Sharpe); the equality rows are the budget 1ᵀw = 1 (without net exposure
+        bounds) and, for max Sharpe, (μ − r_f)ᵀy = 1; the inequality rows are −w ≤ −l, w ≤ u, then the dense rows
+        (net exposure, group minima and maxima, min_return), then κ ≥ 0 for max Sharpe.
+    """
+    n = problem.n_assets
+    mu, sigma = moments.expected_returns, moments.covariance
+    r_f = problem.risk_free_rate
+    sharpe = problem.objective is Objective.MAX_SHARPE
+    net = net_exposure_range(problem)
+    # Each dense row: its coefficients a on w (N,) and right-hand side c, for aᵀw ≤ c or aᵀw = c. For max Sharpe
+    # the row reads aᵀy − cκ ≤ 0 (κ coefficient −c, b = 0), except (μ − r_f)ᵀy = 1 (see κ's column below).
+    ones = np.ones(n)
+    equalities: list[tuple[FloatArray, float]] = []
+    inequalities: list[tuple[FloatArray, float]] = []
+    if sharpe:
+        equalities.append((mu - r_f, 1.0))
+    if net is None:
+        equalities.append((ones, 1.0))
+    else:
+        if np.isfinite(net[0]):
+            inequalities.append((-ones, -net[0]))
+        if np.isfinite(net[1]):
+            inequalities.append((ones, net[1]))
+    for row in rows:
+        if row.min_weight is not None:
+            inequalities.append((-row.members, -row.min_weight))
+        if row.max_weight is not None:
+            inequalities.append((row.members, row.max_weight))
+    if problem.min_return is not None:
+        if net is None:
+            inequalities.append((-mu, -problem.min_return))
+        else:  # with the cash leg: μᵀw + r_f(1 − 1ᵀw) ≥ r_min
+            inequalities.append((-(mu - r_f), -(problem.min_return - r_f)))
+    n_eq, n_dense = len(equalities), len(inequalities)
+    m = n_eq + 2 * n + n_dense + (1 if sharpe else 0)
+    n_vars = n + 1 if sharpe else n
+    # Columns of w, all with the same n_eq + 2 + n_dense entries (rows in increasing order); zeros dropped below.
+    per_column = n_eq + 2 + n_dense
+    index = np.empty((n, per_column), dtype=np.int64)
+    data = np.empty((n, per_column))
+    arange = np.arange(n)
+    index[:, :n_eq] = np.arange(n_eq)
+    index[:, n_eq] = n_eq + arange
+    index[:, n_eq + 1] = n_eq + n + arange
+    index[:, n_eq + 2 :] = n_eq + 2 * n + np.arange(n_dense)
+    if n_eq:
+        data[:, :n_eq] = np.column_stack([coefficients for coefficients, _ in equalities])
+    data[:, n_eq] = -1.0
+    data[:, n_eq + 1] = 1.0
+    if n_dense:
+        data[:, n_eq + 2 :] = np.column_stack([coefficients for coefficients, _ in inequalities])
+    lower, upper = problem.lower_bounds, problem.upper_bounds
+    constant = np.concatenate(
+        ([rhs for _, rhs in equalities], -lower, upper, [rhs for _, rhs in inequalities], [0.0] if sharpe else [])
+    )
+    # Explicit zeros (non-members of a group, a zero μ_i) would be structural entries of the KKT system: dropped.
+    keep = data != 0.0
+    index_flat, data_flat = index[keep], data[keep]  # row-major over (column, entry): column by column
+    indptr = np.concatenate(([0], np.cumsum(keep.sum(axis=1))))
+    if sharpe:
+        # κ's column: every right-hand side c moves to the left as −cκ, except (μ − r_f)ᵀy = 1; then −κ ≤ 0.
+        kappa = -constant
+        kappa[0] = 0.0
+        kappa[-1] = -1.0
+        nonzero = np.flatnonzero(kappa)
+        index_flat = np.concatenate((index_flat, nonzero))
+        data_flat = np.concatenate((data_flat, kappa[nonzero]))
+        indptr = np.append(indptr, indptr[-1] + nonzero.size)
+        b = np.zeros(m)
+        b[0] = 1.0
+    else:
+        b = constant
+    A = sp.csc_array((data_flat, index_flat, indptr), shape=(m, n_vars))
+    if problem.objective is Objective.MAX_RETURN:
+        P = sp.csc_array((n_vars, n_vars))
+    elif problem.objective is Objective.MAX_QUADRATIC_UTILITY:
+        P = _upper_triangle(sigma, problem.risk_aversion, n_vars)
+    else:
+        P = _upper_triangle(sigma, 2.0, n_vars)
+    q = np.zeros(n_vars)
+    if problem.objective in (Objective.MAX_RETURN, Objective.MAX_QUADRATIC_UTILITY):
+        q[:] = -(mu if net is None else mu - r_f)  # the constant r_f of the cash leg does not move the optimum
+    return ConicProgram(P=P, q=q, A=A, b=b, n_equalities=n_eq, homogenised=sharpe)
+
+
+def _settings(overrides: dict[str, float], time_limit: float) -> Any:
+    """Clarabel's settings: quiet, ``overrides`` (tolerances) and a time limit in seconds (inf: none)."""
+    settings = clarabel.DefaultSettings()
+    settings.verbose = False
+    for name, value in overrides.items():
+        setattr(settings, name, value)
+    settings.time_limit = time_limit
+    return settings
+
+
+def _remaining(started: float, time_limit_s: float | None) -> float:
+    """Seconds left before ``time_limit_s`` (inf without one).
+
+    Raises
+    ------
+    DeadlineExceededError
+        No time is left.
+    """
+    if time_limit_s is None:
+        return float("inf")
+    remaining = time_limit_s - (time.perf_counter() - started)
+    if remaining <= 0:
+        raise DeadlineExceededError(f"the solver did not finish within {time_limit_s:.3f} s")
+    return remaining
+
+
+def solve(program: ConicProgram, settings: dict[str, float], time_limit: float = float("inf")) -> Any:
+    """One Clarabel solve of ``program`` (``clarabel.DefaultSolution``: x, status, iterations ...)."""
+    solver = clarabel.DefaultSolver(
+        program.P, program.q, program.A, program.b, program.cones(), _settings(settings, time_limit)
+    )
+    return solver.solve()
+
+
+def _infeasible(problem: PortfolioProblem, status: str) -> InfeasibleError:
+    """The error of the cvxpy path (``solve_program``) for a solver-proved infeasible problem."""
+    return InfeasibleError(
+        "the solver proved the constraints infeasible (no portfolio meets all the constraints together)",
+        precondition_violations=(
+            PreconditionViolation(
+                "SOLVER_INFEASIBLE", "constraints", f"{SOLVER} reported {status} for {problem.objective}"
+            ),
+        ),
+    )
+
+
+def try_direct_path(
+    problem: PortfolioProblem, moments: Moments, *, started: float, time_limit_s: float | None = None
+) -> OptimizationResult | None:
+    """``optimize_mean_variance``'s result from Clarabel called on the assembled program, or None.
+
+    Parameters
+    ----------
+    problem : PortfolioProblem
+        The problem, pre-checked (``services.mean_variance.precheck``).
+    moments : Moments
+        Its validated annualised moments.
+    started : float
+        ``time.perf_counter()`` at the start of the call, for ``solve_time_ms`` and ``time_limit_s``.
+    time_limit_s : float, optional
+        Wall-clock limit of the whole call in seconds, measured from ``started``.
+
+    Returns
+    -------
+    OptimizationResult or None
+        Post-processed exactly as the cvxpy path (noise within ``TOLERANCE`` outside a bound put on the bound,
+        ``check_constraints``, ``portfolio_performance``, ``objective_value_of``), with ``solver`` ``CLARABEL``,
+        ``solve_path`` ``CLARABEL_DIRECT`` and Clarabel's iteration count. Status ``OPTIMAL`` when Clarabel
+        reports ``Solved``; on ``AlmostSolved`` the program is solved again with Clarabel's default tolerances,
+        as the cvxpy path does, and the answer is ``OPTIMAL`` if that one is ``Solved``, else the first answer
+        with ``OPTIMAL_INACCURATE``. None when the module is switched off (``ENABLED``), the problem is not
+        eligible (``eligible``), or Clarabel ends otherwise (numerical trouble, iteration limit, unbounded, a
+        degenerate κ = 0): the cvxpy path, with its SCS fallback, then answers.
+
+    Raises
+    ------
+    InfeasibleError
+        Clarabel proved the constraints infeasible (``SOLVER_INFEASIBLE``, as the cvxpy path).
+    DeadlineExceededError
+        No time was left before the solve, or Clarabel hit the time limit.
+    """
+    if not ENABLED or not eligible(problem):
+        return None
+    rows = _sector_rows(problem)
+    program = build_program(problem, moments, rows)
+    solution = solve(program, CLARABEL_SETTINGS, _remaining(started, time_limit_s))
+    status = str(solution.status)
+    if status == "AlmostSolved":
+        retry = solve(program, {**CLARABEL_SETTINGS, **CLARABEL_DEFAULTS}, _remaining(started, time_limit_s))
+        if str(retry.status) == "Solved":
+            solution, status = retry, "Solved"
+    if status in ("PrimalInfeasible", "AlmostPrimalInfeasible"):
+        raise _infeasible(problem, "infeasible" if status == "PrimalInfeasible" else "infeasible_inaccurate")
+    if status == "MaxTime":
+        raise DeadlineExceededError(f"the solver did not finish within {time_limit_s or 0.0:.3f} s")
+    if status not in ("Solved", "AlmostSolved"):
+        return None
+    x = np.asarray(solution.x, dtype=np.float64)
+    raw = x[: problem.n_assets]
+    if program.homogenised:
+        kappa = float(x[-1])
+        if not kappa > 1e-12:
+            return None  # degenerate: the cvxpy path decides (and reports it)
+        raw = raw / kappa
+    lower, upper = problem.lower_bounds, problem.upper_bounds
+    # Solver noise just outside a bound (≤ TOLERANCE) is put on the bound; larger breaches stay and are reported.
+    weights = np.where((raw < lower) & (raw >= lower - TOLERANCE), lower, raw)
+    weights = np.where((weights > upper) & (weights <= upper + TOLERANCE), upper, weights)
+    violations = check_constraints(weights, problem, moments)
+    return OptimizationResult(
+        weights=weights,
+        performance=portfolio_performance(weights, moments, problem.risk_free_rate),
+        objective_value=float(objective_value_of(weights, problem, moments)),
+        status="OPTIMAL" if status == "Solved" else "OPTIMAL_INACCURATE",
+        iterations=int(solution.iterations),
+        solver=SOLVER,
+        solve_time_ms=(time.perf_counter() - started) * 1000.0,
+        constraints_satisfied=not violations,
+        violations=violations,
+        fallback_used=False,
+        solve_path=SOLVE_PATH,
+    )
