@@ -285,6 +285,23 @@ class EventReadRepository:
         UnavailableError
             When the database cannot be reached.
         """
+        rows = await self._newest_first("portfolio_optimized", _EVENT_COLUMNS, portfolio_id, start, end, limit, after)
+        return [_event(row) for row in rows]
+
+    async def _newest_first(
+        self,
+        table: str,
+        columns: str,
+        portfolio_id: str,
+        start: datetime | None,
+        end: datetime | None,
+        limit: int,
+        after: HistoryKey | None,
+    ) -> list[asyncpg.Record]:
+        """Rows of an event hypertable in ``[start, end)``, newest first by ``(timestamp, event_id)``, after a key.
+
+        ``table`` and ``columns`` are constants of this module (never request data).
+        """
         conditions, arguments = _time_range(portfolio_id, start, end)
         if after is not None:
             arguments.extend((after.timestamp, after.event_id))
@@ -294,12 +311,11 @@ class EventReadRepository:
             conditions.append(f'("timestamp", event_id) < (${timestamp_arg}, ${event_id_arg})')
         arguments.append(limit)
         query = (
-            f"SELECT {_EVENT_COLUMNS} FROM portfolio_optimized WHERE {' AND '.join(conditions)} "
+            f"SELECT {columns} FROM {table} WHERE {' AND '.join(conditions)} "
             f'ORDER BY "timestamp" DESC, event_id DESC LIMIT ${len(arguments)}'
         )
         async with _database_errors():
-            rows = await self._pool.fetch(query, *arguments)
-        return [_event(row) for row in rows]
+            return list(await self._pool.fetch(query, *arguments))
 
     async def analytics_window(
         self, portfolio_id: str, *, start: datetime | None, end: datetime | None
@@ -419,19 +435,9 @@ class EventReadRepository:
         UnavailableError
             When the database cannot be reached.
         """
-        conditions, arguments = _time_range(portfolio_id, start, end)
-        if after is not None:
-            arguments.extend((after.timestamp, after.event_id))
-            timestamp_arg, event_id_arg = len(arguments) - 1, len(arguments)
-            conditions.append(f'"timestamp" <= ${timestamp_arg}')
-            conditions.append(f'("timestamp", event_id) < (${timestamp_arg}, ${event_id_arg})')
-        arguments.append(limit)
-        query = (
-            f"SELECT {_REBALANCE_EVENT_COLUMNS} FROM rebalance_events WHERE {' AND '.join(conditions)} "
-            f'ORDER BY "timestamp" DESC, event_id DESC LIMIT ${len(arguments)}'
+        rows = await self._newest_first(
+            "rebalance_events", _REBALANCE_EVENT_COLUMNS, portfolio_id, start, end, limit, after
         )
-        async with _database_errors():
-            rows = await self._pool.fetch(query, *arguments)
         return [_rebalance_event(row) for row in rows]
 
 

@@ -44,7 +44,6 @@ return carries the cash leg r_f(1 − 1ᵀw): μ is replaced by μ − r_f in th
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -56,7 +55,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from services.errors import DeadlineExceededError, InfeasibleError, PreconditionViolation
-from services.fast_qp import _is_default
+from services.fast_qp import only_fields_set
 from services.mean_variance import (
     CLARABEL_DEFAULTS,
     CLARABEL_SETTINGS,
@@ -146,11 +145,8 @@ def eligible(problem: PortfolioProblem) -> bool:
     """
     if problem.objective not in ELIGIBLE_OBJECTIVES or problem.n_assets == 0:
         return False
-    for field in dataclasses.fields(problem):
-        if field.name in READ_FIELDS or field.name in INERT_FIELDS:
-            continue
-        if not _is_default(getattr(problem, field.name), field):
-            return False
+    if not only_fields_set(problem, READ_FIELDS | INERT_FIELDS):
+        return False
     if problem.objective is Objective.MAX_QUADRATIC_UTILITY and not (
         np.isfinite(problem.risk_aversion) and problem.risk_aversion > 0.0
     ):

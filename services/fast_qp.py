@@ -868,6 +868,14 @@ def _sharpe_search(data: _Problem, excess: FloatArray, state: IntArray, lam: flo
 # --------------------------------------------------------------------------------------- the engine's dispatch
 
 
+def only_fields_set(problem: PortfolioProblem, allowed: frozenset[str]) -> bool:
+    """Whether every field of ``problem`` outside ``allowed`` equals its default (a field added later included)."""
+    return all(
+        field.name in allowed or _is_default(getattr(problem, field.name), field)
+        for field in dataclasses.fields(problem)
+    )
+
+
 def _is_default(value: Any, field: dataclasses.Field[Any]) -> bool:
     if field.default is not dataclasses.MISSING:
         default = field.default
@@ -892,13 +900,8 @@ def eligible(problem: PortfolioProblem) -> bool:
     Every field other than ``FIXED_FIELDS`` and ``INERT_FIELDS`` must equal its default (compared field by field
     with ``dataclasses.fields``), so that a constraint family added later is not eligible until it is reviewed.
     """
-    if problem.objective not in ELIGIBLE_OBJECTIVES:
+    if problem.objective not in ELIGIBLE_OBJECTIVES or not only_fields_set(problem, FIXED_FIELDS | INERT_FIELDS):
         return False
-    for field in dataclasses.fields(problem):
-        if field.name in FIXED_FIELDS or field.name in INERT_FIELDS:
-            continue
-        if not _is_default(getattr(problem, field.name), field):
-            return False
     if problem.objective is Objective.MAX_QUADRATIC_UTILITY and not (
         np.isfinite(problem.risk_aversion) and problem.risk_aversion > 0.0
     ):
