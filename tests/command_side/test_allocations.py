@@ -18,12 +18,11 @@ import pandas as pd
 import psycopg
 import pytest
 from google.protobuf import duration_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import trading_service_pb2 as trading_pb
 from stratopt.v1 import types_pb2 as pb
+from tests.command_side.test_optimize_service import field_violations, precondition_types
 from tests.conftest import DATA_DIR
 
 pytestmark = pytest.mark.integration
@@ -56,32 +55,6 @@ def equal_targets(prices: dict[str, float], symbols: list[str], **fields: Any) -
 
 def no_cache() -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=0)
-
-
-def status_of(error: grpc.RpcError) -> Any:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None, "the error carries a google.rpc.Status"
-    return status
-
-
-def field_violations(error: grpc.RpcError) -> list[str]:
-    fields = []
-    for detail in status_of(error).details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields += [v.field for v in bad.field_violations]
-    return fields
-
-
-def precondition_types(error: grpc.RpcError) -> list[str]:
-    types = []
-    for detail in status_of(error).details:
-        if detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
-            failure = error_details_pb2.PreconditionFailure()
-            detail.Unpack(failure)
-            types += [v.type for v in failure.violations]
-    return types
 
 
 def check_allocation(request: trading_pb.AllocateSharesRequest, response: trading_pb.AllocateSharesResponse) -> None:
