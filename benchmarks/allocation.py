@@ -1,4 +1,4 @@
-"""Integer-share allocation: ``services.allocation`` (MILP and greedy) next to PyPortfolioOpt's ``lp_portfolio``.
+"""Integer-share allocation: ``services.trading`` (MILP and greedy) next to PyPortfolioOpt's ``lp_portfolio``.
 
 What is measured
 ----------------
@@ -64,7 +64,7 @@ import numpy as np
 import pandas as pd
 from pypfopt import DiscreteAllocation
 
-from services.allocation import AllocationRequest, AllocationResult, AllocationTarget, allocate, greedy_allocation
+from services.trading import AllocationRequest, AllocationResult, AllocationTarget, allocate, greedy_allocation
 from services.types import FloatArray
 
 REAL_N = 20
@@ -219,7 +219,7 @@ def load_average() -> str:
 def render(rows: list[Row], args: argparse.Namespace, command: str, load_before: str, load_after: str) -> str:
     """Format the report: header lines, the table and the notes."""
     lines = [
-        "stratopt integer allocation (services.allocation) vs PyPortfolioOpt DiscreteAllocation.lp_portfolio",
+        "stratopt integer allocation (services.trading._allocation) vs PyPortfolioOpt DiscreteAllocation.lp_portfolio",
         f"command:  {command}",
         f"machine:  {machine()}; load average {load_before} (before), {load_after} (after)",
         f"versions: {versions()}",
@@ -275,7 +275,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Parse the command-line options."""
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.allocation",
-        description="Integer allocation: services.allocation vs PyPortfolioOpt lp_portfolio.",
+        description="Integer allocation: services.trading._allocation vs PyPortfolioOpt lp_portfolio.",
     )
     parser.add_argument("--sizes", default="20,100,500", help="comma-separated N (default 20,100,500)")
     parser.add_argument("--instances", type=int, default=3, help="seeded instances per N (default 3)")

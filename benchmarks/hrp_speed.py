@@ -1,4 +1,4 @@
-"""Hierarchical risk parity: ``services.hrp`` next to PyPortfolioOpt's ``HRPOpt`` on the same covariance.
+"""Hierarchical risk parity: ``services.optimization`` HRP next to PyPortfolioOpt's ``HRPOpt`` on the same covariance.
 
 What is measured
 ----------------
@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 from pypfopt import HRPOpt
 
-from services.hrp import LINKAGE_METHODS, hierarchical_risk_parity
+from services.optimization import LINKAGE_METHODS, hierarchical_risk_parity
 from services.types import FloatArray
 
 REAL_N = 20
@@ -176,7 +176,7 @@ def load_average() -> str:
 def render(rows: list[Row], command: str, load_before: str, load_after: str, warmup: int) -> str:
     """Format the report: header lines, the table and the target verdict."""
     lines = [
-        "stratopt hierarchical risk parity (services.hrp) vs PyPortfolioOpt HRPOpt on the same covariance",
+        "stratopt hierarchical risk parity (services.optimization) vs PyPortfolioOpt HRPOpt on the same covariance",
         f"command:  {command}",
         f"machine:  {machine()}; load average {load_before} (before), {load_after} (after)",
         f"versions: {versions()}",
@@ -218,7 +218,8 @@ def default_repeats(n: int) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Parse the command-line options."""
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.hrp_speed", description="HRP speed: services.hrp vs PyPortfolioOpt HRPOpt."
+        prog="python -m benchmarks.hrp_speed",
+        description="HRP speed: services.optimization._hierarchical vs PyPortfolioOpt HRPOpt.",
     )
     parser.add_argument("--sizes", default="20,100,500,2000", help="comma-separated N (default 20,100,500,2000)")
     parser.add_argument("--linkages", default="single", help=f"comma-separated, of {', '.join(LINKAGE_METHODS)}")

@@ -1,4 +1,4 @@
-"""Speed of the direct Clarabel path (``services.clarabel_direct``) next to cvxpy and Clarabel called directly.
+"""Speed of the direct Clarabel path (``_clarabel_direct``) next to cvxpy and Clarabel called directly.
 
 What is measured
 ----------------
@@ -50,13 +50,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from benchmarks.mean_variance_fast_path import RISK_FREE, moments_for
-from services import clarabel_direct
-from services.mean_variance import (
-    CLARABEL_SETTINGS,
-    _sector_rows,
-    max_achievable_return,
-    optimize_mean_variance,
-)
+from services.optimization import _clarabel_direct as clarabel_direct
+from services.optimization import max_achievable_return, optimize_mean_variance
+from services.optimization._mean_variance import CLARABEL_SETTINGS, _sector_rows
 from services.types import Moments, Objective, OptimizationResult, PortfolioProblem, SectorLimit
 
 GROUPS = 10

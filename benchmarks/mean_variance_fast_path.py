@@ -1,4 +1,4 @@
-"""Speed of the mean-variance fast path (``services.fast_qp``) next to the Clarabel path and PyPortfolioOpt.
+"""Speed of the mean-variance fast path (``_active_set``) next to the Clarabel path and PyPortfolioOpt.
 
 What is measured
 ----------------
@@ -50,8 +50,8 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from benchmarks.risk_parity_speed import synthetic_inputs
-from services import fast_qp
-from services.mean_variance import optimize_mean_variance
+from services.optimization import _active_set as fast_qp
+from services.optimization import optimize_mean_variance
 from services.types import FloatArray, Moments, Objective, OptimizationResult, PortfolioProblem
 
 RISK_FREE = 0.02

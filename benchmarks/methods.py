@@ -73,7 +73,7 @@ Robust: the ellipsoid (μ − μ̂)ᵀ Σ_μ⁻¹ (μ − μ̂) ≤ κ², κ² =
 
 Objective gap: each side's weights are evaluated here in NumPy on the common inputs, f(w) = wᵀΣw (min volatility),
 μᵀw / sqrt(wᵀΣw) (max Sharpe; on stratopt's posterior μ_bl, Σ_bl for Black-Litterman), CVaR / MAD / CDaR of Xw
-(``services.risk_measures``' definitions, those of skfolio), the worst-case return μᵀw − κ sqrt(252/T) σ(w) (minus
+(``services.optimization``' definitions, those of skfolio), the worst-case return μᵀw − κ sqrt(252/T) σ(w) (minus
 δ/2 wᵀΣw for utility). ``gap`` = (f(w_library) − f(w_stratopt)) / |f(w_stratopt)| for a minimisation and
 (f(w_stratopt) − f(w_library)) / |f(w_stratopt)| for a maximisation: positive means stratopt's portfolio is
 better. Risk parity and HRP have no such objective: for ``erc`` the cell gives the library's largest relative
@@ -308,7 +308,7 @@ class Reference:
 
 def objective_value(spec: MethodSpec, weights: np.ndarray, data: Inputs, reference: Reference) -> float:
     """The method's objective at ``weights``, in NumPy on the common inputs (see the module docstring)."""
-    from services.risk_measures import RiskMeasure, risk_measure_value
+    from services.optimization import RiskMeasure, risk_measure_value
 
     mu, covariance = reference.mu, reference.covariance
     variance = float(weights @ covariance @ weights)
@@ -362,10 +362,9 @@ class StratoptRun:
 
 def stratopt_call(spec: MethodSpec, data: Inputs) -> Callable[[], tuple[Any, Reference]]:
     """A closure making the engine call of ``spec`` on ``data``; it returns the result and the reference moments."""
-    from services.black_litterman import BlackLittermanPosterior
     from services.engine import BlackLittermanSettings, Method, MethodSettings, OptimizationJob, run_optimization
-    from services.risk_measures import RiskMeasure, optimize_risk_measure, risk_measure_value
-    from services.robust import Uncertainty
+    from services.estimation import BlackLittermanPosterior
+    from services.optimization import RiskMeasure, Uncertainty, optimize_risk_measure, risk_measure_value
     from services.types import EstimationSettings, Moments, Objective, PortfolioProblem
 
     n = data.n

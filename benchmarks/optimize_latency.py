@@ -624,8 +624,8 @@ def in_process_breakdown(rows: list[tuple[Row, cmd_pb.OptimizeRequest]], health:
     import cvxpy as cp
 
     from command_side.mapping import validate_optimize_request
-    from services.estimators import estimate_moments
-    from services.mean_variance import optimize_mean_variance
+    from services.estimation import estimate_moments
+    from services.optimization import optimize_mean_variance
 
     clarabel: list[float] = []
     solve = cp.Problem.solve

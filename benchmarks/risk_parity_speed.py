@@ -1,4 +1,4 @@
-"""Speed and accuracy of ``services.risk_parity.risk_budgeting`` next to skfolio and Riskfolio-Lib.
+"""Speed and accuracy of ``services.optimization._risk_budgeting.risk_budgeting`` next to skfolio and Riskfolio-Lib.
 
 What is measured
 ----------------
@@ -273,7 +273,7 @@ class Row:
 
 def run_size(n: int, repeats: int, limit_s: float, budget_s: float) -> Row:
     """Time stratopt in-process and the libraries in children at one N."""
-    from services.risk_parity import risk_budgeting, warm_up
+    from services.optimization import risk_budgeting, warm_up
 
     data = inputs_for(n)
     progress(f"N={n}: stratopt, warm_up (trace + compile)")

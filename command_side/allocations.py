@@ -4,7 +4,7 @@ AllocateShares
 --------------
 1. The request is checked where the engine cannot see the proto (empty or duplicate symbols, holdings' shares
    that are not finite whole numbers ≥ 0, holdings without a price, the strategy, ``cache_ttl``), turned into a
-   ``services.allocation.AllocationRequest`` (unset ``allowed_deviation`` = 0.10, ``lot_size`` 0 = 1, relaxation
+   ``services.trading.AllocationRequest`` (unset ``allowed_deviation`` = 0.10, ``lot_size`` 0 = 1, relaxation
    allowed) and hashed by ``allocation_cache_key``, which validates the rest; the engine's field paths
    (``targets[i].name``) are translated to the proto's (``targets[i].symbol``).
 2. Unless ``bypass_cache``, an unexpired cache entry of that key is answered as stored, with ``cached`` true,
@@ -39,7 +39,8 @@ import asyncpg
 
 from command_side.allocations_repository import AllocationRepository
 from command_side.workers import SolverPool
-from services.allocation import (
+from services.errors import DeadlineExceededError, InvalidInputError, NotFoundError
+from services.trading import (
     DEFAULT_ALLOWED_DEVIATION,
     AllocationRequest,
     AllocationResult,
@@ -49,7 +50,6 @@ from services.allocation import (
     Holding,
     allocation_cache_key,
 )
-from services.errors import DeadlineExceededError, InvalidInputError, NotFoundError
 from stratopt.v1 import trading_service_pb2 as trading_pb
 
 DEFAULT_CACHE_TTL: Final = timedelta(hours=1)

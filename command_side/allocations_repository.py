@@ -1,7 +1,7 @@
 """The allocation cache and its events over PostgreSQL + TimescaleDB (asyncpg).
 
 Tables (``migrations/0006_trading.sql``): ``share_allocations`` holds AllocateShares results keyed by the hash of
-their normalised input (``services.allocation.allocation_cache_key``), each with the normalised request (jsonb,
+their normalised input (``services.trading.allocation_cache_key``), each with the normalised request (jsonb,
 protobuf JSON mapping with the proto field names) and the ``stratopt.v1.AllocateSharesResponse`` as first
 returned (serialized, ``cached`` false, ``expires_at`` set). A row past ``expires_at`` is a miss; expired rows
 are deleted by every write. An allocation made for a portfolio is recorded as a ``SHARES_ALLOCATED`` row of the

@@ -34,8 +34,8 @@ from services.errors import (
     PreconditionViolation,
     StratoptError,
 )
-from services.estimators import returns_between_observations
-from services.mean_variance import HELD_THRESHOLD
+from services.estimation import returns_between_observations
+from services.optimization import HELD_THRESHOLD
 from services.types import Moments, ReturnHistory
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb

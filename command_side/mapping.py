@@ -19,8 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.engine import BlackLittermanSettings, Method, MethodSettings
 from services.errors import InvalidInputError
-from services.risk_measures import RiskMeasure
-from services.robust import Uncertainty
+from services.optimization import RiskMeasure, Uncertainty
 from services.types import (
     CovarianceEstimator,
     EstimationSettings,

@@ -1,8 +1,8 @@
 """Holdings, rebalance policies, drift, rebalance recommendations and their approval over gRPC.
 
 The use cases of ``stratopt.v1.TradingCommandService`` from UpsertHoldings to RejectRebalance. The numbers come
-from the pure engine (:func:`services.rebalance.check_drift`, :func:`services.rebalance.generate_rebalance` and
-:mod:`services.tax_lots`); this module validates requests, gathers the stored inputs (holdings, policy, prices,
+from the pure engine (:func:`services.trading.check_drift`, :func:`services.trading.generate_rebalance` and
+:mod:`services.trading`); this module validates requests, gathers the stored inputs (holdings, policy, prices,
 target) and persists through :class:`command_side.rebalancing_repository.RebalancingRepository`.
 
 Inputs of CheckDrift and GenerateRebalance
@@ -61,17 +61,23 @@ from services.errors import (
     PreconditionError,
     PreconditionViolation,
 )
-from services.rebalance import (
+from services.trading import (
     CostModel,
     DriftReport,
+    Holding,
     ImpactModel,
+    LotMethod,
     MarketInputs,
+    Purchase,
+    RealizedLoss,
     RebalancePlan,
     Side,
+    TaxLot,
+    TaxSettings,
     check_drift,
     generate_rebalance,
+    validate_lots,
 )
-from services.tax_lots import Holding, LotMethod, Purchase, RealizedLoss, TaxLot, TaxSettings, validate_lots
 from stratopt.v1 import trading_service_pb2 as trading_pb
 
 DEFAULT_DRIFT_THRESHOLD: Final = 0.05
@@ -212,7 +218,7 @@ def _market(market: Mapping[str, trading_pb.MarketInputs]) -> dict[str, trading_
 
 
 def _lots(position: trading_pb.Position, field: str) -> tuple[TaxLot, ...]:
-    """The position's tax lots, validated (see :func:`services.tax_lots.validate_lots`)."""
+    """The position's tax lots, validated (see :func:`services.trading.validate_lots`)."""
     if len(position.lots) > MAX_LOTS_PER_POSITION:
         raise InvalidInputError.for_field(f"{field}.lots", f"at most {MAX_LOTS_PER_POSITION} lots per position")
     lots = []
@@ -636,7 +642,7 @@ class RebalancingService:
     ) -> trading_pb.GenerateRebalanceResponse:
         """Generate and store a rebalance recommendation, or replay the one of a repeated ``request_id``.
 
-        The trade list is :func:`services.rebalance.generate_rebalance` on the portfolio's inputs (see the module
+        The trade list is :func:`services.trading.generate_rebalance` on the portfolio's inputs (see the module
         docstring) with the policy's bands, minimum trade value, turnover cap, cost model, lot method, tax
         settings and ``prefer_losses``, on the trade date ``as_of`` (default now, UTC). Wash-sale checks see this
         list's own loss sales plus the sells with a realised loss and the buys of the portfolio's APPROVED and

@@ -19,8 +19,6 @@ from typing import TypeVar
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from services.allocation import AllocationRequest, AllocationResult
-from services.allocation import allocate as allocate_shares
 from services.engine import (
     FrontierOutcome,
     OptimizationJob,
@@ -29,6 +27,8 @@ from services.engine import (
     run_optimization,
 )
 from services.errors import DeadlineExceededError, UnavailableError
+from services.trading import AllocationRequest, AllocationResult
+from services.trading import allocate as allocate_shares
 from services.types import EstimationSettings, Moments, Objective, PortfolioProblem
 
 T = TypeVar("T")
@@ -88,7 +88,7 @@ class SolverPool:
         return await self._call(efficient_frontier, job, points, timeout_s=timeout_s)
 
     async def allocate(self, request: AllocationRequest, *, timeout_s: float | None) -> AllocationResult:
-        """Run ``services.allocation.allocate`` (the integer-share MILP) in a worker.
+        """Run ``services.trading.allocate`` (the integer-share MILP) in a worker.
 
         Parameters
         ----------

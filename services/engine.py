@@ -15,7 +15,6 @@ from enum import StrEnum
 
 import numpy as np
 
-from services.black_litterman import BlackLittermanPosterior, BlackLittermanSpec, black_litterman_posterior
 from services.errors import (
     DeadlineExceededError,
     InfeasibleError,
@@ -23,18 +22,28 @@ from services.errors import (
     OptimizationError,
     PreconditionViolation,
 )
-from services.estimators import estimate_betas, estimate_moments
-from services.hrp import hierarchical_risk_parity
-from services.mean_variance import (
-    check_constraints,
-    optimize_mean_variance,
-    portfolio_performance,
+from services.estimation import (
+    BlackLittermanPosterior,
+    BlackLittermanSpec,
+    black_litterman_posterior,
+    estimate_betas,
+    estimate_moments,
     validate_moments,
 )
-from services.relaxation import find_relaxation
-from services.risk_measures import RiskMeasure, optimize_risk_measure, risk_measure_value
-from services.risk_parity import risk_budgeting, risk_contributions
-from services.robust import Uncertainty, optimize_robust
+from services.optimization import (
+    RiskMeasure,
+    Uncertainty,
+    check_constraints,
+    find_relaxation,
+    hierarchical_risk_parity,
+    optimize_mean_variance,
+    optimize_risk_measure,
+    optimize_robust,
+    portfolio_performance,
+    risk_budgeting,
+    risk_contributions,
+    risk_measure_value,
+)
 from services.types import (
     EstimatedMoments,
     EstimationSettings,

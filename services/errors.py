@@ -96,3 +96,21 @@ class UnavailableError(StratoptError):
     """A dependency (the database) cannot be reached; the call may be retried."""
 
     code = "UNAVAILABLE"
+
+
+class PersistenceError(StratoptError):
+    """A store could not complete an operation (the root of the persistence errors, shaped after PEP 249)."""
+
+    code = "INTERNAL"
+
+
+class IntegrityError(PersistenceError):
+    """A write conflicts with what is stored (a duplicate key, e.g. a ``request_id`` already used)."""
+
+    code = "ALREADY_EXISTS"
+
+
+class OperationalError(PersistenceError, UnavailableError):
+    """The store cannot be reached or dropped the connection mid-operation; the call may be retried."""
+
+    code = "UNAVAILABLE"

@@ -233,7 +233,7 @@ class PortfolioProblem:
     """Net exposure Σw upper bound (see ``min_net_exposure``)."""
     allow_relaxation: bool = False
     """When the constraints are infeasible, solve the smallest relaxation instead of failing (see
-    ``services.relaxation``)."""
+    ``services.optimization._relaxation``)."""
 
     @property
     def n_assets(self) -> int:

@@ -28,8 +28,14 @@ from skfolio.prior import EmpiricalPrior
 from skfolio.uncertainty_set import BaseMuUncertaintySet, EmpiricalMuUncertaintySet, UncertaintySet
 
 from services.errors import InfeasibleError, InvalidInputError
-from services.mean_variance import check_constraints, optimize_mean_variance
-from services.robust import MuUncertaintySet, Uncertainty, mu_uncertainty_set, optimize_robust
+from services.optimization import (
+    MuUncertaintySet,
+    Uncertainty,
+    check_constraints,
+    mu_uncertainty_set,
+    optimize_mean_variance,
+    optimize_robust,
+)
 from services.types import Moments, Objective, OptimizationResult, PortfolioProblem, SectorLimit
 from tests.services.market_data import SP500_SECTORS
 

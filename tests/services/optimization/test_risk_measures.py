@@ -25,9 +25,9 @@ from skfolio.optimization import MeanRisk, ObjectiveFunction
 from skfolio.prior import EmpiricalPrior
 
 from services.errors import DeadlineExceededError, InfeasibleError, InvalidInputError
-from services.mean_variance import check_constraints
-from services.risk_measures import (
+from services.optimization import (
     RiskMeasure,
+    check_constraints,
     conditional_drawdown_at_risk,
     conditional_value_at_risk,
     drawdowns,
@@ -446,7 +446,7 @@ def test_cvar_by_the_simplex_equals_the_interior_point_answer(
     daily_returns: pd.DataFrame, scenarios: np.ndarray, moments: Moments, objective: Objective, monkeypatch: Any
 ) -> None:
     """CVaR LPs go to HiGHS first (a vertex); Clarabel (interior point, 1e-10) gives the same optimum."""
-    import services.risk_measures as rm
+    import services.optimization._risk_measures as rm
 
     tickers = list(daily_returns.columns)
     problem = make_problem(objective, tickers, 0.0, 0.3, with_sectors=True)

@@ -6,7 +6,7 @@ Problems whose constraints are all linear and whose objective is a variance or l
 quadratic utility, max return and max Sharpe (homogenised), under the budget 1ᵀw = 1 (or net exposure bounds),
 finite per-name bounds l ≤ w ≤ u, group limits of any classification scheme and a minimum expected return. Every
 other problem (a volatility cap, the desk families, the multi-objective, cardinality, relaxation, infinite bounds,
-a field added to ``PortfolioProblem`` later) is left to the cvxpy path of ``services.mean_variance``:
+a field added to ``PortfolioProblem`` later) is left to the cvxpy path of ``services.optimization._mean_variance``:
 ``try_direct_path`` returns None, as it does when Clarabel fails (the cvxpy path then tries again, with SCS as its
 fallback).
 
@@ -39,7 +39,7 @@ risk-free rate and m_k the 0/1 membership of group k:
 With net exposure bounds the budget becomes low ≤ 1ᵀw ≤ high (low·κ ≤ 1ᵀy ≤ high·κ for max Sharpe) and the
 return carries the cash leg r_f(1 − 1ᵀw): μ is replaced by μ − r_f in the objective and min_return becomes
 (μ − r_f)ᵀw ≥ r_min − r_f ((μ − r_f)ᵀy ≥ (r_min − r_f)κ). These are the programs the cvxpy path builds
-(``services.mean_variance._Program``), so both paths have the same optimum.
+(``services.optimization._mean_variance._Program``), so both paths have the same optimum.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from services.errors import DeadlineExceededError, InfeasibleError, PreconditionViolation
-from services.fast_qp import only_fields_set
-from services.mean_variance import (
+from services.optimization._active_set import only_fields_set
+from services.optimization._mean_variance import (
     CLARABEL_DEFAULTS,
     CLARABEL_SETTINGS,
     TOLERANCE,
@@ -205,7 +205,7 @@ def build_program(problem: PortfolioProblem, moments: Moments, rows: list[_Secto
     moments : Moments
         Annualised expected returns μ (N,) and covariance Σ (N, N), validated.
     rows : list of _SectorRows
-        Its group limits (``services.mean_variance._sector_rows``).
+        Its group limits (``services.optimization._mean_variance._sector_rows``).
 
     Returns
     -------
@@ -349,7 +349,7 @@ def try_direct_path(
     Parameters
     ----------
     problem : PortfolioProblem
-        The problem, pre-checked (``services.mean_variance.precheck``).
+        The problem, pre-checked (``services.optimization._mean_variance.precheck``).
     moments : Moments
         Its validated annualised moments.
     started : float

@@ -17,18 +17,21 @@ import pandas as pd
 import pytest
 
 from services.errors import InvalidInputError
-from services.rebalance import (
+from services.trading import (
     CostModel,
     Holding,
     ImpactModel,
+    LotMethod,
     MarketInputs,
+    Purchase,
+    RealizedLoss,
     RebalancePlan,
     Side,
+    TaxLot,
     check_drift,
     estimate_trade_costs,
     generate_rebalance,
 )
-from services.tax_lots import LotMethod, Purchase, RealizedLoss, TaxLot
 
 HORIZON = 252  # the initial portfolio was bought one year (252 trading days) before the last row
 INITIAL_VALUE = 1_000_000.0

@@ -102,59 +102,6 @@ def portfolio_performance(weights: FloatArray, moments: Moments, risk_free_rate:
     return PortfolioPerformance(expected_return=expected, volatility=volatility, sharpe_ratio=sharpe)
 
 
-def validate_moments(moments: Moments, n_assets: int) -> None:
-    """Check shapes, finiteness, symmetry and positive semidefiniteness of caller-given moments.
-
-    Parameters
-    ----------
-    moments : Moments
-        Expected returns (N,) and covariance (N, N).
-    n_assets : int
-        N, the number of strategies.
-
-    Raises
-    ------
-    InvalidInputError
-        Naming ``moments.expected_returns`` or ``moments.covariance``.
-    """
-    mu, sigma = moments.expected_returns, moments.covariance
-    if mu.shape != (n_assets,):
-        raise InvalidInputError.for_field("moments.expected_returns", f"has {mu.size} values for {n_assets} strategies")
-    if sigma.shape != (n_assets, n_assets):
-        raise InvalidInputError.for_field(
-            "moments.covariance", f"has {sigma.size} values; expected {n_assets}x{n_assets} = {n_assets**2}"
-        )
-    if not np.all(np.isfinite(mu)):
-        idx = int(np.flatnonzero(~np.isfinite(mu))[0])
-        raise InvalidInputError.for_field(f"moments.expected_returns[{idx}]", "must be finite")
-    if not np.all(np.isfinite(sigma)):
-        idx = int(np.flatnonzero(~np.isfinite(sigma.ravel()))[0])
-        raise InvalidInputError.for_field(f"moments.covariance[{idx}]", "must be finite")
-    scale = max(float(np.max(np.abs(sigma))), 1e-300)
-    asymmetry = np.abs(sigma - sigma.T)  # one pass (np.allclose built four N×N temporaries: 36 ms at N = 2000)
-    if float(asymmetry.max()) > 1e-10 * scale:
-        i, j = np.unravel_index(int(np.argmax(asymmetry)), sigma.shape)
-        raise InvalidInputError.for_field(
-            "moments.covariance", f"is not symmetric: entry ({i},{j}) differs from ({j},{i})"
-        )
-    flat = np.flatnonzero(np.diag(sigma) <= 0.0)
-    if flat.size:
-        raise InvalidInputError.for_field(
-            f"moments.covariance[{int(flat[0]) * (n_assets + 1)}]", "every variance (diagonal entry) must be positive"
-        )
-    symmetric = (sigma + sigma.T) / 2.0
-    try:  # a Cholesky factor proves positive definiteness at a fraction of an eigendecomposition's cost
-        np.linalg.cholesky(symmetric)
-        return
-    except np.linalg.LinAlgError:
-        pass
-    smallest = float(np.linalg.eigvalsh(symmetric)[0])
-    if smallest < -1e-10 * scale:
-        raise InvalidInputError.for_field(
-            "moments.covariance", f"is not positive semidefinite (smallest eigenvalue {smallest:.3g})"
-        )
-
-
 def _sector_rows(problem: PortfolioProblem) -> list[_SectorRows]:
     """One membership row per group limit, in any classification scheme (sector or ``classifications``)."""
     schemes = dict(problem.classifications)
@@ -794,7 +741,7 @@ class _Program:
         self.min_return = cp.Parameter()
         if shape.min_return:
             constraints.append(net_return >= self.min_return * scale)
-        # Every linear family so far; services.cardinality builds its mixed-integer master on them (the cones below
+        # Every linear family so far; _cardinality builds its mixed-integer master on them (the cones below
         # become its cuts).
         self.linear_constraints: list[cp.Constraint] = list(constraints)
         self.scale, self.net_return, self.trades = scale, net_return, trades
@@ -1149,16 +1096,22 @@ def optimize_mean_variance(
     """
     precheck(problem, moments)
     if problem.max_holdings is not None or problem.min_position_weight is not None:
-        from services.cardinality import optimize_cardinality  # mixed-integer: outer approximation with HiGHS
+        from services.optimization._cardinality import (
+            optimize_cardinality,  # mixed-integer: outer approximation with HiGHS
+        )
 
         return optimize_cardinality(problem, moments, time_limit_s=time_limit_s)
     started = time.perf_counter()
-    from services.fast_qp import try_fast_path  # budget + bounds only: exact active set (else Clarabel below)
+    from services.optimization._active_set import (
+        try_fast_path,  # budget + bounds only: exact active set (else Clarabel below)
+    )
 
     fast = try_fast_path(problem, moments, started=started) if time_limit_s is None or time_limit_s > 0 else None
     if fast is not None:
         return fast
-    from services.clarabel_direct import try_direct_path  # linear constraints only: Clarabel without cvxpy
+    from services.optimization._clarabel_direct import (
+        try_direct_path,  # linear constraints only: Clarabel without cvxpy
+    )
 
     if time_limit_s is None or time_limit_s > 0:
         direct = try_direct_path(problem, moments, started=started, time_limit_s=time_limit_s)

@@ -18,10 +18,11 @@ import pytest
 from pypfopt import EfficientFrontier, expected_returns, risk_models
 from scipy.optimize import linprog
 
-from services import clarabel_direct, fast_qp
 from services.errors import DeadlineExceededError, InfeasibleError, InvalidInputError, OptimizationError
-from services.estimators import estimate_moments
-from services.mean_variance import check_constraints, optimize_mean_variance, validate_moments
+from services.estimation import estimate_moments, validate_moments
+from services.optimization import _active_set as fast_qp
+from services.optimization import _clarabel_direct as clarabel_direct
+from services.optimization import check_constraints, optimize_mean_variance
 from services.types import (
     EstimationSettings,
     Moments,
@@ -790,7 +791,7 @@ def test_validate_moments_accepts_psd_and_rounding_noise() -> None:
 
 def test_cached_parametric_program_equals_a_fresh_constant_program(monkeypatch: pytest.MonkeyPatch) -> None:
     """Re-solving a cached program with other data of the same shape gives what a fresh build gives."""
-    import services.mean_variance as mv
+    import services.optimization._mean_variance as mv
 
     monkeypatch.setattr(fast_qp, "ENABLED", False)  # the cvxpy programs, not the active-set fast path
     monkeypatch.setattr(clarabel_direct, "ENABLED", False)  # nor the directly assembled one
@@ -869,7 +870,7 @@ def test_a_failing_primary_solver_falls_back_to_scs(
     sp500_frame_moments: tuple[pd.Series, pd.DataFrame], sp500_moments: Moments, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Clarabel made to fail (a fake of the solver call only): SCS answers, the result says so and is right."""
-    import services.mean_variance as mv
+    import services.optimization._mean_variance as mv
 
     monkeypatch.setattr(fast_qp, "ENABLED", False)  # the cvxpy programs, not the active-set fast path
     monkeypatch.setattr(clarabel_direct, "ENABLED", False)  # nor the directly assembled one

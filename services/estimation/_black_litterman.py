@@ -41,7 +41,7 @@ from pypfopt.black_litterman import (
 )
 
 from services.errors import InvalidInputError
-from services.mean_variance import validate_moments
+from services.estimation._moments import validate_moments
 from services.types import FloatArray, Moments
 
 DEFAULT_TAU = 0.05

@@ -23,7 +23,7 @@ from skfolio.optimization import HierarchicalRiskParity
 from skfolio.seriation import HierarchicalSeriation
 
 from services.errors import InfeasibleError, InvalidInputError
-from services.hrp import LINKAGE_METHODS, HrpResult, correlation_distance, hierarchical_risk_parity
+from services.optimization import LINKAGE_METHODS, HrpResult, correlation_distance, hierarchical_risk_parity
 from services.types import FloatArray
 
 WEIGHT_ATOL = 1e-12

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from services.errors import InvalidInputError
-from services.tax_lots import (
+from services.trading import (
     Holding,
     HoldingTerm,
     LotMethod,

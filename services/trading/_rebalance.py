@@ -74,7 +74,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from services.errors import InvalidInputError
-from services.tax_lots import (
+from services.trading._tax_lots import (
     HarvestCandidate,
     Holding,
     LotMethod,
@@ -633,7 +633,7 @@ def check_drift(
     Raises
     ------
     InvalidInputError
-        Naming ``holdings[i].<field>`` (see :func:`services.tax_lots.validate_holdings`), ``holdings`` for a
+        Naming ``holdings[i].<field>`` (see :func:`services.trading.validate_holdings`), ``holdings`` for a
         portfolio value that is not positive, ``cash``, ``threshold``, ``target_weights`` / ``target_weights[i]``
         (shape, non-finite, sum above 1), ``absolute_bands[i]`` / ``relative_bands[i]`` (shape, NaN, negative).
     """
@@ -694,7 +694,7 @@ def generate_rebalance(
 
     The steps (band selection, turnover cap, whole shares, minimum size, cash check), the weights and the cost
     formulas are those of the module docstring. Sells of holdings with tax lots consume lots by ``lot_method``
-    (FIFO when not given) on ``as_of`` and report the realised gains (:mod:`services.tax_lots`).
+    (FIFO when not given) on ``as_of`` and report the realised gains (:mod:`services.trading`).
 
     Parameters
     ----------

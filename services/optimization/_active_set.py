@@ -50,7 +50,7 @@ Every answer is certified before it is returned: the weights must satisfy the bo
 must exist a budget multiplier ν with |g_i + ν| small on the free names and the right sign at the bounds
 (``kkt_holds``; tolerances relative to the size of the terms, ``KKT_RTOL``). Anything else (a Cholesky failure or
 an ill-conditioned free block, an iteration cap, a failed certificate) returns None, and the caller solves the
-problem with the conic solver instead (``services.mean_variance``).
+problem with the conic solver instead (``services.optimization._mean_variance``).
 """
 
 from __future__ import annotations
@@ -928,7 +928,7 @@ def try_fast_path(problem: PortfolioProblem, moments: Moments, *, started: float
     Parameters
     ----------
     problem : PortfolioProblem
-        The problem, pre-checked (``services.mean_variance.precheck``).
+        The problem, pre-checked (``services.optimization._mean_variance.precheck``).
     moments : Moments
         Its validated annualised moments.
     started : float
@@ -944,8 +944,8 @@ def try_fast_path(problem: PortfolioProblem, moments: Moments, *, started: float
     solution = solve_problem(problem, moments)
     if solution is None:
         return None
-    # Imported here: services.mean_variance imports this module.
-    from services.mean_variance import check_constraints, objective_value_of, portfolio_performance
+    # Imported here: services.optimization._mean_variance imports this module.
+    from services.optimization._mean_variance import check_constraints, objective_value_of, portfolio_performance
 
     weights = solution.weights
     violations = check_constraints(weights, problem, moments)

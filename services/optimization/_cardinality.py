@@ -1,7 +1,7 @@
 """Cardinality (at most K holdings) and minimum position size, solved exactly by outer approximation.
 
-Problem. Any program of ``services.mean_variance`` (min volatility, max Sharpe, max return, quadratic utility,
-multi-objective, with every constraint family) or of ``services.risk_measures`` (CVaR, MAD, CDaR) with, in addition,
+Problem. Any program of ``_mean_variance`` (min volatility, max Sharpe, max return, quadratic utility,
+multi-objective, with every constraint family) or of ``_risk_measures`` (CVaR, MAD, CDaR) with, in addition,
 
 - ``max_holdings`` K: at most K strategies with ``w_i ≠ 0``;
 - ``min_position_weight`` m: every held strategy has ``|w_i| ≥ m``, i.e. ``w_i ∈ {0} ∪ [max(l_i, m), u_i]`` long or
@@ -14,7 +14,7 @@ and Bertsimas and Shioda, 2009).
 
 Master (a MILP solved by HiGHS). Binaries ``p_i`` (held, or held long with m) and, with m and shorting allowed,
 ``q_i`` (held short), ``p_i + q_i ≤ 1``, ``Σ(p_i + q_i) ≤ K``; every linear family of the continuous program as
-``services.mean_variance._Program`` (or ``services.risk_measures.measure_program``) builds it (budget or net exposure
+``_mean_variance._Program`` (or ``_risk_measures.measure_program``) builds it (budget or net exposure
 bounds, bounds, sector/group limits, min_return, turnover, per-name caps, leverage, costs, beta, the scenario
 measures' LP); the linking, with ``s`` the program's scale (1, or κ for max Sharpe) and ``S`` its upper bound
 (1, or κ_max)::
@@ -109,7 +109,7 @@ from services.errors import (
     OptimizationError,
     PreconditionViolation,
 )
-from services.mean_variance import (
+from services.optimization._mean_variance import (
     HELD_THRESHOLD,
     TOLERANCE,
     _desk,
@@ -125,7 +125,7 @@ from services.mean_variance import (
 from services.types import FloatArray, Moments, Objective, OptimizationResult, PortfolioProblem
 
 if TYPE_CHECKING:
-    from services.risk_measures import RiskMeasure
+    from services.optimization._risk_measures import RiskMeasure
 
 GAP_TOLERANCE = 1e-7
 """Relative gap (incumbent − master bound) / |incumbent| at which the search stops with a proven optimum."""
@@ -743,7 +743,7 @@ class _MeanVarianceBackend:
 
 
 class _ScenarioBackend:
-    """Scenario risk measures (CVaR, MAD, CDaR): the master from ``services.risk_measures.measure_program``."""
+    """Scenario risk measures (CVaR, MAD, CDaR): the master from ``_risk_measures.measure_program``."""
 
     def __init__(
         self,
@@ -765,7 +765,7 @@ class _ScenarioBackend:
         )
 
     def spec(self, problem: PortfolioProblem) -> MasterSpec:
-        from services.risk_measures import measure_program
+        from services.optimization._risk_measures import measure_program
 
         program = measure_program(
             problem, self.scenarios, self.moments, risk_measure=self.risk_measure, alpha=self.alpha,
@@ -777,7 +777,7 @@ class _ScenarioBackend:
         return MasterSpec(program.x, program.kappa, program.constraints, program.objective, None, cones)
 
     def solve(self, problem: PortfolioProblem, time_limit_s: float | None) -> OptimizationResult:
-        from services.risk_measures import optimize_risk_measure
+        from services.optimization._risk_measures import optimize_risk_measure
 
         return optimize_risk_measure(
             problem,
@@ -810,7 +810,7 @@ class _ScenarioBackend:
         return value / min_risk  # value = 1/(P·R): κ_max = 1/(P·R·ρ_min)
 
     def violations(self, weights: FloatArray) -> tuple[str, ...]:
-        from services.risk_measures import risk_measure_value
+        from services.optimization._risk_measures import risk_measure_value
 
         found = check_constraints(weights, self.problem, self.moments)
         if self.max_risk is not None:
@@ -1074,7 +1074,7 @@ def optimize_cardinality(
     Parameters
     ----------
     problem : PortfolioProblem
-        Any objective and constraint family of ``services.mean_variance``, with K = ``max_holdings`` and/or
+        Any objective and constraint family of ``_mean_variance``, with K = ``max_holdings`` and/or
         m = ``min_position_weight``.
     moments : Moments
         Annualised expected returns (N,) and covariance (N, N), validated.
@@ -1128,7 +1128,7 @@ def optimize_scenario_cardinality(
     Parameters
     ----------
     problem : PortfolioProblem
-        As for ``services.risk_measures.optimize_risk_measure``, with ``max_holdings`` and/or
+        As for ``services.optimization._risk_measures.optimize_risk_measure``, with ``max_holdings`` and/or
         ``min_position_weight``.
     scenarios : ndarray of shape (T, N)
         Per-period simple returns, validated.

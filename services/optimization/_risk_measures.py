@@ -14,7 +14,7 @@ Every measure is taken per period (not annualised) on the portfolio's simple ret
   ``u_0 = 0, u_t ≥ u_{t−1} − r_tᵀw, u_t ≥ 0``: ``CDaR_α(w) = min_τ τ + 1/((1 − α)T) Σ_t max(0, u_t − τ)``.
 
 Formulations (w: weights, ρ: the measure, μ: annualised expected returns, r_f: annualised risk-free rate, P: periods
-per year, Σ = F Fᵀ: annualised covariance, l ≤ w ≤ u, sector bounds as in ``services.mean_variance``):
+per year, Σ = F Fᵀ: annualised covariance, l ≤ w ≤ u, sector bounds as in ``services.optimization._mean_variance``):
 
 - min risk (``Objective.MIN_VOLATILITY``): minimise ρ(w) s.t. 1ᵀw = 1, bounds, sectors, [μᵀw ≥ r_min],
   [‖Fᵀw‖ ≤ σ_max], [ρ(w) ≤ ρ_max];
@@ -38,12 +38,13 @@ from typing import cast
 import cvxpy as cp
 import numpy as np
 
-from services.cardinality import optimize_scenario_cardinality
 from services.errors import (
     InvalidInputError,
     OptimizationError,
 )
-from services.mean_variance import (
+from services.estimation import validate_moments
+from services.optimization._cardinality import optimize_scenario_cardinality
+from services.optimization._mean_variance import (
     CLARABEL_SETTINGS,
     TOLERANCE,
     SolveOutcome,
@@ -55,7 +56,6 @@ from services.mean_variance import (
     portfolio_performance,
     precheck,
     solve_program,
-    validate_moments,
 )
 from services.types import FloatArray, Moments, Objective, OptimizationResult, PortfolioProblem
 
@@ -116,7 +116,7 @@ def _solve_highs(cvx_problem: cp.Problem, *, started: float, time_limit_s: float
 
 
 class RiskMeasure(StrEnum):
-    """Scenario risk measure (variance stays in ``services.mean_variance``)."""
+    """Scenario risk measure (variance stays in ``services.optimization._mean_variance``)."""
 
     CVAR = "CVAR"
     """Conditional value at risk of the per-period loss at confidence α."""
@@ -445,7 +445,7 @@ def measure_program(
     max_risk: float | None,
     with_volatility_cap: bool = True,
 ) -> MeasureProgram:
-    """Build the program of a risk-measure problem (also the linear part of ``services.cardinality``'s master).
+    """Build the program of a risk-measure problem (also the linear part of ``_cardinality``'s master).
 
     Parameters
     ----------
@@ -554,7 +554,7 @@ def optimize_risk_measure(
         Malformed scenarios, moments, α, P or ρ_max, an unknown risk measure, an unsupported objective, or
         inconsistent bounds.
     InfeasibleError
-        A pre-check failed (see ``services.mean_variance.precheck``) or the solver proved the constraints
+        A pre-check failed (see ``services.optimization._mean_variance.precheck``) or the solver proved the constraints
         infeasible (``SOLVER_INFEASIBLE``).
     DeadlineExceededError
         The solver hit ``time_limit_s``.

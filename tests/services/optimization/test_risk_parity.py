@@ -23,8 +23,7 @@ from skfolio.optimization import RiskBudgeting
 from skfolio.prior import EmpiricalPrior
 
 from services.errors import InfeasibleError, InvalidInputError
-from services.risk_parity import (
-    SOLVER,
+from services.optimization import (
     RiskParityResult,
     bucket_size,
     check_no_binding_bounds,
@@ -32,6 +31,7 @@ from services.risk_parity import (
     risk_contributions,
     warm_up,
 )
+from services.optimization._risk_budgeting import SOLVER
 
 RC_RTOL = 1e-8
 """Required max_i |RC_i / b_i − 1| on real data (the solver reaches ~1e-15)."""

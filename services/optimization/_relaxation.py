@@ -30,7 +30,7 @@ import cvxpy as cp
 import numpy as np
 
 from services.errors import InfeasibleError
-from services.mean_variance import (
+from services.optimization._mean_variance import (
     CLARABEL_SETTINGS,
     _covariance_factor,
     _desk,

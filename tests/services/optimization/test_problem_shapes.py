@@ -16,11 +16,14 @@ from scipy import stats
 
 from services.engine import OptimizationJob, efficient_frontier, run_optimization
 from services.errors import InfeasibleError, InvalidInputError
-from services.estimators import estimate_betas, estimate_moments
-from services.mean_variance import optimize_mean_variance
-from services.relaxation import find_relaxation
-from services.risk_measures import optimize_risk_measure
-from services.robust import mu_uncertainty_set, optimize_robust
+from services.estimation import estimate_betas, estimate_moments
+from services.optimization import (
+    find_relaxation,
+    mu_uncertainty_set,
+    optimize_mean_variance,
+    optimize_risk_measure,
+    optimize_robust,
+)
 from services.types import (
     EstimationSettings,
     Moments,

@@ -1,4 +1,4 @@
-"""Cardinality and minimum position size (``services.cardinality``) against exhaustive enumeration.
+"""Cardinality and minimum position size (``services.optimization._cardinality``) against exhaustive enumeration.
 
 Truth: on 8 to 12 S&P 500 stocks of skfolio's data set (the last 756 daily returns; PyPortfolioOpt's mean
 historical return and sample covariance), every support of at most K names (every sign pattern of it when
@@ -22,10 +22,15 @@ import pandas as pd
 import pytest
 from pypfopt import expected_returns, risk_models
 
-from services.cardinality import optimize_cardinality
 from services.errors import DeadlineExceededError, InfeasibleError, InvalidInputError
-from services.mean_variance import check_constraints, optimize_mean_variance
-from services.risk_measures import RiskMeasure, conditional_value_at_risk, optimize_risk_measure
+from services.optimization import (
+    RiskMeasure,
+    check_constraints,
+    conditional_value_at_risk,
+    optimize_cardinality,
+    optimize_mean_variance,
+    optimize_risk_measure,
+)
 from services.types import (
     Moments,
     MultiObjectiveWeights,
@@ -728,7 +733,7 @@ def test_the_iteration_cap_returns_the_incumbent(
     problem = make_problem(tickers(sp500_window, n), Objective.MAX_QUADRATIC_UTILITY, max_holdings=k, risk_aversion=10)
     exact = optimize_cardinality(problem, moments)
     assert exact.iterations > 1
-    monkeypatch.setattr("services.cardinality.MAX_ITERATIONS", 1)
+    monkeypatch.setattr("services.optimization._cardinality.MAX_ITERATIONS", 1)
     capped = optimize_cardinality(problem, moments)
     assert capped.status == "OPTIMAL_INACCURATE"
     assert capped.iterations == 1
@@ -748,7 +753,7 @@ def test_the_deadline_in_the_search_returns_the_incumbent(
     def out_of_time(*_: object) -> None:
         raise DeadlineExceededError("the mixed-integer master hit the time limit")
 
-    monkeypatch.setattr("services.cardinality._Master.solve", out_of_time)
+    monkeypatch.setattr("services.optimization._cardinality._Master.solve", out_of_time)
     result = optimize_cardinality(problem, moments)
     assert result.status == "OPTIMAL_INACCURATE"
     assert result.iterations == 0
@@ -766,7 +771,7 @@ def test_max_sharpe_without_a_rounded_incumbent_searches_weight_space(
         tickers(sp500_window, n), Objective.MAX_SHARPE, upper=0.5, max_holdings=k, risk_free_rate=RISK_FREE_RATE
     )
     reference = optimize_cardinality(problem, moments)
-    monkeypatch.setattr("services.cardinality._rounded_patterns", lambda *_: [])
+    monkeypatch.setattr("services.optimization._cardinality._rounded_patterns", lambda *_: [])
     result = optimize_cardinality(problem, moments)
     assert result.objective_value == pytest.approx(reference.objective_value, rel=1e-9)
     assert result.status == "OPTIMAL"

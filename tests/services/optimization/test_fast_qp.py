@@ -1,4 +1,4 @@
-"""The active-set fast path of mean-variance (``services.fast_qp``) against the Clarabel path, KKT and PyPortfolioOpt.
+"""The active-set fast path of mean-variance (``_active_set``) against the Clarabel path, KKT and PyPortfolioOpt.
 
 Truth: the conic path of ``optimize_mean_variance`` (cvxpy + Clarabel at 1e-10) with the fast path and the direct
 Clarabel path switched off (``fast_qp.ENABLED = False``, ``clarabel_direct.ENABLED = False``), the KKT conditions of
@@ -18,8 +18,9 @@ import pandas as pd
 import pytest
 from pypfopt import EfficientFrontier, expected_returns, risk_models
 
-from services import clarabel_direct, fast_qp
-from services.mean_variance import check_constraints, objective_value_of, optimize_mean_variance
+from services.optimization import _active_set as fast_qp
+from services.optimization import _clarabel_direct as clarabel_direct
+from services.optimization import check_constraints, objective_value_of, optimize_mean_variance
 from services.types import (
     Moments,
     MultiObjectiveWeights,

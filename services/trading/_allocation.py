@@ -40,7 +40,7 @@ Solution method
 2. Feasibility and relaxation, decided exactly in O(N) before any solve (the cheapest admissible share count of
    a name, fees included, is at one of its band ends or next to its current holding, since the cost is convex
    piecewise linear in k apart from the commission, which is zero only at k = c / L). In this order, stopping
-   at the first step that makes the problem feasible (``Relaxation`` reports the last step applied):
+   at the first step that makes the problem feasible (``BandRelaxation`` reports the last step applied):
 
    a. ``WIDENED_BANDS`` (per name): a band that contains no admissible share count (e.g. a 0.1 % target of a
       $1,000 stock) has its deviation doubled, d ← max(2 d, 1 %), until it does; at d ≥ 1 the band reaches 0,
@@ -95,6 +95,7 @@ from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from services.errors import DeadlineExceededError, InfeasibleError, InvalidInputError, PreconditionViolation
+from services.trading._tax_lots import Holding
 from services.types import FloatArray
 
 IntArray = NDArray[np.int64]
@@ -129,7 +130,7 @@ class AllocationStrategy(StrEnum):
     MOMENTUM_WEIGHTED = "MOMENTUM_WEIGHTED"
 
 
-class Relaxation(StrEnum):
+class BandRelaxation(StrEnum):
     """The last relaxation step applied to make the bands feasible, in the order they are tried."""
 
     NONE = "NONE"
@@ -150,25 +151,6 @@ class AllocationStatus(StrEnum):
     """HiGHS's best solution at the time limit, better than the heuristic's; not proven optimal."""
     GREEDY = "GREEDY"
     """The greedy heuristic's answer (the fallback, or asked for with :func:`greedy_allocation`)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Holding:
-    """A current position.
-
-    Attributes
-    ----------
-    name : str
-        Instrument or strategy name, unique among the holdings.
-    shares : int
-        Whole shares held (≥ 0).
-    price : float
-        Current price per share (> 0); must equal the target's price when the name is also a target.
-    """
-
-    name: str
-    shares: int
-    price: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -224,7 +206,7 @@ class AllocationRequest:
     gap_tolerance : float
         Absolute optimality tolerance of the MILP as a fraction of the budget (≥ 0; 0 asks for a proven optimum).
     allow_relaxation : bool
-        Relax infeasible bands (see ``Relaxation``) instead of raising ``InfeasibleError``.
+        Relax infeasible bands (see ``BandRelaxation``) instead of raising ``InfeasibleError``.
     """
 
     targets: Sequence[AllocationTarget]
@@ -342,7 +324,7 @@ class AllocationResult:
         HiGHS's message, or why the heuristic's answer was returned.
     fallback_used : bool
         Whether the heuristic answered because the MILP timed out, failed or was not run for lack of time.
-    relaxation : Relaxation
+    relaxation : BandRelaxation
         The last relaxation step applied (``NONE`` when the request's bands were feasible).
     relaxation_detail : str
         What was relaxed and why ("" when nothing was).
@@ -364,7 +346,7 @@ class AllocationResult:
     solver: str
     solver_message: str
     fallback_used: bool
-    relaxation: Relaxation
+    relaxation: BandRelaxation
     relaxation_detail: str
     solve_time_ms: float
 
@@ -412,7 +394,7 @@ class _Bands:
     deviations: FloatArray  # inf for a full band
     lower_value: FloatArray
     upper_value: FloatArray
-    relaxation: Relaxation
+    relaxation: BandRelaxation
     detail: str
 
 
@@ -829,7 +811,7 @@ def _relax(problem: _Problem) -> _Bands:
             ),
         )
     steps: list[str] = []
-    relaxation = Relaxation.NONE
+    relaxation = BandRelaxation.NONE
 
     # a. per name: bands without an admissible share count.
     lower, upper, low, high = _band_counts(problem, deviations, lots, False)
@@ -852,7 +834,7 @@ def _relax(problem: _Problem) -> _Bands:
             deviations[empty] = np.maximum(2.0 * deviations[empty], DEVIATION_FLOOR)
             lower, upper, low, high = _band_counts(problem, deviations, lots, False)
             empty = low > high
-        relaxation = Relaxation.WIDENED_BANDS
+        relaxation = BandRelaxation.WIDENED_BANDS
         steps.append(
             "no admissible share count in the band of "
             + ", ".join(f"{problem.names[i]} (deviation widened to {deviations[i]:g})" for i in widened)
@@ -883,14 +865,14 @@ def _relax(problem: _Problem) -> _Bands:
             doublings += 1
             lower, upper, low, high = _band_counts(problem, deviations, lots, False)
             cheapest = cheapest_cost()
-        relaxation = Relaxation.WIDENED_BANDS
+        relaxation = BandRelaxation.WIDENED_BANDS
         steps.append(f"the cheapest portfolio within the bands overspent: every deviation doubled {doublings}x")
         if cheapest > available + slack:
             # c. full bands.
             deviations = np.full_like(deviations, np.inf)
             lower, upper, low, high = _band_counts(problem, deviations, lots, True)
             cheapest = cheapest_cost()
-            relaxation = Relaxation.FULL_BANDS
+            relaxation = BandRelaxation.FULL_BANDS
             steps.append("still over budget with every band down to 0: every band set to [0, budget]")
         if cheapest > available + slack:
             # d. lot sizes dropped.
@@ -898,7 +880,7 @@ def _relax(problem: _Problem) -> _Bands:
             costs = _Costs(problem.prices * lots, lots, problem.current, problem.commission, problem.fee_per_share)
             lower, upper, low, high = _band_counts(problem, deviations, lots, True)
             cheapest = cheapest_cost()
-            relaxation = Relaxation.LOT_SIZES_DROPPED
+            relaxation = BandRelaxation.LOT_SIZES_DROPPED
             steps.append("still over budget with full bands: lot sizes dropped")
         if cheapest > available + slack:  # pragma: no cover - keeping every holding is free, forced fees fit
             raise _infeasible(

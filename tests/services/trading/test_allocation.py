@@ -1,4 +1,4 @@
-"""Integer-share allocation (services.allocation) against independent truth on real prices.
+"""Integer-share allocation (services.trading._allocation) against independent truth on real prices.
 
 Prices are the last row of PyPortfolioOpt's ``data/stock_prices.csv`` (2018-04-11, 20 US stocks from $3.30 to
 $1,427.05). The truths: exhaustive enumeration of every share-count vector of small problems (bands, lots, fees
@@ -21,20 +21,20 @@ import pytest
 from pypfopt import DiscreteAllocation
 from scipy.optimize import OptimizeResult
 
-import services.allocation as allocation_module
-from services.allocation import (
+import services.trading._allocation as allocation_module
+from services.errors import DeadlineExceededError, InfeasibleError, InvalidInputError
+from services.trading import (
     AllocationRequest,
     AllocationResult,
     AllocationStatus,
     AllocationStrategy,
     AllocationTarget,
+    BandRelaxation,
     Holding,
-    Relaxation,
     allocate,
     allocation_cache_key,
     greedy_allocation,
 )
-from services.errors import DeadlineExceededError, InfeasibleError, InvalidInputError
 
 MAX_COMBINATIONS = 400_000
 
@@ -195,7 +195,7 @@ def test_milp_matches_exhaustive_enumeration(prices: pd.Series) -> None:
         truth = enumerate_best(request)
         assert truth is not None
         result = allocate(request)
-        assert result.relaxation is Relaxation.NONE, label
+        assert result.relaxation is BandRelaxation.NONE, label
         assert result.solver_status is AllocationStatus.OPTIMAL, label
         assert not result.fallback_used, label
         key = objective_key(result, request)
@@ -228,7 +228,7 @@ def assert_admissible(result: AllocationResult, request: AllocationRequest) -> N
         assert line.final_shares == current + line.buy_shares - line.sell_shares
         assert min(line.buy_shares, line.sell_shares) == 0
         assert line.final_shares >= 0 and line.final_shares % line.lot_size == 0
-        if result.relaxation is not Relaxation.LOT_SIZES_DROPPED:
+        if result.relaxation is not BandRelaxation.LOT_SIZES_DROPPED:
             assert line.lot_size == target.lot_size
         traded = abs(line.final_shares - current)
         assert line.trade_cost == pytest.approx(commission * (traded > 0) + fee * traded, abs=1e-12)
@@ -321,7 +321,7 @@ def test_bounds_respected_and_reported(prices: pd.Series) -> None:
     weights = {"AAPL": 0.3, "BAC": 0.25, "GE": 0.2, "PFE": 0.15, "T": 0.1}
     request = AllocationRequest(targets=targets_of(prices, weights, deviation=0.02), extra_cash=40_000.0)
     result = allocate(request)
-    assert result.relaxation is Relaxation.NONE and result.relaxation_detail == ""
+    assert result.relaxation is BandRelaxation.NONE and result.relaxation_detail == ""
     for line in result.lines:
         target_value = weights[line.name] * 40_000.0
         assert line.target_value == pytest.approx(target_value)
@@ -451,7 +451,7 @@ def test_empty_band_widened_for_that_name_only(prices: pd.Series) -> None:
     weights = {"AMZN": 0.01, "BAC": 0.49, "T": 0.5}
     request = AllocationRequest(targets=targets_of(prices, weights), extra_cash=20_000.0)
     result = allocate(request)
-    assert result.relaxation is Relaxation.WIDENED_BANDS
+    assert result.relaxation is BandRelaxation.WIDENED_BANDS
     assert "AMZN" in result.relaxation_detail and "BAC" not in result.relaxation_detail
     lines = {line.name: line for line in result.lines}
     assert lines["AMZN"].allowed_deviation >= 1.0 and lines["AMZN"].final_shares == 0
@@ -474,7 +474,7 @@ def test_budget_infeasible_bands_widened_for_every_name(prices: pd.Series) -> No
         allocate(dataclasses.replace(request, allow_relaxation=False))
     assert [v.type for v in info.value.precondition_violations] == ["BUDGET"]
     result = allocate(request)
-    assert result.relaxation is Relaxation.WIDENED_BANDS
+    assert result.relaxation is BandRelaxation.WIDENED_BANDS
     assert "every deviation doubled" in result.relaxation_detail
     assert all(line.allowed_deviation == pytest.approx(0.01) for line in result.lines)
     assert_admissible(result, request)
@@ -491,21 +491,21 @@ def test_full_bands_then_lot_sizes_dropped(prices: pd.Series) -> None:
         AllocationTarget(name="T", target_weight=1.0, price=float(prices["T"]), allowed_deviation=0.0),
     ]
     result = allocate(AllocationRequest(targets=zero_target, **common))
-    assert result.relaxation is Relaxation.WIDENED_BANDS
+    assert result.relaxation is BandRelaxation.WIDENED_BANDS
     assert_admissible(result, AllocationRequest(targets=zero_target, **common))
     # Commission larger than the whole budget: no trade is affordable, and the T band cannot hold 0 until widened;
     # GOOG (target 0) keeps its band [0, 0] until the full band lets the held share stay.
     expensive = {"holdings": holdings, "commission_per_trade": 5_000.0}
     request = AllocationRequest(targets=zero_target, **expensive)
     result = allocate(request)
-    assert result.relaxation is Relaxation.FULL_BANDS
+    assert result.relaxation is BandRelaxation.FULL_BANDS
     assert result.final_shares == {"GOOG": 1, "T": 0} and result.fees_total == 0.0
     assert_admissible(result, request)
     # Same with a lot size of 10 on GOOG: 1 share is not a multiple, so only dropping lot sizes makes it feasible.
     lots = [dataclasses.replace(zero_target[0], lot_size=10), zero_target[1]]
     request = AllocationRequest(targets=lots, **expensive)
     result = allocate(request)
-    assert result.relaxation is Relaxation.LOT_SIZES_DROPPED
+    assert result.relaxation is BandRelaxation.LOT_SIZES_DROPPED
     assert result.final_shares == {"GOOG": 1, "T": 0}
     assert all(line.lot_size == 1 for line in result.lines)
     assert_admissible(result, request)

@@ -17,7 +17,7 @@ q = 1 − c); skfolio has no empirical box (its ``diagonal=True`` is an ellipsoi
 sqrt(χ²_N(c)), and dual norm 2, not a box).
 
 Formulations (ρ(w): the worst-case penalty δᵀ|w| or κ‖Lᵀw‖, Σ = F Fᵀ, constraints as in
-``services.mean_variance``):
+``services.optimization._mean_variance``):
 
 - quadratic utility: maximise μ̂ᵀw − ρ(w) − δ_ra/2 wᵀΣw;
 - max return: maximise μ̂ᵀw − ρ(w) s.t. [‖Fᵀw‖ ≤ σ_max];
@@ -44,7 +44,8 @@ import numpy as np
 from scipy import stats
 
 from services.errors import InfeasibleError, InvalidInputError, OptimizationError, PreconditionViolation
-from services.mean_variance import (
+from services.estimation import validate_moments
+from services.optimization._mean_variance import (
     CLARABEL_SETTINGS,
     TOLERANCE,
     _covariance_factor,
@@ -52,9 +53,8 @@ from services.mean_variance import (
     portfolio_performance,
     precheck,
     solve_program,
-    validate_moments,
 )
-from services.risk_measures import linear_constraints, tracking_error_constraint, weights_from_solution
+from services.optimization._risk_measures import linear_constraints, tracking_error_constraint, weights_from_solution
 from services.types import FloatArray, Moments, Objective, OptimizationResult, PortfolioProblem
 
 
@@ -223,7 +223,7 @@ def optimize_robust(
     InvalidInputError
         Malformed moments, set parameters or bounds.
     InfeasibleError
-        A pre-check failed (``services.mean_variance.precheck``), no portfolio has a positive worst-case excess
+        A pre-check failed (``_mean_variance.precheck``), no portfolio has a positive worst-case excess
         return (max Sharpe: ``NO_WORST_CASE_EXCESS_RETURN``), or the solver proved the constraints infeasible
         (``SOLVER_INFEASIBLE``).
     DeadlineExceededError

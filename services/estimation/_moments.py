@@ -231,6 +231,59 @@ def _pypfopt_expected_returns(
     return np.asarray(mu, dtype=np.float64)
 
 
+def validate_moments(moments: Moments, n_assets: int) -> None:
+    """Check shapes, finiteness, symmetry and positive semidefiniteness of caller-given moments.
+
+    Parameters
+    ----------
+    moments : Moments
+        Expected returns (N,) and covariance (N, N).
+    n_assets : int
+        N, the number of strategies.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming ``moments.expected_returns`` or ``moments.covariance``.
+    """
+    mu, sigma = moments.expected_returns, moments.covariance
+    if mu.shape != (n_assets,):
+        raise InvalidInputError.for_field("moments.expected_returns", f"has {mu.size} values for {n_assets} strategies")
+    if sigma.shape != (n_assets, n_assets):
+        raise InvalidInputError.for_field(
+            "moments.covariance", f"has {sigma.size} values; expected {n_assets}x{n_assets} = {n_assets**2}"
+        )
+    if not np.all(np.isfinite(mu)):
+        idx = int(np.flatnonzero(~np.isfinite(mu))[0])
+        raise InvalidInputError.for_field(f"moments.expected_returns[{idx}]", "must be finite")
+    if not np.all(np.isfinite(sigma)):
+        idx = int(np.flatnonzero(~np.isfinite(sigma.ravel()))[0])
+        raise InvalidInputError.for_field(f"moments.covariance[{idx}]", "must be finite")
+    scale = max(float(np.max(np.abs(sigma))), 1e-300)
+    asymmetry = np.abs(sigma - sigma.T)  # one pass (np.allclose built four N×N temporaries: 36 ms at N = 2000)
+    if float(asymmetry.max()) > 1e-10 * scale:
+        i, j = np.unravel_index(int(np.argmax(asymmetry)), sigma.shape)
+        raise InvalidInputError.for_field(
+            "moments.covariance", f"is not symmetric: entry ({i},{j}) differs from ({j},{i})"
+        )
+    flat = np.flatnonzero(np.diag(sigma) <= 0.0)
+    if flat.size:
+        raise InvalidInputError.for_field(
+            f"moments.covariance[{int(flat[0]) * (n_assets + 1)}]", "every variance (diagonal entry) must be positive"
+        )
+    symmetric = (sigma + sigma.T) / 2.0
+    try:  # a Cholesky factor proves positive definiteness at a fraction of an eigendecomposition's cost
+        np.linalg.cholesky(symmetric)
+        return
+    except np.linalg.LinAlgError:
+        pass
+    smallest = float(np.linalg.eigvalsh(symmetric)[0])
+    if smallest < -1e-10 * scale:
+        raise InvalidInputError.for_field(
+            "moments.covariance", f"is not positive semidefinite (smallest eigenvalue {smallest:.3g})"
+        )
+
+
 def estimate_moments(history: ReturnHistory, settings: EstimationSettings) -> EstimatedMoments:
     """Annualised expected returns and covariance of a return history.
 

@@ -21,7 +21,8 @@ import pytest
 from skfolio.moments import EquilibriumMu
 from skfolio.prior import BlackLitterman, EmpiricalPrior
 
-from services.black_litterman import (
+from services.errors import InvalidInputError
+from services.estimation import (
     DEFAULT_RISK_AVERSION,
     BlackLittermanPosterior,
     BlackLittermanSpec,
@@ -29,9 +30,8 @@ from services.black_litterman import (
     black_litterman_posterior,
     implied_risk_aversion,
     market_prior_returns,
+    validate_moments,
 )
-from services.errors import InvalidInputError
-from services.mean_variance import validate_moments
 from tests.services.market_data import DATA_DIR
 
 DAYS = 756

@@ -21,9 +21,9 @@ import pandas as pd
 import pytest
 from pypfopt import expected_returns, risk_models
 
-import services.mean_variance as mv
+import services.optimization._mean_variance as mv
 from services.errors import InfeasibleError, InvalidInputError
-from services.mean_variance import check_constraints, optimize_mean_variance
+from services.optimization import check_constraints, optimize_mean_variance
 from services.types import Moments, MultiObjectiveWeights, Objective, OptimizationResult, PortfolioProblem
 
 SP500_DAYS = 756

@@ -1,4 +1,4 @@
-"""The direct Clarabel path of mean-variance (``services.clarabel_direct``) against the cvxpy path and NumPy.
+"""The direct Clarabel path of mean-variance (``_clarabel_direct``) against the cvxpy path and NumPy.
 
 Truth: the cvxpy path of ``optimize_mean_variance`` (cvxpy canonicalisation + Clarabel at 1e-10, also answering
 under the cached DPP program for N ≤ 64) with the direct path switched off (``clarabel_direct.ENABLED = False``):
@@ -19,9 +19,11 @@ import pandas as pd
 import pytest
 from pypfopt import expected_returns, risk_models
 
-from services import clarabel_direct, fast_qp
 from services.errors import DeadlineExceededError, InfeasibleError
-from services.mean_variance import _sector_rows, check_constraints, optimize_mean_variance
+from services.optimization import _active_set as fast_qp
+from services.optimization import _clarabel_direct as clarabel_direct
+from services.optimization import check_constraints, optimize_mean_variance
+from services.optimization._mean_variance import _sector_rows
 from services.types import (
     Moments,
     MultiObjectiveWeights,

@@ -15,7 +15,7 @@ import pytest
 from pypfopt import expected_returns, risk_models
 
 from services.errors import InvalidInputError
-from services.estimators import (
+from services.estimation import (
     estimate_moments,
     exponential_covariance,
     nearest_psd,
@@ -410,7 +410,7 @@ def test_zero_variance_strategy_is_invalid(sp500_small_returns: pd.DataFrame, co
 
 
 def test_returns_between_observations_keep_the_move_across_a_missing_quote(stock_prices: pd.DataFrame) -> None:
-    from services.estimators import returns_between_observations
+    from services.estimation import returns_between_observations
 
     prices = stock_prices.iloc[:60].copy()
     prices.iloc[30, 1] = np.nan  # a missing quote inside a series
