@@ -24,21 +24,19 @@ from pypfopt import expected_returns, risk_models
 
 from services.errors import DeadlineExceededError, InfeasibleError, InvalidInputError
 from services.optimization import (
+    MultiObjectiveWeights,
+    Objective,
+    OptimizationResult,
+    PortfolioProblem,
     RiskMeasure,
+    SectorLimit,
     check_constraints,
     conditional_value_at_risk,
     optimize_cardinality,
     optimize_mean_variance,
     optimize_risk_measure,
 )
-from services.types import (
-    Moments,
-    MultiObjectiveWeights,
-    Objective,
-    OptimizationResult,
-    PortfolioProblem,
-    SectorLimit,
-)
+from services.types import Moments
 from tests.services.market_data import SP500_SECTORS
 
 DAYS = 756

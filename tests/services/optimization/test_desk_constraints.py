@@ -21,10 +21,18 @@ import pandas as pd
 import pytest
 from pypfopt import expected_returns, risk_models
 
-import services.optimization._mean_variance as mv
+import services.optimization._conic as conic
 from services.errors import InfeasibleError, InvalidInputError
-from services.optimization import check_constraints, optimize_mean_variance
-from services.types import Moments, MultiObjectiveWeights, Objective, OptimizationResult, PortfolioProblem
+from services.optimization import (
+    MultiObjectiveWeights,
+    Objective,
+    OptimizationResult,
+    PortfolioProblem,
+    ProblemModel,
+    check_constraints,
+    optimize_mean_variance,
+)
+from services.types import Moments
 
 SP500_DAYS = 756
 TOL = 1e-6
@@ -340,9 +348,9 @@ def test_cached_programs_are_dpp_and_agree_with_fresh_constant_programs(
     ]
     cached = [optimize_mean_variance(p, moments) for p in [*problems, problems[0]]]
     for p in problems:
-        program = mv._program(p, mv._sector_rows(p), moments.covariance)
-        assert program.shape.parametric and program.problem.is_dpp()
-    monkeypatch.setattr(mv, "PARAMETRIC_MAX_ASSETS", 0)
+        program = conic.cached_program(ProblemModel.build(p, moments))
+        assert program.parametric and program.problem.is_dpp()
+    monkeypatch.setattr(conic, "PARAMETRIC_MAX_ASSETS", 0)
     fresh = [optimize_mean_variance(p, moments) for p in problems]
     for got, want in zip(cached, [*fresh, fresh[0]], strict=True):
         assert got.objective_value == pytest.approx(want.objective_value, rel=1e-7)

@@ -18,20 +18,17 @@ from services.engine import OptimizationJob, efficient_frontier, run_optimizatio
 from services.errors import InfeasibleError, InvalidInputError
 from services.estimation import estimate_betas, estimate_moments
 from services.optimization import (
+    MultiObjectiveWeights,
+    Objective,
+    PortfolioProblem,
+    SectorLimit,
     find_relaxation,
     mu_uncertainty_set,
     optimize_mean_variance,
     optimize_risk_measure,
     optimize_robust,
 )
-from services.types import (
-    EstimationSettings,
-    Moments,
-    MultiObjectiveWeights,
-    Objective,
-    PortfolioProblem,
-    SectorLimit,
-)
+from services.types import EstimationSettings, Moments
 from tests.services.market_data import DATA_DIR, SP500_SECTORS, load_spy_prices, return_history
 
 DAYS = 756
