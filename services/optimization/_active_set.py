@@ -889,6 +889,7 @@ class ActiveSetBackend:
             iterations=solution.iterations,
             started=started,
             solve_path=SOLVE_PATH,
+            snap=False,
         )
 
 

@@ -244,10 +244,10 @@ class NetExposure(Constraint):
         total = cp.sum(builder.x)
         if np.isfinite(self.low):
             low = builder.value(self, "low")
-            builder.add(total >= low * builder.scale - builder.slack(self, "low"))
+            builder.add(total >= builder.scaled(low) - builder.slack(self, "low"))
         if np.isfinite(self.high):
             high = builder.value(self, "high")
-            builder.add(total <= high * builder.scale + builder.slack(self, "high"))
+            builder.add(total <= builder.scaled(high) + builder.slack(self, "high"))
 
     def violations(self, weights: FloatArray, model: ModelView) -> list[str]:
         total = float(weights.sum())
@@ -306,12 +306,12 @@ class Bounds(Constraint):
     high_name: str = "1"
 
     def write(self, builder: ProgramBuilder) -> None:
-        x, scale = builder.x, builder.scale
+        x = builder.x
         below = builder.slack(self, "below", builder.n)
         above = builder.slack(self, "above", builder.n)
         builder.add(
-            x >= cp.multiply(builder.value(self, "lower"), scale) - below,
-            x <= cp.multiply(builder.value(self, "upper"), scale) + above,
+            x >= builder.scaled(builder.value(self, "lower")) - below,
+            x <= builder.scaled(builder.value(self, "upper")) + above,
         )
         if builder.elastic:
             # A positive minimum may fall to 0, never below; a negative one (a short limit) not at all.
@@ -471,15 +471,21 @@ class GroupLimits(Constraint):
         return (len(self.min_weights), len(self.max_weights))
 
     def write(self, builder: ProgramBuilder) -> None:
-        x, scale = builder.x, builder.scale
+        x = builder.x
+        if builder.elastic:
+            # One row and one slack per limit, in the order asked (each relaxes on its own).
+            for k, group in enumerate(self.groups):
+                if group.min_weight is not None:
+                    builder.add(group.members @ x >= builder.scaled(group.min_weight) - builder.slack(self, f"min{k}"))
+                if group.max_weight is not None:
+                    builder.add(group.members @ x <= builder.scaled(group.max_weight) + builder.slack(self, f"max{k}"))
+            return
         if len(self.min_weights):
-            slack = builder.slack(self, "min", len(self.min_weights))
-            minima = cp.multiply(builder.value(self, "min_weights"), scale)
-            builder.add(builder.value(self, "min_matrix") @ x >= minima - slack)
+            minima = builder.scaled(builder.value(self, "min_weights"))
+            builder.add(builder.value(self, "min_matrix") @ x >= minima)
         if len(self.max_weights):
-            slack = builder.slack(self, "max", len(self.max_weights))
-            maxima = cp.multiply(builder.value(self, "max_weights"), scale)
-            builder.add(builder.value(self, "max_matrix") @ x <= maxima + slack)
+            maxima = builder.scaled(builder.value(self, "max_weights"))
+            builder.add(builder.value(self, "max_matrix") @ x <= maxima)
 
     def violations(self, weights: FloatArray, model: ModelView) -> list[str]:
         found = []
@@ -545,13 +551,11 @@ class GroupLimits(Constraint):
         return found
 
     def relax(self, slacks: dict[str, FloatArray], model: ModelView) -> tuple[dict[str, Any], list[Relaxation]]:
-        low_by = iter(_amount(slacks["min"]).tolist() if "min" in slacks else [])
-        high_by = iter(_amount(slacks["max"]).tolist() if "max" in slacks else [])
         limits = list(self.limits)
         relaxations = []
         for k, group in enumerate(self.groups):
-            down = next(low_by) if group.min_weight is not None else 0.0
-            up = next(high_by) if group.max_weight is not None else 0.0
+            down = float(_amount(slacks[f"min{k}"])) if group.min_weight is not None else 0.0
+            up = float(_amount(slacks[f"max{k}"])) if group.max_weight is not None else 0.0
             if not (down or up):
                 continue
             group_limit = limits[k]
@@ -609,7 +613,7 @@ class MinReturn(Constraint):
     limit: float
 
     def write(self, builder: ProgramBuilder) -> None:
-        target = builder.value(self, "limit") * builder.scale
+        target = builder.scaled(builder.value(self, "limit"))
         builder.add(builder.net_return() >= target - builder.slack(self, "limit"))
 
     def violations(self, weights: FloatArray, model: ModelView) -> list[str]:
@@ -652,7 +656,7 @@ class MaxVolatility(Constraint):
     limit: float
 
     def write(self, builder: ProgramBuilder) -> None:
-        cap = builder.value(self, "limit") * builder.scale + builder.slack(self, "limit")
+        cap = builder.scaled(builder.value(self, "limit")) + builder.slack(self, "limit")
         builder.add(cp.norm(builder.factor().T @ builder.x, 2) <= cap, linear=False)
 
     def violations(self, weights: FloatArray, model: ModelView) -> list[str]:
@@ -674,7 +678,7 @@ class TurnoverLimit(Constraint):
     limit: float
 
     def write(self, builder: ProgramBuilder) -> None:
-        cap = builder.value(self, "limit", nonneg=True) * builder.scale + builder.slack(self, "limit")
+        cap = builder.scaled(builder.value(self, "limit", nonneg=True)) + builder.slack(self, "limit")
         builder.add(cp.sum(builder.trades()) <= cap)
 
     def violations(self, weights: FloatArray, model: ModelView) -> list[str]:
@@ -724,7 +728,7 @@ class TurnoverCaps(Constraint):
 
     def write(self, builder: ProgramBuilder) -> None:
         slack = builder.slack(self, "caps", builder.n)
-        caps = cp.multiply(builder.value(self, "reach", nonneg=True), builder.scale)
+        caps = builder.scaled(builder.value(self, "reach", nonneg=True))
         builder.add(builder.trades() <= caps + slack)
 
     def violations(self, weights: FloatArray, model: ModelView) -> list[str]:
@@ -787,7 +791,7 @@ class LeverageLimit(Constraint):
     limit: float
 
     def write(self, builder: ProgramBuilder) -> None:
-        cap = builder.value(self, "limit", nonneg=True) * builder.scale + builder.slack(self, "limit")
+        cap = builder.scaled(builder.value(self, "limit", nonneg=True)) + builder.slack(self, "limit")
         builder.add(cp.norm1(builder.x) <= cap)
 
     def violations(self, weights: FloatArray, model: ModelView) -> list[str]:
@@ -823,8 +827,8 @@ class TrackingErrorLimit(Constraint):
     limit: float
 
     def write(self, builder: ProgramBuilder) -> None:
-        cap = builder.value(self, "limit", nonneg=True) * builder.scale + builder.slack(self, "limit")
-        benchmark = cp.multiply(builder.value(self, "benchmark"), builder.scale)
+        cap = builder.scaled(builder.value(self, "limit", nonneg=True)) + builder.slack(self, "limit")
+        benchmark = builder.scaled(builder.value(self, "benchmark"))
         if builder.parametric:
             # A parameter times a parameter-affine term breaks DPP: the active position is a variable of its own.
             active = cp.Variable(builder.n)
@@ -854,7 +858,7 @@ class BetaNeutrality(Constraint):
 
     def write(self, builder: ProgramBuilder) -> None:
         exposure = builder.value(self, "betas") @ builder.x
-        band = builder.value(self, "tolerance", nonneg=True) * builder.scale + builder.slack(self, "limit")
+        band = builder.scaled(builder.value(self, "tolerance", nonneg=True)) + builder.slack(self, "limit")
         builder.add(exposure <= band, exposure >= -band)
 
     def violations(self, weights: FloatArray, model: ModelView) -> list[str]:

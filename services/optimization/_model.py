@@ -519,6 +519,7 @@ class ProblemModel:
         objective_value: float | None = None,
         extra_violations: tuple[str, ...] = (),
         relaxations: tuple[Relaxation, ...] = (),
+        snap: bool = True,
     ) -> OptimizationResult:
         """The one result builder of every backend.
 
@@ -537,13 +538,16 @@ class ProblemModel:
             Breaches of limits outside the model (a scenario risk cap).
         relaxations : tuple of Relaxation
             What was relaxed to reach a feasible problem.
+        snap : bool, default=True
+            Whether to put solver noise outside a bound on the bound (``snap``); an exact solver's weights (the
+            active set's, KKT-certified) are taken as they are.
 
         Returns
         -------
         OptimizationResult
             Weights snapped to their bounds within ``TOLERANCE``, their performance, objective value and check.
         """
-        weights = self.snap(raw)
+        weights = self.snap(raw) if snap else raw
         violations = self.violations(weights) + extra_violations
         value = self.objective_value(weights) if objective_value is None else objective_value
         return OptimizationResult(

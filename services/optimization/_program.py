@@ -129,6 +129,12 @@ class ProgramBuilder:
             if owner_name == owner.name
         }
 
+    def scaled(self, value: Any) -> Any:
+        """``value``·scale: the value itself in a plain program, ``value``·κ in a homogenised one."""
+        if isinstance(self.scale, float):
+            return value if self.scale == 1.0 else value * self.scale
+        return cp.multiply(value, self.scale)
+
     def add(self, *constraints: cp.Constraint, linear: bool = True) -> None:
         """Append constraints (``linear=False`` for cones)."""
         self.constraints.extend(constraints)
@@ -139,7 +145,7 @@ class ProgramBuilder:
         """T (N,) ≥ |x − w₀·scale|, created (with its two linear constraints) on first use."""
         if self._trades is None:
             self._trades = cp.Variable(self.n, nonneg=True)
-            moved = self.x - cp.multiply(self.value(self.model, "current"), self.scale)
+            moved = self.x - self.scaled(self.value(self.model, "current"))
             self.add(self._trades >= moved, self._trades >= -moved)
         return self._trades
 

@@ -36,6 +36,8 @@ from services.optimization._program import ProgramBuilder
 from services.optimization._solver import CLARABEL_SETTINGS, solve_program
 from services.types import Moments
 
+_WRITE_ORDER = {"bounds": 0, "budget": 1, "net_exposure": 1, "group_limits": 2}
+"""Families written first into the elastic program."""
 _ORDER = (
     "bounds",
     "group_limits",
@@ -83,9 +85,15 @@ def find_relaxation(
     started = time.perf_counter()
     model = ProblemModel.build(problem, moments)
     builder = ProgramBuilder(model, homogenised=False, elastic=True)
-    families = model.convex_constraints
+    # Bounds, budget and groups first, then the trade variable and the other limits (the order of the rows and
+    # slacks picks the vertex Clarabel lands on when several relaxations have the least total).
+    families = sorted(model.convex_constraints, key=lambda family: _WRITE_ORDER.get(family.name, len(_WRITE_ORDER)))
     for family in families:
+        if family.name not in _WRITE_ORDER and not builder.has_trades:
+            builder.trades()
         family.write(builder)
+    if not builder.has_trades:
+        builder.trades()
     objective = sum(cp.sum(slack) for slack in builder.slacks.values())
     elastic = cp.Problem(cp.Minimize(objective), builder.constraints)
     try:
