@@ -135,11 +135,6 @@ def status_value(status: RecommendationStatus | str) -> trading_pb.Recommendatio
     return trading_pb.RecommendationStatus.Value(_STATUS_PREFIX + RecommendationStatus(status).value)
 
 
-def status_name(value: trading_pb.RecommendationStatus.ValueType) -> RecommendationStatus:
-    """The lifecycle status of a ``stratopt.v1.RecommendationStatus``."""
-    return RecommendationStatus(trading_pb.RecommendationStatus.Name(value).removeprefix(_STATUS_PREFIX))
-
-
 def recommendation_message(created: bytes, state: RecommendationState) -> trading_pb.RebalanceRecommendation:
     """The recommendation as created (serialized) with the status and decision fields of ``state``."""
     message = trading_pb.RebalanceRecommendation.FromString(created)
