@@ -8,6 +8,7 @@ import grpc
 from command_side.allocations import AllocationService
 from command_side.application import MAX_BATCH_SIZE, OptimizationService
 from command_side.rebalancing import RebalancingService
+from command_side.rebalancing_repository import PostgresTradingStore
 from command_side.repository import WriteRepository
 from command_side.servicer import OptimizationCommandServicer
 from command_side.trading_servicer import TradingCommandServicer
@@ -42,6 +43,7 @@ def register(server: grpc.aio.Server, pool: asyncpg.Pool[asyncpg.Record], solver
         OptimizationCommandServicer(service), server
     )
     trading_service_pb2_grpc.add_TradingCommandServiceServicer_to_server(
-        TradingCommandServicer(AllocationService(pool, solver_pool), RebalancingService(pool)), server
+        TradingCommandServicer(AllocationService(pool, solver_pool), RebalancingService(PostgresTradingStore(pool))),
+        server,
     )
     return [SERVICE_NAME, TRADING_SERVICE_NAME]
