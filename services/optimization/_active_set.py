@@ -50,7 +50,7 @@ Every answer is certified before it is returned: the weights must satisfy the bo
 must exist a budget multiplier ν with |g_i + ν| small on the free names and the right sign at the bounds
 (``kkt_holds``; tolerances relative to the size of the terms, ``KKT_RTOL``). Anything else (a Cholesky failure or
 an ill-conditioned free block, an iteration cap, a failed certificate) returns None, and the caller solves the
-problem with the conic solver instead (``services.optimization._mean_variance``).
+problem with the conic solver instead (the next backend of ``_dispatch``).
 """
 
 from __future__ import annotations

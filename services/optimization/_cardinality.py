@@ -1,6 +1,6 @@
 """Cardinality (at most K holdings) and minimum position size, solved exactly by outer approximation.
 
-Problem. Any program of ``_mean_variance`` (min volatility, max Sharpe, max return, quadratic utility,
+Problem. Any program of ``_conic`` (min volatility, max Sharpe, max return, quadratic utility,
 multi-objective, with every constraint family) or of ``_risk_measures`` (CVaR, MAD, CDaR) with, in addition,
 
 - ``max_holdings`` K: at most K strategies with ``w_i ≠ 0``;
@@ -14,10 +14,10 @@ and Bertsimas and Shioda, 2009).
 
 Master (a MILP solved by HiGHS). Binaries ``p_i`` (held, or held long with m) and, with m and shorting allowed,
 ``q_i`` (held short), ``p_i + q_i ≤ 1``, ``Σ(p_i + q_i) ≤ K``; every linear family of the continuous program as
-``_mean_variance._Program`` (or ``_risk_measures.measure_program``) builds it (budget or net exposure
-bounds, bounds, sector/group limits, min_return, turnover, per-name caps, leverage, costs, beta, the scenario
-measures' LP); the linking, with ``s`` the program's scale (1, or κ for max Sharpe) and ``S`` its upper bound
-(1, or κ_max)::
+``_conic.MeanVarianceProgram`` (its ``ProgramBuilder.linear``) or ``_risk_measures.measure_program`` builds it
+(budget or net exposure bounds, bounds, sector/group limits, min_return, turnover, per-name caps, leverage,
+costs, beta, the scenario measures' LP); the linking, with ``s`` the program's scale (1, or κ for max Sharpe) and
+``S`` its upper bound (1, or κ_max)::
 
     −l⁻_i·S·q_i ≤ x_i ≤ u⁺_i·S·p_i                        (u⁺ = max(u, 0), l⁻ = max(−l, 0); q = p without m)
     x_i ≥ m·s − m·S·(1 − p_i) − l⁻_i·S·q_i                (with m: p_i = 1 ⇒ x_i ≥ m·s)

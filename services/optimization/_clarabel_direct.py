@@ -4,11 +4,11 @@ Scope
 -----
 Problems whose constraints are all linear and whose objective is a variance or linear function: min volatility,
 quadratic utility, max return and max Sharpe (homogenised), under the budget 1ᵀw = 1 (or net exposure bounds),
-finite per-name bounds l ≤ w ≤ u, group limits of any classification scheme and a minimum expected return. Every
-other problem (a volatility cap, the desk families, the multi-objective, cardinality, relaxation, infinite bounds,
-a field added to ``PortfolioProblem`` later) is left to the cvxpy path of ``services.optimization._mean_variance``:
-``try_direct_path`` returns None, as it does when Clarabel fails (the cvxpy path then tries again, with SCS as its
-fallback).
+finite per-name bounds l ≤ w ≤ u, group limits of any classification scheme and a minimum expected return (the
+families in ``FAMILIES``). Every other problem (a volatility cap, the trading limits — turnover, per-name caps,
+leverage, tracking error, beta —, transaction costs, the multi-objective, cardinality, infinite bounds, a family
+added later) is not supported and goes to the next backend, the cvxpy path of ``_conic``; ``solve`` returns None
+when Clarabel fails, and the cvxpy path then tries again, with SCS as its fallback.
 
 Why: above ``PARAMETRIC_MAX_ASSETS`` cvxpy canonicalises the program anew on every call, about 75 % of the call at
 N = 100; at or below it the cached (DPP) program still costs its parameter mapping and a larger factor-form
@@ -39,7 +39,7 @@ risk-free rate and m_k the 0/1 membership of group k:
 With net exposure bounds the budget becomes low ≤ 1ᵀw ≤ high (low·κ ≤ 1ᵀy ≤ high·κ for max Sharpe) and the
 return carries the cash leg r_f(1 − 1ᵀw): μ is replaced by μ − r_f in the objective and min_return becomes
 (μ − r_f)ᵀw ≥ r_min − r_f ((μ − r_f)ᵀy ≥ (r_min − r_f)κ). These are the programs the cvxpy path builds
-(``services.optimization._mean_variance._Program``), so both paths have the same optimum.
+(``_conic.MeanVarianceProgram``), so both paths have the same optimum.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ def covariance_factor(covariance: FloatArray) -> FloatArray:
 
 
 class RiskMeasure(StrEnum):
-    """Scenario risk measure (variance stays in ``services.optimization._mean_variance``)."""
+    """Scenario risk measure (variance is mean-variance's, ``_conic``)."""
 
     CVAR = "CVAR"
     """Conditional value at risk of the per-period loss at confidence α."""

@@ -14,7 +14,7 @@ Every measure is taken per period (not annualised) on the portfolio's simple ret
   ``u_0 = 0, u_t ≥ u_{t−1} − r_tᵀw, u_t ≥ 0``: ``CDaR_α(w) = min_τ τ + 1/((1 − α)T) Σ_t max(0, u_t − τ)``.
 
 Formulations (w: weights, ρ: the measure, μ: annualised expected returns, r_f: annualised risk-free rate, P: periods
-per year, Σ = F Fᵀ: annualised covariance, l ≤ w ≤ u, sector bounds as in ``services.optimization._mean_variance``):
+per year, Σ = F Fᵀ: annualised covariance, l ≤ w ≤ u, the constraint families of ``_constraints``):
 
 - min risk (``Objective.MIN_VOLATILITY``): minimise ρ(w) s.t. 1ᵀw = 1, bounds, sectors, [μᵀw ≥ r_min],
   [‖Fᵀw‖ ≤ σ_max], [ρ(w) ≤ ρ_max];

@@ -17,7 +17,7 @@ q = 1 − c); skfolio has no empirical box (its ``diagonal=True`` is an ellipsoi
 sqrt(χ²_N(c)), and dual norm 2, not a box).
 
 Formulations (ρ(w): the worst-case penalty δᵀ|w| or κ‖Lᵀw‖, Σ = F Fᵀ, constraints as in
-``services.optimization._mean_variance``):
+``_constraints``):
 
 - quadratic utility: maximise μ̂ᵀw − ρ(w) − δ_ra/2 wᵀΣw;
 - max return: maximise μ̂ᵀw − ρ(w) s.t. [‖Fᵀw‖ ≤ σ_max];
@@ -219,7 +219,7 @@ def optimize_robust(
     InvalidInputError
         Malformed moments, set parameters or bounds.
     InfeasibleError
-        A pre-check failed (``_mean_variance.precheck``), no portfolio has a positive worst-case excess
+        A pre-check failed (``ProblemModel.precheck``), no portfolio has a positive worst-case excess
         return (max Sharpe: ``NO_WORST_CASE_EXCESS_RETURN``), or the solver proved the constraints infeasible
         (``SOLVER_INFEASIBLE``).
     DeadlineExceededError

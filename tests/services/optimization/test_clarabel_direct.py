@@ -382,7 +382,7 @@ def test_other_constraint_families_are_not_eligible(fields: dict[str, Any]) -> N
     assert direct(problem, random_moments(20, 0), started=time.perf_counter()) is None
 
 
-def test_a_desk_constraint_takes_the_cvxpy_path() -> None:
+def test_a_trading_limit_takes_the_cvxpy_path() -> None:
     moments = random_moments(20, 0)
     problem = random_problem(Objective.MIN_VOLATILITY, 20, 0, turnover_limit=1.5, current_weights=np.full(20, 0.05))
     result = optimize_mean_variance(problem, moments)

@@ -1,4 +1,4 @@
-"""Desk constraint families of the mean-variance engine against independent plain-cvxpy formulations.
+"""Trading limits of the mean-variance engine against independent plain-cvxpy formulations.
 
 Families: two-way turnover Σ|w − w₀| ≤ T, per-name turnover caps |w_i − w₀_i| ≤ cap_i, leverage Σ|w| ≤ L,
 linear transaction costs cᵀ|w − w₀|/1e4 (net of the expected return), tracking error sqrt((w − b)ᵀΣ(w − b)) ≤ TE
@@ -379,7 +379,7 @@ def violation_types(problem: PortfolioProblem, moments: Moments) -> list[tuple[s
     return [(v.type, v.subject) for v in caught.value.precondition_violations]
 
 
-def test_prechecks_name_desk_conflicts(data: tuple[Moments, np.ndarray]) -> None:
+def test_prechecks_name_trading_limit_conflicts(data: tuple[Moments, np.ndarray]) -> None:
     moments, betas = data
     n = len(betas)
     half = np.full(n, 0.5 / n)  # sums to 0.5: the budget forces turnover ≥ 0.5
@@ -419,7 +419,7 @@ def test_prechecks_name_desk_conflicts(data: tuple[Moments, np.ndarray]) -> None
         ({"beta_tolerance": 0.1}, "constraints.betas"),
     ],
 )
-def test_invalid_desk_inputs_name_the_field(
+def test_invalid_trading_limit_inputs_name_the_field(
     data: tuple[Moments, np.ndarray], fields: dict[str, object], field: str
 ) -> None:
     moments, _ = data
