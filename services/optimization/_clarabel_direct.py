@@ -57,6 +57,7 @@ from services.errors import DeadlineExceededError, InfeasibleError, Precondition
 from services.optimization._constraints import Bounds, Budget, Constraint, GroupLimits, MinReturn, NetExposure
 from services.optimization._model import ProblemModel
 from services.optimization._problem import Objective, OptimizationResult
+from services.optimization._program import unscale
 from services.optimization._solver import CLARABEL_DEFAULTS, CLARABEL_SETTINGS, remaining_time
 from services.types import FloatArray
 
@@ -339,7 +340,7 @@ class ClarabelDirectBackend:
             kappa = float(x[-1])
             if not kappa > 1e-12:
                 return None  # degenerate: the cvxpy path decides (and reports it)
-            raw = raw / kappa
+            raw = unscale(raw, kappa)
         return model.result(
             raw,
             status="OPTIMAL" if status == "Solved" else "OPTIMAL_INACCURATE",

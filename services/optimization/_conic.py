@@ -20,13 +20,11 @@ from collections import OrderedDict
 from typing import Any, cast
 
 import cvxpy as cp
-import numpy as np
 
-from services.errors import OptimizationError
 from services.optimization._model import ProblemModel
 from services.optimization._problem import Objective, OptimizationResult
 from services.optimization._program import DataOwner, ProgramBuilder
-from services.optimization._solver import CLARABEL_SETTINGS, solve_program
+from services.optimization._solver import CLARABEL_SETTINGS, iterations, solve_program
 
 SOLVE_PATH = "CONIC"
 PARAMETRIC_MAX_ASSETS = 64
@@ -110,22 +108,6 @@ class MeanVarianceProgram:
         by_name[model.name] = model
         self.builder.load(by_name.__getitem__)
 
-    def weights(self) -> tuple[np.ndarray[Any, np.dtype[np.float64]], float | None]:
-        """The solved x and κ (None when not homogenised).
-
-        Raises
-        ------
-        OptimizationError
-            The solver left no solution.
-        """
-        builder = self.builder
-        if builder.x.value is None:
-            raise OptimizationError("the solver returned no solution")
-        kappa = None
-        if builder.kappa is not None:
-            kappa = float(builder.kappa.value) if builder.kappa.value is not None else 0.0
-        return np.asarray(builder.x.value, dtype=np.float64), kappa
-
 
 _PROGRAMS: OrderedDict[tuple[Any, ...], MeanVarianceProgram] = OrderedDict()
 
@@ -173,17 +155,11 @@ class ConicBackend:
             program.problem, CLARABEL_SETTINGS, description=str(model.objective), started=started,
             time_limit_s=time_limit_s,
         )  # fmt: skip
-        raw, kappa = program.weights()
-        if kappa is not None:
-            if not kappa > 1e-12:
-                raise OptimizationError("max Sharpe solution degenerated (κ = 0)")
-            raw = raw / kappa
-        stats = program.problem.solver_stats
         return model.result(
-            raw,
+            program.builder.solution(),
             status=outcome.status,
             solver=outcome.solver,
-            iterations=int(stats.num_iters or 0) if stats is not None else 0,
+            iterations=iterations(program.problem),
             started=started,
             solve_path=SOLVE_PATH,
             fallback_used=outcome.fallback_used,

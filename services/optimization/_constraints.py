@@ -592,24 +592,38 @@ class GroupLimits(Constraint):
 # --- return and risk limits --------------------------------------------------------------------------------------
 
 
-def _single_relaxation(
-    field: str, original: float, slacks: dict[str, FloatArray], sign: float, verb: str
-) -> tuple[dict[str, Any], list[Relaxation]]:
-    """The relaxation of one scalar limit by its slack ``limit`` (sign −1 lowers it, +1 raises it)."""
-    by = float(_amount(slacks.get("limit", np.zeros(()))))
-    if not by:
-        return {}, []
-    relaxed = original + sign * by
-    return {field: relaxed}, [
-        Relaxation(f"constraints.{field}", original, relaxed, f"{verb} from {original:.6g} to {relaxed:.6g}")
-    ]
+class ScalarLimit(Constraint):
+    """A family bounded by one scalar limit, named like its ``PortfolioProblem`` field (``name``)."""
+
+    relax_sign: ClassVar[float] = 1.0
+    """Direction in which an elastic solve relaxes the limit: +1 raises it, −1 lowers it."""
+    relax_verb: ClassVar[str] = "raise"
+    limit: float
+    """The limit (a dataclass field of each subclass)."""
+
+    @property
+    def bound(self) -> float:
+        """The limit's value (``limit``, or a subclass's own name for it)."""
+        return self.limit
+
+    def relax(self, slacks: dict[str, FloatArray], model: ModelView) -> tuple[dict[str, Any], list[Relaxation]]:
+        """Move the limit by its slack (plus ``RELAXATION_MARGIN``) in ``relax_sign``'s direction."""
+        by = float(_amount(slacks.get("limit", np.zeros(()))))
+        if not by:
+            return {}, []
+        original = self.bound
+        relaxed = original + self.relax_sign * by
+        description = f"{self.relax_verb} {self.name} from {original:.6g} to {relaxed:.6g}"
+        return {self.name: relaxed}, [Relaxation(f"constraints.{self.name}", original, relaxed, description)]
 
 
 @dataclass(frozen=True, slots=True)
-class MinReturn(Constraint):
+class MinReturn(ScalarLimit):
     """A minimum annualised expected return, net of transaction costs and with the cash leg: μᵀw − cost ≥ r_min."""
 
     name: ClassVar[str] = "min_return"
+    relax_sign: ClassVar[float] = -1.0
+    relax_verb: ClassVar[str] = "lower"
     limit: float
 
     def write(self, builder: ProgramBuilder) -> None:
@@ -635,9 +649,6 @@ class MinReturn(Constraint):
             ]
         return []
 
-    def relax(self, slacks: dict[str, FloatArray], model: ModelView) -> tuple[dict[str, Any], list[Relaxation]]:
-        return _single_relaxation("min_return", self.limit, slacks, -1.0, "lower min_return")
-
     def rows(self, model: ModelView) -> LinearRows | None:
         if model.costs is not None:
             return None
@@ -648,7 +659,7 @@ class MinReturn(Constraint):
 
 
 @dataclass(frozen=True, slots=True)
-class MaxVolatility(Constraint):
+class MaxVolatility(ScalarLimit):
     """A maximum annualised volatility ‖Fᵀw‖ ≤ σ_max (a second-order cone)."""
 
     name: ClassVar[str] = "max_volatility"
@@ -663,15 +674,12 @@ class MaxVolatility(Constraint):
         volatility = float(np.sqrt(max(float(weights @ model.covariance @ weights), 0.0)))
         return [f"volatility {volatility:.9g} above {self.limit:g}"] if volatility > self.limit + TOLERANCE else []
 
-    def relax(self, slacks: dict[str, FloatArray], model: ModelView) -> tuple[dict[str, Any], list[Relaxation]]:
-        return _single_relaxation("max_volatility", self.limit, slacks, 1.0, "raise max_volatility")
-
 
 # --- trading limits: turnover, per-name caps, leverage, tracking error, beta --------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class TurnoverLimit(Constraint):
+class TurnoverLimit(ScalarLimit):
     """Two-way turnover Σ|w − w₀| ≤ τ against the current weights w₀ (fractions of portfolio value)."""
 
     name: ClassVar[str] = "turnover_limit"
@@ -703,9 +711,6 @@ class TurnoverLimit(Constraint):
                 )
             ]
         return []
-
-    def relax(self, slacks: dict[str, FloatArray], model: ModelView) -> tuple[dict[str, Any], list[Relaxation]]:
-        return _single_relaxation("turnover_limit", self.limit, slacks, 1.0, "raise turnover_limit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -784,7 +789,7 @@ class TurnoverCaps(Constraint):
 
 
 @dataclass(frozen=True, slots=True)
-class LeverageLimit(Constraint):
+class LeverageLimit(ScalarLimit):
     """Gross exposure Σ|w_i| ≤ L."""
 
     name: ClassVar[str] = "leverage_limit"
@@ -813,12 +818,9 @@ class LeverageLimit(Constraint):
             ]
         return []
 
-    def relax(self, slacks: dict[str, FloatArray], model: ModelView) -> tuple[dict[str, Any], list[Relaxation]]:
-        return _single_relaxation("leverage_limit", self.limit, slacks, 1.0, "raise leverage_limit")
-
 
 @dataclass(frozen=True, slots=True)
-class TrackingErrorLimit(Constraint):
+class TrackingErrorLimit(ScalarLimit):
     """Annualised tracking error ‖Fᵀ(w − b)‖ ≤ TE against benchmark weights b (a second-order cone)."""
 
     name: ClassVar[str] = "tracking_error_limit"
@@ -844,17 +846,20 @@ class TrackingErrorLimit(Constraint):
             return [f"tracking error {tracking_error:.9g} above {self.limit:g}"]
         return []
 
-    def relax(self, slacks: dict[str, FloatArray], model: ModelView) -> tuple[dict[str, Any], list[Relaxation]]:
-        return _single_relaxation("tracking_error_limit", self.limit, slacks, 1.0, "raise tracking_error_limit")
-
 
 @dataclass(frozen=True, slots=True)
-class BetaNeutrality(Constraint):
+class BetaNeutrality(ScalarLimit):
     """Beta neutrality |βᵀw| ≤ tol against the market."""
 
     name: ClassVar[str] = "beta_tolerance"
+    relax_verb: ClassVar[str] = "widen"
     betas: FloatArray
     tolerance: float
+
+    @property
+    def bound(self) -> float:
+        """The tolerance."""
+        return self.tolerance
 
     def write(self, builder: ProgramBuilder) -> None:
         exposure = builder.value(self, "betas") @ builder.x
@@ -882,9 +887,6 @@ class BetaNeutrality(Constraint):
                 )
             ]
         return []
-
-    def relax(self, slacks: dict[str, FloatArray], model: ModelView) -> tuple[dict[str, Any], list[Relaxation]]:
-        return _single_relaxation("beta_tolerance", self.tolerance, slacks, 1.0, "widen beta_tolerance")
 
 
 # --- cardinality ---------------------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ the budget. Every backend reads the model instead of the problem's fields, and e
 bound), the same solver-independent constraint check, performance and objective value, whichever solver answered.
 
 The ratio objectives (max Sharpe; max return per unit of a scenario risk measure; the robust worst-case Sharpe) are
-solved homogenised (Cornuejols & Tütüncü, 2007, §8.2): y = κw with κ ≥ 0, the numerator fixed at 1. ``unscale`` is
-the one way back from y to w.
+solved homogenised (Cornuejols & Tütüncü, 2007, §8.2): y = κw with κ ≥ 0, the numerator fixed at 1;
+``_program.unscale`` is the one way back from y to w.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from services.errors import InfeasibleError, InvalidInputError, OptimizationError, PreconditionViolation
+from services.errors import InfeasibleError, InvalidInputError, PreconditionViolation
 from services.optimization._constraints import (
     TOLERANCE,
     BetaNeutrality,
@@ -116,21 +116,6 @@ def multi_objective_weights(problem: PortfolioProblem) -> MultiObjectiveWeights:
             "risk_parameters.multi_objective", "return_weight and variance_weight cannot both be 0"
         )
     return weights
-
-
-def unscale(raw: FloatArray, kappa: float | None) -> FloatArray:
-    """The weights w = y / κ of a homogenised solution (``raw`` itself when ``kappa`` is None).
-
-    Raises
-    ------
-    OptimizationError
-        The homogenised solution degenerated (κ ≤ 1e-12).
-    """
-    if kappa is None:
-        return raw
-    if not kappa > 1e-12:
-        raise OptimizationError("max ratio solution degenerated (κ = 0)")
-    return np.asarray(raw / kappa, dtype=np.float64)
 
 
 def _net_exposure(problem: PortfolioProblem) -> NetExposure | None:

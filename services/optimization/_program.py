@@ -25,7 +25,26 @@ from typing import Any, Protocol
 import cvxpy as cp
 import numpy as np
 
+from services.errors import OptimizationError
 from services.types import FloatArray
+
+
+def unscale(raw: FloatArray, kappa: float | None) -> FloatArray:
+    """The weights w = y / κ of a homogenised solution (``raw`` itself when ``kappa`` is None).
+
+    The one way back from the homogenised ratio programs (max Sharpe, max return per unit of a scenario risk
+    measure, the robust worst-case Sharpe; Cornuejols & Tütüncü, 2007, §8.2) to weights.
+
+    Raises
+    ------
+    OptimizationError
+        The homogenised solution degenerated (κ ≤ 1e-12).
+    """
+    if kappa is None:
+        return raw
+    if not kappa > 1e-12:
+        raise OptimizationError("the homogenised (max ratio) solution degenerated (κ = 0)")
+    return np.asarray(raw / kappa, dtype=np.float64)
 
 
 class DataOwner(Protocol):
@@ -93,6 +112,21 @@ class ProgramBuilder:
         self._trades: cp.Variable | None = None
         self._net_return: cp.Expression | None = None
         self._factor: cp.Expression | FloatArray | None = None
+
+    def solution(self) -> FloatArray:
+        """The solved weights (N,): x, or y / κ for a homogenised program (``unscale``).
+
+        Raises
+        ------
+        OptimizationError
+            The solver left no solution, or κ degenerated to 0.
+        """
+        if self.x.value is None:
+            raise OptimizationError("the solver returned no solution")
+        raw = np.asarray(self.x.value, dtype=np.float64)
+        if self.kappa is None:
+            return raw
+        return unscale(raw, float(self.kappa.value) if self.kappa.value is not None else 0.0)
 
     # --- data, slacks and shared expressions --------------------------------------------------------------------
 

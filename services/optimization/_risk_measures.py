@@ -36,14 +36,14 @@ from typing import cast
 import cvxpy as cp
 import numpy as np
 
-from services.errors import InvalidInputError, OptimizationError
+from services.errors import InvalidInputError
 from services.estimation import validate_moments
 from services.optimization._constraints import TOLERANCE
 from services.optimization._metrics import RiskMeasure, risk_measure_value
-from services.optimization._model import ProblemModel, unscale
+from services.optimization._model import ProblemModel
 from services.optimization._problem import Objective, OptimizationResult, PortfolioProblem
 from services.optimization._program import ProgramBuilder
-from services.optimization._solver import CLARABEL_SETTINGS, SolveOutcome, solve_highs, solve_program
+from services.optimization._solver import CLARABEL_SETTINGS, SolveOutcome, iterations, solve_highs, solve_program
 from services.types import FloatArray, Moments
 
 LP_SETTINGS: dict[str, float | str] = {**CLARABEL_SETTINGS, "direct_solve_method": "qdldl"}
@@ -189,6 +189,8 @@ class MeasureProgram:
     constraints: list[cp.Constraint]
     objective: cp.Expression
     """Minimised: ρ(x) (min risk, max ratio) or −μᵀx (max return)."""
+    builder: ProgramBuilder
+    """The builder that owns x and κ (``solution`` reads the weights back)."""
 
 
 def measure_program(model: ProblemModel, spec: ScenarioSpec, *, with_volatility_cap: bool = True) -> MeasureProgram:
@@ -222,7 +224,9 @@ def measure_program(model: ProblemModel, spec: ScenarioSpec, *, with_volatility_
     if spec.max_risk is not None:
         builder.add(risk <= spec.max_risk * builder.scale)
     objective = -builder.net_return() if model.objective is Objective.MAX_RETURN else risk
-    return MeasureProgram(x=x, kappa=builder.kappa, constraints=builder.constraints, objective=objective)
+    return MeasureProgram(
+        x=x, kappa=builder.kappa, constraints=builder.constraints, objective=objective, builder=builder
+    )
 
 
 # --- the backends ------------------------------------------------------------------------------------------------
@@ -304,18 +308,12 @@ def _result(
     started: float,
     solve_path: str,
 ) -> OptimizationResult:
-    if program.x.value is None:
-        raise OptimizationError(f"{outcome.solver} returned no solution for {model.objective} with {spec.risk_measure}")
-    kappa = None
-    if program.kappa is not None:
-        kappa = float(program.kappa.value) if program.kappa.value is not None else 0.0
-    weights = model.snap(unscale(np.asarray(program.x.value, dtype=np.float64), kappa))
-    stats = cvx_problem.solver_stats
+    weights = model.snap(program.builder.solution())
     return model.result(
         weights,
         status=outcome.status,
         solver=outcome.solver,
-        iterations=int(stats.num_iters or 0) if stats is not None else 0,
+        iterations=iterations(cvx_problem),
         started=started,
         solve_path=solve_path,
         fallback_used=outcome.fallback_used,

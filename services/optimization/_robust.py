@@ -43,14 +43,14 @@ import cvxpy as cp
 import numpy as np
 from scipy import stats
 
-from services.errors import InfeasibleError, InvalidInputError, OptimizationError, PreconditionViolation
+from services.errors import InfeasibleError, InvalidInputError, PreconditionViolation
 from services.estimation import validate_moments
 from services.optimization._constraints import TOLERANCE, MinReturn
 from services.optimization._metrics import portfolio_performance
-from services.optimization._model import ProblemModel, unscale
+from services.optimization._model import ProblemModel
 from services.optimization._problem import Objective, OptimizationResult, PortfolioProblem
 from services.optimization._program import ProgramBuilder
-from services.optimization._solver import CLARABEL_SETTINGS, solve_program
+from services.optimization._solver import CLARABEL_SETTINGS, iterations, solve_program
 from services.types import FloatArray, Moments
 
 
@@ -300,12 +300,7 @@ def optimize_robust(
                 ),
             ) from exc
         raise
-    if x.value is None:
-        raise OptimizationError(f"{outcome.solver} returned no solution for {description}")
-    kappa = None
-    if builder.kappa is not None:
-        kappa = float(builder.kappa.value) if builder.kappa.value is not None else 0.0
-    weights = model.snap(unscale(np.asarray(x.value, dtype=np.float64), kappa))
+    weights = model.snap(builder.solution())
 
     performance = portfolio_performance(weights, moments, problem.risk_free_rate)
     worst = uncertainty_set.worst_case_return(weights, mu)
@@ -323,12 +318,11 @@ def optimize_robust(
         objective_value = (
             (worst - problem.risk_free_rate) / performance.volatility if performance.volatility > 0 else 0.0
         )
-    solver_stats = cvx_problem.solver_stats
     return model.result(
         weights,
         status=outcome.status,
         solver=outcome.solver,
-        iterations=int(solver_stats.num_iters or 0) if solver_stats is not None else 0,
+        iterations=iterations(cvx_problem),
         started=started,
         solve_path="CONIC",
         fallback_used=outcome.fallback_used,

@@ -197,3 +197,9 @@ def remaining_time(started: float, time_limit_s: float | None) -> float:
     if remaining <= 0:
         raise DeadlineExceededError(f"the solver did not finish within {time_limit_s:.3f} s")
     return remaining
+
+
+def iterations(cvx_problem: cp.Problem) -> int:
+    """The solver's iteration count of the last solve (0 when it reports none)."""
+    stats = cvx_problem.solver_stats
+    return int(stats.num_iters or 0) if stats is not None else 0

@@ -9,7 +9,6 @@ returns, sectors of ``SP500_SECTORS``) and seeded random positive definite matri
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -24,7 +23,6 @@ from services.optimization import (
     ACTIVE_SET,
     CLARABEL_DIRECT,
     CONIC,
-    Constraint,
     MultiObjectiveWeights,
     Objective,
     OptimizationResult,
@@ -38,6 +36,7 @@ from services.optimization import _active_set as fast_qp
 from services.optimization import _clarabel_direct as clarabel_direct
 from services.types import Moments
 from tests.services.market_data import SP500_SECTORS
+from tests.services.optimization.families import with_new_family
 
 OBJECTIVE_RTOL = 1e-7
 """Agreement of the direct path's objective with the cvxpy path's (relative)."""
@@ -405,20 +404,7 @@ def test_eligibility() -> None:
 
     # A constraint family the backend does not list is not supported.
     model = ProblemModel.build(base, random_moments(20, 0))
-    assert not CLARABEL_DIRECT.supports(dataclasses.replace(model, constraints=(*model.constraints, NewFamily())))
-
-
-@dataclass(frozen=True)
-class NewFamily(Constraint):
-    """A family added later: no backend lists it until it is reviewed."""
-
-    name = "new_family"
-
-    def write(self, builder: object) -> None:  # type: ignore[override]
-        raise NotImplementedError
-
-    def violations(self, weights: np.ndarray, model: object) -> list[str]:  # type: ignore[override]
-        return []
+    assert not CLARABEL_DIRECT.supports(with_new_family(model))
 
 
 def eligible(problem: PortfolioProblem) -> bool:

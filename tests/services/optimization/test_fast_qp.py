@@ -10,8 +10,7 @@ Data: the S&P 500 and PyPortfolioOpt data sets of ``data/`` and seeded random po
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -21,7 +20,6 @@ from pypfopt import EfficientFrontier, expected_returns, risk_models
 from services.optimization import (
     ACTIVE_SET,
     CONIC,
-    Constraint,
     MultiObjectiveWeights,
     Objective,
     OptimizationResult,
@@ -34,6 +32,7 @@ from services.optimization import (
 )
 from services.optimization import _active_set as fast_qp
 from services.types import Moments
+from tests.services.optimization.families import with_new_family
 
 OBJECTIVE_RTOL = 1e-7
 """Agreement of the fast path's objective with the Clarabel path's (the issue's requirement)."""
@@ -41,7 +40,6 @@ KKT_TOL = 1e-9
 """KKT residuals relative to max(diag Σ)·‖w‖₁ + λ‖μ‖∞ (and bounds, budget to 1e-9 absolute)."""
 OBJECTIVES = (Objective.MIN_VOLATILITY, Objective.MAX_SHARPE, Objective.MAX_QUADRATIC_UTILITY)
 RISK_FREE = 0.02
-
 
 # --- helpers ----------------------------------------------------------------------------------------------------
 
@@ -420,22 +418,7 @@ def test_eligibility() -> None:
     assert not eligible(replace(base, upper_bounds=np.full(10, np.inf)))
     # A constraint family the backend does not list is not supported.
     model = ProblemModel.build(base, random_moments(10, 0))
-    assert not fast_qp.ActiveSetBackend().supports(
-        dataclasses.replace(model, constraints=(*model.constraints, NewFamily()))
-    )
-
-
-@dataclass(frozen=True)
-class NewFamily(Constraint):
-    """A family added later: no backend lists it until it is reviewed."""
-
-    name = "new_family"
-
-    def write(self, builder: object) -> None:  # type: ignore[override]
-        raise NotImplementedError
-
-    def violations(self, weights: np.ndarray, model: object) -> list[str]:  # type: ignore[override]
-        return []
+    assert not fast_qp.ActiveSetBackend().supports(with_new_family(model))
 
 
 def eligible(problem: PortfolioProblem) -> bool:
