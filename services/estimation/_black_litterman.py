@@ -25,6 +25,9 @@ He, G. and Litterman, R. (1999). The intuition behind Black-Litterman model port
 Idzorek, T. (2005). A step-by-step guide to the Black-Litterman model. Zephyr Associates.
 Walters, J. (2014). The Black-Litterman model in detail. SSRN 1314585.
 PyPortfolioOpt: Martin, R. A. (2021). PyPortfolioOpt: portfolio optimization in Python. JOSS 6(61), 3066.
+
+Why over 500 lines: the posterior, the implied risk aversion and the market prior each validate their own inputs
+naming the request's fields; the formulas themselves come from PyPortfolioOpt.
 """
 
 from __future__ import annotations

@@ -51,6 +51,10 @@ must exist a budget multiplier ν with |g_i + ν| small on the free names and th
 (``kkt_holds``; tolerances relative to the size of the terms, ``KKT_RTOL``). Anything else (a Cholesky failure or
 an ill-conditioned free block, an iteration cap, a failed certificate) returns None, and the caller solves the
 problem with the conic solver instead (the next backend of ``_dispatch``).
+
+Why one long module: the primal-dual and primal active-set iterations, the Schur-complement and mixed-precision
+factor updates and the KKT certificate share one private problem object whose invariants (the factor matches the
+free set) would leak across module boundaries if split.
 """
 
 from __future__ import annotations

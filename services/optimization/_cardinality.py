@@ -87,6 +87,10 @@ Frangioni, A. and Gentile, C. (2006). Perspective cuts for a class of convex 0-1
 Mathematical Programming 106, 225-236.
 Frangioni, A. and Gentile, C. (2007). SDP diagonalizations and perspective cuts for a class of nonseparable MIQP.
 Operations Research Letters 35, 181-185.
+
+Why one long module: the master (binaries, linking, perspective and gradient cuts), the two continuous backends
+and the search that drives them form one algorithm whose parts exchange private state (patterns, cuts,
+incumbents); splitting it would turn that state into a public interface nobody else needs.
 """
 
 from __future__ import annotations

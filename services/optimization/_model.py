@@ -9,6 +9,9 @@ bound), the same solver-independent constraint check, performance and objective 
 The ratio objectives (max Sharpe; max return per unit of a scenario risk measure; the robust worst-case Sharpe) are
 solved homogenised (Cornuejols & Tütüncü, 2007, §8.2): y = κw with κ ≥ 0, the numerator fixed at 1;
 ``_program.unscale`` is the one way back from y to w.
+
+Why over 500 lines: it holds the validation of every field of a problem and the one result builder, which
+belong together (a field validated here is read back through the same attributes by every backend).
 """
 
 from __future__ import annotations

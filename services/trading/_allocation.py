@@ -75,6 +75,10 @@ Trades and fees in the result are always recomputed from the final share counts,
 name, so that the answer does not depend on the order of the request (see :func:`allocation_cache_key`).
 ``time_limit_s`` bounds the whole call: the MILP gets what is left after the heuristic; with nothing left before
 the start, ``DeadlineExceededError``.
+
+Why one long module: validation, band relaxation, the greedy pass with local search, the LP bound and the HiGHS
+MILP all work on one private ``_Problem``/``_Bands``/``_Costs`` representation of the request; apart, they would
+need it as a public type.
 """
 
 from __future__ import annotations

@@ -59,6 +59,9 @@ pp. 58-62. B. Tóth, Y. Lempérière, C. Deremble, J. de Lataillade, J. Kockelko
 price impact and the critical nature of liquidity in financial markets", Physical Review X 1, 021006, 2011.
 J.-P. Bouchaud, J. Bonart, J. Donier and M. Gould, "Trades, Quotes and Prices", Cambridge University Press, 2018.
 R. Grinold and R. Kahn, "Active Portfolio Management", 2nd ed., McGraw-Hill, 2000, ch. 16.
+
+Why one long module: drift, costs (four impact models) and the whole-share trade list with its turnover and cash
+checks are one computation over the same validated arrays; tax lots, the other half, live in ``_tax_lots``.
 """
 
 from __future__ import annotations

@@ -33,6 +33,9 @@ Wash sales (US IRC §1091): a loss on a sale is disallowed when substantially id
 name) are bought within ``TaxSettings.wash_sale_window_days`` (default 30) days before or after the sale. This
 module only flags the risk: buys of a name with a realised loss within the window (:func:`wash_sale_flags`), and
 harvesting candidates or loss sales of a name bought within the window before the sale (:func:`recently_bought`).
+
+Why over 500 lines: lot selection (three methods), holding terms, harvesting candidates and wash-sale flags share
+the lot and sale types defined here, and each comes with its validation.
 """
 
 from __future__ import annotations
