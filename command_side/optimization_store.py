@@ -159,6 +159,12 @@ def configuration_from_content(
     return config
 
 
+def configuration_not_found(portfolio_id: str, version: int = 0) -> NotFoundError:
+    """The error for a portfolio without a configuration (``version`` 0) or without that version."""
+    which = f" version {version}" if version else ""
+    return NotFoundError(f"no configuration{which} for portfolio '{portfolio_id}'")
+
+
 def epoch_microseconds(value: datetime) -> int:
     """Microseconds since 1970-01-01 UTC of a datetime (naive values are taken as UTC), exactly."""
     if value.tzinfo is None:
@@ -479,15 +485,14 @@ class InMemoryOptimizationStore(OptimizationStore):
         for config in self._configurations.get(portfolio_id, ()):
             if config.version == version:
                 return _copy(config)
-        what = f"version {version} of " if version else ""
-        raise NotFoundError(f"no configuration {what}for portfolio '{portfolio_id}'")
+        raise configuration_not_found(portfolio_id, version)
 
     async def get_configuration(self, portfolio_id: str, version: int = 0) -> cmd_pb.OptimizationConfiguration:
         """One configuration version (0 = latest); ``NotFoundError`` when absent."""
         if not version:
             versions = self._configurations.get(portfolio_id)
             if not versions:
-                raise NotFoundError(f"no configuration for portfolio '{portfolio_id}'")
+                raise configuration_not_found(portfolio_id)
             return _copy(versions[-1])
         return self._version(portfolio_id, version)
 

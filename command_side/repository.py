@@ -26,13 +26,13 @@ from command_side.optimization_store import (
     PriceWindow,
     StoredResult,
     configuration_from_content,
+    configuration_not_found,
     epoch_microseconds,
     next_configuration_version,
     price_window,
 )
 from command_side.postgres_errors import Connection, postgres_errors
 from command_side.postgres_errors import operational_errors as database_errors
-from services.errors import NotFoundError
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
 
@@ -245,8 +245,7 @@ class PostgresOptimizationStore(OptimizationStore):
                     portfolio_id,
                 )
         if row is None:
-            what = f"version {version} of " if version else ""
-            raise NotFoundError(f"no configuration {what}for portfolio '{portfolio_id}'")
+            raise configuration_not_found(portfolio_id, version)
         return _configuration_from_row(row)
 
     async def list_configurations(
