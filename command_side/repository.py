@@ -36,14 +36,15 @@ from command_side.postgres_errors import operational_errors as database_errors
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
 
+# ``Connection`` and ``database_errors`` are re-exported for command_side.rebalancing_repository, which imports
+# them from here; it lets asyncpg's UniqueViolationError through to its service, so ``database_errors`` is the
+# connection-only translation.
 __all__ = [
     "NOTIFY_CHANNEL",
     "Connection",
     "PostgresOptimizationStore",
     "PriceWindow",
     "StoredResult",
-    # command_side.rebalancing_repository still imports these two from here (it lets asyncpg's
-    # UniqueViolationError through to its service, so it uses the connection-only translation).
     "database_errors",
 ]
 
