@@ -22,7 +22,7 @@ from command_side.allocations_repository import PostgresAllocationCache
 from stratopt.v1 import trading_service_pb2 as trading_pb
 
 HOUR = timedelta(hours=1)
-SHORT_TTL = timedelta(milliseconds=300)
+SHORT_TTL = timedelta(seconds=1)
 """Lifetime of the entries that a test lets expire (the PostgreSQL backend waits it out)."""
 
 
