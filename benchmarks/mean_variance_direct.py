@@ -9,8 +9,8 @@ from the equal-weight return to the highest return the bounds allow), the median
 - ``engine``: ``optimize_mean_variance`` as the engine calls it (pre-checks, assembly of P, q, A, b, the Clarabel
   solve, the post-solve constraint check and performance), answered by ``clarabel_direct``
   (``solve_path == "CLARABEL_DIRECT"``);
-- ``build``: ``clarabel_direct.build_program`` alone (the NumPy/SciPy assembly);
-- ``cvxpy``: ``optimize_mean_variance`` with ``clarabel_direct.ENABLED = False``: cvxpy + Clarabel, the compiled
+- ``build``: ``ProblemModel.build`` and ``clarabel_direct.build_program`` (validation and the NumPy/SciPy assembly);
+- ``cvxpy``: ``optimize_mean_variance`` with ``backends=(CONIC,)``: cvxpy + Clarabel, the compiled
   program cached per shape (DPP) up to ``PARAMETRIC_MAX_ASSETS`` = 64, canonicalised on every call above;
 - ``clarabel``: ``clarabel.DefaultSolver(P, q, A, b, cones, settings)`` + ``solve()`` on the matrices of
   ``build_program`` with the engine's settings (``CLARABEL_SETTINGS``, quiet): Clarabel called directly, the
@@ -50,10 +50,19 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from benchmarks.mean_variance_fast_path import RISK_FREE, moments_for
+from services.optimization import (
+    CONIC,
+    Objective,
+    OptimizationResult,
+    PortfolioProblem,
+    ProblemModel,
+    SectorLimit,
+    max_achievable_return,
+    optimize_mean_variance,
+)
 from services.optimization import _clarabel_direct as clarabel_direct
-from services.optimization import max_achievable_return, optimize_mean_variance
-from services.optimization._mean_variance import CLARABEL_SETTINGS, _sector_rows
-from services.types import Moments, Objective, OptimizationResult, PortfolioProblem, SectorLimit
+from services.optimization._solver import CLARABEL_SETTINGS
+from services.types import Moments
 
 GROUPS = 10
 LIMITS = (
@@ -82,17 +91,13 @@ def problem_for(n: int, moments: Moments, objective: Objective) -> PortfolioProb
 
 
 def cvxpy_solve(problem: PortfolioProblem, moments: Moments) -> OptimizationResult:
-    """``optimize_mean_variance`` with the direct path switched off."""
-    clarabel_direct.ENABLED = False
-    try:
-        return optimize_mean_variance(problem, moments)
-    finally:
-        clarabel_direct.ENABLED = True
+    """``optimize_mean_variance`` on the cvxpy path alone (``backends=(CONIC,)``)."""
+    return optimize_mean_variance(problem, moments, backends=(CONIC,))
 
 
 def clarabel_call(problem: PortfolioProblem, moments: Moments) -> Callable[[], object]:
     """Clarabel on the assembled matrices: only the solver's construction and ``solve()`` run in the closure."""
-    program = clarabel_direct.build_program(problem, moments, _sector_rows(problem))
+    program = clarabel_direct.build_program(ProblemModel.build(problem, moments))
     P, q, A, b, cones = program.P, program.q, program.A, program.b, program.cones()
 
     def solve() -> object:
@@ -136,7 +141,7 @@ def row(n: int, moments: Moments, objective: Objective, repeats: int) -> str:
     ms = interleaved_ms(
         {
             "engine": lambda: optimize_mean_variance(problem, moments),
-            "build": lambda: clarabel_direct.build_program(problem, moments, _sector_rows(problem)),
+            "build": lambda: clarabel_direct.build_program(ProblemModel.build(problem, moments)),
             "cvxpy": lambda: cvxpy_solve(problem, moments),
             "clarabel": clarabel_call(problem, moments),
         },

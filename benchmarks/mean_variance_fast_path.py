@@ -7,8 +7,8 @@ max(0.05, 2/N)), the median wall time of
 
 - ``fast``: ``optimize_mean_variance`` as the engine calls it (pre-checks, the active-set solve, the post-solve
   constraint check and performance), answered by the fast path (``solve_path == "ACTIVE_SET"``);
-- ``solver``: ``fast_qp.solve_problem`` alone (the active-set solve and its KKT certificate);
-- ``clarabel``: ``optimize_mean_variance`` with ``fast_qp.ENABLED = False`` (cvxpy + Clarabel at 1e-10, the
+- ``solver``: ``_active_set.solve_model`` alone (the model's validation, the active-set solve and its KKT certificate);
+- ``clarabel``: ``optimize_mean_variance`` with ``backends=(CONIC,)`` (cvxpy + Clarabel at 1e-10, the
   engine's robust path);
 - ``pypfopt``: ``EfficientFrontier(mu, S, weight_bounds=...)`` + ``min_volatility()`` / ``max_sharpe()``
   (construction and solve) on the same μ and Σ, with its default solver, or with ``solver="CLARABEL"`` where the
@@ -50,9 +50,16 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from benchmarks.risk_parity_speed import synthetic_inputs
+from services.optimization import (
+    CONIC,
+    Objective,
+    OptimizationResult,
+    PortfolioProblem,
+    ProblemModel,
+    optimize_mean_variance,
+)
 from services.optimization import _active_set as fast_qp
-from services.optimization import optimize_mean_variance
-from services.types import FloatArray, Moments, Objective, OptimizationResult, PortfolioProblem
+from services.types import FloatArray, Moments
 
 RISK_FREE = 0.02
 SEED = 7
@@ -119,12 +126,13 @@ def objective_of(weights: FloatArray, moments: Moments, objective: Objective) ->
 
 
 def conic_solve(problem: PortfolioProblem, moments: Moments) -> OptimizationResult:
-    """``optimize_mean_variance`` with the fast path switched off."""
-    fast_qp.ENABLED = False
-    try:
-        return optimize_mean_variance(problem, moments)
-    finally:
-        fast_qp.ENABLED = True
+    """``optimize_mean_variance`` on the cvxpy path alone (``backends=(CONIC,)``)."""
+    return optimize_mean_variance(problem, moments, backends=(CONIC,))
+
+
+def active_set_solve(problem: PortfolioProblem, moments: Moments) -> fast_qp.ActiveSetSolution | None:
+    """The active-set solve and its KKT certificate on the problem's model (model validation included)."""
+    return fast_qp.solve_model(ProblemModel.build(problem, moments))
 
 
 def row(n: int, moments: Moments, objective: Objective, upper: float, repeats: int, library_repeats: int) -> str:
@@ -137,7 +145,7 @@ def row(n: int, moments: Moments, objective: Objective, upper: float, repeats: i
         risk_free_rate=RISK_FREE,
     )
     fast_ms, fast = median_ms(partial(optimize_mean_variance, problem, moments), repeats)
-    solver_ms, solution = median_ms(partial(fast_qp.solve_problem, problem, moments), repeats)
+    solver_ms, solution = median_ms(partial(active_set_solve, problem, moments), repeats)
     conic_ms, conic = median_ms(partial(conic_solve, problem, moments), library_repeats)
     lib_ms, lib_weights, lib_solver = pypfopt_timing(moments, objective, upper, library_repeats)
     if solution is None or fast.solve_path != "ACTIVE_SET" or conic.solve_path != "CONIC":

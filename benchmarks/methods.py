@@ -364,8 +364,15 @@ def stratopt_call(spec: MethodSpec, data: Inputs) -> Callable[[], tuple[Any, Ref
     """A closure making the engine call of ``spec`` on ``data``; it returns the result and the reference moments."""
     from services.engine import BlackLittermanSettings, Method, MethodSettings, OptimizationJob, run_optimization
     from services.estimation import BlackLittermanPosterior
-    from services.optimization import RiskMeasure, Uncertainty, optimize_risk_measure, risk_measure_value
-    from services.types import EstimationSettings, Moments, Objective, PortfolioProblem
+    from services.optimization import (
+        Objective,
+        PortfolioProblem,
+        RiskMeasure,
+        Uncertainty,
+        optimize_risk_measure,
+        risk_measure_value,
+    )
+    from services.types import EstimationSettings, Moments
 
     n = data.n
     objective = {

@@ -10,9 +10,11 @@ from command_side.allocations_repository import PostgresAllocationCache
 from command_side.application import MAX_BATCH_SIZE, OptimizationService
 from command_side.optimization_store import InMemoryOptimizationStore, OptimizationStore
 from command_side.rebalancing import RebalancingService
+from command_side.rebalancing_repository import PostgresTradingStore
 from command_side.repository import PostgresOptimizationStore
 from command_side.servicer import OptimizationCommandServicer
 from command_side.trading_servicer import TradingCommandServicer
+from command_side.trading_store import InMemoryTradingStore, TradingStore
 from command_side.workers import SolverPool
 from stratopt.rpc_errors import ErrorMappingInterceptor
 from stratopt.v1 import command_service_pb2, command_service_pb2_grpc, trading_service_pb2, trading_service_pb2_grpc
@@ -29,12 +31,15 @@ __all__ = [
     "ErrorMappingInterceptor",
     "InMemoryAllocationCache",
     "InMemoryOptimizationStore",
+    "InMemoryTradingStore",
     "OptimizationService",
     "OptimizationStore",
     "PostgresAllocationCache",
     "PostgresOptimizationStore",
+    "PostgresTradingStore",
     "RebalancingService",
     "SolverPool",
+    "TradingStore",
     "interceptor",
     "register",
 ]

@@ -19,18 +19,21 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.engine import BlackLittermanSettings, Method, MethodSettings
 from services.errors import InvalidInputError
-from services.optimization import RiskMeasure, Uncertainty
+from services.optimization import (
+    MultiObjectiveWeights,
+    Objective,
+    PortfolioProblem,
+    RiskMeasure,
+    SectorLimit,
+    Uncertainty,
+)
 from services.types import (
     CovarianceEstimator,
     EstimationSettings,
     MissingDataPolicy,
     Moments,
-    MultiObjectiveWeights,
-    Objective,
-    PortfolioProblem,
     ReturnHistory,
     ReturnsEstimator,
-    SectorLimit,
 )
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb

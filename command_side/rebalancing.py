@@ -3,7 +3,8 @@
 The use cases of ``stratopt.v1.TradingCommandService`` from UpsertHoldings to RejectRebalance. The numbers come
 from the pure engine (:func:`services.trading.check_drift`, :func:`services.trading.generate_rebalance` and
 :mod:`services.trading`); this module validates requests, gathers the stored inputs (holdings, policy, prices,
-target) and persists through :class:`command_side.rebalancing_repository.RebalancingRepository`.
+target) and persists through a :class:`command_side.trading_store.TradingStore` given to the service (the
+PostgreSQL one, :class:`command_side.rebalancing_repository.PostgresTradingStore`, in the server).
 
 Inputs of CheckDrift and GenerateRebalance
 ------------------------------------------
@@ -23,10 +24,12 @@ Inputs of CheckDrift and GenerateRebalance
 
 Recommendations
 ---------------
-A recommendation is AUTO_APPROVED when its total trade value (buys plus sells) is at most the policy's
-``approval_limit`` (decided at creation: ``decided_at`` = ``created_at``, no approver), else PENDING_APPROVAL
-until ``created_at + approval_ttl`` (``expires_at``). Approve and Reject move only PENDING_APPROVAL ones. A pending
-recommendation past ``expires_at`` is EXPIRED: the command side persists it (row and EXPIRED event, dated at
+The approval rule is the lifecycle of :class:`services.trading.RecommendationState` (one state machine, used by
+the stores here and by the query side): a recommendation is AUTO_APPROVED when its total trade value (buys plus
+sells) is at most the policy's ``approval_limit`` (decided at creation: ``decided_at`` = ``created_at``, no
+approver), else PENDING_APPROVAL until ``created_at + approval_ttl`` (``expires_at``). Approve and Reject move
+only PENDING_APPROVAL ones; a new recommendation supersedes the portfolio's pending ones. A pending
+recommendation at or past ``expires_at`` is EXPIRED: the store persists it (row and EXPIRED event, dated at
 ``expires_at``) when it next touches the portfolio's recommendations: at the start of GenerateRebalance (before
 the idempotency check) and of Approve/Reject, every overdue pending recommendation of the portfolio is expired.
 """
@@ -42,22 +45,14 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Final
 
-import asyncpg
 import numpy as np
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from command_side.rebalancing_repository import (
-    APPROVED,
-    REJECTED,
-    Decision,
-    DecisionOutcome,
-    RebalancingRepository,
-    status_name,
-)
+from command_side.trading_store import TradingStore
 from services.errors import (
     DeadlineExceededError,
+    IntegrityError,
     InvalidInputError,
-    NotFoundError,
     PreconditionError,
     PreconditionViolation,
 )
@@ -71,6 +66,7 @@ from services.trading import (
     Purchase,
     RealizedLoss,
     RebalancePlan,
+    RecommendationStatus,
     Side,
     TaxLot,
     TaxSettings,
@@ -459,17 +455,17 @@ class RebalancingService:
 
     Parameters
     ----------
-    pool : asyncpg.Pool
-        Connection pool to the migrated database.
+    store : TradingStore
+        Where holdings, policies, prices, targets and recommendations are kept (the PostgreSQL store in the
+        server, the in-memory one in unit tests).
 
     Notes
     -----
-    Every method may also raise ``UnavailableError`` (gRPC UNAVAILABLE) when the database cannot be reached.
+    Every method may also raise ``UnavailableError`` (gRPC UNAVAILABLE) when the store cannot be reached.
     """
 
-    def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
-        self._pool = pool
-        self._repository = RebalancingRepository(pool)
+    def __init__(self, store: TradingStore) -> None:
+        self._store = store
 
     async def upsert_holdings(self, request: trading_pb.UpsertHoldingsRequest) -> trading_pb.UpsertHoldingsResponse:
         """Store a holdings snapshot (positions without prices, their lots and cash), replacing the previous one.
@@ -486,7 +482,7 @@ class RebalancingService:
             stored.CopyFrom(position)
             stored.ClearField("price")
             positions.append(stored)
-        updated_at = await self._repository.store_holdings(request.portfolio_id, positions, request.cash)
+        updated_at = await self._store.store_holdings(request.portfolio_id, positions, request.cash)
         response = trading_pb.UpsertHoldingsResponse(portfolio_id=request.portfolio_id, positions=len(positions))
         response.updated_at.FromDatetime(updated_at)
         return response
@@ -504,7 +500,7 @@ class RebalancingService:
         _required_id(request.portfolio_id, "portfolio_id")
         validate_policy(request.policy)
         policy = resolved_policy(request.policy)
-        await self._repository.store_policy(request.portfolio_id, policy)
+        await self._store.store_policy(request.portfolio_id, policy)
         return trading_pb.UpsertRebalancePolicyResponse(portfolio_id=request.portfolio_id, policy=policy)
 
     async def _inputs(
@@ -519,15 +515,15 @@ class RebalancingService:
         """Holdings, policy, target, prices and bands of a portfolio (see the module docstring)."""
         given_targets = _request_targets(target_weights, long_only=long_only) if target_weights else None
         given_prices = _prices(prices)
-        holdings = await self._repository.load_holdings(portfolio_id)
+        holdings = await self._store.load_holdings(portfolio_id)
         if holdings is None:
             raise _violation("NO_HOLDINGS", portfolio_id, f"portfolio '{portfolio_id}' has no stored holdings")
-        policy = resolved_policy(await self._repository.load_policy(portfolio_id))
+        policy = resolved_policy(await self._store.load_policy(portfolio_id))
         target_event_id = ""
         if given_targets is not None:
             targets = given_targets
         else:
-            latest = await self._repository.latest_target(portfolio_id)
+            latest = await self._store.latest_target(portfolio_id)
             if latest is None:
                 raise _violation(
                     "NO_TARGET",
@@ -557,7 +553,7 @@ class RebalancingService:
             | {s for s, w in targets.items() if abs(w) >= TARGET_EPSILON}
         )
         missing_from_request = [s for s in names if s not in given_prices]
-        stored = await self._repository.latest_prices(missing_from_request, at_or_before=at_or_before)
+        stored = await self._store.latest_prices(missing_from_request, at_or_before=at_or_before)
         missing = [s for s in missing_from_request if s not in stored]
         if missing:
             when = "" if at_or_before is None else f" at or before {at_or_before.isoformat()}"
@@ -646,9 +642,10 @@ class RebalancingService:
         docstring) with the policy's bands, minimum trade value, turnover cap, cost model, lot method, tax
         settings and ``prefer_losses``, on the trade date ``as_of`` (default now, UTC). Wash-sale checks see this
         list's own loss sales plus the sells with a realised loss and the buys of the portfolio's APPROVED and
-        AUTO_APPROVED recommendations dated within the wash-sale window of ``as_of``. The recommendation is
-        AUTO_APPROVED when its total trade value is at most the policy's approval limit, else PENDING_APPROVAL
-        until ``created_at + approval_ttl``; it is stored with its CREATED event in one transaction.
+        AUTO_APPROVED recommendations dated within the wash-sale window of ``as_of``. The store opens the
+        recommendation's lifecycle (:meth:`services.trading.RecommendationState.open`: AUTO_APPROVED when its
+        total trade value is at most the policy's approval limit, else PENDING_APPROVAL until ``created_at +
+        approval_ttl``) and stores it with its CREATED event atomically.
 
         A repeated ``request_id`` (per portfolio) with the same request returns the stored recommendation in its
         current state with ``replayed`` = true.
@@ -685,7 +682,7 @@ class RebalancingService:
         _request_targets(request.target_weights, long_only=True)
         _prices(request.prices)
         fingerprint = request_hash(request)
-        await self._repository.expire_overdue(portfolio_id)
+        await self._store.expire_overdue(portfolio_id)
         if request.request_id:
             replay = await self._replay(portfolio_id, request.request_id, fingerprint)
             if replay is not None:
@@ -738,15 +735,14 @@ class RebalancingService:
         if deadline is not None and loop.time() >= deadline:
             raise DeadlineExceededError("the call's deadline passed before the recommendation was stored")
         try:
-            stored = await self._repository.create(
+            stored = await self._store.create(
                 recommendation,
                 request_id=request.request_id,
                 request_hash=fingerprint,
                 as_of=as_of,
-                pending=recommendation.total_trade_value > policy.approval_limit,
                 approval_ttl=policy.approval_ttl.ToTimedelta(),
             )
-        except asyncpg.UniqueViolationError:
+        except IntegrityError:
             # A concurrent call with the same request_id committed first: answer with its recommendation.
             replay = await self._replay(portfolio_id, request.request_id, fingerprint)
             if replay is None:
@@ -757,7 +753,7 @@ class RebalancingService:
     async def _replay(
         self, portfolio_id: str, request_id: str, fingerprint: str
     ) -> trading_pb.GenerateRebalanceResponse | None:
-        stored = await self._repository.find_by_request(portfolio_id, request_id)
+        stored = await self._store.find_by_request(portfolio_id, request_id)
         if stored is None:
             return None
         if stored.request_hash != fingerprint:
@@ -773,7 +769,7 @@ class RebalancingService:
         losses: list[RealizedLoss] = []
         purchases: list[Purchase] = []
         # One day of slack either side: the engine compares whole days of the dates.
-        for recent in await self._repository.recent_trades(portfolio_id, as_of, timedelta(days=window_days + 1)):
+        for recent in await self._store.recent_trades(portfolio_id, as_of, timedelta(days=window_days + 1)):
             trade_date: date = recent.as_of.astimezone(UTC).date()
             for trade in recent.trades:
                 # Lot by lot: a losing lot inside a sale with a net gain is still a loss sale.
@@ -803,8 +799,10 @@ class RebalancingService:
         recommendation_id = _recommendation_id(request.recommendation_id)
         approver = _text(request.approver, "approver", required=True, limit=MAX_ID_LENGTH)
         reason = _text(request.reason, "reason", required=False, limit=MAX_REASON_LENGTH)
-        decision = await self._repository.decide(recommendation_id, status=APPROVED, actor=approver, reason=reason)
-        return trading_pb.ApproveRebalanceResponse(recommendation=_decided(decision, request.recommendation_id))
+        recommendation = await self._store.decide(
+            recommendation_id, status=RecommendationStatus.APPROVED, actor=approver, reason=reason
+        )
+        return trading_pb.ApproveRebalanceResponse(recommendation=recommendation)
 
     async def reject(self, request: trading_pb.RejectRebalanceRequest) -> trading_pb.RejectRebalanceResponse:
         """Reject a PENDING_APPROVAL recommendation (``decided_by`` = approver, reason required) with its event.
@@ -821,30 +819,7 @@ class RebalancingService:
         recommendation_id = _recommendation_id(request.recommendation_id)
         approver = _text(request.approver, "approver", required=True, limit=MAX_ID_LENGTH)
         reason = _text(request.reason, "reason", required=True, limit=MAX_REASON_LENGTH)
-        decision = await self._repository.decide(recommendation_id, status=REJECTED, actor=approver, reason=reason)
-        return trading_pb.RejectRebalanceResponse(recommendation=_decided(decision, request.recommendation_id))
-
-
-def _decided(decision: Decision, recommendation_id: str) -> trading_pb.RebalanceRecommendation:
-    """The decided recommendation, or the error of a decision that could not be made."""
-    if decision.outcome is DecisionOutcome.NOT_FOUND or decision.recommendation is None:
-        raise NotFoundError(f"no rebalance recommendation '{recommendation_id}'")
-    recommendation = decision.recommendation
-    if decision.outcome is DecisionOutcome.EXPIRED:
-        if recommendation.reason.startswith("superseded"):
-            raise _violation(
-                "EXPIRED", recommendation_id, f"recommendation '{recommendation_id}' was {recommendation.reason}"
-            )
-        expired_at = recommendation.expires_at.ToDatetime(tzinfo=UTC).isoformat()
-        raise _violation(
-            "EXPIRED", recommendation_id, f"recommendation '{recommendation_id}' expired at {expired_at} undecided"
+        recommendation = await self._store.decide(
+            recommendation_id, status=RecommendationStatus.REJECTED, actor=approver, reason=reason
         )
-    if decision.outcome is DecisionOutcome.NOT_PENDING:
-        status = status_name(recommendation.status)
-        who = f" by '{recommendation.decided_by}'" if recommendation.decided_by else ""
-        raise _violation(
-            "NOT_PENDING",
-            recommendation_id,
-            f"recommendation '{recommendation_id}' is {status}{who}, not PENDING_APPROVAL",
-        )
-    return recommendation
+        return trading_pb.RejectRebalanceResponse(recommendation=recommendation)

@@ -1,41 +1,63 @@
-"""The rebalancing write model over PostgreSQL + TimescaleDB (asyncpg).
+"""The trading store over PostgreSQL + TimescaleDB (asyncpg): :class:`PostgresTradingStore`.
 
+The PostgreSQL backend of :class:`command_side.trading_store.TradingStore` (see that module for the contract).
 Tables (``migrations/0006_trading.sql``, ``0007_rebalance_trade_date.sql``): ``portfolio_holdings`` (one
 snapshot per portfolio), ``rebalance_policies``, ``rebalance_recommendations`` (the approval workflow's write
-model) and the ``rebalance_events`` hypertable. Every change of a recommendation commits with its event row in
-one transaction; the transactions that move a portfolio's recommendations hold a per-portfolio advisory lock
-(``hashtext('rebalance:' || portfolio_id)``), so the expiry sweep, creation and decisions of one portfolio run
-one after another and never deadlock. All times of the workflow come from the database clock
-(``clock_timestamp()``), the clock the query side reads expiries with.
+model) and the ``rebalance_events`` hypertable. Every change of a recommendation is a transition of
+:class:`services.trading.RecommendationState` committed with its event row in one transaction; the transactions
+that move a portfolio's recommendations hold a per-portfolio advisory lock (``hashtext('rebalance:' ||
+portfolio_id)``), so the expiry sweep, creation and decisions of one portfolio run one after another and never
+deadlock. All times of the workflow come from the database clock (``clock_timestamp()``), the clock the query
+side reads expiries with. The SQL selects rows by the lifecycle's status sets (``PENDING_STATUSES``,
+``APPROVED_STATUSES``, rendered as literals so that the partial indexes stay usable); whether a pending one is
+overdue, and every transition, is decided in Python by the lifecycle.
 """
 
 from __future__ import annotations
 
-import enum
 import json
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 from google.protobuf import json_format
 
-from command_side.mapping import datetime_to_timestamp
 from command_side.repository import Connection, database_errors
+from command_side.trading_store import (
+    CREATED,
+    MAX_RECENT_TRADES,
+    LatestTarget,
+    RecentTrades,
+    RecommendationEvent,
+    StoredHoldings,
+    StoredRecommendation,
+    created_message,
+    recommendation_message,
+)
+from services.errors import IntegrityError, NotFoundError, OperationalError, StratoptError, UnavailableError
+from services.trading import (
+    APPROVED_STATUSES,
+    PENDING_STATUSES,
+    RecommendationState,
+    RecommendationStatus,
+)
 from stratopt.v1 import trading_service_pb2 as trading_pb
 
-_LOCK_PREFIX = "rebalance:"
-PENDING = "PENDING_APPROVAL"
-AUTO_APPROVED = "AUTO_APPROVED"
-APPROVED = "APPROVED"
-REJECTED = "REJECTED"
-EXPIRED = "EXPIRED"
-_STATUS_PREFIX = "RECOMMENDATION_STATUS_"
-_RECOMMENDATION_COLUMNS = (
-    "recommendation_id, portfolio_id, request_hash, status, recommendation, expires_at, decided_by, decided_at, reason"
-)
+_LOCK_PREFIX: Final = "rebalance:"
+_STATE_COLUMNS: Final = "recommendation_id, portfolio_id, status, expires_at, decided_by, decided_at, reason"
+_RECOMMENDATION_COLUMNS: Final = f"{_STATE_COLUMNS}, request_hash, recommendation, total_trade_value"
+
+
+def _sql_statuses(statuses: Iterable[RecommendationStatus]) -> str:
+    """A set of lifecycle statuses as an SQL list of literals, e.g. ``('APPROVED', 'AUTO_APPROVED')``."""
+    return "(" + ", ".join(f"'{status.value}'" for status in sorted(statuses)) + ")"
+
+
+_PENDING_SQL: Final = _sql_statuses(PENDING_STATUSES)
+_APPROVED_SQL: Final = _sql_statuses(APPROVED_STATUSES)
 
 
 def _json(value: Any) -> str:
@@ -47,92 +69,39 @@ def _load(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str | bytes | bytearray) else value
 
 
-def status_value(name: str) -> trading_pb.RecommendationStatus.ValueType:
-    """The ``RecommendationStatus`` of a stored status name (``PENDING_APPROVAL`` ...)."""
-    return trading_pb.RecommendationStatus.Value(_STATUS_PREFIX + name)
+@asynccontextmanager
+async def store_errors() -> AsyncIterator[None]:
+    """Turn asyncpg's errors into the domain's persistence errors.
+
+    A violated constraint (a duplicate ``(portfolio_id, request_id)``) raises ``IntegrityError``; a lost or
+    refused connection ``OperationalError`` (an ``UnavailableError``); other errors pass through.
+    """
+    try:
+        async with database_errors():
+            yield
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        raise IntegrityError(f"{type(exc).__name__}: {exc}") from exc
+    except UnavailableError as exc:
+        if isinstance(exc, OperationalError):
+            raise
+        raise OperationalError(exc.message) from exc.__cause__ or exc
 
 
-def status_name(value: trading_pb.RecommendationStatus.ValueType) -> str:
-    """The stored name of a ``RecommendationStatus`` (``PENDING_APPROVAL`` ...)."""
-    return trading_pb.RecommendationStatus.Name(value).removeprefix(_STATUS_PREFIX)
+def _state(row: asyncpg.Record) -> RecommendationState:
+    """The lifecycle state of a ``rebalance_recommendations`` row."""
+    return RecommendationState(
+        recommendation_id=str(row["recommendation_id"]),
+        status=RecommendationStatus(row["status"]),
+        expires_at=row["expires_at"],
+        decided_at=row["decided_at"],
+        decided_by=row["decided_by"] or "",
+        reason=row["reason"] or "",
+    )
 
 
-def recommendation_from_row(row: asyncpg.Record) -> trading_pb.RebalanceRecommendation:
-    """The recommendation as created, with its current status and decision fields from the row."""
-    message = trading_pb.RebalanceRecommendation.FromString(bytes(row["recommendation"]))
-    message.status = status_value(row["status"])
-    if row["decided_by"]:
-        message.decided_by = row["decided_by"]
-    if row["decided_at"] is not None:
-        message.decided_at.CopyFrom(datetime_to_timestamp(row["decided_at"]))
-    if row["reason"]:
-        message.reason = row["reason"]
-    return message
-
-
-@dataclass(frozen=True, slots=True)
-class StoredHoldings:
-    """A portfolio's holdings snapshot."""
-
-    positions: tuple[trading_pb.Position, ...]
-    """Positions with their tax lots (no prices)."""
-    cash: float
-    """Cash held."""
-    updated_at: datetime
-    """When the snapshot was stored."""
-
-
-@dataclass(frozen=True, slots=True)
-class LatestTarget:
-    """The weights of a portfolio's latest ``portfolio_optimized`` event."""
-
-    event_id: str
-    """Event identifier (UUID)."""
-    weights: dict[str, float]
-    """Weights keyed by strategy id (fractions)."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoredRecommendation:
-    """A recommendation found by its idempotency key, in its current state."""
-
-    request_hash: str
-    """Fingerprint of the request that created it."""
-    recommendation: trading_pb.RebalanceRecommendation
-    """The recommendation with its current status and decision fields."""
-
-
-@dataclass(frozen=True, slots=True)
-class RecentTrades:
-    """The trades of a portfolio's approved recommendations near a trade date (for wash-sale checks)."""
-
-    as_of: datetime
-    """Trade date of the recommendation."""
-    trades: tuple[trading_pb.Trade, ...]
-    """Its trades."""
-
-
-class DecisionOutcome(enum.Enum):
-    """How an Approve or Reject call ended."""
-
-    DECIDED = "DECIDED"
-    """The pending recommendation moved to the decision."""
-    NOT_FOUND = "NOT_FOUND"
-    """No recommendation has the id."""
-    NOT_PENDING = "NOT_PENDING"
-    """It was already AUTO_APPROVED, APPROVED or REJECTED."""
-    EXPIRED = "EXPIRED"
-    """It was, or has just become, EXPIRED (the expiry is committed)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """The result of :meth:`RebalancingRepository.decide`."""
-
-    outcome: DecisionOutcome
-    """How the call ended."""
-    recommendation: trading_pb.RebalanceRecommendation | None
-    """The recommendation after the call (None when not found)."""
+def _message(row: asyncpg.Record, state: RecommendationState | None = None) -> trading_pb.RebalanceRecommendation:
+    """The recommendation of a row with its stored state (or ``state`` when given)."""
+    return recommendation_message(bytes(row["recommendation"]), _state(row) if state is None else state)
 
 
 async def _lock_portfolio(conn: Connection, portfolio_id: str) -> datetime:
@@ -149,8 +118,7 @@ async def _insert_event(
     portfolio_id: str,
     recommendation_id: uuid.UUID,
     event_type: str,
-    status: str,
-    actor: str,
+    state: RecommendationState,
     total_trade_value: float,
     payload: dict[str, Any],
 ) -> None:
@@ -158,41 +126,61 @@ async def _insert_event(
         """INSERT INTO rebalance_events (event_id, "timestamp", portfolio_id, recommendation_id, event_type, status,
                actor, total_trade_value, payload)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)""",
-        uuid.uuid4(), timestamp, portfolio_id, recommendation_id, event_type, status, actor, total_trade_value,
-        _json(payload),
+        uuid.uuid4(), timestamp, portfolio_id, recommendation_id, event_type, state.status.value, state.decided_by,
+        total_trade_value, _json(payload),
     )  # fmt: skip
 
 
-async def _expire_overdue(conn: Connection, portfolio_id: str, now: datetime) -> set[uuid.UUID]:
-    """Move the portfolio's pending recommendations past their expiry to EXPIRED, each with its event.
+async def _write_state(conn: Connection, state: RecommendationState) -> None:
+    """Store a transition's result in the recommendation's row."""
+    await conn.execute(
+        """UPDATE rebalance_recommendations SET status = $2, expires_at = $3, decided_by = $4, decided_at = $5,
+               reason = $6
+           WHERE recommendation_id = $1""",
+        uuid.UUID(state.recommendation_id), state.status.value, state.expires_at, state.decided_by or None,
+        state.decided_at, state.reason or None,
+    )  # fmt: skip
 
-    The EXPIRED event is dated at the recommendation's ``expires_at`` (when it expired), the row's
-    ``decided_at`` too; the payload records when the expiry was noticed. Call with the portfolio lock held.
-    """
-    rows = await conn.fetch(
-        """UPDATE rebalance_recommendations SET status = 'EXPIRED', decided_at = expires_at
-           WHERE portfolio_id = $1 AND status = 'PENDING_APPROVAL' AND expires_at <= $2
-           RETURNING recommendation_id, expires_at, total_trade_value""",
+
+async def _pending(conn: Connection, portfolio_id: str) -> list[asyncpg.Record]:
+    """The portfolio's pending recommendations, locked for update; call with the portfolio lock held."""
+    return await conn.fetch(
+        f"SELECT {_RECOMMENDATION_COLUMNS} FROM rebalance_recommendations "
+        f"WHERE portfolio_id = $1 AND status IN {_PENDING_SQL} ORDER BY created_at FOR UPDATE",
         portfolio_id,
-        now,
     )
-    for row in rows:
+
+
+async def _expire_overdue(conn: Connection, portfolio_id: str, now: datetime) -> int:
+    """Persist the expiry of the portfolio's overdue pending recommendations, each with its EXPIRED event.
+
+    The lifecycle decides (:meth:`RecommendationState.at`): ``decided_at`` = ``expires_at``, and the event is
+    dated then; the payload records when the expiry was noticed. Call with the portfolio lock held.
+    """
+    expired = 0
+    for row in await _pending(conn, portfolio_id):
+        state = _state(row)
+        current = state.at(now)
+        if current == state:
+            continue
+        assert current.decided_at is not None
+        await _write_state(conn, current)
         await _insert_event(
             conn,
-            timestamp=row["expires_at"],
+            timestamp=current.decided_at,
             portfolio_id=portfolio_id,
             recommendation_id=row["recommendation_id"],
-            event_type=EXPIRED,
-            status=EXPIRED,
-            actor="",
+            event_type=current.status.value,
+            state=current,
             total_trade_value=row["total_trade_value"],
             payload={"noticed_at": now.isoformat()},
         )
-    return {row["recommendation_id"] for row in rows}
+        expired += 1
+    return expired
 
 
-class RebalancingRepository:
-    """Persistence of holdings, policies, rebalance recommendations and their events.
+class PostgresTradingStore:
+    """The :class:`command_side.trading_store.TradingStore` on PostgreSQL + TimescaleDB.
 
     Parameters
     ----------
@@ -201,7 +189,7 @@ class RebalancingRepository:
 
     Notes
     -----
-    Every method raises ``UnavailableError`` when the database cannot be reached.
+    Every method raises ``OperationalError`` (an ``UnavailableError``) when the database cannot be reached.
     """
 
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
@@ -212,9 +200,9 @@ class RebalancingRepository:
     async def store_holdings(
         self, portfolio_id: str, positions: Sequence[trading_pb.Position], cash: float
     ) -> datetime:
-        """Replace the portfolio's holdings snapshot; return when it was stored (database clock)."""
+        """See :meth:`TradingStore.store_holdings`."""
         documents = [json_format.MessageToDict(p, preserving_proto_field_name=True) for p in positions]
-        async with database_errors(), self._pool.acquire() as conn:
+        async with store_errors(), self._pool.acquire() as conn:
             updated_at: datetime = await conn.fetchval(
                 """INSERT INTO portfolio_holdings (portfolio_id, positions, cash, updated_at)
                    VALUES ($1, $2::jsonb, $3, clock_timestamp())
@@ -228,8 +216,8 @@ class RebalancingRepository:
         return updated_at
 
     async def load_holdings(self, portfolio_id: str) -> StoredHoldings | None:
-        """The portfolio's holdings snapshot, or None when none was stored."""
-        async with database_errors(), self._pool.acquire() as conn:
+        """See :meth:`TradingStore.load_holdings`."""
+        async with store_errors(), self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT positions, cash, updated_at FROM portfolio_holdings WHERE portfolio_id = $1", portfolio_id
             )
@@ -239,9 +227,9 @@ class RebalancingRepository:
         return StoredHoldings(positions=positions, cash=float(row["cash"]), updated_at=row["updated_at"])
 
     async def store_policy(self, portfolio_id: str, policy: trading_pb.RebalancePolicy) -> None:
-        """Replace the portfolio's rebalance policy."""
+        """See :meth:`TradingStore.store_policy`."""
         document = json_format.MessageToDict(policy, preserving_proto_field_name=True)
-        async with database_errors(), self._pool.acquire() as conn:
+        async with store_errors(), self._pool.acquire() as conn:
             await conn.execute(
                 """INSERT INTO rebalance_policies (portfolio_id, policy, updated_at)
                    VALUES ($1, $2::jsonb, clock_timestamp())
@@ -252,8 +240,8 @@ class RebalancingRepository:
             )
 
     async def load_policy(self, portfolio_id: str) -> trading_pb.RebalancePolicy | None:
-        """The portfolio's stored policy, or None when none was stored."""
-        async with database_errors(), self._pool.acquire() as conn:
+        """See :meth:`TradingStore.load_policy`."""
+        async with store_errors(), self._pool.acquire() as conn:
             value = await conn.fetchval("SELECT policy FROM rebalance_policies WHERE portfolio_id = $1", portfolio_id)
         if value is None:
             return None
@@ -262,10 +250,9 @@ class RebalancingRepository:
     # --- market data and targets ----------------------------------------------------------------------------
 
     async def latest_prices(self, symbols: Sequence[str], *, at_or_before: datetime | None) -> dict[str, float]:
-        """The latest stored price of each symbol (at or before ``at_or_before`` when given).
+        """See :meth:`TradingStore.latest_prices`.
 
-        One index probe per symbol on the ``market_data`` primary key ``(symbol, timestamp)``; symbols without
-        a stored price are absent from the result.
+        One index probe per symbol on the ``market_data`` primary key ``(symbol, timestamp)``.
         """
         if not symbols:
             return {}
@@ -276,13 +263,13 @@ class RebalancingRepository:
                         ORDER BY "timestamp" DESC LIMIT 1
                     ) AS m"""
         arguments: list[Any] = [list(symbols)] + ([] if at_or_before is None else [at_or_before])
-        async with database_errors(), self._pool.acquire() as conn:
+        async with store_errors(), self._pool.acquire() as conn:
             rows = await conn.fetch(query, *arguments)
         return {row["symbol"]: float(row["price"]) for row in rows}
 
     async def latest_target(self, portfolio_id: str) -> LatestTarget | None:
-        """The weights of the portfolio's latest optimization, or None when it has none."""
-        async with database_errors(), self._pool.acquire() as conn:
+        """See :meth:`TradingStore.latest_target` (read from ``latest_portfolio_optimizations``)."""
+        async with store_errors(), self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT event_id, weights FROM latest_portfolio_optimizations WHERE portfolio_id = $1", portfolio_id
             )
@@ -294,14 +281,23 @@ class RebalancingRepository:
     # --- recommendations ------------------------------------------------------------------------------------
 
     async def expire_overdue(self, portfolio_id: str) -> int:
-        """Expire the portfolio's overdue pending recommendations (each with an EXPIRED event); return how many."""
-        async with database_errors(), self._pool.acquire() as conn, conn.transaction():
+        """See :meth:`TradingStore.expire_overdue` (one transaction under the portfolio lock)."""
+        async with store_errors(), self._pool.acquire() as conn, conn.transaction():
             now = await _lock_portfolio(conn, portfolio_id)
-            return len(await _expire_overdue(conn, portfolio_id, now))
+            return await _expire_overdue(conn, portfolio_id, now)
+
+    async def find(self, recommendation_id: uuid.UUID) -> trading_pb.RebalanceRecommendation | None:
+        """See :meth:`TradingStore.find`."""
+        async with store_errors(), self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_RECOMMENDATION_COLUMNS} FROM rebalance_recommendations WHERE recommendation_id = $1",
+                recommendation_id,
+            )
+        return None if row is None else _message(row)
 
     async def find_by_request(self, portfolio_id: str, request_id: str) -> StoredRecommendation | None:
-        """The recommendation created by an earlier request with this idempotency key, if any."""
-        async with database_errors(), self._pool.acquire() as conn:
+        """See :meth:`TradingStore.find_by_request`."""
+        async with store_errors(), self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 f"SELECT {_RECOMMENDATION_COLUMNS} FROM rebalance_recommendations "
                 "WHERE portfolio_id = $1 AND request_id = $2",
@@ -310,16 +306,16 @@ class RebalancingRepository:
             )
         if row is None:
             return None
-        return StoredRecommendation(request_hash=row["request_hash"] or "", recommendation=recommendation_from_row(row))
+        return StoredRecommendation(request_hash=row["request_hash"] or "", recommendation=_message(row))
 
     async def recent_trades(self, portfolio_id: str, as_of: datetime, window: timedelta) -> list[RecentTrades]:
-        """Trades of the portfolio's APPROVED and AUTO_APPROVED recommendations dated within ``window`` of ``as_of``."""
-        async with database_errors(), self._pool.acquire() as conn:
+        """See :meth:`TradingStore.recent_trades` (index ``rebalance_recommendations_portfolio_as_of_idx``)."""
+        async with store_errors(), self._pool.acquire() as conn:
             rows = await conn.fetch(
-                """SELECT as_of, recommendation FROM rebalance_recommendations
-                   WHERE portfolio_id = $1 AND status IN ('APPROVED', 'AUTO_APPROVED')
-                       AND as_of BETWEEN $2::timestamptz - $3::interval AND $2::timestamptz + $3::interval
-                   ORDER BY as_of LIMIT 10000""",
+                f"""SELECT as_of, recommendation FROM rebalance_recommendations
+                    WHERE portfolio_id = $1 AND status IN {_APPROVED_SQL}
+                        AND as_of BETWEEN $2::timestamptz - $3::interval AND $2::timestamptz + $3::interval
+                    ORDER BY as_of LIMIT {MAX_RECENT_TRADES}""",
                 portfolio_id,
                 as_of,
                 window,
@@ -339,128 +335,124 @@ class RebalancingRepository:
         request_id: str,
         request_hash: str,
         as_of: datetime,
-        pending: bool,
         approval_ttl: timedelta,
     ) -> trading_pb.RebalanceRecommendation:
-        """Store a new recommendation and its CREATED event in one transaction.
+        """See :meth:`TradingStore.create` (one transaction under the portfolio lock).
 
-        Fills in ``recommendation_id``, ``created_at`` (database clock), ``status`` (PENDING_APPROVAL when
-        ``pending``, else AUTO_APPROVED with ``decided_at`` = ``created_at``) and, when pending, ``expires_at`` =
-        ``created_at + approval_ttl`` (the row of an auto-approved one stores ``created_at`` there). A new
-        recommendation supersedes the portfolio's pending ones (built on an older state of the same holdings:
-        approving both would trade twice): they become EXPIRED now, each with an EXPIRED event whose payload
-        names the superseding recommendation (dated one microsecond before its CREATED event).
-
-        Raises
-        ------
-        asyncpg.UniqueViolationError
-            When a concurrent request with the same ``(portfolio_id, request_id)`` committed first.
+        The row of an auto-approved recommendation stores ``created_at`` as its ``expires_at``. A duplicate
+        ``(portfolio_id, request_id)`` fails the insert (the unique constraint) and rolls back the supersessions.
         """
-        message = trading_pb.RebalanceRecommendation()
-        message.CopyFrom(recommendation)
+        portfolio_id = recommendation.portfolio_id
         recommendation_id = uuid.uuid4()
-        message.recommendation_id = str(recommendation_id)
-        status = PENDING if pending else AUTO_APPROVED
-        message.status = status_value(status)
-        portfolio_id = message.portfolio_id
-        async with database_errors(), self._pool.acquire() as conn, conn.transaction():
+        async with store_errors(), self._pool.acquire() as conn, conn.transaction():
             now = await _lock_portfolio(conn, portfolio_id)
-            expires_at = now + approval_ttl if pending else now
-            message.created_at.CopyFrom(datetime_to_timestamp(now))
-            superseded = await conn.fetch(
-                """UPDATE rebalance_recommendations
-                   SET status = 'EXPIRED', decided_at = $2, expires_at = LEAST(expires_at, $2),
-                       reason = 'superseded by recommendation ' || $3
-                   WHERE portfolio_id = $1 AND status = 'PENDING_APPROVAL'
-                   RETURNING recommendation_id, total_trade_value""",
-                portfolio_id,
-                now,
-                str(recommendation_id),
+            state = RecommendationState.open(
+                recommendation_id=str(recommendation_id),
+                total_trade_value=recommendation.total_trade_value,
+                approval_limit=recommendation.approval_limit,
+                created_at=now,
+                approval_ttl=approval_ttl,
             )
-            for row in superseded:
+            message = created_message(recommendation, state, now)
+            await _expire_overdue(conn, portfolio_id, now)
+            for row in await _pending(conn, portfolio_id):
+                superseded = _state(row).supersede(at=now, successor_id=state.recommendation_id)
+                await _write_state(conn, superseded)
                 await _insert_event(
                     conn,
                     # One microsecond before the successor's CREATED event, so that the history orders them.
                     timestamp=now - timedelta(microseconds=1),
                     portfolio_id=portfolio_id,
                     recommendation_id=row["recommendation_id"],
-                    event_type=EXPIRED,
-                    status=EXPIRED,
-                    actor="",
+                    event_type=superseded.status.value,
+                    state=superseded,
                     total_trade_value=row["total_trade_value"],
-                    payload={"superseded_by": str(recommendation_id)},
+                    payload={"superseded_by": state.recommendation_id},
                 )
-            if pending:
-                message.expires_at.CopyFrom(datetime_to_timestamp(expires_at))
             await conn.execute(
                 """INSERT INTO rebalance_recommendations (recommendation_id, portfolio_id, request_id, request_hash,
                        status, recommendation, total_trade_value, created_at, expires_at, decided_at, as_of)
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)""",
-                recommendation_id, portfolio_id, request_id or None, request_hash, status,
-                message.SerializeToString(), message.total_trade_value, now, expires_at,
-                None if pending else now, as_of,
+                recommendation_id, portfolio_id, request_id or None, request_hash, state.status.value,
+                message.SerializeToString(), message.total_trade_value, now, state.expires_at, state.decided_at,
+                as_of,
             )  # fmt: skip
             await _insert_event(
                 conn,
                 timestamp=now,
                 portfolio_id=portfolio_id,
                 recommendation_id=recommendation_id,
-                event_type="CREATED",
-                status=status,
-                actor="",
+                event_type=CREATED,
+                state=state,
                 total_trade_value=message.total_trade_value,
                 payload={"request_id": request_id, "approval_limit": message.approval_limit},
             )
-        if not pending:
-            message.decided_at.CopyFrom(message.created_at)
-        return message
+        return recommendation_message(message.SerializeToString(), state)
 
-    async def decide(self, recommendation_id: uuid.UUID, *, status: str, actor: str, reason: str) -> Decision:
-        """Move a PENDING_APPROVAL recommendation to ``status`` (APPROVED or REJECTED) with its event.
+    async def decide(
+        self, recommendation_id: uuid.UUID, *, status: RecommendationStatus, actor: str, reason: str
+    ) -> trading_pb.RebalanceRecommendation:
+        """See :meth:`TradingStore.decide`.
 
         In one transaction under the portfolio lock: the portfolio's overdue pending recommendations are expired
-        first (each with an EXPIRED event), then the row is locked (``SELECT ... FOR UPDATE``) and, when still
-        pending, updated with ``decided_by``, ``decided_at`` (database clock) and ``reason`` together with an
-        APPROVED or REJECTED event. The outcome is returned, never raised, so that an expiry commits even though
-        the call then fails.
+        first (each with an EXPIRED event), then the row is locked (``SELECT ... FOR UPDATE``) and the
+        lifecycle's decision at the database clock is stored with its APPROVED or REJECTED event. A refused
+        decision is raised after the transaction commits, so that the expiry is kept.
         """
-        async with database_errors(), self._pool.acquire() as conn, conn.transaction():
+        refused: StratoptError | None = None
+        async with store_errors(), self._pool.acquire() as conn, conn.transaction():
             portfolio_id = await conn.fetchval(
                 "SELECT portfolio_id FROM rebalance_recommendations WHERE recommendation_id = $1", recommendation_id
             )
             if portfolio_id is None:
-                return Decision(DecisionOutcome.NOT_FOUND, None)
+                raise NotFoundError(f"no rebalance recommendation '{recommendation_id}'")
             now = await _lock_portfolio(conn, portfolio_id)
             await _expire_overdue(conn, portfolio_id, now)
             row = await conn.fetchrow(
-                f"SELECT {_RECOMMENDATION_COLUMNS}, total_trade_value FROM rebalance_recommendations "
+                f"SELECT {_RECOMMENDATION_COLUMNS} FROM rebalance_recommendations "
                 "WHERE recommendation_id = $1 FOR UPDATE",
                 recommendation_id,
             )
             assert row is not None  # rows are never deleted
-            if row["status"] == EXPIRED:
-                return Decision(DecisionOutcome.EXPIRED, recommendation_from_row(row))
-            if row["status"] != PENDING:
-                return Decision(DecisionOutcome.NOT_PENDING, recommendation_from_row(row))
-            row = await conn.fetchrow(
-                f"""UPDATE rebalance_recommendations SET status = $2, decided_by = $3, decided_at = $4, reason = $5
-                    WHERE recommendation_id = $1 RETURNING {_RECOMMENDATION_COLUMNS}, total_trade_value""",
-                recommendation_id,
-                status,
-                actor,
-                now,
-                reason or None,
+            try:
+                decided = _state(row).decide(status, at=now, approver=actor, reason=reason)
+            except StratoptError as error:  # the lifecycle's refusal: commit the expiry, then raise
+                refused = error
+            else:
+                await _write_state(conn, decided)
+                await _insert_event(
+                    conn,
+                    timestamp=now,
+                    portfolio_id=portfolio_id,
+                    recommendation_id=recommendation_id,
+                    event_type=decided.status.value,
+                    state=decided,
+                    total_trade_value=row["total_trade_value"],
+                    payload={"reason": reason} if reason else {},
+                )
+        if refused is not None:
+            raise refused
+        return _message(row, decided)
+
+    async def events(self, portfolio_id: str) -> list[RecommendationEvent]:
+        """See :meth:`TradingStore.events` (``rebalance_events`` rows with a recommendation)."""
+        async with store_errors(), self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT "timestamp", recommendation_id, event_type, status, actor, total_trade_value, payload
+                   FROM rebalance_events WHERE portfolio_id = $1 AND recommendation_id IS NOT NULL
+                   ORDER BY "timestamp", event_id""",
+                portfolio_id,
             )
-            assert row is not None
-            await _insert_event(
-                conn,
-                timestamp=now,
+        return [
+            RecommendationEvent(
+                timestamp=row["timestamp"],
                 portfolio_id=portfolio_id,
-                recommendation_id=recommendation_id,
-                event_type=status,
-                status=status,
-                actor=actor,
+                recommendation_id=row["recommendation_id"],
+                event_type=row["event_type"],
+                status=RecommendationStatus(row["status"]),
+                actor=row["actor"],
                 total_trade_value=row["total_trade_value"],
-                payload={"reason": reason} if reason else {},
+                payload=dict(_load(row["payload"])),
             )
-        return Decision(DecisionOutcome.DECIDED, recommendation_from_row(row))
+            for row in rows
+        ]

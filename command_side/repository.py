@@ -37,8 +37,8 @@ from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
 
 # ``Connection`` and ``database_errors`` are re-exported for command_side.rebalancing_repository, which imports
-# them from here; it lets asyncpg's UniqueViolationError through to its service, so ``database_errors`` is the
-# connection-only translation.
+# them from here: its ``store_errors`` wraps the connection-only translation and maps constraint violations to
+# IntegrityError itself (``command_side.postgres_errors.postgres_errors`` does both).
 __all__ = [
     "NOTIFY_CHANNEL",
     "Connection",

@@ -1,8 +1,8 @@
 """The gRPC servicer of ``stratopt.v1.TradingCommandService``: proto in, one application call, proto out.
 
-Allocation (``command_side.allocations``) and rebalancing (``command_side.rebalancing``) are separate
-application services over the same database pool; errors propagate as domain exceptions to the
-``ErrorMappingInterceptor``.
+Allocation (``command_side.allocations``) and rebalancing (``command_side.rebalancing``, over a
+``command_side.trading_store.TradingStore``) are separate application services, built by the composition root;
+errors propagate as domain exceptions to the ``ErrorMappingInterceptor``.
 """
 
 from __future__ import annotations

@@ -27,9 +27,10 @@ from services.engine import (
     run_optimization,
 )
 from services.errors import DeadlineExceededError, UnavailableError
+from services.optimization import Objective, PortfolioProblem
 from services.trading import AllocationRequest, AllocationResult
 from services.trading import allocate as allocate_shares
-from services.types import EstimationSettings, Moments, Objective, PortfolioProblem
+from services.types import EstimationSettings, Moments
 
 T = TypeVar("T")
 

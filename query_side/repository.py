@@ -23,6 +23,7 @@ import asyncpg
 
 from query_side.analytics import RunRecord
 from query_side.postgres_errors import postgres_errors as _database_errors
+from services.trading import RecommendationState, RecommendationStatus
 
 _EVENT_COLUMNS = (
     'event_id, "timestamp", portfolio_id, result_id, configuration_version, request_id, objective, method, '
@@ -93,8 +94,14 @@ class AnalyticsWindow:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StoredRecommendation:
-    """One ``rebalance_recommendations`` row, read at the database clock's ``now``."""
+    """One ``rebalance_recommendations`` row, read at the database clock's ``now``.
 
+    Whether a stored PENDING_APPROVAL recommendation has expired by ``now`` is the lifecycle's rule
+    (:meth:`services.trading.RecommendationState.status_at`), the same the command side persists.
+    """
+
+    recommendation_id: uuid.UUID
+    """Recommendation identifier."""
     recommendation: bytes
     """``stratopt.v1.RebalanceRecommendation`` as created (serialized)."""
     status: str
@@ -111,18 +118,27 @@ class StoredRecommendation:
     """The database clock when the row was read."""
 
     @property
+    def state(self) -> RecommendationState:
+        """The lifecycle state at ``now`` (a pending recommendation at or past ``expires_at`` is EXPIRED)."""
+        stored = RecommendationState(
+            recommendation_id=str(self.recommendation_id),
+            status=RecommendationStatus(self.status),
+            expires_at=self.expires_at,
+            decided_at=self.decided_at,
+            decided_by=self.decided_by or "",
+            reason=self.reason or "",
+        )
+        return stored.at(self.now)
+
+    @property
     def effective_status(self) -> str:
-        """The status as of ``now``: a pending recommendation at or past ``expires_at`` is ``EXPIRED``."""
-        if self.status == "PENDING_APPROVAL" and self.expires_at <= self.now:
-            return "EXPIRED"
-        return self.status
+        """The status as of ``now`` (see :attr:`state`)."""
+        return self.state.status.value
 
     @property
     def effective_decided_at(self) -> datetime | None:
-        """``decided_at``, or ``expires_at`` for a pending recommendation read as expired."""
-        if self.decided_at is None and self.effective_status == "EXPIRED":
-            return self.expires_at
-        return self.decided_at
+        """``decided_at`` as of ``now``: ``expires_at`` for a pending recommendation read as expired."""
+        return self.state.decided_at
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -360,7 +376,8 @@ class PostgresReadStore:
             When the database cannot be reached.
         """
         query = (
-            "SELECT recommendation, status, expires_at, decided_by, decided_at, reason, clock_timestamp() AS now "
+            "SELECT recommendation_id, recommendation, status, expires_at, decided_by, decided_at, reason, "
+            "clock_timestamp() AS now "
             "FROM rebalance_recommendations WHERE recommendation_id = $1"
         )
         async with _database_errors():
@@ -368,6 +385,7 @@ class PostgresReadStore:
         if row is None:
             return None
         return StoredRecommendation(
+            recommendation_id=row["recommendation_id"],
             recommendation=bytes(row["recommendation"]),
             status=row["status"],
             expires_at=row["expires_at"],

@@ -3,7 +3,9 @@
 #   1. generated code in proto/stratopt/v1 matches the .proto files (scripts/gen_proto.sh --check)
 #   2. buf lint (STANDARD rules, buf.yaml) and buf format of proto/ (skipped with a warning only when buf
 #      is not installed: scripts/setup.sh installs it with npm)
-#   3. ruff check, 4. ruff format --check, 5. mypy (strict; settings in pyproject.toml)
+#   3. ruff check, 4. ruff format --check, 5. mypy (strict; settings in pyproject.toml),
+#   6. import contracts (import-linter's lint-imports; contracts in pyproject.toml: rooms, layers, private modules,
+#      no import cycles)
 # Usage: bash scripts/lint.sh   (run scripts/setup.sh first; scripts/test.sh does both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,4 +39,12 @@ step "ruff format --check"
 uv run --frozen ruff format --check . || fail "ruff format (fix with: uv run ruff format .)"
 step "mypy"
 uv run --frozen mypy || fail "mypy"
+step "import contracts (lint-imports)"
+uv run --frozen lint-imports --no-cache >/tmp/stratopt-lint-imports.$$ 2>&1 || {
+  cat /tmp/stratopt-lint-imports.$$ >&2
+  rm -f /tmp/stratopt-lint-imports.$$
+  fail "import contracts broken (see above; contracts in pyproject.toml [tool.importlinter])"
+}
+grep -E "KEPT|BROKEN|Contracts:" /tmp/stratopt-lint-imports.$$ || true
+rm -f /tmp/stratopt-lint-imports.$$
 step "all checks passed"

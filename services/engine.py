@@ -31,6 +31,9 @@ from services.estimation import (
     validate_moments,
 )
 from services.optimization import (
+    Objective,
+    OptimizationResult,
+    PortfolioProblem,
     RiskMeasure,
     Uncertainty,
     check_constraints,
@@ -44,16 +47,7 @@ from services.optimization import (
     risk_contributions,
     risk_measure_value,
 )
-from services.types import (
-    EstimatedMoments,
-    EstimationSettings,
-    FloatArray,
-    Moments,
-    Objective,
-    OptimizationResult,
-    PortfolioProblem,
-    ReturnHistory,
-)
+from services.types import EstimatedMoments, EstimationSettings, FloatArray, Moments, ReturnHistory
 
 
 class Method(StrEnum):

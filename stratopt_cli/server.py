@@ -85,7 +85,7 @@ class StratoptServer:
                 allocation=command_side.AllocationService(
                     command_side.PostgresAllocationCache(self._pool), self._solver_pool
                 ),
-                rebalancing=command_side.RebalancingService(self._pool),
+                rebalancing=command_side.RebalancingService(command_side.PostgresTradingStore(self._pool)),
             )
         if "query" in sides:
             names += query_side.register(server, query_side.PostgresReadStore(self._pool))

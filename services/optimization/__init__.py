@@ -1,22 +1,76 @@
 """Optimization: from moments (or scenarios) and constraints to portfolio weights.
 
-Public names only; the implementation lives in private modules, one per method or backend.
+The problem (``PortfolioProblem``) becomes a ``ProblemModel`` of constraint objects (``_constraints``: one class per
+family, each writing, checking, pre-checking and relaxing itself); ``_dispatch`` hands it to the first backend that
+supports it (active set, Clarabel on assembled matrices, cvxpy; HiGHS/Clarabel for scenario measures; outer
+approximation for cardinality). Risk budgeting (JAX Newton) and hierarchical risk parity are methods of their own.
+Public names only; the implementation lives in the private modules.
 """
 
-from services.optimization._cardinality import optimize_cardinality
+from services.optimization._constraints import (
+    HELD_THRESHOLD,
+    TOLERANCE,
+    BetaNeutrality,
+    Bounds,
+    Budget,
+    Cardinality,
+    Constraint,
+    GroupLimits,
+    LeverageLimit,
+    LinearRows,
+    MaxVolatility,
+    MinReturn,
+    NetExposure,
+    TrackingErrorLimit,
+    TurnoverCaps,
+    TurnoverLimit,
+)
+from services.optimization._dispatch import (
+    ACTIVE_SET,
+    CLARABEL_DIRECT,
+    CONIC,
+    MEAN_VARIANCE_BACKENDS,
+    SCENARIO_BACKENDS,
+    SCENARIO_CONIC,
+    SIMPLEX,
+    Backend,
+    ScenarioBackend,
+    optimize_cardinality,
+    optimize_mean_variance,
+    optimize_risk_measure,
+)
 from services.optimization._hierarchical import (
     LINKAGE_METHODS,
     HrpResult,
     correlation_distance,
     hierarchical_risk_parity,
 )
-from services.optimization._mean_variance import (
-    HELD_THRESHOLD,
+from services.optimization._metrics import (
+    RiskMeasure,
+    conditional_drawdown_at_risk,
+    conditional_value_at_risk,
+    covariance_factor,
+    drawdowns,
+    mean_absolute_deviation,
+    portfolio_performance,
+    risk_contributions,
+    risk_measure_value,
+)
+from services.optimization._model import (
+    ProblemModel,
     check_constraints,
     max_achievable_return,
+    multi_objective_weights,
     objective_value_of,
-    optimize_mean_variance,
-    portfolio_performance,
+)
+from services.optimization._problem import (
+    MultiObjectiveWeights,
+    Objective,
+    OptimizationResult,
+    PortfolioPerformance,
+    PortfolioProblem,
+    Relaxation,
+    SectorLimit,
 )
 from services.optimization._relaxation import find_relaxation
 from services.optimization._risk_budgeting import (
@@ -24,27 +78,49 @@ from services.optimization._risk_budgeting import (
     bucket_size,
     check_no_binding_bounds,
     risk_budgeting,
-    risk_contributions,
     warm_up,
-)
-from services.optimization._risk_measures import (
-    RiskMeasure,
-    conditional_drawdown_at_risk,
-    conditional_value_at_risk,
-    drawdowns,
-    mean_absolute_deviation,
-    optimize_risk_measure,
-    risk_measure_value,
 )
 from services.optimization._robust import MuUncertaintySet, Uncertainty, mu_uncertainty_set, optimize_robust
 
 __all__ = [
+    "ACTIVE_SET",
+    "CLARABEL_DIRECT",
+    "CONIC",
     "HELD_THRESHOLD",
     "LINKAGE_METHODS",
+    "MEAN_VARIANCE_BACKENDS",
+    "SCENARIO_BACKENDS",
+    "SCENARIO_CONIC",
+    "SIMPLEX",
+    "TOLERANCE",
+    "Backend",
+    "BetaNeutrality",
+    "Bounds",
+    "Budget",
+    "Cardinality",
+    "Constraint",
+    "GroupLimits",
     "HrpResult",
+    "LeverageLimit",
+    "LinearRows",
+    "MaxVolatility",
+    "MinReturn",
     "MuUncertaintySet",
+    "MultiObjectiveWeights",
+    "NetExposure",
+    "Objective",
+    "OptimizationResult",
+    "PortfolioPerformance",
+    "PortfolioProblem",
+    "ProblemModel",
+    "Relaxation",
     "RiskMeasure",
     "RiskParityResult",
+    "ScenarioBackend",
+    "SectorLimit",
+    "TrackingErrorLimit",
+    "TurnoverCaps",
+    "TurnoverLimit",
     "Uncertainty",
     "bucket_size",
     "check_constraints",
@@ -52,12 +128,14 @@ __all__ = [
     "conditional_drawdown_at_risk",
     "conditional_value_at_risk",
     "correlation_distance",
+    "covariance_factor",
     "drawdowns",
     "find_relaxation",
     "hierarchical_risk_parity",
     "max_achievable_return",
     "mean_absolute_deviation",
     "mu_uncertainty_set",
+    "multi_objective_weights",
     "objective_value_of",
     "optimize_cardinality",
     "optimize_mean_variance",

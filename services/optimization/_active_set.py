@@ -50,27 +50,26 @@ Every answer is certified before it is returned: the weights must satisfy the bo
 must exist a budget multiplier ν with |g_i + ν| small on the free names and the right sign at the bounds
 (``kkt_holds``; tolerances relative to the size of the terms, ``KKT_RTOL``). Anything else (a Cholesky failure or
 an ill-conditioned free block, an iteration cap, a failed certificate) returns None, and the caller solves the
-problem with the conic solver instead (``services.optimization._mean_variance``).
+problem with the conic solver instead (the next backend of ``_dispatch``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy.linalg import lapack
 
-from services.types import FloatArray, Moments, Objective, OptimizationResult, PortfolioProblem
+from services.optimization._constraints import Bounds, Budget, Constraint
+from services.optimization._model import ProblemModel
+from services.optimization._problem import Objective, OptimizationResult
+from services.types import FloatArray
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-ENABLED = True
-"""Module switch of the fast path; False sends every mean-variance problem to the conic solver (tests, timing)."""
 SOLVE_PATH = "ACTIVE_SET"
 """``OptimizationResult.solve_path`` (and ``solver``) of an answer of this module."""
 KKT_RTOL = 1e-10
@@ -101,18 +100,6 @@ _TIE = 1e-14
 
 IntArray = NDArray[np.int8]
 
-FIXED_FIELDS = frozenset(
-    {"strategy_ids", "objective", "lower_bounds", "upper_bounds", "risk_free_rate", "risk_aversion"}
-)
-"""``PortfolioProblem`` fields the fast path reads."""
-INERT_FIELDS = frozenset(
-    {"sectors", "classifications", "multi_objective", "current_weights", "benchmark_weights", "betas"}
-)
-"""Fields that do not change the problem on their own: group labels (read only by ``sector_limits``), the
-multi-objective weights (read only by ``Objective.MULTI_OBJECTIVE``), w₀ (read only by turnover and transaction
-costs), benchmark weights (only with ``tracking_error_limit``) and betas (only with ``beta_tolerance``). Any other
-field that differs from its default makes a problem ineligible, so that a field added later is ineligible until
-it is listed here."""
 ELIGIBLE_OBJECTIVES = frozenset({Objective.MIN_VOLATILITY, Objective.MAX_SHARPE, Objective.MAX_QUADRATIC_UTILITY})
 
 
@@ -865,100 +852,52 @@ def _sharpe_search(data: _Problem, excess: FloatArray, state: IntArray, lam: flo
     return None
 
 
-# --------------------------------------------------------------------------------------- the engine's dispatch
+# --------------------------------------------------------------------------------------------------- the backend
 
 
-def only_fields_set(problem: PortfolioProblem, allowed: frozenset[str]) -> bool:
-    """Whether every field of ``problem`` outside ``allowed`` equals its default (a field added later included)."""
-    return all(
-        field.name in allowed or _is_default(getattr(problem, field.name), field)
-        for field in dataclasses.fields(problem)
-    )
+class ActiveSetBackend:
+    """The exact active set for min volatility, max Sharpe and quadratic utility under the budget and finite bounds.
 
-
-def _is_default(value: Any, field: dataclasses.Field[Any]) -> bool:
-    if field.default is not dataclasses.MISSING:
-        default = field.default
-    elif field.default_factory is not dataclasses.MISSING:
-        default = field.default_factory()
-    else:
-        return False
-    if default is None or value is None:
-        return value is default
-    if isinstance(value, np.ndarray) or isinstance(default, np.ndarray) or type(value) is not type(default):
-        return False
-    try:
-        return bool(value == default)
-    except (TypeError, ValueError):
-        return False
-
-
-def eligible(problem: PortfolioProblem) -> bool:
-    """Whether the fast path covers ``problem``: budget and finite per-name bounds only.
-
-    The objective must be one of ``ELIGIBLE_OBJECTIVES`` (quadratic utility with a positive risk aversion).
-    Every field other than ``FIXED_FIELDS`` and ``INERT_FIELDS`` must equal its default (compared field by field
-    with ``dataclasses.fields``), so that a constraint family added later is not eligible until it is reviewed.
+    ``solve`` returns None when the KKT conditions cannot be certified: the next backend then answers.
     """
-    if problem.objective not in ELIGIBLE_OBJECTIVES or not only_fields_set(problem, FIXED_FIELDS | INERT_FIELDS):
-        return False
-    if problem.objective is Objective.MAX_QUADRATIC_UTILITY and not (
-        np.isfinite(problem.risk_aversion) and problem.risk_aversion > 0.0
-    ):
-        return False
-    bounds_finite = np.all(np.isfinite(problem.lower_bounds)) and np.all(np.isfinite(problem.upper_bounds))
-    return bool(bounds_finite) and bool(np.isfinite(problem.risk_free_rate))
+
+    solve_path = SOLVE_PATH
+    families: frozenset[type[Constraint]] = frozenset({Budget, Bounds})
+    """The constraint families this backend solves (any other present: not supported)."""
+
+    def supports(self, model: ProblemModel) -> bool:
+        """Whether the model has only the budget and finite bounds, an eligible objective and no costs."""
+        objective = model.objective
+        if objective not in ELIGIBLE_OBJECTIVES or not model.families <= self.families or model.costs is not None:
+            return False
+        if objective is Objective.MAX_QUADRATIC_UTILITY:
+            risk_aversion = model.problem.risk_aversion
+            if not (np.isfinite(risk_aversion) and risk_aversion > 0.0):
+                return False
+        bounds_finite = np.all(np.isfinite(model.lower)) and np.all(np.isfinite(model.upper))
+        return bool(bounds_finite) and bool(np.isfinite(model.risk_free_rate))
+
+    def solve(self, model: ProblemModel, *, started: float, time_limit_s: float | None) -> OptimizationResult | None:
+        """The certified optimum through ``model.result`` (solver and path ``ACTIVE_SET``), or None."""
+        solution = solve_model(model)
+        if solution is None:
+            return None
+        return model.result(
+            solution.weights,
+            status="OPTIMAL",
+            solver=SOLVE_PATH,
+            iterations=solution.iterations,
+            started=started,
+            solve_path=SOLVE_PATH,
+            snap=False,
+        )
 
 
-def solve_problem(problem: PortfolioProblem, moments: Moments) -> ActiveSetSolution | None:
-    """The fast path's certified solution of an eligible problem, or None (not eligible, or not certified)."""
-    if not ENABLED or not eligible(problem):
-        return None
-    args = (moments.covariance, moments.expected_returns, problem.lower_bounds, problem.upper_bounds)
-    if problem.objective is Objective.MAX_SHARPE:
-        return solve_max_sharpe(*args, risk_free_rate=problem.risk_free_rate)
-    if problem.objective is Objective.MAX_QUADRATIC_UTILITY:
-        return solve_qp(*args, risk_tolerance=1.0 / problem.risk_aversion)
+def solve_model(model: ProblemModel) -> ActiveSetSolution | None:
+    """The active set's certified solution of a supported model, or None (not certified)."""
+    args = (model.covariance, model.expected_returns, model.lower, model.upper)
+    if model.objective is Objective.MAX_SHARPE:
+        return solve_max_sharpe(*args, risk_free_rate=model.risk_free_rate)
+    if model.objective is Objective.MAX_QUADRATIC_UTILITY:
+        return solve_qp(*args, risk_tolerance=1.0 / model.problem.risk_aversion)
     return solve_qp(*args)
-
-
-def try_fast_path(problem: PortfolioProblem, moments: Moments, *, started: float) -> OptimizationResult | None:
-    """``optimize_mean_variance``'s result from the fast path, or None to solve with the conic solver.
-
-    Parameters
-    ----------
-    problem : PortfolioProblem
-        The problem, pre-checked (``services.optimization._mean_variance.precheck``).
-    moments : Moments
-        Its validated annualised moments.
-    started : float
-        ``time.perf_counter()`` at the start of the solve, for ``solve_time_ms``.
-
-    Returns
-    -------
-    OptimizationResult or None
-        Post-processed exactly as the conic path (``check_constraints``, ``portfolio_performance``,
-        ``objective_value_of``), with ``solver`` and ``solve_path`` ``ACTIVE_SET``, status ``OPTIMAL`` and
-        ``iterations`` the active-set iterations (partitions solved).
-    """
-    solution = solve_problem(problem, moments)
-    if solution is None:
-        return None
-    # Imported here: services.optimization._mean_variance imports this module.
-    from services.optimization._mean_variance import check_constraints, objective_value_of, portfolio_performance
-
-    weights = solution.weights
-    violations = check_constraints(weights, problem, moments)
-    return OptimizationResult(
-        weights=weights,
-        performance=portfolio_performance(weights, moments, problem.risk_free_rate),
-        objective_value=float(objective_value_of(weights, problem, moments)),
-        status="OPTIMAL",
-        iterations=solution.iterations,
-        solver=SOLVE_PATH,
-        solve_time_ms=(time.perf_counter() - started) * 1000.0,
-        constraints_satisfied=not violations,
-        violations=violations,
-        fallback_used=False,
-        solve_path=SOLVE_PATH,
-    )

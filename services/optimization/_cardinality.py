@@ -1,6 +1,6 @@
 """Cardinality (at most K holdings) and minimum position size, solved exactly by outer approximation.
 
-Problem. Any program of ``_mean_variance`` (min volatility, max Sharpe, max return, quadratic utility,
+Problem. Any program of ``_conic`` (min volatility, max Sharpe, max return, quadratic utility,
 multi-objective, with every constraint family) or of ``_risk_measures`` (CVaR, MAD, CDaR) with, in addition,
 
 - ``max_holdings`` K: at most K strategies with ``w_i ≠ 0``;
@@ -14,10 +14,10 @@ and Bertsimas and Shioda, 2009).
 
 Master (a MILP solved by HiGHS). Binaries ``p_i`` (held, or held long with m) and, with m and shorting allowed,
 ``q_i`` (held short), ``p_i + q_i ≤ 1``, ``Σ(p_i + q_i) ≤ K``; every linear family of the continuous program as
-``_mean_variance._Program`` (or ``_risk_measures.measure_program``) builds it (budget or net exposure
-bounds, bounds, sector/group limits, min_return, turnover, per-name caps, leverage, costs, beta, the scenario
-measures' LP); the linking, with ``s`` the program's scale (1, or κ for max Sharpe) and ``S`` its upper bound
-(1, or κ_max)::
+``_conic.MeanVarianceProgram`` (its ``ProgramBuilder.linear``) or ``_risk_measures.measure_program`` builds it
+(budget or net exposure bounds, bounds, sector/group limits, min_return, turnover, per-name caps, leverage,
+costs, beta, the scenario measures' LP); the linking, with ``s`` the program's scale (1, or κ for max Sharpe) and
+``S`` its upper bound (1, or κ_max)::
 
     −l⁻_i·S·q_i ≤ x_i ≤ u⁺_i·S·p_i                        (u⁺ = max(u, 0), l⁻ = max(−l, 0); q = p without m)
     x_i ≥ m·s − m·S·(1 − p_i) − l⁻_i·S·q_i                (with m: p_i = 1 ⇒ x_i ≥ m·s)
@@ -94,8 +94,9 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import cvxpy as cp
 import cvxpy.settings as cvxpy_settings
@@ -109,23 +110,16 @@ from services.errors import (
     OptimizationError,
     PreconditionViolation,
 )
-from services.optimization._mean_variance import (
-    HELD_THRESHOLD,
-    TOLERANCE,
-    _desk,
-    _Program,
-    _program,
-    _sector_rows,
-    budget_range,
-    check_constraints,
-    multi_objective_weights,
-    optimize_mean_variance,
-    precheck,
-)
-from services.types import FloatArray, Moments, Objective, OptimizationResult, PortfolioProblem
+from services.optimization._conic import PARAMETRIC_MAX_ASSETS, MeanVarianceProgram
+from services.optimization._constraints import HELD_THRESHOLD, TOLERANCE, MaxVolatility, TrackingErrorLimit, holdable
+from services.optimization._model import ProblemModel
+from services.optimization._problem import Objective, OptimizationResult, PortfolioProblem
+from services.optimization._risk_measures import ScenarioSpec, measure_program
+from services.types import FloatArray, Moments
 
-if TYPE_CHECKING:
-    from services.optimization._risk_measures import RiskMeasure
+ContinuousSolve = Callable[[PortfolioProblem, float | None], OptimizationResult]
+"""Solves the continuous problem (no cardinality) on one support within a time limit (seconds): injected by the
+dispatch, so this module does not import the backends that answer it."""
 
 GAP_TOLERANCE = 1e-7
 """Relative gap (incumbent − master bound) / |incumbent| at which the search stops with a proven optimum."""
@@ -145,144 +139,7 @@ Pattern = tuple[int, ...]
 """A support: per strategy 1 (held; held long with a minimum position), −1 (held short) or 0 (weight 0)."""
 
 
-# --- validation and pre-checks -------------------------------------------------------------------------------------
-
-
-def validate_cardinality(problem: PortfolioProblem) -> tuple[int | None, float | None]:
-    """The validated (K, m) of a problem; m = 0 is no constraint (None).
-
-    Parameters
-    ----------
-    problem : PortfolioProblem
-        With ``max_holdings`` and/or ``min_position_weight``.
-
-    Returns
-    -------
-    tuple
-        K (int or None) and m (float in (0, 1], or None).
-
-    Raises
-    ------
-    InvalidInputError
-        K not a positive integer (``constraints.max_holdings``); m negative, above 1 or not finite
-        (``constraints.min_position_weight``); a non-finite weight bound (``constraints.strategy_bounds[id]``: the
-        linking constraints need finite bounds).
-    """
-    k = problem.max_holdings
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1):
-        raise InvalidInputError.for_field("constraints.max_holdings", f"must be a positive integer, got {k!r}")
-    m = problem.min_position_weight
-    if m is not None and not (np.isfinite(m) and 0.0 <= m <= 1.0):
-        raise InvalidInputError.for_field("constraints.min_position_weight", f"must lie in [0, 1], got {m:g}")
-    for bounds in (problem.lower_bounds, problem.upper_bounds):
-        bad = np.flatnonzero(~np.isfinite(bounds))
-        if bad.size:
-            raise InvalidInputError.for_field(
-                f"constraints.strategy_bounds[{problem.strategy_ids[int(bad[0])]}]",
-                "must be finite with max_holdings or min_position_weight (the mixed-integer program links each "
-                "weight to its binary through the bounds)",
-            )
-    return (None if k is None else int(k)), (None if m is None or m == 0.0 else float(m))
-
-
-def _holdable(problem: PortfolioProblem, m: float | None) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
-    """Boolean masks (N,) of the strategies that can be held long, and short (with |w| ≥ m when m is given)."""
-    lower, upper = problem.lower_bounds, problem.upper_bounds
-    floor = 0.0 if m is None else m
-    long_ok = (upper >= floor) & (upper > 0) if m is not None else upper > 0
-    short_ok = (lower <= -floor) & (lower < 0) if m is not None else lower < 0
-    return np.asarray(long_ok, dtype=np.bool_), np.asarray(short_ok, dtype=np.bool_)
-
-
-def cardinality_precheck(problem: PortfolioProblem, max_holdings: int | None, min_position: float | None) -> None:
-    """Necessary conditions of feasibility of the cardinality and minimum position constraints, named.
-
-    Parameters
-    ----------
-    problem : PortfolioProblem
-        Bounds and budget (or net exposure bounds).
-    max_holdings : int or None
-        K, validated.
-    min_position : float or None
-        m, validated (None or in (0, 1]).
-
-    Raises
-    ------
-    InfeasibleError
-        With ``PreconditionViolation("CARDINALITY", ...)``: more strategies whose bounds exclude 0 (they must be held)
-        than K (``constraints.max_holdings``); such a strategy that cannot reach m within its bounds
-        (``constraints.min_position_weight``); long-only: the K largest upper bounds among the strategies that can
-        be held (u_i ≥ m) summing below the budget's low end (``constraints.max_holdings``, or
-        ``constraints.min_position_weight`` when m alone excludes names); long-only: m times the least number of
-        holdings that can reach the budget (h_min, from the largest upper bounds), or the forced holdings at
-        max(l_i, m), above the budget's high end (``constraints.min_position_weight``).
-    """
-    lower, upper, ids = problem.lower_bounds, problem.upper_bounds, problem.strategy_ids
-    k, m = max_holdings, min_position
-    found: list[PreconditionViolation] = []
-    forced = (lower > 0) | (upper < 0)
-    if k is not None and int(forced.sum()) > k:
-        names = ", ".join(ids[i] for i in np.flatnonzero(forced)[:5])
-        found.append(
-            PreconditionViolation(
-                "CARDINALITY",
-                "constraints.max_holdings",
-                f"{int(forced.sum())} strategies have bounds that exclude 0 and must be held ({names}"
-                f"{', ...' if forced.sum() > 5 else ''}); max_holdings is {k}",
-            )
-        )
-    long_ok, short_ok = _holdable(problem, m)
-    if m is not None:
-        stuck = ((lower > 0) & ~long_ok) | ((upper < 0) & ~short_ok)
-        for i in np.flatnonzero(stuck)[:3]:
-            found.append(
-                PreconditionViolation(
-                    "CARDINALITY",
-                    "constraints.min_position_weight",
-                    f"{ids[i]}: its bounds [{lower[i]:g}, {upper[i]:g}] force it to be held, but no weight within "
-                    f"them reaches min_position_weight {m:g}",
-                )
-            )
-    low, high = budget_range(problem)
-    if bool(np.all(lower >= 0)) and low > 0:
-        caps = np.sort(upper[long_ok])[::-1]
-        count = len(caps) if k is None else min(k, len(caps))
-        reachable = float(caps[:count].sum())
-        if reachable < low - 1e-9:
-            if k is not None:
-                subject = "constraints.max_holdings"
-                what = f"the {k} largest upper bounds" + (f" of the strategies that can reach {m:g}" if m else "")
-            else:
-                subject = "constraints.min_position_weight"
-                what = f"the upper bounds of the strategies that can reach min_position_weight {m:g}"
-            found.append(
-                PreconditionViolation("CARDINALITY", subject, f"{what} sum to {reachable:.6g} < the budget's {low:g}")
-            )
-        elif m is not None:
-            least = int(np.searchsorted(np.cumsum(caps), low - 1e-9) + 1)  # the fewest holdings that reach `low`
-            if m * least > high + 1e-9:
-                found.append(
-                    PreconditionViolation(
-                        "CARDINALITY",
-                        "constraints.min_position_weight",
-                        f"weights summing to {low:g} need at least {least} holdings (upper bounds), each at least "
-                        f"{m:g}: {m * least:.6g} > {high:g}",
-                    )
-                )
-            floor = float(np.maximum(lower[lower > 0], m).sum())
-            if floor > high + 1e-9:
-                found.append(
-                    PreconditionViolation(
-                        "CARDINALITY",
-                        "constraints.min_position_weight",
-                        f"the strategies that must be held, each at max(min_weight, {m:g}), sum to {floor:.6g} > "
-                        f"{high:g}",
-                    )
-                )
-    if found:
-        raise InfeasibleError(
-            "infeasible constraints: " + "; ".join(v.description for v in found), precondition_violations=tuple(found)
-        )
+# --- supports -------------------------------------------------------------------------------------------------------
 
 
 def _without_cardinality(problem: PortfolioProblem) -> PortfolioProblem:
@@ -493,7 +350,7 @@ class _Master:
         n = problem.n_assets
         self.spec, self.m, self.n = spec, m, n
         self.lower, self.upper = problem.lower_bounds, problem.upper_bounds
-        long_ok, short_ok = _holdable(problem, m)
+        long_ok, short_ok = holdable(problem.lower_bounds, problem.upper_bounds, m)
         self.held = cp.Variable(n, boolean=True)
         self.short = cp.Variable(n, boolean=True) if m is not None and bool(short_ok.any()) else None
         self.chosen: cp.Expression = self.held if self.short is None else self.held + self.short
@@ -682,44 +539,45 @@ class _Backend(Protocol):
 
 
 class _MeanVarianceBackend:
-    """Mean-variance programs: the master from ``_Program``'s linear families, subproblems by the continuous path."""
+    """Mean-variance programs: the master from the program's linear families, subproblems by ``solve``."""
 
-    def __init__(self, problem: PortfolioProblem, moments: Moments) -> None:
-        self.problem, self.moments = problem, moments
+    def __init__(self, problem: PortfolioProblem, moments: Moments, solve: ContinuousSolve) -> None:
+        self.problem, self.moments, self._solve = problem, moments, solve
 
     def spec(self, problem: PortfolioProblem) -> MasterSpec:
-        rows = _sector_rows(problem)
+        model = ProblemModel.build(problem, self.moments)
         covariance = self.moments.covariance
         # A program of its own, outside the cache: the subproblems re-use (and re-load) the cached one.
-        shape = _program(problem, rows, covariance).shape
-        program = _Program(shape, None if shape.parametric else covariance)
-        program.set_values(problem, rows, self.moments)
+        program = MeanVarianceProgram(model, parametric=model.n_assets <= PARAMETRIC_MAX_ASSETS)
+        builder = program.builder
         objective = problem.objective
         linear: cp.Expression | float = 0.0
         quadratic: FloatArray | None = None
         if objective in (Objective.MIN_VOLATILITY, Objective.MAX_SHARPE):
             quadratic = covariance
         elif objective is Objective.MAX_RETURN:
-            linear = -program.net_return
+            linear = -builder.net_return()
         elif objective is Objective.MAX_QUADRATIC_UTILITY:
-            linear, quadratic = -program.net_return, 0.5 * problem.risk_aversion * covariance
+            linear, quadratic = -builder.net_return(), 0.5 * problem.risk_aversion * covariance
         else:
-            weights = multi_objective_weights(problem)
-            linear = -weights.return_weight * program.net_return
-            if weights.turnover_weight > 0 and program.trades is not None:
-                linear = linear + weights.turnover_weight * cp.sum(program.trades)
+            weights = model.multi_objective
+            assert weights is not None
+            linear = -weights.return_weight * builder.net_return()
+            if weights.turnover_weight > 0 and builder.has_trades:
+                linear = linear + weights.turnover_weight * cp.sum(builder.trades())
             if weights.variance_weight > 0 or weights.l2_weight > 0:
                 quadratic = weights.variance_weight * covariance + weights.l2_weight * np.eye(problem.n_assets)
-        desk = _desk(problem)
         cones = []
-        if problem.max_volatility is not None:
-            cones.append(_Cone(covariance, np.zeros(problem.n_assets), float(problem.max_volatility)))
-        if desk.tracking_error_limit is not None and desk.benchmark is not None:
-            cones.append(_Cone(covariance, desk.benchmark, desk.tracking_error_limit))
-        return MasterSpec(program.x, program.kappa, program.linear_constraints, linear, quadratic, tuple(cones))
+        volatility_cap = model.get(MaxVolatility)
+        if volatility_cap is not None:
+            cones.append(_Cone(covariance, np.zeros(problem.n_assets), volatility_cap.limit))
+        tracking = model.get(TrackingErrorLimit)
+        if tracking is not None:
+            cones.append(_Cone(covariance, tracking.benchmark, tracking.limit))
+        return MasterSpec(builder.x, builder.kappa, list(builder.linear), linear, quadratic, tuple(cones))
 
     def solve(self, problem: PortfolioProblem, time_limit_s: float | None) -> OptimizationResult:
-        return optimize_mean_variance(problem, self.moments, time_limit_s=time_limit_s)
+        return self._solve(problem, time_limit_s)
 
     def candidate(self, result: OptimizationResult) -> _Candidate | None:
         objective = self.problem.objective
@@ -739,57 +597,28 @@ class _MeanVarianceBackend:
         return math.sqrt(value) / min_risk  # value = 1/S²: κ_max = 1/(S·σ_min)
 
     def violations(self, weights: FloatArray) -> tuple[str, ...]:
-        return check_constraints(weights, self.problem, self.moments)
+        return ProblemModel.build(self.problem, self.moments).violations(weights)
 
 
 class _ScenarioBackend:
     """Scenario risk measures (CVaR, MAD, CDaR): the master from ``_risk_measures.measure_program``."""
 
-    def __init__(
-        self,
-        problem: PortfolioProblem,
-        scenarios: FloatArray,
-        moments: Moments,
-        *,
-        risk_measure: RiskMeasure,
-        alpha: float,
-        periods_per_year: int,
-        max_risk: float | None,
-    ) -> None:
-        self.problem, self.moments, self.scenarios = problem, moments, scenarios
-        self.risk_measure, self.alpha, self.periods_per_year, self.max_risk = (
-            risk_measure,
-            alpha,
-            periods_per_year,
-            max_risk,
-        )
+    def __init__(self, problem: PortfolioProblem, moments: Moments, spec: ScenarioSpec, solve: ContinuousSolve) -> None:
+        self.problem, self.moments, self.scenario = problem, moments, spec
+        self.periods_per_year = spec.periods_per_year
+        self._solve = solve
 
     def spec(self, problem: PortfolioProblem) -> MasterSpec:
-        from services.optimization._risk_measures import measure_program
-
-        program = measure_program(
-            problem, self.scenarios, self.moments, risk_measure=self.risk_measure, alpha=self.alpha,
-            max_risk=self.max_risk, with_volatility_cap=False,
-        )  # fmt: skip
+        model = ProblemModel.build(problem, self.moments)
+        program = measure_program(model, self.scenario, with_volatility_cap=False)
         cones: tuple[_Cone, ...] = ()
-        if problem.max_volatility is not None:
-            cones = (_Cone(self.moments.covariance, np.zeros(problem.n_assets), float(problem.max_volatility)),)
+        volatility_cap = model.get(MaxVolatility)
+        if volatility_cap is not None:
+            cones = (_Cone(self.moments.covariance, np.zeros(problem.n_assets), volatility_cap.limit),)
         return MasterSpec(program.x, program.kappa, program.constraints, program.objective, None, cones)
 
     def solve(self, problem: PortfolioProblem, time_limit_s: float | None) -> OptimizationResult:
-        from services.optimization._risk_measures import optimize_risk_measure
-
-        return optimize_risk_measure(
-            problem,
-            self.scenarios,
-            self.moments.expected_returns,
-            risk_measure=self.risk_measure,
-            covariance=self.moments.covariance,
-            alpha=self.alpha,
-            periods_per_year=self.periods_per_year,
-            max_risk=self.max_risk,
-            time_limit_s=time_limit_s,
-        )
+        return self._solve(problem, time_limit_s)
 
     def candidate(self, result: OptimizationResult) -> _Candidate | None:
         objective = self.problem.objective
@@ -810,14 +639,8 @@ class _ScenarioBackend:
         return value / min_risk  # value = 1/(P·R): κ_max = 1/(P·R·ρ_min)
 
     def violations(self, weights: FloatArray) -> tuple[str, ...]:
-        from services.optimization._risk_measures import risk_measure_value
-
-        found = check_constraints(weights, self.problem, self.moments)
-        if self.max_risk is not None:
-            value = risk_measure_value(self.scenarios, weights, risk_measure=self.risk_measure, alpha=self.alpha)
-            if value > self.max_risk + TOLERANCE:
-                found += (f"{self.risk_measure} {value:.9g} above {self.max_risk:g}",)
-        return found
+        found = ProblemModel.build(self.problem, self.moments).violations(weights)
+        return found + self.scenario.cap_violations(weights)
 
 
 # --- the search ------------------------------------------------------------------------------------------------------
@@ -838,7 +661,7 @@ class _Search:
         self.backend, self.k, self.m = backend, k, m
         self.started, self.time_limit_s = started, time_limit_s
         self.order = order  # strategies by decreasing |continuous optimum|: padding order
-        long_ok, short_ok = _holdable(backend.problem, m)
+        long_ok, short_ok = holdable(backend.problem.lower_bounds, backend.problem.upper_bounds, m)
         self.holdable = long_ok | short_ok
         self.evaluated: dict[Pattern, _Candidate | None] = {}
         self.best: _Candidate | None = None
@@ -904,7 +727,7 @@ class _Search:
 def _rounded_patterns(weights: FloatArray, problem: PortfolioProblem, k: int | None, m: float | None) -> list[Pattern]:
     """Supports rounded from a continuous optimum: the strategies that must be held, then the largest |w_i|."""
     lower, upper = problem.lower_bounds, problem.upper_bounds
-    long_ok, short_ok = _holdable(problem, m)
+    long_ok, short_ok = holdable(problem.lower_bounds, problem.upper_bounds, m)
     n = problem.n_assets
     limit = n if k is None else k
     order = np.argsort(-np.abs(weights), kind="stable")
@@ -1065,7 +888,7 @@ def _optimize(
 
 
 def optimize_cardinality(
-    problem: PortfolioProblem, moments: Moments, *, time_limit_s: float | None = None
+    model: ProblemModel, solve: ContinuousSolve, *, time_limit_s: float | None = None
 ) -> OptimizationResult:
     """Solve a mean-variance problem with ``max_holdings`` and/or ``min_position_weight`` exactly.
 
@@ -1073,11 +896,11 @@ def optimize_cardinality(
 
     Parameters
     ----------
-    problem : PortfolioProblem
-        Any objective and constraint family of ``_mean_variance``, with K = ``max_holdings`` and/or
-        m = ``min_position_weight``.
-    moments : Moments
-        Annualised expected returns (N,) and covariance (N, N), validated.
+    model : ProblemModel
+        A pre-checked model with a ``Cardinality`` family: K = ``max_holdings`` and/or m = ``min_position_weight``,
+        any objective and any other family.
+    solve : callable
+        Solves the continuous problem on one support (``ContinuousSolve``).
     time_limit_s : float, optional
         Wall-clock limit of the whole search in seconds.
 
@@ -1085,40 +908,31 @@ def optimize_cardinality(
     -------
     OptimizationResult
         Weights (N,) with at most K names above ``HELD_THRESHOLD`` in absolute value, each at least m; ``solver``
-        ``HIGHS``, ``solve_path`` ``MIP_OUTER_APPROXIMATION`` (``MILP`` for max return without cones; ``CONIC``
-        when the continuous optimum already meets both constraints), ``iterations`` the master solves. ``status``
-        is ``OPTIMAL`` when the gap closed (within ``GAP_TOLERANCE``), ``OPTIMAL_INACCURATE`` for the incumbent
-        at the time limit or the iteration cap, or when a subproblem failed numerically.
+        ``HIGHS``, ``solve_path`` ``MIP_OUTER_APPROXIMATION`` (``MILP`` for max return without cones; that of the
+        continuous path when its optimum already meets both constraints), ``iterations`` the master solves.
+        ``status`` is ``OPTIMAL`` when the gap closed (within ``GAP_TOLERANCE``), ``OPTIMAL_INACCURATE`` for the
+        incumbent at the time limit or the iteration cap, or when a subproblem failed numerically.
 
     Raises
     ------
     InvalidInputError
-        Invalid K, m or bounds (``validate_cardinality``); max Sharpe where the least volatility is 0.
+        Max Sharpe where the least volatility is 0.
     InfeasibleError
-        A pre-check (``precheck``, ``cardinality_precheck``: ``CARDINALITY``), the continuous relaxation, or HiGHS
-        proved that no portfolio meets the constraints.
+        The continuous relaxation or HiGHS proved that no portfolio meets the constraints.
     DeadlineExceededError
         ``time_limit_s`` ran out before any feasible portfolio was found.
     OptimizationError
         A solver failed.
     """
     started = time.perf_counter()
-    k, m = validate_cardinality(problem)
-    precheck(problem, moments)
-    cardinality_precheck(problem, k, m)
-    return _optimize(_MeanVarianceBackend(problem, moments), k, m, started, time_limit_s)
+    cardinality = model.cardinality
+    assert cardinality is not None
+    backend = _MeanVarianceBackend(model.problem, model.moments, solve)
+    return _optimize(backend, cardinality.max_holdings, cardinality.min_position, started, time_limit_s)
 
 
 def optimize_scenario_cardinality(
-    problem: PortfolioProblem,
-    scenarios: FloatArray,
-    moments: Moments,
-    *,
-    risk_measure: RiskMeasure,
-    alpha: float,
-    periods_per_year: int,
-    max_risk: float | None,
-    time_limit_s: float | None = None,
+    model: ProblemModel, spec: ScenarioSpec, solve: ContinuousSolve, *, time_limit_s: float | None = None
 ) -> OptimizationResult:
     """Solve a scenario risk-measure problem (CVaR, MAD, CDaR) with cardinality and/or minimum position size.
 
@@ -1127,21 +941,12 @@ def optimize_scenario_cardinality(
 
     Parameters
     ----------
-    problem : PortfolioProblem
-        As for ``services.optimization._risk_measures.optimize_risk_measure``, with ``max_holdings`` and/or
-        ``min_position_weight``.
-    scenarios : ndarray of shape (T, N)
-        Per-period simple returns, validated.
-    moments : Moments
-        Annualised expected returns (N,) and covariance (N, N), validated.
-    risk_measure : RiskMeasure
-        The measure ρ.
-    alpha : float
-        Confidence level of CVaR and CDaR.
-    periods_per_year : int
-        P of the max ratio.
-    max_risk : float or None
-        Cap on ρ(w).
+    model : ProblemModel
+        A pre-checked model with a ``Cardinality`` family, as for ``optimize_risk_measure``.
+    spec : ScenarioSpec
+        The validated scenarios, measure, α, P and cap.
+    solve : callable
+        Solves the continuous scenario problem on one support (``ContinuousSolve``).
     time_limit_s : float, optional
         Wall-clock limit in seconds.
 
@@ -1156,15 +961,7 @@ def optimize_scenario_cardinality(
         As ``optimize_cardinality``.
     """
     started = time.perf_counter()
-    k, m = validate_cardinality(problem)
-    cardinality_precheck(problem, k, m)
-    backend = _ScenarioBackend(
-        problem,
-        scenarios,
-        moments,
-        risk_measure=risk_measure,
-        alpha=alpha,
-        periods_per_year=periods_per_year,
-        max_risk=max_risk,
-    )
-    return _optimize(backend, k, m, started, time_limit_s)
+    cardinality = model.cardinality
+    assert cardinality is not None
+    backend = _ScenarioBackend(model.problem, model.moments, spec, solve)
+    return _optimize(backend, cardinality.max_holdings, cardinality.min_position, started, time_limit_s)

@@ -4,11 +4,11 @@ Scope
 -----
 Problems whose constraints are all linear and whose objective is a variance or linear function: min volatility,
 quadratic utility, max return and max Sharpe (homogenised), under the budget 1ᵀw = 1 (or net exposure bounds),
-finite per-name bounds l ≤ w ≤ u, group limits of any classification scheme and a minimum expected return. Every
-other problem (a volatility cap, the desk families, the multi-objective, cardinality, relaxation, infinite bounds,
-a field added to ``PortfolioProblem`` later) is left to the cvxpy path of ``services.optimization._mean_variance``:
-``try_direct_path`` returns None, as it does when Clarabel fails (the cvxpy path then tries again, with SCS as its
-fallback).
+finite per-name bounds l ≤ w ≤ u, group limits of any classification scheme and a minimum expected return (the
+families in ``FAMILIES``). Every other problem (a volatility cap, the trading limits — turnover, per-name caps,
+leverage, tracking error, beta —, transaction costs, the multi-objective, cardinality, infinite bounds, a family
+added later) is not supported and goes to the next backend, the cvxpy path of ``_conic``; ``solve`` returns None
+when Clarabel fails, and the cvxpy path then tries again, with SCS as its fallback.
 
 Why: above ``PARAMETRIC_MAX_ASSETS`` cvxpy canonicalises the program anew on every call, about 75 % of the call at
 N = 100; at or below it the cached (DPP) program still costs its parameter mapping and a larger factor-form
@@ -39,12 +39,11 @@ risk-free rate and m_k the 0/1 membership of group k:
 With net exposure bounds the budget becomes low ≤ 1ᵀw ≤ high (low·κ ≤ 1ᵀy ≤ high·κ for max Sharpe) and the
 return carries the cash leg r_f(1 − 1ᵀw): μ is replaced by μ − r_f in the objective and min_return becomes
 (μ − r_f)ᵀw ≥ r_min − r_f ((μ − r_f)ᵀy ≥ (r_min − r_f)κ). These are the programs the cvxpy path builds
-(``services.optimization._mean_variance._Program``), so both paths have the same optimum.
+(``_conic.MeanVarianceProgram``), so both paths have the same optimum.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -55,22 +54,12 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from services.errors import DeadlineExceededError, InfeasibleError, PreconditionViolation
-from services.optimization._active_set import only_fields_set
-from services.optimization._mean_variance import (
-    CLARABEL_DEFAULTS,
-    CLARABEL_SETTINGS,
-    TOLERANCE,
-    _sector_rows,
-    _SectorRows,
-    check_constraints,
-    net_exposure_range,
-    objective_value_of,
-    portfolio_performance,
-)
-from services.types import FloatArray, Moments, Objective, OptimizationResult, PortfolioProblem
+from services.optimization._constraints import Bounds, Budget, Constraint, GroupLimits, MinReturn, NetExposure
+from services.optimization._model import ProblemModel
+from services.optimization._problem import Objective, OptimizationResult
+from services.optimization._solver import CLARABEL_DEFAULTS, CLARABEL_SETTINGS, remaining_time
+from services.types import FloatArray
 
-ENABLED = True
-"""Module switch; False sends every problem to the cvxpy path (tests, timing)."""
 SOLVER = "CLARABEL"
 SOLVE_PATH = "CLARABEL_DIRECT"
 """``OptimizationResult.solve_path`` of an answer of this module (``solver`` is ``CLARABEL``)."""
@@ -78,28 +67,8 @@ SOLVE_PATH = "CLARABEL_DIRECT"
 ELIGIBLE_OBJECTIVES = frozenset(
     {Objective.MIN_VOLATILITY, Objective.MAX_QUADRATIC_UTILITY, Objective.MAX_RETURN, Objective.MAX_SHARPE}
 )
-READ_FIELDS = frozenset(
-    {
-        "strategy_ids",
-        "objective",
-        "lower_bounds",
-        "upper_bounds",
-        "risk_free_rate",
-        "risk_aversion",
-        "sectors",
-        "classifications",
-        "sector_limits",
-        "min_return",
-        "min_net_exposure",
-        "max_net_exposure",
-    }
-)
-"""``PortfolioProblem`` fields this module turns into the program."""
-INERT_FIELDS = frozenset({"multi_objective", "current_weights", "benchmark_weights", "betas"})
-"""Fields that do not change an eligible problem on their own: the multi-objective weights (read only by
-``Objective.MULTI_OBJECTIVE``), w₀ (read only by turnover and transaction costs), benchmark weights (only with
-``tracking_error_limit``) and betas (only with ``beta_tolerance``). Any other field that differs from its default
-makes a problem ineligible, so that a field added later is ineligible until it is listed here."""
+FAMILIES: frozenset[type[Constraint]] = frozenset({Budget, NetExposure, Bounds, GroupLimits, MinReturn})
+"""The constraint families this backend assembles; any other family present makes a problem unsupported."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,30 +104,27 @@ class ConicProgram:
         return [*cones, clarabel.NonnegativeConeT(self.A.shape[0] - self.n_equalities)]
 
 
-def eligible(problem: PortfolioProblem) -> bool:
-    """Whether this module covers ``problem``: a variance or linear objective under linear constraints only.
+def supports(model: ProblemModel) -> bool:
+    """Whether this module covers ``model``: a variance or linear objective under linear families only.
 
-    The objective must be one of ``ELIGIBLE_OBJECTIVES`` (quadratic utility with a finite positive risk aversion);
-    bounds, the risk-free rate, min_return and group limits must be finite. Every field other than ``READ_FIELDS``
-    and ``INERT_FIELDS`` must equal its default (compared field by field with ``dataclasses.fields``), so that a
-    constraint family added later is not eligible until it is reviewed.
+    The objective must be one of ``ELIGIBLE_OBJECTIVES`` (quadratic utility with a finite positive risk aversion),
+    the families among ``FAMILIES``, no transaction costs; bounds, the risk-free rate, min_return and group limits
+    must be finite.
     """
-    if problem.objective not in ELIGIBLE_OBJECTIVES or problem.n_assets == 0:
+    problem = model.problem
+    if model.objective not in ELIGIBLE_OBJECTIVES or model.n_assets == 0:
         return False
-    if not only_fields_set(problem, READ_FIELDS | INERT_FIELDS):
+    if not model.families <= FAMILIES or model.costs is not None:
         return False
-    if problem.objective is Objective.MAX_QUADRATIC_UTILITY and not (
+    if model.objective is Objective.MAX_QUADRATIC_UTILITY and not (
         np.isfinite(problem.risk_aversion) and problem.risk_aversion > 0.0
     ):
         return False
-    scalars = [problem.risk_free_rate, *(() if problem.min_return is None else (problem.min_return,))]
-    for limit in problem.sector_limits:
-        scalars += [v for v in (limit.min_weight, limit.max_weight) if v is not None]
-    return bool(
-        np.all(np.isfinite(problem.lower_bounds))
-        and np.all(np.isfinite(problem.upper_bounds))
-        and np.all(np.isfinite(scalars))
-    )
+    scalars = [model.risk_free_rate, *(() if problem.min_return is None else (problem.min_return,))]
+    groups = model.get(GroupLimits)
+    if groups is not None:
+        scalars += [*groups.min_weights.tolist(), *groups.max_weights.tolist()]
+    return bool(np.all(np.isfinite(model.lower)) and np.all(np.isfinite(model.upper)) and np.all(np.isfinite(scalars)))
 
 
 _PATTERN_CACHE_MAX_N = 256
@@ -195,54 +161,44 @@ def _upper_triangle(matrix: FloatArray, scale: float, n_vars: int) -> sp.csc_arr
     return sp.csc_array((data, rows, indptr), shape=(n_vars, n_vars))
 
 
-def build_program(problem: PortfolioProblem, moments: Moments, rows: list[_SectorRows]) -> ConicProgram:
-    """Clarabel's P, q, A, b and cones of an eligible problem.
+def build_program(model: ProblemModel) -> ConicProgram:
+    """Clarabel's P, q, A, b and cones of a supported model.
 
     Parameters
     ----------
-    problem : PortfolioProblem
-        An eligible problem (``eligible``) over N strategies.
-    moments : Moments
-        Annualised expected returns μ (N,) and covariance Σ (N, N), validated.
-    rows : list of _SectorRows
-        Its group limits (``services.optimization._mean_variance._sector_rows``).
+    model : ProblemModel
+        A supported model (``supports``) over N strategies, with validated moments.
 
     Returns
     -------
     ConicProgram
         n = N variables (N + 1 for max Sharpe); the equality rows are the budget 1ᵀw = 1 (without net exposure
         bounds) and, for max Sharpe, (μ − r_f)ᵀy = 1; the inequality rows are −w ≤ −l, w ≤ u, then the dense rows
-        (net exposure, group minima and maxima, min_return), then κ ≥ 0 for max Sharpe.
+        of the linear families (net exposure, group minima and maxima, min_return: ``Constraint.rows``), then
+        κ ≥ 0 for max Sharpe.
     """
-    n = problem.n_assets
-    mu, sigma = moments.expected_returns, moments.covariance
-    r_f = problem.risk_free_rate
-    sharpe = problem.objective is Objective.MAX_SHARPE
-    net = net_exposure_range(problem)
+    n = model.n_assets
+    mu, sigma = model.expected_returns, model.covariance
+    sharpe = model.objective is Objective.MAX_SHARPE
     # Each dense row: its coefficients a on w (N,) and right-hand side c, for aᵀw ≤ c or aᵀw = c. For max Sharpe
     # the row reads aᵀy − cκ ≤ 0 (κ coefficient −c, b = 0), except (μ − r_f)ᵀy = 1 (see κ's column below).
-    ones = np.ones(n)
     equalities: list[tuple[FloatArray, float]] = []
     inequalities: list[tuple[FloatArray, float]] = []
     if sharpe:
-        equalities.append((mu - r_f, 1.0))
-    if net is None:
-        equalities.append((ones, 1.0))
-    else:
-        if np.isfinite(net[0]):
-            inequalities.append((-ones, -net[0]))
-        if np.isfinite(net[1]):
-            inequalities.append((ones, net[1]))
-    for row in rows:
-        if row.min_weight is not None:
-            inequalities.append((-row.members, -row.min_weight))
-        if row.max_weight is not None:
-            inequalities.append((row.members, row.max_weight))
-    if problem.min_return is not None:
-        if net is None:
-            inequalities.append((-mu, -problem.min_return))
-        else:  # with the cash leg: μᵀw + r_f(1 − 1ᵀw) ≥ r_min
-            inequalities.append((-(mu - r_f), -(problem.min_return - r_f)))
+        equalities.append((model.excess_returns, 1.0))
+    for family in model.constraints:
+        if isinstance(family, Bounds):
+            continue  # the box rows, below
+        rows = family.rows(model)
+        assert rows is not None  # every supported family has rows
+        for a, low, high in zip(rows.matrix, rows.lower, rows.upper, strict=True):
+            if low == high:
+                equalities.append((a, float(high)))
+                continue
+            if np.isfinite(low):
+                inequalities.append((-a, -float(low)))
+            if np.isfinite(high):
+                inequalities.append((a, float(high)))
     n_eq, n_dense = len(equalities), len(inequalities)
     m = n_eq + 2 * n + n_dense + (1 if sharpe else 0)
     n_vars = n + 1 if sharpe else n
@@ -261,7 +217,7 @@ def build_program(problem: PortfolioProblem, moments: Moments, rows: list[_Secto
     data[:, n_eq + 1] = 1.0
     if n_dense:
         data[:, n_eq + 2 :] = np.column_stack([coefficients for coefficients, _ in inequalities])
-    lower, upper = problem.lower_bounds, problem.upper_bounds
+    lower, upper = model.lower, model.upper
     constant = np.concatenate(
         ([rhs for _, rhs in equalities], -lower, upper, [rhs for _, rhs in inequalities], [0.0] if sharpe else [])
     )
@@ -283,15 +239,16 @@ def build_program(problem: PortfolioProblem, moments: Moments, rows: list[_Secto
     else:
         b = constant
     A = sp.csc_array((data_flat, index_flat, indptr), shape=(m, n_vars))
-    if problem.objective is Objective.MAX_RETURN:
+    if model.objective is Objective.MAX_RETURN:
         P = sp.csc_array((n_vars, n_vars))
-    elif problem.objective is Objective.MAX_QUADRATIC_UTILITY:
-        P = _upper_triangle(sigma, problem.risk_aversion, n_vars)
+    elif model.objective is Objective.MAX_QUADRATIC_UTILITY:
+        P = _upper_triangle(sigma, model.problem.risk_aversion, n_vars)
     else:
         P = _upper_triangle(sigma, 2.0, n_vars)
     q = np.zeros(n_vars)
-    if problem.objective in (Objective.MAX_RETURN, Objective.MAX_QUADRATIC_UTILITY):
-        q[:] = -(mu if net is None else mu - r_f)  # the constant r_f of the cash leg does not move the optimum
+    if model.objective in (Objective.MAX_RETURN, Objective.MAX_QUADRATIC_UTILITY):
+        # The constant r_f of the cash leg does not move the optimum.
+        q[:] = -(model.excess_returns if model.has_net_exposure else mu)
     return ConicProgram(P=P, q=q, A=A, b=b, n_equalities=n_eq, homogenised=sharpe)
 
 
@@ -305,22 +262,6 @@ def _settings(overrides: dict[str, float], time_limit: float) -> Any:
     return settings
 
 
-def _remaining(started: float, time_limit_s: float | None) -> float:
-    """Seconds left before ``time_limit_s`` (inf without one).
-
-    Raises
-    ------
-    DeadlineExceededError
-        No time is left.
-    """
-    if time_limit_s is None:
-        return float("inf")
-    remaining = time_limit_s - (time.perf_counter() - started)
-    if remaining <= 0:
-        raise DeadlineExceededError(f"the solver did not finish within {time_limit_s:.3f} s")
-    return remaining
-
-
 def solve(program: ConicProgram, settings: dict[str, float], time_limit: float = float("inf")) -> Any:
     """One Clarabel solve of ``program`` (``clarabel.DefaultSolution``: x, status, iterations ...)."""
     solver = clarabel.DefaultSolver(
@@ -329,91 +270,81 @@ def solve(program: ConicProgram, settings: dict[str, float], time_limit: float =
     return solver.solve()
 
 
-def _infeasible(problem: PortfolioProblem, status: str) -> InfeasibleError:
+def _infeasible(model: ProblemModel, status: str) -> InfeasibleError:
     """The error of the cvxpy path (``solve_program``) for a solver-proved infeasible problem."""
     return InfeasibleError(
         "the solver proved the constraints infeasible (no portfolio meets all the constraints together)",
         precondition_violations=(
             PreconditionViolation(
-                "SOLVER_INFEASIBLE", "constraints", f"{SOLVER} reported {status} for {problem.objective}"
+                "SOLVER_INFEASIBLE", "constraints", f"{SOLVER} reported {status} for {model.objective}"
             ),
         ),
     )
 
 
-def try_direct_path(
-    problem: PortfolioProblem, moments: Moments, *, started: float, time_limit_s: float | None = None
-) -> OptimizationResult | None:
-    """``optimize_mean_variance``'s result from Clarabel called on the assembled program, or None.
+class ClarabelDirectBackend:
+    """Clarabel on matrices assembled with NumPy for the linear families (see the module docstring)."""
 
-    Parameters
-    ----------
-    problem : PortfolioProblem
-        The problem, pre-checked (``services.optimization._mean_variance.precheck``).
-    moments : Moments
-        Its validated annualised moments.
-    started : float
-        ``time.perf_counter()`` at the start of the call, for ``solve_time_ms`` and ``time_limit_s``.
-    time_limit_s : float, optional
-        Wall-clock limit of the whole call in seconds, measured from ``started``.
+    solve_path = SOLVE_PATH
 
-    Returns
-    -------
-    OptimizationResult or None
-        Post-processed exactly as the cvxpy path (noise within ``TOLERANCE`` outside a bound put on the bound,
-        ``check_constraints``, ``portfolio_performance``, ``objective_value_of``), with ``solver`` ``CLARABEL``,
-        ``solve_path`` ``CLARABEL_DIRECT`` and Clarabel's iteration count. Status ``OPTIMAL`` when Clarabel
-        reports ``Solved``; on ``AlmostSolved`` the program is solved again with Clarabel's default tolerances,
-        as the cvxpy path does, and the answer is ``OPTIMAL`` if that one is ``Solved``, else the first answer
-        with ``OPTIMAL_INACCURATE``. None when the module is switched off (``ENABLED``), the problem is not
-        eligible (``eligible``), or Clarabel ends otherwise (numerical trouble, iteration limit, unbounded, a
-        degenerate κ = 0): the cvxpy path, with its SCS fallback, then answers.
+    def supports(self, model: ProblemModel) -> bool:
+        """See :func:`supports`."""
+        return supports(model)
 
-    Raises
-    ------
-    InfeasibleError
-        Clarabel proved the constraints infeasible (``SOLVER_INFEASIBLE``, as the cvxpy path).
-    DeadlineExceededError
-        No time was left before the solve, or Clarabel hit the time limit.
-    """
-    if not ENABLED or not eligible(problem):
-        return None
-    rows = _sector_rows(problem)
-    program = build_program(problem, moments, rows)
-    solution = solve(program, CLARABEL_SETTINGS, _remaining(started, time_limit_s))
-    status = str(solution.status)
-    if status == "AlmostSolved":
-        retry = solve(program, {**CLARABEL_SETTINGS, **CLARABEL_DEFAULTS}, _remaining(started, time_limit_s))
-        if str(retry.status) == "Solved":
-            solution, status = retry, "Solved"
-    if status in ("PrimalInfeasible", "AlmostPrimalInfeasible"):
-        raise _infeasible(problem, "infeasible" if status == "PrimalInfeasible" else "infeasible_inaccurate")
-    if status == "MaxTime":
-        raise DeadlineExceededError(f"the solver did not finish within {time_limit_s or 0.0:.3f} s")
-    if status not in ("Solved", "AlmostSolved"):
-        return None
-    x = np.asarray(solution.x, dtype=np.float64)
-    raw = x[: problem.n_assets]
-    if program.homogenised:
-        kappa = float(x[-1])
-        if not kappa > 1e-12:
-            return None  # degenerate: the cvxpy path decides (and reports it)
-        raw = raw / kappa
-    lower, upper = problem.lower_bounds, problem.upper_bounds
-    # Solver noise just outside a bound (≤ TOLERANCE) is put on the bound; larger breaches stay and are reported.
-    weights = np.where((raw < lower) & (raw >= lower - TOLERANCE), lower, raw)
-    weights = np.where((weights > upper) & (weights <= upper + TOLERANCE), upper, weights)
-    violations = check_constraints(weights, problem, moments)
-    return OptimizationResult(
-        weights=weights,
-        performance=portfolio_performance(weights, moments, problem.risk_free_rate),
-        objective_value=float(objective_value_of(weights, problem, moments)),
-        status="OPTIMAL" if status == "Solved" else "OPTIMAL_INACCURATE",
-        iterations=int(solution.iterations),
-        solver=SOLVER,
-        solve_time_ms=(time.perf_counter() - started) * 1000.0,
-        constraints_satisfied=not violations,
-        violations=violations,
-        fallback_used=False,
-        solve_path=SOLVE_PATH,
-    )
+    def solve(self, model: ProblemModel, *, started: float, time_limit_s: float | None) -> OptimizationResult | None:
+        """The optimum from Clarabel called on the assembled program, or None.
+
+        Parameters
+        ----------
+        model : ProblemModel
+            A supported, pre-checked model.
+        started : float
+            ``time.perf_counter()`` at the start of the call, for ``solve_time_ms`` and ``time_limit_s``.
+        time_limit_s : float, optional
+            Wall-clock limit of the whole call in seconds, measured from ``started``.
+
+        Returns
+        -------
+        OptimizationResult or None
+            Through ``model.result`` (as every backend), with ``solver`` ``CLARABEL``, ``solve_path``
+            ``CLARABEL_DIRECT`` and Clarabel's iteration count. Status ``OPTIMAL`` when Clarabel reports ``Solved``;
+            on ``AlmostSolved`` the program is solved again with Clarabel's default tolerances, as the cvxpy path
+            does, and the answer is ``OPTIMAL`` if that one is ``Solved``, else the first answer with
+            ``OPTIMAL_INACCURATE``. None when Clarabel ends otherwise (numerical trouble, iteration limit, unbounded,
+            a degenerate κ = 0): the next backend (cvxpy, with its SCS fallback) then answers.
+
+        Raises
+        ------
+        InfeasibleError
+            Clarabel proved the constraints infeasible (``SOLVER_INFEASIBLE``, as the cvxpy path).
+        DeadlineExceededError
+            No time was left before the solve, or Clarabel hit the time limit.
+        """
+        program = build_program(model)
+        solution = solve(program, CLARABEL_SETTINGS, remaining_time(started, time_limit_s))
+        status = str(solution.status)
+        if status == "AlmostSolved":
+            retry = solve(program, {**CLARABEL_SETTINGS, **CLARABEL_DEFAULTS}, remaining_time(started, time_limit_s))
+            if str(retry.status) == "Solved":
+                solution, status = retry, "Solved"
+        if status in ("PrimalInfeasible", "AlmostPrimalInfeasible"):
+            raise _infeasible(model, "infeasible" if status == "PrimalInfeasible" else "infeasible_inaccurate")
+        if status == "MaxTime":
+            raise DeadlineExceededError(f"the solver did not finish within {time_limit_s or 0.0:.3f} s")
+        if status not in ("Solved", "AlmostSolved"):
+            return None
+        x = np.asarray(solution.x, dtype=np.float64)
+        raw = x[: model.n_assets]
+        if program.homogenised:
+            kappa = float(x[-1])
+            if not kappa > 1e-12:
+                return None  # degenerate: the cvxpy path decides (and reports it)
+            raw = raw / kappa
+        return model.result(
+            raw,
+            status="OPTIMAL" if status == "Solved" else "OPTIMAL_INACCURATE",
+            solver=SOLVER,
+            iterations=int(solution.iterations),
+            started=started,
+            solve_path=SOLVE_PATH,
+        )

@@ -66,6 +66,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from services.errors import InfeasibleError, InvalidInputError, PreconditionViolation
+from services.optimization._metrics import risk_contributions
 from services.types import FloatArray
 
 SOLVER: Final = "JAX_NEWTON"
@@ -131,26 +132,6 @@ class RiskParityResult:
     max_relative_rc_error: float
     solve_time_ms: float
     solver: str = SOLVER
-
-
-def risk_contributions(weights: FloatArray, covariance: FloatArray) -> FloatArray:
-    """Risk contributions of a weight vector as fractions of the portfolio variance.
-
-    Parameters
-    ----------
-    weights : ndarray of shape (N,)
-        Portfolio weights.
-    covariance : ndarray of shape (N, N)
-        Covariance of the N strategies (any unit).
-
-    Returns
-    -------
-    ndarray of shape (N,)
-        RC_i = w_i (Σw)_i / wᵀΣw, summing to 1 (NaN or infinite when wᵀΣw = 0).
-    """
-    contributions = weights * (covariance @ weights)
-    fractions: FloatArray = contributions / contributions.sum()
-    return fractions
 
 
 def check_no_binding_bounds(lower_bounds: FloatArray | None, upper_bounds: FloatArray | None) -> None:

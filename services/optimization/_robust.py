@@ -17,7 +17,7 @@ q = 1 − c); skfolio has no empirical box (its ``diagonal=True`` is an ellipsoi
 sqrt(χ²_N(c)), and dual norm 2, not a box).
 
 Formulations (ρ(w): the worst-case penalty δᵀ|w| or κ‖Lᵀw‖, Σ = F Fᵀ, constraints as in
-``services.optimization._mean_variance``):
+``_constraints``):
 
 - quadratic utility: maximise μ̂ᵀw − ρ(w) − δ_ra/2 wᵀΣw;
 - max return: maximise μ̂ᵀw − ρ(w) s.t. [‖Fᵀw‖ ≤ σ_max];
@@ -45,17 +45,13 @@ from scipy import stats
 
 from services.errors import InfeasibleError, InvalidInputError, OptimizationError, PreconditionViolation
 from services.estimation import validate_moments
-from services.optimization._mean_variance import (
-    CLARABEL_SETTINGS,
-    TOLERANCE,
-    _covariance_factor,
-    check_constraints,
-    portfolio_performance,
-    precheck,
-    solve_program,
-)
-from services.optimization._risk_measures import linear_constraints, tracking_error_constraint, weights_from_solution
-from services.types import FloatArray, Moments, Objective, OptimizationResult, PortfolioProblem
+from services.optimization._constraints import TOLERANCE, MinReturn
+from services.optimization._metrics import portfolio_performance
+from services.optimization._model import ProblemModel, unscale
+from services.optimization._problem import Objective, OptimizationResult, PortfolioProblem
+from services.optimization._program import ProgramBuilder
+from services.optimization._solver import CLARABEL_SETTINGS, solve_program
+from services.types import FloatArray, Moments
 
 
 class Uncertainty(StrEnum):
@@ -223,7 +219,7 @@ def optimize_robust(
     InvalidInputError
         Malformed moments, set parameters or bounds.
     InfeasibleError
-        A pre-check failed (``_mean_variance.precheck``), no portfolio has a positive worst-case excess
+        A pre-check failed (``ProblemModel.precheck``), no portfolio has a positive worst-case excess
         return (max Sharpe: ``NO_WORST_CASE_EXCESS_RETURN``), or the solver proved the constraints infeasible
         (``SOLVER_INFEASIBLE``).
     DeadlineExceededError
@@ -251,21 +247,14 @@ def optimize_robust(
         raise InvalidInputError.for_field(
             "constraints.transaction_costs_bps", "transaction costs are not supported with robust optimization"
         )
-    precheck(problem, moments)
+    model = ProblemModel.build(problem, moments)
+    model.precheck()
     started = time.perf_counter()
     mu, covariance = moments.expected_returns, moments.covariance
-    factor = _covariance_factor(covariance)
     sharpe = problem.objective is Objective.MAX_SHARPE
-
-    x = cp.Variable(problem.n_assets)
-    scale: cp.Expression | float
-    kappa: cp.Variable | None = None
-    if sharpe:
-        kappa = cp.Variable(nonneg=True)
-        scale = kappa
-    else:
-        scale = 1.0
-    volatility = cp.norm(factor.T @ x, 2)
+    builder = ProgramBuilder(model, homogenised=sharpe)
+    x, scale = builder.x, builder.scale
+    volatility = cp.norm(builder.factor().T @ x, 2)
     if uncertainty_set.uncertainty is Uncertainty.BOX:
         delta = uncertainty_set.half_widths
         long_only = bool(np.all(problem.lower_bounds >= 0))
@@ -273,13 +262,14 @@ def optimize_robust(
     else:
         # κ‖Lᵀx‖ with L = sqrt(P/T)·F.
         worst_case_return = mu @ x - uncertainty_set.radius * np.sqrt(periods_per_year / observations) * volatility
-    constraints = linear_constraints(problem, x, scale) + tracking_error_constraint(problem, x, scale, factor)
+    for family in model.convex_constraints:
+        if not isinstance(family, MinReturn):  # min_return bounds the worst-case return here
+            family.write(builder)
+    constraints = builder.constraints
     if sharpe:
         constraints.append(worst_case_return - problem.risk_free_rate * scale >= 1)
     if problem.min_return is not None:
         constraints.append(worst_case_return >= problem.min_return * scale)
-    if problem.max_volatility is not None:
-        constraints.append(volatility <= problem.max_volatility * scale)
     # Validated PSD: psd_wrap skips cvxpy's own eigenvalue check.
     variance = cp.quad_form(x, cp.psd_wrap(covariance))
     objective: cp.Minimize | cp.Maximize
@@ -312,16 +302,16 @@ def optimize_robust(
         raise
     if x.value is None:
         raise OptimizationError(f"{outcome.solver} returned no solution for {description}")
-    kappa_value = None
-    if kappa is not None:
-        kappa_value = float(kappa.value) if kappa.value is not None else 0.0
-    weights = weights_from_solution(np.asarray(x.value, dtype=np.float64), problem, kappa=kappa_value)
+    kappa = None
+    if builder.kappa is not None:
+        kappa = float(builder.kappa.value) if builder.kappa.value is not None else 0.0
+    weights = model.snap(unscale(np.asarray(x.value, dtype=np.float64), kappa))
 
     performance = portfolio_performance(weights, moments, problem.risk_free_rate)
     worst = uncertainty_set.worst_case_return(weights, mu)
-    violations = check_constraints(weights, problem, moments)
+    extra: tuple[str, ...] = ()
     if problem.min_return is not None and worst < problem.min_return - TOLERANCE:
-        violations += (f"worst-case expected return {worst:.9g} below {problem.min_return:g}",)
+        extra = (f"worst-case expected return {worst:.9g} below {problem.min_return:g}",)
     variance_value = performance.volatility**2
     if problem.objective is Objective.MIN_VOLATILITY:
         objective_value = variance_value
@@ -334,16 +324,14 @@ def optimize_robust(
             (worst - problem.risk_free_rate) / performance.volatility if performance.volatility > 0 else 0.0
         )
     solver_stats = cvx_problem.solver_stats
-    return OptimizationResult(
-        weights=weights,
-        performance=performance,
-        objective_value=float(objective_value),
+    return model.result(
+        weights,
         status=outcome.status,
-        iterations=int(solver_stats.num_iters or 0) if solver_stats is not None else 0,
         solver=outcome.solver,
-        fallback_used=outcome.fallback_used,
+        iterations=int(solver_stats.num_iters or 0) if solver_stats is not None else 0,
+        started=started,
         solve_path="CONIC",
-        solve_time_ms=(time.perf_counter() - started) * 1000.0,
-        constraints_satisfied=not violations,
-        violations=violations,
+        fallback_used=outcome.fallback_used,
+        objective_value=float(objective_value),
+        extra_violations=extra,
     )

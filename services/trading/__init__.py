@@ -1,7 +1,8 @@
 """Trading: from target weights to whole-share trades.
 
-Integer-share allocation (``_allocation``), drift and the rebalance trade list with costs (``_rebalance``), and tax
-lots, gains and wash sales (``_tax_lots``). Public names only; the implementation lives in the private modules.
+Integer-share allocation (``_allocation``), drift and the rebalance trade list with costs (``_rebalance``), tax
+lots, gains and wash sales (``_tax_lots``), and the approval lifecycle of a rebalance recommendation
+(``_lifecycle``). Public names only; the implementation lives in the private modules.
 """
 
 from services.trading._allocation import (
@@ -15,6 +16,16 @@ from services.trading._allocation import (
     allocate,
     allocation_cache_key,
     greedy_allocation,
+)
+from services.trading._lifecycle import (
+    APPROVED_STATUSES,
+    FINAL_STATUSES,
+    PENDING_STATUSES,
+    SUPERSEDED_REASON_PREFIX,
+    IllegalTransitionError,
+    RecommendationState,
+    RecommendationStatus,
+    initial_status,
 )
 from services.trading._rebalance import (
     DEFAULT_DRIFT_THRESHOLD,
@@ -52,8 +63,12 @@ from services.trading._tax_lots import (
 )
 
 __all__ = [
+    "APPROVED_STATUSES",
     "DEFAULT_ALLOWED_DEVIATION",
     "DEFAULT_DRIFT_THRESHOLD",
+    "FINAL_STATUSES",
+    "PENDING_STATUSES",
+    "SUPERSEDED_REASON_PREFIX",
     "AllocationRequest",
     "AllocationResult",
     "AllocationStatus",
@@ -65,6 +80,7 @@ __all__ = [
     "HarvestCandidate",
     "Holding",
     "HoldingTerm",
+    "IllegalTransitionError",
     "ImpactModel",
     "LotMethod",
     "LotSale",
@@ -73,6 +89,8 @@ __all__ = [
     "Purchase",
     "RealizedLoss",
     "RebalancePlan",
+    "RecommendationState",
+    "RecommendationStatus",
     "Side",
     "TaxLot",
     "TaxSettings",
@@ -87,6 +105,7 @@ __all__ = [
     "greedy_allocation",
     "harvest_candidates",
     "holding_term",
+    "initial_status",
     "select_lots",
     "validate_holdings",
     "validate_lots",

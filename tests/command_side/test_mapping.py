@@ -25,14 +25,8 @@ from command_side.mapping import (
 )
 from services.engine import Method
 from services.errors import InvalidInputError
-from services.optimization import RiskMeasure
-from services.types import (
-    CovarianceEstimator,
-    MissingDataPolicy,
-    Objective,
-    ReturnsEstimator,
-    SectorLimit,
-)
+from services.optimization import Objective, RiskMeasure, SectorLimit
+from services.types import CovarianceEstimator, MissingDataPolicy, ReturnsEstimator
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
 

@@ -225,7 +225,7 @@ def test_invalid_method_combinations(commands: Any, returns: pd.DataFrame) -> No
         assert field_violations(caught.value) == [field]
 
 
-def test_desk_constraints_hold_on_the_returned_weights(
+def test_trading_limits_hold_on_the_returned_weights(
     commands: Any, returns: pd.DataFrame, covariance: np.ndarray
 ) -> None:
     """Turnover from current weights, tracking error to a benchmark and beta neutrality, all binding."""
@@ -234,7 +234,7 @@ def test_desk_constraints_hold_on_the_returned_weights(
     current = np.full(n, 1.0 / n)
     request = returns_request(
         returns,
-        unique("desk"),
+        unique("limits"),
         objective=pb.OBJECTIVE_MAX_SHARPE,
         risk_parameters=pb.RiskParameters(risk_free_rate=0.02),
         constraints=pb.OptimizationConstraints(
@@ -265,13 +265,13 @@ def test_desk_constraints_hold_on_the_returned_weights(
     assert np.abs(w).sum() <= 3.0 + 1e-6
 
 
-def test_desk_constraints_work_with_cvar_and_are_rejected_where_they_do_not_apply(
+def test_trading_limits_work_with_cvar_and_are_rejected_where_they_do_not_apply(
     commands: Any, returns: pd.DataFrame
 ) -> None:
     columns = list(returns.columns)
     cvar = returns_request(
         returns,
-        unique("desk-cvar"),
+        unique("limits-cvar"),
         objective=pb.OBJECTIVE_MIN_VOLATILITY,
         risk_parameters=pb.RiskParameters(risk_measure=pb.RISK_MEASURE_CVAR),
         constraints=pb.OptimizationConstraints(turnover_limit=0.5, leverage_limit=1.0),
@@ -288,7 +288,7 @@ def test_desk_constraints_work_with_cvar_and_are_rejected_where_they_do_not_appl
     ):
         request = returns_request(
             returns,
-            unique("desk-bad"),
+            unique("limits-bad"),
             method=method,
             objective=pb.OBJECTIVE_MIN_VOLATILITY if method == pb.OPTIMIZATION_METHOD_MEAN_VARIANCE else 0,
             risk_parameters=pb.RiskParameters(risk_measure=risk_measure),

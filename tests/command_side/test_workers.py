@@ -16,8 +16,9 @@ import pytest
 from command_side.workers import SolverPool
 from services.engine import OptimizationJob
 from services.errors import DeadlineExceededError, InfeasibleError, UnavailableError
+from services.optimization import Objective, PortfolioProblem
 from services.trading import AllocationRequest, AllocationTarget
-from services.types import EstimationSettings, Moments, Objective, PortfolioProblem
+from services.types import EstimationSettings, Moments
 
 
 @pytest.fixture(scope="module")

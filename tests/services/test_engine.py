@@ -15,14 +15,8 @@ from pypfopt import EfficientFrontier, expected_returns, risk_models
 
 from services.engine import OptimizationJob, run_optimization
 from services.errors import DeadlineExceededError, InvalidInputError
-from services.types import (
-    EstimationSettings,
-    MissingDataPolicy,
-    Moments,
-    Objective,
-    PortfolioProblem,
-    ReturnHistory,
-)
+from services.optimization import Objective, PortfolioProblem
+from services.types import EstimationSettings, MissingDataPolicy, Moments, ReturnHistory
 from tests.services.market_data import return_history
 
 

@@ -24,21 +24,19 @@ from pypfopt import expected_returns, risk_models
 
 from services.errors import DeadlineExceededError, InfeasibleError, InvalidInputError
 from services.optimization import (
+    MultiObjectiveWeights,
+    Objective,
+    OptimizationResult,
+    PortfolioProblem,
     RiskMeasure,
+    SectorLimit,
     check_constraints,
     conditional_value_at_risk,
     optimize_cardinality,
     optimize_mean_variance,
     optimize_risk_measure,
 )
-from services.types import (
-    Moments,
-    MultiObjectiveWeights,
-    Objective,
-    OptimizationResult,
-    PortfolioProblem,
-    SectorLimit,
-)
+from services.types import Moments
 from tests.services.market_data import SP500_SECTORS
 
 DAYS = 756
@@ -469,7 +467,7 @@ def test_shorting_with_min_position_equals_enumeration(
     assert np.all(np.abs(result.weights[held]) >= m - FEASIBILITY_TOLERANCE)
 
 
-# --- with desk constraints ----------------------------------------------------------------------------------------
+# --- with trading limits ----------------------------------------------------------------------------------------
 
 
 def test_sector_limit_and_turnover_equal_enumeration(sp500_window: pd.DataFrame, sp500_moments: Moments) -> None:
@@ -538,7 +536,7 @@ def engine_enumeration(problem: PortfolioProblem, moments: Moments) -> float | N
 
 
 CURRENT = np.array([0.3, 0.0, 0.0, 0.2, 0.0, 0.2, 0.0, 0.3])
-DESK_CASES = {
+TRADING_LIMIT_CASES = {
     "max Sharpe, transaction costs": dict(
         objective=Objective.MAX_SHARPE, transaction_costs_bps=np.full(8, 50.0), current_weights=CURRENT
     ),
@@ -578,14 +576,14 @@ DESK_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(DESK_CASES))
-def test_desk_families_equal_the_continuous_solver_on_every_support(
+@pytest.mark.parametrize("case", list(TRADING_LIMIT_CASES))
+def test_trading_limits_equal_the_continuous_solver_on_every_support(
     sp500_window: pd.DataFrame, sp500_moments: Moments, case: str
 ) -> None:
     """Every constraint family in the master: the truth is the engine's continuous solver on each support of 8."""
     n = 8
     moments = first(sp500_moments, n)
-    options = {"risk_aversion": 5.0, "risk_free_rate": RISK_FREE_RATE, "max_holdings": 3, **DESK_CASES[case]}
+    options = {"risk_aversion": 5.0, "risk_free_rate": RISK_FREE_RATE, "max_holdings": 3, **TRADING_LIMIT_CASES[case]}
     lower = options.pop("lower_bounds", np.zeros(n))
     problem = replace(make_problem(tickers(sp500_window, n), **options), lower_bounds=lower)  # type: ignore[arg-type]
     truth = engine_enumeration(problem, moments)

@@ -1,7 +1,7 @@
 """The direct Clarabel path of mean-variance (``_clarabel_direct``) against the cvxpy path and NumPy.
 
 Truth: the cvxpy path of ``optimize_mean_variance`` (cvxpy canonicalisation + Clarabel at 1e-10, also answering
-under the cached DPP program for N ≤ 64) with the direct path switched off (``clarabel_direct.ENABLED = False``):
+under the cached DPP program for N ≤ 64) without the direct path (``backends=(CONIC,)``):
 the objective must agree to 1e-7 relative; every constraint is checked on the weights with NumPy here. Data: the
 S&P 500 data set of ``data/`` (PyPortfolioOpt's mean historical return and sample covariance of the last 756 daily
 returns, sectors of ``SP500_SECTORS``) and seeded random positive definite matrices at N = 20, 100, 300.
@@ -20,18 +20,23 @@ import pytest
 from pypfopt import expected_returns, risk_models
 
 from services.errors import DeadlineExceededError, InfeasibleError
-from services.optimization import _active_set as fast_qp
-from services.optimization import _clarabel_direct as clarabel_direct
-from services.optimization import check_constraints, optimize_mean_variance
-from services.optimization._mean_variance import _sector_rows
-from services.types import (
-    Moments,
+from services.optimization import (
+    ACTIVE_SET,
+    CLARABEL_DIRECT,
+    CONIC,
+    Constraint,
     MultiObjectiveWeights,
     Objective,
     OptimizationResult,
     PortfolioProblem,
+    ProblemModel,
     SectorLimit,
+    check_constraints,
+    optimize_mean_variance,
 )
+from services.optimization import _active_set as fast_qp
+from services.optimization import _clarabel_direct as clarabel_direct
+from services.types import Moments
 from tests.services.market_data import SP500_SECTORS
 
 OBJECTIVE_RTOL = 1e-7
@@ -118,9 +123,7 @@ def sp500_problem(objective: Objective, tickers: tuple[str, ...], **fields: Any)
 
 def cvxpy_path(problem: PortfolioProblem, moments: Moments, monkeypatch: pytest.MonkeyPatch) -> OptimizationResult:
     """The cvxpy + Clarabel path's answer (direct path switched off for this call)."""
-    with monkeypatch.context() as patch:
-        patch.setattr(clarabel_direct, "ENABLED", False)
-        result = optimize_mean_variance(problem, moments)
+    result = optimize_mean_variance(problem, moments, backends=(CONIC,))
     assert result.solve_path == "CONIC"
     return result
 
@@ -244,7 +247,7 @@ def test_the_program_holds_the_constraints_and_objective(objective: Objective) -
     n = 12
     moments = random_moments(n, 5)
     problem = random_problem(objective, n, 5, min_return=0.05, min_net_exposure=0.5, max_net_exposure=0.95)
-    program = clarabel_direct.build_program(problem, moments, _sector_rows(problem))
+    program = clarabel_direct.build_program(ProblemModel.build(problem, moments))
     sharpe = objective is Objective.MAX_SHARPE
     n_vars = n + 1 if sharpe else n
     assert program.P.shape == (n_vars, n_vars) and program.A.shape[1] == n_vars
@@ -291,26 +294,24 @@ def test_conflicting_group_limits_of_two_schemes_are_proved_infeasible(
         sector_limits=(SectorLimit("tech", max_weight=0.1), SectorLimit("US", min_weight=0.3, scheme="country")),
     )
     with pytest.raises(InfeasibleError):  # proved by the direct path itself, not by the cvxpy path behind it
-        clarabel_direct.try_direct_path(problem, sp500_moments, started=time.perf_counter())
-    with pytest.raises(InfeasibleError) as direct:
+        direct(problem, sp500_moments, started=time.perf_counter())
+    with pytest.raises(InfeasibleError) as by_direct:
         optimize_mean_variance(problem, sp500_moments)
-    with monkeypatch.context() as patch:
-        patch.setattr(clarabel_direct, "ENABLED", False)
-        with pytest.raises(InfeasibleError) as reference:
-            optimize_mean_variance(problem, sp500_moments)
-    (violation,) = direct.value.precondition_violations
+    with pytest.raises(InfeasibleError) as reference:
+        optimize_mean_variance(problem, sp500_moments, backends=(CONIC,))
+    (violation,) = by_direct.value.precondition_violations
     assert (violation.type, violation.subject) == ("SOLVER_INFEASIBLE", "constraints")
-    assert direct.value.precondition_violations == reference.value.precondition_violations
-    assert str(direct.value) == str(reference.value)
+    assert by_direct.value.precondition_violations == reference.value.precondition_violations
+    assert str(by_direct.value) == str(reference.value)
 
 
 def test_a_time_limit_is_passed_to_clarabel() -> None:
     moments = random_moments(300, 1)
     problem = random_problem(Objective.MIN_VOLATILITY, 300, 1)
     with pytest.raises(DeadlineExceededError):  # Clarabel stops at its time limit (MaxTime)
-        clarabel_direct.try_direct_path(problem, moments, started=time.perf_counter(), time_limit_s=1e-4)
+        direct(problem, moments, started=time.perf_counter(), time_limit_s=1e-4)
     with pytest.raises(DeadlineExceededError):  # nothing left before the solve
-        clarabel_direct.try_direct_path(problem, moments, started=time.perf_counter() - 1.0, time_limit_s=0.5)
+        direct(problem, moments, started=time.perf_counter() - 1.0, time_limit_s=0.5)
     result = optimize_mean_variance(problem, moments, time_limit_s=60.0)
     assert (result.solve_path, result.status) == ("CLARABEL_DIRECT", "OPTIMAL")
 
@@ -349,7 +350,7 @@ def test_solver_statuses(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (inaccurate.status, inaccurate.solve_path) == ("OPTIMAL_INACCURATE", "CLARABEL_DIRECT")
 
     monkeypatch.setattr(clarabel_direct, "solve", lambda *_args, **_kw: _FakeSolution("NumericalError", []))
-    assert clarabel_direct.try_direct_path(problem, moments, started=time.perf_counter()) is None
+    assert direct(problem, moments, started=time.perf_counter()) is None
     fallback = optimize_mean_variance(problem, moments)
     assert fallback.solve_path == "CONIC"
     assert fallback.objective_value == pytest.approx(exact.objective_value, rel=OBJECTIVE_RTOL)
@@ -368,7 +369,6 @@ NOT_ELIGIBLE: dict[str, dict[str, Any]] = {
     "multi_objective": {"objective": Objective.MULTI_OBJECTIVE},
     "cardinality": {"max_holdings": 5},
     "min_position": {"min_position_weight": 0.02},
-    "relaxation": {"allow_relaxation": True},
     "infinite_bound": {"upper_bounds": np.full(20, np.inf)},
     "zero_risk_aversion": {"objective": Objective.MAX_QUADRATIC_UTILITY, "risk_aversion": 0.0},
 }
@@ -378,11 +378,11 @@ NOT_ELIGIBLE: dict[str, dict[str, Any]] = {
 def test_other_constraint_families_are_not_eligible(fields: dict[str, Any]) -> None:
     others = dict(fields)
     problem = random_problem(others.pop("objective", Objective.MIN_VOLATILITY), 20, 0, **others)
-    assert not clarabel_direct.eligible(problem)
-    assert clarabel_direct.try_direct_path(problem, random_moments(20, 0), started=time.perf_counter()) is None
+    assert not eligible(problem)
+    assert direct(problem, random_moments(20, 0), started=time.perf_counter()) is None
 
 
-def test_a_desk_constraint_takes_the_cvxpy_path() -> None:
+def test_a_trading_limit_takes_the_cvxpy_path() -> None:
     moments = random_moments(20, 0)
     problem = random_problem(Objective.MIN_VOLATILITY, 20, 0, turnover_limit=1.5, current_weights=np.full(20, 0.05))
     result = optimize_mean_variance(problem, moments)
@@ -391,7 +391,7 @@ def test_a_desk_constraint_takes_the_cvxpy_path() -> None:
 
 def test_eligibility() -> None:
     base = random_problem(Objective.MIN_VOLATILITY, 20, 0, min_return=0.05, min_net_exposure=0.9)
-    assert clarabel_direct.eligible(base)
+    assert eligible(base)
     # Inert fields: read only by a constraint family the problem does not have.
     inert = replace(
         base,
@@ -400,16 +400,40 @@ def test_eligibility() -> None:
         betas=np.ones(20),
         multi_objective=MultiObjectiveWeights(),
     )
-    assert clarabel_direct.eligible(inert)
-    assert not clarabel_direct.eligible(replace(base, sector_limits=(SectorLimit("g0", max_weight=np.inf),)))
+    assert eligible(inert)
+    assert not eligible(replace(base, sector_limits=(SectorLimit("g0", max_weight=np.inf),)))
 
-    @dataclass(frozen=True, slots=True, kw_only=True)
-    class Extended(PortfolioProblem):
-        new_constraint: float | None = None
+    # A constraint family the backend does not list is not supported.
+    model = ProblemModel.build(base, random_moments(20, 0))
+    assert not CLARABEL_DIRECT.supports(dataclasses.replace(model, constraints=(*model.constraints, NewFamily())))
 
-    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
-    assert clarabel_direct.eligible(Extended(**fields))
-    assert not clarabel_direct.eligible(Extended(**fields, new_constraint=0.5))
+
+@dataclass(frozen=True)
+class NewFamily(Constraint):
+    """A family added later: no backend lists it until it is reviewed."""
+
+    name = "new_family"
+
+    def write(self, builder: object) -> None:  # type: ignore[override]
+        raise NotImplementedError
+
+    def violations(self, weights: np.ndarray, model: object) -> list[str]:  # type: ignore[override]
+        return []
+
+
+def eligible(problem: PortfolioProblem) -> bool:
+    """Whether the direct path supports ``problem`` (on any valid moments)."""
+    return CLARABEL_DIRECT.supports(ProblemModel.build(problem, random_moments(problem.n_assets, 0)))
+
+
+def direct(
+    problem: PortfolioProblem, moments: Moments, *, started: float, time_limit_s: float | None = None
+) -> OptimizationResult | None:
+    """The direct path's answer, or None (not supported, or declined)."""
+    model = ProblemModel.build(problem, moments)
+    if not CLARABEL_DIRECT.supports(model):
+        return None
+    return CLARABEL_DIRECT.solve(model, started=started, time_limit_s=time_limit_s)
 
 
 def test_switched_off_and_fast_path_problems_do_not_take_the_direct_path(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -418,8 +442,7 @@ def test_switched_off_and_fast_path_problems_do_not_take_the_direct_path(monkeyp
     assert optimize_mean_variance(grouped, moments).solve_path == "CLARABEL_DIRECT"
     bounds_only = replace(grouped, sector_limits=())
     assert optimize_mean_variance(bounds_only, moments).solve_path == fast_qp.SOLVE_PATH  # the active set first
-    monkeypatch.setattr(fast_qp, "ENABLED", False)
-    assert optimize_mean_variance(bounds_only, moments).solve_path == "CLARABEL_DIRECT"
-    monkeypatch.setattr(clarabel_direct, "ENABLED", False)
-    assert clarabel_direct.try_direct_path(grouped, moments, started=time.perf_counter()) is None
-    assert optimize_mean_variance(grouped, moments).solve_path == "CONIC"
+    assert (
+        optimize_mean_variance(bounds_only, moments, backends=(CLARABEL_DIRECT, CONIC)).solve_path == "CLARABEL_DIRECT"
+    )
+    assert optimize_mean_variance(grouped, moments, backends=(ACTIVE_SET, CONIC)).solve_path == "CONIC"

@@ -1,7 +1,7 @@
 """The active-set fast path of mean-variance (``_active_set``) against the Clarabel path, KKT and PyPortfolioOpt.
 
 Truth: the conic path of ``optimize_mean_variance`` (cvxpy + Clarabel at 1e-10) with the fast path and the direct
-Clarabel path switched off (``fast_qp.ENABLED = False``, ``clarabel_direct.ENABLED = False``), the KKT conditions of
+Clarabel path left out (``backends=(CONIC,)``), the KKT conditions of
 min ½wᵀΣw − λμᵀw s.t. 1ᵀw = 1, l ≤ w ≤ u checked here with NumPy (for the maximum Sharpe ratio at
 λ = wᵀΣw / (μ − r_f)ᵀw, where its KKT conditions and the QP's coincide), and PyPortfolioOpt's
 ``EfficientFrontier.max_sharpe`` / ``min_volatility`` (Clarabel) on its own ``stock_prices.csv``.
@@ -18,17 +18,22 @@ import pandas as pd
 import pytest
 from pypfopt import EfficientFrontier, expected_returns, risk_models
 
-from services.optimization import _active_set as fast_qp
-from services.optimization import _clarabel_direct as clarabel_direct
-from services.optimization import check_constraints, objective_value_of, optimize_mean_variance
-from services.types import (
-    Moments,
+from services.optimization import (
+    ACTIVE_SET,
+    CONIC,
+    Constraint,
     MultiObjectiveWeights,
     Objective,
     OptimizationResult,
     PortfolioProblem,
+    ProblemModel,
     SectorLimit,
+    check_constraints,
+    objective_value_of,
+    optimize_mean_variance,
 )
+from services.optimization import _active_set as fast_qp
+from services.types import Moments
 
 OBJECTIVE_RTOL = 1e-7
 """Agreement of the fast path's objective with the Clarabel path's (the issue's requirement)."""
@@ -61,10 +66,7 @@ def problem_of(
 
 def conic(problem: PortfolioProblem, moments: Moments, monkeypatch: pytest.MonkeyPatch) -> OptimizationResult:
     """The cvxpy + Clarabel path's answer (fast path and direct Clarabel path switched off for this call)."""
-    with monkeypatch.context() as patch:
-        patch.setattr(fast_qp, "ENABLED", False)
-        patch.setattr(clarabel_direct, "ENABLED", False)
-        result = optimize_mean_variance(problem, moments)
+    result = optimize_mean_variance(problem, moments, backends=(CONIC,))
     assert result.solve_path == "CONIC"
     return result
 
@@ -250,7 +252,7 @@ def test_primal_active_set_and_sharpe_search_agree(
         default = optimize_mean_variance(problem, sp500_moments)
         with monkeypatch.context() as patch:
             patch.setattr(fast_qp, "MAX_PDAS_ITERATIONS", 0)
-            solution = fast_qp.solve_problem(problem, sp500_moments)
+            solution = solve_problem(problem, sp500_moments)
             assert solution is not None
             assert solution.method == ("SHARPE_SEARCH" if objective is Objective.MAX_SHARPE else "PRIMAL")
             forced = assert_matches_conic(problem, sp500_moments, monkeypatch)
@@ -367,7 +369,7 @@ def test_singular_and_near_singular_covariances_fall_back(objective: Objective) 
     for moments in (singular, near):
         n = moments.expected_returns.size
         problem = problem_of(objective, n, 0.0, 1.0)
-        assert fast_qp.solve_problem(problem, moments) is None
+        assert solve_problem(problem, moments) is None
         result = optimize_mean_variance(problem, moments)
         assert result.solve_path in ("CLARABEL_DIRECT", "CONIC") and result.solver in ("CLARABEL", "SCS")
 
@@ -377,27 +379,26 @@ NOT_ELIGIBLE: dict[str, dict[str, object]] = {
     "min_return": {"min_return": 0.01},
     "max_volatility": {"max_volatility": 0.5},
     "turnover_limit": {"current_weights": np.full(10, 0.1), "turnover_limit": 2.0},
-    "turnover_caps": {"turnover_caps": np.full(10, np.inf)},
-    "transaction_costs": {"transaction_costs_bps": np.zeros(10)},
+    "turnover_caps": {"turnover_caps": np.full(10, 0.5)},
+    "transaction_costs": {"transaction_costs_bps": np.full(10, 5.0)},
     "leverage_limit": {"leverage_limit": 3.0},
     "tracking_error": {"benchmark_weights": np.full(10, 0.1), "tracking_error_limit": 1.0},
     "beta": {"betas": np.ones(10), "beta_tolerance": 5.0},
     "max_holdings": {"max_holdings": 10},
-    "min_position_weight": {"min_position_weight": 0.0},
+    "min_position_weight": {"min_position_weight": 0.01},
     "net_exposure": {"min_net_exposure": 1.0, "max_net_exposure": 1.0},
-    "allow_relaxation": {"allow_relaxation": True},
 }
 
 
 @pytest.mark.parametrize("fields", NOT_ELIGIBLE.values(), ids=NOT_ELIGIBLE.keys())
 def test_other_constraint_families_are_not_eligible(fields: dict[str, object]) -> None:
     problem = replace(problem_of(Objective.MIN_VOLATILITY, 10, 0.0, 1.0), **fields)  # type: ignore[arg-type]
-    assert not fast_qp.eligible(problem)
+    assert not eligible(problem)
 
 
 def test_eligibility() -> None:
     base = problem_of(Objective.MIN_VOLATILITY, 10, 0.0, 1.0)
-    assert fast_qp.eligible(base)
+    assert eligible(base)
     # Fields that do not change the problem on their own keep it eligible.
     inert = replace(
         base,
@@ -406,79 +407,43 @@ def test_eligibility() -> None:
         benchmark_weights=np.full(10, 0.1),
         betas=np.ones(10),
         multi_objective=MultiObjectiveWeights(),
+        # Vacuous limits: no family is built for them.
+        turnover_caps=np.full(10, np.inf),
+        transaction_costs_bps=np.zeros(10),
+        min_position_weight=0.0,
+        allow_relaxation=True,
     )
-    assert fast_qp.eligible(inert)
-    assert not fast_qp.eligible(replace(base, objective=Objective.MAX_RETURN))
-    assert not fast_qp.eligible(replace(base, objective=Objective.MULTI_OBJECTIVE))
-    assert not fast_qp.eligible(replace(base, objective=Objective.MAX_QUADRATIC_UTILITY, risk_aversion=0.0))
-    assert not fast_qp.eligible(replace(base, upper_bounds=np.full(10, np.inf)))
-    # A field the fast path does not know about is not eligible once it is set.
-
-    @dataclass(frozen=True, slots=True, kw_only=True)
-    class Extended(PortfolioProblem):
-        new_constraint: float | None = None
-
-    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
-    assert fast_qp.eligible(Extended(**fields))
-    assert not fast_qp.eligible(Extended(**fields, new_constraint=0.5))
-
-
-def test_switched_off_and_ineligible_problems_take_the_conic_path(sp500_moments: Moments) -> None:
-    n = sp500_moments.expected_returns.size
-    problem = problem_of(Objective.MIN_VOLATILITY, n, 0.0, 1.0)
-    assert optimize_mean_variance(problem, sp500_moments).solve_path == "ACTIVE_SET"
-    capped = replace(problem, max_volatility=0.5)
-    assert optimize_mean_variance(capped, sp500_moments).solve_path == "CONIC"
-    assert optimize_mean_variance(replace(problem, objective=Objective.MAX_RETURN), sp500_moments).solve_path == (
-        "CLARABEL_DIRECT"  # linear constraints only: Clarabel on directly assembled matrices
+    assert eligible(inert)
+    assert not eligible(replace(base, objective=Objective.MAX_RETURN))
+    assert not eligible(replace(base, objective=Objective.MULTI_OBJECTIVE))
+    assert not eligible(replace(base, objective=Objective.MAX_QUADRATIC_UTILITY, risk_aversion=0.0))
+    assert not eligible(replace(base, upper_bounds=np.full(10, np.inf)))
+    # A constraint family the backend does not list is not supported.
+    model = ProblemModel.build(base, random_moments(10, 0))
+    assert not fast_qp.ActiveSetBackend().supports(
+        dataclasses.replace(model, constraints=(*model.constraints, NewFamily()))
     )
 
 
-# --- the building blocks -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NewFamily(Constraint):
+    """A family added later: no backend lists it until it is reviewed."""
+
+    name = "new_family"
+
+    def write(self, builder: object) -> None:  # type: ignore[override]
+        raise NotImplementedError
+
+    def violations(self, weights: np.ndarray, model: object) -> list[str]:  # type: ignore[override]
+        return []
 
 
-def test_projection_onto_budget_and_bounds() -> None:
-    """The projection is feasible and satisfies its own KKT conditions: w = clip(z − τ, l, u)."""
-    rng = np.random.default_rng(8)
-    for n in (1, 2, 7, 100):
-        for _ in range(20):
-            lower = rng.uniform(-0.5, 0.1, n)
-            upper = lower + rng.uniform(0.0, 1.0, n)
-            if lower.sum() > 1 or upper.sum() < 1:
-                continue
-            z = rng.normal(0.0, 1.0, n)
-            w = fast_qp.project(z, lower, upper)
-            assert w.sum() == pytest.approx(1.0, abs=1e-12)
-            assert np.all(w >= lower) and np.all(w <= upper)
-            free = (w > lower) & (w < upper)
-            if free.any():
-                tau = float(np.mean((z - w)[free]))
-                np.testing.assert_allclose(w, np.clip(z - tau, lower, upper), atol=1e-12)
+def eligible(problem: PortfolioProblem) -> bool:
+    """Whether the active set supports ``problem`` (on any valid moments)."""
+    return ACTIVE_SET.supports(ProblemModel.build(problem, random_moments(problem.n_assets, 0)))
 
 
-def test_kkt_certificate_rejects_a_perturbed_optimum(sp500_moments: Moments) -> None:
-    n = sp500_moments.expected_returns.size
-    sigma, mu = sp500_moments.covariance, sp500_moments.expected_returns
-    lower, upper = np.zeros(n), np.full(n, 0.2)
-    solution = fast_qp.solve_qp(sigma, mu, lower, upper, 0.5)
-    assert solution is not None and solution.method == "PDAS"
-    assert fast_qp.kkt_holds(sigma, mu, 0.5, lower, upper, solution.weights)
-    free = np.flatnonzero((solution.weights > 1e-6) & (solution.weights < 0.2 - 1e-6))
-    moved = solution.weights.copy()
-    moved[free[0]] += 1e-6
-    moved[free[1]] -= 1e-6
-    assert not fast_qp.kkt_holds(sigma, mu, 0.5, lower, upper, moved)
-    assert not fast_qp.kkt_holds(sigma, mu, 0.4, lower, upper, solution.weights)  # another λ's optimum
-    outside = solution.weights.copy()
-    outside[int(np.argmax(outside))] += 1e-6  # budget off
-    assert not fast_qp.kkt_holds(sigma, mu, 0.5, lower, upper, outside)
-
-
-def test_an_iteration_cap_returns_none(sp500_moments: Moments, monkeypatch: pytest.MonkeyPatch) -> None:
-    """When neither active-set method finishes within its cap the fast path declines and Clarabel answers."""
-    monkeypatch.setattr(fast_qp, "MAX_PDAS_ITERATIONS", 1)
-    monkeypatch.setattr(fast_qp, "MAX_PRIMAL_ITERATIONS", 1)
-    n = sp500_moments.expected_returns.size
-    problem = problem_of(Objective.MIN_VOLATILITY, n, 0.0, 0.1)
-    assert fast_qp.solve_problem(problem, sp500_moments) is None
-    assert optimize_mean_variance(problem, sp500_moments).solve_path == "CLARABEL_DIRECT"
+def solve_problem(problem: PortfolioProblem, moments: Moments) -> fast_qp.ActiveSetSolution | None:
+    """The active set's certified solution, or None (not supported, or not certified)."""
+    model = ProblemModel.build(problem, moments)
+    return fast_qp.solve_model(model) if ACTIVE_SET.supports(model) else None

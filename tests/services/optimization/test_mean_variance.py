@@ -20,17 +20,16 @@ from scipy.optimize import linprog
 
 from services.errors import DeadlineExceededError, InfeasibleError, InvalidInputError, OptimizationError
 from services.estimation import estimate_moments, validate_moments
-from services.optimization import _active_set as fast_qp
-from services.optimization import _clarabel_direct as clarabel_direct
-from services.optimization import check_constraints, optimize_mean_variance
-from services.types import (
-    EstimationSettings,
-    Moments,
+from services.optimization import (
+    CONIC,
     Objective,
     OptimizationResult,
     PortfolioProblem,
     SectorLimit,
+    check_constraints,
+    optimize_mean_variance,
 )
+from services.types import EstimationSettings, Moments
 from tests.services.market_data import SP500_SECTORS, return_history
 
 FEASIBILITY_TOLERANCE = 1e-6
@@ -791,10 +790,7 @@ def test_validate_moments_accepts_psd_and_rounding_noise() -> None:
 
 def test_cached_parametric_program_equals_a_fresh_constant_program(monkeypatch: pytest.MonkeyPatch) -> None:
     """Re-solving a cached program with other data of the same shape gives what a fresh build gives."""
-    import services.optimization._mean_variance as mv
-
-    monkeypatch.setattr(fast_qp, "ENABLED", False)  # the cvxpy programs, not the active-set fast path
-    monkeypatch.setattr(clarabel_direct, "ENABLED", False)  # nor the directly assembled one
+    import services.optimization._conic as conic
 
     rng = np.random.default_rng(7)
     n = 12
@@ -811,9 +807,9 @@ def test_cached_parametric_program_equals_a_fresh_constant_program(monkeypatch: 
             risk_free_rate=0.01,
         )
         problems.append((problem, moments))
-    cached = [optimize_mean_variance(p, m).weights for p, m in problems + problems[:1]]
-    monkeypatch.setattr(mv, "PARAMETRIC_MAX_ASSETS", 0)
-    fresh = [optimize_mean_variance(p, m).weights for p, m in problems]
+    cached = [optimize_mean_variance(p, m, backends=(CONIC,)).weights for p, m in problems + problems[:1]]
+    monkeypatch.setattr(conic, "PARAMETRIC_MAX_ASSETS", 0)
+    fresh = [optimize_mean_variance(p, m, backends=(CONIC,)).weights for p, m in problems]
     for got, expected in zip(cached, [*fresh, fresh[0]], strict=True):
         np.testing.assert_allclose(got, expected, atol=1e-7)
 
@@ -851,8 +847,6 @@ def test_prechecks_allow_what_shorting_makes_feasible() -> None:
 
 def test_a_deadline_does_not_stick_to_a_cached_program(sp500_moments: Moments, monkeypatch: pytest.MonkeyPatch) -> None:
     """A time limit must not leak into the next call (cvxpy keeps a re-solved problem's solver settings)."""
-    monkeypatch.setattr(fast_qp, "ENABLED", False)  # the cvxpy programs, not the active-set fast path
-    monkeypatch.setattr(clarabel_direct, "ENABLED", False)  # nor the directly assembled one
     n = len(sp500_moments.expected_returns)
     problem = PortfolioProblem(
         strategy_ids=tuple(f"s{i}" for i in range(n)),
@@ -862,31 +856,28 @@ def test_a_deadline_does_not_stick_to_a_cached_program(sp500_moments: Moments, m
     )
     for limit in (0.001, 0.002, 0.004):  # long enough to reach the solver, too short to finish it
         with contextlib.suppress(DeadlineExceededError):
-            optimize_mean_variance(problem, sp500_moments, time_limit_s=limit)
-        assert optimize_mean_variance(problem, sp500_moments).status == "OPTIMAL"
+            optimize_mean_variance(problem, sp500_moments, time_limit_s=limit, backends=(CONIC,))
+        assert optimize_mean_variance(problem, sp500_moments, backends=(CONIC,)).status == "OPTIMAL"
 
 
 def test_a_failing_primary_solver_falls_back_to_scs(
     sp500_frame_moments: tuple[pd.Series, pd.DataFrame], sp500_moments: Moments, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Clarabel made to fail (a fake of the solver call only): SCS answers, the result says so and is right."""
-    import services.optimization._mean_variance as mv
-
-    monkeypatch.setattr(fast_qp, "ENABLED", False)  # the cvxpy programs, not the active-set fast path
-    monkeypatch.setattr(clarabel_direct, "ENABLED", False)  # nor the directly assembled one
+    import services.optimization._solver as solver
 
     tickers = list(sp500_frame_moments[0].index)
     problem = make_problem(Objective.MIN_VOLATILITY, tickers, 0.0, 0.3)
-    exact = optimize_mean_variance(problem, sp500_moments)
-    real_solve = mv._solve
+    exact = optimize_mean_variance(problem, sp500_moments, backends=(CONIC,))
+    real_solve = solver._solve
 
     def failing_clarabel(*args: object, solver: str = "CLARABEL", **kwargs: object) -> str:
         if solver == "CLARABEL":
             raise OptimizationError("CLARABEL failed: simulated numerical trouble")
         return real_solve(*args, solver=solver, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(mv, "_solve", failing_clarabel)
-    result = optimize_mean_variance(problem, sp500_moments)
+    monkeypatch.setattr(solver, "_solve", failing_clarabel)
+    result = optimize_mean_variance(problem, sp500_moments, backends=(CONIC,))
     assert result.solver == "SCS" and result.fallback_used
     assert result.constraints_satisfied
     # SCS is first-order: its optimum agrees with Clarabel's to its own accuracy.

@@ -18,20 +18,17 @@ from services.engine import OptimizationJob, efficient_frontier, run_optimizatio
 from services.errors import InfeasibleError, InvalidInputError
 from services.estimation import estimate_betas, estimate_moments
 from services.optimization import (
+    MultiObjectiveWeights,
+    Objective,
+    PortfolioProblem,
+    SectorLimit,
     find_relaxation,
     mu_uncertainty_set,
     optimize_mean_variance,
     optimize_risk_measure,
     optimize_robust,
 )
-from services.types import (
-    EstimationSettings,
-    Moments,
-    MultiObjectiveWeights,
-    Objective,
-    PortfolioProblem,
-    SectorLimit,
-)
+from services.types import EstimationSettings, Moments
 from tests.services.market_data import DATA_DIR, SP500_SECTORS, load_spy_prices, return_history
 
 DAYS = 756
@@ -389,13 +386,13 @@ def test_no_relaxation_helps_max_sharpe_without_excess_return(returns: pd.DataFr
     assert [v.type for v in caught.value.precondition_violations] == ["NO_EXCESS_RETURN"]
 
 
-# --- desk families with the scenario risk measures and robust optimization ----------------------------------------
+# --- trading limits with the scenario risk measures and robust optimization ----------------------------------------
 
 
 def test_cvar_with_turnover_leverage_beta_tracking_error_and_net_exposure_matches_a_plain_lp(
     returns: pd.DataFrame, moments: Moments
 ) -> None:
-    """Min CVaR_95 under every linear desk family and the tracking-error cone, against a plain LP.
+    """Min CVaR_95 under every linear trading limit and the tracking-error cone, against a plain LP.
 
     Rockafellar-Uryasev written out here: τ + 1/((1 − α)T) Σ max(0, −r_tᵀw − τ).
     """

@@ -26,7 +26,14 @@ from skfolio.prior import EmpiricalPrior
 
 from services.errors import DeadlineExceededError, InfeasibleError, InvalidInputError
 from services.optimization import (
+    SCENARIO_BACKENDS,
+    SCENARIO_CONIC,
+    Objective,
+    OptimizationResult,
+    PortfolioProblem,
     RiskMeasure,
+    ScenarioBackend,
+    SectorLimit,
     check_constraints,
     conditional_drawdown_at_risk,
     conditional_value_at_risk,
@@ -35,7 +42,7 @@ from services.optimization import (
     optimize_risk_measure,
     risk_measure_value,
 )
-from services.types import Moments, Objective, OptimizationResult, PortfolioProblem, SectorLimit
+from services.types import Moments
 from tests.services.market_data import SP500_SECTORS
 
 PERIODS = 252
@@ -446,13 +453,11 @@ def test_cvar_by_the_simplex_equals_the_interior_point_answer(
     daily_returns: pd.DataFrame, scenarios: np.ndarray, moments: Moments, objective: Objective, monkeypatch: Any
 ) -> None:
     """CVaR LPs go to HiGHS first (a vertex); Clarabel (interior point, 1e-10) gives the same optimum."""
-    import services.optimization._risk_measures as rm
-
     tickers = list(daily_returns.columns)
     problem = make_problem(objective, tickers, 0.0, 0.3, with_sectors=True)
     max_risk = 0.05 if objective is Objective.MAX_RETURN else None
 
-    def solve() -> OptimizationResult:
+    def solve(backends: tuple[ScenarioBackend, ...]) -> OptimizationResult:
         return optimize_risk_measure(
             problem,
             scenarios,
@@ -460,12 +465,12 @@ def test_cvar_by_the_simplex_equals_the_interior_point_answer(
             risk_measure="CVAR",
             covariance=moments.covariance,
             max_risk=max_risk,
+            backends=backends,
         )
 
-    simplex = solve()
+    simplex = solve(SCENARIO_BACKENDS)
     assert (simplex.solver, simplex.solve_path) == ("HIGHS", "SIMPLEX")
-    monkeypatch.setattr(rm, "HIGHS_ENABLED", False)
-    interior = solve()
+    interior = solve((SCENARIO_CONIC,))
     assert (interior.solver, interior.solve_path) == ("CLARABEL", "CONIC")
     assert simplex.objective_value == pytest.approx(interior.objective_value, rel=1e-7)
     assert not check_constraints(simplex.weights, problem, moments)

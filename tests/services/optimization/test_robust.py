@@ -30,13 +30,17 @@ from skfolio.uncertainty_set import BaseMuUncertaintySet, EmpiricalMuUncertainty
 from services.errors import InfeasibleError, InvalidInputError
 from services.optimization import (
     MuUncertaintySet,
+    Objective,
+    OptimizationResult,
+    PortfolioProblem,
+    SectorLimit,
     Uncertainty,
     check_constraints,
     mu_uncertainty_set,
     optimize_mean_variance,
     optimize_robust,
 )
-from services.types import Moments, Objective, OptimizationResult, PortfolioProblem, SectorLimit
+from services.types import Moments
 from tests.services.market_data import SP500_SECTORS
 
 PERIODS = 252

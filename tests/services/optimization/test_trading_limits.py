@@ -1,4 +1,4 @@
-"""Desk constraint families of the mean-variance engine against independent plain-cvxpy formulations.
+"""Trading limits of the mean-variance engine against independent plain-cvxpy formulations.
 
 Families: two-way turnover Σ|w − w₀| ≤ T, per-name turnover caps |w_i − w₀_i| ≤ cap_i, leverage Σ|w| ≤ L,
 linear transaction costs cᵀ|w − w₀|/1e4 (net of the expected return), tracking error sqrt((w − b)ᵀΣ(w − b)) ≤ TE
@@ -21,10 +21,18 @@ import pandas as pd
 import pytest
 from pypfopt import expected_returns, risk_models
 
-import services.optimization._mean_variance as mv
+import services.optimization._conic as conic
 from services.errors import InfeasibleError, InvalidInputError
-from services.optimization import check_constraints, optimize_mean_variance
-from services.types import Moments, MultiObjectiveWeights, Objective, OptimizationResult, PortfolioProblem
+from services.optimization import (
+    MultiObjectiveWeights,
+    Objective,
+    OptimizationResult,
+    PortfolioProblem,
+    ProblemModel,
+    check_constraints,
+    optimize_mean_variance,
+)
+from services.types import Moments
 
 SP500_DAYS = 756
 TOL = 1e-6
@@ -340,9 +348,9 @@ def test_cached_programs_are_dpp_and_agree_with_fresh_constant_programs(
     ]
     cached = [optimize_mean_variance(p, moments) for p in [*problems, problems[0]]]
     for p in problems:
-        program = mv._program(p, mv._sector_rows(p), moments.covariance)
-        assert program.shape.parametric and program.problem.is_dpp()
-    monkeypatch.setattr(mv, "PARAMETRIC_MAX_ASSETS", 0)
+        program = conic.cached_program(ProblemModel.build(p, moments))
+        assert program.parametric and program.problem.is_dpp()
+    monkeypatch.setattr(conic, "PARAMETRIC_MAX_ASSETS", 0)
     fresh = [optimize_mean_variance(p, moments) for p in problems]
     for got, want in zip(cached, [*fresh, fresh[0]], strict=True):
         assert got.objective_value == pytest.approx(want.objective_value, rel=1e-7)
@@ -371,7 +379,7 @@ def violation_types(problem: PortfolioProblem, moments: Moments) -> list[tuple[s
     return [(v.type, v.subject) for v in caught.value.precondition_violations]
 
 
-def test_prechecks_name_desk_conflicts(data: tuple[Moments, np.ndarray]) -> None:
+def test_prechecks_name_trading_limit_conflicts(data: tuple[Moments, np.ndarray]) -> None:
     moments, betas = data
     n = len(betas)
     half = np.full(n, 0.5 / n)  # sums to 0.5: the budget forces turnover ≥ 0.5
@@ -411,7 +419,7 @@ def test_prechecks_name_desk_conflicts(data: tuple[Moments, np.ndarray]) -> None
         ({"beta_tolerance": 0.1}, "constraints.betas"),
     ],
 )
-def test_invalid_desk_inputs_name_the_field(
+def test_invalid_trading_limit_inputs_name_the_field(
     data: tuple[Moments, np.ndarray], fields: dict[str, object], field: str
 ) -> None:
     moments, _ = data

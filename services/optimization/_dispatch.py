@@ -1,0 +1,271 @@
+"""Dispatch: which backend solves a problem, asked of the backends themselves.
+
+A backend declares what it supports (``supports(model)``: its objectives and constraint families) and solves a
+``ProblemModel`` (``solve``), returning None when it declines at run time (the active set cannot certify the KKT
+conditions; Clarabel on assembled matrices ends with numerical trouble): the next backend in the chain answers.
+Cardinality (a mixed-integer family) goes to the outer approximation of ``_cardinality``, whose continuous
+subproblems come back through the same chain.
+
+Mean-variance chain (``MEAN_VARIANCE_BACKENDS``):
+
+1. ``ACTIVE_SET``: exact active set under the budget and finite bounds (min volatility, max Sharpe, utility);
+2. ``CLARABEL_DIRECT``: Clarabel on matrices assembled with NumPy for the linear families;
+3. ``CONIC``: Clarabel through cvxpy (SCS as its fallback) for every family.
+
+Scenario risk measures (``SCENARIO_BACKENDS``): HiGHS's simplex for the LPs where it was measured faster, then
+Clarabel. A caller (a test, a benchmark) that wants one path passes its own chain as ``backends``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+from services.errors import DeadlineExceededError, InvalidInputError, OptimizationError
+from services.optimization import _cardinality
+from services.optimization._active_set import ActiveSetBackend
+from services.optimization._clarabel_direct import ClarabelDirectBackend
+from services.optimization._conic import ConicBackend
+from services.optimization._model import ProblemModel
+from services.optimization._problem import OptimizationResult, PortfolioProblem
+from services.optimization._risk_measures import (
+    ScenarioConicBackend,
+    ScenarioSimplexBackend,
+    ScenarioSpec,
+    scenario_spec,
+)
+from services.types import FloatArray, Moments
+
+
+class Backend(Protocol):
+    """A mean-variance backend."""
+
+    @property
+    def solve_path(self) -> str:
+        """``OptimizationResult.solve_path`` of its answers."""
+        ...
+
+    def supports(self, model: ProblemModel) -> bool:
+        """Whether it can solve this model (objective, families, finiteness)."""
+        ...
+
+    def solve(self, model: ProblemModel, *, started: float, time_limit_s: float | None) -> OptimizationResult | None:
+        """The optimum, or None to let the next backend answer."""
+        ...
+
+
+class ScenarioBackend(Protocol):
+    """A scenario risk-measure backend."""
+
+    @property
+    def solve_path(self) -> str:
+        """``OptimizationResult.solve_path`` of its answers."""
+        ...
+
+    def supports(self, model: ProblemModel, spec: ScenarioSpec) -> bool:
+        """Whether it can solve this model."""
+        ...
+
+    def solve(
+        self, model: ProblemModel, spec: ScenarioSpec, *, started: float, time_limit_s: float | None
+    ) -> OptimizationResult | None:
+        """The optimum, or None to let the next backend answer."""
+        ...
+
+
+ACTIVE_SET = ActiveSetBackend()
+CLARABEL_DIRECT = ClarabelDirectBackend()
+CONIC = ConicBackend()
+MEAN_VARIANCE_BACKENDS: tuple[Backend, ...] = (ACTIVE_SET, CLARABEL_DIRECT, CONIC)
+"""The default mean-variance chain, fastest first."""
+SIMPLEX = ScenarioSimplexBackend()
+SCENARIO_CONIC = ScenarioConicBackend()
+SCENARIO_BACKENDS: tuple[ScenarioBackend, ...] = (SIMPLEX, SCENARIO_CONIC)
+"""The default scenario chain."""
+
+
+def _no_time(time_limit_s: float | None) -> None:
+    if time_limit_s is not None and time_limit_s <= 0:
+        raise DeadlineExceededError("no time left before the call's deadline to solve")
+
+
+def solve_model(
+    model: ProblemModel, *, time_limit_s: float | None = None, backends: Sequence[Backend] = MEAN_VARIANCE_BACKENDS
+) -> OptimizationResult:
+    """Solve a pre-checked mean-variance model on the first backend of the chain that supports and answers it.
+
+    Raises
+    ------
+    InfeasibleError, DeadlineExceededError, OptimizationError
+        As the answering backend raises them; ``OptimizationError`` too when no backend supports the model.
+    """
+    if model.cardinality is not None:
+
+        def continuous(problem: PortfolioProblem, limit: float | None) -> OptimizationResult:
+            return optimize_mean_variance(problem, model.moments, time_limit_s=limit, backends=backends)
+
+        return _cardinality.optimize_cardinality(model, continuous, time_limit_s=time_limit_s)
+    started = time.perf_counter()
+    for backend in backends:
+        if backend.supports(model):
+            _no_time(time_limit_s)
+            result = backend.solve(model, started=started, time_limit_s=time_limit_s)
+            if result is not None:
+                return result
+    raise OptimizationError(f"no solver path answered {model.objective} ({', '.join(b.solve_path for b in backends)})")
+
+
+def optimize_mean_variance(
+    problem: PortfolioProblem,
+    moments: Moments,
+    *,
+    time_limit_s: float | None = None,
+    backends: Sequence[Backend] = MEAN_VARIANCE_BACKENDS,
+) -> OptimizationResult:
+    """Solve a mean-variance problem (any objective, any constraint family, cardinality included).
+
+    Parameters
+    ----------
+    problem : PortfolioProblem
+        Objective and constraints over N strategies.
+    moments : Moments
+        Annualised expected returns (N,) and covariance (N, N), validated (``services.estimation.validate_moments``).
+    time_limit_s : float, optional
+        Wall-clock limit for the solve in seconds (from the call's deadline).
+    backends : sequence of Backend, default=MEAN_VARIANCE_BACKENDS
+        The chain to try, in order (e.g. ``(CONIC,)`` for cvxpy alone).
+
+    Returns
+    -------
+    OptimizationResult
+        Optimal weights (N,), their performance and the solve metadata (``solve_path`` names the backend).
+
+    Raises
+    ------
+    InvalidInputError
+        Inconsistent or malformed constraints (``ProblemModel.build``).
+    InfeasibleError
+        A pre-check failed (``ProblemModel.precheck``), or the solver proved the constraints infeasible
+        (``SOLVER_INFEASIBLE``).
+    DeadlineExceededError
+        The solver hit ``time_limit_s``.
+    OptimizationError
+        The solver failed otherwise (numerical trouble, unbounded problem).
+    """
+    model = ProblemModel.build(problem, moments)
+    model.precheck()
+    return solve_model(model, time_limit_s=time_limit_s, backends=backends)
+
+
+def optimize_cardinality(
+    problem: PortfolioProblem, moments: Moments, *, time_limit_s: float | None = None
+) -> OptimizationResult:
+    """Solve a mean-variance problem with ``max_holdings`` and/or ``min_position_weight`` exactly.
+
+    The outer approximation of ``_cardinality`` with the mean-variance chain for its continuous subproblems (see
+    ``optimize_mean_variance``, which calls this for such problems).
+
+    Raises
+    ------
+    InvalidInputError
+        Invalid K, m or bounds (``constraints.max_holdings``, ``constraints.min_position_weight``), or neither set.
+    InfeasibleError, DeadlineExceededError, OptimizationError
+        As ``optimize_mean_variance``.
+    """
+    model = ProblemModel.build(problem, moments)
+    if model.cardinality is None:
+        raise InvalidInputError.for_field("constraints.max_holdings", "set max_holdings or min_position_weight")
+    model.precheck()
+    return solve_model(model, time_limit_s=time_limit_s)
+
+
+def optimize_risk_measure(
+    problem: PortfolioProblem,
+    scenarios: FloatArray,
+    expected_returns: FloatArray,
+    *,
+    risk_measure: str,
+    covariance: FloatArray | None = None,
+    alpha: float = 0.95,
+    periods_per_year: int = 252,
+    max_risk: float | None = None,
+    time_limit_s: float | None = None,
+    backends: Sequence[ScenarioBackend] = SCENARIO_BACKENDS,
+) -> OptimizationResult:
+    """Minimise a scenario risk measure, maximise return under it, or maximise return per unit of it.
+
+    Parameters
+    ----------
+    problem : PortfolioProblem
+        Objective and constraints over N strategies. ``MIN_VOLATILITY`` minimises the risk measure ("min risk"),
+        ``MAX_SHARPE`` maximises ((μᵀw − r_f)/P)/ρ(w) ("max ratio"), ``MAX_RETURN`` maximises μᵀw;
+        ``MAX_QUADRATIC_UTILITY`` is not defined for these measures. ``min_return`` bounds μᵀw and
+        ``max_volatility`` bounds sqrt(wᵀΣw), both annualised, as in mean-variance.
+    scenarios : ndarray of shape (T, N)
+        Per-period simple returns of the strategies over T periods, without gaps.
+    expected_returns : ndarray of shape (N,)
+        Annualised expected returns μ (decimal).
+    risk_measure : RiskMeasure or str
+        The measure ρ: ``CVAR``, ``MAD`` or ``CDAR`` (see ``_risk_measures`` for the definitions).
+    covariance : ndarray of shape (N, N), optional
+        Annualised covariance Σ for ``max_volatility`` and the reported performance; by default the sample
+        covariance of the scenarios (ddof 1) times ``periods_per_year``.
+    alpha : float, default=0.95
+        Confidence level of CVaR and CDaR, in (0, 1); ignored by MAD.
+    periods_per_year : int, default=252
+        P, the scenario periods per year: the ratio's excess return is the per-period (μᵀw − r_f)/P.
+    max_risk : float, optional
+        Cap ρ_max on the per-period risk measure (e.g. the efficient-CVaR frontier with ``MAX_RETURN``).
+    time_limit_s : float, optional
+        Wall-clock limit for the solver in seconds (from the call's deadline).
+    backends : sequence of ScenarioBackend, default=SCENARIO_BACKENDS
+        The chain to try, in order.
+
+    Returns
+    -------
+    OptimizationResult
+        Optimal weights; ``objective_value`` is ρ(w) (min risk), ((μᵀw − r_f)/P)/ρ(w) (max ratio) or μᵀw (max
+        return), evaluated on the weights with NumPy; ``performance`` is the mean-variance view (μᵀw, sqrt(wᵀΣw),
+        Sharpe).
+
+    Raises
+    ------
+    InvalidInputError
+        Malformed scenarios, moments, α, P or ρ_max, an unknown risk measure, an unsupported objective, or
+        inconsistent bounds.
+    InfeasibleError
+        A pre-check failed or the solver proved the constraints infeasible (``SOLVER_INFEASIBLE``).
+    DeadlineExceededError
+        The solver hit ``time_limit_s``.
+    OptimizationError
+        The solver failed otherwise.
+    """
+    spec, moments = scenario_spec(
+        problem, scenarios, expected_returns, risk_measure=risk_measure, covariance=covariance, alpha=alpha,
+        periods_per_year=periods_per_year, max_risk=max_risk,
+    )  # fmt: skip
+    model = ProblemModel.build(problem, moments)
+    model.precheck()
+    return _solve_scenarios(model, spec, time_limit_s, backends)
+
+
+def _solve_scenarios(
+    model: ProblemModel, spec: ScenarioSpec, time_limit_s: float | None, backends: Sequence[ScenarioBackend]
+) -> OptimizationResult:
+    if model.cardinality is not None:
+
+        def continuous(problem: PortfolioProblem, limit: float | None) -> OptimizationResult:
+            support = ProblemModel.build(problem, model.moments)
+            support.precheck()
+            return _solve_scenarios(support, spec, limit, backends)
+
+        return _cardinality.optimize_scenario_cardinality(model, spec, continuous, time_limit_s=time_limit_s)
+    started = time.perf_counter()
+    for backend in backends:
+        if backend.supports(model, spec):
+            _no_time(time_limit_s)
+            result = backend.solve(model, spec, started=started, time_limit_s=time_limit_s)
+            if result is not None:
+                return result
+    raise OptimizationError(f"no solver path answered {model.objective} with {spec.risk_measure}")

@@ -1,0 +1,188 @@
+"""Portfolio metrics in NumPy: performance, the covariance factor, risk contributions and scenario risk measures.
+
+Every backend reports through these functions, so the numbers a caller sees do not depend on which solver answered.
+Units: expected returns, volatilities and the risk-free rate are annualised decimals; the scenario measures (CVaR,
+MAD, CDaR) are per period, on simple returns, with losses positive (skfolio's ``skfolio.measures`` conventions).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import numpy as np
+
+from services.optimization._problem import PortfolioPerformance
+from services.types import FloatArray, Moments
+
+
+def portfolio_performance(weights: FloatArray, moments: Moments, risk_free_rate: float) -> PortfolioPerformance:
+    """Annualised expected return, volatility and Sharpe ratio of a weight vector.
+
+    Parameters
+    ----------
+    weights : ndarray of shape (N,)
+        Portfolio weights (fractions).
+    moments : Moments
+        Annualised expected returns (N,) and covariance (N, N).
+    risk_free_rate : float
+        Annualised risk-free rate (decimal).
+
+    Returns
+    -------
+    PortfolioPerformance
+        ``μᵀw + (1 − Σw)·r_f``, ``sqrt(wᵀΣw)`` and the Sharpe ratio ``(that − r_f) / sqrt(wᵀΣw)`` (0 when the
+        volatility is 0). The cash leg ``(1 − Σw)·r_f`` is zero for fully invested weights; it matters only with
+        net exposure bounds, where the part of the capital not invested earns the risk-free rate.
+    """
+    expected = float(moments.expected_returns @ weights) + (1.0 - float(weights.sum())) * risk_free_rate
+    volatility = float(np.sqrt(max(float(weights @ moments.covariance @ weights), 0.0)))
+    sharpe = (expected - risk_free_rate) / volatility if volatility > 0 else 0.0
+    return PortfolioPerformance(expected_return=expected, volatility=volatility, sharpe_ratio=sharpe)
+
+
+def covariance_factor(covariance: FloatArray) -> FloatArray:
+    """F with F Fᵀ = Σ (Cholesky, or the eigen-factor for a singular Σ)."""
+    try:
+        return np.asarray(np.linalg.cholesky(covariance), dtype=np.float64)
+    except np.linalg.LinAlgError:
+        eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+        return np.asarray(eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None)), dtype=np.float64)
+
+
+class RiskMeasure(StrEnum):
+    """Scenario risk measure (variance is mean-variance's, ``_conic``)."""
+
+    CVAR = "CVAR"
+    """Conditional value at risk of the per-period loss at confidence α."""
+    MAD = "MAD"
+    """Mean absolute deviation of the per-period return around its mean."""
+    CDAR = "CDAR"
+    """Conditional drawdown at risk of the uncompounded cumulative return at confidence α."""
+
+
+def conditional_value_at_risk(portfolio_returns: FloatArray, alpha: float = 0.95) -> float:
+    """CVaR_α of the loss −r: the mean of the worst (1 − α) share of the losses.
+
+    Parameters
+    ----------
+    portfolio_returns : ndarray of shape (T,)
+        Per-period simple returns of the portfolio.
+    alpha : float, default=0.95
+        Confidence level in (0, 1).
+
+    Returns
+    -------
+    float
+        ``(Σ_{i<m} L_(i) + (k − m) L_(m)) / k`` with L_(0) ≥ L_(1) ≥ ... the sorted losses, k = (1 − α)T and
+        m = ⌊k⌋: the optimum of Rockafellar and Uryasev's program, skfolio's ``cvar``.
+    """
+    losses = np.sort(-np.asarray(portfolio_returns, dtype=np.float64))[::-1]
+    tail = (1.0 - alpha) * losses.size
+    whole = min(int(np.floor(tail)), losses.size)
+    value = float(losses[:whole].sum())
+    if whole < losses.size:
+        value += (tail - whole) * float(losses[whole])
+    return value / tail
+
+
+def mean_absolute_deviation(portfolio_returns: FloatArray) -> float:
+    """Mean absolute deviation ``1/T Σ_t |r_t − r̄|`` of the portfolio's returns around their mean.
+
+    Parameters
+    ----------
+    portfolio_returns : ndarray of shape (T,)
+        Per-period simple returns of the portfolio.
+
+    Returns
+    -------
+    float
+        The MAD (skfolio's ``mean_absolute_deviation``).
+    """
+    returns = np.asarray(portfolio_returns, dtype=np.float64)
+    return float(np.mean(np.abs(returns - returns.mean())))
+
+
+def drawdowns(portfolio_returns: FloatArray) -> FloatArray:
+    """Drawdowns ``D_t = max(0, max_{s≤t} C_s) − C_t ≥ 0`` of the uncompounded cumulative return C.
+
+    Parameters
+    ----------
+    portfolio_returns : ndarray of shape (T,)
+        Per-period simple returns of the portfolio.
+
+    Returns
+    -------
+    ndarray of shape (T,)
+        Nonnegative drawdowns; the running peak starts at C_0 = 0 (skfolio's ``get_drawdowns`` with the sign
+        flipped).
+    """
+    cumulative = np.cumsum(np.asarray(portfolio_returns, dtype=np.float64))
+    peak = np.maximum(np.maximum.accumulate(cumulative), 0.0)
+    return np.asarray(peak - cumulative, dtype=np.float64)
+
+
+def conditional_drawdown_at_risk(portfolio_returns: FloatArray, alpha: float = 0.95) -> float:
+    """CDaR_α: the mean of the worst (1 − α) share of the drawdowns.
+
+    Parameters
+    ----------
+    portfolio_returns : ndarray of shape (T,)
+        Per-period simple returns of the portfolio.
+    alpha : float, default=0.95
+        Confidence level in (0, 1).
+
+    Returns
+    -------
+    float
+        ``conditional_value_at_risk(−drawdowns(r), alpha)`` (skfolio's ``cdar``).
+    """
+    return conditional_value_at_risk(-drawdowns(portfolio_returns), alpha)
+
+
+def risk_measure_value(
+    scenarios: FloatArray, weights: FloatArray, *, risk_measure: RiskMeasure, alpha: float = 0.95
+) -> float:
+    """The per-period risk measure of a weight vector on the scenarios.
+
+    Parameters
+    ----------
+    scenarios : ndarray of shape (T, N)
+        Per-period simple returns of the N strategies.
+    weights : ndarray of shape (N,)
+        Portfolio weights.
+    risk_measure : RiskMeasure
+        Which measure.
+    alpha : float, default=0.95
+        Confidence level of CVaR and CDaR (ignored for MAD).
+
+    Returns
+    -------
+    float
+        CVaR_α, MAD or CDaR_α of ``scenarios @ weights``.
+    """
+    portfolio_returns = np.asarray(scenarios @ weights, dtype=np.float64)
+    if risk_measure is RiskMeasure.CVAR:
+        return conditional_value_at_risk(portfolio_returns, alpha)
+    if risk_measure is RiskMeasure.MAD:
+        return mean_absolute_deviation(portfolio_returns)
+    return conditional_drawdown_at_risk(portfolio_returns, alpha)
+
+
+def risk_contributions(weights: FloatArray, covariance: FloatArray) -> FloatArray:
+    """Risk contributions of a weight vector as fractions of the portfolio variance.
+
+    Parameters
+    ----------
+    weights : ndarray of shape (N,)
+        Portfolio weights.
+    covariance : ndarray of shape (N, N)
+        Covariance of the N strategies (any unit).
+
+    Returns
+    -------
+    ndarray of shape (N,)
+        RC_i = w_i (Σw)_i / wᵀΣw, summing to 1 (NaN or infinite when wᵀΣw = 0).
+    """
+    contributions = weights * (covariance @ weights)
+    fractions: FloatArray = contributions / contributions.sum()
+    return fractions
