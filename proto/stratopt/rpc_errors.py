@@ -1,25 +1,39 @@
 """The contract's error model: domain errors become ``google.rpc.Status``, anything else INTERNAL.
 
-Shared by the command and the query side (which never import each other). A domain error is any exception
-with the attributes of :class:`DomainError` (``services.errors.StratoptError`` and its subclasses); it aborts
-the call with the status code its ``code`` names and its
-message; its field violations travel as a ``google.rpc.BadRequest`` detail and its precondition violations as
-a ``google.rpc.PreconditionFailure`` detail, in the ``grpc-status-details-bin`` trailer that
-``grpc_status.rpc_status.from_call`` reads. Any other exception is logged with its traceback and answered
-with INTERNAL and a generic message, so no internal detail leaks to the caller.
+Shared by the command and the query side (which never import each other). A domain error
+(``services.errors.StratoptError`` and its subclasses) aborts the call with the status code ``STATUS_CODES`` gives
+its class (the nearest listed base class for a subclass) and its message; its field violations travel as a
+``google.rpc.BadRequest`` detail and its precondition violations as a ``google.rpc.PreconditionFailure`` detail,
+in the ``grpc-status-details-bin`` trailer that ``grpc_status.rpc_status.from_call`` reads. Any other exception
+is logged with its traceback and answered with INTERNAL and a generic message, so no internal detail leaks to the
+caller. The engine knows nothing of gRPC: this table is the one place where domain errors meet status codes.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, runtime_checkable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[attr-defined]  # no stubs seen by mypy
 from grpc_status import rpc_status
+
+from services.errors import (
+    DeadlineExceededError,
+    InfeasibleError,
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+    OperationalError,
+    OptimizationError,
+    PersistenceError,
+    PreconditionError,
+    StratoptError,
+    UnavailableError,
+)
 
 if TYPE_CHECKING:  # the grpc.aio classes are generic only in the stubs
     ServicerContext = grpc.aio.ServicerContext[Any, Any]
@@ -31,22 +45,28 @@ else:
 _logger = logging.getLogger(__name__)
 
 
-@runtime_checkable
-class DomainError(Protocol):
-    """What the error mapping reads from a domain exception (``services.errors.StratoptError``)."""
+STATUS_CODES: dict[type[StratoptError], grpc.StatusCode] = {
+    InvalidInputError: grpc.StatusCode.INVALID_ARGUMENT,
+    InfeasibleError: grpc.StatusCode.FAILED_PRECONDITION,
+    PreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
+    NotFoundError: grpc.StatusCode.NOT_FOUND,
+    IntegrityError: grpc.StatusCode.ALREADY_EXISTS,
+    DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    OperationalError: grpc.StatusCode.UNAVAILABLE,
+    UnavailableError: grpc.StatusCode.UNAVAILABLE,
+    OptimizationError: grpc.StatusCode.INTERNAL,
+    PersistenceError: grpc.StatusCode.INTERNAL,
+    StratoptError: grpc.StatusCode.INTERNAL,
+}
+"""The gRPC status code of each domain error class; a subclass answers with its nearest listed base class's."""
 
-    code: str
-    """Name of the gRPC status code, e.g. ``INVALID_ARGUMENT``."""
-    message: str
-    """Message for the caller."""
-    field_violations: Sequence[Any]
-    """Items with ``field`` and ``description`` (sent as ``google.rpc.BadRequest``)."""
-    precondition_violations: Sequence[Any]
-    """Items with ``type``, ``subject`` and ``description`` (sent as ``google.rpc.PreconditionFailure``)."""
 
-
-def _is_domain_error(error: BaseException) -> TypeGuard[DomainError]:
-    return isinstance(error, DomainError) and isinstance(error.code, str)
+def status_code(error: StratoptError) -> grpc.StatusCode:
+    """The status code of a domain error (``STATUS_CODES``, by the error class's method resolution order)."""
+    for cls in type(error).__mro__:
+        if cls in STATUS_CODES:
+            return STATUS_CODES[cls]
+    return grpc.StatusCode.INTERNAL
 
 
 INTERNAL_MESSAGE = "internal error"
@@ -59,8 +79,8 @@ def status_for(error: BaseException) -> status_pb2.Status:
     Parameters
     ----------
     error : BaseException
-        A :class:`DomainError` (mapped by its ``code``, message and violations) or any other exception
-        (INTERNAL with a generic message).
+        A domain error (``StratoptError``: mapped by ``status_code``, with its message and violations) or any other
+        exception (INTERNAL with a generic message).
 
     Returns
     -------
@@ -68,12 +88,9 @@ def status_for(error: BaseException) -> status_pb2.Status:
         Code, message and, for domain errors with violations, ``BadRequest`` / ``PreconditionFailure``
         details.
     """
-    if not _is_domain_error(error):
+    if not isinstance(error, StratoptError):
         return status_pb2.Status(code=grpc.StatusCode.INTERNAL.value[0], message=INTERNAL_MESSAGE)
-    try:
-        code = grpc.StatusCode[error.code]
-    except KeyError:
-        code = grpc.StatusCode.INTERNAL
+    code = status_code(error)
     status = status_pb2.Status(code=code.value[0], message=error.message)
     if error.field_violations:
         detail = any_pb2.Any()
@@ -103,7 +120,7 @@ def status_for(error: BaseException) -> status_pb2.Status:
 
 
 async def _abort(context: ServicerContext, error: Exception, method: str) -> None:
-    if not _is_domain_error(error):
+    if not isinstance(error, StratoptError):
         _logger.exception("unexpected error in %s", method, exc_info=error)
     # abort_with_status exists on grpc.aio contexts but is missing from grpc-stubs.
     await context.abort_with_status(rpc_status.to_status(status_for(error)))  # type: ignore[attr-defined]

@@ -92,7 +92,7 @@ def initial_status(total_trade_value: float, approval_limit: float) -> Recommend
 
 
 class IllegalTransitionError(PreconditionError):
-    """A transition the recommendation's status does not allow (gRPC FAILED_PRECONDITION).
+    """A transition the recommendation's status does not allow (a precondition error).
 
     Carries one :class:`services.errors.PreconditionViolation` whose ``type`` is ``NOT_PENDING`` (the
     recommendation is AUTO_APPROVED, APPROVED or REJECTED) or ``EXPIRED`` (it expired or was superseded) and

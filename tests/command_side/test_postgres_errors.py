@@ -7,12 +7,14 @@ import socket
 import uuid
 
 import asyncpg
+import grpc
 import pytest
 
 from command_side.allocations_repository import PostgresAllocationCache
 from command_side.postgres_errors import operational_errors, postgres_errors
 from command_side.repository import PostgresOptimizationStore
 from services.errors import IntegrityError, OperationalError, PersistenceError, UnavailableError
+from stratopt.rpc_errors import status_code
 
 SECRET_HOST = "10.20.30.40"
 SECRET_PORT = "15432"
@@ -49,9 +51,9 @@ def test_asyncpg_errors_become_the_domain_persistence_errors(raised: BaseExcepti
     assert SECRET_HOST not in caught.value.message and SECRET_PORT not in caught.value.message
     if expected is OperationalError:
         assert isinstance(caught.value, UnavailableError)
-        assert caught.value.code == "UNAVAILABLE"
+        assert status_code(caught.value) is grpc.StatusCode.UNAVAILABLE
     if expected is IntegrityError:
-        assert caught.value.code == "ALREADY_EXISTS"
+        assert status_code(caught.value) is grpc.StatusCode.ALREADY_EXISTS
 
 
 def test_other_errors_pass_through() -> None:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
@@ -25,6 +26,7 @@ from command_side.rebalancing_repository import PostgresTradingStore
 from command_side.trading_store import InMemoryTradingStore, LatestTarget, TradingStore
 from services.errors import IntegrityError, NotFoundError, OperationalError, UnavailableError
 from services.trading import IllegalTransitionError, RecommendationStatus
+from stratopt.rpc_errors import status_code
 from stratopt.v1 import trading_service_pb2 as tpb
 
 PENDING = tpb.RECOMMENDATION_STATUS_PENDING_APPROVAL
@@ -645,6 +647,6 @@ class TestPostgresTradingStore(TradingStoreContract):
                 with pytest.raises(OperationalError) as caught:
                     await call()
                 assert isinstance(caught.value, UnavailableError)
-                assert caught.value.code == "UNAVAILABLE"
+                assert status_code(caught.value) is grpc.StatusCode.UNAVAILABLE
 
         asyncio.run(scenario())

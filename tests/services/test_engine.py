@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 
+import grpc
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,6 +18,7 @@ from services.engine import OptimizationJob, run_optimization
 from services.errors import DeadlineExceededError, InvalidInputError
 from services.optimization import Objective, PortfolioProblem
 from services.types import EstimationSettings, MissingDataPolicy, Moments, ReturnHistory
+from stratopt.rpc_errors import status_code
 from tests.services.market_data import return_history
 
 
@@ -143,7 +145,7 @@ def test_a_spent_time_limit_raises_deadline_exceeded(sp500_returns: pd.DataFrame
     )
     with pytest.raises(DeadlineExceededError) as caught:
         run_optimization(job)
-    assert caught.value.code == "DEADLINE_EXCEEDED"
+    assert status_code(caught.value) is grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 def test_jobs_and_outcomes_pickle_round_trip(sp500_returns: pd.DataFrame) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
+import grpc
 import numpy as np
 import pandas as pd
 import pytest
@@ -32,6 +33,7 @@ from services.estimation import (
     market_prior_returns,
     validate_moments,
 )
+from stratopt.rpc_errors import status_code
 from tests.services.market_data import DATA_DIR
 
 DAYS = 756
@@ -527,7 +529,7 @@ def test_invalid_inputs_name_the_field(
     with pytest.raises(InvalidInputError) as raised:
         black_litterman_posterior(mutate(spec))
     assert [v.field for v in raised.value.field_violations] == [field]
-    assert raised.value.code == "INVALID_ARGUMENT"
+    assert status_code(raised.value) is grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_uncertain_views_may_be_dependent(spec: BlackLittermanSpec) -> None:

@@ -9,6 +9,7 @@ and matrices built from a known eigendecomposition.
 from __future__ import annotations
 
 import cvxpy as cp
+import grpc
 import numpy as np
 import pandas as pd
 import pytest
@@ -28,6 +29,7 @@ from services.types import (
     MissingDataPolicy,
     ReturnsEstimator,
 )
+from stratopt.rpc_errors import status_code
 from tests.services.market_data import load_spy_prices, return_history
 
 PERIODS_PER_YEAR = 252
@@ -360,7 +362,7 @@ def test_strategy_with_fewer_than_two_observations_is_invalid(
     with pytest.raises(InvalidInputError) as caught:
         estimate_moments(return_history(returns), EstimationSettings())
     assert [v.field for v in caught.value.field_violations] == [f"strategies[{column}]"]
-    assert caught.value.code == "INVALID_ARGUMENT"
+    assert status_code(caught.value) is grpc.StatusCode.INVALID_ARGUMENT
 
 
 @pytest.mark.filterwarnings("ignore:Some returns are NaN")  # pypfopt, on strategy 1's trailing gap

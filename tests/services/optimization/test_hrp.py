@@ -11,6 +11,7 @@ with NumPy.
 
 from __future__ import annotations
 
+import grpc
 import numpy as np
 import pandas as pd
 import pytest
@@ -25,6 +26,7 @@ from skfolio.seriation import HierarchicalSeriation
 from services.errors import InfeasibleError, InvalidInputError
 from services.optimization import LINKAGE_METHODS, HrpResult, correlation_distance, hierarchical_risk_parity
 from services.types import FloatArray
+from stratopt.rpc_errors import status_code
 
 WEIGHT_ATOL = 1e-12
 BOUND_ATOL = 1e-12
@@ -287,7 +289,7 @@ def test_only_upper_bounds(sp500_returns: pd.DataFrame) -> None:
 def test_unknown_linkage_is_invalid(linkage: str) -> None:
     with pytest.raises(InvalidInputError) as caught:
         hierarchical_risk_parity(np.eye(3), linkage=linkage)
-    assert caught.value.code == "INVALID_ARGUMENT"
+    assert status_code(caught.value) is grpc.StatusCode.INVALID_ARGUMENT
     assert [v.field for v in caught.value.field_violations] == ["risk_parameters.linkage_method"]
 
 
@@ -302,7 +304,7 @@ def test_infeasible_bounds_sum(lower_sum: float, upper_sum: float, subjects: lis
     lower, upper = np.full(4, lower_sum / 4), np.full(4, upper_sum / 4)
     with pytest.raises(InfeasibleError) as caught:
         hierarchical_risk_parity(np.eye(4), lower_bounds=lower, upper_bounds=upper)
-    assert caught.value.code == "FAILED_PRECONDITION"
+    assert status_code(caught.value) is grpc.StatusCode.FAILED_PRECONDITION
     assert [v.type for v in caught.value.precondition_violations] == ["BOUNDS_SUM"] * len(subjects)
     assert [v.subject for v in caught.value.precondition_violations] == subjects
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import replace
 
+import grpc
 import numpy as np
 import pandas as pd
 import pytest
@@ -30,6 +31,7 @@ from services.optimization import (
     optimize_mean_variance,
 )
 from services.types import EstimationSettings, Moments
+from stratopt.rpc_errors import status_code
 from tests.services.market_data import SP500_SECTORS, return_history
 
 FEASIBILITY_TOLERANCE = 1e-6
@@ -566,7 +568,7 @@ def test_check_constraints_reports_every_violation_at_once() -> None:
 def infeasibility_types(problem: PortfolioProblem, moments: Moments) -> list[str]:
     with pytest.raises(InfeasibleError) as caught:
         optimize_mean_variance(problem, moments)
-    assert caught.value.code == "FAILED_PRECONDITION"
+    assert status_code(caught.value) is grpc.StatusCode.FAILED_PRECONDITION
     return [v.type for v in caught.value.precondition_violations]
 
 
@@ -725,7 +727,7 @@ def test_sector_limit_on_an_unknown_sector_is_invalid(
     with pytest.raises(InvalidInputError) as caught:
         optimize_mean_variance(problem, sp500_moments)
     assert [v.field for v in caught.value.field_violations] == ["constraints.sector_limits[1].sector"]
-    assert caught.value.code == "INVALID_ARGUMENT"
+    assert status_code(caught.value) is grpc.StatusCode.INVALID_ARGUMENT
 
 
 # --- validate_moments --------------------------------------------------------------------------------------------

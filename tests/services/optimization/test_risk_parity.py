@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
+import grpc
 import jax
 import numpy as np
 import pandas as pd
@@ -32,6 +33,7 @@ from services.optimization import (
     warm_up,
 )
 from services.optimization._risk_budgeting import SOLVER
+from stratopt.rpc_errors import status_code
 
 RC_RTOL = 1e-8
 """Required max_i |RC_i / b_i − 1| on real data (the solver reaches ~1e-15)."""
@@ -302,7 +304,7 @@ def test_risk_contributions_helper() -> None:
 
 
 def _field(error: pytest.ExceptionInfo[InvalidInputError]) -> str:
-    assert error.value.code == "INVALID_ARGUMENT"
+    assert status_code(error.value) is grpc.StatusCode.INVALID_ARGUMENT
     (violation,) = error.value.field_violations
     return violation.field
 
@@ -366,7 +368,7 @@ def test_zero_variance_long_only_portfolio_has_no_solution(covariance: np.ndarra
     """No risk-budgeting portfolio exists when some long-only portfolio has zero variance (f unbounded below)."""
     with pytest.raises(InfeasibleError) as caught:
         risk_budgeting(covariance)
-    assert caught.value.code == "FAILED_PRECONDITION"
+    assert status_code(caught.value) is grpc.StatusCode.FAILED_PRECONDITION
     assert [v.type for v in caught.value.precondition_violations] == ["SINGULAR_COVARIANCE"]
 
 

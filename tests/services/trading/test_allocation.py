@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import numpy as np
 import pandas as pd
 import pytest
@@ -35,6 +36,7 @@ from services.trading import (
     allocation_cache_key,
     greedy_allocation,
 )
+from stratopt.rpc_errors import status_code
 
 MAX_COMBINATIONS = 400_000
 
@@ -735,7 +737,7 @@ def test_validation_names_the_field(field: str, request_: AllocationRequest) -> 
             call(request_)  # type: ignore[operator]
         (violation,) = info.value.field_violations
         assert violation.field == field
-        assert info.value.code == "INVALID_ARGUMENT"
+        assert status_code(info.value) is grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_valid_request_passes() -> None:

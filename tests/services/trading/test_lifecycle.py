@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import grpc
 import pytest
 
 from services.errors import InvalidInputError, PreconditionError
@@ -24,6 +25,7 @@ from services.trading import (
     RecommendationStatus,
     initial_status,
 )
+from stratopt.rpc_errors import status_code
 from stratopt.v1 import trading_service_pb2 as tpb
 
 PENDING = RecommendationStatus.PENDING_APPROVAL
@@ -193,7 +195,7 @@ def test_every_transition_from_every_status(state_name: str, transition: str) ->
     with pytest.raises(IllegalTransitionError) as caught:
         TRANSITIONS[transition](state, DECIDED)
     error = caught.value
-    assert isinstance(error, PreconditionError) and error.code == "FAILED_PRECONDITION"
+    assert isinstance(error, PreconditionError) and status_code(error) is grpc.StatusCode.FAILED_PRECONDITION
     assert error.kind == kind
     assert error.message == message
     assert [(v.type, v.subject, v.description) for v in error.precondition_violations] == [(kind, ID, message)]
