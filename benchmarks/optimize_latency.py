@@ -509,7 +509,8 @@ class Probe:
 
     The server runs in this process, so wrapping ``OptimizationService.optimize`` (the whole handler),
     ``validate_optimize_request``, ``SolverPool.run`` (the round trip to a worker, whose ``total_time_ms`` is the
-    engine's own time) and ``WriteRepository.persist_run`` times each stage of the very calls the client timed.
+    engine's own time) and ``PostgresOptimizationStore.persist_run`` times each stage of the very calls the client
+    timed.
     """
 
     def __init__(self) -> None:
@@ -535,7 +536,7 @@ class Probe:
         optimize = application.OptimizationService.optimize
         validate = application.validate_optimize_request  # type: ignore[attr-defined]
         run = workers.SolverPool.run
-        persist = repository.WriteRepository.persist_run
+        persist = repository.PostgresOptimizationStore.persist_run
 
         async def timed_optimize(service: Any, request: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()
@@ -568,7 +569,7 @@ class Probe:
         application.OptimizationService.optimize = timed_optimize  # type: ignore[method-assign,assignment]
         application.validate_optimize_request = timed_validate  # type: ignore[attr-defined]
         workers.SolverPool.run = timed_run  # type: ignore[method-assign,assignment]
-        repository.WriteRepository.persist_run = timed_persist  # type: ignore[method-assign,assignment]
+        repository.PostgresOptimizationStore.persist_run = timed_persist  # type: ignore[method-assign,assignment]
         self.installed = True
 
 

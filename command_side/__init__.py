@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import asyncpg
 import grpc
 
+from command_side.allocation_cache import AllocationCache, InMemoryAllocationCache
 from command_side.allocations import AllocationService
+from command_side.allocations_repository import PostgresAllocationCache
 from command_side.application import MAX_BATCH_SIZE, OptimizationService
+from command_side.optimization_store import InMemoryOptimizationStore, OptimizationStore
 from command_side.rebalancing import RebalancingService
 from command_side.rebalancing_repository import PostgresTradingStore
-from command_side.repository import WriteRepository
+from command_side.repository import PostgresOptimizationStore
 from command_side.servicer import OptimizationCommandServicer
 from command_side.trading_servicer import TradingCommandServicer
+from command_side.trading_store import InMemoryTradingStore, TradingStore
 from command_side.workers import SolverPool
 from stratopt.rpc_errors import ErrorMappingInterceptor
 from stratopt.v1 import command_service_pb2, command_service_pb2_grpc, trading_service_pb2, trading_service_pb2_grpc
@@ -23,9 +26,20 @@ __all__ = [
     "MAX_BATCH_SIZE",
     "SERVICE_NAME",
     "TRADING_SERVICE_NAME",
+    "AllocationCache",
+    "AllocationService",
     "ErrorMappingInterceptor",
+    "InMemoryAllocationCache",
+    "InMemoryOptimizationStore",
+    "InMemoryTradingStore",
     "OptimizationService",
+    "OptimizationStore",
+    "PostgresAllocationCache",
+    "PostgresOptimizationStore",
+    "PostgresTradingStore",
+    "RebalancingService",
     "SolverPool",
+    "TradingStore",
     "interceptor",
     "register",
 ]
@@ -36,14 +50,22 @@ def interceptor() -> ErrorMappingInterceptor:
     return ErrorMappingInterceptor(method_prefix=(f"/{SERVICE_NAME}/", f"/{TRADING_SERVICE_NAME}/"))
 
 
-def register(server: grpc.aio.Server, pool: asyncpg.Pool[asyncpg.Record], solver_pool: SolverPool) -> list[str]:
-    """Add the command services to ``server``; return their full service names for health and reflection."""
-    service = OptimizationService(WriteRepository(pool), solver_pool)
+def register(
+    server: grpc.aio.Server,
+    *,
+    optimization: OptimizationService,
+    allocation: AllocationService,
+    rebalancing: RebalancingService,
+) -> list[str]:
+    """Add the command services to ``server``; return their full service names for health and reflection.
+
+    The application services come built on their stores (the composition root, ``stratopt_cli.server``,
+    chooses the backends).
+    """
     command_service_pb2_grpc.add_OptimizationCommandServiceServicer_to_server(
-        OptimizationCommandServicer(service), server
+        OptimizationCommandServicer(optimization), server
     )
     trading_service_pb2_grpc.add_TradingCommandServiceServicer_to_server(
-        TradingCommandServicer(AllocationService(pool, solver_pool), RebalancingService(PostgresTradingStore(pool))),
-        server,
+        TradingCommandServicer(allocation, rebalancing), server
     )
     return [SERVICE_NAME, TRADING_SERVICE_NAME]

@@ -35,9 +35,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Final
 
-import asyncpg
-
-from command_side.allocations_repository import AllocationRepository
+from command_side.allocation_cache import AllocationCache
 from command_side.workers import SolverPool
 from services.errors import DeadlineExceededError, InvalidInputError, NotFoundError
 from services.trading import (
@@ -81,14 +79,14 @@ class AllocationService:
 
     Parameters
     ----------
-    pool : asyncpg.Pool
-        Connection pool to the migrated database.
+    cache : AllocationCache
+        Cached allocations and their events (``PostgresAllocationCache`` in the server).
     solver_pool : SolverPool
         Worker processes that run the MILP.
     """
 
-    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], solver_pool: SolverPool) -> None:
-        self._repository = AllocationRepository(pool)
+    def __init__(self, cache: AllocationCache, solver_pool: SolverPool) -> None:
+        self._cache = cache
         self._solver_pool = solver_pool
 
     async def allocate(
@@ -133,11 +131,11 @@ class AllocationService:
         with _proto_fields():
             cache_key = allocation_cache_key(engine_request)
         if not request.bypass_cache:
-            hit = await self._repository.find(cache_key)
+            hit = await self._cache.find(cache_key)
             if hit is not None:
                 response = in_request_order(hit.response, request)
                 if request.portfolio_id:
-                    await self._repository.record(response, portfolio_id=request.portfolio_id)
+                    await self._cache.record(response, portfolio_id=request.portfolio_id)
                 return response
         # The worker gets what is left of the deadline now, minus a reserve for storing the result.
         wait = None if deadline is None else deadline - loop.time() - STORAGE_RESERVE_S
@@ -148,7 +146,7 @@ class AllocationService:
             result = await self._solver_pool.allocate(replace(engine_request, time_limit_s=limit), timeout_s=wait)
         response = response_of(request, result, cache_key)
         cacheable = ttl is not None and result.solver_status is AllocationStatus.OPTIMAL
-        return await self._repository.save(
+        return await self._cache.save(
             response,
             request=normalised_request(request),
             portfolio_id=request.portfolio_id,
@@ -174,7 +172,7 @@ class AllocationService:
         """
         if not cache_key:
             raise InvalidInputError.for_field("cache_key", "must not be empty")
-        hit = await self._repository.find(cache_key)
+        hit = await self._cache.find(cache_key)
         if hit is None:
             raise NotFoundError(f"no cached allocation with key '{cache_key}' (never stored, expired or cleared)")
         return trading_pb.GetCachedAllocationResponse(allocation=hit.response)
@@ -192,7 +190,7 @@ class AllocationService:
         UnavailableError
             The database cannot be reached.
         """
-        return trading_pb.ClearAllocationCacheResponse(removed=await self._repository.clear(cache_key))
+        return trading_pb.ClearAllocationCacheResponse(removed=await self._cache.clear(cache_key))
 
 
 # --- proto → engine ---------------------------------------------------------------------------------------------

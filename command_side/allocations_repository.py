@@ -1,4 +1,4 @@
-"""The allocation cache and its events over PostgreSQL + TimescaleDB (asyncpg).
+"""The allocation cache and its events over PostgreSQL + TimescaleDB (asyncpg): the ``AllocationCache`` backend.
 
 Tables (``migrations/0006_trading.sql``): ``share_allocations`` holds AllocateShares results keyed by the hash of
 their normalised input (``services.trading.allocation_cache_key``), each with the normalised request (jsonb,
@@ -6,49 +6,31 @@ protobuf JSON mapping with the proto field names) and the ``stratopt.v1.Allocate
 returned (serialized, ``cached`` false, ``expires_at`` set). A row past ``expires_at`` is a miss; expired rows
 are deleted by every write. An allocation made for a portfolio is recorded as a ``SHARES_ALLOCATED`` row of the
 ``rebalance_events`` hypertable in the same transaction as its cache row. Times come from the database clock
-(``clock_timestamp()``).
+(``clock_timestamp()``). asyncpg's errors are translated by ``command_side.postgres_errors``.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any
 
 import asyncpg
 from google.protobuf import json_format
 
+from command_side.allocation_cache import EVENT_STATUS, EVENT_TYPE, AllocationCache, CachedAllocation, event_payload
 from command_side.mapping import datetime_to_timestamp
-from command_side.repository import Connection, database_errors
+from command_side.postgres_errors import Connection, postgres_errors
 from stratopt.v1 import trading_service_pb2 as trading_pb
-
-EVENT_TYPE: Final = "SHARES_ALLOCATED"
-"""``rebalance_events.event_type`` of a recorded allocation."""
-EVENT_STATUS: Final = "UNSPECIFIED"
-"""``rebalance_events.status`` of a recorded allocation: it has no recommendation, so no recommendation status
-(``RecommendationStatus`` ``RECOMMENDATION_STATUS_UNSPECIFIED``)."""
 
 
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
-@dataclass(frozen=True, slots=True)
-class CachedAllocation:
-    """A live cache entry."""
-
-    response: trading_pb.AllocateSharesResponse
-    """The allocation with ``cached`` true and ``expires_at`` from the row."""
-    portfolio_id: str
-    """Portfolio of the call that computed it ('' when none)."""
-    created_at: datetime
-    """When it was computed and stored."""
-
-
-class AllocationRepository:
-    """Persistence of cached allocations and of ``SHARES_ALLOCATED`` events.
+class PostgresAllocationCache(AllocationCache):
+    """:class:`~command_side.allocation_cache.AllocationCache` over PostgreSQL + TimescaleDB.
 
     Parameters
     ----------
@@ -64,10 +46,10 @@ class AllocationRepository:
 
         Raises
         ------
-        UnavailableError
+        OperationalError
             When the database cannot be reached.
         """
-        async with database_errors(), self._pool.acquire() as conn:
+        async with postgres_errors(), self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 """SELECT portfolio_id, response, created_at, expires_at FROM share_allocations
                    WHERE cache_key = $1 AND expires_at > clock_timestamp()""",
@@ -112,12 +94,12 @@ class AllocationRepository:
 
         Raises
         ------
-        UnavailableError
+        OperationalError
             When the database cannot be reached.
         """
         if ttl is None and not portfolio_id:
             return response
-        async with database_errors(), self._pool.acquire() as conn, conn.transaction():
+        async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
             now: datetime = await conn.fetchval("SELECT clock_timestamp()")
             if ttl is not None:
                 response.expires_at.CopyFrom(datetime_to_timestamp(now + ttl))
@@ -142,10 +124,10 @@ class AllocationRepository:
 
         Raises
         ------
-        UnavailableError
+        OperationalError
             When the database cannot be reached.
         """
-        async with database_errors(), self._pool.acquire() as conn:
+        async with postgres_errors(), self._pool.acquire() as conn:
             now: datetime = await conn.fetchval("SELECT clock_timestamp()")
             await _insert_event(conn, now, portfolio_id, response)
 
@@ -154,10 +136,10 @@ class AllocationRepository:
 
         Raises
         ------
-        UnavailableError
+        OperationalError
             When the database cannot be reached.
         """
-        async with database_errors(), self._pool.acquire() as conn:
+        async with postgres_errors(), self._pool.acquire() as conn:
             if cache_key:
                 status = await conn.execute("DELETE FROM share_allocations WHERE cache_key = $1", cache_key)
             else:
@@ -170,18 +152,9 @@ async def _insert_event(
 ) -> None:
     """Insert the ``SHARES_ALLOCATED`` event of ``response`` (total_trade_value = the budget used).
 
-    The payload (jsonb) holds the cache key, whether the answer came from the cache, the metrics (protobuf JSON
-    mapping, proto field names, every field), the final shares per target symbol and the shares sold in full.
+    The payload (jsonb) is :func:`command_side.allocation_cache.event_payload`.
     """
-    payload = {
-        "cache_key": response.cache_key,
-        "cached": response.cached,
-        "metrics": json_format.MessageToDict(
-            response.metrics, always_print_fields_with_no_presence=True, preserving_proto_field_name=True
-        ),
-        "final_shares": {line.symbol: line.final_shares for line in response.lines},
-        "sold_in_full": {sold.symbol: sold.shares for sold in response.sold_in_full},
-    }
+    payload = event_payload(response)
     await conn.execute(
         """INSERT INTO rebalance_events (event_id, "timestamp", portfolio_id, recommendation_id, event_type, status,
                actor, total_trade_value, payload)

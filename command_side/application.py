@@ -11,7 +11,6 @@ from collections.abc import AsyncIterable, Callable
 from dataclasses import replace
 from datetime import UTC
 
-import asyncpg
 import numpy as np
 from google.rpc import status_pb2  # type: ignore[attr-defined]  # stubs hidden by types-protobuf
 
@@ -23,11 +22,12 @@ from command_side.mapping import (
     timestamp_to_datetime,
     validate_optimize_request,
 )
-from command_side.repository import WriteRepository
+from command_side.optimization_store import OptimizationStore
 from command_side.workers import SolverPool
 from services.engine import Method, OptimizationJob, OptimizationOutcome
 from services.errors import (
     DeadlineExceededError,
+    IntegrityError,
     InvalidInputError,
     NotFoundError,
     PreconditionError,
@@ -67,16 +67,16 @@ class OptimizationService:
 
     Parameters
     ----------
-    repository : WriteRepository
-        Write model over PostgreSQL + TimescaleDB.
+    store : OptimizationStore
+        The write model (``PostgresOptimizationStore`` in the server).
     solver_pool : SolverPool
         Worker processes that run the engine.
     batch_concurrency : int, optional
         Batch items in flight at once; default twice the workers.
     """
 
-    def __init__(self, repository: WriteRepository, solver_pool: SolverPool, batch_concurrency: int = 0) -> None:
-        self._repository = repository
+    def __init__(self, store: OptimizationStore, solver_pool: SolverPool, batch_concurrency: int = 0) -> None:
+        self._store = store
         self._pool = solver_pool
         self._batch_concurrency = batch_concurrency or 2 * solver_pool.workers
 
@@ -134,7 +134,7 @@ class OptimizationService:
         outcome = await self._pool.run(job, timeout_s=limit)
         response = _response(request, outcome)
         try:
-            return await self._repository.persist_run(
+            return await self._store.persist_run(
                 configuration=validated.configuration,
                 response=response,
                 request_hash=fingerprint,
@@ -142,7 +142,7 @@ class OptimizationService:
                 # The stored-data window of a configuration is only set by runs on stored data (or upserts).
                 inherit=("enabled",) if validated.market_data is not None else _RUN_INHERITS,
             )
-        except asyncpg.UniqueViolationError:
+        except IntegrityError:
             # A concurrent call with the same request_id committed first: answer with its result.
             stored = await self._replay(validated.request_id, fingerprint)
             if stored is None:
@@ -213,7 +213,7 @@ class OptimizationService:
         return response
 
     async def _replay(self, request_id: str, request_hash: str) -> cmd_pb.OptimizeResponse | None:
-        stored = await self._repository.find_result(request_id)
+        stored = await self._store.find_result(request_id)
         if stored is None:
             return None
         if stored.request_hash != request_hash:
@@ -225,7 +225,7 @@ class OptimizationService:
         return response
 
     async def _market_data_returns(self, symbols: tuple[str, ...], window: pb.MarketDataWindow) -> ReturnHistory:
-        prices = await self._repository.load_prices(
+        prices = await self._store.load_prices(
             symbols,
             start=timestamp_to_datetime(window.start) if window.HasField("start") else None,
             end=timestamp_to_datetime(window.end) if window.HasField("end") else None,
@@ -293,7 +293,7 @@ class OptimizationService:
         self, config: cmd_pb.OptimizationConfiguration
     ) -> cmd_pb.UpsertConfigurationResponse:
         """Validate and store a configuration (a new version only when its content changed)."""
-        stored, created = await self._repository.upsert_configuration(normalize_configuration(config))
+        stored, created = await self._store.upsert_configuration(normalize_configuration(config))
         return cmd_pb.UpsertConfigurationResponse(configuration=stored, created=created)
 
     async def get_configuration(self, portfolio_id: str, version: int) -> cmd_pb.OptimizationConfiguration:
@@ -302,7 +302,7 @@ class OptimizationService:
             raise InvalidInputError.for_field("portfolio_id", "must not be empty")
         if version > 2**31 - 1:
             raise NotFoundError(f"no configuration version {version} for portfolio '{portfolio_id}'")
-        return await self._repository.get_configuration(portfolio_id, version)
+        return await self._store.get_configuration(portfolio_id, version)
 
     async def list_configurations(self, page_size: int, page_token: str) -> cmd_pb.ListConfigurationsResponse:
         """A page of latest configurations ordered by portfolio_id (keyset on the id)."""
@@ -316,7 +316,7 @@ class OptimizationService:
             if not decoded.startswith(_LIST_TOKEN_PREFIX):
                 raise InvalidInputError.for_field("page_token", "is not a token this service issued")
             after = decoded.removeprefix(_LIST_TOKEN_PREFIX)
-        rows = await self._repository.list_configurations(after_portfolio_id=after, limit=size + 1)
+        rows = await self._store.list_configurations(after_portfolio_id=after, limit=size + 1)
         token = ""
         if len(rows) > size:
             rows = rows[:size]
@@ -344,7 +344,7 @@ class OptimizationService:
             stored = await self._replay(request_id, fingerprint)
             if stored is not None:
                 return stored
-        config = await self._repository.get_configuration(portfolio_id)
+        config = await self._store.get_configuration(portfolio_id)
         if not config.enabled:
             raise PreconditionError(
                 f"the configuration of portfolio '{portfolio_id}' is disabled",
@@ -393,7 +393,7 @@ class OptimizationService:
                 symbols.add(bar.symbol)
                 first = when if first is None or when < first else first
                 last = when if last is None or when > last else last
-            written += await self._repository.ingest_bars(records)
+            written += await self._store.ingest_bars(records)
             message_index += 1
         response = cmd_pb.IngestMarketDataResponse(rows_written=written, symbols=sorted(symbols))
         if first is not None and last is not None:

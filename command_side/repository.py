@@ -1,83 +1,62 @@
-"""The command side's write model over PostgreSQL + TimescaleDB (asyncpg).
+"""The command side's write model over PostgreSQL + TimescaleDB (asyncpg): the ``OptimizationStore`` backend.
 
 One optimization run is one transaction: the configuration version, the result row, the
 ``portfolio_optimized`` event in the hypertable, the latest-per-portfolio read model and a NOTIFY to live
 listeners commit together or not at all. Runs of the same portfolio are serialised inside the transaction by
-an advisory lock, so configuration versions never race.
+an advisory lock, so configuration versions never race. asyncpg's errors are translated by
+``command_side.postgres_errors`` (a repeated ``request_id`` raises ``services.errors.IntegrityError``).
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
-import numpy as np
 from google.protobuf import json_format
 
-from command_side.mapping import configuration_content, content_hash, datetime_to_timestamp
-from services.errors import NotFoundError, PreconditionError, PreconditionViolation, UnavailableError
+from command_side.mapping import datetime_to_timestamp
+from command_side.optimization_store import (
+    Bar,
+    ConfigurationHead,
+    OptimizationStore,
+    PriceWindow,
+    StoredResult,
+    configuration_from_content,
+    configuration_not_found,
+    epoch_microseconds,
+    next_configuration_version,
+    price_window,
+)
+from command_side.postgres_errors import Connection, postgres_errors
+from command_side.postgres_errors import operational_errors as database_errors
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
 
+# ``Connection`` and ``database_errors`` are re-exported for command_side.rebalancing_repository, which imports
+# them from here: its ``store_errors`` wraps the connection-only translation and maps constraint violations to
+# IntegrityError itself (``command_side.postgres_errors.postgres_errors`` does both).
+__all__ = [
+    "NOTIFY_CHANNEL",
+    "Connection",
+    "PostgresOptimizationStore",
+    "PriceWindow",
+    "StoredResult",
+    "database_errors",
+]
+
 NOTIFY_CHANNEL = "portfolio_optimized"
-
-if TYPE_CHECKING:  # asyncpg's classes are generic only in its stubs
-    Connection = asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
-else:
-    Connection = asyncpg.Connection
-
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    ConnectionError,
-    TimeoutError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CrashShutdownError,
-    asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.ConnectionFailureError,
-)
-
-
-@asynccontextmanager
-async def database_errors() -> AsyncIterator[None]:
-    """Turn lost or refused database connections into ``UnavailableError`` (gRPC UNAVAILABLE)."""
-    try:
-        yield
-    except _CONNECTION_ERRORS as exc:
-        raise UnavailableError(f"the database is unavailable: {type(exc).__name__}: {exc}") from exc
-
-
-@dataclass(frozen=True, slots=True)
-class StoredResult:
-    """A stored answer to an idempotent request."""
-
-    request_hash: str
-    response: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class PriceWindow:
-    """Stored prices of N symbols on the union of their timestamps."""
-
-    timestamps: np.ndarray  # (T + 1,) datetime64[us]: the union of the strategies' price dates
-    prices: np.ndarray  # (T + 1, N), NaN where a symbol has no price that date
-    market_prices: np.ndarray | None  # (T + 1,) as of each date (last price at or before it), or None
 
 
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-class WriteRepository:
-    """Persistence of configurations, results, events and market data.
+class PostgresOptimizationStore(OptimizationStore):
+    """:class:`~command_side.optimization_store.OptimizationStore` over PostgreSQL + TimescaleDB.
 
     Parameters
     ----------
@@ -85,12 +64,12 @@ class WriteRepository:
         Connection pool to the migrated database.
     """
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
         self._pool = pool
 
     async def find_result(self, request_id: str) -> StoredResult | None:
         """The stored result of an earlier request with this idempotency key, if any."""
-        async with database_errors(), self._pool.acquire() as conn:
+        async with postgres_errors(), self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT request_hash, response FROM optimization_results WHERE request_id = $1", request_id
             )
@@ -105,18 +84,7 @@ class WriteRepository:
         lookback_periods: int,
         market_symbol: str = "",
     ) -> PriceWindow:
-        """Prices of ``symbols`` in ``[start, end]`` on their own calendar, the last ``lookback_periods`` returns.
-
-        The calendar is the union of the strategies' price dates only; the market symbol (CAPM) is aligned to
-        it as of each date (its last price at or before the date), so a market series on another calendar
-        never removes strategy observations. A market symbol may also be one of the strategies.
-
-        Raises
-        ------
-        PreconditionError
-            When a symbol has fewer than 3 stored prices in the window, with a ``MISSING_MARKET_DATA``
-            violation per symbol.
-        """
+        """Prices of ``symbols`` in ``[start, end]``; see :meth:`OptimizationStore.load_prices`."""
         wanted = sorted(set(symbols) | ({market_symbol} if market_symbol else set()))
         query = ['SELECT symbol, "timestamp", price FROM market_data WHERE symbol = ANY($1::text[])']
         args: list[Any] = [wanted]
@@ -127,49 +95,14 @@ class WriteRepository:
             args.append(end)
             query.append(f'AND "timestamp" <= ${len(args)}')
         query.append('ORDER BY "timestamp"')
-        async with database_errors(), self._pool.acquire() as conn:
+        async with postgres_errors(), self._pool.acquire() as conn:
             rows = await conn.fetch(" ".join(query), *args)
-        by_symbol: dict[str, tuple[list[int], list[float]]] = {s: ([], []) for s in wanted}
+        series: dict[str, tuple[list[int], list[float]]] = {s: ([], []) for s in wanted}
         for r in rows:
-            stamps, values = by_symbol[r["symbol"]]
-            stamps.append(round(r["timestamp"].timestamp() * 1e6))
+            stamps, values = series[r["symbol"]]
+            stamps.append(epoch_microseconds(r["timestamp"]))
             values.append(r["price"])
-        strategy_set = set(symbols)
-        calendar = np.unique(
-            np.concatenate(
-                [np.asarray(by_symbol[s][0], dtype=np.int64) for s in strategy_set] or [np.empty(0, np.int64)]
-            )
-        )
-        if lookback_periods > 0:
-            calendar = calendar[-(lookback_periods + 1) :]
-        prices = np.full((len(calendar), len(symbols)), np.nan)
-        for j, symbol in enumerate(symbols):
-            stamps, values = by_symbol[symbol]
-            positions = np.searchsorted(calendar, np.asarray(stamps, dtype=np.int64))
-            inside = (positions < len(calendar)) & (calendar[np.minimum(positions, len(calendar) - 1)] == stamps)
-            prices[positions[inside], j] = np.asarray(values)[inside]
-        market = None
-        short = [s for j, s in enumerate(symbols) if np.sum(~np.isnan(prices[:, j])) < 3]
-        if market_symbol:
-            stamps, values = by_symbol[market_symbol]
-            # As-of alignment: the market's last price at or before each calendar date.
-            index = np.searchsorted(np.asarray(stamps, dtype=np.int64), calendar, side="right") - 1
-            market = np.where(index >= 0, np.asarray([*values, np.nan])[index], np.nan)
-            if np.sum(~np.isnan(market)) < 3:
-                short.append(market_symbol)
-        if short:
-            raise PreconditionError(
-                f"not enough stored prices in the window for: {', '.join(short[:20])}"
-                + (" ..." if len(short) > 20 else "")
-                + " (at least 3 each; ingest market data first)",
-                precondition_violations=tuple(
-                    PreconditionViolation(
-                        "MISSING_MARKET_DATA", symbol, f"fewer than 3 stored prices for '{symbol}' in the window"
-                    )
-                    for symbol in short
-                ),
-            )
-        return PriceWindow(calendar.astype("datetime64[us]"), prices, market)
+        return price_window(symbols, series, lookback_periods=lookback_periods, market_symbol=market_symbol)
 
     async def persist_run(
         self,
@@ -177,31 +110,25 @@ class WriteRepository:
         configuration: cmd_pb.OptimizationConfiguration,
         response: cmd_pb.OptimizeResponse,
         request_hash: str,
-        run_inputs: dict[str, Any],
+        run_inputs: Mapping[str, Any],
         inherit: tuple[str, ...] = ("enabled",),
     ) -> cmd_pb.OptimizeResponse:
-        """Store one run atomically and return the response completed with its ids and version.
-
-        ``inherit`` names configuration fields kept from the portfolio's current configuration version (see
-        ``_upsert_configuration``).
-
-        The response's metadata gets ``event_id``, ``result_id``, ``configuration_version`` and
-        ``timestamp`` before it is serialised into the result row (for idempotent replays).
+        """Store one run in one transaction; see :meth:`OptimizationStore.persist_run`.
 
         Raises
         ------
-        asyncpg.UniqueViolationError
+        IntegrityError
             When a concurrent request with the same ``request_id`` committed first (the caller replays it).
-        UnavailableError
+        OperationalError
             When the database cannot be reached.
         """
         meta = response.optimization_metadata
         event_id, result_id = uuid.uuid4(), uuid.uuid4()
         meta.event_id, meta.result_id = str(event_id), str(result_id)
-        async with database_errors(), self._pool.acquire() as conn, conn.transaction():
+        async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", configuration.portfolio_id)
             now = await conn.fetchval("SELECT clock_timestamp()")
-            version = await self._upsert_configuration(conn, configuration, inherit)
+            version = await self._store_configuration(conn, configuration, inherit)
             meta.configuration_version = version
             meta.timestamp.CopyFrom(datetime_to_timestamp(now))
             objective = pb.Objective.Name(configuration.objective)
@@ -218,7 +145,7 @@ class WriteRepository:
                 result_id, configuration.portfolio_id, version, request_id, request_hash, event_id, now,
                 objective, method, weights, response.expected_return, response.expected_volatility,
                 response.sharpe_ratio, meta.objective_value, meta.solver, meta.constraints_satisfied,
-                response.SerializeToString(), _json(run_inputs),
+                response.SerializeToString(), _json(dict(run_inputs)),
             )  # fmt: skip
             event_args = (
                 event_id, now, configuration.portfolio_id, result_id, version, request_id, objective, method,
@@ -251,58 +178,51 @@ class WriteRepository:
         return response
 
     @staticmethod
-    async def _upsert_configuration(
+    async def _store_configuration(
         conn: Connection, config: cmd_pb.OptimizationConfiguration, inherit: tuple[str, ...] = ()
     ) -> int:
-        """Version of ``config`` for its portfolio: the current one if unchanged, else a new one.
-
-        Fields named in ``inherit`` (``enabled``, ``lookback_periods``, ``market_symbol``) are taken from the
-        current version when there is one: an Optimize call does not undo what an operator configured.
-        """
-        current = await conn.fetchrow(
+        """Version of ``config`` for its portfolio, written when new (see ``next_configuration_version``)."""
+        row = await conn.fetchrow(
             "SELECT version, content_hash, enabled, lookback_periods, market_symbol "
             "FROM optimization_configurations WHERE portfolio_id = $1 ORDER BY version DESC LIMIT 1",
             config.portfolio_id,
         )
-        if current is not None and inherit:
-            inherited = cmd_pb.OptimizationConfiguration()
-            inherited.CopyFrom(config)
-            for name in inherit:
-                setattr(inherited, name, current[name])
-            config = inherited
-        content = configuration_content(config)
-        digest = content_hash(content)
-        if current is not None and current["content_hash"] == digest:
-            return int(current["version"])
-        version = 1 if current is None else int(current["version"]) + 1
+        current = None
+        if row is not None:
+            current = ConfigurationHead(
+                version=int(row["version"]),
+                content_hash=row["content_hash"],
+                enabled=row["enabled"],
+                lookback_periods=row["lookback_periods"],
+                market_symbol=row["market_symbol"],
+            )
+        stored = next_configuration_version(config, current, inherit)
+        if not stored.new:
+            return stored.version
+        config, content = stored.configuration, stored.content
         await conn.execute(
             """INSERT INTO optimization_configurations (portfolio_id, version, objective, method, strategies,
                    constraints, risk_parameters, lookback_periods, market_symbol, enabled, content_hash,
                    black_litterman)
                VALUES ($1,$2,$3,$4,$5::jsonb,$6::jsonb,$7::jsonb,$8,$9,$10,$11,$12::jsonb)""",
-            config.portfolio_id, version, content["objective"], content["method"], _json(content["strategies"]),
-            _json(content["constraints"]), _json(content["risk_parameters"]), config.lookback_periods,
-            config.market_symbol, config.enabled, digest, _json(content["black_litterman"]),
+            config.portfolio_id, stored.version, content["objective"], content["method"],
+            _json(content["strategies"]), _json(content["constraints"]), _json(content["risk_parameters"]),
+            config.lookback_periods, config.market_symbol, config.enabled, stored.content_hash,
+            _json(content["black_litterman"]),
         )  # fmt: skip
-        return version
+        return stored.version
 
     async def upsert_configuration(
         self, config: cmd_pb.OptimizationConfiguration
     ) -> tuple[cmd_pb.OptimizationConfiguration, bool]:
-        """Store ``config`` as a new version unless its content equals the current version's.
-
-        Returns
-        -------
-        tuple of (OptimizationConfiguration, bool)
-            The stored configuration with version and created_at, and whether a new version was written.
-        """
-        async with database_errors(), self._pool.acquire() as conn, conn.transaction():
+        """Store ``config`` unless unchanged; see :meth:`OptimizationStore.upsert_configuration`."""
+        async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", config.portfolio_id)
             before = await conn.fetchval(
                 "SELECT max(version) FROM optimization_configurations WHERE portfolio_id = $1",
                 config.portfolio_id,
             )
-            version = await self._upsert_configuration(conn, config)
+            version = await self._store_configuration(conn, config)
             row = await conn.fetchrow(
                 "SELECT * FROM optimization_configurations WHERE portfolio_id = $1 AND version = $2",
                 config.portfolio_id,
@@ -312,14 +232,8 @@ class WriteRepository:
         return _configuration_from_row(row), before is None or version > before
 
     async def get_configuration(self, portfolio_id: str, version: int = 0) -> cmd_pb.OptimizationConfiguration:
-        """One configuration version (0 = latest).
-
-        Raises
-        ------
-        NotFoundError
-            When the portfolio (or that version) has no configuration.
-        """
-        async with database_errors(), self._pool.acquire() as conn:
+        """One configuration version (0 = latest); ``NotFoundError`` when absent."""
+        async with postgres_errors(), self._pool.acquire() as conn:
             if version:
                 row = await conn.fetchrow(
                     "SELECT * FROM optimization_configurations WHERE portfolio_id = $1 AND version = $2",
@@ -332,15 +246,14 @@ class WriteRepository:
                     portfolio_id,
                 )
         if row is None:
-            what = f"version {version} of " if version else ""
-            raise NotFoundError(f"no configuration {what}for portfolio '{portfolio_id}'")
+            raise configuration_not_found(portfolio_id, version)
         return _configuration_from_row(row)
 
     async def list_configurations(
         self, *, after_portfolio_id: str, limit: int
     ) -> list[cmd_pb.OptimizationConfiguration]:
         """Latest configuration of each portfolio with id > ``after_portfolio_id``, ordered by id."""
-        async with database_errors(), self._pool.acquire() as conn:
+        async with postgres_errors(), self._pool.acquire() as conn:
             rows = await conn.fetch(
                 """SELECT DISTINCT ON (portfolio_id) * FROM optimization_configurations
                    WHERE portfolio_id > $1 ORDER BY portfolio_id, version DESC LIMIT $2""",
@@ -349,12 +262,12 @@ class WriteRepository:
             )
         return [_configuration_from_row(r) for r in rows]
 
-    async def ingest_bars(self, bars: Iterable[tuple[str, datetime, float, float | None]]) -> int:
+    async def ingest_bars(self, bars: Iterable[Bar]) -> int:
         """Upsert price bars ``(symbol, timestamp, price, volume)``; returns the rows written."""
         records = list(bars)
         if not records:
             return 0
-        async with database_errors(), self._pool.acquire() as conn, conn.transaction():
+        async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS market_data_stage (seq bigserial, symbol text, "
                 '"timestamp" timestamptz, price double precision, volume double precision) ON COMMIT DELETE ROWS'
@@ -373,24 +286,6 @@ class WriteRepository:
 
 
 def _configuration_from_row(row: asyncpg.Record) -> cmd_pb.OptimizationConfiguration:
-    def load(value: Any) -> Any:
-        return json.loads(value) if isinstance(value, str) else value
-
-    config = cmd_pb.OptimizationConfiguration(
-        portfolio_id=row["portfolio_id"],
-        version=row["version"],
-        objective=pb.Objective.Value(row["objective"]),
-        method=pb.OptimizationMethod.Value(row["method"]),
-        lookback_periods=row["lookback_periods"],
-        market_symbol=row["market_symbol"],
-        enabled=row["enabled"],
+    return configuration_from_content(
+        portfolio_id=row["portfolio_id"], version=row["version"], content=dict(row), created_at=row["created_at"]
     )
-    for strategy in load(row["strategies"]):
-        json_format.ParseDict(strategy, config.strategies.add())
-    json_format.ParseDict(load(row["constraints"]), config.constraints)
-    json_format.ParseDict(load(row["risk_parameters"]), config.risk_parameters)
-    black_litterman = load(row["black_litterman"])
-    if black_litterman:
-        json_format.ParseDict(black_litterman, config.black_litterman)
-    config.created_at.CopyFrom(datetime_to_timestamp(row["created_at"]))
-    return config

@@ -6,9 +6,10 @@ that maps its errors to ``google.rpc.Status`` (pass it in ``grpc.aio.server(inte
 
 from __future__ import annotations
 
-import asyncpg
 import grpc
 
+from query_side.read_store import InMemoryReadStore, ReadStore
+from query_side.repository import PostgresReadStore
 from query_side.servicer import OptimizationQueryServicer
 from stratopt.rpc_errors import ErrorMappingInterceptor
 from stratopt.v1 import query_service_pb2, query_service_pb2_grpc
@@ -16,25 +17,34 @@ from stratopt.v1 import query_service_pb2, query_service_pb2_grpc
 SERVICE_NAME: str = query_service_pb2.DESCRIPTOR.services_by_name["OptimizationQueryService"].full_name
 """Full name of the service, ``stratopt.v1.OptimizationQueryService``."""
 
-__all__ = ["SERVICE_NAME", "ErrorMappingInterceptor", "OptimizationQueryServicer", "interceptor", "register"]
+__all__ = [
+    "SERVICE_NAME",
+    "ErrorMappingInterceptor",
+    "InMemoryReadStore",
+    "OptimizationQueryServicer",
+    "PostgresReadStore",
+    "ReadStore",
+    "interceptor",
+    "register",
+]
 
 
-def register(server: grpc.aio.Server, pool: asyncpg.Pool[asyncpg.Record]) -> list[str]:
+def register(server: grpc.aio.Server, store: ReadStore) -> list[str]:
     """Add the query servicer to a server.
 
     Parameters
     ----------
     server : grpc.aio.Server
         Server not yet started.
-    pool : asyncpg.Pool
-        Pool on the stratopt database, created on the server's event loop.
+    store : ReadStore
+        The read store, e.g. ``PostgresReadStore`` on a pool created on the server's event loop.
 
     Returns
     -------
     list of str
         Full names of the services added, for reflection and health checking.
     """
-    query_service_pb2_grpc.add_OptimizationQueryServiceServicer_to_server(OptimizationQueryServicer(pool), server)
+    query_service_pb2_grpc.add_OptimizationQueryServiceServicer_to_server(OptimizationQueryServicer(store), server)
     return [SERVICE_NAME]
 
 

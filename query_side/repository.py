@@ -3,18 +3,18 @@
 Tables read: ``portfolio_optimized``, ``latest_portfolio_optimizations``, ``rebalance_recommendations`` and the
 ``rebalance_events`` hypertable.
 
+:class:`PostgresReadStore` is the PostgreSQL backend of the read port ``query_side.read_store.ReadStore``.
 Queries run on an :class:`asyncpg.Pool` created elsewhere, with no connection ``init``: jsonb values are
-decoded here (text from a bare connection, or already-decoded objects when a codec is registered). Losing
-the database (refused or dropped connections, a closing pool, a server shutting down or out of connection
-slots) raises :class:`services.errors.UnavailableError`, which callers may retry.
+decoded here (text from a bare connection, or already-decoded objects when a codec is registered). asyncpg's
+errors are translated by ``query_side.postgres_errors``: losing the database (refused or dropped connections, a
+closing pool, a server shutting down or out of connection slots) raises
+:class:`services.errors.OperationalError`, an ``UnavailableError`` which callers may retry.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 
 from query_side.analytics import RunRecord
-from services.errors import UnavailableError
+from query_side.postgres_errors import postgres_errors as _database_errors
 from services.trading import RecommendationState, RecommendationStatus
 
 _EVENT_COLUMNS = (
@@ -32,16 +32,6 @@ _EVENT_COLUMNS = (
 _RUN_COLUMNS = 'event_id, "timestamp", weights, expected_return, volatility, sharpe_ratio'
 _REBALANCE_EVENT_COLUMNS = (
     'event_id, "timestamp", portfolio_id, recommendation_id, event_type, status, actor, total_trade_value'
-)
-
-_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,  # refused or reset sockets; TimeoutError (pool acquire, connect) is an OSError too
-    asyncpg.exceptions.PostgresConnectionError,  # class 08: connection does not exist, failure, ...
-    asyncpg.exceptions.CannotConnectNowError,  # 57P03: starting up or shutting down
-    asyncpg.exceptions.AdminShutdownError,  # 57P01
-    asyncpg.exceptions.CrashShutdownError,  # 57P02
-    asyncpg.exceptions.TooManyConnectionsError,  # 53300
-    asyncpg.exceptions.InterfaceError,  # pool closed or closing, connection closed
 )
 
 
@@ -218,19 +208,8 @@ def _run(row: asyncpg.Record) -> RunRecord:
     )
 
 
-@asynccontextmanager
-async def _database_errors() -> AsyncIterator[None]:
-    """Turn losing the database into :class:`UnavailableError`; other errors pass through."""
-    try:
-        yield
-    except _UNAVAILABLE_ERRORS as exc:
-        if isinstance(exc, ValueError):  # asyncpg's client-side DataError: a bad argument, a bug
-            raise
-        raise UnavailableError(f"database unavailable: {type(exc).__name__}: {exc}") from exc
-
-
-class EventReadRepository:
-    """Reads of the event store for the query side.
+class PostgresReadStore:
+    """Reads of the event store for the query side (``query_side.read_store.ReadStore`` over PostgreSQL).
 
     Parameters
     ----------

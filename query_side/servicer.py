@@ -13,15 +13,14 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
 import grpc
 from google.protobuf import json_format, timestamp_pb2
 
 from query_side.analytics import PortfolioAnalytics, events_frame, portfolio_analytics
 from query_side.page_token import decode_page_token, encode_page_token, query_fingerprint
+from query_side.read_store import ReadStore
 from query_side.repository import (
     AnalyticsWindow,
-    EventReadRepository,
     StoredEvent,
     StoredRebalanceEvent,
     StoredRecommendation,
@@ -186,12 +185,12 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
 
     Parameters
     ----------
-    pool : asyncpg.Pool
-        Pool on the stratopt database.
+    repository : ReadStore
+        The read store (``query_side.repository.PostgresReadStore`` in the server).
     """
 
-    def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
-        self._repository = EventReadRepository(pool)
+    def __init__(self, repository: ReadStore) -> None:
+        self._repository = repository
 
     async def GetLatest(  # noqa: N802 (gRPC method name)
         self, request: query_service_pb2.GetLatestRequest, context: ServicerContext

@@ -77,9 +77,18 @@ class StratoptServer:
         if "command" in sides:
             self._solver_pool = command_side.SolverPool(self.workers)
             await self._solver_pool.warm_up()
-            names += command_side.register(server, self._pool, self._solver_pool)
+            names += command_side.register(
+                server,
+                optimization=command_side.OptimizationService(
+                    command_side.PostgresOptimizationStore(self._pool), self._solver_pool
+                ),
+                allocation=command_side.AllocationService(
+                    command_side.PostgresAllocationCache(self._pool), self._solver_pool
+                ),
+                rebalancing=command_side.RebalancingService(command_side.PostgresTradingStore(self._pool)),
+            )
         if "query" in sides:
-            names += query_side.register(server, self._pool)
+            names += query_side.register(server, query_side.PostgresReadStore(self._pool))
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # missing from the stubs
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)

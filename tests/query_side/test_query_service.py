@@ -23,7 +23,7 @@ from grpc_status import rpc_status
 from psycopg.types.json import Jsonb
 
 import query_side
-from query_side.repository import EventReadRepository
+from query_side.repository import PostgresReadStore
 from services.errors import (
     InfeasibleError,
     InvalidInputError,
@@ -88,7 +88,7 @@ def serve_in_thread(configure: Configure) -> Iterator[str]:
 def query_address(pg_dsn: str) -> Iterator[str]:
     async def configure(server: grpc.aio.Server) -> Callable[[], Awaitable[None]]:
         pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
-        assert query_side.register(server, pool) == [SERVICE]
+        assert query_side.register(server, PostgresReadStore(pool)) == [SERVICE]
         return pool.close
 
     with serve_in_thread(configure) as address:
@@ -576,7 +576,7 @@ def test_repository_on_a_closed_pool_is_unavailable(pg_dsn: str) -> None:
     async def scenario() -> None:
         pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=1)
         await pool.close()
-        repository = EventReadRepository(pool)
+        repository = PostgresReadStore(pool)
         with pytest.raises(UnavailableError):
             await repository.get_latest("p")
         with pytest.raises(UnavailableError):

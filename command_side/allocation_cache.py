@@ -1,0 +1,216 @@
+"""The allocation cache: the port through which AllocateShares keeps answers and records allocations.
+
+:class:`AllocationCache` holds AllocateShares results keyed by the hash of their normalised input
+(``services.trading.allocation_cache_key``), each with the normalised request and the
+``stratopt.v1.AllocateSharesResponse`` as first returned (``cached`` false, ``expires_at`` set), until its expiry;
+an entry at or past ``expires_at`` is a miss. An allocation made for a portfolio is recorded as a
+``SHARES_ALLOCATED`` event (in the same transaction as its cache entry). Two backends honour it:
+
+* ``command_side.allocations_repository.PostgresAllocationCache`` (asyncpg; table ``share_allocations``, events
+  in the ``rebalance_events`` hypertable; the database clock);
+* :class:`InMemoryAllocationCache` (this module; an injectable clock), for unit tests and demos.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Protocol
+
+from google.protobuf import json_format
+
+from command_side.mapping import datetime_to_timestamp
+from stratopt.v1 import trading_service_pb2 as trading_pb
+
+EVENT_TYPE: Final = "SHARES_ALLOCATED"
+"""``rebalance_events.event_type`` of a recorded allocation."""
+EVENT_STATUS: Final = "UNSPECIFIED"
+"""``rebalance_events.status`` of a recorded allocation: it has no recommendation, so no recommendation status
+(``RecommendationStatus`` ``RECOMMENDATION_STATUS_UNSPECIFIED``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAllocation:
+    """A live cache entry."""
+
+    response: trading_pb.AllocateSharesResponse
+    """The allocation with ``cached`` true and ``expires_at`` from the entry."""
+    portfolio_id: str
+    """Portfolio of the call that computed it ('' when none)."""
+    created_at: datetime
+    """When it was computed and stored."""
+
+
+def event_payload(response: trading_pb.AllocateSharesResponse) -> dict[str, Any]:
+    """The payload of the ``SHARES_ALLOCATED`` event of ``response`` (JSON-ready).
+
+    The cache key, whether the answer came from the cache, the metrics (protobuf JSON mapping, proto field
+    names, every field), the final shares per target symbol and the shares sold in full.
+    """
+    return {
+        "cache_key": response.cache_key,
+        "cached": response.cached,
+        "metrics": json_format.MessageToDict(
+            response.metrics, always_print_fields_with_no_presence=True, preserving_proto_field_name=True
+        ),
+        "final_shares": {line.symbol: line.final_shares for line in response.lines},
+        "sold_in_full": {sold.symbol: sold.shares for sold in response.sold_in_full},
+    }
+
+
+class AllocationCache(Protocol):
+    """Cached allocations with a lifetime, and the ``SHARES_ALLOCATED`` events of a portfolio's allocations.
+
+    Every method may raise ``services.errors.OperationalError`` (an ``UnavailableError``: retry the call) when
+    the store cannot be reached.
+    """
+
+    async def find(self, cache_key: str) -> CachedAllocation | None:
+        """The unexpired entry of ``cache_key``, or None (absent, expired or cleared)."""
+        ...
+
+    async def save(
+        self,
+        response: trading_pb.AllocateSharesResponse,
+        *,
+        request: trading_pb.AllocateSharesRequest,
+        portfolio_id: str,
+        ttl: timedelta | None,
+    ) -> trading_pb.AllocateSharesResponse:
+        """Store a computed allocation in the cache (when ``ttl`` is given) and its event (for a portfolio).
+
+        One transaction: the expired entries are deleted, the entry is upserted (a later computation of the
+        same key replaces an earlier one) and, when ``portfolio_id`` is set, the ``SHARES_ALLOCATED`` event is
+        recorded. Nothing is written when there is neither a ``ttl`` nor a ``portfolio_id``.
+
+        Parameters
+        ----------
+        response : stratopt.v1.AllocateSharesResponse
+            The allocation with its ``cache_key``; its ``expires_at`` is set here (when cached), in place.
+        request : stratopt.v1.AllocateSharesRequest
+            The normalised request, stored with the entry.
+        portfolio_id : str
+            Portfolio to record the event for; '' records none.
+        ttl : datetime.timedelta or None
+            Lifetime of the entry from now (the store's clock); None stores no entry.
+
+        Returns
+        -------
+        stratopt.v1.AllocateSharesResponse
+            ``response``, with ``expires_at`` set when it was cached.
+        """
+        ...
+
+    async def record(self, response: trading_pb.AllocateSharesResponse, *, portfolio_id: str) -> None:
+        """Record the ``SHARES_ALLOCATED`` event of an allocation answered from the cache for a portfolio."""
+        ...
+
+    async def clear(self, cache_key: str) -> int:
+        """Delete the entry of ``cache_key`` (expired or not), or every entry when it is ''; the entries deleted."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedAllocation:
+    """One ``SHARES_ALLOCATED`` event held by :class:`InMemoryAllocationCache`."""
+
+    event_id: uuid.UUID
+    """Event identifier."""
+    timestamp: datetime
+    """When it was recorded (the cache's clock)."""
+    portfolio_id: str
+    """Portfolio the allocation was made for."""
+    total_trade_value: float
+    """The budget used (``metrics.budget_used``)."""
+    payload: dict[str, Any]
+    """See :func:`event_payload`."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    portfolio_id: str
+    request: dict[str, Any]
+    response: bytes
+    created_at: datetime
+    expires_at: datetime
+
+
+class InMemoryAllocationCache(AllocationCache):
+    """:class:`AllocationCache` in process memory, with the semantics of the PostgreSQL cache.
+
+    Parameters
+    ----------
+    clock : callable, optional
+        Returns the current time (timezone-aware); default the system clock in UTC. Tests pass a settable clock
+        to expire entries without waiting.
+    """
+
+    def __init__(self, clock: Callable[[], datetime] | None = None) -> None:
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._entries: dict[str, _Entry] = {}
+        self._events: list[RecordedAllocation] = []
+
+    def events(self, portfolio_id: str | None = None) -> tuple[RecordedAllocation, ...]:
+        """The recorded ``SHARES_ALLOCATED`` events (of one portfolio, or all), oldest first."""
+        return tuple(e for e in self._events if portfolio_id is None or e.portfolio_id == portfolio_id)
+
+    async def find(self, cache_key: str) -> CachedAllocation | None:
+        """The unexpired entry of ``cache_key``, or None."""
+        entry = self._entries.get(cache_key)
+        if entry is None or entry.expires_at <= self._clock():
+            return None
+        response = trading_pb.AllocateSharesResponse.FromString(entry.response)
+        response.cached = True
+        response.expires_at.CopyFrom(datetime_to_timestamp(entry.expires_at))
+        return CachedAllocation(response, entry.portfolio_id, entry.created_at)
+
+    async def save(
+        self,
+        response: trading_pb.AllocateSharesResponse,
+        *,
+        request: trading_pb.AllocateSharesRequest,
+        portfolio_id: str,
+        ttl: timedelta | None,
+    ) -> trading_pb.AllocateSharesResponse:
+        """Store a computed allocation and its event; see :meth:`AllocationCache.save`."""
+        if ttl is None and not portfolio_id:
+            return response
+        now = self._clock()
+        if ttl is not None:
+            response.expires_at.CopyFrom(datetime_to_timestamp(now + ttl))
+            self._entries = {key: e for key, e in self._entries.items() if e.expires_at > now}
+            self._entries[response.cache_key] = _Entry(
+                portfolio_id=portfolio_id,
+                request=json_format.MessageToDict(request, preserving_proto_field_name=True),
+                response=response.SerializeToString(),
+                created_at=now,
+                expires_at=now + ttl,
+            )
+        if portfolio_id:
+            self._record(now, response, portfolio_id)
+        return response
+
+    def _record(self, now: datetime, response: trading_pb.AllocateSharesResponse, portfolio_id: str) -> None:
+        self._events.append(
+            RecordedAllocation(
+                event_id=uuid.uuid4(),
+                timestamp=now,
+                portfolio_id=portfolio_id,
+                total_trade_value=response.metrics.budget_used,
+                payload=event_payload(response),
+            )
+        )
+
+    async def record(self, response: trading_pb.AllocateSharesResponse, *, portfolio_id: str) -> None:
+        """Record the ``SHARES_ALLOCATED`` event of an allocation answered from the cache."""
+        self._record(self._clock(), response, portfolio_id)
+
+    async def clear(self, cache_key: str) -> int:
+        """Delete the entry of ``cache_key``, or every entry when it is ''; the entries deleted."""
+        if not cache_key:
+            removed = len(self._entries)
+            self._entries.clear()
+            return removed
+        return 0 if self._entries.pop(cache_key, None) is None else 1

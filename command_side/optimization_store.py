@@ -1,0 +1,519 @@
+"""The optimization store: the port through which the command side reads and writes its write model.
+
+:class:`OptimizationStore` is what ``command_side.application.OptimizationService`` needs of storage: stored
+answers to idempotent requests, windows of stored prices, one run stored atomically, versioned configurations
+and the ingestion of price bars. Two backends honour it:
+
+* ``command_side.repository.PostgresOptimizationStore`` (asyncpg, PostgreSQL + TimescaleDB), for the server;
+* :class:`InMemoryOptimizationStore` (this module), for unit tests of the application services and demos.
+
+The rules both follow live here as plain functions, so the backends cannot drift apart: the price window on
+the strategies' own calendar (:func:`price_window`) and configuration versioning by content
+(:func:`next_configuration_version`, :func:`configuration_from_content`). Both raise the domain's persistence
+errors (``services.errors.IntegrityError`` for a ``request_id`` already used, ``OperationalError`` when the
+store cannot be reached), never a driver's.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import numpy as np
+from google.protobuf import json_format
+
+from command_side.mapping import configuration_content, content_hash, datetime_to_timestamp
+from services.errors import IntegrityError, NotFoundError, PreconditionError, PreconditionViolation
+from stratopt.v1 import command_service_pb2 as cmd_pb
+from stratopt.v1 import types_pb2 as pb
+
+MIN_PRICES = 3
+"""Fewest stored prices of a symbol in a window (two returns) before a run may use it."""
+
+Bar = tuple[str, datetime, float, float | None]
+"""One price bar: ``(symbol, timestamp, price, volume)``."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResult:
+    """A stored answer to an idempotent request."""
+
+    request_hash: str
+    """Fingerprint of the request that produced it (a reused key with another hash is an error)."""
+    response: bytes
+    """The ``stratopt.v1.OptimizeResponse`` as first returned, serialized."""
+
+
+@dataclass(frozen=True, slots=True)
+class PriceWindow:
+    """Stored prices of N symbols on the union of their timestamps."""
+
+    timestamps: np.ndarray
+    """(T + 1,) datetime64[us]: the union of the strategies' price dates."""
+    prices: np.ndarray
+    """(T + 1, N), NaN where a symbol has no price that date."""
+    market_prices: np.ndarray | None
+    """(T + 1,) as of each date (the market's last price at or before it), or None without a market symbol."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigurationHead:
+    """What versioning reads of a portfolio's current configuration version."""
+
+    version: int
+    """The current version number (1, 2, ...)."""
+    content_hash: str
+    """sha256 of its content (``command_side.mapping.content_hash``)."""
+    enabled: bool
+    """Whether runs of it are allowed."""
+    lookback_periods: int
+    """Returns of the stored-price window (0 = all)."""
+    market_symbol: str
+    """Market series of CAPM and betas ('' = none)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigurationVersion:
+    """The version a configuration gets when stored: the current one when its content is unchanged."""
+
+    configuration: cmd_pb.OptimizationConfiguration
+    """The configuration to store, with the inherited fields taken from the current version."""
+    content: dict[str, Any]
+    """Its versioned content (JSON-ready)."""
+    content_hash: str
+    """sha256 of ``content``."""
+    version: int
+    """Its version number."""
+    new: bool
+    """Whether this version has to be written (the content differs from the current version's)."""
+
+
+def next_configuration_version(
+    config: cmd_pb.OptimizationConfiguration, current: ConfigurationHead | None, inherit: Sequence[str] = ()
+) -> ConfigurationVersion:
+    """Version of ``config`` for its portfolio: the current one if its content is unchanged, else current + 1.
+
+    Parameters
+    ----------
+    config : stratopt.v1.OptimizationConfiguration
+        The configuration of a run or an upsert.
+    current : ConfigurationHead or None
+        The portfolio's current version; None when it has none.
+    inherit : sequence of str
+        Fields (``enabled``, ``lookback_periods``, ``market_symbol``) taken from the current version when there
+        is one: an Optimize call does not undo what an operator configured.
+
+    Returns
+    -------
+    ConfigurationVersion
+        The configuration to store, its content and hash, its version and whether it is new.
+    """
+    if current is not None and inherit:
+        inherited = cmd_pb.OptimizationConfiguration()
+        inherited.CopyFrom(config)
+        for name in inherit:
+            setattr(inherited, name, getattr(current, name))
+        config = inherited
+    content = configuration_content(config)
+    digest = content_hash(content)
+    if current is not None and current.content_hash == digest:
+        return ConfigurationVersion(config, content, digest, current.version, new=False)
+    version = 1 if current is None else current.version + 1
+    return ConfigurationVersion(config, content, digest, version, new=True)
+
+
+def configuration_from_content(
+    *, portfolio_id: str, version: int, content: Mapping[str, Any], created_at: datetime
+) -> cmd_pb.OptimizationConfiguration:
+    """The stored configuration as returned by a store, from its content (JSON values as text or decoded).
+
+    ``content`` holds the keys of ``command_side.mapping.configuration_content`` (a stored row has them all).
+    """
+
+    def load(value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    config = cmd_pb.OptimizationConfiguration(
+        portfolio_id=portfolio_id,
+        version=version,
+        objective=pb.Objective.Value(content["objective"]),
+        method=pb.OptimizationMethod.Value(content["method"]),
+        lookback_periods=content["lookback_periods"],
+        market_symbol=content["market_symbol"],
+        enabled=content["enabled"],
+    )
+    for strategy in load(content["strategies"]):
+        json_format.ParseDict(strategy, config.strategies.add())
+    json_format.ParseDict(load(content["constraints"]), config.constraints)
+    json_format.ParseDict(load(content["risk_parameters"]), config.risk_parameters)
+    black_litterman = load(content["black_litterman"])
+    if black_litterman:
+        json_format.ParseDict(black_litterman, config.black_litterman)
+    config.created_at.CopyFrom(datetime_to_timestamp(created_at))
+    return config
+
+
+def configuration_not_found(portfolio_id: str, version: int = 0) -> NotFoundError:
+    """The error for a portfolio without a configuration (``version`` 0) or without that version."""
+    which = f" version {version}" if version else ""
+    return NotFoundError(f"no configuration{which} for portfolio '{portfolio_id}'")
+
+
+def epoch_microseconds(value: datetime) -> int:
+    """Microseconds since 1970-01-01 UTC of a datetime (naive values are taken as UTC), exactly."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - _EPOCH) // timedelta(microseconds=1)
+
+
+def price_window(
+    symbols: Sequence[str],
+    series: Mapping[str, tuple[Sequence[int], Sequence[float]]],
+    *,
+    lookback_periods: int,
+    market_symbol: str = "",
+) -> PriceWindow:
+    """The price window of ``symbols`` from their stored series, on the strategies' own calendar.
+
+    The calendar is the union of the strategies' price dates only (its last ``lookback_periods + 1`` dates when
+    ``lookback_periods`` > 0); the market symbol (CAPM) is aligned to it as of each date (its last price at or
+    before the date), so a market series on another calendar never removes strategy observations. A market
+    symbol may also be one of the strategies.
+
+    Parameters
+    ----------
+    symbols : sequence of str
+        The strategies, in the order of the columns of ``prices``.
+    series : mapping of str to (timestamps, prices)
+        Each stored symbol's prices in the window, timestamps in microseconds since the epoch, ascending; a
+        symbol without prices may be absent.
+    lookback_periods : int
+        Returns to keep (0 = all).
+    market_symbol : str, optional
+        Market series to align ('' = none).
+
+    Raises
+    ------
+    PreconditionError
+        When a symbol has fewer than ``MIN_PRICES`` prices in the window, with a ``MISSING_MARKET_DATA``
+        violation per symbol.
+    """
+
+    def of(symbol: str) -> tuple[np.ndarray, np.ndarray]:
+        stamps, values = series.get(symbol, ((), ()))
+        return np.asarray(stamps, dtype=np.int64), np.asarray(values, dtype=np.float64)
+
+    calendar = np.unique(np.concatenate([of(s)[0] for s in set(symbols)] or [np.empty(0, np.int64)]))
+    if lookback_periods > 0:
+        calendar = calendar[-(lookback_periods + 1) :]
+    prices = np.full((len(calendar), len(symbols)), np.nan)
+    for j, symbol in enumerate(symbols):
+        stamps, values = of(symbol)
+        positions = np.searchsorted(calendar, stamps)
+        inside = (positions < len(calendar)) & (calendar[np.minimum(positions, len(calendar) - 1)] == stamps)
+        prices[positions[inside], j] = values[inside]
+    market = None
+    short = [s for j, s in enumerate(symbols) if np.sum(~np.isnan(prices[:, j])) < MIN_PRICES]
+    if market_symbol:
+        stamps, values = of(market_symbol)
+        # As-of alignment: the market's last price at or before each calendar date.
+        index = np.searchsorted(stamps, calendar, side="right") - 1
+        market = np.where(index >= 0, np.append(values, np.nan)[index], np.nan)
+        if np.sum(~np.isnan(market)) < MIN_PRICES:
+            short.append(market_symbol)
+    if short:
+        raise PreconditionError(
+            f"not enough stored prices in the window for: {', '.join(short[:20])}"
+            + (" ..." if len(short) > 20 else "")
+            + f" (at least {MIN_PRICES} each; ingest market data first)",
+            precondition_violations=tuple(
+                PreconditionViolation(
+                    "MISSING_MARKET_DATA", symbol, f"fewer than {MIN_PRICES} stored prices for '{symbol}' in the window"
+                )
+                for symbol in short
+            ),
+        )
+    return PriceWindow(calendar.astype("datetime64[us]"), prices, market)
+
+
+class OptimizationStore(Protocol):
+    """The command side's write model: results, configurations, events and market data.
+
+    Every method may raise ``services.errors.OperationalError`` (an ``UnavailableError``: retry the call) when
+    the store cannot be reached.
+    """
+
+    async def find_result(self, request_id: str) -> StoredResult | None:
+        """The stored result of an earlier request with this idempotency key, if any."""
+        ...
+
+    async def load_prices(
+        self,
+        symbols: Sequence[str],
+        *,
+        start: datetime | None,
+        end: datetime | None,
+        lookback_periods: int,
+        market_symbol: str = "",
+    ) -> PriceWindow:
+        """Prices of ``symbols`` in ``[start, end]`` on their own calendar, the last ``lookback_periods`` returns.
+
+        See :func:`price_window` for the calendar and the market's as-of alignment.
+
+        Raises
+        ------
+        PreconditionError
+            When a symbol has fewer than 3 stored prices in the window (``MISSING_MARKET_DATA`` per symbol).
+        """
+        ...
+
+    async def persist_run(
+        self,
+        *,
+        configuration: cmd_pb.OptimizationConfiguration,
+        response: cmd_pb.OptimizeResponse,
+        request_hash: str,
+        run_inputs: Mapping[str, Any],
+        inherit: tuple[str, ...] = ("enabled",),
+    ) -> cmd_pb.OptimizeResponse:
+        """Store one run atomically and return the response completed with its ids and version.
+
+        All or nothing: the configuration version (a new one only when its content changed; ``inherit`` names
+        fields kept from the current version, see :func:`next_configuration_version`), the result (with the
+        serialized response, for replays), the ``portfolio_optimized`` event and the latest read model. The
+        response's metadata gets ``event_id``, ``result_id``, ``configuration_version`` and ``timestamp`` (in
+        place) before it is serialized.
+
+        Raises
+        ------
+        IntegrityError
+            When a result with the response's ``request_id`` is already stored (a concurrent request with the
+            same key committed first: the caller replays it); nothing of this run is stored.
+        """
+        ...
+
+    async def upsert_configuration(
+        self, config: cmd_pb.OptimizationConfiguration
+    ) -> tuple[cmd_pb.OptimizationConfiguration, bool]:
+        """Store ``config`` as a new version unless its content equals the current version's.
+
+        Returns
+        -------
+        tuple of (OptimizationConfiguration, bool)
+            The stored configuration with version and created_at, and whether a new version was written.
+        """
+        ...
+
+    async def get_configuration(self, portfolio_id: str, version: int = 0) -> cmd_pb.OptimizationConfiguration:
+        """One configuration version (0 = latest).
+
+        Raises
+        ------
+        NotFoundError
+            When the portfolio (or that version) has no configuration.
+        """
+        ...
+
+    async def list_configurations(
+        self, *, after_portfolio_id: str, limit: int
+    ) -> list[cmd_pb.OptimizationConfiguration]:
+        """Latest configuration of each portfolio with id > ``after_portfolio_id`` (code-point order), by id."""
+        ...
+
+    async def ingest_bars(self, bars: Iterable[Bar]) -> int:
+        """Upsert price bars ``(symbol, timestamp, price, volume)`` in one transaction; returns the rows written.
+
+        A bar of a stored ``(symbol, timestamp)`` replaces it; of a bar given twice, the later one wins.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRun:
+    """One run held by :class:`InMemoryOptimizationStore`: its result, event and read-model row in one."""
+
+    result_id: uuid.UUID
+    """Identifier of the result."""
+    event_id: uuid.UUID
+    """Identifier of the ``portfolio_optimized`` event."""
+    timestamp: datetime
+    """When it was stored (the store's clock)."""
+    portfolio_id: str
+    """Portfolio identifier."""
+    configuration_version: int
+    """Configuration version the run used."""
+    request_id: str | None
+    """Idempotency key; None when the caller gave none."""
+    request_hash: str
+    """Fingerprint of the request."""
+    response: bytes
+    """The completed ``stratopt.v1.OptimizeResponse``, serialized."""
+    run_inputs: dict[str, Any]
+    """Kind of inputs and current weights (as stored in jsonb)."""
+
+
+class InMemoryOptimizationStore(OptimizationStore):
+    """:class:`OptimizationStore` in process memory, with the semantics of the PostgreSQL store.
+
+    Each method changes the store without yielding to the event loop, so a run is stored all or nothing and
+    concurrent calls see each other's writes whole (as PostgreSQL's transactions and advisory lock make them).
+
+    Parameters
+    ----------
+    clock : callable, optional
+        Returns the current time (timezone-aware); default the system clock in UTC.
+    """
+
+    def __init__(self, clock: Callable[[], datetime] | None = None) -> None:
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._configurations: dict[str, list[cmd_pb.OptimizationConfiguration]] = {}
+        self._heads: dict[str, list[ConfigurationHead]] = {}
+        self._runs: list[RecordedRun] = []
+        self._results_by_request: dict[str, RecordedRun] = {}
+        self._bars: dict[str, dict[int, tuple[float, float | None]]] = {}
+
+    def runs(self, portfolio_id: str | None = None) -> tuple[RecordedRun, ...]:
+        """The stored runs (of one portfolio, or all), oldest first."""
+        return tuple(r for r in self._runs if portfolio_id is None or r.portfolio_id == portfolio_id)
+
+    async def find_result(self, request_id: str) -> StoredResult | None:
+        """The stored result of an earlier request with this idempotency key, if any."""
+        run = self._results_by_request.get(request_id)
+        return None if run is None else StoredResult(run.request_hash, run.response)
+
+    async def load_prices(
+        self,
+        symbols: Sequence[str],
+        *,
+        start: datetime | None,
+        end: datetime | None,
+        lookback_periods: int,
+        market_symbol: str = "",
+    ) -> PriceWindow:
+        """Prices of ``symbols`` in ``[start, end]``; see :meth:`OptimizationStore.load_prices`."""
+        low = None if start is None else epoch_microseconds(start)
+        high = None if end is None else epoch_microseconds(end)
+        series: dict[str, tuple[list[int], list[float]]] = {}
+        for symbol in {*symbols, market_symbol} - {""}:
+            stored = self._bars.get(symbol, {})
+            stamps = sorted(t for t in stored if (low is None or t >= low) and (high is None or t <= high))
+            series[symbol] = (stamps, [stored[t][0] for t in stamps])
+        return price_window(symbols, series, lookback_periods=lookback_periods, market_symbol=market_symbol)
+
+    def _head(self, portfolio_id: str) -> ConfigurationHead | None:
+        heads = self._heads.get(portfolio_id)
+        return heads[-1] if heads else None
+
+    def _stage(self, version: ConfigurationVersion, now: datetime) -> cmd_pb.OptimizationConfiguration:
+        """The stored form of a configuration version (as the PostgreSQL store reads it back)."""
+        config = version.configuration
+        return configuration_from_content(
+            portfolio_id=config.portfolio_id, version=version.version, content=version.content, created_at=now
+        )
+
+    def _commit(self, version: ConfigurationVersion, stored: cmd_pb.OptimizationConfiguration) -> None:
+        config = version.configuration
+        self._configurations.setdefault(config.portfolio_id, []).append(stored)
+        self._heads.setdefault(config.portfolio_id, []).append(
+            ConfigurationHead(
+                version=version.version,
+                content_hash=version.content_hash,
+                enabled=config.enabled,
+                lookback_periods=config.lookback_periods,
+                market_symbol=config.market_symbol,
+            )
+        )
+
+    async def persist_run(
+        self,
+        *,
+        configuration: cmd_pb.OptimizationConfiguration,
+        response: cmd_pb.OptimizeResponse,
+        request_hash: str,
+        run_inputs: Mapping[str, Any],
+        inherit: tuple[str, ...] = ("enabled",),
+    ) -> cmd_pb.OptimizeResponse:
+        """Store one run atomically; see :meth:`OptimizationStore.persist_run`."""
+        meta = response.optimization_metadata
+        event_id, result_id = uuid.uuid4(), uuid.uuid4()
+        meta.event_id, meta.result_id = str(event_id), str(result_id)
+        now = self._clock()
+        version = next_configuration_version(configuration, self._head(configuration.portfolio_id), inherit)
+        stored = self._stage(version, now) if version.new else None
+        request_id = response.request_id or None
+        if request_id is not None and request_id in self._results_by_request:
+            raise IntegrityError("a stored row already has this key (optimization_results_request_id_key)")
+        meta.configuration_version = version.version
+        meta.timestamp.CopyFrom(datetime_to_timestamp(now))
+        run = RecordedRun(
+            result_id=result_id,
+            event_id=event_id,
+            timestamp=now,
+            portfolio_id=configuration.portfolio_id,
+            configuration_version=version.version,
+            request_id=request_id,
+            request_hash=request_hash,
+            response=response.SerializeToString(),
+            run_inputs=json.loads(json.dumps(dict(run_inputs))),
+        )
+        # Nothing above changed the store: from here on every write happens, with no await in between.
+        if stored is not None:
+            self._commit(version, stored)
+        self._runs.append(run)
+        if request_id is not None:
+            self._results_by_request[request_id] = run
+        return response
+
+    async def upsert_configuration(
+        self, config: cmd_pb.OptimizationConfiguration
+    ) -> tuple[cmd_pb.OptimizationConfiguration, bool]:
+        """Store ``config`` unless unchanged; see :meth:`OptimizationStore.upsert_configuration`."""
+        version = next_configuration_version(config, self._head(config.portfolio_id))
+        if not version.new:
+            return self._version(config.portfolio_id, version.version), False
+        stored = self._stage(version, self._clock())
+        self._commit(version, stored)
+        return _copy(stored), True
+
+    def _version(self, portfolio_id: str, version: int) -> cmd_pb.OptimizationConfiguration:
+        for config in self._configurations.get(portfolio_id, ()):
+            if config.version == version:
+                return _copy(config)
+        raise configuration_not_found(portfolio_id, version)
+
+    async def get_configuration(self, portfolio_id: str, version: int = 0) -> cmd_pb.OptimizationConfiguration:
+        """One configuration version (0 = latest); ``NotFoundError`` when absent."""
+        if not version:
+            versions = self._configurations.get(portfolio_id)
+            if not versions:
+                raise configuration_not_found(portfolio_id)
+            return _copy(versions[-1])
+        return self._version(portfolio_id, version)
+
+    async def list_configurations(
+        self, *, after_portfolio_id: str, limit: int
+    ) -> list[cmd_pb.OptimizationConfiguration]:
+        """Latest configuration of each portfolio with id > ``after_portfolio_id``, ordered by id."""
+        ids = sorted(p for p, versions in self._configurations.items() if versions and p > after_portfolio_id)
+        return [_copy(self._configurations[p][-1]) for p in ids[:limit]]
+
+    async def ingest_bars(self, bars: Iterable[Bar]) -> int:
+        """Upsert price bars; the rows written (distinct ``(symbol, timestamp)`` of the message)."""
+        latest: dict[tuple[str, int], tuple[float, float | None]] = {}
+        for symbol, when, price, volume in bars:
+            latest[symbol, epoch_microseconds(when)] = (float(price), None if volume is None else float(volume))
+        for (symbol, stamp), bar in latest.items():
+            self._bars.setdefault(symbol, {})[stamp] = bar
+        return len(latest)
+
+
+def _copy(config: cmd_pb.OptimizationConfiguration) -> cmd_pb.OptimizationConfiguration:
+    copied = cmd_pb.OptimizationConfiguration()
+    copied.CopyFrom(config)
+    return copied

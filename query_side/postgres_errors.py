@@ -1,0 +1,72 @@
+"""asyncpg's errors as the domain's persistence errors: the query side's one translation.
+
+The query side never imports the command side (they share only the schema and the contract), so it keeps its
+own copy of the rules of ``command_side.postgres_errors``. Every read of ``query_side.repository`` runs inside
+:func:`postgres_errors`, so callers only ever see ``services.errors``:
+
+* a unique-key violation becomes :class:`~services.errors.IntegrityError` (reads do not write: for completeness);
+* a refused, lost or closed connection, a server shutting down or out of connection slots, or a timed-out
+  acquire or query becomes :class:`~services.errors.OperationalError` (an ``UnavailableError``: retry the call);
+* any other database error (a bug or a schema mismatch) is logged with its detail and becomes
+  :class:`~services.errors.PersistenceError` (INTERNAL).
+
+Messages name the kind of failure only: no host, port, user, SQL or row values reach a caller.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+
+from services.errors import IntegrityError, OperationalError, PersistenceError
+
+log = logging.getLogger(__name__)
+
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # refused or reset sockets; TimeoutError (pool acquire, connect, command_timeout) is an OSError too
+    asyncpg.exceptions.PostgresConnectionError,  # class 08: connection does not exist, failure, ...
+    asyncpg.exceptions.CannotConnectNowError,  # 57P03: starting up or shutting down
+    asyncpg.exceptions.AdminShutdownError,  # 57P01
+    asyncpg.exceptions.CrashShutdownError,  # 57P02
+    asyncpg.exceptions.TooManyConnectionsError,  # 53300
+    asyncpg.exceptions.InterfaceError,  # pool closed or closing, connection closed
+)
+"""Errors that mean the database cannot be reached (except asyncpg's client-side ``DataError``, a ValueError)."""
+_DATABASE_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, asyncpg.exceptions.PostgresError)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    # asyncpg's client-side DataError (an InterfaceError and a ValueError) is a bad argument: a bug.
+    return isinstance(exc, CONNECTION_ERRORS) and not isinstance(exc, ValueError)
+
+
+def unavailable(exc: BaseException) -> OperationalError:
+    """The ``OperationalError`` of a connection error, naming its kind but not the host or port."""
+    return OperationalError(f"the database is unavailable ({type(exc).__name__}); retry the call")
+
+
+@asynccontextmanager
+async def postgres_errors() -> AsyncIterator[None]:
+    """Translate asyncpg's errors raised inside the block into ``services.errors`` persistence errors.
+
+    Raises
+    ------
+    IntegrityError
+        For a unique-key violation.
+    OperationalError
+        When the database cannot be reached or dropped the connection.
+    PersistenceError
+        For any other database error (logged with its detail).
+    """
+    try:
+        yield
+    except asyncpg.exceptions.UniqueViolationError as exc:
+        raise IntegrityError(f"a stored row already has this key ({exc.constraint_name or 'unique key'})") from exc
+    except _DATABASE_ERRORS as exc:
+        if _is_connection_error(exc):
+            raise unavailable(exc) from exc
+        log.error("database error: %s: %s", type(exc).__name__, exc)
+        raise PersistenceError(f"the database rejected the operation ({type(exc).__name__})") from exc

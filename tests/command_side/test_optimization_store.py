@@ -1,0 +1,387 @@
+"""The OptimizationStore port: one contract, run against the in-memory store and against PostgreSQL + TimescaleDB.
+
+``OptimizationStoreContract`` holds the assertions; ``TestInMemoryOptimizationStore`` and
+``TestPostgresOptimizationStore`` give it a backend each. Expected values are written out by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import numpy as np
+import pytest
+
+from command_side.optimization_store import InMemoryOptimizationStore, OptimizationStore
+from command_side.repository import PostgresOptimizationStore
+from services.errors import IntegrityError, NotFoundError, PreconditionError
+from stratopt.v1 import command_service_pb2 as cmd_pb
+from stratopt.v1 import types_pb2 as pb
+
+DAY = timedelta(days=1)
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+RUN_INHERITS = ("enabled", "lookback_periods", "market_symbol")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def configuration(portfolio_id: str, **fields: Any) -> cmd_pb.OptimizationConfiguration:
+    """A configuration as an Optimize call implies it (two strategies, max Sharpe, a weight cap)."""
+    config = cmd_pb.OptimizationConfiguration(
+        portfolio_id=portfolio_id,
+        objective=pb.OBJECTIVE_MAX_SHARPE,
+        method=pb.OPTIMIZATION_METHOD_MEAN_VARIANCE,
+        constraints=pb.OptimizationConstraints(max_weight=0.7),
+        enabled=True,
+    )
+    config.strategies.add(strategy_id="A", sector="Tech")
+    config.strategies.add(strategy_id="B", sector="Energy")
+    for name, value in fields.items():
+        setattr(config, name, value)
+    return config
+
+
+def response(portfolio_id: str, request_id: str = "", weight_a: float = 0.6) -> cmd_pb.OptimizeResponse:
+    answer = cmd_pb.OptimizeResponse(
+        portfolio_id=portfolio_id,
+        request_id=request_id,
+        optimal_weights={"A": weight_a, "B": 1.0 - weight_a},
+        expected_return=0.08,
+        expected_volatility=0.15,
+        sharpe_ratio=0.4,
+    )
+    answer.optimization_metadata.solver = "CLOSED_FORM"
+    answer.optimization_metadata.constraints_satisfied = True
+    return answer
+
+
+async def persist(
+    store: OptimizationStore,
+    config: cmd_pb.OptimizationConfiguration,
+    request_id: str = "",
+    *,
+    request_hash: str = "hash-1",
+    inherit: tuple[str, ...] = ("enabled",),
+    weight_a: float = 0.6,
+) -> cmd_pb.OptimizeResponse:
+    return await store.persist_run(
+        configuration=config,
+        response=response(config.portfolio_id, request_id, weight_a),
+        request_hash=request_hash,
+        run_inputs={"kind": "returns", "current_weights": {}},
+        inherit=inherit,
+    )
+
+
+def bars(symbol: str, days: list[int], prices: list[float]) -> list[tuple[str, datetime, float, float | None]]:
+    return [(symbol, T0 + d * DAY, p, 1000.0) for d, p in zip(days, prices, strict=True)]
+
+
+def dates(days: list[int]) -> np.ndarray:
+    return np.array([np.datetime64((T0 + d * DAY).replace(tzinfo=None), "us") for d in days])
+
+
+Scenario = Callable[[OptimizationStore], Awaitable[None]]
+
+
+class OptimizationStoreContract:
+    """What the application services rely on of any OptimizationStore."""
+
+    @asynccontextmanager
+    async def open_store(self) -> AsyncIterator[OptimizationStore]:
+        raise NotImplementedError
+        yield
+
+    async def stored_runs(self, store: OptimizationStore, portfolio_id: str) -> tuple[int, int, int]:
+        """(results, events, latest read-model rows) of a portfolio, read behind the port."""
+        raise NotImplementedError
+
+    def run(self, scenario: Scenario) -> None:
+        async def main() -> None:
+            async with self.open_store() as store:
+                await scenario(store)
+
+        asyncio.run(main())
+
+    # --- results and idempotency ---------------------------------------------------------------------------------
+
+    def test_persisted_run_is_completed_and_found_by_request_id(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            portfolio, request_id = unique("p"), unique("r")
+            returned = await persist(store, configuration(portfolio), request_id, request_hash="h-42")
+            meta = returned.optimization_metadata
+            assert uuid.UUID(meta.event_id) != uuid.UUID(meta.result_id)
+            assert meta.configuration_version == 1
+            assert abs(meta.timestamp.ToDatetime(tzinfo=UTC) - datetime.now(UTC)) < timedelta(minutes=5)
+            stored = await store.find_result(request_id)
+            assert stored is not None
+            assert stored.request_hash == "h-42"
+            assert cmd_pb.OptimizeResponse.FromString(stored.response) == returned
+            assert dict(returned.optimal_weights) == {"A": 0.6, "B": pytest.approx(0.4)}
+            assert await self.stored_runs(store, portfolio) == (1, 1, 1)
+
+        self.run(scenario)
+
+    def test_unknown_request_id_has_no_result(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            assert await store.find_result(unique("never")) is None
+
+        self.run(scenario)
+
+    def test_repeated_request_id_is_an_integrity_error_and_stores_nothing(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            first, second, request_id = unique("p"), unique("p"), unique("r")
+            await persist(store, configuration(first), request_id, request_hash="first")
+            with pytest.raises(IntegrityError):
+                await persist(store, configuration(second), request_id, request_hash="second")
+            # All or nothing: the second portfolio's configuration (written before the result) is gone too.
+            with pytest.raises(NotFoundError):
+                await store.get_configuration(second)
+            assert await self.stored_runs(store, second) == (0, 0, 0)
+            stored = await store.find_result(request_id)
+            assert stored is not None and stored.request_hash == "first"
+
+        self.run(scenario)
+
+    def test_a_failed_run_leaves_no_configuration_version_behind(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            portfolio, request_id = unique("p"), unique("r")
+            await persist(store, configuration(portfolio), request_id)
+            changed = configuration(portfolio, objective=pb.OBJECTIVE_MIN_VOLATILITY)
+            with pytest.raises(IntegrityError):
+                await persist(store, changed, request_id)
+            latest = await store.get_configuration(portfolio)
+            assert (latest.version, latest.objective) == (1, pb.OBJECTIVE_MAX_SHARPE)
+            assert await self.stored_runs(store, portfolio) == (1, 1, 1)
+            # The next successful run of the changed content takes the next version: none was used up.
+            again = await persist(store, changed, unique("r"))
+            assert again.optimization_metadata.configuration_version == 2
+
+        self.run(scenario)
+
+    def test_concurrent_runs_with_one_request_id_store_one(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            portfolio, request_id = unique("p"), unique("r")
+            outcomes = await asyncio.gather(
+                *(persist(store, configuration(portfolio), request_id, weight_a=0.1 * k) for k in range(1, 5)),
+                return_exceptions=True,
+            )
+            stored = [o for o in outcomes if isinstance(o, cmd_pb.OptimizeResponse)]
+            refused = [o for o in outcomes if not isinstance(o, cmd_pb.OptimizeResponse)]
+            assert len(stored) == 1
+            assert len(refused) == 3 and all(isinstance(o, IntegrityError) for o in refused), refused
+            found = await store.find_result(request_id)
+            assert found is not None and cmd_pb.OptimizeResponse.FromString(found.response) == stored[0]
+            assert await self.stored_runs(store, portfolio) == (1, 1, 1)
+
+        self.run(scenario)
+
+    def test_runs_without_request_id_are_all_stored(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            portfolio = unique("p")
+            first = await persist(store, configuration(portfolio))
+            second = await persist(store, configuration(portfolio))
+            assert first.optimization_metadata.event_id != second.optimization_metadata.event_id
+            assert second.optimization_metadata.timestamp.ToDatetime() >= (
+                first.optimization_metadata.timestamp.ToDatetime()
+            )
+            assert await self.stored_runs(store, portfolio) == (2, 2, 1)
+
+        self.run(scenario)
+
+    # --- configurations ------------------------------------------------------------------------------------------
+
+    def test_runs_version_the_configuration_by_content(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            portfolio = unique("p")
+            original = configuration(portfolio)
+            changed = configuration(portfolio, objective=pb.OBJECTIVE_MIN_VOLATILITY)
+            versions = []
+            for config in (original, original, changed, original):
+                versions.append((await persist(store, config)).optimization_metadata.configuration_version)
+            assert versions == [1, 1, 2, 3]
+            first = await store.get_configuration(portfolio, 1)
+            assert (first.version, first.objective) == (1, pb.OBJECTIVE_MAX_SHARPE)
+            assert (await store.get_configuration(portfolio, 2)).objective == pb.OBJECTIVE_MIN_VOLATILITY
+            assert (await store.get_configuration(portfolio)).version == 3
+
+        self.run(scenario)
+
+    def test_upsert_writes_a_version_only_when_the_content_changes(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            portfolio = unique("p")
+            config = configuration(portfolio, lookback_periods=250, market_symbol="SPY")
+            stored, created = await store.upsert_configuration(config)
+            assert (stored.version, created) == (1, True)
+            assert stored.HasField("created_at")
+            assert [(s.strategy_id, s.sector) for s in stored.strategies] == [("A", "Tech"), ("B", "Energy")]
+            assert stored.constraints.max_weight == 0.7
+            assert (stored.lookback_periods, stored.market_symbol, stored.enabled) == (250, "SPY", True)
+            assert not stored.HasField("black_litterman")
+            again, created = await store.upsert_configuration(config)
+            assert (again.version, created) == (1, False)
+            assert again == stored
+            disabled, created = await store.upsert_configuration(
+                configuration(portfolio, lookback_periods=250, market_symbol="SPY", enabled=False)
+            )
+            assert (disabled.version, disabled.enabled, created) == (2, False, True)
+
+        self.run(scenario)
+
+    def test_runs_keep_what_the_operator_configured(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            portfolio = unique("p")
+            await store.upsert_configuration(
+                configuration(portfolio, enabled=False, lookback_periods=60, market_symbol="SPY")
+            )
+            # A run on stored prices inherits enabled, lookback and market symbol: its content is unchanged.
+            on_stored = await persist(store, configuration(portfolio), inherit=RUN_INHERITS)
+            assert on_stored.optimization_metadata.configuration_version == 1
+            # A run on inline data inherits only enabled: its window fields make a new version, still disabled.
+            inline = await persist(store, configuration(portfolio), inherit=("enabled",))
+            assert inline.optimization_metadata.configuration_version == 2
+            latest = await store.get_configuration(portfolio)
+            assert (latest.enabled, latest.lookback_periods, latest.market_symbol) == (False, 0, "")
+
+        self.run(scenario)
+
+    def test_missing_configurations_are_not_found(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            portfolio = unique("p")
+            with pytest.raises(NotFoundError, match="no configuration for portfolio"):
+                await store.get_configuration(portfolio)
+            await store.upsert_configuration(configuration(portfolio))
+            with pytest.raises(NotFoundError, match="no configuration version 9 for portfolio"):
+                await store.get_configuration(portfolio, 9)
+
+        self.run(scenario)
+
+    def test_list_configurations_pages_the_latest_versions_by_portfolio_id(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            prefix = unique("list") + "/"
+            for name in ("c", "a", "b"):
+                await store.upsert_configuration(configuration(prefix + name))
+            await store.upsert_configuration(configuration(prefix + "a", objective=pb.OBJECTIVE_MIN_VOLATILITY))
+            page = await store.list_configurations(after_portfolio_id=prefix, limit=2)
+            assert [(c.portfolio_id, c.version) for c in page] == [(prefix + "a", 2), (prefix + "b", 1)]
+            assert page[0].objective == pb.OBJECTIVE_MIN_VOLATILITY
+            rest = await store.list_configurations(after_portfolio_id=prefix + "b", limit=10)
+            assert rest[0].portfolio_id == prefix + "c"
+            assert all(not c.portfolio_id.startswith(prefix) for c in rest[1:])
+
+        self.run(scenario)
+
+    # --- market data ---------------------------------------------------------------------------------------------
+
+    def test_price_window_is_the_union_of_the_strategies_dates_with_gaps(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            a, b = unique("A"), unique("B")
+            written = await store.ingest_bars(
+                bars(a, [0, 1, 2, 4], [10.0, 11.0, 12.0, 14.0]) + bars(b, [0, 2, 3, 4], [20.0, 22.0, 23.0, 24.0])
+            )
+            assert written == 8
+            window = await store.load_prices([b, a], start=None, end=None, lookback_periods=0)
+            np.testing.assert_array_equal(window.timestamps, dates([0, 1, 2, 3, 4]))
+            expected = np.array([[20, 10], [np.nan, 11], [22, 12], [23, np.nan], [24, 14]], dtype=float)
+            np.testing.assert_array_equal(window.prices, expected)
+            assert window.market_prices is None
+
+        self.run(scenario)
+
+    def test_price_window_bounds_are_inclusive_and_lookback_keeps_the_last_returns(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            a, b = unique("A"), unique("B")
+            await store.ingest_bars(bars(a, list(range(8)), [float(10 + d) for d in range(8)]))
+            await store.ingest_bars(bars(b, list(range(8)), [float(50 - d) for d in range(8)]))
+            window = await store.load_prices([a, b], start=T0 + DAY, end=T0 + 6 * DAY, lookback_periods=3)
+            np.testing.assert_array_equal(window.timestamps, dates([3, 4, 5, 6]))
+            np.testing.assert_array_equal(window.prices, [[13, 47], [14, 46], [15, 45], [16, 44]])
+
+        self.run(scenario)
+
+    def test_market_series_is_aligned_as_of_each_strategy_date(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            a, b, market = unique("A"), unique("B"), unique("M")
+            await store.ingest_bars(
+                bars(a, [1, 2, 3, 4], [1.0, 2.0, 3.0, 4.0]) + bars(b, [1, 2, 3, 4], [5.0, 6.0, 7.0, 8.0])
+            )
+            # The market trades on other days: day 0, day 2 and day 2.5; day 2.5 adds no date to the calendar.
+            await store.ingest_bars(
+                [(market, T0, 100.0, None), (market, T0 + 2 * DAY, 102.0, None), (market, T0 + 2.5 * DAY, 103.0, None)]
+            )
+            window = await store.load_prices([a, b], start=None, end=None, lookback_periods=0, market_symbol=market)
+            np.testing.assert_array_equal(window.timestamps, dates([1, 2, 3, 4]))
+            assert window.market_prices is not None
+            np.testing.assert_array_equal(window.market_prices, [100.0, 102.0, 103.0, 103.0])
+
+        self.run(scenario)
+
+    def test_a_later_bar_replaces_an_earlier_one(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            a, b = unique("A"), unique("B")
+            await store.ingest_bars(bars(a, [0, 1, 2], [1.0, 2.0, 3.0]) + bars(b, [0, 1, 2], [4.0, 5.0, 6.0]))
+            # Within one message the later of two bars wins; across messages the newer message does.
+            assert await store.ingest_bars([(a, T0 + DAY, 7.0, None), (a, T0 + DAY, 8.0, None)]) == 1
+            window = await store.load_prices([a, b], start=None, end=None, lookback_periods=0)
+            np.testing.assert_array_equal(window.prices[:, 0], [1.0, 8.0, 3.0])
+            assert await store.ingest_bars([]) == 0
+
+        self.run(scenario)
+
+    def test_too_few_prices_name_every_short_symbol(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            full, short, absent, market = unique("F"), unique("S"), unique("X"), unique("M")
+            await store.ingest_bars(bars(full, [0, 1, 2], [1.0, 2.0, 3.0]) + bars(short, [0, 1], [1.0, 2.0]))
+            with pytest.raises(PreconditionError) as caught:
+                await store.load_prices(
+                    [full, short, absent], start=None, end=None, lookback_periods=0, market_symbol=market
+                )
+            violations = caught.value.precondition_violations
+            assert [(v.type, v.subject) for v in violations] == [
+                ("MISSING_MARKET_DATA", short),
+                ("MISSING_MARKET_DATA", absent),
+                ("MISSING_MARKET_DATA", market),
+            ]
+
+        self.run(scenario)
+
+
+class TestInMemoryOptimizationStore(OptimizationStoreContract):
+    @asynccontextmanager
+    async def open_store(self) -> AsyncIterator[OptimizationStore]:
+        yield InMemoryOptimizationStore()
+
+    async def stored_runs(self, store: OptimizationStore, portfolio_id: str) -> tuple[int, int, int]:
+        assert isinstance(store, InMemoryOptimizationStore)
+        runs = store.runs(portfolio_id)
+        return len(runs), len(runs), min(len(runs), 1)
+
+
+@pytest.mark.integration
+class TestPostgresOptimizationStore(OptimizationStoreContract):
+    @pytest.fixture(autouse=True)
+    def _database(self, pg_dsn: str) -> None:
+        self.dsn = pg_dsn
+
+    @asynccontextmanager
+    async def open_store(self) -> AsyncIterator[OptimizationStore]:
+        pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=5)
+        self.pool = pool
+        try:
+            yield PostgresOptimizationStore(pool)
+        finally:
+            await pool.close()
+
+    async def stored_runs(self, store: OptimizationStore, portfolio_id: str) -> tuple[int, int, int]:
+        counts = []
+        for table in ("optimization_results", "portfolio_optimized", "latest_portfolio_optimizations"):
+            count = await self.pool.fetchval(f"SELECT count(*) FROM {table} WHERE portfolio_id = $1", portfolio_id)
+            counts.append(int(count))
+        return counts[0], counts[1], counts[2]

@@ -1,0 +1,101 @@
+"""The solver worker pool on its own: jobs run in a spawned worker, errors come back as the domain's.
+
+One pool with one worker serves the module (starting a worker imports the engine: seconds, paid once, and again
+only after the crash test kills it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from command_side.workers import SolverPool
+from services.engine import OptimizationJob
+from services.errors import DeadlineExceededError, InfeasibleError, UnavailableError
+from services.optimization import Objective, PortfolioProblem
+from services.trading import AllocationRequest, AllocationTarget
+from services.types import EstimationSettings, Moments
+
+
+@pytest.fixture(scope="module")
+def solver_pool() -> Iterator[SolverPool]:
+    pool = SolverPool(workers=1)
+    yield pool
+    pool.shutdown()
+
+
+def min_volatility_job(lower: float = 0.0) -> OptimizationJob:
+    """Two uncorrelated assets with variances 0.04 and 0.09: the minimum-variance weights are 9/13 and 4/13."""
+    problem = PortfolioProblem(
+        strategy_ids=("a", "b"),
+        objective=Objective.MIN_VOLATILITY,
+        lower_bounds=np.full(2, lower),
+        upper_bounds=np.ones(2),
+    )
+    moments = Moments(expected_returns=np.array([0.05, 0.08]), covariance=np.diag([0.04, 0.09]))
+    return OptimizationJob(problem=problem, inputs=moments, settings=EstimationSettings())
+
+
+def test_a_worker_runs_a_job_and_returns_its_result(solver_pool: SolverPool) -> None:
+    outcome = asyncio.run(solver_pool.run(min_volatility_job(), timeout_s=120))
+    np.testing.assert_allclose(outcome.result.weights, [9 / 13, 4 / 13], atol=1e-7)
+    # σ² = w'Σw = 0.04·0.09 / 0.13 for inverse-variance weights.
+    assert outcome.result.performance.volatility == pytest.approx(math.sqrt(0.04 * 0.09 / 0.13), rel=1e-6)
+
+
+def test_an_allocation_runs_in_a_worker(solver_pool: SolverPool) -> None:
+    request = AllocationRequest(
+        targets=(
+            AllocationTarget(name="A", target_weight=0.5, price=100.0),
+            AllocationTarget(name="B", target_weight=0.5, price=50.0),
+        ),
+        extra_cash=1_000.0,
+    )
+    result = asyncio.run(solver_pool.allocate(request, timeout_s=120))
+    assert [(line.name, line.final_shares) for line in result.lines] == [("A", 5), ("B", 10)]
+    assert result.budget_used == pytest.approx(1_000.0)
+
+
+def test_engine_errors_come_back_as_raised_in_the_worker(solver_pool: SolverPool) -> None:
+    with pytest.raises(InfeasibleError):  # lower bounds of 0.6 + 0.6 exceed the budget of 1
+        asyncio.run(solver_pool.run(min_volatility_job(lower=0.6), timeout_s=120))
+
+
+def frontier_job(n: int = 150) -> OptimizationJob:
+    """A 150-asset factor model whose 100-point efficient frontier takes over a second to trace."""
+    rng = np.random.default_rng(0)
+    factors = rng.normal(size=(n, 5)) * 0.1
+    moments = Moments(
+        expected_returns=rng.uniform(0.02, 0.15, n),
+        covariance=factors @ factors.T + np.diag(rng.uniform(0.01, 0.05, n)),
+    )
+    problem = PortfolioProblem(
+        strategy_ids=tuple(f"s{i}" for i in range(n)),
+        objective=Objective.MIN_VOLATILITY,
+        lower_bounds=np.zeros(n),
+        upper_bounds=np.full(n, 0.05),
+    )
+    return OptimizationJob(problem=problem, inputs=moments, settings=EstimationSettings())
+
+
+def test_a_job_outliving_its_timeout_is_deadline_exceeded(solver_pool: SolverPool) -> None:
+    with pytest.raises(DeadlineExceededError, match=r"did not finish within 0\.050 s"):
+        asyncio.run(solver_pool.frontier(frontier_job(), 100, timeout_s=0.05))
+
+
+def test_a_dead_worker_is_unavailable_then_the_pool_recovers(solver_pool: SolverPool) -> None:
+    async def scenario() -> None:
+        await solver_pool.run(min_volatility_job(), timeout_s=120)  # the worker is up
+        for process in list(solver_pool._executor._processes.values()):  # the OOM killer, say
+            process.kill()
+            process.join(10)
+        with pytest.raises(UnavailableError, match="worker process died"):
+            await solver_pool.run(min_volatility_job(), timeout_s=120)
+        outcome = await solver_pool.run(min_volatility_job(), timeout_s=120)
+        np.testing.assert_allclose(outcome.result.weights, [9 / 13, 4 / 13], atol=1e-7)
+
+    asyncio.run(scenario())
