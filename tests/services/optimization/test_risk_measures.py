@@ -33,7 +33,6 @@ from services.optimization import (
     PortfolioProblem,
     RiskMeasure,
     ScenarioBackend,
-    SectorLimit,
     check_constraints,
     conditional_drawdown_at_risk,
     conditional_value_at_risk,
@@ -43,7 +42,7 @@ from services.optimization import (
     risk_measure_value,
 )
 from services.types import Moments
-from tests.services.market_data import SP500_SECTORS
+from tests.services.optimization.sp500_problems import make_problem, sector_inequalities
 
 PERIODS = 252
 DAYS = 756
@@ -63,8 +62,6 @@ SKFOLIO_MAX_RISK = {
     RiskMeasure.CDAR: "max_cdar",
 }
 RISKFOLIO_MEASURE = {RiskMeasure.CVAR: "CVaR", RiskMeasure.MAD: "MAD", RiskMeasure.CDAR: "CDaR"}
-SECTOR_LOWER = {"financials": 0.05, "staples": 0.10}
-SECTOR_UPPER = {"tech": 0.20, "energy": 0.15, "health": 0.30}
 
 
 # --- fixtures and helpers -------------------------------------------------------------------------------------
@@ -96,43 +93,6 @@ def skfolio_risk(risk_measure: RiskMeasure, portfolio_returns: np.ndarray, alpha
     if risk_measure is RiskMeasure.MAD:
         return float(skm.mean_absolute_deviation(portfolio_returns))
     return float(skm.cdar(skm.get_drawdowns(portfolio_returns), beta=alpha))
-
-
-def make_problem(
-    objective: Objective,
-    tickers: list[str],
-    lower: float,
-    upper: float,
-    *,
-    with_sectors: bool = False,
-    **options: object,
-) -> PortfolioProblem:
-    n = len(tickers)
-    limits = tuple(
-        SectorLimit(s, SECTOR_LOWER.get(s), SECTOR_UPPER.get(s)) for s in sorted(set(SECTOR_LOWER) | set(SECTOR_UPPER))
-    )
-    return PortfolioProblem(
-        strategy_ids=tuple(tickers),
-        objective=objective,
-        lower_bounds=np.full(n, lower),
-        upper_bounds=np.full(n, upper),
-        sectors=tuple(SP500_SECTORS[t] for t in tickers) if with_sectors else (),
-        sector_limits=limits if with_sectors else (),
-        risk_free_rate=RISK_FREE_RATE,
-        **options,  # type: ignore[arg-type]
-    )
-
-
-def sector_inequalities(tickers: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The sector limits as skfolio's A w ≤ b, built from the sector map independently of the engine."""
-    rows, bounds = [], []
-    for sector, minimum in SECTOR_LOWER.items():
-        rows.append([-1.0 if SP500_SECTORS[t] == sector else 0.0 for t in tickers])
-        bounds.append(-minimum)
-    for sector, maximum in SECTOR_UPPER.items():
-        rows.append([1.0 if SP500_SECTORS[t] == sector else 0.0 for t in tickers])
-        bounds.append(maximum)
-    return np.array(rows), np.array(bounds)
 
 
 def skfolio_weights(

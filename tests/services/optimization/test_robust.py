@@ -33,7 +33,6 @@ from services.optimization import (
     Objective,
     OptimizationResult,
     PortfolioProblem,
-    SectorLimit,
     Uncertainty,
     check_constraints,
     mu_uncertainty_set,
@@ -41,7 +40,8 @@ from services.optimization import (
     optimize_robust,
 )
 from services.types import Moments
-from tests.services.market_data import SP500_SECTORS
+from tests.services.optimization.sp500_problems import make_problem as sp500_problem
+from tests.services.optimization.sp500_problems import sector_inequalities
 
 PERIODS = 252
 DAYS = 756
@@ -51,8 +51,6 @@ RISK_AVERSION = 3.0
 OBJECTIVE_RTOL = 1e-6
 FEASIBILITY_TOLERANCE = 1e-6
 SKFOLIO_TIGHT = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10}
-SECTOR_LOWER = {"financials": 0.05, "staples": 0.10}
-SECTOR_UPPER = {"tech": 0.20, "energy": 0.15, "health": 0.30}
 
 
 ROBUST_OBJECTIVES = [o for o in Objective if o is not Objective.MULTI_OBJECTIVE]
@@ -124,41 +122,10 @@ class BoxMuUncertaintySet(BaseMuUncertaintySet):
 
 
 def make_problem(
-    objective: Objective,
-    tickers: list[str],
-    lower: float,
-    upper: float,
-    *,
-    with_sectors: bool = False,
-    **options: object,
+    objective: Objective, tickers: list[str], lower: float, upper: float, **options: object
 ) -> PortfolioProblem:
-    n = len(tickers)
-    limits = tuple(
-        SectorLimit(s, SECTOR_LOWER.get(s), SECTOR_UPPER.get(s)) for s in sorted(set(SECTOR_LOWER) | set(SECTOR_UPPER))
-    )
-    return PortfolioProblem(
-        strategy_ids=tuple(tickers),
-        objective=objective,
-        lower_bounds=np.full(n, lower),
-        upper_bounds=np.full(n, upper),
-        sectors=tuple(SP500_SECTORS[t] for t in tickers) if with_sectors else (),
-        sector_limits=limits if with_sectors else (),
-        risk_free_rate=RISK_FREE_RATE,
-        risk_aversion=RISK_AVERSION,
-        **options,  # type: ignore[arg-type]
-    )
-
-
-def sector_inequalities(tickers: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The sector limits as skfolio's A w ≤ b, built from the sector map independently of the engine."""
-    rows, bounds = [], []
-    for sector, minimum in SECTOR_LOWER.items():
-        rows.append([-1.0 if SP500_SECTORS[t] == sector else 0.0 for t in tickers])
-        bounds.append(-minimum)
-    for sector, maximum in SECTOR_UPPER.items():
-        rows.append([1.0 if SP500_SECTORS[t] == sector else 0.0 for t in tickers])
-        bounds.append(maximum)
-    return np.array(rows), np.array(bounds)
+    """The shared S&P 500 problem at this module's risk aversion."""
+    return sp500_problem(objective, tickers, lower, upper, risk_aversion=RISK_AVERSION, **options)
 
 
 def robust(
