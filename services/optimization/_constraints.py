@@ -33,8 +33,8 @@ Backends declare which family types they support (``_dispatch``); a family added
 backend until it is listed there. Transaction costs are not a constraint: they enter the expected return
 (``ProblemModel.costs``, ``ProgramBuilder.net_return``).
 
-This module is long because it is the one place where each family is defined: splitting it would scatter a
-family's five faces over several files.
+Why one long module: it is the one place where each family is defined; splitting it would scatter a family's
+five faces over several files.
 """
 
 from __future__ import annotations
