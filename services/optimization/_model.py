@@ -54,7 +54,7 @@ from services.types import FloatArray, Moments
 
 C = TypeVar("C", bound=Constraint)
 
-_PRICE_LIMITS = (Budget, NetExposure, Bounds, GroupLimits, MinReturn, MaxVolatility, Cardinality)
+_BEFORE_OBJECTIVE_PRECHECK = (Budget, NetExposure, Bounds, GroupLimits, MinReturn, MaxVolatility, Cardinality)
 """Families pre-checked before the objective's own condition (``NO_EXCESS_RETURN``); the trading limits after."""
 
 
@@ -434,11 +434,11 @@ class ProblemModel:
         """
         found: list[PreconditionViolation] = []
         for constraint in self.constraints:
-            if isinstance(constraint, _PRICE_LIMITS) and not isinstance(constraint, Cardinality):
+            if isinstance(constraint, _BEFORE_OBJECTIVE_PRECHECK) and not isinstance(constraint, Cardinality):
                 found += constraint.precheck(self)
         found += self._objective_precheck()
         for constraint in self.constraints:
-            if not isinstance(constraint, _PRICE_LIMITS):
+            if not isinstance(constraint, _BEFORE_OBJECTIVE_PRECHECK):
                 found += constraint.precheck(self)
         if not found and self.cardinality is not None:
             found = self.cardinality.precheck(self)
