@@ -430,7 +430,7 @@ def _response(request: cmd_pb.OptimizeRequest, outcome: OptimizationOutcome) -> 
             constraint=_proto_constraint(relaxation.constraint, request),
             original=relaxation.original,
             relaxed=relaxation.relaxed,
-            description=relaxation.description,
+            description=_proto_description(relaxation.description, request),
         )
     meta.missing_data_policy = estimated.missing_data_policy
     meta.observations = estimated.observations
@@ -459,3 +459,8 @@ def _response(request: cmd_pb.OptimizeRequest, outcome: OptimizationOutcome) -> 
 def _proto_constraint(path: str, request: cmd_pb.OptimizeRequest) -> str:
     """A relaxation's constraint (a domain path) as the request's field path."""
     return OPTIMIZATION.proto_path(path, strategy_ids=[s.strategy_id for s in request.strategies]) or path
+
+
+def _proto_description(text: str, request: cmd_pb.OptimizeRequest) -> str:
+    """A relaxation's description with the domain paths it quotes as the request's field paths."""
+    return OPTIMIZATION.proto_text(text, strategy_ids=[s.strategy_id for s in request.strategies])

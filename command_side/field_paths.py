@@ -188,6 +188,22 @@ class FieldPathTable:
                 return _render(row.proto, match.groupdict(), strategy_ids)
         return None
 
+    def proto_text(self, text: str, *, strategy_ids: Sequence[str] = (), prefix: str = "") -> str:
+        """A message with the domain paths it quotes translated (``prefix`` before each).
+
+        Only path-like tokens are read as paths (with a ``_``, a ``.`` or a subscript, e.g. ``turnover_limit``,
+        ``targets[0].name``): a plain word such as "covariance" is prose.
+        """
+
+        def token(match: re.Match[str]) -> str:
+            path = match.group(0)
+            if not any(mark in path for mark in "_.["):
+                return path
+            proto = self.proto_path(path, strategy_ids=strategy_ids)
+            return path if proto is None else _join(prefix, proto)
+
+        return _PATH_TOKEN.sub(token, text)
+
     def translated(self, error: StratoptError, *, strategy_ids: Sequence[str] = (), prefix: str = "") -> StratoptError:
         """The same error in proto terms: its field paths, precondition subjects and quoted paths translated.
 
@@ -213,14 +229,7 @@ class FieldPathTable:
             return _join(prefix, proto if proto is not None else path)
 
         def text(value: str) -> str:
-            def token(match: re.Match[str]) -> str:
-                path = match.group(0)
-                if not any(mark in path for mark in "_.["):
-                    return path  # a plain word ("covariance") is prose unless it leads a message
-                proto = self.proto_path(path, strategy_ids=strategy_ids)
-                return path if proto is None else _join(prefix, proto)
-
-            return _PATH_TOKEN.sub(token, value)
+            return self.proto_text(value, strategy_ids=strategy_ids, prefix=prefix)
 
         def subject(value: str) -> str:
             proto = self.proto_path(value, strategy_ids=strategy_ids)

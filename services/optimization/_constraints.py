@@ -922,7 +922,6 @@ class Cardinality(Constraint):
         min_position: float | None,
         lower: FloatArray,
         upper: FloatArray,
-        ids: tuple[str, ...],
     ) -> Cardinality | None:
         """The validated family, or None when neither K nor a positive m is set.
 

@@ -145,12 +145,12 @@ def hierarchical_risk_parity(
     Raises
     ------
     InvalidInputError
-        Naming ``risk_parameters.linkage_method`` for a linkage outside the four above; ``moments.covariance``
-        for a covariance that is empty, not square, not finite, not symmetric, has a non-positive variance, or
-        gives a cluster a non-positive variance (not positive semidefinite); ``lower_bounds`` /
-        ``upper_bounds`` for bounds of the wrong shape, ``lower_bounds[i]`` / ``upper_bounds[i]`` for a bound
-        not finite, ``upper_bounds[i]`` for a negative upper bound, ``lower_bounds[i]`` for a lower bound above
-        its upper bound.
+        Naming ``linkage`` for a linkage outside the four above; ``covariance`` (``covariance[i, j]`` for an
+        entry that is not finite) for a covariance that is empty, not square, not symmetric, has a non-positive
+        variance, or gives a cluster a non-positive variance (not positive semidefinite); ``lower_bounds`` /
+        ``upper_bounds`` for bounds of the wrong shape, ``lower_bounds[i]`` / ``upper_bounds[i]`` for a bound not
+        finite, ``upper_bounds[i]`` for a negative upper bound, ``lower_bounds[i]`` for a lower bound above its
+        upper bound.
     InfeasibleError
         With a ``BOUNDS_SUM`` ``PreconditionViolation`` when the lower bounds sum above 1 or the upper bounds
         below 1 (beyond ``BOUNDS_TOLERANCE``).

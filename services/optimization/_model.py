@@ -222,9 +222,7 @@ class ProblemModel:
         betas = vector(problem.betas, "betas", n)
         if beta_tolerance is not None and betas is None:
             raise InvalidInputError.for_field("betas", "required with a beta_tolerance")
-        cardinality = Cardinality.build(
-            problem.max_holdings, problem.min_position_weight, lower, upper, problem.strategy_ids
-        )
+        cardinality = Cardinality.build(problem.max_holdings, problem.min_position_weight, lower, upper)
         families: list[Constraint | None] = [
             budget_family,
             cardinality,

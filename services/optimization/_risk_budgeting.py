@@ -203,10 +203,10 @@ def risk_budgeting(
     Raises
     ------
     InvalidInputError
-        Naming ``moments.covariance`` for a covariance that is empty, not square, not finite, not symmetric
-        or not positive semidefinite (beyond 1e-10 of max |Σ_ij|); ``strategies[i]`` for a strategy with zero
-        (or negative) variance; ``risk_parameters.risk_budgets`` for budgets of the wrong shape and
-        ``risk_parameters.risk_budgets[i]`` for a budget that is not positive and finite; ``tolerance`` or
+        Naming ``covariance`` for a covariance that is empty, not square, not symmetric or not positive
+        semidefinite (beyond 1e-10 of max |Σ_ij|), ``covariance[i, j]`` for an entry that is not finite and
+        ``covariance[i, i]`` for a strategy with zero (or negative) variance; ``risk_budgets`` for budgets of the
+        wrong shape and ``risk_budgets[i]`` for a budget that is not positive and finite; ``tolerance`` or
         ``max_iterations`` out of range.
     InfeasibleError
         ``SINGULAR_COVARIANCE`` (FAILED_PRECONDITION): the solve produced non-finite or non-positive weights,
