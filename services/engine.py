@@ -196,7 +196,7 @@ def run_optimization(job: OptimizationJob) -> OptimizationOutcome:
         if history is None:
             raise InvalidInputError.for_field(
                 "risk_measure",
-                f"{spec.risk_measure} is computed on historical scenarios: send returns or market_data, not moments",
+                f"{spec.risk_measure} is computed on historical scenarios: give a return history, not moments",
             )
         scenarios = history.returns[~np.isnan(history.returns).any(axis=1)]
 
