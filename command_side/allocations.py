@@ -28,14 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from datetime import timedelta
 from typing import Final
 
 from command_side.allocation_cache import AllocationCache
+from command_side.field_paths import ALLOCATION, proto_field_paths
 from command_side.workers import SolverPool
 from services.errors import DeadlineExceededError, InvalidInputError, NotFoundError
 from services.trading import (
@@ -70,7 +68,6 @@ _STRATEGIES: Final[dict[trading_pb.AllocationStrategy.ValueType, AllocationStrat
     trading_pb.ALLOCATION_STRATEGY_MOMENTUM_WEIGHTED: AllocationStrategy.MOMENTUM_WEIGHTED,
 }
 _PROTO_STRATEGY: Final = {strategy: value for value, strategy in _STRATEGIES.items() if value}
-_ENGINE_NAME_FIELD: Final = re.compile(r"\b(targets|holdings)\[(\d+)\]\.name\b")
 _SOLVERS: Final = {"HiGHS": "HIGHS", "greedy": "GREEDY"}
 
 
@@ -128,7 +125,7 @@ class AllocationService:
         deadline = None if time_remaining_s is None else loop.time() + time_remaining_s
         engine_request = engine_request_of(request)
         ttl = cache_ttl_of(request)
-        with _proto_fields():
+        with proto_field_paths(ALLOCATION):
             cache_key = allocation_cache_key(engine_request)
         if not request.bypass_cache:
             hit = await self._cache.find(cache_key)
@@ -142,7 +139,7 @@ class AllocationService:
         limit = DEFAULT_TIME_LIMIT_S if wait is None else wait - RETURN_RESERVE_S
         if limit <= 0.0:
             raise DeadlineExceededError("the call's deadline leaves no time to allocate")
-        with _proto_fields():
+        with proto_field_paths(ALLOCATION):
             result = await self._solver_pool.allocate(replace(engine_request, time_limit_s=limit), timeout_s=wait)
         response = response_of(request, result, cache_key)
         cacheable = ttl is not None and result.solver_status is AllocationStatus.OPTIMAL
@@ -286,27 +283,6 @@ def cache_ttl_of(request: trading_pb.AllocateSharesRequest) -> timedelta | None:
     if seconds == 0 and nanos == 0:
         return None
     return timedelta(seconds=seconds, microseconds=nanos / 1000)
-
-
-@contextmanager
-def _proto_fields() -> Iterator[None]:
-    """Re-raise the engine's ``InvalidInputError`` with the proto's field paths (``.name`` → ``.symbol``)."""
-    try:
-        yield
-    except InvalidInputError as error:
-        raise _translated(error) from None
-
-
-def _translated(error: InvalidInputError) -> InvalidInputError:
-    """The same error with ``targets[i].name`` / ``holdings[i].name`` read as ``.symbol``."""
-
-    def proto(text: str) -> str:
-        return _ENGINE_NAME_FIELD.sub(r"\1[\2].symbol", text)
-
-    violations = tuple(
-        replace(v, field=proto(v.field), description=proto(v.description)) for v in error.field_violations
-    )
-    return InvalidInputError(proto(error.message), field_violations=violations)
 
 
 def normalised_request(request: trading_pb.AllocateSharesRequest) -> trading_pb.AllocateSharesRequest:

@@ -8,12 +8,12 @@ import binascii
 import hashlib
 import logging
 from collections.abc import AsyncIterable, Callable
-from dataclasses import replace
 from datetime import UTC
 
 import numpy as np
 from google.rpc import status_pb2  # type: ignore[attr-defined]  # stubs hidden by types-protobuf
 
+from command_side.field_paths import OPTIMIZATION, proto_field_paths
 from command_side.mapping import (
     ValidatedRequest,
     datetime_to_timestamp,
@@ -131,7 +131,8 @@ class OptimizationService:
             method=validated.method,
             time_limit_s=limit,
         )
-        outcome = await self._pool.run(job, timeout_s=limit)
+        with proto_field_paths(OPTIMIZATION, strategy_ids=validated.problem.strategy_ids):
+            outcome = await self._pool.run(job, timeout_s=limit)
         response = _response(request, outcome)
         try:
             return await self._store.persist_run(
@@ -178,17 +179,15 @@ class OptimizationService:
         problem.objective = pb.OBJECTIVE_MIN_VOLATILITY  # ignored: the frontier spans every objective
         problem.risk_parameters.ClearField("multi_objective")  # weights of an objective the frontier does not use
         problem.request_id = ""
-        try:
+        ids = tuple(s.strategy_id for s in problem.strategies)
+        with proto_field_paths(OPTIMIZATION, strategy_ids=ids, prefix="problem"):
             validated = validate_optimize_request(problem)
-        except InvalidInputError as exc:
-            raise _prefixed(exc, "problem") from None
-        if validated.method.method not in (Method.MEAN_VARIANCE, Method.BLACK_LITTERMAN) or (
-            validated.method.risk_measure is not None
-        ):
-            raise InvalidInputError.for_field(
-                "problem.method",
-                "the efficient frontier is defined for variance-based MEAN_VARIANCE and BLACK_LITTERMAN",
-            )
+            if validated.method.method not in (Method.MEAN_VARIANCE, Method.BLACK_LITTERMAN) or (
+                validated.method.risk_measure is not None
+            ):
+                raise InvalidInputError.for_field(
+                    "method", "the efficient frontier is defined for variance-based MEAN_VARIANCE and BLACK_LITTERMAN"
+                )
         loop = asyncio.get_running_loop()
         deadline = None if time_remaining_s is None else loop.time() + time_remaining_s
         job_inputs, _ = await self._inputs(validated, problem)
@@ -200,7 +199,8 @@ class OptimizationService:
             method=validated.method,
             time_limit_s=limit,
         )
-        outcome = await self._pool.frontier(job, points, timeout_s=limit)
+        with proto_field_paths(OPTIMIZATION, strategy_ids=ids, prefix="problem"):
+            outcome = await self._pool.frontier(job, points, timeout_s=limit)
         ids = validated.problem.strategy_ids
         response = cmd_pb.ComputeEfficientFrontierResponse(computation_time_ms=outcome.total_time_ms)
         for result in outcome.results:
@@ -427,10 +427,10 @@ def _response(request: cmd_pb.OptimizeRequest, outcome: OptimizationOutcome) -> 
     meta.constraint_violations.extend(result.violations)
     for relaxation in result.relaxations:
         meta.relaxations.add(
-            constraint=relaxation.constraint,
+            constraint=_proto_constraint(relaxation.constraint, request),
             original=relaxation.original,
             relaxed=relaxation.relaxed,
-            description=relaxation.description,
+            description=_proto_description(relaxation.description, request),
         )
     meta.missing_data_policy = estimated.missing_data_policy
     meta.observations = estimated.observations
@@ -456,7 +456,11 @@ def _response(request: cmd_pb.OptimizeRequest, outcome: OptimizationOutcome) -> 
     return response
 
 
-def _prefixed(exc: InvalidInputError, prefix: str) -> InvalidInputError:
-    """The same error with every field path under ``prefix``."""
-    violations = tuple(replace(v, field=f"{prefix}.{v.field}") for v in exc.field_violations)
-    return InvalidInputError(f"{prefix}.{exc.message}", field_violations=violations)
+def _proto_constraint(path: str, request: cmd_pb.OptimizeRequest) -> str:
+    """A relaxation's constraint (a domain path) as the request's field path."""
+    return OPTIMIZATION.proto_path(path, strategy_ids=[s.strategy_id for s in request.strategies]) or path
+
+
+def _proto_description(text: str, request: cmd_pb.OptimizeRequest) -> str:
+    """A relaxation's description with the domain paths it quotes as the request's field paths."""
+    return OPTIMIZATION.proto_text(text, strategy_ids=[s.strategy_id for s in request.strategies])

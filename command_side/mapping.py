@@ -2,6 +2,8 @@
 
 Every check names the offending request field by its path (``strategies[3].returns[17]``), so a caller gets
 an INVALID_ARGUMENT with ``google.rpc.BadRequest`` field violations it can act on.
+The engine's own errors name domain parameters instead; ``command_side.field_paths`` holds the table that turns
+them into these paths.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from command_side.field_paths import OPTIMIZATION, proto_field_paths
 from services.engine import BlackLittermanSettings, Method, MethodSettings
 from services.errors import InvalidInputError
 from services.optimization import (
@@ -352,13 +355,8 @@ def normalize_configuration(
         For the first invalid field, named under ``prefix``.
     """
     probe = optimize_request_from_configuration(config, request_id="")
-    try:
+    with proto_field_paths(OPTIMIZATION, prefix=prefix):
         validated = validate_optimize_request(probe)
-    except InvalidInputError as exc:
-        violations = tuple(
-            type(v)(field=f"{prefix}.{v.field}", description=v.description) for v in exc.field_violations
-        )
-        raise InvalidInputError(f"{prefix}.{exc.message}", field_violations=violations) from None
     canonical = validated.configuration
     canonical.enabled = config.enabled
     return canonical

@@ -8,7 +8,6 @@ mean-variance over an uncertainty set on expected returns.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -170,7 +169,7 @@ def run_optimization(job: OptimizationJob) -> OptimizationOutcome:
     ------
     InvalidInputError, InfeasibleError, DeadlineExceededError, OptimizationError
         See the method modules; a risk measure other than variance with moments input is invalid
-        (``risk_parameters.risk_measure``), as is robust optimization without an observation count.
+        (``risk_measure``), as is robust optimization without an observation count (``robust_observations``).
     """
     started = time.perf_counter()
     history: ReturnHistory | None = None
@@ -196,8 +195,8 @@ def run_optimization(job: OptimizationJob) -> OptimizationOutcome:
     if spec.method is Method.MEAN_VARIANCE and spec.risk_measure is not None:
         if history is None:
             raise InvalidInputError.for_field(
-                "risk_parameters.risk_measure",
-                f"{spec.risk_measure} is computed on historical scenarios: send returns or market_data, not moments",
+                "risk_measure",
+                f"{spec.risk_measure} is computed on historical scenarios: give a return history, not moments",
             )
         scenarios = history.returns[~np.isnan(history.returns).any(axis=1)]
 
@@ -246,7 +245,7 @@ def run_optimization(job: OptimizationJob) -> OptimizationOutcome:
         observations = spec.robust_observations or estimated.observations
         if observations < 2:
             raise InvalidInputError.for_field(
-                "risk_parameters.robust.observations",
+                "robust_observations",
                 "robust optimization on moments input needs the number of observations behind them (>= 2)",
             )
         return optimize_robust(
@@ -350,12 +349,10 @@ def _check_method_objective(spec: MethodSettings, problem: PortfolioProblem) -> 
     """
     if problem.objective is Objective.MULTI_OBJECTIVE:
         if spec.method is Method.ROBUST_OPTIMIZATION:
-            raise InvalidInputError.for_field(
-                "objective", "OBJECTIVE_MULTI_OBJECTIVE is not available with OPTIMIZATION_METHOD_ROBUST_OPTIMIZATION"
-            )
+            raise InvalidInputError.for_field("objective", "MULTI_OBJECTIVE is not available with ROBUST_OPTIMIZATION")
         if spec.risk_measure is not None and spec.method is Method.MEAN_VARIANCE:
             raise InvalidInputError.for_field(
-                "objective", f"OBJECTIVE_MULTI_OBJECTIVE needs the variance risk measure, not {spec.risk_measure}"
+                "objective", f"MULTI_OBJECTIVE needs the variance risk measure, not {spec.risk_measure}"
             )
 
 
@@ -365,22 +362,14 @@ def _estimated_betas(history: ReturnHistory | None) -> FloatArray:
     Raises
     ------
     InvalidInputError
-        No market series (``constraints.betas``).
+        No market series (``betas``).
     """
     if history is None or history.market_returns is None:
         raise InvalidInputError.for_field(
-            "constraints.betas",
-            "required with beta_tolerance unless a market series is given to estimate them against "
-            "(returns.market_returns or market_data.market_symbol)",
+            "betas",
+            "required with beta_tolerance unless a market series is given to estimate them against (market_returns)",
         )
     return estimate_betas(history.returns, history.market_returns)
-
-
-_BL_FIELD_RENAMES = (
-    (re.compile(r"^black_litterman\.view_confidences\[(\d+)\]"), r"black_litterman.views[\1].confidence"),
-    (re.compile(r"^black_litterman\.view_confidences$"), "black_litterman.views"),
-    (re.compile(r"^black_litterman\.market_(returns|prices)(\[\d+\])?$"), "returns.market_returns"),
-)
 
 
 def _posterior(
@@ -390,40 +379,29 @@ def _posterior(
     settings: EstimationSettings,
     risk_free_rate: float,
 ) -> BlackLittermanPosterior:
-    """Black-Litterman posterior on the estimated covariance; field names mapped to the request's."""
+    """Black-Litterman posterior on the estimated covariance."""
     bl = spec.black_litterman
     if bl is None:
         raise InvalidInputError.for_field("black_litterman", "BLACK_LITTERMAN needs market_caps or prior_returns")
     market = None
     if history is not None and history.market_returns is not None and bl.risk_aversion is None:
         market = history.market_returns[~np.isnan(history.market_returns)]
-    try:
-        return black_litterman_posterior(
-            BlackLittermanSpec(
-                covariance=moments.covariance,
-                picking_matrix=bl.picking_matrix,
-                view_returns=bl.view_returns,
-                market_caps=bl.market_caps,
-                prior_returns=bl.prior_returns,
-                risk_aversion=bl.risk_aversion,
-                market_returns=market if market is not None and market.size >= 2 else None,
-                periods_per_year=settings.periods_per_year,
-                risk_free_rate=risk_free_rate,
-                omega=bl.omega,
-                view_confidences=bl.view_confidences,
-                tau=bl.tau,
-            )
+    return black_litterman_posterior(
+        BlackLittermanSpec(
+            covariance=moments.covariance,
+            picking_matrix=bl.picking_matrix,
+            view_returns=bl.view_returns,
+            market_caps=bl.market_caps,
+            prior_returns=bl.prior_returns,
+            risk_aversion=bl.risk_aversion,
+            market_returns=market if market is not None and market.size >= 2 else None,
+            periods_per_year=settings.periods_per_year,
+            risk_free_rate=risk_free_rate,
+            omega=bl.omega,
+            view_confidences=bl.view_confidences,
+            tau=bl.tau,
         )
-    except InvalidInputError as exc:
-        renamed = tuple(replace(v, field=_rename(v.field)) for v in exc.field_violations)
-        raise InvalidInputError(exc.message, field_violations=renamed) from None
-
-
-def _rename(field_path: str) -> str:
-    for pattern, replacement in _BL_FIELD_RENAMES:
-        if pattern.match(field_path):
-            return pattern.sub(replacement, field_path)
-    return field_path
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

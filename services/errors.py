@@ -4,6 +4,22 @@ Each error carries, where it helps the caller, the offending fields (``field_vio
 pre-checks (``precondition_violations``). Which gRPC status code an error class answers with is the contract
 adapter's business (``stratopt.rpc_errors.STATUS_CODES``), not the engine's; so is rendering the violations as
 ``google.rpc.BadRequest`` / ``google.rpc.PreconditionFailure``. Unknown exceptions become INTERNAL there.
+
+Domain errors name domain parameters, never a request's field paths: a path is the Python expression that reaches
+the value from the domain object the engine was given (``PortfolioProblem``, ``Moments``, ``ReturnHistory``,
+``EstimationSettings``, ``MethodSettings``, ``AllocationRequest``, ...):
+
+- an attribute by its name: ``turnover_limit``, ``risk_free_rate``, ``covariance``, ``missing_data_policy``;
+- an attribute of a nested object after a dot: ``multi_objective.l2_weight``,
+  ``black_litterman.view_confidences`` (``MethodSettings.black_litterman``);
+- an element of an array or an item of a sequence by its 0-based position in square brackets, one index per axis
+  as NumPy writes it, never by a strategy id: ``upper_bounds[3]``, ``expected_returns[3]``,
+  ``sector_limits[2].min_weight``, ``covariance[1, 2]``, ``returns[:, 4]`` (strategy 4's column),
+  ``black_litterman.view_confidences[1]``, ``targets[4].name``;
+- an object as a whole by its attribute's name: ``upper_bounds`` (the weight caps together), ``sector_limits``.
+
+The adapter of each side holds the table from these names to its contract's field paths (the command side's is
+``command_side.field_paths``), so the engine never computes a proto path.
 """
 
 from __future__ import annotations
@@ -16,7 +32,10 @@ class FieldViolation:
     """One invalid request field."""
 
     field: str
-    """Path of the field in the request, e.g. ``strategies[2].returns[17]`` (AIP-193 style)."""
+    """The parameter at fault, as a domain path (module docstring): e.g. ``turnover_limit``, ``upper_bounds[3]``,
+    ``covariance[1, 2]``, ``black_litterman.view_confidences[1]``. An adapter's own validation names the request's
+    field path instead (``strategies[2].returns[17]``, AIP-193 style), and the adapter translates the domain paths
+    to such paths before a caller sees them."""
     description: str
     """What is wrong with it."""
 
@@ -28,7 +47,9 @@ class PreconditionViolation:
     type: str
     """Machine-readable kind, e.g. ``BOUNDS_SUM``, ``SECTOR_MINIMA``, ``NO_EXCESS_RETURN``."""
     subject: str
-    """What the check was about, e.g. ``constraints.max_weight``."""
+    """What the check was about: a domain path as for ``FieldViolation.field`` (``upper_bounds``,
+    ``sector_limits[2]``, ``risk_free_rate``, ``constraints`` for the constraint set as a whole), or the
+    identifier of the object concerned where it is no parameter (a recommendation id, a symbol)."""
     description: str
     """What failed and by how much."""
 

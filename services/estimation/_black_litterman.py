@@ -205,21 +205,19 @@ def implied_risk_aversion(
     Raises
     ------
     InvalidInputError
-        Naming ``black_litterman.market_returns[t]`` or ``black_litterman.market_prices[t]`` (non-finite,
+        Naming ``market_returns[t]`` or ``market_prices[t]`` (non-finite,
         return ≤ −1, price ≤ 0), the series itself (too short, both or neither given, zero variance, or a mean
-        excess return ≤ 0, which implies δ ≤ 0), ``risk_parameters.periods_per_year`` (≤ 0) or
-        ``risk_parameters.risk_free_rate`` (non-finite).
+        excess return ≤ 0, which implies δ ≤ 0), ``periods_per_year`` (≤ 0) or ``risk_free_rate``
+        (non-finite).
     """
     if periods_per_year <= 0:
-        raise InvalidInputError.for_field("risk_parameters.periods_per_year", "must be positive")
+        raise InvalidInputError.for_field("periods_per_year", "must be positive")
     if not np.isfinite(risk_free_rate):
-        raise InvalidInputError.for_field("risk_parameters.risk_free_rate", "must be finite")
+        raise InvalidInputError.for_field("risk_free_rate", "must be finite")
     if (market_returns is None) == (market_prices is None):
-        raise InvalidInputError.for_field(
-            "black_litterman.market_returns", "give exactly one of market returns or market prices"
-        )
+        raise InvalidInputError.for_field("market_returns", "give exactly one of market returns or market prices")
     if market_returns is not None:
-        field = "black_litterman.market_returns"
+        field = "market_returns"
         returns = _as_float_array(market_returns, field)
         if returns.ndim != 1 or returns.size < 2:
             raise InvalidInputError.for_field(
@@ -237,7 +235,7 @@ def implied_risk_aversion(
             raise InvalidInputError.for_field(field, "compounds beyond the floating-point range")
     else:
         assert market_prices is not None
-        field = "black_litterman.market_prices"
+        field = "market_prices"
         prices = _as_float_array(market_prices, field)
         if prices.ndim != 1 or prices.size < 3:
             raise InvalidInputError.for_field(field, f"needs at least 3 prices in one series; got shape {prices.shape}")
@@ -298,9 +296,9 @@ def market_prior_returns(
 
 
 def _validated_covariance(spec: BlackLittermanSpec) -> FloatArray:
-    covariance = _as_float_array(spec.covariance, "moments.covariance")
+    covariance = _as_float_array(spec.covariance, "covariance")
     if covariance.ndim != 2 or covariance.shape[0] != covariance.shape[1]:
-        raise InvalidInputError.for_field("moments.covariance", f"must be square; got shape {covariance.shape}")
+        raise InvalidInputError.for_field("covariance", f"must be square; got shape {covariance.shape}")
     n_assets = covariance.shape[0]
     validate_moments(Moments(expected_returns=np.zeros(n_assets), covariance=covariance), n_assets)
     return covariance
@@ -314,7 +312,7 @@ def _validated_scalars(spec: BlackLittermanSpec) -> None:
             "black_litterman.risk_aversion", f"must be positive and finite; got {spec.risk_aversion:g}"
         )
     if not np.isfinite(spec.risk_free_rate):
-        raise InvalidInputError.for_field("risk_parameters.risk_free_rate", "must be finite")
+        raise InvalidInputError.for_field("risk_free_rate", "must be finite")
 
 
 def _risk_aversion(spec: BlackLittermanSpec) -> float:
@@ -323,9 +321,7 @@ def _risk_aversion(spec: BlackLittermanSpec) -> float:
     if spec.market_returns is None and spec.market_prices is None:
         return DEFAULT_RISK_AVERSION
     if spec.market_returns is not None and spec.market_prices is not None:
-        raise InvalidInputError.for_field(
-            "black_litterman.market_prices", "give market returns or market prices, not both"
-        )
+        raise InvalidInputError.for_field("market_prices", "give market returns or market prices, not both")
     return implied_risk_aversion(
         market_returns=spec.market_returns,
         market_prices=spec.market_prices,
@@ -366,23 +362,25 @@ def _prior(spec: BlackLittermanSpec, covariance: FloatArray, risk_aversion: floa
 
 
 def _views(spec: BlackLittermanSpec, n_assets: int) -> tuple[FloatArray, FloatArray]:
-    field = "black_litterman.views"
+    field, returns_field = "black_litterman.picking_matrix", "black_litterman.view_returns"
     picking = _as_float_array(spec.picking_matrix, field)
-    view_returns = _as_float_array(spec.view_returns, field)
+    view_returns = _as_float_array(spec.view_returns, returns_field)
     if picking.ndim != 2 or picking.shape[1] != n_assets:
         raise InvalidInputError.for_field(
             field, f"view portfolios have shape {picking.shape}; expected (K, {n_assets})"
         )
     n_views = picking.shape[0]
     if view_returns.shape != (n_views,):
-        raise InvalidInputError.for_field(field, f"{view_returns.size} view returns for {n_views} view portfolios")
+        raise InvalidInputError.for_field(
+            returns_field, f"{view_returns.size} view returns for {n_views} view portfolios"
+        )
     for k in range(n_views):
         if not np.all(np.isfinite(picking[k])):
             raise InvalidInputError.for_field(f"{field}[{k}]", "view portfolio weights must be finite")
         if not np.any(picking[k] != 0.0):
             raise InvalidInputError.for_field(f"{field}[{k}]", "view portfolio weights are all zero")
         if not np.isfinite(view_returns[k]):
-            raise InvalidInputError.for_field(f"{field}[{k}]", "expected return must be finite")
+            raise InvalidInputError.for_field(f"{returns_field}[{k}]", "must be finite")
     return picking, view_returns
 
 
@@ -450,14 +448,17 @@ def black_litterman_posterior(spec: BlackLittermanSpec) -> BlackLittermanPosteri
     Raises
     ------
     InvalidInputError
-        Naming the field: ``moments.covariance`` (not square, non-finite, asymmetric, not PSD),
-        ``black_litterman.tau`` (outside (0, 1]; PyPortfolioOpt refuses τ > 1), ``black_litterman.risk_aversion``
-        (≤ 0), ``black_litterman.market_caps[i]`` (negative, non-finite) or ``black_litterman.market_caps``
-        (shape, all zero, or both/neither of market caps and prior returns), ``black_litterman.prior_returns[i]``
-        (non-finite), ``black_litterman.views[k]`` (a view portfolio all zero or non-finite, a non-finite view
-        return), ``black_litterman.views`` (shapes), ``black_litterman.view_confidences[k]`` (outside [0, 1]),
-        ``black_litterman.omega`` (not K×K, non-finite, asymmetric, not PSD, or given with confidences), the
-        market series (see ``implied_risk_aversion``), and the source of Ω when A = PτΣPᵀ + Ω is singular
+        Naming the field by the spec's attribute: ``covariance`` (not square, non-finite, asymmetric, not PSD),
+        ``risk_free_rate``, and the Black-Litterman inputs under ``black_litterman.`` (as in
+        ``MethodSettings.black_litterman``): ``black_litterman.tau`` (outside (0, 1]; PyPortfolioOpt refuses
+        τ > 1), ``black_litterman.risk_aversion`` (≤ 0), ``black_litterman.market_caps[i]`` (negative,
+        non-finite) or ``black_litterman.market_caps`` (shape, all zero, or both/neither of market caps and prior
+        returns), ``black_litterman.prior_returns[i]`` (non-finite), ``black_litterman.picking_matrix[k]`` (a view
+        portfolio all zero or non-finite), ``black_litterman.view_returns[k]`` (non-finite),
+        ``black_litterman.picking_matrix`` / ``black_litterman.view_returns`` (shapes),
+        ``black_litterman.view_confidences[k]`` (outside [0, 1]), ``black_litterman.omega`` (not K×K, non-finite,
+        asymmetric, not PSD, or given with confidences), the market series (``market_returns`` /
+        ``market_prices``, see ``implied_risk_aversion``), and the source of Ω when A = PτΣPᵀ + Ω is singular
         (linearly dependent views held with certainty, or a certain view on a zero-variance portfolio).
     """
     covariance = _validated_covariance(spec)
@@ -488,7 +489,7 @@ def black_litterman_posterior(spec: BlackLittermanSpec) -> BlackLittermanPosteri
             field = {
                 OmegaMethod.GIVEN: "black_litterman.omega",
                 OmegaMethod.IDZOREK: "black_litterman.view_confidences",
-                OmegaMethod.HE_LITTERMAN: "black_litterman.views",
+                OmegaMethod.HE_LITTERMAN: "black_litterman.picking_matrix",
             }[omega_method]
             raise InvalidInputError.for_field(
                 field,

@@ -130,20 +130,20 @@ def estimate_betas(returns: FloatArray, market_returns: FloatArray) -> FloatArra
     ------
     InvalidInputError
         A strategy shares fewer than 2 periods with the market, or the market does not move over them
-        (``constraints.betas``).
+        (``betas``).
     """
     betas = np.empty(returns.shape[1])
     for i in range(returns.shape[1]):
         both = ~np.isnan(returns[:, i]) & ~np.isnan(market_returns)
         if both.sum() < MIN_OBSERVATIONS:
             raise InvalidInputError.for_field(
-                "constraints.betas", f"strategy {i} shares {int(both.sum())} periods with the market series; need 2"
+                "betas", f"strategy {i} shares {int(both.sum())} periods with the market series; need 2"
             )
         market = market_returns[both]
         variance = float(np.var(market, ddof=1))
         if variance <= 0:
             raise InvalidInputError.for_field(
-                "constraints.betas", f"the market series is constant over strategy {i}'s periods: no beta"
+                "betas", f"the market series is constant over strategy {i}'s periods: no beta"
             )
         betas[i] = float(np.cov(returns[both, i], market, ddof=1)[0, 1]) / variance
     return betas
@@ -244,32 +244,30 @@ def validate_moments(moments: Moments, n_assets: int) -> None:
     Raises
     ------
     InvalidInputError
-        Naming ``moments.expected_returns`` or ``moments.covariance``.
+        Naming ``expected_returns`` or ``covariance`` (an entry as ``expected_returns[i]``, ``covariance[i, j]``).
     """
     mu, sigma = moments.expected_returns, moments.covariance
     if mu.shape != (n_assets,):
-        raise InvalidInputError.for_field("moments.expected_returns", f"has {mu.size} values for {n_assets} strategies")
+        raise InvalidInputError.for_field("expected_returns", f"has {mu.size} values for {n_assets} strategies")
     if sigma.shape != (n_assets, n_assets):
         raise InvalidInputError.for_field(
-            "moments.covariance", f"has {sigma.size} values; expected {n_assets}x{n_assets} = {n_assets**2}"
+            "covariance", f"has {sigma.size} values; expected {n_assets}x{n_assets} = {n_assets**2}"
         )
     if not np.all(np.isfinite(mu)):
         idx = int(np.flatnonzero(~np.isfinite(mu))[0])
-        raise InvalidInputError.for_field(f"moments.expected_returns[{idx}]", "must be finite")
+        raise InvalidInputError.for_field(f"expected_returns[{idx}]", "must be finite")
     if not np.all(np.isfinite(sigma)):
-        idx = int(np.flatnonzero(~np.isfinite(sigma.ravel()))[0])
-        raise InvalidInputError.for_field(f"moments.covariance[{idx}]", "must be finite")
+        i, j = np.argwhere(~np.isfinite(sigma))[0]
+        raise InvalidInputError.for_field(f"covariance[{i}, {j}]", "must be finite")
     scale = max(float(np.max(np.abs(sigma))), 1e-300)
     asymmetry = np.abs(sigma - sigma.T)  # one pass (np.allclose built four N×N temporaries: 36 ms at N = 2000)
     if float(asymmetry.max()) > 1e-10 * scale:
         i, j = np.unravel_index(int(np.argmax(asymmetry)), sigma.shape)
-        raise InvalidInputError.for_field(
-            "moments.covariance", f"is not symmetric: entry ({i},{j}) differs from ({j},{i})"
-        )
+        raise InvalidInputError.for_field("covariance", f"is not symmetric: entry ({i},{j}) differs from ({j},{i})")
     flat = np.flatnonzero(np.diag(sigma) <= 0.0)
     if flat.size:
         raise InvalidInputError.for_field(
-            f"moments.covariance[{int(flat[0]) * (n_assets + 1)}]", "every variance (diagonal entry) must be positive"
+            f"covariance[{int(flat[0])}, {int(flat[0])}]", "every variance (diagonal entry) must be positive"
         )
     symmetric = (sigma + sigma.T) / 2.0
     try:  # a Cholesky factor proves positive definiteness at a fraction of an eigendecomposition's cost
@@ -280,7 +278,7 @@ def validate_moments(moments: Moments, n_assets: int) -> None:
     smallest = float(np.linalg.eigvalsh(symmetric)[0])
     if smallest < -1e-10 * scale:
         raise InvalidInputError.for_field(
-            "moments.covariance", f"is not positive semidefinite (smallest eigenvalue {smallest:.3g})"
+            "covariance", f"is not positive semidefinite (smallest eigenvalue {smallest:.3g})"
         )
 
 
@@ -327,11 +325,11 @@ def estimate_moments(history: ReturnHistory, settings: EstimationSettings) -> Es
     short = np.flatnonzero(counts < MIN_OBSERVATIONS)
     if short.size:
         raise InvalidInputError.for_field(
-            f"strategies[{int(short[0])}]", f"needs at least {MIN_OBSERVATIONS} return observations"
+            f"returns[:, {int(short[0])}]", f"needs at least {MIN_OBSERVATIONS} return observations"
         )
     if (policy is MissingDataPolicy.COMMON_WINDOW or needs_complete) and complete.sum() < MIN_OBSERVATIONS:
         raise InvalidInputError.for_field(
-            "risk_parameters.missing_data_policy",
+            "missing_data_policy",
             f"the strategies share only {int(complete.sum())} complete periods; the common window needs "
             f"at least {MIN_OBSERVATIONS}",
         )
@@ -344,7 +342,7 @@ def estimate_moments(history: ReturnHistory, settings: EstimationSettings) -> Es
 
     flat = np.flatnonzero(constant)
     if flat.size:
-        raise InvalidInputError.for_field(f"strategies[{int(flat[0])}]", "returns are constant (zero variance)")
+        raise InvalidInputError.for_field(f"returns[:, {int(flat[0])}]", "returns are constant (zero variance)")
 
     mu = _expected_returns(returns, market, settings)
     freq = settings.periods_per_year
@@ -358,8 +356,8 @@ def estimate_moments(history: ReturnHistory, settings: EstimationSettings) -> Es
     if np.isnan(per_period).any():
         i, j = np.argwhere(np.isnan(per_period))[0]
         raise InvalidInputError.for_field(
-            f"strategies[{int(i)}]",
-            f"shares fewer than {MIN_OBSERVATIONS} observations with strategies[{int(j)}]",
+            f"returns[:, {int(i)}]",
+            f"shares fewer than {MIN_OBSERVATIONS} observations with returns[:, {int(j)}]",
         )
     covariance = np.asarray(per_period, dtype=np.float64) * freq
     if has_gaps and settings.covariance_estimator is CovarianceEstimator.SAMPLE:
@@ -369,7 +367,7 @@ def estimate_moments(history: ReturnHistory, settings: EstimationSettings) -> Es
     variances = np.diag(covariance)
     flat = np.flatnonzero(variances <= 1e-12 * max(float(variances.max()), 1e-300))
     if flat.size:
-        raise InvalidInputError.for_field(f"strategies[{int(flat[0])}]", "returns have zero variance")
+        raise InvalidInputError.for_field(f"returns[:, {int(flat[0])}]", "returns have zero variance")
 
     applied = policy.value
     if policy is MissingDataPolicy.PAIRWISE and needs_complete and has_gaps:

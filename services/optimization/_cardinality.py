@@ -765,7 +765,7 @@ def _rounded_patterns(weights: FloatArray, problem: PortfolioProblem, k: int | N
 
 def _no_portfolio(k: int | None, m: float | None, what: str = "meets the other constraints") -> InfeasibleError:
     parts = ([f"at most {k} holdings"] if k is not None else []) + ([f"each at least {m:g}"] if m else [])
-    subject = "constraints.max_holdings" if k is not None else "constraints.min_position_weight"
+    subject = "max_holdings" if k is not None else "min_position_weight"
     description = f"{_SOLVER} proved that no portfolio with {', '.join(parts)} {what}"
     return InfeasibleError(
         description, precondition_violations=(PreconditionViolation("CARDINALITY", subject, description),)
@@ -825,7 +825,7 @@ def _optimize(
             min_risk = backend.min_risk(lowest)
             if not min_risk > 1e-9:
                 raise InvalidInputError.for_field(
-                    "constraints.max_holdings",
+                    "max_holdings",
                     f"max Sharpe with a cardinality or minimum position constraint needs a positive least risk over "
                     f"the constraints (got {min_risk:.3g}; e.g. net exposure bounds that allow an all-cash portfolio)",
                 )

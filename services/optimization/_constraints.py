@@ -184,26 +184,26 @@ class Constraint(ABC):
 
 
 def vector(value: FloatArray | None, field: str, n_assets: int, *, allow_inf: bool = False) -> FloatArray | None:
-    """``value`` as a float array of shape (N,), or None; InvalidInputError naming ``constraints.<field>[i]``."""
+    """``value`` as a float array of shape (N,), or None; InvalidInputError naming ``<field>`` or ``<field>[i]``."""
     if value is None:
         return None
     array = np.asarray(value, dtype=np.float64)
     if array.shape != (n_assets,):
-        raise InvalidInputError.for_field(f"constraints.{field}", f"has {array.size} values for {n_assets} strategies")
+        raise InvalidInputError.for_field(field, f"has {array.size} values for {n_assets} strategies")
     bad = np.flatnonzero(np.isnan(array) if allow_inf else ~np.isfinite(array))
     if bad.size:
         raise InvalidInputError.for_field(
-            f"constraints.{field}[{int(bad[0])}]", "must be finite" if not allow_inf else "must not be NaN"
+            f"{field}[{int(bad[0])}]", "must be finite" if not allow_inf else "must not be NaN"
         )
     return array
 
 
 def limit(value: float | None, field: str) -> float | None:
-    """A finite non-negative limit, or None; InvalidInputError naming ``constraints.<field>``."""
+    """A finite non-negative limit, or None; InvalidInputError naming ``<field>``."""
     if value is None:
         return None
     if not np.isfinite(value) or value < 0:
-        raise InvalidInputError.for_field(f"constraints.{field}", f"must be finite and non-negative, got {value:g}")
+        raise InvalidInputError.for_field(field, f"must be finite and non-negative, got {value:g}")
     return float(value)
 
 
@@ -267,7 +267,7 @@ class NetExposure(Constraint):
             relaxed = self.low - low_by
             relaxations.append(
                 Relaxation(
-                    "constraints.min_net_exposure",
+                    "min_net_exposure",
                     self.low,
                     relaxed,
                     f"lower min_net_exposure from {self.low:.6g} to {relaxed:.6g}",
@@ -278,7 +278,7 @@ class NetExposure(Constraint):
             relaxed = self.high + high_by
             relaxations.append(
                 Relaxation(
-                    "constraints.max_net_exposure",
+                    "max_net_exposure",
                     self.high,
                     relaxed,
                     f"raise max_net_exposure from {self.high:.6g} to {relaxed:.6g}",
@@ -336,7 +336,7 @@ class Bounds(Constraint):
             found.append(
                 PreconditionViolation(
                     "BOUNDS_SUM",
-                    "constraints.min_weight",
+                    "lower_bounds",
                     f"minimum weights sum to {self.lower.sum():.6g} > {self.high_name} ({budget[1]:g})",
                 )
             )
@@ -344,7 +344,7 @@ class Bounds(Constraint):
             found.append(
                 PreconditionViolation(
                     "BOUNDS_SUM",
-                    "constraints.max_weight",
+                    "upper_bounds",
                     f"maximum weights sum to {self.upper.sum():.6g} < {self.low_name} ({budget[0]:g})",
                 )
             )
@@ -357,7 +357,7 @@ class Bounds(Constraint):
         new_lower = np.where((lower >= 0.0) & (new_lower < lower), np.maximum(new_lower, 0.0), new_lower)
         relaxations = [
             Relaxation(
-                f"constraints.strategy_bounds[{ids[i]}].min_weight",
+                f"lower_bounds[{i}]",
                 float(lower[i]),
                 float(new_lower[i]),
                 f"lower the minimum weight of {ids[i]} from {lower[i]:.6g} to {new_lower[i]:.6g}",
@@ -366,7 +366,7 @@ class Bounds(Constraint):
         ]
         relaxations += [
             Relaxation(
-                f"constraints.strategy_bounds[{ids[i]}].max_weight",
+                f"upper_bounds[{i}]",
                 float(upper[i]),
                 float(new_upper[i]),
                 f"raise the maximum weight of {ids[i]} from {upper[i]:.6g} to {new_upper[i]:.6g}",
@@ -402,7 +402,7 @@ class GroupLimits(Constraint):
 
     name: ClassVar[str] = "group_limits"
     limits: tuple[SectorLimit, ...]
-    """As asked (index k names ``constraints.sector_limits[k]``)."""
+    """As asked (index k names ``sector_limits[k]``)."""
     groups: tuple[GroupRow, ...]
     """One row per limit, in the order of ``limits``."""
     min_matrix: FloatArray
@@ -425,8 +425,8 @@ class GroupLimits(Constraint):
         Raises
         ------
         InvalidInputError
-            An unknown scheme or a group without members (``constraints.sector_limits[k].scheme`` / ``.sector``), or
-            a minimum above its maximum (``constraints.sector_limits[k]``).
+            An unknown scheme or a group without members (``sector_limits[k].scheme`` / ``.sector``), or
+            a minimum above its maximum (``sector_limits[k]``).
         """
         if not limits:
             return None
@@ -437,7 +437,7 @@ class GroupLimits(Constraint):
                 if group_limit.scheme not in schemes:
                     known = ", ".join(sorted(schemes)) or "none"
                     raise InvalidInputError.for_field(
-                        f"constraints.sector_limits[{k}].scheme",
+                        f"sector_limits[{k}].scheme",
                         f"no strategy is classified under scheme '{group_limit.scheme}' (schemes given: {known})",
                     )
                 labels = schemes[group_limit.scheme]
@@ -447,12 +447,12 @@ class GroupLimits(Constraint):
             if not members.any():
                 where = f"scheme '{group_limit.scheme}'" if group_limit.scheme else "sector"
                 raise InvalidInputError.for_field(
-                    f"constraints.sector_limits[{k}].sector", f"no strategy has {where} '{group_limit.sector}'"
+                    f"sector_limits[{k}].sector", f"no strategy has {where} '{group_limit.sector}'"
                 )
             low, high = group_limit.min_weight, group_limit.max_weight
             if low is not None and high is not None and low > high:
                 raise InvalidInputError.for_field(
-                    f"constraints.sector_limits[{k}]", f"min_weight {low:g} is above max_weight {high:g}"
+                    f"sector_limits[{k}]", f"min_weight {low:g} is above max_weight {high:g}"
                 )
             label = f"{group_limit.scheme}:{group_limit.sector}" if group_limit.scheme else group_limit.sector
             groups.append(GroupRow(label, group_limit.scheme, members, low, high))
@@ -501,7 +501,7 @@ class GroupLimits(Constraint):
         found = []
         lower, upper = model.lower, model.upper
         for k, group in enumerate(self.groups):
-            subject = f"constraints.sector_limits[{k}]"
+            subject = f"sector_limits[{k}]"
             if group.min_weight is not None:
                 reachable = float(group.members @ upper)
                 if group.min_weight > reachable + 1e-9:
@@ -543,7 +543,7 @@ class GroupLimits(Constraint):
                 found.append(
                     PreconditionViolation(
                         "SECTOR_MINIMA",
-                        "constraints.sector_limits",
+                        "sector_limits",
                         f"{label} minima (with the other strategies at their lower bounds) sum to {forced:.6g} > "
                         f"{model.budget[1]:g}",
                     )
@@ -564,7 +564,7 @@ class GroupLimits(Constraint):
             if down and group.min_weight is not None and new_min is not None:
                 relaxations.append(
                     Relaxation(
-                        f"constraints.sector_limits[{k}].min_weight",
+                        f"sector_limits[{k}].min_weight",
                         group.min_weight,
                         new_min,
                         f"lower the minimum of group '{group.label}' from {group.min_weight:.6g} to {new_min:.6g}",
@@ -573,7 +573,7 @@ class GroupLimits(Constraint):
             if up and group.max_weight is not None and new_max is not None:
                 relaxations.append(
                     Relaxation(
-                        f"constraints.sector_limits[{k}].max_weight",
+                        f"sector_limits[{k}].max_weight",
                         group.max_weight,
                         new_max,
                         f"raise the maximum of group '{group.label}' from {group.max_weight:.6g} to {new_max:.6g}",
@@ -614,7 +614,7 @@ class ScalarLimit(Constraint):
         original = self.bound
         relaxed = original + self.relax_sign * by
         description = f"{self.relax_verb} {self.name} from {original:.6g} to {relaxed:.6g}"
-        return {self.name: relaxed}, [Relaxation(f"constraints.{self.name}", original, relaxed, description)]
+        return {self.name: relaxed}, [Relaxation(self.name, original, relaxed, description)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -642,7 +642,7 @@ class MinReturn(ScalarLimit):
             return [
                 PreconditionViolation(
                     "TARGET_RETURN",
-                    "constraints.min_return",
+                    "min_return",
                     f"min_return {self.limit:g} is above the highest expected return the weight bounds allow "
                     f"({best:.6g})",
                 )
@@ -705,7 +705,7 @@ class TurnoverLimit(ScalarLimit):
             return [
                 PreconditionViolation(
                     "TURNOVER",
-                    "constraints.turnover_limit",
+                    "turnover_limit",
                     f"turnover_limit {self.limit:g} is below the turnover the budget and weight bounds force "
                     f"({needed:.6g})",
                 )
@@ -755,7 +755,7 @@ class TurnoverCaps(Constraint):
             return [
                 PreconditionViolation(
                     "TURNOVER",
-                    f"constraints.turnover_caps[{i}]",
+                    f"turnover_caps[{i}]",
                     f"{model.strategy_ids[i]}: no weight within cap {self.caps[i]:g} of its current weight "
                     f"{current[i]:g} lies within its bounds [{lower[i]:g}, {upper[i]:g}]",
                 )
@@ -764,7 +764,7 @@ class TurnoverCaps(Constraint):
             return [
                 PreconditionViolation(
                     "TURNOVER",
-                    "constraints.turnover_caps",
+                    "turnover_caps",
                     f"within the per-name turnover caps the weights sum to between {low.sum():.6g} and "
                     f"{high.sum():.6g}, never within [{budget[0]:g}, {budget[1]:g}]",
                 )
@@ -778,7 +778,7 @@ class TurnoverCaps(Constraint):
         caps = self.caps + by_name
         relaxations = [
             Relaxation(
-                f"constraints.turnover_caps[{model.strategy_ids[i]}]",
+                f"turnover_caps[{i}]",
                 float(self.caps[i]),
                 float(caps[i]),
                 f"raise the turnover cap of {model.strategy_ids[i]} from {self.caps[i]:.6g} to {caps[i]:.6g}",
@@ -811,7 +811,7 @@ class LeverageLimit(ScalarLimit):
             return [
                 PreconditionViolation(
                     "LEVERAGE",
-                    "constraints.leverage_limit",
+                    "leverage_limit",
                     f"leverage_limit {self.limit:g} < {least_gross:g}: weights with net exposure in "
                     f"[{low:g}, {high:g}] have gross exposure Σ|w| ≥ {least_gross:g}",
                 )
@@ -881,7 +881,7 @@ class BetaNeutrality(ScalarLimit):
             return [
                 PreconditionViolation(
                     "BETA",
-                    "constraints.beta_tolerance",
+                    "beta_tolerance",
                     f"the weight bounds allow portfolio betas in [{lowest:.6g}, {highest:.6g}], outside "
                     f"±{self.tolerance:g}",
                 )
@@ -922,30 +922,29 @@ class Cardinality(Constraint):
         min_position: float | None,
         lower: FloatArray,
         upper: FloatArray,
-        ids: tuple[str, ...],
     ) -> Cardinality | None:
         """The validated family, or None when neither K nor a positive m is set.
 
         Raises
         ------
         InvalidInputError
-            K not a positive integer (``constraints.max_holdings``); m negative, above 1 or not finite
-            (``constraints.min_position_weight``); a non-finite weight bound (``constraints.strategy_bounds[id]``:
+            K not a positive integer (``max_holdings``); m negative, above 1 or not finite
+            (``min_position_weight``); a non-finite weight bound (``lower_bounds[i]`` / ``upper_bounds[i]``:
             the mixed-integer program links each weight to its binary through the bounds).
         """
         k = max_holdings
         if k is not None and (isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1):
-            raise InvalidInputError.for_field("constraints.max_holdings", f"must be a positive integer, got {k!r}")
+            raise InvalidInputError.for_field("max_holdings", f"must be a positive integer, got {k!r}")
         m = min_position
         if m is not None and not (np.isfinite(m) and 0.0 <= m <= 1.0):
-            raise InvalidInputError.for_field("constraints.min_position_weight", f"must lie in [0, 1], got {m:g}")
+            raise InvalidInputError.for_field("min_position_weight", f"must lie in [0, 1], got {m:g}")
         if k is None and (m is None or m == 0.0):
             return None
-        for bounds in (lower, upper):
+        for name, bounds in (("lower_bounds", lower), ("upper_bounds", upper)):
             bad = np.flatnonzero(~np.isfinite(bounds))
             if bad.size:
                 raise InvalidInputError.for_field(
-                    f"constraints.strategy_bounds[{ids[int(bad[0])]}]",
+                    f"{name}[{int(bad[0])}]",
                     "must be finite with max_holdings or min_position_weight (the mixed-integer program links each "
                     "weight to its binary through the bounds)",
                 )
@@ -977,7 +976,7 @@ class Cardinality(Constraint):
             found.append(
                 PreconditionViolation(
                     "CARDINALITY",
-                    "constraints.max_holdings",
+                    "max_holdings",
                     f"{int(forced.sum())} strategies have bounds that exclude 0 and must be held ({names}"
                     f"{', ...' if forced.sum() > 5 else ''}); max_holdings is {k}",
                 )
@@ -989,7 +988,7 @@ class Cardinality(Constraint):
                 found.append(
                     PreconditionViolation(
                         "CARDINALITY",
-                        "constraints.min_position_weight",
+                        "min_position_weight",
                         f"{ids[i]}: its bounds [{lower[i]:g}, {upper[i]:g}] force it to be held, but no weight "
                         f"within them reaches min_position_weight {m:g}",
                     )
@@ -1001,10 +1000,10 @@ class Cardinality(Constraint):
             reachable = float(caps[:count].sum())
             if reachable < low - 1e-9:
                 if k is not None:
-                    subject = "constraints.max_holdings"
+                    subject = "max_holdings"
                     what = f"the {k} largest upper bounds" + (f" of the strategies that can reach {m:g}" if m else "")
                 else:
-                    subject = "constraints.min_position_weight"
+                    subject = "min_position_weight"
                     what = f"the upper bounds of the strategies that can reach min_position_weight {m:g}"
                 found.append(
                     PreconditionViolation(
@@ -1017,7 +1016,7 @@ class Cardinality(Constraint):
                     found.append(
                         PreconditionViolation(
                             "CARDINALITY",
-                            "constraints.min_position_weight",
+                            "min_position_weight",
                             f"weights summing to {low:g} need at least {least} holdings (upper bounds), each at "
                             f"least {m:g}: {m * least:.6g} > {high:g}",
                         )
@@ -1027,7 +1026,7 @@ class Cardinality(Constraint):
                     found.append(
                         PreconditionViolation(
                             "CARDINALITY",
-                            "constraints.min_position_weight",
+                            "min_position_weight",
                             f"the strategies that must be held, each at max(min_weight, {m:g}), sum to {floor:.6g} "
                             f"> {high:g}",
                         )

@@ -169,13 +169,13 @@ def optimize_cardinality(
     Raises
     ------
     InvalidInputError
-        Invalid K, m or bounds (``constraints.max_holdings``, ``constraints.min_position_weight``), or neither set.
+        Invalid K, m or bounds (``max_holdings``, ``min_position_weight``), or neither set.
     InfeasibleError, DeadlineExceededError, OptimizationError
         As ``optimize_mean_variance``.
     """
     model = ProblemModel.build(problem, moments)
     if model.cardinality is None:
-        raise InvalidInputError.for_field("constraints.max_holdings", "set max_holdings or min_position_weight")
+        raise InvalidInputError.for_field("max_holdings", "set max_holdings or min_position_weight")
     model.precheck()
     return solve_model(model, time_limit_s=time_limit_s)
 

@@ -51,8 +51,8 @@ _SYMMETRY_TOLERANCE: Final = 1e-10
 """Largest |Σ_ij − Σ_ji| accepted, relative to the largest variance."""
 _SYMMETRY_BLOCK: Final = 128
 
-LINKAGE_FIELD: Final = "risk_parameters.linkage_method"
-COVARIANCE_FIELD: Final = "moments.covariance"
+LINKAGE_FIELD: Final = "linkage"
+COVARIANCE_FIELD: Final = "covariance"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,12 +145,12 @@ def hierarchical_risk_parity(
     Raises
     ------
     InvalidInputError
-        Naming ``risk_parameters.linkage_method`` for a linkage outside the four above; ``moments.covariance``
-        for a covariance that is empty, not square, not finite, not symmetric, has a non-positive variance, or
-        gives a cluster a non-positive variance (not positive semidefinite); ``constraints.min_weight`` /
-        ``constraints.max_weight`` for bounds of the wrong shape or not finite, ``constraints.max_weight[i]`` for
-        a negative upper bound, ``constraints.strategy_bounds[i]`` for a lower bound above its upper bound
-        (i: the position).
+        Naming ``linkage`` for a linkage outside the four above; ``covariance`` (``covariance[i, j]`` for an
+        entry that is not finite) for a covariance that is empty, not square, not symmetric, has a non-positive
+        variance, or gives a cluster a non-positive variance (not positive semidefinite); ``lower_bounds`` /
+        ``upper_bounds`` for bounds of the wrong shape, ``lower_bounds[i]`` / ``upper_bounds[i]`` for a bound not
+        finite, ``upper_bounds[i]`` for a negative upper bound, ``lower_bounds[i]`` for a lower bound above its
+        upper bound.
     InfeasibleError
         With a ``BOUNDS_SUM`` ``PreconditionViolation`` when the lower bounds sum above 1 or the upper bounds
         below 1 (beyond ``BOUNDS_TOLERANCE``).
@@ -195,8 +195,8 @@ def _validate_covariance(covariance: FloatArray) -> FloatArray:
             COVARIANCE_FIELD, f"must be a non-empty square matrix, got shape {covariance.shape}"
         )
     if not np.isfinite(covariance.sum()) and not np.isfinite(covariance).all():  # one pass when all finite
-        idx = int(np.flatnonzero(~np.isfinite(covariance.ravel()))[0])
-        raise InvalidInputError.for_field(f"{COVARIANCE_FIELD}[{idx}]", "must be finite")
+        i, j = np.argwhere(~np.isfinite(covariance))[0]
+        raise InvalidInputError.for_field(f"{COVARIANCE_FIELD}[{i}, {j}]", "must be finite")
     variances = np.diag(covariance).copy()
     if np.any(variances <= 0.0):
         idx = int(np.flatnonzero(variances <= 0.0)[0])
@@ -228,8 +228,7 @@ def _validate_bounds(
     if lower_bounds is None and upper_bounds is None:
         return None
     arrays = []
-    for name, given, default in (("min_weight", lower_bounds, 0.0), ("max_weight", upper_bounds, 1.0)):
-        field = f"constraints.{name}"
+    for field, given, default in (("lower_bounds", lower_bounds, 0.0), ("upper_bounds", upper_bounds, 1.0)):
         if given is None:
             arrays.append(np.full(n_assets, default))
             continue
@@ -245,28 +244,24 @@ def _validate_bounds(
     if crossed.size:
         idx = int(crossed[0])
         raise InvalidInputError.for_field(
-            f"constraints.strategy_bounds[{idx}]",
+            f"lower_bounds[{idx}]",
             f"min_weight {lower[idx]:g} is above max_weight {upper[idx]:g}",
         )
     negative = np.flatnonzero(upper < 0.0)
     if negative.size:
         idx = int(negative[0])
         raise InvalidInputError.for_field(
-            f"constraints.max_weight[{idx}]", f"is {upper[idx]:g}; HRP weights are long-only (never below 0)"
+            f"upper_bounds[{idx}]", f"is {upper[idx]:g}; HRP weights are long-only (never below 0)"
         )
     lower = np.maximum(lower, 0.0)  # long-only: a negative minimum is the minimum 0
     violations = []
     if lower.sum() > 1.0 + BOUNDS_TOLERANCE:
         violations.append(
-            PreconditionViolation(
-                "BOUNDS_SUM", "constraints.min_weight", f"minimum weights sum to {lower.sum():.6g} > 1"
-            )
+            PreconditionViolation("BOUNDS_SUM", "lower_bounds", f"minimum weights sum to {lower.sum():.6g} > 1")
         )
     if upper.sum() < 1.0 - BOUNDS_TOLERANCE:
         violations.append(
-            PreconditionViolation(
-                "BOUNDS_SUM", "constraints.max_weight", f"maximum weights sum to {upper.sum():.6g} < 1"
-            )
+            PreconditionViolation("BOUNDS_SUM", "upper_bounds", f"maximum weights sum to {upper.sum():.6g} < 1")
         )
     if violations:
         raise InfeasibleError("; ".join(v.description for v in violations), precondition_violations=tuple(violations))

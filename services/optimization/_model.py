@@ -105,19 +105,17 @@ def multi_objective_weights(problem: PortfolioProblem) -> MultiObjectiveWeights:
     ------
     InvalidInputError
         A negative or non-finite weight, or return and variance weights both zero
-        (``risk_parameters.multi_objective.*``).
+        (``multi_objective.*``).
     """
     weights = problem.multi_objective if problem.multi_objective is not None else MultiObjectiveWeights()
     for name in ("return_weight", "variance_weight", "turnover_weight", "l2_weight"):
         value = getattr(weights, name)
         if not np.isfinite(value) or value < 0:
             raise InvalidInputError.for_field(
-                f"risk_parameters.multi_objective.{name}", f"must be finite and non-negative, got {value:g}"
+                f"multi_objective.{name}", f"must be finite and non-negative, got {value:g}"
             )
     if weights.return_weight == 0 and weights.variance_weight == 0:
-        raise InvalidInputError.for_field(
-            "risk_parameters.multi_objective", "return_weight and variance_weight cannot both be 0"
-        )
+        raise InvalidInputError.for_field("multi_objective", "return_weight and variance_weight cannot both be 0")
     return weights
 
 
@@ -127,12 +125,12 @@ def _net_exposure(problem: PortfolioProblem) -> NetExposure | None:
         return None
     for value, name in ((low, "min_net_exposure"), (high, "max_net_exposure")):
         if value is not None and not np.isfinite(value):
-            raise InvalidInputError.for_field(f"constraints.{name}", f"must be finite, got {value}")
+            raise InvalidInputError.for_field(name, f"must be finite, got {value}")
     lo = -np.inf if low is None else float(low)
     hi = np.inf if high is None else float(high)
     if lo > hi:
         raise InvalidInputError.for_field(
-            "constraints.min_net_exposure", f"min_net_exposure {lo:g} is above max_net_exposure {hi:g}"
+            "min_net_exposure", f"min_net_exposure {lo:g} is above max_net_exposure {hi:g}"
         )
     return NetExposure(lo, hi)
 
@@ -175,7 +173,7 @@ class ProblemModel:
         Raises
         ------
         InvalidInputError
-            A lower bound above its upper bound (``constraints.strategy_bounds[id]``), NaN or crossed net exposure
+            A lower bound above its upper bound (``lower_bounds[i]``), NaN or crossed net exposure
             bounds, invalid multi-objective weights, an unknown or empty group or a crossed group limit, a
             wrong-length or non-finite vector, a negative limit, cap or cost, a tracking-error limit without
             benchmark weights (beta tolerance without betas), or an invalid cardinality (each naming its field).
@@ -184,9 +182,8 @@ class ProblemModel:
         lower, upper = problem.lower_bounds, problem.upper_bounds
         crossed = np.flatnonzero(lower > upper + 1e-12)
         if crossed.size:
-            sid = problem.strategy_ids[int(crossed[0])]
             raise InvalidInputError.for_field(
-                f"constraints.strategy_bounds[{sid}]",
+                f"lower_bounds[{int(crossed[0])}]",
                 f"min_weight {lower[crossed[0]]:g} is above max_weight {upper[crossed[0]]:g}",
             )
         net = _net_exposure(problem)
@@ -207,7 +204,7 @@ class ProblemModel:
         if caps is not None:
             bad = np.flatnonzero(caps < 0)
             if bad.size:
-                raise InvalidInputError.for_field(f"constraints.turnover_caps[{int(bad[0])}]", "must be non-negative")
+                raise InvalidInputError.for_field(f"turnover_caps[{int(bad[0])}]", "must be non-negative")
             if not np.isfinite(caps).any():
                 caps = None
         leverage = limit(problem.leverage_limit, "leverage_limit")
@@ -215,21 +212,17 @@ class ProblemModel:
         if costs is not None:
             bad = np.flatnonzero(costs < 0)
             if bad.size:
-                raise InvalidInputError.for_field(
-                    f"constraints.transaction_costs_bps[{int(bad[0])}]", "must be non-negative"
-                )
+                raise InvalidInputError.for_field(f"transaction_costs_bps[{int(bad[0])}]", "must be non-negative")
             costs = costs / 1e4 if costs.any() else None
         tracking_error = limit(problem.tracking_error_limit, "tracking_error_limit")
         benchmark = vector(problem.benchmark_weights, "benchmark_weights", n)
         if tracking_error is not None and benchmark is None:
-            raise InvalidInputError.for_field("constraints.benchmark_weights", "required with a tracking_error_limit")
+            raise InvalidInputError.for_field("benchmark_weights", "required with a tracking_error_limit")
         beta_tolerance = limit(problem.beta_tolerance, "beta_tolerance")
         betas = vector(problem.betas, "betas", n)
         if beta_tolerance is not None and betas is None:
-            raise InvalidInputError.for_field("constraints.betas", "required with a beta_tolerance")
-        cardinality = Cardinality.build(
-            problem.max_holdings, problem.min_position_weight, lower, upper, problem.strategy_ids
-        )
+            raise InvalidInputError.for_field("betas", "required with a beta_tolerance")
+        cardinality = Cardinality.build(problem.max_holdings, problem.min_position_weight, lower, upper)
         families: list[Constraint | None] = [
             budget_family,
             cardinality,
@@ -416,7 +409,7 @@ class ProblemModel:
         return [
             PreconditionViolation(
                 "NO_EXCESS_RETURN",
-                "risk_parameters.risk_free_rate",
+                "risk_free_rate",
                 f"max Sharpe needs a portfolio with expected return above the risk-free rate "
                 f"{self.risk_free_rate:g}; the highest the weight bounds allow is {self.best_total_return:.6g}",
             )

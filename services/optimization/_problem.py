@@ -56,7 +56,7 @@ class Relaxation:
     """How much one constraint had to be relaxed to make an infeasible problem feasible."""
 
     constraint: str
-    """Field path of the constraint, e.g. ``constraints.sector_limits[1].min_weight``."""
+    """The relaxed limit, named as a ``PortfolioProblem`` attribute path, e.g. ``sector_limits[1].min_weight``."""
     original: float
     """The limit as asked."""
     relaxed: float

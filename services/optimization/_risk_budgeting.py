@@ -72,9 +72,8 @@ from services.types import FloatArray
 SOLVER: Final = "JAX_NEWTON"
 """Solver name reported in :class:`RiskParityResult`."""
 
-COVARIANCE_FIELD: Final = "moments.covariance"
-BUDGETS_FIELD: Final = "risk_parameters.risk_budgets"
-CONSTRAINTS_FIELD: Final = "constraints"
+COVARIANCE_FIELD: Final = "covariance"
+BUDGETS_FIELD: Final = "risk_budgets"
 
 ARMIJO_FRACTION: Final = 1e-4
 """Sufficient-decrease fraction of the backtracking line search: f(y + t d) ≤ f(y) + fraction · t ∇f(y)ᵀd."""
@@ -149,9 +148,13 @@ def check_no_binding_bounds(lower_bounds: FloatArray | None, upper_bounds: Float
     Raises
     ------
     InvalidInputError
-        Naming ``constraints`` when some lower bound is above 0, some upper bound below 1, or a bound is NaN.
+        Naming ``lower_bounds[i]`` / ``upper_bounds[i]`` when some lower bound is above 0, some upper bound below
+        1, or a bound is NaN.
     """
-    for name, given, free in (("min_weight", lower_bounds, 0.0), ("max_weight", upper_bounds, 1.0)):
+    for name, field, given, free in (
+        ("min_weight", "lower_bounds", lower_bounds, 0.0),
+        ("max_weight", "upper_bounds", upper_bounds, 1.0),
+    ):
         if given is None:
             continue
         values = np.atleast_1d(np.asarray(given, dtype=np.float64))
@@ -159,7 +162,7 @@ def check_no_binding_bounds(lower_bounds: FloatArray | None, upper_bounds: Float
         if binding.size:
             idx = int(binding[0])
             raise InvalidInputError.for_field(
-                CONSTRAINTS_FIELD,
+                f"{field}[{idx}]",
                 f"{name} {values[idx]:g} of strategy {idx} could bind: risk budgeting is long-only and fully "
                 "invested without weight bounds; bounds with risk budgeting are not supported",
             )
@@ -200,10 +203,10 @@ def risk_budgeting(
     Raises
     ------
     InvalidInputError
-        Naming ``moments.covariance`` for a covariance that is empty, not square, not finite, not symmetric
-        or not positive semidefinite (beyond 1e-10 of max |Σ_ij|); ``strategies[i]`` for a strategy with zero
-        (or negative) variance; ``risk_parameters.risk_budgets`` for budgets of the wrong shape and
-        ``risk_parameters.risk_budgets[i]`` for a budget that is not positive and finite; ``tolerance`` or
+        Naming ``covariance`` for a covariance that is empty, not square, not symmetric or not positive
+        semidefinite (beyond 1e-10 of max |Σ_ij|), ``covariance[i, j]`` for an entry that is not finite and
+        ``covariance[i, i]`` for a strategy with zero (or negative) variance; ``risk_budgets`` for budgets of the
+        wrong shape and ``risk_budgets[i]`` for a budget that is not positive and finite; ``tolerance`` or
         ``max_iterations`` out of range.
     InfeasibleError
         ``SINGULAR_COVARIANCE`` (FAILED_PRECONDITION): the solve produced non-finite or non-positive weights,
@@ -346,13 +349,13 @@ def _validate_covariance(covariance: FloatArray) -> None:
             COVARIANCE_FIELD, f"must be a non-empty square matrix, got shape {covariance.shape}"
         )
     if not np.isfinite(covariance).all():
-        idx = int(np.flatnonzero(~np.isfinite(covariance.ravel()))[0])
-        raise InvalidInputError.for_field(f"{COVARIANCE_FIELD}[{idx}]", "must be finite")
+        i, j = np.argwhere(~np.isfinite(covariance))[0]
+        raise InvalidInputError.for_field(f"{COVARIANCE_FIELD}[{i}, {j}]", "must be finite")
     variances = np.diag(covariance)
     if np.any(variances <= 0.0):
         idx = int(np.flatnonzero(variances <= 0.0)[0])
         raise InvalidInputError.for_field(
-            f"strategies[{idx}]",
+            f"{COVARIANCE_FIELD}[{idx}, {idx}]",
             f"has variance {variances[idx]:g}; risk budgeting needs every strategy to have positive variance",
         )
     asymmetry = np.abs(covariance - covariance.T)

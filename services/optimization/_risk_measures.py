@@ -121,16 +121,14 @@ def validate_scenarios(
     if not np.all(np.isfinite(scenarios)):
         t, i = np.argwhere(~np.isfinite(scenarios))[0]
         raise InvalidInputError.for_field(
-            f"scenarios[{t}][{i}]", "must be finite (scenario measures need a complete window of returns)"
+            f"scenarios[{t}, {i}]", "must be finite (scenario measures need a complete window of returns)"
         )
     if not 0.0 < alpha < 1.0:
-        raise InvalidInputError.for_field("risk_parameters.alpha", f"must lie in (0, 1); got {alpha:g}")
+        raise InvalidInputError.for_field("confidence_level", f"must lie in (0, 1); got {alpha:g}")
     if periods_per_year < 1:
-        raise InvalidInputError.for_field(
-            "risk_parameters.periods_per_year", f"must be positive; got {periods_per_year}"
-        )
+        raise InvalidInputError.for_field("periods_per_year", f"must be positive; got {periods_per_year}")
     if max_risk is not None and not (np.isfinite(max_risk) and max_risk > 0):
-        raise InvalidInputError.for_field("constraints.max_risk", f"must be positive and finite; got {max_risk:g}")
+        raise InvalidInputError.for_field("max_risk", f"must be positive and finite; got {max_risk:g}")
     if covariance is None:
         covariance = np.asarray(np.cov(scenarios, rowvar=False, ddof=1) * periods_per_year, dtype=np.float64)
         covariance = covariance.reshape(n, n)
@@ -353,7 +351,7 @@ def scenario_spec(
         )
     if problem.transaction_costs_bps is not None and np.any(problem.transaction_costs_bps):
         raise InvalidInputError.for_field(
-            "constraints.transaction_costs_bps", f"transaction costs are supported with variance, not {measure}"
+            "transaction_costs_bps", f"transaction costs are supported with variance, not {measure}"
         )
     values = np.asarray(scenarios, dtype=np.float64)
     moments = validate_scenarios(problem, values, expected_returns, covariance, alpha, periods_per_year, max_risk)

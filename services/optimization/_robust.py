@@ -160,14 +160,14 @@ def mu_uncertainty_set(
         uncertainty = Uncertainty(uncertainty)
     except ValueError:
         raise InvalidInputError.for_field(
-            "robust.uncertainty", f"must be one of {', '.join(Uncertainty)}; got {uncertainty!r}"
+            "uncertainty", f"must be one of {', '.join(Uncertainty)}; got {uncertainty!r}"
         ) from None
     if not 0.0 < confidence < 1.0:
-        raise InvalidInputError.for_field("robust.confidence", f"must lie in (0, 1); got {confidence:g}")
+        raise InvalidInputError.for_field("robust_confidence", f"must lie in (0, 1); got {confidence:g}")
     if observations < 1:
-        raise InvalidInputError.for_field("robust.observations", f"must be positive; got {observations}")
+        raise InvalidInputError.for_field("robust_observations", f"must be positive; got {observations}")
     if periods_per_year < 1:
-        raise InvalidInputError.for_field("robust.periods_per_year", f"must be positive; got {periods_per_year}")
+        raise InvalidInputError.for_field("periods_per_year", f"must be positive; got {periods_per_year}")
     n_assets = covariance.shape[0]
     if uncertainty is Uncertainty.BOX:
         radius = float(stats.norm.ppf(0.5 + 0.5 * confidence))
@@ -238,14 +238,14 @@ def optimize_robust(
     if problem.min_net_exposure is not None or problem.max_net_exposure is not None:
         field = "min_net_exposure" if problem.min_net_exposure is not None else "max_net_exposure"
         raise InvalidInputError.for_field(
-            f"constraints.{field}", "net exposure bounds are not supported with robust optimization (budget 1)"
+            field, "net exposure bounds are not supported with robust optimization (budget 1)"
         )
     if problem.max_holdings is not None or problem.min_position_weight is not None:
         field = "max_holdings" if problem.max_holdings is not None else "min_position_weight"
-        raise InvalidInputError.for_field(f"constraints.{field}", "is not supported with robust optimization")
+        raise InvalidInputError.for_field(field, "is not supported with robust optimization")
     if problem.transaction_costs_bps is not None and np.any(problem.transaction_costs_bps):
         raise InvalidInputError.for_field(
-            "constraints.transaction_costs_bps", "transaction costs are not supported with robust optimization"
+            "transaction_costs_bps", "transaction costs are not supported with robust optimization"
         )
     model = ProblemModel.build(problem, moments)
     model.precheck()
@@ -293,7 +293,7 @@ def optimize_robust(
                 precondition_violations=(
                     PreconditionViolation(
                         "NO_WORST_CASE_EXCESS_RETURN",
-                        "risk_parameters.risk_free_rate",
+                        "risk_free_rate",
                         f"robust max Sharpe needs a worst-case expected return above {problem.risk_free_rate:g} "
                         f"at confidence {confidence:g}",
                     ),

@@ -132,7 +132,7 @@ def test_invalid_moments_input_is_rejected(sp500_returns: pd.DataFrame) -> None:
     )
     with pytest.raises(InvalidInputError) as caught:
         run_optimization(job)
-    assert [v.field for v in caught.value.field_violations] == ["moments.covariance"]
+    assert [v.field for v in caught.value.field_violations] == ["covariance"]
 
 
 def test_a_spent_time_limit_raises_deadline_exceeded(sp500_returns: pd.DataFrame) -> None:

@@ -412,17 +412,17 @@ def _with_value(values: np.ndarray, index: int, value: float) -> np.ndarray:
 
 
 INVALID = {
-    "zero view": (lambda s: _with_view_row(s, 2, np.zeros(20)), "black_litterman.views[2]"),
+    "zero view": (lambda s: _with_view_row(s, 2, np.zeros(20)), "black_litterman.picking_matrix[2]"),
     "nan view weight": (
         lambda s: _with_view_row(s, 1, _with_value(s.picking_matrix[1], 5, np.nan)),
-        "black_litterman.views[1]",
+        "black_litterman.picking_matrix[1]",
     ),
     "nan view return": (
         lambda s: replace(s, view_returns=_with_value(s.view_returns, 3, np.nan)),
-        "black_litterman.views[3]",
+        "black_litterman.view_returns[3]",
     ),
-    "view columns": (lambda s: replace(s, picking_matrix=s.picking_matrix[:, :19]), "black_litterman.views"),
-    "view count": (lambda s: replace(s, view_returns=s.view_returns[:3]), "black_litterman.views"),
+    "view columns": (lambda s: replace(s, picking_matrix=s.picking_matrix[:, :19]), "black_litterman.picking_matrix"),
+    "view count": (lambda s: replace(s, view_returns=s.view_returns[:3]), "black_litterman.view_returns"),
     "confidence above 1": (
         lambda s: replace(s, view_confidences=np.array([0.5, 1.2, 0.5, 0.5])),
         "black_litterman.view_confidences[1]",
@@ -474,33 +474,33 @@ INVALID = {
     "negative risk aversion": (lambda s: replace(s, risk_aversion=-2.0), "black_litterman.risk_aversion"),
     "nan market return": (
         lambda s: replace(s, risk_aversion=None, market_returns=np.array([0.01, np.nan, 0.02])),
-        "black_litterman.market_returns[1]",
+        "market_returns[1]",
     ),
     "ruinous market return": (
         lambda s: replace(s, risk_aversion=None, market_returns=np.array([0.01, -1.0, 0.02])),
-        "black_litterman.market_returns[1]",
+        "market_returns[1]",
     ),
     "falling market": (
         lambda s: replace(s, risk_aversion=None, market_returns=np.array([-0.01, 0.005, -0.02])),
-        "black_litterman.market_returns",
+        "market_returns",
     ),
     "flat market": (
         lambda s: replace(s, risk_aversion=None, market_returns=np.full(5, 0.001)),
-        "black_litterman.market_returns",
+        "market_returns",
     ),
     "one market return": (
         lambda s: replace(s, risk_aversion=None, market_returns=np.array([0.01])),
-        "black_litterman.market_returns",
+        "market_returns",
     ),
     "zero market price": (
         lambda s: replace(s, risk_aversion=None, market_prices=np.array([100.0, 0.0, 101.0])),
-        "black_litterman.market_prices[1]",
+        "market_prices[1]",
     ),
     "returns and prices": (
         lambda s: replace(s, risk_aversion=None, market_returns=np.full(3, 0.01), market_prices=np.ones(4)),
-        "black_litterman.market_prices",
+        "market_prices",
     ),
-    "covariance shape": (lambda s: replace(s, covariance=s.covariance[:19]), "moments.covariance"),
+    "covariance shape": (lambda s: replace(s, covariance=s.covariance[:19]), "covariance"),
     "certain duplicate views": (
         lambda s: replace(
             s,

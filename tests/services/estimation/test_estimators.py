@@ -361,7 +361,7 @@ def test_strategy_with_fewer_than_two_observations_is_invalid(
     returns.iloc[observed:, column] = np.nan
     with pytest.raises(InvalidInputError) as caught:
         estimate_moments(return_history(returns), EstimationSettings())
-    assert [v.field for v in caught.value.field_violations] == [f"strategies[{column}]"]
+    assert [v.field for v in caught.value.field_violations] == [f"returns[:, {column}]"]
     assert status_code(caught.value) is grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -372,8 +372,8 @@ def test_pair_without_two_shared_observations_is_invalid(sp500_small_returns: pd
     returns.iloc[:200, 4] = np.nan
     with pytest.raises(InvalidInputError) as caught:
         estimate_moments(return_history(returns), EstimationSettings())
-    assert [v.field for v in caught.value.field_violations] == ["strategies[1]"]
-    assert "strategies[4]" in caught.value.field_violations[0].description
+    assert [v.field for v in caught.value.field_violations] == ["returns[:, 1]"]
+    assert "returns[:, 4]" in caught.value.field_violations[0].description
 
 
 def test_common_window_with_fewer_than_two_complete_periods_is_invalid(sp500_small_returns: pd.DataFrame) -> None:
@@ -383,7 +383,7 @@ def test_common_window_with_fewer_than_two_complete_periods_is_invalid(sp500_sma
     settings = EstimationSettings(missing_data_policy=MissingDataPolicy.COMMON_WINDOW)
     with pytest.raises(InvalidInputError) as caught:
         estimate_moments(return_history(returns), settings)
-    assert [v.field for v in caught.value.field_violations] == ["risk_parameters.missing_data_policy"]
+    assert [v.field for v in caught.value.field_violations] == ["missing_data_policy"]
 
 
 # A constant return series has zero variance, whatever the constant: floating-point means differ from a
@@ -408,7 +408,7 @@ def test_zero_variance_strategy_is_invalid(sp500_small_returns: pd.DataFrame, co
     assert returns.iloc[:, 2].nunique() == 1  # constant: no variance at all
     with pytest.raises(InvalidInputError) as caught:
         estimate_moments(return_history(returns), EstimationSettings())
-    assert [v.field for v in caught.value.field_violations] == ["strategies[2]"]
+    assert [v.field for v in caught.value.field_violations] == ["returns[:, 2]"]
 
 
 def test_returns_between_observations_keep_the_move_across_a_missing_quote(stock_prices: pd.DataFrame) -> None:

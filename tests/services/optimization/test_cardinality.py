@@ -652,11 +652,11 @@ def test_cvar_with_cardinality_equals_enumeration(sp500_window: pd.DataFrame, ob
 @pytest.mark.parametrize(
     ("options", "field"),
     [
-        ({"max_holdings": 0}, "constraints.max_holdings"),
-        ({"max_holdings": -2}, "constraints.max_holdings"),
-        ({"min_position_weight": -0.1}, "constraints.min_position_weight"),
-        ({"min_position_weight": 1.5}, "constraints.min_position_weight"),
-        ({"min_position_weight": float("nan")}, "constraints.min_position_weight"),
+        ({"max_holdings": 0}, "max_holdings"),
+        ({"max_holdings": -2}, "max_holdings"),
+        ({"min_position_weight": -0.1}, "min_position_weight"),
+        ({"min_position_weight": 1.5}, "min_position_weight"),
+        ({"min_position_weight": float("nan")}, "min_position_weight"),
     ],
 )
 def test_invalid_values_name_the_field(
@@ -673,15 +673,15 @@ def test_invalid_values_name_the_field(
     ("lower", "upper", "options", "subject"),
     [
         # Three names must be held (lower bound 0.05), at most two allowed.
-        ([0.05, 0.05, 0.05], 1.0, {"max_holdings": 2}, "constraints.max_holdings"),
+        ([0.05, 0.05, 0.05], 1.0, {"max_holdings": 2}, "max_holdings"),
         # The 3 largest upper bounds sum to 0.9 < 1.
-        (0.0, 0.3, {"max_holdings": 3}, "constraints.max_holdings"),
+        (0.0, 0.3, {"max_holdings": 3}, "max_holdings"),
         # No name can reach m = 0.6 under its 0.5 cap.
-        (0.0, 0.5, {"min_position_weight": 0.6}, "constraints.min_position_weight"),
+        (0.0, 0.5, {"min_position_weight": 0.6}, "min_position_weight"),
         # Reaching 1 takes 3 names (0.45 caps), each at least 0.4: 1.2 > 1.
-        (0.0, 0.45, {"min_position_weight": 0.4}, "constraints.min_position_weight"),
+        (0.0, 0.45, {"min_position_weight": 0.4}, "min_position_weight"),
         # A name forced in (lower bound 0.1) cannot reach m = 0.3 under its 0.2 cap.
-        ([0.1], [0.2], {"min_position_weight": 0.3}, "constraints.min_position_weight"),
+        ([0.1], [0.2], {"min_position_weight": 0.3}, "min_position_weight"),
     ],
 )
 def test_infeasible_cardinality_is_named(
@@ -794,7 +794,7 @@ def test_max_sharpe_with_no_excess_return_within_k_names_is_infeasible(
     with pytest.raises(InfeasibleError) as error:
         optimize_cardinality(problem, moments)
     (violation,) = error.value.precondition_violations
-    assert (violation.type, violation.subject) == ("CARDINALITY", "constraints.max_holdings")
+    assert (violation.type, violation.subject) == ("CARDINALITY", "max_holdings")
     assert "risk-free rate" in violation.description
 
 

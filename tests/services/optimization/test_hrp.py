@@ -290,14 +290,14 @@ def test_unknown_linkage_is_invalid(linkage: str) -> None:
     with pytest.raises(InvalidInputError) as caught:
         hierarchical_risk_parity(np.eye(3), linkage=linkage)
     assert status_code(caught.value) is grpc.StatusCode.INVALID_ARGUMENT
-    assert [v.field for v in caught.value.field_violations] == ["risk_parameters.linkage_method"]
+    assert [v.field for v in caught.value.field_violations] == ["linkage"]
 
 
 @pytest.mark.parametrize(
     ("lower_sum", "upper_sum", "subjects"),
     [
-        (1.2, 2.0, ["constraints.min_weight"]),
-        (0.5, 0.9, ["constraints.max_weight"]),
+        (1.2, 2.0, ["lower_bounds"]),
+        (0.5, 0.9, ["upper_bounds"]),
     ],
 )
 def test_infeasible_bounds_sum(lower_sum: float, upper_sum: float, subjects: list[str]) -> None:
@@ -312,15 +312,15 @@ def test_infeasible_bounds_sum(lower_sum: float, upper_sum: float, subjects: lis
 def test_lower_bound_above_upper_is_invalid() -> None:
     with pytest.raises(InvalidInputError) as caught:
         hierarchical_risk_parity(np.eye(3), lower_bounds=np.array([0.1, 0.5, 0.1]), upper_bounds=np.full(3, 0.4))
-    assert caught.value.field_violations[0].field == "constraints.strategy_bounds[1]"
+    assert caught.value.field_violations[0].field == "lower_bounds[1]"
 
 
 @pytest.mark.parametrize(
     ("lower", "upper", "field"),
     [
-        (np.full(2, 0.1), None, "constraints.min_weight"),
-        (None, np.array([0.5, np.nan, 0.5]), "constraints.max_weight[1]"),
-        (np.array([-1.0, 0.0, 0.0]), np.array([-0.5, 1.0, 1.0]), "constraints.max_weight[0]"),
+        (np.full(2, 0.1), None, "lower_bounds"),
+        (None, np.array([0.5, np.nan, 0.5]), "upper_bounds[1]"),
+        (np.array([-1.0, 0.0, 0.0]), np.array([-0.5, 1.0, 1.0]), "upper_bounds[0]"),
     ],
 )
 def test_malformed_bounds_are_invalid(lower: FloatArray | None, upper: FloatArray | None, field: str) -> None:
@@ -349,7 +349,7 @@ def _not_psd() -> FloatArray:
 def test_malformed_covariance_is_invalid(covariance: FloatArray, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message) as caught:
         hierarchical_risk_parity(covariance)
-    assert caught.value.field_violations[0].field == "moments.covariance"
+    assert caught.value.field_violations[0].field == "covariance"
 
 
 def test_non_finite_covariance_names_the_entry() -> None:
@@ -357,4 +357,4 @@ def test_non_finite_covariance_names_the_entry() -> None:
     covariance[1, 2] = np.inf
     with pytest.raises(InvalidInputError) as caught:
         hierarchical_risk_parity(covariance)
-    assert caught.value.field_violations[0].field == "moments.covariance[5]"
+    assert caught.value.field_violations[0].field == "covariance[1, 2]"

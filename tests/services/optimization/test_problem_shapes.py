@@ -141,7 +141,7 @@ def test_net_exposure_the_bounds_cannot_reach_is_a_named_precheck(returns: pd.Da
         optimize_mean_variance(
             problem(tickers, Objective.MIN_VOLATILITY, min_net_exposure=0.9, max_net_exposure=0.5), moments
         )
-    assert invalid.value.field_violations[0].field == "constraints.min_net_exposure"
+    assert invalid.value.field_violations[0].field == "min_net_exposure"
 
 
 # --- several classification schemes -------------------------------------------------------------------------------
@@ -204,7 +204,7 @@ def test_a_limit_on_an_unknown_scheme_names_the_field(returns: pd.DataFrame, mom
     )
     with pytest.raises(InvalidInputError) as caught:
         optimize_mean_variance(spec, moments)
-    assert caught.value.field_violations[0].field == "constraints.sector_limits[0].scheme"
+    assert caught.value.field_violations[0].field == "sector_limits[0].scheme"
 
 
 # --- multi-objective ----------------------------------------------------------------------------------------------
@@ -269,8 +269,8 @@ def test_a_dominant_turnover_weight_keeps_the_current_portfolio(returns: pd.Data
 def test_multi_objective_weights_are_validated(returns: pd.DataFrame, moments: Moments) -> None:
     tickers = list(returns.columns)
     for weights, field in (
-        (MultiObjectiveWeights(-1.0, 1.0), "risk_parameters.multi_objective.return_weight"),
-        (MultiObjectiveWeights(0.0, 0.0, 1.0), "risk_parameters.multi_objective"),
+        (MultiObjectiveWeights(-1.0, 1.0), "multi_objective.return_weight"),
+        (MultiObjectiveWeights(0.0, 0.0, 1.0), "multi_objective"),
     ):
         with pytest.raises(InvalidInputError) as caught:
             optimize_mean_variance(problem(tickers, Objective.MULTI_OBJECTIVE, multi_objective=weights), moments)
@@ -323,7 +323,7 @@ def test_beta_neutrality_without_betas_estimates_them_against_the_market(sp500_p
     # Without a market series the betas cannot be estimated: the field is named.
     with pytest.raises(InvalidInputError) as caught:
         run_optimization(OptimizationJob(problem=spec, inputs=return_history(frame), settings=EstimationSettings()))
-    assert caught.value.field_violations[0].field == "constraints.betas"
+    assert caught.value.field_violations[0].field == "betas"
 
 
 # --- relaxation of infeasible problems ----------------------------------------------------------------------------
@@ -338,9 +338,7 @@ def test_conflicting_sector_minima_need_their_excess_over_the_budget(returns: pd
     found = find_relaxation(spec, moments)
     assert found is not None
     relaxed, relaxations = found
-    assert {r.constraint.split("]")[0] + "]" for r in relaxations} <= {
-        f"constraints.sector_limits[{k}]" for k in range(3)
-    }
+    assert {r.constraint.split("]")[0] + "]" for r in relaxations} <= {f"sector_limits[{k}]" for k in range(3)}
     assert sum(r.amount for r in relaxations) == pytest.approx(0.2, abs=1e-6)
     # The engine: FAILED_PRECONDITION naming the relaxation, or with allow_relaxation the relaxed solution.
     job = OptimizationJob(problem=spec, inputs=moments, settings=EstimationSettings())
@@ -372,7 +370,7 @@ def test_a_volatility_cap_below_the_least_volatile_portfolio_relaxes_to_its_vola
     spec = problem(tickers, Objective.MAX_RETURN, max_volatility=0.5 * least, allow_relaxation=True)
     outcome = run_optimization(OptimizationJob(problem=spec, inputs=moments, settings=EstimationSettings()))
     (relaxation,) = outcome.result.relaxations
-    assert relaxation.constraint == "constraints.max_volatility"
+    assert relaxation.constraint == "max_volatility"
     assert relaxation.relaxed == pytest.approx(least, rel=1e-6)
     assert outcome.result.performance.volatility == pytest.approx(least, rel=1e-5)
     assert (outcome.result.weights >= -1e-9).all()

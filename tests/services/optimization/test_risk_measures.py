@@ -364,11 +364,11 @@ def test_invalid_inputs_name_the_field(daily_returns: pd.DataFrame, scenarios: n
     cases: list[tuple[dict[str, object], str]] = [
         ({"scenarios": scenarios[:, :5]}, "scenarios"),
         ({"scenarios": scenarios[:1]}, "scenarios"),
-        ({"scenarios": gappy}, "scenarios[3][2]"),
-        ({"alpha": 1.0}, "risk_parameters.alpha"),
-        ({"periods_per_year": 0}, "risk_parameters.periods_per_year"),
-        ({"max_risk": -0.01}, "constraints.max_risk"),
-        ({"expected_returns": mu[:3]}, "moments.expected_returns"),
+        ({"scenarios": gappy}, "scenarios[3, 2]"),
+        ({"alpha": 1.0}, "confidence_level"),
+        ({"periods_per_year": 0}, "periods_per_year"),
+        ({"max_risk": -0.01}, "max_risk"),
+        ({"expected_returns": mu[:3]}, "expected_returns"),
         ({"risk_measure": "VARIANCE"}, "risk_measure"),
     ]
     for overrides, field in cases:

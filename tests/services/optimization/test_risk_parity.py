@@ -315,31 +315,31 @@ def test_invalid_budget_names_its_index(index: int, value: float) -> None:
     budgets[index] = value
     with pytest.raises(InvalidInputError) as error:
         risk_budgeting(np.eye(5), budgets)
-    assert _field(error) == f"risk_parameters.risk_budgets[{index}]"
+    assert _field(error) == f"risk_budgets[{index}]"
 
 
 def test_budgets_of_wrong_length() -> None:
     with pytest.raises(InvalidInputError) as error:
         risk_budgeting(np.eye(3), np.ones(4))
-    assert _field(error) == "risk_parameters.risk_budgets"
+    assert _field(error) == "risk_budgets"
 
 
 def test_zero_variance_names_the_strategy() -> None:
     covariance = np.diag([0.04, 0.09, 0.0, 0.01])
     with pytest.raises(InvalidInputError) as error:
         risk_budgeting(covariance)
-    assert _field(error) == "strategies[2]"
+    assert _field(error) == "covariance[2, 2]"
     assert "variance" in error.value.message
 
 
 @pytest.mark.parametrize(
     ("covariance", "field", "words"),
     [
-        (np.ones((2, 3)), "moments.covariance", "square"),
-        (np.zeros((0, 0)), "moments.covariance", "square"),
-        (np.array([[1.0, np.nan], [np.nan, 1.0]]), "moments.covariance[1]", "finite"),
-        (np.array([[1.0, 0.5], [0.4, 1.0]]), "moments.covariance", "symmetric"),
-        (np.array([[1.0, 2.0], [2.0, 1.0]]), "moments.covariance", "positive semidefinite"),
+        (np.ones((2, 3)), "covariance", "square"),
+        (np.zeros((0, 0)), "covariance", "square"),
+        (np.array([[1.0, np.nan], [np.nan, 1.0]]), "covariance[0, 1]", "finite"),
+        (np.array([[1.0, 0.5], [0.4, 1.0]]), "covariance", "symmetric"),
+        (np.array([[1.0, 2.0], [2.0, 1.0]]), "covariance", "positive semidefinite"),
     ],
 )
 def test_invalid_covariance(covariance: np.ndarray, field: str, words: str) -> None:
@@ -373,13 +373,17 @@ def test_zero_variance_long_only_portfolio_has_no_solution(covariance: np.ndarra
 
 
 @pytest.mark.parametrize(
-    ("lower", "upper"),
-    [(np.full(3, 0.05), None), (None, np.array([1.0, 0.3, 1.0])), (np.array([0.0, np.nan, 0.0]), None)],
+    ("lower", "upper", "field"),
+    [
+        (np.full(3, 0.05), None, "lower_bounds[0]"),
+        (None, np.array([1.0, 0.3, 1.0]), "upper_bounds[1]"),
+        (np.array([0.0, np.nan, 0.0]), None, "lower_bounds[1]"),
+    ],
 )
-def test_binding_bounds_are_unsupported(lower: np.ndarray | None, upper: np.ndarray | None) -> None:
+def test_binding_bounds_are_unsupported(lower: np.ndarray | None, upper: np.ndarray | None, field: str) -> None:
     with pytest.raises(InvalidInputError) as error:
         check_no_binding_bounds(lower, upper)
-    assert _field(error) == "constraints"
+    assert _field(error) == field
     assert "not supported" in error.value.message
 
 

@@ -469,10 +469,10 @@ def test_min_return_binds_on_the_worst_case_return(
 def test_invalid_set_parameters_name_the_field(daily_returns: pd.DataFrame, moments: Moments) -> None:
     problem = make_problem(Objective.MAX_RETURN, list(daily_returns.columns), 0.0, 1.0)
     cases = [
-        ({"confidence": 0.0}, "robust.confidence"),
-        ({"confidence": 1.0}, "robust.confidence"),
-        ({"observations": 0}, "robust.observations"),
-        ({"periods_per_year": 0}, "robust.periods_per_year"),
+        ({"confidence": 0.0}, "robust_confidence"),
+        ({"confidence": 1.0}, "robust_confidence"),
+        ({"observations": 0}, "robust_observations"),
+        ({"periods_per_year": 0}, "periods_per_year"),
     ]
     for overrides, field in cases:
         arguments: dict[str, Any] = {
@@ -489,5 +489,5 @@ def test_invalid_set_parameters_name_the_field(daily_returns: pd.DataFrame, mome
         optimize_robust(
             problem, moments, uncertainty="SPHERE", confidence=0.9, observations=DAYS, periods_per_year=PERIODS
         )
-    assert raised.value.field_violations[0].field == "robust.uncertainty"
+    assert raised.value.field_violations[0].field == "uncertainty"
     assert Uncertainty("BOX") is Uncertainty.BOX

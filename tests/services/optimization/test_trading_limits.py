@@ -384,22 +384,22 @@ def test_prechecks_name_trading_limit_conflicts(data: tuple[Moments, np.ndarray]
     n = len(betas)
     half = np.full(n, 0.5 / n)  # sums to 0.5: the budget forces turnover ≥ 0.5
     problem = base_problem(Objective.MIN_VOLATILITY, n, current_weights=half, turnover_limit=0.4)
-    assert violation_types(problem, moments) == [("TURNOVER", "constraints.turnover_limit")]
+    assert violation_types(problem, moments) == [("TURNOVER", "turnover_limit")]
     # At a limit of 0.5 it is feasible (buy the missing half, within the bounds); the solver must find it.
     ok = replace(problem, turnover_limit=0.5)
     result = optimize_mean_variance(ok, moments)
     assert_feasible(result, ok, moments)
     caps = base_problem(Objective.MIN_VOLATILITY, n, current_weights=half, turnover_caps=np.full(n, 0.01))
-    assert violation_types(caps, moments) == [("TURNOVER", "constraints.turnover_caps")]
+    assert violation_types(caps, moments) == [("TURNOVER", "turnover_caps")]
     outside = np.zeros(n)
     outside[0] = 1.0  # above the 0.4 upper bound: a cap of 0.1 cannot reach it
     capped = base_problem(Objective.MIN_VOLATILITY, n, current_weights=outside, turnover_caps=np.full(n, 0.1))
-    assert ("TURNOVER", "constraints.turnover_caps[0]") in violation_types(capped, moments)
+    assert ("TURNOVER", "turnover_caps[0]") in violation_types(capped, moments)
     leverage = base_problem(Objective.MAX_SHARPE, n, leverage_limit=0.99)
-    assert violation_types(leverage, moments) == [("LEVERAGE", "constraints.leverage_limit")]
+    assert violation_types(leverage, moments) == [("LEVERAGE", "leverage_limit")]
     long_only = replace(base_problem(Objective.MIN_VOLATILITY, n), lower_bounds=np.zeros(n), upper_bounds=np.ones(n))
     beta = replace(long_only, betas=np.full(n, 1.0), beta_tolerance=0.5)  # every long-only portfolio has beta 1
-    assert violation_types(beta, moments) == [("BETA", "constraints.beta_tolerance")]
+    assert violation_types(beta, moments) == [("BETA", "beta_tolerance")]
     # Leverage exactly 1 is feasible long-only.
     exact = replace(long_only, leverage_limit=1.0)
     assert_feasible(optimize_mean_variance(exact, moments), exact, moments)
@@ -408,15 +408,15 @@ def test_prechecks_name_trading_limit_conflicts(data: tuple[Moments, np.ndarray]
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
-        ({"turnover_limit": -0.1}, "constraints.turnover_limit"),
-        ({"leverage_limit": -1.0}, "constraints.leverage_limit"),
-        ({"tracking_error_limit": -0.01, "benchmark_weights": np.full(20, 0.05)}, "constraints.tracking_error_limit"),
-        ({"beta_tolerance": -0.1, "betas": np.ones(20)}, "constraints.beta_tolerance"),
-        ({"transaction_costs_bps": np.r_[np.ones(3), -1.0, np.ones(16)]}, "constraints.transaction_costs_bps[3]"),
-        ({"turnover_caps": np.r_[np.full(19, np.inf), -0.1]}, "constraints.turnover_caps[19]"),
-        ({"current_weights": np.ones(3)}, "constraints.current_weights"),
-        ({"tracking_error_limit": 0.05}, "constraints.benchmark_weights"),
-        ({"beta_tolerance": 0.1}, "constraints.betas"),
+        ({"turnover_limit": -0.1}, "turnover_limit"),
+        ({"leverage_limit": -1.0}, "leverage_limit"),
+        ({"tracking_error_limit": -0.01, "benchmark_weights": np.full(20, 0.05)}, "tracking_error_limit"),
+        ({"beta_tolerance": -0.1, "betas": np.ones(20)}, "beta_tolerance"),
+        ({"transaction_costs_bps": np.r_[np.ones(3), -1.0, np.ones(16)]}, "transaction_costs_bps[3]"),
+        ({"turnover_caps": np.r_[np.full(19, np.inf), -0.1]}, "turnover_caps[19]"),
+        ({"current_weights": np.ones(3)}, "current_weights"),
+        ({"tracking_error_limit": 0.05}, "benchmark_weights"),
+        ({"beta_tolerance": 0.1}, "betas"),
     ],
 )
 def test_invalid_trading_limit_inputs_name_the_field(
