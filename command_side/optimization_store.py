@@ -27,6 +27,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from command_side.mapping import configuration_content, content_hash, datetime_to_timestamp
+from command_side.records import JsonObject, ResultRecord, result_record
 from services.errors import IntegrityError, NotFoundError, PreconditionError, PreconditionViolation
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
@@ -46,8 +47,8 @@ class StoredResult:
 
     request_hash: str
     """Fingerprint of the request that produced it (a reused key with another hash is an error)."""
-    response: bytes
-    """The ``stratopt.v1.OptimizeResponse`` as first returned, serialized."""
+    result: ResultRecord
+    """The answer as first returned (``command_side.records.response_from_record`` rebuilds the response)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,10 +286,10 @@ class OptimizationStore(Protocol):
         """Store one run atomically and return the response completed with its ids and version.
 
         All or nothing: the configuration version (a new one only when its content changed; ``inherit`` names
-        fields kept from the current version, see :func:`next_configuration_version`), the result (with the
-        serialized response, for replays), the ``portfolio_optimized`` event and the latest read model. The
-        response's metadata gets ``event_id``, ``result_id``, ``configuration_version`` and ``timestamp`` (in
-        place) before it is serialized.
+        fields kept from the current version, see :func:`next_configuration_version`), the result (with its
+        ``command_side.records.ResultRecord``, for replays), the ``portfolio_optimized`` event and the latest
+        read model. The response's metadata gets ``event_id``, ``result_id``, ``configuration_version`` and
+        ``timestamp`` (in place) before it is recorded.
 
         Raises
         ------
@@ -352,8 +353,8 @@ class RecordedRun:
     """Idempotency key; None when the caller gave none."""
     request_hash: str
     """Fingerprint of the request."""
-    response: bytes
-    """The completed ``stratopt.v1.OptimizeResponse``, serialized."""
+    result: JsonObject
+    """The completed answer as stored: ``ResultRecord.to_json()`` (see ``docs/storage_schema.md``)."""
     run_inputs: dict[str, Any]
     """Kind of inputs and current weights (as stored in jsonb)."""
 
@@ -385,7 +386,7 @@ class InMemoryOptimizationStore(OptimizationStore):
     async def find_result(self, request_id: str) -> StoredResult | None:
         """The stored result of an earlier request with this idempotency key, if any."""
         run = self._results_by_request.get(request_id)
-        return None if run is None else StoredResult(run.request_hash, run.response)
+        return None if run is None else StoredResult(run.request_hash, ResultRecord.from_json(run.result))
 
     async def load_prices(
         self,
@@ -459,7 +460,7 @@ class InMemoryOptimizationStore(OptimizationStore):
             configuration_version=version.version,
             request_id=request_id,
             request_hash=request_hash,
-            response=response.SerializeToString(),
+            result=json.loads(json.dumps(result_record(response).to_json())),
             run_inputs=json.loads(json.dumps(dict(run_inputs))),
         )
         # Nothing above changed the store: from here on every write happens, with no await in between.

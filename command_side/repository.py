@@ -16,7 +16,6 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from google.protobuf import json_format
 
 from command_side.mapping import datetime_to_timestamp
 from command_side.optimization_store import (
@@ -33,6 +32,7 @@ from command_side.optimization_store import (
 )
 from command_side.postgres_errors import Connection, postgres_errors
 from command_side.postgres_errors import operational_errors as database_errors
+from command_side.records import ResultRecord, result_record
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
 
@@ -71,9 +71,11 @@ class PostgresOptimizationStore(OptimizationStore):
         """The stored result of an earlier request with this idempotency key, if any."""
         async with postgres_errors(), self._pool.acquire() as conn:
             row = await conn.fetchrow(
-                "SELECT request_hash, response FROM optimization_results WHERE request_id = $1", request_id
+                "SELECT request_hash, result FROM optimization_results WHERE request_id = $1", request_id
             )
-        return None if row is None else StoredResult(row["request_hash"], bytes(row["response"]))
+        if row is None:
+            return None
+        return StoredResult(row["request_hash"], ResultRecord.from_json(json.loads(row["result"])))
 
     async def load_prices(
         self,
@@ -134,18 +136,19 @@ class PostgresOptimizationStore(OptimizationStore):
             objective = pb.Objective.Name(configuration.objective)
             method = pb.OptimizationMethod.Name(configuration.method)
             weights = _json(dict(response.optimal_weights))
-            metadata = _json(json_format.MessageToDict(meta))
+            record = result_record(response)
+            metadata = _json(record.metadata.to_json())
             request_id = response.request_id or None
             await conn.execute(
                 """INSERT INTO optimization_results (result_id, portfolio_id, configuration_version, request_id,
                        request_hash, event_id, created_at, objective, method, weights, expected_return,
-                       volatility, sharpe_ratio, objective_value, solver, constraints_satisfied, response,
+                       volatility, sharpe_ratio, objective_value, solver, constraints_satisfied, result,
                        run_inputs)
-                   VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10::jsonb,$11,$12,$13,$14,$15,$16,$17,$18::jsonb)""",
+                   VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10::jsonb,$11,$12,$13,$14,$15,$16,$17::jsonb,$18::jsonb)""",
                 result_id, configuration.portfolio_id, version, request_id, request_hash, event_id, now,
                 objective, method, weights, response.expected_return, response.expected_volatility,
                 response.sharpe_ratio, meta.objective_value, meta.solver, meta.constraints_satisfied,
-                response.SerializeToString(), _json(dict(run_inputs)),
+                _json(record.to_json()), _json(dict(run_inputs)),
             )  # fmt: skip
             event_args = (
                 event_id, now, configuration.portfolio_id, result_id, version, request_id, objective, method,

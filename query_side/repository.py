@@ -64,7 +64,7 @@ class StoredEvent:
     sharpe_ratio: float
     """Sharpe ratio at the run's risk-free rate."""
     metadata: dict[str, Any]
-    """``stratopt.v1.OptimizationMetadata`` in the protobuf JSON mapping."""
+    """The run's metadata as stored (``docs/storage_schema.md``; read by ``query_side.records.fill_metadata``)."""
 
     @property
     def key(self) -> HistoryKey:

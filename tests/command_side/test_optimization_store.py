@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from command_side.optimization_store import InMemoryOptimizationStore, OptimizationStore
+from command_side.records import response_from_record
 from command_side.repository import PostgresOptimizationStore
 from services.errors import IntegrityError, NotFoundError, PreconditionError
 from stratopt.v1 import command_service_pb2 as cmd_pb
@@ -123,7 +124,7 @@ class OptimizationStoreContract:
             stored = await store.find_result(request_id)
             assert stored is not None
             assert stored.request_hash == "h-42"
-            assert cmd_pb.OptimizeResponse.FromString(stored.response) == returned
+            assert response_from_record(stored.result) == returned
             assert dict(returned.optimal_weights) == {"A": 0.6, "B": pytest.approx(0.4)}
             assert await self.stored_runs(store, portfolio) == (1, 1, 1)
 
@@ -178,7 +179,7 @@ class OptimizationStoreContract:
             assert len(stored) == 1
             assert len(refused) == 3 and all(isinstance(o, IntegrityError) for o in refused), refused
             found = await store.find_result(request_id)
-            assert found is not None and cmd_pb.OptimizeResponse.FromString(found.response) == stored[0]
+            assert found is not None and response_from_record(found.result) == stored[0]
             assert await self.stored_runs(store, portfolio) == (1, 1, 1)
 
         self.run(scenario)
