@@ -1,20 +1,21 @@
-"""The query side's reader of the stored event metadata (``docs/storage_schema.md``, schema version 1).
+"""The query side's reader of the stored payloads it serves (``docs/storage_schema.md``, schema version 1).
 
-The command side writes the ``metadata`` of ``portfolio_optimized`` and ``latest_portfolio_optimizations`` in its
-own documented format (``command_side.records``); the two sides share no code, so this module reads that format
-on its own. It is deliberately small: it fills a ``stratopt.v1.OptimizationMetadata`` from a decoded payload,
-ignores keys it does not know and reads a missing key as its default.
+The command side writes the ``metadata`` of ``portfolio_optimized`` and ``latest_portfolio_optimizations``
+(``command_side.records``) and the ``recommendation`` of ``rebalance_recommendations``
+(``command_side.trading_records``) in its own documented format; the two sides share no code, so this module reads
+that format on its own. It is deliberately small: it fills ``stratopt.v1`` messages from decoded payloads, ignores
+keys it does not know and reads a missing key as unset.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from stratopt.v1 import types_pb2
+from stratopt.v1 import trading_service_pb2, types_pb2
 
 READABLE_SCHEMA_VERSIONS: Final = frozenset({1})
 """Versions of the event-metadata schema this reader understands."""
@@ -111,3 +112,77 @@ def fill_metadata(payload: Mapping[str, Any], message: types_pb2.OptimizationMet
         target.posterior_covariance.extend(_float(v) for v in posterior.get("posterior_covariance") or ())
         target.risk_aversion = _float(posterior.get("risk_aversion", 0.0))
         target.tau = _float(posterior.get("tau", 0.0))
+
+
+# --- rebalance recommendations (trading schema version 1) ------------------------------------------------------
+
+READABLE_TRADING_SCHEMA_VERSIONS: Final = frozenset({1})
+"""Versions of the trading payloads (``rebalance_recommendations.recommendation``) this reader understands."""
+
+_Reader = Callable[[Any, Any], None]
+"""Writes one stored value into a message field: ``(message, value)``."""
+
+
+def _scalar(attribute: str, convert: Callable[[Any], Any]) -> tuple[str, _Reader]:
+    return attribute, lambda message, value: setattr(message, attribute, convert(value))
+
+
+def _side(message: trading_service_pb2.Trade, value: Any) -> None:
+    message.side = _enum(trading_service_pb2.TradeSide, "TRADE_SIDE_", value)  # type: ignore[assignment]
+
+
+def _instant(attribute: str) -> tuple[str, _Reader]:
+    return attribute, lambda message, value: getattr(message, attribute).FromNanoseconds(instant_nanoseconds(value))
+
+
+def _fill(message: Any, payload: Mapping[str, Any], readers: Mapping[str, _Reader]) -> Any:
+    for key, read in readers.items():
+        value = payload.get(key)
+        if value is not None:
+            read(message, value)
+    return message
+
+
+_LOT_SALE: Final = dict(
+    [_scalar("lot_id", str), _scalar("shares", _float), _scalar("cost_basis", _float), _scalar("gain", _float),
+     _scalar("long_term", bool)]
+)  # fmt: skip
+_TRADE: Final = dict(
+    [_scalar("symbol", str), ("side", _side)]
+    + [_scalar(name, _float) for name in ("shares", "price", "value", "commission", "spread_cost", "impact_cost",
+                                          "total_cost", "short_term_gain", "long_term_gain")]
+    + [_scalar("wash_sale", bool),
+       ("lots", lambda m, v: m.lots.extend(_fill(trading_service_pb2.LotSale(), s, _LOT_SALE) for s in v))]
+)  # fmt: skip
+_HARVEST: Final = dict(
+    [_scalar("symbol", str), _scalar("lot_id", str), _scalar("shares", _float), _scalar("unrealized_loss", _float),
+     _scalar("wash_sale_risk", bool)]
+)  # fmt: skip
+_RECOMMENDATION: Final = dict(
+    [_scalar("recommendation_id", str), _scalar("portfolio_id", str)]
+    + [_scalar(name, _float) for name in ("total_trade_value", "total_cost", "turnover", "drift_before",
+                                          "drift_after", "short_term_gain", "long_term_gain", "estimated_tax",
+                                          "approval_limit")]
+    + [_instant("created_at"), _instant("expires_at"),
+       ("trades", lambda m, v: m.trades.extend(_fill(trading_service_pb2.Trade(), t, _TRADE) for t in v)),
+       ("harvest_candidates",
+        lambda m, v: m.harvest_candidates.extend(_fill(trading_service_pb2.HarvestCandidate(), h, _HARVEST)
+                                                 for h in v))]
+)  # fmt: skip
+
+
+def recommendation_from_json(payload: Mapping[str, Any]) -> trading_service_pb2.RebalanceRecommendation:
+    """The recommendation as created, from its stored payload (status and decision fields are left unset).
+
+    Raises
+    ------
+    SchemaError
+        When ``payload`` has no ``schema_version`` this reader understands.
+    """
+    version = payload.get("schema_version")
+    if version not in READABLE_TRADING_SCHEMA_VERSIONS:
+        raise SchemaError(f"recommendation of schema_version {version!r}")
+    message: trading_service_pb2.RebalanceRecommendation = _fill(
+        trading_service_pb2.RebalanceRecommendation(), payload, _RECOMMENDATION
+    )
+    return message

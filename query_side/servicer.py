@@ -19,7 +19,7 @@ from google.protobuf import timestamp_pb2
 from query_side.analytics import PortfolioAnalytics, events_frame, portfolio_analytics
 from query_side.page_token import decode_page_token, encode_page_token, query_fingerprint
 from query_side.read_store import ReadStore
-from query_side.records import fill_metadata
+from query_side.records import fill_metadata, recommendation_from_json
 from query_side.repository import (
     AnalyticsWindow,
     StoredEvent,
@@ -150,7 +150,7 @@ def recommendation_message(stored: StoredRecommendation) -> trading_service_pb2.
     A PENDING_APPROVAL recommendation at or past ``expires_at`` reads as EXPIRED with ``decided_at`` =
     ``expires_at`` (the command side persists that transition when it next touches the portfolio).
     """
-    message = trading_service_pb2.RebalanceRecommendation.FromString(stored.recommendation)
+    message = recommendation_from_json(stored.recommendation)
     message.status = _recommendation_status(stored.effective_status)
     if stored.decided_by:
         message.decided_by = stored.decided_by

@@ -23,12 +23,15 @@ from google.protobuf import json_format
 from psycopg.types.json import Jsonb
 from yoyo import get_backend, read_migrations
 
+from command_side.allocations_repository import PostgresAllocationCache
+from command_side.rebalancing_repository import PostgresTradingStore
 from command_side.records import response_from_record
 from command_side.repository import PostgresOptimizationStore
 from query_side.repository import PostgresReadStore
 from query_side.servicer import OptimizationQueryServicer
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import query_service_pb2 as query_pb
+from stratopt.v1 import trading_service_pb2 as trading_pb
 from stratopt_cli.migrate import MIGRATIONS_DIR, _yoyo_url, migrate
 from tests.command_side.test_records import rich_response
 
@@ -119,7 +122,7 @@ def test_rows_of_the_previous_version_are_converted_and_read(previous_version_ds
             (runs[1].optimization_metadata.event_id,),
         )
 
-    assert migrate(previous_version_dsn) == ["0008_stored_result_records"]
+    assert migrate(previous_version_dsn) == ["0008_stored_result_records", "0009_stored_trading_records"]
 
     with psycopg.connect(previous_version_dsn, autocommit=True) as conn:
         columns = {
@@ -174,6 +177,150 @@ def test_the_migration_keeps_metadata_already_in_the_new_format(previous_version
                VALUES (%s, %s, 'p', %s, 1, 'o', 'm', '{}', 0, 0, 0, %s)""",
             (uuid.uuid4(), T0, uuid.uuid4(), json.dumps(document)),
         )
-    assert migrate(previous_version_dsn) == ["0008_stored_result_records"]
+    assert migrate(previous_version_dsn) == ["0008_stored_result_records", "0009_stored_trading_records"]
     with psycopg.connect(previous_version_dsn, autocommit=True) as conn:
         assert conn.execute("SELECT metadata FROM portfolio_optimized").fetchone() == (document,)
+
+
+# --- the trading tables (migration 0009) -------------------------------------------------------------------------
+
+
+def old_trading_messages() -> dict[str, Any]:
+    """Trading messages with every stored field set, as the previous version received and wrote them."""
+    lot = trading_pb.TaxLot(lot_id="L1", shares=10.0, cost_basis=95.5)
+    lot.acquired.FromDatetime(datetime(2023, 2, 1, 15, 30, tzinfo=UTC))
+    position = trading_pb.Position(symbol="AAPL", shares=10.0, price=190.0, lots=[lot])
+    policy = trading_pb.RebalancePolicy(
+        drift_threshold=0.05, min_trade_value=100.0, max_turnover=0.3, commission_per_trade=1.0,
+        commission_per_share=0.005, impact_model=trading_pb.IMPACT_MODEL_SQUARE_ROOT, impact_coefficient=0.1,
+        lot_method=trading_pb.LOT_METHOD_HIFO, prefer_losses=True, short_term_tax_rate=0.37,
+        long_term_tax_rate=0.2, long_term_after_days=365, wash_sale_window_days=30, approval_limit=50_000.0,
+    )  # fmt: skip
+    policy.bands["AAPL"].absolute = 0.02
+    policy.bands["XOM"].relative = 0.25
+    policy.approval_ttl.FromSeconds(86_400)
+    request = trading_pb.AllocateSharesRequest(
+        holdings=[position],
+        targets=[trading_pb.TargetPosition(symbol="XOM", target_weight=1.0, price=110.0, lot_size=1)],
+        extra_cash=1000.0,
+        strategy=trading_pb.ALLOCATION_STRATEGY_MINIMIZE_LEFTOVER,
+        fee_per_share=0.01,
+    )
+    allocation = trading_pb.AllocateSharesResponse(
+        lines=[
+            trading_pb.AllocationLine(
+                symbol="XOM", price=110.0, current_shares=0, buy_shares=26, final_shares=26, trade_cost=0.26,
+                final_value=2860.0, target_weight=1.0, actual_weight=0.98, weight_deviation=-0.02,
+            )
+        ],
+        sold_in_full=[trading_pb.SoldHolding(symbol="AAPL", shares=10, price=190.0, proceeds=1900.0, trade_cost=0.1)],
+        metrics=trading_pb.AllocationMetrics(
+            budget=2900.0, budget_used=2860.36, unused_budget=39.64, unused_fraction=0.0137, fees_total=0.36,
+            solve_time_ms=1.5, solver_status="OPTIMAL", solver="HIGHS",
+        ),
+        cache_key="old-key",
+    )  # fmt: skip
+    recommendation = trading_pb.RebalanceRecommendation(
+        recommendation_id=str(uuid.uuid4()), portfolio_id="migrated-trader", total_trade_value=1900.0,
+        total_cost=2.5, turnover=0.2, drift_before=0.08, drift_after=0.01, short_term_gain=0.0,
+        long_term_gain=945.0, estimated_tax=189.0, approval_limit=50_000.0,
+        status=trading_pb.RECOMMENDATION_STATUS_AUTO_APPROVED,
+        trades=[
+            trading_pb.Trade(
+                symbol="AAPL", side=trading_pb.TRADE_SIDE_SELL, shares=10.0, price=190.0, value=1900.0,
+                commission=1.0, spread_cost=0.5, impact_cost=1.0, total_cost=2.5, long_term_gain=945.0,
+                lots=[trading_pb.LotSale(lot_id="L1", shares=10.0, cost_basis=95.5, gain=945.0, long_term=True)],
+            )
+        ],
+        harvest_candidates=[
+            trading_pb.HarvestCandidate(symbol="XOM", lot_id="L9", shares=3.0, unrealized_loss=12.0)
+        ],
+    )  # fmt: skip
+    recommendation.created_at.FromDatetime(T0)
+    return {"position": position, "policy": policy, "request": request, "allocation": allocation,
+            "recommendation": recommendation}  # fmt: skip
+
+
+def proto_json(message: Any) -> Jsonb:
+    """The previous version's JSON of a message: protobuf's JSON mapping with the proto field names."""
+    return Jsonb(json_format.MessageToDict(message, preserving_proto_field_name=True))
+
+
+def test_trading_rows_of_the_previous_version_are_converted_and_read(previous_version_dsn: str) -> None:
+    old = old_trading_messages()
+    portfolio_id = "migrated-trader"
+    recommendation = old["recommendation"]
+    with psycopg.connect(previous_version_dsn, autocommit=True) as conn:
+        conn.execute(
+            """INSERT INTO share_allocations (cache_key, portfolio_id, request, response, expires_at)
+               VALUES ('old-key', %s, %s, %s, now() + interval '1 day')""",
+            (portfolio_id, proto_json(old["request"]), old["allocation"].SerializeToString()),
+        )
+        conn.execute(
+            "INSERT INTO portfolio_holdings (portfolio_id, positions, cash) VALUES (%s, %s, 250.0)",
+            (portfolio_id, Jsonb([json_format.MessageToDict(old["position"], preserving_proto_field_name=True)])),
+        )
+        conn.execute(
+            "INSERT INTO rebalance_policies (portfolio_id, policy) VALUES (%s, %s)",
+            (portfolio_id, proto_json(old["policy"])),
+        )
+        conn.execute(
+            """INSERT INTO rebalance_recommendations (recommendation_id, portfolio_id, request_id, request_hash, status,
+                   recommendation, total_trade_value, created_at, expires_at, decided_at, as_of)
+               VALUES (%s, %s, 'rq', 'h', 'AUTO_APPROVED', %s, 1900.0, %s, %s, %s, %s)""",
+            (recommendation.recommendation_id, portfolio_id, recommendation.SerializeToString(), T0, T0, T0, T0),
+        )
+        conn.execute(
+            """INSERT INTO rebalance_events (event_id, "timestamp", portfolio_id, recommendation_id, event_type,
+                   status, total_trade_value, payload)
+               VALUES (%s, %s, %s, %s, 'CREATED', 'AUTO_APPROVED', 1900.0, %s)""",
+            (uuid.uuid4(), T0, portfolio_id, recommendation.recommendation_id,
+             Jsonb({"request_id": "rq", "approval_limit": 50_000.0})),
+        )  # fmt: skip
+
+    assert migrate(previous_version_dsn) == ["0008_stored_result_records", "0009_stored_trading_records"]
+
+    with psycopg.connect(previous_version_dsn, autocommit=True) as conn:
+        kinds = dict(
+            conn.execute(
+                """SELECT table_name || '.' || column_name, data_type FROM information_schema.columns
+                   WHERE column_name IN ('response', 'recommendation')
+                       AND table_name IN ('share_allocations', 'rebalance_recommendations')"""
+            ).fetchall()
+        )
+        assert kinds == {"share_allocations.response": "jsonb", "rebalance_recommendations.recommendation": "jsonb"}
+        (request,) = conn.execute("SELECT request FROM share_allocations").fetchone() or (None,)
+        assert request["schema_version"] == 1 and request["strategy"] == "MINIMIZE_LEFTOVER"
+        (payload,) = conn.execute("SELECT payload FROM rebalance_events").fetchone() or (None,)
+        assert payload == {"schema_version": 1, "request_id": "rq", "approval_limit": 50_000.0}
+
+    async def read_back() -> None:
+        pool = await asyncpg.create_pool(previous_version_dsn, min_size=1, max_size=2)
+        try:
+            cached = await PostgresAllocationCache(pool).find("old-key")
+            assert cached is not None and cached.response.cached
+            cached.response.cached = False
+            cached.response.ClearField("expires_at")
+            assert cached.response == old["allocation"]
+            trading = PostgresTradingStore(pool)
+            holdings = await trading.load_holdings(portfolio_id)
+            assert holdings is not None and holdings.positions == (old["position"],) and holdings.cash == 250.0
+            assert await trading.load_policy(portfolio_id) == old["policy"]
+            found = await trading.find(uuid.UUID(recommendation.recommendation_id))
+            assert found is not None
+            found.ClearField("decided_at")  # an auto-approved recommendation reads as decided at creation
+            assert found == recommendation
+            [recent] = await trading.recent_trades(portfolio_id, T0, timedelta(days=1))
+            assert list(recent.trades) == list(recommendation.trades)
+            [event] = await trading.events(portfolio_id)
+            assert event.payload["request_id"] == "rq"
+            queries = OptimizationQueryServicer(PostgresReadStore(pool))
+            answer = await queries.GetRebalance(
+                query_pb.GetRebalanceRequest(recommendation_id=recommendation.recommendation_id), NO_CONTEXT
+            )
+            answer.recommendation.ClearField("decided_at")
+            assert answer.recommendation == recommendation
+        finally:
+            await pool.close()
+
+    asyncio.run(read_back())
