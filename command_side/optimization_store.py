@@ -27,7 +27,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from command_side.mapping import configuration_content, content_hash, datetime_to_timestamp
-from command_side.records import JsonObject, ResultRecord, result_record
+from command_side.records import JsonObject, ResultRecord, result_record, run_inputs_json
 from services.errors import IntegrityError, NotFoundError, PreconditionError, PreconditionViolation
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
@@ -356,7 +356,7 @@ class RecordedRun:
     result: JsonObject
     """The completed answer as stored: ``ResultRecord.to_json()`` (see ``docs/storage_schema.md``)."""
     run_inputs: dict[str, Any]
-    """Kind of inputs and current weights (as stored in jsonb)."""
+    """Kind of inputs and current weights, with ``schema_version`` (as stored in jsonb)."""
 
 
 class InMemoryOptimizationStore(OptimizationStore):
@@ -461,7 +461,7 @@ class InMemoryOptimizationStore(OptimizationStore):
             request_id=request_id,
             request_hash=request_hash,
             result=json.loads(json.dumps(result_record(response).to_json())),
-            run_inputs=json.loads(json.dumps(dict(run_inputs))),
+            run_inputs=json.loads(json.dumps(run_inputs_json(run_inputs))),
         )
         # Nothing above changed the store: from here on every write happens, with no await in between.
         if stored is not None:

@@ -96,6 +96,11 @@ def _encoded(mapping: Mapping[str, float]) -> dict[str, float | str]:
     return {k: encode_float(v) for k, v in mapping.items()}
 
 
+def run_inputs_json(run_inputs: Mapping[str, Any]) -> JsonObject:
+    """The stored ``optimization_results.run_inputs``: ``kind`` and ``current_weights``, with ``schema_version``."""
+    return {"schema_version": SCHEMA_VERSION, **run_inputs}
+
+
 def check_version(payload: Mapping[str, Any], what: str) -> None:
     """Raise :class:`SchemaError` unless ``payload`` is of :data:`SCHEMA_VERSION`."""
     version = payload.get("schema_version")

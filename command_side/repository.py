@@ -32,7 +32,7 @@ from command_side.optimization_store import (
 )
 from command_side.postgres_errors import Connection, postgres_errors
 from command_side.postgres_errors import operational_errors as database_errors
-from command_side.records import ResultRecord, result_record
+from command_side.records import ResultRecord, result_record, run_inputs_json
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
 
@@ -148,7 +148,7 @@ class PostgresOptimizationStore(OptimizationStore):
                 result_id, configuration.portfolio_id, version, request_id, request_hash, event_id, now,
                 objective, method, weights, response.expected_return, response.expected_volatility,
                 response.sharpe_ratio, meta.objective_value, meta.solver, meta.constraints_satisfied,
-                _json(record.to_json()), _json(dict(run_inputs)),
+                _json(record.to_json()), _json(run_inputs_json(run_inputs)),
             )  # fmt: skip
             event_args = (
                 event_id, now, configuration.portfolio_id, result_id, version, request_id, objective, method,

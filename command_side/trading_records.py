@@ -190,8 +190,8 @@ POLICY = Schema(
     "rebalance policy",
     trading_pb.RebalancePolicy,
     (
-        Field("drift_threshold", "drift_threshold", "number", "Portfolio drift threshold (fraction); null = default.",
-              True),
+        Field("drift_threshold", "drift_threshold", "number",
+              "Two-way portfolio drift (fraction, cash included) above which CheckDrift flags; null = default.", True),
         Field("bands", "bands", "records", "Per-symbol drift bands keyed by symbol (band objects).", record=BAND,
               keyed=True),
         Field("min_trade_value", "min_trade_value", "number", "Smallest trade worth making ($)."),
@@ -209,8 +209,8 @@ POLICY = Schema(
               "default.", True),
         Field("long_term_tax_rate", "long_term_tax_rate", "number", "Long-term gains tax rate (decimal); null = "
               "default.", True),
-        Field("long_term_after_days", "long_term_after_days", "integer", "Holding days before a gain is long term; "
-              "null = default.", True),
+        Field("long_term_after_days", "long_term_after_days", "integer",
+              "A lot is long term when held more than this many days; null = after its first anniversary.", True),
         Field("wash_sale_window_days", "wash_sale_window_days", "integer", "Wash-sale window (days); null = default.",
               True),
         Field("approval_limit", "approval_limit", "number", "Trade value ($) above which approval is needed; null = "
@@ -357,16 +357,26 @@ ALLOCATION_METRICS = Schema(
     "allocation metrics",
     trading_pb.AllocationMetrics,
     (
-        Field("budget", "budget", "number", "Budget: holdings value plus extra cash ($)."),
-        Field("budget_used", "budget_used", "number", "Value of the final holdings and costs ($)."),
-        Field("unused_budget", "unused_budget", "number", "Cash left ($)."),
+        Field("budget", "budget", "number", "Budget: proceeds of the holdings plus extra cash ($)."),
+        Field("budget_used", "budget_used", "number", "Invested value plus fees ($)."),
+        Field("unused_budget", "unused_budget", "number", "budget - budget_used ($)."),
         Field("unused_fraction", "unused_fraction", "number", "unused_budget / budget."),
         Field("fees_total", "fees_total", "number", "Commissions and fees ($)."),
         Field("solve_time_ms", "solve_time_ms", "number", "Solve time (milliseconds)."),
-        Field("solver_status", "solver_status", "text", "Status reported by the solver."),
+        Field("solver_status", "solver_status", "text", "How the solve ended: OPTIMAL, TIME_LIMIT, GREEDY ..."),
         Field("solver", "solver", "text", "Solver (e.g. HIGHS, GREEDY)."),
-        Field("fallback_used", "fallback_used", "boolean", "Whether the fallback produced the answer."),
-        Field("relaxation", "relaxation", "text", "Relaxation applied ('' = none)."),
+        Field(
+            "fallback_used",
+            "fallback_used",
+            "boolean",
+            "Whether the greedy heuristic answered (the MILP failed or timed out).",
+        ),
+        Field(
+            "relaxation",
+            "relaxation",
+            "text",
+            "Relaxation applied to make the bounds feasible (NONE when none was needed).",
+        ),
         Field("relaxation_detail", "relaxation_detail", "text", "The relaxation, in words."),
     ),
 )

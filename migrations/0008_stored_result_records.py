@@ -4,7 +4,8 @@ Before: ``optimization_results.response`` held the serialized ``stratopt.v1.Opti
 and the ``metadata`` of ``portfolio_optimized`` / ``latest_portfolio_optimizations`` held
 ``stratopt.v1.OptimizationMetadata`` in protobuf's JSON mapping (camelCase keys). After: the new jsonb column
 ``optimization_results.result`` holds a ``command_side.records.ResultRecord`` and ``metadata`` a
-``RunMetadataRecord``, both versioned snake_case JSON; the ``response`` column is dropped.
+``RunMetadataRecord``, both versioned snake_case JSON; the ``response`` column is dropped; ``run_inputs`` (plain
+JSON already) gets ``schema_version`` 1.
 
 SQL cannot decode protobuf, so this migration is Python: it reads each old row with the contract's classes
 (protobuf binary decoding goes by field number, which the contract never reuses, so a later contract still reads
@@ -52,6 +53,10 @@ def results_to_records(conn: Any) -> None:
         )
     cursor.execute("ALTER TABLE optimization_results ALTER COLUMN result SET NOT NULL")
     cursor.execute("ALTER TABLE optimization_results DROP COLUMN response")
+    cursor.execute(
+        """UPDATE optimization_results SET run_inputs = run_inputs || '{"schema_version": 1}'::jsonb
+           WHERE NOT run_inputs ? 'schema_version'"""
+    )
     cursor.execute(
         "COMMENT ON COLUMN optimization_results.result IS "
         "'ResultRecord, versioned snake_case JSON (docs/storage_schema.md); replays are rebuilt from it'"

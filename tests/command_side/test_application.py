@@ -101,7 +101,7 @@ def test_a_run_is_stored_with_its_ids_and_configuration_version() -> None:
     assert meta.configuration_version == 1 and not meta.replayed
     [run] = store.runs("p")
     assert (str(run.event_id), str(run.result_id)) == (meta.event_id, meta.result_id)
-    assert run.run_inputs == {"kind": "moments", "current_weights": {}}
+    assert run.run_inputs == {"schema_version": 1, "kind": "moments", "current_weights": {}}
     assert response_from_record(ResultRecord.from_json(run.result)) == response
     assert run.result["schema_version"] == 1
 

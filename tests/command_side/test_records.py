@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 
@@ -16,9 +18,12 @@ from command_side.records import (
     encode_instant,
     response_from_record,
     result_record,
+    run_inputs_json,
 )
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "storage_schema.md"
 
 
 def rich_response(portfolio_id: str = "p-rich", request_id: str = "r-rich") -> cmd_pb.OptimizeResponse:
@@ -166,3 +171,14 @@ def test_instants_are_rfc3339_in_utc(nanoseconds: int, text: str) -> None:
 def test_an_instant_that_is_not_rfc3339_utc_is_refused() -> None:
     with pytest.raises(SchemaError):
         decode_instant("2024-01-01T00:00:00+02:00")
+
+
+def test_every_stored_key_is_documented() -> None:
+    """docs/storage_schema.md lists every key of the result record and the run metadata in a table row."""
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", DOCS.read_text(), flags=re.MULTILINE))
+    payload = stored(rich_response())
+    metadata = payload["metadata"]
+    assert isinstance(metadata, dict)
+    keys = set(payload) | set(metadata) | set(metadata["relaxations"][0]) | set(metadata["black_litterman"])
+    keys |= set(run_inputs_json({"kind": "returns", "current_weights": {}}))
+    assert keys - documented == set()

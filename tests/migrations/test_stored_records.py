@@ -31,9 +31,9 @@ from query_side.repository import PostgresReadStore
 from query_side.servicer import OptimizationQueryServicer
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import query_service_pb2 as query_pb
-from stratopt.v1 import trading_service_pb2 as trading_pb
 from stratopt_cli.migrate import MIGRATIONS_DIR, _yoyo_url, migrate
 from tests.command_side.test_records import rich_response
+from tests.command_side.test_trading_records import full_trading_messages
 
 pytestmark = pytest.mark.integration
 
@@ -138,6 +138,8 @@ def test_rows_of_the_previous_version_are_converted_and_read(previous_version_ds
                 assert "configuration_version" in metadata and "configurationVersion" not in metadata
         (result,) = conn.execute("SELECT result FROM optimization_results LIMIT 1").fetchone() or (None,)
         assert result["schema_version"] == 1 and result["metadata"]["schema_version"] == 1
+        (run_inputs,) = conn.execute("SELECT run_inputs FROM optimization_results LIMIT 1").fetchone() or (None,)
+        assert run_inputs == {"schema_version": 1, "kind": "returns", "current_weights": {}}
 
     async def read_back() -> None:
         pool = await asyncpg.create_pool(previous_version_dsn, min_size=1, max_size=2)
@@ -185,69 +187,13 @@ def test_the_migration_keeps_metadata_already_in_the_new_format(previous_version
 # --- the trading tables (migration 0009) -------------------------------------------------------------------------
 
 
-def old_trading_messages() -> dict[str, Any]:
-    """Trading messages with every stored field set, as the previous version received and wrote them."""
-    lot = trading_pb.TaxLot(lot_id="L1", shares=10.0, cost_basis=95.5)
-    lot.acquired.FromDatetime(datetime(2023, 2, 1, 15, 30, tzinfo=UTC))
-    position = trading_pb.Position(symbol="AAPL", shares=10.0, price=190.0, lots=[lot])
-    policy = trading_pb.RebalancePolicy(
-        drift_threshold=0.05, min_trade_value=100.0, max_turnover=0.3, commission_per_trade=1.0,
-        commission_per_share=0.005, impact_model=trading_pb.IMPACT_MODEL_SQUARE_ROOT, impact_coefficient=0.1,
-        lot_method=trading_pb.LOT_METHOD_HIFO, prefer_losses=True, short_term_tax_rate=0.37,
-        long_term_tax_rate=0.2, long_term_after_days=365, wash_sale_window_days=30, approval_limit=50_000.0,
-    )  # fmt: skip
-    policy.bands["AAPL"].absolute = 0.02
-    policy.bands["XOM"].relative = 0.25
-    policy.approval_ttl.FromSeconds(86_400)
-    request = trading_pb.AllocateSharesRequest(
-        holdings=[position],
-        targets=[trading_pb.TargetPosition(symbol="XOM", target_weight=1.0, price=110.0, lot_size=1)],
-        extra_cash=1000.0,
-        strategy=trading_pb.ALLOCATION_STRATEGY_MINIMIZE_LEFTOVER,
-        fee_per_share=0.01,
-    )
-    allocation = trading_pb.AllocateSharesResponse(
-        lines=[
-            trading_pb.AllocationLine(
-                symbol="XOM", price=110.0, current_shares=0, buy_shares=26, final_shares=26, trade_cost=0.26,
-                final_value=2860.0, target_weight=1.0, actual_weight=0.98, weight_deviation=-0.02,
-            )
-        ],
-        sold_in_full=[trading_pb.SoldHolding(symbol="AAPL", shares=10, price=190.0, proceeds=1900.0, trade_cost=0.1)],
-        metrics=trading_pb.AllocationMetrics(
-            budget=2900.0, budget_used=2860.36, unused_budget=39.64, unused_fraction=0.0137, fees_total=0.36,
-            solve_time_ms=1.5, solver_status="OPTIMAL", solver="HIGHS",
-        ),
-        cache_key="old-key",
-    )  # fmt: skip
-    recommendation = trading_pb.RebalanceRecommendation(
-        recommendation_id=str(uuid.uuid4()), portfolio_id="migrated-trader", total_trade_value=1900.0,
-        total_cost=2.5, turnover=0.2, drift_before=0.08, drift_after=0.01, short_term_gain=0.0,
-        long_term_gain=945.0, estimated_tax=189.0, approval_limit=50_000.0,
-        status=trading_pb.RECOMMENDATION_STATUS_AUTO_APPROVED,
-        trades=[
-            trading_pb.Trade(
-                symbol="AAPL", side=trading_pb.TRADE_SIDE_SELL, shares=10.0, price=190.0, value=1900.0,
-                commission=1.0, spread_cost=0.5, impact_cost=1.0, total_cost=2.5, long_term_gain=945.0,
-                lots=[trading_pb.LotSale(lot_id="L1", shares=10.0, cost_basis=95.5, gain=945.0, long_term=True)],
-            )
-        ],
-        harvest_candidates=[
-            trading_pb.HarvestCandidate(symbol="XOM", lot_id="L9", shares=3.0, unrealized_loss=12.0)
-        ],
-    )  # fmt: skip
-    recommendation.created_at.FromDatetime(T0)
-    return {"position": position, "policy": policy, "request": request, "allocation": allocation,
-            "recommendation": recommendation}  # fmt: skip
-
-
 def proto_json(message: Any) -> Jsonb:
     """The previous version's JSON of a message: protobuf's JSON mapping with the proto field names."""
     return Jsonb(json_format.MessageToDict(message, preserving_proto_field_name=True))
 
 
 def test_trading_rows_of_the_previous_version_are_converted_and_read(previous_version_dsn: str) -> None:
-    old = old_trading_messages()
+    old = full_trading_messages()
     portfolio_id = "migrated-trader"
     recommendation = old["recommendation"]
     with psycopg.connect(previous_version_dsn, autocommit=True) as conn:
