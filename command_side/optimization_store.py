@@ -8,10 +8,10 @@ and the ingestion of price bars. Two backends honour it:
 * :class:`InMemoryOptimizationStore` (this module), for unit tests of the application services and demos.
 
 The rules both follow live here as plain functions, so the backends cannot drift apart: the price window on
-the strategies' own calendar (:func:`price_window`) and configuration versioning by content
-(:func:`next_configuration_version`, :func:`configuration_from_content`). Both raise the domain's persistence
-errors (``services.errors.IntegrityError`` for a ``request_id`` already used, ``OperationalError`` when the
-store cannot be reached), never a driver's.
+the strategies' own calendar (:func:`price_window`), configuration versioning by content
+(:func:`next_configuration_version`) and the stored form of a configuration (:func:`configuration_row`,
+:func:`configuration_from_row`). Both raise the domain's persistence errors (``services.errors.IntegrityError``
+for a ``request_id`` already used, ``OperationalError`` when the store cannot be reached), never a driver's.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import numpy as np
-from google.protobuf import json_format
 
+from command_side.configuration_records import CONTENT_COLUMNS, configuration_columns, fill_configuration
 from command_side.mapping import configuration_content, content_hash, datetime_to_timestamp
 from command_side.records import JsonObject, ResultRecord, result_record, run_inputs_json
 from services.errors import IntegrityError, NotFoundError, PreconditionError, PreconditionViolation
@@ -129,13 +129,28 @@ def next_configuration_version(
     return ConfigurationVersion(config, content, digest, version, new=True)
 
 
-def configuration_from_content(
-    *, portfolio_id: str, version: int, content: Mapping[str, Any], created_at: datetime
-) -> cmd_pb.OptimizationConfiguration:
-    """The stored configuration as returned by a store, from its content (JSON values as text or decoded).
+def configuration_row(version: ConfigurationVersion) -> dict[str, Any]:
+    """The stored columns of a configuration version (its content in the stored schema, no version or time).
 
-    ``content`` holds the keys of ``command_side.mapping.configuration_content`` (a stored row has them all).
+    ``objective`` and ``method`` are the contract's enum names (text columns); ``strategies``, ``constraints``,
+    ``risk_parameters`` and ``black_litterman`` are JSON objects of ``command_side.configuration_records``.
     """
+    config = version.configuration
+    return {
+        "objective": version.content["objective"],
+        "method": version.content["method"],
+        "lookback_periods": config.lookback_periods,
+        "market_symbol": config.market_symbol,
+        "enabled": config.enabled,
+        "content_hash": version.content_hash,
+        **configuration_columns(config),
+    }
+
+
+def configuration_from_row(
+    *, portfolio_id: str, version: int, row: Mapping[str, Any], created_at: datetime
+) -> cmd_pb.OptimizationConfiguration:
+    """The stored configuration as returned by a store, from its row (JSON columns as text or decoded)."""
 
     def load(value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
@@ -143,19 +158,13 @@ def configuration_from_content(
     config = cmd_pb.OptimizationConfiguration(
         portfolio_id=portfolio_id,
         version=version,
-        objective=pb.Objective.Value(content["objective"]),
-        method=pb.OptimizationMethod.Value(content["method"]),
-        lookback_periods=content["lookback_periods"],
-        market_symbol=content["market_symbol"],
-        enabled=content["enabled"],
+        objective=pb.Objective.Value(row["objective"]),
+        method=pb.OptimizationMethod.Value(row["method"]),
+        lookback_periods=row["lookback_periods"],
+        market_symbol=row["market_symbol"],
+        enabled=row["enabled"],
     )
-    for strategy in load(content["strategies"]):
-        json_format.ParseDict(strategy, config.strategies.add())
-    json_format.ParseDict(load(content["constraints"]), config.constraints)
-    json_format.ParseDict(load(content["risk_parameters"]), config.risk_parameters)
-    black_litterman = load(content["black_litterman"])
-    if black_litterman:
-        json_format.ParseDict(black_litterman, config.black_litterman)
+    fill_configuration({name: load(row[name]) for name in CONTENT_COLUMNS}, config)
     config.created_at.CopyFrom(datetime_to_timestamp(created_at))
     return config
 
@@ -413,9 +422,9 @@ class InMemoryOptimizationStore(OptimizationStore):
 
     def _stage(self, version: ConfigurationVersion, now: datetime) -> cmd_pb.OptimizationConfiguration:
         """The stored form of a configuration version (as the PostgreSQL store reads it back)."""
-        config = version.configuration
-        return configuration_from_content(
-            portfolio_id=config.portfolio_id, version=version.version, content=version.content, created_at=now
+        row = json.loads(json.dumps(configuration_row(version), allow_nan=False))
+        return configuration_from_row(
+            portfolio_id=version.configuration.portfolio_id, version=version.version, row=row, created_at=now
         )
 
     def _commit(self, version: ConfigurationVersion, stored: cmd_pb.OptimizationConfiguration) -> None:

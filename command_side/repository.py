@@ -24,8 +24,9 @@ from command_side.optimization_store import (
     OptimizationStore,
     PriceWindow,
     StoredResult,
-    configuration_from_content,
+    configuration_from_row,
     configuration_not_found,
+    configuration_row,
     epoch_microseconds,
     next_configuration_version,
     price_window,
@@ -202,16 +203,16 @@ class PostgresOptimizationStore(OptimizationStore):
         stored = next_configuration_version(config, current, inherit)
         if not stored.new:
             return stored.version
-        config, content = stored.configuration, stored.content
+        columns = configuration_row(stored)
         await conn.execute(
             """INSERT INTO optimization_configurations (portfolio_id, version, objective, method, strategies,
                    constraints, risk_parameters, lookback_periods, market_symbol, enabled, content_hash,
                    black_litterman)
                VALUES ($1,$2,$3,$4,$5::jsonb,$6::jsonb,$7::jsonb,$8,$9,$10,$11,$12::jsonb)""",
-            config.portfolio_id, stored.version, content["objective"], content["method"],
-            _json(content["strategies"]), _json(content["constraints"]), _json(content["risk_parameters"]),
-            config.lookback_periods, config.market_symbol, config.enabled, stored.content_hash,
-            _json(content["black_litterman"]),
+            stored.configuration.portfolio_id, stored.version, columns["objective"], columns["method"],
+            _json(columns["strategies"]), _json(columns["constraints"]), _json(columns["risk_parameters"]),
+            columns["lookback_periods"], columns["market_symbol"], columns["enabled"], columns["content_hash"],
+            _json(columns["black_litterman"]),
         )  # fmt: skip
         return stored.version
 
@@ -289,6 +290,6 @@ class PostgresOptimizationStore(OptimizationStore):
 
 
 def _configuration_from_row(row: asyncpg.Record) -> cmd_pb.OptimizationConfiguration:
-    return configuration_from_content(
-        portfolio_id=row["portfolio_id"], version=row["version"], content=dict(row), created_at=row["created_at"]
+    return configuration_from_row(
+        portfolio_id=row["portfolio_id"], version=row["version"], row=dict(row), created_at=row["created_at"]
     )

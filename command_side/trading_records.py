@@ -5,7 +5,7 @@ maps to, its kind and its unit. The key is the stored name, chosen here and docu
 ``docs/storage_schema.md``; the contract field is only where the value comes from and goes to, so renaming a
 field of ``stratopt.v1`` changes one line of a table, not the stored data. :meth:`Schema.to_json` and
 :meth:`Schema.from_json` are the only encoder and decoder; protobuf's binary format and JSON mapping are never
-stored. A top-level payload carries ``schema_version`` (:data:`TRADING_SCHEMA_VERSION`).
+stored. A top-level payload carries ``schema_version`` (:data:`TABLE_SCHEMA_VERSION`).
 
 Encoding rules are those of :mod:`command_side.records`: every key is written, numbers are JSON numbers in the
 documented unit (non-finite floats as ``"NaN"``, ``"Infinity"``, ``"-Infinity"``), instants are RFC 3339 UTC
@@ -24,10 +24,24 @@ from google.protobuf.message import Message
 from command_side.records import JsonObject, SchemaError, decode_float, decode_instant, encode_float, encode_instant
 from stratopt.v1 import trading_service_pb2 as trading_pb
 
-TRADING_SCHEMA_VERSION: Final = 1
-"""Version of the trading payloads written by this build."""
+TABLE_SCHEMA_VERSION: Final = 1
+"""Version of the payloads described by :class:`Schema` tables (trading and configuration content) written by
+this build."""
 
-Kind = Literal["text", "number", "integer", "boolean", "instant", "duration", "enum", "record", "records", "numbers"]
+Kind = Literal[
+    "text",
+    "number",
+    "integer",
+    "boolean",
+    "instant",
+    "duration",
+    "enum",
+    "record",
+    "records",
+    "numbers",
+    "texts",
+    "number_list",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +55,7 @@ class Field:
     kind: Kind
     """``text``, ``number`` (float), ``integer``, ``boolean``, ``instant`` (RFC 3339 UTC), ``duration`` (seconds),
     ``enum`` (short name), ``record`` (a nested object), ``records`` (a list of them), ``numbers`` (an object of
-    numbers keyed by symbol)."""
+    numbers keyed by symbol), ``texts`` (an object of strings), ``number_list`` (an array of numbers)."""
     meaning: str
     """What it is, with its unit (documented in ``docs/storage_schema.md``)."""
     optional: bool = False
@@ -67,7 +81,7 @@ class Schema:
 
     def to_json(self, message: Message, *, versioned: bool = True) -> JsonObject:
         """The stored JSON object of ``message`` (with ``schema_version`` unless ``versioned`` is false)."""
-        payload: JsonObject = {"schema_version": TRADING_SCHEMA_VERSION} if versioned else {}
+        payload: JsonObject = {"schema_version": TABLE_SCHEMA_VERSION} if versioned else {}
         for f in self.fields:
             payload[f.key] = _encode(f, message)
         return payload
@@ -78,9 +92,9 @@ class Schema:
         Raises
         ------
         SchemaError
-            When a versioned payload is not of :data:`TRADING_SCHEMA_VERSION`.
+            When a versioned payload is not of :data:`TABLE_SCHEMA_VERSION`.
         """
-        if versioned and payload.get("schema_version") != TRADING_SCHEMA_VERSION:
+        if versioned and payload.get("schema_version") != TABLE_SCHEMA_VERSION:
             raise SchemaError(
                 f"{self.name}: schema_version {payload.get('schema_version')!r} is not one this build reads"
             )
@@ -110,6 +124,10 @@ def _encode(f: Field, message: Any) -> Any:
         return "" if short == "UNSPECIFIED" else short
     if f.kind == "numbers":
         return {k: encode_float(v) for k, v in value.items()}
+    if f.kind == "texts":
+        return dict(value)
+    if f.kind == "number_list":
+        return [encode_float(v) for v in value]
     if f.kind == "record":
         assert f.record is not None
         return f.record.to_json(value, versioned=False)
@@ -136,6 +154,10 @@ def _decode(f: Field, value: Any, message: Any) -> None:
         setattr(message, f.attribute, 0 if known is None else known.number)
     elif f.kind == "numbers":
         getattr(message, f.attribute).update({str(k): decode_float(v) for k, v in value.items()})
+    elif f.kind == "texts":
+        getattr(message, f.attribute).update({str(k): str(v) for k, v in value.items()})
+    elif f.kind == "number_list":
+        getattr(message, f.attribute).extend(decode_float(v) for v in value)
     elif f.kind == "record":
         assert f.record is not None
         getattr(message, f.attribute).CopyFrom(f.record.from_json(value, versioned=False))
@@ -399,16 +421,16 @@ ALLOCATION = Schema(
 def holdings_json(positions: Any) -> JsonObject:
     """The stored ``portfolio_holdings.positions`` of a sequence of ``stratopt.v1.Position``."""
     stored = [POSITION.to_json(p, versioned=False) for p in positions]
-    return {"schema_version": TRADING_SCHEMA_VERSION, "positions": stored}
+    return {"schema_version": TABLE_SCHEMA_VERSION, "positions": stored}
 
 
 def holdings_from_json(payload: Mapping[str, Any]) -> tuple[trading_pb.Position, ...]:
     """The positions of a stored ``portfolio_holdings.positions``."""
-    if payload.get("schema_version") != TRADING_SCHEMA_VERSION:
+    if payload.get("schema_version") != TABLE_SCHEMA_VERSION:
         raise SchemaError(f"holdings: schema_version {payload.get('schema_version')!r} is not one this build reads")
     return tuple(POSITION.from_json(p, versioned=False) for p in payload["positions"])
 
 
 def event_payload(payload: Mapping[str, Any]) -> JsonObject:
     """A ``rebalance_events.payload`` with its ``schema_version``."""
-    return {"schema_version": TRADING_SCHEMA_VERSION, **payload}
+    return {"schema_version": TABLE_SCHEMA_VERSION, **payload}

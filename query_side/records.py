@@ -116,7 +116,7 @@ def fill_metadata(payload: Mapping[str, Any], message: types_pb2.OptimizationMet
 
 # --- rebalance recommendations (trading schema version 1) ------------------------------------------------------
 
-READABLE_TRADING_SCHEMA_VERSIONS: Final = frozenset({1})
+READABLE_TABLE_SCHEMA_VERSIONS: Final = frozenset({1})
 """Versions of the trading payloads (``rebalance_recommendations.recommendation``) this reader understands."""
 
 _Reader = Callable[[Any, Any], None]
@@ -180,7 +180,7 @@ def recommendation_from_json(payload: Mapping[str, Any]) -> trading_service_pb2.
         When ``payload`` has no ``schema_version`` this reader understands.
     """
     version = payload.get("schema_version")
-    if version not in READABLE_TRADING_SCHEMA_VERSIONS:
+    if version not in READABLE_TABLE_SCHEMA_VERSIONS:
         raise SchemaError(f"recommendation of schema_version {version!r}")
     message: trading_service_pb2.RebalanceRecommendation = _fill(
         trading_service_pb2.RebalanceRecommendation(), payload, _RECOMMENDATION

@@ -175,7 +175,7 @@ def test_an_instant_that_is_not_rfc3339_utc_is_refused() -> None:
 
 def test_every_stored_key_is_documented() -> None:
     """docs/storage_schema.md lists every key of the result record and the run metadata in a table row."""
-    documented = set(re.findall(r"^\| `([a-z_]+)` \|", DOCS.read_text(), flags=re.MULTILINE))
+    documented = set(re.findall(r"^\| `([a-z0-9_]+)` \|", DOCS.read_text(), flags=re.MULTILINE))
     payload = stored(rich_response())
     metadata = payload["metadata"]
     assert isinstance(metadata, dict)

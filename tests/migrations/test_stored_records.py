@@ -24,6 +24,7 @@ from psycopg.types.json import Jsonb
 from yoyo import get_backend, read_migrations
 
 from command_side.allocations_repository import PostgresAllocationCache
+from command_side.mapping import configuration_content
 from command_side.rebalancing_repository import PostgresTradingStore
 from command_side.records import response_from_record
 from command_side.repository import PostgresOptimizationStore
@@ -32,6 +33,7 @@ from query_side.servicer import OptimizationQueryServicer
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import query_service_pb2 as query_pb
 from stratopt_cli.migrate import MIGRATIONS_DIR, _yoyo_url, migrate
+from tests.command_side.test_configuration_records import full_configuration
 from tests.command_side.test_records import rich_response
 from tests.command_side.test_trading_records import full_trading_messages
 
@@ -39,6 +41,11 @@ pytestmark = pytest.mark.integration
 
 T0 = datetime(2024, 6, 3, 9, 30, 0, 123456, tzinfo=UTC)
 NO_CONTEXT: Any = None
+MIGRATIONS_SINCE_0007 = [
+    "0008_stored_result_records",
+    "0009_stored_trading_records",
+    "0010_stored_configuration_records",
+]
 
 
 @pytest.fixture
@@ -122,7 +129,7 @@ def test_rows_of_the_previous_version_are_converted_and_read(previous_version_ds
             (runs[1].optimization_metadata.event_id,),
         )
 
-    assert migrate(previous_version_dsn) == ["0008_stored_result_records", "0009_stored_trading_records"]
+    assert migrate(previous_version_dsn) == MIGRATIONS_SINCE_0007
 
     with psycopg.connect(previous_version_dsn, autocommit=True) as conn:
         columns = {
@@ -179,7 +186,7 @@ def test_the_migration_keeps_metadata_already_in_the_new_format(previous_version
                VALUES (%s, %s, 'p', %s, 1, 'o', 'm', '{}', 0, 0, 0, %s)""",
             (uuid.uuid4(), T0, uuid.uuid4(), json.dumps(document)),
         )
-    assert migrate(previous_version_dsn) == ["0008_stored_result_records", "0009_stored_trading_records"]
+    assert migrate(previous_version_dsn) == MIGRATIONS_SINCE_0007
     with psycopg.connect(previous_version_dsn, autocommit=True) as conn:
         assert conn.execute("SELECT metadata FROM portfolio_optimized").fetchone() == (document,)
 
@@ -224,7 +231,7 @@ def test_trading_rows_of_the_previous_version_are_converted_and_read(previous_ve
              Jsonb({"request_id": "rq", "approval_limit": 50_000.0})),
         )  # fmt: skip
 
-    assert migrate(previous_version_dsn) == ["0008_stored_result_records", "0009_stored_trading_records"]
+    assert migrate(previous_version_dsn) == MIGRATIONS_SINCE_0007
 
     with psycopg.connect(previous_version_dsn, autocommit=True) as conn:
         kinds = dict(
@@ -270,3 +277,48 @@ def test_trading_rows_of_the_previous_version_are_converted_and_read(previous_ve
             await pool.close()
 
     asyncio.run(read_back())
+
+
+# --- configurations (migration 0010) -------------------------------------------------------------------------------
+
+
+def test_configurations_of_the_previous_version_are_converted_and_read(previous_version_dsn: str) -> None:
+    full = full_configuration("migrated-config")
+    plain = cmd_pb.OptimizationConfiguration(portfolio_id="migrated-config", objective=1, method=1, enabled=True)
+    plain.strategies.add(strategy_id="A")
+    with psycopg.connect(previous_version_dsn, autocommit=True) as conn:
+        for version, config in ((1, plain), (2, full)):
+            content = configuration_content(config)  # the previous writer: protobuf JSON mapping
+            conn.execute(
+                """INSERT INTO optimization_configurations (portfolio_id, version, objective, method, strategies,
+                       constraints, risk_parameters, lookback_periods, market_symbol, enabled, content_hash,
+                       black_litterman, created_at)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'h', %s, %s)""",
+                (config.portfolio_id, version, content["objective"], content["method"],
+                 Jsonb(content["strategies"]), Jsonb(content["constraints"]), Jsonb(content["risk_parameters"]),
+                 config.lookback_periods, config.market_symbol, config.enabled, Jsonb(content["black_litterman"]),
+                 T0),
+            )  # fmt: skip
+
+    assert migrate(previous_version_dsn) == MIGRATIONS_SINCE_0007
+
+    with psycopg.connect(previous_version_dsn, autocommit=True) as conn:
+        for columns in conn.execute(
+            "SELECT strategies, constraints, risk_parameters, black_litterman FROM optimization_configurations"
+        ):
+            assert all(column["schema_version"] == 1 for column in columns)
+
+    async def read_back() -> list[cmd_pb.OptimizationConfiguration]:
+        pool = await asyncpg.create_pool(previous_version_dsn, min_size=1, max_size=2)
+        try:
+            store = PostgresOptimizationStore(pool)
+            return [await store.get_configuration("migrated-config", version) for version in (1, 2)]
+        finally:
+            await pool.close()
+
+    for stored, config, version in zip(asyncio.run(read_back()), (plain, full), (1, 2), strict=True):
+        expected = cmd_pb.OptimizationConfiguration()
+        expected.CopyFrom(config)
+        expected.version = version
+        expected.created_at.FromDatetime(T0)
+        assert stored == expected
