@@ -2,7 +2,8 @@
 
 :class:`AllocationCache` holds AllocateShares results keyed by the hash of their normalised input
 (``services.trading.allocation_cache_key``), each with the normalised request and the
-``stratopt.v1.AllocateSharesResponse`` as first returned (``cached`` false, ``expires_at`` set), until its expiry;
+allocation as first returned (``trading_records.ALLOCATION``; ``cached`` and ``expires_at`` come from the entry),
+until its expiry;
 an entry at or past ``expires_at`` is a miss. An allocation made for a portfolio is recorded as a
 ``SHARES_ALLOCATED`` event (in the same transaction as its cache entry). Two backends honour it:
 
@@ -13,14 +14,14 @@ an entry at or past ``expires_at`` is a miss. An allocation made for a portfolio
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
-from google.protobuf import json_format
-
+from command_side import trading_records
 from command_side.mapping import datetime_to_timestamp
 from stratopt.v1 import trading_service_pb2 as trading_pb
 
@@ -46,18 +47,18 @@ class CachedAllocation:
 def event_payload(response: trading_pb.AllocateSharesResponse) -> dict[str, Any]:
     """The payload of the ``SHARES_ALLOCATED`` event of ``response`` (JSON-ready).
 
-    The cache key, whether the answer came from the cache, the metrics (protobuf JSON mapping, proto field
-    names, every field), the final shares per target symbol and the shares sold in full.
+    ``schema_version``, the cache key, whether the answer came from the cache, the metrics (an allocation
+    metrics object of ``docs/storage_schema.md``), the final shares per target symbol and the shares sold in full.
     """
-    return {
-        "cache_key": response.cache_key,
-        "cached": response.cached,
-        "metrics": json_format.MessageToDict(
-            response.metrics, always_print_fields_with_no_presence=True, preserving_proto_field_name=True
-        ),
-        "final_shares": {line.symbol: line.final_shares for line in response.lines},
-        "sold_in_full": {sold.symbol: sold.shares for sold in response.sold_in_full},
-    }
+    return trading_records.event_payload(
+        {
+            "cache_key": response.cache_key,
+            "cached": response.cached,
+            "metrics": trading_records.ALLOCATION_METRICS.to_json(response.metrics, versioned=False),
+            "final_shares": {line.symbol: line.final_shares for line in response.lines},
+            "sold_in_full": {sold.symbol: sold.shares for sold in response.sold_in_full},
+        }
+    )
 
 
 class AllocationCache(Protocol):
@@ -132,9 +133,15 @@ class RecordedAllocation:
 class _Entry:
     portfolio_id: str
     request: dict[str, Any]
-    response: bytes
+    response: dict[str, Any]
     created_at: datetime
     expires_at: datetime
+
+
+def _stored(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` as the database gives it back (through JSON text)."""
+    loaded: dict[str, Any] = json.loads(json.dumps(payload, allow_nan=False))
+    return loaded
 
 
 class InMemoryAllocationCache(AllocationCache):
@@ -161,7 +168,7 @@ class InMemoryAllocationCache(AllocationCache):
         entry = self._entries.get(cache_key)
         if entry is None or entry.expires_at <= self._clock():
             return None
-        response = trading_pb.AllocateSharesResponse.FromString(entry.response)
+        response: trading_pb.AllocateSharesResponse = trading_records.ALLOCATION.from_json(entry.response)
         response.cached = True
         response.expires_at.CopyFrom(datetime_to_timestamp(entry.expires_at))
         return CachedAllocation(response, entry.portfolio_id, entry.created_at)
@@ -183,8 +190,8 @@ class InMemoryAllocationCache(AllocationCache):
             self._entries = {key: e for key, e in self._entries.items() if e.expires_at > now}
             self._entries[response.cache_key] = _Entry(
                 portfolio_id=portfolio_id,
-                request=json_format.MessageToDict(request, preserving_proto_field_name=True),
-                response=response.SerializeToString(),
+                request=_stored(trading_records.ALLOCATION_REQUEST.to_json(request)),
+                response=_stored(trading_records.ALLOCATION.to_json(response)),
                 created_at=now,
                 expires_at=now + ttl,
             )

@@ -1,9 +1,9 @@
 """The allocation cache and its events over PostgreSQL + TimescaleDB (asyncpg): the ``AllocationCache`` backend.
 
 Tables (``migrations/0006_trading.sql``): ``share_allocations`` holds AllocateShares results keyed by the hash of
-their normalised input (``services.trading.allocation_cache_key``), each with the normalised request (jsonb,
-protobuf JSON mapping with the proto field names) and the ``stratopt.v1.AllocateSharesResponse`` as first
-returned (serialized, ``cached`` false, ``expires_at`` set). A row past ``expires_at`` is a miss; expired rows
+their normalised input (``services.trading.allocation_cache_key``), each with the normalised request and the
+allocation as first returned (jsonb, ``command_side.trading_records.ALLOCATION_REQUEST`` and ``ALLOCATION``,
+documented in ``docs/storage_schema.md``). A row past ``expires_at`` is a miss; expired rows
 are deleted by every write. An allocation made for a portfolio is recorded as a ``SHARES_ALLOCATED`` row of the
 ``rebalance_events`` hypertable in the same transaction as its cache row. Times come from the database clock
 (``clock_timestamp()``). asyncpg's errors are translated by ``command_side.postgres_errors``.
@@ -17,11 +17,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
-from google.protobuf import json_format
 
 from command_side.allocation_cache import EVENT_STATUS, EVENT_TYPE, AllocationCache, CachedAllocation, event_payload
 from command_side.mapping import datetime_to_timestamp
 from command_side.postgres_errors import Connection, postgres_errors
+from command_side.trading_records import ALLOCATION, ALLOCATION_REQUEST
 from stratopt.v1 import trading_service_pb2 as trading_pb
 
 
@@ -57,7 +57,10 @@ class PostgresAllocationCache(AllocationCache):
             )
         if row is None:
             return None
-        response = trading_pb.AllocateSharesResponse.FromString(bytes(row["response"]))
+        stored = row["response"]
+        response: trading_pb.AllocateSharesResponse = ALLOCATION.from_json(
+            json.loads(stored) if isinstance(stored, str) else stored
+        )
         response.cached = True
         response.expires_at.CopyFrom(datetime_to_timestamp(row["expires_at"]))
         return CachedAllocation(response, row["portfolio_id"], row["created_at"])
@@ -81,7 +84,7 @@ class PostgresAllocationCache(AllocationCache):
         response : stratopt.v1.AllocateSharesResponse
             The allocation with its ``cache_key``; its ``expires_at`` is set here (when cached), in place.
         request : stratopt.v1.AllocateSharesRequest
-            The normalised request, stored as jsonb (protobuf JSON mapping, proto field names).
+            The normalised request, stored as jsonb (``trading_records.ALLOCATION_REQUEST``).
         portfolio_id : str
             Portfolio to record the event for; '' records none.
         ttl : datetime.timedelta or None
@@ -107,13 +110,12 @@ class PostgresAllocationCache(AllocationCache):
                 await conn.execute(
                     """INSERT INTO share_allocations (cache_key, portfolio_id, request, response, created_at,
                            expires_at)
-                       VALUES ($1, $2, $3::jsonb, $4, $5, $6)
+                       VALUES ($1, $2, $3::jsonb, $4::jsonb, $5, $6)
                        ON CONFLICT (cache_key) DO UPDATE SET portfolio_id = EXCLUDED.portfolio_id,
                            request = EXCLUDED.request, response = EXCLUDED.response,
                            created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at""",
                     response.cache_key, portfolio_id,
-                    _json(json_format.MessageToDict(request, preserving_proto_field_name=True)),
-                    response.SerializeToString(), now, now + ttl,
+                    _json(ALLOCATION_REQUEST.to_json(request)), _json(ALLOCATION.to_json(response)), now, now + ttl,
                 )  # fmt: skip
             if portfolio_id:
                 await _insert_event(conn, now, portfolio_id, response)

@@ -23,6 +23,7 @@ from command_side.mapping import (
     validate_optimize_request,
 )
 from command_side.optimization_store import OptimizationStore
+from command_side.records import response_from_record
 from command_side.workers import SolverPool
 from services.engine import Method, OptimizationJob, OptimizationOutcome
 from services.errors import (
@@ -220,7 +221,7 @@ class OptimizationService:
             raise InvalidInputError.for_field(
                 "request_id", f"'{request_id}' was already used for a different request; use a new key"
             )
-        response = cmd_pb.OptimizeResponse.FromString(stored.response)
+        response = response_from_record(stored.result)
         response.optimization_metadata.replayed = True
         return response
 

@@ -8,10 +8,10 @@ and the ingestion of price bars. Two backends honour it:
 * :class:`InMemoryOptimizationStore` (this module), for unit tests of the application services and demos.
 
 The rules both follow live here as plain functions, so the backends cannot drift apart: the price window on
-the strategies' own calendar (:func:`price_window`) and configuration versioning by content
-(:func:`next_configuration_version`, :func:`configuration_from_content`). Both raise the domain's persistence
-errors (``services.errors.IntegrityError`` for a ``request_id`` already used, ``OperationalError`` when the
-store cannot be reached), never a driver's.
+the strategies' own calendar (:func:`price_window`), configuration versioning by content
+(:func:`next_configuration_version`) and the stored form of a configuration (:func:`configuration_row`,
+:func:`configuration_from_row`). Both raise the domain's persistence errors (``services.errors.IntegrityError``
+for a ``request_id`` already used, ``OperationalError`` when the store cannot be reached), never a driver's.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import numpy as np
-from google.protobuf import json_format
 
+from command_side.configuration_records import CONTENT_COLUMNS, configuration_columns, fill_configuration
 from command_side.mapping import configuration_content, content_hash, datetime_to_timestamp
+from command_side.records import JsonObject, ResultRecord, result_record, run_inputs_json
 from services.errors import IntegrityError, NotFoundError, PreconditionError, PreconditionViolation
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
@@ -46,8 +47,8 @@ class StoredResult:
 
     request_hash: str
     """Fingerprint of the request that produced it (a reused key with another hash is an error)."""
-    response: bytes
-    """The ``stratopt.v1.OptimizeResponse`` as first returned, serialized."""
+    result: ResultRecord
+    """The answer as first returned (``command_side.records.response_from_record`` rebuilds the response)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,13 +129,28 @@ def next_configuration_version(
     return ConfigurationVersion(config, content, digest, version, new=True)
 
 
-def configuration_from_content(
-    *, portfolio_id: str, version: int, content: Mapping[str, Any], created_at: datetime
-) -> cmd_pb.OptimizationConfiguration:
-    """The stored configuration as returned by a store, from its content (JSON values as text or decoded).
+def configuration_row(version: ConfigurationVersion) -> dict[str, Any]:
+    """The stored columns of a configuration version (its content in the stored schema, no version or time).
 
-    ``content`` holds the keys of ``command_side.mapping.configuration_content`` (a stored row has them all).
+    ``objective`` and ``method`` are the contract's enum names (text columns); ``strategies``, ``constraints``,
+    ``risk_parameters`` and ``black_litterman`` are JSON objects of ``command_side.configuration_records``.
     """
+    config = version.configuration
+    return {
+        "objective": version.content["objective"],
+        "method": version.content["method"],
+        "lookback_periods": config.lookback_periods,
+        "market_symbol": config.market_symbol,
+        "enabled": config.enabled,
+        "content_hash": version.content_hash,
+        **configuration_columns(config),
+    }
+
+
+def configuration_from_row(
+    *, portfolio_id: str, version: int, row: Mapping[str, Any], created_at: datetime
+) -> cmd_pb.OptimizationConfiguration:
+    """The stored configuration as returned by a store, from its row (JSON columns as text or decoded)."""
 
     def load(value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
@@ -142,19 +158,13 @@ def configuration_from_content(
     config = cmd_pb.OptimizationConfiguration(
         portfolio_id=portfolio_id,
         version=version,
-        objective=pb.Objective.Value(content["objective"]),
-        method=pb.OptimizationMethod.Value(content["method"]),
-        lookback_periods=content["lookback_periods"],
-        market_symbol=content["market_symbol"],
-        enabled=content["enabled"],
+        objective=pb.Objective.Value(row["objective"]),
+        method=pb.OptimizationMethod.Value(row["method"]),
+        lookback_periods=row["lookback_periods"],
+        market_symbol=row["market_symbol"],
+        enabled=row["enabled"],
     )
-    for strategy in load(content["strategies"]):
-        json_format.ParseDict(strategy, config.strategies.add())
-    json_format.ParseDict(load(content["constraints"]), config.constraints)
-    json_format.ParseDict(load(content["risk_parameters"]), config.risk_parameters)
-    black_litterman = load(content["black_litterman"])
-    if black_litterman:
-        json_format.ParseDict(black_litterman, config.black_litterman)
+    fill_configuration({name: load(row[name]) for name in CONTENT_COLUMNS}, config)
     config.created_at.CopyFrom(datetime_to_timestamp(created_at))
     return config
 
@@ -285,10 +295,10 @@ class OptimizationStore(Protocol):
         """Store one run atomically and return the response completed with its ids and version.
 
         All or nothing: the configuration version (a new one only when its content changed; ``inherit`` names
-        fields kept from the current version, see :func:`next_configuration_version`), the result (with the
-        serialized response, for replays), the ``portfolio_optimized`` event and the latest read model. The
-        response's metadata gets ``event_id``, ``result_id``, ``configuration_version`` and ``timestamp`` (in
-        place) before it is serialized.
+        fields kept from the current version, see :func:`next_configuration_version`), the result (with its
+        ``command_side.records.ResultRecord``, for replays), the ``portfolio_optimized`` event and the latest
+        read model. The response's metadata gets ``event_id``, ``result_id``, ``configuration_version`` and
+        ``timestamp`` (in place) before it is recorded.
 
         Raises
         ------
@@ -352,10 +362,10 @@ class RecordedRun:
     """Idempotency key; None when the caller gave none."""
     request_hash: str
     """Fingerprint of the request."""
-    response: bytes
-    """The completed ``stratopt.v1.OptimizeResponse``, serialized."""
+    result: JsonObject
+    """The completed answer as stored: ``ResultRecord.to_json()`` (see ``docs/storage_schema.md``)."""
     run_inputs: dict[str, Any]
-    """Kind of inputs and current weights (as stored in jsonb)."""
+    """Kind of inputs and current weights, with ``schema_version`` (as stored in jsonb)."""
 
 
 class InMemoryOptimizationStore(OptimizationStore):
@@ -385,7 +395,7 @@ class InMemoryOptimizationStore(OptimizationStore):
     async def find_result(self, request_id: str) -> StoredResult | None:
         """The stored result of an earlier request with this idempotency key, if any."""
         run = self._results_by_request.get(request_id)
-        return None if run is None else StoredResult(run.request_hash, run.response)
+        return None if run is None else StoredResult(run.request_hash, ResultRecord.from_json(run.result))
 
     async def load_prices(
         self,
@@ -412,9 +422,9 @@ class InMemoryOptimizationStore(OptimizationStore):
 
     def _stage(self, version: ConfigurationVersion, now: datetime) -> cmd_pb.OptimizationConfiguration:
         """The stored form of a configuration version (as the PostgreSQL store reads it back)."""
-        config = version.configuration
-        return configuration_from_content(
-            portfolio_id=config.portfolio_id, version=version.version, content=version.content, created_at=now
+        row = json.loads(json.dumps(configuration_row(version), allow_nan=False))
+        return configuration_from_row(
+            portfolio_id=version.configuration.portfolio_id, version=version.version, row=row, created_at=now
         )
 
     def _commit(self, version: ConfigurationVersion, stored: cmd_pb.OptimizationConfiguration) -> None:
@@ -459,8 +469,8 @@ class InMemoryOptimizationStore(OptimizationStore):
             configuration_version=version.version,
             request_id=request_id,
             request_hash=request_hash,
-            response=response.SerializeToString(),
-            run_inputs=json.loads(json.dumps(dict(run_inputs))),
+            result=json.loads(json.dumps(result_record(response).to_json())),
+            run_inputs=json.loads(json.dumps(run_inputs_json(run_inputs))),
         )
         # Nothing above changed the store: from here on every write happens, with no await in between.
         if stored is not None:

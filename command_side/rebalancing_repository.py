@@ -23,9 +23,9 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 import asyncpg
-from google.protobuf import json_format
 
 from command_side.repository import Connection, database_errors
+from command_side.trading_records import POLICY, RECOMMENDATION, event_payload, holdings_from_json, holdings_json
 from command_side.trading_store import (
     CREATED,
     MAX_RECENT_TRADES,
@@ -101,7 +101,7 @@ def _state(row: asyncpg.Record) -> RecommendationState:
 
 def _message(row: asyncpg.Record, state: RecommendationState | None = None) -> trading_pb.RebalanceRecommendation:
     """The recommendation of a row with its stored state (or ``state`` when given)."""
-    return recommendation_message(bytes(row["recommendation"]), _state(row) if state is None else state)
+    return recommendation_message(_load(row["recommendation"]), _state(row) if state is None else state)
 
 
 async def _lock_portfolio(conn: Connection, portfolio_id: str) -> datetime:
@@ -127,7 +127,7 @@ async def _insert_event(
                actor, total_trade_value, payload)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)""",
         uuid.uuid4(), timestamp, portfolio_id, recommendation_id, event_type, state.status.value, state.decided_by,
-        total_trade_value, _json(payload),
+        total_trade_value, _json(event_payload(payload)),
     )  # fmt: skip
 
 
@@ -201,7 +201,7 @@ class PostgresTradingStore:
         self, portfolio_id: str, positions: Sequence[trading_pb.Position], cash: float
     ) -> datetime:
         """See :meth:`TradingStore.store_holdings`."""
-        documents = [json_format.MessageToDict(p, preserving_proto_field_name=True) for p in positions]
+        documents = holdings_json(positions)
         async with store_errors(), self._pool.acquire() as conn:
             updated_at: datetime = await conn.fetchval(
                 """INSERT INTO portfolio_holdings (portfolio_id, positions, cash, updated_at)
@@ -223,12 +223,12 @@ class PostgresTradingStore:
             )
         if row is None:
             return None
-        positions = tuple(json_format.ParseDict(d, trading_pb.Position()) for d in _load(row["positions"]))
+        positions = holdings_from_json(_load(row["positions"]))
         return StoredHoldings(positions=positions, cash=float(row["cash"]), updated_at=row["updated_at"])
 
     async def store_policy(self, portfolio_id: str, policy: trading_pb.RebalancePolicy) -> None:
         """See :meth:`TradingStore.store_policy`."""
-        document = json_format.MessageToDict(policy, preserving_proto_field_name=True)
+        document = POLICY.to_json(policy)
         async with store_errors(), self._pool.acquire() as conn:
             await conn.execute(
                 """INSERT INTO rebalance_policies (portfolio_id, policy, updated_at)
@@ -245,7 +245,8 @@ class PostgresTradingStore:
             value = await conn.fetchval("SELECT policy FROM rebalance_policies WHERE portfolio_id = $1", portfolio_id)
         if value is None:
             return None
-        return json_format.ParseDict(_load(value), trading_pb.RebalancePolicy(), ignore_unknown_fields=True)
+        policy: trading_pb.RebalancePolicy = POLICY.from_json(_load(value))
+        return policy
 
     # --- market data and targets ----------------------------------------------------------------------------
 
@@ -323,7 +324,7 @@ class PostgresTradingStore:
         return [
             RecentTrades(
                 as_of=row["as_of"],
-                trades=tuple(trading_pb.RebalanceRecommendation.FromString(bytes(row["recommendation"])).trades),
+                trades=tuple(RECOMMENDATION.from_json(_load(row["recommendation"])).trades),
             )
             for row in rows
         ]
@@ -354,6 +355,7 @@ class PostgresTradingStore:
                 approval_ttl=approval_ttl,
             )
             message = created_message(recommendation, state, now)
+            created = RECOMMENDATION.to_json(message)
             await _expire_overdue(conn, portfolio_id, now)
             for row in await _pending(conn, portfolio_id):
                 superseded = _state(row).supersede(at=now, successor_id=state.recommendation_id)
@@ -372,9 +374,9 @@ class PostgresTradingStore:
             await conn.execute(
                 """INSERT INTO rebalance_recommendations (recommendation_id, portfolio_id, request_id, request_hash,
                        status, recommendation, total_trade_value, created_at, expires_at, decided_at, as_of)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)""",
+                   VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11)""",
                 recommendation_id, portfolio_id, request_id or None, request_hash, state.status.value,
-                message.SerializeToString(), message.total_trade_value, now, state.expires_at, state.decided_at,
+                _json(created), message.total_trade_value, now, state.expires_at, state.decided_at,
                 as_of,
             )  # fmt: skip
             await _insert_event(
@@ -387,7 +389,7 @@ class PostgresTradingStore:
                 total_trade_value=message.total_trade_value,
                 payload={"request_id": request_id, "approval_limit": message.approval_limit},
             )
-        return recommendation_message(message.SerializeToString(), state)
+        return recommendation_message(created, state)
 
     async def decide(
         self, recommendation_id: uuid.UUID, *, status: RecommendationStatus, actor: str, reason: str

@@ -16,7 +16,6 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from google.protobuf import json_format
 
 from command_side.mapping import datetime_to_timestamp
 from command_side.optimization_store import (
@@ -25,14 +24,16 @@ from command_side.optimization_store import (
     OptimizationStore,
     PriceWindow,
     StoredResult,
-    configuration_from_content,
+    configuration_from_row,
     configuration_not_found,
+    configuration_row,
     epoch_microseconds,
     next_configuration_version,
     price_window,
 )
 from command_side.postgres_errors import Connection, postgres_errors
 from command_side.postgres_errors import operational_errors as database_errors
+from command_side.records import ResultRecord, result_record, run_inputs_json
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
 
@@ -71,9 +72,11 @@ class PostgresOptimizationStore(OptimizationStore):
         """The stored result of an earlier request with this idempotency key, if any."""
         async with postgres_errors(), self._pool.acquire() as conn:
             row = await conn.fetchrow(
-                "SELECT request_hash, response FROM optimization_results WHERE request_id = $1", request_id
+                "SELECT request_hash, result FROM optimization_results WHERE request_id = $1", request_id
             )
-        return None if row is None else StoredResult(row["request_hash"], bytes(row["response"]))
+        if row is None:
+            return None
+        return StoredResult(row["request_hash"], ResultRecord.from_json(json.loads(row["result"])))
 
     async def load_prices(
         self,
@@ -134,18 +137,19 @@ class PostgresOptimizationStore(OptimizationStore):
             objective = pb.Objective.Name(configuration.objective)
             method = pb.OptimizationMethod.Name(configuration.method)
             weights = _json(dict(response.optimal_weights))
-            metadata = _json(json_format.MessageToDict(meta))
+            record = result_record(response)
+            metadata = _json(record.metadata.to_json())
             request_id = response.request_id or None
             await conn.execute(
                 """INSERT INTO optimization_results (result_id, portfolio_id, configuration_version, request_id,
                        request_hash, event_id, created_at, objective, method, weights, expected_return,
-                       volatility, sharpe_ratio, objective_value, solver, constraints_satisfied, response,
+                       volatility, sharpe_ratio, objective_value, solver, constraints_satisfied, result,
                        run_inputs)
-                   VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10::jsonb,$11,$12,$13,$14,$15,$16,$17,$18::jsonb)""",
+                   VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10::jsonb,$11,$12,$13,$14,$15,$16,$17::jsonb,$18::jsonb)""",
                 result_id, configuration.portfolio_id, version, request_id, request_hash, event_id, now,
                 objective, method, weights, response.expected_return, response.expected_volatility,
                 response.sharpe_ratio, meta.objective_value, meta.solver, meta.constraints_satisfied,
-                response.SerializeToString(), _json(dict(run_inputs)),
+                _json(record.to_json()), _json(run_inputs_json(run_inputs)),
             )  # fmt: skip
             event_args = (
                 event_id, now, configuration.portfolio_id, result_id, version, request_id, objective, method,
@@ -199,16 +203,16 @@ class PostgresOptimizationStore(OptimizationStore):
         stored = next_configuration_version(config, current, inherit)
         if not stored.new:
             return stored.version
-        config, content = stored.configuration, stored.content
+        columns = configuration_row(stored)
         await conn.execute(
             """INSERT INTO optimization_configurations (portfolio_id, version, objective, method, strategies,
                    constraints, risk_parameters, lookback_periods, market_symbol, enabled, content_hash,
                    black_litterman)
                VALUES ($1,$2,$3,$4,$5::jsonb,$6::jsonb,$7::jsonb,$8,$9,$10,$11,$12::jsonb)""",
-            config.portfolio_id, stored.version, content["objective"], content["method"],
-            _json(content["strategies"]), _json(content["constraints"]), _json(content["risk_parameters"]),
-            config.lookback_periods, config.market_symbol, config.enabled, stored.content_hash,
-            _json(content["black_litterman"]),
+            stored.configuration.portfolio_id, stored.version, columns["objective"], columns["method"],
+            _json(columns["strategies"]), _json(columns["constraints"]), _json(columns["risk_parameters"]),
+            columns["lookback_periods"], columns["market_symbol"], columns["enabled"], columns["content_hash"],
+            _json(columns["black_litterman"]),
         )  # fmt: skip
         return stored.version
 
@@ -286,6 +290,6 @@ class PostgresOptimizationStore(OptimizationStore):
 
 
 def _configuration_from_row(row: asyncpg.Record) -> cmd_pb.OptimizationConfiguration:
-    return configuration_from_content(
-        portfolio_id=row["portfolio_id"], version=row["version"], content=dict(row), created_at=row["created_at"]
+    return configuration_from_row(
+        portfolio_id=row["portfolio_id"], version=row["version"], row=dict(row), created_at=row["created_at"]
     )

@@ -26,15 +26,18 @@ Contract
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from command_side.records import JsonObject
+from command_side.trading_records import POLICY, RECOMMENDATION, event_payload, holdings_from_json, holdings_json
 from services.errors import IntegrityError, NotFoundError
 from services.trading import (
     APPROVED_STATUSES,
@@ -116,8 +119,9 @@ class RecommendationEvent:
     total_trade_value: float
     """The recommendation's total trade value ($)."""
     payload: dict[str, Any]
-    """``request_id`` and ``approval_limit`` (CREATED), ``reason`` (a decision with one), ``noticed_at`` (an
-    expiry: when the store applied it, ISO 8601) or ``superseded_by`` (a supersession)."""
+    """``schema_version`` and ``request_id`` and ``approval_limit`` (CREATED), ``reason`` (a decision with one),
+    ``noticed_at`` (an expiry: when the store applied it, ISO 8601) or ``superseded_by`` (a supersession); see
+    ``docs/storage_schema.md``."""
 
 
 # --- protobuf helpers shared by the backends ------------------------------------------------------------------
@@ -135,9 +139,11 @@ def status_value(status: RecommendationStatus | str) -> trading_pb.Recommendatio
     return trading_pb.RecommendationStatus.Value(_STATUS_PREFIX + RecommendationStatus(status).value)
 
 
-def recommendation_message(created: bytes, state: RecommendationState) -> trading_pb.RebalanceRecommendation:
-    """The recommendation as created (serialized) with the status and decision fields of ``state``."""
-    message = trading_pb.RebalanceRecommendation.FromString(created)
+def recommendation_message(
+    created: Mapping[str, Any], state: RecommendationState
+) -> trading_pb.RebalanceRecommendation:
+    """The recommendation as created (its stored payload, ``trading_records.RECOMMENDATION``) with ``state``."""
+    message: trading_pb.RebalanceRecommendation = RECOMMENDATION.from_json(created)
     message.status = status_value(state.status)
     if state.decided_by:
         message.decided_by = state.decided_by
@@ -306,7 +312,7 @@ class _StoredRow:
     portfolio_id: str
     request_id: str
     request_hash: str
-    created: bytes
+    created: JsonObject
     total_trade_value: float
     as_of: datetime
     state: RecommendationState
@@ -314,8 +320,8 @@ class _StoredRow:
 
 @dataclass(slots=True)
 class _Tables:
-    holdings: dict[str, StoredHoldings] = field(default_factory=dict)
-    policies: dict[str, bytes] = field(default_factory=dict)
+    holdings: dict[str, tuple[JsonObject, float, datetime]] = field(default_factory=dict)
+    policies: dict[str, JsonObject] = field(default_factory=dict)
     prices: dict[str, list[tuple[datetime, float]]] = field(default_factory=dict)
     targets: dict[str, LatestTarget] = field(default_factory=dict)
     recommendations: dict[uuid.UUID, _StoredRow] = field(default_factory=dict)
@@ -323,10 +329,10 @@ class _Tables:
     events: list[RecommendationEvent] = field(default_factory=list)
 
 
-def _copy_position(position: trading_pb.Position) -> trading_pb.Position:
-    copy = trading_pb.Position()
-    copy.CopyFrom(position)
-    return copy
+def _stored(payload: JsonObject) -> JsonObject:
+    """``payload`` as a database would give it back: through JSON text (no NaN, fresh objects)."""
+    loaded: JsonObject = json.loads(json.dumps(payload, allow_nan=False))
+    return loaded
 
 
 class InMemoryTradingStore:
@@ -374,9 +380,7 @@ class InMemoryTradingStore:
         """See :meth:`TradingStore.store_holdings`."""
         with self._lock:
             now = self._now()
-            self._tables.holdings[portfolio_id] = StoredHoldings(
-                positions=tuple(_copy_position(p) for p in positions), cash=float(cash), updated_at=now
-            )
+            self._tables.holdings[portfolio_id] = (_stored(holdings_json(positions)), float(cash), now)
         return now
 
     async def load_holdings(self, portfolio_id: str) -> StoredHoldings | None:
@@ -385,18 +389,19 @@ class InMemoryTradingStore:
             stored = self._tables.holdings.get(portfolio_id)
         if stored is None:
             return None
-        return replace(stored, positions=tuple(_copy_position(p) for p in stored.positions))
+        positions, cash, updated_at = stored
+        return StoredHoldings(positions=holdings_from_json(positions), cash=cash, updated_at=updated_at)
 
     async def store_policy(self, portfolio_id: str, policy: trading_pb.RebalancePolicy) -> None:
         """See :meth:`TradingStore.store_policy`."""
         with self._lock:
-            self._tables.policies[portfolio_id] = policy.SerializeToString()
+            self._tables.policies[portfolio_id] = _stored(POLICY.to_json(policy))
 
     async def load_policy(self, portfolio_id: str) -> trading_pb.RebalancePolicy | None:
         """See :meth:`TradingStore.load_policy`."""
         with self._lock:
             stored = self._tables.policies.get(portfolio_id)
-        return None if stored is None else trading_pb.RebalancePolicy.FromString(stored)
+        return None if stored is None else POLICY.from_json(stored)
 
     # --- market data and targets ---------------------------------------------------------------------------
 
@@ -433,7 +438,7 @@ class InMemoryTradingStore:
                 status=row.state.status,
                 actor=row.state.decided_by,
                 total_trade_value=row.total_trade_value,
-                payload=payload,
+                payload=_stored(event_payload(payload)),
             )
         )
 
@@ -500,7 +505,7 @@ class InMemoryTradingStore:
                 portfolio_id=portfolio_id,
                 request_id=request_id,
                 request_hash=request_hash,
-                created=message.SerializeToString(),
+                created=_stored(RECOMMENDATION.to_json(message)),
                 total_trade_value=message.total_trade_value,
                 as_of=as_of,
                 state=state,
@@ -556,9 +561,7 @@ class InMemoryTradingStore:
             ]
         rows.sort(key=lambda row: row.as_of)
         return [
-            RecentTrades(
-                as_of=row.as_of, trades=tuple(trading_pb.RebalanceRecommendation.FromString(row.created).trades)
-            )
+            RecentTrades(as_of=row.as_of, trades=tuple(RECOMMENDATION.from_json(row.created).trades))
             for row in rows[:MAX_RECENT_TRADES]
         ]
 

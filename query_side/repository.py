@@ -64,7 +64,7 @@ class StoredEvent:
     sharpe_ratio: float
     """Sharpe ratio at the run's risk-free rate."""
     metadata: dict[str, Any]
-    """``stratopt.v1.OptimizationMetadata`` in the protobuf JSON mapping."""
+    """The run's metadata as stored (``docs/storage_schema.md``; read by ``query_side.records.fill_metadata``)."""
 
     @property
     def key(self) -> HistoryKey:
@@ -102,8 +102,9 @@ class StoredRecommendation:
 
     recommendation_id: uuid.UUID
     """Recommendation identifier."""
-    recommendation: bytes
-    """``stratopt.v1.RebalanceRecommendation`` as created (serialized)."""
+    recommendation: dict[str, Any]
+    """The recommendation as created, as stored (``docs/storage_schema.md``; read by
+    ``query_side.records.recommendation_from_json``)."""
     status: str
     """Stored status: ``AUTO_APPROVED``, ``PENDING_APPROVAL``, ``APPROVED``, ``REJECTED`` or ``EXPIRED``."""
     expires_at: datetime
@@ -386,7 +387,7 @@ class PostgresReadStore:
             return None
         return StoredRecommendation(
             recommendation_id=row["recommendation_id"],
-            recommendation=bytes(row["recommendation"]),
+            recommendation=dict(_json_value(row["recommendation"])),
             status=row["status"],
             expires_at=row["expires_at"],
             decided_by=row["decided_by"],

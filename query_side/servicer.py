@@ -14,11 +14,12 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import timestamp_pb2
 
 from query_side.analytics import PortfolioAnalytics, events_frame, portfolio_analytics
 from query_side.page_token import decode_page_token, encode_page_token, query_fingerprint
 from query_side.read_store import ReadStore
+from query_side.records import fill_metadata, recommendation_from_json
 from query_side.repository import (
     AnalyticsWindow,
     StoredEvent,
@@ -115,7 +116,8 @@ def event_message(event: StoredEvent) -> types_pb2.PortfolioOptimizedEvent:
     Returns
     -------
     stratopt.v1.PortfolioOptimizedEvent
-        The message; a missing ``request_id`` becomes ``""`` and unknown metadata fields are dropped.
+        The message; a missing ``request_id`` becomes ``""``; the metadata is read by
+        ``query_side.records.fill_metadata`` (unknown keys are dropped).
     """
     message = types_pb2.PortfolioOptimizedEvent(
         event_id=str(event.event_id),
@@ -130,7 +132,7 @@ def event_message(event: StoredEvent) -> types_pb2.PortfolioOptimizedEvent:
         objective=_objective(event.objective),
         method=_method(event.method),
     )
-    json_format.ParseDict(event.metadata, message.metadata, ignore_unknown_fields=True)
+    fill_metadata(event.metadata, message.metadata)
     return message
 
 
@@ -148,7 +150,7 @@ def recommendation_message(stored: StoredRecommendation) -> trading_service_pb2.
     A PENDING_APPROVAL recommendation at or past ``expires_at`` reads as EXPIRED with ``decided_at`` =
     ``expires_at`` (the command side persists that transition when it next touches the portfolio).
     """
-    message = trading_service_pb2.RebalanceRecommendation.FromString(stored.recommendation)
+    message = recommendation_from_json(stored.recommendation)
     message.status = _recommendation_status(stored.effective_status)
     if stored.decided_by:
         message.decided_by = stored.decided_by

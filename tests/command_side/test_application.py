@@ -16,6 +16,7 @@ import pytest
 
 from command_side.application import OptimizationService
 from command_side.optimization_store import InMemoryOptimizationStore
+from command_side.records import ResultRecord, response_from_record
 from services.engine import (
     FrontierOutcome,
     OptimizationJob,
@@ -100,8 +101,9 @@ def test_a_run_is_stored_with_its_ids_and_configuration_version() -> None:
     assert meta.configuration_version == 1 and not meta.replayed
     [run] = store.runs("p")
     assert (str(run.event_id), str(run.result_id)) == (meta.event_id, meta.result_id)
-    assert run.run_inputs == {"kind": "moments", "current_weights": {}}
-    assert cmd_pb.OptimizeResponse.FromString(run.response) == response
+    assert run.run_inputs == {"schema_version": 1, "kind": "moments", "current_weights": {}}
+    assert response_from_record(ResultRecord.from_json(run.result)) == response
+    assert run.result["schema_version"] == 1
 
 
 def test_a_repeated_request_id_is_replayed_without_solving() -> None:

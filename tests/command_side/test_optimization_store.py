@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 
 from command_side.optimization_store import InMemoryOptimizationStore, OptimizationStore
+from command_side.records import response_from_record
 from command_side.repository import PostgresOptimizationStore
 from services.errors import IntegrityError, NotFoundError, PreconditionError
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
+from tests.command_side.test_records import rich_response
 
 DAY = timedelta(days=1)
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -112,6 +114,24 @@ class OptimizationStoreContract:
 
     # --- results and idempotency ---------------------------------------------------------------------------------
 
+    def test_a_stored_result_rebuilds_every_field_of_the_response(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            portfolio, request_id = unique("p"), unique("r")
+            returned = await store.persist_run(
+                configuration=configuration(portfolio),
+                response=rich_response(portfolio, request_id),
+                request_hash="h-rich",
+                run_inputs={"kind": "returns", "current_weights": {}},
+            )
+            stored = await store.find_result(request_id)
+            assert stored is not None
+            replayed = response_from_record(stored.result)
+            assert replayed == returned
+            assert replayed.optimization_metadata.black_litterman == returned.optimization_metadata.black_litterman
+            assert replayed.optimization_metadata.window_start.nanos % 1000 == 1
+
+        self.run(scenario)
+
     def test_persisted_run_is_completed_and_found_by_request_id(self) -> None:
         async def scenario(store: OptimizationStore) -> None:
             portfolio, request_id = unique("p"), unique("r")
@@ -123,7 +143,7 @@ class OptimizationStoreContract:
             stored = await store.find_result(request_id)
             assert stored is not None
             assert stored.request_hash == "h-42"
-            assert cmd_pb.OptimizeResponse.FromString(stored.response) == returned
+            assert response_from_record(stored.result) == returned
             assert dict(returned.optimal_weights) == {"A": 0.6, "B": pytest.approx(0.4)}
             assert await self.stored_runs(store, portfolio) == (1, 1, 1)
 
@@ -178,7 +198,7 @@ class OptimizationStoreContract:
             assert len(stored) == 1
             assert len(refused) == 3 and all(isinstance(o, IntegrityError) for o in refused), refused
             found = await store.find_result(request_id)
-            assert found is not None and cmd_pb.OptimizeResponse.FromString(found.response) == stored[0]
+            assert found is not None and response_from_record(found.result) == stored[0]
             assert await self.stored_runs(store, portfolio) == (1, 1, 1)
 
         self.run(scenario)

@@ -106,15 +106,17 @@ def test_holdings_and_policy_are_stored_with_documented_defaults(trading: Any, d
     assert row is not None
     stored, cash = row
     assert cash == 1234.5
-    assert stored[0] == {"symbol": "AAPL", "shares": 10.0}  # prices are not stored
-    assert [lot["lot_id"] for lot in stored[1]["lots"]] == ["a", "b"]
+    assert stored["schema_version"] == 1  # docs/storage_schema.md
+    assert stored["positions"][0] == {"symbol": "AAPL", "shares": 10.0, "price": None, "lots": []}  # no prices
+    assert [lot["lot_id"] for lot in stored["positions"][1]["lots"]] == ["a", "b"]
+    assert stored["positions"][1]["lots"][0]["acquired"] == "2021-03-01T00:00:00Z"
 
     # A new snapshot replaces the old one.
     trading.UpsertHoldings(tpb.UpsertHoldingsRequest(portfolio_id=portfolio_id, positions=[], cash=10.0))
     row = db.execute(
         "SELECT positions, cash FROM portfolio_holdings WHERE portfolio_id = %s", [portfolio_id]
     ).fetchone()
-    assert row == ([], 10.0)
+    assert row == ({"schema_version": 1, "positions": []}, 10.0)
 
     echoed = setup(trading, portfolio_id, [], 10.0, min_trade_value=50.0, bands={"KO": tpb.Band(absolute=0.02)})
     expected = tpb.RebalancePolicy(
@@ -133,7 +135,8 @@ def test_holdings_and_policy_are_stored_with_documented_defaults(trading: Any, d
     assert echoed == expected
     assert not echoed.HasField("max_turnover")  # no cap unless given
     row = db.execute("SELECT policy FROM rebalance_policies WHERE portfolio_id = %s", [portfolio_id]).fetchone()
-    assert row is not None and row[0]["approval_ttl"] == "86400s"
+    assert row is not None and row[0]["approval_ttl"] == 86_400.0  # seconds (docs/storage_schema.md)
+    assert (row[0]["schema_version"], row[0]["lot_method"], row[0]["max_turnover"]) == (1, "FIFO", None)
 
 
 # --- drift --------------------------------------------------------------------------------------------------
@@ -684,7 +687,8 @@ def test_invalid_holdings_name_the_field_and_keep_the_stored_snapshot(
     row = db.execute(
         "SELECT positions, cash FROM portfolio_holdings WHERE portfolio_id = %s", [portfolio_id]
     ).fetchone()
-    assert row == ([{"symbol": "X", "shares": 3.0}], 1.0)
+    stored_position = {"symbol": "X", "shares": 3.0, "price": None, "lots": []}
+    assert row == ({"schema_version": 1, "positions": [stored_position]}, 1.0)
 
 
 INVALID_POLICIES: dict[str, tuple[tpb.RebalancePolicy, str]] = {

@@ -202,7 +202,7 @@ class TradingStoreContract:
             assert events[0].timestamp == when(created.created_at)
             assert events[0].recommendation_id == uuid.UUID(created.recommendation_id)
             assert events[0].total_trade_value == 100.0
-            assert events[0].payload == {"request_id": "r-1", "approval_limit": 100.0}
+            assert events[0].payload == {"schema_version": 1, "request_id": "r-1", "approval_limit": 100.0}
 
         self.run(scenario)
 
@@ -328,7 +328,7 @@ class TradingStoreContract:
                 ("CREATED", second.recommendation_id),
             ]
             assert events[1].timestamp == when(auto.created_at) - timedelta(microseconds=1)
-            assert events[1].payload == {"superseded_by": auto.recommendation_id}
+            assert events[1].payload == {"schema_version": 1, "superseded_by": auto.recommendation_id}
             assert events[1].status is RecommendationStatus.EXPIRED
 
             with pytest.raises(IllegalTransitionError) as caught:
@@ -368,8 +368,13 @@ class TradingStoreContract:
                 )
             events = await store.events(portfolio_id)
             assert [(e.event_type, e.status, e.actor, e.payload) for e in events] == [
-                ("CREATED", RecommendationStatus.PENDING_APPROVAL, "", {"request_id": "", "approval_limit": 100.0}),
-                ("APPROVED", RecommendationStatus.APPROVED, "alice", {"reason": "ok"}),
+                (
+                    "CREATED",
+                    RecommendationStatus.PENDING_APPROVAL,
+                    "",
+                    {"schema_version": 1, "request_id": "", "approval_limit": 100.0},
+                ),
+                ("APPROVED", RecommendationStatus.APPROVED, "alice", {"schema_version": 1, "reason": "ok"}),
             ]
             assert events[1].timestamp == when(approved.decided_at)
 
@@ -389,7 +394,7 @@ class TradingStoreContract:
             assert (rejected.decided_by, rejected.reason) == ("carol", "too big")
             events = await store.events(portfolio_id)
             assert [(e.event_type, e.actor, e.payload) for e in events][1:] == [
-                ("REJECTED", "carol", {"reason": "too big"})
+                ("REJECTED", "carol", {"schema_version": 1, "reason": "too big"})
             ]
 
         self.run(scenario)
@@ -506,7 +511,7 @@ class TradingStoreContract:
                 ("EXPIRED", first.recommendation_id),
                 ("CREATED", second.recommendation_id),
             ]
-            assert set(events[1].payload) == {"noticed_at"}
+            assert set(events[1].payload) == {"schema_version", "noticed_at"}
 
         self.run(scenario)
 

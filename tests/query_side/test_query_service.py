@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 import psycopg
 import pytest
-from google.protobuf import duration_pb2, json_format, timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import code_pb2, error_details_pb2
 from grpc_status import rpc_status
 from psycopg.types.json import Jsonb
@@ -128,22 +128,38 @@ def new_portfolio() -> str:
 
 
 def metadata_json(event: Event) -> dict[str, Any]:
-    metadata = types_pb2.OptimizationMetadata(
-        convergence_status=types_pb2.CONVERGENCE_STATUS_OPTIMAL,
-        iterations=12,
-        optimization_time_ms=3.5,
-        objective_value=event.sharpe_ratio,
-        constraints_satisfied=True,
-        solver="CLARABEL",
-        event_id=str(event.event_id),
-        missing_data_policy="PAIRWISE",
-        observations=252,
-        configuration_version=3,
-    )
-    metadata.timestamp.FromDatetime(event.timestamp)
-    document = json_format.MessageToDict(metadata)
-    document["fieldFromTheFuture"] = {"ignored": True}  # unknown fields must not break readers
-    return document
+    """Event metadata as the command side stores it (docs/storage_schema.md, schema_version 1)."""
+    return {
+        "schema_version": 1,
+        "event_id": str(event.event_id),
+        "result_id": str(uuid.uuid4()),
+        "timestamp": event.timestamp.isoformat().replace("+00:00", "Z"),
+        "configuration_version": 3,
+        "convergence_status": "OPTIMAL",
+        "iterations": 12,
+        "optimization_time_ms": 3.5,
+        "objective_value": event.sharpe_ratio,
+        "constraints_satisfied": True,
+        "constraint_violations": [],
+        "solver": "CLARABEL",
+        "fallback_used": False,
+        "solve_path": "CONIC",
+        "method": "MEAN_VARIANCE",
+        "risk_measure": "VARIANCE",
+        "risk_measure_value": 0.0,
+        "missing_data_policy": "PAIRWISE",
+        "observations": 252,
+        "window_start": None,
+        "window_end": None,
+        "holdings": 2,
+        "net_exposure": 1.0,
+        "gross_exposure": 1.0,
+        "risk_contributions": {},
+        "betas": {},
+        "relaxations": [],
+        "black_litterman": None,
+        "field_from_the_future": {"ignored": True},  # unknown keys must not break readers
+    }
 
 
 def insert_events(

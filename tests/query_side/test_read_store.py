@@ -42,7 +42,7 @@ def event(portfolio_id: str, at: datetime, event_id: uuid.UUID | None = None, we
         expected_return=0.08,
         volatility=0.15,
         sharpe_ratio=0.4,
-        metadata={"solver": "CLOSED_FORM", "configurationVersion": 1},
+        metadata={"schema_version": 1, "solver": "CLOSED_FORM", "configuration_version": 1},
     )
 
 

@@ -34,7 +34,7 @@ def event(portfolio_id: str, hours: int) -> StoredEvent:
         expected_return=0.06,
         volatility=0.12,
         sharpe_ratio=0.5,
-        metadata={"solver": "CLOSED_FORM"},
+        metadata={"schema_version": 1, "solver": "CLOSED_FORM"},
     )
 
 

@@ -22,7 +22,7 @@ def row(
 ) -> StoredRecommendation:
     return StoredRecommendation(
         recommendation_id=uuid.uuid4(),
-        recommendation=b"",
+        recommendation={},
         status=status,
         expires_at=EXPIRES,
         decided_by=decided_by,
