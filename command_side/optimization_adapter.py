@@ -24,6 +24,7 @@ from command_side.mapping import (
     datetime_to_timestamp,
     normalize_configuration,
     optimize_command,
+    optimize_request_from_configuration,
 )
 from command_side.optimization_commands import (
     BatchCommand,
@@ -34,6 +35,7 @@ from command_side.optimization_commands import (
     FrontierResult,
     IngestResult,
     InvalidItem,
+    MarketDataWindow,
     OptimizeCommand,
     RunResult,
 )
@@ -41,6 +43,7 @@ from command_side.optimization_store import Bar, Configuration
 from command_side.records import response_from_record
 from services.engine import Method
 from services.errors import InvalidInputError
+from services.types import Moments
 from stratopt.rpc_errors import status_for
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
@@ -56,6 +59,7 @@ __all__ = [
     "ingest_chunks",
     "ingest_response",
     "optimize_command",
+    "optimize_request",
     "optimize_response",
     "run_configuration_response",
     "upsert_configuration_command",
@@ -72,6 +76,39 @@ StatusFactory = Callable[[BaseException], status_pb2.Status]
 
 
 # --- Optimize, RunConfiguration ------------------------------------------------------------------------------
+
+
+def optimize_request(command: OptimizeCommand) -> cmd_pb.OptimizeRequest:
+    """The request a command stands for: its configuration, key, current weights and inputs.
+
+    The inverse of :func:`optimize_command` for a request in canonical form (the method set explicitly): request
+    → command → request gives the request back.
+    """
+    request = optimize_request_from_configuration(command.configuration, command.request_id)
+    for strategy in request.strategies:
+        if strategy.strategy_id in command.current_weights:
+            strategy.current_weight = command.current_weights[strategy.strategy_id]
+    inputs = command.inputs
+    if isinstance(inputs, MarketDataWindow):
+        window = request.market_data
+        window.lookback_periods, window.market_symbol = inputs.lookback_periods, inputs.market_symbol
+        if inputs.start is not None:
+            window.start.CopyFrom(datetime_to_timestamp(inputs.start))
+        if inputs.end is not None:
+            window.end.CopyFrom(datetime_to_timestamp(inputs.end))
+    elif isinstance(inputs, Moments):
+        request.moments.expected_returns.extend(inputs.expected_returns.tolist())
+        request.moments.covariance.extend(inputs.covariance.ravel().tolist())
+    else:
+        request.returns.SetInParent()
+        for stamp in inputs.timestamps:
+            request.returns.timestamps.add().CopyFrom(datetime_to_timestamp(stamp))
+        if inputs.market_returns is not None:
+            request.returns.market_returns.extend(inputs.market_returns.tolist())
+        # The configuration keeps the strategies in the problem's order, the order of the columns.
+        for strategy, column in zip(request.strategies, inputs.returns.T, strict=True):
+            strategy.returns.extend(column.tolist())
+    return request
 
 
 def optimize_response(result: RunResult) -> cmd_pb.OptimizeResponse:
