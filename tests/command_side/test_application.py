@@ -20,6 +20,7 @@ import pytest
 from command_side.application import OptimizationService
 from command_side.optimization_commands import (
     BatchCommand,
+    FrontierCommand,
     InvalidItem,
     MarketDataWindow,
     OptimizeCommand,
@@ -329,3 +330,38 @@ def test_an_empty_batch_is_invalid() -> None:
                 BatchCommand(items=()), time_remaining_s=None
             )
         )
+
+
+def test_the_efficient_frontier_starts_at_the_minimum_variance_portfolio_and_stores_nothing() -> None:
+    store, solver = InMemoryOptimizationStore(), InProcessSolver()
+    base = min_volatility()
+    command = FrontierCommand(
+        problem=base.problem, settings=base.settings, method=base.method, inputs=TWO_ASSET_MOMENTS, points=4
+    )
+    frontier = asyncio.run(service(store, solver).efficient_frontier(command, time_remaining_s=None))
+    assert len(frontier.points) == 4
+    first, last = frontier.points[0], frontier.points[-1]
+    np.testing.assert_allclose([first.weights["A"], first.weights["B"]], MIN_VOLATILITY_WEIGHTS, atol=1e-6)
+    assert first.volatility == pytest.approx(math.sqrt(0.04 * 0.09 / 0.13), rel=1e-6)
+    # The last point is the highest-return portfolio: all in B (return 0.08, volatility 0.3).
+    assert (last.expected_return, last.volatility) == (pytest.approx(0.08, abs=1e-6), pytest.approx(0.3, abs=1e-6))
+    volatilities = [p.volatility for p in frontier.points]
+    assert volatilities == sorted(volatilities)
+    assert store.runs() == ()
+
+
+def test_a_configuration_is_read_back_by_version() -> None:
+    store, solver = InMemoryOptimizationStore(), InProcessSolver()
+    optimizer = service(store, solver)
+
+    async def scenario() -> tuple[int, int, bool]:
+        first = await optimizer.upsert_configuration(configuration("v"))
+        again = await optimizer.upsert_configuration(configuration("v"))
+        read = await optimizer.get_configuration("v", 1)
+        return first.configuration.version, read.version, again.created
+
+    assert asyncio.run(scenario()) == (1, 1, False)
+    with pytest.raises(NotFoundError):
+        asyncio.run(optimizer.get_configuration("v", 2))
+    with pytest.raises(InvalidInputError, match="portfolio_id"):
+        asyncio.run(optimizer.get_configuration("", 0))
