@@ -2,7 +2,10 @@
 
 :class:`OptimizationService` takes the plain commands of ``command_side.optimization_commands`` and returns their
 plain results; it never sees a ``stratopt.v1`` request or response (``command_side.optimization_adapter`` converts
-both ways, and ``tests/command_side/test_layers.py`` checks that this module imports no contract type).
+both ways, and ``tests/command_side/test_layers.py`` checks that this module imports no contract type). The one
+contract-shaped value it passes on is a portfolio's configuration (``optimization_store.Configuration``), which
+the stores version and persist in the contract's form; it reads only its ``portfolio_id``, ``version`` and
+``enabled``.
 """
 
 from __future__ import annotations
@@ -138,7 +141,7 @@ class OptimizationService:
         try:
             stored_result = await self._store.persist_run(
                 configuration=command.configuration,
-                result=result_record(command, outcome),
+                result=run_record(command, outcome),
                 request_hash=command.request_hash,
                 run_inputs=run_inputs,
                 # The stored-data window of a configuration is only set by runs on stored data (or upserts).
@@ -353,7 +356,7 @@ def _nanoseconds(value: np.datetime64 | None) -> int | None:
     return None if value is None else int(value.astype("datetime64[ns]").astype(np.int64))
 
 
-def result_record(command: OptimizeCommand, outcome: OptimizationOutcome) -> ResultRecord:
+def run_record(command: OptimizeCommand, outcome: OptimizationOutcome) -> ResultRecord:
     """The result of a run as it is stored (ids, configuration version and timestamp still unset).
 
     Relaxed limits are named by the contract's field paths (``command_side.field_paths``): the stored schema and
