@@ -20,6 +20,7 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from command_side.field_paths import OPTIMIZATION, proto_field_paths
+from command_side.optimization_commands import MarketDataWindow, OptimizeCommand
 from services.engine import BlackLittermanSettings, Method, MethodSettings
 from services.errors import InvalidInputError
 from services.optimization import (
@@ -775,3 +776,48 @@ def optimize_request_from_configuration(
     if config.HasField("black_litterman"):
         request.black_litterman.CopyFrom(config.black_litterman)
     return request
+
+
+def market_data_window(window: pb.MarketDataWindow) -> MarketDataWindow:
+    """The domain's window of stored prices of a request's ``market_data``."""
+    return MarketDataWindow(
+        start=timestamp_to_datetime(window.start) if window.HasField("start") else None,
+        end=timestamp_to_datetime(window.end) if window.HasField("end") else None,
+        lookback_periods=window.lookback_periods,
+        market_symbol=window.market_symbol,
+    )
+
+
+def optimize_command(request: cmd_pb.OptimizeRequest) -> OptimizeCommand:
+    """Check an OptimizeRequest field by field (:func:`validate_optimize_request`) and build its command.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming the first invalid field of the request.
+    """
+    validated = validate_optimize_request(request)
+    inputs: ReturnHistory | Moments | MarketDataWindow
+    if validated.moments is not None:
+        inputs = validated.moments
+    elif validated.inline_returns is not None:
+        inputs = validated.inline_returns
+    else:
+        assert validated.market_data is not None  # one of the three inputs is set (validated)
+        inputs = market_data_window(validated.market_data)
+    return OptimizeCommand(
+        portfolio_id=validated.portfolio_id,
+        request_id=validated.request_id,
+        request_hash=validated.request_hash,
+        problem=validated.problem,
+        settings=validated.settings,
+        method=validated.method,
+        inputs=inputs,
+        configuration=validated.configuration,
+        current_weights=validated.current_weights,
+    )
+
+
+def optimize_command_from_configuration(config: cmd_pb.OptimizationConfiguration, request_id: str) -> OptimizeCommand:
+    """The command that re-runs a stored configuration on its window of stored prices."""
+    return optimize_command(optimize_request_from_configuration(config, request_id))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -27,7 +27,7 @@ import numpy as np
 
 from command_side.configuration_records import CONTENT_COLUMNS, configuration_columns, fill_configuration
 from command_side.mapping import configuration_content, content_hash, datetime_to_timestamp
-from command_side.records import JsonObject, ResultRecord, result_record, run_inputs_json
+from command_side.records import JsonObject, ResultRecord, run_inputs_json
 from services.errors import IntegrityError, NotFoundError, PreconditionError, PreconditionViolation
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
@@ -39,6 +39,10 @@ Bar = tuple[str, datetime, float, float | None]
 """One price bar: ``(symbol, timestamp, price, volume)``."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+Configuration = cmd_pb.OptimizationConfiguration
+"""A portfolio's configuration as the stores version and persist it: still the contract's message, because its
+stored schema (``command_side.configuration_records``) is written in the contract's terms."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +256,25 @@ def price_window(
     return PriceWindow(calendar.astype("datetime64[us]"), prices, market)
 
 
+def completed(
+    result: ResultRecord,
+    *,
+    event_id: uuid.UUID,
+    result_id: uuid.UUID,
+    configuration_version: int,
+    timestamp: datetime,
+) -> ResultRecord:
+    """``result`` with the ids, configuration version and timestamp (to the microsecond) a store gave its run."""
+    metadata = replace(
+        result.metadata,
+        event_id=str(event_id),
+        result_id=str(result_id),
+        configuration_version=configuration_version,
+        timestamp=epoch_microseconds(timestamp) * 1000,
+    )
+    return replace(result, metadata=metadata)
+
+
 class OptimizationStore(Protocol):
     """The command side's write model: results, configurations, events and market data.
 
@@ -287,23 +310,23 @@ class OptimizationStore(Protocol):
         self,
         *,
         configuration: cmd_pb.OptimizationConfiguration,
-        response: cmd_pb.OptimizeResponse,
+        result: ResultRecord,
         request_hash: str,
         run_inputs: Mapping[str, Any],
         inherit: tuple[str, ...] = ("enabled",),
-    ) -> cmd_pb.OptimizeResponse:
-        """Store one run atomically and return the response completed with its ids and version.
+    ) -> ResultRecord:
+        """Store one run atomically and return its result completed with its ids, version and timestamp.
 
         All or nothing: the configuration version (a new one only when its content changed; ``inherit`` names
-        fields kept from the current version, see :func:`next_configuration_version`), the result (with its
-        ``command_side.records.ResultRecord``, for replays), the ``portfolio_optimized`` event and the latest
-        read model. The response's metadata gets ``event_id``, ``result_id``, ``configuration_version`` and
-        ``timestamp`` (in place) before it is recorded.
+        fields kept from the current version, see :func:`next_configuration_version`), the result (its
+        record, for replays), the ``portfolio_optimized`` event and the latest read model. What is stored and
+        returned is ``result`` with ``event_id``, ``result_id``, ``configuration_version`` and ``timestamp`` of
+        its metadata set (:func:`completed`).
 
         Raises
         ------
         IntegrityError
-            When a result with the response's ``request_id`` is already stored (a concurrent request with the
+            When a result with the record's ``request_id`` is already stored (a concurrent request with the
             same key committed first: the caller replays it); nothing of this run is stored.
         """
         ...
@@ -444,23 +467,22 @@ class InMemoryOptimizationStore(OptimizationStore):
         self,
         *,
         configuration: cmd_pb.OptimizationConfiguration,
-        response: cmd_pb.OptimizeResponse,
+        result: ResultRecord,
         request_hash: str,
         run_inputs: Mapping[str, Any],
         inherit: tuple[str, ...] = ("enabled",),
-    ) -> cmd_pb.OptimizeResponse:
+    ) -> ResultRecord:
         """Store one run atomically; see :meth:`OptimizationStore.persist_run`."""
-        meta = response.optimization_metadata
         event_id, result_id = uuid.uuid4(), uuid.uuid4()
-        meta.event_id, meta.result_id = str(event_id), str(result_id)
         now = self._clock()
         version = next_configuration_version(configuration, self._head(configuration.portfolio_id), inherit)
         stored = self._stage(version, now) if version.new else None
-        request_id = response.request_id or None
+        request_id = result.request_id or None
         if request_id is not None and request_id in self._results_by_request:
             raise IntegrityError("a stored row already has this key (optimization_results_request_id_key)")
-        meta.configuration_version = version.version
-        meta.timestamp.CopyFrom(datetime_to_timestamp(now))
+        result = completed(
+            result, event_id=event_id, result_id=result_id, configuration_version=version.version, timestamp=now
+        )
         run = RecordedRun(
             result_id=result_id,
             event_id=event_id,
@@ -469,7 +491,7 @@ class InMemoryOptimizationStore(OptimizationStore):
             configuration_version=version.version,
             request_id=request_id,
             request_hash=request_hash,
-            result=json.loads(json.dumps(result_record(response).to_json())),
+            result=json.loads(json.dumps(result.to_json())),
             run_inputs=json.loads(json.dumps(run_inputs_json(run_inputs))),
         )
         # Nothing above changed the store: from here on every write happens, with no await in between.
@@ -478,7 +500,7 @@ class InMemoryOptimizationStore(OptimizationStore):
         self._runs.append(run)
         if request_id is not None:
             self._results_by_request[request_id] = run
-        return response
+        return result
 
     async def upsert_configuration(
         self, config: cmd_pb.OptimizationConfiguration

@@ -17,13 +17,13 @@ from typing import Any
 
 import asyncpg
 
-from command_side.mapping import datetime_to_timestamp
 from command_side.optimization_store import (
     Bar,
     ConfigurationHead,
     OptimizationStore,
     PriceWindow,
     StoredResult,
+    completed,
     configuration_from_row,
     configuration_not_found,
     configuration_row,
@@ -33,7 +33,7 @@ from command_side.optimization_store import (
 )
 from command_side.postgres_errors import Connection, postgres_errors
 from command_side.postgres_errors import operational_errors as database_errors
-from command_side.records import ResultRecord, result_record, run_inputs_json
+from command_side.records import ResultRecord, run_inputs_json
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
 
@@ -111,11 +111,11 @@ class PostgresOptimizationStore(OptimizationStore):
         self,
         *,
         configuration: cmd_pb.OptimizationConfiguration,
-        response: cmd_pb.OptimizeResponse,
+        result: ResultRecord,
         request_hash: str,
         run_inputs: Mapping[str, Any],
         inherit: tuple[str, ...] = ("enabled",),
-    ) -> cmd_pb.OptimizeResponse:
+    ) -> ResultRecord:
         """Store one run in one transaction; see :meth:`OptimizationStore.persist_run`.
 
         Raises
@@ -125,21 +125,20 @@ class PostgresOptimizationStore(OptimizationStore):
         OperationalError
             When the database cannot be reached.
         """
-        meta = response.optimization_metadata
         event_id, result_id = uuid.uuid4(), uuid.uuid4()
-        meta.event_id, meta.result_id = str(event_id), str(result_id)
         async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", configuration.portfolio_id)
             now = await conn.fetchval("SELECT clock_timestamp()")
             version = await self._store_configuration(conn, configuration, inherit)
-            meta.configuration_version = version
-            meta.timestamp.CopyFrom(datetime_to_timestamp(now))
+            record = completed(
+                result, event_id=event_id, result_id=result_id, configuration_version=version, timestamp=now
+            )
+            meta = record.metadata
             objective = pb.Objective.Name(configuration.objective)
             method = pb.OptimizationMethod.Name(configuration.method)
-            weights = _json(dict(response.optimal_weights))
-            record = result_record(response)
+            weights = _json(record.weights)
             metadata = _json(record.metadata.to_json())
-            request_id = response.request_id or None
+            request_id = record.request_id or None
             await conn.execute(
                 """INSERT INTO optimization_results (result_id, portfolio_id, configuration_version, request_id,
                        request_hash, event_id, created_at, objective, method, weights, expected_return,
@@ -147,13 +146,13 @@ class PostgresOptimizationStore(OptimizationStore):
                        run_inputs)
                    VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10::jsonb,$11,$12,$13,$14,$15,$16,$17::jsonb,$18::jsonb)""",
                 result_id, configuration.portfolio_id, version, request_id, request_hash, event_id, now,
-                objective, method, weights, response.expected_return, response.expected_volatility,
-                response.sharpe_ratio, meta.objective_value, meta.solver, meta.constraints_satisfied,
+                objective, method, weights, record.expected_return, record.volatility,
+                record.sharpe_ratio, meta.objective_value, meta.solver, meta.constraints_satisfied,
                 _json(record.to_json()), _json(run_inputs_json(run_inputs)),
             )  # fmt: skip
             event_args = (
                 event_id, now, configuration.portfolio_id, result_id, version, request_id, objective, method,
-                weights, response.expected_return, response.expected_volatility, response.sharpe_ratio, metadata,
+                weights, record.expected_return, record.volatility, record.sharpe_ratio, metadata,
             )  # fmt: skip
             await conn.execute(
                 """INSERT INTO portfolio_optimized (event_id, "timestamp", portfolio_id, result_id,
@@ -179,7 +178,7 @@ class PostgresOptimizationStore(OptimizationStore):
                 *event_args,
             )
             await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{configuration.portfolio_id} {event_id}")
-        return response
+        return record
 
     @staticmethod
     async def _store_configuration(

@@ -1,4 +1,9 @@
-"""The gRPC servicer of ``stratopt.v1.OptimizationCommandService``: proto in, one domain call, proto out."""
+"""The gRPC servicer of ``stratopt.v1.OptimizationCommandService``: proto in, one domain call, proto out.
+
+Each RPC is three lines: the adapter (``command_side.optimization_adapter``) turns the request into a command,
+``OptimizationService`` answers it with a plain result, the adapter turns that into the response. Errors propagate
+as domain exceptions to ``ErrorMappingInterceptor``.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from command_side import optimization_adapter as adapter
 from command_side.application import OptimizationService
-from stratopt.rpc_errors import status_for
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import command_service_pb2_grpc as cmd_grpc
 
@@ -19,7 +24,7 @@ else:
 
 
 class OptimizationCommandServicer(cmd_grpc.OptimizationCommandServiceServicer):
-    """Thin adapter: errors propagate as domain exceptions to ``ErrorMappingInterceptor``.
+    """Thin adapter: request → command, one application call, result → response.
 
     Parameters
     ----------
@@ -34,34 +39,39 @@ class OptimizationCommandServicer(cmd_grpc.OptimizationCommandServiceServicer):
         self, request: cmd_pb.OptimizeRequest, context: Context
     ) -> cmd_pb.OptimizeResponse:
         """Optimize one portfolio."""
-        return await self._service.optimize(request, time_remaining_s=context.time_remaining())
+        command = adapter.optimize_command(request)
+        result = await self._service.optimize(command, time_remaining_s=context.time_remaining())
+        return adapter.optimize_response(result)
 
     async def BatchOptimize(  # noqa: N802
         self, request: cmd_pb.BatchOptimizeRequest, context: Context
     ) -> cmd_pb.BatchOptimizeResponse:
         """Optimize many portfolios, one result or error per item."""
-        return await self._service.batch_optimize(
-            request, time_remaining_s=context.time_remaining(), to_status=status_for
-        )
+        command = adapter.batch_command(request)
+        result = await self._service.batch_optimize(command, time_remaining_s=context.time_remaining())
+        return adapter.batch_response(result)
 
     async def UpsertConfiguration(  # noqa: N802
         self, request: cmd_pb.UpsertConfigurationRequest, context: Context
     ) -> cmd_pb.UpsertConfigurationResponse:
         """Store a configuration version."""
-        return await self._service.upsert_configuration(request.configuration)
+        configuration = adapter.upsert_configuration_command(request)
+        result = await self._service.upsert_configuration(configuration)
+        return adapter.upsert_configuration_response(result)
 
     async def GetConfiguration(  # noqa: N802
         self, request: cmd_pb.GetConfigurationRequest, context: Context
     ) -> cmd_pb.GetConfigurationResponse:
         """Read a configuration version."""
-        config = await self._service.get_configuration(request.portfolio_id, request.version)
-        return cmd_pb.GetConfigurationResponse(configuration=config)
+        configuration = await self._service.get_configuration(request.portfolio_id, request.version)
+        return adapter.get_configuration_response(configuration)
 
     async def ListConfigurations(  # noqa: N802
         self, request: cmd_pb.ListConfigurationsRequest, context: Context
     ) -> cmd_pb.ListConfigurationsResponse:
         """List the latest configurations."""
-        return await self._service.list_configurations(request.page_size, request.page_token)
+        page = await self._service.list_configurations(request.page_size, request.page_token)
+        return adapter.configuration_page_response(page)
 
     async def RunConfiguration(  # noqa: N802
         self, request: cmd_pb.RunConfigurationRequest, context: Context
@@ -70,13 +80,15 @@ class OptimizationCommandServicer(cmd_grpc.OptimizationCommandServiceServicer):
         result = await self._service.run_configuration(
             request.portfolio_id, request.request_id, time_remaining_s=context.time_remaining()
         )
-        return cmd_pb.RunConfigurationResponse(result=result)
+        return adapter.run_configuration_response(result)
 
     async def ComputeEfficientFrontier(  # noqa: N802
         self, request: cmd_pb.ComputeEfficientFrontierRequest, context: Context
     ) -> cmd_pb.ComputeEfficientFrontierResponse:
         """Compute efficient-frontier points (nothing stored)."""
-        return await self._service.efficient_frontier(request, time_remaining_s=context.time_remaining())
+        command = adapter.frontier_command(request)
+        result = await self._service.efficient_frontier(command, time_remaining_s=context.time_remaining())
+        return adapter.frontier_response(result)
 
     async def IngestMarketData(  # noqa: N802
         self,
@@ -84,4 +96,5 @@ class OptimizationCommandServicer(cmd_grpc.OptimizationCommandServiceServicer):
         context: Context,
     ) -> cmd_pb.IngestMarketDataResponse:
         """Upsert streamed price bars."""
-        return await self._service.ingest(request_iterator)
+        result = await self._service.ingest(adapter.ingest_chunks(request_iterator))
+        return adapter.ingest_response(result)

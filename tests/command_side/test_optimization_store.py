@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from command_side.optimization_store import InMemoryOptimizationStore, OptimizationStore
-from command_side.records import response_from_record
+from command_side.records import ResultRecord, RunMetadataRecord, response_from_record, result_record
 from command_side.repository import PostgresOptimizationStore
 from services.errors import IntegrityError, NotFoundError, PreconditionError
 from stratopt.v1 import command_service_pb2 as cmd_pb
@@ -50,18 +50,33 @@ def configuration(portfolio_id: str, **fields: Any) -> cmd_pb.OptimizationConfig
     return config
 
 
-def response(portfolio_id: str, request_id: str = "", weight_a: float = 0.6) -> cmd_pb.OptimizeResponse:
-    answer = cmd_pb.OptimizeResponse(
+def result(portfolio_id: str, request_id: str = "", weight_a: float = 0.6) -> ResultRecord:
+    """A run's result as the application hands it to the store: ids, version and timestamp not yet set."""
+    return ResultRecord(
         portfolio_id=portfolio_id,
         request_id=request_id,
-        optimal_weights={"A": weight_a, "B": 1.0 - weight_a},
+        weights={"A": weight_a, "B": 1.0 - weight_a},
         expected_return=0.08,
-        expected_volatility=0.15,
+        volatility=0.15,
         sharpe_ratio=0.4,
+        metadata=RunMetadataRecord(
+            event_id="",
+            result_id="",
+            timestamp=None,
+            configuration_version=0,
+            convergence_status="CLOSED_FORM",
+            iterations=0,
+            optimization_time_ms=1.5,
+            objective_value=0.0,
+            constraints_satisfied=True,
+            solver="CLOSED_FORM",
+        ),
     )
-    answer.optimization_metadata.solver = "CLOSED_FORM"
-    answer.optimization_metadata.constraints_satisfied = True
-    return answer
+
+
+def instant(nanoseconds: int | None) -> datetime:
+    assert nanoseconds is not None
+    return datetime.fromtimestamp(nanoseconds / 1e9, UTC)
 
 
 async def persist(
@@ -72,10 +87,10 @@ async def persist(
     request_hash: str = "hash-1",
     inherit: tuple[str, ...] = ("enabled",),
     weight_a: float = 0.6,
-) -> cmd_pb.OptimizeResponse:
+) -> ResultRecord:
     return await store.persist_run(
         configuration=config,
-        response=response(config.portfolio_id, request_id, weight_a),
+        result=result(config.portfolio_id, request_id, weight_a),
         request_hash=request_hash,
         run_inputs={"kind": "returns", "current_weights": {}},
         inherit=inherit,
@@ -119,15 +134,16 @@ class OptimizationStoreContract:
             portfolio, request_id = unique("p"), unique("r")
             returned = await store.persist_run(
                 configuration=configuration(portfolio),
-                response=rich_response(portfolio, request_id),
+                result=result_record(rich_response(portfolio, request_id)),
                 request_hash="h-rich",
                 run_inputs={"kind": "returns", "current_weights": {}},
             )
             stored = await store.find_result(request_id)
             assert stored is not None
-            replayed = response_from_record(stored.result)
-            assert replayed == returned
-            assert replayed.optimization_metadata.black_litterman == returned.optimization_metadata.black_litterman
+            assert stored.result == returned
+            replayed, first = response_from_record(stored.result), response_from_record(returned)
+            assert replayed == first
+            assert replayed.optimization_metadata.black_litterman == first.optimization_metadata.black_litterman
             assert replayed.optimization_metadata.window_start.nanos % 1000 == 1
 
         self.run(scenario)
@@ -136,15 +152,15 @@ class OptimizationStoreContract:
         async def scenario(store: OptimizationStore) -> None:
             portfolio, request_id = unique("p"), unique("r")
             returned = await persist(store, configuration(portfolio), request_id, request_hash="h-42")
-            meta = returned.optimization_metadata
+            meta = returned.metadata
             assert uuid.UUID(meta.event_id) != uuid.UUID(meta.result_id)
             assert meta.configuration_version == 1
-            assert abs(meta.timestamp.ToDatetime(tzinfo=UTC) - datetime.now(UTC)) < timedelta(minutes=5)
+            assert abs(instant(meta.timestamp) - datetime.now(UTC)) < timedelta(minutes=5)
             stored = await store.find_result(request_id)
             assert stored is not None
             assert stored.request_hash == "h-42"
-            assert response_from_record(stored.result) == returned
-            assert dict(returned.optimal_weights) == {"A": 0.6, "B": pytest.approx(0.4)}
+            assert stored.result == returned
+            assert returned.weights == {"A": 0.6, "B": pytest.approx(0.4)}
             assert await self.stored_runs(store, portfolio) == (1, 1, 1)
 
         self.run(scenario)
@@ -182,7 +198,7 @@ class OptimizationStoreContract:
             assert await self.stored_runs(store, portfolio) == (1, 1, 1)
             # The next successful run of the changed content takes the next version: none was used up.
             again = await persist(store, changed, unique("r"))
-            assert again.optimization_metadata.configuration_version == 2
+            assert again.metadata.configuration_version == 2
 
         self.run(scenario)
 
@@ -193,12 +209,12 @@ class OptimizationStoreContract:
                 *(persist(store, configuration(portfolio), request_id, weight_a=0.1 * k) for k in range(1, 5)),
                 return_exceptions=True,
             )
-            stored = [o for o in outcomes if isinstance(o, cmd_pb.OptimizeResponse)]
-            refused = [o for o in outcomes if not isinstance(o, cmd_pb.OptimizeResponse)]
+            stored = [o for o in outcomes if isinstance(o, ResultRecord)]
+            refused = [o for o in outcomes if not isinstance(o, ResultRecord)]
             assert len(stored) == 1
             assert len(refused) == 3 and all(isinstance(o, IntegrityError) for o in refused), refused
             found = await store.find_result(request_id)
-            assert found is not None and response_from_record(found.result) == stored[0]
+            assert found is not None and found.result == stored[0]
             assert await self.stored_runs(store, portfolio) == (1, 1, 1)
 
         self.run(scenario)
@@ -208,10 +224,8 @@ class OptimizationStoreContract:
             portfolio = unique("p")
             first = await persist(store, configuration(portfolio))
             second = await persist(store, configuration(portfolio))
-            assert first.optimization_metadata.event_id != second.optimization_metadata.event_id
-            assert second.optimization_metadata.timestamp.ToDatetime() >= (
-                first.optimization_metadata.timestamp.ToDatetime()
-            )
+            assert first.metadata.event_id != second.metadata.event_id
+            assert instant(second.metadata.timestamp) >= instant(first.metadata.timestamp)
             assert await self.stored_runs(store, portfolio) == (2, 2, 1)
 
         self.run(scenario)
@@ -225,7 +239,7 @@ class OptimizationStoreContract:
             changed = configuration(portfolio, objective=pb.OBJECTIVE_MIN_VOLATILITY)
             versions = []
             for config in (original, original, changed, original):
-                versions.append((await persist(store, config)).optimization_metadata.configuration_version)
+                versions.append((await persist(store, config)).metadata.configuration_version)
             assert versions == [1, 1, 2, 3]
             first = await store.get_configuration(portfolio, 1)
             assert (first.version, first.objective) == (1, pb.OBJECTIVE_MAX_SHARPE)
@@ -263,10 +277,10 @@ class OptimizationStoreContract:
             )
             # A run on stored prices inherits enabled, lookback and market symbol: its content is unchanged.
             on_stored = await persist(store, configuration(portfolio), inherit=RUN_INHERITS)
-            assert on_stored.optimization_metadata.configuration_version == 1
+            assert on_stored.metadata.configuration_version == 1
             # A run on inline data inherits only enabled: its window fields make a new version, still disabled.
             inline = await persist(store, configuration(portfolio), inherit=("enabled",))
-            assert inline.optimization_metadata.configuration_version == 2
+            assert inline.metadata.configuration_version == 2
             latest = await store.get_configuration(portfolio)
             assert (latest.enabled, latest.lookback_periods, latest.market_symbol) == (False, 0, "")
 

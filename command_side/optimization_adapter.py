@@ -1,0 +1,282 @@
+"""The optimization service's adapter: ``stratopt.v1`` requests to commands, results to responses.
+
+Every conversion between the contract and the plain inputs and outputs of ``OptimizationService``
+(``command_side.optimization_commands``) is here, one pair per RPC: ``<rpc>_command`` (request → command, every
+field validated, an ``InvalidInputError`` naming the request's field path) and ``<rpc>_response`` (result →
+response). The field-by-field validation of an ``OptimizeRequest`` is the proto → domain half this module grows
+from, ``command_side.mapping`` (kept as its own module: ~800 lines of checks with their own tests); the
+conversion of stored results back to a response is ``command_side.records.response_from_record``, which a replay
+and a first answer share, so both read alike field by field.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from datetime import UTC
+
+from google.rpc import status_pb2  # type: ignore[attr-defined]  # stubs hidden by types-protobuf
+
+from command_side.application import check_batch_size
+from command_side.field_paths import OPTIMIZATION, proto_field_paths
+from command_side.mapping import (
+    datetime_to_timestamp,
+    normalize_configuration,
+    optimize_command,
+    optimize_request_from_configuration,
+)
+from command_side.optimization_commands import (
+    BatchCommand,
+    BatchResult,
+    ConfigurationPage,
+    ConfigurationUpsert,
+    FrontierCommand,
+    FrontierResult,
+    IngestResult,
+    InvalidItem,
+    MarketDataWindow,
+    OptimizeCommand,
+    RunResult,
+)
+from command_side.optimization_store import Bar, Configuration
+from command_side.records import response_from_record
+from services.engine import Method
+from services.errors import InvalidInputError
+from services.types import Moments
+from stratopt.rpc_errors import status_for
+from stratopt.v1 import command_service_pb2 as cmd_pb
+from stratopt.v1 import types_pb2 as pb
+
+__all__ = [
+    "MAX_BARS_PER_MESSAGE",
+    "batch_command",
+    "batch_response",
+    "configuration_page_response",
+    "frontier_command",
+    "frontier_response",
+    "get_configuration_response",
+    "ingest_chunks",
+    "ingest_response",
+    "optimize_command",
+    "optimize_request",
+    "optimize_response",
+    "run_configuration_response",
+    "upsert_configuration_command",
+    "upsert_configuration_response",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_BARS_PER_MESSAGE = 10_000
+"""Most bars in one IngestMarketData message."""
+
+StatusFactory = Callable[[BaseException], status_pb2.Status]
+"""Turns an exception into the ``google.rpc.Status`` a unary call would have returned."""
+
+
+# --- Optimize, RunConfiguration ------------------------------------------------------------------------------
+
+
+def optimize_request(command: OptimizeCommand) -> cmd_pb.OptimizeRequest:
+    """The request a command stands for: its configuration, key, current weights and inputs.
+
+    The inverse of :func:`optimize_command` for a request in canonical form (the method set explicitly): request
+    → command → request gives the request back.
+    """
+    request = optimize_request_from_configuration(command.configuration, command.request_id)
+    for strategy in request.strategies:
+        if strategy.strategy_id in command.current_weights:
+            strategy.current_weight = command.current_weights[strategy.strategy_id]
+    inputs = command.inputs
+    if isinstance(inputs, MarketDataWindow):
+        window = request.market_data
+        window.lookback_periods, window.market_symbol = inputs.lookback_periods, inputs.market_symbol
+        if inputs.start is not None:
+            window.start.CopyFrom(datetime_to_timestamp(inputs.start))
+        if inputs.end is not None:
+            window.end.CopyFrom(datetime_to_timestamp(inputs.end))
+    elif isinstance(inputs, Moments):
+        request.moments.expected_returns.extend(inputs.expected_returns.tolist())
+        request.moments.covariance.extend(inputs.covariance.ravel().tolist())
+    else:
+        request.returns.SetInParent()
+        for stamp in inputs.timestamps:
+            request.returns.timestamps.add().CopyFrom(datetime_to_timestamp(stamp))
+        if inputs.market_returns is not None:
+            request.returns.market_returns.extend(inputs.market_returns.tolist())
+        # The configuration keeps the strategies in the problem's order, the order of the columns.
+        for strategy, column in zip(request.strategies, inputs.returns.T, strict=True):
+            strategy.returns.extend(column.tolist())
+    return request
+
+
+def optimize_response(result: RunResult) -> cmd_pb.OptimizeResponse:
+    """The ``OptimizeResponse`` of a run: its stored result, ``optimization_metadata.replayed`` for a replay."""
+    response = response_from_record(result.result)
+    response.optimization_metadata.replayed = result.replayed
+    return response
+
+
+def run_configuration_response(result: RunResult) -> cmd_pb.RunConfigurationResponse:
+    """The ``RunConfigurationResponse`` of a re-run."""
+    return cmd_pb.RunConfigurationResponse(result=optimize_response(result))
+
+
+# --- BatchOptimize -------------------------------------------------------------------------------------------
+
+
+def batch_command(request: cmd_pb.BatchOptimizeRequest) -> BatchCommand:
+    """The batch's commands; an item that does not validate becomes an :class:`InvalidItem` with its error.
+
+    Raises
+    ------
+    InvalidInputError
+        When the batch is empty or larger than ``MAX_BATCH_SIZE`` (field ``requests``).
+    """
+    check_batch_size(len(request.requests))
+    items: list[OptimizeCommand | InvalidItem] = []
+    for index, item in enumerate(request.requests):
+        try:
+            items.append(optimize_command(item))
+        except Exception as exc:  # one broken item must not sink the batch
+            if not isinstance(exc, InvalidInputError):
+                log.exception("batch item %d failed", index)
+            items.append(InvalidItem(portfolio_id=item.portfolio_id, error=exc))
+    return BatchCommand(items=tuple(items))
+
+
+def batch_response(result: BatchResult, to_status: StatusFactory = status_for) -> cmd_pb.BatchOptimizeResponse:
+    """One ``BatchOptimizeResult`` per item (its response, or its error as a ``google.rpc.Status``)."""
+    response = cmd_pb.BatchOptimizeResponse(succeeded=result.succeeded, failed=result.failed)
+    for index, outcome in enumerate(result.outcomes):
+        if isinstance(outcome, BaseException):
+            response.results.add(index=index, error=to_status(outcome))
+        else:
+            response.results.add(index=index, response=optimize_response(outcome))
+    return response
+
+
+# --- ComputeEfficientFrontier --------------------------------------------------------------------------------
+
+
+def frontier_command(request: cmd_pb.ComputeEfficientFrontierRequest) -> FrontierCommand:
+    """The frontier's command: ``request.problem`` validated as an Optimize request (fields under ``problem.``).
+
+    Raises
+    ------
+    InvalidInputError
+        As Optimize, plus ``points`` outside 2..200 and methods other than variance mean-variance and
+        Black-Litterman.
+    """
+    points = request.points or 20
+    if not 2 <= points <= 200:
+        raise InvalidInputError.for_field("points", f"must lie in 2..200, got {points}")
+    problem = cmd_pb.OptimizeRequest()
+    problem.CopyFrom(request.problem)
+    problem.objective = pb.OBJECTIVE_MIN_VOLATILITY  # ignored: the frontier spans every objective
+    problem.risk_parameters.ClearField("multi_objective")  # weights of an objective the frontier does not use
+    problem.request_id = ""
+    ids = tuple(s.strategy_id for s in problem.strategies)
+    with proto_field_paths(OPTIMIZATION, strategy_ids=ids, prefix="problem"):
+        command = optimize_command(problem)
+        if command.method.method not in (Method.MEAN_VARIANCE, Method.BLACK_LITTERMAN) or (
+            command.method.risk_measure is not None
+        ):
+            raise InvalidInputError.for_field(
+                "method", "the efficient frontier is defined for variance-based MEAN_VARIANCE and BLACK_LITTERMAN"
+            )
+    return FrontierCommand(
+        problem=command.problem,
+        settings=command.settings,
+        method=command.method,
+        inputs=command.inputs,
+        points=points,
+    )
+
+
+def frontier_response(result: FrontierResult) -> cmd_pb.ComputeEfficientFrontierResponse:
+    """The ``ComputeEfficientFrontierResponse`` of the frontier's points."""
+    response = cmd_pb.ComputeEfficientFrontierResponse(computation_time_ms=result.computation_time_ms)
+    for point in result.points:
+        response.points.add(
+            expected_return=point.expected_return,
+            volatility=point.volatility,
+            sharpe_ratio=point.sharpe_ratio,
+            weights=point.weights,
+        )
+    return response
+
+
+# --- configurations ------------------------------------------------------------------------------------------
+
+
+def upsert_configuration_command(request: cmd_pb.UpsertConfigurationRequest) -> Configuration:
+    """The configuration to store, checked and in its canonical form (fields under ``configuration.``)."""
+    return normalize_configuration(request.configuration)
+
+
+def upsert_configuration_response(result: ConfigurationUpsert) -> cmd_pb.UpsertConfigurationResponse:
+    """The ``UpsertConfigurationResponse``: the stored version and whether it is new."""
+    return cmd_pb.UpsertConfigurationResponse(configuration=result.configuration, created=result.created)
+
+
+def get_configuration_response(configuration: Configuration) -> cmd_pb.GetConfigurationResponse:
+    """The ``GetConfigurationResponse`` of one version."""
+    return cmd_pb.GetConfigurationResponse(configuration=configuration)
+
+
+def configuration_page_response(page: ConfigurationPage) -> cmd_pb.ListConfigurationsResponse:
+    """The ``ListConfigurationsResponse`` of a page."""
+    return cmd_pb.ListConfigurationsResponse(configurations=page.configurations, next_page_token=page.next_page_token)
+
+
+# --- IngestMarketData ----------------------------------------------------------------------------------------
+
+
+def _bars(message: cmd_pb.IngestMarketDataRequest, message_index: int) -> tuple[Bar, ...]:
+    """The bars of one message, each checked (paths ``bars[i]`` of that message)."""
+    if len(message.bars) > MAX_BARS_PER_MESSAGE:
+        raise InvalidInputError.for_field("bars", f"at most {MAX_BARS_PER_MESSAGE} bars per message")
+    bars: list[Bar] = []
+    for i, bar in enumerate(message.bars):
+        field = f"bars[{i}]"
+        if not bar.symbol:
+            raise InvalidInputError.for_field(f"{field}.symbol", f"must not be empty (message {message_index})")
+        if not bar.HasField("timestamp"):
+            raise InvalidInputError.for_field(f"{field}.timestamp", f"must be set (message {message_index})")
+        if not (math.isfinite(bar.price) and bar.price > 0):
+            raise InvalidInputError.for_field(
+                f"{field}.price", f"must be positive and finite, got {bar.price} (message {message_index})"
+            )
+        volume = bar.volume if bar.HasField("volume") else None
+        if volume is not None and not (math.isfinite(volume) and volume >= 0):
+            raise InvalidInputError.for_field(f"{field}.volume", "must be finite and not negative")
+        bars.append((bar.symbol, bar.timestamp.ToDatetime(tzinfo=UTC), bar.price, volume))
+    return tuple(bars)
+
+
+async def ingest_chunks(
+    messages: AsyncIterable[cmd_pb.IngestMarketDataRequest],
+) -> AsyncIterator[tuple[Bar, ...]]:
+    """The streamed messages as validated bars, one chunk per message, checked as they arrive.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming ``bars[i]`` of the offending message (empty symbol, unset timestamp, price not positive and
+        finite, negative volume) when the service reaches it; the chunks before it are stored by then.
+    """
+    message_index = 0
+    async for message in messages:
+        yield _bars(message, message_index)
+        message_index += 1
+
+
+def ingest_response(result: IngestResult) -> cmd_pb.IngestMarketDataResponse:
+    """The ``IngestMarketDataResponse``: rows written, symbols and the bars' time span."""
+    response = cmd_pb.IngestMarketDataResponse(rows_written=result.rows_written, symbols=result.symbols)
+    if result.first_timestamp is not None and result.last_timestamp is not None:
+        response.first_timestamp.CopyFrom(datetime_to_timestamp(result.first_timestamp))
+        response.last_timestamp.CopyFrom(datetime_to_timestamp(result.last_timestamp))
+    return response
