@@ -528,20 +528,22 @@ class Probe:
     def install(self) -> None:
         """Wrap the server's stages; on failure (renamed internals) the breakdown is left out."""
         try:
-            from command_side import application, repository, workers
+            from command_side import optimization_adapter, repository, servicer, workers
         except ImportError:
             log.exception("cannot instrument the server; the breakdown is left out")
             return
         probe = self
-        optimize = application.OptimizationService.optimize
-        validate = application.validate_optimize_request  # type: ignore[attr-defined]
+        # The handler is the servicer's Optimize (request → command → one application call → response); the
+        # validation and request hash are the adapter's request → command conversion.
+        optimize = servicer.OptimizationCommandServicer.Optimize
+        validate = optimization_adapter.optimize_command
         run = workers.SolverPool.run
         persist = repository.PostgresOptimizationStore.persist_run
 
-        async def timed_optimize(service: Any, request: Any, **kwargs: Any) -> Any:
+        async def timed_optimize(handler: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()
             try:
-                return await optimize(service, request, **kwargs)
+                return await optimize(handler, request, *args, **kwargs)
             finally:
                 probe.add("handler", (time.perf_counter() - started) * 1000.0)
 
@@ -566,8 +568,8 @@ class Probe:
             finally:
                 probe.add("persist", (time.perf_counter() - started) * 1000.0)
 
-        application.OptimizationService.optimize = timed_optimize  # type: ignore[method-assign,assignment]
-        application.validate_optimize_request = timed_validate  # type: ignore[attr-defined]
+        servicer.OptimizationCommandServicer.Optimize = timed_optimize  # type: ignore[method-assign,assignment]
+        optimization_adapter.optimize_command = timed_validate
         workers.SolverPool.run = timed_run  # type: ignore[method-assign,assignment]
         repository.PostgresOptimizationStore.persist_run = timed_persist  # type: ignore[method-assign,assignment]
         self.installed = True
@@ -662,10 +664,11 @@ def in_process_breakdown(rows: list[tuple[Row, cmd_pb.OptimizeRequest]], health:
             derived = {
                 "in-process: estimation": estimation,
                 "in-process: solve": solving,
-                "  cvxpy build + compile": [a - b for a, b in zip(solving, clarabel, strict=True)],
-                "  Clarabel": list(clarabel),
                 "empty gRPC call (health)": empty,
             }
+            if len(clarabel) == len(solving):  # solved through cvxpy (the active set and direct Clarabel are not)
+                derived["  cvxpy build + compile"] = [a - b for a, b in zip(solving, clarabel, strict=True)]
+                derived["  Clarabel"] = list(clarabel)
             for name, samples in derived.items():
                 median, p99 = _stats(samples)
                 row.breakdown_ms[f"{name} median"], row.breakdown_ms[f"{name} p99"] = median, p99
