@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from command_side import trading_adapter as adapter
 from command_side.allocations import AllocationService
 from command_side.rebalancing import RebalancingService
 from stratopt.v1 import trading_service_pb2 as trading_pb
@@ -41,19 +42,24 @@ class TradingCommandServicer(trading_grpc.TradingCommandServiceServicer):
         self, request: trading_pb.AllocateSharesRequest, context: Context
     ) -> trading_pb.AllocateSharesResponse:
         """Allocate whole shares to target weights."""
-        return await self._allocations.allocate(request, time_remaining_s=context.time_remaining())
+        command = adapter.allocate_shares_command(request)
+        with adapter.allocation_field_paths():
+            allocation = await self._allocations.allocate(command, time_remaining_s=context.time_remaining())
+        return adapter.allocate_shares_response(allocation)
 
     async def GetCachedAllocation(  # noqa: N802
         self, request: trading_pb.GetCachedAllocationRequest, context: Context
     ) -> trading_pb.GetCachedAllocationResponse:
         """Read a cached allocation."""
-        return await self._allocations.get_cached(request.cache_key)
+        allocation = await self._allocations.get_cached(request.cache_key)
+        return adapter.get_cached_allocation_response(allocation)
 
     async def ClearAllocationCache(  # noqa: N802
         self, request: trading_pb.ClearAllocationCacheRequest, context: Context
     ) -> trading_pb.ClearAllocationCacheResponse:
         """Remove one or every cached allocation."""
-        return await self._allocations.clear_cache(request.cache_key)
+        removed = await self._allocations.clear_cache(request.cache_key)
+        return adapter.clear_allocation_cache_response(removed)
 
     async def UpsertHoldings(  # noqa: N802
         self, request: trading_pb.UpsertHoldingsRequest, context: Context
