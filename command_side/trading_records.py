@@ -15,7 +15,7 @@ and an unset optional value is ``null``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final, Literal
@@ -24,7 +24,13 @@ from google.protobuf.message import Message
 
 from command_side import trading_adapter
 from command_side.records import JsonObject, SchemaError, decode_float, decode_instant, encode_float, encode_instant
-from command_side.trading_model import Allocation, AllocationMetrics
+from command_side.trading_model import (
+    Allocation,
+    AllocationMetrics,
+    Position,
+    RebalancePolicy,
+    RebalanceRecommendation,
+)
 from services.trading import AllocationRequest
 from stratopt.v1 import trading_service_pb2 as trading_pb
 
@@ -486,3 +492,33 @@ def allocation_request_json(problem: AllocationRequest) -> JsonObject:
     for holding in problem.holdings:
         message.holdings.add(symbol=holding.name, shares=holding.shares, price=holding.price)
     return ALLOCATION_REQUEST.to_json(message)
+
+
+def positions_json(positions: Sequence[Position]) -> JsonObject:
+    """The stored ``portfolio_holdings.positions`` of a holdings snapshot (as :func:`holdings_json`)."""
+    return holdings_json([trading_adapter.position_message(position) for position in positions])
+
+
+def positions_from_json(payload: Mapping[str, Any]) -> tuple[Position, ...]:
+    """The positions of a stored ``portfolio_holdings.positions``."""
+    return tuple(trading_adapter.position_of_message(message) for message in holdings_from_json(payload))
+
+
+def policy_json(policy: RebalancePolicy) -> JsonObject:
+    """The stored ``rebalance_policies.policy`` of a policy (``trading_records.POLICY``)."""
+    return POLICY.to_json(trading_adapter.policy_message(policy))
+
+
+def policy_from_json(payload: Mapping[str, Any]) -> RebalancePolicy:
+    """The policy of a stored ``rebalance_policies.policy``."""
+    return trading_adapter.policy_of_message(POLICY.from_json(payload))
+
+
+def recommendation_json(recommendation: RebalanceRecommendation) -> JsonObject:
+    """The stored ``rebalance_recommendations.recommendation`` (``RECOMMENDATION``: status and decision left out)."""
+    return RECOMMENDATION.to_json(trading_adapter.recommendation_message(recommendation))
+
+
+def recommendation_from_json(payload: Mapping[str, Any]) -> RebalanceRecommendation:
+    """The recommendation as created of a stored ``rebalance_recommendations.recommendation`` (no status)."""
+    return trading_adapter.recommendation_of_message(RECOMMENDATION.from_json(payload))

@@ -1,8 +1,11 @@
 """The gRPC servicer of ``stratopt.v1.TradingCommandService``: proto in, one application call, proto out.
 
-Allocation (``command_side.allocations``) and rebalancing (``command_side.rebalancing``, over a
-``command_side.trading_store.TradingStore``) are separate application services, built by the composition root;
-errors propagate as domain exceptions to the ``ErrorMappingInterceptor``.
+Each RPC has :mod:`command_side.trading_adapter` turn the request into a command (dataclasses of
+:mod:`command_side.trading_model` and :mod:`services.trading`), awaits one application call and has the adapter
+turn its result into the response. Allocation (``command_side.allocations``) and rebalancing
+(``command_side.rebalancing``, over a ``command_side.trading_store.TradingStore``) are separate application
+services, built by the composition root; errors propagate as domain exceptions to the ``ErrorMappingInterceptor``
+(allocation errors with the engine's field paths translated to the request's by the adapter).
 """
 
 from __future__ import annotations
@@ -65,34 +68,42 @@ class TradingCommandServicer(trading_grpc.TradingCommandServiceServicer):
         self, request: trading_pb.UpsertHoldingsRequest, context: Context
     ) -> trading_pb.UpsertHoldingsResponse:
         """Store a holdings snapshot."""
-        return await self._rebalancing.upsert_holdings(request)
+        stored = await self._rebalancing.upsert_holdings(adapter.upsert_holdings_command(request))
+        return adapter.upsert_holdings_response(stored)
 
     async def UpsertRebalancePolicy(  # noqa: N802
         self, request: trading_pb.UpsertRebalancePolicyRequest, context: Context
     ) -> trading_pb.UpsertRebalancePolicyResponse:
         """Store a rebalance policy."""
-        return await self._rebalancing.upsert_policy(request)
+        command = adapter.upsert_policy_command(request)
+        policy = await self._rebalancing.upsert_policy(command)
+        return adapter.upsert_policy_response(command.portfolio_id, policy)
 
     async def CheckDrift(  # noqa: N802
         self, request: trading_pb.CheckDriftRequest, context: Context
     ) -> trading_pb.CheckDriftResponse:
         """Drift of the stored holdings from the target."""
-        return await self._rebalancing.check_drift(request)
+        drift = await self._rebalancing.check_drift(adapter.check_drift_command(request))
+        return adapter.check_drift_response(drift)
 
     async def GenerateRebalance(  # noqa: N802
         self, request: trading_pb.GenerateRebalanceRequest, context: Context
     ) -> trading_pb.GenerateRebalanceResponse:
         """Generate and store a rebalance recommendation."""
-        return await self._rebalancing.generate(request, time_remaining_s=context.time_remaining())
+        command = adapter.generate_rebalance_command(request)
+        generated = await self._rebalancing.generate(command, time_remaining_s=context.time_remaining())
+        return adapter.generate_rebalance_response(generated)
 
     async def ApproveRebalance(  # noqa: N802
         self, request: trading_pb.ApproveRebalanceRequest, context: Context
     ) -> trading_pb.ApproveRebalanceResponse:
         """Approve a pending recommendation."""
-        return await self._rebalancing.approve(request)
+        recommendation = await self._rebalancing.approve(adapter.approve_rebalance_command(request))
+        return adapter.approve_rebalance_response(recommendation)
 
     async def RejectRebalance(  # noqa: N802
         self, request: trading_pb.RejectRebalanceRequest, context: Context
     ) -> trading_pb.RejectRebalanceResponse:
         """Reject a pending recommendation."""
-        return await self._rebalancing.reject(request)
+        recommendation = await self._rebalancing.reject(adapter.reject_rebalance_command(request))
+        return adapter.reject_rebalance_response(recommendation)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-APPLICATION_MODULES = ("allocations", "trading_model")
+APPLICATION_MODULES = ("allocations", "rebalancing", "trading_model")
 """The trading application services and their commands and results."""
 FORBIDDEN = ("stratopt", "google.protobuf", "grpc")
 
