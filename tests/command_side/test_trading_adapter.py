@@ -2,15 +2,48 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 from google.protobuf import duration_pb2
 
 from command_side import trading_adapter as adapter
 from command_side.allocations import normalised_problem
-from command_side.trading_model import AllocatedLine, Allocation, AllocationMetrics, SoldInFull
-from command_side.trading_records import allocation_request_json
+from command_side.trading_model import (
+    AllocatedLine,
+    Allocation,
+    AllocationMetrics,
+    Band,
+    CheckDrift,
+    Decision,
+    DriftCheck,
+    GeneratedRebalance,
+    GenerateRebalance,
+    HoldingsStored,
+    LossHarvest,
+    LotSold,
+    MarketQuote,
+    Position,
+    PositionLot,
+    RebalancePolicy,
+    RebalanceRecommendation,
+    RecommendedTrade,
+    SoldInFull,
+    UpsertHoldings,
+    UpsertPolicy,
+)
+from command_side.trading_records import (
+    RECOMMENDATION,
+    allocation_request_json,
+    policy_json,
+    positions_json,
+    recommendation_from_json,
+    recommendation_json,
+)
 from services.errors import InvalidInputError
 from services.trading import (
     AllocationStatus,
@@ -18,6 +51,11 @@ from services.trading import (
     AllocationTarget,
     BandRelaxation,
     Holding,
+    ImpactModel,
+    LotMethod,
+    RecommendationStatus,
+    Side,
+    check_drift,
 )
 from stratopt.v1 import trading_service_pb2 as trading_pb
 
@@ -222,3 +260,303 @@ def test_an_uncached_allocation_has_no_expiry() -> None:
 
 def test_the_response_reads_back_as_the_allocation() -> None:
     assert adapter.allocation_of_message(expected_response()) == allocation()
+
+
+# --- rebalancing: requests → commands ---------------------------------------------------------------------------
+
+ACQUIRED = datetime(2023, 5, 1, 15, 30, tzinfo=UTC)
+
+
+def test_an_upsert_holdings_request_becomes_its_command() -> None:
+    request = trading_pb.UpsertHoldingsRequest(portfolio_id="pf-1", cash=250.0)
+    held = request.positions.add(symbol="KO", shares=10.0, price=61.5)
+    held.lots.add(lot_id="a", shares=10.0, cost_basis=50.0).acquired.FromDatetime(ACQUIRED)
+    request.positions.add(symbol="XYZ", shares=3.0).lots.add(lot_id="b", shares=3.0, cost_basis=9.0)
+    assert adapter.upsert_holdings_command(request) == UpsertHoldings(
+        portfolio_id="pf-1",
+        positions=(
+            Position(
+                symbol="KO",
+                shares=10.0,
+                price=61.5,
+                lots=(PositionLot(lot_id="a", shares=10.0, cost_basis=50.0, acquired=ACQUIRED),),
+            ),
+            Position(
+                symbol="XYZ", shares=3.0, lots=(PositionLot(lot_id="b", shares=3.0, cost_basis=9.0, acquired=None),)
+            ),
+        ),
+        cash=250.0,
+    )
+    request.positions[0].lots[0].acquired.seconds = 253_402_300_800  # the year 10000
+    with pytest.raises(InvalidInputError) as raised:
+        adapter.upsert_holdings_command(request)
+    assert [v.field for v in raised.value.field_violations] == ["positions[0].lots[0].acquired"]
+
+
+def test_a_policy_request_keeps_what_was_set_and_only_that() -> None:
+    request = trading_pb.UpsertRebalancePolicyRequest(portfolio_id="pf-1")
+    policy = request.policy
+    policy.drift_threshold = 0.0
+    policy.bands["KO"].relative = 0.25
+    policy.min_trade_value = 50.0
+    policy.impact_model = trading_pb.IMPACT_MODEL_ALMGREN_2005
+    policy.lot_method = trading_pb.LOT_METHOD_TAX_MINIMIZING
+    policy.prefer_losses = True
+    policy.long_term_after_days = 400
+    policy.approval_ttl.FromTimedelta(timedelta(hours=2))
+    command = adapter.upsert_policy_command(request)
+    assert command == UpsertPolicy(
+        portfolio_id="pf-1",
+        policy=RebalancePolicy(
+            drift_threshold=0.0,
+            bands={"KO": Band(relative=0.25)},
+            min_trade_value=50.0,
+            impact_model=ImpactModel.ALMGREN_2005,
+            lot_method=LotMethod.TAX_MINIMIZING,
+            prefer_losses=True,
+            long_term_after_days=400,
+            approval_ttl=timedelta(hours=2),
+        ),
+    )
+    assert adapter.policy_message(command.policy) == request.policy  # and back, presence included
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda p: setattr(p, "impact_model", 42), "policy.impact_model"),
+        (lambda p: setattr(p, "lot_method", 42), "policy.lot_method"),
+        (lambda p: p.approval_ttl.CopyFrom(duration_pb2.Duration(seconds=5, nanos=-1)), "policy.approval_ttl"),
+    ],
+)
+def test_what_only_a_policy_message_can_say_wrong_is_named(change: object, field: str) -> None:
+    request = trading_pb.UpsertRebalancePolicyRequest(portfolio_id="pf-1")
+    change(request.policy)  # type: ignore[operator]
+    with pytest.raises(InvalidInputError) as raised:
+        adapter.upsert_policy_command(request)
+    assert [v.field for v in raised.value.field_violations] == [field]
+
+
+def test_check_drift_and_decisions_become_their_commands() -> None:
+    request = trading_pb.CheckDriftRequest(portfolio_id="pf-1", target_weights={"KO": 0.5}, prices={"KO": 60.0})
+    assert adapter.check_drift_command(request) == CheckDrift(
+        portfolio_id="pf-1", target_weights={"KO": 0.5}, prices={"KO": 60.0}, threshold=None
+    )
+    request.threshold = 0.0
+    assert adapter.check_drift_command(request).threshold == 0.0
+    approve = trading_pb.ApproveRebalanceRequest(recommendation_id="r", approver="alice")
+    reject = trading_pb.RejectRebalanceRequest(recommendation_id="r", approver="bob", reason="too big")
+    assert adapter.approve_rebalance_command(approve) == Decision(recommendation_id="r", approver="alice")
+    assert adapter.reject_rebalance_command(reject) == Decision(recommendation_id="r", approver="bob", reason="too big")
+
+
+def test_a_generate_request_becomes_its_command_with_its_fingerprint() -> None:
+    request = trading_pb.GenerateRebalanceRequest(
+        portfolio_id="pf-1", request_id="r-1", target_weights={"KO": 0.4}, prices={"KO": 60.0}
+    )
+    request.market["KO"].CopyFrom(trading_pb.MarketInputs(adv=1e6, daily_volatility=0.02, spread_bps=3.0))
+    request.as_of.FromDatetime(ACQUIRED)
+    command = adapter.generate_rebalance_command(request)
+    unkeyed = trading_pb.GenerateRebalanceRequest()
+    unkeyed.CopyFrom(request)
+    unkeyed.request_id = ""
+    fingerprint = hashlib.sha256(b"GenerateRebalance\0" + unkeyed.SerializeToString(deterministic=True)).hexdigest()
+    assert command == GenerateRebalance(
+        portfolio_id="pf-1",
+        request_id="r-1",
+        request_hash=fingerprint,  # as stored before: replays across the upgrade still match
+        target_weights={"KO": 0.4},
+        prices={"KO": 60.0},
+        market={"KO": MarketQuote(adv=1e6, daily_volatility=0.02, spread_bps=3.0)},
+        as_of=ACQUIRED,
+    )
+    assert adapter.generate_rebalance_command(unkeyed).request_hash == fingerprint  # the key is not fingerprinted
+    request.prices["KO"] = 61.0
+    assert adapter.generate_rebalance_command(request).request_hash != fingerprint
+    request.as_of.seconds = -62_135_596_801  # before the year 1
+    with pytest.raises(InvalidInputError) as raised:
+        adapter.generate_rebalance_command(request)
+    assert [v.field for v in raised.value.field_violations] == ["as_of"]
+
+
+# --- rebalancing: results → responses ---------------------------------------------------------------------------
+
+CREATED_AT = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def pending_recommendation() -> RebalanceRecommendation:
+    return RebalanceRecommendation(
+        recommendation_id="3f1c",
+        portfolio_id="pf-1",
+        trades=(
+            RecommendedTrade(
+                symbol="KO",
+                side=Side.SELL,
+                shares=4.0,
+                price=60.0,
+                value=240.0,
+                commission=1.0,
+                spread_cost=0.5,
+                impact_cost=0.25,
+                total_cost=1.75,
+                lots=(LotSold(lot_id="a", shares=4.0, cost_basis=50.0, gain=40.0, long_term=True),),
+                long_term_gain=40.0,
+            ),
+            RecommendedTrade(
+                symbol="XYZ",
+                side=Side.BUY,
+                shares=20.0,
+                price=10.0,
+                value=200.0,
+                commission=1.0,
+                spread_cost=0.0,
+                impact_cost=0.0,
+                total_cost=1.0,
+                wash_sale=True,
+            ),
+        ),
+        total_trade_value=440.0,
+        total_cost=2.75,
+        turnover=0.11,
+        drift_before=0.2,
+        drift_after=0.01,
+        long_term_gain=40.0,
+        estimated_tax=8.0,
+        harvest_candidates=(
+            LossHarvest(symbol="XYZ", lot_id="c", shares=5.0, unrealized_loss=12.0, wash_sale_risk=True),
+        ),
+        approval_limit=100.0,
+        status=RecommendationStatus.PENDING_APPROVAL,
+        created_at=CREATED_AT,
+        expires_at=CREATED_AT + timedelta(hours=24),
+    )
+
+
+def pending_message() -> trading_pb.RebalanceRecommendation:
+    message = trading_pb.RebalanceRecommendation(
+        recommendation_id="3f1c",
+        portfolio_id="pf-1",
+        total_trade_value=440.0,
+        total_cost=2.75,
+        turnover=0.11,
+        drift_before=0.2,
+        drift_after=0.01,
+        long_term_gain=40.0,
+        estimated_tax=8.0,
+        approval_limit=100.0,
+        status=trading_pb.RECOMMENDATION_STATUS_PENDING_APPROVAL,
+    )
+    sell = message.trades.add(
+        symbol="KO",
+        side=trading_pb.TRADE_SIDE_SELL,
+        shares=4.0,
+        price=60.0,
+        value=240.0,
+        commission=1.0,
+        spread_cost=0.5,
+        impact_cost=0.25,
+        total_cost=1.75,
+        long_term_gain=40.0,
+    )
+    sell.lots.add(lot_id="a", shares=4.0, cost_basis=50.0, gain=40.0, long_term=True)
+    message.trades.add(
+        symbol="XYZ",
+        side=trading_pb.TRADE_SIDE_BUY,
+        shares=20.0,
+        price=10.0,
+        value=200.0,
+        commission=1.0,
+        total_cost=1.0,
+        wash_sale=True,
+    )
+    message.harvest_candidates.add(symbol="XYZ", lot_id="c", shares=5.0, unrealized_loss=12.0, wash_sale_risk=True)
+    message.created_at.FromDatetime(CREATED_AT)
+    message.expires_at.FromDatetime(CREATED_AT + timedelta(hours=24))
+    return message
+
+
+def test_a_recommendation_becomes_its_responses() -> None:
+    pending = pending_recommendation()
+    assert adapter.generate_rebalance_response(
+        GeneratedRebalance(recommendation=pending, replayed=True)
+    ) == trading_pb.GenerateRebalanceResponse(recommendation=pending_message(), replayed=True)
+    approved = replace(
+        pending,
+        status=RecommendationStatus.APPROVED,
+        decided_by="alice",
+        decided_at=CREATED_AT + timedelta(hours=1),
+        reason="ok",
+    )
+    expected = pending_message()
+    expected.status = trading_pb.RECOMMENDATION_STATUS_APPROVED
+    expected.decided_by = "alice"
+    expected.decided_at.FromDatetime(CREATED_AT + timedelta(hours=1))
+    expected.reason = "ok"
+    assert adapter.approve_rebalance_response(approved) == trading_pb.ApproveRebalanceResponse(recommendation=expected)
+    assert adapter.reject_rebalance_response(approved).recommendation == expected
+    assert adapter.recommendation_of_message(expected) == approved
+
+
+def test_the_recommendation_is_stored_as_before() -> None:
+    stored = recommendation_json(pending_recommendation())
+    assert stored == RECOMMENDATION.to_json(pending_message())
+    assert stored["trades"][0]["side"] == "SELL" and stored["created_at"] == "2024-03-01T12:00:00Z"
+    assert recommendation_from_json(stored) == replace(pending_recommendation(), status=None)  # status is a column
+
+
+def test_holdings_and_policies_are_stored_as_before() -> None:
+    lot = PositionLot(lot_id="a", shares=4.0, cost_basis=50.0, acquired=ACQUIRED)
+    assert positions_json([Position(symbol="KO", shares=4.0, lots=(lot,))]) == {
+        "schema_version": 1,
+        "positions": [
+            {
+                "symbol": "KO",
+                "shares": 4.0,
+                "price": None,
+                "lots": [{"lot_id": "a", "shares": 4.0, "cost_basis": 50.0, "acquired": "2023-05-01T15:30:00Z"}],
+            }
+        ],
+    }
+    policy = policy_json(
+        RebalancePolicy(drift_threshold=0.0, lot_method=LotMethod.HIFO, approval_ttl=timedelta(hours=2))
+    )
+    assert (policy["drift_threshold"], policy["lot_method"], policy["impact_model"], policy["approval_ttl"]) == (
+        0.0,
+        "HIFO",
+        "",
+        7200.0,
+    )
+    assert policy["max_turnover"] is None and policy["bands"] == {}
+
+
+def test_upserts_and_drift_become_their_responses() -> None:
+    assert adapter.upsert_holdings_response(
+        HoldingsStored(portfolio_id="pf-1", positions=2, updated_at=CREATED_AT)
+    ) == trading_pb.UpsertHoldingsResponse(portfolio_id="pf-1", positions=2, updated_at=adapter.timestamp(CREATED_AT))
+    policy = RebalancePolicy(approval_limit=5.0, impact_model=ImpactModel.NONE)
+    assert adapter.upsert_policy_response("pf-1", policy) == trading_pb.UpsertRebalancePolicyResponse(
+        portfolio_id="pf-1",
+        policy=trading_pb.RebalancePolicy(approval_limit=5.0, impact_model=trading_pb.IMPACT_MODEL_NONE),
+    )
+    report = check_drift(
+        (Holding("AAA", 10.0, 50.0), Holding("BBB", 5.0, 100.0)),
+        0.0,
+        np.array([0.25, 0.75]),
+        threshold=0.1,
+        absolute_bands=np.array([0.1, math.inf]),
+        relative_bands=np.array([math.inf, math.inf]),
+    )
+    report = replace(report, breaches=np.array([True, False]))  # the response reports the report's flags
+    response = adapter.check_drift_response(DriftCheck(report=report, target_event_id="ev-1"))
+    expected = trading_pb.CheckDriftResponse(
+        cash_weight=0.0,
+        total_value=1_000.0,
+        portfolio_drift=0.5,
+        one_way_drift=0.25,
+        threshold=0.1,
+        exceeds_threshold=True,
+        target_event_id="ev-1",
+    )
+    expected.names.add(symbol="AAA", current_weight=0.5, target_weight=0.25, drift=0.25, breached=True)
+    expected.names.add(symbol="BBB", current_weight=0.5, target_weight=0.75, drift=-0.25, breached=False)
+    assert response == expected
