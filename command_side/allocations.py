@@ -267,10 +267,10 @@ def allocation_of(problem: AllocationRequest, result: AllocationResult, cache_ke
             unused_fraction=result.unused_fraction,
             fees_total=result.fees_total,
             solve_time_ms=result.solve_time_ms,
-            solver_status=result.solver_status,
+            solver_status=result.solver_status.value,
             solver=_SOLVERS.get(result.solver, result.solver.upper()),
             fallback_used=result.fallback_used,
-            relaxation=result.relaxation,
+            relaxation=result.relaxation.value,
             relaxation_detail=result.relaxation_detail,
         ),
     )

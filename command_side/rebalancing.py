@@ -13,14 +13,14 @@ Inputs of CheckDrift and GenerateRebalance
 * Holdings: the stored snapshot (UpsertHoldings). None stored: FAILED_PRECONDITION ``NO_HOLDINGS`` (a portfolio
   without holdings is a state to fix by storing them, not an unknown resource).
 * Policy: the stored one, or the defaults (those of the proto comments) when none is stored.
-* Target: the request's ``target_weights``, else the weights of the portfolio's latest optimization
+* Target: the command's ``target_weights``, else the weights of the portfolio's latest optimization
   (``latest_portfolio_optimizations``); neither: FAILED_PRECONDITION ``NO_TARGET``. A stored target summing above
   1 fails FAILED_PRECONDITION ``UNSUPPORTED_TARGET`` (the rest of a target is cash, never negative); one with
   negative weights (a long-short optimization) is reported by CheckDrift but cannot be traded to by the long-only
   GenerateRebalance (``UNSUPPORTED_TARGET`` as well).
 * Names: the held names with shares > 0 and the target names with a weight of magnitude at least ``1e-9``
   (smaller target weights of names not held count as cash), by symbol.
-* Prices: the request's ``prices``, else the latest stored close in ``market_data`` (at or before ``as_of`` for
+* Prices: the command's ``prices``, else the latest stored close in ``market_data`` (at or before ``as_of`` for
   GenerateRebalance when given); a name without a price: FAILED_PRECONDITION with one ``MISSING_MARKET_DATA``
   violation per symbol. Holdings and cash worth nothing: FAILED_PRECONDITION ``EMPTY_PORTFOLIO``.
 
@@ -168,7 +168,7 @@ def _size(mapping: Mapping[str, object], field: str) -> None:
 
 
 def _prices(prices: Mapping[str, float]) -> dict[str, float]:
-    """The request's prices, each finite and > 0 (``prices[SYMBOL]``)."""
+    """The command's prices, each finite and > 0 (``prices[SYMBOL]``)."""
     _size(prices, "prices")
     for symbol, price in prices.items():
         if not symbol:
@@ -178,7 +178,7 @@ def _prices(prices: Mapping[str, float]) -> dict[str, float]:
 
 
 def _request_targets(targets: Mapping[str, float], *, long_only: bool) -> dict[str, float]:
-    """The request's target weights: finite (and ≥ 0 when ``long_only``), summing to at most 1."""
+    """The command's target weights: finite (and ≥ 0 when ``long_only``), summing to at most 1."""
     _size(targets, "target_weights")
     for symbol, weight in targets.items():
         if not symbol:
@@ -556,7 +556,7 @@ class RebalancingService:
     async def check_drift(self, command: CheckDrift) -> DriftCheck:
         """Drift of the stored holdings from the target (see the module docstring for the inputs).
 
-        The threshold is the request's, else the policy's, else 0.05. Names are reported by symbol;
+        The threshold is the command's, else the policy's, else 0.05. Names are reported by symbol;
         ``target_event_id`` names the optimization event whose weights were the target (empty for a given
         target).
 
@@ -613,7 +613,7 @@ class RebalancingService:
             Naming ``portfolio_id``, ``request_id`` (too long, or reused for a different request),
             ``target_weights[SYMBOL]`` (negative or not finite), ``target_weights`` (sum above 1),
             ``prices[SYMBOL]``, ``market[SYMBOL].<field>`` (adv not > 0, volatility or spread negative or not
-            finite), or ``as_of`` (out of range, or before a stored lot's acquisition date).
+            finite), or ``as_of`` (more than a day in the future, or before a stored lot's acquisition date).
         PreconditionError
             ``NO_HOLDINGS``, ``NO_TARGET``, ``UNSUPPORTED_TARGET``, ``MISSING_MARKET_DATA``, ``EMPTY_PORTFOLIO``.
         DeadlineExceededError

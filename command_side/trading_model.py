@@ -13,8 +13,6 @@ from datetime import datetime, timedelta
 
 from services.trading import (
     AllocationRequest,
-    AllocationStatus,
-    BandRelaxation,
     DriftReport,
     ImpactModel,
     LotMethod,
@@ -99,14 +97,15 @@ class AllocationMetrics:
     """Commissions and fees ($)."""
     solve_time_ms: float
     """Solve time (milliseconds)."""
-    solver_status: AllocationStatus
-    """OPTIMAL, TIME_LIMIT or GREEDY."""
+    solver_status: str
+    """How the solve ended: a ``services.trading.AllocationStatus`` value (OPTIMAL, TIME_LIMIT, GREEDY), kept as
+    text so that a stored answer reads back exactly as it was written."""
     solver: str
     """Solver, upper case (``HIGHS``, ``GREEDY``)."""
     fallback_used: bool
     """Whether the greedy heuristic answered (the MILP failed or timed out)."""
-    relaxation: BandRelaxation
-    """Relaxation applied to make the bands feasible."""
+    relaxation: str
+    """Relaxation applied to make the bands feasible: a ``services.trading.BandRelaxation`` value (NONE ...)."""
     relaxation_detail: str
     """The relaxation, in words."""
 

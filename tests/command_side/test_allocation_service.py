@@ -72,7 +72,7 @@ def test_an_optimal_allocation_is_cached_and_every_answer_recorded_for_the_portf
 
     first, again = asyncio.run(scenario())
     assert [(line.name, line.final_shares) for line in first.lines] == [("AAA", 5), ("BBB", 10)]
-    assert first.metrics.solver_status is AllocationStatus.OPTIMAL
+    assert first.metrics.solver_status == AllocationStatus.OPTIMAL
     assert not first.cached
     assert first.expires_at == clock.now + timedelta(hours=1)  # the default TTL
     assert again.cached and again.cache_key == first.cache_key
