@@ -1,7 +1,7 @@
 """The allocation cache: the port through which AllocateShares keeps answers and records allocations.
 
 :class:`AllocationCache` holds AllocateShares results keyed by the hash of their normalised input
-(``services.trading.allocation_cache_key``), each with the normalised request and the
+(``services.trading.allocation_cache_key``), each with the normalised problem and the
 allocation as first returned (``trading_records.ALLOCATION``; ``cached`` and ``expires_at`` come from the entry),
 until its expiry;
 an entry at or past ``expires_at`` is a miss. An allocation made for a portfolio is recorded as a
@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
 from command_side import trading_records
-from command_side.mapping import datetime_to_timestamp
-from stratopt.v1 import trading_service_pb2 as trading_pb
+from command_side.trading_model import Allocation
+from services.trading import AllocationRequest
 
 EVENT_TYPE: Final = "SHARES_ALLOCATED"
 """``rebalance_events.event_type`` of a recorded allocation."""
@@ -36,7 +36,7 @@ EVENT_STATUS: Final = "UNSPECIFIED"
 class CachedAllocation:
     """A live cache entry."""
 
-    response: trading_pb.AllocateSharesResponse
+    allocation: Allocation
     """The allocation with ``cached`` true and ``expires_at`` from the entry."""
     portfolio_id: str
     """Portfolio of the call that computed it ('' when none)."""
@@ -44,19 +44,19 @@ class CachedAllocation:
     """When it was computed and stored."""
 
 
-def event_payload(response: trading_pb.AllocateSharesResponse) -> dict[str, Any]:
-    """The payload of the ``SHARES_ALLOCATED`` event of ``response`` (JSON-ready).
+def event_payload(allocation: Allocation) -> dict[str, Any]:
+    """The payload of the ``SHARES_ALLOCATED`` event of ``allocation`` (JSON-ready).
 
     ``schema_version``, the cache key, whether the answer came from the cache, the metrics (an allocation
     metrics object of ``docs/storage_schema.md``), the final shares per target symbol and the shares sold in full.
     """
     return trading_records.event_payload(
         {
-            "cache_key": response.cache_key,
-            "cached": response.cached,
-            "metrics": trading_records.ALLOCATION_METRICS.to_json(response.metrics, versioned=False),
-            "final_shares": {line.symbol: line.final_shares for line in response.lines},
-            "sold_in_full": {sold.symbol: sold.shares for sold in response.sold_in_full},
+            "cache_key": allocation.cache_key,
+            "cached": allocation.cached,
+            "metrics": trading_records.allocation_metrics_json(allocation.metrics),
+            "final_shares": {line.name: line.final_shares for line in allocation.lines},
+            "sold_in_full": {sold.name: sold.shares for sold in allocation.sold_in_full},
         }
     )
 
@@ -74,12 +74,12 @@ class AllocationCache(Protocol):
 
     async def save(
         self,
-        response: trading_pb.AllocateSharesResponse,
+        allocation: Allocation,
         *,
-        request: trading_pb.AllocateSharesRequest,
+        problem: AllocationRequest,
         portfolio_id: str,
         ttl: timedelta | None,
-    ) -> trading_pb.AllocateSharesResponse:
+    ) -> Allocation:
         """Store a computed allocation in the cache (when ``ttl`` is given) and its event (for a portfolio).
 
         One transaction: the expired entries are deleted, the entry is upserted (a later computation of the
@@ -88,10 +88,10 @@ class AllocationCache(Protocol):
 
         Parameters
         ----------
-        response : stratopt.v1.AllocateSharesResponse
-            The allocation with its ``cache_key``; its ``expires_at`` is set here (when cached), in place.
-        request : stratopt.v1.AllocateSharesRequest
-            The normalised request, stored with the entry.
+        allocation : Allocation
+            The allocation with its ``cache_key`` (``cached`` false).
+        problem : services.trading.AllocationRequest
+            The normalised problem, stored with the entry (``trading_records.allocation_request_json``).
         portfolio_id : str
             Portfolio to record the event for; '' records none.
         ttl : datetime.timedelta or None
@@ -99,12 +99,12 @@ class AllocationCache(Protocol):
 
         Returns
         -------
-        stratopt.v1.AllocateSharesResponse
-            ``response``, with ``expires_at`` set when it was cached.
+        Allocation
+            ``allocation``, with ``expires_at`` set when it was cached.
         """
         ...
 
-    async def record(self, response: trading_pb.AllocateSharesResponse, *, portfolio_id: str) -> None:
+    async def record(self, allocation: Allocation, *, portfolio_id: str) -> None:
         """Record the ``SHARES_ALLOCATED`` event of an allocation answered from the cache for a portfolio."""
         ...
 
@@ -168,51 +168,49 @@ class InMemoryAllocationCache(AllocationCache):
         entry = self._entries.get(cache_key)
         if entry is None or entry.expires_at <= self._clock():
             return None
-        response: trading_pb.AllocateSharesResponse = trading_records.ALLOCATION.from_json(entry.response)
-        response.cached = True
-        response.expires_at.CopyFrom(datetime_to_timestamp(entry.expires_at))
-        return CachedAllocation(response, entry.portfolio_id, entry.created_at)
+        allocation = trading_records.allocation_from_json(entry.response, expires_at=entry.expires_at)
+        return CachedAllocation(allocation, entry.portfolio_id, entry.created_at)
 
     async def save(
         self,
-        response: trading_pb.AllocateSharesResponse,
+        allocation: Allocation,
         *,
-        request: trading_pb.AllocateSharesRequest,
+        problem: AllocationRequest,
         portfolio_id: str,
         ttl: timedelta | None,
-    ) -> trading_pb.AllocateSharesResponse:
+    ) -> Allocation:
         """Store a computed allocation and its event; see :meth:`AllocationCache.save`."""
         if ttl is None and not portfolio_id:
-            return response
+            return allocation
         now = self._clock()
         if ttl is not None:
-            response.expires_at.CopyFrom(datetime_to_timestamp(now + ttl))
+            allocation = replace(allocation, expires_at=now + ttl)
             self._entries = {key: e for key, e in self._entries.items() if e.expires_at > now}
-            self._entries[response.cache_key] = _Entry(
+            self._entries[allocation.cache_key] = _Entry(
                 portfolio_id=portfolio_id,
-                request=_stored(trading_records.ALLOCATION_REQUEST.to_json(request)),
-                response=_stored(trading_records.ALLOCATION.to_json(response)),
+                request=_stored(trading_records.allocation_request_json(problem)),
+                response=_stored(trading_records.allocation_json(allocation)),
                 created_at=now,
                 expires_at=now + ttl,
             )
         if portfolio_id:
-            self._record(now, response, portfolio_id)
-        return response
+            self._record(now, allocation, portfolio_id)
+        return allocation
 
-    def _record(self, now: datetime, response: trading_pb.AllocateSharesResponse, portfolio_id: str) -> None:
+    def _record(self, now: datetime, allocation: Allocation, portfolio_id: str) -> None:
         self._events.append(
             RecordedAllocation(
                 event_id=uuid.uuid4(),
                 timestamp=now,
                 portfolio_id=portfolio_id,
-                total_trade_value=response.metrics.budget_used,
-                payload=event_payload(response),
+                total_trade_value=allocation.metrics.budget_used,
+                payload=event_payload(allocation),
             )
         )
 
-    async def record(self, response: trading_pb.AllocateSharesResponse, *, portfolio_id: str) -> None:
+    async def record(self, allocation: Allocation, *, portfolio_id: str) -> None:
         """Record the ``SHARES_ALLOCATED`` event of an allocation answered from the cache."""
-        self._record(self._clock(), response, portfolio_id)
+        self._record(self._clock(), allocation, portfolio_id)
 
     async def clear(self, cache_key: str) -> int:
         """Delete the entry of ``cache_key``, or every entry when it is ''; the entries deleted."""

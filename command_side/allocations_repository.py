@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from command_side.allocation_cache import EVENT_STATUS, EVENT_TYPE, AllocationCache, CachedAllocation, event_payload
-from command_side.mapping import datetime_to_timestamp
 from command_side.postgres_errors import Connection, postgres_errors
-from command_side.trading_records import ALLOCATION, ALLOCATION_REQUEST
-from stratopt.v1 import trading_service_pb2 as trading_pb
+from command_side.trading_model import Allocation
+from command_side.trading_records import allocation_from_json, allocation_json, allocation_request_json
+from services.trading import AllocationRequest
 
 
 def _json(value: Any) -> str:
@@ -58,21 +59,19 @@ class PostgresAllocationCache(AllocationCache):
         if row is None:
             return None
         stored = row["response"]
-        response: trading_pb.AllocateSharesResponse = ALLOCATION.from_json(
-            json.loads(stored) if isinstance(stored, str) else stored
+        allocation = allocation_from_json(
+            json.loads(stored) if isinstance(stored, str) else stored, expires_at=row["expires_at"]
         )
-        response.cached = True
-        response.expires_at.CopyFrom(datetime_to_timestamp(row["expires_at"]))
-        return CachedAllocation(response, row["portfolio_id"], row["created_at"])
+        return CachedAllocation(allocation, row["portfolio_id"], row["created_at"])
 
     async def save(
         self,
-        response: trading_pb.AllocateSharesResponse,
+        allocation: Allocation,
         *,
-        request: trading_pb.AllocateSharesRequest,
+        problem: AllocationRequest,
         portfolio_id: str,
         ttl: timedelta | None,
-    ) -> trading_pb.AllocateSharesResponse:
+    ) -> Allocation:
         """Store a computed allocation in the cache (when ``ttl`` is given) and its event (for a portfolio).
 
         One transaction: the expired rows are deleted, the entry is upserted (a later computation of the same
@@ -81,10 +80,10 @@ class PostgresAllocationCache(AllocationCache):
 
         Parameters
         ----------
-        response : stratopt.v1.AllocateSharesResponse
-            The allocation with its ``cache_key``; its ``expires_at`` is set here (when cached), in place.
-        request : stratopt.v1.AllocateSharesRequest
-            The normalised request, stored as jsonb (``trading_records.ALLOCATION_REQUEST``).
+        allocation : Allocation
+            The allocation with its ``cache_key`` (``cached`` false).
+        problem : services.trading.AllocationRequest
+            The normalised problem, stored as jsonb (``trading_records.ALLOCATION_REQUEST``).
         portfolio_id : str
             Portfolio to record the event for; '' records none.
         ttl : datetime.timedelta or None
@@ -92,8 +91,8 @@ class PostgresAllocationCache(AllocationCache):
 
         Returns
         -------
-        stratopt.v1.AllocateSharesResponse
-            ``response``, with ``expires_at`` set when it was cached.
+        Allocation
+            ``allocation``, with ``expires_at`` set when it was cached.
 
         Raises
         ------
@@ -101,11 +100,11 @@ class PostgresAllocationCache(AllocationCache):
             When the database cannot be reached.
         """
         if ttl is None and not portfolio_id:
-            return response
+            return allocation
         async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
             now: datetime = await conn.fetchval("SELECT clock_timestamp()")
             if ttl is not None:
-                response.expires_at.CopyFrom(datetime_to_timestamp(now + ttl))
+                allocation = replace(allocation, expires_at=now + ttl)
                 await conn.execute("DELETE FROM share_allocations WHERE expires_at <= $1", now)
                 await conn.execute(
                     """INSERT INTO share_allocations (cache_key, portfolio_id, request, response, created_at,
@@ -114,14 +113,14 @@ class PostgresAllocationCache(AllocationCache):
                        ON CONFLICT (cache_key) DO UPDATE SET portfolio_id = EXCLUDED.portfolio_id,
                            request = EXCLUDED.request, response = EXCLUDED.response,
                            created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at""",
-                    response.cache_key, portfolio_id,
-                    _json(ALLOCATION_REQUEST.to_json(request)), _json(ALLOCATION.to_json(response)), now, now + ttl,
+                    allocation.cache_key, portfolio_id,
+                    _json(allocation_request_json(problem)), _json(allocation_json(allocation)), now, now + ttl,
                 )  # fmt: skip
             if portfolio_id:
-                await _insert_event(conn, now, portfolio_id, response)
-        return response
+                await _insert_event(conn, now, portfolio_id, allocation)
+        return allocation
 
-    async def record(self, response: trading_pb.AllocateSharesResponse, *, portfolio_id: str) -> None:
+    async def record(self, allocation: Allocation, *, portfolio_id: str) -> None:
         """Record the ``SHARES_ALLOCATED`` event of an allocation answered from the cache for a portfolio.
 
         Raises
@@ -131,7 +130,7 @@ class PostgresAllocationCache(AllocationCache):
         """
         async with postgres_errors(), self._pool.acquire() as conn:
             now: datetime = await conn.fetchval("SELECT clock_timestamp()")
-            await _insert_event(conn, now, portfolio_id, response)
+            await _insert_event(conn, now, portfolio_id, allocation)
 
     async def clear(self, cache_key: str) -> int:
         """Delete the entry of ``cache_key`` (expired or not), or every entry when it is ''; the rows deleted.
@@ -149,17 +148,15 @@ class PostgresAllocationCache(AllocationCache):
         return int(status.split()[-1])
 
 
-async def _insert_event(
-    conn: Connection, now: datetime, portfolio_id: str, response: trading_pb.AllocateSharesResponse
-) -> None:
-    """Insert the ``SHARES_ALLOCATED`` event of ``response`` (total_trade_value = the budget used).
+async def _insert_event(conn: Connection, now: datetime, portfolio_id: str, allocation: Allocation) -> None:
+    """Insert the ``SHARES_ALLOCATED`` event of ``allocation`` (total_trade_value = the budget used).
 
     The payload (jsonb) is :func:`command_side.allocation_cache.event_payload`.
     """
-    payload = event_payload(response)
+    payload = event_payload(allocation)
     await conn.execute(
         """INSERT INTO rebalance_events (event_id, "timestamp", portfolio_id, recommendation_id, event_type, status,
                actor, total_trade_value, payload)
            VALUES ($1, $2, $3, NULL, $4, $5, '', $6, $7::jsonb)""",
-        uuid.uuid4(), now, portfolio_id, EVENT_TYPE, EVENT_STATUS, response.metrics.budget_used, _json(payload),
+        uuid.uuid4(), now, portfolio_id, EVENT_TYPE, EVENT_STATUS, allocation.metrics.budget_used, _json(payload),
     )  # fmt: skip

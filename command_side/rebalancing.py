@@ -1,24 +1,26 @@
-"""Holdings, rebalance policies, drift, rebalance recommendations and their approval over gRPC.
+"""Holdings, rebalance policies, drift, rebalance recommendations and their approval, in domain terms.
 
-The use cases of ``stratopt.v1.TradingCommandService`` from UpsertHoldings to RejectRebalance. The numbers come
-from the pure engine (:func:`services.trading.check_drift`, :func:`services.trading.generate_rebalance` and
-:mod:`services.trading`); this module validates requests, gathers the stored inputs (holdings, policy, prices,
-target) and persists through a :class:`command_side.trading_store.TradingStore` given to the service (the
-PostgreSQL one, :class:`command_side.rebalancing_repository.PostgresTradingStore`, in the server).
+The use cases of ``stratopt.v1.TradingCommandService`` from UpsertHoldings to RejectRebalance, as commands and
+results of :mod:`command_side.trading_model` (:mod:`command_side.trading_adapter` converts the gRPC messages).
+The numbers come from the pure engine (:func:`services.trading.check_drift`,
+:func:`services.trading.generate_rebalance` and :mod:`services.trading`); this module validates commands, gathers
+the stored inputs (holdings, policy, prices, target) and persists through a
+:class:`command_side.trading_store.TradingStore` given to the service (the PostgreSQL one,
+:class:`command_side.rebalancing_repository.PostgresTradingStore`, in the server).
 
 Inputs of CheckDrift and GenerateRebalance
 ------------------------------------------
 * Holdings: the stored snapshot (UpsertHoldings). None stored: FAILED_PRECONDITION ``NO_HOLDINGS`` (a portfolio
   without holdings is a state to fix by storing them, not an unknown resource).
-* Policy: the stored one, or the defaults of the proto comments when none is stored.
-* Target: the request's ``target_weights``, else the weights of the portfolio's latest optimization
+* Policy: the stored one, or the defaults (those of the proto comments) when none is stored.
+* Target: the command's ``target_weights``, else the weights of the portfolio's latest optimization
   (``latest_portfolio_optimizations``); neither: FAILED_PRECONDITION ``NO_TARGET``. A stored target summing above
   1 fails FAILED_PRECONDITION ``UNSUPPORTED_TARGET`` (the rest of a target is cash, never negative); one with
   negative weights (a long-short optimization) is reported by CheckDrift but cannot be traded to by the long-only
   GenerateRebalance (``UNSUPPORTED_TARGET`` as well).
 * Names: the held names with shares > 0 and the target names with a weight of magnitude at least ``1e-9``
   (smaller target weights of names not held count as cash), by symbol.
-* Prices: the request's ``prices``, else the latest stored close in ``market_data`` (at or before ``as_of`` for
+* Prices: the command's ``prices``, else the latest stored close in ``market_data`` (at or before ``as_of`` for
   GenerateRebalance when given); a name without a price: FAILED_PRECONDITION with one ``MISSING_MARKET_DATA``
   violation per symbol. Holdings and cash worth nothing: FAILED_PRECONDITION ``EMPTY_PORTFOLIO``.
 
@@ -37,17 +39,32 @@ the idempotency check) and of Approve/Reject, every overdue pending recommendati
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
-from typing import Final
+from typing import Final, TypeVar
 
 import numpy as np
-from google.protobuf import duration_pb2, timestamp_pb2
 
+from command_side.trading_model import (
+    CheckDrift,
+    Decision,
+    DriftCheck,
+    GeneratedRebalance,
+    GenerateRebalance,
+    HoldingsStored,
+    LossHarvest,
+    LotSold,
+    MarketQuote,
+    Position,
+    RebalancePolicy,
+    RebalanceRecommendation,
+    RecommendedTrade,
+    UpsertHoldings,
+    UpsertPolicy,
+)
 from command_side.trading_store import TradingStore
 from services.errors import (
     DeadlineExceededError,
@@ -58,7 +75,6 @@ from services.errors import (
 )
 from services.trading import (
     CostModel,
-    DriftReport,
     Holding,
     ImpactModel,
     LotMethod,
@@ -74,7 +90,6 @@ from services.trading import (
     generate_rebalance,
     validate_lots,
 )
-from stratopt.v1 import trading_service_pb2 as trading_pb
 
 DEFAULT_DRIFT_THRESHOLD: Final = 0.05
 """Two-way portfolio drift above which CheckDrift flags (fraction)."""
@@ -98,19 +113,7 @@ TARGET_EPSILON: Final = 1e-9
 """Target weights of names not held smaller than this in magnitude count as cash."""
 TARGET_SUM_TOLERANCE: Final = 1e-9
 
-_MIN_TIMESTAMP_SECONDS: Final = -62_135_596_800  # 0001-01-01T00:00:00Z
-_MAX_TIMESTAMP_SECONDS: Final = 253_402_300_799  # 9999-12-31T23:59:59Z
-_IMPACT_MODELS: Final = {
-    trading_pb.IMPACT_MODEL_NONE: ImpactModel.NONE,
-    trading_pb.IMPACT_MODEL_SQUARE_ROOT: ImpactModel.SQUARE_ROOT,
-    trading_pb.IMPACT_MODEL_ALMGREN_2005: ImpactModel.ALMGREN_2005,
-}
-_LOT_METHODS: Final = {
-    trading_pb.LOT_METHOD_FIFO: LotMethod.FIFO,
-    trading_pb.LOT_METHOD_HIFO: LotMethod.HIFO,
-    trading_pb.LOT_METHOD_TAX_MINIMIZING: LotMethod.TAX_MINIMIZING,
-}
-
+_T = TypeVar("_T")
 
 # --- validation helpers ---------------------------------------------------------------------------------------
 
@@ -135,24 +138,13 @@ def _number(value: float, field: str, *, strict: bool = False, maximum: float | 
     return float(value)
 
 
-def _timestamp(value: timestamp_pb2.Timestamp, field: str) -> datetime:
-    """A valid protobuf Timestamp as a UTC datetime."""
-    if not (_MIN_TIMESTAMP_SECONDS <= value.seconds <= _MAX_TIMESTAMP_SECONDS and 0 <= value.nanos < 1_000_000_000):
-        raise InvalidInputError.for_field(field, "timestamp out of range (years 0001 to 9999)")
-    return value.ToDatetime(tzinfo=UTC)
-
-
-def _ttl(value: duration_pb2.Duration, field: str) -> timedelta:
-    """A positive Duration of at most ``MAX_APPROVAL_TTL``."""
-    same_sign = (value.seconds >= 0 and value.nanos >= 0) or (value.seconds <= 0 and value.nanos <= 0)
-    if not (same_sign and abs(value.nanos) < 1_000_000_000):
-        raise InvalidInputError.for_field(field, "is not a valid duration")
-    if value.seconds > MAX_APPROVAL_TTL.total_seconds():
+def _ttl(value: timedelta, field: str) -> timedelta:
+    """A positive duration of at most ``MAX_APPROVAL_TTL`` (whole seconds compared with it)."""
+    if value - timedelta(microseconds=value.microseconds) > MAX_APPROVAL_TTL:
         raise InvalidInputError.for_field(field, f"must be at most {MAX_APPROVAL_TTL.days} days")
-    ttl = value.ToTimedelta()
-    if ttl <= timedelta(0):
+    if value <= timedelta(0):
         raise InvalidInputError.for_field(field, "must be positive")
-    return ttl
+    return value
 
 
 def _recommendation_id(value: str) -> uuid.UUID:
@@ -176,7 +168,7 @@ def _size(mapping: Mapping[str, object], field: str) -> None:
 
 
 def _prices(prices: Mapping[str, float]) -> dict[str, float]:
-    """The request's prices, each finite and > 0 (``prices[SYMBOL]``)."""
+    """The command's prices, each finite and > 0 (``prices[SYMBOL]``)."""
     _size(prices, "prices")
     for symbol, price in prices.items():
         if not symbol:
@@ -186,7 +178,7 @@ def _prices(prices: Mapping[str, float]) -> dict[str, float]:
 
 
 def _request_targets(targets: Mapping[str, float], *, long_only: bool) -> dict[str, float]:
-    """The request's target weights: finite (and ≥ 0 when ``long_only``), summing to at most 1."""
+    """The command's target weights: finite (and ≥ 0 when ``long_only``), summing to at most 1."""
     _size(targets, "target_weights")
     for symbol, weight in targets.items():
         if not symbol:
@@ -202,7 +194,7 @@ def _request_targets(targets: Mapping[str, float], *, long_only: bool) -> dict[s
     return dict(targets)
 
 
-def _market(market: Mapping[str, trading_pb.MarketInputs]) -> dict[str, trading_pb.MarketInputs]:
+def _market(market: Mapping[str, MarketQuote]) -> dict[str, MarketQuote]:
     _size(market, "market")
     for symbol, inputs in market.items():
         if not symbol:
@@ -213,22 +205,27 @@ def _market(market: Mapping[str, trading_pb.MarketInputs]) -> dict[str, trading_
     return dict(market)
 
 
-def _lots(position: trading_pb.Position, field: str) -> tuple[TaxLot, ...]:
+def _lots(position: Position, field: str) -> tuple[TaxLot, ...]:
     """The position's tax lots, validated (see :func:`services.trading.validate_lots`)."""
     if len(position.lots) > MAX_LOTS_PER_POSITION:
         raise InvalidInputError.for_field(f"{field}.lots", f"at most {MAX_LOTS_PER_POSITION} lots per position")
     lots = []
     for j, lot in enumerate(position.lots):
-        if not lot.HasField("acquired"):
+        if lot.acquired is None:
             raise InvalidInputError.for_field(f"{field}.lots[{j}].acquired", "must be set")
-        acquired = _timestamp(lot.acquired, f"{field}.lots[{j}].acquired").date()
-        lots.append(TaxLot(lot_id=lot.lot_id, shares=lot.shares, cost_basis=lot.cost_basis, acquired=acquired))
+        lots.append(_tax_lot(lot.lot_id, lot.shares, lot.cost_basis, lot.acquired))
     validate_lots(lots, position.shares, field=field)
     return tuple(lots)
 
 
-def validate_holdings_request(request: trading_pb.UpsertHoldingsRequest) -> None:
-    """Check an UpsertHoldings request.
+def _tax_lot(lot_id: str, shares: float, cost_basis: float, acquired: datetime | None) -> TaxLot:
+    """The engine's tax lot: acquired on the UTC date of its acquisition time (unknown: 1970-01-01)."""
+    when = datetime(1970, 1, 1, tzinfo=UTC) if acquired is None else acquired
+    return TaxLot(lot_id=lot_id, shares=shares, cost_basis=cost_basis, acquired=when.astimezone(UTC).date())
+
+
+def validate_holdings(command: UpsertHoldings) -> None:
+    """Check an UpsertHoldings command.
 
     Raises
     ------
@@ -239,11 +236,11 @@ def validate_holdings_request(request: trading_pb.UpsertHoldingsRequest) -> None
         finite and > 0, acquisition date unset), ``positions[i].lots`` (lot shares not adding up to the
         position's within 1e-9 relative) or ``cash`` (negative or not finite).
     """
-    _required_id(request.portfolio_id, "portfolio_id")
-    if len(request.positions) > MAX_POSITIONS:
+    _required_id(command.portfolio_id, "portfolio_id")
+    if len(command.positions) > MAX_POSITIONS:
         raise InvalidInputError.for_field("positions", f"at most {MAX_POSITIONS} positions")
     seen: set[str] = set()
-    for i, position in enumerate(request.positions):
+    for i, position in enumerate(command.positions):
         field = f"positions[{i}]"
         if not position.symbol:
             raise InvalidInputError.for_field(f"{field}.symbol", "must not be empty")
@@ -251,13 +248,13 @@ def validate_holdings_request(request: trading_pb.UpsertHoldingsRequest) -> None
             raise InvalidInputError.for_field(f"{field}.symbol", f"duplicate symbol {position.symbol!r}")
         seen.add(position.symbol)
         _number(position.shares, f"{field}.shares")
-        if position.HasField("price"):
+        if position.price is not None:
             _number(position.price, f"{field}.price", strict=True)
         _lots(position, field)
-    _number(request.cash, "cash")
+    _number(command.cash, "cash")
 
 
-def validate_policy(policy: trading_pb.RebalancePolicy, field: str = "policy") -> None:
+def validate_policy(policy: RebalancePolicy, field: str = "policy") -> None:
     """Check a rebalance policy.
 
     Raises
@@ -265,97 +262,80 @@ def validate_policy(policy: trading_pb.RebalancePolicy, field: str = "policy") -
     InvalidInputError
         Naming ``policy.<field>``: a threshold, band, trade value, turnover, commission, impact coefficient or
         approval limit that is negative or not finite; ``policy.bands`` with an empty symbol; a tax rate outside
-        [0, 1]; a day count above ``MAX_DAYS``; an unknown impact model or lot method; an ``approval_ttl`` that
-        is not positive or longer than ``MAX_APPROVAL_TTL``.
+        [0, 1]; a day count above ``MAX_DAYS``; an ``approval_ttl`` that is not positive or longer than
+        ``MAX_APPROVAL_TTL``.
     """
-    if policy.HasField("drift_threshold"):
+    if policy.drift_threshold is not None:
         _number(policy.drift_threshold, f"{field}.drift_threshold")
     for symbol, band in policy.bands.items():
         if not symbol:
             raise InvalidInputError.for_field(f"{field}.bands", "has an empty symbol")
-        if band.HasField("absolute"):
+        if band.absolute is not None:
             _number(band.absolute, f"{field}.bands[{symbol}].absolute")
-        if band.HasField("relative"):
+        if band.relative is not None:
             _number(band.relative, f"{field}.bands[{symbol}].relative")
     _number(policy.min_trade_value, f"{field}.min_trade_value")
-    if policy.HasField("max_turnover"):
+    if policy.max_turnover is not None:
         _number(policy.max_turnover, f"{field}.max_turnover")
     _number(policy.commission_per_trade, f"{field}.commission_per_trade")
     _number(policy.commission_per_share, f"{field}.commission_per_share")
-    if policy.impact_model not in (*_IMPACT_MODELS, trading_pb.IMPACT_MODEL_UNSPECIFIED):
-        raise InvalidInputError.for_field(f"{field}.impact_model", f"unknown impact model {policy.impact_model}")
-    if policy.HasField("impact_coefficient"):
+    if policy.impact_coefficient is not None:
         _number(policy.impact_coefficient, f"{field}.impact_coefficient")
-    if policy.lot_method not in (*_LOT_METHODS, trading_pb.LOT_METHOD_UNSPECIFIED):
-        raise InvalidInputError.for_field(f"{field}.lot_method", f"unknown lot method {policy.lot_method}")
     for name in ("short_term_tax_rate", "long_term_tax_rate"):
-        if policy.HasField(name):
-            _number(getattr(policy, name), f"{field}.{name}", maximum=1.0)
+        rate = getattr(policy, name)
+        if rate is not None:
+            _number(rate, f"{field}.{name}", maximum=1.0)
     for name in ("long_term_after_days", "wash_sale_window_days"):
-        if getattr(policy, name) > MAX_DAYS:
+        days = getattr(policy, name)
+        if days is not None and days > MAX_DAYS:
             raise InvalidInputError.for_field(f"{field}.{name}", f"must be at most {MAX_DAYS}")
-    if policy.HasField("approval_limit"):
+    if policy.approval_limit is not None:
         _number(policy.approval_limit, f"{field}.approval_limit")
-    if policy.HasField("approval_ttl"):
+    if policy.approval_ttl is not None:
         _ttl(policy.approval_ttl, f"{field}.approval_ttl")
 
 
-def resolved_policy(policy: trading_pb.RebalancePolicy | None) -> trading_pb.RebalancePolicy:
-    """A copy of ``policy`` (or of the empty policy) with every documented default filled in.
+def resolved_policy(policy: RebalancePolicy | None) -> RebalancePolicy:
+    """``policy`` (or the empty policy) with every documented default filled in.
 
-    ``max_turnover`` stays unset (no cap) when not given; bands are kept as given.
+    ``max_turnover`` and ``long_term_after_days`` stay None (no cap; long term after the first anniversary) when
+    not given; bands are kept as given.
     """
-    resolved = trading_pb.RebalancePolicy()
-    if policy is not None:
-        resolved.CopyFrom(policy)
-    if not resolved.HasField("drift_threshold"):
-        resolved.drift_threshold = DEFAULT_DRIFT_THRESHOLD
-    if resolved.impact_model == trading_pb.IMPACT_MODEL_UNSPECIFIED:
-        resolved.impact_model = trading_pb.IMPACT_MODEL_SQUARE_ROOT
-    if not resolved.HasField("impact_coefficient"):
-        resolved.impact_coefficient = DEFAULT_IMPACT_COEFFICIENT
-    if resolved.lot_method == trading_pb.LOT_METHOD_UNSPECIFIED:
-        resolved.lot_method = trading_pb.LOT_METHOD_FIFO
-    if not resolved.HasField("short_term_tax_rate"):
-        resolved.short_term_tax_rate = DEFAULT_SHORT_TERM_TAX_RATE
-    if not resolved.HasField("long_term_tax_rate"):
-        resolved.long_term_tax_rate = DEFAULT_LONG_TERM_TAX_RATE
-    if not resolved.HasField("wash_sale_window_days"):
-        resolved.wash_sale_window_days = DEFAULT_WASH_SALE_WINDOW_DAYS
-    if not resolved.HasField("approval_limit"):
-        resolved.approval_limit = DEFAULT_APPROVAL_LIMIT
-    if not resolved.HasField("approval_ttl"):
-        resolved.approval_ttl.FromTimedelta(DEFAULT_APPROVAL_TTL)
-    return resolved
-
-
-def _tax_settings(policy: trading_pb.RebalancePolicy) -> TaxSettings:
-    return TaxSettings(
-        short_term_rate=policy.short_term_tax_rate,
-        long_term_rate=policy.long_term_tax_rate,
-        long_term_after_days=policy.long_term_after_days if policy.HasField("long_term_after_days") else None,
-        wash_sale_window_days=policy.wash_sale_window_days,
+    given = RebalancePolicy() if policy is None else policy
+    return replace(
+        given,
+        drift_threshold=_given(given.drift_threshold, DEFAULT_DRIFT_THRESHOLD),
+        impact_model=_given(given.impact_model, ImpactModel.SQUARE_ROOT),
+        impact_coefficient=_given(given.impact_coefficient, DEFAULT_IMPACT_COEFFICIENT),
+        lot_method=_given(given.lot_method, LotMethod.FIFO),
+        short_term_tax_rate=_given(given.short_term_tax_rate, DEFAULT_SHORT_TERM_TAX_RATE),
+        long_term_tax_rate=_given(given.long_term_tax_rate, DEFAULT_LONG_TERM_TAX_RATE),
+        wash_sale_window_days=_given(given.wash_sale_window_days, DEFAULT_WASH_SALE_WINDOW_DAYS),
+        approval_limit=_given(given.approval_limit, DEFAULT_APPROVAL_LIMIT),
+        approval_ttl=_given(given.approval_ttl, DEFAULT_APPROVAL_TTL),
     )
 
 
-def _cost_model(policy: trading_pb.RebalancePolicy) -> CostModel:
+def _given(value: _T | None, default: _T) -> _T:
+    return default if value is None else value
+
+
+def _tax_settings(policy: RebalancePolicy) -> TaxSettings:
+    return TaxSettings(
+        short_term_rate=_given(policy.short_term_tax_rate, DEFAULT_SHORT_TERM_TAX_RATE),
+        long_term_rate=_given(policy.long_term_tax_rate, DEFAULT_LONG_TERM_TAX_RATE),
+        long_term_after_days=policy.long_term_after_days,
+        wash_sale_window_days=_given(policy.wash_sale_window_days, DEFAULT_WASH_SALE_WINDOW_DAYS),
+    )
+
+
+def _cost_model(policy: RebalancePolicy) -> CostModel:
     return CostModel(
         commission_per_trade=policy.commission_per_trade,
         commission_per_share=policy.commission_per_share,
-        impact_model=_IMPACT_MODELS[policy.impact_model],
-        square_root_coefficient=policy.impact_coefficient,
+        impact_model=_given(policy.impact_model, ImpactModel.SQUARE_ROOT),
+        square_root_coefficient=_given(policy.impact_coefficient, DEFAULT_IMPACT_COEFFICIENT),
     )
-
-
-def request_hash(request: trading_pb.GenerateRebalanceRequest) -> str:
-    """Idempotency fingerprint of a GenerateRebalance request.
-
-    SHA-256 of its deterministic serialization (map entries in key order) without ``request_id``.
-    """
-    copy = trading_pb.GenerateRebalanceRequest()
-    copy.CopyFrom(request)
-    copy.request_id = ""
-    return hashlib.sha256(b"GenerateRebalance\0" + copy.SerializeToString(deterministic=True)).hexdigest()
 
 
 # --- inputs -----------------------------------------------------------------------------------------------------
@@ -371,19 +351,51 @@ class _Inputs:
     absolute_bands: np.ndarray
     relative_bands: np.ndarray
     target_event_id: str
-    policy: trading_pb.RebalancePolicy
+    policy: RebalancePolicy
 
 
 def _violation(kind: str, subject: str, description: str) -> PreconditionError:
     return PreconditionError(description, precondition_violations=(PreconditionViolation(kind, subject, description),))
 
 
-def _recommendation(
-    portfolio_id: str, plan: RebalancePlan, approval_limit: float
-) -> trading_pb.RebalanceRecommendation:
-    """The recommendation message of a plan (without id, status or times)."""
-    message = trading_pb.RebalanceRecommendation(
+def _recommendation(portfolio_id: str, plan: RebalancePlan, approval_limit: float) -> RebalanceRecommendation:
+    """The recommendation of a plan (without id, status or times): sells first, then buys, each by symbol."""
+    trades = []
+    for trade in sorted(plan.trades, key=lambda t: (t.side is not Side.SELL, t.name)):
+        lots: tuple[LotSold, ...] = ()
+        short_term_gain = long_term_gain = 0.0
+        if trade.lots is not None:
+            short_term_gain, long_term_gain = trade.lots.short_term_gain, trade.lots.long_term_gain
+            lots = tuple(
+                LotSold(
+                    lot_id=lot.lot_id,
+                    shares=lot.shares,
+                    cost_basis=lot.cost_basis,
+                    gain=lot.gain,
+                    long_term=lot.term.value == "LONG_TERM",
+                )
+                for lot in trade.lots.lots
+            )
+        trades.append(
+            RecommendedTrade(
+                symbol=trade.name,
+                side=trade.side,
+                shares=trade.shares,
+                price=trade.price,
+                value=trade.value,
+                commission=trade.commission,
+                spread_cost=trade.spread_cost,
+                impact_cost=trade.impact_cost,
+                total_cost=trade.total_cost,
+                lots=lots,
+                short_term_gain=short_term_gain,
+                long_term_gain=long_term_gain,
+                wash_sale=trade.wash_sale,
+            )
+        )
+    return RebalanceRecommendation(
         portfolio_id=portfolio_id,
+        trades=tuple(trades),
         total_trade_value=plan.total_buy_value + plan.total_sell_value,
         total_cost=plan.total_cost,
         turnover=plan.turnover,
@@ -392,62 +404,18 @@ def _recommendation(
         short_term_gain=plan.short_term_gain,
         long_term_gain=plan.long_term_gain,
         estimated_tax=plan.estimated_tax,
+        harvest_candidates=tuple(
+            LossHarvest(
+                symbol=candidate.name,
+                lot_id=candidate.lot_id,
+                shares=candidate.shares,
+                unrealized_loss=candidate.unrealized_loss,
+                wash_sale_risk=candidate.recently_bought,
+            )
+            for candidate in plan.harvest_candidates
+        ),
         approval_limit=approval_limit,
     )
-    for trade in sorted(plan.trades, key=lambda t: (t.side is not Side.SELL, t.name)):
-        line = message.trades.add(
-            symbol=trade.name,
-            side=trading_pb.TRADE_SIDE_SELL if trade.side is Side.SELL else trading_pb.TRADE_SIDE_BUY,
-            shares=trade.shares,
-            price=trade.price,
-            value=trade.value,
-            commission=trade.commission,
-            spread_cost=trade.spread_cost,
-            impact_cost=trade.impact_cost,
-            total_cost=trade.total_cost,
-            wash_sale=trade.wash_sale,
-        )
-        if trade.lots is not None:
-            line.short_term_gain = trade.lots.short_term_gain
-            line.long_term_gain = trade.lots.long_term_gain
-            for lot in trade.lots.lots:
-                line.lots.add(
-                    lot_id=lot.lot_id,
-                    shares=lot.shares,
-                    cost_basis=lot.cost_basis,
-                    gain=lot.gain,
-                    long_term=lot.term.value == "LONG_TERM",
-                )
-    for candidate in plan.harvest_candidates:
-        message.harvest_candidates.add(
-            symbol=candidate.name,
-            lot_id=candidate.lot_id,
-            shares=candidate.shares,
-            unrealized_loss=candidate.unrealized_loss,
-            wash_sale_risk=candidate.recently_bought,
-        )
-    return message
-
-
-def _drift_response(report: DriftReport, target_event_id: str) -> trading_pb.CheckDriftResponse:
-    response = trading_pb.CheckDriftResponse(
-        cash_weight=report.cash_weight,
-        total_value=report.total_value,
-        portfolio_drift=report.portfolio_drift,
-        one_way_drift=report.one_way_drift,
-        threshold=report.threshold,
-        exceeds_threshold=report.exceeds_threshold,
-        target_event_id=target_event_id,
-    )
-    for i, name in enumerate(report.names):
-        response.names.add(
-            symbol=name,
-            current_weight=float(report.current_weights[i]),
-            target_weight=float(report.target_weights[i]),
-            drift=float(report.drift[i]),
-            breached=bool(report.breaches[i]),
-        )
-    return response
 
 
 class RebalancingService:
@@ -467,41 +435,32 @@ class RebalancingService:
     def __init__(self, store: TradingStore) -> None:
         self._store = store
 
-    async def upsert_holdings(self, request: trading_pb.UpsertHoldingsRequest) -> trading_pb.UpsertHoldingsResponse:
+    async def upsert_holdings(self, command: UpsertHoldings) -> HoldingsStored:
         """Store a holdings snapshot (positions without prices, their lots and cash), replacing the previous one.
 
         Raises
         ------
         InvalidInputError
-            See :func:`validate_holdings_request`; nothing is stored.
+            See :func:`validate_holdings`; nothing is stored.
         """
-        validate_holdings_request(request)
-        positions = []
-        for position in request.positions:
-            stored = trading_pb.Position()
-            stored.CopyFrom(position)
-            stored.ClearField("price")
-            positions.append(stored)
-        updated_at = await self._store.store_holdings(request.portfolio_id, positions, request.cash)
-        response = trading_pb.UpsertHoldingsResponse(portfolio_id=request.portfolio_id, positions=len(positions))
-        response.updated_at.FromDatetime(updated_at)
-        return response
+        validate_holdings(command)
+        positions = tuple(replace(position, price=None) for position in command.positions)
+        updated_at = await self._store.store_holdings(command.portfolio_id, positions, command.cash)
+        return HoldingsStored(portfolio_id=command.portfolio_id, positions=len(positions), updated_at=updated_at)
 
-    async def upsert_policy(
-        self, request: trading_pb.UpsertRebalancePolicyRequest
-    ) -> trading_pb.UpsertRebalancePolicyResponse:
-        """Store a rebalance policy with its defaults filled in (see :func:`resolved_policy`) and echo it.
+    async def upsert_policy(self, command: UpsertPolicy) -> RebalancePolicy:
+        """Store a rebalance policy with its defaults filled in (see :func:`resolved_policy`) and return it.
 
         Raises
         ------
         InvalidInputError
             Naming ``portfolio_id`` or ``policy.<field>`` (see :func:`validate_policy`); nothing is stored.
         """
-        _required_id(request.portfolio_id, "portfolio_id")
-        validate_policy(request.policy)
-        policy = resolved_policy(request.policy)
-        await self._store.store_policy(request.portfolio_id, policy)
-        return trading_pb.UpsertRebalancePolicyResponse(portfolio_id=request.portfolio_id, policy=policy)
+        _required_id(command.portfolio_id, "portfolio_id")
+        validate_policy(command.policy)
+        policy = resolved_policy(command.policy)
+        await self._store.store_policy(command.portfolio_id, policy)
+        return policy
 
     async def _inputs(
         self,
@@ -572,15 +531,7 @@ class RebalancingService:
             shares = 0.0
             if position is not None:
                 shares = position.shares
-                lots = tuple(
-                    TaxLot(
-                        lot_id=lot.lot_id,
-                        shares=lot.shares,
-                        cost_basis=lot.cost_basis,
-                        acquired=lot.acquired.ToDatetime(tzinfo=UTC).date(),
-                    )
-                    for lot in position.lots
-                )
+                lots = tuple(_tax_lot(lot.lot_id, lot.shares, lot.cost_basis, lot.acquired) for lot in position.lots)
             built.append(Holding(name=name, shares=shares, price=price_of[name], lots=lots))
         total_value = math.fsum(h.shares * h.price for h in built) + holdings.cash
         if not total_value > 0.0:
@@ -590,8 +541,8 @@ class RebalancingService:
                 f"portfolio '{portfolio_id}' is worth {total_value:g} (holdings + cash)",
             )
         bands = policy.bands
-        absolute = [bands[n].absolute if n in bands and bands[n].HasField("absolute") else math.inf for n in names]
-        relative = [bands[n].relative if n in bands and bands[n].HasField("relative") else math.inf for n in names]
+        absolute = [_given(bands[n].absolute, math.inf) if n in bands else math.inf for n in names]
+        relative = [_given(bands[n].relative, math.inf) if n in bands else math.inf for n in names]
         return _Inputs(
             holdings=tuple(built),
             cash=holdings.cash,
@@ -602,10 +553,10 @@ class RebalancingService:
             policy=policy,
         )
 
-    async def check_drift(self, request: trading_pb.CheckDriftRequest) -> trading_pb.CheckDriftResponse:
+    async def check_drift(self, command: CheckDrift) -> DriftCheck:
         """Drift of the stored holdings from the target (see the module docstring for the inputs).
 
-        The threshold is the request's, else the policy's, else 0.05. Names are reported by symbol;
+        The threshold is the command's, else the policy's, else 0.05. Names are reported by symbol;
         ``target_event_id`` names the optimization event whose weights were the target (empty for a given
         target).
 
@@ -618,24 +569,22 @@ class RebalancingService:
             ``NO_HOLDINGS``, ``NO_TARGET``, ``UNSUPPORTED_TARGET``, ``MISSING_MARKET_DATA`` (per symbol),
             ``EMPTY_PORTFOLIO``.
         """
-        portfolio_id = _required_id(request.portfolio_id, "portfolio_id")
-        threshold = _number(request.threshold, "threshold") if request.HasField("threshold") else None
+        portfolio_id = _required_id(command.portfolio_id, "portfolio_id")
+        threshold = None if command.threshold is None else _number(command.threshold, "threshold")
         inputs = await self._inputs(
-            portfolio_id, request.target_weights, request.prices, at_or_before=None, long_only=False
+            portfolio_id, command.target_weights, command.prices, at_or_before=None, long_only=False
         )
         report = check_drift(
             inputs.holdings,
             inputs.cash,
             inputs.targets,
-            threshold=inputs.policy.drift_threshold if threshold is None else threshold,
+            threshold=_given(threshold, _given(inputs.policy.drift_threshold, DEFAULT_DRIFT_THRESHOLD)),
             absolute_bands=inputs.absolute_bands,
             relative_bands=inputs.relative_bands,
         )
-        return _drift_response(report, inputs.target_event_id)
+        return DriftCheck(report=report, target_event_id=inputs.target_event_id)
 
-    async def generate(
-        self, request: trading_pb.GenerateRebalanceRequest, *, time_remaining_s: float | None
-    ) -> trading_pb.GenerateRebalanceResponse:
+    async def generate(self, command: GenerateRebalance, *, time_remaining_s: float | None) -> GeneratedRebalance:
         """Generate and store a rebalance recommendation, or replay the one of a repeated ``request_id``.
 
         The trade list is :func:`services.trading.generate_rebalance` on the portfolio's inputs (see the module
@@ -647,13 +596,14 @@ class RebalancingService:
         total trade value is at most the policy's approval limit, else PENDING_APPROVAL until ``created_at +
         approval_ttl``) and stores it with its CREATED event atomically.
 
-        A repeated ``request_id`` (per portfolio) with the same request returns the stored recommendation in its
-        current state with ``replayed`` = true.
+        A repeated ``request_id`` (per portfolio) with the same ``request_hash`` returns the stored recommendation
+        in its current state with ``replayed`` = true.
 
         Parameters
         ----------
-        request : stratopt.v1.GenerateRebalanceRequest
-            The request.
+        command : GenerateRebalance
+            The portfolio, idempotency key and fingerprint, and the optional target, prices, market inputs and
+            trade date.
         time_remaining_s : float or None
             Seconds left before the caller's deadline; None when the call has none.
 
@@ -663,7 +613,7 @@ class RebalancingService:
             Naming ``portfolio_id``, ``request_id`` (too long, or reused for a different request),
             ``target_weights[SYMBOL]`` (negative or not finite), ``target_weights`` (sum above 1),
             ``prices[SYMBOL]``, ``market[SYMBOL].<field>`` (adv not > 0, volatility or spread negative or not
-            finite), or ``as_of`` (out of range, or before a stored lot's acquisition date).
+            finite), or ``as_of`` (more than a day in the future, or before a stored lot's acquisition date).
         PreconditionError
             ``NO_HOLDINGS``, ``NO_TARGET``, ``UNSUPPORTED_TARGET``, ``MISSING_MARKET_DATA``, ``EMPTY_PORTFOLIO``.
         DeadlineExceededError
@@ -671,24 +621,24 @@ class RebalancingService:
         """
         loop = asyncio.get_running_loop()
         deadline = None if time_remaining_s is None else loop.time() + time_remaining_s
-        portfolio_id = _required_id(request.portfolio_id, "portfolio_id")
-        if len(request.request_id) > MAX_ID_LENGTH:
+        portfolio_id = _required_id(command.portfolio_id, "portfolio_id")
+        if len(command.request_id) > MAX_ID_LENGTH:
             raise InvalidInputError.for_field("request_id", f"must be at most {MAX_ID_LENGTH} characters")
-        given_as_of = _timestamp(request.as_of, "as_of") if request.HasField("as_of") else None
+        given_as_of = command.as_of
         if given_as_of is not None and given_as_of > datetime.now(UTC) + timedelta(days=1):
             # A future trade date would age every lot (short-term gains taxed as long-term).
             raise InvalidInputError.for_field("as_of", f"{given_as_of.isoformat()} is in the future")
-        market = _market(request.market)
-        _request_targets(request.target_weights, long_only=True)
-        _prices(request.prices)
-        fingerprint = request_hash(request)
+        market = _market(command.market)
+        _request_targets(command.target_weights, long_only=True)
+        _prices(command.prices)
+        fingerprint = command.request_hash
         await self._store.expire_overdue(portfolio_id)
-        if request.request_id:
-            replay = await self._replay(portfolio_id, request.request_id, fingerprint)
+        if command.request_id:
+            replay = await self._replay(portfolio_id, command.request_id, fingerprint)
             if replay is not None:
                 return replay
         inputs = await self._inputs(
-            portfolio_id, request.target_weights, request.prices, at_or_before=given_as_of, long_only=True
+            portfolio_id, command.target_weights, command.prices, at_or_before=given_as_of, long_only=True
         )
         as_of = datetime.now(UTC) if given_as_of is None else given_as_of
         trade_date = as_of.date()
@@ -721,38 +671,36 @@ class RebalancingService:
             costs=_cost_model(policy),
             absolute_bands=inputs.absolute_bands if n else None,
             relative_bands=inputs.relative_bands if n else None,
-            drift_threshold=policy.drift_threshold,
+            drift_threshold=_given(policy.drift_threshold, DEFAULT_DRIFT_THRESHOLD),
             min_trade_value=policy.min_trade_value,
-            max_turnover=policy.max_turnover if policy.HasField("max_turnover") else None,
-            lot_method=_LOT_METHODS[policy.lot_method],
+            max_turnover=policy.max_turnover,
+            lot_method=_given(policy.lot_method, LotMethod.FIFO),
             tax_settings=settings,
             as_of=trade_date,
             prefer_losses=policy.prefer_losses,
             recent_realized_losses=losses,
             recent_purchases=purchases,
         )
-        recommendation = _recommendation(portfolio_id, plan, policy.approval_limit)
+        recommendation = _recommendation(portfolio_id, plan, _given(policy.approval_limit, DEFAULT_APPROVAL_LIMIT))
         if deadline is not None and loop.time() >= deadline:
             raise DeadlineExceededError("the call's deadline passed before the recommendation was stored")
         try:
             stored = await self._store.create(
                 recommendation,
-                request_id=request.request_id,
+                request_id=command.request_id,
                 request_hash=fingerprint,
                 as_of=as_of,
-                approval_ttl=policy.approval_ttl.ToTimedelta(),
+                approval_ttl=_given(policy.approval_ttl, DEFAULT_APPROVAL_TTL),
             )
         except IntegrityError:
             # A concurrent call with the same request_id committed first: answer with its recommendation.
-            replay = await self._replay(portfolio_id, request.request_id, fingerprint)
+            replay = await self._replay(portfolio_id, command.request_id, fingerprint)
             if replay is None:
                 raise
             return replay
-        return trading_pb.GenerateRebalanceResponse(recommendation=stored)
+        return GeneratedRebalance(recommendation=stored)
 
-    async def _replay(
-        self, portfolio_id: str, request_id: str, fingerprint: str
-    ) -> trading_pb.GenerateRebalanceResponse | None:
+    async def _replay(self, portfolio_id: str, request_id: str, fingerprint: str) -> GeneratedRebalance | None:
         stored = await self._store.find_by_request(portfolio_id, request_id)
         if stored is None:
             return None
@@ -760,7 +708,7 @@ class RebalancingService:
             raise InvalidInputError.for_field(
                 "request_id", f"'{request_id}' was already used for a different request; use a new key"
             )
-        return trading_pb.GenerateRebalanceResponse(recommendation=stored.recommendation, replayed=True)
+        return GeneratedRebalance(recommendation=stored.recommendation, replayed=True)
 
     async def _recent(
         self, portfolio_id: str, as_of: datetime, window_days: int
@@ -777,13 +725,13 @@ class RebalancingService:
                     loss = sum(-lot.gain for lot in trade.lots if lot.gain < 0.0)
                 else:
                     loss = max(-(trade.short_term_gain + trade.long_term_gain), 0.0)
-                if trade.side == trading_pb.TRADE_SIDE_SELL and loss > 0.0:
+                if trade.side is Side.SELL and loss > 0.0:
                     losses.append(RealizedLoss(trade.symbol, trade_date, loss))
-                elif trade.side == trading_pb.TRADE_SIDE_BUY:
+                elif trade.side is Side.BUY:
                     purchases.append(Purchase(trade.symbol, trade_date, trade.shares))
         return losses, purchases
 
-    async def approve(self, request: trading_pb.ApproveRebalanceRequest) -> trading_pb.ApproveRebalanceResponse:
+    async def approve(self, decision: Decision) -> RebalanceRecommendation:
         """Approve a PENDING_APPROVAL recommendation (``decided_by`` = approver, optional reason) with its event.
 
         Raises
@@ -796,15 +744,14 @@ class RebalancingService:
             ``NOT_PENDING`` when it is AUTO_APPROVED, APPROVED or REJECTED (a second approval included);
             ``EXPIRED`` when it was or has just become EXPIRED (the expiry and its event are committed).
         """
-        recommendation_id = _recommendation_id(request.recommendation_id)
-        approver = _text(request.approver, "approver", required=True, limit=MAX_ID_LENGTH)
-        reason = _text(request.reason, "reason", required=False, limit=MAX_REASON_LENGTH)
-        recommendation = await self._store.decide(
+        recommendation_id = _recommendation_id(decision.recommendation_id)
+        approver = _text(decision.approver, "approver", required=True, limit=MAX_ID_LENGTH)
+        reason = _text(decision.reason, "reason", required=False, limit=MAX_REASON_LENGTH)
+        return await self._store.decide(
             recommendation_id, status=RecommendationStatus.APPROVED, actor=approver, reason=reason
         )
-        return trading_pb.ApproveRebalanceResponse(recommendation=recommendation)
 
-    async def reject(self, request: trading_pb.RejectRebalanceRequest) -> trading_pb.RejectRebalanceResponse:
+    async def reject(self, decision: Decision) -> RebalanceRecommendation:
         """Reject a PENDING_APPROVAL recommendation (``decided_by`` = approver, reason required) with its event.
 
         Raises
@@ -816,10 +763,9 @@ class RebalancingService:
         PreconditionError
             ``NOT_PENDING`` or ``EXPIRED``, as :meth:`approve`.
         """
-        recommendation_id = _recommendation_id(request.recommendation_id)
-        approver = _text(request.approver, "approver", required=True, limit=MAX_ID_LENGTH)
-        reason = _text(request.reason, "reason", required=True, limit=MAX_REASON_LENGTH)
-        recommendation = await self._store.decide(
+        recommendation_id = _recommendation_id(decision.recommendation_id)
+        approver = _text(decision.approver, "approver", required=True, limit=MAX_ID_LENGTH)
+        reason = _text(decision.reason, "reason", required=True, limit=MAX_REASON_LENGTH)
+        return await self._store.decide(
             recommendation_id, status=RecommendationStatus.REJECTED, actor=approver, reason=reason
         )
-        return trading_pb.RejectRebalanceResponse(recommendation=recommendation)

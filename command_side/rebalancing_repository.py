@@ -25,7 +25,16 @@ from typing import Any, Final
 import asyncpg
 
 from command_side.repository import Connection, database_errors
-from command_side.trading_records import POLICY, RECOMMENDATION, event_payload, holdings_from_json, holdings_json
+from command_side.trading_model import Position, RebalancePolicy, RebalanceRecommendation
+from command_side.trading_records import (
+    event_payload,
+    policy_from_json,
+    policy_json,
+    positions_from_json,
+    positions_json,
+    recommendation_from_json,
+    recommendation_json,
+)
 from command_side.trading_store import (
     CREATED,
     MAX_RECENT_TRADES,
@@ -34,8 +43,8 @@ from command_side.trading_store import (
     RecommendationEvent,
     StoredHoldings,
     StoredRecommendation,
-    created_message,
-    recommendation_message,
+    created_recommendation,
+    stored_recommendation,
 )
 from services.errors import IntegrityError, NotFoundError, OperationalError, StratoptError, UnavailableError
 from services.trading import (
@@ -44,7 +53,6 @@ from services.trading import (
     RecommendationState,
     RecommendationStatus,
 )
-from stratopt.v1 import trading_service_pb2 as trading_pb
 
 _LOCK_PREFIX: Final = "rebalance:"
 _STATE_COLUMNS: Final = "recommendation_id, portfolio_id, status, expires_at, decided_by, decided_at, reason"
@@ -99,9 +107,9 @@ def _state(row: asyncpg.Record) -> RecommendationState:
     )
 
 
-def _message(row: asyncpg.Record, state: RecommendationState | None = None) -> trading_pb.RebalanceRecommendation:
+def _recommendation(row: asyncpg.Record, state: RecommendationState | None = None) -> RebalanceRecommendation:
     """The recommendation of a row with its stored state (or ``state`` when given)."""
-    return recommendation_message(_load(row["recommendation"]), _state(row) if state is None else state)
+    return stored_recommendation(_load(row["recommendation"]), _state(row) if state is None else state)
 
 
 async def _lock_portfolio(conn: Connection, portfolio_id: str) -> datetime:
@@ -197,11 +205,9 @@ class PostgresTradingStore:
 
     # --- holdings and policies ------------------------------------------------------------------------------
 
-    async def store_holdings(
-        self, portfolio_id: str, positions: Sequence[trading_pb.Position], cash: float
-    ) -> datetime:
+    async def store_holdings(self, portfolio_id: str, positions: Sequence[Position], cash: float) -> datetime:
         """See :meth:`TradingStore.store_holdings`."""
-        documents = holdings_json(positions)
+        documents = positions_json(positions)
         async with store_errors(), self._pool.acquire() as conn:
             updated_at: datetime = await conn.fetchval(
                 """INSERT INTO portfolio_holdings (portfolio_id, positions, cash, updated_at)
@@ -223,12 +229,12 @@ class PostgresTradingStore:
             )
         if row is None:
             return None
-        positions = holdings_from_json(_load(row["positions"]))
+        positions = positions_from_json(_load(row["positions"]))
         return StoredHoldings(positions=positions, cash=float(row["cash"]), updated_at=row["updated_at"])
 
-    async def store_policy(self, portfolio_id: str, policy: trading_pb.RebalancePolicy) -> None:
+    async def store_policy(self, portfolio_id: str, policy: RebalancePolicy) -> None:
         """See :meth:`TradingStore.store_policy`."""
-        document = POLICY.to_json(policy)
+        document = policy_json(policy)
         async with store_errors(), self._pool.acquire() as conn:
             await conn.execute(
                 """INSERT INTO rebalance_policies (portfolio_id, policy, updated_at)
@@ -239,14 +245,13 @@ class PostgresTradingStore:
                 _json(document),
             )
 
-    async def load_policy(self, portfolio_id: str) -> trading_pb.RebalancePolicy | None:
+    async def load_policy(self, portfolio_id: str) -> RebalancePolicy | None:
         """See :meth:`TradingStore.load_policy`."""
         async with store_errors(), self._pool.acquire() as conn:
             value = await conn.fetchval("SELECT policy FROM rebalance_policies WHERE portfolio_id = $1", portfolio_id)
         if value is None:
             return None
-        policy: trading_pb.RebalancePolicy = POLICY.from_json(_load(value))
-        return policy
+        return policy_from_json(_load(value))
 
     # --- market data and targets ----------------------------------------------------------------------------
 
@@ -287,14 +292,14 @@ class PostgresTradingStore:
             now = await _lock_portfolio(conn, portfolio_id)
             return await _expire_overdue(conn, portfolio_id, now)
 
-    async def find(self, recommendation_id: uuid.UUID) -> trading_pb.RebalanceRecommendation | None:
+    async def find(self, recommendation_id: uuid.UUID) -> RebalanceRecommendation | None:
         """See :meth:`TradingStore.find`."""
         async with store_errors(), self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 f"SELECT {_RECOMMENDATION_COLUMNS} FROM rebalance_recommendations WHERE recommendation_id = $1",
                 recommendation_id,
             )
-        return None if row is None else _message(row)
+        return None if row is None else _recommendation(row)
 
     async def find_by_request(self, portfolio_id: str, request_id: str) -> StoredRecommendation | None:
         """See :meth:`TradingStore.find_by_request`."""
@@ -307,7 +312,7 @@ class PostgresTradingStore:
             )
         if row is None:
             return None
-        return StoredRecommendation(request_hash=row["request_hash"] or "", recommendation=_message(row))
+        return StoredRecommendation(request_hash=row["request_hash"] or "", recommendation=_recommendation(row))
 
     async def recent_trades(self, portfolio_id: str, as_of: datetime, window: timedelta) -> list[RecentTrades]:
         """See :meth:`TradingStore.recent_trades` (index ``rebalance_recommendations_portfolio_as_of_idx``)."""
@@ -324,20 +329,20 @@ class PostgresTradingStore:
         return [
             RecentTrades(
                 as_of=row["as_of"],
-                trades=tuple(RECOMMENDATION.from_json(_load(row["recommendation"])).trades),
+                trades=recommendation_from_json(_load(row["recommendation"])).trades,
             )
             for row in rows
         ]
 
     async def create(
         self,
-        recommendation: trading_pb.RebalanceRecommendation,
+        recommendation: RebalanceRecommendation,
         *,
         request_id: str,
         request_hash: str,
         as_of: datetime,
         approval_ttl: timedelta,
-    ) -> trading_pb.RebalanceRecommendation:
+    ) -> RebalanceRecommendation:
         """See :meth:`TradingStore.create` (one transaction under the portfolio lock).
 
         The row of an auto-approved recommendation stores ``created_at`` as its ``expires_at``. A duplicate
@@ -354,8 +359,8 @@ class PostgresTradingStore:
                 created_at=now,
                 approval_ttl=approval_ttl,
             )
-            message = created_message(recommendation, state, now)
-            created = RECOMMENDATION.to_json(message)
+            message = created_recommendation(recommendation, state, now)
+            created = recommendation_json(message)
             await _expire_overdue(conn, portfolio_id, now)
             for row in await _pending(conn, portfolio_id):
                 superseded = _state(row).supersede(at=now, successor_id=state.recommendation_id)
@@ -389,11 +394,11 @@ class PostgresTradingStore:
                 total_trade_value=message.total_trade_value,
                 payload={"request_id": request_id, "approval_limit": message.approval_limit},
             )
-        return recommendation_message(created, state)
+        return stored_recommendation(created, state)
 
     async def decide(
         self, recommendation_id: uuid.UUID, *, status: RecommendationStatus, actor: str, reason: str
-    ) -> trading_pb.RebalanceRecommendation:
+    ) -> RebalanceRecommendation:
         """See :meth:`TradingStore.decide`.
 
         In one transaction under the portfolio lock: the portfolio's overdue pending recommendations are expired
@@ -434,7 +439,7 @@ class PostgresTradingStore:
                 )
         if refused is not None:
             raise refused
-        return _message(row, decided)
+        return _recommendation(row, decided)
 
     async def events(self, portfolio_id: str) -> list[RecommendationEvent]:
         """See :meth:`TradingStore.events` (``rebalance_events`` rows with a recommendation)."""

@@ -15,13 +15,23 @@ and an unset optional value is ``null``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, Final, Literal
 
 from google.protobuf.message import Message
 
+from command_side import trading_adapter
 from command_side.records import JsonObject, SchemaError, decode_float, decode_instant, encode_float, encode_instant
+from command_side.trading_model import (
+    Allocation,
+    AllocationMetrics,
+    Position,
+    RebalancePolicy,
+    RebalanceRecommendation,
+)
+from services.trading import AllocationRequest
 from stratopt.v1 import trading_service_pb2 as trading_pb
 
 TABLE_SCHEMA_VERSION: Final = 1
@@ -434,3 +444,81 @@ def holdings_from_json(payload: Mapping[str, Any]) -> tuple[trading_pb.Position,
 def event_payload(payload: Mapping[str, Any]) -> JsonObject:
     """A ``rebalance_events.payload`` with its ``schema_version``."""
     return {"schema_version": TABLE_SCHEMA_VERSION, **payload}
+
+
+# --- the application's dataclasses -----------------------------------------------------------------------------
+# The stores keep the application's dataclasses in the stored schema above; the contract message is only the
+# table's shape (``command_side.trading_adapter`` converts), so the stored JSON is the same as before.
+
+
+def allocation_json(allocation: Allocation) -> JsonObject:
+    """The stored ``share_allocations.response`` of an allocation (``trading_records.ALLOCATION``)."""
+    return ALLOCATION.to_json(trading_adapter.allocation_message(allocation))
+
+
+def allocation_from_json(payload: Mapping[str, Any], *, expires_at: datetime) -> Allocation:
+    """The cached allocation of a stored ``share_allocations.response``: ``cached`` true, ``expires_at`` given."""
+    allocation = trading_adapter.allocation_of_message(ALLOCATION.from_json(payload))
+    return replace(allocation, cached=True, expires_at=expires_at)
+
+
+def allocation_metrics_json(metrics: AllocationMetrics) -> JsonObject:
+    """An allocation metrics object (``trading_records.ALLOCATION_METRICS``, unversioned)."""
+    return ALLOCATION_METRICS.to_json(trading_adapter.allocation_metrics_message(metrics), versioned=False)
+
+
+def allocation_request_json(problem: AllocationRequest) -> JsonObject:
+    """The stored ``share_allocations.request`` of a normalised allocation problem (``ALLOCATION_REQUEST``).
+
+    Every target's ``allowed_deviation`` and ``lot_size`` are written out; ``momentum_score`` when it has one;
+    holdings with their price and no lots; no ``portfolio_id`` or ``cache_ttl``.
+    """
+    message = trading_pb.AllocateSharesRequest(
+        extra_cash=problem.extra_cash,
+        strategy=trading_adapter.PROTO_STRATEGIES[problem.strategy],
+        commission_per_trade=problem.commission_per_trade,
+        fee_per_share=problem.fee_per_share,
+    )
+    for target in problem.targets:
+        added = message.targets.add(
+            symbol=target.name,
+            target_weight=target.target_weight,
+            allowed_deviation=target.allowed_deviation,
+            price=target.price,
+            lot_size=target.lot_size,
+        )
+        if target.momentum_score is not None:
+            added.momentum_score = target.momentum_score
+    for holding in problem.holdings:
+        message.holdings.add(symbol=holding.name, shares=holding.shares, price=holding.price)
+    return ALLOCATION_REQUEST.to_json(message)
+
+
+def positions_json(positions: Sequence[Position]) -> JsonObject:
+    """The stored ``portfolio_holdings.positions`` of a holdings snapshot (as :func:`holdings_json`)."""
+    return holdings_json([trading_adapter.position_message(position) for position in positions])
+
+
+def positions_from_json(payload: Mapping[str, Any]) -> tuple[Position, ...]:
+    """The positions of a stored ``portfolio_holdings.positions``."""
+    return tuple(trading_adapter.position_of_message(message) for message in holdings_from_json(payload))
+
+
+def policy_json(policy: RebalancePolicy) -> JsonObject:
+    """The stored ``rebalance_policies.policy`` of a policy (``trading_records.POLICY``)."""
+    return POLICY.to_json(trading_adapter.policy_message(policy))
+
+
+def policy_from_json(payload: Mapping[str, Any]) -> RebalancePolicy:
+    """The policy of a stored ``rebalance_policies.policy``."""
+    return trading_adapter.policy_of_message(POLICY.from_json(payload))
+
+
+def recommendation_json(recommendation: RebalanceRecommendation) -> JsonObject:
+    """The stored ``rebalance_recommendations.recommendation`` (``RECOMMENDATION``: status and decision left out)."""
+    return RECOMMENDATION.to_json(trading_adapter.recommendation_message(recommendation))
+
+
+def recommendation_from_json(payload: Mapping[str, Any]) -> RebalanceRecommendation:
+    """The recommendation as created of a stored ``rebalance_recommendations.recommendation`` (no status)."""
+    return trading_adapter.recommendation_of_message(RECOMMENDATION.from_json(payload))

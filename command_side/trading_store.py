@@ -30,14 +30,21 @@ import json
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from command_side.records import JsonObject
-from command_side.trading_records import POLICY, RECOMMENDATION, event_payload, holdings_from_json, holdings_json
+from command_side.trading_model import Position, RebalancePolicy, RebalanceRecommendation, RecommendedTrade
+from command_side.trading_records import (
+    event_payload,
+    policy_from_json,
+    policy_json,
+    positions_from_json,
+    positions_json,
+    recommendation_from_json,
+    recommendation_json,
+)
 from services.errors import IntegrityError, NotFoundError
 from services.trading import (
     APPROVED_STATUSES,
@@ -45,13 +52,11 @@ from services.trading import (
     RecommendationState,
     RecommendationStatus,
 )
-from stratopt.v1 import trading_service_pb2 as trading_pb
 
 CREATED: Final = "CREATED"
 """Event type of a new recommendation; the other event types are the status moved to (``APPROVED``, ...)."""
 MAX_RECENT_TRADES: Final = 10_000
 """Most recommendations :meth:`TradingStore.recent_trades` returns."""
-_STATUS_PREFIX: Final = "RECOMMENDATION_STATUS_"
 
 
 # --- records ----------------------------------------------------------------------------------------------------
@@ -61,7 +66,7 @@ _STATUS_PREFIX: Final = "RECOMMENDATION_STATUS_"
 class StoredHoldings:
     """A portfolio's holdings snapshot."""
 
-    positions: tuple[trading_pb.Position, ...]
+    positions: tuple[Position, ...]
     """Positions with their tax lots (no prices)."""
     cash: float
     """Cash held ($)."""
@@ -85,7 +90,7 @@ class StoredRecommendation:
 
     request_hash: str
     """Fingerprint of the request that created it."""
-    recommendation: trading_pb.RebalanceRecommendation
+    recommendation: RebalanceRecommendation
     """The recommendation with its stored status and decision fields."""
 
 
@@ -95,7 +100,7 @@ class RecentTrades:
 
     as_of: datetime
     """Trade date of the recommendation."""
-    trades: tuple[trading_pb.Trade, ...]
+    trades: tuple[RecommendedTrade, ...]
     """Its trades."""
 
 
@@ -124,56 +129,37 @@ class RecommendationEvent:
     ``docs/storage_schema.md``."""
 
 
-# --- protobuf helpers shared by the backends ------------------------------------------------------------------
+# --- recommendation helpers shared by the backends --------------------------------------------------------------
 
 
-def timestamp(value: datetime) -> Timestamp:
-    """Protobuf Timestamp of a datetime (naive values are taken as UTC)."""
-    message = Timestamp()
-    message.FromDatetime(value if value.tzinfo is not None else value.replace(tzinfo=UTC))
-    return message
-
-
-def status_value(status: RecommendationStatus | str) -> trading_pb.RecommendationStatus.ValueType:
-    """The ``stratopt.v1.RecommendationStatus`` of a lifecycle status (or of its stored name)."""
-    return trading_pb.RecommendationStatus.Value(_STATUS_PREFIX + RecommendationStatus(status).value)
-
-
-def recommendation_message(
-    created: Mapping[str, Any], state: RecommendationState
-) -> trading_pb.RebalanceRecommendation:
+def stored_recommendation(created: Mapping[str, Any], state: RecommendationState) -> RebalanceRecommendation:
     """The recommendation as created (its stored payload, ``trading_records.RECOMMENDATION``) with ``state``."""
-    message: trading_pb.RebalanceRecommendation = RECOMMENDATION.from_json(created)
-    message.status = status_value(state.status)
-    if state.decided_by:
-        message.decided_by = state.decided_by
-    if state.decided_at is not None:
-        message.decided_at.CopyFrom(timestamp(state.decided_at))
-    if state.reason:
-        message.reason = state.reason
-    return message
+    return replace(
+        recommendation_from_json(created),
+        status=state.status,
+        decided_by=state.decided_by,
+        decided_at=state.decided_at,
+        reason=state.reason,
+    )
 
 
-def created_message(
-    recommendation: trading_pb.RebalanceRecommendation, state: RecommendationState, created_at: datetime
-) -> trading_pb.RebalanceRecommendation:
-    """The message stored for a new recommendation: id, status, ``created_at`` and, while pending, ``expires_at``.
+def created_recommendation(
+    recommendation: RebalanceRecommendation, state: RecommendationState, created_at: datetime
+) -> RebalanceRecommendation:
+    """The recommendation stored for a new one: id, status, ``created_at`` and, while pending, ``expires_at``.
 
-    Decision fields are not part of it (:func:`recommendation_message` adds them from the state).
+    Decision fields are not part of it (:func:`stored_recommendation` adds them from the state).
     """
-    message = trading_pb.RebalanceRecommendation()
-    message.CopyFrom(recommendation)
-    message.recommendation_id = state.recommendation_id
-    message.status = status_value(state.status)
-    message.created_at.CopyFrom(timestamp(created_at))
-    message.ClearField("decided_at")
-    message.ClearField("decided_by")
-    message.ClearField("reason")
-    if state.status in PENDING_STATUSES:
-        message.expires_at.CopyFrom(timestamp(state.expires_at))
-    else:
-        message.ClearField("expires_at")
-    return message
+    return replace(
+        recommendation,
+        recommendation_id=state.recommendation_id,
+        status=state.status,
+        created_at=created_at,
+        expires_at=state.expires_at if state.status in PENDING_STATUSES else None,
+        decided_at=None,
+        decided_by="",
+        reason="",
+    )
 
 
 # --- the port ---------------------------------------------------------------------------------------------------
@@ -185,9 +171,7 @@ class TradingStore(Protocol):
     Every method may raise :class:`services.errors.OperationalError` when the store cannot be reached.
     """
 
-    async def store_holdings(
-        self, portfolio_id: str, positions: Sequence[trading_pb.Position], cash: float
-    ) -> datetime:
+    async def store_holdings(self, portfolio_id: str, positions: Sequence[Position], cash: float) -> datetime:
         """Replace the portfolio's holdings snapshot; return when it was stored (the store's clock)."""
         ...
 
@@ -195,11 +179,11 @@ class TradingStore(Protocol):
         """The portfolio's holdings snapshot, or None when none was stored."""
         ...
 
-    async def store_policy(self, portfolio_id: str, policy: trading_pb.RebalancePolicy) -> None:
+    async def store_policy(self, portfolio_id: str, policy: RebalancePolicy) -> None:
         """Replace the portfolio's rebalance policy."""
         ...
 
-    async def load_policy(self, portfolio_id: str) -> trading_pb.RebalancePolicy | None:
+    async def load_policy(self, portfolio_id: str) -> RebalancePolicy | None:
         """The portfolio's stored policy, or None when none was stored."""
         ...
 
@@ -224,13 +208,13 @@ class TradingStore(Protocol):
 
     async def create(
         self,
-        recommendation: trading_pb.RebalanceRecommendation,
+        recommendation: RebalanceRecommendation,
         *,
         request_id: str,
         request_hash: str,
         as_of: datetime,
         approval_ttl: timedelta,
-    ) -> trading_pb.RebalanceRecommendation:
+    ) -> RebalanceRecommendation:
         """Store a new recommendation with its CREATED event; return it with its id, status and times.
 
         The state is :meth:`RecommendationState.open` from the message's ``total_trade_value`` and
@@ -241,7 +225,7 @@ class TradingStore(Protocol):
 
         Parameters
         ----------
-        recommendation : stratopt.v1.RebalanceRecommendation
+        recommendation : RebalanceRecommendation
             The recommendation without id, status or times.
         request_id : str
             Idempotency key, unique per portfolio; empty for none.
@@ -259,7 +243,7 @@ class TradingStore(Protocol):
         """
         ...
 
-    async def find(self, recommendation_id: uuid.UUID) -> trading_pb.RebalanceRecommendation | None:
+    async def find(self, recommendation_id: uuid.UUID) -> RebalanceRecommendation | None:
         """The recommendation in its stored state, or None when no recommendation has the id."""
         ...
 
@@ -269,7 +253,7 @@ class TradingStore(Protocol):
 
     async def decide(
         self, recommendation_id: uuid.UUID, *, status: RecommendationStatus, actor: str, reason: str
-    ) -> trading_pb.RebalanceRecommendation:
+    ) -> RebalanceRecommendation:
         """Approve (``status`` APPROVED) or reject (REJECTED) a recommendation now, with its event.
 
         In one atomic step: the portfolio's overdue pending recommendations expire first (as
@@ -374,13 +358,11 @@ class InMemoryTradingStore:
 
     # --- holdings and policies -----------------------------------------------------------------------------
 
-    async def store_holdings(
-        self, portfolio_id: str, positions: Sequence[trading_pb.Position], cash: float
-    ) -> datetime:
+    async def store_holdings(self, portfolio_id: str, positions: Sequence[Position], cash: float) -> datetime:
         """See :meth:`TradingStore.store_holdings`."""
         with self._lock:
             now = self._now()
-            self._tables.holdings[portfolio_id] = (_stored(holdings_json(positions)), float(cash), now)
+            self._tables.holdings[portfolio_id] = (_stored(positions_json(positions)), float(cash), now)
         return now
 
     async def load_holdings(self, portfolio_id: str) -> StoredHoldings | None:
@@ -390,18 +372,18 @@ class InMemoryTradingStore:
         if stored is None:
             return None
         positions, cash, updated_at = stored
-        return StoredHoldings(positions=holdings_from_json(positions), cash=cash, updated_at=updated_at)
+        return StoredHoldings(positions=positions_from_json(positions), cash=cash, updated_at=updated_at)
 
-    async def store_policy(self, portfolio_id: str, policy: trading_pb.RebalancePolicy) -> None:
+    async def store_policy(self, portfolio_id: str, policy: RebalancePolicy) -> None:
         """See :meth:`TradingStore.store_policy`."""
         with self._lock:
-            self._tables.policies[portfolio_id] = _stored(POLICY.to_json(policy))
+            self._tables.policies[portfolio_id] = _stored(policy_json(policy))
 
-    async def load_policy(self, portfolio_id: str) -> trading_pb.RebalancePolicy | None:
+    async def load_policy(self, portfolio_id: str) -> RebalancePolicy | None:
         """See :meth:`TradingStore.load_policy`."""
         with self._lock:
             stored = self._tables.policies.get(portfolio_id)
-        return None if stored is None else POLICY.from_json(stored)
+        return None if stored is None else policy_from_json(stored)
 
     # --- market data and targets ---------------------------------------------------------------------------
 
@@ -469,13 +451,13 @@ class InMemoryTradingStore:
 
     async def create(
         self,
-        recommendation: trading_pb.RebalanceRecommendation,
+        recommendation: RebalanceRecommendation,
         *,
         request_id: str,
         request_hash: str,
         as_of: datetime,
         approval_ttl: timedelta,
-    ) -> trading_pb.RebalanceRecommendation:
+    ) -> RebalanceRecommendation:
         """See :meth:`TradingStore.create`."""
         portfolio_id = recommendation.portfolio_id
         with self._lock:
@@ -490,7 +472,7 @@ class InMemoryTradingStore:
                 created_at=now,
                 approval_ttl=approval_ttl,
             )
-            message = created_message(recommendation, state, now)
+            message = created_recommendation(recommendation, state, now)
             self._expire_overdue(portfolio_id, now)
             for superseded_id, row in self._pending_rows(portfolio_id):
                 row.state = row.state.supersede(at=now, successor_id=state.recommendation_id)
@@ -505,7 +487,7 @@ class InMemoryTradingStore:
                 portfolio_id=portfolio_id,
                 request_id=request_id,
                 request_hash=request_hash,
-                created=_stored(RECOMMENDATION.to_json(message)),
+                created=_stored(recommendation_json(message)),
                 total_trade_value=message.total_trade_value,
                 as_of=as_of,
                 state=state,
@@ -516,13 +498,13 @@ class InMemoryTradingStore:
             self._event(
                 row, recommendation_id, now, CREATED, request_id=request_id, approval_limit=message.approval_limit
             )
-            return recommendation_message(row.created, state)
+            return stored_recommendation(row.created, state)
 
-    async def find(self, recommendation_id: uuid.UUID) -> trading_pb.RebalanceRecommendation | None:
+    async def find(self, recommendation_id: uuid.UUID) -> RebalanceRecommendation | None:
         """See :meth:`TradingStore.find`."""
         with self._lock:
             row = self._tables.recommendations.get(recommendation_id)
-            return None if row is None else recommendation_message(row.created, row.state)
+            return None if row is None else stored_recommendation(row.created, row.state)
 
     async def find_by_request(self, portfolio_id: str, request_id: str) -> StoredRecommendation | None:
         """See :meth:`TradingStore.find_by_request`."""
@@ -532,12 +514,12 @@ class InMemoryTradingStore:
                 return None
             row = self._tables.recommendations[recommendation_id]
             return StoredRecommendation(
-                request_hash=row.request_hash, recommendation=recommendation_message(row.created, row.state)
+                request_hash=row.request_hash, recommendation=stored_recommendation(row.created, row.state)
             )
 
     async def decide(
         self, recommendation_id: uuid.UUID, *, status: RecommendationStatus, actor: str, reason: str
-    ) -> trading_pb.RebalanceRecommendation:
+    ) -> RebalanceRecommendation:
         """See :meth:`TradingStore.decide`."""
         with self._lock:
             row = self._tables.recommendations.get(recommendation_id)
@@ -547,7 +529,7 @@ class InMemoryTradingStore:
             self._expire_overdue(row.portfolio_id, now)  # kept when the decision below is refused
             row.state = row.state.decide(status, at=now, approver=actor, reason=reason)
             self._event(row, recommendation_id, now, status.value, **({"reason": reason} if reason else {}))
-            return recommendation_message(row.created, row.state)
+            return stored_recommendation(row.created, row.state)
 
     async def recent_trades(self, portfolio_id: str, as_of: datetime, window: timedelta) -> list[RecentTrades]:
         """See :meth:`TradingStore.recent_trades`."""
@@ -561,7 +543,7 @@ class InMemoryTradingStore:
             ]
         rows.sort(key=lambda row: row.as_of)
         return [
-            RecentTrades(as_of=row.as_of, trades=tuple(RECOMMENDATION.from_json(row.created).trades))
+            RecentTrades(as_of=row.as_of, trades=recommendation_from_json(row.created).trades)
             for row in rows[:MAX_RECENT_TRADES]
         ]
 

@@ -11,6 +11,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,7 +20,14 @@ import pytest
 
 from command_side.allocation_cache import AllocationCache, InMemoryAllocationCache
 from command_side.allocations_repository import PostgresAllocationCache
-from stratopt.v1 import trading_service_pb2 as trading_pb
+from command_side.trading_model import AllocatedLine, Allocation, AllocationMetrics, SoldInFull
+from services.trading import (
+    AllocationRequest,
+    AllocationStatus,
+    AllocationTarget,
+    BandRelaxation,
+    Holding,
+)
 
 HOUR = timedelta(hours=1)
 SHORT_TTL = timedelta(seconds=1)
@@ -30,23 +38,53 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def allocation(cache_key: str, budget_used: float = 9_500.0) -> trading_pb.AllocateSharesResponse:
-    answer = trading_pb.AllocateSharesResponse(cache_key=cache_key, cached=False)
-    answer.lines.add(symbol="AAPL", price=190.0, buy_shares=25, final_shares=25, final_value=4_750.0)
-    answer.lines.add(symbol="XOM", price=95.0, buy_shares=50, final_shares=50, final_value=4_750.0)
-    answer.sold_in_full.add(symbol="GE", shares=10, price=150.0, proceeds=1_500.0)
-    answer.metrics.budget = 10_000.0
-    answer.metrics.budget_used = budget_used
-    answer.metrics.solver_status = "OPTIMAL"
-    return answer
+def line(name: str, price: float, shares: int) -> AllocatedLine:
+    return AllocatedLine(
+        name=name,
+        price=price,
+        current_shares=0,
+        buy_shares=shares,
+        sell_shares=0,
+        final_shares=shares,
+        trade_cost=0.0,
+        final_value=price * shares,
+        target_weight=0.5,
+        actual_weight=0.475,
+        weight_deviation=-0.025,
+    )
 
 
-def request() -> trading_pb.AllocateSharesRequest:
-    normal = trading_pb.AllocateSharesRequest(extra_cash=8_500.0)
-    normal.targets.add(symbol="AAPL", target_weight=0.5, price=190.0, allowed_deviation=0.1, lot_size=1)
-    normal.targets.add(symbol="XOM", target_weight=0.5, price=95.0, allowed_deviation=0.1, lot_size=1)
-    normal.holdings.add(symbol="GE", shares=10, price=150.0)
-    return normal
+def allocation(cache_key: str, budget_used: float = 9_500.0) -> Allocation:
+    return Allocation(
+        cache_key=cache_key,
+        lines=(line("AAPL", 190.0, 25), line("XOM", 95.0, 50)),
+        sold_in_full=(SoldInFull(name="GE", shares=10, price=150.0, proceeds=1_500.0, trade_cost=0.0),),
+        metrics=AllocationMetrics(
+            budget=10_000.0,
+            budget_used=budget_used,
+            unused_budget=10_000.0 - budget_used,
+            unused_fraction=(10_000.0 - budget_used) / 10_000.0,
+            fees_total=0.0,
+            solve_time_ms=1.5,
+            solver_status=AllocationStatus.OPTIMAL,
+            solver="HIGHS",
+            fallback_used=False,
+            relaxation=BandRelaxation.NONE,
+            relaxation_detail="",
+        ),
+    )
+
+
+def problem() -> AllocationRequest:
+    """A normalised problem (targets and holdings by name)."""
+    return AllocationRequest(
+        targets=(
+            AllocationTarget(name="AAPL", target_weight=0.5, price=190.0),
+            AllocationTarget(name="XOM", target_weight=0.5, price=95.0),
+        ),
+        holdings=(Holding("GE", 10, 150.0),),
+        extra_cash=8_500.0,
+    )
 
 
 class Clock:
@@ -93,19 +131,18 @@ class AllocationCacheContract:
         async def scenario(cache: AllocationCache) -> None:
             key, portfolio = unique("key"), unique("p")
             before = self.now()
-            saved = await cache.save(allocation(key), request=request(), portfolio_id=portfolio, ttl=HOUR)
-            expires_at = saved.expires_at.ToDatetime(tzinfo=UTC)
+            saved = await cache.save(allocation(key), problem=problem(), portfolio_id=portfolio, ttl=HOUR)
+            expires_at = saved.expires_at
+            assert expires_at is not None
             assert before + HOUR <= expires_at <= self.now() + HOUR
             assert not saved.cached
             hit = await cache.find(key)
             assert hit is not None
             assert hit.portfolio_id == portfolio
             assert before <= hit.created_at <= self.now()
-            assert hit.response.cached
-            assert hit.response.expires_at == saved.expires_at
-            assert [(line.symbol, line.final_shares) for line in hit.response.lines] == [("AAPL", 25), ("XOM", 50)]
-            assert [(s.symbol, s.shares) for s in hit.response.sold_in_full] == [("GE", 10)]
-            assert hit.response.metrics == saved.metrics
+            assert hit.allocation.cached
+            assert hit.allocation.expires_at == saved.expires_at
+            assert hit.allocation == replace(saved, cached=True)  # every field through the stored JSON
 
         self.run(scenario)
 
@@ -118,8 +155,8 @@ class AllocationCacheContract:
     def test_an_entry_expires_after_its_ttl(self) -> None:
         async def scenario(cache: AllocationCache) -> None:
             short, long = unique("short"), unique("long")
-            await cache.save(allocation(short), request=request(), portfolio_id="", ttl=SHORT_TTL)
-            await cache.save(allocation(long), request=request(), portfolio_id="", ttl=HOUR)
+            await cache.save(allocation(short), problem=problem(), portfolio_id="", ttl=SHORT_TTL)
+            await cache.save(allocation(long), problem=problem(), portfolio_id="", ttl=HOUR)
             assert await cache.find(short) is not None
             await self.elapse(cache, SHORT_TTL * 1.5)
             assert await cache.find(short) is None
@@ -130,9 +167,9 @@ class AllocationCacheContract:
     def test_the_next_write_deletes_expired_entries(self) -> None:
         async def scenario(cache: AllocationCache) -> None:
             expired, fresh = unique("expired"), unique("fresh")
-            await cache.save(allocation(expired), request=request(), portfolio_id="", ttl=SHORT_TTL)
+            await cache.save(allocation(expired), problem=problem(), portfolio_id="", ttl=SHORT_TTL)
             await self.elapse(cache, SHORT_TTL * 1.5)
-            await cache.save(allocation(fresh), request=request(), portfolio_id="", ttl=HOUR)
+            await cache.save(allocation(fresh), problem=problem(), portfolio_id="", ttl=HOUR)
             assert await cache.clear(expired) == 0  # already gone
             assert await cache.clear(fresh) == 1
 
@@ -141,19 +178,19 @@ class AllocationCacheContract:
     def test_a_later_computation_of_a_key_replaces_the_entry(self) -> None:
         async def scenario(cache: AllocationCache) -> None:
             key = unique("key")
-            await cache.save(allocation(key, budget_used=9_000.0), request=request(), portfolio_id="a", ttl=HOUR)
-            await cache.save(allocation(key, budget_used=9_900.0), request=request(), portfolio_id="b", ttl=HOUR)
+            await cache.save(allocation(key, budget_used=9_000.0), problem=problem(), portfolio_id="a", ttl=HOUR)
+            await cache.save(allocation(key, budget_used=9_900.0), problem=problem(), portfolio_id="b", ttl=HOUR)
             hit = await cache.find(key)
             assert hit is not None
-            assert (hit.portfolio_id, hit.response.metrics.budget_used) == ("b", 9_900.0)
+            assert (hit.portfolio_id, hit.allocation.metrics.budget_used) == ("b", 9_900.0)
 
         self.run(scenario)
 
     def test_without_ttl_only_the_portfolio_event_is_written(self) -> None:
         async def scenario(cache: AllocationCache) -> None:
             key, portfolio = unique("key"), unique("p")
-            returned = await cache.save(allocation(key), request=request(), portfolio_id=portfolio, ttl=None)
-            assert not returned.HasField("expires_at")
+            returned = await cache.save(allocation(key), problem=problem(), portfolio_id=portfolio, ttl=None)
+            assert returned.expires_at is None
             assert await cache.find(key) is None
             [(value, payload)] = await self.recorded(cache, portfolio)
             assert value == 9_500.0
@@ -169,8 +206,8 @@ class AllocationCacheContract:
     def test_without_ttl_or_portfolio_nothing_is_written(self) -> None:
         async def scenario(cache: AllocationCache) -> None:
             key = unique("key")
-            returned = await cache.save(allocation(key), request=request(), portfolio_id="", ttl=None)
-            assert not returned.HasField("expires_at")
+            returned = await cache.save(allocation(key), problem=problem(), portfolio_id="", ttl=None)
+            assert returned.expires_at is None
             assert await cache.find(key) is None
             assert await cache.clear(key) == 0
 
@@ -179,11 +216,11 @@ class AllocationCacheContract:
     def test_each_answer_from_the_cache_is_recorded_for_its_portfolio(self) -> None:
         async def scenario(cache: AllocationCache) -> None:
             key, portfolio, other = unique("key"), unique("p"), unique("p")
-            await cache.save(allocation(key), request=request(), portfolio_id=portfolio, ttl=HOUR)
+            await cache.save(allocation(key), problem=problem(), portfolio_id=portfolio, ttl=HOUR)
             hit = await cache.find(key)
             assert hit is not None
-            await cache.record(hit.response, portfolio_id=portfolio)
-            await cache.record(hit.response, portfolio_id=other)
+            await cache.record(hit.allocation, portfolio_id=portfolio)
+            await cache.record(hit.allocation, portfolio_id=other)
             assert [payload["cached"] for _, payload in await self.recorded(cache, portfolio)] == [False, True]
             assert [payload["cached"] for _, payload in await self.recorded(cache, other)] == [True]
 
@@ -193,7 +230,7 @@ class AllocationCacheContract:
         async def scenario(cache: AllocationCache) -> None:
             keys = [unique("key") for _ in range(3)]
             for key in keys:
-                await cache.save(allocation(key), request=request(), portfolio_id="", ttl=HOUR)
+                await cache.save(allocation(key), problem=problem(), portfolio_id="", ttl=HOUR)
             assert await cache.clear(keys[0]) == 1
             assert await cache.clear(keys[0]) == 0
             assert await cache.find(keys[0]) is None

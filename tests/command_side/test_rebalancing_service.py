@@ -15,12 +15,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from google.protobuf import duration_pb2
 
 from command_side.rebalancing import RebalancingService
+from command_side.trading_model import (
+    CheckDrift,
+    Decision,
+    GeneratedRebalance,
+    GenerateRebalance,
+    Position,
+    PositionLot,
+    RebalancePolicy,
+    RebalanceRecommendation,
+    UpsertHoldings,
+    UpsertPolicy,
+)
 from command_side.trading_store import InMemoryTradingStore, TradingStore
 from services.errors import InvalidInputError, NotFoundError, PreconditionError
-from stratopt.v1 import trading_service_pb2 as tpb
+from services.trading import ImpactModel, LotMethod, RecommendationStatus, Side
 
 START = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 PORTFOLIO = "p-1"
@@ -44,32 +55,29 @@ def run(scenario: Callable[[RebalancingService, InMemoryTradingStore, Clock], Co
 
 async def setup(service: RebalancingService, **policy: Any) -> None:
     await service.upsert_holdings(
-        tpb.UpsertHoldingsRequest(
-            portfolio_id=PORTFOLIO, positions=[tpb.Position(symbol="XYZ", shares=10)], cash=1000.0
-        )
+        UpsertHoldings(portfolio_id=PORTFOLIO, positions=(Position(symbol="XYZ", shares=10),), cash=1000.0)
     )
-    await service.upsert_policy(
-        tpb.UpsertRebalancePolicyRequest(portfolio_id=PORTFOLIO, policy=tpb.RebalancePolicy(**policy))
+    await service.upsert_policy(UpsertPolicy(portfolio_id=PORTFOLIO, policy=RebalancePolicy(**policy)))
+
+
+def sell_half(request_id: str = "", price: float = 100.0) -> GenerateRebalance:
+    return GenerateRebalance(
+        portfolio_id=PORTFOLIO,
+        target_weights={"XYZ": 0.25},
+        prices={"XYZ": price},
+        request_id=request_id,
+        request_hash=f"sell half at {price}",  # the adapter's fingerprint of the request, here by hand
     )
 
 
-def sell_half(request_id: str = "", price: float = 100.0) -> tpb.GenerateRebalanceRequest:
-    return tpb.GenerateRebalanceRequest(
-        portfolio_id=PORTFOLIO, target_weights={"XYZ": 0.25}, prices={"XYZ": price}, request_id=request_id
-    )
-
-
-async def generate(service: RebalancingService, request: tpb.GenerateRebalanceRequest) -> tpb.GenerateRebalanceResponse:
-    return await service.generate(request, time_remaining_s=None)
+async def generate(service: RebalancingService, command: GenerateRebalance) -> GeneratedRebalance:
+    return await service.generate(command, time_remaining_s=None)
 
 
 async def approve(
     service: RebalancingService, recommendation_id: str, approver: str = "alice"
-) -> tpb.RebalanceRecommendation:
-    response = await service.approve(
-        tpb.ApproveRebalanceRequest(recommendation_id=recommendation_id, approver=approver)
-    )
-    return response.recommendation
+) -> RebalanceRecommendation:
+    return await service.approve(Decision(recommendation_id=recommendation_id, approver=approver))
 
 
 def violation(error: PreconditionError) -> tuple[str, str]:
@@ -84,19 +92,17 @@ def test_a_trade_value_above_the_limit_waits_for_one_approval() -> None:
     async def scenario(service: RebalancingService, store: InMemoryTradingStore, clock: Clock) -> None:
         await setup(service, approval_limit=499.99)
         pending = (await generate(service, sell_half())).recommendation
-        assert [(t.symbol, t.side, t.shares, t.value) for t in pending.trades] == [
-            ("XYZ", tpb.TRADE_SIDE_SELL, 5, 500.0)
-        ]
+        assert [(t.symbol, t.side, t.shares, t.value) for t in pending.trades] == [("XYZ", Side.SELL, 5, 500.0)]
         assert pending.total_trade_value == 500.0
-        assert pending.status == tpb.RECOMMENDATION_STATUS_PENDING_APPROVAL
-        assert pending.created_at.ToDatetime(tzinfo=UTC) == START
-        assert pending.expires_at.ToDatetime(tzinfo=UTC) == datetime(2024, 3, 2, 12, 0, tzinfo=UTC)  # default TTL 24 h
+        assert pending.status == RecommendationStatus.PENDING_APPROVAL
+        assert pending.created_at == START
+        assert pending.expires_at == datetime(2024, 3, 2, 12, 0, tzinfo=UTC)  # default TTL 24 h
 
         clock.now += timedelta(hours=1)
         approved = await approve(service, pending.recommendation_id)
-        assert approved.status == tpb.RECOMMENDATION_STATUS_APPROVED
+        assert approved.status == RecommendationStatus.APPROVED
         assert approved.decided_by == "alice"
-        assert approved.decided_at.ToDatetime(tzinfo=UTC) == datetime(2024, 3, 1, 13, 0, tzinfo=UTC)
+        assert approved.decided_at == datetime(2024, 3, 1, 13, 0, tzinfo=UTC)
 
         with pytest.raises(PreconditionError) as caught:
             await approve(service, pending.recommendation_id, "bob")
@@ -105,9 +111,7 @@ def test_a_trade_value_above_the_limit_waits_for_one_approval() -> None:
             f"recommendation '{pending.recommendation_id}' is APPROVED by 'alice', not PENDING_APPROVAL",
         )
         with pytest.raises(PreconditionError) as caught:
-            await service.reject(
-                tpb.RejectRebalanceRequest(recommendation_id=pending.recommendation_id, approver="bob", reason="late")
-            )
+            await service.reject(Decision(recommendation_id=pending.recommendation_id, approver="bob", reason="late"))
         assert violation(caught.value)[0] == "NOT_PENDING"
         events = await store.events(PORTFOLIO)
         assert [(e.event_type, e.actor) for e in events] == [("CREATED", ""), ("APPROVED", "alice")]
@@ -119,8 +123,8 @@ def test_a_trade_value_at_the_limit_is_auto_approved() -> None:
     async def scenario(service: RebalancingService, store: InMemoryTradingStore, clock: Clock) -> None:
         await setup(service, approval_limit=500.0)
         auto = (await generate(service, sell_half())).recommendation
-        assert auto.status == tpb.RECOMMENDATION_STATUS_AUTO_APPROVED
-        assert auto.decided_at == auto.created_at and not auto.HasField("expires_at")
+        assert auto.status == RecommendationStatus.AUTO_APPROVED
+        assert auto.decided_at == auto.created_at and auto.expires_at is None
         with pytest.raises(PreconditionError) as caught:
             await approve(service, auto.recommendation_id)
         assert violation(caught.value) == (
@@ -136,15 +140,13 @@ def test_reject_and_the_errors_of_a_decision() -> None:
         await setup(service, approval_limit=100.0)
         pending = (await generate(service, sell_half())).recommendation
         with pytest.raises(InvalidInputError) as invalid:
-            await service.reject(tpb.RejectRebalanceRequest(recommendation_id=pending.recommendation_id, approver="c"))
+            await service.reject(Decision(recommendation_id=pending.recommendation_id, approver="c"))
         assert [v.field for v in invalid.value.field_violations] == ["reason"]
-        rejected = (
-            await service.reject(
-                tpb.RejectRebalanceRequest(recommendation_id=pending.recommendation_id, approver="c", reason="big")
-            )
-        ).recommendation
+        rejected = await service.reject(
+            Decision(recommendation_id=pending.recommendation_id, approver="c", reason="big")
+        )
         assert (rejected.status, rejected.decided_by, rejected.reason) == (
-            tpb.RECOMMENDATION_STATUS_REJECTED,
+            RecommendationStatus.REJECTED,
             "c",
             "big",
         )
@@ -166,14 +168,14 @@ def test_a_new_recommendation_supersedes_the_pending_one() -> None:
         first = (await generate(service, sell_half())).recommendation
         clock.now += timedelta(minutes=1)
         second = (await generate(service, sell_half(price=101.0))).recommendation
-        assert second.status == tpb.RECOMMENDATION_STATUS_PENDING_APPROVAL
+        assert second.status == RecommendationStatus.PENDING_APPROVAL
         with pytest.raises(PreconditionError) as caught:
             await approve(service, first.recommendation_id)
         assert violation(caught.value) == (
             "EXPIRED",
             f"recommendation '{first.recommendation_id}' was superseded by recommendation {second.recommendation_id}",
         )
-        assert (await approve(service, second.recommendation_id)).status == tpb.RECOMMENDATION_STATUS_APPROVED
+        assert (await approve(service, second.recommendation_id)).status == RecommendationStatus.APPROVED
         assert [(e.event_type, str(e.recommendation_id)) for e in await store.events(PORTFOLIO)] == [
             ("CREATED", first.recommendation_id),
             ("EXPIRED", first.recommendation_id),
@@ -186,9 +188,10 @@ def test_a_new_recommendation_supersedes_the_pending_one() -> None:
 
 def test_a_pending_recommendation_expires_at_its_deadline() -> None:
     async def scenario(service: RebalancingService, store: InMemoryTradingStore, clock: Clock) -> None:
-        await setup(service, approval_limit=100.0, approval_ttl=duration_pb2.Duration(seconds=3600))
+        await setup(service, approval_limit=100.0, approval_ttl=timedelta(seconds=3600))
         pending = (await generate(service, sell_half())).recommendation
-        expires_at = pending.expires_at.ToDatetime(tzinfo=UTC)
+        expires_at = pending.expires_at
+        assert expires_at is not None
         assert expires_at == datetime(2024, 3, 1, 13, 0, tzinfo=UTC)  # START + 3600 s
 
         clock.now = expires_at - timedelta(microseconds=1)
@@ -203,7 +206,7 @@ def test_a_pending_recommendation_expires_at_its_deadline() -> None:
         # The expiry is kept although the approval failed, dated at the deadline.
         expired = await store.find(uuid.UUID(pending.recommendation_id))
         assert expired is not None
-        assert expired.status == tpb.RECOMMENDATION_STATUS_EXPIRED and expired.decided_at == pending.expires_at
+        assert expired.status == RecommendationStatus.EXPIRED and expired.decided_at == pending.expires_at
         events = await store.events(PORTFOLIO)
         assert [(e.event_type, e.timestamp) for e in events] == [
             ("CREATED", START),
@@ -215,12 +218,12 @@ def test_a_pending_recommendation_expires_at_its_deadline() -> None:
 
 def test_generate_expires_overdue_recommendations_first() -> None:
     async def scenario(service: RebalancingService, store: InMemoryTradingStore, clock: Clock) -> None:
-        await setup(service, approval_limit=100.0, approval_ttl=duration_pb2.Duration(seconds=60))
+        await setup(service, approval_limit=100.0, approval_ttl=timedelta(seconds=60))
         first = (await generate(service, sell_half("r-1"))).recommendation
         clock.now += timedelta(minutes=5)
         replay = await generate(service, sell_half("r-1"))
         assert replay.replayed
-        assert replay.recommendation.status == tpb.RECOMMENDATION_STATUS_EXPIRED  # its current state
+        assert replay.recommendation.status == RecommendationStatus.EXPIRED  # its current state
         assert replay.recommendation.decided_at == first.expires_at
         assert [e.event_type for e in await store.events(PORTFOLIO)] == ["CREATED", "EXPIRED"]
 
@@ -239,7 +242,7 @@ def test_a_repeated_request_id_replays_and_a_changed_request_is_refused() -> Non
         assert again.recommendation == first.recommendation
         await approve(service, first.recommendation.recommendation_id)
         after = await generate(service, sell_half("r-1"))
-        assert after.replayed and after.recommendation.status == tpb.RECOMMENDATION_STATUS_APPROVED
+        assert after.replayed and after.recommendation.status == RecommendationStatus.APPROVED
         with pytest.raises(InvalidInputError) as caught:
             await generate(service, sell_half("r-1", price=101.0))
         assert [v.field for v in caught.value.field_violations] == ["request_id"]
@@ -251,9 +254,7 @@ def test_a_repeated_request_id_replays_and_a_changed_request_is_refused() -> Non
 class RacingStore(InMemoryTradingStore):
     """A store in which a concurrent request with the same request_id commits just before each create."""
 
-    async def create(
-        self, recommendation: tpb.RebalanceRecommendation, **arguments: Any
-    ) -> tpb.RebalanceRecommendation:
+    async def create(self, recommendation: RebalanceRecommendation, **arguments: Any) -> RebalanceRecommendation:
         await super().create(recommendation, **arguments)  # the other request's, committed first
         return await super().create(recommendation, **arguments)
 
@@ -281,10 +282,12 @@ def test_drift_against_the_stored_target_and_prices() -> None:
         store.record_price("XYZ", START - timedelta(days=2), 80.0)
         store.record_price("XYZ", START - timedelta(days=1), 100.0)
         store.record_target(PORTFOLIO, "event-1", {"XYZ": 0.25})
-        report = await service.check_drift(tpb.CheckDriftRequest(portfolio_id=PORTFOLIO))
+        drift = await service.check_drift(CheckDrift(portfolio_id=PORTFOLIO))
+        report = drift.report
         assert report.total_value == 2000.0
         assert report.portfolio_drift == pytest.approx(0.5)  # |0.5 − 0.25| + |0.5 − 0.75|
-        assert report.target_event_id == "event-1"
+        assert drift.target_event_id == "event-1"
+        assert report.names == ("XYZ",)
         assert report.exceeds_threshold  # the default threshold, 0.05
 
     run(scenario)
@@ -293,3 +296,67 @@ def test_drift_against_the_stored_target_and_prices() -> None:
 def test_the_service_takes_any_trading_store() -> None:
     store: TradingStore = InMemoryTradingStore()
     assert isinstance(RebalancingService(store), RebalancingService)
+
+
+# --- holdings and policies --------------------------------------------------------------------------------------
+
+
+def test_holdings_are_stored_without_prices_and_with_their_lots() -> None:
+    async def scenario(service: RebalancingService, store: InMemoryTradingStore, clock: Clock) -> None:
+        lot = PositionLot(lot_id="L1", shares=10, cost_basis=80.0, acquired=datetime(2023, 5, 1, 15, 30, tzinfo=UTC))
+        stored = await service.upsert_holdings(
+            UpsertHoldings(
+                portfolio_id=PORTFOLIO,
+                positions=(Position(symbol="XYZ", shares=10, price=99.0, lots=(lot,)),),
+                cash=5.0,
+            )
+        )
+        assert (stored.portfolio_id, stored.positions, stored.updated_at) == (PORTFOLIO, 1, START)
+        holdings = await store.load_holdings(PORTFOLIO)
+        assert holdings is not None
+        assert holdings.positions == (Position(symbol="XYZ", shares=10, price=None, lots=(lot,)),)
+        assert holdings.cash == 5.0
+
+    run(scenario)
+
+
+def test_a_holdings_command_is_checked_before_anything_is_stored() -> None:
+    async def scenario(service: RebalancingService, store: InMemoryTradingStore, clock: Clock) -> None:
+        lot = PositionLot(lot_id="L1", shares=10, cost_basis=80.0, acquired=None)
+        with pytest.raises(InvalidInputError) as caught:
+            await service.upsert_holdings(
+                UpsertHoldings(
+                    portfolio_id=PORTFOLIO, positions=(Position(symbol="XYZ", shares=10, lots=(lot,)),), cash=0.0
+                )
+            )
+        assert [v.field for v in caught.value.field_violations] == ["positions[0].lots[0].acquired"]
+        assert await store.load_holdings(PORTFOLIO) is None
+
+    run(scenario)
+
+
+def test_a_policy_is_stored_with_its_defaults_filled_in() -> None:
+    async def scenario(service: RebalancingService, store: InMemoryTradingStore, clock: Clock) -> None:
+        policy = await service.upsert_policy(
+            UpsertPolicy(portfolio_id=PORTFOLIO, policy=RebalancePolicy(approval_limit=250.0, max_turnover=0.2))
+        )
+        assert policy == RebalancePolicy(
+            drift_threshold=0.05,
+            max_turnover=0.2,
+            impact_model=ImpactModel.SQUARE_ROOT,
+            impact_coefficient=1.0,
+            lot_method=LotMethod.FIFO,
+            short_term_tax_rate=0.37,
+            long_term_tax_rate=0.20,
+            wash_sale_window_days=30,
+            approval_limit=250.0,
+            approval_ttl=timedelta(hours=24),
+        )
+        assert await store.load_policy(PORTFOLIO) == policy
+        with pytest.raises(InvalidInputError) as caught:
+            await service.upsert_policy(
+                UpsertPolicy(portfolio_id=PORTFOLIO, policy=RebalancePolicy(approval_ttl=timedelta(0)))
+            )
+        assert [v.field for v in caught.value.field_violations] == ["policy.approval_ttl"]
+
+    run(scenario)

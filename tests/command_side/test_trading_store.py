@@ -20,20 +20,26 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
-from google.protobuf import timestamp_pb2
 
 from command_side.rebalancing_repository import PostgresTradingStore
+from command_side.trading_model import (
+    Band,
+    Position,
+    PositionLot,
+    RebalancePolicy,
+    RebalanceRecommendation,
+    RecommendedTrade,
+)
 from command_side.trading_store import InMemoryTradingStore, LatestTarget, TradingStore
 from services.errors import IntegrityError, NotFoundError, OperationalError, UnavailableError
-from services.trading import IllegalTransitionError, RecommendationStatus
+from services.trading import IllegalTransitionError, LotMethod, RecommendationStatus, Side
 from stratopt.rpc_errors import status_code
-from stratopt.v1 import trading_service_pb2 as tpb
 
-PENDING = tpb.RECOMMENDATION_STATUS_PENDING_APPROVAL
-AUTO = tpb.RECOMMENDATION_STATUS_AUTO_APPROVED
-APPROVED = tpb.RECOMMENDATION_STATUS_APPROVED
-REJECTED = tpb.RECOMMENDATION_STATUS_REJECTED
-EXPIRED = tpb.RECOMMENDATION_STATUS_EXPIRED
+PENDING = RecommendationStatus.PENDING_APPROVAL
+AUTO = RecommendationStatus.AUTO_APPROVED
+APPROVED = RecommendationStatus.APPROVED
+REJECTED = RecommendationStatus.REJECTED
+EXPIRED = RecommendationStatus.EXPIRED
 TTL = timedelta(hours=24)
 SHORT_TTL = timedelta(milliseconds=300)
 AS_OF = datetime(2024, 3, 1, 16, 0, tzinfo=UTC)
@@ -45,24 +51,28 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def ts(value: datetime) -> timestamp_pb2.Timestamp:
-    message = timestamp_pb2.Timestamp()
-    message.FromDatetime(value)
-    return message
-
-
-def recommendation(portfolio_id: str, value: float, limit: float) -> tpb.RebalanceRecommendation:
+def recommendation(portfolio_id: str, value: float, limit: float) -> RebalanceRecommendation:
     """A sell of ``value / 100`` XYZ shares at $100 under the approval limit ``limit``."""
-    return tpb.RebalanceRecommendation(
-        portfolio_id=portfolio_id,
-        total_trade_value=value,
-        approval_limit=limit,
-        trades=[tpb.Trade(symbol="XYZ", side=tpb.TRADE_SIDE_SELL, shares=value / 100.0, price=100.0, value=value)],
+    sell = RecommendedTrade(
+        symbol="XYZ",
+        side=Side.SELL,
+        shares=value / 100.0,
+        price=100.0,
+        value=value,
+        commission=0.0,
+        spread_cost=0.0,
+        impact_cost=0.0,
+        total_cost=0.0,
+    )
+    return RebalanceRecommendation(
+        portfolio_id=portfolio_id, total_trade_value=value, approval_limit=limit, trades=(sell,)
     )
 
 
-def when(message: timestamp_pb2.Timestamp) -> datetime:
-    return message.ToDatetime(tzinfo=UTC)
+def when(value: datetime | None) -> datetime:
+    """A time the recommendation must have."""
+    assert value is not None
+    return value
 
 
 class TradingStoreContract:
@@ -95,9 +105,7 @@ class TradingStoreContract:
 
         asyncio.run(main())
 
-    async def pending(
-        self, store: TradingStore, portfolio_id: str, ttl: timedelta = TTL
-    ) -> tpb.RebalanceRecommendation:
+    async def pending(self, store: TradingStore, portfolio_id: str, ttl: timedelta = TTL) -> RebalanceRecommendation:
         created = await store.create(
             recommendation(portfolio_id, 500.0, 100.0), request_id="", request_hash="h", as_of=AS_OF, approval_ttl=ttl
         )
@@ -111,19 +119,17 @@ class TradingStoreContract:
             portfolio_id = unique("holdings")
             assert await store.load_holdings(portfolio_id) is None
             positions = [
-                tpb.Position(
+                Position(
                     symbol="KO",
                     shares=10.0,
-                    lots=[
-                        tpb.TaxLot(
-                            lot_id="a", shares=4.0, cost_basis=50.0, acquired=ts(datetime(2021, 1, 4, tzinfo=UTC))
+                    lots=(
+                        PositionLot(lot_id="a", shares=4.0, cost_basis=50.0, acquired=datetime(2021, 1, 4, tzinfo=UTC)),
+                        PositionLot(
+                            lot_id="b", shares=6.0, cost_basis=55.5, acquired=datetime(2022, 2, 1, 15, 30, tzinfo=UTC)
                         ),
-                        tpb.TaxLot(
-                            lot_id="b", shares=6.0, cost_basis=55.5, acquired=ts(datetime(2022, 2, 1, tzinfo=UTC))
-                        ),
-                    ],
+                    ),
                 ),
-                tpb.Position(symbol="XYZ", shares=3.0),
+                Position(symbol="XYZ", shares=3.0),
             ]
             updated_at = await store.store_holdings(portfolio_id, positions, 1234.5)
             assert updated_at.tzinfo is not None
@@ -132,7 +138,7 @@ class TradingStoreContract:
             assert list(loaded.positions) == positions
             assert (loaded.cash, loaded.updated_at) == (1234.5, updated_at)
 
-            await store.store_holdings(portfolio_id, [tpb.Position(symbol="AAPL", shares=1.0)], 0.0)
+            await store.store_holdings(portfolio_id, [Position(symbol="AAPL", shares=1.0)], 0.0)
             replaced = await store.load_holdings(portfolio_id)
             assert replaced is not None
             assert [(p.symbol, p.shares) for p in replaced.positions] == [("AAPL", 1.0)]
@@ -144,15 +150,19 @@ class TradingStoreContract:
         async def scenario(store: TradingStore) -> None:
             portfolio_id = unique("policy")
             assert await store.load_policy(portfolio_id) is None
-            policy = tpb.RebalancePolicy(drift_threshold=0.0, approval_limit=2500.0, lot_method=tpb.LOT_METHOD_HIFO)
-            policy.bands["KO"].absolute = 0.02
-            policy.approval_ttl.FromTimedelta(timedelta(hours=2))
+            policy = RebalancePolicy(
+                drift_threshold=0.0,
+                approval_limit=2500.0,
+                lot_method=LotMethod.HIFO,
+                bands={"KO": Band(absolute=0.02), "XYZ": Band()},
+                approval_ttl=timedelta(hours=2),
+            )
             await store.store_policy(portfolio_id, policy)
             loaded = await store.load_policy(portfolio_id)
             assert loaded == policy
-            assert loaded is not None and loaded.HasField("drift_threshold")  # presence of an explicit zero kept
-            await store.store_policy(portfolio_id, tpb.RebalancePolicy(approval_limit=1.0))
-            assert await store.load_policy(portfolio_id) == tpb.RebalancePolicy(approval_limit=1.0)
+            assert loaded is not None and loaded.drift_threshold == 0.0  # an explicit zero is not the default
+            await store.store_policy(portfolio_id, RebalancePolicy(approval_limit=1.0))
+            assert await store.load_policy(portfolio_id) == RebalancePolicy(approval_limit=1.0)
 
         self.run(scenario)
 
@@ -191,7 +201,7 @@ class TradingStoreContract:
             assert created.status == AUTO
             uuid.UUID(created.recommendation_id)
             assert created.decided_at == created.created_at
-            assert not created.HasField("expires_at") and created.decided_by == "" and created.reason == ""
+            assert created.expires_at is None and created.decided_by == "" and created.reason == ""
             assert (created.total_trade_value, created.approval_limit) == (100.0, 100.0)
             assert [(t.symbol, t.shares) for t in created.trades] == [("XYZ", 1.0)]
             assert await store.find(uuid.UUID(created.recommendation_id)) == created
@@ -218,7 +228,7 @@ class TradingStoreContract:
             )
             assert created.status == PENDING
             assert when(created.expires_at) - when(created.created_at) == TTL
-            assert not created.HasField("decided_at")
+            assert created.decided_at is None
             assert await store.find(uuid.UUID(created.recommendation_id)) == created
             assert await store.find(uuid.uuid4()) is None
 
@@ -522,7 +532,7 @@ class TradingStoreContract:
             portfolio_id = unique("recent")
             window = timedelta(days=31)
 
-            async def create(value: float, as_of: datetime) -> tpb.RebalanceRecommendation:
+            async def create(value: float, as_of: datetime) -> RebalanceRecommendation:
                 return await store.create(
                     recommendation(portfolio_id, value, 100.0),
                     request_id="",

@@ -12,6 +12,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -23,6 +24,7 @@ from google.protobuf import json_format
 from psycopg.types.json import Jsonb
 from yoyo import get_backend, read_migrations
 
+from command_side import trading_adapter
 from command_side.allocations_repository import PostgresAllocationCache
 from command_side.mapping import configuration_content
 from command_side.rebalancing_repository import PostgresTradingStore
@@ -251,20 +253,21 @@ def test_trading_rows_of_the_previous_version_are_converted_and_read(previous_ve
         pool = await asyncpg.create_pool(previous_version_dsn, min_size=1, max_size=2)
         try:
             cached = await PostgresAllocationCache(pool).find("old-key")
-            assert cached is not None and cached.response.cached
-            cached.response.cached = False
-            cached.response.ClearField("expires_at")
-            assert cached.response == old["allocation"]
+            assert cached is not None and cached.allocation.cached
+            computed = replace(cached.allocation, cached=False, expires_at=None)
+            assert trading_adapter.allocation_message(computed) == old["allocation"]
             trading = PostgresTradingStore(pool)
             holdings = await trading.load_holdings(portfolio_id)
-            assert holdings is not None and holdings.positions == (old["position"],) and holdings.cash == 250.0
-            assert await trading.load_policy(portfolio_id) == old["policy"]
+            assert holdings is not None and holdings.cash == 250.0
+            assert [trading_adapter.position_message(p) for p in holdings.positions] == [old["position"]]
+            policy = await trading.load_policy(portfolio_id)
+            assert policy is not None and trading_adapter.policy_message(policy) == old["policy"]
             found = await trading.find(uuid.UUID(recommendation.recommendation_id))
             assert found is not None
-            found.ClearField("decided_at")  # an auto-approved recommendation reads as decided at creation
-            assert found == recommendation
+            # an auto-approved recommendation reads as decided at creation
+            assert trading_adapter.recommendation_message(replace(found, decided_at=None)) == recommendation
             [recent] = await trading.recent_trades(portfolio_id, T0, timedelta(days=1))
-            assert list(recent.trades) == list(recommendation.trades)
+            assert recent.trades == trading_adapter.recommendation_of_message(recommendation).trades
             [event] = await trading.events(portfolio_id)
             assert event.payload["request_id"] == "rq"
             queries = OptimizationQueryServicer(PostgresReadStore(pool))
