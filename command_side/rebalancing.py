@@ -556,7 +556,7 @@ class RebalancingService:
     async def check_drift(self, command: CheckDrift) -> DriftCheck:
         """Drift of the stored holdings from the target (see the module docstring for the inputs).
 
-        The threshold is the command's, else the policy's, else 0.05. Names are reported by symbol;
+        The threshold is the command's, else the policy's, else 0.05. Drifts are reported by symbol;
         ``target_event_id`` names the optimization event whose weights were the target (empty for a given
         target).
 

@@ -357,7 +357,7 @@ class AllocationResult:
 
     @property
     def sold_in_full_symbols(self) -> tuple[str, ...]:
-        """Names of the holdings sold in full."""
+        """Symbols of the holdings sold in full."""
         return tuple(sold.symbol for sold in self.sold_in_full)
 
     @property

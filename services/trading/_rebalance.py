@@ -260,7 +260,7 @@ class DriftReport:
 
     @property
     def breached_symbols(self) -> tuple[str, ...]:
-        """Names outside their band."""
+        """Symbols outside their band."""
         return tuple(symbol for symbol, out in zip(self.symbols, self.breaches, strict=True) if out)
 
 
@@ -337,7 +337,7 @@ class RebalancePlan:
     cash_scale : float
         Factor applied to every buy by the cash check (1 when it does not bind).
     dropped_below_minimum : tuple of str
-        Names whose trade was dropped as smaller than the minimum trade value (or costlier than its value).
+        Symbols whose trade was dropped as smaller than the minimum trade value (or costlier than its value).
     short_term_gain, long_term_gain, estimated_tax : float
         Realised gains of the sells with lots, and their estimated tax ($).
     harvest_candidates : tuple of HarvestCandidate
@@ -616,7 +616,7 @@ def check_drift(
     Parameters
     ----------
     holdings : sequence of Holding, length N
-        Names, shares (≥ 0) and prices (> 0); lots, if any, are validated but play no part.
+        Symbols, shares (≥ 0) and prices (> 0); lots, if any, are validated but play no part.
     cash : float
         Cash held ($, ≥ 0), a line of the portfolio (see the module docstring).
     target_weights : array_like of shape (N,)
@@ -702,7 +702,7 @@ def generate_rebalance(
     Parameters
     ----------
     holdings : sequence of Holding, length N
-        Names, shares (≥ 0), prices (> 0) and optional tax lots; a symbol to buy from scratch has 0 shares.
+        Symbols, shares (≥ 0), prices (> 0) and optional tax lots; a symbol to buy from scratch has 0 shares.
     cash : float
         Cash held ($, ≥ 0).
     target_weights : array_like of shape (N,)

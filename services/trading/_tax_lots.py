@@ -611,7 +611,7 @@ def wash_sale_flags(
     Parameters
     ----------
     buys : sequence of str
-        Names bought on ``buy_date``.
+        Symbols bought on ``buy_date``.
     buy_date : date
         Date of the buys.
     realized_losses : sequence of RealizedLoss
