@@ -151,9 +151,9 @@ def measure(n: int, index: int, args: argparse.Namespace) -> Row:
     request = AllocationRequest(
         targets=[
             AllocationTarget(
-                name=name, target_weight=weight, price=float(prices[name]), allowed_deviation=args.deviation
+                symbol=symbol, target_weight=weight, price=float(prices[symbol]), allowed_deviation=args.deviation
             )
-            for name, weight in weights.items()
+            for symbol, weight in weights.items()
         ],
         extra_cash=args.budget,
     )

@@ -79,7 +79,7 @@ def problem_for(n: int, moments: Moments, objective: Objective) -> PortfolioProb
     best = max_achievable_return(mu, np.zeros(n), upper)
     equal = float(mu.mean())
     return PortfolioProblem(
-        strategy_ids=tuple(f"S{i:04d}" for i in range(n)),
+        symbols=tuple(f"S{i:04d}" for i in range(n)),
         objective=objective,
         lower_bounds=np.zeros(n),
         upper_bounds=upper,

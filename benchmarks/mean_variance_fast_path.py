@@ -138,7 +138,7 @@ def active_set_solve(problem: PortfolioProblem, moments: Moments) -> fast_qp.Act
 def row(n: int, moments: Moments, objective: Objective, upper: float, repeats: int, library_repeats: int) -> str:
     """One line of the report: N, objective and bounds, medians, speed-ups, iterations and objective gaps."""
     problem = PortfolioProblem(
-        strategy_ids=tuple(f"S{i:04d}" for i in range(n)),
+        symbols=tuple(f"S{i:04d}" for i in range(n)),
         objective=objective,
         lower_bounds=np.zeros(n),
         upper_bounds=np.full(n, upper),

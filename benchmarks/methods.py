@@ -384,7 +384,7 @@ def stratopt_call(spec: MethodSpec, data: Inputs) -> Callable[[], tuple[Any, Ref
         "-": Objective.MIN_VOLATILITY,
     }[spec.objective]
     problem = PortfolioProblem(
-        strategy_ids=tuple(data.names),
+        symbols=tuple(data.names),
         objective=objective,
         lower_bounds=np.zeros(n),
         upper_bounds=np.full(n, data.cap if spec.capped else 1.0),

@@ -132,7 +132,7 @@ def progress(message: str) -> None:
 
 @dataclass(frozen=True)
 class Dataset:
-    """A (T, N) frame of simple daily returns, UTC timestamps as index and strategy ids as columns."""
+    """A (T, N) frame of simple daily returns, UTC timestamps as index and symbols as columns."""
 
     kind: str
     returns: pd.DataFrame
@@ -182,8 +182,8 @@ def build_request(data: Dataset, objective: int, portfolio_id: str) -> cmd_pb.Op
     for when in data.returns.index:
         request.returns.timestamps.add().FromDatetime(when.to_pydatetime())
     values = data.returns.to_numpy()
-    for j, strategy_id in enumerate(data.returns.columns):
-        request.strategies.add(strategy_id=str(strategy_id), returns=values[:, j].tolist())
+    for j, symbol in enumerate(data.returns.columns):
+        request.strategies.add(symbol=str(symbol), returns=values[:, j].tolist())
     return request
 
 

@@ -55,8 +55,8 @@ def event_payload(allocation: Allocation) -> dict[str, Any]:
             "cache_key": allocation.cache_key,
             "cached": allocation.cached,
             "metrics": trading_records.allocation_metrics_json(allocation.metrics),
-            "final_shares": {line.name: line.final_shares for line in allocation.lines},
-            "sold_in_full": {sold.name: sold.shares for sold in allocation.sold_in_full},
+            "final_shares": {line.symbol: line.final_shares for line in allocation.lines},
+            "sold_in_full": {sold.symbol: sold.shares for sold in allocation.sold_in_full},
         }
     )
 

@@ -6,7 +6,7 @@ The command (:class:`command_side.trading_model.AllocateShares`) carries the eng
 (``services.trading.AllocationRequest``) with its targets and holdings in the caller's order;
 :mod:`command_side.trading_adapter` builds it from the gRPC request, checking what the engine cannot see (empty or
 duplicate symbols, holdings' shares that are not finite whole numbers ≥ 0, holdings without a price, the
-strategy, a malformed ``cache_ttl``), and translates the engine's field paths (``targets[i].name``) to the
+strategy, a malformed ``cache_ttl``), and translates the engine's field paths (``targets[i].symbol``) to the
 proto's (``targets[i].symbol``) around the call.
 
 1. ``cache_ttl`` is checked (not negative, at most ``MAX_CACHE_TTL``) and the problem is hashed by
@@ -197,46 +197,46 @@ def cache_ttl_of(cache_ttl: timedelta | None) -> timedelta | None:
 def normalised_problem(problem: AllocationRequest) -> AllocationRequest:
     """The allocation problem as stored with its cache entry.
 
-    Targets and holdings sorted by name, momentum scores only for MOMENTUM_WEIGHTED, no time limit. Weights are
+    Targets and holdings sorted by symbol, momentum scores only for MOMENTUM_WEIGHTED, no time limit. Weights are
     kept as given (the cache key hashes them divided by their sum).
     """
     momentum = problem.strategy is AllocationStrategy.MOMENTUM_WEIGHTED
     targets: list[AllocationTarget] = [
         replace(target, momentum_score=target.momentum_score if momentum else None)
-        for target in sorted(problem.targets, key=lambda t: t.name)
+        for target in sorted(problem.targets, key=lambda t: t.symbol)
     ]
-    holdings: list[Holding] = sorted(problem.holdings, key=lambda h: h.name)
+    holdings: list[Holding] = sorted(problem.holdings, key=lambda h: h.symbol)
     return replace(problem, targets=tuple(targets), holdings=tuple(holdings), time_limit_s=None)
 
 
 def in_problem_order(allocation: Allocation, problem: AllocationRequest) -> Allocation:
     """A cached allocation with its lines and sold holdings in the order of ``problem`` (same key, other order).
 
-    Problems with one cache key have the same names, so only the order can differ; ``allocation`` is returned as
-    it is should the names not match.
+    Problems with one cache key have the same symbols, so only the order can differ; ``allocation`` is returned as
+    it is should the symbols not match.
     """
-    lines = {line.name: line for line in allocation.lines}
-    sold = {holding.name: holding for holding in allocation.sold_in_full}
-    order = [target.name for target in problem.targets]
-    sold_order = [holding.name for holding in problem.holdings if holding.name in sold]
+    lines = {line.symbol: line for line in allocation.lines}
+    sold = {holding.symbol: holding for holding in allocation.sold_in_full}
+    order = [target.symbol for target in problem.targets]
+    sold_order = [holding.symbol for holding in problem.holdings if holding.symbol in sold]
     if sorted(order) != sorted(lines) or len(sold_order) != len(sold):
         return allocation
     return replace(
         allocation,
-        lines=tuple(lines[name] for name in order),
-        sold_in_full=tuple(sold[name] for name in sold_order),
+        lines=tuple(lines[symbol] for symbol in order),
+        sold_in_full=tuple(sold[symbol] for symbol in sold_order),
     )
 
 
 def allocation_of(problem: AllocationRequest, result: AllocationResult, cache_key: str) -> Allocation:
     """The allocation of an engine result: lines in the problem's order, ``cached`` false, no expiry."""
-    lines = {line.name: line for line in result.lines}
-    sold = {holding.name: holding for holding in result.sold_in_full}
+    lines = {line.symbol: line for line in result.lines}
+    sold = {holding.symbol: holding for holding in result.sold_in_full}
     return Allocation(
         cache_key=cache_key,
         lines=tuple(
             AllocatedLine(
-                name=line.name,
+                symbol=line.symbol,
                 price=line.price,
                 current_shares=line.current_shares,
                 buy_shares=line.buy_shares,
@@ -248,17 +248,17 @@ def allocation_of(problem: AllocationRequest, result: AllocationResult, cache_ke
                 actual_weight=line.actual_weight,
                 weight_deviation=line.weight_deviation,
             )
-            for line in (lines[target.name] for target in problem.targets)
+            for line in (lines[target.symbol] for target in problem.targets)
         ),
         sold_in_full=tuple(
             SoldInFull(
-                name=sold_holding.name,
+                symbol=sold_holding.symbol,
                 shares=sold_holding.shares,
                 price=sold_holding.price,
                 proceeds=sold_holding.proceeds,
                 trade_cost=sold_holding.trade_cost,
             )
-            for sold_holding in (sold[holding.name] for holding in problem.holdings if holding.name in sold)
+            for sold_holding in (sold[holding.symbol] for holding in problem.holdings if holding.symbol in sold)
         ),
         metrics=AllocationMetrics(
             budget=result.budget,

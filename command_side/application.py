@@ -123,7 +123,7 @@ class OptimizationService:
             stored = await self._replay(command.request_id, command.request_hash)
             if stored is not None:
                 return stored
-        job_inputs = await self._job_inputs(command.problem.strategy_ids, command.inputs)
+        job_inputs = await self._job_inputs(command.problem.symbols, command.inputs)
         run_inputs: dict[str, object] = {"current_weights": command.current_weights, "kind": command.inputs_kind}
         # The solver gets what is left of the deadline now, minus a reserve for storing the result.
         limit = None if deadline is None else deadline - loop.time() - PERSISTENCE_RESERVE_S
@@ -136,7 +136,7 @@ class OptimizationService:
             method=command.method,
             time_limit_s=limit,
         )
-        with proto_field_paths(OPTIMIZATION, strategy_ids=command.problem.strategy_ids):
+        with proto_field_paths(OPTIMIZATION, symbols=command.problem.symbols):
             outcome = await self._pool.run(job, timeout_s=limit)
         try:
             stored_result = await self._store.persist_run(
@@ -155,10 +155,10 @@ class OptimizationService:
             return stored
         return RunResult(result=stored_result)
 
-    async def _job_inputs(self, strategy_ids: tuple[str, ...], inputs: Inputs) -> ReturnHistory | Moments:
+    async def _job_inputs(self, symbols: tuple[str, ...], inputs: Inputs) -> ReturnHistory | Moments:
         """The engine's inputs: the command's own, or returns of the stored prices in its window."""
         if isinstance(inputs, MarketDataWindow):
-            return await self._market_data_returns(strategy_ids, inputs)
+            return await self._market_data_returns(symbols, inputs)
         return inputs
 
     async def efficient_frontier(self, command: FrontierCommand, *, time_remaining_s: float | None) -> FrontierResult:
@@ -171,7 +171,7 @@ class OptimizationService:
         """
         loop = asyncio.get_running_loop()
         deadline = None if time_remaining_s is None else loop.time() + time_remaining_s
-        ids = command.problem.strategy_ids
+        ids = command.problem.symbols
         job_inputs = await self._job_inputs(ids, command.inputs)
         limit = None if deadline is None else deadline - loop.time()
         job = OptimizationJob(
@@ -181,7 +181,7 @@ class OptimizationService:
             method=command.method,
             time_limit_s=limit,
         )
-        with proto_field_paths(OPTIMIZATION, strategy_ids=ids, prefix="problem"):
+        with proto_field_paths(OPTIMIZATION, symbols=ids, prefix="problem"):
             outcome = await self._pool.frontier(job, command.points, timeout_s=limit)
         return FrontierResult(
             points=tuple(
@@ -363,7 +363,7 @@ def run_record(command: OptimizeCommand, outcome: OptimizationOutcome) -> Result
     the query side read them so.
     """
     result, estimated = outcome.result, outcome.estimated
-    ids = command.problem.strategy_ids
+    ids = command.problem.symbols
     black_litterman = None
     if outcome.posterior is not None:
         posterior = outcome.posterior
@@ -402,10 +402,10 @@ def run_record(command: OptimizeCommand, outcome: OptimizationOutcome) -> Result
         betas={} if result.betas is None else dict(zip(ids, map(float, result.betas), strict=True)),
         relaxations=tuple(
             RelaxationRecord(
-                constraint=OPTIMIZATION.proto_path(r.constraint, strategy_ids=ids) or r.constraint,
+                constraint=OPTIMIZATION.proto_path(r.constraint, symbols=ids) or r.constraint,
                 original=float(r.original),
                 relaxed=float(r.relaxed),
-                description=OPTIMIZATION.proto_text(r.description, strategy_ids=ids),
+                description=OPTIMIZATION.proto_text(r.description, symbols=ids),
             )
             for r in result.relaxations
         ),

@@ -1,7 +1,7 @@
 """The command side's tables from the engine's domain parameter names to the contract's field paths.
 
 The engine (``services/``) names what is wrong by its own attributes (``upper_bounds[3]``, ``turnover_limit``,
-``black_litterman.view_confidences[1]``, ``targets[4].name``; the convention is in ``services.errors``). A caller
+``black_litterman.view_confidences[1]``, ``targets[4].symbol``; the convention is in ``services.errors``). A caller
 of the gRPC contract needs the request's field paths instead (``constraints.strategy_bounds[KO].max_weight``,
 ``constraints.turnover_limit``, ``black_litterman.views[1].confidence``, ``targets[4].symbol``). This module holds
 the one table per request family that says which is which (``OPTIMIZATION_FIELD_PATHS``,
@@ -11,7 +11,7 @@ messages quote all come out in proto terms.
 
 Patterns hold placeholders: ``{s}`` and ``{s2}`` are a strategy's position in the problem's arrays, ``{k}`` the
 position in another list (a sector limit, a view, an allocation target or holding), ``{t}`` a period. The proto
-side may also use ``{id}``, the strategy id at position ``{s}`` (proto maps are keyed by strategy id), and
+side may also use ``{id}``, the symbol at position ``{s}`` (proto maps are keyed by symbol), and
 ``{flat}``, the row-major position ``s * N + s2`` of a covariance entry in ``moments.covariance``.
 """
 
@@ -138,19 +138,19 @@ OPTIMIZATION_FIELD_PATHS: Final[tuple[FieldPath, ...]] = (
 ALLOCATION_FIELD_PATHS: Final[tuple[FieldPath, ...]] = (
     FieldPath("targets", "targets"),
     FieldPath("targets[{k}]", "targets[{k}]"),
-    FieldPath("targets[{k}].name", "targets[{k}].symbol"),
+    FieldPath("targets[{k}].symbol", "targets[{k}].symbol"),
     *(
         FieldPath(f"targets[{{k}}].{name}", f"targets[{{k}}].{name}")
         for name in ("target_weight", "price", "allowed_deviation", "lot_size", "momentum_score")
     ),
     FieldPath("holdings", "holdings"),
     FieldPath("holdings[{k}]", "holdings[{k}]"),
-    FieldPath("holdings[{k}].name", "holdings[{k}].symbol"),
+    FieldPath("holdings[{k}].symbol", "holdings[{k}].symbol"),
     FieldPath("holdings[{k}].shares", "holdings[{k}].shares"),
     FieldPath("holdings[{k}].price", "holdings[{k}].price"),
     *(FieldPath(name, name) for name in ("strategy", "extra_cash", "commission_per_trade", "fee_per_share")),
 )
-"""``AllocateSharesRequest``: the names of ``AllocationRequest`` (``targets[i].name`` is the proto's ``symbol``)."""
+"""``AllocateSharesRequest``: the names of ``AllocationRequest`` (the engine's ``targets[i].symbol`` is the proto's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,39 +172,39 @@ class FieldPathTable:
         self.rows = tuple(rows)
         self._compiled = tuple(_Row(_compile(row.domain), row.proto) for row in self.rows)
 
-    def proto_path(self, path: str, *, strategy_ids: Sequence[str] = ()) -> str | None:
+    def proto_path(self, path: str, *, symbols: Sequence[str] = ()) -> str | None:
         """The proto field path of a domain path, or None when no row matches it.
 
         Parameters
         ----------
         path : str
             A domain path, e.g. ``upper_bounds[3]``.
-        strategy_ids : sequence of str
-            The problem's strategy ids in array order, for ``{id}`` (without them: the position).
+        symbols : sequence of str
+            The problem's symbols in array order, for ``{id}`` (without them: the position).
         """
         for row in self._compiled:
             match = row.pattern.fullmatch(path)
             if match is not None:
-                return _render(row.proto, match.groupdict(), strategy_ids)
+                return _render(row.proto, match.groupdict(), symbols)
         return None
 
-    def proto_text(self, text: str, *, strategy_ids: Sequence[str] = (), prefix: str = "") -> str:
+    def proto_text(self, text: str, *, symbols: Sequence[str] = (), prefix: str = "") -> str:
         """A message with the domain paths it quotes translated (``prefix`` before each).
 
         Only path-like tokens are read as paths (with a ``_``, a ``.`` or a subscript, e.g. ``turnover_limit``,
-        ``targets[0].name``): a plain word such as "covariance" is prose.
+        ``targets[0].symbol``): a plain word such as "covariance" is prose.
         """
 
         def token(match: re.Match[str]) -> str:
             path = match.group(0)
             if not any(mark in path for mark in "_.["):
                 return path
-            proto = self.proto_path(path, strategy_ids=strategy_ids)
+            proto = self.proto_path(path, symbols=symbols)
             return path if proto is None else _join(prefix, proto)
 
         return _PATH_TOKEN.sub(token, text)
 
-    def translated(self, error: StratoptError, *, strategy_ids: Sequence[str] = (), prefix: str = "") -> StratoptError:
+    def translated(self, error: StratoptError, *, symbols: Sequence[str] = (), prefix: str = "") -> StratoptError:
         """The same error in proto terms: its field paths, precondition subjects and quoted paths translated.
 
         Parameters
@@ -212,8 +212,8 @@ class FieldPathTable:
         error : StratoptError
             A domain error (paths the table does not know, e.g. those the adapter's own validation already
             named in proto terms, stay as they are).
-        strategy_ids : sequence of str
-            The problem's strategy ids in array order.
+        symbols : sequence of str
+            The problem's symbols in array order.
         prefix : str
             Path of the request message inside the RPC's request (``problem`` for ComputeEfficientFrontier):
             put before every field path, every translated subject and a message's leading path.
@@ -225,14 +225,14 @@ class FieldPathTable:
         """
 
         def field(path: str) -> str:
-            proto = self.proto_path(path, strategy_ids=strategy_ids)
+            proto = self.proto_path(path, symbols=symbols)
             return _join(prefix, proto if proto is not None else path)
 
         def text(value: str) -> str:
-            return self.proto_text(value, strategy_ids=strategy_ids, prefix=prefix)
+            return self.proto_text(value, symbols=symbols, prefix=prefix)
 
         def subject(value: str) -> str:
-            proto = self.proto_path(value, strategy_ids=strategy_ids)
+            proto = self.proto_path(value, symbols=symbols)
             return value if proto is None else _join(prefix, proto)
 
         message = error.message
@@ -256,22 +256,22 @@ class FieldPathTable:
 
 
 @contextmanager
-def proto_field_paths(table: FieldPathTable, *, strategy_ids: Sequence[str] = (), prefix: str = "") -> Iterator[None]:
+def proto_field_paths(table: FieldPathTable, *, symbols: Sequence[str] = (), prefix: str = "") -> Iterator[None]:
     """Re-raise a domain error raised inside the block in proto terms (``FieldPathTable.translated``).
 
     Parameters
     ----------
     table : FieldPathTable
         The request family's table.
-    strategy_ids : sequence of str
-        The request's strategy ids in array order.
+    symbols : sequence of str
+        The request's symbols in array order.
     prefix : str
         Path of the request message inside the RPC's request (``problem`` for ComputeEfficientFrontier).
     """
     try:
         yield
     except StratoptError as error:
-        raise table.translated(error, strategy_ids=strategy_ids, prefix=prefix) from None
+        raise table.translated(error, symbols=symbols, prefix=prefix) from None
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
@@ -280,13 +280,13 @@ def _compile(pattern: str) -> re.Pattern[str]:
     return re.compile(regex)
 
 
-def _render(proto: str, groups: dict[str, str], strategy_ids: Sequence[str]) -> str:
+def _render(proto: str, groups: dict[str, str], symbols: Sequence[str]) -> str:
     values: dict[str, object] = dict(groups)
     if "s" in groups:
         position = int(groups["s"])
-        values["id"] = strategy_ids[position] if position < len(strategy_ids) else groups["s"]
+        values["id"] = symbols[position] if position < len(symbols) else groups["s"]
         if "s2" in groups:
-            n_assets = len(strategy_ids)
+            n_assets = len(symbols)
             values["flat"] = position * n_assets + int(groups["s2"]) if n_assets else f"{position}, {groups['s2']}"
     return proto.format(**values)
 

@@ -158,22 +158,22 @@ def _validate_strategies(strategies: Any) -> tuple[tuple[str, ...], tuple[str, .
         raise _bad("strategies", f"at most {MAX_STRATEGIES} strategies per request, got {n}")
     seen: dict[str, int] = {}
     for i, s in enumerate(strategies):
-        if not s.strategy_id:
-            raise _bad(f"strategies[{i}].strategy_id", "must not be empty")
-        if len(s.strategy_id) > MAX_ID_LENGTH:
-            raise _bad(f"strategies[{i}].strategy_id", f"longer than {MAX_ID_LENGTH} characters")
-        if s.strategy_id in seen:
+        if not s.symbol:
+            raise _bad(f"strategies[{i}].symbol", "must not be empty")
+        if len(s.symbol) > MAX_ID_LENGTH:
+            raise _bad(f"strategies[{i}].symbol", f"longer than {MAX_ID_LENGTH} characters")
+        if s.symbol in seen:
             raise _bad(
-                f"strategies[{i}].strategy_id",
-                f"duplicate id '{s.strategy_id}' (also strategies[{seen[s.strategy_id]}])",
+                f"strategies[{i}].symbol",
+                f"duplicate id '{s.symbol}' (also strategies[{seen[s.symbol]}])",
             )
-        seen[s.strategy_id] = i
+        seen[s.symbol] = i
         if s.HasField("current_weight"):
             _finite(s.current_weight, f"strategies[{i}].current_weight")
         for scheme in s.classifications:
             if not scheme:
                 raise _bad(f"strategies[{i}].classifications", "scheme names must not be empty")
-    return tuple(s.strategy_id for s in strategies), tuple(s.sector for s in strategies)
+    return tuple(s.symbol for s in strategies), tuple(s.sector for s in strategies)
 
 
 def _classifications(strategies: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
@@ -310,7 +310,7 @@ def configuration_from_request(request: cmd_pb.OptimizeRequest) -> cmd_pb.Optimi
     if request.HasField("black_litterman"):
         config.black_litterman.CopyFrom(request.black_litterman)
     for s in request.strategies:
-        config.strategies.add(strategy_id=s.strategy_id, sector=s.sector, classifications=dict(s.classifications))
+        config.strategies.add(symbol=s.symbol, sector=s.sector, classifications=dict(s.classifications))
     if request.WhichOneof("inputs") == "market_data":
         config.lookback_periods = request.market_data.lookback_periods
         config.market_symbol = request.market_data.market_symbol
@@ -346,7 +346,7 @@ def normalize_configuration(
 ) -> cmd_pb.OptimizationConfiguration:
     """Check a configuration given to UpsertConfiguration and return its canonical form.
 
-    The canonical form is the configuration an equivalent Optimize call implies: strategy ids, sectors and
+    The canonical form is the configuration an equivalent Optimize call implies: symbols, sectors and
     classifications only, the method made explicit. The same content therefore always hashes to the same
     version, whichever RPC stored it.
 
@@ -420,7 +420,7 @@ def validate_optimize_request(request: cmd_pb.OptimizeRequest) -> ValidatedReque
     desk = _desk_constraints(request, ids)
     problem = PortfolioProblem(
         **desk,
-        strategy_ids=ids,
+        symbols=ids,
         # Risk parity and HRP have no objective; their constraint check uses min-volatility's (none extra).
         objective=_OBJECTIVES.get(request.objective, Objective.MIN_VOLATILITY),
         lower_bounds=lower,
@@ -468,7 +468,7 @@ def validate_optimize_request(request: cmd_pb.OptimizeRequest) -> ValidatedReque
         request_hash=(
             hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest() if request.request_id else ""
         ),
-        current_weights={s.strategy_id: s.current_weight for s in request.strategies if s.HasField("current_weight")},
+        current_weights={s.symbol: s.current_weight for s in request.strategies if s.HasField("current_weight")},
         method=method_settings,
     )
 
@@ -613,7 +613,7 @@ def _method_settings(
     if risk.risk_budgets:
         if method is not Method.RISK_PARITY:
             raise _bad("risk_parameters.risk_budgets", f"apply to RISK_PARITY only, not {name}")
-        budgets = _by_strategy(risk.risk_budgets, problem.strategy_ids, "risk_parameters.risk_budgets", positive=True)
+        budgets = _by_strategy(risk.risk_budgets, problem.symbols, "risk_parameters.risk_budgets", positive=True)
     has_bounds = c.HasField("min_weight") or c.HasField("max_weight") or bool(c.strategy_bounds)
     if method is Method.RISK_PARITY and (
         has_bounds or c.sector_limits or problem.min_return is not None or (problem.max_volatility is not None)
@@ -676,7 +676,7 @@ def _method_settings(
     if request.HasField("black_litterman"):
         if method is not Method.BLACK_LITTERMAN:
             raise _bad("black_litterman", f"applies to BLACK_LITTERMAN only, not {name}")
-        black_litterman = _black_litterman(request.black_litterman, problem.strategy_ids)
+        black_litterman = _black_litterman(request.black_litterman, problem.symbols)
     elif method is Method.BLACK_LITTERMAN:
         raise _bad("black_litterman", "BLACK_LITTERMAN needs black_litterman.market_caps or prior_returns")
     return MethodSettings(
@@ -695,7 +695,7 @@ def _method_settings(
 def _by_strategy(
     values: Any, ids: tuple[str, ...], field: str, *, positive: bool = False, complete: bool = True
 ) -> np.ndarray:
-    """A map keyed by strategy_id as an array in strategy order, every key checked."""
+    """A map keyed by symbol as an array in strategy order, every key checked."""
     index = {sid: i for i, sid in enumerate(ids)}
     out = np.full(len(ids), np.nan)
     for key, value in values.items():

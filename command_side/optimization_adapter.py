@@ -86,8 +86,8 @@ def optimize_request(command: OptimizeCommand) -> cmd_pb.OptimizeRequest:
     """
     request = optimize_request_from_configuration(command.configuration, command.request_id)
     for strategy in request.strategies:
-        if strategy.strategy_id in command.current_weights:
-            strategy.current_weight = command.current_weights[strategy.strategy_id]
+        if strategy.symbol in command.current_weights:
+            strategy.current_weight = command.current_weights[strategy.symbol]
     inputs = command.inputs
     if isinstance(inputs, MarketDataWindow):
         window = request.market_data
@@ -177,8 +177,8 @@ def frontier_command(request: cmd_pb.ComputeEfficientFrontierRequest) -> Frontie
     problem.objective = pb.OBJECTIVE_MIN_VOLATILITY  # ignored: the frontier spans every objective
     problem.risk_parameters.ClearField("multi_objective")  # weights of an objective the frontier does not use
     problem.request_id = ""
-    ids = tuple(s.strategy_id for s in problem.strategies)
-    with proto_field_paths(OPTIMIZATION, strategy_ids=ids, prefix="problem"):
+    ids = tuple(s.symbol for s in problem.strategies)
+    with proto_field_paths(OPTIMIZATION, symbols=ids, prefix="problem"):
         command = optimize_command(problem)
         if command.method.method not in (Method.MEAN_VARIANCE, Method.BLACK_LITTERMAN) or (
             command.method.risk_measure is not None

@@ -79,7 +79,7 @@ class OptimizeCommand:
     configuration: Configuration
     """The configuration the run implies (everything but the input data), versioned by the store."""
     current_weights: dict[str, float] = field(default_factory=dict)
-    """Current weights by strategy id, as given (stored with the run)."""
+    """Current weights by symbol, as given (stored with the run)."""
 
     @property
     def inputs_kind(self) -> str:
@@ -163,7 +163,7 @@ class FrontierPoint:
     sharpe_ratio: float
     """Annualised Sharpe ratio."""
     weights: dict[str, float]
-    """Weights (fractions) by strategy id, in the problem's order."""
+    """Weights (fractions) by symbol, in the problem's order."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

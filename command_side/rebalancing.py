@@ -18,10 +18,10 @@ Inputs of CheckDrift and GenerateRebalance
   1 fails FAILED_PRECONDITION ``UNSUPPORTED_TARGET`` (the rest of a target is cash, never negative); one with
   negative weights (a long-short optimization) is reported by CheckDrift but cannot be traded to by the long-only
   GenerateRebalance (``UNSUPPORTED_TARGET`` as well).
-* Names: the held names with shares > 0 and the target names with a weight of magnitude at least ``1e-9``
-  (smaller target weights of names not held count as cash), by symbol.
+* Symbols: the held symbols with shares > 0 and the target symbols with a weight of magnitude at least ``1e-9``
+  (smaller target weights of symbols not held count as cash), by symbol.
 * Prices: the command's ``prices``, else the latest stored close in ``market_data`` (at or before ``as_of`` for
-  GenerateRebalance when given); a name without a price: FAILED_PRECONDITION with one ``MISSING_MARKET_DATA``
+  GenerateRebalance when given); a symbol without a price: FAILED_PRECONDITION with one ``MISSING_MARKET_DATA``
   violation per symbol. Holdings and cash worth nothing: FAILED_PRECONDITION ``EMPTY_PORTFOLIO``.
 
 Recommendations
@@ -110,7 +110,7 @@ MAX_LOTS_PER_POSITION: Final = 10_000
 MAX_ID_LENGTH: Final = 200
 MAX_REASON_LENGTH: Final = 4_000
 TARGET_EPSILON: Final = 1e-9
-"""Target weights of names not held smaller than this in magnitude count as cash."""
+"""Target weights of symbols not held smaller than this in magnitude count as cash."""
 TARGET_SUM_TOLERANCE: Final = 1e-9
 
 _T = TypeVar("_T")
@@ -343,7 +343,7 @@ def _cost_model(policy: RebalancePolicy) -> CostModel:
 
 @dataclass(frozen=True, slots=True)
 class _Inputs:
-    """The engine inputs of one portfolio, names by symbol."""
+    """The engine inputs of one portfolio, by symbol."""
 
     holdings: tuple[Holding, ...]
     cash: float
@@ -361,7 +361,7 @@ def _violation(kind: str, subject: str, description: str) -> PreconditionError:
 def _recommendation(portfolio_id: str, plan: RebalancePlan, approval_limit: float) -> RebalanceRecommendation:
     """The recommendation of a plan (without id, status or times): sells first, then buys, each by symbol."""
     trades = []
-    for trade in sorted(plan.trades, key=lambda t: (t.side is not Side.SELL, t.name)):
+    for trade in sorted(plan.trades, key=lambda t: (t.side is not Side.SELL, t.symbol)):
         lots: tuple[LotSold, ...] = ()
         short_term_gain = long_term_gain = 0.0
         if trade.lots is not None:
@@ -378,7 +378,7 @@ def _recommendation(portfolio_id: str, plan: RebalancePlan, approval_limit: floa
             )
         trades.append(
             RecommendedTrade(
-                symbol=trade.name,
+                symbol=trade.symbol,
                 side=trade.side,
                 shares=trade.shares,
                 price=trade.price,
@@ -406,7 +406,7 @@ def _recommendation(portfolio_id: str, plan: RebalancePlan, approval_limit: floa
         estimated_tax=plan.estimated_tax,
         harvest_candidates=tuple(
             LossHarvest(
-                symbol=candidate.name,
+                symbol=candidate.symbol,
                 lot_id=candidate.lot_id,
                 shares=candidate.shares,
                 unrealized_loss=candidate.unrealized_loss,
@@ -507,11 +507,11 @@ class RebalancingService:
             if long_only:  # solver noise: weights in (-1e-9, 0) are zero
                 targets = {s: max(w, 0.0) for s, w in targets.items()}
         positions = {p.symbol: p for p in holdings.positions}
-        names = sorted(
+        symbols = sorted(
             {s for s, p in positions.items() if p.shares > 0.0}
             | {s for s, w in targets.items() if abs(w) >= TARGET_EPSILON}
         )
-        missing_from_request = [s for s in names if s not in given_prices]
+        missing_from_request = [s for s in symbols if s not in given_prices]
         stored = await self._store.latest_prices(missing_from_request, at_or_before=at_or_before)
         missing = [s for s in missing_from_request if s not in stored]
         if missing:
@@ -525,14 +525,14 @@ class RebalancingService:
             )
         price_of = {**stored, **given_prices}
         built = []
-        for name in names:
-            position = positions.get(name)
+        for symbol in symbols:
+            position = positions.get(symbol)
             lots: tuple[TaxLot, ...] = ()
             shares = 0.0
             if position is not None:
                 shares = position.shares
                 lots = tuple(_tax_lot(lot.lot_id, lot.shares, lot.cost_basis, lot.acquired) for lot in position.lots)
-            built.append(Holding(name=name, shares=shares, price=price_of[name], lots=lots))
+            built.append(Holding(symbol=symbol, shares=shares, price=price_of[symbol], lots=lots))
         total_value = math.fsum(h.shares * h.price for h in built) + holdings.cash
         if not total_value > 0.0:
             raise _violation(
@@ -541,12 +541,12 @@ class RebalancingService:
                 f"portfolio '{portfolio_id}' is worth {total_value:g} (holdings + cash)",
             )
         bands = policy.bands
-        absolute = [_given(bands[n].absolute, math.inf) if n in bands else math.inf for n in names]
-        relative = [_given(bands[n].relative, math.inf) if n in bands else math.inf for n in names]
+        absolute = [_given(bands[n].absolute, math.inf) if n in bands else math.inf for n in symbols]
+        relative = [_given(bands[n].relative, math.inf) if n in bands else math.inf for n in symbols]
         return _Inputs(
             holdings=tuple(built),
             cash=holdings.cash,
-            targets=np.array([targets.get(n, 0.0) for n in names], dtype=np.float64),
+            targets=np.array([targets.get(n, 0.0) for n in symbols], dtype=np.float64),
             absolute_bands=np.array(absolute, dtype=np.float64),
             relative_bands=np.array(relative, dtype=np.float64),
             target_event_id=target_event_id,
@@ -556,7 +556,7 @@ class RebalancingService:
     async def check_drift(self, command: CheckDrift) -> DriftCheck:
         """Drift of the stored holdings from the target (see the module docstring for the inputs).
 
-        The threshold is the command's, else the policy's, else 0.05. Names are reported by symbol;
+        The threshold is the command's, else the policy's, else 0.05. Drifts are reported by symbol;
         ``target_event_id`` names the optimization event whose weights were the target (empty for a given
         target).
 
@@ -648,7 +648,7 @@ class RebalancingService:
                 raise InvalidInputError.for_field(
                     "as_of",
                     f"is {trade_date.isoformat()}, before the acquisition of lot {late[0].lot_id!r} of "
-                    f"{holding.name} on {late[0].acquired.isoformat()}",
+                    f"{holding.symbol} on {late[0].acquired.isoformat()}",
                 )
         policy = inputs.policy
         settings = _tax_settings(policy)
@@ -656,7 +656,7 @@ class RebalancingService:
         n = len(inputs.holdings)
         market_inputs = None
         if market:
-            rows = [market.get(h.name) for h in inputs.holdings]
+            rows = [market.get(h.symbol) for h in inputs.holdings]
             market_inputs = MarketInputs(
                 adv=np.array([1.0 if m is None else m.adv for m in rows]),
                 daily_volatility=np.array([0.0 if m is None else m.daily_volatility for m in rows]),

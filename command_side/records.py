@@ -149,9 +149,9 @@ class BlackLittermanRecord:
     """Black-Litterman prior and posterior of a run."""
 
     prior_returns: dict[str, float]
-    """Prior annualised expected returns (decimal) keyed by strategy id."""
+    """Prior annualised expected returns (decimal) keyed by symbol."""
     posterior_returns: dict[str, float]
-    """Posterior annualised expected returns (decimal) keyed by strategy id."""
+    """Posterior annualised expected returns (decimal) keyed by symbol."""
     posterior_covariance: tuple[float, ...]
     """Posterior annualised covariance (decimal²), row-major N x N in the request's strategy order."""
     risk_aversion: float
@@ -232,9 +232,9 @@ class RunMetadataRecord:
     gross_exposure: float = 0.0
     """Sum of the absolute weights (fraction)."""
     risk_contributions: dict[str, float] = field(default_factory=dict)
-    """Each strategy's share of portfolio variance (fractions summing to 1) keyed by strategy id."""
+    """Each strategy's share of portfolio variance (fractions summing to 1) keyed by symbol."""
     betas: dict[str, float] = field(default_factory=dict)
-    """Betas used by the beta constraint keyed by strategy id."""
+    """Betas used by the beta constraint keyed by symbol."""
     relaxations: tuple[RelaxationRecord, ...] = ()
     """Limits relaxed to reach a feasible problem."""
     black_litterman: BlackLittermanRecord | None = None
@@ -329,7 +329,7 @@ class ResultRecord:
     request_id: str
     """Idempotency key of the request; ``""`` when the caller gave none."""
     weights: dict[str, float]
-    """Optimal weights (fractions) keyed by strategy id."""
+    """Optimal weights (fractions) keyed by symbol."""
     expected_return: float
     """Annualised expected return (decimal)."""
     volatility: float

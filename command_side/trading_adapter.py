@@ -105,7 +105,7 @@ def allocate_shares_command(request: trading_pb.AllocateSharesRequest) -> Alloca
         _check_symbol(target.symbol, f"targets[{i}]", seen, i)
         targets.append(
             AllocationTarget(
-                name=target.symbol,
+                symbol=target.symbol,
                 target_weight=target.target_weight,
                 price=target.price,
                 allowed_deviation=(
@@ -177,7 +177,7 @@ def _cache_ttl(request: trading_pb.AllocateSharesRequest) -> timedelta | None:
 
 @contextmanager
 def allocation_field_paths() -> Iterator[None]:
-    """Re-raise a domain error of the allocation (the engine's names, ``targets[i].name``) in the request's terms."""
+    """Re-raise a domain error of the allocation (the engine's names, ``targets[i].symbol``) in the request's terms."""
     with proto_field_paths(ALLOCATION):
         yield
 
@@ -190,7 +190,7 @@ def allocation_message(allocation: Allocation) -> trading_pb.AllocateSharesRespo
     response = trading_pb.AllocateSharesResponse(cache_key=allocation.cache_key, cached=allocation.cached)
     for line in allocation.lines:
         response.lines.add(
-            symbol=line.name,
+            symbol=line.symbol,
             price=line.price,
             current_shares=line.current_shares,
             buy_shares=line.buy_shares,
@@ -204,7 +204,7 @@ def allocation_message(allocation: Allocation) -> trading_pb.AllocateSharesRespo
         )
     for holding in allocation.sold_in_full:
         response.sold_in_full.add(
-            symbol=holding.name,
+            symbol=holding.symbol,
             shares=holding.shares,
             price=holding.price,
             proceeds=holding.proceeds,
@@ -240,7 +240,7 @@ def allocation_of_message(message: trading_pb.AllocateSharesResponse) -> Allocat
         cache_key=message.cache_key,
         lines=tuple(
             AllocatedLine(
-                name=line.symbol,
+                symbol=line.symbol,
                 price=line.price,
                 current_shares=line.current_shares,
                 buy_shares=line.buy_shares,
@@ -256,7 +256,7 @@ def allocation_of_message(message: trading_pb.AllocateSharesResponse) -> Allocat
         ),
         sold_in_full=tuple(
             SoldInFull(
-                name=sold.symbol,
+                symbol=sold.symbol,
                 shares=sold.shares,
                 price=sold.price,
                 proceeds=sold.proceeds,
@@ -659,9 +659,9 @@ def check_drift_response(drift: DriftCheck) -> trading_pb.CheckDriftResponse:
         exceeds_threshold=report.exceeds_threshold,
         target_event_id=drift.target_event_id,
     )
-    for i, name in enumerate(report.names):
+    for i, symbol in enumerate(report.symbols):
         response.names.add(
-            symbol=name,
+            symbol=symbol,
             current_weight=float(report.current_weights[i]),
             target_weight=float(report.target_weights[i]),
             drift=float(report.drift[i]),

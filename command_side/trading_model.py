@@ -41,7 +41,7 @@ class AllocateShares:
 class AllocatedLine:
     """The allocation of one target (the stored and returned part of the engine's ``AllocationLine``)."""
 
-    name: str
+    symbol: str
     """Symbol."""
     price: float
     """Price per share ($)."""
@@ -69,7 +69,7 @@ class AllocatedLine:
 class SoldInFull:
     """A holding not among the targets, sold in full (the engine's ``SoldHolding``)."""
 
-    name: str
+    symbol: str
     """Symbol."""
     shares: int
     """Shares sold (all of them)."""
@@ -243,7 +243,7 @@ class DriftCheck:
     """The answer to :class:`CheckDrift`."""
 
     report: DriftReport
-    """The engine's report, names by symbol."""
+    """The engine's report, by symbol."""
     target_event_id: str
     """The optimization event whose weights were the target; '' for a given target."""
 

@@ -35,8 +35,8 @@ from services.trading import AllocationRequest
 from stratopt.v1 import trading_service_pb2 as trading_pb
 
 TABLE_SCHEMA_VERSION: Final = 1
-"""Version of the payloads described by :class:`Schema` tables (trading and configuration content) written by
-this build."""
+"""Version of the trading payloads described by :class:`Schema` tables written by this build (the configuration
+content has its own, ``command_side.configuration_records.CONFIGURATION_SCHEMA_VERSION``)."""
 
 Kind = Literal[
     "text",
@@ -88,10 +88,12 @@ class Schema:
     """The contract message it is converted to and from."""
     fields: tuple[Field, ...]
     """Its keys, in stored order."""
+    version: int = TABLE_SCHEMA_VERSION
+    """``schema_version`` of the object when it is stored top-level (configuration content has its own)."""
 
     def to_json(self, message: Message, *, versioned: bool = True) -> JsonObject:
         """The stored JSON object of ``message`` (with ``schema_version`` unless ``versioned`` is false)."""
-        payload: JsonObject = {"schema_version": TABLE_SCHEMA_VERSION} if versioned else {}
+        payload: JsonObject = {"schema_version": self.version} if versioned else {}
         for f in self.fields:
             payload[f.key] = _encode(f, message)
         return payload
@@ -102,9 +104,9 @@ class Schema:
         Raises
         ------
         SchemaError
-            When a versioned payload is not of :data:`TABLE_SCHEMA_VERSION`.
+            When a versioned payload is not of the schema's ``version``.
         """
-        if versioned and payload.get("schema_version") != TABLE_SCHEMA_VERSION:
+        if versioned and payload.get("schema_version") != self.version:
             raise SchemaError(
                 f"{self.name}: schema_version {payload.get('schema_version')!r} is not one this build reads"
             )
@@ -481,7 +483,7 @@ def allocation_request_json(problem: AllocationRequest) -> JsonObject:
     )
     for target in problem.targets:
         added = message.targets.add(
-            symbol=target.name,
+            symbol=target.symbol,
             target_weight=target.target_weight,
             allowed_deviation=target.allowed_deviation,
             price=target.price,
@@ -490,7 +492,7 @@ def allocation_request_json(problem: AllocationRequest) -> JsonObject:
         if target.momentum_score is not None:
             added.momentum_score = target.momentum_score
     for holding in problem.holdings:
-        message.holdings.add(symbol=holding.name, shares=holding.shares, price=holding.price)
+        message.holdings.add(symbol=holding.symbol, shares=holding.shares, price=holding.price)
     return ALLOCATION_REQUEST.to_json(message)
 
 

@@ -81,7 +81,7 @@ class LatestTarget:
     event_id: str
     """Event identifier (UUID)."""
     weights: dict[str, float]
-    """Weights keyed by strategy id (fractions)."""
+    """Weights keyed by symbol (fractions)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,7 +50,7 @@ def _single_threaded_blas() -> None:
 def _warm_up() -> bool:
     """Import the engine's libraries and run one tiny solve in this worker."""
     problem = PortfolioProblem(
-        strategy_ids=("a", "b"),
+        symbols=("a", "b"),
         objective=Objective.MAX_SHARPE,
         lower_bounds=np.zeros(2),
         upper_bounds=np.ones(2),

@@ -4,8 +4,9 @@ Before: the ``strategies``, ``constraints``, ``risk_parameters`` and ``black_lit
 ``optimization_configurations`` held protobuf's JSON mapping with the proto field names (``{}`` for an unset
 message). After: the objects of ``command_side.configuration_records``, each with ``schema_version``. The
 ``content_hash`` column is unchanged: it is computed from the contract message, not from the stored form.
-Rows already converted (``constraints`` with ``schema_version``) are left alone. yoyo applies it in one
-transaction. There is no rollback.
+Rows already converted (``constraints`` with ``schema_version``) are left alone. The rows are written by
+the current ``configuration_columns`` (today schema_version 2, which ``0011_stored_symbol_keys`` leaves as it
+is). yoyo applies it in one transaction. There is no rollback.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
 
 __depends__ = {"0009_stored_trading_records"}
+
+_OLD_ID_KEYS = ("strategy_id", "strategyId")
+"""The keys of the strategy's identifier in the proto's JSON mapping of this migration's time (``Strategy.symbol``
+was ``strategy_id`` then); the current build writes version 2 (see ``0011_stored_symbol_keys``)."""
 
 
 def _json(value: Any) -> str:
@@ -45,6 +50,7 @@ def configurations_to_records(conn: Any) -> None:
             continue
         config = cmd_pb.OptimizationConfiguration()
         for strategy in _loaded(strategies):
+            strategy = {("symbol" if key in _OLD_ID_KEYS else key): value for key, value in strategy.items()}
             config.strategies.append(json_format.ParseDict(strategy, pb.Strategy(), ignore_unknown_fields=True))
         json_format.ParseDict(constraints, config.constraints, ignore_unknown_fields=True)
         json_format.ParseDict(_loaded(risk_parameters), config.risk_parameters, ignore_unknown_fields=True)

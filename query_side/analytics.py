@@ -7,7 +7,7 @@ The one-way turnover of run :math:`t` against the portfolio's previous run :math
 
 .. math:: \tau_t = \tfrac{1}{2} \sum_i \lvert w_{i,t} - w_{i,t-1} \rvert
 
-over the union of the strategy ids of both runs; an id missing from one run has weight 0 there. The first run
+over the union of the symbols of both runs; an id missing from one run has weight 0 there. The first run
 of the history has no predecessor and so no turnover; it counts in ``run_count`` and the means of the run's
 own statistics, but not in the turnover mean and maximum. When the analysed window starts after the first run
 of the history, the caller passes the weights of the last run before the window (``previous_weights``) so
@@ -28,8 +28,8 @@ from datetime import UTC, datetime, timedelta
 import duckdb
 import polars as pl
 
-WEIGHT_DTYPE = pl.Struct({"strategy_id": pl.String, "weight": pl.Float64})
-"""One entry of a run's weights: strategy id and weight (fraction of portfolio value)."""
+WEIGHT_DTYPE = pl.Struct({"symbol": pl.String, "weight": pl.Float64})
+"""One entry of a run's weights: symbol and weight (fraction of portfolio value)."""
 
 EVENTS_SCHEMA = pl.Schema(
     [
@@ -67,7 +67,7 @@ class RunRecord:
     event_id: str
     """Event identifier (UUID text); breaks ties between runs with the same timestamp."""
     weights: Mapping[str, float]
-    """Optimal weights keyed by strategy id (fractions of portfolio value)."""
+    """Optimal weights keyed by symbol (fractions of portfolio value)."""
     expected_return: float
     """Annualised expected return (decimal)."""
     volatility: float
@@ -117,13 +117,13 @@ def events_frame(runs: Iterable[RunRecord]) -> pl.DataFrame:
     Returns
     -------
     polars.DataFrame
-        One row per run; ``weights`` is a list of ``{strategy_id, weight}`` structs.
+        One row per run; ``weights`` is a list of ``{symbol, weight}`` structs.
     """
     rows = [
         {
             "timestamp": run.timestamp,
             "event_id": run.event_id,
-            "weights": [{"strategy_id": name, "weight": float(weight)} for name, weight in run.weights.items()],
+            "weights": [{"symbol": name, "weight": float(weight)} for name, weight in run.weights.items()],
             "expected_return": run.expected_return,
             "volatility": run.volatility,
             "sharpe_ratio": run.sharpe_ratio,
@@ -137,12 +137,12 @@ def with_turnover(events: pl.DataFrame, *, previous_weights: Mapping[str, float]
     r"""Order runs by ``(timestamp, event_id)`` and add each run's one-way turnover.
 
     The turnover of a run against the previous run is :math:`\tfrac{1}{2} \sum_i |w_{i,t} - w_{i,t-1}|`
-    over the union of both runs' strategy ids (a missing id weighs 0).
+    over the union of both runs' symbols (a missing id weighs 0).
 
     Parameters
     ----------
     events : polars.DataFrame
-        Runs with the columns of :data:`EVENTS_SCHEMA`, in any order; strategy ids unique within a run.
+        Runs with the columns of :data:`EVENTS_SCHEMA`, in any order; symbols unique within a run.
     previous_weights : mapping of str to float, optional
         Weights of the portfolio's run just before the first run of ``events``; None when that first run is
         the first of the portfolio's history, which then has no turnover.
@@ -164,20 +164,20 @@ def with_turnover(events: pl.DataFrame, *, previous_weights: Mapping[str, float]
         predecessor = pl.DataFrame(
             {
                 "run_index": [-1] * len(previous_weights),
-                "strategy_id": list(previous_weights),
+                "symbol": list(previous_weights),
                 "weight": [float(weight) for weight in previous_weights.values()],
             },
-            schema={"run_index": pl.Int64, "strategy_id": pl.String, "weight": pl.Float64},
+            schema={"run_index": pl.Int64, "symbol": pl.String, "weight": pl.Float64},
         )
         run_weights = pl.concat([predecessor, run_weights])
     current = run_weights.filter(pl.col("run_index") >= 0)
     previous = run_weights.select(
         (pl.col("run_index") + 1).alias("run_index"),
-        "strategy_id",
+        "symbol",
         pl.col("weight").alias("previous_weight"),
     )
     turnover = (
-        current.join(previous, on=["run_index", "strategy_id"], how="full", coalesce=True)
+        current.join(previous, on=["run_index", "symbol"], how="full", coalesce=True)
         .filter(pl.col("run_index") < ordered.height)
         .group_by("run_index")
         .agg(

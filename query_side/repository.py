@@ -56,7 +56,7 @@ class StoredEvent:
     method: str
     """Name of the ``stratopt.v1.OptimizationMethod`` value."""
     weights: dict[str, float]
-    """Optimal weights keyed by strategy id (fractions of portfolio value)."""
+    """Optimal weights keyed by symbol (fractions of portfolio value)."""
     expected_return: float
     """Annualised expected return (decimal)."""
     volatility: float

@@ -14,7 +14,7 @@ gRPC). Example::
     portfolio.sharpe_ratio       # annualised, at r_f = 0.02
 
 Everything ``PortfolioProblem`` takes (``sector_limits``, ``turnover_limit``, ``max_holdings`` …) passes through
-``**constraints``; per-name arrays may be given as mappings from column name to value.
+``**constraints``; per-symbol arrays may be given as mappings from column name to value.
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ from services.estimation import returns_between_observations
 from services.optimization import Objective, PortfolioProblem, RiskMeasure
 from services.types import EstimationSettings, FloatArray, Moments, ReturnHistory
 
-_PER_NAME_FIELDS = (
+_PER_SYMBOL_FIELDS = (
     "current_weights",
     "turnover_caps",
     "transaction_costs_bps",
     "benchmark_weights",
     "betas",
 )
-"""``PortfolioProblem`` fields of shape (N,) that may be given as a mapping from name to value."""
+"""``PortfolioProblem`` fields of shape (N,) that may be given as a mapping from symbol to value."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +49,7 @@ class Portfolio:
     Attributes
     ----------
     weights : pandas.Series
-        Weights (fractions; summing to 1, or within the net exposure bounds) indexed by name.
+        Weights (fractions; summing to 1, or within the net exposure bounds) indexed by symbol.
     expected_return, volatility, sharpe_ratio : float
         Annualised expected return and volatility (decimals) and the Sharpe ratio at the problem's risk-free rate.
     outcome : OptimizationOutcome
@@ -65,7 +65,7 @@ class Portfolio:
 
     @property
     def risk_contributions(self) -> pd.Series:
-        """Each name's share of portfolio variance (sums to 1)."""
+        """Each symbol's share of portfolio variance (sums to 1)."""
         return pd.Series(self.outcome.risk_contributions, index=self.weights.index, name="risk_contribution")
 
 
@@ -76,13 +76,13 @@ def _history(returns: pd.DataFrame) -> ReturnHistory:
     return ReturnHistory(returns=values, timestamps=timestamps.to_numpy(dtype="datetime64[us]"))
 
 
-def _per_name(value: Any, names: list[str], field: str, default: float) -> FloatArray:
+def _per_symbol(value: Any, symbols: list[str], field: str, default: float) -> FloatArray:
     if isinstance(value, Mapping):
-        unknown = sorted(set(value) - set(names))
+        unknown = sorted(set(value) - set(symbols))
         if unknown:
-            raise InvalidInputError.for_field(field, f"names not among the columns: {', '.join(map(str, unknown))}")
-        return np.array([float(value.get(name, default)) for name in names], dtype=np.float64)
-    return np.broadcast_to(np.asarray(value, dtype=np.float64), (len(names),)).copy()
+            raise InvalidInputError.for_field(field, f"symbols not among the columns: {', '.join(map(str, unknown))}")
+        return np.array([float(value.get(symbol, default)) for symbol in symbols], dtype=np.float64)
+    return np.broadcast_to(np.asarray(value, dtype=np.float64), (len(symbols),)).copy()
 
 
 def optimize(
@@ -105,12 +105,12 @@ def optimize(
     Parameters
     ----------
     returns : pandas.DataFrame of shape (T, N), optional
-        Periodic simple returns (0.01 = 1 %), one column per name, a datetime index; NaN where a name has no
+        Periodic simple returns (0.01 = 1 %), one column per symbol, a datetime index; NaN where a symbol has no
         observation (handled by ``estimation.missing_data_policy``, pairwise by default).
     prices : pandas.DataFrame of shape (T + 1, N), optional
         Positive prices instead of returns: each name's returns between its own consecutive observations.
     moments : tuple of (pandas.Series, pandas.DataFrame), optional
-        Annualised expected returns (N,) and covariance (N, N), indexed by name, instead of a history.
+        Annualised expected returns (N,) and covariance (N, N), indexed by symbol, instead of a history.
     objective : Objective or str, default="MAX_SHARPE"
         ``MAX_SHARPE``, ``MIN_VOLATILITY``, ``MAX_RETURN``, ``MAX_QUADRATIC_UTILITY`` or ``MULTI_OBJECTIVE``.
     method : Method, str or MethodSettings, default="MEAN_VARIANCE"
@@ -118,10 +118,10 @@ def optimize(
         ``ROBUST_OPTIMIZATION``; a ``MethodSettings`` for the method's parameters (views, budgets, linkage …).
     risk_measure : RiskMeasure or str, optional
         ``CVAR``, ``MAD`` or ``CDAR`` on the historical scenarios instead of variance (mean-variance only).
-    min_weight, max_weight : float or mapping of name to float
-        Per-name weight bounds (fractions); defaults 0 and 1 (long only).
-    sectors : mapping of name to str, optional
-        Each name's sector, for ``sector_limits``.
+    min_weight, max_weight : float or mapping of symbol to float
+        Per-symbol weight bounds (fractions); defaults 0 and 1 (long only).
+    sectors : mapping of symbol to str, optional
+        Each symbol's sector, for ``sector_limits``.
     estimation : EstimationSettings, optional
         Estimators and annualisation; default the service's (mean historical compounded, sample covariance, 252
         periods per year, pairwise over gaps).
@@ -129,8 +129,8 @@ def optimize(
         Wall-clock limit in seconds.
     **constraints
         Any other ``PortfolioProblem`` field (``risk_free_rate``, ``risk_aversion``, ``min_return``,
-        ``max_volatility``, ``sector_limits``, ``turnover_limit``, ``current_weights`` …); per-name fields may be
-        mappings from name to value.
+        ``max_volatility``, ``sector_limits``, ``turnover_limit``, ``current_weights`` …); per-symbol fields may be
+        mappings from symbol to value.
 
     Returns
     -------
@@ -156,7 +156,7 @@ def optimize(
     inputs: ReturnHistory | Moments
     if moments is not None:
         expected, covariance = moments
-        names = [str(name) for name in expected.index]
+        symbols = [str(name) for name in expected.index]
         inputs = Moments(
             expected_returns=expected.to_numpy(dtype=np.float64),
             covariance=covariance.loc[expected.index, expected.index].to_numpy(dtype=np.float64),
@@ -171,18 +171,18 @@ def optimize(
         else:
             assert returns is not None
             frame = returns
-        names = [str(name) for name in frame.columns]
+        symbols = [str(name) for name in frame.columns]
         inputs = _history(frame)
     fields = dict(constraints)
-    for field in _PER_NAME_FIELDS:
+    for field in _PER_SYMBOL_FIELDS:
         if field in fields and isinstance(fields[field], Mapping):
-            fields[field] = _per_name(fields[field], names, field, 0.0 if field != "turnover_caps" else np.inf)
+            fields[field] = _per_symbol(fields[field], symbols, field, 0.0 if field != "turnover_caps" else np.inf)
     problem = PortfolioProblem(
-        strategy_ids=tuple(names),
+        symbols=tuple(symbols),
         objective=Objective(objective),
-        lower_bounds=_per_name(min_weight, names, "min_weight", 0.0),
-        upper_bounds=_per_name(max_weight, names, "max_weight", 1.0),
-        sectors=tuple(sectors.get(name, "") for name in names) if sectors is not None else (),
+        lower_bounds=_per_symbol(min_weight, symbols, "min_weight", 0.0),
+        upper_bounds=_per_symbol(max_weight, symbols, "max_weight", 1.0),
+        sectors=tuple(sectors.get(symbol, "") for symbol in symbols) if sectors is not None else (),
         **fields,
     )
     if isinstance(method, MethodSettings):
@@ -202,7 +202,7 @@ def optimize(
     outcome = run_optimization(job)
     result = outcome.result
     return Portfolio(
-        weights=pd.Series(result.weights, index=names, name="weight"),
+        weights=pd.Series(result.weights, index=symbols, name="weight"),
         expected_return=result.performance.expected_return,
         volatility=result.performance.volatility,
         sharpe_ratio=result.performance.sharpe_ratio,

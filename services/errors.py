@@ -13,9 +13,9 @@ the value from the domain object the engine was given (``PortfolioProblem``, ``M
 - an attribute of a nested object after a dot: ``multi_objective.l2_weight``,
   ``black_litterman.view_confidences`` (``MethodSettings.black_litterman``);
 - an element of an array or an item of a sequence by its 0-based position in square brackets, one index per axis
-  as NumPy writes it, never by a strategy id: ``upper_bounds[3]``, ``expected_returns[3]``,
+  as NumPy writes it, never by a symbol: ``upper_bounds[3]``, ``expected_returns[3]``,
   ``sector_limits[2].min_weight``, ``covariance[1, 2]``, ``returns[:, 4]`` (strategy 4's column),
-  ``black_litterman.view_confidences[1]``, ``targets[4].name``;
+  ``black_litterman.view_confidences[1]``, ``targets[4].symbol``;
 - an object as a whole by its attribute's name: ``upper_bounds`` (the weight caps together), ``sector_limits``.
 
 The adapter of each side holds the table from these names to its contract's field paths (the command side's is

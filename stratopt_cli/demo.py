@@ -39,7 +39,7 @@ SECTORS = {
 
 
 def _strategies() -> list[pb.Strategy]:
-    return [pb.Strategy(strategy_id=s, sector=sector) for s, sector in SECTORS.items()]
+    return [pb.Strategy(symbol=s, sector=sector) for s, sector in SECTORS.items()]
 
 
 def _window(end_year: int, years: int = 3) -> pb.MarketDataWindow:

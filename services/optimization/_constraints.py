@@ -66,7 +66,7 @@ class ModelView(Protocol):
     """What the families read of the whole problem (implemented by ``_model.ProblemModel``)."""
 
     @property
-    def strategy_ids(self) -> tuple[str, ...]:
+    def symbols(self) -> tuple[str, ...]:
         """See ``ProblemModel``."""
         ...
 
@@ -318,7 +318,7 @@ class Bounds(Constraint):
             builder.add(cast(cp.Constraint, below <= np.maximum(self.lower, 0.0)))
 
     def violations(self, weights: FloatArray, model: ModelView) -> list[str]:
-        ids = model.strategy_ids
+        ids = model.symbols
         found = [
             f"{ids[i]} weight {weights[i]:.9g} below {self.lower[i]:g}"
             for i in _where(weights < self.lower - TOLERANCE)
@@ -351,7 +351,7 @@ class Bounds(Constraint):
         return found
 
     def relax(self, slacks: dict[str, FloatArray], model: ModelView) -> tuple[dict[str, Any], list[Relaxation]]:
-        lower, upper, ids = self.lower, self.upper, model.strategy_ids
+        lower, upper, ids = self.lower, self.upper, model.symbols
         new_lower = lower - _amount(slacks["below"])
         new_upper = upper + _amount(slacks["above"])
         new_lower = np.where((lower >= 0.0) & (new_lower < lower), np.maximum(new_lower, 0.0), new_lower)
@@ -739,7 +739,7 @@ class TurnoverCaps(Constraint):
     def violations(self, weights: FloatArray, model: ModelView) -> list[str]:
         trades = np.abs(weights - model.current)
         return [
-            f"{model.strategy_ids[i]} trade {trades[i]:.9g} above its cap {self.caps[i]:g}"
+            f"{model.symbols[i]} trade {trades[i]:.9g} above its cap {self.caps[i]:g}"
             for i in _where(trades > self.caps + TOLERANCE)
         ]
 
@@ -756,7 +756,7 @@ class TurnoverCaps(Constraint):
                 PreconditionViolation(
                     "TURNOVER",
                     f"turnover_caps[{i}]",
-                    f"{model.strategy_ids[i]}: no weight within cap {self.caps[i]:g} of its current weight "
+                    f"{model.symbols[i]}: no weight within cap {self.caps[i]:g} of its current weight "
                     f"{current[i]:g} lies within its bounds [{lower[i]:g}, {upper[i]:g}]",
                 )
             ]
@@ -781,7 +781,7 @@ class TurnoverCaps(Constraint):
                 f"turnover_caps[{i}]",
                 float(self.caps[i]),
                 float(caps[i]),
-                f"raise the turnover cap of {model.strategy_ids[i]} from {self.caps[i]:.6g} to {caps[i]:.6g}",
+                f"raise the turnover cap of {model.symbols[i]} from {self.caps[i]:.6g} to {caps[i]:.6g}",
             )
             for i in _where(by_name > 0)
         ]
@@ -961,13 +961,12 @@ class Cardinality(Constraint):
         if self.min_position is not None:
             for i in _where(held & (np.abs(weights) < self.min_position - TOLERANCE)):
                 found.append(
-                    f"{model.strategy_ids[i]} weight {weights[i]:.9g} held below min_position_weight "
-                    f"{self.min_position:g}"
+                    f"{model.symbols[i]} weight {weights[i]:.9g} held below min_position_weight {self.min_position:g}"
                 )
         return found
 
     def precheck(self, model: ModelView) -> list[PreconditionViolation]:
-        lower, upper, ids = model.lower, model.upper, model.strategy_ids
+        lower, upper, ids = model.lower, model.upper, model.symbols
         k, m = self.max_holdings, self.min_position
         found: list[PreconditionViolation] = []
         forced = (lower > 0) | (upper < 0)

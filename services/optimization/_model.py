@@ -260,9 +260,9 @@ class ProblemModel:
         return self.problem.objective
 
     @property
-    def strategy_ids(self) -> tuple[str, ...]:
+    def symbols(self) -> tuple[str, ...]:
         """Identifiers (N) in the order of every array."""
-        return self.problem.strategy_ids
+        return self.problem.symbols
 
     @property
     def lower(self) -> FloatArray:

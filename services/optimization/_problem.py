@@ -75,8 +75,8 @@ class PortfolioProblem:
 
     Attributes
     ----------
-    strategy_ids : tuple of str, length N
-        Unique strategy identifiers, in the order of every array.
+    symbols : tuple of str, length N
+        Unique symbols, in the order of every array.
     objective : Objective
         What to optimize.
     lower_bounds, upper_bounds : ndarray of shape (N,)
@@ -95,7 +95,7 @@ class PortfolioProblem:
         Risk aversion delta of the quadratic utility.
     """
 
-    strategy_ids: tuple[str, ...]
+    symbols: tuple[str, ...]
     objective: Objective
     lower_bounds: FloatArray
     upper_bounds: FloatArray
@@ -144,7 +144,7 @@ class PortfolioProblem:
     @property
     def n_assets(self) -> int:
         """Number of strategies N."""
-        return len(self.strategy_ids)
+        return len(self.symbols)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +163,7 @@ class OptimizationResult:
     Attributes
     ----------
     weights : ndarray of shape (N,)
-        Optimal weights (fractions summing to 1), in the order of ``PortfolioProblem.strategy_ids``.
+        Optimal weights (fractions summing to 1), in the order of ``PortfolioProblem.symbols``.
     performance : PortfolioPerformance
         Expected return, volatility and Sharpe ratio of ``weights``.
     objective_value : float

@@ -2,18 +2,18 @@
 
 The problem
 -----------
-Given current holdings (name, shares, price), N target strategies (name, target weight w_i, price p_i, allowed
+Given current holdings (symbol, shares, price), N target strategies (symbol, target weight w_i, price p_i, allowed
 deviation d_i, lot size L_i), extra cash and per-trade fees, find the final share counts x_i (trades are
 x_i − c_i, c_i the shares held now) that invest the portfolio as well as the strategy asks.
 
 - Budget. B = Σ over every holding of price · shares + extra cash: the whole portfolio is re-allocated. Holdings
-  whose name is not a target are sold in full; held target names count at their price and may be kept, topped up
+  whose symbol is not a target are sold in full; held target symbols count at their price and may be kept, topped up
   or reduced. Holdings with zero shares are ignored.
-- Fees. A trade of Δ_i = x_i − c_i shares costs ``commission_per_trade`` (a fixed amount, once per name whose
+- Fees. A trade of Δ_i = x_i − c_i shares costs ``commission_per_trade`` (a fixed amount, once per symbol whose
   share count changes) plus ``fee_per_share`` · |Δ_i|. Fees are paid from the budget: Σ p_i x_i + fees ≤ B
   (to max(1e-12 · B, $1e-6), the rounding of the sums). The fees of the forced sales of non-target holdings
   are fixed costs taken off the budget first.
-- Bands. The final value of each name stays within its band: p_i x_i ∈ [max(0, w_i B (1 − d_i)),
+- Bands. The final value of each symbol stays within its band: p_i x_i ∈ [max(0, w_i B (1 − d_i)),
   min(B, w_i B (1 + d_i))]: the allowed deviation d_i is *relative* to the target value w_i B (0.10: the
   target ± 10 % of itself, so a 5 % target may end between 4.5 % and 5.5 % of B). Bands are met to a relative
   1e-9 of the share count.
@@ -31,31 +31,31 @@ Objectives (``AllocationStrategy``), each a maximisation of Σ v_i k_i over the 
   min-max normalised momentum scores s (all 0 when the scores are equal): maximise Σ (1 + z_i) p_i x_i, i.e.
   minimise (B − Σ p_i x_i) − Σ z_i p_i x_i, the uninvested budget minus the momentum-weighted value. Every
   invested dollar is worth at least one uninvested dollar, so the budget is still spent; within the bands value
-  tilts to the names with the strongest momentum (a dollar in the top name counts twice one in the bottom name).
+  tilts to the symbols with the strongest momentum (a dollar in the top symbol counts twice one in the bottom symbol).
 
 Solution method
 ---------------
-1. Validation (``InvalidInputError`` naming the field, e.g. ``targets[2].price``) and normalisation: names
+1. Validation (``InvalidInputError`` naming the field, e.g. ``targets[2].price``) and normalisation: symbols
    sorted, weights divided by their sum (which must be 1 within 1e-6).
 2. Feasibility and relaxation, decided exactly in O(N) before any solve (the cheapest admissible share count of
-   a name, fees included, is at one of its band ends or next to its current holding, since the cost is convex
+   a symbol, fees included, is at one of its band ends or next to its current holding, since the cost is convex
    piecewise linear in k apart from the commission, which is zero only at k = c / L). In this order, stopping
    at the first step that makes the problem feasible (``BandRelaxation`` reports the last step applied):
 
-   a. ``WIDENED_BANDS`` (per name): a band that contains no admissible share count (e.g. a 0.1 % target of a
+   a. ``WIDENED_BANDS`` (per symbol): a band that contains no admissible share count (e.g. a 0.1 % target of a
       $1,000 stock) has its deviation doubled, d ← max(2 d, 1 %), until it does; at d ≥ 1 the band reaches 0,
-      which is always admissible, so this ends. Other names keep their bands.
-   b. ``WIDENED_BANDS`` (all names): while the cheapest admissible portfolio, fees included, costs more than the
+      which is always admissible, so this ends. Other symbols keep their bands.
+   b. ``WIDENED_BANDS`` (all symbols): while the cheapest admissible portfolio, fees included, costs more than the
       budget, every deviation is doubled the same way, until every deviation is ≥ 1 (every band reaches 0);
    c. ``FULL_BANDS``: every band becomes [0, B];
    d. ``LOT_SIZES_DROPPED``: every lot size becomes 1 (keeping every current holding is now admissible and
       free, so only the fees of the forced sales can still exceed the budget: ``InfeasibleError``).
 
    With ``allow_relaxation=False`` an infeasible problem raises ``InfeasibleError`` instead (``EMPTY_BAND`` per
-   name, ``BUDGET``).
+   symbol, ``BUDGET``).
 3. A heuristic answer: the greedy allocation of PyPortfolioOpt's ``DiscreteAllocation.greedy_portfolio``
    generalised to bands, lots and fees (start from the floor of each target, clipped into its band, then buy one
-   lot at a time of the affordable name furthest below its target value while it stays in its band; see
+   lot at a time of the affordable symbol furthest below its target value while it stays in its band; see
    :func:`greedy_allocation`), improved by a local search: repeatedly the best single-lot purchase or one-lot
    swap (buy one lot of i, sell one of j) that raises the objective and fits the budget, found in O(N log N),
    for at most ``MAX_IMPROVEMENT_MOVES`` moves and never past the time limit.
@@ -72,7 +72,7 @@ Solution method
    answer is returned with ``fallback_used`` and ``solver_status`` ``GREEDY``.
 
 Trades and fees in the result are always recomputed from the final share counts, and the lines are sorted by
-name, so that the answer does not depend on the order of the request (see :func:`allocation_cache_key`).
+symbol, so that the answer does not depend on the order of the request (see :func:`allocation_cache_key`).
 ``time_limit_s`` bounds the whole call: the MILP gets what is left after the heuristic; with nothing left before
 the start, ``DeadlineExceededError``.
 
@@ -120,10 +120,11 @@ floating-point sums of prices times shares."""
 MAX_IMPROVEMENT_MOVES: Final = 200
 """Cap on the local-search moves after the greedy allocation."""
 MAX_GREEDY_STEPS: Final = 10_000
-"""Steps of the greedy allocation (plus 10 per name) before it spends the rest in one bulk pass."""
+"""Steps of the greedy allocation (plus 10 per symbol) before it spends the rest in one bulk pass."""
 
-_SCHEMA_VERSION: Final = 1
-"""Version of the canonical form hashed by :func:`allocation_cache_key`; bump when its semantics change."""
+_SCHEMA_VERSION: Final = 2
+"""Version of the canonical form hashed by :func:`allocation_cache_key`; bump when its semantics change (2: the
+identifier key is ``symbol``, formerly ``name``)."""
 
 
 class AllocationStrategy(StrEnum):
@@ -163,12 +164,12 @@ class AllocationTarget:
 
     Attributes
     ----------
-    name : str
+    symbol : str
         Unique among the targets.
     target_weight : float
         Target fraction of the budget (≥ 0; the weights sum to 1 within 1e-6).
     price : float
-        Price per share (> 0), at which the name is valued and traded.
+        Price per share (> 0), at which the symbol is valued and traded.
     allowed_deviation : float
         Relative deviation of the final value from the target value w·B (≥ 0; 0.10: ± 10 % of the target value).
     lot_size : int
@@ -178,7 +179,7 @@ class AllocationTarget:
         other strategies.
     """
 
-    name: str
+    symbol: str
     target_weight: float
     price: float
     allowed_deviation: float = DEFAULT_ALLOWED_DEVIATION
@@ -201,7 +202,7 @@ class AllocationRequest:
     strategy : AllocationStrategy
         Objective; see the module docstring.
     commission_per_trade : float
-        Fixed fee ($, ≥ 0) per name whose share count changes (forced sales included).
+        Fixed fee ($, ≥ 0) per symbol whose share count changes (forced sales included).
     fee_per_share : float
         Fee ($, ≥ 0) per share bought or sold.
     time_limit_s : float or None
@@ -226,11 +227,11 @@ class AllocationRequest:
 
 @dataclass(frozen=True, slots=True)
 class AllocationLine:
-    """The allocation of one target name.
+    """The allocation of one target symbol.
 
     Attributes
     ----------
-    name : str
+    symbol : str
     price : float
         Price per share ($).
     lot_size : int
@@ -239,7 +240,7 @@ class AllocationLine:
         Shares held now, bought, sold and held after the trades (final = current + buy − sell; one of buy and
         sell is 0).
     trade_cost : float
-        Fees of this name's trade ($): the commission when the share count changes plus the per-share fee.
+        Fees of this symbol's trade ($): the commission when the share count changes plus the per-share fee.
     final_value : float
         price · final_shares ($).
     target_value : float
@@ -256,7 +257,7 @@ class AllocationLine:
         The band applied ($).
     """
 
-    name: str
+    symbol: str
     price: float
     lot_size: int
     current_shares: int
@@ -281,7 +282,7 @@ class SoldHolding:
 
     Attributes
     ----------
-    name : str
+    symbol : str
     shares : int
         Shares sold (all of them).
     price : float
@@ -291,7 +292,7 @@ class SoldHolding:
         Fees of the sale ($).
     """
 
-    name: str
+    symbol: str
     shares: int
     price: float
     proceeds: float
@@ -305,9 +306,9 @@ class AllocationResult:
     Attributes
     ----------
     lines : tuple of AllocationLine
-        One per target, sorted by name (independent of the request's order).
+        One per target, sorted by symbol (independent of the request's order).
     sold_in_full : tuple of SoldHolding
-        Holdings not among the targets, sorted by name.
+        Holdings not among the targets, sorted by symbol.
     strategy : AllocationStrategy
     budget : float
         B: value of every holding at its price plus the extra cash ($).
@@ -355,21 +356,21 @@ class AllocationResult:
     solve_time_ms: float
 
     @property
-    def sold_in_full_names(self) -> tuple[str, ...]:
-        """Names of the holdings sold in full."""
-        return tuple(sold.name for sold in self.sold_in_full)
+    def sold_in_full_symbols(self) -> tuple[str, ...]:
+        """Symbols of the holdings sold in full."""
+        return tuple(sold.symbol for sold in self.sold_in_full)
 
     @property
     def final_shares(self) -> dict[str, int]:
-        """Final share count per target name."""
-        return {line.name: line.final_shares for line in self.lines}
+        """Final share count per target symbol."""
+        return {line.symbol: line.final_shares for line in self.lines}
 
 
 @dataclass(frozen=True, slots=True)
 class _Problem:
-    """The validated, normalised request: targets sorted by name, arrays of shape (N,)."""
+    """The validated, normalised request: targets sorted by symbol, arrays of shape (N,)."""
 
-    names: tuple[str, ...]
+    symbols: tuple[str, ...]
     request_index: IntArray  # position of each sorted target in request.targets
     weights: FloatArray
     prices: FloatArray
@@ -404,7 +405,7 @@ class _Bands:
 
 @dataclass(frozen=True, slots=True)
 class _Costs:
-    """Per-name cost data: lot value a = p·L, and fee parameters."""
+    """Per-symbol cost data: lot value a = p·L, and fee parameters."""
 
     lot_value: FloatArray
     lots: IntArray
@@ -412,17 +413,17 @@ class _Costs:
     commission: float
     fee_per_share: float
 
-    def fees(self, k: IntArray, names: IntArray | None = None) -> FloatArray:
-        """Fees of reaching lot counts k from the current holdings, per name ($); k of ``names`` when given."""
-        lots, current = (self.lots, self.current) if names is None else (self.lots[names], self.current[names])
+    def fees(self, k: IntArray, indices: IntArray | None = None) -> FloatArray:
+        """Fees of reaching lot counts k from the current holdings, per symbol ($); k at ``indices`` when given."""
+        lots, current = (self.lots, self.current) if indices is None else (self.lots[indices], self.current[indices])
         traded = np.abs(lots * k - current)
         fees: FloatArray = self.commission * (traded > 0) + self.fee_per_share * traded
         return fees
 
-    def cost(self, k: IntArray, names: IntArray | None = None) -> FloatArray:
-        """Value plus fees of lot counts k, per name ($); k of ``names`` when given."""
-        lot_value = self.lot_value if names is None else self.lot_value[names]
-        return lot_value * k + self.fees(k, names)
+    def cost(self, k: IntArray, indices: IntArray | None = None) -> FloatArray:
+        """Value plus fees of lot counts k, per symbol ($); k of the symbols at ``indices`` when given."""
+        lot_value = self.lot_value if indices is None else self.lot_value[indices]
+        return lot_value * k + self.fees(k, indices)
 
 
 def allocate(request: AllocationRequest) -> AllocationResult:
@@ -438,16 +439,16 @@ def allocate(request: AllocationRequest) -> AllocationResult:
     Returns
     -------
     AllocationResult
-        Per-name trades (sorted by name), sold holdings, budget metrics, status, relaxation and solve time.
+        Per-symbol trades (sorted by symbol), sold holdings, budget metrics, status, relaxation and solve time.
 
     Raises
     ------
     InvalidInputError
-        Naming the field: ``targets`` (none given, weights not summing to 1), ``targets[i].name`` (empty or
+        Naming the field: ``targets`` (none given, weights not summing to 1), ``targets[i].symbol`` (empty or
         duplicate), ``targets[i].target_weight`` (negative or not finite), ``targets[i].price`` (not finite and
         positive), ``targets[i].allowed_deviation`` (negative or not finite), ``targets[i].lot_size`` (not a whole
         number ≥ 1), ``targets[i].momentum_score`` (missing for ``MOMENTUM_WEIGHTED``, or not finite),
-        ``holdings[i].name`` / ``.shares`` (not a whole number ≥ 0) / ``.price`` (not finite and positive, or not
+        ``holdings[i].symbol`` / ``.shares`` (not a whole number ≥ 0) / ``.price`` (not finite and positive, or not
         the target's price), ``extra_cash``, ``commission_per_trade``, ``fee_per_share`` (negative or not finite),
         ``strategy``, ``time_limit_s`` (NaN), ``gap_tolerance``; ``extra_cash`` also when the budget is zero.
     InfeasibleError
@@ -491,13 +492,13 @@ def greedy_allocation(request: AllocationRequest, *, improve: bool = False) -> A
 
     PyPortfolioOpt's ``DiscreteAllocation.greedy_portfolio`` (long-only) generalised to bands, lots and fees:
     start from the floor of each target's lot count, clipped into its band (or, when that overspends, from each
-    name's cheapest admissible count), then buy one lot at a time of the affordable name whose value is furthest
+    symbol's cheapest admissible count), then buy one lot at a time of the affordable symbol whose value is furthest
     below its target value (in dollars against the budget; PyPortfolioOpt compares weights of the invested
-    total), while the purchase keeps it within its band. Unlike PyPortfolioOpt it keeps buying names already above
-    target while they stay within their bands, so it stops only when no lot fits the budget. A name two or more
+    total), while the purchase keeps it within its band. Unlike PyPortfolioOpt it keeps buying symbols already above
+    target while they stay within their bands, so it stops only when no lot fits the budget. A symbol two or more
     lots below its target is bought up to the lot just below the target in one step (what single steps would do
-    in a row), and after ``MAX_GREEDY_STEPS`` (plus 10 per name) steps the rest is spent in one pass, as many
-    lots per name as fit in the order of the deficits, so that penny stocks at large budgets stay fast.
+    in a row), and after ``MAX_GREEDY_STEPS`` (plus 10 per symbol) steps the rest is spent in one pass, as many
+    lots per symbol as fit in the order of the deficits, so that penny stocks at large budgets stay fast.
 
     Parameters
     ----------
@@ -534,11 +535,11 @@ def greedy_allocation(request: AllocationRequest, *, improve: bool = False) -> A
 def allocation_cache_key(request: AllocationRequest) -> str:
     """SHA-256 (hex) of the canonical JSON of the validated, normalised request: a cache key for its result.
 
-    Normalised: targets and holdings sorted by name, weights divided by their sum, holdings with zero shares
+    Normalised: targets and holdings sorted by symbol, weights divided by their sum, holdings with zero shares
     dropped, strategy as its name, momentum scores kept only for ``MOMENTUM_WEIGHTED``, floats as their shortest
     round-trip ``repr`` (−0.0 as 0.0); ``time_limit_s`` is left out (it bounds the work, not the problem).
     Requests with equal keys get identical allocations from :func:`allocate` when it is not cut short by the
-    time limit (lines are sorted by name, so the request's order does not matter).
+    time limit (lines are sorted by symbol, so the request's order does not matter).
 
     Parameters
     ----------
@@ -564,19 +565,19 @@ def allocation_cache_key(request: AllocationRequest) -> str:
         "strategy": problem.strategy.value,
         "targets": [
             {
-                "name": problem.names[i],
+                "symbol": problem.symbols[i],
                 "target_weight": number(problem.weights[i]),
                 "price": number(problem.prices[i]),
                 "allowed_deviation": number(problem.deviations[i]),
                 "lot_size": int(problem.lots[i]),
                 **({"momentum_score": number(problem.scores[i])} if problem.scores is not None else {}),
             }
-            for i in range(len(problem.names))
+            for i in range(len(problem.symbols))
         ],
         "holdings": sorted(
-            [{"name": n, "shares": int(c), "price": number(p)} for n, c, p in _held_targets(problem)]
-            + [{"name": s.name, "shares": s.shares, "price": number(s.price)} for s in problem.sold],
-            key=lambda h: str(h["name"]),
+            [{"symbol": n, "shares": int(c), "price": number(p)} for n, c, p in _held_targets(problem)]
+            + [{"symbol": s.symbol, "shares": s.shares, "price": number(s.price)} for s in problem.sold],
+            key=lambda h: str(h["symbol"]),
         ),
         "extra_cash": number(problem.extra_cash),
         "commission_per_trade": number(problem.commission),
@@ -589,10 +590,10 @@ def allocation_cache_key(request: AllocationRequest) -> str:
 
 
 def _held_targets(problem: _Problem) -> list[tuple[str, int, float]]:
-    """(name, shares, price) of the held target names."""
+    """(symbol, shares, price) of the held target symbols."""
     return [
-        (problem.names[i], int(problem.current[i]), float(problem.prices[i]))
-        for i in range(len(problem.names))
+        (problem.symbols[i], int(problem.current[i]), float(problem.prices[i]))
+        for i in range(len(problem.symbols))
         if problem.current[i] > 0
     ]
 
@@ -637,7 +638,7 @@ def _whole(value: object, field: str, minimum: int) -> int:
     return int(number)
 
 
-def _name(value: object, field: str) -> str:
+def _symbol(value: object, field: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InvalidInputError.for_field(field, "must be a non-empty string")
     return value
@@ -659,10 +660,12 @@ def _validate(request: AllocationRequest) -> _Problem:
     target_position: dict[str, int] = {}
     for i, target in enumerate(targets):
         field = f"targets[{i}]"
-        name = _name(target.name, f"{field}.name")
-        if name in target_position:
-            raise InvalidInputError.for_field(f"{field}.name", f"duplicates targets[{target_position[name]}].name")
-        target_position[name] = i
+        symbol = _symbol(target.symbol, f"{field}.symbol")
+        if symbol in target_position:
+            raise InvalidInputError.for_field(
+                f"{field}.symbol", f"duplicates targets[{target_position[symbol]}].symbol"
+            )
+        target_position[symbol] = i
         weight = _non_negative(target.target_weight, f"{field}.target_weight")
         price = _positive(target.price, f"{field}.price")
         deviation = _non_negative(target.allowed_deviation, f"{field}.allowed_deviation")
@@ -672,7 +675,7 @@ def _validate(request: AllocationRequest) -> _Problem:
             score = _finite(target.momentum_score, f"{field}.momentum_score")
         elif momentum:
             raise InvalidInputError.for_field(f"{field}.momentum_score", "is required by MOMENTUM_WEIGHTED")
-        target_rows.append((name, weight, price, deviation, lot, score))
+        target_rows.append((symbol, weight, price, deviation, lot, score))
     weight_sum = math.fsum(row[1] for row in target_rows)
     if abs(weight_sum - 1.0) > WEIGHT_SUM_TOLERANCE:
         raise InvalidInputError.for_field(
@@ -685,14 +688,16 @@ def _validate(request: AllocationRequest) -> _Problem:
     value_terms: list[float] = []
     for i, holding in enumerate(request.holdings):
         field = f"holdings[{i}]"
-        name = _name(holding.name, f"{field}.name")
-        if name in holding_position:
-            raise InvalidInputError.for_field(f"{field}.name", f"duplicates holdings[{holding_position[name]}].name")
-        holding_position[name] = i
+        symbol = _symbol(holding.symbol, f"{field}.symbol")
+        if symbol in holding_position:
+            raise InvalidInputError.for_field(
+                f"{field}.symbol", f"duplicates holdings[{holding_position[symbol]}].symbol"
+            )
+        holding_position[symbol] = i
         shares = _whole(holding.shares, f"{field}.shares", 0)
         price = _positive(holding.price, f"{field}.price")
-        if name in target_position:
-            j = target_position[name]
+        if symbol in target_position:
+            j = target_position[symbol]
             target_price = target_rows[j][2]
             if not math.isclose(price, target_price, rel_tol=1e-9):
                 raise InvalidInputError.for_field(
@@ -700,10 +705,10 @@ def _validate(request: AllocationRequest) -> _Problem:
                     f"is {price:g} but targets[{j}].price is {target_price:g}; a held target is valued and traded "
                     "at one price",
                 )
-            current[name] = shares
+            current[symbol] = shares
             value_terms.append(target_price * shares)
         elif shares > 0:
-            sold_rows.append((name, shares, price))
+            sold_rows.append((symbol, shares, price))
             value_terms.append(price * shares)
     extra_cash = _non_negative(request.extra_cash, "extra_cash")
     commission = _non_negative(request.commission_per_trade, "commission_per_trade")
@@ -718,8 +723,8 @@ def _validate(request: AllocationRequest) -> _Problem:
         )
 
     sold = tuple(
-        SoldHolding(name, shares, price, price * shares, commission + fee_per_share * shares)
-        for name, shares, price in sorted(sold_rows)
+        SoldHolding(symbol, shares, price, price * shares, commission + fee_per_share * shares)
+        for symbol, shares, price in sorted(sold_rows)
     )
     forced_fees = math.fsum(s.trade_cost for s in sold)
     order = sorted(range(len(target_rows)), key=lambda i: target_rows[i][0])
@@ -727,7 +732,7 @@ def _validate(request: AllocationRequest) -> _Problem:
     weights = np.array([row[1] for row in rows], dtype=np.float64)
     weights /= weights.sum()
     return _Problem(
-        names=tuple(row[0] for row in rows),
+        symbols=tuple(row[0] for row in rows),
         request_index=np.array(order, dtype=np.int64),
         weights=weights,
         prices=np.array([row[2] for row in rows], dtype=np.float64),
@@ -784,7 +789,7 @@ def _band_counts(
 
 
 def _cheapest(costs: _Costs, low: IntArray, high: IntArray) -> IntArray:
-    """Per name, the admissible lot count of least value plus fees.
+    """Per symbol, the admissible lot count of least value plus fees.
 
     The cost a·k + f·|L k − c| is convex piecewise linear in k with its kink at c / L, and the commission is
     zero only at k = c / L: the minimum over [low, high] is at an end or at a neighbour of c / L.
@@ -817,7 +822,7 @@ def _relax(problem: _Problem) -> _Bands:
     steps: list[str] = []
     relaxation = BandRelaxation.NONE
 
-    # a. per name: bands without an admissible share count.
+    # a. per symbol: bands without an admissible share count.
     lower, upper, low, high = _band_counts(problem, deviations, lots, False)
     empty = low > high
     if empty.any():
@@ -841,7 +846,7 @@ def _relax(problem: _Problem) -> _Bands:
         relaxation = BandRelaxation.WIDENED_BANDS
         steps.append(
             "no admissible share count in the band of "
-            + ", ".join(f"{problem.names[i]} (deviation widened to {deviations[i]:g})" for i in widened)
+            + ", ".join(f"{problem.symbols[i]} (deviation widened to {deviations[i]:g})" for i in widened)
         )
 
     costs = _Costs(problem.prices * lots, lots, problem.current, problem.commission, problem.fee_per_share)
@@ -849,7 +854,7 @@ def _relax(problem: _Problem) -> _Bands:
     def cheapest_cost() -> float:
         return math.fsum(costs.cost(_cheapest(costs, low, high)))
 
-    # b. every name: the cheapest admissible portfolio overspends.
+    # b. every symbol: the cheapest admissible portfolio overspends.
     cheapest = cheapest_cost()
     if cheapest > available + slack:
         if not problem.allow_relaxation:
@@ -913,7 +918,7 @@ def _costs(problem: _Problem, bands: _Bands) -> _Costs:
 
 
 def _objective(problem: _Problem, bands: _Bands) -> FloatArray:
-    """Objective value v_i of one lot of each name (maximised: Σ v_i k_i); see the module docstring."""
+    """Objective value v_i of one lot of each symbol (maximised: Σ v_i k_i); see the module docstring."""
     lot_value = problem.prices * bands.lots
     if problem.strategy is AllocationStrategy.MAXIMIZE_SHARES:
         values: FloatArray = bands.lots * (1.0 + problem.prices / (problem.budget + 1.0))
@@ -935,9 +940,9 @@ def _objective_scale(problem: _Problem) -> float:
 def _greedy(problem: _Problem, bands: _Bands, costs: _Costs) -> IntArray:
     """PyPortfolioOpt's greedy allocation generalised to bands, lots and fees (see ``greedy_allocation``).
 
-    A name picked while its value is at least two lots below its target value is bought up to the lot just
+    A symbol picked while its value is at least two lots below its target value is bought up to the lot just
     below the target in one step (what one-lot steps would do in a row); after ``MAX_GREEDY_STEPS`` steps, the
-    rest of the budget is spent in one pass, in the order of the deficits, as many lots per name as fit.
+    rest of the budget is spent in one pass, in the order of the deficits, as many lots per symbol as fit.
     """
     available = problem.budget - problem.forced_fees
     slack = _money_slack(problem.budget)
@@ -974,7 +979,7 @@ def _greedy(problem: _Problem, bands: _Bands, costs: _Costs) -> IntArray:
 
 
 def _delta(costs: _Costs, i: int, k: int, lots: int) -> float:
-    """Change of value plus fees of name i moving from k to k + lots lots (lots may be negative)."""
+    """Change of value plus fees of symbol i moving from k to k + lots lots (lots may be negative)."""
     lot, current = int(costs.lots[i]), int(costs.current[i])
 
     def fee(count: int) -> float:
@@ -1009,8 +1014,8 @@ def _improve(
     """Local search from k: the best single-lot buy or one-lot swap (buy i, sell j) that raises Σ v k and fits.
 
     At most ``MAX_IMPROVEMENT_MOVES`` moves, and none after ``deadline`` (a ``time.perf_counter`` time). The best
-    swap is found in O(N log N): with the sellable names sorted by the cost change of selling a lot, a prefix
-    maximum of −v gives, for each buyable name, the best partner whose sale pays for the purchase.
+    swap is found in O(N log N): with the sellable symbols sorted by the cost change of selling a lot, a prefix
+    maximum of −v gives, for each buyable symbol, the best partner whose sale pays for the purchase.
     """
     k = k.copy()
     threshold = 1e-12 * (float(np.max(np.abs(values))) if values.size else 1.0)
@@ -1049,20 +1054,20 @@ def _best_swap(
 ) -> tuple[float, int, int]:
     """Best (gain v_i − v_j, i, j) over i ∈ can_up, j ∈ can_down, j ≠ i, with up_i + down_j ≤ limit."""
     order = np.argsort(down_cost, kind="stable")
-    names, sorted_cost = can_down[order], down_cost[order]
-    negated = -values[names]
+    sellers, sorted_cost = can_down[order], down_cost[order]
+    negated = -values[sellers]
     prefix_best = np.maximum.accumulate(negated)
-    prefix_at = np.maximum.accumulate(np.where(negated == prefix_best, np.arange(names.size), 0))
+    prefix_at = np.maximum.accumulate(np.where(negated == prefix_best, np.arange(sellers.size), 0))
     last = np.searchsorted(sorted_cost, limit - up_cost, side="right") - 1  # partners 0..last fit, per i
     valid = last >= 0
     clipped = np.maximum(last, 0)
-    partner = names[prefix_at[clipped]]
+    partner = sellers[prefix_at[clipped]]
     gain = np.where(valid, values[can_up] + prefix_best[clipped], -np.inf)
     for clash in np.flatnonzero(valid & (partner == can_up)):  # the best partner is i itself: take the next best
-        others = np.flatnonzero(names[: last[clash] + 1] != can_up[clash])
+        others = np.flatnonzero(sellers[: last[clash] + 1] != can_up[clash])
         if others.size:
             best = int(others[np.argmax(negated[others])])
-            gain[clash], partner[clash] = values[can_up[clash]] + negated[best], names[best]
+            gain[clash], partner[clash] = values[can_up[clash]] + negated[best], sellers[best]
         else:
             gain[clash] = -np.inf
     chosen = int(np.argmax(gain))
@@ -1179,7 +1184,7 @@ def _result(
     with np.errstate(divide="ignore", invalid="ignore"):
         relative = np.where(target_value > 0.0, value / target_value - 1.0, math.nan)
     columns = zip(
-        problem.names,
+        problem.symbols,
         problem.prices.tolist(),
         bands.lots.tolist(),
         problem.current.tolist(),

@@ -1,24 +1,24 @@
 """Drift of a portfolio of share holdings against target weights, and the whole-share trade list that restores them.
 
 Weights (:func:`check_drift`). For N holdings with shares s_i ≥ 0 at prices p_i and cash C ≥ 0, the portfolio
-value is V = Σ_i s_i p_i + C and the current weight of name i is w_i = s_i p_i / V. The target weights t_i of the
-names sum to at most 1; the remainder t_cash = 1 − Σ_i t_i is the target cash weight. Cash is a line of the
-portfolio: its weight w_cash = C / V enters the portfolio drift (it is reported apart from the per-name arrays and
-has no band). Drift is d_i = w_i − t_i per name (fractions) and d_cash = w_cash − t_cash. The portfolio drift
+value is V = Σ_i s_i p_i + C and the current weight of symbol i is w_i = s_i p_i / V. The target weights t_i of the
+symbols sum to at most 1; the remainder t_cash = 1 − Σ_i t_i is the target cash weight. Cash is a line of the
+portfolio: its weight w_cash = C / V enters the portfolio drift (it is reported apart from the per-symbol arrays and
+has no band). Drift is d_i = w_i − t_i per symbol (fractions) and d_cash = w_cash − t_cash. The portfolio drift
 D = Σ_i |d_i| + |d_cash| is the L1 distance to the target, a two-way measure: since the d sum to 0 it is twice the
 one-way drift Σ max(d, 0) = D / 2, the weight that must be sold (or bought) to reach the target. The portfolio is
-flagged when D > ``threshold`` (default 0.05, two-way). Each name has a no-trade band: it breaches when
+flagged when D > ``threshold`` (default 0.05, two-way). Each symbol has a no-trade band: it breaches when
 |d_i| > a_i (absolute band, a fraction) or |d_i| > r_i · |t_i| (relative band, a fraction of its target), for
-whichever of the two is set; a name with neither set breaches at any non-zero drift.
+whichever of the two is set; a symbol with neither set breaches at any non-zero drift.
 
 Trade list (:func:`generate_rebalance`), in this order:
 
-1. names inside their band are not traded; a name outside trades all the way back to its target (not to the band
+1. symbols inside their band are not traded; a symbol outside trades all the way back to its target (not to the band
    edge): desired value Δ_i = (t_i − w_i) V at the current prices, ignoring the costs' effect on V;
 2. turnover cap: the one-way turnover of a trade list is max(Σ buy value, Σ sell value) / V (equal to half the
-   two-way Σ |Δw| over the names and the cash line, costs aside); when the desired trades exceed the cap every
+   two-way Σ |Δw| over the symbols and the cash line, costs aside); when the desired trades exceed the cap every
    trade is scaled by the same factor cap / desired turnover (proportional scaling, so the trades keep their
-   direction and relative sizes and the names stay short of their targets);
+   direction and relative sizes and the symbols stay short of their targets);
 3. whole shares: each trade's share count is rounded towards zero (|q| → ⌊|q|⌋), so the position moves towards its
    target without overshooting it and ends within one share of it (of the scaled trade under a cap); without
    ``allow_short`` a sell never exceeds the shares held (a fractional remainder of a sold-out holding stays);
@@ -175,7 +175,7 @@ class CostModel:
 
 @dataclass(frozen=True, slots=True)
 class MarketInputs:
-    """Liquidity and risk of the N names, in the order of the holdings.
+    """Liquidity and risk of the N symbols, in the order of the holdings.
 
     Attributes
     ----------
@@ -215,14 +215,14 @@ class DriftReport:
 
     Attributes
     ----------
-    names : tuple of str, length N
-        The holdings' names, in order.
+    symbols : tuple of str, length N
+        The holdings' symbols, in order.
     market_values : ndarray of shape (N,)
         shares × price ($).
     total_value : float
         Σ market values + cash ($).
     current_weights, target_weights : ndarray of shape (N,)
-        Weights of the names (fractions of ``total_value``).
+        Weights of the symbols (fractions of ``total_value``).
     drift : ndarray of shape (N,)
         current − target (fractions).
     cash_weight, target_cash_weight, cash_drift : float
@@ -241,7 +241,7 @@ class DriftReport:
         Outside a set band (either), or non-zero drift where neither band is set.
     """
 
-    names: tuple[str, ...]
+    symbols: tuple[str, ...]
     market_values: FloatArray
     total_value: float
     current_weights: FloatArray
@@ -259,9 +259,9 @@ class DriftReport:
     breaches: NDArray[np.bool_]
 
     @property
-    def breached_names(self) -> tuple[str, ...]:
-        """Names outside their band."""
-        return tuple(name for name, out in zip(self.names, self.breaches, strict=True) if out)
+    def breached_symbols(self) -> tuple[str, ...]:
+        """Symbols outside their band."""
+        return tuple(symbol for symbol, out in zip(self.symbols, self.breaches, strict=True) if out)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -270,8 +270,8 @@ class Trade:
 
     Attributes
     ----------
-    name : str
-        The name traded.
+    symbol : str
+        The symbol traded.
     side : Side
         BUY or SELL.
     shares : float
@@ -286,11 +286,11 @@ class Trade:
         For a sell of a holding with tax lots: the lots consumed and the gains realised (the long part only when
         the sell goes short); None otherwise.
     wash_sale : bool
-        A buy: a loss on the name was realised within the wash-sale window. A sell: it realises a loss while the
-        name was bought within the window before the as-of date.
+        A buy: a loss on the symbol was realised within the wash-sale window. A sell: it realises a loss while the
+        symbol was bought within the window before the as-of date.
     """
 
-    name: str
+    symbol: str
     side: Side
     shares: float
     price: float
@@ -315,7 +315,7 @@ class RebalancePlan:
     Attributes
     ----------
     trades : tuple of Trade
-        Orders, in the order of the holdings (at most one per name).
+        Orders, in the order of the holdings (at most one per symbol).
     drift_before, drift_after : DriftReport
         Drift of the current portfolio and of the post-trade one (post-trade shares × the same prices plus the
         post-trade cash, same targets, bands and threshold).
@@ -328,7 +328,7 @@ class RebalancePlan:
     total_commission, total_spread_cost, total_impact_cost, total_cost : float
         Summed estimated costs ($).
     desired_turnover : float
-        One-way turnover max(Σ buys, Σ sells) / V of the desired trades (breaching names back to target), before
+        One-way turnover max(Σ buys, Σ sells) / V of the desired trades (breaching symbols back to target), before
         the cap, rounding, minimum size and cash check.
     turnover : float
         One-way turnover of ``trades`` (same definition and V).
@@ -337,13 +337,13 @@ class RebalancePlan:
     cash_scale : float
         Factor applied to every buy by the cash check (1 when it does not bind).
     dropped_below_minimum : tuple of str
-        Names whose trade was dropped as smaller than the minimum trade value (or costlier than its value).
+        Symbols whose trade was dropped as smaller than the minimum trade value (or costlier than its value).
     short_term_gain, long_term_gain, estimated_tax : float
         Realised gains of the sells with lots, and their estimated tax ($).
     harvest_candidates : tuple of HarvestCandidate
         Lots with an unrealised loss before the trades (when an as-of date is given).
     wash_sale_flags : tuple of WashSaleFlag
-        Buys of names with a loss realised within the window (this list's sells and ``recent_realized_losses``).
+        Buys of symbols with a loss realised within the window (this list's sells and ``recent_realized_losses``).
     """
 
     trades: tuple[Trade, ...]
@@ -370,7 +370,7 @@ class RebalancePlan:
 
     @property
     def post_trade_weights(self) -> FloatArray:
-        """Weights of the names after the trades (fractions)."""
+        """Weights of the symbols after the trades (fractions)."""
         return self.drift_after.current_weights
 
 
@@ -397,7 +397,7 @@ def _scalar(value: float, field: str, *, minimum: float = 0.0, strict: bool = Fa
 
 
 def _bands(values: ArrayLike | None, n: int, field: str) -> FloatArray:
-    """Per-name band widths (n,): a scalar broadcasts; inf (or None for all) means not set."""
+    """Per-symbol band widths (n,): a scalar broadcasts; inf (or None for all) means not set."""
     if values is None:
         return np.full(n, np.inf)
     array = np.asarray(values, dtype=np.float64)
@@ -557,7 +557,7 @@ def estimate_trade_costs(
 
 
 def _drift_report(
-    names: tuple[str, ...],
+    symbols: tuple[str, ...],
     shares: FloatArray,
     prices: FloatArray,
     cash: float,
@@ -583,7 +583,7 @@ def _drift_report(
     no_band = np.isinf(absolute) & np.isinf(relative)
     breaches = absolute_breaches | relative_breaches | (no_band & (magnitude > 0.0))
     return DriftReport(
-        names=names,
+        symbols=symbols,
         market_values=values,
         total_value=total,
         current_weights=weights,
@@ -611,16 +611,16 @@ def check_drift(
     absolute_bands: ArrayLike | None = None,
     relative_bands: ArrayLike | None = None,
 ) -> DriftReport:
-    """Current weights, drift against the targets, and the portfolio and per-name flags.
+    """Current weights, drift against the targets, and the portfolio and per-symbol flags.
 
     Parameters
     ----------
     holdings : sequence of Holding, length N
-        Names, shares (≥ 0) and prices (> 0); lots, if any, are validated but play no part.
+        Symbols, shares (≥ 0) and prices (> 0); lots, if any, are validated but play no part.
     cash : float
         Cash held ($, ≥ 0), a line of the portfolio (see the module docstring).
     target_weights : array_like of shape (N,)
-        Target weights of the names (fractions, finite, summing to at most 1; the rest is target cash).
+        Target weights of the symbols (fractions, finite, summing to at most 1; the rest is target cash).
     threshold : float, default 0.05
         Flag when the two-way portfolio drift Σ|w − t| (cash line included) exceeds it.
     absolute_bands : float or array_like of shape (N,), optional
@@ -631,7 +631,7 @@ def check_drift(
     Returns
     -------
     DriftReport
-        Weights, drifts (per name, cash, two-way and one-way portfolio) and flags.
+        Weights, drifts (per symbol, cash, two-way and one-way portfolio) and flags.
 
     Raises
     ------
@@ -646,7 +646,7 @@ def check_drift(
     threshold = _scalar(threshold, "threshold")
     targets = _targets(target_weights, n, allow_short=True)
     return _drift_report(
-        tuple(h.name for h in holdings),
+        tuple(h.symbol for h in holdings),
         np.array([h.shares for h in holdings], dtype=np.float64),
         np.array([h.price for h in holdings], dtype=np.float64),
         cash,
@@ -693,7 +693,7 @@ def generate_rebalance(
     recent_realized_losses: Sequence[RealizedLoss] = (),
     recent_purchases: Sequence[Purchase] = (),
 ) -> RebalancePlan:
-    """The whole-share BUY/SELL list that brings the names outside their bands back to target, with its costs.
+    """The whole-share BUY/SELL list that brings the symbols outside their bands back to target, with its costs.
 
     The steps (band selection, turnover cap, whole shares, minimum size, cash check), the weights and the cost
     formulas are those of the module docstring. Sells of holdings with tax lots consume lots by ``lot_method``
@@ -702,13 +702,13 @@ def generate_rebalance(
     Parameters
     ----------
     holdings : sequence of Holding, length N
-        Names, shares (≥ 0), prices (> 0) and optional tax lots; a name to buy from scratch has 0 shares.
+        Symbols, shares (≥ 0), prices (> 0) and optional tax lots; a symbol to buy from scratch has 0 shares.
     cash : float
         Cash held ($, ≥ 0).
     target_weights : array_like of shape (N,)
         Target weights (fractions; ≥ 0 unless ``allow_short``; summing to at most 1, the rest is target cash).
     market : MarketInputs, optional
-        ADV, daily volatility and spread per name; without it only commissions are charged.
+        ADV, daily volatility and spread per symbol; without it only commissions are charged.
     costs : CostModel, optional
         Commission and impact parameters; ``CostModel()`` (no commission, square-root impact with Y = 1) when
         omitted.
@@ -732,9 +732,9 @@ def generate_rebalance(
     prefer_losses : bool, default False
         Sells take the lots with an unrealised loss first.
     recent_realized_losses : sequence of RealizedLoss
-        Earlier loss sales: a buy of the same name within the wash-sale window is flagged.
+        Earlier loss sales: a buy of the same symbol within the wash-sale window is flagged.
     recent_purchases : sequence of Purchase
-        Earlier buys: a loss sale (or harvesting candidate) of the same name within the window is flagged.
+        Earlier buys: a loss sale (or harvesting candidate) of the same symbol within the window is flagged.
 
     Returns
     -------
@@ -777,13 +777,13 @@ def generate_rebalance(
             "lot_method", f"unknown lot method {lot_method!r}; expected one of {', '.join(LotMethod)}"
         ) from None
 
-    names = tuple(h.name for h in holdings)
+    symbols = tuple(h.symbol for h in holdings)
     shares = np.array([h.shares for h in holdings], dtype=np.float64)
     prices = np.array([h.price for h in holdings], dtype=np.float64)
-    before = _drift_report(names, shares, prices, cash, targets, absolute, relative, drift_threshold)
+    before = _drift_report(symbols, shares, prices, cash, targets, absolute, relative, drift_threshold)
     total_value = before.total_value
 
-    # 1. Breaching names back to target; 2. proportional turnover cap.
+    # 1. Breaching symbols back to target; 2. proportional turnover cap.
     desired = np.where(before.breaches, (targets - before.current_weights) * total_value / prices, 0.0)
     if not allow_short:
         desired = np.maximum(desired, -shares)
@@ -864,10 +864,10 @@ def generate_rebalance(
             # Wash sales apply lot by lot: a losing lot inside a sale with a net gain is still a loss sale.
             lot_losses = sum(-lot.gain for lot in selection.lots if lot.gain < 0.0)
             if lot_losses > 0.0:
-                losses_here.append(RealizedLoss(holding.name, as_of, lot_losses))
+                losses_here.append(RealizedLoss(holding.symbol, as_of, lot_losses))
                 sold_ids = frozenset(lot.lot_id for lot in selection.lots)
                 if recently_bought(
-                    holding.name,
+                    holding.symbol,
                     holding.lots,
                     as_of,
                     settings=settings,
@@ -875,11 +875,11 @@ def generate_rebalance(
                     excluding=sold_ids,
                 ):
                     wash_flags_sells.add(i)
-    buy_names = [names[i] for i in np.flatnonzero(trades > 0.0).tolist()]
+    buy_symbols = [symbols[i] for i in np.flatnonzero(trades > 0.0).tolist()]
     flags: tuple[WashSaleFlag, ...] = ()
     if as_of is not None:
-        flags = wash_sale_flags(buy_names, as_of, [*losses_here, *recent_realized_losses], settings=settings)
-    flagged_buys = {flag.name for flag in flags}
+        flags = wash_sale_flags(buy_symbols, as_of, [*losses_here, *recent_realized_losses], settings=settings)
+    flagged_buys = {flag.symbol for flag in flags}
 
     trade_list = []
     for i in np.flatnonzero(trades != 0.0).tolist():
@@ -887,7 +887,7 @@ def generate_rebalance(
         side = Side.BUY if trades[i] > 0.0 else Side.SELL
         trade_list.append(
             Trade(
-                name=names[i],
+                symbol=symbols[i],
                 side=side,
                 shares=quantity,
                 price=float(prices[i]),
@@ -897,11 +897,11 @@ def generate_rebalance(
                 impact_cost=float(impact[i]),
                 total_cost=float(commission[i] + spread[i] + impact[i]),
                 lots=lot_results.get(i),
-                wash_sale=(i in wash_flags_sells) if side is Side.SELL else (names[i] in flagged_buys),
+                wash_sale=(i in wash_flags_sells) if side is Side.SELL else (symbols[i] in flagged_buys),
             )
         )
 
-    after = _drift_report(names, post_shares, prices, post_cash, targets, absolute, relative, drift_threshold)
+    after = _drift_report(symbols, post_shares, prices, post_cash, targets, absolute, relative, drift_threshold)
     trade_values = trades * prices
     short_gain = sum(s.short_term_gain for s in lot_results.values())
     long_gain = sum(s.long_term_gain for s in lot_results.values())
@@ -921,7 +921,7 @@ def generate_rebalance(
         turnover=_one_way(trade_values, total_value),
         turnover_scale=turnover_scale,
         cash_scale=cash_scale,
-        dropped_below_minimum=tuple(names[i] for i in np.flatnonzero(dropped & (trades == 0.0)).tolist()),
+        dropped_below_minimum=tuple(symbols[i] for i in np.flatnonzero(dropped & (trades == 0.0)).tolist()),
         short_term_gain=short_gain,
         long_term_gain=long_gain,
         estimated_tax=short_gain * settings.short_term_rate + long_gain * settings.long_term_rate,

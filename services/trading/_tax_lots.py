@@ -1,6 +1,6 @@
 """Tax lots of equity holdings: validation, lot selection for sells, realised gains, loss harvesting, wash sales.
 
-A holding of one name may carry tax lots (lot id, shares, cost basis per share, acquisition date) whose shares add
+A holding of one symbol may carry tax lots (lot id, shares, cost basis per share, acquisition date) whose shares add
 up to the holding's shares. A sell of S shares at price p on a sale date consumes lots in the order of a lot
 method; each consumed lot j contributes x_j shares with realised gain g_j = x_j (p − b_j) (b_j its cost basis per
 share; a negative gain is a loss) and a term: LONG_TERM when the days held, sale date − acquisition date, exceed
@@ -30,9 +30,9 @@ Ties keep FIFO order (acquisition date, then the order the lots were given). ``p
 an unrealised loss (b_j > p) first, each group in the method's order (tax-loss harvesting inside the trade).
 
 Wash sales (US IRC §1091): a loss on a sale is disallowed when substantially identical securities (here: the same
-name) are bought within ``TaxSettings.wash_sale_window_days`` (default 30) days before or after the sale. This
-module only flags the risk: buys of a name with a realised loss within the window (:func:`wash_sale_flags`), and
-harvesting candidates or loss sales of a name bought within the window before the sale (:func:`recently_bought`).
+symbol) are bought within ``TaxSettings.wash_sale_window_days`` (default 30) days before or after the sale. This
+module only flags the risk: buys of a symbol with a realised loss within the window (:func:`wash_sale_flags`), and
+harvesting candidates or loss sales of a symbol bought within the window before the sale (:func:`recently_bought`).
 
 Why over 500 lines: lot selection (three methods), holding terms, harvesting candidates and wash-sale flags share
 the lot and sale types defined here, and each comes with its validation.
@@ -73,7 +73,7 @@ class HoldingTerm(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class TaxLot:
-    """Shares of one name bought together.
+    """Shares of one symbol bought together.
 
     Attributes
     ----------
@@ -95,12 +95,12 @@ class TaxLot:
 
 @dataclass(frozen=True, slots=True)
 class Holding:
-    """A position in one name.
+    """A position in one symbol.
 
     Attributes
     ----------
-    name : str
-        Identifier of the name (ticker), unique within a portfolio.
+    symbol : str
+        Instrument identifier (ticker), unique within a portfolio.
     shares : float
         Shares held (≥ 0; fractional shares allowed).
     price : float
@@ -109,7 +109,7 @@ class Holding:
         Tax lots whose shares add up to ``shares``; empty when lots are not tracked.
     """
 
-    name: str
+    symbol: str
     shares: float
     price: float
     lots: tuple[TaxLot, ...] = ()
@@ -128,7 +128,7 @@ class TaxSettings:
         A gain is long-term when sale date − acquisition date > this many days; None (the default): when the sale
         is after the acquisition's first anniversary (held more than one calendar year).
     wash_sale_window_days : int
-        Days before and after a loss sale in which a buy of the same name is a wash sale (default 30).
+        Days before and after a loss sale in which a buy of the same symbol is a wash sale (default 30).
     """
 
     short_term_rate: float = 0.37
@@ -226,36 +226,36 @@ class RealizedLoss:
 
     Attributes
     ----------
-    name : str
-        The name sold.
+    symbol : str
+        The symbol sold.
     sale_date : date
         Date of the sale.
     loss : float
         Realised loss ($, > 0).
     """
 
-    name: str
+    symbol: str
     sale_date: date
     loss: float
 
 
 @dataclass(frozen=True, slots=True)
 class Purchase:
-    """A recent buy of a name (for wash-sale checks of loss sales)."""
+    """A recent buy of a symbol (for wash-sale checks of loss sales)."""
 
-    name: str
+    symbol: str
     trade_date: date
     shares: float
 
 
 @dataclass(frozen=True, slots=True)
 class WashSaleFlag:
-    """A buy of a name with a realised loss on the same name within the wash-sale window.
+    """A buy of a symbol with a realised loss on the same symbol within the wash-sale window.
 
     Attributes
     ----------
-    name : str
-        The name bought.
+    symbol : str
+        The symbol bought.
     buy_date : date
         Date of the buy.
     loss_date : date
@@ -266,7 +266,7 @@ class WashSaleFlag:
         buy date − loss date (negative when the loss sale comes after the buy).
     """
 
-    name: str
+    symbol: str
     buy_date: date
     loss_date: date
     loss: float
@@ -279,8 +279,8 @@ class HarvestCandidate:
 
     Attributes
     ----------
-    name : str
-        The name.
+    symbol : str
+        The symbol.
     lot_id : str
         The lot.
     shares : float
@@ -296,11 +296,11 @@ class HarvestCandidate:
     tax_saving : float
         unrealized_loss × the term's rate ($): the linear model's tax saving of realising it.
     recently_bought : bool
-        Whether the name was bought within the wash-sale window before the as-of date (another lot acquired, or a
+        Whether the symbol was bought within the wash-sale window before the as-of date (another lot acquired, or a
         given recent purchase): selling this lot at a loss now risks a wash sale.
     """
 
-    name: str
+    symbol: str
     lot_id: str
     shares: float
     cost_basis: float
@@ -357,7 +357,7 @@ def validate_lots(lots: Sequence[TaxLot], shares: float, *, field: str, as_of: d
     shares : float
         The holding's shares, which non-empty lots must add up to (within ``LOT_SHARES_TOLERANCE`` relative).
     field : str
-        Path of the holding in the request, e.g. ``holdings[1]``; errors name ``{field}.lots...``.
+        Path of the holding in the request, e.g. ``holdings[1]``; errors symbol ``{field}.lots...``.
     as_of : date, optional
         When given, no lot may be acquired after it.
 
@@ -396,23 +396,23 @@ def validate_lots(lots: Sequence[TaxLot], shares: float, *, field: str, as_of: d
 
 
 def validate_holdings(holdings: Sequence[Holding], *, as_of: date | None = None, field: str = "holdings") -> None:
-    """Check names, shares, prices and lots of a portfolio's holdings.
+    """Check symbols, shares, prices and lots of a portfolio's holdings.
 
     Raises
     ------
     InvalidInputError
-        Naming ``{field}[i].name`` for an empty or duplicate name, ``{field}[i].shares`` for shares that are not
+        Naming ``{field}[i].symbol`` for an empty or duplicate symbol, ``{field}[i].shares`` for shares that are not
         finite or are negative, ``{field}[i].price`` for a price that is not finite and positive, and the lot
         fields of :func:`validate_lots`.
     """
     seen: set[str] = set()
     for i, holding in enumerate(holdings):
         path = f"{field}[{i}]"
-        if not holding.name:
-            raise InvalidInputError.for_field(f"{path}.name", "must not be empty")
-        if holding.name in seen:
-            raise InvalidInputError.for_field(f"{path}.name", f"duplicate name {holding.name!r}")
-        seen.add(holding.name)
+        if not holding.symbol:
+            raise InvalidInputError.for_field(f"{path}.symbol", "must not be empty")
+        if holding.symbol in seen:
+            raise InvalidInputError.for_field(f"{path}.symbol", f"duplicate symbol {holding.symbol!r}")
+        seen.add(holding.symbol)
         if not (math.isfinite(holding.shares) and holding.shares >= 0.0):
             raise InvalidInputError.for_field(f"{path}.shares", f"is {holding.shares!r}; must be finite and ≥ 0")
         if not (math.isfinite(holding.price) and holding.price > 0.0):
@@ -535,7 +535,7 @@ def select_lots(
 
 
 def recently_bought(
-    name: str,
+    symbol: str,
     lots: Sequence[TaxLot],
     as_of: date,
     *,
@@ -543,16 +543,16 @@ def recently_bought(
     recent_purchases: Sequence[Purchase] = (),
     excluding: frozenset[str] = frozenset(),
 ) -> bool:
-    """Whether ``name`` was bought within the wash-sale window before (or on) ``as_of``.
+    """Whether ``symbol`` was bought within the wash-sale window before (or on) ``as_of``.
 
     A lot acquired in [as_of − window, as_of] whose id is not in ``excluding`` (the lots being sold: shares sold are
-    not their own replacement), or a purchase of ``name`` in ``recent_purchases`` dated within the window either side
+    not their own replacement), or a purchase of ``symbol`` in ``recent_purchases`` dated within the window either side
     of ``as_of``, counts.
     """
     window = (TaxSettings() if settings is None else settings).wash_sale_window_days
     if any(lot.lot_id not in excluding and 0 <= (as_of - lot.acquired).days <= window for lot in lots):
         return True
-    return any(p.name == name and abs((as_of - p.trade_date).days) <= window for p in recent_purchases)
+    return any(p.symbol == symbol and abs((as_of - p.trade_date).days) <= window for p in recent_purchases)
 
 
 def harvest_candidates(
@@ -564,7 +564,7 @@ def harvest_candidates(
 ) -> tuple[HarvestCandidate, ...]:
     """Tax lots with an unrealised loss (cost basis above the current price), in holding and lot order.
 
-    Each candidate is flagged ``recently_bought`` when the name was bought within the wash-sale window before
+    Each candidate is flagged ``recently_bought`` when the symbol was bought within the wash-sale window before
     ``as_of`` (another of its lots acquired then, or a purchase in ``recent_purchases``; see
     :func:`recently_bought`). Holdings are not validated here (see :func:`validate_holdings`).
     """
@@ -578,7 +578,7 @@ def harvest_candidates(
             loss = lot.shares * (lot.cost_basis - holding.price)
             candidates.append(
                 HarvestCandidate(
-                    name=holding.name,
+                    symbol=holding.symbol,
                     lot_id=lot.lot_id,
                     shares=lot.shares,
                     cost_basis=lot.cost_basis,
@@ -587,7 +587,7 @@ def harvest_candidates(
                     term=term,
                     tax_saving=loss * settings.rate(term),
                     recently_bought=recently_bought(
-                        holding.name,
+                        holding.symbol,
                         holding.lots,
                         as_of,
                         settings=settings,
@@ -606,12 +606,12 @@ def wash_sale_flags(
     *,
     settings: TaxSettings | None = None,
 ) -> tuple[WashSaleFlag, ...]:
-    """Buys of names with a realised loss within the wash-sale window, one flag per (buy, loss) pair.
+    """Buys of symbols with a realised loss within the wash-sale window, one flag per (buy, loss) pair.
 
     Parameters
     ----------
     buys : sequence of str
-        Names bought on ``buy_date``.
+        Symbols bought on ``buy_date``.
     buy_date : date
         Date of the buys.
     realized_losses : sequence of RealizedLoss
@@ -623,13 +623,13 @@ def wash_sale_flags(
     window = (TaxSettings() if settings is None else settings).wash_sale_window_days
     return tuple(
         WashSaleFlag(
-            name=loss.name,
+            symbol=loss.symbol,
             buy_date=buy_date,
             loss_date=loss.sale_date,
             loss=loss.loss,
             days_apart=(buy_date - loss.sale_date).days,
         )
-        for name in dict.fromkeys(buys)  # each name once, in order
+        for symbol in dict.fromkeys(buys)  # each symbol once, in order
         for loss in realized_losses
-        if loss.name == name and loss.loss > 0.0 and abs((buy_date - loss.sale_date).days) <= window
+        if loss.symbol == symbol and loss.loss > 0.0 and abs((buy_date - loss.sale_date).days) <= window
     )

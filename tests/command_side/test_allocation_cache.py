@@ -38,9 +38,9 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def line(name: str, price: float, shares: int) -> AllocatedLine:
+def line(symbol: str, price: float, shares: int) -> AllocatedLine:
     return AllocatedLine(
-        name=name,
+        symbol=symbol,
         price=price,
         current_shares=0,
         buy_shares=shares,
@@ -58,7 +58,7 @@ def allocation(cache_key: str, budget_used: float = 9_500.0) -> Allocation:
     return Allocation(
         cache_key=cache_key,
         lines=(line("AAPL", 190.0, 25), line("XOM", 95.0, 50)),
-        sold_in_full=(SoldInFull(name="GE", shares=10, price=150.0, proceeds=1_500.0, trade_cost=0.0),),
+        sold_in_full=(SoldInFull(symbol="GE", shares=10, price=150.0, proceeds=1_500.0, trade_cost=0.0),),
         metrics=AllocationMetrics(
             budget=10_000.0,
             budget_used=budget_used,
@@ -76,11 +76,11 @@ def allocation(cache_key: str, budget_used: float = 9_500.0) -> Allocation:
 
 
 def problem() -> AllocationRequest:
-    """A normalised problem (targets and holdings by name)."""
+    """A normalised problem (targets and holdings by symbol)."""
     return AllocationRequest(
         targets=(
-            AllocationTarget(name="AAPL", target_weight=0.5, price=190.0),
-            AllocationTarget(name="XOM", target_weight=0.5, price=95.0),
+            AllocationTarget(symbol="AAPL", target_weight=0.5, price=190.0),
+            AllocationTarget(symbol="XOM", target_weight=0.5, price=95.0),
         ),
         holdings=(Holding("GE", 10, 150.0),),
         extra_cash=8_500.0,

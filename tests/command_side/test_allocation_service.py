@@ -49,8 +49,8 @@ class InProcessAllocator:
 
 def allocation_request(portfolio_id: str = "", reverse: bool = False, **options: Any) -> AllocateShares:
     targets = (
-        AllocationTarget(name="AAA", target_weight=0.5, price=100.0),
-        AllocationTarget(name="BBB", target_weight=0.5, price=50.0),
+        AllocationTarget(symbol="AAA", target_weight=0.5, price=100.0),
+        AllocationTarget(symbol="BBB", target_weight=0.5, price=50.0),
     )
     problem = AllocationRequest(targets=targets[::-1] if reverse else targets, extra_cash=1_000.0)
     return AllocateShares(problem=problem, portfolio_id=portfolio_id, **options)
@@ -71,12 +71,12 @@ def test_an_optimal_allocation_is_cached_and_every_answer_recorded_for_the_portf
         return first, again
 
     first, again = asyncio.run(scenario())
-    assert [(line.name, line.final_shares) for line in first.lines] == [("AAA", 5), ("BBB", 10)]
+    assert [(line.symbol, line.final_shares) for line in first.lines] == [("AAA", 5), ("BBB", 10)]
     assert first.metrics.solver_status == AllocationStatus.OPTIMAL
     assert not first.cached
     assert first.expires_at == clock.now + timedelta(hours=1)  # the default TTL
     assert again.cached and again.cache_key == first.cache_key
-    assert [line.name for line in again.lines] == ["BBB", "AAA"]  # the order of the asking command
+    assert [line.symbol for line in again.lines] == ["BBB", "AAA"]  # the order of the asking command
     assert allocator.solves == 1
     assert [event.payload["cached"] for event in cache.events("pf")] == [False, True]
 
@@ -124,12 +124,12 @@ def test_holdings_not_among_the_targets_are_sold_in_full_in_the_commands_order()
     held = (Holding("ZZZ", 2, 100.0), Holding("YYY", 4, 50.0))
     command = AllocateShares(problem=replace(command.problem, holdings=held, extra_cash=600.0))
     result = asyncio.run(allocations.allocate(command, time_remaining_s=None))
-    assert [(sold.name, sold.shares, sold.proceeds) for sold in result.sold_in_full] == [
+    assert [(sold.symbol, sold.shares, sold.proceeds) for sold in result.sold_in_full] == [
         ("ZZZ", 2, 200.0),
         ("YYY", 4, 200.0),
     ]
     assert result.metrics.budget == 1_000.0
-    assert [(line.name, line.final_shares) for line in result.lines] == [("AAA", 5), ("BBB", 10)]
+    assert [(line.symbol, line.final_shares) for line in result.lines] == [("AAA", 5), ("BBB", 10)]
 
 
 @pytest.mark.parametrize(

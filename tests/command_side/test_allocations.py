@@ -130,7 +130,7 @@ def test_max_sharpe_weights_spend_the_budget_in_request_order(
     for when in returns.index:
         optimize.returns.timestamps.add().FromDatetime(when.to_pydatetime().replace(tzinfo=UTC))
     for column in returns.columns:
-        optimize.strategies.add(strategy_id=column, returns=returns[column].tolist())
+        optimize.strategies.add(symbol=column, returns=returns[column].tolist())
     weights = dict(commands.Optimize(optimize, timeout=60).optimal_weights)
     kept = {s: w for s, w in weights.items() if w > 1e-4}
     total = math.fsum(kept.values())

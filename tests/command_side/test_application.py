@@ -89,8 +89,8 @@ def configuration(
         lookback_periods=lookback_periods,
         enabled=enabled,
     )
-    config.strategies.add(strategy_id="A")
-    config.strategies.add(strategy_id="B")
+    config.strategies.add(symbol="A")
+    config.strategies.add(symbol="B")
     return config
 
 
@@ -108,7 +108,7 @@ def min_volatility(
         request_id=request_id,
         request_hash=request_hash if request_id else "",
         problem=PortfolioProblem(
-            strategy_ids=("A", "B"),
+            symbols=("A", "B"),
             objective=Objective.MIN_VOLATILITY,
             lower_bounds=np.full(2, lower),
             upper_bounds=np.ones(2),
@@ -239,7 +239,7 @@ def test_runs_on_stored_prices_estimate_from_the_ingested_bars() -> None:
 def test_missing_stored_prices_are_a_precondition_error_and_store_nothing() -> None:
     store, solver = InMemoryOptimizationStore(), InProcessSolver()
     base = min_volatility(inputs=MarketDataWindow(lookback_periods=10))
-    command = replace(base, problem=replace(base.problem, strategy_ids=("NOPE1", "NOPE2")))
+    command = replace(base, problem=replace(base.problem, symbols=("NOPE1", "NOPE2")))
     with pytest.raises(PreconditionError) as caught:
         asyncio.run(service(store, solver).optimize(command, time_remaining_s=None))
     assert [v.subject for v in caught.value.precondition_violations] == ["NOPE1", "NOPE2"]

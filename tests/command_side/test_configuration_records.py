@@ -11,6 +11,7 @@ import pytest
 from command_side.configuration_records import (
     BLACK_LITTERMAN,
     CONSTRAINTS,
+    CONTENT_COLUMNS,
     MULTI_OBJECTIVE,
     RISK_PARAMETERS,
     ROBUST,
@@ -38,8 +39,8 @@ def full_configuration(portfolio_id: str = "cfg") -> cmd_pb.OptimizationConfigur
         market_symbol="SPY",
         enabled=True,
     )
-    config.strategies.add(strategy_id="A", sector="Tech", classifications={"country": "US", "style": "growth"})
-    config.strategies.add(strategy_id="B", sector="Energy")
+    config.strategies.add(symbol="A", sector="Tech", classifications={"country": "US", "style": "growth"})
+    config.strategies.add(symbol="B", sector="Energy")
     c = config.constraints
     c.min_weight, c.max_weight, c.min_return, c.max_volatility = -0.1, 0.7, 0.05, 0.2
     c.strategy_bounds["A"].max_weight = 0.5
@@ -93,22 +94,23 @@ def test_every_field_of_the_content_survives_the_stored_columns() -> None:
 
 def test_unset_messages_stay_unset() -> None:
     config = cmd_pb.OptimizationConfiguration(portfolio_id="p")
-    config.strategies.add(strategy_id="A")
+    config.strategies.add(symbol="A")
     read = stored_and_read(config)
     assert not read.HasField("constraints") and not read.HasField("risk_parameters")
     assert not read.HasField("black_litterman")
     columns = configuration_columns(config)
-    assert columns["black_litterman"] == {"schema_version": 1, "inputs": None}
+    assert columns["black_litterman"] == {"schema_version": 2, "inputs": None}
     assert columns["strategies"] == {
-        "schema_version": 1,
-        "strategies": [{"strategy_id": "A", "sector": "", "classifications": {}}],
+        "schema_version": 2,
+        "strategies": [{"symbol": "A", "sector": "", "classifications": {}}],
     }
 
 
 def test_stored_keys_units_and_enums() -> None:
     columns = configuration_columns(full_configuration())
     constraints, risk = columns["constraints"], columns["risk_parameters"]
-    assert constraints["schema_version"] == 1 and constraints["max_holdings"] == 2
+    assert constraints["schema_version"] == 2 and risk["schema_version"] == 2
+    assert constraints["max_holdings"] == 2
     assert constraints["strategy_bounds"] == {
         "A": {"min_weight": None, "max_weight": 0.5},
         "B": {"min_weight": 0.0, "max_weight": None},
@@ -128,10 +130,12 @@ def test_stored_keys_units_and_enums() -> None:
 
 
 def test_a_column_of_another_schema_version_is_refused() -> None:
-    columns = json.loads(json.dumps(configuration_columns(full_configuration())))
-    columns["constraints"]["schema_version"] = 2
-    with pytest.raises(SchemaError):
-        fill_configuration(columns, cmd_pb.OptimizationConfiguration())
+    for name in CONTENT_COLUMNS:
+        for version in (1, 3):  # version 1 (``strategy_id``) exists only before migration 0011
+            columns = json.loads(json.dumps(configuration_columns(full_configuration())))
+            columns[name]["schema_version"] = version
+            with pytest.raises(SchemaError):
+                fill_configuration(columns, cmd_pb.OptimizationConfiguration())
     columns = json.loads(json.dumps(configuration_columns(full_configuration())))
     columns["strategies"]["schema_version"] = None
     with pytest.raises(SchemaError):

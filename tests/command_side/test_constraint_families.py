@@ -111,7 +111,7 @@ def test_net_exposure_and_two_classification_schemes_through_grpc(
     intl = np.array([i % 3 == 0 for i in range(len(returns.columns))])
     for i, s in enumerate(request.strategies):
         s.classifications["country"] = "intl" if intl[i] else "us"
-        s.sector = "Tech" if s.strategy_id in ("AAPL", "AMD", "MSFT") else "Other"
+        s.sector = "Tech" if s.symbol in ("AAPL", "AMD", "MSFT") else "Other"
     response = commands.Optimize(request, timeout=60)
     w = weights_of(response, returns.columns)
     meta = response.optimization_metadata
@@ -162,7 +162,7 @@ def test_relaxed_solution_is_returned_stored_and_in_the_event(
     request = returns_request(returns, portfolio_id, objective=pb.OBJECTIVE_MIN_VOLATILITY, constraints=constraints)
     sectors = {"JNJ": "Health", "PFE": "Health", "XOM": "Energy", "CVX": "Energy", "KO": "Staples", "PG": "Staples"}
     for s in request.strategies:
-        s.sector = sectors.get(s.strategy_id, "Other")
+        s.sector = sectors.get(s.symbol, "Other")
     with pytest.raises(grpc.RpcError) as caught:
         commands.Optimize(request, timeout=60)
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION

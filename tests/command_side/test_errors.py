@@ -72,7 +72,7 @@ def _negative_price(r: cmd_pb.OptimizeRequest) -> None:
 
 
 def _duplicate(r: cmd_pb.OptimizeRequest) -> None:
-    r.strategies[3].strategy_id = r.strategies[1].strategy_id
+    r.strategies[3].symbol = r.strategies[1].symbol
 
 
 def _short_series(r: cmd_pb.OptimizeRequest) -> None:
@@ -109,7 +109,7 @@ INVALID: dict[str, tuple[Mutation, str]] = {
     "nan return": (_nan, "strategies[2].returns[5]"),
     "inf return": (_inf, "strategies[0].returns[0]"),
     "negative price": (_negative_price, "strategies[1].returns[3]"),
-    "duplicate ids": (_duplicate, "strategies[3].strategy_id"),
+    "duplicate ids": (_duplicate, "strategies[3].symbol"),
     "mismatched lengths": (_short_series, "strategies[4].returns"),
     "unspecified objective": (_no_objective, "objective"),
     "no inputs": (_no_inputs, "inputs"),
@@ -180,7 +180,7 @@ def test_infeasible_constraints_are_failed_precondition_naming_the_check(
         constraints=pb.OptimizationConstraints(max_weight=0.4),
     )
     for s in request.strategies:
-        s.sector = sectors[s.strategy_id]
+        s.sector = sectors[s.symbol]
     mutate(request)
     with pytest.raises(grpc.RpcError) as caught:
         commands.Optimize(request, timeout=30)

@@ -2,7 +2,7 @@
 
 The proto side of every row is checked against the message descriptors (the contract itself, not the table), the
 domain side against the engine's dataclasses and the names its modules raise; a few cases run end to end through
-gRPC: bounds by strategy id, Black-Litterman views, allocation targets and the frontier's ``problem.`` prefix.
+gRPC: bounds by symbol, Black-Litterman views, allocation targets and the frontier's ``problem.`` prefix.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def _proto_field_exists(message: Descriptor, path: str) -> bool:
 
 @pytest.mark.parametrize("row", OPTIMIZATION_FIELD_PATHS, ids=lambda row: row.domain)
 def test_every_optimization_row_names_a_field_of_the_optimize_request(row: FieldPath) -> None:
-    path = OPTIMIZATION.proto_path(_sample(row.domain), strategy_ids=IDS)
+    path = OPTIMIZATION.proto_path(_sample(row.domain), symbols=IDS)
     assert path is not None
     assert _proto_field_exists(cmd_pb.OptimizeRequest.DESCRIPTOR, path), path
     frontier = cmd_pb.ComputeEfficientFrontierRequest.DESCRIPTOR
@@ -129,7 +129,7 @@ def test_every_domain_pattern_names_domain_attributes(row: FieldPath) -> None:
     if names[0] == "sector_limits" and len(names) > 1:
         assert names[1] in _attributes(SectorLimit), row.domain
     if names[0] in ("targets", "holdings") and len(names) > 1:
-        assert names[1] in {"name", "target_weight", "price", "allowed_deviation", "lot_size", "momentum_score"} | {
+        assert names[1] in {"symbol", "target_weight", "price", "allowed_deviation", "lot_size", "momentum_score"} | {
             "shares"
         }, row.domain
 
@@ -138,9 +138,9 @@ def test_every_domain_pattern_names_domain_attributes(row: FieldPath) -> None:
 def test_translating_twice_changes_nothing(table: FieldPathTable) -> None:
     """A proto path is never read as another domain path (the adapter's own errors already speak proto)."""
     for row in table.rows:
-        once = table.proto_path(_sample(row.domain), strategy_ids=IDS)
+        once = table.proto_path(_sample(row.domain), symbols=IDS)
         assert once is not None
-        twice = table.proto_path(once, strategy_ids=IDS)
+        twice = table.proto_path(once, symbols=IDS)
         assert twice in (None, once), (row.domain, once, twice)
 
 
@@ -171,14 +171,14 @@ def test_every_literal_path_the_engine_raises_is_in_the_table() -> None:
                 found.add(path)
     assert "turnover_limit" in found and "lower_bounds[1]" in found  # the scan reads the sources
     missing = {
-        path for path in found if OPTIMIZATION.proto_path(path, strategy_ids=IDS) is None and path not in _ENGINE_ONLY
+        path for path in found if OPTIMIZATION.proto_path(path, symbols=IDS) is None and path not in _ENGINE_ONLY
     }
     assert not missing
 
 
 def test_a_domain_error_reads_in_proto_terms() -> None:
     error = InvalidInputError.for_field("upper_bounds[3]", "must be finite, unlike upper_bounds[1] and covariance")
-    translated = OPTIMIZATION.translated(error, strategy_ids=IDS)
+    translated = OPTIMIZATION.translated(error, symbols=IDS)
     assert type(translated) is InvalidInputError
     assert translated.field_violations == (
         FieldViolation(
@@ -201,13 +201,13 @@ def test_precondition_subjects_and_matrix_entries_are_translated() -> None:
             PreconditionViolation("NOT_PENDING", "3f2a-recommendation", "not pending"),
         ),
     )
-    translated = OPTIMIZATION.translated(error, strategy_ids=IDS, prefix="problem")
+    translated = OPTIMIZATION.translated(error, symbols=IDS, prefix="problem")
     assert [v.subject for v in translated.precondition_violations] == [
         "problem.constraints.turnover_limit",
         "3f2a-recommendation",
     ]
     assert translated.message == "raise problem.constraints.turnover_limit from 0.1 to 0.3"
-    assert OPTIMIZATION.proto_path("covariance[1, 2]", strategy_ids=IDS) == "moments.covariance[7]"
+    assert OPTIMIZATION.proto_path("covariance[1, 2]", symbols=IDS) == "moments.covariance[7]"
     assert OPTIMIZATION.proto_path("returns[:, 4]") == "strategies[4]"
     assert OPTIMIZATION.proto_path("black_litterman.view_confidences[2]") == "black_litterman.views[2].confidence"
 
@@ -221,7 +221,7 @@ def test_the_adapters_own_paths_only_get_the_prefix() -> None:
 
 
 def test_allocation_names_are_symbols() -> None:
-    error = InvalidInputError.for_field("targets[2].name", "duplicates targets[0].name")
+    error = InvalidInputError.for_field("targets[2].symbol", "duplicates targets[0].symbol")
     translated = ALLOCATION.translated(error)
     assert [v.field for v in translated.field_violations] == ["targets[2].symbol"]
     assert translated.message == "targets[2].symbol: duplicates targets[0].symbol"
@@ -258,7 +258,7 @@ def _black_litterman(returns: pd.DataFrame, confidences: list[float]) -> cmd_pb.
 
 
 @pytest.mark.integration
-def test_relaxed_strategy_bounds_are_named_by_strategy_id(commands: Any, returns: pd.DataFrame) -> None:
+def test_relaxed_strategy_bounds_are_named_by_symbol(commands: Any, returns: pd.DataFrame) -> None:
     request = returns_request(returns, _unique("paths-bounds"), objective=pb.OBJECTIVE_MIN_VOLATILITY)
     request.constraints.min_return = 0.0
     for symbol in IDS:

@@ -38,18 +38,16 @@ def returns_request(**fields: object) -> cmd_pb.OptimizeRequest:
     request = cmd_pb.OptimizeRequest(portfolio_id="p1", objective=pb.OBJECTIVE_MAX_SHARPE, **fields)
     for day in range(3):
         request.returns.timestamps.add().FromDatetime(T0 + timedelta(days=day))
-    request.strategies.add(strategy_id="A", sector="Tech", returns=[0.01, -0.02, 0.03])
-    request.strategies.add(strategy_id="B", sector="Energy", returns=[0.00, 0.01, 0.02], current_weight=0.5)
-    request.strategies.add(
-        strategy_id="C", sector="Tech", returns=[0.02, 0.02, -0.01], classifications={"region": "EU"}
-    )
+    request.strategies.add(symbol="A", sector="Tech", returns=[0.01, -0.02, 0.03])
+    request.strategies.add(symbol="B", sector="Energy", returns=[0.00, 0.01, 0.02], current_weight=0.5)
+    request.strategies.add(symbol="C", sector="Tech", returns=[0.02, 0.02, -0.01], classifications={"region": "EU"})
     return request
 
 
 def moments_request() -> cmd_pb.OptimizeRequest:
     request = cmd_pb.OptimizeRequest(portfolio_id="p2", objective=pb.OBJECTIVE_MIN_VOLATILITY)
-    request.strategies.add(strategy_id="X")
-    request.strategies.add(strategy_id="Y")
+    request.strategies.add(symbol="X")
+    request.strategies.add(symbol="Y")
     request.moments.expected_returns.extend([0.05, 0.07])
     request.moments.covariance.extend([0.04, 0.01, 0.01, 0.09])
     return request
@@ -61,7 +59,7 @@ def test_returns_request_becomes_the_engine_problem_and_history() -> None:
     request.risk_parameters.risk_free_rate = 0.02
     validated = validate_optimize_request(request)
     problem = validated.problem
-    assert problem.strategy_ids == ("A", "B", "C")
+    assert problem.symbols == ("A", "B", "C")
     assert problem.objective is Objective.MAX_SHARPE
     np.testing.assert_array_equal(problem.lower_bounds, [0.0, 0.1, 0.0])
     np.testing.assert_array_equal(problem.upper_bounds, [0.6, 0.6, 0.6])
@@ -140,17 +138,17 @@ def test_configuration_of_a_request_keeps_everything_but_the_data() -> None:
         risk_parameters=pb.RiskParameters(risk_free_rate=0.02),
         enabled=True,
     )
-    expected.strategies.add(strategy_id="A", sector="Tech")
-    expected.strategies.add(strategy_id="B", sector="Energy")
-    expected.strategies.add(strategy_id="C", sector="Tech", classifications={"region": "EU"})
+    expected.strategies.add(symbol="A", sector="Tech")
+    expected.strategies.add(symbol="B", sector="Energy")
+    expected.strategies.add(symbol="C", sector="Tech", classifications={"region": "EU"})
     assert configuration_from_request(request) == expected
     assert validate_optimize_request(request).configuration == expected
 
 
 def test_market_data_request_keeps_its_window_in_the_configuration() -> None:
     request = cmd_pb.OptimizeRequest(portfolio_id="p3", objective=pb.OBJECTIVE_MAX_SHARPE)
-    request.strategies.add(strategy_id="A")
-    request.strategies.add(strategy_id="B")
+    request.strategies.add(symbol="A")
+    request.strategies.add(symbol="B")
     request.market_data.lookback_periods = 250
     request.market_data.market_symbol = "SPY"
     validated = validate_optimize_request(request)
@@ -165,7 +163,7 @@ def test_a_stored_configuration_reruns_as_the_request_that_implied_it() -> None:
     rerun = optimize_request_from_configuration(config, "again-1")
     assert (rerun.request_id, rerun.WhichOneof("inputs")) == ("again-1", "market_data")
     assert rerun.market_data == pb.MarketDataWindow(lookback_periods=100)
-    assert [s.strategy_id for s in rerun.strategies] == ["A", "B", "C"]
+    assert [s.symbol for s in rerun.strategies] == ["A", "B", "C"]
     assert validate_optimize_request(rerun).configuration == config
 
 
@@ -174,7 +172,7 @@ def test_configuration_content_hash_follows_the_content() -> None:
     content = configuration_content(config)
     assert content["objective"] == "OBJECTIVE_MAX_SHARPE"
     assert content["method"] == "OPTIMIZATION_METHOD_MEAN_VARIANCE"
-    assert content["strategies"][2] == {"strategy_id": "C", "sector": "Tech", "classifications": {"region": "EU"}}
+    assert content["strategies"][2] == {"symbol": "C", "sector": "Tech", "classifications": {"region": "EU"}}
     assert content_hash(content) == content_hash(configuration_content(config))
     config.enabled = False
     assert content_hash(configuration_content(config)) != content_hash(content)
@@ -182,11 +180,11 @@ def test_configuration_content_hash_follows_the_content() -> None:
 
 def test_normalize_configuration_names_fields_under_its_prefix() -> None:
     config = configuration_from_request(returns_request())
-    config.strategies[1].strategy_id = "A"
+    config.strategies[1].symbol = "A"
     with pytest.raises(InvalidInputError) as caught:
         normalize_configuration(config)
-    assert [v.field for v in caught.value.field_violations] == ["configuration.strategies[1].strategy_id"]
-    config.strategies[1].strategy_id = "B"
+    assert [v.field for v in caught.value.field_violations] == ["configuration.strategies[1].symbol"]
+    config.strategies[1].symbol = "B"
     config.enabled = False
     normal = normalize_configuration(config)
     assert (normal.method, normal.enabled) == (pb.OPTIMIZATION_METHOD_MEAN_VARIANCE, False)
@@ -223,7 +221,7 @@ def _price_to_zero(request: cmd_pb.OptimizeRequest) -> None:
 
 
 def _duplicate_id(request: cmd_pb.OptimizeRequest) -> None:
-    request.strategies[2].strategy_id = "A"
+    request.strategies[2].symbol = "A"
 
 
 def _short_column(request: cmd_pb.OptimizeRequest) -> None:
@@ -283,7 +281,7 @@ def _objective_with_risk_parity(request: cmd_pb.OptimizeRequest) -> None:
         (_set("objective", pb.OBJECTIVE_UNSPECIFIED), "objective"),
         (_objective_with_risk_parity, "objective"),
         (_single_strategy, "strategies"),
-        (_duplicate_id, "strategies[2].strategy_id"),
+        (_duplicate_id, "strategies[2].symbol"),
         (_nan_return, "strategies[0].returns[2]"),
         (_price_to_zero, "strategies[1].returns[1]"),
         (_short_column, "strategies[1].returns"),

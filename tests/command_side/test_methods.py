@@ -204,7 +204,7 @@ def test_risk_parity_rejects_what_does_not_apply(commands: Any, returns: pd.Data
 def test_invalid_method_combinations(commands: Any, returns: pd.DataFrame) -> None:
     cvar_on_moments = cmd_pb.OptimizeRequest(
         portfolio_id=unique("bad"),
-        strategies=[pb.Strategy(strategy_id="A"), pb.Strategy(strategy_id="B")],
+        strategies=[pb.Strategy(symbol="A"), pb.Strategy(symbol="B")],
         moments=pb.MomentsInput(expected_returns=[0.1, 0.2], covariance=[0.04, 0, 0, 0.09]),
         objective=pb.OBJECTIVE_MIN_VOLATILITY,
         risk_parameters=pb.RiskParameters(risk_measure=pb.RISK_MEASURE_CVAR),

@@ -55,8 +55,8 @@ def request(**fields: object) -> cmd_pb.OptimizeRequest:
         risk_parameters=pb.RiskParameters(risk_free_rate=0.02),
         **fields,  # type: ignore[arg-type]
     )
-    message.strategies.add(strategy_id="A", sector="Tech", current_weight=0.5)
-    message.strategies.add(strategy_id="B", sector="Energy")
+    message.strategies.add(symbol="A", sector="Tech", current_weight=0.5)
+    message.strategies.add(symbol="B", sector="Energy")
     return message
 
 
@@ -98,7 +98,7 @@ def test_the_command_holds_the_requests_problem_inputs_and_key() -> None:
     command = adapter.optimize_command(returns_request())
     assert (command.portfolio_id, command.request_id) == ("p-1", "r-1")
     assert len(command.request_hash) == 64
-    assert command.problem.strategy_ids == ("A", "B") and command.problem.sectors == ("Tech", "Energy")
+    assert command.problem.symbols == ("A", "B") and command.problem.sectors == ("Tech", "Energy")
     assert command.problem.objective is Objective.MAX_SHARPE
     np.testing.assert_array_equal(command.problem.lower_bounds, [0.0, 0.1])
     np.testing.assert_array_equal(command.problem.upper_bounds, [0.8, 0.8])
@@ -305,7 +305,7 @@ def test_a_batch_of_no_or_too_many_requests_is_invalid(count: int) -> None:
 
 def test_a_frontier_command_takes_the_problem_and_names_its_fields_under_problem() -> None:
     command = adapter.frontier_command(cmd_pb.ComputeEfficientFrontierRequest(problem=moments_request(), points=5))
-    assert command.points == 5 and command.problem.strategy_ids == ("A", "B")
+    assert command.points == 5 and command.problem.symbols == ("A", "B")
     assert isinstance(command.inputs, Moments)
     assert adapter.frontier_command(cmd_pb.ComputeEfficientFrontierRequest(problem=moments_request())).points == 20
     with pytest.raises(InvalidInputError) as caught:

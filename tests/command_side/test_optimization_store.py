@@ -43,8 +43,8 @@ def configuration(portfolio_id: str, **fields: Any) -> cmd_pb.OptimizationConfig
         constraints=pb.OptimizationConstraints(max_weight=0.7),
         enabled=True,
     )
-    config.strategies.add(strategy_id="A", sector="Tech")
-    config.strategies.add(strategy_id="B", sector="Energy")
+    config.strategies.add(symbol="A", sector="Tech")
+    config.strategies.add(symbol="B", sector="Energy")
     for name, value in fields.items():
         setattr(config, name, value)
     return config
@@ -255,7 +255,7 @@ class OptimizationStoreContract:
             stored, created = await store.upsert_configuration(config)
             assert (stored.version, created) == (1, True)
             assert stored.HasField("created_at")
-            assert [(s.strategy_id, s.sector) for s in stored.strategies] == [("A", "Tech"), ("B", "Energy")]
+            assert [(s.symbol, s.sector) for s in stored.strategies] == [("A", "Tech"), ("B", "Energy")]
             assert stored.constraints.max_weight == 0.7
             assert (stored.lookback_periods, stored.market_symbol, stored.enabled) == (250, "SPY", True)
             assert not stored.HasField("black_litterman")

@@ -54,7 +54,7 @@ def returns_request(returns: pd.DataFrame, portfolio_id: str, **fields: Any) -> 
     for when in returns.index:
         request.returns.timestamps.add().FromDatetime(when.to_pydatetime().replace(tzinfo=UTC))
     for column in returns.columns:
-        request.strategies.add(strategy_id=column, sector=SECTORS.get(column, ""), returns=returns[column].tolist())
+        request.strategies.add(symbol=column, sector=SECTORS.get(column, ""), returns=returns[column].tolist())
     return request
 
 
@@ -112,7 +112,7 @@ def test_max_sharpe_on_stored_prices_matches_pypfopt_published_figures(
     request = cmd_pb.OptimizeRequest(
         portfolio_id=portfolio_id,
         request_id=unique("req"),
-        strategies=[pb.Strategy(strategy_id=PPO_PREFIX + t) for t in PPO_TICKERS],
+        strategies=[pb.Strategy(symbol=PPO_PREFIX + t) for t in PPO_TICKERS],
         market_data=pb.MarketDataWindow(),
         objective=pb.OBJECTIVE_MAX_SHARPE,
         risk_parameters=pb.RiskParameters(risk_free_rate=0.02),
@@ -190,7 +190,7 @@ def test_caller_moments_efficient_return_binds_the_target(commands: Any, sp500_r
     cov = risk_models.sample_cov(sp500_returns, returns_data=True)
     request = cmd_pb.OptimizeRequest(
         portfolio_id=unique("moments"),
-        strategies=[pb.Strategy(strategy_id=c) for c in sp500_returns.columns],
+        strategies=[pb.Strategy(symbol=c) for c in sp500_returns.columns],
         moments=pb.MomentsInput(expected_returns=mu.tolist(), covariance=cov.to_numpy().ravel().tolist()),
         objective=pb.OBJECTIVE_MIN_VOLATILITY,
         constraints=pb.OptimizationConstraints(min_return=0.20, max_weight=0.3),
@@ -290,7 +290,7 @@ def test_configuration_versions_follow_content_changes(
     stored = commands.GetConfiguration(cmd_pb.GetConfigurationRequest(portfolio_id=portfolio_id), timeout=10)
     assert stored.configuration.version == 2
     assert stored.configuration.constraints.max_weight == 0.5
-    assert [s.strategy_id for s in stored.configuration.strategies] == list(sp500_returns.columns[:4])
+    assert [s.symbol for s in stored.configuration.strategies] == list(sp500_returns.columns[:4])
 
 
 def test_failed_request_writes_nothing(commands: Any, sp500_returns: pd.DataFrame, db: psycopg.Connection[Any]) -> None:
@@ -362,7 +362,7 @@ def test_upsert_list_and_run_configuration_on_stored_prices(
     portfolio_id = unique("cfg")
     config = cmd_pb.OptimizationConfiguration(
         portfolio_id=portfolio_id,
-        strategies=[pb.Strategy(strategy_id=s, sector=SECTORS[s]) for s in ("AAPL", "JNJ", "XOM", "KO", "JPM")],
+        strategies=[pb.Strategy(symbol=s, sector=SECTORS[s]) for s in ("AAPL", "JNJ", "XOM", "KO", "JPM")],
         objective=pb.OBJECTIVE_MAX_SHARPE,
         constraints=pb.OptimizationConstraints(max_weight=0.4),
         risk_parameters=pb.RiskParameters(risk_free_rate=0.01),
@@ -419,7 +419,7 @@ def test_unknown_portfolio_is_not_found(commands: Any) -> None:
 def test_missing_market_data_is_failed_precondition(commands: Any, stored_prices: dict[str, str]) -> None:
     request = cmd_pb.OptimizeRequest(
         portfolio_id=unique("nodata"),
-        strategies=[pb.Strategy(strategy_id="AAPL"), pb.Strategy(strategy_id="NOT-A-SYMBOL")],
+        strategies=[pb.Strategy(symbol="AAPL"), pb.Strategy(symbol="NOT-A-SYMBOL")],
         market_data=pb.MarketDataWindow(),
         objective=pb.OBJECTIVE_MIN_VOLATILITY,
     )
@@ -455,7 +455,7 @@ def test_disabled_configuration_is_not_run(commands: Any, db: psycopg.Connection
     portfolio_id = unique("disabled")
     config = cmd_pb.OptimizationConfiguration(
         portfolio_id=portfolio_id,
-        strategies=[pb.Strategy(strategy_id="AAPL"), pb.Strategy(strategy_id="KO")],
+        strategies=[pb.Strategy(symbol="AAPL"), pb.Strategy(symbol="KO")],
         objective=pb.OBJECTIVE_MIN_VOLATILITY,
         enabled=False,
     )
@@ -470,13 +470,13 @@ def test_disabled_configuration_is_not_run(commands: Any, db: psycopg.Connection
 def test_upsert_configuration_rejects_invalid_fields(commands: Any) -> None:
     config = cmd_pb.OptimizationConfiguration(
         portfolio_id=unique("bad-config"),
-        strategies=[pb.Strategy(strategy_id="AAPL"), pb.Strategy(strategy_id="AAPL")],
+        strategies=[pb.Strategy(symbol="AAPL"), pb.Strategy(symbol="AAPL")],
         objective=pb.OBJECTIVE_MIN_VOLATILITY,
     )
     with pytest.raises(grpc.RpcError) as caught:
         commands.UpsertConfiguration(cmd_pb.UpsertConfigurationRequest(configuration=config), timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert field_violations(caught.value) == ["configuration.strategies[1].strategy_id"]
+    assert field_violations(caught.value) == ["configuration.strategies[1].symbol"]
 
 
 def test_optimize_keeps_what_the_operator_configured(
@@ -487,7 +487,7 @@ def test_optimize_keeps_what_the_operator_configured(
     columns = list(sp500_returns.columns[:4])
     config = cmd_pb.OptimizationConfiguration(
         portfolio_id=portfolio_id,
-        strategies=[pb.Strategy(strategy_id=c, sector=SECTORS[c]) for c in columns],
+        strategies=[pb.Strategy(symbol=c, sector=SECTORS[c]) for c in columns],
         objective=pb.OBJECTIVE_MIN_VOLATILITY,
         lookback_periods=250,
         market_symbol="SP500",
@@ -510,7 +510,7 @@ def test_run_configuration_retry_replays_after_the_configuration_changed(
     portfolio_id = unique("run-retry")
     config = cmd_pb.OptimizationConfiguration(
         portfolio_id=portfolio_id,
-        strategies=[pb.Strategy(strategy_id=s) for s in ("AAPL", "KO", "XOM")],
+        strategies=[pb.Strategy(symbol=s) for s in ("AAPL", "KO", "XOM")],
         objective=pb.OBJECTIVE_MIN_VOLATILITY,
         lookback_periods=300,
         enabled=True,
@@ -582,7 +582,7 @@ def test_market_symbol_may_be_a_strategy_and_another_calendar_changes_nothing(
     tickers = [PPO_PREFIX + t for t in ("AAPL", "GE", "XOM")]
     capm = cmd_pb.OptimizeRequest(
         portfolio_id=unique("capm"),
-        strategies=[pb.Strategy(strategy_id=s) for s in [*tickers, spy]],
+        strategies=[pb.Strategy(symbol=s) for s in [*tickers, spy]],
         market_data=pb.MarketDataWindow(market_symbol=spy, lookback_periods=500),
         objective=pb.OBJECTIVE_MIN_VOLATILITY,
         risk_parameters=pb.RiskParameters(returns_estimator=pb.RETURNS_ESTIMATOR_CAPM),
@@ -592,7 +592,7 @@ def test_market_symbol_may_be_a_strategy_and_another_calendar_changes_nothing(
     def plain(market_symbol: str) -> Any:
         request = cmd_pb.OptimizeRequest(
             portfolio_id=unique("calendar"),
-            strategies=[pb.Strategy(strategy_id=s) for s in ("AAPL", "KO", "XOM")],
+            strategies=[pb.Strategy(symbol=s) for s in ("AAPL", "KO", "XOM")],
             market_data=pb.MarketDataWindow(market_symbol=market_symbol, lookback_periods=500),
             objective=pb.OBJECTIVE_MAX_SHARPE,
         )

@@ -287,7 +287,7 @@ def test_drift_against_the_stored_target_and_prices() -> None:
         assert report.total_value == 2000.0
         assert report.portfolio_drift == pytest.approx(0.5)  # |0.5 − 0.25| + |0.5 − 0.75|
         assert drift.target_event_id == "event-1"
-        assert report.names == ("XYZ",)
+        assert report.symbols == ("XYZ",)
         assert report.exceeds_threshold  # the default threshold, 0.05
 
     run(scenario)

@@ -88,10 +88,10 @@ def test_an_allocate_request_becomes_the_engines_problem_in_request_order() -> N
     problem = command.problem
     assert problem.targets == (
         AllocationTarget(
-            name="XOM", target_weight=0.4, price=95.0, allowed_deviation=0.10, lot_size=1, momentum_score=0.3
+            symbol="XOM", target_weight=0.4, price=95.0, allowed_deviation=0.10, lot_size=1, momentum_score=0.3
         ),
         AllocationTarget(
-            name="AAPL", target_weight=0.6, price=190.0, allowed_deviation=0.2, lot_size=5, momentum_score=0.5
+            symbol="AAPL", target_weight=0.6, price=190.0, allowed_deviation=0.2, lot_size=5, momentum_score=0.5
         ),
     )
     assert problem.holdings == (Holding("GE", 10, 150.0),)
@@ -139,7 +139,7 @@ def test_what_only_the_request_can_say_wrong_is_named_in_its_field_paths(change:
 
 def test_engine_field_paths_come_out_as_the_requests() -> None:
     with pytest.raises(InvalidInputError) as raised, adapter.allocation_field_paths():
-        raise InvalidInputError.for_field("targets[1].name", "duplicates targets[0].name")
+        raise InvalidInputError.for_field("targets[1].symbol", "duplicates targets[0].symbol")
     assert [v.field for v in raised.value.field_violations] == ["targets[1].symbol"]
     assert "targets[0].symbol" in raised.value.message
 
@@ -175,7 +175,7 @@ def allocation(**changes: object) -> Allocation:
         "cache_key": "k1",
         "lines": (
             AllocatedLine(
-                name="XOM",
+                symbol="XOM",
                 price=95.0,
                 current_shares=0,
                 buy_shares=4,
@@ -188,7 +188,7 @@ def allocation(**changes: object) -> Allocation:
                 weight_deviation=-0.02,
             ),
         ),
-        "sold_in_full": (SoldInFull(name="GE", shares=10, price=150.0, proceeds=1_500.0, trade_cost=1.1),),
+        "sold_in_full": (SoldInFull(symbol="GE", shares=10, price=150.0, proceeds=1_500.0, trade_cost=1.1),),
         "metrics": AllocationMetrics(
             budget=2_500.0,
             budget_used=2_400.0,

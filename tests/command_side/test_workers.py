@@ -31,7 +31,7 @@ def solver_pool() -> Iterator[SolverPool]:
 def min_volatility_job(lower: float = 0.0) -> OptimizationJob:
     """Two uncorrelated assets with variances 0.04 and 0.09: the minimum-variance weights are 9/13 and 4/13."""
     problem = PortfolioProblem(
-        strategy_ids=("a", "b"),
+        symbols=("a", "b"),
         objective=Objective.MIN_VOLATILITY,
         lower_bounds=np.full(2, lower),
         upper_bounds=np.ones(2),
@@ -50,13 +50,13 @@ def test_a_worker_runs_a_job_and_returns_its_result(solver_pool: SolverPool) -> 
 def test_an_allocation_runs_in_a_worker(solver_pool: SolverPool) -> None:
     request = AllocationRequest(
         targets=(
-            AllocationTarget(name="A", target_weight=0.5, price=100.0),
-            AllocationTarget(name="B", target_weight=0.5, price=50.0),
+            AllocationTarget(symbol="A", target_weight=0.5, price=100.0),
+            AllocationTarget(symbol="B", target_weight=0.5, price=50.0),
         ),
         extra_cash=1_000.0,
     )
     result = asyncio.run(solver_pool.allocate(request, timeout_s=120))
-    assert [(line.name, line.final_shares) for line in result.lines] == [("A", 5), ("B", 10)]
+    assert [(line.symbol, line.final_shares) for line in result.lines] == [("A", 5), ("B", 10)]
     assert result.budget_used == pytest.approx(1_000.0)
 
 
@@ -74,7 +74,7 @@ def frontier_job(n: int = 150) -> OptimizationJob:
         covariance=factors @ factors.T + np.diag(rng.uniform(0.01, 0.05, n)),
     )
     problem = PortfolioProblem(
-        strategy_ids=tuple(f"s{i}" for i in range(n)),
+        symbols=tuple(f"s{i}" for i in range(n)),
         objective=Objective.MIN_VOLATILITY,
         lower_bounds=np.zeros(n),
         upper_bounds=np.full(n, 0.05),

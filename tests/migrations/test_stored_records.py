@@ -1,4 +1,4 @@
-"""Migration 0008: rows written by the previous version (protobuf bytes and JSON mapping) keep working.
+"""Migrations 0008-0011: rows written by the previous version (protobuf bytes and JSON mapping) keep working.
 
 A fresh database is migrated up to 0007, filled the way the previous version's ``PostgresOptimizationStore``
 wrote it (the serialized ``OptimizeResponse`` in ``optimization_results.response``, ``json_format.MessageToDict``
@@ -26,7 +26,8 @@ from yoyo import get_backend, read_migrations
 
 from command_side import trading_adapter
 from command_side.allocations_repository import PostgresAllocationCache
-from command_side.mapping import configuration_content
+from command_side.configuration_records import CONFIGURATION_SCHEMA_VERSION, configuration_columns
+from command_side.mapping import configuration_content, content_hash
 from command_side.rebalancing_repository import PostgresTradingStore
 from command_side.records import response_from_record
 from command_side.repository import PostgresOptimizationStore
@@ -47,12 +48,12 @@ MIGRATIONS_SINCE_0007 = [
     "0008_stored_result_records",
     "0009_stored_trading_records",
     "0010_stored_configuration_records",
+    "0011_stored_symbol_keys",
 ]
 
 
-@pytest.fixture
-def previous_version_dsn(db: psycopg.Connection[Any], pg_dsn: str) -> Iterator[str]:
-    """A database of the test cluster migrated only as far as the previous version (0001-0007)."""
+def migrated_below(db: psycopg.Connection[Any], pg_dsn: str, first_missing: str) -> Iterator[str]:
+    """A database of the test cluster with the migrations before ``first_missing`` applied."""
     name = f"stratopt_previous_{uuid.uuid4().hex[:8]}"
     db.execute(f"CREATE DATABASE {name}")
     dsn = urlunsplit(urlsplit(pg_dsn)._replace(path=f"/{name}"))
@@ -60,12 +61,24 @@ def previous_version_dsn(db: psycopg.Connection[Any], pg_dsn: str) -> Iterator[s
     try:
         with backend.lock():
             backend.apply_migrations(
-                backend.to_apply(read_migrations(str(MIGRATIONS_DIR)).filter(lambda m: m.id < "0008"))
+                backend.to_apply(read_migrations(str(MIGRATIONS_DIR)).filter(lambda m: m.id < first_missing))
             )
         backend.connection.close()
         yield dsn
     finally:
         db.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def previous_version_dsn(db: psycopg.Connection[Any], pg_dsn: str) -> Iterator[str]:
+    """A database of the test cluster migrated only as far as the previous version (0001-0007)."""
+    yield from migrated_below(db, pg_dsn, "0008")
+
+
+@pytest.fixture
+def schema_version_1_dsn(db: psycopg.Connection[Any], pg_dsn: str) -> Iterator[str]:
+    """A database migrated as far as configuration content in schema_version 1 (0001-0010)."""
+    yield from migrated_below(db, pg_dsn, "0011")
 
 
 def write_run_as_before(conn: psycopg.Connection[Any], response: cmd_pb.OptimizeResponse, *, latest: bool) -> None:
@@ -285,13 +298,20 @@ def test_trading_rows_of_the_previous_version_are_converted_and_read(previous_ve
 # --- configurations (migration 0010) -------------------------------------------------------------------------------
 
 
+def old_strategy_keys(strategy: dict[str, Any]) -> dict[str, Any]:
+    """A strategy object (stored or JSON mapping) with its identifier under the previous key, ``strategy_id``."""
+    return {("strategy_id" if key == "symbol" else key): value for key, value in strategy.items()}
+
+
 def test_configurations_of_the_previous_version_are_converted_and_read(previous_version_dsn: str) -> None:
     full = full_configuration("migrated-config")
     plain = cmd_pb.OptimizationConfiguration(portfolio_id="migrated-config", objective=1, method=1, enabled=True)
-    plain.strategies.add(strategy_id="A")
+    plain.strategies.add(symbol="A")
     with psycopg.connect(previous_version_dsn, autocommit=True) as conn:
         for version, config in ((1, plain), (2, full)):
             content = configuration_content(config)  # the previous writer: protobuf JSON mapping
+            # ... of the contract of its time, whose Strategy named the identifier strategy_id
+            content["strategies"] = [old_strategy_keys(s) for s in content["strategies"]]
             conn.execute(
                 """INSERT INTO optimization_configurations (portfolio_id, version, objective, method, strategies,
                        constraints, risk_parameters, lookback_periods, market_symbol, enabled, content_hash,
@@ -309,7 +329,8 @@ def test_configurations_of_the_previous_version_are_converted_and_read(previous_
         for columns in conn.execute(
             "SELECT strategies, constraints, risk_parameters, black_litterman FROM optimization_configurations"
         ):
-            assert all(column["schema_version"] == 1 for column in columns)
+            assert all(column["schema_version"] == 2 for column in columns)
+            assert all("symbol" in s and "strategy_id" not in s for s in columns[0]["strategies"])
 
     async def read_back() -> list[cmd_pb.OptimizationConfiguration]:
         pool = await asyncpg.create_pool(previous_version_dsn, min_size=1, max_size=2)
@@ -325,3 +346,76 @@ def test_configurations_of_the_previous_version_are_converted_and_read(previous_
         expected.version = version
         expected.created_at.FromDatetime(T0)
         assert stored == expected
+
+
+# --- configuration content of schema_version 1 (migration 0011) ---------------------------------------------------
+
+
+def test_configurations_of_schema_version_1_are_rewritten_with_symbol_keys(schema_version_1_dsn: str) -> None:
+    """Rows written in version 1 (``strategy_id``) read back after migrating; their content hash is recomputed."""
+    full = full_configuration("version-1-config")
+    plain = cmd_pb.OptimizationConfiguration(portfolio_id="version-1-config", objective=1, method=1, enabled=True)
+    plain.strategies.add(symbol="A", sector="Tech")
+    plain.strategies.add(symbol="B")
+    with psycopg.connect(schema_version_1_dsn, autocommit=True) as conn:
+        for version, config in ((1, full), (2, plain)):
+            content = configuration_content(config)
+            columns = {name: {**value, "schema_version": 1} for name, value in configuration_columns(config).items()}
+            columns["strategies"]["strategies"] = [old_strategy_keys(s) for s in columns["strategies"]["strategies"]]
+            conn.execute(
+                """INSERT INTO optimization_configurations (portfolio_id, version, objective, method, strategies,
+                       constraints, risk_parameters, lookback_periods, market_symbol, enabled, content_hash,
+                       black_litterman, created_at)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'version-1-hash', %s, %s)""",
+                (config.portfolio_id, version, content["objective"], content["method"],
+                 Jsonb(columns["strategies"]), Jsonb(columns["constraints"]), Jsonb(columns["risk_parameters"]),
+                 config.lookback_periods, config.market_symbol, config.enabled, Jsonb(columns["black_litterman"]),
+                 T0),
+            )  # fmt: skip
+        strategies = conn.execute("SELECT strategies FROM optimization_configurations WHERE version = 2").fetchone()
+        assert strategies is not None and strategies[0]["strategies"][0]["strategy_id"] == "A"
+
+    assert migrate(schema_version_1_dsn) == ["0011_stored_symbol_keys"]
+
+    with psycopg.connect(schema_version_1_dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            """SELECT strategies, constraints, risk_parameters, black_litterman, content_hash
+               FROM optimization_configurations ORDER BY version"""
+        ).fetchall()
+        for *columns, _ in rows:
+            assert all(column["schema_version"] == CONFIGURATION_SCHEMA_VERSION == 2 for column in columns)
+            assert all("symbol" in s and "strategy_id" not in s for s in columns[0]["strategies"])
+        assert [r[-1] for r in rows] == [content_hash(configuration_content(c)) for c in (full, plain)]
+        assert rows[1][0]["strategies"] == [
+            {"symbol": "A", "sector": "Tech", "classifications": {}},
+            {"symbol": "B", "sector": "", "classifications": {}},
+        ]
+        conn.execute(  # the column default is the current version too
+            """INSERT INTO optimization_configurations (portfolio_id, version, objective, method, strategies,
+                   constraints, risk_parameters, content_hash)
+               VALUES ('defaulted', 1, 'o', 'm', '{}', '{}', '{}', 'h')"""
+        )
+        (default,) = conn.execute(
+            "SELECT black_litterman FROM optimization_configurations WHERE portfolio_id = 'defaulted'"
+        ).fetchone() or (None,)
+        assert default == {"schema_version": 2, "inputs": None}
+
+    async def read_back() -> tuple[list[cmd_pb.OptimizationConfiguration], bool]:
+        pool = await asyncpg.create_pool(schema_version_1_dsn, min_size=1, max_size=2)
+        try:
+            store = PostgresOptimizationStore(pool)
+            stored = [await store.get_configuration("version-1-config", version) for version in (1, 2)]
+            _, new = await store.upsert_configuration(plain)  # the same content: no new version
+            return stored, new
+        finally:
+            await pool.close()
+
+    stored, new = asyncio.run(read_back())
+    assert not new
+    for read, config, version in zip(stored, (full, plain), (1, 2), strict=True):
+        expected = cmd_pb.OptimizationConfiguration()
+        expected.CopyFrom(config)
+        expected.version = version
+        expected.created_at.FromDatetime(T0)
+        assert read == expected
+    assert migrate(schema_version_1_dsn) == []

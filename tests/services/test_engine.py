@@ -25,7 +25,7 @@ from tests.services.market_data import return_history
 def long_only(objective: Objective, tickers: list[str], **options: float) -> PortfolioProblem:
     n = len(tickers)
     return PortfolioProblem(
-        strategy_ids=tuple(tickers),
+        symbols=tuple(tickers),
         objective=objective,
         lower_bounds=np.zeros(n),
         upper_bounds=np.full(n, 0.35),

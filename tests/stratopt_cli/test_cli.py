@@ -53,7 +53,7 @@ def test_min_volatility_on_moments_matches_the_closed_form(server_target: str) -
     mu = np.array(request["moments"]["expectedReturns"])
     unconstrained = np.linalg.solve(cov, np.ones(3))
     unconstrained /= unconstrained.sum()
-    weights = np.array([response["optimalWeights"][s["strategyId"]] for s in request["strategies"]])
+    weights = np.array([response["optimalWeights"][s["symbol"]] for s in request["strategies"]])
     if unconstrained.min() >= 0 and mu @ unconstrained >= 0.04:
         np.testing.assert_allclose(weights, unconstrained, atol=1e-6)
     else:  # the return floor binds: check it instead

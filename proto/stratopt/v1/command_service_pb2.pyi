@@ -56,7 +56,7 @@ class OptimizeRequest(_message.Message):
 
     @_builtins.property
     def market_data(self) -> _types_pb2.MarketDataWindow:
-        """A window of stored prices for the strategy ids."""
+        """A window of stored prices for the symbols."""
 
     @_builtins.property
     def moments(self) -> _types_pb2.MomentsInput:
@@ -144,7 +144,7 @@ class OptimizeResponse(_message.Message):
     """(expected_return - risk_free_rate) / expected_volatility."""
     @_builtins.property
     def optimal_weights(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """Optimal weights keyed by strategy_id (fractions summing to 1)."""
+        """Optimal weights keyed by symbol (fractions summing to 1)."""
 
     @_builtins.property
     def optimization_metadata(self) -> _types_pb2.OptimizationMetadata:
@@ -717,7 +717,7 @@ class FrontierPoint(_message.Message):
     """Sharpe ratio at the problem's risk-free rate."""
     @_builtins.property
     def weights(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """Weights keyed by strategy_id."""
+        """Weights keyed by symbol."""
 
     def __init__(
         self,

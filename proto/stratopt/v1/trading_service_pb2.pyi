@@ -39,7 +39,7 @@ class _AllocationStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Al
     ALLOCATION_STRATEGY_MAXIMIZE_SHARES: _AllocationStrategy.ValueType  # 2
     """Hold as many shares as possible (then the least leftover)."""
     ALLOCATION_STRATEGY_MOMENTUM_WEIGHTED: _AllocationStrategy.ValueType  # 3
-    """Favour names with higher momentum scores (TargetPosition.momentum_score), then the least leftover."""
+    """Favour symbols with higher momentum scores (TargetPosition.momentum_score), then the least leftover."""
 
 class AllocationStrategy(_AllocationStrategy, metaclass=_AllocationStrategyEnumTypeWrapper):
     """How AllocateShares chooses among allocations that fit the bounds."""
@@ -51,7 +51,7 @@ ALLOCATION_STRATEGY_MINIMIZE_LEFTOVER: AllocationStrategy.ValueType  # 1
 ALLOCATION_STRATEGY_MAXIMIZE_SHARES: AllocationStrategy.ValueType  # 2
 """Hold as many shares as possible (then the least leftover)."""
 ALLOCATION_STRATEGY_MOMENTUM_WEIGHTED: AllocationStrategy.ValueType  # 3
-"""Favour names with higher momentum scores (TargetPosition.momentum_score), then the least leftover."""
+"""Favour symbols with higher momentum scores (TargetPosition.momentum_score), then the least leftover."""
 Global___AllocationStrategy: _TypeAlias = AllocationStrategy  # noqa: Y015
 
 class _LotMethod:
@@ -248,7 +248,7 @@ Global___TaxLot: _TypeAlias = TaxLot  # noqa: Y015
 
 @_typing.final
 class TargetPosition(_message.Message):
-    """One name of the target allocation."""
+    """One symbol of the target allocation."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -263,7 +263,7 @@ class TargetPosition(_message.Message):
     target_weight: _builtins.float
     """Target weight (fraction of the budget); the targets sum to 1."""
     allowed_deviation: _builtins.float
-    """Allowed relative deviation of the name's value from target: value in [w(1 - d), w(1 + d)] of the budget;
+    """Allowed relative deviation of the symbol's value from target: value in [w(1 - d), w(1 + d)] of the budget;
     default 0.10.
     """
     price: _builtins.float
@@ -319,7 +319,7 @@ class AllocateSharesRequest(_message.Message):
     strategy: Global___AllocationStrategy.ValueType
     """Strategy; default MINIMIZE_LEFTOVER."""
     commission_per_trade: _builtins.float
-    """Fixed commission per traded name."""
+    """Fixed commission per traded symbol."""
     fee_per_share: _builtins.float
     """Fee per traded share."""
     bypass_cache: _builtins.bool
@@ -359,7 +359,7 @@ Global___AllocateSharesRequest: _TypeAlias = AllocateSharesRequest  # noqa: Y015
 
 @_typing.final
 class AllocationLine(_message.Message):
-    """One name of an allocation."""
+    """One symbol of an allocation."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -387,7 +387,7 @@ class AllocationLine(_message.Message):
     final_shares: _builtins.int
     """Shares held after."""
     trade_cost: _builtins.float
-    """Commission and fees of the name's trade."""
+    """Commission and fees of the symbol's trade."""
     final_value: _builtins.float
     """final_shares x price."""
     target_weight: _builtins.float
@@ -537,7 +537,7 @@ class AllocateSharesResponse(_message.Message):
     """True when this response came from the cache."""
     @_builtins.property
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___AllocationLine]:
-        """Per target name, in request order."""
+        """Per target symbol, in request order."""
 
     @_builtins.property
     def sold_in_full(self) -> _containers.RepeatedCompositeFieldContainer[Global___SoldHolding]:
@@ -725,7 +725,7 @@ Global___UpsertHoldingsResponse: _TypeAlias = UpsertHoldingsResponse  # noqa: Y0
 
 @_typing.final
 class Band(_message.Message):
-    """Per-name tolerance bands."""
+    """Per-symbol tolerance bands."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -861,7 +861,7 @@ class RebalancePolicy(_message.Message):
     """Total trade value above which a recommendation needs approval; default 10000."""
     @_builtins.property
     def bands(self) -> _containers.MessageMap[_builtins.str, Global___Band]:
-        """Bands keyed by symbol; a name without a band trades at any drift."""
+        """Bands keyed by symbol; a symbol without a band trades at any drift."""
 
     @_builtins.property
     def approval_ttl(self) -> _duration_pb2.Duration:
@@ -1064,7 +1064,7 @@ Global___CheckDriftRequest: _TypeAlias = CheckDriftRequest  # noqa: Y015
 
 @_typing.final
 class NameDrift(_message.Message):
-    """Drift of one name."""
+    """Drift of one symbol."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1119,7 +1119,7 @@ class CheckDriftResponse(_message.Message):
     total_value: _builtins.float
     """Portfolio value: holdings at their prices plus cash."""
     portfolio_drift: _builtins.float
-    """Two-way drift sum |current - target| over names and cash."""
+    """Two-way drift sum |current - target| over symbols and cash."""
     one_way_drift: _builtins.float
     """One-way drift, half the two-way."""
     threshold: _builtins.float
@@ -1130,7 +1130,7 @@ class CheckDriftResponse(_message.Message):
     """Event id of the target used (the latest portfolio_optimized event), empty for a given target."""
     @_builtins.property
     def names(self) -> _containers.RepeatedCompositeFieldContainer[Global___NameDrift]:
-        """Per name (holdings and targets), by symbol."""
+        """One entry per symbol (holdings and targets), sorted by symbol."""
 
     def __init__(
         self,
@@ -1239,7 +1239,7 @@ class GenerateRebalanceRequest(_message.Message):
 
     @_builtins.property
     def market(self) -> _containers.MessageMap[_builtins.str, Global___MarketInputs]:
-        """Cost-model inputs keyed by symbol (names without are charged commission only)."""
+        """Cost-model inputs keyed by symbol (symbols without are charged commission only)."""
 
     @_builtins.property
     def as_of(self) -> _timestamp_pb2.Timestamp:

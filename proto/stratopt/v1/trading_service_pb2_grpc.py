@@ -89,7 +89,7 @@ class TradingCommandServiceServicer:
     """
 
     def AllocateShares(self, request, context):
-        """Integer share counts that use the budget best under the per-name allocation bounds (a MILP solved by
+        """Integer share counts that use the budget best under the per-symbol allocation bounds (a MILP solved by
         HiGHS; greedy fallback). Results are cached by a hash of the normalised input. Errors: INVALID_ARGUMENT
         (negative shares, non-positive prices, weights not summing to 1, ...), FAILED_PRECONDITION (no
         allocation fits even after the documented relaxations).
@@ -128,7 +128,7 @@ class TradingCommandServiceServicer:
 
     def CheckDrift(self, request, context):
         """Current weights (stored holdings at stored or given prices) against the latest optimized target (or a
-        given one): per-name and portfolio drift, band breaches, and whether the threshold is exceeded.
+        given one): per-symbol and portfolio drift, band breaches, and whether the threshold is exceeded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

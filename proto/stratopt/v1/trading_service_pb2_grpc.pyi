@@ -41,7 +41,7 @@ class TradingCommandServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TradingCommandServiceAsyncStub: ...
     AllocateShares: _grpc.UnaryUnaryMultiCallable[_trading_service_pb2.AllocateSharesRequest, _trading_service_pb2.AllocateSharesResponse]
-    """Integer share counts that use the budget best under the per-name allocation bounds (a MILP solved by
+    """Integer share counts that use the budget best under the per-symbol allocation bounds (a MILP solved by
     HiGHS; greedy fallback). Results are cached by a hash of the normalised input. Errors: INVALID_ARGUMENT
     (negative shares, non-positive prices, weights not summing to 1, ...), FAILED_PRECONDITION (no
     allocation fits even after the documented relaxations).
@@ -56,7 +56,7 @@ class TradingCommandServiceStub:
     """Store a portfolio's rebalance policy (drift threshold, bands, trade limits, costs, taxes, approval)."""
     CheckDrift: _grpc.UnaryUnaryMultiCallable[_trading_service_pb2.CheckDriftRequest, _trading_service_pb2.CheckDriftResponse]
     """Current weights (stored holdings at stored or given prices) against the latest optimized target (or a
-    given one): per-name and portfolio drift, band breaches, and whether the threshold is exceeded.
+    given one): per-symbol and portfolio drift, band breaches, and whether the threshold is exceeded.
     """
     GenerateRebalance: _grpc.UnaryUnaryMultiCallable[_trading_service_pb2.GenerateRebalanceRequest, _trading_service_pb2.GenerateRebalanceResponse]
     """The whole-share trade list that restores the target within the bands, with costs, lots and realised
@@ -77,7 +77,7 @@ class TradingCommandServiceAsyncStub(TradingCommandServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     AllocateShares: _aio.UnaryUnaryMultiCallable[_trading_service_pb2.AllocateSharesRequest, _trading_service_pb2.AllocateSharesResponse]  # type: ignore[assignment]
-    """Integer share counts that use the budget best under the per-name allocation bounds (a MILP solved by
+    """Integer share counts that use the budget best under the per-symbol allocation bounds (a MILP solved by
     HiGHS; greedy fallback). Results are cached by a hash of the normalised input. Errors: INVALID_ARGUMENT
     (negative shares, non-positive prices, weights not summing to 1, ...), FAILED_PRECONDITION (no
     allocation fits even after the documented relaxations).
@@ -92,7 +92,7 @@ class TradingCommandServiceAsyncStub(TradingCommandServiceStub):
     """Store a portfolio's rebalance policy (drift threshold, bands, trade limits, costs, taxes, approval)."""
     CheckDrift: _aio.UnaryUnaryMultiCallable[_trading_service_pb2.CheckDriftRequest, _trading_service_pb2.CheckDriftResponse]  # type: ignore[assignment]
     """Current weights (stored holdings at stored or given prices) against the latest optimized target (or a
-    given one): per-name and portfolio drift, band breaches, and whether the threshold is exceeded.
+    given one): per-symbol and portfolio drift, band breaches, and whether the threshold is exceeded.
     """
     GenerateRebalance: _aio.UnaryUnaryMultiCallable[_trading_service_pb2.GenerateRebalanceRequest, _trading_service_pb2.GenerateRebalanceResponse]  # type: ignore[assignment]
     """The whole-share trade list that restores the target within the bands, with costs, lots and realised
@@ -116,7 +116,7 @@ class TradingCommandServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _trading_service_pb2.AllocateSharesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_trading_service_pb2.AllocateSharesResponse, _abc.Awaitable[_trading_service_pb2.AllocateSharesResponse]]:
-        """Integer share counts that use the budget best under the per-name allocation bounds (a MILP solved by
+        """Integer share counts that use the budget best under the per-symbol allocation bounds (a MILP solved by
         HiGHS; greedy fallback). Results are cached by a hash of the normalised input. Errors: INVALID_ARGUMENT
         (negative shares, non-positive prices, weights not summing to 1, ...), FAILED_PRECONDITION (no
         allocation fits even after the documented relaxations).
@@ -161,7 +161,7 @@ class TradingCommandServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_trading_service_pb2.CheckDriftResponse, _abc.Awaitable[_trading_service_pb2.CheckDriftResponse]]:
         """Current weights (stored holdings at stored or given prices) against the latest optimized target (or a
-        given one): per-name and portfolio drift, band breaches, and whether the threshold is exceeded.
+        given one): per-symbol and portfolio drift, band breaches, and whether the threshold is exceeded.
         """
 
     @_abc_1.abstractmethod

@@ -329,13 +329,13 @@ class Strategy(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-    STRATEGY_ID_FIELD_NUMBER: _builtins.int
+    SYMBOL_FIELD_NUMBER: _builtins.int
     SECTOR_FIELD_NUMBER: _builtins.int
     CURRENT_WEIGHT_FIELD_NUMBER: _builtins.int
     RETURNS_FIELD_NUMBER: _builtins.int
     CLASSIFICATIONS_FIELD_NUMBER: _builtins.int
-    strategy_id: _builtins.str
-    """Identifier; with stored market data it is the symbol. Unique within a request."""
+    symbol: _builtins.str
+    """Instrument symbol (with stored market data, the symbol of its prices). Unique within a request."""
     sector: _builtins.str
     """Optional sector (or any group) name used by constraints.sector_limits."""
     current_weight: _builtins.float
@@ -353,7 +353,7 @@ class Strategy(_message.Message):
     def __init__(
         self,
         *,
-        strategy_id: _builtins.str = ...,
+        symbol: _builtins.str = ...,
         sector: _builtins.str = ...,
         current_weight: _builtins.float | None = ...,
         returns: _abc.Iterable[_builtins.float] | None = ...,
@@ -361,7 +361,7 @@ class Strategy(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_current_weight", b"_current_weight", "current_weight", b"current_weight"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_current_weight", b"_current_weight", "classifications", b"classifications", "current_weight", b"current_weight", "returns", b"returns", "sector", b"sector", "strategy_id", b"strategy_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_current_weight", b"_current_weight", "classifications", b"classifications", "current_weight", b"current_weight", "returns", b"returns", "sector", b"sector", "symbol", b"symbol"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__current_weight: _TypeAlias = _typing.Literal["current_weight"]  # noqa: Y015
     _WhichOneofArgType__current_weight: _TypeAlias = _typing.Literal["_current_weight", b"_current_weight"]  # noqa: Y015
@@ -401,7 +401,7 @@ Global___ReturnsInput: _TypeAlias = ReturnsInput  # noqa: Y015
 
 @_typing.final
 class MarketDataWindow(_message.Message):
-    """Inputs as a window of stored prices (the market_data hypertable) for the strategy ids."""
+    """Inputs as a window of stored prices (the market_data hypertable) for the symbols."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -706,7 +706,7 @@ class OptimizationConstraints(_message.Message):
     """
     @_builtins.property
     def strategy_bounds(self) -> _containers.MessageMap[_builtins.str, Global___WeightBounds]:
-        """Per-strategy bounds that override min_weight / max_weight, keyed by strategy_id."""
+        """Per-strategy bounds that override min_weight / max_weight, keyed by symbol."""
 
     @_builtins.property
     def sector_limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SectorLimit]:
@@ -714,21 +714,21 @@ class OptimizationConstraints(_message.Message):
 
     @_builtins.property
     def turnover_caps(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """Per-strategy caps on |w_i - current_weight_i|, keyed by strategy_id."""
+        """Per-strategy caps on |w_i - current_weight_i|, keyed by symbol."""
 
     @_builtins.property
     def transaction_costs_bps(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """Linear transaction costs in basis points of traded value, keyed by strategy_id: cost_i * |w_i - w0_i| / 1e4
+        """Linear transaction costs in basis points of traded value, keyed by symbol: cost_i * |w_i - w0_i| / 1e4
         is subtracted from the expected return wherever it appears (objective and min_return).
         """
 
     @_builtins.property
     def benchmark_weights(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """Benchmark weights keyed by strategy_id (missing = 0) for tracking_error_limit."""
+        """Benchmark weights keyed by symbol (missing = 0) for tracking_error_limit."""
 
     @_builtins.property
     def betas(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """Betas against the market keyed by strategy_id, one for every strategy, for beta_tolerance. Empty with a
+        """Betas against the market keyed by symbol, one for every strategy, for beta_tolerance. Empty with a
         beta_tolerance: estimated by OLS against the market series (returns.market_returns or
         market_data.market_symbol) and reported in OptimizationMetadata.betas.
         """
@@ -960,7 +960,7 @@ class RiskParameters(_message.Message):
     """Linkage of hierarchical risk parity; default single."""
     @_builtins.property
     def risk_budgets(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """Risk budgets of risk parity keyed by strategy_id (positive; normalised to sum 1); default equal."""
+        """Risk budgets of risk parity keyed by symbol (positive; normalised to sum 1); default equal."""
 
     @_builtins.property
     def robust(self) -> Global___RobustParameters:
@@ -1076,7 +1076,7 @@ class View(_message.Message):
     """Idzorek confidence in [0, 1]; set on all views or none."""
     @_builtins.property
     def weights(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """View portfolio keyed by strategy_id (P row): one entry of 1 for an absolute view, +1/-1 for a relative one."""
+        """View portfolio keyed by symbol (P row): one entry of 1 for an absolute view, +1/-1 for a relative one."""
 
     def __init__(
         self,
@@ -1155,11 +1155,11 @@ class BlackLittermanInputs(_message.Message):
     """Scalar tau on the prior covariance; default 0.05."""
     @_builtins.property
     def market_caps(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """Market capitalisations keyed by strategy_id for the market-implied prior pi = delta * Sigma * w_mkt."""
+        """Market capitalisations keyed by symbol for the market-implied prior pi = delta * Sigma * w_mkt."""
 
     @_builtins.property
     def prior_returns(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """Prior annualised expected returns keyed by strategy_id, instead of market_caps."""
+        """Prior annualised expected returns keyed by symbol, instead of market_caps."""
 
     @_builtins.property
     def views(self) -> _containers.RepeatedCompositeFieldContainer[Global___View]:
@@ -1251,11 +1251,11 @@ class BlackLittermanPosterior(_message.Message):
     """Tau used."""
     @_builtins.property
     def prior_returns(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """Prior annualised expected returns keyed by strategy_id."""
+        """Prior annualised expected returns keyed by symbol."""
 
     @_builtins.property
     def posterior_returns(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """Posterior annualised expected returns keyed by strategy_id."""
+        """Posterior annualised expected returns keyed by symbol."""
 
     @_builtins.property
     def posterior_covariance(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
@@ -1409,7 +1409,7 @@ class OptimizationMetadata(_message.Message):
 
     @_builtins.property
     def risk_contributions(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """Each strategy's share of portfolio variance, w_i (Sigma w)_i / w'Sigma w, keyed by strategy_id (sums to 1)."""
+        """Each strategy's share of portfolio variance, w_i (Sigma w)_i / w'Sigma w, keyed by symbol (sums to 1)."""
 
     @_builtins.property
     def black_litterman(self) -> Global___BlackLittermanPosterior:
@@ -1423,7 +1423,7 @@ class OptimizationMetadata(_message.Message):
 
     @_builtins.property
     def betas(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """Betas used by the beta constraint keyed by strategy_id (given, or estimated against the market series)."""
+        """Betas used by the beta constraint keyed by symbol (given, or estimated against the market series)."""
 
     @_builtins.property
     def constraint_violations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -1531,7 +1531,7 @@ class PortfolioOptimizedEvent(_message.Message):
 
     @_builtins.property
     def weights(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """Optimal weights keyed by strategy_id (fractions summing to 1)."""
+        """Optimal weights keyed by symbol (fractions summing to 1)."""
 
     @_builtins.property
     def metadata(self) -> Global___OptimizationMetadata:

@@ -28,7 +28,7 @@ def make_problem(
     )
     fields: dict[str, object] = {"risk_free_rate": RISK_FREE_RATE, **options}
     return PortfolioProblem(
-        strategy_ids=tuple(tickers),
+        symbols=tuple(tickers),
         objective=objective,
         lower_bounds=np.full(n, lower),
         upper_bounds=np.full(n, upper),

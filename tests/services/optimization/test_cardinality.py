@@ -75,7 +75,7 @@ def make_problem(
 ) -> PortfolioProblem:
     n = len(ids)
     return PortfolioProblem(
-        strategy_ids=ids,
+        symbols=ids,
         objective=objective,
         lower_bounds=np.full(n, lower),
         upper_bounds=np.full(n, upper),

@@ -87,7 +87,7 @@ def random_moments(n: int, seed: int) -> Moments:
 def random_problem(objective: Objective, n: int, seed: int, **fields: Any) -> PortfolioProblem:
     """Capped weights over five round-robin groups with three group limits; ``fields`` override."""
     base: dict[str, Any] = {
-        "strategy_ids": tuple(f"s{i}" for i in range(n)),
+        "symbols": tuple(f"s{i}" for i in range(n)),
         "objective": objective,
         "lower_bounds": np.zeros(n),
         "upper_bounds": np.full(n, max(0.1, 3.0 / n)),
@@ -107,7 +107,7 @@ def random_problem(objective: Objective, n: int, seed: int, **fields: Any) -> Po
 def sp500_problem(objective: Objective, tickers: tuple[str, ...], **fields: Any) -> PortfolioProblem:
     n = len(tickers)
     base: dict[str, Any] = {
-        "strategy_ids": tickers,
+        "symbols": tickers,
         "objective": objective,
         "lower_bounds": np.zeros(n),
         "upper_bounds": np.full(n, 0.25),

@@ -34,7 +34,7 @@ MOMENTS = Moments(expected_returns=MU, covariance=np.diag([0.04, 0.02, 0.03, 0.0
 
 def problem(**fields: object) -> PortfolioProblem:
     base: dict[str, object] = {
-        "strategy_ids": IDS,
+        "symbols": IDS,
         "objective": Objective.MIN_VOLATILITY,
         "lower_bounds": np.zeros(4),
         "upper_bounds": np.full(4, 0.6),

@@ -52,7 +52,7 @@ def problem_of(
     **options: object,
 ) -> PortfolioProblem:
     return PortfolioProblem(
-        strategy_ids=tuple(f"s{i}" for i in range(n)),
+        symbols=tuple(f"s{i}" for i in range(n)),
         objective=objective,
         lower_bounds=np.broadcast_to(np.asarray(lower, dtype=np.float64), (n,)).copy(),
         upper_bounds=np.broadcast_to(np.asarray(upper, dtype=np.float64), (n,)).copy(),

@@ -79,7 +79,7 @@ def make_problem(
 ) -> PortfolioProblem:
     n = len(tickers)
     return PortfolioProblem(
-        strategy_ids=tuple(tickers),
+        symbols=tuple(tickers),
         objective=objective,
         lower_bounds=np.broadcast_to(np.asarray(lower, dtype=np.float64), (n,)).copy(),
         upper_bounds=np.broadcast_to(np.asarray(upper, dtype=np.float64), (n,)).copy(),
@@ -502,7 +502,7 @@ HAND_MOMENTS = Moments(
     expected_returns=np.array([0.10, 0.05, 0.08, 0.12]), covariance=np.diag([0.04, 0.01, 0.09, 0.16])
 )
 HAND_PROBLEM = PortfolioProblem(
-    strategy_ids=("a", "b", "c", "d"),
+    symbols=("a", "b", "c", "d"),
     objective=Objective.MIN_VOLATILITY,
     lower_bounds=np.zeros(4),
     upper_bounds=np.ones(4),
@@ -800,7 +800,7 @@ def test_cached_parametric_program_equals_a_fresh_constant_program(monkeypatch: 
         covariance = loadings @ loadings.T * 0.01 + np.diag(rng.uniform(0.01, 0.05, n))
         moments = Moments(expected_returns=rng.uniform(0.0, 0.25, n), covariance=covariance)
         problem = PortfolioProblem(
-            strategy_ids=tuple(f"s{i}" for i in range(n)),
+            symbols=tuple(f"s{i}" for i in range(n)),
             objective=Objective.MAX_SHARPE,
             lower_bounds=np.zeros(n),
             upper_bounds=np.full(n, rng.uniform(0.2, 0.5)),
@@ -825,7 +825,7 @@ def test_prechecks_allow_what_shorting_makes_feasible() -> None:
 
     def problem(**fields: object) -> PortfolioProblem:
         base: dict[str, object] = {
-            "strategy_ids": ("a", "b", "c"),
+            "symbols": ("a", "b", "c"),
             "objective": Objective.MIN_VOLATILITY,
             "lower_bounds": np.full(3, -1.0),
             "upper_bounds": np.ones(3),
@@ -849,7 +849,7 @@ def test_a_deadline_does_not_stick_to_a_cached_program(sp500_moments: Moments, m
     """A time limit must not leak into the next call (cvxpy keeps a re-solved problem's solver settings)."""
     n = len(sp500_moments.expected_returns)
     problem = PortfolioProblem(
-        strategy_ids=tuple(f"s{i}" for i in range(n)),
+        symbols=tuple(f"s{i}" for i in range(n)),
         objective=Objective.MIN_VOLATILITY,
         lower_bounds=np.zeros(n),
         upper_bounds=np.ones(n),

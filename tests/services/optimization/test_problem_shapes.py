@@ -51,7 +51,7 @@ def moments(returns: pd.DataFrame) -> Moments:
 def problem(tickers: list[str], objective: Objective, lower: float = 0.0, upper: float = 1.0, **fields: object):
     n = len(tickers)
     return PortfolioProblem(
-        strategy_ids=tuple(tickers),
+        symbols=tuple(tickers),
         objective=objective,
         lower_bounds=np.full(n, lower),
         upper_bounds=np.full(n, upper),

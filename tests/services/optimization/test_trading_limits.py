@@ -59,7 +59,7 @@ def data(sp500_prices: pd.DataFrame) -> tuple[Moments, np.ndarray]:
 
 def base_problem(objective: Objective, n: int, **fields: object) -> PortfolioProblem:
     return PortfolioProblem(
-        strategy_ids=tuple(f"s{i}" for i in range(n)),
+        symbols=tuple(f"s{i}" for i in range(n)),
         objective=objective,
         lower_bounds=np.full(n, LOWER),
         upper_bounds=np.full(n, UPPER),

@@ -59,21 +59,21 @@ def targets_of(
 ) -> list[AllocationTarget]:
     return [
         AllocationTarget(
-            name=name,
+            symbol=symbol,
             target_weight=weight,
-            price=float(prices[name]),
+            price=float(prices[symbol]),
             allowed_deviation=deviation,
-            lot_size=(lots or {}).get(name, 1),
-            momentum_score=None if scores is None else scores[name],
+            lot_size=(lots or {}).get(symbol, 1),
+            momentum_score=None if scores is None else scores[symbol],
         )
-        for name, weight in weights.items()
+        for symbol, weight in weights.items()
     ]
 
 
-def seeded_weights(names: list[str], seed: int) -> dict[str, float]:
-    weights = np.random.default_rng(seed).dirichlet(np.ones(len(names)))
+def seeded_weights(symbols: list[str], seed: int) -> dict[str, float]:
+    weights = np.random.default_rng(seed).dirichlet(np.ones(len(symbols)))
     weights /= weights.sum()
-    return dict(zip(names, weights.tolist(), strict=True))
+    return dict(zip(symbols, weights.tolist(), strict=True))
 
 
 # --- exhaustive enumeration ---------------------------------------------------------------------------------
@@ -90,12 +90,14 @@ class Enumerated:
 
 def enumerate_best(request: AllocationRequest) -> Enumerated | None:
     """Try every final share vector within the bands; None when none fits the budget."""
-    names = [t.name for t in request.targets]
+    symbols = [t.symbol for t in request.targets]
     total_weight = math.fsum(t.target_weight for t in request.targets)
-    held = {h.name: h for h in request.holdings}
+    held = {h.symbol: h for h in request.holdings}
     budget = math.fsum(h.price * h.shares for h in request.holdings) + request.extra_cash
     commission, fee = request.commission_per_trade, request.fee_per_share
-    forced = math.fsum(commission + fee * h.shares for h in request.holdings if h.name not in names and h.shares > 0)
+    forced = math.fsum(
+        commission + fee * h.shares for h in request.holdings if h.symbol not in symbols and h.shares > 0
+    )
     tolerance = max(1e-12 * budget, 1e-6)  # the module's rounding slack of budget comparisons
     axes, prices, currents = [], [], []
     for target in request.targets:
@@ -106,7 +108,7 @@ def enumerate_best(request: AllocationRequest) -> Enumerated | None:
         values = counts * target.price
         axes.append(counts[(values >= low * (1 - 1e-9)) & (values <= high * (1 + 1e-9))])
         prices.append(target.price)
-        currents.append(held[target.name].shares if target.name in held else 0)
+        currents.append(held[target.symbol].shares if target.symbol in held else 0)
     if math.prod(a.size for a in axes) == 0:
         return None
     assert math.prod(a.size for a in axes) <= MAX_COMBINATIONS
@@ -131,17 +133,17 @@ def enumerate_best(request: AllocationRequest) -> Enumerated | None:
     order = np.lexsort(keys.T[::-1])  # lexicographic, first key most significant
     best = order[-1]
     shares = grid[fits][best]
-    return Enumerated(dict(zip(names, shares.tolist(), strict=True)), float(invested[fits][best]), tuple(keys[best]))
+    return Enumerated(dict(zip(symbols, shares.tolist(), strict=True)), float(invested[fits][best]), tuple(keys[best]))
 
 
 def small_cases(prices: pd.Series) -> Iterator[tuple[str, AllocationRequest]]:
-    """Seeded small problems (2-4 names, real prices) with holdings, lots and fees, feasible as given."""
+    """Seeded small problems (2-4 symbols, real prices) with holdings, lots and fees, feasible as given."""
     tickers = list(prices.index)
     rng = np.random.default_rng(20180411)
     produced = 0
     while produced < 24:
         n = int(rng.integers(2, 5))
-        names = sorted(rng.choice(tickers, size=n, replace=False).tolist())
+        symbols = sorted(rng.choice(tickers, size=n, replace=False).tolist())
         weights = rng.dirichlet(np.ones(n))
         weights /= weights.sum()
         strategy = list(AllocationStrategy)[produced % 3]
@@ -149,17 +151,17 @@ def small_cases(prices: pd.Series) -> Iterator[tuple[str, AllocationRequest]]:
         deviation = float(rng.choice([0.1, 0.25, 0.5]))
         targets = [
             AllocationTarget(
-                name=name,
+                symbol=symbol,
                 target_weight=float(w),
-                price=float(prices[name]),
+                price=float(prices[symbol]),
                 allowed_deviation=deviation,
                 lot_size=int(rng.choice([1, 1, 5, 10])),
                 momentum_score=float(rng.normal()) if strategy is AllocationStrategy.MOMENTUM_WEIGHTED else None,
             )
-            for name, w in zip(names, weights, strict=True)
+            for symbol, w in zip(symbols, weights, strict=True)
         ]
-        outsider = next(t for t in tickers if t not in names)
-        holdings = [Holding(names[0], int(rng.integers(0, 30)), float(prices[names[0]]))]
+        outsider = next(t for t in tickers if t not in symbols)
+        holdings = [Holding(symbols[0], int(rng.integers(0, 30)), float(prices[symbols[0]]))]
         holdings.append(Holding(outsider, int(rng.integers(1, 10)), float(prices[outsider])))
         request = AllocationRequest(
             targets=targets,
@@ -188,7 +190,7 @@ def objective_key(result: AllocationResult, request: AllocationRequest) -> tuple
         return (float(sum(shares.values())), result.invested_value)
     scores = np.array([t.momentum_score for t in request.targets], dtype=float)
     tilt = (scores - scores.min()) / (scores.max() - scores.min())
-    return (float(sum((1 + z) * t.price * shares[t.name] for z, t in zip(tilt, request.targets, strict=True))),)
+    return (float(sum((1 + z) * t.price * shares[t.symbol] for z, t in zip(tilt, request.targets, strict=True))),)
 
 
 def test_milp_matches_exhaustive_enumeration(prices: pd.Series) -> None:
@@ -217,15 +219,15 @@ def test_milp_matches_exhaustive_enumeration(prices: pd.Series) -> None:
 
 def assert_admissible(result: AllocationResult, request: AllocationRequest) -> None:
     """Budget, bands, lots and fee arithmetic of a result, recomputed from its share counts."""
-    held = {h.name: h.shares for h in request.holdings}
-    targets = {t.name: t for t in request.targets}
+    held = {h.symbol: h.shares for h in request.holdings}
+    targets = {t.symbol: t for t in request.targets}
     commission, fee = request.commission_per_trade, request.fee_per_share
     budget = math.fsum(h.price * h.shares for h in request.holdings) + request.extra_cash
     assert result.budget == pytest.approx(budget, rel=1e-12)
     fees = []
     for line in result.lines:
-        target = targets[line.name]
-        current = held.get(line.name, 0)
+        target = targets[line.symbol]
+        current = held.get(line.symbol, 0)
         assert line.current_shares == current
         assert line.final_shares == current + line.buy_shares - line.sell_shares
         assert min(line.buy_shares, line.sell_shares) == 0
@@ -239,8 +241,8 @@ def assert_admissible(result: AllocationResult, request: AllocationRequest) -> N
         assert line.lower_value * (1 - 1e-9) <= line.final_value <= line.upper_value * (1 + 1e-9)
         assert line.actual_weight == pytest.approx(line.final_value / budget, rel=1e-12)
         assert line.weight_deviation == pytest.approx(line.actual_weight - line.target_weight, abs=1e-15)
-    sold = [h for h in request.holdings if h.name not in targets and h.shares > 0]
-    assert sorted(result.sold_in_full_names) == sorted(h.name for h in sold)
+    sold = [h for h in request.holdings if h.symbol not in targets and h.shares > 0]
+    assert sorted(result.sold_in_full_symbols) == sorted(h.symbol for h in sold)
     fees += [commission + fee * h.shares for h in sold]
     assert result.fees_total == pytest.approx(math.fsum(fees), abs=1e-9)
     assert result.invested_value == pytest.approx(math.fsum(line.final_value for line in result.lines), rel=1e-12)
@@ -287,8 +289,8 @@ def test_greedy_matches_pypfopt_greedy_on_wide_bands(prices: pd.Series) -> None:
     budget = 50_000.0
     request = AllocationRequest(targets=targets_of(prices, weights, deviation=10.0), extra_cash=budget)
     result = greedy_allocation(request)
-    floors = {name: int(w * budget / prices[name]) for name, w in weights.items()}
-    assert all(result.final_shares[name] >= floors[name] for name in weights)
+    floors = {symbol: int(w * budget / prices[symbol]) for symbol, w in weights.items()}
+    assert all(result.final_shares[symbol] >= floors[symbol] for symbol in weights)
     _, leftover = DiscreteAllocation(weights, prices, total_portfolio_value=budget).greedy_portfolio()
     assert result.unused_budget <= leftover + 1e-9  # it keeps buying while any lot fits
 
@@ -325,13 +327,13 @@ def test_bounds_respected_and_reported(prices: pd.Series) -> None:
     result = allocate(request)
     assert result.relaxation is BandRelaxation.NONE and result.relaxation_detail == ""
     for line in result.lines:
-        target_value = weights[line.name] * 40_000.0
+        target_value = weights[line.symbol] * 40_000.0
         assert line.target_value == pytest.approx(target_value)
         assert line.lower_value == pytest.approx(target_value * 0.98)
         assert line.upper_value == pytest.approx(target_value * 1.02)
         assert abs(line.relative_deviation) <= 0.02 + 1e-12
         assert line.allowed_deviation == 0.02
-    assert [line.name for line in result.lines] == sorted(weights)
+    assert [line.symbol for line in result.lines] == sorted(weights)
     assert_admissible(result, request)
 
 
@@ -346,8 +348,8 @@ def test_lot_sizes_respected(prices: pd.Series) -> None:
     )
     result = allocate(request)
     for line in result.lines:
-        assert line.final_shares % lots[line.name] == 0
-        assert line.lot_size == lots[line.name]
+        assert line.final_shares % lots[line.symbol] == 0
+        assert line.lot_size == lots[line.symbol]
     assert result.final_shares["GE"] != 130
     assert_admissible(result, request)
     truth = enumerate_best(request)
@@ -355,7 +357,7 @@ def test_lot_sizes_respected(prices: pd.Series) -> None:
 
 
 def test_fees_accounted_exactly(prices: pd.Series) -> None:
-    """Hand-checked fee arithmetic: commission once per changed name, per-share fee on every traded share."""
+    """Hand-checked fee arithmetic: commission once per changed symbol, per-share fee on every traded share."""
     commission, fee = 4.95, 0.01
     request = AllocationRequest(
         targets=targets_of(prices, {"BAC": 0.5, "T": 0.5}, deviation=0.5),
@@ -369,7 +371,7 @@ def test_fees_accounted_exactly(prices: pd.Series) -> None:
     budget = 100 * 29.9 + 40 * 3.3 + 1_000.0
     assert result.budget == pytest.approx(budget)
     (sold,) = result.sold_in_full
-    assert (sold.name, sold.shares, sold.price) == ("SHLD", 40, 3.3)
+    assert (sold.symbol, sold.shares, sold.price) == ("SHLD", 40, 3.3)
     assert sold.proceeds == pytest.approx(132.0)
     assert sold.trade_cost == pytest.approx(commission + 40 * fee)
     expected_fees = sold.trade_cost
@@ -412,10 +414,10 @@ def test_holdings_not_in_target_sold_in_full(prices: pd.Series) -> None:
         holdings=holdings,
     )
     result = allocate(request)
-    assert result.sold_in_full_names == ("JPM", "XOM")
-    assert {s.name: s.shares for s in result.sold_in_full} == {"JPM": 20, "XOM": 50}
+    assert result.sold_in_full_symbols == ("JPM", "XOM")
+    assert {s.symbol: s.shares for s in result.sold_in_full} == {"JPM": 20, "XOM": 50}
     assert result.budget == pytest.approx(50 * prices["XOM"] + 20 * prices["JPM"] + 10 * prices["PFE"])
-    assert {line.name for line in result.lines} == {"PFE", "T"}
+    assert {line.symbol for line in result.lines} == {"PFE", "T"}
     assert_admissible(result, request)
 
 
@@ -434,8 +436,8 @@ def test_penny_stock_at_a_large_budget() -> None:
     """Millions of one-cent lots: the greedy buys up to each target in one step instead of lot by lot."""
     request = AllocationRequest(
         targets=[
-            AllocationTarget(name="PENNY", target_weight=0.5, price=0.01),
-            AllocationTarget(name="BIG", target_weight=0.5, price=4_999.99),
+            AllocationTarget(symbol="PENNY", target_weight=0.5, price=0.01),
+            AllocationTarget(symbol="BIG", target_weight=0.5, price=4_999.99),
         ],
         extra_cash=10_000_000.0,
     )
@@ -455,7 +457,7 @@ def test_empty_band_widened_for_that_name_only(prices: pd.Series) -> None:
     result = allocate(request)
     assert result.relaxation is BandRelaxation.WIDENED_BANDS
     assert "AMZN" in result.relaxation_detail and "BAC" not in result.relaxation_detail
-    lines = {line.name: line for line in result.lines}
+    lines = {line.symbol: line for line in result.lines}
     assert lines["AMZN"].allowed_deviation >= 1.0 and lines["AMZN"].final_shares == 0
     assert lines["BAC"].allowed_deviation == 0.10 and lines["T"].allowed_deviation == 0.10
     assert_admissible(result, request)
@@ -489,8 +491,8 @@ def test_full_bands_then_lot_sizes_dropped(prices: pd.Series) -> None:
     # GOOG's target is 0 (band [0, 0]), selling it costs $50 of a $1,020 budget, and buying T needs a trade too;
     # only keeping GOOG (full band) is affordable... as long as GOOG's lot allows 1 share.
     zero_target = [
-        AllocationTarget(name="GOOG", target_weight=0.0, price=float(prices["GOOG"])),
-        AllocationTarget(name="T", target_weight=1.0, price=float(prices["T"]), allowed_deviation=0.0),
+        AllocationTarget(symbol="GOOG", target_weight=0.0, price=float(prices["GOOG"])),
+        AllocationTarget(symbol="T", target_weight=1.0, price=float(prices["T"]), allowed_deviation=0.0),
     ]
     result = allocate(AllocationRequest(targets=zero_target, **common))
     assert result.relaxation is BandRelaxation.WIDENED_BANDS
@@ -528,7 +530,7 @@ def test_forced_sale_fees_above_budget(prices: pd.Series) -> None:
 
 
 def hard_request(prices: pd.Series) -> AllocationRequest:
-    """Twenty real names at $100,000, gap tolerance 1e-7 ($0.01): the heuristic leaves $0.27, HiGHS < $0.01."""
+    """Twenty real symbols at $100,000, gap tolerance 1e-7 ($0.01): the heuristic leaves $0.27, HiGHS < $0.01."""
     weights = seeded_weights(list(prices.index), seed=11)
     return AllocationRequest(targets=targets_of(prices, weights), extra_cash=100_000.0, gap_tolerance=1e-7)
 
@@ -566,7 +568,7 @@ def test_time_limit_incumbent_reported(prices: pd.Series, monkeypatch: pytest.Mo
     exact = allocate(request)
     heuristic = greedy_allocation(request, improve=True)
     assert exact.invested_value > heuristic.invested_value  # the MILP improves on the heuristic here
-    lots = np.array([exact.final_shares[line.name] for line in exact.lines], dtype=float)
+    lots = np.array([exact.final_shares[line.symbol] for line in exact.lines], dtype=float)
 
     def incumbent(*args: Any, **kwargs: Any) -> OptimizeResult:
         return OptimizeResult(x=lots, status=1, message="Time limit reached", success=False)
@@ -617,11 +619,11 @@ def test_maximize_shares_and_momentum(prices: pd.Series) -> None:
         return sum(result.final_shares.values())
 
     def tilt(result: AllocationResult) -> float:
-        return sum(scores[line.name] * line.final_value for line in result.lines)
+        return sum(scores[line.symbol] * line.final_value for line in result.lines)
 
     assert total_shares(shares) > total_shares(leftover)
     assert tilt(momentum) > tilt(leftover)
-    # momentum still spends the budget: less than one share of the cheapest name left over
+    # momentum still spends the budget: less than one share of the cheapest symbol left over
     assert momentum.unused_budget < float(prices.min()) * 2
 
 
@@ -677,9 +679,9 @@ def test_cache_key(prices: pd.Series) -> None:
 def valid_request() -> AllocationRequest:
     return AllocationRequest(
         targets=[
-            AllocationTarget(name="A", target_weight=0.5, price=10.0),
-            AllocationTarget(name="B", target_weight=0.3, price=20.0),
-            AllocationTarget(name="C", target_weight=0.2, price=30.0),
+            AllocationTarget(symbol="A", target_weight=0.5, price=10.0),
+            AllocationTarget(symbol="B", target_weight=0.3, price=20.0),
+            AllocationTarget(symbol="C", target_weight=0.2, price=30.0),
         ],
         holdings=[Holding("A", 5, 10.0), Holding("Z", 2, 50.0)],
         extra_cash=1_000.0,
@@ -711,15 +713,15 @@ INVALID = [
     ("targets[0].allowed_deviation", with_target(0, allowed_deviation=-0.1)),
     ("targets[1].lot_size", with_target(1, lot_size=0)),
     ("targets[1].lot_size", with_target(1, lot_size=2.5)),
-    ("targets[2].name", with_target(2, name="A")),
-    ("targets[0].name", with_target(0, name="  ")),
+    ("targets[2].symbol", with_target(2, symbol="A")),
+    ("targets[0].symbol", with_target(0, symbol="  ")),
     ("targets[0].momentum_score", with_target(0, momentum_score=math.nan)),
     ("holdings[0].shares", with_holding(0, shares=-1)),
     ("holdings[0].shares", with_holding(0, shares=1.5)),
     ("holdings[1].price", with_holding(1, price=0.0)),
     ("holdings[1].price", with_holding(1, price=math.nan)),
     ("holdings[0].price", with_holding(0, price=11.0)),  # differs from the target's price
-    ("holdings[1].name", with_holding(1, name="A")),
+    ("holdings[1].symbol", with_holding(1, symbol="A")),
     ("extra_cash", dataclasses.replace(valid_request(), extra_cash=-1.0)),
     ("extra_cash", dataclasses.replace(valid_request(), holdings=[], extra_cash=0.0)),  # empty budget
     ("commission_per_trade", dataclasses.replace(valid_request(), commission_per_trade=-1.0)),
@@ -742,7 +744,7 @@ def test_validation_names_the_field(field: str, request_: AllocationRequest) -> 
 
 def test_valid_request_passes() -> None:
     result = allocate(valid_request())
-    assert result.sold_in_full_names == ("Z",)
+    assert result.sold_in_full_symbols == ("Z",)
     assert result.budget == pytest.approx(5 * 10.0 + 2 * 50.0 + 1_000.0)
     assert_admissible(result, valid_request())
 
@@ -754,11 +756,11 @@ def test_weights_within_tolerance_are_normalised() -> None:
 
 
 def test_enumeration_helper_sanity() -> None:
-    """The truth itself: a two-name case small enough to check by hand."""
+    """The truth itself: a two-symbol case small enough to check by hand."""
     request = AllocationRequest(
         targets=[
-            AllocationTarget(name="A", target_weight=0.5, price=30.0, allowed_deviation=1.0),
-            AllocationTarget(name="B", target_weight=0.5, price=70.0, allowed_deviation=1.0),
+            AllocationTarget(symbol="A", target_weight=0.5, price=30.0, allowed_deviation=1.0),
+            AllocationTarget(symbol="B", target_weight=0.5, price=70.0, allowed_deviation=1.0),
         ],
         extra_cash=100.0,
         gap_tolerance=0.0,

@@ -73,7 +73,7 @@ def market(last_prices: pd.Series, stock_prices: pd.DataFrame) -> MarketInputs:
 
 
 def _holdings(shares: pd.Series, prices: pd.Series) -> list[Holding]:
-    return [Holding(str(name), float(shares[name]), float(prices[name])) for name in prices.index]
+    return [Holding(str(symbol), float(shares[symbol]), float(prices[symbol])) for symbol in prices.index]
 
 
 def _rebuilt_cash(plan: RebalancePlan, cash: float) -> float:
@@ -106,7 +106,7 @@ def test_drift_on_real_prices_matches_pandas(
     weights = values / total
     drift = weights.to_numpy() - 0.049
     cash_drift = drifted_cash / total - 0.02
-    assert report.names == tuple(last_prices.index)
+    assert report.symbols == tuple(last_prices.index)
     assert report.total_value == pytest.approx(total, rel=1e-14)
     np.testing.assert_allclose(report.current_weights, weights.to_numpy(), rtol=1e-13)
     np.testing.assert_allclose(report.drift, drift, atol=1e-15)
@@ -122,7 +122,7 @@ def test_drift_on_real_prices_matches_pandas(
     assert report.exceeds_threshold  # a year of buy-and-hold drift is well beyond 5 % two-way
     expected_breaches = np.abs(drift) > 0.01
     np.testing.assert_array_equal(report.breaches, expected_breaches)
-    assert report.breached_names == tuple(last_prices.index[expected_breaches])
+    assert report.breached_symbols == tuple(last_prices.index[expected_breaches])
     assert 0 < expected_breaches.sum() < 20
 
 
@@ -148,7 +148,7 @@ def test_drift_bands_by_hand() -> None:
     assert report.exceeds_threshold
     np.testing.assert_array_equal(report.absolute_breaches, [False, False, False])
     np.testing.assert_array_equal(report.relative_breaches, [True, False, False])
-    assert report.breached_names == ("A",)
+    assert report.breached_symbols == ("A",)
     assert not check_drift(holdings, 100.0, [0.25, 0.5, 0.2], threshold=0.2).exceeds_threshold  # 0.2 is not > 0.2
     # Without any band, every non-zero drift breaches.
     np.testing.assert_array_equal(check_drift(holdings, 100.0, [0.25, 0.5, 0.2]).breaches, [True, False, True])
@@ -169,12 +169,12 @@ def test_trade_list_restores_targets_within_bands(
         holdings, drifted_cash, targets, market=market, costs=costs, absolute_bands=absolute, relative_bands=relative
     )
     before = plan.drift_before
-    traded = {t.name for t in plan.trades}
-    # Names inside their band are untouched; every breaching name trades (its drift is worth many shares here).
-    assert traded == set(before.breached_names)
+    traded = {t.symbol for t in plan.trades}
+    # Names inside their band are untouched; every breaching symbol trades (its drift is worth many shares here).
+    assert traded == set(before.breached_symbols)
     assert all(t.shares == math.floor(t.shares) and t.shares > 0 for t in plan.trades)
     for t in plan.trades:
-        i = list(last_prices.index).index(t.name)
+        i = list(last_prices.index).index(t.symbol)
         assert (t.side is Side.BUY) == (before.drift[i] < 0)
         if t.side is Side.SELL:
             assert t.shares <= drifted_shares.iloc[i]
@@ -187,9 +187,9 @@ def test_trade_list_restores_targets_within_bands(
     post_drift = np.abs(weights - targets)
     band = np.minimum(absolute, relative * targets)
     assert np.all(post_drift <= band), post_drift.max()
-    # Traded names end within one share of their target (plus the costs' effect on V).
+    # Traded symbols end within one share of their target (plus the costs' effect on V).
     for t in plan.trades:
-        i = list(last_prices.index).index(t.name)
+        i = list(last_prices.index).index(t.symbol)
         assert post_drift[i] <= prices[i] / before.total_value + 1e-4
     assert not plan.drift_after.breaches.any()
     assert plan.drift_after.portfolio_drift < before.portfolio_drift / 2
@@ -209,13 +209,13 @@ def test_minimum_trade_size_drops_small_trades(
     values = sorted(t.value for t in free.trades)
     minimum = values[len(values) // 2]  # half the trades fall below it
     plan = generate_rebalance(holdings, drifted_cash, targets, min_trade_value=minimum)
-    kept = {t.name: t for t in plan.trades}
+    kept = {t.symbol: t for t in plan.trades}
     assert all(t.value >= minimum for t in plan.trades)
     for t in free.trades:
         if t.value >= minimum:
-            assert kept[t.name].shares == t.shares
+            assert kept[t.symbol].shares == t.shares
         else:
-            assert t.name not in kept and t.name in plan.dropped_below_minimum
+            assert t.symbol not in kept and t.symbol in plan.dropped_below_minimum
     i_dropped = [list(last_prices.index).index(n) for n in plan.dropped_below_minimum]
     np.testing.assert_array_equal(plan.post_trade_shares[i_dropped], drifted_shares.to_numpy()[i_dropped])
 
@@ -234,12 +234,12 @@ def test_turnover_cap_scales_trades_proportionally(
     sells = sum(t.value for t in plan.trades if t.side is Side.SELL)
     assert max(buys, sells) / plan.drift_before.total_value <= cap + 1e-15
     assert plan.turnover <= cap + 1e-15
-    # Each name trades a third of its desired shares, rounded down to whole shares.
+    # Each symbol trades a third of its desired shares, rounded down to whole shares.
     desired_shares = -plan.drift_before.drift * plan.drift_before.total_value / last_prices.to_numpy()
-    capped = {t.name: t.shares for t in plan.trades}
-    for i, name in enumerate(last_prices.index):
+    capped = {t.symbol: t.shares for t in plan.trades}
+    for i, symbol in enumerate(last_prices.index):
         expected = math.floor(abs(desired_shares[i]) / 3 + 1e-9)
-        assert capped.get(name, 0.0) == expected
+        assert capped.get(symbol, 0.0) == expected
 
 
 def test_cash_never_goes_negative_when_costs_exceed_the_cash_buffer(
@@ -253,14 +253,14 @@ def test_cash_never_goes_negative_when_costs_exceed_the_cash_buffer(
     cash_after = _rebuilt_cash(plan, drifted_cash)
     assert cash_after >= -1e-9 and plan.post_trade_cash >= 0.0
     assert plan.post_trade_cash == pytest.approx(cash_after, abs=1e-6)
-    # Sells are untouched by the cash check (every overweight name sells its whole-share excess); buys shrink.
+    # Sells are untouched by the cash check (every overweight symbol sells its whole-share excess); buys shrink.
     before = plan.drift_before
     excess = before.drift * before.total_value / last_prices.to_numpy()
-    sells = {name: math.floor(excess[i] + 1e-9) for i, name in enumerate(last_prices.index) if excess[i] >= 1}
-    assert {t.name: t.shares for t in plan.trades if t.side is Side.SELL} == sells
+    sells = {symbol: math.floor(excess[i] + 1e-9) for i, symbol in enumerate(last_prices.index) if excess[i] >= 1}
+    assert {t.symbol: t.shares for t in plan.trades if t.side is Side.SELL} == sells
     for t in plan.trades:
         if t.side is Side.BUY:
-            i = list(last_prices.index).index(t.name)
+            i = list(last_prices.index).index(t.symbol)
             assert t.shares == math.floor(-excess[i] * plan.cash_scale + 1e-9)
 
 
@@ -406,14 +406,14 @@ def test_wash_sale_flags_in_the_trade_list() -> None:
     holdings = [Holding("BUYME", 0.0, 10.0), Holding("OTHER", 100.0, 10.0)]
     loss_30 = [RealizedLoss("BUYME", SALE - timedelta(days=30), 400.0)]
     plan = generate_rebalance(holdings, 1000.0, [0.5, 0.5], as_of=SALE, recent_realized_losses=loss_30)
-    buy = next(t for t in plan.trades if t.name == "BUYME")
+    buy = next(t for t in plan.trades if t.symbol == "BUYME")
     assert buy.side is Side.BUY and buy.wash_sale
-    assert [(f.name, f.loss, f.days_apart) for f in plan.wash_sale_flags] == [("BUYME", 400.0, 30)]
+    assert [(f.symbol, f.loss, f.days_apart) for f in plan.wash_sale_flags] == [("BUYME", 400.0, 30)]
     loss_31 = [RealizedLoss("BUYME", SALE - timedelta(days=31), 400.0)]
     clean = generate_rebalance(holdings, 1000.0, [0.5, 0.5], as_of=SALE, recent_realized_losses=loss_31)
     assert not any(t.wash_sale for t in clean.trades) and clean.wash_sale_flags == ()
 
-    # A loss sale of a name with another lot bought 10 days ago risks a wash sale; so does one with a recent
+    # A loss sale of a symbol with another lot bought 10 days ago risks a wash sale; so does one with a recent
     # purchase recorded elsewhere; a gain sale does not.
     lots = (TaxLot("OLD", 100.0, 120.0, date(2023, 1, 3)), TaxLot("NEW", 10.0, 95.0, SALE - timedelta(days=10)))
     loser = [Holding("LOSER", 110.0, 100.0, lots)]

@@ -34,7 +34,7 @@ from services.trading import (
 SALE = date(2024, 6, 3)
 PRICE = 100.0
 
-# Three lots of one name, sold at $100 on 2024-06-03:
+# Three lots of one symbol, sold at $100 on 2024-06-03:
 #   A: 100 sh @ $85,  acquired 2021-01-04 -> held 1246 days, LONG;  gain +15/sh, tax 15 × 0.20 = 3.00/sh
 #   B: 100 sh @ $90,  acquired 2024-01-10 -> held 145 days (Jan 10 → Jun 3 of a leap year: 21+29+31+30+31+3),
 #      SHORT; gain +10/sh, tax 10 × 0.37 = 3.70/sh
@@ -207,7 +207,7 @@ def test_harvest_candidates_list_losing_lots_with_their_losses() -> None:
     assert len(candidates) == 1
     (candidate,) = candidates
     # C: 100 × (120 − 100) = 2000 LT loss; saving 2000 × 0.20 = 400. B (bought 2024-01-10) is 145 days back: no wash.
-    assert (candidate.name, candidate.lot_id, candidate.term) == ("XYZ", "C", HoldingTerm.LONG_TERM)
+    assert (candidate.symbol, candidate.lot_id, candidate.term) == ("XYZ", "C", HoldingTerm.LONG_TERM)
     assert candidate.unrealized_loss == pytest.approx(2000.0)
     assert candidate.tax_saving == pytest.approx(400.0)
     assert candidate.recently_bought is False
@@ -240,7 +240,7 @@ def test_wash_sale_flags_buys_within_30_days_of_a_loss() -> None:
         RealizedLoss("DDD", SALE, 100.0),  # a loss in the same trade list
     ]
     flags = wash_sale_flags(["AAA", "BBB", "CCC", "DDD", "EEE"], SALE, losses)
-    assert [(f.name, f.loss, f.days_apart) for f in flags] == [
+    assert [(f.symbol, f.loss, f.days_apart) for f in flags] == [
         ("AAA", 500.0, 30),
         ("CCC", 900.0, -30),
         ("DDD", 100.0, 0),
@@ -272,7 +272,7 @@ def test_lots_that_do_not_add_up_name_the_holding() -> None:
         (Holding("X", -1.0, PRICE), "holdings[0].shares"),
         (Holding("X", 1.0, 0.0), "holdings[0].price"),
         (Holding("X", 1.0, float("nan")), "holdings[0].price"),
-        (Holding("", 1.0, PRICE), "holdings[0].name"),
+        (Holding("", 1.0, PRICE), "holdings[0].symbol"),
         (
             Holding("X", 2.0, PRICE, (TaxLot("a", 1.0, 10.0, SALE), TaxLot("b", 1.0, 0.0, SALE))),
             "holdings[0].lots[1].cost_basis",
@@ -297,7 +297,7 @@ def test_invalid_holdings_name_the_field(holding: Holding, expected: str) -> Non
 def test_duplicate_names_and_bad_settings_are_rejected() -> None:
     with pytest.raises(InvalidInputError) as exc:
         validate_holdings([Holding("X", 1.0, PRICE), Holding("X", 1.0, PRICE)])
-    assert _field(exc) == "holdings[1].name"
+    assert _field(exc) == "holdings[1].symbol"
     with pytest.raises(InvalidInputError) as exc:
         validate_tax_settings(TaxSettings(long_term_rate=1.5))
     assert _field(exc) == "tax_settings.long_term_rate"
