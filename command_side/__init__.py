@@ -8,6 +8,7 @@ from command_side.allocation_cache import AllocationCache, InMemoryAllocationCac
 from command_side.allocations import AllocationService
 from command_side.allocations_repository import PostgresAllocationCache
 from command_side.application import MAX_BATCH_SIZE, OptimizationService
+from command_side.optimization_adapter import optimize_command_from_configuration
 from command_side.optimization_store import InMemoryOptimizationStore, OptimizationStore
 from command_side.rebalancing import RebalancingService
 from command_side.rebalancing_repository import PostgresTradingStore
@@ -41,8 +42,22 @@ __all__ = [
     "SolverPool",
     "TradingStore",
     "interceptor",
+    "optimization_service",
     "register",
 ]
+
+
+def optimization_service(
+    store: OptimizationStore, solver_pool: SolverPool, batch_concurrency: int = 0
+) -> OptimizationService:
+    """The optimization application service wired to the adapter.
+
+    RunConfiguration turns a stored configuration into its command with
+    ``optimization_adapter.optimize_command_from_configuration``.
+    """
+    return OptimizationService(
+        store, solver_pool, command_for=optimize_command_from_configuration, batch_concurrency=batch_concurrency
+    )
 
 
 def interceptor() -> ErrorMappingInterceptor:

@@ -2,10 +2,11 @@
 
 :class:`OptimizationService` takes the plain commands of ``command_side.optimization_commands`` and returns their
 plain results; it never sees a ``stratopt.v1`` request or response (``command_side.optimization_adapter`` converts
-both ways, and ``tests/command_side/test_layers.py`` checks that this module imports no contract type). The one
-contract-shaped value it passes on is a portfolio's configuration (``optimization_store.Configuration``), which
-the stores version and persist in the contract's form; it reads only its ``portfolio_id``, ``version`` and
-``enabled``.
+both ways, and ``tests/command_side/test_layers.py`` checks that this module, and every command-side module it
+imports, imports no contract type). A portfolio's configuration is the domain's frozen dataclass
+(``command_side.configuration.OptimizationConfiguration``); RunConfiguration turns the stored one into an
+:class:`~command_side.optimization_commands.OptimizeCommand` with the ``command_for`` the composition root gives
+the service (the adapter's ``optimize_command_from_configuration``, which validates it as a request would be).
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ import base64
 import binascii
 import hashlib
 import logging
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
 import numpy as np
 
 from command_side.field_paths import OPTIMIZATION, proto_field_paths
-from command_side.mapping import optimize_command_from_configuration
 from command_side.optimization_commands import (
     BatchCommand,
     BatchResult,
@@ -39,7 +39,7 @@ from command_side.optimization_commands import (
     RunResult,
 )
 from command_side.optimization_store import Bar, Configuration, OptimizationStore
-from command_side.records import BlackLittermanRecord, RelaxationRecord, ResultRecord, RunMetadataRecord
+from command_side.result_records import BlackLittermanRecord, RelaxationRecord, ResultRecord, RunMetadataRecord
 from command_side.workers import SolverPool
 from services.engine import OptimizationJob, OptimizationOutcome
 from services.errors import (
@@ -78,6 +78,10 @@ def check_batch_size(count: int) -> None:
         raise InvalidInputError.for_field("requests", f"at most {MAX_BATCH_SIZE} requests per batch, got {count}")
 
 
+CommandFor = Callable[[Configuration, str], OptimizeCommand]
+"""``(configuration, request_id) -> OptimizeCommand``: the run a stored configuration stands for."""
+
+
 class OptimizationService:
     """The command side's application service: idempotency, solve off-loop, atomic persistence.
 
@@ -87,12 +91,23 @@ class OptimizationService:
         The write model (``PostgresOptimizationStore`` in the server).
     solver_pool : SolverPool
         Worker processes that run the engine.
+    command_for : callable
+        The command that re-runs a stored configuration with an idempotency key (RunConfiguration):
+        ``command_side.optimization_adapter.optimize_command_from_configuration`` in the server.
     batch_concurrency : int, optional
         Batch items in flight at once; default twice the workers.
     """
 
-    def __init__(self, store: OptimizationStore, solver_pool: SolverPool, batch_concurrency: int = 0) -> None:
+    def __init__(
+        self,
+        store: OptimizationStore,
+        solver_pool: SolverPool,
+        *,
+        command_for: CommandFor,
+        batch_concurrency: int = 0,
+    ) -> None:
         self._store = store
+        self._command_for = command_for
         self._pool = solver_pool
         self._batch_concurrency = batch_concurrency or 2 * solver_pool.workers
 
@@ -325,7 +340,7 @@ class OptimizationService:
                     ),
                 ),
             )
-        command = replace(optimize_command_from_configuration(config, request_id), request_hash=fingerprint)
+        command = replace(self._command_for(config, request_id), request_hash=fingerprint)
         return await self.optimize(command, time_remaining_s=time_remaining_s)
 
     async def ingest(self, chunks: AsyncIterable[Sequence[Bar]]) -> IngestResult:

@@ -2,22 +2,155 @@
 
 The four ``jsonb`` columns of ``optimization_configurations`` (``strategies``, ``constraints``,
 ``risk_parameters``, ``black_litterman``) hold the objects below, each with ``schema_version``
-(:data:`CONFIGURATION_SCHEMA_VERSION`), encoded by the :class:`Schema` tables of
-``command_side.trading_records`` (stored keys documented in ``docs/storage_schema.md``).
-:func:`configuration_columns` writes them and :func:`fill_configuration` reads them back; the configuration's
-``content_hash`` is computed elsewhere (``command_side.mapping.content_hash``) from the contract message and does
-not depend on this format.
+(:data:`CONFIGURATION_SCHEMA_VERSION`), encoded by the :class:`Schema` tables of this module (stored keys
+documented in ``docs/storage_schema.md``). :func:`configuration_columns` writes them from the domain's
+``command_side.configuration.OptimizationConfiguration`` and :func:`configuration_content_from_columns` reads them
+back; :func:`content_hash` is the sha256 of that stored form (with ``objective``, ``method``, ``lookback_periods``,
+``market_symbol`` and ``enabled``). A table's attribute names are the stored keys, the dataclasses' attribute names
+and the contract's field names alike (``command_side.configuration_messages`` converts to and from
+``stratopt.v1`` with the same tables). The module imports neither protobuf nor the contract.
+
+Encoding rules are those of :mod:`command_side.result_records`: every key is written, numbers are JSON numbers in
+the documented unit (non-finite floats as ``"NaN"``, ``"Infinity"``, ``"-Infinity"``), enumerations are short names
+(``""`` when unset) and an unset optional value is ``null``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Any, Final, Literal
 
-from command_side.records import JsonObject, SchemaError
-from command_side.trading_records import Field, Schema
-from stratopt.v1 import command_service_pb2 as cmd_pb
-from stratopt.v1 import types_pb2 as pb
+from command_side.configuration import (
+    BlackLittermanInputs,
+    MultiObjectiveWeights,
+    OptimizationConfiguration,
+    OptimizationConstraints,
+    RiskParameters,
+    RobustParameters,
+    SectorLimit,
+    Strategy,
+    View,
+    WeightBounds,
+)
+from command_side.result_records import JsonObject, SchemaError, decode_float, encode_float
+
+Kind = Literal["text", "number", "integer", "boolean", "enum", "record", "records", "numbers", "texts", "number_list"]
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One stored key of a :class:`Schema`: also the attribute of the dataclass and the contract's field."""
+
+    key: str
+    """The stored (snake_case) key."""
+    kind: Kind
+    """``text``, ``number`` (float), ``integer``, ``boolean``, ``enum`` (short name), ``record`` (a nested
+    object), ``records`` (a list of them, or an object keyed by symbol), ``numbers`` (an object of numbers keyed by
+    symbol), ``texts`` (an object of strings), ``number_list`` (an array of numbers)."""
+    meaning: str
+    """What it is, with its unit (documented in ``docs/storage_schema.md``)."""
+    optional: bool = False
+    """Whether the value may be unset (``None`` in the dataclass, ``null`` stored)."""
+    enum_prefix: str = ""
+    """Prefix of the contract's enum value names, absent from the stored short name (kind ``enum``)."""
+    record: Schema | None = None
+    """Schema of the nested objects (kinds ``record`` and ``records``)."""
+    keyed: bool = False
+    """For ``records``: an object keyed by symbol instead of a list."""
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    """A stored object: its name, dataclass and keys."""
+
+    name: str
+    """Name in the documentation."""
+    type: type
+    """The dataclass of ``command_side.configuration`` it is converted to and from."""
+    fields: tuple[Field, ...]
+    """Its keys, in stored order."""
+    version: int = 2
+    """``schema_version`` of the object when it is stored top-level."""
+
+    def to_json(self, value: Any, *, versioned: bool = True) -> JsonObject:
+        """The stored JSON object of the dataclass ``value`` (``schema_version`` first unless not ``versioned``)."""
+        payload: JsonObject = {"schema_version": self.version} if versioned else {}
+        for f in self.fields:
+            payload[f.key] = _encode(f, getattr(value, f.key))
+        return payload
+
+    def from_json(self, payload: Mapping[str, Any], *, versioned: bool = True) -> Any:
+        """The dataclass of a stored JSON object (a missing key or ``null`` reads as the default).
+
+        Raises
+        ------
+        SchemaError
+            When a versioned payload is not of the schema's ``version``.
+        """
+        if versioned and payload.get("schema_version") != self.version:
+            raise SchemaError(
+                f"{self.name}: schema_version {payload.get('schema_version')!r} is not one this build reads"
+            )
+        values = {}
+        for f in self.fields:
+            value = payload.get(f.key)
+            if value is not None:
+                values[f.key] = _decode(f, value)
+        return self.type(**values)
+
+
+def _encode(f: Field, value: Any) -> Any:
+    if value is None:
+        return None
+    if f.kind == "number":
+        return encode_float(value)
+    if f.kind == "integer":
+        return int(value)
+    if f.kind == "boolean":
+        return bool(value)
+    if f.kind == "numbers":
+        return {str(k): encode_float(v) for k, v in value.items()}
+    if f.kind == "texts":
+        return {str(k): str(v) for k, v in value.items()}
+    if f.kind == "number_list":
+        return [encode_float(v) for v in value]
+    if f.kind == "record":
+        assert f.record is not None
+        return f.record.to_json(value, versioned=False)
+    if f.kind == "records":
+        assert f.record is not None
+        if f.keyed:
+            return {str(k): f.record.to_json(v, versioned=False) for k, v in value.items()}
+        return [f.record.to_json(v, versioned=False) for v in value]
+    return str(value)  # text, enum
+
+
+def _decode(f: Field, value: Any) -> Any:
+    if f.kind == "number":
+        return decode_float(value)
+    if f.kind == "integer":
+        return int(value)
+    if f.kind == "boolean":
+        return bool(value)
+    if f.kind == "numbers":
+        return {str(k): decode_float(v) for k, v in value.items()}
+    if f.kind == "texts":
+        return {str(k): str(v) for k, v in value.items()}
+    if f.kind == "number_list":
+        return tuple(decode_float(v) for v in value)
+    if f.kind == "record":
+        assert f.record is not None
+        return f.record.from_json(value, versioned=False)
+    if f.kind == "records":
+        assert f.record is not None
+        if f.keyed:
+            return {str(k): f.record.from_json(v, versioned=False) for k, v in value.items()}
+        return tuple(f.record.from_json(v, versioned=False) for v in value)
+    return str(value)  # text, enum
+
 
 CONFIGURATION_SCHEMA_VERSION: Final = 2
 """Version of the four content columns written by this build. Version 2 (migration ``0011_stored_symbol_keys``)
@@ -28,166 +161,157 @@ CONTENT_COLUMNS = ("strategies", "constraints", "risk_parameters", "black_litter
 
 STRATEGY = Schema(
     "strategy",
-    pb.Strategy,
+    Strategy,
     (
-        Field("symbol", "symbol", "text", "Instrument symbol (the symbol of its stored prices)."),
-        Field("sector", "sector", "text", "Sector (or any group) used by sector limits; '' = none."),
-        Field("classifications", "classifications", "texts", "Group of the strategy in further schemes, by scheme."),
+        Field("symbol", "text", "Instrument symbol (the symbol of its stored prices)."),
+        Field("sector", "text", "Sector (or any group) used by sector limits; '' = none."),
+        Field("classifications", "texts", "Group of the strategy in further schemes, by scheme."),
     ),
-    version=CONFIGURATION_SCHEMA_VERSION,
 )
 """A configuration's strategy: identity and groups only (returns and current weights belong to a run)."""
 
 WEIGHT_BOUNDS = Schema(
     "weight bounds",
-    pb.WeightBounds,
+    WeightBounds,
     (
-        Field("min_weight", "min_weight", "number", "Lower weight bound (fraction); null = the global one.", True),
-        Field("max_weight", "max_weight", "number", "Upper weight bound (fraction); null = the global one.", True),
+        Field("min_weight", "number", "Lower weight bound (fraction); null = the global one.", True),
+        Field("max_weight", "number", "Upper weight bound (fraction); null = the global one.", True),
     ),
-    version=CONFIGURATION_SCHEMA_VERSION,
 )
 
 SECTOR_LIMIT = Schema(
     "sector limit",
-    pb.SectorLimit,
+    SectorLimit,
     (
-        Field("sector", "sector", "text", "Sector name, or group name within the scheme."),
-        Field("min_weight", "min_weight", "number", "Minimum total weight (fraction); null = none.", True),
-        Field("max_weight", "max_weight", "number", "Maximum total weight (fraction); null = none.", True),
-        Field("scheme", "scheme", "text", "Classification scheme; '' = the strategies' sector."),
+        Field("sector", "text", "Sector name, or group name within the scheme."),
+        Field("min_weight", "number", "Minimum total weight (fraction); null = none.", True),
+        Field("max_weight", "number", "Maximum total weight (fraction); null = none.", True),
+        Field("scheme", "text", "Classification scheme; '' = the strategies' sector."),
     ),
-    version=CONFIGURATION_SCHEMA_VERSION,
 )
 
 CONSTRAINTS = Schema(
     "constraints",
-    pb.OptimizationConstraints,
+    OptimizationConstraints,
     (
-        Field("min_weight", "min_weight", "number", "Lower bound of every weight (fraction); null = 0.", True),
-        Field("max_weight", "max_weight", "number", "Upper bound of every weight (fraction); null = 1.", True),
-        Field("strategy_bounds", "strategy_bounds", "records", "Per-strategy bounds by symbol (weight bounds "
+        Field("min_weight", "number", "Lower bound of every weight (fraction); null = 0.", True),
+        Field("max_weight", "number", "Upper bound of every weight (fraction); null = 1.", True),
+        Field("strategy_bounds", "records", "Per-strategy bounds by symbol (weight bounds "
               "objects).", record=WEIGHT_BOUNDS, keyed=True),
-        Field("sector_limits", "sector_limits", "records", "Sector limits (sector limit objects).",
+        Field("sector_limits", "records", "Sector limits (sector limit objects).",
               record=SECTOR_LIMIT),
-        Field("min_return", "min_return", "number", "Minimum annualised expected return (decimal); null = none.",
+        Field("min_return", "number", "Minimum annualised expected return (decimal); null = none.",
               True),
-        Field("max_volatility", "max_volatility", "number", "Maximum annualised volatility (decimal); null = none.",
+        Field("max_volatility", "number", "Maximum annualised volatility (decimal); null = none.",
               True),
-        Field("turnover_limit", "turnover_limit", "number", "Two-way turnover cap (fraction; a full switch is 2); "
+        Field("turnover_limit", "number", "Two-way turnover cap (fraction; a full switch is 2); "
               "null = none.", True),
-        Field("turnover_caps", "turnover_caps", "numbers", "Per-strategy caps on |w - current| (fractions)."),
-        Field("leverage_limit", "leverage_limit", "number", "Gross exposure cap (fraction, >= 1); null = none.",
+        Field("turnover_caps", "numbers", "Per-strategy caps on |w - current| (fractions)."),
+        Field("leverage_limit", "number", "Gross exposure cap (fraction, >= 1); null = none.",
               True),
-        Field("transaction_costs_bps", "transaction_costs_bps", "numbers", "Linear transaction costs by symbol "
+        Field("transaction_costs_bps", "numbers", "Linear transaction costs by symbol "
               "(basis points of traded value)."),
-        Field("benchmark_weights", "benchmark_weights", "numbers", "Benchmark weights by symbol (fractions)."),
-        Field("tracking_error_limit", "tracking_error_limit", "number", "Annualised tracking-error cap (decimal); "
+        Field("benchmark_weights", "numbers", "Benchmark weights by symbol (fractions)."),
+        Field("tracking_error_limit", "number", "Annualised tracking-error cap (decimal); "
               "null = none.", True),
-        Field("betas", "betas", "numbers", "Betas by symbol for beta_tolerance ({} = estimated)."),
-        Field("beta_tolerance", "beta_tolerance", "number", "Beta neutrality tolerance; null = none.", True),
-        Field("max_holdings", "max_holdings", "integer", "Most strategies with a non-zero weight; null = no limit.",
+        Field("betas", "numbers", "Betas by symbol for beta_tolerance ({} = estimated)."),
+        Field("beta_tolerance", "number", "Beta neutrality tolerance; null = none.", True),
+        Field("max_holdings", "integer", "Most strategies with a non-zero weight; null = no limit.",
               True),
-        Field("min_position_weight", "min_position_weight", "number", "Minimum |weight| of a held strategy "
+        Field("min_position_weight", "number", "Minimum |weight| of a held strategy "
               "(fraction); null = none.", True),
-        Field("min_net_exposure", "min_net_exposure", "number", "Lower net exposure bound (fraction); null = the "
+        Field("min_net_exposure", "number", "Lower net exposure bound (fraction); null = the "
               "budget.", True),
-        Field("max_net_exposure", "max_net_exposure", "number", "Upper net exposure bound (fraction); null = the "
+        Field("max_net_exposure", "number", "Upper net exposure bound (fraction); null = the "
               "budget.", True),
-        Field("allow_relaxation", "allow_relaxation", "boolean", "Whether infeasible limits may be relaxed."),
+        Field("allow_relaxation", "boolean", "Whether infeasible limits may be relaxed."),
     ),
-    version=CONFIGURATION_SCHEMA_VERSION,
 )  # fmt: skip
 
 ROBUST = Schema(
     "robust parameters",
-    pb.RobustParameters,
+    RobustParameters,
     (
-        Field("uncertainty_set", "uncertainty_set", "enum", "BOX, ELLIPSOIDAL or '' (default).",
+        Field("uncertainty_set", "enum", "BOX, ELLIPSOIDAL or '' (default).",
               enum_prefix="UNCERTAINTY_SET_"),
-        Field("confidence_level", "confidence_level", "number", "Confidence level in (0, 1); null = 0.95.", True),
-        Field("observations", "observations", "integer", "Observations behind the expected returns (0 = from the "
+        Field("confidence_level", "number", "Confidence level in (0, 1); null = 0.95.", True),
+        Field("observations", "integer", "Observations behind the expected returns (0 = from the "
               "history)."),
     ),
-    version=CONFIGURATION_SCHEMA_VERSION,
 )  # fmt: skip
 
 MULTI_OBJECTIVE = Schema(
     "multi-objective weights",
-    pb.MultiObjectiveWeights,
+    MultiObjectiveWeights,
     (
-        Field("return_weight", "return_weight", "number", "Weight on the expected return; null = 1.", True),
-        Field("variance_weight", "variance_weight", "number", "Weight on the variance; null = 1.", True),
-        Field("turnover_weight", "turnover_weight", "number", "Weight on the two-way turnover; null = 0.", True),
-        Field("l2_weight", "l2_weight", "number", "Weight on the squared L2 norm of the weights; null = 0.", True),
+        Field("return_weight", "number", "Weight on the expected return; null = 1.", True),
+        Field("variance_weight", "number", "Weight on the variance; null = 1.", True),
+        Field("turnover_weight", "number", "Weight on the two-way turnover; null = 0.", True),
+        Field("l2_weight", "number", "Weight on the squared L2 norm of the weights; null = 0.", True),
     ),
-    version=CONFIGURATION_SCHEMA_VERSION,
 )
 
 RISK_PARAMETERS = Schema(
     "risk parameters",
-    pb.RiskParameters,
+    RiskParameters,
     (
-        Field("risk_free_rate", "risk_free_rate", "number", "Annualised risk-free rate (decimal)."),
-        Field("risk_aversion", "risk_aversion", "number", "Risk aversion of the quadratic utility; null = 1.", True),
-        Field("periods_per_year", "periods_per_year", "integer", "Periods per year to annualise (0 = 252)."),
-        Field("returns_estimator", "returns_estimator", "enum", "MEAN_HISTORICAL, EMA, CAPM or '' (default).",
+        Field("risk_free_rate", "number", "Annualised risk-free rate (decimal)."),
+        Field("risk_aversion", "number", "Risk aversion of the quadratic utility; null = 1.", True),
+        Field("periods_per_year", "integer", "Periods per year to annualise (0 = 252)."),
+        Field("returns_estimator", "enum", "MEAN_HISTORICAL, EMA, CAPM or '' (default).",
               enum_prefix="RETURNS_ESTIMATOR_"),
-        Field("covariance_estimator", "covariance_estimator", "enum", "SAMPLE, LEDOIT_WOLF, EXPONENTIAL or ''.",
+        Field("covariance_estimator", "enum", "SAMPLE, LEDOIT_WOLF, EXPONENTIAL or ''.",
               enum_prefix="COVARIANCE_ESTIMATOR_"),
-        Field("ema_span", "ema_span", "integer", "Span of the exponentially weighted estimators (periods; 0 = 500)."),
-        Field("compounding", "compounding", "boolean", "Geometric mean returns when true; null = true.", True),
-        Field("missing_data_policy", "missing_data_policy", "enum", "PAIRWISE, COMMON_WINDOW or '' (default).",
+        Field("ema_span", "integer", "Span of the exponentially weighted estimators (periods; 0 = 500)."),
+        Field("compounding", "boolean", "Geometric mean returns when true; null = true.", True),
+        Field("missing_data_policy", "enum", "PAIRWISE, COMMON_WINDOW or '' (default).",
               enum_prefix="MISSING_DATA_POLICY_"),
-        Field("risk_measure", "risk_measure", "enum", "VARIANCE, CVAR, MAD, CDAR or '' (variance).",
+        Field("risk_measure", "enum", "VARIANCE, CVAR, MAD, CDAR or '' (variance).",
               enum_prefix="RISK_MEASURE_"),
-        Field("confidence_level", "confidence_level", "number", "Confidence level of CVaR and CDaR; null = 0.95.",
+        Field("confidence_level", "number", "Confidence level of CVaR and CDaR; null = 0.95.",
               True),
-        Field("linkage_method", "linkage_method", "enum", "SINGLE, WARD, COMPLETE, AVERAGE or '' (single).",
+        Field("linkage_method", "enum", "SINGLE, WARD, COMPLETE, AVERAGE or '' (single).",
               enum_prefix="LINKAGE_METHOD_"),
-        Field("risk_budgets", "risk_budgets", "numbers", "Risk budgets of risk parity by symbol ({} = equal)."),
-        Field("robust", "robust", "record", "Uncertainty set (a robust parameters object); null = unset.", True,
+        Field("risk_budgets", "numbers", "Risk budgets of risk parity by symbol ({} = equal)."),
+        Field("robust", "record", "Uncertainty set (a robust parameters object); null = unset.", True,
               record=ROBUST),
-        Field("multi_objective", "multi_objective", "record", "Multi-objective weights object; null = unset.", True,
+        Field("multi_objective", "record", "Multi-objective weights object; null = unset.", True,
               record=MULTI_OBJECTIVE),
     ),
-    version=CONFIGURATION_SCHEMA_VERSION,
 )  # fmt: skip
 
 VIEW = Schema(
     "view",
-    pb.View,
+    View,
     (
-        Field("weights", "weights", "numbers", "View portfolio by symbol (a row of P)."),
-        Field("expected_return", "expected_return", "number", "Annualised expected return of the view (Q, decimal)."),
-        Field("confidence", "confidence", "number", "Idzorek confidence in [0, 1]; null = none.", True),
+        Field("weights", "numbers", "View portfolio by symbol (a row of P)."),
+        Field("expected_return", "number", "Annualised expected return of the view (Q, decimal)."),
+        Field("confidence", "number", "Idzorek confidence in [0, 1]; null = none.", True),
     ),
-    version=CONFIGURATION_SCHEMA_VERSION,
 )
 
 BLACK_LITTERMAN = Schema(
     "Black-Litterman inputs",
-    pb.BlackLittermanInputs,
+    BlackLittermanInputs,
     (
-        Field("market_caps", "market_caps", "numbers", "Market capitalisations by symbol ($)."),
-        Field("prior_returns", "prior_returns", "numbers", "Prior annualised expected returns by symbol."),
-        Field("risk_aversion", "risk_aversion", "number", "Risk aversion delta; null = implied.", True),
-        Field("tau", "tau", "number", "Tau on the prior covariance; null = 0.05.", True),
-        Field("views", "views", "records", "The views (view objects).", record=VIEW),
-        Field("omega", "omega", "number_list", "View uncertainty Omega, row-major K x K ([] = default)."),
+        Field("market_caps", "numbers", "Market capitalisations by symbol ($)."),
+        Field("prior_returns", "numbers", "Prior annualised expected returns by symbol."),
+        Field("risk_aversion", "number", "Risk aversion delta; null = implied.", True),
+        Field("tau", "number", "Tau on the prior covariance; null = 0.05.", True),
+        Field("views", "records", "The views (view objects).", record=VIEW),
+        Field("omega", "number_list", "View uncertainty Omega, row-major K x K ([] = default)."),
     ),
-    version=CONFIGURATION_SCHEMA_VERSION,
 )
 
 
-def configuration_columns(config: cmd_pb.OptimizationConfiguration) -> dict[str, JsonObject]:
+def configuration_columns(config: OptimizationConfiguration) -> dict[str, JsonObject]:
     """The stored ``strategies``, ``constraints``, ``risk_parameters`` and ``black_litterman`` of ``config``.
 
     An unset ``black_litterman`` (every method but Black-Litterman) is stored as ``{"schema_version": 2,
     "inputs": null}``; a set one as ``{"schema_version": 2, "inputs": {...}}``.
     """
     black_litterman = None
-    if config.HasField("black_litterman"):
+    if config.black_litterman is not None:
         black_litterman = BLACK_LITTERMAN.to_json(config.black_litterman, versioned=False)
     return {
         "strategies": {
@@ -200,10 +324,11 @@ def configuration_columns(config: cmd_pb.OptimizationConfiguration) -> dict[str,
     }
 
 
-def fill_configuration(columns: Mapping[str, Any], config: cmd_pb.OptimizationConfiguration) -> None:
-    """Write the stored content columns (decoded JSON) into ``config``.
+def configuration_content_from_columns(columns: Mapping[str, Any]) -> dict[str, Any]:
+    """The content fields of a configuration from its stored columns (decoded JSON).
 
-    An empty stored ``constraints`` or ``risk_parameters`` object leaves the field unset, as it was written.
+    ``strategies``, ``constraints``, ``risk_parameters`` and ``black_litterman``: keyword arguments of
+    ``OptimizationConfiguration``. An empty stored object reads as the default instance.
 
     Raises
     ------
@@ -214,14 +339,32 @@ def fill_configuration(columns: Mapping[str, Any], config: cmd_pb.OptimizationCo
         version = columns[name].get("schema_version")
         if version != CONFIGURATION_SCHEMA_VERSION:
             raise SchemaError(f"configuration {name}: schema_version {version!r} is not one this build reads")
-    for strategy in columns["strategies"]["strategies"]:
-        config.strategies.append(STRATEGY.from_json(strategy, versioned=False))
-    constraints = CONSTRAINTS.from_json(columns["constraints"])
-    if constraints.ListFields():
-        config.constraints.CopyFrom(constraints)
-    risk_parameters = RISK_PARAMETERS.from_json(columns["risk_parameters"])
-    if risk_parameters.ListFields():
-        config.risk_parameters.CopyFrom(risk_parameters)
     inputs = columns["black_litterman"]["inputs"]
-    if inputs is not None:
-        config.black_litterman.CopyFrom(BLACK_LITTERMAN.from_json(inputs, versioned=False))
+    return {
+        "strategies": tuple(STRATEGY.from_json(s, versioned=False) for s in columns["strategies"]["strategies"]),
+        "constraints": CONSTRAINTS.from_json(columns["constraints"]),
+        "risk_parameters": RISK_PARAMETERS.from_json(columns["risk_parameters"]),
+        "black_litterman": None if inputs is None else BLACK_LITTERMAN.from_json(inputs, versioned=False),
+    }
+
+
+def configuration_content(config: OptimizationConfiguration) -> dict[str, Any]:
+    """The versioned content of a configuration in its stored form (JSON-ready).
+
+    The stored content columns with ``objective``, ``method``, ``lookback_periods``, ``market_symbol`` and
+    ``enabled`` (not the portfolio, the version or the time).
+    """
+    return {
+        "objective": config.objective,
+        "method": config.method,
+        **configuration_columns(config),
+        "lookback_periods": config.lookback_periods,
+        "market_symbol": config.market_symbol,
+        "enabled": config.enabled,
+    }
+
+
+def content_hash(config: OptimizationConfiguration) -> str:
+    """sha256 of the canonical JSON (``json.dumps(sort_keys=True)``) of :func:`configuration_content`."""
+    canonical = json.dumps(configuration_content(config), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -9,16 +9,16 @@ them into these paths.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from command_side.configuration import OptimizationConfiguration
+from command_side.configuration_messages import configuration_from_message, configuration_message
 from command_side.field_paths import OPTIMIZATION, proto_field_paths
 from command_side.optimization_commands import MarketDataWindow, OptimizeCommand
 from services.engine import BlackLittermanSettings, Method, MethodSettings
@@ -315,30 +315,6 @@ def configuration_from_request(request: cmd_pb.OptimizeRequest) -> cmd_pb.Optimi
         config.lookback_periods = request.market_data.lookback_periods
         config.market_symbol = request.market_data.market_symbol
     return config
-
-
-def configuration_content(config: cmd_pb.OptimizationConfiguration) -> dict[str, Any]:
-    """The versioned content of a configuration as JSON-ready dicts (protobuf JSON mapping)."""
-
-    def as_dict(message: Any) -> Any:
-        return json_format.MessageToDict(message, preserving_proto_field_name=True)
-
-    return {
-        "objective": pb.Objective.Name(config.objective),
-        "method": pb.OptimizationMethod.Name(config.method),
-        "strategies": [as_dict(s) for s in config.strategies],
-        "constraints": as_dict(config.constraints),
-        "risk_parameters": as_dict(config.risk_parameters),
-        "black_litterman": as_dict(config.black_litterman),
-        "lookback_periods": config.lookback_periods,
-        "market_symbol": config.market_symbol,
-        "enabled": config.enabled,
-    }
-
-
-def content_hash(content: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of a configuration's content."""
-    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def normalize_configuration(
@@ -813,11 +789,11 @@ def optimize_command(request: cmd_pb.OptimizeRequest) -> OptimizeCommand:
         settings=validated.settings,
         method=validated.method,
         inputs=inputs,
-        configuration=validated.configuration,
+        configuration=configuration_from_message(validated.configuration),
         current_weights=validated.current_weights,
     )
 
 
-def optimize_command_from_configuration(config: cmd_pb.OptimizationConfiguration, request_id: str) -> OptimizeCommand:
-    """The command that re-runs a stored configuration on its window of stored prices."""
-    return optimize_command(optimize_request_from_configuration(config, request_id))
+def optimize_command_from_configuration(config: OptimizationConfiguration, request_id: str) -> OptimizeCommand:
+    """The command that re-runs a stored configuration on its window of stored prices (checked as a request)."""
+    return optimize_command(optimize_request_from_configuration(configuration_message(config), request_id))

@@ -19,11 +19,13 @@ from datetime import UTC
 from google.rpc import status_pb2  # type: ignore[attr-defined]  # stubs hidden by types-protobuf
 
 from command_side.application import check_batch_size
+from command_side.configuration_messages import configuration_from_message, configuration_message
 from command_side.field_paths import OPTIMIZATION, proto_field_paths
 from command_side.mapping import (
     datetime_to_timestamp,
     normalize_configuration,
     optimize_command,
+    optimize_command_from_configuration,
     optimize_request_from_configuration,
 )
 from command_side.optimization_commands import (
@@ -59,6 +61,7 @@ __all__ = [
     "ingest_chunks",
     "ingest_response",
     "optimize_command",
+    "optimize_command_from_configuration",
     "optimize_request",
     "optimize_response",
     "run_configuration_response",
@@ -84,7 +87,7 @@ def optimize_request(command: OptimizeCommand) -> cmd_pb.OptimizeRequest:
     The inverse of :func:`optimize_command` for a request in canonical form (the method set explicitly): request
     → command → request gives the request back.
     """
-    request = optimize_request_from_configuration(command.configuration, command.request_id)
+    request = optimize_request_from_configuration(configuration_message(command.configuration), command.request_id)
     for strategy in request.strategies:
         if strategy.symbol in command.current_weights:
             strategy.current_weight = command.current_weights[strategy.symbol]
@@ -213,22 +216,26 @@ def frontier_response(result: FrontierResult) -> cmd_pb.ComputeEfficientFrontier
 
 def upsert_configuration_command(request: cmd_pb.UpsertConfigurationRequest) -> Configuration:
     """The configuration to store, checked and in its canonical form (fields under ``configuration.``)."""
-    return normalize_configuration(request.configuration)
+    return configuration_from_message(normalize_configuration(request.configuration))
 
 
 def upsert_configuration_response(result: ConfigurationUpsert) -> cmd_pb.UpsertConfigurationResponse:
     """The ``UpsertConfigurationResponse``: the stored version and whether it is new."""
-    return cmd_pb.UpsertConfigurationResponse(configuration=result.configuration, created=result.created)
+    return cmd_pb.UpsertConfigurationResponse(
+        configuration=configuration_message(result.configuration), created=result.created
+    )
 
 
 def get_configuration_response(configuration: Configuration) -> cmd_pb.GetConfigurationResponse:
     """The ``GetConfigurationResponse`` of one version."""
-    return cmd_pb.GetConfigurationResponse(configuration=configuration)
+    return cmd_pb.GetConfigurationResponse(configuration=configuration_message(configuration))
 
 
 def configuration_page_response(page: ConfigurationPage) -> cmd_pb.ListConfigurationsResponse:
     """The ``ListConfigurationsResponse`` of a page."""
-    return cmd_pb.ListConfigurationsResponse(configurations=page.configurations, next_page_token=page.next_page_token)
+    return cmd_pb.ListConfigurationsResponse(
+        configurations=[configuration_message(c) for c in page.configurations], next_page_token=page.next_page_token
+    )
 
 
 # --- IngestMarketData ----------------------------------------------------------------------------------------

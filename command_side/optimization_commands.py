@@ -2,26 +2,21 @@
 
 The application service of the optimization RPCs speaks these frozen dataclasses only; the adapter
 (``command_side.optimization_adapter``, with ``command_side.mapping`` for the validation of requests) builds the
-commands from ``stratopt.v1`` requests and the responses from the results. The one contract-shaped value that
-still travels through them is the portfolio's configuration (``command_side.optimization_store.Configuration``):
-the stores version and
-persist it in the contract's form (``command_side.configuration_records``), so the application passes it on
-without reading more of it than its ``portfolio_id``, ``version`` and ``enabled``.
+commands from ``stratopt.v1`` requests and the responses from the results. A portfolio's configuration is the
+domain's ``command_side.configuration.OptimizationConfiguration`` (plain values; the adapter converts it from and to
+the contract with ``command_side.configuration_messages``), versioned and stored by the stores.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
-from command_side.records import ResultRecord
+from command_side.configuration import OptimizationConfiguration
+from command_side.result_records import ResultRecord
 from services.engine import MethodSettings
 from services.optimization import PortfolioProblem
 from services.types import EstimationSettings, Moments, ReturnHistory
-
-if TYPE_CHECKING:  # the stores' name for it; imported for annotations only (the store module imports the mapping)
-    from command_side.optimization_store import Configuration
 
 __all__ = [
     "BatchCommand",
@@ -76,7 +71,7 @@ class OptimizeCommand:
     """Which method runs, with its parameters."""
     inputs: Inputs
     """Where the moments come from."""
-    configuration: Configuration
+    configuration: OptimizationConfiguration
     """The configuration the run implies (everything but the input data), versioned by the store."""
     current_weights: dict[str, float] = field(default_factory=dict)
     """Current weights by symbol, as given (stored with the run)."""
@@ -180,7 +175,7 @@ class FrontierResult:
 class ConfigurationUpsert:
     """The outcome of storing a configuration."""
 
-    configuration: Configuration
+    configuration: OptimizationConfiguration
     """The stored version (with ``version`` and ``created_at``)."""
     created: bool
     """Whether a new version was written (false: the content equals the current version's)."""
@@ -190,7 +185,7 @@ class ConfigurationUpsert:
 class ConfigurationPage:
     """A page of latest configurations ordered by portfolio id."""
 
-    configurations: tuple[Configuration, ...]
+    configurations: tuple[OptimizationConfiguration, ...]
     """The page."""
     next_page_token: str
     """Token of the next page ('' = this is the last)."""

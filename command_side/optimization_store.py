@@ -25,12 +25,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from command_side.configuration_records import CONTENT_COLUMNS, configuration_columns, fill_configuration
-from command_side.mapping import configuration_content, content_hash, datetime_to_timestamp
-from command_side.records import JsonObject, ResultRecord, run_inputs_json
+from command_side.configuration import OptimizationConfiguration
+from command_side.configuration_records import (
+    CONTENT_COLUMNS,
+    configuration_columns,
+    configuration_content,
+    configuration_content_from_columns,
+    content_hash,
+)
+from command_side.result_records import JsonObject, ResultRecord, run_inputs_json
 from services.errors import IntegrityError, NotFoundError, PreconditionError, PreconditionViolation
-from stratopt.v1 import command_service_pb2 as cmd_pb
-from stratopt.v1 import types_pb2 as pb
 
 MIN_PRICES = 3
 """Fewest stored prices of a symbol in a window (two returns) before a run may use it."""
@@ -40,9 +44,9 @@ Bar = tuple[str, datetime, float, float | None]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-Configuration = cmd_pb.OptimizationConfiguration
-"""A portfolio's configuration as the stores version and persist it: still the contract's message, because its
-stored schema (``command_side.configuration_records``) is written in the contract's terms."""
+Configuration = OptimizationConfiguration
+"""A portfolio's configuration as the stores version and persist it: the domain's frozen dataclass
+(``command_side.configuration``), stored in the schema of ``command_side.configuration_records``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +78,7 @@ class ConfigurationHead:
     version: int
     """The current version number (1, 2, ...)."""
     content_hash: str
-    """sha256 of its content (``command_side.mapping.content_hash``)."""
+    """sha256 of its content (``command_side.configuration_records.content_hash``)."""
     enabled: bool
     """Whether runs of it are allowed."""
     lookback_periods: int
@@ -87,7 +91,7 @@ class ConfigurationHead:
 class ConfigurationVersion:
     """The version a configuration gets when stored: the current one when its content is unchanged."""
 
-    configuration: cmd_pb.OptimizationConfiguration
+    configuration: Configuration
     """The configuration to store, with the inherited fields taken from the current version."""
     content: dict[str, Any]
     """Its versioned content (JSON-ready)."""
@@ -100,13 +104,13 @@ class ConfigurationVersion:
 
 
 def next_configuration_version(
-    config: cmd_pb.OptimizationConfiguration, current: ConfigurationHead | None, inherit: Sequence[str] = ()
+    config: Configuration, current: ConfigurationHead | None, inherit: Sequence[str] = ()
 ) -> ConfigurationVersion:
     """Version of ``config`` for its portfolio: the current one if its content is unchanged, else current + 1.
 
     Parameters
     ----------
-    config : stratopt.v1.OptimizationConfiguration
+    config : Configuration
         The configuration of a run or an upsert.
     current : ConfigurationHead or None
         The portfolio's current version; None when it has none.
@@ -120,13 +124,9 @@ def next_configuration_version(
         The configuration to store, its content and hash, its version and whether it is new.
     """
     if current is not None and inherit:
-        inherited = cmd_pb.OptimizationConfiguration()
-        inherited.CopyFrom(config)
-        for name in inherit:
-            setattr(inherited, name, getattr(current, name))
-        config = inherited
+        config = replace(config, **{name: getattr(current, name) for name in inherit})
     content = configuration_content(config)
-    digest = content_hash(content)
+    digest = content_hash(config)
     if current is not None and current.content_hash == digest:
         return ConfigurationVersion(config, content, digest, current.version, new=False)
     version = 1 if current is None else current.version + 1
@@ -136,7 +136,7 @@ def next_configuration_version(
 def configuration_row(version: ConfigurationVersion) -> dict[str, Any]:
     """The stored columns of a configuration version (its content in the stored schema, no version or time).
 
-    ``objective`` and ``method`` are the contract's enum names (text columns); ``strategies``, ``constraints``,
+    ``objective`` and ``method`` are the stored enum names (text columns); ``strategies``, ``constraints``,
     ``risk_parameters`` and ``black_litterman`` are JSON objects of ``command_side.configuration_records``.
     """
     config = version.configuration
@@ -153,24 +153,25 @@ def configuration_row(version: ConfigurationVersion) -> dict[str, Any]:
 
 def configuration_from_row(
     *, portfolio_id: str, version: int, row: Mapping[str, Any], created_at: datetime
-) -> cmd_pb.OptimizationConfiguration:
+) -> Configuration:
     """The stored configuration as returned by a store, from its row (JSON columns as text or decoded)."""
 
     def load(value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
 
-    config = cmd_pb.OptimizationConfiguration(
+    if created_at.tzinfo is None:
+        created_at = created_at.replace(tzinfo=UTC)
+    return Configuration(
         portfolio_id=portfolio_id,
         version=version,
-        objective=pb.Objective.Value(row["objective"]),
-        method=pb.OptimizationMethod.Value(row["method"]),
+        objective=row["objective"],
+        method=row["method"],
         lookback_periods=row["lookback_periods"],
         market_symbol=row["market_symbol"],
         enabled=row["enabled"],
+        created_at=created_at,
+        **configuration_content_from_columns({name: load(row[name]) for name in CONTENT_COLUMNS}),
     )
-    fill_configuration({name: load(row[name]) for name in CONTENT_COLUMNS}, config)
-    config.created_at.CopyFrom(datetime_to_timestamp(created_at))
-    return config
 
 
 def configuration_not_found(portfolio_id: str, version: int = 0) -> NotFoundError:
@@ -309,7 +310,7 @@ class OptimizationStore(Protocol):
     async def persist_run(
         self,
         *,
-        configuration: cmd_pb.OptimizationConfiguration,
+        configuration: Configuration,
         result: ResultRecord,
         request_hash: str,
         run_inputs: Mapping[str, Any],
@@ -331,9 +332,7 @@ class OptimizationStore(Protocol):
         """
         ...
 
-    async def upsert_configuration(
-        self, config: cmd_pb.OptimizationConfiguration
-    ) -> tuple[cmd_pb.OptimizationConfiguration, bool]:
+    async def upsert_configuration(self, config: Configuration) -> tuple[Configuration, bool]:
         """Store ``config`` as a new version unless its content equals the current version's.
 
         Returns
@@ -343,7 +342,7 @@ class OptimizationStore(Protocol):
         """
         ...
 
-    async def get_configuration(self, portfolio_id: str, version: int = 0) -> cmd_pb.OptimizationConfiguration:
+    async def get_configuration(self, portfolio_id: str, version: int = 0) -> Configuration:
         """One configuration version (0 = latest).
 
         Raises
@@ -353,9 +352,7 @@ class OptimizationStore(Protocol):
         """
         ...
 
-    async def list_configurations(
-        self, *, after_portfolio_id: str, limit: int
-    ) -> list[cmd_pb.OptimizationConfiguration]:
+    async def list_configurations(self, *, after_portfolio_id: str, limit: int) -> list[Configuration]:
         """Latest configuration of each portfolio with id > ``after_portfolio_id`` (code-point order), by id."""
         ...
 
@@ -405,7 +402,7 @@ class InMemoryOptimizationStore(OptimizationStore):
 
     def __init__(self, clock: Callable[[], datetime] | None = None) -> None:
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._configurations: dict[str, list[cmd_pb.OptimizationConfiguration]] = {}
+        self._configurations: dict[str, list[Configuration]] = {}
         self._heads: dict[str, list[ConfigurationHead]] = {}
         self._runs: list[RecordedRun] = []
         self._results_by_request: dict[str, RecordedRun] = {}
@@ -443,14 +440,14 @@ class InMemoryOptimizationStore(OptimizationStore):
         heads = self._heads.get(portfolio_id)
         return heads[-1] if heads else None
 
-    def _stage(self, version: ConfigurationVersion, now: datetime) -> cmd_pb.OptimizationConfiguration:
+    def _stage(self, version: ConfigurationVersion, now: datetime) -> Configuration:
         """The stored form of a configuration version (as the PostgreSQL store reads it back)."""
         row = json.loads(json.dumps(configuration_row(version), allow_nan=False))
         return configuration_from_row(
             portfolio_id=version.configuration.portfolio_id, version=version.version, row=row, created_at=now
         )
 
-    def _commit(self, version: ConfigurationVersion, stored: cmd_pb.OptimizationConfiguration) -> None:
+    def _commit(self, version: ConfigurationVersion, stored: Configuration) -> None:
         config = version.configuration
         self._configurations.setdefault(config.portfolio_id, []).append(stored)
         self._heads.setdefault(config.portfolio_id, []).append(
@@ -466,7 +463,7 @@ class InMemoryOptimizationStore(OptimizationStore):
     async def persist_run(
         self,
         *,
-        configuration: cmd_pb.OptimizationConfiguration,
+        configuration: Configuration,
         result: ResultRecord,
         request_hash: str,
         run_inputs: Mapping[str, Any],
@@ -502,38 +499,34 @@ class InMemoryOptimizationStore(OptimizationStore):
             self._results_by_request[request_id] = run
         return result
 
-    async def upsert_configuration(
-        self, config: cmd_pb.OptimizationConfiguration
-    ) -> tuple[cmd_pb.OptimizationConfiguration, bool]:
+    async def upsert_configuration(self, config: Configuration) -> tuple[Configuration, bool]:
         """Store ``config`` unless unchanged; see :meth:`OptimizationStore.upsert_configuration`."""
         version = next_configuration_version(config, self._head(config.portfolio_id))
         if not version.new:
             return self._version(config.portfolio_id, version.version), False
         stored = self._stage(version, self._clock())
         self._commit(version, stored)
-        return _copy(stored), True
+        return stored, True
 
-    def _version(self, portfolio_id: str, version: int) -> cmd_pb.OptimizationConfiguration:
+    def _version(self, portfolio_id: str, version: int) -> Configuration:
         for config in self._configurations.get(portfolio_id, ()):
             if config.version == version:
-                return _copy(config)
+                return config
         raise configuration_not_found(portfolio_id, version)
 
-    async def get_configuration(self, portfolio_id: str, version: int = 0) -> cmd_pb.OptimizationConfiguration:
+    async def get_configuration(self, portfolio_id: str, version: int = 0) -> Configuration:
         """One configuration version (0 = latest); ``NotFoundError`` when absent."""
         if not version:
             versions = self._configurations.get(portfolio_id)
             if not versions:
                 raise configuration_not_found(portfolio_id)
-            return _copy(versions[-1])
+            return versions[-1]
         return self._version(portfolio_id, version)
 
-    async def list_configurations(
-        self, *, after_portfolio_id: str, limit: int
-    ) -> list[cmd_pb.OptimizationConfiguration]:
+    async def list_configurations(self, *, after_portfolio_id: str, limit: int) -> list[Configuration]:
         """Latest configuration of each portfolio with id > ``after_portfolio_id``, ordered by id."""
         ids = sorted(p for p, versions in self._configurations.items() if versions and p > after_portfolio_id)
-        return [_copy(self._configurations[p][-1]) for p in ids[:limit]]
+        return [self._configurations[p][-1] for p in ids[:limit]]
 
     async def ingest_bars(self, bars: Iterable[Bar]) -> int:
         """Upsert price bars; the rows written (distinct ``(symbol, timestamp)`` of the message)."""
@@ -543,9 +536,3 @@ class InMemoryOptimizationStore(OptimizationStore):
         for (symbol, stamp), bar in latest.items():
             self._bars.setdefault(symbol, {})[stamp] = bar
         return len(latest)
-
-
-def _copy(config: cmd_pb.OptimizationConfiguration) -> cmd_pb.OptimizationConfiguration:
-    copied = cmd_pb.OptimizationConfiguration()
-    copied.CopyFrom(config)
-    return copied

@@ -19,6 +19,7 @@ import asyncpg
 
 from command_side.optimization_store import (
     Bar,
+    Configuration,
     ConfigurationHead,
     OptimizationStore,
     PriceWindow,
@@ -33,9 +34,7 @@ from command_side.optimization_store import (
 )
 from command_side.postgres_errors import Connection, postgres_errors
 from command_side.postgres_errors import operational_errors as database_errors
-from command_side.records import ResultRecord, run_inputs_json
-from stratopt.v1 import command_service_pb2 as cmd_pb
-from stratopt.v1 import types_pb2 as pb
+from command_side.result_records import ResultRecord, run_inputs_json
 
 # ``Connection`` and ``database_errors`` are re-exported for command_side.rebalancing_repository, which imports
 # them from here: its ``store_errors`` wraps the connection-only translation and maps constraint violations to
@@ -110,7 +109,7 @@ class PostgresOptimizationStore(OptimizationStore):
     async def persist_run(
         self,
         *,
-        configuration: cmd_pb.OptimizationConfiguration,
+        configuration: Configuration,
         result: ResultRecord,
         request_hash: str,
         run_inputs: Mapping[str, Any],
@@ -134,8 +133,8 @@ class PostgresOptimizationStore(OptimizationStore):
                 result, event_id=event_id, result_id=result_id, configuration_version=version, timestamp=now
             )
             meta = record.metadata
-            objective = pb.Objective.Name(configuration.objective)
-            method = pb.OptimizationMethod.Name(configuration.method)
+            objective = configuration.objective
+            method = configuration.method
             weights = _json(record.weights)
             metadata = _json(record.metadata.to_json())
             request_id = record.request_id or None
@@ -181,9 +180,7 @@ class PostgresOptimizationStore(OptimizationStore):
         return record
 
     @staticmethod
-    async def _store_configuration(
-        conn: Connection, config: cmd_pb.OptimizationConfiguration, inherit: tuple[str, ...] = ()
-    ) -> int:
+    async def _store_configuration(conn: Connection, config: Configuration, inherit: tuple[str, ...] = ()) -> int:
         """Version of ``config`` for its portfolio, written when new (see ``next_configuration_version``)."""
         row = await conn.fetchrow(
             "SELECT version, content_hash, enabled, lookback_periods, market_symbol "
@@ -215,9 +212,7 @@ class PostgresOptimizationStore(OptimizationStore):
         )  # fmt: skip
         return stored.version
 
-    async def upsert_configuration(
-        self, config: cmd_pb.OptimizationConfiguration
-    ) -> tuple[cmd_pb.OptimizationConfiguration, bool]:
+    async def upsert_configuration(self, config: Configuration) -> tuple[Configuration, bool]:
         """Store ``config`` unless unchanged; see :meth:`OptimizationStore.upsert_configuration`."""
         async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", config.portfolio_id)
@@ -234,7 +229,7 @@ class PostgresOptimizationStore(OptimizationStore):
         assert row is not None  # written (or found) in this transaction
         return _configuration_from_row(row), before is None or version > before
 
-    async def get_configuration(self, portfolio_id: str, version: int = 0) -> cmd_pb.OptimizationConfiguration:
+    async def get_configuration(self, portfolio_id: str, version: int = 0) -> Configuration:
         """One configuration version (0 = latest); ``NotFoundError`` when absent."""
         async with postgres_errors(), self._pool.acquire() as conn:
             if version:
@@ -252,9 +247,7 @@ class PostgresOptimizationStore(OptimizationStore):
             raise configuration_not_found(portfolio_id, version)
         return _configuration_from_row(row)
 
-    async def list_configurations(
-        self, *, after_portfolio_id: str, limit: int
-    ) -> list[cmd_pb.OptimizationConfiguration]:
+    async def list_configurations(self, *, after_portfolio_id: str, limit: int) -> list[Configuration]:
         """Latest configuration of each portfolio with id > ``after_portfolio_id``, ordered by id."""
         async with postgres_errors(), self._pool.acquire() as conn:
             rows = await conn.fetch(
@@ -288,7 +281,7 @@ class PostgresOptimizationStore(OptimizationStore):
         return int(result.split()[-1])
 
 
-def _configuration_from_row(row: asyncpg.Record) -> cmd_pb.OptimizationConfiguration:
+def _configuration_from_row(row: asyncpg.Record) -> Configuration:
     return configuration_from_row(
         portfolio_id=row["portfolio_id"], version=row["version"], row=dict(row), created_at=row["created_at"]
     )

@@ -2,8 +2,9 @@
 
 Before: the ``strategies``, ``constraints``, ``risk_parameters`` and ``black_litterman`` columns of
 ``optimization_configurations`` held protobuf's JSON mapping with the proto field names (``{}`` for an unset
-message). After: the objects of ``command_side.configuration_records``, each with ``schema_version``. The
-``content_hash`` column is unchanged: it is computed from the contract message, not from the stored form.
+message). After: the objects of ``command_side.configuration_records``, each with ``schema_version`` (the message
+parsed from the old JSON is converted to the domain's configuration, which the current writer takes). The
+``content_hash`` column is left as it is here; ``0011_stored_symbol_keys`` recomputes every hash.
 Rows already converted (``constraints`` with ``schema_version``) are left alone. The rows are written by
 the current ``configuration_columns`` (today schema_version 2, which ``0011_stored_symbol_keys`` leaves as it
 is). yoyo applies it in one transaction. There is no rollback.
@@ -17,6 +18,7 @@ from typing import Any
 from google.protobuf import json_format
 from yoyo import step
 
+from command_side.configuration_messages import configuration_from_message
 from command_side.configuration_records import configuration_columns
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
@@ -57,7 +59,7 @@ def configurations_to_records(conn: Any) -> None:
         inputs = _loaded(black_litterman)
         if inputs:
             json_format.ParseDict(inputs, config.black_litterman, ignore_unknown_fields=True)
-        columns = configuration_columns(config)
+        columns = configuration_columns(configuration_from_message(config))
         updates.append(
             (
                 _json(columns["strategies"]),

@@ -4,8 +4,9 @@ Before (schema_version 1, migration ``0010_stored_configuration_records``): each
 ``optimization_configurations.strategies`` named its identifier ``strategy_id``, and the four content columns
 (``strategies``, ``constraints``, ``risk_parameters``, ``black_litterman``) carried ``schema_version`` 1. After:
 the key is ``symbol`` and every content column carries ``schema_version`` 2 (nothing else changes). The
-``content_hash`` of every configuration is recomputed, since the contract field behind it (``Strategy.symbol``,
-formerly ``strategy_id``) names the key of the hashed content. Rows already in version 2 keep their content. The
+``content_hash`` of every configuration is recomputed with the current
+``command_side.configuration_records.content_hash`` (the sha256 of the stored form of the content), so an unchanged
+configuration submitted again hashes alike and makes no new version. Rows already in version 2 keep their content. The
 ``black_litterman`` column's default becomes version 2. yoyo applies it in one transaction. There is no rollback.
 """
 
@@ -17,8 +18,7 @@ from typing import Any
 
 from yoyo import step
 
-from command_side.configuration_records import CONTENT_COLUMNS
-from command_side.mapping import configuration_content, content_hash
+from command_side.configuration_records import CONTENT_COLUMNS, content_hash
 from command_side.optimization_store import configuration_from_row
 
 __depends__ = {"0010_stored_configuration_records"}
@@ -75,7 +75,7 @@ def configurations_to_version_2(conn: Any) -> None:
         updates.append(
             (
                 *(_json(columns[name]) for name in CONTENT_COLUMNS),
-                content_hash(configuration_content(config)),
+                content_hash(config),
                 row["portfolio_id"],
                 row["version"],
             )

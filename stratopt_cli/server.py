@@ -79,7 +79,7 @@ class StratoptServer:
             await self._solver_pool.warm_up()
             names += command_side.register(
                 server,
-                optimization=command_side.OptimizationService(
+                optimization=command_side.optimization_service(
                     command_side.PostgresOptimizationStore(self._pool), self._solver_pool
                 ),
                 allocation=command_side.AllocationService(

@@ -2,8 +2,9 @@
 
 The service takes plain commands and returns plain results (``command_side.optimization_commands``); these tests
 build them from the engine's domain types. Idempotency, all-or-nothing storage around the engine, stored-price
-inputs, configurations and batches, with expected weights from closed forms. The one contract message left is the
-configuration (the stores version it in the contract's form).
+inputs, configurations and batches, with expected weights from closed forms. Configurations are the domain's
+dataclass (``command_side.configuration``); RunConfiguration's ``command_for`` is a plain function here (the
+server injects the adapter's), so nothing in this module touches the contract.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 
 from command_side.application import OptimizationService
+from command_side.configuration import OptimizationConfiguration, Strategy
 from command_side.optimization_commands import (
     BatchCommand,
     FrontierCommand,
@@ -45,8 +47,6 @@ from services.errors import (
 )
 from services.optimization import Objective, PortfolioProblem
 from services.types import EstimationSettings, Moments
-from stratopt.v1 import command_service_pb2 as cmd_pb
-from stratopt.v1 import types_pb2 as pb
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 MIN_VOLATILITY_WEIGHTS = [9 / 13, 4 / 13]
@@ -74,24 +74,27 @@ class InProcessSolver:
         return efficient_frontier(job, points)
 
 
+def command_for(config: OptimizationConfiguration, request_id: str) -> OptimizeCommand:
+    """RunConfiguration's command of a :func:`configuration`: min volatility on its window of stored prices."""
+    window = MarketDataWindow(lookback_periods=config.lookback_periods, market_symbol=config.market_symbol)
+    return replace(min_volatility(config.portfolio_id, request_id, inputs=window), configuration=config)
+
+
 def service(store: InMemoryOptimizationStore, solver: InProcessSolver) -> OptimizationService:
-    return OptimizationService(store, solver)  # InProcessSolver has the interface of SolverPool
+    # InProcessSolver has the interface of SolverPool
+    return OptimizationService(store, solver, command_for=command_for)
 
 
-def configuration(
-    portfolio_id: str, *, lookback_periods: int = 0, enabled: bool = True
-) -> cmd_pb.OptimizationConfiguration:
-    """The stored configuration of a min-volatility run over strategies A and B (the contract's form)."""
-    config = cmd_pb.OptimizationConfiguration(
+def configuration(portfolio_id: str, *, lookback_periods: int = 0, enabled: bool = True) -> OptimizationConfiguration:
+    """The configuration of a min-volatility run over strategies A and B."""
+    return OptimizationConfiguration(
         portfolio_id=portfolio_id,
-        objective=pb.OBJECTIVE_MIN_VOLATILITY,
-        method=pb.OPTIMIZATION_METHOD_MEAN_VARIANCE,
+        objective="OBJECTIVE_MIN_VOLATILITY",
+        method="OPTIMIZATION_METHOD_MEAN_VARIANCE",
         lookback_periods=lookback_periods,
         enabled=enabled,
+        strategies=(Strategy(symbol="A"), Strategy(symbol="B")),
     )
-    config.strategies.add(symbol="A")
-    config.strategies.add(symbol="B")
-    return config
 
 
 def min_volatility(
@@ -259,8 +262,8 @@ def test_run_configuration_reruns_the_stored_configuration_and_its_retry_replays
         assert (stored.configuration.version, stored.created) == (1, True)
         first = await optimizer.run_configuration("cfg", "rerun-1", time_remaining_s=None)
         # An edit after the run does not change the answer to a retry of the same request_id.
-        config.objective = pb.OBJECTIVE_MAX_SHARPE
-        await optimizer.upsert_configuration(config)
+        edited = await optimizer.upsert_configuration(replace(config, objective="OBJECTIVE_MAX_SHARPE"))
+        assert (edited.configuration.version, edited.created) == (2, True)
         retry = await optimizer.run_configuration("cfg", "rerun-1", time_remaining_s=None)
         return first, retry
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from command_side import configuration as domain
 from command_side.configuration_records import (
     BLACK_LITTERMAN,
     CONSTRAINTS,
@@ -20,7 +24,8 @@ from command_side.configuration_records import (
     VIEW,
     WEIGHT_BOUNDS,
     configuration_columns,
-    fill_configuration,
+    configuration_content_from_columns,
+    content_hash,
 )
 from command_side.records import SchemaError
 from stratopt.v1 import command_service_pb2 as cmd_pb
@@ -71,33 +76,85 @@ def full_configuration(portfolio_id: str = "cfg") -> cmd_pb.OptimizationConfigur
     return config
 
 
-def stored_and_read(config: cmd_pb.OptimizationConfiguration) -> cmd_pb.OptimizationConfiguration:
+def full_domain_configuration(portfolio_id: str = "cfg") -> domain.OptimizationConfiguration:
+    """:func:`full_configuration` as the domain's dataclass, written out by hand."""
+    return domain.OptimizationConfiguration(
+        portfolio_id=portfolio_id,
+        objective="OBJECTIVE_MULTI_OBJECTIVE",
+        method="OPTIMIZATION_METHOD_BLACK_LITTERMAN",
+        lookback_periods=252,
+        market_symbol="SPY",
+        enabled=True,
+        strategies=(
+            domain.Strategy(symbol="A", sector="Tech", classifications={"country": "US", "style": "growth"}),
+            domain.Strategy(symbol="B", sector="Energy"),
+        ),
+        constraints=domain.OptimizationConstraints(
+            min_weight=-0.1,
+            max_weight=0.7,
+            strategy_bounds={"A": domain.WeightBounds(max_weight=0.5), "B": domain.WeightBounds(min_weight=0.0)},
+            sector_limits=(
+                domain.SectorLimit(sector="Tech", max_weight=0.6),
+                domain.SectorLimit(sector="US", min_weight=0.1, scheme="country"),
+            ),
+            min_return=0.05,
+            max_volatility=0.2,
+            turnover_limit=0.5,
+            turnover_caps={"A": 0.2},
+            leverage_limit=1.3,
+            transaction_costs_bps={"A": 5.0, "B": 10.0},
+            benchmark_weights={"A": 0.5, "B": 0.5},
+            tracking_error_limit=0.05,
+            betas={"A": 1.2, "B": 0.8},
+            beta_tolerance=0.1,
+            max_holdings=2,
+            min_position_weight=0.05,
+            min_net_exposure=0.9,
+            max_net_exposure=1.1,
+            allow_relaxation=True,
+        ),
+        risk_parameters=domain.RiskParameters(
+            risk_free_rate=0.02,
+            risk_aversion=2.5,
+            periods_per_year=52,
+            returns_estimator="EMA",
+            covariance_estimator="LEDOIT_WOLF",
+            ema_span=100,
+            compounding=False,
+            missing_data_policy="COMMON_WINDOW",
+            risk_measure="CVAR",
+            confidence_level=0.9,
+            linkage_method="WARD",
+            risk_budgets={"A": 0.6, "B": 0.4},
+            robust=domain.RobustParameters(uncertainty_set="BOX", confidence_level=0.9, observations=500),
+            multi_objective=domain.MultiObjectiveWeights(return_weight=1.0, turnover_weight=0.1),
+        ),
+        black_litterman=domain.BlackLittermanInputs(
+            market_caps={"A": 2e12, "B": 5e11},
+            risk_aversion=2.5,
+            tau=0.05,
+            views=(domain.View(weights={"A": 1.0, "B": -1.0}, expected_return=0.02, confidence=0.6),),
+            omega=(0.0004,),
+        ),
+    )
+
+
+def stored_and_read(config: domain.OptimizationConfiguration) -> domain.OptimizationConfiguration:
     columns = json.loads(json.dumps(configuration_columns(config), allow_nan=False))
-    read = cmd_pb.OptimizationConfiguration()
-    fill_configuration(columns, read)
-    return read
-
-
-def content_of(config: cmd_pb.OptimizationConfiguration) -> cmd_pb.OptimizationConfiguration:
-    content = cmd_pb.OptimizationConfiguration()
-    content.strategies.extend(config.strategies)
-    for name in ("constraints", "risk_parameters", "black_litterman"):
-        if config.HasField(name):  # type: ignore[arg-type]
-            getattr(content, name).CopyFrom(getattr(config, name))
-    return content
+    return replace(config, **configuration_content_from_columns(columns))
 
 
 def test_every_field_of_the_content_survives_the_stored_columns() -> None:
-    config = full_configuration()
-    assert stored_and_read(config) == content_of(config)
+    config = full_domain_configuration()
+    assert stored_and_read(config) == config
 
 
-def test_unset_messages_stay_unset() -> None:
-    config = cmd_pb.OptimizationConfiguration(portfolio_id="p")
-    config.strategies.add(symbol="A")
+def test_unset_values_stay_unset() -> None:
+    config = domain.OptimizationConfiguration(portfolio_id="p", strategies=(domain.Strategy(symbol="A"),))
     read = stored_and_read(config)
-    assert not read.HasField("constraints") and not read.HasField("risk_parameters")
-    assert not read.HasField("black_litterman")
+    assert read == config
+    assert read.constraints == domain.OptimizationConstraints() and read.risk_parameters == domain.RiskParameters()
+    assert read.black_litterman is None
     columns = configuration_columns(config)
     assert columns["black_litterman"] == {"schema_version": 2, "inputs": None}
     assert columns["strategies"] == {
@@ -107,7 +164,7 @@ def test_unset_messages_stay_unset() -> None:
 
 
 def test_stored_keys_units_and_enums() -> None:
-    columns = configuration_columns(full_configuration())
+    columns = configuration_columns(full_domain_configuration())
     constraints, risk = columns["constraints"], columns["risk_parameters"]
     assert constraints["schema_version"] == 2 and risk["schema_version"] == 2
     assert constraints["max_holdings"] == 2
@@ -132,14 +189,40 @@ def test_stored_keys_units_and_enums() -> None:
 def test_a_column_of_another_schema_version_is_refused() -> None:
     for name in CONTENT_COLUMNS:
         for version in (1, 3):  # version 1 (``strategy_id``) exists only before migration 0011
-            columns = json.loads(json.dumps(configuration_columns(full_configuration())))
+            columns = json.loads(json.dumps(configuration_columns(full_domain_configuration())))
             columns[name]["schema_version"] = version
             with pytest.raises(SchemaError):
-                fill_configuration(columns, cmd_pb.OptimizationConfiguration())
-    columns = json.loads(json.dumps(configuration_columns(full_configuration())))
+                configuration_content_from_columns(columns)
+    columns = json.loads(json.dumps(configuration_columns(full_domain_configuration())))
     columns["strategies"]["schema_version"] = None
     with pytest.raises(SchemaError):
-        fill_configuration(columns, cmd_pb.OptimizationConfiguration())
+        configuration_content_from_columns(columns)
+
+
+def test_the_content_hash_is_the_sha256_of_the_stored_form() -> None:
+    config = full_domain_configuration()
+    stored = {
+        "objective": "OBJECTIVE_MULTI_OBJECTIVE",
+        "method": "OPTIMIZATION_METHOD_BLACK_LITTERMAN",
+        **configuration_columns(config),
+        "lookback_periods": 252,
+        "market_symbol": "SPY",
+        "enabled": True,
+    }
+    canonical = json.dumps(stored, sort_keys=True, separators=(",", ":"))
+    assert content_hash(config) == hashlib.sha256(canonical.encode()).hexdigest()
+    # Neither the portfolio, the version nor the time is content; every stored value is.
+    moved = replace(config, portfolio_id="other", version=7, created_at=datetime(2026, 1, 1, tzinfo=UTC))
+    assert content_hash(moved) == content_hash(config)
+    assert content_hash(stored_and_read(config)) == content_hash(config)
+    for changed in (
+        replace(config, enabled=False),
+        replace(config, lookback_periods=0),
+        replace(config, strategies=config.strategies[:1]),
+        replace(config, constraints=replace(config.constraints, max_holdings=None)),
+        replace(config, black_litterman=None),
+    ):
+        assert content_hash(changed) != content_hash(config)
 
 
 def test_every_stored_key_is_documented() -> None:

@@ -2,8 +2,10 @@
 
 import-linter's contracts (pyproject.toml) keep the rooms apart; this test checks the line inside the command side
 that they do not: ``command_side/application.py`` and the commands and results it takes and returns
-(``command_side/optimization_commands.py``) import no ``stratopt.v1`` type, no protobuf and no gRPC. The
-conversions live in ``command_side/optimization_adapter.py`` and ``command_side/mapping.py``.
+(``command_side/optimization_commands.py``) import no ``stratopt.v1`` type, no protobuf and no gRPC, neither
+directly nor through the command-side modules they import (the stores, the configuration and its stored schema,
+the result records, ...). The conversions live in ``command_side/optimization_adapter.py``,
+``command_side/mapping.py`` and ``command_side/configuration_messages.py``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,48 @@ def is_contract(module: str) -> bool:
 def test_the_application_layer_imports_no_contract_type(module: str) -> None:
     offenders = [name for name in imported_modules(COMMAND_SIDE / module) if is_contract(name)]
     assert offenders == []
+
+
+def command_side_imports(module: str) -> set[str]:
+    """The ``command_side`` modules ``module`` (a ``command_side`` module name) imports, transitively, itself too."""
+    seen: set[str] = set()
+    pending = [module]
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = COMMAND_SIDE / (name.removeprefix("command_side.").replace(".", "/") + ".py")
+        if name == "command_side":
+            path = COMMAND_SIDE / "__init__.py"
+        if not path.exists():  # ``command_side.x.Name``: a name imported from module x
+            continue
+        for imported in imported_modules(path):
+            if imported == "command_side" or imported.startswith("command_side."):
+                pending.append(imported)
+    return {name for name in seen if (COMMAND_SIDE / (name.removeprefix("command_side.") + ".py")).exists()}
+
+
+@pytest.mark.parametrize("module", ["command_side.application", "command_side.optimization_commands"])
+def test_no_module_the_application_imports_imports_a_contract_type(module: str) -> None:
+    reached = command_side_imports(module)
+    assert {"command_side.optimization_store", "command_side.configuration_records"} <= reached or (
+        module != "command_side.application"
+    )
+    offenders = {
+        name: contract
+        for name in sorted(reached)
+        if (contract := [m for m in imported_modules(COMMAND_SIDE / (name.removeprefix("command_side.") + ".py"))
+                         if is_contract(m)])
+    }  # fmt: skip
+    assert offenders == {}
+
+
+def test_the_transitive_check_sees_a_contract_import() -> None:
+    """Through the adapter, the mapping and the records the walk reaches the contract."""
+    reached = command_side_imports("command_side.optimization_adapter")
+    assert {"command_side.mapping", "command_side.configuration_messages", "command_side.records"} <= reached
+    assert "command_side.optimization_commands" in reached and "command_side.application" in reached
 
 
 def test_the_check_sees_a_contract_import() -> None:

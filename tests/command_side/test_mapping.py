@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from command_side.configuration_messages import configuration_from_message
+from command_side.configuration_records import configuration_content, content_hash
 from command_side.mapping import (
-    configuration_content,
     configuration_from_request,
-    content_hash,
     datetime_to_timestamp,
     normalize_configuration,
     optimize_request_from_configuration,
@@ -168,14 +168,19 @@ def test_a_stored_configuration_reruns_as_the_request_that_implied_it() -> None:
 
 
 def test_configuration_content_hash_follows_the_content() -> None:
-    config = configuration_from_request(returns_request())
+    message = configuration_from_request(returns_request())
+    config = configuration_from_message(message)
     content = configuration_content(config)
     assert content["objective"] == "OBJECTIVE_MAX_SHARPE"
     assert content["method"] == "OPTIMIZATION_METHOD_MEAN_VARIANCE"
-    assert content["strategies"][2] == {"symbol": "C", "sector": "Tech", "classifications": {"region": "EU"}}
-    assert content_hash(content) == content_hash(configuration_content(config))
-    config.enabled = False
-    assert content_hash(configuration_content(config)) != content_hash(content)
+    assert content["strategies"]["strategies"][2] == {
+        "symbol": "C",
+        "sector": "Tech",
+        "classifications": {"region": "EU"},
+    }
+    assert content_hash(config) == content_hash(configuration_from_message(message))
+    message.enabled = False
+    assert content_hash(configuration_from_message(message)) != content_hash(config)
 
 
 def test_normalize_configuration_names_fields_under_its_prefix() -> None:

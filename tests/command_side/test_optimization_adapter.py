@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -16,9 +17,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from command_side import optimization_adapter as adapter
 from command_side.application import MAX_BATCH_SIZE
+from command_side.configuration import OptimizationConfiguration, OptimizationConstraints, Strategy
+from command_side.configuration_messages import configuration_from_message, configuration_message
 from command_side.optimization_commands import (
     BatchResult,
     ConfigurationPage,
+    ConfigurationUpsert,
     FrontierPoint,
     FrontierResult,
     IngestResult,
@@ -34,6 +38,7 @@ from services.optimization import Objective
 from services.types import Moments, ReturnHistory
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
+from tests.command_side.test_configuration_records import full_configuration, full_domain_configuration
 
 T0 = datetime(2024, 1, 2, tzinfo=UTC)
 
@@ -109,7 +114,9 @@ def test_the_command_holds_the_requests_problem_inputs_and_key() -> None:
     np.testing.assert_array_equal(command.inputs.returns, [[0.01, 0.0], [-0.02, 0.01], [0.03, 0.02]])
     assert command.inputs.market_returns is not None
     np.testing.assert_array_equal(command.inputs.market_returns, [0.005, -0.01, 0.02])
-    assert command.configuration.portfolio_id == "p-1" and not command.configuration.strategies[0].returns
+    # The configuration is the domain's: symbols and groups, no returns or current weights.
+    assert command.configuration.portfolio_id == "p-1"
+    assert [(s.symbol, s.sector) for s in command.configuration.strategies] == [("A", "Tech"), ("B", "Energy")]
 
 
 def test_inputs_become_moments_or_a_window_of_stored_prices() -> None:
@@ -275,11 +282,72 @@ def test_an_ingest_result_becomes_its_response() -> None:
 
 
 def test_a_configuration_page_becomes_its_response() -> None:
-    config = cmd_pb.OptimizationConfiguration(portfolio_id="a", version=2)
+    config = OptimizationConfiguration(portfolio_id="a", version=2, objective="OBJECTIVE_MAX_SHARPE")
     page = ConfigurationPage(configurations=(config,), next_page_token="tok")
     assert adapter.configuration_page_response(page) == cmd_pb.ListConfigurationsResponse(
-        configurations=[config], next_page_token="tok"
+        configurations=[
+            cmd_pb.OptimizationConfiguration(portfolio_id="a", version=2, objective=pb.OBJECTIVE_MAX_SHARPE)
+        ],
+        next_page_token="tok",
     )
+
+
+def test_a_full_configuration_converts_both_ways() -> None:
+    """Every field set: the message (written by hand) and the dataclass (written by hand) are each other's."""
+    created_at = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+    message = full_configuration("full")
+    message.version = 4
+    message.created_at.FromDatetime(created_at)
+    config = replace(full_domain_configuration("full"), version=4, created_at=created_at)
+    assert configuration_from_message(message) == config
+    assert configuration_message(config) == message
+    assert configuration_message(configuration_from_message(message)) == message
+
+
+def test_unset_messages_convert_to_defaults_and_back() -> None:
+    message = cmd_pb.OptimizationConfiguration(portfolio_id="p", objective=pb.OBJECTIVE_MIN_VOLATILITY)
+    message.strategies.add(symbol="A")
+    config = configuration_from_message(message)
+    assert config == OptimizationConfiguration(
+        portfolio_id="p", objective="OBJECTIVE_MIN_VOLATILITY", strategies=(Strategy(symbol="A"),)
+    )
+    back = configuration_message(config)
+    assert back == message
+    assert not back.HasField("constraints") and not back.HasField("risk_parameters")
+    assert not back.HasField("black_litterman") and not back.HasField("created_at")
+
+
+def test_upsert_and_get_convert_the_configuration() -> None:
+    def message() -> cmd_pb.OptimizationConfiguration:
+        config = cmd_pb.OptimizationConfiguration(
+            portfolio_id="up",
+            objective=pb.OBJECTIVE_MAX_SHARPE,
+            method=pb.OPTIMIZATION_METHOD_MEAN_VARIANCE,
+            constraints=pb.OptimizationConstraints(max_weight=0.7),
+            lookback_periods=20,
+            enabled=True,
+        )
+        config.strategies.add(symbol="A", sector="Tech")
+        config.strategies.add(symbol="B", sector="Energy")
+        return config
+
+    command = adapter.upsert_configuration_command(cmd_pb.UpsertConfigurationRequest(configuration=message()))
+    assert command == OptimizationConfiguration(
+        portfolio_id="up",
+        objective="OBJECTIVE_MAX_SHARPE",
+        method="OPTIMIZATION_METHOD_MEAN_VARIANCE",
+        constraints=OptimizationConstraints(max_weight=0.7),
+        lookback_periods=20,
+        enabled=True,
+        strategies=(Strategy(symbol="A", sector="Tech"), Strategy(symbol="B", sector="Energy")),
+    )
+    stored = replace(command, version=1, created_at=T0)
+    expected = message()
+    expected.version = 1
+    expected.created_at.FromDatetime(T0)
+    response = adapter.upsert_configuration_response(ConfigurationUpsert(configuration=stored, created=True))
+    assert response == cmd_pb.UpsertConfigurationResponse(configuration=expected, created=True)
+    assert adapter.get_configuration_response(stored) == cmd_pb.GetConfigurationResponse(configuration=expected)
 
 
 # --- batches, frontiers, ingestion ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,12 +18,12 @@ import asyncpg
 import numpy as np
 import pytest
 
+from command_side.configuration import OptimizationConfiguration, OptimizationConstraints, Strategy
 from command_side.optimization_store import InMemoryOptimizationStore, OptimizationStore
 from command_side.records import ResultRecord, RunMetadataRecord, response_from_record, result_record
 from command_side.repository import PostgresOptimizationStore
 from services.errors import IntegrityError, NotFoundError, PreconditionError
-from stratopt.v1 import command_service_pb2 as cmd_pb
-from stratopt.v1 import types_pb2 as pb
+from tests.command_side.test_configuration_records import full_domain_configuration
 from tests.command_side.test_records import rich_response
 
 DAY = timedelta(days=1)
@@ -34,20 +35,17 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def configuration(portfolio_id: str, **fields: Any) -> cmd_pb.OptimizationConfiguration:
+def configuration(portfolio_id: str, **fields: Any) -> OptimizationConfiguration:
     """A configuration as an Optimize call implies it (two strategies, max Sharpe, a weight cap)."""
-    config = cmd_pb.OptimizationConfiguration(
+    config = OptimizationConfiguration(
         portfolio_id=portfolio_id,
-        objective=pb.OBJECTIVE_MAX_SHARPE,
-        method=pb.OPTIMIZATION_METHOD_MEAN_VARIANCE,
-        constraints=pb.OptimizationConstraints(max_weight=0.7),
+        objective="OBJECTIVE_MAX_SHARPE",
+        method="OPTIMIZATION_METHOD_MEAN_VARIANCE",
+        constraints=OptimizationConstraints(max_weight=0.7),
         enabled=True,
+        strategies=(Strategy(symbol="A", sector="Tech"), Strategy(symbol="B", sector="Energy")),
     )
-    config.strategies.add(symbol="A", sector="Tech")
-    config.strategies.add(symbol="B", sector="Energy")
-    for name, value in fields.items():
-        setattr(config, name, value)
-    return config
+    return replace(config, **fields)
 
 
 def result(portfolio_id: str, request_id: str = "", weight_a: float = 0.6) -> ResultRecord:
@@ -81,7 +79,7 @@ def instant(nanoseconds: int | None) -> datetime:
 
 async def persist(
     store: OptimizationStore,
-    config: cmd_pb.OptimizationConfiguration,
+    config: OptimizationConfiguration,
     request_id: str = "",
     *,
     request_hash: str = "hash-1",
@@ -190,11 +188,11 @@ class OptimizationStoreContract:
         async def scenario(store: OptimizationStore) -> None:
             portfolio, request_id = unique("p"), unique("r")
             await persist(store, configuration(portfolio), request_id)
-            changed = configuration(portfolio, objective=pb.OBJECTIVE_MIN_VOLATILITY)
+            changed = configuration(portfolio, objective="OBJECTIVE_MIN_VOLATILITY")
             with pytest.raises(IntegrityError):
                 await persist(store, changed, request_id)
             latest = await store.get_configuration(portfolio)
-            assert (latest.version, latest.objective) == (1, pb.OBJECTIVE_MAX_SHARPE)
+            assert (latest.version, latest.objective) == (1, "OBJECTIVE_MAX_SHARPE")
             assert await self.stored_runs(store, portfolio) == (1, 1, 1)
             # The next successful run of the changed content takes the next version: none was used up.
             again = await persist(store, changed, unique("r"))
@@ -236,14 +234,14 @@ class OptimizationStoreContract:
         async def scenario(store: OptimizationStore) -> None:
             portfolio = unique("p")
             original = configuration(portfolio)
-            changed = configuration(portfolio, objective=pb.OBJECTIVE_MIN_VOLATILITY)
+            changed = configuration(portfolio, objective="OBJECTIVE_MIN_VOLATILITY")
             versions = []
             for config in (original, original, changed, original):
                 versions.append((await persist(store, config)).metadata.configuration_version)
             assert versions == [1, 1, 2, 3]
             first = await store.get_configuration(portfolio, 1)
-            assert (first.version, first.objective) == (1, pb.OBJECTIVE_MAX_SHARPE)
-            assert (await store.get_configuration(portfolio, 2)).objective == pb.OBJECTIVE_MIN_VOLATILITY
+            assert (first.version, first.objective) == (1, "OBJECTIVE_MAX_SHARPE")
+            assert (await store.get_configuration(portfolio, 2)).objective == "OBJECTIVE_MIN_VOLATILITY"
             assert (await store.get_configuration(portfolio)).version == 3
 
         self.run(scenario)
@@ -254,11 +252,11 @@ class OptimizationStoreContract:
             config = configuration(portfolio, lookback_periods=250, market_symbol="SPY")
             stored, created = await store.upsert_configuration(config)
             assert (stored.version, created) == (1, True)
-            assert stored.HasField("created_at")
+            assert stored.created_at is not None and stored.created_at.tzinfo is not None
             assert [(s.symbol, s.sector) for s in stored.strategies] == [("A", "Tech"), ("B", "Energy")]
             assert stored.constraints.max_weight == 0.7
             assert (stored.lookback_periods, stored.market_symbol, stored.enabled) == (250, "SPY", True)
-            assert not stored.HasField("black_litterman")
+            assert stored.black_litterman is None
             again, created = await store.upsert_configuration(config)
             assert (again.version, created) == (1, False)
             assert again == stored
@@ -266,6 +264,18 @@ class OptimizationStoreContract:
                 configuration(portfolio, lookback_periods=250, market_symbol="SPY", enabled=False)
             )
             assert (disabled.version, disabled.enabled, created) == (2, False, True)
+
+        self.run(scenario)
+
+    def test_a_full_configuration_round_trips(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            config = full_domain_configuration(unique("full"))
+            stored, created = await store.upsert_configuration(config)
+            assert created and stored.version == 1 and stored.created_at is not None
+            assert replace(stored, version=0, created_at=None) == config
+            assert await store.get_configuration(config.portfolio_id, 1) == stored
+            again, created = await store.upsert_configuration(config)
+            assert (again, created) == (stored, False)
 
         self.run(scenario)
 
@@ -302,10 +312,10 @@ class OptimizationStoreContract:
             prefix = unique("list") + "/"
             for name in ("c", "a", "b"):
                 await store.upsert_configuration(configuration(prefix + name))
-            await store.upsert_configuration(configuration(prefix + "a", objective=pb.OBJECTIVE_MIN_VOLATILITY))
+            await store.upsert_configuration(configuration(prefix + "a", objective="OBJECTIVE_MIN_VOLATILITY"))
             page = await store.list_configurations(after_portfolio_id=prefix, limit=2)
             assert [(c.portfolio_id, c.version) for c in page] == [(prefix + "a", 2), (prefix + "b", 1)]
-            assert page[0].objective == pb.OBJECTIVE_MIN_VOLATILITY
+            assert page[0].objective == "OBJECTIVE_MIN_VOLATILITY"
             rest = await store.list_configurations(after_portfolio_id=prefix + "b", limit=10)
             assert rest[0].portfolio_id == prefix + "c"
             assert all(not c.portfolio_id.startswith(prefix) for c in rest[1:])

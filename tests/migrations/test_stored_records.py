@@ -26,8 +26,9 @@ from yoyo import get_backend, read_migrations
 
 from command_side import trading_adapter
 from command_side.allocations_repository import PostgresAllocationCache
-from command_side.configuration_records import CONFIGURATION_SCHEMA_VERSION, configuration_columns
-from command_side.mapping import configuration_content, content_hash
+from command_side.configuration import OptimizationConfiguration
+from command_side.configuration_messages import configuration_from_message
+from command_side.configuration_records import CONFIGURATION_SCHEMA_VERSION, configuration_columns, content_hash
 from command_side.rebalancing_repository import PostgresTradingStore
 from command_side.records import response_from_record
 from command_side.repository import PostgresOptimizationStore
@@ -35,6 +36,7 @@ from query_side.repository import PostgresReadStore
 from query_side.servicer import OptimizationQueryServicer
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import query_service_pb2 as query_pb
+from stratopt.v1 import types_pb2 as pb
 from stratopt_cli.migrate import MIGRATIONS_DIR, _yoyo_url, migrate
 from tests.command_side.test_configuration_records import full_configuration
 from tests.command_side.test_records import rich_response
@@ -298,6 +300,22 @@ def test_trading_rows_of_the_previous_version_are_converted_and_read(previous_ve
 # --- configurations (migration 0010) -------------------------------------------------------------------------------
 
 
+def legacy_content(config: cmd_pb.OptimizationConfiguration) -> dict[str, Any]:
+    """A configuration's content as the writer before migration 0010 stored it: protobuf's JSON mapping."""
+
+    def as_dict(message: Any) -> Any:
+        return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+    return {
+        "objective": pb.Objective.Name(config.objective),
+        "method": pb.OptimizationMethod.Name(config.method),
+        "strategies": [as_dict(s) for s in config.strategies],
+        "constraints": as_dict(config.constraints),
+        "risk_parameters": as_dict(config.risk_parameters),
+        "black_litterman": as_dict(config.black_litterman),
+    }
+
+
 def old_strategy_keys(strategy: dict[str, Any]) -> dict[str, Any]:
     """A strategy object (stored or JSON mapping) with its identifier under the previous key, ``strategy_id``."""
     return {("strategy_id" if key == "symbol" else key): value for key, value in strategy.items()}
@@ -309,7 +327,7 @@ def test_configurations_of_the_previous_version_are_converted_and_read(previous_
     plain.strategies.add(symbol="A")
     with psycopg.connect(previous_version_dsn, autocommit=True) as conn:
         for version, config in ((1, plain), (2, full)):
-            content = configuration_content(config)  # the previous writer: protobuf JSON mapping
+            content = legacy_content(config)  # the previous writer: protobuf JSON mapping
             # ... of the contract of its time, whose Strategy named the identifier strategy_id
             content["strategies"] = [old_strategy_keys(s) for s in content["strategies"]]
             conn.execute(
@@ -332,7 +350,7 @@ def test_configurations_of_the_previous_version_are_converted_and_read(previous_
             assert all(column["schema_version"] == 2 for column in columns)
             assert all("symbol" in s and "strategy_id" not in s for s in columns[0]["strategies"])
 
-    async def read_back() -> list[cmd_pb.OptimizationConfiguration]:
+    async def read_back() -> list[OptimizationConfiguration]:
         pool = await asyncpg.create_pool(previous_version_dsn, min_size=1, max_size=2)
         try:
             store = PostgresOptimizationStore(pool)
@@ -341,11 +359,7 @@ def test_configurations_of_the_previous_version_are_converted_and_read(previous_
             await pool.close()
 
     for stored, config, version in zip(asyncio.run(read_back()), (plain, full), (1, 2), strict=True):
-        expected = cmd_pb.OptimizationConfiguration()
-        expected.CopyFrom(config)
-        expected.version = version
-        expected.created_at.FromDatetime(T0)
-        assert stored == expected
+        assert stored == replace(configuration_from_message(config), version=version, created_at=T0)
 
 
 # --- configuration content of schema_version 1 (migration 0011) ---------------------------------------------------
@@ -359,8 +373,11 @@ def test_configurations_of_schema_version_1_are_rewritten_with_symbol_keys(schem
     plain.strategies.add(symbol="B")
     with psycopg.connect(schema_version_1_dsn, autocommit=True) as conn:
         for version, config in ((1, full), (2, plain)):
-            content = configuration_content(config)
-            columns = {name: {**value, "schema_version": 1} for name, value in configuration_columns(config).items()}
+            content = legacy_content(config)
+            columns = {
+                name: {**value, "schema_version": 1}
+                for name, value in configuration_columns(configuration_from_message(config)).items()
+            }
             columns["strategies"]["strategies"] = [old_strategy_keys(s) for s in columns["strategies"]["strategies"]]
             conn.execute(
                 """INSERT INTO optimization_configurations (portfolio_id, version, objective, method, strategies,
@@ -385,7 +402,7 @@ def test_configurations_of_schema_version_1_are_rewritten_with_symbol_keys(schem
         for *columns, _ in rows:
             assert all(column["schema_version"] == CONFIGURATION_SCHEMA_VERSION == 2 for column in columns)
             assert all("symbol" in s and "strategy_id" not in s for s in columns[0]["strategies"])
-        assert [r[-1] for r in rows] == [content_hash(configuration_content(c)) for c in (full, plain)]
+        assert [r[-1] for r in rows] == [content_hash(configuration_from_message(c)) for c in (full, plain)]
         assert rows[1][0]["strategies"] == [
             {"symbol": "A", "sector": "Tech", "classifications": {}},
             {"symbol": "B", "sector": "", "classifications": {}},
@@ -400,12 +417,13 @@ def test_configurations_of_schema_version_1_are_rewritten_with_symbol_keys(schem
         ).fetchone() or (None,)
         assert default == {"schema_version": 2, "inputs": None}
 
-    async def read_back() -> tuple[list[cmd_pb.OptimizationConfiguration], bool]:
+    async def read_back() -> tuple[list[OptimizationConfiguration], bool]:
         pool = await asyncpg.create_pool(schema_version_1_dsn, min_size=1, max_size=2)
         try:
             store = PostgresOptimizationStore(pool)
             stored = [await store.get_configuration("version-1-config", version) for version in (1, 2)]
-            _, new = await store.upsert_configuration(plain)  # the same content: no new version
+            # the same content: no new version
+            _, new = await store.upsert_configuration(configuration_from_message(plain))
             return stored, new
         finally:
             await pool.close()
@@ -413,9 +431,5 @@ def test_configurations_of_schema_version_1_are_rewritten_with_symbol_keys(schem
     stored, new = asyncio.run(read_back())
     assert not new
     for read, config, version in zip(stored, (full, plain), (1, 2), strict=True):
-        expected = cmd_pb.OptimizationConfiguration()
-        expected.CopyFrom(config)
-        expected.version = version
-        expected.created_at.FromDatetime(T0)
-        assert read == expected
+        assert read == replace(configuration_from_message(config), version=version, created_at=T0)
     assert migrate(schema_version_1_dsn) == []
