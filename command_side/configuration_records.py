@@ -37,6 +37,10 @@ from command_side.configuration import (
 )
 from command_side.result_records import JsonObject, SchemaError, decode_float, encode_float
 
+CONFIGURATION_SCHEMA_VERSION: Final = 2
+"""Version of the four content columns written by this build. Version 2 (migration ``0011_stored_symbol_keys``)
+names a strategy's identifier ``symbol``; version 1 rows no longer exist after ``migrate``."""
+
 Kind = Literal["text", "number", "integer", "boolean", "enum", "record", "records", "numbers", "texts", "number_list"]
 
 
@@ -72,7 +76,7 @@ class Schema:
     """The dataclass of ``command_side.configuration`` it is converted to and from."""
     fields: tuple[Field, ...]
     """Its keys, in stored order."""
-    version: int = 2
+    version: int = CONFIGURATION_SCHEMA_VERSION
     """``schema_version`` of the object when it is stored top-level."""
 
     def to_json(self, value: Any, *, versioned: bool = True) -> JsonObject:
@@ -151,10 +155,6 @@ def _decode(f: Field, value: Any) -> Any:
         return tuple(f.record.from_json(v, versioned=False) for v in value)
     return str(value)  # text, enum
 
-
-CONFIGURATION_SCHEMA_VERSION: Final = 2
-"""Version of the four content columns written by this build. Version 2 (migration ``0011_stored_symbol_keys``)
-names a strategy's identifier ``symbol``; version 1 rows no longer exist after ``migrate``."""
 
 CONTENT_COLUMNS = ("strategies", "constraints", "risk_parameters", "black_litterman")
 """The ``jsonb`` columns of ``optimization_configurations`` written by :func:`configuration_columns`."""
