@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 import command_side
 import query_side
+from stratopt_cli.security import SecurityConfig
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,16 @@ class StratoptServer:
         ``command``, ``query`` or both.
     workers : int or None
         Solver worker processes (command side); default the CPU count.
+    security : SecurityConfig
+        TLS, mTLS, token authentication, self-approval (default: loopback development mode); see
+        ``stratopt_cli.security``. A non-loopback ``address`` without TLS and authentication is refused.
     """
 
     database_url: str
     address: str = "127.0.0.1:50051"
     sides: Iterable[str] = SIDES
     workers: int | None = None
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     port: int = field(default=0, init=False)
     _server: grpc.aio.Server | None = field(default=None, init=False, repr=False)
     _pool: asyncpg.Pool | None = field(default=None, init=False, repr=False)
@@ -60,8 +65,9 @@ class StratoptServer:
         unknown = sides - set(SIDES)
         if unknown or not sides:
             raise ValueError(f"sides must be a non-empty subset of {SIDES}, got {sorted(sides)}")
+        self.security.check_address(self.address)
         self._pool = await asyncpg.create_pool(self.database_url, min_size=1, max_size=10, command_timeout=60)
-        interceptors: list[Any] = []
+        interceptors: list[Any] = [self.security.interceptor()]  # first: refuse before anything runs
         if "command" in sides:
             interceptors.append(command_side.interceptor())
         if "query" in sides:
@@ -85,14 +91,21 @@ class StratoptServer:
                 allocation=command_side.AllocationService(
                     command_side.PostgresAllocationCache(self._pool), self._solver_pool
                 ),
-                rebalancing=command_side.RebalancingService(command_side.PostgresTradingStore(self._pool)),
+                rebalancing=command_side.RebalancingService(
+                    command_side.PostgresTradingStore(self._pool),
+                    allow_self_approval=self.security.self_approval_allowed,
+                ),
             )
         if "query" in sides:
             names += query_side.register(server, query_side.PostgresReadStore(self._pool))
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # missing from the stubs
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-        self.port = server.add_insecure_port(self.address)
+        credentials = self.security.server_credentials()
+        if credentials is None:
+            self.port = server.add_insecure_port(self.address)
+        else:
+            self.port = server.add_secure_port(self.address, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.address}")
         await server.start()
