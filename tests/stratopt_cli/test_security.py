@@ -31,8 +31,10 @@ from stratopt.v1 import trading_service_pb2 as tpb
 from stratopt.v1 import trading_service_pb2_grpc as trading_grpc
 from stratopt.v1 import types_pb2 as pb
 from stratopt_cli import client
+from stratopt_cli.demo import _redacted
 from stratopt_cli.dev_credentials import LOCAL_NAMES, DevCertificateAuthority, DevTokenIssuer, write_files
 from stratopt_cli.main import app
+from stratopt_cli.runtime import configured_database_url
 from stratopt_cli.security import METHOD_ROLES, PUBLIC_PREFIXES, InsecureAddressError, SecurityConfig
 from stratopt_cli.server import ServerThread, StratoptServer
 from tests.command_side.test_rebalancing import unique
@@ -392,3 +394,26 @@ def test_key_files_pem_bundle_and_jwks(tmp_path: Path) -> None:
     assert verifier is not None
     with pytest.raises(Exception, match="invalid token"):
         verifier.verify(jwt.encode({"sub": "svc"}, rsa_key, "RS256"))
+
+
+def test_database_url_comes_from_the_environment_or_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STRATOPT_DATABASE_URL", raising=False)
+    monkeypatch.delenv("STRATOPT_DATABASE_URL_FILE", raising=False)
+    assert configured_database_url() is None
+    secret = tmp_path / "url"
+    secret.write_text("postgresql://u:secret@db:5432/stratopt\n")
+    monkeypatch.setenv("STRATOPT_DATABASE_URL_FILE", str(secret))
+    assert configured_database_url() == "postgresql://u:secret@db:5432/stratopt"
+    monkeypatch.setenv("STRATOPT_DATABASE_URL", "postgresql://other/db")
+    with pytest.raises(ValueError, match="not both"):
+        configured_database_url()
+    monkeypatch.delenv("STRATOPT_DATABASE_URL_FILE")
+    assert configured_database_url() == "postgresql://other/db"
+    secret.write_text("  \n")
+    monkeypatch.delenv("STRATOPT_DATABASE_URL")
+    monkeypatch.setenv("STRATOPT_DATABASE_URL_FILE", str(secret))
+    with pytest.raises(ValueError, match="empty"):
+        configured_database_url()
+    # The demo prints the URL it uses without the password.
+    assert _redacted("postgresql://u:secret@db:5432/x") == "postgresql://u:***@db:5432/x"
+    assert _redacted("postgresql://postgres@/x?host=/tmp") == "postgresql://postgres@/x?host=/tmp"
