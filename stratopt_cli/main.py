@@ -136,6 +136,9 @@ def serve(
     ] = None,
     jwt_issuer: Annotated[str | None, typer.Option(envvar="STRATOPT_JWT_ISSUER", help="Required iss.")] = None,
     jwt_audience: Annotated[str | None, typer.Option(envvar="STRATOPT_JWT_AUDIENCE", help="Required aud.")] = None,
+    jwt_roles_claim: Annotated[
+        str, typer.Option(envvar="STRATOPT_JWT_ROLES_CLAIM", help="Token claim holding the roles.")
+    ] = "roles",
     allow_self_approval: Annotated[
         bool | None,
         typer.Option(
@@ -166,6 +169,7 @@ def serve(
             jwt_public_keys_file=jwt_public_keys_file,
             jwt_issuer=jwt_issuer,
             jwt_audience=jwt_audience,
+            jwt_roles_claim=jwt_roles_claim,
             client_roles_file=tls_client_roles_file,
             insecure=insecure,
             allow_self_approval=allow_self_approval,

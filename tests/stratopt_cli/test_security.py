@@ -21,6 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from typer.testing import CliRunner
 
 from stratopt.v1 import command_service_pb2 as cmd_pb
@@ -58,6 +59,8 @@ class Pki:
                 "server.pem": server.certificate,
                 "server.key": server.private_key,
                 "jwt.pem": self.issuer.public_key_pem,
+                "client.pem": self.client.certificate,
+                "client.key": self.client.private_key,
             },
         )
 
@@ -225,6 +228,8 @@ def test_read_only_token_can_query_but_not_optimize(channel: grpc.Channel, pki: 
 def test_health_and_reflection_need_no_token(channel: grpc.Channel) -> None:
     health = health_pb2_grpc.HealthStub(channel)
     assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+    services = ProtoReflectionDescriptorDatabase(channel).get_services()
+    assert "stratopt.v1.TradingCommandService" in services
 
 
 def test_client_channel_sends_the_token_over_tls(secure_target: str, pki: Pki) -> None:
@@ -234,6 +239,21 @@ def test_client_channel_sends_the_token_over_tls(secure_target: str, pki: Pki) -
         assert code_of(stub.GetLatest, query_pb.GetLatestRequest(portfolio_id="absent")) == grpc.StatusCode.NOT_FOUND
     with pytest.raises(ValueError, match="needs TLS"):
         client.channel(secure_target, client.ChannelSecurity(token=token))
+
+
+def test_cli_connects_with_tls_client_certificate_and_token_file(secure_target: str, pki: Pki, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(pki.issuer.token("ana", ["read"]) + "\n")
+    connection = ["--tls-ca", str(pki.files["ca.pem"]), "--tls-cert", str(pki.files["client.pem"])]
+    connection += ["--tls-key", str(pki.files["client.key"]), "--token-file", str(token_file)]
+    runner = CliRunner()
+    result = runner.invoke(app, [*connection, "latest", "absent", "--target", secure_target])
+    assert result.exit_code == 1 and "NOT_FOUND" in result.output  # authenticated and authorized: no such portfolio
+    approve = [*connection, "approve", "00000000-0000-0000-0000-000000000000", "--target", secure_target]
+    result = runner.invoke(app, approve)
+    assert result.exit_code == 1 and "PERMISSION_DENIED: requires role approve" in result.output
+    result = runner.invoke(app, ["latest", "absent", "--target", secure_target], env={"STRATOPT_TOKEN": "x"})
+    assert result.exit_code == 2 and "needs TLS" in result.output
 
 
 def test_mtls_without_a_client_certificate_fails_the_handshake(secure_target: str, pki: Pki) -> None:
