@@ -21,6 +21,11 @@ from grpc_reflection.v1alpha import reflection
 
 import command_side
 import query_side
+from stratopt_cli import retention as retention_job
+from stratopt_cli.logs import RequestIdInterceptor
+from stratopt_cli.metrics import MetricsEndpoint, ServerMetrics
+from stratopt_cli.retention import RetentionSettings
+from stratopt_cli.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +48,28 @@ class StratoptServer:
         ``command``, ``query`` or both.
     workers : int or None
         Solver worker processes (command side); default the CPU count.
+    metrics_endpoint : MetricsEndpoint or None
+        Serve ``/metrics`` there (``metrics_port`` after ``start``); the metrics are kept in ``metrics`` anyway.
+    tracing : Tracing or None
+        OpenTelemetry tracing of calls and queries; None = off.
+    retention : RetentionSettings or None
+        Drop old hypertable chunks on a schedule (``stratopt_cli.retention``); None or no policy = off.
+    access_log : bool
+        One log line per call (``stratopt.access``).
     """
 
     database_url: str
     address: str = "127.0.0.1:50051"
     sides: Iterable[str] = SIDES
     workers: int | None = None
+    metrics_endpoint: MetricsEndpoint | None = None
+    tracing: Tracing | None = None
+    retention: RetentionSettings | None = None
+    access_log: bool = True
     port: int = field(default=0, init=False)
+    metrics: ServerMetrics = field(default_factory=ServerMetrics, init=False, repr=False)
+    metrics_port: int = field(default=0, init=False)
+    _retention_task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _server: grpc.aio.Server | None = field(default=None, init=False, repr=False)
     _pool: asyncpg.Pool | None = field(default=None, init=False, repr=False)
     _solver_pool: command_side.SolverPool | None = field(default=None, init=False, repr=False)
@@ -60,8 +80,15 @@ class StratoptServer:
         unknown = sides - set(SIDES)
         if unknown or not sides:
             raise ValueError(f"sides must be a non-empty subset of {SIDES}, got {sorted(sides)}")
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.check()
+        if self.tracing is not None:
+            self.tracing.instrument_database()
         self._pool = await asyncpg.create_pool(self.database_url, min_size=1, max_size=10, command_timeout=60)
-        interceptors: list[Any] = []
+        self.metrics.watch_database_pool(lambda: self._pool)
+        # Outermost first: the trace span, then metrics (every status code), then the request id and access log.
+        interceptors: list[Any] = [] if self.tracing is None else [self.tracing.server_interceptor()]
+        interceptors += [self.metrics.interceptor, RequestIdInterceptor(access=self.access_log)]
         if "command" in sides:
             interceptors.append(command_side.interceptor())
         if "query" in sides:
@@ -77,6 +104,7 @@ class StratoptServer:
         if "command" in sides:
             self._solver_pool = command_side.SolverPool(self.workers)
             await self._solver_pool.warm_up()
+            self.metrics.watch_solver_pool(lambda: self._solver_pool)
             names += command_side.register(
                 server,
                 optimization=command_side.optimization_service(
@@ -99,6 +127,12 @@ class StratoptServer:
         for name in ["", *names]:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
+        if self.metrics_endpoint is not None:
+            self.metrics_port = self.metrics.serve(self.metrics_endpoint)
+        if self.retention is not None and self.retention.enabled:
+            self._retention_task = asyncio.get_running_loop().create_task(
+                retention_job.run_forever(self._pool, self.retention)
+            )
         log.info("stratopt serving %s on port %d", ", ".join(names), self.port)
         return self.port
 
@@ -109,6 +143,10 @@ class StratoptServer:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Finish in-flight calls (up to ``grace_s``), then close workers and the pool."""
+        if self._retention_task is not None:
+            self._retention_task.cancel()
+            self._retention_task = None
+        self.metrics.close()
         if self._server is not None:
             await self._server.stop(grace_s)
             self._server = None
@@ -118,6 +156,8 @@ class StratoptServer:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+        if self.tracing is not None:
+            self.tracing.shutdown()
 
 
 class ServerThread:
