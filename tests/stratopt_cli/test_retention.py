@@ -7,6 +7,7 @@ tables, which the other tests share.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -172,3 +173,23 @@ def test_cli_dry_run_lists_the_due_chunks(pg_dsn: str, db: psycopg.Connection[An
     assert due is not None and f"market_data: {due[0]} chunk(s) due" in result.output
     assert len(result.output.splitlines()) == 1 + due[0]  # one line per chunk
     assert chunk_count(db, "market_data") == before  # a dry run drops nothing
+
+
+def test_server_runs_retention_while_serving_and_stops_it(pg_dsn: str, db: psycopg.Connection[Any], table: str) -> None:
+    """A query-side server (no solver workers) with a retention on the test table drops its old chunks."""
+    from stratopt_cli.server import ServerThread, StratoptServer
+
+    settings = RetentionSettings.from_days({table: 30}, interval_s=3600)
+    thread = ServerThread(StratoptServer(pg_dsn, address="127.0.0.1:0", sides=("query",), retention=settings))
+    thread.start()
+    try:
+        for _ in range(1000):
+            if chunk_count(db, table) == 2:
+                break
+            time.sleep(0.01)
+        assert ages(db, table) == [5, 0]
+        task = thread.server._retention_task
+        assert task is not None and not task.done()  # waiting for the next round
+    finally:
+        thread.stop()
+    assert thread.server._retention_task is None
