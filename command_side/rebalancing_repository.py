@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from command_side import metrics
+from command_side.metrics import event_written
 from command_side.repository import Connection, database_errors
 from command_side.trading_model import Position, RebalancePolicy, RebalanceRecommendation
 from command_side.trading_records import (
@@ -138,7 +138,7 @@ async def _insert_event(
         uuid.uuid4(), timestamp, portfolio_id, recommendation_id, event_type, state.status.value, state.decided_by,
         total_trade_value, _json(event_payload(payload)),
     )  # fmt: skip
-    metrics.event_written("rebalance_events", event_type)
+    event_written("rebalance_events", event_type)
 
 
 async def _write_state(conn: Connection, state: RecommendationState) -> None:

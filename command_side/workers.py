@@ -19,7 +19,7 @@ from typing import TypeVar
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from command_side import metrics
+from command_side.metrics import observe_solve, worker_pool_replaced
 from services.engine import (
     FrontierOutcome,
     OptimizationJob,
@@ -128,7 +128,7 @@ class SolverPool:
             the background, and later calls go to the new one.
         """
         outcome = await self._call(run_optimization, job, timeout_s=timeout_s)
-        metrics.observe_solve(job, outcome)
+        observe_solve(job, outcome)
         return outcome
 
     async def _call(self, function: Callable[..., T], *args: object, timeout_s: float | None) -> T:
@@ -151,7 +151,7 @@ class SolverPool:
         if self._executor is not broken:
             return
         self._executor = self._new_executor()
-        metrics.worker_pool_replaced()
+        worker_pool_replaced()
         broken.shutdown(wait=False, cancel_futures=True)
         self._warming = asyncio.get_running_loop().create_task(self.warm_up())
 

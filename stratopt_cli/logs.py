@@ -37,7 +37,8 @@ request_id: contextvars.ContextVar[str] = contextvars.ContextVar("stratopt_reque
 access_log = logging.getLogger("stratopt.access")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s%(trace_suffix)s]: %(message)s"
-JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
+JSON_FIELDS = "%(levelname)s %(name)s %(message)s"
+"""Fields of a JSON line besides ``time`` (ISO 8601, UTC), the ids and any ``extra``."""
 
 
 class ContextFilter(logging.Filter):
@@ -88,13 +89,9 @@ def log_handler(log_format: str, stream: TextIO) -> logging.Handler:
     handler = logging.StreamHandler(stream)
     handler.addFilter(ContextFilter())
     if log_format == "json":
-        formatter = _JsonFormatter(
-            JSON_FIELDS,
-            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-            timestamp=False,
+        handler.setFormatter(
+            _JsonFormatter(JSON_FIELDS, rename_fields={"levelname": "level", "name": "logger"}, timestamp="time")
         )
-        formatter.default_msec_format = "%s.%03d"
-        handler.setFormatter(formatter)
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     return handler

@@ -28,6 +28,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import command_service_pb2_grpc as cmd_grpc
+from stratopt.v1 import trading_service_pb2 as trading_pb
+from stratopt.v1 import trading_service_pb2_grpc as trading_grpc
 from stratopt.v1 import types_pb2 as pb
 from stratopt_cli.client import channel
 from stratopt_cli.logs import log_handler
@@ -48,6 +50,7 @@ class Observed:
     spans: InMemorySpanExporter
     log: io.StringIO
     stub: cmd_grpc.OptimizationCommandServiceStub
+    trading: trading_grpc.TradingCommandServiceStub
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +81,7 @@ def observed(pg_dsn: str) -> Iterator[Observed]:
                 exporter,
                 stream,
                 cmd_grpc.OptimizationCommandServiceStub(ch),
+                trading_grpc.TradingCommandServiceStub(ch),
             )
     finally:
         thread.stop()
@@ -196,6 +200,21 @@ def test_client_streaming_call_is_counted_with_its_type(observed: Observed) -> N
         - value(before, "grpc_server_handled_total", **labels, grpc_code="OK")
         == 1
     )
+
+
+def test_allocation_events_are_counted_as_rebalance_events(observed: Observed, db: psycopg.Connection[Any]) -> None:
+    portfolio = f"obs-alloc-{uuid.uuid4().hex[:8]}"
+    labels = {"table": "rebalance_events", "event_type": "SHARES_ALLOCATED"}
+    before = value(scrape(observed.metrics_url), "stratopt_events_written_total", **labels)
+    for budget in (10_000.0, 20_000.0):
+        request = trading_pb.AllocateSharesRequest(portfolio_id=portfolio, extra_cash=budget, bypass_cache=True)
+        request.targets.add(symbol="AAA", target_weight=0.5, price=50.0)
+        request.targets.add(symbol="BBB", target_weight=0.5, price=20.0)
+        observed.trading.AllocateShares(request, timeout=60)
+    after = value(scrape(observed.metrics_url), "stratopt_events_written_total", **labels)
+    row = db.execute("SELECT count(*) FROM rebalance_events WHERE portfolio_id = %s", (portfolio,)).fetchone()
+    assert row is not None and row[0] == 2
+    assert after - before == 2
 
 
 def test_request_id_is_returned_and_logged_with_the_trace_id(observed: Observed) -> None:
