@@ -21,10 +21,9 @@ from grpc_reflection.v1alpha import reflection
 
 import command_side
 import query_side
-from stratopt_cli import retention as retention_job
 from stratopt_cli.logs import RequestIdInterceptor
 from stratopt_cli.metrics import MetricsEndpoint, ServerMetrics
-from stratopt_cli.retention import RetentionSettings
+from stratopt_cli.retention import RetentionSettings, run_forever
 from stratopt_cli.tracing import Tracing
 
 log = logging.getLogger(__name__)
@@ -130,9 +129,7 @@ class StratoptServer:
         if self.metrics_endpoint is not None:
             self.metrics_port = self.metrics.serve(self.metrics_endpoint)
         if self.retention is not None and self.retention.enabled:
-            self._retention_task = asyncio.get_running_loop().create_task(
-                retention_job.run_forever(self._pool, self.retention)
-            )
+            self._retention_task = asyncio.get_running_loop().create_task(run_forever(self._pool, self.retention))
         log.info("stratopt serving %s on port %d", ", ".join(names), self.port)
         return self.port
 
@@ -145,8 +142,8 @@ class StratoptServer:
         """Finish in-flight calls (up to ``grace_s``), then close workers and the pool."""
         if self._retention_task is not None:
             self._retention_task.cancel()
+            await asyncio.gather(self._retention_task, return_exceptions=True)
             self._retention_task = None
-        self.metrics.close()
         if self._server is not None:
             await self._server.stop(grace_s)
             self._server = None
@@ -158,6 +155,7 @@ class StratoptServer:
             self._pool = None
         if self.tracing is not None:
             self.tracing.shutdown()
+        await asyncio.to_thread(self.metrics.close)  # last: scrapes keep working while calls drain
 
 
 class ServerThread:
