@@ -4,9 +4,10 @@
 (a container, a pipe, a file) gets JSON, one object per line. :class:`RequestIdInterceptor` gives every call a
 request id — the request's own ``request_id`` field when it has a non-empty one, else the caller's
 ``x-request-id`` metadata (printable ASCII, at most 128 characters), else a fresh UUID — returns it to the
-client as the ``x-request-id`` initial metadata, puts it on every log record written while the call runs, and
-writes one access line per call (logger ``stratopt.access``: method, status code, duration). With tracing on
-(``stratopt_cli.tracing``) records also carry the current ``trace_id`` and ``span_id``.
+client as the ``x-request-id`` trailing metadata (errors included), puts it on every log record written while
+the call runs, and writes one access line per call (logger ``stratopt.access``: method, status code,
+duration). With tracing on (``stratopt_cli.tracing``) records also carry the current ``trace_id`` and
+``span_id``.
 """
 
 from __future__ import annotations
@@ -84,6 +85,10 @@ def resolve_format(value: str | None, stream: TextIO) -> str:
     return value
 
 
+_installed: list[logging.Handler] = []
+"""The handler ``setup_logging`` installed last (the next call replaces it; handlers of others stay)."""
+
+
 def log_handler(log_format: str, stream: TextIO) -> logging.Handler:
     """A handler writing ``log_format`` (``json`` or ``text``) lines with request and trace ids to ``stream``."""
     handler = logging.StreamHandler(stream)
@@ -122,9 +127,10 @@ def setup_logging(*, verbose: bool = False, log_format: str | None = None, strea
     stream = stream or sys.stderr
     chosen = resolve_format(log_format or os.environ.get(LOG_FORMAT_ENV), stream)
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(log_handler(chosen, stream))
+    while _installed:
+        root.removeHandler(_installed.pop())
+    _installed.append(log_handler(chosen, stream))
+    root.addHandler(_installed[0])
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     return chosen
 
@@ -148,6 +154,45 @@ def choose_request_id(request: Any, metadata: Any) -> str:
         if key == REQUEST_ID_HEADER and isinstance(value, str) and _usable(value):
             return value
     return uuid.uuid4().hex
+
+
+class RequestIdContext:
+    """A call's servicer context that adds ``x-request-id`` to whatever trailing metadata the call ends with.
+
+    ``abort`` replaces the trailing metadata set before it (``google.rpc.Status`` details travel there), so the
+    pair is appended to every abort's metadata as well as set up front for calls that end normally. Trailing
+    metadata leaves with the status: unlike early initial metadata it costs no extra write per call.
+
+    Parameters
+    ----------
+    context : grpc.aio.ServicerContext
+        The real context; everything else is delegated to it.
+    value : str
+        The request id.
+    """
+
+    __slots__ = ("_context", "_pair")
+
+    def __init__(self, context: Any, value: str) -> None:
+        self._context = context
+        self._pair = (REQUEST_ID_HEADER, value)
+        context.set_trailing_metadata((self._pair,))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    def set_trailing_metadata(self, trailing_metadata: Any) -> None:
+        """Set the call's trailing metadata, keeping the request id."""
+        self._context.set_trailing_metadata((*trailing_metadata, self._pair))
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
+        """Abort the call (as ``grpc.aio.ServicerContext.abort``) with the request id in its trailing metadata."""
+        metadata = (*trailing_metadata, self._pair) if trailing_metadata else self._context.trailing_metadata()
+        await self._context.abort(code, details, tuple(metadata))
+
+    async def abort_with_status(self, status: Any) -> None:
+        """Abort with a ``grpc.Status`` (code, details, trailing metadata), keeping the request id."""
+        await self.abort(status.code, status.details, status.trailing_metadata)
 
 
 class RequestIdInterceptor(ServerInterceptor):
@@ -179,12 +224,11 @@ class RequestIdInterceptor(ServerInterceptor):
         access = self._access
         request_streaming = handler.request_streaming
 
-        async def begin(request: Any, context: Any) -> float:
+        def begin(request: Any, context: Any) -> tuple[float, RequestIdContext]:
             # Each call runs in its own task (its own context): the id needs no reset afterwards.
             rid = choose_request_id(None if request_streaming else request, metadata)
             request_id.set(rid)
-            await context.send_initial_metadata(((REQUEST_ID_HEADER, rid),))
-            return time.perf_counter()
+            return time.perf_counter(), RequestIdContext(context, rid)
 
         def end(start: float, error: BaseException | None, context: Any) -> None:
             if access:
@@ -202,10 +246,10 @@ class RequestIdInterceptor(ServerInterceptor):
             if streaming:
 
                 async def streamed(request: Any, context: Any) -> AsyncIterator[Any]:
-                    start = await begin(request, context)
+                    start, inner = begin(request, context)
                     error = None
                     try:
-                        async for response in iterate_responses(behaviour(request, context)):
+                        async for response in iterate_responses(behaviour(request, inner)):
                             yield response
                     except BaseException as exc:
                         error = exc
@@ -216,10 +260,10 @@ class RequestIdInterceptor(ServerInterceptor):
                 return streamed
 
             async def unary(request: Any, context: Any) -> Any:
-                start = await begin(request, context)
+                start, inner = begin(request, context)
                 error = None
                 try:
-                    response = behaviour(request, context)
+                    response = behaviour(request, inner)
                     return await response if isinstance(response, Awaitable) else response
                 except BaseException as exc:
                     error = exc

@@ -117,7 +117,6 @@ def serve(
     from stratopt_cli.server import SIDES, StratoptServer
     from stratopt_cli.tracing import Tracing, otlp_tracer_provider
 
-    _setup_logging(verbose, log_format)
     sides = SIDES if side == "both" else (side,)
     if side not in ("both", *SIDES):
         raise typer.BadParameter("must be both, command or query", param_hint="--side")
@@ -128,6 +127,7 @@ def serve(
             endpoint.check()
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint="--metrics-address") from None
+    _setup_logging(verbose, log_format)
     retention = RetentionSettings.from_days(
         _retention_days(retention_events_days, retention_rebalance_events_days, retention_market_data_days),
         retention_interval_s,

@@ -9,7 +9,7 @@ import logging
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from stratopt_cli.logs import choose_request_id, log_handler, request_id, resolve_format
+from stratopt_cli.logs import choose_request_id, log_handler, request_id, resolve_format, setup_logging
 
 
 class Terminal(io.StringIO):
@@ -70,3 +70,21 @@ def test_request_id_comes_from_the_request_then_the_metadata_then_is_generated()
     for unusable in ("", "a" * 129, "bad\x00id", "naïve"):
         generated = choose_request_id(Request(unusable), [("x-request-id", unusable)])
         assert len(generated) == 32 and int(generated, 16) >= 0
+
+
+def test_setup_logging_replaces_only_its_own_handler(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STRATOPT_LOG_FORMAT", raising=False)
+    root = logging.getLogger()
+    others, level = list(root.handlers), root.level
+    first, second = io.StringIO(), io.StringIO()
+    try:
+        assert setup_logging(log_format="text", stream=first) == "text"
+        assert setup_logging(stream=second) == "json"  # not a terminal, no STRATOPT_LOG_FORMAT
+        logging.getLogger("test.setup").info("once")
+        assert first.getvalue() == ""
+        assert json.loads(second.getvalue())["message"] == "once"
+        assert [h for h in root.handlers if h not in others] != [] and all(h in root.handlers for h in others)
+    finally:
+        for handler in [h for h in root.handlers if h not in others]:
+            root.removeHandler(handler)
+        root.setLevel(level)
