@@ -273,3 +273,17 @@ def test_optimize_has_a_server_span_with_database_spans_in_its_trace(observed: O
         while parent is not None and parent.span_id != server.context.span_id:
             parent = by_id[parent.span_id].parent
         assert parent is not None, f"{span.name} is not under the server span"
+
+
+def test_server_span_continues_the_callers_trace(observed: Observed) -> None:
+    observed.spans.clear()
+    trace_id, parent_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    observed.stub.Optimize(
+        moments_request(f"obs-parent-{uuid.uuid4().hex[:8]}"),
+        timeout=60,
+        metadata=(("traceparent", f"00-{trace_id}-{parent_id}-01"),),
+    )
+    servers = [s for s in observed.spans.get_finished_spans() if s.kind == SpanKind.SERVER]
+    assert len(servers) == 1
+    assert format(servers[0].context.trace_id, "032x") == trace_id
+    assert servers[0].parent is not None and format(servers[0].parent.span_id, "016x") == parent_id
