@@ -147,7 +147,7 @@ def serve(
         )
         await server.start()
         if endpoint is not None:
-            typer.echo(f"stratopt metrics on port {server.metrics_port}", err=True)
+            logging.getLogger(__name__).info("metrics on port %d", server.metrics_port)
         typer.echo(f"stratopt serving {', '.join(sides)} on {address.rsplit(':', 1)[0]}:{server.port}", err=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
