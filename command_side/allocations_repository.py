@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 
 from command_side.allocation_cache import EVENT_STATUS, EVENT_TYPE, AllocationCache, CachedAllocation, event_payload
+from command_side.metrics import event_written
 from command_side.postgres_errors import Connection, postgres_errors
 from command_side.trading_model import Allocation
 from command_side.trading_records import allocation_from_json, allocation_json, allocation_request_json
@@ -160,3 +161,4 @@ async def _insert_event(conn: Connection, now: datetime, portfolio_id: str, allo
            VALUES ($1, $2, $3, NULL, $4, $5, '', $6, $7::jsonb)""",
         uuid.uuid4(), now, portfolio_id, EVENT_TYPE, EVENT_STATUS, allocation.metrics.budget_used, _json(payload),
     )  # fmt: skip
+    event_written("rebalance_events", EVENT_TYPE)

@@ -24,6 +24,7 @@ from typing import Any, Final
 
 import asyncpg
 
+from command_side.metrics import event_written
 from command_side.repository import Connection, database_errors
 from command_side.trading_model import Position, RebalancePolicy, RebalanceRecommendation
 from command_side.trading_records import (
@@ -139,6 +140,7 @@ async def _insert_event(
         state.decided_by if actor is None else actor,
         total_trade_value, _json(event_payload(payload)),
     )  # fmt: skip
+    event_written("rebalance_events", event_type)
 
 
 async def _write_state(conn: Connection, state: RecommendationState) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 
+from command_side.metrics import event_written
 from command_side.optimization_store import (
     Bar,
     Configuration,
@@ -177,6 +178,7 @@ class PostgresOptimizationStore(OptimizationStore):
                 *event_args,
             )
             await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{configuration.portfolio_id} {event_id}")
+        event_written("portfolio_optimized", "PORTFOLIO_OPTIMIZED")  # after the commit
         return record
 
     @staticmethod

@@ -19,6 +19,7 @@ from typing import TypeVar
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from command_side.metrics import observe_solve, worker_pool_replaced
 from services.engine import (
     FrontierOutcome,
     OptimizationJob,
@@ -73,6 +74,8 @@ class SolverPool:
         self.workers = max(1, workers or os.cpu_count() or 1)
         self._executor = self._new_executor()
         self._warming: asyncio.Task[None] | None = None
+        self.pending = 0
+        """Calls submitted to the workers and not finished yet (running or queued): the queue-depth gauge."""
 
     def _new_executor(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -124,11 +127,14 @@ class SolverPool:
             A worker died (e.g. killed for memory), now or while idle; the pool is replaced once, warmed up in
             the background, and later calls go to the new one.
         """
-        return await self._call(run_optimization, job, timeout_s=timeout_s)
+        outcome = await self._call(run_optimization, job, timeout_s=timeout_s)
+        observe_solve(job, outcome)
+        return outcome
 
     async def _call(self, function: Callable[..., T], *args: object, timeout_s: float | None) -> T:
         loop = asyncio.get_running_loop()
         executor = self._executor
+        self.pending += 1
         try:
             future = loop.run_in_executor(executor, function, *args)
             return await asyncio.wait_for(future, timeout=timeout_s)
@@ -137,12 +143,15 @@ class SolverPool:
         except BrokenProcessPool as exc:
             self._replace(executor)
             raise UnavailableError("a solver worker process died; retry the call") from exc
+        finally:
+            self.pending -= 1
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         """Swap in a fresh executor once per broken one (concurrent callers see the same broken pool)."""
         if self._executor is not broken:
             return
         self._executor = self._new_executor()
+        worker_pool_replaced()
         broken.shutdown(wait=False, cancel_futures=True)
         self._warming = asyncio.get_running_loop().create_task(self.warm_up())
 

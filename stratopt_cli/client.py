@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 import polars as pl
-from google.rpc import error_details_pb2  # type: ignore[attr-defined]  # stubs hidden by types-protobuf
+from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from stratopt.v1 import command_service_pb2 as cmd_pb

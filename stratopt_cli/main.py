@@ -1,6 +1,6 @@
 """The ``stratopt`` command line.
 
-Service: serve, migrate, demo. Optimization: ingest, optimize, latest, history, analytics. Trading: allocate,
+Service: serve, migrate, retention, demo. Optimization: ingest, optimize, latest, history, analytics. Trading: allocate,
 allocation-cache, holdings, policy, drift, rebalance, approve, reject, recommendation, rebalance-events.
 """
 
@@ -12,7 +12,7 @@ import signal
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import grpc
 import typer
@@ -23,6 +23,7 @@ from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import query_service_pb2 as query_pb
 from stratopt.v1 import trading_service_pb2 as trading_pb
 from stratopt_cli import client
+from stratopt_cli.logs import LOG_FORMAT_ENV, setup_logging
 from stratopt_cli.runtime import database
 
 app = typer.Typer(
@@ -82,12 +83,34 @@ def _channel(target: str) -> grpc.Channel:
     return client.channel(target, _connection)
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+LogFormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--log-format",
+        envvar=LOG_FORMAT_ENV,
+        help="json or text log lines (default: text on a terminal, json otherwise).",
+    ),
+]
+
+
+def _days(name: str, table: str) -> Any:
+    return typer.Option(envvar=name, min=0.0, help=f"Keep this many days of {table} (0 = forever).")
+
+
+EventsDays = Annotated[float, _days("STRATOPT_RETENTION_EVENTS_DAYS", "portfolio_optimized events")]
+RebalanceEventsDays = Annotated[float, _days("STRATOPT_RETENTION_REBALANCE_EVENTS_DAYS", "rebalance_events")]
+MarketDataDays = Annotated[float, _days("STRATOPT_RETENTION_MARKET_DATA_DAYS", "market_data")]
+
+
+def _retention_days(events: float, rebalance_events: float, market_data: float) -> dict[str, float | None]:
+    return {"portfolio_optimized": events, "rebalance_events": rebalance_events, "market_data": market_data}
+
+
+def _setup_logging(verbose: bool, log_format: str | None = None) -> None:
+    try:
+        setup_logging(verbose=verbose, log_format=log_format, stream=sys.stderr)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--log-format") from None
 
 
 def _fail(error: grpc.RpcError) -> None:
@@ -152,12 +175,35 @@ def serve(
         typer.Option(envvar="STRATOPT_INSECURE", help="Allow a non-loopback address without TLS and authentication."),
     ] = False,
     verbose: bool = False,
+    log_format: LogFormatOption = None,
+    access_log: Annotated[
+        bool, typer.Option(envvar="STRATOPT_ACCESS_LOG", help="One log line per call (logger stratopt.access).")
+    ] = True,
+    metrics_address: Annotated[
+        str | None,
+        typer.Option(
+            envvar="STRATOPT_METRICS_ADDRESS",
+            help="host:port of the Prometheus /metrics endpoint (off when unset; TLS with STRATOPT_TLS_CERT_FILE).",
+        ),
+    ] = None,
+    otel: Annotated[
+        bool,
+        typer.Option(envvar="STRATOPT_OTEL_ENABLED", help="Export OpenTelemetry traces over OTLP (OTEL_* settings)."),
+    ] = False,
+    retention_events_days: EventsDays = 0.0,
+    retention_rebalance_events_days: RebalanceEventsDays = 0.0,
+    retention_market_data_days: MarketDataDays = 0.0,
+    retention_interval_s: Annotated[
+        float, typer.Option(envvar="STRATOPT_RETENTION_INTERVAL_S", min=1.0, help="Seconds between retention rounds.")
+    ] = 3600.0,
 ) -> None:
     """Run the gRPC server until SIGINT or SIGTERM (migrating the database first)."""
+    from stratopt_cli.metrics import MetricsEndpoint
+    from stratopt_cli.retention import RetentionSettings
     from stratopt_cli.security import SecurityConfig
     from stratopt_cli.server import SIDES, StratoptServer
+    from stratopt_cli.tracing import Tracing, otlp_tracer_provider
 
-    _setup_logging(verbose)
     sides = SIDES if side == "both" else (side,)
     if side not in ("both", *SIDES):
         raise typer.BadParameter("must be both, command or query", param_hint="--side")
@@ -179,9 +225,35 @@ def serve(
         typer.echo(f"stratopt: {error}", err=True)
         raise typer.Exit(code=2) from None
 
+    endpoint = None
+    if metrics_address:
+        endpoint = MetricsEndpoint.from_env(metrics_address)
+        try:
+            endpoint.check()
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--metrics-address") from None
+    _setup_logging(verbose, log_format)
+    retention = RetentionSettings.from_days(
+        _retention_days(retention_events_days, retention_rebalance_events_days, retention_market_data_days),
+        retention_interval_s,
+    )
+
     async def run(url: str) -> None:
-        server = StratoptServer(url, address=address, sides=sides, workers=workers or None, security=security)
+        tracing = Tracing(otlp_tracer_provider()) if otel else None
+        server = StratoptServer(
+            url,
+            address=address,
+            sides=sides,
+            workers=workers or None,
+            metrics_endpoint=endpoint,
+            tracing=tracing,
+            retention=retention,
+            access_log=access_log,
+            security=security,
+        )
         await server.start()
+        if endpoint is not None:
+            logging.getLogger(__name__).info("metrics on port %d", server.metrics_port)
         typer.echo(f"stratopt serving {', '.join(sides)} on {address.rsplit(':', 1)[0]}:{server.port}", err=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -190,6 +262,8 @@ def serve(
         await stop.wait()
         typer.echo("stratopt stopping", err=True)
         await server.stop()
+        if tracing is not None:
+            tracing.provider.shutdown()
 
     with database() as url:
         asyncio.run(run(url))
@@ -204,6 +278,40 @@ def migrate() -> None:
     with database(run_migrations=False) as url:
         applied = apply(url)
     typer.echo("applied: " + (", ".join(applied) if applied else "nothing (schema is current)"))
+
+
+@app.command("retention")
+def retention_command(
+    events_days: EventsDays = 0.0,
+    rebalance_events_days: RebalanceEventsDays = 0.0,
+    market_data_days: MarketDataDays = 0.0,
+    dry_run: Annotated[bool, typer.Option(help="List the chunks that are due instead of dropping them.")] = False,
+) -> None:
+    """Run one retention round now: drop (or list) hypertable chunks older than each table's retention."""
+    from stratopt_cli.retention import RetentionSettings, run_round
+
+    settings = RetentionSettings.from_days(_retention_days(events_days, rebalance_events_days, market_data_days))
+    if not settings.enabled:
+        typer.echo("no retention configured (every table is kept forever)")
+        return
+
+    async def once(url: str) -> None:
+        import asyncpg
+
+        connection = await asyncpg.connect(url)
+        try:
+            result = await run_round(connection, settings.policies, dry_run=dry_run)
+        finally:
+            await connection.close()
+        if not result.ran:
+            typer.echo("another process is running retention now; nothing done")
+            return
+        verb = "due" if dry_run else "dropped"
+        for table, chunks in result.chunks.items():
+            typer.echo(f"{table}: {len(chunks)} chunk(s) {verb}" + "".join(f"\n  {c}" for c in chunks))
+
+    with database(run_migrations=False) as url:
+        asyncio.run(once(url))
 
 
 @app.command()

@@ -21,7 +21,11 @@ from grpc_reflection.v1alpha import reflection
 
 import command_side
 import query_side
+from stratopt_cli.logs import RequestIdInterceptor
+from stratopt_cli.metrics import MetricsEndpoint, ServerMetrics
+from stratopt_cli.retention import RetentionSettings, run_forever
 from stratopt_cli.security import SecurityConfig
+from stratopt_cli.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,14 @@ class StratoptServer:
     security : SecurityConfig
         TLS, mTLS, token authentication, self-approval (default: loopback development mode); see
         ``stratopt_cli.security``. A non-loopback ``address`` without TLS and authentication is refused.
+    metrics_endpoint : MetricsEndpoint or None
+        Serve ``/metrics`` there (``metrics_port`` after ``start``); the metrics are kept in ``metrics`` anyway.
+    tracing : Tracing or None
+        OpenTelemetry tracing of calls and queries; None = off.
+    retention : RetentionSettings or None
+        Drop old hypertable chunks on a schedule (``stratopt_cli.retention``); None or no policy = off.
+    access_log : bool
+        One log line per call (``stratopt.access``).
     """
 
     database_url: str
@@ -54,7 +66,14 @@ class StratoptServer:
     sides: Iterable[str] = SIDES
     workers: int | None = None
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    metrics_endpoint: MetricsEndpoint | None = None
+    tracing: Tracing | None = None
+    retention: RetentionSettings | None = None
+    access_log: bool = True
     port: int = field(default=0, init=False)
+    metrics: ServerMetrics = field(default_factory=ServerMetrics, init=False, repr=False)
+    metrics_port: int = field(default=0, init=False)
+    _retention_task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _server: grpc.aio.Server | None = field(default=None, init=False, repr=False)
     _pool: asyncpg.Pool | None = field(default=None, init=False, repr=False)
     _solver_pool: command_side.SolverPool | None = field(default=None, init=False, repr=False)
@@ -66,8 +85,17 @@ class StratoptServer:
         if unknown or not sides:
             raise ValueError(f"sides must be a non-empty subset of {SIDES}, got {sorted(sides)}")
         self.security.check_address(self.address)
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.check()
+        if self.tracing is not None:
+            self.tracing.instrument_database()
         self._pool = await asyncpg.create_pool(self.database_url, min_size=1, max_size=10, command_timeout=60)
-        interceptors: list[Any] = [self.security.interceptor()]  # first: refuse before anything runs
+        self.metrics.watch_database_pool(lambda: self._pool)
+        # Outermost first: the trace span, then metrics (every status code), then the request id and access log,
+        # then authentication (so refused calls are traced, counted and logged), then the error mapping.
+        interceptors: list[Any] = [] if self.tracing is None else [self.tracing.server_interceptor()]
+        interceptors += [self.metrics.interceptor, RequestIdInterceptor(access=self.access_log)]
+        interceptors.append(self.security.interceptor())
         if "command" in sides:
             interceptors.append(command_side.interceptor())
         if "query" in sides:
@@ -83,6 +111,7 @@ class StratoptServer:
         if "command" in sides:
             self._solver_pool = command_side.SolverPool(self.workers)
             await self._solver_pool.warm_up()
+            self.metrics.watch_solver_pool(lambda: self._solver_pool)
             names += command_side.register(
                 server,
                 optimization=command_side.optimization_service(
@@ -112,6 +141,10 @@ class StratoptServer:
         for name in ["", *names]:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
+        if self.metrics_endpoint is not None:
+            self.metrics_port = self.metrics.serve(self.metrics_endpoint)
+        if self.retention is not None and self.retention.enabled:
+            self._retention_task = asyncio.get_running_loop().create_task(run_forever(self._pool, self.retention))
         log.info("stratopt serving %s on port %d", ", ".join(names), self.port)
         return self.port
 
@@ -122,6 +155,10 @@ class StratoptServer:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Finish in-flight calls (up to ``grace_s``), then close workers and the pool."""
+        if self._retention_task is not None:
+            self._retention_task.cancel()
+            await asyncio.gather(self._retention_task, return_exceptions=True)
+            self._retention_task = None
         if self._server is not None:
             await self._server.stop(grace_s)
             self._server = None
@@ -131,6 +168,9 @@ class StratoptServer:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+        if self.tracing is not None:
+            self.tracing.shutdown()
+        await asyncio.to_thread(self.metrics.close)  # last: scrapes keep working while calls drain
 
 
 class ServerThread:
