@@ -23,7 +23,8 @@ from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import query_service_pb2 as query_pb
 from stratopt.v1 import trading_service_pb2 as trading_pb
 from stratopt_cli import client
-from stratopt_cli.runtime import DATABASE_URL_ENV, database
+from stratopt_cli.health import HEALTH_ADDRESS_ENV
+from stratopt_cli.runtime import DATABASE_URL_ENV, DatabaseTimeouts, database, startup_limit_from_env
 
 app = typer.Typer(
     help="stratopt: portfolio strategy optimization over gRPC (command + query sides).",
@@ -67,30 +68,85 @@ def serve(
     address: Annotated[str, typer.Option(help="host:port to listen on.")] = "127.0.0.1:50051",
     side: Annotated[str, typer.Option(help="Which side to serve: both, command or query.")] = "both",
     workers: Annotated[int, typer.Option(help="Solver worker processes (0 = CPU count).")] = 0,
+    health_address: Annotated[
+        str | None,
+        typer.Option(
+            envvar=HEALTH_ADDRESS_ENV,
+            help="Extra plaintext host:port serving only grpc.health.v1 (Kubernetes gRPC probes cannot do TLS).",
+        ),
+    ] = None,
+    shutdown_grace: Annotated[
+        float,
+        typer.Option(
+            envvar="STRATOPT_SHUTDOWN_GRACE_S",
+            min=0,
+            help="On SIGTERM: seconds of NOT_SERVING (still answering) before new calls are refused.",
+        ),
+    ] = 2.0,
+    shutdown_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="STRATOPT_SHUTDOWN_TIMEOUT_S", min=0, help="Then: seconds in-flight calls may take to finish."
+        ),
+    ] = 30.0,
     verbose: bool = False,
 ) -> None:
-    """Run the gRPC server until SIGINT or SIGTERM (migrating the database first)."""
+    """Run the gRPC server until SIGINT or SIGTERM (migrating the database first).
+
+    Listens at once and reports NOT_SERVING until the database answers (waiting with back-off up to
+    STRATOPT_DB_WAIT_LIMIT_S, default 600 s, 0 = no limit); database calls are bounded by
+    STRATOPT_DB_STATEMENT_TIMEOUT_S (default 10 s) and STRATOPT_DB_CONNECT_TIMEOUT_S (default 5 s).
+    """
     from stratopt_cli.server import SIDES, StratoptServer
 
     _setup_logging(verbose)
     sides = SIDES if side == "both" else (side,)
     if side not in ("both", *SIDES):
         raise typer.BadParameter("must be both, command or query", param_hint="--side")
+    try:
+        timeouts, limit = DatabaseTimeouts.from_env(), startup_limit_from_env()
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
 
-    async def run(url: str) -> None:
-        server = StratoptServer(url, address=address, sides=sides, workers=workers or None)
-        await server.start()
-        typer.echo(f"stratopt serving {', '.join(sides)} on {address.rsplit(':', 1)[0]}:{server.port}", err=True)
+    async def run(url: str) -> int:
+        server = StratoptServer(
+            url,
+            address=address,
+            sides=sides,
+            workers=workers or None,
+            timeouts=timeouts,
+            startup_limit_s=limit,
+            migrate=True,
+            health_address=health_address,
+            shutdown_grace_s=shutdown_grace,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await server.listen()
+        host = address.rsplit(":", 1)[0]
+        typer.echo(f"stratopt listening for {', '.join(sides)} on {host}:{server.port}", err=True)
+        ready = asyncio.create_task(server.ready())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        if ready.done() and ready.exception() is not None:
+            typer.echo(f"stratopt could not start: {ready.exception()}", err=True)
+            code = 1
+        elif ready.done():
+            typer.echo(f"stratopt serving {', '.join(sides)} on {host}:{server.port}", err=True)
+            await stopping
+        ready.cancel()
+        stopping.cancel()
         typer.echo("stratopt stopping", err=True)
-        await server.stop()
+        await server.stop(shutdown_timeout)
+        return code
 
-    with database(database_url) as url:
-        asyncio.run(run(url))
+    with database(database_url, run_migrations=False) as url:
+        code = asyncio.run(run(url))
+    if code:
+        raise typer.Exit(code=code)
 
 
 @app.command()

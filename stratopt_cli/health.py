@@ -1,0 +1,208 @@
+"""Health that tells the truth: the ``grpc.health.v1`` status of each service follows what it depends on.
+
+A :class:`HealthMonitor` probes the database every ``interval_s`` on a connection of its own (``SELECT 1``
+within the connect timeout; a frozen or unreachable server fails the probe) and checks that the solver
+workers are alive. Every query-side service name is SERVING only while the database answers; every
+command-side name also needs live solver workers; ``""`` (the whole server) needs all of its services.
+Until the first successful probe, and from the start of a shutdown on, every name is NOT_SERVING.
+
+The same ``HealthServicer`` can also be served on a second, plaintext port that carries nothing else
+(:func:`health_only_server`, ``STRATOPT_HEALTH_ADDRESS``): Kubernetes' native gRPC probes cannot speak TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from stratopt_cli.runtime import DatabaseTimeouts
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+HEALTH_ADDRESS_ENV = "STRATOPT_HEALTH_ADDRESS"
+"""Optional ``host:port`` of the plaintext health-only port."""
+
+
+def new_servicer(names: Iterable[str] = ()) -> Any:
+    """A ``grpc.health.v1`` servicer that reports ``""`` and every name NOT_SERVING until told otherwise."""
+    servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # missing from the stubs
+    # The library starts "" at SERVING; nothing is ready yet. Before any watcher exists, setting the status is a
+    # plain dictionary write, so this needs no event loop.
+    for name in ("", *names):
+        servicer._server_status[name] = NOT_SERVING
+    return servicer
+
+
+def workers_alive(solver_pool: object | None) -> bool:
+    """Whether a ``command_side.SolverPool``'s worker processes are all alive (True when it has none yet).
+
+    Reads the executor's process table; a broken executor (a worker died) counts as not alive until the pool
+    has replaced it.
+    """
+    if solver_pool is None:
+        return True
+    executor = getattr(solver_pool, "_executor", None)
+    if executor is None:
+        return True
+    if getattr(executor, "_broken", False):
+        return False
+    processes = getattr(executor, "_processes", None) or {}
+    return all(process.is_alive() for process in list(processes.values()))
+
+
+class HealthMonitor:
+    """Keep a health servicer's statuses in step with the database and the solver workers.
+
+    Parameters
+    ----------
+    servicer : grpc_health.v1.health.aio.HealthServicer
+        The servicer to update (shared by the main and the health-only port).
+    database_url : str
+        libpq URL of the database to probe.
+    query_names, command_names : iterable of str
+        Service names that need the database, and those that also need the solver workers.
+    timeouts : DatabaseTimeouts
+        ``connect_s`` bounds each probe (connect and ``SELECT 1``).
+    workers_ok : callable, optional
+        Returns whether the solver workers are alive; default always True.
+    interval_s : float
+        Seconds between probes.
+    """
+
+    def __init__(
+        self,
+        servicer: Any,
+        database_url: str,
+        *,
+        query_names: Iterable[str] = (),
+        command_names: Iterable[str] = (),
+        timeouts: DatabaseTimeouts | None = None,
+        workers_ok: Callable[[], bool] | None = None,
+        interval_s: float = 2.0,
+    ) -> None:
+        self.servicer = servicer
+        self._url = database_url
+        self._query_names = list(query_names)
+        self._command_names = list(command_names)
+        self._timeouts = timeouts or DatabaseTimeouts()
+        self._workers_ok = workers_ok or (lambda: True)
+        self.interval_s = interval_s
+        self._connection: asyncpg.Connection[asyncpg.Record] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = False
+        self._draining = False
+        self.database_ok = False
+        self._published: dict[str, int] = {}
+
+    async def probe_database(self) -> bool:
+        """Run ``SELECT 1`` on the monitor's connection (reconnecting when needed); return whether it answered."""
+        limit = self._timeouts.connect_s
+        try:
+            connection = self._connection
+            if connection is None or connection.is_closed():
+                connection = await asyncio.wait_for(
+                    asyncpg.connect(self._url, **self._timeouts.connect_kwargs()), limit + 1
+                )
+                self._connection = connection
+            assert connection is not None  # for mypy: asyncpg.connect never returns None
+            await asyncio.wait_for(connection.fetchval("SELECT 1", timeout=limit), limit + 1)
+            return True
+        except Exception as exc:  # TimeoutError included
+            if self.database_ok:
+                log.warning("database health probe failed (%s): reporting NOT_SERVING", type(exc).__name__)
+            self._drop_connection()
+            return False
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            self._connection.terminate()
+            self._connection = None
+
+    def mark_ready(self) -> None:
+        """Start-up is complete: statuses may become SERVING from the next check on."""
+        self._ready = True
+
+    async def check(self) -> None:
+        """Probe once and publish every status."""
+        was_ok = self.database_ok
+        self.database_ok = await self.probe_database()
+        if self.database_ok and not was_ok and self._ready:
+            log.info("database reachable: reporting SERVING")
+        await self.publish()
+
+    async def publish(self) -> None:
+        """Set each name's status from the last probe, the workers and the lifecycle (start-up, drain)."""
+        up = self._ready and not self._draining and self.database_ok
+        workers = self._workers_ok()
+        statuses = {name: SERVING if up else NOT_SERVING for name in self._query_names}
+        statuses.update({name: SERVING if up and workers else NOT_SERVING for name in self._command_names})
+        statuses[""] = SERVING if up and all(s == SERVING for s in statuses.values()) else NOT_SERVING
+        for name, status in statuses.items():
+            if self._published.get(name) != status:
+                await self.servicer.set(name, status)
+                self._published[name] = status
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except Exception:  # the monitor must outlive any surprise; the next round tries again
+                log.exception("health check failed")
+            await asyncio.sleep(self.interval_s)
+
+    def start(self) -> None:
+        """Probe in the background every ``interval_s`` seconds."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="stratopt-health")
+
+    async def drain(self) -> None:
+        """Report every name NOT_SERVING from now on (the start of a graceful shutdown)."""
+        self._draining = True
+        await self.publish()
+        await self.servicer.enter_graceful_shutdown()
+
+    async def stop(self) -> None:
+        """Stop probing and close the monitor's connection."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._drop_connection()
+
+
+def health_only_server(servicer: Any, address: str) -> tuple[grpc.aio.Server, int]:
+    """A plaintext gRPC server carrying only ``grpc.health.v1.Health`` (for kubelet probes); not started.
+
+    Parameters
+    ----------
+    servicer : grpc_health.v1.health.aio.HealthServicer
+        The servicer the main server uses, so both ports report the same statuses.
+    address : str
+        ``host:port`` to listen on.
+
+    Returns
+    -------
+    tuple of (grpc.aio.Server, int)
+        The server and its bound port.
+
+    Raises
+    ------
+    OSError
+        When the address cannot be bound.
+    """
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address} (health port)")
+    return server, port
