@@ -87,7 +87,7 @@ class HealthMonitor:
         command_names: Iterable[str] = (),
         timeouts: DatabaseTimeouts | None = None,
         workers_ok: Callable[[], bool] | None = None,
-        interval_s: float = 2.0,
+        interval_s: float = 1.0,
     ) -> None:
         self.servicer = servicer
         self._url = database_url

@@ -127,6 +127,9 @@ def serve(
         await server.listen()
         host = address.rsplit(":", 1)[0]
         typer.echo(f"stratopt listening for {', '.join(sides)} on {host}:{server.port}", err=True)
+        if health_address:
+            health_host = health_address.rsplit(":", 1)[0]
+            typer.echo(f"stratopt health only (plaintext) on {health_host}:{server.health_port}", err=True)
         ready = asyncio.create_task(server.ready())
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({ready, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -142,7 +142,7 @@ def startup_limit_from_env(default: float | None = 600.0) -> float | None:
     return None if value == 0 else value
 
 
-def backoff_delays(initial_s: float = 0.5, cap_s: float = 30.0, rng: random.Random | None = None) -> Iterator[float]:
+def backoff_delays(initial_s: float = 0.5, cap_s: float = 10.0, rng: random.Random | None = None) -> Iterator[float]:
     """Exponential back-off with jitter: attempt n waits between half and all of ``min(cap_s, initial_s * 2**n)``.
 
     The jitter keeps replicas restarted together from reconnecting in lock-step.

@@ -71,7 +71,7 @@ class StratoptServer:
     migrate: bool = False
     health_address: str | None = None
     shutdown_grace_s: float = 0.0
-    health_interval_s: float = 2.0
+    health_interval_s: float = 1.0
     port: int = field(default=0, init=False)
     health_port: int = field(default=0, init=False)
     _server: grpc.aio.Server | None = field(default=None, init=False, repr=False)
