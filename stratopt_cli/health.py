@@ -4,7 +4,9 @@ A :class:`HealthMonitor` probes the database every ``interval_s`` on a connectio
 within the connect timeout; a frozen or unreachable server fails the probe) and checks that the solver
 workers are alive. Every query-side service name is SERVING only while the database answers; every
 command-side name also needs live solver workers; ``""`` (the whole server) needs all of its services.
-Until the first successful probe, and from the start of a shutdown on, every name is NOT_SERVING.
+Until the first successful probe, and from the start of a shutdown on, every name is NOT_SERVING. The extra
+name ``liveness`` is SERVING from the moment the port opens until the process exits, whatever the database
+does.
 
 The same ``HealthServicer`` can also be served on a second, plaintext port that carries nothing else
 (:func:`health_only_server`, ``STRATOPT_HEALTH_ADDRESS``): Kubernetes' native gRPC probes cannot speak TLS.
@@ -30,15 +32,19 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 HEALTH_ADDRESS_ENV = "STRATOPT_HEALTH_ADDRESS"
 """Optional ``host:port`` of the plaintext health-only port."""
+LIVENESS = "liveness"
+"""Health name that is SERVING while the process answers at all: for liveness probes, which must not follow the
+database (restarting the process does not bring a database back) nor fail a pod that is draining."""
 
 
 def new_servicer(names: Iterable[str] = ()) -> Any:
-    """A ``grpc.health.v1`` servicer that reports ``""`` and every name NOT_SERVING until told otherwise."""
+    """A ``grpc.health.v1`` servicer: ``""`` and every name NOT_SERVING until told otherwise, ``LIVENESS`` SERVING."""
     servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # missing from the stubs
     # The library starts "" at SERVING; nothing is ready yet. Before any watcher exists, setting the status is a
     # plain dictionary write, so this needs no event loop.
     for name in ("", *names):
         servicer._server_status[name] = NOT_SERVING
+    servicer._server_status[LIVENESS] = SERVING
     return servicer
 
 
@@ -165,10 +171,9 @@ class HealthMonitor:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="stratopt-health")
 
     async def drain(self) -> None:
-        """Report every name NOT_SERVING from now on (the start of a graceful shutdown)."""
+        """Report every name but ``LIVENESS`` NOT_SERVING from now on (the start of a graceful shutdown)."""
         self._draining = True
         await self.publish()
-        await self.servicer.enter_graceful_shutdown()
 
     async def stop(self) -> None:
         """Stop probing and close the monitor's connection."""

@@ -128,6 +128,7 @@ def test_start_up_waits_for_the_database_then_sigterm_drains(cluster: EmbeddedPo
                 for check in (ch, health_ch):
                     assert health_status(check) == "NOT_SERVING"
                     assert health_status(check, "stratopt.v1.OptimizationQueryService") == "NOT_SERVING"
+                    assert health_status(check, "liveness") == "SERVING"
                 with pytest.raises(grpc.RpcError) as refused:
                     _optimize(target, "startup", "startup-early", timeout=10)
                 assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
