@@ -17,13 +17,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import asyncpg
 import grpc
+import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from services.engine import OptimizationJob
+from services.optimization import Objective, PortfolioProblem
+from services.types import EstimationSettings, Moments
 from stratopt_cli.runtime import DatabaseTimeouts
 
 log = logging.getLogger(__name__)
@@ -65,6 +69,42 @@ def workers_alive(solver_pool: object | None) -> bool:
     return all(process.is_alive() for process in list(processes.values()))
 
 
+async def revive_workers(solver_pool: Any) -> None:
+    """Have a broken ``command_side.SolverPool`` replace itself, through its public API.
+
+    A worker that died while idle leaves the pool broken until a call meets it; with the command side
+    NOT_SERVING no call may come, so the monitor sends one tiny solve: it fails with ``UnavailableError`` and
+    the pool swaps in (and warms up) a fresh set of workers.
+    """
+    problem = PortfolioProblem(
+        symbols=("a", "b"), objective=Objective.MIN_VOLATILITY, lower_bounds=np.zeros(2), upper_bounds=np.ones(2)
+    )
+    moments = Moments(expected_returns=np.array([0.1, 0.2]), covariance=np.array([[0.04, 0.0], [0.0, 0.09]]))
+    job = OptimizationJob(problem=problem, inputs=moments, settings=EstimationSettings())
+    with contextlib.suppress(Exception):  # UnavailableError once, then the pool is new
+        await solver_pool.run(job, timeout_s=60.0)
+
+
+class KindOnlyFilter(logging.Filter):
+    """Log an exception by its kind only: the driver's own messages name the host, port or socket path."""
+
+    @classmethod
+    def install(cls, logger_name: str) -> None:
+        """Add the filter to a logger once."""
+        logger = logging.getLogger(logger_name)
+        if not any(isinstance(f, cls) for f in logger.filters):
+            logger.addFilter(cls())
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Replace the record's traceback by the exception's class name (always keeps the record)."""
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()} ({type(record.exc_info[1]).__name__})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 class HealthMonitor:
     """Keep a health servicer's statuses in step with the database and the solver workers.
 
@@ -80,6 +120,8 @@ class HealthMonitor:
         ``connect_s`` bounds each probe (connect and ``SELECT 1``).
     workers_ok : callable, optional
         Returns whether the solver workers are alive; default always True.
+    revive_workers : callable, optional
+        Coroutine function run (one at a time) while ``workers_ok`` is false, to replace dead workers.
     interval_s : float
         Seconds between probes.
     """
@@ -93,6 +135,7 @@ class HealthMonitor:
         command_names: Iterable[str] = (),
         timeouts: DatabaseTimeouts | None = None,
         workers_ok: Callable[[], bool] | None = None,
+        revive_workers: Callable[[], Awaitable[None]] | None = None,
         interval_s: float = 1.0,
     ) -> None:
         self.servicer = servicer
@@ -101,6 +144,8 @@ class HealthMonitor:
         self._command_names = list(command_names)
         self._timeouts = timeouts or DatabaseTimeouts()
         self._workers_ok = workers_ok or (lambda: True)
+        self._revive = revive_workers
+        self._reviving: asyncio.Future[None] | None = None
         self.interval_s = interval_s
         self._connection: asyncpg.Connection[asyncpg.Record] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -149,6 +194,10 @@ class HealthMonitor:
         """Set each name's status from the last probe, the workers and the lifecycle (start-up, drain)."""
         up = self._ready and not self._draining and self.database_ok
         workers = self._workers_ok()
+        idle = self._reviving is None or self._reviving.done()
+        if not workers and self._ready and not self._draining and self._revive is not None and idle:
+            log.warning("a solver worker died: replacing the worker pool")
+            self._reviving = asyncio.ensure_future(self._revive())
         statuses = {name: SERVING if up else NOT_SERVING for name in self._query_names}
         statuses.update({name: SERVING if up and workers else NOT_SERVING for name in self._command_names})
         statuses[""] = SERVING if up and all(s == SERVING for s in statuses.values()) else NOT_SERVING
@@ -182,6 +231,9 @@ class HealthMonitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._reviving is not None:
+            self._reviving.cancel()
+            self._reviving = None
         self._drop_connection()
 
 

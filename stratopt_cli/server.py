@@ -24,7 +24,14 @@ from grpc_reflection.v1alpha import reflection
 
 import command_side
 import query_side
-from stratopt_cli.health import HealthMonitor, health_only_server, new_servicer, workers_alive
+from stratopt_cli.health import (
+    HealthMonitor,
+    KindOnlyFilter,
+    health_only_server,
+    new_servicer,
+    revive_workers,
+    workers_alive,
+)
 from stratopt_cli.runtime import DatabaseTimeouts, migrate_when_reachable, probe_database, retry
 
 log = logging.getLogger(__name__)
@@ -95,6 +102,7 @@ class StratoptServer:
         unknown = sides - set(SIDES)
         if unknown or not sides:
             raise ValueError(f"sides must be a non-empty subset of {SIDES}, got {sorted(sides)}")
+        KindOnlyFilter.install("asyncpg.pool")  # its reconnect warnings name the host
         self._pool = asyncpg.create_pool(self.database_url, min_size=1, max_size=10, **self.timeouts.connect_kwargs())
         interceptors: list[Any] = []
         if "command" in sides:
@@ -134,6 +142,7 @@ class StratoptServer:
             command_names=command_names,
             timeouts=self.timeouts,
             workers_ok=lambda: workers_alive(self._solver_pool),
+            revive_workers=lambda: revive_workers(self._solver_pool),
             interval_s=self.health_interval_s,
         )
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)

@@ -24,7 +24,15 @@ from command_side import postgres_errors as command_errors
 from query_side import postgres_errors as query_errors
 from services.errors import OperationalError
 from stratopt.rpc_errors import status_code
-from stratopt_cli.health import LIVENESS, NOT_SERVING, SERVING, HealthMonitor, new_servicer, workers_alive
+from stratopt_cli.health import (
+    LIVENESS,
+    NOT_SERVING,
+    SERVING,
+    HealthMonitor,
+    new_servicer,
+    revive_workers,
+    workers_alive,
+)
 from stratopt_cli.runtime import (
     DatabaseTimeouts,
     DatabaseWaitTimeoutError,
@@ -215,17 +223,43 @@ def solver_pool() -> Iterator[SolverPool]:
         pool.shutdown()
 
 
-def test_workers_alive_sees_a_killed_worker(solver_pool: SolverPool) -> None:
+@pytest.mark.integration
+def test_a_dead_worker_turns_the_command_side_not_serving_until_the_monitor_replaced_it(
+    solver_pool: SolverPool, pg_dsn: str
+) -> None:
     async def run() -> None:
+        servicer = new_servicer([QUERY, COMMAND])
+        monitor = HealthMonitor(
+            servicer,
+            pg_dsn,
+            query_names=[QUERY],
+            command_names=[COMMAND],
+            workers_ok=lambda: workers_alive(solver_pool),
+            revive_workers=lambda: revive_workers(solver_pool),
+        )
         assert workers_alive(solver_pool)
         await solver_pool.warm_up()
-        assert workers_alive(solver_pool)
+        monitor.mark_ready()
+        await monitor.check()
+        assert servicer._server_status[COMMAND] == SERVING
         [worker] = list(solver_pool._executor._processes.values())
         assert worker.pid is not None
-        os.kill(worker.pid, signal.SIGKILL)
+        os.kill(worker.pid, signal.SIGKILL)  # the OOM killer, say, while idle
         deadline = time.monotonic() + 10
         while workers_alive(solver_pool) and time.monotonic() < deadline:  # noqa: ASYNC110  # polling on purpose
             await asyncio.sleep(0.05)
         assert not workers_alive(solver_pool)
+        await monitor.check()  # notices, reports NOT_SERVING, and starts replacing the pool
+        assert servicer._server_status[COMMAND] == NOT_SERVING
+        assert servicer._server_status[QUERY] == SERVING
+        deadline = time.monotonic() + 120
+        while servicer._server_status[COMMAND] != SERVING and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            await monitor.check()
+        assert servicer._server_status[COMMAND] == SERVING
+        [new_worker] = list(solver_pool._executor._processes.values())
+        assert new_worker.pid != worker.pid
+        assert new_worker.is_alive()
+        await monitor.stop()
 
     asyncio.run(run())
