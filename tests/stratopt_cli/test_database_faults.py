@@ -146,6 +146,10 @@ def test_postgres_killed_mid_stream_loses_and_duplicates_nothing(cluster: Embedd
     assert max(o.elapsed_s for o in failed) <= BOUND_S
     for o in failed:
         _no_infrastructure(o.message, cluster)
+    print(  # the figures, for `pytest -s`
+        f"kill -9: {len(acknowledged)} acknowledged, {len(failed)} UNAVAILABLE"
+        f" (slowest {max(o.elapsed_s for o in failed):.2f} s), health {' -> '.join(statuses)}"
+    )
     # Health told the truth: SERVING, NOT_SERVING during the outage, SERVING again.
     assert "NOT_SERVING" in statuses
     assert statuses[0] == "SERVING"
@@ -224,6 +228,10 @@ def test_frozen_database_answers_unavailable_within_the_bound(cluster: EmbeddedP
         finally:
             freeze_cluster(cluster, thaw=True)
         assert noticed <= HEALTH_BOUND_S
+        print(  # the figures, for `pytest -s`
+            f"SIGSTOP: health NOT_SERVING after {noticed:.2f} s; Optimize UNAVAILABLE after"
+            f" {', '.join(f'{o.elapsed_s:.2f}' for o in outcomes)} s; GetLatest after {query_codes[0][1]:.2f} s"
+        )
         assert [o.code for o in outcomes] == [grpc.StatusCode.UNAVAILABLE] * 3, [o.message for o in outcomes]
         assert max(o.elapsed_s for o in outcomes) <= BOUND_S
         [(code, elapsed, message)] = query_codes
