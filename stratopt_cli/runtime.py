@@ -102,6 +102,48 @@ class DatabaseTimeouts:
         return {"timeout": self.connect_s, "command_timeout": self.command_s, "server_settings": self.server_settings()}
 
 
+class BoundedPool(asyncpg.Pool):
+    """An asyncpg pool whose ``acquire`` waits at most ``acquire_timeout_s`` unless told otherwise.
+
+    The repositories call ``pool.acquire()`` without a timeout; on a frozen database every connection can be
+    busy timing out, and a call queued behind them would wait for each in turn.
+    """
+
+    def __init__(self, dsn: str, *, acquire_timeout_s: float, min_size: int, max_size: int, **kwargs: Any) -> None:
+        super().__init__(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            max_queries=50000,
+            max_inactive_connection_lifetime=300.0,
+            loop=None,
+            connection_class=asyncpg.Connection,
+            record_class=asyncpg.Record,
+            **kwargs,
+        )
+        self.acquire_timeout_s = acquire_timeout_s
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        """Acquire a connection, waiting at most ``timeout`` (default ``acquire_timeout_s``) seconds.
+
+        Raises
+        ------
+        TimeoutError
+            When no connection became free in time (the stores answer UNAVAILABLE).
+        """
+        return super().acquire(timeout=self.acquire_timeout_s if timeout is None else timeout)
+
+
+def create_pool(url: str, timeouts: DatabaseTimeouts, *, min_size: int = 1, max_size: int = 10) -> BoundedPool:
+    """A not yet connected pool with the statement, lock, connect and acquire timeouts (``await`` it to connect).
+
+    The acquire timeout is the client-side statement limit (``timeouts.command_s``).
+    """
+    return BoundedPool(
+        url, acquire_timeout_s=timeouts.command_s, min_size=min_size, max_size=max_size, **timeouts.connect_kwargs()
+    )
+
+
 def positive_seconds(name: str, default: float) -> float:
     """A positive number of seconds from the environment variable ``name``, else ``default``.
 

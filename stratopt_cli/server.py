@@ -32,7 +32,7 @@ from stratopt_cli.health import (
     revive_workers,
     workers_alive,
 )
-from stratopt_cli.runtime import DatabaseTimeouts, migrate_when_reachable, probe_database, retry
+from stratopt_cli.runtime import DatabaseTimeouts, create_pool, migrate_when_reachable, probe_database, retry
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class StratoptServer:
         if unknown or not sides:
             raise ValueError(f"sides must be a non-empty subset of {SIDES}, got {sorted(sides)}")
         KindOnlyFilter.install("asyncpg.pool")  # its reconnect warnings name the host
-        self._pool = asyncpg.create_pool(self.database_url, min_size=1, max_size=10, **self.timeouts.connect_kwargs())
+        self._pool = create_pool(self.database_url, self.timeouts, min_size=1, max_size=10)
         interceptors: list[Any] = []
         if "command" in sides:
             interceptors.append(command_side.interceptor())

@@ -37,6 +37,7 @@ from stratopt_cli.runtime import (
     DatabaseTimeouts,
     DatabaseWaitTimeoutError,
     backoff_delays,
+    create_pool,
     retry,
     startup_limit_from_env,
 )
@@ -153,6 +154,26 @@ def test_statement_and_lock_timeouts_reach_the_session_and_answer_unavailable(pg
         finally:
             await conn.close()
             await other.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.integration
+def test_the_pool_gives_up_waiting_for_a_connection_after_the_acquire_timeout(pg_dsn: str) -> None:
+    async def run() -> None:
+        pool = await create_pool(pg_dsn, DatabaseTimeouts(statement_s=0.5, connect_s=2.0), min_size=1, max_size=1)
+        try:
+            assert pool.acquire_timeout_s == 1.5
+            async with pool.acquire() as busy:
+                assert await busy.fetchval("SHOW statement_timeout") == "500ms"
+                start = time.monotonic()
+                with pytest.raises(OperationalError):
+                    async with command_errors.postgres_errors(), pool.acquire() as conn:
+                        await conn.fetchval("SELECT 1")
+                assert 1.4 < time.monotonic() - start < 3
+            assert await pool.fetchval("SELECT 1") == 1
+        finally:
+            await pool.close()
 
     asyncio.run(run())
 
