@@ -132,8 +132,12 @@ def test_start_up_waits_for_the_database_then_sigterm_drains(cluster: EmbeddedPo
                 with pytest.raises(grpc.RpcError) as refused:
                     _optimize(target, "startup", "startup-early", timeout=10)
                 assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+                with pytest.raises(grpc.RpcError) as health_port_only:  # the plaintext port carries health only
+                    _optimize(health_target, "startup", "startup-health-port", timeout=10)
+                assert health_port_only.value.code() == grpc.StatusCode.UNIMPLEMENTED
                 cluster.start()
-                wait_for_status(health_ch, "SERVING", timeout=120)
+                took = wait_for_status(health_ch, "SERVING", timeout=120)
+                print(f"start-up: SERVING {took:.1f} s after the database came up")  # the figure, for `pytest -s`
                 assert health_status(ch) == "SERVING"
             assert _optimize(target, "startup", "startup-1")
             attempts = [line for line in served.lines if "could not connect to the database (attempt" in line]
@@ -168,7 +172,8 @@ def _drain(served: Served, cluster: EmbeddedPostgres, target: str, health_target
         assert waiting == 1, "the call never reached its storage transaction"
         served.process.send_signal(signal.SIGTERM)
         with channel(health_target) as health_ch:
-            wait_for_status(health_ch, "NOT_SERVING", timeout=5)
+            took = wait_for_status(health_ch, "NOT_SERVING", timeout=5)
+            print(f"drain: NOT_SERVING {took:.2f} s after SIGTERM")  # the figure, for `pytest -s`
             assert health_status(health_ch, "stratopt.v1.OptimizationCommandService") == "NOT_SERVING"
         assert caller.is_alive()
         blocker.execute("SELECT pg_advisory_unlock(hashtext('drain'))")
@@ -211,4 +216,5 @@ def test_kill_9_of_the_server_takes_its_workers_and_resource_tracker_along(clust
         while any(alive(pid) for pid in children) and time.monotonic() < deadline:
             time.sleep(0.05)
         left = [pid for pid in children if alive(pid)]
+        print(f"kill -9: {len(children)} children gone after {time.monotonic() - deadline + 5:.2f} s")
         assert not left, f"still running after kill -9 of the server: {left}"
