@@ -154,12 +154,21 @@ def serve(
 
 @app.command()
 def migrate(database_url: DatabaseOption = None) -> None:
-    """Apply pending SQL migrations (to the embedded cluster when no URL is given)."""
-    from stratopt_cli.migrate import migrate as apply
+    """Apply pending SQL migrations (to the embedded cluster when no URL is given).
+
+    Waits for the database with back-off first (STRATOPT_DB_WAIT_LIMIT_S, default 600 s, 0 = no limit).
+    """
+    from stratopt_cli.runtime import migrate_when_reachable
 
     _setup_logging(False)
     with database(database_url, run_migrations=False) as url:
-        applied = apply(url)
+        try:
+            applied = migrate_when_reachable(
+                url, limit_s=startup_limit_from_env(), timeouts=DatabaseTimeouts.from_env()
+            )
+        except TimeoutError as error:
+            typer.echo(f"stratopt migrate: {error}", err=True)
+            raise typer.Exit(code=1) from None
     typer.echo("applied: " + (", ".join(applied) if applied else "nothing (schema is current)"))
 
 

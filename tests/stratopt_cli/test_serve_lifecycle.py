@@ -196,11 +196,20 @@ def test_start_up_gives_up_after_the_configured_limit(cluster: EmbeddedPostgres)
             env={"STRATOPT_DATABASE_URL": cluster.dsn, "STRATOPT_DB_WAIT_LIMIT_S": "2"},
         )
         elapsed = time.monotonic() - start
+        migrated = CliRunner().invoke(
+            app, ["migrate"], env={"STRATOPT_DATABASE_URL": cluster.dsn, "STRATOPT_DB_WAIT_LIMIT_S": "1"}
+        )
     finally:
         cluster.start()
     assert result.exit_code == 1, result.output
     assert "could not start: could not connect to the database within 2 s" in result.output
     assert elapsed < 30
+    assert migrated.exit_code == 1, migrated.output
+    assert "could not migrate the database within 1 s" in migrated.output
+    assert str(cluster.data_dir) not in migrated.output
+    current = CliRunner().invoke(app, ["migrate"], env={"STRATOPT_DATABASE_URL": cluster.dsn})
+    assert current.exit_code == 0, current.output
+    assert "nothing (schema is current)" in current.output
 
 
 def test_kill_9_of_the_server_takes_its_workers_and_resource_tracker_along(cluster: EmbeddedPostgres) -> None:
