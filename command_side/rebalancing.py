@@ -70,6 +70,7 @@ from services.errors import (
     DeadlineExceededError,
     IntegrityError,
     InvalidInputError,
+    PermissionDeniedError,
     PreconditionError,
     PreconditionViolation,
 )
@@ -426,14 +427,17 @@ class RebalancingService:
     store : TradingStore
         Where holdings, policies, prices, targets and recommendations are kept (the PostgreSQL store in the
         server, the in-memory one in unit tests).
+    allow_self_approval : bool
+        Whether the principal that generated a recommendation may approve it (four-eyes rule off).
 
     Notes
     -----
     Every method may also raise ``UnavailableError`` (gRPC UNAVAILABLE) when the store cannot be reached.
     """
 
-    def __init__(self, store: TradingStore) -> None:
+    def __init__(self, store: TradingStore, *, allow_self_approval: bool = False) -> None:
         self._store = store
+        self._allow_self_approval = allow_self_approval
 
     async def upsert_holdings(self, command: UpsertHoldings) -> HoldingsStored:
         """Store a holdings snapshot (positions without prices, their lots and cash), replacing the previous one.
@@ -691,6 +695,7 @@ class RebalancingService:
                 request_hash=fingerprint,
                 as_of=as_of,
                 approval_ttl=_given(policy.approval_ttl, DEFAULT_APPROVAL_TTL),
+                created_by=command.created_by,
             )
         except IntegrityError:
             # A concurrent call with the same request_id committed first: answer with its recommendation.
@@ -734,10 +739,15 @@ class RebalancingService:
     async def approve(self, decision: Decision) -> RebalanceRecommendation:
         """Approve a PENDING_APPROVAL recommendation (``decided_by`` = approver, optional reason) with its event.
 
+        The principal that generated the recommendation may not approve it (four-eyes rule) unless the service
+        was built with ``allow_self_approval``.
+
         Raises
         ------
         InvalidInputError
             Naming ``recommendation_id`` (not a UUID), ``approver`` (empty) or ``reason`` (too long).
+        PermissionDeniedError
+            When the approver generated the recommendation; nothing is written.
         NotFoundError
             When no recommendation has the id.
         PreconditionError
@@ -747,6 +757,8 @@ class RebalancingService:
         recommendation_id = _recommendation_id(decision.recommendation_id)
         approver = _text(decision.approver, "approver", required=True, limit=MAX_ID_LENGTH)
         reason = _text(decision.reason, "reason", required=False, limit=MAX_REASON_LENGTH)
+        if not self._allow_self_approval and await self._store.creator(recommendation_id) == approver:
+            raise PermissionDeniedError("cannot approve a recommendation you generated")
         return await self._store.decide(
             recommendation_id, status=RecommendationStatus.APPROVED, actor=approver, reason=reason
         )

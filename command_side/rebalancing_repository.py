@@ -129,12 +129,14 @@ async def _insert_event(
     state: RecommendationState,
     total_trade_value: float,
     payload: dict[str, Any],
+    actor: str | None = None,
 ) -> None:
     await conn.execute(
         """INSERT INTO rebalance_events (event_id, "timestamp", portfolio_id, recommendation_id, event_type, status,
                actor, total_trade_value, payload)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)""",
-        uuid.uuid4(), timestamp, portfolio_id, recommendation_id, event_type, state.status.value, state.decided_by,
+        uuid.uuid4(), timestamp, portfolio_id, recommendation_id, event_type, state.status.value,
+        state.decided_by if actor is None else actor,
         total_trade_value, _json(event_payload(payload)),
     )  # fmt: skip
 
@@ -314,6 +316,19 @@ class PostgresTradingStore:
             return None
         return StoredRecommendation(request_hash=row["request_hash"] or "", recommendation=_recommendation(row))
 
+    async def creator(self, recommendation_id: uuid.UUID) -> str | None:
+        """See :meth:`TradingStore.creator` (the CREATED event at the row's ``created_at``)."""
+        async with store_errors(), self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                """SELECT (SELECT e.actor FROM rebalance_events e
+                           WHERE e.portfolio_id = r.portfolio_id AND e."timestamp" = r.created_at
+                               AND e.recommendation_id = r.recommendation_id AND e.event_type = 'CREATED'
+                           LIMIT 1) AS actor
+                   FROM rebalance_recommendations r WHERE r.recommendation_id = $1""",
+                recommendation_id,
+            )
+        return None if row is None else row["actor"] or ""
+
     async def recent_trades(self, portfolio_id: str, as_of: datetime, window: timedelta) -> list[RecentTrades]:
         """See :meth:`TradingStore.recent_trades` (index ``rebalance_recommendations_portfolio_as_of_idx``)."""
         async with store_errors(), self._pool.acquire() as conn:
@@ -342,6 +357,7 @@ class PostgresTradingStore:
         request_hash: str,
         as_of: datetime,
         approval_ttl: timedelta,
+        created_by: str = "",
     ) -> RebalanceRecommendation:
         """See :meth:`TradingStore.create` (one transaction under the portfolio lock).
 
@@ -393,6 +409,7 @@ class PostgresTradingStore:
                 state=state,
                 total_trade_value=message.total_trade_value,
                 payload={"request_id": request_id, "approval_limit": message.approval_limit},
+                actor=created_by,
             )
         return stored_recommendation(created, state)
 

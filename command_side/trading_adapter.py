@@ -622,14 +622,20 @@ def generate_rebalance_command(request: trading_pb.GenerateRebalanceRequest) -> 
     )
 
 
-def approve_rebalance_command(request: trading_pb.ApproveRebalanceRequest) -> Decision:
-    """The decision of an ApproveRebalance request."""
-    return Decision(recommendation_id=request.recommendation_id, approver=request.approver, reason=request.reason)
+def approve_rebalance_command(request: trading_pb.ApproveRebalanceRequest, *, approver: str) -> Decision:
+    """The decision of an ApproveRebalance request by the authenticated ``approver``.
+
+    The deprecated request field ``approver`` is ignored.
+    """
+    return Decision(recommendation_id=request.recommendation_id, approver=approver, reason=request.reason)
 
 
-def reject_rebalance_command(request: trading_pb.RejectRebalanceRequest) -> Decision:
-    """The decision of a RejectRebalance request."""
-    return Decision(recommendation_id=request.recommendation_id, approver=request.approver, reason=request.reason)
+def reject_rebalance_command(request: trading_pb.RejectRebalanceRequest, *, approver: str) -> Decision:
+    """The decision of a RejectRebalance request by the authenticated ``approver``.
+
+    The deprecated request field ``approver`` is ignored.
+    """
+    return Decision(recommendation_id=request.recommendation_id, approver=approver, reason=request.reason)
 
 
 # --- rebalancing: results → responses ---------------------------------------------------------------------------

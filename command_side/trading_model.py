@@ -275,6 +275,9 @@ class GenerateRebalance:
     market: Mapping[str, MarketQuote] = field(default_factory=dict)
     as_of: datetime | None = None
     """Trade date; None: now."""
+    created_by: str = ""
+    """The authenticated principal generating it (recorded as the CREATED event's actor); never a request
+    field."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -366,4 +369,5 @@ class Decision:
     recommendation_id: str
     """UUID text."""
     approver: str
+    """The authenticated principal deciding (never a request field)."""
     reason: str = ""

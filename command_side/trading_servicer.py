@@ -4,12 +4,15 @@ Each RPC has :mod:`command_side.trading_adapter` turn the request into a command
 :mod:`command_side.trading_model` and :mod:`services.trading`), awaits one application call and has the adapter
 turn its result into the response. Allocation (``command_side.allocations``) and rebalancing
 (``command_side.rebalancing``, over a ``command_side.trading_store.TradingStore``) are separate application
-services, built by the composition root; errors propagate as domain exceptions to the ``ErrorMappingInterceptor``
+services, built by the composition root. Who generates, approves or rejects a recommendation is the call's
+authenticated principal (:func:`stratopt.identity.current_principal`, set by the server's authentication
+interceptor), never a request field. Errors propagate as domain exceptions to the ``ErrorMappingInterceptor``
 (allocation errors with the engine's field paths translated to the request's by the adapter).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -17,6 +20,7 @@ import grpc
 from command_side import trading_adapter as adapter
 from command_side.allocations import AllocationService
 from command_side.rebalancing import RebalancingService
+from stratopt.identity import current_principal
 from stratopt.v1 import trading_service_pb2 as trading_pb
 from stratopt.v1 import trading_service_pb2_grpc as trading_grpc
 
@@ -90,7 +94,7 @@ class TradingCommandServicer(trading_grpc.TradingCommandServiceServicer):
         self, request: trading_pb.GenerateRebalanceRequest, context: Context
     ) -> trading_pb.GenerateRebalanceResponse:
         """Generate and store a rebalance recommendation."""
-        command = adapter.generate_rebalance_command(request)
+        command = replace(adapter.generate_rebalance_command(request), created_by=current_principal().name)
         generated = await self._rebalancing.generate(command, time_remaining_s=context.time_remaining())
         return adapter.generate_rebalance_response(generated)
 
@@ -98,12 +102,16 @@ class TradingCommandServicer(trading_grpc.TradingCommandServiceServicer):
         self, request: trading_pb.ApproveRebalanceRequest, context: Context
     ) -> trading_pb.ApproveRebalanceResponse:
         """Approve a pending recommendation."""
-        recommendation = await self._rebalancing.approve(adapter.approve_rebalance_command(request))
+        recommendation = await self._rebalancing.approve(
+            adapter.approve_rebalance_command(request, approver=current_principal().name)
+        )
         return adapter.approve_rebalance_response(recommendation)
 
     async def RejectRebalance(  # noqa: N802
         self, request: trading_pb.RejectRebalanceRequest, context: Context
     ) -> trading_pb.RejectRebalanceResponse:
         """Reject a pending recommendation."""
-        recommendation = await self._rebalancing.reject(adapter.reject_rebalance_command(request))
+        recommendation = await self._rebalancing.reject(
+            adapter.reject_rebalance_command(request, approver=current_principal().name)
+        )
         return adapter.reject_rebalance_response(recommendation)

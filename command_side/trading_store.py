@@ -120,7 +120,8 @@ class RecommendationEvent:
     status: RecommendationStatus
     """The recommendation's status after the change."""
     actor: str
-    """The approver of a decision; empty otherwise."""
+    """The approver of a decision, the principal that generated the recommendation for ``CREATED``; empty
+    otherwise."""
     total_trade_value: float
     """The recommendation's total trade value ($)."""
     payload: dict[str, Any]
@@ -214,6 +215,7 @@ class TradingStore(Protocol):
         request_hash: str,
         as_of: datetime,
         approval_ttl: timedelta,
+        created_by: str = "",
     ) -> RebalanceRecommendation:
         """Store a new recommendation with its CREATED event; return it with its id, status and times.
 
@@ -235,6 +237,8 @@ class TradingStore(Protocol):
             Trade date (for :meth:`recent_trades`).
         approval_ttl : timedelta
             How long a pending recommendation waits for a decision (> 0).
+        created_by : str
+            The authenticated principal generating it: the ``actor`` of the CREATED event (:meth:`creator`).
 
         Raises
         ------
@@ -249,6 +253,13 @@ class TradingStore(Protocol):
 
     async def find_by_request(self, portfolio_id: str, request_id: str) -> StoredRecommendation | None:
         """The recommendation created by an earlier request with this idempotency key, if any."""
+        ...
+
+    async def creator(self, recommendation_id: uuid.UUID) -> str | None:
+        """The principal that generated the recommendation, or None when no recommendation has the id.
+
+        It is the CREATED event's ``actor``; empty when none was recorded (recommendations of older versions).
+        """
         ...
 
     async def decide(
@@ -300,6 +311,7 @@ class _StoredRow:
     total_trade_value: float
     as_of: datetime
     state: RecommendationState
+    created_by: str = ""
 
 
 @dataclass(slots=True)
@@ -408,7 +420,14 @@ class InMemoryTradingStore:
     # --- recommendations -----------------------------------------------------------------------------------
 
     def _event(
-        self, row: _StoredRow, recommendation_id: uuid.UUID, at: datetime, event_type: str, **payload: Any
+        self,
+        row: _StoredRow,
+        recommendation_id: uuid.UUID,
+        at: datetime,
+        event_type: str,
+        *,
+        actor: str | None = None,
+        **payload: Any,
     ) -> None:
         """Record the event of the row's current state; call with the lock held."""
         self._tables.events.append(
@@ -418,7 +437,7 @@ class InMemoryTradingStore:
                 recommendation_id=recommendation_id,
                 event_type=event_type,
                 status=row.state.status,
-                actor=row.state.decided_by,
+                actor=row.state.decided_by if actor is None else actor,
                 total_trade_value=row.total_trade_value,
                 payload=_stored(event_payload(payload)),
             )
@@ -457,6 +476,7 @@ class InMemoryTradingStore:
         request_hash: str,
         as_of: datetime,
         approval_ttl: timedelta,
+        created_by: str = "",
     ) -> RebalanceRecommendation:
         """See :meth:`TradingStore.create`."""
         portfolio_id = recommendation.portfolio_id
@@ -491,12 +511,19 @@ class InMemoryTradingStore:
                 total_trade_value=message.total_trade_value,
                 as_of=as_of,
                 state=state,
+                created_by=created_by,
             )
             self._tables.recommendations[recommendation_id] = row
             if request_id:
                 self._tables.by_request[portfolio_id, request_id] = recommendation_id
             self._event(
-                row, recommendation_id, now, CREATED, request_id=request_id, approval_limit=message.approval_limit
+                row,
+                recommendation_id,
+                now,
+                CREATED,
+                actor=created_by,
+                request_id=request_id,
+                approval_limit=message.approval_limit,
             )
             return stored_recommendation(row.created, state)
 
@@ -516,6 +543,12 @@ class InMemoryTradingStore:
             return StoredRecommendation(
                 request_hash=row.request_hash, recommendation=stored_recommendation(row.created, row.state)
             )
+
+    async def creator(self, recommendation_id: uuid.UUID) -> str | None:
+        """See :meth:`TradingStore.creator`."""
+        with self._lock:
+            row = self._tables.recommendations.get(recommendation_id)
+            return None if row is None else row.created_by
 
     async def decide(
         self, recommendation_id: uuid.UUID, *, status: RecommendationStatus, actor: str, reason: str

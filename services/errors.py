@@ -99,6 +99,10 @@ class NotFoundError(StratoptError):
     """The named portfolio, configuration or result does not exist."""
 
 
+class PermissionDeniedError(StratoptError):
+    """The authenticated caller may not do this (e.g. approve a recommendation it generated itself)."""
+
+
 class UnavailableError(StratoptError):
     """A dependency (the database) cannot be reached; the call may be retried."""
 

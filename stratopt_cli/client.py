@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,82 @@ BARS_PER_MESSAGE = 10_000
 _CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
 
 
-def channel(target: str) -> grpc.Channel:
-    """An insecure channel to a stratopt server at ``host:port``."""
-    return grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+TOKEN_ENV = "STRATOPT_TOKEN"
+"""Environment variable holding a bearer token (JWT) for the client."""
+
+
+@dataclass(frozen=True)
+class ChannelSecurity:
+    """TLS material and bearer token of a client channel (all None: plaintext, no token).
+
+    Parameters
+    ----------
+    root_certificates : bytes or None
+        PEM CA bundle that signed the server's certificate; set: the channel uses TLS.
+    certificate_chain, private_key : bytes or None
+        PEM client certificate and key (mTLS).
+    token : str or None
+        Bearer token (JWT) sent with every call; only ever sent over TLS.
+    """
+
+    root_certificates: bytes | None = None
+    certificate_chain: bytes | None = None
+    private_key: bytes | None = None
+    token: str | None = None
+
+    @classmethod
+    def from_files(
+        cls,
+        *,
+        ca_file: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
+        token_file: Path | None = None,
+    ) -> ChannelSecurity:
+        """Read the files; the token from ``token_file``, else ``$STRATOPT_TOKEN``.
+
+        Raises
+        ------
+        ValueError
+            A certificate without its key (or the reverse), or client certificate or token without a CA
+            (no TLS: a bearer token is never sent in plaintext).
+        """
+        if (cert_file is None) != (key_file is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        token = token_file.read_text().strip() if token_file is not None else os.environ.get(TOKEN_ENV) or None
+        if ca_file is None and (cert_file is not None or token):
+            raise ValueError("a client certificate or a token needs TLS: give --tls-ca")
+        return cls(
+            root_certificates=None if ca_file is None else ca_file.read_bytes(),
+            certificate_chain=None if cert_file is None else cert_file.read_bytes(),
+            private_key=None if key_file is None else key_file.read_bytes(),
+            token=token,
+        )
+
+
+def channel(target: str, security: ChannelSecurity | None = None) -> grpc.Channel:
+    """A channel to a stratopt server at ``host:port``.
+
+    Plaintext without ``security`` (or without its CA); else TLS, with the client certificate and the bearer
+    token that ``security`` holds.
+
+    Raises
+    ------
+    ValueError
+        A token without TLS (never sent in plaintext).
+    """
+    if security is None or security.root_certificates is None:
+        if security is not None and (security.token or security.certificate_chain):
+            raise ValueError("a client certificate or a token needs TLS")
+        return grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+    credentials = grpc.ssl_channel_credentials(
+        security.root_certificates, security.private_key, security.certificate_chain
+    )
+    if security.token:
+        credentials = grpc.composite_channel_credentials(
+            credentials, grpc.access_token_call_credentials(security.token)
+        )
+    return grpc.secure_channel(target, credentials, options=_CHANNEL_OPTIONS)
 
 
 def command_stub(ch: grpc.Channel) -> cmd_grpc.OptimizationCommandServiceStub:

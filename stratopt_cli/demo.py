@@ -2,14 +2,22 @@
 
 Data: ``data/sp500_dataset.csv.gz`` (20 S&P 500 stocks, daily, 1990-2022) and ``data/sp500_index.csv.gz``
 from skfolio (BSD-3-Clause, see ``data/LICENSE-skfolio.txt``).
+
+Security as in production, on loopback: the demo makes a throwaway CA, a server certificate for 127.0.0.1 and a
+JWT signing key (``stratopt_cli.dev_credentials``), serves with TLS and bearer tokens, and calls as three
+principals: ``demo-operator`` (admin: ingest, optimize, query), ``demo-trader`` (trade, approve, read: allocation,
+holdings, drift, the rebalance) and ``demo-risk-desk`` (approve, read). The trader's own approval is refused
+(four-eyes rule); the risk desk's is stored as the approver.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -21,7 +29,9 @@ from stratopt.v1 import query_service_pb2 as query_pb
 from stratopt.v1 import trading_service_pb2 as trading_pb
 from stratopt.v1 import types_pb2 as pb
 from stratopt_cli import client
+from stratopt_cli.dev_credentials import LOCAL_NAMES, DevCertificateAuthority, DevTokenIssuer, write_files
 from stratopt_cli.runtime import database
+from stratopt_cli.security import SecurityConfig
 from stratopt_cli.server import ServerThread, StratoptServer
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -133,6 +143,14 @@ def _metrics_table(responses: list[cmd_pb.OptimizeResponse]) -> Table:
     return table
 
 
+def _redacted(url: str) -> str:
+    """The URL without its password (for printing)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+
+
 def run_demo(database_url: str | None = None, console: Console | None = None) -> int:
     """Run the demo end to end; return the process exit code (0 on success)."""
     if console is None:
@@ -140,14 +158,42 @@ def run_demo(database_url: str | None = None, console: Console | None = None) ->
         if not console.is_terminal:
             console = Console(width=160)  # piped output (CI, logs): wide enough for the tables
     run_tag = f"demo-{datetime.now(UTC):%Y%m%dT%H%M%S}"
-    with database(database_url) as url:
-        console.print(f"[bold]database[/] {url}")
-        thread = ServerThread(StratoptServer(url, address="127.0.0.1:0"))
+    authority, issuer = DevCertificateAuthority(), DevTokenIssuer(issuer="stratopt-demo")
+    server_cert = authority.issue("localhost", server_names=LOCAL_NAMES)
+    with database(database_url) as url, tempfile.TemporaryDirectory(prefix="stratopt-demo-") as secrets:
+        console.print(f"[bold]database[/] {_redacted(url)}")
+        files = write_files(
+            Path(secrets),
+            {"server.pem": server_cert.certificate, "server.key": server_cert.private_key,
+             "jwt-keys.pem": issuer.public_key_pem},
+        )  # fmt: skip
+        security = SecurityConfig(
+            tls_cert_file=files["server.pem"],
+            tls_key_file=files["server.key"],
+            jwt_public_keys_file=files["jwt-keys.pem"],
+            jwt_issuer=issuer.issuer,
+            jwt_audience=issuer.audience,
+        )
+        thread = ServerThread(StratoptServer(url, address="127.0.0.1:0", security=security))
         started = time.perf_counter()
         thread.start()
-        console.print(f"[bold]server[/] listening on {thread.target} (ready in {time.perf_counter() - started:.1f} s)")
+        console.print(
+            f"[bold]server[/] listening on {thread.target} with TLS and bearer tokens "
+            f"(ready in {time.perf_counter() - started:.1f} s)"
+        )
+
+        def as_principal(name: str, *roles: str) -> grpc.Channel:
+            token = issuer.token(name, roles)
+            return client.channel(
+                thread.target, client.ChannelSecurity(root_certificates=authority.certificate, token=token)
+            )
+
         try:
-            with client.channel(thread.target) as ch:
+            with (
+                as_principal("demo-operator", "admin") as ch,
+                as_principal("demo-trader", "trade", "approve", "read") as trader,
+                as_principal("demo-risk-desk", "approve", "read") as risk_desk,
+            ):
                 commands, queries = client.command_stub(ch), client.query_stub(ch)
                 for name in ("sp500_dataset.csv.gz", "sp500_index.csv.gz"):
                     stored = client.ingest_csv(commands, DATA_DIR / name)
@@ -174,7 +220,7 @@ def run_demo(database_url: str | None = None, console: Console | None = None) ->
                     console.print("[bold]infeasible request[/] answered with:\n" + client.describe_rpc_error(error))
 
                 _print_queries(console, queries)
-                _trading(console, client.trading_stub(ch), queries, responses[0])
+                _trading(console, client.trading_stub(trader), client.trading_stub(risk_desk), queries, responses[0])
         finally:
             thread.stop()
             console.print("[bold]server[/] stopped")
@@ -254,11 +300,14 @@ def _prices_on(day: str) -> dict[str, float]:
     return {str(symbol): float(price) for symbol, price in zip(row["symbol"], row["price"], strict=True)}
 
 
-def _trading(console: Console, trading: object, queries: object, optimized: cmd_pb.OptimizeResponse) -> None:
+def _trading(
+    console: Console, trading: object, approving: object, queries: object, optimized: cmd_pb.OptimizeResponse
+) -> None:
     """Weights to trades: allocation, drift, a rebalance recommendation and its approval.
 
     Whole shares for the max-Sharpe weights at mid-2022 prices, their drift at the end of 2022, the rebalance
-    recommendation (above the approval limit) and its approval.
+    recommendation (above the approval limit) generated by the trader (``trading``), the trader's own approval
+    refused and the risk desk's approval (``approving``).
     """
     stub: Any = trading
     portfolio = optimized.portfolio_id
@@ -317,12 +366,13 @@ def _trading(console: Console, trading: object, queries: object, optimized: cmd_
         f"estimated tax ${recommendation.estimated_tax:,.2f}"
     )
     if recommendation.status == trading_pb.RECOMMENDATION_STATUS_PENDING_APPROVAL:
-        approved = stub.ApproveRebalance(
-            trading_pb.ApproveRebalanceRequest(
-                recommendation_id=recommendation.recommendation_id, approver="demo-risk-desk"
-            ),
-            timeout=30,
-        ).recommendation
+        approval = trading_pb.ApproveRebalanceRequest(recommendation_id=recommendation.recommendation_id)
+        try:
+            stub.ApproveRebalance(approval, timeout=30)
+            raise RuntimeError("the trader approved its own recommendation")
+        except grpc.RpcError as error:
+            console.print("[bold]trader's own approval[/] answered with: " + client.describe_rpc_error(error))
+        approved = approving.ApproveRebalance(approval, timeout=30).recommendation  # type: ignore[attr-defined]
         console.print(
             f"[bold]approved[/] by {approved.decided_by}: {trading_pb.RecommendationStatus.Name(approved.status)}"
         )

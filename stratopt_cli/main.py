@@ -24,7 +24,7 @@ from stratopt.v1 import query_service_pb2 as query_pb
 from stratopt.v1 import trading_service_pb2 as trading_pb
 from stratopt_cli import client
 from stratopt_cli.health import HEALTH_ADDRESS_ENV
-from stratopt_cli.runtime import DATABASE_URL_ENV, DatabaseTimeouts, database, startup_limit_from_env
+from stratopt_cli.runtime import DatabaseTimeouts, database, startup_limit_from_env
 
 app = typer.Typer(
     help="stratopt: portfolio strategy optimization over gRPC (command + query sides).",
@@ -35,14 +35,52 @@ app = typer.Typer(
 TargetOption = Annotated[
     str, typer.Option("--target", envvar="STRATOPT_TARGET", help="host:port of a running stratopt server.")
 ]
-DatabaseOption = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        envvar=DATABASE_URL_ENV,
-        help="PostgreSQL + TimescaleDB URL. Unset: start and own the embedded cluster.",
-    ),
-]
+_connection = client.ChannelSecurity()
+"""TLS material and token of the client commands (set by the top-level options)."""
+
+
+@app.callback()
+def _main(
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, envvar="STRATOPT_TLS_CA_FILE", help="CA of the server (TLS)."),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True, dir_okay=False, envvar="STRATOPT_TLS_CLIENT_CERT_FILE", help="Client certificate (mTLS)."
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, envvar="STRATOPT_TLS_CLIENT_KEY_FILE", help="Client key (mTLS)."),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            envvar="STRATOPT_TOKEN_FILE",
+            help="File holding a bearer token (JWT); default $STRATOPT_TOKEN. Needs --tls-ca.",
+        ),
+    ] = None,
+) -> None:
+    """stratopt: portfolio strategy optimization over gRPC (command + query sides).
+
+    The database URL comes from STRATOPT_DATABASE_URL or the file STRATOPT_DATABASE_URL_FILE names (never the
+    command line); the connection options before the command apply to the client commands.
+    """
+    global _connection
+    try:
+        _connection = client.ChannelSecurity.from_files(
+            ca_file=tls_ca, cert_file=tls_cert, key_file=tls_key, token_file=token_file
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+
+
+def _channel(target: str) -> grpc.Channel:
+    return client.channel(target, _connection)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -64,10 +102,56 @@ def _print_json(message: object) -> None:
 
 @app.command()
 def serve(
-    database_url: DatabaseOption = None,
     address: Annotated[str, typer.Option(help="host:port to listen on.")] = "127.0.0.1:50051",
     side: Annotated[str, typer.Option(help="Which side to serve: both, command or query.")] = "both",
     workers: Annotated[int, typer.Option(help="Solver worker processes (0 = CPU count).")] = 0,
+    tls_cert_file: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, envvar="STRATOPT_TLS_CERT_FILE", help="TLS cert.")
+    ] = None,
+    tls_key_file: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, envvar="STRATOPT_TLS_KEY_FILE", help="TLS key.")
+    ] = None,
+    tls_client_ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True, dir_okay=False, envvar="STRATOPT_TLS_CLIENT_CA_FILE", help="Client CA: requires mTLS."
+        ),
+    ] = None,
+    tls_client_roles_file: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            envvar="STRATOPT_TLS_CLIENT_ROLES_FILE",
+            help="JSON client certificate CN -> roles (mTLS identity when no JWT keys).",
+        ),
+    ] = None,
+    jwt_public_keys_file: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            envvar="STRATOPT_JWT_PUBLIC_KEYS_FILE",
+            help="PEM public keys or JWKS: requires bearer tokens.",
+        ),
+    ] = None,
+    jwt_issuer: Annotated[str | None, typer.Option(envvar="STRATOPT_JWT_ISSUER", help="Required iss.")] = None,
+    jwt_audience: Annotated[str | None, typer.Option(envvar="STRATOPT_JWT_AUDIENCE", help="Required aud.")] = None,
+    jwt_roles_claim: Annotated[
+        str, typer.Option(envvar="STRATOPT_JWT_ROLES_CLAIM", help="Token claim holding the roles.")
+    ] = "roles",
+    allow_self_approval: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-self-approval/--no-self-approval",
+            envvar="STRATOPT_ALLOW_SELF_APPROVAL",
+            help="May a recommendation's generator approve it? Default: only without authentication.",
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(envvar="STRATOPT_INSECURE", help="Allow a non-loopback address without TLS and authentication."),
+    ] = False,
     health_address: Annotated[
         str | None,
         typer.Option(
@@ -97,6 +181,7 @@ def serve(
     STRATOPT_DB_WAIT_LIMIT_S, default 600 s, 0 = no limit); database calls are bounded by
     STRATOPT_DB_STATEMENT_TIMEOUT_S (default 10 s) and STRATOPT_DB_CONNECT_TIMEOUT_S (default 5 s).
     """
+    from stratopt_cli.security import SecurityConfig
     from stratopt_cli.server import SIDES, StratoptServer
 
     _setup_logging(verbose)
@@ -104,9 +189,23 @@ def serve(
     if side not in ("both", *SIDES):
         raise typer.BadParameter("must be both, command or query", param_hint="--side")
     try:
+        security = SecurityConfig(
+            tls_cert_file=tls_cert_file,
+            tls_key_file=tls_key_file,
+            tls_client_ca_file=tls_client_ca_file,
+            jwt_public_keys_file=jwt_public_keys_file,
+            jwt_issuer=jwt_issuer,
+            jwt_audience=jwt_audience,
+            jwt_roles_claim=jwt_roles_claim,
+            client_roles_file=tls_client_roles_file,
+            insecure=insecure,
+            allow_self_approval=allow_self_approval,
+        )
+        security.check_address(address)  # before the database starts
         timeouts, limit = DatabaseTimeouts.from_env(), startup_limit_from_env()
     except ValueError as error:
-        raise typer.BadParameter(str(error)) from None
+        typer.echo(f"stratopt: {error}", err=True)
+        raise typer.Exit(code=2) from None
 
     async def run(url: str) -> int:
         server = StratoptServer(
@@ -119,6 +218,7 @@ def serve(
             migrate=True,
             health_address=health_address,
             shutdown_grace_s=shutdown_grace,
+            security=security,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -146,22 +246,22 @@ def serve(
         await server.stop(shutdown_timeout)
         return code
 
-    with database(database_url, run_migrations=False) as url:
+    with database(run_migrations=False) as url:
         code = asyncio.run(run(url))
     if code:
         raise typer.Exit(code=code)
 
 
 @app.command()
-def migrate(database_url: DatabaseOption = None) -> None:
-    """Apply pending SQL migrations (to the embedded cluster when no URL is given).
+def migrate() -> None:
+    """Apply pending SQL migrations (to the embedded cluster when no database URL is configured).
 
     Waits for the database with back-off first (STRATOPT_DB_WAIT_LIMIT_S, default 600 s, 0 = no limit).
     """
     from stratopt_cli.runtime import migrate_when_reachable
 
     _setup_logging(False)
-    with database(database_url, run_migrations=False) as url:
+    with database(run_migrations=False) as url:
         try:
             applied = migrate_when_reachable(
                 url, limit_s=startup_limit_from_env(), timeouts=DatabaseTimeouts.from_env()
@@ -181,7 +281,7 @@ def ingest(
     target: TargetOption = client.DEFAULT_TARGET,
 ) -> None:
     """Stream a price CSV into the market_data hypertable through IngestMarketData."""
-    with client.channel(target) as ch:
+    with _channel(target) as ch:
         try:
             response = client.ingest_csv(client.command_stub(ch), csv, symbol_prefix=symbol_prefix)
         except grpc.RpcError as error:
@@ -197,7 +297,7 @@ def optimize(
 ) -> None:
     """Send an OptimizeRequest (protobuf JSON mapping) and print the JSON response."""
     request = json_format.Parse(request_file.read_text(), cmd_pb.OptimizeRequest())
-    with client.channel(target) as ch:
+    with _channel(target) as ch:
         try:
             response = client.command_stub(ch).Optimize(request, timeout=timeout)
         except grpc.RpcError as error:
@@ -208,7 +308,7 @@ def optimize(
 @app.command()
 def latest(portfolio_id: str, target: TargetOption = client.DEFAULT_TARGET) -> None:
     """Print the latest portfolio_optimized event of a portfolio as JSON."""
-    with client.channel(target) as ch:
+    with _channel(target) as ch:
         try:
             response = client.query_stub(ch).GetLatest(query_pb.GetLatestRequest(portfolio_id=portfolio_id), timeout=30)
         except grpc.RpcError as error:
@@ -236,7 +336,7 @@ def history(
     """Print every event of a portfolio in a time range, newest first, one JSON object per line."""
     request = _history_request(portfolio_id, start, end)
     request.page_size = page_size
-    with client.channel(target) as ch:
+    with _channel(target) as ch:
         stub = client.query_stub(ch)
         while True:
             try:
@@ -259,7 +359,7 @@ def analytics(
     """Print per-bucket run statistics (DuckDB over the event history) as JSON."""
     seconds = int(bucket_hours * 3600)
     request = query_pb.GetPortfolioAnalyticsRequest(portfolio_id=portfolio_id, bucket_width=Duration(seconds=seconds))
-    with client.channel(target) as ch:
+    with _channel(target) as ch:
         try:
             response = client.query_stub(ch).GetPortfolioAnalytics(request, timeout=60)
         except grpc.RpcError as error:
@@ -272,7 +372,7 @@ def analytics(
 
 def _send(method: str, request: object, target: str, *, query: bool = False, timeout: float = 60.0) -> None:
     """Call one RPC of the trading (or query) service and print the JSON response; exit 1 on an error."""
-    with client.channel(target) as ch:
+    with _channel(target) as ch:
         stub = client.query_stub(ch) if query else client.trading_stub(ch)
         try:
             response = getattr(stub, method)(request, timeout=timeout)
@@ -349,24 +449,22 @@ def rebalance(
 @app.command()
 def approve(
     recommendation_id: str,
-    approver: Annotated[str, typer.Option(help="Identity of the approver.")],
     reason: Annotated[str, typer.Option(help="Optional comment.")] = "",
     target: TargetOption = client.DEFAULT_TARGET,
 ) -> None:
-    """Approve a PENDING_APPROVAL rebalance recommendation."""
-    request = trading_pb.ApproveRebalanceRequest(recommendation_id=recommendation_id, approver=approver, reason=reason)
+    """Approve a PENDING_APPROVAL rebalance recommendation (as the authenticated caller)."""
+    request = trading_pb.ApproveRebalanceRequest(recommendation_id=recommendation_id, reason=reason)
     _send("ApproveRebalance", request, target)
 
 
 @app.command()
 def reject(
     recommendation_id: str,
-    approver: Annotated[str, typer.Option(help="Identity of the approver.")],
     reason: Annotated[str, typer.Option(help="Why it is rejected.")],
     target: TargetOption = client.DEFAULT_TARGET,
 ) -> None:
-    """Reject a PENDING_APPROVAL rebalance recommendation."""
-    request = trading_pb.RejectRebalanceRequest(recommendation_id=recommendation_id, approver=approver, reason=reason)
+    """Reject a PENDING_APPROVAL rebalance recommendation (as the authenticated caller)."""
+    request = trading_pb.RejectRebalanceRequest(recommendation_id=recommendation_id, reason=reason)
     _send("RejectRebalance", request, target)
 
 
@@ -388,15 +486,12 @@ def rebalance_events(
 
 
 @app.command()
-def demo(
-    database_url: DatabaseOption = None,
-    verbose: bool = False,
-) -> None:
-    """Start the service on the embedded database, optimize real S&P 500 portfolios, query them, stop."""
+def demo(verbose: bool = False) -> None:
+    """Run the demo: serve with TLS and tokens on loopback, optimize S&P 500 portfolios, trade, approve, stop."""
     from stratopt_cli.demo import run_demo
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr)
-    raise typer.Exit(code=run_demo(database_url))
+    raise typer.Exit(code=run_demo())
 
 
 if __name__ == "__main__":  # pragma: no cover

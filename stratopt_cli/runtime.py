@@ -5,6 +5,10 @@ down when stratopt starts (a pod scheduled before PostgreSQL is ready): :func:`r
 exponential back-off and jitter, logging each attempt by the kind of failure only (never the URL, host or
 password). :class:`DatabaseTimeouts` bounds every call on a slow or frozen database, so a client sees
 UNAVAILABLE after a known time instead of waiting for its own deadline.
+
+The URL holds a password, so it comes from the environment (``STRATOPT_DATABASE_URL``) or a file
+(``STRATOPT_DATABASE_URL_FILE``, e.g. a mounted Kubernetes Secret), never from the command line, where every
+user of the machine could read it in ``/proc/PID/cmdline``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,35 @@ DATABASE_URL_ENV = "STRATOPT_DATABASE_URL"
 STATEMENT_TIMEOUT_ENV = "STRATOPT_DB_STATEMENT_TIMEOUT_S"
 CONNECT_TIMEOUT_ENV = "STRATOPT_DB_CONNECT_TIMEOUT_S"
 STARTUP_LIMIT_ENV = "STRATOPT_DB_WAIT_LIMIT_S"
+DATABASE_URL_FILE_ENV = "STRATOPT_DATABASE_URL_FILE"
+"""Environment variable naming a file that holds the database URL (surrounding whitespace is stripped)."""
+
+
+def configured_database_url() -> str | None:
+    """The database URL from ``STRATOPT_DATABASE_URL`` or the file ``STRATOPT_DATABASE_URL_FILE`` names.
+
+    Returns
+    -------
+    str or None
+        None when neither is set (the embedded cluster is used).
+
+    Raises
+    ------
+    ValueError
+        When both are set, or the file is empty.
+    OSError
+        When the file cannot be read.
+    """
+    url = os.environ.get(DATABASE_URL_ENV) or None
+    path = os.environ.get(DATABASE_URL_FILE_ENV) or None
+    if url and path:
+        raise ValueError(f"set {DATABASE_URL_ENV} or {DATABASE_URL_FILE_ENV}, not both")
+    if path:
+        url = Path(path).read_text().strip()
+        if not url:
+            raise ValueError(f"{DATABASE_URL_FILE_ENV} names an empty file")
+    return url
+
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +334,7 @@ def database(url: str | None = None, *, data_dir: Path | None = None, run_migrat
     Parameters
     ----------
     url : str, optional
-        Database URL; default ``$STRATOPT_DATABASE_URL``. When neither is set, the embedded cluster in
+        Database URL; default :func:`configured_database_url`. When neither is set, the embedded cluster in
         ``data_dir`` (default ``$STRATOPT_DATA_DIR``/pgdata, or a per-user directory) is used. A configured
         server's settings are never changed; only the migrations are applied to it, after waiting for it
         (``STRATOPT_DB_WAIT_LIMIT_S``, default 600 s) with back-off.
@@ -315,7 +348,7 @@ def database(url: str | None = None, *, data_dir: Path | None = None, run_migrat
     DatabaseWaitTimeoutError
         When the configured database stayed unreachable for the start-up limit.
     """
-    url = url or os.environ.get(DATABASE_URL_ENV)
+    url = url or configured_database_url()
     cluster: EmbeddedPostgres | None = None
     if not url:
         cluster = EmbeddedPostgres(data_dir or default_data_dir())

@@ -33,6 +33,7 @@ from stratopt_cli.health import (
     workers_alive,
 )
 from stratopt_cli.runtime import DatabaseTimeouts, create_pool, migrate_when_reachable, probe_database, retry
+from stratopt_cli.security import SecurityConfig
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,9 @@ class StratoptServer:
         ``command``, ``query`` or both.
     workers : int or None
         Solver worker processes (command side); default the CPU count.
+    security : SecurityConfig
+        TLS, mTLS, token authentication, self-approval (default: loopback development mode); see
+        ``stratopt_cli.security``. A non-loopback ``address`` without TLS and authentication is refused.
     timeouts : DatabaseTimeouts
         Statement and connect timeouts of every database connection.
     startup_limit_s : float or None
@@ -73,6 +77,7 @@ class StratoptServer:
     address: str = "127.0.0.1:50051"
     sides: Iterable[str] = SIDES
     workers: int | None = None
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     timeouts: DatabaseTimeouts = field(default_factory=DatabaseTimeouts)
     startup_limit_s: float | None = None
     migrate: bool = False
@@ -102,9 +107,10 @@ class StratoptServer:
         unknown = sides - set(SIDES)
         if unknown or not sides:
             raise ValueError(f"sides must be a non-empty subset of {SIDES}, got {sorted(sides)}")
+        self.security.check_address(self.address)
         KindOnlyFilter.install("asyncpg.pool")  # its reconnect warnings name the host
         self._pool = create_pool(self.database_url, self.timeouts, min_size=1, max_size=10)
-        interceptors: list[Any] = []
+        interceptors: list[Any] = [self.security.interceptor()]  # first: refuse before anything runs
         if "command" in sides:
             interceptors.append(command_side.interceptor())
         if "query" in sides:
@@ -128,7 +134,10 @@ class StratoptServer:
                 allocation=command_side.AllocationService(
                     command_side.PostgresAllocationCache(self._pool), self._solver_pool
                 ),
-                rebalancing=command_side.RebalancingService(command_side.PostgresTradingStore(self._pool)),
+                rebalancing=command_side.RebalancingService(
+                    command_side.PostgresTradingStore(self._pool),
+                    allow_self_approval=self.security.self_approval_allowed,
+                ),
             )
         if "query" in sides:
             query_names = query_side.register(server, query_side.PostgresReadStore(self._pool))
@@ -146,7 +155,11 @@ class StratoptServer:
             interval_s=self.health_interval_s,
         )
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-        self.port = server.add_insecure_port(self.address)
+        credentials = self.security.server_credentials()
+        if credentials is None:
+            self.port = server.add_insecure_port(self.address)
+        else:
+            self.port = server.add_secure_port(self.address, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.address}")
         if self.health_address:

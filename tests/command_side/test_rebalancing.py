@@ -20,11 +20,15 @@ import psycopg
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from stratopt.identity import LOCAL_PRINCIPAL
 from stratopt.v1 import query_service_pb2 as query_pb
 from stratopt.v1 import trading_service_pb2 as tpb
 from stratopt.v1 import types_pb2 as pb
 from tests.command_side.test_optimize_service import field_violations, precondition_types, returns_request
 from tests.conftest import DATA_DIR
+
+LOCAL = LOCAL_PRINCIPAL.name
+"""Every caller's principal on the unauthenticated test server."""
 
 pytestmark = pytest.mark.integration
 
@@ -371,7 +375,7 @@ def test_costs_and_fifo_versus_hifo_gains_match_the_closed_forms(
     assert (created.event_type, created.status, created.actor) == (
         "CREATED",
         tpb.RECOMMENDATION_STATUS_AUTO_APPROVED,
-        "",
+        LOCAL,  # the generating principal: the development identity (the test server runs without auth)
     )
     assert created.recommendation_id == fifo.recommendation_id
     assert created.total_trade_value == pytest.approx(fifo.total_trade_value, rel=1e-12)
@@ -426,16 +430,12 @@ def test_pending_recommendation_is_approved_once(
     assert pending.expires_at.ToDatetime(tzinfo=UTC) - created == timedelta(hours=24)
     assert not pending.HasField("decided_at")
 
-    expect_error(
-        trading.ApproveRebalance,
-        tpb.ApproveRebalanceRequest(recommendation_id=pending.recommendation_id),
-        grpc.StatusCode.INVALID_ARGUMENT,
-    )
     approved = trading.ApproveRebalance(
-        tpb.ApproveRebalanceRequest(recommendation_id=pending.recommendation_id, approver="alice", reason="ok")
+        tpb.ApproveRebalanceRequest(recommendation_id=pending.recommendation_id, reason="ok")
     ).recommendation
     assert approved.status == tpb.RECOMMENDATION_STATUS_APPROVED
-    assert (approved.decided_by, approved.reason) == ("alice", "ok")
+    # The approver is the caller's principal (no authentication here: the local development identity).
+    assert (approved.decided_by, approved.reason) == (LOCAL, "ok")
     assert approved.decided_at.ToDatetime(tzinfo=UTC) >= created
     assert list(approved.trades) == list(pending.trades)
 
@@ -443,19 +443,19 @@ def test_pending_recommendation_is_approved_once(
     assert read.recommendation == approved
     history = events(queries, portfolio_id)
     assert [(e.event_type, e.status, e.actor) for e in history] == [
-        ("APPROVED", tpb.RECOMMENDATION_STATUS_APPROVED, "alice"),
-        ("CREATED", tpb.RECOMMENDATION_STATUS_PENDING_APPROVAL, ""),
+        ("APPROVED", tpb.RECOMMENDATION_STATUS_APPROVED, LOCAL),
+        ("CREATED", tpb.RECOMMENDATION_STATUS_PENDING_APPROVAL, LOCAL),
     ]
     assert {e.recommendation_id for e in history} == {pending.recommendation_id}
 
     for call, request in (
         (
             trading.ApproveRebalance,
-            tpb.ApproveRebalanceRequest(recommendation_id=pending.recommendation_id, approver="bob"),
+            tpb.ApproveRebalanceRequest(recommendation_id=pending.recommendation_id),
         ),
         (
             trading.RejectRebalance,
-            tpb.RejectRebalanceRequest(recommendation_id=pending.recommendation_id, approver="bob", reason="late"),
+            tpb.RejectRebalanceRequest(recommendation_id=pending.recommendation_id, reason="late"),
         ),
     ):
         error = expect_error(call, request, grpc.StatusCode.FAILED_PRECONDITION)
@@ -465,12 +465,12 @@ def test_pending_recommendation_is_approved_once(
 
     error = expect_error(
         trading.ApproveRebalance,
-        tpb.ApproveRebalanceRequest(recommendation_id=str(uuid.uuid4()), approver="alice"),
+        tpb.ApproveRebalanceRequest(recommendation_id=str(uuid.uuid4())),
         grpc.StatusCode.NOT_FOUND,
     )
     error = expect_error(
         trading.ApproveRebalance,
-        tpb.ApproveRebalanceRequest(recommendation_id="not-a-uuid", approver="alice"),
+        tpb.ApproveRebalanceRequest(recommendation_id="not-a-uuid"),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert field_violations(error) == ["recommendation_id"]
@@ -482,8 +482,8 @@ def test_concurrent_approvals_and_retries_decide_once(
     portfolio_id = unique("race")
     pending = _pending(trading, portfolio_id)
 
-    def approve(approver: str) -> str:
-        request = tpb.ApproveRebalanceRequest(recommendation_id=pending.recommendation_id, approver=approver)
+    def approve(_: str) -> str:
+        request = tpb.ApproveRebalanceRequest(recommendation_id=pending.recommendation_id)
         try:
             trading.ApproveRebalance(request, timeout=30)
         except grpc.RpcError as error:
@@ -512,7 +512,7 @@ def test_auto_approved_recommendation_cannot_be_approved_again(trading: Any, sto
     assert auto.status == tpb.RECOMMENDATION_STATUS_AUTO_APPROVED
     error = expect_error(
         trading.ApproveRebalance,
-        tpb.ApproveRebalanceRequest(recommendation_id=auto.recommendation_id, approver="alice"),
+        tpb.ApproveRebalanceRequest(recommendation_id=auto.recommendation_id),
         grpc.StatusCode.FAILED_PRECONDITION,
     )
     assert precondition_types(error) == ["NOT_PENDING"] and "AUTO_APPROVED" in (error.details() or "")
@@ -525,24 +525,24 @@ def test_reject_requires_a_reason_and_records_it(
     pending = _pending(trading, portfolio_id)
     error = expect_error(
         trading.RejectRebalance,
-        tpb.RejectRebalanceRequest(recommendation_id=pending.recommendation_id, approver="carol"),
+        tpb.RejectRebalanceRequest(recommendation_id=pending.recommendation_id),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert field_violations(error) == ["reason"]
     rejected = trading.RejectRebalance(
-        tpb.RejectRebalanceRequest(recommendation_id=pending.recommendation_id, approver="carol", reason="too big")
+        tpb.RejectRebalanceRequest(recommendation_id=pending.recommendation_id, reason="too big")
     ).recommendation
     assert rejected.status == tpb.RECOMMENDATION_STATUS_REJECTED
-    assert (rejected.decided_by, rejected.reason) == ("carol", "too big")
+    assert (rejected.decided_by, rejected.reason) == (LOCAL, "too big")
     row = db.execute(
         "SELECT status, decided_by, reason FROM rebalance_recommendations WHERE recommendation_id = %s",
         [pending.recommendation_id],
     ).fetchone()
-    assert row == ("REJECTED", "carol", "too big")
-    assert [(e.event_type, e.actor) for e in events(queries, portfolio_id)] == [("REJECTED", "carol"), ("CREATED", "")]
+    assert row == ("REJECTED", LOCAL, "too big")
+    assert [(e.event_type, e.actor) for e in events(queries, portfolio_id)] == [("REJECTED", LOCAL), ("CREATED", LOCAL)]
     error = expect_error(
         trading.ApproveRebalance,
-        tpb.ApproveRebalanceRequest(recommendation_id=pending.recommendation_id, approver="dave"),
+        tpb.ApproveRebalanceRequest(recommendation_id=pending.recommendation_id),
         grpc.StatusCode.FAILED_PRECONDITION,
     )
     assert precondition_types(error) == ["NOT_PENDING"] and "REJECTED" in (error.details() or "")
@@ -565,7 +565,7 @@ def test_pending_recommendations_expire_or_are_superseded(
     assert [e.event_type for e in events(queries, portfolio_id)][::-1] == ["CREATED", "EXPIRED", "CREATED"]
     error = expect_error(
         trading.ApproveRebalance,
-        tpb.ApproveRebalanceRequest(recommendation_id=first.recommendation_id, approver="alice"),
+        tpb.ApproveRebalanceRequest(recommendation_id=first.recommendation_id),
         grpc.StatusCode.FAILED_PRECONDITION,
     )
     assert precondition_types(error) == ["EXPIRED"]
@@ -579,7 +579,7 @@ def test_pending_recommendations_expire_or_are_superseded(
 
     error = expect_error(
         trading.ApproveRebalance,
-        tpb.ApproveRebalanceRequest(recommendation_id=second.recommendation_id, approver="alice"),
+        tpb.ApproveRebalanceRequest(recommendation_id=second.recommendation_id),
         grpc.StatusCode.FAILED_PRECONDITION,
     )
     assert precondition_types(error) == ["EXPIRED"]
@@ -595,7 +595,7 @@ def test_pending_recommendations_expire_or_are_superseded(
     assert statuses == [("EXPIRED",)]
     error = expect_error(
         trading.RejectRebalance,
-        tpb.RejectRebalanceRequest(recommendation_id=second.recommendation_id, approver="alice", reason="x"),
+        tpb.RejectRebalanceRequest(recommendation_id=second.recommendation_id, reason="x"),
         grpc.StatusCode.FAILED_PRECONDITION,
     )
     assert precondition_types(error) == ["EXPIRED"]
@@ -617,9 +617,7 @@ def test_a_repeated_request_id_replays_the_stored_recommendation(
     again = trading.GenerateRebalance(request)
     assert not first.replayed and again.replayed
     assert again.recommendation == first.recommendation
-    trading.ApproveRebalance(
-        tpb.ApproveRebalanceRequest(recommendation_id=first.recommendation.recommendation_id, approver="alice")
-    )
+    trading.ApproveRebalance(tpb.ApproveRebalanceRequest(recommendation_id=first.recommendation.recommendation_id))
     after_approval = trading.GenerateRebalance(request)
     assert after_approval.replayed
     assert after_approval.recommendation.status == tpb.RECOMMENDATION_STATUS_APPROVED  # its current state

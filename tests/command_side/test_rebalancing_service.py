@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,7 +31,7 @@ from command_side.trading_model import (
     UpsertPolicy,
 )
 from command_side.trading_store import InMemoryTradingStore, TradingStore
-from services.errors import InvalidInputError, NotFoundError, PreconditionError
+from services.errors import InvalidInputError, NotFoundError, PermissionDeniedError, PreconditionError
 from services.trading import ImpactModel, LotMethod, RecommendationStatus, Side
 
 START = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -86,6 +87,31 @@ def violation(error: PreconditionError) -> tuple[str, str]:
 
 
 # --- the approval flow ------------------------------------------------------------------------------------------
+
+
+def test_the_generator_cannot_approve_its_own_recommendation_unless_allowed() -> None:
+    async def scenario(service: RebalancingService, store: InMemoryTradingStore, clock: Clock) -> None:
+        await setup(service, approval_limit=0.0)
+        pending = (await generate(service, replace(sell_half(), created_by="tom"))).recommendation
+        assert await store.creator(uuid.UUID(pending.recommendation_id)) == "tom"
+        assert await store.creator(uuid.uuid4()) is None
+        with pytest.raises(PermissionDeniedError, match="you generated"):
+            await approve(service, pending.recommendation_id, "tom")
+        assert [(e.event_type, e.actor) for e in await store.events(PORTFOLIO)] == [("CREATED", "tom")]
+        found = await store.find(uuid.UUID(pending.recommendation_id))
+        assert found is not None and found.status == RecommendationStatus.PENDING_APPROVAL
+        # Rejecting one's own recommendation stays possible (it trades nothing).
+        rejected = await service.reject(
+            Decision(recommendation_id=pending.recommendation_id, approver="tom", reason="withdrawn")
+        )
+        assert (rejected.status, rejected.decided_by) == (RecommendationStatus.REJECTED, "tom")
+        # Configured otherwise (allow_self_approval), the generator may approve.
+        relaxed = RebalancingService(store, allow_self_approval=True)
+        again = (await generate(relaxed, replace(sell_half(price=101.0), created_by="tom"))).recommendation
+        approved = await approve(relaxed, again.recommendation_id, "tom")
+        assert (approved.status, approved.decided_by) == (RecommendationStatus.APPROVED, "tom")
+
+    run(scenario)
 
 
 def test_a_trade_value_above_the_limit_waits_for_one_approval() -> None:

@@ -346,8 +346,11 @@ def test_check_drift_and_decisions_become_their_commands() -> None:
     assert adapter.check_drift_command(request).threshold == 0.0
     approve = trading_pb.ApproveRebalanceRequest(recommendation_id="r", approver="alice")
     reject = trading_pb.RejectRebalanceRequest(recommendation_id="r", approver="bob", reason="too big")
-    assert adapter.approve_rebalance_command(approve) == Decision(recommendation_id="r", approver="alice")
-    assert adapter.reject_rebalance_command(reject) == Decision(recommendation_id="r", approver="bob", reason="too big")
+    # The deprecated request field is ignored: the approver is the authenticated principal given by the servicer.
+    assert adapter.approve_rebalance_command(approve, approver="p1") == Decision(recommendation_id="r", approver="p1")
+    assert adapter.reject_rebalance_command(reject, approver="p2") == Decision(
+        recommendation_id="r", approver="p2", reason="too big"
+    )
 
 
 def test_a_generate_request_becomes_its_command_with_its_fingerprint() -> None:

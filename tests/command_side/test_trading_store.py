@@ -427,6 +427,29 @@ class TradingStoreContract:
 
         self.run(scenario)
 
+    def test_the_creator_is_the_created_events_actor(self) -> None:
+        async def scenario(store: TradingStore) -> None:
+            portfolio_id = unique("creator")
+            created = await store.create(
+                recommendation(portfolio_id, 500.0, 100.0),
+                request_id="",
+                request_hash="h",
+                as_of=AS_OF,
+                approval_ttl=TTL,
+                created_by="trader-1",
+            )
+            assert await store.creator(uuid.UUID(created.recommendation_id)) == "trader-1"
+            anonymous = await self.pending(store, portfolio_id)  # created without a principal (supersedes)
+            assert await store.creator(uuid.UUID(anonymous.recommendation_id)) == ""
+            assert await store.creator(uuid.uuid4()) is None
+            history = await store.events(portfolio_id)
+            assert [(e.event_type, e.actor) for e in history if e.event_type == "CREATED"] == [
+                ("CREATED", "trader-1"),
+                ("CREATED", ""),
+            ]
+
+        self.run(scenario)
+
     def test_deciding_an_unknown_recommendation_is_not_found(self) -> None:
         async def scenario(store: TradingStore) -> None:
             with pytest.raises(NotFoundError):

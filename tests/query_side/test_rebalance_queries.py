@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from google.protobuf import timestamp_pb2
 
+from stratopt.identity import LOCAL_PRINCIPAL
 from stratopt.v1 import query_service_pb2 as query_pb
 from stratopt.v1 import trading_service_pb2 as tpb
 from tests.command_side.test_optimize_service import field_violations
@@ -81,9 +82,9 @@ def test_list_rebalance_events_pages_newest_first(trading: Any, queries: Any, db
     portfolio_id = portfolio(trading, approval_limit=100.0)
     # Each decided before the next is generated (a new recommendation supersedes a pending one).
     ids = [generate(trading, portfolio_id, 0.25).recommendation_id]
-    trading.ApproveRebalance(tpb.ApproveRebalanceRequest(recommendation_id=ids[0], approver="alice"))
+    trading.ApproveRebalance(tpb.ApproveRebalanceRequest(recommendation_id=ids[0]))
     ids.append(generate(trading, portfolio_id, 0.3).recommendation_id)
-    trading.RejectRebalance(tpb.RejectRebalanceRequest(recommendation_id=ids[1], approver="bob", reason="no"))
+    trading.RejectRebalance(tpb.RejectRebalanceRequest(recommendation_id=ids[1], reason="no"))
     ids.append(generate(trading, portfolio_id, 0.35).recommendation_id)
 
     stored = db.execute(
@@ -109,8 +110,9 @@ def test_list_rebalance_events_pages_newest_first(trading: Any, queries: Any, db
     assert [(e.event_id, e.recommendation_id, e.event_type) for e in seen] == stored
     assert [e.recommendation_id for e in seen if e.event_type == "CREATED"] == ids[::-1]
     by_type = {e.event_type: e for e in seen}
-    assert (by_type["APPROVED"].actor, by_type["APPROVED"].status) == ("alice", tpb.RECOMMENDATION_STATUS_APPROVED)
-    assert (by_type["REJECTED"].actor, by_type["REJECTED"].status) == ("bob", tpb.RECOMMENDATION_STATUS_REJECTED)
+    local = LOCAL_PRINCIPAL.name  # the test server runs without authentication
+    assert (by_type["APPROVED"].actor, by_type["APPROVED"].status) == (local, tpb.RECOMMENDATION_STATUS_APPROVED)
+    assert (by_type["REJECTED"].actor, by_type["REJECTED"].status) == (local, tpb.RECOMMENDATION_STATUS_REJECTED)
     assert all(e.portfolio_id == portfolio_id for e in seen)
     assert by_type["APPROVED"].total_trade_value == 500.0  # 5 shares at 100
     stamps = [e.timestamp.ToDatetime() for e in seen]

@@ -78,6 +78,10 @@ def test_demo_runs_end_to_end_on_real_data(pg_dsn: str) -> None:
     for expected in ("Optimal weights", "sp500-sector-limits", "GetHistory", "GetPortfolioAnalytics", "replayed=True"):
         assert expected in text
     assert "FAILED_PRECONDITION" in text
+    # TLS and tokens: the trader's own approval is refused, the risk desk's is recorded as the approver.
+    assert "with TLS and bearer tokens" in text
+    assert "PERMISSION_DENIED: cannot approve a recommendation you generated" in text
+    assert "approved by demo-risk-desk" in text
 
 
 def test_ingest_csv_command_stores_prices(server_target: str, tmp_path: Path, db: Any) -> None:
@@ -125,7 +129,7 @@ def test_trading_commands_walk_the_examples(server_target: str, stored_prices: d
     assert recommendation["trades"]
     assert recommendation["status"] in ("RECOMMENDATION_STATUS_PENDING_APPROVAL", "RECOMMENDATION_STATUS_AUTO_APPROVED")
     if recommendation["status"] == "RECOMMENDATION_STATUS_PENDING_APPROVAL":
-        run("approve", recommendation["recommendationId"], "--approver", "risk-desk")
+        run("approve", recommendation["recommendationId"])
     stored = run("recommendation", recommendation["recommendationId"])["recommendation"]
     assert stored["status"] in ("RECOMMENDATION_STATUS_APPROVED", "RECOMMENDATION_STATUS_AUTO_APPROVED")
     events = run("rebalance-events", "example-rebalance")["events"]

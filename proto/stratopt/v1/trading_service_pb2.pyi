@@ -24,6 +24,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _AllocationStrategy:
@@ -1554,8 +1559,16 @@ class ApproveRebalanceRequest(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     recommendation_id: _builtins.str
     """Recommendation identifier."""
-    approver: _builtins.str
-    """Identity of the approver; required."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def approver(self) -> _builtins.str:
+        """Deprecated and ignored: the approver is the caller's authenticated principal (docs/security.md)."""
+
+    @approver.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def approver(self, value: _builtins.str) -> None:
+        """Deprecated and ignored: the approver is the caller's authenticated principal (docs/security.md)."""
+
     reason: _builtins.str
     """Optional comment."""
     def __init__(
@@ -1608,8 +1621,16 @@ class RejectRebalanceRequest(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     recommendation_id: _builtins.str
     """Recommendation identifier."""
-    approver: _builtins.str
-    """Identity of the approver; required."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def approver(self) -> _builtins.str:
+        """Deprecated and ignored: the approver is the caller's authenticated principal (docs/security.md)."""
+
+    @approver.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def approver(self, value: _builtins.str) -> None:
+        """Deprecated and ignored: the approver is the caller's authenticated principal (docs/security.md)."""
+
     reason: _builtins.str
     """Why; required."""
     def __init__(
@@ -1676,7 +1697,9 @@ class RebalanceEvent(_message.Message):
     status: Global___RecommendationStatus.ValueType
     """Status after the event."""
     actor: _builtins.str
-    """Who caused it (approver), empty for the service."""
+    """Who caused it: the approver of a decision, the principal that generated a CREATED recommendation; empty for
+    the service.
+    """
     total_trade_value: _builtins.float
     """Total trade value of the recommendation (or the budget used by an allocation)."""
     @_builtins.property
