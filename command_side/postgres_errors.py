@@ -4,8 +4,9 @@ Every PostgreSQL store of the command side runs its database work inside :func:`
 only ever see ``services.errors``:
 
 * a unique-key violation (a ``request_id`` already used) becomes :class:`~services.errors.IntegrityError`;
-* a refused, lost or closed connection, a server shutting down or out of connection slots, or a timed-out
-  acquire or query becomes :class:`~services.errors.OperationalError` (an ``UnavailableError``: retry the call);
+* a refused, lost or closed connection, a server shutting down or out of connection slots, the driver's
+  ``InternalClientError`` after a crash, or a timed-out connect, acquire, statement or lock wait becomes
+  :class:`~services.errors.OperationalError` (an ``UnavailableError``: retry the call);
 * any other database error (a bug or a schema mismatch) is logged with its detail and becomes
   :class:`~services.errors.PersistenceError` (INTERNAL).
 
@@ -37,9 +38,18 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.AdminShutdownError,  # 57P01
     asyncpg.exceptions.CrashShutdownError,  # 57P02
     asyncpg.exceptions.TooManyConnectionsError,  # 53300
-    asyncpg.exceptions.InterfaceError,  # pool closed or closing, connection closed
+    asyncpg.exceptions.InterfaceError,  # pool closed, closing or not yet connected, connection closed
+    asyncpg.exceptions.InternalClientError,  # the driver's state broken by a connection lost mid-protocol
+    asyncpg.exceptions.QueryCanceledError,  # 57014: statement_timeout (or an operator's cancel)
+    asyncpg.exceptions.LockNotAvailableError,  # 55P03: lock_timeout
+    asyncpg.exceptions.IdleInTransactionSessionTimeoutError,  # 25P03: the server ended a stalled transaction
 )
-"""Errors that mean the database cannot be reached (except asyncpg's client-side ``DataError``, a ValueError)."""
+"""Errors that mean the database cannot be reached or did not answer in time (retry the call).
+
+asyncpg's client-side ``DataError`` (an ``InterfaceError`` and a ``ValueError``) is excluded: a bad argument.
+A connection lost during ``COMMIT`` leaves the outcome unknown (the transaction may have committed): the call is
+answered UNAVAILABLE all the same, and a retry with the same ``request_id`` returns the stored result.
+"""
 _DATABASE_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, asyncpg.exceptions.PostgresError)
 
 

@@ -9,8 +9,11 @@ run.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -36,14 +39,36 @@ from services.types import EstimationSettings, Moments
 T = TypeVar("T")
 
 
+PR_SET_PDEATHSIG = 1
+"""``prctl`` option (linux/prctl.h): the signal the kernel sends this process when its parent thread exits."""
+
+
+def _die_with_parent() -> None:
+    """Have the kernel SIGKILL this worker when the server that spawned it dies, even by ``kill -9`` (Linux).
+
+    Without it, a killed server leaves its workers (hundreds of MB each) running. The workers hold the
+    multiprocessing resource tracker's pipe open, so once they are gone the tracker sees end-of-file and exits
+    too. When the parent died before the ``prctl`` call, this worker exits at once.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return  # best effort: the pool still works, the worker just outlives a killed server
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(1)
+
+
 def _single_threaded_blas() -> None:
-    """Limit each worker to one BLAS thread.
+    """Worker initializer: die with the parent (``_die_with_parent``), and limit the worker to one BLAS thread.
 
     The pool already runs one process per core; oversubscribed BLAS threads made 500x500 products and
     eigendecompositions 4-10x slower under load (benchmark, 2 cores). XLA (risk parity's JAX solver) reads its
     flags when its backend starts, after this: single-threaded it took 1.0 s at N = 2000 against 2.8-12.6 s
     multi-threaded on the shared 2-core machine (``benchmarks/risk_parity_speed.py``).
     """
+    _die_with_parent()
     threadpool_limits(1)
     os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 

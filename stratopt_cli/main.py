@@ -23,8 +23,9 @@ from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import query_service_pb2 as query_pb
 from stratopt.v1 import trading_service_pb2 as trading_pb
 from stratopt_cli import client
+from stratopt_cli.health import HEALTH_ADDRESS_ENV
 from stratopt_cli.logs import LOG_FORMAT_ENV, setup_logging
-from stratopt_cli.runtime import database
+from stratopt_cli.runtime import DatabaseTimeouts, database, startup_limit_from_env
 
 app = typer.Typer(
     help="stratopt: portfolio strategy optimization over gRPC (command + query sides).",
@@ -174,6 +175,27 @@ def serve(
         bool,
         typer.Option(envvar="STRATOPT_INSECURE", help="Allow a non-loopback address without TLS and authentication."),
     ] = False,
+    health_address: Annotated[
+        str | None,
+        typer.Option(
+            envvar=HEALTH_ADDRESS_ENV,
+            help="Extra plaintext host:port serving only grpc.health.v1 (Kubernetes gRPC probes cannot do TLS).",
+        ),
+    ] = None,
+    shutdown_grace: Annotated[
+        float,
+        typer.Option(
+            envvar="STRATOPT_SHUTDOWN_GRACE_S",
+            min=0,
+            help="On SIGTERM: seconds of NOT_SERVING (still answering) before new calls are refused.",
+        ),
+    ] = 2.0,
+    shutdown_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="STRATOPT_SHUTDOWN_TIMEOUT_S", min=0, help="Then: seconds in-flight calls may take to finish."
+        ),
+    ] = 30.0,
     verbose: bool = False,
     log_format: LogFormatOption = None,
     access_log: Annotated[
@@ -197,7 +219,12 @@ def serve(
         float, typer.Option(envvar="STRATOPT_RETENTION_INTERVAL_S", min=1.0, help="Seconds between retention rounds.")
     ] = 3600.0,
 ) -> None:
-    """Run the gRPC server until SIGINT or SIGTERM (migrating the database first)."""
+    """Run the gRPC server until SIGINT or SIGTERM (migrating the database first).
+
+    Listens at once and reports NOT_SERVING until the database answers (waiting with back-off up to
+    STRATOPT_DB_WAIT_LIMIT_S, default 600 s, 0 = no limit); database calls are bounded by
+    STRATOPT_DB_STATEMENT_TIMEOUT_S (default 10 s) and STRATOPT_DB_CONNECT_TIMEOUT_S (default 5 s).
+    """
     from stratopt_cli.metrics import MetricsEndpoint
     from stratopt_cli.retention import RetentionSettings
     from stratopt_cli.security import SecurityConfig
@@ -221,6 +248,7 @@ def serve(
             allow_self_approval=allow_self_approval,
         )
         security.check_address(address)  # before the database starts
+        timeouts, limit = DatabaseTimeouts.from_env(), startup_limit_from_env()
     except ValueError as error:
         typer.echo(f"stratopt: {error}", err=True)
         raise typer.Exit(code=2) from None
@@ -238,7 +266,7 @@ def serve(
         retention_interval_s,
     )
 
-    async def run(url: str) -> None:
+    async def run(url: str) -> int:
         tracing = Tracing(otlp_tracer_provider()) if otel else None
         server = StratoptServer(
             url,
@@ -249,34 +277,66 @@ def serve(
             tracing=tracing,
             retention=retention,
             access_log=access_log,
+            timeouts=timeouts,
+            startup_limit_s=limit,
+            migrate=True,
+            health_address=health_address,
+            shutdown_grace_s=shutdown_grace,
             security=security,
         )
-        await server.start()
-        if endpoint is not None:
-            logging.getLogger(__name__).info("metrics on port %d", server.metrics_port)
-        typer.echo(f"stratopt serving {', '.join(sides)} on {address.rsplit(':', 1)[0]}:{server.port}", err=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await server.listen()
+        if endpoint is not None:
+            logging.getLogger(__name__).info("metrics on port %d", server.metrics_port)
+        host = address.rsplit(":", 1)[0]
+        typer.echo(f"stratopt listening for {', '.join(sides)} on {host}:{server.port}", err=True)
+        if health_address:
+            health_host = health_address.rsplit(":", 1)[0]
+            typer.echo(f"stratopt health only (plaintext) on {health_host}:{server.health_port}", err=True)
+        ready = asyncio.create_task(server.ready())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        if ready.done() and ready.exception() is not None:
+            typer.echo(f"stratopt could not start: {ready.exception()}", err=True)
+            code = 1
+        elif ready.done():
+            typer.echo(f"stratopt serving {', '.join(sides)} on {host}:{server.port}", err=True)
+            await stopping
+        ready.cancel()
+        stopping.cancel()
         typer.echo("stratopt stopping", err=True)
-        await server.stop()
+        await server.stop(shutdown_timeout)
         if tracing is not None:
             tracing.provider.shutdown()
+        return code
 
-    with database() as url:
-        asyncio.run(run(url))
+    with database(run_migrations=False) as url:
+        code = asyncio.run(run(url))
+    if code:
+        raise typer.Exit(code=code)
 
 
 @app.command()
 def migrate() -> None:
-    """Apply pending SQL migrations (to the embedded cluster when no database URL is configured)."""
-    from stratopt_cli.migrate import migrate as apply
+    """Apply pending SQL migrations (to the embedded cluster when no database URL is configured).
+
+    Waits for the database with back-off first (STRATOPT_DB_WAIT_LIMIT_S, default 600 s, 0 = no limit).
+    """
+    from stratopt_cli.runtime import migrate_when_reachable
 
     _setup_logging(False)
     with database(run_migrations=False) as url:
-        applied = apply(url)
+        try:
+            applied = migrate_when_reachable(
+                url, limit_s=startup_limit_from_env(), timeouts=DatabaseTimeouts.from_env()
+            )
+        except TimeoutError as error:
+            typer.echo(f"stratopt migrate: {error}", err=True)
+            raise typer.Exit(code=1) from None
     typer.echo("applied: " + (", ".join(applied) if applied else "nothing (schema is current)"))
 
 

@@ -1,8 +1,11 @@
 """Process composition: the gRPC server with the command side, the query side, health and reflection.
 
 Both sides run in one process by default; ``sides`` selects one of them for deployments that scale them
-apart. The standard ``grpc.health.v1.Health`` service reports each registered service (and ``""``) as
-SERVING once the database pool and the solver workers are up; server reflection lists every service.
+apart. The server listens first and reports NOT_SERVING while it waits for the database (back-off, see
+``stratopt_cli.runtime``); from then on ``stratopt_cli.health.HealthMonitor`` keeps the standard
+``grpc.health.v1.Health`` statuses true to the database and the solver workers. ``stop`` drains: health
+NOT_SERVING first, a grace period, in-flight calls finish, then workers and the pool close. Server
+reflection lists every service.
 """
 
 from __future__ import annotations
@@ -16,14 +19,23 @@ from typing import Any
 
 import asyncpg
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import command_side
 import query_side
+from stratopt_cli.health import (
+    HealthMonitor,
+    KindOnlyFilter,
+    health_only_server,
+    new_servicer,
+    revive_workers,
+    workers_alive,
+)
 from stratopt_cli.logs import RequestIdInterceptor
 from stratopt_cli.metrics import MetricsEndpoint, ServerMetrics
 from stratopt_cli.retention import RetentionSettings, run_forever
+from stratopt_cli.runtime import DatabaseTimeouts, create_pool, migrate_when_reachable, probe_database, retry
 from stratopt_cli.security import SecurityConfig
 from stratopt_cli.tracing import Tracing
 
@@ -59,6 +71,18 @@ class StratoptServer:
         Drop old hypertable chunks on a schedule (``stratopt_cli.retention``); None or no policy = off.
     access_log : bool
         One log line per call (``stratopt.access``).
+    timeouts : DatabaseTimeouts
+        Statement and connect timeouts of every database connection.
+    startup_limit_s : float or None
+        How long ``ready`` waits for the database (None: no limit).
+    migrate : bool
+        Apply pending migrations once the database is reachable (before reporting SERVING).
+    health_address : str or None
+        Extra plaintext ``host:port`` serving only ``grpc.health.v1`` (kubelet probes); see ``health_port``.
+    shutdown_grace_s : float
+        Seconds ``stop`` reports NOT_SERVING while still accepting calls, so load balancers can stop routing.
+    health_interval_s : float
+        Seconds between database health probes.
     """
 
     database_url: str
@@ -70,16 +94,34 @@ class StratoptServer:
     tracing: Tracing | None = None
     retention: RetentionSettings | None = None
     access_log: bool = True
+    timeouts: DatabaseTimeouts = field(default_factory=DatabaseTimeouts)
+    startup_limit_s: float | None = None
+    migrate: bool = False
+    health_address: str | None = None
+    shutdown_grace_s: float = 0.0
+    health_interval_s: float = 1.0
     port: int = field(default=0, init=False)
+    health_port: int = field(default=0, init=False)
     metrics: ServerMetrics = field(default_factory=ServerMetrics, init=False, repr=False)
     metrics_port: int = field(default=0, init=False)
     _retention_task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _server: grpc.aio.Server | None = field(default=None, init=False, repr=False)
+    _health_server: grpc.aio.Server | None = field(default=None, init=False, repr=False)
+    _monitor: HealthMonitor | None = field(default=None, init=False, repr=False)
     _pool: asyncpg.Pool | None = field(default=None, init=False, repr=False)
     _solver_pool: command_side.SolverPool | None = field(default=None, init=False, repr=False)
 
     async def start(self) -> int:
-        """Connect, start workers, register services, health and reflection; return the bound port."""
+        """``listen``, then ``ready``: wait for the database, warm the workers, report SERVING; return the port."""
+        await self.listen()
+        await self.ready()
+        return self.port
+
+    async def listen(self) -> int:
+        """Register services, health and reflection and start listening, every status NOT_SERVING; return the port.
+
+        The pool is created here but connects in ``ready``: calls before that answer UNAVAILABLE.
+        """
         sides = set(self.sides)
         unknown = sides - set(SIDES)
         if unknown or not sides:
@@ -89,7 +131,8 @@ class StratoptServer:
             self.metrics_endpoint.check()
         if self.tracing is not None:
             self.tracing.instrument_database()
-        self._pool = await asyncpg.create_pool(self.database_url, min_size=1, max_size=10, command_timeout=60)
+        KindOnlyFilter.install("asyncpg.pool")  # its reconnect warnings name the host
+        self._pool = create_pool(self.database_url, self.timeouts, min_size=1, max_size=10)
         self.metrics.watch_database_pool(lambda: self._pool)
         # Outermost first: the trace span, then metrics (every status code), then the request id and access log,
         # then authentication (so refused calls are traced, counted and logged), then the error mapping.
@@ -107,12 +150,12 @@ class StratoptServer:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ],
         )
-        names: list[str] = []
+        command_names: list[str] = []
+        query_names: list[str] = []
         if "command" in sides:
             self._solver_pool = command_side.SolverPool(self.workers)
-            await self._solver_pool.warm_up()
             self.metrics.watch_solver_pool(lambda: self._solver_pool)
-            names += command_side.register(
+            command_names = command_side.register(
                 server,
                 optimization=command_side.optimization_service(
                     command_side.PostgresOptimizationStore(self._pool), self._solver_pool
@@ -126,9 +169,20 @@ class StratoptServer:
                 ),
             )
         if "query" in sides:
-            names += query_side.register(server, query_side.PostgresReadStore(self._pool))
-        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # missing from the stubs
+            query_names = query_side.register(server, query_side.PostgresReadStore(self._pool))
+        names = [*command_names, *query_names]
+        health_servicer = new_servicer(names)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        self._monitor = HealthMonitor(
+            health_servicer,
+            self.database_url,
+            query_names=query_names,
+            command_names=command_names,
+            timeouts=self.timeouts,
+            workers_ok=lambda: workers_alive(self._solver_pool),
+            revive_workers=lambda: revive_workers(self._solver_pool),
+            interval_s=self.health_interval_s,
+        )
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         credentials = self.security.server_credentials()
         if credentials is None:
@@ -137,16 +191,39 @@ class StratoptServer:
             self.port = server.add_secure_port(self.address, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.address}")
+        if self.health_address:
+            self._health_server, self.health_port = health_only_server(health_servicer, self.health_address)
+            await self._health_server.start()
         await server.start()
-        for name in ["", *names]:
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
         if self.metrics_endpoint is not None:
             self.metrics_port = self.metrics.serve(self.metrics_endpoint)
+        log.info("stratopt listening on port %d (NOT_SERVING until the database answers)", self.port)
+        return self.port
+
+    async def ready(self) -> None:
+        """Wait for the database (back-off), migrate if asked, connect the pool, warm the workers; report SERVING.
+
+        Raises
+        ------
+        stratopt_cli.runtime.DatabaseWaitTimeoutError
+            When the database stayed unreachable for ``startup_limit_s``.
+        """
+        if self._pool is None or self._monitor is None:
+            raise RuntimeError("listen() first")
+        url, timeouts, limit = self.database_url, self.timeouts, self.startup_limit_s
+        await retry(lambda: probe_database(url, timeouts), what="connect to the database", limit_s=limit)
+        if self.migrate:
+            await asyncio.to_thread(migrate_when_reachable, url, limit_s=limit, timeouts=timeouts)
+        await self._pool
+        if self._solver_pool is not None:
+            await self._solver_pool.warm_up()
+        self._monitor.mark_ready()
+        await self._monitor.check()
+        self._monitor.start()
         if self.retention is not None and self.retention.enabled:
             self._retention_task = asyncio.get_running_loop().create_task(run_forever(self._pool, self.retention))
-        log.info("stratopt serving %s on port %d", ", ".join(names), self.port)
-        return self.port
+        log.info("stratopt ready on port %d", self.port)
 
     async def wait(self) -> None:
         """Block until the server stops."""
@@ -154,19 +231,33 @@ class StratoptServer:
             await self._server.wait_for_termination()
 
     async def stop(self, grace_s: float = 5.0) -> None:
-        """Finish in-flight calls (up to ``grace_s``), then close workers and the pool."""
+        """Drain: NOT_SERVING, wait ``shutdown_grace_s``, finish in-flight calls (up to ``grace_s``), then close."""
         if self._retention_task is not None:
             self._retention_task.cancel()
             await asyncio.gather(self._retention_task, return_exceptions=True)
             self._retention_task = None
+        if self._monitor is not None:
+            await self._monitor.drain()
+            if self._server is not None and self.shutdown_grace_s > 0:
+                await asyncio.sleep(self.shutdown_grace_s)
+            await self._monitor.stop()
+            self._monitor = None
         if self._server is not None:
             await self._server.stop(grace_s)
             self._server = None
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+            self._health_server = None
         if self._solver_pool is not None:
             self._solver_pool.shutdown()
             self._solver_pool = None
         if self._pool is not None:
-            await self._pool.close()
+            try:
+                await asyncio.wait_for(self._pool.close(), self.timeouts.connect_s)
+            except asyncpg.exceptions.InterfaceError:
+                pass  # never connected: nothing to close
+            except TimeoutError:
+                self._pool.terminate()  # a frozen database does not answer the goodbye
             self._pool = None
         if self.tracing is not None:
             self.tracing.shutdown()
