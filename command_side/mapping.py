@@ -39,13 +39,13 @@ from services.types import (
     ReturnHistory,
     ReturnsEstimator,
 )
+from stratopt.request_limits import check_request
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
 
 MAX_STRATEGIES = 2000
 """Largest N accepted in one request: a 2000 x 2000 covariance is 32 MB, half the 64 MiB message limit, and
 N = 2000 takes seconds to estimate and solve on one core (N = 5000 took minutes in the review's measurement)."""
-MAX_ID_LENGTH = 200
 DEFAULT_PERIODS_PER_YEAR = 252
 DEFAULT_EMA_SPAN = 500
 
@@ -160,8 +160,6 @@ def _validate_strategies(strategies: Any) -> tuple[tuple[str, ...], tuple[str, .
     for i, s in enumerate(strategies):
         if not s.symbol:
             raise _bad(f"strategies[{i}].symbol", "must not be empty")
-        if len(s.symbol) > MAX_ID_LENGTH:
-            raise _bad(f"strategies[{i}].symbol", f"longer than {MAX_ID_LENGTH} characters")
         if s.symbol in seen:
             raise _bad(
                 f"strategies[{i}].symbol",
@@ -355,15 +353,13 @@ def validate_optimize_request(request: cmd_pb.OptimizeRequest) -> ValidatedReque
     Raises
     ------
     InvalidInputError
-        Naming the first invalid field (empty ids, duplicates, NaN/inf, non-positive prices as returns ≤ −1,
-        mismatched lengths, unspecified objective, malformed bounds).
+        Naming the first invalid field (a string with a NUL or over its length limit and a timestamp out of
+        range, by ``stratopt.request_limits.check_request``; empty ids, duplicates, NaN/inf, non-positive prices
+        as returns ≤ −1, mismatched lengths, unspecified objective, malformed bounds).
     """
+    check_request(request)  # strings (NUL, lengths), timestamps: stratopt.request_limits
     if not request.portfolio_id:
         raise _bad("portfolio_id", "must not be empty")
-    if len(request.portfolio_id) > MAX_ID_LENGTH:
-        raise _bad("portfolio_id", f"longer than {MAX_ID_LENGTH} characters")
-    if len(request.request_id) > MAX_ID_LENGTH:
-        raise _bad("request_id", f"longer than {MAX_ID_LENGTH} characters")
     if request.method not in _METHODS:
         raise _bad("method", f"unknown value {request.method}")
     method = _METHODS[request.method]
