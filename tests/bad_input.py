@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +16,16 @@ from grpc_status import rpc_status
 from psycopg import sql
 
 from stratopt.v1 import command_service_pb2, query_service_pb2, trading_service_pb2
+from stratopt.v1 import command_service_pb2 as cmd_pb
+from stratopt.v1 import query_service_pb2 as query_pb
+from stratopt.v1 import trading_service_pb2 as trading_pb
+from stratopt.v1 import types_pb2 as pb
+
+T0 = 1_600_000_000
+"""A valid timestamp (2020-09-13), seconds."""
+DAY = 86_400
+RECOMMENDATION = "00000000-0000-4000-8000-000000000000"
+"""A well-formed recommendation id no recommendation has."""
 
 SERVICES = (
     command_service_pb2.DESCRIPTOR.services_by_name["OptimizationCommandService"],
@@ -90,4 +102,112 @@ def changed_tables(before: dict[str, int], after: dict[str, int]) -> dict[str, t
     """Tables whose row count differs, with both counts."""
     return {
         t: (before.get(t, 0), after.get(t, 0)) for t in before.keys() | after.keys() if before.get(t) != after.get(t)
+    }
+
+
+# --- valid requests, which the tests break one field of ------------------------------------------------------------
+
+
+def optimize() -> cmd_pb.OptimizeRequest:
+    request = cmd_pb.OptimizeRequest(portfolio_id="corpus", objective=pb.OBJECTIVE_MIN_VOLATILITY)
+    request.strategies.add(symbol="A", sector="tech", returns=[0.01, -0.02, 0.03, 0.0])
+    request.strategies.add(symbol="B", sector="energy", returns=[0.0, 0.01, -0.01, 0.02])
+    for k in range(4):
+        request.returns.timestamps.add(seconds=T0 + k * DAY)
+    return request
+
+
+def with_market_data(request: cmd_pb.OptimizeRequest) -> cmd_pb.OptimizeRequest:
+    for strategy in request.strategies:
+        strategy.ClearField("returns")
+    request.market_data.lookback_periods = 10
+    return request
+
+
+def configuration() -> cmd_pb.UpsertConfigurationRequest:
+    request = cmd_pb.UpsertConfigurationRequest()
+    config = request.configuration
+    config.portfolio_id = "corpus"
+    config.objective = pb.OBJECTIVE_MIN_VOLATILITY
+    config.strategies.add(symbol="A")
+    config.strategies.add(symbol="B")
+    config.lookback_periods = 10
+    return request
+
+
+def frontier() -> cmd_pb.ComputeEfficientFrontierRequest:
+    request = cmd_pb.ComputeEfficientFrontierRequest(points=5)
+    request.problem.CopyFrom(optimize())
+    return request
+
+
+def bars() -> list[cmd_pb.IngestMarketDataRequest]:
+    message = cmd_pb.IngestMarketDataRequest()
+    message.bars.add(symbol="CORPUS", price=10.0).timestamp.seconds = T0
+    return [message]
+
+
+def allocate() -> trading_pb.AllocateSharesRequest:
+    request = trading_pb.AllocateSharesRequest(portfolio_id="corpus", extra_cash=1000.0)
+    request.targets.add(symbol="A", target_weight=0.5, price=10.0)
+    request.targets.add(symbol="B", target_weight=0.5, price=20.0)
+    request.holdings.add(symbol="A", shares=1, price=10.0)
+    return request
+
+
+def holdings() -> trading_pb.UpsertHoldingsRequest:
+    request = trading_pb.UpsertHoldingsRequest(portfolio_id="corpus", cash=100.0)
+    position = request.positions.add(symbol="A", shares=10, price=5.0)
+    position.lots.add(lot_id="l1", shares=10, cost_basis=4.0).acquired.seconds = T0
+    return request
+
+
+def policy() -> trading_pb.UpsertRebalancePolicyRequest:
+    request = trading_pb.UpsertRebalancePolicyRequest(portfolio_id="corpus")
+    request.policy.drift_threshold = 0.05
+    return request
+
+
+def drift() -> trading_pb.CheckDriftRequest:
+    return trading_pb.CheckDriftRequest(portfolio_id="corpus", target_weights={"A": 1.0}, prices={"A": 5.0})
+
+
+def rebalance() -> trading_pb.GenerateRebalanceRequest:
+    return trading_pb.GenerateRebalanceRequest(
+        portfolio_id="corpus", target_weights={"A": 1.0}, prices={"A": 5.0}, request_id="r1"
+    )
+
+
+def history_token(payload: dict[str, Any] | str) -> str:
+    raw = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def valid_requests() -> dict[str, Message | list[Message]]:
+    """One valid request of every RPC, by ``Service.Method`` (a list of messages for IngestMarketData)."""
+    return {
+        "OptimizationCommandService.Optimize": optimize(),
+        "OptimizationCommandService.BatchOptimize": cmd_pb.BatchOptimizeRequest(requests=[optimize()]),
+        "OptimizationCommandService.UpsertConfiguration": configuration(),
+        "OptimizationCommandService.GetConfiguration": cmd_pb.GetConfigurationRequest(portfolio_id="corpus"),
+        "OptimizationCommandService.ListConfigurations": cmd_pb.ListConfigurationsRequest(page_size=5),
+        "OptimizationCommandService.RunConfiguration": cmd_pb.RunConfigurationRequest(portfolio_id="corpus"),
+        "OptimizationCommandService.ComputeEfficientFrontier": frontier(),
+        "OptimizationCommandService.IngestMarketData": bars(),
+        "TradingCommandService.AllocateShares": allocate(),
+        "TradingCommandService.GetCachedAllocation": trading_pb.GetCachedAllocationRequest(cache_key="k"),
+        "TradingCommandService.ClearAllocationCache": trading_pb.ClearAllocationCacheRequest(cache_key="k"),
+        "TradingCommandService.UpsertHoldings": holdings(),
+        "TradingCommandService.UpsertRebalancePolicy": policy(),
+        "TradingCommandService.CheckDrift": drift(),
+        "TradingCommandService.GenerateRebalance": rebalance(),
+        "TradingCommandService.ApproveRebalance": trading_pb.ApproveRebalanceRequest(recommendation_id=RECOMMENDATION),
+        "TradingCommandService.RejectRebalance": trading_pb.RejectRebalanceRequest(
+            recommendation_id=RECOMMENDATION, reason="no"
+        ),
+        "OptimizationQueryService.GetLatest": query_pb.GetLatestRequest(portfolio_id="corpus"),
+        "OptimizationQueryService.GetHistory": query_pb.GetHistoryRequest(portfolio_id="corpus", page_size=5),
+        "OptimizationQueryService.GetPortfolioAnalytics": query_pb.GetPortfolioAnalyticsRequest(portfolio_id="corpus"),
+        "OptimizationQueryService.GetRebalance": query_pb.GetRebalanceRequest(recommendation_id=RECOMMENDATION),
+        "OptimizationQueryService.ListRebalanceEvents": query_pb.ListRebalanceEventsRequest(portfolio_id="corpus"),
     }

@@ -10,8 +10,6 @@ that the ``google.rpc.BadRequest`` detail names exactly the field at fault, that
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,95 +24,32 @@ from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import query_service_pb2 as query_pb
 from stratopt.v1 import trading_service_pb2 as trading_pb
 from stratopt.v1 import types_pb2 as pb
-from tests.bad_input import METHODS, call, changed_tables, row_counts
+from tests.bad_input import (
+    METHODS,
+    RECOMMENDATION,
+    T0,
+    allocate,
+    bars,
+    call,
+    changed_tables,
+    configuration,
+    drift,
+    frontier,
+    history_token,
+    holdings,
+    optimize,
+    policy,
+    rebalance,
+    row_counts,
+    with_market_data,
+)
 
 pytestmark = pytest.mark.integration
 
 NUL = "a\x00b"
 LONG = "x" * 10_000
-T0 = 1_600_000_000
-DAY = 86_400
-RECOMMENDATION = "00000000-0000-4000-8000-000000000000"
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 BY_NAME = {f"{m.containing_service.name}.{m.name}": m for m in METHODS}
-
-
-# --- valid requests the cases break one field of ------------------------------------------------------------
-
-
-def optimize() -> cmd_pb.OptimizeRequest:
-    request = cmd_pb.OptimizeRequest(portfolio_id="corpus", objective=pb.OBJECTIVE_MIN_VOLATILITY)
-    request.strategies.add(symbol="A", sector="tech", returns=[0.01, -0.02, 0.03, 0.0])
-    request.strategies.add(symbol="B", sector="energy", returns=[0.0, 0.01, -0.01, 0.02])
-    for k in range(4):
-        request.returns.timestamps.add(seconds=T0 + k * DAY)
-    return request
-
-
-def with_market_data(request: cmd_pb.OptimizeRequest) -> cmd_pb.OptimizeRequest:
-    for strategy in request.strategies:
-        strategy.ClearField("returns")
-    request.market_data.lookback_periods = 10
-    return request
-
-
-def configuration() -> cmd_pb.UpsertConfigurationRequest:
-    request = cmd_pb.UpsertConfigurationRequest()
-    config = request.configuration
-    config.portfolio_id = "corpus"
-    config.objective = pb.OBJECTIVE_MIN_VOLATILITY
-    config.strategies.add(symbol="A")
-    config.strategies.add(symbol="B")
-    config.lookback_periods = 10
-    return request
-
-
-def frontier() -> cmd_pb.ComputeEfficientFrontierRequest:
-    request = cmd_pb.ComputeEfficientFrontierRequest(points=5)
-    request.problem.CopyFrom(optimize())
-    return request
-
-
-def bars() -> list[cmd_pb.IngestMarketDataRequest]:
-    message = cmd_pb.IngestMarketDataRequest()
-    message.bars.add(symbol="CORPUS", price=10.0).timestamp.seconds = T0
-    return [message]
-
-
-def allocate() -> trading_pb.AllocateSharesRequest:
-    request = trading_pb.AllocateSharesRequest(portfolio_id="corpus", extra_cash=1000.0)
-    request.targets.add(symbol="A", target_weight=0.5, price=10.0)
-    request.targets.add(symbol="B", target_weight=0.5, price=20.0)
-    request.holdings.add(symbol="A", shares=1, price=10.0)
-    return request
-
-
-def holdings() -> trading_pb.UpsertHoldingsRequest:
-    request = trading_pb.UpsertHoldingsRequest(portfolio_id="corpus", cash=100.0)
-    position = request.positions.add(symbol="A", shares=10, price=5.0)
-    position.lots.add(lot_id="l1", shares=10, cost_basis=4.0).acquired.seconds = T0
-    return request
-
-
-def policy() -> trading_pb.UpsertRebalancePolicyRequest:
-    request = trading_pb.UpsertRebalancePolicyRequest(portfolio_id="corpus")
-    request.policy.drift_threshold = 0.05
-    return request
-
-
-def drift() -> trading_pb.CheckDriftRequest:
-    return trading_pb.CheckDriftRequest(portfolio_id="corpus", target_weights={"A": 1.0}, prices={"A": 5.0})
-
-
-def rebalance() -> trading_pb.GenerateRebalanceRequest:
-    return trading_pb.GenerateRebalanceRequest(
-        portfolio_id="corpus", target_weights={"A": 1.0}, prices={"A": 5.0}, request_id="r1"
-    )
-
-
-def history_token(payload: dict[str, Any] | str) -> str:
-    raw = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 # --- the corpus -----------------------------------------------------------------------------------------------
