@@ -4,8 +4,8 @@
 limit), unicode or hold a NUL; numbers span their whole wire range with NaN and ±inf for floating point; enums take
 known and unknown numbers; repeated fields and maps get a few items; nested messages are built the same way down to a
 bounded depth; ``google.protobuf.Timestamp`` and ``Duration`` get values inside and outside their valid ranges.
-:func:`mutated` merges such a message into a valid request, so the generated requests also reach the checks behind
-the first ones.
+:func:`mutated` merges such a message into a valid request and :func:`one_field` replaces one field of a valid
+request (at any depth), so the generated requests also reach the checks behind the first ones.
 """
 
 from __future__ import annotations
@@ -150,7 +150,8 @@ def _assign(message: Message, field: FieldDescriptor, value: Any) -> None:
             else:  # a Timestamp or Duration as its fields
                 for name, number in item.items():
                     setattr(sub, name, number)
-            sub.SetInParent() if not field.is_repeated else None
+            if not field.is_repeated:
+                sub.SetInParent()
     elif field.is_repeated:
         getattr(target, field.name).extend(value)
     else:
@@ -193,3 +194,46 @@ def mutated(valid: Message) -> st.SearchStrategy[Message]:
         return request
 
     return messages(valid.DESCRIPTOR).map(merge)
+
+
+def _targets(message: Message, path: tuple[tuple[str, int | None], ...] = ()) -> list[Any]:
+    """Every field of ``message`` and of the messages it holds, as ``(path to its message, field)``."""
+    found: list[Any] = []
+    for field in message.DESCRIPTOR.fields:
+        found.append((path, field))
+        sub_type = field.message_type
+        if field.type != _T.TYPE_MESSAGE or sub_type is None or sub_type.GetOptions().map_entry:
+            continue
+        if sub_type.full_name in ("google.protobuf.Timestamp", "google.protobuf.Duration"):
+            continue
+        value: Any = getattr(message, field.name)
+        if field.is_repeated:
+            for i, item in enumerate(value):
+                found.extend(_targets(item, (*path, (field.name, i))))
+        elif message.HasField(field.name):
+            found.extend(_targets(value, (*path, (field.name, None))))
+    return found
+
+
+def one_field(valid: Message) -> st.SearchStrategy[Message]:
+    """``valid`` with exactly one field (at any depth) replaced by a generated value (or cleared)."""
+    targets = [(path, field) for path, field in _targets(valid) if _field(field, 1) is not None]
+
+    def replaced(target: Any) -> st.SearchStrategy[Message]:
+        path, field = target
+        value = _field(field, 1)
+        assert value is not None
+
+        def apply(new: Any) -> Message:
+            request = type(valid)()
+            request.CopyFrom(valid)
+            holder: Any = request
+            for name, index in path:
+                holder = getattr(holder, name) if index is None else getattr(holder, name)[index]
+            holder.ClearField(field.name)
+            _assign(holder, field, new)
+            return request
+
+        return value.map(apply)
+
+    return st.sampled_from(targets).flatmap(replaced)

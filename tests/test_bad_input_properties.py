@@ -2,11 +2,12 @@
 
 For every RPC of both sides, Hypothesis builds requests from the contract's descriptors (``tests/proto_strategies``:
 any field set or unset, NULs, unicode and over-long strings, NaN/±inf, whole-range integers, unknown enum numbers,
-Timestamps and Durations out of range, a few items in lists and maps, nested messages three levels deep), half of
-them merged into a valid request so they also reach the later checks. Each is sent over a real gRPC channel to a
-real server (both sides, one solver worker) on its own database in the session's PostgreSQL + TimescaleDB cluster,
-so the requests that succeed do not change what the other tests read. A client stream (IngestMarketData) is sent as
-one message, so "rejected" means the whole call wrote nothing.
+Timestamps and Durations out of range, a few items in lists and maps, nested messages three levels deep); others
+are a valid request with such a message merged in or with one field (at any depth) replaced, so they also reach
+the later checks. Each is sent over a real gRPC channel to a real server (both sides, one solver worker) on its own
+database in the session's PostgreSQL + TimescaleDB cluster, so the requests that succeed do not change what the
+other tests read. A client stream (IngestMarketData) is sent as one message, so "rejected" means the whole call
+wrote nothing.
 
 Bounded: ``EXAMPLES_PER_RPC`` examples per RPC, derandomized (the same examples on every run), no per-example
 deadline; about a minute in all on an idle 2-core machine.
@@ -29,11 +30,11 @@ from stratopt_cli.client import channel
 from stratopt_cli.migrate import migrate
 from stratopt_cli.server import ServerThread, StratoptServer
 from tests.bad_input import METHODS, call, changed_tables, row_counts, valid_requests
-from tests.proto_strategies import messages, mutated
+from tests.proto_strategies import messages, mutated, one_field
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES_PER_RPC = 30
+EXAMPLES_PER_RPC = 50
 """Generated requests per RPC."""
 DATABASE = "stratopt_properties"
 NEVER = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
@@ -74,9 +75,10 @@ def _requests(name: str, method: Any) -> st.SearchStrategy[Any]:
     valid = VALID[name]
     if method.client_streaming:
         assert isinstance(valid, list)
-        return st.one_of(messages(method.input_type), mutated(valid[0])).map(lambda message: [message])
+        first = valid[0]
+        return st.one_of(messages(method.input_type), mutated(first), one_field(first)).map(lambda m: [m])
     assert not isinstance(valid, list)
-    return st.one_of(messages(method.input_type), mutated(valid))
+    return st.one_of(messages(method.input_type), mutated(valid), one_field(valid))
 
 
 @pytest.mark.parametrize("method", METHODS, ids=[m.name for m in METHODS])
