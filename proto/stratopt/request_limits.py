@@ -218,6 +218,13 @@ def check_request(message: Any, prefix: str = "") -> None:
             entry = field.message_type
             if entry.GetOptions().map_entry:
                 _check_map(name, path, value, entry)
+            elif repeated and entry.full_name == _TIMESTAMP:  # long series: the check inlined
+                for i, item in enumerate(value):
+                    seconds, nanos = item.seconds, item.nanos
+                    if not (
+                        MIN_TIMESTAMP_SECONDS <= seconds <= MAX_TIMESTAMP_SECONDS and 0 <= nanos < NANOS_PER_SECOND
+                    ):
+                        check_timestamp(item, f"{path}[{i}]")
             elif repeated:
                 for i, item in enumerate(value):
                     _check_embedded(item, f"{path}[{i}]")
