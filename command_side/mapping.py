@@ -46,6 +46,8 @@ from stratopt.v1 import types_pb2 as pb
 MAX_STRATEGIES = 2000
 """Largest N accepted in one request: a 2000 x 2000 covariance is 32 MB, half the 64 MiB message limit, and
 N = 2000 takes seconds to estimate and solve on one core (N = 5000 took minutes in the review's measurement)."""
+MAX_LOOKBACK_PERIODS = 1_000_000
+"""Largest ``lookback_periods`` of a market-data window (stored as a PostgreSQL ``integer``)."""
 DEFAULT_PERIODS_PER_YEAR = 252
 DEFAULT_EMA_SPAN = 500
 
@@ -329,6 +331,8 @@ def normalize_configuration(
     InvalidInputError
         For the first invalid field, named under ``prefix``.
     """
+    if config.lookback_periods > MAX_LOOKBACK_PERIODS:
+        raise _bad(f"{prefix}.lookback_periods", f"at most {MAX_LOOKBACK_PERIODS}, got {config.lookback_periods}")
     probe = optimize_request_from_configuration(config, request_id="")
     with proto_field_paths(OPTIMIZATION, prefix=prefix):
         validated = validate_optimize_request(probe)
@@ -418,6 +422,8 @@ def validate_optimize_request(request: cmd_pb.OptimizeRequest) -> ValidatedReque
         moments = _moments(request)
     else:
         window = request.market_data
+        if window.lookback_periods > MAX_LOOKBACK_PERIODS:
+            raise _bad("market_data.lookback_periods", f"at most {MAX_LOOKBACK_PERIODS}, got {window.lookback_periods}")
         if (
             window.HasField("start")
             and window.HasField("end")

@@ -217,6 +217,18 @@ def _cases() -> list[Case]:
             _set(configuration, _ts("configuration.created_at", T0, 1_000_000_000)),
             "configuration.created_at",
         ),
+        Case(
+            "upsert-configuration-lookback-past-int32",
+            OPT + "UpsertConfiguration",
+            _set(configuration, _field("configuration.lookback_periods", 2**32 - 1)),
+            "configuration.lookback_periods",
+        ),
+        Case(
+            "optimize-lookback-past-int32",
+            OPT + "Optimize",
+            _set(lambda: with_market_data(optimize()), _field("market_data.lookback_periods", 2**32 - 1)),
+            "market_data.lookback_periods",
+        ),
         # GetConfiguration, ListConfigurations, RunConfiguration
         Case(
             "get-configuration-nul",

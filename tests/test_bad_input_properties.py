@@ -10,11 +10,13 @@ other tests read. A client stream (IngestMarketData) is sent as one message, so 
 wrote nothing.
 
 Bounded: ``EXAMPLES_PER_RPC`` examples per RPC, derandomized (the same examples on every run), no per-example
-deadline; about a minute in all on an idle 2-core machine.
+deadline; about a minute in all on an idle 2-core machine. A longer search off the fixed path:
+``STRATOPT_PROPERTY_EXAMPLES=1000 STRATOPT_PROPERTY_SEED=7 pytest tests/test_bad_input_properties.py``.
 """
 
 from __future__ import annotations
 
+import os
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +24,7 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
@@ -34,8 +36,10 @@ from tests.proto_strategies import messages, mutated, one_field
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES_PER_RPC = 50
-"""Generated requests per RPC."""
+EXAMPLES_PER_RPC = int(os.environ.get("STRATOPT_PROPERTY_EXAMPLES", "50"))
+"""Generated requests per RPC (``STRATOPT_PROPERTY_EXAMPLES`` for a longer search, e.g. 1000)."""
+DERANDOMIZE = os.environ.get("STRATOPT_PROPERTY_SEED") is None
+"""Derandomized unless ``STRATOPT_PROPERTY_SEED`` is set (then that seed, for a search off the fixed path)."""
 DATABASE = "stratopt_properties"
 NEVER = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
 VALID = valid_requests()
@@ -90,7 +94,7 @@ def test_no_request_is_internal_and_a_rejected_one_writes_nothing(
     @settings(
         max_examples=EXAMPLES_PER_RPC,
         deadline=None,
-        derandomize=True,
+        derandomize=DERANDOMIZE,
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
     )
@@ -103,4 +107,6 @@ def test_no_request_is_internal_and_a_rejected_one_writes_nothing(
         if outcome.code != grpc.StatusCode.OK:
             assert changed_tables(before, row_counts(own_db)) == {}, f"{name}: {outcome.code.name} wrote rows"
 
+    if not DERANDOMIZE:
+        check = seed(int(os.environ["STRATOPT_PROPERTY_SEED"]))(check)
     check()
