@@ -104,6 +104,13 @@ BAD_TIMES["nanos-1e9"] = (T0, 1_000_000_000)
 BAD_TIMES["nanos-negative"] = (T0, -1)
 
 
+def _nan_covariance(request: cmd_pb.OptimizeRequest) -> None:
+    """Moments input whose covariance holds a NaN: refused by the engine, whose path the adapter translates."""
+    for strategy in request.strategies:
+        strategy.ClearField("returns")
+    request.moments.CopyFrom(pb.MomentsInput(expected_returns=[0.1, 0.2], covariance=[0.04, float("nan"), 0.0, 0.09]))
+
+
 def _cases() -> list[Case]:
     cases = [
         # Optimize: every string kind, ids too long, timestamps out of range
@@ -350,6 +357,18 @@ def _cases() -> list[Case]:
             OPT + "ComputeEfficientFrontier",
             _set(frontier, lambda r: r.problem.strategies.__delitem__(1)),
             "problem.strategies",
+        ),
+        Case(
+            "frontier-engine-error-non-finite-covariance",
+            OPT + "ComputeEfficientFrontier",
+            _set(frontier, lambda r: _nan_covariance(r.problem)),
+            "problem.moments.covariance[1]",
+        ),
+        Case(
+            "optimize-engine-error-non-finite-covariance",
+            OPT + "Optimize",
+            _set(optimize, _nan_covariance),
+            "moments.covariance[1]",
         ),
         Case("frontier-points", OPT + "ComputeEfficientFrontier", _set(frontier, _field("points", 1000)), "points"),
         # IngestMarketData: symbols and bar timestamps
