@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import psycopg
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2  # type: ignore[attr-defined]
 from grpc_status import rpc_status
 from psycopg import sql
 
@@ -57,7 +57,9 @@ def call(channel: grpc.Channel, method: Any, request: Message | Sequence[Message
     """
     path = f"/{method.containing_service.full_name}/{method.name}"
     serialize = type(request[0] if isinstance(request, Sequence) else request).SerializeToString
+    stub: Any
     if method.client_streaming:
+        assert isinstance(request, Sequence)
         stub = channel.stream_unary(path, request_serializer=serialize, response_deserializer=bytes)
         arguments: Any = iter(request)
     else:
@@ -183,7 +185,7 @@ def history_token(payload: dict[str, Any] | str) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def valid_requests() -> dict[str, Message | list[Message]]:
+def valid_requests() -> dict[str, Any]:
     """One valid request of every RPC, by ``Service.Method`` (a list of messages for IngestMarketData)."""
     return {
         "OptimizationCommandService.Optimize": optimize(),

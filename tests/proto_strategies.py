@@ -193,7 +193,8 @@ def mutated(valid: Message) -> st.SearchStrategy[Message]:
         request.MergeFrom(extra)
         return request
 
-    return messages(valid.DESCRIPTOR).map(merge)
+    descriptor: Any = valid.DESCRIPTOR
+    return messages(descriptor).map(merge)
 
 
 def _targets(message: Message, path: tuple[tuple[str, int | None], ...] = ()) -> list[Any]:

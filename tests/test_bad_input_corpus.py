@@ -66,7 +66,7 @@ class Case:
     code: grpc.StatusCode = INVALID
 
 
-def _set(make: Callable[[], Any], change: Callable[[Any], None]) -> Callable[[], Any]:
+def _set(make: Callable[[], Any], change: Callable[[Any], object]) -> Callable[[], Any]:
     def build() -> Any:
         request = make()
         change(request)
@@ -388,7 +388,7 @@ def _cases() -> list[Case]:
             Case(
                 f"ingest-timestamp-{name}",
                 OPT + "IngestMarketData",
-                _set(bars, lambda m, v=value: _ts("timestamp", *v)(m[0].bars[0])),
+                _set(bars, _ts("0.bars.0.timestamp", *value)),
                 "bars[0].timestamp",
             )
             for name, value in BAD_TIMES.items()
@@ -427,7 +427,7 @@ def _cases() -> list[Case]:
         Case(
             "allocate-cache-ttl-mixed-signs",
             TRADE + "AllocateShares",
-            _set(allocate, lambda r: (setattr(r.cache_ttl, "seconds", 5), setattr(r.cache_ttl, "nanos", -1))),
+            _set(allocate, _ts("cache_ttl", 5, -1)),
             "cache_ttl",
         ),
         Case(
