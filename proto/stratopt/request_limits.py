@@ -132,7 +132,7 @@ def check_text(value: str, field: str, *, kind: tuple[str, int] = TEXT) -> str:
     """
     what, limit = kind
     if len(value) > limit:
-        raise InvalidInputError.for_field(field, f"{what} of at most {limit} characters, got {len(value)}")
+        raise InvalidInputError.for_field(field, f"must be {what} of at most {limit} characters, got {len(value)}")
     if "\x00" in value:
         raise InvalidInputError.for_field(field, "must not contain a NUL character")
     return value

@@ -33,7 +33,7 @@ def test_a_string_of_the_limit_passes_and_one_more_character_is_named(kind: tupl
     with pytest.raises(InvalidInputError) as raised:
         limits.check_text("é" * (limit + 1), "f", kind=kind)
     assert raised.value.field_violations == (
-        FieldViolation("f", f"{kind[0]} of at most {limit} characters, got {limit + 1}"),
+        FieldViolation("f", f"must be {kind[0]} of at most {limit} characters, got {limit + 1}"),
     )
 
 
