@@ -299,7 +299,7 @@ class OptimizationService:
                 decoded = base64.b64decode(page_token.encode(), altchars=b"-_", validate=True).decode()
             except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
                 raise InvalidInputError.for_field("page_token", "is not a token this service issued") from exc
-            if not decoded.startswith(_LIST_TOKEN_PREFIX):
+            if not decoded.startswith(_LIST_TOKEN_PREFIX) or "\x00" in decoded:
                 raise InvalidInputError.for_field("page_token", "is not a token this service issued")
             after = decoded.removeprefix(_LIST_TOKEN_PREFIX)
         rows = await self._store.list_configurations(after_portfolio_id=after, limit=size + 1)

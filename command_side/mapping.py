@@ -39,13 +39,15 @@ from services.types import (
     ReturnHistory,
     ReturnsEstimator,
 )
+from stratopt.request_limits import check_request
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
 
 MAX_STRATEGIES = 2000
 """Largest N accepted in one request: a 2000 x 2000 covariance is 32 MB, half the 64 MiB message limit, and
 N = 2000 takes seconds to estimate and solve on one core (N = 5000 took minutes in the review's measurement)."""
-MAX_ID_LENGTH = 200
+MAX_LOOKBACK_PERIODS = 1_000_000
+"""Largest ``lookback_periods`` of a market-data window (stored as a PostgreSQL ``integer``)."""
 DEFAULT_PERIODS_PER_YEAR = 252
 DEFAULT_EMA_SPAN = 500
 
@@ -160,8 +162,6 @@ def _validate_strategies(strategies: Any) -> tuple[tuple[str, ...], tuple[str, .
     for i, s in enumerate(strategies):
         if not s.symbol:
             raise _bad(f"strategies[{i}].symbol", "must not be empty")
-        if len(s.symbol) > MAX_ID_LENGTH:
-            raise _bad(f"strategies[{i}].symbol", f"longer than {MAX_ID_LENGTH} characters")
         if s.symbol in seen:
             raise _bad(
                 f"strategies[{i}].symbol",
@@ -331,6 +331,8 @@ def normalize_configuration(
     InvalidInputError
         For the first invalid field, named under ``prefix``.
     """
+    if config.lookback_periods > MAX_LOOKBACK_PERIODS:
+        raise _bad(f"{prefix}.lookback_periods", f"at most {MAX_LOOKBACK_PERIODS}, got {config.lookback_periods}")
     probe = optimize_request_from_configuration(config, request_id="")
     with proto_field_paths(OPTIMIZATION, prefix=prefix):
         validated = validate_optimize_request(probe)
@@ -355,15 +357,13 @@ def validate_optimize_request(request: cmd_pb.OptimizeRequest) -> ValidatedReque
     Raises
     ------
     InvalidInputError
-        Naming the first invalid field (empty ids, duplicates, NaN/inf, non-positive prices as returns ≤ −1,
-        mismatched lengths, unspecified objective, malformed bounds).
+        Naming the first invalid field (a string with a NUL or over its length limit and a timestamp out of
+        range, by ``stratopt.request_limits.check_request``; empty ids, duplicates, NaN/inf, non-positive prices
+        as returns ≤ −1, mismatched lengths, unspecified objective, malformed bounds).
     """
+    check_request(request)  # strings (NUL, lengths), timestamps: stratopt.request_limits
     if not request.portfolio_id:
         raise _bad("portfolio_id", "must not be empty")
-    if len(request.portfolio_id) > MAX_ID_LENGTH:
-        raise _bad("portfolio_id", f"longer than {MAX_ID_LENGTH} characters")
-    if len(request.request_id) > MAX_ID_LENGTH:
-        raise _bad("request_id", f"longer than {MAX_ID_LENGTH} characters")
     if request.method not in _METHODS:
         raise _bad("method", f"unknown value {request.method}")
     method = _METHODS[request.method]
@@ -422,6 +422,8 @@ def validate_optimize_request(request: cmd_pb.OptimizeRequest) -> ValidatedReque
         moments = _moments(request)
     else:
         window = request.market_data
+        if window.lookback_periods > MAX_LOOKBACK_PERIODS:
+            raise _bad("market_data.lookback_periods", f"at most {MAX_LOOKBACK_PERIODS}, got {window.lookback_periods}")
         if (
             window.HasField("start")
             and window.HasField("end")

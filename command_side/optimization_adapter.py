@@ -43,9 +43,9 @@ from command_side.optimization_commands import (
 )
 from command_side.optimization_store import Bar, Configuration
 from command_side.records import response_from_record
-from services.engine import Method
 from services.errors import InvalidInputError
 from services.types import Moments
+from stratopt.request_limits import check_request
 from stratopt.rpc_errors import status_for
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
@@ -57,13 +57,16 @@ __all__ = [
     "configuration_page_response",
     "frontier_command",
     "frontier_response",
+    "get_configuration_query",
     "get_configuration_response",
     "ingest_chunks",
     "ingest_response",
+    "list_configurations_query",
     "optimize_command",
     "optimize_command_from_configuration",
     "optimize_request",
     "optimize_response",
+    "run_configuration_command",
     "run_configuration_response",
     "upsert_configuration_command",
     "upsert_configuration_response",
@@ -73,6 +76,16 @@ log = logging.getLogger(__name__)
 
 MAX_BARS_PER_MESSAGE = 10_000
 """Most bars in one IngestMarketData message."""
+MAX_FRONTIER_POINTS = 200
+"""Most points of one ComputeEfficientFrontier call."""
+MAX_CONFIGURATIONS_PAGE_SIZE = 500
+"""Largest ListConfigurations page; larger requested sizes are capped to it (0 = 50)."""
+_FRONTIER_METHODS = (
+    pb.OPTIMIZATION_METHOD_UNSPECIFIED,
+    pb.OPTIMIZATION_METHOD_MEAN_VARIANCE,
+    pb.OPTIMIZATION_METHOD_BLACK_LITTERMAN,
+)
+_VARIANCE = (pb.RISK_MEASURE_UNSPECIFIED, pb.RISK_MEASURE_VARIANCE)
 
 StatusFactory = Callable[[BaseException], status_pb2.Status]
 """Turns an exception into the ``google.rpc.Status`` a unary call would have returned."""
@@ -119,6 +132,18 @@ def optimize_response(result: RunResult) -> cmd_pb.OptimizeResponse:
     response = response_from_record(result.result)
     response.optimization_metadata.replayed = result.replayed
     return response
+
+
+def run_configuration_command(request: cmd_pb.RunConfigurationRequest) -> tuple[str, str]:
+    """The ``(portfolio_id, request_id)`` of a RunConfiguration request.
+
+    Raises
+    ------
+    InvalidInputError
+        ``portfolio_id`` or ``request_id`` with a NUL character or longer than ``MAX_ID_LENGTH``.
+    """
+    check_request(request)
+    return request.portfolio_id, request.request_id
 
 
 def run_configuration_response(result: RunResult) -> cmd_pb.RunConfigurationResponse:
@@ -169,26 +194,36 @@ def frontier_command(request: cmd_pb.ComputeEfficientFrontierRequest) -> Frontie
     Raises
     ------
     InvalidInputError
-        As Optimize, plus ``points`` outside 2..200 and methods other than variance mean-variance and
-        Black-Litterman.
+        As Optimize, with every path under ``problem.``; plus ``points`` outside 2..200,
+        ``problem.method`` other than MEAN_VARIANCE and BLACK_LITTERMAN, and ``problem.risk_parameters.risk_measure``
+        other than variance (the frontier is the variance frontier).
     """
+    check_request(request)
     points = request.points or 20
-    if not 2 <= points <= 200:
-        raise InvalidInputError.for_field("points", f"must lie in 2..200, got {points}")
+    if not 2 <= points <= MAX_FRONTIER_POINTS:
+        raise InvalidInputError.for_field("points", f"must lie in 2..{MAX_FRONTIER_POINTS}, got {points}")
+    given = request.problem
+    known_methods = pb.OptimizationMethod.values()
+    if given.method in known_methods and given.method not in _FRONTIER_METHODS:
+        raise InvalidInputError.for_field(
+            "problem.method",
+            f"the efficient frontier is defined for MEAN_VARIANCE and BLACK_LITTERMAN, not "
+            f"{pb.OptimizationMethod.Name(given.method)}",
+        )
+    measure = given.risk_parameters.risk_measure
+    if measure in pb.RiskMeasure.values() and measure not in _VARIANCE:
+        raise InvalidInputError.for_field(
+            "problem.risk_parameters.risk_measure",
+            f"the efficient frontier is the variance frontier, not {pb.RiskMeasure.Name(measure)}",
+        )
     problem = cmd_pb.OptimizeRequest()
-    problem.CopyFrom(request.problem)
+    problem.CopyFrom(given)
     problem.objective = pb.OBJECTIVE_MIN_VOLATILITY  # ignored: the frontier spans every objective
     problem.risk_parameters.ClearField("multi_objective")  # weights of an objective the frontier does not use
     problem.request_id = ""
     ids = tuple(s.symbol for s in problem.strategies)
     with proto_field_paths(OPTIMIZATION, symbols=ids, prefix="problem"):
         command = optimize_command(problem)
-        if command.method.method not in (Method.MEAN_VARIANCE, Method.BLACK_LITTERMAN) or (
-            command.method.risk_measure is not None
-        ):
-            raise InvalidInputError.for_field(
-                "method", "the efficient frontier is defined for variance-based MEAN_VARIANCE and BLACK_LITTERMAN"
-            )
     return FrontierCommand(
         problem=command.problem,
         settings=command.settings,
@@ -216,7 +251,33 @@ def frontier_response(result: FrontierResult) -> cmd_pb.ComputeEfficientFrontier
 
 def upsert_configuration_command(request: cmd_pb.UpsertConfigurationRequest) -> Configuration:
     """The configuration to store, checked and in its canonical form (fields under ``configuration.``)."""
+    check_request(request)
     return configuration_from_message(normalize_configuration(request.configuration))
+
+
+def get_configuration_query(request: cmd_pb.GetConfigurationRequest) -> tuple[str, int]:
+    """The ``(portfolio_id, version)`` a GetConfiguration request asks for (version 0: the latest).
+
+    Raises
+    ------
+    InvalidInputError
+        ``portfolio_id`` with a NUL character or longer than ``MAX_ID_LENGTH``.
+    """
+    check_request(request)
+    return request.portfolio_id, request.version
+
+
+def list_configurations_query(request: cmd_pb.ListConfigurationsRequest) -> tuple[int, str]:
+    """The ``(page_size, page_token)`` of a ListConfigurations request, the size capped at 500 (0 = 50).
+
+    Raises
+    ------
+    InvalidInputError
+        ``page_token`` with a NUL character or longer than ``MAX_PAGE_TOKEN_LENGTH`` (what the token decodes to
+        is the application's to check).
+    """
+    check_request(request)
+    return min(request.page_size or 50, MAX_CONFIGURATIONS_PAGE_SIZE), request.page_token
 
 
 def upsert_configuration_response(result: ConfigurationUpsert) -> cmd_pb.UpsertConfigurationResponse:
@@ -245,6 +306,7 @@ def _bars(message: cmd_pb.IngestMarketDataRequest, message_index: int) -> tuple[
     """The bars of one message, each checked (paths ``bars[i]`` of that message)."""
     if len(message.bars) > MAX_BARS_PER_MESSAGE:
         raise InvalidInputError.for_field("bars", f"at most {MAX_BARS_PER_MESSAGE} bars per message")
+    check_request(message)  # symbols (NUL, length) and timestamps (years 0001 to 9999)
     bars: list[Bar] = []
     for i, bar in enumerate(message.bars):
         field = f"bars[{i}]"

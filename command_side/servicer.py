@@ -63,22 +63,24 @@ class OptimizationCommandServicer(cmd_grpc.OptimizationCommandServiceServicer):
         self, request: cmd_pb.GetConfigurationRequest, context: Context
     ) -> cmd_pb.GetConfigurationResponse:
         """Read a configuration version."""
-        configuration = await self._service.get_configuration(request.portfolio_id, request.version)
+        portfolio_id, version = adapter.get_configuration_query(request)
+        configuration = await self._service.get_configuration(portfolio_id, version)
         return adapter.get_configuration_response(configuration)
 
     async def ListConfigurations(  # noqa: N802
         self, request: cmd_pb.ListConfigurationsRequest, context: Context
     ) -> cmd_pb.ListConfigurationsResponse:
         """List the latest configurations."""
-        page = await self._service.list_configurations(request.page_size, request.page_token)
+        page = await self._service.list_configurations(*adapter.list_configurations_query(request))
         return adapter.configuration_page_response(page)
 
     async def RunConfiguration(  # noqa: N802
         self, request: cmd_pb.RunConfigurationRequest, context: Context
     ) -> cmd_pb.RunConfigurationResponse:
         """Re-optimize a stored configuration on stored market data."""
+        portfolio_id, request_id = adapter.run_configuration_command(request)
         result = await self._service.run_configuration(
-            request.portfolio_id, request.request_id, time_remaining_s=context.time_remaining()
+            portfolio_id, request_id, time_remaining_s=context.time_remaining()
         )
         return adapter.run_configuration_response(result)
 

@@ -57,6 +57,7 @@ from services.trading import (
     RecommendationStatus,
     Side,
 )
+from stratopt.request_limits import check_request, check_timestamp
 from stratopt.v1 import trading_service_pb2 as trading_pb
 
 MAX_SHARES: Final = 2**53
@@ -94,8 +95,10 @@ def allocate_shares_command(request: trading_pb.AllocateSharesRequest) -> Alloca
     InvalidInputError
         ``strategy`` (unknown), ``targets[i].symbol``, ``holdings[i].symbol`` (empty or duplicate),
         ``holdings[i].shares`` (not a finite whole number in [0, 2^53]), ``holdings[i].price`` (unset) or
-        ``cache_ttl`` (not a valid Duration, or negative).
+        ``cache_ttl`` (not a valid Duration, or negative); any string with a NUL character or over its length
+        limit (``stratopt.request_limits``).
     """
+    check_request(request)
     strategy = STRATEGIES.get(request.strategy)
     if strategy is None:
         raise InvalidInputError.for_field("strategy", f"unknown AllocationStrategy value {request.strategy}")
@@ -292,6 +295,20 @@ def get_cached_allocation_response(allocation: Allocation) -> trading_pb.GetCach
     return trading_pb.GetCachedAllocationResponse(allocation=allocation_message(allocation))
 
 
+def cache_key_query(
+    request: trading_pb.GetCachedAllocationRequest | trading_pb.ClearAllocationCacheRequest,
+) -> str:
+    """The ``cache_key`` of a GetCachedAllocation or ClearAllocationCache request ("" = every entry for Clear).
+
+    Raises
+    ------
+    InvalidInputError
+        ``cache_key`` with a NUL character or longer than ``MAX_ID_LENGTH``.
+    """
+    check_request(request)
+    return request.cache_key
+
+
 def clear_allocation_cache_response(removed: int) -> trading_pb.ClearAllocationCacheResponse:
     """The ClearAllocationCache response: how many entries were deleted."""
     return trading_pb.ClearAllocationCacheResponse(removed=removed)
@@ -299,8 +316,6 @@ def clear_allocation_cache_response(removed: int) -> trading_pb.ClearAllocationC
 
 # --- rebalancing: shared conversions ----------------------------------------------------------------------------
 
-_MIN_TIMESTAMP_SECONDS: Final = -62_135_596_800  # 0001-01-01T00:00:00Z
-_MAX_TIMESTAMP_SECONDS: Final = 253_402_300_799  # 9999-12-31T23:59:59Z
 _STATUS_PREFIX: Final = "RECOMMENDATION_STATUS_"
 IMPACT_MODELS: Final[dict[trading_pb.ImpactModel.ValueType, ImpactModel]] = {
     trading_pb.IMPACT_MODEL_NONE: ImpactModel.NONE,
@@ -320,8 +335,7 @@ _PROTO_LOT_METHODS: Final = {method: value for value, method in LOT_METHODS.item
 
 def _checked_datetime(value: Timestamp, field: str) -> datetime:
     """A valid protobuf Timestamp as a UTC datetime (years 0001 to 9999)."""
-    if not (_MIN_TIMESTAMP_SECONDS <= value.seconds <= _MAX_TIMESTAMP_SECONDS and 0 <= value.nanos < 1_000_000_000):
-        raise InvalidInputError.for_field(field, "timestamp out of range (years 0001 to 9999)")
+    check_timestamp(value, field)
     return value.ToDatetime(tzinfo=UTC)
 
 
@@ -564,8 +578,10 @@ def upsert_holdings_command(request: trading_pb.UpsertHoldingsRequest) -> Upsert
     Raises
     ------
     InvalidInputError
-        ``positions[i].lots[j].acquired`` out of range (years 0001 to 9999).
+        ``positions[i].lots[j].acquired`` out of range (years 0001 to 9999); any string with a NUL character or
+        over its length limit (``stratopt.request_limits``).
     """
+    check_request(request)
     return UpsertHoldings(
         portfolio_id=request.portfolio_id,
         positions=tuple(position_of_message(p, f"positions[{i}]") for i, p in enumerate(request.positions)),
@@ -575,11 +591,13 @@ def upsert_holdings_command(request: trading_pb.UpsertHoldingsRequest) -> Upsert
 
 def upsert_policy_command(request: trading_pb.UpsertRebalancePolicyRequest) -> UpsertPolicy:
     """The command of an UpsertRebalancePolicy request (see :func:`policy_of_message` for what it raises)."""
+    check_request(request)
     return UpsertPolicy(portfolio_id=request.portfolio_id, policy=policy_of_message(request.policy))
 
 
 def check_drift_command(request: trading_pb.CheckDriftRequest) -> CheckDrift:
-    """The command of a CheckDrift request (unset ``threshold``: None)."""
+    """The command of a CheckDrift request (unset ``threshold``: None; strings checked as everywhere)."""
+    check_request(request)
     return CheckDrift(
         portfolio_id=request.portfolio_id,
         target_weights=dict(request.target_weights),
@@ -606,8 +624,9 @@ def generate_rebalance_command(request: trading_pb.GenerateRebalanceRequest) -> 
     Raises
     ------
     InvalidInputError
-        ``as_of`` out of range (years 0001 to 9999).
+        ``as_of`` out of range (years 0001 to 9999); any string with a NUL character or over its length limit.
     """
+    check_request(request)
     return GenerateRebalance(
         portfolio_id=request.portfolio_id,
         request_id=request.request_id,
@@ -625,16 +644,20 @@ def generate_rebalance_command(request: trading_pb.GenerateRebalanceRequest) -> 
 def approve_rebalance_command(request: trading_pb.ApproveRebalanceRequest, *, approver: str) -> Decision:
     """The decision of an ApproveRebalance request by the authenticated ``approver``.
 
-    The deprecated request field ``approver`` is ignored.
+    The deprecated request field ``approver`` is ignored; ``recommendation_id`` and ``reason`` are checked for NUL
+    and length.
     """
+    check_request(request)
     return Decision(recommendation_id=request.recommendation_id, approver=approver, reason=request.reason)
 
 
 def reject_rebalance_command(request: trading_pb.RejectRebalanceRequest, *, approver: str) -> Decision:
     """The decision of a RejectRebalance request by the authenticated ``approver``.
 
-    The deprecated request field ``approver`` is ignored.
+    The deprecated request field ``approver`` is ignored; ``recommendation_id`` and ``reason`` are checked for NUL
+    and length.
     """
+    check_request(request)
     return Decision(recommendation_id=request.recommendation_id, approver=approver, reason=request.reason)
 
 

@@ -58,14 +58,14 @@ class TradingCommandServicer(trading_grpc.TradingCommandServiceServicer):
         self, request: trading_pb.GetCachedAllocationRequest, context: Context
     ) -> trading_pb.GetCachedAllocationResponse:
         """Read a cached allocation."""
-        allocation = await self._allocations.get_cached(request.cache_key)
+        allocation = await self._allocations.get_cached(adapter.cache_key_query(request))
         return adapter.get_cached_allocation_response(allocation)
 
     async def ClearAllocationCache(  # noqa: N802
         self, request: trading_pb.ClearAllocationCacheRequest, context: Context
     ) -> trading_pb.ClearAllocationCacheResponse:
         """Remove one or every cached allocation."""
-        removed = await self._allocations.clear_cache(request.cache_key)
+        removed = await self._allocations.clear_cache(adapter.cache_key_query(request))
         return adapter.clear_allocation_cache_response(removed)
 
     async def UpsertHoldings(  # noqa: N802

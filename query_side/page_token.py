@@ -103,11 +103,13 @@ def decode_page_token(token: str, fingerprint: str) -> HistoryKey:
     Raises
     ------
     InvalidInputError
-        When the token is malformed or was issued for a different portfolio or time range (field
-        ``page_token``).
+        When the token is malformed (including one that decodes to a NUL character) or was issued for a
+        different portfolio or time range (field ``page_token``).
     """
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        if b"\x00" in raw or b"\\u0000" in raw:  # a NUL, raw or escaped, is in no token this service issues
+            raise ValueError("NUL in page token")
         payload = json.loads(raw)
     except ValueError as exc:  # binascii.Error, UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise InvalidInputError.for_field(_FIELD, "malformed page token") from exc

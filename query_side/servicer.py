@@ -27,6 +27,7 @@ from query_side.repository import (
     StoredRecommendation,
 )
 from services.errors import InvalidInputError, NotFoundError
+from stratopt.request_limits import check_request, echo, timestamp_in_range
 from stratopt.v1 import query_service_pb2, query_service_pb2_grpc, trading_service_pb2, types_pb2
 
 DEFAULT_PAGE_SIZE = 50
@@ -43,14 +44,13 @@ _REBALANCE_EVENTS_KEY = "rebalance_events:"
 _STATUS_PREFIX = "RECOMMENDATION_STATUS_"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MIN_TIMESTAMP_SECONDS = -62_135_596_800  # 0001-01-01T00:00:00Z, the lower limit of google.protobuf.Timestamp
-_MAX_TIMESTAMP_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the upper limit
 
 if TYPE_CHECKING:  # grpc.aio.ServicerContext is generic only in the stubs
     ServicerContext = grpc.aio.ServicerContext[Any, Any]
 
 
 def _portfolio_id(value: str) -> str:
+    """The request's ``portfolio_id``, required (its NUL and length are checked by ``check_request``)."""
     if not value:
         raise InvalidInputError.for_field("portfolio_id", "must not be empty")
     return value
@@ -62,8 +62,7 @@ def _bound(field: str, value: timestamp_pb2.Timestamp) -> datetime:
     Rounding up keeps both comparisons exact for microsecond event times: ``t >= start`` holds for the
     rounded ``start`` exactly when it holds for the given one, and so does ``t < end``.
     """
-    in_range = _MIN_TIMESTAMP_SECONDS <= value.seconds <= _MAX_TIMESTAMP_SECONDS
-    if not (in_range and 0 <= value.nanos < 1_000_000_000):
+    if not timestamp_in_range(value.seconds, value.nanos):
         raise InvalidInputError.for_field(field, "timestamp out of range (years 0001 to 9999)")
     microseconds = value.seconds * 1_000_000 + -(-value.nanos // 1000)
     try:
@@ -214,16 +213,17 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         Raises
         ------
         InvalidInputError
-            When ``portfolio_id`` is empty.
+            When ``portfolio_id`` is empty, holds a NUL or is over 128 characters.
         NotFoundError
             When the portfolio has no events.
         UnavailableError
             When the database cannot be reached.
         """
+        check_request(request)
         portfolio_id = _portfolio_id(request.portfolio_id)
         event = await self._repository.get_latest(portfolio_id)
         if event is None:
-            raise NotFoundError(f"portfolio {portfolio_id!r} has no optimization events")
+            raise NotFoundError(f"portfolio {echo(portfolio_id)} has no optimization events")
         return query_service_pb2.GetLatestResponse(event=event_message(event))
 
     async def GetHistory(  # noqa: N802 (gRPC method name)
@@ -251,11 +251,13 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         Raises
         ------
         InvalidInputError
-            When ``portfolio_id`` is empty, a bound is out of range, ``start >= end`` (field ``end``), or the
+            When ``portfolio_id`` is empty or not a valid id (NUL, over 128 characters), a
+            bound is out of range, ``start >= end`` (field ``end``), or the
             page token is malformed or from a request with another portfolio or range (field ``page_token``).
         UnavailableError
             When the database cannot be reached.
         """
+        check_request(request)
         portfolio_id = _portfolio_id(request.portfolio_id)
         start, end = _time_range(
             request.start if request.HasField("start") else None,
@@ -296,11 +298,13 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         Raises
         ------
         InvalidInputError
-            When ``portfolio_id`` is empty, a bound is out of range, ``start >= end`` (field ``end``) or the
+            When ``portfolio_id`` is empty or not a valid id (NUL, over 128 characters), a
+            bound is out of range, ``start >= end`` (field ``end``) or the
             bucket width is under 1 second (field ``bucket_width``).
         UnavailableError
             When the database cannot be reached.
         """
+        check_request(request)
         portfolio_id = _portfolio_id(request.portfolio_id)
         start, end = _time_range(
             request.start if request.HasField("start") else None,
@@ -355,17 +359,18 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         Raises
         ------
         InvalidInputError
-            When ``recommendation_id`` is not a UUID.
+            When ``recommendation_id`` is not a UUID (or holds a NUL, or is over 128 characters).
         NotFoundError
             When no recommendation has the id.
         UnavailableError
             When the database cannot be reached.
         """
+        check_request(request)
         try:
             recommendation_id = uuid.UUID(request.recommendation_id)
         except ValueError:
             raise InvalidInputError.for_field(
-                "recommendation_id", f"{request.recommendation_id[:64]!r} is not a UUID"
+                "recommendation_id", f"{echo(request.recommendation_id)} is not a UUID"
             ) from None
         stored = await self._repository.get_rebalance(recommendation_id)
         if stored is None:
@@ -396,11 +401,13 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         Raises
         ------
         InvalidInputError
-            When ``portfolio_id`` is empty, a bound is out of range, ``start >= end`` (field ``end``), or the
+            When ``portfolio_id`` is empty or not a valid id (NUL, over 128 characters), a
+            bound is out of range, ``start >= end`` (field ``end``), or the
             page token is malformed or from another request (field ``page_token``).
         UnavailableError
             When the database cannot be reached.
         """
+        check_request(request)
         portfolio_id = _portfolio_id(request.portfolio_id)
         start, end = _time_range(
             request.start if request.HasField("start") else None,

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from stratopt.identity import CURRENT_PRINCIPAL, LOCAL_PRINCIPAL, ROLES, Principal
+from stratopt.request_limits import MAX_ID_LENGTH
 
 if TYPE_CHECKING:  # the grpc.aio classes are generic only in the stubs
     ServicerContext = grpc.aio.ServicerContext[Any, Any]
@@ -235,7 +236,8 @@ class TokenVerifier:
             except jwt.PyJWTError:
                 raise _unauthenticated("invalid token") from None
             subject = claims["sub"]
-            if not isinstance(subject, str) or not subject.strip():
+            if not isinstance(subject, str) or not subject.strip() or "\x00" in subject or len(subject) > MAX_ID_LENGTH:
+                # the subject is stored as the actor of decisions: the same rules as any id of a request
                 raise _unauthenticated("invalid token subject")
             return Principal(subject, _roles(claims.get(self.roles_claim)))
         raise _unauthenticated("token signature not accepted")

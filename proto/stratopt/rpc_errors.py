@@ -73,6 +73,23 @@ def status_code(error: StratoptError) -> grpc.StatusCode:
 
 INTERNAL_MESSAGE = "internal error"
 """Message of the INTERNAL status sent for an unexpected exception."""
+MAX_MESSAGE_BYTES = 1024
+"""Most UTF-8 bytes of a status message; longer ones are cut with "…"."""
+MAX_DETAIL_BYTES = 256
+"""Most UTF-8 bytes of each field, subject and description in a status's details."""
+MAX_VIOLATIONS = 10
+"""Most violations of each kind a status carries (the first ones; the message says what is wrong first).
+
+With these caps a status's message and details stay under 8 KiB even percent- and base64-encoded, inside gRPC's
+trailer limit (8 KiB soft, 16 KiB hard by default), however long the values an error quotes."""
+
+
+def _capped(text: str, limit: int = MAX_DETAIL_BYTES) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (ending in "…" when cut)."""
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - len("…".encode())].decode(errors="ignore") + "…"
 
 
 def status_for(error: BaseException) -> status_pb2.Status:
@@ -88,19 +105,22 @@ def status_for(error: BaseException) -> status_pb2.Status:
     -------
     google.rpc.Status
         Code, message and, for domain errors with violations, ``BadRequest`` / ``PreconditionFailure``
-        details.
+        details; the message at most ``MAX_MESSAGE_BYTES``, each detail's texts ``MAX_DETAIL_BYTES``, at most
+        ``MAX_VIOLATIONS`` violations of each kind.
     """
     if not isinstance(error, StratoptError):
         return status_pb2.Status(code=grpc.StatusCode.INTERNAL.value[0], message=INTERNAL_MESSAGE)
     code = status_code(error)
-    status = status_pb2.Status(code=code.value[0], message=error.message)
+    status = status_pb2.Status(code=code.value[0], message=_capped(error.message, MAX_MESSAGE_BYTES))
     if error.field_violations:
         detail = any_pb2.Any()
         detail.Pack(
             error_details_pb2.BadRequest(
                 field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                    for v in error.field_violations
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=_capped(v.field), description=_capped(v.description)
+                    )
+                    for v in error.field_violations[:MAX_VIOLATIONS]
                 ]
             )
         )
@@ -111,9 +131,9 @@ def status_for(error: BaseException) -> status_pb2.Status:
             error_details_pb2.PreconditionFailure(
                 violations=[
                     error_details_pb2.PreconditionFailure.Violation(
-                        type=v.type, subject=v.subject, description=v.description
+                        type=v.type, subject=_capped(v.subject), description=_capped(v.description)
                     )
-                    for v in error.precondition_violations
+                    for v in error.precondition_violations[:MAX_VIOLATIONS]
                 ]
             )
         )

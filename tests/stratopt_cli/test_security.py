@@ -160,6 +160,8 @@ def test_missing_and_invalid_tokens_are_unauthenticated(channel: grpc.Channel, p
         "wrong audience": pki.issuer.token("ana", ["read"], aud="another-service"),
         "wrong issuer": pki.issuer.token("ana", ["read"], iss="https://evil.test"),
         "no subject": pki.issuer.token("", ["read"]),
+        "subject too long to store": pki.issuer.token("a" * 129, ["read"]),
+        "subject with NUL": pki.issuer.token("a\x00b", ["read"]),
         "unsigned": jwt.encode({"sub": "ana", "roles": ["admin"], "exp": now + 60}, key=None, algorithm="none"),
     }
     for name, token in cases.items():

@@ -1,0 +1,725 @@
+"""A bounded corpus of bad and hostile requests, every RPC of both sides, against the real server.
+
+Each case is one valid request with one bad field (a NUL in a string of every kind, a 10 KB id or symbol, a
+timestamp outside 0001–9999 or with ``nanos`` ≥ 1e9, an invalid Duration, a page token that is garbage, too long or
+decodes to a NUL, a frontier method or risk measure the frontier does not have). The server runs on real
+PostgreSQL + TimescaleDB over a real gRPC channel (``tests/conftest.py``); each case asserts the exact status code,
+that the ``google.rpc.BadRequest`` detail names exactly the field at fault, that the message is short (at most
+1 KiB, never the 10 KB value) and that no table of the database gained or lost a row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import psycopg
+import pytest
+from google.protobuf.message import Message
+
+from stratopt.request_limits import MAX_TIMESTAMP_SECONDS, MIN_TIMESTAMP_SECONDS
+from stratopt.v1 import command_service_pb2 as cmd_pb
+from stratopt.v1 import query_service_pb2 as query_pb
+from stratopt.v1 import trading_service_pb2 as trading_pb
+from stratopt.v1 import types_pb2 as pb
+from tests.bad_input import (
+    METHODS,
+    RECOMMENDATION,
+    T0,
+    allocate,
+    bars,
+    call,
+    changed_tables,
+    configuration,
+    drift,
+    frontier,
+    history_token,
+    holdings,
+    optimize,
+    policy,
+    rebalance,
+    row_counts,
+    with_market_data,
+)
+
+pytestmark = pytest.mark.integration
+
+NUL = "a\x00b"
+LONG = "x" * 10_000
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+BY_NAME = {f"{m.containing_service.name}.{m.name}": m for m in METHODS}
+
+
+# --- the corpus -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad request: the RPC (``Service.Method``), the request and the field it must name."""
+
+    id: str
+    rpc: str
+    build: Callable[[], Message | Sequence[Message]]
+    field: str
+    code: grpc.StatusCode = INVALID
+
+
+def _set(make: Callable[[], Any], change: Callable[[Any], object]) -> Callable[[], Any]:
+    def build() -> Any:
+        request = make()
+        change(request)
+        return request
+
+    return build
+
+
+def _field(name: str, value: Any) -> Callable[[Any], None]:
+    def change(message: Any) -> None:
+        target = message
+        *path, last = name.split(".")
+        for part in path:
+            target = getattr(target, part)
+        setattr(target, last, value)
+
+    return change
+
+
+def _ts(path: str, seconds: int, nanos: int = 0) -> Callable[[Any], None]:
+    def change(message: Any) -> None:
+        target = message
+        for part in path.split("."):
+            target = target[int(part)] if part.isdigit() else getattr(target, part)
+        target.seconds, target.nanos = seconds, nanos
+
+    return change
+
+
+OPT = "OptimizationCommandService."
+TRADE = "TradingCommandService."
+QUERY = "OptimizationQueryService."
+BAD_TIMES = {"year-10000": (MAX_TIMESTAMP_SECONDS + 1, 0), "year-0": (MIN_TIMESTAMP_SECONDS - 1, 0)}
+BAD_TIMES["nanos-1e9"] = (T0, 1_000_000_000)
+BAD_TIMES["nanos-negative"] = (T0, -1)
+
+
+def _nan_covariance(request: cmd_pb.OptimizeRequest) -> None:
+    """Moments input whose covariance holds a NaN: refused by the engine, whose path the adapter translates."""
+    for strategy in request.strategies:
+        strategy.ClearField("returns")
+    request.moments.CopyFrom(pb.MomentsInput(expected_returns=[0.1, 0.2], covariance=[0.04, float("nan"), 0.0, 0.09]))
+
+
+def _cases() -> list[Case]:
+    cases = [
+        # Optimize: every string kind, ids too long, timestamps out of range
+        Case("optimize-portfolio-nul", OPT + "Optimize", _set(optimize, _field("portfolio_id", NUL)), "portfolio_id"),
+        Case("optimize-portfolio-10kb", OPT + "Optimize", _set(optimize, _field("portfolio_id", LONG)), "portfolio_id"),
+        Case("optimize-request-nul", OPT + "Optimize", _set(optimize, _field("request_id", NUL)), "request_id"),
+        Case("optimize-request-10kb", OPT + "Optimize", _set(optimize, _field("request_id", LONG)), "request_id"),
+        Case(
+            "optimize-symbol-nul",
+            OPT + "Optimize",
+            _set(optimize, lambda r: setattr(r.strategies[1], "symbol", NUL)),
+            "strategies[1].symbol",
+        ),
+        Case(
+            "optimize-symbol-65",
+            OPT + "Optimize",
+            _set(optimize, lambda r: setattr(r.strategies[0], "symbol", "S" * 65)),
+            "strategies[0].symbol",
+        ),
+        Case(
+            "optimize-sector-nul",
+            OPT + "Optimize",
+            _set(optimize, lambda r: setattr(r.strategies[0], "sector", NUL)),
+            "strategies[0].sector",
+        ),
+        Case(
+            "optimize-classification-key-nul",
+            OPT + "Optimize",
+            _set(optimize, lambda r: r.strategies[0].classifications.update({NUL: "x"})),
+            "strategies[0].classifications",
+        ),
+        Case(
+            "optimize-classification-value-nul",
+            OPT + "Optimize",
+            _set(optimize, lambda r: r.strategies[0].classifications.update({"gics": NUL})),
+            "strategies[0].classifications[gics]",
+        ),
+        Case(
+            "optimize-sector-limit-nul",
+            OPT + "Optimize",
+            _set(optimize, lambda r: r.constraints.sector_limits.add(sector=NUL, max_weight=0.5)),
+            "constraints.sector_limits[0].sector",
+        ),
+        Case(
+            "optimize-sector-limit-scheme-10kb",
+            OPT + "Optimize",
+            _set(optimize, lambda r: r.constraints.sector_limits.add(sector="tech", scheme=LONG, max_weight=0.5)),
+            "constraints.sector_limits[0].scheme",
+        ),
+        Case(
+            "optimize-bounds-key-nul",
+            OPT + "Optimize",
+            _set(optimize, lambda r: r.constraints.strategy_bounds[NUL].SetInParent()),
+            "constraints.strategy_bounds",
+        ),
+        Case(
+            "optimize-turnover-caps-key-10kb",
+            OPT + "Optimize",
+            _set(optimize, lambda r: r.constraints.turnover_caps.update({LONG: 0.1})),
+            "constraints.turnover_caps",
+        ),
+        Case(
+            "optimize-market-symbol-nul",
+            OPT + "Optimize",
+            _set(lambda: with_market_data(optimize()), _field("market_data.market_symbol", NUL)),
+            "market_data.market_symbol",
+        ),
+        Case(
+            "optimize-market-symbol-10kb",
+            OPT + "Optimize",
+            _set(lambda: with_market_data(optimize()), _field("market_data.market_symbol", LONG)),
+            "market_data.market_symbol",
+        ),
+        Case(
+            "optimize-window-start-year-10000",
+            OPT + "Optimize",
+            _set(lambda: with_market_data(optimize()), _ts("market_data.start", MAX_TIMESTAMP_SECONDS + 1)),
+            "market_data.start",
+        ),
+        *(
+            Case(
+                f"optimize-returns-timestamp-{name}",
+                OPT + "Optimize",
+                _set(optimize, _ts("returns.timestamps.2", *value)),
+                "returns.timestamps[2]",
+            )
+            for name, value in BAD_TIMES.items()
+        ),
+        # UpsertConfiguration: under configuration.
+        Case(
+            "upsert-configuration-portfolio-nul",
+            OPT + "UpsertConfiguration",
+            _set(configuration, _field("configuration.portfolio_id", NUL)),
+            "configuration.portfolio_id",
+        ),
+        Case(
+            "upsert-configuration-market-symbol-10kb",
+            OPT + "UpsertConfiguration",
+            _set(configuration, _field("configuration.market_symbol", LONG)),
+            "configuration.market_symbol",
+        ),
+        Case(
+            "upsert-configuration-symbol-nul",
+            OPT + "UpsertConfiguration",
+            _set(configuration, lambda r: setattr(r.configuration.strategies[1], "symbol", NUL)),
+            "configuration.strategies[1].symbol",
+        ),
+        Case(
+            "upsert-configuration-created-at-nanos",
+            OPT + "UpsertConfiguration",
+            _set(configuration, _ts("configuration.created_at", T0, 1_000_000_000)),
+            "configuration.created_at",
+        ),
+        Case(
+            "upsert-configuration-lookback-past-int32",
+            OPT + "UpsertConfiguration",
+            _set(configuration, _field("configuration.lookback_periods", 2**32 - 1)),
+            "configuration.lookback_periods",
+        ),
+        Case(
+            "optimize-lookback-past-int32",
+            OPT + "Optimize",
+            _set(lambda: with_market_data(optimize()), _field("market_data.lookback_periods", 2**32 - 1)),
+            "market_data.lookback_periods",
+        ),
+        # GetConfiguration, ListConfigurations, RunConfiguration
+        Case(
+            "get-configuration-nul",
+            OPT + "GetConfiguration",
+            lambda: cmd_pb.GetConfigurationRequest(portfolio_id=NUL),
+            "portfolio_id",
+        ),
+        Case(
+            "get-configuration-10kb",
+            OPT + "GetConfiguration",
+            lambda: cmd_pb.GetConfigurationRequest(portfolio_id=LONG),
+            "portfolio_id",
+        ),
+        Case(
+            "list-configurations-token-decodes-to-nul",
+            OPT + "ListConfigurations",
+            lambda: cmd_pb.ListConfigurationsRequest(page_token=history_token("configurations:v1:a\x00b")),
+            "page_token",
+        ),
+        Case(
+            "list-configurations-token-nul",
+            OPT + "ListConfigurations",
+            lambda: cmd_pb.ListConfigurationsRequest(page_token=NUL),
+            "page_token",
+        ),
+        Case(
+            "list-configurations-token-10kb",
+            OPT + "ListConfigurations",
+            lambda: cmd_pb.ListConfigurationsRequest(page_token=LONG),
+            "page_token",
+        ),
+        Case(
+            "list-configurations-token-garbage",
+            OPT + "ListConfigurations",
+            lambda: cmd_pb.ListConfigurationsRequest(page_token="!!not-a-token!!"),
+            "page_token",
+        ),
+        Case(
+            "run-configuration-nul",
+            OPT + "RunConfiguration",
+            lambda: cmd_pb.RunConfigurationRequest(portfolio_id=NUL),
+            "portfolio_id",
+        ),
+        Case(
+            "run-configuration-10kb",
+            OPT + "RunConfiguration",
+            lambda: cmd_pb.RunConfigurationRequest(portfolio_id=LONG),
+            "portfolio_id",
+        ),
+        Case(
+            "run-configuration-request-nul",
+            OPT + "RunConfiguration",
+            lambda: cmd_pb.RunConfigurationRequest(portfolio_id="corpus", request_id=NUL),
+            "request_id",
+        ),
+        # ComputeEfficientFrontier: every path under problem., the method's own field when the method is at fault
+        Case(
+            "frontier-portfolio-nul",
+            OPT + "ComputeEfficientFrontier",
+            _set(frontier, _field("problem.portfolio_id", NUL)),
+            "problem.portfolio_id",
+        ),
+        Case(
+            "frontier-symbol-10kb",
+            OPT + "ComputeEfficientFrontier",
+            _set(frontier, lambda r: setattr(r.problem.strategies[0], "symbol", LONG)),
+            "problem.strategies[0].symbol",
+        ),
+        Case(
+            "frontier-timestamp-year-0",
+            OPT + "ComputeEfficientFrontier",
+            _set(frontier, _ts("problem.returns.timestamps.0", MIN_TIMESTAMP_SECONDS - 1)),
+            "problem.returns.timestamps[0]",
+        ),
+        Case(
+            "frontier-risk-parity",
+            OPT + "ComputeEfficientFrontier",
+            _set(frontier, _field("problem.method", pb.OPTIMIZATION_METHOD_RISK_PARITY)),
+            "problem.method",
+        ),
+        Case(
+            "frontier-hrp",
+            OPT + "ComputeEfficientFrontier",
+            _set(frontier, _field("problem.method", pb.OPTIMIZATION_METHOD_HIERARCHICAL_RISK_PARITY)),
+            "problem.method",
+        ),
+        Case(
+            "frontier-robust",
+            OPT + "ComputeEfficientFrontier",
+            _set(frontier, _field("problem.method", pb.OPTIMIZATION_METHOD_ROBUST_OPTIMIZATION)),
+            "problem.method",
+        ),
+        Case(
+            "frontier-cvar",
+            OPT + "ComputeEfficientFrontier",
+            _set(frontier, _field("problem.risk_parameters.risk_measure", pb.RISK_MEASURE_CVAR)),
+            "problem.risk_parameters.risk_measure",
+        ),
+        Case(
+            "frontier-crossed-bounds",
+            OPT + "ComputeEfficientFrontier",
+            _set(
+                frontier,
+                lambda r: (
+                    _field("problem.constraints.min_weight", 0.6)(r),
+                    _field("problem.constraints.max_weight", 0.5)(r),
+                ),
+            ),
+            "problem.constraints.min_weight",
+        ),
+        Case(
+            "frontier-unknown-bound-key",
+            OPT + "ComputeEfficientFrontier",
+            _set(frontier, lambda r: r.problem.constraints.strategy_bounds["ZZ"].SetInParent()),
+            "problem.constraints.strategy_bounds[ZZ]",
+        ),
+        Case(
+            "frontier-one-strategy",
+            OPT + "ComputeEfficientFrontier",
+            _set(frontier, lambda r: r.problem.strategies.__delitem__(1)),
+            "problem.strategies",
+        ),
+        Case(
+            "frontier-engine-error-non-finite-covariance",
+            OPT + "ComputeEfficientFrontier",
+            _set(frontier, lambda r: _nan_covariance(r.problem)),
+            "problem.moments.covariance[1]",
+        ),
+        Case(
+            "optimize-engine-error-non-finite-covariance",
+            OPT + "Optimize",
+            _set(optimize, _nan_covariance),
+            "moments.covariance[1]",
+        ),
+        Case("frontier-points", OPT + "ComputeEfficientFrontier", _set(frontier, _field("points", 1000)), "points"),
+        # IngestMarketData: symbols and bar timestamps
+        Case(
+            "ingest-symbol-nul",
+            OPT + "IngestMarketData",
+            _set(bars, lambda m: setattr(m[0].bars[0], "symbol", NUL)),
+            "bars[0].symbol",
+        ),
+        Case(
+            "ingest-symbol-10kb",
+            OPT + "IngestMarketData",
+            _set(bars, lambda m: setattr(m[0].bars[0], "symbol", LONG)),
+            "bars[0].symbol",
+        ),
+        *(
+            Case(
+                f"ingest-timestamp-{name}",
+                OPT + "IngestMarketData",
+                _set(bars, _ts("0.bars.0.timestamp", *value)),
+                "bars[0].timestamp",
+            )
+            for name, value in BAD_TIMES.items()
+        ),
+        # AllocateShares, GetCachedAllocation, ClearAllocationCache
+        Case(
+            "allocate-portfolio-nul",
+            TRADE + "AllocateShares",
+            _set(allocate, _field("portfolio_id", NUL)),
+            "portfolio_id",
+        ),
+        Case(
+            "allocate-portfolio-10kb",
+            TRADE + "AllocateShares",
+            _set(allocate, _field("portfolio_id", LONG)),
+            "portfolio_id",
+        ),
+        Case(
+            "allocate-target-symbol-nul",
+            TRADE + "AllocateShares",
+            _set(allocate, lambda r: setattr(r.targets[1], "symbol", NUL)),
+            "targets[1].symbol",
+        ),
+        Case(
+            "allocate-holding-symbol-10kb",
+            TRADE + "AllocateShares",
+            _set(allocate, lambda r: setattr(r.holdings[0], "symbol", LONG)),
+            "holdings[0].symbol",
+        ),
+        Case(
+            "allocate-cache-ttl-10001-years",
+            TRADE + "AllocateShares",
+            _set(allocate, lambda r: setattr(r.cache_ttl, "seconds", 315_576_000_001)),
+            "cache_ttl",
+        ),
+        Case(
+            "allocate-cache-ttl-mixed-signs",
+            TRADE + "AllocateShares",
+            _set(allocate, _ts("cache_ttl", 5, -1)),
+            "cache_ttl",
+        ),
+        Case(
+            "cached-allocation-nul",
+            TRADE + "GetCachedAllocation",
+            lambda: trading_pb.GetCachedAllocationRequest(cache_key=NUL),
+            "cache_key",
+        ),
+        Case(
+            "cached-allocation-10kb",
+            TRADE + "GetCachedAllocation",
+            lambda: trading_pb.GetCachedAllocationRequest(cache_key=LONG),
+            "cache_key",
+        ),
+        Case(
+            "clear-cache-nul",
+            TRADE + "ClearAllocationCache",
+            lambda: trading_pb.ClearAllocationCacheRequest(cache_key=NUL),
+            "cache_key",
+        ),
+        # UpsertHoldings, UpsertRebalancePolicy, CheckDrift, GenerateRebalance
+        Case(
+            "holdings-portfolio-nul",
+            TRADE + "UpsertHoldings",
+            _set(holdings, _field("portfolio_id", NUL)),
+            "portfolio_id",
+        ),
+        Case(
+            "holdings-symbol-nul",
+            TRADE + "UpsertHoldings",
+            _set(holdings, lambda r: setattr(r.positions[0], "symbol", NUL)),
+            "positions[0].symbol",
+        ),
+        Case(
+            "holdings-lot-id-10kb",
+            TRADE + "UpsertHoldings",
+            _set(holdings, lambda r: setattr(r.positions[0].lots[0], "lot_id", LONG)),
+            "positions[0].lots[0].lot_id",
+        ),
+        Case(
+            "holdings-lot-acquired-year-10000",
+            TRADE + "UpsertHoldings",
+            _set(holdings, _ts("positions.0.lots.0.acquired", MAX_TIMESTAMP_SECONDS + 1)),
+            "positions[0].lots[0].acquired",
+        ),
+        Case(
+            "policy-portfolio-10kb",
+            TRADE + "UpsertRebalancePolicy",
+            _set(policy, _field("portfolio_id", LONG)),
+            "portfolio_id",
+        ),
+        Case(
+            "policy-band-key-nul",
+            TRADE + "UpsertRebalancePolicy",
+            _set(policy, lambda r: r.policy.bands[NUL].SetInParent()),
+            "policy.bands",
+        ),
+        Case(
+            "policy-approval-ttl-nanos",
+            TRADE + "UpsertRebalancePolicy",
+            _set(policy, lambda r: setattr(r.policy.approval_ttl, "nanos", 1_000_000_000)),
+            "policy.approval_ttl",
+        ),
+        Case("drift-portfolio-nul", TRADE + "CheckDrift", _set(drift, _field("portfolio_id", NUL)), "portfolio_id"),
+        Case(
+            "drift-target-key-nul",
+            TRADE + "CheckDrift",
+            _set(drift, lambda r: r.target_weights.update({NUL: 0.0})),
+            "target_weights",
+        ),
+        Case(
+            "drift-price-key-10kb", TRADE + "CheckDrift", _set(drift, lambda r: r.prices.update({LONG: 1.0})), "prices"
+        ),
+        Case(
+            "rebalance-portfolio-nul",
+            TRADE + "GenerateRebalance",
+            _set(rebalance, _field("portfolio_id", NUL)),
+            "portfolio_id",
+        ),
+        Case(
+            "rebalance-request-10kb",
+            TRADE + "GenerateRebalance",
+            _set(rebalance, _field("request_id", LONG)),
+            "request_id",
+        ),
+        Case(
+            "rebalance-market-key-nul",
+            TRADE + "GenerateRebalance",
+            _set(rebalance, lambda r: r.market[NUL].SetInParent()),
+            "market",
+        ),
+        Case(
+            "rebalance-as-of-nanos",
+            TRADE + "GenerateRebalance",
+            _set(rebalance, _ts("as_of", T0, 1_000_000_000)),
+            "as_of",
+        ),
+        # ApproveRebalance, RejectRebalance (approver is being removed from the contract: not part of the corpus)
+        Case(
+            "approve-recommendation-nul",
+            TRADE + "ApproveRebalance",
+            lambda: trading_pb.ApproveRebalanceRequest(recommendation_id=NUL),
+            "recommendation_id",
+        ),
+        Case(
+            "approve-reason-nul",
+            TRADE + "ApproveRebalance",
+            lambda: trading_pb.ApproveRebalanceRequest(recommendation_id=RECOMMENDATION, reason=NUL),
+            "reason",
+        ),
+        Case(
+            "reject-recommendation-10kb",
+            TRADE + "RejectRebalance",
+            lambda: trading_pb.RejectRebalanceRequest(recommendation_id=LONG, reason="no"),
+            "recommendation_id",
+        ),
+        Case(
+            "reject-reason-10kb",
+            TRADE + "RejectRebalance",
+            lambda: trading_pb.RejectRebalanceRequest(recommendation_id=RECOMMENDATION, reason=LONG),
+            "reason",
+        ),
+        # The query side
+        Case("latest-nul", QUERY + "GetLatest", lambda: query_pb.GetLatestRequest(portfolio_id=NUL), "portfolio_id"),
+        Case("latest-10kb", QUERY + "GetLatest", lambda: query_pb.GetLatestRequest(portfolio_id=LONG), "portfolio_id"),
+        Case("history-nul", QUERY + "GetHistory", lambda: query_pb.GetHistoryRequest(portfolio_id=NUL), "portfolio_id"),
+        Case(
+            "history-10kb", QUERY + "GetHistory", lambda: query_pb.GetHistoryRequest(portfolio_id=LONG), "portfolio_id"
+        ),
+        *(
+            Case(
+                f"history-start-{name}",
+                QUERY + "GetHistory",
+                _set(lambda: query_pb.GetHistoryRequest(portfolio_id="corpus"), _ts("start", *value)),
+                "start",
+            )
+            for name, value in BAD_TIMES.items()
+        ),
+        Case(
+            "history-token-escaped-nul",
+            QUERY + "GetHistory",
+            lambda: query_pb.GetHistoryRequest(
+                portfolio_id="corpus", page_token=history_token({"v": 1, "t": 0, "e": "\x00", "q": "\x00"})
+            ),
+            "page_token",
+        ),
+        Case(
+            "history-token-raw-nul",
+            QUERY + "GetHistory",
+            lambda: query_pb.GetHistoryRequest(portfolio_id="corpus", page_token=history_token('{"v":1,"e":"\x00"}')),
+            "page_token",
+        ),
+        Case(
+            "history-token-nul",
+            QUERY + "GetHistory",
+            lambda: query_pb.GetHistoryRequest(portfolio_id="corpus", page_token=NUL),
+            "page_token",
+        ),
+        Case(
+            "history-token-10kb",
+            QUERY + "GetHistory",
+            lambda: query_pb.GetHistoryRequest(portfolio_id="corpus", page_token=LONG),
+            "page_token",
+        ),
+        Case(
+            "history-token-huge-time",
+            QUERY + "GetHistory",
+            lambda: query_pb.GetHistoryRequest(
+                portfolio_id="corpus", page_token=history_token({"v": 1, "t": 10**30, "e": RECOMMENDATION, "q": "x"})
+            ),
+            "page_token",
+        ),
+        Case(
+            "analytics-nul",
+            QUERY + "GetPortfolioAnalytics",
+            lambda: query_pb.GetPortfolioAnalyticsRequest(portfolio_id=NUL),
+            "portfolio_id",
+        ),
+        Case(
+            "analytics-bucket-10001-years",
+            QUERY + "GetPortfolioAnalytics",
+            _set(
+                lambda: query_pb.GetPortfolioAnalyticsRequest(portfolio_id="corpus"),
+                lambda r: setattr(r.bucket_width, "seconds", 315_576_000_001),
+            ),
+            "bucket_width",
+        ),
+        Case(
+            "analytics-end-year-10000",
+            QUERY + "GetPortfolioAnalytics",
+            _set(
+                lambda: query_pb.GetPortfolioAnalyticsRequest(portfolio_id="corpus"),
+                _ts("end", MAX_TIMESTAMP_SECONDS + 1),
+            ),
+            "end",
+        ),
+        Case(
+            "rebalance-query-nul",
+            QUERY + "GetRebalance",
+            lambda: query_pb.GetRebalanceRequest(recommendation_id=NUL),
+            "recommendation_id",
+        ),
+        Case(
+            "rebalance-query-10kb",
+            QUERY + "GetRebalance",
+            lambda: query_pb.GetRebalanceRequest(recommendation_id=LONG),
+            "recommendation_id",
+        ),
+        Case(
+            "rebalance-events-10kb",
+            QUERY + "ListRebalanceEvents",
+            lambda: query_pb.ListRebalanceEventsRequest(portfolio_id=LONG),
+            "portfolio_id",
+        ),
+        Case(
+            "rebalance-events-token-nul",
+            QUERY + "ListRebalanceEvents",
+            lambda: query_pb.ListRebalanceEventsRequest(portfolio_id="corpus", page_token=NUL),
+            "page_token",
+        ),
+        Case(
+            "rebalance-events-end-nanos",
+            QUERY + "ListRebalanceEvents",
+            _set(lambda: query_pb.ListRebalanceEventsRequest(portfolio_id="corpus"), _ts("end", T0, 1_000_000_000)),
+            "end",
+        ),
+    ]
+    return cases
+
+
+CASES = _cases()
+
+
+def test_the_corpus_covers_every_rpc() -> None:
+    covered = {case.rpc for case in CASES} | {OPT + "BatchOptimize"}  # BatchOptimize: its own test below
+    assert covered == set(BY_NAME)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_is_a_client_error_naming_the_field_and_writes_nothing(
+    case: Case, grpc_channel: grpc.Channel, db: psycopg.Connection[Any]
+) -> None:
+    before = row_counts(db)
+    outcome = call(grpc_channel, BY_NAME[case.rpc], case.build())
+    after = row_counts(db)
+    assert (outcome.code, outcome.fields) == (case.code, (case.field,)), outcome.message
+    assert len(outcome.message.encode()) <= 1024
+    assert LONG[:100] not in outcome.message and "\x00" not in outcome.message
+    assert outcome.trailer_bytes < 8192
+    assert changed_tables(before, after) == {}
+
+
+def test_a_bad_batch_item_is_its_own_invalid_argument_and_writes_nothing(
+    grpc_channel: grpc.Channel, db: psycopg.Connection[Any]
+) -> None:
+    request = cmd_pb.BatchOptimizeRequest()
+    for change in (_field("portfolio_id", NUL), _field("request_id", LONG), _ts("returns.timestamps.0", T0, -5)):
+        item = request.requests.add()
+        item.CopyFrom(optimize())
+        change(item)
+    before = row_counts(db)
+    stub = grpc_channel.unary_unary(
+        "/stratopt.v1.OptimizationCommandService/BatchOptimize",
+        request_serializer=cmd_pb.BatchOptimizeRequest.SerializeToString,
+        response_deserializer=cmd_pb.BatchOptimizeResponse.FromString,
+    )
+    response = stub(request, timeout=60)
+    assert changed_tables(before, row_counts(db)) == {}
+    assert (response.succeeded, response.failed) == (0, 3)
+    errors = [result.error for result in response.results]
+    assert [e.code for e in errors] == [grpc.StatusCode.INVALID_ARGUMENT.value[0]] * 3
+    assert [e.message.split(":")[0] for e in errors] == ["portfolio_id", "request_id", "returns.timestamps[0]"]
+
+
+def test_page_size_beyond_the_largest_page_is_capped_not_an_error(grpc_channel: grpc.Channel) -> None:
+    """``page_size`` is a uint32 (never negative on the wire); the largest value reads one capped page."""
+    largest = 2**32 - 1
+    for rpc, request in (
+        (OPT + "ListConfigurations", cmd_pb.ListConfigurationsRequest(page_size=largest)),
+        (QUERY + "GetHistory", query_pb.GetHistoryRequest(portfolio_id="corpus", page_size=largest)),
+        (QUERY + "ListRebalanceEvents", query_pb.ListRebalanceEventsRequest(portfolio_id="corpus", page_size=largest)),
+    ):
+        assert call(grpc_channel, BY_NAME[rpc], request).code == grpc.StatusCode.OK, rpc
+
+
+def test_a_not_found_message_never_repeats_a_long_id(grpc_channel: grpc.Channel) -> None:
+    """The longest valid id on GetLatest and GetConfiguration: NOT_FOUND with a short message."""
+    longest = "p" * 128
+    for rpc, request in (
+        (QUERY + "GetLatest", query_pb.GetLatestRequest(portfolio_id=longest)),
+        (OPT + "GetConfiguration", cmd_pb.GetConfigurationRequest(portfolio_id=longest)),
+    ):
+        outcome = call(grpc_channel, BY_NAME[rpc], request)
+        assert outcome.code == grpc.StatusCode.NOT_FOUND, rpc
+        assert len(outcome.message) < 400
