@@ -151,9 +151,17 @@ def serve(
         bool,
         typer.Option(envvar="STRATOPT_INSECURE", help="Allow a non-loopback address without TLS and authentication."),
     ] = False,
+    migrate: Annotated[
+        bool,
+        typer.Option(
+            "--migrate/--no-migrate",
+            envvar="STRATOPT_MIGRATE",
+            help="Apply pending migrations before serving; off where a separate job migrates (the Helm chart).",
+        ),
+    ] = True,
     verbose: bool = False,
 ) -> None:
-    """Run the gRPC server until SIGINT or SIGTERM (migrating the database first)."""
+    """Run the gRPC server until SIGINT or SIGTERM (migrating the database first unless --no-migrate)."""
     from stratopt_cli.security import SecurityConfig
     from stratopt_cli.server import SIDES, StratoptServer
 
@@ -191,7 +199,7 @@ def serve(
         typer.echo("stratopt stopping", err=True)
         await server.stop()
 
-    with database() as url:
+    with database(run_migrations=migrate) as url:
         asyncio.run(run(url))
 
 
