@@ -33,17 +33,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def tree_rss_mib(pid: int) -> tuple[float, int]:
-    """RSS of a process and all its descendants (MiB), and how many processes that is."""
+def tree_rss_mib(pid: int) -> tuple[float, list[float]]:
+    """RSS of a process and all its descendants (MiB), and each process's RSS (the root's first)."""
     root = psutil.Process(pid)
-    procs = [root, *root.children(recursive=True)]
-    total = 0
-    for proc in procs:
+    each: list[float] = []
+    for proc in [root, *root.children(recursive=True)]:
         try:
-            total += proc.memory_info().rss
+            each.append(proc.memory_info().rss / 2**20)
         except psutil.NoSuchProcess:
             continue
-    return total / 2**20, len(procs)
+    return sum(each), each
 
 
 def serve(side: str, dsn: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
@@ -79,9 +78,10 @@ def main() -> int:
             smoke_client.exercise(command_target, query_target, ingest=False)
         busy = {name: tree_rss_mib(p.pid) for name, p in (("command", command), ("query", query))}
         for name in ("command", "query"):
+            per_process = " + ".join(f"{m:.0f}" for m in busy[name][1])
             print(
-                f"{name:8s} after start {idle[name][0]:7.0f} MiB ({idle[name][1]} processes); "
-                f"after ingest + 3 Optimize + GetLatest {busy[name][0]:7.0f} MiB ({busy[name][1]} processes)"
+                f"{name:8s} after start {idle[name][0]:5.0f} MiB; after ingest + 3 Optimize + GetLatest "
+                f"{busy[name][0]:5.0f} MiB = {per_process} (server first, then its child processes)"
             )
     finally:
         for proc in procs:
