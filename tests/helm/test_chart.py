@@ -452,3 +452,21 @@ def test_pem_files_survive_rendering(tmp_path: Path) -> None:
     (tmp_path / "tls.crt").write_text(pem)
     objects = render({"tls.enabled": "true", "tls.key": "k"}, "--set-file", f"tls.cert={tmp_path / 'tls.crt'}")
     assert objects[("Secret", "rel-stratopt-tls")]["stringData"]["tls.crt"] == pem
+
+
+def test_install_notes_warn_when_the_pods_would_refuse_to_serve() -> None:
+    def notes(values: dict[str, str]) -> str:
+        done = helm("install", "--dry-run=client", "rel", str(CHART), *_set_args({"database.url": URL, **values}))
+        return done.stdout.split("NOTES:", 1)[1]
+
+    assert "WARNING" in notes({})
+    assert "WARNING" in notes({"tls.enabled": "true", "tls.existingSecret": "t"})  # TLS without tokens
+    assert "WARNING" not in notes({"insecure": "true"})
+    assert "WARNING" not in notes({"bindHost": "127.0.0.1"})
+    secure = {
+        "tls.enabled": "true",
+        "tls.existingSecret": "t",
+        "auth.jwt.enabled": "true",
+        "auth.jwt.existingSecret": "k",
+    }
+    assert "WARNING" not in notes(secure)
