@@ -470,3 +470,38 @@ def test_install_notes_warn_when_the_pods_would_refuse_to_serve() -> None:
         "auth.jwt.existingSecret": "k",
     }
     assert "WARNING" not in notes(secure)
+    client_certificates = {"tls.enabled": "true", "tls.existingSecret": "t", "tls.clientAuth": "true",
+                           "tls.clientRolesExistingSecret": "roles"}  # fmt: skip
+    assert "WARNING" not in notes(client_certificates)
+
+
+def test_mtls_client_roles_and_approval_settings() -> None:
+    mtls = {"tls.enabled": "true", "tls.existingSecret": "t", "tls.clientAuth": "true"}
+    roles = '{"risk-batch":["read","optimize"]}'
+    objects = render(mtls, "--set-json", f"tls.clientRoles={roles}")
+    assert json.loads(objects[("Secret", "rel-stratopt-client-roles")]["stringData"]["client-roles.json"]) == {
+        "risk-batch": ["read", "optimize"]
+    }
+    for side in ("command", "query"):
+        c = container(objects, side)
+        assert env(c)["STRATOPT_TLS_CLIENT_ROLES_FILE"] == "/etc/stratopt/client-roles/client-roles.json"
+        assert mounts(c)["client-roles"] == "/etc/stratopt/client-roles"
+        assert volumes(pod_spec(objects, side))["client-roles"]["secret"]["secretName"] == "rel-stratopt-client-roles"
+    existing = render({**mtls, "tls.clientRolesExistingSecret": "my-roles"})
+    assert ("Secret", "rel-stratopt-client-roles") not in existing
+    assert volumes(pod_spec(existing, "command"))["client-roles"]["secret"]["secretName"] == "my-roles"
+    assert "STRATOPT_TLS_CLIENT_ROLES_FILE" not in env(container(render(mtls), "command"))
+
+    done = helm("template", "rel", str(CHART), *_set_args({"database.url": URL}), "--set-json",
+                f"tls.clientRoles={roles}", check=False)  # fmt: skip
+    assert done.returncode != 0 and "tls.clientAuth" in done.stderr
+    bad_role = helm("template", "rel", str(CHART), *_set_args({"database.url": URL, **mtls}), "--set-json",
+                    'tls.clientRoles={"x":["root"]}', check=False)  # fmt: skip
+    assert bad_role.returncode != 0 and "clientRoles" in bad_role.stderr
+
+    assert "STRATOPT_ALLOW_SELF_APPROVAL" not in env(container(render(), "command"))
+    assert (
+        env(container(render({"auth.allowSelfApproval": "true"}), "command"))["STRATOPT_ALLOW_SELF_APPROVAL"] == "true"
+    )
+    jwt = render({"auth.jwt.enabled": "true", "auth.jwt.existingSecret": "k", "auth.jwt.rolesClaim": "groups"})
+    assert env(container(jwt, "query"))["STRATOPT_JWT_ROLES_CLAIM"] == "groups"

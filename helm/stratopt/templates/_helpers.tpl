@@ -51,6 +51,14 @@ app.kubernetes.io/part-of: stratopt
 {{- if .Values.auth.jwt.existingSecret }}{{ .Values.auth.jwt.existingSecretKey }}{{ else }}jwt-public-keys{{ end }}
 {{- end }}
 
+{{/* "true" when mTLS client certificates carry the identity (a client roles file is configured). */}}
+{{- define "stratopt.clientRoles" -}}
+{{- if and .Values.tls.enabled .Values.tls.clientAuth (or .Values.tls.clientRoles .Values.tls.clientRolesExistingSecret) }}true{{ end }}
+{{- end }}
+{{- define "stratopt.clientRolesSecret" -}}
+{{- default (printf "%s-client-roles" (include "stratopt.fullname" .)) .Values.tls.clientRolesExistingSecret }}
+{{- end }}
+
 {{/* Checks of values that the JSON schema cannot express. */}}
 {{- define "stratopt.validate" -}}
 {{- if and (not .Values.database.url) (not .Values.database.existingSecret) }}
@@ -64,6 +72,9 @@ app.kubernetes.io/part-of: stratopt
 {{- end }}
 {{- if and .Values.tls.clientAuth (not .Values.tls.existingSecret) (not .Values.tls.clientCA) }}
 {{- fail "tls.clientAuth needs tls.clientCA (or ca.crt in tls.existingSecret)" }}
+{{- end }}
+{{- if and (or .Values.tls.clientRoles .Values.tls.clientRolesExistingSecret) (not .Values.tls.clientAuth) }}
+{{- fail "tls.clientRoles needs tls.clientAuth (client certificates)" }}
 {{- end }}
 {{- if and .Values.auth.jwt.enabled (not .Values.auth.jwt.existingSecret) (not .Values.auth.jwt.publicKeys) }}
 {{- fail "auth.jwt.enabled needs auth.jwt.publicKeys or auth.jwt.existingSecret" }}
@@ -210,6 +221,10 @@ spec:
             - name: STRATOPT_TLS_CLIENT_CA_FILE
               value: /etc/stratopt/tls/ca.crt
             {{- end }}
+            {{- if include "stratopt.clientRoles" $root }}
+            - name: STRATOPT_TLS_CLIENT_ROLES_FILE
+              value: /etc/stratopt/client-roles/client-roles.json
+            {{- end }}
             {{- end }}
             {{- if $root.Values.auth.jwt.enabled }}
             - name: STRATOPT_JWT_PUBLIC_KEYS_FILE
@@ -222,6 +237,14 @@ spec:
             - name: STRATOPT_JWT_AUDIENCE
               value: {{ . | quote }}
             {{- end }}
+            {{- with $root.Values.auth.jwt.rolesClaim }}
+            - name: STRATOPT_JWT_ROLES_CLAIM
+              value: {{ . | quote }}
+            {{- end }}
+            {{- end }}
+            {{- if not (kindIs "invalid" $root.Values.auth.allowSelfApproval) }}
+            - name: STRATOPT_ALLOW_SELF_APPROVAL
+              value: {{ $root.Values.auth.allowSelfApproval | quote }}
             {{- end }}
             {{- if $root.Values.insecure }}
             - name: STRATOPT_INSECURE
@@ -294,6 +317,11 @@ spec:
               mountPath: /etc/stratopt/jwt
               readOnly: true
             {{- end }}
+            {{- if include "stratopt.clientRoles" $root }}
+            - name: client-roles
+              mountPath: /etc/stratopt/client-roles
+              readOnly: true
+            {{- end }}
       volumes:
         - name: tmp
           emptyDir:
@@ -324,6 +352,16 @@ spec:
             items:
               - key: {{ include "stratopt.jwtSecretKey" $root }}
                 path: public-keys
+        {{- end }}
+        {{- if include "stratopt.clientRoles" $root }}
+        - name: client-roles
+          secret:
+            secretName: {{ include "stratopt.clientRolesSecret" $root }}
+            defaultMode: 0440
+            optional: false
+            items:
+              - key: client-roles.json
+                path: client-roles.json
         {{- end }}
       {{- with $v.nodeSelector }}
       nodeSelector:
