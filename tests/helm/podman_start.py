@@ -209,11 +209,6 @@ def wait_postgres(url: str, timeout_s: float = 120.0) -> None:
     raise TimeoutError(f"PostgreSQL did not come up within {timeout_s:.0f} s: {last}")
 
 
-def cli_reads_url_file() -> bool:
-    """Whether this checkout's CLI reads STRATOPT_DATABASE_URL_FILE (the chart's way to pass the URL)."""
-    return any("STRATOPT_DATABASE_URL_FILE" in p.read_text() for p in (REPO / "stratopt_cli").glob("*.py"))
-
-
 def cli_serves_health_port() -> bool:
     """Whether this checkout's server implements STRATOPT_HEALTH_ADDRESS (the probes' plaintext port)."""
     return any("STRATOPT_HEALTH_ADDRESS" in p.read_text() for p in (REPO / "stratopt_cli").glob("*.py"))
@@ -266,13 +261,6 @@ def start(workers: int = 2, log: Any = print) -> Iterator[Started]:
             "query": {"replicas": 1},
             "logging": {"format": "text"},
         }
-        if not cli_reads_url_file():
-            # Until STRATOPT_DATABASE_URL_FILE is implemented (auth-tls work of issue 9), pass the throwaway
-            # test URL in the environment; with it, the chart's file mount alone carries the URL.
-            extra = [{"name": "STRATOPT_DATABASE_URL", "value": url}]
-            base_values["command"]["extraEnv"] = extra
-            base_values["query"]["extraEnv"] = extra
-            base_values["migration"] = {"extraEnv": extra}
 
         def render(grpc: int, health: int, metrics: int) -> list[dict[str, Any]]:
             values = copy.deepcopy(base_values)
