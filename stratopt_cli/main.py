@@ -7,6 +7,7 @@ allocation-cache, holdings, policy, drift, rebalance, approve, reject, recommend
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
@@ -264,6 +265,8 @@ def serve(
     endpoint = None
     if metrics_address:
         endpoint = MetricsEndpoint.from_env(metrics_address)
+        if insecure:  # --insecure covers the metrics endpoint as it covers the gRPC port
+            endpoint = dataclasses.replace(endpoint, insecure=True)
         try:
             endpoint.check()
         except ValueError as error:
