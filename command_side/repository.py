@@ -24,6 +24,7 @@ from command_side.optimization_store import (
     OptimizationStore,
     PriceWindow,
     StoredResult,
+    check_commit_by,
     completed,
     configuration_from_row,
     configuration_not_found,
@@ -114,6 +115,7 @@ class PostgresOptimizationStore(OptimizationStore):
         request_hash: str,
         run_inputs: Mapping[str, Any],
         inherit: tuple[str, ...] = ("enabled",),
+        commit_by: float | None = None,
     ) -> ResultRecord:
         """Store one run in one transaction; see :meth:`OptimizationStore.persist_run`.
 
@@ -123,6 +125,8 @@ class PostgresOptimizationStore(OptimizationStore):
             When a concurrent request with the same ``request_id`` committed first (the caller replays it).
         OperationalError
             When the database cannot be reached.
+        DeadlineExceededError
+            ``commit_by`` passed before the commit (the transaction is rolled back).
         """
         event_id, result_id = uuid.uuid4(), uuid.uuid4()
         async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
@@ -177,6 +181,7 @@ class PostgresOptimizationStore(OptimizationStore):
                 *event_args,
             )
             await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{configuration.portfolio_id} {event_id}")
+            check_commit_by(commit_by)
         return record
 
     @staticmethod
@@ -258,8 +263,11 @@ class PostgresOptimizationStore(OptimizationStore):
             )
         return [_configuration_from_row(r) for r in rows]
 
-    async def ingest_bars(self, bars: Iterable[Bar]) -> int:
-        """Upsert price bars ``(symbol, timestamp, price, volume)``; returns the rows written."""
+    async def ingest_bars(self, bars: Iterable[Bar], *, commit_by: float | None = None) -> int:
+        """Upsert price bars ``(symbol, timestamp, price, volume)``; returns the rows written.
+
+        Past ``commit_by`` (``time.monotonic()`` seconds) the transaction is rolled back (``DeadlineExceededError``).
+        """
         records = list(bars)
         if not records:
             return 0
@@ -278,6 +286,7 @@ class PostgresOptimizationStore(OptimizationStore):
                    FROM market_data_stage ORDER BY symbol, "timestamp", seq DESC
                    ON CONFLICT (symbol, "timestamp") DO UPDATE SET price = EXCLUDED.price, volume = EXCLUDED.volume"""
             )
+            check_commit_by(commit_by)
         return int(result.split()[-1])
 
 

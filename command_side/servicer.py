@@ -96,5 +96,7 @@ class OptimizationCommandServicer(cmd_grpc.OptimizationCommandServiceServicer):
         context: Context,
     ) -> cmd_pb.IngestMarketDataResponse:
         """Upsert streamed price bars."""
-        result = await self._service.ingest(adapter.ingest_chunks(request_iterator))
+        result = await self._service.ingest(
+            adapter.ingest_chunks(request_iterator), time_remaining_s=context.time_remaining()
+        )
         return adapter.ingest_response(result)

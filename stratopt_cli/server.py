@@ -47,6 +47,8 @@ class StratoptServer:
     security : SecurityConfig
         TLS, mTLS, token authentication, self-approval (default: loopback development mode); see
         ``stratopt_cli.security``. A non-loopback ``address`` without TLS and authentication is refused.
+    max_queue : int or None
+        Calls admitted beyond the workers before RESOURCE_EXHAUSTED (``SolverPool``); default its own.
     """
 
     database_url: str
@@ -54,6 +56,7 @@ class StratoptServer:
     sides: Iterable[str] = SIDES
     workers: int | None = None
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    max_queue: int | None = None
     port: int = field(default=0, init=False)
     _server: grpc.aio.Server | None = field(default=None, init=False, repr=False)
     _pool: asyncpg.Pool | None = field(default=None, init=False, repr=False)
@@ -81,7 +84,7 @@ class StratoptServer:
         )
         names: list[str] = []
         if "command" in sides:
-            self._solver_pool = command_side.SolverPool(self.workers)
+            self._solver_pool = command_side.SolverPool(self.workers, max_queue=self.max_queue)
             await self._solver_pool.warm_up()
             names += command_side.register(
                 server,
