@@ -170,8 +170,10 @@ def test_a_short_deadline_suffices_for_a_small_problem(server_target: str, db: p
 def check_stored_only_when_answered(
     db: psycopg.Connection[Any], outcomes: list[tuple[str, float, grpc.StatusCode]]
 ) -> None:
-    """OK: one result and one event. Otherwise nothing, or (the race docs/throughput.md describes) a run whose
-    storing transaction began before the client's deadline or cancellation, so that its commit raced it.
+    """Check that each call is stored once when answered OK, and otherwise not at all.
+
+    The one exception is the race docs/throughput.md describes: a run whose storing transaction began before the
+    client's deadline or cancellation (``gave_up_at``, epoch seconds), so that its commit raced it.
     """
     request_ids = [r for r, _, _ in outcomes]
     stored = stored_counts(db, request_ids)
