@@ -23,7 +23,9 @@ RPCs of the mix (weights are relative):
 Printed: the configuration, calls per second over the measured window, per RPC the calls, OK, p50 and p99 of the
 OK calls (ms, client-side, ``numpy.percentile``), errors by status code (RESOURCE_EXHAUSTED with the count that
 carried RetryInfo), and, for a server this script started, the CPU used by the server's main process and by its
-children (the solver workers) over the window in % of one core, and their RSS at the end (``/proc``). With
+children (the solver workers) over the window in % of one core, the main process's CPU time per answered call
+(the event loop's cost of a call: the figure to compare between versions on a shared machine, where latency
+and throughput follow the other load), and their RSS at the end (``/proc``). With
 ``--target`` no server is started and the process figures are left out unless ``--server-pid`` is given.
 
 Server
@@ -337,6 +339,8 @@ def render(tallies: dict[str, Tally], window_s: float, procs: dict[str, Any] | N
             for pid, cpu in sorted(after["children_cpu_s"].items())
         )
         lines.append(f"CPU over the window (% of one core): main process {main_pct:.0f} %; children {kids or '-'}")
+        main_ms = 1000.0 * (after["main_cpu_s"] - before["main_cpu_s"]) / max(1, total_calls)
+        lines.append(f"main process CPU per answered call: {main_ms:.2f} ms (less sensitive to other load)")
         rss = ", ".join(f"{mb:.0f}" for _, mb in sorted(after["children_rss_mb"].items()))
         lines.append(f"RSS at the end (MB): main process {after['main_rss_mb']:.0f}; children {rss or '-'}")
     return "\n".join(lines)
