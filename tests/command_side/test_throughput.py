@@ -232,3 +232,55 @@ def test_cancelled_and_timed_out_calls_are_stored_only_when_answered(
     codes = {code for _, code, _ in outcomes}
     assert codes <= {grpc.StatusCode.OK, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED}, codes
     check_stored_only_when_answered(db, [(r, t, code) for r, code, t in outcomes])
+
+
+def test_the_queue_admits_workers_plus_max_queue_and_frees_places() -> None:
+    from command_side.workers import SolverPool
+    from services.errors import ResourceExhaustedError
+
+    pool = SolverPool(1, max_queue=2)  # no process starts before a job is submitted
+    try:
+        with pool.admitted(), pool.admitted(), pool.admitted():
+            assert pool.in_flight == 3
+            with pytest.raises(ResourceExhaustedError) as caught, pool.admitted():
+                pass
+            assert 0.01 <= caught.value.retry_after_s <= 10.0
+        assert pool.in_flight == 0
+        with pool.admitted():
+            assert pool.in_flight == 1
+    finally:
+        pool.shutdown()
+
+
+def test_the_storage_reserve_follows_the_measured_p99_and_leaves_half_the_deadline() -> None:
+    from command_side.application import COMMIT_MARGIN_S, STORAGE_RESERVE_DEFAULT_S, StorageTimer
+
+    timer = StorageTimer()
+    assert timer.reserve_s(10.0) == pytest.approx(STORAGE_RESERVE_DEFAULT_S)
+    for _ in range(100):
+        timer.record(0.004)
+    assert timer.reserve_s(10.0) == pytest.approx(0.008)  # 2 x p99
+    assert timer.reserve_s(0.010) == pytest.approx(0.005)  # at most half of what is left
+    for _ in range(200):
+        timer.record(0.0001)
+    assert timer.reserve_s(10.0) == pytest.approx(COMMIT_MARGIN_S)  # at least the commit margin
+
+
+def test_an_ingest_with_a_1_ms_deadline_stores_nothing(server_target: str, db: psycopg.Connection[Any]) -> None:
+    """Issue 9 saw a 1 ms IngestMarketData store its bar 2 times in 5; the commit check refuses it."""
+    symbol = f"DL{uuid.uuid4().hex[:8].upper()}"
+    message = cmd_pb.IngestMarketDataRequest()
+    bar = message.bars.add(symbol=symbol, price=101.0)
+    bar.timestamp.FromDatetime(datetime(2024, 3, 1, tzinfo=UTC))
+
+    codes = []
+    with grpc.insecure_channel(server_target) as channel:  # the blocking client: grpc.aio's stream-unary call
+        stub = cmd_grpc.OptimizationCommandServiceStub(channel)  # can raise a bare CancelledError at 1 ms
+        for _ in range(10):
+            try:
+                stub.IngestMarketData(iter((message,)), timeout=0.001)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as error:
+                codes.append(error.code())
+    assert set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED}
+    assert db.execute("SELECT count(*) FROM market_data WHERE symbol = %s", (symbol,)).fetchone() == (0,)
