@@ -253,7 +253,7 @@ def test_the_queue_admits_workers_plus_max_queue_and_frees_places() -> None:
 
 
 def test_the_storage_reserve_follows_the_measured_p99_and_leaves_half_the_deadline() -> None:
-    from command_side.application import COMMIT_MARGIN_S, STORAGE_RESERVE_DEFAULT_S, StorageTimer
+    from command_side.deadlines import COMMIT_MARGIN_S, STORAGE_RESERVE_DEFAULT_S, StorageTimer
 
     timer = StorageTimer()
     assert timer.reserve_s(10.0) == pytest.approx(STORAGE_RESERVE_DEFAULT_S)
