@@ -134,8 +134,8 @@ class OptimizationService:
         OptimizationError
             Mapped to gRPC status codes by the error interceptor; nothing is stored for a failed command.
         ResourceExhaustedError
-            The solve queue is full (``SolverPool.admitted``); nothing is read or stored. A replay of a stored
-            answer is never refused.
+            The solve queue is full (``SolverPool.admitted``); nothing is stored (only the idempotency look-up
+            ran). A replay of a stored answer is never refused.
         """
         return await self._optimize(command, _deadline(time_remaining_s), admit=True)
 
