@@ -10,6 +10,9 @@ serialised once before the run and sent as bytes; responses are not parsed, only
 ``google.rpc.RetryInfo`` details of RESOURCE_EXHAUSTED answers), so the load generator stays light: it runs in
 this process, on one core of the machine it measures.
 
+A client answered RESOURCE_EXHAUSTED waits the ``RetryInfo`` delay times a random factor in [0.5, 1.5] before its
+next call, as a well-behaved client would.
+
 RPCs of the mix (weights are relative):
 
 - ``optimize20``: ``Optimize`` of the 20 real S&P 500 stocks of ``data/sp500_dataset.csv.gz`` with inline returns
@@ -146,13 +149,16 @@ class Tally:
     retry_info: int = 0
 
 
-def _has_retry_info(error: grpc.aio.AioRpcError) -> bool:
+def _retry_delay_s(error: grpc.aio.AioRpcError) -> float | None:
+    """The ``google.rpc.RetryInfo`` delay of an error, in seconds; None without one."""
     pairs: Any = error.trailing_metadata() or ()  # a sequence of (key, value) pairs at run time
     for key, value in pairs:
         if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            status = status_pb2.Status.FromString(value)
-            return any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
-    return False
+            for detail in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.RetryInfo()
+                if detail.Unpack(info):
+                    return float(info.retry_delay.ToTimedelta().total_seconds())
+    return None
 
 
 async def drive(
@@ -196,7 +202,7 @@ async def drive(
             body = requests[name][index]
             began = time.perf_counter()
             code = "OK"
-            retry = False
+            retry: float | None = None
             try:
                 if name == "ingest":
                     await stream(iter((body,)), timeout=deadline_s)
@@ -204,7 +210,7 @@ async def drive(
                     await calls[name](body, timeout=deadline_s)
             except grpc.aio.AioRpcError as error:
                 code = error.code().name
-                retry = code == "RESOURCE_EXHAUSTED" and _has_retry_info(error)
+                retry = _retry_delay_s(error) if code == "RESOURCE_EXHAUSTED" else None
             elapsed_ms = (time.perf_counter() - began) * 1000.0
             if now < start or loop.time() > stop:
                 continue  # started in the warm-up or ended after the window
@@ -213,9 +219,9 @@ async def drive(
                 tally.ok_ms.append(elapsed_ms)
             else:
                 tally.errors[code] += 1
-                tally.retry_info += retry
-            if code == "RESOURCE_EXHAUSTED":
-                await asyncio.sleep(rng.uniform(0.0, 0.05))  # a little jitter, as a retrying client would
+                tally.retry_info += retry is not None
+            if code == "RESOURCE_EXHAUSTED":  # wait as told, with jitter, as a well-behaved client does
+                await asyncio.sleep((retry or 0.05) * rng.uniform(0.5, 1.5))
 
     try:
         await asyncio.gather(*(client(i) for i in range(concurrency)))

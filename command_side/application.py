@@ -139,6 +139,16 @@ class OptimizationService:
         """
         return await self._optimize(command, _deadline(time_remaining_s), admit=True)
 
+    def check_capacity(self) -> None:
+        """Refuse a call that would need a solve while the solve queue is full, before its request is parsed.
+
+        Raises
+        ------
+        ResourceExhaustedError
+            Every place of the solve queue is taken (``SolverPool.check_capacity``).
+        """
+        self._pool.check_capacity()
+
     async def _optimize(self, command: OptimizeCommand, deadline: float | None, *, admit: bool) -> RunResult:
         """``optimize`` with an absolute deadline (``time.monotonic()`` seconds); ``admit``: take a queue place."""
         if command.request_id:

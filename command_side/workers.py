@@ -115,6 +115,19 @@ class SolverPool:
             return high
         return min(high, max(low, self._in_flight / rate))
 
+    def check_capacity(self) -> None:
+        """Refuse now, before any parsing, when every place is taken (``admitted`` still reserves one later).
+
+        Raises
+        ------
+        ResourceExhaustedError
+            As ``admitted``.
+        """
+        if self._in_flight >= self.workers + self.max_queue:
+            raise ResourceExhaustedError(
+                "the solve queue is full; retry later", retry_after_s=self.queue_wait_estimate_s()
+            )
+
     @contextlib.contextmanager
     def admitted(self) -> Iterator[None]:
         """Hold one place among ``workers + max_queue`` for the duration of a call.
@@ -127,10 +140,7 @@ class SolverPool:
         ResourceExhaustedError
             All places are taken; its ``retry_after_s`` is ``queue_wait_estimate_s()``.
         """
-        if self._in_flight >= self.workers + self.max_queue:
-            raise ResourceExhaustedError(
-                "the solve queue is full; retry later", retry_after_s=self.queue_wait_estimate_s()
-            )
+        self.check_capacity()
         self._in_flight += 1
         try:
             yield
