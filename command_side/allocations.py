@@ -107,6 +107,8 @@ class AllocationService:
             The deadline leaves no time to solve, or the worker did not answer in time.
         UnavailableError
             The database cannot be reached, or a solver worker died.
+        ResourceExhaustedError
+            The solve queue is full (``SolverPool.admitted``); nothing is stored.
         """
         loop = asyncio.get_running_loop()
         deadline = None if time_remaining_s is None else loop.time() + time_remaining_s
@@ -125,15 +127,16 @@ class AllocationService:
         limit = DEFAULT_TIME_LIMIT_S if wait is None else wait - RETURN_RESERVE_S
         if limit <= 0.0:
             raise DeadlineExceededError("the call's deadline leaves no time to allocate")
-        result = await self._solver_pool.allocate(replace(problem, time_limit_s=limit), timeout_s=wait)
-        allocation = allocation_of(problem, result, cache_key)
-        cacheable = ttl is not None and result.solver_status is AllocationStatus.OPTIMAL
-        return await self._cache.save(
-            allocation,
-            problem=normalised_problem(problem),
-            portfolio_id=command.portfolio_id,
-            ttl=ttl if cacheable else None,
-        )
+        with self._solver_pool.admitted():
+            result = await self._solver_pool.allocate(replace(problem, time_limit_s=limit), timeout_s=wait)
+            allocation = allocation_of(problem, result, cache_key)
+            cacheable = ttl is not None and result.solver_status is AllocationStatus.OPTIMAL
+            return await self._cache.save(
+                allocation,
+                problem=normalised_problem(problem),
+                portfolio_id=command.portfolio_id,
+                ttl=ttl if cacheable else None,
+            )
 
     async def get_cached(self, cache_key: str) -> Allocation:
         """The unexpired cached allocation of ``cache_key``.

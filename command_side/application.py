@@ -14,14 +14,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
 import numpy as np
 
+from command_side.deadlines import StorageTimer, commit_by
+from command_side.deadlines import deadline as _deadline
 from command_side.field_paths import OPTIMIZATION, proto_field_paths
 from command_side.optimization_commands import (
     BatchCommand,
@@ -63,9 +67,6 @@ _RUN_INHERITS = ("enabled", "lookback_periods", "market_symbol")
 
 MAX_BATCH_SIZE = 1000
 """Most requests in one BatchOptimize call."""
-PERSISTENCE_RESERVE_S = 0.05
-"""Part of the caller's deadline kept for storing the result after the solve."""
-
 _CONVERGENCE_STATUSES = frozenset({"OPTIMAL", "OPTIMAL_INACCURATE", "CLOSED_FORM"})
 """Solver statuses the stored result names; any other is stored as ``""`` (unspecified)."""
 
@@ -110,6 +111,7 @@ class OptimizationService:
         self._command_for = command_for
         self._pool = solver_pool
         self._batch_concurrency = batch_concurrency or 2 * solver_pool.workers
+        self._storage = StorageTimer()
 
     async def optimize(self, command: OptimizeCommand, *, time_remaining_s: float | None) -> RunResult:
         """Optimize one portfolio and store the run, or replay the stored answer to a repeated request_id.
@@ -131,19 +133,41 @@ class OptimizationService:
         InvalidInputError, InfeasibleError, PreconditionError, DeadlineExceededError, UnavailableError,
         OptimizationError
             Mapped to gRPC status codes by the error interceptor; nothing is stored for a failed command.
+        ResourceExhaustedError
+            The solve queue is full (``SolverPool.admitted``); nothing is stored (only the idempotency look-up
+            ran). A replay of a stored answer is never refused.
         """
-        loop = asyncio.get_running_loop()
-        deadline = None if time_remaining_s is None else loop.time() + time_remaining_s
+        return await self._optimize(command, _deadline(time_remaining_s), admit=True)
+
+    def check_capacity(self) -> None:
+        """Refuse a call that would need a solve while the solve queue is full, before its request is parsed.
+
+        Raises
+        ------
+        ResourceExhaustedError
+            Every place of the solve queue is taken (``SolverPool.check_capacity``).
+        """
+        self._pool.check_capacity()
+
+    async def _optimize(self, command: OptimizeCommand, deadline: float | None, *, admit: bool) -> RunResult:
+        """``optimize`` with an absolute deadline (``time.monotonic()`` seconds); ``admit``: take a queue place."""
         if command.request_id:
             stored = await self._replay(command.request_id, command.request_hash)
             if stored is not None:
                 return stored
+        with self._pool.admitted() if admit else contextlib.nullcontext():
+            return await self._solve_and_store(command, deadline)
+
+    async def _solve_and_store(self, command: OptimizeCommand, deadline: float | None) -> RunResult:
         job_inputs = await self._job_inputs(command.problem.symbols, command.inputs)
         run_inputs: dict[str, object] = {"current_weights": command.current_weights, "kind": command.inputs_kind}
-        # The solver gets what is left of the deadline now, minus a reserve for storing the result.
-        limit = None if deadline is None else deadline - loop.time() - PERSISTENCE_RESERVE_S
-        if limit is not None and limit <= 0:
-            raise DeadlineExceededError("the call's deadline leaves no time to optimize")
+        # The solver gets what is left of the deadline now, minus what storing the result is expected to take.
+        limit = None
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            limit = remaining - self._storage.reserve_s(remaining)
+            if limit <= 0:
+                raise DeadlineExceededError("the call's deadline leaves no time to optimize")
         job = OptimizationJob(
             problem=command.problem,
             inputs=job_inputs,
@@ -153,6 +177,7 @@ class OptimizationService:
         )
         with proto_field_paths(OPTIMIZATION, symbols=command.problem.symbols):
             outcome = await self._pool.run(job, timeout_s=limit)
+        started = time.monotonic()
         try:
             stored_result = await self._store.persist_run(
                 configuration=command.configuration,
@@ -161,6 +186,7 @@ class OptimizationService:
                 run_inputs=run_inputs,
                 # The stored-data window of a configuration is only set by runs on stored data (or upserts).
                 inherit=("enabled",) if isinstance(command.inputs, MarketDataWindow) else _RUN_INHERITS,
+                commit_by=commit_by(deadline),
             )
         except IntegrityError:
             # A concurrent call with the same request_id committed first: answer with its result.
@@ -168,6 +194,7 @@ class OptimizationService:
             if stored is None:
                 raise
             return stored
+        self._storage.record(time.monotonic() - started)
         return RunResult(result=stored_result)
 
     async def _job_inputs(self, symbols: tuple[str, ...], inputs: Inputs) -> ReturnHistory | Moments:
@@ -181,7 +208,7 @@ class OptimizationService:
 
         Raises
         ------
-        PreconditionError, DeadlineExceededError, UnavailableError, OptimizationError
+        PreconditionError, DeadlineExceededError, UnavailableError, OptimizationError, ResourceExhaustedError
             As Optimize (engine errors name fields under ``problem.``).
         """
         loop = asyncio.get_running_loop()
@@ -196,7 +223,7 @@ class OptimizationService:
             method=command.method,
             time_limit_s=limit,
         )
-        with proto_field_paths(OPTIMIZATION, symbols=ids, prefix="problem"):
+        with self._pool.admitted(), proto_field_paths(OPTIMIZATION, symbols=ids, prefix="problem"):
             outcome = await self._pool.frontier(job, command.points, timeout_s=limit)
         return FrontierResult(
             points=tuple(
@@ -243,20 +270,24 @@ class OptimizationService:
         ------
         InvalidInputError
             When the batch is empty or larger than ``MAX_BATCH_SIZE``.
+        ResourceExhaustedError
+            The solve queue is full; no item runs.
         """
         count = len(command.items)
         check_batch_size(count)
-        loop = asyncio.get_running_loop()
-        deadline = None if time_remaining_s is None else loop.time() + time_remaining_s
+        with self._pool.admitted():  # one queue place for the batch; its own gate bounds its solves
+            return await self._batch(command, _deadline(time_remaining_s))
+
+    async def _batch(self, command: BatchCommand, deadline: float | None) -> BatchResult:
+        count = len(command.items)
         gate = asyncio.Semaphore(self._batch_concurrency)
 
         async def one(index: int, item: OptimizeCommand | InvalidItem) -> RunResult | BaseException:
             if isinstance(item, InvalidItem):
                 return item.error
             async with gate:
-                remaining = None if deadline is None else deadline - loop.time()
                 try:
-                    return await self.optimize(item, time_remaining_s=remaining)
+                    return await self._optimize(item, deadline, admit=False)
                 except StratoptError as exc:
                     return exc
                 except Exception as exc:  # one broken item must not sink the batch
@@ -343,7 +374,9 @@ class OptimizationService:
         command = replace(self._command_for(config, request_id), request_hash=fingerprint)
         return await self.optimize(command, time_remaining_s=time_remaining_s)
 
-    async def ingest(self, chunks: AsyncIterable[Sequence[Bar]]) -> IngestResult:
+    async def ingest(
+        self, chunks: AsyncIterable[Sequence[Bar]], *, time_remaining_s: float | None = None
+    ) -> IngestResult:
         """Upsert streamed price bars, chunk by chunk (each chunk in its own transaction).
 
         Parameters
@@ -351,7 +384,11 @@ class OptimizationService:
         chunks : async iterable of sequences of Bar
             Validated ``(symbol, timestamp, price, volume)`` bars, one sequence per message; an error raised by
             the iterable ends the ingestion with the chunks before it stored.
+        time_remaining_s : float or None, optional
+            Seconds left before the caller's deadline; a chunk whose commit would start less than
+            ``COMMIT_MARGIN_S`` before it is rolled back (``DeadlineExceededError``).
         """
+        deadline = _deadline(time_remaining_s)
         written = 0
         symbols: set[str] = set()
         first: datetime | None = None
@@ -361,7 +398,7 @@ class OptimizationService:
                 symbols.add(symbol)
                 first = when if first is None or when < first else first
                 last = when if last is None or when > last else last
-            written += await self._store.ingest_bars(bars)
+            written += await self._store.ingest_bars(bars, commit_by=commit_by(deadline))
         return IngestResult(
             rows_written=written, symbols=tuple(sorted(symbols)), first_timestamp=first, last_timestamp=last
         )

@@ -17,6 +17,7 @@ for a ``request_id`` already used, ``OperationalError`` when the store cannot be
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -34,7 +35,13 @@ from command_side.configuration_records import (
     content_hash,
 )
 from command_side.result_records import JsonObject, ResultRecord, run_inputs_json
-from services.errors import IntegrityError, NotFoundError, PreconditionError, PreconditionViolation
+from services.errors import (
+    DeadlineExceededError,
+    IntegrityError,
+    NotFoundError,
+    PreconditionError,
+    PreconditionViolation,
+)
 
 MIN_PRICES = 3
 """Fewest stored prices of a symbol in a window (two returns) before a run may use it."""
@@ -276,6 +283,21 @@ def completed(
     return replace(result, metadata=metadata)
 
 
+def check_commit_by(commit_by: float | None) -> None:
+    """Refuse to commit a write past ``commit_by`` (``time.monotonic()`` seconds; None = no limit).
+
+    Called inside the storing transaction right before its commit: what is written for a call whose deadline is
+    (nearly) over is rolled back, so a caller that sees DEADLINE_EXCEEDED finds nothing stored.
+
+    Raises
+    ------
+    DeadlineExceededError
+        ``commit_by`` has passed.
+    """
+    if commit_by is not None and time.monotonic() > commit_by:
+        raise DeadlineExceededError("the call's deadline passed before its result was stored")
+
+
 class OptimizationStore(Protocol):
     """The command side's write model: results, configurations, events and market data.
 
@@ -315,6 +337,7 @@ class OptimizationStore(Protocol):
         request_hash: str,
         run_inputs: Mapping[str, Any],
         inherit: tuple[str, ...] = ("enabled",),
+        commit_by: float | None = None,
     ) -> ResultRecord:
         """Store one run atomically and return its result completed with its ids, version and timestamp.
 
@@ -322,13 +345,16 @@ class OptimizationStore(Protocol):
         fields kept from the current version, see :func:`next_configuration_version`), the result (its
         record, for replays), the ``portfolio_optimized`` event and the latest read model. What is stored and
         returned is ``result`` with ``event_id``, ``result_id``, ``configuration_version`` and ``timestamp`` of
-        its metadata set (:func:`completed`).
+        its metadata set (:func:`completed`). ``commit_by`` (``time.monotonic()`` seconds, None = no limit): when
+        the commit would start after it, the run is rolled back instead (:func:`check_commit_by`).
 
         Raises
         ------
         IntegrityError
             When a result with the record's ``request_id`` is already stored (a concurrent request with the
             same key committed first: the caller replays it); nothing of this run is stored.
+        DeadlineExceededError
+            ``commit_by`` passed before the commit; nothing of this run is stored.
         """
         ...
 
@@ -356,10 +382,11 @@ class OptimizationStore(Protocol):
         """Latest configuration of each portfolio with id > ``after_portfolio_id`` (code-point order), by id."""
         ...
 
-    async def ingest_bars(self, bars: Iterable[Bar]) -> int:
+    async def ingest_bars(self, bars: Iterable[Bar], *, commit_by: float | None = None) -> int:
         """Upsert price bars ``(symbol, timestamp, price, volume)`` in one transaction; returns the rows written.
 
-        A bar of a stored ``(symbol, timestamp)`` replaces it; of a bar given twice, the later one wins.
+        A bar of a stored ``(symbol, timestamp)`` replaces it; of a bar given twice, the later one wins. Past
+        ``commit_by`` (``time.monotonic()`` seconds) the transaction is rolled back (``DeadlineExceededError``).
         """
         ...
 
@@ -468,6 +495,7 @@ class InMemoryOptimizationStore(OptimizationStore):
         request_hash: str,
         run_inputs: Mapping[str, Any],
         inherit: tuple[str, ...] = ("enabled",),
+        commit_by: float | None = None,
     ) -> ResultRecord:
         """Store one run atomically; see :meth:`OptimizationStore.persist_run`."""
         event_id, result_id = uuid.uuid4(), uuid.uuid4()
@@ -491,6 +519,7 @@ class InMemoryOptimizationStore(OptimizationStore):
             result=json.loads(json.dumps(result.to_json())),
             run_inputs=json.loads(json.dumps(run_inputs_json(run_inputs))),
         )
+        check_commit_by(commit_by)
         # Nothing above changed the store: from here on every write happens, with no await in between.
         if stored is not None:
             self._commit(version, stored)
@@ -528,8 +557,9 @@ class InMemoryOptimizationStore(OptimizationStore):
         ids = sorted(p for p, versions in self._configurations.items() if versions and p > after_portfolio_id)
         return [self._configurations[p][-1] for p in ids[:limit]]
 
-    async def ingest_bars(self, bars: Iterable[Bar]) -> int:
+    async def ingest_bars(self, bars: Iterable[Bar], *, commit_by: float | None = None) -> int:
         """Upsert price bars; the rows written (distinct ``(symbol, timestamp)`` of the message)."""
+        check_commit_by(commit_by)
         latest: dict[tuple[str, int], tuple[float, float | None]] = {}
         for symbol, when, price, volume in bars:
             latest[symbol, epoch_microseconds(when)] = (float(price), None if volume is None else float(volume))

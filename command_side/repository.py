@@ -25,6 +25,7 @@ from command_side.optimization_store import (
     OptimizationStore,
     PriceWindow,
     StoredResult,
+    check_commit_by,
     completed,
     configuration_from_row,
     configuration_not_found,
@@ -50,6 +51,45 @@ __all__ = [
 ]
 
 NOTIFY_CHANNEL = "portfolio_optimized"
+
+_LOCK_AND_HEAD = """
+SELECT clock_timestamp() AS now, head.*
+FROM (SELECT pg_advisory_xact_lock(hashtext($1))) AS locked
+LEFT JOIN LATERAL (
+    SELECT version, content_hash, enabled, lookback_periods, market_symbol FROM optimization_configurations
+    WHERE portfolio_id = $1 ORDER BY version DESC LIMIT 1
+) AS head ON true"""
+"""Serialise the runs of one portfolio (transaction-scoped advisory lock), then read the run's timestamp and the
+portfolio's current configuration version (NULL columns when none) in the same round trip."""
+
+_STORE_RUN = """
+WITH result AS (
+    INSERT INTO optimization_results (result_id, portfolio_id, configuration_version, request_id, request_hash,
+        event_id, created_at, objective, method, weights, expected_return, volatility, sharpe_ratio,
+        objective_value, solver, constraints_satisfied, result, run_inputs)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11, $12, $13, $14, $15, $16, $17::jsonb, $18::jsonb)
+), event AS (
+    INSERT INTO portfolio_optimized (event_id, "timestamp", portfolio_id, result_id, configuration_version,
+        request_id, objective, method, weights, expected_return, volatility, sharpe_ratio, metadata)
+    VALUES ($6, $7, $2, $1, $3, $4, $8, $9, $10::jsonb, $11, $12, $13, $19::jsonb)
+), latest AS (
+    INSERT INTO latest_portfolio_optimizations (event_id, "timestamp", portfolio_id, result_id,
+        configuration_version, request_id, objective, method, weights, expected_return, volatility,
+        sharpe_ratio, metadata)
+    VALUES ($6, $7, $2, $1, $3, $4, $8, $9, $10::jsonb, $11, $12, $13, $19::jsonb)
+    ON CONFLICT (portfolio_id) DO UPDATE SET
+        event_id = EXCLUDED.event_id, "timestamp" = EXCLUDED."timestamp",
+        result_id = EXCLUDED.result_id, configuration_version = EXCLUDED.configuration_version,
+        request_id = EXCLUDED.request_id, objective = EXCLUDED.objective,
+        method = EXCLUDED.method, weights = EXCLUDED.weights,
+        expected_return = EXCLUDED.expected_return, volatility = EXCLUDED.volatility,
+        sharpe_ratio = EXCLUDED.sharpe_ratio, metadata = EXCLUDED.metadata
+    WHERE (latest_portfolio_optimizations."timestamp", latest_portfolio_optimizations.event_id)
+        <= (EXCLUDED."timestamp", EXCLUDED.event_id)
+)
+SELECT pg_notify($20, $21)"""
+"""The result row, the ``portfolio_optimized`` event, the latest read model and the notification: one statement,
+one round trip (data-modifying CTEs all run, on the transaction's snapshot)."""
 
 
 def _json(value: Any) -> str:
@@ -115,6 +155,7 @@ class PostgresOptimizationStore(OptimizationStore):
         request_hash: str,
         run_inputs: Mapping[str, Any],
         inherit: tuple[str, ...] = ("enabled",),
+        commit_by: float | None = None,
     ) -> ResultRecord:
         """Store one run in one transaction; see :meth:`OptimizationStore.persist_run`.
 
@@ -124,73 +165,56 @@ class PostgresOptimizationStore(OptimizationStore):
             When a concurrent request with the same ``request_id`` committed first (the caller replays it).
         OperationalError
             When the database cannot be reached.
+        DeadlineExceededError
+            ``commit_by`` passed before the commit (the transaction is rolled back).
         """
         event_id, result_id = uuid.uuid4(), uuid.uuid4()
         async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", configuration.portfolio_id)
-            now = await conn.fetchval("SELECT clock_timestamp()")
-            version = await self._store_configuration(conn, configuration, inherit)
+            # One round trip: the portfolio's lock, the run's timestamp and its current configuration head.
+            head = await conn.fetchrow(_LOCK_AND_HEAD, configuration.portfolio_id)
+            assert head is not None  # the lateral join keeps the lock's row
+            now = head["now"]
+            version = await self._store_configuration(conn, configuration, inherit, head=head)
             record = completed(
                 result, event_id=event_id, result_id=result_id, configuration_version=version, timestamp=now
             )
             meta = record.metadata
-            objective = configuration.objective
-            method = configuration.method
-            weights = _json(record.weights)
-            metadata = _json(record.metadata.to_json())
             request_id = record.request_id or None
+            # One round trip: the result, the event, the read model and the notification.
             await conn.execute(
-                """INSERT INTO optimization_results (result_id, portfolio_id, configuration_version, request_id,
-                       request_hash, event_id, created_at, objective, method, weights, expected_return,
-                       volatility, sharpe_ratio, objective_value, solver, constraints_satisfied, result,
-                       run_inputs)
-                   VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10::jsonb,$11,$12,$13,$14,$15,$16,$17::jsonb,$18::jsonb)""",
+                _STORE_RUN,
                 result_id, configuration.portfolio_id, version, request_id, request_hash, event_id, now,
-                objective, method, weights, record.expected_return, record.volatility,
-                record.sharpe_ratio, meta.objective_value, meta.solver, meta.constraints_satisfied,
-                _json(record.to_json()), _json(run_inputs_json(run_inputs)),
+                configuration.objective, configuration.method, _json(record.weights), record.expected_return,
+                record.volatility, record.sharpe_ratio, meta.objective_value, meta.solver,
+                meta.constraints_satisfied, _json(record.to_json()), _json(run_inputs_json(run_inputs)),
+                _json(meta.to_json()), NOTIFY_CHANNEL, f"{configuration.portfolio_id} {event_id}",
             )  # fmt: skip
-            event_args = (
-                event_id, now, configuration.portfolio_id, result_id, version, request_id, objective, method,
-                weights, record.expected_return, record.volatility, record.sharpe_ratio, metadata,
-            )  # fmt: skip
-            await conn.execute(
-                """INSERT INTO portfolio_optimized (event_id, "timestamp", portfolio_id, result_id,
-                       configuration_version, request_id, objective, method, weights, expected_return,
-                       volatility, sharpe_ratio, metadata)
-                   VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9::jsonb,$10,$11,$12,$13::jsonb)""",
-                *event_args,
-            )
-            await conn.execute(
-                """INSERT INTO latest_portfolio_optimizations (event_id, "timestamp", portfolio_id, result_id,
-                       configuration_version, request_id, objective, method, weights, expected_return,
-                       volatility, sharpe_ratio, metadata)
-                   VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9::jsonb,$10,$11,$12,$13::jsonb)
-                   ON CONFLICT (portfolio_id) DO UPDATE SET
-                       event_id = EXCLUDED.event_id, "timestamp" = EXCLUDED."timestamp",
-                       result_id = EXCLUDED.result_id, configuration_version = EXCLUDED.configuration_version,
-                       request_id = EXCLUDED.request_id, objective = EXCLUDED.objective,
-                       method = EXCLUDED.method, weights = EXCLUDED.weights,
-                       expected_return = EXCLUDED.expected_return, volatility = EXCLUDED.volatility,
-                       sharpe_ratio = EXCLUDED.sharpe_ratio, metadata = EXCLUDED.metadata
-                   WHERE (latest_portfolio_optimizations."timestamp", latest_portfolio_optimizations.event_id)
-                       <= (EXCLUDED."timestamp", EXCLUDED.event_id)""",
-                *event_args,
-            )
-            await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{configuration.portfolio_id} {event_id}")
+            check_commit_by(commit_by)
         event_written("portfolio_optimized", "PORTFOLIO_OPTIMIZED")  # after the commit
         return record
 
     @staticmethod
-    async def _store_configuration(conn: Connection, config: Configuration, inherit: tuple[str, ...] = ()) -> int:
-        """Version of ``config`` for its portfolio, written when new (see ``next_configuration_version``)."""
-        row = await conn.fetchrow(
-            "SELECT version, content_hash, enabled, lookback_periods, market_symbol "
-            "FROM optimization_configurations WHERE portfolio_id = $1 ORDER BY version DESC LIMIT 1",
-            config.portfolio_id,
-        )
+    async def _store_configuration(
+        conn: Connection,
+        config: Configuration,
+        inherit: tuple[str, ...] = (),
+        *,
+        head: asyncpg.Record | None = None,
+    ) -> int:
+        """Version of ``config`` for its portfolio, written when new (see ``next_configuration_version``).
+
+        ``head``: the current version's row as ``_LOCK_AND_HEAD`` read it (its ``version`` NULL when there is
+        none); None reads it here.
+        """
+        row = head
+        if row is None:
+            row = await conn.fetchrow(
+                "SELECT version, content_hash, enabled, lookback_periods, market_symbol "
+                "FROM optimization_configurations WHERE portfolio_id = $1 ORDER BY version DESC LIMIT 1",
+                config.portfolio_id,
+            )
         current = None
-        if row is not None:
+        if row is not None and row["version"] is not None:
             current = ConfigurationHead(
                 version=int(row["version"]),
                 content_hash=row["content_hash"],
@@ -260,8 +284,11 @@ class PostgresOptimizationStore(OptimizationStore):
             )
         return [_configuration_from_row(r) for r in rows]
 
-    async def ingest_bars(self, bars: Iterable[Bar]) -> int:
-        """Upsert price bars ``(symbol, timestamp, price, volume)``; returns the rows written."""
+    async def ingest_bars(self, bars: Iterable[Bar], *, commit_by: float | None = None) -> int:
+        """Upsert price bars ``(symbol, timestamp, price, volume)``; returns the rows written.
+
+        Past ``commit_by`` (``time.monotonic()`` seconds) the transaction is rolled back (``DeadlineExceededError``).
+        """
         records = list(bars)
         if not records:
             return 0
@@ -280,6 +307,7 @@ class PostgresOptimizationStore(OptimizationStore):
                    FROM market_data_stage ORDER BY symbol, "timestamp", seq DESC
                    ON CONFLICT (symbol, "timestamp") DO UPDATE SET price = EXCLUDED.price, volume = EXCLUDED.volume"""
             )
+            check_commit_by(commit_by)
         return int(result.split()[-1])
 
 

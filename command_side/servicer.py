@@ -39,6 +39,8 @@ class OptimizationCommandServicer(cmd_grpc.OptimizationCommandServiceServicer):
         self, request: cmd_pb.OptimizeRequest, context: Context
     ) -> cmd_pb.OptimizeResponse:
         """Optimize one portfolio."""
+        if not request.request_id:  # a full queue refuses before parsing; a retry may still replay its answer
+            self._service.check_capacity()
         command = adapter.optimize_command(request)
         result = await self._service.optimize(command, time_remaining_s=context.time_remaining())
         return adapter.optimize_response(result)
@@ -98,5 +100,7 @@ class OptimizationCommandServicer(cmd_grpc.OptimizationCommandServiceServicer):
         context: Context,
     ) -> cmd_pb.IngestMarketDataResponse:
         """Upsert streamed price bars."""
-        result = await self._service.ingest(adapter.ingest_chunks(request_iterator))
+        result = await self._service.ingest(
+            adapter.ingest_chunks(request_iterator), time_remaining_s=context.time_remaining()
+        )
         return adapter.ingest_response(result)

@@ -9,12 +9,15 @@ run.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import ctypes
 import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
@@ -30,13 +33,25 @@ from services.engine import (
     efficient_frontier,
     run_optimization,
 )
-from services.errors import DeadlineExceededError, UnavailableError
+from services.errors import DeadlineExceededError, ResourceExhaustedError, UnavailableError
 from services.optimization import Objective, PortfolioProblem
 from services.trading import AllocationRequest, AllocationResult
 from services.trading import allocate as allocate_shares
 from services.types import EstimationSettings, Moments
 
 T = TypeVar("T")
+
+DEFAULT_QUEUE_PER_WORKER = 16
+"""Default ``max_queue`` per worker process: calls admitted beyond the ones the workers run.
+
+Measured with ``benchmarks/load.py`` on 2 shared cores (docs/throughput.md): at 32 closed-loop clients up to about
+30 Optimize calls are in flight at once, most of them in the event loop (parsing, storing) rather than in a worker;
+a queue of 16 per worker admits all of them and rejects the excess at 128 clients within milliseconds.
+"""
+_RETRY_BOUNDS_S = (0.01, 10.0)
+"""Bounds of the retry delay a rejected call is given (seconds)."""
+_THROUGHPUT_WINDOW = 64
+"""Completed calls whose times estimate the current throughput."""
 
 
 PR_SET_PDEATHSIG = 1
@@ -93,14 +108,73 @@ class SolverPool:
     ----------
     workers : int, optional
         Number of processes; default ``os.cpu_count()``.
+    max_queue : int, optional
+        Calls admitted (``admitted``) beyond ``workers`` before new ones are refused with
+        ``ResourceExhaustedError``; default ``DEFAULT_QUEUE_PER_WORKER`` per worker.
     """
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, *, max_queue: int | None = None) -> None:
         self.workers = max(1, workers or os.cpu_count() or 1)
+        self.max_queue = DEFAULT_QUEUE_PER_WORKER * self.workers if max_queue is None else max(0, max_queue)
         self._executor = self._new_executor()
         self._warming: asyncio.Task[None] | None = None
         self.pending = 0
         """Calls submitted to the workers and not finished yet (running or queued): the queue-depth gauge."""
+        self._in_flight = 0
+        self._completions: collections.deque[float] = collections.deque(maxlen=_THROUGHPUT_WINDOW)
+
+    @property
+    def in_flight(self) -> int:
+        """Calls admitted and not yet finished (running in a worker, waiting for one, or storing)."""
+        return self._in_flight
+
+    def queue_wait_estimate_s(self) -> float:
+        """Seconds until the calls now in flight are done at the recent throughput (Little's law).
+
+        The throughput is the rate of the last ``_THROUGHPUT_WINDOW`` completions; with fewer than two the
+        estimate is the upper bound of ``_RETRY_BOUNDS_S``'s range divided by ten (1 s).
+        """
+        low, high = _RETRY_BOUNDS_S
+        if len(self._completions) < 2:
+            return high / 10
+        span = time.monotonic() - self._completions[0]
+        rate = (len(self._completions) - 1) / span if span > 0 else 0.0
+        if rate <= 0.0:
+            return high
+        return min(high, max(low, self._in_flight / rate))
+
+    def check_capacity(self) -> None:
+        """Refuse now, before any parsing, when every place is taken (``admitted`` still reserves one later).
+
+        Raises
+        ------
+        ResourceExhaustedError
+            As ``admitted``.
+        """
+        if self._in_flight >= self.workers + self.max_queue:
+            raise ResourceExhaustedError(
+                "the solve queue is full; retry later", retry_after_s=self.queue_wait_estimate_s()
+            )
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Hold one place among ``workers + max_queue`` for the duration of a call.
+
+        Take it before any work that leads to a solve (and hold it while the result is stored: the event loop's
+        share of a call is part of what queues), so a refused call costs nothing and writes nothing.
+
+        Raises
+        ------
+        ResourceExhaustedError
+            All places are taken; its ``retry_after_s`` is ``queue_wait_estimate_s()``.
+        """
+        self.check_capacity()
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            self._completions.append(time.monotonic())
 
     def _new_executor(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(

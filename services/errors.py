@@ -117,3 +117,20 @@ class IntegrityError(PersistenceError):
 
 class OperationalError(PersistenceError, UnavailableError):
     """The store cannot be reached or dropped the connection mid-operation; the call may be retried."""
+
+
+class ResourceExhaustedError(StratoptError):
+    """The service is at capacity (its solve queue is full); the call may be retried after ``retry_after_s``.
+
+    Parameters
+    ----------
+    message : str
+        What is exhausted.
+    retry_after_s : float
+        Seconds after which a retry is likely to be admitted (the current queue wait estimate); sent to the
+        caller as ``google.rpc.RetryInfo.retry_delay``.
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -128,7 +128,16 @@ def _print_json(message: object) -> None:
 def serve(
     address: Annotated[str, typer.Option(help="host:port to listen on.")] = "127.0.0.1:50051",
     side: Annotated[str, typer.Option(help="Which side to serve: both, command or query.")] = "both",
-    workers: Annotated[int, typer.Option(help="Solver worker processes (0 = CPU count).")] = 0,
+    workers: Annotated[
+        int, typer.Option(envvar="STRATOPT_WORKERS", help="Solver worker processes (0 = CPU count).")
+    ] = 0,
+    max_queue: Annotated[
+        int | None,
+        typer.Option(
+            envvar="STRATOPT_MAX_QUEUE",
+            help="Calls admitted beyond the workers before RESOURCE_EXHAUSTED (default 16 per worker).",
+        ),
+    ] = None,
     tls_cert_file: Annotated[
         Path | None, typer.Option(exists=True, dir_okay=False, envvar="STRATOPT_TLS_CERT_FILE", help="TLS cert.")
     ] = None,
@@ -284,6 +293,7 @@ def serve(
             address=address,
             sides=sides,
             workers=workers or None,
+            max_queue=max_queue,
             metrics_endpoint=endpoint,
             tracing=tracing,
             retention=retention,

@@ -251,12 +251,30 @@ class ServerMetrics:
             current = solver_pool()
             return float(current.workers) if current is not None else 0.0
 
+        def admitted() -> float:
+            current = solver_pool()
+            return float(current.in_flight) if current is not None else 0.0
+
+        def capacity() -> float:
+            current = solver_pool()
+            return float(current.workers + current.max_queue) if current is not None else 0.0
+
         Gauge(
             "stratopt_solver_pending",
             "Solver calls submitted to the worker processes and not finished (running plus queued).",
             registry=self.registry,
         ).set_function(pending)
         Gauge("stratopt_solver_workers", "Solver worker processes.", registry=self.registry).set_function(workers)
+        Gauge(
+            "stratopt_solve_queue_admitted",
+            "Calls holding a place of the bounded solve queue (parsing, solving or storing).",
+            registry=self.registry,
+        ).set_function(admitted)
+        Gauge(
+            "stratopt_solve_queue_capacity",
+            "Places of the bounded solve queue (workers + max_queue); beyond it calls get RESOURCE_EXHAUSTED.",
+            registry=self.registry,
+        ).set_function(capacity)
 
     def serve(self, endpoint: MetricsEndpoint) -> int:
         """Serve ``/metrics`` over HTTP (HTTPS when the endpoint has a certificate); return the bound port.

@@ -83,6 +83,8 @@ class StratoptServer:
         Seconds ``stop`` reports NOT_SERVING while still accepting calls, so load balancers can stop routing.
     health_interval_s : float
         Seconds between database health probes.
+    max_queue : int or None
+        Calls admitted beyond the workers before RESOURCE_EXHAUSTED (``SolverPool``); default its own.
     """
 
     database_url: str
@@ -100,6 +102,7 @@ class StratoptServer:
     health_address: str | None = None
     shutdown_grace_s: float = 0.0
     health_interval_s: float = 1.0
+    max_queue: int | None = None
     port: int = field(default=0, init=False)
     health_port: int = field(default=0, init=False)
     metrics: ServerMetrics = field(default_factory=ServerMetrics, init=False, repr=False)
@@ -153,7 +156,7 @@ class StratoptServer:
         command_names: list[str] = []
         query_names: list[str] = []
         if "command" in sides:
-            self._solver_pool = command_side.SolverPool(self.workers)
+            self._solver_pool = command_side.SolverPool(self.workers, max_queue=self.max_queue)
             self.metrics.watch_solver_pool(lambda: self._solver_pool)
             command_names = command_side.register(
                 server,

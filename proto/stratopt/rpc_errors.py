@@ -32,6 +32,7 @@ from services.errors import (
     PermissionDeniedError,
     PersistenceError,
     PreconditionError,
+    ResourceExhaustedError,
     StratoptError,
     UnavailableError,
 )
@@ -52,6 +53,7 @@ STATUS_CODES: dict[type[StratoptError], grpc.StatusCode] = {
     PreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
     NotFoundError: grpc.StatusCode.NOT_FOUND,
     PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+    ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     IntegrityError: grpc.StatusCode.ALREADY_EXISTS,
     DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
     OperationalError: grpc.StatusCode.UNAVAILABLE,
@@ -106,7 +108,8 @@ def status_for(error: BaseException) -> status_pb2.Status:
     google.rpc.Status
         Code, message and, for domain errors with violations, ``BadRequest`` / ``PreconditionFailure``
         details; the message at most ``MAX_MESSAGE_BYTES``, each detail's texts ``MAX_DETAIL_BYTES``, at most
-        ``MAX_VIOLATIONS`` violations of each kind.
+        ``MAX_VIOLATIONS`` violations of each kind; a ``ResourceExhaustedError`` carries a ``RetryInfo`` detail with
+        its ``retry_after_s``.
     """
     if not isinstance(error, StratoptError):
         return status_pb2.Status(code=grpc.StatusCode.INTERNAL.value[0], message=INTERNAL_MESSAGE)
@@ -137,6 +140,12 @@ def status_for(error: BaseException) -> status_pb2.Status:
                 ]
             )
         )
+        status.details.append(detail)
+    if isinstance(error, ResourceExhaustedError):
+        detail = any_pb2.Any()
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(max(0, round(error.retry_after_s * 1e9)))
+        detail.Pack(retry)
         status.details.append(detail)
     return status
 

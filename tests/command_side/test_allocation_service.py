@@ -6,6 +6,7 @@ A budget of 1,000 split evenly between a 100 and a 50 price spends exactly: 5 an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,6 +42,9 @@ class InProcessAllocator:
 
     def __init__(self) -> None:
         self.solves = 0
+
+    def admitted(self) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()  # no queue bound in process
 
     async def allocate(self, request: AllocationRequest, *, timeout_s: float | None) -> AllocationResult:
         self.solves += 1

@@ -10,6 +10,7 @@ server injects the adapter's), so nothing in this module touches the contract.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
@@ -62,6 +63,9 @@ class InProcessSolver:
     def __init__(self, failure: Exception | None = None) -> None:
         self.solves = 0
         self.failure = failure
+
+    def admitted(self) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()  # no queue bound in process
 
     async def run(self, job: OptimizationJob, *, timeout_s: float | None) -> OptimizationOutcome:
         self.solves += 1

@@ -176,6 +176,8 @@ def test_rpc_solver_event_and_pool_metrics_move_by_the_calls(observed: Observed,
     assert 0 <= value(after, "stratopt_db_pool_idle_connections") <= value(after, "stratopt_db_pool_connections")
     assert value(after, "stratopt_solver_workers") == 1
     assert value(after, "stratopt_solver_pending") == 0
+    assert value(after, "stratopt_solve_queue_admitted") == 0  # every call has left the queue
+    assert value(after, "stratopt_solve_queue_capacity") == 1 + 16  # one worker + the default queue of 16 per worker
     assert ("stratopt_solver_worker_restarts_total", frozenset()) in after
     assert value(after, "process_resident_memory_bytes") > 0
 
