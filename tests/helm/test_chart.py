@@ -338,10 +338,16 @@ def test_jwt_keys_secret_and_env() -> None:
 
 def test_retention_env_on_the_command_side_only() -> None:
     objects = render(
-        {"retention.eventsDays": "30", "retention.marketDataDays": "365", "retention.intervalSeconds": "600"}
+        {
+            "retention.eventsDays": "30",
+            "retention.rebalanceEventsDays": "2555",
+            "retention.marketDataDays": "365",
+            "retention.intervalSeconds": "600",
+        }
     )
     e = env(container(objects, "command"))
     assert (e["STRATOPT_RETENTION_EVENTS_DAYS"], e["STRATOPT_RETENTION_MARKET_DATA_DAYS"]) == ("30", "365")
+    assert e["STRATOPT_RETENTION_REBALANCE_EVENTS_DAYS"] == "2555"
     assert e["STRATOPT_RETENTION_INTERVAL_S"] == "600"
     assert not [k for k in env(container(objects, "query")) if k.startswith("STRATOPT_RETENTION")]
     defaults = env(container(render(), "command"))
@@ -416,10 +422,13 @@ def test_tracing_logging_and_timeouts() -> None:
     assert e["STRATOPT_MAX_QUEUE"] == "64"
     assert "STRATOPT_OTEL_ENABLED" not in env(container(render(), "command"))
     assert env(container(render({"logging.format": "text"}), "query"))["STRATOPT_LOG_FORMAT"] == "text"
+    assert e["STRATOPT_ACCESS_LOG"] == "true" and e["STRATOPT_DB_WAIT_LIMIT_S"] == "600"
+    quiet = env(container(render({"logging.accessLog": "false", "database.waitLimitSeconds": "0"}), "query"))
+    assert quiet["STRATOPT_ACCESS_LOG"] == "false" and quiet["STRATOPT_DB_WAIT_LIMIT_S"] == "0"
 
 
 def test_pods_run_unprivileged_with_a_read_only_root() -> None:
-    objects = render({"lifecycle.shutdownGraceSeconds": "25"})
+    objects = render({"lifecycle.shutdownGraceSeconds": "25", "lifecycle.shutdownTimeoutSeconds": "40"})
     for side in ("command", "query", "migrate"):
         spec = pod_spec(objects, side)
         assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] == 10001
@@ -428,8 +437,10 @@ def test_pods_run_unprivileged_with_a_read_only_root() -> None:
         assert c["securityContext"]["readOnlyRootFilesystem"] is True
         assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
         assert mounts(c)["tmp"] == "/tmp"
-    assert pod_spec(objects, "command")["terminationGracePeriodSeconds"] == 35
+    # The kubelet waits for the whole drain: NOT_SERVING grace + in-flight calls + 5 s.
+    assert pod_spec(objects, "command")["terminationGracePeriodSeconds"] == 25 + 40 + 5
     assert env(container(objects, "command"))["STRATOPT_SHUTDOWN_GRACE_S"] == "25"
+    assert env(container(objects, "command"))["STRATOPT_SHUTDOWN_TIMEOUT_S"] == "40"
 
 
 def test_secret_checksum_rolls_the_pods() -> None:

@@ -96,6 +96,8 @@ app.kubernetes.io/part-of: stratopt
 - name: STRATOPT_DB_STATEMENT_TIMEOUT_S
   value: {{ .Values.database.statementTimeoutSeconds | quote }}
 {{- end }}
+- name: STRATOPT_DB_WAIT_LIMIT_S
+  value: {{ .Values.database.waitLimitSeconds | quote }}
 {{- end }}
 
 {{- define "stratopt.databaseVolume" -}}
@@ -160,7 +162,7 @@ spec:
       {{- end }}
       automountServiceAccountToken: false
       enableServiceLinks: false
-      terminationGracePeriodSeconds: {{ add $root.Values.lifecycle.shutdownGraceSeconds 10 }}
+      terminationGracePeriodSeconds: {{ add $root.Values.lifecycle.shutdownGraceSeconds $root.Values.lifecycle.shutdownTimeoutSeconds 5 }}
       {{- with $root.Values.imagePullSecrets }}
       imagePullSecrets:
         {{- toYaml . | nindent 8 }}
@@ -192,8 +194,12 @@ spec:
               value: {{ printf "%s:%d" $bind (int $root.Values.ports.health) | quote }}
             - name: STRATOPT_SHUTDOWN_GRACE_S
               value: {{ $root.Values.lifecycle.shutdownGraceSeconds | quote }}
+            - name: STRATOPT_SHUTDOWN_TIMEOUT_S
+              value: {{ $root.Values.lifecycle.shutdownTimeoutSeconds | quote }}
             - name: STRATOPT_LOG_FORMAT
               value: {{ $root.Values.logging.format | quote }}
+            - name: STRATOPT_ACCESS_LOG
+              value: {{ $root.Values.logging.accessLog | quote }}
             {{- if eq $side "command" }}
             - name: STRATOPT_WORKERS
               value: {{ $v.workers | quote }}
@@ -203,6 +209,8 @@ spec:
             {{- end }}
             - name: STRATOPT_RETENTION_EVENTS_DAYS
               value: {{ $root.Values.retention.eventsDays | quote }}
+            - name: STRATOPT_RETENTION_REBALANCE_EVENTS_DAYS
+              value: {{ $root.Values.retention.rebalanceEventsDays | quote }}
             - name: STRATOPT_RETENTION_MARKET_DATA_DAYS
               value: {{ $root.Values.retention.marketDataDays | quote }}
             - name: STRATOPT_RETENTION_INTERVAL_S
