@@ -73,7 +73,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import grpc
 import numpy as np
@@ -269,8 +269,15 @@ def process_tree(pid: int) -> dict[str, Any]:
     }
 
 
+def _copy_lines(source: IO[str], path: Path) -> None:
+    with path.open("w") as sink:
+        for line in source:
+            sink.write(line)
+            sink.flush()
+
+
 @contextlib.contextmanager
-def started_server(workers: int, max_queue: int | None) -> Iterator[tuple[str, int]]:
+def started_server(workers: int, max_queue: int | None, log: Path | None = None) -> Iterator[tuple[str, int]]:
     """Yield ``(target, pid)`` of ``stratopt serve`` on a fresh embedded, migrated database."""
     base = Path(tempfile.mkdtemp(prefix="stratopt-load-"))
     os.chmod(base, 0o755)  # the postgres user must traverse it when this runs as root
@@ -298,8 +305,12 @@ def started_server(workers: int, max_queue: int | None) -> Iterator[tuple[str, i
         else:
             raise RuntimeError(f"the server exited with {server.wait()} before serving")
         progress(f"server pid {server.pid} on {target}")
-        # Keep draining its stderr so that it never blocks on a full pipe.
-        threading.Thread(target=server.stderr.read, daemon=True).start()
+        # Keep draining its stderr so that it never blocks on a full pipe (into ``log`` when given).
+        stderr = server.stderr
+        if log is None:
+            threading.Thread(target=stderr.read, daemon=True).start()
+        else:
+            threading.Thread(target=_copy_lines, args=(stderr, log), daemon=True).start()
         yield target, server.pid
     finally:
         if server is not None and server.poll() is None:
@@ -365,6 +376,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="solver workers of a started server (default 2)")
     parser.add_argument("--max-queue", type=int, help="STRATOPT_MAX_QUEUE of a started server (default: its own)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON to this path")
+    parser.add_argument("--server-log", type=Path, help="write a started server's log (stderr) to this path")
     return parser.parse_args(argv)
 
 
@@ -375,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.target:
             target, pid = args.target, args.server_pid
         else:
-            target, pid = stack.enter_context(started_server(args.workers, args.max_queue))
+            target, pid = stack.enter_context(started_server(args.workers, args.max_queue, args.server_log))
         info = {
             "concurrency": args.concurrency,
             "deadline": args.deadline,
