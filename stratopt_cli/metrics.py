@@ -113,11 +113,16 @@ async def iterate_responses(responses: Any) -> AsyncIterator[Any]:
 
 
 def call_outcome(error: BaseException | None, context: Any) -> str:
-    """The status name of a finished call: its context's code, CANCELLED, or UNKNOWN for an escaped error."""
+    """The status name of a finished call.
+
+    Its context's code; DEADLINE_EXCEEDED or CANCELLED for a call that ended before its answer (past its deadline,
+    or the client went away); UNKNOWN for an escaped error.
+    """
     if error is None or isinstance(error, grpc.aio.AbortError):
         return status_name(context)
     if isinstance(error, asyncio.CancelledError):
-        return "CANCELLED"
+        remaining = context.time_remaining()
+        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
     return "UNKNOWN"
 
 

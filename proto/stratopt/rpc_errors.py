@@ -11,6 +11,7 @@ caller. The engine knows nothing of gRPC: this table is the one place where doma
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -153,8 +154,16 @@ def status_for(error: BaseException) -> status_pb2.Status:
 async def _abort(context: ServicerContext, error: Exception, method: str) -> None:
     if not isinstance(error, StratoptError):
         _logger.exception("unexpected error in %s", method, exc_info=error)
-    # abort_with_status exists on grpc.aio contexts but is missing from grpc-stubs.
-    await context.abort_with_status(rpc_status.to_status(status_for(error)))  # type: ignore[attr-defined]
+    try:
+        # abort_with_status exists on grpc.aio contexts but is missing from grpc-stubs.
+        await context.abort_with_status(rpc_status.to_status(status_for(error)))  # type: ignore[attr-defined]
+    except grpc.aio.AbortError:
+        raise
+    except Exception as failure:
+        # The call ended before its status could be sent (its deadline passed or the client cancelled while the
+        # handler failed): nobody is left to answer. End as a cancelled call, not with an error of our own
+        # (grpc's ExecuteBatchError escaped before and was counted as UNKNOWN).
+        raise asyncio.CancelledError("the call ended before its status could be sent") from failure
 
 
 def _unary_response(behaviour: Callable[..., Any], method: str) -> Callable[..., Awaitable[Any]]:

@@ -72,3 +72,33 @@ def test_any_other_exception_is_internal_without_detail() -> None:
     status = status_for(KeyError("secret table name"))
     assert status.code == grpc.StatusCode.INTERNAL.value[0]
     assert status.message == INTERNAL_MESSAGE and not status.details
+
+
+def test_a_call_that_ended_before_its_status_could_be_sent_ends_as_cancelled() -> None:
+    """A handler failing after its call ended (deadline passed, client gone) cannot send a status.
+
+    grpc.aio's ``abort_with_status`` then raises an error of its own (``ExecuteBatchError``), which used to escape
+    the interceptor chain and be counted as UNKNOWN; the mapping now ends the handler as a cancelled call.
+    """
+    import asyncio
+    from types import SimpleNamespace
+
+    from stratopt.rpc_errors import ErrorMappingInterceptor
+
+    class EndedCallContext:
+        async def abort_with_status(self, status: object) -> None:
+            raise RuntimeError('Failed "execute_batch"')  # what cygrpc raises for an ended call
+
+    async def handler(request: object, context: object) -> object:
+        raise DeadlineExceededError("the call's deadline leaves no time to optimize")
+
+    async def continuation(details: object) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(handler)
+
+    async def call() -> object:
+        interceptor = ErrorMappingInterceptor(method_prefix="/svc/")
+        wrapped = await interceptor.intercept_service(continuation, SimpleNamespace(method="/svc/M"))  # type: ignore[arg-type]
+        return await wrapped.unary_unary(object(), EndedCallContext())
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(call())
