@@ -41,6 +41,7 @@ from command_side.optimization_commands import (
     MarketDataWindow,
     OptimizeCommand,
     RunResult,
+    SerializedOptimize,
 )
 from command_side.optimization_store import Bar, Configuration, OptimizationStore
 from command_side.result_records import BlackLittermanRecord, RelaxationRecord, ResultRecord, RunMetadataRecord
@@ -139,6 +140,34 @@ class OptimizationService:
         """
         return await self._optimize(command, _deadline(time_remaining_s), admit=True)
 
+    async def optimize_serialized(self, request: SerializedOptimize, *, time_remaining_s: float | None) -> RunResult:
+        """``optimize`` for a request still in wire form: parsed, checked and solved in a worker.
+
+        A stored answer to the same ``request_id`` is replayed first; otherwise the call takes a queue place and
+        a worker parses the request (``request.parse``), solves it and sends back the command and outcome, and
+        the run is stored as by ``optimize``. For inputs that need no database read before the solve (inline
+        returns or moments).
+
+        Raises
+        ------
+        InvalidInputError
+            From ``request.parse``, naming the field (after the queue place was taken; nothing is stored).
+        InfeasibleError, PreconditionError, DeadlineExceededError, UnavailableError, OptimizationError,
+        ResourceExhaustedError
+            As ``optimize``.
+        """
+        deadline = _deadline(time_remaining_s)
+        if request.request_id:
+            stored = await self._replay(request.request_id, request.request_hash)
+            if stored is not None:
+                return stored
+        with self._pool.admitted():
+            limit = self._solve_limit(deadline)
+            command, outcome = await self._pool.parse_and_run(
+                request.parse, request.payload, time_limit_s=limit, timeout_s=limit
+            )
+            return await self._store_run(command, outcome, deadline)
+
     def check_capacity(self) -> None:
         """Refuse a call that would need a solve while the solve queue is full, before its request is parsed.
 
@@ -160,14 +189,7 @@ class OptimizationService:
 
     async def _solve_and_store(self, command: OptimizeCommand, deadline: float | None) -> RunResult:
         job_inputs = await self._job_inputs(command.problem.symbols, command.inputs)
-        run_inputs: dict[str, object] = {"current_weights": command.current_weights, "kind": command.inputs_kind}
-        # The solver gets what is left of the deadline now, minus what storing the result is expected to take.
-        limit = None
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            limit = remaining - self._storage.reserve_s(remaining)
-            if limit <= 0:
-                raise DeadlineExceededError("the call's deadline leaves no time to optimize")
+        limit = self._solve_limit(deadline)
         job = OptimizationJob(
             problem=command.problem,
             inputs=job_inputs,
@@ -177,6 +199,29 @@ class OptimizationService:
         )
         with proto_field_paths(OPTIMIZATION, symbols=command.problem.symbols):
             outcome = await self._pool.run(job, timeout_s=limit)
+        return await self._store_run(command, outcome, deadline)
+
+    def _solve_limit(self, deadline: float | None) -> float | None:
+        """Seconds the solver gets: what is left of the deadline now, minus what storing is expected to take.
+
+        Raises
+        ------
+        DeadlineExceededError
+            Nothing would be left for the solve.
+        """
+        if deadline is None:
+            return None
+        remaining = deadline - time.monotonic()
+        limit = remaining - self._storage.reserve_s(remaining)
+        if limit <= 0:
+            raise DeadlineExceededError("the call's deadline leaves no time to optimize")
+        return limit
+
+    async def _store_run(
+        self, command: OptimizeCommand, outcome: OptimizationOutcome, deadline: float | None
+    ) -> RunResult:
+        """Store a solved run (configuration version, result, event) in one transaction; replay on a key race."""
+        run_inputs: dict[str, object] = {"current_weights": command.current_weights, "kind": command.inputs_kind}
         started = time.monotonic()
         try:
             stored_result = await self._store.persist_run(

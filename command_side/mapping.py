@@ -9,7 +9,9 @@ them into these paths.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
+import operator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -260,15 +262,22 @@ _TIMESTAMP_MAX_S = 253_402_300_799
 """9999-12-31T23:59:59Z, the latest."""
 
 
+_CHECKED_BY_INLINE_RETURNS = frozenset({"returns.timestamps"})
+"""Paths ``check_request`` leaves to :func:`_inline_returns`."""
+_SECONDS_AND_NANOS = operator.attrgetter("seconds", "nanos")
+
+
 def _inline_returns(request: cmd_pb.OptimizeRequest) -> ReturnHistory:
     inputs = request.returns
     t = len(inputs.timestamps)
     if t < 2:
         raise _bad("returns.timestamps", f"at least 2 observations are needed, got {t}")
-    # Seconds and nanos as arrays (4x faster than Timestamp.ToMicroseconds per element, which this loop ran on
-    # the event loop for every inline Optimize), checked against the Timestamp range in NumPy.
-    seconds = np.array([ts.seconds for ts in inputs.timestamps], dtype=np.int64)
-    nanos = np.array([ts.nanos for ts in inputs.timestamps], dtype=np.int64)
+    # Seconds and nanos in one pass into NumPy (each element read is a Python object: 4x faster than
+    # Timestamp.ToMicroseconds per element, 25 % faster than a pass per field), range-checked in NumPy.
+    pairs = np.fromiter(
+        itertools.chain.from_iterable(map(_SECONDS_AND_NANOS, inputs.timestamps)), dtype=np.int64, count=2 * t
+    ).reshape(t, 2)
+    seconds, nanos = pairs[:, 0], pairs[:, 1]
     out_of_range = (seconds < _TIMESTAMP_MIN_S) | (seconds > _TIMESTAMP_MAX_S) | (nanos < 0) | (nanos >= 1_000_000_000)
     if out_of_range.any():
         k = int(np.flatnonzero(out_of_range)[0])
@@ -375,7 +384,9 @@ def validate_optimize_request(request: cmd_pb.OptimizeRequest) -> ValidatedReque
         range, by ``stratopt.request_limits.check_request``; empty ids, duplicates, NaN/inf, non-positive prices
         as returns ≤ −1, mismatched lengths, unspecified objective, malformed bounds).
     """
-    check_request(request)  # strings (NUL, lengths), timestamps: stratopt.request_limits
+    # Strings (NUL, lengths) and timestamps: stratopt.request_limits; the inline returns' timestamps are
+    # range-checked by _inline_returns, vectorised, under the same field path.
+    check_request(request, skip=_CHECKED_BY_INLINE_RETURNS)
     if not request.portfolio_id:
         raise _bad("portfolio_id", "must not be empty")
     if request.method not in _METHODS:
@@ -808,6 +819,17 @@ def optimize_command(request: cmd_pb.OptimizeRequest) -> OptimizeCommand:
         configuration=configuration_from_message(validated.configuration),
         current_weights=validated.current_weights,
     )
+
+
+def optimize_command_from_bytes(payload: bytes) -> OptimizeCommand:
+    """Parse a serialised OptimizeRequest and check it (:func:`optimize_command`): a solver worker's first step.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming the first invalid field of the request.
+    """
+    return optimize_command(cmd_pb.OptimizeRequest.FromString(payload))
 
 
 def optimize_command_from_configuration(config: OptimizationConfiguration, request_id: str) -> OptimizeCommand:

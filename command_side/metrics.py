@@ -52,7 +52,7 @@ def observe_solve(job: OptimizationJob, outcome: OptimizationOutcome) -> None:
 
 
 def worker_pool_replaced() -> None:
-    """Count one replacement of a broken solver worker pool."""
+    """Count one solver worker replaced after it died."""
     WORKER_RESTARTS.inc()
 
 

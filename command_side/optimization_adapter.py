@@ -11,6 +11,7 @@ and a first answer share, so both read alike field by field.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import AsyncIterable, AsyncIterator, Callable
@@ -25,6 +26,7 @@ from command_side.mapping import (
     datetime_to_timestamp,
     normalize_configuration,
     optimize_command,
+    optimize_command_from_bytes,
     optimize_command_from_configuration,
     optimize_request_from_configuration,
 )
@@ -40,12 +42,13 @@ from command_side.optimization_commands import (
     MarketDataWindow,
     OptimizeCommand,
     RunResult,
+    SerializedOptimize,
 )
 from command_side.optimization_store import Bar, Configuration
 from command_side.records import response_from_record
 from services.errors import InvalidInputError
 from services.types import Moments
-from stratopt.request_limits import check_request
+from stratopt.request_limits import STRING_KINDS, check_request, check_text
 from stratopt.rpc_errors import status_for
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
@@ -125,6 +128,32 @@ def optimize_request(command: OptimizeCommand) -> cmd_pb.OptimizeRequest:
         for strategy, column in zip(request.strategies, inputs.returns.T, strict=True):
             strategy.returns.extend(column.tolist())
     return request
+
+
+WORKER_PARSED_INPUTS = frozenset({"returns", "moments"})
+"""Optimize inputs that need no database read before the solve: such requests are parsed in a solver worker."""
+
+
+def serialized_optimize(request: cmd_pb.OptimizeRequest) -> SerializedOptimize:
+    """An Optimize request with inline returns or moments, to be parsed and checked in a solver worker.
+
+    Only the idempotency key is checked here (it is looked up before the worker runs); the worker checks
+    the whole request as ``optimize_command`` does (``command_side.mapping.optimize_command_from_bytes``).
+
+    Raises
+    ------
+    InvalidInputError
+        ``request_id`` holds a NUL or is longer than its limit.
+    """
+    check_text(request.request_id, "request_id", kind=STRING_KINDS["request_id"])
+    payload = request.SerializeToString(deterministic=True)
+    return SerializedOptimize(
+        payload=payload,
+        parse=optimize_command_from_bytes,
+        request_id=request.request_id,
+        # The same fingerprint as validate_optimize_request's: only a key needs it.
+        request_hash=hashlib.sha256(payload).hexdigest() if request.request_id else "",
+    )
 
 
 def optimize_response(result: RunResult) -> cmd_pb.OptimizeResponse:

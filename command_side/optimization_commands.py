@@ -9,6 +9,7 @@ the contract with ``command_side.configuration_messages``), versioned and stored
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -82,6 +83,26 @@ class OptimizeCommand:
         if isinstance(self.inputs, MarketDataWindow):
             return "market_data"
         return "moments" if isinstance(self.inputs, Moments) else "returns"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SerializedOptimize:
+    """An Optimize request still in its wire form, to be parsed, checked and solved in a solver worker.
+
+    The event loop reads only its idempotency key; a worker turns ``payload`` into an :class:`OptimizeCommand`
+    with ``parse`` and solves it, so the per-element work of a long inline return history (756 Timestamps and
+    their checks: about a third of the event loop's time per call under load, docs/throughput.md) runs in
+    the workers, in parallel, instead of on the one event loop.
+    """
+
+    payload: bytes
+    """The request, serialised deterministically (its SHA-256 is ``request_hash``)."""
+    parse: Callable[[bytes], OptimizeCommand]
+    """Module-level function (picklable by name) that parses and checks ``payload``; raises InvalidInputError."""
+    request_id: str
+    """Idempotency key ('' = none), already checked (length, NUL)."""
+    request_hash: str
+    """Fingerprint of the request behind the key ('' without a key)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

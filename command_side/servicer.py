@@ -41,8 +41,12 @@ class OptimizationCommandServicer(cmd_grpc.OptimizationCommandServiceServicer):
         """Optimize one portfolio."""
         if not request.request_id:  # a full queue refuses before parsing; a retry may still replay its answer
             self._service.check_capacity()
-        command = adapter.optimize_command(request)
-        result = await self._service.optimize(command, time_remaining_s=context.time_remaining())
+        if request.WhichOneof("inputs") in adapter.WORKER_PARSED_INPUTS:  # parsed and checked in a worker
+            serialized = adapter.serialized_optimize(request)
+            result = await self._service.optimize_serialized(serialized, time_remaining_s=context.time_remaining())
+        else:
+            command = adapter.optimize_command(request)
+            result = await self._service.optimize(command, time_remaining_s=context.time_remaining())
         return adapter.optimize_response(result)
 
     async def BatchOptimize(  # noqa: N802

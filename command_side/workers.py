@@ -4,6 +4,14 @@ Processes are started with the ``spawn`` method (gRPC's threads make ``fork`` un
 start-up (imports of NumPy, cvxpy and PyPortfolioOpt plus one small solve), so the first request pays no
 import cost. The event loop only awaits futures: health checks and queries keep being answered while solves
 run.
+
+Each worker is connected to the server by its own Unix socket pair, driven by the event loop itself
+(``asyncio`` streams): a job is one length-prefixed pickle frame out, its result or exception one frame back.
+``concurrent.futures.ProcessPoolExecutor`` did the same with two helper threads (a queue feeder that pickles
+and writes, a manager that reads and hands results over); under load those threads and the event loop took
+turns on the GIL at every hand-off, and a call waited for the switches (docs/throughput.md). Here no thread
+but the loop's touches a job. A worker that dies (the OOM killer, say) is noticed at once, whether busy or
+idle: its call, if any, fails with ``UnavailableError``, and a new worker is started and warmed up in its place.
 """
 
 from __future__ import annotations
@@ -12,20 +20,28 @@ import asyncio
 import collections
 import contextlib
 import ctypes
+import gc
+import logging
 import multiprocessing
 import os
+import pickle
 import signal
+import socket
+import struct
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import TypeVar
+from dataclasses import dataclass, field, replace
+from multiprocessing.process import BaseProcess
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from command_side.field_paths import OPTIMIZATION, proto_field_paths
 from command_side.metrics import observe_solve, worker_pool_replaced
+from command_side.optimization_commands import MarketDataWindow, OptimizeCommand
 from services.engine import (
     FrontierOutcome,
     OptimizationJob,
@@ -37,7 +53,7 @@ from services.errors import DeadlineExceededError, ResourceExhaustedError, Unava
 from services.optimization import Objective, PortfolioProblem
 from services.trading import AllocationRequest, AllocationResult
 from services.trading import allocate as allocate_shares
-from services.types import EstimationSettings, Moments
+from services.types import EstimationSettings, Moments, ReturnHistory
 
 T = TypeVar("T")
 
@@ -88,6 +104,100 @@ def _single_threaded_blas() -> None:
     os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 
+_HEADER = struct.Struct("!Q")
+"""Frame header: the length in bytes of the pickle that follows (unsigned 64-bit, network order)."""
+_START_ATTEMPTS = 3
+"""Worker starts tried in a row before waiting calls are failed with ``UnavailableError``."""
+
+log = logging.getLogger(__name__)
+
+
+class RemoteTracebackError(Exception):
+    """The traceback of an exception raised in a worker, attached as its ``__cause__`` (as ``concurrent.futures``)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _receive(sock: socket.socket, size: int) -> bytearray | None:
+    """Read exactly ``size`` bytes, or None at end of file."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    received = 0
+    while received < size:
+        count = sock.recv_into(view[received:])
+        if count == 0:
+            return None
+        received += count
+    return buffer
+
+
+def _send(sock: socket.socket, value: object) -> None:
+    try:
+        data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # an unpicklable result or exception
+        data = pickle.dumps((False, RuntimeError(f"the worker could not send its answer: {type(exc).__name__}"), ""))
+    sock.sendall(_HEADER.pack(len(data)))
+    sock.sendall(data)
+
+
+def _serve(sock: socket.socket) -> None:
+    """A worker process's main loop: read a job frame, run it, send ``(ok, value, traceback)`` back; exit at EOF."""
+    _single_threaded_blas()
+    _warm_up()
+    # The imported libraries live as long as the worker: keep full garbage collections (~130 ms over them)
+    # from pausing the jobs (as the server does, stratopt_cli.server).
+    gc.collect()
+    gc.freeze()
+    _send(sock, (True, os.getpid(), ""))
+    with sock:
+        while True:
+            header = _receive(sock, _HEADER.size)
+            if header is None:
+                return
+            payload = _receive(sock, _HEADER.unpack(header)[0])
+            if payload is None:
+                return
+            try:
+                function, args = pickle.loads(payload)
+                reply: tuple[bool, object, str] = (True, function(*args), "")
+            except Exception as exc:
+                reply = (False, exc, "".join(traceback.format_exception(exc)))
+            del payload
+            _send(sock, reply)
+
+
+def _parse_and_run(
+    parse: Callable[[bytes], OptimizeCommand], payload: bytes, time_limit_s: float | None
+) -> tuple[OptimizeCommand, OptimizationOutcome]:
+    """In a worker: parse and check a serialised Optimize request, then solve it (``SolverPool.parse_and_run``).
+
+    Returns the command without its return history (the event loop stores the run's configuration and result,
+    never the inline returns: sending them back would only cost the loop time) and the outcome.
+    """
+    command = parse(payload)
+    if isinstance(command.inputs, MarketDataWindow):  # the server reads stored prices before the solve
+        raise TypeError("a request on stored prices cannot be parsed and solved in a worker alone")
+    job = OptimizationJob(
+        problem=command.problem,
+        inputs=command.inputs,
+        settings=command.settings,
+        method=command.method,
+        time_limit_s=time_limit_s,
+    )
+    with proto_field_paths(OPTIMIZATION, symbols=command.problem.symbols):
+        outcome = run_optimization(job)
+    inputs = command.inputs
+    if isinstance(inputs, ReturnHistory):
+        empty = np.empty((0, inputs.returns.shape[1]))
+        inputs = ReturnHistory(returns=empty, timestamps=np.empty(0, dtype="datetime64[us]"))
+    return replace(command, inputs=inputs), outcome
+
+
 def _warm_up() -> bool:
     """Import the engine's libraries and run one tiny solve in this worker."""
     problem = PortfolioProblem(
@@ -101,8 +211,60 @@ def _warm_up() -> bool:
     return True
 
 
+_PIPELINE_DEPTH = 2
+"""Jobs a worker holds at once: the one it runs and the next one, already in its socket.
+
+With one job per worker, a worker sat idle from its answer until the event loop had read it and sent the next
+job: under load at 32 clients the workers were 63 % idle while calls queued for them (benchmarks/load.py). With
+the next job already sent it starts at once. A second job waits behind the first even if another worker frees
+up sooner; a job is only doubled up when no worker is free.
+"""
+
+
+@dataclass(eq=False)
+class _Worker:
+    """One worker process and the loop's end of its socket."""
+
+    process: BaseProcess
+    sock: socket.socket
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    replies: collections.deque[asyncio.Future[Any]] = field(default_factory=collections.deque)
+    """The answers its callers await, in the order the jobs were sent (at most ``_PIPELINE_DEPTH``)."""
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+    """Reads this worker's answers until it dies."""
+    lost: bool = False
+    """Set once the pool has given this worker up (dead or shut down)."""
+
+
+@dataclass(eq=False)
+class _Job:
+    """A pickled call waiting for a worker, and the future its caller awaits."""
+
+    payload: bytes
+    reply: asyncio.Future[Any]
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> bytes:
+    header = await reader.readexactly(_HEADER.size)
+    return await reader.readexactly(_HEADER.unpack(header)[0])
+
+
+def _unpickle_answer(frame: bytes) -> tuple[bool, Any, str]:
+    """A worker's ``(ok, value, traceback)``; an answer that cannot be read becomes a failed job."""
+    try:
+        return cast(tuple[bool, Any, str], pickle.loads(frame))
+    except Exception as exc:
+        return False, RuntimeError(f"the worker's answer could not be read: {type(exc).__name__}"), ""
+
+
 class SolverPool:
-    """Worker processes for ``services.engine.run_optimization``.
+    """Worker processes for ``services.engine.run_optimization`` (and the frontier and allocation solves).
+
+    Workers start on the first call or on ``warm_up``; each runs one job at a time; jobs go to the least
+    loaded worker in arrival order, and a busy worker is sent its next job before it is done
+    (``_PIPELINE_DEPTH``). The pool is bound to the event loop that starts its workers; when that loop ends
+    they stop, and a call from a later loop starts new ones.
 
     Parameters
     ----------
@@ -116,12 +278,16 @@ class SolverPool:
     def __init__(self, workers: int | None = None, *, max_queue: int | None = None) -> None:
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.max_queue = DEFAULT_QUEUE_PER_WORKER * self.workers if max_queue is None else max(0, max_queue)
-        self._executor = self._new_executor()
-        self._warming: asyncio.Task[None] | None = None
         self.pending = 0
         """Calls submitted to the workers and not finished yet (running or queued): the queue-depth gauge."""
         self._in_flight = 0
         self._completions: collections.deque[float] = collections.deque(maxlen=_THROUGHPUT_WINDOW)
+        self._workers: list[_Worker] = []
+        self._backlog: collections.deque[_Job] = collections.deque()
+        self._starting: asyncio.Task[None] | None = None
+        self._started = False
+        self._closed = False
+        self._failed_starts = 0
 
     @property
     def in_flight(self) -> int:
@@ -176,15 +342,174 @@ class SolverPool:
             self._in_flight -= 1
             self._completions.append(time.monotonic())
 
-    def _new_executor(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_single_threaded_blas
-        )
+    # --- the workers ------------------------------------------------------------------------------------------
+
+    def processes(self) -> list[BaseProcess]:
+        """The worker processes now connected (fewer than ``workers`` while one is being replaced)."""
+        return [worker.process for worker in self._workers]
+
+    @property
+    def busy(self) -> int:
+        """Workers running a job now (a job whose caller gave up still keeps its worker busy until it ends)."""
+        return sum(1 for worker in self._workers if worker.replies)
+
+    def workers_alive(self) -> bool:
+        """Whether every worker is running and warmed up (True before the first start).
+
+        False from the moment a worker dies until its replacement has warmed up.
+        """
+        if not self._started:
+            return True
+        return len(self._workers) == self.workers and all(w.process.is_alive() for w in self._workers)
 
     async def warm_up(self) -> None:
-        """Start every worker and run one small solve in each."""
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(self._executor, _warm_up) for _ in range(self.workers)))
+        """Start every worker and run one small solve in each (returns when all are ready).
+
+        Raises
+        ------
+        UnavailableError
+            A worker could not be started ``_START_ATTEMPTS`` times in a row.
+        """
+        await self.replenish()
+        if not self._workers:
+            raise UnavailableError("no solver worker could be started")
+
+    async def replenish(self) -> None:
+        """Start workers until there are ``workers`` of them (one start at a time; safe to call concurrently)."""
+        if self._closed:
+            return
+        self._started = True
+        if self._starting is None or self._starting.done():
+            self._starting = asyncio.get_running_loop().create_task(self._start_missing())
+        await asyncio.shield(self._starting)
+
+    async def _start_missing(self) -> None:
+        while not self._closed and len(self._workers) < self.workers:
+            missing = self.workers - len(self._workers)
+            results = await asyncio.gather(*(self._start_worker() for _ in range(missing)), return_exceptions=True)
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if not failures:
+                self._failed_starts = 0
+                continue
+            self._failed_starts += 1
+            log.error("a solver worker failed to start (%s)", type(failures[0]).__name__, exc_info=failures[0])
+            if self._failed_starts >= _START_ATTEMPTS:
+                self._fail_waiters_if_no_worker()
+                self._failed_starts = 0
+                return
+            await asyncio.sleep(0.5 * self._failed_starts)
+
+    async def _start_worker(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        ours, theirs = socket.socketpair()
+        try:
+            process = context.Process(target=_serve, args=(theirs,), name="stratopt-solver", daemon=True)
+            process.start()
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        try:
+            await _read_frame(reader)  # (True, pid, ""): imported, warmed up, ready
+        except BaseException:
+            writer.close()
+            process.kill()
+            await asyncio.get_running_loop().run_in_executor(None, process.join, 5)
+            raise
+        worker = _Worker(process=process, sock=ours, reader=reader, writer=writer)
+        if self._closed:
+            self._stop(worker)
+            return
+        worker.task = asyncio.get_running_loop().create_task(self._read_answers(worker))
+        self._workers.append(worker)
+        self._dispatch()
+
+    async def _read_answers(self, worker: _Worker) -> None:
+        try:
+            while True:
+                ok, value, remote_traceback = _unpickle_answer(await _read_frame(worker.reader))
+                if not worker.replies:
+                    raise OSError("an answer nobody asked for")  # cannot happen; treat the worker as broken
+                reply = worker.replies.popleft()
+                self._dispatch()  # the worker already runs its next job, if it had one: top it up first
+                if not reply.done():  # else its caller gave up
+                    if ok:
+                        reply.set_result(value)
+                    else:
+                        if remote_traceback:
+                            value.__cause__ = RemoteTracebackError(remote_traceback)
+                        reply.set_exception(value)
+        except (asyncio.IncompleteReadError, OSError):
+            self._lost(worker)
+        except asyncio.CancelledError:  # shutdown, or the event loop ends: no replacement
+            self._lost(worker, replace=False)
+            raise
+
+    def _lost(self, worker: _Worker, *, replace: bool = True) -> None:
+        """A worker died (or the pool shuts down): fail its calls, forget it, start another if ``replace``."""
+        if worker.lost:
+            return
+        worker.lost = True
+        if worker in self._workers:
+            self._workers.remove(worker)
+        while worker.replies:
+            reply = worker.replies.popleft()
+            if not reply.done():
+                reply.set_exception(UnavailableError("a solver worker process died; retry the call"))
+        self._stop(worker)
+        if replace and not self._closed:
+            log.warning(
+                "solver worker %s died (exit code %s); starting another", worker.process.pid, worker.process.exitcode
+            )
+            worker_pool_replaced()
+            asyncio.get_running_loop().create_task(self.replenish())
+        self._dispatch()
+
+    def _stop(self, worker: _Worker) -> None:
+        with contextlib.suppress(Exception):
+            worker.writer.close()
+        with contextlib.suppress(Exception):
+            worker.process.kill()
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().run_in_executor(None, worker.process.join, 5)
+
+    def _fail_waiters_if_no_worker(self) -> None:
+        if self._workers:
+            return
+        while self._backlog:
+            job = self._backlog.popleft()
+            if not job.reply.done():
+                job.reply.set_exception(UnavailableError("no solver worker could be started; retry later"))
+
+    def _least_loaded(self) -> _Worker | None:
+        """The worker with the fewest jobs and room for one more (a dead idle one is replaced, not chosen)."""
+        while True:
+            best: _Worker | None = None
+            for worker in self._workers:
+                if len(worker.replies) < _PIPELINE_DEPTH and (best is None or len(worker.replies) < len(best.replies)):
+                    best = worker
+            if best is None or best.replies or best.process.is_alive():
+                return best
+            self._lost(best)  # died since its last answer, before its end of file was read
+
+    def _dispatch(self) -> None:
+        """Send waiting jobs, oldest first, to workers with room."""
+        while self._backlog:
+            job = self._backlog[0]
+            if job.reply.done():  # its caller gave up while it waited
+                self._backlog.popleft()
+                continue
+            worker = self._least_loaded()
+            if worker is None:
+                return
+            self._backlog.popleft()
+            worker.replies.append(job.reply)
+            worker.writer.write(_HEADER.pack(len(job.payload)))
+            worker.writer.write(job.payload)
+
+    # --- jobs -------------------------------------------------------------------------------------------------
 
     async def frontier(self, job: OptimizationJob, points: int, *, timeout_s: float | None) -> FrontierOutcome:
         """Run ``services.engine.efficient_frontier`` in a worker (errors as ``run``)."""
@@ -221,39 +546,100 @@ class SolverPool:
         Raises
         ------
         DeadlineExceededError
-            The job did not finish in time (the worker's solver also stops at the job's own time limit).
+            The job did not finish in time, counting the wait for a free worker (a job already running goes on
+            in its worker until the solver's own time limit; its answer is dropped).
         UnavailableError
-            A worker died (e.g. killed for memory), now or while idle; the pool is replaced once, warmed up in
-            the background, and later calls go to the new one.
+            The worker running the job died (e.g. killed for memory); another is started in its place.
         """
         outcome = await self._call(run_optimization, job, timeout_s=timeout_s)
         observe_solve(job, outcome)
         return outcome
 
+    async def parse_and_run(
+        self,
+        parse: Callable[[bytes], OptimizeCommand],
+        payload: bytes,
+        *,
+        time_limit_s: float | None,
+        timeout_s: float | None,
+    ) -> tuple[OptimizeCommand, OptimizationOutcome]:
+        """Parse, check and solve a serialised Optimize request in a worker (``SerializedOptimize``).
+
+        Parameters
+        ----------
+        parse : callable
+            Module-level function turning ``payload`` into a checked ``OptimizeCommand``.
+        payload : bytes
+            The serialised request.
+        time_limit_s : float or None
+            The solver's own time limit (seconds).
+        timeout_s : float or None
+            Seconds to wait for the answer; None waits without limit.
+
+        Returns
+        -------
+        tuple of (OptimizeCommand, OptimizationOutcome)
+            The command (its inline return history left out: zero periods) and the outcome.
+
+        Raises
+        ------
+        InvalidInputError
+            The request is invalid (raised by ``parse``, naming the field).
+        InfeasibleError, OptimizationError
+            From the engine, with proto field paths.
+        DeadlineExceededError, UnavailableError
+            As ``run``.
+        """
+        command, outcome = await self._call(_parse_and_run, parse, payload, time_limit_s, timeout_s=timeout_s)
+        assert not isinstance(command.inputs, MarketDataWindow)  # _parse_and_run refuses those
+        job = OptimizationJob(
+            problem=command.problem, inputs=command.inputs, settings=command.settings, method=command.method
+        )
+        observe_solve(job, outcome)
+        return command, outcome
+
     async def _call(self, function: Callable[..., T], *args: object, timeout_s: float | None) -> T:
-        loop = asyncio.get_running_loop()
-        executor = self._executor
         self.pending += 1
         try:
-            future = loop.run_in_executor(executor, function, *args)
-            return await asyncio.wait_for(future, timeout=timeout_s)
+            return await asyncio.wait_for(self._submit(function, args), timeout=timeout_s)
         except TimeoutError as exc:
             raise DeadlineExceededError(f"the optimization did not finish within {timeout_s:.3f} s") from exc
-        except BrokenProcessPool as exc:
-            self._replace(executor)
-            raise UnavailableError("a solver worker process died; retry the call") from exc
         finally:
             self.pending -= 1
 
-    def _replace(self, broken: ProcessPoolExecutor) -> None:
-        """Swap in a fresh executor once per broken one (concurrent callers see the same broken pool)."""
-        if self._executor is not broken:
-            return
-        self._executor = self._new_executor()
-        worker_pool_replaced()
-        broken.shutdown(wait=False, cancel_futures=True)
-        self._warming = asyncio.get_running_loop().create_task(self.warm_up())
+    async def _submit(self, function: Callable[..., T], args: tuple[object, ...]) -> T:
+        if self._closed:
+            raise UnavailableError("the solver workers are shut down")
+        if not self._workers and (self._starting is None or self._starting.done()):
+            await self.warm_up()
+        reply: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._backlog.append(_Job(pickle.dumps((function, args), protocol=pickle.HIGHEST_PROTOCOL), reply))
+        self._dispatch()
+        return await reply
 
     def shutdown(self) -> None:
-        """Stop the workers (running jobs are cancelled)."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the workers now (running jobs are abandoned); later calls fail with ``UnavailableError``."""
+        self._closed = True
+        workers, self._workers = self._workers, []
+        replies = [job.reply for job in self._backlog] + [reply for worker in workers for reply in worker.replies]
+        self._backlog.clear()
+        for reply in replies:
+            if not reply.done():
+                with contextlib.suppress(RuntimeError):  # its loop is closed
+                    reply.set_exception(UnavailableError("the solver workers are shut down"))
+        for worker in workers:
+            worker.lost = True
+            worker.replies.clear()
+            if worker.task is not None and not worker.task.done():
+                with contextlib.suppress(RuntimeError):
+                    worker.task.cancel()
+            with contextlib.suppress(RuntimeError):
+                worker.writer.close()
+            worker.sock.close()
+            with contextlib.suppress(Exception):
+                worker.process.kill()
+        for worker in workers:
+            worker.process.join(5)
+        if self._starting is not None and not self._starting.done():
+            with contextlib.suppress(RuntimeError):
+                self._starting.cancel()

@@ -22,12 +22,8 @@ from typing import Any
 
 import asyncpg
 import grpc
-import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.engine import OptimizationJob
-from services.optimization import Objective, PortfolioProblem
-from services.types import EstimationSettings, Moments
 from stratopt_cli.runtime import DatabaseTimeouts
 
 log = logging.getLogger(__name__)
@@ -52,37 +48,24 @@ def new_servicer(names: Iterable[str] = ()) -> Any:
     return servicer
 
 
-def workers_alive(solver_pool: object | None) -> bool:
-    """Whether a ``command_side.SolverPool``'s worker processes are all alive (True when it has none yet).
+def workers_alive(solver_pool: Any | None) -> bool:
+    """Whether a ``command_side.SolverPool``'s workers are all running and warmed up (True when it has none yet).
 
-    Reads the executor's process table; a broken executor (a worker died) counts as not alive until the pool
-    has replaced it.
+    False from the moment a worker dies until the pool's replacement for it is ready.
     """
     if solver_pool is None:
         return True
-    executor = getattr(solver_pool, "_executor", None)
-    if executor is None:
-        return True
-    if getattr(executor, "_broken", False):
-        return False
-    processes = getattr(executor, "_processes", None) or {}
-    return all(process.is_alive() for process in list(processes.values()))
+    return bool(solver_pool.workers_alive())
 
 
 async def revive_workers(solver_pool: Any) -> None:
-    """Have a broken ``command_side.SolverPool`` replace itself, through its public API.
+    """Have a ``command_side.SolverPool`` start the workers it is missing (it also does so by itself).
 
-    A worker that died while idle leaves the pool broken until a call meets it; with the command side
-    NOT_SERVING no call may come, so the monitor sends one tiny solve: it fails with ``UnavailableError`` and
-    the pool swaps in (and warms up) a fresh set of workers.
+    The pool replaces a dead worker as soon as it notices the death; this is the monitor's second line, for a
+    replacement that failed to start.
     """
-    problem = PortfolioProblem(
-        symbols=("a", "b"), objective=Objective.MIN_VOLATILITY, lower_bounds=np.zeros(2), upper_bounds=np.ones(2)
-    )
-    moments = Moments(expected_returns=np.array([0.1, 0.2]), covariance=np.array([[0.04, 0.0], [0.0, 0.09]]))
-    job = OptimizationJob(problem=problem, inputs=moments, settings=EstimationSettings())
-    with contextlib.suppress(Exception):  # UnavailableError once, then the pool is new
-        await solver_pool.run(job, timeout_s=60.0)
+    with contextlib.suppress(Exception):
+        await solver_pool.replenish()
 
 
 class KindOnlyFilter(logging.Filter):

@@ -87,14 +87,48 @@ def test_a_job_outliving_its_timeout_is_deadline_exceeded(solver_pool: SolverPoo
         asyncio.run(solver_pool.frontier(frontier_job(), 100, timeout_s=0.05))
 
 
-def test_a_dead_worker_is_unavailable_then_the_pool_recovers(solver_pool: SolverPool) -> None:
+def test_a_worker_dying_mid_job_fails_that_call_unavailable_and_is_replaced(solver_pool: SolverPool) -> None:
     async def scenario() -> None:
         await solver_pool.run(min_volatility_job(), timeout_s=120)  # the worker is up
-        for process in list(solver_pool._executor._processes.values()):  # the OOM killer, say
-            process.kill()
-            process.join(10)
+        busy = asyncio.create_task(solver_pool.frontier(frontier_job(), 100, timeout_s=120))
+        while not solver_pool.busy:  # noqa: ASYNC110  # polling on purpose
+            await asyncio.sleep(0.01)
+        [process] = solver_pool.processes()
+        process.kill()  # the OOM killer, say
         with pytest.raises(UnavailableError, match="worker process died"):
-            await solver_pool.run(min_volatility_job(), timeout_s=120)
+            await busy
+        outcome = await solver_pool.run(min_volatility_job(), timeout_s=120)
+        np.testing.assert_allclose(outcome.result.weights, [9 / 13, 4 / 13], atol=1e-7)
+        [replacement] = solver_pool.processes()
+        assert replacement.pid != process.pid
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_dying_while_idle_is_replaced_without_failing_a_call(solver_pool: SolverPool) -> None:
+    async def scenario() -> None:
+        await solver_pool.run(min_volatility_job(), timeout_s=120)
+        [process] = solver_pool.processes()
+        process.kill()
+        process.join(10)
+        outcome = await solver_pool.run(min_volatility_job(), timeout_s=120)  # waits for the replacement
+        np.testing.assert_allclose(outcome.result.weights, [9 / 13, 4 / 13], atol=1e-7)
+        [replacement] = solver_pool.processes()
+        assert replacement.pid != process.pid
+        assert solver_pool.workers_alive()
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_caller_leaves_the_worker_to_finish_and_serve_the_next_call(solver_pool: SolverPool) -> None:
+    async def scenario() -> None:
+        slow = asyncio.create_task(solver_pool.frontier(frontier_job(), 100, timeout_s=120))
+        while not solver_pool.busy:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        slow.cancel()
+        await asyncio.gather(slow, return_exceptions=True)
+        assert solver_pool.pending == 0
+        # The next job waits for the abandoned one, then gets its own answer (not the frontier's).
         outcome = await solver_pool.run(min_volatility_job(), timeout_s=120)
         np.testing.assert_allclose(outcome.result.weights, [9 / 13, 4 / 13], atol=1e-7)
 

@@ -245,7 +245,7 @@ def solver_pool() -> Iterator[SolverPool]:
 
 
 @pytest.mark.integration
-def test_a_dead_worker_turns_the_command_side_not_serving_until_the_monitor_replaced_it(
+def test_a_dead_worker_turns_the_command_side_not_serving_until_its_replacement_is_ready(
     solver_pool: SolverPool, pg_dsn: str
 ) -> None:
     async def run() -> None:
@@ -263,14 +263,14 @@ def test_a_dead_worker_turns_the_command_side_not_serving_until_the_monitor_repl
         monitor.mark_ready()
         await monitor.check()
         assert servicer._server_status[COMMAND] == SERVING
-        [worker] = list(solver_pool._executor._processes.values())
+        [worker] = solver_pool.processes()
         assert worker.pid is not None
         os.kill(worker.pid, signal.SIGKILL)  # the OOM killer, say, while idle
         deadline = time.monotonic() + 10
         while workers_alive(solver_pool) and time.monotonic() < deadline:  # noqa: ASYNC110  # polling on purpose
             await asyncio.sleep(0.05)
         assert not workers_alive(solver_pool)
-        await monitor.check()  # notices, reports NOT_SERVING, and starts replacing the pool
+        await monitor.check()  # notices and reports NOT_SERVING while the pool starts a replacement
         assert servicer._server_status[COMMAND] == NOT_SERVING
         assert servicer._server_status[QUERY] == SERVING
         deadline = time.monotonic() + 120
@@ -278,7 +278,7 @@ def test_a_dead_worker_turns_the_command_side_not_serving_until_the_monitor_repl
             await asyncio.sleep(0.2)
             await monitor.check()
         assert servicer._server_status[COMMAND] == SERVING
-        [new_worker] = list(solver_pool._executor._processes.values())
+        [new_worker] = solver_pool.processes()
         assert new_worker.pid != worker.pid
         assert new_worker.is_alive()
         await monitor.stop()
