@@ -234,6 +234,7 @@ async def drive(
     try:
         await asyncio.gather(*(client(i) for i in range(concurrency)))
     finally:
+        gc.unfreeze()  # let the interpreter's exit collect everything (else native modules report leaks)
         for ch in channels:
             await ch.close(None)
     return tallies, procs

@@ -366,5 +366,10 @@ def configuration_content(config: OptimizationConfiguration) -> dict[str, Any]:
 
 def content_hash(config: OptimizationConfiguration) -> str:
     """sha256 of the canonical JSON (``json.dumps(sort_keys=True)``) of :func:`configuration_content`."""
-    canonical = json.dumps(configuration_content(config), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return content_hash_of(configuration_content(config))
+
+
+def content_hash_of(content: Mapping[str, Any]) -> str:
+    """:func:`content_hash` of a configuration whose :func:`configuration_content` is already at hand."""
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(canonical.encode()).hexdigest()

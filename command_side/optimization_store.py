@@ -32,7 +32,7 @@ from command_side.configuration_records import (
     configuration_columns,
     configuration_content,
     configuration_content_from_columns,
-    content_hash,
+    content_hash_of,
 )
 from command_side.result_records import JsonObject, ResultRecord, run_inputs_json
 from services.errors import (
@@ -133,7 +133,7 @@ def next_configuration_version(
     if current is not None and inherit:
         config = replace(config, **{name: getattr(current, name) for name in inherit})
     content = configuration_content(config)
-    digest = content_hash(config)
+    digest = content_hash_of(content)
     if current is not None and current.content_hash == digest:
         return ConfigurationVersion(config, content, digest, current.version, new=False)
     version = 1 if current is None else current.version + 1

@@ -21,6 +21,7 @@ import collections
 import contextlib
 import ctypes
 import gc
+import importlib
 import logging
 import multiprocessing
 import os
@@ -199,7 +200,8 @@ def _parse_and_run(
 
 
 def _warm_up() -> bool:
-    """Import the engine's libraries and run one tiny solve in this worker."""
+    """Import the engine's libraries and the request parser, and run one tiny solve in this worker."""
+    importlib.import_module("command_side.mapping")  # SerializedOptimize's parser: the contract's messages
     problem = PortfolioProblem(
         symbols=("a", "b"),
         objective=Objective.MAX_SHARPE,

@@ -304,6 +304,7 @@ def serve(
             health_address=health_address,
             shutdown_grace_s=shutdown_grace,
             security=security,
+            freeze_gc=True,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -86,6 +86,11 @@ class StratoptServer:
         Seconds between database health probes.
     max_queue : int or None
         Calls admitted beyond the workers before RESOURCE_EXHAUSTED (``SolverPool``); default its own.
+    freeze_gc : bool
+        When the server owns its process (``stratopt serve``): ``ready`` moves everything allocated so far (the
+        imported libraries, the pools) out of the garbage collector's reach (``gc.freeze``), and ``stop`` puts
+        it back. Full collections walked those objects with the event loop stopped (about 130 ms, a few times
+        a minute under load), and every call in flight waited.
     """
 
     database_url: str
@@ -104,6 +109,7 @@ class StratoptServer:
     shutdown_grace_s: float = 0.0
     health_interval_s: float = 1.0
     max_queue: int | None = None
+    freeze_gc: bool = False
     port: int = field(default=0, init=False)
     health_port: int = field(default=0, init=False)
     metrics: ServerMetrics = field(default_factory=ServerMetrics, init=False, repr=False)
@@ -222,12 +228,9 @@ class StratoptServer:
         await self._pool
         if self._solver_pool is not None:
             await self._solver_pool.warm_up()
-        # Everything allocated so far (imported modules: NumPy, cvxpy, pandas, gRPC; the pools) lives as long as
-        # the server: move it out of the garbage collector's reach. Without this each full collection walked
-        # those objects with the event loop stopped, and every call in flight waited (150-250 ms stalls a few
-        # times a minute under load, docs/throughput.md).
-        gc.collect()
-        gc.freeze()
+        if self.freeze_gc:  # before SERVING: the collection itself stops the loop for ~130 ms
+            gc.collect()
+            gc.freeze()
         self._monitor.mark_ready()
         await self._monitor.check()
         self._monitor.start()
@@ -271,6 +274,8 @@ class StratoptServer:
             self._pool = None
         if self.tracing is not None:
             self.tracing.shutdown()
+        if self.freeze_gc:
+            gc.unfreeze()  # the interpreter's exit collects everything again (native modules check for leaks)
         await asyncio.to_thread(self.metrics.close)  # last: scrapes keep working while calls drain
 
 

@@ -133,3 +133,32 @@ def test_a_cancelled_caller_leaves_the_worker_to_finish_and_serve_the_next_call(
         np.testing.assert_allclose(outcome.result.weights, [9 / 13, 4 / 13], atol=1e-7)
 
     asyncio.run(scenario())
+
+
+def inverse_variance_job(variance_b: float) -> OptimizationJob:
+    """Two uncorrelated assets with variances 0.04 and ``variance_b``: weights 1/σ² normalised (closed form)."""
+    problem = PortfolioProblem(
+        symbols=("a", "b"), objective=Objective.MIN_VOLATILITY, lower_bounds=np.zeros(2), upper_bounds=np.ones(2)
+    )
+    moments = Moments(expected_returns=np.array([0.05, 0.08]), covariance=np.diag([0.04, variance_b]))
+    return OptimizationJob(problem=problem, inputs=moments, settings=EstimationSettings())
+
+
+def test_pipelined_jobs_get_their_own_answers_in_any_completion_order(solver_pool: SolverPool) -> None:
+    # One worker, many jobs at once: two are sent ahead (the pipeline), the rest wait in the backlog; one caller
+    # gives up while waiting. Every other caller must get the answer to its own job.
+    variances = [0.01 * (k + 1) for k in range(12)]
+
+    async def scenario() -> list[object]:
+        tasks = [asyncio.create_task(solver_pool.run(inverse_variance_job(v), timeout_s=120)) for v in variances]
+        await asyncio.sleep(0)
+        tasks[5].cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    outcomes = asyncio.run(scenario())
+    assert isinstance(outcomes[5], asyncio.CancelledError)
+    for k, (variance, outcome) in enumerate(zip(variances, outcomes, strict=True)):
+        if k == 5:
+            continue
+        expected = np.array([variance, 0.04]) / (0.04 + variance)
+        np.testing.assert_allclose(outcome.result.weights, expected, atol=1e-7)  # type: ignore[attr-defined]

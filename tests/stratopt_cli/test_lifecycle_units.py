@@ -7,6 +7,7 @@ whose worker is killed.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import random
 import signal
@@ -282,5 +283,23 @@ def test_a_dead_worker_turns_the_command_side_not_serving_until_its_replacement_
         assert new_worker.pid != worker.pid
         assert new_worker.is_alive()
         await monitor.stop()
+
+    asyncio.run(run())
+
+
+@pytest.mark.integration
+def test_a_server_owning_its_process_freezes_start_up_objects_from_ready_until_stop(pg_dsn: str) -> None:
+    from stratopt_cli.server import StratoptServer
+
+    async def run() -> None:
+        server = StratoptServer(pg_dsn, address="127.0.0.1:0", sides=("query",), freeze_gc=True)
+        assert gc.get_freeze_count() == 0
+        await server.start()
+        try:
+            # The imported libraries and the pools sit in the permanent generation: full collections skip them.
+            assert gc.get_freeze_count() > 10_000
+        finally:
+            await server.stop(0)
+        assert gc.get_freeze_count() == 0
 
     asyncio.run(run())
