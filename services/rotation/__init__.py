@@ -1,7 +1,8 @@
 """Rotation: the intraday decision engine that turns risk-scaled scores into target weights with reasons.
 
-Greedy top-K rotation with hysteresis, rotation thresholds, stops, dead-money cuts, caps, liquidity and no-trade
-bands (``_greedy``). Public names only; the implementation lives in the private modules.
+Signals: raw scores to risk-scaled z-scores, σ (EWMA or ATR), shrunk correlation (``_signals``). Greedy top-K
+rotation with hysteresis, rotation thresholds, stops, dead-money cuts, caps, liquidity and no-trade bands
+(``_greedy``). Public names only; the implementation lives in the private modules.
 """
 
 from services.rotation._greedy import (
@@ -14,14 +15,32 @@ from services.rotation._greedy import (
     RotationInputs,
     greedy_rotation,
 )
+from services.rotation._signals import (
+    CorrelationTarget,
+    SignalSettings,
+    VolatilityModel,
+    average_true_range,
+    ewma_volatility,
+    risk_scaled_z,
+    shrunk_correlation,
+    signal_volatility,
+)
 
 __all__ = [
     "HELD_WEIGHT",
     "Action",
+    "CorrelationTarget",
     "GreedyRotationParams",
     "ReasonCode",
     "RotationChange",
     "RotationDecision",
     "RotationInputs",
+    "SignalSettings",
+    "VolatilityModel",
+    "average_true_range",
+    "ewma_volatility",
     "greedy_rotation",
+    "risk_scaled_z",
+    "shrunk_correlation",
+    "signal_volatility",
 ]
