@@ -2,7 +2,8 @@
 
 Signals: raw scores to risk-scaled z-scores, σ (EWMA or ATR), shrunk correlation (``_signals``). Greedy top-K
 rotation with hysteresis, rotation thresholds, stops, dead-money cuts, caps, liquidity and no-trade bands
-(``_greedy``). Public names only; the implementation lives in the private modules.
+(``_greedy``). The QP rotation on the mean-variance engine, with reasons from the solution (``_qp``). Public
+names only; the implementation lives in the private modules.
 """
 
 from services.rotation._greedy import (
@@ -15,6 +16,7 @@ from services.rotation._greedy import (
     RotationInputs,
     greedy_rotation,
 )
+from services.rotation._qp import QpRotationDecision, QpRotationInputs, QpRotationParams, qp_rotation, rotation_problem
 from services.rotation._signals import (
     CorrelationTarget,
     SignalSettings,
@@ -31,6 +33,9 @@ __all__ = [
     "Action",
     "CorrelationTarget",
     "GreedyRotationParams",
+    "QpRotationDecision",
+    "QpRotationInputs",
+    "QpRotationParams",
     "ReasonCode",
     "RotationChange",
     "RotationDecision",
@@ -40,7 +45,9 @@ __all__ = [
     "average_true_range",
     "ewma_volatility",
     "greedy_rotation",
+    "qp_rotation",
     "risk_scaled_z",
+    "rotation_problem",
     "shrunk_correlation",
     "signal_volatility",
 ]

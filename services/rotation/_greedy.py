@@ -60,6 +60,27 @@ class ReasonCode(enum.StrEnum):
     """A trade not made: the participation cap allows less than the per-name no-trade band."""
     BLOCKED_NO_TRADE_BAND = "BLOCKED_NO_TRADE_BAND"
     """A buy not made: it would move the weight by less than the per-name no-trade band."""
+    # The QP rotation's (services.rotation._qp): which constraint bounds each change.
+    QP_UTILITY = "QP_UTILITY"
+    """QP: no constraint binds the change; the score, risk and cost trade-off set it."""
+    BOUND_NAME_CAP = "BOUND_NAME_CAP"
+    """QP: the name is at its weight cap (±name_cap)."""
+    BOUND_NAME_TURNOVER = "BOUND_NAME_TURNOVER"
+    """QP: the change is at the per-name turnover cap."""
+    BOUND_SECTOR_CAP = "BOUND_SECTOR_CAP"
+    """QP: the name's sector is at its cap."""
+    BOUND_TURNOVER = "BOUND_TURNOVER"
+    """QP: the total turnover cap binds."""
+    BOUND_GROSS = "BOUND_GROSS"
+    """QP: gross exposure is at its cap."""
+    BOUND_NET = "BOUND_NET"
+    """QP: net exposure is at its limit."""
+    BOUND_BETA = "BOUND_BETA"
+    """QP: portfolio beta is at its tolerance."""
+    HOLD_COST = "HOLD_COST"
+    """QP: not traded, the marginal utility of a trade does not cover its cost (|∂U/∂w_i| ≤ γ c_i)."""
+    HOLD_CONSTRAINED = "HOLD_CONSTRAINED"
+    """QP: not traded although the utility would pay for it; a binding constraint holds it."""
 
 
 class Action(enum.StrEnum):
