@@ -2,7 +2,8 @@
 
 Signals: raw scores to risk-scaled z-scores, σ (EWMA or ATR), shrunk correlation (``_signals``). Greedy top-K
 rotation with hysteresis, rotation thresholds, stops, dead-money cuts, caps, liquidity and no-trade bands
-(``_greedy``). The QP rotation on the mean-variance engine, with reasons from the solution (``_qp``). Public
+(``_greedy``). The policy layer: triggers, exchange windows, risk overrides, the kill-switch (``_policy``).
+The QP rotation on the mean-variance engine, with reasons from the solution (``_qp``). Public
 names only; the implementation lives in the private modules.
 """
 
@@ -15,6 +16,17 @@ from services.rotation._greedy import (
     RotationDecision,
     RotationInputs,
     greedy_rotation,
+)
+from services.rotation._policy import (
+    DEFAULT_WINDOWS,
+    PolicyAction,
+    PolicyDecision,
+    PolicyReason,
+    PolicySettings,
+    TriggerState,
+    evaluate_policy,
+    exchange_calendar,
+    open_window,
 )
 from services.rotation._qp import QpRotationDecision, QpRotationInputs, QpRotationParams, qp_rotation, rotation_problem
 from services.rotation._signals import (
@@ -29,10 +41,15 @@ from services.rotation._signals import (
 )
 
 __all__ = [
+    "DEFAULT_WINDOWS",
     "HELD_WEIGHT",
     "Action",
     "CorrelationTarget",
     "GreedyRotationParams",
+    "PolicyAction",
+    "PolicyDecision",
+    "PolicyReason",
+    "PolicySettings",
     "QpRotationDecision",
     "QpRotationInputs",
     "QpRotationParams",
@@ -41,10 +58,14 @@ __all__ = [
     "RotationDecision",
     "RotationInputs",
     "SignalSettings",
+    "TriggerState",
     "VolatilityModel",
     "average_true_range",
+    "evaluate_policy",
     "ewma_volatility",
+    "exchange_calendar",
     "greedy_rotation",
+    "open_window",
     "qp_rotation",
     "risk_scaled_z",
     "rotation_problem",
