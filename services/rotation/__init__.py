@@ -2,11 +2,12 @@
 
 Signals: raw scores to risk-scaled z-scores, σ (EWMA or ATR), shrunk correlation (``_signals``). Greedy top-K
 rotation with hysteresis, rotation thresholds, stops, dead-money cuts, caps, liquidity and no-trade bands
-(``_greedy``). The policy layer: triggers, exchange windows, risk overrides, the kill-switch (``_policy``).
-The QP rotation on the mean-variance engine, with reasons from the solution (``_qp``). Public
-names only; the implementation lives in the private modules.
+(``_greedy``). The QP rotation on the mean-variance engine, with reasons from the solution (``_qp``). The
+policy layer: triggers, exchange windows, risk overrides, the kill-switch (``_policy``). One cycle, prices and
+scores to orders (``_cycle``). Public names only; the implementation lives in the private modules.
 """
 
+from services.rotation._cycle import CycleDecision, Engine, Order, RotationConfig, run_cycle
 from services.rotation._greedy import (
     HELD_WEIGHT,
     Action,
@@ -45,7 +46,10 @@ __all__ = [
     "HELD_WEIGHT",
     "Action",
     "CorrelationTarget",
+    "CycleDecision",
+    "Engine",
     "GreedyRotationParams",
+    "Order",
     "PolicyAction",
     "PolicyDecision",
     "PolicyReason",
@@ -55,6 +59,7 @@ __all__ = [
     "QpRotationParams",
     "ReasonCode",
     "RotationChange",
+    "RotationConfig",
     "RotationDecision",
     "RotationInputs",
     "SignalSettings",
@@ -69,6 +74,7 @@ __all__ = [
     "qp_rotation",
     "risk_scaled_z",
     "rotation_problem",
+    "run_cycle",
     "shrunk_correlation",
     "signal_volatility",
 ]
