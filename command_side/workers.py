@@ -149,6 +149,9 @@ def _send(sock: socket.socket, value: object) -> None:
 def _serve(sock: socket.socket) -> None:
     """A worker process's main loop: read a job frame, run it, send ``(ok, value, traceback)`` back; exit at EOF."""
     _single_threaded_blas()
+    # Ctrl-C in a terminal signals the whole process group: the server drains on it and then stops the workers,
+    # so a worker must not die first and fail the calls the drain is finishing.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _warm_up()
     # The imported libraries live as long as the worker: keep full garbage collections (~130 ms over them)
     # from pausing the jobs (as the server does, stratopt_cli.server).

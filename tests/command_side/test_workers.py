@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import signal
 from collections.abc import Iterator
 
 import numpy as np
@@ -162,3 +164,21 @@ def test_pipelined_jobs_get_their_own_answers_in_any_completion_order(solver_poo
             continue
         expected = np.array([variance, 0.04]) / (0.04 + variance)
         np.testing.assert_allclose(outcome.result.weights, expected, atol=1e-7)  # type: ignore[attr-defined]
+
+
+def test_a_worker_ignores_ctrl_c_so_that_the_servers_drain_can_finish_its_calls(solver_pool: SolverPool) -> None:
+    async def scenario() -> None:
+        await solver_pool.run(min_volatility_job(), timeout_s=120)
+        [process] = solver_pool.processes()
+        busy = asyncio.create_task(solver_pool.frontier(frontier_job(), 100, timeout_s=120))
+        while not solver_pool.busy:  # noqa: ASYNC110  # polling on purpose
+            await asyncio.sleep(0.01)
+        assert process.pid is not None
+        os.kill(process.pid, signal.SIGINT)  # what Ctrl-C sends to the whole process group
+        outcome = await busy  # the running job still answers
+        assert len(outcome.results) > 0
+        assert process.is_alive()
+        [same] = solver_pool.processes()
+        assert same.pid == process.pid
+
+    asyncio.run(scenario())
