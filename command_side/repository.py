@@ -3,16 +3,21 @@
 One optimization run is one transaction: the configuration version, the result row, the
 ``portfolio_optimized`` event in the hypertable, the latest-per-portfolio read model and a NOTIFY to live
 listeners commit together or not at all. Runs of the same portfolio are serialised inside the transaction by
-an advisory lock, so configuration versions never race. asyncpg's errors are translated by
+an advisory lock, so configuration versions never race. A run of the configuration version this store last saw
+for the portfolio takes one statement (the ``store_optimization_run`` function of migration 0012, which checks the
+head under the lock); any other run, or one whose head moved meanwhile, takes the transactional path of four
+round trips. asyncpg's errors are translated by
 ``command_side.postgres_errors`` (a repeated ``request_id`` raises ``services.errors.IntegrityError``).
 """
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -22,6 +27,7 @@ from command_side.optimization_store import (
     Bar,
     Configuration,
     ConfigurationHead,
+    ConfigurationVersion,
     OptimizationStore,
     PriceWindow,
     StoredResult,
@@ -37,6 +43,7 @@ from command_side.optimization_store import (
 from command_side.postgres_errors import Connection, postgres_errors
 from command_side.postgres_errors import operational_errors as database_errors
 from command_side.result_records import ResultRecord, run_inputs_json
+from services.errors import DeadlineExceededError
 
 # ``Connection`` and ``database_errors`` are re-exported for command_side.rebalancing_repository, which imports
 # them from here: its ``store_errors`` wraps the connection-only translation and maps constraint violations to
@@ -92,6 +99,21 @@ SELECT pg_notify($20, $21)"""
 one round trip (data-modifying CTEs all run, on the transaction's snapshot)."""
 
 
+_STORE_RUN_OF_HEAD = """
+SELECT store_optimization_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13, $14, $15, $16, $17,
+    $18::jsonb, $19::jsonb, $20::jsonb, $21)"""
+"""A run of an unchanged configuration in one statement and one round trip (migration 0012): the run's timestamp,
+or NULL when the portfolio's head moved."""
+
+_DEADLINE_SQLSTATE = "SD001"
+"""What ``store_optimization_run`` raises when the caller's deadline passed before the commit."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+HEAD_CACHE_SIZE = 100_000
+"""Portfolios whose configuration head a store remembers (about 200 bytes each); the map is cleared when full."""
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -107,6 +129,9 @@ class PostgresOptimizationStore(OptimizationStore):
 
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
         self._pool = pool
+        self._heads: dict[str, ConfigurationHead] = {}
+        """The configuration head each portfolio had after this store's last run of it (a hint, checked under
+        the portfolio's lock by ``store_optimization_run``)."""
 
     async def find_result(self, request_id: str) -> StoredResult | None:
         """The stored result of an earlier request with this idempotency key, if any."""
@@ -169,29 +194,107 @@ class PostgresOptimizationStore(OptimizationStore):
             ``commit_by`` passed before the commit (the transaction is rolled back).
         """
         event_id, result_id = uuid.uuid4(), uuid.uuid4()
+        portfolio_id = configuration.portfolio_id
+        head = self._heads.get(portfolio_id)
+        if head is not None:
+            expected = next_configuration_version(configuration, head, inherit)
+            if not expected.new:
+                record = await self._store_run_of_head(
+                    expected.version, expected.content_hash, result, event_id, result_id, request_hash, run_inputs,
+                    configuration, commit_by,
+                )  # fmt: skip
+                if record is not None:
+                    event_written("portfolio_optimized", "PORTFOLIO_OPTIMIZED")  # after the commit
+                    return record
         async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
             # One round trip: the portfolio's lock, the run's timestamp and its current configuration head.
-            head = await conn.fetchrow(_LOCK_AND_HEAD, configuration.portfolio_id)
-            assert head is not None  # the lateral join keeps the lock's row
-            now = head["now"]
-            version = await self._store_configuration(conn, configuration, inherit, head=head)
+            row = await conn.fetchrow(_LOCK_AND_HEAD, portfolio_id)
+            assert row is not None  # the lateral join keeps the lock's row
+            now = row["now"]
+            stored = await self._store_configuration(conn, configuration, inherit, head=row)
             record = completed(
-                result, event_id=event_id, result_id=result_id, configuration_version=version, timestamp=now
+                result, event_id=event_id, result_id=result_id, configuration_version=stored.version, timestamp=now
             )
             meta = record.metadata
             request_id = record.request_id or None
             # One round trip: the result, the event, the read model and the notification.
             await conn.execute(
                 _STORE_RUN,
-                result_id, configuration.portfolio_id, version, request_id, request_hash, event_id, now,
+                result_id, portfolio_id, stored.version, request_id, request_hash, event_id, now,
                 configuration.objective, configuration.method, _json(record.weights), record.expected_return,
                 record.volatility, record.sharpe_ratio, meta.objective_value, meta.solver,
                 meta.constraints_satisfied, _json(record.to_json()), _json(run_inputs_json(run_inputs)),
-                _json(meta.to_json()), NOTIFY_CHANNEL, f"{configuration.portfolio_id} {event_id}",
+                _json(meta.to_json()), NOTIFY_CHANNEL, f"{portfolio_id} {event_id}",
             )  # fmt: skip
             check_commit_by(commit_by)
+        self._remember_head(stored)
         event_written("portfolio_optimized", "PORTFOLIO_OPTIMIZED")  # after the commit
         return record
+
+    def _remember_head(self, stored: ConfigurationVersion) -> None:
+        """Keep ``stored`` as its portfolio's head for the next run's one-statement path (cleared when full)."""
+        if len(self._heads) >= HEAD_CACHE_SIZE:
+            self._heads.clear()
+        config = stored.configuration
+        self._heads[config.portfolio_id] = ConfigurationHead(
+            version=stored.version,
+            content_hash=stored.content_hash,
+            enabled=config.enabled,
+            lookback_periods=config.lookback_periods,
+            market_symbol=config.market_symbol,
+        )
+
+    async def _store_run_of_head(
+        self,
+        version: int,
+        content_hash: str,
+        result: ResultRecord,
+        event_id: uuid.UUID,
+        result_id: uuid.UUID,
+        request_hash: str,
+        run_inputs: Mapping[str, Any],
+        configuration: Configuration,
+        commit_by: float | None,
+    ) -> ResultRecord | None:
+        """Store a run of configuration ``version`` in one statement (``store_optimization_run``, migration 0012).
+
+        Returns the stored record, or None when the portfolio's head is no longer ``version`` with
+        ``content_hash`` (nothing written; the caller takes the transactional path).
+
+        Raises
+        ------
+        IntegrityError, OperationalError, DeadlineExceededError
+            As :meth:`persist_run`.
+        """
+        # The run's timestamp comes from the database (one clock for every replica); the function writes it into
+        # the two JSON documents, so they are encoded here without it.
+        unstamped = completed(
+            result, event_id=event_id, result_id=result_id, configuration_version=version, timestamp=_EPOCH
+        )
+        unstamped = replace(unstamped, metadata=replace(unstamped.metadata, timestamp=None))
+        meta = unstamped.metadata
+        commit_within_s = None if commit_by is None else commit_by - time.monotonic()
+        if commit_within_s is not None and commit_within_s <= 0:
+            check_commit_by(commit_by)
+        async with postgres_errors(), self._pool.acquire() as conn:
+            try:
+                now = await conn.fetchval(
+                    _STORE_RUN_OF_HEAD,
+                    configuration.portfolio_id, version, content_hash, commit_within_s, result_id,
+                    unstamped.request_id or None, request_hash, event_id, configuration.objective,
+                    configuration.method, _json(unstamped.weights), unstamped.expected_return, unstamped.volatility,
+                    unstamped.sharpe_ratio, meta.objective_value, meta.solver, meta.constraints_satisfied,
+                    _json(unstamped.to_json()), _json(run_inputs_json(run_inputs)), _json(meta.to_json()),
+                    NOTIFY_CHANNEL,
+                )  # fmt: skip
+            except asyncpg.PostgresError as exc:
+                if exc.sqlstate == _DEADLINE_SQLSTATE:
+                    raise DeadlineExceededError("the call's deadline passed before its result was stored") from exc
+                raise
+        if now is None:
+            self._heads.pop(configuration.portfolio_id, None)
+            return None
+        return completed(result, event_id=event_id, result_id=result_id, configuration_version=version, timestamp=now)
 
     @staticmethod
     async def _store_configuration(
@@ -200,7 +303,7 @@ class PostgresOptimizationStore(OptimizationStore):
         inherit: tuple[str, ...] = (),
         *,
         head: asyncpg.Record | None = None,
-    ) -> int:
+    ) -> ConfigurationVersion:
         """Version of ``config`` for its portfolio, written when new (see ``next_configuration_version``).
 
         ``head``: the current version's row as ``_LOCK_AND_HEAD`` read it (its ``version`` NULL when there is
@@ -224,7 +327,7 @@ class PostgresOptimizationStore(OptimizationStore):
             )
         stored = next_configuration_version(config, current, inherit)
         if not stored.new:
-            return stored.version
+            return stored
         columns = configuration_row(stored)
         await conn.execute(
             """INSERT INTO optimization_configurations (portfolio_id, version, objective, method, strategies,
@@ -236,7 +339,7 @@ class PostgresOptimizationStore(OptimizationStore):
             columns["lookback_periods"], columns["market_symbol"], columns["enabled"], columns["content_hash"],
             _json(columns["black_litterman"]),
         )  # fmt: skip
-        return stored.version
+        return stored
 
     async def upsert_configuration(self, config: Configuration) -> tuple[Configuration, bool]:
         """Store ``config`` unless unchanged; see :meth:`OptimizationStore.upsert_configuration`."""
@@ -246,7 +349,7 @@ class PostgresOptimizationStore(OptimizationStore):
                 "SELECT max(version) FROM optimization_configurations WHERE portfolio_id = $1",
                 config.portfolio_id,
             )
-            version = await self._store_configuration(conn, config)
+            version = (await self._store_configuration(conn, config)).version
             row = await conn.fetchrow(
                 "SELECT * FROM optimization_configurations WHERE portfolio_id = $1 AND version = $2",
                 config.portfolio_id,

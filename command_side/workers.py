@@ -142,8 +142,7 @@ def _send(sock: socket.socket, value: object) -> None:
         data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:  # an unpicklable result or exception
         data = pickle.dumps((False, RuntimeError(f"the worker could not send its answer: {type(exc).__name__}"), ""))
-    sock.sendall(_HEADER.pack(len(data)))
-    sock.sendall(data)
+    sock.sendall(_HEADER.pack(len(data)) + data)  # one write: the pool's reader wakes once per answer
 
 
 def _serve(sock: socket.socket) -> None:
@@ -244,9 +243,9 @@ class _Worker:
 
 @dataclass(eq=False)
 class _Job:
-    """A pickled call waiting for a worker, and the future its caller awaits."""
+    """A pickled call, framed (length header and pickle), waiting for a worker, and the future its caller awaits."""
 
-    payload: bytes
+    frame: bytes
     reply: asyncio.Future[Any]
 
 
@@ -511,8 +510,7 @@ class SolverPool:
                 return
             self._backlog.popleft()
             worker.replies.append(job.reply)
-            worker.writer.write(_HEADER.pack(len(job.payload)))
-            worker.writer.write(job.payload)
+            worker.writer.write(job.frame)
 
     # --- jobs -------------------------------------------------------------------------------------------------
 
@@ -618,7 +616,8 @@ class SolverPool:
         if not self._workers and (self._starting is None or self._starting.done()):
             await self.warm_up()
         reply: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._backlog.append(_Job(pickle.dumps((function, args), protocol=pickle.HIGHEST_PROTOCOL), reply))
+        data = pickle.dumps((function, args), protocol=pickle.HIGHEST_PROTOCOL)
+        self._backlog.append(_Job(_HEADER.pack(len(data)) + data, reply))
         self._dispatch()
         return await reply
 

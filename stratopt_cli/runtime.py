@@ -135,6 +135,16 @@ class DatabaseTimeouts:
         return {"timeout": self.connect_s, "command_timeout": self.command_s, "server_settings": self.server_settings()}
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing beyond asyncpg's own (roll back an open transaction, drop listeners).
+
+    asyncpg's default sends ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` on every
+    release, one more round trip per call. stratopt leaves no session state on pooled connections: advisory locks
+    are transaction-scoped (``pg_advisory_xact_lock``), settings are the pool's ``server_settings``, there are no
+    cursors outside transactions and no LISTEN on pooled connections.
+    """
+
+
 class BoundedPool(asyncpg.Pool):
     """An asyncpg pool whose ``acquire`` waits at most ``acquire_timeout_s`` unless told otherwise.
 
@@ -152,6 +162,7 @@ class BoundedPool(asyncpg.Pool):
             loop=None,
             connection_class=asyncpg.Connection,
             record_class=asyncpg.Record,
+            reset=_keep_session,
             **kwargs,
         )
         self.acquire_timeout_s = acquire_timeout_s

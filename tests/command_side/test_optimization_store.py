@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -22,7 +24,8 @@ from command_side.configuration import OptimizationConfiguration, OptimizationCo
 from command_side.optimization_store import InMemoryOptimizationStore, OptimizationStore
 from command_side.records import ResultRecord, RunMetadataRecord, response_from_record, result_record
 from command_side.repository import PostgresOptimizationStore
-from services.errors import IntegrityError, NotFoundError, PreconditionError
+from command_side.result_records import encode_instant
+from services.errors import DeadlineExceededError, IntegrityError, NotFoundError, PreconditionError
 from tests.command_side.test_configuration_records import full_domain_configuration
 from tests.command_side.test_records import rich_response
 
@@ -429,3 +432,108 @@ class TestPostgresOptimizationStore(OptimizationStoreContract):
             count = await self.pool.fetchval(f"SELECT count(*) FROM {table} WHERE portfolio_id = $1", portfolio_id)
             counts.append(int(count))
         return counts[0], counts[1], counts[2]
+
+    # --- the one-statement path (store_optimization_run, migration 0012) --------------------------------------------
+
+    async def stored_row(self, result_id: str) -> tuple[str, dict[str, Any], dict[str, Any], datetime]:
+        """(metadata.timestamp in the result JSON, the result JSON, the event's metadata, the event's timestamp)."""
+        row = await self.pool.fetchrow(
+            'SELECT r.result, e.metadata, e."timestamp" FROM optimization_results r '
+            "JOIN portfolio_optimized e ON e.result_id = r.result_id WHERE r.result_id = $1",
+            uuid.UUID(result_id),
+        )
+        assert row is not None
+        result_json, metadata = json.loads(row["result"]), json.loads(row["metadata"])
+        return result_json["metadata"]["timestamp"], result_json, metadata, row["timestamp"]
+
+    def test_a_repeated_configuration_is_stored_in_one_statement_with_the_database_time(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            sent: list[str] = []
+
+            async def log_queries(conn: asyncpg.Connection) -> None:
+                conn.add_query_logger(lambda query: sent.append(query.query))
+
+            async with asyncpg.create_pool(self.dsn, min_size=1, max_size=1, init=log_queries) as pool:
+                logged = PostgresOptimizationStore(pool)
+                config = configuration(unique("one-statement"))
+                first = await persist(logged, config)
+                # The first run of a portfolio: a transaction (this pool's reset on release left out).
+                statements = [q for q in sent if not q.startswith("SELECT pg_advisory_unlock_all")]
+                assert [statements[0], statements[-1], len(statements)] == ["BEGIN;", "COMMIT;", 5]
+                sent.clear()
+                second = await persist(logged, config, weight_a=0.25)
+                statements = [q for q in sent if not q.startswith("SELECT pg_advisory_unlock_all")]
+                assert len(statements) == 1 and "store_optimization_run" in statements[0]
+            assert second.metadata.configuration_version == first.metadata.configuration_version == 1
+            assert second.weights == {"A": 0.25, "B": 0.75}
+            stamp, result_json, metadata, event_time = await self.stored_row(second.metadata.result_id)
+            # The run's time is the database's, written alike into both JSON documents and the event row, and the
+            # record the store returns is the one it stored.
+            assert event_time == instant(second.metadata.timestamp)
+            assert stamp == metadata["timestamp"] == encode_instant(second.metadata.timestamp or 0)
+            assert ResultRecord.from_json(result_json) == second
+            assert event_time > instant(first.metadata.timestamp)
+            assert await self.stored_runs(store, config.portfolio_id) == (2, 2, 1)
+            latest = await self.pool.fetchval(
+                "SELECT result_id FROM latest_portfolio_optimizations WHERE portfolio_id = $1", config.portfolio_id
+            )
+            assert str(latest) == second.metadata.result_id
+
+        self.run(scenario)
+
+    def test_a_head_moved_by_another_replica_is_noticed_under_the_lock(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            config = configuration(unique("moved"))
+            await persist(store, config)
+            # Another replica (its own store, so its own memory of heads) stores version 2 ...
+            other = PostgresOptimizationStore(self.pool)
+            moved = await persist(other, replace(config, constraints=OptimizationConstraints(max_weight=0.9)))
+            assert moved.metadata.configuration_version == 2
+            # ... so this store's remembered head (version 1) no longer holds: the run makes version 3, not a run
+            # of version 1 that would hide the change.
+            again = await persist(store, config)
+            assert again.metadata.configuration_version == 3
+            versions = await self.pool.fetch(
+                "SELECT version, content_hash FROM optimization_configurations WHERE portfolio_id = $1 ORDER BY 1",
+                config.portfolio_id,
+            )
+            assert [r["version"] for r in versions] == [1, 2, 3]
+            assert versions[0]["content_hash"] == versions[2]["content_hash"]
+            assert await self.stored_runs(store, config.portfolio_id) == (3, 3, 1)
+
+        self.run(scenario)
+
+    def test_a_deadline_passed_while_the_one_statement_path_waits_writes_nothing(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            config = configuration(unique("late"))
+            await persist(store, config)
+            # Another call holds the portfolio's lock for 0.4 s; this run's deadline passes while it waits there.
+            async with self.pool.acquire() as holder, holder.transaction():
+                await holder.execute("SELECT pg_advisory_xact_lock(hashtext($1))", config.portfolio_id)
+                late = asyncio.create_task(
+                    store.persist_run(
+                        configuration=config,
+                        result=result(config.portfolio_id),
+                        request_hash="hash-1",
+                        run_inputs={"kind": "returns", "current_weights": {}},
+                        inherit=("enabled",),
+                        commit_by=time.monotonic() + 0.15,
+                    )
+                )
+                await asyncio.sleep(0.4)
+            with pytest.raises(DeadlineExceededError):
+                await late
+            assert await self.stored_runs(store, config.portfolio_id) == (1, 1, 1)
+
+        self.run(scenario)
+
+    def test_a_repeated_request_id_in_the_one_statement_path_is_an_integrity_error(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            config = configuration(unique("one-statement-key"))
+            key = unique("key")
+            await persist(store, config, key)
+            with pytest.raises(IntegrityError):
+                await persist(store, config, key)
+            assert await self.stored_runs(store, config.portfolio_id) == (1, 1, 1)
+
+        self.run(scenario)

@@ -46,7 +46,16 @@ pytestmark = pytest.mark.integration
 
 T0 = datetime(2024, 6, 3, 9, 30, 0, 123456, tzinfo=UTC)
 NO_CONTEXT: Any = None
-MIGRATIONS_SINCE_0007 = [
+ALL_MIGRATIONS = sorted(p.stem for p in MIGRATIONS_DIR.iterdir() if p.suffix in {".sql", ".py"})
+
+
+def migrations_from(first: str) -> list[str]:
+    """Every migration from ``first`` on, in order: what ``migrate`` applies to a database just before it."""
+    return [m for m in ALL_MIGRATIONS if m >= first]
+
+
+MIGRATIONS_SINCE_0007 = migrations_from("0008_stored_result_records")
+assert MIGRATIONS_SINCE_0007[:4] == [
     "0008_stored_result_records",
     "0009_stored_trading_records",
     "0010_stored_configuration_records",
@@ -392,7 +401,7 @@ def test_configurations_of_schema_version_1_are_rewritten_with_symbol_keys(schem
         strategies = conn.execute("SELECT strategies FROM optimization_configurations WHERE version = 2").fetchone()
         assert strategies is not None and strategies[0]["strategies"][0]["strategy_id"] == "A"
 
-    assert migrate(schema_version_1_dsn) == ["0011_stored_symbol_keys"]
+    assert migrate(schema_version_1_dsn) == migrations_from("0011_stored_symbol_keys")
 
     with psycopg.connect(schema_version_1_dsn, autocommit=True) as conn:
         rows = conn.execute(
