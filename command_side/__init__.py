@@ -8,37 +8,62 @@ from command_side.allocation_cache import AllocationCache, InMemoryAllocationCac
 from command_side.allocations import AllocationService
 from command_side.allocations_repository import PostgresAllocationCache
 from command_side.application import MAX_BATCH_SIZE, OptimizationService
+from command_side.execution_service import ExecutionService
+from command_side.execution_servicer import ExecutionCommandServicer
+from command_side.execution_store import PostgresExecutionStore
 from command_side.optimization_adapter import optimize_command_from_configuration
 from command_side.optimization_store import InMemoryOptimizationStore, OptimizationStore
 from command_side.rebalancing import RebalancingService
 from command_side.rebalancing_repository import PostgresTradingStore
 from command_side.repository import PostgresOptimizationStore
+from command_side.rotation import RotationService
+from command_side.rotation_scheduler import RotationScheduler
+from command_side.rotation_servicer import RotationCommandServicer
+from command_side.rotation_store import PostgresRotationStore
 from command_side.servicer import OptimizationCommandServicer
 from command_side.trading_servicer import TradingCommandServicer
 from command_side.trading_store import InMemoryTradingStore, TradingStore
 from command_side.workers import SolverPool
 from stratopt.rpc_errors import ErrorMappingInterceptor
-from stratopt.v1 import command_service_pb2, command_service_pb2_grpc, trading_service_pb2, trading_service_pb2_grpc
+from stratopt.v1 import (
+    command_service_pb2,
+    command_service_pb2_grpc,
+    execution_service_pb2,
+    execution_service_pb2_grpc,
+    rotation_service_pb2,
+    rotation_service_pb2_grpc,
+    trading_service_pb2,
+    trading_service_pb2_grpc,
+)
 
 SERVICE_NAME = command_service_pb2.DESCRIPTOR.services_by_name["OptimizationCommandService"].full_name
 TRADING_SERVICE_NAME = trading_service_pb2.DESCRIPTOR.services_by_name["TradingCommandService"].full_name
+ROTATION_SERVICE_NAME = rotation_service_pb2.DESCRIPTOR.services_by_name["RotationCommandService"].full_name
+EXECUTION_SERVICE_NAME = execution_service_pb2.DESCRIPTOR.services_by_name["ExecutionCommandService"].full_name
 
 __all__ = [
+    "EXECUTION_SERVICE_NAME",
     "MAX_BATCH_SIZE",
+    "ROTATION_SERVICE_NAME",
     "SERVICE_NAME",
     "TRADING_SERVICE_NAME",
     "AllocationCache",
     "AllocationService",
     "ErrorMappingInterceptor",
+    "ExecutionService",
     "InMemoryAllocationCache",
     "InMemoryOptimizationStore",
     "InMemoryTradingStore",
     "OptimizationService",
     "OptimizationStore",
     "PostgresAllocationCache",
+    "PostgresExecutionStore",
     "PostgresOptimizationStore",
+    "PostgresRotationStore",
     "PostgresTradingStore",
     "RebalancingService",
+    "RotationScheduler",
+    "RotationService",
     "SolverPool",
     "TradingStore",
     "interceptor",
@@ -62,7 +87,14 @@ def optimization_service(
 
 def interceptor() -> ErrorMappingInterceptor:
     """Return the interceptor that maps the command services' errors to ``google.rpc.Status``."""
-    return ErrorMappingInterceptor(method_prefix=(f"/{SERVICE_NAME}/", f"/{TRADING_SERVICE_NAME}/"))
+    return ErrorMappingInterceptor(
+        method_prefix=(
+            f"/{SERVICE_NAME}/",
+            f"/{TRADING_SERVICE_NAME}/",
+            f"/{ROTATION_SERVICE_NAME}/",
+            f"/{EXECUTION_SERVICE_NAME}/",
+        )
+    )
 
 
 def register(
@@ -71,6 +103,8 @@ def register(
     optimization: OptimizationService,
     allocation: AllocationService,
     rebalancing: RebalancingService,
+    rotation: RotationService | None = None,
+    execution: ExecutionService | None = None,
 ) -> list[str]:
     """Add the command services to ``server``; return their full service names for health and reflection.
 
@@ -83,4 +117,15 @@ def register(
     trading_service_pb2_grpc.add_TradingCommandServiceServicer_to_server(
         TradingCommandServicer(allocation, rebalancing), server
     )
-    return [SERVICE_NAME, TRADING_SERVICE_NAME]
+    names = [SERVICE_NAME, TRADING_SERVICE_NAME]
+    if rotation is not None:
+        rotation_service_pb2_grpc.add_RotationCommandServiceServicer_to_server(
+            RotationCommandServicer(rotation), server
+        )
+        names.append(ROTATION_SERVICE_NAME)
+    if execution is not None:
+        execution_service_pb2_grpc.add_ExecutionCommandServiceServicer_to_server(
+            ExecutionCommandServicer(execution), server
+        )
+        names.append(EXECUTION_SERVICE_NAME)
+    return names

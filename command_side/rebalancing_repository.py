@@ -26,6 +26,7 @@ import asyncpg
 
 from command_side.metrics import event_written
 from command_side.repository import Connection, database_errors
+from command_side.rotation_model import order_id
 from command_side.trading_model import Position, RebalancePolicy, RebalanceRecommendation
 from command_side.trading_records import (
     event_payload,
@@ -118,6 +119,29 @@ async def _lock_portfolio(conn: Connection, portfolio_id: str) -> datetime:
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", _LOCK_PREFIX + portfolio_id)
     now: datetime = await conn.fetchval("SELECT clock_timestamp()")
     return now
+
+
+async def _queue_orders(
+    conn: Connection, recommendation: RebalanceRecommendation, recommendation_id: uuid.UUID, now: datetime
+) -> None:
+    """Put an approved recommendation's trades in the order outbox (migration 0013), in the approving transaction.
+
+    The order id of a trade is ``command_side.rotation_model.order_id(recommendation_id, symbol)``: one
+    recommendation can never queue the same order twice (``ON CONFLICT DO NOTHING``).
+    """
+    if not recommendation.trades:
+        return
+    await conn.executemany(
+        "INSERT INTO order_outbox (order_id, source, source_id, portfolio_id, symbol, side, shares, reference_price, "
+        "reason, created_at, updated_at) VALUES ($1, 'REBALANCE', $2, $3, $4, $5, $6, $7, 'REBALANCE', $8, $8) "
+        "ON CONFLICT (order_id) DO NOTHING",
+        [
+            (uuid.UUID(order_id(str(recommendation_id), t.symbol)), recommendation_id, recommendation.portfolio_id,
+             t.symbol, t.side.value, t.shares, t.price, now)
+            for t in recommendation.trades
+            if t.shares > 0
+        ],
+    )  # fmt: skip
 
 
 async def _insert_event(
@@ -413,7 +437,10 @@ class PostgresTradingStore:
                 payload={"request_id": request_id, "approval_limit": message.approval_limit},
                 actor=created_by,
             )
-        return stored_recommendation(created, state)
+            stored = stored_recommendation(created, state)
+            if state.status is RecommendationStatus.AUTO_APPROVED:
+                await _queue_orders(conn, stored, recommendation_id, now)
+        return stored
 
     async def decide(
         self, recommendation_id: uuid.UUID, *, status: RecommendationStatus, actor: str, reason: str
@@ -456,6 +483,8 @@ class PostgresTradingStore:
                     total_trade_value=row["total_trade_value"],
                     payload={"reason": reason} if reason else {},
                 )
+                if decided.status is RecommendationStatus.APPROVED:
+                    await _queue_orders(conn, _recommendation(row, decided), recommendation_id, now)
         if refused is not None:
             raise refused
         return _recommendation(row, decided)

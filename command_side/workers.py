@@ -52,6 +52,7 @@ from services.engine import (
 )
 from services.errors import DeadlineExceededError, ResourceExhaustedError, UnavailableError
 from services.optimization import Objective, PortfolioProblem
+from services.rotation import CycleDecision, run_cycle
 from services.trading import AllocationRequest, AllocationResult
 from services.trading import allocate as allocate_shares
 from services.types import EstimationSettings, Moments, ReturnHistory
@@ -122,6 +123,16 @@ class RemoteTracebackError(Exception):
 
     def __str__(self) -> str:
         return self.text
+
+
+def _rotation_cycle(arguments: dict[str, Any]) -> CycleDecision:
+    """``run_cycle`` with its keyword arguments (jobs carry positional arguments only), made picklable.
+
+    A change's ``numbers`` is a read-only ``MappingProxyType``, which pickle refuses: it travels as a dict.
+    """
+    decision = run_cycle(**arguments)
+    changes = tuple(replace(c, numbers=dict(c.numbers)) for c in decision.changes)
+    return replace(decision, changes=changes)
 
 
 def _receive(sock: socket.socket, size: int) -> bytearray | None:
@@ -542,6 +553,10 @@ class SolverPool:
             As ``run``.
         """
         return await self._call(allocate_shares, request, timeout_s=timeout_s)
+
+    async def rotation_cycle(self, arguments: dict[str, Any], *, timeout_s: float | None) -> CycleDecision:
+        """Run ``services.rotation.run_cycle(**arguments)`` in a worker (errors as ``run``)."""
+        return await self._call(_rotation_cycle, arguments, timeout_s=timeout_s)
 
     async def run(self, job: OptimizationJob, *, timeout_s: float | None) -> OptimizationOutcome:
         """Run one job in a worker; raise ``DeadlineExceededError`` when it outlives ``timeout_s``.

@@ -10,6 +10,7 @@ import grpc
 
 from query_side.read_store import InMemoryReadStore, ReadStore
 from query_side.repository import PostgresReadStore
+from query_side.rotation_reads import RotationReads
 from query_side.servicer import OptimizationQueryServicer
 from stratopt.rpc_errors import ErrorMappingInterceptor
 from stratopt.v1 import query_service_pb2, query_service_pb2_grpc
@@ -24,12 +25,13 @@ __all__ = [
     "OptimizationQueryServicer",
     "PostgresReadStore",
     "ReadStore",
+    "RotationReads",
     "interceptor",
     "register",
 ]
 
 
-def register(server: grpc.aio.Server, store: ReadStore) -> list[str]:
+def register(server: grpc.aio.Server, store: ReadStore, rotation: RotationReads | None = None) -> list[str]:
     """Add the query servicer to a server.
 
     Parameters
@@ -38,13 +40,17 @@ def register(server: grpc.aio.Server, store: ReadStore) -> list[str]:
         Server not yet started.
     store : ReadStore
         The read store, e.g. ``PostgresReadStore`` on a pool created on the server's event loop.
+    rotation : RotationReads, optional
+        Reads of the rotation decisions; without it their RPCs answer NOT_FOUND.
 
     Returns
     -------
     list of str
         Full names of the services added, for reflection and health checking.
     """
-    query_service_pb2_grpc.add_OptimizationQueryServiceServicer_to_server(OptimizationQueryServicer(store), server)
+    query_service_pb2_grpc.add_OptimizationQueryServiceServicer_to_server(
+        OptimizationQueryServicer(store, rotation), server
+    )
     return [SERVICE_NAME]
 
 

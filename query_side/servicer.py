@@ -26,6 +26,7 @@ from query_side.repository import (
     StoredRebalanceEvent,
     StoredRecommendation,
 )
+from query_side.rotation_reads import RotationReads
 from services.errors import InvalidInputError, NotFoundError
 from stratopt.request_limits import check_request, echo, timestamp_in_range
 from stratopt.v1 import query_service_pb2, query_service_pb2_grpc, trading_service_pb2, types_pb2
@@ -39,6 +40,8 @@ DEFAULT_BUCKET_WIDTH = timedelta(days=1)
 MIN_BUCKET_WIDTH = timedelta(seconds=1)
 """Smallest accepted analytics bucket width."""
 
+_ROTATION_DECISIONS_KEY = "rotation_decisions:"
+"""Prefix of the portfolio id in ``ListRotationDecisions`` page-token fingerprints."""
 _REBALANCE_EVENTS_KEY = "rebalance_events:"
 """Prefix of the portfolio id in ``ListRebalanceEvents`` page-token fingerprints (not valid for GetHistory)."""
 _STATUS_PREFIX = "RECOMMENDATION_STATUS_"
@@ -190,8 +193,14 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         The read store (``query_side.repository.PostgresReadStore`` in the server).
     """
 
-    def __init__(self, repository: ReadStore) -> None:
+    def __init__(self, repository: ReadStore, rotation: RotationReads | None = None) -> None:
         self._repository = repository
+        self._rotation = rotation
+
+    def _rotation_reads(self) -> RotationReads:
+        if self._rotation is None:  # a server without the rotation tables' reader (in-memory tests)
+            raise NotFoundError("rotation decisions are not served by this query service")
+        return self._rotation
 
     async def GetLatest(  # noqa: N802 (gRPC method name)
         self, request: query_service_pb2.GetLatestRequest, context: ServicerContext
@@ -423,4 +432,97 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         next_page_token = encode_page_token(page[-1].key, fingerprint) if len(events) > page_size else ""
         return query_service_pb2.ListRebalanceEventsResponse(
             events=[rebalance_event_message(event) for event in page], next_page_token=next_page_token
+        )
+
+    async def GetLatestRotationDecision(  # noqa: N802 (gRPC method name)
+        self, request: query_service_pb2.GetLatestRotationDecisionRequest, context: ServicerContext
+    ) -> query_service_pb2.GetLatestRotationDecisionResponse:
+        """Return the latest rotation decision of a portfolio.
+
+        Raises
+        ------
+        InvalidInputError
+            When ``portfolio_id`` is empty or not a valid id.
+        NotFoundError
+            When the portfolio has no rotation decision.
+        UnavailableError
+            When the database cannot be reached.
+        """
+        check_request(request)
+        portfolio_id = _portfolio_id(request.portfolio_id)
+        decision = await self._rotation_reads().latest(portfolio_id)
+        if decision is None:
+            raise NotFoundError(f"no rotation decision for portfolio {echo(portfolio_id)}")
+        return query_service_pb2.GetLatestRotationDecisionResponse(decision=decision)
+
+    async def ListRotationDecisions(  # noqa: N802 (gRPC method name)
+        self, request: query_service_pb2.ListRotationDecisionsRequest, context: ServicerContext
+    ) -> query_service_pb2.ListRotationDecisionsResponse:
+        """Return one page of a portfolio's rotation decisions in ``[start, end)``, newest first.
+
+        Keyset pagination as :meth:`GetHistory` (tokens bound to this RPC, the portfolio and the range); an
+        unknown portfolio gives an empty page.
+
+        Raises
+        ------
+        InvalidInputError
+            Invalid ``portfolio_id``, bounds out of range or ``start >= end``, a malformed or foreign page token.
+        UnavailableError
+            When the database cannot be reached.
+        """
+        check_request(request)
+        portfolio_id = _portfolio_id(request.portfolio_id)
+        start, end = _time_range(
+            request.start if request.HasField("start") else None,
+            request.end if request.HasField("end") else None,
+        )
+        page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        fingerprint = query_fingerprint(_ROTATION_DECISIONS_KEY + portfolio_id, start, end)
+        after = decode_page_token(request.page_token, fingerprint) if request.page_token else None
+        rows = await self._rotation_reads().history(
+            portfolio_id, start=start, end=end, limit=page_size + 1, after=after
+        )
+        page = rows[:page_size]
+        next_page_token = encode_page_token(page[-1].key, fingerprint) if len(rows) > page_size else ""
+        return query_service_pb2.ListRotationDecisionsResponse(
+            decisions=[row.decision for row in page], next_page_token=next_page_token
+        )
+
+    async def CountRotationReasons(  # noqa: N802 (gRPC method name)
+        self, request: query_service_pb2.CountRotationReasonsRequest, context: ServicerContext
+    ) -> query_service_pb2.CountRotationReasonsResponse:
+        """Per time bucket: decisions, TRADE and HOLD counts, changes by reason code, HOLDs by policy reason.
+
+        Raises
+        ------
+        InvalidInputError
+            Invalid ``portfolio_id``, bounds, or a bucket width under 1 second (field ``bucket_width``).
+        UnavailableError
+            When the database cannot be reached.
+        """
+        check_request(request)
+        portfolio_id = _portfolio_id(request.portfolio_id)
+        start, end = _time_range(
+            request.start if request.HasField("start") else None,
+            request.end if request.HasField("end") else None,
+        )
+        try:
+            width = request.bucket_width.ToTimedelta() if request.HasField("bucket_width") else DEFAULT_BUCKET_WIDTH
+        except OverflowError as exc:
+            raise InvalidInputError.for_field("bucket_width", "duration out of range") from exc
+        if width < MIN_BUCKET_WIDTH:
+            raise InvalidInputError.for_field("bucket_width", "must be at least 1 second")
+        buckets = await self._rotation_reads().reason_counts(portfolio_id, start=start, end=end, width=width)
+        return query_service_pb2.CountRotationReasonsResponse(
+            buckets=[
+                query_service_pb2.RotationReasonBucket(
+                    bucket_start=_timestamp(b.start),
+                    decisions=b.decisions,
+                    trades=b.trades,
+                    holds=b.holds,
+                    reasons=b.reasons,
+                    hold_reasons=b.hold_reasons,
+                )
+                for b in buckets
+            ]
         )

@@ -8,6 +8,12 @@ JWT signing key (``stratopt_cli.dev_credentials``), serves with TLS and bearer t
 principals: ``demo-operator`` (admin: ingest, optimize, query), ``demo-trader`` (trade, approve, read: allocation,
 holdings, drift, the rebalance) and ``demo-risk-desk`` (approve, read). The trader's own approval is refused
 (four-eyes rule); the risk desk's is stored as the approver.
+
+Last, a paper-traded rotation day (2022-12-28, New York time): the operator ingests a 12-month momentum score
+of each stock, the trader configures a greedy rotation over the 20 stocks for a $1,000,000 cash portfolio and
+runs a cycle at each scheduled window (and one between windows); the first trades and the paper broker fills its
+orders; the risk desk engages the portfolio's kill-switch over one window; the decisions, their reason codes
+and a reconciliation against the filled positions are printed.
 """
 
 from __future__ import annotations
@@ -21,11 +27,16 @@ from urllib.parse import urlsplit
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
 from rich.table import Table
 
 from stratopt.v1 import command_service_pb2 as cmd_pb
+from stratopt.v1 import execution_service_pb2 as ex_pb
+from stratopt.v1 import execution_service_pb2_grpc as ex_grpc
 from stratopt.v1 import query_service_pb2 as query_pb
+from stratopt.v1 import rotation_service_pb2 as rot_pb
+from stratopt.v1 import rotation_service_pb2_grpc as rot_grpc
 from stratopt.v1 import trading_service_pb2 as trading_pb
 from stratopt.v1 import types_pb2 as pb
 from stratopt_cli import client
@@ -221,6 +232,7 @@ def run_demo(database_url: str | None = None, console: Console | None = None) ->
 
                 _print_queries(console, queries)
                 _trading(console, client.trading_stub(trader), client.trading_stub(risk_desk), queries, responses[0])
+                _rotation_day(console, ch, trader, risk_desk, run_tag)
         finally:
             thread.stop()
             console.print("[bold]server[/] stopped")
@@ -380,3 +392,105 @@ def _trading(
         query_pb.ListRebalanceEventsRequest(portfolio_id=portfolio), timeout=30
     ).events
     console.print("[bold]rebalance events[/] (query side): " + ", ".join(e.event_type for e in reversed(events)))
+
+
+NEW_YORK = "America/New_York"
+
+
+def _momentum_scores(day: str) -> dict[str, float]:
+    """12-month momentum (price on ``day`` over the price 252 trading days before, minus 1) from the data file."""
+    frame = client.read_wide_prices(DATA_DIR / "sp500_dataset.csv.gz")
+    scores = {}
+    for symbol in sorted(SECTORS):
+        rows = frame.filter(frame["symbol"] == symbol).sort("timestamp")
+        prices: list[float] = rows.filter(rows["timestamp"].dt.strftime("%Y-%m-%d") <= day)["price"].to_list()
+        scores[symbol] = prices[-1] / prices[-253] - 1.0
+    return scores
+
+
+def _rotation_day(
+    console: Console, operator: grpc.Channel, trader: grpc.Channel, risk_desk: grpc.Channel, run_tag: str
+) -> None:
+    """A paper-traded rotation day on the stored prices (module docstring)."""
+    from zoneinfo import ZoneInfo
+
+    def at(hour: int, minute: int) -> Any:
+        stamp = Timestamp()
+        stamp.FromDatetime(datetime(2022, 12, 28, hour, minute, tzinfo=ZoneInfo(NEW_YORK)).astimezone(UTC))
+        return stamp
+
+    portfolio, signal_set = f"{run_tag}-rotation", f"{run_tag}-momentum"
+    ops, rot = rot_grpc.RotationCommandServiceStub(operator), rot_grpc.RotationCommandServiceStub(trader)
+    scores = _momentum_scores("2022-12-27")
+    ops.IngestSignals(
+        iter([rot_pb.IngestSignalsRequest(
+            signal_set=signal_set,
+            signals=[rot_pb.Signal(symbol=s, time=at(9, 0), score=v) for s, v in scores.items()],
+        )]),
+        timeout=30,
+    )  # fmt: skip
+    config = rot_pb.RotationConfiguration(
+        portfolio_id=portfolio, enabled=True, signal_set=signal_set, lookback_periods=126,
+        universe=[rot_pb.RotationMember(symbol=s, sector=SECTORS[s], cost_bps=5.0) for s in sorted(SECTORS)],
+        # The stored prices are daily closes: nothing moves within the day, so T_max is 8 hours here, lest the
+        # dead-money rule (no progress after T_max minutes) cut the morning's buys in the afternoon.
+        greedy=rot_pb.GreedyParameters(k=5, k_buy=4, k_sell=8, name_cap=0.2, t_max_minutes=480),
+    )  # fmt: skip
+    stored = rot.UpsertRotationConfiguration(rot_pb.UpsertRotationConfigurationRequest(configuration=config))
+    client.trading_stub(trader).UpsertHoldings(
+        trading_pb.UpsertHoldingsRequest(portfolio_id=portfolio, cash=1_000_000.0), timeout=30
+    )
+    console.print(
+        f"[bold]rotation[/] {portfolio}: greedy K = 5 (buy at rank <= 4, sell below rank 8), T_max 8 h, 20 names, "
+        f"configuration v{stored.configuration.version}; signals: 12-month momentum of 2022-12-27"
+    )
+    execution = ex_grpc.ExecutionCommandServiceStub(trader)
+    filled: dict[str, float] = {}
+    cycles = Table(title="A paper-traded rotation day, 2022-12-28 (New York time)")
+    for name in ("time", "decision", "policy", "orders", "fills", "reasons"):
+        cycles.add_column(name)
+    for hour, minute, note in ((9, 37, ""), (10, 32, ""), (11, 15, ""), (12, 2, "kill"), (15, 52, "")):
+        if note == "kill":
+            rot_grpc.RotationCommandServiceStub(risk_desk).SetKillSwitch(
+                rot_pb.SetKillSwitchRequest(portfolio_id=portfolio, engaged=True, reason="demo: desk halt"),
+                timeout=30,
+            )
+        decision = rot.RunRotationCycle(
+            rot_pb.RunRotationCycleRequest(portfolio_id=portfolio, as_of=at(hour, minute)), timeout=60
+        ).decision
+        fills = ""
+        if decision.action == rot_pb.ROTATION_ACTION_TRADE:
+            executed = execution.ExecuteOrders(
+                ex_pb.ExecuteOrdersRequest(portfolio_id=portfolio, as_of=at(hour, minute)), timeout=60
+            )
+            fills = ", ".join(f"{f.side} {f.shares:.0f} {f.symbol} @ {f.price:.2f}" for f in executed.fills)
+            for f in executed.fills:
+                filled[f.symbol] = filled.get(f.symbol, 0.0) + (f.shares if f.side == "BUY" else -f.shares)
+        if note == "kill":
+            rot_grpc.RotationCommandServiceStub(risk_desk).SetKillSwitch(
+                rot_pb.SetKillSwitchRequest(portfolio_id=portfolio, engaged=False, reason="demo: resumed"),
+                timeout=30,
+            )
+        reasons: dict[str, int] = {}
+        for change in decision.changes:
+            reasons[change.reason] = reasons.get(change.reason, 0) + 1
+        cycles.add_row(
+            f"{hour:02d}:{minute:02d}", rot_pb.RotationAction.Name(decision.action).removeprefix("ROTATION_ACTION_"),
+            decision.policy_reason, str(len(decision.orders)), fills or "-",
+            ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())),
+        )  # fmt: skip
+    console.print(cycles)
+    queries = client.query_stub(trader)
+    history = queries.ListRotationDecisions(query_pb.ListRotationDecisionsRequest(portfolio_id=portfolio), timeout=30)
+    counts = queries.CountRotationReasons(query_pb.CountRotationReasonsRequest(portfolio_id=portfolio), timeout=30)
+    holds = {k: v for b in counts.buckets for k, v in b.hold_reasons.items()}
+    console.print(
+        f"[bold]rotation history[/] (query side): {len(history.decisions)} decisions, "
+        f"{sum(b.trades for b in counts.buckets)} TRADE, holds by reason {holds}"
+    )
+    reported = [ex_pb.ReportedPosition(symbol=s, shares=n) for s, n in sorted(filled.items())]
+    reconciled = execution.Reconcile(ex_pb.ReconcileRequest(portfolio_id=portfolio, positions=reported), timeout=30)
+    console.print(
+        f"[bold]reconcile[/] of the stored holdings against the {len(reported)} filled positions: "
+        f"{len(reconciled.breaks)} breaks, reconciled={reconciled.reconciled}"
+    )

@@ -219,6 +219,14 @@ def serve(
     access_log: Annotated[
         bool, typer.Option(envvar="STRATOPT_ACCESS_LOG", help="One log line per call (logger stratopt.access).")
     ] = True,
+    rotation_tick: Annotated[
+        float,
+        typer.Option(
+            envvar="STRATOPT_ROTATION_TICK_S",
+            min=0.0,
+            help="Seconds between the rotation scheduler's looks for due cycles (0: no scheduler on this replica).",
+        ),
+    ] = 15.0,
     metrics_address: Annotated[
         str | None,
         typer.Option(
@@ -305,6 +313,7 @@ def serve(
             shutdown_grace_s=shutdown_grace,
             security=security,
             freeze_gc=True,
+            rotation_tick_s=rotation_tick,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

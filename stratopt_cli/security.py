@@ -51,6 +51,8 @@ LEEWAY_S: Final = 30.0
 
 _CMD: Final = "/stratopt.v1.OptimizationCommandService/"
 _TRADING: Final = "/stratopt.v1.TradingCommandService/"
+_ROTATION: Final = "/stratopt.v1.RotationCommandService/"
+_EXECUTION: Final = "/stratopt.v1.ExecutionCommandService/"
 _QUERY: Final = "/stratopt.v1.OptimizationQueryService/"
 
 METHOD_ROLES: Final[Mapping[str, str]] = {
@@ -74,12 +76,25 @@ METHOD_ROLES: Final[Mapping[str, str]] = {
     _TRADING + "GenerateRebalance": "trade",
     _TRADING + "ApproveRebalance": "approve",
     _TRADING + "RejectRebalance": "approve",
+    # rotation
+    _ROTATION + "IngestSignals": "admin",
+    _ROTATION + "UpsertRotationConfiguration": "trade",
+    _ROTATION + "RunRotationCycle": "trade",
+    _ROTATION + "SetKillSwitch": "approve",
+    _ROTATION + "PauseRotationScheduler": "admin",
+    # execution: sending orders and booking fills change holdings
+    _EXECUTION + "ExecuteOrders": "trade",
+    _EXECUTION + "ReportFills": "trade",
+    _EXECUTION + "Reconcile": "read",
     # query side: read-only
     _QUERY + "GetLatest": "read",
     _QUERY + "GetHistory": "read",
     _QUERY + "GetPortfolioAnalytics": "read",
     _QUERY + "GetRebalance": "read",
     _QUERY + "ListRebalanceEvents": "read",
+    _QUERY + "GetLatestRotationDecision": "read",
+    _QUERY + "ListRotationDecisions": "read",
+    _QUERY + "CountRotationReasons": "read",
 }
 """The role each RPC requires; a principal holding ``admin`` may call every one."""
 

@@ -86,6 +86,9 @@ class StratoptServer:
         Seconds between database health probes.
     max_queue : int or None
         Calls admitted beyond the workers before RESOURCE_EXHAUSTED (``SolverPool``); default its own.
+    rotation_tick_s : float
+        Seconds between the rotation scheduler's ticks (``command_side.rotation_scheduler``); 0 (the default here,
+        15 s in ``stratopt serve``) runs no scheduler on this server.
     freeze_gc : bool
         When the server owns its process (``stratopt serve``): ``ready`` moves everything allocated so far (the
         imported libraries, the pools) out of the garbage collector's reach (``gc.freeze``), and ``stop`` puts
@@ -110,11 +113,14 @@ class StratoptServer:
     health_interval_s: float = 1.0
     max_queue: int | None = None
     freeze_gc: bool = False
+    rotation_tick_s: float = 0.0
     port: int = field(default=0, init=False)
     health_port: int = field(default=0, init=False)
     metrics: ServerMetrics = field(default_factory=ServerMetrics, init=False, repr=False)
     metrics_port: int = field(default=0, init=False)
     _retention_task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _scheduler: command_side.RotationScheduler | None = field(default=None, init=False, repr=False)
+    _scheduler_task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _server: grpc.aio.Server | None = field(default=None, init=False, repr=False)
     _health_server: grpc.aio.Server | None = field(default=None, init=False, repr=False)
     _monitor: HealthMonitor | None = field(default=None, init=False, repr=False)
@@ -165,21 +171,30 @@ class StratoptServer:
         if "command" in sides:
             self._solver_pool = command_side.SolverPool(self.workers, max_queue=self.max_queue)
             self.metrics.watch_solver_pool(lambda: self._solver_pool)
+            optimization_store = command_side.PostgresOptimizationStore(self._pool)
+            trading_store = command_side.PostgresTradingStore(self._pool)
+            rotation_store = command_side.PostgresRotationStore(self._pool)
+            rotation = command_side.RotationService(
+                rotation_store, optimization_store, trading_store, self._solver_pool
+            )
+            if self.rotation_tick_s > 0:
+                self._scheduler = command_side.RotationScheduler(rotation_store, rotation, tick_s=self.rotation_tick_s)
             command_names = command_side.register(
                 server,
-                optimization=command_side.optimization_service(
-                    command_side.PostgresOptimizationStore(self._pool), self._solver_pool
-                ),
+                optimization=command_side.optimization_service(optimization_store, self._solver_pool),
                 allocation=command_side.AllocationService(
                     command_side.PostgresAllocationCache(self._pool), self._solver_pool
                 ),
                 rebalancing=command_side.RebalancingService(
-                    command_side.PostgresTradingStore(self._pool),
-                    allow_self_approval=self.security.self_approval_allowed,
+                    trading_store, allow_self_approval=self.security.self_approval_allowed
                 ),
+                rotation=rotation,
+                execution=command_side.ExecutionService(command_side.PostgresExecutionStore(self._pool), trading_store),
             )
         if "query" in sides:
-            query_names = query_side.register(server, query_side.PostgresReadStore(self._pool))
+            query_names = query_side.register(
+                server, query_side.PostgresReadStore(self._pool), query_side.RotationReads(self._pool)
+            )
         names = [*command_names, *query_names]
         health_servicer = new_servicer(names)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -236,6 +251,8 @@ class StratoptServer:
         self._monitor.start()
         if self.retention is not None and self.retention.enabled:
             self._retention_task = asyncio.get_running_loop().create_task(run_forever(self._pool, self.retention))
+        if self._scheduler is not None:
+            self._scheduler_task = asyncio.get_running_loop().create_task(self._scheduler.run_forever())
         log.info("stratopt ready on port %d", self.port)
 
     async def wait(self) -> None:
@@ -249,6 +266,10 @@ class StratoptServer:
             self._retention_task.cancel()
             await asyncio.gather(self._retention_task, return_exceptions=True)
             self._retention_task = None
+        if self._scheduler_task is not None:
+            self._scheduler_task.cancel()
+            await asyncio.gather(self._scheduler_task, return_exceptions=True)
+            self._scheduler_task = None
         if self._monitor is not None:
             await self._monitor.drain()
             if self._server is not None and self.shutdown_grace_s > 0:

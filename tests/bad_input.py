@@ -11,13 +11,22 @@ from typing import Any
 import grpc
 import psycopg
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2  # type: ignore[attr-defined]
 from grpc_status import rpc_status
 from psycopg import sql
 
-from stratopt.v1 import command_service_pb2, query_service_pb2, trading_service_pb2
+from stratopt.v1 import (
+    command_service_pb2,
+    execution_service_pb2,
+    query_service_pb2,
+    rotation_service_pb2,
+    trading_service_pb2,
+)
 from stratopt.v1 import command_service_pb2 as cmd_pb
+from stratopt.v1 import execution_service_pb2 as ex_pb
 from stratopt.v1 import query_service_pb2 as query_pb
+from stratopt.v1 import rotation_service_pb2 as rot_pb
 from stratopt.v1 import trading_service_pb2 as trading_pb
 from stratopt.v1 import types_pb2 as pb
 
@@ -30,6 +39,8 @@ RECOMMENDATION = "00000000-0000-4000-8000-000000000000"
 SERVICES = (
     command_service_pb2.DESCRIPTOR.services_by_name["OptimizationCommandService"],
     trading_service_pb2.DESCRIPTOR.services_by_name["TradingCommandService"],
+    rotation_service_pb2.DESCRIPTOR.services_by_name["RotationCommandService"],
+    execution_service_pb2.DESCRIPTOR.services_by_name["ExecutionCommandService"],
     query_service_pb2.DESCRIPTOR.services_by_name["OptimizationQueryService"],
 )
 """Every service of the contract, both sides."""
@@ -207,9 +218,54 @@ def valid_requests() -> dict[str, Any]:
         "TradingCommandService.RejectRebalance": trading_pb.RejectRebalanceRequest(
             recommendation_id=RECOMMENDATION, reason="no"
         ),
+        "RotationCommandService.IngestSignals": [
+            rot_pb.IngestSignalsRequest(
+                signal_set="corpus", signals=[rot_pb.Signal(symbol="AAA", time=Timestamp(seconds=T0), score=1.0)]
+            )
+        ],
+        "RotationCommandService.UpsertRotationConfiguration": rot_pb.UpsertRotationConfigurationRequest(
+            configuration=rot_pb.RotationConfiguration(
+                portfolio_id="corpus",
+                enabled=True,
+                signal_set="corpus",
+                universe=[rot_pb.RotationMember(symbol="AAA"), rot_pb.RotationMember(symbol="BBB")],
+            )
+        ),
+        "RotationCommandService.RunRotationCycle": rot_pb.RunRotationCycleRequest(portfolio_id="corpus"),
+        "RotationCommandService.PauseRotationScheduler": rot_pb.PauseRotationSchedulerRequest(
+            paused=False, reason="corpus"
+        ),
+        "RotationCommandService.SetKillSwitch": rot_pb.SetKillSwitchRequest(
+            portfolio_id="corpus", engaged=False, reason="corpus"
+        ),
+        "ExecutionCommandService.ExecuteOrders": ex_pb.ExecuteOrdersRequest(portfolio_id="corpus"),
+        "ExecutionCommandService.ReportFills": ex_pb.ReportFillsRequest(
+            portfolio_id="corpus",
+            fills=[
+                ex_pb.Fill(
+                    fill_id="corpus-fill",
+                    order_id=RECOMMENDATION,
+                    symbol="AAA",
+                    side="BUY",
+                    shares=1.0,
+                    price=10.0,
+                    filled_at=Timestamp(seconds=T0),
+                )
+            ],
+        ),
+        "ExecutionCommandService.Reconcile": ex_pb.ReconcileRequest(
+            portfolio_id="corpus", positions=[ex_pb.ReportedPosition(symbol="AAA", shares=1.0)]
+        ),
         "OptimizationQueryService.GetLatest": query_pb.GetLatestRequest(portfolio_id="corpus"),
         "OptimizationQueryService.GetHistory": query_pb.GetHistoryRequest(portfolio_id="corpus", page_size=5),
         "OptimizationQueryService.GetPortfolioAnalytics": query_pb.GetPortfolioAnalyticsRequest(portfolio_id="corpus"),
         "OptimizationQueryService.GetRebalance": query_pb.GetRebalanceRequest(recommendation_id=RECOMMENDATION),
         "OptimizationQueryService.ListRebalanceEvents": query_pb.ListRebalanceEventsRequest(portfolio_id="corpus"),
+        "OptimizationQueryService.GetLatestRotationDecision": query_pb.GetLatestRotationDecisionRequest(
+            portfolio_id="corpus"
+        ),
+        "OptimizationQueryService.ListRotationDecisions": query_pb.ListRotationDecisionsRequest(
+            portfolio_id="corpus", page_size=5
+        ),
+        "OptimizationQueryService.CountRotationReasons": query_pb.CountRotationReasonsRequest(portfolio_id="corpus"),
     }

@@ -18,10 +18,13 @@ import grpc
 import psycopg
 import pytest
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from stratopt.request_limits import MAX_TIMESTAMP_SECONDS, MIN_TIMESTAMP_SECONDS
 from stratopt.v1 import command_service_pb2 as cmd_pb
+from stratopt.v1 import execution_service_pb2 as ex_pb
 from stratopt.v1 import query_service_pb2 as query_pb
+from stratopt.v1 import rotation_service_pb2 as rot_pb
 from stratopt.v1 import trading_service_pb2 as trading_pb
 from stratopt.v1 import types_pb2 as pb
 from tests.bad_input import (
@@ -99,6 +102,58 @@ def _ts(path: str, seconds: int, nanos: int = 0) -> Callable[[Any], None]:
 OPT = "OptimizationCommandService."
 TRADE = "TradingCommandService."
 QUERY = "OptimizationQueryService."
+ROT = "RotationCommandService."
+EXE = "ExecutionCommandService."
+
+
+def _fill_report() -> ex_pb.ReportFillsRequest:
+    return ex_pb.ReportFillsRequest(
+        portfolio_id="corpus",
+        fills=[
+            ex_pb.Fill(
+                fill_id="f",
+                order_id=RECOMMENDATION,
+                symbol="AAA",
+                side="BUY",
+                shares=1.0,
+                price=10.0,
+                filled_at=Timestamp(seconds=T0),
+            )
+        ],
+    )
+
+
+def _signals() -> list[rot_pb.IngestSignalsRequest]:
+    return [
+        rot_pb.IngestSignalsRequest(
+            signal_set="corpus",
+            signals=[rot_pb.Signal(symbol="AAA", score=1.0), rot_pb.Signal(symbol="BBB", score=2.0)],
+        )
+    ]
+
+
+def _rotation() -> rot_pb.UpsertRotationConfigurationRequest:
+    return rot_pb.UpsertRotationConfigurationRequest(
+        configuration=rot_pb.RotationConfiguration(
+            portfolio_id="corpus-rotation",
+            enabled=True,
+            signal_set="corpus",
+            universe=[rot_pb.RotationMember(symbol="AAA"), rot_pb.RotationMember(symbol="BBB")],
+        )
+    )
+
+
+def _signal_change(change: Callable[[Any], object]) -> Callable[[], Any]:
+    def build() -> Any:
+        requests = _signals()
+        for signal in requests[0].signals:
+            signal.time.seconds = T0
+        change(requests[0])
+        return requests
+
+    return build
+
+
 BAD_TIMES = {"year-10000": (MAX_TIMESTAMP_SECONDS + 1, 0), "year-0": (MIN_TIMESTAMP_SECONDS - 1, 0)}
 BAD_TIMES["nanos-1e9"] = (T0, 1_000_000_000)
 BAD_TIMES["nanos-negative"] = (T0, -1)
@@ -653,6 +708,168 @@ def _cases() -> list[Case]:
             QUERY + "ListRebalanceEvents",
             _set(lambda: query_pb.ListRebalanceEventsRequest(portfolio_id="corpus"), _ts("end", T0, 1_000_000_000)),
             "end",
+        ),
+        # Execution
+        Case(
+            "execute-spread-negative",
+            EXE + "ExecuteOrders",
+            lambda: ex_pb.ExecuteOrdersRequest(
+                portfolio_id="corpus", settings=ex_pb.PaperBrokerSettings(spread_bps=-1)
+            ),
+            "settings.spread_bps",
+        ),
+        Case(
+            "execute-portfolio-nul",
+            EXE + "ExecuteOrders",
+            lambda: ex_pb.ExecuteOrdersRequest(portfolio_id=NUL),
+            "portfolio_id",
+        ),
+        Case(
+            "fills-order-not-uuid",
+            EXE + "ReportFills",
+            _set(_fill_report, lambda r: setattr(r.fills[0], "order_id", "x")),
+            "fills[0].order_id",
+        ),
+        Case(
+            "fills-price-nan",
+            EXE + "ReportFills",
+            _set(_fill_report, lambda r: setattr(r.fills[0], "price", float("nan"))),
+            "fills[0].price",
+        ),
+        Case(
+            "fills-side",
+            EXE + "ReportFills",
+            _set(_fill_report, lambda r: setattr(r.fills[0], "side", "HOLD")),
+            "fills[0].side",
+        ),
+        Case(
+            "fills-id-10kb",
+            EXE + "ReportFills",
+            _set(_fill_report, lambda r: setattr(r.fills[0], "fill_id", LONG)),
+            "fills[0].fill_id",
+        ),
+        Case(
+            "reconcile-negative-shares",
+            EXE + "Reconcile",
+            lambda: ex_pb.ReconcileRequest(
+                portfolio_id="corpus", positions=[ex_pb.ReportedPosition(symbol="A", shares=-1)]
+            ),
+            "positions[0].shares",
+        ),
+        # Rotation reads
+        Case(
+            "latest-rotation-nul",
+            QUERY + "GetLatestRotationDecision",
+            lambda: query_pb.GetLatestRotationDecisionRequest(portfolio_id=NUL),
+            "portfolio_id",
+        ),
+        Case(
+            "rotation-decisions-token-nul",
+            QUERY + "ListRotationDecisions",
+            lambda: query_pb.ListRotationDecisionsRequest(portfolio_id="corpus", page_token=NUL),
+            "page_token",
+        ),
+        Case(
+            "rotation-decisions-start-year-0",
+            QUERY + "ListRotationDecisions",
+            _set(
+                lambda: query_pb.ListRotationDecisionsRequest(portfolio_id="corpus"),
+                _ts("start", MIN_TIMESTAMP_SECONDS - 1),
+            ),
+            "start",
+        ),
+        Case(
+            "rotation-reasons-10kb",
+            QUERY + "CountRotationReasons",
+            lambda: query_pb.CountRotationReasonsRequest(portfolio_id=LONG),
+            "portfolio_id",
+        ),
+        # Rotation: signals, configurations, cycles, kill-switches
+        Case("signals-set-nul", ROT + "IngestSignals", _signal_change(_field("signal_set", NUL)), "signal_set"),
+        Case(
+            "signals-symbol-65",
+            ROT + "IngestSignals",
+            _signal_change(lambda r: setattr(r.signals[1], "symbol", "S" * 65)),
+            "signals[1].symbol",
+        ),
+        Case(
+            "signals-score-nan",
+            ROT + "IngestSignals",
+            _signal_change(lambda r: setattr(r.signals[0], "score", float("nan"))),
+            "signals[0].score",
+        ),
+        Case("signals-time-unset", ROT + "IngestSignals", _signals, "signals[0].time"),
+        Case(
+            "signals-time-year-10000",
+            ROT + "IngestSignals",
+            _signal_change(_ts("signals.1.time", MAX_TIMESTAMP_SECONDS + 1)),
+            "signals[1].time",
+        ),
+        Case(
+            "rotation-portfolio-10kb",
+            ROT + "UpsertRotationConfiguration",
+            _set(_rotation, _field("configuration.portfolio_id", LONG)),
+            "configuration.portfolio_id",
+        ),
+        Case(
+            "rotation-duplicate-symbol",
+            ROT + "UpsertRotationConfiguration",
+            _set(_rotation, lambda r: setattr(r.configuration.universe[1], "symbol", "AAA")),
+            "configuration.universe[1].symbol",
+        ),
+        Case(
+            "rotation-negative-cost",
+            ROT + "UpsertRotationConfiguration",
+            _set(_rotation, lambda r: setattr(r.configuration.universe[0], "cost_bps", -1.0)),
+            "configuration.universe[0].cost_bps",
+        ),
+        Case(
+            "rotation-k-buy-over-k",
+            ROT + "UpsertRotationConfiguration",
+            _set(_rotation, _field("configuration.greedy.k_buy", 30)),
+            "configuration.greedy.k_buy",
+        ),
+        Case(
+            "rotation-window-25h",
+            ROT + "UpsertRotationConfiguration",
+            _set(_rotation, lambda r: r.configuration.policy.windows.append("25:00")),
+            "configuration.policy.windows[0]",
+        ),
+        Case(
+            "rotation-unknown-calendar",
+            ROT + "UpsertRotationConfiguration",
+            _set(_rotation, _field("configuration.policy.calendar", "NOPE")),
+            "configuration.policy.calendar",
+        ),
+        Case(
+            "cycle-portfolio-nul",
+            ROT + "RunRotationCycle",
+            lambda: rot_pb.RunRotationCycleRequest(portfolio_id=NUL),
+            "portfolio_id",
+        ),
+        Case(
+            "cycle-as-of-nanos",
+            ROT + "RunRotationCycle",
+            _set(lambda: rot_pb.RunRotationCycleRequest(portfolio_id="corpus"), _ts("as_of", T0, 1_000_000_000)),
+            "as_of",
+        ),
+        Case(
+            "scheduler-reason-nul",
+            ROT + "PauseRotationScheduler",
+            lambda: rot_pb.PauseRotationSchedulerRequest(paused=True, reason=NUL),
+            "reason",
+        ),
+        Case(
+            "kill-switch-no-reason",
+            ROT + "SetKillSwitch",
+            lambda: rot_pb.SetKillSwitchRequest(portfolio_id="corpus", engaged=True),
+            "reason",
+        ),
+        Case(
+            "kill-switch-portfolio-10kb",
+            ROT + "SetKillSwitch",
+            lambda: rot_pb.SetKillSwitchRequest(portfolio_id=LONG, engaged=True, reason="r"),
+            "portfolio_id",
         ),
     ]
     return cases

@@ -34,12 +34,13 @@ from services.errors import InvalidInputError
 
 MAX_ID_LENGTH: Final = 128
 """Longest identifier, in characters: ``portfolio_id``, ``request_id``, ``recommendation_id``, ``cache_key``,
-``lot_id``."""
+``lot_id``, ``signal_set``, ``fill_id``, ``order_id``."""
 MAX_SYMBOL_LENGTH: Final = 64
 """Longest symbol, in characters: ``symbol``, ``market_symbol`` and the keys of the maps keyed by symbol
 (``target_weights``, ``prices``, ``constraints.strategy_bounds`` ...)."""
 MAX_NAME_LENGTH: Final = 128
-"""Longest group or scheme name, in characters: ``sector``, ``scheme``, ``classifications`` keys and values."""
+"""Longest group or scheme name, in characters: ``sector``, ``scheme``, ``horizon(s)``, ``windows``, ``calendar``,
+``side``, ``classifications`` keys and values."""
 MAX_TEXT_LENGTH: Final = 4000
 """Longest free text, in characters: ``reason`` (and any string field not listed in :data:`STRING_KINDS`)."""
 MAX_PAGE_TOKEN_LENGTH: Final = 1024
@@ -67,10 +68,18 @@ STRING_KINDS: Final[dict[str, tuple[str, int]]] = {
     "recommendation_id": ID,
     "cache_key": ID,
     "lot_id": ID,
+    "signal_set": ID,
+    "fill_id": ID,
+    "order_id": ID,
     "symbol": SYMBOL,
     "market_symbol": SYMBOL,
     "sector": NAME,
     "scheme": NAME,
+    "horizon": NAME,
+    "horizons": NAME,
+    "windows": NAME,
+    "calendar": NAME,
+    "side": NAME,
     "reason": TEXT,
     "page_token": PAGE_TOKEN,
 }

@@ -688,3 +688,43 @@ class TestPostgresTradingStore(TradingStoreContract):
                 assert status_code(caught.value) is grpc.StatusCode.UNAVAILABLE
 
         asyncio.run(scenario())
+
+    # --- the order outbox (migration 0013) -------------------------------------------------------------------
+
+    async def outbox(self, portfolio_id: str) -> list[tuple[Any, ...]]:
+        rows = await self.pool.fetch(
+            "SELECT order_id, source, source_id, symbol, side, shares, reference_price, status FROM order_outbox "
+            "WHERE portfolio_id = $1",
+            portfolio_id,
+        )
+        return [tuple(r) for r in rows]
+
+    def test_an_approved_recommendation_queues_its_orders_once(self) -> None:
+        async def scenario(store: TradingStore) -> None:
+            portfolio_id = unique("outbox")
+            pending = await self.pending(store, portfolio_id)
+            assert await self.outbox(portfolio_id) == []  # pending: nothing to execute yet
+            rid = uuid.UUID(pending.recommendation_id)
+            await store.decide(rid, status=RecommendationStatus.APPROVED, actor="risk", reason="")
+            expected_id = uuid.uuid5(uuid.UUID("6f1d3c1e-2b7a-4a51-9a43-3f0c5e2d9b10"), f"{rid}:XYZ")
+            queued = [(expected_id, "REBALANCE", rid, "XYZ", "SELL", 5.0, 100.0, "NEW")]
+            assert await self.outbox(portfolio_id) == queued
+            with pytest.raises(IllegalTransitionError):  # decided once: a second approval queues nothing
+                await store.decide(rid, status=RecommendationStatus.APPROVED, actor="risk2", reason="")
+            assert await self.outbox(portfolio_id) == queued
+
+        self.run(scenario)
+
+    def test_an_auto_approved_recommendation_queues_its_orders_at_creation(self) -> None:
+        async def scenario(store: TradingStore) -> None:
+            portfolio_id = unique("outbox-auto")
+            created = await store.create(
+                recommendation(portfolio_id, 50.0, 100.0), request_id="", request_hash="h", as_of=AS_OF,
+                approval_ttl=TTL,
+            )  # fmt: skip
+            assert created.status == RecommendationStatus.AUTO_APPROVED
+            [(_, source, source_id, symbol, side, shares, _, status)] = await self.outbox(portfolio_id)
+            rid = uuid.UUID(created.recommendation_id)
+            assert (source, source_id, symbol, side, shares, status) == ("REBALANCE", rid, "XYZ", "SELL", 0.5, "NEW")
+
+        self.run(scenario)

@@ -23,9 +23,13 @@ def test_hypertables_and_chunk_intervals(db: psycopg.Connection[Any]) -> None:
            ORDER BY hypertable_name"""
     ).fetchall()
     assert rows == [
+        ("execution_events", "timestamp", timedelta(days=30)),
+        ("kill_switch_events", "timestamp", timedelta(days=365)),
         ("market_data", "timestamp", timedelta(days=365)),
         ("portfolio_optimized", "timestamp", timedelta(days=7)),
         ("rebalance_events", "timestamp", timedelta(days=30)),
+        ("rotation_decided", "timestamp", timedelta(days=7)),
+        ("signals", "time", timedelta(days=7)),
     ]
     version = db.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
     assert version is not None and version[0].startswith("2.")

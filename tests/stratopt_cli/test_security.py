@@ -26,8 +26,10 @@ from typer.testing import CliRunner
 
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import command_service_pb2_grpc as cmd_grpc
+from stratopt.v1 import execution_service_pb2 as ex_pb
 from stratopt.v1 import query_service_pb2 as query_pb
 from stratopt.v1 import query_service_pb2_grpc as query_grpc
+from stratopt.v1 import rotation_service_pb2 as rot_pb
 from stratopt.v1 import trading_service_pb2 as tpb
 from stratopt.v1 import trading_service_pb2_grpc as trading_grpc
 from stratopt.v1 import types_pb2 as pb
@@ -133,7 +135,7 @@ def details_of(call: Any, request: Any, metadata: list[tuple[str, str]]) -> str:
 def test_every_rpc_of_every_service_has_a_role() -> None:
     methods = {
         f"/{service.full_name}/{method.name}"
-        for module in (cmd_pb, tpb, query_pb)
+        for module in (cmd_pb, tpb, rot_pb, ex_pb, query_pb)
         for service in module.DESCRIPTOR.services_by_name.values()
         for method in service.methods
     }

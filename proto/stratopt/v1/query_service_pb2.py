@@ -24,39 +24,62 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from stratopt.v1 import rotation_service_pb2 as stratopt_dot_v1_dot_rotation__service__pb2
 from stratopt.v1 import trading_service_pb2 as stratopt_dot_v1_dot_trading__service__pb2
 from stratopt.v1 import types_pb2 as stratopt_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fstratopt/v1/query_service.proto\x12\x0bstratopt.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!stratopt/v1/trading_service.proto\x1a\x17stratopt/v1/types.proto\"(\n\x10GetLatestRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\"H\n\x11GetLatestResponse\x12\x33\n\x05\x65vent\x18\x01 \x01(\x0b\x32$.stratopt.v1.PortfolioOptimizedEvent\"\xa4\x01\n\x11GetHistoryRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"c\n\x12GetHistoryResponse\x12\x34\n\x06\x65vents\x18\x01 \x03(\x0b\x32$.stratopt.v1.PortfolioOptimizedEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb9\x01\n\x1cGetPortfolioAnalyticsRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0c\x62ucket_width\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd5\x01\n\x0f\x41nalyticsBucket\x12\x30\n\x0c\x62ucket_start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\trun_count\x18\x02 \x01(\r\x12\x19\n\x11mean_sharpe_ratio\x18\x03 \x01(\x01\x12\x17\n\x0fmean_volatility\x18\x04 \x01(\x01\x12\x1c\n\x14mean_expected_return\x18\x05 \x01(\x01\x12\x15\n\rmean_turnover\x18\x06 \x01(\x01\x12\x14\n\x0cmax_turnover\x18\x07 \x01(\x01\"b\n\x1dGetPortfolioAnalyticsResponse\x12-\n\x07\x62uckets\x18\x01 \x03(\x0b\x32\x1c.stratopt.v1.AnalyticsBucket\x12\x12\n\ntotal_runs\x18\x02 \x01(\r\"0\n\x13GetRebalanceRequest\x12\x19\n\x11recommendation_id\x18\x01 \x01(\t\"T\n\x14GetRebalanceResponse\x12<\n\x0erecommendation\x18\x01 \x01(\x0b\x32$.stratopt.v1.RebalanceRecommendation\"\xad\x01\n\x1aListRebalanceEventsRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"c\n\x1bListRebalanceEventsResponse\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.stratopt.v1.RebalanceEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xe4\x03\n\x18OptimizationQueryService\x12J\n\tGetLatest\x12\x1d.stratopt.v1.GetLatestRequest\x1a\x1e.stratopt.v1.GetLatestResponse\x12M\n\nGetHistory\x12\x1e.stratopt.v1.GetHistoryRequest\x1a\x1f.stratopt.v1.GetHistoryResponse\x12n\n\x15GetPortfolioAnalytics\x12).stratopt.v1.GetPortfolioAnalyticsRequest\x1a*.stratopt.v1.GetPortfolioAnalyticsResponse\x12S\n\x0cGetRebalance\x12 .stratopt.v1.GetRebalanceRequest\x1a!.stratopt.v1.GetRebalanceResponse\x12h\n\x13ListRebalanceEvents\x12\'.stratopt.v1.ListRebalanceEventsRequest\x1a(.stratopt.v1.ListRebalanceEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fstratopt/v1/query_service.proto\x12\x0bstratopt.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"stratopt/v1/rotation_service.proto\x1a!stratopt/v1/trading_service.proto\x1a\x17stratopt/v1/types.proto\"(\n\x10GetLatestRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\"H\n\x11GetLatestResponse\x12\x33\n\x05\x65vent\x18\x01 \x01(\x0b\x32$.stratopt.v1.PortfolioOptimizedEvent\"\xa4\x01\n\x11GetHistoryRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"c\n\x12GetHistoryResponse\x12\x34\n\x06\x65vents\x18\x01 \x03(\x0b\x32$.stratopt.v1.PortfolioOptimizedEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb9\x01\n\x1cGetPortfolioAnalyticsRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0c\x62ucket_width\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd5\x01\n\x0f\x41nalyticsBucket\x12\x30\n\x0c\x62ucket_start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\trun_count\x18\x02 \x01(\r\x12\x19\n\x11mean_sharpe_ratio\x18\x03 \x01(\x01\x12\x17\n\x0fmean_volatility\x18\x04 \x01(\x01\x12\x1c\n\x14mean_expected_return\x18\x05 \x01(\x01\x12\x15\n\rmean_turnover\x18\x06 \x01(\x01\x12\x14\n\x0cmax_turnover\x18\x07 \x01(\x01\"b\n\x1dGetPortfolioAnalyticsResponse\x12-\n\x07\x62uckets\x18\x01 \x03(\x0b\x32\x1c.stratopt.v1.AnalyticsBucket\x12\x12\n\ntotal_runs\x18\x02 \x01(\r\"0\n\x13GetRebalanceRequest\x12\x19\n\x11recommendation_id\x18\x01 \x01(\t\"T\n\x14GetRebalanceResponse\x12<\n\x0erecommendation\x18\x01 \x01(\x0b\x32$.stratopt.v1.RebalanceRecommendation\"\xad\x01\n\x1aListRebalanceEventsRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"c\n\x1bListRebalanceEventsResponse\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.stratopt.v1.RebalanceEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n GetLatestRotationDecisionRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\"T\n!GetLatestRotationDecisionResponse\x12/\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x1d.stratopt.v1.RotationDecision\"\xaf\x01\n\x1cListRotationDecisionsRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"j\n\x1dListRotationDecisionsResponse\x12\x30\n\tdecisions\x18\x01 \x03(\x0b\x32\x1d.stratopt.v1.RotationDecision\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb8\x01\n\x1b\x43ountRotationReasonsRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0c\x62ucket_width\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xe9\x02\n\x14RotationReasonBucket\x12\x30\n\x0c\x62ucket_start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tdecisions\x18\x02 \x01(\x04\x12\x0e\n\x06trades\x18\x03 \x01(\x04\x12\r\n\x05holds\x18\x04 \x01(\x04\x12?\n\x07reasons\x18\x05 \x03(\x0b\x32..stratopt.v1.RotationReasonBucket.ReasonsEntry\x12H\n\x0chold_reasons\x18\x06 \x03(\x0b\x32\x32.stratopt.v1.RotationReasonBucket.HoldReasonsEntry\x1a.\n\x0cReasonsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x32\n\x10HoldReasonsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"R\n\x1c\x43ountRotationReasonsResponse\x12\x32\n\x07\x62uckets\x18\x01 \x03(\x0b\x32!.stratopt.v1.RotationReasonBucket2\xbd\x06\n\x18OptimizationQueryService\x12J\n\tGetLatest\x12\x1d.stratopt.v1.GetLatestRequest\x1a\x1e.stratopt.v1.GetLatestResponse\x12M\n\nGetHistory\x12\x1e.stratopt.v1.GetHistoryRequest\x1a\x1f.stratopt.v1.GetHistoryResponse\x12n\n\x15GetPortfolioAnalytics\x12).stratopt.v1.GetPortfolioAnalyticsRequest\x1a*.stratopt.v1.GetPortfolioAnalyticsResponse\x12S\n\x0cGetRebalance\x12 .stratopt.v1.GetRebalanceRequest\x1a!.stratopt.v1.GetRebalanceResponse\x12h\n\x13ListRebalanceEvents\x12\'.stratopt.v1.ListRebalanceEventsRequest\x1a(.stratopt.v1.ListRebalanceEventsResponse\x12z\n\x19GetLatestRotationDecision\x12-.stratopt.v1.GetLatestRotationDecisionRequest\x1a..stratopt.v1.GetLatestRotationDecisionResponse\x12n\n\x15ListRotationDecisions\x12).stratopt.v1.ListRotationDecisionsRequest\x1a*.stratopt.v1.ListRotationDecisionsResponse\x12k\n\x14\x43ountRotationReasons\x12(.stratopt.v1.CountRotationReasonsRequest\x1a).stratopt.v1.CountRotationReasonsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stratopt.v1.query_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETLATESTREQUEST']._serialized_start=173
-  _globals['_GETLATESTREQUEST']._serialized_end=213
-  _globals['_GETLATESTRESPONSE']._serialized_start=215
-  _globals['_GETLATESTRESPONSE']._serialized_end=287
-  _globals['_GETHISTORYREQUEST']._serialized_start=290
-  _globals['_GETHISTORYREQUEST']._serialized_end=454
-  _globals['_GETHISTORYRESPONSE']._serialized_start=456
-  _globals['_GETHISTORYRESPONSE']._serialized_end=555
-  _globals['_GETPORTFOLIOANALYTICSREQUEST']._serialized_start=558
-  _globals['_GETPORTFOLIOANALYTICSREQUEST']._serialized_end=743
-  _globals['_ANALYTICSBUCKET']._serialized_start=746
-  _globals['_ANALYTICSBUCKET']._serialized_end=959
-  _globals['_GETPORTFOLIOANALYTICSRESPONSE']._serialized_start=961
-  _globals['_GETPORTFOLIOANALYTICSRESPONSE']._serialized_end=1059
-  _globals['_GETREBALANCEREQUEST']._serialized_start=1061
-  _globals['_GETREBALANCEREQUEST']._serialized_end=1109
-  _globals['_GETREBALANCERESPONSE']._serialized_start=1111
-  _globals['_GETREBALANCERESPONSE']._serialized_end=1195
-  _globals['_LISTREBALANCEEVENTSREQUEST']._serialized_start=1198
-  _globals['_LISTREBALANCEEVENTSREQUEST']._serialized_end=1371
-  _globals['_LISTREBALANCEEVENTSRESPONSE']._serialized_start=1373
-  _globals['_LISTREBALANCEEVENTSRESPONSE']._serialized_end=1472
-  _globals['_OPTIMIZATIONQUERYSERVICE']._serialized_start=1475
-  _globals['_OPTIMIZATIONQUERYSERVICE']._serialized_end=1959
+  _globals['_ROTATIONREASONBUCKET_REASONSENTRY']._loaded_options = None
+  _globals['_ROTATIONREASONBUCKET_REASONSENTRY']._serialized_options = b'8\001'
+  _globals['_ROTATIONREASONBUCKET_HOLDREASONSENTRY']._loaded_options = None
+  _globals['_ROTATIONREASONBUCKET_HOLDREASONSENTRY']._serialized_options = b'8\001'
+  _globals['_GETLATESTREQUEST']._serialized_start=209
+  _globals['_GETLATESTREQUEST']._serialized_end=249
+  _globals['_GETLATESTRESPONSE']._serialized_start=251
+  _globals['_GETLATESTRESPONSE']._serialized_end=323
+  _globals['_GETHISTORYREQUEST']._serialized_start=326
+  _globals['_GETHISTORYREQUEST']._serialized_end=490
+  _globals['_GETHISTORYRESPONSE']._serialized_start=492
+  _globals['_GETHISTORYRESPONSE']._serialized_end=591
+  _globals['_GETPORTFOLIOANALYTICSREQUEST']._serialized_start=594
+  _globals['_GETPORTFOLIOANALYTICSREQUEST']._serialized_end=779
+  _globals['_ANALYTICSBUCKET']._serialized_start=782
+  _globals['_ANALYTICSBUCKET']._serialized_end=995
+  _globals['_GETPORTFOLIOANALYTICSRESPONSE']._serialized_start=997
+  _globals['_GETPORTFOLIOANALYTICSRESPONSE']._serialized_end=1095
+  _globals['_GETREBALANCEREQUEST']._serialized_start=1097
+  _globals['_GETREBALANCEREQUEST']._serialized_end=1145
+  _globals['_GETREBALANCERESPONSE']._serialized_start=1147
+  _globals['_GETREBALANCERESPONSE']._serialized_end=1231
+  _globals['_LISTREBALANCEEVENTSREQUEST']._serialized_start=1234
+  _globals['_LISTREBALANCEEVENTSREQUEST']._serialized_end=1407
+  _globals['_LISTREBALANCEEVENTSRESPONSE']._serialized_start=1409
+  _globals['_LISTREBALANCEEVENTSRESPONSE']._serialized_end=1508
+  _globals['_GETLATESTROTATIONDECISIONREQUEST']._serialized_start=1510
+  _globals['_GETLATESTROTATIONDECISIONREQUEST']._serialized_end=1566
+  _globals['_GETLATESTROTATIONDECISIONRESPONSE']._serialized_start=1568
+  _globals['_GETLATESTROTATIONDECISIONRESPONSE']._serialized_end=1652
+  _globals['_LISTROTATIONDECISIONSREQUEST']._serialized_start=1655
+  _globals['_LISTROTATIONDECISIONSREQUEST']._serialized_end=1830
+  _globals['_LISTROTATIONDECISIONSRESPONSE']._serialized_start=1832
+  _globals['_LISTROTATIONDECISIONSRESPONSE']._serialized_end=1938
+  _globals['_COUNTROTATIONREASONSREQUEST']._serialized_start=1941
+  _globals['_COUNTROTATIONREASONSREQUEST']._serialized_end=2125
+  _globals['_ROTATIONREASONBUCKET']._serialized_start=2128
+  _globals['_ROTATIONREASONBUCKET']._serialized_end=2489
+  _globals['_ROTATIONREASONBUCKET_REASONSENTRY']._serialized_start=2391
+  _globals['_ROTATIONREASONBUCKET_REASONSENTRY']._serialized_end=2437
+  _globals['_ROTATIONREASONBUCKET_HOLDREASONSENTRY']._serialized_start=2439
+  _globals['_ROTATIONREASONBUCKET_HOLDREASONSENTRY']._serialized_end=2489
+  _globals['_COUNTROTATIONREASONSRESPONSE']._serialized_start=2491
+  _globals['_COUNTROTATIONREASONSRESPONSE']._serialized_end=2573
+  _globals['_OPTIMIZATIONQUERYSERVICE']._serialized_start=2576
+  _globals['_OPTIMIZATIONQUERYSERVICE']._serialized_end=3405
 # @@protoc_insertion_point(module_scope)

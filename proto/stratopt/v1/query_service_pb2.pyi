@@ -9,6 +9,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from stratopt.v1 import rotation_service_pb2 as _rotation_service_pb2
 from stratopt.v1 import trading_service_pb2 as _trading_service_pb2
 from stratopt.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
@@ -371,3 +372,269 @@ class ListRebalanceEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRebalanceEventsResponse: _TypeAlias = ListRebalanceEventsResponse  # noqa: Y015
+
+@_typing.final
+class GetLatestRotationDecisionRequest(_message.Message):
+    """The latest rotation decision of a portfolio."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTFOLIO_ID_FIELD_NUMBER: _builtins.int
+    portfolio_id: _builtins.str
+    """Portfolio identifier."""
+    def __init__(
+        self,
+        *,
+        portfolio_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["portfolio_id", b"portfolio_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLatestRotationDecisionRequest: _TypeAlias = GetLatestRotationDecisionRequest  # noqa: Y015
+
+@_typing.final
+class GetLatestRotationDecisionResponse(_message.Message):
+    """The latest rotation decision."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def decision(self) -> _rotation_service_pb2.RotationDecision:
+        """The decision, as RunRotationCycle returned it."""
+
+    def __init__(
+        self,
+        *,
+        decision: _rotation_service_pb2.RotationDecision | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLatestRotationDecisionResponse: _TypeAlias = GetLatestRotationDecisionResponse  # noqa: Y015
+
+@_typing.final
+class ListRotationDecisionsRequest(_message.Message):
+    """A page of a portfolio's rotation decisions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTFOLIO_ID_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    portfolio_id: _builtins.str
+    """Portfolio identifier."""
+    page_size: _builtins.int
+    """Maximum decisions per page; 0 = 50, capped at 1000."""
+    page_token: _builtins.str
+    """Token from a previous response (AIP-158); the other fields must not change between pages."""
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """Inclusive lower bound on the decision time; unset = no bound."""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """Exclusive upper bound; unset = no bound."""
+
+    def __init__(
+        self,
+        *,
+        portfolio_id: _builtins.str = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "page_size", b"page_size", "page_token", b"page_token", "portfolio_id", b"portfolio_id", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRotationDecisionsRequest: _TypeAlias = ListRotationDecisionsRequest  # noqa: Y015
+
+@_typing.final
+class ListRotationDecisionsResponse(_message.Message):
+    """Rotation decisions, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def decisions(self) -> _containers.RepeatedCompositeFieldContainer[_rotation_service_pb2.RotationDecision]:
+        """The decisions."""
+
+    def __init__(
+        self,
+        *,
+        decisions: _abc.Iterable[_rotation_service_pb2.RotationDecision] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRotationDecisionsResponse: _TypeAlias = ListRotationDecisionsResponse  # noqa: Y015
+
+@_typing.final
+class CountRotationReasonsRequest(_message.Message):
+    """Reason-code counts of a portfolio's rotation decisions over time."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTFOLIO_ID_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    BUCKET_WIDTH_FIELD_NUMBER: _builtins.int
+    portfolio_id: _builtins.str
+    """Portfolio identifier."""
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """Inclusive lower bound on the decision time; unset = no bound."""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """Exclusive upper bound; unset = no bound."""
+
+    @_builtins.property
+    def bucket_width(self) -> _duration_pb2.Duration:
+        """Bucket width (>= 1 s); unset = 1 day. Buckets are aligned to the Unix epoch (TimescaleDB time_bucket)."""
+
+    def __init__(
+        self,
+        *,
+        portfolio_id: _builtins.str = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        bucket_width: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bucket_width", b"bucket_width", "end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_width", b"bucket_width", "end", b"end", "portfolio_id", b"portfolio_id", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountRotationReasonsRequest: _TypeAlias = CountRotationReasonsRequest  # noqa: Y015
+
+@_typing.final
+class RotationReasonBucket(_message.Message):
+    """One time bucket of rotation decisions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ReasonsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class HoldReasonsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    BUCKET_START_FIELD_NUMBER: _builtins.int
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    TRADES_FIELD_NUMBER: _builtins.int
+    HOLDS_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    HOLD_REASONS_FIELD_NUMBER: _builtins.int
+    decisions: _builtins.int
+    """Decisions in the bucket."""
+    trades: _builtins.int
+    """TRADE decisions."""
+    holds: _builtins.int
+    """HOLD decisions."""
+    @_builtins.property
+    def bucket_start(self) -> _timestamp_pb2.Timestamp:
+        """Start of the bucket."""
+
+    @_builtins.property
+    def reasons(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Changes by reason code (BUY_TOP_K, HOLD_HYSTERESIS, ...)."""
+
+    @_builtins.property
+    def hold_reasons(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """HOLD decisions by policy reason (KILL_SWITCH, BLOCKED_WINDOW, ...)."""
+
+    def __init__(
+        self,
+        *,
+        bucket_start: _timestamp_pb2.Timestamp | None = ...,
+        decisions: _builtins.int = ...,
+        trades: _builtins.int = ...,
+        holds: _builtins.int = ...,
+        reasons: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        hold_reasons: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bucket_start", b"bucket_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_start", b"bucket_start", "decisions", b"decisions", "hold_reasons", b"hold_reasons", "holds", b"holds", "reasons", b"reasons", "trades", b"trades"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotationReasonBucket: _TypeAlias = RotationReasonBucket  # noqa: Y015
+
+@_typing.final
+class CountRotationReasonsResponse(_message.Message):
+    """Buckets with at least one decision, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUCKETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def buckets(self) -> _containers.RepeatedCompositeFieldContainer[Global___RotationReasonBucket]: ...
+    def __init__(
+        self,
+        *,
+        buckets: _abc.Iterable[Global___RotationReasonBucket] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets", b"buckets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountRotationReasonsResponse: _TypeAlias = CountRotationReasonsResponse  # noqa: Y015

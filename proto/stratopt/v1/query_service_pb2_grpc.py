@@ -60,6 +60,21 @@ class OptimizationQueryServiceStub:
                 request_serializer=stratopt_dot_v1_dot_query__service__pb2.ListRebalanceEventsRequest.SerializeToString,
                 response_deserializer=stratopt_dot_v1_dot_query__service__pb2.ListRebalanceEventsResponse.FromString,
                 _registered_method=True)
+        self.GetLatestRotationDecision = channel.unary_unary(
+                '/stratopt.v1.OptimizationQueryService/GetLatestRotationDecision',
+                request_serializer=stratopt_dot_v1_dot_query__service__pb2.GetLatestRotationDecisionRequest.SerializeToString,
+                response_deserializer=stratopt_dot_v1_dot_query__service__pb2.GetLatestRotationDecisionResponse.FromString,
+                _registered_method=True)
+        self.ListRotationDecisions = channel.unary_unary(
+                '/stratopt.v1.OptimizationQueryService/ListRotationDecisions',
+                request_serializer=stratopt_dot_v1_dot_query__service__pb2.ListRotationDecisionsRequest.SerializeToString,
+                response_deserializer=stratopt_dot_v1_dot_query__service__pb2.ListRotationDecisionsResponse.FromString,
+                _registered_method=True)
+        self.CountRotationReasons = channel.unary_unary(
+                '/stratopt.v1.OptimizationQueryService/CountRotationReasons',
+                request_serializer=stratopt_dot_v1_dot_query__service__pb2.CountRotationReasonsRequest.SerializeToString,
+                response_deserializer=stratopt_dot_v1_dot_query__service__pb2.CountRotationReasonsResponse.FromString,
+                _registered_method=True)
 
 
 class OptimizationQueryServiceServicer:
@@ -104,6 +119,27 @@ class OptimizationQueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLatestRotationDecision(self, request, context):
+        """The most recent rotation decision of a portfolio (from the rotation_decided events). NOT_FOUND when none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRotationDecisions(self, request, context):
+        """Rotation decisions of a portfolio in a time range (by decision time), newest first, keyset pagination.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountRotationReasons(self, request, context):
+        """Per time bucket: decisions by action and changes by reason code (aggregated in TimescaleDB).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizationQueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +167,21 @@ def add_OptimizationQueryServiceServicer_to_server(servicer, server):
                     servicer.ListRebalanceEvents,
                     request_deserializer=stratopt_dot_v1_dot_query__service__pb2.ListRebalanceEventsRequest.FromString,
                     response_serializer=stratopt_dot_v1_dot_query__service__pb2.ListRebalanceEventsResponse.SerializeToString,
+            ),
+            'GetLatestRotationDecision': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLatestRotationDecision,
+                    request_deserializer=stratopt_dot_v1_dot_query__service__pb2.GetLatestRotationDecisionRequest.FromString,
+                    response_serializer=stratopt_dot_v1_dot_query__service__pb2.GetLatestRotationDecisionResponse.SerializeToString,
+            ),
+            'ListRotationDecisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRotationDecisions,
+                    request_deserializer=stratopt_dot_v1_dot_query__service__pb2.ListRotationDecisionsRequest.FromString,
+                    response_serializer=stratopt_dot_v1_dot_query__service__pb2.ListRotationDecisionsResponse.SerializeToString,
+            ),
+            'CountRotationReasons': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountRotationReasons,
+                    request_deserializer=stratopt_dot_v1_dot_query__service__pb2.CountRotationReasonsRequest.FromString,
+                    response_serializer=stratopt_dot_v1_dot_query__service__pb2.CountRotationReasonsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +320,87 @@ class OptimizationQueryService:
             '/stratopt.v1.OptimizationQueryService/ListRebalanceEvents',
             stratopt_dot_v1_dot_query__service__pb2.ListRebalanceEventsRequest.SerializeToString,
             stratopt_dot_v1_dot_query__service__pb2.ListRebalanceEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLatestRotationDecision(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stratopt.v1.OptimizationQueryService/GetLatestRotationDecision',
+            stratopt_dot_v1_dot_query__service__pb2.GetLatestRotationDecisionRequest.SerializeToString,
+            stratopt_dot_v1_dot_query__service__pb2.GetLatestRotationDecisionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRotationDecisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stratopt.v1.OptimizationQueryService/ListRotationDecisions',
+            stratopt_dot_v1_dot_query__service__pb2.ListRotationDecisionsRequest.SerializeToString,
+            stratopt_dot_v1_dot_query__service__pb2.ListRotationDecisionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountRotationReasons(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stratopt.v1.OptimizationQueryService/CountRotationReasons',
+            stratopt_dot_v1_dot_query__service__pb2.CountRotationReasonsRequest.SerializeToString,
+            stratopt_dot_v1_dot_query__service__pb2.CountRotationReasonsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,12 @@ class OptimizationQueryServiceStub:
     """Rebalance events (CREATED, APPROVED, REJECTED, EXPIRED, SHARES_ALLOCATED) of a portfolio in a time range,
     newest first, with keyset pagination.
     """
+    GetLatestRotationDecision: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.GetLatestRotationDecisionRequest, _query_service_pb2.GetLatestRotationDecisionResponse]
+    """The most recent rotation decision of a portfolio (from the rotation_decided events). NOT_FOUND when none."""
+    ListRotationDecisions: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.ListRotationDecisionsRequest, _query_service_pb2.ListRotationDecisionsResponse]
+    """Rotation decisions of a portfolio in a time range (by decision time), newest first, keyset pagination."""
+    CountRotationReasons: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.CountRotationReasonsRequest, _query_service_pb2.CountRotationReasonsResponse]
+    """Per time bucket: decisions by action and changes by reason code (aggregated in TimescaleDB)."""
 
 @_typing.type_check_only
 class OptimizationQueryServiceAsyncStub(OptimizationQueryServiceStub):
@@ -71,6 +77,12 @@ class OptimizationQueryServiceAsyncStub(OptimizationQueryServiceStub):
     """Rebalance events (CREATED, APPROVED, REJECTED, EXPIRED, SHARES_ALLOCATED) of a portfolio in a time range,
     newest first, with keyset pagination.
     """
+    GetLatestRotationDecision: _aio.UnaryUnaryMultiCallable[_query_service_pb2.GetLatestRotationDecisionRequest, _query_service_pb2.GetLatestRotationDecisionResponse]  # type: ignore[assignment]
+    """The most recent rotation decision of a portfolio (from the rotation_decided events). NOT_FOUND when none."""
+    ListRotationDecisions: _aio.UnaryUnaryMultiCallable[_query_service_pb2.ListRotationDecisionsRequest, _query_service_pb2.ListRotationDecisionsResponse]  # type: ignore[assignment]
+    """Rotation decisions of a portfolio in a time range (by decision time), newest first, keyset pagination."""
+    CountRotationReasons: _aio.UnaryUnaryMultiCallable[_query_service_pb2.CountRotationReasonsRequest, _query_service_pb2.CountRotationReasonsResponse]  # type: ignore[assignment]
+    """Per time bucket: decisions by action and changes by reason code (aggregated in TimescaleDB)."""
 
 class OptimizationQueryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Read-only queries over stored optimization events."""
@@ -120,5 +132,29 @@ class OptimizationQueryServiceServicer(metaclass=_abc_1.ABCMeta):
         """Rebalance events (CREATED, APPROVED, REJECTED, EXPIRED, SHARES_ALLOCATED) of a portfolio in a time range,
         newest first, with keyset pagination.
         """
+
+    @_abc_1.abstractmethod
+    def GetLatestRotationDecision(
+        self,
+        request: _query_service_pb2.GetLatestRotationDecisionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_query_service_pb2.GetLatestRotationDecisionResponse, _abc.Awaitable[_query_service_pb2.GetLatestRotationDecisionResponse]]:
+        """The most recent rotation decision of a portfolio (from the rotation_decided events). NOT_FOUND when none."""
+
+    @_abc_1.abstractmethod
+    def ListRotationDecisions(
+        self,
+        request: _query_service_pb2.ListRotationDecisionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_query_service_pb2.ListRotationDecisionsResponse, _abc.Awaitable[_query_service_pb2.ListRotationDecisionsResponse]]:
+        """Rotation decisions of a portfolio in a time range (by decision time), newest first, keyset pagination."""
+
+    @_abc_1.abstractmethod
+    def CountRotationReasons(
+        self,
+        request: _query_service_pb2.CountRotationReasonsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_query_service_pb2.CountRotationReasonsResponse, _abc.Awaitable[_query_service_pb2.CountRotationReasonsResponse]]:
+        """Per time bucket: decisions by action and changes by reason code (aggregated in TimescaleDB)."""
 
 def add_OptimizationQueryServiceServicer_to_server(servicer: OptimizationQueryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,179 @@
+"""``stratopt.v1`` execution messages ↔ the execution model (every request checked by ``check_request`` first)."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from command_side.execution import Fill
+from command_side.execution_service import Reconciliation
+from command_side.execution_store import (
+    DEFAULT_COMMISSION_PER_SHARE,
+    DEFAULT_IMPACT_BPS,
+    DEFAULT_SPREAD_BPS,
+    ExecutionResult,
+    OrderState,
+    PaperBroker,
+)
+from services.errors import InvalidInputError
+from stratopt.request_limits import check_request
+from stratopt.v1 import execution_service_pb2 as ex_pb
+
+MAX_FILLS_PER_REPORT = 1000
+MAX_BPS = 10_000.0
+
+
+def _bad(field: str, description: str) -> InvalidInputError:
+    return InvalidInputError.for_field(field, description)
+
+
+def _portfolio(value: str) -> str:
+    if not value:
+        raise _bad("portfolio_id", "is required")
+    return value
+
+
+def _nonnegative(value: float, field: str, limit: float = math.inf) -> float:
+    if not (math.isfinite(value) and 0 <= value <= limit):
+        raise _bad(field, f"must be finite, ≥ 0 and ≤ {limit:g}, got {value}")
+    return value
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value.astimezone(UTC))
+    return stamp
+
+
+def execute_orders_command(request: ex_pb.ExecuteOrdersRequest) -> tuple[str, datetime | None, PaperBroker]:
+    """``(portfolio_id, as_of or None, broker settings)`` of an ExecuteOrders request."""
+    check_request(request)
+    s = request.settings
+    broker = PaperBroker(
+        spread_bps=_nonnegative(s.spread_bps, "settings.spread_bps", MAX_BPS) if s.HasField("spread_bps")
+        else DEFAULT_SPREAD_BPS,
+        impact_bps=_nonnegative(s.impact_bps, "settings.impact_bps", MAX_BPS) if s.HasField("impact_bps")
+        else DEFAULT_IMPACT_BPS,
+        commission_per_share=_nonnegative(s.commission_per_share, "settings.commission_per_share")
+        if s.HasField("commission_per_share") else DEFAULT_COMMISSION_PER_SHARE,
+    )  # fmt: skip
+    as_of = request.as_of.ToDatetime(tzinfo=UTC) if request.HasField("as_of") else None
+    return _portfolio(request.portfolio_id), as_of, broker
+
+
+def report_fills_command(request: ex_pb.ReportFillsRequest) -> tuple[str, list[Fill]]:
+    """``(portfolio_id, fills)`` of a ReportFills request, every field checked and named."""
+    check_request(request)
+    portfolio_id = _portfolio(request.portfolio_id)
+    if not 1 <= len(request.fills) <= MAX_FILLS_PER_REPORT:
+        raise _bad("fills", f"needs 1 to {MAX_FILLS_PER_REPORT} fills, got {len(request.fills)}")
+    fills = []
+    for i, f in enumerate(request.fills):
+        path = f"fills[{i}]"
+        if not f.fill_id:
+            raise _bad(f"{path}.fill_id", "is required")
+        try:
+            order_id = str(uuid.UUID(f.order_id))
+        except ValueError:
+            raise _bad(f"{path}.order_id", "must be an order id (a UUID)") from None
+        if f.side not in ("BUY", "SELL"):
+            raise _bad(f"{path}.side", "must be BUY or SELL")
+        for name in ("shares", "price"):
+            value = getattr(f, name)
+            if not (math.isfinite(value) and value > 0):
+                raise _bad(f"{path}.{name}", f"must be finite and > 0, got {value}")
+        _nonnegative(f.commission, f"{path}.commission")
+        if not f.HasField("filled_at"):
+            raise _bad(f"{path}.filled_at", "is required")
+        fills.append(
+            Fill(
+                fill_id=f.fill_id,
+                order_id=order_id,
+                symbol=f.symbol,
+                side=f.side,
+                shares=f.shares,
+                price=f.price,
+                commission=f.commission,
+                filled_at=f.filled_at.ToDatetime(tzinfo=UTC),
+            )
+        )
+    return portfolio_id, fills
+
+
+def reconcile_command(request: ex_pb.ReconcileRequest) -> tuple[str, dict[str, float], float | None, float]:
+    """``(portfolio_id, reported shares by symbol, reported cash or None, tolerance)`` of a Reconcile request."""
+    check_request(request)
+    portfolio_id = _portfolio(request.portfolio_id)
+    reported: dict[str, float] = {}
+    for i, p in enumerate(request.positions):
+        if not p.symbol:
+            raise _bad(f"positions[{i}].symbol", "is required")
+        if p.symbol in reported:
+            raise _bad(f"positions[{i}].symbol", f"{p.symbol!r} appears twice")
+        reported[p.symbol] = _nonnegative(p.shares, f"positions[{i}].shares")
+    cash = _nonnegative(request.cash, "cash") if request.HasField("cash") else None
+    tolerance = (
+        _nonnegative(request.tolerance_shares, "tolerance_shares") if request.HasField("tolerance_shares") else 1e-9
+    )
+    return portfolio_id, reported, cash, tolerance
+
+
+def _order(state: OrderState) -> ex_pb.OrderState:
+    return ex_pb.OrderState(
+        order_id=state.order_id, symbol=state.symbol, side=state.side, shares=state.shares,
+        filled_shares=state.filled_shares, average_price=state.average_price, status=state.status,
+    )  # fmt: skip
+
+
+def _fills(result: ExecutionResult) -> list[ex_pb.Fill]:
+    return [
+        ex_pb.Fill(
+            fill_id=a.fill.fill_id,
+            order_id=a.fill.order_id,
+            symbol=a.fill.symbol,
+            side=a.fill.side,
+            shares=a.fill.shares,
+            price=a.fill.price,
+            commission=a.fill.commission,
+            filled_at=_timestamp(a.fill.filled_at),
+            realised_gain=a.realised_gain,
+        )
+        for a in result.fills
+    ]
+
+
+def execute_orders_response(result: ExecutionResult) -> ex_pb.ExecuteOrdersResponse:
+    """The response of a paper execution."""
+    return ex_pb.ExecuteOrdersResponse(
+        fills=_fills(result), orders=[_order(o) for o in result.orders], cash=result.cash
+    )
+
+
+def report_fills_response(result: ExecutionResult) -> ex_pb.ReportFillsResponse:
+    """The response of a fill report."""
+    return ex_pb.ReportFillsResponse(
+        applied=len(result.fills), duplicates=result.duplicates, orders=[_order(o) for o in result.orders],
+        cash=result.cash,
+    )  # fmt: skip
+
+
+def reconcile_response(result: Reconciliation) -> ex_pb.ReconcileResponse:
+    """The response of a reconciliation."""
+    response = ex_pb.ReconcileResponse(
+        breaks=[
+            ex_pb.PositionBreak(
+                symbol=b.symbol,
+                expected_shares=b.expected_shares,
+                reported_shares=b.reported_shares,
+                difference=b.difference,
+            )
+            for b in result.breaks
+        ],
+        reconciled=result.reconciled,
+    )
+    if result.cash_difference is not None:
+        response.cash_difference = result.cash_difference
+    return response

@@ -1,0 +1,284 @@
+"""Execution over PostgreSQL: claims of outbox orders, fills, holdings and execution events in one transaction.
+
+Exactly once: the paper broker claims NEW orders with ``FOR UPDATE SKIP LOCKED`` inside the transaction that
+fills them, so two replicas never fill the same order and a crash leaves it NEW; a reported fill is keyed by its
+``fill_id`` (a repeat is ignored). Every transaction locks the portfolio's holdings row ``FOR UPDATE`` before it
+changes it, and the paper broker locks the kill-switch rows ``FOR SHARE`` (as the cycles do) and refuses to fill
+while one is engaged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from command_side.execution import Fill, apply_fill, paper_fill_price
+from command_side.postgres_errors import Connection, postgres_errors
+from command_side.rotation_store import GLOBAL_SCOPE
+from command_side.trading_model import Position
+from command_side.trading_records import positions_from_json, positions_json
+from services.errors import PreconditionError
+
+DEFAULT_SPREAD_BPS = 5.0
+DEFAULT_IMPACT_BPS = 0.0
+DEFAULT_COMMISSION_PER_SHARE = 0.005
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PaperBroker:
+    """How the paper broker fills (basis points of the price; commission in $ per share)."""
+
+    spread_bps: float = DEFAULT_SPREAD_BPS
+    impact_bps: float = DEFAULT_IMPACT_BPS
+    commission_per_share: float = DEFAULT_COMMISSION_PER_SHARE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderState:
+    """An outbox order after a call."""
+
+    order_id: str
+    symbol: str
+    side: str
+    shares: float
+    filled_shares: float
+    average_price: float
+    status: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppliedFill:
+    """A fill as applied, with its realised gain ($)."""
+
+    fill: Fill
+    realised_gain: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExecutionResult:
+    """What a call filled and the orders it touched."""
+
+    fills: tuple[AppliedFill, ...]
+    orders: tuple[OrderState, ...]
+    cash: float
+    duplicates: int = 0
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _loaded(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def _state(row: asyncpg.Record) -> OrderState:
+    return OrderState(
+        order_id=str(row["order_id"]),
+        symbol=row["symbol"],
+        side=row["side"],
+        shares=row["shares"],
+        filled_shares=row["filled_shares"],
+        average_price=row["average_price"] or 0.0,
+        status=row["status"],
+    )
+
+
+class PostgresExecutionStore:
+    """The execution side of the order outbox on one asyncpg pool (errors as ``command_side.postgres_errors``)."""
+
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+        self._pool = pool
+
+    async def _holdings(self, conn: Connection, portfolio_id: str) -> tuple[list[Position], float]:
+        row = await conn.fetchrow(
+            "SELECT positions, cash FROM portfolio_holdings WHERE portfolio_id = $1 FOR UPDATE", portfolio_id
+        )
+        if row is None:
+            raise PreconditionError(f"portfolio {portfolio_id!r} has no holdings (UpsertHoldings)")
+        return list(positions_from_json(_loaded(row["positions"]))), float(row["cash"])
+
+    async def _apply(
+        self,
+        conn: Connection,
+        order: asyncpg.Record,
+        fill: Fill,
+        positions: list[Position],
+        cash: float,
+        reported_by: str,
+    ) -> tuple[asyncpg.Record, list[Position], float, float]:
+        """Apply one fill to the holdings and its order; the order row after it, the holdings and the gain."""
+        effect = apply_fill(positions, cash, fill)
+        filled = order["filled_shares"] + fill.shares
+        average = ((order["average_price"] or 0.0) * order["filled_shares"] + fill.price * fill.shares) / filled
+        status = "FILLED" if filled >= order["shares"] - 1e-9 else "PARTIALLY_FILLED"
+        await conn.execute(
+            "INSERT INTO fills (fill_id, order_id, portfolio_id, symbol, side, shares, price, commission, filled_at, "
+            "realised_gain, reported_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            fill.fill_id, order["order_id"], order["portfolio_id"], fill.symbol, fill.side, fill.shares, fill.price,
+            fill.commission, fill.filled_at, effect.realised_gain, reported_by,
+        )  # fmt: skip
+        updated = await conn.fetchrow(
+            "UPDATE order_outbox SET filled_shares = $2, average_price = $3, status = $4, "
+            "updated_at = clock_timestamp() WHERE order_id = $1 RETURNING *",
+            order["order_id"], filled, average, status,
+        )  # fmt: skip
+        await conn.execute(
+            'INSERT INTO execution_events (event_id, "timestamp", portfolio_id, order_id, event_type, payload) '
+            "VALUES ($1, clock_timestamp(), $2, $3, $4, $5::jsonb)",
+            uuid.uuid4(), order["portfolio_id"], order["order_id"], status,
+            _json({"schema_version": 1, "fill_id": fill.fill_id, "shares": fill.shares, "price": fill.price,
+                   "commission": fill.commission, "realised_gain": effect.realised_gain, "reported_by": reported_by}),
+        )  # fmt: skip
+        assert updated is not None
+        return updated, list(effect.positions), effect.cash, effect.realised_gain
+
+    async def _store_holdings(
+        self, conn: Connection, portfolio_id: str, positions: Sequence[Position], cash: float
+    ) -> None:
+        await conn.execute(
+            "UPDATE portfolio_holdings SET positions = $2::jsonb, cash = $3, updated_at = clock_timestamp() "
+            "WHERE portfolio_id = $1",
+            portfolio_id, _json(positions_json(positions)), cash,
+        )  # fmt: skip
+
+    async def execute_paper(self, portfolio_id: str, *, as_of: datetime, broker: PaperBroker) -> ExecutionResult:
+        """Claim and fill the portfolio's NEW orders (module docstring), sells first; one transaction.
+
+        Raises
+        ------
+        PreconditionError
+            A kill-switch is engaged; the portfolio has no holdings; an order's symbol has no stored price at or
+            before ``as_of``.
+        """
+        async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
+            switches = await conn.fetch(
+                "SELECT scope FROM kill_switches WHERE scope = ANY($1::text[]) AND engaged FOR SHARE",
+                [GLOBAL_SCOPE, portfolio_id],
+            )
+            if switches:
+                which = "the global kill-switch" if switches[0]["scope"] == GLOBAL_SCOPE else "its kill-switch"
+                raise PreconditionError(f"portfolio {portfolio_id!r}: {which} is engaged; no order is executed")
+            orders = await conn.fetch(
+                "SELECT * FROM order_outbox WHERE portfolio_id = $1 AND status = 'NEW' "
+                "ORDER BY (side = 'BUY'), created_at, symbol FOR UPDATE SKIP LOCKED",
+                portfolio_id,
+            )
+            if not orders:
+                holdings = await conn.fetchrow(
+                    "SELECT cash FROM portfolio_holdings WHERE portfolio_id = $1", portfolio_id
+                )
+                return ExecutionResult(fills=(), orders=(), cash=0.0 if holdings is None else float(holdings["cash"]))
+            positions, cash = await self._holdings(conn, portfolio_id)
+            symbols = sorted({o["symbol"] for o in orders})
+            prices = {
+                r["symbol"]: r["price"]
+                for r in await conn.fetch(
+                    "SELECT DISTINCT ON (symbol) symbol, price FROM market_data WHERE symbol = ANY($1::text[]) "
+                    'AND "timestamp" <= $2 ORDER BY symbol, "timestamp" DESC',
+                    symbols,
+                    as_of,
+                )
+            }
+            unpriced = [s for s in symbols if s not in prices]
+            if unpriced:
+                raise PreconditionError(f"no stored price at or before as_of for {', '.join(unpriced)}")
+            fills: list[AppliedFill] = []
+            states: list[OrderState] = []
+            for order in orders:
+                price = paper_fill_price(
+                    order["side"], prices[order["symbol"]], spread_bps=broker.spread_bps, impact_bps=broker.impact_bps
+                )
+                shares = order["shares"]
+                if order["side"] == "BUY":  # no margin: as many whole shares as the cash pays for
+                    affordable = math.floor(cash / (price + broker.commission_per_share) + 1e-9)
+                    shares = float(min(shares, affordable))
+                if shares <= 0:
+                    row = await conn.fetchrow(
+                        "UPDATE order_outbox SET status = 'REJECTED', updated_at = clock_timestamp() "
+                        "WHERE order_id = $1 RETURNING *",
+                        order["order_id"],
+                    )
+                    await self._event(conn, order, "REJECTED", {"reason": "no cash for one share"})
+                    assert row is not None
+                    states.append(_state(row))
+                    continue
+                fill = Fill(
+                    fill_id=f"paper-{order['order_id']}",
+                    order_id=str(order["order_id"]),
+                    symbol=order["symbol"],
+                    side=order["side"],
+                    shares=shares,
+                    price=price,
+                    commission=broker.commission_per_share * shares,
+                    filled_at=as_of,
+                )
+                row, positions, cash, gain = await self._apply(conn, order, fill, positions, cash, "paper")
+                if row["status"] == "PARTIALLY_FILLED":  # the cash ran out: the rest is cancelled
+                    row = await conn.fetchrow(
+                        "UPDATE order_outbox SET status = 'CANCELLED', updated_at = clock_timestamp() "
+                        "WHERE order_id = $1 RETURNING *",
+                        order["order_id"],
+                    )
+                    await self._event(conn, order, "CANCELLED", {"reason": "no cash for the rest", "filled": shares})
+                    assert row is not None
+                fills.append(AppliedFill(fill=fill, realised_gain=gain))
+                states.append(_state(row))
+            await self._store_holdings(conn, portfolio_id, positions, cash)
+        return ExecutionResult(fills=tuple(fills), orders=tuple(states), cash=cash)
+
+    async def _event(self, conn: Connection, order: asyncpg.Record, kind: str, payload: dict[str, Any]) -> None:
+        await conn.execute(
+            'INSERT INTO execution_events (event_id, "timestamp", portfolio_id, order_id, event_type, payload) '
+            "VALUES ($1, clock_timestamp(), $2, $3, $4, $5::jsonb)",
+            uuid.uuid4(), order["portfolio_id"], order["order_id"], kind, _json({"schema_version": 1, **payload}),
+        )  # fmt: skip
+
+    async def report_fills(self, portfolio_id: str, fills: Sequence[Fill], *, reported_by: str) -> ExecutionResult:
+        """Apply reported fills in order, in one transaction; fills whose id is stored already are skipped.
+
+        Raises
+        ------
+        PreconditionError
+            A fill's order is not this portfolio's, its symbol or side differs from the order's, it fills more than
+            the order has left, or the holdings refuse it (no margin, no shorts); nothing of the call is stored.
+        """
+        async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
+            positions, cash = await self._holdings(conn, portfolio_id)
+            applied: list[AppliedFill] = []
+            touched: dict[str, OrderState] = {}
+            duplicates = 0
+            for i, fill in enumerate(fills):
+                if await conn.fetchval("SELECT 1 FROM fills WHERE fill_id = $1", fill.fill_id):
+                    duplicates += 1
+                    continue
+                order = await conn.fetchrow(
+                    "SELECT * FROM order_outbox WHERE order_id = $1 AND portfolio_id = $2 FOR UPDATE",
+                    uuid.UUID(fill.order_id),
+                    portfolio_id,
+                )
+                if order is None:
+                    raise PreconditionError(f"fills[{i}]: order {fill.order_id} is not an order of {portfolio_id!r}")
+                if (order["symbol"], order["side"]) != (fill.symbol, fill.side):
+                    raise PreconditionError(
+                        f"fills[{i}]: the order is {order['side']} {order['symbol']}, "
+                        f"the fill {fill.side} {fill.symbol}"
+                    )
+                if order["status"] in ("FILLED", "CANCELLED", "REJECTED"):
+                    raise PreconditionError(f"fills[{i}]: order {fill.order_id} is {order['status']}")
+                left = order["shares"] - order["filled_shares"]
+                if fill.shares > left + 1e-9:
+                    raise PreconditionError(f"fills[{i}]: {fill.shares:g} shares filled, {left:g} left on the order")
+                row, positions, cash, gain = await self._apply(conn, order, fill, positions, cash, reported_by)
+                applied.append(AppliedFill(fill=replace(fill), realised_gain=gain))
+                touched[fill.order_id] = _state(row)
+            if applied:
+                await self._store_holdings(conn, portfolio_id, positions, cash)
+        return ExecutionResult(fills=tuple(applied), orders=tuple(touched.values()), cash=cash, duplicates=duplicates)

@@ -1,0 +1,74 @@
+"""Fill accounting, the paper broker's price and reconciliation, against hand-worked numbers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from command_side.execution import Break, Fill, apply_fill, paper_fill_price, reconcile
+from command_side.trading_model import Position, PositionLot
+from services.errors import InvalidInputError, PreconditionError
+
+T = datetime(2022, 12, 28, 15, 51, tzinfo=UTC)
+
+
+def fill(side: str, shares: float, price: float, commission: float = 0.0, symbol: str = "KO") -> Fill:
+    return Fill(fill_id=f"f-{side}-{shares}", order_id="o", symbol=symbol, side=side, shares=shares, price=price,
+                commission=commission, filled_at=T)  # fmt: skip
+
+
+HELD = Position(
+    symbol="KO",
+    shares=20.0,
+    lots=(
+        PositionLot(lot_id="b", shares=10.0, cost_basis=80.0, acquired=datetime(2021, 5, 1, tzinfo=UTC)),
+        PositionLot(lot_id="a", shares=10.0, cost_basis=50.0, acquired=datetime(2020, 5, 1, tzinfo=UTC)),
+    ),
+)
+
+
+def test_a_buy_adds_a_lot_at_the_price_plus_commission_per_share_and_spends_cash() -> None:
+    effect = apply_fill([], 2000.0, fill("BUY", 10, 100.0, commission=1.0))
+    (position,) = effect.positions
+    assert (position.symbol, position.shares, effect.cash, effect.realised_gain) == ("KO", 10.0, 999.0, 0.0)
+    assert position.lots == (PositionLot(lot_id="f-BUY-10", shares=10.0, cost_basis=100.1, acquired=T),)
+
+
+def test_a_sell_takes_the_oldest_lots_first_and_realises_the_gain() -> None:
+    effect = apply_fill([HELD, Position(symbol="PEP", shares=1.0)], 100.0, fill("SELL", 15, 100.0, commission=1.5))
+    ko = next(p for p in effect.positions if p.symbol == "KO")
+    # 10 shares of lot "a" (2020, basis 50) and 5 of lot "b" (2021, basis 80): basis 900, proceeds 1498.5.
+    assert ko.shares == 5.0 and [(lot.lot_id, lot.shares) for lot in ko.lots] == [("b", 5.0)]
+    assert effect.realised_gain == pytest.approx(598.5, abs=1e-12)
+    assert effect.cash == pytest.approx(1598.5, abs=1e-12)
+    assert [p.symbol for p in effect.positions] == ["KO", "PEP"]
+
+
+def test_selling_everything_removes_the_position() -> None:
+    effect = apply_fill([HELD], 0.0, fill("SELL", 20, 60.0))
+    assert effect.positions == () and effect.cash == 1200.0 and effect.realised_gain == pytest.approx(-100.0)
+
+
+def test_no_margin_no_shorts_and_bad_numbers_are_refused() -> None:
+    with pytest.raises(PreconditionError, match="no margin"):
+        apply_fill([], 999.0, fill("BUY", 10, 100.0))
+    with pytest.raises(PreconditionError, match="no shorts"):
+        apply_fill([HELD], 0.0, fill("SELL", 21, 100.0))
+    with pytest.raises(InvalidInputError, match="price"):
+        apply_fill([HELD], 0.0, fill("SELL", 1, float("nan")))
+
+
+def test_the_paper_price_moves_against_the_order_by_half_the_spread_and_the_impact() -> None:
+    assert paper_fill_price("BUY", 100.0, spread_bps=10.0, impact_bps=2.0) == pytest.approx(100.07, abs=1e-12)
+    assert paper_fill_price("SELL", 100.0, spread_bps=10.0, impact_bps=2.0) == pytest.approx(99.93, abs=1e-12)
+
+
+def test_reconcile_reports_every_difference_by_symbol() -> None:
+    reported = {"KO": 19.0, "MSFT": 3.0}
+    assert reconcile([HELD, Position(symbol="PEP", shares=1.0)], reported) == (
+        Break("KO", 20.0, 19.0),
+        Break("MSFT", 0.0, 3.0),
+        Break("PEP", 1.0, 0.0),
+    )
+    assert reconcile([HELD], {"KO": 20.0}) == ()

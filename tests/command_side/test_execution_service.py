@@ -1,0 +1,175 @@
+"""ExecutionCommandService through a real gRPC channel: the loop closed from a rotation decision to holdings.
+
+The portfolio is the hand-worked one of ``tests.command_side.test_rotation_service`` (1000 WMT, three times its
+value in cash; the cycle buys a quarter slot of three of KO, PEP, PG, JNJ). Expected fills follow the paper
+broker's documented rule with the data file's closes: price × (1 + 5 bp), buys in symbol order, each capped at the
+whole shares the cash left pays for at that price plus the commission per share.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import psycopg
+import pytest
+
+from stratopt.v1 import execution_service_pb2 as ex_pb
+from stratopt.v1 import execution_service_pb2_grpc as ex_grpc
+from stratopt.v1 import rotation_service_pb2 as rot_pb
+from stratopt.v1 import rotation_service_pb2_grpc as rot_grpc
+from tests.command_side.test_rotation_service import CLOSE, HELD, IN_WINDOW, portfolio, rotation, run, stamp
+
+__all__ = ["portfolio", "rotation"]  # fixtures used below
+
+pytestmark = pytest.mark.integration
+
+SPREAD_BPS, COMMISSION = 10.0, 0.005
+
+
+@pytest.fixture(scope="module")
+def execution(grpc_channel: grpc.Channel) -> ex_grpc.ExecutionCommandServiceStub:
+    return ex_grpc.ExecutionCommandServiceStub(grpc_channel)
+
+
+def execute(execution: ex_grpc.ExecutionCommandServiceStub, portfolio_id: str) -> ex_pb.ExecuteOrdersResponse:
+    response: ex_pb.ExecuteOrdersResponse = execution.ExecuteOrders(
+        ex_pb.ExecuteOrdersRequest(
+            portfolio_id=portfolio_id,
+            as_of=stamp(IN_WINDOW),
+            settings=ex_pb.PaperBrokerSettings(spread_bps=SPREAD_BPS, commission_per_share=COMMISSION),
+        )
+    )
+    return response
+
+
+def test_paper_fills_update_holdings_and_the_next_cycle_holds(
+    rotation: rot_grpc.RotationCommandServiceStub,
+    execution: ex_grpc.ExecutionCommandServiceStub,
+    portfolio: tuple[str, str],
+    db: psycopg.Connection[Any],
+) -> None:
+    portfolio_id, _ = portfolio
+    decision = run(rotation, portfolio_id).decision
+    orders = sorted(decision.orders, key=lambda o: o.symbol)
+    executed = execute(execution, portfolio_id)
+
+    cash = 3 * 1000 * CLOSE[HELD]
+    expected = []
+    for order in orders:  # the documented rule, worked here from the file's closes
+        price = CLOSE[order.symbol] * (1 + SPREAD_BPS / 2 / 10_000)
+        shares = min(order.shares, math.floor(cash / (price + COMMISSION)))
+        cash -= shares * price + COMMISSION * shares
+        expected.append((order.order_id, order.symbol, shares, price))
+    assert [(f.order_id, f.symbol, f.shares) for f in executed.fills] == [(o, s, n) for o, s, n, _ in expected]
+    assert [f.price for f in executed.fills] == pytest.approx([p for *_, p in expected], rel=1e-12)
+    assert executed.cash == pytest.approx(cash, abs=1e-6)
+    assert {o.status for o in executed.orders} <= {"FILLED", "CANCELLED"}
+
+    # The stored holdings are what a broker would report: Reconcile finds no break ...
+    positions = [ex_pb.ReportedPosition(symbol=HELD, shares=1000)] + [
+        ex_pb.ReportedPosition(symbol=s, shares=n) for _, s, n, _ in expected
+    ]
+    clean = execution.Reconcile(ex_pb.ReconcileRequest(portfolio_id=portfolio_id, positions=positions, cash=cash))
+    assert clean.reconciled and list(clean.breaks) == []
+    # ... and one share missing at the broker is one break.
+    positions[1].shares -= 1
+    broken = execution.Reconcile(ex_pb.ReconcileRequest(portfolio_id=portfolio_id, positions=positions))
+    assert [(b.symbol, b.difference) for b in broken.breaks] == [(expected[0][1], -1.0)] and not broken.reconciled
+
+    # Each bought lot is the fill: its shares, the fill price plus the commission per share.
+    lots = db.execute(
+        "SELECT p->>'symbol', l->>'lot_id', (l->>'shares')::float8, (l->>'cost_basis')::float8 "
+        "FROM portfolio_holdings, jsonb_array_elements(positions->'positions') p, jsonb_array_elements(p->'lots') l "
+        "WHERE portfolio_id = %s ORDER BY 1",
+        (portfolio_id,),
+    ).fetchall()
+    assert [(s, n) for s, _, n, _ in lots] == [(s, n) for _, s, n, _ in expected]
+    assert [c for *_, c in lots] == pytest.approx([p + COMMISSION for *_, p in expected], rel=1e-12)
+
+    # The loop is closed: at the target now, the next cycle holds below the drift trigger, and nothing is left
+    # to execute.
+    again = run(rotation, portfolio_id, IN_WINDOW.replace(minute=54)).decision
+    assert (again.action, again.policy_reason) == (rot_pb.ROTATION_ACTION_HOLD, "BELOW_DRIFT_TRIGGER")
+    assert list(execute(execution, portfolio_id).fills) == []
+    events = db.execute(
+        "SELECT event_type, count(*) FROM execution_events WHERE portfolio_id = %s GROUP BY 1 ORDER BY 1",
+        (portfolio_id,),
+    ).fetchall()
+    assert sum(n for _, n in events) >= len(orders)
+
+
+def test_two_brokers_at_once_fill_each_order_once(
+    rotation: rot_grpc.RotationCommandServiceStub,
+    execution: ex_grpc.ExecutionCommandServiceStub,
+    portfolio: tuple[str, str],
+    db: psycopg.Connection[Any],
+) -> None:
+    portfolio_id, _ = portfolio
+    decision = run(rotation, portfolio_id).decision
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: execute(execution, portfolio_id), range(2)))
+    filled = sorted(f.order_id for r in results for f in r.fills)
+    assert filled == sorted(o.order_id for o in decision.orders)
+    row = db.execute("SELECT count(*) FROM fills WHERE portfolio_id = %s", (portfolio_id,)).fetchone()
+    assert row is not None and row[0] == len(decision.orders)
+
+
+def test_the_kill_switch_stops_execution(
+    rotation: rot_grpc.RotationCommandServiceStub,
+    execution: ex_grpc.ExecutionCommandServiceStub,
+    portfolio: tuple[str, str],
+    db: psycopg.Connection[Any],
+) -> None:
+    portfolio_id, _ = portfolio
+    run(rotation, portfolio_id)
+    rotation.SetKillSwitch(rot_pb.SetKillSwitchRequest(portfolio_id=portfolio_id, engaged=True, reason="halt"))
+    with pytest.raises(grpc.RpcError) as error:
+        execute(execution, portfolio_id)
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "kill-switch" in str(error.value.details())
+    statuses = db.execute(
+        "SELECT DISTINCT status FROM order_outbox WHERE portfolio_id = %s", (portfolio_id,)
+    ).fetchall()
+    assert statuses == [("NEW",)]
+    rotation.SetKillSwitch(rot_pb.SetKillSwitchRequest(portfolio_id=portfolio_id, engaged=False, reason="resume"))
+    assert len(execute(execution, portfolio_id).fills) > 0
+
+
+def test_reported_fills_are_applied_once_and_checked_against_the_order(
+    rotation: rot_grpc.RotationCommandServiceStub,
+    execution: ex_grpc.ExecutionCommandServiceStub,
+    portfolio: tuple[str, str],
+) -> None:
+    portfolio_id, _ = portfolio
+    order = sorted(run(rotation, portfolio_id).decision.orders, key=lambda o: o.symbol)[0]
+    first_half = math.floor(order.shares / 2)
+
+    def report(fill_id: str, shares: float, **fields: Any) -> ex_pb.ReportFillsResponse:
+        fill = ex_pb.Fill(fill_id=fill_id, order_id=order.order_id, symbol=order.symbol, side="BUY", shares=shares,
+                          price=CLOSE[order.symbol], commission=1.0, filled_at=stamp(IN_WINDOW))  # fmt: skip
+        for name, value in fields.items():
+            setattr(fill, name, value)
+        response: ex_pb.ReportFillsResponse = execution.ReportFills(
+            ex_pb.ReportFillsRequest(portfolio_id=portfolio_id, fills=[fill])
+        )
+        return response
+
+    tag = uuid.uuid4().hex[:6]
+    first = report(f"{tag}-1", first_half)
+    assert (first.applied, first.duplicates, first.orders[0].status) == (1, 0, "PARTIALLY_FILLED")
+    repeat = report(f"{tag}-1", first_half)
+    assert (repeat.applied, repeat.duplicates, repeat.cash) == (0, 1, pytest.approx(first.cash))
+    for fields, code in (
+        ({"shares": order.shares}, grpc.StatusCode.FAILED_PRECONDITION),  # more than is left
+        ({"side": "SELL"}, grpc.StatusCode.FAILED_PRECONDITION),  # not the order's side
+        ({"order_id": "not-a-uuid"}, grpc.StatusCode.INVALID_ARGUMENT),
+    ):
+        with pytest.raises(grpc.RpcError) as error:
+            report(f"{tag}-x", **{"shares": first_half, **fields})
+        assert error.value.code() == code, error.value.details()
+    rest = report(f"{tag}-2", order.shares - first_half)
+    assert rest.orders[0].status == "FILLED" and rest.orders[0].filled_shares == order.shares
+    assert rest.cash == pytest.approx(first.cash - (order.shares - first_half) * CLOSE[order.symbol] - 1.0, abs=1e-6)
