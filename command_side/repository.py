@@ -5,7 +5,7 @@ One optimization run is one transaction: the configuration version, the result r
 listeners commit together or not at all. Runs of the same portfolio are serialised inside the transaction by
 an advisory lock, so configuration versions never race. A run of the configuration version this store last saw
 for the portfolio takes one statement (the ``store_optimization_run`` function of migration 0012, which checks the
-head under the lock); any other run, or one whose head moved meanwhile, takes the transactional path of four
+head under the lock); any other run, or one whose head moved meanwhile, takes the transactional path of five
 round trips. asyncpg's errors are translated by
 ``command_side.postgres_errors`` (a repeated ``request_id`` raises ``services.errors.IntegrityError``).
 """
@@ -59,15 +59,19 @@ __all__ = [
 
 NOTIFY_CHANNEL = "portfolio_optimized"
 
-_LOCK_AND_HEAD = """
+_LOCK = "SELECT pg_advisory_xact_lock(hashtext($1))"
+"""Serialise the runs of one portfolio (transaction-scoped advisory lock)."""
+
+_HEAD = """
 SELECT clock_timestamp() AS now, head.*
-FROM (SELECT pg_advisory_xact_lock(hashtext($1))) AS locked
+FROM (SELECT 1) AS one
 LEFT JOIN LATERAL (
     SELECT version, content_hash, enabled, lookback_periods, market_symbol FROM optimization_configurations
     WHERE portfolio_id = $1 ORDER BY version DESC LIMIT 1
 ) AS head ON true"""
-"""Serialise the runs of one portfolio (transaction-scoped advisory lock), then read the run's timestamp and the
-portfolio's current configuration version (NULL columns when none) in the same round trip."""
+"""The run's timestamp and the portfolio's current configuration version (NULL columns when none). A statement of
+its own after ``_LOCK``: under READ COMMITTED a statement's snapshot is taken when it starts, so a head read in
+the locking statement itself would miss a version committed by the run it waited for."""
 
 _STORE_RUN = """
 WITH result AS (
@@ -207,8 +211,8 @@ class PostgresOptimizationStore(OptimizationStore):
                     event_written("portfolio_optimized", "PORTFOLIO_OPTIMIZED")  # after the commit
                     return record
         async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
-            # One round trip: the portfolio's lock, the run's timestamp and its current configuration head.
-            row = await conn.fetchrow(_LOCK_AND_HEAD, portfolio_id)
+            await conn.execute(_LOCK, portfolio_id)
+            row = await conn.fetchrow(_HEAD, portfolio_id)  # a snapshot taken after the lock
             assert row is not None  # the lateral join keeps the lock's row
             now = row["now"]
             stored = await self._store_configuration(conn, configuration, inherit, head=row)
@@ -306,7 +310,7 @@ class PostgresOptimizationStore(OptimizationStore):
     ) -> ConfigurationVersion:
         """Version of ``config`` for its portfolio, written when new (see ``next_configuration_version``).
 
-        ``head``: the current version's row as ``_LOCK_AND_HEAD`` read it (its ``version`` NULL when there is
+        ``head``: the current version's row as ``_HEAD`` read it (its ``version`` NULL when there is
         none); None reads it here.
         """
         row = head

@@ -459,7 +459,7 @@ class TestPostgresOptimizationStore(OptimizationStoreContract):
                 first = await persist(logged, config)
                 # The first run of a portfolio: a transaction (this pool's reset on release left out).
                 statements = [q for q in sent if not q.startswith("SELECT pg_advisory_unlock_all")]
-                assert [statements[0], statements[-1], len(statements)] == ["BEGIN;", "COMMIT;", 5]
+                assert [statements[0], statements[-1], len(statements)] == ["BEGIN;", "COMMIT;", 6]
                 sent.clear()
                 second = await persist(logged, config, weight_a=0.25)
                 statements = [q for q in sent if not q.startswith("SELECT pg_advisory_unlock_all")]
@@ -535,5 +535,34 @@ class TestPostgresOptimizationStore(OptimizationStoreContract):
             with pytest.raises(IntegrityError):
                 await persist(store, config, key)
             assert await self.stored_runs(store, config.portfolio_id) == (1, 1, 1)
+
+        self.run(scenario)
+
+    def test_a_run_queued_behind_a_configuration_change_sees_the_new_version(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            config = configuration(unique("queued"))
+            await persist(store, config)  # version 1
+            async with self.pool.acquire() as other, other.transaction():
+                # Another replica's run holds the portfolio's lock and has written version 2, not yet committed.
+                await other.execute("SELECT pg_advisory_xact_lock(hashtext($1))", config.portfolio_id)
+                await other.execute(
+                    "CREATE TEMP TABLE v2 ON COMMIT DROP AS SELECT * FROM optimization_configurations "
+                    "WHERE portfolio_id = $1 AND version = 1",
+                    config.portfolio_id,
+                )
+                await other.execute("UPDATE v2 SET version = 2, content_hash = 'another-content'")
+                await other.execute("INSERT INTO optimization_configurations SELECT * FROM v2")
+                # This run (another store: no remembered head, so the transactional path) waits for the lock ...
+                queued = asyncio.create_task(
+                    persist(
+                        PostgresOptimizationStore(self.pool),
+                        replace(config, constraints=OptimizationConstraints(max_weight=0.8)),
+                    )
+                )
+                await asyncio.sleep(0.3)
+                assert not queued.done()
+            # ... and, once version 2 is committed, reads it: its own content is version 3.
+            record = await asyncio.wait_for(queued, timeout=10)
+            assert record.metadata.configuration_version == 3
 
         self.run(scenario)
