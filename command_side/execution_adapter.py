@@ -14,6 +14,7 @@ from command_side.execution_store import (
     DEFAULT_COMMISSION_PER_SHARE,
     DEFAULT_IMPACT_BPS,
     DEFAULT_SPREAD_BPS,
+    ClaimedOrder,
     ExecutionResult,
     OrderState,
     PaperBroker,
@@ -23,6 +24,8 @@ from stratopt.request_limits import check_request
 from stratopt.v1 import execution_service_pb2 as ex_pb
 
 MAX_FILLS_PER_REPORT = 1000
+DEFAULT_CLAIM_LIMIT = 100
+MAX_CLAIM_LIMIT = 1000
 MAX_BPS = 10_000.0
 
 
@@ -177,3 +180,37 @@ def reconcile_response(result: Reconciliation) -> ex_pb.ReconcileResponse:
     if result.cash_difference is not None:
         response.cash_difference = result.cash_difference
     return response
+
+
+def claim_orders_command(request: ex_pb.ClaimOrdersRequest) -> tuple[str, int]:
+    """``(portfolio_id or '', limit)`` of a ClaimOrders request.
+
+    Raises
+    ------
+    InvalidInputError
+        ``limit`` above ``MAX_CLAIM_LIMIT``.
+    """
+    check_request(request)
+    limit = request.limit or DEFAULT_CLAIM_LIMIT
+    if limit > MAX_CLAIM_LIMIT:
+        raise _bad("limit", f"at most {MAX_CLAIM_LIMIT}, got {limit}")
+    return request.portfolio_id, limit
+
+
+def claim_orders_response(orders: list[ClaimedOrder]) -> ex_pb.ClaimOrdersResponse:
+    """The response of a claim."""
+    return ex_pb.ClaimOrdersResponse(
+        orders=[
+            ex_pb.ClaimedOrder(
+                order_id=o.order_id,
+                portfolio_id=o.portfolio_id,
+                symbol=o.symbol,
+                side=o.side,
+                shares=o.shares,
+                reference_price=o.reference_price,
+                reason=o.reason,
+                created_at=_timestamp(o.created_at),
+            )
+            for o in orders
+        ]
+    )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from command_side.execution import SHARE_TOLERANCE, Break, Fill, reconcile
-from command_side.execution_store import ExecutionResult, PaperBroker, PostgresExecutionStore
+from command_side.execution_store import ClaimedOrder, ExecutionResult, PaperBroker, PostgresExecutionStore
 from command_side.trading_store import TradingStore
 from services.errors import NotFoundError
 
@@ -43,6 +43,10 @@ class ExecutionService:
     async def execute_paper(self, portfolio_id: str, as_of: datetime | None, broker: PaperBroker) -> ExecutionResult:
         """Fill the portfolio's NEW orders with the paper broker at ``as_of`` (default now)."""
         return await self._store.execute_paper(portfolio_id, as_of=as_of or datetime.now(UTC), broker=broker)
+
+    async def claim_orders(self, portfolio_id: str, *, limit: int, claimed_by: str) -> list[ClaimedOrder]:
+        """Release NEW orders to a broker adapter (marked SENT; see ``PostgresExecutionStore.claim_orders``)."""
+        return await self._store.claim_orders(portfolio_id, limit=limit, claimed_by=claimed_by)
 
     async def report_fills(self, portfolio_id: str, fills: Sequence[Fill], *, reported_by: str) -> ExecutionResult:
         """Apply a broker's fills (idempotent by fill id)."""

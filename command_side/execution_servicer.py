@@ -48,3 +48,11 @@ class ExecutionCommandServicer(ex_grpc.ExecutionCommandServiceServicer):
         """Compare the stored holdings with a broker's."""
         portfolio_id, reported, cash, tolerance = adapter.reconcile_command(request)
         return adapter.reconcile_response(await self._service.reconcile(portfolio_id, reported, cash, tolerance))
+
+    async def ClaimOrders(  # noqa: N802
+        self, request: ex_pb.ClaimOrdersRequest, context: Context
+    ) -> ex_pb.ClaimOrdersResponse:
+        """Release NEW orders to the calling broker adapter."""
+        portfolio_id, limit = adapter.claim_orders_command(request)
+        orders = await self._service.claim_orders(portfolio_id, limit=limit, claimed_by=current_principal().name)
+        return adapter.claim_orders_response(orders)

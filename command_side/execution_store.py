@@ -54,6 +54,20 @@ class OrderState:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimedOrder:
+    """An order a broker adapter claimed (now SENT)."""
+
+    order_id: str
+    portfolio_id: str
+    symbol: str
+    side: str
+    shares: float
+    reference_price: float
+    reason: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppliedFill:
     """A fill as applied, with its realised gain ($)."""
 
@@ -282,3 +296,45 @@ class PostgresExecutionStore:
             if applied:
                 await self._store_holdings(conn, portfolio_id, positions, cash)
         return ExecutionResult(fills=tuple(applied), orders=tuple(touched.values()), cash=cash, duplicates=duplicates)
+
+    async def claim_orders(self, portfolio_id: str, *, limit: int, claimed_by: str) -> list[ClaimedOrder]:
+        """Mark up to ``limit`` NEW orders SENT for ``claimed_by``, oldest first, in one transaction.
+
+        ``FOR UPDATE SKIP LOCKED``: concurrent claims never share an order. Orders of a portfolio whose own
+        kill-switch is engaged stay NEW.
+
+        Raises
+        ------
+        PreconditionError
+            The global kill-switch is engaged (nothing is claimed).
+        """
+        async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
+            engaged = await conn.fetchval("SELECT engaged FROM kill_switches WHERE scope = $1 FOR SHARE", GLOBAL_SCOPE)
+            if engaged:
+                raise PreconditionError("the global kill-switch is engaged; no order is released")
+            rows = await conn.fetch(
+                """UPDATE order_outbox SET status = 'SENT', claimed_by = $3, updated_at = clock_timestamp()
+                   WHERE order_id IN (
+                       SELECT order_id FROM order_outbox o
+                       WHERE status = 'NEW' AND ($1 = '' OR portfolio_id = $1)
+                         AND NOT EXISTS (SELECT 1 FROM kill_switches k WHERE k.scope = o.portfolio_id AND k.engaged)
+                       ORDER BY created_at, order_id LIMIT $2 FOR UPDATE SKIP LOCKED)
+                   RETURNING *""",
+                portfolio_id, limit, claimed_by,
+            )  # fmt: skip
+            for row in rows:
+                await self._event(conn, row, "SENT", {"claimed_by": claimed_by})
+        claimed = [
+            ClaimedOrder(
+                order_id=str(r["order_id"]),
+                portfolio_id=r["portfolio_id"],
+                symbol=r["symbol"],
+                side=r["side"],
+                shares=r["shares"],
+                reference_price=r["reference_price"],
+                reason=r["reason"],
+                created_at=r["created_at"],
+            )
+            for r in rows
+        ]
+        return sorted(claimed, key=lambda o: (o.created_at, o.order_id))

@@ -292,6 +292,12 @@ def validate_policy(policy: RebalancePolicy, field: str = "policy") -> None:
             raise InvalidInputError.for_field(f"{field}.{name}", f"must be at most {MAX_DAYS}")
     if policy.approval_limit is not None:
         _number(policy.approval_limit, f"{field}.approval_limit")
+    if policy.max_participation is not None:
+        _number(policy.max_participation, f"{field}.max_participation", maximum=1.0)
+        if policy.max_participation == 0:
+            raise InvalidInputError.for_field(f"{field}.max_participation", "must be > 0 (unset: no cap)")
+    if policy.max_cost_bps is not None:
+        _number(policy.max_cost_bps, f"{field}.max_cost_bps")
     if policy.approval_ttl is not None:
         _ttl(policy.approval_ttl, f"{field}.approval_ttl")
 
@@ -359,6 +365,21 @@ def _violation(kind: str, subject: str, description: str) -> PreconditionError:
     return PreconditionError(description, precondition_violations=(PreconditionViolation(kind, subject, description),))
 
 
+def cost_hold_reason(recommendation: RebalanceRecommendation, max_cost_bps: float | None) -> str:
+    """Why a recommendation is held for approval on its cost ('' when it is not).
+
+    The estimated cost in basis points of the trade value is ``10⁴ × total_cost / total_trade_value``
+    (commissions, half spreads and impact); above ``max_cost_bps`` the recommendation waits for approval
+    whatever its value (the stores open its lifecycle with an approval limit of 0).
+    """
+    if max_cost_bps is None or recommendation.total_trade_value <= 0:
+        return ""
+    cost_bps = 1e4 * recommendation.total_cost / recommendation.total_trade_value
+    if cost_bps <= max_cost_bps:
+        return ""
+    return f"COST_ABOVE_LIMIT: estimated cost {cost_bps:.1f} bp of the trade value, limit {max_cost_bps:g} bp"
+
+
 def _recommendation(portfolio_id: str, plan: RebalancePlan, approval_limit: float) -> RebalanceRecommendation:
     """The recommendation of a plan (without id, status or times): sells first, then buys, each by symbol."""
     trades = []
@@ -392,6 +413,7 @@ def _recommendation(portfolio_id: str, plan: RebalancePlan, approval_limit: floa
                 short_term_gain=short_term_gain,
                 long_term_gain=long_term_gain,
                 wash_sale=trade.wash_sale,
+                participation_capped=trade.participation_capped,
             )
         )
     return RebalanceRecommendation(
@@ -659,6 +681,7 @@ class RebalancingService:
         losses, purchases = await self._recent(portfolio_id, as_of, settings.wash_sale_window_days)
         n = len(inputs.holdings)
         market_inputs = None
+        max_trade_shares = None
         if market:
             rows = [market.get(h.symbol) for h in inputs.holdings]
             market_inputs = MarketInputs(
@@ -666,6 +689,8 @@ class RebalancingService:
                 daily_volatility=np.array([0.0 if m is None else m.daily_volatility for m in rows]),
                 spread_bps=np.array([0.0 if m is None else m.spread_bps for m in rows]),
             )
+            if policy.max_participation is not None:  # symbols without market inputs are not capped
+                max_trade_shares = np.array([np.inf if m is None else policy.max_participation * m.adv for m in rows])
         plan = await asyncio.to_thread(
             generate_rebalance,
             inputs.holdings,
@@ -678,6 +703,7 @@ class RebalancingService:
             drift_threshold=_given(policy.drift_threshold, DEFAULT_DRIFT_THRESHOLD),
             min_trade_value=policy.min_trade_value,
             max_turnover=policy.max_turnover,
+            max_trade_shares=max_trade_shares,
             lot_method=_given(policy.lot_method, LotMethod.FIFO),
             tax_settings=settings,
             as_of=trade_date,
@@ -686,6 +712,7 @@ class RebalancingService:
             recent_purchases=purchases,
         )
         recommendation = _recommendation(portfolio_id, plan, _given(policy.approval_limit, DEFAULT_APPROVAL_LIMIT))
+        recommendation = replace(recommendation, hold_reason=cost_hold_reason(recommendation, policy.max_cost_bps))
         if deadline is not None and loop.time() >= deadline:
             raise DeadlineExceededError("the call's deadline passed before the recommendation was stored")
         try:

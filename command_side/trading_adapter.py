@@ -411,6 +411,8 @@ def policy_of_message(policy: trading_pb.RebalancePolicy, field: str = "policy")
         wash_sale_window_days=_optional(policy, "wash_sale_window_days"),
         approval_limit=_optional(policy, "approval_limit"),
         approval_ttl=approval_ttl,
+        max_participation=_optional(policy, "max_participation"),
+        max_cost_bps=_optional(policy, "max_cost_bps"),
     )
 
 
@@ -431,6 +433,8 @@ def policy_message(policy: RebalancePolicy) -> trading_pb.RebalancePolicy:
         "long_term_after_days",
         "wash_sale_window_days",
         "approval_limit",
+        "max_participation",
+        "max_cost_bps",
     ):
         value = getattr(policy, name)
         if value is not None:
@@ -467,6 +471,7 @@ def recommendation_message(recommendation: RebalanceRecommendation) -> trading_p
         approval_limit=recommendation.approval_limit,
         decided_by=recommendation.decided_by,
         reason=recommendation.reason,
+        hold_reason=recommendation.hold_reason,
     )
     for trade in recommendation.trades:
         line = message.trades.add(
@@ -482,6 +487,7 @@ def recommendation_message(recommendation: RebalanceRecommendation) -> trading_p
             short_term_gain=trade.short_term_gain,
             long_term_gain=trade.long_term_gain,
             wash_sale=trade.wash_sale,
+            participation_capped=trade.participation_capped,
         )
         for lot in trade.lots:
             line.lots.add(
@@ -538,6 +544,7 @@ def recommendation_of_message(message: trading_pb.RebalanceRecommendation) -> Re
                 short_term_gain=trade.short_term_gain,
                 long_term_gain=trade.long_term_gain,
                 wash_sale=trade.wash_sale,
+                participation_capped=trade.participation_capped,
             )
             for trade in message.trades
         ),
@@ -566,6 +573,7 @@ def recommendation_of_message(message: trading_pb.RebalanceRecommendation) -> Re
         decided_by=message.decided_by,
         decided_at=message.decided_at.ToDatetime(tzinfo=UTC) if message.HasField("decided_at") else None,
         reason=message.reason,
+        hold_reason=message.hold_reason,
     )
 
 

@@ -212,6 +212,10 @@ class RebalancePolicy:
     wash_sale_window_days: int | None = None
     approval_limit: float | None = None
     approval_ttl: timedelta | None = None
+    max_participation: float | None = None
+    """Largest share of a symbol's average daily volume one trade may take; None: no cap."""
+    max_cost_bps: float | None = None
+    """Largest estimated cost of a recommendation (bp of its trade value) before it is held; None: no limit."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -311,6 +315,8 @@ class RecommendedTrade:
     short_term_gain: float = 0.0
     long_term_gain: float = 0.0
     wash_sale: bool = False
+    participation_capped: bool = False
+    """Whether the policy's participation cap cut this trade."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -351,6 +357,8 @@ class RebalanceRecommendation:
     decided_by: str = ""
     decided_at: datetime | None = None
     reason: str = ""
+    hold_reason: str = ""
+    """Why it waits for approval although within the approval limit (e.g. its cost); '' when it does not."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -251,6 +251,10 @@ POLICY = Schema(
               "default.", True),
         Field("approval_ttl", "approval_ttl", "duration", "Lifetime of a pending recommendation (seconds); null = "
               "default.", True),
+        Field("max_participation", "max_participation", "number", "Largest share of a symbol's average daily "
+              "volume per trade (fraction); null = no cap.", True),
+        Field("max_cost_bps", "max_cost_bps", "number", "Largest estimated cost (basis points of the trade value) "
+              "before a recommendation is held for approval; null = no limit.", True),
     ),
 )  # fmt: skip
 
@@ -285,6 +289,12 @@ TRADE = Schema(
         Field("short_term_gain", "short_term_gain", "number", "Realised short-term gain ($)."),
         Field("long_term_gain", "long_term_gain", "number", "Realised long-term gain ($)."),
         Field("wash_sale", "wash_sale", "boolean", "Whether the trade triggers a wash sale."),
+        Field(
+            "participation_capped",
+            "participation_capped",
+            "boolean",
+            "Whether the policy's participation cap cut the trade (absent before: false).",
+        ),
     ),
 )
 
@@ -320,6 +330,8 @@ RECOMMENDATION = Schema(
         Field("approval_limit", "approval_limit", "number", "Approval limit applied ($)."),
         Field("created_at", "created_at", "instant", "Creation time (RFC 3339 UTC).", True),
         Field("expires_at", "expires_at", "instant", "Expiry of a pending recommendation; null otherwise.", True),
+        Field("hold_reason", "hold_reason", "text", "Why it waits for approval within the approval limit; \"\" "
+              "when it does not (absent before: \"\")."),
     ),
 )  # fmt: skip
 """The recommendation as created. Status and decision (``decided_by``, ``decided_at``, ``reason``) are columns of

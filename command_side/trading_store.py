@@ -488,7 +488,8 @@ class InMemoryTradingStore:
             state = RecommendationState.open(
                 recommendation_id=str(recommendation_id),
                 total_trade_value=recommendation.total_trade_value,
-                approval_limit=recommendation.approval_limit,
+                # A held recommendation (hold_reason) waits for approval whatever its value.
+                approval_limit=0.0 if recommendation.hold_reason else recommendation.approval_limit,
                 created_at=now,
                 approval_ttl=approval_ttl,
             )

@@ -151,7 +151,7 @@ _TRADE: Final = dict(
     [_scalar("symbol", str), ("side", _side)]
     + [_scalar(name, _float) for name in ("shares", "price", "value", "commission", "spread_cost", "impact_cost",
                                           "total_cost", "short_term_gain", "long_term_gain")]
-    + [_scalar("wash_sale", bool),
+    + [_scalar("wash_sale", bool), _scalar("participation_capped", bool),
        ("lots", lambda m, v: m.lots.extend(_fill(trading_service_pb2.LotSale(), s, _LOT_SALE) for s in v))]
 )  # fmt: skip
 _HARVEST: Final = dict(
@@ -163,7 +163,7 @@ _RECOMMENDATION: Final = dict(
     + [_scalar(name, _float) for name in ("total_trade_value", "total_cost", "turnover", "drift_before",
                                           "drift_after", "short_term_gain", "long_term_gain", "estimated_tax",
                                           "approval_limit")]
-    + [_instant("created_at"), _instant("expires_at"),
+    + [_instant("created_at"), _instant("expires_at"), _scalar("hold_reason", str),
        ("trades", lambda m, v: m.trades.extend(_fill(trading_service_pb2.Trade(), t, _TRADE) for t in v)),
        ("harvest_candidates",
         lambda m, v: m.harvest_candidates.extend(_fill(trading_service_pb2.HarvestCandidate(), h, _HARVEST)

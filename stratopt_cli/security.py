@@ -86,6 +86,7 @@ METHOD_ROLES: Final[Mapping[str, str]] = {
     _EXECUTION + "ExecuteOrders": "trade",
     _EXECUTION + "ReportFills": "trade",
     _EXECUTION + "Reconcile": "read",
+    _EXECUTION + "ClaimOrders": "trade",
     # query side: read-only
     _QUERY + "GetLatest": "read",
     _QUERY + "GetHistory": "read",

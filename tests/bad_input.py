@@ -253,6 +253,7 @@ def valid_requests() -> dict[str, Any]:
                 )
             ],
         ),
+        "ExecutionCommandService.ClaimOrders": ex_pb.ClaimOrdersRequest(portfolio_id="corpus", limit=5),
         "ExecutionCommandService.Reconcile": ex_pb.ReconcileRequest(
             portfolio_id="corpus", positions=[ex_pb.ReportedPosition(symbol="AAA", shares=1.0)]
         ),

@@ -756,6 +756,13 @@ def _cases() -> list[Case]:
             ),
             "positions[0].shares",
         ),
+        Case("claim-limit-over", EXE + "ClaimOrders", lambda: ex_pb.ClaimOrdersRequest(limit=1001), "limit"),
+        Case(
+            "claim-portfolio-nul",
+            EXE + "ClaimOrders",
+            lambda: ex_pb.ClaimOrdersRequest(portfolio_id=NUL),
+            "portfolio_id",
+        ),
         # Rotation reads
         Case(
             "latest-rotation-nul",

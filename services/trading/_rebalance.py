@@ -288,6 +288,8 @@ class Trade:
     wash_sale : bool
         A buy: a loss on the symbol was realised within the wash-sale window. A sell: it realises a loss while the
         symbol was bought within the window before the as-of date.
+    participation_capped : bool
+        ``max_trade_shares`` cut this trade (a participation cap).
     """
 
     symbol: str
@@ -301,6 +303,7 @@ class Trade:
     total_cost: float
     lots: LotSelection | None = None
     wash_sale: bool = False
+    participation_capped: bool = False
 
     @property
     def realized_gain(self) -> float:
@@ -685,6 +688,7 @@ def generate_rebalance(
     drift_threshold: float = DEFAULT_DRIFT_THRESHOLD,
     min_trade_value: float = 0.0,
     max_turnover: float | None = None,
+    max_trade_shares: ArrayLike | None = None,
     allow_short: bool = False,
     lot_method: LotMethod | None = None,
     tax_settings: TaxSettings | None = None,
@@ -720,6 +724,9 @@ def generate_rebalance(
         Trades worth less ($) are dropped.
     max_turnover : float, optional
         Cap on the one-way turnover max(Σ buys, Σ sells) / V (fraction of portfolio value, ≥ 0).
+    max_trade_shares : array_like of shape (N,), optional
+        Largest |Δshares| of each symbol (≥ 0; ``inf`` = none), e.g. a participation cap ``p × ADV``: applied after
+        the turnover cap, each trade cut to it is flagged ``participation_capped``.
     allow_short : bool, default False
         Allow negative targets and sells beyond the shares held.
     lot_method : LotMethod, optional
@@ -792,6 +799,14 @@ def generate_rebalance(
     if max_turnover is not None and desired_turnover > max_turnover:
         turnover_scale = max_turnover / desired_turnover
     scaled = desired * turnover_scale
+    capped = np.zeros(n, dtype=bool)
+    if max_trade_shares is not None:  # 2b. per-symbol cap on the shares traded
+        cap = np.broadcast_to(np.asarray(max_trade_shares, dtype=np.float64), (n,))
+        bad = np.flatnonzero(np.isnan(cap) | (cap < 0))
+        if bad.size:
+            raise InvalidInputError.for_field(f"max_trade_shares[{int(bad[0])}]", "must be ≥ 0 (inf = no cap)")
+        capped = np.abs(scaled) > cap
+        scaled = np.clip(scaled, -cap, cap)
 
     def finalize(continuous: FloatArray) -> tuple[FloatArray, NDArray[np.bool_]]:
         """3. whole shares, 4. minimum size; returns the trades and the mask of dropped ones."""
@@ -898,6 +913,7 @@ def generate_rebalance(
                 total_cost=float(commission[i] + spread[i] + impact[i]),
                 lots=lot_results.get(i),
                 wash_sale=(i in wash_flags_sells) if side is Side.SELL else (symbols[i] in flagged_buys),
+                participation_capped=bool(capped[i]),
             )
         )
 

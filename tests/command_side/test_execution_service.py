@@ -173,3 +173,59 @@ def test_reported_fills_are_applied_once_and_checked_against_the_order(
     rest = report(f"{tag}-2", order.shares - first_half)
     assert rest.orders[0].status == "FILLED" and rest.orders[0].filled_shares == order.shares
     assert rest.cash == pytest.approx(first.cash - (order.shares - first_half) * CLOSE[order.symbol] - 1.0, abs=1e-6)
+
+
+def test_a_broker_adapter_claims_each_order_once_and_reports_its_fills(
+    rotation: rot_grpc.RotationCommandServiceStub,
+    execution: ex_grpc.ExecutionCommandServiceStub,
+    portfolio: tuple[str, str],
+    db: psycopg.Connection[Any],
+) -> None:
+    portfolio_id, _ = portfolio
+    orders = {o.order_id: o for o in run(rotation, portfolio_id).decision.orders}
+
+    def claim(limit: int = 0) -> list[ex_pb.ClaimedOrder]:
+        response = execution.ClaimOrders(ex_pb.ClaimOrdersRequest(portfolio_id=portfolio_id, limit=limit))
+        return list(response.orders)
+
+    # The kill-switches hold the orders back: the global one refuses, a portfolio's leaves them NEW.
+    rotation.SetKillSwitch(rot_pb.SetKillSwitchRequest(engaged=True, reason="halt"))
+    try:
+        with pytest.raises(grpc.RpcError) as error:
+            claim()
+        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        rotation.SetKillSwitch(rot_pb.SetKillSwitchRequest(engaged=False, reason="resume"))
+    rotation.SetKillSwitch(rot_pb.SetKillSwitchRequest(portfolio_id=portfolio_id, engaged=True, reason="halt"))
+    assert claim() == []
+    rotation.SetKillSwitch(rot_pb.SetKillSwitchRequest(portfolio_id=portfolio_id, engaged=False, reason="resume"))
+
+    # Two adapters at once: every order to exactly one of them, SENT, and no longer the paper broker's.
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(lambda _: claim(2), range(2))
+    claimed = [o.order_id for o in first + second]
+    assert sorted(claimed) == sorted(orders) and len(set(claimed)) == len(claimed)
+    assert all((o.symbol, o.shares) == (orders[o.order_id].symbol, orders[o.order_id].shares) for o in first + second)
+    rows = db.execute(
+        "SELECT DISTINCT status, claimed_by FROM order_outbox WHERE portfolio_id = %s", (portfolio_id,)
+    ).fetchall()
+    assert rows == [("SENT", "local")]
+    assert list(execute(execution, portfolio_id).fills) == []
+    order = first[0]
+    filled = execution.ReportFills(
+        ex_pb.ReportFillsRequest(
+            portfolio_id=portfolio_id,
+            fills=[
+                ex_pb.Fill(
+                    fill_id=f"broker-{order.order_id}",
+                    order_id=order.order_id,
+                    symbol=order.symbol,
+                    side=order.side,
+                    shares=order.shares,
+                    price=order.reference_price,
+                    filled_at=stamp(IN_WINDOW),
+                )
+            ],
+        )
+    )
+    assert [(o.order_id, o.status) for o in filled.orders] == [(order.order_id, "FILLED")]

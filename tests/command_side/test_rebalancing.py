@@ -789,3 +789,40 @@ def test_missing_inputs_are_failed_preconditions_and_write_nothing(
     ).recommendation
     # NOPE (no band) is sold in full; the 15 raised buy no whole AAPL share.
     assert [(t.symbol, t.side, t.shares, t.price) for t in ok.trades] == [("NOPE", tpb.TRADE_SIDE_SELL, 5, 3.0)]
+
+
+def test_participation_cap_and_cost_limit_hold_a_costly_recommendation_for_approval(
+    trading: Any, queries: Any, stored_prices: dict[str, str], closes: pd.DataFrame
+) -> None:
+    """$100,000 of cash into 50 % AAPL at the 2022-06-30 close, AAPL trading 100 shares a day.
+
+    A 10 % participation cap allows 10 shares (not the ~365 wanted). Their estimated cost (a $1 commission, half of
+    the 10 bp spread, square-root impact) is far above 20 bp of the trade value: the recommendation waits for
+    approval although its value is under the $10,000 approval limit. With a loose cost limit it is auto-approved.
+    """
+    market = {"AAPL": tpb.MarketInputs(adv=100.0, daily_volatility=0.02, spread_bps=10.0)}
+    outcomes = {}
+    for limit in (20.0, 1e6):
+        portfolio_id = unique("capped")
+        stored = setup(
+            trading, portfolio_id, [], 100_000.0, commission_per_trade=1.0, max_participation=0.1, max_cost_bps=limit
+        )
+        assert (stored.max_participation, stored.max_cost_bps) == (0.1, limit)
+        outcomes[limit] = trading.GenerateRebalance(
+            tpb.GenerateRebalanceRequest(
+                portfolio_id=portfolio_id, target_weights={"AAPL": 0.5}, market=market, as_of=ts("2022-06-30T15:00:00")
+            )
+        ).recommendation
+    held, loose = outcomes[20.0], outcomes[1e6]
+    for recommendation in (held, loose):
+        (trade,) = recommendation.trades
+        assert (trade.symbol, trade.shares, trade.participation_capped) == ("AAPL", 10.0, True)
+        assert trade.price == pytest.approx(float(closes["AAPL"].loc["2022-06-30"]))
+    cost_bps = 1e4 * held.total_cost / held.total_trade_value
+    assert cost_bps > 20.0 and held.total_trade_value < 10_000.0
+    assert held.status == tpb.RECOMMENDATION_STATUS_PENDING_APPROVAL
+    assert held.hold_reason == f"COST_ABOVE_LIMIT: estimated cost {cost_bps:.1f} bp of the trade value, limit 20 bp"
+    assert (loose.status, loose.hold_reason) == (tpb.RECOMMENDATION_STATUS_AUTO_APPROVED, "")
+    # The query side reads both back from the stored recommendation.
+    read = queries.GetRebalance(query_pb.GetRebalanceRequest(recommendation_id=held.recommendation_id)).recommendation
+    assert (read.hold_reason, read.trades[0].participation_capped) == (held.hold_reason, True)

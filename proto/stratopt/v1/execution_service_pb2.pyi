@@ -413,3 +413,96 @@ class ReconcileResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__cash_difference) -> _WhichOneofReturnType__cash_difference | None: ...
 
 Global___ReconcileResponse: _TypeAlias = ReconcileResponse  # noqa: Y015
+
+@_typing.final
+class ClaimOrdersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTFOLIO_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    portfolio_id: _builtins.str
+    """Only this portfolio's orders; "" = every portfolio's."""
+    limit: _builtins.int
+    """Most orders to claim; 0 = 100, at most 1000."""
+    def __init__(
+        self,
+        *,
+        portfolio_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "portfolio_id", b"portfolio_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimOrdersRequest: _TypeAlias = ClaimOrdersRequest  # noqa: Y015
+
+@_typing.final
+class ClaimedOrder(_message.Message):
+    """An order claimed for execution."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    PORTFOLIO_ID_FIELD_NUMBER: _builtins.int
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    SIDE_FIELD_NUMBER: _builtins.int
+    SHARES_FIELD_NUMBER: _builtins.int
+    REFERENCE_PRICE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    order_id: _builtins.str
+    portfolio_id: _builtins.str
+    symbol: _builtins.str
+    side: _builtins.str
+    """BUY or SELL."""
+    shares: _builtins.float
+    """Shares to trade."""
+    reference_price: _builtins.float
+    """The stored price it was sized at."""
+    reason: _builtins.str
+    """Why it was emitted (a rotation reason code, or REBALANCE)."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        order_id: _builtins.str = ...,
+        portfolio_id: _builtins.str = ...,
+        symbol: _builtins.str = ...,
+        side: _builtins.str = ...,
+        shares: _builtins.float = ...,
+        reference_price: _builtins.float = ...,
+        reason: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "order_id", b"order_id", "portfolio_id", b"portfolio_id", "reason", b"reason", "reference_price", b"reference_price", "shares", b"shares", "side", b"side", "symbol", b"symbol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimedOrder: _TypeAlias = ClaimedOrder  # noqa: Y015
+
+@_typing.final
+class ClaimOrdersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def orders(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClaimedOrder]:
+        """The orders now SENT to the caller, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        orders: _abc.Iterable[Global___ClaimedOrder] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["orders", b"orders"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimOrdersResponse: _TypeAlias = ClaimOrdersResponse  # noqa: Y015

@@ -51,6 +51,11 @@ class ExecutionCommandServiceStub:
                 request_serializer=stratopt_dot_v1_dot_execution__service__pb2.ReconcileRequest.SerializeToString,
                 response_deserializer=stratopt_dot_v1_dot_execution__service__pb2.ReconcileResponse.FromString,
                 _registered_method=True)
+        self.ClaimOrders = channel.unary_unary(
+                '/stratopt.v1.ExecutionCommandService/ClaimOrders',
+                request_serializer=stratopt_dot_v1_dot_execution__service__pb2.ClaimOrdersRequest.SerializeToString,
+                response_deserializer=stratopt_dot_v1_dot_execution__service__pb2.ClaimOrdersResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutionCommandServiceServicer:
@@ -84,6 +89,15 @@ class ExecutionCommandServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClaimOrders(self, request, context):
+        """For a real broker's adapter: claim NEW orders, oldest first, and mark them SENT with the caller as claimant.
+        Each order is claimed once, even by several adapters at once. FAILED_PRECONDITION while the global kill-switch
+        is engaged; orders of a portfolio whose own switch is engaged stay NEW. The adapter then calls ReportFills.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutionCommandServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -101,6 +115,11 @@ def add_ExecutionCommandServiceServicer_to_server(servicer, server):
                     servicer.Reconcile,
                     request_deserializer=stratopt_dot_v1_dot_execution__service__pb2.ReconcileRequest.FromString,
                     response_serializer=stratopt_dot_v1_dot_execution__service__pb2.ReconcileResponse.SerializeToString,
+            ),
+            'ClaimOrders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimOrders,
+                    request_deserializer=stratopt_dot_v1_dot_execution__service__pb2.ClaimOrdersRequest.FromString,
+                    response_serializer=stratopt_dot_v1_dot_execution__service__pb2.ClaimOrdersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -186,6 +205,33 @@ class ExecutionCommandService:
             '/stratopt.v1.ExecutionCommandService/Reconcile',
             stratopt_dot_v1_dot_execution__service__pb2.ReconcileRequest.SerializeToString,
             stratopt_dot_v1_dot_execution__service__pb2.ReconcileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimOrders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stratopt.v1.ExecutionCommandService/ClaimOrders',
+            stratopt_dot_v1_dot_execution__service__pb2.ClaimOrdersRequest.SerializeToString,
+            stratopt_dot_v1_dot_execution__service__pb2.ClaimOrdersResponse.FromString,
             options,
             channel_credentials,
             insecure,

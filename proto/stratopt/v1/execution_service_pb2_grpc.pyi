@@ -52,6 +52,11 @@ class ExecutionCommandServiceStub:
     """
     Reconcile: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.ReconcileRequest, _execution_service_pb2.ReconcileResponse]
     """Stored positions (and cash) against a broker's: the differences. Writes nothing."""
+    ClaimOrders: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.ClaimOrdersRequest, _execution_service_pb2.ClaimOrdersResponse]
+    """For a real broker's adapter: claim NEW orders, oldest first, and mark them SENT with the caller as claimant.
+    Each order is claimed once, even by several adapters at once. FAILED_PRECONDITION while the global kill-switch
+    is engaged; orders of a portfolio whose own switch is engaged stay NEW. The adapter then calls ReportFills.
+    """
 
 @_typing.type_check_only
 class ExecutionCommandServiceAsyncStub(ExecutionCommandServiceStub):
@@ -73,6 +78,11 @@ class ExecutionCommandServiceAsyncStub(ExecutionCommandServiceStub):
     """
     Reconcile: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.ReconcileRequest, _execution_service_pb2.ReconcileResponse]  # type: ignore[assignment]
     """Stored positions (and cash) against a broker's: the differences. Writes nothing."""
+    ClaimOrders: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.ClaimOrdersRequest, _execution_service_pb2.ClaimOrdersResponse]  # type: ignore[assignment]
+    """For a real broker's adapter: claim NEW orders, oldest first, and mark them SENT with the caller as claimant.
+    Each order is claimed once, even by several adapters at once. FAILED_PRECONDITION while the global kill-switch
+    is engaged; orders of a portfolio whose own switch is engaged stay NEW. The adapter then calls ReportFills.
+    """
 
 class ExecutionCommandServiceServicer(metaclass=_abc_1.ABCMeta):
     """Commands of execution. A fill, its order's new state, the holdings it changes and its execution event commit
@@ -109,5 +119,16 @@ class ExecutionCommandServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_execution_service_pb2.ReconcileResponse, _abc.Awaitable[_execution_service_pb2.ReconcileResponse]]:
         """Stored positions (and cash) against a broker's: the differences. Writes nothing."""
+
+    @_abc_1.abstractmethod
+    def ClaimOrders(
+        self,
+        request: _execution_service_pb2.ClaimOrdersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_execution_service_pb2.ClaimOrdersResponse, _abc.Awaitable[_execution_service_pb2.ClaimOrdersResponse]]:
+        """For a real broker's adapter: claim NEW orders, oldest first, and mark them SENT with the caller as claimant.
+        Each order is claimed once, even by several adapters at once. FAILED_PRECONDITION while the global kill-switch
+        is engaged; orders of a portfolio whose own switch is engaged stay NEW. The adapter then calls ReportFills.
+        """
 
 def add_ExecutionCommandServiceServicer_to_server(servicer: ExecutionCommandServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -834,6 +834,8 @@ class RebalancePolicy(_message.Message):
     WASH_SALE_WINDOW_DAYS_FIELD_NUMBER: _builtins.int
     APPROVAL_LIMIT_FIELD_NUMBER: _builtins.int
     APPROVAL_TTL_FIELD_NUMBER: _builtins.int
+    MAX_PARTICIPATION_FIELD_NUMBER: _builtins.int
+    MAX_COST_BPS_FIELD_NUMBER: _builtins.int
     drift_threshold: _builtins.float
     """Portfolio drift (two-way, sum |current - target| including cash) above which CheckDrift flags; default 0.05."""
     min_trade_value: _builtins.float
@@ -864,6 +866,15 @@ class RebalancePolicy(_message.Message):
     """Wash-sale window in days either side of a loss sale; default 30."""
     approval_limit: _builtins.float
     """Total trade value above which a recommendation needs approval; default 10000."""
+    max_participation: _builtins.float
+    """Largest share of a symbol's average daily volume (market[symbol].adv) one trade may take (0-1]; a larger trade
+    is cut to it and carries participation_capped. Unset: no cap; symbols without market inputs are not capped.
+    """
+    max_cost_bps: _builtins.float
+    """Largest estimated cost of a recommendation, basis points of its total trade value (commissions, half
+    spreads and impact over the trade value). Above it the recommendation waits for approval whatever its value,
+    with hold_reason set. Unset: no limit.
+    """
     @_builtins.property
     def bands(self) -> _containers.MessageMap[_builtins.str, Global___Band]:
         """Bands keyed by symbol; a symbol without a band trades at any drift."""
@@ -891,10 +902,12 @@ class RebalancePolicy(_message.Message):
         wash_sale_window_days: _builtins.int | None = ...,
         approval_limit: _builtins.float | None = ...,
         approval_ttl: _duration_pb2.Duration | None = ...,
+        max_participation: _builtins.float | None = ...,
+        max_cost_bps: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_approval_limit", b"_approval_limit", "_drift_threshold", b"_drift_threshold", "_impact_coefficient", b"_impact_coefficient", "_long_term_after_days", b"_long_term_after_days", "_long_term_tax_rate", b"_long_term_tax_rate", "_max_turnover", b"_max_turnover", "_short_term_tax_rate", b"_short_term_tax_rate", "_wash_sale_window_days", b"_wash_sale_window_days", "approval_limit", b"approval_limit", "approval_ttl", b"approval_ttl", "drift_threshold", b"drift_threshold", "impact_coefficient", b"impact_coefficient", "long_term_after_days", b"long_term_after_days", "long_term_tax_rate", b"long_term_tax_rate", "max_turnover", b"max_turnover", "short_term_tax_rate", b"short_term_tax_rate", "wash_sale_window_days", b"wash_sale_window_days"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_approval_limit", b"_approval_limit", "_drift_threshold", b"_drift_threshold", "_impact_coefficient", b"_impact_coefficient", "_long_term_after_days", b"_long_term_after_days", "_long_term_tax_rate", b"_long_term_tax_rate", "_max_cost_bps", b"_max_cost_bps", "_max_participation", b"_max_participation", "_max_turnover", b"_max_turnover", "_short_term_tax_rate", b"_short_term_tax_rate", "_wash_sale_window_days", b"_wash_sale_window_days", "approval_limit", b"approval_limit", "approval_ttl", b"approval_ttl", "drift_threshold", b"drift_threshold", "impact_coefficient", b"impact_coefficient", "long_term_after_days", b"long_term_after_days", "long_term_tax_rate", b"long_term_tax_rate", "max_cost_bps", b"max_cost_bps", "max_participation", b"max_participation", "max_turnover", b"max_turnover", "short_term_tax_rate", b"short_term_tax_rate", "wash_sale_window_days", b"wash_sale_window_days"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_approval_limit", b"_approval_limit", "_drift_threshold", b"_drift_threshold", "_impact_coefficient", b"_impact_coefficient", "_long_term_after_days", b"_long_term_after_days", "_long_term_tax_rate", b"_long_term_tax_rate", "_max_turnover", b"_max_turnover", "_short_term_tax_rate", b"_short_term_tax_rate", "_wash_sale_window_days", b"_wash_sale_window_days", "approval_limit", b"approval_limit", "approval_ttl", b"approval_ttl", "bands", b"bands", "commission_per_share", b"commission_per_share", "commission_per_trade", b"commission_per_trade", "drift_threshold", b"drift_threshold", "impact_coefficient", b"impact_coefficient", "impact_model", b"impact_model", "long_term_after_days", b"long_term_after_days", "long_term_tax_rate", b"long_term_tax_rate", "lot_method", b"lot_method", "max_turnover", b"max_turnover", "min_trade_value", b"min_trade_value", "prefer_losses", b"prefer_losses", "short_term_tax_rate", b"short_term_tax_rate", "wash_sale_window_days", b"wash_sale_window_days"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_approval_limit", b"_approval_limit", "_drift_threshold", b"_drift_threshold", "_impact_coefficient", b"_impact_coefficient", "_long_term_after_days", b"_long_term_after_days", "_long_term_tax_rate", b"_long_term_tax_rate", "_max_cost_bps", b"_max_cost_bps", "_max_participation", b"_max_participation", "_max_turnover", b"_max_turnover", "_short_term_tax_rate", b"_short_term_tax_rate", "_wash_sale_window_days", b"_wash_sale_window_days", "approval_limit", b"approval_limit", "approval_ttl", b"approval_ttl", "bands", b"bands", "commission_per_share", b"commission_per_share", "commission_per_trade", b"commission_per_trade", "drift_threshold", b"drift_threshold", "impact_coefficient", b"impact_coefficient", "impact_model", b"impact_model", "long_term_after_days", b"long_term_after_days", "long_term_tax_rate", b"long_term_tax_rate", "lot_method", b"lot_method", "max_cost_bps", b"max_cost_bps", "max_participation", b"max_participation", "max_turnover", b"max_turnover", "min_trade_value", b"min_trade_value", "prefer_losses", b"prefer_losses", "short_term_tax_rate", b"short_term_tax_rate", "wash_sale_window_days", b"wash_sale_window_days"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__approval_limit: _TypeAlias = _typing.Literal["approval_limit"]  # noqa: Y015
     _WhichOneofArgType__approval_limit: _TypeAlias = _typing.Literal["_approval_limit", b"_approval_limit"]  # noqa: Y015
@@ -906,6 +919,10 @@ class RebalancePolicy(_message.Message):
     _WhichOneofArgType__long_term_after_days: _TypeAlias = _typing.Literal["_long_term_after_days", b"_long_term_after_days"]  # noqa: Y015
     _WhichOneofReturnType__long_term_tax_rate: _TypeAlias = _typing.Literal["long_term_tax_rate"]  # noqa: Y015
     _WhichOneofArgType__long_term_tax_rate: _TypeAlias = _typing.Literal["_long_term_tax_rate", b"_long_term_tax_rate"]  # noqa: Y015
+    _WhichOneofReturnType__max_cost_bps: _TypeAlias = _typing.Literal["max_cost_bps"]  # noqa: Y015
+    _WhichOneofArgType__max_cost_bps: _TypeAlias = _typing.Literal["_max_cost_bps", b"_max_cost_bps"]  # noqa: Y015
+    _WhichOneofReturnType__max_participation: _TypeAlias = _typing.Literal["max_participation"]  # noqa: Y015
+    _WhichOneofArgType__max_participation: _TypeAlias = _typing.Literal["_max_participation", b"_max_participation"]  # noqa: Y015
     _WhichOneofReturnType__max_turnover: _TypeAlias = _typing.Literal["max_turnover"]  # noqa: Y015
     _WhichOneofArgType__max_turnover: _TypeAlias = _typing.Literal["_max_turnover", b"_max_turnover"]  # noqa: Y015
     _WhichOneofReturnType__short_term_tax_rate: _TypeAlias = _typing.Literal["short_term_tax_rate"]  # noqa: Y015
@@ -922,6 +939,10 @@ class RebalancePolicy(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__long_term_after_days) -> _WhichOneofReturnType__long_term_after_days | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__long_term_tax_rate) -> _WhichOneofReturnType__long_term_tax_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_cost_bps) -> _WhichOneofReturnType__max_cost_bps | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_participation) -> _WhichOneofReturnType__max_participation | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_turnover) -> _WhichOneofReturnType__max_turnover | None: ...
     @_typing.overload
@@ -1325,6 +1346,7 @@ class Trade(_message.Message):
     SHORT_TERM_GAIN_FIELD_NUMBER: _builtins.int
     LONG_TERM_GAIN_FIELD_NUMBER: _builtins.int
     WASH_SALE_FIELD_NUMBER: _builtins.int
+    PARTICIPATION_CAPPED_FIELD_NUMBER: _builtins.int
     symbol: _builtins.str
     """Symbol."""
     side: Global___TradeSide.ValueType
@@ -1349,6 +1371,8 @@ class Trade(_message.Message):
     """Realised long-term gain of the trade."""
     wash_sale: _builtins.bool
     """True when this buy falls in the wash-sale window of a realised loss on the same symbol."""
+    participation_capped: _builtins.bool
+    """Whether the policy's max_participation cut this trade."""
     @_builtins.property
     def lots(self) -> _containers.RepeatedCompositeFieldContainer[Global___LotSale]:
         """Lots sold (sells of positions with lots)."""
@@ -1369,10 +1393,11 @@ class Trade(_message.Message):
         short_term_gain: _builtins.float = ...,
         long_term_gain: _builtins.float = ...,
         wash_sale: _builtins.bool = ...,
+        participation_capped: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["commission", b"commission", "impact_cost", b"impact_cost", "long_term_gain", b"long_term_gain", "lots", b"lots", "price", b"price", "shares", b"shares", "short_term_gain", b"short_term_gain", "side", b"side", "spread_cost", b"spread_cost", "symbol", b"symbol", "total_cost", b"total_cost", "value", b"value", "wash_sale", b"wash_sale"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commission", b"commission", "impact_cost", b"impact_cost", "long_term_gain", b"long_term_gain", "lots", b"lots", "participation_capped", b"participation_capped", "price", b"price", "shares", b"shares", "short_term_gain", b"short_term_gain", "side", b"side", "spread_cost", b"spread_cost", "symbol", b"symbol", "total_cost", b"total_cost", "value", b"value", "wash_sale", b"wash_sale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1441,6 +1466,7 @@ class RebalanceRecommendation(_message.Message):
     DECIDED_BY_FIELD_NUMBER: _builtins.int
     DECIDED_AT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    HOLD_REASON_FIELD_NUMBER: _builtins.int
     recommendation_id: _builtins.str
     """Identifier (UUID)."""
     portfolio_id: _builtins.str
@@ -1469,6 +1495,10 @@ class RebalanceRecommendation(_message.Message):
     """Who approved or rejected it."""
     reason: _builtins.str
     """Reason given with the decision."""
+    hold_reason: _builtins.str
+    """Why the recommendation waits for approval although its value is within the approval limit (e.g. its cost
+    is above the policy's max_cost_bps); "" when it does not.
+    """
     @_builtins.property
     def trades(self) -> _containers.RepeatedCompositeFieldContainer[Global___Trade]:
         """The trades, sells first."""
@@ -1511,10 +1541,11 @@ class RebalanceRecommendation(_message.Message):
         decided_by: _builtins.str = ...,
         decided_at: _timestamp_pb2.Timestamp | None = ...,
         reason: _builtins.str = ...,
+        hold_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "decided_at", b"decided_at", "expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_limit", b"approval_limit", "created_at", b"created_at", "decided_at", b"decided_at", "decided_by", b"decided_by", "drift_after", b"drift_after", "drift_before", b"drift_before", "estimated_tax", b"estimated_tax", "expires_at", b"expires_at", "harvest_candidates", b"harvest_candidates", "long_term_gain", b"long_term_gain", "portfolio_id", b"portfolio_id", "reason", b"reason", "recommendation_id", b"recommendation_id", "short_term_gain", b"short_term_gain", "status", b"status", "total_cost", b"total_cost", "total_trade_value", b"total_trade_value", "trades", b"trades", "turnover", b"turnover"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_limit", b"approval_limit", "created_at", b"created_at", "decided_at", b"decided_at", "decided_by", b"decided_by", "drift_after", b"drift_after", "drift_before", b"drift_before", "estimated_tax", b"estimated_tax", "expires_at", b"expires_at", "harvest_candidates", b"harvest_candidates", "hold_reason", b"hold_reason", "long_term_gain", b"long_term_gain", "portfolio_id", b"portfolio_id", "reason", b"reason", "recommendation_id", b"recommendation_id", "short_term_gain", b"short_term_gain", "status", b"status", "total_cost", b"total_cost", "total_trade_value", b"total_trade_value", "trades", b"trades", "turnover", b"turnover"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

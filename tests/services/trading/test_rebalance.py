@@ -488,3 +488,13 @@ def test_invalid_holdings_and_lots_name_the_field() -> None:
     with pytest.raises(InvalidInputError) as exc:
         check_drift([Holding("A", 0.0, 10.0)], 0.0, [1.0])
     assert _field(exc) == "holdings"
+
+
+def test_a_per_symbol_share_cap_cuts_only_the_trades_above_it() -> None:
+    # $10,000 cash, targets 40 % A ($10) and 40 % B ($20): 400 A and 200 B wanted; A is capped at 150 shares.
+    holdings = [Holding("A", 0.0, 10.0), Holding("B", 0.0, 20.0)]
+    plan = generate_rebalance(holdings, 10_000.0, [0.4, 0.4], max_trade_shares=[150.0, np.inf])
+    trades = {t.symbol: (t.shares, t.participation_capped) for t in plan.trades}
+    assert trades == {"A": (150.0, True), "B": (200.0, False)}
+    with pytest.raises(InvalidInputError, match=r"max_trade_shares\[1\]"):
+        generate_rebalance(holdings, 10_000.0, [0.4, 0.4], max_trade_shares=[1.0, -1.0])
