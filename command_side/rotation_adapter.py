@@ -84,6 +84,16 @@ def _prefixed(prefix: str) -> Iterator[None]:
         raise InvalidInputError(message, field_violations=violations) from exc
 
 
+def _reason(value: str, why: str) -> str:
+    """A required ``reason`` of at most ``MAX_REASON_LENGTH`` characters, stripped."""
+    reason = value.strip()
+    if not reason:
+        raise _bad("reason", f"is required: say why {why}")
+    if len(reason) > MAX_REASON_LENGTH:
+        raise _bad("reason", f"at most {MAX_REASON_LENGTH} characters, got {len(reason)}")
+    return reason
+
+
 def _finite(value: float, field: str, *, low: float | None = None, low_open: bool = False) -> float:
     if not math.isfinite(value):
         raise _bad(field, f"must be finite, got {value}")
@@ -304,12 +314,7 @@ def kill_switch_command(request: rot_pb.SetKillSwitchRequest) -> tuple[str, bool
         ``reason`` missing or longer than ``MAX_REASON_LENGTH`` characters.
     """
     check_request(request)
-    reason = request.reason.strip()
-    if not reason:
-        raise _bad("reason", "is required: say why the switch is set")
-    if len(reason) > MAX_REASON_LENGTH:
-        raise _bad("reason", f"at most {MAX_REASON_LENGTH} characters, got {len(reason)}")
-    return request.portfolio_id, request.engaged, reason
+    return request.portfolio_id, request.engaged, _reason(request.reason, "the switch is set")
 
 
 def pause_scheduler_command(request: rot_pb.PauseRotationSchedulerRequest) -> tuple[bool, str]:
@@ -321,12 +326,7 @@ def pause_scheduler_command(request: rot_pb.PauseRotationSchedulerRequest) -> tu
         ``reason`` missing or longer than ``MAX_REASON_LENGTH`` characters.
     """
     check_request(request)
-    reason = request.reason.strip()
-    if not reason:
-        raise _bad("reason", "is required: say why the scheduler is paused or resumed")
-    if len(reason) > MAX_REASON_LENGTH:
-        raise _bad("reason", f"at most {MAX_REASON_LENGTH} characters, got {len(reason)}")
-    return request.paused, reason
+    return request.paused, _reason(request.reason, "the scheduler is paused or resumed")
 
 
 # --- responses --------------------------------------------------------------------------------------------------

@@ -294,24 +294,8 @@ class PostgresReadStore:
         limit: int,
         after: HistoryKey | None,
     ) -> list[asyncpg.Record]:
-        """Rows of an event hypertable in ``[start, end)``, newest first by ``(timestamp, event_id)``, after a key.
-
-        ``table`` and ``columns`` are constants of this module (never request data).
-        """
-        conditions, arguments = _time_range(portfolio_id, start, end)
-        if after is not None:
-            arguments.extend((after.timestamp, after.event_id))
-            timestamp_arg, event_id_arg = len(arguments) - 1, len(arguments)
-            # The plain bound lets TimescaleDB exclude newer chunks; the row comparison is the keyset.
-            conditions.append(f'"timestamp" <= ${timestamp_arg}')
-            conditions.append(f'("timestamp", event_id) < (${timestamp_arg}, ${event_id_arg})')
-        arguments.append(limit)
-        query = (
-            f"SELECT {columns} FROM {table} WHERE {' AND '.join(conditions)} "
-            f'ORDER BY "timestamp" DESC, event_id DESC LIMIT ${len(arguments)}'
-        )
-        async with _database_errors():
-            return list(await self._pool.fetch(query, *arguments))
+        """Rows of an event hypertable, newest first after a key (:func:`newest_first_rows`)."""
+        return await newest_first_rows(self._pool, table, columns, portfolio_id, start, end, limit, after)
 
     async def analytics_window(
         self, portfolio_id: str, *, start: datetime | None, end: datetime | None
@@ -337,7 +321,7 @@ class PostgresReadStore:
         UnavailableError
             When the database cannot be reached.
         """
-        conditions, arguments = _time_range(portfolio_id, start, end)
+        conditions, arguments = time_range(portfolio_id, start, end)
         runs_query = (
             f"SELECT {_RUN_COLUMNS} FROM portfolio_optimized WHERE {' AND '.join(conditions)} "
             'ORDER BY "timestamp", event_id'
@@ -452,7 +436,7 @@ def _rebalance_event(row: asyncpg.Record) -> StoredRebalanceEvent:
     )
 
 
-def _time_range(portfolio_id: str, start: datetime | None, end: datetime | None) -> tuple[list[str], list[object]]:
+def time_range(portfolio_id: str, start: datetime | None, end: datetime | None) -> tuple[list[str], list[object]]:
     """WHERE conditions and their arguments for one portfolio's events in ``[start, end)``."""
     conditions = ["portfolio_id = $1"]
     arguments: list[object] = [portfolio_id]
@@ -463,3 +447,38 @@ def _time_range(portfolio_id: str, start: datetime | None, end: datetime | None)
         arguments.append(end)
         conditions.append(f'"timestamp" < ${len(arguments)}')
     return conditions, arguments
+
+
+async def newest_first_rows(
+    pool: asyncpg.Pool[asyncpg.Record],
+    table: str,
+    columns: str,
+    portfolio_id: str,
+    start: datetime | None,
+    end: datetime | None,
+    limit: int,
+    after: HistoryKey | None,
+) -> list[asyncpg.Record]:
+    """Rows of an event hypertable in ``[start, end)``, newest first by ``(timestamp, event_id)``, after a key.
+
+    ``table`` and ``columns`` are constants of the calling module (never request data).
+
+    Raises
+    ------
+    UnavailableError
+        When the database cannot be reached.
+    """
+    conditions, arguments = time_range(portfolio_id, start, end)
+    if after is not None:
+        arguments.extend((after.timestamp, after.event_id))
+        timestamp_arg, event_id_arg = len(arguments) - 1, len(arguments)
+        # The plain bound lets TimescaleDB exclude newer chunks; the row comparison is the keyset.
+        conditions.append(f'"timestamp" <= ${timestamp_arg}')
+        conditions.append(f'("timestamp", event_id) < (${timestamp_arg}, ${event_id_arg})')
+    arguments.append(limit)
+    query = (
+        f"SELECT {columns} FROM {table} WHERE {' AND '.join(conditions)} "
+        f'ORDER BY "timestamp" DESC, event_id DESC LIMIT ${len(arguments)}'
+    )
+    async with _database_errors():
+        return list(await pool.fetch(query, *arguments))

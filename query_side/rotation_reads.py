@@ -20,7 +20,7 @@ from google.protobuf import timestamp_pb2
 
 from query_side.postgres_errors import postgres_errors
 from query_side.records import SchemaError
-from query_side.repository import HistoryKey
+from query_side.repository import HistoryKey, newest_first_rows, time_range
 from stratopt.v1 import rotation_service_pb2 as rot_pb
 
 SCHEMA_VERSION = 1
@@ -129,25 +129,9 @@ class RotationReads:
         after: HistoryKey | None = None,
     ) -> list[StoredDecision]:
         """Decisions in ``[start, end)`` older than ``after``, newest first by ``(timestamp, event_id)``."""
-        conditions: list[str] = ["portfolio_id = $1"]
-        arguments: list[Any] = [portfolio_id]
-        if start is not None:
-            arguments.append(start)
-            conditions.append(f'"timestamp" >= ${len(arguments)}')
-        if end is not None:
-            arguments.append(end)
-            conditions.append(f'"timestamp" < ${len(arguments)}')
-        if after is not None:
-            arguments.extend((after.timestamp, after.event_id))
-            t, e = len(arguments) - 1, len(arguments)
-            conditions.append(f'"timestamp" <= ${t} AND ("timestamp", event_id) < (${t}, ${e})')
-        arguments.append(limit)
-        query = (
-            f'SELECT event_id, "timestamp", decision FROM rotation_decided WHERE {" AND ".join(conditions)} '
-            f'ORDER BY "timestamp" DESC, event_id DESC LIMIT ${len(arguments)}'
+        rows = await newest_first_rows(
+            self._pool, "rotation_decided", 'event_id, "timestamp", decision', portfolio_id, start, end, limit, after
         )
-        async with postgres_errors():
-            rows = await self._pool.fetch(query, *arguments)
         return [
             StoredDecision(
                 HistoryKey(timestamp=r["timestamp"], event_id=uuid.UUID(str(r["event_id"]))),
@@ -163,24 +147,19 @@ class RotationReads:
 
         Decisions, TRADE and HOLD counts, changes by reason code and HOLDs by policy reason.
         """
-        arguments: list[Any] = [width, portfolio_id]
-        conditions = ["portfolio_id = $2"]
-        if start is not None:
-            arguments.append(start)
-            conditions.append(f'"timestamp" >= ${len(arguments)}')
-        if end is not None:
-            arguments.append(end)
-            conditions.append(f'"timestamp" < ${len(arguments)}')
+        conditions, arguments = time_range(portfolio_id, start, end)
+        arguments.append(width)
+        bucket = f'time_bucket(${len(arguments)}::interval, "timestamp")'
         where = " AND ".join(conditions)
         decisions = f"""
-            SELECT time_bucket($1::interval, "timestamp") AS bucket, count(*) AS decisions,
+            SELECT {bucket} AS bucket, count(*) AS decisions,
                    count(*) FILTER (WHERE action = 'TRADE') AS trades, count(*) FILTER (WHERE action = 'HOLD') AS holds
             FROM rotation_decided WHERE {where} GROUP BY bucket ORDER BY bucket"""
         reasons = f"""
-            SELECT time_bucket($1::interval, "timestamp") AS bucket, code, count(*) AS n
+            SELECT {bucket} AS bucket, code, count(*) AS n
             FROM rotation_decided, unnest(reason_codes) AS code WHERE {where} GROUP BY bucket, code"""
         holds = f"""
-            SELECT time_bucket($1::interval, "timestamp") AS bucket, policy_reason AS code, count(*) AS n
+            SELECT {bucket} AS bucket, policy_reason AS code, count(*) AS n
             FROM rotation_decided WHERE {where} AND action = 'HOLD' GROUP BY bucket, policy_reason"""
         async with postgres_errors(), self._pool.acquire() as conn:
             buckets = {
@@ -192,6 +171,6 @@ class RotationReads:
             hold_counts: dict[datetime, dict[str, int]] = defaultdict(dict)
             for r in await conn.fetch(holds, *arguments):
                 hold_counts[r["bucket"]][r["code"]] = r["n"]
-        for bucket, counts in hold_counts.items():
-            buckets[bucket].hold_reasons.update(counts)
+        for when, counts in hold_counts.items():
+            buckets[when].hold_reasons.update(counts)
         return list(buckets.values())
