@@ -10,7 +10,9 @@ Mean-variance chain (``MEAN_VARIANCE_BACKENDS``):
 
 1. ``ACTIVE_SET``: exact active set under the budget and finite bounds (min volatility, max Sharpe, utility);
 2. ``CLARABEL_DIRECT``: Clarabel on matrices assembled with NumPy for the linear families;
-3. ``CONIC``: Clarabel through cvxpy (SCS as its fallback) for every family.
+3. ``DENSE_IPM``: a primal-dual interior-point method on dense LAPACK factorisations for min volatility and
+   quadratic utility with the trading families (turnover, per-name caps, costs, leverage, beta) and the linear ones;
+4. ``CONIC``: Clarabel through cvxpy (SCS as its fallback) for every family.
 
 Scenario risk measures (``SCENARIO_BACKENDS``): HiGHS's simplex for the LPs where it was measured faster, then
 Clarabel. A caller (a test, a benchmark) that wants one path passes its own chain as ``backends``.
@@ -27,6 +29,7 @@ from services.optimization import _cardinality
 from services.optimization._active_set import ActiveSetBackend
 from services.optimization._clarabel_direct import ClarabelDirectBackend
 from services.optimization._conic import ConicBackend
+from services.optimization._interior_point import DenseInteriorPointBackend
 from services.optimization._model import ProblemModel
 from services.optimization._problem import OptimizationResult, PortfolioProblem
 from services.optimization._risk_measures import (
@@ -76,8 +79,9 @@ class ScenarioBackend(Protocol):
 
 ACTIVE_SET = ActiveSetBackend()
 CLARABEL_DIRECT = ClarabelDirectBackend()
+DENSE_IPM = DenseInteriorPointBackend()
 CONIC = ConicBackend()
-MEAN_VARIANCE_BACKENDS: tuple[Backend, ...] = (ACTIVE_SET, CLARABEL_DIRECT, CONIC)
+MEAN_VARIANCE_BACKENDS: tuple[Backend, ...] = (ACTIVE_SET, CLARABEL_DIRECT, DENSE_IPM, CONIC)
 """The default mean-variance chain, fastest first."""
 SIMPLEX = ScenarioSimplexBackend()
 SCENARIO_CONIC = ScenarioConicBackend()

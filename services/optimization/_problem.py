@@ -197,7 +197,8 @@ class OptimizationResult:
     """Whether the primary solver failed and the fallback solver produced the answer."""
     solve_path: str = ""
     """Which algorithm answered, e.g. ``CONIC`` (cvxpy + Clarabel), ``ACTIVE_SET``, ``CLARABEL_DIRECT`` (Clarabel on
-    directly assembled matrices), ``MIP_OUTER_APPROXIMATION``, ``JAX_NEWTON``, ``CLOSED_FORM``."""
+    directly assembled matrices), ``DENSE_IPM`` (the engine's dense interior-point method),
+    ``MIP_OUTER_APPROXIMATION``, ``JAX_NEWTON``, ``CLOSED_FORM``."""
     relaxations: tuple[Relaxation, ...] = ()
     """Constraints relaxed to reach a feasible problem (``PortfolioProblem.allow_relaxation``); empty otherwise."""
     betas: FloatArray | None = None
