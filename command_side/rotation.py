@@ -44,6 +44,7 @@ from services.rotation import CycleDecision, PolicyReason, ewma_volatility
 VOLATILITY_SHORT_PERIODS = 10
 """The volatility spike compares the σ of the market's last this-many returns with its σ over the window."""
 MAX_SIGNALS_PER_MESSAGE = 10_000
+MAX_QUOTES_PER_MESSAGE = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +108,10 @@ class RotationService:
     async def ingest_signals(self, signal_set: str, rows: Sequence[tuple[str, str, datetime, float]]) -> int:
         """Upsert one message of signals; the rows written."""
         return await self._store.ingest_signals(signal_set, rows)
+
+    async def ingest_quotes(self, rows: Sequence[tuple[str, datetime, float, float]]) -> int:
+        """Upsert ``(symbol, time, bid, ask)`` quotes in one transaction; the rows written."""
+        return await self._store.ingest_quotes(rows)
 
     async def upsert_configuration(self, config: RotationPortfolioConfig) -> tuple[RotationPortfolioConfig, bool]:
         """Store a configuration (a new version when its content changed) and return it with its version."""
@@ -254,6 +259,16 @@ class RotationService:
             "portfolio_value": value,
             "volatility_ratio": _volatility_ratio(market),
         }
+        spreads = await self._store.spreads(
+            symbols,
+            as_of=as_of,
+            max_age=timedelta(minutes=config.max_quote_age_minutes),
+            lookback=timedelta(days=config.spread_lookback_days),
+        )
+        if spreads:
+            # Names without a current quote get NaN: the policy does not check them.
+            arguments["spreads_bps"] = np.array([spreads.get(s, (np.nan, np.nan))[0] for s in symbols])
+            arguments["normal_spreads_bps"] = np.array([spreads.get(s, (np.nan, np.nan))[1] for s in symbols])
         return arguments, value, last
 
 

@@ -15,11 +15,13 @@ from datetime import UTC, datetime, time
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from command_side.rotation import MAX_SIGNALS_PER_MESSAGE, RunCycle
+from command_side.rotation import MAX_QUOTES_PER_MESSAGE, MAX_SIGNALS_PER_MESSAGE, RunCycle
 from command_side.rotation_model import (
     DEFAULT_INTERVAL_MINUTES,
     DEFAULT_LOOKBACK_PERIODS,
+    DEFAULT_MAX_QUOTE_AGE_MINUTES,
     DEFAULT_MAX_SIGNAL_AGE_MINUTES,
+    DEFAULT_SPREAD_LOOKBACK_DAYS,
     DecisionRecord,
     KillSwitchState,
     RotationMember,
@@ -47,6 +49,10 @@ MIN_LOOKBACK_PERIODS = 20
 MAX_INTERVAL_MINUTES = 1440
 MAX_REASON_LENGTH = 500
 MAX_SIGNAL_AGE_MINUTES = 525_600
+MAX_QUOTE_AGE_MINUTES = 1440
+"""Largest ``policy.max_quote_age_minutes`` (a day)."""
+MAX_SPREAD_LOOKBACK_DAYS = 365
+"""Largest ``policy.spread_lookback_days``."""
 
 _ENGINES = {rot_pb.ROTATION_ENGINE_UNSPECIFIED: Engine.GREEDY, rot_pb.ROTATION_ENGINE_GREEDY: Engine.GREEDY,
             rot_pb.ROTATION_ENGINE_QP: Engine.QP}  # fmt: skip
@@ -137,6 +143,30 @@ def ingest_signals_rows(request: rot_pb.IngestSignalsRequest) -> tuple[str, list
             raise _bad(f"signals[{i}].time", "is required")
         rows.append((s.symbol, s.horizon, _instant(s.time), _finite(s.score, f"signals[{i}].score")))
     return request.signal_set, rows
+
+
+def ingest_quotes_rows(request: rot_pb.IngestQuotesRequest) -> list[tuple[str, datetime, float, float]]:
+    """``[(symbol, time, bid, ask)]`` of one IngestQuotes message.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming the field: more than ``MAX_QUOTES_PER_MESSAGE`` quotes, an empty symbol, an unset time, a bid that
+        is not finite and > 0, an ask that is not finite and ≥ the bid.
+    """
+    check_request(request)
+    if len(request.quotes) > MAX_QUOTES_PER_MESSAGE:
+        raise _bad("quotes", f"at most {MAX_QUOTES_PER_MESSAGE} per message, got {len(request.quotes)}")
+    rows = []
+    for i, q in enumerate(request.quotes):
+        if not q.symbol:
+            raise _bad(f"quotes[{i}].symbol", "is required")
+        if not q.HasField("time"):
+            raise _bad(f"quotes[{i}].time", "is required")
+        bid = _finite(q.bid, f"quotes[{i}].bid", low=0.0, low_open=True)
+        ask = _finite(q.ask, f"quotes[{i}].ask", low=bid)
+        rows.append((q.symbol, _instant(q.time), bid, ask))
+    return rows
 
 
 def _universe(members: object, path: str) -> tuple[RotationMember, ...]:
@@ -247,7 +277,16 @@ def rotation_configuration(
         policy = PolicySettings(
             windows=windows,
             calendar=p.calendar or "XNYS",
-            **_set_fields(p, ("portfolio_drift_trigger", "name_drift_trigger", "window_minutes", "vol_spike_ratio")),
+            **_set_fields(p, POLICY_FIELDS),
+        )
+    quote_age = p.max_quote_age_minutes if p.HasField("max_quote_age_minutes") else DEFAULT_MAX_QUOTE_AGE_MINUTES
+    _finite(quote_age, f"{path}.policy.max_quote_age_minutes", low=0.0, low_open=True)
+    if quote_age > MAX_QUOTE_AGE_MINUTES:
+        raise _bad(f"{path}.policy.max_quote_age_minutes", f"at most {MAX_QUOTE_AGE_MINUTES} (a day), got {quote_age}")
+    lookback_days = p.spread_lookback_days if p.HasField("spread_lookback_days") else DEFAULT_SPREAD_LOOKBACK_DAYS
+    if not 1 <= lookback_days <= MAX_SPREAD_LOOKBACK_DAYS:
+        raise _bad(
+            f"{path}.policy.spread_lookback_days", f"must be 1 to {MAX_SPREAD_LOOKBACK_DAYS}, got {lookback_days}"
         )
     return RotationPortfolioConfig(
         portfolio_id=message.portfolio_id,
@@ -259,6 +298,8 @@ def rotation_configuration(
         market_symbol=message.market_symbol,
         interval_minutes=interval,
         max_signal_age_minutes=max_age,
+        max_quote_age_minutes=quote_age,
+        spread_lookback_days=lookback_days,
         cycle=RotationConfig(
             engine=_ENGINES[message.engine],
             greedy=greedy,
@@ -270,6 +311,8 @@ def rotation_configuration(
     )
 
 
+POLICY_FIELDS = ("portfolio_drift_trigger", "name_drift_trigger", "window_minutes", "vol_spike_ratio",
+                 "spread_blowout_ratio")  # fmt: skip
 GREEDY_FIELDS = ("k", "k_buy", "k_sell", "z_keep", "z_cut", "dz_min", "tau_u", "gamma", "name_cap",
                  "per_name_trigger", "k_atr", "t_max_minutes", "max_participation")  # fmt: skip
 QP_FIELDS = ("risk_aversion", "gamma", "name_cap", "max_gross", "max_abs_net", "sector_cap", "max_turnover",
@@ -375,6 +418,9 @@ def configuration_message(config: RotationPortfolioConfig) -> rot_pb.RotationCon
         c.policy.calendar,
         c.policy.vol_spike_ratio,
     )
+    pol.spread_blowout_ratio = c.policy.spread_blowout_ratio
+    pol.max_quote_age_minutes = config.max_quote_age_minutes
+    pol.spread_lookback_days = config.spread_lookback_days
     return message
 
 

@@ -36,6 +36,10 @@ DEFAULT_LOOKBACK_PERIODS = 256
 DEFAULT_INTERVAL_MINUTES = 5
 """Minutes between scheduled cycles when a configuration says 0."""
 DEFAULT_MAX_SIGNAL_AGE_MINUTES = 1440.0
+DEFAULT_MAX_QUOTE_AGE_MINUTES = 15.0
+"""A quote older than this at the decision time is not a name's current spread (minutes)."""
+DEFAULT_SPREAD_LOOKBACK_DAYS = 20
+"""Days of quotes whose median spread is a name's normal spread."""
 """A score older than this at the decision time is stale."""
 ORDER_NAMESPACE = uuid.UUID("6f1d3c1e-2b7a-4a51-9a43-3f0c5e2d9b10")
 """uuid5 namespace of order ids: ``uuid5(ORDER_NAMESPACE, f"{source_id}:{symbol}")``."""
@@ -70,6 +74,10 @@ class RotationPortfolioConfig:
     market_symbol: str = ""
     interval_minutes: int = DEFAULT_INTERVAL_MINUTES
     max_signal_age_minutes: float = DEFAULT_MAX_SIGNAL_AGE_MINUTES
+    max_quote_age_minutes: float = DEFAULT_MAX_QUOTE_AGE_MINUTES
+    """The spread-blowout check's current quote: the latest within this many minutes before the decision."""
+    spread_lookback_days: int = DEFAULT_SPREAD_LOOKBACK_DAYS
+    """The spread-blowout check's normal spread: the median over this many days of quotes before the decision."""
     cycle: RotationConfig = field(default_factory=RotationConfig)
     version: int = 0
     """Stored version (0 before it is stored)."""
@@ -112,6 +120,8 @@ class RotationPortfolioConfig:
                 "calendar": c.policy.calendar,
                 "vol_spike_ratio": c.policy.vol_spike_ratio,
                 "spread_blowout_ratio": c.policy.spread_blowout_ratio,
+                "max_quote_age_minutes": self.max_quote_age_minutes,
+                "spread_lookback_days": self.spread_lookback_days,
             },
         }
 
@@ -141,6 +151,9 @@ class RotationPortfolioConfig:
             market_symbol=payload["market_symbol"],
             interval_minutes=int(payload["interval_minutes"]),
             max_signal_age_minutes=float(payload["max_signal_age_minutes"]),
+            # Documents stored before the quotes (migration 0016) lack these: the defaults.
+            max_quote_age_minutes=float(p.get("max_quote_age_minutes", DEFAULT_MAX_QUOTE_AGE_MINUTES)),
+            spread_lookback_days=int(p.get("spread_lookback_days", DEFAULT_SPREAD_LOOKBACK_DAYS)),
             cycle=RotationConfig(
                 engine=Engine(payload["engine"]),
                 correlation_target=CorrelationTarget(payload["correlation_target"]),

@@ -42,6 +42,18 @@ class RotationCommandServicer(rot_grpc.RotationCommandServiceServicer):
             symbols.update(row[0] for row in rows)
         return rot_pb.IngestSignalsResponse(rows_written=written, symbols=sorted(symbols))
 
+    async def IngestQuotes(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[rot_pb.IngestQuotesRequest], context: Context
+    ) -> rot_pb.IngestQuotesResponse:
+        """Upsert streamed quotes, one message per transaction."""
+        written = 0
+        symbols: set[str] = set()
+        async for request in request_iterator:
+            rows = adapter.ingest_quotes_rows(request)
+            written += await self._service.ingest_quotes(rows)
+            symbols.update(row[0] for row in rows)
+        return rot_pb.IngestQuotesResponse(rows_written=written, symbols=sorted(symbols))
+
     async def UpsertRotationConfiguration(  # noqa: N802
         self, request: rot_pb.UpsertRotationConfigurationRequest, context: Context
     ) -> rot_pb.UpsertRotationConfigurationResponse:

@@ -66,14 +66,46 @@ class PostgresRotationStore:
             )
         return len(rows)
 
+    async def ingest_quotes(self, rows: Sequence[tuple[str, datetime, float, float]]) -> int:
+        """Upsert ``(symbol, time, bid, ask)`` quotes in one transaction; the rows written."""
+        async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
+            await conn.executemany(
+                """INSERT INTO quotes (symbol, quoted_at, bid, ask) VALUES ($1, $2, $3, $4)
+                   ON CONFLICT (symbol, quoted_at) DO UPDATE SET bid = EXCLUDED.bid, ask = EXCLUDED.ask""",
+                list(rows),
+            )
+        return len(rows)
+
+    async def spreads(
+        self, symbols: Sequence[str], *, as_of: datetime, max_age: timedelta, lookback: timedelta
+    ) -> dict[str, tuple[float, float]]:
+        """Each symbol's current and normal spread in basis points, for those with a current quote.
+
+        Current: the spread (ask − bid) / ((ask + bid) / 2) · 1e4 of its latest quote in ``(as_of − max_age,
+        as_of]``; normal: the median spread of its quotes in ``(as_of − lookback, as_of]`` (that quote included).
+        """
+        recent, oldest = _before(as_of, max_age), _before(as_of, lookback)
+        async with postgres_errors(), self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                """WITH latest AS (
+                       SELECT DISTINCT ON (symbol) symbol, (ask - bid) / ((ask + bid) / 2) * 1e4 AS spread_bps
+                       FROM quotes
+                       WHERE symbol = ANY($1::text[]) AND quoted_at <= $2 AND quoted_at > $3
+                       ORDER BY symbol, quoted_at DESC)
+                   SELECT l.symbol, l.spread_bps,
+                          percentile_cont(0.5) WITHIN GROUP (ORDER BY (q.ask - q.bid) / ((q.ask + q.bid) / 2) * 1e4)
+                              AS normal_bps
+                   FROM latest l JOIN quotes q ON q.symbol = l.symbol AND q.quoted_at <= $2 AND q.quoted_at > $4
+                   GROUP BY l.symbol, l.spread_bps""",
+                list(symbols), as_of, recent, oldest,
+            )  # fmt: skip
+        return {r["symbol"]: (float(r["spread_bps"]), float(r["normal_bps"])) for r in rows}
+
     async def latest_signals(
         self, signal_set: str, symbols: Sequence[str], horizons: Sequence[str], *, as_of: datetime, max_age: timedelta
     ) -> dict[tuple[str, str], tuple[datetime, float]]:
         """The latest score of each (symbol, horizon) in ``(as_of − max_age, as_of]``; absent pairs have none."""
-        try:
-            oldest = as_of - max_age
-        except OverflowError:  # before year 1
-            oldest = datetime.min.replace(tzinfo=UTC)
+        oldest = _before(as_of, max_age)
         async with postgres_errors(), self._pool.acquire() as conn:
             rows = await conn.fetch(
                 """SELECT DISTINCT ON (symbol, horizon) symbol, horizon, "time", score FROM signals
@@ -302,3 +334,11 @@ class PostgresRotationStore:
                     "SELECT * FROM order_outbox WHERE portfolio_id = $1 ORDER BY created_at, symbol", portfolio_id
                 )
             )
+
+
+def _before(instant: datetime, span: timedelta) -> datetime:
+    """``instant − span``, or the earliest datetime when that is before year 1."""
+    try:
+        return instant - span
+    except OverflowError:
+        return datetime.min.replace(tzinfo=UTC)

@@ -78,6 +78,7 @@ METHOD_ROLES: Final[Mapping[str, str]] = {
     _TRADING + "RejectRebalance": "approve",
     # rotation
     _ROTATION + "IngestSignals": "admin",
+    _ROTATION + "IngestQuotes": "admin",
     _ROTATION + "UpsertRotationConfiguration": "trade",
     _ROTATION + "RunRotationCycle": "trade",
     _ROTATION + "SetKillSwitch": "approve",

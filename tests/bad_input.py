@@ -223,6 +223,11 @@ def valid_requests() -> dict[str, Any]:
                 signal_set="corpus", signals=[rot_pb.Signal(symbol="AAA", time=Timestamp(seconds=T0), score=1.0)]
             )
         ],
+        "RotationCommandService.IngestQuotes": [
+            rot_pb.IngestQuotesRequest(
+                quotes=[rot_pb.Quote(symbol="AAA", time=Timestamp(seconds=T0), bid=99.9, ask=100.1)]
+            )
+        ],
         "RotationCommandService.UpsertRotationConfiguration": rot_pb.UpsertRotationConfigurationRequest(
             configuration=rot_pb.RotationConfiguration(
                 portfolio_id="corpus",

@@ -132,6 +132,25 @@ def _signals() -> list[rot_pb.IngestSignalsRequest]:
     ]
 
 
+def _quotes() -> list[rot_pb.IngestQuotesRequest]:
+    return [
+        rot_pb.IngestQuotesRequest(
+            quotes=[rot_pb.Quote(symbol="AAA", bid=99.9, ask=100.1), rot_pb.Quote(symbol="BBB", bid=49.9, ask=50.0)]
+        )
+    ]
+
+
+def _quote_change(change: Callable[[Any], object]) -> Callable[[], Any]:
+    def build() -> Any:
+        requests = _quotes()
+        for quote in requests[0].quotes:
+            quote.time.seconds = T0
+        change(requests[0])
+        return requests
+
+    return build
+
+
 def _rotation() -> rot_pb.UpsertRotationConfigurationRequest:
     return rot_pb.UpsertRotationConfigurationRequest(
         configuration=rot_pb.RotationConfiguration(
@@ -811,6 +830,43 @@ def _cases() -> list[Case]:
             ROT + "IngestSignals",
             _signal_change(_ts("signals.1.time", MAX_TIMESTAMP_SECONDS + 1)),
             "signals[1].time",
+        ),
+        Case("quotes-time-unset", ROT + "IngestQuotes", _quotes, "quotes[0].time"),
+        Case(
+            "quotes-symbol-nul",
+            ROT + "IngestQuotes",
+            _quote_change(lambda r: setattr(r.quotes[1], "symbol", NUL)),
+            "quotes[1].symbol",
+        ),
+        Case(
+            "quotes-bid-zero",
+            ROT + "IngestQuotes",
+            _quote_change(lambda r: setattr(r.quotes[0], "bid", 0.0)),
+            "quotes[0].bid",
+        ),
+        Case(
+            "quotes-ask-below-bid",
+            ROT + "IngestQuotes",
+            _quote_change(lambda r: setattr(r.quotes[1], "ask", 49.0)),
+            "quotes[1].ask",
+        ),
+        Case(
+            "quotes-ask-inf",
+            ROT + "IngestQuotes",
+            _quote_change(lambda r: setattr(r.quotes[0], "ask", float("inf"))),
+            "quotes[0].ask",
+        ),
+        Case(
+            "rotation-spread-lookback-0",
+            ROT + "UpsertRotationConfiguration",
+            _set(_rotation, _field("configuration.policy.spread_lookback_days", 0)),
+            "configuration.policy.spread_lookback_days",
+        ),
+        Case(
+            "rotation-quote-age-negative",
+            ROT + "UpsertRotationConfiguration",
+            _set(_rotation, _field("configuration.policy.max_quote_age_minutes", -1.0)),
+            "configuration.policy.max_quote_age_minutes",
         ),
         Case(
             "rotation-portfolio-10kb",

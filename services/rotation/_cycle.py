@@ -9,14 +9,17 @@ trade. No order leaves a HOLD, so the kill-switch (a HOLD before every other che
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
 
 from services.errors import InvalidInputError
 from services.rotation._greedy import (
+    HELD_WEIGHT,
+    Action,
     GreedyRotationParams,
     ReasonCode,
     RotationChange,
@@ -199,6 +202,8 @@ def run_cycle(
         spreads_bps=spreads_bps,
         normal_spreads_bps=normal_spreads_bps,
     )
+    if policy.blocked_spread:
+        changes = _spread_blocked(changes, policy.blocked_spread, spreads_bps, normal_spreads_bps, symbols)
     orders: list[Order] = []
     if policy.action is PolicyAction.TRADE:
         reasons = {change.symbol: change.reason for change in changes}
@@ -208,3 +213,29 @@ def run_cycle(
                 side = "BUY" if delta > 0 else "SELL"
                 orders.append(Order(symbols[i], side, abs(delta), reasons.get(symbols[i], ReasonCode.QP_UTILITY)))
     return CycleDecision(c.engine, z, target, changes, policy, tuple(orders))
+
+
+def _spread_blocked(
+    changes: tuple[RotationChange, ...],
+    blocked: tuple[str, ...],
+    spreads_bps: FloatArray | None,
+    normal_spreads_bps: FloatArray | None,
+    symbols: tuple[str, ...],
+) -> tuple[RotationChange, ...]:
+    """The engine's changes with each spread-blocked name's reason set to ``BLOCKED_SPREAD``.
+
+    Its action becomes HOLD if held, else NONE, and its spread and normal spread (basis points) join the numbers.
+    A name the policy blocks drifts, so the engine gave it a change.
+    """
+    assert spreads_bps is not None  # the policy blocks only with both
+    assert normal_spreads_bps is not None
+    index = {s: i for i, s in enumerate(symbols)}
+
+    def marked(change: RotationChange) -> RotationChange:
+        i = index[change.symbol]
+        numbers = {**change.numbers, "spread_bps": float(spreads_bps[i]),
+                   "normal_spread_bps": float(normal_spreads_bps[i])}  # fmt: skip
+        action = Action.HOLD if abs(change.current_weight) > HELD_WEIGHT else Action.NONE
+        return replace(change, action=action, reason=ReasonCode.BLOCKED_SPREAD, numbers=MappingProxyType(numbers))
+
+    return tuple(marked(c) if c.symbol in blocked else c for c in changes)

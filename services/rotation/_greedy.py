@@ -60,6 +60,9 @@ class ReasonCode(enum.StrEnum):
     """A trade not made: the participation cap allows less than the per-name no-trade band."""
     BLOCKED_NO_TRADE_BAND = "BLOCKED_NO_TRADE_BAND"
     """A buy not made: it would move the weight by less than the per-name no-trade band."""
+    BLOCKED_SPREAD = "BLOCKED_SPREAD"
+    """A trade not made (either engine): the policy's spread-blowout check held the name back (its latest spread
+    above ``spread_blowout_ratio`` times its normal spread)."""
     # The QP rotation's (services.rotation._qp): which constraint bounds each change.
     QP_UTILITY = "QP_UTILITY"
     """QP: no constraint binds the change; the score, risk and cost trade-off set it."""

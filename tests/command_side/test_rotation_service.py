@@ -287,3 +287,47 @@ def test_errors_name_the_field_or_the_missing_state(
         messages.append(str(error.value.details()))
     assert "configuration.greedy.k_buy" in messages[2]
     assert "reason" in messages[3]
+
+
+def test_a_blown_out_spread_holds_that_name_back_from_stored_quotes(
+    rotation: rot_grpc.RotationCommandServiceStub, portfolio: tuple[str, str], db: psycopg.Connection[Any]
+) -> None:
+    """A name quoting above 3 × its median spread gets no order; a stale quote is not checked.
+
+    Quotes at 2 bp on 19 earlier days; at the 14:30 window the rank-1 name quotes 10 bp (> 3 × 2: blocked), the
+    rank-2 name 4 bp (< 6: traded) and the rank-3 name's latest quote (20 bp) is an hour old (not checked: traded).
+    The cycle runs at 14:31 (the other cases run at 15:52, where none of these quotes is current).
+    """
+    portfolio_id, _ = portfolio
+    at = IN_WINDOW.replace(hour=14, minute=31)
+    ranked = run(rotation, portfolio_id, at.replace(hour=15, minute=0)).decision  # between windows: HOLD, no orders
+    assert ranked.action == rot_pb.ROTATION_ACTION_HOLD
+    first, second, third = sorted((c for c in ranked.changes if c.reason == "BUY_TOP_K"), key=lambda c: c.rank)
+
+    def quote(symbol: str, when: datetime, spread_bps: float) -> rot_pb.Quote:
+        mid, half = CLOSE[symbol], spread_bps / 2e4
+        return rot_pb.Quote(symbol=symbol, time=stamp(when), bid=mid * (1 - half), ask=mid * (1 + half))
+
+    history = [
+        quote(s, datetime(2022, 12, day, 15, 0, tzinfo=NEW_YORK), 2.0)
+        for day in range(9, 28)
+        for s in (first.symbol, second.symbol, third.symbol)
+    ]
+    current = [
+        quote(first.symbol, at.replace(minute=26), 10.0),
+        quote(second.symbol, at.replace(minute=29), 4.0),
+        quote(third.symbol, at.replace(hour=13, minute=30), 20.0),  # blown, but older than max_quote_age_minutes
+    ]
+    written = rotation.IngestQuotes(iter([rot_pb.IngestQuotesRequest(quotes=history + current)]))
+    assert written.rows_written == len(history) + 3
+
+    decision = run(rotation, portfolio_id, at).decision
+    assert decision.action == rot_pb.ROTATION_ACTION_TRADE
+    spread = next(t for t in decision.triggers if t.name == "SPREAD_BLOWOUT")
+    assert (spread.fired, spread.value, spread.threshold) == (True, 1.0, 3.0)
+    blocked = next(c for c in decision.changes if c.symbol == first.symbol)
+    assert (blocked.action, blocked.reason) == ("NONE", "BLOCKED_SPREAD")
+    assert blocked.numbers["spread_bps"] == pytest.approx(10.0, rel=1e-9)
+    assert blocked.numbers["normal_spread_bps"] == pytest.approx(2.0, rel=1e-9)  # median of 19 × 2 bp and 10 bp
+    assert sorted(o.symbol for o in decision.orders) == sorted((second.symbol, third.symbol))
+    assert {s for s, _, _ in outbox(db, portfolio_id)} == {second.symbol, third.symbol}

@@ -27,6 +27,7 @@ def test_hypertables_and_chunk_intervals(db: psycopg.Connection[Any]) -> None:
         ("kill_switch_events", "timestamp", timedelta(days=365)),
         ("market_data", "timestamp", timedelta(days=365)),
         ("portfolio_optimized", "timestamp", timedelta(days=7)),
+        ("quotes", "quoted_at", timedelta(days=1)),
         ("rebalance_events", "timestamp", timedelta(days=30)),
         ("rotation_decided", "timestamp", timedelta(days=7)),
         ("signals", "time", timedelta(days=7)),

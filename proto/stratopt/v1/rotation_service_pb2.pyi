@@ -214,6 +214,94 @@ class IngestSignalsResponse(_message.Message):
 Global___IngestSignalsResponse: _TypeAlias = IngestSignalsResponse  # noqa: Y015
 
 @_typing.final
+class Quote(_message.Message):
+    """A bid and ask quote. Its spread is (ask − bid) / ((ask + bid) / 2), in basis points."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    BID_FIELD_NUMBER: _builtins.int
+    ASK_FIELD_NUMBER: _builtins.int
+    symbol: _builtins.str
+    """Instrument symbol."""
+    bid: _builtins.float
+    """Best bid price (finite, > 0)."""
+    ask: _builtins.float
+    """Best ask price (finite, >= bid)."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the quote was observed."""
+
+    def __init__(
+        self,
+        *,
+        symbol: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        bid: _builtins.float = ...,
+        ask: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ask", b"ask", "bid", b"bid", "symbol", b"symbol", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Quote: _TypeAlias = Quote  # noqa: Y015
+
+@_typing.final
+class IngestQuotesRequest(_message.Message):
+    """A message of quotes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUOTES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def quotes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Quote]:
+        """The quotes (at most 10000 per message)."""
+
+    def __init__(
+        self,
+        *,
+        quotes: _abc.Iterable[Global___Quote] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quotes", b"quotes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IngestQuotesRequest: _TypeAlias = IngestQuotesRequest  # noqa: Y015
+
+@_typing.final
+class IngestQuotesResponse(_message.Message):
+    """What was stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_WRITTEN_FIELD_NUMBER: _builtins.int
+    SYMBOLS_FIELD_NUMBER: _builtins.int
+    rows_written: _builtins.int
+    """Rows inserted or updated."""
+    @_builtins.property
+    def symbols(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Distinct symbols written."""
+
+    def __init__(
+        self,
+        *,
+        rows_written: _builtins.int = ...,
+        symbols: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows_written", b"rows_written", "symbols", b"symbols"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IngestQuotesResponse: _TypeAlias = IngestQuotesResponse  # noqa: Y015
+
+@_typing.final
 class RotationMember(_message.Message):
     """One name of the rotation universe."""
 
@@ -549,6 +637,9 @@ class PolicyParameters(_message.Message):
     WINDOW_MINUTES_FIELD_NUMBER: _builtins.int
     CALENDAR_FIELD_NUMBER: _builtins.int
     VOL_SPIKE_RATIO_FIELD_NUMBER: _builtins.int
+    SPREAD_BLOWOUT_RATIO_FIELD_NUMBER: _builtins.int
+    MAX_QUOTE_AGE_MINUTES_FIELD_NUMBER: _builtins.int
+    SPREAD_LOOKBACK_DAYS_FIELD_NUMBER: _builtins.int
     portfolio_drift_trigger: _builtins.float
     """Trade when ‖w_target − w_current‖₁ exceeds this [0.01]."""
     name_drift_trigger: _builtins.float
@@ -559,6 +650,15 @@ class PolicyParameters(_message.Message):
     """Exchange calendar (exchange_calendars code) [XNYS]."""
     vol_spike_ratio: _builtins.float
     """Hold when the market's short-term volatility exceeds this multiple of its long-term volatility [2]."""
+    spread_blowout_ratio: _builtins.float
+    """Hold back a name whose latest spread exceeds this multiple of its normal spread [3]: the latest stored quote
+    within `max_quote_age_minutes` before the decision time against the median spread of its quotes over the
+    `spread_lookback_days` before it (IngestQuotes). A name without such a quote is not checked.
+    """
+    max_quote_age_minutes: _builtins.float
+    """A quote older than this at the decision time is not the name's current spread (minutes) [15]."""
+    spread_lookback_days: _builtins.int
+    """Days of quotes whose median spread is the name's normal spread [20]."""
     @_builtins.property
     def windows(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Scheduled windows, "HH:MM" in the exchange's time zone [09:35, 10:30, 12:00, 14:30, 15:50]."""
@@ -572,23 +672,38 @@ class PolicyParameters(_message.Message):
         window_minutes: _builtins.float | None = ...,
         calendar: _builtins.str = ...,
         vol_spike_ratio: _builtins.float | None = ...,
+        spread_blowout_ratio: _builtins.float | None = ...,
+        max_quote_age_minutes: _builtins.float | None = ...,
+        spread_lookback_days: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_name_drift_trigger", b"_name_drift_trigger", "_portfolio_drift_trigger", b"_portfolio_drift_trigger", "_vol_spike_ratio", b"_vol_spike_ratio", "_window_minutes", b"_window_minutes", "name_drift_trigger", b"name_drift_trigger", "portfolio_drift_trigger", b"portfolio_drift_trigger", "vol_spike_ratio", b"vol_spike_ratio", "window_minutes", b"window_minutes"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_quote_age_minutes", b"_max_quote_age_minutes", "_name_drift_trigger", b"_name_drift_trigger", "_portfolio_drift_trigger", b"_portfolio_drift_trigger", "_spread_blowout_ratio", b"_spread_blowout_ratio", "_spread_lookback_days", b"_spread_lookback_days", "_vol_spike_ratio", b"_vol_spike_ratio", "_window_minutes", b"_window_minutes", "max_quote_age_minutes", b"max_quote_age_minutes", "name_drift_trigger", b"name_drift_trigger", "portfolio_drift_trigger", b"portfolio_drift_trigger", "spread_blowout_ratio", b"spread_blowout_ratio", "spread_lookback_days", b"spread_lookback_days", "vol_spike_ratio", b"vol_spike_ratio", "window_minutes", b"window_minutes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_name_drift_trigger", b"_name_drift_trigger", "_portfolio_drift_trigger", b"_portfolio_drift_trigger", "_vol_spike_ratio", b"_vol_spike_ratio", "_window_minutes", b"_window_minutes", "calendar", b"calendar", "name_drift_trigger", b"name_drift_trigger", "portfolio_drift_trigger", b"portfolio_drift_trigger", "vol_spike_ratio", b"vol_spike_ratio", "window_minutes", b"window_minutes", "windows", b"windows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_quote_age_minutes", b"_max_quote_age_minutes", "_name_drift_trigger", b"_name_drift_trigger", "_portfolio_drift_trigger", b"_portfolio_drift_trigger", "_spread_blowout_ratio", b"_spread_blowout_ratio", "_spread_lookback_days", b"_spread_lookback_days", "_vol_spike_ratio", b"_vol_spike_ratio", "_window_minutes", b"_window_minutes", "calendar", b"calendar", "max_quote_age_minutes", b"max_quote_age_minutes", "name_drift_trigger", b"name_drift_trigger", "portfolio_drift_trigger", b"portfolio_drift_trigger", "spread_blowout_ratio", b"spread_blowout_ratio", "spread_lookback_days", b"spread_lookback_days", "vol_spike_ratio", b"vol_spike_ratio", "window_minutes", b"window_minutes", "windows", b"windows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_quote_age_minutes: _TypeAlias = _typing.Literal["max_quote_age_minutes"]  # noqa: Y015
+    _WhichOneofArgType__max_quote_age_minutes: _TypeAlias = _typing.Literal["_max_quote_age_minutes", b"_max_quote_age_minutes"]  # noqa: Y015
     _WhichOneofReturnType__name_drift_trigger: _TypeAlias = _typing.Literal["name_drift_trigger"]  # noqa: Y015
     _WhichOneofArgType__name_drift_trigger: _TypeAlias = _typing.Literal["_name_drift_trigger", b"_name_drift_trigger"]  # noqa: Y015
     _WhichOneofReturnType__portfolio_drift_trigger: _TypeAlias = _typing.Literal["portfolio_drift_trigger"]  # noqa: Y015
     _WhichOneofArgType__portfolio_drift_trigger: _TypeAlias = _typing.Literal["_portfolio_drift_trigger", b"_portfolio_drift_trigger"]  # noqa: Y015
+    _WhichOneofReturnType__spread_blowout_ratio: _TypeAlias = _typing.Literal["spread_blowout_ratio"]  # noqa: Y015
+    _WhichOneofArgType__spread_blowout_ratio: _TypeAlias = _typing.Literal["_spread_blowout_ratio", b"_spread_blowout_ratio"]  # noqa: Y015
+    _WhichOneofReturnType__spread_lookback_days: _TypeAlias = _typing.Literal["spread_lookback_days"]  # noqa: Y015
+    _WhichOneofArgType__spread_lookback_days: _TypeAlias = _typing.Literal["_spread_lookback_days", b"_spread_lookback_days"]  # noqa: Y015
     _WhichOneofReturnType__vol_spike_ratio: _TypeAlias = _typing.Literal["vol_spike_ratio"]  # noqa: Y015
     _WhichOneofArgType__vol_spike_ratio: _TypeAlias = _typing.Literal["_vol_spike_ratio", b"_vol_spike_ratio"]  # noqa: Y015
     _WhichOneofReturnType__window_minutes: _TypeAlias = _typing.Literal["window_minutes"]  # noqa: Y015
     _WhichOneofArgType__window_minutes: _TypeAlias = _typing.Literal["_window_minutes", b"_window_minutes"]  # noqa: Y015
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_quote_age_minutes) -> _WhichOneofReturnType__max_quote_age_minutes | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__name_drift_trigger) -> _WhichOneofReturnType__name_drift_trigger | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__portfolio_drift_trigger) -> _WhichOneofReturnType__portfolio_drift_trigger | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__spread_blowout_ratio) -> _WhichOneofReturnType__spread_blowout_ratio | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__spread_lookback_days) -> _WhichOneofReturnType__spread_lookback_days | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__vol_spike_ratio) -> _WhichOneofReturnType__vol_spike_ratio | None: ...
     @_typing.overload

@@ -41,6 +41,11 @@ class RotationCommandServiceStub:
                 request_serializer=stratopt_dot_v1_dot_rotation__service__pb2.IngestSignalsRequest.SerializeToString,
                 response_deserializer=stratopt_dot_v1_dot_rotation__service__pb2.IngestSignalsResponse.FromString,
                 _registered_method=True)
+        self.IngestQuotes = channel.stream_unary(
+                '/stratopt.v1.RotationCommandService/IngestQuotes',
+                request_serializer=stratopt_dot_v1_dot_rotation__service__pb2.IngestQuotesRequest.SerializeToString,
+                response_deserializer=stratopt_dot_v1_dot_rotation__service__pb2.IngestQuotesResponse.FromString,
+                _registered_method=True)
         self.UpsertRotationConfiguration = channel.unary_unary(
                 '/stratopt.v1.RotationCommandService/UpsertRotationConfiguration',
                 request_serializer=stratopt_dot_v1_dot_rotation__service__pb2.UpsertRotationConfigurationRequest.SerializeToString,
@@ -71,6 +76,15 @@ class RotationCommandServiceServicer:
     def IngestSignals(self, request_iterator, context):
         """Store model scores, one message at a time (client streaming; at most 10000 signals per message). A signal
         is keyed by (signal_set, symbol, horizon, time): a repeat replaces the score. Each message commits on its own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IngestQuotes(self, request_iterator, context):
+        """Store bid and ask quotes, one message at a time (client streaming; at most 10000 quotes per message). A quote
+        is keyed by (symbol, time): a repeat replaces it. Each message commits on its own. The policy's
+        spread-blowout check reads them (PolicyParameters.spread_blowout_ratio).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -116,6 +130,11 @@ def add_RotationCommandServiceServicer_to_server(servicer, server):
                     servicer.IngestSignals,
                     request_deserializer=stratopt_dot_v1_dot_rotation__service__pb2.IngestSignalsRequest.FromString,
                     response_serializer=stratopt_dot_v1_dot_rotation__service__pb2.IngestSignalsResponse.SerializeToString,
+            ),
+            'IngestQuotes': grpc.stream_unary_rpc_method_handler(
+                    servicer.IngestQuotes,
+                    request_deserializer=stratopt_dot_v1_dot_rotation__service__pb2.IngestQuotesRequest.FromString,
+                    response_serializer=stratopt_dot_v1_dot_rotation__service__pb2.IngestQuotesResponse.SerializeToString,
             ),
             'UpsertRotationConfiguration': grpc.unary_unary_rpc_method_handler(
                     servicer.UpsertRotationConfiguration,
@@ -167,6 +186,33 @@ class RotationCommandService:
             '/stratopt.v1.RotationCommandService/IngestSignals',
             stratopt_dot_v1_dot_rotation__service__pb2.IngestSignalsRequest.SerializeToString,
             stratopt_dot_v1_dot_rotation__service__pb2.IngestSignalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IngestQuotes(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/stratopt.v1.RotationCommandService/IngestQuotes',
+            stratopt_dot_v1_dot_rotation__service__pb2.IngestQuotesRequest.SerializeToString,
+            stratopt_dot_v1_dot_rotation__service__pb2.IngestQuotesResponse.FromString,
             options,
             channel_credentials,
             insecure,

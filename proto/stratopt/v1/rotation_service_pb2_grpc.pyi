@@ -46,6 +46,11 @@ class RotationCommandServiceStub:
     """Store model scores, one message at a time (client streaming; at most 10000 signals per message). A signal
     is keyed by (signal_set, symbol, horizon, time): a repeat replaces the score. Each message commits on its own.
     """
+    IngestQuotes: _grpc.StreamUnaryMultiCallable[_rotation_service_pb2.IngestQuotesRequest, _rotation_service_pb2.IngestQuotesResponse]
+    """Store bid and ask quotes, one message at a time (client streaming; at most 10000 quotes per message). A quote
+    is keyed by (symbol, time): a repeat replaces it. Each message commits on its own. The policy's
+    spread-blowout check reads them (PolicyParameters.spread_blowout_ratio).
+    """
     UpsertRotationConfiguration: _grpc.UnaryUnaryMultiCallable[_rotation_service_pb2.UpsertRotationConfigurationRequest, _rotation_service_pb2.UpsertRotationConfigurationResponse]
     """Store a portfolio's rotation configuration: a new version when its content changes, none otherwise."""
     RunRotationCycle: _grpc.UnaryUnaryMultiCallable[_rotation_service_pb2.RunRotationCycleRequest, _rotation_service_pb2.RunRotationCycleResponse]
@@ -73,6 +78,11 @@ class RotationCommandServiceAsyncStub(RotationCommandServiceStub):
     IngestSignals: _aio.StreamUnaryMultiCallable[_rotation_service_pb2.IngestSignalsRequest, _rotation_service_pb2.IngestSignalsResponse]  # type: ignore[assignment]
     """Store model scores, one message at a time (client streaming; at most 10000 signals per message). A signal
     is keyed by (signal_set, symbol, horizon, time): a repeat replaces the score. Each message commits on its own.
+    """
+    IngestQuotes: _aio.StreamUnaryMultiCallable[_rotation_service_pb2.IngestQuotesRequest, _rotation_service_pb2.IngestQuotesResponse]  # type: ignore[assignment]
+    """Store bid and ask quotes, one message at a time (client streaming; at most 10000 quotes per message). A quote
+    is keyed by (symbol, time): a repeat replaces it. Each message commits on its own. The policy's
+    spread-blowout check reads them (PolicyParameters.spread_blowout_ratio).
     """
     UpsertRotationConfiguration: _aio.UnaryUnaryMultiCallable[_rotation_service_pb2.UpsertRotationConfigurationRequest, _rotation_service_pb2.UpsertRotationConfigurationResponse]  # type: ignore[assignment]
     """Store a portfolio's rotation configuration: a new version when its content changes, none otherwise."""
@@ -104,6 +114,17 @@ class RotationCommandServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_rotation_service_pb2.IngestSignalsResponse, _abc.Awaitable[_rotation_service_pb2.IngestSignalsResponse]]:
         """Store model scores, one message at a time (client streaming; at most 10000 signals per message). A signal
         is keyed by (signal_set, symbol, horizon, time): a repeat replaces the score. Each message commits on its own.
+        """
+
+    @_abc_1.abstractmethod
+    def IngestQuotes(
+        self,
+        request_iterator: _MaybeAsyncIterator[_rotation_service_pb2.IngestQuotesRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_rotation_service_pb2.IngestQuotesResponse, _abc.Awaitable[_rotation_service_pb2.IngestQuotesResponse]]:
+        """Store bid and ask quotes, one message at a time (client streaming; at most 10000 quotes per message). A quote
+        is keyed by (symbol, time): a repeat replaces it. Each message commits on its own. The policy's
+        spread-blowout check reads them (PolicyParameters.spread_blowout_ratio).
         """
 
     @_abc_1.abstractmethod
