@@ -8,7 +8,10 @@ Pure rules here (the store applies them under the portfolio's row lock):
   commission`` to cash, with the realised gain against the lots' cost basis. A fill that would make cash negative
   (no margin) or sell more than is held (no shorts) is refused.
 - :func:`paper_fill_price`: the paper broker fills at the stored price moved against the order by half the spread
-  and the impact, both in basis points.
+  and the market impact; :func:`impact_fraction` estimates the impact by the configured model (a fixed number of
+  basis points, or the square-root law or Almgren et al.'s model from the order's size, the average daily volume
+  and the daily volatility: ``services.trading.estimate_trade_costs``, the rebalancing flow's cost estimate), and
+  :func:`liquidity` derives that volume and volatility from stored bars.
 - :func:`reconcile`: expected (stored) against reported positions, per symbol, the differences beyond a
   tolerance.
 """
@@ -19,9 +22,13 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from enum import StrEnum
+
+import numpy as np
 
 from command_side.trading_model import Position, PositionLot
 from services.errors import InvalidInputError, PreconditionError
+from services.trading import CostModel, ImpactModel, estimate_trade_costs
 
 SHARE_TOLERANCE = 1e-9
 """Share counts closer than this are equal."""
@@ -130,10 +137,88 @@ def apply_fill(positions: Sequence[Position], cash: float, fill: Fill) -> FillEf
     return FillEffect(tuple(sorted(rest, key=lambda p: p.symbol)), new_cash, gain)
 
 
-def paper_fill_price(side: str, price: float, *, spread_bps: float, impact_bps: float) -> float:
-    """The paper broker's fill price: ``price × (1 ± (spread_bps / 2 + impact_bps) / 10⁴)``, + for a BUY."""
+class PaperImpact(StrEnum):
+    """The paper broker's market-impact model (``stratopt.v1.PaperImpactModel``)."""
+
+    FIXED = "FIXED"
+    """``impact_bps`` whatever the order's size."""
+    SQUARE_ROOT = "SQUARE_ROOT"
+    """J = Y σ sqrt(Q / ADV) (Tóth et al., 2011; Bouchaud et al., 2018, ch. 12)."""
+    ALMGREN_2005 = "ALMGREN_2005"
+    """J = 0.142 σ (Q / ADV)^{3/5}, executed over one day (Almgren, Thum, Hauptmann & Li, 2005)."""
+
+
+def impact_fraction(
+    model: PaperImpact,
+    shares: float,
+    price: float,
+    *,
+    impact_bps: float = 0.0,
+    coefficient: float = 1.0,
+    adv: float | None = None,
+    daily_volatility: float = 0.0,
+) -> float:
+    """The market impact of filling ``shares`` at ``price``, as a fraction of the price.
+
+    Parameters
+    ----------
+    model : PaperImpact
+        FIXED: ``impact_bps / 10⁴``; SQUARE_ROOT and ALMGREN_2005: ``services.trading.estimate_trade_costs``'s
+        impact cost over the traded value.
+    shares, price : float
+        Shares filled (> 0) and the stored price ($).
+    impact_bps : float
+        The FIXED impact (basis points).
+    coefficient : float
+        Y of the square-root law.
+    adv : float, optional
+        Average daily volume (shares/day, > 0); required by the size-dependent models.
+    daily_volatility : float
+        σ of daily returns (a fraction).
+
+    Raises
+    ------
+    InvalidInputError
+        A size-dependent model without ``adv`` (``adv``), or values out of range.
+    """
+    if model is PaperImpact.FIXED:
+        return impact_bps / 10_000.0
+    if adv is None:
+        raise InvalidInputError.for_field("adv", f"the {model} impact needs an average daily volume")
+    costs = estimate_trade_costs(
+        shares, price, adv=adv, daily_volatility=daily_volatility,
+        costs=CostModel(impact_model=ImpactModel(model.value), square_root_coefficient=coefficient),
+    )  # fmt: skip
+    value = abs(shares) * price
+    return costs.impact_cost / value if value > 0 else 0.0
+
+
+def liquidity(prices: Sequence[float], volumes: Sequence[float | None]) -> tuple[float, float | None]:
+    """Daily volatility and average daily volume of a symbol's recent bars (oldest first).
+
+    σ is the sample standard deviation (ddof 1) of the simple returns of consecutive prices; the average daily
+    volume the mean of the bars' volumes that are stored and positive (None when none is).
+
+    Raises
+    ------
+    PreconditionError
+        Fewer than 3 prices (2 returns).
+    """
+    p = np.asarray(prices, dtype=np.float64)
+    if p.size < 3:
+        raise PreconditionError(f"{p.size} stored prices: at least 3 are needed for a daily volatility")
+    sigma = float(np.std(p[1:] / p[:-1] - 1.0, ddof=1))
+    known = [float(v) for v in volumes[1:] if v is not None and v > 0]
+    return sigma, (sum(known) / len(known) if known else None)
+
+
+def paper_fill_price(side: str, price: float, *, spread_bps: float, impact: float) -> float:
+    """The paper broker's fill price: ``price × (1 ± (spread_bps / 2 / 10⁴ + impact))``, + for a BUY.
+
+    ``impact`` is a fraction of the price (:func:`impact_fraction`).
+    """
     sign = 1.0 if side == "BUY" else -1.0
-    return price * (1.0 + sign * (spread_bps / 2.0 + impact_bps) / 10_000.0)
+    return price * (1.0 + sign * (spread_bps / 2.0 / 10_000.0 + impact))
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,11 +8,12 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from command_side.execution import Fill
+from command_side.execution import Fill, PaperImpact
 from command_side.execution_service import Reconciliation
 from command_side.execution_store import (
     DEFAULT_COMMISSION_PER_SHARE,
     DEFAULT_IMPACT_BPS,
+    DEFAULT_IMPACT_LOOKBACK_PERIODS,
     DEFAULT_SPREAD_BPS,
     ClaimedOrder,
     ExecutionResult,
@@ -27,6 +28,16 @@ MAX_FILLS_PER_REPORT = 1000
 DEFAULT_CLAIM_LIMIT = 100
 MAX_CLAIM_LIMIT = 1000
 MAX_BPS = 10_000.0
+MAX_IMPACT_LOOKBACK_PERIODS = 10_000
+"""Most stored bars read for the paper broker's σ and average daily volume."""
+MAX_ADV_ENTRIES = 10_000
+"""Most entries of ``settings.average_daily_volume``."""
+_IMPACT_MODELS: dict[int, PaperImpact] = {
+    ex_pb.PAPER_IMPACT_MODEL_UNSPECIFIED: PaperImpact.FIXED,
+    ex_pb.PAPER_IMPACT_MODEL_FIXED: PaperImpact.FIXED,
+    ex_pb.PAPER_IMPACT_MODEL_SQUARE_ROOT: PaperImpact.SQUARE_ROOT,
+    ex_pb.PAPER_IMPACT_MODEL_ALMGREN_2005: PaperImpact.ALMGREN_2005,
+}
 
 
 def _bad(field: str, description: str) -> InvalidInputError:
@@ -43,6 +54,36 @@ def _nonnegative(value: float, field: str, limit: float = math.inf) -> float:
     if not (math.isfinite(value) and 0 <= value <= limit):
         raise _bad(field, f"must be finite, ≥ 0 and ≤ {limit:g}, got {value}")
     return value
+
+
+def _positive(value: float, field: str) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise _bad(field, f"must be finite and > 0, got {value}")
+    return value
+
+
+def _impact_model(value: int) -> PaperImpact:
+    if value not in _IMPACT_MODELS:
+        raise _bad("settings.impact_model", f"unknown model {value}")
+    return _IMPACT_MODELS[value]
+
+
+def _lookback(settings: ex_pb.PaperBrokerSettings) -> int:
+    if not settings.HasField("impact_lookback_periods"):
+        return DEFAULT_IMPACT_LOOKBACK_PERIODS
+    value = settings.impact_lookback_periods
+    if not 2 <= value <= MAX_IMPACT_LOOKBACK_PERIODS:
+        raise _bad("settings.impact_lookback_periods", f"must be 2 to {MAX_IMPACT_LOOKBACK_PERIODS}, got {value}")
+    return value
+
+
+def _volumes(volumes: object) -> dict[str, float]:
+    given = {str(k): float(v) for k, v in dict(volumes).items()}  # type: ignore[call-overload]
+    if len(given) > MAX_ADV_ENTRIES:
+        raise _bad("settings.average_daily_volume", f"at most {MAX_ADV_ENTRIES} entries, got {len(given)}")
+    for symbol, value in sorted(given.items()):
+        _positive(value, f"settings.average_daily_volume[{symbol}]")
+    return given
 
 
 def _timestamp(value: datetime) -> Timestamp:
@@ -62,6 +103,11 @@ def execute_orders_command(request: ex_pb.ExecuteOrdersRequest) -> tuple[str, da
         else DEFAULT_IMPACT_BPS,
         commission_per_share=_nonnegative(s.commission_per_share, "settings.commission_per_share")
         if s.HasField("commission_per_share") else DEFAULT_COMMISSION_PER_SHARE,
+        impact_model=_impact_model(s.impact_model),
+        impact_coefficient=_positive(s.impact_coefficient, "settings.impact_coefficient")
+        if s.HasField("impact_coefficient") else 1.0,
+        impact_lookback_periods=_lookback(s),
+        average_daily_volume=_volumes(s.average_daily_volume),
     )  # fmt: skip
     as_of = request.as_of.ToDatetime(tzinfo=UTC) if request.HasField("as_of") else None
     return _portfolio(request.portfolio_id), as_of, broker

@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from command_side.execution import Fill, apply_fill, paper_fill_price
+from command_side.execution import Fill, PaperImpact, apply_fill, impact_fraction, liquidity, paper_fill_price
 from command_side.postgres_errors import Connection, postgres_errors
 from command_side.rotation_store import GLOBAL_SCOPE
 from command_side.trading_model import Position
@@ -29,15 +29,24 @@ from services.errors import PreconditionError
 DEFAULT_SPREAD_BPS = 5.0
 DEFAULT_IMPACT_BPS = 0.0
 DEFAULT_COMMISSION_PER_SHARE = 0.005
+DEFAULT_IMPACT_LOOKBACK_PERIODS = 20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PaperBroker:
-    """How the paper broker fills (basis points of the price; commission in $ per share)."""
+    """How the paper broker fills (basis points of the price; commission in $ per share; see ``PaperImpact``)."""
 
     spread_bps: float = DEFAULT_SPREAD_BPS
     impact_bps: float = DEFAULT_IMPACT_BPS
+    """The FIXED model's impact."""
     commission_per_share: float = DEFAULT_COMMISSION_PER_SHARE
+    impact_model: PaperImpact = PaperImpact.FIXED
+    impact_coefficient: float = 1.0
+    """Y of the square-root law."""
+    impact_lookback_periods: int = DEFAULT_IMPACT_LOOKBACK_PERIODS
+    """Stored bars at or before the fill time for σ (their returns) and the average daily volume (their volumes)."""
+    average_daily_volume: Mapping[str, float] = field(default_factory=dict)
+    """Given average daily volumes (shares/day) by symbol; the others come from the stored bars."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -204,16 +213,28 @@ class PostgresExecutionStore:
             unpriced = [s for s in symbols if s not in prices]
             if unpriced:
                 raise PreconditionError(f"no stored price at or before as_of for {', '.join(unpriced)}")
+            markets = await self._liquidity(conn, symbols, as_of, broker)
+
+            def fill_price(order: asyncpg.Record, shares: float) -> float:
+                adv, sigma = markets.get(order["symbol"], (None, 0.0))
+                impact = impact_fraction(
+                    broker.impact_model, shares, prices[order["symbol"]], impact_bps=broker.impact_bps,
+                    coefficient=broker.impact_coefficient, adv=adv, daily_volatility=sigma,
+                )  # fmt: skip
+                return paper_fill_price(order["side"], prices[order["symbol"]], spread_bps=broker.spread_bps,
+                                        impact=impact)  # fmt: skip
+
             fills: list[AppliedFill] = []
             states: list[OrderState] = []
             for order in orders:
-                price = paper_fill_price(
-                    order["side"], prices[order["symbol"]], spread_bps=broker.spread_bps, impact_bps=broker.impact_bps
-                )
                 shares = order["shares"]
+                price = fill_price(order, shares)
                 if order["side"] == "BUY":  # no margin: as many whole shares as the cash pays for
                     affordable = math.floor(cash / (price + broker.commission_per_share) + 1e-9)
-                    shares = float(min(shares, affordable))
+                    if affordable < shares:
+                        # Fewer shares move the price less (size-dependent impact): still affordable.
+                        shares = float(max(affordable, 0))
+                        price = fill_price(order, shares) if shares > 0 else price
                 if shares <= 0:
                     row = await conn.fetchrow(
                         "UPDATE order_outbox SET status = 'REJECTED', updated_at = clock_timestamp() "
@@ -247,6 +268,42 @@ class PostgresExecutionStore:
                 states.append(_state(row))
             await self._store_holdings(conn, portfolio_id, positions, cash)
         return ExecutionResult(fills=tuple(fills), orders=tuple(states), cash=cash)
+
+    async def _liquidity(
+        self, conn: Connection, symbols: Sequence[str], as_of: datetime, broker: PaperBroker
+    ) -> dict[str, tuple[float, float]]:
+        """``{symbol: (average daily volume, daily σ)}`` for a size-dependent impact model (empty for FIXED).
+
+        Raises
+        ------
+        PreconditionError
+            A symbol with fewer than 3 stored prices, or with neither a given nor a stored volume.
+        """
+        if broker.impact_model is PaperImpact.FIXED:
+            return {}
+        rows = await conn.fetch(
+            """SELECT symbol, array_agg(price ORDER BY "timestamp") AS prices,
+                      array_agg(volume ORDER BY "timestamp") AS volumes
+               FROM (SELECT symbol, "timestamp", price, volume,
+                            row_number() OVER (PARTITION BY symbol ORDER BY "timestamp" DESC) AS recent
+                     FROM market_data WHERE symbol = ANY($1::text[]) AND "timestamp" <= $2) bars
+               WHERE recent <= $3 GROUP BY symbol""",
+            list(symbols), as_of, broker.impact_lookback_periods + 1,
+        )  # fmt: skip
+        markets: dict[str, tuple[float, float]] = {}
+        for row in rows:
+            try:
+                sigma, stored_adv = liquidity(row["prices"], row["volumes"])
+            except PreconditionError as error:
+                raise PreconditionError(f"{row['symbol']}: {error}") from None
+            adv = broker.average_daily_volume.get(row["symbol"], stored_adv)
+            if adv is None:
+                raise PreconditionError(
+                    f"{row['symbol']}: no average daily volume for the {broker.impact_model} impact (give "
+                    "settings.average_daily_volume, or store bar volumes with IngestMarketData)"
+                )
+            markets[row["symbol"]] = (adv, sigma)
+        return markets
 
     async def _event(self, conn: Connection, order: asyncpg.Record, kind: str, payload: dict[str, Any]) -> None:
         await conn.execute(

@@ -738,6 +738,39 @@ def _cases() -> list[Case]:
             "settings.spread_bps",
         ),
         Case(
+            "execute-impact-coefficient-zero",
+            EXE + "ExecuteOrders",
+            lambda: ex_pb.ExecuteOrdersRequest(
+                portfolio_id="corpus", settings=ex_pb.PaperBrokerSettings(impact_coefficient=0.0)
+            ),
+            "settings.impact_coefficient",
+        ),
+        Case(
+            "execute-impact-lookback-1",
+            EXE + "ExecuteOrders",
+            lambda: ex_pb.ExecuteOrdersRequest(
+                portfolio_id="corpus", settings=ex_pb.PaperBrokerSettings(impact_lookback_periods=1)
+            ),
+            "settings.impact_lookback_periods",
+        ),
+        Case(
+            "execute-impact-model-unknown",
+            EXE + "ExecuteOrders",
+            lambda: ex_pb.ExecuteOrdersRequest(
+                portfolio_id="corpus",
+                settings=ex_pb.PaperBrokerSettings(impact_model=99),  # type: ignore[arg-type]
+            ),
+            "settings.impact_model",
+        ),
+        Case(
+            "execute-adv-negative",
+            EXE + "ExecuteOrders",
+            lambda: ex_pb.ExecuteOrdersRequest(
+                portfolio_id="corpus", settings=ex_pb.PaperBrokerSettings(average_daily_volume={"AAA": -5.0})
+            ),
+            "settings.average_daily_volume[AAA]",
+        ),
+        Case(
             "execute-portfolio-nul",
             EXE + "ExecuteOrders",
             lambda: ex_pb.ExecuteOrdersRequest(portfolio_id=NUL),

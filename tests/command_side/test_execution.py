@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 import pytest
 
-from command_side.execution import Break, Fill, apply_fill, paper_fill_price, reconcile
+from command_side.execution import (
+    Break,
+    Fill,
+    PaperImpact,
+    apply_fill,
+    impact_fraction,
+    liquidity,
+    paper_fill_price,
+    reconcile,
+)
 from command_side.trading_model import Position, PositionLot
 from services.errors import InvalidInputError, PreconditionError
 
@@ -60,8 +70,35 @@ def test_no_margin_no_shorts_and_bad_numbers_are_refused() -> None:
 
 
 def test_the_paper_price_moves_against_the_order_by_half_the_spread_and_the_impact() -> None:
-    assert paper_fill_price("BUY", 100.0, spread_bps=10.0, impact_bps=2.0) == pytest.approx(100.07, abs=1e-12)
-    assert paper_fill_price("SELL", 100.0, spread_bps=10.0, impact_bps=2.0) == pytest.approx(99.93, abs=1e-12)
+    assert paper_fill_price("BUY", 100.0, spread_bps=10.0, impact=2e-4) == pytest.approx(100.07, abs=1e-12)
+    assert paper_fill_price("SELL", 100.0, spread_bps=10.0, impact=2e-4) == pytest.approx(99.93, abs=1e-12)
+
+
+def test_the_impact_models_by_hand() -> None:
+    """Each model's impact against its formula.
+
+    FIXED: bp / 1e4; square root: Y σ sqrt(Q / ADV) = 0.5 · 0.02 · sqrt(2500 / 1e6) = 5e-4; Almgren et al.
+    (2005), one day: 0.142 σ (Q / ADV)^0.6 = 0.142 · 0.02 · 0.0025^0.6.
+    """
+    assert impact_fraction(PaperImpact.FIXED, 2500, 50.0, impact_bps=3.0) == pytest.approx(3e-4, abs=1e-15)
+    square_root = impact_fraction(PaperImpact.SQUARE_ROOT, 2500, 50.0, coefficient=0.5, adv=1e6, daily_volatility=0.02)
+    assert square_root == pytest.approx(5e-4, rel=1e-12)
+    almgren = impact_fraction(PaperImpact.ALMGREN_2005, 2500, 50.0, adv=1e6, daily_volatility=0.02)
+    assert almgren == pytest.approx(0.142 * 0.02 * 0.0025**0.6, rel=1e-12)
+    with pytest.raises(InvalidInputError):
+        impact_fraction(PaperImpact.SQUARE_ROOT, 2500, 50.0, daily_volatility=0.02)
+
+
+def test_liquidity_of_stored_bars() -> None:
+    """Returns 0.1, −0.1, 0.05 (σ with ddof 1 by hand); volumes of the bars after the first, positive ones only."""
+    sigma, adv = liquidity([100.0, 110.0, 99.0, 103.95], [7.0, 1000.0, None, 3000.0])
+    returns = [0.1, -0.1, 0.05]
+    mean = sum(returns) / 3
+    assert sigma == pytest.approx(math.sqrt(sum((r - mean) ** 2 for r in returns) / 2), rel=1e-12)
+    assert adv == pytest.approx(2000.0)
+    assert liquidity([1.0, 2.0, 3.0], [None, None, 0.0])[1] is None
+    with pytest.raises(PreconditionError):
+        liquidity([1.0, 2.0], [None, None])
 
 
 def test_reconcile_reports_every_difference_by_symbol() -> None:

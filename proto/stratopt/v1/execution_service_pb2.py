@@ -25,41 +25,47 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#stratopt/v1/execution_service.proto\x12\x0bstratopt.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x01\n\x13PaperBrokerSettings\x12\x17\n\nspread_bps\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nimpact_bps\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12!\n\x14\x63ommission_per_share\x18\x03 \x01(\x01H\x02\x88\x01\x01\x42\r\n\x0b_spread_bpsB\r\n\x0b_impact_bpsB\x17\n\x15_commission_per_share\"\x8b\x01\n\x14\x45xecuteOrdersRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x08settings\x18\x03 \x01(\x0b\x32 .stratopt.v1.PaperBrokerSettings\"\xc0\x01\n\x04\x46ill\x12\x0f\n\x07\x66ill_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x0e\n\x06symbol\x18\x03 \x01(\t\x12\x0c\n\x04side\x18\x04 \x01(\t\x12\x0e\n\x06shares\x18\x05 \x01(\x01\x12\r\n\x05price\x18\x06 \x01(\x01\x12\x12\n\ncommission\x18\x07 \x01(\x01\x12-\n\tfilled_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrealised_gain\x18\t \x01(\x01\"\x8a\x01\n\nOrderState\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0e\n\x06symbol\x18\x02 \x01(\t\x12\x0c\n\x04side\x18\x03 \x01(\t\x12\x0e\n\x06shares\x18\x04 \x01(\x01\x12\x15\n\rfilled_shares\x18\x05 \x01(\x01\x12\x15\n\raverage_price\x18\x06 \x01(\x01\x12\x0e\n\x06status\x18\x07 \x01(\t\"p\n\x15\x45xecuteOrdersResponse\x12 \n\x05\x66ills\x18\x01 \x03(\x0b\x32\x11.stratopt.v1.Fill\x12\'\n\x06orders\x18\x02 \x03(\x0b\x32\x17.stratopt.v1.OrderState\x12\x0c\n\x04\x63\x61sh\x18\x03 \x01(\x01\"L\n\x12ReportFillsRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12 \n\x05\x66ills\x18\x02 \x03(\x0b\x32\x11.stratopt.v1.Fill\"q\n\x13ReportFillsResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\r\x12\x12\n\nduplicates\x18\x02 \x01(\r\x12\'\n\x06orders\x18\x03 \x03(\x0b\x32\x17.stratopt.v1.OrderState\x12\x0c\n\x04\x63\x61sh\x18\x04 \x01(\x01\"2\n\x10ReportedPosition\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x0e\n\x06shares\x18\x02 \x01(\x01\"\xaa\x01\n\x10ReconcileRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12\x30\n\tpositions\x18\x02 \x03(\x0b\x32\x1d.stratopt.v1.ReportedPosition\x12\x11\n\x04\x63\x61sh\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x1d\n\x10tolerance_shares\x18\x04 \x01(\x01H\x01\x88\x01\x01\x42\x07\n\x05_cashB\x13\n\x11_tolerance_shares\"e\n\rPositionBreak\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x17\n\x0f\x65xpected_shares\x18\x02 \x01(\x01\x12\x17\n\x0freported_shares\x18\x03 \x01(\x01\x12\x12\n\ndifference\x18\x04 \x01(\x01\"\x85\x01\n\x11ReconcileResponse\x12*\n\x06\x62reaks\x18\x01 \x03(\x0b\x32\x1a.stratopt.v1.PositionBreak\x12\x1c\n\x0f\x63\x61sh_difference\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\nreconciled\x18\x03 \x01(\x08\x42\x12\n\x10_cash_difference\"9\n\x12\x43laimOrdersRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"\xbd\x01\n\x0c\x43laimedOrder\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x14\n\x0cportfolio_id\x18\x02 \x01(\t\x12\x0e\n\x06symbol\x18\x03 \x01(\t\x12\x0c\n\x04side\x18\x04 \x01(\t\x12\x0e\n\x06shares\x18\x05 \x01(\x01\x12\x17\n\x0freference_price\x18\x06 \x01(\x01\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"@\n\x13\x43laimOrdersResponse\x12)\n\x06orders\x18\x01 \x03(\x0b\x32\x19.stratopt.v1.ClaimedOrder2\xe1\x02\n\x17\x45xecutionCommandService\x12V\n\rExecuteOrders\x12!.stratopt.v1.ExecuteOrdersRequest\x1a\".stratopt.v1.ExecuteOrdersResponse\x12P\n\x0bReportFills\x12\x1f.stratopt.v1.ReportFillsRequest\x1a .stratopt.v1.ReportFillsResponse\x12J\n\tReconcile\x12\x1d.stratopt.v1.ReconcileRequest\x1a\x1e.stratopt.v1.ReconcileResponse\x12P\n\x0b\x43laimOrders\x12\x1f.stratopt.v1.ClaimOrdersRequest\x1a .stratopt.v1.ClaimOrdersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#stratopt/v1/execution_service.proto\x12\x0bstratopt.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe3\x03\n\x13PaperBrokerSettings\x12\x17\n\nspread_bps\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nimpact_bps\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12!\n\x14\x63ommission_per_share\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x33\n\x0cimpact_model\x18\x04 \x01(\x0e\x32\x1d.stratopt.v1.PaperImpactModel\x12\x1f\n\x12impact_coefficient\x18\x05 \x01(\x01H\x03\x88\x01\x01\x12$\n\x17impact_lookback_periods\x18\x06 \x01(\x05H\x04\x88\x01\x01\x12V\n\x14\x61verage_daily_volume\x18\x07 \x03(\x0b\x32\x38.stratopt.v1.PaperBrokerSettings.AverageDailyVolumeEntry\x1a\x39\n\x17\x41verageDailyVolumeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\r\n\x0b_spread_bpsB\r\n\x0b_impact_bpsB\x17\n\x15_commission_per_shareB\x15\n\x13_impact_coefficientB\x1a\n\x18_impact_lookback_periods\"\x8b\x01\n\x14\x45xecuteOrdersRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x08settings\x18\x03 \x01(\x0b\x32 .stratopt.v1.PaperBrokerSettings\"\xc0\x01\n\x04\x46ill\x12\x0f\n\x07\x66ill_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x0e\n\x06symbol\x18\x03 \x01(\t\x12\x0c\n\x04side\x18\x04 \x01(\t\x12\x0e\n\x06shares\x18\x05 \x01(\x01\x12\r\n\x05price\x18\x06 \x01(\x01\x12\x12\n\ncommission\x18\x07 \x01(\x01\x12-\n\tfilled_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrealised_gain\x18\t \x01(\x01\"\x8a\x01\n\nOrderState\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0e\n\x06symbol\x18\x02 \x01(\t\x12\x0c\n\x04side\x18\x03 \x01(\t\x12\x0e\n\x06shares\x18\x04 \x01(\x01\x12\x15\n\rfilled_shares\x18\x05 \x01(\x01\x12\x15\n\raverage_price\x18\x06 \x01(\x01\x12\x0e\n\x06status\x18\x07 \x01(\t\"p\n\x15\x45xecuteOrdersResponse\x12 \n\x05\x66ills\x18\x01 \x03(\x0b\x32\x11.stratopt.v1.Fill\x12\'\n\x06orders\x18\x02 \x03(\x0b\x32\x17.stratopt.v1.OrderState\x12\x0c\n\x04\x63\x61sh\x18\x03 \x01(\x01\"L\n\x12ReportFillsRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12 \n\x05\x66ills\x18\x02 \x03(\x0b\x32\x11.stratopt.v1.Fill\"q\n\x13ReportFillsResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\r\x12\x12\n\nduplicates\x18\x02 \x01(\r\x12\'\n\x06orders\x18\x03 \x03(\x0b\x32\x17.stratopt.v1.OrderState\x12\x0c\n\x04\x63\x61sh\x18\x04 \x01(\x01\"2\n\x10ReportedPosition\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x0e\n\x06shares\x18\x02 \x01(\x01\"\xaa\x01\n\x10ReconcileRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12\x30\n\tpositions\x18\x02 \x03(\x0b\x32\x1d.stratopt.v1.ReportedPosition\x12\x11\n\x04\x63\x61sh\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x1d\n\x10tolerance_shares\x18\x04 \x01(\x01H\x01\x88\x01\x01\x42\x07\n\x05_cashB\x13\n\x11_tolerance_shares\"e\n\rPositionBreak\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x17\n\x0f\x65xpected_shares\x18\x02 \x01(\x01\x12\x17\n\x0freported_shares\x18\x03 \x01(\x01\x12\x12\n\ndifference\x18\x04 \x01(\x01\"\x85\x01\n\x11ReconcileResponse\x12*\n\x06\x62reaks\x18\x01 \x03(\x0b\x32\x1a.stratopt.v1.PositionBreak\x12\x1c\n\x0f\x63\x61sh_difference\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\nreconciled\x18\x03 \x01(\x08\x42\x12\n\x10_cash_difference\"9\n\x12\x43laimOrdersRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"\xbd\x01\n\x0c\x43laimedOrder\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x14\n\x0cportfolio_id\x18\x02 \x01(\t\x12\x0e\n\x06symbol\x18\x03 \x01(\t\x12\x0c\n\x04side\x18\x04 \x01(\t\x12\x0e\n\x06shares\x18\x05 \x01(\x01\x12\x17\n\x0freference_price\x18\x06 \x01(\x01\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"@\n\x13\x43laimOrdersResponse\x12)\n\x06orders\x18\x01 \x03(\x0b\x32\x19.stratopt.v1.ClaimedOrder*\x9d\x01\n\x10PaperImpactModel\x12\"\n\x1ePAPER_IMPACT_MODEL_UNSPECIFIED\x10\x00\x12\x1c\n\x18PAPER_IMPACT_MODEL_FIXED\x10\x01\x12\"\n\x1ePAPER_IMPACT_MODEL_SQUARE_ROOT\x10\x02\x12#\n\x1fPAPER_IMPACT_MODEL_ALMGREN_2005\x10\x03\x32\xe1\x02\n\x17\x45xecutionCommandService\x12V\n\rExecuteOrders\x12!.stratopt.v1.ExecuteOrdersRequest\x1a\".stratopt.v1.ExecuteOrdersResponse\x12P\n\x0bReportFills\x12\x1f.stratopt.v1.ReportFillsRequest\x1a .stratopt.v1.ReportFillsResponse\x12J\n\tReconcile\x12\x1d.stratopt.v1.ReconcileRequest\x1a\x1e.stratopt.v1.ReconcileResponse\x12P\n\x0b\x43laimOrders\x12\x1f.stratopt.v1.ClaimOrdersRequest\x1a .stratopt.v1.ClaimOrdersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stratopt.v1.execution_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PAPERBROKERSETTINGS_AVERAGEDAILYVOLUMEENTRY']._loaded_options = None
+  _globals['_PAPERBROKERSETTINGS_AVERAGEDAILYVOLUMEENTRY']._serialized_options = b'8\001'
+  _globals['_PAPERIMPACTMODEL']._serialized_start=2138
+  _globals['_PAPERIMPACTMODEL']._serialized_end=2295
   _globals['_PAPERBROKERSETTINGS']._serialized_start=86
-  _globals['_PAPERBROKERSETTINGS']._serialized_end=247
-  _globals['_EXECUTEORDERSREQUEST']._serialized_start=250
-  _globals['_EXECUTEORDERSREQUEST']._serialized_end=389
-  _globals['_FILL']._serialized_start=392
-  _globals['_FILL']._serialized_end=584
-  _globals['_ORDERSTATE']._serialized_start=587
-  _globals['_ORDERSTATE']._serialized_end=725
-  _globals['_EXECUTEORDERSRESPONSE']._serialized_start=727
-  _globals['_EXECUTEORDERSRESPONSE']._serialized_end=839
-  _globals['_REPORTFILLSREQUEST']._serialized_start=841
-  _globals['_REPORTFILLSREQUEST']._serialized_end=917
-  _globals['_REPORTFILLSRESPONSE']._serialized_start=919
-  _globals['_REPORTFILLSRESPONSE']._serialized_end=1032
-  _globals['_REPORTEDPOSITION']._serialized_start=1034
-  _globals['_REPORTEDPOSITION']._serialized_end=1084
-  _globals['_RECONCILEREQUEST']._serialized_start=1087
-  _globals['_RECONCILEREQUEST']._serialized_end=1257
-  _globals['_POSITIONBREAK']._serialized_start=1259
-  _globals['_POSITIONBREAK']._serialized_end=1360
-  _globals['_RECONCILERESPONSE']._serialized_start=1363
-  _globals['_RECONCILERESPONSE']._serialized_end=1496
-  _globals['_CLAIMORDERSREQUEST']._serialized_start=1498
-  _globals['_CLAIMORDERSREQUEST']._serialized_end=1555
-  _globals['_CLAIMEDORDER']._serialized_start=1558
-  _globals['_CLAIMEDORDER']._serialized_end=1747
-  _globals['_CLAIMORDERSRESPONSE']._serialized_start=1749
-  _globals['_CLAIMORDERSRESPONSE']._serialized_end=1813
-  _globals['_EXECUTIONCOMMANDSERVICE']._serialized_start=1816
-  _globals['_EXECUTIONCOMMANDSERVICE']._serialized_end=2169
+  _globals['_PAPERBROKERSETTINGS']._serialized_end=569
+  _globals['_PAPERBROKERSETTINGS_AVERAGEDAILYVOLUMEENTRY']._serialized_start=406
+  _globals['_PAPERBROKERSETTINGS_AVERAGEDAILYVOLUMEENTRY']._serialized_end=463
+  _globals['_EXECUTEORDERSREQUEST']._serialized_start=572
+  _globals['_EXECUTEORDERSREQUEST']._serialized_end=711
+  _globals['_FILL']._serialized_start=714
+  _globals['_FILL']._serialized_end=906
+  _globals['_ORDERSTATE']._serialized_start=909
+  _globals['_ORDERSTATE']._serialized_end=1047
+  _globals['_EXECUTEORDERSRESPONSE']._serialized_start=1049
+  _globals['_EXECUTEORDERSRESPONSE']._serialized_end=1161
+  _globals['_REPORTFILLSREQUEST']._serialized_start=1163
+  _globals['_REPORTFILLSREQUEST']._serialized_end=1239
+  _globals['_REPORTFILLSRESPONSE']._serialized_start=1241
+  _globals['_REPORTFILLSRESPONSE']._serialized_end=1354
+  _globals['_REPORTEDPOSITION']._serialized_start=1356
+  _globals['_REPORTEDPOSITION']._serialized_end=1406
+  _globals['_RECONCILEREQUEST']._serialized_start=1409
+  _globals['_RECONCILEREQUEST']._serialized_end=1579
+  _globals['_POSITIONBREAK']._serialized_start=1581
+  _globals['_POSITIONBREAK']._serialized_end=1682
+  _globals['_RECONCILERESPONSE']._serialized_start=1685
+  _globals['_RECONCILERESPONSE']._serialized_end=1818
+  _globals['_CLAIMORDERSREQUEST']._serialized_start=1820
+  _globals['_CLAIMORDERSREQUEST']._serialized_end=1877
+  _globals['_CLAIMEDORDER']._serialized_start=1880
+  _globals['_CLAIMEDORDER']._serialized_end=2069
+  _globals['_CLAIMORDERSRESPONSE']._serialized_start=2071
+  _globals['_CLAIMORDERSRESPONSE']._serialized_end=2135
+  _globals['_EXECUTIONCOMMANDSERVICE']._serialized_start=2298
+  _globals['_EXECUTIONCOMMANDSERVICE']._serialized_end=2651
 # @@protoc_insertion_point(module_scope)

@@ -12,6 +12,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -23,42 +24,123 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _PaperImpactModel:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PaperImpactModelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PaperImpactModel.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PAPER_IMPACT_MODEL_UNSPECIFIED: _PaperImpactModel.ValueType  # 0
+    """Not set: FIXED."""
+    PAPER_IMPACT_MODEL_FIXED: _PaperImpactModel.ValueType  # 1
+    """J = impact_bps / 10^4 whatever the size."""
+    PAPER_IMPACT_MODEL_SQUARE_ROOT: _PaperImpactModel.ValueType  # 2
+    """The square-root law J = Y σ sqrt(Q / ADV) (Toth et al. 2011; Bouchaud et al. 2018, ch. 12)."""
+    PAPER_IMPACT_MODEL_ALMGREN_2005: _PaperImpactModel.ValueType  # 3
+    """Almgren, Thum, Hauptmann and Li (2005), executed over one day: J = 0.142 σ (Q / ADV)^(3/5)."""
+
+class PaperImpactModel(_PaperImpactModel, metaclass=_PaperImpactModelEnumTypeWrapper):
+    """The paper broker's impact model. The impact J is a fraction of the price added to a buy's fill price and taken
+    from a sell's, with Q the shares filled, ADV the average daily volume (shares/day) and σ the daily volatility of
+    the stored prices (the formulas of the rebalancing flow's cost estimate, services.trading.estimate_trade_costs).
+    """
+
+PAPER_IMPACT_MODEL_UNSPECIFIED: PaperImpactModel.ValueType  # 0
+"""Not set: FIXED."""
+PAPER_IMPACT_MODEL_FIXED: PaperImpactModel.ValueType  # 1
+"""J = impact_bps / 10^4 whatever the size."""
+PAPER_IMPACT_MODEL_SQUARE_ROOT: PaperImpactModel.ValueType  # 2
+"""The square-root law J = Y σ sqrt(Q / ADV) (Toth et al. 2011; Bouchaud et al. 2018, ch. 12)."""
+PAPER_IMPACT_MODEL_ALMGREN_2005: PaperImpactModel.ValueType  # 3
+"""Almgren, Thum, Hauptmann and Li (2005), executed over one day: J = 0.142 σ (Q / ADV)^(3/5)."""
+Global___PaperImpactModel: _TypeAlias = PaperImpactModel  # noqa: Y015
+
 @_typing.final
 class PaperBrokerSettings(_message.Message):
     """How the paper broker fills; unset fields take the defaults (in brackets)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class AverageDailyVolumeEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     SPREAD_BPS_FIELD_NUMBER: _builtins.int
     IMPACT_BPS_FIELD_NUMBER: _builtins.int
     COMMISSION_PER_SHARE_FIELD_NUMBER: _builtins.int
+    IMPACT_MODEL_FIELD_NUMBER: _builtins.int
+    IMPACT_COEFFICIENT_FIELD_NUMBER: _builtins.int
+    IMPACT_LOOKBACK_PERIODS_FIELD_NUMBER: _builtins.int
+    AVERAGE_DAILY_VOLUME_FIELD_NUMBER: _builtins.int
     spread_bps: _builtins.float
     """Bid-ask spread, basis points of the price; half is paid on each fill [5]."""
     impact_bps: _builtins.float
-    """Market impact, basis points of the price, paid on each fill [0]."""
+    """Market impact of the FIXED model, basis points of the price, paid on each fill [0]."""
     commission_per_share: _builtins.float
     """Commission per share [0.005]."""
+    impact_model: Global___PaperImpactModel.ValueType
+    """How the market impact of a fill is estimated [FIXED]."""
+    impact_coefficient: _builtins.float
+    """Y of the square-root model (dimensionless, > 0) [1]."""
+    impact_lookback_periods: _builtins.int
+    """Stored bars (at or before as_of) whose returns give the daily volatility σ and whose volumes give the average
+    daily volume of the SQUARE_ROOT and ALMGREN_2005 models [20].
+    """
+    @_builtins.property
+    def average_daily_volume(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Average daily volume by symbol (shares/day, > 0); a symbol not given takes the mean stored volume of its
+        lookback bars.
+        """
+
     def __init__(
         self,
         *,
         spread_bps: _builtins.float | None = ...,
         impact_bps: _builtins.float | None = ...,
         commission_per_share: _builtins.float | None = ...,
+        impact_model: Global___PaperImpactModel.ValueType = ...,
+        impact_coefficient: _builtins.float | None = ...,
+        impact_lookback_periods: _builtins.int | None = ...,
+        average_daily_volume: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_commission_per_share", b"_commission_per_share", "_impact_bps", b"_impact_bps", "_spread_bps", b"_spread_bps", "commission_per_share", b"commission_per_share", "impact_bps", b"impact_bps", "spread_bps", b"spread_bps"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_commission_per_share", b"_commission_per_share", "_impact_bps", b"_impact_bps", "_impact_coefficient", b"_impact_coefficient", "_impact_lookback_periods", b"_impact_lookback_periods", "_spread_bps", b"_spread_bps", "commission_per_share", b"commission_per_share", "impact_bps", b"impact_bps", "impact_coefficient", b"impact_coefficient", "impact_lookback_periods", b"impact_lookback_periods", "spread_bps", b"spread_bps"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_commission_per_share", b"_commission_per_share", "_impact_bps", b"_impact_bps", "_spread_bps", b"_spread_bps", "commission_per_share", b"commission_per_share", "impact_bps", b"impact_bps", "spread_bps", b"spread_bps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_commission_per_share", b"_commission_per_share", "_impact_bps", b"_impact_bps", "_impact_coefficient", b"_impact_coefficient", "_impact_lookback_periods", b"_impact_lookback_periods", "_spread_bps", b"_spread_bps", "average_daily_volume", b"average_daily_volume", "commission_per_share", b"commission_per_share", "impact_bps", b"impact_bps", "impact_coefficient", b"impact_coefficient", "impact_lookback_periods", b"impact_lookback_periods", "impact_model", b"impact_model", "spread_bps", b"spread_bps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__commission_per_share: _TypeAlias = _typing.Literal["commission_per_share"]  # noqa: Y015
     _WhichOneofArgType__commission_per_share: _TypeAlias = _typing.Literal["_commission_per_share", b"_commission_per_share"]  # noqa: Y015
     _WhichOneofReturnType__impact_bps: _TypeAlias = _typing.Literal["impact_bps"]  # noqa: Y015
     _WhichOneofArgType__impact_bps: _TypeAlias = _typing.Literal["_impact_bps", b"_impact_bps"]  # noqa: Y015
+    _WhichOneofReturnType__impact_coefficient: _TypeAlias = _typing.Literal["impact_coefficient"]  # noqa: Y015
+    _WhichOneofArgType__impact_coefficient: _TypeAlias = _typing.Literal["_impact_coefficient", b"_impact_coefficient"]  # noqa: Y015
+    _WhichOneofReturnType__impact_lookback_periods: _TypeAlias = _typing.Literal["impact_lookback_periods"]  # noqa: Y015
+    _WhichOneofArgType__impact_lookback_periods: _TypeAlias = _typing.Literal["_impact_lookback_periods", b"_impact_lookback_periods"]  # noqa: Y015
     _WhichOneofReturnType__spread_bps: _TypeAlias = _typing.Literal["spread_bps"]  # noqa: Y015
     _WhichOneofArgType__spread_bps: _TypeAlias = _typing.Literal["_spread_bps", b"_spread_bps"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__commission_per_share) -> _WhichOneofReturnType__commission_per_share | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__impact_bps) -> _WhichOneofReturnType__impact_bps | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__impact_coefficient) -> _WhichOneofReturnType__impact_coefficient | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__impact_lookback_periods) -> _WhichOneofReturnType__impact_lookback_periods | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__spread_bps) -> _WhichOneofReturnType__spread_bps | None: ...
 
