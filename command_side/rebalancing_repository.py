@@ -19,6 +19,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -27,6 +28,7 @@ import asyncpg
 from command_side.metrics import event_written
 from command_side.repository import Connection, database_errors
 from command_side.rotation_model import order_id
+from command_side.rotation_store import GLOBAL_SCOPE
 from command_side.trading_model import Position, RebalancePolicy, RebalanceRecommendation
 from command_side.trading_records import (
     event_payload,
@@ -48,7 +50,15 @@ from command_side.trading_store import (
     created_recommendation,
     stored_recommendation,
 )
-from services.errors import IntegrityError, NotFoundError, OperationalError, StratoptError, UnavailableError
+from services.errors import (
+    IntegrityError,
+    NotFoundError,
+    OperationalError,
+    PreconditionError,
+    PreconditionViolation,
+    StratoptError,
+    UnavailableError,
+)
 from services.trading import (
     APPROVED_STATUSES,
     PENDING_STATUSES,
@@ -119,6 +129,23 @@ async def _lock_portfolio(conn: Connection, portfolio_id: str) -> datetime:
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", _LOCK_PREFIX + portfolio_id)
     now: datetime = await conn.fetchval("SELECT clock_timestamp()")
     return now
+
+
+async def _engaged_switch(conn: Connection, portfolio_id: str) -> str | None:
+    """The engaged kill-switch that holds ``portfolio_id``'s orders (``"global"`` or ``"portfolio"``), or None.
+
+    Locks the global switch's row (and the portfolio's, when it has one) ``FOR SHARE``, as a rotation cycle does:
+    ``SetKillSwitch`` takes it ``FOR UPDATE``, so an approval commits either before a switch is engaged or after
+    it, seeing it.
+    """
+    rows = await conn.fetch(
+        "SELECT scope, engaged FROM kill_switches WHERE scope = ANY($1::text[]) ORDER BY scope FOR SHARE",
+        [GLOBAL_SCOPE, portfolio_id],
+    )
+    engaged = [r["scope"] for r in rows if r["engaged"]]
+    if not engaged:
+        return None
+    return "global" if GLOBAL_SCOPE in engaged else "portfolio"
 
 
 async def _queue_orders(
@@ -394,6 +421,12 @@ class PostgresTradingStore:
         recommendation_id = uuid.uuid4()
         async with store_errors(), self._pool.acquire() as conn, conn.transaction():
             now = await _lock_portfolio(conn, portfolio_id)
+            switch = await _engaged_switch(conn, portfolio_id)
+            if switch is not None and not recommendation.hold_reason and recommendation.trades:
+                # No automatic approval (and so no order) while a kill-switch is engaged: it waits for one.
+                recommendation = replace(
+                    recommendation, hold_reason=f"KILL_SWITCH: the {switch} kill-switch is engaged"
+                )
             state = RecommendationState.open(
                 recommendation_id=str(recommendation_id),
                 total_trade_value=recommendation.total_trade_value,
@@ -468,11 +501,20 @@ class PostgresTradingStore:
                 recommendation_id,
             )
             assert row is not None  # rows are never deleted
+            switch = await _engaged_switch(conn, portfolio_id) if status is RecommendationStatus.APPROVED else None
             try:
                 decided = _state(row).decide(status, at=now, approver=actor, reason=reason)
             except StratoptError as error:  # the lifecycle's refusal: commit the expiry, then raise
                 refused = error
             else:
+                if switch is not None:
+                    refused = PreconditionError(
+                        f"the {switch} kill-switch is engaged: no rebalance is approved until it is released",
+                        precondition_violations=(
+                            PreconditionViolation("KILL_SWITCH", str(recommendation_id), f"{switch} kill-switch"),
+                        ),
+                    )
+            if refused is None:
                 await _write_state(conn, decided)
                 await _insert_event(
                     conn,

@@ -22,6 +22,8 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from stratopt.identity import LOCAL_PRINCIPAL
 from stratopt.v1 import query_service_pb2 as query_pb
+from stratopt.v1 import rotation_service_pb2 as rot_pb
+from stratopt.v1 import rotation_service_pb2_grpc as rot_grpc
 from stratopt.v1 import trading_service_pb2 as tpb
 from stratopt.v1 import types_pb2 as pb
 from tests.command_side.test_optimize_service import field_violations, precondition_types, returns_request
@@ -826,3 +828,52 @@ def test_participation_cap_and_cost_limit_hold_a_costly_recommendation_for_appro
     # The query side reads both back from the stored recommendation.
     read = queries.GetRebalance(query_pb.GetRebalanceRequest(recommendation_id=held.recommendation_id)).recommendation
     assert (read.hold_reason, read.trades[0].participation_capped) == (held.hold_reason, True)
+
+
+def test_a_kill_switch_holds_every_approval_and_no_order_is_queued(
+    trading: Any, grpc_channel: grpc.Channel, db: psycopg.Connection[Any], stored_prices: dict[str, str]
+) -> None:
+    """While a portfolio's kill-switch is engaged no rebalance of it is approved and no order is queued.
+
+    ApproveRebalance is refused (FAILED_PRECONDITION, KILL_SWITCH), and a recommendation within the approval limit
+    (auto-approved without the switch) waits for approval with the reason. Released, the approval goes through and
+    queues the orders.
+    """
+    rotation = rot_grpc.RotationCommandServiceStub(grpc_channel)
+    held, auto = unique("switch"), unique("switch-auto")
+    pending = _pending(trading, held)
+    setup(trading, auto, [tpb.Position(symbol="AAPL", shares=10)], 1000.0, approval_limit=1e9)
+
+    def switch(portfolio_id: str, engaged: bool) -> None:
+        rotation.SetKillSwitch(rot_pb.SetKillSwitchRequest(portfolio_id=portfolio_id, engaged=engaged, reason="t"))
+
+    def outbox(portfolio_id: str) -> int:
+        row = db.execute("SELECT count(*) FROM order_outbox WHERE portfolio_id = %s", (portfolio_id,)).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    switch(held, True)
+    switch(auto, True)
+    error = expect_error(
+        trading.ApproveRebalance,
+        tpb.ApproveRebalanceRequest(recommendation_id=pending.recommendation_id),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert precondition_types(error) == ["KILL_SWITCH"]
+    waiting = trading.GenerateRebalance(
+        tpb.GenerateRebalanceRequest(portfolio_id=auto, target_weights={"AAPL": 0.0})
+    ).recommendation
+    assert waiting.total_trade_value <= waiting.approval_limit
+    assert waiting.status == tpb.RECOMMENDATION_STATUS_PENDING_APPROVAL
+    assert waiting.hold_reason.startswith("KILL_SWITCH")
+    assert outbox(held) == outbox(auto) == 0
+
+    switch(held, False)
+    switch(auto, False)
+    for recommendation in (pending, waiting):
+        approved = trading.ApproveRebalance(
+            tpb.ApproveRebalanceRequest(recommendation_id=recommendation.recommendation_id)
+        ).recommendation
+        assert approved.status == tpb.RECOMMENDATION_STATUS_APPROVED
+    assert outbox(held) == len(pending.trades) >= 1
+    assert outbox(auto) == len(waiting.trades) >= 1
