@@ -73,7 +73,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -286,8 +286,16 @@ def _copy_lines(source: IO[str], path: Path) -> None:
 
 
 @contextlib.contextmanager
-def started_server(workers: int, max_queue: int | None, log: Path | None = None) -> Iterator[tuple[str, int]]:
-    """Yield ``(target, pid)`` of ``stratopt serve`` on a fresh embedded, migrated database."""
+def started_server(
+    workers: int,
+    max_queue: int | None,
+    log: Path | None = None,
+    prepare: Callable[[str], None] | None = None,
+) -> Iterator[tuple[str, int]]:
+    """Yield ``(target, pid)`` of ``stratopt serve`` on a fresh embedded, migrated database.
+
+    ``prepare(dsn)``, when given, runs after the migrations and before the server starts (e.g. to seed data).
+    """
     base = Path(tempfile.mkdtemp(prefix="stratopt-load-"))
     os.chmod(base, 0o755)  # the postgres user must traverse it when this runs as root
     cluster = EmbeddedPostgres(base / "pgdata", database="stratopt_load")
@@ -297,6 +305,8 @@ def started_server(workers: int, max_queue: int | None, log: Path | None = None)
         dsn = cluster.start()
         with contextlib.redirect_stdout(sys.stderr):
             migrate(dsn)
+        if prepare is not None:
+            prepare(dsn)
         env = dict(os.environ, STRATOPT_DATABASE_URL=dsn, STRATOPT_WORKERS=str(workers))
         if max_queue is not None:
             env["STRATOPT_MAX_QUEUE"] = str(max_queue)

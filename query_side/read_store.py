@@ -14,10 +14,10 @@ The stored records (``StoredEvent``, ``HistoryKey``, ``AnalyticsWindow``, ``Stor
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
-from query_side.analytics import RunRecord
+from query_side.analytics import PortfolioAnalytics, RunRecord, events_frame, portfolio_analytics
 from query_side.repository import (
     AnalyticsWindow,
     HistoryKey,
@@ -74,6 +74,16 @@ class ReadStore(Protocol):
 
         With ``start`` None there is no previous run; both parts are empty/None for an unknown portfolio. The two
         reads see one snapshot.
+        """
+        ...
+
+    async def analytics(
+        self, portfolio_id: str, *, start: datetime | None, end: datetime | None, bucket_width: timedelta
+    ) -> PortfolioAnalytics:
+        """Per-bucket statistics of a portfolio's runs in ``[start, end)`` (``query_side.analytics``).
+
+        The first run of the window has its turnover against the portfolio's last run before ``start``; only the
+        first run of the whole history has none. Buckets are ``bucket_width`` wide, aligned to the Unix epoch.
         """
         ...
 
@@ -185,6 +195,15 @@ class InMemoryReadStore(ReadStore):
             before = [e for e in events if e.timestamp < start]
             previous = dict(before[-1].weights) if before else None
         return AnalyticsWindow(runs=runs, previous_weights=previous)
+
+    async def analytics(
+        self, portfolio_id: str, *, start: datetime | None, end: datetime | None, bucket_width: timedelta
+    ) -> PortfolioAnalytics:
+        """Per-bucket statistics of the window's runs, by ``query_side.analytics.portfolio_analytics``."""
+        window = await self.analytics_window(portfolio_id, start=start, end=end)
+        return portfolio_analytics(
+            events_frame(window.runs), bucket_width=bucket_width, previous_weights=window.previous_weights
+        )
 
     async def get_rebalance(self, recommendation_id: uuid.UUID) -> StoredRecommendation | None:
         """The recommendation stored under ``recommendation_id``, as given, or None."""

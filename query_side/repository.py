@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
-from query_side.analytics import RunRecord
+from query_side.analytics import AnalyticsBucket, PortfolioAnalytics, RunRecord
 from query_side.postgres_errors import postgres_errors as _database_errors
 from services.trading import RecommendationState, RecommendationStatus
 
@@ -341,6 +341,61 @@ class PostgresReadStore:
             runs=tuple(_run(row) for row in rows),
             previous_weights=None if previous is None else _weights(previous),
         )
+
+    async def analytics(
+        self, portfolio_id: str, *, start: datetime | None, end: datetime | None, bucket_width: timedelta
+    ) -> PortfolioAnalytics:
+        """Per-bucket statistics of a portfolio's runs in ``[start, end)``, aggregated in TimescaleDB.
+
+        One ``time_bucket`` aggregate over ``portfolio_optimized`` (buckets aligned to the Unix epoch), on the
+        ``(portfolio_id, timestamp)`` index; each run's one-way turnover against its predecessor is stored with the
+        event (migration ``0017_event_turnover``), so no weights are read. The same numbers as
+        :func:`query_side.analytics.portfolio_analytics` over :meth:`analytics_window`.
+
+        Parameters
+        ----------
+        portfolio_id : str
+            Portfolio identifier.
+        start, end : datetime or None
+            Inclusive lower and exclusive upper bound on the event time; None = no bound.
+        bucket_width : datetime.timedelta
+            Bucket width (at least one microsecond).
+
+        Returns
+        -------
+        PortfolioAnalytics
+            Buckets with at least one run, oldest first; none for an unknown portfolio.
+
+        Raises
+        ------
+        UnavailableError
+            When the database cannot be reached.
+        """
+        conditions, arguments = time_range(portfolio_id, start, end)
+        width = f"${len(arguments) + 1}"
+        query = (
+            f"SELECT time_bucket({width}::interval, \"timestamp\", TIMESTAMPTZ '1970-01-01 00:00:00+00') "
+            "AS bucket_start, "
+            "count(*) AS run_count, avg(sharpe_ratio) AS mean_sharpe_ratio, avg(volatility) AS mean_volatility, "
+            "avg(expected_return) AS mean_expected_return, avg(turnover) AS mean_turnover, "
+            "max(turnover) AS max_turnover "
+            f"FROM portfolio_optimized WHERE {' AND '.join(conditions)} GROUP BY bucket_start ORDER BY bucket_start"
+        )
+        async with _database_errors(), self._pool.acquire() as connection:
+            rows = await connection.fetch(query, *arguments, bucket_width)
+        buckets = tuple(
+            AnalyticsBucket(
+                bucket_start=row["bucket_start"].astimezone(UTC),
+                run_count=int(row["run_count"]),
+                mean_sharpe_ratio=float(row["mean_sharpe_ratio"]),
+                mean_volatility=float(row["mean_volatility"]),
+                mean_expected_return=float(row["mean_expected_return"]),
+                mean_turnover=None if row["mean_turnover"] is None else float(row["mean_turnover"]),
+                max_turnover=None if row["max_turnover"] is None else float(row["max_turnover"]),
+            )
+            for row in rows
+        )
+        return PortfolioAnalytics(buckets=buckets, total_runs=sum(b.run_count for b in buckets))
 
     async def get_rebalance(self, recommendation_id: uuid.UUID) -> StoredRecommendation | None:
         """Return one rebalance recommendation with the database clock's ``now``.

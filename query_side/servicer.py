@@ -8,7 +8,6 @@ computation in a worker thread) and converts the answer back. Errors are raised 
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -16,12 +15,10 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf import timestamp_pb2
 
-from query_side.analytics import PortfolioAnalytics, events_frame, portfolio_analytics
 from query_side.page_token import decode_page_token, encode_page_token, query_fingerprint
 from query_side.read_store import ReadStore
 from query_side.records import fill_metadata, recommendation_from_json
 from query_side.repository import (
-    AnalyticsWindow,
     StoredEvent,
     StoredRebalanceEvent,
     StoredRecommendation,
@@ -178,12 +175,6 @@ def rebalance_event_message(event: StoredRebalanceEvent) -> trading_service_pb2.
     )
 
 
-def _analytics(window: AnalyticsWindow, bucket_width: timedelta) -> PortfolioAnalytics:
-    return portfolio_analytics(
-        events_frame(window.runs), bucket_width=bucket_width, previous_weights=window.previous_weights
-    )
-
-
 class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceServicer):
     """Read-only queries over the stored ``portfolio_optimized`` events and rebalance recommendations.
 
@@ -327,8 +318,7 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
             raise InvalidInputError.for_field("bucket_width", "duration out of range") from exc
         if bucket_width < MIN_BUCKET_WIDTH:
             raise InvalidInputError.for_field("bucket_width", "must be at least 1 second")
-        window = await self._repository.analytics_window(portfolio_id, start=start, end=end)
-        analytics = await asyncio.to_thread(_analytics, window, bucket_width)
+        analytics = await self._repository.analytics(portfolio_id, start=start, end=end, bucket_width=bucket_width)
         return query_service_pb2.GetPortfolioAnalyticsResponse(
             buckets=[
                 query_service_pb2.AnalyticsBucket(

@@ -174,6 +174,39 @@ class ReadStoreContract:
 
         self.run(scenario)
 
+    def test_analytics_turnover_is_against_the_true_predecessor_whatever_the_write_order(self) -> None:
+        """Runs written out of time order (PostgreSQL: the triggers of migration 0017 keep each run's turnover).
+
+        A weights 0.1, 0.3, 0.6, 0.2 at T0, +1h, +2h, +3h (two-name runs: one-way turnover = |ΔA|): turnovers
+        none, 0.2, 0.3, 0.4. Two-hour buckets from T0 (T0 is a multiple of 2 h since the epoch): [T0, T0+2h)
+        holds 0.1 and 0.3 (mean turnover 0.2, max 0.2), [T0+2h, T0+4h) holds 0.6 and 0.2 (0.35, 0.4). The
+        window from T0+1h: the first run keeps its turnover against the run before the window.
+        """
+
+        async def scenario(store: ReadStore) -> None:
+            portfolio = unique("p")
+            runs = [event(portfolio, T0 + k * HOUR, weight_a=a) for k, a in enumerate((0.1, 0.3, 0.6, 0.2))]
+            await self.add_events(store, [runs[2], runs[0], runs[3], runs[1]])
+            whole = await store.analytics(portfolio, start=None, end=None, bucket_width=2 * HOUR)
+            assert whole.total_runs == 4
+            assert [(b.bucket_start, b.run_count) for b in whole.buckets] == [(T0, 2), (T0 + 2 * HOUR, 2)]
+            first, second = whole.buckets
+            assert (first.mean_turnover, first.max_turnover) == pytest.approx((0.2, 0.2), abs=1e-12)
+            assert (second.mean_turnover, second.max_turnover) == pytest.approx((0.35, 0.4), abs=1e-12)
+            assert (first.mean_sharpe_ratio, first.mean_volatility, first.mean_expected_return) == pytest.approx(
+                (0.4, 0.15, 0.08)
+            )
+            window = await store.analytics(portfolio, start=T0 + HOUR, end=T0 + 3 * HOUR, bucket_width=HOUR)
+            assert [(b.run_count, b.mean_turnover) for b in window.buckets] == [
+                (1, pytest.approx(0.2, abs=1e-12)),
+                (1, pytest.approx(0.3, abs=1e-12)),
+            ]
+            alone = await store.analytics(portfolio, start=None, end=T0 + HOUR, bucket_width=HOUR)
+            assert [(b.run_count, b.mean_turnover, b.max_turnover) for b in alone.buckets] == [(1, None, None)]
+            assert (await store.analytics(unique("nobody"), start=None, end=None, bucket_width=HOUR)).total_runs == 0
+
+        self.run(scenario)
+
     def test_rebalance_events_page_newest_first_within_their_window(self) -> None:
         async def scenario(store: ReadStore) -> None:
             portfolio = unique("p")
