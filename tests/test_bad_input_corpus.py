@@ -487,6 +487,19 @@ def _cases() -> list[Case]:
             "targets[1].symbol",
         ),
         Case(
+            # Found by the property test: fsum of the fees overflowed (INTERNAL) before amounts had a ceiling.
+            "allocate-commission-1e308",
+            TRADE + "AllocateShares",
+            _set(allocate, _field("commission_per_trade", 1e308)),
+            "commission_per_trade",
+        ),
+        Case(
+            "allocate-price-1e300",
+            TRADE + "AllocateShares",
+            _set(allocate, lambda r: setattr(r.targets[0], "price", 1e300)),
+            "targets[0].price",
+        ),
+        Case(
             "allocate-holding-symbol-10kb",
             TRADE + "AllocateShares",
             _set(allocate, lambda r: setattr(r.holdings[0], "symbol", LONG)),

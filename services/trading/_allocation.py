@@ -614,15 +614,26 @@ def _finite(value: object, field: str) -> float:
     return number
 
 
-def _non_negative(value: object, field: str) -> float:
+MAX_VALUE = 1e15
+"""Largest price, amount or weight accepted (a quadrillion): sums of 10,000 such terms stay finite."""
+
+
+def _bounded(value: object, field: str) -> float:
     number = _finite(value, field)
+    if abs(number) > MAX_VALUE:
+        raise InvalidInputError.for_field(field, f"must be at most {MAX_VALUE:g}, got {number:g}")
+    return number
+
+
+def _non_negative(value: object, field: str) -> float:
+    number = _bounded(value, field)
     if number < 0.0:
         raise InvalidInputError.for_field(field, f"must be non-negative, got {number:g}")
     return number
 
 
 def _positive(value: object, field: str) -> float:
-    number = _finite(value, field)
+    number = _bounded(value, field)
     if number <= 0.0:
         raise InvalidInputError.for_field(field, f"must be positive, got {number:g}")
     return number
