@@ -516,4 +516,5 @@ def run_record(command: OptimizeCommand, outcome: OptimizationOutcome) -> Result
         volatility=float(result.performance.volatility),
         sharpe_ratio=float(result.performance.sharpe_ratio),
         metadata=metadata,
+        max_drawdown=outcome.max_drawdown,
     )

@@ -169,6 +169,7 @@ def result_record(response: cmd_pb.OptimizeResponse) -> ResultRecord:
         volatility=response.expected_volatility,
         sharpe_ratio=response.sharpe_ratio,
         metadata=metadata_record(response.optimization_metadata),
+        max_drawdown=response.max_drawdown if response.HasField("max_drawdown") else None,
     )
 
 
@@ -182,6 +183,8 @@ def response_from_record(record: ResultRecord) -> cmd_pb.OptimizeResponse:
         expected_volatility=record.volatility,
         sharpe_ratio=record.sharpe_ratio,
     )
+    if record.max_drawdown is not None:
+        response.max_drawdown = record.max_drawdown
     response.optimization_metadata.SetInParent()
     fill_metadata(record.metadata, response.optimization_metadata)
     return response

@@ -335,6 +335,8 @@ class ResultRecord:
     """(expected_return - risk-free rate) / volatility, annualised."""
     metadata: RunMetadataRecord
     """Solve and storage metadata (the event's metadata)."""
+    max_drawdown: float | None = None
+    """Maximum drawdown of the weights over the estimation window (fraction); None without a return history."""
 
     def to_json(self) -> JsonObject:
         """The stored JSON object, with ``schema_version``."""
@@ -347,6 +349,7 @@ class ResultRecord:
             "volatility": encode_float(self.volatility),
             "sharpe_ratio": encode_float(self.sharpe_ratio),
             "metadata": self.metadata.to_json(),
+            "max_drawdown": None if self.max_drawdown is None else encode_float(self.max_drawdown),
         }
 
     @classmethod
@@ -367,6 +370,8 @@ class ResultRecord:
             volatility=decode_float(payload["volatility"]),
             sharpe_ratio=decode_float(payload["sharpe_ratio"]),
             metadata=RunMetadataRecord.from_json(payload["metadata"]),
+            # Results stored before max_drawdown existed have no key: None.
+            max_drawdown=None if payload.get("max_drawdown") is None else decode_float(payload["max_drawdown"]),
         )
 
 

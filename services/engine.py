@@ -38,6 +38,7 @@ from services.optimization import (
     check_constraints,
     find_relaxation,
     hierarchical_risk_parity,
+    max_drawdown,
     optimize_mean_variance,
     optimize_risk_measure,
     optimize_robust,
@@ -150,6 +151,9 @@ class OptimizationOutcome:
     risk_measure_value: float | None = None
     """Per-period CVaR / MAD / CDaR of the weights on the scenarios (losses positive)."""
     posterior: BlackLittermanPosterior | None = None
+    max_drawdown: float | None = None
+    """Maximum drawdown of the optimal weights over the estimation window (``services.optimization.max_drawdown``:
+    compounded, from the peak, a fraction); None when moments were given instead of a return history."""
 
 
 def run_optimization(job: OptimizationJob) -> OptimizationOutcome:
@@ -308,6 +312,7 @@ def run_optimization(job: OptimizationJob) -> OptimizationOutcome:
         risk_measure=measure_name,
         risk_measure_value=measure_value,
         posterior=posterior,
+        max_drawdown=None if history is None else max_drawdown(history.returns, result.weights),
     )
 
 

@@ -121,6 +121,40 @@ def drawdowns(portfolio_returns: FloatArray) -> FloatArray:
     return np.asarray(peak - cumulative, dtype=np.float64)
 
 
+def max_drawdown(returns: FloatArray, weights: FloatArray) -> float | None:
+    """Maximum drawdown of fixed weights over a return history: the largest fall of the compounded value from a peak.
+
+    With ``r_t = Σ_i w_i R_{t,i}`` on the complete rows of ``returns`` (a row with a missing return is left out,
+    as the scenario risk measures do) and the value ``V_0 = 1``, ``V_t = Π_{s≤t} (1 + r_s)``, the maximum drawdown
+    is ``max_t (1 − V_t / max_{s≤t} V_s)``: a fraction of the peak value in [0, 1] for returns ≥ −1 (0.25 = a
+    fall of 25 % from the highest value reached; the starting value counts as a peak). The weights are held
+    fixed (rebalanced every period); the cash left when they sum to less than 1 earns nothing.
+
+    Parameters
+    ----------
+    returns : ndarray of shape (T, N)
+        Periodic simple returns (NaN = missing).
+    weights : ndarray of shape (N,)
+        Portfolio weights (fractions).
+
+    Returns
+    -------
+    float or None
+        The maximum drawdown, or None when no row is complete.
+
+    References
+    ----------
+    Magdon-Ismail & Atiya, "Maximum drawdown", Risk 17(10), 2004; skfolio's ``max_drawdown`` (compounded).
+    """
+    history = np.asarray(returns, dtype=np.float64)
+    complete = history[~np.isnan(history).any(axis=1)]
+    if complete.shape[0] == 0:
+        return None
+    value = np.concatenate(([1.0], np.cumprod(1.0 + complete @ np.asarray(weights, dtype=np.float64))))
+    peak = np.maximum.accumulate(value)
+    return float(np.max(1.0 - value / peak))
+
+
 def conditional_drawdown_at_risk(portfolio_returns: FloatArray, alpha: float = 0.95) -> float:
     """CDaR_α: the mean of the worst (1 − α) share of the drawdowns.
 

@@ -19,6 +19,7 @@ from google.rpc import code_pb2, error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from pypfopt import EfficientFrontier, expected_returns, risk_models
+from skfolio import measures as sk_measures
 
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import query_service_pb2 as query_pb
@@ -183,6 +184,10 @@ def test_inline_returns_match_pypfopt_in_process(commands: Any, sp500_returns: p
     w = np.array([response.optimal_weights[c] for c in sp500_returns.columns])
     assert response.expected_return == pytest.approx(float(mu.to_numpy() @ w), rel=1e-9)
     assert response.expected_volatility == pytest.approx(float(np.sqrt(w @ cov.to_numpy() @ w)), rel=1e-6)
+    # The estimation window's maximum drawdown of these weights, by skfolio (compounded, from the first peak).
+    drawdown = -float(np.min(sk_measures.get_drawdowns(sp500_returns.to_numpy() @ w, compounded=True)))
+    assert response.HasField("max_drawdown") and drawdown > 0.01
+    assert response.max_drawdown == pytest.approx(drawdown, rel=1e-9)
 
 
 def test_caller_moments_efficient_return_binds_the_target(commands: Any, sp500_returns: pd.DataFrame) -> None:
@@ -202,6 +207,7 @@ def test_caller_moments_efficient_return_binds_the_target(commands: Any, sp500_r
     assert response.expected_volatility == pytest.approx(volatility, rel=1e-6)
     assert response.expected_return == pytest.approx(0.20, abs=1e-6)
     assert response.optimization_metadata.missing_data_policy == "NONE"
+    assert not response.HasField("max_drawdown")  # no return history behind the caller's moments
 
 
 def test_sector_limits_hold_on_returned_weights(commands: Any, sp500_returns: pd.DataFrame) -> None:

@@ -35,6 +35,7 @@ def rich_response(portfolio_id: str = "p-rich", request_id: str = "r-rich") -> c
         expected_return=0.0812,
         expected_volatility=0.1534,
         sharpe_ratio=0.4,
+        max_drawdown=0.183,
     )
     meta = response.optimization_metadata
     meta.convergence_status = pb.CONVERGENCE_STATUS_OPTIMAL_INACCURATE
@@ -96,12 +97,20 @@ def test_a_minimal_response_rebuilds_without_the_unset_messages() -> None:
     assert not meta.HasField("window_start")
 
 
+def test_a_record_stored_before_max_drawdown_reads_without_it() -> None:
+    payload = dict(stored(rich_response()))
+    del payload["max_drawdown"]
+    rebuilt = response_from_record(ResultRecord.from_json(payload))
+    assert not rebuilt.HasField("max_drawdown")
+    assert rebuilt.sharpe_ratio == 0.4
+
+
 def test_the_stored_json_is_the_documented_snake_case_schema() -> None:
     payload = stored(rich_response())
     assert payload["schema_version"] == SCHEMA_VERSION == 1
     assert set(payload) == {
         "schema_version", "portfolio_id", "request_id", "weights", "expected_return", "volatility",
-        "sharpe_ratio", "metadata",
+        "sharpe_ratio", "metadata", "max_drawdown",
     }  # fmt: skip
     metadata = payload["metadata"]
     assert isinstance(metadata, dict)

@@ -132,6 +132,7 @@ class OptimizeResponse(_message.Message):
     EXPECTED_VOLATILITY_FIELD_NUMBER: _builtins.int
     SHARPE_RATIO_FIELD_NUMBER: _builtins.int
     OPTIMIZATION_METADATA_FIELD_NUMBER: _builtins.int
+    MAX_DRAWDOWN_FIELD_NUMBER: _builtins.int
     portfolio_id: _builtins.str
     """Portfolio identifier."""
     request_id: _builtins.str
@@ -142,6 +143,11 @@ class OptimizeResponse(_message.Message):
     """Annualised volatility of the optimal weights (decimal)."""
     sharpe_ratio: _builtins.float
     """(expected_return - risk_free_rate) / expected_volatility."""
+    max_drawdown: _builtins.float
+    """Maximum drawdown of the optimal weights over the estimation window: the largest fall of their compounded
+    value from a peak, as a fraction of the peak (0.25 = 25 %), on the window's complete return rows with the
+    weights held fixed. Unset when moments were given instead of returns or prices.
+    """
     @_builtins.property
     def optimal_weights(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Optimal weights keyed by symbol (fractions summing to 1)."""
@@ -160,12 +166,15 @@ class OptimizeResponse(_message.Message):
         expected_volatility: _builtins.float = ...,
         sharpe_ratio: _builtins.float = ...,
         optimization_metadata: _types_pb2.OptimizationMetadata | None = ...,
+        max_drawdown: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["optimization_metadata", b"optimization_metadata"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_drawdown", b"_max_drawdown", "max_drawdown", b"max_drawdown", "optimization_metadata", b"optimization_metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_return", b"expected_return", "expected_volatility", b"expected_volatility", "optimal_weights", b"optimal_weights", "optimization_metadata", b"optimization_metadata", "portfolio_id", b"portfolio_id", "request_id", b"request_id", "sharpe_ratio", b"sharpe_ratio"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_drawdown", b"_max_drawdown", "expected_return", b"expected_return", "expected_volatility", b"expected_volatility", "max_drawdown", b"max_drawdown", "optimal_weights", b"optimal_weights", "optimization_metadata", b"optimization_metadata", "portfolio_id", b"portfolio_id", "request_id", b"request_id", "sharpe_ratio", b"sharpe_ratio"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_drawdown: _TypeAlias = _typing.Literal["max_drawdown"]  # noqa: Y015
+    _WhichOneofArgType__max_drawdown: _TypeAlias = _typing.Literal["_max_drawdown", b"_max_drawdown"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_drawdown) -> _WhichOneofReturnType__max_drawdown | None: ...
 
 Global___OptimizeResponse: _TypeAlias = OptimizeResponse  # noqa: Y015
 

@@ -37,6 +37,7 @@ from services.optimization import (
     conditional_drawdown_at_risk,
     conditional_value_at_risk,
     drawdowns,
+    max_drawdown,
     mean_absolute_deviation,
     optimize_risk_measure,
     risk_measure_value,
@@ -169,6 +170,20 @@ def test_drawdowns_of_a_hand_worked_path_start_from_zero_wealth() -> None:
     # α = 0.5: the worst three drawdowns 0.15, 0.05, 0.02.
     assert conditional_drawdown_at_risk(returns, 0.5) == pytest.approx((0.15 + 0.05 + 0.02) / 3, rel=1e-14)
     assert mean_absolute_deviation(np.array([0.01, 0.03, -0.01, 0.05])) == pytest.approx(0.02, rel=1e-14)
+
+
+def test_max_drawdown_by_hand_and_against_skfolio(scenarios: np.ndarray) -> None:
+    """Values 1 → 0.9 → 0.99 → 0.693 → 0.7623: the fall from the peak 1.0 (the start) to 0.693 is 30.7 %."""
+    returns = np.array([[-0.1, 0.0], [0.1, 0.0], [-0.3, 0.0], [0.1, 0.0]])
+    assert max_drawdown(returns, np.array([1.0, 0.0])) == pytest.approx(0.307, rel=1e-12)
+    # A row with a missing return is left out; no complete row: None.
+    gappy = np.vstack([returns, [[np.nan, 0.5]]])
+    assert max_drawdown(gappy, np.array([1.0, 0.0])) == pytest.approx(0.307, rel=1e-12)
+    assert max_drawdown(np.full((3, 2), np.nan), np.array([0.5, 0.5])) is None
+    # Real returns: skfolio's compounded drawdowns of the same portfolio returns.
+    weights = np.full(scenarios.shape[1], 1.0 / scenarios.shape[1])
+    expected = -float(np.min(skm.get_drawdowns(scenarios @ weights, compounded=True)))
+    assert max_drawdown(scenarios, weights) == pytest.approx(expected, rel=1e-12)
 
 
 @pytest.mark.parametrize("risk_measure", list(RiskMeasure))
