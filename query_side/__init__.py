@@ -12,6 +12,7 @@ from query_side.read_store import InMemoryReadStore, ReadStore
 from query_side.repository import PostgresReadStore
 from query_side.rotation_reads import RotationReads
 from query_side.servicer import OptimizationQueryServicer
+from query_side.watch import EventNotifier
 from stratopt.rpc_errors import ErrorMappingInterceptor
 from stratopt.v1 import query_service_pb2, query_service_pb2_grpc
 
@@ -21,6 +22,7 @@ SERVICE_NAME: str = query_service_pb2.DESCRIPTOR.services_by_name["OptimizationQ
 __all__ = [
     "SERVICE_NAME",
     "ErrorMappingInterceptor",
+    "EventNotifier",
     "InMemoryReadStore",
     "OptimizationQueryServicer",
     "PostgresReadStore",
@@ -31,7 +33,12 @@ __all__ = [
 ]
 
 
-def register(server: grpc.aio.Server, store: ReadStore, rotation: RotationReads | None = None) -> list[str]:
+def register(
+    server: grpc.aio.Server,
+    store: ReadStore,
+    rotation: RotationReads | None = None,
+    notifier: EventNotifier | None = None,
+) -> list[str]:
     """Add the query servicer to a server.
 
     Parameters
@@ -42,6 +49,8 @@ def register(server: grpc.aio.Server, store: ReadStore, rotation: RotationReads 
         The read store, e.g. ``PostgresReadStore`` on a pool created on the server's event loop.
     rotation : RotationReads, optional
         Reads of the rotation decisions; without it their RPCs answer NOT_FOUND.
+    notifier : EventNotifier, optional
+        The live event source of ``WatchEvents``; without it the RPC answers FAILED_PRECONDITION.
 
     Returns
     -------
@@ -49,7 +58,7 @@ def register(server: grpc.aio.Server, store: ReadStore, rotation: RotationReads 
         Full names of the services added, for reflection and health checking.
     """
     query_service_pb2_grpc.add_OptimizationQueryServiceServicer_to_server(
-        OptimizationQueryServicer(store, rotation), server
+        OptimizationQueryServicer(store, rotation, notifier), server
     )
     return [SERVICE_NAME]
 

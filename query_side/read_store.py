@@ -77,6 +77,14 @@ class ReadStore(Protocol):
         """
         ...
 
+    async def events_after(self, portfolio_id: str, after: HistoryKey | None, limit: int) -> list[StoredEvent]:
+        """A portfolio's events after a keyset position (None: from the first), oldest first, at most ``limit``."""
+        ...
+
+    async def latest_key(self, portfolio_id: str) -> HistoryKey | None:
+        """The position of a portfolio's latest event, or None when it has none."""
+        ...
+
     async def analytics(
         self, portfolio_id: str, *, start: datetime | None, end: datetime | None, bucket_width: timedelta
     ) -> PortfolioAnalytics:
@@ -195,6 +203,16 @@ class InMemoryReadStore(ReadStore):
             before = [e for e in events if e.timestamp < start]
             previous = dict(before[-1].weights) if before else None
         return AnalyticsWindow(runs=runs, previous_weights=previous)
+
+    async def events_after(self, portfolio_id: str, after: HistoryKey | None, limit: int) -> list[StoredEvent]:
+        """A portfolio's events after a keyset position, oldest first."""
+        events = sorted((e for e in self._events if e.portfolio_id == portfolio_id), key=lambda e: e.key)
+        return [e for e in events if after is None or e.key > after][:limit]
+
+    async def latest_key(self, portfolio_id: str) -> HistoryKey | None:
+        """The position of a portfolio's latest event, or None."""
+        keys = [e.key for e in self._events if e.portfolio_id == portfolio_id]
+        return max(keys) if keys else None
 
     async def analytics(
         self, portfolio_id: str, *, start: datetime | None, end: datetime | None, bucket_width: timedelta

@@ -284,6 +284,51 @@ class PostgresReadStore:
         rows = await self._newest_first("portfolio_optimized", _EVENT_COLUMNS, portfolio_id, start, end, limit, after)
         return [_event(row) for row in rows]
 
+    async def events_after(self, portfolio_id: str, after: HistoryKey | None, limit: int) -> list[StoredEvent]:
+        """A portfolio's events after a keyset position, **oldest first** (what a watch stream sends next).
+
+        Parameters
+        ----------
+        portfolio_id : str
+            Portfolio identifier.
+        after : HistoryKey or None
+            The last event already delivered; None = from the first event.
+        limit : int
+            Maximum number of events returned (positive).
+
+        Raises
+        ------
+        UnavailableError
+            When the database cannot be reached.
+        """
+        condition, arguments = "", [portfolio_id, limit]
+        if after is not None:
+            condition = ' AND ("timestamp", event_id) > ($3, $4)'
+            arguments += [after.timestamp, after.event_id]
+        query = (
+            f"SELECT {_EVENT_COLUMNS} FROM portfolio_optimized WHERE portfolio_id = $1{condition} "
+            'ORDER BY "timestamp", event_id LIMIT $2'
+        )
+        async with _database_errors():
+            rows = await self._pool.fetch(query, *arguments)
+        return [_event(row) for row in rows]
+
+    async def latest_key(self, portfolio_id: str) -> HistoryKey | None:
+        """The position of a portfolio's latest event in the hypertable, or None when it has none.
+
+        Raises
+        ------
+        UnavailableError
+            When the database cannot be reached.
+        """
+        query = (
+            'SELECT "timestamp", event_id FROM portfolio_optimized WHERE portfolio_id = $1 '
+            'ORDER BY "timestamp" DESC, event_id DESC LIMIT 1'
+        )
+        async with _database_errors():
+            row = await self._pool.fetchrow(query, portfolio_id)
+        return None if row is None else HistoryKey(timestamp=row["timestamp"], event_id=row["event_id"])
+
     async def _newest_first(
         self,
         table: str,

@@ -9,6 +9,7 @@ computation in a worker thread) and converts the answer back. Errors are raised 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ from query_side.repository import (
     StoredRecommendation,
 )
 from query_side.rotation_reads import RotationReads
+from query_side.watch import EventNotifier, watch
 from services.errors import InvalidInputError, NotFoundError
 from stratopt.request_limits import check_request, echo, timestamp_in_range
 from stratopt.v1 import query_service_pb2, query_service_pb2_grpc, trading_service_pb2, types_pb2
@@ -184,9 +186,12 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         The read store (``query_side.repository.PostgresReadStore`` in the server).
     """
 
-    def __init__(self, repository: ReadStore, rotation: RotationReads | None = None) -> None:
+    def __init__(
+        self, repository: ReadStore, rotation: RotationReads | None = None, notifier: EventNotifier | None = None
+    ) -> None:
         self._repository = repository
         self._rotation = rotation
+        self._notifier = notifier
 
     def _rotation_reads(self) -> RotationReads:
         if self._rotation is None:  # a server without the rotation tables' reader (in-memory tests)
@@ -272,6 +277,33 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         return query_service_pb2.GetHistoryResponse(
             events=[event_message(event) for event in page], next_page_token=next_page_token
         )
+
+    async def WatchEvents(  # noqa: N802 (gRPC method name)
+        self, request: query_service_pb2.WatchEventsRequest, context: ServicerContext
+    ) -> AsyncIterator[query_service_pb2.WatchEventsResponse]:
+        """Stream the optimization events of the portfolios as they are stored (``query_side.watch``).
+
+        Raises
+        ------
+        InvalidInputError
+            Bad ``portfolio_ids`` (1 to 100, unique, valid ids) or ``resume_token``.
+        PreconditionError
+            The server has no live event source (an in-memory read store).
+        ResourceExhaustedError
+            The subscriber was more than ``query_side.watch.MAX_CATCH_UP`` events behind (after sending them).
+        UnavailableError
+            The database or the notifications were lost; resume with the last token.
+        """
+        check_request(request)
+        portfolios = [_portfolio_id(p) for p in request.portfolio_ids]
+        async for event, token in watch(
+            self._repository,
+            self._notifier,
+            portfolios,
+            request.resume_token,
+            from_beginning=request.from_beginning,
+        ):
+            yield query_service_pb2.WatchEventsResponse(event=event_message(event), resume_token=token)
 
     async def GetPortfolioAnalytics(  # noqa: N802 (gRPC method name)
         self, request: query_service_pb2.GetPortfolioAnalyticsRequest, context: ServicerContext

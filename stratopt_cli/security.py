@@ -91,6 +91,7 @@ METHOD_ROLES: Final[Mapping[str, str]] = {
     # query side: read-only
     _QUERY + "GetLatest": "read",
     _QUERY + "GetHistory": "read",
+    _QUERY + "WatchEvents": "read",
     _QUERY + "GetPortfolioAnalytics": "read",
     _QUERY + "GetRebalance": "read",
     _QUERY + "ListRebalanceEvents": "read",

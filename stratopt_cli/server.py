@@ -118,6 +118,7 @@ class StratoptServer:
     health_port: int = field(default=0, init=False)
     metrics: ServerMetrics = field(default_factory=ServerMetrics, init=False, repr=False)
     metrics_port: int = field(default=0, init=False)
+    _notifier: query_side.EventNotifier | None = field(default=None, init=False, repr=False)
     _retention_task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _scheduler: command_side.RotationScheduler | None = field(default=None, init=False, repr=False)
     _scheduler_task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
@@ -192,8 +193,12 @@ class StratoptServer:
                 execution=command_side.ExecutionService(command_side.PostgresExecutionStore(self._pool), trading_store),
             )
         if "query" in sides:
+            self._notifier = query_side.EventNotifier(self._pool)
             query_names = query_side.register(
-                server, query_side.PostgresReadStore(self._pool), query_side.RotationReads(self._pool)
+                server,
+                query_side.PostgresReadStore(self._pool),
+                query_side.RotationReads(self._pool),
+                self._notifier,
             )
         names = [*command_names, *query_names]
         health_servicer = new_servicer(names)
@@ -276,6 +281,9 @@ class StratoptServer:
                 await asyncio.sleep(self.shutdown_grace_s)
             await self._monitor.stop()
             self._monitor = None
+        if self._notifier is not None:
+            await self._notifier.close()  # live streams end (UNAVAILABLE: resume); its connection back to the pool
+            self._notifier = None
         if self._server is not None:
             await self._server.stop(grace_s)
             self._server = None

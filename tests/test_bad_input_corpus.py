@@ -642,6 +642,18 @@ def _cases() -> list[Case]:
         Case("latest-10kb", QUERY + "GetLatest", lambda: query_pb.GetLatestRequest(portfolio_id=LONG), "portfolio_id"),
         Case("history-nul", QUERY + "GetHistory", lambda: query_pb.GetHistoryRequest(portfolio_id=NUL), "portfolio_id"),
         Case(
+            "watch-portfolio-10kb",
+            QUERY + "WatchEvents",
+            lambda: query_pb.WatchEventsRequest(portfolio_ids=["corpus", LONG]),
+            "portfolio_ids[1]",
+        ),
+        Case(
+            "watch-token-nul",
+            QUERY + "WatchEvents",
+            lambda: query_pb.WatchEventsRequest(portfolio_ids=["corpus"], resume_token="AA"),
+            "resume_token",
+        ),
+        Case(
             "history-10kb", QUERY + "GetHistory", lambda: query_pb.GetHistoryRequest(portfolio_id=LONG), "portfolio_id"
         ),
         *(

@@ -64,6 +64,7 @@ PAGE_TOKEN: Final = ("a page token", MAX_PAGE_TOKEN_LENGTH)
 
 STRING_KINDS: Final[dict[str, tuple[str, int]]] = {
     "portfolio_id": ID,
+    "portfolio_ids": ID,
     "request_id": ID,
     "recommendation_id": ID,
     "cache_key": ID,
@@ -82,6 +83,7 @@ STRING_KINDS: Final[dict[str, tuple[str, int]]] = {
     "side": NAME,
     "reason": TEXT,
     "page_token": PAGE_TOKEN,
+    "resume_token": PAGE_TOKEN,
 }
 """The kind (and so the length limit) of a string field, by field name; any other string field is free text."""
 MAP_KEY_KINDS: Final[dict[str, tuple[str, int]]] = {"classifications": NAME}

@@ -638,3 +638,65 @@ class CountRotationReasonsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CountRotationReasonsResponse: _TypeAlias = CountRotationReasonsResponse  # noqa: Y015
+
+@_typing.final
+class WatchEventsRequest(_message.Message):
+    """Which portfolios to watch, and where to resume."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTFOLIO_IDS_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    FROM_BEGINNING_FIELD_NUMBER: _builtins.int
+    resume_token: _builtins.str
+    """A token from a previous stream of the same portfolios; empty: from now (or from the first event)."""
+    from_beginning: _builtins.bool
+    """Without a resume token: start with each portfolio's first stored event (its history, then live) instead of
+    after its latest one.
+    """
+    @_builtins.property
+    def portfolio_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Portfolio identifiers (1 to 100, unique)."""
+
+    def __init__(
+        self,
+        *,
+        portfolio_ids: _abc.Iterable[_builtins.str] | None = ...,
+        resume_token: _builtins.str = ...,
+        from_beginning: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_beginning", b"from_beginning", "portfolio_ids", b"portfolio_ids", "resume_token", b"resume_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEventsRequest: _TypeAlias = WatchEventsRequest  # noqa: Y015
+
+@_typing.final
+class WatchEventsResponse(_message.Message):
+    """One event, and the token that resumes after it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    resume_token: _builtins.str
+    """Resume token: where a new stream of the same portfolios continues."""
+    @_builtins.property
+    def event(self) -> _types_pb2.PortfolioOptimizedEvent:
+        """The event."""
+
+    def __init__(
+        self,
+        *,
+        event: _types_pb2.PortfolioOptimizedEvent | None = ...,
+        resume_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "resume_token", b"resume_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEventsResponse: _TypeAlias = WatchEventsResponse  # noqa: Y015

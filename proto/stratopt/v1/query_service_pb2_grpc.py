@@ -75,6 +75,11 @@ class OptimizationQueryServiceStub:
                 request_serializer=stratopt_dot_v1_dot_query__service__pb2.CountRotationReasonsRequest.SerializeToString,
                 response_deserializer=stratopt_dot_v1_dot_query__service__pb2.CountRotationReasonsResponse.FromString,
                 _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/stratopt.v1.OptimizationQueryService/WatchEvents',
+                request_serializer=stratopt_dot_v1_dot_query__service__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=stratopt_dot_v1_dot_query__service__pb2.WatchEventsResponse.FromString,
+                _registered_method=True)
 
 
 class OptimizationQueryServiceServicer:
@@ -140,6 +145,18 @@ class OptimizationQueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEvents(self, request, context):
+        """Live optimization events of chosen portfolios (server streaming), oldest first per portfolio. Without a
+        resume token the stream starts after each portfolio's latest event at the time of the call (or, with
+        from_beginning, at its first event); with one, right
+        after the last event the previous stream delivered: no gap, no duplicate. Each message carries the token that
+        resumes after it. A subscriber more than 10,000 events behind is cut with RESOURCE_EXHAUSTED (resume with the
+        last token); a lost database connection ends the stream with UNAVAILABLE (resume likewise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizationQueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +199,11 @@ def add_OptimizationQueryServiceServicer_to_server(servicer, server):
                     servicer.CountRotationReasons,
                     request_deserializer=stratopt_dot_v1_dot_query__service__pb2.CountRotationReasonsRequest.FromString,
                     response_serializer=stratopt_dot_v1_dot_query__service__pb2.CountRotationReasonsResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=stratopt_dot_v1_dot_query__service__pb2.WatchEventsRequest.FromString,
+                    response_serializer=stratopt_dot_v1_dot_query__service__pb2.WatchEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -401,6 +423,33 @@ class OptimizationQueryService:
             '/stratopt.v1.OptimizationQueryService/CountRotationReasons',
             stratopt_dot_v1_dot_query__service__pb2.CountRotationReasonsRequest.SerializeToString,
             stratopt_dot_v1_dot_query__service__pb2.CountRotationReasonsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/stratopt.v1.OptimizationQueryService/WatchEvents',
+            stratopt_dot_v1_dot_query__service__pb2.WatchEventsRequest.SerializeToString,
+            stratopt_dot_v1_dot_query__service__pb2.WatchEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

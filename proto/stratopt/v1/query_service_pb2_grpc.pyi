@@ -55,6 +55,14 @@ class OptimizationQueryServiceStub:
     """Rotation decisions of a portfolio in a time range (by decision time), newest first, keyset pagination."""
     CountRotationReasons: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.CountRotationReasonsRequest, _query_service_pb2.CountRotationReasonsResponse]
     """Per time bucket: decisions by action and changes by reason code (aggregated in TimescaleDB)."""
+    WatchEvents: _grpc.UnaryStreamMultiCallable[_query_service_pb2.WatchEventsRequest, _query_service_pb2.WatchEventsResponse]
+    """Live optimization events of chosen portfolios (server streaming), oldest first per portfolio. Without a
+    resume token the stream starts after each portfolio's latest event at the time of the call (or, with
+    from_beginning, at its first event); with one, right
+    after the last event the previous stream delivered: no gap, no duplicate. Each message carries the token that
+    resumes after it. A subscriber more than 10,000 events behind is cut with RESOURCE_EXHAUSTED (resume with the
+    last token); a lost database connection ends the stream with UNAVAILABLE (resume likewise).
+    """
 
 @_typing.type_check_only
 class OptimizationQueryServiceAsyncStub(OptimizationQueryServiceStub):
@@ -83,6 +91,14 @@ class OptimizationQueryServiceAsyncStub(OptimizationQueryServiceStub):
     """Rotation decisions of a portfolio in a time range (by decision time), newest first, keyset pagination."""
     CountRotationReasons: _aio.UnaryUnaryMultiCallable[_query_service_pb2.CountRotationReasonsRequest, _query_service_pb2.CountRotationReasonsResponse]  # type: ignore[assignment]
     """Per time bucket: decisions by action and changes by reason code (aggregated in TimescaleDB)."""
+    WatchEvents: _aio.UnaryStreamMultiCallable[_query_service_pb2.WatchEventsRequest, _query_service_pb2.WatchEventsResponse]  # type: ignore[assignment]
+    """Live optimization events of chosen portfolios (server streaming), oldest first per portfolio. Without a
+    resume token the stream starts after each portfolio's latest event at the time of the call (or, with
+    from_beginning, at its first event); with one, right
+    after the last event the previous stream delivered: no gap, no duplicate. Each message carries the token that
+    resumes after it. A subscriber more than 10,000 events behind is cut with RESOURCE_EXHAUSTED (resume with the
+    last token); a lost database connection ends the stream with UNAVAILABLE (resume likewise).
+    """
 
 class OptimizationQueryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Read-only queries over stored optimization events."""
@@ -156,5 +172,19 @@ class OptimizationQueryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_query_service_pb2.CountRotationReasonsResponse, _abc.Awaitable[_query_service_pb2.CountRotationReasonsResponse]]:
         """Per time bucket: decisions by action and changes by reason code (aggregated in TimescaleDB)."""
+
+    @_abc_1.abstractmethod
+    def WatchEvents(
+        self,
+        request: _query_service_pb2.WatchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_query_service_pb2.WatchEventsResponse], _abc.AsyncIterator[_query_service_pb2.WatchEventsResponse]]:
+        """Live optimization events of chosen portfolios (server streaming), oldest first per portfolio. Without a
+        resume token the stream starts after each portfolio's latest event at the time of the call (or, with
+        from_beginning, at its first event); with one, right
+        after the last event the previous stream delivered: no gap, no duplicate. Each message carries the token that
+        resumes after it. A subscriber more than 10,000 events behind is cut with RESOURCE_EXHAUSTED (resume with the
+        last token); a lost database connection ends the stream with UNAVAILABLE (resume likewise).
+        """
 
 def add_OptimizationQueryServiceServicer_to_server(servicer: OptimizationQueryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
