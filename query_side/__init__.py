@@ -9,6 +9,7 @@ from __future__ import annotations
 import grpc
 
 from query_side.read_store import InMemoryReadStore, ReadStore
+from query_side.realised import PriceReads
 from query_side.repository import PostgresReadStore
 from query_side.rotation_reads import RotationReads
 from query_side.servicer import OptimizationQueryServicer
@@ -26,6 +27,7 @@ __all__ = [
     "InMemoryReadStore",
     "OptimizationQueryServicer",
     "PostgresReadStore",
+    "PriceReads",
     "ReadStore",
     "RotationReads",
     "interceptor",
@@ -38,6 +40,7 @@ def register(
     store: ReadStore,
     rotation: RotationReads | None = None,
     notifier: EventNotifier | None = None,
+    prices: PriceReads | None = None,
 ) -> list[str]:
     """Add the query servicer to a server.
 
@@ -51,6 +54,8 @@ def register(
         Reads of the rotation decisions; without it their RPCs answer NOT_FOUND.
     notifier : EventNotifier, optional
         The live event source of ``WatchEvents``; without it the RPC answers FAILED_PRECONDITION.
+    prices : PriceReads, optional
+        Stored closes for ``GetRealisedPerformance``; without them the RPC answers FAILED_PRECONDITION.
 
     Returns
     -------
@@ -58,7 +63,7 @@ def register(
         Full names of the services added, for reflection and health checking.
     """
     query_service_pb2_grpc.add_OptimizationQueryServiceServicer_to_server(
-        OptimizationQueryServicer(store, rotation, notifier), server
+        OptimizationQueryServicer(store, rotation, notifier, prices), server
     )
     return [SERVICE_NAME]
 

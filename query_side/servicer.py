@@ -8,17 +8,20 @@ computation in a worker thread) and converts the answer back. Errors are raised 
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import numpy as np
 from google.protobuf import timestamp_pb2
 
 from query_side.page_token import decode_page_token, encode_page_token, query_fingerprint
 from query_side.read_store import ReadStore
-from query_side.records import fill_metadata, recommendation_from_json
+from query_side.realised import PriceReads, holding_periods, realised_figures
+from query_side.records import fill_metadata, instant_nanoseconds, recommendation_from_json
 from query_side.repository import (
     StoredEvent,
     StoredRebalanceEvent,
@@ -26,7 +29,7 @@ from query_side.repository import (
 )
 from query_side.rotation_reads import RotationReads
 from query_side.watch import EventNotifier, watch
-from services.errors import InvalidInputError, NotFoundError
+from services.errors import InvalidInputError, NotFoundError, PreconditionError
 from stratopt.request_limits import check_request, echo, timestamp_in_range
 from stratopt.v1 import query_service_pb2, query_service_pb2_grpc, trading_service_pb2, types_pb2
 
@@ -37,6 +40,10 @@ MAX_PAGE_SIZE = 1000
 DEFAULT_BUCKET_WIDTH = timedelta(days=1)
 """Analytics bucket width when the request leaves ``bucket_width`` unset."""
 MIN_BUCKET_WIDTH = timedelta(seconds=1)
+MAX_REALISED_RUNS = 500
+"""Most runs (the latest of the range) in one GetRealisedPerformance answer."""
+MAX_PERIODS_PER_YEAR = 100_000
+MAX_HORIZON_DAYS = 36_500
 """Smallest accepted analytics bucket width."""
 
 _ROTATION_DECISIONS_KEY = "rotation_decisions:"
@@ -82,6 +89,24 @@ def _time_range(
     if start_time is not None and end_time is not None and start_time >= end_time:
         raise InvalidInputError.for_field("end", "must be after start")
     return start_time, end_time
+
+
+def _window_end(event: StoredEvent) -> datetime | None:
+    """The end of a run's estimation window from its stored metadata (None: a run on the caller's moments)."""
+    text = event.metadata.get("window_end") if isinstance(event.metadata, dict) else None
+    if not text:
+        return None
+    return _EPOCH + timedelta(microseconds=instant_nanoseconds(str(text)) // 1000)
+
+
+def _plus(moment: datetime | None, span: timedelta) -> datetime | None:
+    """``moment + span``, or None (no end: the latest close) past year 9999."""
+    if moment is None:
+        return None
+    try:
+        return moment + span
+    except OverflowError:
+        return None
 
 
 def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
@@ -187,11 +212,16 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
     """
 
     def __init__(
-        self, repository: ReadStore, rotation: RotationReads | None = None, notifier: EventNotifier | None = None
+        self,
+        repository: ReadStore,
+        rotation: RotationReads | None = None,
+        notifier: EventNotifier | None = None,
+        prices: PriceReads | None = None,
     ) -> None:
         self._repository = repository
         self._rotation = rotation
         self._notifier = notifier
+        self._prices = prices
 
     def _rotation_reads(self) -> RotationReads:
         if self._rotation is None:  # a server without the rotation tables' reader (in-memory tests)
@@ -304,6 +334,90 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
             from_beginning=request.from_beginning,
         ):
             yield query_service_pb2.WatchEventsResponse(event=event_message(event), resume_token=token)
+
+    async def GetRealisedPerformance(  # noqa: N802 (gRPC method name)
+        self, request: query_service_pb2.GetRealisedPerformanceRequest, context: ServicerContext
+    ) -> query_service_pb2.GetRealisedPerformanceResponse:
+        """Ex-ante against realised figures of a portfolio's latest runs in ``[start, end)`` (``query_side.realised``).
+
+        Raises
+        ------
+        InvalidInputError
+            Bad ``portfolio_id``, bounds, ``risk_free_rate`` (finite, |r| ≤ 1) or ``periods_per_year`` (≤ 100,000).
+        PreconditionError
+            The server has no stored prices (an in-memory read store).
+        UnavailableError
+            When the database cannot be reached.
+        """
+        check_request(request)
+        portfolio_id = _portfolio_id(request.portfolio_id)
+        start, end = _time_range(
+            request.start if request.HasField("start") else None,
+            request.end if request.HasField("end") else None,
+        )
+        if not (math.isfinite(request.risk_free_rate) and abs(request.risk_free_rate) <= 1.0):
+            raise InvalidInputError.for_field("risk_free_rate", "must be finite and within [-1, 1]")
+        if request.periods_per_year > MAX_PERIODS_PER_YEAR:
+            raise InvalidInputError.for_field("periods_per_year", f"at most {MAX_PERIODS_PER_YEAR}")
+        if request.horizon_days > MAX_HORIZON_DAYS:
+            raise InvalidInputError.for_field("horizon_days", f"at most {MAX_HORIZON_DAYS} (100 years)")
+        if self._prices is None:
+            raise PreconditionError("realised figures need the stored prices of the PostgreSQL store")
+        periods_per_year = request.periods_per_year or 252
+        newest = await self._repository.history(portfolio_id, start=start, end=end, limit=MAX_REALISED_RUNS)
+        runs = newest[::-1]
+        window_ends = [_window_end(run) for run in runs]
+        horizon = timedelta(days=request.horizon_days) if request.horizon_days else None
+        periods = holding_periods(window_ends, None if horizon is None else [_plus(w, horizon) for w in window_ends])
+        held = [
+            sorted(s for s, w in run.weights.items() if w != 0.0) if period else []
+            for run, period in zip(runs, periods, strict=True)
+        ]
+        symbols = sorted({s for names in held for s in names})
+        starts = [p[0] for p in periods if p is not None]
+        times: list[datetime] = []
+        closes = np.zeros((0, len(symbols)))
+        if symbols and starts:
+            ends = [p[1] for p in periods if p is not None]
+            last = None if any(e is None for e in ends) else max(e for e in ends if e is not None)
+            times, closes = await self._prices.closes(symbols, min(starts), last)
+        column = {s: j for j, s in enumerate(symbols)}
+        stamps = np.array(times, dtype=object)
+        response = query_service_pb2.GetRealisedPerformanceResponse()
+        for run, period, names in zip(runs, periods, held, strict=True):
+            message = response.runs.add(
+                event_id=str(run.event_id),
+                timestamp=_timestamp(run.timestamp),
+                expected_return=run.expected_return,
+                expected_volatility=run.volatility,
+                expected_sharpe_ratio=run.sharpe_ratio,
+            )
+            if period is None:
+                continue
+            message.window_end.CopyFrom(_timestamp(period[0]))
+            rows = [k for k, t in enumerate(stamps) if t >= period[0] and (period[1] is None or t <= period[1])]
+            if not rows:
+                continue
+            message.period_end.CopyFrom(_timestamp(times[rows[-1]]))
+            prices = closes[np.ix_(rows, [column[s] for s in names])]
+            figures = realised_figures(
+                prices[1:] / prices[:-1] - 1.0,
+                np.array([run.weights[s] for s in names]),
+                risk_free_rate=request.risk_free_rate,
+                periods_per_year=periods_per_year,
+            )
+            if figures is None:
+                continue
+            message.observations = figures.observations
+            message.total_return = figures.total_return
+            message.annualised_return = figures.annualised_return
+            message.volatility = figures.volatility
+            message.max_drawdown = figures.max_drawdown
+            for name in ("sharpe_ratio", "sortino_ratio", "calmar_ratio"):
+                value = getattr(figures, name)
+                if value is not None:
+                    setattr(message, name, value)
+        return response
 
     async def GetPortfolioAnalytics(  # noqa: N802 (gRPC method name)
         self, request: query_service_pb2.GetPortfolioAnalyticsRequest, context: ServicerContext

@@ -280,6 +280,9 @@ def valid_requests() -> dict[str, Any]:
         "OptimizationQueryService.GetLatest": query_pb.GetLatestRequest(portfolio_id="corpus"),
         "OptimizationQueryService.GetHistory": query_pb.GetHistoryRequest(portfolio_id="corpus", page_size=5),
         "OptimizationQueryService.WatchEvents": query_pb.WatchEventsRequest(portfolio_ids=["corpus"]),
+        "OptimizationQueryService.GetRealisedPerformance": query_pb.GetRealisedPerformanceRequest(
+            portfolio_id="corpus"
+        ),
         "OptimizationQueryService.GetPortfolioAnalytics": query_pb.GetPortfolioAnalyticsRequest(portfolio_id="corpus"),
         "OptimizationQueryService.GetRebalance": query_pb.GetRebalanceRequest(recommendation_id=RECOMMENDATION),
         "OptimizationQueryService.ListRebalanceEvents": query_pb.ListRebalanceEventsRequest(portfolio_id="corpus"),

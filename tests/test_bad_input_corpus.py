@@ -642,6 +642,24 @@ def _cases() -> list[Case]:
         Case("latest-10kb", QUERY + "GetLatest", lambda: query_pb.GetLatestRequest(portfolio_id=LONG), "portfolio_id"),
         Case("history-nul", QUERY + "GetHistory", lambda: query_pb.GetHistoryRequest(portfolio_id=NUL), "portfolio_id"),
         Case(
+            "realised-rf-nan",
+            QUERY + "GetRealisedPerformance",
+            lambda: query_pb.GetRealisedPerformanceRequest(portfolio_id="corpus", risk_free_rate=float("nan")),
+            "risk_free_rate",
+        ),
+        Case(
+            "realised-periods-huge",
+            QUERY + "GetRealisedPerformance",
+            lambda: query_pb.GetRealisedPerformanceRequest(portfolio_id="corpus", periods_per_year=4_000_000_000),
+            "periods_per_year",
+        ),
+        Case(
+            "realised-horizon-huge",
+            QUERY + "GetRealisedPerformance",
+            lambda: query_pb.GetRealisedPerformanceRequest(portfolio_id="corpus", horizon_days=4_000_000_000),
+            "horizon_days",
+        ),
+        Case(
             "watch-portfolio-10kb",
             QUERY + "WatchEvents",
             lambda: query_pb.WatchEventsRequest(portfolio_ids=["corpus", LONG]),

@@ -700,3 +700,172 @@ class WatchEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchEventsResponse: _TypeAlias = WatchEventsResponse  # noqa: Y015
+
+@_typing.final
+class GetRealisedPerformanceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTFOLIO_ID_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    HORIZON_DAYS_FIELD_NUMBER: _builtins.int
+    RISK_FREE_RATE_FIELD_NUMBER: _builtins.int
+    PERIODS_PER_YEAR_FIELD_NUMBER: _builtins.int
+    portfolio_id: _builtins.str
+    """Portfolio identifier."""
+    horizon_days: _builtins.int
+    """Holding period after each run's window end, days; 0: until the next later window end of the portfolio's
+    runs (the latest run: up to the latest stored close).
+    """
+    risk_free_rate: _builtins.float
+    """Annualised risk-free rate (decimal) of the realised Sharpe and Sortino ratios."""
+    periods_per_year: _builtins.int
+    """Periods per year of the stored closes (0: 252)."""
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """Inclusive lower bound on the event time; unset = no bound."""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """Exclusive upper bound on the event time; unset = no bound."""
+
+    def __init__(
+        self,
+        *,
+        portfolio_id: _builtins.str = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        horizon_days: _builtins.int = ...,
+        risk_free_rate: _builtins.float = ...,
+        periods_per_year: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "horizon_days", b"horizon_days", "periods_per_year", b"periods_per_year", "portfolio_id", b"portfolio_id", "risk_free_rate", b"risk_free_rate", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRealisedPerformanceRequest: _TypeAlias = GetRealisedPerformanceRequest  # noqa: Y015
+
+@_typing.final
+class RealisedRun(_message.Message):
+    """One run: ex-ante figures and, when its holding period has at least two returns, realised ones (decimals,
+    annualised; ratios unset when undefined).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
+    PERIOD_END_FIELD_NUMBER: _builtins.int
+    EXPECTED_RETURN_FIELD_NUMBER: _builtins.int
+    EXPECTED_VOLATILITY_FIELD_NUMBER: _builtins.int
+    EXPECTED_SHARPE_RATIO_FIELD_NUMBER: _builtins.int
+    OBSERVATIONS_FIELD_NUMBER: _builtins.int
+    TOTAL_RETURN_FIELD_NUMBER: _builtins.int
+    ANNUALISED_RETURN_FIELD_NUMBER: _builtins.int
+    VOLATILITY_FIELD_NUMBER: _builtins.int
+    SHARPE_RATIO_FIELD_NUMBER: _builtins.int
+    SORTINO_RATIO_FIELD_NUMBER: _builtins.int
+    MAX_DRAWDOWN_FIELD_NUMBER: _builtins.int
+    CALMAR_RATIO_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    expected_return: _builtins.float
+    """Ex-ante (the run's own figures)."""
+    expected_volatility: _builtins.float
+    expected_sharpe_ratio: _builtins.float
+    observations: _builtins.int
+    """Period returns used (the dates where every held name has a close and a previous one)."""
+    total_return: _builtins.float
+    annualised_return: _builtins.float
+    volatility: _builtins.float
+    sharpe_ratio: _builtins.float
+    sortino_ratio: _builtins.float
+    max_drawdown: _builtins.float
+    calmar_ratio: _builtins.float
+    @_builtins.property
+    def timestamp(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def window_end(self) -> _timestamp_pb2.Timestamp:
+        """End of the run's estimation window = start of its holding period (unset: a run on the caller's moments)."""
+
+    @_builtins.property
+    def period_end(self) -> _timestamp_pb2.Timestamp:
+        """Last close of the holding period used."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        timestamp: _timestamp_pb2.Timestamp | None = ...,
+        window_end: _timestamp_pb2.Timestamp | None = ...,
+        period_end: _timestamp_pb2.Timestamp | None = ...,
+        expected_return: _builtins.float = ...,
+        expected_volatility: _builtins.float = ...,
+        expected_sharpe_ratio: _builtins.float = ...,
+        observations: _builtins.int = ...,
+        total_return: _builtins.float | None = ...,
+        annualised_return: _builtins.float | None = ...,
+        volatility: _builtins.float | None = ...,
+        sharpe_ratio: _builtins.float | None = ...,
+        sortino_ratio: _builtins.float | None = ...,
+        max_drawdown: _builtins.float | None = ...,
+        calmar_ratio: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_annualised_return", b"_annualised_return", "_calmar_ratio", b"_calmar_ratio", "_max_drawdown", b"_max_drawdown", "_sharpe_ratio", b"_sharpe_ratio", "_sortino_ratio", b"_sortino_ratio", "_total_return", b"_total_return", "_volatility", b"_volatility", "annualised_return", b"annualised_return", "calmar_ratio", b"calmar_ratio", "max_drawdown", b"max_drawdown", "period_end", b"period_end", "sharpe_ratio", b"sharpe_ratio", "sortino_ratio", b"sortino_ratio", "timestamp", b"timestamp", "total_return", b"total_return", "volatility", b"volatility", "window_end", b"window_end"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_annualised_return", b"_annualised_return", "_calmar_ratio", b"_calmar_ratio", "_max_drawdown", b"_max_drawdown", "_sharpe_ratio", b"_sharpe_ratio", "_sortino_ratio", b"_sortino_ratio", "_total_return", b"_total_return", "_volatility", b"_volatility", "annualised_return", b"annualised_return", "calmar_ratio", b"calmar_ratio", "event_id", b"event_id", "expected_return", b"expected_return", "expected_sharpe_ratio", b"expected_sharpe_ratio", "expected_volatility", b"expected_volatility", "max_drawdown", b"max_drawdown", "observations", b"observations", "period_end", b"period_end", "sharpe_ratio", b"sharpe_ratio", "sortino_ratio", b"sortino_ratio", "timestamp", b"timestamp", "total_return", b"total_return", "volatility", b"volatility", "window_end", b"window_end"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__annualised_return: _TypeAlias = _typing.Literal["annualised_return"]  # noqa: Y015
+    _WhichOneofArgType__annualised_return: _TypeAlias = _typing.Literal["_annualised_return", b"_annualised_return"]  # noqa: Y015
+    _WhichOneofReturnType__calmar_ratio: _TypeAlias = _typing.Literal["calmar_ratio"]  # noqa: Y015
+    _WhichOneofArgType__calmar_ratio: _TypeAlias = _typing.Literal["_calmar_ratio", b"_calmar_ratio"]  # noqa: Y015
+    _WhichOneofReturnType__max_drawdown: _TypeAlias = _typing.Literal["max_drawdown"]  # noqa: Y015
+    _WhichOneofArgType__max_drawdown: _TypeAlias = _typing.Literal["_max_drawdown", b"_max_drawdown"]  # noqa: Y015
+    _WhichOneofReturnType__sharpe_ratio: _TypeAlias = _typing.Literal["sharpe_ratio"]  # noqa: Y015
+    _WhichOneofArgType__sharpe_ratio: _TypeAlias = _typing.Literal["_sharpe_ratio", b"_sharpe_ratio"]  # noqa: Y015
+    _WhichOneofReturnType__sortino_ratio: _TypeAlias = _typing.Literal["sortino_ratio"]  # noqa: Y015
+    _WhichOneofArgType__sortino_ratio: _TypeAlias = _typing.Literal["_sortino_ratio", b"_sortino_ratio"]  # noqa: Y015
+    _WhichOneofReturnType__total_return: _TypeAlias = _typing.Literal["total_return"]  # noqa: Y015
+    _WhichOneofArgType__total_return: _TypeAlias = _typing.Literal["_total_return", b"_total_return"]  # noqa: Y015
+    _WhichOneofReturnType__volatility: _TypeAlias = _typing.Literal["volatility"]  # noqa: Y015
+    _WhichOneofArgType__volatility: _TypeAlias = _typing.Literal["_volatility", b"_volatility"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__annualised_return) -> _WhichOneofReturnType__annualised_return | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__calmar_ratio) -> _WhichOneofReturnType__calmar_ratio | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_drawdown) -> _WhichOneofReturnType__max_drawdown | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sharpe_ratio) -> _WhichOneofReturnType__sharpe_ratio | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sortino_ratio) -> _WhichOneofReturnType__sortino_ratio | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__total_return) -> _WhichOneofReturnType__total_return | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__volatility) -> _WhichOneofReturnType__volatility | None: ...
+
+Global___RealisedRun: _TypeAlias = RealisedRun  # noqa: Y015
+
+@_typing.final
+class GetRealisedPerformanceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RealisedRun]:
+        """Runs oldest first."""
+
+    def __init__(
+        self,
+        *,
+        runs: _abc.Iterable[Global___RealisedRun] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["runs", b"runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRealisedPerformanceResponse: _TypeAlias = GetRealisedPerformanceResponse  # noqa: Y015

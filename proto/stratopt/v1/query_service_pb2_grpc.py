@@ -80,6 +80,11 @@ class OptimizationQueryServiceStub:
                 request_serializer=stratopt_dot_v1_dot_query__service__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=stratopt_dot_v1_dot_query__service__pb2.WatchEventsResponse.FromString,
                 _registered_method=True)
+        self.GetRealisedPerformance = channel.unary_unary(
+                '/stratopt.v1.OptimizationQueryService/GetRealisedPerformance',
+                request_serializer=stratopt_dot_v1_dot_query__service__pb2.GetRealisedPerformanceRequest.SerializeToString,
+                response_deserializer=stratopt_dot_v1_dot_query__service__pb2.GetRealisedPerformanceResponse.FromString,
+                _registered_method=True)
 
 
 class OptimizationQueryServiceServicer:
@@ -157,6 +162,15 @@ class OptimizationQueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRealisedPerformance(self, request, context):
+        """Ex-ante against realised: for each run of a portfolio in [start, end) (by event time, oldest first, at most
+        500), its ex-ante figures beside how its weights did on stored closes after its estimation window (README,
+        "Ex-ante against realised"). Runs on the caller's moments (no window) are listed without realised figures.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizationQueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -204,6 +218,11 @@ def add_OptimizationQueryServiceServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=stratopt_dot_v1_dot_query__service__pb2.WatchEventsRequest.FromString,
                     response_serializer=stratopt_dot_v1_dot_query__service__pb2.WatchEventsResponse.SerializeToString,
+            ),
+            'GetRealisedPerformance': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRealisedPerformance,
+                    request_deserializer=stratopt_dot_v1_dot_query__service__pb2.GetRealisedPerformanceRequest.FromString,
+                    response_serializer=stratopt_dot_v1_dot_query__service__pb2.GetRealisedPerformanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -450,6 +469,33 @@ class OptimizationQueryService:
             '/stratopt.v1.OptimizationQueryService/WatchEvents',
             stratopt_dot_v1_dot_query__service__pb2.WatchEventsRequest.SerializeToString,
             stratopt_dot_v1_dot_query__service__pb2.WatchEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRealisedPerformance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stratopt.v1.OptimizationQueryService/GetRealisedPerformance',
+            stratopt_dot_v1_dot_query__service__pb2.GetRealisedPerformanceRequest.SerializeToString,
+            stratopt_dot_v1_dot_query__service__pb2.GetRealisedPerformanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

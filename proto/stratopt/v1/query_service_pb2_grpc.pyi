@@ -63,6 +63,11 @@ class OptimizationQueryServiceStub:
     resumes after it. A subscriber more than 10,000 events behind is cut with RESOURCE_EXHAUSTED (resume with the
     last token); a lost database connection ends the stream with UNAVAILABLE (resume likewise).
     """
+    GetRealisedPerformance: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.GetRealisedPerformanceRequest, _query_service_pb2.GetRealisedPerformanceResponse]
+    """Ex-ante against realised: for each run of a portfolio in [start, end) (by event time, oldest first, at most
+    500), its ex-ante figures beside how its weights did on stored closes after its estimation window (README,
+    "Ex-ante against realised"). Runs on the caller's moments (no window) are listed without realised figures.
+    """
 
 @_typing.type_check_only
 class OptimizationQueryServiceAsyncStub(OptimizationQueryServiceStub):
@@ -98,6 +103,11 @@ class OptimizationQueryServiceAsyncStub(OptimizationQueryServiceStub):
     after the last event the previous stream delivered: no gap, no duplicate. Each message carries the token that
     resumes after it. A subscriber more than 10,000 events behind is cut with RESOURCE_EXHAUSTED (resume with the
     last token); a lost database connection ends the stream with UNAVAILABLE (resume likewise).
+    """
+    GetRealisedPerformance: _aio.UnaryUnaryMultiCallable[_query_service_pb2.GetRealisedPerformanceRequest, _query_service_pb2.GetRealisedPerformanceResponse]  # type: ignore[assignment]
+    """Ex-ante against realised: for each run of a portfolio in [start, end) (by event time, oldest first, at most
+    500), its ex-ante figures beside how its weights did on stored closes after its estimation window (README,
+    "Ex-ante against realised"). Runs on the caller's moments (no window) are listed without realised figures.
     """
 
 class OptimizationQueryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -185,6 +195,17 @@ class OptimizationQueryServiceServicer(metaclass=_abc_1.ABCMeta):
         after the last event the previous stream delivered: no gap, no duplicate. Each message carries the token that
         resumes after it. A subscriber more than 10,000 events behind is cut with RESOURCE_EXHAUSTED (resume with the
         last token); a lost database connection ends the stream with UNAVAILABLE (resume likewise).
+        """
+
+    @_abc_1.abstractmethod
+    def GetRealisedPerformance(
+        self,
+        request: _query_service_pb2.GetRealisedPerformanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_query_service_pb2.GetRealisedPerformanceResponse, _abc.Awaitable[_query_service_pb2.GetRealisedPerformanceResponse]]:
+        """Ex-ante against realised: for each run of a portfolio in [start, end) (by event time, oldest first, at most
+        500), its ex-ante figures beside how its weights did on stored closes after its estimation window (README,
+        "Ex-ante against realised"). Runs on the caller's moments (no window) are listed without realised figures.
         """
 
 def add_OptimizationQueryServiceServicer_to_server(servicer: OptimizationQueryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
