@@ -44,6 +44,8 @@ MAX_REALISED_RUNS = 500
 """Most runs (the latest of the range) in one GetRealisedPerformance answer."""
 MAX_PERIODS_PER_YEAR = 100_000
 MAX_HORIZON_DAYS = 36_500
+DEFAULT_WEIGHT_HISTORY_RUNS = 1000
+MAX_WEIGHT_HISTORY_RUNS = 10_000
 """Smallest accepted analytics bucket width."""
 
 _ROTATION_DECISIONS_KEY = "rotation_decisions:"
@@ -417,6 +419,51 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
                 value = getattr(figures, name)
                 if value is not None:
                     setattr(message, name, value)
+        return response
+
+    async def GetWeightHistory(  # noqa: N802 (gRPC method name)
+        self, request: query_service_pb2.GetWeightHistoryRequest, context: ServicerContext
+    ) -> query_service_pb2.GetWeightHistoryResponse:
+        """The weights of a portfolio's latest runs in ``[start, end)`` as a table, with one-way turnover.
+
+        Reads at most ``max_runs + 1`` events (the runs and the one before the oldest, for its turnover).
+
+        Raises
+        ------
+        InvalidInputError
+            Bad ``portfolio_id``, bounds or ``max_runs`` (at most 10,000).
+        UnavailableError
+            When the database cannot be reached.
+        """
+        check_request(request)
+        portfolio_id = _portfolio_id(request.portfolio_id)
+        start, end = _time_range(
+            request.start if request.HasField("start") else None,
+            request.end if request.HasField("end") else None,
+        )
+        if request.max_runs > MAX_WEIGHT_HISTORY_RUNS:
+            raise InvalidInputError.for_field("max_runs", f"at most {MAX_WEIGHT_HISTORY_RUNS}")
+        limit = request.max_runs or DEFAULT_WEIGHT_HISTORY_RUNS
+        newest = await self._repository.history(portfolio_id, start=start, end=end, limit=limit + 1)
+        truncated = len(newest) > limit
+        runs = newest[:limit][::-1]
+        before = None
+        if runs:
+            previous = await self._repository.history(portfolio_id, start=None, end=None, limit=1, after=runs[0].key)
+            before = dict(previous[0].weights) if previous else None
+        symbols = sorted({s for run in runs for s, w in run.weights.items() if w != 0.0})
+        response = query_service_pb2.GetWeightHistoryResponse(symbols=symbols, truncated=truncated)
+        for run in runs:
+            weights = dict(run.weights)
+            row = response.runs.add(
+                event_id=str(run.event_id),
+                timestamp=_timestamp(run.timestamp),
+                weights=[weights.get(s, 0.0) for s in symbols],
+            )
+            if before is not None:
+                names = set(weights) | set(before)
+                row.turnover = 0.5 * math.fsum(abs(weights.get(s, 0.0) - before.get(s, 0.0)) for s in names)
+            before = weights
         return response
 
     async def GetPortfolioAnalytics(  # noqa: N802 (gRPC method name)

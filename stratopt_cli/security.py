@@ -93,6 +93,7 @@ METHOD_ROLES: Final[Mapping[str, str]] = {
     _QUERY + "GetHistory": "read",
     _QUERY + "WatchEvents": "read",
     _QUERY + "GetRealisedPerformance": "read",
+    _QUERY + "GetWeightHistory": "read",
     _QUERY + "GetPortfolioAnalytics": "read",
     _QUERY + "GetRebalance": "read",
     _QUERY + "ListRebalanceEvents": "read",

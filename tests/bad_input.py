@@ -283,6 +283,7 @@ def valid_requests() -> dict[str, Any]:
         "OptimizationQueryService.GetRealisedPerformance": query_pb.GetRealisedPerformanceRequest(
             portfolio_id="corpus"
         ),
+        "OptimizationQueryService.GetWeightHistory": query_pb.GetWeightHistoryRequest(portfolio_id="corpus"),
         "OptimizationQueryService.GetPortfolioAnalytics": query_pb.GetPortfolioAnalyticsRequest(portfolio_id="corpus"),
         "OptimizationQueryService.GetRebalance": query_pb.GetRebalanceRequest(recommendation_id=RECOMMENDATION),
         "OptimizationQueryService.ListRebalanceEvents": query_pb.ListRebalanceEventsRequest(portfolio_id="corpus"),

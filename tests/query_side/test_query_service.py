@@ -708,3 +708,35 @@ def test_other_services_are_not_mapped(failing_channel: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         failing_channel.unary_unary("/other.v1.Service/Unmapped")(b"")
     assert caught.value.code() == grpc.StatusCode.UNKNOWN
+
+
+def test_weight_history_is_a_table_with_one_way_turnover_against_numpy(stub: Any, db: psycopg.Connection[Any]) -> None:
+    """Runs with changing name sets: the table's columns, its zeros, and turnover from NumPy (dense weights)."""
+    portfolio_id = new_portfolio()
+    t0 = datetime(2024, 7, 1, tzinfo=UTC)
+    events = make_events([t0 + timedelta(hours=k) for k in range(6)], seed=21, universe=("AAA", "BBB", "CCC", "DDD"))
+    insert_events(db, portfolio_id, events)
+    names = sorted({n for e in events for n in e.weights})
+    dense = np.array([[e.weights.get(n, 0.0) for n in names] for e in events])
+    turnover = 0.5 * np.abs(np.diff(dense, axis=0)).sum(axis=1)  # turnover[k - 1] is run k's
+
+    whole = stub.GetWeightHistory(query_service_pb2.GetWeightHistoryRequest(portfolio_id=portfolio_id))
+    assert list(whole.symbols) == sorted({n for e in events for n, w in e.weights.items() if w != 0.0})
+    assert [r.event_id for r in whole.runs] == [str(e.event_id) for e in events] and not whole.truncated
+    for row, event in zip(whole.runs, events, strict=True):
+        assert list(row.weights) == pytest.approx([event.weights.get(s, 0.0) for s in whole.symbols], abs=1e-15)
+    assert not whole.runs[0].HasField("turnover")  # the portfolio's first run
+    assert [r.turnover for r in whole.runs[1:]] == pytest.approx(turnover.tolist(), abs=1e-12)
+
+    # A window from the third run, capped at two runs: the latest two, the first of them against its predecessor.
+    window = stub.GetWeightHistory(
+        query_service_pb2.GetWeightHistoryRequest(
+            portfolio_id=portfolio_id, start=timestamp(t0 + timedelta(hours=2)), max_runs=2
+        )
+    )
+    assert window.truncated and [r.event_id for r in window.runs] == [str(e.event_id) for e in events[4:]]
+    assert [r.turnover for r in window.runs] == pytest.approx(turnover[3:].tolist(), abs=1e-12)
+
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetWeightHistory(query_service_pb2.GetWeightHistoryRequest(portfolio_id=portfolio_id, max_runs=10_001))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and bad_request_fields(caught.value) == ["max_runs"]

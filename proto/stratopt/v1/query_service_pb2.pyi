@@ -869,3 +869,110 @@ class GetRealisedPerformanceResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRealisedPerformanceResponse: _TypeAlias = GetRealisedPerformanceResponse  # noqa: Y015
+
+@_typing.final
+class GetWeightHistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTFOLIO_ID_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    MAX_RUNS_FIELD_NUMBER: _builtins.int
+    portfolio_id: _builtins.str
+    """Portfolio identifier."""
+    max_runs: _builtins.int
+    """Most runs returned, the latest of the range (0: 1000; at most 10000)."""
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """Inclusive lower bound on the event time; unset = no bound."""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """Exclusive upper bound on the event time; unset = no bound."""
+
+    def __init__(
+        self,
+        *,
+        portfolio_id: _builtins.str = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        max_runs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "max_runs", b"max_runs", "portfolio_id", b"portfolio_id", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWeightHistoryRequest: _TypeAlias = GetWeightHistoryRequest  # noqa: Y015
+
+@_typing.final
+class WeightHistoryRun(_message.Message):
+    """One run's row of the table."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    TURNOVER_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    turnover: _builtins.float
+    """One-way turnover against the portfolio's previous run (even one before `start`): half the sum of the absolute
+    weight changes over both runs' symbols; unset for the portfolio's first run.
+    """
+    @_builtins.property
+    def timestamp(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Weights in the order of GetWeightHistoryResponse.symbols (fractions; 0 where the run holds nothing)."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        timestamp: _timestamp_pb2.Timestamp | None = ...,
+        weights: _abc.Iterable[_builtins.float] | None = ...,
+        turnover: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_turnover", b"_turnover", "timestamp", b"timestamp", "turnover", b"turnover"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_turnover", b"_turnover", "event_id", b"event_id", "timestamp", b"timestamp", "turnover", b"turnover", "weights", b"weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__turnover: _TypeAlias = _typing.Literal["turnover"]  # noqa: Y015
+    _WhichOneofArgType__turnover: _TypeAlias = _typing.Literal["_turnover", b"_turnover"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__turnover) -> _WhichOneofReturnType__turnover | None: ...
+
+Global___WeightHistoryRun: _TypeAlias = WeightHistoryRun  # noqa: Y015
+
+@_typing.final
+class GetWeightHistoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYMBOLS_FIELD_NUMBER: _builtins.int
+    RUNS_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    """Whether older runs of the range were left out (more than max_runs)."""
+    @_builtins.property
+    def symbols(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The columns: every symbol any returned run holds, sorted."""
+
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___WeightHistoryRun]:
+        """Oldest first."""
+
+    def __init__(
+        self,
+        *,
+        symbols: _abc.Iterable[_builtins.str] | None = ...,
+        runs: _abc.Iterable[Global___WeightHistoryRun] | None = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["runs", b"runs", "symbols", b"symbols", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWeightHistoryResponse: _TypeAlias = GetWeightHistoryResponse  # noqa: Y015

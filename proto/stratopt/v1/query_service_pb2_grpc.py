@@ -85,6 +85,11 @@ class OptimizationQueryServiceStub:
                 request_serializer=stratopt_dot_v1_dot_query__service__pb2.GetRealisedPerformanceRequest.SerializeToString,
                 response_deserializer=stratopt_dot_v1_dot_query__service__pb2.GetRealisedPerformanceResponse.FromString,
                 _registered_method=True)
+        self.GetWeightHistory = channel.unary_unary(
+                '/stratopt.v1.OptimizationQueryService/GetWeightHistory',
+                request_serializer=stratopt_dot_v1_dot_query__service__pb2.GetWeightHistoryRequest.SerializeToString,
+                response_deserializer=stratopt_dot_v1_dot_query__service__pb2.GetWeightHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class OptimizationQueryServiceServicer:
@@ -171,6 +176,14 @@ class OptimizationQueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetWeightHistory(self, request, context):
+        """The weights of a portfolio's runs in [start, end) as a table (one column per symbol ever held, oldest run
+        first, the latest max_runs of the range) with each run's ONE-WAY turnover against the run before it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizationQueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -223,6 +236,11 @@ def add_OptimizationQueryServiceServicer_to_server(servicer, server):
                     servicer.GetRealisedPerformance,
                     request_deserializer=stratopt_dot_v1_dot_query__service__pb2.GetRealisedPerformanceRequest.FromString,
                     response_serializer=stratopt_dot_v1_dot_query__service__pb2.GetRealisedPerformanceResponse.SerializeToString,
+            ),
+            'GetWeightHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWeightHistory,
+                    request_deserializer=stratopt_dot_v1_dot_query__service__pb2.GetWeightHistoryRequest.FromString,
+                    response_serializer=stratopt_dot_v1_dot_query__service__pb2.GetWeightHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -496,6 +514,33 @@ class OptimizationQueryService:
             '/stratopt.v1.OptimizationQueryService/GetRealisedPerformance',
             stratopt_dot_v1_dot_query__service__pb2.GetRealisedPerformanceRequest.SerializeToString,
             stratopt_dot_v1_dot_query__service__pb2.GetRealisedPerformanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWeightHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stratopt.v1.OptimizationQueryService/GetWeightHistory',
+            stratopt_dot_v1_dot_query__service__pb2.GetWeightHistoryRequest.SerializeToString,
+            stratopt_dot_v1_dot_query__service__pb2.GetWeightHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -68,6 +68,10 @@ class OptimizationQueryServiceStub:
     500), its ex-ante figures beside how its weights did on stored closes after its estimation window (README,
     "Ex-ante against realised"). Runs on the caller's moments (no window) are listed without realised figures.
     """
+    GetWeightHistory: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.GetWeightHistoryRequest, _query_service_pb2.GetWeightHistoryResponse]
+    """The weights of a portfolio's runs in [start, end) as a table (one column per symbol ever held, oldest run
+    first, the latest max_runs of the range) with each run's ONE-WAY turnover against the run before it.
+    """
 
 @_typing.type_check_only
 class OptimizationQueryServiceAsyncStub(OptimizationQueryServiceStub):
@@ -108,6 +112,10 @@ class OptimizationQueryServiceAsyncStub(OptimizationQueryServiceStub):
     """Ex-ante against realised: for each run of a portfolio in [start, end) (by event time, oldest first, at most
     500), its ex-ante figures beside how its weights did on stored closes after its estimation window (README,
     "Ex-ante against realised"). Runs on the caller's moments (no window) are listed without realised figures.
+    """
+    GetWeightHistory: _aio.UnaryUnaryMultiCallable[_query_service_pb2.GetWeightHistoryRequest, _query_service_pb2.GetWeightHistoryResponse]  # type: ignore[assignment]
+    """The weights of a portfolio's runs in [start, end) as a table (one column per symbol ever held, oldest run
+    first, the latest max_runs of the range) with each run's ONE-WAY turnover against the run before it.
     """
 
 class OptimizationQueryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -206,6 +214,16 @@ class OptimizationQueryServiceServicer(metaclass=_abc_1.ABCMeta):
         """Ex-ante against realised: for each run of a portfolio in [start, end) (by event time, oldest first, at most
         500), its ex-ante figures beside how its weights did on stored closes after its estimation window (README,
         "Ex-ante against realised"). Runs on the caller's moments (no window) are listed without realised figures.
+        """
+
+    @_abc_1.abstractmethod
+    def GetWeightHistory(
+        self,
+        request: _query_service_pb2.GetWeightHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_query_service_pb2.GetWeightHistoryResponse, _abc.Awaitable[_query_service_pb2.GetWeightHistoryResponse]]:
+        """The weights of a portfolio's runs in [start, end) as a table (one column per symbol ever held, oldest run
+        first, the latest max_runs of the range) with each run's ONE-WAY turnover against the run before it.
         """
 
 def add_OptimizationQueryServiceServicer_to_server(servicer: OptimizationQueryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
