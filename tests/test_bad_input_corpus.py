@@ -660,6 +660,18 @@ def _cases() -> list[Case]:
             "horizon_days",
         ),
         Case(
+            "weights-max-runs-huge",
+            QUERY + "GetWeightHistory",
+            lambda: query_pb.GetWeightHistoryRequest(portfolio_id="corpus", max_runs=4_000_000_000),
+            "max_runs",
+        ),
+        Case(
+            "weights-portfolio-nul",
+            QUERY + "GetWeightHistory",
+            lambda: query_pb.GetWeightHistoryRequest(portfolio_id=NUL),
+            "portfolio_id",
+        ),
+        Case(
             "watch-portfolio-10kb",
             QUERY + "WatchEvents",
             lambda: query_pb.WatchEventsRequest(portfolio_ids=["corpus", LONG]),
