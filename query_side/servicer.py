@@ -93,6 +93,23 @@ def _time_range(
     return start_time, end_time
 
 
+def _ranged_request(request: Any) -> tuple[str, datetime | None, datetime | None]:
+    """``(portfolio_id, start, end)`` of a request with those three fields, every string and bound checked.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming ``portfolio_id``, ``start`` or ``end`` (see :func:`_time_range`).
+    """
+    check_request(request)
+    portfolio_id = _portfolio_id(request.portfolio_id)
+    start, end = _time_range(
+        request.start if request.HasField("start") else None,
+        request.end if request.HasField("end") else None,
+    )
+    return portfolio_id, start, end
+
+
 def _window_end(event: StoredEvent) -> datetime | None:
     """The end of a run's estimation window from its stored metadata (None: a run on the caller's moments)."""
     text = event.metadata.get("window_end") if isinstance(event.metadata, dict) else None
@@ -294,12 +311,7 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         UnavailableError
             When the database cannot be reached.
         """
-        check_request(request)
-        portfolio_id = _portfolio_id(request.portfolio_id)
-        start, end = _time_range(
-            request.start if request.HasField("start") else None,
-            request.end if request.HasField("end") else None,
-        )
+        portfolio_id, start, end = _ranged_request(request)
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         fingerprint = query_fingerprint(portfolio_id, start, end)
         after = decode_page_token(request.page_token, fingerprint) if request.page_token else None
@@ -351,12 +363,7 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         UnavailableError
             When the database cannot be reached.
         """
-        check_request(request)
-        portfolio_id = _portfolio_id(request.portfolio_id)
-        start, end = _time_range(
-            request.start if request.HasField("start") else None,
-            request.end if request.HasField("end") else None,
-        )
+        portfolio_id, start, end = _ranged_request(request)
         if not (math.isfinite(request.risk_free_rate) and abs(request.risk_free_rate) <= 1.0):
             raise InvalidInputError.for_field("risk_free_rate", "must be finite and within [-1, 1]")
         if request.periods_per_year > MAX_PERIODS_PER_YEAR:
@@ -435,12 +442,7 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         UnavailableError
             When the database cannot be reached.
         """
-        check_request(request)
-        portfolio_id = _portfolio_id(request.portfolio_id)
-        start, end = _time_range(
-            request.start if request.HasField("start") else None,
-            request.end if request.HasField("end") else None,
-        )
+        portfolio_id, start, end = _ranged_request(request)
         if request.max_runs > MAX_WEIGHT_HISTORY_RUNS:
             raise InvalidInputError.for_field("max_runs", f"at most {MAX_WEIGHT_HISTORY_RUNS}")
         limit = request.max_runs or DEFAULT_WEIGHT_HISTORY_RUNS
@@ -497,12 +499,7 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         UnavailableError
             When the database cannot be reached.
         """
-        check_request(request)
-        portfolio_id = _portfolio_id(request.portfolio_id)
-        start, end = _time_range(
-            request.start if request.HasField("start") else None,
-            request.end if request.HasField("end") else None,
-        )
+        portfolio_id, start, end = _ranged_request(request)
         try:
             bucket_width = (
                 request.bucket_width.ToTimedelta() if request.HasField("bucket_width") else DEFAULT_BUCKET_WIDTH
@@ -599,12 +596,7 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         UnavailableError
             When the database cannot be reached.
         """
-        check_request(request)
-        portfolio_id = _portfolio_id(request.portfolio_id)
-        start, end = _time_range(
-            request.start if request.HasField("start") else None,
-            request.end if request.HasField("end") else None,
-        )
+        portfolio_id, start, end = _ranged_request(request)
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         fingerprint = query_fingerprint(_REBALANCE_EVENTS_KEY + portfolio_id, start, end)
         after = decode_page_token(request.page_token, fingerprint) if request.page_token else None
@@ -653,12 +645,7 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         UnavailableError
             When the database cannot be reached.
         """
-        check_request(request)
-        portfolio_id = _portfolio_id(request.portfolio_id)
-        start, end = _time_range(
-            request.start if request.HasField("start") else None,
-            request.end if request.HasField("end") else None,
-        )
+        portfolio_id, start, end = _ranged_request(request)
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         fingerprint = query_fingerprint(_ROTATION_DECISIONS_KEY + portfolio_id, start, end)
         after = decode_page_token(request.page_token, fingerprint) if request.page_token else None
@@ -683,12 +670,7 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         UnavailableError
             When the database cannot be reached.
         """
-        check_request(request)
-        portfolio_id = _portfolio_id(request.portfolio_id)
-        start, end = _time_range(
-            request.start if request.HasField("start") else None,
-            request.end if request.HasField("end") else None,
-        )
+        portfolio_id, start, end = _ranged_request(request)
         try:
             width = request.bucket_width.ToTimedelta() if request.HasField("bucket_width") else DEFAULT_BUCKET_WIDTH
         except OverflowError as exc:
