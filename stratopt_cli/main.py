@@ -105,7 +105,15 @@ MarketDataDays = Annotated[float, _days("STRATOPT_RETENTION_MARKET_DATA_DAYS", "
 
 
 def _retention_days(events: float, rebalance_events: float, market_data: float) -> dict[str, float | None]:
-    return {"portfolio_optimized": events, "rebalance_events": rebalance_events, "market_data": market_data}
+    """Every hypertable's retention: the three options, the other tables from their ``STRATOPT_RETENTION_*``."""
+    from stratopt_cli.retention import env_days
+
+    try:
+        days = env_days()
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    days.update({"portfolio_optimized": events, "rebalance_events": rebalance_events, "market_data": market_data})
+    return days
 
 
 def _setup_logging(verbose: bool, log_format: str | None = None) -> None:

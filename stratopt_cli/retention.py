@@ -7,11 +7,20 @@ Retention is off by default, per table:
 
 - ``STRATOPT_RETENTION_EVENTS_DAYS`` — ``portfolio_optimized`` (the optimization events);
 - ``STRATOPT_RETENTION_REBALANCE_EVENTS_DAYS`` — ``rebalance_events`` (the approval audit trail);
-- ``STRATOPT_RETENTION_MARKET_DATA_DAYS`` — ``market_data`` (stored prices).
+- ``STRATOPT_RETENTION_MARKET_DATA_DAYS`` — ``market_data`` (stored prices);
+- ``STRATOPT_RETENTION_SIGNALS_DAYS`` — ``signals`` (rotation model scores);
+- ``STRATOPT_RETENTION_QUOTES_DAYS`` — ``quotes`` (bid and ask quotes, the fastest-growing table);
+- ``STRATOPT_RETENTION_ROTATION_DECISIONS_DAYS`` — ``rotation_decided`` (the rotation decision events);
+- ``STRATOPT_RETENTION_EXECUTION_EVENTS_DAYS`` — ``execution_events`` (fills and order events);
+- ``STRATOPT_RETENTION_KILL_SWITCH_EVENTS_DAYS`` — ``kill_switch_events`` (the kill-switch audit trail).
 
-Unset or 0 leaves a table alone. Dropping chunks removes rows without deleting them one by one (no bloat); rows
-in the newest chunk survive until the whole chunk is old enough, so a table keeps between N days and N days plus
-one chunk interval (7, 30 and 365 days).
+The first three are also options of ``stratopt serve`` and ``stratopt retention``; the others are read from the
+environment. Unset or 0 leaves a table alone.
+
+Dropping chunks removes rows without deleting them one by one (no bloat); rows in the newest chunk survive
+until the whole chunk is old enough, so a table keeps between N days and N days plus one chunk interval (7,
+30 and 365 days; 7 for signals and rotation decisions, 1 for quotes, 30 for execution events, 365 for
+kill-switch events).
 
 Exactly one replica runs a round at a time: each round is one transaction that first takes
 ``pg_try_advisory_xact_lock(RETENTION_LOCK_KEY)``; a replica that does not get it skips the round (a later
@@ -51,6 +60,11 @@ TABLE_ENVS = {
     "portfolio_optimized": EVENTS_DAYS_ENV,
     "rebalance_events": REBALANCE_EVENTS_DAYS_ENV,
     "market_data": MARKET_DATA_DAYS_ENV,
+    "signals": "STRATOPT_RETENTION_SIGNALS_DAYS",
+    "quotes": "STRATOPT_RETENTION_QUOTES_DAYS",
+    "rotation_decided": "STRATOPT_RETENTION_ROTATION_DECISIONS_DAYS",
+    "execution_events": "STRATOPT_RETENTION_EXECUTION_EVENTS_DAYS",
+    "kill_switch_events": "STRATOPT_RETENTION_KILL_SWITCH_EVENTS_DAYS",
 }
 """Each hypertable of the migrations and the variable holding its retention in days."""
 
@@ -60,6 +74,28 @@ ROUNDS = Counter(
     ["outcome"],
 )
 CHUNKS_DROPPED = Counter("stratopt_retention_chunks_dropped", "Hypertable chunks dropped by retention.", ["table"])
+
+
+def _number(env: Mapping[str, str], name: str) -> float | None:
+    text = env.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {text!r}") from None
+
+
+def env_days(environ: Mapping[str, str] | None = None) -> dict[str, float | None]:
+    """``{table: days or None}`` of every hypertable from its ``STRATOPT_RETENTION_*_DAYS`` variable.
+
+    Raises
+    ------
+    ValueError
+        When a value is not a number.
+    """
+    env = os.environ if environ is None else environ
+    return {table: _number(env, name) for table, name in TABLE_ENVS.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,17 +151,7 @@ class RetentionSettings:
             When a value is not a number, or as ``from_days``.
         """
         env = os.environ if environ is None else environ
-
-        def number(name: str) -> float | None:
-            text = env.get(name, "").strip()
-            if not text:
-                return None
-            try:
-                return float(text)
-            except ValueError:
-                raise ValueError(f"{name} must be a number, got {text!r}") from None
-
-        return cls.from_days({table: number(name) for table, name in TABLE_ENVS.items()}, number(INTERVAL_ENV))
+        return cls.from_days(env_days(env), _number(env, INTERVAL_ENV))
 
     @property
     def enabled(self) -> bool:

@@ -343,9 +343,14 @@ def test_retention_env_on_the_command_side_only() -> None:
             "retention.rebalanceEventsDays": "2555",
             "retention.marketDataDays": "365",
             "retention.intervalSeconds": "600",
+            "retention.quotesDays": "14",
+            "retention.killSwitchEventsDays": "3650",
         }
     )
     e = env(container(objects, "command"))
+    assert (e["STRATOPT_RETENTION_QUOTES_DAYS"], e["STRATOPT_RETENTION_KILL_SWITCH_EVENTS_DAYS"]) == ("14", "3650")
+    assert e["STRATOPT_RETENTION_SIGNALS_DAYS"] == e["STRATOPT_RETENTION_ROTATION_DECISIONS_DAYS"] == "0"
+    assert e["STRATOPT_RETENTION_EXECUTION_EVENTS_DAYS"] == "0"
     assert (e["STRATOPT_RETENTION_EVENTS_DAYS"], e["STRATOPT_RETENTION_MARKET_DATA_DAYS"]) == ("30", "365")
     assert e["STRATOPT_RETENTION_REBALANCE_EVENTS_DAYS"] == "2555"
     assert e["STRATOPT_RETENTION_INTERVAL_S"] == "600"

@@ -18,6 +18,7 @@ import pytest
 
 from stratopt_cli.retention import (
     RETENTION_LOCK_KEY,
+    TABLE_ENVS,
     RetentionPolicy,
     RetentionSettings,
     run_forever,
@@ -135,6 +136,18 @@ def test_scheduled_task_runs_rounds_until_cancelled(pg_dsn: str, db: psycopg.Con
 
     asyncio.run(schedule())
     assert ages(db, table) == [5, 0]
+
+
+def test_every_hypertable_of_the_migrations_has_a_retention_setting(db: psycopg.Connection[Any]) -> None:
+    hypertables = {
+        row[0]
+        for row in db.execute(
+            "SELECT hypertable_name FROM timescaledb_information.hypertables WHERE hypertable_schema = 'public'"
+        ).fetchall()
+    }
+    assert hypertables == set(TABLE_ENVS)
+    quotes = RetentionSettings.from_env({"STRATOPT_RETENTION_QUOTES_DAYS": "3"})
+    assert quotes.policies == (RetentionPolicy("quotes", 3.0),)
 
 
 def test_settings_from_environment() -> None:

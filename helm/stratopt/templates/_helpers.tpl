@@ -213,6 +213,16 @@ spec:
               value: {{ $root.Values.retention.rebalanceEventsDays | quote }}
             - name: STRATOPT_RETENTION_MARKET_DATA_DAYS
               value: {{ $root.Values.retention.marketDataDays | quote }}
+            - name: STRATOPT_RETENTION_SIGNALS_DAYS
+              value: {{ $root.Values.retention.signalsDays | quote }}
+            - name: STRATOPT_RETENTION_QUOTES_DAYS
+              value: {{ $root.Values.retention.quotesDays | quote }}
+            - name: STRATOPT_RETENTION_ROTATION_DECISIONS_DAYS
+              value: {{ $root.Values.retention.rotationDecisionsDays | quote }}
+            - name: STRATOPT_RETENTION_EXECUTION_EVENTS_DAYS
+              value: {{ $root.Values.retention.executionEventsDays | quote }}
+            - name: STRATOPT_RETENTION_KILL_SWITCH_EVENTS_DAYS
+              value: {{ $root.Values.retention.killSwitchEventsDays | quote }}
             - name: STRATOPT_RETENTION_INTERVAL_S
               value: {{ $root.Values.retention.intervalSeconds | quote }}
             {{- end }}
