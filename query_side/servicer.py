@@ -46,6 +46,10 @@ MAX_PERIODS_PER_YEAR = 100_000
 MAX_HORIZON_DAYS = 36_500
 DEFAULT_WEIGHT_HISTORY_RUNS = 1000
 MAX_WEIGHT_HISTORY_RUNS = 10_000
+MAX_COMPARED = 50
+"""Most portfolios of one ComparePortfolios request."""
+_WHOLE_RANGE = timedelta(days=3_000_000)
+"""A bucket width (about 8,200 years from the epoch) that holds every event time in one bucket."""
 """Smallest accepted analytics bucket width."""
 
 _ROTATION_DECISIONS_KEY = "rotation_decisions:"
@@ -60,10 +64,10 @@ if TYPE_CHECKING:  # grpc.aio.ServicerContext is generic only in the stubs
     ServicerContext = grpc.aio.ServicerContext[Any, Any]
 
 
-def _portfolio_id(value: str) -> str:
-    """The request's ``portfolio_id``, required (its NUL and length are checked by ``check_request``)."""
+def _portfolio_id(value: str, *, field: str = "portfolio_id") -> str:
+    """The request's ``portfolio_id`` (or ``field``), required (its NUL and length are checked by ``check_request``)."""
     if not value:
-        raise InvalidInputError.for_field("portfolio_id", "must not be empty")
+        raise InvalidInputError.for_field(field, "must not be empty")
     return value
 
 
@@ -339,7 +343,7 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
             The database or the notifications were lost; resume with the last token.
         """
         check_request(request)
-        portfolios = [_portfolio_id(p) for p in request.portfolio_ids]
+        portfolios = [_portfolio_id(p, field=f"portfolio_ids[{i}]") for i, p in enumerate(request.portfolio_ids)]
         async for event, token in watch(
             self._repository,
             self._notifier,
@@ -466,6 +470,48 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
                 names = set(weights) | set(before)
                 row.turnover = 0.5 * math.fsum(abs(weights.get(s, 0.0) - before.get(s, 0.0)) for s in names)
             before = weights
+        return response
+
+    async def ComparePortfolios(  # noqa: N802 (gRPC method name)
+        self, request: query_service_pb2.ComparePortfoliosRequest, context: ServicerContext
+    ) -> query_service_pb2.ComparePortfoliosResponse:
+        """Several portfolios side by side over ``[start, end)`` (the proto's comment).
+
+        Raises
+        ------
+        InvalidInputError
+            Bad ``portfolio_ids`` (1 to 50, unique, valid ids) or bounds.
+        UnavailableError
+            When the database cannot be reached.
+        """
+        check_request(request)
+        if not 1 <= len(request.portfolio_ids) <= MAX_COMPARED:
+            raise InvalidInputError.for_field("portfolio_ids", f"needs 1 to {MAX_COMPARED} portfolios")
+        portfolios = []
+        for i, raw in enumerate(request.portfolio_ids):
+            portfolio_id = _portfolio_id(raw, field=f"portfolio_ids[{i}]")
+            if portfolio_id in portfolios:
+                raise InvalidInputError.for_field(f"portfolio_ids[{i}]", f"{portfolio_id!r} appears twice")
+            portfolios.append(portfolio_id)
+        start, end = _time_range(
+            request.start if request.HasField("start") else None,
+            request.end if request.HasField("end") else None,
+        )
+        response = query_service_pb2.ComparePortfoliosResponse()
+        for portfolio_id in portfolios:
+            # One bucket wider than any range of event times: the aggregate of the whole range.
+            whole = await self._repository.analytics(portfolio_id, start=start, end=end, bucket_width=_WHOLE_RANGE)
+            column = response.portfolios.add(portfolio_id=portfolio_id, run_count=whole.total_runs)
+            if not whole.buckets:
+                continue
+            (bucket,) = whole.buckets
+            column.mean_expected_return = bucket.mean_expected_return
+            column.mean_volatility = bucket.mean_volatility
+            column.mean_sharpe_ratio = bucket.mean_sharpe_ratio
+            if bucket.mean_turnover is not None and bucket.max_turnover is not None:
+                column.mean_turnover, column.max_turnover = bucket.mean_turnover, bucket.max_turnover
+            (latest,) = await self._repository.history(portfolio_id, start=start, end=end, limit=1)
+            column.latest.CopyFrom(event_message(latest))
         return response
 
     async def GetPortfolioAnalytics(  # noqa: N802 (gRPC method name)

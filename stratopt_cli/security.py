@@ -94,6 +94,7 @@ METHOD_ROLES: Final[Mapping[str, str]] = {
     _QUERY + "WatchEvents": "read",
     _QUERY + "GetRealisedPerformance": "read",
     _QUERY + "GetWeightHistory": "read",
+    _QUERY + "ComparePortfolios": "read",
     _QUERY + "GetPortfolioAnalytics": "read",
     _QUERY + "GetRebalance": "read",
     _QUERY + "ListRebalanceEvents": "read",

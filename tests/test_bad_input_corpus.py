@@ -672,6 +672,18 @@ def _cases() -> list[Case]:
             "portfolio_id",
         ),
         Case(
+            "compare-none",
+            QUERY + "ComparePortfolios",
+            query_pb.ComparePortfoliosRequest,
+            "portfolio_ids",
+        ),
+        Case(
+            "compare-empty-id",
+            QUERY + "ComparePortfolios",
+            lambda: query_pb.ComparePortfoliosRequest(portfolio_ids=["corpus", ""]),
+            "portfolio_ids[1]",
+        ),
+        Case(
             "watch-portfolio-10kb",
             QUERY + "WatchEvents",
             lambda: query_pb.WatchEventsRequest(portfolio_ids=["corpus", LONG]),

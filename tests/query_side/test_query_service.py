@@ -740,3 +740,39 @@ def test_weight_history_is_a_table_with_one_way_turnover_against_numpy(stub: Any
     with pytest.raises(grpc.RpcError) as caught:
         stub.GetWeightHistory(query_service_pb2.GetWeightHistoryRequest(portfolio_id=portfolio_id, max_runs=10_001))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and bad_request_fields(caught.value) == ["max_runs"]
+
+
+def test_compare_portfolios_side_by_side_against_numpy(stub: Any, db: psycopg.Connection[Any]) -> None:
+    t0 = datetime(2024, 8, 1, tzinfo=UTC)
+    first, second, empty = new_portfolio(), new_portfolio(), new_portfolio()
+    runs = {
+        first: make_events([t0 + timedelta(hours=k) for k in range(5)], seed=31),
+        second: make_events([t0 + timedelta(hours=k, minutes=30) for k in range(3)], seed=32),
+    }
+    for portfolio_id, events in runs.items():
+        insert_events(db, portfolio_id, events)
+    start = t0 + timedelta(hours=1)  # the first run of `first` is before the range: its second has a turnover
+    answer = stub.ComparePortfolios(
+        query_service_pb2.ComparePortfoliosRequest(portfolio_ids=[second, empty, first], start=timestamp(start))
+    )
+    assert [c.portfolio_id for c in answer.portfolios] == [second, empty, first]
+    by_id = {c.portfolio_id: c for c in answer.portfolios}
+    assert by_id[empty].run_count == 0 and not by_id[empty].HasField("latest")
+    for portfolio_id, events in runs.items():
+        names = sorted({n for e in events for n in e.weights})
+        dense = np.array([[e.weights.get(n, 0.0) for n in names] for e in events])
+        turnover = np.concatenate([[np.nan], 0.5 * np.abs(np.diff(dense, axis=0)).sum(axis=1)])
+        inside = [k for k, e in enumerate(events) if e.timestamp >= start]
+        column = by_id[portfolio_id]
+        assert column.run_count == len(inside)
+        assert column.mean_sharpe_ratio == pytest.approx(np.mean([events[k].sharpe_ratio for k in inside]), abs=1e-12)
+        assert column.mean_volatility == pytest.approx(np.mean([events[k].volatility for k in inside]), abs=1e-12)
+        valid = [turnover[k] for k in inside if not np.isnan(turnover[k])]
+        assert column.mean_turnover == pytest.approx(np.mean(valid), abs=1e-12)
+        assert column.max_turnover == pytest.approx(np.max(valid), abs=1e-12)
+        assert column.latest.event_id == str(events[-1].event_id)
+
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ComparePortfolios(query_service_pb2.ComparePortfoliosRequest(portfolio_ids=[first, first]))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(caught.value) == ["portfolio_ids[1]"]

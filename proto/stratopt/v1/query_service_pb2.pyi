@@ -976,3 +976,113 @@ class GetWeightHistoryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetWeightHistoryResponse: _TypeAlias = GetWeightHistoryResponse  # noqa: Y015
+
+@_typing.final
+class ComparePortfoliosRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTFOLIO_IDS_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def portfolio_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Portfolio identifiers (1 to 50, unique)."""
+
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """Inclusive lower bound on the event time; unset = no bound."""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """Exclusive upper bound on the event time; unset = no bound."""
+
+    def __init__(
+        self,
+        *,
+        portfolio_ids: _abc.Iterable[_builtins.str] | None = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "portfolio_ids", b"portfolio_ids", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComparePortfoliosRequest: _TypeAlias = ComparePortfoliosRequest  # noqa: Y015
+
+@_typing.final
+class PortfolioComparison(_message.Message):
+    """One portfolio's column of the comparison (decimals, annualised; turnover one-way)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTFOLIO_ID_FIELD_NUMBER: _builtins.int
+    RUN_COUNT_FIELD_NUMBER: _builtins.int
+    MEAN_EXPECTED_RETURN_FIELD_NUMBER: _builtins.int
+    MEAN_VOLATILITY_FIELD_NUMBER: _builtins.int
+    MEAN_SHARPE_RATIO_FIELD_NUMBER: _builtins.int
+    MEAN_TURNOVER_FIELD_NUMBER: _builtins.int
+    MAX_TURNOVER_FIELD_NUMBER: _builtins.int
+    LATEST_FIELD_NUMBER: _builtins.int
+    portfolio_id: _builtins.str
+    run_count: _builtins.int
+    """Runs in the range (0: the other fields are unset or empty)."""
+    mean_expected_return: _builtins.float
+    mean_volatility: _builtins.float
+    mean_sharpe_ratio: _builtins.float
+    mean_turnover: _builtins.float
+    """Mean and largest one-way turnover of the runs that have one (unset when none has)."""
+    max_turnover: _builtins.float
+    @_builtins.property
+    def latest(self) -> _types_pb2.PortfolioOptimizedEvent:
+        """The latest run of the range."""
+
+    def __init__(
+        self,
+        *,
+        portfolio_id: _builtins.str = ...,
+        run_count: _builtins.int = ...,
+        mean_expected_return: _builtins.float = ...,
+        mean_volatility: _builtins.float = ...,
+        mean_sharpe_ratio: _builtins.float = ...,
+        mean_turnover: _builtins.float | None = ...,
+        max_turnover: _builtins.float | None = ...,
+        latest: _types_pb2.PortfolioOptimizedEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_turnover", b"_max_turnover", "_mean_turnover", b"_mean_turnover", "latest", b"latest", "max_turnover", b"max_turnover", "mean_turnover", b"mean_turnover"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_turnover", b"_max_turnover", "_mean_turnover", b"_mean_turnover", "latest", b"latest", "max_turnover", b"max_turnover", "mean_expected_return", b"mean_expected_return", "mean_sharpe_ratio", b"mean_sharpe_ratio", "mean_turnover", b"mean_turnover", "mean_volatility", b"mean_volatility", "portfolio_id", b"portfolio_id", "run_count", b"run_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_turnover: _TypeAlias = _typing.Literal["max_turnover"]  # noqa: Y015
+    _WhichOneofArgType__max_turnover: _TypeAlias = _typing.Literal["_max_turnover", b"_max_turnover"]  # noqa: Y015
+    _WhichOneofReturnType__mean_turnover: _TypeAlias = _typing.Literal["mean_turnover"]  # noqa: Y015
+    _WhichOneofArgType__mean_turnover: _TypeAlias = _typing.Literal["_mean_turnover", b"_mean_turnover"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_turnover) -> _WhichOneofReturnType__max_turnover | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_turnover) -> _WhichOneofReturnType__mean_turnover | None: ...
+
+Global___PortfolioComparison: _TypeAlias = PortfolioComparison  # noqa: Y015
+
+@_typing.final
+class ComparePortfoliosResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTFOLIOS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def portfolios(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortfolioComparison]:
+        """In the order of the request."""
+
+    def __init__(
+        self,
+        *,
+        portfolios: _abc.Iterable[Global___PortfolioComparison] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["portfolios", b"portfolios"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComparePortfoliosResponse: _TypeAlias = ComparePortfoliosResponse  # noqa: Y015

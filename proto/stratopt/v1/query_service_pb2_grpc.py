@@ -90,6 +90,11 @@ class OptimizationQueryServiceStub:
                 request_serializer=stratopt_dot_v1_dot_query__service__pb2.GetWeightHistoryRequest.SerializeToString,
                 response_deserializer=stratopt_dot_v1_dot_query__service__pb2.GetWeightHistoryResponse.FromString,
                 _registered_method=True)
+        self.ComparePortfolios = channel.unary_unary(
+                '/stratopt.v1.OptimizationQueryService/ComparePortfolios',
+                request_serializer=stratopt_dot_v1_dot_query__service__pb2.ComparePortfoliosRequest.SerializeToString,
+                response_deserializer=stratopt_dot_v1_dot_query__service__pb2.ComparePortfoliosResponse.FromString,
+                _registered_method=True)
 
 
 class OptimizationQueryServiceServicer:
@@ -184,6 +189,15 @@ class OptimizationQueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ComparePortfolios(self, request, context):
+        """Several portfolios side by side over [start, end): per portfolio its run count, mean ex-ante figures, mean and
+        largest one-way turnover, and its latest run in the range (per portfolio one aggregate in TimescaleDB and one
+        indexed read).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizationQueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -241,6 +255,11 @@ def add_OptimizationQueryServiceServicer_to_server(servicer, server):
                     servicer.GetWeightHistory,
                     request_deserializer=stratopt_dot_v1_dot_query__service__pb2.GetWeightHistoryRequest.FromString,
                     response_serializer=stratopt_dot_v1_dot_query__service__pb2.GetWeightHistoryResponse.SerializeToString,
+            ),
+            'ComparePortfolios': grpc.unary_unary_rpc_method_handler(
+                    servicer.ComparePortfolios,
+                    request_deserializer=stratopt_dot_v1_dot_query__service__pb2.ComparePortfoliosRequest.FromString,
+                    response_serializer=stratopt_dot_v1_dot_query__service__pb2.ComparePortfoliosResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -541,6 +560,33 @@ class OptimizationQueryService:
             '/stratopt.v1.OptimizationQueryService/GetWeightHistory',
             stratopt_dot_v1_dot_query__service__pb2.GetWeightHistoryRequest.SerializeToString,
             stratopt_dot_v1_dot_query__service__pb2.GetWeightHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ComparePortfolios(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stratopt.v1.OptimizationQueryService/ComparePortfolios',
+            stratopt_dot_v1_dot_query__service__pb2.ComparePortfoliosRequest.SerializeToString,
+            stratopt_dot_v1_dot_query__service__pb2.ComparePortfoliosResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -72,6 +72,11 @@ class OptimizationQueryServiceStub:
     """The weights of a portfolio's runs in [start, end) as a table (one column per symbol ever held, oldest run
     first, the latest max_runs of the range) with each run's ONE-WAY turnover against the run before it.
     """
+    ComparePortfolios: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.ComparePortfoliosRequest, _query_service_pb2.ComparePortfoliosResponse]
+    """Several portfolios side by side over [start, end): per portfolio its run count, mean ex-ante figures, mean and
+    largest one-way turnover, and its latest run in the range (per portfolio one aggregate in TimescaleDB and one
+    indexed read).
+    """
 
 @_typing.type_check_only
 class OptimizationQueryServiceAsyncStub(OptimizationQueryServiceStub):
@@ -116,6 +121,11 @@ class OptimizationQueryServiceAsyncStub(OptimizationQueryServiceStub):
     GetWeightHistory: _aio.UnaryUnaryMultiCallable[_query_service_pb2.GetWeightHistoryRequest, _query_service_pb2.GetWeightHistoryResponse]  # type: ignore[assignment]
     """The weights of a portfolio's runs in [start, end) as a table (one column per symbol ever held, oldest run
     first, the latest max_runs of the range) with each run's ONE-WAY turnover against the run before it.
+    """
+    ComparePortfolios: _aio.UnaryUnaryMultiCallable[_query_service_pb2.ComparePortfoliosRequest, _query_service_pb2.ComparePortfoliosResponse]  # type: ignore[assignment]
+    """Several portfolios side by side over [start, end): per portfolio its run count, mean ex-ante figures, mean and
+    largest one-way turnover, and its latest run in the range (per portfolio one aggregate in TimescaleDB and one
+    indexed read).
     """
 
 class OptimizationQueryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -224,6 +234,17 @@ class OptimizationQueryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_query_service_pb2.GetWeightHistoryResponse, _abc.Awaitable[_query_service_pb2.GetWeightHistoryResponse]]:
         """The weights of a portfolio's runs in [start, end) as a table (one column per symbol ever held, oldest run
         first, the latest max_runs of the range) with each run's ONE-WAY turnover against the run before it.
+        """
+
+    @_abc_1.abstractmethod
+    def ComparePortfolios(
+        self,
+        request: _query_service_pb2.ComparePortfoliosRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_query_service_pb2.ComparePortfoliosResponse, _abc.Awaitable[_query_service_pb2.ComparePortfoliosResponse]]:
+        """Several portfolios side by side over [start, end): per portfolio its run count, mean ex-ante figures, mean and
+        largest one-way turnover, and its latest run in the range (per portfolio one aggregate in TimescaleDB and one
+        indexed read).
         """
 
 def add_OptimizationQueryServiceServicer_to_server(servicer: OptimizationQueryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
