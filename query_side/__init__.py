@@ -13,6 +13,7 @@ from query_side.realised import PriceReads
 from query_side.repository import PostgresReadStore
 from query_side.rotation_reads import RotationReads
 from query_side.servicer import OptimizationQueryServicer
+from query_side.trading_stats import TradingStatistics
 from query_side.watch import EventNotifier
 from stratopt.rpc_errors import ErrorMappingInterceptor
 from stratopt.v1 import query_service_pb2, query_service_pb2_grpc
@@ -30,6 +31,7 @@ __all__ = [
     "PriceReads",
     "ReadStore",
     "RotationReads",
+    "TradingStatistics",
     "interceptor",
     "register",
 ]
@@ -41,6 +43,7 @@ def register(
     rotation: RotationReads | None = None,
     notifier: EventNotifier | None = None,
     prices: PriceReads | None = None,
+    trading: TradingStatistics | None = None,
 ) -> list[str]:
     """Add the query servicer to a server.
 
@@ -56,6 +59,8 @@ def register(
         The live event source of ``WatchEvents``; without it the RPC answers FAILED_PRECONDITION.
     prices : PriceReads, optional
         Stored closes for ``GetRealisedPerformance``; without them the RPC answers FAILED_PRECONDITION.
+    trading : TradingStatistics, optional
+        Rebalance statistics for ``GetRebalanceStatistics``; without them the RPC answers FAILED_PRECONDITION.
 
     Returns
     -------
@@ -63,7 +68,7 @@ def register(
         Full names of the services added, for reflection and health checking.
     """
     query_service_pb2_grpc.add_OptimizationQueryServiceServicer_to_server(
-        OptimizationQueryServicer(store, rotation, notifier, prices), server
+        OptimizationQueryServicer(store, rotation, notifier, prices, trading), server
     )
     return [SERVICE_NAME]
 

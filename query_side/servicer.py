@@ -28,6 +28,7 @@ from query_side.repository import (
     StoredRecommendation,
 )
 from query_side.rotation_reads import RotationReads
+from query_side.trading_stats import TradingStatistics
 from query_side.watch import EventNotifier, watch
 from services.errors import InvalidInputError, NotFoundError, PreconditionError
 from stratopt.request_limits import check_request, echo, timestamp_in_range
@@ -112,6 +113,23 @@ def _ranged_request(request: Any) -> tuple[str, datetime | None, datetime | None
         request.end if request.HasField("end") else None,
     )
     return portfolio_id, start, end
+
+
+def _bucket_width(request: Any) -> timedelta:
+    """The request's ``bucket_width`` (unset: 1 day).
+
+    Raises
+    ------
+    InvalidInputError
+        Out of range, or under 1 second (field ``bucket_width``).
+    """
+    try:
+        width = request.bucket_width.ToTimedelta() if request.HasField("bucket_width") else DEFAULT_BUCKET_WIDTH
+    except OverflowError as exc:
+        raise InvalidInputError.for_field("bucket_width", "duration out of range") from exc
+    if width < MIN_BUCKET_WIDTH:
+        raise InvalidInputError.for_field("bucket_width", "must be at least 1 second")
+    return width
 
 
 def _window_end(event: StoredEvent) -> datetime | None:
@@ -240,11 +258,13 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         rotation: RotationReads | None = None,
         notifier: EventNotifier | None = None,
         prices: PriceReads | None = None,
+        trading: TradingStatistics | None = None,
     ) -> None:
         self._repository = repository
         self._rotation = rotation
         self._notifier = notifier
         self._prices = prices
+        self._trading = trading
 
     def _rotation_reads(self) -> RotationReads:
         if self._rotation is None:  # a server without the rotation tables' reader (in-memory tests)
@@ -514,6 +534,36 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
             column.latest.CopyFrom(event_message(latest))
         return response
 
+    async def GetRebalanceStatistics(  # noqa: N802 (gRPC method name)
+        self, request: query_service_pb2.GetRebalanceStatisticsRequest, context: ServicerContext
+    ) -> query_service_pb2.GetRebalanceStatisticsResponse:
+        """Rebalance and cost statistics per bucket (``query_side.trading_stats``).
+
+        Raises
+        ------
+        InvalidInputError
+            Bad ``portfolio_id``, bounds or ``bucket_width`` (at least 1 second).
+        PreconditionError
+            The server has no PostgreSQL store.
+        UnavailableError
+            When the database cannot be reached.
+        """
+        portfolio_id, start, end = _ranged_request(request)
+        bucket_width = _bucket_width(request)
+        if self._trading is None:
+            raise PreconditionError("rebalance statistics need the PostgreSQL store")
+        buckets = await self._trading.rebalance_buckets(portfolio_id, start=start, end=end, bucket_width=bucket_width)
+        response = query_service_pb2.GetRebalanceStatisticsResponse()
+        for b in buckets:
+            row = response.buckets.add(
+                bucket_start=_timestamp(b.bucket_start), created=b.created, approved=b.approved,
+                rejected=b.rejected, expired=b.expired, approved_trade_value=b.approved_trade_value,
+                approved_cost=b.approved_cost,
+            )  # fmt: skip
+            if b.cost_bps is not None:
+                row.cost_bps = b.cost_bps
+        return response
+
     async def GetPortfolioAnalytics(  # noqa: N802 (gRPC method name)
         self, request: query_service_pb2.GetPortfolioAnalyticsRequest, context: ServicerContext
     ) -> query_service_pb2.GetPortfolioAnalyticsResponse:
@@ -546,14 +596,7 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
             When the database cannot be reached.
         """
         portfolio_id, start, end = _ranged_request(request)
-        try:
-            bucket_width = (
-                request.bucket_width.ToTimedelta() if request.HasField("bucket_width") else DEFAULT_BUCKET_WIDTH
-            )
-        except OverflowError as exc:
-            raise InvalidInputError.for_field("bucket_width", "duration out of range") from exc
-        if bucket_width < MIN_BUCKET_WIDTH:
-            raise InvalidInputError.for_field("bucket_width", "must be at least 1 second")
+        bucket_width = _bucket_width(request)
         analytics = await self._repository.analytics(portfolio_id, start=start, end=end, bucket_width=bucket_width)
         return query_service_pb2.GetPortfolioAnalyticsResponse(
             buckets=[

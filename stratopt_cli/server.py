@@ -200,6 +200,7 @@ class StratoptServer:
                 query_side.RotationReads(self._pool),
                 self._notifier,
                 query_side.PriceReads(self._pool),
+                query_side.TradingStatistics(self._pool),
             )
         names = [*command_names, *query_names]
         health_servicer = new_servicer(names)

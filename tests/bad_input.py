@@ -285,6 +285,9 @@ def valid_requests() -> dict[str, Any]:
         ),
         "OptimizationQueryService.GetWeightHistory": query_pb.GetWeightHistoryRequest(portfolio_id="corpus"),
         "OptimizationQueryService.ComparePortfolios": query_pb.ComparePortfoliosRequest(portfolio_ids=["corpus"]),
+        "OptimizationQueryService.GetRebalanceStatistics": query_pb.GetRebalanceStatisticsRequest(
+            portfolio_id="corpus"
+        ),
         "OptimizationQueryService.GetPortfolioAnalytics": query_pb.GetPortfolioAnalyticsRequest(portfolio_id="corpus"),
         "OptimizationQueryService.GetRebalance": query_pb.GetRebalanceRequest(recommendation_id=RECOMMENDATION),
         "OptimizationQueryService.ListRebalanceEvents": query_pb.ListRebalanceEventsRequest(portfolio_id="corpus"),

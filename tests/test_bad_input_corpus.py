@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -682,6 +683,14 @@ def _cases() -> list[Case]:
             QUERY + "ComparePortfolios",
             lambda: query_pb.ComparePortfoliosRequest(portfolio_ids=["corpus", ""]),
             "portfolio_ids[1]",
+        ),
+        Case(
+            "rebalance-stats-bucket-1ms",
+            QUERY + "GetRebalanceStatistics",
+            lambda: query_pb.GetRebalanceStatisticsRequest(
+                portfolio_id="corpus", bucket_width=Duration(nanos=1_000_000)
+            ),
+            "bucket_width",
         ),
         Case(
             "watch-portfolio-10kb",

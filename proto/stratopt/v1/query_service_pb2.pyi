@@ -1086,3 +1086,113 @@ class ComparePortfoliosResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ComparePortfoliosResponse: _TypeAlias = ComparePortfoliosResponse  # noqa: Y015
+
+@_typing.final
+class GetRebalanceStatisticsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTFOLIO_ID_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    BUCKET_WIDTH_FIELD_NUMBER: _builtins.int
+    portfolio_id: _builtins.str
+    """Portfolio identifier."""
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """Inclusive lower bound on the event time; unset = no bound."""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """Exclusive upper bound on the event time; unset = no bound."""
+
+    @_builtins.property
+    def bucket_width(self) -> _duration_pb2.Duration:
+        """Bucket width; unset = 1 day. At least 1 second."""
+
+    def __init__(
+        self,
+        *,
+        portfolio_id: _builtins.str = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        bucket_width: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bucket_width", b"bucket_width", "end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_width", b"bucket_width", "end", b"end", "portfolio_id", b"portfolio_id", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRebalanceStatisticsRequest: _TypeAlias = GetRebalanceStatisticsRequest  # noqa: Y015
+
+@_typing.final
+class RebalanceStatisticsBucket(_message.Message):
+    """One bucket (aligned to the Unix epoch). A recommendation is approved by its APPROVED event or, when it was
+    auto-approved, by its CREATED event.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUCKET_START_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    APPROVED_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    EXPIRED_FIELD_NUMBER: _builtins.int
+    APPROVED_TRADE_VALUE_FIELD_NUMBER: _builtins.int
+    APPROVED_COST_FIELD_NUMBER: _builtins.int
+    COST_BPS_FIELD_NUMBER: _builtins.int
+    created: _builtins.int
+    approved: _builtins.int
+    rejected: _builtins.int
+    expired: _builtins.int
+    approved_trade_value: _builtins.float
+    """Sum of the approved recommendations' trade values ($)."""
+    approved_cost: _builtins.float
+    """Sum of their estimated costs ($: commissions, half-spreads, market impact)."""
+    cost_bps: _builtins.float
+    """approved_cost / approved_trade_value in basis points (unset without approved trades)."""
+    @_builtins.property
+    def bucket_start(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        bucket_start: _timestamp_pb2.Timestamp | None = ...,
+        created: _builtins.int = ...,
+        approved: _builtins.int = ...,
+        rejected: _builtins.int = ...,
+        expired: _builtins.int = ...,
+        approved_trade_value: _builtins.float = ...,
+        approved_cost: _builtins.float = ...,
+        cost_bps: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_bps", b"_cost_bps", "bucket_start", b"bucket_start", "cost_bps", b"cost_bps"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_bps", b"_cost_bps", "approved", b"approved", "approved_cost", b"approved_cost", "approved_trade_value", b"approved_trade_value", "bucket_start", b"bucket_start", "cost_bps", b"cost_bps", "created", b"created", "expired", b"expired", "rejected", b"rejected"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cost_bps: _TypeAlias = _typing.Literal["cost_bps"]  # noqa: Y015
+    _WhichOneofArgType__cost_bps: _TypeAlias = _typing.Literal["_cost_bps", b"_cost_bps"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cost_bps) -> _WhichOneofReturnType__cost_bps | None: ...
+
+Global___RebalanceStatisticsBucket: _TypeAlias = RebalanceStatisticsBucket  # noqa: Y015
+
+@_typing.final
+class GetRebalanceStatisticsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUCKETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def buckets(self) -> _containers.RepeatedCompositeFieldContainer[Global___RebalanceStatisticsBucket]:
+        """Buckets with at least one rebalance event, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        buckets: _abc.Iterable[Global___RebalanceStatisticsBucket] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets", b"buckets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRebalanceStatisticsResponse: _TypeAlias = GetRebalanceStatisticsResponse  # noqa: Y015

@@ -95,6 +95,11 @@ class OptimizationQueryServiceStub:
                 request_serializer=stratopt_dot_v1_dot_query__service__pb2.ComparePortfoliosRequest.SerializeToString,
                 response_deserializer=stratopt_dot_v1_dot_query__service__pb2.ComparePortfoliosResponse.FromString,
                 _registered_method=True)
+        self.GetRebalanceStatistics = channel.unary_unary(
+                '/stratopt.v1.OptimizationQueryService/GetRebalanceStatistics',
+                request_serializer=stratopt_dot_v1_dot_query__service__pb2.GetRebalanceStatisticsRequest.SerializeToString,
+                response_deserializer=stratopt_dot_v1_dot_query__service__pb2.GetRebalanceStatisticsResponse.FromString,
+                _registered_method=True)
 
 
 class OptimizationQueryServiceServicer:
@@ -198,6 +203,13 @@ class OptimizationQueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRebalanceStatistics(self, request, context):
+        """Rebalance and cost statistics per time bucket from the rebalance events (aggregated in TimescaleDB).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizationQueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -260,6 +272,11 @@ def add_OptimizationQueryServiceServicer_to_server(servicer, server):
                     servicer.ComparePortfolios,
                     request_deserializer=stratopt_dot_v1_dot_query__service__pb2.ComparePortfoliosRequest.FromString,
                     response_serializer=stratopt_dot_v1_dot_query__service__pb2.ComparePortfoliosResponse.SerializeToString,
+            ),
+            'GetRebalanceStatistics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRebalanceStatistics,
+                    request_deserializer=stratopt_dot_v1_dot_query__service__pb2.GetRebalanceStatisticsRequest.FromString,
+                    response_serializer=stratopt_dot_v1_dot_query__service__pb2.GetRebalanceStatisticsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -587,6 +604,33 @@ class OptimizationQueryService:
             '/stratopt.v1.OptimizationQueryService/ComparePortfolios',
             stratopt_dot_v1_dot_query__service__pb2.ComparePortfoliosRequest.SerializeToString,
             stratopt_dot_v1_dot_query__service__pb2.ComparePortfoliosResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRebalanceStatistics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stratopt.v1.OptimizationQueryService/GetRebalanceStatistics',
+            stratopt_dot_v1_dot_query__service__pb2.GetRebalanceStatisticsRequest.SerializeToString,
+            stratopt_dot_v1_dot_query__service__pb2.GetRebalanceStatisticsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -77,6 +77,8 @@ class OptimizationQueryServiceStub:
     largest one-way turnover, and its latest run in the range (per portfolio one aggregate in TimescaleDB and one
     indexed read).
     """
+    GetRebalanceStatistics: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.GetRebalanceStatisticsRequest, _query_service_pb2.GetRebalanceStatisticsResponse]
+    """Rebalance and cost statistics per time bucket from the rebalance events (aggregated in TimescaleDB)."""
 
 @_typing.type_check_only
 class OptimizationQueryServiceAsyncStub(OptimizationQueryServiceStub):
@@ -127,6 +129,8 @@ class OptimizationQueryServiceAsyncStub(OptimizationQueryServiceStub):
     largest one-way turnover, and its latest run in the range (per portfolio one aggregate in TimescaleDB and one
     indexed read).
     """
+    GetRebalanceStatistics: _aio.UnaryUnaryMultiCallable[_query_service_pb2.GetRebalanceStatisticsRequest, _query_service_pb2.GetRebalanceStatisticsResponse]  # type: ignore[assignment]
+    """Rebalance and cost statistics per time bucket from the rebalance events (aggregated in TimescaleDB)."""
 
 class OptimizationQueryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Read-only queries over stored optimization events."""
@@ -246,5 +250,13 @@ class OptimizationQueryServiceServicer(metaclass=_abc_1.ABCMeta):
         largest one-way turnover, and its latest run in the range (per portfolio one aggregate in TimescaleDB and one
         indexed read).
         """
+
+    @_abc_1.abstractmethod
+    def GetRebalanceStatistics(
+        self,
+        request: _query_service_pb2.GetRebalanceStatisticsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_query_service_pb2.GetRebalanceStatisticsResponse, _abc.Awaitable[_query_service_pb2.GetRebalanceStatisticsResponse]]:
+        """Rebalance and cost statistics per time bucket from the rebalance events (aggregated in TimescaleDB)."""
 
 def add_OptimizationQueryServiceServicer_to_server(servicer: OptimizationQueryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
