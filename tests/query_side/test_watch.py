@@ -185,3 +185,39 @@ def test_tokens_round_trip_and_bind_to_the_portfolios() -> None:
     with pytest.raises(InvalidInputError):
         decode_token(token, ["a"])
     assert NOTIFY_CHANNEL == COMMAND_CHANNEL
+
+
+def test_a_lost_listen_connection_does_not_keep_a_pool_slot(pg_dsn: str) -> None:
+    """After the LISTEN backend is killed (asyncpg hands a closed connection back to its pool).
+
+    A pool of two still has one free connection once a new subscription listens again.
+    """
+    import asyncio
+
+    import asyncpg
+
+    from query_side.watch import EventNotifier
+
+    async def scenario() -> None:
+        pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2)
+        notifier = EventNotifier(pool)
+        try:
+            first = await notifier.subscribe(["p"])
+            async with pool.acquire() as other:
+                await other.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE query = 'LISTEN \"portfolio_optimized\"'"
+                )
+            with pytest.raises(Exception, match="notifications were lost"):
+                await asyncio.wait_for(first.changed(), 10)
+            await asyncio.sleep(0.2)  # the release task
+            second = await notifier.subscribe(["p"])
+            async with asyncio.timeout(5):  # with the dead connection held, this would wait forever
+                async with pool.acquire() as free:
+                    assert await free.fetchval("SELECT 1") == 1
+            second.close()
+        finally:
+            await notifier.close()
+            await pool.close()
+
+    asyncio.run(scenario())
