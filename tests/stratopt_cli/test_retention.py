@@ -118,14 +118,16 @@ def test_scheduled_task_runs_rounds_until_cancelled(pg_dsn: str, db: psycopg.Con
         pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=1)
         try:
             task = asyncio.create_task(run_forever(pool, settings))
+            # The checks run in a thread: a blocking query on this loop would wait for a drop_chunks lock held by
+            # the round, which cannot commit while the loop is blocked (a deadlock only the timeout ends).
             for _ in range(500):
-                if chunk_count(db, table) == 2:
+                if await asyncio.to_thread(chunk_count, db, table) == 2:
                     break
                 await asyncio.sleep(0.01)
             # A later row that ages out meanwhile is dropped by a later round.
-            db.execute(f"INSERT INTO {table} VALUES (now() - interval '90 days', 90)")
+            await asyncio.to_thread(db.execute, f"INSERT INTO {table} VALUES (now() - interval '90 days', 90)")
             for _ in range(500):
-                if 90 not in ages(db, table):
+                if 90 not in await asyncio.to_thread(ages, db, table):
                     break
                 await asyncio.sleep(0.01)
             task.cancel()
