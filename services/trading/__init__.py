@@ -40,6 +40,7 @@ from services.trading._rebalance import (
     check_drift,
     estimate_trade_costs,
     generate_rebalance,
+    trade_cost_arrays,
 )
 from services.trading._tax_lots import (
     HarvestCandidate,
@@ -107,6 +108,7 @@ __all__ = [
     "holding_term",
     "initial_status",
     "select_lots",
+    "trade_cost_arrays",
     "validate_holdings",
     "validate_lots",
     "validate_tax_settings",

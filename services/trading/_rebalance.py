@@ -501,6 +501,58 @@ def _cost_arrays(
     return commission, spread, impact_fraction * value
 
 
+def trade_cost_arrays(
+    shares: FloatArray,
+    prices: FloatArray,
+    *,
+    adv: FloatArray | None = None,
+    daily_volatility: FloatArray | None = None,
+    spread_bps: float = 0.0,
+    costs: CostModel | None = None,
+) -> FloatArray:
+    """Estimated total cost of each of N trades, vectorised (the formulas of the module docstring).
+
+    Parameters
+    ----------
+    shares : ndarray of shape (N,)
+        Shares traded per symbol (the sign is ignored; 0 = no trade, no commission).
+    prices : ndarray of shape (N,)
+        Prices ($, > 0).
+    adv : ndarray of shape (N,) or None
+        Average daily volumes (shares/day, > 0); None = no impact cost.
+    daily_volatility : ndarray of shape (N,) or None
+        Daily volatility σ (fractions) of the impact models; None = 0.
+    spread_bps : float
+        Quoted spread (basis points) of every symbol; each trade pays half, with or without volumes.
+    costs : CostModel, optional
+        Commission and impact parameters; ``CostModel()`` when omitted.
+
+    Returns
+    -------
+    ndarray of shape (N,)
+        Commission + half-spread + impact per trade ($).
+
+    Raises
+    ------
+    InvalidInputError
+        Naming ``costs.*`` or ``market.*`` for values out of range.
+    """
+    costs = CostModel() if costs is None else costs
+    _validate_costs(costs)
+    shares = np.asarray(shares, dtype=np.float64)
+    prices = np.asarray(prices, dtype=np.float64)
+    n = shares.shape[0]
+    market = None
+    if adv is not None:
+        volatility = np.zeros(n) if daily_volatility is None else np.asarray(daily_volatility, dtype=np.float64)
+        market = _market(MarketInputs(adv=adv, daily_volatility=volatility, spread_bps=np.full(n, spread_bps)), n)
+    commission, spread, impact = _cost_arrays(shares, prices, market, costs)
+    if market is None:
+        spread = spread_bps / 2.0 * 1e-4 * np.abs(shares) * prices
+    total: FloatArray = commission + spread + impact
+    return total
+
+
 def estimate_trade_costs(
     shares: float,
     price: float,
