@@ -8,6 +8,7 @@ from command_side.allocation_cache import AllocationCache, InMemoryAllocationCac
 from command_side.allocations import AllocationService
 from command_side.allocations_repository import PostgresAllocationCache
 from command_side.application import MAX_BATCH_SIZE, OptimizationService
+from command_side.backtests import BacktestService, InMemoryBacktestStore, PostgresBacktestStore
 from command_side.execution_service import ExecutionService
 from command_side.execution_servicer import ExecutionCommandServicer
 from command_side.execution_store import PostgresExecutionStore
@@ -49,14 +50,17 @@ __all__ = [
     "TRADING_SERVICE_NAME",
     "AllocationCache",
     "AllocationService",
+    "BacktestService",
     "ErrorMappingInterceptor",
     "ExecutionService",
     "InMemoryAllocationCache",
+    "InMemoryBacktestStore",
     "InMemoryOptimizationStore",
     "InMemoryTradingStore",
     "OptimizationService",
     "OptimizationStore",
     "PostgresAllocationCache",
+    "PostgresBacktestStore",
     "PostgresExecutionStore",
     "PostgresOptimizationStore",
     "PostgresRotationStore",
@@ -66,6 +70,7 @@ __all__ = [
     "RotationService",
     "SolverPool",
     "TradingStore",
+    "backtest_service",
     "interceptor",
     "optimization_service",
     "register",
@@ -83,6 +88,13 @@ def optimization_service(
     return OptimizationService(
         store, solver_pool, command_for=optimize_command_from_configuration, batch_concurrency=batch_concurrency
     )
+
+
+def backtest_service(
+    store: OptimizationStore, backtests: PostgresBacktestStore | InMemoryBacktestStore, solver_pool: SolverPool
+) -> BacktestService:
+    """The Backtest use case wired to the adapter (configurations become problems as RunConfiguration's do)."""
+    return BacktestService(store, backtests, solver_pool, command_for=optimize_command_from_configuration)
 
 
 def interceptor() -> ErrorMappingInterceptor:
@@ -105,6 +117,7 @@ def register(
     rebalancing: RebalancingService,
     rotation: RotationService | None = None,
     execution: ExecutionService | None = None,
+    backtests: BacktestService | None = None,
 ) -> list[str]:
     """Add the command services to ``server``; return their full service names for health and reflection.
 
@@ -112,7 +125,7 @@ def register(
     chooses the backends).
     """
     command_service_pb2_grpc.add_OptimizationCommandServiceServicer_to_server(
-        OptimizationCommandServicer(optimization), server
+        OptimizationCommandServicer(optimization, backtests), server
     )
     trading_service_pb2_grpc.add_TradingCommandServiceServicer_to_server(
         TradingCommandServicer(allocation, rebalancing), server

@@ -12,8 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from command_side import backtest_adapter
 from command_side import optimization_adapter as adapter
 from command_side.application import OptimizationService
+from command_side.backtests import BacktestService
+from services.errors import PreconditionError
+from stratopt.identity import current_principal
+from stratopt.v1 import backtest_pb2 as bt_pb
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import command_service_pb2_grpc as cmd_grpc
 
@@ -30,10 +35,13 @@ class OptimizationCommandServicer(cmd_grpc.OptimizationCommandServiceServicer):
     ----------
     service : OptimizationService
         The command side's application service.
+    backtests : BacktestService, optional
+        The Backtest use case (None: Backtest answers FAILED_PRECONDITION).
     """
 
-    def __init__(self, service: OptimizationService) -> None:
+    def __init__(self, service: OptimizationService, backtests: BacktestService | None = None) -> None:
         self._service = service
+        self._backtests = backtests
 
     async def Optimize(  # noqa: N802 - gRPC method name
         self, request: cmd_pb.OptimizeRequest, context: Context
@@ -108,3 +116,13 @@ class OptimizationCommandServicer(cmd_grpc.OptimizationCommandServiceServicer):
             adapter.ingest_chunks(request_iterator), time_remaining_s=context.time_remaining()
         )
         return adapter.ingest_response(result)
+
+    async def Backtest(  # noqa: N802
+        self, request: bt_pb.BacktestRequest, context: Context
+    ) -> AsyncIterator[bt_pb.BacktestResponse]:
+        """Run a walk-forward backtest; stream progress, then the stored result."""
+        command = backtest_adapter.backtest_command(request, requested_by=current_principal().name)
+        if self._backtests is None:
+            raise PreconditionError("backtests need the PostgreSQL store")
+        async for update in self._backtests.run(command, time_remaining_s=context.time_remaining()):
+            yield backtest_adapter.backtest_response(update)

@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 from google.protobuf import timestamp_pb2
 
+from query_side.backtests import BacktestReads, parse_backtest_id
 from query_side.page_token import decode_page_token, encode_page_token, query_fingerprint
 from query_side.read_store import ReadStore
 from query_side.realised import PriceReads, holding_periods, realised_figures
@@ -259,7 +260,9 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         notifier: EventNotifier | None = None,
         prices: PriceReads | None = None,
         trading: TradingStatistics | None = None,
+        backtests: BacktestReads | None = None,
     ) -> None:
+        self._backtests = backtests
         self._repository = repository
         self._rotation = rotation
         self._notifier = notifier
@@ -563,6 +566,49 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
             if b.cost_bps is not None:
                 row.cost_bps = b.cost_bps
         return response
+
+    def _backtest_reads(self) -> BacktestReads:
+        if self._backtests is None:
+            raise PreconditionError("backtests need the PostgreSQL store")
+        return self._backtests
+
+    async def GetBacktest(  # noqa: N802 (gRPC method name)
+        self, request: query_service_pb2.GetBacktestRequest, context: ServicerContext
+    ) -> query_service_pb2.GetBacktestResponse:
+        """A stored backtest with its path (``query_side.backtests``).
+
+        Raises
+        ------
+        InvalidInputError
+            ``backtest_id`` empty or not a UUID.
+        NotFoundError
+            No such backtest.
+        PreconditionError
+            The server has no PostgreSQL store.
+        """
+        check_request(request)
+        backtest_id = parse_backtest_id(request.backtest_id)
+        return await self._backtest_reads().get(backtest_id)
+
+    async def ListBacktests(  # noqa: N802 (gRPC method name)
+        self, request: query_service_pb2.ListBacktestsRequest, context: ServicerContext
+    ) -> query_service_pb2.ListBacktestsResponse:
+        """A portfolio's stored backtests, newest first (summaries).
+
+        Raises
+        ------
+        InvalidInputError
+            Empty ``portfolio_id``; a bad ``page_token``.
+        PreconditionError
+            The server has no PostgreSQL store.
+        """
+        check_request(request)
+        if not request.portfolio_id:
+            raise InvalidInputError.for_field("portfolio_id", "must not be empty")
+        summaries, token = await self._backtest_reads().list(
+            request.portfolio_id, request.page_size, request.page_token
+        )
+        return query_service_pb2.ListBacktestsResponse(backtests=summaries, next_page_token=token)
 
     async def GetPortfolioAnalytics(  # noqa: N802 (gRPC method name)
         self, request: query_service_pb2.GetPortfolioAnalyticsRequest, context: ServicerContext

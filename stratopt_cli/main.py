@@ -1,6 +1,7 @@
 """The ``stratopt`` command line.
 
-Service: serve, migrate, retention, demo. Optimization: ingest, optimize, latest, history, analytics. Trading: allocate,
+Service: serve, migrate, retention, demo. Optimization: ingest, optimize, latest, history, analytics. Backtests:
+backtest, get-backtest, list-backtests. Trading: allocate,
 allocation-cache, holdings, policy, drift, rebalance, approve, reject, recommendation, rebalance-events.
 """
 
@@ -506,6 +507,143 @@ def analytics(
         except grpc.RpcError as error:
             _fail(error)
     _print_json(response)
+
+
+# --- backtests ---------------------------------------------------------------------------------------------------
+
+_FREQUENCIES = ("periods", "weekly", "monthly", "quarterly", "annually", "drift")
+
+
+@app.command()
+def backtest(
+    portfolio_id: Annotated[str, typer.Argument(help="Portfolio whose stored configuration is backtested.")],
+    start: Annotated[
+        datetime | None, typer.Option(help="First simulated date (UTC); default: earliest possible.")
+    ] = None,
+    end: Annotated[
+        datetime | None, typer.Option(help="Last simulated date (UTC); default: the last stored price.")
+    ] = None,
+    frequency: Annotated[str, typer.Option(help=f"Rebalance schedule: {', '.join(_FREQUENCIES)}.")] = "monthly",
+    every_periods: Annotated[int, typer.Option(help="Observations between decisions (--frequency periods).")] = 21,
+    absolute_band: Annotated[
+        float | None, typer.Option(help="Drift band |w - target| (fraction; --frequency drift).")
+    ] = None,
+    relative_band: Annotated[
+        float | None, typer.Option(help="Drift band as a fraction of the target (--frequency drift).")
+    ] = None,
+    estimation_periods: Annotated[
+        int, typer.Option(help="Returns per estimation window (0 = the configuration's lookback, or 252).")
+    ] = 0,
+    initial_cash: Annotated[float, typer.Option(help="Starting cash ($).")] = 1_000_000.0,
+    whole_shares: Annotated[bool, typer.Option(help="Hold whole shares (buy and hold only).")] = False,
+    constant_weights: Annotated[
+        bool, typer.Option(help="Restore the targets at every close for free (skfolio's definition).")
+    ] = False,
+    commission_bps: Annotated[float, typer.Option(help="Commission on traded value (bps).")] = 0.0,
+    spread_bps: Annotated[float, typer.Option(help="Quoted spread (bps); each trade pays half.")] = 0.0,
+    commission_per_trade: Annotated[float, typer.Option(help="Fixed commission per symbol traded ($).")] = 0.0,
+    version: Annotated[int, typer.Option(help="Configuration version (0 = latest).")] = 0,
+    timeout: Annotated[float, typer.Option(help="Deadline in seconds.")] = 3600.0,
+    target: TargetOption = client.DEFAULT_TARGET,
+) -> None:
+    """Run a walk-forward backtest of a stored configuration; show progress, then print the summary as JSON.
+
+    Ctrl-C cancels it (nothing is stored). Read the stored path with ``stratopt get-backtest``.
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from stratopt.v1 import backtest_pb2 as bt_pb
+
+    if frequency not in _FREQUENCIES:
+        raise typer.BadParameter(f"--frequency must be one of {', '.join(_FREQUENCIES)}")
+    request = bt_pb.BacktestRequest(
+        portfolio_id=portfolio_id,
+        configuration_version=version,
+        estimation_periods=estimation_periods,
+        initial_cash=initial_cash,
+        whole_shares=whole_shares,
+        holding=bt_pb.BACKTEST_HOLDING_CONSTANT_WEIGHTS if constant_weights else bt_pb.BACKTEST_HOLDING_BUY_AND_HOLD,
+        schedule=bt_pb.RebalanceSchedule(
+            frequency=bt_pb.RebalanceFrequency.Value(f"REBALANCE_FREQUENCY_{frequency.upper()}"),
+            every_periods=every_periods,
+        ),
+        costs=bt_pb.BacktestCosts(
+            commission_bps=commission_bps, spread_bps=spread_bps, commission_per_trade=commission_per_trade
+        ),
+    )
+    if absolute_band is not None:
+        request.schedule.absolute_band = absolute_band
+    if relative_band is not None:
+        request.schedule.relative_band = relative_band
+    if start is not None:
+        request.start.FromDatetime(start)
+    if end is not None:
+        request.end.FromDatetime(end)
+    summary = None
+    with _channel(target) as ch, Progress(
+        TextColumn("backtest"), BarColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+        console=_stderr_console(), transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("starting", total=None)
+        try:
+            for message in client.command_stub(ch).Backtest(request, timeout=timeout):
+                if message.HasField("result"):
+                    summary = message.result
+                    continue
+                p = message.progress
+                bar.update(
+                    task,
+                    completed=p.decisions_done,
+                    total=p.decisions_planned or None,
+                    description=f"{p.simulated_through.ToDatetime():%Y-%m-%d}  equity {p.equity:,.0f}",
+                )
+        except grpc.RpcError as error:
+            _fail(error)
+    _print_json(summary)
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@app.command("get-backtest")
+def get_backtest(
+    backtest_id: str,
+    points: Annotated[bool, typer.Option(help="Print the path (one JSON object per close) after the summary.")] = False,
+    target: TargetOption = client.DEFAULT_TARGET,
+) -> None:
+    """Print a stored backtest's summary (and with --points its equity, cash and weights per close) as JSON."""
+    with _channel(target) as ch:
+        try:
+            response = client.query_stub(ch).GetBacktest(
+                query_pb.GetBacktestRequest(backtest_id=backtest_id), timeout=60
+            )
+        except grpc.RpcError as error:
+            _fail(error)
+    _print_json(response.summary)
+    if points:
+        for point in response.points:
+            typer.echo(json_format.MessageToJson(point, indent=None))
+
+
+@app.command("list-backtests")
+def list_backtests(portfolio_id: str, target: TargetOption = client.DEFAULT_TARGET) -> None:
+    """Print a portfolio's stored backtests, newest first, one JSON summary per line."""
+    request = query_pb.ListBacktestsRequest(portfolio_id=portfolio_id, page_size=100)
+    with _channel(target) as ch:
+        stub = client.query_stub(ch)
+        while True:
+            try:
+                page = stub.ListBacktests(request, timeout=30)
+            except grpc.RpcError as error:
+                _fail(error)
+            for summary in page.backtests:
+                typer.echo(json_format.MessageToJson(summary, indent=None))
+            if not page.next_page_token:
+                break
+            request.page_token = page.next_page_token
 
 
 # --- trading: allocation, holdings, drift, rebalancing, approval --------------------------------------------------

@@ -12,15 +12,16 @@ Retention is off by default, per table:
 - ``STRATOPT_RETENTION_QUOTES_DAYS`` — ``quotes`` (bid and ask quotes, the fastest-growing table);
 - ``STRATOPT_RETENTION_ROTATION_DECISIONS_DAYS`` — ``rotation_decided`` (the rotation decision events);
 - ``STRATOPT_RETENTION_EXECUTION_EVENTS_DAYS`` — ``execution_events`` (fills and order events);
-- ``STRATOPT_RETENTION_KILL_SWITCH_EVENTS_DAYS`` — ``kill_switch_events`` (the kill-switch audit trail).
+- ``STRATOPT_RETENTION_KILL_SWITCH_EVENTS_DAYS`` — ``kill_switch_events`` (the kill-switch audit trail);
+- ``STRATOPT_RETENTION_BACKTESTS_DAYS`` — ``backtests`` and ``backtest_points`` (by the backtests' creation time).
 
 The first three are also options of ``stratopt serve`` and ``stratopt retention``; the others are read from the
 environment. Unset or 0 leaves a table alone.
 
 Dropping chunks removes rows without deleting them one by one (no bloat); rows in the newest chunk survive
 until the whole chunk is old enough, so a table keeps between N days and N days plus one chunk interval (7,
-30 and 365 days; 7 for signals and rotation decisions, 1 for quotes, 30 for execution events, 365 for
-kill-switch events).
+30 and 365 days; 7 for signals and rotation decisions, 1 for quotes, 30 for execution events and
+backtests, 365 for kill-switch events).
 
 Exactly one replica runs a round at a time: each round is one transaction that first takes
 ``pg_try_advisory_xact_lock(RETENTION_LOCK_KEY)``; a replica that does not get it skips the round (a later
@@ -65,6 +66,8 @@ TABLE_ENVS = {
     "rotation_decided": "STRATOPT_RETENTION_ROTATION_DECISIONS_DAYS",
     "execution_events": "STRATOPT_RETENTION_EXECUTION_EVENTS_DAYS",
     "kill_switch_events": "STRATOPT_RETENTION_KILL_SWITCH_EVENTS_DAYS",
+    "backtests": "STRATOPT_RETENTION_BACKTESTS_DAYS",
+    "backtest_points": "STRATOPT_RETENTION_BACKTESTS_DAYS",
 }
 """Each hypertable of the migrations and the variable holding its retention in days."""
 

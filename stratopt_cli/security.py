@@ -62,6 +62,7 @@ METHOD_ROLES: Final[Mapping[str, str]] = {
     _CMD + "ComputeEfficientFrontier": "optimize",
     _CMD + "UpsertConfiguration": "optimize",
     _CMD + "RunConfiguration": "optimize",
+    _CMD + "Backtest": "optimize",
     _CMD + "GetConfiguration": "read",
     _CMD + "ListConfigurations": "read",
     # market data feeds every optimization's inputs: only an operator (admin) may write it
@@ -102,6 +103,8 @@ METHOD_ROLES: Final[Mapping[str, str]] = {
     _QUERY + "GetLatestRotationDecision": "read",
     _QUERY + "ListRotationDecisions": "read",
     _QUERY + "CountRotationReasons": "read",
+    _QUERY + "GetBacktest": "read",
+    _QUERY + "ListBacktests": "read",
 }
 """The role each RPC requires; a principal holding ``admin`` may call every one."""
 

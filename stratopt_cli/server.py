@@ -191,6 +191,9 @@ class StratoptServer:
                 ),
                 rotation=rotation,
                 execution=command_side.ExecutionService(command_side.PostgresExecutionStore(self._pool), trading_store),
+                backtests=command_side.backtest_service(
+                    optimization_store, command_side.PostgresBacktestStore(self._pool), self._solver_pool
+                ),
             )
         if "query" in sides:
             self._notifier = query_side.EventNotifier(self._pool)
@@ -201,6 +204,7 @@ class StratoptServer:
                 self._notifier,
                 query_side.PriceReads(self._pool),
                 query_side.TradingStatistics(self._pool),
+                query_side.BacktestReads(self._pool),
             )
         names = [*command_names, *query_names]
         health_servicer = new_servicer(names)

@@ -16,6 +16,7 @@ from google.rpc import error_details_pb2  # type: ignore[attr-defined]
 from grpc_status import rpc_status
 from psycopg import sql
 
+from stratopt.v1 import backtest_pb2 as bt_pb
 from stratopt.v1 import (
     command_service_pb2,
     execution_service_pb2,
@@ -220,6 +221,7 @@ def valid_requests() -> dict[str, Any]:
         "OptimizationCommandService.GetConfiguration": cmd_pb.GetConfigurationRequest(portfolio_id="corpus"),
         "OptimizationCommandService.ListConfigurations": cmd_pb.ListConfigurationsRequest(page_size=5),
         "OptimizationCommandService.RunConfiguration": cmd_pb.RunConfigurationRequest(portfolio_id="corpus"),
+        "OptimizationCommandService.Backtest": bt_pb.BacktestRequest(portfolio_id="corpus"),
         "OptimizationCommandService.ComputeEfficientFrontier": frontier(),
         "OptimizationCommandService.IngestMarketData": bars(),
         "TradingCommandService.AllocateShares": allocate(),
@@ -289,6 +291,10 @@ def valid_requests() -> dict[str, Any]:
             portfolio_id="corpus"
         ),
         "OptimizationQueryService.GetPortfolioAnalytics": query_pb.GetPortfolioAnalyticsRequest(portfolio_id="corpus"),
+        "OptimizationQueryService.GetBacktest": query_pb.GetBacktestRequest(
+            backtest_id="00000000-0000-4000-8000-000000000000"
+        ),
+        "OptimizationQueryService.ListBacktests": query_pb.ListBacktestsRequest(portfolio_id="corpus"),
         "OptimizationQueryService.GetRebalance": query_pb.GetRebalanceRequest(recommendation_id=RECOMMENDATION),
         "OptimizationQueryService.ListRebalanceEvents": query_pb.ListRebalanceEventsRequest(portfolio_id="corpus"),
         "OptimizationQueryService.GetLatestRotationDecision": query_pb.GetLatestRotationDecisionRequest(

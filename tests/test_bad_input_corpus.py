@@ -22,6 +22,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from stratopt.request_limits import MAX_TIMESTAMP_SECONDS, MIN_TIMESTAMP_SECONDS
+from stratopt.v1 import backtest_pb2 as bt_pb
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import execution_service_pb2 as ex_pb
 from stratopt.v1 import query_service_pb2 as query_pb
@@ -366,6 +367,61 @@ def _cases() -> list[Case]:
             lambda: cmd_pb.RunConfigurationRequest(portfolio_id="corpus", request_id=NUL),
             "request_id",
         ),
+        # Backtest: every setting named
+        Case("backtest-empty", OPT + "Backtest", lambda: bt_pb.BacktestRequest(), "portfolio_id"),
+        Case("backtest-nul", OPT + "Backtest", lambda: bt_pb.BacktestRequest(portfolio_id=NUL), "portfolio_id"),
+        Case(
+            "backtest-window-1",
+            OPT + "Backtest",
+            lambda: bt_pb.BacktestRequest(portfolio_id="corpus", estimation_periods=1),
+            "estimation_periods",
+        ),
+        Case(
+            "backtest-negative-cash",
+            OPT + "Backtest",
+            lambda: bt_pb.BacktestRequest(portfolio_id="corpus", initial_cash=-5),
+            "initial_cash",
+        ),
+        Case(
+            "backtest-nan-commission",
+            OPT + "Backtest",
+            lambda: bt_pb.BacktestRequest(
+                portfolio_id="corpus", costs=bt_pb.BacktestCosts(commission_bps=float("nan"))
+            ),
+            "costs.commission_bps",
+        ),
+        Case(
+            "backtest-band-without-drift",
+            OPT + "Backtest",
+            lambda: bt_pb.BacktestRequest(portfolio_id="corpus", schedule=bt_pb.RebalanceSchedule(absolute_band=0.05)),
+            "schedule.frequency",
+        ),
+        Case(
+            "backtest-unknown-frequency",
+            OPT + "Backtest",
+            lambda: bt_pb.BacktestRequest(portfolio_id="corpus", schedule=bt_pb.RebalanceSchedule(frequency=99)),  # type: ignore[arg-type]
+            "schedule.frequency",
+        ),
+        Case(
+            "backtest-impact-without-volume",
+            OPT + "Backtest",
+            lambda: bt_pb.BacktestRequest(portfolio_id="corpus", costs=bt_pb.BacktestCosts(impact_model=2)),  # type: ignore[arg-type]
+            "costs.average_daily_volume",
+        ),
+        Case(
+            "backtest-whole-shares-constant",
+            OPT + "Backtest",
+            lambda: bt_pb.BacktestRequest(
+                portfolio_id="corpus", whole_shares=True, holding=bt_pb.BACKTEST_HOLDING_CONSTANT_WEIGHTS
+            ),
+            "whole_shares",
+        ),
+        Case(
+            "backtest-start-after-end",
+            OPT + "Backtest",
+            _set(lambda: bt_pb.BacktestRequest(portfolio_id="corpus", end=Timestamp(seconds=0)), _ts("start", 10, 0)),
+            "start",
+        ),
         # ComputeEfficientFrontier: every path under problem., the method's own field when the method is at fault
         Case(
             "frontier-portfolio-nul",
@@ -691,6 +747,26 @@ def _cases() -> list[Case]:
                 portfolio_id="corpus", bucket_width=Duration(nanos=1_000_000)
             ),
             "bucket_width",
+        ),
+        Case("get-backtest-empty", QUERY + "GetBacktest", lambda: query_pb.GetBacktestRequest(), "backtest_id"),
+        Case(
+            "get-backtest-not-uuid",
+            QUERY + "GetBacktest",
+            lambda: query_pb.GetBacktestRequest(backtest_id="nope"),
+            "backtest_id",
+        ),
+        Case(
+            "get-backtest-10kb",
+            QUERY + "GetBacktest",
+            lambda: query_pb.GetBacktestRequest(backtest_id=LONG),
+            "backtest_id",
+        ),
+        Case("list-backtests-empty", QUERY + "ListBacktests", lambda: query_pb.ListBacktestsRequest(), "portfolio_id"),
+        Case(
+            "list-backtests-token-garbage",
+            QUERY + "ListBacktests",
+            lambda: query_pb.ListBacktestsRequest(portfolio_id="corpus", page_token="!!garbage!!"),
+            "page_token",
         ),
         Case(
             "watch-portfolio-10kb",

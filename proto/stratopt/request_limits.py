@@ -72,6 +72,7 @@ STRING_KINDS: Final[dict[str, tuple[str, int]]] = {
     "signal_set": ID,
     "fill_id": ID,
     "order_id": ID,
+    "backtest_id": ID,
     "symbol": SYMBOL,
     "market_symbol": SYMBOL,
     "sector": NAME,

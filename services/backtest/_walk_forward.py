@@ -30,6 +30,9 @@ towards zero and the actual trades' costs are paid from cash.
 
 Turnover of a rebalance is one-way: ``max(Σ buys, Σ sells) / V`` ($ traded over the value before trading), so
 investing a portfolio from cash counts 1.0, as in ``services.trading``.
+
+Why one long module: the schedule, the holdings, the costs and the metrics are one simulation over the same
+validated arrays and state; split, each part would need the others' internals.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from enum import StrEnum
 import numpy as np
 from numpy.typing import NDArray
 
-from services.errors import InvalidInputError, PreconditionError, PreconditionViolation
+from services.errors import InvalidInputError, PreconditionError, PreconditionViolation, StratoptError
 from services.estimation import returns_between_observations
 from services.trading import CostModel, ImpactModel, trade_cost_arrays
 from services.types import FloatArray, ReturnHistory
@@ -470,6 +473,10 @@ class WalkForward:
         """Rebalance dates of a calendar or periods schedule; 0 for a drift schedule (not known in advance)."""
         return 0 if self._calendar is None else len(self._calendar)
 
+    def equity_at(self, index: int) -> float:
+        """Simulated value at the close of calendar position ``index`` (after its trades; 0 before it is reached)."""
+        return float(self._equity[index - self._first])
+
     def calendar_decisions(self) -> list[int]:
         """Indices of the decisions of a calendar or periods schedule, ascending (empty for ``DRIFT``)."""
         return [] if self._calendar is None else sorted(self._calendar)
@@ -794,8 +801,6 @@ def run_backtest(
     BacktestResult
         The simulated path and metrics.
     """
-    from services.errors import StratoptError
-
     walk = WalkForward(prices, timestamps, settings, start=start, end=end, market_prices=market_prices, symbols=symbols)
     while (decision := walk.next_decision()) is not None:
         try:

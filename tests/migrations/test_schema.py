@@ -23,6 +23,8 @@ def test_hypertables_and_chunk_intervals(db: psycopg.Connection[Any]) -> None:
            ORDER BY hypertable_name"""
     ).fetchall()
     assert rows == [
+        ("backtest_points", "created_at", timedelta(days=30)),
+        ("backtests", "created_at", timedelta(days=30)),
         ("execution_events", "timestamp", timedelta(days=30)),
         ("kill_switch_events", "timestamp", timedelta(days=365)),
         ("market_data", "timestamp", timedelta(days=365)),

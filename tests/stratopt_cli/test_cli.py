@@ -137,3 +137,34 @@ def test_trading_commands_walk_the_examples(server_target: str, stored_prices: d
     # No optimization has been stored for this portfolio: drift has no target and says so (exit 1).
     failed = runner.invoke(app, ["drift", "example-rebalance", "--target", server_target])
     assert failed.exit_code == 1 and "NO_TARGET" in failed.output
+
+
+def test_backtest_commands_run_show_and_list(server_target: str, stored_prices: dict[str, str], commands: Any) -> None:
+    from stratopt.v1 import command_service_pb2 as cmd_pb
+    from stratopt.v1 import types_pb2 as pb
+
+    config = cmd_pb.OptimizationConfiguration(
+        portfolio_id="cli-backtest",
+        strategies=[pb.Strategy(symbol=s) for s in ("AAPL", "KO", "JNJ", "XOM")],
+        objective=pb.OBJECTIVE_MIN_VOLATILITY,
+        enabled=True,
+    )
+    commands.UpsertConfiguration(cmd_pb.UpsertConfigurationRequest(configuration=config), timeout=10)
+    ran = runner.invoke(
+        app,
+        ["backtest", "cli-backtest", "--start", "2016-01-01", "--end", "2018-12-31", "--frequency", "quarterly",
+         "--commission-bps", "5", "--target", server_target],
+    )  # fmt: skip
+    assert ran.exit_code == 0, ran.output
+    summary = json.loads(ran.stdout[ran.stdout.index("{") :])
+    assert summary["portfolioId"] == "cli-backtest" and summary["decisions"] == 12
+    assert summary["metrics"]["totalCosts"] > 0
+    shown = runner.invoke(app, ["get-backtest", summary["backtestId"], "--points", "--target", server_target])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.strip().splitlines()
+    points = [json.loads(line) for line in lines if line.startswith('{"timestamp"')]
+    assert len(points) == summary["observations"]
+    listed = runner.invoke(app, ["list-backtests", "cli-backtest", "--target", server_target])
+    assert summary["backtestId"] in listed.stdout
+    bad = runner.invoke(app, ["backtest", "cli-backtest", "--frequency", "drift", "--target", server_target])
+    assert bad.exit_code == 1 and "schedule" in bad.output

@@ -223,6 +223,8 @@ spec:
               value: {{ $root.Values.retention.executionEventsDays | quote }}
             - name: STRATOPT_RETENTION_KILL_SWITCH_EVENTS_DAYS
               value: {{ $root.Values.retention.killSwitchEventsDays | quote }}
+            - name: STRATOPT_RETENTION_BACKTESTS_DAYS
+              value: {{ $root.Values.retention.backtestsDays | quote }}
             - name: STRATOPT_RETENTION_INTERVAL_S
               value: {{ $root.Values.retention.intervalSeconds | quote }}
             {{- end }}

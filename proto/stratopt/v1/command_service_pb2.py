@@ -24,10 +24,11 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
+from stratopt.v1 import backtest_pb2 as stratopt_dot_v1_dot_backtest__pb2
 from stratopt.v1 import types_pb2 as stratopt_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!stratopt/v1/command_service.proto\x12\x0bstratopt.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x17stratopt/v1/types.proto\"\x8b\x04\n\x0fOptimizeRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12)\n\nstrategies\x18\x03 \x03(\x0b\x32\x15.stratopt.v1.Strategy\x12,\n\x07returns\x18\x04 \x01(\x0b\x32\x19.stratopt.v1.ReturnsInputH\x00\x12\x34\n\x0bmarket_data\x18\x05 \x01(\x0b\x32\x1d.stratopt.v1.MarketDataWindowH\x00\x12,\n\x07moments\x18\x06 \x01(\x0b\x32\x19.stratopt.v1.MomentsInputH\x00\x12)\n\tobjective\x18\x07 \x01(\x0e\x32\x16.stratopt.v1.Objective\x12/\n\x06method\x18\x08 \x01(\x0e\x32\x1f.stratopt.v1.OptimizationMethod\x12\x39\n\x0b\x63onstraints\x18\t \x01(\x0b\x32$.stratopt.v1.OptimizationConstraints\x12\x34\n\x0frisk_parameters\x18\n \x01(\x0b\x32\x1b.stratopt.v1.RiskParameters\x12:\n\x0f\x62lack_litterman\x18\x0b \x01(\x0b\x32!.stratopt.v1.BlackLittermanInputsB\x08\n\x06inputs\"\xf9\x02\n\x10OptimizeResponse\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12J\n\x0foptimal_weights\x18\x03 \x03(\x0b\x32\x31.stratopt.v1.OptimizeResponse.OptimalWeightsEntry\x12\x17\n\x0f\x65xpected_return\x18\x04 \x01(\x01\x12\x1b\n\x13\x65xpected_volatility\x18\x05 \x01(\x01\x12\x14\n\x0csharpe_ratio\x18\x06 \x01(\x01\x12@\n\x15optimization_metadata\x18\x07 \x01(\x0b\x32!.stratopt.v1.OptimizationMetadata\x12\x19\n\x0cmax_drawdown\x18\x08 \x01(\x01H\x00\x88\x01\x01\x1a\x35\n\x13OptimalWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x0f\n\r_max_drawdown\"F\n\x14\x42\x61tchOptimizeRequest\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.stratopt.v1.OptimizeRequest\"\x87\x01\n\x13\x42\x61tchOptimizeResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\x31\n\x08response\x18\x02 \x01(\x0b\x32\x1d.stratopt.v1.OptimizeResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome\"m\n\x15\x42\x61tchOptimizeResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .stratopt.v1.BatchOptimizeResult\x12\x11\n\tsucceeded\x18\x02 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\r\"\xe8\x03\n\x19OptimizationConfiguration\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12)\n\nstrategies\x18\x03 \x03(\x0b\x32\x15.stratopt.v1.Strategy\x12)\n\tobjective\x18\x04 \x01(\x0e\x32\x16.stratopt.v1.Objective\x12/\n\x06method\x18\x05 \x01(\x0e\x32\x1f.stratopt.v1.OptimizationMethod\x12\x39\n\x0b\x63onstraints\x18\x06 \x01(\x0b\x32$.stratopt.v1.OptimizationConstraints\x12\x34\n\x0frisk_parameters\x18\x07 \x01(\x0b\x32\x1b.stratopt.v1.RiskParameters\x12\x0f\n\x07\x65nabled\x18\x08 \x01(\x08\x12\x18\n\x10lookback_periods\x18\t \x01(\r\x12\x15\n\rmarket_symbol\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12:\n\x0f\x62lack_litterman\x18\x0c \x01(\x0b\x32!.stratopt.v1.BlackLittermanInputs\"[\n\x1aUpsertConfigurationRequest\x12=\n\rconfiguration\x18\x01 \x01(\x0b\x32&.stratopt.v1.OptimizationConfiguration\"m\n\x1bUpsertConfigurationResponse\x12=\n\rconfiguration\x18\x01 \x01(\x0b\x32&.stratopt.v1.OptimizationConfiguration\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"@\n\x17GetConfigurationRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"Y\n\x18GetConfigurationResponse\x12=\n\rconfiguration\x18\x01 \x01(\x0b\x32&.stratopt.v1.OptimizationConfiguration\"B\n\x19ListConfigurationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"u\n\x1aListConfigurationsResponse\x12>\n\x0e\x63onfigurations\x18\x01 \x03(\x0b\x32&.stratopt.v1.OptimizationConfiguration\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"C\n\x17RunConfigurationRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"I\n\x18RunConfigurationResponse\x12-\n\x06result\x18\x01 \x01(\x0b\x32\x1d.stratopt.v1.OptimizeResponse\"x\n\x08PriceBar\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05price\x18\x03 \x01(\x01\x12\x13\n\x06volume\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\t\n\x07_volume\">\n\x17IngestMarketDataRequest\x12#\n\x04\x62\x61rs\x18\x01 \x03(\x0b\x32\x15.stratopt.v1.PriceBar\"\xaa\x01\n\x18IngestMarketDataResponse\x12\x14\n\x0crows_written\x18\x01 \x01(\x04\x12\x0f\n\x07symbols\x18\x02 \x03(\t\x12\x33\n\x0f\x66irst_timestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_timestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"`\n\x1f\x43omputeEfficientFrontierRequest\x12-\n\x07problem\x18\x01 \x01(\x0b\x32\x1c.stratopt.v1.OptimizeRequest\x12\x0e\n\x06points\x18\x02 \x01(\r\"\xbc\x01\n\rFrontierPoint\x12\x17\n\x0f\x65xpected_return\x18\x01 \x01(\x01\x12\x12\n\nvolatility\x18\x02 \x01(\x01\x12\x14\n\x0csharpe_ratio\x18\x03 \x01(\x01\x12\x38\n\x07weights\x18\x04 \x03(\x0b\x32\'.stratopt.v1.FrontierPoint.WeightsEntry\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"k\n ComputeEfficientFrontierResponse\x12*\n\x06points\x18\x01 \x03(\x0b\x32\x1a.stratopt.v1.FrontierPoint\x12\x1b\n\x13\x63omputation_time_ms\x18\x02 \x01(\x01\x32\xac\x06\n\x1aOptimizationCommandService\x12G\n\x08Optimize\x12\x1c.stratopt.v1.OptimizeRequest\x1a\x1d.stratopt.v1.OptimizeResponse\x12V\n\rBatchOptimize\x12!.stratopt.v1.BatchOptimizeRequest\x1a\".stratopt.v1.BatchOptimizeResponse\x12h\n\x13UpsertConfiguration\x12\'.stratopt.v1.UpsertConfigurationRequest\x1a(.stratopt.v1.UpsertConfigurationResponse\x12_\n\x10GetConfiguration\x12$.stratopt.v1.GetConfigurationRequest\x1a%.stratopt.v1.GetConfigurationResponse\x12\x65\n\x12ListConfigurations\x12&.stratopt.v1.ListConfigurationsRequest\x1a\'.stratopt.v1.ListConfigurationsResponse\x12_\n\x10RunConfiguration\x12$.stratopt.v1.RunConfigurationRequest\x1a%.stratopt.v1.RunConfigurationResponse\x12w\n\x18\x43omputeEfficientFrontier\x12,.stratopt.v1.ComputeEfficientFrontierRequest\x1a-.stratopt.v1.ComputeEfficientFrontierResponse\x12\x61\n\x10IngestMarketData\x12$.stratopt.v1.IngestMarketDataRequest\x1a%.stratopt.v1.IngestMarketDataResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!stratopt/v1/command_service.proto\x12\x0bstratopt.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x1astratopt/v1/backtest.proto\x1a\x17stratopt/v1/types.proto\"\x8b\x04\n\x0fOptimizeRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12)\n\nstrategies\x18\x03 \x03(\x0b\x32\x15.stratopt.v1.Strategy\x12,\n\x07returns\x18\x04 \x01(\x0b\x32\x19.stratopt.v1.ReturnsInputH\x00\x12\x34\n\x0bmarket_data\x18\x05 \x01(\x0b\x32\x1d.stratopt.v1.MarketDataWindowH\x00\x12,\n\x07moments\x18\x06 \x01(\x0b\x32\x19.stratopt.v1.MomentsInputH\x00\x12)\n\tobjective\x18\x07 \x01(\x0e\x32\x16.stratopt.v1.Objective\x12/\n\x06method\x18\x08 \x01(\x0e\x32\x1f.stratopt.v1.OptimizationMethod\x12\x39\n\x0b\x63onstraints\x18\t \x01(\x0b\x32$.stratopt.v1.OptimizationConstraints\x12\x34\n\x0frisk_parameters\x18\n \x01(\x0b\x32\x1b.stratopt.v1.RiskParameters\x12:\n\x0f\x62lack_litterman\x18\x0b \x01(\x0b\x32!.stratopt.v1.BlackLittermanInputsB\x08\n\x06inputs\"\xf9\x02\n\x10OptimizeResponse\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12J\n\x0foptimal_weights\x18\x03 \x03(\x0b\x32\x31.stratopt.v1.OptimizeResponse.OptimalWeightsEntry\x12\x17\n\x0f\x65xpected_return\x18\x04 \x01(\x01\x12\x1b\n\x13\x65xpected_volatility\x18\x05 \x01(\x01\x12\x14\n\x0csharpe_ratio\x18\x06 \x01(\x01\x12@\n\x15optimization_metadata\x18\x07 \x01(\x0b\x32!.stratopt.v1.OptimizationMetadata\x12\x19\n\x0cmax_drawdown\x18\x08 \x01(\x01H\x00\x88\x01\x01\x1a\x35\n\x13OptimalWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x0f\n\r_max_drawdown\"F\n\x14\x42\x61tchOptimizeRequest\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.stratopt.v1.OptimizeRequest\"\x87\x01\n\x13\x42\x61tchOptimizeResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\x31\n\x08response\x18\x02 \x01(\x0b\x32\x1d.stratopt.v1.OptimizeResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome\"m\n\x15\x42\x61tchOptimizeResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .stratopt.v1.BatchOptimizeResult\x12\x11\n\tsucceeded\x18\x02 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\r\"\xe8\x03\n\x19OptimizationConfiguration\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12)\n\nstrategies\x18\x03 \x03(\x0b\x32\x15.stratopt.v1.Strategy\x12)\n\tobjective\x18\x04 \x01(\x0e\x32\x16.stratopt.v1.Objective\x12/\n\x06method\x18\x05 \x01(\x0e\x32\x1f.stratopt.v1.OptimizationMethod\x12\x39\n\x0b\x63onstraints\x18\x06 \x01(\x0b\x32$.stratopt.v1.OptimizationConstraints\x12\x34\n\x0frisk_parameters\x18\x07 \x01(\x0b\x32\x1b.stratopt.v1.RiskParameters\x12\x0f\n\x07\x65nabled\x18\x08 \x01(\x08\x12\x18\n\x10lookback_periods\x18\t \x01(\r\x12\x15\n\rmarket_symbol\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12:\n\x0f\x62lack_litterman\x18\x0c \x01(\x0b\x32!.stratopt.v1.BlackLittermanInputs\"[\n\x1aUpsertConfigurationRequest\x12=\n\rconfiguration\x18\x01 \x01(\x0b\x32&.stratopt.v1.OptimizationConfiguration\"m\n\x1bUpsertConfigurationResponse\x12=\n\rconfiguration\x18\x01 \x01(\x0b\x32&.stratopt.v1.OptimizationConfiguration\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"@\n\x17GetConfigurationRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"Y\n\x18GetConfigurationResponse\x12=\n\rconfiguration\x18\x01 \x01(\x0b\x32&.stratopt.v1.OptimizationConfiguration\"B\n\x19ListConfigurationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"u\n\x1aListConfigurationsResponse\x12>\n\x0e\x63onfigurations\x18\x01 \x03(\x0b\x32&.stratopt.v1.OptimizationConfiguration\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"C\n\x17RunConfigurationRequest\x12\x14\n\x0cportfolio_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"I\n\x18RunConfigurationResponse\x12-\n\x06result\x18\x01 \x01(\x0b\x32\x1d.stratopt.v1.OptimizeResponse\"x\n\x08PriceBar\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05price\x18\x03 \x01(\x01\x12\x13\n\x06volume\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\t\n\x07_volume\">\n\x17IngestMarketDataRequest\x12#\n\x04\x62\x61rs\x18\x01 \x03(\x0b\x32\x15.stratopt.v1.PriceBar\"\xaa\x01\n\x18IngestMarketDataResponse\x12\x14\n\x0crows_written\x18\x01 \x01(\x04\x12\x0f\n\x07symbols\x18\x02 \x03(\t\x12\x33\n\x0f\x66irst_timestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_timestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"`\n\x1f\x43omputeEfficientFrontierRequest\x12-\n\x07problem\x18\x01 \x01(\x0b\x32\x1c.stratopt.v1.OptimizeRequest\x12\x0e\n\x06points\x18\x02 \x01(\r\"\xbc\x01\n\rFrontierPoint\x12\x17\n\x0f\x65xpected_return\x18\x01 \x01(\x01\x12\x12\n\nvolatility\x18\x02 \x01(\x01\x12\x14\n\x0csharpe_ratio\x18\x03 \x01(\x01\x12\x38\n\x07weights\x18\x04 \x03(\x0b\x32\'.stratopt.v1.FrontierPoint.WeightsEntry\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"k\n ComputeEfficientFrontierResponse\x12*\n\x06points\x18\x01 \x03(\x0b\x32\x1a.stratopt.v1.FrontierPoint\x12\x1b\n\x13\x63omputation_time_ms\x18\x02 \x01(\x01\x32\xf7\x06\n\x1aOptimizationCommandService\x12G\n\x08Optimize\x12\x1c.stratopt.v1.OptimizeRequest\x1a\x1d.stratopt.v1.OptimizeResponse\x12V\n\rBatchOptimize\x12!.stratopt.v1.BatchOptimizeRequest\x1a\".stratopt.v1.BatchOptimizeResponse\x12h\n\x13UpsertConfiguration\x12\'.stratopt.v1.UpsertConfigurationRequest\x1a(.stratopt.v1.UpsertConfigurationResponse\x12_\n\x10GetConfiguration\x12$.stratopt.v1.GetConfigurationRequest\x1a%.stratopt.v1.GetConfigurationResponse\x12\x65\n\x12ListConfigurations\x12&.stratopt.v1.ListConfigurationsRequest\x1a\'.stratopt.v1.ListConfigurationsResponse\x12_\n\x10RunConfiguration\x12$.stratopt.v1.RunConfigurationRequest\x1a%.stratopt.v1.RunConfigurationResponse\x12w\n\x18\x43omputeEfficientFrontier\x12,.stratopt.v1.ComputeEfficientFrontierRequest\x1a-.stratopt.v1.ComputeEfficientFrontierResponse\x12\x61\n\x10IngestMarketData\x12$.stratopt.v1.IngestMarketDataRequest\x1a%.stratopt.v1.IngestMarketDataResponse(\x01\x12I\n\x08\x42\x61\x63ktest\x12\x1c.stratopt.v1.BacktestRequest\x1a\x1d.stratopt.v1.BacktestResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,50 +39,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OPTIMIZERESPONSE_OPTIMALWEIGHTSENTRY']._serialized_options = b'8\001'
   _globals['_FRONTIERPOINT_WEIGHTSENTRY']._loaded_options = None
   _globals['_FRONTIERPOINT_WEIGHTSENTRY']._serialized_options = b'8\001'
-  _globals['_OPTIMIZEREQUEST']._serialized_start=134
-  _globals['_OPTIMIZEREQUEST']._serialized_end=657
-  _globals['_OPTIMIZERESPONSE']._serialized_start=660
-  _globals['_OPTIMIZERESPONSE']._serialized_end=1037
-  _globals['_OPTIMIZERESPONSE_OPTIMALWEIGHTSENTRY']._serialized_start=967
-  _globals['_OPTIMIZERESPONSE_OPTIMALWEIGHTSENTRY']._serialized_end=1020
-  _globals['_BATCHOPTIMIZEREQUEST']._serialized_start=1039
-  _globals['_BATCHOPTIMIZEREQUEST']._serialized_end=1109
-  _globals['_BATCHOPTIMIZERESULT']._serialized_start=1112
-  _globals['_BATCHOPTIMIZERESULT']._serialized_end=1247
-  _globals['_BATCHOPTIMIZERESPONSE']._serialized_start=1249
-  _globals['_BATCHOPTIMIZERESPONSE']._serialized_end=1358
-  _globals['_OPTIMIZATIONCONFIGURATION']._serialized_start=1361
-  _globals['_OPTIMIZATIONCONFIGURATION']._serialized_end=1849
-  _globals['_UPSERTCONFIGURATIONREQUEST']._serialized_start=1851
-  _globals['_UPSERTCONFIGURATIONREQUEST']._serialized_end=1942
-  _globals['_UPSERTCONFIGURATIONRESPONSE']._serialized_start=1944
-  _globals['_UPSERTCONFIGURATIONRESPONSE']._serialized_end=2053
-  _globals['_GETCONFIGURATIONREQUEST']._serialized_start=2055
-  _globals['_GETCONFIGURATIONREQUEST']._serialized_end=2119
-  _globals['_GETCONFIGURATIONRESPONSE']._serialized_start=2121
-  _globals['_GETCONFIGURATIONRESPONSE']._serialized_end=2210
-  _globals['_LISTCONFIGURATIONSREQUEST']._serialized_start=2212
-  _globals['_LISTCONFIGURATIONSREQUEST']._serialized_end=2278
-  _globals['_LISTCONFIGURATIONSRESPONSE']._serialized_start=2280
-  _globals['_LISTCONFIGURATIONSRESPONSE']._serialized_end=2397
-  _globals['_RUNCONFIGURATIONREQUEST']._serialized_start=2399
-  _globals['_RUNCONFIGURATIONREQUEST']._serialized_end=2466
-  _globals['_RUNCONFIGURATIONRESPONSE']._serialized_start=2468
-  _globals['_RUNCONFIGURATIONRESPONSE']._serialized_end=2541
-  _globals['_PRICEBAR']._serialized_start=2543
-  _globals['_PRICEBAR']._serialized_end=2663
-  _globals['_INGESTMARKETDATAREQUEST']._serialized_start=2665
-  _globals['_INGESTMARKETDATAREQUEST']._serialized_end=2727
-  _globals['_INGESTMARKETDATARESPONSE']._serialized_start=2730
-  _globals['_INGESTMARKETDATARESPONSE']._serialized_end=2900
-  _globals['_COMPUTEEFFICIENTFRONTIERREQUEST']._serialized_start=2902
-  _globals['_COMPUTEEFFICIENTFRONTIERREQUEST']._serialized_end=2998
-  _globals['_FRONTIERPOINT']._serialized_start=3001
-  _globals['_FRONTIERPOINT']._serialized_end=3189
-  _globals['_FRONTIERPOINT_WEIGHTSENTRY']._serialized_start=3143
-  _globals['_FRONTIERPOINT_WEIGHTSENTRY']._serialized_end=3189
-  _globals['_COMPUTEEFFICIENTFRONTIERRESPONSE']._serialized_start=3191
-  _globals['_COMPUTEEFFICIENTFRONTIERRESPONSE']._serialized_end=3298
-  _globals['_OPTIMIZATIONCOMMANDSERVICE']._serialized_start=3301
-  _globals['_OPTIMIZATIONCOMMANDSERVICE']._serialized_end=4113
+  _globals['_OPTIMIZEREQUEST']._serialized_start=162
+  _globals['_OPTIMIZEREQUEST']._serialized_end=685
+  _globals['_OPTIMIZERESPONSE']._serialized_start=688
+  _globals['_OPTIMIZERESPONSE']._serialized_end=1065
+  _globals['_OPTIMIZERESPONSE_OPTIMALWEIGHTSENTRY']._serialized_start=995
+  _globals['_OPTIMIZERESPONSE_OPTIMALWEIGHTSENTRY']._serialized_end=1048
+  _globals['_BATCHOPTIMIZEREQUEST']._serialized_start=1067
+  _globals['_BATCHOPTIMIZEREQUEST']._serialized_end=1137
+  _globals['_BATCHOPTIMIZERESULT']._serialized_start=1140
+  _globals['_BATCHOPTIMIZERESULT']._serialized_end=1275
+  _globals['_BATCHOPTIMIZERESPONSE']._serialized_start=1277
+  _globals['_BATCHOPTIMIZERESPONSE']._serialized_end=1386
+  _globals['_OPTIMIZATIONCONFIGURATION']._serialized_start=1389
+  _globals['_OPTIMIZATIONCONFIGURATION']._serialized_end=1877
+  _globals['_UPSERTCONFIGURATIONREQUEST']._serialized_start=1879
+  _globals['_UPSERTCONFIGURATIONREQUEST']._serialized_end=1970
+  _globals['_UPSERTCONFIGURATIONRESPONSE']._serialized_start=1972
+  _globals['_UPSERTCONFIGURATIONRESPONSE']._serialized_end=2081
+  _globals['_GETCONFIGURATIONREQUEST']._serialized_start=2083
+  _globals['_GETCONFIGURATIONREQUEST']._serialized_end=2147
+  _globals['_GETCONFIGURATIONRESPONSE']._serialized_start=2149
+  _globals['_GETCONFIGURATIONRESPONSE']._serialized_end=2238
+  _globals['_LISTCONFIGURATIONSREQUEST']._serialized_start=2240
+  _globals['_LISTCONFIGURATIONSREQUEST']._serialized_end=2306
+  _globals['_LISTCONFIGURATIONSRESPONSE']._serialized_start=2308
+  _globals['_LISTCONFIGURATIONSRESPONSE']._serialized_end=2425
+  _globals['_RUNCONFIGURATIONREQUEST']._serialized_start=2427
+  _globals['_RUNCONFIGURATIONREQUEST']._serialized_end=2494
+  _globals['_RUNCONFIGURATIONRESPONSE']._serialized_start=2496
+  _globals['_RUNCONFIGURATIONRESPONSE']._serialized_end=2569
+  _globals['_PRICEBAR']._serialized_start=2571
+  _globals['_PRICEBAR']._serialized_end=2691
+  _globals['_INGESTMARKETDATAREQUEST']._serialized_start=2693
+  _globals['_INGESTMARKETDATAREQUEST']._serialized_end=2755
+  _globals['_INGESTMARKETDATARESPONSE']._serialized_start=2758
+  _globals['_INGESTMARKETDATARESPONSE']._serialized_end=2928
+  _globals['_COMPUTEEFFICIENTFRONTIERREQUEST']._serialized_start=2930
+  _globals['_COMPUTEEFFICIENTFRONTIERREQUEST']._serialized_end=3026
+  _globals['_FRONTIERPOINT']._serialized_start=3029
+  _globals['_FRONTIERPOINT']._serialized_end=3217
+  _globals['_FRONTIERPOINT_WEIGHTSENTRY']._serialized_start=3171
+  _globals['_FRONTIERPOINT_WEIGHTSENTRY']._serialized_end=3217
+  _globals['_COMPUTEEFFICIENTFRONTIERRESPONSE']._serialized_start=3219
+  _globals['_COMPUTEEFFICIENTFRONTIERRESPONSE']._serialized_end=3326
+  _globals['_OPTIMIZATIONCOMMANDSERVICE']._serialized_start=3329
+  _globals['_OPTIMIZATIONCOMMANDSERVICE']._serialized_end=4216
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from stratopt.v1 import backtest_pb2 as stratopt_dot_v1_dot_backtest__pb2
 from stratopt.v1 import command_service_pb2 as stratopt_dot_v1_dot_command__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -76,6 +77,11 @@ class OptimizationCommandServiceStub:
                 request_serializer=stratopt_dot_v1_dot_command__service__pb2.IngestMarketDataRequest.SerializeToString,
                 response_deserializer=stratopt_dot_v1_dot_command__service__pb2.IngestMarketDataResponse.FromString,
                 _registered_method=True)
+        self.Backtest = channel.unary_stream(
+                '/stratopt.v1.OptimizationCommandService/Backtest',
+                request_serializer=stratopt_dot_v1_dot_backtest__pb2.BacktestRequest.SerializeToString,
+                response_deserializer=stratopt_dot_v1_dot_backtest__pb2.BacktestResponse.FromString,
+                _registered_method=True)
 
 
 class OptimizationCommandServiceServicer:
@@ -142,6 +148,16 @@ class OptimizationCommandServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Backtest(self, request, context):
+        """Walk-forward backtest of a stored configuration on stored prices. Server-streaming: progress messages, then
+        the stored result (equity curve and weights in the backtest_points hypertable, read them with
+        GetBacktest). Cancelling the call stops it and stores nothing. Errors: NOT_FOUND (no configuration),
+        INVALID_ARGUMENT naming the field, FAILED_PRECONDITION (missing prices, too little history).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizationCommandServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -184,6 +200,11 @@ def add_OptimizationCommandServiceServicer_to_server(servicer, server):
                     servicer.IngestMarketData,
                     request_deserializer=stratopt_dot_v1_dot_command__service__pb2.IngestMarketDataRequest.FromString,
                     response_serializer=stratopt_dot_v1_dot_command__service__pb2.IngestMarketDataResponse.SerializeToString,
+            ),
+            'Backtest': grpc.unary_stream_rpc_method_handler(
+                    servicer.Backtest,
+                    request_deserializer=stratopt_dot_v1_dot_backtest__pb2.BacktestRequest.FromString,
+                    response_serializer=stratopt_dot_v1_dot_backtest__pb2.BacktestResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -404,6 +425,33 @@ class OptimizationCommandService:
             '/stratopt.v1.OptimizationCommandService/IngestMarketData',
             stratopt_dot_v1_dot_command__service__pb2.IngestMarketDataRequest.SerializeToString,
             stratopt_dot_v1_dot_command__service__pb2.IngestMarketDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backtest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/stratopt.v1.OptimizationCommandService/Backtest',
+            stratopt_dot_v1_dot_backtest__pb2.BacktestRequest.SerializeToString,
+            stratopt_dot_v1_dot_backtest__pb2.BacktestResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,7 @@ The command side of stratopt: optimize, store configurations, ingest market data
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from stratopt.v1 import backtest_pb2 as _backtest_pb2
 from stratopt.v1 import command_service_pb2 as _command_service_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -57,6 +58,12 @@ class OptimizationCommandServiceStub:
     """Store price bars in the market_data hypertable (upsert on symbol and timestamp). Client-streaming:
     send bars in chunks of up to 10000.
     """
+    Backtest: _grpc.UnaryStreamMultiCallable[_backtest_pb2.BacktestRequest, _backtest_pb2.BacktestResponse]
+    """Walk-forward backtest of a stored configuration on stored prices. Server-streaming: progress messages, then
+    the stored result (equity curve and weights in the backtest_points hypertable, read them with
+    GetBacktest). Cancelling the call stops it and stores nothing. Errors: NOT_FOUND (no configuration),
+    INVALID_ARGUMENT naming the field, FAILED_PRECONDITION (missing prices, too little history).
+    """
 
 @_typing.type_check_only
 class OptimizationCommandServiceAsyncStub(OptimizationCommandServiceStub):
@@ -86,6 +93,12 @@ class OptimizationCommandServiceAsyncStub(OptimizationCommandServiceStub):
     IngestMarketData: _aio.StreamUnaryMultiCallable[_command_service_pb2.IngestMarketDataRequest, _command_service_pb2.IngestMarketDataResponse]  # type: ignore[assignment]
     """Store price bars in the market_data hypertable (upsert on symbol and timestamp). Client-streaming:
     send bars in chunks of up to 10000.
+    """
+    Backtest: _aio.UnaryStreamMultiCallable[_backtest_pb2.BacktestRequest, _backtest_pb2.BacktestResponse]  # type: ignore[assignment]
+    """Walk-forward backtest of a stored configuration on stored prices. Server-streaming: progress messages, then
+    the stored result (equity curve and weights in the backtest_points hypertable, read them with
+    GetBacktest). Cancelling the call stops it and stores nothing. Errors: NOT_FOUND (no configuration),
+    INVALID_ARGUMENT naming the field, FAILED_PRECONDITION (missing prices, too little history).
     """
 
 class OptimizationCommandServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -161,6 +174,18 @@ class OptimizationCommandServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_command_service_pb2.IngestMarketDataResponse, _abc.Awaitable[_command_service_pb2.IngestMarketDataResponse]]:
         """Store price bars in the market_data hypertable (upsert on symbol and timestamp). Client-streaming:
         send bars in chunks of up to 10000.
+        """
+
+    @_abc_1.abstractmethod
+    def Backtest(
+        self,
+        request: _backtest_pb2.BacktestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_backtest_pb2.BacktestResponse], _abc.AsyncIterator[_backtest_pb2.BacktestResponse]]:
+        """Walk-forward backtest of a stored configuration on stored prices. Server-streaming: progress messages, then
+        the stored result (equity curve and weights in the backtest_points hypertable, read them with
+        GetBacktest). Cancelling the call stops it and stores nothing. Errors: NOT_FOUND (no configuration),
+        INVALID_ARGUMENT naming the field, FAILED_PRECONDITION (missing prices, too little history).
         """
 
 def add_OptimizationCommandServiceServicer_to_server(servicer: OptimizationCommandServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

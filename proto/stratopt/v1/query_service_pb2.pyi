@@ -9,6 +9,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from stratopt.v1 import backtest_pb2 as _backtest_pb2
 from stratopt.v1 import rotation_service_pb2 as _rotation_service_pb2
 from stratopt.v1 import trading_service_pb2 as _trading_service_pb2
 from stratopt.v1 import types_pb2 as _types_pb2
@@ -1196,3 +1197,113 @@ class GetRebalanceStatisticsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRebalanceStatisticsResponse: _TypeAlias = GetRebalanceStatisticsResponse  # noqa: Y015
+
+@_typing.final
+class GetBacktestRequest(_message.Message):
+    """Read a stored backtest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BACKTEST_ID_FIELD_NUMBER: _builtins.int
+    backtest_id: _builtins.str
+    """Backtest identifier (UUID) from the Backtest stream's result."""
+    def __init__(
+        self,
+        *,
+        backtest_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backtest_id", b"backtest_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBacktestRequest: _TypeAlias = GetBacktestRequest  # noqa: Y015
+
+@_typing.final
+class GetBacktestResponse(_message.Message):
+    """A stored backtest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def summary(self) -> _backtest_pb2.BacktestSummary:
+        """Summary, metrics and settings."""
+
+    @_builtins.property
+    def points(self) -> _containers.RepeatedCompositeFieldContainer[_backtest_pb2.BacktestPoint]:
+        """Every simulated close, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        summary: _backtest_pb2.BacktestSummary | None = ...,
+        points: _abc.Iterable[_backtest_pb2.BacktestPoint] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["summary", b"summary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["points", b"points", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBacktestResponse: _TypeAlias = GetBacktestResponse  # noqa: Y015
+
+@_typing.final
+class ListBacktestsRequest(_message.Message):
+    """List a portfolio's backtests."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTFOLIO_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    portfolio_id: _builtins.str
+    """Portfolio identifier."""
+    page_size: _builtins.int
+    """Maximum items per page; 0 = 50, capped at 500."""
+    page_token: _builtins.str
+    """Token from a previous response; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        portfolio_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "portfolio_id", b"portfolio_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBacktestsRequest: _TypeAlias = ListBacktestsRequest  # noqa: Y015
+
+@_typing.final
+class ListBacktestsResponse(_message.Message):
+    """A page of backtests, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BACKTESTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def backtests(self) -> _containers.RepeatedCompositeFieldContainer[_backtest_pb2.BacktestSummary]:
+        """Summaries (settings and metrics, no path)."""
+
+    def __init__(
+        self,
+        *,
+        backtests: _abc.Iterable[_backtest_pb2.BacktestSummary] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backtests", b"backtests", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBacktestsResponse: _TypeAlias = ListBacktestsResponse  # noqa: Y015

@@ -100,6 +100,16 @@ class OptimizationQueryServiceStub:
                 request_serializer=stratopt_dot_v1_dot_query__service__pb2.GetRebalanceStatisticsRequest.SerializeToString,
                 response_deserializer=stratopt_dot_v1_dot_query__service__pb2.GetRebalanceStatisticsResponse.FromString,
                 _registered_method=True)
+        self.GetBacktest = channel.unary_unary(
+                '/stratopt.v1.OptimizationQueryService/GetBacktest',
+                request_serializer=stratopt_dot_v1_dot_query__service__pb2.GetBacktestRequest.SerializeToString,
+                response_deserializer=stratopt_dot_v1_dot_query__service__pb2.GetBacktestResponse.FromString,
+                _registered_method=True)
+        self.ListBacktests = channel.unary_unary(
+                '/stratopt.v1.OptimizationQueryService/ListBacktests',
+                request_serializer=stratopt_dot_v1_dot_query__service__pb2.ListBacktestsRequest.SerializeToString,
+                response_deserializer=stratopt_dot_v1_dot_query__service__pb2.ListBacktestsResponse.FromString,
+                _registered_method=True)
 
 
 class OptimizationQueryServiceServicer:
@@ -210,6 +220,20 @@ class OptimizationQueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetBacktest(self, request, context):
+        """A stored backtest: its summary and its simulated path (equity, cash, weights per close). NOT_FOUND when absent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBacktests(self, request, context):
+        """Stored backtests of a portfolio, newest first, with keyset pagination (summaries only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizationQueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -277,6 +301,16 @@ def add_OptimizationQueryServiceServicer_to_server(servicer, server):
                     servicer.GetRebalanceStatistics,
                     request_deserializer=stratopt_dot_v1_dot_query__service__pb2.GetRebalanceStatisticsRequest.FromString,
                     response_serializer=stratopt_dot_v1_dot_query__service__pb2.GetRebalanceStatisticsResponse.SerializeToString,
+            ),
+            'GetBacktest': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBacktest,
+                    request_deserializer=stratopt_dot_v1_dot_query__service__pb2.GetBacktestRequest.FromString,
+                    response_serializer=stratopt_dot_v1_dot_query__service__pb2.GetBacktestResponse.SerializeToString,
+            ),
+            'ListBacktests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBacktests,
+                    request_deserializer=stratopt_dot_v1_dot_query__service__pb2.ListBacktestsRequest.FromString,
+                    response_serializer=stratopt_dot_v1_dot_query__service__pb2.ListBacktestsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -631,6 +665,60 @@ class OptimizationQueryService:
             '/stratopt.v1.OptimizationQueryService/GetRebalanceStatistics',
             stratopt_dot_v1_dot_query__service__pb2.GetRebalanceStatisticsRequest.SerializeToString,
             stratopt_dot_v1_dot_query__service__pb2.GetRebalanceStatisticsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBacktest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stratopt.v1.OptimizationQueryService/GetBacktest',
+            stratopt_dot_v1_dot_query__service__pb2.GetBacktestRequest.SerializeToString,
+            stratopt_dot_v1_dot_query__service__pb2.GetBacktestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBacktests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stratopt.v1.OptimizationQueryService/ListBacktests',
+            stratopt_dot_v1_dot_query__service__pb2.ListBacktestsRequest.SerializeToString,
+            stratopt_dot_v1_dot_query__service__pb2.ListBacktestsResponse.FromString,
             options,
             channel_credentials,
             insecure,

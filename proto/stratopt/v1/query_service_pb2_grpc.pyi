@@ -79,6 +79,10 @@ class OptimizationQueryServiceStub:
     """
     GetRebalanceStatistics: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.GetRebalanceStatisticsRequest, _query_service_pb2.GetRebalanceStatisticsResponse]
     """Rebalance and cost statistics per time bucket from the rebalance events (aggregated in TimescaleDB)."""
+    GetBacktest: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.GetBacktestRequest, _query_service_pb2.GetBacktestResponse]
+    """A stored backtest: its summary and its simulated path (equity, cash, weights per close). NOT_FOUND when absent."""
+    ListBacktests: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.ListBacktestsRequest, _query_service_pb2.ListBacktestsResponse]
+    """Stored backtests of a portfolio, newest first, with keyset pagination (summaries only)."""
 
 @_typing.type_check_only
 class OptimizationQueryServiceAsyncStub(OptimizationQueryServiceStub):
@@ -131,6 +135,10 @@ class OptimizationQueryServiceAsyncStub(OptimizationQueryServiceStub):
     """
     GetRebalanceStatistics: _aio.UnaryUnaryMultiCallable[_query_service_pb2.GetRebalanceStatisticsRequest, _query_service_pb2.GetRebalanceStatisticsResponse]  # type: ignore[assignment]
     """Rebalance and cost statistics per time bucket from the rebalance events (aggregated in TimescaleDB)."""
+    GetBacktest: _aio.UnaryUnaryMultiCallable[_query_service_pb2.GetBacktestRequest, _query_service_pb2.GetBacktestResponse]  # type: ignore[assignment]
+    """A stored backtest: its summary and its simulated path (equity, cash, weights per close). NOT_FOUND when absent."""
+    ListBacktests: _aio.UnaryUnaryMultiCallable[_query_service_pb2.ListBacktestsRequest, _query_service_pb2.ListBacktestsResponse]  # type: ignore[assignment]
+    """Stored backtests of a portfolio, newest first, with keyset pagination (summaries only)."""
 
 class OptimizationQueryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Read-only queries over stored optimization events."""
@@ -258,5 +266,21 @@ class OptimizationQueryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_query_service_pb2.GetRebalanceStatisticsResponse, _abc.Awaitable[_query_service_pb2.GetRebalanceStatisticsResponse]]:
         """Rebalance and cost statistics per time bucket from the rebalance events (aggregated in TimescaleDB)."""
+
+    @_abc_1.abstractmethod
+    def GetBacktest(
+        self,
+        request: _query_service_pb2.GetBacktestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_query_service_pb2.GetBacktestResponse, _abc.Awaitable[_query_service_pb2.GetBacktestResponse]]:
+        """A stored backtest: its summary and its simulated path (equity, cash, weights per close). NOT_FOUND when absent."""
+
+    @_abc_1.abstractmethod
+    def ListBacktests(
+        self,
+        request: _query_service_pb2.ListBacktestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_query_service_pb2.ListBacktestsResponse, _abc.Awaitable[_query_service_pb2.ListBacktestsResponse]]:
+        """Stored backtests of a portfolio, newest first, with keyset pagination (summaries only)."""
 
 def add_OptimizationQueryServiceServicer_to_server(servicer: OptimizationQueryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
