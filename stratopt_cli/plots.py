@@ -147,8 +147,9 @@ def frontier_figure(
 ) -> Figure:
     """The efficient frontier (volatility on x, expected return on y, both in %) with its notable points.
 
-    Marks the sampled point with the highest Sharpe ratio, the one with the lowest volatility, optionally one
-    portfolio (e.g. the latest stored result) and the individual assets.
+    Marks the sampled point with the highest Sharpe ratio (a gold star), the one with the lowest volatility (a
+    green diamond outline), optionally one portfolio (a red ring, e.g. the latest stored result) and the
+    individual assets (grey dots with their symbols). Markers at the same point stay visible.
 
     Parameters
     ----------
@@ -160,7 +161,7 @@ def frontier_figure(
         Symbol -> (annualised volatility, annualised expected return) of each asset held alone; drawn as
         labelled grey dots.
     portfolio : PortfolioPoint, optional
-        A portfolio to mark with a red ring.
+        A portfolio to mark.
     size_px : (int, int)
         Width and height of the picture in pixels.
 
@@ -198,23 +199,24 @@ def frontier_figure(
     axes.scatter(
         vol[lowest],
         ret[lowest],
-        s=90,
+        s=200,
         marker="D",
-        color="tab:green",
-        edgecolors="black",
-        zorder=4,
+        facecolors="none",
+        edgecolors="tab:green",
+        linewidths=2,
+        zorder=5,  # an outline: a max-Sharpe star at the same point stays visible inside it
         label=f"Min volatility: {_return_and_risk(ret[lowest], vol[lowest])}",
     )
     if portfolio is not None:
         axes.scatter(
             portfolio.volatility,
             portfolio.expected_return,
-            s=320,
+            s=480,
             marker="o",
             facecolors="none",
             edgecolors="tab:red",
             linewidths=2,
-            zorder=5,  # a ring: the max-Sharpe star stays visible inside it
+            zorder=5,  # a ring, like the diamond
             label=f"{portfolio.label}: {_return_and_risk(portfolio.expected_return, portfolio.volatility)}",
         )
     if assets:
@@ -226,13 +228,14 @@ def frontier_figure(
             axes.annotate(
                 symbol, (asset_vol, asset_ret), xytext=(4, 3), textcoords="offset points", fontsize=8, color="dimgrey"
             )
+    axes.margins(x=0.08, y=0.06)  # room for the asset labels at the edges
     axes.xaxis.set_major_formatter(PercentFormatter(xmax=1.0))
     axes.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
     axes.set_xlabel("Volatility (annualised)")
     axes.set_ylabel("Expected return (annualised)")
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
-    axes.legend(loc="best", fontsize=8, framealpha=0.9)
+    axes.legend(loc="best", fontsize=8, framealpha=0.9, markerscale=0.6)
     return figure
 
 
@@ -284,7 +287,8 @@ def _band_colors(count: int, other: bool) -> list[Any]:
     from matplotlib import colormaps
 
     palette = colormaps["tab20"]
-    order = [palette(2 * i) for i in range(10)] + [palette(2 * i + 1) for i in range(10)]
+    # The dark shades first, then the light ones; no greys (grey is "other").
+    order = [palette(2 * i) for i in range(10) if i != 7] + [palette(2 * i + 1) for i in range(10) if i != 7]
     colors: list[Any] = [order[i % len(order)] for i in range(count)]
     if other:
         colors[-1] = "lightgrey"
@@ -298,6 +302,7 @@ def weights_figure(
     *,
     title: str,
     max_series: int = MAX_WEIGHT_SERIES,
+    xlabel: str = "Run time (UTC)",
     size_px: tuple[int, int] = DEFAULT_SIZE_PX,
 ) -> Figure:
     """A portfolio's weights over its runs as stacked areas (in %), the legend outside the plot on the right.
@@ -318,6 +323,8 @@ def weights_figure(
         Title of the chart.
     max_series : int
         Most bands, at least 2 (the last one may be "Other").
+    xlabel : str
+        Label of the time axis (e.g. "Rebalance date" for a backtest's weights).
     size_px : (int, int)
         Width and height of the picture in pixels.
 
@@ -371,6 +378,7 @@ def weights_figure(
     axes.set_ylim(min(0.0, float(bottom.min())), max(1.0, float(top.max())))
     axes.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
     axes.set_ylabel("Weight")
+    axes.set_xlabel(xlabel)
     axes.set_title(title)
     axes.grid(True, axis="y", alpha=0.3)
     handles, legend_labels = axes.get_legend_handles_labels()
@@ -387,6 +395,7 @@ def plot_weights(
     *,
     title: str,
     max_series: int = MAX_WEIGHT_SERIES,
+    xlabel: str = "Run time (UTC)",
     size_px: tuple[int, int] = DEFAULT_SIZE_PX,
 ) -> Path:
     """Save :func:`weights_figure` as a PNG at ``path`` and return the path.
@@ -398,7 +407,9 @@ def plot_weights(
     OSError
         When the file cannot be written.
     """
-    figure = weights_figure(timestamps, weights, symbols, title=title, max_series=max_series, size_px=size_px)
+    figure = weights_figure(
+        timestamps, weights, symbols, title=title, max_series=max_series, xlabel=xlabel, size_px=size_px
+    )
     return _save(figure, path)
 
 

@@ -172,6 +172,7 @@ def test_weights_chart_stacks_one_band_per_held_symbol_with_the_legend_outside(t
     np.testing.assert_allclose(_band_top(bands["DDD"]), weights[:, :4].sum(axis=1), atol=1e-12)  # stacked to 1
     np.testing.assert_allclose(_band_top(bands["AAA"]), weights[:, 0], atol=1e-12)
     _assert_percent_ticks(figure.axes[0].yaxis)
+    assert figure.axes[0].get_xlabel() == "Run time (UTC)"
     figure.canvas.draw()
     legend = figure.legends[0]
     assert [t.get_text() for t in legend.get_texts()] == ["DDD", "CCC", "BBB", "AAA"]  # top band first
@@ -206,8 +207,9 @@ def test_short_weights_stack_below_zero() -> None:
 
 def test_a_single_run_is_drawn_as_one_column_with_one_tick() -> None:
     stamp = datetime(2024, 6, 3, 15, 30, tzinfo=UTC)
-    figure = plots.weights_figure([stamp], [[0.25, 0.75]], ["A", "B"], title="One run")
+    figure = plots.weights_figure([stamp], [[0.25, 0.75]], ["A", "B"], title="One run", xlabel="Rebalance")
     axes = figure.axes[0]
+    assert axes.get_xlabel() == "Rebalance"
     assert len(_bands(figure)) == 2
     figure.canvas.draw()
     assert [t.get_text() for t in axes.get_xticklabels()] == ["2024-06-03 15:30 UTC"]
