@@ -1,8 +1,8 @@
 """The ``stratopt`` command line.
 
 Service: serve, migrate, retention, demo. Optimization: ingest, optimize, latest, history, analytics. Backtests:
-backtest, get-backtest, list-backtests. Trading: allocate,
-allocation-cache, holdings, policy, drift, rebalance, approve, reject, recommendation, rebalance-events.
+backtest, get-backtest, list-backtests. Trading: allocate, allocation-cache, holdings, policy, drift, rebalance,
+approve, reject, recommendation, rebalance-events. Charts: plot.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from stratopt.v1 import trading_service_pb2 as trading_pb
 from stratopt_cli import client
 from stratopt_cli.health import HEALTH_ADDRESS_ENV
 from stratopt_cli.logs import LOG_FORMAT_ENV, setup_logging
+from stratopt_cli.plot_commands import plot_app
 from stratopt_cli.runtime import DatabaseTimeouts, database, startup_limit_from_env
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(plot_app, name="plot")
 
 TargetOption = Annotated[
     str, typer.Option("--target", envvar="STRATOPT_TARGET", help="host:port of a running stratopt server.")
