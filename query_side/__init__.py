@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import grpc
 
+from query_side.export import ExportReads
 from query_side.read_store import InMemoryReadStore, ReadStore
 from query_side.realised import PriceReads
 from query_side.repository import PostgresReadStore
@@ -25,6 +26,7 @@ __all__ = [
     "SERVICE_NAME",
     "ErrorMappingInterceptor",
     "EventNotifier",
+    "ExportReads",
     "InMemoryReadStore",
     "OptimizationQueryServicer",
     "PostgresReadStore",
@@ -44,6 +46,7 @@ def register(
     notifier: EventNotifier | None = None,
     prices: PriceReads | None = None,
     trading: TradingStatistics | None = None,
+    exports: ExportReads | None = None,
 ) -> list[str]:
     """Add the query servicer to a server.
 
@@ -61,6 +64,8 @@ def register(
         Stored closes for ``GetRealisedPerformance``; without them the RPC answers FAILED_PRECONDITION.
     trading : TradingStatistics, optional
         Rebalance statistics for ``GetRebalanceStatistics``; without them the RPC answers FAILED_PRECONDITION.
+    exports : ExportReads, optional
+        The paginated reads of ``ExportData``; without them the RPC answers FAILED_PRECONDITION.
 
     Returns
     -------
@@ -68,7 +73,7 @@ def register(
         Full names of the services added, for reflection and health checking.
     """
     query_service_pb2_grpc.add_OptimizationQueryServiceServicer_to_server(
-        OptimizationQueryServicer(store, rotation, notifier, prices, trading), server
+        OptimizationQueryServicer(store, rotation, notifier, prices, trading, exports), server
     )
     return [SERVICE_NAME]
 

@@ -201,6 +201,7 @@ class StratoptServer:
                 self._notifier,
                 query_side.PriceReads(self._pool),
                 query_side.TradingStatistics(self._pool),
+                query_side.ExportReads(self._pool),
             )
         names = [*command_names, *query_names]
         health_servicer = new_servicer(names)

@@ -288,6 +288,9 @@ def valid_requests() -> dict[str, Any]:
         "OptimizationQueryService.GetRebalanceStatistics": query_pb.GetRebalanceStatisticsRequest(
             portfolio_id="corpus"
         ),
+        "OptimizationQueryService.ExportData": query_pb.ExportDataRequest(
+            portfolio_id="corpus", dataset=query_pb.EXPORT_DATASET_OPTIMIZATION_HISTORY
+        ),
         "OptimizationQueryService.GetPortfolioAnalytics": query_pb.GetPortfolioAnalyticsRequest(portfolio_id="corpus"),
         "OptimizationQueryService.GetRebalance": query_pb.GetRebalanceRequest(recommendation_id=RECOMMENDATION),
         "OptimizationQueryService.ListRebalanceEvents": query_pb.ListRebalanceEventsRequest(portfolio_id="corpus"),
