@@ -118,10 +118,11 @@ class _Dataset:
 
     schema: pa.Schema
     query: str
-    """``SELECT ... WHERE {where} ORDER BY <keyset> LIMIT {limit}``; the keyset columns are selected as
-    ``k_time``, ``k_id`` (uuid) and, for a third column, ``k_symbol``."""
-    keyset: tuple[str, ...]
-    """The keyset's SQL expressions, in order (a row comparison continues after the last row of a page)."""
+    """``SELECT ... FROM <table> e WHERE {where} ORDER BY <keyset> LIMIT {limit}``. The ORDER BY names the table's
+    columns (``e.event_id``, not the selected text of the same name), so that it follows the index."""
+    keyset: tuple[tuple[str, str], ...]
+    """The keyset: each part's SQL expression and the selected column holding its value (a row comparison continues
+    after the last row of a page)."""
     table: str
     """The table whose rows of the portfolio make it known (:meth:`ExportReads.has_rows`)."""
     convert: dict[str, Callable[[Any], Any]]
@@ -132,36 +133,36 @@ _DATASETS: Final[dict[ExportDataset, _Dataset]] = {
     ExportDataset.OPTIMIZATION_HISTORY: _Dataset(
         schema=HISTORY_SCHEMA,
         query=(
-            'SELECT "timestamp" AS k_time, event_id AS k_id, "timestamp", event_id::text AS event_id, portfolio_id, '
+            'SELECT "timestamp", event_id AS k_id, event_id::text AS event_id, portfolio_id, '
             "result_id::text AS result_id, configuration_version, request_id, objective, method, expected_return, "
             "volatility, sharpe_ratio, turnover, metadata->>'window_start' AS window_start, "
             "metadata->>'window_end' AS window_end, metadata::text AS metadata "
-            'FROM portfolio_optimized WHERE {where} ORDER BY "timestamp", event_id LIMIT {limit}'
+            'FROM portfolio_optimized e WHERE {where} ORDER BY e."timestamp", e.event_id LIMIT {limit}'
         ),
-        keyset=('"timestamp"', "event_id"),
+        keyset=(('e."timestamp"', "timestamp"), ("e.event_id", "k_id")),
         table="portfolio_optimized",
         convert={"window_start": _instant, "window_end": _instant},
     ),
     ExportDataset.WEIGHTS: _Dataset(
         schema=WEIGHTS_SCHEMA,
         query=(
-            'SELECT e."timestamp" AS k_time, e.event_id AS k_id, w.key AS k_symbol, e."timestamp", '
-            "e.event_id::text AS event_id, w.key AS symbol, w.value::float8 AS weight "
+            'SELECT e."timestamp", e.event_id AS k_id, e.event_id::text AS event_id, w.key AS symbol, '
+            "w.value::float8 AS weight "
             "FROM portfolio_optimized e CROSS JOIN LATERAL jsonb_each_text(e.weights) AS w "
             'WHERE {where} ORDER BY e."timestamp", e.event_id, w.key COLLATE "C" LIMIT {limit}'
         ),
-        keyset=('e."timestamp"', "e.event_id", 'w.key COLLATE "C"'),
+        keyset=(('e."timestamp"', "timestamp"), ("e.event_id", "k_id"), ('w.key COLLATE "C"', "symbol")),
         table="portfolio_optimized",
         convert={},
     ),
     ExportDataset.REBALANCE_EVENTS: _Dataset(
         schema=REBALANCE_EVENTS_SCHEMA,
         query=(
-            'SELECT "timestamp" AS k_time, event_id AS k_id, "timestamp", event_id::text AS event_id, portfolio_id, '
+            'SELECT "timestamp", event_id AS k_id, event_id::text AS event_id, portfolio_id, '
             "recommendation_id::text AS recommendation_id, event_type, status, actor, total_trade_value "
-            'FROM rebalance_events WHERE {where} ORDER BY "timestamp", event_id LIMIT {limit}'
+            'FROM rebalance_events e WHERE {where} ORDER BY e."timestamp", e.event_id LIMIT {limit}'
         ),
-        keyset=('"timestamp"', "event_id"),
+        keyset=(('e."timestamp"', "timestamp"), ("e.event_id", "k_id")),
         table="rebalance_events",
         convert={},
     ),
@@ -183,8 +184,8 @@ def _page_query(
         arguments.extend(after)
         places = ", ".join(f"${first + k}" for k in range(len(after)))
         # The plain bound lets TimescaleDB skip older chunks; the row comparison is the keyset.
-        conditions.append(f"{spec.keyset[0]} >= ${first}")
-        conditions.append(f"({', '.join(spec.keyset)}) > ({places})")
+        conditions.append(f"{spec.keyset[0][0]} >= ${first}")
+        conditions.append(f"({', '.join(sql for sql, _ in spec.keyset)}) > ({places})")
     where = " AND ".join(conditions)  # the range's columns are unambiguous in every query (one event table)
     return spec.query.format(where=where, limit=f"${len(arguments) + 1}")
 
@@ -227,6 +228,16 @@ def ipc_messages(batch: pa.RecordBatch, max_bytes: int = MAX_MESSAGE_BYTES) -> I
     half = batch.num_rows // 2
     yield from ipc_messages(batch.slice(0, half), max_bytes)
     yield from ipc_messages(batch.slice(half), max_bytes)
+
+
+def _batch(spec: _Dataset, rows: list[asyncpg.Record]) -> pa.RecordBatch:
+    """The record batch of a page: column by column, converting the columns ``spec.convert`` names."""
+    arrays = []
+    for field in spec.schema:
+        values = [row[field.name] for row in rows]
+        convert = spec.convert.get(field.name)
+        arrays.append(pa.array(values if convert is None else [convert(v) for v in values], type=field.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=spec.schema)
 
 
 class ExportReads:
@@ -285,12 +296,10 @@ class ExportReads:
                 rows = await self._pool.fetch(query, *arguments, batch_rows)
             if not rows:
                 return
-            converted = [{name: spec.convert.get(name, _same)(row[name]) for name in spec.schema.names} for row in rows]
-            yield record_batch(spec.schema, converted)
+            yield _batch(spec, rows)
             if len(rows) < batch_rows:
                 return
-            last = rows[-1]
-            after = (last["k_time"], last["k_id"], *((last["k_symbol"],) if len(spec.keyset) == 3 else ()))
+            after = tuple(rows[-1][column] for _, column in spec.keyset)
 
     async def has_rows(self, dataset: ExportDataset, portfolio_id: str) -> bool:
         """Whether the portfolio has any row in the dataset's table (at any time).
@@ -304,7 +313,3 @@ class ExportReads:
         async with postgres_errors():
             found = await self._pool.fetchval(query, portfolio_id)
         return bool(found)
-
-
-def _same(value: Any) -> Any:
-    return value
