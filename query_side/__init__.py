@@ -9,6 +9,7 @@ from __future__ import annotations
 import grpc
 
 from query_side.backtests import BacktestReads
+from query_side.export import ExportReads
 from query_side.read_store import InMemoryReadStore, ReadStore
 from query_side.realised import PriceReads
 from query_side.repository import PostgresReadStore
@@ -27,6 +28,7 @@ __all__ = [
     "BacktestReads",
     "ErrorMappingInterceptor",
     "EventNotifier",
+    "ExportReads",
     "InMemoryReadStore",
     "OptimizationQueryServicer",
     "PostgresReadStore",
@@ -46,6 +48,7 @@ def register(
     notifier: EventNotifier | None = None,
     prices: PriceReads | None = None,
     trading: TradingStatistics | None = None,
+    exports: ExportReads | None = None,
     backtests: BacktestReads | None = None,
 ) -> list[str]:
     """Add the query servicer to a server.
@@ -64,6 +67,8 @@ def register(
         Stored closes for ``GetRealisedPerformance``; without them the RPC answers FAILED_PRECONDITION.
     trading : TradingStatistics, optional
         Rebalance statistics for ``GetRebalanceStatistics``; without them the RPC answers FAILED_PRECONDITION.
+    exports : ExportReads, optional
+        The paginated reads of ``ExportData``; without them the RPC answers FAILED_PRECONDITION.
     backtests : BacktestReads, optional
         Stored backtests for ``GetBacktest`` and ``ListBacktests``; without them they answer FAILED_PRECONDITION.
 
@@ -73,7 +78,7 @@ def register(
         Full names of the services added, for reflection and health checking.
     """
     query_service_pb2_grpc.add_OptimizationQueryServiceServicer_to_server(
-        OptimizationQueryServicer(store, rotation, notifier, prices, trading, backtests), server
+        OptimizationQueryServicer(store, rotation, notifier, prices, trading, exports, backtests), server
     )
     return [SERVICE_NAME]
 

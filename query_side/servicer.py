@@ -19,6 +19,15 @@ import numpy as np
 from google.protobuf import timestamp_pb2
 
 from query_side.backtests import BacktestReads, parse_backtest_id
+from query_side.export import (
+    EXPORT_BATCH_ROWS,
+    ExportDataset,
+    ExportReads,
+    dataset_schema,
+    ipc_messages,
+    ipc_stream,
+    record_batch,
+)
 from query_side.page_token import decode_page_token, encode_page_token, query_fingerprint
 from query_side.read_store import ReadStore
 from query_side.realised import PriceReads, holding_periods, realised_figures
@@ -50,6 +59,12 @@ DEFAULT_WEIGHT_HISTORY_RUNS = 1000
 MAX_WEIGHT_HISTORY_RUNS = 10_000
 MAX_COMPARED = 50
 """Most portfolios of one ComparePortfolios request."""
+EXPORT_DATASETS: dict[int, ExportDataset] = {
+    query_service_pb2.EXPORT_DATASET_OPTIMIZATION_HISTORY: ExportDataset.OPTIMIZATION_HISTORY,
+    query_service_pb2.EXPORT_DATASET_WEIGHTS: ExportDataset.WEIGHTS,
+    query_service_pb2.EXPORT_DATASET_REBALANCE_EVENTS: ExportDataset.REBALANCE_EVENTS,
+}
+"""The datasets ExportData serves, by ``stratopt.v1.ExportDataset`` value (``query_side.export``: adding one)."""
 _WHOLE_RANGE = timedelta(days=3_000_000)
 """A bucket width (about 8,200 years from the epoch) that holds every event time in one bucket."""
 """Smallest accepted analytics bucket width."""
@@ -251,6 +266,11 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
     ----------
     repository : ReadStore
         The read store (``query_side.repository.PostgresReadStore`` in the server).
+    rotation, notifier, prices, trading, exports : optional
+        The PostgreSQL readers of the RPCs beyond the read store (``query_side.register``); without one, its RPCs
+        answer NOT_FOUND (rotation) or FAILED_PRECONDITION (the others).
+    export_batch_rows : int
+        Most rows of one ExportData message (a request's ``max_batch_rows`` may lower it).
     """
 
     def __init__(
@@ -260,7 +280,10 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         notifier: EventNotifier | None = None,
         prices: PriceReads | None = None,
         trading: TradingStatistics | None = None,
+        exports: ExportReads | None = None,
         backtests: BacktestReads | None = None,
+        *,
+        export_batch_rows: int = EXPORT_BATCH_ROWS,
     ) -> None:
         self._backtests = backtests
         self._repository = repository
@@ -268,6 +291,8 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         self._notifier = notifier
         self._prices = prices
         self._trading = trading
+        self._exports = exports
+        self._export_batch_rows = export_batch_rows
 
     def _rotation_reads(self) -> RotationReads:
         if self._rotation is None:  # a server without the rotation tables' reader (in-memory tests)
@@ -566,6 +591,60 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
             if b.cost_bps is not None:
                 row.cost_bps = b.cost_bps
         return response
+
+    async def ExportData(  # noqa: N802 (gRPC method name)
+        self, request: query_service_pb2.ExportDataRequest, context: ServicerContext
+    ) -> AsyncIterator[query_service_pb2.ExportDataResponse]:
+        """Stream one dataset of a portfolio in ``[start, end)`` as Arrow record batches (``query_side.export``).
+
+        Every message is a self-contained Arrow IPC stream of one batch: at most ``max_batch_rows`` rows (0: the
+        servicer's ``export_batch_rows``, 10,000) and about 4 MiB, oldest row first. The database is read one page
+        per batch (keyset pagination); an empty range gives one message with no rows and the dataset's schema.
+
+        Parameters
+        ----------
+        request : stratopt.v1.ExportDataRequest
+            Portfolio, dataset, optional bounds, rows per message.
+        context : grpc.aio.ServicerContext
+            Call context (unused).
+
+        Yields
+        ------
+        stratopt.v1.ExportDataResponse
+            The batches, oldest rows first.
+
+        Raises
+        ------
+        InvalidInputError
+            Bad ``portfolio_id`` (empty, NUL, over 128 characters), ``dataset`` (unset or unknown), bounds (out of
+            range, or ``start >= end``: field ``end``) or ``max_batch_rows`` (over 10,000).
+        NotFoundError
+            When the portfolio has no row at all in the dataset's table.
+        PreconditionError
+            The server has no PostgreSQL store.
+        UnavailableError
+            When the database cannot be reached (also after some batches were sent).
+        """
+        portfolio_id, start, end = _ranged_request(request)
+        dataset = EXPORT_DATASETS.get(request.dataset)
+        if dataset is None:
+            what = "must be set" if request.dataset == 0 else f"unknown dataset {request.dataset}"
+            raise InvalidInputError.for_field("dataset", what)
+        if request.max_batch_rows > EXPORT_BATCH_ROWS:
+            raise InvalidInputError.for_field("max_batch_rows", f"at most {EXPORT_BATCH_ROWS}")
+        if self._exports is None:
+            raise PreconditionError("exports need the PostgreSQL store")
+        batch_rows = min(request.max_batch_rows or self._export_batch_rows, self._export_batch_rows)
+        sent = False
+        async for batch in self._exports.batches(dataset, portfolio_id, start=start, end=end, batch_rows=batch_rows):
+            for data, rows in ipc_messages(batch):
+                yield query_service_pb2.ExportDataResponse(arrow_ipc_stream=data, row_count=rows)
+                sent = True
+        if not sent:
+            if not await self._exports.has_rows(dataset, portfolio_id):
+                raise NotFoundError(f"portfolio {echo(portfolio_id)} has no {dataset.name.lower()} rows")
+            empty = ipc_stream(record_batch(dataset_schema(dataset), []))
+            yield query_service_pb2.ExportDataResponse(arrow_ipc_stream=empty, row_count=0)
 
     def _backtest_reads(self) -> BacktestReads:
         if self._backtests is None:

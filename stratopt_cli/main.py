@@ -2,7 +2,8 @@
 
 Service: serve, migrate, retention, demo. Optimization: ingest, optimize, latest, history, analytics. Backtests:
 backtest, get-backtest, list-backtests. Trading: allocate, allocation-cache, holdings, policy, drift, rebalance,
-approve, reject, recommendation, rebalance-events. Charts: plot.
+approve, reject, recommendation, rebalance-events. Analytics (``analytics_commands``): realised, weights, compare,
+rebalance-stats. Export (``export``): export. Charts: plot.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from google.protobuf.duration_pb2 import Duration
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import query_service_pb2 as query_pb
 from stratopt.v1 import trading_service_pb2 as trading_pb
-from stratopt_cli import client
+from stratopt_cli import analytics_commands, client, export
 from stratopt_cli.health import HEALTH_ADDRESS_ENV
 from stratopt_cli.logs import LOG_FORMAT_ENV, setup_logging
 from stratopt_cli.plot_commands import plot_app
@@ -774,6 +775,9 @@ def demo(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr)
     raise typer.Exit(code=run_demo())
 
+
+app.add_typer(analytics_commands.app)  # realised, weights, compare, rebalance-stats
+app.add_typer(export.app)  # export
 
 if __name__ == "__main__":  # pragma: no cover
     app()

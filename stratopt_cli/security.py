@@ -97,6 +97,7 @@ METHOD_ROLES: Final[Mapping[str, str]] = {
     _QUERY + "GetWeightHistory": "read",
     _QUERY + "ComparePortfolios": "read",
     _QUERY + "GetRebalanceStatistics": "read",
+    _QUERY + "ExportData": "read",
     _QUERY + "GetPortfolioAnalytics": "read",
     _QUERY + "GetRebalance": "read",
     _QUERY + "ListRebalanceEvents": "read",

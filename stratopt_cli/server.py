@@ -204,6 +204,7 @@ class StratoptServer:
                 self._notifier,
                 query_side.PriceReads(self._pool),
                 query_side.TradingStatistics(self._pool),
+                query_side.ExportReads(self._pool),
                 query_side.BacktestReads(self._pool),
             )
         names = [*command_names, *query_names]

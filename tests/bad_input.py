@@ -290,6 +290,9 @@ def valid_requests() -> dict[str, Any]:
         "OptimizationQueryService.GetRebalanceStatistics": query_pb.GetRebalanceStatisticsRequest(
             portfolio_id="corpus"
         ),
+        "OptimizationQueryService.ExportData": query_pb.ExportDataRequest(
+            portfolio_id="corpus", dataset=query_pb.EXPORT_DATASET_OPTIMIZATION_HISTORY
+        ),
         "OptimizationQueryService.GetPortfolioAnalytics": query_pb.GetPortfolioAnalyticsRequest(portfolio_id="corpus"),
         "OptimizationQueryService.GetBacktest": query_pb.GetBacktestRequest(
             backtest_id="00000000-0000-4000-8000-000000000000"

@@ -769,6 +769,65 @@ def _cases() -> list[Case]:
             "page_token",
         ),
         Case(
+            "export-portfolio-empty",
+            QUERY + "ExportData",
+            lambda: query_pb.ExportDataRequest(dataset=query_pb.EXPORT_DATASET_WEIGHTS),
+            "portfolio_id",
+        ),
+        Case(
+            "export-portfolio-nul",
+            QUERY + "ExportData",
+            lambda: query_pb.ExportDataRequest(portfolio_id=NUL, dataset=query_pb.EXPORT_DATASET_WEIGHTS),
+            "portfolio_id",
+        ),
+        Case(
+            "export-portfolio-10kb",
+            QUERY + "ExportData",
+            lambda: query_pb.ExportDataRequest(portfolio_id=LONG, dataset=query_pb.EXPORT_DATASET_WEIGHTS),
+            "portfolio_id",
+        ),
+        Case(
+            "export-dataset-unset",
+            QUERY + "ExportData",
+            lambda: query_pb.ExportDataRequest(portfolio_id="corpus"),
+            "dataset",
+        ),
+        Case(
+            "export-dataset-unknown",
+            QUERY + "ExportData",
+            lambda: query_pb.ExportDataRequest(portfolio_id="corpus", dataset=4),  # type: ignore[arg-type]
+            "dataset",
+        ),
+        Case(
+            "export-end-before-start",
+            QUERY + "ExportData",
+            lambda: query_pb.ExportDataRequest(
+                portfolio_id="corpus",
+                dataset=query_pb.EXPORT_DATASET_REBALANCE_EVENTS,
+                start=Timestamp(seconds=T0 + 1),
+                end=Timestamp(seconds=T0),
+            ),
+            "end",
+        ),
+        Case(
+            "export-start-year-10000",
+            QUERY + "ExportData",
+            lambda: query_pb.ExportDataRequest(
+                portfolio_id="corpus",
+                dataset=query_pb.EXPORT_DATASET_OPTIMIZATION_HISTORY,
+                start=Timestamp(seconds=MAX_TIMESTAMP_SECONDS + 1),
+            ),
+            "start",
+        ),
+        Case(
+            "export-batch-rows-huge",
+            QUERY + "ExportData",
+            lambda: query_pb.ExportDataRequest(
+                portfolio_id="corpus", dataset=query_pb.EXPORT_DATASET_WEIGHTS, max_batch_rows=4_000_000_000
+            ),
+            "max_batch_rows",
+        ),
+        Case(
             "watch-portfolio-10kb",
             QUERY + "WatchEvents",
             lambda: query_pb.WatchEventsRequest(portfolio_ids=["corpus", LONG]),
@@ -1179,10 +1238,14 @@ def test_page_size_beyond_the_largest_page_is_capped_not_an_error(grpc_channel: 
 
 
 def test_a_not_found_message_never_repeats_a_long_id(grpc_channel: grpc.Channel) -> None:
-    """The longest valid id on GetLatest and GetConfiguration: NOT_FOUND with a short message."""
+    """The longest valid id on GetLatest, ExportData and GetConfiguration: NOT_FOUND with a short message."""
     longest = "p" * 128
     for rpc, request in (
         (QUERY + "GetLatest", query_pb.GetLatestRequest(portfolio_id=longest)),
+        (
+            QUERY + "ExportData",
+            query_pb.ExportDataRequest(portfolio_id=longest, dataset=query_pb.EXPORT_DATASET_WEIGHTS),
+        ),
         (OPT + "GetConfiguration", cmd_pb.GetConfigurationRequest(portfolio_id=longest)),
     ):
         outcome = call(grpc_channel, BY_NAME[rpc], request)

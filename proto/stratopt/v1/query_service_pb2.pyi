@@ -9,6 +9,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from stratopt.v1 import backtest_pb2 as _backtest_pb2
 from stratopt.v1 import rotation_service_pb2 as _rotation_service_pb2
 from stratopt.v1 import trading_service_pb2 as _trading_service_pb2
@@ -23,6 +24,52 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ExportDataset:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExportDatasetEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExportDataset.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXPORT_DATASET_UNSPECIFIED: _ExportDataset.ValueType  # 0
+    """Not set: rejected with INVALID_ARGUMENT."""
+    EXPORT_DATASET_OPTIMIZATION_HISTORY: _ExportDataset.ValueType  # 1
+    """One row per portfolio_optimized event: timestamp, event_id, portfolio_id, result_id, configuration_version,
+    request_id, objective, method, expected_return, volatility, sharpe_ratio, turnover (one-way, against the
+    previous run; null for the first), window_start, window_end (null for runs on moments) and metadata (the
+    stored run metadata as JSON text).
+    """
+    EXPORT_DATASET_WEIGHTS: _ExportDataset.ValueType  # 2
+    """Long form of the runs' weights: timestamp, event_id, symbol, weight (every stored entry, zeros included),
+    ordered by (timestamp, event_id, symbol); one run's rows may span two messages.
+    """
+    EXPORT_DATASET_REBALANCE_EVENTS: _ExportDataset.ValueType  # 3
+    """One row per rebalance event: timestamp, event_id, portfolio_id, recommendation_id (null for
+    SHARES_ALLOCATED), event_type, status, actor, total_trade_value.
+    Next: EXPORT_DATASET_BACKTEST = 4 (backtest results, issue 11; not served yet).
+    """
+
+class ExportDataset(_ExportDataset, metaclass=_ExportDatasetEnumTypeWrapper):
+    """What ExportData streams; each dataset has a fixed Arrow schema (README, "Export")."""
+
+EXPORT_DATASET_UNSPECIFIED: ExportDataset.ValueType  # 0
+"""Not set: rejected with INVALID_ARGUMENT."""
+EXPORT_DATASET_OPTIMIZATION_HISTORY: ExportDataset.ValueType  # 1
+"""One row per portfolio_optimized event: timestamp, event_id, portfolio_id, result_id, configuration_version,
+request_id, objective, method, expected_return, volatility, sharpe_ratio, turnover (one-way, against the
+previous run; null for the first), window_start, window_end (null for runs on moments) and metadata (the
+stored run metadata as JSON text).
+"""
+EXPORT_DATASET_WEIGHTS: ExportDataset.ValueType  # 2
+"""Long form of the runs' weights: timestamp, event_id, symbol, weight (every stored entry, zeros included),
+ordered by (timestamp, event_id, symbol); one run's rows may span two messages.
+"""
+EXPORT_DATASET_REBALANCE_EVENTS: ExportDataset.ValueType  # 3
+"""One row per rebalance event: timestamp, event_id, portfolio_id, recommendation_id (null for
+SHARES_ALLOCATED), event_type, status, actor, total_trade_value.
+Next: EXPORT_DATASET_BACKTEST = 4 (backtest results, issue 11; not served yet).
+"""
+Global___ExportDataset: _TypeAlias = ExportDataset  # noqa: Y015
 
 @_typing.final
 class GetLatestRequest(_message.Message):
@@ -1307,3 +1354,69 @@ class ListBacktestsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListBacktestsResponse: _TypeAlias = ListBacktestsResponse  # noqa: Y015
+
+@_typing.final
+class ExportDataRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTFOLIO_ID_FIELD_NUMBER: _builtins.int
+    DATASET_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_ROWS_FIELD_NUMBER: _builtins.int
+    portfolio_id: _builtins.str
+    """Portfolio identifier."""
+    dataset: Global___ExportDataset.ValueType
+    """The dataset."""
+    max_batch_rows: _builtins.int
+    """Most rows per message (0: 10,000; at most 10,000)."""
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """Inclusive lower bound on the event time; unset = no bound."""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """Exclusive upper bound on the event time; unset = no bound."""
+
+    def __init__(
+        self,
+        *,
+        portfolio_id: _builtins.str = ...,
+        dataset: Global___ExportDataset.ValueType = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        max_batch_rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "end", b"end", "max_batch_rows", b"max_batch_rows", "portfolio_id", b"portfolio_id", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportDataRequest: _TypeAlias = ExportDataRequest  # noqa: Y015
+
+@_typing.final
+class ExportDataResponse(_message.Message):
+    """One Arrow record batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARROW_IPC_STREAM_FIELD_NUMBER: _builtins.int
+    ROW_COUNT_FIELD_NUMBER: _builtins.int
+    arrow_ipc_stream: _builtins.bytes
+    """A self-contained Arrow IPC stream: the schema, one record batch, the end-of-stream marker."""
+    row_count: _builtins.int
+    """Rows in the batch."""
+    def __init__(
+        self,
+        *,
+        arrow_ipc_stream: _builtins.bytes = ...,
+        row_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_ipc_stream", b"arrow_ipc_stream", "row_count", b"row_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportDataResponse: _TypeAlias = ExportDataResponse  # noqa: Y015

@@ -100,6 +100,11 @@ class OptimizationQueryServiceStub:
                 request_serializer=stratopt_dot_v1_dot_query__service__pb2.GetRebalanceStatisticsRequest.SerializeToString,
                 response_deserializer=stratopt_dot_v1_dot_query__service__pb2.GetRebalanceStatisticsResponse.FromString,
                 _registered_method=True)
+        self.ExportData = channel.unary_stream(
+                '/stratopt.v1.OptimizationQueryService/ExportData',
+                request_serializer=stratopt_dot_v1_dot_query__service__pb2.ExportDataRequest.SerializeToString,
+                response_deserializer=stratopt_dot_v1_dot_query__service__pb2.ExportDataResponse.FromString,
+                _registered_method=True)
         self.GetBacktest = channel.unary_unary(
                 '/stratopt.v1.OptimizationQueryService/GetBacktest',
                 request_serializer=stratopt_dot_v1_dot_query__service__pb2.GetBacktestRequest.SerializeToString,
@@ -220,6 +225,19 @@ class OptimizationQueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportData(self, request, context):
+        """One dataset of a portfolio in [start, end) as Apache Arrow record batches (server streaming), oldest first by
+        (timestamp, event_id): each message is a self-contained Arrow IPC stream (schema, one record batch of at most
+        max_batch_rows rows and about 4 MiB, end-of-stream marker) that pyarrow.ipc.open_stream reads alone; every
+        message of a dataset has the same schema. The server pages through the database by keyset, one batch at a
+        time: an export is not a snapshot (events stored during it appear if they are later than the position
+        reached). An empty range gives one message with zero rows (the schema); NOT_FOUND when the portfolio has no
+        row at all in the dataset's table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetBacktest(self, request, context):
         """A stored backtest: its summary and its simulated path (equity, cash, weights per close). NOT_FOUND when absent.
         """
@@ -301,6 +319,11 @@ def add_OptimizationQueryServiceServicer_to_server(servicer, server):
                     servicer.GetRebalanceStatistics,
                     request_deserializer=stratopt_dot_v1_dot_query__service__pb2.GetRebalanceStatisticsRequest.FromString,
                     response_serializer=stratopt_dot_v1_dot_query__service__pb2.GetRebalanceStatisticsResponse.SerializeToString,
+            ),
+            'ExportData': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportData,
+                    request_deserializer=stratopt_dot_v1_dot_query__service__pb2.ExportDataRequest.FromString,
+                    response_serializer=stratopt_dot_v1_dot_query__service__pb2.ExportDataResponse.SerializeToString,
             ),
             'GetBacktest': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBacktest,
@@ -665,6 +688,33 @@ class OptimizationQueryService:
             '/stratopt.v1.OptimizationQueryService/GetRebalanceStatistics',
             stratopt_dot_v1_dot_query__service__pb2.GetRebalanceStatisticsRequest.SerializeToString,
             stratopt_dot_v1_dot_query__service__pb2.GetRebalanceStatisticsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/stratopt.v1.OptimizationQueryService/ExportData',
+            stratopt_dot_v1_dot_query__service__pb2.ExportDataRequest.SerializeToString,
+            stratopt_dot_v1_dot_query__service__pb2.ExportDataResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -79,6 +79,15 @@ class OptimizationQueryServiceStub:
     """
     GetRebalanceStatistics: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.GetRebalanceStatisticsRequest, _query_service_pb2.GetRebalanceStatisticsResponse]
     """Rebalance and cost statistics per time bucket from the rebalance events (aggregated in TimescaleDB)."""
+    ExportData: _grpc.UnaryStreamMultiCallable[_query_service_pb2.ExportDataRequest, _query_service_pb2.ExportDataResponse]
+    """One dataset of a portfolio in [start, end) as Apache Arrow record batches (server streaming), oldest first by
+    (timestamp, event_id): each message is a self-contained Arrow IPC stream (schema, one record batch of at most
+    max_batch_rows rows and about 4 MiB, end-of-stream marker) that pyarrow.ipc.open_stream reads alone; every
+    message of a dataset has the same schema. The server pages through the database by keyset, one batch at a
+    time: an export is not a snapshot (events stored during it appear if they are later than the position
+    reached). An empty range gives one message with zero rows (the schema); NOT_FOUND when the portfolio has no
+    row at all in the dataset's table.
+    """
     GetBacktest: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.GetBacktestRequest, _query_service_pb2.GetBacktestResponse]
     """A stored backtest: its summary and its simulated path (equity, cash, weights per close). NOT_FOUND when absent."""
     ListBacktests: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.ListBacktestsRequest, _query_service_pb2.ListBacktestsResponse]
@@ -135,6 +144,15 @@ class OptimizationQueryServiceAsyncStub(OptimizationQueryServiceStub):
     """
     GetRebalanceStatistics: _aio.UnaryUnaryMultiCallable[_query_service_pb2.GetRebalanceStatisticsRequest, _query_service_pb2.GetRebalanceStatisticsResponse]  # type: ignore[assignment]
     """Rebalance and cost statistics per time bucket from the rebalance events (aggregated in TimescaleDB)."""
+    ExportData: _aio.UnaryStreamMultiCallable[_query_service_pb2.ExportDataRequest, _query_service_pb2.ExportDataResponse]  # type: ignore[assignment]
+    """One dataset of a portfolio in [start, end) as Apache Arrow record batches (server streaming), oldest first by
+    (timestamp, event_id): each message is a self-contained Arrow IPC stream (schema, one record batch of at most
+    max_batch_rows rows and about 4 MiB, end-of-stream marker) that pyarrow.ipc.open_stream reads alone; every
+    message of a dataset has the same schema. The server pages through the database by keyset, one batch at a
+    time: an export is not a snapshot (events stored during it appear if they are later than the position
+    reached). An empty range gives one message with zero rows (the schema); NOT_FOUND when the portfolio has no
+    row at all in the dataset's table.
+    """
     GetBacktest: _aio.UnaryUnaryMultiCallable[_query_service_pb2.GetBacktestRequest, _query_service_pb2.GetBacktestResponse]  # type: ignore[assignment]
     """A stored backtest: its summary and its simulated path (equity, cash, weights per close). NOT_FOUND when absent."""
     ListBacktests: _aio.UnaryUnaryMultiCallable[_query_service_pb2.ListBacktestsRequest, _query_service_pb2.ListBacktestsResponse]  # type: ignore[assignment]
@@ -266,6 +284,21 @@ class OptimizationQueryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_query_service_pb2.GetRebalanceStatisticsResponse, _abc.Awaitable[_query_service_pb2.GetRebalanceStatisticsResponse]]:
         """Rebalance and cost statistics per time bucket from the rebalance events (aggregated in TimescaleDB)."""
+
+    @_abc_1.abstractmethod
+    def ExportData(
+        self,
+        request: _query_service_pb2.ExportDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_query_service_pb2.ExportDataResponse], _abc.AsyncIterator[_query_service_pb2.ExportDataResponse]]:
+        """One dataset of a portfolio in [start, end) as Apache Arrow record batches (server streaming), oldest first by
+        (timestamp, event_id): each message is a self-contained Arrow IPC stream (schema, one record batch of at most
+        max_batch_rows rows and about 4 MiB, end-of-stream marker) that pyarrow.ipc.open_stream reads alone; every
+        message of a dataset has the same schema. The server pages through the database by keyset, one batch at a
+        time: an export is not a snapshot (events stored during it appear if they are later than the position
+        reached). An empty range gives one message with zero rows (the schema); NOT_FOUND when the portfolio has no
+        row at all in the dataset's table.
+        """
 
     @_abc_1.abstractmethod
     def GetBacktest(
