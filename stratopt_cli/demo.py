@@ -46,6 +46,8 @@ from stratopt_cli.security import SecurityConfig
 from stratopt_cli.server import ServerThread, StratoptServer
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DEFAULT_PLOTS_DIR = Path("stratopt-demo-plots")
+"""Where the demo writes its charts by default (relative to the working directory)."""
 
 SECTORS = {
     "AAPL": "Information Technology", "AMD": "Information Technology", "MSFT": "Information Technology",
@@ -162,8 +164,20 @@ def _redacted(url: str) -> str:
     return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
 
 
-def run_demo(database_url: str | None = None, console: Console | None = None) -> int:
-    """Run the demo end to end; return the process exit code (0 on success)."""
+def run_demo(
+    database_url: str | None = None, console: Console | None = None, plots_dir: Path = DEFAULT_PLOTS_DIR
+) -> int:
+    """Run the demo end to end; return the process exit code (0 on success).
+
+    Parameters
+    ----------
+    database_url : str, optional
+        A PostgreSQL + TimescaleDB database; default an embedded throwaway cluster.
+    console : rich.console.Console, optional
+        Where to print.
+    plots_dir : pathlib.Path
+        Directory the PNG charts are written to (created if missing).
+    """
     if console is None:
         console = Console()
         if not console.is_terminal:
@@ -231,6 +245,7 @@ def run_demo(database_url: str | None = None, console: Console | None = None) ->
                     console.print("[bold]infeasible request[/] answered with:\n" + client.describe_rpc_error(error))
 
                 _print_queries(console, queries)
+                _analysis(console, commands, queries, plots_dir)
                 _trading(console, client.trading_stub(trader), client.trading_stub(risk_desk), queries, responses[0])
                 _rotation_day(console, ch, trader, risk_desk, run_tag)
         finally:
@@ -494,3 +509,94 @@ def _rotation_day(
         f"[bold]reconcile[/] of the stored holdings against the {len(reported)} filled positions: "
         f"{len(reconciled.breaks)} breaks, reconciled={reconciled.reconciled}"
     )
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _analysis(console: Console, commands: Any, queries: Any, plots_dir: Path) -> None:
+    """Ex-ante against realised, a walk-forward backtest, and the PNG charts of both."""
+    from stratopt.v1 import backtest_pb2 as bt_pb
+    from stratopt_cli import plots
+
+    realised = queries.GetRealisedPerformance(
+        query_pb.GetRealisedPerformanceRequest(portfolio_id="sp500-max-sharpe", risk_free_rate=0.02), timeout=60
+    )
+    table = Table(
+        title="GetRealisedPerformance sp500-max-sharpe: ex-ante (estimation window) against realised (the year after)"
+    )
+    for name in ("window end", "held to", "exp. return", "exp. vol", "exp. Sharpe", "realised return (ann.)",
+                 "realised vol", "realised Sharpe", "max drawdown"):  # fmt: skip
+        table.add_column(name, justify="right")
+    for run in realised.runs:
+        if not run.HasField("window_end") or not run.HasField("volatility"):
+            continue
+        table.add_row(
+            f"{run.window_end.ToDatetime():%Y-%m-%d}", f"{run.period_end.ToDatetime():%Y-%m-%d}",
+            _percent(run.expected_return), _percent(run.expected_volatility), _ratio(run.expected_sharpe_ratio),
+            _percent(run.annualised_return if run.HasField("annualised_return") else None),
+            _percent(run.volatility), _ratio(run.sharpe_ratio if run.HasField("sharpe_ratio") else None),
+            _percent(run.max_drawdown if run.HasField("max_drawdown") else None),
+        )  # fmt: skip
+    console.print(table)
+
+    request = bt_pb.BacktestRequest(
+        portfolio_id="sp500-max-sharpe",
+        estimation_periods=756,
+        costs=bt_pb.BacktestCosts(commission_bps=5, spread_bps=10),
+    )
+    request.start.FromDatetime(datetime(2013, 1, 1, tzinfo=UTC))
+    request.end.FromDatetime(datetime(2022, 12, 31, tzinfo=UTC))
+    summary = None
+    for message in commands.Backtest(request, timeout=600):  # progress messages, then the stored result
+        if message.HasField("result"):
+            summary = message.result
+    assert summary is not None
+    m = summary.metrics
+    backtest = Table(
+        title=f"Backtest sp500-max-sharpe (configuration v{summary.configuration_version}): monthly walk-forward "
+        f"{summary.first_date.ToDatetime():%Y-%m-%d} .. {summary.last_date.ToDatetime():%Y-%m-%d}, 3-year windows, "
+        "5 bps commission + 10 bps spread, buy and hold"
+    )
+    for name in ("decisions", "CAGR", "volatility", "Sharpe", "Sortino", "max drawdown", "Calmar",
+                 "turnover / year (one-way)", "cost drag", "hit rate", "final value", "time"):  # fmt: skip
+        backtest.add_column(name, justify="right")
+    backtest.add_row(
+        f"{summary.decisions} ({summary.failed_decisions} failed)", _percent(m.cagr), _percent(m.volatility),
+        _ratio(m.sharpe_ratio), _ratio(m.sortino_ratio), _percent(m.max_drawdown), _ratio(m.calmar_ratio),
+        f"{m.annual_turnover:.2f}", f"{m.cost_drag_bps:.1f} bps/yr", _percent(m.hit_rate), f"${m.final_value:,.0f}",
+        f"{summary.computation_time_ms / 1000:.2f} s",
+    )  # fmt: skip
+    console.print(backtest)
+
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    stored = queries.GetBacktest(query_pb.GetBacktestRequest(backtest_id=summary.backtest_id), timeout=60)
+    times = [p.timestamp.ToDatetime(tzinfo=UTC) for p in stored.points]
+    equity = [p.equity for p in stored.points]
+    written = [
+        plots.plot_equity(times, equity, plots_dir / "equity.png", title="Backtest equity: sp500-max-sharpe, monthly"),
+        plots.plot_drawdown(times, equity, plots_dir / "drawdown.png", title="Backtest drawdown: sp500-max-sharpe"),
+        plots.plot_weights(
+            times, [list(p.weights) for p in stored.points], list(stored.summary.symbols),
+            plots_dir / "backtest_weights.png", title="Backtest weights: sp500-max-sharpe", xlabel="Simulated close",
+        ),
+    ]  # fmt: skip
+    frontier_request = demo_requests("frontier")[0]
+    frontier = commands.ComputeEfficientFrontier(
+        cmd_pb.ComputeEfficientFrontierRequest(problem=frontier_request, points=30), timeout=120
+    )
+    latest = queries.GetLatest(query_pb.GetLatestRequest(portfolio_id="sp500-max-sharpe"), timeout=30).event
+    written.append(
+        plots.plot_frontier(
+            [p.volatility for p in frontier.points], [p.expected_return for p in frontier.points],
+            [p.sharpe_ratio for p in frontier.points], plots_dir / "frontier.png",
+            title="Efficient frontier 2020-2022, weights ≤ 25 % (sp500-max-sharpe)",
+            portfolio=plots.PortfolioPoint("sp500-max-sharpe (stored)", latest.volatility, latest.expected_return),
+        )
+    )  # fmt: skip
+    console.print("[bold]charts[/] " + ", ".join(str(path) for path in written))

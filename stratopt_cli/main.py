@@ -768,12 +768,15 @@ def rebalance_events(
 
 
 @app.command()
-def demo(verbose: bool = False) -> None:
-    """Run the demo: serve with TLS and tokens on loopback, optimize S&P 500 portfolios, trade, approve, stop."""
+def demo(
+    verbose: bool = False,
+    plots_dir: Annotated[Path, typer.Option(help="Directory for the PNG charts.")] = Path("stratopt-demo-plots"),
+) -> None:
+    """Run the demo: serve with TLS and tokens on loopback, optimize S&P 500 portfolios, backtest, trade, stop."""
     from stratopt_cli.demo import run_demo
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr)
-    raise typer.Exit(code=run_demo())
+    raise typer.Exit(code=run_demo(plots_dir=plots_dir))
 
 
 app.add_typer(analytics_commands.app)  # realised, weights, compare, rebalance-stats

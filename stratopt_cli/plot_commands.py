@@ -258,3 +258,98 @@ def weights(
     except (ValueError, OSError) as error:
         _stop(f"cannot draw {output}: {error}")
     typer.echo(f"wrote {output} ({len(history.runs)} runs, {len(history.symbols)} symbols)")
+
+
+def _backtest(backtest_id: str, target: str) -> query_pb.GetBacktestResponse:
+    with _channel(target) as ch:
+        try:
+            response: query_pb.GetBacktestResponse = client.query_stub(ch).GetBacktest(
+                query_pb.GetBacktestRequest(backtest_id=backtest_id), timeout=60
+            )
+        except grpc.RpcError as error:
+            _rpc_failed(error)
+    if not response.points:
+        _stop(f"backtest '{backtest_id}' has no simulated closes: nothing to draw")
+    return response
+
+
+def _backtest_title(response: query_pb.GetBacktestResponse, what: str) -> str:
+    summary = response.summary
+    return (
+        f"{what}: {summary.portfolio_id} backtest {summary.backtest_id[:8]} "
+        f"(CAGR {summary.metrics.cagr:.1%}, max drawdown {summary.metrics.max_drawdown:.1%})"
+    )
+
+
+@plot_app.command("equity")
+def equity(
+    backtest_id: Annotated[str, typer.Argument(help="A stored backtest (stratopt backtest / list-backtests).")],
+    output: Annotated[Path, OutputOption] = Path("equity.png"),
+    title: TitleOption = None,
+    target: TargetOption = client.DEFAULT_TARGET,
+) -> None:
+    """Draw a stored backtest's equity curve (GetBacktest)."""
+    response = _backtest(backtest_id, target)
+
+    from stratopt_cli.plots import plot_equity
+
+    try:
+        plot_equity(
+            [p.timestamp.ToDatetime(tzinfo=UTC) for p in response.points],
+            [p.equity for p in response.points],
+            output,
+            title=title or _backtest_title(response, "Equity"),
+        )
+    except (ValueError, OSError) as error:
+        _stop(f"cannot draw {output}: {error}")
+    typer.echo(f"wrote {output} ({len(response.points)} closes)")
+
+
+@plot_app.command("drawdown")
+def drawdown(
+    backtest_id: Annotated[str, typer.Argument(help="A stored backtest (stratopt backtest / list-backtests).")],
+    output: Annotated[Path, OutputOption] = Path("drawdown.png"),
+    title: TitleOption = None,
+    target: TargetOption = client.DEFAULT_TARGET,
+) -> None:
+    """Draw a stored backtest's drawdown (equity / running maximum − 1, in %) under its peak."""
+    response = _backtest(backtest_id, target)
+
+    from stratopt_cli.plots import plot_drawdown
+
+    try:
+        plot_drawdown(
+            [p.timestamp.ToDatetime(tzinfo=UTC) for p in response.points],
+            [p.equity for p in response.points],
+            output,
+            title=title or _backtest_title(response, "Drawdown"),
+        )
+    except (ValueError, OSError) as error:
+        _stop(f"cannot draw {output}: {error}")
+    typer.echo(f"wrote {output} ({len(response.points)} closes)")
+
+
+@plot_app.command("backtest-weights")
+def backtest_weights(
+    backtest_id: Annotated[str, typer.Argument(help="A stored backtest (stratopt backtest / list-backtests).")],
+    output: Annotated[Path, OutputOption] = Path("backtest_weights.png"),
+    title: TitleOption = None,
+    target: TargetOption = client.DEFAULT_TARGET,
+) -> None:
+    """Draw a stored backtest's weights at every simulated close (drift between rebalances) as stacked areas."""
+    response = _backtest(backtest_id, target)
+
+    from stratopt_cli.plots import plot_weights
+
+    try:
+        plot_weights(
+            [p.timestamp.ToDatetime(tzinfo=UTC) for p in response.points],
+            [list(p.weights) for p in response.points],
+            list(response.summary.symbols),
+            output,
+            title=title or _backtest_title(response, "Weights"),
+            xlabel="Simulated close",
+        )
+    except (ValueError, OSError) as error:
+        _stop(f"cannot draw {output}: {error}")
+    typer.echo(f"wrote {output} ({len(response.points)} closes, {len(response.summary.symbols)} symbols)")

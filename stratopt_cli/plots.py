@@ -21,7 +21,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, DateFormatter
 from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
+from matplotlib.ticker import FuncFormatter, PercentFormatter
 
 __all__ = [
     "DEFAULT_SIZE_PX",
@@ -485,8 +485,8 @@ def equity_figure(
         rebased = reference * values[0] / reference[0]
         change = reference[-1] / reference[0] - 1.0
         axes.plot(times, rebased, color="dimgrey", linewidth=1.2, label=f"Benchmark, rebased ({change:+.1%})")
-    axes.set_ylabel("Equity")
-    axes.yaxis.get_major_formatter().set_useOffset(False)  # type: ignore[attr-defined]
+    axes.set_ylabel("Equity ($)")
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
     _date_axis(axes)
     axes.set_title(title)
     axes.grid(True, alpha=0.3)

@@ -215,3 +215,34 @@ def test_frontier_infeasible_problem_prints_the_server_error(server_target: str,
     assert result.exit_code == 1
     assert "INVALID_ARGUMENT" in result.output or "FAILED_PRECONDITION" in result.output
     assert not (tmp_path / "x.png").exists()
+
+
+def test_backtest_charts_from_a_stored_backtest(
+    server_target: str, stored_prices: dict[str, str], commands: Any, tmp_path: Path
+) -> None:
+    import matplotlib.image as mpimg
+
+    from stratopt.v1 import backtest_pb2 as bt_pb
+    from stratopt.v1 import types_pb2 as types
+
+    config = cmd_pb.OptimizationConfiguration(
+        portfolio_id="plot-backtest",
+        strategies=[types.Strategy(symbol=s) for s in ("AAPL", "KO", "JNJ", "XOM", "JPM")],
+        objective=types.OBJECTIVE_MAX_SHARPE,
+        enabled=True,
+    )
+    commands.UpsertConfiguration(cmd_pb.UpsertConfigurationRequest(configuration=config), timeout=10)
+    request = bt_pb.BacktestRequest(portfolio_id="plot-backtest")
+    request.start.FromDatetime(datetime(2015, 1, 1, tzinfo=UTC))
+    results = [m.result for m in commands.Backtest(request, timeout=120) if m.HasField("result")]
+    summary = results[-1]
+    for chart in ("equity", "drawdown", "backtest-weights"):
+        path = tmp_path / f"{chart}.png"
+        result = runner.invoke(
+            app, ["plot", chart, summary.backtest_id, "--output", str(path), "--target", server_target]
+        )
+        assert result.exit_code == 0, result.output
+        image = mpimg.imread(path)
+        assert image.shape[:2] == (700, 1200)
+    missing = runner.invoke(app, ["plot", "equity", "00000000-0000-4000-8000-000000000000", "--target", server_target])
+    assert missing.exit_code == 1 and "NOT_FOUND" in missing.output
