@@ -8,14 +8,17 @@ Each dataset is one keyset-paginated query over an event hypertable, oldest firs
   (zeros included; :data:`WEIGHTS_SCHEMA`), unnested in PostgreSQL and keyset ``("timestamp", event_id, symbol)``
   with the symbol in byte order (``COLLATE "C"``, Python's ``sorted`` order), so a run's rows may span two batches;
 * :attr:`ExportDataset.REBALANCE_EVENTS`: one row per ``rebalance_events`` row (:data:`REBALANCE_EVENTS_SCHEMA`),
-  keyset ``("timestamp", event_id)``.
+  keyset ``("timestamp", event_id)``;
+* :attr:`ExportDataset.BACKTEST_POINTS`: one row per simulated close of the portfolio's stored backtests
+  (:data:`BACKTEST_POINTS_SCHEMA`), keyset ``(created_at, backtest_id, "timestamp")``; the range bounds the
+  simulated close.
 
 A page is at most ``batch_rows`` rows and becomes one record batch; between pages no connection is held, so a slow
 reader of the stream keeps neither a pool connection nor a snapshot. The export is therefore not a snapshot: rows
 stored during it appear when they are later than the position reached (events are appended in time order, so in
 practice the newest ones), and rows dropped by retention meanwhile are missing.
 
-Adding a dataset (the ``BACKTEST`` slot of ``stratopt.v1.ExportDataset``): a member of :class:`ExportDataset`, a
+Adding a dataset: a member of :class:`ExportDataset`, a
 ``_Dataset`` entry in ``_DATASETS`` (schema, query, keyset columns, table for :meth:`ExportReads.has_rows`), and
 the enum value's mapping in ``query_side.servicer``.
 """
@@ -51,6 +54,7 @@ class ExportDataset(enum.Enum):
     OPTIMIZATION_HISTORY = "OPTIMIZATION_HISTORY"
     WEIGHTS = "WEIGHTS"
     REBALANCE_EVENTS = "REBALANCE_EVENTS"
+    BACKTEST_POINTS = "BACKTEST_POINTS"
 
 
 HISTORY_SCHEMA: Final = pa.schema(
@@ -100,6 +104,24 @@ REBALANCE_EVENTS_SCHEMA: Final = pa.schema(
     ]
 )
 """One row per rebalance event; ``recommendation_id`` is null for SHARES_ALLOCATED, ``total_trade_value`` in $."""
+
+
+BACKTEST_POINTS_SCHEMA: Final = pa.schema(
+    [
+        pa.field("backtest_id", pa.string(), nullable=False),
+        pa.field("created_at", _TIME, nullable=False),
+        pa.field("timestamp", _TIME, nullable=False),
+        pa.field("equity", pa.float64(), nullable=False),
+        pa.field("cash", pa.float64(), nullable=False),
+        pa.field("symbols", pa.list_(pa.string()), nullable=False),
+        pa.field("weights", pa.list_(pa.float64()), nullable=False),
+        pa.field("rebalanced", pa.bool_(), nullable=False),
+        pa.field("turnover", pa.float64(), nullable=False),
+        pa.field("cost", pa.float64(), nullable=False),
+    ]
+)
+"""One row per simulated close of each of the portfolio's backtests: equity, cash and cost in $, weights as
+fractions in the order of ``symbols``, one-way turnover of that close's trades."""
 
 
 def _instant(text: object) -> datetime | None:
@@ -165,6 +187,18 @@ _DATASETS: Final[dict[ExportDataset, _Dataset]] = {
         keyset=(('e."timestamp"', "timestamp"), ("e.event_id", "k_id")),
         table="rebalance_events",
         convert={},
+    ),
+    ExportDataset.BACKTEST_POINTS: _Dataset(
+        schema=BACKTEST_POINTS_SCHEMA,
+        query=(
+            "SELECT p.created_at AS k_created, p.backtest_id AS k_id, p.backtest_id::text AS backtest_id, "
+            'p.created_at, p."timestamp", p.equity, p.cash, b.symbols, p.weights, p.rebalanced, p.turnover, p.cost '
+            "FROM backtest_points p JOIN backtests b ON b.backtest_id = p.backtest_id AND b.created_at = p.created_at "
+            'WHERE {where} ORDER BY p.created_at, p.backtest_id, p."timestamp" LIMIT {limit}'
+        ),
+        keyset=(("p.created_at", "k_created"), ("p.backtest_id", "k_id"), ('p."timestamp"', "timestamp")),
+        table="backtests",
+        convert={"symbols": list, "weights": list},
     ),
 }
 

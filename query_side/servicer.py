@@ -63,6 +63,7 @@ EXPORT_DATASETS: dict[int, ExportDataset] = {
     query_service_pb2.EXPORT_DATASET_OPTIMIZATION_HISTORY: ExportDataset.OPTIMIZATION_HISTORY,
     query_service_pb2.EXPORT_DATASET_WEIGHTS: ExportDataset.WEIGHTS,
     query_service_pb2.EXPORT_DATASET_REBALANCE_EVENTS: ExportDataset.REBALANCE_EVENTS,
+    query_service_pb2.EXPORT_DATASET_BACKTEST_POINTS: ExportDataset.BACKTEST_POINTS,
 }
 """The datasets ExportData serves, by ``stratopt.v1.ExportDataset`` value (``query_side.export``: adding one)."""
 _WHOLE_RANGE = timedelta(days=3_000_000)

@@ -38,12 +38,14 @@ class Dataset(enum.StrEnum):
     OPTIMIZATION_HISTORY = "optimization-history"
     WEIGHTS = "weights"
     REBALANCE_EVENTS = "rebalance-events"
+    BACKTEST_POINTS = "backtest-points"
 
 
 DATASETS: dict[Dataset, query_pb.ExportDataset.ValueType] = {
     Dataset.OPTIMIZATION_HISTORY: query_pb.EXPORT_DATASET_OPTIMIZATION_HISTORY,
     Dataset.WEIGHTS: query_pb.EXPORT_DATASET_WEIGHTS,
     Dataset.REBALANCE_EVENTS: query_pb.EXPORT_DATASET_REBALANCE_EVENTS,
+    Dataset.BACKTEST_POINTS: query_pb.EXPORT_DATASET_BACKTEST_POINTS,
 }
 
 

@@ -245,3 +245,38 @@ def test_a_large_batch_is_split_into_messages_under_the_byte_limit() -> None:
     parts = [pa.ipc.open_stream(data).read_all() for data, _ in messages]
     assert [p.num_rows for p in parts] == [rows for _, rows in messages]
     assert pa.concat_tables(parts).to_pylist() == rows
+
+
+def test_backtest_points_are_the_stored_paths(commands: Any, queries: Any, stored_prices: dict[str, str]) -> None:
+    """Two backtests of one portfolio, exported in small batches, equal their GetBacktest paths row for row."""
+    from stratopt.v1 import backtest_pb2 as bt_pb
+
+    portfolio_id = f"export-bt-{uuid.uuid4().hex[:8]}"
+    config = cmd_pb.OptimizationConfiguration(
+        portfolio_id=portfolio_id,
+        strategies=[pb.Strategy(symbol=s) for s in ("AAPL", "KO", "XOM")],
+        objective=pb.OBJECTIVE_MIN_VOLATILITY,
+        enabled=True,
+    )
+    commands.UpsertConfiguration(cmd_pb.UpsertConfigurationRequest(configuration=config), timeout=10)
+    truth = []
+    for year in (2017, 2018):
+        request = bt_pb.BacktestRequest(
+            portfolio_id=portfolio_id, start=stamp(datetime(year, 1, 1, tzinfo=UTC)),
+            end=stamp(datetime(year, 3, 31, tzinfo=UTC)),
+        )  # fmt: skip
+        summary = [m.result for m in commands.Backtest(request, timeout=120) if m.HasField("result")][-1]
+        stored = queries.GetBacktest(query_pb.GetBacktestRequest(backtest_id=summary.backtest_id), timeout=10)
+        truth += [
+            (summary.backtest_id, p.timestamp.ToDatetime(tzinfo=UTC), p.equity, list(p.weights), p.cost)
+            for p in stored.points
+        ]
+    counts, table = export(queries, portfolio_id, query_pb.EXPORT_DATASET_BACKTEST_POINTS, max_batch_rows=7)
+    assert sum(counts) == len(truth) and max(counts) == 7
+    rows = table.to_pylist()
+    assert [(r["backtest_id"], r["timestamp"], r["equity"], r["weights"], r["cost"]) for r in rows] == truth
+    assert all(r["symbols"] == ["AAPL", "KO", "XOM"] for r in rows)
+    ranged = export(
+        queries, portfolio_id, query_pb.EXPORT_DATASET_BACKTEST_POINTS, start=stamp(datetime(2018, 1, 1, tzinfo=UTC))
+    )[1]
+    assert ranged.num_rows == sum(1 for t in truth if t[1].year == 2018)

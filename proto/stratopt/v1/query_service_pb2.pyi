@@ -46,7 +46,12 @@ class _ExportDatasetEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExportD
     EXPORT_DATASET_REBALANCE_EVENTS: _ExportDataset.ValueType  # 3
     """One row per rebalance event: timestamp, event_id, portfolio_id, recommendation_id (null for
     SHARES_ALLOCATED), event_type, status, actor, total_trade_value.
-    Next: EXPORT_DATASET_BACKTEST = 4 (backtest results, issue 11; not served yet).
+    """
+    EXPORT_DATASET_BACKTEST_POINTS: _ExportDataset.ValueType  # 4
+    """The simulated paths of the portfolio's stored backtests, one row per (backtest, close): backtest_id,
+    created_at (of the backtest), timestamp (the simulated close), equity ($), cash ($), symbols and weights
+    (fractions, in the symbols' order), rebalanced, turnover (one-way), cost ($); ordered by (created_at,
+    backtest_id, timestamp). start and end bound the simulated close.
     """
 
 class ExportDataset(_ExportDataset, metaclass=_ExportDatasetEnumTypeWrapper):
@@ -67,7 +72,12 @@ ordered by (timestamp, event_id, symbol); one run's rows may span two messages.
 EXPORT_DATASET_REBALANCE_EVENTS: ExportDataset.ValueType  # 3
 """One row per rebalance event: timestamp, event_id, portfolio_id, recommendation_id (null for
 SHARES_ALLOCATED), event_type, status, actor, total_trade_value.
-Next: EXPORT_DATASET_BACKTEST = 4 (backtest results, issue 11; not served yet).
+"""
+EXPORT_DATASET_BACKTEST_POINTS: ExportDataset.ValueType  # 4
+"""The simulated paths of the portfolio's stored backtests, one row per (backtest, close): backtest_id,
+created_at (of the backtest), timestamp (the simulated close), equity ($), cash ($), symbols and weights
+(fractions, in the symbols' order), rebalanced, turnover (one-way), cost ($); ordered by (created_at,
+backtest_id, timestamp). start and end bound the simulated close.
 """
 Global___ExportDataset: _TypeAlias = ExportDataset  # noqa: Y015
 
