@@ -14,6 +14,7 @@ from query_side.read_store import InMemoryReadStore, ReadStore
 from query_side.realised import PriceReads
 from query_side.repository import PostgresReadStore
 from query_side.rotation_reads import RotationReads
+from query_side.sector_exposure import SectorExposureReads
 from query_side.servicer import OptimizationQueryServicer
 from query_side.trading_stats import TradingStatistics
 from query_side.watch import EventNotifier
@@ -35,6 +36,7 @@ __all__ = [
     "PriceReads",
     "ReadStore",
     "RotationReads",
+    "SectorExposureReads",
     "TradingStatistics",
     "interceptor",
     "register",
@@ -50,6 +52,7 @@ def register(
     trading: TradingStatistics | None = None,
     exports: ExportReads | None = None,
     backtests: BacktestReads | None = None,
+    sectors: SectorExposureReads | None = None,
 ) -> list[str]:
     """Add the query servicer to a server.
 
@@ -71,6 +74,8 @@ def register(
         The paginated reads of ``ExportData``; without them the RPC answers FAILED_PRECONDITION.
     backtests : BacktestReads, optional
         Stored backtests for ``GetBacktest`` and ``ListBacktests``; without them they answer FAILED_PRECONDITION.
+    sectors : SectorExposureReads, optional
+        Sector exposures for ``GetSectorExposure``; without them the RPC answers FAILED_PRECONDITION.
 
     Returns
     -------
@@ -78,7 +83,7 @@ def register(
         Full names of the services added, for reflection and health checking.
     """
     query_service_pb2_grpc.add_OptimizationQueryServiceServicer_to_server(
-        OptimizationQueryServicer(store, rotation, notifier, prices, trading, exports, backtests), server
+        OptimizationQueryServicer(store, rotation, notifier, prices, trading, exports, backtests, sectors), server
     )
     return [SERVICE_NAME]
 

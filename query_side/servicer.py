@@ -38,6 +38,7 @@ from query_side.repository import (
     StoredRecommendation,
 )
 from query_side.rotation_reads import RotationReads
+from query_side.sector_exposure import SectorExposureReads
 from query_side.trading_stats import TradingStatistics
 from query_side.watch import EventNotifier, watch
 from services.errors import InvalidInputError, NotFoundError, PreconditionError
@@ -283,10 +284,12 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         trading: TradingStatistics | None = None,
         exports: ExportReads | None = None,
         backtests: BacktestReads | None = None,
+        sectors: SectorExposureReads | None = None,
         *,
         export_batch_rows: int = EXPORT_BATCH_ROWS,
     ) -> None:
         self._backtests = backtests
+        self._sectors = sectors
         self._repository = repository
         self._rotation = rotation
         self._notifier = notifier
@@ -519,6 +522,39 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
                 names = set(weights) | set(before)
                 row.turnover = 0.5 * math.fsum(abs(weights.get(s, 0.0) - before.get(s, 0.0)) for s in names)
             before = weights
+        return response
+
+    async def GetSectorExposure(  # noqa: N802 (gRPC method name)
+        self, request: query_service_pb2.GetSectorExposureRequest, context: ServicerContext
+    ) -> query_service_pb2.GetSectorExposureResponse:
+        """Each of the latest runs' weights summed by sector (``query_side.sector_exposure``).
+
+        Raises
+        ------
+        InvalidInputError
+            Bad ``portfolio_id``, bounds or ``max_runs`` (at most 10,000).
+        PreconditionError
+            The server has no PostgreSQL store.
+        UnavailableError
+            When the database cannot be reached.
+        """
+        portfolio_id, start, end = _ranged_request(request)
+        if request.max_runs > MAX_WEIGHT_HISTORY_RUNS:
+            raise InvalidInputError.for_field("max_runs", f"at most {MAX_WEIGHT_HISTORY_RUNS}")
+        if self._sectors is None:
+            raise PreconditionError("sector exposure needs the PostgreSQL store")
+        runs, truncated = await self._sectors.runs(
+            portfolio_id, start=start, end=end, limit=request.max_runs or DEFAULT_WEIGHT_HISTORY_RUNS
+        )
+        sectors = sorted({sector for run in runs for sector in run.net})
+        response = query_service_pb2.GetSectorExposureResponse(sectors=sectors, truncated=truncated)
+        for run in runs:
+            response.runs.add(
+                event_id=run.event_id,
+                timestamp=_timestamp(run.timestamp),
+                net=[run.net.get(s, 0.0) for s in sectors],
+                gross=[run.gross.get(s, 0.0) for s in sectors],
+            )
         return response
 
     async def ComparePortfolios(  # noqa: N802 (gRPC method name)

@@ -173,3 +173,36 @@ def rebalance_stats(
         portfolio_id=portfolio_id, bucket_width=Duration(seconds=round(bucket_hours * 3600))
     )
     _print_json(_query("GetRebalanceStatistics", _ranged(request, start, end), target))
+
+
+@app.command("sector-exposure")
+def sector_exposure(
+    portfolio_id: str,
+    start: Start = None,
+    end: End = None,
+    max_runs: Annotated[int, typer.Option(min=0, max=10_000, help="The latest runs of the range (0: 1000).")] = 0,
+    gross: Annotated[bool, typer.Option(help="Sum of absolute weights instead of the net sum.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the GetSectorExposure answer as JSON.")] = False,
+    target: Target = client.DEFAULT_TARGET,
+) -> None:
+    """Print a portfolio's sector exposure per run (GetSectorExposure) as CSV: one row per run, one column per sector.
+
+    Exposures are fractions of the portfolio: net (Σ w over the sector's strategies, the default) or --gross (Σ |w|),
+    by the sectors of the configuration version each run used.
+    """
+    request = _ranged(query_pb.GetSectorExposureRequest(portfolio_id=portfolio_id, max_runs=max_runs), start, end)
+    response = _query("GetSectorExposure", request, target)
+    if as_json:
+        _print_json(response)
+        return
+    columns: dict[str, pl.Series] = {
+        "timestamp": pl.Series(
+            [r.timestamp.ToDatetime(tzinfo=UTC) for r in response.runs], dtype=pl.Datetime("us", "UTC")
+        ),
+        "event_id": pl.Series([r.event_id for r in response.runs], dtype=pl.String),
+    }
+    for j, sector in enumerate(response.sectors):
+        columns[sector] = pl.Series([(r.gross if gross else r.net)[j] for r in response.runs], dtype=pl.Float64)
+    typer.echo(pl.DataFrame(columns).write_csv(), nl=False)
+    if response.truncated:
+        typer.echo("sector-exposure: truncated (older runs of the range were left out; raise --max-runs)", err=True)

@@ -105,6 +105,7 @@ METHOD_ROLES: Final[Mapping[str, str]] = {
     _QUERY + "ListRotationDecisions": "read",
     _QUERY + "CountRotationReasons": "read",
     _QUERY + "GetBacktest": "read",
+    _QUERY + "GetSectorExposure": "read",
     _QUERY + "ListBacktests": "read",
 }
 """The role each RPC requires; a principal holding ``admin`` may call every one."""

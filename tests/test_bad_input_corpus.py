@@ -761,6 +761,18 @@ def _cases() -> list[Case]:
             lambda: query_pb.GetBacktestRequest(backtest_id=LONG),
             "backtest_id",
         ),
+        Case(
+            "sector-exposure-runs",
+            QUERY + "GetSectorExposure",
+            lambda: query_pb.GetSectorExposureRequest(portfolio_id="corpus", max_runs=10_001),
+            "max_runs",
+        ),
+        Case(
+            "sector-exposure-empty",
+            QUERY + "GetSectorExposure",
+            lambda: query_pb.GetSectorExposureRequest(),
+            "portfolio_id",
+        ),
         Case("list-backtests-empty", QUERY + "ListBacktests", lambda: query_pb.ListBacktestsRequest(), "portfolio_id"),
         Case(
             "list-backtests-token-garbage",

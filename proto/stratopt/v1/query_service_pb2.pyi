@@ -1430,3 +1430,115 @@ class ExportDataResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportDataResponse: _TypeAlias = ExportDataResponse  # noqa: Y015
+
+@_typing.final
+class GetSectorExposureRequest(_message.Message):
+    """Sector exposure of a portfolio's runs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTFOLIO_ID_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    MAX_RUNS_FIELD_NUMBER: _builtins.int
+    portfolio_id: _builtins.str
+    """Portfolio identifier."""
+    max_runs: _builtins.int
+    """Most runs returned, the latest of the range (0: 1000; at most 10000)."""
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """Inclusive lower bound on the event time; unset = no bound."""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """Exclusive upper bound on the event time; unset = no bound."""
+
+    def __init__(
+        self,
+        *,
+        portfolio_id: _builtins.str = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        max_runs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "max_runs", b"max_runs", "portfolio_id", b"portfolio_id", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSectorExposureRequest: _TypeAlias = GetSectorExposureRequest  # noqa: Y015
+
+@_typing.final
+class SectorExposureRun(_message.Message):
+    """One run's exposures, in the order of GetSectorExposureResponse.sectors."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    NET_FIELD_NUMBER: _builtins.int
+    GROSS_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The run's event."""
+    @_builtins.property
+    def timestamp(self) -> _timestamp_pb2.Timestamp:
+        """When it ran."""
+
+    @_builtins.property
+    def net(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Sum of the sector's weights (fractions of the portfolio; negative for a net short sector)."""
+
+    @_builtins.property
+    def gross(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Sum of the absolute weights of the sector (fractions)."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        timestamp: _timestamp_pb2.Timestamp | None = ...,
+        net: _abc.Iterable[_builtins.float] | None = ...,
+        gross: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timestamp", b"timestamp"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "gross", b"gross", "net", b"net", "timestamp", b"timestamp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SectorExposureRun: _TypeAlias = SectorExposureRun  # noqa: Y015
+
+@_typing.final
+class GetSectorExposureResponse(_message.Message):
+    """Sector exposures, oldest run first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SECTORS_FIELD_NUMBER: _builtins.int
+    RUNS_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    """True when older runs of the range were left out (max_runs)."""
+    @_builtins.property
+    def sectors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The columns: every sector of the returned runs' configurations, sorted; "(no sector)" for strategies without."""
+
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___SectorExposureRun]:
+        """Oldest first."""
+
+    def __init__(
+        self,
+        *,
+        sectors: _abc.Iterable[_builtins.str] | None = ...,
+        runs: _abc.Iterable[Global___SectorExposureRun] | None = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["runs", b"runs", "sectors", b"sectors", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSectorExposureResponse: _TypeAlias = GetSectorExposureResponse  # noqa: Y015

@@ -110,6 +110,11 @@ class OptimizationQueryServiceStub:
                 request_serializer=stratopt_dot_v1_dot_query__service__pb2.GetBacktestRequest.SerializeToString,
                 response_deserializer=stratopt_dot_v1_dot_query__service__pb2.GetBacktestResponse.FromString,
                 _registered_method=True)
+        self.GetSectorExposure = channel.unary_unary(
+                '/stratopt.v1.OptimizationQueryService/GetSectorExposure',
+                request_serializer=stratopt_dot_v1_dot_query__service__pb2.GetSectorExposureRequest.SerializeToString,
+                response_deserializer=stratopt_dot_v1_dot_query__service__pb2.GetSectorExposureResponse.FromString,
+                _registered_method=True)
         self.ListBacktests = channel.unary_unary(
                 '/stratopt.v1.OptimizationQueryService/ListBacktests',
                 request_serializer=stratopt_dot_v1_dot_query__service__pb2.ListBacktestsRequest.SerializeToString,
@@ -245,6 +250,14 @@ class OptimizationQueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSectorExposure(self, request, context):
+        """Sector exposure over time: each of a portfolio's latest runs in [start, end) with its weights summed by the
+        sectors of the configuration version it ran with (net sum of weights and gross sum of absolute weights).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListBacktests(self, request, context):
         """Stored backtests of a portfolio, newest first, with keyset pagination (summaries only).
         """
@@ -329,6 +342,11 @@ def add_OptimizationQueryServiceServicer_to_server(servicer, server):
                     servicer.GetBacktest,
                     request_deserializer=stratopt_dot_v1_dot_query__service__pb2.GetBacktestRequest.FromString,
                     response_serializer=stratopt_dot_v1_dot_query__service__pb2.GetBacktestResponse.SerializeToString,
+            ),
+            'GetSectorExposure': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSectorExposure,
+                    request_deserializer=stratopt_dot_v1_dot_query__service__pb2.GetSectorExposureRequest.FromString,
+                    response_serializer=stratopt_dot_v1_dot_query__service__pb2.GetSectorExposureResponse.SerializeToString,
             ),
             'ListBacktests': grpc.unary_unary_rpc_method_handler(
                     servicer.ListBacktests,
@@ -742,6 +760,33 @@ class OptimizationQueryService:
             '/stratopt.v1.OptimizationQueryService/GetBacktest',
             stratopt_dot_v1_dot_query__service__pb2.GetBacktestRequest.SerializeToString,
             stratopt_dot_v1_dot_query__service__pb2.GetBacktestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSectorExposure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stratopt.v1.OptimizationQueryService/GetSectorExposure',
+            stratopt_dot_v1_dot_query__service__pb2.GetSectorExposureRequest.SerializeToString,
+            stratopt_dot_v1_dot_query__service__pb2.GetSectorExposureResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -90,6 +90,10 @@ class OptimizationQueryServiceStub:
     """
     GetBacktest: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.GetBacktestRequest, _query_service_pb2.GetBacktestResponse]
     """A stored backtest: its summary and its simulated path (equity, cash, weights per close). NOT_FOUND when absent."""
+    GetSectorExposure: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.GetSectorExposureRequest, _query_service_pb2.GetSectorExposureResponse]
+    """Sector exposure over time: each of a portfolio's latest runs in [start, end) with its weights summed by the
+    sectors of the configuration version it ran with (net sum of weights and gross sum of absolute weights).
+    """
     ListBacktests: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.ListBacktestsRequest, _query_service_pb2.ListBacktestsResponse]
     """Stored backtests of a portfolio, newest first, with keyset pagination (summaries only)."""
 
@@ -155,6 +159,10 @@ class OptimizationQueryServiceAsyncStub(OptimizationQueryServiceStub):
     """
     GetBacktest: _aio.UnaryUnaryMultiCallable[_query_service_pb2.GetBacktestRequest, _query_service_pb2.GetBacktestResponse]  # type: ignore[assignment]
     """A stored backtest: its summary and its simulated path (equity, cash, weights per close). NOT_FOUND when absent."""
+    GetSectorExposure: _aio.UnaryUnaryMultiCallable[_query_service_pb2.GetSectorExposureRequest, _query_service_pb2.GetSectorExposureResponse]  # type: ignore[assignment]
+    """Sector exposure over time: each of a portfolio's latest runs in [start, end) with its weights summed by the
+    sectors of the configuration version it ran with (net sum of weights and gross sum of absolute weights).
+    """
     ListBacktests: _aio.UnaryUnaryMultiCallable[_query_service_pb2.ListBacktestsRequest, _query_service_pb2.ListBacktestsResponse]  # type: ignore[assignment]
     """Stored backtests of a portfolio, newest first, with keyset pagination (summaries only)."""
 
@@ -307,6 +315,16 @@ class OptimizationQueryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_query_service_pb2.GetBacktestResponse, _abc.Awaitable[_query_service_pb2.GetBacktestResponse]]:
         """A stored backtest: its summary and its simulated path (equity, cash, weights per close). NOT_FOUND when absent."""
+
+    @_abc_1.abstractmethod
+    def GetSectorExposure(
+        self,
+        request: _query_service_pb2.GetSectorExposureRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_query_service_pb2.GetSectorExposureResponse, _abc.Awaitable[_query_service_pb2.GetSectorExposureResponse]]:
+        """Sector exposure over time: each of a portfolio's latest runs in [start, end) with its weights summed by the
+        sectors of the configuration version it ran with (net sum of weights and gross sum of absolute weights).
+        """
 
     @_abc_1.abstractmethod
     def ListBacktests(
