@@ -19,6 +19,11 @@ triggers of migration ``0017_event_turnover`` store; they are skipped while seed
 2. ``GetLatest`` and ``GetHistory`` (first page of 50, newest first) of random portfolios at ``--concurrency``
    closed-loop clients (default 32) for ``--duration`` seconds each: calls per second, p50 and p99.
 
+3. The same two RPCs in an **open loop**: the ``--concurrency`` clients together send ``--rates`` calls per second
+   on a fixed schedule (default 500 GetLatest/s and 100 GetHistory/s), each latency measured from its scheduled
+   start. A closed loop of 32 clients measures saturation: its latency is about 32 / throughput (Little's law), so
+   a 5 ms p99 there needs more than 6,400 calls/s; the open loop measures the latency at a given load.
+
 Targets (issue 11): analytics < 1 s, GetLatest p99 < 5 ms, GetHistory first page p99 < 20 ms at 32 clients.
 Everything runs on this machine's two cores, the load generator included; the printout gives the load average.
 
@@ -222,6 +227,49 @@ async def _load(target: str, portfolios: int, concurrency: int, duration: float)
     return lines
 
 
+async def _paced(target: str, portfolios: int, concurrency: int, rates: dict[str, float], duration: float) -> list[str]:
+    """Open loop: ``concurrency`` clients together sending ``rate`` calls/s on a fixed schedule.
+
+    Each latency is measured from the call's scheduled start (so a late send counts: no coordinated omission).
+    """
+    lines = [f"{'rpc':<12} {'clients':>7} {'rate/s':>9} {'p50 ms':>9} {'p99 ms':>9}  target (open loop)"]
+    channels = [grpc.aio.insecure_channel(target) for _ in range(max(1, concurrency // 16))]
+    try:
+        stubs = [query_grpc.OptimizationQueryServiceStub(c) for c in channels]
+        for rpc, rate in rates.items():
+            samples: list[float] = []
+            interval = concurrency / rate
+            begin = time.perf_counter() + 0.5
+
+            async def client(
+                k: int, rpc: str = rpc, samples: list[float] = samples, begin: float = begin, interval: float = interval
+            ) -> None:
+                stub = stubs[k % len(stubs)]
+                rng = random.Random(1000 + k)
+                scheduled = begin + k * interval / concurrency
+                while scheduled < begin + duration:
+                    delay = scheduled - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    portfolio_id = portfolio_name(rng.randrange(portfolios))
+                    if rpc == "GetLatest":
+                        await stub.GetLatest(query_pb.GetLatestRequest(portfolio_id=portfolio_id))
+                    else:
+                        await stub.GetHistory(query_pb.GetHistoryRequest(portfolio_id=portfolio_id))
+                    samples.append((time.perf_counter() - scheduled) * 1000)
+                    scheduled += interval
+
+            await asyncio.gather(*(client(k) for k in range(concurrency)))
+            p50, p99, _ = _percentiles(samples)
+            target_ms = TARGETS_MS[f"{rpc} p99"]
+            verdict = f"p99 < {target_ms:.0f} ms: {'met' if p99 < target_ms else 'NOT met'}"
+            lines.append(f"{rpc:<12} {concurrency:>7} {rate:>9.0f} {p50:>9.2f} {p99:>9.2f}  {verdict}")
+    finally:
+        for channel in channels:
+            await channel.close(None)
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     """Seed, serve, measure and print (module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
@@ -231,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--analytics-portfolios", type=int, default=20, help="portfolios analysed (default 20)")
     parser.add_argument("--concurrency", type=int, default=32, help="GetLatest / GetHistory clients (default 32)")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per RPC under load (default 15)")
+    parser.add_argument(
+        "--rates",
+        default="GetLatest=500,GetHistory=100",
+        help="open-loop rates, calls/s over all clients (default GetLatest=500,GetHistory=100; '' = skip)",
+    )
     args = parser.parse_args(argv)
 
     def prepare(dsn: str) -> None:
@@ -243,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         load_before = os.getloadavg()
         analytics = asyncio.run(_analytics(target, dsn, chosen))
         load = asyncio.run(_load(target, args.portfolios, args.concurrency, args.duration))
+        rates = {k: float(v) for k, v in (item.split("=") for item in args.rates.split(",") if item)}
+        if rates:
+            load += asyncio.run(_paced(target, args.portfolios, args.concurrency, rates, args.duration))
         load_after = os.getloadavg()
     per = args.events // args.portfolios
     report = io.StringIO()
