@@ -305,3 +305,26 @@ def test_errors_name_the_field(stock_prices: pd.DataFrame) -> None:
         with pytest.raises(InvalidInputError) as bad:
             WalkForward(complete.to_numpy(), complete.index.to_numpy(), _settings(**changes))
         assert bad.value.field_violations[0].field == field
+
+
+def test_square_root_impact_of_the_first_investment(prices: pd.DataFrame) -> None:
+    symbols = tuple(prices.columns)
+    n = len(symbols)
+    equal = np.full(n, 1.0 / n)
+    adv = np.full(n, 2_000.0)
+    costs = BacktestCosts(impact_model=ImpactModel.SQUARE_ROOT, adv=adv, volatility_periods=20)
+    result = run_backtest(
+        prices.to_numpy(),
+        prices.index.to_numpy(),
+        _settings(holding=Holding.BUY_AND_HOLD, costs=costs, schedule=RebalanceSchedule(kind=ScheduleKind.ANNUALLY)),
+        lambda decision: equal,
+        symbols=symbols,
+    )
+    # Closed form from pandas: σ of the 20 daily returns to the first close, Q the gross shares of 1/N of $1M.
+    first = prices.iloc[: WINDOW + 1]
+    sigma = first.pct_change().iloc[-20:].std().to_numpy()
+    close = first.iloc[-1].to_numpy()
+    quantity = 1_000_000.0 / n / close
+    expected = float(np.sum(sigma * np.sqrt(quantity / adv) * quantity * close))
+    assert result.costs[0] == pytest.approx(expected, rel=1e-10)
+    assert result.equity[0] == pytest.approx(1_000_000.0 - expected, rel=1e-12)
