@@ -807,7 +807,7 @@ def _cases() -> list[Case]:
         Case(
             "export-dataset-unknown",
             QUERY + "ExportData",
-            lambda: query_pb.ExportDataRequest(portfolio_id="corpus", dataset=4),  # type: ignore[arg-type]
+            lambda: query_pb.ExportDataRequest(portfolio_id="corpus", dataset=99),  # type: ignore[arg-type]
             "dataset",
         ),
         Case(
