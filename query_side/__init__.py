@@ -17,6 +17,7 @@ from query_side.rotation_reads import RotationReads
 from query_side.servicer import OptimizationQueryServicer
 from query_side.trading_stats import TradingStatistics
 from query_side.watch import EventNotifier
+from query_side.watch_reads import WatchReads
 from stratopt.rpc_errors import ErrorMappingInterceptor
 from stratopt.v1 import query_service_pb2, query_service_pb2_grpc
 
@@ -36,6 +37,7 @@ __all__ = [
     "ReadStore",
     "RotationReads",
     "TradingStatistics",
+    "WatchReads",
     "interceptor",
     "register",
 ]
@@ -50,6 +52,7 @@ def register(
     trading: TradingStatistics | None = None,
     exports: ExportReads | None = None,
     backtests: BacktestReads | None = None,
+    watch_reads: WatchReads | None = None,
 ) -> list[str]:
     """Add the query servicer to a server.
 
@@ -71,6 +74,9 @@ def register(
         The paginated reads of ``ExportData``; without them the RPC answers FAILED_PRECONDITION.
     backtests : BacktestReads, optional
         Stored backtests for ``GetBacktest`` and ``ListBacktests``; without them they answer FAILED_PRECONDITION.
+    watch_reads : WatchReads, optional
+        The rebalance, rotation and backtest reads of ``WatchEvents``; without them a stream of those kinds
+        answers FAILED_PRECONDITION.
 
     Returns
     -------
@@ -78,7 +84,7 @@ def register(
         Full names of the services added, for reflection and health checking.
     """
     query_service_pb2_grpc.add_OptimizationQueryServiceServicer_to_server(
-        OptimizationQueryServicer(store, rotation, notifier, prices, trading, exports, backtests), server
+        OptimizationQueryServicer(store, rotation, notifier, prices, trading, exports, backtests, watch_reads), server
     )
     return [SERVICE_NAME]
 

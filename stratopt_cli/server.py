@@ -206,6 +206,7 @@ class StratoptServer:
                 query_side.TradingStatistics(self._pool),
                 query_side.ExportReads(self._pool),
                 query_side.BacktestReads(self._pool),
+                query_side.WatchReads(self._pool),
             )
         names = [*command_names, *query_names]
         health_servicer = new_servicer(names)
