@@ -5,8 +5,10 @@ their normalised input (``services.trading.allocation_cache_key``), each with th
 allocation as first returned (jsonb, ``command_side.trading_records.ALLOCATION_REQUEST`` and ``ALLOCATION``,
 documented in ``docs/storage_schema.md``). A row past ``expires_at`` is a miss; expired rows
 are deleted by every write. An allocation made for a portfolio is recorded as a ``SHARES_ALLOCATED`` row of the
-``rebalance_events`` hypertable in the same transaction as its cache row. Times come from the database clock
-(``clock_timestamp()``). asyncpg's errors are translated by ``command_side.postgres_errors``.
+``rebalance_events`` hypertable in the same transaction as its cache row, under the portfolio's rebalancing lock
+after its overdue expiries, with a NOTIFY (``command_side.rebalancing_repository``: a portfolio's events commit in
+time order, for WatchEvents). Times come from the database clock (``clock_timestamp()``). asyncpg's errors are
+translated by ``command_side.postgres_errors``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import asyncpg
 from command_side.allocation_cache import EVENT_STATUS, EVENT_TYPE, AllocationCache, CachedAllocation, event_payload
 from command_side.metrics import event_written
 from command_side.postgres_errors import Connection, postgres_errors
+from command_side.rebalancing_repository import expire_overdue_locked, lock_portfolio, notify_event
 from command_side.trading_model import Allocation
 from command_side.trading_records import allocation_from_json, allocation_json, allocation_request_json
 from services.trading import AllocationRequest
@@ -103,7 +106,7 @@ class PostgresAllocationCache(AllocationCache):
         if ttl is None and not portfolio_id:
             return allocation
         async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
-            now: datetime = await conn.fetchval("SELECT clock_timestamp()")
+            now = await _event_clock(conn, portfolio_id)
             if ttl is not None:
                 allocation = replace(allocation, expires_at=now + ttl)
                 await conn.execute("DELETE FROM share_allocations WHERE expires_at <= $1", now)
@@ -129,8 +132,8 @@ class PostgresAllocationCache(AllocationCache):
         OperationalError
             When the database cannot be reached.
         """
-        async with postgres_errors(), self._pool.acquire() as conn:
-            now: datetime = await conn.fetchval("SELECT clock_timestamp()")
+        async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
+            now = await _event_clock(conn, portfolio_id)
             await _insert_event(conn, now, portfolio_id, allocation)
 
     async def clear(self, cache_key: str) -> int:
@@ -149,16 +152,28 @@ class PostgresAllocationCache(AllocationCache):
         return int(status.split()[-1])
 
 
+async def _event_clock(conn: Connection, portfolio_id: str) -> datetime:
+    """The database clock; for a portfolio's event, read under its rebalancing lock after its overdue expiries."""
+    if not portfolio_id:
+        now: datetime = await conn.fetchval("SELECT clock_timestamp()")
+        return now
+    now = await lock_portfolio(conn, portfolio_id)
+    await expire_overdue_locked(conn, portfolio_id, now)
+    return now
+
+
 async def _insert_event(conn: Connection, now: datetime, portfolio_id: str, allocation: Allocation) -> None:
     """Insert the ``SHARES_ALLOCATED`` event of ``allocation`` (total_trade_value = the budget used).
 
     The payload (jsonb) is :func:`command_side.allocation_cache.event_payload`.
     """
     payload = event_payload(allocation)
+    event_id = uuid.uuid4()
     await conn.execute(
         """INSERT INTO rebalance_events (event_id, "timestamp", portfolio_id, recommendation_id, event_type, status,
                actor, total_trade_value, payload)
            VALUES ($1, $2, $3, NULL, $4, $5, '', $6, $7::jsonb)""",
-        uuid.uuid4(), now, portfolio_id, EVENT_TYPE, EVENT_STATUS, allocation.metrics.budget_used, _json(payload),
+        event_id, now, portfolio_id, EVENT_TYPE, EVENT_STATUS, allocation.metrics.budget_used, _json(payload),
     )  # fmt: skip
+    await notify_event(conn, portfolio_id, event_id)
     event_written("rebalance_events", EVENT_TYPE)

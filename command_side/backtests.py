@@ -312,7 +312,7 @@ _INSERT_BACKTEST = """
 INSERT INTO backtests (backtest_id, created_at, portfolio_id, configuration_version, requested_by, symbols,
                        first_date, last_date, observations, decisions, failed_decisions, first_failure, metrics,
                        settings, computation_time_ms)
-VALUES ($1, now(), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13::jsonb, $14)
+VALUES ($1, clock_timestamp(), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13::jsonb, $14)
 RETURNING created_at
 """
 
@@ -345,6 +345,8 @@ class PostgresBacktestStore:
     async def persist_backtest(self, backtest: StoredBacktest) -> StoredBacktest:
         """Insert the summary and every simulated close, then NOTIFY ``backtest_completed``; all or nothing.
 
+        Under the portfolio's ``backtest:`` advisory lock, ``created_at`` read from the clock after it.
+
         Raises
         ------
         OperationalError
@@ -354,6 +356,9 @@ class PostgresBacktestStore:
         backtest_id = uuid.UUID(backtest.backtest_id)
         timestamps = [_utc(t) for t in result.timestamps]
         async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
+            # A portfolio's backtests are stored one after another, each dated after the lock: they commit in
+            # (created_at, backtest_id) order, which WatchEvents reads after its cursor.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('backtest:' || $1))", backtest.portfolio_id)
             created_at = await conn.fetchval(
                 _INSERT_BACKTEST,
                 backtest_id, backtest.portfolio_id, backtest.configuration_version, backtest.requested_by,

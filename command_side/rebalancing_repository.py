@@ -8,7 +8,13 @@ model) and the ``rebalance_events`` hypertable. Every change of a recommendation
 that move a portfolio's recommendations hold a per-portfolio advisory lock (``hashtext('rebalance:' ||
 portfolio_id)``), so the expiry sweep, creation and decisions of one portfolio run one after another and never
 deadlock. All times of the workflow come from the database clock (``clock_timestamp()``), the clock the query
-side reads expiries with. The SQL selects rows by the lifecycle's status sets (``PENDING_STATUSES``,
+side reads expiries with. Every event row notifies :data:`NOTIFY_CHANNEL` (``"<portfolio_id> <event_id>"``) in its
+transaction, for the query side's WatchEvents. Every writer of a portfolio's events (allocations' SHARES_ALLOCATED
+included, ``command_side.allocations_repository``) takes the lock, reads the clock after it and persists the
+overdue expiries first (:func:`lock_portfolio`, :func:`expire_overdue_locked`), so a portfolio's events commit in
+``(timestamp, event_id)`` order: an EXPIRED event is dated at the deadline, which no earlier commit reached (it
+would have expired the recommendation), and a superseded recommendation's event 1 µs before its successor's
+CREATED. The SQL selects rows by the lifecycle's status sets (``PENDING_STATUSES``,
 ``APPROVED_STATUSES``, rendered as literals so that the partial indexes stay usable); whether a pending one is
 overdue, and every transition, is decided in Python by the lifecycle.
 """
@@ -66,6 +72,8 @@ from services.trading import (
     RecommendationStatus,
 )
 
+NOTIFY_CHANNEL: Final = "rebalance_event"
+"""LISTEN/NOTIFY channel of stored rebalance events (payload ``portfolio_id event_id``; ``query_side.watch``)."""
 _LOCK_PREFIX: Final = "rebalance:"
 _STATE_COLUMNS: Final = "recommendation_id, portfolio_id, status, expires_at, decided_by, decided_at, reason"
 _RECOMMENDATION_COLUMNS: Final = f"{_STATE_COLUMNS}, request_hash, recommendation, total_trade_value"
@@ -124,8 +132,8 @@ def _recommendation(row: asyncpg.Record, state: RecommendationState | None = Non
     return stored_recommendation(_load(row["recommendation"]), _state(row) if state is None else state)
 
 
-async def _lock_portfolio(conn: Connection, portfolio_id: str) -> datetime:
-    """Take the portfolio's rebalancing lock for the transaction; return the database clock."""
+async def lock_portfolio(conn: Connection, portfolio_id: str) -> datetime:
+    """Take the portfolio's rebalancing lock for the transaction; return the database clock (read after it)."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", _LOCK_PREFIX + portfolio_id)
     now: datetime = await conn.fetchval("SELECT clock_timestamp()")
     return now
@@ -183,15 +191,22 @@ async def _insert_event(
     payload: dict[str, Any],
     actor: str | None = None,
 ) -> None:
+    event_id = uuid.uuid4()
     await conn.execute(
         """INSERT INTO rebalance_events (event_id, "timestamp", portfolio_id, recommendation_id, event_type, status,
                actor, total_trade_value, payload)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)""",
-        uuid.uuid4(), timestamp, portfolio_id, recommendation_id, event_type, state.status.value,
+        event_id, timestamp, portfolio_id, recommendation_id, event_type, state.status.value,
         state.decided_by if actor is None else actor,
         total_trade_value, _json(event_payload(payload)),
     )  # fmt: skip
+    await notify_event(conn, portfolio_id, event_id)
     event_written("rebalance_events", event_type)
+
+
+async def notify_event(conn: Connection, portfolio_id: str, event_id: uuid.UUID) -> None:
+    """Notify :data:`NOTIFY_CHANNEL` of a stored rebalance event (delivered when the transaction commits)."""
+    await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{portfolio_id} {event_id}")
 
 
 async def _write_state(conn: Connection, state: RecommendationState) -> None:
@@ -214,7 +229,7 @@ async def _pending(conn: Connection, portfolio_id: str) -> list[asyncpg.Record]:
     )
 
 
-async def _expire_overdue(conn: Connection, portfolio_id: str, now: datetime) -> int:
+async def expire_overdue_locked(conn: Connection, portfolio_id: str, now: datetime) -> int:
     """Persist the expiry of the portfolio's overdue pending recommendations, each with its EXPIRED event.
 
     The lifecycle decides (:meth:`RecommendationState.at`): ``decided_at`` = ``expires_at``, and the event is
@@ -344,8 +359,8 @@ class PostgresTradingStore:
     async def expire_overdue(self, portfolio_id: str) -> int:
         """See :meth:`TradingStore.expire_overdue` (one transaction under the portfolio lock)."""
         async with store_errors(), self._pool.acquire() as conn, conn.transaction():
-            now = await _lock_portfolio(conn, portfolio_id)
-            return await _expire_overdue(conn, portfolio_id, now)
+            now = await lock_portfolio(conn, portfolio_id)
+            return await expire_overdue_locked(conn, portfolio_id, now)
 
     async def find(self, recommendation_id: uuid.UUID) -> RebalanceRecommendation | None:
         """See :meth:`TradingStore.find`."""
@@ -420,7 +435,7 @@ class PostgresTradingStore:
         portfolio_id = recommendation.portfolio_id
         recommendation_id = uuid.uuid4()
         async with store_errors(), self._pool.acquire() as conn, conn.transaction():
-            now = await _lock_portfolio(conn, portfolio_id)
+            now = await lock_portfolio(conn, portfolio_id)
             switch = await _engaged_switch(conn, portfolio_id)
             if switch is not None and not recommendation.hold_reason and recommendation.trades:
                 # No automatic approval (and so no order) while a kill-switch is engaged: it waits for one.
@@ -437,7 +452,7 @@ class PostgresTradingStore:
             )
             message = created_recommendation(recommendation, state, now)
             created = recommendation_json(message)
-            await _expire_overdue(conn, portfolio_id, now)
+            await expire_overdue_locked(conn, portfolio_id, now)
             for row in await _pending(conn, portfolio_id):
                 superseded = _state(row).supersede(at=now, successor_id=state.recommendation_id)
                 await _write_state(conn, superseded)
@@ -493,8 +508,8 @@ class PostgresTradingStore:
             )
             if portfolio_id is None:
                 raise NotFoundError(f"no rebalance recommendation '{recommendation_id}'")
-            now = await _lock_portfolio(conn, portfolio_id)
-            await _expire_overdue(conn, portfolio_id, now)
+            now = await lock_portfolio(conn, portfolio_id)
+            await expire_overdue_locked(conn, portfolio_id, now)
             row = await conn.fetchrow(
                 f"SELECT {_RECOMMENDATION_COLUMNS} FROM rebalance_recommendations "
                 "WHERE recommendation_id = $1 FOR UPDATE",

@@ -4,7 +4,9 @@ Signals, configurations, kill-switches, decisions and the order outbox (tables o
 
 A decision, its ``rotation_decided`` event and its orders commit in one transaction, which first locks the global
 kill-switch row ``FOR SHARE`` and reads the portfolio's switch: ``SetKillSwitch`` locks the same row ``FOR
-UPDATE``, so a decision commits either before a switch is engaged or after it, and then sees it. asyncpg's errors
+UPDATE``, so a decision commits either before a switch is engaged or after it, and then sees it. It also holds the
+portfolio's ``rotation:`` advisory lock and reads the clock after it, so a portfolio's decisions commit in
+``(timestamp, event_id)`` order, and notifies :data:`NOTIFY_CHANNEL` (``query_side.watch``). asyncpg's errors
 are translated by ``command_side.postgres_errors``.
 """
 
@@ -24,6 +26,8 @@ from command_side.rotation_model import DecisionRecord, KillSwitchState, Rotatio
 
 GLOBAL_SCOPE = ""
 """The scope of the global kill-switch."""
+NOTIFY_CHANNEL = "rotation_decided"
+"""LISTEN/NOTIFY channel of stored decisions (payload ``portfolio_id event_id``)."""
 
 
 def _json(value: Any) -> str:
@@ -287,6 +291,8 @@ class PostgresRotationStore:
             When a concurrent call with the same ``request_id`` stored first.
         """
         async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
+            # The portfolio's decisions one after another, each dated after the lock: they commit in time order.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('rotation:' || $1))", decision.portfolio_id)
             rows = await conn.fetch(
                 "SELECT *, clock_timestamp() AS now FROM kill_switches WHERE scope = ANY($1::text[]) "
                 "ORDER BY scope FOR SHARE",
@@ -305,14 +311,16 @@ class PostgresRotationStore:
                 decision_id, decision.portfolio_id, decision.request_id or None, request_hash, decision.as_of, now,
                 document,
             )  # fmt: skip
+            event_id = uuid.uuid4()
             await conn.execute(
                 'INSERT INTO rotation_decided (event_id, "timestamp", portfolio_id, decision_id, '
                 "configuration_version, as_of, engine, action, policy_reason, reason_codes, orders, turnover, "
                 "decision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb)",
-                uuid.uuid4(), now, decision.portfolio_id, decision_id, decision.configuration_version,
+                event_id, now, decision.portfolio_id, decision_id, decision.configuration_version,
                 decision.as_of, decision.engine, decision.action, decision.policy_reason, decision.reason_codes(),
                 len(decision.orders), decision.turnover, document,
             )  # fmt: skip
+            await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{decision.portfolio_id} {event_id}")
             if decision.orders:
                 await conn.executemany(
                     "INSERT INTO order_outbox (order_id, source, source_id, portfolio_id, symbol, side, shares, "

@@ -18,6 +18,7 @@ from query_side.sector_exposure import SectorExposureReads
 from query_side.servicer import OptimizationQueryServicer
 from query_side.trading_stats import TradingStatistics
 from query_side.watch import EventNotifier
+from query_side.watch_reads import WatchReads
 from stratopt.rpc_errors import ErrorMappingInterceptor
 from stratopt.v1 import query_service_pb2, query_service_pb2_grpc
 
@@ -38,6 +39,7 @@ __all__ = [
     "RotationReads",
     "SectorExposureReads",
     "TradingStatistics",
+    "WatchReads",
     "interceptor",
     "register",
 ]
@@ -53,6 +55,7 @@ def register(
     exports: ExportReads | None = None,
     backtests: BacktestReads | None = None,
     sectors: SectorExposureReads | None = None,
+    watch_reads: WatchReads | None = None,
 ) -> list[str]:
     """Add the query servicer to a server.
 
@@ -76,6 +79,9 @@ def register(
         Stored backtests for ``GetBacktest`` and ``ListBacktests``; without them they answer FAILED_PRECONDITION.
     sectors : SectorExposureReads, optional
         Sector exposures for ``GetSectorExposure``; without them the RPC answers FAILED_PRECONDITION.
+    watch_reads : WatchReads, optional
+        The rebalance, rotation and backtest reads of ``WatchEvents``; without them a stream of those kinds
+        answers FAILED_PRECONDITION.
 
     Returns
     -------
@@ -83,7 +89,8 @@ def register(
         Full names of the services added, for reflection and health checking.
     """
     query_service_pb2_grpc.add_OptimizationQueryServiceServicer_to_server(
-        OptimizationQueryServicer(store, rotation, notifier, prices, trading, exports, backtests, sectors), server
+        OptimizationQueryServicer(store, rotation, notifier, prices, trading, exports, backtests, sectors, watch_reads),
+        server,
     )
     return [SERVICE_NAME]
 

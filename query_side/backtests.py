@@ -23,11 +23,12 @@ from stratopt.v1 import query_service_pb2
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
-_SUMMARY_COLUMNS = """backtest_id, created_at, portfolio_id, configuration_version, requested_by, symbols, first_date,
+SUMMARY_COLUMNS = """backtest_id, created_at, portfolio_id, configuration_version, requested_by, symbols, first_date,
     last_date, observations, decisions, failed_decisions, first_failure, metrics, settings, computation_time_ms"""
 
 
-def _summary(row: Any) -> bt_pb.BacktestSummary:
+def summary_message(row: Any) -> bt_pb.BacktestSummary:
+    """The ``BacktestSummary`` of a ``backtests`` row (:data:`SUMMARY_COLUMNS`)."""
     summary = bt_pb.BacktestSummary(
         backtest_id=str(row["backtest_id"]),
         portfolio_id=row["portfolio_id"],
@@ -91,7 +92,7 @@ class BacktestReads:
             The database cannot be reached.
         """
         async with postgres_errors(), self._pool.acquire() as conn:
-            row = await conn.fetchrow(f"SELECT {_SUMMARY_COLUMNS} FROM backtests WHERE backtest_id = $1", backtest_id)
+            row = await conn.fetchrow(f"SELECT {SUMMARY_COLUMNS} FROM backtests WHERE backtest_id = $1", backtest_id)
             if row is None:
                 raise NotFoundError(f"no backtest '{backtest_id}'")
             points = await conn.fetch(
@@ -100,7 +101,7 @@ class BacktestReads:
                 backtest_id,
                 row["created_at"],
             )
-        response = query_service_pb2.GetBacktestResponse(summary=_summary(row))
+        response = query_service_pb2.GetBacktestResponse(summary=summary_message(row))
         for p in points:
             point = response.points.add(
                 equity=p["equity"], cash=p["cash"], weights=p["weights"], rebalanced=p["rebalanced"],
@@ -122,7 +123,7 @@ class BacktestReads:
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         fingerprint = query_fingerprint(f"backtests\0{portfolio_id}", None, None)
         after = decode_page_token(page_token, fingerprint) if page_token else None
-        query = f"SELECT {_SUMMARY_COLUMNS} FROM backtests WHERE portfolio_id = $1"
+        query = f"SELECT {SUMMARY_COLUMNS} FROM backtests WHERE portfolio_id = $1"
         args: list[Any] = [portfolio_id]
         if after is not None:
             query += " AND (created_at, backtest_id) < ($2, $3)"
@@ -137,4 +138,4 @@ class BacktestReads:
             token = encode_page_token(
                 HistoryKey(timestamp=last["created_at"], event_id=last["backtest_id"]), fingerprint
             )
-        return [_summary(r) for r in rows], token
+        return [summary_message(r) for r in rows], token

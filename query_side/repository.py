@@ -30,7 +30,7 @@ _EVENT_COLUMNS = (
     "weights, expected_return, volatility, sharpe_ratio, metadata"
 )
 _RUN_COLUMNS = 'event_id, "timestamp", weights, expected_return, volatility, sharpe_ratio'
-_REBALANCE_EVENT_COLUMNS = (
+REBALANCE_EVENT_COLUMNS = (
     'event_id, "timestamp", portfolio_id, recommendation_id, event_type, status, actor, total_trade_value'
 )
 
@@ -518,12 +518,13 @@ class PostgresReadStore:
             When the database cannot be reached.
         """
         rows = await self._newest_first(
-            "rebalance_events", _REBALANCE_EVENT_COLUMNS, portfolio_id, start, end, limit, after
+            "rebalance_events", REBALANCE_EVENT_COLUMNS, portfolio_id, start, end, limit, after
         )
-        return [_rebalance_event(row) for row in rows]
+        return [rebalance_event_from_row(row) for row in rows]
 
 
-def _rebalance_event(row: asyncpg.Record) -> StoredRebalanceEvent:
+def rebalance_event_from_row(row: asyncpg.Record) -> StoredRebalanceEvent:
+    """The stored rebalance event of a ``rebalance_events`` row (:data:`REBALANCE_EVENT_COLUMNS`)."""
     return StoredRebalanceEvent(
         event_id=row["event_id"],
         timestamp=row["timestamp"],

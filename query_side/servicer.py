@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -37,10 +37,11 @@ from query_side.repository import (
     StoredRebalanceEvent,
     StoredRecommendation,
 )
-from query_side.rotation_reads import RotationReads
+from query_side.rotation_reads import RotationReads, StoredDecision
 from query_side.sector_exposure import SectorExposureReads
 from query_side.trading_stats import TradingStatistics
-from query_side.watch import EventNotifier, watch
+from query_side.watch import EventNotifier, KindSource, OptimizationSource, WatchKind, watch
+from query_side.watch_reads import StoredBacktest, WatchReads
 from services.errors import InvalidInputError, NotFoundError, PreconditionError
 from stratopt.request_limits import check_request, echo, timestamp_in_range
 from stratopt.v1 import query_service_pb2, query_service_pb2_grpc, trading_service_pb2, types_pb2
@@ -261,6 +262,50 @@ def rebalance_event_message(event: StoredRebalanceEvent) -> trading_service_pb2.
     )
 
 
+_WATCH_KINDS: dict[int, WatchKind] = {
+    query_service_pb2.WATCH_EVENT_KIND_OPTIMIZATION: WatchKind.OPTIMIZATION,
+    query_service_pb2.WATCH_EVENT_KIND_REBALANCE: WatchKind.REBALANCE,
+    query_service_pb2.WATCH_EVENT_KIND_ROTATION: WatchKind.ROTATION,
+    query_service_pb2.WATCH_EVENT_KIND_BACKTEST: WatchKind.BACKTEST,
+}
+
+
+def _watch_kinds(kinds: Sequence[int]) -> list[WatchKind]:
+    """The kinds of a WatchEvents request (none: optimization only).
+
+    Raises
+    ------
+    InvalidInputError
+        Naming ``kinds[i]``: unspecified, unknown or given twice.
+    """
+    if not kinds:
+        return [WatchKind.OPTIMIZATION]
+    chosen: list[WatchKind] = []
+    for i, value in enumerate(kinds):
+        kind = _WATCH_KINDS.get(value)
+        if kind is None:
+            raise InvalidInputError.for_field(f"kinds[{i}]", f"is not a watchable event kind ({value})")
+        if kind in chosen:
+            raise InvalidInputError.for_field(f"kinds[{i}]", f"{kind.value} appears twice")
+        chosen.append(kind)
+    return chosen
+
+
+def _watch_message(kind: WatchKind, event: object, token: str) -> query_service_pb2.WatchEventsResponse:
+    """The WatchEvents message of an event of ``kind``."""
+    if kind is WatchKind.OPTIMIZATION:
+        assert isinstance(event, StoredEvent)
+        return query_service_pb2.WatchEventsResponse(event=event_message(event), resume_token=token)
+    if kind is WatchKind.REBALANCE:
+        assert isinstance(event, StoredRebalanceEvent)
+        return query_service_pb2.WatchEventsResponse(rebalance_event=rebalance_event_message(event), resume_token=token)
+    if kind is WatchKind.ROTATION:
+        assert isinstance(event, StoredDecision)
+        return query_service_pb2.WatchEventsResponse(rotation_decision=event.decision, resume_token=token)
+    assert isinstance(event, StoredBacktest)
+    return query_service_pb2.WatchEventsResponse(backtest=event.summary, resume_token=token)
+
+
 class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceServicer):
     """Read-only queries over the stored ``portfolio_optimized`` events and rebalance recommendations.
 
@@ -268,7 +313,7 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
     ----------
     repository : ReadStore
         The read store (``query_side.repository.PostgresReadStore`` in the server).
-    rotation, notifier, prices, trading, exports : optional
+    rotation, notifier, prices, trading, exports, backtests, sectors, watch_reads : optional
         The PostgreSQL readers of the RPCs beyond the read store (``query_side.register``); without one, its RPCs
         answer NOT_FOUND (rotation) or FAILED_PRECONDITION (the others).
     export_batch_rows : int
@@ -285,11 +330,13 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         exports: ExportReads | None = None,
         backtests: BacktestReads | None = None,
         sectors: SectorExposureReads | None = None,
+        watch_reads: WatchReads | None = None,
         *,
         export_batch_rows: int = EXPORT_BATCH_ROWS,
     ) -> None:
         self._backtests = backtests
         self._sectors = sectors
+        self._watch_reads = watch_reads
         self._repository = repository
         self._rotation = rotation
         self._notifier = notifier
@@ -381,12 +428,13 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
     async def WatchEvents(  # noqa: N802 (gRPC method name)
         self, request: query_service_pb2.WatchEventsRequest, context: ServicerContext
     ) -> AsyncIterator[query_service_pb2.WatchEventsResponse]:
-        """Stream the optimization events of the portfolios as they are stored (``query_side.watch``).
+        """Stream the events of the chosen kinds of the portfolios as they are stored (``query_side.watch``).
 
         Raises
         ------
         InvalidInputError
-            Bad ``portfolio_ids`` (1 to 100, unique, valid ids) or ``resume_token``.
+            Bad ``portfolio_ids`` (1 to 100, unique, valid ids), ``kinds[i]`` (unspecified, unknown or repeated)
+            or ``resume_token``.
         PreconditionError
             The server has no live event source (an in-memory read store).
         ResourceExhaustedError
@@ -396,14 +444,26 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         """
         check_request(request)
         portfolios = [_portfolio_id(p, field=f"portfolio_ids[{i}]") for i, p in enumerate(request.portfolio_ids)]
-        async for event, token in watch(
-            self._repository,
+        sources = self._watch_sources(_watch_kinds(request.kinds))
+        async for kind, event, token in watch(
+            sources,
             self._notifier,
             portfolios,
             request.resume_token,
             from_beginning=request.from_beginning,
         ):
-            yield query_service_pb2.WatchEventsResponse(event=event_message(event), resume_token=token)
+            yield _watch_message(kind, event, token)
+
+    def _watch_sources(self, kinds: list[WatchKind]) -> dict[WatchKind, KindSource]:
+        sources: dict[WatchKind, KindSource] = {}
+        for kind in kinds:
+            if kind is WatchKind.OPTIMIZATION:
+                sources[kind] = OptimizationSource(self._repository)
+            elif self._watch_reads is None:
+                raise PreconditionError(f"live {kind.value} events need the PostgreSQL event store")
+            else:
+                sources[kind] = self._watch_reads.source(kind)
+        return sources
 
     async def GetRealisedPerformance(  # noqa: N802 (gRPC method name)
         self, request: query_service_pb2.GetRealisedPerformanceRequest, context: ServicerContext

@@ -1,24 +1,38 @@
-"""Live optimization events (``WatchEvents``): LISTEN/NOTIFY as the signal, the hypertable as the source.
+"""Live events (``WatchEvents``): LISTEN/NOTIFY as the signal, the hypertables as the source.
+
+Kinds
+-----
+A stream sends the events of the chosen :class:`WatchKind` s of its portfolios (default: optimization only):
+``portfolio_optimized`` runs, ``rebalance_events`` rows (CREATED, APPROVED, REJECTED, EXPIRED, SHARES_ALLOCATED),
+``rotation_decided`` decisions and finished ``backtests``. Each kind has its notification channel
+(:data:`CHANNELS`), its table, its time column and its id column; everything below holds per ``(kind, portfolio)``.
 
 How a stream works
 ------------------
-Every stored run notifies channel :data:`NOTIFY_CHANNEL` with ``"<portfolio_id> <event_id>"`` in the transaction
-that stores it (``command_side.repository``), so the notification arrives when the event is visible. One
-:class:`EventNotifier` per server process holds one LISTEN connection and tells each :class:`Subscription` which of
-its portfolios changed. A stream then reads the hypertable after its cursor, per portfolio, oldest first
-(:func:`watch`): the notification is only a wake-up, so a lost or merged notification loses nothing, and each
-event is sent once.
+Every stored event notifies its kind's channel with ``"<portfolio_id> <id>"`` in the transaction that stores it
+(``command_side.repository``, ``rebalancing_repository`` and ``allocations_repository``, ``rotation_store``,
+``backtests``), so the notification arrives when the event is visible. One :class:`EventNotifier` per server
+process holds one LISTEN connection (every channel) and tells each :class:`Subscription` which of its
+``(kind, portfolio)`` pairs changed. A stream then reads the table after its cursor, oldest first (:func:`watch`):
+the notification is only a wake-up, so a lost or merged notification loses nothing, and each event is sent once.
 
-- **Cursor and resume token.** The cursor is, per portfolio, the ``(timestamp, event_id)`` of the last event
-  sent. Within a portfolio, runs are stored one at a time under its advisory lock with the database clock read
-  after the lock, so they commit in ``(timestamp, event_id)`` order and reading after the cursor misses none. The
-  resume token of each message (:func:`encode_token`) holds every portfolio's cursor; a new stream with it
-  continues without a gap or a duplicate. Without a token the stream starts after each portfolio's latest event
-  at the time of the call (read after LISTEN is active, so nothing committed later is missed).
-- **Memory.** A subscription keeps the set of its portfolios that changed (at most the portfolios it watches),
-  not the events; the stream reads events in chunks of :data:`CHUNK` and HTTP/2 flow control holds it while the
-  client does not read. A subscriber with more than :data:`MAX_CATCH_UP` events to catch up in one go is sent
-  them and then cut with RESOURCE_EXHAUSTED: it resumes with the last token (or pages with GetHistory).
+- **Cursor and resume token.** The cursor is, per ``(kind, portfolio)``, the ``(time, id)`` of the last event
+  sent. Reading after it misses nothing because, within a portfolio, each kind's events commit in ``(time, id)``
+  order: their writers hold a per-portfolio advisory lock and read the database clock after it (runs:
+  ``command_side.repository``; rebalance events: the ``rebalance:`` lock, whose every writer, allocations
+  included, first persists the overdue expiries, so an EXPIRED event dated at its deadline is never older than an
+  event already committed; rotation decisions: the ``rotation:`` lock; backtests: the ``backtest:`` lock, with
+  ``created_at`` from the clock after it). The resume token of each message (:func:`encode_cursors`, version 2)
+  holds every cursor and is bound to the portfolios and the kinds; a new stream with it continues without a gap or
+  a duplicate. A version-1 token (optimization only, :func:`encode_token`, issued before the kinds) still resumes
+  a stream of the same portfolios that asks for optimization events only; for other kinds it is refused
+  (INVALID_ARGUMENT on ``resume_token``). Without a token the stream starts after each pair's latest event at the
+  time of the call (read after LISTEN is active, so nothing committed later is missed).
+- **Order.** Oldest first per ``(kind, portfolio)``; no order across kinds or portfolios.
+- **Memory.** A subscription keeps the set of its pairs that changed (at most kinds × portfolios), not the events;
+  the stream reads events in chunks of :data:`CHUNK` and HTTP/2 flow control holds it while the client does not
+  read. A subscriber with more than :data:`MAX_CATCH_UP` events of one pair to catch up in one go is sent them and
+  then cut with RESOURCE_EXHAUSTED: it resumes with the last token (or pages with the List RPCs).
 - **Failures.** A lost LISTEN connection (database restart) ends every stream with UNAVAILABLE; the next
   subscription listens again.
 """
@@ -28,11 +42,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import enum
 import hashlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -41,22 +56,48 @@ from services.errors import InvalidInputError, PreconditionError, ResourceExhaus
 
 log = logging.getLogger(__name__)
 
+
+class WatchKind(enum.StrEnum):
+    """A kind of event a stream sends (its value is its name in resume tokens)."""
+
+    OPTIMIZATION = "optimization"
+    REBALANCE = "rebalance"
+    ROTATION = "rotation"
+    BACKTEST = "backtest"
+
+
 NOTIFY_CHANNEL = "portfolio_optimized"
 """The channel the command side notifies on each stored run (``command_side.repository.NOTIFY_CHANNEL``; a test
 checks that they agree)."""
+CHANNELS: dict[WatchKind, str] = {
+    WatchKind.REBALANCE: "rebalance_event",
+    WatchKind.ROTATION: "rotation_decided",
+    WatchKind.BACKTEST: "backtest_completed",
+    WatchKind.OPTIMIZATION: NOTIFY_CHANNEL,  # listened to last (a test finds the connection by its last LISTEN)
+}
+"""Notification channel of each kind (the command side's ``NOTIFY_CHANNEL`` constants; a test checks them)."""
 MAX_PORTFOLIOS = 100
 """Most portfolios one stream watches."""
 CHUNK = 500
 """Events read per query while catching up."""
 MAX_CATCH_UP = 10_000
-"""Events sent in one catch-up before a stream is cut (the subscriber resumes with its token)."""
+"""Events of one (kind, portfolio) sent in one catch-up before a stream is cut (the subscriber resumes)."""
 _FIELD = "resume_token"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
+class Keyed(Protocol):
+    """An event with its position."""
+
+    @property
+    def key(self) -> HistoryKey:
+        """``(time, id)`` of the event."""
+        ...
+
+
 class EventSource(Protocol):
-    """What a watch stream reads (``PostgresReadStore`` has both)."""
+    """What a watch stream reads of the optimization events (``PostgresReadStore`` has both)."""
 
     async def events_after(self, portfolio_id: str, after: HistoryKey | None, limit: int) -> list[StoredEvent]:
         """Events after a position, oldest first."""
@@ -67,7 +108,37 @@ class EventSource(Protocol):
         ...
 
 
+class KindSource(Protocol):
+    """What a watch stream reads of one kind (``query_side.watch_reads``)."""
+
+    async def after(self, portfolio_id: str, after: HistoryKey | None, limit: int) -> Sequence[Keyed]:
+        """Events after a position, oldest first."""
+        ...
+
+    async def latest_key(self, portfolio_id: str) -> HistoryKey | None:
+        """The position of the latest event, or None."""
+        ...
+
+
+class OptimizationSource:
+    """:class:`KindSource` of the optimization events of an :class:`EventSource`."""
+
+    def __init__(self, source: EventSource) -> None:
+        self._source = source
+
+    async def after(self, portfolio_id: str, after: HistoryKey | None, limit: int) -> Sequence[Keyed]:
+        """``events_after``."""
+        return await self._source.events_after(portfolio_id, after, limit)
+
+    async def latest_key(self, portfolio_id: str) -> HistoryKey | None:
+        """``latest_key``."""
+        return await self._source.latest_key(portfolio_id)
+
+
 # --- tokens -------------------------------------------------------------------------------------------------------
+
+Cursors = dict[WatchKind, dict[str, HistoryKey | None]]
+"""Per kind, per portfolio: the position of the last event sent (None: none yet, and none when it started)."""
 
 
 def _fingerprint(portfolio_ids: Sequence[str]) -> str:
@@ -75,70 +146,137 @@ def _fingerprint(portfolio_ids: Sequence[str]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
-def encode_token(cursors: dict[str, HistoryKey | None]) -> str:
-    """The resume token of a stream's cursors (unpadded URL-safe base64 of compact JSON, not signed).
+def _fingerprint_v2(portfolio_ids: Iterable[str], kinds: Iterable[WatchKind]) -> str:
+    canonical = json.dumps([sorted(portfolio_ids), sorted(k.value for k in kinds)], separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
-    ``{"v": 1, "q": <fingerprint of the portfolios>, "c": {portfolio: [microseconds since the epoch, event_id] or
-    null}}``; null: nothing sent yet and the portfolio had no event when the stream started.
-    """
-    payload = {
-        "v": 1,
-        "q": _fingerprint(list(cursors)),
-        "c": {
-            p: None if k is None else [(k.timestamp - _EPOCH) // _MICROSECOND, str(k.event_id)]
-            for p, k in sorted(cursors.items())
-        },
-    }
+
+def _key_json(key: HistoryKey) -> list[int | str]:
+    return [(key.timestamp - _EPOCH) // _MICROSECOND, str(key.event_id)]
+
+
+def _key(value: Any) -> HistoryKey:
+    return HistoryKey(timestamp=_EPOCH + int(value[0]) * _MICROSECOND, event_id=uuid.UUID(value[1]))
+
+
+def _pack(payload: dict[str, Any]) -> str:
     raw = json.dumps(payload, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
+def _unpack(token: str) -> Any:
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    if b"\x00" in raw or b"\\u0000" in raw:
+        raise ValueError("NUL in token")
+    return json.loads(raw)
+
+
+def encode_token(cursors: dict[str, HistoryKey | None]) -> str:
+    """A version-1 resume token: optimization cursors only (issued before the kinds; still read, see module doc).
+
+    ``{"v": 1, "q": <fingerprint of the portfolios>, "c": {portfolio: [microseconds since the epoch, event_id] or
+    null}}`` (unpadded URL-safe base64 of compact JSON, not signed).
+    """
+    return _pack(
+        {
+            "v": 1,
+            "q": _fingerprint(list(cursors)),
+            "c": {p: None if k is None else _key_json(k) for p, k in sorted(cursors.items())},
+        }
+    )
+
+
 def decode_token(token: str, portfolio_ids: Sequence[str]) -> dict[str, HistoryKey | None]:
-    """The cursors of a resume token issued for the same portfolios.
+    """The cursors of a version-1 resume token issued for the same portfolios.
 
     Raises
     ------
     InvalidInputError
         A malformed token, or one issued for other portfolios (field ``resume_token``).
     """
+    cursors = decode_cursors(token, portfolio_ids, [WatchKind.OPTIMIZATION])
+    return cursors[WatchKind.OPTIMIZATION]
+
+
+def encode_cursors(cursors: Cursors) -> str:
+    """The version-2 resume token of a stream's cursors (unpadded URL-safe base64 of compact JSON, not signed).
+
+    ``{"v": 2, "q": <fingerprint of the portfolios and kinds>, "c": {kind: {portfolio: [microseconds since the
+    epoch, id]}}}``; a pair without a position (nothing sent yet, and no event when the stream started) is left out.
+    """
+    portfolios = next(iter(cursors.values()), {})
+    return _pack(
+        {
+            "v": 2,
+            "q": _fingerprint_v2(portfolios, cursors),
+            "c": {
+                kind.value: {p: _key_json(k) for p, k in sorted(per.items()) if k is not None}
+                for kind, per in sorted(cursors.items())
+            },
+        }
+    )
+
+
+def decode_cursors(token: str, portfolio_ids: Sequence[str], kinds: Sequence[WatchKind]) -> Cursors:
+    """The cursors of a resume token issued for the same portfolios and kinds.
+
+    Version 2, or version 1 for a stream of optimization events only.
+
+    Raises
+    ------
+    InvalidInputError
+        A malformed token, or one issued for other portfolios or kinds (field ``resume_token``).
+    """
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        if b"\x00" in raw or b"\\u0000" in raw:
-            raise ValueError("NUL in token")
-        payload = json.loads(raw)
-        if payload["v"] != 1 or payload["q"] != _fingerprint(portfolio_ids):
+        payload = _unpack(token)
+        if payload["v"] == 1 and list(kinds) == [WatchKind.OPTIMIZATION]:
+            if payload["q"] != _fingerprint(portfolio_ids):
+                raise ValueError("not this stream's token")
+            return {
+                WatchKind.OPTIMIZATION: {
+                    p: None if payload["c"][p] is None else _key(payload["c"][p]) for p in portfolio_ids
+                }
+            }
+        if payload["v"] != 2 or payload["q"] != _fingerprint_v2(portfolio_ids, kinds):
             raise ValueError("not this stream's token")
-        cursors: dict[str, HistoryKey | None] = {}
-        for p in portfolio_ids:
-            value = payload["c"][p]
-            cursors[p] = (
-                None
-                if value is None
-                else HistoryKey(timestamp=_EPOCH + int(value[0]) * _MICROSECOND, event_id=uuid.UUID(value[1]))
-            )
-    except (ValueError, KeyError, TypeError, IndexError, OverflowError, json.JSONDecodeError) as error:
+        cursors: Cursors = {}
+        for kind in kinds:
+            stored = payload["c"].get(kind.value, {})
+            if not isinstance(stored, dict) or not set(stored) <= set(portfolio_ids):
+                raise ValueError("cursors of other portfolios")
+            cursors[kind] = {p: None if p not in stored else _key(stored[p]) for p in portfolio_ids}
+    except (ValueError, KeyError, TypeError, IndexError, OverflowError, AttributeError) as error:
         raise InvalidInputError.for_field(
-            _FIELD, "is not a resume token of a stream of these portfolios (tokens are bound to the portfolio list)"
+            _FIELD,
+            "is not a resume token of a stream of these portfolios and kinds (tokens are bound to both lists)",
         ) from error
     return cursors
 
 
 # --- notifications ------------------------------------------------------------------------------------------------
 
+Pair = tuple[WatchKind, str]
+"""``(kind, portfolio_id)``."""
+
 
 class Subscription:
-    """The portfolios of one stream that changed since it last looked."""
+    """The ``(kind, portfolio)`` pairs of one stream that changed since it last looked."""
 
-    def __init__(self, notifier: EventNotifier, portfolio_ids: frozenset[str]) -> None:
+    def __init__(self, notifier: EventNotifier, pairs: frozenset[Pair]) -> None:
         self._notifier = notifier
-        self.portfolio_ids = portfolio_ids
-        self._changed: set[str] = set()
+        self.pairs = pairs
+        self._changed: set[Pair] = set()
         self._wake = asyncio.Event()
         self._failure: Exception | None = None
 
-    def notify(self, portfolio_id: str) -> None:
-        """Mark a portfolio changed (the notifier's callback)."""
-        self._changed.add(portfolio_id)
+    @property
+    def portfolio_ids(self) -> frozenset[str]:
+        """The watched portfolios."""
+        return frozenset(p for _, p in self.pairs)
+
+    def notify(self, pair: Pair) -> None:
+        """Mark a pair changed (the notifier's callback)."""
+        self._changed.add(pair)
         self._wake.set()
 
     def fail(self, error: Exception) -> None:
@@ -146,8 +284,8 @@ class Subscription:
         self._failure = error
         self._wake.set()
 
-    async def changed(self) -> set[str]:
-        """Wait until a watched portfolio changes; return those that did (and forget them).
+    async def changed(self) -> set[Pair]:
+        """Wait until a watched pair changes; return those that did (and forget them).
 
         Raises
         ------
@@ -167,24 +305,26 @@ class Subscription:
 
 
 class EventNotifier:
-    """One LISTEN connection per process, shared by every stream (module docstring).
+    """One LISTEN connection per process, on every kind's channel, shared by every stream (module docstring).
 
     Parameters
     ----------
     pool : asyncpg.Pool
         The query side's pool; one of its connections is held while any stream listens.
-    channel : str
-        The notification channel.
+    channels : mapping of WatchKind to str, optional
+        The notification channel of each kind (default :data:`CHANNELS`); listened to in this order.
     """
 
-    def __init__(self, pool: Any, channel: str = NOTIFY_CHANNEL) -> None:
+    def __init__(self, pool: Any, channels: Mapping[WatchKind, str] | None = None) -> None:
         self._pool = pool
-        self._channel = channel
+        self._kinds = {channel: kind for kind, channel in (CHANNELS if channels is None else channels).items()}
         self._connection: Any = None
         self._lock = asyncio.Lock()
-        self._subscribers: dict[str, set[Subscription]] = {}
+        self._subscribers: dict[Pair, set[Subscription]] = {}
 
-    async def subscribe(self, portfolio_ids: Iterable[str]) -> Subscription:
+    async def subscribe(
+        self, portfolio_ids: Iterable[str], kinds: Iterable[WatchKind] = (WatchKind.OPTIMIZATION,)
+    ) -> Subscription:
         """Listen (if not yet) and register a subscription; notifications after this call reach it.
 
         Raises
@@ -192,33 +332,43 @@ class EventNotifier:
         UnavailableError
             The database cannot be reached.
         """
-        subscription = Subscription(self, frozenset(portfolio_ids))
+        portfolios = list(portfolio_ids)
+        subscription = Subscription(self, frozenset((k, p) for k in kinds for p in portfolios))
         async with self._lock:
             if self._connection is None:
                 try:
                     connection = await self._pool.acquire()
-                    await connection.add_listener(self._channel, self._on_notification)
                 except Exception as error:  # asyncpg's connection errors, OSError
+                    raise UnavailableError("cannot listen for events: the database is not reachable") from error
+                try:
+                    for channel in self._kinds:
+                        await connection.add_listener(channel, self._on_notification)
+                except Exception as error:
+                    with contextlib.suppress(Exception):
+                        await self._pool.release(connection)
                     raise UnavailableError("cannot listen for events: the database is not reachable") from error
                 connection.add_termination_listener(self._on_termination)
                 self._connection = connection
-            for p in subscription.portfolio_ids:
-                self._subscribers.setdefault(p, set()).add(subscription)
+            for pair in subscription.pairs:
+                self._subscribers.setdefault(pair, set()).add(subscription)
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
         """Remove a subscription (the connection stays, for the next stream)."""
-        for p in subscription.portfolio_ids:
-            members = self._subscribers.get(p)
+        for pair in subscription.pairs:
+            members = self._subscribers.get(pair)
             if members is not None:
                 members.discard(subscription)
                 if not members:
-                    del self._subscribers[p]
+                    del self._subscribers[pair]
 
-    def _on_notification(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
-        portfolio_id = payload.rsplit(" ", 1)[0]
-        for subscription in self._subscribers.get(portfolio_id, ()):
-            subscription.notify(portfolio_id)
+    def _on_notification(self, _connection: Any, _pid: int, channel: str, payload: str) -> None:
+        kind = self._kinds.get(channel)
+        if kind is None:
+            return
+        pair = (kind, payload.rsplit(" ", 1)[0])
+        for subscription in self._subscribers.get(pair, ()):
+            subscription.notify(pair)
 
     def _on_termination(self, _connection: Any) -> None:
         log.warning("the LISTEN connection closed: %d streams end with UNAVAILABLE", self.subscriber_count)
@@ -242,8 +392,9 @@ class EventNotifier:
         async with self._lock:
             connection, self._connection = self._connection, None
             if connection is not None:
-                with contextlib.suppress(Exception):
-                    await connection.remove_listener(self._channel, self._on_notification)
+                for channel in self._kinds:
+                    with contextlib.suppress(Exception):
+                        await connection.remove_listener(channel, self._on_notification)
                 with contextlib.suppress(Exception):
                     await self._pool.release(connection)
 
@@ -272,17 +423,17 @@ def check_portfolios(portfolio_ids: Sequence[str]) -> list[str]:
 
 
 async def watch(
-    source: EventSource,
+    sources: Mapping[WatchKind, KindSource],
     notifier: EventNotifier | None,
     portfolio_ids: Sequence[str],
     token: str,
     *,
     from_beginning: bool = False,
-) -> AsyncIterator[tuple[StoredEvent, str]]:
-    """Yield ``(event, resume token after it)`` as events of the portfolios are stored (module docstring).
+) -> AsyncIterator[tuple[WatchKind, Keyed, str]]:
+    """Yield ``(kind, event, resume token after it)`` as events of the portfolios are stored (module docstring).
 
-    Without ``token`` the stream starts after each portfolio's latest event, or with ``from_beginning`` at its
-    first one (its history, then live).
+    ``sources`` holds the kinds to send (the servicer checks them). Without ``token`` the stream starts after each
+    pair's latest event, or with ``from_beginning`` at its first one (its history, then live).
 
     Raises
     ------
@@ -291,34 +442,39 @@ async def watch(
     PreconditionError
         No notifier (the in-memory read store has no live events).
     ResourceExhaustedError
-        More than :data:`MAX_CATCH_UP` events to send in one catch-up (after sending them).
+        More than :data:`MAX_CATCH_UP` events of one pair to send in one catch-up (after sending them).
     UnavailableError
         The database or the notifications were lost.
     """
     portfolios = check_portfolios(portfolio_ids)
-    cursors = decode_token(token, portfolios) if token else None
+    kinds = list(sources)
+    cursors = decode_cursors(token, portfolios, kinds) if token else None
     if notifier is None:
         raise PreconditionError("live events need the PostgreSQL event store")
-    subscription = await notifier.subscribe(portfolios)
+    subscription = await notifier.subscribe(portfolios, kinds)
     try:
         if cursors is None:
-            cursors = {p: None if from_beginning else await source.latest_key(p) for p in portfolios}
-        pending = set(portfolios)  # catch up once at the start: events may have come before the subscription
+            cursors = {
+                kind: {p: None if from_beginning else await sources[kind].latest_key(p) for p in portfolios}
+                for kind in kinds
+            }
+        # Catch up once at the start: events may have come before the subscription.
+        pending: set[Pair] = set(subscription.pairs)
         while True:
-            for portfolio_id in sorted(pending):
+            for kind, portfolio_id in sorted(pending):
                 sent = 0
                 while True:
-                    events = await source.events_after(portfolio_id, cursors[portfolio_id], CHUNK)
+                    events = await sources[kind].after(portfolio_id, cursors[kind][portfolio_id], CHUNK)
                     for event in events:
-                        cursors[portfolio_id] = event.key
+                        cursors[kind][portfolio_id] = event.key
                         sent += 1
-                        yield event, encode_token(cursors)
+                        yield kind, event, encode_cursors(cursors)
                     if len(events) < CHUNK:
                         break
                     if sent >= MAX_CATCH_UP:
                         raise ResourceExhaustedError(
-                            f"more than {MAX_CATCH_UP} events behind on {portfolio_id!r}: resume with the last "
-                            "resume_token, or page with GetHistory",
+                            f"more than {MAX_CATCH_UP} {kind.value} events behind on {portfolio_id!r}: resume with "
+                            "the last resume_token, or page with the List RPCs",
                             retry_after_s=0.0,
                         )
             pending = await subscription.changed()

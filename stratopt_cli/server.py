@@ -207,6 +207,7 @@ class StratoptServer:
                 query_side.ExportReads(self._pool),
                 query_side.BacktestReads(self._pool),
                 query_side.SectorExposureReads(self._pool),
+                query_side.WatchReads(self._pool),
             )
         names = [*command_names, *query_names]
         health_servicer = new_servicer(names)

@@ -852,6 +852,14 @@ def _cases() -> list[Case]:
             "resume_token",
         ),
         Case(
+            "watch-kind-unknown",
+            QUERY + "WatchEvents",
+            lambda: query_pb.WatchEventsRequest(
+                portfolio_ids=["corpus"], kinds=[query_pb.WATCH_EVENT_KIND_REBALANCE, 2_000_000_000]
+            ),
+            "kinds[1]",
+        ),
+        Case(
             "history-10kb", QUERY + "GetHistory", lambda: query_pb.GetHistoryRequest(portfolio_id=LONG), "portfolio_id"
         ),
         *(

@@ -1,8 +1,9 @@
-"""WatchEvents through a real gRPC channel, on runs stored by Optimize (the service's own NOTIFY).
+"""WatchEvents through a real gRPC channel, on events stored by the command side's RPCs (the service's own NOTIFY).
 
 Runs reach the stream in order, a resumed stream misses nothing and repeats nothing, bad requests name their
-field, and a lost LISTEN connection ends the stream with UNAVAILABLE. Events are produced by the command side's
-Optimize on three real S&P 500 series (min volatility, fast), so the notification path is the service's own.
+field, and a lost LISTEN connection ends the stream with UNAVAILABLE. Optimization events are produced by Optimize
+on three real S&P 500 series (min volatility, fast); rebalance events by GenerateRebalance/ApproveRebalance, rotation
+decisions by RunRotationCycle and backtests by Backtest, so every notification path is the service's own.
 """
 
 from __future__ import annotations
@@ -17,16 +18,38 @@ import pandas as pd
 import psycopg
 import pytest
 
+from command_side.backtests import NOTIFY_CHANNEL as BACKTEST_CHANNEL
+from command_side.rebalancing_repository import NOTIFY_CHANNEL as REBALANCE_CHANNEL
 from command_side.repository import NOTIFY_CHANNEL as COMMAND_CHANNEL
+from command_side.rotation_store import NOTIFY_CHANNEL as ROTATION_CHANNEL
 from query_side.repository import HistoryKey
-from query_side.watch import NOTIFY_CHANNEL, decode_token, encode_token
+from query_side.watch import (
+    CHANNELS,
+    NOTIFY_CHANNEL,
+    WatchKind,
+    decode_cursors,
+    decode_token,
+    encode_cursors,
+    encode_token,
+)
 from services.errors import InvalidInputError
+from stratopt.v1 import backtest_pb2 as bt_pb
+from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import query_service_pb2 as query_pb
+from stratopt.v1 import trading_service_pb2 as tpb
 from stratopt.v1 import types_pb2 as pb
 from tests.command_side.test_optimize_service import field_violations, returns_request, sp500_returns
+from tests.command_side.test_rotation_service import portfolio, rotation
+from tests.command_side.test_rotation_service import run as run_rotation
 
 pytestmark = pytest.mark.integration
-__all__ = ["sp500_returns"]  # fixture used below
+__all__ = ["portfolio", "rotation", "sp500_returns"]  # fixtures used below
+
+OPTIMIZATION = query_pb.WATCH_EVENT_KIND_OPTIMIZATION
+REBALANCE = query_pb.WATCH_EVENT_KIND_REBALANCE
+ROTATION = query_pb.WATCH_EVENT_KIND_ROTATION
+BACKTEST = query_pb.WATCH_EVENT_KIND_BACKTEST
+EVERY_KIND = [OPTIMIZATION, REBALANCE, ROTATION, BACKTEST]
 
 TIMEOUT_S = 60
 
@@ -77,9 +100,26 @@ class Reader:
         self._thread.join(5)
 
 
-def watch(queries: Any, portfolios: list[str], token: str = "", from_beginning: bool = False) -> Reader:
-    request = query_pb.WatchEventsRequest(portfolio_ids=portfolios, resume_token=token, from_beginning=from_beginning)
+def watch(
+    queries: Any, portfolios: list[str], token: str = "", from_beginning: bool = False, kinds: list[int] | None = None
+) -> Reader:
+    request = query_pb.WatchEventsRequest(
+        portfolio_ids=portfolios, resume_token=token, from_beginning=from_beginning, kinds=kinds or []
+    )
     return Reader(queries.WatchEvents(request, timeout=TIMEOUT_S))
+
+
+def ident(message: query_pb.WatchEventsResponse) -> tuple[str, str]:
+    """(which event, its id) of a message."""
+    kind = message.WhichOneof("payload")
+    assert kind is not None
+    if kind == "event":
+        return kind, message.event.metadata.event_id
+    if kind == "rebalance_event":
+        return kind, message.rebalance_event.event_id
+    if kind == "rotation_decision":
+        return kind, message.rotation_decision.decision_id
+    return kind, message.backtest.backtest_id
 
 
 @pytest.fixture
@@ -144,6 +184,19 @@ def test_a_resumed_stream_has_no_gap_and_no_duplicate(
         ({"portfolio_ids": ["a\x00b"]}, "portfolio_ids[0]"),
         ({"portfolio_ids": ["a"], "resume_token": "not-a-token"}, "resume_token"),
         ({"portfolio_ids": ["a"], "resume_token": encode_token({"b": None})}, "resume_token"),
+        ({"portfolio_ids": ["a"], "kinds": [0]}, "kinds[0]"),
+        ({"portfolio_ids": ["a"], "kinds": [REBALANCE, 99]}, "kinds[1]"),
+        ({"portfolio_ids": ["a"], "kinds": [ROTATION, BACKTEST, ROTATION]}, "kinds[2]"),
+        # A version-1 token resumes optimization events only; a token of other kinds does not fit.
+        ({"portfolio_ids": ["a"], "kinds": [REBALANCE], "resume_token": encode_token({"a": None})}, "resume_token"),
+        (
+            {
+                "portfolio_ids": ["a"],
+                "kinds": [REBALANCE, ROTATION],
+                "resume_token": encode_cursors({WatchKind.REBALANCE: {"a": None}}),
+            },
+            "resume_token",
+        ),
     ],
 )
 def test_bad_requests_name_the_field(queries: Any, fields: dict[str, Any], field: str) -> None:
@@ -185,6 +238,23 @@ def test_tokens_round_trip_and_bind_to_the_portfolios() -> None:
     with pytest.raises(InvalidInputError):
         decode_token(token, ["a"])
     assert NOTIFY_CHANNEL == COMMAND_CHANNEL
+    # Version 2: per kind, bound to the kinds too; a version-1 token still resumes an optimization-only stream.
+    cursors = {WatchKind.REBALANCE: {"a": key, "b": None}, WatchKind.BACKTEST: {"a": None, "b": key}}
+    v2 = encode_cursors(cursors)
+    assert decode_cursors(v2, ["b", "a"], [WatchKind.BACKTEST, WatchKind.REBALANCE]) == cursors
+    with pytest.raises(InvalidInputError):
+        decode_cursors(v2, ["a", "b"], [WatchKind.REBALANCE])
+    assert decode_cursors(token, ["a", "b"], [WatchKind.OPTIMIZATION]) == {
+        WatchKind.OPTIMIZATION: {"a": key, "b": None}
+    }
+    with pytest.raises(InvalidInputError):
+        decode_cursors(token, ["a", "b"], [WatchKind.OPTIMIZATION, WatchKind.ROTATION])
+    assert CHANNELS == {
+        WatchKind.OPTIMIZATION: COMMAND_CHANNEL,
+        WatchKind.REBALANCE: REBALANCE_CHANNEL,
+        WatchKind.ROTATION: ROTATION_CHANNEL,
+        WatchKind.BACKTEST: BACKTEST_CHANNEL,
+    }
 
 
 def test_a_lost_listen_connection_does_not_keep_a_pool_slot(pg_dsn: str) -> None:
@@ -221,3 +291,139 @@ def test_a_lost_listen_connection_does_not_keep_a_pool_slot(pg_dsn: str) -> None
             await pool.close()
 
     asyncio.run(scenario())
+
+
+# --- rebalance events, rotation decisions and backtests ----------------------------------------------------------
+
+
+def pending_rebalance(trading: Any, portfolio_id: str, target: float) -> str:
+    """A recommendation waiting for approval (limit 1): sells WMT (held 1000) down to ``target``; its id."""
+    trading.UpsertRebalancePolicy(
+        tpb.UpsertRebalancePolicyRequest(portfolio_id=portfolio_id, policy=tpb.RebalancePolicy(approval_limit=1.0))
+    )
+    request = tpb.GenerateRebalanceRequest(
+        portfolio_id=portfolio_id, target_weights={"WMT": target}, prices={"WMT": 100.0}
+    )
+    recommendation = trading.GenerateRebalance(request, timeout=TIMEOUT_S).recommendation
+    assert recommendation.status == tpb.RECOMMENDATION_STATUS_PENDING_APPROVAL
+    return str(recommendation.recommendation_id)
+
+
+def backtest(commands: Any, portfolio_id: str) -> bt_pb.BacktestSummary:
+    """A short quarterly min-volatility backtest of four stored names; its summary (the stream's result)."""
+    symbols = ["AAPL", "JNJ", "KO", "PG"]
+    configuration = cmd_pb.OptimizationConfiguration(
+        portfolio_id=portfolio_id,
+        strategies=[pb.Strategy(symbol=s) for s in symbols],
+        objective=pb.OBJECTIVE_MIN_VOLATILITY,
+        enabled=True,
+    )
+    commands.UpsertConfiguration(cmd_pb.UpsertConfigurationRequest(configuration=configuration), timeout=TIMEOUT_S)
+    request = bt_pb.BacktestRequest(
+        portfolio_id=portfolio_id,
+        schedule=bt_pb.RebalanceSchedule(frequency=bt_pb.REBALANCE_FREQUENCY_QUARTERLY),
+    )
+    request.start.FromJsonString("2017-01-01T00:00:00Z")
+    request.end.FromJsonString("2017-06-30T00:00:00Z")
+    results = [m.result for m in commands.Backtest(request, timeout=120) if m.HasField("result")]
+    assert len(results) == 1
+    return results[0]
+
+
+def test_a_stream_of_every_kind_sends_rebalance_rotation_and_backtest_events(
+    queries: Any, commands: Any, trading: Any, rotation: Any, portfolio: tuple[str, str]
+) -> None:
+    portfolio_id, _ = portfolio
+    every = watch(queries, [portfolio_id], from_beginning=True, kinds=EVERY_KIND)
+    rebalance_only = watch(queries, [portfolio_id], from_beginning=True, kinds=[REBALANCE])
+    default = watch(queries, [portfolio_id], from_beginning=True)  # no kinds: optimization events only
+    try:
+        recommendation_id = pending_rebalance(trading, portfolio_id, 0.1)
+        trading.ApproveRebalance(tpb.ApproveRebalanceRequest(recommendation_id=recommendation_id), timeout=TIMEOUT_S)
+        decision = run_rotation(rotation, portfolio_id).decision
+        summary = backtest(commands, portfolio_id)
+
+        received = every.wait_for(4)
+        rebalances = [m.rebalance_event for m in received if m.HasField("rebalance_event")]
+        assert [(e.recommendation_id, e.event_type, e.status) for e in rebalances] == [
+            (recommendation_id, "CREATED", tpb.RECOMMENDATION_STATUS_PENDING_APPROVAL),
+            (recommendation_id, "APPROVED", tpb.RECOMMENDATION_STATUS_APPROVED),
+        ]
+        # As the List RPCs return them.
+        listed = queries.ListRebalanceEvents(query_pb.ListRebalanceEventsRequest(portfolio_id=portfolio_id))
+        assert rebalances == list(reversed(listed.events))
+        (watched_decision,) = [m.rotation_decision for m in received if m.HasField("rotation_decision")]
+        assert watched_decision == decision
+        (watched_backtest,) = [m.backtest for m in received if m.HasField("backtest")]
+        assert watched_backtest == summary
+        assert all(m.resume_token for m in received)
+
+        assert [m.rebalance_event for m in rebalance_only.wait_for(2)] == rebalances
+        time.sleep(0.5)
+        assert len(every.received) == 4 and len(rebalance_only.received) == 2  # nothing else, nothing twice
+        assert default.received == [] and default.error is None
+    finally:
+        for reader in (every, rebalance_only, default):
+            reader.stop()
+
+
+def test_a_resumed_stream_of_every_kind_has_no_gap_and_no_duplicate(
+    queries: Any, trading: Any, rotation: Any, portfolio: tuple[str, str]
+) -> None:
+    portfolio_id, _ = portfolio
+    kinds = [REBALANCE, ROTATION]
+    first = watch(queries, [portfolio_id], from_beginning=True, kinds=kinds)
+    try:
+        recommendation_id = pending_rebalance(trading, portfolio_id, 0.1)
+        run_rotation(rotation, portfolio_id)
+        trading.ApproveRebalance(tpb.ApproveRebalanceRequest(recommendation_id=recommendation_id), timeout=TIMEOUT_S)
+        seen = first.wait_for(3)
+    finally:
+        first.stop()
+    token = seen[0].resume_token  # mid-way: after the CREATED event
+    assert ident(seen[0])[0] == "rebalance_event" and seen[0].rebalance_event.event_type == "CREATED"
+    # While nobody watches: a rejected recommendation and another decision.
+    rejected = pending_rebalance(trading, portfolio_id, 0.2)
+    trading.RejectRebalance(tpb.RejectRebalanceRequest(recommendation_id=rejected, reason="no"), timeout=TIMEOUT_S)
+    missed_decision = run_rotation(rotation, portfolio_id).decision.decision_id
+    with pytest.raises(grpc.RpcError) as caught:  # the token is bound to its kinds
+        next(iter(queries.WatchEvents(query_pb.WatchEventsRequest(portfolio_ids=[portfolio_id], resume_token=token))))
+    assert field_violations(caught.value) == ["resume_token"]
+
+    resumed = watch(queries, [portfolio_id], token=token, kinds=kinds)
+    try:
+        got = resumed.wait_for(5)
+        assert sorted(map(ident, got)) == sorted(
+            [*map(ident, seen[1:]), ("rotation_decision", missed_decision)]
+            + [("rebalance_event", e.event_id) for e in events_of(queries, portfolio_id, rejected)]
+        )
+        assert [m.rebalance_event.event_type for m in got if m.HasField("rebalance_event")] == [
+            "APPROVED",
+            "CREATED",
+            "REJECTED",
+        ]
+        live = run_rotation(rotation, portfolio_id).decision.decision_id
+        assert ident(resumed.wait_for(6)[5]) == ("rotation_decision", live)
+        time.sleep(0.5)
+        assert len(resumed.received) == 6  # nothing twice
+    finally:
+        resumed.stop()
+
+
+def events_of(queries: Any, portfolio_id: str, recommendation_id: str) -> list[tpb.RebalanceEvent]:
+    """A recommendation's stored events, oldest first."""
+    page = queries.ListRebalanceEvents(query_pb.ListRebalanceEventsRequest(portfolio_id=portfolio_id))
+    return [e for e in reversed(page.events) if e.recommendation_id == recommendation_id]
+
+
+def test_an_optimization_only_stream_resumes_with_a_version_1_token(
+    queries: Any, commands: Any, small: pd.DataFrame
+) -> None:
+    a = unique("watch-v1")
+    first = optimize(commands, small, a)
+    old = encode_token({a: None})  # as a server before the kinds issued it: nothing sent yet
+    resumed = watch(queries, [a], token=old, kinds=[OPTIMIZATION])
+    try:
+        assert ident(resumed.wait_for(1)[0]) == ("event", first)
+    finally:
+        resumed.stop()

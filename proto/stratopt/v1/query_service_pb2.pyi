@@ -25,6 +25,38 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _WatchEventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WatchEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WatchEventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WATCH_EVENT_KIND_UNSPECIFIED: _WatchEventKind.ValueType  # 0
+    """Not a kind (refused)."""
+    WATCH_EVENT_KIND_OPTIMIZATION: _WatchEventKind.ValueType  # 1
+    """portfolio_optimized events (WatchEventsResponse.event)."""
+    WATCH_EVENT_KIND_REBALANCE: _WatchEventKind.ValueType  # 2
+    """rebalance_events rows: CREATED, APPROVED, REJECTED, EXPIRED, SHARES_ALLOCATED (rebalance_event)."""
+    WATCH_EVENT_KIND_ROTATION: _WatchEventKind.ValueType  # 3
+    """rotation_decided events (rotation_decision)."""
+    WATCH_EVENT_KIND_BACKTEST: _WatchEventKind.ValueType  # 4
+    """Finished backtests (backtest)."""
+
+class WatchEventKind(_WatchEventKind, metaclass=_WatchEventKindEnumTypeWrapper):
+    """A kind of event a WatchEvents stream can send."""
+
+WATCH_EVENT_KIND_UNSPECIFIED: WatchEventKind.ValueType  # 0
+"""Not a kind (refused)."""
+WATCH_EVENT_KIND_OPTIMIZATION: WatchEventKind.ValueType  # 1
+"""portfolio_optimized events (WatchEventsResponse.event)."""
+WATCH_EVENT_KIND_REBALANCE: WatchEventKind.ValueType  # 2
+"""rebalance_events rows: CREATED, APPROVED, REJECTED, EXPIRED, SHARES_ALLOCATED (rebalance_event)."""
+WATCH_EVENT_KIND_ROTATION: WatchEventKind.ValueType  # 3
+"""rotation_decided events (rotation_decision)."""
+WATCH_EVENT_KIND_BACKTEST: WatchEventKind.ValueType  # 4
+"""Finished backtests (backtest)."""
+Global___WatchEventKind: _TypeAlias = WatchEventKind  # noqa: Y015
+
 class _ExportDataset:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -706,8 +738,9 @@ class WatchEventsRequest(_message.Message):
     PORTFOLIO_IDS_FIELD_NUMBER: _builtins.int
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     FROM_BEGINNING_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
     resume_token: _builtins.str
-    """A token from a previous stream of the same portfolios; empty: from now (or from the first event)."""
+    """A token from a previous stream of the same portfolios and kinds; empty: from now (or from the first event)."""
     from_beginning: _builtins.bool
     """Without a resume token: start with each portfolio's first stored event (its history, then live) instead of
     after its latest one.
@@ -716,16 +749,21 @@ class WatchEventsRequest(_message.Message):
     def portfolio_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Portfolio identifiers (1 to 100, unique)."""
 
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___WatchEventKind.ValueType]:
+        """Which events to send (unique, none UNSPECIFIED); empty = optimization events only (as before the field)."""
+
     def __init__(
         self,
         *,
         portfolio_ids: _abc.Iterable[_builtins.str] | None = ...,
         resume_token: _builtins.str = ...,
         from_beginning: _builtins.bool = ...,
+        kinds: _abc.Iterable[Global___WatchEventKind.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_beginning", b"from_beginning", "portfolio_ids", b"portfolio_ids", "resume_token", b"resume_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_beginning", b"from_beginning", "kinds", b"kinds", "portfolio_ids", b"portfolio_ids", "resume_token", b"resume_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -738,24 +776,44 @@ class WatchEventsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    REBALANCE_EVENT_FIELD_NUMBER: _builtins.int
+    ROTATION_DECISION_FIELD_NUMBER: _builtins.int
+    BACKTEST_FIELD_NUMBER: _builtins.int
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     resume_token: _builtins.str
-    """Resume token: where a new stream of the same portfolios continues."""
+    """Resume token: where a new stream of the same portfolios and kinds continues."""
     @_builtins.property
     def event(self) -> _types_pb2.PortfolioOptimizedEvent:
-        """The event."""
+        """An optimization event (WATCH_EVENT_KIND_OPTIMIZATION)."""
+
+    @_builtins.property
+    def rebalance_event(self) -> _trading_service_pb2.RebalanceEvent:
+        """A rebalance event, as ListRebalanceEvents returns it (WATCH_EVENT_KIND_REBALANCE)."""
+
+    @_builtins.property
+    def rotation_decision(self) -> _rotation_service_pb2.RotationDecision:
+        """A rotation decision, as ListRotationDecisions returns it (WATCH_EVENT_KIND_ROTATION)."""
+
+    @_builtins.property
+    def backtest(self) -> _backtest_pb2.BacktestSummary:
+        """A finished backtest's summary, as ListBacktests returns it (WATCH_EVENT_KIND_BACKTEST)."""
 
     def __init__(
         self,
         *,
         event: _types_pb2.PortfolioOptimizedEvent | None = ...,
+        rebalance_event: _trading_service_pb2.RebalanceEvent | None = ...,
+        rotation_decision: _rotation_service_pb2.RotationDecision | None = ...,
+        backtest: _backtest_pb2.BacktestSummary | None = ...,
         resume_token: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "event", b"event", "payload", b"payload", "rebalance_event", b"rebalance_event", "rotation_decision", b"rotation_decision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "resume_token", b"resume_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "event", b"event", "payload", b"payload", "rebalance_event", b"rebalance_event", "resume_token", b"resume_token", "rotation_decision", b"rotation_decision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["event", "rebalance_event", "rotation_decision", "backtest"]  # noqa: Y015
+    _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
 Global___WatchEventsResponse: _TypeAlias = WatchEventsResponse  # noqa: Y015
 

@@ -186,12 +186,13 @@ class OptimizationQueryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchEvents(self, request, context):
-        """Live optimization events of chosen portfolios (server streaming), oldest first per portfolio. Without a
-        resume token the stream starts after each portfolio's latest event at the time of the call (or, with
-        from_beginning, at its first event); with one, right
-        after the last event the previous stream delivered: no gap, no duplicate. Each message carries the token that
-        resumes after it. A subscriber more than 10,000 events behind is cut with RESOURCE_EXHAUSTED (resume with the
-        last token); a lost database connection ends the stream with UNAVAILABLE (resume likewise).
+        """Live events of chosen portfolios and kinds (server streaming: optimization runs by default; rebalance events,
+        rotation decisions, finished backtests), oldest first per kind and portfolio. Without a resume token the stream
+        starts after each portfolio's latest event of each kind at the time of the call (or, with from_beginning, at
+        its first event); with one, right after the last event the previous stream delivered: no gap, no duplicate.
+        Each message carries the token that resumes after it (bound to the portfolios and the kinds). A subscriber more
+        than 10,000 events of one kind and portfolio behind is cut with RESOURCE_EXHAUSTED (resume with the last
+        token); a lost database connection ends the stream with UNAVAILABLE (resume likewise).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

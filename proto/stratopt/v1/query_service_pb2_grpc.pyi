@@ -56,12 +56,13 @@ class OptimizationQueryServiceStub:
     CountRotationReasons: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.CountRotationReasonsRequest, _query_service_pb2.CountRotationReasonsResponse]
     """Per time bucket: decisions by action and changes by reason code (aggregated in TimescaleDB)."""
     WatchEvents: _grpc.UnaryStreamMultiCallable[_query_service_pb2.WatchEventsRequest, _query_service_pb2.WatchEventsResponse]
-    """Live optimization events of chosen portfolios (server streaming), oldest first per portfolio. Without a
-    resume token the stream starts after each portfolio's latest event at the time of the call (or, with
-    from_beginning, at its first event); with one, right
-    after the last event the previous stream delivered: no gap, no duplicate. Each message carries the token that
-    resumes after it. A subscriber more than 10,000 events behind is cut with RESOURCE_EXHAUSTED (resume with the
-    last token); a lost database connection ends the stream with UNAVAILABLE (resume likewise).
+    """Live events of chosen portfolios and kinds (server streaming: optimization runs by default; rebalance events,
+    rotation decisions, finished backtests), oldest first per kind and portfolio. Without a resume token the stream
+    starts after each portfolio's latest event of each kind at the time of the call (or, with from_beginning, at
+    its first event); with one, right after the last event the previous stream delivered: no gap, no duplicate.
+    Each message carries the token that resumes after it (bound to the portfolios and the kinds). A subscriber more
+    than 10,000 events of one kind and portfolio behind is cut with RESOURCE_EXHAUSTED (resume with the last
+    token); a lost database connection ends the stream with UNAVAILABLE (resume likewise).
     """
     GetRealisedPerformance: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.GetRealisedPerformanceRequest, _query_service_pb2.GetRealisedPerformanceResponse]
     """Ex-ante against realised: for each run of a portfolio in [start, end) (by event time, oldest first, at most
@@ -125,12 +126,13 @@ class OptimizationQueryServiceAsyncStub(OptimizationQueryServiceStub):
     CountRotationReasons: _aio.UnaryUnaryMultiCallable[_query_service_pb2.CountRotationReasonsRequest, _query_service_pb2.CountRotationReasonsResponse]  # type: ignore[assignment]
     """Per time bucket: decisions by action and changes by reason code (aggregated in TimescaleDB)."""
     WatchEvents: _aio.UnaryStreamMultiCallable[_query_service_pb2.WatchEventsRequest, _query_service_pb2.WatchEventsResponse]  # type: ignore[assignment]
-    """Live optimization events of chosen portfolios (server streaming), oldest first per portfolio. Without a
-    resume token the stream starts after each portfolio's latest event at the time of the call (or, with
-    from_beginning, at its first event); with one, right
-    after the last event the previous stream delivered: no gap, no duplicate. Each message carries the token that
-    resumes after it. A subscriber more than 10,000 events behind is cut with RESOURCE_EXHAUSTED (resume with the
-    last token); a lost database connection ends the stream with UNAVAILABLE (resume likewise).
+    """Live events of chosen portfolios and kinds (server streaming: optimization runs by default; rebalance events,
+    rotation decisions, finished backtests), oldest first per kind and portfolio. Without a resume token the stream
+    starts after each portfolio's latest event of each kind at the time of the call (or, with from_beginning, at
+    its first event); with one, right after the last event the previous stream delivered: no gap, no duplicate.
+    Each message carries the token that resumes after it (bound to the portfolios and the kinds). A subscriber more
+    than 10,000 events of one kind and portfolio behind is cut with RESOURCE_EXHAUSTED (resume with the last
+    token); a lost database connection ends the stream with UNAVAILABLE (resume likewise).
     """
     GetRealisedPerformance: _aio.UnaryUnaryMultiCallable[_query_service_pb2.GetRealisedPerformanceRequest, _query_service_pb2.GetRealisedPerformanceResponse]  # type: ignore[assignment]
     """Ex-ante against realised: for each run of a portfolio in [start, end) (by event time, oldest first, at most
@@ -245,12 +247,13 @@ class OptimizationQueryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _query_service_pb2.WatchEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_query_service_pb2.WatchEventsResponse], _abc.AsyncIterator[_query_service_pb2.WatchEventsResponse]]:
-        """Live optimization events of chosen portfolios (server streaming), oldest first per portfolio. Without a
-        resume token the stream starts after each portfolio's latest event at the time of the call (or, with
-        from_beginning, at its first event); with one, right
-        after the last event the previous stream delivered: no gap, no duplicate. Each message carries the token that
-        resumes after it. A subscriber more than 10,000 events behind is cut with RESOURCE_EXHAUSTED (resume with the
-        last token); a lost database connection ends the stream with UNAVAILABLE (resume likewise).
+        """Live events of chosen portfolios and kinds (server streaming: optimization runs by default; rebalance events,
+        rotation decisions, finished backtests), oldest first per kind and portfolio. Without a resume token the stream
+        starts after each portfolio's latest event of each kind at the time of the call (or, with from_beginning, at
+        its first event); with one, right after the last event the previous stream delivered: no gap, no duplicate.
+        Each message carries the token that resumes after it (bound to the portfolios and the kinds). A subscriber more
+        than 10,000 events of one kind and portfolio behind is cut with RESOURCE_EXHAUSTED (resume with the last
+        token); a lost database connection ends the stream with UNAVAILABLE (resume likewise).
         """
 
     @_abc_1.abstractmethod
