@@ -12,6 +12,7 @@ from query_side.backtests import BacktestReads
 from query_side.export import ExportReads
 from query_side.read_store import InMemoryReadStore, ReadStore
 from query_side.realised import PriceReads
+from query_side.recompute_jobs import RecomputeJobReads
 from query_side.repository import PostgresReadStore
 from query_side.rotation_reads import RotationReads
 from query_side.servicer import OptimizationQueryServicer
@@ -34,6 +35,7 @@ __all__ = [
     "PostgresReadStore",
     "PriceReads",
     "ReadStore",
+    "RecomputeJobReads",
     "RotationReads",
     "TradingStatistics",
     "interceptor",
@@ -50,6 +52,7 @@ def register(
     trading: TradingStatistics | None = None,
     exports: ExportReads | None = None,
     backtests: BacktestReads | None = None,
+    recompute_jobs: RecomputeJobReads | None = None,
 ) -> list[str]:
     """Add the query servicer to a server.
 
@@ -71,6 +74,8 @@ def register(
         The paginated reads of ``ExportData``; without them the RPC answers FAILED_PRECONDITION.
     backtests : BacktestReads, optional
         Stored backtests for ``GetBacktest`` and ``ListBacktests``; without them they answer FAILED_PRECONDITION.
+    recompute_jobs : RecomputeJobReads, optional
+        The recompute queue for ``ListRecomputeJobs``; without it the RPC answers FAILED_PRECONDITION.
 
     Returns
     -------
@@ -78,7 +83,10 @@ def register(
         Full names of the services added, for reflection and health checking.
     """
     query_service_pb2_grpc.add_OptimizationQueryServiceServicer_to_server(
-        OptimizationQueryServicer(store, rotation, notifier, prices, trading, exports, backtests), server
+        OptimizationQueryServicer(
+            store, rotation, notifier, prices, trading, exports, backtests, recompute_jobs=recompute_jobs
+        ),
+        server,
     )
     return [SERVICE_NAME]
 

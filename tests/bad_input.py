@@ -298,6 +298,7 @@ def valid_requests() -> dict[str, Any]:
             backtest_id="00000000-0000-4000-8000-000000000000"
         ),
         "OptimizationQueryService.ListBacktests": query_pb.ListBacktestsRequest(portfolio_id="corpus"),
+        "OptimizationQueryService.ListRecomputeJobs": query_pb.ListRecomputeJobsRequest(portfolio_id="corpus"),
         "OptimizationQueryService.GetRebalance": query_pb.GetRebalanceRequest(recommendation_id=RECOMMENDATION),
         "OptimizationQueryService.ListRebalanceEvents": query_pb.ListRebalanceEventsRequest(portfolio_id="corpus"),
         "OptimizationQueryService.GetLatestRotationDecision": query_pb.GetLatestRotationDecisionRequest(

@@ -92,6 +92,10 @@ class OptimizationQueryServiceStub:
     """A stored backtest: its summary and its simulated path (equity, cash, weights per close). NOT_FOUND when absent."""
     ListBacktests: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.ListBacktestsRequest, _query_service_pb2.ListBacktestsResponse]
     """Stored backtests of a portfolio, newest first, with keyset pagination (summaries only)."""
+    ListRecomputeJobs: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.ListRecomputeJobsRequest, _query_service_pb2.ListRecomputeJobsResponse]
+    """The recompute queue (configurations re-run on new market data or a schedule): pending, running, done and
+    dead-lettered jobs, newest first.
+    """
 
 @_typing.type_check_only
 class OptimizationQueryServiceAsyncStub(OptimizationQueryServiceStub):
@@ -157,6 +161,10 @@ class OptimizationQueryServiceAsyncStub(OptimizationQueryServiceStub):
     """A stored backtest: its summary and its simulated path (equity, cash, weights per close). NOT_FOUND when absent."""
     ListBacktests: _aio.UnaryUnaryMultiCallable[_query_service_pb2.ListBacktestsRequest, _query_service_pb2.ListBacktestsResponse]  # type: ignore[assignment]
     """Stored backtests of a portfolio, newest first, with keyset pagination (summaries only)."""
+    ListRecomputeJobs: _aio.UnaryUnaryMultiCallable[_query_service_pb2.ListRecomputeJobsRequest, _query_service_pb2.ListRecomputeJobsResponse]  # type: ignore[assignment]
+    """The recompute queue (configurations re-run on new market data or a schedule): pending, running, done and
+    dead-lettered jobs, newest first.
+    """
 
 class OptimizationQueryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Read-only queries over stored optimization events."""
@@ -315,5 +323,15 @@ class OptimizationQueryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_query_service_pb2.ListBacktestsResponse, _abc.Awaitable[_query_service_pb2.ListBacktestsResponse]]:
         """Stored backtests of a portfolio, newest first, with keyset pagination (summaries only)."""
+
+    @_abc_1.abstractmethod
+    def ListRecomputeJobs(
+        self,
+        request: _query_service_pb2.ListRecomputeJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_query_service_pb2.ListRecomputeJobsResponse, _abc.Awaitable[_query_service_pb2.ListRecomputeJobsResponse]]:
+        """The recompute queue (configurations re-run on new market data or a schedule): pending, running, done and
+        dead-lettered jobs, newest first.
+        """
 
 def add_OptimizationQueryServiceServicer_to_server(servicer: OptimizationQueryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
