@@ -244,3 +244,28 @@ def test_list_recompute_jobs_filters_by_status_and_pages(replicas: list[Any], db
             break
     assert sorted(seen) == portfolios
     db.execute("DELETE FROM recompute_jobs WHERE portfolio_id = ANY(%s)", [portfolios])
+
+
+def test_a_schedule_reruns_once_per_slot_until_disabled(replicas: list[Any], db: psycopg.Connection[Any]) -> None:
+    commands = replicas[0][0]
+    tag = uuid.uuid4().hex[:8]
+    symbols = [f"RC5{tag}A", f"RC5{tag}B"]
+    portfolio = f"recompute-{tag}"
+    ingest(commands, bars(symbols, range(HISTORY_DAYS)))
+    config = configure(commands, portfolio, symbols, debounce_seconds=0)
+    config.recompute.on_market_data = False
+    config.recompute.schedule_interval_seconds = 1.0
+    commands.UpsertConfiguration(cmd_pb.UpsertConfigurationRequest(configuration=config), timeout=30)
+    wait_for(lambda: sum(j["status"] == "DONE" for j in jobs(db, [portfolio])) >= 3)
+    config.enabled = False
+    commands.UpsertConfiguration(cmd_pb.UpsertConfigurationRequest(configuration=config), timeout=30)
+    time.sleep(0.5)  # a slot claimed before the upsert finishes (disabled: DONE without a run)
+    wait_for(lambda: all(j["status"] == "DONE" for j in jobs(db, [portfolio])))
+    found = jobs(db, [portfolio])
+    time.sleep(1.5)
+    assert len(jobs(db, [portfolio])) == len(found)  # disabled: no further slots
+    assert {j["trigger"] for j in found} == {"SCHEDULE"}
+    slots = [j["data_version"] for j in found]
+    assert len(set(slots)) == len(slots)  # once per slot
+    ran = sorted(f"recompute:schedule:{j['data_version']}:{portfolio}" for j in found if j["result_id"] is not None)
+    assert len(ran) >= 3 and sorted(r for _, r in events(db, [portfolio])) == ran
