@@ -16,6 +16,8 @@ from command_side.optimization_adapter import optimize_command_from_configuratio
 from command_side.optimization_store import InMemoryOptimizationStore, OptimizationStore
 from command_side.rebalancing import RebalancingService
 from command_side.rebalancing_repository import PostgresTradingStore
+from command_side.recompute import RecomputeWorker
+from command_side.recompute_store import PostgresRecomputeStore
 from command_side.repository import PostgresOptimizationStore
 from command_side.rotation import RotationService
 from command_side.rotation_scheduler import RotationScheduler
@@ -63,9 +65,11 @@ __all__ = [
     "PostgresBacktestStore",
     "PostgresExecutionStore",
     "PostgresOptimizationStore",
+    "PostgresRecomputeStore",
     "PostgresRotationStore",
     "PostgresTradingStore",
     "RebalancingService",
+    "RecomputeWorker",
     "RotationScheduler",
     "RotationService",
     "SolverPool",

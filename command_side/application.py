@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 
 _LIST_TOKEN_PREFIX = "configurations:v1:"
 
-_RUN_INHERITS = ("enabled", "lookback_periods", "market_symbol")
+_RUN_INHERITS = ("enabled", "lookback_periods", "market_symbol", "recompute")
 
 MAX_BATCH_SIZE = 1000
 """Most requests in one BatchOptimize call."""
@@ -230,7 +230,7 @@ class OptimizationService:
                 request_hash=command.request_hash,
                 run_inputs=run_inputs,
                 # The stored-data window of a configuration is only set by runs on stored data (or upserts).
-                inherit=("enabled",) if isinstance(command.inputs, MarketDataWindow) else _RUN_INHERITS,
+                inherit=("enabled", "recompute") if isinstance(command.inputs, MarketDataWindow) else _RUN_INHERITS,
                 commit_by=commit_by(deadline),
             )
         except IntegrityError:

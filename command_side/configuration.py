@@ -19,6 +19,7 @@ __all__ = [
     "MultiObjectiveWeights",
     "OptimizationConfiguration",
     "OptimizationConstraints",
+    "RecomputePolicy",
     "RiskParameters",
     "RobustParameters",
     "SectorLimit",
@@ -150,6 +151,22 @@ class BlackLittermanInputs:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RecomputePolicy:
+    """When a configuration re-runs by itself (``command_side.recompute``); drift is not a trigger (yet)."""
+
+    on_market_data: bool = False
+    """Re-run when bars of one of its strategies (or of its market symbol) are ingested."""
+    debounce_seconds: float | None = None
+    """Seconds after the last ingest before the re-run; None = :data:`DEFAULT_DEBOUNCE_SECONDS`."""
+    schedule_interval_seconds: float = 0.0
+    """Seconds between scheduled re-runs (slots aligned on the Unix epoch); 0 = no schedule."""
+
+
+DEFAULT_DEBOUNCE_SECONDS = 5.0
+"""The debounce of a policy that sets none (also the default in the database's enqueue statement)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OptimizationConfiguration:
     """A portfolio's configuration: everything a run needs but its input data, versioned by the stores."""
 
@@ -175,5 +192,7 @@ class OptimizationConfiguration:
     """Most recent return periods of stored prices a re-run uses (0 = all)."""
     market_symbol: str = ""
     """Market series of CAPM and betas ('' = none)."""
+    recompute: RecomputePolicy | None = None
+    """When the server re-runs it by itself; None = never (only RunConfiguration runs it)."""
     created_at: datetime | None = None
     """When this version was stored (UTC); None until stored."""

@@ -5,7 +5,7 @@
 Field by field with the tables of ``command_side.configuration_records`` (a stored key is the contract's field name
 and the dataclass's attribute): a contract enumeration becomes its short name (``""`` when unspecified) and back,
 an unset optional field ``None``, an unset ``constraints`` or ``risk_parameters`` the default instance (and the
-default instance an unset message), an unset ``black_litterman`` ``None``. The adapter
+default instance an unset message), an unset ``black_litterman`` or ``recompute`` ``None``. The adapter
 (``command_side.optimization_adapter``) and the request validation (``command_side.mapping``) use it; the
 application and the stores never see the contract.
 """
@@ -18,7 +18,14 @@ from typing import Any
 from google.protobuf.message import Message
 
 from command_side.configuration import OptimizationConfiguration, OptimizationConstraints, RiskParameters
-from command_side.configuration_records import BLACK_LITTERMAN, CONSTRAINTS, RISK_PARAMETERS, STRATEGY, Schema
+from command_side.configuration_records import (
+    BLACK_LITTERMAN,
+    CONSTRAINTS,
+    RECOMPUTE,
+    RISK_PARAMETERS,
+    STRATEGY,
+    Schema,
+)
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import types_pb2 as pb
 
@@ -106,6 +113,7 @@ def configuration_from_message(message: cmd_pb.OptimizationConfiguration) -> Opt
     if message.HasField("black_litterman"):
         black_litterman = _from_message(BLACK_LITTERMAN, message.black_litterman)
     created_at = message.created_at.ToDatetime(tzinfo=UTC) if message.HasField("created_at") else None
+    recompute = _from_message(RECOMPUTE, message.recompute) if message.HasField("recompute") else None
     return OptimizationConfiguration(
         portfolio_id=message.portfolio_id,
         version=message.version,
@@ -118,6 +126,7 @@ def configuration_from_message(message: cmd_pb.OptimizationConfiguration) -> Opt
         enabled=message.enabled,
         lookback_periods=message.lookback_periods,
         market_symbol=message.market_symbol,
+        recompute=recompute,
         created_at=created_at,
     )
 
@@ -144,6 +153,9 @@ def configuration_message(config: OptimizationConfiguration) -> cmd_pb.Optimizat
     if config.black_litterman is not None:
         message.black_litterman.SetInParent()
         _fill(BLACK_LITTERMAN, config.black_litterman, message.black_litterman)
+    if config.recompute is not None:
+        message.recompute.SetInParent()
+        _fill(RECOMPUTE, config.recompute, message.recompute)
     if config.created_at is not None:
         created_at = config.created_at
         if created_at.tzinfo is None:

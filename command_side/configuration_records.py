@@ -28,6 +28,7 @@ from command_side.configuration import (
     MultiObjectiveWeights,
     OptimizationConfiguration,
     OptimizationConstraints,
+    RecomputePolicy,
     RiskParameters,
     RobustParameters,
     SectorLimit,
@@ -304,6 +305,48 @@ BLACK_LITTERMAN = Schema(
 )
 
 
+RECOMPUTE = Schema(
+    "recompute policy",
+    RecomputePolicy,
+    (
+        Field("on_market_data", "boolean", "Re-run when bars of one of its strategies (or of its market "
+              "symbol) are ingested."),
+        Field("debounce_seconds", "number", "Seconds after the last ingest before the re-run (s); null = 5.",
+              True),
+        Field("schedule_interval_seconds", "number", "Seconds between scheduled re-runs (s); 0 = no "
+              "schedule."),
+    ),
+)  # fmt: skip
+"""When a configuration re-runs by itself (``command_side.recompute``)."""
+
+RECOMPUTE_COLUMN = "recompute"
+"""The ``jsonb`` column of the recompute policy (migration ``0019_recompute``), outside :data:`CONTENT_COLUMNS`:
+the migrations before it read and write those four only."""
+
+
+def recompute_column(config: OptimizationConfiguration) -> JsonObject:
+    """The stored ``recompute`` column: ``{"schema_version": 2, "policy": recompute policy object or null}``."""
+    policy = None if config.recompute is None else RECOMPUTE.to_json(config.recompute, versioned=False)
+    return {"schema_version": CONFIGURATION_SCHEMA_VERSION, "policy": policy}
+
+
+def recompute_from_column(column: Mapping[str, Any] | None) -> RecomputePolicy | None:
+    """The recompute policy of a stored ``recompute`` column (None, or a null ``policy``: no policy).
+
+    Raises
+    ------
+    SchemaError
+        When the column is not of a schema version this build reads.
+    """
+    if column is None:
+        return None
+    version = column.get("schema_version")
+    if version != CONFIGURATION_SCHEMA_VERSION:
+        raise SchemaError(f"configuration recompute: schema_version {version!r} is not one this build reads")
+    policy = column.get("policy")
+    return None if policy is None else RECOMPUTE.from_json(policy, versioned=False)
+
+
 def configuration_columns(config: OptimizationConfiguration) -> dict[str, JsonObject]:
     """The stored ``strategies``, ``constraints``, ``risk_parameters`` and ``black_litterman`` of ``config``.
 
@@ -352,9 +395,11 @@ def configuration_content(config: OptimizationConfiguration) -> dict[str, Any]:
     """The versioned content of a configuration in its stored form (JSON-ready).
 
     The stored content columns with ``objective``, ``method``, ``lookback_periods``, ``market_symbol`` and
-    ``enabled`` (not the portfolio, the version or the time).
+    ``enabled`` (not the portfolio, the version or the time), and ``recompute`` (the stored column) only when a
+    recompute policy is set: the hash of a configuration without one is what it was before migration
+    ``0019_recompute``, so stored hashes stay valid.
     """
-    return {
+    content: dict[str, Any] = {
         "objective": config.objective,
         "method": config.method,
         **configuration_columns(config),
@@ -362,6 +407,9 @@ def configuration_content(config: OptimizationConfiguration) -> dict[str, Any]:
         "market_symbol": config.market_symbol,
         "enabled": config.enabled,
     }
+    if config.recompute is not None:
+        content[RECOMPUTE_COLUMN] = recompute_column(config)
+    return content
 
 
 def content_hash(config: OptimizationConfiguration) -> str:

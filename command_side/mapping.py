@@ -361,7 +361,40 @@ def normalize_configuration(
         validated = validate_optimize_request(probe)
     canonical = validated.configuration
     canonical.enabled = config.enabled
+    if config.HasField("recompute"):
+        canonical.recompute.CopyFrom(_checked_recompute(config.recompute, f"{prefix}.recompute"))
     return canonical
+
+
+MAX_DEBOUNCE_SECONDS = 86_400.0
+"""Longest debounce of a recompute policy (a day)."""
+MIN_SCHEDULE_INTERVAL_SECONDS = 1.0
+"""Shortest schedule of a recompute policy."""
+MAX_SCHEDULE_INTERVAL_SECONDS = 366 * 86_400.0
+"""Longest schedule of a recompute policy (a leap year)."""
+
+
+def _checked_recompute(policy: cmd_pb.RecomputePolicy, prefix: str) -> cmd_pb.RecomputePolicy:
+    """A recompute policy with its numbers checked (``debounce_seconds``, ``schedule_interval_seconds``).
+
+    Raises
+    ------
+    InvalidInputError
+        A debounce outside ``[0, MAX_DEBOUNCE_SECONDS]``, or a schedule neither 0 nor within
+        ``[MIN_SCHEDULE_INTERVAL_SECONDS, MAX_SCHEDULE_INTERVAL_SECONDS]`` (or not finite).
+    """
+    if policy.HasField("debounce_seconds"):
+        debounce = _finite(policy.debounce_seconds, f"{prefix}.debounce_seconds")
+        if not 0.0 <= debounce <= MAX_DEBOUNCE_SECONDS:
+            raise _bad(f"{prefix}.debounce_seconds", f"must be within [0, {MAX_DEBOUNCE_SECONDS:g}], got {debounce}")
+    interval = _finite(policy.schedule_interval_seconds, f"{prefix}.schedule_interval_seconds")
+    if interval != 0.0 and not MIN_SCHEDULE_INTERVAL_SECONDS <= interval <= MAX_SCHEDULE_INTERVAL_SECONDS:
+        raise _bad(
+            f"{prefix}.schedule_interval_seconds",
+            f"must be 0 (no schedule) or within [{MIN_SCHEDULE_INTERVAL_SECONDS:g}, "
+            f"{MAX_SCHEDULE_INTERVAL_SECONDS:g}], got {interval}",
+        )
+    return policy
 
 
 def validate_optimize_request(request: cmd_pb.OptimizeRequest) -> ValidatedRequest:

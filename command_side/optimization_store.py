@@ -26,13 +26,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from command_side.configuration import OptimizationConfiguration
+from command_side.configuration import OptimizationConfiguration, RecomputePolicy
 from command_side.configuration_records import (
     CONTENT_COLUMNS,
+    RECOMPUTE_COLUMN,
     configuration_columns,
     configuration_content,
     configuration_content_from_columns,
     content_hash_of,
+    recompute_column,
+    recompute_from_column,
 )
 from command_side.result_records import JsonObject, ResultRecord, run_inputs_json
 from services.errors import (
@@ -92,6 +95,8 @@ class ConfigurationHead:
     """Returns of the stored-price window (0 = all)."""
     market_symbol: str
     """Market series of CAPM and betas ('' = none)."""
+    recompute: RecomputePolicy | None = None
+    """When the server re-runs it by itself (None = never)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +127,8 @@ def next_configuration_version(
     current : ConfigurationHead or None
         The portfolio's current version; None when it has none.
     inherit : sequence of str
-        Fields (``enabled``, ``lookback_periods``, ``market_symbol``) taken from the current version when there
-        is one: an Optimize call does not undo what an operator configured.
+        Fields (``enabled``, ``lookback_periods``, ``market_symbol``, ``recompute``) taken from the current
+        version when there is one: an Optimize call does not undo what an operator configured.
 
     Returns
     -------
@@ -144,7 +149,8 @@ def configuration_row(version: ConfigurationVersion) -> dict[str, Any]:
     """The stored columns of a configuration version (its content in the stored schema, no version or time).
 
     ``objective`` and ``method`` are the stored enum names (text columns); ``strategies``, ``constraints``,
-    ``risk_parameters`` and ``black_litterman`` are JSON objects of ``command_side.configuration_records``.
+    ``risk_parameters``, ``black_litterman`` and ``recompute`` are JSON objects of
+    ``command_side.configuration_records``.
     """
     config = version.configuration
     return {
@@ -155,6 +161,7 @@ def configuration_row(version: ConfigurationVersion) -> dict[str, Any]:
         "enabled": config.enabled,
         "content_hash": version.content_hash,
         **configuration_columns(config),
+        RECOMPUTE_COLUMN: recompute_column(config),
     }
 
 
@@ -177,6 +184,7 @@ def configuration_from_row(
         market_symbol=row["market_symbol"],
         enabled=row["enabled"],
         created_at=created_at,
+        recompute=recompute_from_column(load(row.get(RECOMPUTE_COLUMN))),
         **configuration_content_from_columns({name: load(row[name]) for name in CONTENT_COLUMNS}),
     )
 
@@ -336,7 +344,7 @@ class OptimizationStore(Protocol):
         result: ResultRecord,
         request_hash: str,
         run_inputs: Mapping[str, Any],
-        inherit: tuple[str, ...] = ("enabled",),
+        inherit: tuple[str, ...] = ("enabled", "recompute"),
         commit_by: float | None = None,
     ) -> ResultRecord:
         """Store one run atomically and return its result completed with its ids, version and timestamp.
@@ -484,6 +492,7 @@ class InMemoryOptimizationStore(OptimizationStore):
                 enabled=config.enabled,
                 lookback_periods=config.lookback_periods,
                 market_symbol=config.market_symbol,
+                recompute=config.recompute,
             )
         )
 
@@ -494,7 +503,7 @@ class InMemoryOptimizationStore(OptimizationStore):
         result: ResultRecord,
         request_hash: str,
         run_inputs: Mapping[str, Any],
-        inherit: tuple[str, ...] = ("enabled",),
+        inherit: tuple[str, ...] = ("enabled", "recompute"),
         commit_by: float | None = None,
     ) -> ResultRecord:
         """Store one run atomically; see :meth:`OptimizationStore.persist_run`."""

@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 
+from command_side.configuration_records import recompute_from_column
 from command_side.metrics import event_written
 from command_side.optimization_store import (
     Bar,
@@ -42,6 +43,7 @@ from command_side.optimization_store import (
 )
 from command_side.postgres_errors import Connection, postgres_errors
 from command_side.postgres_errors import operational_errors as database_errors
+from command_side.recompute_store import ENQUEUE_MARKET_DATA_JOBS
 from command_side.result_records import ResultRecord, run_inputs_json
 from services.errors import DeadlineExceededError
 
@@ -66,7 +68,7 @@ _HEAD = """
 SELECT clock_timestamp() AS now, head.*
 FROM (SELECT 1) AS one
 LEFT JOIN LATERAL (
-    SELECT version, content_hash, enabled, lookback_periods, market_symbol FROM optimization_configurations
+    SELECT version, content_hash, enabled, lookback_periods, market_symbol, recompute FROM optimization_configurations
     WHERE portfolio_id = $1 ORDER BY version DESC LIMIT 1
 ) AS head ON true"""
 """The run's timestamp and the portfolio's current configuration version (NULL columns when none). A statement of
@@ -183,7 +185,7 @@ class PostgresOptimizationStore(OptimizationStore):
         result: ResultRecord,
         request_hash: str,
         run_inputs: Mapping[str, Any],
-        inherit: tuple[str, ...] = ("enabled",),
+        inherit: tuple[str, ...] = ("enabled", "recompute"),
         commit_by: float | None = None,
     ) -> ResultRecord:
         """Store one run in one transaction; see :meth:`OptimizationStore.persist_run`.
@@ -246,6 +248,7 @@ class PostgresOptimizationStore(OptimizationStore):
             enabled=config.enabled,
             lookback_periods=config.lookback_periods,
             market_symbol=config.market_symbol,
+            recompute=config.recompute,
         )
 
     async def _store_run_of_head(
@@ -316,7 +319,7 @@ class PostgresOptimizationStore(OptimizationStore):
         row = head
         if row is None:
             row = await conn.fetchrow(
-                "SELECT version, content_hash, enabled, lookback_periods, market_symbol "
+                "SELECT version, content_hash, enabled, lookback_periods, market_symbol, recompute "
                 "FROM optimization_configurations WHERE portfolio_id = $1 ORDER BY version DESC LIMIT 1",
                 config.portfolio_id,
             )
@@ -328,6 +331,7 @@ class PostgresOptimizationStore(OptimizationStore):
                 enabled=row["enabled"],
                 lookback_periods=row["lookback_periods"],
                 market_symbol=row["market_symbol"],
+                recompute=recompute_from_column(json.loads(row["recompute"])),
             )
         stored = next_configuration_version(config, current, inherit)
         if not stored.new:
@@ -336,12 +340,12 @@ class PostgresOptimizationStore(OptimizationStore):
         await conn.execute(
             """INSERT INTO optimization_configurations (portfolio_id, version, objective, method, strategies,
                    constraints, risk_parameters, lookback_periods, market_symbol, enabled, content_hash,
-                   black_litterman)
-               VALUES ($1,$2,$3,$4,$5::jsonb,$6::jsonb,$7::jsonb,$8,$9,$10,$11,$12::jsonb)""",
+                   black_litterman, recompute)
+               VALUES ($1,$2,$3,$4,$5::jsonb,$6::jsonb,$7::jsonb,$8,$9,$10,$11,$12::jsonb,$13::jsonb)""",
             stored.configuration.portfolio_id, stored.version, columns["objective"], columns["method"],
             _json(columns["strategies"]), _json(columns["constraints"]), _json(columns["risk_parameters"]),
             columns["lookback_periods"], columns["market_symbol"], columns["enabled"], columns["content_hash"],
-            _json(columns["black_litterman"]),
+            _json(columns["black_litterman"]), _json(columns["recompute"]),
         )  # fmt: skip
         return stored
 
@@ -394,7 +398,9 @@ class PostgresOptimizationStore(OptimizationStore):
     async def ingest_bars(self, bars: Iterable[Bar], *, commit_by: float | None = None) -> int:
         """Upsert price bars ``(symbol, timestamp, price, volume)``; returns the rows written.
 
-        Past ``commit_by`` (``time.monotonic()`` seconds) the transaction is rolled back (``DeadlineExceededError``).
+        In the same transaction, every enabled configuration whose recompute policy re-runs it on market data and
+        that holds an ingested symbol gets its recompute job (``command_side.recompute_store``, the outbox). Past
+        ``commit_by`` (``time.monotonic()`` seconds) the transaction is rolled back (``DeadlineExceededError``).
         """
         records = list(bars)
         if not records:
@@ -414,6 +420,8 @@ class PostgresOptimizationStore(OptimizationStore):
                    FROM market_data_stage ORDER BY symbol, "timestamp", seq DESC
                    ON CONFLICT (symbol, "timestamp") DO UPDATE SET price = EXCLUDED.price, volume = EXCLUDED.volume"""
             )
+            # The outbox: the re-runs these bars call for commit with them, or not at all (command_side.recompute).
+            await conn.execute(ENQUEUE_MARKET_DATA_JOBS)
             check_commit_by(commit_by)
         return int(result.split()[-1])
 

@@ -12,6 +12,7 @@ from query_side.backtests import BacktestReads
 from query_side.export import ExportReads
 from query_side.read_store import InMemoryReadStore, ReadStore
 from query_side.realised import PriceReads
+from query_side.recompute_jobs import RecomputeJobReads
 from query_side.repository import PostgresReadStore
 from query_side.rotation_reads import RotationReads
 from query_side.sector_exposure import SectorExposureReads
@@ -36,6 +37,7 @@ __all__ = [
     "PostgresReadStore",
     "PriceReads",
     "ReadStore",
+    "RecomputeJobReads",
     "RotationReads",
     "SectorExposureReads",
     "TradingStatistics",
@@ -56,6 +58,7 @@ def register(
     backtests: BacktestReads | None = None,
     sectors: SectorExposureReads | None = None,
     watch_reads: WatchReads | None = None,
+    recompute_jobs: RecomputeJobReads | None = None,
 ) -> list[str]:
     """Add the query servicer to a server.
 
@@ -82,6 +85,8 @@ def register(
     watch_reads : WatchReads, optional
         The rebalance, rotation and backtest reads of ``WatchEvents``; without them a stream of those kinds
         answers FAILED_PRECONDITION.
+    recompute_jobs : RecomputeJobReads, optional
+        The recompute queue for ``ListRecomputeJobs``; without it the RPC answers FAILED_PRECONDITION.
 
     Returns
     -------
@@ -89,7 +94,18 @@ def register(
         Full names of the services added, for reflection and health checking.
     """
     query_service_pb2_grpc.add_OptimizationQueryServiceServicer_to_server(
-        OptimizationQueryServicer(store, rotation, notifier, prices, trading, exports, backtests, sectors, watch_reads),
+        OptimizationQueryServicer(
+            store,
+            rotation,
+            notifier,
+            prices,
+            trading,
+            exports,
+            backtests,
+            sectors,
+            watch_reads,
+            recompute_jobs=recompute_jobs,
+        ),
         server,
     )
     return [SERVICE_NAME]

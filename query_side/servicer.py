@@ -31,6 +31,7 @@ from query_side.export import (
 from query_side.page_token import decode_page_token, encode_page_token, query_fingerprint
 from query_side.read_store import ReadStore
 from query_side.realised import PriceReads, holding_periods, realised_figures
+from query_side.recompute_jobs import RecomputeJobReads
 from query_side.records import fill_metadata, instant_nanoseconds, recommendation_from_json
 from query_side.repository import (
     StoredEvent,
@@ -332,8 +333,10 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         sectors: SectorExposureReads | None = None,
         watch_reads: WatchReads | None = None,
         *,
+        recompute_jobs: RecomputeJobReads | None = None,
         export_batch_rows: int = EXPORT_BATCH_ROWS,
     ) -> None:
+        self._recompute_jobs = recompute_jobs
         self._backtests = backtests
         self._sectors = sectors
         self._watch_reads = watch_reads
@@ -785,6 +788,28 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
             request.portfolio_id, request.page_size, request.page_token
         )
         return query_service_pb2.ListBacktestsResponse(backtests=summaries, next_page_token=token)
+
+    async def ListRecomputeJobs(  # noqa: N802 (gRPC method name)
+        self, request: query_service_pb2.ListRecomputeJobsRequest, context: ServicerContext
+    ) -> query_service_pb2.ListRecomputeJobsResponse:
+        """The recompute queue, newest first: one portfolio's or all, one status or all (``query_side.recompute_jobs``).
+
+        Raises
+        ------
+        InvalidInputError
+            An unknown ``status``; a bad ``page_token``.
+        PreconditionError
+            The server has no PostgreSQL store.
+        """
+        check_request(request)
+        if request.status not in query_service_pb2.RecomputeJobStatus.values():
+            raise InvalidInputError.for_field("status", f"unknown status {request.status}")
+        if self._recompute_jobs is None:
+            raise PreconditionError("recompute jobs need the PostgreSQL store")
+        jobs, token = await self._recompute_jobs.list(
+            request.portfolio_id, request.status, request.page_size, request.page_token
+        )
+        return query_service_pb2.ListRecomputeJobsResponse(jobs=jobs, next_page_token=token)
 
     async def GetPortfolioAnalytics(  # noqa: N802 (gRPC method name)
         self, request: query_service_pb2.GetPortfolioAnalyticsRequest, context: ServicerContext

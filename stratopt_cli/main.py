@@ -239,6 +239,29 @@ def serve(
             help="Seconds between the rotation scheduler's looks for due cycles (0: no scheduler on this replica).",
         ),
     ] = 15.0,
+    recompute_tick: Annotated[
+        float,
+        typer.Option(
+            envvar="STRATOPT_RECOMPUTE_TICK_S",
+            min=0.0,
+            help="Seconds between the recompute worker's looks for due re-runs of configurations (new market data, "
+            "schedules); 0: no worker on this replica.",
+        ),
+    ] = 1.0,
+    recompute_retry: Annotated[
+        float,
+        typer.Option(
+            envvar="STRATOPT_RECOMPUTE_RETRY_S",
+            min=0.0,
+            help="Back-off before a failed re-run's first retry (doubled per attempt, at most an hour).",
+        ),
+    ] = 30.0,
+    recompute_max_attempts: Annotated[
+        int,
+        typer.Option(
+            envvar="STRATOPT_RECOMPUTE_MAX_ATTEMPTS", min=1, help="Attempts of a re-run before it is a dead letter."
+        ),
+    ] = 5,
     metrics_address: Annotated[
         str | None,
         typer.Option(
@@ -326,6 +349,9 @@ def serve(
             security=security,
             freeze_gc=True,
             rotation_tick_s=rotation_tick,
+            recompute_tick_s=recompute_tick,
+            recompute_retry_s=recompute_retry,
+            recompute_max_attempts=recompute_max_attempts,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -107,6 +107,7 @@ METHOD_ROLES: Final[Mapping[str, str]] = {
     _QUERY + "GetBacktest": "read",
     _QUERY + "GetSectorExposure": "read",
     _QUERY + "ListBacktests": "read",
+    _QUERY + "ListRecomputeJobs": "read",
 }
 """The role each RPC requires; a principal holding ``admin`` may call every one."""
 

@@ -89,6 +89,13 @@ class StratoptServer:
     rotation_tick_s : float
         Seconds between the rotation scheduler's ticks (``command_side.rotation_scheduler``); 0 (the default here,
         15 s in ``stratopt serve``) runs no scheduler on this server.
+    recompute_tick_s : float
+        Seconds between the recompute worker's ticks (``command_side.recompute``: configurations re-run on new
+        market data or a schedule); 0 (the default here, 1 s in ``stratopt serve``) runs no worker on this server.
+    recompute_retry_s : float
+        Back-off before a failed recompute job's first retry (doubled per attempt).
+    recompute_max_attempts : int
+        Attempts before a recompute job is DEAD.
     freeze_gc : bool
         When the server owns its process (``stratopt serve``): ``ready`` moves everything allocated so far (the
         imported libraries, the pools) out of the garbage collector's reach (``gc.freeze``), and ``stop`` puts
@@ -114,6 +121,9 @@ class StratoptServer:
     max_queue: int | None = None
     freeze_gc: bool = False
     rotation_tick_s: float = 0.0
+    recompute_tick_s: float = 0.0
+    recompute_retry_s: float = command_side.recompute.DEFAULT_RETRY_S
+    recompute_max_attempts: int = command_side.recompute.DEFAULT_MAX_ATTEMPTS
     port: int = field(default=0, init=False)
     health_port: int = field(default=0, init=False)
     metrics: ServerMetrics = field(default_factory=ServerMetrics, init=False, repr=False)
@@ -122,6 +132,8 @@ class StratoptServer:
     _retention_task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _scheduler: command_side.RotationScheduler | None = field(default=None, init=False, repr=False)
     _scheduler_task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _recompute: command_side.RecomputeWorker | None = field(default=None, init=False, repr=False)
+    _recompute_task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _server: grpc.aio.Server | None = field(default=None, init=False, repr=False)
     _health_server: grpc.aio.Server | None = field(default=None, init=False, repr=False)
     _monitor: HealthMonitor | None = field(default=None, init=False, repr=False)
@@ -180,9 +192,18 @@ class StratoptServer:
             )
             if self.rotation_tick_s > 0:
                 self._scheduler = command_side.RotationScheduler(rotation_store, rotation, tick_s=self.rotation_tick_s)
+            optimization = command_side.optimization_service(optimization_store, self._solver_pool)
+            if self.recompute_tick_s > 0:
+                self._recompute = command_side.RecomputeWorker(
+                    command_side.PostgresRecomputeStore(self._pool),
+                    optimization,
+                    tick_s=self.recompute_tick_s,
+                    retry_s=self.recompute_retry_s,
+                    max_attempts=self.recompute_max_attempts,
+                )
             command_names = command_side.register(
                 server,
-                optimization=command_side.optimization_service(optimization_store, self._solver_pool),
+                optimization=optimization,
                 allocation=command_side.AllocationService(
                     command_side.PostgresAllocationCache(self._pool), self._solver_pool
                 ),
@@ -208,6 +229,7 @@ class StratoptServer:
                 query_side.BacktestReads(self._pool),
                 query_side.SectorExposureReads(self._pool),
                 query_side.WatchReads(self._pool),
+                query_side.RecomputeJobReads(self._pool),
             )
         names = [*command_names, *query_names]
         health_servicer = new_servicer(names)
@@ -267,6 +289,8 @@ class StratoptServer:
             self._retention_task = asyncio.get_running_loop().create_task(run_forever(self._pool, self.retention))
         if self._scheduler is not None:
             self._scheduler_task = asyncio.get_running_loop().create_task(self._scheduler.run_forever())
+        if self._recompute is not None:
+            self._recompute_task = asyncio.get_running_loop().create_task(self._recompute.run_forever())
         log.info("stratopt ready on port %d", self.port)
 
     async def wait(self) -> None:
@@ -284,6 +308,10 @@ class StratoptServer:
             self._scheduler_task.cancel()
             await asyncio.gather(self._scheduler_task, return_exceptions=True)
             self._scheduler_task = None
+        if self._recompute_task is not None:
+            self._recompute_task.cancel()
+            await asyncio.gather(self._recompute_task, return_exceptions=True)
+            self._recompute_task = None
         if self._monitor is not None:
             await self._monitor.drain()
             if self._server is not None and self.shutdown_grace_s > 0:

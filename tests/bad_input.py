@@ -299,6 +299,7 @@ def valid_requests() -> dict[str, Any]:
         ),
         "OptimizationQueryService.ListBacktests": query_pb.ListBacktestsRequest(portfolio_id="corpus"),
         "OptimizationQueryService.GetSectorExposure": query_pb.GetSectorExposureRequest(portfolio_id="corpus"),
+        "OptimizationQueryService.ListRecomputeJobs": query_pb.ListRecomputeJobsRequest(portfolio_id="corpus"),
         "OptimizationQueryService.GetRebalance": query_pb.GetRebalanceRequest(recommendation_id=RECOMMENDATION),
         "OptimizationQueryService.ListRebalanceEvents": query_pb.ListRebalanceEventsRequest(portfolio_id="corpus"),
         "OptimizationQueryService.GetLatestRotationDecision": query_pb.GetLatestRotationDecisionRequest(

@@ -307,6 +307,24 @@ def _cases() -> list[Case]:
             "configuration.lookback_periods",
         ),
         Case(
+            "upsert-configuration-recompute-debounce-negative",
+            OPT + "UpsertConfiguration",
+            _set(configuration, _field("configuration.recompute.debounce_seconds", -1.0)),
+            "configuration.recompute.debounce_seconds",
+        ),
+        Case(
+            "upsert-configuration-recompute-debounce-nan",
+            OPT + "UpsertConfiguration",
+            _set(configuration, _field("configuration.recompute.debounce_seconds", float("nan"))),
+            "configuration.recompute.debounce_seconds",
+        ),
+        Case(
+            "upsert-configuration-recompute-schedule-half-second",
+            OPT + "UpsertConfiguration",
+            _set(configuration, _field("configuration.recompute.schedule_interval_seconds", 0.5)),
+            "configuration.recompute.schedule_interval_seconds",
+        ),
+        Case(
             "optimize-lookback-past-int32",
             OPT + "Optimize",
             _set(lambda: with_market_data(optimize()), _field("market_data.lookback_periods", 2**32 - 1)),
@@ -778,6 +796,24 @@ def _cases() -> list[Case]:
             "list-backtests-token-garbage",
             QUERY + "ListBacktests",
             lambda: query_pb.ListBacktestsRequest(portfolio_id="corpus", page_token="!!garbage!!"),
+            "page_token",
+        ),
+        Case(
+            "list-recompute-jobs-portfolio-nul",
+            QUERY + "ListRecomputeJobs",
+            lambda: query_pb.ListRecomputeJobsRequest(portfolio_id=NUL),
+            "portfolio_id",
+        ),
+        Case(
+            "list-recompute-jobs-status-unknown",
+            QUERY + "ListRecomputeJobs",
+            lambda: query_pb.ListRecomputeJobsRequest(status=99),  # type: ignore[arg-type]
+            "status",
+        ),
+        Case(
+            "list-recompute-jobs-token-garbage",
+            QUERY + "ListRecomputeJobs",
+            lambda: query_pb.ListRecomputeJobsRequest(page_token="!!garbage!!"),
             "page_token",
         ),
         Case(

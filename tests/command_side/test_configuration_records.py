@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 
 from command_side import configuration as domain
+from command_side.configuration_messages import configuration_from_message, configuration_message
 from command_side.configuration_records import (
     BLACK_LITTERMAN,
     CONSTRAINTS,
     CONTENT_COLUMNS,
     MULTI_OBJECTIVE,
+    RECOMPUTE,
     RISK_PARAMETERS,
     ROBUST,
     SECTOR_LIMIT,
@@ -26,6 +28,8 @@ from command_side.configuration_records import (
     configuration_columns,
     configuration_content_from_columns,
     content_hash,
+    recompute_column,
+    recompute_from_column,
 )
 from command_side.records import SchemaError
 from stratopt.v1 import command_service_pb2 as cmd_pb
@@ -229,7 +233,31 @@ def test_every_stored_key_is_documented() -> None:
     """docs/storage_schema.md lists every key of the configuration objects in a table row of its own."""
     documented = set(re.findall(r"^\| `([a-z0-9_]+)` \|", DOCS.read_text(), flags=re.MULTILINE))
     for schema in (STRATEGY, CONSTRAINTS, WEIGHT_BOUNDS, SECTOR_LIMIT, RISK_PARAMETERS, ROBUST, MULTI_OBJECTIVE,
-                   BLACK_LITTERMAN, VIEW):  # fmt: skip
+                   BLACK_LITTERMAN, VIEW, RECOMPUTE):  # fmt: skip
         for field in schema.fields:
             assert field.key == field.key.lower() and field.key in documented, f"{schema.name}.{field.key}"
-    assert {"strategies", "inputs"} <= documented
+    assert {"strategies", "inputs", "policy"} <= documented
+
+
+def test_a_recompute_policy_is_content_only_when_set() -> None:
+    """Without a policy the hash is the one stored before migration 0019; with one it is a version of its own."""
+    config = full_domain_configuration()
+    assert config.recompute is None
+    assert recompute_column(config) == {"schema_version": 2, "policy": None}
+    assert recompute_from_column(recompute_column(config)) is None and recompute_from_column(None) is None
+    policy = domain.RecomputePolicy(on_market_data=True, debounce_seconds=2.5, schedule_interval_seconds=3600.0)
+    with_policy = replace(config, recompute=policy)
+    stored = json.loads(json.dumps(recompute_column(with_policy)))
+    assert stored == {
+        "schema_version": 2,
+        "policy": {"on_market_data": True, "debounce_seconds": 2.5, "schedule_interval_seconds": 3600.0},
+    }
+    assert recompute_from_column(stored) == policy
+    assert content_hash(with_policy) != content_hash(config)
+    assert content_hash(replace(config, recompute=domain.RecomputePolicy())) != content_hash(with_policy)
+    with pytest.raises(SchemaError):
+        recompute_from_column({"schema_version": 1, "policy": None})
+    # The message round trip keeps it (an unset debounce stays unset: the default 5 s).
+    message = configuration_message(replace(config, recompute=domain.RecomputePolicy(on_market_data=True)))
+    assert message.recompute.on_market_data and not message.recompute.HasField("debounce_seconds")
+    assert configuration_from_message(message).recompute == domain.RecomputePolicy(on_market_data=True)

@@ -359,6 +359,16 @@ def test_retention_env_on_the_command_side_only() -> None:
     assert defaults["STRATOPT_RETENTION_EVENTS_DAYS"] == "0" and defaults["STRATOPT_RETENTION_MARKET_DATA_DAYS"] == "0"
 
 
+def test_recompute_worker_env_on_the_command_side_only() -> None:
+    defaults = env(container(render(), "command"))
+    assert (defaults["STRATOPT_RECOMPUTE_TICK_S"], defaults["STRATOPT_RECOMPUTE_RETRY_S"]) == ("1", "30")
+    assert defaults["STRATOPT_RECOMPUTE_MAX_ATTEMPTS"] == "5"
+    objects = render({"recompute.tickSeconds": "0", "recompute.maxAttempts": "3"})
+    e = env(container(objects, "command"))
+    assert (e["STRATOPT_RECOMPUTE_TICK_S"], e["STRATOPT_RECOMPUTE_MAX_ATTEMPTS"]) == ("0", "3")
+    assert not [k for k in env(container(objects, "query")) if k.startswith("STRATOPT_RECOMPUTE")]
+
+
 def test_metrics_port_and_switch() -> None:
     objects = render({"metrics.port": "9464"})
     for side in ("command", "query"):

@@ -227,6 +227,12 @@ spec:
               value: {{ $root.Values.retention.backtestsDays | quote }}
             - name: STRATOPT_RETENTION_INTERVAL_S
               value: {{ $root.Values.retention.intervalSeconds | quote }}
+            - name: STRATOPT_RECOMPUTE_TICK_S
+              value: {{ $root.Values.recompute.tickSeconds | quote }}
+            - name: STRATOPT_RECOMPUTE_RETRY_S
+              value: {{ $root.Values.recompute.retrySeconds | quote }}
+            - name: STRATOPT_RECOMPUTE_MAX_ATTEMPTS
+              value: {{ $root.Values.recompute.maxAttempts | quote }}
             {{- end }}
             {{- if $root.Values.metrics.enabled }}
             - name: STRATOPT_METRICS_ADDRESS

@@ -288,6 +288,7 @@ class OptimizationConfiguration(_message.Message):
     MARKET_SYMBOL_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     BLACK_LITTERMAN_FIELD_NUMBER: _builtins.int
+    RECOMPUTE_FIELD_NUMBER: _builtins.int
     portfolio_id: _builtins.str
     """Portfolio identifier."""
     version: _builtins.int
@@ -326,6 +327,12 @@ class OptimizationConfiguration(_message.Message):
     def black_litterman(self) -> _types_pb2.BlackLittermanInputs:
         """Black-Litterman prior and views (method BLACK_LITTERMAN only)."""
 
+    @_builtins.property
+    def recompute(self) -> Global___RecomputePolicy:
+        """When the server re-runs this configuration by itself (README, "Recompute when data arrives"); unset = never
+        (only RunConfiguration runs it). An Optimize or RunConfiguration call keeps the stored policy.
+        """
+
     def __init__(
         self,
         *,
@@ -341,14 +348,51 @@ class OptimizationConfiguration(_message.Message):
         market_symbol: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         black_litterman: _types_pb2.BlackLittermanInputs | None = ...,
+        recompute: Global___RecomputePolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["black_litterman", b"black_litterman", "constraints", b"constraints", "created_at", b"created_at", "risk_parameters", b"risk_parameters"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["black_litterman", b"black_litterman", "constraints", b"constraints", "created_at", b"created_at", "recompute", b"recompute", "risk_parameters", b"risk_parameters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["black_litterman", b"black_litterman", "constraints", b"constraints", "created_at", b"created_at", "enabled", b"enabled", "lookback_periods", b"lookback_periods", "market_symbol", b"market_symbol", "method", b"method", "objective", b"objective", "portfolio_id", b"portfolio_id", "risk_parameters", b"risk_parameters", "strategies", b"strategies", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["black_litterman", b"black_litterman", "constraints", b"constraints", "created_at", b"created_at", "enabled", b"enabled", "lookback_periods", b"lookback_periods", "market_symbol", b"market_symbol", "method", b"method", "objective", b"objective", "portfolio_id", b"portfolio_id", "recompute", b"recompute", "risk_parameters", b"risk_parameters", "strategies", b"strategies", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OptimizationConfiguration: _TypeAlias = OptimizationConfiguration  # noqa: Y015
+
+@_typing.final
+class RecomputePolicy(_message.Message):
+    """When a configuration re-runs by itself: the recompute workers run it as RunConfiguration would, once per
+    (configuration, data version), and store the run with its portfolio_optimized event like any other.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ON_MARKET_DATA_FIELD_NUMBER: _builtins.int
+    DEBOUNCE_SECONDS_FIELD_NUMBER: _builtins.int
+    SCHEDULE_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    on_market_data: _builtins.bool
+    """Re-run when bars of one of its strategies (or of its market symbol) are ingested."""
+    debounce_seconds: _builtins.float
+    """Seconds after the last ingest before the re-run: bars streaming in for the portfolio coalesce into one run,
+    delayed at most ten times this after the first of them; unset = 5, 0 = at once, at most 86400.
+    """
+    schedule_interval_seconds: _builtins.float
+    """Seconds between scheduled re-runs (slots aligned on the Unix epoch); 0 = no schedule, else at least 1."""
+    def __init__(
+        self,
+        *,
+        on_market_data: _builtins.bool = ...,
+        debounce_seconds: _builtins.float | None = ...,
+        schedule_interval_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_debounce_seconds", b"_debounce_seconds", "debounce_seconds", b"debounce_seconds"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_debounce_seconds", b"_debounce_seconds", "debounce_seconds", b"debounce_seconds", "on_market_data", b"on_market_data", "schedule_interval_seconds", b"schedule_interval_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__debounce_seconds: _TypeAlias = _typing.Literal["debounce_seconds"]  # noqa: Y015
+    _WhichOneofArgType__debounce_seconds: _TypeAlias = _typing.Literal["_debounce_seconds", b"_debounce_seconds"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__debounce_seconds) -> _WhichOneofReturnType__debounce_seconds | None: ...
+
+Global___RecomputePolicy: _TypeAlias = RecomputePolicy  # noqa: Y015
 
 @_typing.final
 class UpsertConfigurationRequest(_message.Message):

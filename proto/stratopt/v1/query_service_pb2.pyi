@@ -113,6 +113,62 @@ backtest_id, timestamp). start and end bound the simulated close.
 """
 Global___ExportDataset: _TypeAlias = ExportDataset  # noqa: Y015
 
+class _RecomputeTrigger:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RecomputeTriggerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RecomputeTrigger.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RECOMPUTE_TRIGGER_UNSPECIFIED: _RecomputeTrigger.ValueType  # 0
+    """Not set."""
+    RECOMPUTE_TRIGGER_MARKET_DATA: _RecomputeTrigger.ValueType  # 1
+    """Bars of one of its symbols were ingested (data_version: the ingest's sequence number)."""
+    RECOMPUTE_TRIGGER_SCHEDULE: _RecomputeTrigger.ValueType  # 2
+    """Its schedule came due (data_version: the slot, Unix seconds / schedule_interval_seconds)."""
+
+class RecomputeTrigger(_RecomputeTrigger, metaclass=_RecomputeTriggerEnumTypeWrapper):
+    """What made a configuration re-run by itself."""
+
+RECOMPUTE_TRIGGER_UNSPECIFIED: RecomputeTrigger.ValueType  # 0
+"""Not set."""
+RECOMPUTE_TRIGGER_MARKET_DATA: RecomputeTrigger.ValueType  # 1
+"""Bars of one of its symbols were ingested (data_version: the ingest's sequence number)."""
+RECOMPUTE_TRIGGER_SCHEDULE: RecomputeTrigger.ValueType  # 2
+"""Its schedule came due (data_version: the slot, Unix seconds / schedule_interval_seconds)."""
+Global___RecomputeTrigger: _TypeAlias = RecomputeTrigger  # noqa: Y015
+
+class _RecomputeJobStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RecomputeJobStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RecomputeJobStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RECOMPUTE_JOB_STATUS_UNSPECIFIED: _RecomputeJobStatus.ValueType  # 0
+    """Not set; as a filter: every status."""
+    RECOMPUTE_JOB_STATUS_PENDING: _RecomputeJobStatus.ValueType  # 1
+    """Waiting for not_before (debounce, or the back-off before a retry)."""
+    RECOMPUTE_JOB_STATUS_RUNNING: _RecomputeJobStatus.ValueType  # 2
+    """Claimed by a replica (claimed_by) until lease_until; an expired lease is claimed again."""
+    RECOMPUTE_JOB_STATUS_DONE: _RecomputeJobStatus.ValueType  # 3
+    """Its run is stored (result_id)."""
+    RECOMPUTE_JOB_STATUS_DEAD: _RecomputeJobStatus.ValueType  # 4
+    """Dead letter: every attempt failed (last_error); nothing retries it."""
+
+class RecomputeJobStatus(_RecomputeJobStatus, metaclass=_RecomputeJobStatusEnumTypeWrapper):
+    """Where a recompute job stands."""
+
+RECOMPUTE_JOB_STATUS_UNSPECIFIED: RecomputeJobStatus.ValueType  # 0
+"""Not set; as a filter: every status."""
+RECOMPUTE_JOB_STATUS_PENDING: RecomputeJobStatus.ValueType  # 1
+"""Waiting for not_before (debounce, or the back-off before a retry)."""
+RECOMPUTE_JOB_STATUS_RUNNING: RecomputeJobStatus.ValueType  # 2
+"""Claimed by a replica (claimed_by) until lease_until; an expired lease is claimed again."""
+RECOMPUTE_JOB_STATUS_DONE: RecomputeJobStatus.ValueType  # 3
+"""Its run is stored (result_id)."""
+RECOMPUTE_JOB_STATUS_DEAD: RecomputeJobStatus.ValueType  # 4
+"""Dead letter: every attempt failed (last_error); nothing retries it."""
+Global___RecomputeJobStatus: _TypeAlias = RecomputeJobStatus  # noqa: Y015
+
 @_typing.final
 class GetLatestRequest(_message.Message):
     """Latest event of a portfolio."""
@@ -1600,3 +1656,143 @@ class GetSectorExposureResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetSectorExposureResponse: _TypeAlias = GetSectorExposureResponse  # noqa: Y015
+
+@_typing.final
+class RecomputeJob(_message.Message):
+    """One (configuration, data version) to re-run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    PORTFOLIO_ID_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    DATA_VERSION_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    NOT_BEFORE_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    CLAIMED_BY_FIELD_NUMBER: _builtins.int
+    LEASE_UNTIL_FIELD_NUMBER: _builtins.int
+    RESULT_ID_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """Job identifier (a UUID)."""
+    portfolio_id: _builtins.str
+    """Portfolio identifier."""
+    trigger: Global___RecomputeTrigger.ValueType
+    """What enqueued it."""
+    data_version: _builtins.int
+    """The data version it runs for: its run's idempotency key is recompute:<trigger>:<data_version>:<portfolio_id>."""
+    status: Global___RecomputeJobStatus.ValueType
+    """Where it stands."""
+    attempts: _builtins.int
+    """Attempts started so far."""
+    last_error: _builtins.str
+    """The error of the last failed attempt; empty when none failed."""
+    claimed_by: _builtins.str
+    """The replica that claimed it last; empty before the first claim."""
+    result_id: _builtins.str
+    """The stored run (DONE only)."""
+    @_builtins.property
+    def not_before(self) -> _timestamp_pb2.Timestamp:
+        """Not claimed before this time (debounce or retry back-off)."""
+
+    @_builtins.property
+    def lease_until(self) -> _timestamp_pb2.Timestamp:
+        """When its last claim lapses (RUNNING only)."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was enqueued."""
+
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When it last changed."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        portfolio_id: _builtins.str = ...,
+        trigger: Global___RecomputeTrigger.ValueType = ...,
+        data_version: _builtins.int = ...,
+        status: Global___RecomputeJobStatus.ValueType = ...,
+        attempts: _builtins.int = ...,
+        not_before: _timestamp_pb2.Timestamp | None = ...,
+        last_error: _builtins.str = ...,
+        claimed_by: _builtins.str = ...,
+        lease_until: _timestamp_pb2.Timestamp | None = ...,
+        result_id: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "lease_until", b"lease_until", "not_before", b"not_before", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "claimed_by", b"claimed_by", "created_at", b"created_at", "data_version", b"data_version", "job_id", b"job_id", "last_error", b"last_error", "lease_until", b"lease_until", "not_before", b"not_before", "portfolio_id", b"portfolio_id", "result_id", b"result_id", "status", b"status", "trigger", b"trigger", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecomputeJob: _TypeAlias = RecomputeJob  # noqa: Y015
+
+@_typing.final
+class ListRecomputeJobsRequest(_message.Message):
+    """List recompute jobs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTFOLIO_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    portfolio_id: _builtins.str
+    """Only this portfolio's jobs; empty = every portfolio."""
+    status: Global___RecomputeJobStatus.ValueType
+    """Only jobs in this status; unspecified = every status."""
+    page_size: _builtins.int
+    """Maximum items per page; 0 = 50, capped at 500."""
+    page_token: _builtins.str
+    """Token from a previous response; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        portfolio_id: _builtins.str = ...,
+        status: Global___RecomputeJobStatus.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "portfolio_id", b"portfolio_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRecomputeJobsRequest: _TypeAlias = ListRecomputeJobsRequest  # noqa: Y015
+
+@_typing.final
+class ListRecomputeJobsResponse(_message.Message):
+    """A page of recompute jobs, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecomputeJob]:
+        """The jobs."""
+
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___RecomputeJob] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRecomputeJobsResponse: _TypeAlias = ListRecomputeJobsResponse  # noqa: Y015

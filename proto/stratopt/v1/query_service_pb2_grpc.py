@@ -120,6 +120,11 @@ class OptimizationQueryServiceStub:
                 request_serializer=stratopt_dot_v1_dot_query__service__pb2.ListBacktestsRequest.SerializeToString,
                 response_deserializer=stratopt_dot_v1_dot_query__service__pb2.ListBacktestsResponse.FromString,
                 _registered_method=True)
+        self.ListRecomputeJobs = channel.unary_unary(
+                '/stratopt.v1.OptimizationQueryService/ListRecomputeJobs',
+                request_serializer=stratopt_dot_v1_dot_query__service__pb2.ListRecomputeJobsRequest.SerializeToString,
+                response_deserializer=stratopt_dot_v1_dot_query__service__pb2.ListRecomputeJobsResponse.FromString,
+                _registered_method=True)
 
 
 class OptimizationQueryServiceServicer:
@@ -266,6 +271,14 @@ class OptimizationQueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRecomputeJobs(self, request, context):
+        """The recompute queue (configurations re-run on new market data or a schedule): pending, running, done and
+        dead-lettered jobs, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizationQueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -353,6 +366,11 @@ def add_OptimizationQueryServiceServicer_to_server(servicer, server):
                     servicer.ListBacktests,
                     request_deserializer=stratopt_dot_v1_dot_query__service__pb2.ListBacktestsRequest.FromString,
                     response_serializer=stratopt_dot_v1_dot_query__service__pb2.ListBacktestsResponse.SerializeToString,
+            ),
+            'ListRecomputeJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRecomputeJobs,
+                    request_deserializer=stratopt_dot_v1_dot_query__service__pb2.ListRecomputeJobsRequest.FromString,
+                    response_serializer=stratopt_dot_v1_dot_query__service__pb2.ListRecomputeJobsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -815,6 +833,33 @@ class OptimizationQueryService:
             '/stratopt.v1.OptimizationQueryService/ListBacktests',
             stratopt_dot_v1_dot_query__service__pb2.ListBacktestsRequest.SerializeToString,
             stratopt_dot_v1_dot_query__service__pb2.ListBacktestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRecomputeJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stratopt.v1.OptimizationQueryService/ListRecomputeJobs',
+            stratopt_dot_v1_dot_query__service__pb2.ListRecomputeJobsRequest.SerializeToString,
+            stratopt_dot_v1_dot_query__service__pb2.ListRecomputeJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

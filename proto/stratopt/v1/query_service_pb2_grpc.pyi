@@ -97,6 +97,10 @@ class OptimizationQueryServiceStub:
     """
     ListBacktests: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.ListBacktestsRequest, _query_service_pb2.ListBacktestsResponse]
     """Stored backtests of a portfolio, newest first, with keyset pagination (summaries only)."""
+    ListRecomputeJobs: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.ListRecomputeJobsRequest, _query_service_pb2.ListRecomputeJobsResponse]
+    """The recompute queue (configurations re-run on new market data or a schedule): pending, running, done and
+    dead-lettered jobs, newest first.
+    """
 
 @_typing.type_check_only
 class OptimizationQueryServiceAsyncStub(OptimizationQueryServiceStub):
@@ -167,6 +171,10 @@ class OptimizationQueryServiceAsyncStub(OptimizationQueryServiceStub):
     """
     ListBacktests: _aio.UnaryUnaryMultiCallable[_query_service_pb2.ListBacktestsRequest, _query_service_pb2.ListBacktestsResponse]  # type: ignore[assignment]
     """Stored backtests of a portfolio, newest first, with keyset pagination (summaries only)."""
+    ListRecomputeJobs: _aio.UnaryUnaryMultiCallable[_query_service_pb2.ListRecomputeJobsRequest, _query_service_pb2.ListRecomputeJobsResponse]  # type: ignore[assignment]
+    """The recompute queue (configurations re-run on new market data or a schedule): pending, running, done and
+    dead-lettered jobs, newest first.
+    """
 
 class OptimizationQueryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Read-only queries over stored optimization events."""
@@ -336,5 +344,15 @@ class OptimizationQueryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_query_service_pb2.ListBacktestsResponse, _abc.Awaitable[_query_service_pb2.ListBacktestsResponse]]:
         """Stored backtests of a portfolio, newest first, with keyset pagination (summaries only)."""
+
+    @_abc_1.abstractmethod
+    def ListRecomputeJobs(
+        self,
+        request: _query_service_pb2.ListRecomputeJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_query_service_pb2.ListRecomputeJobsResponse, _abc.Awaitable[_query_service_pb2.ListRecomputeJobsResponse]]:
+        """The recompute queue (configurations re-run on new market data or a schedule): pending, running, done and
+        dead-lettered jobs, newest first.
+        """
 
 def add_OptimizationQueryServiceServicer_to_server(servicer: OptimizationQueryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

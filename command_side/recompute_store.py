@@ -1,0 +1,209 @@
+"""The recompute outbox over PostgreSQL (asyncpg): enqueue, claim, complete and fail recompute jobs.
+
+``recompute_jobs`` (migration ``0019_recompute``) holds one row per (portfolio, trigger, data version) to re-run:
+
+* **Market data.** ``command_side.repository.PostgresOptimizationStore.ingest_bars`` runs
+  :data:`ENQUEUE_MARKET_DATA_JOBS` in the ingest's own transaction (the outbox: the jobs commit with the bars or
+  not at all). Each ingest takes the next number of the ``market_data_versions`` sequence as its data version;
+  every enabled latest configuration with ``recompute.on_market_data`` holding an ingested symbol (a strategy or
+  its market symbol) gets a job due after its debounce. A portfolio has at most one job waiting for its first
+  attempt per trigger (a partial unique index): a further ingest moves that job to the new data version and
+  its ``not_before`` to now + debounce, never past ``not_after`` (first enqueue + 10 x debounce), so bars
+  streaming in make one run.
+* **Schedule.** :meth:`PostgresRecomputeStore.enqueue_scheduled` (each worker tick) inserts the current slot
+  ``floor(unix seconds / schedule_interval_seconds)`` of every enabled latest configuration with a schedule;
+  the unique key makes that once per slot across replicas.
+
+Workers claim due jobs with ``FOR UPDATE SKIP LOCKED`` in one short statement that marks them RUNNING with a
+lease (:meth:`PostgresRecomputeStore.claim`): replicas never wait for each other and never claim the same job
+while its lease holds; an expired lease (a crashed replica) is claimed again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any, Final
+
+import asyncpg
+
+from command_side.configuration import DEFAULT_DEBOUNCE_SECONDS
+from command_side.postgres_errors import postgres_errors
+
+__all__ = [
+    "ENQUEUE_MARKET_DATA_JOBS",
+    "ClaimedJob",
+    "PostgresRecomputeStore",
+    "job_request_id",
+]
+
+MAX_DEBOUNCE_FACTOR: Final = 10
+"""A debounced job runs at most this many debounces after its first enqueue, however long bars keep coming."""
+
+_LATEST = """NOT EXISTS (SELECT 1 FROM optimization_configurations n
+    WHERE n.portfolio_id = c.portfolio_id AND n.version > c.version)"""
+"""``c`` is its portfolio's latest configuration version."""
+
+ENQUEUE_MARKET_DATA_JOBS: Final = f"""
+WITH symbols AS (SELECT DISTINCT symbol FROM market_data_stage),
+subscribed AS (
+    SELECT c.portfolio_id,
+           coalesce((c.recompute #>> '{{policy,debounce_seconds}}')::float8, {DEFAULT_DEBOUNCE_SECONDS}) AS debounce
+    FROM optimization_configurations c
+    WHERE c.enabled AND (c.recompute #>> '{{policy,on_market_data}}')::boolean
+      AND {_LATEST}
+      AND (c.market_symbol IN (SELECT symbol FROM symbols)
+           OR EXISTS (SELECT 1 FROM jsonb_array_elements(c.strategies -> 'strategies') s
+                      WHERE s ->> 'symbol' IN (SELECT symbol FROM symbols)))
+),
+version AS (SELECT nextval('market_data_versions') AS data_version)
+INSERT INTO recompute_jobs (portfolio_id, trigger, data_version, not_before, not_after)
+SELECT s.portfolio_id, 'MARKET_DATA', v.data_version, clock_timestamp() + make_interval(secs => s.debounce),
+       clock_timestamp() + make_interval(secs => {MAX_DEBOUNCE_FACTOR} * s.debounce)
+FROM subscribed s CROSS JOIN version v
+ORDER BY s.portfolio_id
+ON CONFLICT (portfolio_id, trigger) WHERE status = 'PENDING' AND attempts = 0
+DO UPDATE SET data_version = EXCLUDED.data_version, not_before = LEAST(EXCLUDED.not_before, recompute_jobs.not_after),
+    updated_at = clock_timestamp()"""
+"""The outbox statement of an ingest transaction, after its bars are in ``market_data_stage`` (module docstring).
+Rows are written in portfolio order, so concurrent ingests lock shared jobs in one order (no deadlock)."""
+
+_ENQUEUE_SCHEDULED = f"""
+INSERT INTO recompute_jobs (portfolio_id, trigger, data_version, not_before, not_after)
+SELECT c.portfolio_id, 'SCHEDULE',
+       floor(extract(epoch FROM clock_timestamp()) / (c.recompute #>> '{{policy,schedule_interval_seconds}}')::float8),
+       clock_timestamp(), clock_timestamp()
+FROM optimization_configurations c
+WHERE c.enabled AND (c.recompute #>> '{{policy,schedule_interval_seconds}}')::float8 > 0 AND {_LATEST}
+ORDER BY c.portfolio_id
+ON CONFLICT DO NOTHING"""
+"""The current slot of every scheduled configuration; a slot already enqueued, or a job of an earlier slot still
+waiting for its first attempt, makes it a no-op."""
+
+_CLAIM = """
+UPDATE recompute_jobs j SET status = 'RUNNING', attempts = j.attempts + 1, claimed_by = $1,
+    lease_until = clock_timestamp() + make_interval(secs => $3), updated_at = clock_timestamp()
+WHERE j.job_id IN (
+    SELECT c.job_id FROM recompute_jobs c
+    WHERE ((c.status = 'PENDING' AND c.not_before <= clock_timestamp())
+           OR (c.status = 'RUNNING' AND c.lease_until < clock_timestamp()))
+      AND NOT EXISTS (SELECT 1 FROM recompute_jobs r WHERE r.portfolio_id = c.portfolio_id
+                      AND r.status = 'RUNNING' AND r.lease_until >= clock_timestamp())
+    ORDER BY c.not_before
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED)
+RETURNING j.job_id, j.portfolio_id, j.trigger, j.data_version, j.attempts"""
+"""Claim due jobs (pending past ``not_before``, or running with an expired lease) of portfolios without a live
+run: one statement, rows another replica is claiming are skipped rather than waited for."""
+
+_COMPLETE = """
+UPDATE recompute_jobs SET status = 'DONE', result_id = $3, lease_until = NULL, last_error = $4,
+    updated_at = clock_timestamp()
+WHERE job_id = $1 AND claimed_by = $2 AND status = 'RUNNING'"""
+
+_FAIL = """
+UPDATE recompute_jobs SET status = CASE WHEN attempts >= $3 THEN 'DEAD' ELSE 'PENDING' END,
+    not_before = clock_timestamp() + make_interval(secs => least($4 * 2 ^ (attempts - 1), $5)),
+    lease_until = NULL, last_error = $6, updated_at = clock_timestamp()
+WHERE job_id = $1 AND claimed_by = $2 AND status = 'RUNNING'
+RETURNING status"""
+"""Back to PENDING after ``retry_s * 2^(attempts - 1)`` (at most ``max_backoff_s``), or DEAD after the last
+attempt. A retried job has ``attempts > 0``, outside the one-waiting-job index, so new data still enqueues."""
+
+_PURGE = """
+DELETE FROM recompute_jobs WHERE job_id IN (
+    SELECT job_id FROM recompute_jobs
+    WHERE status = 'DONE' AND updated_at < clock_timestamp() - make_interval(secs => $1)
+    LIMIT 1000)"""
+
+MAX_ERROR_LENGTH: Final = 4000
+"""Most characters of ``last_error`` kept."""
+
+
+def job_request_id(trigger: str, data_version: int, portfolio_id: str) -> str:
+    """The idempotency key of a job's run: ``recompute:<trigger>:<data_version>:<portfolio_id>``.
+
+    The same job run twice (a lease that expired while its run was being stored) stores one run: the second
+    replays the first's answer.
+    """
+    return f"recompute:{trigger.lower()}:{data_version}:{portfolio_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A job a worker claimed (RUNNING under its lease)."""
+
+    job_id: uuid.UUID
+    """Job identifier."""
+    portfolio_id: str
+    """The portfolio whose latest configuration re-runs."""
+    trigger: str
+    """``MARKET_DATA`` or ``SCHEDULE``."""
+    data_version: int
+    """The ingest sequence number or the schedule slot."""
+    attempts: int
+    """Attempts started, this one included."""
+
+    @property
+    def request_id(self) -> str:
+        """The idempotency key of its run (:func:`job_request_id`)."""
+        return job_request_id(self.trigger, self.data_version, self.portfolio_id)
+
+
+class PostgresRecomputeStore:
+    """The recompute outbox (module docstring).
+
+    Parameters
+    ----------
+    pool : asyncpg.Pool
+        Connection pool to the migrated database.
+    """
+
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+        self._pool = pool
+
+    async def _execute(self, query: str, *args: Any) -> str:
+        async with postgres_errors(), self._pool.acquire() as conn:
+            return str(await conn.execute(query, *args))
+
+    async def enqueue_scheduled(self) -> int:
+        """Enqueue the current slot of every scheduled configuration; the jobs inserted."""
+        return int((await self._execute(_ENQUEUE_SCHEDULED)).split()[-1])
+
+    async def claim(self, worker_id: str, *, limit: int, lease_s: float) -> list[ClaimedJob]:
+        """Claim up to ``limit`` due jobs for ``worker_id``, leased for ``lease_s`` seconds."""
+        async with postgres_errors(), self._pool.acquire() as conn:
+            rows = await conn.fetch(_CLAIM, worker_id, limit, lease_s)
+        return [
+            ClaimedJob(r["job_id"], r["portfolio_id"], r["trigger"], int(r["data_version"]), int(r["attempts"]))
+            for r in rows
+        ]
+
+    async def complete(self, job: ClaimedJob, worker_id: str, result_id: uuid.UUID | None, note: str = "") -> bool:
+        """Mark a claimed job DONE with its run's ``result_id``; False when the claim was lost (lease expired)."""
+        status = await self._execute(_COMPLETE, job.job_id, worker_id, result_id, note[:MAX_ERROR_LENGTH])
+        return status.endswith(" 1")
+
+    async def fail(
+        self,
+        job: ClaimedJob,
+        worker_id: str,
+        error: str,
+        *,
+        max_attempts: int,
+        retry_s: float,
+        max_backoff_s: float,
+    ) -> str | None:
+        """Record a failed attempt: back to PENDING with back-off, or DEAD after ``max_attempts``.
+
+        Returns the job's new status, or None when the claim was lost.
+        """
+        async with postgres_errors(), self._pool.acquire() as conn:
+            status = await conn.fetchval(
+                _FAIL, job.job_id, worker_id, max_attempts, retry_s, max_backoff_s, error[:MAX_ERROR_LENGTH]
+            )
+        return None if status is None else str(status)
+
+    async def purge_done(self, older_than_s: float) -> int:
+        """Delete up to 1000 DONE jobs last changed more than ``older_than_s`` seconds ago; the rows deleted."""
+        return int((await self._execute(_PURGE, older_than_s)).split()[-1])
