@@ -22,7 +22,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import grpc
@@ -199,7 +199,7 @@ def run_demo(
             jwt_issuer=issuer.issuer,
             jwt_audience=issuer.audience,
         )
-        thread = ServerThread(StratoptServer(url, address="127.0.0.1:0", security=security))
+        thread = ServerThread(StratoptServer(url, address="127.0.0.1:0", security=security, recompute_tick_s=0.2))
         started = time.perf_counter()
         thread.start()
         console.print(
@@ -220,11 +220,19 @@ def run_demo(
                 as_principal("demo-risk-desk", "approve", "read") as risk_desk,
             ):
                 commands, queries = client.command_stub(ch), client.query_stub(ch)
-                for name in ("sp500_dataset.csv.gz", "sp500_index.csv.gz"):
-                    stored = client.ingest_csv(commands, DATA_DIR / name)
-                    console.print(
-                        f"[bold]ingested[/] {name}: {stored.rows_written} bars, {len(stored.symbols)} symbols"
-                    )
+                # The stocks' last day is held back: ingesting it later triggers a recompute.
+                stocks = client.read_wide_prices(DATA_DIR / "sp500_dataset.csv.gz")
+                last_day = cast(datetime, stocks["timestamp"].max())
+                held_back = stocks.filter(stocks["timestamp"] == last_day)
+                stored = commands.IngestMarketData(
+                    client.bar_messages(stocks.filter(stocks["timestamp"] < last_day)), timeout=600
+                )
+                console.print(
+                    f"[bold]ingested[/] sp500_dataset.csv.gz up to the day before {last_day:%Y-%m-%d}: "
+                    f"{stored.rows_written} bars, {len(stored.symbols)} symbols"
+                )
+                stored = client.ingest_csv(commands, DATA_DIR / "sp500_index.csv.gz", quiet=True)
+                console.print(f"[bold]ingested[/] sp500_index.csv.gz: {stored.rows_written} bars")
                 batch = commands.BatchOptimize(
                     cmd_pb.BatchOptimizeRequest(requests=rolling_requests(run_tag)), timeout=120
                 )
@@ -245,6 +253,7 @@ def run_demo(
                     console.print("[bold]infeasible request[/] answered with:\n" + client.describe_rpc_error(error))
 
                 _print_queries(console, queries)
+                _recompute_on_new_data(console, commands, queries, held_back)
                 _analysis(console, commands, queries, plots_dir)
                 _trading(console, client.trading_stub(trader), client.trading_stub(risk_desk), queries, responses[0])
                 _rotation_day(console, ch, trader, risk_desk, run_tag)
@@ -600,3 +609,61 @@ def _analysis(console: Console, commands: Any, queries: Any, plots_dir: Path) ->
         )
     )  # fmt: skip
     console.print("[bold]charts[/] " + ", ".join(str(path) for path in written))
+
+
+def _recompute_on_new_data(console: Console, commands: Any, queries: Any, held_back: Any) -> None:
+    """A configuration that re-runs on new market data: ingest the held-back day, see the run on a watch stream.
+
+    The configuration (min volatility, Ledoit-Wolf, the last 756 returns) re-runs on new bars of its symbols after a
+    0.5 s debounce (``RecomputePolicy``); the server's recompute worker claims the job the ingest enqueued.
+    """
+    config = cmd_pb.OptimizationConfiguration(
+        portfolio_id="sp500-live",
+        strategies=_strategies(),
+        objective=pb.OBJECTIVE_MIN_VOLATILITY,
+        risk_parameters=pb.RiskParameters(covariance_estimator=pb.COVARIANCE_ESTIMATOR_LEDOIT_WOLF),
+        lookback_periods=756,
+        enabled=True,
+        recompute=cmd_pb.RecomputePolicy(on_market_data=True, debounce_seconds=0.5),
+    )
+    commands.UpsertConfiguration(cmd_pb.UpsertConfigurationRequest(configuration=config), timeout=30)
+    before = commands.RunConfiguration(cmd_pb.RunConfigurationRequest(portfolio_id="sp500-live"), timeout=60).result
+    stream = queries.WatchEvents(query_pb.WatchEventsRequest(portfolio_ids=["sp500-live"]), timeout=60)
+    time.sleep(0.3)  # the stream subscribes first; the run comes after the debounce anyway
+    day = held_back["timestamp"].max()
+    started = time.perf_counter()
+    ingested = commands.IngestMarketData(client.bar_messages(held_back), timeout=60)
+    message = next(stream)
+    seen = time.perf_counter() - started
+    stream.cancel()
+    event = message.event
+    old, new = dict(before.optimal_weights), dict(event.weights)
+    turnover = 0.5 * sum(abs(new.get(s, 0.0) - old.get(s, 0.0)) for s in set(old) | set(new))
+    job = None
+    for _ in range(50):  # the job is marked DONE just after its run commits
+        newest = queries.ListRecomputeJobs(
+            query_pb.ListRecomputeJobsRequest(portfolio_id="sp500-live", page_size=1), timeout=30
+        ).jobs
+        job = newest[0] if newest else None
+        if job is not None and pb_status(job.status) in ("DONE", "DEAD"):
+            break
+        time.sleep(0.1)
+    window_before = before.optimization_metadata.window_end.ToDatetime()
+    window_after = event.metadata.window_end.ToDatetime()
+    console.print(
+        f"[bold]recompute on new data[/]: ingested {ingested.rows_written} bars of {day:%Y-%m-%d}; WatchEvents "
+        f"delivered the re-run of sp500-live {seen:.2f} s later: estimation window end {window_before:%Y-%m-%d} → "
+        f"{window_after:%Y-%m-%d}, volatility {100 * event.volatility:.2f}%, one-way turnover {100 * turnover:.2f}% "
+        "against the run before"
+        + (f"; recompute job {pb_status(job.status)} after {job.attempts} attempt(s)" if job is not None else "")
+        + (
+            " (the day was already stored by an earlier demo run on this database)"
+            if window_before == window_after
+            else ""
+        )
+    )
+
+
+def pb_status(value: int) -> str:
+    """``DONE`` for ``RECOMPUTE_JOB_STATUS_DONE`` (and so on)."""
+    return query_pb.RecomputeJobStatus.Name(value).removeprefix("RECOMPUTE_JOB_STATUS_")  # type: ignore[arg-type]
