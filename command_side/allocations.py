@@ -201,7 +201,8 @@ def normalised_problem(problem: AllocationRequest) -> AllocationRequest:
     """The allocation problem as stored with its cache entry.
 
     Targets and holdings sorted by symbol, momentum scores only for MOMENTUM_WEIGHTED, no time limit. Weights are
-    kept as given (the cache key hashes them divided by their sum).
+    kept as given (the cache key hashes them divided by their sum, with the sum; for PYPFOPT_GREEDY, whose ties
+    follow the request's order, the key hashes that order too).
     """
     momentum = problem.strategy is AllocationStrategy.MOMENTUM_WEIGHTED
     targets: list[AllocationTarget] = [
@@ -275,5 +276,8 @@ def allocation_of(problem: AllocationRequest, result: AllocationResult, cache_ke
             fallback_used=result.fallback_used,
             relaxation=result.relaxation.value,
             relaxation_detail=result.relaxation_detail,
+            weight_sum=result.weight_sum,
+            weights_renormalised=result.weights_renormalised,
+            lp_objective=result.lp_objective,
         ),
     )

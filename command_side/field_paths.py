@@ -148,7 +148,18 @@ ALLOCATION_FIELD_PATHS: Final[tuple[FieldPath, ...]] = (
     FieldPath("holdings[{k}].symbol", "holdings[{k}].symbol"),
     FieldPath("holdings[{k}].shares", "holdings[{k}].shares"),
     FieldPath("holdings[{k}].price", "holdings[{k}].price"),
-    *(FieldPath(name, name) for name in ("strategy", "extra_cash", "commission_per_trade", "fee_per_share")),
+    *(
+        FieldPath(name, name)
+        for name in (
+            "strategy",
+            "extra_cash",
+            "commission_per_trade",
+            "fee_per_share",
+            "deviation_mode",
+            "reinvest",
+            "short_ratio",
+        )
+    ),
 )
 """``AllocateSharesRequest``: the names of ``AllocationRequest`` (the engine's ``targets[i].symbol`` is the proto's)."""
 

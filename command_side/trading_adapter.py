@@ -51,6 +51,7 @@ from services.trading import (
     AllocationRequest,
     AllocationStrategy,
     AllocationTarget,
+    DeviationMode,
     Holding,
     ImpactModel,
     LotMethod,
@@ -68,10 +69,20 @@ STRATEGIES: Final[dict[trading_pb.AllocationStrategy.ValueType, AllocationStrate
     trading_pb.ALLOCATION_STRATEGY_MINIMIZE_LEFTOVER: AllocationStrategy.MINIMIZE_LEFTOVER,
     trading_pb.ALLOCATION_STRATEGY_MAXIMIZE_SHARES: AllocationStrategy.MAXIMIZE_SHARES,
     trading_pb.ALLOCATION_STRATEGY_MOMENTUM_WEIGHTED: AllocationStrategy.MOMENTUM_WEIGHTED,
+    trading_pb.ALLOCATION_STRATEGY_PYPFOPT_LP: AllocationStrategy.PYPFOPT_LP,
+    trading_pb.ALLOCATION_STRATEGY_PYPFOPT_GREEDY: AllocationStrategy.PYPFOPT_GREEDY,
 }
 """``stratopt.v1.AllocationStrategy`` → the engine's (unspecified = MINIMIZE_LEFTOVER)."""
 PROTO_STRATEGIES: Final = {strategy: value for value, strategy in STRATEGIES.items() if value}
 """The engine's allocation strategy → ``stratopt.v1.AllocationStrategy``."""
+DEVIATION_MODES: Final[dict[trading_pb.DeviationMode.ValueType, DeviationMode]] = {
+    trading_pb.DEVIATION_MODE_UNSPECIFIED: DeviationMode.RELATIVE,
+    trading_pb.DEVIATION_MODE_RELATIVE: DeviationMode.RELATIVE,
+    trading_pb.DEVIATION_MODE_ABSOLUTE: DeviationMode.ABSOLUTE,
+}
+"""``stratopt.v1.DeviationMode`` → the engine's (unspecified = RELATIVE)."""
+PROTO_DEVIATION_MODES: Final = {mode: value for value, mode in DEVIATION_MODES.items() if value}
+"""The engine's deviation mode → ``stratopt.v1.DeviationMode``."""
 
 
 def timestamp(value: datetime) -> Timestamp:
@@ -88,12 +99,13 @@ def allocate_shares_command(request: trading_pb.AllocateSharesRequest) -> Alloca
     """The command of an AllocateShares request (targets and holdings in the request's order).
 
     Unset ``allowed_deviation`` = 0.10, ``lot_size`` 0 = 1, unset ``momentum_score`` = None, unset
-    ``cache_ttl`` = None (the service's default), relaxation allowed, no time limit.
+    ``cache_ttl`` = None (the service's default), unset ``deviation_mode`` = RELATIVE, unset ``short_ratio`` =
+    None (PyPortfolioOpt's default), relaxation allowed, no time limit.
 
     Raises
     ------
     InvalidInputError
-        ``strategy`` (unknown), ``targets[i].symbol``, ``holdings[i].symbol`` (empty or duplicate),
+        ``strategy``, ``deviation_mode`` (unknown), ``targets[i].symbol``, ``holdings[i].symbol`` (empty or duplicate),
         ``holdings[i].shares`` (not a finite whole number in [0, 2^53]), ``holdings[i].price`` (unset) or
         ``cache_ttl`` (not a valid Duration, or negative); any string with a NUL character or over its length
         limit (``stratopt.request_limits``).
@@ -102,6 +114,9 @@ def allocate_shares_command(request: trading_pb.AllocateSharesRequest) -> Alloca
     strategy = STRATEGIES.get(request.strategy)
     if strategy is None:
         raise InvalidInputError.for_field("strategy", f"unknown AllocationStrategy value {request.strategy}")
+    deviation_mode = DEVIATION_MODES.get(request.deviation_mode)
+    if deviation_mode is None:
+        raise InvalidInputError.for_field("deviation_mode", f"unknown DeviationMode value {request.deviation_mode}")
     targets = []
     seen: dict[str, int] = {}
     for i, target in enumerate(request.targets):
@@ -143,6 +158,9 @@ def allocate_shares_command(request: trading_pb.AllocateSharesRequest) -> Alloca
             strategy=strategy,
             commission_per_trade=request.commission_per_trade,
             fee_per_share=request.fee_per_share,
+            deviation_mode=deviation_mode,
+            reinvest=request.reinvest,
+            short_ratio=request.short_ratio if request.HasField("short_ratio") else None,
         ),
         portfolio_id=request.portfolio_id,
         cache_ttl=_cache_ttl(request),
@@ -233,6 +251,9 @@ def allocation_metrics_message(metrics: AllocationMetrics) -> trading_pb.Allocat
         fallback_used=metrics.fallback_used,
         relaxation=metrics.relaxation,
         relaxation_detail=metrics.relaxation_detail,
+        weight_sum=metrics.weight_sum,
+        weights_renormalised=metrics.weights_renormalised,
+        lp_objective=metrics.lp_objective,
     )
 
 
@@ -279,6 +300,9 @@ def allocation_of_message(message: trading_pb.AllocateSharesResponse) -> Allocat
             fallback_used=metrics.fallback_used,
             relaxation=metrics.relaxation,
             relaxation_detail=metrics.relaxation_detail,
+            weight_sum=metrics.weight_sum,
+            weights_renormalised=metrics.weights_renormalised,
+            lp_objective=metrics.lp_objective,
         ),
         cached=message.cached,
         expires_at=message.expires_at.ToDatetime(tzinfo=UTC) if message.HasField("expires_at") else None,

@@ -108,6 +108,12 @@ class AllocationMetrics:
     """Relaxation applied to make the bands feasible: a ``services.trading.BandRelaxation`` value (NONE ...)."""
     relaxation_detail: str
     """The relaxation, in words."""
+    weight_sum: float = 0.0
+    """Σ of the request's target weights (within 1e-3 of 1; 0 in answers stored before it was recorded)."""
+    weights_renormalised: bool = False
+    """Whether the weights were divided by ``weight_sum`` (stratopt strategies; PYPFOPT ones keep them as given)."""
+    lp_objective: float = 0.0
+    """PyPortfolioOpt's ``lp_portfolio`` objective at the allocation: Σ|target value − final value| + unused ($)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -361,11 +361,17 @@ ALLOCATION_REQUEST = Schema(
         Field("holdings", "holdings", "records", "Current holdings (position objects).", record=POSITION),
         Field("targets", "targets", "records", "Targets (target position objects).", record=TARGET_POSITION),
         Field("extra_cash", "extra_cash", "number", "Cash to invest beyond the holdings ($)."),
-        Field("strategy", "strategy", "enum", "MINIMIZE_LEFTOVER, MAXIMIZE_SHARES, MOMENTUM_WEIGHTED or \"\".",
-              enum_prefix="ALLOCATION_STRATEGY_"),
+        Field("strategy", "strategy", "enum", "MINIMIZE_LEFTOVER, MAXIMIZE_SHARES, MOMENTUM_WEIGHTED, PYPFOPT_LP, "
+              "PYPFOPT_GREEDY or \"\".", enum_prefix="ALLOCATION_STRATEGY_"),
         Field("commission_per_trade", "commission_per_trade", "number", "Commission per trade ($)."),
         Field("fee_per_share", "fee_per_share", "number", "Fee per share ($)."),
         Field("cache_ttl", "cache_ttl", "duration", "Requested cache lifetime (seconds); null = none.", True),
+        Field("deviation_mode", "deviation_mode", "enum", "RELATIVE, ABSOLUTE (percentage points of the budget) or "
+              "\"\" (= RELATIVE; absent before: \"\").", enum_prefix="DEVIATION_MODE_"),
+        Field("reinvest", "reinvest", "boolean", "PYPFOPT strategies: short proceeds added to the longs' budget "
+              "(absent before: false)."),
+        Field("short_ratio", "short_ratio", "number", "PYPFOPT strategies: short book value / budget; null = the "
+              "negative weights' magnitudes summed (absent before: null).", True),
     ),
 )  # fmt: skip
 
@@ -424,6 +430,20 @@ ALLOCATION_METRICS = Schema(
             "Relaxation applied to make the bounds feasible (NONE when none was needed).",
         ),
         Field("relaxation_detail", "relaxation_detail", "text", "The relaxation, in words."),
+        Field("weight_sum", "weight_sum", "number", "Sum of the request's target weights (absent before: 0)."),
+        Field(
+            "weights_renormalised",
+            "weights_renormalised",
+            "boolean",
+            "Whether the weights were divided by weight_sum (absent before: false).",
+        ),
+        Field(
+            "lp_objective",
+            "lp_objective",
+            "number",
+            "PyPortfolioOpt's lp_portfolio objective at the allocation: sum of |target value - final value| plus "
+            "unused_budget ($; absent before: 0).",
+        ),
     ),
 )
 
@@ -492,7 +512,11 @@ def allocation_request_json(problem: AllocationRequest) -> JsonObject:
         strategy=trading_adapter.PROTO_STRATEGIES[problem.strategy],
         commission_per_trade=problem.commission_per_trade,
         fee_per_share=problem.fee_per_share,
+        deviation_mode=trading_adapter.PROTO_DEVIATION_MODES[problem.deviation_mode],
+        reinvest=problem.reinvest,
     )
+    if problem.short_ratio is not None:
+        message.short_ratio = problem.short_ratio
     for target in problem.targets:
         added = message.targets.add(
             symbol=target.symbol,

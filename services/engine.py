@@ -27,6 +27,7 @@ from services.estimation import (
     black_litterman_posterior,
     estimate_betas,
     estimate_moments,
+    hrp_returns_inputs,
     validate_moments,
 )
 from services.optimization import (
@@ -232,8 +233,13 @@ def run_optimization(job: OptimizationJob) -> OptimizationOutcome:
                 solve_path="JAX_NEWTON",
             )
         if spec.method is Method.HIERARCHICAL_RISK_PARITY:
+            hrp_covariance, hrp_correlation = hrp_returns_inputs(history, job.settings, moments.covariance)
             hrp = hierarchical_risk_parity(
-                moments.covariance, linkage=spec.linkage, lower_bounds=p.lower_bounds, upper_bounds=p.upper_bounds
+                hrp_covariance,
+                linkage=spec.linkage,
+                lower_bounds=p.lower_bounds,
+                upper_bounds=p.upper_bounds,
+                correlation=hrp_correlation,
             )
             return _closed_result(
                 hrp.weights,

@@ -587,6 +587,62 @@ def _cases() -> list[Case]:
             "cache_ttl",
         ),
         Case(
+            "allocate-deviation-mode-unknown",
+            TRADE + "AllocateShares",
+            _set(allocate, _field("deviation_mode", 7)),
+            "deviation_mode",
+        ),
+        Case(
+            "allocate-weights-sum-beyond-1e-3",
+            TRADE + "AllocateShares",
+            _set(allocate, lambda r: setattr(r.targets[0], "target_weight", 0.502)),
+            "targets",
+        ),
+        Case(
+            "allocate-short-ratio-without-pypfopt",
+            TRADE + "AllocateShares",
+            _set(allocate, _field("short_ratio", 0.3)),
+            "short_ratio",
+        ),
+        Case(
+            "allocate-reinvest-without-pypfopt",
+            TRADE + "AllocateShares",
+            _set(allocate, _field("reinvest", True)),
+            "reinvest",
+        ),
+        Case(
+            "allocate-pypfopt-short-ratio-negative",
+            TRADE + "AllocateShares",
+            _set(allocate, lambda r: (setattr(r, "strategy", 4), setattr(r, "short_ratio", -0.1))),
+            "short_ratio",
+        ),
+        Case(
+            "allocate-pypfopt-lot-size",
+            TRADE + "AllocateShares",
+            _set(allocate, lambda r: (setattr(r, "strategy", 5), setattr(r.targets[1], "lot_size", 10))),
+            "targets[1].lot_size",
+        ),
+        Case(
+            "allocate-pypfopt-fee",
+            TRADE + "AllocateShares",
+            _set(allocate, lambda r: (setattr(r, "strategy", 4), setattr(r, "fee_per_share", 0.01))),
+            "fee_per_share",
+        ),
+        Case(
+            "allocate-pypfopt-short-ratio-zero-with-shorts",
+            TRADE + "AllocateShares",
+            _set(
+                allocate,
+                lambda r: (
+                    setattr(r, "strategy", 4),
+                    setattr(r, "short_ratio", 0.0),
+                    setattr(r.targets[0], "target_weight", -0.5),
+                    setattr(r.targets[1], "target_weight", 1.5),
+                ),
+            ),
+            "short_ratio",
+        ),
+        Case(
             "allocate-cache-ttl-mixed-signs",
             TRADE + "AllocateShares",
             _set(allocate, _ts("cache_ttl", 5, -1)),

@@ -109,6 +109,95 @@ def pairwise_covariance(returns: FloatArray) -> FloatArray:
     return np.asarray((cov + cov.T) / 2.0, dtype=np.float64)
 
 
+def pairwise_correlation(returns: FloatArray) -> FloatArray:
+    """Pearson correlation over pairwise-complete observations, as ``pandas.DataFrame.corr()`` computes it.
+
+    Each ρ_ij uses only the periods where both i and j are observed, for the covariance *and* for both standard
+    deviations (so it is not ``pairwise_covariance`` scaled by the full-sample deviations: with gaps the two
+    differ). This is the correlation PyPortfolioOpt's ``HRPOpt(returns=...)`` clusters on
+    (``pypfopt.hierarchical_portfolio``, ``returns.corr()``).
+
+    Parameters
+    ----------
+    returns : ndarray of shape (T, N)
+        Returns with NaN for missing observations.
+
+    Returns
+    -------
+    ndarray of shape (N, N)
+        Symmetric, unit diagonal; NaN where a pair shares fewer than ``MIN_OBSERVATIONS`` periods or one of the
+        two is constant over the shared periods.
+    """
+    present = ~np.isnan(returns)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns are reported by the caller
+        centre = np.nanmean(returns, axis=0)
+    x = np.where(present, returns - np.nan_to_num(centre), 0.0)
+    m = present.astype(np.float64)
+    n = m.T @ m
+    sum_x = x.T @ m  # [i, j]: sum of x_i over the periods where both i and j are observed
+    sum_xx = (x * x).T @ m  # [i, j]: sum of x_i² over the same periods
+    sum_xy = x.T @ x
+    with np.errstate(invalid="ignore", divide="ignore"):
+        co = sum_xy - sum_x * sum_x.T / n
+        spread = sum_xx - sum_x * sum_x / n  # [i, j]: (n_ij − 1) var of i over the shared periods
+        correlation = co / np.sqrt(spread * spread.T)
+    correlation[n < MIN_OBSERVATIONS] = np.nan
+    correlation = (correlation + correlation.T) / 2.0
+    np.fill_diagonal(correlation, np.where(np.diag(n) >= MIN_OBSERVATIONS, 1.0, np.nan))
+    return np.asarray(correlation, dtype=np.float64)
+
+
+def hrp_returns_inputs(
+    history: ReturnHistory | None, settings: EstimationSettings, covariance: FloatArray
+) -> tuple[FloatArray, FloatArray | None]:
+    """Covariance and correlation HRP clusters and bisects with: PyPortfolioOpt's ``HRPOpt(returns)`` when it can.
+
+    Given a return history and the sample covariance estimator, HRP works as PyPortfolioOpt's
+    ``HRPOpt(returns=returns).optimize()``: it clusters on pandas' pairwise correlation ``returns.corr()``
+    (``pairwise_correlation``, unrounded) and bisects with the pairwise sample covariance ``returns.cov()``
+    (annualised, which does not change the weights, and not repaired to the nearest PSD matrix). On a history
+    with gaps this differs from the correlation of the pairwise covariance (by up to 0.19 on the bundled
+    1989-2018 prices). The returns are those the estimation used: rows with an observation, and only complete
+    rows under ``COMMON_WINDOW``. Otherwise (moments given, or a shrunk or exponential covariance) the
+    correlation of ``covariance`` as ``HRPOpt(cov_matrix=...)`` computes it (None here).
+
+    Parameters
+    ----------
+    history : ReturnHistory or None
+        The return history the moments were estimated from; None for moments input.
+    settings : EstimationSettings
+        The estimation settings used.
+    covariance : ndarray of shape (N, N)
+        The estimated (annualised) covariance.
+
+    Returns
+    -------
+    tuple of ndarray (N, N) and ndarray (N, N) or None
+        The covariance to bisect with and the correlation to cluster on (None: derive it from the covariance).
+
+    Raises
+    ------
+    InvalidInputError
+        ``returns[:, i]`` when a strategy is constant over the periods it shares with another (no correlation).
+    """
+    if history is None or settings.covariance_estimator is not CovarianceEstimator.SAMPLE:
+        return covariance, None
+    returns = history.returns[~np.all(np.isnan(history.returns), axis=1)]
+    complete = ~np.any(np.isnan(returns), axis=1)
+    if settings.missing_data_policy is MissingDataPolicy.COMMON_WINDOW:
+        returns = returns[complete]
+    correlation = pairwise_correlation(returns)
+    if np.isnan(correlation).any():
+        i, j = np.argwhere(np.isnan(correlation))[0]
+        raise InvalidInputError.for_field(
+            f"returns[:, {int(i)}]", f"has no correlation with returns[:, {int(j)}] over the periods they share"
+        )
+    if complete.all() or settings.missing_data_policy is MissingDataPolicy.COMMON_WINDOW:
+        return covariance, correlation  # the sample covariance of complete rows, as returns.cov()
+    return pairwise_covariance(returns) * settings.periods_per_year, correlation
+
+
 def estimate_betas(returns: FloatArray, market_returns: FloatArray) -> FloatArray:
     """OLS betas of each strategy against a market series: β_i = cov(r_i, r_m) / var(r_m).
 

@@ -13,7 +13,11 @@ Sample", The Journal of Portfolio Management 42(4), 2016, pp. 59-69):
 
 This reproduces PyPortfolioOpt's ``HRPOpt(cov_matrix=...).optimize(linkage_method)`` (1.6.0) step for step,
 including its rounding of the correlation to 6 decimals before the distance (so correlations that differ by
-less than 5e-7 are exact ties, broken the same way by the same linkage call). The bisection is vectorised over
+less than 5e-7 are exact ties, broken the same way by the same linkage call). Given a ``correlation`` as well,
+it reproduces ``HRPOpt(returns=...).optimize(linkage_method)`` instead: PyPortfolioOpt then clusters on pandas'
+pairwise correlation ``returns.corr()``, unrounded, and bisects with ``returns.cov()``; with gaps in the history
+(series listed later) that correlation is not the covariance's D⁻¹ΣD⁻¹, since each pair's deviations are taken
+over the periods the pair shares (``services.estimation.pairwise_correlation``). The bisection is vectorised over
 the levels of the bisection tree (at most ⌈log₂ N⌉ levels, each O(N) after one O(N²) prefix sum), where
 PyPortfolioOpt slices a DataFrame per cluster.
 
@@ -53,6 +57,7 @@ _SYMMETRY_BLOCK: Final = 128
 
 LINKAGE_FIELD: Final = "linkage"
 COVARIANCE_FIELD: Final = "covariance"
+CORRELATION_FIELD: Final = "correlation"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +119,7 @@ def hierarchical_risk_parity(
     linkage: str = "single",
     lower_bounds: FloatArray | None = None,
     upper_bounds: FloatArray | None = None,
+    correlation: FloatArray | None = None,
 ) -> HrpResult:
     """Hierarchical Risk Parity weights of a covariance (López de Prado, 2016).
 
@@ -136,6 +142,11 @@ def hierarchical_risk_parity(
         Minimum and maximum weight of each strategy (fractions); either alone leaves the other side at 0 / 1.
         HRP is long-only: a negative lower bound counts as 0 (also in the feasibility check), an upper bound
         above 1 never binds, and a negative upper bound is invalid.
+    correlation : ndarray of shape (N, N), optional
+        Correlation to cluster on, used as given (not rounded): PyPortfolioOpt's ``HRPOpt(returns=...)`` path,
+        which clusters on ``returns.corr()`` (pairwise-complete, ``services.estimation.pairwise_correlation``)
+        and bisects with ``returns.cov()`` (pass that as ``covariance``). None: the correlation of
+        ``covariance`` rounded to 6 decimals, as ``HRPOpt(cov_matrix=...)``.
 
     Returns
     -------
@@ -150,7 +161,7 @@ def hierarchical_risk_parity(
         variance, or gives a cluster a non-positive variance (not positive semidefinite); ``lower_bounds`` /
         ``upper_bounds`` for bounds of the wrong shape, ``lower_bounds[i]`` / ``upper_bounds[i]`` for a bound not
         finite, ``upper_bounds[i]`` for a negative upper bound, ``lower_bounds[i]`` for a lower bound above its
-        upper bound.
+        upper bound; ``correlation`` (``correlation[i, j]``) for a correlation of another shape, or not finite.
     InfeasibleError
         With a ``BOUNDS_SUM`` ``PreconditionViolation`` when the lower bounds sum above 1 or the upper bounds
         below 1 (beyond ``BOUNDS_TOLERANCE``).
@@ -178,7 +189,10 @@ def hierarchical_risk_parity(
     if n_assets == 1:
         order = np.zeros(1, dtype=np.int64)
     else:
-        distance = correlation_distance(covariance, workspace=workspace)
+        if correlation is None:
+            distance = correlation_distance(covariance, workspace=workspace)
+        else:
+            distance = given_correlation_distance(correlation, n_assets)
         linkage_matrix = sch.linkage(distance, method=linkage)
         order = sch.leaves_list(linkage_matrix).astype(np.int64, copy=False)
 
@@ -186,6 +200,29 @@ def hierarchical_risk_parity(
     weights = np.empty(n_assets)
     weights[order] = ordered_weights
     return HrpResult(weights=weights, cluster_order=order, solve_time_ms=(time.perf_counter() - started) * 1e3)
+
+
+def given_correlation_distance(correlation: FloatArray, n_assets: int) -> FloatArray:
+    """Condensed distance sqrt(clip((1 − ρ) / 2, 0, 1)) of a given correlation, unrounded (``HRPOpt(returns)``).
+
+    The same elementwise operations as PyPortfolioOpt's ``HRPOpt.optimize`` on ``returns.corr()``, then the upper
+    triangle row by row (``squareform(..., checks=False)``).
+
+    Raises
+    ------
+    InvalidInputError
+        ``correlation`` is not of shape (N, N); ``correlation[i, j]`` is not finite.
+    """
+    matrix = np.asarray(correlation, dtype=np.float64)
+    if matrix.shape != (n_assets, n_assets):
+        raise InvalidInputError.for_field(
+            CORRELATION_FIELD, f"has shape {matrix.shape}; expected ({n_assets}, {n_assets})"
+        )
+    if not np.isfinite(matrix).all():
+        i, j = np.argwhere(~np.isfinite(matrix))[0]
+        raise InvalidInputError.for_field(f"{CORRELATION_FIELD}[{i}, {j}]", "must be finite")
+    distance: FloatArray = squareform(np.sqrt(np.clip((1.0 - matrix) / 2.0, 0.0, 1.0)), checks=False)
+    return distance
 
 
 def _validate_covariance(covariance: FloatArray) -> FloatArray:

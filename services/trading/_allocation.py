@@ -13,10 +13,17 @@ x_i − c_i, c_i the shares held now) that invest the portfolio as well as the s
   share count changes) plus ``fee_per_share`` · |Δ_i|. Fees are paid from the budget: Σ p_i x_i + fees ≤ B
   (to max(1e-12 · B, $1e-6), the rounding of the sums). The fees of the forced sales of non-target holdings
   are fixed costs taken off the budget first.
-- Bands. The final value of each symbol stays within its band: p_i x_i ∈ [max(0, w_i B (1 − d_i)),
-  min(B, w_i B (1 + d_i))]: the allowed deviation d_i is *relative* to the target value w_i B (0.10: the
-  target ± 10 % of itself, so a 5 % target may end between 4.5 % and 5.5 % of B). Bands are met to a relative
-  1e-9 of the share count.
+- Bands. The final value of each symbol stays within its band. With ``DeviationMode.RELATIVE`` (the default)
+  p_i x_i ∈ [max(0, w_i B (1 − d_i)), min(B, w_i B (1 + d_i))]: the allowed deviation d_i is *relative* to the
+  target value w_i B (0.10: the target ± 10 % of itself, so a 5 % target may end between 4.5 % and 5.5 % of B).
+  With ``DeviationMode.ABSOLUTE`` p_i x_i ∈ [max(0, (w_i − d_i) B), min(B, (w_i + d_i) B)]: d_i is in
+  *percentage points of the portfolio*, as a fraction (0.02: a 5 % target may end between 3 % and 7 % of B).
+  Bands are met to a relative 1e-9 of the share count.
+- Weights. They must sum to 1 within ``WEIGHT_SUM_TOLERANCE`` (1e-3), so that PyPortfolioOpt's
+  ``clean_weights()`` output (rounded to 5 decimals, summing to e.g. 0.99998) is accepted. The stratopt
+  strategies *renormalise*: the weights are divided by their sum (``weight_sum`` and ``weights_renormalised`` of
+  the result say so and by how much). The PyPortfolioOpt strategies use them as given, as PyPortfolioOpt does,
+  so a sum below 1 leaves that part of the budget as cash.
 - Lots. Final share counts are multiples of the lot size: x_i = L_i k_i, k_i a non-negative integer. A held
   position that is not a multiple of its lot size is traded onto one.
 
@@ -33,10 +40,32 @@ Objectives (``AllocationStrategy``), each a maximisation of Σ v_i k_i over the 
   invested dollar is worth at least one uninvested dollar, so the budget is still spent; within the bands value
   tilts to the symbols with the strongest momentum (a dollar in the top symbol counts twice one in the bottom symbol).
 
+PyPortfolioOpt's own methods (``pypfopt.discrete_allocation.DiscreteAllocation``, 1.6), for users who migrate
+and must get exactly its answers. With B as ``total_portfolio_value``, the weights as given (negative = short),
+no bands, no lots (lot size 1), no fees (both must be 0), holdings valued and traded at their prices:
+
+- ``PYPFOPT_LP``: ``lp_portfolio``'s integer program, solved by HiGHS (``scipy.optimize.milp``) instead of
+  cvxpy: minimise Σ u_i + r over integers x ≥ 0 with u_i ≥ |w_i T − p_i x_i| and leftover r = T − Σ p_i x_i ≥ 0.
+- ``PYPFOPT_GREEDY``: ``greedy_portfolio``'s rounds exactly (weights sorted in descending order, ties in the
+  request's order; round one buys ⌊w_i T / p_i⌋; round two buys one share at a time of the symbol whose weight
+  of the invested value is furthest below its target, skipping up to 10 unaffordable ones, until the largest
+  deficit is ≤ 0 or nothing is affordable). Unlike :func:`greedy_allocation` it stops once every symbol is at or
+  above its weight of the *invested* value, so it may leave more cash.
+- Shorts (either method): with a negative weight the targets split into longs (w ≥ 0) and shorts (−w), each
+  divided by its own sum; the longs are allocated with T = B (plus the short proceeds B · short_ratio when
+  ``reinvest``), the shorts as a long-only book with T = B · short_ratio (``short_ratio`` None: the sum of the
+  negative weights' magnitudes; it must then be positive), and their final shares are negative. The leftover is
+  the sum of the two books' leftovers.
+
+The result's ``unused_budget`` is then PyPortfolioOpt's leftover, its ``lp_objective`` the value of
+``lp_portfolio``'s objective at the answer (Σ over the books of Σ|w_i T − p_i x_i| + r; reported for every
+strategy, with the bands' targets w_i B and the unused budget for the stratopt ones).
+
 Solution method
 ---------------
 1. Validation (``InvalidInputError`` naming the field, e.g. ``targets[2].price``) and normalisation: symbols
-   sorted, weights divided by their sum (which must be 1 within 1e-6).
+   sorted, weights divided by their sum (which must be 1 within 1e-3; the PyPortfolioOpt strategies keep them
+   as given and go their own way from here).
 2. Feasibility and relaxation, decided exactly in O(N) before any solve (the cheapest admissible share count of
    a symbol, fees included, is at one of its band ends or next to its current holding, since the cost is convex
    piecewise linear in k apart from the commission, which is zero only at k = c / L). In this order, stopping
@@ -108,8 +137,11 @@ DEFAULT_ALLOWED_DEVIATION: Final = 0.10
 """Allowed deviation of a target's value, relative to the target value (0.10: target ± 10 % of itself)."""
 DEFAULT_GAP_TOLERANCE: Final = 1e-5
 """Default absolute optimality tolerance of the MILP as a fraction of the budget (1e-5: $1 at $100,000)."""
-WEIGHT_SUM_TOLERANCE: Final = 1e-6
-"""Largest accepted |Σ w − 1| of the target weights."""
+WEIGHT_SUM_TOLERANCE: Final = 1e-3
+"""Largest accepted |Σ w − 1| of the target weights: PyPortfolioOpt's ``clean_weights()`` rounds to 5 decimals,
+so its weights may sum to 0.99998 (or, over many symbols, further from 1)."""
+PYPFOPT_GREEDY_SKIPS: Final = 10
+"""Unaffordable symbols ``greedy_portfolio`` skips in a row before it stops (its ``counter == 10``)."""
 DEVIATION_FLOOR: Final = 0.01
 """Smallest deviation a relaxation step widens to (a zero deviation becomes 1 %, then 2 %, ...)."""
 BAND_TOLERANCE: Final = 1e-9
@@ -133,6 +165,23 @@ class AllocationStrategy(StrEnum):
     MINIMIZE_LEFTOVER = "MINIMIZE_LEFTOVER"
     MAXIMIZE_SHARES = "MAXIMIZE_SHARES"
     MOMENTUM_WEIGHTED = "MOMENTUM_WEIGHTED"
+    PYPFOPT_LP = "PYPFOPT_LP"
+    """PyPortfolioOpt's ``DiscreteAllocation.lp_portfolio`` (minimise Σ|w_i B − p_i x_i| + leftover)."""
+    PYPFOPT_GREEDY = "PYPFOPT_GREEDY"
+    """PyPortfolioOpt's ``DiscreteAllocation.greedy_portfolio``, round for round."""
+
+
+PYPFOPT_STRATEGIES: Final = frozenset({AllocationStrategy.PYPFOPT_LP, AllocationStrategy.PYPFOPT_GREEDY})
+"""The strategies that reproduce PyPortfolioOpt (weights as given, shorts, no bands, lots or fees)."""
+
+
+class DeviationMode(StrEnum):
+    """What a target's ``allowed_deviation`` is measured against (see the module docstring's bands)."""
+
+    RELATIVE = "RELATIVE"
+    """Relative to the target value: band w B (1 ± d) (0.10: the target ± 10 % of itself)."""
+    ABSOLUTE = "ABSOLUTE"
+    """Percentage points of the portfolio, as a fraction: band (w ± d) B (0.02: ± 2 points of B)."""
 
 
 class BandRelaxation(StrEnum):
@@ -167,11 +216,14 @@ class AllocationTarget:
     symbol : str
         Unique among the targets.
     target_weight : float
-        Target fraction of the budget (≥ 0; the weights sum to 1 within 1e-6).
+        Target fraction of the budget (≥ 0, or any sign for the PyPortfolioOpt strategies, negative = short;
+        the weights sum to 1 within 1e-3).
     price : float
         Price per share (> 0), at which the symbol is valued and traded.
     allowed_deviation : float
-        Relative deviation of the final value from the target value w·B (≥ 0; 0.10: ± 10 % of the target value).
+        Allowed deviation of the final value (≥ 0): relative to the target value w·B (0.10: ± 10 % of it), or in
+        percentage points of B as a fraction with ``DeviationMode.ABSOLUTE``. Not used by the PyPortfolioOpt
+        strategies.
     lot_size : int
         Final share counts are multiples of it (≥ 1).
     momentum_score : float or None
@@ -212,6 +264,16 @@ class AllocationRequest:
         Absolute optimality tolerance of the MILP as a fraction of the budget (≥ 0; 0 asks for a proven optimum).
     allow_relaxation : bool
         Relax infeasible bands (see ``BandRelaxation``) instead of raising ``InfeasibleError``.
+    deviation_mode : DeviationMode
+        What ``allowed_deviation`` is measured against: ``RELATIVE`` to the target value (default) or
+        ``ABSOLUTE`` percentage points of the budget.
+    reinvest : bool
+        PyPortfolioOpt strategies with shorts: add the short proceeds B · short_ratio to the longs' budget
+        (``lp_portfolio(reinvest=True)``). Only with a PyPortfolioOpt strategy.
+    short_ratio : float or None
+        PyPortfolioOpt strategies with shorts: value of the short book as a fraction of B (≥ 0; 0.3 = 130/30);
+        None = the sum of the negative weights' magnitudes (``DiscreteAllocation(short_ratio=None)``). Only
+        with a PyPortfolioOpt strategy.
     """
 
     targets: Sequence[AllocationTarget]
@@ -223,6 +285,9 @@ class AllocationRequest:
     time_limit_s: float | None = None
     gap_tolerance: float = DEFAULT_GAP_TOLERANCE
     allow_relaxation: bool = True
+    deviation_mode: DeviationMode = DeviationMode.RELATIVE
+    reinvest: bool = False
+    short_ratio: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,13 +303,14 @@ class AllocationLine:
         Lot size applied (1 after ``LOT_SIZES_DROPPED``).
     current_shares, buy_shares, sell_shares, final_shares : int
         Shares held now, bought, sold and held after the trades (final = current + buy − sell; one of buy and
-        sell is 0).
+        sell is 0). ``final_shares`` is negative for a short of a PyPortfolioOpt strategy.
     trade_cost : float
         Fees of this symbol's trade ($): the commission when the share count changes plus the per-share fee.
     final_value : float
         price · final_shares ($).
     target_value : float
-        target_weight · budget ($).
+        target_weight · budget ($); for a PyPortfolioOpt strategy with shorts, the target of its book (w / Σ of
+        the book's weights · the book's value, negative for a short).
     target_weight, actual_weight : float
         Target and final value as fractions of the budget (not percent).
     weight_deviation : float
@@ -252,9 +318,10 @@ class AllocationLine:
     relative_deviation : float
         final_value / target_value − 1 (NaN for a zero target).
     allowed_deviation : float
-        Relative deviation of the band applied, after relaxation (inf for a full band [0, B]).
+        Deviation of the band applied, after relaxation, in the request's ``deviation_mode`` (inf for a full band
+        [0, B], and for the PyPortfolioOpt strategies).
     lower_value, upper_value : float
-        The band applied ($).
+        The band applied ($); for the PyPortfolioOpt strategies the book's range ([0, T], or [−T, 0] for a short).
     """
 
     symbol: str
@@ -319,7 +386,8 @@ class AllocationResult:
     budget_used : float
         invested_value + fees_total ($).
     unused_budget : float
-        budget − budget_used: cash left over ($, ≥ 0).
+        budget − budget_used: cash left over ($, ≥ 0); for the PyPortfolioOpt strategies its leftover (with
+        shorts, the sum of the long and short books' leftovers).
     unused_fraction, budget_used_fraction : float
         unused_budget / budget and budget_used / budget (fractions, summing to 1).
     solver_status : AllocationStatus
@@ -335,6 +403,14 @@ class AllocationResult:
         What was relaxed and why ("" when nothing was).
     solve_time_ms : float
         Wall time of the whole call, validation included (milliseconds).
+    weight_sum : float
+        Σ of the request's target weights (within 1e-3 of 1).
+    weights_renormalised : bool
+        Whether the weights were divided by ``weight_sum`` (the stratopt strategies, when it is not exactly 1); the
+        PyPortfolioOpt strategies use them as given (the shortfall is cash).
+    lp_objective : float
+        PyPortfolioOpt's ``lp_portfolio`` objective at this allocation ($): Σ|target_value − final_value| over the
+        lines plus ``unused_budget`` (what ``PYPFOPT_LP`` minimises).
     """
 
     lines: tuple[AllocationLine, ...]
@@ -354,6 +430,9 @@ class AllocationResult:
     relaxation: BandRelaxation
     relaxation_detail: str
     solve_time_ms: float
+    weight_sum: float = 1.0
+    weights_renormalised: bool = False
+    lp_objective: float = 0.0
 
     @property
     def sold_in_full_symbols(self) -> tuple[str, ...]:
@@ -387,6 +466,10 @@ class _Problem:
     strategy: AllocationStrategy
     gap_tolerance: float
     allow_relaxation: bool
+    weight_sum: float = 1.0
+    deviation_mode: DeviationMode = DeviationMode.RELATIVE
+    reinvest: bool = False
+    short_ratio: float = 0.0  # PyPortfolioOpt strategies: the short book's value / B (effective)
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,10 +527,13 @@ def allocate(request: AllocationRequest) -> AllocationResult:
     Raises
     ------
     InvalidInputError
-        Naming the field: ``targets`` (none given, weights not summing to 1), ``targets[i].symbol`` (empty or
-        duplicate), ``targets[i].target_weight`` (negative or not finite), ``targets[i].price`` (not finite and
-        positive), ``targets[i].allowed_deviation`` (negative or not finite), ``targets[i].lot_size`` (not a whole
-        number ≥ 1), ``targets[i].momentum_score`` (missing for ``MOMENTUM_WEIGHTED``, or not finite),
+        Naming the field: ``targets`` (none given, weights not summing to 1 within 1e-3), ``targets[i].symbol``
+        (empty or duplicate), ``targets[i].target_weight`` (not finite; negative but for a PyPortfolioOpt
+        strategy), ``targets[i].lot_size``, ``commission_per_trade``, ``fee_per_share`` (not 1 / 0 with a
+        PyPortfolioOpt strategy), ``short_ratio`` (negative or not finite, zero with shorts, or given with another
+        strategy), ``reinvest`` (with another strategy), ``deviation_mode`` (unknown), ``targets[i].price`` (not
+        finite and positive), ``targets[i].allowed_deviation`` (negative or not finite), ``targets[i].lot_size``
+        (not a whole number ≥ 1), ``targets[i].momentum_score`` (missing for ``MOMENTUM_WEIGHTED``, or not finite),
         ``holdings[i].symbol`` / ``.shares`` (not a whole number ≥ 0) / ``.price`` (not finite and positive, or not
         the target's price), ``extra_cash``, ``commission_per_trade``, ``fee_per_share`` (negative or not finite),
         ``strategy``, ``time_limit_s`` (NaN), ``gap_tolerance``; ``extra_cash`` also when the budget is zero.
@@ -461,6 +547,8 @@ def allocate(request: AllocationRequest) -> AllocationResult:
     started = time.perf_counter()
     problem = _validate(request)
     deadline = _deadline(request.time_limit_s, started)
+    if problem.strategy in PYPFOPT_STRATEGIES:
+        return _pypfopt_allocation(problem, deadline, started)
     bands = _relax(problem)
     costs = _costs(problem, bands)
     values = _objective(problem, bands)
@@ -521,7 +609,9 @@ def greedy_allocation(request: AllocationRequest, *, improve: bool = False) -> A
     """
     started = time.perf_counter()
     problem = _validate(request)
-    _deadline(request.time_limit_s, started)
+    deadline = _deadline(request.time_limit_s, started)
+    if problem.strategy in PYPFOPT_STRATEGIES:
+        return _pypfopt_allocation(problem, deadline, started)
     bands = _relax(problem)
     costs = _costs(problem, bands)
     lots = _greedy(problem, bands, costs)
@@ -535,9 +625,12 @@ def greedy_allocation(request: AllocationRequest, *, improve: bool = False) -> A
 def allocation_cache_key(request: AllocationRequest) -> str:
     """SHA-256 (hex) of the canonical JSON of the validated, normalised request: a cache key for its result.
 
-    Normalised: targets and holdings sorted by symbol, weights divided by their sum, holdings with zero shares
-    dropped, strategy as its name, momentum scores kept only for ``MOMENTUM_WEIGHTED``, floats as their shortest
-    round-trip ``repr`` (−0.0 as 0.0); ``time_limit_s`` is left out (it bounds the work, not the problem).
+    Normalised: targets and holdings sorted by symbol, weights divided by their sum (as given for the
+    PyPortfolioOpt strategies), holdings with zero shares dropped, strategy as its name, momentum scores kept only
+    for ``MOMENTUM_WEIGHTED``, floats as their shortest round-trip ``repr`` (−0.0 as 0.0); ``time_limit_s`` is
+    left out (it bounds the work, not the problem). ``weight_sum`` (when not exactly 1), ``deviation_mode`` (when
+    ``ABSOLUTE``) and, for the PyPortfolioOpt strategies, ``reinvest``, the effective ``short_ratio`` and the
+    request's order of the symbols (``greedy_portfolio`` breaks ties of equal weights by it) are added.
     Requests with equal keys get identical allocations from :func:`allocate` when it is not cut short by the
     time limit (lines are sorted by symbol, so the request's order does not matter).
 
@@ -585,6 +678,16 @@ def allocation_cache_key(request: AllocationRequest) -> str:
         "gap_tolerance": number(problem.gap_tolerance),
         "allow_relaxation": problem.allow_relaxation,
     }
+    # Keys added with the PyPortfolioOpt strategies and the absolute mode, only when they matter: the keys of
+    # earlier requests are unchanged.
+    if problem.weight_sum != 1.0:
+        canonical["weight_sum"] = number(problem.weight_sum)
+    if problem.deviation_mode is not DeviationMode.RELATIVE:
+        canonical["deviation_mode"] = problem.deviation_mode.value
+    if problem.strategy in PYPFOPT_STRATEGIES:
+        canonical["reinvest"] = problem.reinvest
+        canonical["short_ratio"] = number(problem.short_ratio)
+        canonical["order"] = [problem.symbols[i] for i in np.argsort(problem.request_index)]  # greedy's ties
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -663,6 +766,14 @@ def _validate(request: AllocationRequest) -> _Problem:
         raise InvalidInputError.for_field(
             "strategy", f"unknown strategy {request.strategy!r}; expected one of {', '.join(AllocationStrategy)}"
         ) from None
+    try:
+        deviation_mode = DeviationMode(request.deviation_mode)
+    except ValueError:
+        raise InvalidInputError.for_field(
+            "deviation_mode",
+            f"unknown deviation mode {request.deviation_mode!r}; expected one of {', '.join(DeviationMode)}",
+        ) from None
+    pypfopt = strategy in PYPFOPT_STRATEGIES
     targets = list(request.targets)
     if not targets:
         raise InvalidInputError.for_field("targets", "at least one target is required")
@@ -677,10 +788,19 @@ def _validate(request: AllocationRequest) -> _Problem:
                 f"{field}.symbol", f"duplicates targets[{target_position[symbol]}].symbol"
             )
         target_position[symbol] = i
-        weight = _non_negative(target.target_weight, f"{field}.target_weight")
+        weight_field = f"{field}.target_weight"
+        weight = (
+            _bounded(target.target_weight, weight_field)
+            if pypfopt
+            else _non_negative(target.target_weight, weight_field)
+        )
         price = _positive(target.price, f"{field}.price")
         deviation = _non_negative(target.allowed_deviation, f"{field}.allowed_deviation")
         lot = _whole(target.lot_size, f"{field}.lot_size", 1)
+        if pypfopt and lot != 1:
+            raise InvalidInputError.for_field(
+                f"{field}.lot_size", f"must be 1 with {strategy.value}: PyPortfolioOpt trades single shares"
+            )
         score = 0.0
         if target.momentum_score is not None:
             score = _finite(target.momentum_score, f"{field}.momentum_score")
@@ -692,6 +812,7 @@ def _validate(request: AllocationRequest) -> _Problem:
         raise InvalidInputError.for_field(
             "targets", f"target weights sum to {weight_sum:.9g}; expected 1 (within {WEIGHT_SUM_TOLERANCE:g})"
         )
+    short_ratio = _short_ratio(request, strategy, [row[1] for row in target_rows])
 
     current = dict.fromkeys(target_position, 0)
     holding_position: dict[str, int] = {}
@@ -724,6 +845,9 @@ def _validate(request: AllocationRequest) -> _Problem:
     extra_cash = _non_negative(request.extra_cash, "extra_cash")
     commission = _non_negative(request.commission_per_trade, "commission_per_trade")
     fee_per_share = _non_negative(request.fee_per_share, "fee_per_share")
+    for name, fee in (("commission_per_trade", commission), ("fee_per_share", fee_per_share)):
+        if pypfopt and fee != 0.0:
+            raise InvalidInputError.for_field(name, f"must be 0 with {strategy.value}: PyPortfolioOpt has no fees")
     gap_tolerance = _non_negative(request.gap_tolerance, "gap_tolerance")
     if request.time_limit_s is not None and math.isnan(_real(request.time_limit_s, "time_limit_s")):
         raise InvalidInputError.for_field("time_limit_s", "must not be NaN")
@@ -741,7 +865,8 @@ def _validate(request: AllocationRequest) -> _Problem:
     order = sorted(range(len(target_rows)), key=lambda i: target_rows[i][0])
     rows = [target_rows[i] for i in order]
     weights = np.array([row[1] for row in rows], dtype=np.float64)
-    weights /= weights.sum()
+    if not pypfopt:
+        weights /= weights.sum()
     return _Problem(
         symbols=tuple(row[0] for row in rows),
         request_index=np.array(order, dtype=np.int64),
@@ -760,7 +885,33 @@ def _validate(request: AllocationRequest) -> _Problem:
         strategy=strategy,
         gap_tolerance=gap_tolerance,
         allow_relaxation=bool(request.allow_relaxation),
+        weight_sum=weight_sum,
+        deviation_mode=deviation_mode,
+        reinvest=bool(request.reinvest),
+        short_ratio=short_ratio,
     )
+
+
+def _short_ratio(request: AllocationRequest, strategy: AllocationStrategy, weights: list[float]) -> float:
+    """The effective short ratio of a PyPortfolioOpt strategy (0.0 for the others); see ``AllocationRequest``.
+
+    None means PyPortfolioOpt's default, ``sum(-w for w in weights if w < 0)`` (summed in the request's order).
+    """
+    if strategy not in PYPFOPT_STRATEGIES:
+        if request.short_ratio is not None:
+            raise InvalidInputError.for_field("short_ratio", "applies only to PYPFOPT_LP and PYPFOPT_GREEDY")
+        if request.reinvest:
+            raise InvalidInputError.for_field("reinvest", "applies only to PYPFOPT_LP and PYPFOPT_GREEDY")
+        return 0.0
+    if request.short_ratio is None:
+        ratio = float(sum(-w for w in weights if w < 0))
+    else:
+        ratio = _non_negative(request.short_ratio, "short_ratio")
+    if ratio <= 0.0 and any(w < 0 for w in weights):
+        raise InvalidInputError.for_field(
+            "short_ratio", "must be positive when a target weight is negative (PyPortfolioOpt raises too)"
+        )
+    return ratio
 
 
 def _real(value: object, field: str) -> float:
@@ -790,6 +941,9 @@ def _band_counts(
     if full:
         lower = np.zeros_like(target_value)
         upper = np.full_like(target_value, budget)
+    elif problem.deviation_mode is DeviationMode.ABSOLUTE:
+        lower = np.maximum((problem.weights - deviations) * budget, 0.0)
+        upper = np.minimum((problem.weights + deviations) * budget, budget)
     else:
         lower = np.maximum(target_value * (1.0 - deviations), 0.0)
         upper = np.minimum(target_value * (1.0 + deviations), budget)
@@ -1218,6 +1372,7 @@ def _result(
     invested = math.fsum(value)
     fees_total = math.fsum([*fees, problem.forced_fees])
     unused = max(budget - invested - fees_total, 0.0)  # ≥ −max(1e-12·B, 1e-6) by the checks: rounding
+    lp_objective = math.fsum([*np.abs(target_value - value), unused])
     return AllocationResult(
         lines=tuple(lines),
         sold_in_full=problem.sold,
@@ -1236,4 +1391,249 @@ def _result(
         relaxation=bands.relaxation,
         relaxation_detail=bands.detail,
         solve_time_ms=(time.perf_counter() - started) * 1e3,
+        weight_sum=problem.weight_sum,
+        weights_renormalised=problem.weight_sum != 1.0,
+        lp_objective=lp_objective,
+    )
+
+
+# --- PyPortfolioOpt's methods -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Book:
+    """One of PyPortfolioOpt's long-only sub-allocations: sorted-symbol indices, weights, value T, sign."""
+
+    indices: list[int]
+    weights: list[float]
+    total: float
+    sign: int  # +1 long, −1 short (its shares are negated)
+
+
+def _pypfopt_books(problem: _Problem, *, sort_descending: bool) -> list[_Book]:
+    """PyPortfolioOpt's split of the weights into a long and a short book (one book when none is negative).
+
+    In the request's order, sorted by descending weight first for ``greedy_portfolio`` (a stable sort, as its
+    ``self.weights.sort``); each book's weights divided by their sum, summed in that order as PyPortfolioOpt does.
+    """
+    order = [int(i) for i in np.argsort(problem.request_index)]  # sorted indices, in the request's order
+    pairs = [(i, float(problem.weights[i])) for i in order]
+    if sort_descending:
+        pairs.sort(key=lambda pair: pair[1], reverse=True)
+    if not any(w < 0 for _, w in pairs):
+        return [_Book([i for i, _ in pairs], [w for _, w in pairs], problem.budget, 1)]
+    longs = [(i, w) for i, w in pairs if w >= 0]
+    shorts = [(i, -w) for i, w in pairs if w < 0]
+    long_total = sum(w for _, w in longs)
+    short_total = sum(w for _, w in shorts)
+    short_value = problem.budget * problem.short_ratio
+    long_value = problem.budget + (short_value if problem.reinvest else 0.0)
+    return [
+        _Book([i for i, _ in longs], [w / long_total for _, w in longs], long_value, 1),
+        _Book([i for i, _ in shorts], [w / short_total for _, w in shorts], short_value, -1),
+    ]
+
+
+def _pypfopt_greedy_book(weights: list[float], prices: list[float], total: float) -> tuple[list[int], float]:
+    """``DiscreteAllocation.greedy_portfolio`` on a long-only book, step for step: shares (book order), leftover.
+
+    The same floating-point operations in the same order as PyPortfolioOpt 1.6 (including its NaN weights when
+    round one buys nothing), so the shares are identical.
+    """
+    order = sorted(range(len(weights)), key=lambda k: weights[k], reverse=True)
+    ordered_weights = [weights[k] for k in order]
+    ordered_prices = np.array([prices[k] for k in order], dtype=np.float64)
+    available = total
+    bought: list[int] = []
+    for weight, price in zip(ordered_weights, ordered_prices, strict=True):
+        shares = int(weight * total / price)  # round one: the floor of each target, never over budget
+        available -= shares * price
+        bought.append(shares)
+    ideal = np.array(ordered_weights)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        while available > 0:  # round two: one share at a time of the largest deficit that is affordable
+            current = ordered_prices * np.array(bought)
+            current /= current.sum()
+            deficit = ideal - current
+            index = int(np.argmax(deficit))
+            price = ordered_prices[index]
+            skipped = 0
+            while price > available:
+                deficit[index] = 0
+                index = int(np.argmax(deficit))
+                if deficit[index] < 0 or skipped == PYPFOPT_GREEDY_SKIPS:
+                    break
+                price = ordered_prices[index]
+                skipped += 1
+            if deficit[index] <= 0 or skipped == PYPFOPT_GREEDY_SKIPS:
+                break
+            bought[index] += 1
+            available -= price
+    shares_by_book = [0] * len(weights)
+    for position, k in enumerate(order):
+        shares_by_book[k] = bought[position]
+    return shares_by_book, float(available)
+
+
+def _pypfopt_lp_book(
+    weights: list[float], prices: list[float], total: float, gap_tolerance: float, time_limit_s: float
+) -> tuple[list[int] | None, AllocationStatus, str]:
+    """``DiscreteAllocation.lp_portfolio`` on a long-only book with HiGHS: shares (None: no solution), status.
+
+    Variables x (integers, 0 ≤ x_i ≤ ⌊T / p_i⌋) and u; minimise Σ u − Σ p x (+ T, the leftover's constant) subject
+    to u_i + p_i x_i ≥ w_i T, u_i − p_i x_i ≥ −w_i T and Σ p x ≤ T. The absolute optimality gap is at most
+    ``gap_tolerance`` · T dollars.
+    """
+    n = len(weights)
+    p = np.array(prices, dtype=np.float64)
+    target = np.array(weights, dtype=np.float64) * total
+    objective = np.concatenate([-p, np.ones(n)])
+    eye = sparse.identity(n, format="csr")
+    rows = sparse.vstack(
+        [
+            sparse.hstack([sparse.diags(p), eye]),
+            sparse.hstack([sparse.diags(-p), eye]),
+            sparse.hstack([sparse.csr_matrix(p[None, :]), sparse.csr_matrix((1, n))]),
+        ]
+    ).tocsr()
+    lower = np.concatenate([target, -target, [-np.inf]])
+    upper = np.concatenate([np.full(2 * n, np.inf), [total]])
+    most = np.floor(total / p * (1.0 + BAND_TOLERANCE))
+    options: dict[str, float | bool] = {"mip_rel_gap": gap_tolerance, "presolve": True}
+    if math.isfinite(time_limit_s):
+        options["time_limit"] = time_limit_s
+    try:
+        solution = milp(
+            objective,
+            integrality=np.concatenate([np.ones(n), np.zeros(n)]),
+            bounds=Bounds(np.zeros(2 * n), np.concatenate([most, np.full(n, np.inf)])),
+            constraints=[LinearConstraint(rows, lower, upper)],
+            options=options,
+        )
+    except (ValueError, RuntimeError) as exc:  # pragma: no cover - HiGHS raising is a solver failure
+        return None, AllocationStatus.GREEDY, f"HiGHS failed ({exc})"
+    message = str(solution.message)
+    if solution.x is None:
+        return None, AllocationStatus.GREEDY, f"MILP: no solution ({message})"
+    shares = np.rint(solution.x[:n]).astype(np.int64)
+    if float(p @ shares) > total + _money_slack(total) or np.any(shares < 0):
+        return None, AllocationStatus.GREEDY, f"MILP answer failed the exact check ({message})"
+    status = AllocationStatus.OPTIMAL if solution.status == 0 else AllocationStatus.TIME_LIMIT
+    return [int(v) for v in shares], status, message
+
+
+def _pypfopt_allocation(problem: _Problem, deadline: float | None, started: float) -> AllocationResult:
+    """``PYPFOPT_LP`` / ``PYPFOPT_GREEDY``: PyPortfolioOpt's ``DiscreteAllocation`` methods (module docstring)."""
+    lp = problem.strategy is AllocationStrategy.PYPFOPT_LP
+    books = _pypfopt_books(problem, sort_descending=not lp)
+    n = len(problem.symbols)
+    final = np.zeros(n, dtype=np.int64)
+    target_value = np.zeros(n)
+    lower, upper = np.zeros(n), np.zeros(n)
+    leftovers: list[float] = []
+    statuses: list[AllocationStatus] = []
+    messages: list[str] = []
+    fallback = False
+    for book in books:
+        prices = [float(problem.prices[i]) for i in book.indices]
+        shares: list[int] | None = None
+        status, message = AllocationStatus.GREEDY, "greedy_portfolio"
+        if lp:
+            remaining = math.inf if deadline is None else deadline - time.perf_counter()
+            if remaining > 0.0:
+                shares, status, message = _pypfopt_lp_book(
+                    book.weights, prices, book.total, problem.gap_tolerance, remaining
+                )
+            else:
+                message = "time limit reached before the MILP"
+            if shares is None:
+                fallback = True
+                message = f"{message}; greedy_portfolio's answer"
+        if shares is None:
+            shares, leftover = _pypfopt_greedy_book(book.weights, prices, book.total)  # its own running sum
+            status = AllocationStatus.GREEDY
+        else:
+            leftover = book.total - math.fsum(p * x for p, x in zip(prices, shares, strict=True))
+        leftovers.append(leftover)
+        statuses.append(status)
+        messages.append(message)
+        for i, weight, count in zip(book.indices, book.weights, shares, strict=True):
+            final[i] = book.sign * count
+            target_value[i] = book.sign * weight * book.total
+            lower[i], upper[i] = (0.0, book.total) if book.sign > 0 else (-book.total, 0.0)
+    worst = next(
+        s for s in (AllocationStatus.GREEDY, AllocationStatus.TIME_LIMIT, AllocationStatus.OPTIMAL) if s in statuses
+    )
+    if not lp:
+        worst = AllocationStatus.GREEDY
+    solver = "HiGHS" if lp and not fallback else "greedy"
+    label = ["long book: ", "short book: "] if len(books) == 2 else [""]
+    message = "; ".join(f"{prefix}{text}" for prefix, text in zip(label, messages, strict=True))
+    return _pypfopt_result(
+        problem, final, target_value, lower, upper, math.fsum(leftovers), worst, solver, message, fallback, started
+    )
+
+
+def _pypfopt_result(
+    problem: _Problem,
+    final: IntArray,
+    target_value: FloatArray,
+    lower: FloatArray,
+    upper: FloatArray,
+    leftover: float,
+    status: AllocationStatus,
+    solver: str,
+    message: str,
+    fallback_used: bool,
+    started: float,
+) -> AllocationResult:
+    """The result of a PyPortfolioOpt strategy: no fees or bands; the unused budget is its leftover."""
+    budget = problem.budget
+    traded = final - problem.current
+    value = problem.prices * final
+    with np.errstate(divide="ignore", invalid="ignore"):
+        relative = np.where(target_value != 0.0, value / target_value - 1.0, math.nan)
+    lines = [
+        AllocationLine(
+            symbol=problem.symbols[i],
+            price=float(problem.prices[i]),
+            lot_size=1,
+            current_shares=int(problem.current[i]),
+            buy_shares=int(max(traded[i], 0)),
+            sell_shares=int(max(-traded[i], 0)),
+            final_shares=int(final[i]),
+            trade_cost=0.0,
+            final_value=float(value[i]),
+            target_value=float(target_value[i]),
+            target_weight=float(problem.weights[i]),
+            actual_weight=float(value[i] / budget),
+            weight_deviation=float(value[i] / budget - problem.weights[i]),
+            relative_deviation=float(relative[i]),
+            allowed_deviation=math.inf,
+            lower_value=float(lower[i]),
+            upper_value=float(upper[i]),
+        )
+        for i in range(len(problem.symbols))
+    ]
+    return AllocationResult(
+        lines=tuple(lines),
+        sold_in_full=problem.sold,
+        strategy=problem.strategy,
+        budget=budget,
+        invested_value=math.fsum(value),
+        fees_total=0.0,
+        budget_used=budget - leftover,
+        unused_budget=leftover,
+        unused_fraction=leftover / budget,
+        budget_used_fraction=(budget - leftover) / budget,
+        solver_status=status,
+        solver=solver,
+        solver_message=message,
+        fallback_used=fallback_used,
+        relaxation=BandRelaxation.NONE,
+        relaxation_detail="",
+        solve_time_ms=(time.perf_counter() - started) * 1e3,
+        weight_sum=problem.weight_sum,
+        weights_renormalised=False,
+        lp_objective=math.fsum([*np.abs(target_value - value), leftover]),
     )

@@ -152,9 +152,10 @@ ENGINE_SOURCES = [
 _LITERAL_PATHS = re.compile(
     r"(?:for_field\(\s*|PreconditionViolation\(\s*\"[A-Z_]+\",\s*|_FIELD: Final = |Relaxation\(\s*)f?\"([^\"]+)\""
 )
-_ENGINE_ONLY = {"max_risk", "risk_measure", "tolerance", "max_iterations", "n_assets"}
+_ENGINE_ONLY = {"max_risk", "risk_measure", "tolerance", "max_iterations", "n_assets", "correlation"}
 """Names the engine raises that no optimize request can reach: the command side never sets them (``max_risk``,
-the solver's ``tolerance``, ``max_iterations``, ``n_assets``) or validates them first (an unknown risk measure)."""
+the solver's ``tolerance``, ``max_iterations``, ``n_assets``, HRP's ``correlation``, which the engine computes
+from the returns itself) or validates them first (an unknown risk measure)."""
 
 
 def test_every_literal_path_the_engine_raises_is_in_the_table() -> None:

@@ -162,6 +162,10 @@ def test_the_normalised_problem_is_stored_as_before() -> None:
         "commission_per_trade": 1.0,
         "fee_per_share": 0.01,
         "cache_ttl": None,
+        # Added with the PyPortfolioOpt strategies and the absolute mode (documented; every key is written).
+        "deviation_mode": "RELATIVE",
+        "reinvest": False,
+        "short_ratio": None,
     }  # fmt: skip
 
 

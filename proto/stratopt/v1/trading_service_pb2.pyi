@@ -45,6 +45,14 @@ class _AllocationStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Al
     """Hold as many shares as possible (then the least leftover)."""
     ALLOCATION_STRATEGY_MOMENTUM_WEIGHTED: _AllocationStrategy.ValueType  # 3
     """Favour symbols with higher momentum scores (TargetPosition.momentum_score), then the least leftover."""
+    ALLOCATION_STRATEGY_PYPFOPT_LP: _AllocationStrategy.ValueType  # 4
+    """PyPortfolioOpt's DiscreteAllocation.lp_portfolio: minimise sum |w_i B - p_i x_i| + leftover (solved by HiGHS).
+    Weights as given (negative = short, see short_ratio and reinvest); no bands, lot sizes 1, no fees.
+    """
+    ALLOCATION_STRATEGY_PYPFOPT_GREEDY: _AllocationStrategy.ValueType  # 5
+    """PyPortfolioOpt's DiscreteAllocation.greedy_portfolio, round for round (ties of equal weights in request order).
+    Weights as given (negative = short); no bands, lot sizes 1, no fees.
+    """
 
 class AllocationStrategy(_AllocationStrategy, metaclass=_AllocationStrategyEnumTypeWrapper):
     """How AllocateShares chooses among allocations that fit the bounds."""
@@ -57,7 +65,43 @@ ALLOCATION_STRATEGY_MAXIMIZE_SHARES: AllocationStrategy.ValueType  # 2
 """Hold as many shares as possible (then the least leftover)."""
 ALLOCATION_STRATEGY_MOMENTUM_WEIGHTED: AllocationStrategy.ValueType  # 3
 """Favour symbols with higher momentum scores (TargetPosition.momentum_score), then the least leftover."""
+ALLOCATION_STRATEGY_PYPFOPT_LP: AllocationStrategy.ValueType  # 4
+"""PyPortfolioOpt's DiscreteAllocation.lp_portfolio: minimise sum |w_i B - p_i x_i| + leftover (solved by HiGHS).
+Weights as given (negative = short, see short_ratio and reinvest); no bands, lot sizes 1, no fees.
+"""
+ALLOCATION_STRATEGY_PYPFOPT_GREEDY: AllocationStrategy.ValueType  # 5
+"""PyPortfolioOpt's DiscreteAllocation.greedy_portfolio, round for round (ties of equal weights in request order).
+Weights as given (negative = short); no bands, lot sizes 1, no fees.
+"""
 Global___AllocationStrategy: _TypeAlias = AllocationStrategy  # noqa: Y015
+
+class _DeviationMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeviationModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeviationMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DEVIATION_MODE_UNSPECIFIED: _DeviationMode.ValueType  # 0
+    """Not set: RELATIVE."""
+    DEVIATION_MODE_RELATIVE: _DeviationMode.ValueType  # 1
+    """Relative to the target value: the value stays in [w(1 - d), w(1 + d)] of the budget (0.10 = +-10 % of w)."""
+    DEVIATION_MODE_ABSOLUTE: _DeviationMode.ValueType  # 2
+    """Absolute percentage points of the portfolio, as a fraction: the value stays in [w - d, w + d] of the budget
+    (0.02 = +-2 points).
+    """
+
+class DeviationMode(_DeviationMode, metaclass=_DeviationModeEnumTypeWrapper):
+    """What TargetPosition.allowed_deviation is measured against."""
+
+DEVIATION_MODE_UNSPECIFIED: DeviationMode.ValueType  # 0
+"""Not set: RELATIVE."""
+DEVIATION_MODE_RELATIVE: DeviationMode.ValueType  # 1
+"""Relative to the target value: the value stays in [w(1 - d), w(1 + d)] of the budget (0.10 = +-10 % of w)."""
+DEVIATION_MODE_ABSOLUTE: DeviationMode.ValueType  # 2
+"""Absolute percentage points of the portfolio, as a fraction: the value stays in [w - d, w + d] of the budget
+(0.02 = +-2 points).
+"""
+Global___DeviationMode: _TypeAlias = DeviationMode  # noqa: Y015
 
 class _LotMethod:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -266,10 +310,13 @@ class TargetPosition(_message.Message):
     symbol: _builtins.str
     """Instrument symbol."""
     target_weight: _builtins.float
-    """Target weight (fraction of the budget); the targets sum to 1."""
+    """Target weight (fraction of the budget); the targets sum to 1 within 1e-3 (PyPortfolioOpt's clean_weights()
+    output is accepted). >= 0, except with the PYPFOPT strategies, where negative = short.
+    """
     allowed_deviation: _builtins.float
-    """Allowed relative deviation of the symbol's value from target: value in [w(1 - d), w(1 + d)] of the budget;
-    default 0.10.
+    """Allowed deviation of the symbol's value from target, in AllocateSharesRequest.deviation_mode: relative,
+    value in [w(1 - d), w(1 + d)] of the budget, or absolute, [w - d, w + d]; default 0.10. Not used by the
+    PYPFOPT strategies.
     """
     price: _builtins.float
     """Price per share (> 0)."""
@@ -317,6 +364,9 @@ class AllocateSharesRequest(_message.Message):
     FEE_PER_SHARE_FIELD_NUMBER: _builtins.int
     CACHE_TTL_FIELD_NUMBER: _builtins.int
     BYPASS_CACHE_FIELD_NUMBER: _builtins.int
+    DEVIATION_MODE_FIELD_NUMBER: _builtins.int
+    REINVEST_FIELD_NUMBER: _builtins.int
+    SHORT_RATIO_FIELD_NUMBER: _builtins.int
     portfolio_id: _builtins.str
     """Optional portfolio identifier: when set, the allocation is recorded as a shares_allocated event."""
     extra_cash: _builtins.float
@@ -329,6 +379,17 @@ class AllocateSharesRequest(_message.Message):
     """Fee per traded share."""
     bypass_cache: _builtins.bool
     """Recompute even when a cached result exists."""
+    deviation_mode: Global___DeviationMode.ValueType
+    """What allowed_deviation is measured against; default RELATIVE."""
+    reinvest: _builtins.bool
+    """PYPFOPT strategies with shorts: add the short proceeds (budget x short_ratio) to the longs' budget
+    (PyPortfolioOpt's reinvest). INVALID_ARGUMENT with another strategy.
+    """
+    short_ratio: _builtins.float
+    """PYPFOPT strategies with shorts: value of the short book as a fraction of the budget (>= 0; 0.3 = 130/30);
+    unset = the sum of the negative weights' magnitudes. Must be positive when a weight is negative.
+    INVALID_ARGUMENT with another strategy.
+    """
     @_builtins.property
     def holdings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Position]:
         """Current holdings; those not among the targets are sold in full."""
@@ -353,12 +414,17 @@ class AllocateSharesRequest(_message.Message):
         fee_per_share: _builtins.float = ...,
         cache_ttl: _duration_pb2.Duration | None = ...,
         bypass_cache: _builtins.bool = ...,
+        deviation_mode: Global___DeviationMode.ValueType = ...,
+        reinvest: _builtins.bool = ...,
+        short_ratio: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_ttl", b"cache_ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_short_ratio", b"_short_ratio", "cache_ttl", b"cache_ttl", "short_ratio", b"short_ratio"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bypass_cache", b"bypass_cache", "cache_ttl", b"cache_ttl", "commission_per_trade", b"commission_per_trade", "extra_cash", b"extra_cash", "fee_per_share", b"fee_per_share", "holdings", b"holdings", "portfolio_id", b"portfolio_id", "strategy", b"strategy", "targets", b"targets"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_short_ratio", b"_short_ratio", "bypass_cache", b"bypass_cache", "cache_ttl", b"cache_ttl", "commission_per_trade", b"commission_per_trade", "deviation_mode", b"deviation_mode", "extra_cash", b"extra_cash", "fee_per_share", b"fee_per_share", "holdings", b"holdings", "portfolio_id", b"portfolio_id", "reinvest", b"reinvest", "short_ratio", b"short_ratio", "strategy", b"strategy", "targets", b"targets"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__short_ratio: _TypeAlias = _typing.Literal["short_ratio"]  # noqa: Y015
+    _WhichOneofArgType__short_ratio: _TypeAlias = _typing.Literal["_short_ratio", b"_short_ratio"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__short_ratio) -> _WhichOneofReturnType__short_ratio | None: ...
 
 Global___AllocateSharesRequest: _TypeAlias = AllocateSharesRequest  # noqa: Y015
 
@@ -390,7 +456,7 @@ class AllocationLine(_message.Message):
     sell_shares: _builtins.int
     """Shares sold."""
     final_shares: _builtins.int
-    """Shares held after."""
+    """Shares held after (negative: a short of a PYPFOPT strategy)."""
     trade_cost: _builtins.float
     """Commission and fees of the symbol's trade."""
     final_value: _builtins.float
@@ -479,6 +545,9 @@ class AllocationMetrics(_message.Message):
     FALLBACK_USED_FIELD_NUMBER: _builtins.int
     RELAXATION_FIELD_NUMBER: _builtins.int
     RELAXATION_DETAIL_FIELD_NUMBER: _builtins.int
+    WEIGHT_SUM_FIELD_NUMBER: _builtins.int
+    WEIGHTS_RENORMALISED_FIELD_NUMBER: _builtins.int
+    LP_OBJECTIVE_FIELD_NUMBER: _builtins.int
     budget: _builtins.float
     """Budget: proceeds of the holdings plus extra cash."""
     budget_used: _builtins.float
@@ -501,6 +570,17 @@ class AllocationMetrics(_message.Message):
     """Relaxation applied to make the bounds feasible (NONE when none was needed)."""
     relaxation_detail: _builtins.str
     """What the relaxation did, in words."""
+    weight_sum: _builtins.float
+    """Sum of the request's target weights (within 1e-3 of 1)."""
+    weights_renormalised: _builtins.bool
+    """True when the weights were divided by weight_sum (the stratopt strategies, when it is not exactly 1); the
+    PYPFOPT strategies use them as given, the shortfall staying cash.
+    """
+    lp_objective: _builtins.float
+    """PyPortfolioOpt's lp_portfolio objective at this allocation: sum over the lines of |target value - final
+    value| plus unused_budget (what PYPFOPT_LP minimises); for the PYPFOPT strategies with shorts, over the long
+    and short books. unused_budget is PyPortfolioOpt's leftover for the PYPFOPT strategies.
+    """
     def __init__(
         self,
         *,
@@ -515,10 +595,13 @@ class AllocationMetrics(_message.Message):
         fallback_used: _builtins.bool = ...,
         relaxation: _builtins.str = ...,
         relaxation_detail: _builtins.str = ...,
+        weight_sum: _builtins.float = ...,
+        weights_renormalised: _builtins.bool = ...,
+        lp_objective: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "budget_used", b"budget_used", "fallback_used", b"fallback_used", "fees_total", b"fees_total", "relaxation", b"relaxation", "relaxation_detail", b"relaxation_detail", "solve_time_ms", b"solve_time_ms", "solver", b"solver", "solver_status", b"solver_status", "unused_budget", b"unused_budget", "unused_fraction", b"unused_fraction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "budget_used", b"budget_used", "fallback_used", b"fallback_used", "fees_total", b"fees_total", "lp_objective", b"lp_objective", "relaxation", b"relaxation", "relaxation_detail", b"relaxation_detail", "solve_time_ms", b"solve_time_ms", "solver", b"solver", "solver_status", b"solver_status", "unused_budget", b"unused_budget", "unused_fraction", b"unused_fraction", "weight_sum", b"weight_sum", "weights_renormalised", b"weights_renormalised"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
