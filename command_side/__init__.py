@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import grpc
 
 from command_side.allocation_cache import AllocationCache, InMemoryAllocationCache
@@ -24,6 +26,7 @@ from command_side.rotation_scheduler import RotationScheduler
 from command_side.rotation_servicer import RotationCommandServicer
 from command_side.rotation_store import PostgresRotationStore
 from command_side.servicer import OptimizationCommandServicer
+from command_side.trading_model import CheckDrift
 from command_side.trading_servicer import TradingCommandServicer
 from command_side.trading_store import InMemoryTradingStore, TradingStore
 from command_side.workers import SolverPool
@@ -75,6 +78,7 @@ __all__ = [
     "SolverPool",
     "TradingStore",
     "backtest_service",
+    "drift_exceeds",
     "interceptor",
     "optimization_service",
     "register",
@@ -99,6 +103,20 @@ def backtest_service(
 ) -> BacktestService:
     """The Backtest use case wired to the adapter (configurations become problems as RunConfiguration's do)."""
     return BacktestService(store, backtests, solver_pool, command_for=optimize_command_from_configuration)
+
+
+def drift_exceeds(rebalancing: RebalancingService) -> Callable[[str, float], Awaitable[bool]]:
+    """The recompute worker's drift check through ``rebalancing``.
+
+    CheckDrift of the stored holdings against the portfolio's latest run at the stored closes, with ``threshold``
+    (two-way).
+    """
+
+    async def exceeds(portfolio_id: str, threshold: float) -> bool:
+        check = await rebalancing.check_drift(CheckDrift(portfolio_id=portfolio_id, threshold=threshold))
+        return bool(check.report.exceeds_threshold)
+
+    return exceeds
 
 
 def interceptor() -> ErrorMappingInterceptor:

@@ -152,7 +152,7 @@ class BlackLittermanInputs:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RecomputePolicy:
-    """When a configuration re-runs by itself (``command_side.recompute``); drift is not a trigger (yet)."""
+    """When a configuration re-runs by itself (``command_side.recompute``)."""
 
     on_market_data: bool = False
     """Re-run when bars of one of its strategies (or of its market symbol) are ingested."""
@@ -160,6 +160,8 @@ class RecomputePolicy:
     """Seconds after the last ingest before the re-run; None = :data:`DEFAULT_DEBOUNCE_SECONDS`."""
     schedule_interval_seconds: float = 0.0
     """Seconds between scheduled re-runs (slots aligned on the Unix epoch); 0 = no schedule."""
+    drift_threshold: float | None = None
+    """Re-run when the stored holdings' two-way drift from the latest run's weights exceeds it; None = never."""
 
 
 DEFAULT_DEBOUNCE_SECONDS = 5.0

@@ -315,6 +315,8 @@ RECOMPUTE = Schema(
               True),
         Field("schedule_interval_seconds", "number", "Seconds between scheduled re-runs (s); 0 = no "
               "schedule."),
+        Field("drift_threshold", "number", "Re-run when the stored holdings' two-way drift from the latest "
+              "run's weights exceeds it (fraction); null = no drift trigger.", True),
     ),
 )  # fmt: skip
 """When a configuration re-runs by itself (``command_side.recompute``)."""

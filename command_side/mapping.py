@@ -394,6 +394,10 @@ def _checked_recompute(policy: cmd_pb.RecomputePolicy, prefix: str) -> cmd_pb.Re
             f"must be 0 (no schedule) or within [{MIN_SCHEDULE_INTERVAL_SECONDS:g}, "
             f"{MAX_SCHEDULE_INTERVAL_SECONDS:g}], got {interval}",
         )
+    if policy.HasField("drift_threshold"):
+        drift = _finite(policy.drift_threshold, f"{prefix}.drift_threshold")
+        if not 0.0 < drift <= 2.0:
+            raise _bad(f"{prefix}.drift_threshold", f"must be within (0, 2] (two-way drift), got {drift}")
     return policy
 
 

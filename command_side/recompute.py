@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from command_side.application import OptimizationService
 from command_side.recompute_store import ClaimedJob, PostgresRecomputeStore
@@ -71,6 +71,10 @@ class RecomputeWorker:
         Seconds a run may take; the lease is this plus ``LEASE_MARGIN_S``.
     worker_id : str, optional
         The ``claimed_by`` of this worker; default :func:`default_worker_id`.
+    drift_exceeds : callable, optional
+        ``(portfolio_id, threshold) -> awaitable bool``: whether the stored holdings' two-way drift from the latest
+        run's weights exceeds ``threshold`` (``RebalancingService.check_drift`` in the server); None = no drift
+        trigger.
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class RecomputeWorker:
         retry_s: float = DEFAULT_RETRY_S,
         run_timeout_s: float = RUN_TIMEOUT_S,
         worker_id: str = "",
+        drift_exceeds: Callable[[str, float], Awaitable[bool]] | None = None,
     ) -> None:
         if concurrency < 1 or max_attempts < 1:
             raise ValueError("concurrency and max_attempts must be at least 1")
@@ -96,10 +101,13 @@ class RecomputeWorker:
         self._run_timeout_s = run_timeout_s
         self.worker_id = worker_id or default_worker_id()
         self._ticks = 0
+        self._drift_exceeds = drift_exceeds
+        self._drift_checked_version = -1
 
     async def tick(self) -> list[str]:
         """Enqueue due schedule slots, claim due jobs and run them; the new status of each claimed job."""
         await self._store.enqueue_scheduled()
+        await self.enqueue_drift()
         self._ticks += 1
         if self._ticks % 1000 == 1:
             await self._store.purge_done(DONE_KEPT_S)
@@ -107,6 +115,30 @@ class RecomputeWorker:
             self.worker_id, limit=self._concurrency, lease_s=self._run_timeout_s + LEASE_MARGIN_S
         )
         return list(await asyncio.gather(*(self._run(job) for job in jobs)))
+
+    async def enqueue_drift(self) -> int:
+        """Enqueue DRIFT jobs when the market data version moved since the last check; the jobs enqueued.
+
+        Every configuration whose holdings drift beyond its threshold gets one. A portfolio whose drift cannot be
+        computed (no target run yet, a symbol without a stored close) is skipped and logged; it is checked again at
+        the next data version.
+        """
+        if self._drift_exceeds is None:
+            return 0
+        version = await self._store.data_version()
+        if version == self._drift_checked_version:
+            return 0
+        enqueued = 0
+        for portfolio_id, threshold in await self._store.drift_candidates():
+            try:
+                exceeded = await self._drift_exceeds(portfolio_id, threshold)
+            except StratoptError as error:
+                log.info("recompute drift check of %s skipped: %s", portfolio_id, error)
+                continue
+            if exceeded and await self._store.enqueue_drift(portfolio_id, version):
+                enqueued += 1
+        self._drift_checked_version = version
+        return enqueued
 
     async def _run(self, job: ClaimedJob) -> str:
         if job.attempts > self._max_attempts:  # its lease kept expiring: a run that never finishes

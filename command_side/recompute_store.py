@@ -13,6 +13,10 @@
 * **Schedule.** :meth:`PostgresRecomputeStore.enqueue_scheduled` (each worker tick) inserts the current slot
   ``floor(unix seconds / schedule_interval_seconds)`` of every enabled latest configuration with a schedule;
   the unique key makes that once per slot across replicas.
+* **Drift.** When the market data version has moved, a worker checks each enabled latest configuration with a
+  ``drift_threshold`` and stored holdings (:meth:`PostgresRecomputeStore.drift_candidates`) and enqueues a DRIFT
+  job at that version for those beyond it (:meth:`PostgresRecomputeStore.enqueue_drift`; the unique key makes
+  it once per version across replicas).
 
 Workers claim due jobs with ``FOR UPDATE SKIP LOCKED`` in one short statement that marks them RUNNING with a
 lease (:meth:`PostgresRecomputeStore.claim`): replicas never wait for each other and never claim the same job
@@ -79,6 +83,22 @@ ORDER BY c.portfolio_id
 ON CONFLICT DO NOTHING"""
 """The current slot of every scheduled configuration; a slot already enqueued, or a job of an earlier slot still
 waiting for its first attempt, makes it a no-op."""
+
+_DRIFT_CANDIDATES = f"""
+SELECT c.portfolio_id, (c.recompute #>> '{{policy,drift_threshold}}')::float8 AS threshold
+FROM optimization_configurations c
+WHERE c.enabled AND (c.recompute #>> '{{policy,drift_threshold}}') IS NOT NULL AND {_LATEST}
+  AND EXISTS (SELECT 1 FROM portfolio_holdings h WHERE h.portfolio_id = c.portfolio_id)
+ORDER BY c.portfolio_id"""
+"""The latest enabled configurations with a drift threshold whose portfolio has stored holdings."""
+
+_DATA_VERSION = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM market_data_versions"
+
+_ENQUEUE_DRIFT = """
+INSERT INTO recompute_jobs (portfolio_id, trigger, data_version, not_before, not_after)
+VALUES ($1, 'DRIFT', $2, clock_timestamp(), clock_timestamp())
+ON CONFLICT DO NOTHING"""
+"""One DRIFT job per (portfolio, market data version): a replica that saw the same drift adds nothing."""
 
 _CLAIM = """
 UPDATE recompute_jobs j SET status = 'RUNNING', attempts = j.attempts + 1, claimed_by = $1,
@@ -169,6 +189,21 @@ class PostgresRecomputeStore:
     async def enqueue_scheduled(self) -> int:
         """Enqueue the current slot of every scheduled configuration; the jobs inserted."""
         return int((await self._execute(_ENQUEUE_SCHEDULED)).split()[-1])
+
+    async def data_version(self) -> int:
+        """The latest market data version (the ``market_data_versions`` sequence; 0 before any ingest)."""
+        async with postgres_errors(), self._pool.acquire() as conn:
+            return int(await conn.fetchval(_DATA_VERSION))
+
+    async def drift_candidates(self) -> list[tuple[str, float]]:
+        """``(portfolio_id, drift threshold)`` of the latest enabled drift-triggered configurations with holdings."""
+        async with postgres_errors(), self._pool.acquire() as conn:
+            rows = await conn.fetch(_DRIFT_CANDIDATES)
+        return [(r["portfolio_id"], float(r["threshold"])) for r in rows]
+
+    async def enqueue_drift(self, portfolio_id: str, data_version: int) -> bool:
+        """Enqueue a DRIFT job of ``portfolio_id`` at ``data_version``; False when one exists already."""
+        return (await self._execute(_ENQUEUE_DRIFT, portfolio_id, data_version)).endswith(" 1")
 
     async def claim(self, worker_id: str, *, limit: int, lease_s: float) -> list[ClaimedJob]:
         """Claim up to ``limit`` due jobs for ``worker_id``, leased for ``lease_s`` seconds."""

@@ -193,6 +193,9 @@ class StratoptServer:
             if self.rotation_tick_s > 0:
                 self._scheduler = command_side.RotationScheduler(rotation_store, rotation, tick_s=self.rotation_tick_s)
             optimization = command_side.optimization_service(optimization_store, self._solver_pool)
+            rebalancing = command_side.RebalancingService(
+                trading_store, allow_self_approval=self.security.self_approval_allowed
+            )
             if self.recompute_tick_s > 0:
                 self._recompute = command_side.RecomputeWorker(
                     command_side.PostgresRecomputeStore(self._pool),
@@ -200,6 +203,7 @@ class StratoptServer:
                     tick_s=self.recompute_tick_s,
                     retry_s=self.recompute_retry_s,
                     max_attempts=self.recompute_max_attempts,
+                    drift_exceeds=command_side.drift_exceeds(rebalancing),
                 )
             command_names = command_side.register(
                 server,
@@ -207,9 +211,7 @@ class StratoptServer:
                 allocation=command_side.AllocationService(
                     command_side.PostgresAllocationCache(self._pool), self._solver_pool
                 ),
-                rebalancing=command_side.RebalancingService(
-                    trading_store, allow_self_approval=self.security.self_approval_allowed
-                ),
+                rebalancing=rebalancing,
                 rotation=rotation,
                 execution=command_side.ExecutionService(command_side.PostgresExecutionStore(self._pool), trading_store),
                 backtests=command_side.backtest_service(

@@ -313,6 +313,18 @@ def _cases() -> list[Case]:
             "configuration.recompute.debounce_seconds",
         ),
         Case(
+            "upsert-configuration-recompute-drift-above-two",
+            OPT + "UpsertConfiguration",
+            _set(configuration, _field("configuration.recompute.drift_threshold", 2.5)),
+            "configuration.recompute.drift_threshold",
+        ),
+        Case(
+            "upsert-configuration-recompute-drift-zero",
+            OPT + "UpsertConfiguration",
+            _set(configuration, _field("configuration.recompute.drift_threshold", 0.0)),
+            "configuration.recompute.drift_threshold",
+        ),
+        Case(
             "upsert-configuration-recompute-debounce-nan",
             OPT + "UpsertConfiguration",
             _set(configuration, _field("configuration.recompute.debounce_seconds", float("nan"))),

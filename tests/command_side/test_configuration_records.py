@@ -250,8 +250,16 @@ def test_a_recompute_policy_is_content_only_when_set() -> None:
     stored = json.loads(json.dumps(recompute_column(with_policy)))
     assert stored == {
         "schema_version": 2,
-        "policy": {"on_market_data": True, "debounce_seconds": 2.5, "schedule_interval_seconds": 3600.0},
+        "policy": {
+            "on_market_data": True,
+            "debounce_seconds": 2.5,
+            "schedule_interval_seconds": 3600.0,
+            "drift_threshold": None,
+        },
     }
+    assert recompute_from_column(stored) == policy
+    # A policy stored before drift_threshold existed (migration 0019) reads with no drift trigger.
+    del stored["policy"]["drift_threshold"]
     assert recompute_from_column(stored) == policy
     assert content_hash(with_policy) != content_hash(config)
     assert content_hash(replace(config, recompute=domain.RecomputePolicy())) != content_hash(with_policy)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import grpc
 import numpy as np
 import psycopg
 import pytest
@@ -269,3 +270,61 @@ def test_a_schedule_reruns_once_per_slot_until_disabled(replicas: list[Any], db:
     assert len(set(slots)) == len(slots)  # once per slot
     ran = sorted(f"recompute:schedule:{j['data_version']}:{portfolio}" for j in found if j["result_id"] is not None)
     assert len(ran) >= 3 and sorted(r for _, r in events(db, [portfolio])) == ran
+
+
+def test_holdings_beyond_the_drift_threshold_rerun_the_configuration(
+    replicas: list[Any], db: psycopg.Connection[Any], trading: Any
+) -> None:
+    """Only the portfolio whose stored holdings drift beyond the threshold gets a DRIFT job on a new day.
+
+    Two portfolios on the same symbols: one holds everything in one name, the other its target's shares.
+    """
+    from stratopt.v1 import trading_service_pb2 as tpb
+
+    commands = replicas[0][0]
+    tag = uuid.uuid4().hex[:8]
+    symbols = [f"RC6{tag}A", f"RC6{tag}B", f"RC6{tag}C"]
+    ingest(commands, bars(symbols, range(HISTORY_DAYS)))
+    drifted, aligned = f"recompute-drift-{tag}", f"recompute-aligned-{tag}"
+    # The session server's trading service writes the same database as the replicas.
+    for portfolio in (drifted, aligned):
+        config = cmd_pb.OptimizationConfiguration(
+            portfolio_id=portfolio,
+            objective=pb.OBJECTIVE_MIN_VOLATILITY,
+            enabled=True,
+            lookback_periods=30,
+            recompute=cmd_pb.RecomputePolicy(drift_threshold=0.10),
+        )
+        for symbol in symbols:
+            config.strategies.add(symbol=symbol)
+        commands.UpsertConfiguration(cmd_pb.UpsertConfigurationRequest(configuration=config), timeout=30)
+        target = commands.RunConfiguration(cmd_pb.RunConfigurationRequest(portfolio_id=portfolio), timeout=60)
+        weights = dict(target.result.optimal_weights)
+        closes = bars(symbols, range(HISTORY_DAYS - 1, HISTORY_DAYS))
+        price = {b.symbol: b.price for b in closes.bars}
+        if portfolio == drifted:
+            positions = [tpb.Position(symbol=symbols[0], shares=1000.0)]  # everything in one name
+        else:  # the target's weights of $1M in (fractional) shares at the last close
+            positions = [tpb.Position(symbol=s, shares=1e6 * weights[s] / price[s]) for s in symbols]
+        trading.UpsertHoldings(tpb.UpsertHoldingsRequest(portfolio_id=portfolio, positions=positions, cash=0.0))
+        check = trading.CheckDrift(tpb.CheckDriftRequest(portfolio_id=portfolio, threshold=0.10), timeout=30)
+        assert check.exceeds_threshold == (portfolio == drifted)  # the drift the worker will see
+    assert jobs(db, [drifted, aligned]) == []
+    ingest(commands, bars(symbols, range(HISTORY_DAYS, HISTORY_DAYS + 1)))
+    wait_for(settled(db, [drifted], 1))
+    time.sleep(1.0)  # a few more ticks: the aligned portfolio stays without a job
+    [job] = jobs(db, [drifted, aligned])
+    assert (job["portfolio_id"], job["trigger"], job["status"]) == (drifted, "DRIFT", "DONE")
+    key = f"recompute:drift:{job['data_version']}:{drifted}"
+    assert (drifted, key) in events(db, [drifted])
+    # The same data version never enqueues twice (both replicas checked it).
+    assert len(jobs(db, [drifted])) == 1
+    bad = cmd_pb.OptimizationConfiguration(
+        portfolio_id=drifted, objective=pb.OBJECTIVE_MIN_VOLATILITY, enabled=True,
+        recompute=cmd_pb.RecomputePolicy(drift_threshold=2.5),
+        strategies=[pb.Strategy(symbol=s) for s in symbols],
+    )  # fmt: skip
+    with pytest.raises(grpc.RpcError) as caught:
+        commands.UpsertConfiguration(cmd_pb.UpsertConfigurationRequest(configuration=bad), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "drift_threshold" in (caught.value.details() or "")

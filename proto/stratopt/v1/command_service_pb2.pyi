@@ -369,6 +369,7 @@ class RecomputePolicy(_message.Message):
     ON_MARKET_DATA_FIELD_NUMBER: _builtins.int
     DEBOUNCE_SECONDS_FIELD_NUMBER: _builtins.int
     SCHEDULE_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    DRIFT_THRESHOLD_FIELD_NUMBER: _builtins.int
     on_market_data: _builtins.bool
     """Re-run when bars of one of its strategies (or of its market symbol) are ingested."""
     debounce_seconds: _builtins.float
@@ -377,20 +378,32 @@ class RecomputePolicy(_message.Message):
     """
     schedule_interval_seconds: _builtins.float
     """Seconds between scheduled re-runs (slots aligned on the Unix epoch); 0 = no schedule, else at least 1."""
+    drift_threshold: _builtins.float
+    """Re-run when the stored holdings (UpsertHoldings) drift from the latest run's weights by more than this
+    two-way L1 drift (sum of |weight - target| over the symbols and the cash line, as CheckDrift; in (0, 2]),
+    checked at the latest stored closes once per ingest that changes stored market data. Unset = no drift trigger.
+    The re-run does not trade: while the holdings stay away from the new target, each later ingest re-runs again.
+    """
     def __init__(
         self,
         *,
         on_market_data: _builtins.bool = ...,
         debounce_seconds: _builtins.float | None = ...,
         schedule_interval_seconds: _builtins.float = ...,
+        drift_threshold: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_debounce_seconds", b"_debounce_seconds", "debounce_seconds", b"debounce_seconds"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_debounce_seconds", b"_debounce_seconds", "_drift_threshold", b"_drift_threshold", "debounce_seconds", b"debounce_seconds", "drift_threshold", b"drift_threshold"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_debounce_seconds", b"_debounce_seconds", "debounce_seconds", b"debounce_seconds", "on_market_data", b"on_market_data", "schedule_interval_seconds", b"schedule_interval_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_debounce_seconds", b"_debounce_seconds", "_drift_threshold", b"_drift_threshold", "debounce_seconds", b"debounce_seconds", "drift_threshold", b"drift_threshold", "on_market_data", b"on_market_data", "schedule_interval_seconds", b"schedule_interval_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__debounce_seconds: _TypeAlias = _typing.Literal["debounce_seconds"]  # noqa: Y015
     _WhichOneofArgType__debounce_seconds: _TypeAlias = _typing.Literal["_debounce_seconds", b"_debounce_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__drift_threshold: _TypeAlias = _typing.Literal["drift_threshold"]  # noqa: Y015
+    _WhichOneofArgType__drift_threshold: _TypeAlias = _typing.Literal["_drift_threshold", b"_drift_threshold"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__debounce_seconds) -> _WhichOneofReturnType__debounce_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__drift_threshold) -> _WhichOneofReturnType__drift_threshold | None: ...
 
 Global___RecomputePolicy: _TypeAlias = RecomputePolicy  # noqa: Y015
 

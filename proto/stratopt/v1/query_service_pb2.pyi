@@ -125,6 +125,10 @@ class _RecomputeTriggerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reco
     """Bars of one of its symbols were ingested (data_version: the ingest's sequence number)."""
     RECOMPUTE_TRIGGER_SCHEDULE: _RecomputeTrigger.ValueType  # 2
     """Its schedule came due (data_version: the slot, Unix seconds / schedule_interval_seconds)."""
+    RECOMPUTE_TRIGGER_DRIFT: _RecomputeTrigger.ValueType  # 3
+    """The stored holdings drifted beyond the policy's drift_threshold (data_version: the market data version
+    at which the drift was seen).
+    """
 
 class RecomputeTrigger(_RecomputeTrigger, metaclass=_RecomputeTriggerEnumTypeWrapper):
     """What made a configuration re-run by itself."""
@@ -135,6 +139,10 @@ RECOMPUTE_TRIGGER_MARKET_DATA: RecomputeTrigger.ValueType  # 1
 """Bars of one of its symbols were ingested (data_version: the ingest's sequence number)."""
 RECOMPUTE_TRIGGER_SCHEDULE: RecomputeTrigger.ValueType  # 2
 """Its schedule came due (data_version: the slot, Unix seconds / schedule_interval_seconds)."""
+RECOMPUTE_TRIGGER_DRIFT: RecomputeTrigger.ValueType  # 3
+"""The stored holdings drifted beyond the policy's drift_threshold (data_version: the market data version
+at which the drift was seen).
+"""
 Global___RecomputeTrigger: _TypeAlias = RecomputeTrigger  # noqa: Y015
 
 class _RecomputeJobStatus:
