@@ -7,6 +7,7 @@ approximation for cardinality). Risk budgeting (JAX Newton) and hierarchical ris
 Public names only; the implementation lives in the private modules.
 """
 
+from services.optimization._batch import MAX_BATCH_ASSETS, BatchKind, BatchSolution, solve_batch
 from services.optimization._constraints import (
     HELD_THRESHOLD,
     TOLERANCE,
@@ -91,12 +92,15 @@ __all__ = [
     "DENSE_IPM",
     "HELD_THRESHOLD",
     "LINKAGE_METHODS",
+    "MAX_BATCH_ASSETS",
     "MEAN_VARIANCE_BACKENDS",
     "SCENARIO_BACKENDS",
     "SCENARIO_CONIC",
     "SIMPLEX",
     "TOLERANCE",
     "Backend",
+    "BatchKind",
+    "BatchSolution",
     "BetaNeutrality",
     "Bounds",
     "Budget",
@@ -149,5 +153,6 @@ __all__ = [
     "risk_budgeting",
     "risk_contributions",
     "risk_measure_value",
+    "solve_batch",
     "warm_up",
 ]

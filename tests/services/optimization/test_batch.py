@@ -1,0 +1,113 @@
+"""The batched active set against the single-problem path, problem by problem, on real S&P 500 windows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from services.optimization import BatchKind, solve_batch
+from services.optimization._active_set import solve_max_sharpe, solve_qp
+
+
+def _problems(prices: pd.DataFrame, count: int, sizes: tuple[int, int], seed: int, cap: float | None) -> list[tuple]:
+    rng = np.random.default_rng(seed)
+    returns = prices.pct_change().dropna()
+    out = []
+    for k in range(count):
+        n = int(rng.integers(*sizes))
+        columns = rng.choice(returns.columns, n, replace=False)
+        end = int(rng.integers(600, len(returns)))
+        window = returns.iloc[end - 504 : end][columns]
+        mu = window.mean().to_numpy() * 252
+        sigma = window.cov().to_numpy() * 252
+        upper = np.full(n, cap if cap is not None else (0.25 if k % 2 else 1.0))
+        out.append((sigma, mu, np.zeros(n), upper))
+    return out
+
+
+@pytest.fixture(scope="module")
+def problems(sp500_prices: pd.DataFrame) -> list[tuple]:
+    return _problems(sp500_prices, 120, (3, 21), seed=3, cap=None)
+
+
+def _sharpe(weights: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> float:
+    return float((mu @ weights - 0.01) / np.sqrt(weights @ sigma @ weights))
+
+
+def _unzip(problems: list[tuple]) -> tuple[list, list, list, list]:
+    return tuple(list(x) for x in zip(*problems, strict=True))  # type: ignore[return-value]
+
+
+def test_max_sharpe_batch_equals_the_single_path(problems: list[tuple]) -> None:
+    sigmas, mus, lowers, uppers = _unzip(problems)
+    rates = np.full(len(problems), 0.01)
+    batch = solve_batch(sigmas, mus, lowers, uppers, kind=BatchKind.TANGENCY, risk_free_rates=rates)
+    assert batch.certified.mean() >= 0.9  # the rest go to the single path (infeasible ones included)
+    for k, (sigma, mu, lower, upper) in enumerate(problems):
+        single = solve_max_sharpe(sigma, mu, lower, upper, 0.01)
+        if single is None:  # no portfolio beats the risk-free rate: the batch must not answer either
+            assert not batch.certified[k]
+            continue
+        if not batch.certified[k]:
+            continue
+        w = batch.weights[k]
+        np.testing.assert_allclose(w, single.weights, atol=1e-12)
+        assert _sharpe(w, mu, sigma) == pytest.approx(_sharpe(single.weights, mu, sigma), rel=1e-12)
+        assert w.sum() == pytest.approx(1.0, abs=1e-12) and np.all(w >= -1e-12) and np.all(w <= upper + 1e-12)
+
+
+@pytest.mark.parametrize("risk_aversion", [None, 2.0])
+def test_min_volatility_and_quadratic_utility_batches_equal_the_single_path(
+    problems: list[tuple], risk_aversion: float | None
+) -> None:
+    sigmas, mus, lowers, uppers = _unzip(problems)
+    lam = np.zeros(len(problems)) if risk_aversion is None else np.full(len(problems), 1.0 / risk_aversion)
+    batch = solve_batch(sigmas, mus, lowers, uppers, kind=BatchKind.FIXED_LAMBDA, lam=lam)
+    assert batch.certified.mean() >= 0.9
+    for k, (sigma, mu, lower, upper) in enumerate(problems):
+        single = solve_qp(sigma, mu, lower, upper, float(lam[k]))
+        if single is None:  # caps that cannot reach the budget (3 names at 25 %): no answer from either
+            assert upper.sum() < 1.0 and not batch.certified[k]
+            continue
+        if not batch.certified[k]:
+            continue
+        w, ref = batch.weights[k], single.weights
+        objective, reference = 0.5 * w @ sigma @ w - lam[k] * mu @ w, 0.5 * ref @ sigma @ ref - lam[k] * mu @ ref
+        assert objective == pytest.approx(reference, rel=1e-10, abs=1e-14)
+        np.testing.assert_allclose(batch.weights[k], single.weights, atol=1e-10)
+
+
+def test_min_volatility_is_the_closed_form_when_no_bound_binds() -> None:
+    """Σ⁻¹1 / 1ᵀΣ⁻¹1 for positive-weight problems: an independent truth for the padded batch."""
+    rng = np.random.default_rng(11)
+    sigmas = []
+    for n in (2, 5, 9, 17):
+        factor = rng.normal(size=(n, n)) * 0.05
+        sigmas.append(factor @ factor.T + np.diag(rng.uniform(0.04, 0.09, n)))
+    mus = [np.zeros(s.shape[0]) for s in sigmas]
+    lowers = [np.full(s.shape[0], -10.0) for s in sigmas]
+    uppers = [np.full(s.shape[0], 10.0) for s in sigmas]
+    batch = solve_batch(sigmas, mus, lowers, uppers, kind=BatchKind.FIXED_LAMBDA, lam=np.zeros(4))
+    assert batch.certified.all()
+    for sigma, w in zip(sigmas, batch.weights, strict=True):
+        closed = np.linalg.solve(sigma, np.ones(sigma.shape[0]))
+        np.testing.assert_allclose(w, closed / closed.sum(), rtol=1e-10)
+
+
+def test_an_uncertifiable_problem_is_flagged_not_answered() -> None:
+    """Bounds whose sum cannot reach 1 have no feasible portfolio: the batch must not certify an answer."""
+    sigma = np.diag([0.04, 0.09, 0.16])
+    good = (sigma, np.array([0.05, 0.07, 0.09]), np.zeros(3), np.ones(3))
+    infeasible = (sigma, np.array([0.05, 0.07, 0.09]), np.zeros(3), np.full(3, 0.2))
+    sigmas, mus, lowers, uppers = _unzip([good, infeasible])
+    batch = solve_batch(sigmas, mus, lowers, uppers, kind=BatchKind.TANGENCY)
+    assert list(batch.certified) == [True, False]
+
+
+def test_bad_batches_raise() -> None:
+    sigma = np.eye(3)
+    with pytest.raises(ValueError, match="FIXED_LAMBDA needs lam"):
+        solve_batch([sigma], [np.zeros(3)], [np.zeros(3)], [np.ones(3)], kind=BatchKind.FIXED_LAMBDA)
+    with pytest.raises(ValueError, match="one covariance"):
+        solve_batch([sigma], [], [np.zeros(3)], [np.ones(3)], kind=BatchKind.TANGENCY)
