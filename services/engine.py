@@ -20,6 +20,7 @@ from services.errors import (
     InvalidInputError,
     OptimizationError,
     PreconditionViolation,
+    StratoptError,
 )
 from services.estimation import (
     BlackLittermanPosterior,
@@ -41,6 +42,7 @@ from services.optimization import (
     hierarchical_risk_parity,
     max_drawdown,
     optimize_mean_variance,
+    optimize_mean_variance_batch,
     optimize_risk_measure,
     optimize_robust,
     portfolio_performance,
@@ -320,6 +322,69 @@ def run_optimization(job: OptimizationJob) -> OptimizationOutcome:
         posterior=posterior,
         max_drawdown=None if history is None else max_drawdown(history.returns, result.weights),
     )
+
+
+def run_optimization_batch(jobs: list[OptimizationJob]) -> list[OptimizationOutcome | StratoptError]:
+    """Run many jobs, solving the mean-variance ones the batched active set supports together.
+
+    The same answers as ``run_optimization`` one job at a time (the batch's are certified by KKT and exact to
+    rounding): jobs of method ``MEAN_VARIANCE`` with the variance risk measure and no beta neutrality have their
+    moments estimated here and their problems handed to ``optimize_mean_variance_batch``; every other job, and
+    every problem the batch does not answer, runs through ``run_optimization``.
+
+    Parameters
+    ----------
+    jobs : list of OptimizationJob
+        The jobs (their ``time_limit_s`` applies to the ones run singly).
+
+    Returns
+    -------
+    list of OptimizationOutcome or StratoptError
+        Per job, in order: its outcome, or the domain error it raised (a bad item never sinks the others).
+    """
+    started = time.perf_counter()
+    outcomes: list[OptimizationOutcome | StratoptError | None] = [None] * len(jobs)
+    batchable: list[tuple[int, EstimatedMoments, ReturnHistory | None]] = []
+    for k, job in enumerate(jobs):
+        spec, problem = job.method, job.problem
+        if (
+            spec.method is not Method.MEAN_VARIANCE
+            or spec.risk_measure is not None
+            or problem.beta_tolerance is not None
+        ):
+            continue
+        try:
+            if isinstance(job.inputs, Moments):
+                validate_moments(job.inputs, problem.n_assets)
+                estimated = EstimatedMoments(moments=job.inputs, observations=0, missing_data_policy="NONE")
+                history = None
+            else:
+                estimated, history = estimate_moments(job.inputs, job.settings), job.inputs
+            _check_method_objective(spec, problem)
+        except StratoptError as error:
+            outcomes[k] = error
+            continue
+        batchable.append((k, estimated, history))
+    # A build or pre-check error from the batch is left to run_optimization, which adds its relaxation diagnosis.
+    solved = optimize_mean_variance_batch(
+        [jobs[k].problem for k, _, _ in batchable], [estimated.moments for _, estimated, _ in batchable]
+    )
+    for (k, estimated, history), result in zip(batchable, solved, strict=True):
+        if isinstance(result, OptimizationResult):
+            outcomes[k] = OptimizationOutcome(
+                result=result,
+                estimated=estimated,
+                total_time_ms=(time.perf_counter() - started) * 1000.0,
+                risk_contributions=risk_contributions(result.weights, estimated.moments.covariance),
+                max_drawdown=None if history is None else max_drawdown(history.returns, result.weights),
+            )
+    for k, job in enumerate(jobs):
+        if outcomes[k] is None:
+            try:
+                outcomes[k] = run_optimization(job)
+            except StratoptError as error:
+                outcomes[k] = error
+    return [outcome for outcome in outcomes if outcome is not None]
 
 
 def _closed_result(

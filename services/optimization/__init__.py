@@ -39,6 +39,7 @@ from services.optimization._dispatch import (
     ScenarioBackend,
     optimize_cardinality,
     optimize_mean_variance,
+    optimize_mean_variance_batch,
     optimize_risk_measure,
 )
 from services.optimization._hierarchical import (
@@ -147,6 +148,7 @@ __all__ = [
     "objective_value_of",
     "optimize_cardinality",
     "optimize_mean_variance",
+    "optimize_mean_variance_batch",
     "optimize_risk_measure",
     "optimize_robust",
     "portfolio_performance",

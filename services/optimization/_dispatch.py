@@ -24,14 +24,17 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from services.errors import DeadlineExceededError, InvalidInputError, OptimizationError
+import numpy as np
+
+from services.errors import DeadlineExceededError, InvalidInputError, OptimizationError, StratoptError
 from services.optimization import _cardinality
 from services.optimization._active_set import ActiveSetBackend
+from services.optimization._batch import MAX_BATCH_ASSETS, BatchKind, solve_batch
 from services.optimization._clarabel_direct import ClarabelDirectBackend
 from services.optimization._conic import ConicBackend
 from services.optimization._interior_point import DenseInteriorPointBackend
 from services.optimization._model import ProblemModel
-from services.optimization._problem import OptimizationResult, PortfolioProblem
+from services.optimization._problem import Objective, OptimizationResult, PortfolioProblem
 from services.optimization._risk_measures import (
     ScenarioConicBackend,
     ScenarioSimplexBackend,
@@ -160,6 +163,74 @@ def optimize_mean_variance(
     model = ProblemModel.build(problem, moments)
     model.precheck()
     return solve_model(model, time_limit_s=time_limit_s, backends=backends)
+
+
+BATCH_SOLVE_PATH = "BATCH_ACTIVE_SET"
+"""``solve_path`` (and solver) of the answers of :func:`optimize_mean_variance_batch`."""
+
+
+def optimize_mean_variance_batch(
+    problems: Sequence[PortfolioProblem], moments: Sequence[Moments]
+) -> list[OptimizationResult | Exception | None]:
+    """Solve many mean-variance problems at once where the batched active set can, the same answers as one by one.
+
+    Each problem is built and pre-checked as :func:`optimize_mean_variance` does. Those the exact active set
+    supports (min volatility, max Sharpe or quadratic utility under the budget and finite bounds, no costs, at
+    most ``MAX_BATCH_ASSETS`` names) are solved together by ``_batch.solve_batch``, grouped by objective; each
+    certified answer goes through the one result builder (``ProblemModel.result``, solve path
+    :data:`BATCH_SOLVE_PATH`).
+
+    Parameters
+    ----------
+    problems : sequence of PortfolioProblem
+        The problems.
+    moments : sequence of Moments
+        Their moments, in the same order.
+
+    Returns
+    -------
+    list of OptimizationResult, Exception or None
+        Per problem: the result; the error its build or pre-check raised (``InvalidInputError``,
+        ``InfeasibleError``); or None when the batch did not answer it (unsupported, not certified), to be solved
+        with :func:`optimize_mean_variance`.
+    """
+    started = time.perf_counter()
+    answers: list[OptimizationResult | Exception | None] = [None] * len(problems)
+    backend = ActiveSetBackend()
+    models: dict[Objective, list[tuple[int, ProblemModel]]] = {}
+    for k, (problem, moment) in enumerate(zip(problems, moments, strict=True)):
+        try:
+            model = ProblemModel.build(problem, moment)
+            model.precheck()
+        except StratoptError as error:  # InvalidInputError, InfeasibleError (a pre-check)
+            answers[k] = error
+            continue
+        if model.expected_returns.size <= MAX_BATCH_ASSETS and backend.supports(model):
+            models.setdefault(model.objective, []).append((k, model))
+    for objective, group in models.items():
+        tangency = objective is Objective.MAX_SHARPE
+        lam = [0.0 if objective is Objective.MIN_VOLATILITY else 1.0 / m.problem.risk_aversion for _, m in group]
+        solved = solve_batch(
+            [m.covariance for _, m in group],
+            [m.expected_returns for _, m in group],
+            [m.lower for _, m in group],
+            [m.upper for _, m in group],
+            kind=BatchKind.TANGENCY if tangency else BatchKind.FIXED_LAMBDA,
+            lam=None if tangency else np.asarray(lam),
+            risk_free_rates=np.asarray([m.risk_free_rate for _, m in group]),
+        )
+        for row, (k, model) in enumerate(group):
+            if solved.certified[row]:
+                answers[k] = model.result(
+                    solved.weights[row],
+                    status="OPTIMAL",
+                    solver=BATCH_SOLVE_PATH,
+                    iterations=int(solved.iterations[row]),
+                    started=started,
+                    solve_path=BATCH_SOLVE_PATH,
+                    snap=False,
+                )
+    return answers
 
 
 def optimize_cardinality(

@@ -162,3 +162,85 @@ def test_jobs_and_outcomes_pickle_round_trip(sp500_returns: pd.DataFrame) -> Non
     again = pickle.loads(pickle.dumps(outcome))
     np.testing.assert_array_equal(again.result.weights, outcome.result.weights)
     assert again.estimated.observations == outcome.estimated.observations
+
+
+def _outcome_or_error(job: OptimizationJob) -> object:
+    from services.errors import StratoptError
+
+    try:
+        return run_optimization(job)
+    except StratoptError as error:
+        return error
+
+
+def test_a_batch_of_jobs_answers_as_one_by_one(sp500_returns: pd.DataFrame) -> None:
+    """run_optimization_batch against run_optimization, job by job: batched, single-path and failing jobs mixed."""
+    from services.engine import Method, MethodSettings, run_optimization_batch
+    from services.errors import StratoptError
+    from services.optimization import RiskMeasure, SectorLimit
+
+    tickers = list(sp500_returns.columns)
+    history = return_history(sp500_returns)
+    rng = np.random.default_rng(5)
+    jobs = []
+    for k in range(24):
+        chosen = sorted(rng.choice(tickers, int(rng.integers(4, 12)), replace=False))
+        window = return_history(sp500_returns[chosen].iloc[k * 10 : k * 10 + 500])
+        objective = (Objective.MAX_SHARPE, Objective.MIN_VOLATILITY, Objective.MAX_QUADRATIC_UTILITY)[k % 3]
+        problem = long_only(objective, chosen, risk_free_rate=0.01, risk_aversion=3.0)
+        jobs.append(OptimizationJob(problem=problem, inputs=window, settings=EstimationSettings()))
+    # Jobs the batch leaves to the single path: a sector limit, CVaR, HRP, and two that fail.
+    sectors = PortfolioProblem(
+        symbols=tuple(tickers[:6]), objective=Objective.MIN_VOLATILITY, lower_bounds=np.zeros(6),
+        upper_bounds=np.ones(6), sectors=("a", "a", "a", "b", "b", "b"),
+        sector_limits=(SectorLimit(sector="a", max_weight=0.4),),
+    )  # fmt: skip
+    jobs.append(OptimizationJob(problem=sectors, inputs=history.__class__(
+        returns=history.returns[:, :6], timestamps=history.timestamps), settings=EstimationSettings()))  # fmt: skip
+    jobs.append(
+        OptimizationJob(
+            problem=long_only(Objective.MIN_VOLATILITY, tickers),
+            inputs=history,
+            settings=EstimationSettings(),
+            method=MethodSettings(risk_measure=RiskMeasure.CVAR),
+        )
+    )
+    jobs.append(
+        OptimizationJob(
+            problem=long_only(Objective.MIN_VOLATILITY, tickers),
+            inputs=history,
+            settings=EstimationSettings(),
+            method=MethodSettings(method=Method.HIERARCHICAL_RISK_PARITY),
+        )
+    )
+    too_small = PortfolioProblem(
+        symbols=tuple(tickers[:3]), objective=Objective.MAX_SHARPE, lower_bounds=np.zeros(3),
+        upper_bounds=np.full(3, 0.2),
+    )  # fmt: skip
+    small_moments = Moments(expected_returns=np.array([0.1, 0.2, 0.3]), covariance=np.diag([0.04, 0.09, 0.16]))
+    jobs.append(OptimizationJob(problem=too_small, inputs=small_moments, settings=EstimationSettings()))
+    mismatched = Moments(expected_returns=np.zeros(3), covariance=np.eye(3))  # 3 moments for 2 names
+    jobs.append(
+        OptimizationJob(
+            problem=long_only(Objective.MIN_VOLATILITY, tickers[:2]), inputs=mismatched, settings=EstimationSettings()
+        )
+    )
+
+    batched = run_optimization_batch(jobs)
+    assert len(batched) == len(jobs)
+    paths = []
+    for job, outcome in zip(jobs, batched, strict=True):
+        single = _outcome_or_error(job)
+        if isinstance(single, StratoptError):
+            assert isinstance(outcome, type(single)) and str(outcome) == str(single)
+            continue
+        assert not isinstance(outcome, StratoptError)
+        paths.append(outcome.result.solve_path)
+        np.testing.assert_allclose(outcome.result.weights, single.result.weights, atol=1e-9)
+        assert outcome.result.performance.sharpe_ratio == pytest.approx(
+            single.result.performance.sharpe_ratio, rel=1e-9
+        )
+        np.testing.assert_allclose(outcome.risk_contributions, single.risk_contributions, atol=1e-9)
+        assert outcome.max_drawdown == pytest.approx(single.max_drawdown, rel=1e-9)
+    assert paths.count("BATCH_ACTIVE_SET") >= 20  # the eligible jobs went through the batch
+    assert len(set(paths)) >= 2  # and the others through their own paths
