@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 
@@ -68,6 +69,8 @@ _RUN_INHERITS = ("enabled", "lookback_periods", "market_symbol", "recompute")
 
 MAX_BATCH_SIZE = 1000
 """Most requests in one BatchOptimize call."""
+BATCH_CHUNK = 64
+"""Jobs of a batch solved in one worker call (chunks run on the workers in parallel)."""
 _CONVERGENCE_STATUSES = frozenset({"OPTIMAL", "OPTIMAL_INACCURATE", "CLOSED_FORM"})
 """Solver statuses the stored result names; any other is stored as ``""`` (unspecified)."""
 
@@ -324,33 +327,80 @@ class OptimizationService:
             return await self._batch(command, _deadline(time_remaining_s))
 
     async def _batch(self, command: BatchCommand, deadline: float | None) -> BatchResult:
+        """Replay, solve in chunks, store in each portfolio's request order.
+
+        Replays first; the rest are solved in chunks of :data:`BATCH_CHUNK` jobs per worker call
+        (``run_optimization_batch``: the batched active set where it applies); then stored one run per
+        transaction, each portfolio's items in request order (its history and latest read model follow the batch).
+        """
         count = len(command.items)
         gate = asyncio.Semaphore(self._batch_concurrency)
+        outcomes: list[RunResult | BaseException | None] = [None] * count
+        jobs: dict[int, OptimizationJob] = {}
 
-        async def one(index: int, item: OptimizeCommand | InvalidItem) -> RunResult | BaseException:
+        async def prepare(index: int, item: OptimizeCommand | InvalidItem) -> None:
             if isinstance(item, InvalidItem):
-                return item.error
+                outcomes[index] = item.error
+                return
             async with gate:
                 try:
-                    return await self._optimize(item, deadline, admit=False)
+                    if item.request_id:
+                        stored = await self._replay(item.request_id, item.request_hash)
+                        if stored is not None:
+                            outcomes[index] = stored
+                            return
+                    jobs[index] = OptimizationJob(
+                        problem=item.problem,
+                        inputs=await self._job_inputs(item.problem.symbols, item.inputs),
+                        settings=item.settings,
+                        method=item.method,
+                        time_limit_s=self._solve_limit(deadline),
+                    )
                 except StratoptError as exc:
-                    return exc
+                    outcomes[index] = exc
                 except Exception as exc:  # one broken item must not sink the batch
                     log.exception("batch item %d failed", index)
-                    return exc
+                    outcomes[index] = exc
 
-        # Items of one portfolio run one after another in request order, so its history (and the latest read
-        # model) follows the batch's order; different portfolios run concurrently.
+        await asyncio.gather(*(prepare(i, item) for i, item in enumerate(command.items)))
+        order = sorted(jobs)
+        solved: dict[int, OptimizationOutcome | BaseException] = {}
+
+        async def solve(indices: list[int]) -> None:
+            async with gate:
+                try:
+                    results: list[Any] = await self._pool.run_batch(
+                        [jobs[i] for i in indices], timeout_s=self._solve_limit(deadline)
+                    )
+                except Exception as exc:  # the chunk's worker failed (deadline, lost worker): its items fail
+                    results = [exc] * len(indices)
+            for i, result in zip(indices, results, strict=True):
+                solved[i] = result
+
+        await asyncio.gather(*(solve(order[k : k + BATCH_CHUNK]) for k in range(0, len(order), BATCH_CHUNK)))
+
+        async def store(indices: list[int]) -> None:
+            for i in indices:
+                if outcomes[i] is not None:
+                    continue
+                item = command.items[i]
+                assert isinstance(item, OptimizeCommand)
+                try:
+                    result = solved[i]
+                    with proto_field_paths(OPTIMIZATION, symbols=item.problem.symbols):
+                        if isinstance(result, BaseException):
+                            raise result
+                    outcomes[i] = await self._store_run(item, result, deadline)
+                except StratoptError as exc:
+                    outcomes[i] = exc
+                except Exception as exc:  # one broken item must not sink the batch
+                    log.exception("batch item %d failed", i)
+                    outcomes[i] = exc
+
         groups: dict[str, list[int]] = {}
         for i, item in enumerate(command.items):
             groups.setdefault(item.portfolio_id, []).append(i)
-        outcomes: list[RunResult | BaseException | None] = [None] * count
-
-        async def run_group(indices: list[int]) -> None:
-            for i in indices:
-                outcomes[i] = await one(i, command.items[i])
-
-        await asyncio.gather(*(run_group(indices) for indices in groups.values()))
+        await asyncio.gather(*(store(indices) for indices in groups.values()))
         return BatchResult(outcomes=tuple(outcome for outcome in outcomes if outcome is not None))
 
     async def upsert_configuration(self, configuration: Configuration) -> ConfigurationUpsert:

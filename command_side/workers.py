@@ -49,8 +49,9 @@ from services.engine import (
     OptimizationOutcome,
     efficient_frontier,
     run_optimization,
+    run_optimization_batch,
 )
-from services.errors import DeadlineExceededError, ResourceExhaustedError, UnavailableError
+from services.errors import DeadlineExceededError, ResourceExhaustedError, StratoptError, UnavailableError
 from services.optimization import Objective, PortfolioProblem
 from services.rotation import CycleDecision, run_cycle
 from services.trading import AllocationRequest, AllocationResult
@@ -572,6 +573,22 @@ class SolverPool:
         outcome = await self._call(run_optimization, job, timeout_s=timeout_s)
         observe_solve(job, outcome)
         return outcome
+
+    async def run_batch(
+        self, jobs: list[OptimizationJob], *, timeout_s: float | None
+    ) -> list[OptimizationOutcome | StratoptError]:
+        """Run ``services.engine.run_optimization_batch`` on ``jobs`` in one worker (errors per job, in order).
+
+        Raises
+        ------
+        DeadlineExceededError, UnavailableError
+            As ``run``, for the whole chunk.
+        """
+        outcomes = await self._call(run_optimization_batch, jobs, timeout_s=timeout_s)
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if not isinstance(outcome, StratoptError):
+                observe_solve(job, outcome)
+        return outcomes
 
     async def parse_and_run(
         self,

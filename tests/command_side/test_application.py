@@ -15,6 +15,7 @@ import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pytest
@@ -38,6 +39,7 @@ from services.engine import (
     OptimizationOutcome,
     efficient_frontier,
     run_optimization,
+    run_optimization_batch,
 )
 from services.errors import (
     InfeasibleError,
@@ -76,6 +78,13 @@ class InProcessSolver:
 
     async def frontier(self, job: OptimizationJob, points: int, *, timeout_s: float | None) -> FrontierOutcome:
         return efficient_frontier(job, points)
+
+    async def run_batch(self, jobs: list[OptimizationJob], *, timeout_s: float | None) -> list[Any]:
+        self.solves += len(jobs)
+        await asyncio.sleep(0)
+        if self.failure is not None:
+            raise self.failure
+        return list(run_optimization_batch(jobs))
 
 
 def command_for(config: OptimizationConfiguration, request_id: str) -> OptimizeCommand:
