@@ -270,25 +270,31 @@ def solve_batch(
         groups.setdefault(bucket_size(n), []).append(k)
     for size, members in groups.items():
         b = len(members)
-        sigma = np.zeros((b, size, size))
-        mu = np.zeros((b, size))
-        lower = np.zeros((b, size))
-        upper = np.zeros((b, size))
+        # The group count is padded too (to a power of two, at least 8) with a well-posed dummy problem (Σ = I,
+        # μ = 1, weights in [0, 1]; it settles at once), so a server sees few distinct shapes to compile.
+        padded = max(8, 1 << (b - 1).bit_length())
+        sigma = np.tile(np.eye(size), (padded, 1, 1))
+        mu = np.ones((padded, size))
+        lower = np.zeros((padded, size))
+        upper = np.ones((padded, size))
         for row, k in enumerate(members):
             n = sizes[k]
             c = np.asarray(covariances[k], dtype=np.float64)
             sigma[row, :n, :n] = c
-            if size > n:  # independent dummies pinned at 0, on Σ's scale
+            if size > n:  # independent dummies pinned at 0 (l = u = 0, μ = 0), on Σ's scale
                 sigma[row, n:, n:] = np.eye(size - n) * float(np.max(np.diag(c)))
             mu[row, :n] = expected_returns[k]
+            mu[row, n:] = 0.0
             lower[row, :n] = lowers[k]
             upper[row, :n] = uppers[k]
-        excess = mu - rates[members][:, None]
-        excess[:, :] = np.where(np.arange(size)[None, :] < np.array([sizes[k] for k in members])[:, None], excess, 0.0)
+            upper[row, n:] = 0.0
+        excess = mu.copy()
+        lengths = np.array([sizes[k] for k in members])
+        excess[:b] = np.where(np.arange(size)[None, :] < lengths[:, None], mu[:b] - rates[members][:, None], 0.0)
+        lam_padded = np.zeros(padded)
+        lam_padded[:b] = lam_given[members]
         with jax.enable_x64(True):
-            w, lam_b, settled, its = _batched(
-                sigma, mu, lower, upper, lam_given[members], excess, kind is BatchKind.TANGENCY
-            )
+            w, lam_b, settled, its = _batched(sigma, mu, lower, upper, lam_padded, excess, kind is BatchKind.TANGENCY)
             w, lam_b, settled, its = (np.asarray(x) for x in (w, lam_b, settled, its))
         ok = settled & _certify(sigma, mu, lower, upper, w, lam_b)
         if kind is BatchKind.TANGENCY:  # λ is the tangency: λ (μ − r_f)ᵀw = wᵀΣw
