@@ -3,7 +3,11 @@
 This is what the command side runs in its worker processes: it is pure (no I/O) and picklable both ways.
 Methods: mean-variance (variance, or CVaR / MAD / CDaR on the historical scenarios), Black-Litterman (the
 posterior moments, then mean-variance), risk parity (JAX Newton), hierarchical risk parity, and robust
-mean-variance over an uncertainty set on expected returns.
+mean-variance over an uncertainty set on expected returns. ``run_optimization_batch`` runs many jobs, the
+eligible mean-variance ones together (``services.optimization.optimize_mean_variance_batch``).
+
+Why one long module: every method shares the same estimation, relaxation and outcome assembly around its solve,
+and the batch entry point must build exactly the outcomes the single one builds.
 """
 
 from __future__ import annotations
