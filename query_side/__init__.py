@@ -9,6 +9,7 @@ from __future__ import annotations
 import grpc
 
 from query_side.backtests import BacktestReads
+from query_side.event_cache import DEFAULT_MAX_EVENTS, EventMessageCache
 from query_side.export import ExportReads
 from query_side.read_store import InMemoryReadStore, ReadStore
 from query_side.realised import PriceReads
@@ -27,9 +28,11 @@ SERVICE_NAME: str = query_service_pb2.DESCRIPTOR.services_by_name["OptimizationQ
 """Full name of the service, ``stratopt.v1.OptimizationQueryService``."""
 
 __all__ = [
+    "DEFAULT_MAX_EVENTS",
     "SERVICE_NAME",
     "BacktestReads",
     "ErrorMappingInterceptor",
+    "EventMessageCache",
     "EventNotifier",
     "ExportReads",
     "InMemoryReadStore",
@@ -59,6 +62,7 @@ def register(
     sectors: SectorExposureReads | None = None,
     watch_reads: WatchReads | None = None,
     recompute_jobs: RecomputeJobReads | None = None,
+    event_cache: EventMessageCache | None = None,
 ) -> list[str]:
     """Add the query servicer to a server.
 
@@ -87,6 +91,9 @@ def register(
         answers FAILED_PRECONDITION.
     recompute_jobs : RecomputeJobReads, optional
         The recompute queue for ``ListRecomputeJobs``; without it the RPC answers FAILED_PRECONDITION.
+    event_cache : EventMessageCache, optional
+        ``GetHistory``'s cache of serialized events (``query_side.event_cache``); default one of
+        ``DEFAULT_MAX_EVENTS`` entries.
 
     Returns
     -------
@@ -105,6 +112,7 @@ def register(
             sectors,
             watch_reads,
             recompute_jobs=recompute_jobs,
+            event_cache=event_cache,
         ),
         server,
     )

@@ -14,6 +14,7 @@ The stored records (``StoredEvent``, ``HistoryKey``, ``AnalyticsWindow``, ``Stor
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
@@ -21,10 +22,13 @@ from query_side.analytics import PortfolioAnalytics, RunRecord, events_frame, po
 from query_side.repository import (
     AnalyticsWindow,
     HistoryKey,
+    KnownEvent,
     StoredEvent,
     StoredRebalanceEvent,
     StoredRecommendation,
 )
+
+_T = TypeVar("_T")
 
 
 class ReadStore(Protocol):
@@ -65,6 +69,19 @@ class ReadStore(Protocol):
         list of StoredEvent
             At most ``limit`` events, newest first; empty for an unknown portfolio.
         """
+        ...
+
+    async def history_page(
+        self,
+        portfolio_id: str,
+        *,
+        start: datetime | None,
+        end: datetime | None,
+        limit: int,
+        after: HistoryKey | None,
+        cached: Callable[[uuid.UUID], _T | None],
+    ) -> list[StoredEvent | KnownEvent[_T]]:
+        """:meth:`history`, with the rows ``cached(event_id)`` knows given back as ``KnownEvent`` (not decoded)."""
         ...
 
     async def analytics_window(
@@ -180,6 +197,23 @@ class InMemoryReadStore(ReadStore):
     ) -> list[StoredEvent]:
         """A portfolio's events in ``[start, end)``, newest first, after a keyset; see :meth:`ReadStore.history`."""
         return _newest_first(self._events, portfolio_id, start, end, limit, after)
+
+    async def history_page(
+        self,
+        portfolio_id: str,
+        *,
+        start: datetime | None,
+        end: datetime | None,
+        limit: int,
+        after: HistoryKey | None,
+        cached: Callable[[uuid.UUID], _T | None],
+    ) -> list[StoredEvent | KnownEvent[_T]]:
+        """:meth:`history`, with the events ``cached`` knows given back as ``KnownEvent``."""
+        page: list[StoredEvent | KnownEvent[_T]] = []
+        for event in _newest_first(self._events, portfolio_id, start, end, limit, after):
+            payload = cached(event.event_id)
+            page.append(event if payload is None else KnownEvent(event.key, payload))
+        return page
 
     async def analytics_window(
         self, portfolio_id: str, *, start: datetime | None, end: datetime | None

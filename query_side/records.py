@@ -9,10 +9,11 @@ keys it does not know and reads a missing key as unset.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from stratopt.v1 import trading_service_pb2, types_pb2
@@ -21,8 +22,9 @@ READABLE_SCHEMA_VERSIONS: Final = frozenset({1})
 """Versions of the event-metadata schema this reader understands."""
 
 _NON_FINITE: Final = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-_RFC3339: Final = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(?:Z|\+00:00)$")
+_RFC3339: Final = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:Z|\+00:00)$")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_SECOND: Final = timedelta(seconds=1)
 
 
 class SchemaError(ValueError):
@@ -37,13 +39,27 @@ def _floats(value: Any) -> dict[str, float]:
     return {str(k): _float(v) for k, v in (value or {}).items()}
 
 
+@functools.lru_cache(maxsize=8192)
 def instant_nanoseconds(text: str) -> int:
-    """Nanoseconds since the epoch of a stored RFC 3339 UTC instant."""
+    """Nanoseconds since the epoch of a stored RFC 3339 UTC instant.
+
+    Cached (a pure function of the text; window bounds repeat across runs): the query side reads a few of these
+    per event it serves.
+
+    Raises
+    ------
+    SchemaError
+        When ``text`` is not ``YYYY-MM-DDTHH:MM:SS[.fraction](Z|+00:00)`` or names no valid date and time.
+    """
     match = _RFC3339.match(text)
     if match is None:
         raise SchemaError(f"not an RFC 3339 UTC instant: {text!r}")
-    whole = datetime.strptime(match[1], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
-    return int((whole - _EPOCH).total_seconds()) * 1_000_000_000 + int((match[2] or "0").ljust(9, "0"))
+    try:
+        year, month, day, hour, minute, second = (int(part) for part in match.group(1, 2, 3, 4, 5, 6))
+        whole = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+    except ValueError as error:  # month 13, February 30, hour 24, ...
+        raise SchemaError(f"not an RFC 3339 UTC instant: {text!r} ({error})") from None
+    return (whole - _EPOCH) // _SECOND * 1_000_000_000 + int((match[7] or "0").ljust(9, "0"))
 
 
 def _enum(enum: Any, prefix: str, name: str) -> int:

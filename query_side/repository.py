@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 
@@ -29,6 +30,7 @@ _EVENT_COLUMNS = (
     'event_id, "timestamp", portfolio_id, result_id, configuration_version, request_id, objective, method, '
     "weights, expected_return, volatility, sharpe_ratio, metadata"
 )
+T = TypeVar("T")
 _RUN_COLUMNS = 'event_id, "timestamp", weights, expected_return, volatility, sharpe_ratio'
 REBALANCE_EVENT_COLUMNS = (
     'event_id, "timestamp", portfolio_id, recommendation_id, event_type, status, actor, total_trade_value'
@@ -80,6 +82,14 @@ class HistoryKey:
     """Event time (timezone-aware)."""
     event_id: uuid.UUID
     """Event identifier; breaks ties between events with the same timestamp."""
+
+
+@dataclass(frozen=True, slots=True)
+class KnownEvent(Generic[T]):
+    """A history row the caller already holds: its position and the caller's own value for it (not decoded)."""
+
+    key: HistoryKey
+    payload: T
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -283,6 +293,37 @@ class PostgresReadStore:
         """
         rows = await self._newest_first("portfolio_optimized", _EVENT_COLUMNS, portfolio_id, start, end, limit, after)
         return [_event(row) for row in rows]
+
+    async def history_page(
+        self,
+        portfolio_id: str,
+        *,
+        start: datetime | None,
+        end: datetime | None,
+        limit: int,
+        after: HistoryKey | None,
+        cached: Callable[[uuid.UUID], T | None],
+    ) -> list[StoredEvent | KnownEvent[T]]:
+        """:meth:`history`, but the rows ``cached`` knows come back undecoded, as :class:`KnownEvent`.
+
+        The same keyset query as :meth:`history`; for each row, ``cached(event_id)`` is asked first, and a value
+        it returns is given back with the row's position instead of the decoded event (stored events never
+        change, see ``query_side.event_cache``).
+
+        Raises
+        ------
+        UnavailableError
+            When the database cannot be reached.
+        """
+        rows = await self._newest_first("portfolio_optimized", _EVENT_COLUMNS, portfolio_id, start, end, limit, after)
+        page: list[StoredEvent | KnownEvent[T]] = []
+        for row in rows:
+            payload = cached(row["event_id"])
+            if payload is None:
+                page.append(_event(row))
+            else:
+                page.append(KnownEvent(HistoryKey(timestamp=row["timestamp"], event_id=row["event_id"]), payload))
+        return page
 
     async def events_after(self, portfolio_id: str, after: HistoryKey | None, limit: int) -> list[StoredEvent]:
         """A portfolio's events after a keyset position, **oldest first** (what a watch stream sends next).

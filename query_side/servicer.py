@@ -19,6 +19,7 @@ import numpy as np
 from google.protobuf import timestamp_pb2
 
 from query_side.backtests import BacktestReads, parse_backtest_id
+from query_side.event_cache import EventMessageCache
 from query_side.export import (
     EXPORT_BATCH_ROWS,
     ExportDataset,
@@ -319,6 +320,9 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         answer NOT_FOUND (rotation) or FAILED_PRECONDITION (the others).
     export_batch_rows : int
         Most rows of one ExportData message (a request's ``max_batch_rows`` may lower it).
+    event_cache : EventMessageCache, optional
+        The serialized events ``GetHistory`` serves again without decoding their rows (``query_side.event_cache``);
+        default: one of ``DEFAULT_MAX_EVENTS`` entries.
     """
 
     def __init__(
@@ -335,7 +339,9 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         *,
         recompute_jobs: RecomputeJobReads | None = None,
         export_batch_rows: int = EXPORT_BATCH_ROWS,
+        event_cache: EventMessageCache | None = None,
     ) -> None:
+        self._event_cache = EventMessageCache() if event_cache is None else event_cache
         self._recompute_jobs = recompute_jobs
         self._backtests = backtests
         self._sectors = sectors
@@ -421,12 +427,23 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         fingerprint = query_fingerprint(portfolio_id, start, end)
         after = decode_page_token(request.page_token, fingerprint) if request.page_token else None
-        events = await self._repository.history(portfolio_id, start=start, end=end, limit=page_size + 1, after=after)
-        page = events[:page_size]
-        next_page_token = encode_page_token(page[-1].key, fingerprint) if len(events) > page_size else ""
-        return query_service_pb2.GetHistoryResponse(
-            events=[event_message(event) for event in page], next_page_token=next_page_token
+        cache = self._event_cache
+        rows = await self._repository.history_page(
+            portfolio_id, start=start, end=end, limit=page_size + 1, after=after, cached=cache.get
         )
+        page = rows[:page_size]
+        next_page_token = encode_page_token(page[-1].key, fingerprint) if len(rows) > page_size else ""
+        response = query_service_pb2.GetHistoryResponse(next_page_token=next_page_token)
+        events = response.events
+        for index, row in enumerate(rows):  # the row past the page too: it was decoded, and opens the next page
+            if isinstance(row, StoredEvent):
+                message = event_message(row)
+                cache.put(row.event_id, message.SerializeToString())
+                if index < page_size:
+                    events.append(message)
+            elif index < page_size:  # a stored event never changes: its message, built once, is served as it is
+                events.add().MergeFromString(row.payload)
+        return response
 
     async def WatchEvents(  # noqa: N802 (gRPC method name)
         self, request: query_service_pb2.WatchEventsRequest, context: ServicerContext

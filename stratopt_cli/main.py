@@ -262,6 +262,15 @@ def serve(
             envvar="STRATOPT_RECOMPUTE_MAX_ATTEMPTS", min=1, help="Attempts of a re-run before it is a dead letter."
         ),
     ] = 5,
+    query_event_cache: Annotated[
+        int,
+        typer.Option(
+            envvar="STRATOPT_QUERY_EVENT_CACHE",
+            min=0,
+            help="Serialized events GetHistory keeps to serve again without decoding their rows (about 1 KB each "
+            "with overheads; 0: none).",
+        ),
+    ] = 65_536,
     metrics_address: Annotated[
         str | None,
         typer.Option(
@@ -352,6 +361,7 @@ def serve(
             recompute_tick_s=recompute_tick,
             recompute_retry_s=recompute_retry,
             recompute_max_attempts=recompute_max_attempts,
+            query_event_cache=query_event_cache,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

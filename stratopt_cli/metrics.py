@@ -19,7 +19,7 @@ import inspect
 import ipaddress
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from threading import Thread
 from typing import TYPE_CHECKING, Any
@@ -28,6 +28,7 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 METRICS_ADDRESS_ENV = "STRATOPT_METRICS_ADDRESS"
@@ -245,6 +246,10 @@ class ServerMetrics:
         ):
             Gauge(name, text, registry=self.registry).set_function(read(attribute))
 
+    def watch_event_cache(self, cache: Any) -> None:
+        """The query side's ``EventMessageCache``: entries (gauge), hits and misses (counters), read at each scrape."""
+        self.registry.register(_EventCacheCollector(cache))
+
     def watch_solver_pool(self, solver_pool: Callable[[], Any]) -> None:
         """Gauges of the command side's ``SolverPool`` that ``solver_pool()`` returns (or None)."""
 
@@ -395,3 +400,23 @@ class MetricsEndpoint:
                 f"refusing to serve metrics on non-loopback {self.address!r} without TLS: set "
                 f"{TLS_CERT_ENV} and {TLS_KEY_ENV}, or {INSECURE_ENV}=true"
             )
+
+
+class _EventCacheCollector(Collector):
+    """Scrape-time figures of ``query_side.event_cache.EventMessageCache``."""
+
+    def __init__(self, cache: Any) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        """The cache's entries, hits and misses."""
+        cache = self._cache
+        yield GaugeMetricFamily(
+            "stratopt_query_event_cache_entries", "Serialized events kept by GetHistory's cache.", value=len(cache)
+        )
+        yield CounterMetricFamily(
+            "stratopt_query_event_cache_hits", "GetHistory rows served from the event cache.", value=cache.hits
+        )
+        yield CounterMetricFamily(
+            "stratopt_query_event_cache_misses", "GetHistory rows decoded (not in the event cache).", value=cache.misses
+        )

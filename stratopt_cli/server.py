@@ -96,6 +96,9 @@ class StratoptServer:
         Back-off before a failed recompute job's first retry (doubled per attempt).
     recompute_max_attempts : int
         Attempts before a recompute job is DEAD.
+    query_event_cache : int
+        Serialized events ``GetHistory`` keeps to serve again without decoding (``query_side.event_cache``); 0 keeps
+        none.
     freeze_gc : bool
         When the server owns its process (``stratopt serve``): ``ready`` moves everything allocated so far (the
         imported libraries, the pools) out of the garbage collector's reach (``gc.freeze``), and ``stop`` puts
@@ -120,6 +123,7 @@ class StratoptServer:
     health_interval_s: float = 1.0
     max_queue: int | None = None
     freeze_gc: bool = False
+    query_event_cache: int = query_side.DEFAULT_MAX_EVENTS
     rotation_tick_s: float = 0.0
     recompute_tick_s: float = 0.0
     recompute_retry_s: float = command_side.recompute.DEFAULT_RETRY_S
@@ -220,6 +224,8 @@ class StratoptServer:
             )
         if "query" in sides:
             self._notifier = query_side.EventNotifier(self._pool)
+            event_cache = query_side.EventMessageCache(self.query_event_cache)
+            self.metrics.watch_event_cache(event_cache)
             query_names = query_side.register(
                 server,
                 query_side.PostgresReadStore(self._pool),
@@ -232,6 +238,7 @@ class StratoptServer:
                 query_side.SectorExposureReads(self._pool),
                 query_side.WatchReads(self._pool),
                 query_side.RecomputeJobReads(self._pool),
+                event_cache=event_cache,
             )
         names = [*command_names, *query_names]
         health_servicer = new_servicer(names)

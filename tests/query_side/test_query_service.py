@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import threading
 import uuid
@@ -334,6 +335,81 @@ def test_history_pages_newest_first_with_ties_broken_by_event_id(stub: Any, db: 
     returned = [event_id for page in pages for event_id in page]
     assert returned == [str(e.event_id) for e in newest_first(events)]
     assert len(set(returned)) == 7
+
+
+def history_messages(stub: Any, portfolio_id: str, page_size: int) -> list[types_pb2.PortfolioOptimizedEvent]:
+    """Every event of a portfolio's history, page after page."""
+    request = query_service_pb2.GetHistoryRequest(portfolio_id=portfolio_id, page_size=page_size)
+    events: list[types_pb2.PortfolioOptimizedEvent] = []
+    while True:
+        response = stub.GetHistory(request)
+        events.extend(response.events)
+        if not response.next_page_token:
+            return events
+        request.page_token = response.next_page_token
+
+
+def test_history_served_from_the_event_cache_equals_the_stored_rows(pg_dsn: str, db: psycopg.Connection[Any]) -> None:
+    portfolio_id = new_portfolio()
+    t0 = datetime(2024, 4, 2, 9, 30, 0, 250000, tzinfo=UTC)
+    events = make_events([t0 + timedelta(minutes=7 * k) for k in range(10)], seed=21)
+    events[4] = dataclasses.replace(events[4], request_id="req-cached")
+    insert_events(db, portfolio_id, events)
+    small = query_side.EventMessageCache(3)  # smaller than a page: entries are evicted while pages are served
+    roomy = query_side.EventMessageCache(100)
+    none = query_side.EventMessageCache(0)
+    stubs: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        for name, cache in (("small", small), ("roomy", roomy), ("none", none)):
+
+            async def configure(
+                server: grpc.aio.Server, cache: query_side.EventMessageCache = cache
+            ) -> Callable[[], Awaitable[None]]:
+                pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2)
+                query_side.register(server, PostgresReadStore(pool), event_cache=cache)
+                return pool.close
+
+            address = stack.enter_context(serve_in_thread(configure))
+            channel = stack.enter_context(grpc.insecure_channel(address))
+            stubs[name] = query_service_pb2_grpc.OptimizationQueryServiceStub(channel)
+
+        uncached = history_messages(stubs["none"], portfolio_id, 4)
+        passes = {
+            name: [history_messages(stubs[name], portfolio_id, 4) for _ in range(3)] for name in ("small", "roomy")
+        }
+        # Each row decoded once (the row past a page, read to see whether another page follows, included), then
+        # served as kept: pages of 4 read 5, 5 and 2 rows; the first pass finds rows 4 and 8 kept by its pages before.
+        assert (roomy.misses, roomy.hits, len(roomy)) == (10, 2 + 12 + 12, 10)
+        assert small.hits > 0 and len(small) == 3
+        assert none.hits == 0 and len(none) == 0
+        for answers in passes.values():
+            assert all(answer == uncached for answer in answers)
+        # Independent truth: the rows as inserted (ids, order, timestamps to the microsecond, weights, request id).
+        assert [e.event_id for e in uncached] == [str(e.event_id) for e in newest_first(events)]
+        for message, event in zip(uncached, newest_first(events), strict=True):
+            assert message.timestamp.ToDatetime(tzinfo=UTC) == event.timestamp
+            assert dict(message.weights) == pytest.approx(event.weights, abs=0, rel=1e-15)
+            assert message.request_id == (event.request_id or "")
+            assert message.metadata.event_id == str(event.event_id)
+
+        # A row deleted (retention) after its message was kept is not served: the page comes from the query.
+        gone = newest_first(events)[1]
+        db.execute("DELETE FROM portfolio_optimized WHERE event_id = %s", (gone.event_id,))
+        after_delete = history_messages(stubs["roomy"], portfolio_id, 4)
+        assert [e.event_id for e in after_delete] == [e.event_id for e in uncached if e.event_id != str(gone.event_id)]
+
+
+def test_event_cache_keeps_the_most_recently_used() -> None:
+    cache = query_side.EventMessageCache(2)
+    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    cache.put(a, b"a")
+    cache.put(b, b"b")
+    assert cache.get(a) == b"a"  # a is now the most recently used
+    cache.put(c, b"c")  # evicts b
+    assert (cache.get(b), cache.get(a), cache.get(c)) == (None, b"a", b"c")
+    assert (cache.hits, cache.misses, len(cache)) == (3, 1, 2)
+    with pytest.raises(ValueError, match="max_events"):
+        query_side.EventMessageCache(-1)
 
 
 def test_history_exact_multiple_of_page_size_ends_without_token(stub: Any, db: psycopg.Connection[Any]) -> None:

@@ -233,6 +233,9 @@ spec:
               value: {{ $root.Values.recompute.retrySeconds | quote }}
             - name: STRATOPT_RECOMPUTE_MAX_ATTEMPTS
               value: {{ $root.Values.recompute.maxAttempts | quote }}
+            {{- else }}
+            - name: STRATOPT_QUERY_EVENT_CACHE
+              value: {{ $v.eventCacheEntries | quote }}
             {{- end }}
             {{- if $root.Values.metrics.enabled }}
             - name: STRATOPT_METRICS_ADDRESS
