@@ -291,10 +291,12 @@ def started_server(
     max_queue: int | None,
     log: Path | None = None,
     prepare: Callable[[str], None] | None = None,
+    side: str = "both",
 ) -> Iterator[tuple[str, int]]:
     """Yield ``(target, pid)`` of ``stratopt serve`` on a fresh embedded, migrated database.
 
     ``prepare(dsn)``, when given, runs after the migrations and before the server starts (e.g. to seed data).
+    ``side`` is ``stratopt serve --side``: both (default), command or query (a query replica, as Helm deploys it).
     """
     base = Path(tempfile.mkdtemp(prefix="stratopt-load-"))
     os.chmod(base, 0o755)  # the postgres user must traverse it when this runs as root
@@ -311,7 +313,18 @@ def started_server(
         if max_queue is not None:
             env["STRATOPT_MAX_QUEUE"] = str(max_queue)
         server = subprocess.Popen(
-            [sys.executable, "-m", "stratopt_cli.main", "serve", "--address", "127.0.0.1:0", "--workers", str(workers)],
+            [
+                sys.executable,
+                "-m",
+                "stratopt_cli.main",
+                "serve",
+                "--address",
+                "127.0.0.1:0",
+                "--side",
+                side,
+                "--workers",
+                str(workers),
+            ],
             env=env,
             stderr=subprocess.PIPE,
             text=True,

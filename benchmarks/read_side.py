@@ -20,9 +20,19 @@ triggers of migration ``0017_event_turnover`` store; they are skipped while seed
    closed-loop clients (default 32) for ``--duration`` seconds each: calls per second, p50 and p99.
 
 3. The same two RPCs in an **open loop**: the ``--concurrency`` clients together send ``--rates`` calls per second
-   on a fixed schedule (default 500 GetLatest/s and 100 GetHistory/s), each latency measured from its scheduled
-   start. A closed loop of 32 clients measures saturation: its latency is about 32 / throughput (Little's law), so
-   a 5 ms p99 there needs more than 6,400 calls/s; the open loop measures the latency at a given load.
+   on a fixed schedule (default GetLatest at 250, 500 and 1,000 calls/s, GetHistory at 100, 200 and 400 calls/s:
+   a latency-throughput curve), each latency measured from its scheduled start. A closed loop of 32 clients
+   measures saturation: its latency is about 32 / throughput (Little's law), so a 5 ms p99 there needs more than
+   6,400 calls/s; the open loop measures the latency at a given load.
+
+Beside each latency line, ``CPU ms``: the server process's CPU time (user + system, ``/proc``) per call over that
+phase — what a call costs the query replica, a figure that other load on the machine disturbs much less than
+latency.
+
+The server is a query replica (``stratopt serve --side query``, as the Helm chart deploys the read side; ``--side
+both`` adds the command side's workers and background loops to the same process). ``GetHistory`` keeps the
+serialized events it served (``query_side.event_cache``, ``--event-cache`` sets the size, 0 turns it off): the
+closed loop reads each portfolio's first page for the first time (decoding its rows), later calls find them kept.
 
 Targets (issue 11): analytics < 1 s, GetLatest p99 < 5 ms, GetHistory first page p99 < 20 ms at 32 clients.
 Everything runs on this machine's two cores, the load generator included; the printout gives the load average.
@@ -142,6 +152,13 @@ def seed(dsn: str, *, events: int, portfolios: int, heavy_events: int, seed: int
     asyncio.run(_seed(dsn, events, portfolios, heavy_events, seed))
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux ``/proc/<pid>/stat``)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _percentiles(samples_ms: list[float]) -> tuple[float, float, float]:
     p50, p99 = np.percentile(samples_ms, [50, 99])
     return float(p50), float(p99), float(max(samples_ms))
@@ -193,13 +210,14 @@ async def _analytics(target: str, dsn: str, portfolios: list[str]) -> list[str]:
     return lines
 
 
-async def _load(target: str, portfolios: int, concurrency: int, duration: float) -> list[str]:
-    lines = [f"{'rpc':<12} {'clients':>7} {'calls/s':>9} {'p50 ms':>9} {'p99 ms':>9}  target"]
+async def _load(target: str, pid: int, portfolios: int, concurrency: int, duration: float) -> list[str]:
+    lines = [f"{'rpc':<12} {'clients':>7} {'calls/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'CPU ms':>7}  target"]
     channels = [grpc.aio.insecure_channel(target) for _ in range(max(1, concurrency // 16))]
     try:
         stubs = [query_grpc.OptimizationQueryServiceStub(c) for c in channels]
         for rpc in ("GetLatest", "GetHistory"):
             samples: list[float] = []
+            cpu_before = process_cpu_s(pid)
             stop = time.perf_counter() + duration
 
             async def client(k: int, rpc: str = rpc, samples: list[float] = samples, stop: float = stop) -> None:
@@ -215,11 +233,13 @@ async def _load(target: str, portfolios: int, concurrency: int, duration: float)
                     samples.append((time.perf_counter() - started) * 1000)
 
             await asyncio.gather(*(client(k) for k in range(concurrency)))
+            cpu_ms = (process_cpu_s(pid) - cpu_before) * 1000 / len(samples)
             p50, p99, _ = _percentiles(samples)
             target_ms = TARGETS_MS[f"{rpc} p99"]
             verdict = f"p99 < {target_ms:.0f} ms: {'met' if p99 < target_ms else 'NOT met'}"
             lines.append(
-                f"{rpc:<12} {concurrency:>7} {len(samples) / duration:>9.0f} {p50:>9.2f} {p99:>9.2f}  {verdict}"
+                f"{rpc:<12} {concurrency:>7} {len(samples) / duration:>9.0f} {p50:>9.2f} {p99:>9.2f} {cpu_ms:>7.2f}"
+                f"  {verdict}"
             )
     finally:
         for channel in channels:
@@ -227,18 +247,21 @@ async def _load(target: str, portfolios: int, concurrency: int, duration: float)
     return lines
 
 
-async def _paced(target: str, portfolios: int, concurrency: int, rates: dict[str, float], duration: float) -> list[str]:
+async def _paced(
+    target: str, pid: int, portfolios: int, concurrency: int, rates: list[tuple[str, float]], duration: float
+) -> list[str]:
     """Open loop: ``concurrency`` clients together sending ``rate`` calls/s on a fixed schedule.
 
     Each latency is measured from the call's scheduled start (so a late send counts: no coordinated omission).
     """
-    lines = [f"{'rpc':<12} {'clients':>7} {'rate/s':>9} {'p50 ms':>9} {'p99 ms':>9}  target (open loop)"]
+    lines = [f"{'rpc':<12} {'clients':>7} {'rate/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'CPU ms':>7}  target (open loop)"]
     channels = [grpc.aio.insecure_channel(target) for _ in range(max(1, concurrency // 16))]
     try:
         stubs = [query_grpc.OptimizationQueryServiceStub(c) for c in channels]
-        for rpc, rate in rates.items():
+        for rpc, rate in rates:
             samples: list[float] = []
             interval = concurrency / rate
+            cpu_before = process_cpu_s(pid)
             begin = time.perf_counter() + 0.5
 
             async def client(
@@ -260,10 +283,11 @@ async def _paced(target: str, portfolios: int, concurrency: int, rates: dict[str
                     scheduled += interval
 
             await asyncio.gather(*(client(k) for k in range(concurrency)))
+            cpu_ms = (process_cpu_s(pid) - cpu_before) * 1000 / len(samples)
             p50, p99, _ = _percentiles(samples)
             target_ms = TARGETS_MS[f"{rpc} p99"]
             verdict = f"p99 < {target_ms:.0f} ms: {'met' if p99 < target_ms else 'NOT met'}"
-            lines.append(f"{rpc:<12} {concurrency:>7} {rate:>9.0f} {p50:>9.2f} {p99:>9.2f}  {verdict}")
+            lines.append(f"{rpc:<12} {concurrency:>7} {rate:>9.0f} {p50:>9.2f} {p99:>9.2f} {cpu_ms:>7.2f}  {verdict}")
     finally:
         for channel in channels:
             await channel.close(None)
@@ -281,30 +305,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per RPC under load (default 15)")
     parser.add_argument(
         "--rates",
-        default="GetLatest=500,GetHistory=100",
-        help="open-loop rates, calls/s over all clients (default GetLatest=500,GetHistory=100; '' = skip)",
+        default="GetLatest=250,GetLatest=500,GetLatest=1000,GetHistory=100,GetHistory=200,GetHistory=400",
+        help="open-loop phases, RPC=calls/s over all clients, in order (default GetLatest at 250, 500 and 1000/s, "
+        "GetHistory at 100, 200 and 400/s; '' = skip)",
+    )
+    parser.add_argument(
+        "--side",
+        choices=("query", "both"),
+        default="query",
+        help="stratopt serve --side: query (default; a query replica, as Helm deploys it) or both",
+    )
+    parser.add_argument(
+        "--event-cache",
+        type=int,
+        default=None,
+        help="the server's STRATOPT_QUERY_EVENT_CACHE (default: its own, 65,536; 0 = GetHistory decodes every row)",
     )
     args = parser.parse_args(argv)
+    if args.event_cache is not None:
+        os.environ["STRATOPT_QUERY_EVENT_CACHE"] = str(args.event_cache)
 
     def prepare(dsn: str) -> None:
         seed(dsn, events=args.events, portfolios=args.portfolios, heavy_events=args.heavy_events)
         prepare.dsn = dsn  # type: ignore[attr-defined]
 
-    with started_server(1, None, prepare=prepare) as (target, _pid):
+    with started_server(1, None, prepare=prepare, side=args.side) as (target, pid):
         dsn: str = prepare.dsn  # type: ignore[attr-defined]
         chosen = [portfolio_name(k) for k in random.Random(1).sample(range(args.portfolios), args.analytics_portfolios)]
         load_before = os.getloadavg()
         analytics = asyncio.run(_analytics(target, dsn, chosen))
-        load = asyncio.run(_load(target, args.portfolios, args.concurrency, args.duration))
-        rates = {k: float(v) for k, v in (item.split("=") for item in args.rates.split(",") if item)}
+        load = asyncio.run(_load(target, pid, args.portfolios, args.concurrency, args.duration))
+        rates = [(k, float(v)) for k, v in (item.split("=") for item in args.rates.split(",") if item)]
         if rates:
-            load += asyncio.run(_paced(target, args.portfolios, args.concurrency, rates, args.duration))
+            load += asyncio.run(_paced(target, pid, args.portfolios, args.concurrency, rates, args.duration))
         load_after = os.getloadavg()
     per = args.events // args.portfolios
     report = io.StringIO()
     print(
         f"stratopt read side: {per * args.portfolios:,} events over {args.portfolios:,} portfolios "
-        f"({per:,} each) + {args.heavy_events:,} in one; load average before {load_before[0]:.2f}, "
+        f"({per:,} each) + {args.heavy_events:,} in one; server: stratopt serve --side {args.side}, event cache "
+        f"{os.environ.get('STRATOPT_QUERY_EVENT_CACHE', 'default')}; load average before {load_before[0]:.2f}, "
         f"after {load_after[0]:.2f}",
         file=report,
     )
