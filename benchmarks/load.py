@@ -70,14 +70,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import grpc
 import numpy as np
@@ -278,11 +277,19 @@ def process_tree(pid: int) -> dict[str, Any]:
     }
 
 
-def _copy_lines(source: IO[str], path: Path) -> None:
-    with path.open("w") as sink:
-        for line in source:
-            sink.write(line)
-            sink.flush()
+def _serving_target(server: subprocess.Popen[bytes], log_path: Path, limit_s: float = 300.0) -> str:
+    """Wait for the server's "serving on" line in its log file; its address."""
+    deadline = time.monotonic() + limit_s
+    with log_path.open() as log:
+        while time.monotonic() < deadline:
+            line = log.readline()
+            if match := re.search(r"stratopt serving .* on (\S+:\d+)", line):
+                return match.group(1)
+            if not line:
+                if server.poll() is not None:
+                    raise RuntimeError(f"the server exited with {server.returncode} before serving (log: {log_path})")
+                time.sleep(0.05)
+    raise RuntimeError(f"the server did not serve within {limit_s:.0f} s (log: {log_path})")
 
 
 @contextlib.contextmanager
@@ -301,7 +308,8 @@ def started_server(
     base = Path(tempfile.mkdtemp(prefix="stratopt-load-"))
     os.chmod(base, 0o755)  # the postgres user must traverse it when this runs as root
     cluster = EmbeddedPostgres(base / "pgdata", database="stratopt_load")
-    server: subprocess.Popen[str] | None = None
+    stack = contextlib.ExitStack()
+    server: subprocess.Popen[bytes] | None = None
     try:
         progress(f"starting PostgreSQL + TimescaleDB in {base}")
         dsn = cluster.start()
@@ -312,6 +320,10 @@ def started_server(
         env = dict(os.environ, STRATOPT_DATABASE_URL=dsn, STRATOPT_WORKERS=str(workers))
         if max_queue is not None:
             env["STRATOPT_MAX_QUEUE"] = str(max_queue)
+        # The server logs to a file (``log`` when given), as a container runtime takes a pod's stderr: nothing
+        # in this process spends CPU reading it, and it never blocks on a full pipe.
+        log_path = log or base / "server.log"
+        log_file = stack.enter_context(log_path.open("wb"))
         server = subprocess.Popen(
             [
                 sys.executable,
@@ -326,23 +338,10 @@ def started_server(
                 str(workers),
             ],
             env=env,
-            stderr=subprocess.PIPE,
-            text=True,
+            stderr=log_file,
         )
-        assert server.stderr is not None
-        for line in server.stderr:
-            if match := re.search(r"stratopt serving .* on (\S+:\d+)", line):
-                target = match.group(1)
-                break
-        else:
-            raise RuntimeError(f"the server exited with {server.wait()} before serving")
+        target = _serving_target(server, log_path)
         progress(f"server pid {server.pid} on {target}")
-        # Keep draining its stderr so that it never blocks on a full pipe (into ``log`` when given).
-        stderr = server.stderr
-        if log is None:
-            threading.Thread(target=stderr.read, daemon=True).start()
-        else:
-            threading.Thread(target=_copy_lines, args=(stderr, log), daemon=True).start()
         yield target, server.pid
     finally:
         if server is not None and server.poll() is None:
@@ -351,6 +350,7 @@ def started_server(
                 server.wait(30)
             except subprocess.TimeoutExpired:
                 server.kill()
+        stack.close()
         progress("stopping the database and removing its directory")
         with contextlib.suppress(Exception):
             cluster.stop()
