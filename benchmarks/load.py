@@ -277,10 +277,11 @@ def process_tree(pid: int) -> dict[str, Any]:
     }
 
 
-def _serving_target(server: subprocess.Popen[bytes], log_path: Path, limit_s: float = 300.0) -> str:
-    """Wait for the server's "serving on" line in its log file; its address."""
+def _serving_target(server: subprocess.Popen[bytes], log_path: Path, offset: int, limit_s: float = 300.0) -> str:
+    """Wait for the server's "serving on" line in its log file (written from ``offset`` on); its address."""
     deadline = time.monotonic() + limit_s
     with log_path.open() as log:
+        log.seek(offset)
         while time.monotonic() < deadline:
             line = log.readline()
             if match := re.search(r"stratopt serving .* on (\S+:\d+)", line):
@@ -293,23 +294,14 @@ def _serving_target(server: subprocess.Popen[bytes], log_path: Path, limit_s: fl
 
 
 @contextlib.contextmanager
-def started_server(
-    workers: int,
-    max_queue: int | None,
-    log: Path | None = None,
-    prepare: Callable[[str], None] | None = None,
-    side: str = "both",
-) -> Iterator[tuple[str, int]]:
-    """Yield ``(target, pid)`` of ``stratopt serve`` on a fresh embedded, migrated database.
+def embedded_database(prepare: Callable[[str], None] | None = None) -> Iterator[tuple[str, Path]]:
+    """Yield ``(dsn, directory)`` of a fresh embedded, migrated PostgreSQL + TimescaleDB, removed afterwards.
 
-    ``prepare(dsn)``, when given, runs after the migrations and before the server starts (e.g. to seed data).
-    ``side`` is ``stratopt serve --side``: both (default), command or query (a query replica, as Helm deploys it).
+    ``prepare(dsn)``, when given, runs after the migrations (e.g. to seed data).
     """
     base = Path(tempfile.mkdtemp(prefix="stratopt-load-"))
     os.chmod(base, 0o755)  # the postgres user must traverse it when this runs as root
     cluster = EmbeddedPostgres(base / "pgdata", database="stratopt_load")
-    stack = contextlib.ExitStack()
-    server: subprocess.Popen[bytes] | None = None
     try:
         progress(f"starting PostgreSQL + TimescaleDB in {base}")
         dsn = cluster.start()
@@ -317,44 +309,68 @@ def started_server(
             migrate(dsn)
         if prepare is not None:
             prepare(dsn)
-        env = dict(os.environ, STRATOPT_DATABASE_URL=dsn, STRATOPT_WORKERS=str(workers))
-        if max_queue is not None:
-            env["STRATOPT_MAX_QUEUE"] = str(max_queue)
-        # The server logs to a file (``log`` when given), as a container runtime takes a pod's stderr: nothing
-        # in this process spends CPU reading it, and it never blocks on a full pipe.
-        log_path = log or base / "server.log"
-        log_file = stack.enter_context(log_path.open("wb"))
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "stratopt_cli.main",
-                "serve",
-                "--address",
-                "127.0.0.1:0",
-                "--side",
-                side,
-                "--workers",
-                str(workers),
-            ],
-            env=env,
-            stderr=log_file,
-        )
-        target = _serving_target(server, log_path)
-        progress(f"server pid {server.pid} on {target}")
-        yield target, server.pid
+        yield dsn, base
     finally:
-        if server is not None and server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-        stack.close()
         progress("stopping the database and removing its directory")
         with contextlib.suppress(Exception):
             cluster.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def serving(
+    dsn: str,
+    log_path: Path,
+    *,
+    workers: int = 1,
+    max_queue: int | None = None,
+    side: str = "both",
+    env: dict[str, str] | None = None,
+) -> Iterator[tuple[str, int]]:
+    """Yield ``(target, pid)`` of ``stratopt serve`` on the database at ``dsn``, stopped (SIGTERM) afterwards.
+
+    The server logs to ``log_path``, as a container runtime takes a pod's stderr: nothing in this process spends
+    CPU reading it, and it never blocks on a full pipe. ``side`` is ``stratopt serve --side``: both, command or
+    query (a query replica, as Helm deploys it); ``env`` adds to this process's environment.
+    """
+    environment = dict(os.environ, STRATOPT_DATABASE_URL=dsn, STRATOPT_WORKERS=str(workers), **(env or {}))
+    if max_queue is not None:
+        environment["STRATOPT_MAX_QUEUE"] = str(max_queue)
+    command = [sys.executable, "-m", "stratopt_cli.main", "serve", "--address", "127.0.0.1:0", "--side", side]
+    with log_path.open("ab") as log_file:
+        offset = log_file.tell()
+        server = subprocess.Popen([*command, "--workers", str(workers)], env=environment, stderr=log_file)
+        try:
+            target = _serving_target(server, log_path, offset)
+            progress(f"server pid {server.pid} on {target} (--side {side})")
+            yield target, server.pid
+        finally:
+            if server.poll() is None:
+                server.send_signal(signal.SIGTERM)
+                try:
+                    server.wait(30)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+
+
+@contextlib.contextmanager
+def started_server(
+    workers: int,
+    max_queue: int | None,
+    log: Path | None = None,
+    prepare: Callable[[str], None] | None = None,
+    side: str = "both",
+) -> Iterator[tuple[str, int]]:
+    """Yield ``(target, pid)`` of ``stratopt serve`` on a fresh embedded, migrated database (:func:`serving`).
+
+    ``prepare(dsn)``, when given, runs after the migrations and before the server starts (e.g. to seed data);
+    the server's log goes to ``log`` when given.
+    """
+    with embedded_database(prepare) as (dsn, base):
+        log_path = log or base / "server.log"
+        log_path.write_bytes(b"")
+        with serving(dsn, log_path, workers=workers, max_queue=max_queue, side=side) as served:
+            yield served
 
 
 # ------------------------------------------------------------------------------------------------- report

@@ -33,6 +33,8 @@ The server is a query replica (``stratopt serve --side query``, as the Helm char
 both`` adds the command side's workers and background loops to the same process). ``GetHistory`` keeps the
 serialized events it served (``query_side.event_cache``, ``--event-cache`` sets the size, 0 turns it off): the
 closed loop reads each portfolio's first page for the first time (decoding its rows), later calls find them kept.
+Then, unless ``--no-baseline``, a second server on the same database with the cache off (every row decoded, as
+before the cache) runs the GetHistory phases again: the previous implementation beside the current one.
 
 Targets (issue 11): analytics < 1 s, GetLatest p99 < 5 ms, GetHistory first page p99 < 20 ms at 32 clients.
 Everything runs on this machine's two cores, the load generator included; the printout gives the load average.
@@ -61,7 +63,7 @@ import asyncpg
 import grpc
 import numpy as np
 
-from benchmarks.load import started_server
+from benchmarks.load import embedded_database, serving
 from benchmarks.optimize_latency import progress
 from query_side.analytics import events_frame, portfolio_analytics
 from query_side.repository import PostgresReadStore
@@ -210,12 +212,14 @@ async def _analytics(target: str, dsn: str, portfolios: list[str]) -> list[str]:
     return lines
 
 
-async def _load(target: str, pid: int, portfolios: int, concurrency: int, duration: float) -> list[str]:
+async def _load(
+    target: str, pid: int, portfolios: int, concurrency: int, duration: float, rpcs: tuple[str, ...]
+) -> list[str]:
     lines = [f"{'rpc':<12} {'clients':>7} {'calls/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'CPU ms':>7}  target"]
     channels = [grpc.aio.insecure_channel(target) for _ in range(max(1, concurrency // 16))]
     try:
         stubs = [query_grpc.OptimizationQueryServiceStub(c) for c in channels]
-        for rpc in ("GetLatest", "GetHistory"):
+        for rpc in rpcs:
             samples: list[float] = []
             cpu_before = process_cpu_s(pid)
             stop = time.perf_counter() + duration
@@ -321,35 +325,58 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="the server's STRATOPT_QUERY_EVENT_CACHE (default: its own, 65,536; 0 = GetHistory decodes every row)",
     )
+    parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the GetHistory phases on a second server without the event cache (the previous implementation)",
+    )
     args = parser.parse_args(argv)
-    if args.event_cache is not None:
-        os.environ["STRATOPT_QUERY_EVENT_CACHE"] = str(args.event_cache)
+    cache_env = {} if args.event_cache is None else {"STRATOPT_QUERY_EVENT_CACHE": str(args.event_cache)}
+    rates = [(k, float(v)) for k, v in (item.split("=") for item in args.rates.split(",") if item)]
 
     def prepare(dsn: str) -> None:
         seed(dsn, events=args.events, portfolios=args.portfolios, heavy_events=args.heavy_events)
-        prepare.dsn = dsn  # type: ignore[attr-defined]
 
-    with started_server(1, None, prepare=prepare, side=args.side) as (target, pid):
-        dsn: str = prepare.dsn  # type: ignore[attr-defined]
-        chosen = [portfolio_name(k) for k in random.Random(1).sample(range(args.portfolios), args.analytics_portfolios)]
-        load_before = os.getloadavg()
-        analytics = asyncio.run(_analytics(target, dsn, chosen))
-        load = asyncio.run(_load(target, pid, args.portfolios, args.concurrency, args.duration))
-        rates = [(k, float(v)) for k, v in (item.split("=") for item in args.rates.split(",") if item)]
-        if rates:
-            load += asyncio.run(_paced(target, pid, args.portfolios, args.concurrency, rates, args.duration))
+    baseline: list[str] = []
+    with embedded_database(prepare) as (dsn, base):
+        log = base / "server.log"
+        with serving(dsn, log, side=args.side, env=cache_env) as (target, pid):
+            chosen = [
+                portfolio_name(k) for k in random.Random(1).sample(range(args.portfolios), args.analytics_portfolios)
+            ]
+            load_before = os.getloadavg()
+            analytics = asyncio.run(_analytics(target, dsn, chosen))
+            load = asyncio.run(
+                _load(target, pid, args.portfolios, args.concurrency, args.duration, ("GetLatest", "GetHistory"))
+            )
+            if rates:
+                load += asyncio.run(_paced(target, pid, args.portfolios, args.concurrency, rates, args.duration))
+        if not args.no_baseline:
+            progress("GetHistory again on a server that decodes every row (STRATOPT_QUERY_EVENT_CACHE=0)")
+            with serving(dsn, log, side=args.side, env={"STRATOPT_QUERY_EVENT_CACHE": "0"}) as (target, pid):
+                baseline = asyncio.run(
+                    _load(target, pid, args.portfolios, args.concurrency, args.duration, ("GetHistory",))
+                )
+                history_rates = [(rpc, rate) for rpc, rate in rates if rpc == "GetHistory"]
+                if history_rates:
+                    baseline += asyncio.run(
+                        _paced(target, pid, args.portfolios, args.concurrency, history_rates, args.duration)
+                    )
         load_after = os.getloadavg()
     per = args.events // args.portfolios
     report = io.StringIO()
     print(
         f"stratopt read side: {per * args.portfolios:,} events over {args.portfolios:,} portfolios "
         f"({per:,} each) + {args.heavy_events:,} in one; server: stratopt serve --side {args.side}, event cache "
-        f"{os.environ.get('STRATOPT_QUERY_EVENT_CACHE', 'default')}; load average before {load_before[0]:.2f}, "
+        f"{cache_env.get('STRATOPT_QUERY_EVENT_CACHE', 'default')}; load average before {load_before[0]:.2f}, "
         f"after {load_after[0]:.2f}",
         file=report,
     )
     print("\n".join(analytics), file=report)
     print("\n".join(load), file=report)
+    if baseline:
+        print("previous implementation on the same data: GetHistory decoding every row (event cache off)", file=report)
+        print("\n".join(baseline), file=report)
     print(report.getvalue(), end="")
     return 0
 
