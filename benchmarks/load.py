@@ -291,8 +291,12 @@ def started_server(
     max_queue: int | None,
     log: Path | None = None,
     prepare: Callable[[str], None] | None = None,
+    heavy_workers: int = 0,
 ) -> Iterator[tuple[str, int]]:
     """Yield ``(target, pid)`` of ``stratopt serve`` on a fresh embedded, migrated database.
+
+    ``heavy_workers`` is its ``STRATOPT_HEAVY_WORKERS`` (default 0: no heavy pool, the server these benchmarks
+    measured before it existed; their problems are small).
 
     ``prepare(dsn)``, when given, runs after the migrations and before the server starts (e.g. to seed data).
     """
@@ -307,7 +311,12 @@ def started_server(
             migrate(dsn)
         if prepare is not None:
             prepare(dsn)
-        env = dict(os.environ, STRATOPT_DATABASE_URL=dsn, STRATOPT_WORKERS=str(workers))
+        env = dict(
+            os.environ,
+            STRATOPT_DATABASE_URL=dsn,
+            STRATOPT_WORKERS=str(workers),
+            STRATOPT_HEAVY_WORKERS=str(heavy_workers),
+        )
         if max_queue is not None:
             env["STRATOPT_MAX_QUEUE"] = str(max_queue)
         server = subprocess.Popen(
@@ -394,6 +403,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--server-pid", type=int, help="with --target: the server's pid, for CPU and RSS")
     parser.add_argument("--workers", type=int, default=2, help="solver workers of a started server (default 2)")
     parser.add_argument("--max-queue", type=int, help="STRATOPT_MAX_QUEUE of a started server (default: its own)")
+    parser.add_argument(
+        "--heavy-workers", type=int, default=0, help="STRATOPT_HEAVY_WORKERS of a started server (default 0)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures as JSON to this path")
     parser.add_argument("--server-log", type=Path, help="write a started server's log (stderr) to this path")
     return parser.parse_args(argv)
@@ -406,7 +418,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.target:
             target, pid = args.target, args.server_pid
         else:
-            target, pid = stack.enter_context(started_server(args.workers, args.max_queue, args.server_log))
+            target, pid = stack.enter_context(
+                started_server(args.workers, args.max_queue, args.server_log, heavy_workers=args.heavy_workers)
+            )
         info = {
             "concurrency": args.concurrency,
             "deadline": args.deadline,

@@ -26,6 +26,7 @@ from prometheus_client import REGISTRY
 
 from command_side.mapping import optimize_command
 from command_side.optimization_adapter import request_workload
+from command_side.workers import SolverPool
 from services.workload import Workload, job_workload
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import command_service_pb2_grpc as cmd_grpc
@@ -140,6 +141,34 @@ def test_size_alone_makes_a_problem_heavy_from_the_threshold_on() -> None:
     assert Workload(assets=500).is_heavy()
     assert Workload(assets=20).is_heavy(heavy_assets=20)
     assert not Workload(assets=19).is_heavy(heavy_assets=20)
+
+
+# --- the pools' life cycle ----------------------------------------------------------------------------------
+
+
+def test_both_pools_warm_up_count_for_health_replace_a_lost_heavy_worker_and_stop_together() -> None:
+    async def run() -> None:
+        pool = SolverPool(1, heavy_workers=1)
+        assert pool.heavy is not None and pool.heavy.max_queue == 4  # DEFAULT_HEAVY_QUEUE_PER_WORKER
+        try:
+            await pool.warm_up()
+            assert len(pool.processes()) == 1 and len(pool.heavy.processes()) == 1 and pool.workers_alive()
+            lost = pool.heavy.processes()[0]
+            lost.kill()
+            waited = time.monotonic() + 60
+            while pool.workers_alive():  # the heavy pool's loss makes the whole pool unhealthy
+                assert time.monotonic() < waited
+                await asyncio.sleep(0.01)
+            while not pool.workers_alive():  # until its replacement has warmed up
+                assert time.monotonic() < waited + 120
+                await asyncio.sleep(0.05)
+            assert [p.pid for p in pool.heavy.processes()] != [lost.pid]
+            processes = pool.processes() + pool.heavy.processes()
+        finally:
+            pool.shutdown()
+        assert not any(p.is_alive() for p in processes)
+
+    asyncio.run(run())
 
 
 # --- through the server -------------------------------------------------------------------------------------
