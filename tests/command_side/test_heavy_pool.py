@@ -202,6 +202,30 @@ def test_heavy_jobs_run_in_the_heavy_pool_and_small_ones_in_the_main_pool(
     assert main_pool.in_flight == 0 and heavy_pool.in_flight == 0  # type: ignore[attr-defined]
 
 
+def test_a_heavy_call_on_stored_prices_is_admitted_and_solved_in_the_heavy_pool(heavy_server: Running) -> None:
+    """The path that parses on the event loop (inputs from the database): classified from the parsed command."""
+    tag = uuid.uuid4().hex[:6].upper()
+    prices = pd.read_csv(DATA, index_col=0, parse_dates=True).iloc[-300:]
+    bars = cmd_pb.IngestMarketDataRequest()
+    for when, row in prices.iterrows():
+        for symbol, price in row.items():
+            bar = bars.bars.add(symbol=f"{symbol}{tag}", price=float(price))
+            bar.timestamp.FromDatetime(when.to_pydatetime())
+    request = cmd_pb.OptimizeRequest(portfolio_id=f"hp-stored-{tag}", objective=pb.OBJECTIVE_MIN_VOLATILITY)
+    request.risk_parameters.risk_measure = pb.RISK_MEASURE_CVAR
+    request.market_data.SetInParent()
+    for symbol in prices.columns:
+        request.strategies.add(symbol=f"{symbol}{tag}")
+    with grpc.insecure_channel(heavy_server.target) as channel:
+        stub = cmd_grpc.OptimizationCommandServiceStub(channel)
+        assert stub.IngestMarketData(iter([bars]), timeout=120).rows_written == 300 * 20
+        before = jobs("main"), jobs("heavy")
+        response = stub.Optimize(request, timeout=120)
+    assert (jobs("main") - before[0], jobs("heavy") - before[1]) == (0, 1)
+    assert response.optimization_metadata.risk_measure == "CVAR"
+    assert response.optimization_metadata.observations == 299
+
+
 def test_a_small_call_completes_while_the_heavy_pool_is_full_and_only_heavy_calls_are_refused(
     heavy_server: Running, returns: pd.DataFrame
 ) -> None:
