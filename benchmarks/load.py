@@ -325,15 +325,23 @@ def serving(
     workers: int = 1,
     max_queue: int | None = None,
     side: str = "both",
+    heavy_workers: int = 0,
     env: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, int]]:
     """Yield ``(target, pid)`` of ``stratopt serve`` on the database at ``dsn``, stopped (SIGTERM) afterwards.
 
     The server logs to ``log_path``, as a container runtime takes a pod's stderr: nothing in this process spends
     CPU reading it, and it never blocks on a full pipe. ``side`` is ``stratopt serve --side``: both, command or
-    query (a query replica, as Helm deploys it); ``env`` adds to this process's environment.
+    query (a query replica, as Helm deploys it); ``heavy_workers`` its ``STRATOPT_HEAVY_WORKERS`` (0: no heavy
+    pool); ``env`` adds to this process's environment.
     """
-    environment = dict(os.environ, STRATOPT_DATABASE_URL=dsn, STRATOPT_WORKERS=str(workers), **(env or {}))
+    environment = dict(
+        os.environ,
+        STRATOPT_DATABASE_URL=dsn,
+        STRATOPT_WORKERS=str(workers),
+        STRATOPT_HEAVY_WORKERS=str(heavy_workers),
+        **(env or {}),
+    )
     if max_queue is not None:
         environment["STRATOPT_MAX_QUEUE"] = str(max_queue)
     command = [sys.executable, "-m", "stratopt_cli.main", "serve", "--address", "127.0.0.1:0", "--side", side]
@@ -360,16 +368,20 @@ def started_server(
     log: Path | None = None,
     prepare: Callable[[str], None] | None = None,
     side: str = "both",
+    heavy_workers: int = 0,
 ) -> Iterator[tuple[str, int]]:
     """Yield ``(target, pid)`` of ``stratopt serve`` on a fresh embedded, migrated database (:func:`serving`).
 
     ``prepare(dsn)``, when given, runs after the migrations and before the server starts (e.g. to seed data);
-    the server's log goes to ``log`` when given.
+    the server's log goes to ``log`` when given. ``heavy_workers`` is its ``STRATOPT_HEAVY_WORKERS`` (default 0: no
+    heavy pool, the server these benchmarks measured before it existed; their problems are small).
     """
     with embedded_database(prepare) as (dsn, base):
         log_path = log or base / "server.log"
         log_path.write_bytes(b"")
-        with serving(dsn, log_path, workers=workers, max_queue=max_queue, side=side) as served:
+        with serving(
+            dsn, log_path, workers=workers, max_queue=max_queue, side=side, heavy_workers=heavy_workers
+        ) as served:
             yield served
 
 
@@ -423,6 +435,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--server-pid", type=int, help="with --target: the server's pid, for CPU and RSS")
     parser.add_argument("--workers", type=int, default=2, help="solver workers of a started server (default 2)")
     parser.add_argument("--max-queue", type=int, help="STRATOPT_MAX_QUEUE of a started server (default: its own)")
+    parser.add_argument(
+        "--heavy-workers", type=int, default=0, help="STRATOPT_HEAVY_WORKERS of a started server (default 0)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures as JSON to this path")
     parser.add_argument("--server-log", type=Path, help="write a started server's log (stderr) to this path")
     return parser.parse_args(argv)
@@ -435,7 +450,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.target:
             target, pid = args.target, args.server_pid
         else:
-            target, pid = stack.enter_context(started_server(args.workers, args.max_queue, args.server_log))
+            target, pid = stack.enter_context(
+                started_server(args.workers, args.max_queue, args.server_log, heavy_workers=args.heavy_workers)
+            )
         info = {
             "concurrency": args.concurrency,
             "deadline": args.deadline,

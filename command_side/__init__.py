@@ -29,7 +29,8 @@ from command_side.servicer import OptimizationCommandServicer
 from command_side.trading_model import CheckDrift
 from command_side.trading_servicer import TradingCommandServicer
 from command_side.trading_store import InMemoryTradingStore, TradingStore
-from command_side.workers import SolverPool
+from command_side.workers import SolverPool, default_heavy_workers
+from services.workload import DEFAULT_HEAVY_ASSETS
 from stratopt.rpc_errors import ErrorMappingInterceptor
 from stratopt.v1 import (
     command_service_pb2,
@@ -48,6 +49,7 @@ ROTATION_SERVICE_NAME = rotation_service_pb2.DESCRIPTOR.services_by_name["Rotati
 EXECUTION_SERVICE_NAME = execution_service_pb2.DESCRIPTOR.services_by_name["ExecutionCommandService"].full_name
 
 __all__ = [
+    "DEFAULT_HEAVY_ASSETS",
     "EXECUTION_SERVICE_NAME",
     "MAX_BATCH_SIZE",
     "ROTATION_SERVICE_NAME",
@@ -78,6 +80,7 @@ __all__ = [
     "SolverPool",
     "TradingStore",
     "backtest_service",
+    "default_heavy_workers",
     "drift_exceeds",
     "interceptor",
     "optimization_service",

@@ -60,6 +60,7 @@ from services.errors import (
 from services.estimation import returns_between_observations
 from services.optimization import HELD_THRESHOLD
 from services.types import Moments, ReturnHistory
+from services.workload import Workload, job_workload
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +139,8 @@ class OptimizationService:
         OptimizationError
             Mapped to gRPC status codes by the error interceptor; nothing is stored for a failed command.
         ResourceExhaustedError
-            The solve queue is full (``SolverPool.admitted``); nothing is stored (only the idempotency look-up
-            ran). A replay of a stored answer is never refused.
+            The solve queue is full (``SolverPool.admitted``; a heavy problem's is the heavy pool's queue); nothing
+            is stored (only the idempotency look-up ran). A replay of a stored answer is never refused.
         """
         return await self._optimize(command, _deadline(time_remaining_s), admit=True)
 
@@ -164,22 +165,27 @@ class OptimizationService:
             stored = await self._replay(request.request_id, request.request_hash)
             if stored is not None:
                 return stored
-        with self._pool.admitted():
+        with self._pool.admitted(request.workload):
             limit = self._solve_limit(deadline)
             command, outcome = await self._pool.parse_and_run(
-                request.parse, request.payload, time_limit_s=limit, timeout_s=limit
+                request.parse, request.payload, time_limit_s=limit, timeout_s=limit, workload=request.workload
             )
             return await self._store_run(command, outcome, deadline)
 
-    def check_capacity(self) -> None:
+    def check_capacity(self, workload: Workload | None = None) -> None:
         """Refuse a call that would need a solve while the solve queue is full, before its request is parsed.
+
+        Parameters
+        ----------
+        workload : Workload or None, optional
+            The call's traits: a heavy call is checked against the heavy pool's queue (``SolverPool.route``).
 
         Raises
         ------
         ResourceExhaustedError
             Every place of the solve queue is taken (``SolverPool.check_capacity``).
         """
-        self._pool.check_capacity()
+        self._pool.check_capacity(workload)
 
     async def _optimize(self, command: OptimizeCommand, deadline: float | None, *, admit: bool) -> RunResult:
         """``optimize`` with an absolute deadline (``time.monotonic()`` seconds); ``admit``: take a queue place."""
@@ -187,7 +193,8 @@ class OptimizationService:
             stored = await self._replay(command.request_id, command.request_hash)
             if stored is not None:
                 return stored
-        with self._pool.admitted() if admit else contextlib.nullcontext():
+        workload = job_workload(command.problem, command.method)
+        with self._pool.admitted(workload) if admit else contextlib.nullcontext():
             return await self._solve_and_store(command, deadline)
 
     async def _solve_and_store(self, command: OptimizeCommand, deadline: float | None) -> RunResult:
@@ -271,7 +278,8 @@ class OptimizationService:
             method=command.method,
             time_limit_s=limit,
         )
-        with self._pool.admitted(), proto_field_paths(OPTIMIZATION, symbols=ids, prefix="problem"):
+        admitted = self._pool.admitted(job_workload(command.problem, command.method))
+        with admitted, proto_field_paths(OPTIMIZATION, symbols=ids, prefix="problem"):
             outcome = await self._pool.frontier(job, command.points, timeout_s=limit)
         return FrontierResult(
             points=tuple(

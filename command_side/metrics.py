@@ -1,9 +1,9 @@
-"""The command side's Prometheus metrics: solver time, worker restarts and events written.
+"""The command side's Prometheus metrics: solver time, jobs per solver pool, worker restarts and events written.
 
-These are process-wide (one solver pool and one write model per process), so they live in prometheus_client's
-default registry, created once at import; the composition root (``stratopt_cli.metrics``) exposes that registry
-beside each server's own per-RPC metrics. Each function here is the one call site's hook, so the use cases and
-stores stay free of metric objects.
+These are process-wide (one solver pool, with its heavy pool, and one write model per process), so they live in
+prometheus_client's default registry, created once at import; the composition root (``stratopt_cli.metrics``)
+exposes that registry beside each server's own per-RPC metrics. Each function here is the one call site's hook,
+so the use cases and stores stay free of metric objects.
 """
 
 from __future__ import annotations
@@ -25,6 +25,11 @@ SOLVER_SECONDS = Histogram(
 WORKER_RESTARTS = Counter(
     "stratopt_solver_worker_restarts",
     "Times the solver worker pool was replaced because a worker process died.",
+)
+SOLVER_JOBS = Counter(
+    "stratopt_solver_jobs",
+    "Jobs a solver worker answered (result or error), by pool: main, or heavy for the large or slow problems.",
+    ["pool"],
 )
 EVENTS_WRITTEN = Counter(
     "stratopt_events_written",
@@ -54,6 +59,11 @@ def observe_solve(job: OptimizationJob, outcome: OptimizationOutcome) -> None:
 def worker_pool_replaced() -> None:
     """Count one solver worker replaced after it died."""
     WORKER_RESTARTS.inc()
+
+
+def solver_job_answered(pool: str) -> None:
+    """Count one job answered by a worker of ``pool`` (``main`` or ``heavy``: ``command_side.workers``)."""
+    SOLVER_JOBS.labels(pool=pool).inc()
 
 
 def event_written(table: str, event_type: str) -> None:

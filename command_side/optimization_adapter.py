@@ -48,6 +48,7 @@ from command_side.optimization_store import Bar, Configuration
 from command_side.records import response_from_record
 from services.errors import InvalidInputError
 from services.types import Moments
+from services.workload import Workload
 from stratopt.request_limits import STRING_KINDS, check_request, check_text
 from stratopt.rpc_errors import status_for
 from stratopt.v1 import command_service_pb2 as cmd_pb
@@ -69,6 +70,7 @@ __all__ = [
     "optimize_command_from_configuration",
     "optimize_request",
     "optimize_response",
+    "request_workload",
     "run_configuration_command",
     "run_configuration_response",
     "upsert_configuration_command",
@@ -130,15 +132,45 @@ def optimize_request(command: OptimizeCommand) -> cmd_pb.OptimizeRequest:
     return request
 
 
+_SCENARIO_RISK_MEASURES = frozenset({pb.RISK_MEASURE_CVAR, pb.RISK_MEASURE_MAD, pb.RISK_MEASURE_CDAR})
+
+
+def request_workload(request: cmd_pb.OptimizeRequest) -> Workload:
+    """The traits that decide an Optimize request's solver pool, read from the request without validating it.
+
+    For a valid request it equals ``services.workload.job_workload`` of the command ``optimize_command`` builds;
+    an invalid one is refused by the worker (or the adapter) whichever pool it was routed to.
+
+    Parameters
+    ----------
+    request : stratopt.v1.OptimizeRequest
+        The request as received.
+
+    Returns
+    -------
+    Workload
+        N = ``len(strategies)``; ``risk_parameters.risk_measure`` CVaR, MAD or CDaR; ``constraints.max_holdings`` or
+        ``.min_position_weight`` set; ``method`` ROBUST_OPTIMIZATION.
+    """
+    constraints = request.constraints
+    return Workload(
+        assets=len(request.strategies),
+        scenario_risk=request.risk_parameters.risk_measure in _SCENARIO_RISK_MEASURES,
+        cardinality=constraints.HasField("max_holdings") or constraints.HasField("min_position_weight"),
+        robust=request.method == pb.OPTIMIZATION_METHOD_ROBUST_OPTIMIZATION,
+    )
+
+
 WORKER_PARSED_INPUTS = frozenset({"returns", "moments"})
 """Optimize inputs that need no database read before the solve: such requests are parsed in a solver worker."""
 
 
-def serialized_optimize(request: cmd_pb.OptimizeRequest) -> SerializedOptimize:
+def serialized_optimize(request: cmd_pb.OptimizeRequest, workload: Workload | None = None) -> SerializedOptimize:
     """An Optimize request with inline returns or moments, to be parsed and checked in a solver worker.
 
     Only the idempotency key is checked here (it is looked up before the worker runs); the worker checks
     the whole request as ``optimize_command`` does (``command_side.mapping.optimize_command_from_bytes``).
+    ``workload`` is the request's (``request_workload``), computed here when not given: it picks the solver pool.
 
     Raises
     ------
@@ -153,6 +185,7 @@ def serialized_optimize(request: cmd_pb.OptimizeRequest) -> SerializedOptimize:
         request_id=request.request_id,
         # The same fingerprint as validate_optimize_request's: only a key needs it.
         request_hash=hashlib.sha256(payload).hexdigest() if request.request_id else "",
+        workload=request_workload(request) if workload is None else workload,
     )
 
 

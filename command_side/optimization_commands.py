@@ -18,6 +18,7 @@ from command_side.result_records import ResultRecord
 from services.engine import MethodSettings
 from services.optimization import PortfolioProblem
 from services.types import EstimationSettings, Moments, ReturnHistory
+from services.workload import Workload
 
 __all__ = [
     "BatchCommand",
@@ -103,6 +104,8 @@ class SerializedOptimize:
     """Idempotency key ('' = none), already checked (length, NUL)."""
     request_hash: str
     """Fingerprint of the request behind the key ('' without a key)."""
+    workload: Workload | None = None
+    """The request's traits, read without parsing it: a heavy one is solved in the heavy pool (None: never heavy)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

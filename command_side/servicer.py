@@ -47,10 +47,11 @@ class OptimizationCommandServicer(cmd_grpc.OptimizationCommandServiceServicer):
         self, request: cmd_pb.OptimizeRequest, context: Context
     ) -> cmd_pb.OptimizeResponse:
         """Optimize one portfolio."""
+        workload = adapter.request_workload(request)  # which solver pool: read without parsing the request
         if not request.request_id:  # a full queue refuses before parsing; a retry may still replay its answer
-            self._service.check_capacity()
+            self._service.check_capacity(workload)
         if request.WhichOneof("inputs") in adapter.WORKER_PARSED_INPUTS:  # parsed and checked in a worker
-            serialized = adapter.serialized_optimize(request)
+            serialized = adapter.serialized_optimize(request, workload)
             result = await self._service.optimize_serialized(serialized, time_remaining_s=context.time_remaining())
         else:
             command = adapter.optimize_command(request)

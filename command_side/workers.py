@@ -12,6 +12,13 @@ and writes, a manager that reads and hands results over); under load those threa
 turns on the GIL at every hand-off, and a call waited for the switches (docs/throughput.md). Here no thread
 but the loop's touches a job. A worker that dies (the OOM killer, say) is noticed at once, whether busy or
 idle: its call, if any, fails with ``UnavailableError``, and a new worker is started and warmed up in its place.
+
+Heavy jobs apart: a pool may own a second pool, its *heavy pool* (``heavy_workers``), with workers, a queue limit and
+admission of its own. Jobs that ``services.workload`` classifies as heavy (N at or above ``heavy_assets``, scenario
+risk measures, cardinality, robust optimization) run there, so they never occupy the workers of the small calls,
+whose latency stays what it is without them (``benchmarks/heavy_isolation.py``).
+
+Why one long module: the worker's loop, the framing both ends share and the pool that drives them change together.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from command_side.field_paths import OPTIMIZATION, proto_field_paths
-from command_side.metrics import observe_solve, worker_pool_replaced
+from command_side.metrics import observe_solve, solver_job_answered, worker_pool_replaced
 from command_side.optimization_commands import MarketDataWindow, OptimizeCommand
 from services.engine import (
     FrontierOutcome,
@@ -57,6 +64,7 @@ from services.rotation import CycleDecision, run_cycle
 from services.trading import AllocationRequest, AllocationResult
 from services.trading import allocate as allocate_shares
 from services.types import EstimationSettings, Moments, ReturnHistory
+from services.workload import DEFAULT_HEAVY_ASSETS, Workload, job_workload
 
 T = TypeVar("T")
 
@@ -67,6 +75,29 @@ Measured with ``benchmarks/load.py`` on 2 shared cores (docs/throughput.md): at 
 30 Optimize calls are in flight at once, most of them in the event loop (parsing, storing) rather than in a worker;
 a queue of 16 per worker admits all of them and rejects the excess at 128 clients within milliseconds.
 """
+DEFAULT_HEAVY_QUEUE_PER_WORKER = 4
+"""Default ``max_queue`` per heavy worker: a heavy job takes about a second or more, so a longer queue would only
+make callers wait longer for an answer they may no longer want; beyond it heavy calls get RESOURCE_EXHAUSTED."""
+MAIN, HEAVY = "main", "heavy"
+"""Names of the two pools (the ``pool`` label of their metrics)."""
+
+
+def default_heavy_workers(cpus: int | None = None) -> int:
+    """Heavy workers ``stratopt serve`` starts by default: one per four cores, at least one.
+
+    Parameters
+    ----------
+    cpus : int, optional
+        Cores available; default ``os.cpu_count()``.
+
+    Returns
+    -------
+    int
+        ``max(1, cpus // 4)``.
+    """
+    return max(1, (cpus or os.cpu_count() or 1) // 4)
+
+
 _RETRY_BOUNDS_S = (0.01, 10.0)
 """Bounds of the retry delay a rejected call is given (seconds)."""
 _THROUGHPUT_WINDOW = 64
@@ -113,6 +144,10 @@ _START_ATTEMPTS = 3
 """Worker starts tried in a row before waiting calls are failed with ``UnavailableError``."""
 
 log = logging.getLogger(__name__)
+
+
+async def _nothing() -> list[OptimizationOutcome | StratoptError]:
+    return []
 
 
 class RemoteTracebackError(Exception):
@@ -289,11 +324,36 @@ class SolverPool:
     max_queue : int, optional
         Calls admitted (``admitted``) beyond ``workers`` before new ones are refused with
         ``ResourceExhaustedError``; default ``DEFAULT_QUEUE_PER_WORKER`` per worker.
+    heavy_workers : int, optional
+        Processes of a second pool, ``heavy``, that runs the heavy jobs (``route``); 0 (the default) = none: every
+        job runs here.
+    heavy_max_queue : int, optional
+        The heavy pool's ``max_queue``; default ``DEFAULT_HEAVY_QUEUE_PER_WORKER`` per heavy worker.
+    heavy_assets : int, optional
+        Strategies from which a job is heavy whatever its method (``services.workload.Workload.is_heavy``).
+    name : str, optional
+        The pool's name in metrics and logs (``MAIN``; its heavy pool is ``HEAVY``).
     """
 
-    def __init__(self, workers: int | None = None, *, max_queue: int | None = None) -> None:
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        max_queue: int | None = None,
+        heavy_workers: int = 0,
+        heavy_max_queue: int | None = None,
+        heavy_assets: int = DEFAULT_HEAVY_ASSETS,
+        name: str = MAIN,
+    ) -> None:
+        self.name = name
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.max_queue = DEFAULT_QUEUE_PER_WORKER * self.workers if max_queue is None else max(0, max_queue)
+        self.heavy_assets = max(1, heavy_assets)
+        self.heavy: SolverPool | None = None
+        """The pool of the heavy jobs (None: this pool runs every job)."""
+        if heavy_workers > 0:
+            queue = DEFAULT_HEAVY_QUEUE_PER_WORKER * heavy_workers if heavy_max_queue is None else heavy_max_queue
+            self.heavy = SolverPool(heavy_workers, max_queue=queue, name=HEAVY)
         self.pending = 0
         """Calls submitted to the workers and not finished yet (running or queued): the queue-depth gauge."""
         self._in_flight = 0
@@ -325,31 +385,71 @@ class SolverPool:
             return high
         return min(high, max(low, self._in_flight / rate))
 
-    def check_capacity(self) -> None:
+    def route(self, workload: Workload | None) -> SolverPool:
+        """The pool that runs (and admits) a job of this workload.
+
+        Parameters
+        ----------
+        workload : Workload or None
+            The job's traits (``services.workload.job_workload``); None = a job that is never heavy.
+
+        Returns
+        -------
+        SolverPool
+            ``heavy`` for a heavy workload (``Workload.is_heavy(heavy_assets)``) when this pool has one, else this
+            pool.
+        """
+        if workload is not None and self.heavy is not None and workload.is_heavy(self.heavy_assets):
+            return self.heavy
+        return self
+
+    def _route_job(self, job: OptimizationJob) -> SolverPool:
+        return self.route(job_workload(job.problem, job.method)) if self.heavy is not None else self
+
+    def check_capacity(self, workload: Workload | None = None) -> None:
         """Refuse now, before any parsing, when every place is taken (``admitted`` still reserves one later).
+
+        Parameters
+        ----------
+        workload : Workload or None, optional
+            The call's traits: a heavy one is checked against the heavy pool's places (``route``).
 
         Raises
         ------
         ResourceExhaustedError
             As ``admitted``.
         """
+        target = self.route(workload)
+        if target is not self:
+            target.check_capacity()
+            return
         if self._in_flight >= self.workers + self.max_queue:
-            raise ResourceExhaustedError(
-                "the solve queue is full; retry later", retry_after_s=self.queue_wait_estimate_s()
-            )
+            what = "solve queue" if self.name == MAIN else f"{self.name} solve queue"
+            raise ResourceExhaustedError(f"the {what} is full; retry later", retry_after_s=self.queue_wait_estimate_s())
 
     @contextlib.contextmanager
-    def admitted(self) -> Iterator[None]:
+    def admitted(self, workload: Workload | None = None) -> Iterator[None]:
         """Hold one place among ``workers + max_queue`` for the duration of a call.
 
         Take it before any work that leads to a solve (and hold it while the result is stored: the event loop's
         share of a call is part of what queues), so a refused call costs nothing and writes nothing.
+
+        Parameters
+        ----------
+        workload : Workload or None, optional
+            The call's traits: a heavy one takes its place in the heavy pool (``route``), so a full heavy queue
+            refuses heavy calls only.
 
         Raises
         ------
         ResourceExhaustedError
             All places are taken; its ``retry_after_s`` is ``queue_wait_estimate_s()``.
         """
+        target = self.route(workload)
+        if target is not self:
+            with target.admitted():
+                yield
+            return
         self.check_capacity()
         self._in_flight += 1
         try:
@@ -361,7 +461,10 @@ class SolverPool:
     # --- the workers ------------------------------------------------------------------------------------------
 
     def processes(self) -> list[BaseProcess]:
-        """The worker processes now connected (fewer than ``workers`` while one is being replaced)."""
+        """The worker processes of this pool now connected (fewer than ``workers`` while one is being replaced).
+
+        The heavy pool's are ``heavy.processes()``.
+        """
         return [worker.process for worker in self._workers]
 
     @property
@@ -370,28 +473,43 @@ class SolverPool:
         return sum(1 for worker in self._workers if worker.replies)
 
     def workers_alive(self) -> bool:
-        """Whether every worker is running and warmed up (True before the first start).
+        """Whether every worker, the heavy pool's included, is running and warmed up (True before the first start).
 
         False from the moment a worker dies until its replacement has warmed up.
         """
+        if self.heavy is not None and not self.heavy.workers_alive():
+            return False
         if not self._started:
             return True
         return len(self._workers) == self.workers and all(w.process.is_alive() for w in self._workers)
 
     async def warm_up(self) -> None:
-        """Start every worker and run one small solve in each (returns when all are ready).
+        """Start every worker, the heavy pool's too, and run one small solve in each (returns when all are ready).
 
         Raises
         ------
         UnavailableError
             A worker could not be started ``_START_ATTEMPTS`` times in a row.
         """
-        await self.replenish()
+        if self.heavy is None:
+            await self._warm_up_own()
+        else:
+            await asyncio.gather(self._warm_up_own(), self.heavy.warm_up())
+
+    async def _warm_up_own(self) -> None:
+        await self._replenish_own()
         if not self._workers:
-            raise UnavailableError("no solver worker could be started")
+            raise UnavailableError(f"no {self.name} solver worker could be started")
 
     async def replenish(self) -> None:
-        """Start workers until there are ``workers`` of them (one start at a time; safe to call concurrently)."""
+        """Start workers until there are ``workers`` of them, in the heavy pool too (safe to call concurrently)."""
+        if self.heavy is None:
+            await self._replenish_own()
+        else:
+            await asyncio.gather(self._replenish_own(), self.heavy.replenish())
+
+    async def _replenish_own(self) -> None:
+        """Start this pool's missing workers (one start at a time; safe to call concurrently)."""
         if self._closed:
             return
         self._started = True
@@ -419,7 +537,8 @@ class SolverPool:
         context = multiprocessing.get_context("spawn")
         ours, theirs = socket.socketpair()
         try:
-            process = context.Process(target=_serve, args=(theirs,), name="stratopt-solver", daemon=True)
+            label = "stratopt-solver" if self.name == MAIN else f"stratopt-solver-{self.name}"
+            process = context.Process(target=_serve, args=(theirs,), name=label, daemon=True)
             process.start()
         except BaseException:
             ours.close()
@@ -449,6 +568,7 @@ class SolverPool:
                 if not worker.replies:
                     raise OSError("an answer nobody asked for")  # cannot happen; treat the worker as broken
                 reply = worker.replies.popleft()
+                solver_job_answered(self.name)
                 self._dispatch()  # the worker already runs its next job, if it had one: top it up first
                 if not reply.done():  # else its caller gave up
                     if ok:
@@ -477,10 +597,13 @@ class SolverPool:
         self._stop(worker)
         if replace and not self._closed:
             log.warning(
-                "solver worker %s died (exit code %s); starting another", worker.process.pid, worker.process.exitcode
+                "%s solver worker %s died (exit code %s); starting another",
+                self.name,
+                worker.process.pid,
+                worker.process.exitcode,
             )
             worker_pool_replaced()
-            asyncio.get_running_loop().create_task(self.replenish())
+            asyncio.get_running_loop().create_task(self._replenish_own())
         self._dispatch()
 
     def _stop(self, worker: _Worker) -> None:
@@ -527,7 +650,10 @@ class SolverPool:
     # --- jobs -------------------------------------------------------------------------------------------------
 
     async def frontier(self, job: OptimizationJob, points: int, *, timeout_s: float | None) -> FrontierOutcome:
-        """Run ``services.engine.efficient_frontier`` in a worker (errors as ``run``)."""
+        """Run ``services.engine.efficient_frontier`` in a worker of the pool ``route`` picks (errors as ``run``)."""
+        target = self._route_job(job)
+        if target is not self:
+            return await target.frontier(job, points, timeout_s=timeout_s)
         return await self._call(efficient_frontier, job, points, timeout_s=timeout_s)
 
     async def allocate(self, request: AllocationRequest, *, timeout_s: float | None) -> AllocationResult:
@@ -562,6 +688,8 @@ class SolverPool:
     async def run(self, job: OptimizationJob, *, timeout_s: float | None) -> OptimizationOutcome:
         """Run one job in a worker; raise ``DeadlineExceededError`` when it outlives ``timeout_s``.
 
+        A heavy job runs in the heavy pool when there is one (``route``).
+
         Raises
         ------
         DeadlineExceededError
@@ -570,6 +698,9 @@ class SolverPool:
         UnavailableError
             The worker running the job died (e.g. killed for memory); another is started in its place.
         """
+        target = self._route_job(job)
+        if target is not self:
+            return await target.run(job, timeout_s=timeout_s)
         outcome = await self._call(run_optimization, job, timeout_s=timeout_s)
         observe_solve(job, outcome)
         return outcome
@@ -579,16 +710,41 @@ class SolverPool:
     ) -> list[OptimizationOutcome | StratoptError]:
         """Run ``services.engine.run_optimization_batch`` on ``jobs`` in one worker (errors per job, in order).
 
+        The heavy jobs among them run as one chunk in the heavy pool when there is one (``route``), beside the
+        others.
+
         Raises
         ------
         DeadlineExceededError, UnavailableError
-            As ``run``, for the whole chunk.
+            As ``run``, for the whole chunk (or the part of it in the failing pool).
         """
+        if self.heavy is not None:
+            heavy = [self._route_job(job) is not self for job in jobs]
+            if any(heavy):
+                return await self._run_split(jobs, heavy, timeout_s=timeout_s)
         outcomes = await self._call(run_optimization_batch, jobs, timeout_s=timeout_s)
         for job, outcome in zip(jobs, outcomes, strict=True):
             if not isinstance(outcome, StratoptError):
                 observe_solve(job, outcome)
         return outcomes
+
+    async def _run_split(
+        self, jobs: list[OptimizationJob], heavy: list[bool], *, timeout_s: float | None
+    ) -> list[OptimizationOutcome | StratoptError]:
+        """``run_batch`` with the heavy jobs in the heavy pool and the others here, both at once, in order."""
+        assert self.heavy is not None
+        light_jobs = [job for job, h in zip(jobs, heavy, strict=True) if not h]
+        heavy_jobs = [job for job, h in zip(jobs, heavy, strict=True) if h]
+        parts = await asyncio.gather(
+            self.run_batch(light_jobs, timeout_s=timeout_s) if light_jobs else _nothing(),
+            self.heavy.run_batch(heavy_jobs, timeout_s=timeout_s),
+            return_exceptions=True,
+        )
+        for part in parts:  # as one call would: the first pool's failure fails the chunk
+            if isinstance(part, BaseException):
+                raise part
+        light_iter, heavy_iter = iter(cast(list[Any], parts[0])), iter(cast(list[Any], parts[1]))
+        return [next(heavy_iter) if h else next(light_iter) for h in heavy]
 
     async def parse_and_run(
         self,
@@ -597,6 +753,7 @@ class SolverPool:
         *,
         time_limit_s: float | None,
         timeout_s: float | None,
+        workload: Workload | None = None,
     ) -> tuple[OptimizeCommand, OptimizationOutcome]:
         """Parse, check and solve a serialised Optimize request in a worker (``SerializedOptimize``).
 
@@ -610,6 +767,9 @@ class SolverPool:
             The solver's own time limit (seconds).
         timeout_s : float or None
             Seconds to wait for the answer; None waits without limit.
+        workload : Workload or None, optional
+            The request's traits, read from it without parsing it
+            (``command_side.optimization_adapter.request_workload``): a heavy one runs in the heavy pool.
 
         Returns
         -------
@@ -625,6 +785,9 @@ class SolverPool:
         DeadlineExceededError, UnavailableError
             As ``run``.
         """
+        target = self.route(workload)
+        if target is not self:
+            return await target.parse_and_run(parse, payload, time_limit_s=time_limit_s, timeout_s=timeout_s)
         command, outcome = await self._call(_parse_and_run, parse, payload, time_limit_s, timeout_s=timeout_s)
         assert not isinstance(command.inputs, MarketDataWindow)  # _parse_and_run refuses those
         job = OptimizationJob(
@@ -646,7 +809,7 @@ class SolverPool:
         if self._closed:
             raise UnavailableError("the solver workers are shut down")
         if not self._workers and (self._starting is None or self._starting.done()):
-            await self.warm_up()
+            await self._warm_up_own()
         reply: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         data = pickle.dumps((function, args), protocol=pickle.HIGHEST_PROTOCOL)
         self._backlog.append(_Job(_HEADER.pack(len(data)) + data, reply))
@@ -654,7 +817,9 @@ class SolverPool:
         return await reply
 
     def shutdown(self) -> None:
-        """Stop the workers now (running jobs are abandoned); later calls fail with ``UnavailableError``."""
+        """Stop the workers, the heavy pool's too, now (running jobs are abandoned); later calls fail (Unavailable)."""
+        if self.heavy is not None:
+            self.heavy.shutdown()
         self._closed = True
         workers, self._workers = self._workers, []
         replies = [job.reply for job in self._backlog] + [reply for worker in workers for reply in worker.replies]

@@ -51,7 +51,8 @@ def new_servicer(names: Iterable[str] = ()) -> Any:
 def workers_alive(solver_pool: Any | None) -> bool:
     """Whether a ``command_side.SolverPool``'s workers are all running and warmed up (True when it has none yet).
 
-    False from the moment a worker dies until the pool's replacement for it is ready.
+    Its heavy pool's workers count too. False from the moment a worker dies until the pool's replacement for it is
+    ready.
     """
     if solver_pool is None:
         return True

@@ -150,6 +150,31 @@ def serve(
             help="Calls admitted beyond the workers before RESOURCE_EXHAUSTED (default 16 per worker).",
         ),
     ] = None,
+    heavy_workers: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            envvar="STRATOPT_HEAVY_WORKERS",
+            help="Solver processes of the heavy pool (N >= --heavy-assets, CVaR/MAD/CDaR, cardinality, robust); "
+            "0 = heavy problems share the main pool (default one per four CPUs, at least one).",
+        ),
+    ] = None,
+    heavy_max_queue: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            envvar="STRATOPT_HEAVY_MAX_QUEUE",
+            help="Heavy calls admitted beyond the heavy workers before RESOURCE_EXHAUSTED (default 4 per worker).",
+        ),
+    ] = None,
+    heavy_assets: Annotated[
+        int,
+        typer.Option(
+            min=2,
+            envvar="STRATOPT_HEAVY_ASSETS",
+            help="Strategies from which a problem is heavy whatever its method (services.workload).",
+        ),
+    ] = 500,
     tls_cert_file: Annotated[
         Path | None, typer.Option(exists=True, dir_okay=False, envvar="STRATOPT_TLS_CERT_FILE", help="TLS cert.")
     ] = None,
@@ -295,6 +320,7 @@ def serve(
     STRATOPT_DB_WAIT_LIMIT_S, default 600 s, 0 = no limit); database calls are bounded by
     STRATOPT_DB_STATEMENT_TIMEOUT_S (default 10 s) and STRATOPT_DB_CONNECT_TIMEOUT_S (default 5 s).
     """
+    from command_side import default_heavy_workers
     from stratopt_cli.metrics import MetricsEndpoint
     from stratopt_cli.retention import RetentionSettings
     from stratopt_cli.security import SecurityConfig
@@ -346,6 +372,9 @@ def serve(
             sides=sides,
             workers=workers or None,
             max_queue=max_queue,
+            heavy_workers=default_heavy_workers() if heavy_workers is None else heavy_workers,
+            heavy_max_queue=heavy_max_queue,
+            heavy_assets=heavy_assets,
             metrics_endpoint=endpoint,
             tracing=tracing,
             retention=retention,

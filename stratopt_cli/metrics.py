@@ -251,40 +251,41 @@ class ServerMetrics:
         self.registry.register(_EventCacheCollector(cache))
 
     def watch_solver_pool(self, solver_pool: Callable[[], Any]) -> None:
-        """Gauges of the command side's ``SolverPool`` that ``solver_pool()`` returns (or None)."""
+        """Gauges of the command side's ``SolverPool`` that ``solver_pool()`` returns (or None), by ``pool``.
 
-        def pending() -> float:
-            current = solver_pool()
-            return float(current.pending) if current is not None else 0.0
+        ``pool="main"`` is the pool itself, ``pool="heavy"`` its heavy pool (zeros when it has none).
+        """
 
-        def workers() -> float:
-            current = solver_pool()
-            return float(current.workers) if current is not None else 0.0
+        def read(pool: str, value: Callable[[Any], float]) -> Callable[[], float]:
+            def current() -> float:
+                main = solver_pool()
+                target = main if pool == "main" or main is None else main.heavy
+                return float(value(target)) if target is not None else 0.0
 
-        def admitted() -> float:
-            current = solver_pool()
-            return float(current.in_flight) if current is not None else 0.0
+            return current
 
-        def capacity() -> float:
-            current = solver_pool()
-            return float(current.workers + current.max_queue) if current is not None else 0.0
-
-        Gauge(
-            "stratopt_solver_pending",
-            "Solver calls submitted to the worker processes and not finished (running plus queued).",
-            registry=self.registry,
-        ).set_function(pending)
-        Gauge("stratopt_solver_workers", "Solver worker processes.", registry=self.registry).set_function(workers)
-        Gauge(
-            "stratopt_solve_queue_admitted",
-            "Calls holding a place of the bounded solve queue (parsing, solving or storing).",
-            registry=self.registry,
-        ).set_function(admitted)
-        Gauge(
-            "stratopt_solve_queue_capacity",
-            "Places of the bounded solve queue (workers + max_queue); beyond it calls get RESOURCE_EXHAUSTED.",
-            registry=self.registry,
-        ).set_function(capacity)
+        gauges = (
+            (
+                "stratopt_solver_pending",
+                "Solver calls submitted to the worker processes and not finished (running plus queued), by pool.",
+                lambda p: p.pending,
+            ),
+            ("stratopt_solver_workers", "Solver worker processes, by pool.", lambda p: p.workers),
+            (
+                "stratopt_solve_queue_admitted",
+                "Calls holding a place of a pool's bounded solve queue (parsing, solving or storing).",
+                lambda p: p.in_flight,
+            ),
+            (
+                "stratopt_solve_queue_capacity",
+                "Places of a pool's bounded solve queue (workers + max_queue); beyond it calls get RESOURCE_EXHAUSTED.",
+                lambda p: p.workers + p.max_queue,
+            ),
+        )
+        for name, text, value in gauges:
+            gauge = Gauge(name, text, ["pool"], registry=self.registry)
+            for pool in ("main", "heavy"):
+                gauge.labels(pool=pool).set_function(read(pool, value))
 
     def serve(self, endpoint: MetricsEndpoint) -> int:
         """Serve ``/metrics`` over HTTP (HTTPS when the endpoint has a certificate); return the bound port.

@@ -86,6 +86,15 @@ class StratoptServer:
         Seconds between database health probes.
     max_queue : int or None
         Calls admitted beyond the workers before RESOURCE_EXHAUSTED (``SolverPool``); default its own.
+    heavy_workers : int
+        Processes of the heavy pool, which runs the large or slow problems apart (``SolverPool``'s ``heavy``:
+        N >= ``heavy_assets``, scenario risk measures, cardinality, robust); 0 (the default here, one per four
+        cores in ``stratopt serve``) = none: every job shares the main pool.
+    heavy_max_queue : int or None
+        The heavy pool's calls admitted beyond its workers before RESOURCE_EXHAUSTED (heavy calls only); default
+        its own (``DEFAULT_HEAVY_QUEUE_PER_WORKER`` per heavy worker).
+    heavy_assets : int
+        Strategies from which a problem is heavy whatever its method.
     rotation_tick_s : float
         Seconds between the rotation scheduler's ticks (``command_side.rotation_scheduler``); 0 (the default here,
         15 s in ``stratopt serve``) runs no scheduler on this server.
@@ -122,6 +131,9 @@ class StratoptServer:
     shutdown_grace_s: float = 0.0
     health_interval_s: float = 1.0
     max_queue: int | None = None
+    heavy_workers: int = 0
+    heavy_max_queue: int | None = None
+    heavy_assets: int = command_side.DEFAULT_HEAVY_ASSETS
     freeze_gc: bool = False
     query_event_cache: int = query_side.DEFAULT_MAX_EVENTS
     rotation_tick_s: float = 0.0
@@ -186,7 +198,13 @@ class StratoptServer:
         command_names: list[str] = []
         query_names: list[str] = []
         if "command" in sides:
-            self._solver_pool = command_side.SolverPool(self.workers, max_queue=self.max_queue)
+            self._solver_pool = command_side.SolverPool(
+                self.workers,
+                max_queue=self.max_queue,
+                heavy_workers=self.heavy_workers,
+                heavy_max_queue=self.heavy_max_queue,
+                heavy_assets=self.heavy_assets,
+            )
             self.metrics.watch_solver_pool(lambda: self._solver_pool)
             optimization_store = command_side.PostgresOptimizationStore(self._pool)
             trading_store = command_side.PostgresTradingStore(self._pool)

@@ -66,8 +66,8 @@ class InProcessSolver:
         self.solves = 0
         self.failure = failure
 
-    def admitted(self) -> contextlib.nullcontext[None]:
-        return contextlib.nullcontext()  # no queue bound in process
+    def admitted(self, workload: object = None) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()  # no queue bound in process, one pool for every workload
 
     async def run(self, job: OptimizationJob, *, timeout_s: float | None) -> OptimizationOutcome:
         self.solves += 1

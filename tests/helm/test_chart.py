@@ -207,6 +207,7 @@ def test_missing_database_is_refused() -> None:
     ("values", "message"),
     [
         ({"command.workers": "0"}, "/command/workers"),
+        ({"command.heavyAssets": "1"}, "/command/heavyAssets"),
         ({"logging.format": "xml"}, "/logging/format"),
         ({"ports.grpc": "70000"}, "/ports/grpc"),
         ({"database.url": "mysql://x"}, "/database/url"),
@@ -269,16 +270,20 @@ def test_resources_workers_and_image() -> None:
     assert q["resources"]["limits"]["memory"] == "2Gi"
     assert c["args"][-2:] == ["--workers", "3"] and env(c)["STRATOPT_WORKERS"] == "3"
     assert "--workers" not in q["args"] and "STRATOPT_WORKERS" not in env(q)
+    assert (env(c)["STRATOPT_HEAVY_WORKERS"], env(c)["STRATOPT_HEAVY_ASSETS"]) == ("1", "500")
+    assert "STRATOPT_HEAVY_MAX_QUEUE" not in env(c) and "STRATOPT_HEAVY_WORKERS" not in env(q)
+    apart = env(container(render({"command.heavyWorkers": "0", "command.heavyMaxQueue": "8"}), "command"))
+    assert (apart["STRATOPT_HEAVY_WORKERS"], apart["STRATOPT_HEAVY_MAX_QUEUE"]) == ("0", "8")
     for side in ("command", "query", "migrate"):
         assert container(objects, side)["image"] == "registry.example/stratopt:abc123"
         assert container(objects, side)["imagePullPolicy"] == "Always"
 
 
 def test_default_resources_follow_the_measurement() -> None:
-    """values.yaml sizes the command side for 2 workers (≈ 1.2 GiB measured) and the query side (≈ 0.4 GiB)."""
+    """values.yaml sizes the command side for 2 + 1 heavy workers (≈ 1.55 GiB) and the query side (≈ 0.4 GiB)."""
     objects = render()
     c, q = container(objects, "command"), container(objects, "query")
-    assert c["resources"]["requests"]["memory"] == "1536Mi" and c["resources"]["limits"]["memory"] == "2Gi"
+    assert c["resources"]["requests"]["memory"] == "2Gi" and c["resources"]["limits"]["memory"] == "2560Mi"
     assert c["resources"]["requests"]["cpu"] == "2"
     assert q["resources"]["requests"]["memory"] == "512Mi"
 

@@ -174,10 +174,14 @@ def test_rpc_solver_event_and_pool_metrics_move_by_the_calls(observed: Observed,
     assert value(after, "stratopt_db_pool_max_connections") == 10
     assert 1 <= value(after, "stratopt_db_pool_connections") <= 10
     assert 0 <= value(after, "stratopt_db_pool_idle_connections") <= value(after, "stratopt_db_pool_connections")
-    assert value(after, "stratopt_solver_workers") == 1
-    assert value(after, "stratopt_solver_pending") == 0
-    assert value(after, "stratopt_solve_queue_admitted") == 0  # every call has left the queue
-    assert value(after, "stratopt_solve_queue_capacity") == 1 + 16  # one worker + the default queue of 16 per worker
+    main, heavy = {"pool": "main"}, {"pool": "heavy"}
+    assert value(after, "stratopt_solver_workers", **main) == 1
+    assert value(after, "stratopt_solver_pending", **main) == 0
+    assert value(after, "stratopt_solve_queue_admitted", **main) == 0  # every call has left the queue
+    assert value(after, "stratopt_solve_queue_capacity", **main) == 1 + 16  # one worker + the default 16 per worker
+    assert ("stratopt_solver_workers", frozenset(heavy.items())) in after  # no heavy pool here: zeros
+    assert value(after, "stratopt_solver_workers", **heavy) == 0
+    assert value(after, "stratopt_solver_jobs_total", **main) >= 2
     assert ("stratopt_solver_worker_restarts_total", frozenset()) in after
     assert value(after, "process_resident_memory_bytes") > 0
 

@@ -213,12 +213,12 @@ def test_start_up_gives_up_after_the_configured_limit(cluster: EmbeddedPostgres)
 
 
 def test_kill_9_of_the_server_takes_its_workers_and_resource_tracker_along(cluster: EmbeddedPostgres) -> None:
-    with serve(cluster.dsn, "--workers", "2") as served:
+    with serve(cluster.dsn, "--workers", "2", "--heavy-workers", "1") as served:
         with channel(served.health_target) as health_ch:
             wait_for_status(health_ch, "SERVING", timeout=120)
         children = descendants(served.process.pid)
         commands = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ") for pid in children]
-        assert sum(b"spawn_main" in c for c in commands) == 2, commands
+        assert sum(b"spawn_main" in c for c in commands) == 3, commands  # two main workers and the heavy one
         assert any(b"resource_tracker" in c for c in commands), commands
         served.process.kill()
         deadline = time.monotonic() + 5

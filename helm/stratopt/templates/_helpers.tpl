@@ -207,6 +207,14 @@ spec:
             - name: STRATOPT_MAX_QUEUE
               value: {{ $v.maxQueue | quote }}
             {{- end }}
+            - name: STRATOPT_HEAVY_WORKERS
+              value: {{ $v.heavyWorkers | quote }}
+            {{- if $v.heavyMaxQueue }}
+            - name: STRATOPT_HEAVY_MAX_QUEUE
+              value: {{ $v.heavyMaxQueue | quote }}
+            {{- end }}
+            - name: STRATOPT_HEAVY_ASSETS
+              value: {{ $v.heavyAssets | quote }}
             - name: STRATOPT_RETENTION_EVENTS_DAYS
               value: {{ $root.Values.retention.eventsDays | quote }}
             - name: STRATOPT_RETENTION_REBALANCE_EVENTS_DAYS
