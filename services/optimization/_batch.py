@@ -34,7 +34,7 @@ certified and the caller solves it with the single-problem path. An infeasible t
 the minimum volatility, a return above the best) is never certified. A certified answer is the exact optimum
 (the partition's linear system solved in float64), so it equals the single path's to rounding.
 
-The arrays go to JAX's default device (a GPU when one is present, where ``CHUNK`` is larger); double precision
+The arrays go to JAX's default device (a GPU when one is present, with chunks of ``GPU_CHUNK``); double precision
 is enabled around each call (``jax.enable_x64``), nothing here is CPU-specific.
 
 Why one module: the padding, the batched iteration and the batched certificate share one representation of a
@@ -66,9 +66,20 @@ MAX_ITERATIONS: Final = 16
 """Double-precision partitions (after the polish) before a problem that has not settled is left to the single path."""
 ROUGH_ITERATIONS: Final = 6
 """Single-precision partitions of the first round (proposals; the polish decides)."""
-CHUNK: Final = 512 if jax.default_backend() == "gpu" else 64
-"""Problems per compiled call: a bucket's problems go in chunks of this many (the last one padded), so one
-executable per (bucket, precision) serves any batch; larger on a GPU, where more lanes run at once."""
+CHUNK: Final = 64
+"""Problems per compiled call on a CPU: a bucket's problems go in chunks of this many (the last one padded), so one
+executable per (bucket, precision) serves any batch. On a GPU, where more lanes run at once, ``GPU_CHUNK``."""
+GPU_CHUNK: Final = 512
+
+
+def _chunk() -> int:
+    """The chunk size on JAX's default backend.
+
+    Asked at the first batch, not at import: a process that forks workers must not start XLA before it forks.
+    """
+    return GPU_CHUNK if jax.default_backend() == "gpu" else CHUNK
+
+
 _TIE: Final = 1e-14
 _ROUGH_TIE: Final = 1e-6
 _ROUGH_DTYPE: type[np.floating[Any]] = np.float32
@@ -336,17 +347,18 @@ def _dummy(size: int) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
 def _run(
     group: _Group, dtype: type[np.floating[Any]], limit: int, state0: NDArray[np.int8], lam0: FloatArray
 ) -> tuple[NDArray[np.int8], FloatArray, FloatArray, NDArray[np.bool_], NDArray[np.int32]]:
-    """Iterate every problem of ``group`` in chunks of ``CHUNK`` (a batch of at most 8 is padded to 8).
+    """Iterate every problem of ``group`` in chunks of ``_chunk()`` (a batch of at most 8 is padded to 8).
 
     Returns the last partition proposed, the weights and λ of the last line, settled and iterations (float64).
     """
     count, size = group.mu.shape
+    chunk = _chunk()
     outputs: list[list[Any]] = [[], [], [], [], []]
     eye, ones, zeros, _ = _dummy(size)
-    for start in range(0, count, CHUNK):
-        part = slice(start, min(start + CHUNK, count))
+    for start in range(0, count, chunk):
+        part = slice(start, min(start + chunk, count))
         m = part.stop - part.start
-        padded = 8 if count <= 8 else CHUNK
+        padded = 8 if count <= 8 else chunk
         pad = padded - m
 
         def fill(values: Any, filler: Any, cast: Any = dtype, part: slice = part, pad: int = pad) -> Any:
@@ -539,8 +551,8 @@ def _pack(
 def warm_up_batch(max_assets: int = 64) -> float:
     """Compile the batched solver for every bucket up to ``max_assets`` names ahead of the first batch.
 
-    Compiles each shape ``solve_batch`` uses for those buckets (a chunk of ``CHUNK`` problems and one of 8, in
-    single and double precision) on filler problems; later batches in this process reuse the executables.
+    Compiles each shape ``solve_batch`` uses for those buckets (a chunk of ``CHUNK`` or ``GPU_CHUNK`` problems and
+    one of 8, in single and double precision) on filler problems; later batches in this process reuse them.
 
     Parameters
     ----------
@@ -554,7 +566,7 @@ def warm_up_batch(max_assets: int = 64) -> float:
     """
     started = time.perf_counter()
     for size in sorted({bucket_size(n) for n in range(1, min(max_assets, MAX_BATCH_ASSETS) + 1)}):
-        for count in sorted({8, CHUNK}):
+        for count in sorted({8, _chunk()}):
             eye, ones, zeros, _ = _dummy(size)
             group = _Group(
                 np.broadcast_to(eye, (count, size, size)), np.broadcast_to(ones, (count, size)),

@@ -305,3 +305,44 @@ def test_efficient_return_and_risk_jobs_in_a_batch_answer_as_one_by_one(sp500_re
             assert outcome.result.solve_path != "BATCH_ACTIVE_SET"  # group limits: the single path
     assert paths.count("BATCH_ACTIVE_SET") >= 0.85 * (len(paths) - 1)  # the rest (not certified): the single path
     assert isinstance(batched[-3], InfeasibleError) and isinstance(batched[-2], InfeasibleError)
+
+
+def test_a_batch_validates_given_moments_as_one_by_one() -> None:
+    """Moments checked together per N: each bad one gets run_optimization's own error, a singular PSD Σ passes."""
+    from services.engine import _valid_moments_together, run_optimization_batch
+    from services.errors import StratoptError
+
+    rng = np.random.default_rng(4)
+    factor = rng.normal(size=(4, 6)) * 0.1
+    good = factor @ factor.T + np.diag([0.02, 0.03, 0.04, 0.05])
+    mu = np.array([0.05, 0.07, 0.09, 0.11])
+    asymmetric, negative, indefinite, missing = good.copy(), good.copy(), good.copy(), good.copy()
+    asymmetric[0, 1] += 0.01
+    negative[2, 2] = -0.01
+    indefinite[0, 1] = indefinite[1, 0] = 1.0
+    missing[3, 3] = np.nan
+    loading = np.array([0.1, 0.2, 0.3, 0.4])
+    singular = np.outer(loading, loading) + np.diag([0.0, 0.0, 0.0, 0.0])  # rank one: PSD, no Cholesky factor
+    errors = 0
+    # The stacked check passes the good ones; a singular Σ fails the stack's factorisation: each on its own.
+    for covariances in ([good, asymmetric, negative, indefinite, missing, good], [good, singular]):
+        jobs = [
+            OptimizationJob(
+                problem=long_only(Objective.MIN_VOLATILITY, ["a", "b", "c", "d"]),
+                inputs=Moments(expected_returns=mu, covariance=c),
+                settings=EstimationSettings(),
+            )
+            for c in covariances
+        ]
+        # Only the good ones skip the per-job check (the certificate would also refuse an asymmetric Σ's answer).
+        assert _valid_moments_together(jobs) == {k for k, c in enumerate(covariances) if c is good}
+        batched = run_optimization_batch(jobs)
+        for job, outcome in zip(jobs, batched, strict=True):
+            single = _outcome_or_error(job)
+            if isinstance(single, StratoptError):
+                assert isinstance(outcome, type(single)) and str(outcome) == str(single)
+                errors += 1
+            else:
+                assert not isinstance(outcome, StratoptError)
+                np.testing.assert_allclose(outcome.result.weights, single.result.weights, atol=1e-9)
+    assert errors == 4
