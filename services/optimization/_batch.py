@@ -379,10 +379,9 @@ def _run(
             fill(state0, 0, np.int8),
             fill(lam0, 0.0),
         )
-        with jax.enable_x64(True):
-            result = _batched(*args, limit)
-            for out, value in zip(outputs, result, strict=True):
-                out.append(np.asarray(value)[:m])
+        result = _batched(*args, limit)  # under the caller's jax.enable_x64(True)
+        for out, value in zip(outputs, result, strict=True):
+            out.append(np.asarray(value)[:m])
     state, w, lam, settled, iterations = (np.concatenate(out) for out in outputs)
     return state, w.astype(np.float64), lam.astype(np.float64), settled, iterations
 
@@ -482,37 +481,49 @@ def solve_batch(
     groups: dict[int, list[int]] = {}
     for k, n in enumerate(sizes):
         groups.setdefault(bucket_size(n), []).append(k)
-    for size, members in groups.items():
-        group = _pack(size, members, sizes, covariances, expected_returns, lowers, uppers)
-        index = np.asarray(members)
-        group = _Group(
-            group.sigma, group.mu, group.lower, group.upper, rules[index],
-            np.where(rules[index] == _FIXED, lam_given[index], 0.0),
-            np.where(np.arange(size)[None, :] < np.asarray([sizes[k] for k in members])[:, None],
-                     group.mu - rates[index][:, None], 0.0),
-            goals[index],
-        )  # fmt: skip
-        state0 = np.where(group.upper - group.lower <= 0.0, -1, 0).astype(np.int8)
-        # 1. The partition, in single precision (twice as fast; a proposal only).
-        state, _, lam_rough, _, rough = _run(group, _ROUGH_DTYPE, ROUGH_ITERATIONS, state0, np.zeros(len(members)))
-        # 2. The exact polish: that partition's line solved in double precision, kept if it proposes itself again
-        # and its answer passes the KKT certificate.
-        state, w, lam_b, settled, its = _run(group, np.float64, 1, state, lam_rough)
-        ok = settled & _certify(group, w, lam_b)
-        its = its + rough
-        pending = np.flatnonzero(~ok)
-        if pending.size:  # 3. the rest, in double precision from where they are, repacked
-            sub = group.take(pending)
-            _, w_p, lam_p, settled_p, its_p = _run(sub, np.float64, MAX_ITERATIONS, state[pending], lam_b[pending])
-            w[pending], lam_b[pending] = w_p, lam_p
-            ok[pending] = settled_p & _certify(sub, w_p, lam_p)
-            its[pending] += its_p
-        for row, k in enumerate(members):
-            weights[k] = w[row, : sizes[k]].copy()
-        lam_out[index] = lam_b
-        certified[index] = ok
-        iterations[index] = its
+    with jax.enable_x64(True):  # entered once: each entry and exit costs a fraction of a millisecond
+        for size, members in groups.items():
+            _solve_group(size, members, sizes, covariances, expected_returns, lowers, uppers, rules, lam_given, rates,
+                         goals, weights, lam_out, certified, iterations)  # fmt: skip
     return BatchSolution(weights=weights, lam=lam_out, certified=certified, iterations=iterations)
+
+
+def _solve_group(
+    size: int, members: list[int], sizes: list[int], covariances: list[FloatArray],
+    expected_returns: list[FloatArray], lowers: list[FloatArray], uppers: list[FloatArray], rules: NDArray[np.int32],
+    lam_given: FloatArray, rates: FloatArray, goals: FloatArray, weights: list[FloatArray], lam_out: FloatArray,
+    certified: NDArray[np.bool_], iterations: NDArray[np.int64],
+) -> None:  # fmt: skip
+    """Solve one bucket's problems (the three rounds of the module docstring) into the output arrays."""
+    group = _pack(size, members, sizes, covariances, expected_returns, lowers, uppers)
+    index = np.asarray(members)
+    group = _Group(
+        group.sigma, group.mu, group.lower, group.upper, rules[index],
+        np.where(rules[index] == _FIXED, lam_given[index], 0.0),
+        np.where(np.arange(size)[None, :] < np.asarray([sizes[k] for k in members])[:, None],
+                 group.mu - rates[index][:, None], 0.0),
+        goals[index],
+    )  # fmt: skip
+    state0 = np.where(group.upper - group.lower <= 0.0, -1, 0).astype(np.int8)
+    # 1. The partition, in single precision (twice as fast; a proposal only).
+    state, _, lam_rough, _, rough = _run(group, _ROUGH_DTYPE, ROUGH_ITERATIONS, state0, np.zeros(len(members)))
+    # 2. The exact polish: that partition's line solved in double precision, kept if it proposes itself again
+    # and its answer passes the KKT certificate.
+    state, w, lam_b, settled, its = _run(group, np.float64, 1, state, lam_rough)
+    ok = settled & _certify(group, w, lam_b)
+    its = its + rough
+    pending = np.flatnonzero(~ok)
+    if pending.size:  # 3. the rest, in double precision from where they are, repacked
+        sub = group.take(pending)
+        _, w_p, lam_p, settled_p, its_p = _run(sub, np.float64, MAX_ITERATIONS, state[pending], lam_b[pending])
+        w[pending], lam_b[pending] = w_p, lam_p
+        ok[pending] = settled_p & _certify(sub, w_p, lam_p)
+        its[pending] += its_p
+    for row, k in enumerate(members):
+        weights[k] = w[row, : sizes[k]].copy()
+    lam_out[index] = lam_b
+    certified[index] = ok
+    iterations[index] = its
 
 
 def _pack(
@@ -574,5 +585,6 @@ def warm_up_batch(max_assets: int = 64) -> float:
                 np.zeros(count, dtype=np.int32), np.zeros(count), np.broadcast_to(ones, (count, size)), np.zeros(count),
             )  # fmt: skip
             for dtype in (np.float32, np.float64):
-                _run(group, dtype, 1, np.zeros((count, size), dtype=np.int8), np.zeros(count))
+                with jax.enable_x64(True):
+                    _run(group, dtype, 1, np.zeros((count, size), dtype=np.int8), np.zeros(count))
     return time.perf_counter() - started
