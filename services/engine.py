@@ -333,8 +333,9 @@ def run_optimization_batch(jobs: list[OptimizationJob]) -> list[OptimizationOutc
 
     The same answers as ``run_optimization`` one job at a time (the batch's are certified by KKT and exact to
     rounding): jobs of method ``MEAN_VARIANCE`` with the variance risk measure and no beta neutrality have their
-    moments estimated here and their problems handed to ``optimize_mean_variance_batch``; every other job, and
-    every problem the batch does not answer, runs through ``run_optimization``.
+    moments estimated here and their problems handed to ``optimize_mean_variance_batch`` (which batches min
+    volatility, quadratic utility, max Sharpe, efficient return and efficient risk under the budget and finite
+    bounds); every other job, and every problem the batch does not answer, runs through ``run_optimization``.
 
     Parameters
     ----------
@@ -349,6 +350,7 @@ def run_optimization_batch(jobs: list[OptimizationJob]) -> list[OptimizationOutc
     started = time.perf_counter()
     outcomes: list[OptimizationOutcome | StratoptError | None] = [None] * len(jobs)
     batchable: list[tuple[int, EstimatedMoments, ReturnHistory | None]] = []
+    valid = _valid_moments_together(jobs)
     for k, job in enumerate(jobs):
         spec, problem = job.method, job.problem
         if (
@@ -359,7 +361,8 @@ def run_optimization_batch(jobs: list[OptimizationJob]) -> list[OptimizationOutc
             continue
         try:
             if isinstance(job.inputs, Moments):
-                validate_moments(job.inputs, problem.n_assets)
+                if k not in valid:  # its error (or its acceptance) exactly as run_optimization gives it
+                    validate_moments(job.inputs, problem.n_assets)
                 estimated = EstimatedMoments(moments=job.inputs, observations=0, missing_data_policy="NONE")
                 history = None
             else:
@@ -389,6 +392,50 @@ def run_optimization_batch(jobs: list[OptimizationJob]) -> list[OptimizationOutc
             except StratoptError as error:
                 outcomes[k] = error
     return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _valid_moments_together(jobs: list[OptimizationJob]) -> set[int]:
+    """The jobs whose given moments pass ``validate_moments``, checked together for jobs of the same N.
+
+    Stacked per N: the shapes, finiteness, symmetry (to 1e-10 of the largest entry), positive variances and a
+    Cholesky factor of the symmetric part, the sufficient conditions ``validate_moments`` accepts on. A job left
+    out (one of those failed) is validated on its own, with its own error (or accepted there, e.g. a singular
+    positive semidefinite Σ).
+    """
+    by_size: dict[int, list[int]] = {}
+    for k, job in enumerate(jobs):
+        inputs, n = job.inputs, job.problem.n_assets
+        if isinstance(inputs, Moments) and inputs.expected_returns.shape == (n,) and inputs.covariance.shape == (n, n):
+            by_size.setdefault(n, []).append(k)
+    valid: set[int] = set()
+    for members in by_size.values():
+        mu = np.stack([jobs[k].inputs.expected_returns for k in members])  # type: ignore[union-attr]
+        sigma = np.stack([jobs[k].inputs.covariance for k in members])  # type: ignore[union-attr]
+        with np.errstate(invalid="ignore"):
+            scale = np.maximum(np.abs(sigma).max(axis=(1, 2)), 1e-300)
+            symmetric = np.abs(sigma - sigma.transpose(0, 2, 1)).max(axis=(1, 2)) <= 1e-10 * scale
+            good = (
+                np.isfinite(mu).all(axis=1)
+                & np.isfinite(sigma).all(axis=(1, 2))
+                & symmetric
+                & (np.diagonal(sigma, axis1=1, axis2=2) > 0.0).all(axis=1)
+            )
+        chosen = [int(i) for i in np.flatnonzero(good)]
+        halves = (sigma[chosen] + sigma[chosen].transpose(0, 2, 1)) / 2.0
+        try:
+            np.linalg.cholesky(halves)
+        except np.linalg.LinAlgError:  # one of them has no factor: find which, one by one
+            chosen = [i for i, half in zip(chosen, halves, strict=True) if _has_cholesky(half)]
+        valid.update(members[i] for i in chosen)
+    return valid
+
+
+def _has_cholesky(matrix: FloatArray) -> bool:
+    try:
+        np.linalg.cholesky(matrix)
+    except np.linalg.LinAlgError:
+        return False
+    return True
 
 
 def _closed_result(

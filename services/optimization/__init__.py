@@ -7,7 +7,7 @@ approximation for cardinality). Risk budgeting (JAX Newton) and hierarchical ris
 Public names only; the implementation lives in the private modules.
 """
 
-from services.optimization._batch import MAX_BATCH_ASSETS, BatchKind, BatchSolution, solve_batch
+from services.optimization._batch import MAX_BATCH_ASSETS, BatchKind, BatchSolution, solve_batch, warm_up_batch
 from services.optimization._constraints import (
     HELD_THRESHOLD,
     TOLERANCE,
@@ -157,4 +157,5 @@ __all__ = [
     "risk_measure_value",
     "solve_batch",
     "warm_up",
+    "warm_up_batch",
 ]

@@ -1,20 +1,41 @@
 """Many box-and-budget mean-variance problems at once: a batched primal-dual active set in JAX, certified by KKT.
 
-Problems (B of them, each with its own N ≤ ``MAX_BATCH_ASSETS``): minimise ½ wᵀΣw − λ μᵀw subject to 1ᵀw = 1 and
-l ≤ w ≤ u, with λ fixed (``MIN_VOLATILITY``: λ = 0; ``QUADRATIC_UTILITY``: λ = 1/δ) or the tangency λ of the
-maximum Sharpe ratio (``MAX_SHARPE``: λ = wᵀΣw / (μ − r_f)ᵀw at the optimum). This is the single-problem method of
-``_active_set`` (Hungerländer & Rendl's primal-dual active set on the critical lines of Markowitz's critical line
-algorithm), run for a whole group in one ``jax.jit``-compiled ``lax.while_loop`` vectorised over the problems
-(``jax.vmap``): each iteration solves every problem's partition at once, with the names fixed at a bound replaced
-by identity rows so that one padded N × N solve per problem serves any free set. Problems are padded to a bucket
-size (``_risk_budgeting.bucket_size``) with independent dummy names pinned at zero, so XLA compiles one executable
-per (bucket, batch size), not per problem.
+Problems (B of them, each with its own N ≤ ``MAX_BATCH_ASSETS`` and its own kind): minimise ½ wᵀΣw − λ μᵀw
+subject to 1ᵀw = 1 and l ≤ w ≤ u, where λ is
 
+- fixed (``FIXED_LAMBDA``: 0 for minimum volatility, 1/δ for quadratic utility);
+- the tangency λ of the maximum Sharpe ratio (``TANGENCY``: λ = wᵀΣw / (μ − r_f)ᵀw at the optimum);
+- the multiplier of a return target (``TARGET_RETURN``, efficient return: min wᵀΣw s.t. μᵀw ≥ r; λ = 0 when the
+  target does not bind, else μᵀw(λ) = r);
+- the inverse multiplier of a risk target (``TARGET_RISK``, efficient risk: max μᵀw s.t. wᵀΣw ≤ σ²; λ = 1/(2η)
+  > 0 with w(λ)ᵀΣw(λ) = σ²).
+
+All four are points of the same λ-parametrised frontier (Markowitz's critical lines): on each partition of the
+names (free, at the lower bound, at the upper bound) w(λ) = a + λ b, and the kind's λ on that line is closed-form
+(linear for the tangency and the return target, a quadratic's root for the risk target). The method is the
+single-problem one of ``_active_set`` (Hungerländer & Rendl's primal-dual active set on the critical lines), run
+for a chunk of problems in one ``jax.jit``-compiled ``lax.while_loop`` vectorised over them (``jax.vmap``): each
+iteration solves every problem's partition at once, with the names fixed at a bound replaced by identity rows so
+that one padded N × N Cholesky per problem serves any free set. A target's λ taken on each line can cycle between
+two partitions, so after ``_DIRECT_ITERATIONS`` it is held while the partition settles and then moved by a
+Newton step on the target's residual, safeguarded by a bracket (bisection). Problems are padded to a bucket size
+(``_risk_budgeting.bucket_size``) with independent dummy names pinned at zero and go in chunks of ``CHUNK``
+problems (the last one filled with a well-posed dummy problem), so XLA compiles one executable per (bucket,
+precision), not per problem or batch size; ``warm_up_batch`` compiles them ahead of the first batch.
+
+Three rounds: (1) the partition is searched in single precision (a proposal only, about twice as fast on a CPU
+and more on a GPU); (2) the exact polish: that partition's line solved in double precision, kept if it proposes
+its own partition again; (3) the problems the polish did not settle, repacked, iterate on in double precision.
 Every answer is then checked in NumPy, in float64, against the KKT conditions of its QP (primal bounds and budget,
 stationarity on the free names, multipliers of the right sign at the bounds, to the tolerances of
-``_active_set``); an answer that fails, or a problem whose iteration did not settle, is reported as not certified
-and the caller solves it with the single-problem path. A certified answer is the exact optimum (the partition's
-linear system solved in float64), so it equals the single path's to rounding.
+``_active_set``) and its kind's condition on λ (the tangency identity; the target met, with equality where its
+multiplier is positive); an answer that fails, or a problem whose iteration did not settle, is reported as not
+certified and the caller solves it with the single-problem path. An infeasible target (a volatility cap below
+the minimum volatility, a return above the best) is never certified. A certified answer is the exact optimum
+(the partition's linear system solved in float64), so it equals the single path's to rounding.
+
+The arrays go to JAX's default device (a GPU when one is present, with chunks of ``GPU_CHUNK``); double precision
+is enabled around each call (``jax.enable_x64``), nothing here is CPU-specific.
 
 Why one module: the padding, the batched iteration and the batched certificate share one representation of a
 group of problems.
@@ -22,6 +43,8 @@ group of problems.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
@@ -35,24 +58,59 @@ from numpy.typing import NDArray
 from services.optimization._risk_budgeting import bucket_size
 from services.types import FloatArray
 
-__all__ = ["MAX_BATCH_ASSETS", "BatchKind", "BatchSolution", "solve_batch"]
+__all__ = ["MAX_BATCH_ASSETS", "BatchKind", "BatchSolution", "solve_batch", "warm_up_batch"]
 
 MAX_BATCH_ASSETS: Final = 256
 """Largest N solved in a batch; larger problems go through the single-problem path."""
-MAX_ITERATIONS: Final = 12
-"""Active-set iterations before a problem that has not settled is left to the single path."""
+MAX_ITERATIONS: Final = 16
+"""Double-precision partitions (after the polish) before a problem that has not settled is left to the single path."""
+ROUGH_ITERATIONS: Final = 6
+"""Single-precision partitions of the first round (proposals; the polish decides)."""
+CHUNK: Final = 64
+"""Problems per compiled call on a CPU: a bucket's problems go in chunks of this many (the last one padded), so one
+executable per (bucket, precision) serves any batch. On a GPU, where more lanes run at once, ``GPU_CHUNK``."""
+GPU_CHUNK: Final = 512
+
+
+def _chunk() -> int:
+    """The chunk size on JAX's default backend.
+
+    Asked at the first batch, not at import: a process that forks workers must not start XLA before it forks.
+    """
+    return GPU_CHUNK if jax.default_backend() == "gpu" else CHUNK
+
+
 _TIE: Final = 1e-14
+_ROUGH_TIE: Final = 1e-6
+_ROUGH_DTYPE: type[np.floating[Any]] = np.float32
+_TARGET_TOL: Final = 1e-11
+_ROUGH_TARGET_TOL: Final = 1e-5
+_DIRECT_ITERATIONS: Final = 4
+"""Partitions of a target's direct λ (the target met on each line) before the safeguarded steps."""
 _KKT_TOL: Final = 1e-9
 """Relative tolerance of the certificate (on the gradient scale and on the bounds)."""
+_FIXED, _TANGENCY, _TARGET_RETURN, _TARGET_RISK = 0, 1, 2, 3
 
 
 class BatchKind(StrEnum):
-    """The λ rule of a batch."""
+    """The λ rule of a problem of a batch."""
 
     FIXED_LAMBDA = "FIXED_LAMBDA"
     """λ given per problem: 0 for minimum volatility, 1/δ for quadratic utility."""
     TANGENCY = "TANGENCY"
     """The maximum Sharpe ratio at the risk-free rate of each problem."""
+    TARGET_RETURN = "TARGET_RETURN"
+    """Efficient return: minimum variance subject to μᵀw ≥ r (λ ≥ 0 is the multiplier of the return limit)."""
+    TARGET_RISK = "TARGET_RISK"
+    """Efficient risk: maximum μᵀw subject to wᵀΣw ≤ σ² (λ = 1/(2η), η the multiplier of the risk limit)."""
+
+
+_RULES: Final = {
+    BatchKind.FIXED_LAMBDA: _FIXED,
+    BatchKind.TANGENCY: _TANGENCY,
+    BatchKind.TARGET_RETURN: _TARGET_RETURN,
+    BatchKind.TARGET_RISK: _TARGET_RISK,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,42 +155,68 @@ def _line(sigma: Any, mu: Any, lower: Any, upper: Any, state: Any) -> tuple[Any,
     sigma_b = sigma @ b
     g0 = jnp.where(free, 0.0, sigma_a + nu0)
     g1 = jnp.where(free, 0.0, sigma_b - mu + nu1)
-    return a, b, g0, g1, sigma_a, sum_q
+    return a, b, g0, g1, sigma_a, sigma_b, sum_q
+
+
+def _lambda_on_line(
+    rule: Any, a: Any, b: Any, sigma_a: Any, sigma_b: Any, mu: Any, excess: Any, lam_given: Any, target: Any,
+    previous: Any, lam_scale: Any, b_floor: Any,
+) -> tuple[Any, Any]:  # fmt: skip
+    """λ of a problem's rule on the current critical line, and whether the line holds it (else a step towards it)."""
+    grow = jnp.where(previous > 0.0, 2.0 * previous, lam_scale)  # no λ on this line: move up, the partition follows
+    a_sigma_a, a_sigma_b, b_sigma_b = a @ sigma_a, a @ sigma_b, b @ sigma_b
+    # Tangency (max Sharpe): λ (μ − r_f)ᵀw(λ) = w(λ)ᵀΣw(λ) is linear in λ on a line (1ᵀb = 0, bᵀΣb = μᵀb).
+    denominator = excess @ a - 2.0 * a_sigma_b
+    tangent = a_sigma_a / denominator
+    tangent_ok = (denominator > 0.0) & (a_sigma_a > 0.0) & jnp.isfinite(tangent)
+    # Target return: μᵀw(λ) = r rises with λ (μᵀb = bᵀΣb ≥ 0); λ = 0 when the line's λ = 0 point already meets it.
+    gain_a, gain_b = mu @ a, mu @ b
+    reach = (target - gain_a) / gain_b
+    slack = gain_a >= target
+    # bᵀΣb = μᵀb is 0 on a line with one free name (b = 0 up to round-off): no λ on it reaches the target.
+    reach_ok = slack | ((gain_b > b_floor) & jnp.isfinite(reach))
+    reach_lam = jnp.where(slack, 0.0, reach)
+    # Target risk: w(λ)ᵀΣw(λ) = σ² is a quadratic in λ; its larger root on λ > 0, else the line's nearest point.
+    variance = target * target
+    discriminant = a_sigma_b * a_sigma_b - b_sigma_b * (a_sigma_a - variance)
+    root = (-a_sigma_b + jnp.sqrt(jnp.maximum(discriminant, 0.0))) / b_sigma_b
+    root_ok = (b_sigma_b > b_floor) & (discriminant >= 0.0) & (root > 0.0) & jnp.isfinite(root)
+    below = (b_sigma_b > b_floor) & ((discriminant < 0.0) | (root <= 0.0))
+    root_lam = jnp.where(root_ok, root, jnp.where(below, jnp.maximum(-a_sigma_b / b_sigma_b, 0.0), grow))
+    lam = jnp.select(
+        [rule == _TANGENCY, rule == _TARGET_RETURN, rule == _TARGET_RISK],
+        [jnp.where(tangent_ok, tangent, grow), jnp.where(reach_ok, reach_lam, grow), root_lam],
+        lam_given,
+    )
+    on_line = jnp.select(
+        [rule == _TANGENCY, rule == _TARGET_RETURN, rule == _TARGET_RISK], [tangent_ok, reach_ok, root_ok], True
+    )
+    return lam, on_line
 
 
 def _solve_one(
-    sigma: Any, mu: Any, lower: Any, upper: Any, lam_given: Any, excess: Any, tangency: bool
-) -> tuple[Any, Any, Any, Any]:
-    """The batched iteration for one problem (vmapped): the final state's weights, λ, settled flag, iterations."""
+    sigma: Any, mu: Any, lower: Any, upper: Any, rule: Any, lam_given: Any, excess: Any, target: Any, state0: Any,
+    lam0: Any, limit: Any,
+) -> tuple[Any, ...]:  # fmt: skip
+    """The batched iteration for one problem (vmapped), from partition ``state0`` and λ ``lam0``.
+
+    At most ``limit`` partitions; returns the last partition proposed, the weights and λ on the last line, whether
+    it settled (the line holds the rule's λ and proposes its own partition again) and the iterations.
+    """
     pinned = upper - lower <= 0.0
+    tie = _TIE if sigma.dtype == jnp.float64 else _ROUGH_TIE  # single precision: no flicker on round-off
     diag = jnp.diag(sigma)
     diag_max = diag.max()
     coupling = diag.mean()
     mu_max = jnp.abs(mu).max()
-    state0 = jnp.where(pinned, -1, 0).astype(jnp.int8)
-
-    # A first λ of the right scale (λμ ~ Σw) for lines whose Sharpe ratio rises without end.
+    # A first λ of the right scale (λμ ~ Σw) for lines that do not hold the rule's λ.
     lam_scale = coupling / jnp.maximum(jnp.abs(excess).max(), 1e-12)
-
-    def evaluate(state: Any, previous: Any) -> tuple[Any, Any, Any, Any, Any]:
-        a, b, g0, g1, sigma_a, sum_q = _line(sigma, mu, lower, upper, state)
-        if tangency:
-            denominator = excess @ a - 2.0 * (a @ (sigma @ b))
-            tangent = (a @ sigma_a) / denominator
-            on_line = (denominator > 0.0) & (a @ sigma_a > 0.0) & jnp.isfinite(tangent)
-            # No tangency on this line: move λ up (doubling) and let the partition follow, as the single path's
-            # bracketed search does while the bracket is open above.
-            lam = jnp.where(on_line, tangent, jnp.where(previous > 0.0, 2.0 * previous, lam_scale))
-        else:
-            lam = lam_given
-            on_line = jnp.array(True)
-        usable = (sum_q > 0.0) & jnp.any(state == 0)
-        w = a + lam * b
-        g = g0 + lam * g1
-        return w, g, lam, usable & jnp.all(jnp.isfinite(w)), on_line
+    target_tol = _TARGET_TOL if sigma.dtype == jnp.float64 else _ROUGH_TARGET_TOL
+    is_target = (rule == _TARGET_RETURN) | (rule == _TARGET_RISK)
+    b_floor = (_TIE if sigma.dtype == jnp.float64 else _ROUGH_TIE) * 1e4 * mu_max * mu_max / coupling
 
     def next_state(w: Any, g: Any, lam: Any) -> Any:
-        slack = _TIE * (diag_max * jnp.abs(w).sum() + jnp.abs(lam) * mu_max)
+        slack = tie * (diag_max * jnp.abs(w).sum() + jnp.abs(lam) * mu_max)
         to_lower = g - coupling * (w - lower)
         to_upper = coupling * (w - upper) - g
         state = jnp.where(to_upper > slack, 1, 0)
@@ -151,29 +235,54 @@ def _solve_one(
         return state.astype(jnp.int8)
 
     def condition(carry: tuple[Any, ...]) -> Any:
-        _, _, _, _, settled, failed, iteration = carry
-        return (~settled) & (~failed) & (iteration < MAX_ITERATIONS)
+        settled, failed, iteration = carry[-3:]
+        return (~settled) & (~failed) & (iteration < limit)
 
     def body(carry: tuple[Any, ...]) -> tuple[Any, ...]:
-        state, _, previous, _, _, _, iteration = carry
-        w, g, lam, usable, on_line = evaluate(state, previous)
+        state, _, previous, lo, hi, _, _, iteration = carry
+        a, b, g0, g1, sigma_a, sigma_b, sum_q = _line(sigma, mu, lower, upper, state)
+        direct, on_line = _lambda_on_line(
+            rule, a, b, sigma_a, sigma_b, mu, excess, lam_given, target, previous, lam_scale, b_floor
+        )
+        # A target's λ on each line (direct) can cycle between two partitions; after a few partitions the λ is
+        # held while the partition settles, then moved by a safeguarded Newton step on the target's residual.
+        guarded = is_target & (iteration >= _DIRECT_ITERATIONS)
+        lam = jnp.where(guarded, previous, direct)
+        w = a + lam * b
+        g = g0 + lam * g1
+        usable = (sum_q > 0.0) & jnp.any(state == 0) & jnp.all(jnp.isfinite(w))
         new = next_state(w, g, lam)
-        settled = usable & on_line & jnp.all(new == state)
-        return new, w, lam, g, settled, ~usable, iteration + 1
+        same = jnp.all(new == state)
+        # The residual h(λ) of the target, which rises with λ along the frontier.
+        returns = rule == _TARGET_RETURN
+        h = jnp.where(returns, mu @ w - target, w @ (sigma @ w) - target * target)
+        h_tol = target_tol * jnp.where(returns, jnp.maximum(jnp.abs(target), mu_max), target * target)
+        met = jnp.where(
+            returns, (jnp.abs(h) <= h_tol) | ((lam == 0.0) & (h >= 0.0)), (jnp.abs(h) <= h_tol) & (lam > 0.0)
+        )
+        settled = usable & same & jnp.where(is_target, met, on_line)
+        lo = jnp.where(is_target & same & (h < 0.0), lam, lo)
+        hi = jnp.where(is_target & same & (h > 0.0), lam, hi)
+        inside = on_line & (direct > lo) & (direct < hi)
+        step = jnp.where(inside, direct, jnp.where(jnp.isfinite(hi), 0.5 * (lo + hi), jnp.maximum(2.0 * lo, lam_scale)))
+        lam_next = jnp.where(guarded & same & ~met, step, lam)
+        # A volatility cap below the minimum volatility (the λ = 0 partition settled above it): no answer.
+        hopeless = (rule == _TARGET_RISK) & same & (lam == 0.0) & (h > h_tol)
+        return new, w, lam_next, lo, hi, settled, ~usable | hopeless, iteration + 1
 
-    zeros = jnp.zeros_like(mu)
-    init = (state0, zeros, jnp.asarray(0.0, mu.dtype), zeros, jnp.array(False), jnp.array(False), 0)
-    _, w, lam, _, settled, _, iterations = jax.lax.while_loop(condition, body, init)
-    return w, lam, settled, iterations
+    zero = jnp.asarray(0.0, mu.dtype)
+    init = (
+        state0, jnp.zeros_like(mu), lam0, zero, zero + jnp.inf, jnp.array(False), jnp.array(False),
+        jnp.asarray(0, jnp.int32),
+    )  # fmt: skip
+    state, w, lam, _, _, settled, _, iterations = jax.lax.while_loop(condition, body, init)
+    return state, w, lam, settled, iterations
 
 
-_batched = jax.jit(
-    jax.vmap(_solve_one, in_axes=(0, 0, 0, 0, 0, 0, None)),
-    static_argnums=(6,),
-)
+_batched = jax.jit(jax.vmap(_solve_one, in_axes=(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, None)))
 
 
-def _certify(
+def _kkt(
     sigma: FloatArray, mu: FloatArray, lower: FloatArray, upper: FloatArray, w: FloatArray, lam: FloatArray
 ) -> NDArray[np.bool_]:
     """KKT of min ½wᵀΣw − λμᵀw, 1ᵀw = 1, l ≤ w ≤ u, for every problem of a padded batch (B, N)."""
@@ -208,15 +317,107 @@ def _certify(
     return certified
 
 
+_pack_dummy_cache: dict[int, tuple[FloatArray, FloatArray, FloatArray, FloatArray]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """One bucket's problems, padded to ``size`` names (rows: the problems; float64)."""
+
+    sigma: FloatArray
+    mu: FloatArray
+    lower: FloatArray
+    upper: FloatArray
+    rule: NDArray[np.int32]
+    lam: FloatArray
+    excess: FloatArray
+    target: FloatArray
+
+    def take(self, rows: NDArray[np.intp]) -> _Group:
+        return _Group(*(np.asarray(getattr(self, f)[rows]) for f in _Group.__slots__))
+
+
+def _dummy(size: int) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+    """A well-posed filler problem (Σ = I, μ = 1, weights in [0, 1], λ = 0): it settles at once."""
+    if size not in _pack_dummy_cache:
+        _pack_dummy_cache[size] = (np.eye(size), np.ones(size), np.zeros(size), np.ones(size))
+    return _pack_dummy_cache[size]
+
+
+def _run(
+    group: _Group, dtype: type[np.floating[Any]], limit: int, state0: NDArray[np.int8], lam0: FloatArray
+) -> tuple[NDArray[np.int8], FloatArray, FloatArray, NDArray[np.bool_], NDArray[np.int32]]:
+    """Iterate every problem of ``group`` in chunks of ``_chunk()`` (a batch of at most 8 is padded to 8).
+
+    Returns the last partition proposed, the weights and λ of the last line, settled and iterations (float64).
+    """
+    count, size = group.mu.shape
+    chunk = _chunk()
+    outputs: list[list[Any]] = [[], [], [], [], []]
+    eye, ones, zeros, _ = _dummy(size)
+    for start in range(0, count, chunk):
+        part = slice(start, min(start + chunk, count))
+        m = part.stop - part.start
+        padded = 8 if count <= 8 else chunk
+        pad = padded - m
+
+        def fill(values: Any, filler: Any, cast: Any = dtype, part: slice = part, pad: int = pad) -> Any:
+            block = values[part]
+            if pad:
+                block = np.concatenate((block, np.broadcast_to(filler, (pad, *block.shape[1:]))))
+            return np.asarray(block, dtype=cast)
+
+        args = (
+            fill(group.sigma, eye),
+            fill(group.mu, ones),
+            fill(group.lower, zeros),
+            fill(group.upper, ones),
+            fill(group.rule, 0, np.int32),
+            fill(group.lam, 0.0),
+            fill(group.excess, ones),
+            fill(group.target, 0.0),
+            fill(state0, 0, np.int8),
+            fill(lam0, 0.0),
+        )
+        result = _batched(*args, limit)  # under the caller's jax.enable_x64(True)
+        for out, value in zip(outputs, result, strict=True):
+            out.append(np.asarray(value)[:m])
+    state, w, lam, settled, iterations = (np.concatenate(out) for out in outputs)
+    return state, w.astype(np.float64), lam.astype(np.float64), settled, iterations
+
+
+def _certify(group: _Group, w: FloatArray, lam: FloatArray) -> NDArray[np.bool_]:
+    """KKT of each problem's QP at its λ (``_kkt``) and the rule's condition on λ (tangency, target met)."""
+    ok = _kkt(group.sigma, group.mu, group.lower, group.upper, w, lam)
+    variance = np.einsum("bi,bij,bj->b", w, group.sigma, w)
+    # Tangency: λ (μ − r_f)ᵀw = wᵀΣw with a positive excess return.
+    gain = np.einsum("bi,bi->b", group.excess, w)
+    tangent = (gain > 0.0) & (np.abs(lam * gain - variance) <= _KKT_TOL * variance)
+    # Target return r (multiplier λ ≥ 0 of μᵀw ≥ r): met, and met with equality where λ > 0.
+    achieved = np.einsum("bi,bi->b", group.mu, w)
+    tol = _KKT_TOL * np.maximum(1.0, np.abs(group.target))
+    reached = (lam >= 0.0) & (achieved >= group.target - tol) & ((lam == 0.0) | (achieved <= group.target + tol))
+    # Target risk σ (multiplier 1/(2λ) of wᵀΣw ≤ σ²): the cap binds, λ > 0.
+    capped = (lam > 0.0) & (np.abs(variance - group.target**2) <= _KKT_TOL * group.target**2)
+    rule = group.rule
+    extra = np.where(
+        rule == _TANGENCY,
+        tangent,
+        np.where(rule == _TARGET_RETURN, reached, np.where(rule == _TARGET_RISK, capped, True)),
+    )
+    return ok & extra
+
+
 def solve_batch(
     covariances: list[FloatArray],
     expected_returns: list[FloatArray],
     lowers: list[FloatArray],
     uppers: list[FloatArray],
     *,
-    kind: BatchKind,
+    kind: BatchKind | Sequence[BatchKind],
     lam: FloatArray | None = None,
     risk_free_rates: FloatArray | None = None,
+    targets: FloatArray | None = None,
 ) -> BatchSolution:
     """Solve a group of box-and-budget problems at once (module docstring); certify each answer.
 
@@ -228,22 +429,27 @@ def solve_batch(
         μ (annualised, decimal).
     lowers, uppers : list of ndarray of shape (N_k,)
         Weight bounds with l ≤ u and Σl ≤ 1 ≤ Σu.
-    kind : BatchKind
-        ``FIXED_LAMBDA`` (give ``lam``) or ``TANGENCY`` (give ``risk_free_rates``).
+    kind : BatchKind or sequence of BatchKind
+        The rule of every problem, or one per problem (problems of different kinds share a batch).
     lam : ndarray of shape (B,), optional
-        λ of each problem (0: minimum volatility; 1/δ: quadratic utility with risk aversion δ).
+        λ of each ``FIXED_LAMBDA`` problem (0: minimum volatility; 1/δ: quadratic utility with risk aversion δ);
+        required when there is one.
     risk_free_rates : ndarray of shape (B,), optional
-        r_f of each problem (annualised, decimal); default 0.
+        r_f of each ``TANGENCY`` problem (annualised, decimal); default 0.
+    targets : ndarray of shape (B,), optional
+        The minimum return r of each ``TARGET_RETURN`` problem, the maximum volatility σ (annualised) of each
+        ``TARGET_RISK`` one (ignored for the other kinds); required when there is one.
 
     Returns
     -------
     BatchSolution
-        Weights, λ, certificate and iterations per problem; uncertified ones are to be solved singly.
+        Weights, λ, certificate and iterations per problem; uncertified ones are to be solved singly (an
+        infeasible target is never certified).
 
     Raises
     ------
     ValueError
-        Mismatched lengths, N_k above ``MAX_BATCH_ASSETS``, or ``FIXED_LAMBDA`` without ``lam``.
+        Mismatched lengths, N_k above ``MAX_BATCH_ASSETS``, or a kind without its ``lam`` or ``targets``.
 
     References
     ----------
@@ -254,13 +460,20 @@ def solve_batch(
     count = len(covariances)
     if not (len(expected_returns) == len(lowers) == len(uppers) == count):
         raise ValueError("one covariance, expected returns and bounds per problem")
-    if kind is BatchKind.FIXED_LAMBDA and lam is None:
+    kinds = [kind] * count if isinstance(kind, BatchKind) else list(kind)
+    if len(kinds) != count:
+        raise ValueError("one kind per problem")
+    rules = np.array([_RULES[k] for k in kinds], dtype=np.int32)
+    if lam is None and np.any(rules == _FIXED):
         raise ValueError("FIXED_LAMBDA needs lam")
+    if targets is None and np.any((rules == _TARGET_RETURN) | (rules == _TARGET_RISK)):
+        raise ValueError("TARGET_RETURN and TARGET_RISK need targets")
     sizes = [c.shape[0] for c in covariances]
     if count and max(sizes) > MAX_BATCH_ASSETS:
         raise ValueError(f"at most {MAX_BATCH_ASSETS} assets per batched problem")
     lam_given = np.zeros(count) if lam is None else np.asarray(lam, dtype=np.float64)
     rates = np.zeros(count) if risk_free_rates is None else np.asarray(risk_free_rates, dtype=np.float64)
+    goals = np.zeros(count) if targets is None else np.asarray(targets, dtype=np.float64)
     weights: list[FloatArray] = [np.empty(0)] * count
     lam_out = np.zeros(count)
     certified = np.zeros(count, dtype=bool)
@@ -268,42 +481,110 @@ def solve_batch(
     groups: dict[int, list[int]] = {}
     for k, n in enumerate(sizes):
         groups.setdefault(bucket_size(n), []).append(k)
-    for size, members in groups.items():
-        b = len(members)
-        # The group count is padded too (to a power of two, at least 8) with a well-posed dummy problem (Σ = I,
-        # μ = 1, weights in [0, 1]; it settles at once), so a server sees few distinct shapes to compile.
-        padded = max(8, 1 << (b - 1).bit_length())
-        sigma = np.tile(np.eye(size), (padded, 1, 1))
-        mu = np.ones((padded, size))
-        lower = np.zeros((padded, size))
-        upper = np.ones((padded, size))
-        for row, k in enumerate(members):
-            n = sizes[k]
-            c = np.asarray(covariances[k], dtype=np.float64)
-            sigma[row, :n, :n] = c
-            if size > n:  # independent dummies pinned at 0 (l = u = 0, μ = 0), on Σ's scale
-                sigma[row, n:, n:] = np.eye(size - n) * float(np.max(np.diag(c)))
-            mu[row, :n] = expected_returns[k]
-            mu[row, n:] = 0.0
-            lower[row, :n] = lowers[k]
-            upper[row, :n] = uppers[k]
-            upper[row, n:] = 0.0
-        excess = mu.copy()
-        lengths = np.array([sizes[k] for k in members])
-        excess[:b] = np.where(np.arange(size)[None, :] < lengths[:, None], mu[:b] - rates[members][:, None], 0.0)
-        lam_padded = np.zeros(padded)
-        lam_padded[:b] = lam_given[members]
-        with jax.enable_x64(True):
-            w, lam_b, settled, its = _batched(sigma, mu, lower, upper, lam_padded, excess, kind is BatchKind.TANGENCY)
-            w, lam_b, settled, its = (np.asarray(x) for x in (w, lam_b, settled, its))
-        ok = settled & _certify(sigma, mu, lower, upper, w, lam_b)
-        if kind is BatchKind.TANGENCY:  # λ is the tangency: λ (μ − r_f)ᵀw = wᵀΣw
-            gain = np.einsum("bi,bi->b", excess, w)
-            variance = np.einsum("bi,bij,bj->b", w, sigma, w)
-            ok &= (gain > 0.0) & (np.abs(lam_b * gain - variance) <= 1e-9 * variance)
-        for row, k in enumerate(members):
-            weights[k] = w[row, : sizes[k]].copy()
-            lam_out[k] = lam_b[row]
-            certified[k] = bool(ok[row])
-            iterations[k] = int(its[row])
+    with jax.enable_x64(True):  # entered once: each entry and exit costs a fraction of a millisecond
+        for size, members in groups.items():
+            _solve_group(size, members, sizes, covariances, expected_returns, lowers, uppers, rules, lam_given, rates,
+                         goals, weights, lam_out, certified, iterations)  # fmt: skip
     return BatchSolution(weights=weights, lam=lam_out, certified=certified, iterations=iterations)
+
+
+def _solve_group(
+    size: int, members: list[int], sizes: list[int], covariances: list[FloatArray],
+    expected_returns: list[FloatArray], lowers: list[FloatArray], uppers: list[FloatArray], rules: NDArray[np.int32],
+    lam_given: FloatArray, rates: FloatArray, goals: FloatArray, weights: list[FloatArray], lam_out: FloatArray,
+    certified: NDArray[np.bool_], iterations: NDArray[np.int64],
+) -> None:  # fmt: skip
+    """Solve one bucket's problems (the three rounds of the module docstring) into the output arrays."""
+    group = _pack(size, members, sizes, covariances, expected_returns, lowers, uppers)
+    index = np.asarray(members)
+    group = _Group(
+        group.sigma, group.mu, group.lower, group.upper, rules[index],
+        np.where(rules[index] == _FIXED, lam_given[index], 0.0),
+        np.where(np.arange(size)[None, :] < np.asarray([sizes[k] for k in members])[:, None],
+                 group.mu - rates[index][:, None], 0.0),
+        goals[index],
+    )  # fmt: skip
+    state0 = np.where(group.upper - group.lower <= 0.0, -1, 0).astype(np.int8)
+    # 1. The partition, in single precision (twice as fast; a proposal only).
+    state, _, lam_rough, _, rough = _run(group, _ROUGH_DTYPE, ROUGH_ITERATIONS, state0, np.zeros(len(members)))
+    # 2. The exact polish: that partition's line solved in double precision, kept if it proposes itself again
+    # and its answer passes the KKT certificate.
+    state, w, lam_b, settled, its = _run(group, np.float64, 1, state, lam_rough)
+    ok = settled & _certify(group, w, lam_b)
+    its = its + rough
+    pending = np.flatnonzero(~ok)
+    if pending.size:  # 3. the rest, in double precision from where they are, repacked
+        sub = group.take(pending)
+        _, w_p, lam_p, settled_p, its_p = _run(sub, np.float64, MAX_ITERATIONS, state[pending], lam_b[pending])
+        w[pending], lam_b[pending] = w_p, lam_p
+        ok[pending] = settled_p & _certify(sub, w_p, lam_p)
+        its[pending] += its_p
+    for row, k in enumerate(members):
+        weights[k] = w[row, : sizes[k]].copy()
+    lam_out[index] = lam_b
+    certified[index] = ok
+    iterations[index] = its
+
+
+def _pack(
+    size: int,
+    members: list[int],
+    sizes: list[int],
+    covariances: list[FloatArray],
+    expected_returns: list[FloatArray],
+    lowers: list[FloatArray],
+    uppers: list[FloatArray],
+) -> _Group:
+    """The problems ``members`` padded to ``size`` names.
+
+    The padding names are independent dummies pinned at 0 (l = u = 0, μ = 0, variance on Σ's scale); rule, λ,
+    excess and target are filled in by the caller.
+    """
+    b = len(members)
+    sigma = np.zeros((b, size, size))
+    mu = np.zeros((b, size))
+    lower = np.zeros((b, size))
+    upper = np.zeros((b, size))
+    for row, k in enumerate(members):
+        n = sizes[k]
+        c = covariances[k]
+        sigma[row, :n, :n] = c
+        if size > n:
+            scale = float(c.diagonal().max())
+            sigma[row, range(n, size), range(n, size)] = scale
+        mu[row, :n] = expected_returns[k]
+        lower[row, :n] = lowers[k]
+        upper[row, :n] = uppers[k]
+    empty = np.zeros(b)
+    return _Group(sigma, mu, lower, upper, np.zeros(b, dtype=np.int32), empty, mu, empty)
+
+
+def warm_up_batch(max_assets: int = 64) -> float:
+    """Compile the batched solver for every bucket up to ``max_assets`` names ahead of the first batch.
+
+    Compiles each shape ``solve_batch`` uses for those buckets (a chunk of ``CHUNK`` or ``GPU_CHUNK`` problems and
+    one of 8, in single and double precision) on filler problems; later batches in this process reuse them.
+
+    Parameters
+    ----------
+    max_assets : int, default=64
+        Largest N to prepare for (at most ``MAX_BATCH_ASSETS``).
+
+    Returns
+    -------
+    float
+        Seconds spent (mostly XLA compilation).
+    """
+    started = time.perf_counter()
+    for size in sorted({bucket_size(n) for n in range(1, min(max_assets, MAX_BATCH_ASSETS) + 1)}):
+        for count in sorted({8, _chunk()}):
+            eye, ones, zeros, _ = _dummy(size)
+            group = _Group(
+                np.broadcast_to(eye, (count, size, size)), np.broadcast_to(ones, (count, size)),
+                np.broadcast_to(zeros, (count, size)), np.broadcast_to(ones, (count, size)),
+                np.zeros(count, dtype=np.int32), np.zeros(count), np.broadcast_to(ones, (count, size)), np.zeros(count),
+            )  # fmt: skip
+            for dtype in (np.float32, np.float64):
+                with jax.enable_x64(True):
+                    _run(group, dtype, 1, np.zeros((count, size), dtype=np.int8), np.zeros(count))
+    return time.perf_counter() - started

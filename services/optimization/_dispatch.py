@@ -32,6 +32,7 @@ from services.optimization._active_set import ActiveSetBackend
 from services.optimization._batch import MAX_BATCH_ASSETS, BatchKind, solve_batch
 from services.optimization._clarabel_direct import ClarabelDirectBackend
 from services.optimization._conic import ConicBackend
+from services.optimization._constraints import Bounds, Budget, Constraint, MaxVolatility, MinReturn
 from services.optimization._interior_point import DenseInteriorPointBackend
 from services.optimization._model import ProblemModel
 from services.optimization._problem import Objective, OptimizationResult, PortfolioProblem
@@ -167,6 +168,40 @@ def optimize_mean_variance(
 
 BATCH_SOLVE_PATH = "BATCH_ACTIVE_SET"
 """``solve_path`` (and solver) of the answers of :func:`optimize_mean_variance_batch`."""
+_BOX: frozenset[type[Constraint]] = frozenset({Budget, Bounds})
+
+
+def batch_rule(model: ProblemModel) -> tuple[BatchKind, float, float] | None:
+    """The batched active set's rule for a model: (kind, λ, target), or None when the batch does not cover it.
+
+    Covered: at most ``MAX_BATCH_ASSETS`` names, the budget 1ᵀw = 1 and finite bounds, no costs, and one of min
+    volatility (λ = 0), quadratic utility (λ = 1/δ), max Sharpe (the tangency), efficient return (min volatility
+    with ``min_return``: ``TARGET_RETURN``) or efficient risk (max return with ``max_volatility``:
+    ``TARGET_RISK``). Group (sector) limits and every other family go to the single path: the batched iteration
+    has no rows for them, so it could not certify their multipliers.
+    """
+    if model.expected_returns.size > MAX_BATCH_ASSETS or model.costs is not None:
+        return None
+    lower, upper = model.lower, model.upper
+    if not (np.isfinite(lower).all() and np.isfinite(upper).all() and np.isfinite(model.risk_free_rate)):
+        return None
+    families, objective = model.families, model.objective
+    if families == _BOX:
+        if objective is Objective.MIN_VOLATILITY:
+            return BatchKind.FIXED_LAMBDA, 0.0, 0.0
+        if objective is Objective.MAX_SHARPE:
+            return BatchKind.TANGENCY, 0.0, 0.0
+        risk_aversion = model.problem.risk_aversion
+        if objective is Objective.MAX_QUADRATIC_UTILITY and np.isfinite(risk_aversion) and risk_aversion > 0.0:
+            return BatchKind.FIXED_LAMBDA, 1.0 / risk_aversion, 0.0
+        return None
+    if families == _BOX | {MinReturn} and objective is Objective.MIN_VOLATILITY:
+        target = model.get(MinReturn)
+        return None if target is None else (BatchKind.TARGET_RETURN, 0.0, target.limit)
+    if families == _BOX | {MaxVolatility} and objective is Objective.MAX_RETURN:
+        cap = model.get(MaxVolatility)
+        return None if cap is None or not cap.limit > 0.0 else (BatchKind.TARGET_RISK, 0.0, cap.limit)
+    return None
 
 
 def optimize_mean_variance_batch(
@@ -174,11 +209,10 @@ def optimize_mean_variance_batch(
 ) -> list[OptimizationResult | Exception | None]:
     """Solve many mean-variance problems at once where the batched active set can, the same answers as one by one.
 
-    Each problem is built and pre-checked as :func:`optimize_mean_variance` does. Those the exact active set
-    supports (min volatility, max Sharpe or quadratic utility under the budget and finite bounds, no costs, at
-    most ``MAX_BATCH_ASSETS`` names) are solved together by ``_batch.solve_batch``, grouped by objective; each
-    certified answer goes through the one result builder (``ProblemModel.result``, solve path
-    :data:`BATCH_SOLVE_PATH`).
+    Each problem is built and pre-checked as :func:`optimize_mean_variance` does. Those :func:`batch_rule` covers
+    (min volatility, quadratic utility, max Sharpe, efficient return and efficient risk under the budget and
+    finite bounds) are solved together by ``_batch.solve_batch``, whatever their kind; each certified answer goes
+    through the one result builder (``ProblemModel.result``, solve path :data:`BATCH_SOLVE_PATH`).
 
     Parameters
     ----------
@@ -191,13 +225,13 @@ def optimize_mean_variance_batch(
     -------
     list of OptimizationResult, Exception or None
         Per problem: the result; the error its build or pre-check raised (``InvalidInputError``,
-        ``InfeasibleError``); or None when the batch did not answer it (unsupported, not certified), to be solved
-        with :func:`optimize_mean_variance`.
+        ``InfeasibleError``); or None when the batch did not answer it (not covered, not certified: an
+        infeasible target among them), to be solved with :func:`optimize_mean_variance`, which gives the
+        single path's answer or error.
     """
     started = time.perf_counter()
     answers: list[OptimizationResult | Exception | None] = [None] * len(problems)
-    backend = ActiveSetBackend()
-    models: dict[Objective, list[tuple[int, ProblemModel]]] = {}
+    group: list[tuple[int, ProblemModel, tuple[BatchKind, float, float]]] = []
     for k, (problem, moment) in enumerate(zip(problems, moments, strict=True)):
         try:
             model = ProblemModel.build(problem, moment)
@@ -205,31 +239,32 @@ def optimize_mean_variance_batch(
         except StratoptError as error:  # InvalidInputError, InfeasibleError (a pre-check)
             answers[k] = error
             continue
-        if model.expected_returns.size <= MAX_BATCH_ASSETS and backend.supports(model):
-            models.setdefault(model.objective, []).append((k, model))
-    for objective, group in models.items():
-        tangency = objective is Objective.MAX_SHARPE
-        lam = [0.0 if objective is Objective.MIN_VOLATILITY else 1.0 / m.problem.risk_aversion for _, m in group]
-        solved = solve_batch(
-            [m.covariance for _, m in group],
-            [m.expected_returns for _, m in group],
-            [m.lower for _, m in group],
-            [m.upper for _, m in group],
-            kind=BatchKind.TANGENCY if tangency else BatchKind.FIXED_LAMBDA,
-            lam=None if tangency else np.asarray(lam),
-            risk_free_rates=np.asarray([m.risk_free_rate for _, m in group]),
-        )
-        for row, (k, model) in enumerate(group):
-            if solved.certified[row]:
-                answers[k] = model.result(
-                    solved.weights[row],
-                    status="OPTIMAL",
-                    solver=BATCH_SOLVE_PATH,
-                    iterations=int(solved.iterations[row]),
-                    started=started,
-                    solve_path=BATCH_SOLVE_PATH,
-                    snap=False,
-                )
+        rule = batch_rule(model)
+        if rule is not None:
+            group.append((k, model, rule))
+    if not group:
+        return answers
+    solved = solve_batch(
+        [m.covariance for _, m, _ in group],
+        [m.expected_returns for _, m, _ in group],
+        [m.lower for _, m, _ in group],
+        [m.upper for _, m, _ in group],
+        kind=[rule[0] for _, _, rule in group],
+        lam=np.asarray([rule[1] for _, _, rule in group]),
+        risk_free_rates=np.asarray([m.risk_free_rate for _, m, _ in group]),
+        targets=np.asarray([rule[2] for _, _, rule in group]),
+    )
+    for row, (k, model, _) in enumerate(group):
+        if solved.certified[row]:
+            answers[k] = model.result(
+                solved.weights[row],
+                status="OPTIMAL",
+                solver=BATCH_SOLVE_PATH,
+                iterations=int(solved.iterations[row]),
+                started=started,
+                solve_path=BATCH_SOLVE_PATH,
+                snap=False,
+            )
     return answers
 
 

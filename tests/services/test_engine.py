@@ -244,3 +244,105 @@ def test_a_batch_of_jobs_answers_as_one_by_one(sp500_returns: pd.DataFrame) -> N
         assert outcome.max_drawdown == pytest.approx(single.max_drawdown, rel=1e-9)
     assert paths.count("BATCH_ACTIVE_SET") >= 20  # the eligible jobs went through the batch
     assert len(set(paths)) >= 2  # and the others through their own paths
+
+
+def test_efficient_return_and_risk_jobs_in_a_batch_answer_as_one_by_one(sp500_returns: pd.DataFrame) -> None:
+    """Efficient return and efficient risk through run_optimization_batch against run_optimization.
+
+    The single path is Clarabel here: the same objective to 1e-7, the targets met, infeasible targets the same
+    error, and a sector limit left to the single path.
+    """
+    from services.engine import run_optimization_batch
+    from services.errors import InfeasibleError, StratoptError
+    from services.optimization import SectorLimit
+
+    tickers = list(sp500_returns.columns)
+    rng = np.random.default_rng(9)
+    jobs, kinds = [], []
+    for k in range(16):
+        chosen = sorted(rng.choice(tickers, int(rng.integers(5, 14)), replace=False))
+        window = return_history(sp500_returns[chosen].iloc[k * 12 : k * 12 + 500])
+        if k % 2:
+            problem = long_only(Objective.MIN_VOLATILITY, chosen, min_return=0.12 + 0.02 * (k % 4))
+        else:
+            problem = long_only(Objective.MAX_RETURN, chosen, max_volatility=0.17 + 0.01 * (k % 3))
+        jobs.append(OptimizationJob(problem=problem, inputs=window, settings=EstimationSettings()))
+        kinds.append("return" if k % 2 else "risk")
+    chosen = tickers[:6]
+    window = return_history(sp500_returns[chosen])
+    # A volatility cap below the minimum volatility and a return above the best: the single path's errors.
+    for problem in (
+        long_only(Objective.MAX_RETURN, chosen, max_volatility=0.01),
+        long_only(Objective.MIN_VOLATILITY, chosen, min_return=5.0),
+        PortfolioProblem(
+            symbols=tuple(chosen), objective=Objective.MIN_VOLATILITY, lower_bounds=np.zeros(6),
+            upper_bounds=np.ones(6), min_return=0.1, sectors=("a", "a", "a", "b", "b", "b"),
+            sector_limits=(SectorLimit(sector="a", max_weight=0.4),),
+        ),
+    ):  # fmt: skip
+        jobs.append(OptimizationJob(problem=problem, inputs=window, settings=EstimationSettings()))
+        kinds.append("other")
+
+    batched = run_optimization_batch(jobs)
+    paths = []
+    for job, kind, outcome in zip(jobs, kinds, batched, strict=True):
+        single = _outcome_or_error(job)
+        if isinstance(single, StratoptError):
+            assert isinstance(single, InfeasibleError)
+            assert isinstance(outcome, type(single)) and str(outcome) == str(single)
+            continue
+        assert not isinstance(outcome, StratoptError) and not isinstance(single, StratoptError)
+        paths.append(outcome.result.solve_path)
+        w, reference = outcome.result.weights, single.result.weights
+        assert outcome.result.constraints_satisfied
+        assert outcome.result.objective_value == pytest.approx(single.result.objective_value, rel=1e-7)
+        np.testing.assert_allclose(w, reference, atol=1e-5)
+        if kind == "return":
+            assert outcome.result.performance.expected_return >= job.problem.min_return - 1e-12
+        elif kind == "risk":
+            assert outcome.result.performance.volatility <= job.problem.max_volatility * (1 + 1e-9)
+        else:
+            assert outcome.result.solve_path != "BATCH_ACTIVE_SET"  # group limits: the single path
+    assert paths.count("BATCH_ACTIVE_SET") >= 0.85 * (len(paths) - 1)  # the rest (not certified): the single path
+    assert isinstance(batched[-3], InfeasibleError) and isinstance(batched[-2], InfeasibleError)
+
+
+def test_a_batch_validates_given_moments_as_one_by_one() -> None:
+    """Moments checked together per N: each bad one gets run_optimization's own error, a singular PSD Σ passes."""
+    from services.engine import _valid_moments_together, run_optimization_batch
+    from services.errors import StratoptError
+
+    rng = np.random.default_rng(4)
+    factor = rng.normal(size=(4, 6)) * 0.1
+    good = factor @ factor.T + np.diag([0.02, 0.03, 0.04, 0.05])
+    mu = np.array([0.05, 0.07, 0.09, 0.11])
+    asymmetric, negative, indefinite, missing = good.copy(), good.copy(), good.copy(), good.copy()
+    asymmetric[0, 1] += 0.01
+    negative[2, 2] = -0.01
+    indefinite[0, 1] = indefinite[1, 0] = 1.0
+    missing[3, 3] = np.nan
+    loading = np.array([0.1, 0.2, 0.3, 0.4])
+    singular = np.outer(loading, loading) + np.diag([0.0, 0.0, 0.0, 0.0])  # rank one: PSD, no Cholesky factor
+    errors = 0
+    # The stacked check passes the good ones; a singular Σ fails the stack's factorisation: each on its own.
+    for covariances in ([good, asymmetric, negative, indefinite, missing, good], [good, singular]):
+        jobs = [
+            OptimizationJob(
+                problem=long_only(Objective.MIN_VOLATILITY, ["a", "b", "c", "d"]),
+                inputs=Moments(expected_returns=mu, covariance=c),
+                settings=EstimationSettings(),
+            )
+            for c in covariances
+        ]
+        # Only the good ones skip the per-job check (the certificate would also refuse an asymmetric Σ's answer).
+        assert _valid_moments_together(jobs) == {k for k, c in enumerate(covariances) if c is good}
+        batched = run_optimization_batch(jobs)
+        for job, outcome in zip(jobs, batched, strict=True):
+            single = _outcome_or_error(job)
+            if isinstance(single, StratoptError):
+                assert isinstance(outcome, type(single)) and str(outcome) == str(single)
+                errors += 1
+            else:
+                assert not isinstance(outcome, StratoptError)
+                np.testing.assert_allclose(outcome.result.weights, single.result.weights, atol=1e-9)
+    assert errors == 4

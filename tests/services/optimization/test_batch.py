@@ -111,3 +111,102 @@ def test_bad_batches_raise() -> None:
         solve_batch([sigma], [np.zeros(3)], [np.zeros(3)], [np.ones(3)], kind=BatchKind.FIXED_LAMBDA)
     with pytest.raises(ValueError, match="one covariance"):
         solve_batch([sigma], [], [np.zeros(3)], [np.ones(3)], kind=BatchKind.TANGENCY)
+
+
+def _greedy_max_return(mu: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """The LP vertex of max μᵀw under the budget and the bounds: fill the best names up to their caps."""
+    w = lower.copy()
+    room = 1.0 - w.sum()
+    for i in np.argsort(-mu):
+        step = min(upper[i] - w[i], room)
+        w[i] += step
+        room -= step
+    return w
+
+
+def _clarabel(sigma: np.ndarray, mu: np.ndarray, lower: np.ndarray, upper: np.ndarray, kind: str, target: float):
+    """The independent truth: cvxpy with Clarabel at tight tolerances."""
+    import cvxpy as cp
+
+    w = cp.Variable(mu.size)
+    constraints = [cp.sum(w) == 1, w >= lower, w <= upper]
+    if kind == "return":
+        problem = cp.Problem(cp.Minimize(cp.quad_form(w, cp.psd_wrap(sigma))), [*constraints, mu @ w >= target])
+    else:
+        factor = np.linalg.cholesky(sigma)
+        problem = cp.Problem(cp.Maximize(mu @ w), [*constraints, cp.norm(factor.T @ w, 2) <= target])
+    problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-11, tol_gap_rel=1e-11, tol_feas=1e-11)
+    return np.asarray(w.value), float(problem.value)
+
+
+@pytest.fixture(scope="module")
+def frontier_problems(problems: list[tuple]) -> list[tuple]:
+    """Efficient-return and efficient-risk problems on the S&P 500 windows.
+
+    Targets are spread along each frontier between its min-volatility and max-return ends (a slack return target
+    among them).
+    """
+    out = []
+    for k, (sigma, mu, lower, upper) in enumerate(problems[:48]):
+        if upper.sum() < 1.0:
+            continue
+        low = solve_qp(sigma, mu, lower, upper, 0.0)
+        assert low is not None
+        top = _greedy_max_return(mu, lower, upper)
+        t = (-0.2, 0.3, 0.7, 0.95)[k % 4]
+        if k % 2:
+            ret_lo = float(mu @ low.weights)
+            out.append(("return", sigma, mu, lower, upper, ret_lo + t * (float(mu @ top) - ret_lo)))
+        else:
+            vol_lo, vol_hi = np.sqrt(low.weights @ sigma @ low.weights), np.sqrt(top @ sigma @ top)
+            out.append(("risk", sigma, mu, lower, upper, vol_lo + abs(t) * (vol_hi - vol_lo)))
+    return out
+
+
+def test_efficient_return_and_risk_batches_equal_clarabel(frontier_problems: list[tuple]) -> None:
+    """Both kinds in one batch: the certified answers meet the targets and match Clarabel's objective to 1e-7."""
+    kinds = [BatchKind.TARGET_RETURN if p[0] == "return" else BatchKind.TARGET_RISK for p in frontier_problems]
+    targets = np.array([p[5] for p in frontier_problems])
+    batch = solve_batch(
+        [p[1] for p in frontier_problems], [p[2] for p in frontier_problems], [p[3] for p in frontier_problems],
+        [p[4] for p in frontier_problems], kind=kinds, targets=targets,
+    )  # fmt: skip
+    assert batch.certified.mean() >= 0.9
+    for k, (kind, sigma, mu, lower, upper, target) in enumerate(frontier_problems):
+        if not batch.certified[k]:
+            continue
+        w = batch.weights[k]
+        reference, value = _clarabel(sigma, mu, lower, upper, kind, target)
+        assert w.sum() == pytest.approx(1.0, abs=1e-12) and np.all(w >= lower - 1e-12) and np.all(w <= upper + 1e-12)
+        if kind == "return":
+            assert mu @ w >= target - 1e-12
+            assert w @ sigma @ w == pytest.approx(value, rel=1e-7)
+        else:
+            assert np.sqrt(w @ sigma @ w) <= target * (1 + 1e-9)
+            assert mu @ w == pytest.approx(value, rel=1e-7)
+        np.testing.assert_allclose(w, reference, atol=2e-5)
+
+
+def test_a_slack_return_target_is_the_minimum_volatility_portfolio(problems: list[tuple]) -> None:
+    """μᵀw ≥ r below the min-volatility portfolio's return does not bind: λ = 0 and the same weights."""
+    sigma, mu, lower, upper = problems[1]
+    low = solve_qp(sigma, mu, lower, upper, 0.0)
+    assert low is not None
+    batch = solve_batch([sigma], [mu], [lower], [upper], kind=BatchKind.TARGET_RETURN,
+                        targets=np.array([float(mu @ low.weights) - 0.05]))  # fmt: skip
+    assert batch.certified[0] and batch.lam[0] == 0.0
+    np.testing.assert_allclose(batch.weights[0], low.weights, atol=1e-12)
+
+
+def test_infeasible_targets_are_not_certified(problems: list[tuple]) -> None:
+    """A volatility cap below the minimum volatility, a return above the best the bounds allow: no answer."""
+    sigma, mu, lower, upper = problems[1]
+    low = solve_qp(sigma, mu, lower, upper, 0.0)
+    assert low is not None
+    vol_lo = float(np.sqrt(low.weights @ sigma @ low.weights))
+    best = float(mu @ _greedy_max_return(mu, lower, upper))
+    batch = solve_batch(
+        [sigma, sigma], [mu, mu], [lower, lower], [upper, upper],
+        kind=[BatchKind.TARGET_RISK, BatchKind.TARGET_RETURN], targets=np.array([0.9 * vol_lo, best + 0.01]),
+    )  # fmt: skip
+    assert not batch.certified.any()
