@@ -70,6 +70,22 @@ class StoredResult:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingRun:
+    """A solved run to store: the arguments of :meth:`OptimizationStore.persist_run` for one run of a bulk write."""
+
+    configuration: Configuration
+    """The run's configuration (a new version is written only when its content changed)."""
+    result: ResultRecord
+    """The answer (ids, configuration version and timestamp still unset)."""
+    request_hash: str
+    """Fingerprint of the request ('' without a key)."""
+    run_inputs: Mapping[str, Any]
+    """Kind of inputs and current weights."""
+    inherit: tuple[str, ...] = ("enabled", "recompute")
+    """Fields kept from the current configuration version (:func:`next_configuration_version`)."""
+
+
+@dataclass(frozen=True, slots=True)
 class PriceWindow:
     """Stored prices of N symbols on the union of their timestamps."""
 
@@ -317,6 +333,10 @@ class OptimizationStore(Protocol):
         """The stored result of an earlier request with this idempotency key, if any."""
         ...
 
+    async def find_results(self, request_ids: Sequence[str]) -> dict[str, StoredResult]:
+        """The stored results of the given idempotency keys that have one (one read for a batch's chunk)."""
+        ...
+
     async def load_prices(
         self,
         symbols: Sequence[str],
@@ -363,6 +383,31 @@ class OptimizationStore(Protocol):
             same key committed first: the caller replays it); nothing of this run is stored.
         DeadlineExceededError
             ``commit_by`` passed before the commit; nothing of this run is stored.
+        """
+        ...
+
+    async def persist_runs(self, runs: Sequence[PendingRun], *, commit_by: float | None = None) -> list[ResultRecord]:
+        """Store many runs in one transaction, in the given order; each as :meth:`persist_run` stores one.
+
+        All or nothing for the whole sequence: each run's configuration version, result, event and read-model row
+        (the read model ends at each portfolio's last run), and the notifications, commit together. Runs of one
+        portfolio get increasing timestamps in the given order (their history order); each portfolio's lock is
+        held as for one run.
+
+        Returns
+        -------
+        list of ResultRecord
+            The stored results, completed as :meth:`persist_run` completes one, in the given order.
+
+        Raises
+        ------
+        IntegrityError
+            A run's ``request_id`` is already stored or given twice; nothing is stored (store them one by one to
+            learn which).
+        DeadlineExceededError
+            ``commit_by`` passed before the commit; nothing is stored.
+        PersistenceError
+            The database refused a row; nothing is stored.
         """
         ...
 
@@ -452,6 +497,15 @@ class InMemoryOptimizationStore(OptimizationStore):
         run = self._results_by_request.get(request_id)
         return None if run is None else StoredResult(run.request_hash, ResultRecord.from_json(run.result))
 
+    async def find_results(self, request_ids: Sequence[str]) -> dict[str, StoredResult]:
+        """The stored results of the keys that have one; see :meth:`OptimizationStore.find_results`."""
+        found = {}
+        for request_id in request_ids:
+            stored = await self.find_result(request_id)
+            if stored is not None:
+                found[request_id] = stored
+        return found
+
     async def load_prices(
         self,
         symbols: Sequence[str],
@@ -536,6 +590,24 @@ class InMemoryOptimizationStore(OptimizationStore):
         if request_id is not None:
             self._results_by_request[request_id] = run
         return result
+
+    async def persist_runs(self, runs: Sequence[PendingRun], *, commit_by: float | None = None) -> list[ResultRecord]:
+        """Store many runs all or nothing; see :meth:`OptimizationStore.persist_runs`."""
+        check_commit_by(commit_by)
+        keys = [run.result.request_id for run in runs if run.result.request_id]
+        if len(set(keys)) < len(keys) or any(key in self._results_by_request for key in keys):
+            raise IntegrityError("a stored row already has this key (optimization_results_request_id_key)")
+        # No await below yields (persist_run never awaits): the runs are stored together.
+        return [
+            await self.persist_run(
+                configuration=run.configuration,
+                result=run.result,
+                request_hash=run.request_hash,
+                run_inputs=run.run_inputs,
+                inherit=run.inherit,
+            )
+            for run in runs
+        ]
 
     async def upsert_configuration(self, config: Configuration) -> tuple[Configuration, bool]:
         """Store ``config`` unless unchanged; see :meth:`OptimizationStore.upsert_configuration`."""
