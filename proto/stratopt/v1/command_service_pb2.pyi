@@ -283,7 +283,9 @@ class BatchOptimizeStreamRequest(_message.Message):
     REQUESTS_FIELD_NUMBER: _builtins.int
     MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
     max_in_flight: _builtins.int
-    """Most items read and not yet answered, read from the first message only: 0 or more than 1024 means 1024."""
+    """The backpressure window: no message is read while this many items are read and not yet answered. Read from
+    the first message only; 0 or more than 1024 means 1024.
+    """
     @_builtins.property
     def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___OptimizeRequest]:
         """The requests, 0 to 1000; each is validated, solved and stored on its own."""

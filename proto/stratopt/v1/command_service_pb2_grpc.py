@@ -112,9 +112,10 @@ class OptimizationCommandServiceServicer:
     def BatchOptimizeStream(self, request_iterator, context):
         """BatchOptimize for batches too large for one message (bidirectional streaming): send the requests in messages
         of up to 1000; results come back as their chunks are solved and stored, each with its index (the item's
-        position in the stream, from 0) and request_id, in no set order. At most max_in_flight items are read and not
-        yet answered: the server reads no further message until it has sent results (backpressure). An item's error
-        is its result, as in BatchOptimize; a message of more than 1000 requests ends the call with INVALID_ARGUMENT.
+        position in the stream, from 0) and request_id; each portfolio's runs are stored in stream order. While
+        max_in_flight items or more are read and not yet answered, the server reads no further message (backpressure).
+        An item's error is its result, as in BatchOptimize; a message of more than 1000 requests ends the call with
+        INVALID_ARGUMENT.
         Cancelling the call (or its deadline) stops it: each run is stored whole or not at all.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

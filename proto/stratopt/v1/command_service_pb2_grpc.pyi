@@ -45,9 +45,10 @@ class OptimizationCommandServiceStub:
     BatchOptimizeStream: _grpc.StreamStreamMultiCallable[_command_service_pb2.BatchOptimizeStreamRequest, _command_service_pb2.BatchOptimizeStreamResponse]
     """BatchOptimize for batches too large for one message (bidirectional streaming): send the requests in messages
     of up to 1000; results come back as their chunks are solved and stored, each with its index (the item's
-    position in the stream, from 0) and request_id, in no set order. At most max_in_flight items are read and not
-    yet answered: the server reads no further message until it has sent results (backpressure). An item's error
-    is its result, as in BatchOptimize; a message of more than 1000 requests ends the call with INVALID_ARGUMENT.
+    position in the stream, from 0) and request_id; each portfolio's runs are stored in stream order. While
+    max_in_flight items or more are read and not yet answered, the server reads no further message (backpressure).
+    An item's error is its result, as in BatchOptimize; a message of more than 1000 requests ends the call with
+    INVALID_ARGUMENT.
     Cancelling the call (or its deadline) stops it: each run is stored whole or not at all.
     """
     UpsertConfiguration: _grpc.UnaryUnaryMultiCallable[_command_service_pb2.UpsertConfigurationRequest, _command_service_pb2.UpsertConfigurationResponse]
@@ -89,9 +90,10 @@ class OptimizationCommandServiceAsyncStub(OptimizationCommandServiceStub):
     BatchOptimizeStream: _aio.StreamStreamMultiCallable[_command_service_pb2.BatchOptimizeStreamRequest, _command_service_pb2.BatchOptimizeStreamResponse]  # type: ignore[assignment]
     """BatchOptimize for batches too large for one message (bidirectional streaming): send the requests in messages
     of up to 1000; results come back as their chunks are solved and stored, each with its index (the item's
-    position in the stream, from 0) and request_id, in no set order. At most max_in_flight items are read and not
-    yet answered: the server reads no further message until it has sent results (backpressure). An item's error
-    is its result, as in BatchOptimize; a message of more than 1000 requests ends the call with INVALID_ARGUMENT.
+    position in the stream, from 0) and request_id; each portfolio's runs are stored in stream order. While
+    max_in_flight items or more are read and not yet answered, the server reads no further message (backpressure).
+    An item's error is its result, as in BatchOptimize; a message of more than 1000 requests ends the call with
+    INVALID_ARGUMENT.
     Cancelling the call (or its deadline) stops it: each run is stored whole or not at all.
     """
     UpsertConfiguration: _aio.UnaryUnaryMultiCallable[_command_service_pb2.UpsertConfigurationRequest, _command_service_pb2.UpsertConfigurationResponse]  # type: ignore[assignment]
@@ -148,9 +150,10 @@ class OptimizationCommandServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_command_service_pb2.BatchOptimizeStreamResponse], _abc.AsyncIterator[_command_service_pb2.BatchOptimizeStreamResponse]]:
         """BatchOptimize for batches too large for one message (bidirectional streaming): send the requests in messages
         of up to 1000; results come back as their chunks are solved and stored, each with its index (the item's
-        position in the stream, from 0) and request_id, in no set order. At most max_in_flight items are read and not
-        yet answered: the server reads no further message until it has sent results (backpressure). An item's error
-        is its result, as in BatchOptimize; a message of more than 1000 requests ends the call with INVALID_ARGUMENT.
+        position in the stream, from 0) and request_id; each portfolio's runs are stored in stream order. While
+        max_in_flight items or more are read and not yet answered, the server reads no further message (backpressure).
+        An item's error is its result, as in BatchOptimize; a message of more than 1000 requests ends the call with
+        INVALID_ARGUMENT.
         Cancelling the call (or its deadline) stops it: each run is stored whole or not at all.
         """
 
