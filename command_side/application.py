@@ -330,7 +330,7 @@ class OptimizationService:
 
     async def batch_optimize_stream(
         self,
-        messages: AsyncIterable[Sequence[OptimizeCommand | InvalidItem]],
+        messages: AsyncIterable[Sequence[OptimizeCommand | InvalidItem | SerializedOptimize]],
         *,
         window: int,
         time_remaining_s: float | None,

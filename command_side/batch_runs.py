@@ -36,6 +36,7 @@ from command_side.optimization_commands import (
     MarketDataWindow,
     OptimizeCommand,
     RunResult,
+    SerializedOptimize,
 )
 from command_side.optimization_store import OptimizationStore, PendingRun
 from command_side.result_records import ResultRecord
@@ -60,8 +61,9 @@ _RUN_INHERITS = ("enabled", "lookback_periods", "market_symbol", "recompute")
 
 Outcome = RunResult | BaseException
 """An item's answer: its stored (or replayed) run, or the error that ended it."""
-Item = OptimizeCommand | InvalidItem
-"""A batch item: a validated command, or the error of a request that did not validate."""
+Item = OptimizeCommand | InvalidItem | SerializedOptimize
+"""A batch item: a validated command, the error of a request that did not validate, or a request with inline
+inputs still in wire form (parsed and checked in the worker that solves it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,30 +249,28 @@ class BatchRunner:
     async def _chunk(self, items: Sequence[Item], deadline: float | None, turn: _Turn) -> list[Outcome]:
         """Replay, solve and store one chunk (module docstring); the answers in the items' order."""
         try:
-            outcomes: list[Outcome | None] = [None] * len(items)
-            jobs = await self._replay_or_prepare(items, outcomes, deadline)
-            solved = await self._solve(jobs, items, deadline)
+            chunk = _Chunk(items)
+            await self._replay_or_prepare(chunk, deadline)
+            await self._solve(chunk, deadline)
             async with turn:
-                await self._store(items, solved, outcomes, deadline)
-            assert all(outcome is not None for outcome in outcomes)
-            return [outcome for outcome in outcomes if outcome is not None]
+                await self._store(chunk, deadline)
+            assert all(outcome is not None for outcome in chunk.outcomes)
+            return [outcome for outcome in chunk.outcomes if outcome is not None]
         finally:
             turn.done()
 
-    async def _replay_or_prepare(
-        self, items: Sequence[Item], outcomes: list[Outcome | None], deadline: float | None
-    ) -> dict[int, OptimizationJob]:
-        """Answer invalid and replayed items in ``outcomes``; the engine jobs of the others, by position."""
-        keys = [item.request_id for item in items if isinstance(item, OptimizeCommand) and item.request_id]
+    async def _replay_or_prepare(self, chunk: _Chunk, deadline: float | None) -> None:
+        """Answer invalid and replayed items; the engine jobs (or serialised requests) of the others."""
+        items, outcomes = chunk.items, chunk.outcomes
+        keys = [item.request_id for item in items if not isinstance(item, InvalidItem) and item.request_id]
         try:
             stored = await self._ports.store.find_results(keys) if keys else {}
         except StratoptError as exc:  # the store is unreachable: every item with a key fails with it
             stored = {}
             for k, item in enumerate(items):
-                if isinstance(item, OptimizeCommand) and item.request_id:
+                if not isinstance(item, InvalidItem) and item.request_id:
                     outcomes[k] = exc
-        jobs: dict[int, OptimizationJob] = {}
-        loads: dict[int, asyncio.Task[ReturnHistory | Moments]] = {}
+        loads: dict[int, asyncio.Future[ReturnHistory | Moments]] = {}
         for k, item in enumerate(items):
             if outcomes[k] is not None:
                 continue
@@ -286,7 +286,9 @@ class BatchRunner:
                 else:
                     outcomes[k] = RunResult(result=found.result, replayed=True)
                 continue
-            if isinstance(item.inputs, MarketDataWindow):
+            if isinstance(item, SerializedOptimize):
+                chunk.payloads[k] = item
+            elif isinstance(item.inputs, MarketDataWindow):
                 loads[k] = asyncio.ensure_future(self._ports.job_inputs(item.problem.symbols, item.inputs))
         for k, item in enumerate(items):
             if outcomes[k] is not None or not isinstance(item, OptimizeCommand):
@@ -294,57 +296,77 @@ class BatchRunner:
             try:
                 inputs = await loads[k] if k in loads else item.inputs
                 assert isinstance(inputs, ReturnHistory | Moments)
-                jobs[k] = OptimizationJob(
+                chunk.jobs[k] = OptimizationJob(
                     problem=item.problem,
                     inputs=inputs,
                     settings=item.settings,
                     method=item.method,
                     time_limit_s=self._ports.solve_limit(deadline),
                 )
+                chunk.commands[k] = item
             except StratoptError as exc:
                 outcomes[k] = exc
             except Exception as exc:  # one broken item must not sink the batch
                 log.exception("batch item failed")
                 outcomes[k] = exc
-        return jobs
 
-    async def _solve(
-        self, jobs: dict[int, OptimizationJob], items: Sequence[Item], deadline: float | None
-    ) -> dict[int, OptimizationOutcome | BaseException]:
-        """The chunk's jobs in one worker call; a failed call (deadline, lost worker) fails its items."""
-        if not jobs:
-            return {}
-        order = sorted(jobs)
+    async def _solve(self, chunk: _Chunk, deadline: float | None) -> None:
+        """The chunk's jobs in one worker call, its serialised requests parsed and solved in another.
+
+        A failed call (deadline, lost worker) fails its items.
+        """
+        calls = []
+        if chunk.jobs:
+            calls.append(self._solve_jobs(chunk, deadline))
+        if chunk.payloads:
+            calls.append(self._parse_and_solve(chunk, deadline))
+        await asyncio.gather(*calls)
+
+    async def _solve_jobs(self, chunk: _Chunk, deadline: float | None) -> None:
+        order = sorted(chunk.jobs)
         results: list[OptimizationOutcome | BaseException]
         try:
             results = list(
-                await self._ports.pool.run_batch([jobs[k] for k in order], timeout_s=self._ports.solve_limit(deadline))
+                await self._ports.pool.run_batch(
+                    [chunk.jobs[k] for k in order], timeout_s=self._ports.solve_limit(deadline)
+                )
             )
         except Exception as exc:
             results = [exc] * len(order)
-        solved: dict[int, OptimizationOutcome | BaseException] = {}
         for k, result in zip(order, results, strict=True):
             if isinstance(result, BaseException):
-                item = items[k]
-                assert isinstance(item, OptimizeCommand)
                 try:  # the engine names fields by its own paths: the request's, as the unary call answers
-                    with proto_field_paths(OPTIMIZATION, symbols=item.problem.symbols):
+                    with proto_field_paths(OPTIMIZATION, symbols=chunk.commands[k].problem.symbols):
                         raise result
                 except Exception as mapped:  # the item's answer
                     result = mapped
-            solved[k] = result
-        return solved
+            chunk.solved[k] = result
 
-    async def _store(
-        self,
-        items: Sequence[Item],
-        solved: dict[int, OptimizationOutcome | BaseException],
-        outcomes: list[Outcome | None],
-        deadline: float | None,
-    ) -> None:
+    async def _parse_and_solve(self, chunk: _Chunk, deadline: float | None) -> None:
+        order = sorted(chunk.payloads)
+        requests = [chunk.payloads[k] for k in order]
+        try:
+            limit = self._ports.solve_limit(deadline)
+            answers = await self._ports.pool.parse_and_run_batch(
+                requests[0].parse, [r.payload for r in requests], time_limit_s=limit, timeout_s=limit
+            )
+        except Exception as exc:
+            for k in order:
+                chunk.outcomes[k] = exc
+            return
+        for k, (command, outcome) in zip(order, answers, strict=True):
+            if command is None:
+                assert isinstance(outcome, Exception)
+                chunk.outcomes[k] = outcome
+                continue
+            chunk.commands[k] = command
+            chunk.solved[k] = outcome
+
+    async def _store(self, chunk: _Chunk, deadline: float | None) -> None:
         """Store the solved runs in one transaction; when that fails, one per transaction (module docstring)."""
+        outcomes = chunk.outcomes
         runs: list[int] = []
-        for k, result in solved.items():
+        for k, result in sorted(chunk.solved.items()):
             if isinstance(result, BaseException):
                 outcomes[k] = result
             else:
@@ -353,18 +375,18 @@ class BatchRunner:
             return
         pending = []
         for k in runs:
-            item = items[k]
-            assert isinstance(item, OptimizeCommand)
-            result = solved[k]
+            command, result = chunk.commands[k], chunk.solved[k]
             assert not isinstance(result, BaseException)
             pending.append(
                 PendingRun(
-                    configuration=item.configuration,
-                    result=self._ports.record_of(item, result),
-                    request_hash=item.request_hash,
-                    run_inputs={"current_weights": item.current_weights, "kind": item.inputs_kind},
+                    configuration=command.configuration,
+                    result=self._ports.record_of(command, result),
+                    request_hash=command.request_hash,
+                    run_inputs={"current_weights": command.current_weights, "kind": command.inputs_kind},
                     # The stored-data window of a configuration is only set by runs on stored data (or upserts).
-                    inherit=("enabled", "recompute") if isinstance(item.inputs, MarketDataWindow) else _RUN_INHERITS,
+                    inherit=(
+                        ("enabled", "recompute") if isinstance(command.inputs, MarketDataWindow) else _RUN_INHERITS
+                    ),
                 )
             )
         started = time.monotonic()
@@ -376,31 +398,39 @@ class BatchRunner:
             return
         except Exception as exc:  # a key stored meanwhile, a refused row: store them one by one
             log.info("a bulk write of %d runs failed (%s): storing them one by one", len(runs), exc)
-            await self._store_each(items, solved, runs, outcomes, deadline)
+            await self._store_each(chunk, runs, deadline)
             return
         self._ports.record_storage((time.monotonic() - started) / len(runs))
         for k, record in zip(runs, records, strict=True):
             outcomes[k] = RunResult(result=record)
 
-    async def _store_each(
-        self,
-        items: Sequence[Item],
-        solved: dict[int, OptimizationOutcome | BaseException],
-        runs: list[int],
-        outcomes: list[Outcome | None],
-        deadline: float | None,
-    ) -> None:
+    async def _store_each(self, chunk: _Chunk, runs: list[int], deadline: float | None) -> None:
         for k in runs:
-            item, result = items[k], solved[k]
-            assert isinstance(item, OptimizeCommand)
+            result = chunk.solved[k]
             assert not isinstance(result, BaseException)
             try:
-                outcomes[k] = await self._ports.store_one(item, result, deadline)
+                chunk.outcomes[k] = await self._ports.store_one(chunk.commands[k], result, deadline)
             except StratoptError as exc:
-                outcomes[k] = exc
+                chunk.outcomes[k] = exc
             except Exception as exc:  # one broken item must not sink the batch
                 log.exception("batch item failed")
-                outcomes[k] = exc
+                chunk.outcomes[k] = exc
+
+
+class _Chunk:
+    """One chunk's items and what each step learns of them, by position in the chunk."""
+
+    def __init__(self, items: Sequence[Item]) -> None:
+        self.items = items
+        self.outcomes: list[Outcome | None] = [None] * len(items)
+        self.jobs: dict[int, OptimizationJob] = {}
+        """Engine jobs of the parsed items to solve."""
+        self.payloads: dict[int, SerializedOptimize] = {}
+        """Requests to parse and solve in a worker."""
+        self.commands: dict[int, OptimizeCommand] = {}
+        """The command of each item to solve (a worker's parse for a serialised one)."""
+        self.solved: dict[int, OptimizationOutcome | BaseException] = {}
+        """The solver's answer of each solved item."""
 
 
 class _Turn:

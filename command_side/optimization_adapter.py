@@ -188,6 +188,9 @@ def run_configuration_response(result: RunResult) -> cmd_pb.RunConfigurationResp
 def batch_command(request: cmd_pb.BatchOptimizeRequest) -> BatchCommand:
     """The batch's commands; an item that does not validate becomes an :class:`InvalidItem` with its error.
 
+    An item with inline returns or moments stays in wire form (``SerializedOptimize``): the worker that solves
+    its chunk parses and checks it (as Optimize does), so the event loop does not.
+
     Raises
     ------
     InvalidInputError
@@ -197,8 +200,11 @@ def batch_command(request: cmd_pb.BatchOptimizeRequest) -> BatchCommand:
     return BatchCommand(items=tuple(_batch_item(item, index) for index, item in enumerate(request.requests)))
 
 
-def _batch_item(item: cmd_pb.OptimizeRequest, index: int) -> OptimizeCommand | InvalidItem:
+def _batch_item(item: cmd_pb.OptimizeRequest, index: int) -> OptimizeCommand | InvalidItem | SerializedOptimize:
+    """A batch item: in wire form for a worker to parse (inline returns or moments), else checked here."""
     try:
+        if item.WhichOneof("inputs") in WORKER_PARSED_INPUTS:
+            return serialized_optimize(item)
         return optimize_command(item)
     except Exception as exc:  # one broken item must not sink the batch
         if not isinstance(exc, InvalidInputError):
@@ -255,8 +261,8 @@ class BatchStream:
 
     async def items(
         self, messages: AsyncIterable[cmd_pb.BatchOptimizeStreamRequest]
-    ) -> AsyncIterator[list[OptimizeCommand | InvalidItem]]:
-        """Each message's items, validated one by one (a bad one becomes an :class:`InvalidItem`).
+    ) -> AsyncIterator[list[OptimizeCommand | InvalidItem | SerializedOptimize]]:
+        """Each message's items, each as :func:`batch_command` makes it (a bad one becomes an :class:`InvalidItem`).
 
         Raises
         ------
