@@ -12,6 +12,9 @@ the strategies' own calendar (:func:`price_window`), configuration versioning by
 (:func:`next_configuration_version`) and the stored form of a configuration (:func:`configuration_row`,
 :func:`configuration_from_row`). Both raise the domain's persistence errors (``services.errors.IntegrityError``
 for a ``request_id`` already used, ``OperationalError`` when the store cannot be reached), never a driver's.
+
+Why one module: the port, its rules and its in-memory backend are read together (the backend is the port's
+executable specification for the application's unit tests), and splitting them would scatter one contract.
 """
 
 from __future__ import annotations
@@ -487,6 +490,7 @@ class InMemoryOptimizationStore(OptimizationStore):
         self._runs: list[RecordedRun] = []
         self._results_by_request: dict[str, RecordedRun] = {}
         self._bars: dict[str, dict[int, tuple[float, float | None]]] = {}
+        self._last_stamp: datetime | None = None
 
     def runs(self, portfolio_id: str | None = None) -> tuple[RecordedRun, ...]:
         """The stored runs (of one portfolio, or all), oldest first."""
@@ -563,6 +567,8 @@ class InMemoryOptimizationStore(OptimizationStore):
         """Store one run atomically; see :meth:`OptimizationStore.persist_run`."""
         event_id, result_id = uuid.uuid4(), uuid.uuid4()
         now = self._clock()
+        if self._last_stamp is not None and now <= self._last_stamp:  # runs in store order, each its own instant
+            now = self._last_stamp + timedelta(microseconds=1)
         version = next_configuration_version(configuration, self._head(configuration.portfolio_id), inherit)
         stored = self._stage(version, now) if version.new else None
         request_id = result.request_id or None
@@ -586,6 +592,7 @@ class InMemoryOptimizationStore(OptimizationStore):
         # Nothing above changed the store: from here on every write happens, with no await in between.
         if stored is not None:
             self._commit(version, stored)
+        self._last_stamp = now
         self._runs.append(run)
         if request_id is not None:
             self._results_by_request[request_id] = run

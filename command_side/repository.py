@@ -10,6 +10,9 @@ round trips. A batch's runs are stored many per transaction (:meth:`PostgresOpti
 portfolios' locks, one read of their heads, one ``COPY`` into a staging table and one statement that writes the
 results, events, read model and notifications). asyncpg's errors are translated by
 ``command_side.postgres_errors`` (a repeated ``request_id`` raises ``services.errors.IntegrityError``).
+
+Why one module: it is one port's backend, and the one-run, one-statement and bulk paths share the SQL of the
+same four tables and the configuration-head cache that lets a run take the one-statement path.
 """
 
 from __future__ import annotations
