@@ -38,7 +38,7 @@ from command_side.optimization_commands import (
     RunResult,
     SerializedOptimize,
 )
-from command_side.optimization_store import OptimizationStore, PendingRun
+from command_side.optimization_store import ConfigurationContent, OptimizationStore, PendingRun
 from command_side.result_records import ResultRecord
 from command_side.workers import SolverPool
 from services.engine import OptimizationJob, OptimizationOutcome
@@ -354,13 +354,14 @@ class BatchRunner:
             for k in order:
                 chunk.outcomes[k] = exc
             return
-        for k, (command, outcome) in zip(order, answers, strict=True):
+        for k, (command, outcome, content) in zip(order, answers, strict=True):
             if command is None:
                 assert isinstance(outcome, Exception)
                 chunk.outcomes[k] = outcome
                 continue
             chunk.commands[k] = command
             chunk.solved[k] = outcome
+            chunk.contents[k] = content
 
     async def _store(self, chunk: _Chunk, deadline: float | None) -> None:
         """Store the solved runs in one transaction; when that fails, one per transaction (module docstring)."""
@@ -387,6 +388,7 @@ class BatchRunner:
                     inherit=(
                         ("enabled", "recompute") if isinstance(command.inputs, MarketDataWindow) else _RUN_INHERITS
                     ),
+                    content=chunk.contents.get(k),
                 )
             )
         started = time.monotonic()
@@ -431,6 +433,8 @@ class _Chunk:
         """The command of each item to solve (a worker's parse for a serialised one)."""
         self.solved: dict[int, OptimizationOutcome | BaseException] = {}
         """The solver's answer of each solved item."""
+        self.contents: dict[int, ConfigurationContent | None] = {}
+        """The configuration content and hash a worker computed for an item it parsed."""
 
 
 class _Turn:

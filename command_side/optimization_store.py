@@ -72,6 +72,10 @@ class StoredResult:
     """The answer as first returned (``command_side.records.response_from_record`` rebuilds the response)."""
 
 
+ConfigurationContent = tuple[dict[str, Any], str]
+"""A configuration's versioned content (JSON-ready) and its sha256 (``content_hash_of``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class PendingRun:
     """A solved run to store: the arguments of :meth:`OptimizationStore.persist_run` for one run of a bulk write."""
@@ -86,6 +90,8 @@ class PendingRun:
     """Kind of inputs and current weights."""
     inherit: tuple[str, ...] = ("enabled", "recompute")
     """Fields kept from the current configuration version (:func:`next_configuration_version`)."""
+    content: ConfigurationContent | None = None
+    """The configuration's content and hash when already computed (:func:`content_of`, in a worker)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +141,10 @@ class ConfigurationVersion:
 
 
 def next_configuration_version(
-    config: Configuration, current: ConfigurationHead | None, inherit: Sequence[str] = ()
+    config: Configuration,
+    current: ConfigurationHead | None,
+    inherit: Sequence[str] = (),
+    content: ConfigurationContent | None = None,
 ) -> ConfigurationVersion:
     """Version of ``config`` for its portfolio: the current one if its content is unchanged, else current + 1.
 
@@ -148,6 +157,9 @@ def next_configuration_version(
     inherit : sequence of str
         Fields (``enabled``, ``lookback_periods``, ``market_symbol``, ``recompute``) taken from the current
         version when there is one: an Optimize call does not undo what an operator configured.
+    content : (dict, str), optional
+        ``config``'s content and its hash, already computed (by a worker, off the event loop); used unless an
+        inherited field changes ``config``.
 
     Returns
     -------
@@ -155,13 +167,20 @@ def next_configuration_version(
         The configuration to store, its content and hash, its version and whether it is new.
     """
     if current is not None and inherit:
-        config = replace(config, **{name: getattr(current, name) for name in inherit})
-    content = configuration_content(config)
-    digest = content_hash_of(content)
+        inherited = {name: getattr(current, name) for name in inherit}
+        if any(getattr(config, name) != value for name, value in inherited.items()):
+            config, content = replace(config, **inherited), None
+    document, digest = content_of(config) if content is None else content
     if current is not None and current.content_hash == digest:
-        return ConfigurationVersion(config, content, digest, current.version, new=False)
+        return ConfigurationVersion(config, document, digest, current.version, new=False)
     version = 1 if current is None else current.version + 1
-    return ConfigurationVersion(config, content, digest, version, new=True)
+    return ConfigurationVersion(config, document, digest, version, new=True)
+
+
+def content_of(config: Configuration) -> ConfigurationContent:
+    """``config``'s versioned content and its hash (what :func:`next_configuration_version` compares)."""
+    content = configuration_content(config)
+    return content, content_hash_of(content)
 
 
 def configuration_row(version: ConfigurationVersion) -> dict[str, Any]:

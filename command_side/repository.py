@@ -353,7 +353,7 @@ class PostgresOptimizationStore(OptimizationStore):
             new_versions: list[ConfigurationVersion] = []
             for seq, run in enumerate(runs):
                 portfolio_id = run.configuration.portfolio_id
-                version = next_configuration_version(run.configuration, heads[portfolio_id], run.inherit)
+                version = next_configuration_version(run.configuration, heads[portfolio_id], run.inherit, run.content)
                 if version.new:
                     new_versions.append(version)
                     heads[portfolio_id] = _head_of(version)

@@ -43,6 +43,7 @@ from threadpoolctl import threadpool_limits
 from command_side.field_paths import OPTIMIZATION, proto_field_paths
 from command_side.metrics import observe_solve, worker_pool_replaced
 from command_side.optimization_commands import MarketDataWindow, OptimizeCommand
+from command_side.optimization_store import ConfigurationContent, content_of
 from services.engine import (
     FrontierOutcome,
     OptimizationJob,
@@ -213,6 +214,10 @@ def _parse_and_run(
     return replace(command, inputs=inputs), outcome
 
 
+BatchAnswer = tuple[OptimizeCommand | None, OptimizationOutcome | Exception, ConfigurationContent | None]
+"""A worker's answer to one serialised request of a chunk (``SolverPool.parse_and_run_batch``)."""
+
+
 def _without_inputs(command: OptimizeCommand) -> OptimizeCommand:
     """The command with its inline inputs emptied (their kind kept): what the event loop needs to store the run."""
     inputs = command.inputs
@@ -227,13 +232,14 @@ def _without_inputs(command: OptimizeCommand) -> OptimizeCommand:
 
 def _parse_and_run_batch(
     parse: Callable[[bytes], OptimizeCommand], payloads: list[bytes], time_limit_s: float | None
-) -> list[tuple[OptimizeCommand | None, OptimizationOutcome | Exception]]:
+) -> list[BatchAnswer]:
     """In a worker: parse and check serialised Optimize requests, then solve them together (``run_batch``).
 
-    Returns, per payload in order, ``(command without its inline inputs, outcome)``, or ``(None, error)`` for a
-    request that does not parse or check, or ``(command, error)`` for an engine error (with proto field paths).
+    Returns, per payload in order, ``(command without its inline inputs, outcome, its configuration's content and
+    hash)``, or ``(None, error, None)`` for a request that does not parse or check; an engine error is the outcome
+    (with proto field paths).
     """
-    answers: list[tuple[OptimizeCommand | None, OptimizationOutcome | Exception] | None] = [None] * len(payloads)
+    answers: list[BatchAnswer | None] = [None] * len(payloads)
     parsed: list[tuple[int, OptimizeCommand]] = []
     for k, payload in enumerate(payloads):
         try:
@@ -241,7 +247,7 @@ def _parse_and_run_batch(
             if isinstance(command.inputs, MarketDataWindow):  # the server reads stored prices before the solve
                 raise TypeError("a request on stored prices cannot be parsed and solved in a worker alone")
         except Exception as exc:  # one broken item must not sink the others
-            answers[k] = (None, exc)
+            answers[k] = (None, exc, None)
             continue
         parsed.append((k, command))
     jobs = []
@@ -260,7 +266,7 @@ def _parse_and_run_batch(
                     raise outcome
             except Exception as mapped:
                 outcome = mapped
-        answers[k] = (_without_inputs(command), outcome)
+        answers[k] = (_without_inputs(command), outcome, content_of(command.configuration))
     return [answer for answer in answers if answer is not None]
 
 
@@ -691,7 +697,7 @@ class SolverPool:
         *,
         time_limit_s: float | None,
         timeout_s: float | None,
-    ) -> list[tuple[OptimizeCommand | None, OptimizationOutcome | Exception]]:
+    ) -> list[BatchAnswer]:
         """Parse, check and solve serialised Optimize requests together in one worker (a batch's chunk).
 
         Parameters
@@ -707,10 +713,11 @@ class SolverPool:
 
         Returns
         -------
-        list of (OptimizeCommand or None, OptimizationOutcome or Exception)
-            Per payload in order: the command (its inline inputs emptied) and its outcome; ``(None, error)`` for
-            a request that does not parse or check (``InvalidInputError`` naming the field); an engine error with
-            the request's field paths.
+        list of (OptimizeCommand or None, OptimizationOutcome or Exception, ConfigurationContent or None)
+            Per payload in order: the command (its inline inputs emptied), its outcome (an engine error with the
+            request's field paths) and its configuration's content and hash (``content_of``, computed here rather
+            than on the event loop); ``(None, error, None)`` for a request that does not parse or check
+            (``InvalidInputError`` naming the field).
 
         Raises
         ------
@@ -718,7 +725,7 @@ class SolverPool:
             As ``run``, for the whole chunk.
         """
         answers = await self._call(_parse_and_run_batch, parse, payloads, time_limit_s, timeout_s=timeout_s)
-        for command, outcome in answers:
+        for command, outcome, _ in answers:
             if command is not None and not isinstance(outcome, Exception):
                 assert not isinstance(command.inputs, MarketDataWindow)  # refused by the worker
                 job = OptimizationJob(

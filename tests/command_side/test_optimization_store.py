@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from command_side.configuration import OptimizationConfiguration, OptimizationConstraints, Strategy
-from command_side.optimization_store import InMemoryOptimizationStore, OptimizationStore, PendingRun
+from command_side.optimization_store import InMemoryOptimizationStore, OptimizationStore, PendingRun, content_of
 from command_side.records import ResultRecord, RunMetadataRecord, response_from_record, result_record
 from command_side.repository import PostgresOptimizationStore
 from command_side.result_records import encode_instant
@@ -278,6 +278,21 @@ class OptimizationStoreContract:
                 await store.persist_runs([fresh, twice[0]])
             assert await self.stored_runs(store, a) == (1, 1, 1)
             assert await store.find_results([fresh.result.request_id]) == {}
+
+        self.run(scenario)
+
+    def test_a_precomputed_content_counts_only_while_no_inherited_field_changes_the_configuration(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            a = unique("bulk-content")
+            await store.upsert_configuration(configuration(a, lookback_periods=250))  # an operator's window
+            run = configuration(a)  # a run's configuration: lookback 0, inherits the stored 250
+            same = PendingRun(run, result(a), "", {"kind": "moments"}, RUN_INHERITS, content_of(run))
+            stored = await store.persist_runs([same])
+            assert stored[0].metadata.configuration_version == 1  # the inherited window: the same content
+            changed = configuration(a, objective="OBJECTIVE_MIN_VOLATILITY")
+            new = PendingRun(changed, result(a), "", {"kind": "moments"}, RUN_INHERITS, content_of(changed))
+            assert (await store.persist_runs([new]))[0].metadata.configuration_version == 2
+            assert (await store.get_configuration(a)).lookback_periods == 250
 
         self.run(scenario)
 

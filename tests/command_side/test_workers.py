@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from command_side.optimization_store import content_of
 from command_side.workers import SolverPool
 from services.engine import OptimizationJob
 from services.errors import DeadlineExceededError, InfeasibleError, InvalidInputError, UnavailableError
@@ -88,11 +89,12 @@ def test_a_chunk_of_serialised_requests_is_parsed_and_solved_in_a_worker_with_er
     answers = asyncio.run(
         solver_pool.parse_and_run_batch(optimize_command_from_bytes, payloads, time_limit_s=None, timeout_s=120)
     )
-    (good, outcome), (none, invalid), (infeasible_command, infeasible), (_, again) = answers
+    (good, outcome, content), (none, invalid, _), (infeasible_command, infeasible, _), (_, again, _) = answers
     assert good is not None and good.portfolio_id == "p" and good.inputs_kind == "moments"
     assert not isinstance(outcome, Exception) and not isinstance(again, Exception)
     for weights in (outcome.result.weights, again.result.weights):  # inverse-variance weights, as above
         np.testing.assert_allclose(weights, [9 / 13, 4 / 13], atol=1e-7)
+    assert good is not None and content == content_of(good.configuration)  # computed in the worker
     assert none is None and isinstance(invalid, InvalidInputError)
     assert [v.field for v in invalid.field_violations] == ["objective"]
     assert infeasible_command is not None and isinstance(infeasible, InfeasibleError)
