@@ -15,12 +15,22 @@ Each is timed ``--repeats`` times (median); the JAX compilation (first call per 
 apart. Objective gaps: the largest relative shortfall of each stratopt answer's Sharpe ratio below
 PyPortfolioOpt's (negative = stratopt's is higher). Target (issue 12): the engine ≥ 50× the loop.
 
+End to end, on a real server (2 workers) on a fresh embedded PostgreSQL + TimescaleDB, moments input, every run
+stored with its configuration version, event, read model and notification:
+
+4. ``--grpc``: one ``BatchOptimize`` of the problems (a warm-up call, then the median of ``--repeats``); target
+   ≥ 20× the loop;
+5. ``--stream N``: ``N`` items through ``BatchOptimizeStream`` (messages of 100, the problems in turn, the
+   default window), built as the server reads them; the server's resident memory (and its workers') after each
+   tenth of the stream, and its peak (``VmHWM``): flat for a stream of any length.
+
 Run
 ---
 ::
 
     uv run python -m benchmarks.batch                  # ~2 minutes (PyPortfolioOpt's loop dominates)
     uv run python -m benchmarks.batch --problems 200 --repeats 1
+    uv run python -m benchmarks.batch --grpc --stream 100000   # + about 10 minutes on 2 shared cores
 """
 
 from __future__ import annotations
