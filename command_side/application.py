@@ -18,13 +18,13 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
 
 import numpy as np
 
+from command_side.batch_runs import BatchPorts, BatchRunner
 from command_side.deadlines import StorageTimer, commit_by
 from command_side.deadlines import deadline as _deadline
 from command_side.field_paths import OPTIMIZATION, proto_field_paths
@@ -55,7 +55,6 @@ from services.errors import (
     NotFoundError,
     PreconditionError,
     PreconditionViolation,
-    StratoptError,
 )
 from services.estimation import returns_between_observations
 from services.optimization import HELD_THRESHOLD
@@ -70,8 +69,6 @@ _RUN_INHERITS = ("enabled", "lookback_periods", "market_symbol", "recompute")
 
 MAX_BATCH_SIZE = 1000
 """Most requests in one BatchOptimize call."""
-BATCH_CHUNK = 64
-"""Jobs of a batch solved in one worker call (chunks run on the workers in parallel)."""
 _CONVERGENCE_STATUSES = frozenset({"OPTIMAL", "OPTIMAL_INACCURATE", "CLOSED_FORM"})
 """Solver statuses the stored result names; any other is stored as ``""`` (unspecified)."""
 
@@ -101,7 +98,7 @@ class OptimizationService:
         The command that re-runs a stored configuration with an idempotency key (RunConfiguration):
         ``command_side.optimization_adapter.optimize_command_from_configuration`` in the server.
     batch_concurrency : int, optional
-        Batch items in flight at once; default twice the workers.
+        Batch chunks in flight at once (each of up to ``BATCH_CHUNK`` items); default twice the workers.
     """
 
     def __init__(
@@ -335,81 +332,56 @@ class OptimizationService:
             return await self._batch(command, _deadline(time_remaining_s))
 
     async def _batch(self, command: BatchCommand, deadline: float | None) -> BatchResult:
-        """Replay, solve in chunks, store in each portfolio's request order.
+        """Replay, solve and store chunk by chunk, in request order (``command_side.batch_runs``)."""
+        outcomes = await self._batch_runner().run(command.items, deadline)
+        return BatchResult(outcomes=tuple(outcomes))
 
-        Replays first; the rest are solved in chunks of :data:`BATCH_CHUNK` jobs per worker call
-        (``run_optimization_batch``: the batched active set where it applies); then stored one run per
-        transaction, each portfolio's items in request order (its history and latest read model follow the batch).
+    async def batch_optimize_stream(
+        self,
+        messages: AsyncIterable[Sequence[OptimizeCommand | InvalidItem | SerializedOptimize]],
+        *,
+        window: int,
+        time_remaining_s: float | None,
+    ) -> AsyncIterator[list[tuple[int, RunResult | BaseException]]]:
+        """Answer a stream of batch items as their chunks finish (``BatchRunner.stream``).
+
+        Parameters
+        ----------
+        messages : async iterable of sequences of items
+            The items of each message, in order (items are numbered from 0 across messages).
+        window : int
+            Most items read and not yet answered (1 to ``STREAM_WINDOW``).
+        time_remaining_s : float or None
+            Seconds left before the caller's deadline.
+
+        Yields
+        ------
+        list of (int, RunResult or BaseException)
+            The answers of a chunk: each item's number and its outcome.
+
+        Raises
+        ------
+        ResourceExhaustedError
+            The solve queue is full when the stream starts; no item runs.
         """
-        count = len(command.items)
-        gate = asyncio.Semaphore(self._batch_concurrency)
-        outcomes: list[RunResult | BaseException | None] = [None] * count
-        jobs: dict[int, OptimizationJob] = {}
+        deadline = _deadline(time_remaining_s)
+        with self._pool.admitted():  # one queue place for the stream; its window bounds its solves
+            async for answers in self._batch_runner().stream(messages, deadline, window=window):
+                yield answers
 
-        async def prepare(index: int, item: OptimizeCommand | InvalidItem) -> None:
-            if isinstance(item, InvalidItem):
-                outcomes[index] = item.error
-                return
-            async with gate:
-                try:
-                    if item.request_id:
-                        stored = await self._replay(item.request_id, item.request_hash)
-                        if stored is not None:
-                            outcomes[index] = stored
-                            return
-                    jobs[index] = OptimizationJob(
-                        problem=item.problem,
-                        inputs=await self._job_inputs(item.problem.symbols, item.inputs),
-                        settings=item.settings,
-                        method=item.method,
-                        time_limit_s=self._solve_limit(deadline),
-                    )
-                except StratoptError as exc:
-                    outcomes[index] = exc
-                except Exception as exc:  # one broken item must not sink the batch
-                    log.exception("batch item %d failed", index)
-                    outcomes[index] = exc
-
-        await asyncio.gather(*(prepare(i, item) for i, item in enumerate(command.items)))
-        order = sorted(jobs)
-        solved: dict[int, OptimizationOutcome | BaseException] = {}
-
-        async def solve(indices: list[int]) -> None:
-            async with gate:
-                try:
-                    results: list[Any] = await self._pool.run_batch(
-                        [jobs[i] for i in indices], timeout_s=self._solve_limit(deadline)
-                    )
-                except Exception as exc:  # the chunk's worker failed (deadline, lost worker): its items fail
-                    results = [exc] * len(indices)
-            for i, result in zip(indices, results, strict=True):
-                solved[i] = result
-
-        await asyncio.gather(*(solve(order[k : k + BATCH_CHUNK]) for k in range(0, len(order), BATCH_CHUNK)))
-
-        async def store(indices: list[int]) -> None:
-            for i in indices:
-                if outcomes[i] is not None:
-                    continue
-                item = command.items[i]
-                assert isinstance(item, OptimizeCommand)
-                try:
-                    result = solved[i]
-                    with proto_field_paths(OPTIMIZATION, symbols=item.problem.symbols):
-                        if isinstance(result, BaseException):
-                            raise result
-                    outcomes[i] = await self._store_run(item, result, deadline)
-                except StratoptError as exc:
-                    outcomes[i] = exc
-                except Exception as exc:  # one broken item must not sink the batch
-                    log.exception("batch item %d failed", i)
-                    outcomes[i] = exc
-
-        groups: dict[str, list[int]] = {}
-        for i, item in enumerate(command.items):
-            groups.setdefault(item.portfolio_id, []).append(i)
-        await asyncio.gather(*(store(indices) for indices in groups.values()))
-        return BatchResult(outcomes=tuple(outcome for outcome in outcomes if outcome is not None))
+    def _batch_runner(self) -> BatchRunner:
+        return BatchRunner(
+            BatchPorts(
+                store=self._store,
+                pool=self._pool,
+                job_inputs=self._job_inputs,
+                solve_limit=self._solve_limit,
+                store_one=self._store_run,
+                record_storage=self._storage.record,
+                record_of=run_record,
+            ),
+            concurrency=self._batch_concurrency,
+        )
 
     async def upsert_configuration(self, configuration: Configuration) -> ConfigurationUpsert:
         """Store a validated configuration (a new version only when its content changed)."""

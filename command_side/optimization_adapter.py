@@ -14,12 +14,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from datetime import UTC
 
 from google.rpc import status_pb2  # type: ignore[attr-defined]  # stubs hidden by types-protobuf
 
-from command_side.application import check_batch_size
+from command_side.application import MAX_BATCH_SIZE, check_batch_size
+from command_side.batch_runs import STREAM_WINDOW
 from command_side.configuration_messages import configuration_from_message, configuration_message
 from command_side.field_paths import OPTIMIZATION, proto_field_paths
 from command_side.mapping import (
@@ -56,6 +57,7 @@ from stratopt.v1 import types_pb2 as pb
 
 __all__ = [
     "MAX_BARS_PER_MESSAGE",
+    "BatchStream",
     "batch_command",
     "batch_response",
     "configuration_page_response",
@@ -219,32 +221,107 @@ def run_configuration_response(result: RunResult) -> cmd_pb.RunConfigurationResp
 def batch_command(request: cmd_pb.BatchOptimizeRequest) -> BatchCommand:
     """The batch's commands; an item that does not validate becomes an :class:`InvalidItem` with its error.
 
+    An item with inline returns or moments stays in wire form (``SerializedOptimize``): the worker that solves
+    its chunk parses and checks it (as Optimize does), so the event loop does not.
+
     Raises
     ------
     InvalidInputError
         When the batch is empty or larger than ``MAX_BATCH_SIZE`` (field ``requests``).
     """
     check_batch_size(len(request.requests))
-    items: list[OptimizeCommand | InvalidItem] = []
-    for index, item in enumerate(request.requests):
-        try:
-            items.append(optimize_command(item))
-        except Exception as exc:  # one broken item must not sink the batch
-            if not isinstance(exc, InvalidInputError):
-                log.exception("batch item %d failed", index)
-            items.append(InvalidItem(portfolio_id=item.portfolio_id, error=exc))
-    return BatchCommand(items=tuple(items))
+    return BatchCommand(items=tuple(_batch_item(item, index) for index, item in enumerate(request.requests)))
 
 
-def batch_response(result: BatchResult, to_status: StatusFactory = status_for) -> cmd_pb.BatchOptimizeResponse:
-    """One ``BatchOptimizeResult`` per item (its response, or its error as a ``google.rpc.Status``)."""
+def _batch_item(item: cmd_pb.OptimizeRequest, index: int) -> OptimizeCommand | InvalidItem | SerializedOptimize:
+    """A batch item: in wire form for a worker to parse (inline returns or moments), else checked here."""
+    try:
+        if item.WhichOneof("inputs") in WORKER_PARSED_INPUTS:
+            return serialized_optimize(item)
+        return optimize_command(item)
+    except Exception as exc:  # one broken item must not sink the batch
+        if not isinstance(exc, InvalidInputError):
+            log.exception("batch item %d failed", index)
+        return InvalidItem(portfolio_id=item.portfolio_id, error=exc)
+
+
+def _echoed_key(request_id: str) -> str:
+    """``request_id`` as a result echoes it: '' unless it is a valid key (never a 10 KB or NUL value)."""
+    try:
+        check_text(request_id, "request_id", kind=STRING_KINDS["request_id"])
+    except InvalidInputError:
+        return ""
+    return request_id
+
+
+def _batch_result(
+    index: int, request_id: str, outcome: RunResult | BaseException, to_status: StatusFactory
+) -> cmd_pb.BatchOptimizeResult:
+    if isinstance(outcome, BaseException):
+        return cmd_pb.BatchOptimizeResult(index=index, request_id=request_id, error=to_status(outcome))
+    return cmd_pb.BatchOptimizeResult(index=index, request_id=request_id, response=optimize_response(outcome))
+
+
+def batch_response(
+    result: BatchResult, request: cmd_pb.BatchOptimizeRequest | None = None, to_status: StatusFactory = status_for
+) -> cmd_pb.BatchOptimizeResponse:
+    """One ``BatchOptimizeResult`` per item (its response, or its error as a ``google.rpc.Status``).
+
+    ``request``: the batch, whose valid keys the results echo (None: none echoed).
+    """
     response = cmd_pb.BatchOptimizeResponse(succeeded=result.succeeded, failed=result.failed)
-    for index, outcome in enumerate(result.outcomes):
-        if isinstance(outcome, BaseException):
-            response.results.add(index=index, error=to_status(outcome))
-        else:
-            response.results.add(index=index, response=optimize_response(outcome))
+    keys = [""] * len(result.outcomes) if request is None else [_echoed_key(r.request_id) for r in request.requests]
+    response.results.extend(
+        _batch_result(index, key, outcome, to_status)
+        for index, (key, outcome) in enumerate(zip(keys, result.outcomes, strict=True))
+    )
     return response
+
+
+def stream_window(first: cmd_pb.BatchOptimizeStreamRequest) -> int:
+    """Items a BatchOptimizeStream call may have in flight: ``max_in_flight`` of its first message, capped."""
+    return min(first.max_in_flight or STREAM_WINDOW, STREAM_WINDOW)
+
+
+class BatchStream:
+    """The items of a BatchOptimizeStream call, and its responses with each item's echoed ``request_id``.
+
+    The keys of the items read and not yet answered are kept (at most the call's window plus one message).
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[int, str] = {}
+
+    async def items(
+        self, messages: AsyncIterable[cmd_pb.BatchOptimizeStreamRequest]
+    ) -> AsyncIterator[list[OptimizeCommand | InvalidItem | SerializedOptimize]]:
+        """Each message's items, each as :func:`batch_command` makes it (a bad one becomes an :class:`InvalidItem`).
+
+        Raises
+        ------
+        InvalidInputError
+            A message holds more than ``MAX_BATCH_SIZE`` requests (field ``requests``).
+        """
+        count = 0
+        async for message in messages:
+            if len(message.requests) > MAX_BATCH_SIZE:
+                raise InvalidInputError.for_field(
+                    "requests", f"at most {MAX_BATCH_SIZE} requests per message, got {len(message.requests)}"
+                )
+            items = []
+            for item in message.requests:
+                self._keys[count] = _echoed_key(item.request_id)
+                items.append(_batch_item(item, count))
+                count += 1
+            yield items
+
+    def response(
+        self, answers: Sequence[tuple[int, RunResult | BaseException]], to_status: StatusFactory = status_for
+    ) -> cmd_pb.BatchOptimizeStreamResponse:
+        """The results of finished items (their keys are forgotten)."""
+        return cmd_pb.BatchOptimizeStreamResponse(
+            results=[_batch_result(index, self._keys.pop(index, ""), outcome, to_status) for index, outcome in answers]
+        )
 
 
 # --- ComputeEfficientFrontier --------------------------------------------------------------------------------

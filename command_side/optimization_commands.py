@@ -133,8 +133,9 @@ class InvalidItem:
 class BatchCommand:
     """Many portfolios to optimize, each on its own."""
 
-    items: tuple[OptimizeCommand | InvalidItem, ...]
-    """The items in request order; an invalid one is answered with its error."""
+    items: tuple[OptimizeCommand | InvalidItem | SerializedOptimize, ...]
+    """The items in request order; an invalid one is answered with its error; one in wire form is parsed and
+    checked by the worker that solves it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

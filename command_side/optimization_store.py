@@ -12,6 +12,9 @@ the strategies' own calendar (:func:`price_window`), configuration versioning by
 (:func:`next_configuration_version`) and the stored form of a configuration (:func:`configuration_row`,
 :func:`configuration_from_row`). Both raise the domain's persistence errors (``services.errors.IntegrityError``
 for a ``request_id`` already used, ``OperationalError`` when the store cannot be reached), never a driver's.
+
+Why one module: the port, its rules and its in-memory backend are read together (the backend is the port's
+executable specification for the application's unit tests), and splitting them would scatter one contract.
 """
 
 from __future__ import annotations
@@ -69,6 +72,28 @@ class StoredResult:
     """The answer as first returned (``command_side.records.response_from_record`` rebuilds the response)."""
 
 
+ConfigurationContent = tuple[dict[str, Any], str]
+"""A configuration's versioned content (JSON-ready) and its sha256 (``content_hash_of``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRun:
+    """A solved run to store: the arguments of :meth:`OptimizationStore.persist_run` for one run of a bulk write."""
+
+    configuration: Configuration
+    """The run's configuration (a new version is written only when its content changed)."""
+    result: ResultRecord
+    """The answer (ids, configuration version and timestamp still unset)."""
+    request_hash: str
+    """Fingerprint of the request ('' without a key)."""
+    run_inputs: Mapping[str, Any]
+    """Kind of inputs and current weights."""
+    inherit: tuple[str, ...] = ("enabled", "recompute")
+    """Fields kept from the current configuration version (:func:`next_configuration_version`)."""
+    content: ConfigurationContent | None = None
+    """The configuration's content and hash when already computed (:func:`content_of`, in a worker)."""
+
+
 @dataclass(frozen=True, slots=True)
 class PriceWindow:
     """Stored prices of N symbols on the union of their timestamps."""
@@ -116,7 +141,10 @@ class ConfigurationVersion:
 
 
 def next_configuration_version(
-    config: Configuration, current: ConfigurationHead | None, inherit: Sequence[str] = ()
+    config: Configuration,
+    current: ConfigurationHead | None,
+    inherit: Sequence[str] = (),
+    content: ConfigurationContent | None = None,
 ) -> ConfigurationVersion:
     """Version of ``config`` for its portfolio: the current one if its content is unchanged, else current + 1.
 
@@ -129,6 +157,9 @@ def next_configuration_version(
     inherit : sequence of str
         Fields (``enabled``, ``lookback_periods``, ``market_symbol``, ``recompute``) taken from the current
         version when there is one: an Optimize call does not undo what an operator configured.
+    content : (dict, str), optional
+        ``config``'s content and its hash, already computed (by a worker, off the event loop); used unless an
+        inherited field changes ``config``.
 
     Returns
     -------
@@ -136,13 +167,20 @@ def next_configuration_version(
         The configuration to store, its content and hash, its version and whether it is new.
     """
     if current is not None and inherit:
-        config = replace(config, **{name: getattr(current, name) for name in inherit})
-    content = configuration_content(config)
-    digest = content_hash_of(content)
+        inherited = {name: getattr(current, name) for name in inherit}
+        if any(getattr(config, name) != value for name, value in inherited.items()):
+            config, content = replace(config, **inherited), None
+    document, digest = content_of(config) if content is None else content
     if current is not None and current.content_hash == digest:
-        return ConfigurationVersion(config, content, digest, current.version, new=False)
+        return ConfigurationVersion(config, document, digest, current.version, new=False)
     version = 1 if current is None else current.version + 1
-    return ConfigurationVersion(config, content, digest, version, new=True)
+    return ConfigurationVersion(config, document, digest, version, new=True)
+
+
+def content_of(config: Configuration) -> ConfigurationContent:
+    """``config``'s versioned content and its hash (what :func:`next_configuration_version` compares)."""
+    content = configuration_content(config)
+    return content, content_hash_of(content)
 
 
 def configuration_row(version: ConfigurationVersion) -> dict[str, Any]:
@@ -317,6 +355,10 @@ class OptimizationStore(Protocol):
         """The stored result of an earlier request with this idempotency key, if any."""
         ...
 
+    async def find_results(self, request_ids: Sequence[str]) -> dict[str, StoredResult]:
+        """The stored results of the given idempotency keys that have one (one read for a batch's chunk)."""
+        ...
+
     async def load_prices(
         self,
         symbols: Sequence[str],
@@ -363,6 +405,31 @@ class OptimizationStore(Protocol):
             same key committed first: the caller replays it); nothing of this run is stored.
         DeadlineExceededError
             ``commit_by`` passed before the commit; nothing of this run is stored.
+        """
+        ...
+
+    async def persist_runs(self, runs: Sequence[PendingRun], *, commit_by: float | None = None) -> list[ResultRecord]:
+        """Store many runs in one transaction, in the given order; each as :meth:`persist_run` stores one.
+
+        All or nothing for the whole sequence: each run's configuration version, result, event and read-model row
+        (the read model ends at each portfolio's last run), and the notifications, commit together. Runs of one
+        portfolio get increasing timestamps in the given order (their history order); each portfolio's lock is
+        held as for one run.
+
+        Returns
+        -------
+        list of ResultRecord
+            The stored results, completed as :meth:`persist_run` completes one, in the given order.
+
+        Raises
+        ------
+        IntegrityError
+            A run's ``request_id`` is already stored or given twice; nothing is stored (store them one by one to
+            learn which).
+        DeadlineExceededError
+            ``commit_by`` passed before the commit; nothing is stored.
+        PersistenceError
+            The database refused a row; nothing is stored.
         """
         ...
 
@@ -442,6 +509,7 @@ class InMemoryOptimizationStore(OptimizationStore):
         self._runs: list[RecordedRun] = []
         self._results_by_request: dict[str, RecordedRun] = {}
         self._bars: dict[str, dict[int, tuple[float, float | None]]] = {}
+        self._last_stamp: datetime | None = None
 
     def runs(self, portfolio_id: str | None = None) -> tuple[RecordedRun, ...]:
         """The stored runs (of one portfolio, or all), oldest first."""
@@ -451,6 +519,15 @@ class InMemoryOptimizationStore(OptimizationStore):
         """The stored result of an earlier request with this idempotency key, if any."""
         run = self._results_by_request.get(request_id)
         return None if run is None else StoredResult(run.request_hash, ResultRecord.from_json(run.result))
+
+    async def find_results(self, request_ids: Sequence[str]) -> dict[str, StoredResult]:
+        """The stored results of the keys that have one; see :meth:`OptimizationStore.find_results`."""
+        found = {}
+        for request_id in request_ids:
+            stored = await self.find_result(request_id)
+            if stored is not None:
+                found[request_id] = stored
+        return found
 
     async def load_prices(
         self,
@@ -509,6 +586,8 @@ class InMemoryOptimizationStore(OptimizationStore):
         """Store one run atomically; see :meth:`OptimizationStore.persist_run`."""
         event_id, result_id = uuid.uuid4(), uuid.uuid4()
         now = self._clock()
+        if self._last_stamp is not None and now <= self._last_stamp:  # runs in store order, each its own instant
+            now = self._last_stamp + timedelta(microseconds=1)
         version = next_configuration_version(configuration, self._head(configuration.portfolio_id), inherit)
         stored = self._stage(version, now) if version.new else None
         request_id = result.request_id or None
@@ -532,10 +611,29 @@ class InMemoryOptimizationStore(OptimizationStore):
         # Nothing above changed the store: from here on every write happens, with no await in between.
         if stored is not None:
             self._commit(version, stored)
+        self._last_stamp = now
         self._runs.append(run)
         if request_id is not None:
             self._results_by_request[request_id] = run
         return result
+
+    async def persist_runs(self, runs: Sequence[PendingRun], *, commit_by: float | None = None) -> list[ResultRecord]:
+        """Store many runs all or nothing; see :meth:`OptimizationStore.persist_runs`."""
+        check_commit_by(commit_by)
+        keys = [run.result.request_id for run in runs if run.result.request_id]
+        if len(set(keys)) < len(keys) or any(key in self._results_by_request for key in keys):
+            raise IntegrityError("a stored row already has this key (optimization_results_request_id_key)")
+        # No await below yields (persist_run never awaits): the runs are stored together.
+        return [
+            await self.persist_run(
+                configuration=run.configuration,
+                result=run.result,
+                request_hash=run.request_hash,
+                run_inputs=run.run_inputs,
+                inherit=run.inherit,
+            )
+            for run in runs
+        ]
 
     async def upsert_configuration(self, config: Configuration) -> tuple[Configuration, bool]:
         """Store ``config`` unless unchanged; see :meth:`OptimizationStore.upsert_configuration`."""

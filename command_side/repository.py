@@ -6,18 +6,24 @@ listeners commit together or not at all. Runs of the same portfolio are serialis
 an advisory lock, so configuration versions never race. A run of the configuration version this store last saw
 for the portfolio takes one statement (the ``store_optimization_run`` function of migration 0012, which checks the
 head under the lock); any other run, or one whose head moved meanwhile, takes the transactional path of five
-round trips. asyncpg's errors are translated by
+round trips. A batch's runs are stored many per transaction (:meth:`PostgresOptimizationStore.persist_runs`: the
+portfolios' locks, one read of their heads, one ``COPY`` into a staging table and one statement that writes the
+results, events, read model and notifications). asyncpg's errors are translated by
 ``command_side.postgres_errors`` (a repeated ``request_id`` raises ``services.errors.IntegrityError``).
+
+Why one module: it is one port's backend, and the one-run, one-statement and bulk paths share the SQL of the
+same four tables and the configuration-head cache that lets a run take the one-statement path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -30,6 +36,7 @@ from command_side.optimization_store import (
     ConfigurationHead,
     ConfigurationVersion,
     OptimizationStore,
+    PendingRun,
     PriceWindow,
     StoredResult,
     check_commit_by,
@@ -111,6 +118,71 @@ SELECT store_optimization_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::json
 """A run of an unchanged configuration in one statement and one round trip (migration 0012): the run's timestamp,
 or NULL when the portfolio's head moved."""
 
+_LOCK_MANY = """
+SELECT count(pg_advisory_xact_lock(key))
+FROM (SELECT DISTINCT hashtext(portfolio_id) AS key FROM unnest($1::text[]) AS p(portfolio_id) ORDER BY key) AS keys"""
+"""The locks of many portfolios (``_LOCK``'s keys), taken in key order so that two bulk writes never deadlock."""
+
+_HEADS = """
+SELECT clock_timestamp() AS now, p.portfolio_id, head.*
+FROM unnest($1::text[]) AS p(portfolio_id)
+LEFT JOIN LATERAL (
+    SELECT version, content_hash, enabled, lookback_periods, market_symbol, recompute FROM optimization_configurations
+    WHERE portfolio_id = p.portfolio_id ORDER BY version DESC LIMIT 1
+) AS head ON true"""
+"""``_HEAD`` for many portfolios, a statement after their locks."""
+
+_RUN_STAGE = """
+CREATE TEMP TABLE IF NOT EXISTS optimization_run_stage (
+    seq integer, result_id uuid, portfolio_id text, configuration_version integer, request_id text,
+    request_hash text, event_id uuid, "timestamp" timestamptz, objective text, method text, weights text,
+    expected_return double precision, volatility double precision, sharpe_ratio double precision,
+    objective_value double precision, solver text, constraints_satisfied boolean, result text, run_inputs text,
+    metadata text
+) ON COMMIT DELETE ROWS"""
+"""The rows of a bulk write, copied in before one statement spreads them (emptied at each commit)."""
+
+_RUN_STAGE_COLUMNS = (
+    "seq", "result_id", "portfolio_id", "configuration_version", "request_id", "request_hash", "event_id",
+    "timestamp", "objective", "method", "weights", "expected_return", "volatility", "sharpe_ratio",
+    "objective_value", "solver", "constraints_satisfied", "result", "run_inputs", "metadata",
+)  # fmt: skip
+
+_STORE_STAGED_RUNS = """
+WITH result AS (
+    INSERT INTO optimization_results (result_id, portfolio_id, configuration_version, request_id, request_hash,
+        event_id, created_at, objective, method, weights, expected_return, volatility, sharpe_ratio,
+        objective_value, solver, constraints_satisfied, result, run_inputs)
+    SELECT result_id, portfolio_id, configuration_version, request_id, request_hash, event_id, "timestamp",
+        objective, method, weights::jsonb, expected_return, volatility, sharpe_ratio, objective_value, solver,
+        constraints_satisfied, result::jsonb, run_inputs::jsonb
+    FROM optimization_run_stage ORDER BY seq
+), event AS (
+    INSERT INTO portfolio_optimized (event_id, "timestamp", portfolio_id, result_id, configuration_version,
+        request_id, objective, method, weights, expected_return, volatility, sharpe_ratio, metadata)
+    SELECT event_id, "timestamp", portfolio_id, result_id, configuration_version, request_id, objective, method,
+        weights::jsonb, expected_return, volatility, sharpe_ratio, metadata::jsonb
+    FROM optimization_run_stage ORDER BY seq
+), latest AS (
+    INSERT INTO latest_portfolio_optimizations AS latest (event_id, "timestamp", portfolio_id, result_id,
+        configuration_version, request_id, objective, method, weights, expected_return, volatility,
+        sharpe_ratio, metadata)
+    SELECT DISTINCT ON (portfolio_id) event_id, "timestamp", portfolio_id, result_id, configuration_version,
+        request_id, objective, method, weights::jsonb, expected_return, volatility, sharpe_ratio, metadata::jsonb
+    FROM optimization_run_stage ORDER BY portfolio_id, seq DESC
+    ON CONFLICT (portfolio_id) DO UPDATE SET
+        event_id = EXCLUDED.event_id, "timestamp" = EXCLUDED."timestamp",
+        result_id = EXCLUDED.result_id, configuration_version = EXCLUDED.configuration_version,
+        request_id = EXCLUDED.request_id, objective = EXCLUDED.objective,
+        method = EXCLUDED.method, weights = EXCLUDED.weights,
+        expected_return = EXCLUDED.expected_return, volatility = EXCLUDED.volatility,
+        sharpe_ratio = EXCLUDED.sharpe_ratio, metadata = EXCLUDED.metadata
+    WHERE (latest."timestamp", latest.event_id) <= (EXCLUDED."timestamp", EXCLUDED.event_id)
+)
+SELECT count(*) AS notified, clock_timestamp() AS now
+FROM (SELECT pg_notify($1, portfolio_id || ' ' || event_id::text) FROM optimization_run_stage ORDER BY seq) AS n"""
+"""The staged runs' results, events, read model (each portfolio's last run) and notifications: one statement."""
+
 _DEADLINE_SQLSTATE = "SD001"
 """What ``store_optimization_run`` raises when the caller's deadline passed before the commit."""
 
@@ -148,6 +220,20 @@ class PostgresOptimizationStore(OptimizationStore):
         if row is None:
             return None
         return StoredResult(row["request_hash"], ResultRecord.from_json(json.loads(row["result"])))
+
+    async def find_results(self, request_ids: Sequence[str]) -> dict[str, StoredResult]:
+        """The stored results of the keys that have one, in one query."""
+        if not request_ids:
+            return {}
+        async with postgres_errors(), self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT request_id, request_hash, result FROM optimization_results WHERE request_id = ANY($1::text[])",
+                list(request_ids),
+            )
+        return {
+            row["request_id"]: StoredResult(row["request_hash"], ResultRecord.from_json(json.loads(row["result"])))
+            for row in rows
+        }
 
     async def load_prices(
         self,
@@ -237,19 +323,76 @@ class PostgresOptimizationStore(OptimizationStore):
         event_written("portfolio_optimized", "PORTFOLIO_OPTIMIZED")  # after the commit
         return record
 
+    async def persist_runs(self, runs: Sequence[PendingRun], *, commit_by: float | None = None) -> list[ResultRecord]:
+        """Store many runs in one transaction; see :meth:`OptimizationStore.persist_runs`.
+
+        The portfolios' locks (in key order), one read of their heads and of the database clock, then one ``COPY``
+        of the rows into a staging table and one statement that writes them all. The ``k``-th run is stamped the
+        clock plus ``k`` microseconds (each portfolio's history in the given order); the commit waits, if need
+        be, until the clock is past the last stamp, so that a later run of the same portfolio is stamped after it.
+
+        Raises
+        ------
+        IntegrityError
+            A ``request_id`` is already stored or given twice (nothing is stored).
+        OperationalError, DeadlineExceededError, PersistenceError
+            As :meth:`persist_run` (nothing is stored).
+        """
+        if not runs:
+            return []
+        portfolios = sorted({run.configuration.portfolio_id for run in runs})
+        versions: list[ConfigurationVersion] = []
+        records: list[ResultRecord] = []
+        async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_RUN_STAGE)
+            await conn.execute(_LOCK_MANY, portfolios)
+            rows = await conn.fetch(_HEADS, portfolios)  # a snapshot taken after the locks
+            now = max(row["now"] for row in rows)
+            heads = {row["portfolio_id"]: _head(row) for row in rows}
+            stage = []
+            new_versions: list[ConfigurationVersion] = []
+            for seq, run in enumerate(runs):
+                portfolio_id = run.configuration.portfolio_id
+                version = next_configuration_version(run.configuration, heads[portfolio_id], run.inherit, run.content)
+                if version.new:
+                    new_versions.append(version)
+                    heads[portfolio_id] = _head_of(version)
+                versions.append(version)
+                event_id, result_id = uuid.uuid4(), uuid.uuid4()
+                stamp = now + timedelta(microseconds=seq)
+                record = completed(
+                    run.result, event_id=event_id, result_id=result_id, configuration_version=version.version,
+                    timestamp=stamp,
+                )  # fmt: skip
+                records.append(record)
+                meta = record.metadata
+                stage.append((
+                    seq, result_id, portfolio_id, version.version, record.request_id or None, run.request_hash,
+                    event_id, stamp, run.configuration.objective, run.configuration.method, _json(record.weights),
+                    record.expected_return, record.volatility, record.sharpe_ratio, meta.objective_value,
+                    meta.solver, meta.constraints_satisfied, _json(record.to_json()),
+                    _json(run_inputs_json(run.run_inputs)), _json(meta.to_json()),
+                ))  # fmt: skip
+            if new_versions:
+                await conn.executemany(_INSERT_CONFIGURATION, [_configuration_arguments(v) for v in new_versions])
+            await conn.copy_records_to_table("optimization_run_stage", records=stage, columns=_RUN_STAGE_COLUMNS)
+            written = await conn.fetchrow(_STORE_STAGED_RUNS, NOTIFY_CHANNEL)
+            assert written is not None
+            ahead = (now + timedelta(microseconds=len(runs)) - written["now"]).total_seconds()
+            if ahead > 0:  # the clock must pass the last stamp before the locks go
+                await asyncio.sleep(ahead)
+            check_commit_by(commit_by)
+        for version in versions:
+            self._remember_head(version)
+        for _ in records:
+            event_written("portfolio_optimized", "PORTFOLIO_OPTIMIZED")  # after the commit
+        return records
+
     def _remember_head(self, stored: ConfigurationVersion) -> None:
         """Keep ``stored`` as its portfolio's head for the next run's one-statement path (cleared when full)."""
         if len(self._heads) >= HEAD_CACHE_SIZE:
             self._heads.clear()
-        config = stored.configuration
-        self._heads[config.portfolio_id] = ConfigurationHead(
-            version=stored.version,
-            content_hash=stored.content_hash,
-            enabled=config.enabled,
-            lookback_periods=config.lookback_periods,
-            market_symbol=config.market_symbol,
-            recompute=config.recompute,
-        )
+        self._heads[stored.configuration.portfolio_id] = _head_of(stored)
 
     async def _store_run_of_head(
         self,
@@ -323,30 +466,10 @@ class PostgresOptimizationStore(OptimizationStore):
                 "FROM optimization_configurations WHERE portfolio_id = $1 ORDER BY version DESC LIMIT 1",
                 config.portfolio_id,
             )
-        current = None
-        if row is not None and row["version"] is not None:
-            current = ConfigurationHead(
-                version=int(row["version"]),
-                content_hash=row["content_hash"],
-                enabled=row["enabled"],
-                lookback_periods=row["lookback_periods"],
-                market_symbol=row["market_symbol"],
-                recompute=recompute_from_column(json.loads(row["recompute"])),
-            )
+        current = None if row is None else _head(row)
         stored = next_configuration_version(config, current, inherit)
-        if not stored.new:
-            return stored
-        columns = configuration_row(stored)
-        await conn.execute(
-            """INSERT INTO optimization_configurations (portfolio_id, version, objective, method, strategies,
-                   constraints, risk_parameters, lookback_periods, market_symbol, enabled, content_hash,
-                   black_litterman, recompute)
-               VALUES ($1,$2,$3,$4,$5::jsonb,$6::jsonb,$7::jsonb,$8,$9,$10,$11,$12::jsonb,$13::jsonb)""",
-            stored.configuration.portfolio_id, stored.version, columns["objective"], columns["method"],
-            _json(columns["strategies"]), _json(columns["constraints"]), _json(columns["risk_parameters"]),
-            columns["lookback_periods"], columns["market_symbol"], columns["enabled"], columns["content_hash"],
-            _json(columns["black_litterman"]), _json(columns["recompute"]),
-        )  # fmt: skip
+        if stored.new:
+            await conn.execute(_INSERT_CONFIGURATION, *_configuration_arguments(stored))
         return stored
 
     async def upsert_configuration(self, config: Configuration) -> tuple[Configuration, bool]:
@@ -424,6 +547,50 @@ class PostgresOptimizationStore(OptimizationStore):
             await conn.execute(ENQUEUE_MARKET_DATA_JOBS)
             check_commit_by(commit_by)
         return int(result.split()[-1])
+
+
+_INSERT_CONFIGURATION = """
+INSERT INTO optimization_configurations (portfolio_id, version, objective, method, strategies, constraints,
+    risk_parameters, lookback_periods, market_symbol, enabled, content_hash, black_litterman, recompute)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7::jsonb, $8, $9, $10, $11, $12::jsonb, $13::jsonb)"""
+
+
+def _configuration_arguments(stored: ConfigurationVersion) -> tuple[Any, ...]:
+    """The arguments of ``_INSERT_CONFIGURATION`` for a new version."""
+    columns = configuration_row(stored)
+    return (
+        stored.configuration.portfolio_id, stored.version, columns["objective"], columns["method"],
+        _json(columns["strategies"]), _json(columns["constraints"]), _json(columns["risk_parameters"]),
+        columns["lookback_periods"], columns["market_symbol"], columns["enabled"], columns["content_hash"],
+        _json(columns["black_litterman"]), _json(columns["recompute"]),
+    )  # fmt: skip
+
+
+def _head(row: asyncpg.Record) -> ConfigurationHead | None:
+    """The configuration head of a ``_HEAD`` or ``_HEADS`` row (None when its portfolio has no configuration)."""
+    if row["version"] is None:
+        return None
+    return ConfigurationHead(
+        version=int(row["version"]),
+        content_hash=row["content_hash"],
+        enabled=row["enabled"],
+        lookback_periods=row["lookback_periods"],
+        market_symbol=row["market_symbol"],
+        recompute=recompute_from_column(json.loads(row["recompute"])),
+    )
+
+
+def _head_of(stored: ConfigurationVersion) -> ConfigurationHead:
+    """The head a portfolio has once ``stored`` is its current version."""
+    config = stored.configuration
+    return ConfigurationHead(
+        version=stored.version,
+        content_hash=stored.content_hash,
+        enabled=config.enabled,
+        lookback_periods=config.lookback_periods,
+        market_symbol=config.market_symbol,
+        recompute=config.recompute,
+    )
 
 
 def _configuration_from_row(row: asyncpg.Record) -> Configuration:

@@ -64,7 +64,28 @@ class OptimizationCommandServicer(cmd_grpc.OptimizationCommandServiceServicer):
         """Optimize many portfolios, one result or error per item."""
         command = adapter.batch_command(request)
         result = await self._service.batch_optimize(command, time_remaining_s=context.time_remaining())
-        return adapter.batch_response(result)
+        return adapter.batch_response(result, request)
+
+    async def BatchOptimizeStream(  # noqa: N802
+        self, request_iterator: AsyncIterator[cmd_pb.BatchOptimizeStreamRequest], context: Context
+    ) -> AsyncIterator[cmd_pb.BatchOptimizeStreamResponse]:
+        """Optimize a stream of portfolios; results stream back as their chunks are stored."""
+        first = await anext(aiter(request_iterator), None)
+        if first is None:
+            return
+        stream = adapter.BatchStream()
+
+        async def messages() -> AsyncIterator[cmd_pb.BatchOptimizeStreamRequest]:
+            yield first
+            async for message in request_iterator:
+                yield message
+
+        async for answers in self._service.batch_optimize_stream(
+            stream.items(messages()),
+            window=adapter.stream_window(first),
+            time_remaining_s=context.time_remaining(),
+        ):
+            yield stream.response(answers)
 
     async def UpsertConfiguration(  # noqa: N802
         self, request: cmd_pb.UpsertConfigurationRequest, context: Context

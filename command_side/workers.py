@@ -50,6 +50,7 @@ from threadpoolctl import threadpool_limits
 from command_side.field_paths import OPTIMIZATION, proto_field_paths
 from command_side.metrics import observe_solve, solver_job_answered, worker_pool_replaced
 from command_side.optimization_commands import MarketDataWindow, OptimizeCommand
+from command_side.optimization_store import ConfigurationContent, content_of
 from services.engine import (
     FrontierOutcome,
     OptimizationJob,
@@ -246,6 +247,62 @@ def _parse_and_run(
         empty = np.empty((0, inputs.returns.shape[1]))
         inputs = ReturnHistory(returns=empty, timestamps=np.empty(0, dtype="datetime64[us]"))
     return replace(command, inputs=inputs), outcome
+
+
+BatchAnswer = tuple[OptimizeCommand | None, OptimizationOutcome | Exception, ConfigurationContent | None]
+"""A worker's answer to one serialised request of a chunk (``SolverPool.parse_and_run_batch``)."""
+
+
+def _without_inputs(command: OptimizeCommand) -> OptimizeCommand:
+    """The command with its inline inputs emptied (their kind kept): what the event loop needs to store the run."""
+    inputs = command.inputs
+    if isinstance(inputs, ReturnHistory):
+        inputs = ReturnHistory(
+            returns=np.empty((0, inputs.returns.shape[1])), timestamps=np.empty(0, dtype="datetime64[us]")
+        )
+    elif isinstance(inputs, Moments):
+        inputs = Moments(expected_returns=np.empty(0), covariance=np.empty((0, 0)))
+    return replace(command, inputs=inputs)
+
+
+def _parse_and_run_batch(
+    parse: Callable[[bytes], OptimizeCommand], payloads: list[bytes], time_limit_s: float | None
+) -> list[BatchAnswer]:
+    """In a worker: parse and check serialised Optimize requests, then solve them together (``run_batch``).
+
+    Returns, per payload in order, ``(command without its inline inputs, outcome, its configuration's content and
+    hash)``, or ``(None, error, None)`` for a request that does not parse or check; an engine error is the outcome
+    (with proto field paths).
+    """
+    answers: list[BatchAnswer | None] = [None] * len(payloads)
+    parsed: list[tuple[int, OptimizeCommand]] = []
+    for k, payload in enumerate(payloads):
+        try:
+            command = parse(payload)
+            if isinstance(command.inputs, MarketDataWindow):  # the server reads stored prices before the solve
+                raise TypeError("a request on stored prices cannot be parsed and solved in a worker alone")
+        except Exception as exc:  # one broken item must not sink the others
+            answers[k] = (None, exc, None)
+            continue
+        parsed.append((k, command))
+    jobs = []
+    for _, c in parsed:
+        assert not isinstance(c.inputs, MarketDataWindow)  # refused above
+        jobs.append(
+            OptimizationJob(
+                problem=c.problem, inputs=c.inputs, settings=c.settings, method=c.method, time_limit_s=time_limit_s
+            )
+        )
+    outcomes: list[OptimizationOutcome | Exception] = list(run_optimization_batch(jobs))
+    for (k, command), outcome in zip(parsed, outcomes, strict=True):
+        if isinstance(outcome, Exception):
+            try:  # the engine's field names as the request's paths, as the unary call answers
+                with proto_field_paths(OPTIMIZATION, symbols=command.problem.symbols):
+                    raise outcome
+            except Exception as mapped:
+                outcome = mapped
+        answers[k] = (_without_inputs(command), outcome, content_of(command.configuration))
+    return [answer for answer in answers if answer is not None]
 
 
 def _warm_up() -> bool:
@@ -795,6 +852,50 @@ class SolverPool:
         )
         observe_solve(job, outcome)
         return command, outcome
+
+    async def parse_and_run_batch(
+        self,
+        parse: Callable[[bytes], OptimizeCommand],
+        payloads: list[bytes],
+        *,
+        time_limit_s: float | None,
+        timeout_s: float | None,
+    ) -> list[BatchAnswer]:
+        """Parse, check and solve serialised Optimize requests together in one worker (a batch's chunk).
+
+        Parameters
+        ----------
+        parse : callable
+            Module-level function turning a payload into a checked ``OptimizeCommand``.
+        payloads : list of bytes
+            The serialised requests (inline returns or moments).
+        time_limit_s : float or None
+            The solver's own time limit per job (seconds).
+        timeout_s : float or None
+            Seconds to wait for the answers; None waits without limit.
+
+        Returns
+        -------
+        list of (OptimizeCommand or None, OptimizationOutcome or Exception, ConfigurationContent or None)
+            Per payload in order: the command (its inline inputs emptied), its outcome (an engine error with the
+            request's field paths) and its configuration's content and hash (``content_of``, computed here rather
+            than on the event loop); ``(None, error, None)`` for a request that does not parse or check
+            (``InvalidInputError`` naming the field).
+
+        Raises
+        ------
+        DeadlineExceededError, UnavailableError
+            As ``run``, for the whole chunk.
+        """
+        answers = await self._call(_parse_and_run_batch, parse, payloads, time_limit_s, timeout_s=timeout_s)
+        for command, outcome, _ in answers:
+            if command is not None and not isinstance(outcome, Exception):
+                assert not isinstance(command.inputs, MarketDataWindow)  # refused by the worker
+                job = OptimizationJob(
+                    problem=command.problem, inputs=command.inputs, settings=command.settings, method=command.method
+                )
+                observe_solve(job, outcome)
+        return answers
 
     async def _call(self, function: Callable[..., T], *args: object, timeout_s: float | None) -> T:
         self.pending += 1

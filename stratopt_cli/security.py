@@ -59,6 +59,7 @@ METHOD_ROLES: Final[Mapping[str, str]] = {
     # optimization: runs and configuration writes need optimize; configuration reads need read
     _CMD + "Optimize": "optimize",
     _CMD + "BatchOptimize": "optimize",
+    _CMD + "BatchOptimizeStream": "optimize",
     _CMD + "ComputeEfficientFrontier": "optimize",
     _CMD + "UpsertConfiguration": "optimize",
     _CMD + "RunConfiguration": "optimize",

@@ -74,6 +74,15 @@ def call(channel: grpc.Channel, method: Any, request: Message | Sequence[Message
     path = f"/{method.containing_service.full_name}/{method.name}"
     serialize = type(request[0] if isinstance(request, Sequence) else request).SerializeToString
     stub: Any
+    if method.server_streaming and method.client_streaming:  # BatchOptimizeStream: read every answer
+        assert isinstance(request, Sequence)
+        stub = channel.stream_stream(path, request_serializer=serialize, response_deserializer=bytes)
+        try:
+            for _ in stub(iter(request), timeout=timeout_s):
+                pass
+        except grpc.RpcError as error:
+            return outcome_of(error)
+        return Outcome(grpc.StatusCode.OK, "", (), 0)
     if method.server_streaming:
         # A live stream (WatchEvents) does not end: a request still open after STREAM_WAIT_S was accepted.
         stream = channel.unary_stream(path, request_serializer=serialize, response_deserializer=bytes)
@@ -217,6 +226,7 @@ def valid_requests() -> dict[str, Any]:
     return {
         "OptimizationCommandService.Optimize": optimize(),
         "OptimizationCommandService.BatchOptimize": cmd_pb.BatchOptimizeRequest(requests=[optimize()]),
+        "OptimizationCommandService.BatchOptimizeStream": [cmd_pb.BatchOptimizeStreamRequest(requests=[optimize()])],
         "OptimizationCommandService.UpsertConfiguration": configuration(),
         "OptimizationCommandService.GetConfiguration": cmd_pb.GetConfigurationRequest(portfolio_id="corpus"),
         "OptimizationCommandService.ListConfigurations": cmd_pb.ListConfigurationsRequest(page_size=5),

@@ -532,6 +532,12 @@ def _cases() -> list[Case]:
             "moments.covariance[1]",
         ),
         Case("frontier-points", OPT + "ComputeEfficientFrontier", _set(frontier, _field("points", 1000)), "points"),
+        Case(
+            "batch-stream-message-of-1001-requests",
+            OPT + "BatchOptimizeStream",
+            lambda: [cmd_pb.BatchOptimizeStreamRequest(requests=[optimize()] * 1001)],
+            "requests",
+        ),
         # IngestMarketData: symbols and bar timestamps
         Case(
             "ingest-symbol-nul",

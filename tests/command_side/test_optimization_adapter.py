@@ -28,8 +28,8 @@ from command_side.optimization_commands import (
     IngestResult,
     InvalidItem,
     MarketDataWindow,
-    OptimizeCommand,
     RunResult,
+    SerializedOptimize,
 )
 from command_side.records import BlackLittermanRecord, RelaxationRecord, ResultRecord, RunMetadataRecord
 from services.engine import Method
@@ -357,12 +357,23 @@ def test_a_batch_keeps_an_invalid_item_as_its_error() -> None:
     bad = moments_request()
     bad.portfolio_id = "p-bad"
     bad.objective = pb.OBJECTIVE_UNSPECIFIED
-    command = adapter.batch_command(cmd_pb.BatchOptimizeRequest(requests=[moments_request(), bad]))
-    first, second = command.items
-    assert isinstance(first, OptimizeCommand) and first.portfolio_id == "p-1"
-    assert isinstance(second, InvalidItem) and second.portfolio_id == "p-bad"
-    assert isinstance(second.error, InvalidInputError)
-    assert [v.field for v in second.error.field_violations] == ["objective"]
+    stored = cmd_pb.OptimizeRequest()
+    stored.CopyFrom(bad)
+    stored.market_data.lookback_periods = 10  # inputs a worker cannot parse alone: checked on the event loop
+    command = adapter.batch_command(cmd_pb.BatchOptimizeRequest(requests=[moments_request(), bad, stored]))
+    first, second, third = command.items
+    # Inline inputs stay in wire form: the worker that solves the chunk parses and checks them.
+    assert isinstance(first, SerializedOptimize) and first.request_id == "r-1"
+    assert first.request_hash == adapter.optimize_command(moments_request()).request_hash
+    parsed, direct = first.parse(first.payload), adapter.optimize_command(moments_request())
+    assert (parsed.portfolio_id, parsed.configuration) == (direct.portfolio_id, direct.configuration)
+    assert isinstance(second, SerializedOptimize)
+    with pytest.raises(InvalidInputError) as error:
+        second.parse(second.payload)
+    assert [v.field for v in error.value.field_violations] == ["objective"]
+    assert isinstance(third, InvalidItem) and third.portfolio_id == "p-bad"
+    assert isinstance(third.error, InvalidInputError)
+    assert [v.field for v in third.error.field_violations] == ["objective"]
 
 
 @pytest.mark.parametrize("count", [0, MAX_BATCH_SIZE + 1])

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from command_side.configuration import OptimizationConfiguration, OptimizationConstraints, Strategy
-from command_side.optimization_store import InMemoryOptimizationStore, OptimizationStore
+from command_side.optimization_store import InMemoryOptimizationStore, OptimizationStore, PendingRun, content_of
 from command_side.records import ResultRecord, RunMetadataRecord, response_from_record, result_record
 from command_side.repository import PostgresOptimizationStore
 from command_side.result_records import encode_instant
@@ -228,6 +228,81 @@ class OptimizationStoreContract:
             assert first.metadata.event_id != second.metadata.event_id
             assert instant(second.metadata.timestamp) >= instant(first.metadata.timestamp)
             assert await self.stored_runs(store, portfolio) == (2, 2, 1)
+
+        self.run(scenario)
+
+    # --- many runs in one transaction (a batch's chunk) ---------------------------------------------------------
+
+    def test_runs_stored_together_take_versions_stamps_and_the_read_model_in_order(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            a, b = unique("bulk-a"), unique("bulk-b")
+            changed = configuration(a, objective="OBJECTIVE_MIN_VOLATILITY")
+            await persist(store, configuration(a))  # version 1 stored before
+            runs = [
+                PendingRun(configuration(a), result(a, unique("r"), 0.1), "h", {"kind": "moments"}, RUN_INHERITS),
+                PendingRun(configuration(b), result(b, "", 0.2), "", {"kind": "moments"}, RUN_INHERITS),
+                PendingRun(changed, result(a, unique("r"), 0.3), "h", {"kind": "moments"}, RUN_INHERITS),
+                PendingRun(configuration(a), result(a, "", 0.4), "", {"kind": "moments"}, RUN_INHERITS),
+            ]
+            stored = await store.persist_runs(runs)
+            assert [r.metadata.configuration_version for r in stored] == [1, 1, 2, 3]
+            assert [r.weights["A"] for r in stored] == [0.1, 0.2, 0.3, 0.4]
+            stamps = [instant(r.metadata.timestamp) for r in stored]
+            assert stamps == sorted(stamps) and len(set(stamps)) == 4  # request order, each its own instant
+            assert await self.stored_runs(store, a) == (4, 4, 1)
+            assert await self.stored_runs(store, b) == (1, 1, 1)
+            found = await store.find_results([runs[0].result.request_id, runs[2].result.request_id, unique("no")])
+            assert {k: v.result for k, v in found.items()} == {
+                runs[0].result.request_id: stored[0],
+                runs[2].result.request_id: stored[2],
+            }
+            # A later single run of the portfolio comes after the bulk's last one.
+            later = await persist(store, configuration(a), inherit=RUN_INHERITS)
+            assert instant(later.metadata.timestamp) > stamps[-1]
+            assert later.metadata.configuration_version == 3  # the content of version 3
+
+        self.run(scenario)
+
+    def test_a_key_repeated_or_already_stored_refuses_the_whole_bulk(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            a, key = unique("bulk-key"), unique("r")
+            twice = [PendingRun(configuration(a), result(a, key), "h", {"kind": "moments"})] * 2
+            with pytest.raises(IntegrityError):
+                await store.persist_runs(twice)
+            assert await self.stored_runs(store, a) == (0, 0, 0)
+            with pytest.raises(NotFoundError):  # the configuration written first rolled back too
+                await store.get_configuration(a)
+            await persist(store, configuration(a), key)
+            fresh = PendingRun(configuration(a), result(a, unique("r")), "h", {"kind": "moments"})
+            with pytest.raises(IntegrityError):
+                await store.persist_runs([fresh, twice[0]])
+            assert await self.stored_runs(store, a) == (1, 1, 1)
+            assert await store.find_results([fresh.result.request_id]) == {}
+
+        self.run(scenario)
+
+    def test_a_precomputed_content_counts_only_while_no_inherited_field_changes_the_configuration(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            a = unique("bulk-content")
+            await store.upsert_configuration(configuration(a, lookback_periods=250))  # an operator's window
+            run = configuration(a)  # a run's configuration: lookback 0, inherits the stored 250
+            same = PendingRun(run, result(a), "", {"kind": "moments"}, RUN_INHERITS, content_of(run))
+            stored = await store.persist_runs([same])
+            assert stored[0].metadata.configuration_version == 1  # the inherited window: the same content
+            changed = configuration(a, objective="OBJECTIVE_MIN_VOLATILITY")
+            new = PendingRun(changed, result(a), "", {"kind": "moments"}, RUN_INHERITS, content_of(changed))
+            assert (await store.persist_runs([new]))[0].metadata.configuration_version == 2
+            assert (await store.get_configuration(a)).lookback_periods == 250
+
+        self.run(scenario)
+
+    def test_a_bulk_past_its_deadline_stores_nothing(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            a = unique("bulk-late")
+            runs = [PendingRun(configuration(a), result(a), "", {"kind": "moments"})]
+            with pytest.raises(DeadlineExceededError):
+                await store.persist_runs(runs, commit_by=time.monotonic() - 1.0)
+            assert await self.stored_runs(store, a) == (0, 0, 0)
 
         self.run(scenario)
 

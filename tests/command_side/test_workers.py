@@ -15,9 +15,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from command_side.optimization_store import content_of
 from command_side.workers import SolverPool
 from services.engine import OptimizationJob
-from services.errors import DeadlineExceededError, InfeasibleError, UnavailableError
+from services.errors import DeadlineExceededError, InfeasibleError, InvalidInputError, UnavailableError
 from services.optimization import Objective, PortfolioProblem
 from services.trading import AllocationRequest, AllocationTarget
 from services.types import EstimationSettings, Moments
@@ -65,6 +66,38 @@ def test_an_allocation_runs_in_a_worker(solver_pool: SolverPool) -> None:
 def test_engine_errors_come_back_as_raised_in_the_worker(solver_pool: SolverPool) -> None:
     with pytest.raises(InfeasibleError):  # lower bounds of 0.6 + 0.6 exceed the budget of 1
         asyncio.run(solver_pool.run(min_volatility_job(lower=0.6), timeout_s=120))
+
+
+def test_a_chunk_of_serialised_requests_is_parsed_and_solved_in_a_worker_with_errors_per_item(
+    solver_pool: SolverPool,
+) -> None:
+    from command_side.mapping import optimize_command_from_bytes
+    from stratopt.v1 import command_service_pb2 as cmd_pb
+    from stratopt.v1 import types_pb2 as pb
+
+    def request(lower: float = 0.0, objective: int = pb.OBJECTIVE_MIN_VOLATILITY) -> bytes:
+        message = cmd_pb.OptimizeRequest(
+            portfolio_id="p",
+            objective=objective,  # type: ignore[arg-type]
+            moments=pb.MomentsInput(expected_returns=[0.05, 0.08], covariance=[0.04, 0.0, 0.0, 0.09]),
+            constraints=pb.OptimizationConstraints(min_weight=lower),
+        )
+        message.strategies.extend([pb.Strategy(symbol="a"), pb.Strategy(symbol="b")])
+        return message.SerializeToString()
+
+    payloads = [request(), request(objective=pb.OBJECTIVE_UNSPECIFIED), request(lower=0.6), request()]
+    answers = asyncio.run(
+        solver_pool.parse_and_run_batch(optimize_command_from_bytes, payloads, time_limit_s=None, timeout_s=120)
+    )
+    (good, outcome, content), (none, invalid, _), (infeasible_command, infeasible, _), (_, again, _) = answers
+    assert good is not None and good.portfolio_id == "p" and good.inputs_kind == "moments"
+    assert not isinstance(outcome, Exception) and not isinstance(again, Exception)
+    for weights in (outcome.result.weights, again.result.weights):  # inverse-variance weights, as above
+        np.testing.assert_allclose(weights, [9 / 13, 4 / 13], atol=1e-7)
+    assert good is not None and content == content_of(good.configuration)  # computed in the worker
+    assert none is None and isinstance(invalid, InvalidInputError)
+    assert [v.field for v in invalid.field_violations] == ["objective"]
+    assert infeasible_command is not None and isinstance(infeasible, InfeasibleError)
 
 
 def frontier_job(n: int = 150) -> OptimizationJob:

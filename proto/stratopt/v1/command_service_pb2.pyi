@@ -211,8 +211,11 @@ class BatchOptimizeResult(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     RESPONSE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Position of the item in the request."""
+    request_id: _builtins.str
+    """The item's idempotency key, as sent ('' when it had none)."""
     @_builtins.property
     def response(self) -> Global___OptimizeResponse:
         """The stored optimal portfolio."""
@@ -227,10 +230,11 @@ class BatchOptimizeResult(_message.Message):
         index: _builtins.int = ...,
         response: Global___OptimizeResponse | None = ...,
         error: _status_pb2.Status | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "response", b"response"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "index", b"index", "outcome", b"outcome", "response", b"response"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "index", b"index", "outcome", b"outcome", "request_id", b"request_id", "response", b"response"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["response", "error"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
@@ -269,6 +273,60 @@ class BatchOptimizeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BatchOptimizeResponse: _TypeAlias = BatchOptimizeResponse  # noqa: Y015
+
+@_typing.final
+class BatchOptimizeStreamRequest(_message.Message):
+    """Items of a BatchOptimizeStream call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    max_in_flight: _builtins.int
+    """The backpressure window: no message is read while this many items are read and not yet answered. Read from
+    the first message only; 0 or more than 1024 means 1024.
+    """
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___OptimizeRequest]:
+        """The requests, 0 to 1000; each is validated, solved and stored on its own."""
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___OptimizeRequest] | None = ...,
+        max_in_flight: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_in_flight", b"max_in_flight", "requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchOptimizeStreamRequest: _TypeAlias = BatchOptimizeStreamRequest  # noqa: Y015
+
+@_typing.final
+class BatchOptimizeStreamResponse(_message.Message):
+    """Results of a BatchOptimizeStream call, as they finish."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchOptimizeResult]:
+        """Results of finished items; index is the item's position in the stream, counted from 0 across messages."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___BatchOptimizeResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchOptimizeStreamResponse: _TypeAlias = BatchOptimizeStreamResponse  # noqa: Y015
 
 @_typing.final
 class OptimizationConfiguration(_message.Message):

@@ -47,6 +47,11 @@ class OptimizationCommandServiceStub:
                 request_serializer=stratopt_dot_v1_dot_command__service__pb2.BatchOptimizeRequest.SerializeToString,
                 response_deserializer=stratopt_dot_v1_dot_command__service__pb2.BatchOptimizeResponse.FromString,
                 _registered_method=True)
+        self.BatchOptimizeStream = channel.stream_stream(
+                '/stratopt.v1.OptimizationCommandService/BatchOptimizeStream',
+                request_serializer=stratopt_dot_v1_dot_command__service__pb2.BatchOptimizeStreamRequest.SerializeToString,
+                response_deserializer=stratopt_dot_v1_dot_command__service__pb2.BatchOptimizeStreamResponse.FromString,
+                _registered_method=True)
         self.UpsertConfiguration = channel.unary_unary(
                 '/stratopt.v1.OptimizationCommandService/UpsertConfiguration',
                 request_serializer=stratopt_dot_v1_dot_command__service__pb2.UpsertConfigurationRequest.SerializeToString,
@@ -99,6 +104,19 @@ class OptimizationCommandServiceServicer:
 
     def BatchOptimize(self, request, context):
         """Optimize up to 1000 portfolios; one result per item, in request order. A bad item fails alone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchOptimizeStream(self, request_iterator, context):
+        """BatchOptimize for batches too large for one message (bidirectional streaming): send the requests in messages
+        of up to 1000; results come back as their chunks are solved and stored, each with its index (the item's
+        position in the stream, from 0) and request_id; each portfolio's runs are stored in stream order. While
+        max_in_flight items or more are read and not yet answered, the server reads no further message (backpressure).
+        An item's error is its result, as in BatchOptimize; a message of more than 1000 requests ends the call with
+        INVALID_ARGUMENT.
+        Cancelling the call (or its deadline) stops it: each run is stored whole or not at all.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -170,6 +188,11 @@ def add_OptimizationCommandServiceServicer_to_server(servicer, server):
                     servicer.BatchOptimize,
                     request_deserializer=stratopt_dot_v1_dot_command__service__pb2.BatchOptimizeRequest.FromString,
                     response_serializer=stratopt_dot_v1_dot_command__service__pb2.BatchOptimizeResponse.SerializeToString,
+            ),
+            'BatchOptimizeStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.BatchOptimizeStream,
+                    request_deserializer=stratopt_dot_v1_dot_command__service__pb2.BatchOptimizeStreamRequest.FromString,
+                    response_serializer=stratopt_dot_v1_dot_command__service__pb2.BatchOptimizeStreamResponse.SerializeToString,
             ),
             'UpsertConfiguration': grpc.unary_unary_rpc_method_handler(
                     servicer.UpsertConfiguration,
@@ -263,6 +286,33 @@ class OptimizationCommandService:
             '/stratopt.v1.OptimizationCommandService/BatchOptimize',
             stratopt_dot_v1_dot_command__service__pb2.BatchOptimizeRequest.SerializeToString,
             stratopt_dot_v1_dot_command__service__pb2.BatchOptimizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchOptimizeStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/stratopt.v1.OptimizationCommandService/BatchOptimizeStream',
+            stratopt_dot_v1_dot_command__service__pb2.BatchOptimizeStreamRequest.SerializeToString,
+            stratopt_dot_v1_dot_command__service__pb2.BatchOptimizeStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,15 @@ class OptimizationCommandServiceStub:
     """
     BatchOptimize: _grpc.UnaryUnaryMultiCallable[_command_service_pb2.BatchOptimizeRequest, _command_service_pb2.BatchOptimizeResponse]
     """Optimize up to 1000 portfolios; one result per item, in request order. A bad item fails alone."""
+    BatchOptimizeStream: _grpc.StreamStreamMultiCallable[_command_service_pb2.BatchOptimizeStreamRequest, _command_service_pb2.BatchOptimizeStreamResponse]
+    """BatchOptimize for batches too large for one message (bidirectional streaming): send the requests in messages
+    of up to 1000; results come back as their chunks are solved and stored, each with its index (the item's
+    position in the stream, from 0) and request_id; each portfolio's runs are stored in stream order. While
+    max_in_flight items or more are read and not yet answered, the server reads no further message (backpressure).
+    An item's error is its result, as in BatchOptimize; a message of more than 1000 requests ends the call with
+    INVALID_ARGUMENT.
+    Cancelling the call (or its deadline) stops it: each run is stored whole or not at all.
+    """
     UpsertConfiguration: _grpc.UnaryUnaryMultiCallable[_command_service_pb2.UpsertConfigurationRequest, _command_service_pb2.UpsertConfigurationResponse]
     """Store a new version of a portfolio's configuration (unchanged content keeps the current version)."""
     GetConfiguration: _grpc.UnaryUnaryMultiCallable[_command_service_pb2.GetConfigurationRequest, _command_service_pb2.GetConfigurationResponse]
@@ -78,6 +87,15 @@ class OptimizationCommandServiceAsyncStub(OptimizationCommandServiceStub):
     """
     BatchOptimize: _aio.UnaryUnaryMultiCallable[_command_service_pb2.BatchOptimizeRequest, _command_service_pb2.BatchOptimizeResponse]  # type: ignore[assignment]
     """Optimize up to 1000 portfolios; one result per item, in request order. A bad item fails alone."""
+    BatchOptimizeStream: _aio.StreamStreamMultiCallable[_command_service_pb2.BatchOptimizeStreamRequest, _command_service_pb2.BatchOptimizeStreamResponse]  # type: ignore[assignment]
+    """BatchOptimize for batches too large for one message (bidirectional streaming): send the requests in messages
+    of up to 1000; results come back as their chunks are solved and stored, each with its index (the item's
+    position in the stream, from 0) and request_id; each portfolio's runs are stored in stream order. While
+    max_in_flight items or more are read and not yet answered, the server reads no further message (backpressure).
+    An item's error is its result, as in BatchOptimize; a message of more than 1000 requests ends the call with
+    INVALID_ARGUMENT.
+    Cancelling the call (or its deadline) stops it: each run is stored whole or not at all.
+    """
     UpsertConfiguration: _aio.UnaryUnaryMultiCallable[_command_service_pb2.UpsertConfigurationRequest, _command_service_pb2.UpsertConfigurationResponse]  # type: ignore[assignment]
     """Store a new version of a portfolio's configuration (unchanged content keeps the current version)."""
     GetConfiguration: _aio.UnaryUnaryMultiCallable[_command_service_pb2.GetConfigurationRequest, _command_service_pb2.GetConfigurationResponse]  # type: ignore[assignment]
@@ -123,6 +141,21 @@ class OptimizationCommandServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_command_service_pb2.BatchOptimizeResponse, _abc.Awaitable[_command_service_pb2.BatchOptimizeResponse]]:
         """Optimize up to 1000 portfolios; one result per item, in request order. A bad item fails alone."""
+
+    @_abc_1.abstractmethod
+    def BatchOptimizeStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_command_service_pb2.BatchOptimizeStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_command_service_pb2.BatchOptimizeStreamResponse], _abc.AsyncIterator[_command_service_pb2.BatchOptimizeStreamResponse]]:
+        """BatchOptimize for batches too large for one message (bidirectional streaming): send the requests in messages
+        of up to 1000; results come back as their chunks are solved and stored, each with its index (the item's
+        position in the stream, from 0) and request_id; each portfolio's runs are stored in stream order. While
+        max_in_flight items or more are read and not yet answered, the server reads no further message (backpressure).
+        An item's error is its result, as in BatchOptimize; a message of more than 1000 requests ends the call with
+        INVALID_ARGUMENT.
+        Cancelling the call (or its deadline) stops it: each run is stored whole or not at all.
+        """
 
     @_abc_1.abstractmethod
     def UpsertConfiguration(
