@@ -348,7 +348,11 @@ class BatchRunner:
         try:
             limit = self._ports.solve_limit(deadline)
             answers = await self._ports.pool.parse_and_run_batch(
-                requests[0].parse, [r.payload for r in requests], time_limit_s=limit, timeout_s=limit
+                requests[0].parse,
+                [r.payload for r in requests],
+                time_limit_s=limit,
+                timeout_s=limit,
+                workloads=[r.workload for r in requests],
             )
         except Exception as exc:
             for k in order:

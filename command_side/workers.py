@@ -39,7 +39,7 @@ import struct
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar, cast
@@ -860,8 +860,12 @@ class SolverPool:
         *,
         time_limit_s: float | None,
         timeout_s: float | None,
+        workloads: Sequence[Workload | None] | None = None,
     ) -> list[BatchAnswer]:
         """Parse, check and solve serialised Optimize requests together in one worker (a batch's chunk).
+
+        With ``workloads`` (one per payload, ``request_workload``) and a heavy pool, the heavy requests run as one
+        chunk in the heavy pool (``route``), beside the others, as in :meth:`run_batch`.
 
         Parameters
         ----------
@@ -887,6 +891,12 @@ class SolverPool:
         DeadlineExceededError, UnavailableError
             As ``run``, for the whole chunk.
         """
+        if self.heavy is not None and workloads is not None:
+            heavy = [self.route(workload) is not self for workload in workloads]
+            if any(heavy):
+                return await self._parse_and_run_split(
+                    parse, payloads, heavy, time_limit_s=time_limit_s, timeout_s=timeout_s
+                )
         answers = await self._call(_parse_and_run_batch, parse, payloads, time_limit_s, timeout_s=timeout_s)
         for command, outcome, _ in answers:
             if command is not None and not isinstance(outcome, Exception):
@@ -896,6 +906,32 @@ class SolverPool:
                 )
                 observe_solve(job, outcome)
         return answers
+
+    async def _parse_and_run_split(
+        self,
+        parse: Callable[[bytes], OptimizeCommand],
+        payloads: list[bytes],
+        heavy: list[bool],
+        *,
+        time_limit_s: float | None,
+        timeout_s: float | None,
+    ) -> list[BatchAnswer]:
+        """``parse_and_run_batch`` with the heavy requests in the heavy pool and the others here, at once, in order."""
+        assert self.heavy is not None
+        light_payloads = [payload for payload, h in zip(payloads, heavy, strict=True) if not h]
+        heavy_payloads = [payload for payload, h in zip(payloads, heavy, strict=True) if h]
+        parts = await asyncio.gather(
+            self.parse_and_run_batch(parse, light_payloads, time_limit_s=time_limit_s, timeout_s=timeout_s)
+            if light_payloads
+            else _nothing(),
+            self.heavy.parse_and_run_batch(parse, heavy_payloads, time_limit_s=time_limit_s, timeout_s=timeout_s),
+            return_exceptions=True,
+        )
+        for part in parts:  # as one call would: the first pool's failure fails the chunk
+            if isinstance(part, BaseException):
+                raise part
+        light_iter, heavy_iter = iter(cast(list[Any], parts[0])), iter(cast(list[Any], parts[1]))
+        return [next(heavy_iter) if h else next(light_iter) for h in heavy]
 
     async def _call(self, function: Callable[..., T], *args: object, timeout_s: float | None) -> T:
         self.pending += 1
