@@ -158,9 +158,14 @@ class ProblemModel:
     has_net_exposure: bool
     multi_objective: MultiObjectiveWeights | None
     """The validated weights with ``Objective.MULTI_OBJECTIVE``, else None."""
+    covariance_cholesky: FloatArray | None = None
+    """Upper Cholesky factor C of Σ (CᵀC = Σ) when the caller has one (``validate_moments``'s proof of positive
+    definiteness), for a backend to reuse instead of factorising Σ again; None otherwise."""
 
     @classmethod
-    def build(cls, problem: PortfolioProblem, moments: Moments) -> ProblemModel:
+    def build(
+        cls, problem: PortfolioProblem, moments: Moments, *, covariance_cholesky: FloatArray | None = None
+    ) -> ProblemModel:
         """Validate ``problem`` and build its constraint families.
 
         Parameters
@@ -169,6 +174,11 @@ class ProblemModel:
             Objective and constraints over N strategies.
         moments : Moments
             Annualised expected returns (N,) and covariance (N, N), validated by the caller.
+        covariance_cholesky : ndarray of shape (N, N), optional
+            Upper Cholesky factor C of exactly this covariance (CᵀC = Σ), as ``validate_moments`` returns it; the
+            active set starts from it instead of factorising Σ. A factor of another matrix does not make an answer
+            wrong (every active-set answer is certified by the KKT conditions on Σ) but sends the problem to the
+            next backend.
 
         Raises
         ------
@@ -245,6 +255,7 @@ class ProblemModel:
             budget=budget,
             has_net_exposure=net is not None,
             multi_objective=mo,
+            covariance_cholesky=covariance_cholesky,
         )
 
     # --- the problem's data ----------------------------------------------------------------------------------------

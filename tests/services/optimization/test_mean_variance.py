@@ -779,6 +779,29 @@ def test_validate_moments_rejects_bad_moments(moments: Moments, field: str, word
     assert words in caught.value.field_violations[0].description
 
 
+def test_validate_moments_returns_the_cholesky_factor_of_an_exactly_symmetric_covariance() -> None:
+    """The proof of positive definiteness is returned for reuse: C upper with CᵀC = Σ (NumPy's L = Cᵀ)."""
+    moments = small_moments()
+    covariance = (moments.covariance + moments.covariance.T) / 2.0  # exactly symmetric
+    factor = validate_moments(Moments(moments.expected_returns, covariance), N_SMALL)
+    assert factor is not None and factor.shape == (N_SMALL, N_SMALL)
+    upper = np.triu(factor)  # the strict lower triangle is left as LAPACK found it
+    np.testing.assert_allclose(upper.T, np.linalg.cholesky(covariance), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(upper.T @ upper, covariance, rtol=0, atol=1e-15)
+    noisy = covariance.copy()
+    noisy[0, 1] *= 1 + 1e-14  # symmetric only to the tolerance: its factor would be of (Σ + Σᵀ)/2
+    assert validate_moments(Moments(moments.expected_returns, noisy), N_SMALL) is None
+    assert validate_moments(with_spectrum([0.04, 0.03, 0.0, 0.0, 0.0]), N_SMALL) is None  # singular PSD
+    returns = np.random.default_rng(5).standard_normal((900, 600))  # N = 600: several blocks of 256
+    large = np.cov(returns, rowvar=False)
+    large = (large + large.T) / 2
+    assert validate_moments(Moments(np.zeros(600), large), 600) is not None
+    skewed = large.copy()
+    skewed[590, 3] += 1e-3  # an asymmetry in an off-diagonal block of the blocked comparison
+    with pytest.raises(InvalidInputError, match="symmetric"):
+        validate_moments(Moments(np.zeros(600), skewed), 600)
+
+
 def test_validate_moments_accepts_psd_and_rounding_noise() -> None:
     validate_moments(small_moments(), N_SMALL)
     validate_moments(with_spectrum([0.04, 0.03, 0.0, 0.0, 0.0]), N_SMALL)  # singular PSD
