@@ -47,6 +47,7 @@ from services.optimization._problem import (
     MultiObjectiveWeights,
     Objective,
     OptimizationResult,
+    PortfolioPerformance,
     PortfolioProblem,
     Relaxation,
 )
@@ -310,7 +311,7 @@ class ProblemModel:
         """F (N, N) with F Fᵀ = Σ (Cholesky, or the eigen-factor of a singular Σ)."""
         return covariance_factor(self.moments.covariance)
 
-    @property
+    @cached_property
     def families(self) -> frozenset[type[Constraint]]:
         """The types of the families present (what a backend's support is checked against)."""
         return frozenset(type(c) for c in self.constraints)
@@ -471,7 +472,10 @@ class ProblemModel:
         Max Sharpe reports (μᵀw − cost − r_f)/σ, max return μᵀw − cost, quadratic utility μᵀw − cost − δ/2·wᵀΣw,
         min volatility the variance wᵀΣw, the multi-objective a·(μᵀw − cost) − b·wᵀΣw − g·Σ|w − w₀| − λ·‖w‖².
         """
-        performance = portfolio_performance(weights, self.moments, self.risk_free_rate)
+        return self._objective_value(weights, portfolio_performance(weights, self.moments, self.risk_free_rate))
+
+    def _objective_value(self, weights: FloatArray, performance: PortfolioPerformance) -> float:
+        """:meth:`objective_value` from the weights' performance (one quadratic form per result, not two)."""
         net_return = performance.expected_return - self.cost(weights)
         variance = performance.volatility**2
         if self.multi_objective is not None:
@@ -541,10 +545,11 @@ class ProblemModel:
         """
         weights = self.snap(raw) if snap else raw
         violations = self.violations(weights) + extra_violations
-        value = self.objective_value(weights) if objective_value is None else objective_value
+        performance = portfolio_performance(weights, self.moments, self.risk_free_rate)
+        value = self._objective_value(weights, performance) if objective_value is None else objective_value
         return OptimizationResult(
             weights=weights,
-            performance=portfolio_performance(weights, self.moments, self.risk_free_rate),
+            performance=performance,
             objective_value=float(value),
             status=status,
             iterations=iterations,
