@@ -14,8 +14,9 @@ Mean-variance chain (``MEAN_VARIANCE_BACKENDS``):
    quadratic utility with the trading families (turnover, per-name caps, costs, leverage, beta) and the linear ones;
 4. ``CONIC``: Clarabel through cvxpy (SCS as its fallback) for every family.
 
-Scenario risk measures (``SCENARIO_BACKENDS``): HiGHS's simplex for the LPs where it was measured faster, then
-Clarabel. A caller (a test, a benchmark) that wants one path passes its own chain as ``backends``.
+Scenario risk measures (``SCENARIO_BACKENDS``): HiGHS's simplex for the LPs where it was measured faster, its
+interior point method for MAD at large N, then Clarabel. A caller (a test, a benchmark) that wants one path passes
+its own chain as ``backends``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from services.optimization._model import ProblemModel
 from services.optimization._problem import Objective, OptimizationResult, PortfolioProblem
 from services.optimization._risk_measures import (
     ScenarioConicBackend,
+    ScenarioInteriorPointBackend,
     ScenarioSimplexBackend,
     ScenarioSpec,
     scenario_spec,
@@ -87,8 +89,9 @@ CONIC = ConicBackend()
 MEAN_VARIANCE_BACKENDS: tuple[Backend, ...] = (ACTIVE_SET, CLARABEL_DIRECT, DENSE_IPM, CONIC)
 """The default mean-variance chain, fastest first."""
 SIMPLEX = ScenarioSimplexBackend()
+HIGHS_IPM = ScenarioInteriorPointBackend()
 SCENARIO_CONIC = ScenarioConicBackend()
-SCENARIO_BACKENDS: tuple[ScenarioBackend, ...] = (SIMPLEX, SCENARIO_CONIC)
+SCENARIO_BACKENDS: tuple[ScenarioBackend, ...] = (SIMPLEX, HIGHS_IPM, SCENARIO_CONIC)
 """The default scenario chain."""
 
 
