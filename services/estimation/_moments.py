@@ -7,6 +7,10 @@ shrinkage from scikit-learn (as PyPortfolioOpt does). The pairwise sample covari
 weighted covariance are computed here with matrix products: they equal ``pandas.DataFrame.cov`` (pairwise
 complete observations) and PyPortfolioOpt's ``exp_cov`` but cost one BLAS product instead of a Python loop over
 the N(N-1)/2 pairs.
+
+Why one module: the estimators and the validation of caller-given moments (``validate_moments``, whose Cholesky
+factor the solvers reuse) share the same conventions (annualisation, symmetry and definiteness tolerances), which
+one place keeps consistent.
 """
 
 from __future__ import annotations
