@@ -184,8 +184,9 @@ def run_optimization(job: OptimizationJob) -> OptimizationOutcome:
     """
     started = time.perf_counter()
     history: ReturnHistory | None = None
+    cholesky: FloatArray | None = None  # validate_moments' proof of positive definiteness, reused by the solver
     if isinstance(job.inputs, Moments):
-        validate_moments(job.inputs, job.problem.n_assets)
+        cholesky = validate_moments(job.inputs, job.problem.n_assets)
         estimated = EstimatedMoments(moments=job.inputs, observations=0, missing_data_policy="NONE")
     else:
         history = job.inputs
@@ -224,7 +225,8 @@ def run_optimization(job: OptimizationJob) -> OptimizationOutcome:
                 time_limit_s=remaining(),
             )
         if spec.method in (Method.MEAN_VARIANCE, Method.BLACK_LITTERMAN):
-            return optimize_mean_variance(p, moments, time_limit_s=remaining())
+            factor = cholesky if moments is job.inputs else None  # not the posterior's Σ
+            return optimize_mean_variance(p, moments, time_limit_s=remaining(), covariance_cholesky=factor)
         if spec.method is Method.RISK_PARITY:
             solved = risk_budgeting(moments.covariance, spec.risk_budgets)
             return _closed_result(

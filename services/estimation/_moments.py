@@ -7,6 +7,10 @@ shrinkage from scikit-learn (as PyPortfolioOpt does). The pairwise sample covari
 weighted covariance are computed here with matrix products: they equal ``pandas.DataFrame.cov`` (pairwise
 complete observations) and PyPortfolioOpt's ``exp_cov`` but cost one BLAS product instead of a Python loop over
 the N(N-1)/2 pairs.
+
+Why one module: the estimators and the validation of caller-given moments (``validate_moments``, whose Cholesky
+factor the solvers reuse) share the same conventions (annualisation, symmetry and definiteness tolerances), which
+one place keeps consistent.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import warnings
 import numpy as np
 import pandas as pd
 from pypfopt import expected_returns as pypfopt_returns
+from scipy.linalg import lapack
 from sklearn.covariance import ledoit_wolf
 
 from services.errors import InvalidInputError
@@ -350,7 +355,21 @@ def _pypfopt_expected_returns(
     return np.asarray(mu, dtype=np.float64)
 
 
-def validate_moments(moments: Moments, n_assets: int) -> None:
+def _exactly_symmetric(matrix: FloatArray, block: int = 256) -> bool:
+    """Whether a square matrix equals its transpose bit for bit, compared block by block.
+
+    Tiles of ``block`` × ``block`` against the transposed tile: a cache-friendly single pass, about half the time
+    of ``np.array_equal(matrix, matrix.T)`` at N = 2000, and no N × N temporary.
+    """
+    n = matrix.shape[0]
+    for i in range(0, n, block):
+        for j in range(i, n, block):
+            if not np.array_equal(matrix[i : i + block, j : j + block], matrix[j : j + block, i : i + block].T):
+                return False
+    return True
+
+
+def validate_moments(moments: Moments, n_assets: int) -> FloatArray | None:
     """Check shapes, finiteness, symmetry and positive semidefiniteness of caller-given moments.
 
     Parameters
@@ -359,6 +378,14 @@ def validate_moments(moments: Moments, n_assets: int) -> None:
         Expected returns (N,) and covariance (N, N).
     n_assets : int
         N, the number of strategies.
+
+    Returns
+    -------
+    ndarray of shape (N, N) or None
+        The proof of positive definiteness when it is one that a solver can reuse: the upper Cholesky factor C
+        (CᵀC = Σ, Fortran order, LAPACK ``dpotrf``; the strict lower triangle is not cleared) of a covariance
+        that is exactly symmetric. None when Σ is symmetric only to the tolerance (the factor would be of
+        (Σ + Σᵀ)/2) or only semidefinite (proved by its eigenvalues).
 
     Raises
     ------
@@ -378,27 +405,32 @@ def validate_moments(moments: Moments, n_assets: int) -> None:
     if not np.all(np.isfinite(sigma)):
         i, j = np.argwhere(~np.isfinite(sigma))[0]
         raise InvalidInputError.for_field(f"covariance[{i}, {j}]", "must be finite")
-    scale = max(float(np.max(np.abs(sigma))), 1e-300)
-    asymmetry = np.abs(sigma - sigma.T)  # one pass (np.allclose built four N×N temporaries: 36 ms at N = 2000)
-    if float(asymmetry.max()) > 1e-10 * scale:
-        i, j = np.unravel_index(int(np.argmax(asymmetry)), sigma.shape)
-        raise InvalidInputError.for_field("covariance", f"is not symmetric: entry ({i},{j}) differs from ({j},{i})")
+    exact = _exactly_symmetric(sigma)
+    if not exact:
+        scale = max(float(np.max(np.abs(sigma))), 1e-300)
+        asymmetry = np.abs(sigma - sigma.T)  # one pass (np.allclose built four N×N temporaries: 36 ms at N = 2000)
+        if float(asymmetry.max()) > 1e-10 * scale:
+            i, j = np.unravel_index(int(np.argmax(asymmetry)), sigma.shape)
+            raise InvalidInputError.for_field("covariance", f"is not symmetric: entry ({i},{j}) differs from ({j},{i})")
     flat = np.flatnonzero(np.diag(sigma) <= 0.0)
     if flat.size:
         raise InvalidInputError.for_field(
             f"covariance[{int(flat[0])}, {int(flat[0])}]", "every variance (diagonal entry) must be positive"
         )
-    symmetric = (sigma + sigma.T) / 2.0
-    try:  # a Cholesky factor proves positive definiteness at a fraction of an eigendecomposition's cost
-        np.linalg.cholesky(symmetric)
-        return
-    except np.linalg.LinAlgError:
-        pass
+    symmetric = sigma if exact else (sigma + sigma.T) / 2.0
+    # A Cholesky factor proves positive definiteness at a fraction of an eigendecomposition's cost. The transpose of
+    # the C-ordered Σ is the Fortran array LAPACK reads (its upper triangle is Σ's lower one, as np.linalg.cholesky
+    # reads); the input is copied, not overwritten.
+    factor, info = lapack.dpotrf(symmetric.T, lower=0, clean=0, overwrite_a=0)
+    if info == 0:
+        return np.asarray(factor, dtype=np.float64) if exact else None
+    scale = max(float(np.max(np.abs(sigma))), 1e-300)
     smallest = float(np.linalg.eigvalsh(symmetric)[0])
     if smallest < -1e-10 * scale:
         raise InvalidInputError.for_field(
             "covariance", f"is not positive semidefinite (smallest eigenvalue {smallest:.3g})"
         )
+    return None
 
 
 def estimate_moments(history: ReturnHistory, settings: EstimationSettings) -> EstimatedMoments:

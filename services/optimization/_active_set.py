@@ -201,6 +201,31 @@ class _Problem:
             coupling=float(diag.mean()),
         )
 
+    def seed(self, cholesky: FloatArray | None) -> None:
+        """Take the caller's upper Cholesky factor C of the whole Σ (CᵀC = Σ) as the base factorisation.
+
+        The first partition (every name free) is then solved exactly with C, neither factorised again nor solved
+        in single precision. Below ``ROUGH_MIN_SIZE`` the factor must pass the ``dpocon`` test of a new one
+        (``RCOND_MIN``); at or above it the whole Σ is never condition-tested either way (today's path solves it
+        in single precision and refines), and the estimate would cost a third of the factorisation saved. A
+        factor of the wrong shape is ignored.
+        """
+        n = self.mu.size
+        if cholesky is None or cholesky.shape != (n, n):
+            return
+        factor = np.asarray(cholesky, dtype=np.float64)
+        if n < ROUGH_MIN_SIZE:
+            rcond, info = lapack.dpocon(factor, float(np.abs(self.sigma).sum(axis=0).max()))
+            if info != 0 or not float(rcond) >= RCOND_MIN:
+                return
+        every = np.arange(n)
+        self.base = _Factor(free=every, factor=factor, position=every)
+
+    def _exact_base(self, free: NDArray[np.intp]) -> bool:
+        """Whether the base factorisation is of exactly this free set (its solve is then two triangular solves)."""
+        base = self.base
+        return base is not None and base.free.size == free.size and bool(np.array_equal(base.free, free))
+
     def line(self, state: IntArray) -> _Line | None:
         """The critical line of the partition ``state`` (−1 lower, +1 upper, 0 free); None if Σ_FF is not usable.
 
@@ -222,7 +247,7 @@ class _Problem:
             sigma_fixed = fixed[nonzero] @ self.sigma[nonzero] if nonzero.size else np.zeros(n)
         rhs = np.column_stack((self.mu[free], np.ones(free.size), sigma_fixed[free]))
         self.factorisations += 1
-        rough = self.rough and free.size >= ROUGH_MIN_SIZE
+        rough = self.rough and free.size >= ROUGH_MIN_SIZE and not self._exact_base(free)
         solved = self._solve_rough(free, rhs) if rough else self._solve(free, rhs)
         if solved is None or not np.all(np.isfinite(solved)):
             return None
@@ -672,7 +697,11 @@ def _solve_qp(data: _Problem, lam: float, state: IntArray) -> _Solved | None:
 
 
 def _prepare(
-    covariance: FloatArray, expected_returns: FloatArray, lower: FloatArray, upper: FloatArray
+    covariance: FloatArray,
+    expected_returns: FloatArray,
+    lower: FloatArray,
+    upper: FloatArray,
+    cholesky: FloatArray | None = None,
 ) -> _Problem | None:
     sigma = np.ascontiguousarray(covariance, dtype=np.float64)
     mu = np.asarray(expected_returns, dtype=np.float64)
@@ -684,7 +713,9 @@ def _prepare(
     finite = all(bool(np.all(np.isfinite(x))) for x in (sigma, mu, lo, hi))
     if not finite or np.any(lo > hi) or lo.sum() > 1.0 or hi.sum() < 1.0 or float(np.diag(sigma).min()) <= 0.0:
         return None
-    return _Problem.of(sigma, mu, lo, hi)
+    data = _Problem.of(sigma, mu, lo, hi)
+    data.seed(cholesky)
+    return data
 
 
 def solve_qp(
@@ -693,6 +724,8 @@ def solve_qp(
     lower: FloatArray,
     upper: FloatArray,
     risk_tolerance: float = 0.0,
+    *,
+    cholesky: FloatArray | None = None,
 ) -> ActiveSetSolution | None:
     """Minimise ½ wᵀΣw − λ μᵀw subject to 1ᵀw = 1 and l ≤ w ≤ u exactly (active set, certified by KKT).
 
@@ -706,6 +739,10 @@ def solve_qp(
         Finite weight bounds with l ≤ u and Σl ≤ 1 ≤ Σu; l may be negative (short positions).
     risk_tolerance : float
         λ ≥ 0: 0 for the minimum variance portfolio, 1/δ for the quadratic utility μᵀw − δ/2 wᵀΣw.
+    cholesky : ndarray of shape (N, N), optional
+        Upper Cholesky factor C of Σ (CᵀC = Σ, LAPACK ``dpotrf`` with ``lower=0``), e.g. the one
+        ``validate_moments`` returns: the first partition (every name free) is solved with it instead of a new
+        factorisation. The answer is certified on Σ whatever the factor.
 
     Returns
     -------
@@ -721,7 +758,7 @@ def solve_qp(
     precision for the first, large ones; Schur-complement updates for small changes to a large free set), and
     O(N·|F|) products per partition.
     """
-    data = _prepare(covariance, expected_returns, lower, upper)
+    data = _prepare(covariance, expected_returns, lower, upper, cholesky)
     if data is None or not np.isfinite(risk_tolerance) or risk_tolerance < 0.0:
         return None
     state = np.zeros(data.mu.size, dtype=np.int8)
@@ -771,6 +808,8 @@ def solve_max_sharpe(
     lower: FloatArray,
     upper: FloatArray,
     risk_free_rate: float = 0.0,
+    *,
+    cholesky: FloatArray | None = None,
 ) -> ActiveSetSolution | None:
     """Maximise (μᵀw − r_f) / sqrt(wᵀΣw) subject to 1ᵀw = 1 and l ≤ w ≤ u exactly (certified by KKT).
 
@@ -784,6 +823,8 @@ def solve_max_sharpe(
         Finite weight bounds with l ≤ u and Σl ≤ 1 ≤ Σu (l may be negative).
     risk_free_rate : float
         r_f (annualised, decimal); some feasible portfolio must have μᵀw > r_f.
+    cholesky : ndarray of shape (N, N), optional
+        Upper Cholesky factor of Σ to start from (see ``solve_qp``).
 
     Returns
     -------
@@ -798,7 +839,7 @@ def solve_max_sharpe(
     ``solve_qp``'s method at each λ, warm-started from the previous partition. The result is certified by the KKT
     conditions of the QP at λ = wᵀΣw / (μᵀw − r_f), which are those of the Sharpe ratio's maximum.
     """
-    data = _prepare(covariance, expected_returns, lower, upper)
+    data = _prepare(covariance, expected_returns, lower, upper, cholesky)
     if data is None or not np.isfinite(risk_free_rate) or np.all(data.pinned):
         return None
     excess = data.mu - float(risk_free_rate)
@@ -900,8 +941,9 @@ class ActiveSetBackend:
 def solve_model(model: ProblemModel) -> ActiveSetSolution | None:
     """The active set's certified solution of a supported model, or None (not certified)."""
     args = (model.covariance, model.expected_returns, model.lower, model.upper)
+    cholesky = model.covariance_cholesky
     if model.objective is Objective.MAX_SHARPE:
-        return solve_max_sharpe(*args, risk_free_rate=model.risk_free_rate)
+        return solve_max_sharpe(*args, risk_free_rate=model.risk_free_rate, cholesky=cholesky)
     if model.objective is Objective.MAX_QUADRATIC_UTILITY:
-        return solve_qp(*args, risk_tolerance=1.0 / model.problem.risk_aversion)
-    return solve_qp(*args)
+        return solve_qp(*args, risk_tolerance=1.0 / model.problem.risk_aversion, cholesky=cholesky)
+    return solve_qp(*args, cholesky=cholesky)

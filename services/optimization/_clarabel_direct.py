@@ -183,24 +183,26 @@ def build_program(model: ProblemModel) -> ConicProgram:
     sharpe = model.objective is Objective.MAX_SHARPE
     # Each dense row: its coefficients a on w (N,) and right-hand side c, for aᵀw ≤ c or aᵀw = c. For max Sharpe
     # the row reads aᵀy − cκ ≤ 0 (κ coefficient −c, b = 0), except (μ − r_f)ᵀy = 1 (see κ's column below).
-    equalities: list[tuple[FloatArray, float]] = []
-    inequalities: list[tuple[FloatArray, float]] = []
+    blocks = [family.rows(model) for family in model.constraints if not isinstance(family, Bounds)]
+    assert all(rows is not None for rows in blocks)  # every supported family has rows
+    dense = [rows for rows in blocks if rows is not None]
+    matrix = np.vstack([rows.matrix for rows in dense]) if dense else np.empty((0, n))
+    low = np.concatenate([rows.lower for rows in dense]) if dense else np.empty(0)
+    high = np.concatenate([rows.upper for rows in dense]) if dense else np.empty(0)
+    equal = low == high
+    eq_matrix, eq_rhs = matrix[equal], high[equal]
     if sharpe:
-        equalities.append((model.excess_returns, 1.0))
-    for family in model.constraints:
-        if isinstance(family, Bounds):
-            continue  # the box rows, below
-        rows = family.rows(model)
-        assert rows is not None  # every supported family has rows
-        for a, low, high in zip(rows.matrix, rows.lower, rows.upper, strict=True):
-            if low == high:
-                equalities.append((a, float(high)))
-                continue
-            if np.isfinite(low):
-                inequalities.append((-a, -float(low)))
-            if np.isfinite(high):
-                inequalities.append((a, float(high)))
-    n_eq, n_dense = len(equalities), len(inequalities)
+        eq_matrix = np.vstack((model.excess_returns, eq_matrix))
+        eq_rhs = np.concatenate(([1.0], eq_rhs))
+    # A row's ≥ side (−aᵀw ≤ −low) then its ≤ side (aᵀw ≤ high), where finite, in the order of the rows.
+    signed = np.empty((2 * matrix.shape[0], n))
+    signed[0::2], signed[1::2] = -matrix, matrix
+    rhs = np.empty(2 * matrix.shape[0])
+    rhs[0::2], rhs[1::2] = -low, high
+    kept = np.empty(rhs.size, dtype=bool)
+    kept[0::2], kept[1::2] = ~equal & np.isfinite(low), ~equal & np.isfinite(high)
+    ineq_matrix, ineq_rhs = signed[kept], rhs[kept]
+    n_eq, n_dense = eq_rhs.size, ineq_rhs.size
     m = n_eq + 2 * n + n_dense + (1 if sharpe else 0)
     n_vars = n + 1 if sharpe else n
     # Columns of w, all with the same n_eq + 2 + n_dense entries (rows in increasing order); zeros dropped below.
@@ -212,16 +214,12 @@ def build_program(model: ProblemModel) -> ConicProgram:
     index[:, n_eq] = n_eq + arange
     index[:, n_eq + 1] = n_eq + n + arange
     index[:, n_eq + 2 :] = n_eq + 2 * n + np.arange(n_dense)
-    if n_eq:
-        data[:, :n_eq] = np.column_stack([coefficients for coefficients, _ in equalities])
+    data[:, :n_eq] = eq_matrix.T
     data[:, n_eq] = -1.0
     data[:, n_eq + 1] = 1.0
-    if n_dense:
-        data[:, n_eq + 2 :] = np.column_stack([coefficients for coefficients, _ in inequalities])
+    data[:, n_eq + 2 :] = ineq_matrix.T
     lower, upper = model.lower, model.upper
-    constant = np.concatenate(
-        ([rhs for _, rhs in equalities], -lower, upper, [rhs for _, rhs in inequalities], [0.0] if sharpe else [])
-    )
+    constant = np.concatenate((eq_rhs, -lower, upper, ineq_rhs, [0.0] if sharpe else []))
     # Explicit zeros (non-members of a group, a zero μ_i) would be structural entries of the KKT system: dropped.
     keep = data != 0.0
     index_flat, data_flat = index[keep], data[keep]  # row-major over (column, entry): column by column

@@ -431,6 +431,7 @@ class GroupLimits(Constraint):
         if not limits:
             return None
         schemes = dict(classifications)
+        label_arrays: dict[str, NDArray[np.str_]] = {}  # each scheme's labels as one array, compared per limit
         groups = []
         for k, group_limit in enumerate(limits):
             if group_limit.scheme:
@@ -443,7 +444,9 @@ class GroupLimits(Constraint):
                 labels = schemes[group_limit.scheme]
             else:
                 labels = sectors
-            members = np.array([1.0 if s == group_limit.sector else 0.0 for s in labels])
+            if group_limit.scheme not in label_arrays:
+                label_arrays[group_limit.scheme] = np.asarray(labels, dtype=np.str_)
+            members = (label_arrays[group_limit.scheme] == group_limit.sector).astype(np.float64)
             if not members.any():
                 where = f"scheme '{group_limit.scheme}'" if group_limit.scheme else "sector"
                 raise InvalidInputError.for_field(

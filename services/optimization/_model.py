@@ -47,6 +47,7 @@ from services.optimization._problem import (
     MultiObjectiveWeights,
     Objective,
     OptimizationResult,
+    PortfolioPerformance,
     PortfolioProblem,
     Relaxation,
 )
@@ -158,9 +159,14 @@ class ProblemModel:
     has_net_exposure: bool
     multi_objective: MultiObjectiveWeights | None
     """The validated weights with ``Objective.MULTI_OBJECTIVE``, else None."""
+    covariance_cholesky: FloatArray | None = None
+    """Upper Cholesky factor C of Σ (CᵀC = Σ) when the caller has one (``validate_moments``'s proof of positive
+    definiteness), for a backend to reuse instead of factorising Σ again; None otherwise."""
 
     @classmethod
-    def build(cls, problem: PortfolioProblem, moments: Moments) -> ProblemModel:
+    def build(
+        cls, problem: PortfolioProblem, moments: Moments, *, covariance_cholesky: FloatArray | None = None
+    ) -> ProblemModel:
         """Validate ``problem`` and build its constraint families.
 
         Parameters
@@ -169,6 +175,11 @@ class ProblemModel:
             Objective and constraints over N strategies.
         moments : Moments
             Annualised expected returns (N,) and covariance (N, N), validated by the caller.
+        covariance_cholesky : ndarray of shape (N, N), optional
+            Upper Cholesky factor C of exactly this covariance (CᵀC = Σ), as ``validate_moments`` returns it; the
+            active set starts from it instead of factorising Σ. A factor of another matrix does not make an answer
+            wrong (every active-set answer is certified by the KKT conditions on Σ) but sends the problem to the
+            next backend.
 
         Raises
         ------
@@ -245,6 +256,7 @@ class ProblemModel:
             budget=budget,
             has_net_exposure=net is not None,
             multi_objective=mo,
+            covariance_cholesky=covariance_cholesky,
         )
 
     # --- the problem's data ----------------------------------------------------------------------------------------
@@ -299,7 +311,7 @@ class ProblemModel:
         """F (N, N) with F Fᵀ = Σ (Cholesky, or the eigen-factor of a singular Σ)."""
         return covariance_factor(self.moments.covariance)
 
-    @property
+    @cached_property
     def families(self) -> frozenset[type[Constraint]]:
         """The types of the families present (what a backend's support is checked against)."""
         return frozenset(type(c) for c in self.constraints)
@@ -460,7 +472,10 @@ class ProblemModel:
         Max Sharpe reports (μᵀw − cost − r_f)/σ, max return μᵀw − cost, quadratic utility μᵀw − cost − δ/2·wᵀΣw,
         min volatility the variance wᵀΣw, the multi-objective a·(μᵀw − cost) − b·wᵀΣw − g·Σ|w − w₀| − λ·‖w‖².
         """
-        performance = portfolio_performance(weights, self.moments, self.risk_free_rate)
+        return self._objective_value(weights, portfolio_performance(weights, self.moments, self.risk_free_rate))
+
+    def _objective_value(self, weights: FloatArray, performance: PortfolioPerformance) -> float:
+        """:meth:`objective_value` from the weights' performance (one quadratic form per result, not two)."""
         net_return = performance.expected_return - self.cost(weights)
         variance = performance.volatility**2
         if self.multi_objective is not None:
@@ -530,10 +545,11 @@ class ProblemModel:
         """
         weights = self.snap(raw) if snap else raw
         violations = self.violations(weights) + extra_violations
-        value = self.objective_value(weights) if objective_value is None else objective_value
+        performance = portfolio_performance(weights, self.moments, self.risk_free_rate)
+        value = self._objective_value(weights, performance) if objective_value is None else objective_value
         return OptimizationResult(
             weights=weights,
-            performance=portfolio_performance(weights, self.moments, self.risk_free_rate),
+            performance=performance,
             objective_value=float(value),
             status=status,
             iterations=iterations,

@@ -262,6 +262,37 @@ class ScenarioSimplexBackend:
         return _result(model, spec, program, cvx_problem, outcome, started, self.solve_path)
 
 
+class ScenarioInteriorPointBackend:
+    """HiGHS's interior point method (with its crossover to a basic solution) on the MAD LP above QDLDL_MAX_ASSETS.
+
+    MAD's LP has T dense rows over N weights. Measured on this project's 2-core machine under load from other
+    work (T = 756, min risk, cvxpy build included, the same runs): at N = 500 HiGHS's IPM took 2.2 s (0.74 s of
+    CPU) against 3.4 s (1.7 s) for Clarabel at the engine's 1e-10; at N = 2000 17.5 s (4.0 s of CPU) against
+    129 s for Clarabel. The crossover ends at a vertex, exact to HiGHS's 1e-7 feasibility and optimality
+    tolerances like the simplex (the N = 500 optimum agreed with Clarabel's to 4e-10 relative, and was lower).
+    The dual simplex (``ScenarioSimplexBackend``) took 46.7 s at N = 500.
+    """
+
+    solve_path = "HIGHS_IPM"
+
+    def supports(self, model: ProblemModel, spec: ScenarioSpec) -> bool:
+        """MAD above ``QDLDL_MAX_ASSETS``, without a cone or cardinality."""
+        if spec.risk_measure is not RiskMeasure.MAD or model.n_assets <= QDLDL_MAX_ASSETS:
+            return False
+        return not any(family.conic for family in model.constraints) and model.cardinality is None
+
+    def solve(
+        self, model: ProblemModel, spec: ScenarioSpec, *, started: float, time_limit_s: float | None
+    ) -> OptimizationResult | None:
+        """The optimum from HiGHS's IPM, or None when it does not end optimal (the next backend answers)."""
+        program = measure_program(model, spec)
+        cvx_problem = cp.Problem(cp.Minimize(program.objective), program.constraints)
+        outcome = solve_highs(cvx_problem, started=started, time_limit_s=time_limit_s, highs_options={"solver": "ipm"})
+        if outcome is None:
+            return None
+        return _result(model, spec, program, cvx_problem, outcome, started, self.solve_path)
+
+
 class ScenarioConicBackend:
     """Clarabel (SCS as the fallback) on the scenario program: every measure, with the cones."""
 

@@ -168,12 +168,24 @@ def solve_program(
     return SolveOutcome("OPTIMAL" if status == cp.OPTIMAL else "OPTIMAL_INACCURATE", solver, fallback_used)
 
 
-def solve_highs(cvx_problem: cp.Problem, *, started: float, time_limit_s: float | None) -> SolveOutcome | None:
-    """Solve an LP with HiGHS; None when it does not end optimal (the caller then uses Clarabel)."""
+def solve_highs(
+    cvx_problem: cp.Problem,
+    *,
+    started: float,
+    time_limit_s: float | None,
+    highs_options: dict[str, str] | None = None,
+) -> SolveOutcome | None:
+    """Solve an LP with HiGHS; None when it does not end optimal (the caller then uses Clarabel).
+
+    ``highs_options`` are HiGHS's own options (e.g. ``{"solver": "ipm"}`` for its interior point method, which
+    ends with a crossover to a basic solution); by default HiGHS chooses (the dual simplex on these LPs).
+    """
     remaining = None if time_limit_s is None else time_limit_s - (time.perf_counter() - started)
     if remaining is not None and remaining <= 0:
         return None
-    options: dict[str, float] = {} if remaining is None else {"time_limit": remaining}
+    options: dict[str, object] = {} if remaining is None else {"time_limit": remaining}
+    if highs_options:
+        options["highs_options"] = dict(highs_options)
     try:
         cvx_problem.solve(solver="HIGHS", **options)  # type: ignore[no-untyped-call]
     except cp.error.SolverError:

@@ -72,6 +72,51 @@ def test_moments_input_and_history_input_give_the_same_portfolio(
     assert from_history.total_time_ms >= from_history.result.solve_time_ms > 0.0
 
 
+@pytest.mark.parametrize("objective", [Objective.MIN_VOLATILITY, Objective.MAX_SHARPE])
+def test_moments_input_hands_the_validation_cholesky_factor_to_the_active_set(
+    sp500_returns: pd.DataFrame, objective: Objective, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run_optimization`` passes ``validate_moments``' factor on: Σ is not factorised twice, the answer unchanged.
+
+    Truth: PyPortfolioOpt's answer on the same moments (to its solver's tolerance) and the engine's own answer
+    without the factor (``optimize_mean_variance``, to 1e-12).
+    """
+    from services.optimization import _active_set, objective_value_of, optimize_mean_variance
+
+    tickers = list(sp500_returns.columns)
+    problem = long_only(objective, tickers, risk_free_rate=0.02)
+    moments = Moments(
+        expected_returns=expected_returns.mean_historical_return(sp500_returns, returns_data=True).to_numpy(),
+        covariance=risk_models.sample_cov(sp500_returns, returns_data=True).to_numpy(),
+    )
+    moments = Moments(moments.expected_returns, (moments.covariance + moments.covariance.T) / 2)
+    seen: list[bool] = []
+    real_seed = _active_set._Problem.seed
+
+    def seed(self: _active_set._Problem, cholesky: np.ndarray | None) -> None:
+        seen.append(cholesky is not None)
+        real_seed(self, cholesky)
+
+    monkeypatch.setattr(_active_set._Problem, "seed", seed)
+    outcome = run_optimization(OptimizationJob(problem=problem, inputs=moments, settings=EstimationSettings()))
+    assert seen == [True] and outcome.result.solve_path == "ACTIVE_SET"
+    plain = optimize_mean_variance(problem, moments)
+    np.testing.assert_allclose(outcome.result.weights, plain.weights, rtol=0.0, atol=1e-12)
+    frontier = EfficientFrontier(
+        pd.Series(moments.expected_returns), pd.DataFrame(moments.covariance), weight_bounds=(0.0, 0.35)
+    )
+    if objective is Objective.MAX_SHARPE:
+        frontier.max_sharpe(risk_free_rate=0.02)
+    else:
+        frontier.min_volatility()
+    reference = np.array(list(frontier.clean_weights(cutoff=0.0, rounding=None).values()))
+    ours, theirs = outcome.result.objective_value, objective_value_of(reference, problem, moments)
+    if objective is Objective.MAX_SHARPE:  # the exact answer is never worse than the library's solver
+        assert theirs - 1e-12 <= ours <= theirs * (1 + 1e-6)
+    else:
+        assert theirs * (1 - 1e-6) <= ours <= theirs + 1e-12
+
+
 def test_missing_data_history_reports_pairwise_and_the_rows_observed(
     stock_prices: pd.DataFrame, stock_returns: pd.DataFrame
 ) -> None:

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from pypfopt import EfficientFrontier, expected_returns, risk_models
 
+from services.estimation import validate_moments
 from services.optimization import (
     ACTIVE_SET,
     CONIC,
@@ -313,6 +314,87 @@ def test_single_precision_proposals_give_the_double_precision_answer(
         for a, b in zip(exact, mixed, strict=True):
             assert a is not None and b is not None
             np.testing.assert_allclose(a.weights, b.weights, atol=1e-10)
+
+
+@pytest.mark.parametrize("n", [60, 800])  # below and above ROUGH_MIN_SIZE
+def test_the_validation_cholesky_factor_is_reused_and_changes_nothing(n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``validate_moments``' factor the whole Σ is never factorised again, and the answers are the same.
+
+    Truth: the answers without the factor (to 1e-12), the KKT conditions checked here, and at N = 60 the cvxpy +
+    Clarabel path. Cases: long-only, capped (names at both bounds) and pinned names (the first free set is then
+    not the factor's: a Schur update or a new factorisation).
+    """
+    moments = random_moments(n, 31, factor=True)
+    cholesky = validate_moments(moments, n)
+    assert cholesky is not None
+    pinned_upper = np.full(n, 3.0 / n)
+    pinned_upper[:3] = 0.0
+    cases = [(0.0, 1.0), (0.0, 3.0 / n), (np.zeros(n), pinned_upper)]
+    sizes: list[int] = []
+    real_factorise, real_rough = fast_qp._Problem._factorise, fast_qp._Problem._solve_rough
+
+    def factorise(self: fast_qp._Problem, free: np.ndarray) -> object:
+        sizes.append(free.size)
+        return real_factorise(self, free)
+
+    def rough(self: fast_qp._Problem, free: np.ndarray, rhs: np.ndarray) -> object:
+        sizes.append(free.size)
+        return real_rough(self, free, rhs)
+
+    for objective in OBJECTIVES:
+        for lower, upper in cases:
+            problem = problem_of(objective, n, lower, upper)
+            plain = optimize_mean_variance(problem, moments)
+            sizes.clear()
+            with monkeypatch.context() as patch:
+                patch.setattr(fast_qp._Problem, "_factorise", factorise)
+                patch.setattr(fast_qp._Problem, "_solve_rough", rough)
+                seeded = optimize_mean_variance(problem, moments, covariance_cholesky=cholesky)
+            assert n not in sizes
+            assert seeded.solve_path == plain.solve_path == "ACTIVE_SET"
+            np.testing.assert_allclose(seeded.weights, plain.weights, rtol=0, atol=1e-12)
+            assert seeded.objective_value == pytest.approx(plain.objective_value, rel=1e-12)
+            assert_kkt(problem, moments, seeded.weights)
+            if n <= 100:
+                reference = conic(problem, moments, monkeypatch)
+                assert seeded.objective_value == pytest.approx(reference.objective_value, rel=OBJECTIVE_RTOL)
+
+
+def test_a_factor_of_another_matrix_cannot_make_an_answer_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The factor only seeds the iteration: a wrong one still ends in a KKT-certified answer (or the next path)."""
+    moments = random_moments(40, 5, factor=True)
+    other = random_moments(40, 6, factor=True)
+    wrong = validate_moments(other, 40)
+    assert wrong is not None
+    for objective in OBJECTIVES:
+        for upper in (1.0, 0.1):
+            problem = problem_of(objective, 40, 0.0, upper)
+            result = optimize_mean_variance(problem, moments, covariance_cholesky=wrong)
+            reference = conic(problem, moments, monkeypatch)
+            assert result.objective_value == pytest.approx(reference.objective_value, rel=OBJECTIVE_RTOL)
+            if result.solve_path == "ACTIVE_SET":
+                assert_kkt(problem, moments, result.weights)
+    # A budget-only min volatility settles on the first partition (every name free): the wrong factor's answer
+    # fails the certificate and the direct Clarabel path answers.
+    problem = problem_of(Objective.MIN_VOLATILITY, 40, -1.0, 1.0)
+    result = optimize_mean_variance(problem, moments, covariance_cholesky=wrong)
+    assert result.solve_path != "ACTIVE_SET"
+    assert result.objective_value == pytest.approx(conic(problem, moments, monkeypatch).objective_value, rel=1e-7)
+
+
+def test_an_ill_conditioned_covariance_is_refused_with_or_without_its_factor() -> None:
+    """Below ROUGH_MIN_SIZE the validation factor passes the same condition test as a new factorisation."""
+    duplicated = random_moments(20, 4)
+    cov = duplicated.covariance.copy()
+    cov[1, :] = cov[0, :]
+    cov[:, 1] = cov[:, 0]
+    cov[1, 1] = cov[0, 0] * (1 + 1e-13)
+    near = Moments(expected_returns=duplicated.expected_returns, covariance=cov)
+    cholesky = validate_moments(near, 20)
+    assert cholesky is not None  # positive definite, but cond(Σ) ≈ 1e13
+    args = (near.covariance, near.expected_returns, np.zeros(20), np.ones(20))
+    assert fast_qp.solve_qp(*args) is None
+    assert fast_qp.solve_qp(*args, cholesky=cholesky) is None
 
 
 # --- PyPortfolioOpt ----------------------------------------------------------------------------------------------

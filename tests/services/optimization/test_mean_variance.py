@@ -28,6 +28,7 @@ from services.optimization import (
     PortfolioProblem,
     SectorLimit,
     check_constraints,
+    max_achievable_return,
     optimize_mean_variance,
 )
 from services.types import EstimationSettings, Moments
@@ -728,6 +729,33 @@ def test_sector_limit_on_an_unknown_sector_is_invalid(
     assert status_code(caught.value) is grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_max_achievable_return_equals_scipy_linprog(seed: int) -> None:
+    """The greedy closed form (vectorised) against HiGHS on the LP max μᵀw s.t. l ≤ w ≤ u, low ≤ 1ᵀw ≤ high.
+
+    Cases: long-only, caps, shorts, ties in μ, non-positive μ that the budget's low end forces in, zero spans
+    (pinned names) and net exposure bounds.
+    """
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 60))
+    mu = np.round(rng.normal(0.02 if seed % 3 else -0.05, 0.1, n), 2)  # rounded: ties
+    lower = np.where(rng.random(n) < 0.3, -rng.uniform(0.0, 0.2, n), 0.0) if seed % 2 else np.zeros(n)
+    upper = lower + np.where(rng.random(n) < 0.1, 0.0, rng.uniform(0.01, 3.0 / n + 0.05, n))
+    low, high = [(1.0, 1.0), (0.5, 1.2), (0.9, np.inf), (-np.inf, 0.8)][seed % 4]
+    low, high = max(low, float(lower.sum())), min(high, float(upper.sum()))
+    if low > high:
+        low = high
+    solution = linprog(
+        -mu,
+        A_ub=np.vstack((np.ones(n), -np.ones(n))),
+        b_ub=np.array([high, -low]),
+        bounds=list(zip(lower, upper, strict=True)),
+        method="highs",
+    )
+    assert solution.status == 0
+    assert max_achievable_return(mu, lower, upper, (low, high)) == pytest.approx(-solution.fun, rel=1e-9, abs=1e-12)
+
+
 # --- validate_moments --------------------------------------------------------------------------------------------
 
 N_SMALL = 5
@@ -777,6 +805,29 @@ def test_validate_moments_rejects_bad_moments(moments: Moments, field: str, word
         validate_moments(moments, N_SMALL)
     assert [v.field for v in caught.value.field_violations] == [field]
     assert words in caught.value.field_violations[0].description
+
+
+def test_validate_moments_returns_the_cholesky_factor_of_an_exactly_symmetric_covariance() -> None:
+    """The proof of positive definiteness is returned for reuse: C upper with CᵀC = Σ (NumPy's L = Cᵀ)."""
+    moments = small_moments()
+    covariance = (moments.covariance + moments.covariance.T) / 2.0  # exactly symmetric
+    factor = validate_moments(Moments(moments.expected_returns, covariance), N_SMALL)
+    assert factor is not None and factor.shape == (N_SMALL, N_SMALL)
+    upper = np.triu(factor)  # the strict lower triangle is left as LAPACK found it
+    np.testing.assert_allclose(upper.T, np.linalg.cholesky(covariance), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(upper.T @ upper, covariance, rtol=0, atol=1e-15)
+    noisy = covariance.copy()
+    noisy[0, 1] *= 1 + 1e-14  # symmetric only to the tolerance: its factor would be of (Σ + Σᵀ)/2
+    assert validate_moments(Moments(moments.expected_returns, noisy), N_SMALL) is None
+    assert validate_moments(with_spectrum([0.04, 0.03, 0.0, 0.0, 0.0]), N_SMALL) is None  # singular PSD
+    returns = np.random.default_rng(5).standard_normal((900, 600))  # N = 600: several blocks of 256
+    large = np.cov(returns, rowvar=False)
+    large = (large + large.T) / 2
+    assert validate_moments(Moments(np.zeros(600), large), 600) is not None
+    skewed = large.copy()
+    skewed[590, 3] += 1e-3  # an asymmetry in an off-diagonal block of the blocked comparison
+    with pytest.raises(InvalidInputError, match="symmetric"):
+        validate_moments(Moments(np.zeros(600), skewed), 600)
 
 
 def test_validate_moments_accepts_psd_and_rounding_noise() -> None:

@@ -42,6 +42,7 @@ from services.optimization import (
     optimize_risk_measure,
     risk_measure_value,
 )
+from services.optimization import _risk_measures as risk_measures
 from services.types import Moments
 from tests.services.optimization.sp500_problems import make_problem, sector_inequalities
 
@@ -449,3 +450,62 @@ def test_cvar_by_the_simplex_equals_the_interior_point_answer(
     assert (interior.solver, interior.solve_path) == ("CLARABEL", "CONIC")
     assert simplex.objective_value == pytest.approx(interior.objective_value, rel=1e-7)
     assert not check_constraints(simplex.weights, problem, moments)
+
+
+@pytest.mark.parametrize("objective", [Objective.MIN_VOLATILITY, Objective.MAX_SHARPE, Objective.MAX_RETURN])
+def test_mad_by_the_highs_interior_point_equals_clarabel(
+    daily_returns: pd.DataFrame, scenarios: np.ndarray, moments: Moments, objective: Objective, monkeypatch: Any
+) -> None:
+    """MAD above QDLDL_MAX_ASSETS goes to HiGHS's IPM (crossover: a vertex); Clarabel (1e-10) and skfolio agree.
+
+    The 20 real names are made to count as a large problem (``QDLDL_MAX_ASSETS`` patched to 10) so that every
+    objective, sectors and caps take the new path; the MAD of the weights is recomputed with skfolio.
+    """
+    monkeypatch.setattr(risk_measures, "QDLDL_MAX_ASSETS", 10)
+    tickers = list(daily_returns.columns)
+    problem = make_problem(objective, tickers, 0.0, 0.3, with_sectors=True)
+    max_risk = 0.008 if objective is Objective.MAX_RETURN else None
+
+    def solve(backends: tuple[ScenarioBackend, ...]) -> OptimizationResult:
+        return optimize_risk_measure(
+            problem,
+            scenarios,
+            moments.expected_returns,
+            risk_measure="MAD",
+            covariance=moments.covariance,
+            max_risk=max_risk,
+            backends=backends,
+        )
+
+    ipm = solve(SCENARIO_BACKENDS)
+    assert (ipm.solver, ipm.solve_path) == ("HIGHS", "HIGHS_IPM")
+    interior = solve((SCENARIO_CONIC,))
+    assert ipm.objective_value == pytest.approx(interior.objective_value, rel=1e-7)
+    assert not check_constraints(ipm.weights, problem, moments)
+    mad = float(skm.mean_absolute_deviation(scenarios @ ipm.weights))
+    if objective is Objective.MIN_VOLATILITY:
+        assert ipm.objective_value == pytest.approx(mad, rel=1e-12)
+    if max_risk is not None:
+        assert mad <= max_risk * (1 + 1e-7)
+
+
+def test_mad_at_large_n_takes_the_highs_interior_point() -> None:
+    """N = 250 > QDLDL_MAX_ASSETS unpatched: HiGHS's IPM answers, at Clarabel's optimum (1e-7) and no worse."""
+    rng = np.random.default_rng(12)
+    n, periods = 250, 400
+    returns = 0.01 * rng.standard_normal((periods, 3)) @ rng.normal(0.5, 0.3, (3, n)) + 0.012 * rng.standard_normal(
+        (periods, n)
+    )
+    mu = 252 * returns.mean(axis=0)
+    problem = PortfolioProblem(
+        symbols=tuple(f"s{i}" for i in range(n)),
+        objective=Objective.MIN_VOLATILITY,
+        lower_bounds=np.zeros(n),
+        upper_bounds=np.full(n, 0.02),
+    )
+    ipm = optimize_risk_measure(problem, returns, mu, risk_measure="MAD")
+    assert ipm.solve_path == "HIGHS_IPM"
+    interior = optimize_risk_measure(problem, returns, mu, risk_measure="MAD", backends=(SCENARIO_CONIC,))
+    assert ipm.objective_value == pytest.approx(interior.objective_value, rel=1e-7)
+    assert ipm.objective_value <= interior.objective_value * (1 + 1e-9)
+    assert ipm.objective_value == pytest.approx(float(skm.mean_absolute_deviation(returns @ ipm.weights)), rel=1e-12)
