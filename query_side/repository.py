@@ -31,6 +31,10 @@ _EVENT_COLUMNS = (
     "weights, expected_return, volatility, sharpe_ratio, metadata"
 )
 T = TypeVar("T")
+_LATEST_BOUND = (
+    "COALESCE((SELECT \"timestamp\" FROM latest_portfolio_optimizations WHERE portfolio_id = $1), 'infinity')"
+)
+"""The time of a portfolio's latest event (read model), or no bound when it has none."""
 _RUN_COLUMNS = 'event_id, "timestamp", weights, expected_return, volatility, sharpe_ratio'
 REBALANCE_EVENT_COLUMNS = (
     'event_id, "timestamp", portfolio_id, recommendation_id, event_type, status, actor, total_trade_value'
@@ -306,16 +310,37 @@ class PostgresReadStore:
     ) -> list[StoredEvent | KnownEvent[T]]:
         """:meth:`history`, but the rows ``cached`` knows come back undecoded, as :class:`KnownEvent`.
 
-        The same keyset query as :meth:`history`; for each row, ``cached(event_id)`` is asked first, and a value
-        it returns is given back with the row's position instead of the decoded event (stored events never
-        change, see ``query_side.event_cache``).
+        The same rows as :meth:`history`; for each row, ``cached(event_id)`` is asked first, and a value it
+        returns is given back with the row's position instead of the decoded event (stored events never change,
+        see ``query_side.event_cache``). The query is bounded above by the portfolio's latest event (the read
+        model ``latest_portfolio_optimizations``; no bound without one) and runs with a generic plan, so that
+        TimescaleDB skips the newer chunks at run time instead of planning every chunk at each call
+        (``benchmarks.read_side``: 1.4-1.6 ms instead of 2.8-4.3 ms a page with 100 chunks).
 
         Raises
         ------
         UnavailableError
             When the database cannot be reached.
         """
-        rows = await self._newest_first("portfolio_optimized", _EVENT_COLUMNS, portfolio_id, start, end, limit, after)
+        conditions, arguments = time_range(portfolio_id, start, end)
+        # The portfolio's latest event bounds the scan from above: with a generic plan, TimescaleDB excludes the
+        # newer chunks at run time (the read model commits with each event, and one statement sees one snapshot).
+        conditions.append(f'"timestamp" <= {_LATEST_BOUND}')
+        if after is not None:
+            arguments.extend((after.timestamp, after.event_id))
+            conditions.append(f'"timestamp" <= ${len(arguments) - 1}')
+            conditions.append(f'("timestamp", event_id) < (${len(arguments) - 1}, ${len(arguments)})')
+        arguments.append(limit)
+        query = (
+            f"SELECT {_EVENT_COLUMNS} FROM portfolio_optimized WHERE {' AND '.join(conditions)} "
+            f'ORDER BY "timestamp" DESC, event_id DESC LIMIT ${len(arguments)}'
+        )
+        async with _database_errors(), self._pool.acquire() as connection, connection.transaction(readonly=True):
+            # One plan per statement instead of one per call: with custom plans PostgreSQL plans every chunk of
+            # the hypertable on each call (2-3 ms with 100 chunks, more than the scan), since the first page has no
+            # time bound it knows of at planning time.
+            await connection.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            rows = await connection.fetch(query, *arguments)
         page: list[StoredEvent | KnownEvent[T]] = []
         for row in rows:
             payload = cached(row["event_id"])

@@ -412,6 +412,19 @@ def test_event_cache_keeps_the_most_recently_used() -> None:
         query_side.EventMessageCache(-1)
 
 
+def test_history_bounded_by_the_latest_read_model_returns_every_event(stub: Any, db: psycopg.Connection[Any]) -> None:
+    # GetHistory bounds its scan by the read model's latest event: that event and its equal-time neighbours stay in.
+    portfolio_id = new_portfolio()
+    t0 = datetime(2024, 4, 3, 12, 0, 0, 1, tzinfo=UTC)
+    events = make_events([t0 + timedelta(days=9 * k) for k in range(5)] + [t0 + timedelta(days=36)] * 2, seed=23)
+    latest = max(events, key=lambda e: (e.timestamp, e.event_id))
+    insert_events(db, portfolio_id, events, latest=latest)
+
+    pages = all_pages(stub, query_service_pb2.GetHistoryRequest(portfolio_id=portfolio_id, page_size=2))
+
+    assert [event_id for page in pages for event_id in page] == [str(e.event_id) for e in newest_first(events)]
+
+
 def test_history_exact_multiple_of_page_size_ends_without_token(stub: Any, db: psycopg.Connection[Any]) -> None:
     portfolio_id = new_portfolio()
     t0 = datetime(2024, 4, 2, tzinfo=UTC)
