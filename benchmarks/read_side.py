@@ -34,7 +34,7 @@ both`` adds the command side's workers and background loops to the same process)
 serialized events it served (``query_side.event_cache``, ``--event-cache`` sets the size, 0 turns it off): the
 closed loop reads each portfolio's first page for the first time (decoding its rows), later calls find them kept.
 Then, unless ``--no-baseline``, a second server on the same database with the cache off (every row decoded, as
-before the cache) runs the GetHistory phases again: the previous implementation beside the current one.
+before the cache) runs the GetHistory phases again, beside the current figures.
 
 Targets (issue 11): analytics < 1 s, GetLatest p99 < 5 ms, GetHistory first page p99 < 20 ms at 32 clients.
 Everything runs on this machine's two cores, the load generator included; the printout gives the load average.
@@ -375,7 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(analytics), file=report)
     print("\n".join(load), file=report)
     if baseline:
-        print("previous implementation on the same data: GetHistory decoding every row (event cache off)", file=report)
+        print(
+            "the same data, a server with the event cache off (GetHistory decodes every row, as before the cache)",
+            file=report,
+        )
         print("\n".join(baseline), file=report)
     print(report.getvalue(), end="")
     return 0
