@@ -322,25 +322,19 @@ class PostgresReadStore:
         UnavailableError
             When the database cannot be reached.
         """
-        conditions, arguments = time_range(portfolio_id, start, end)
-        # The portfolio's latest event bounds the scan from above: with a generic plan, TimescaleDB excludes the
-        # newer chunks at run time (the read model commits with each event, and one statement sees one snapshot).
-        conditions.append(f'"timestamp" <= {_LATEST_BOUND}')
-        if after is not None:
-            arguments.extend((after.timestamp, after.event_id))
-            conditions.append(f'"timestamp" <= ${len(arguments) - 1}')
-            conditions.append(f'("timestamp", event_id) < (${len(arguments) - 1}, ${len(arguments)})')
-        arguments.append(limit)
-        query = (
-            f"SELECT {_EVENT_COLUMNS} FROM portfolio_optimized WHERE {' AND '.join(conditions)} "
-            f'ORDER BY "timestamp" DESC, event_id DESC LIMIT ${len(arguments)}'
+        rows = await newest_first_rows(
+            self._pool,
+            "portfolio_optimized",
+            _EVENT_COLUMNS,
+            portfolio_id,
+            start,
+            end,
+            limit,
+            after,
+            # The portfolio's latest event bounds the scan from above: with a generic plan, TimescaleDB excludes
+            # the newer chunks at run time (the read model commits with each event; one statement, one snapshot).
+            upper_bound=_LATEST_BOUND,
         )
-        async with _database_errors(), self._pool.acquire() as connection, connection.transaction(readonly=True):
-            # One plan per statement instead of one per call: with custom plans PostgreSQL plans every chunk of
-            # the hypertable on each call (2-3 ms with 100 chunks, more than the scan), since the first page has no
-            # time bound it knows of at planning time.
-            await connection.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-            rows = await connection.fetch(query, *arguments)
         page: list[StoredEvent | KnownEvent[T]] = []
         for row in rows:
             payload = cached(row["event_id"])
@@ -625,10 +619,16 @@ async def newest_first_rows(
     end: datetime | None,
     limit: int,
     after: HistoryKey | None,
+    *,
+    upper_bound: str | None = None,
 ) -> list[asyncpg.Record]:
     """Rows of an event hypertable in ``[start, end)``, newest first by ``(timestamp, event_id)``, after a key.
 
-    ``table`` and ``columns`` are constants of the calling module (never request data).
+    ``table`` and ``columns`` are constants of the calling module (never request data). ``upper_bound``, when
+    given, is an SQL expression (a constant of the calling module, ``$1`` the portfolio) bounding ``"timestamp"``
+    from above; the query then runs with a generic plan in a read-only transaction, so that TimescaleDB excludes
+    the chunks above the bound at run time instead of PostgreSQL planning every chunk at each call (2-3 ms with 100
+    chunks, more than the scan).
 
     Raises
     ------
@@ -636,6 +636,8 @@ async def newest_first_rows(
         When the database cannot be reached.
     """
     conditions, arguments = time_range(portfolio_id, start, end)
+    if upper_bound is not None:
+        conditions.append(f'"timestamp" <= {upper_bound}')
     if after is not None:
         arguments.extend((after.timestamp, after.event_id))
         timestamp_arg, event_id_arg = len(arguments) - 1, len(arguments)
@@ -647,5 +649,9 @@ async def newest_first_rows(
         f"SELECT {columns} FROM {table} WHERE {' AND '.join(conditions)} "
         f'ORDER BY "timestamp" DESC, event_id DESC LIMIT ${len(arguments)}'
     )
-    async with _database_errors():
-        return list(await pool.fetch(query, *arguments))
+    if upper_bound is None:
+        async with _database_errors():
+            return list(await pool.fetch(query, *arguments))
+    async with _database_errors(), pool.acquire() as connection, connection.transaction(readonly=True):
+        await connection.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        return list(await connection.fetch(query, *arguments))
