@@ -31,6 +31,7 @@ from services.errors import DeadlineExceededError, InvalidInputError, Optimizati
 from services.optimization import _cardinality
 from services.optimization._active_set import ActiveSetBackend
 from services.optimization._batch import MAX_BATCH_ASSETS, BatchKind, solve_batch
+from services.optimization._box_batch import admitted, box_results, plain_box_rule
 from services.optimization._clarabel_direct import ClarabelDirectBackend
 from services.optimization._conic import ConicBackend
 from services.optimization._constraints import Bounds, Budget, Constraint, MaxVolatility, MinReturn
@@ -226,7 +227,10 @@ def optimize_mean_variance_batch(
     Each problem is built and pre-checked as :func:`optimize_mean_variance` does. Those :func:`batch_rule` covers
     (min volatility, quadratic utility, max Sharpe, efficient return and efficient risk under the budget and
     finite bounds) are solved together by ``_batch.solve_batch``, whatever their kind; each certified answer goes
-    through the one result builder (``ProblemModel.result``, solve path :data:`BATCH_SOLVE_PATH`).
+    through the one result builder (``ProblemModel.result``, solve path :data:`BATCH_SOLVE_PATH`). Plain box
+    problems (min volatility, max Sharpe or quadratic utility with bounds and nothing else) skip the per-problem
+    model: ``_box_batch`` checks them and builds their results on arrays stacked per N, with the same checks and
+    formulas (a plain problem that fails a check there is built and checked here, and so gets its own error).
 
     Parameters
     ----------
@@ -245,8 +249,16 @@ def optimize_mean_variance_batch(
     """
     started = time.perf_counter()
     answers: list[OptimizationResult | Exception | None] = [None] * len(problems)
-    group: list[tuple[int, ProblemModel, tuple[BatchKind, float, float]]] = []
+    # Plain box problems: checked and reported on stacked arrays (``_box_batch``); the rest, and any plain one that
+    # fails a check there, build their ProblemModel and are checked one by one.
+    plain = [(k, box) for k, (p, m) in enumerate(zip(problems, moments, strict=True)) if (box := plain_box_rule(p, m))]
+    passed = admitted([problems[k] for k, _ in plain], [moments[k] for k, _ in plain], [r[0] for _, r in plain])
+    fast = {k: box for (k, box), ok in zip(plain, passed, strict=True) if ok}
+    group: list[tuple[int, ProblemModel | None, tuple[BatchKind, float, float]]] = []
     for k, (problem, moment) in enumerate(zip(problems, moments, strict=True)):
+        if k in fast:
+            group.append((k, None, (fast[k][0], fast[k][1], 0.0)))
+            continue
         try:
             model = ProblemModel.build(problem, moment)
             model.precheck()
@@ -259,26 +271,40 @@ def optimize_mean_variance_batch(
     if not group:
         return answers
     solved = solve_batch(
-        [m.covariance for _, m, _ in group],
-        [m.expected_returns for _, m, _ in group],
-        [m.lower for _, m, _ in group],
-        [m.upper for _, m, _ in group],
+        [moments[k].covariance for k, _, _ in group],
+        [moments[k].expected_returns for k, _, _ in group],
+        [problems[k].lower_bounds for k, _, _ in group],
+        [problems[k].upper_bounds for k, _, _ in group],
         kind=[rule[0] for _, _, rule in group],
         lam=np.asarray([rule[1] for _, _, rule in group]),
-        risk_free_rates=np.asarray([m.risk_free_rate for _, m, _ in group]),
+        risk_free_rates=np.asarray([problems[k].risk_free_rate for k, _, _ in group]),
         targets=np.asarray([rule[2] for _, _, rule in group]),
     )
-    for row, (k, model, _) in enumerate(group):
-        if solved.certified[row]:
-            answers[k] = model.result(
-                solved.weights[row],
-                status="OPTIMAL",
-                solver=BATCH_SOLVE_PATH,
-                iterations=int(solved.iterations[row]),
-                started=started,
-                solve_path=BATCH_SOLVE_PATH,
-                snap=False,
-            )
+    rows = [row for row, (_, model, _) in enumerate(group) if model is None and solved.certified[row]]
+    boxed = box_results(
+        [problems[group[row][0]] for row in rows],
+        [moments[group[row][0]] for row in rows],
+        [solved.weights[row] for row in rows],
+        solved.iterations[rows],
+        solver=BATCH_SOLVE_PATH,
+        started=started,
+    )
+    for row, result in zip(rows, boxed, strict=True):
+        answers[group[row][0]] = result
+    for row, (k, built, _) in enumerate(group):
+        if not solved.certified[row] or answers[k] is not None:
+            continue
+        # A plain answer with a breach beyond TOLERANCE: the general builder reports it.
+        model = built if built is not None else ProblemModel.build(problems[k], moments[k])
+        answers[k] = model.result(
+            solved.weights[row],
+            status="OPTIMAL",
+            solver=BATCH_SOLVE_PATH,
+            iterations=int(solved.iterations[row]),
+            started=started,
+            solve_path=BATCH_SOLVE_PATH,
+            snap=False,
+        )
     return answers
 
 
