@@ -53,6 +53,7 @@ from services.optimization import (
     risk_budgeting,
     risk_contributions,
     risk_measure_value,
+    stacked_risk_contributions,
 )
 from services.types import EstimatedMoments, EstimationSettings, FloatArray, Moments, ReturnHistory
 
@@ -378,15 +379,22 @@ def run_optimization_batch(jobs: list[OptimizationJob]) -> list[OptimizationOutc
     solved = optimize_mean_variance_batch(
         [jobs[k].problem for k, _, _ in batchable], [estimated.moments for _, estimated, _ in batchable]
     )
-    for (k, estimated, history), result in zip(batchable, solved, strict=True):
-        if isinstance(result, OptimizationResult):
-            outcomes[k] = OptimizationOutcome(
-                result=result,
-                estimated=estimated,
-                total_time_ms=(time.perf_counter() - started) * 1000.0,
-                risk_contributions=risk_contributions(result.weights, estimated.moments.covariance),
-                max_drawdown=None if history is None else max_drawdown(history.returns, result.weights),
-            )
+    answered = [
+        (k, estimated, history, result)
+        for (k, estimated, history), result in zip(batchable, solved, strict=True)
+        if isinstance(result, OptimizationResult)
+    ]
+    contributions = stacked_risk_contributions(
+        [result.weights for *_, result in answered], [estimated.moments.covariance for _, estimated, _, _ in answered]
+    )
+    for (k, estimated, history, result), shares in zip(answered, contributions, strict=True):
+        outcomes[k] = OptimizationOutcome(
+            result=result,
+            estimated=estimated,
+            total_time_ms=(time.perf_counter() - started) * 1000.0,
+            risk_contributions=shares,
+            max_drawdown=None if history is None else max_drawdown(history.returns, result.weights),
+        )
     for k, job in enumerate(jobs):
         if outcomes[k] is None:
             try:
@@ -423,7 +431,9 @@ def _valid_moments_together(jobs: list[OptimizationJob]) -> set[int]:
                 & (np.diagonal(sigma, axis1=1, axis2=2) > 0.0).all(axis=1)
             )
         chosen = [int(i) for i in np.flatnonzero(good)]
-        halves = (sigma[chosen] + sigma[chosen].transpose(0, 2, 1)) / 2.0
+        halves = sigma[chosen]
+        if not np.array_equal(halves, halves.transpose(0, 2, 1)):  # exactly symmetric (usual): its own half
+            halves = (halves + halves.transpose(0, 2, 1)) / 2.0
         try:
             np.linalg.cholesky(halves)
         except np.linalg.LinAlgError:  # one of them has no factor: find which, one by one

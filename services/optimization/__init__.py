@@ -60,6 +60,7 @@ from services.optimization._metrics import (
     portfolio_performance,
     risk_contributions,
     risk_measure_value,
+    stacked_risk_contributions,
 )
 from services.optimization._model import (
     ProblemModel,
@@ -158,6 +159,7 @@ __all__ = [
     "risk_contributions",
     "risk_measure_value",
     "solve_batch",
+    "stacked_risk_contributions",
     "warm_up",
     "warm_up_batch",
 ]

@@ -87,6 +87,8 @@ _TARGET_TOL: Final = 1e-11
 _ROUGH_TARGET_TOL: Final = 1e-5
 _DIRECT_ITERATIONS: Final = 4
 """Partitions of a target's direct λ (the target met on each line) before the safeguarded steps."""
+_SMALL_REMAINDER: Final = 24
+"""Problems left after the full chunks (or in all) that go in calls of 8 instead of a padded chunk."""
 _KKT_TOL: Final = 1e-9
 """Relative tolerance of the certificate (on the gradient scale and on the bounds)."""
 _FIXED, _TANGENCY, _TARGET_RETURN, _TARGET_RISK = 0, 1, 2, 3
@@ -347,7 +349,7 @@ def _dummy(size: int) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
 def _run(
     group: _Group, dtype: type[np.floating[Any]], limit: int, state0: NDArray[np.int8], lam0: FloatArray
 ) -> tuple[NDArray[np.int8], FloatArray, FloatArray, NDArray[np.bool_], NDArray[np.int32]]:
-    """Iterate every problem of ``group`` in chunks of ``_chunk()`` (a batch of at most 8 is padded to 8).
+    """Iterate every problem of ``group`` in the compiled calls of ``_calls`` (chunks of ``_chunk()`` and of 8).
 
     Returns the last partition proposed, the weights and λ of the last line, settled and iterations (float64).
     """
@@ -355,10 +357,9 @@ def _run(
     chunk = _chunk()
     outputs: list[list[Any]] = [[], [], [], [], []]
     eye, ones, zeros, _ = _dummy(size)
-    for start in range(0, count, chunk):
-        part = slice(start, min(start + chunk, count))
+    for start, padded in _calls(count, chunk):
+        part = slice(start, min(start + padded, count))
         m = part.stop - part.start
-        padded = 8 if count <= 8 else chunk
         pad = padded - m
 
         def fill(values: Any, filler: Any, cast: Any = dtype, part: slice = part, pad: int = pad) -> Any:
@@ -384,6 +385,25 @@ def _run(
             out.append(np.asarray(value)[:m])
     state, w, lam, settled, iterations = (np.concatenate(out) for out in outputs)
     return state, w.astype(np.float64), lam.astype(np.float64), settled, iterations
+
+
+def _calls(count: int, chunk: int) -> list[tuple[int, int]]:
+    """(start, padded size) of the compiled calls for ``count`` problems.
+
+    Chunks of ``chunk``; on a CPU, a remainder of at most ``_SMALL_REMAINDER`` problems (the usual third round, or
+    a small bucket) goes in calls of 8 instead of a padded chunk: a call of 8 costs about a sixth of one of 64
+    there. On a GPU a call's cost hardly depends on its width, so only a remainder of at most 8 does.
+    """
+    small = _SMALL_REMAINDER if chunk == CHUNK else 8
+    calls: list[tuple[int, int]] = []
+    start = 0
+    while count - start > small:
+        calls.append((start, chunk))
+        start += chunk
+    while start < count:
+        calls.append((start, 8))
+        start += 8
+    return calls
 
 
 def _certify(group: _Group, w: FloatArray, lam: FloatArray) -> NDArray[np.bool_]:

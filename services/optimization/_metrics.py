@@ -220,3 +220,33 @@ def risk_contributions(weights: FloatArray, covariance: FloatArray) -> FloatArra
     contributions = weights * (covariance @ weights)
     fractions: FloatArray = contributions / contributions.sum()
     return fractions
+
+
+def stacked_risk_contributions(weights: list[FloatArray], covariances: list[FloatArray]) -> list[FloatArray]:
+    """:func:`risk_contributions` of many weight vectors at once, stacked per N.
+
+    Parameters
+    ----------
+    weights : list of ndarray of shape (N_k,)
+        Portfolio weights, B of them.
+    covariances : list of ndarray of shape (N_k, N_k)
+        Their covariances (any unit).
+
+    Returns
+    -------
+    list of ndarray of shape (N_k,)
+        Per vector, RC_i = w_i (Σw)_i / wᵀΣw (as :func:`risk_contributions`, to rounding).
+    """
+    out: list[FloatArray] = [np.empty(0)] * len(weights)
+    groups: dict[int, list[int]] = {}
+    for k, w in enumerate(weights):
+        groups.setdefault(w.shape[0], []).append(k)
+    for members in groups.values():
+        w = np.stack([weights[k] for k in members])
+        sigma = np.stack([covariances[k] for k in members])
+        contributions = w * np.einsum("bij,bj->bi", sigma, w)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            fractions = contributions / contributions.sum(axis=1, keepdims=True)
+        for row, k in enumerate(members):
+            out[k] = fractions[row]
+    return out

@@ -210,3 +210,19 @@ def test_infeasible_targets_are_not_certified(problems: list[tuple]) -> None:
         kind=[BatchKind.TARGET_RISK, BatchKind.TARGET_RETURN], targets=np.array([0.9 * vol_lo, best + 0.01]),
     )  # fmt: skip
     assert not batch.certified.any()
+
+
+def test_compiled_calls_cover_every_problem_once() -> None:
+    """Chunks of 64, and a remainder of at most 24 in calls of 8 (CPU); each problem in exactly one call."""
+    from services.optimization._batch import CHUNK, _calls
+
+    for count in (1, 8, 9, 24, 25, 63, 64, 65, 88, 89, 434):
+        calls = _calls(count, CHUNK)
+        covered = [i for start, width in calls for i in range(start, min(start + width, count))]
+        assert covered == list(range(count))
+        assert all(width in (8, CHUNK) for _, width in calls)
+        full = [start for start, width in calls if width == CHUNK]
+        assert count - (full[-1] + CHUNK if full else 0) <= 24
+    assert _calls(20, CHUNK) == [(0, 8), (8, 8), (16, 8)]
+    assert _calls(434, CHUNK)[-1] == (384, CHUNK)  # 50 left: one padded chunk beats seven calls of 8
+    assert _calls(20, 512) == [(0, 512)]  # a GPU: one wide call

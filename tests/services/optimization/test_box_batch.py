@@ -143,3 +143,16 @@ def test_best_excess_return_is_the_greedy_closed_form() -> None:
         upper[:, 0] = np.maximum(upper[:, 0], 1.0)  # Σu ≥ 1
         expected = [max_achievable_return(c[b], lower[b], upper[b]) for b in range(50)]
         np.testing.assert_allclose(_best_linear(c, lower, upper), expected, rtol=1e-12, atol=1e-14)
+
+
+def test_stacked_risk_contributions_equal_one_by_one(cases: list) -> None:
+    """Stacked per N (mixed N, in input order) against risk_contributions per vector; they sum to 1."""
+    from services.optimization import risk_contributions, stacked_risk_contributions
+
+    rng = np.random.default_rng(4)
+    weights = [rng.dirichlet(np.ones(m.expected_returns.size)) for _, m in cases]
+    covariances = [m.covariance for _, m in cases]
+    stacked = stacked_risk_contributions(weights, covariances)
+    for w, sigma, shares in zip(weights, covariances, stacked, strict=True):
+        np.testing.assert_allclose(shares, risk_contributions(w, sigma), rtol=1e-12, atol=1e-15)
+        assert shares.sum() == pytest.approx(1.0, abs=1e-12)
