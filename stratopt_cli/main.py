@@ -27,6 +27,7 @@ from stratopt.v1 import query_service_pb2 as query_pb
 from stratopt.v1 import trading_service_pb2 as trading_pb
 from stratopt_cli import analytics_commands, client, export
 from stratopt_cli.health import HEALTH_ADDRESS_ENV
+from stratopt_cli.jax_cache import configure_jax_cache, default_jax_cache_dir
 from stratopt_cli.logs import LOG_FORMAT_ENV, setup_logging
 from stratopt_cli.plot_commands import plot_app
 from stratopt_cli.runtime import DatabaseTimeouts, database, startup_limit_from_env
@@ -175,6 +176,15 @@ def serve(
             help="Strategies from which a problem is heavy whatever its method (services.workload).",
         ),
     ] = 500,
+    jax_cache_dir: Annotated[
+        str | None,
+        typer.Option(
+            envvar="STRATOPT_JAX_CACHE_DIR",
+            help="Directory of JAX's persistent compilation cache: solver processes load the batched solver's "
+            "compiled sizes from it instead of compiling them again after a start (default "
+            "$XDG_CACHE_HOME/stratopt/jax; 'off' turns it off).",
+        ),
+    ] = None,
     tls_cert_file: Annotated[
         Path | None, typer.Option(exists=True, dir_okay=False, envvar="STRATOPT_TLS_CERT_FILE", help="TLS cert.")
     ] = None,
@@ -359,6 +369,10 @@ def serve(
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint="--metrics-address") from None
     _setup_logging(verbose, log_format)
+    off = jax_cache_dir is not None and jax_cache_dir.strip().lower() in ("", "off")
+    cache = None if off else (default_jax_cache_dir() if jax_cache_dir is None else Path(jax_cache_dir))
+    if cache is not None and configure_jax_cache(cache) is None:
+        logging.getLogger("stratopt").warning("JAX compilation cache off: cannot create %s", cache)
     retention = RetentionSettings.from_days(
         _retention_days(retention_events_days, retention_rebalance_events_days, retention_market_data_days),
         retention_interval_s,

@@ -272,6 +272,9 @@ def test_resources_workers_and_image() -> None:
     assert "--workers" not in q["args"] and "STRATOPT_WORKERS" not in env(q)
     assert (env(c)["STRATOPT_HEAVY_WORKERS"], env(c)["STRATOPT_HEAVY_ASSETS"]) == ("1", "500")
     assert "STRATOPT_HEAVY_MAX_QUEUE" not in env(c) and "STRATOPT_HEAVY_WORKERS" not in env(q)
+    # JAX's compilation cache on the /tmp emptyDir the container mounts (the command side's solvers only).
+    assert env(c)["STRATOPT_JAX_CACHE_DIR"].startswith("/tmp/") and "STRATOPT_JAX_CACHE_DIR" not in env(q)
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
     apart = env(container(render({"command.heavyWorkers": "0", "command.heavyMaxQueue": "8"}), "command"))
     assert (apart["STRATOPT_HEAVY_WORKERS"], apart["STRATOPT_HEAVY_MAX_QUEUE"]) == ("0", "8")
     for side in ("command", "query", "migrate"):

@@ -192,7 +192,7 @@ def test_start_up_gives_up_after_the_configured_limit(cluster: EmbeddedPostgres)
         start = time.monotonic()
         result = CliRunner().invoke(
             app,
-            ["serve", "--address", "127.0.0.1:0", "--workers", "1"],
+            ["serve", "--address", "127.0.0.1:0", "--workers", "1", "--jax-cache-dir", "off"],
             env={"STRATOPT_DATABASE_URL": cluster.dsn, "STRATOPT_DB_WAIT_LIMIT_S": "2"},
         )
         elapsed = time.monotonic() - start

@@ -215,6 +215,10 @@ spec:
             {{- end }}
             - name: STRATOPT_HEAVY_ASSETS
               value: {{ $v.heavyAssets | quote }}
+            # JAX's compiled solver sizes on the pod's /tmp volume: a restarted container and the pool's other
+            # workers load them instead of compiling again (stratopt_cli/jax_cache.py).
+            - name: STRATOPT_JAX_CACHE_DIR
+              value: /tmp/jax-cache
             - name: STRATOPT_RETENTION_EVENTS_DAYS
               value: {{ $root.Values.retention.eventsDays | quote }}
             - name: STRATOPT_RETENTION_REBALANCE_EVENTS_DAYS
