@@ -423,7 +423,8 @@ def _valid_moments_together(jobs: list[OptimizationJob]) -> set[int]:
         sigma = np.stack([jobs[k].inputs.covariance for k in members])  # type: ignore[union-attr]
         with np.errstate(invalid="ignore"):
             scale = np.maximum(np.abs(sigma).max(axis=(1, 2)), 1e-300)
-            symmetric = np.abs(sigma - sigma.transpose(0, 2, 1)).max(axis=(1, 2)) <= 1e-10 * scale
+            asymmetry = np.abs(sigma - sigma.transpose(0, 2, 1)).max(axis=(1, 2))
+            symmetric = asymmetry <= 1e-10 * scale
             good = (
                 np.isfinite(mu).all(axis=1)
                 & np.isfinite(sigma).all(axis=(1, 2))
@@ -432,7 +433,7 @@ def _valid_moments_together(jobs: list[OptimizationJob]) -> set[int]:
             )
         chosen = [int(i) for i in np.flatnonzero(good)]
         halves = sigma[chosen]
-        if not np.array_equal(halves, halves.transpose(0, 2, 1)):  # exactly symmetric (usual): its own half
+        if asymmetry[chosen].any():  # exactly symmetric (the usual case): Σ is its own symmetric part
             halves = (halves + halves.transpose(0, 2, 1)) / 2.0
         try:
             np.linalg.cholesky(halves)

@@ -170,30 +170,27 @@ def box_results(
         upper = np.stack([problems[k].upper_bounds for k in members])
         rates = np.array([problems[k].risk_free_rate for k in members])
         total = w.sum(axis=1)
-        breached = (w < lower - TOLERANCE).any(axis=1) | (w > upper + TOLERANCE).any(axis=1)
-        breached |= np.abs(total - 1.0) > TOLERANCE
-        expected = np.einsum("bi,bi->b", mu, w) + (1.0 - total) * rates
-        variance = np.einsum("bi,bij,bj->b", w, sigma, w)
+        breached = ((w < lower - TOLERANCE) | (w > upper + TOLERANCE)).any(axis=1) | (np.abs(total - 1.0) > TOLERANCE)
+        expected = (mu * w).sum(axis=1) + (1.0 - total) * rates
+        variance = (np.matmul(sigma, w[:, :, None])[:, :, 0] * w).sum(axis=1)
         volatility = np.sqrt(np.maximum(variance, 0.0))
         positive = volatility > 0.0
         sharpe = np.where(positive, (expected - rates) / np.where(positive, volatility, 1.0), 0.0)
         elapsed = (time.perf_counter() - started) * 1000.0
-        for row, k in enumerate(members):
-            if breached[row]:
+        rows = zip(members, w, breached.tolist(), expected.tolist(), volatility.tolist(), sharpe.tolist(), strict=True)
+        for k, answer, breach, gain, vol, ratio in rows:
+            if breach:
                 continue
             problem = problems[k]
-            vol = float(volatility[row])
             if problem.objective is Objective.MAX_SHARPE:
-                value = float(sharpe[row])
+                value = ratio
             elif problem.objective is Objective.MIN_VOLATILITY:
                 value = vol**2
             else:
-                value = float(expected[row]) - 0.5 * problem.risk_aversion * vol**2
+                value = gain - 0.5 * problem.risk_aversion * vol**2
             out[k] = OptimizationResult(
-                weights=w[row],
-                performance=PortfolioPerformance(
-                    expected_return=float(expected[row]), volatility=vol, sharpe_ratio=float(sharpe[row])
-                ),
+                weights=answer,
+                performance=PortfolioPerformance(expected_return=gain, volatility=vol, sharpe_ratio=ratio),
                 objective_value=value,
                 status="OPTIMAL",
                 iterations=int(iterations[k]),
