@@ -387,11 +387,12 @@ def run_optimization_batch(jobs: list[OptimizationJob]) -> list[OptimizationOutc
     contributions = stacked_risk_contributions(
         [result.weights for *_, result in answered], [estimated.moments.covariance for _, estimated, _, _ in answered]
     )
+    elapsed_ms = (time.perf_counter() - started) * 1000.0
     for (k, estimated, history, result), shares in zip(answered, contributions, strict=True):
         outcomes[k] = OptimizationOutcome(
             result=result,
             estimated=estimated,
-            total_time_ms=(time.perf_counter() - started) * 1000.0,
+            total_time_ms=elapsed_ms,
             risk_contributions=shares,
             max_drawdown=None if history is None else max_drawdown(history.returns, result.weights),
         )
