@@ -230,13 +230,13 @@ def encode_run(
     labels : tuple, optional
         Method, objective, solve path and seconds for the solver-time metric (carried, not read).
     """
-    record = completed(result, event_id=event_id, result_id=result_id, configuration_version=0, timestamp=_EPOCH)
-    metadata = record.metadata.to_json()
+    stored = result.to_json()
+    metadata = stored["metadata"]
+    metadata["event_id"], metadata["result_id"] = str(event_id), str(result_id)
     keys = list(metadata)
     assert keys[1:5] == ["event_id", "result_id", "timestamp", "configuration_version"]  # the schema's order
     before = {key: metadata[key] for key in keys[:3]}
     after = {key: metadata[key] for key in keys[5:]}
-    stored = record.to_json()
     keys = list(stored)
     cut = keys.index("metadata")
     assert 0 < cut < len(keys) - 1  # keys on both sides of the metadata
@@ -260,12 +260,12 @@ def encode_run(
         inherit=inherit,
         configuration=pickle.dumps((configuration, content), protocol=pickle.HIGHEST_PROTOCOL),
         weights=_json_text(stored["weights"]),
-        expected_return=record.expected_return,
-        volatility=record.volatility,
-        sharpe_ratio=record.sharpe_ratio,
-        objective_value=record.metadata.objective_value,
-        solver=record.metadata.solver,
-        constraints_satisfied=record.metadata.constraints_satisfied,
+        expected_return=result.expected_return,
+        volatility=result.volatility,
+        sharpe_ratio=result.sharpe_ratio,
+        objective_value=result.metadata.objective_value,
+        solver=result.metadata.solver,
+        constraints_satisfied=result.metadata.constraints_satisfied,
         run_inputs=_json_text(run_inputs_json(run_inputs)),
         metadata_parts=(
             _json_text(before)[:-1] + ',"timestamp":',
