@@ -22,7 +22,11 @@ End to end, on a real server (2 workers) on a fresh embedded PostgreSQL + Timesc
 stored with its configuration version, event, read model and notification:
 
 4. ``--grpc``: one ``BatchOptimize`` of the problems (a warm-up call, then the median of ``--repeats``); target
-   ≥ 20× the loop;
+   ≥ 20× the loop. The workers compile the batched solver before they are ready (``STRATOPT_WARM_BATCH_ASSETS``
+   = 64). Printed beside it: the CPU time per problem of the server's event loop, of its workers and of
+   PostgreSQL over the measured calls (``/proc``; less sensitive than wall time to other load on the machine).
+   ``--grpc-only`` skips the in-process stratopt runs (PyPortfolioOpt's loop is still measured, in the same
+   run);
 5. ``--stream N``: ``N`` items through ``BatchOptimizeStream`` (messages of 100, the problems in turn, the
    default window), built as the server reads them; the server's resident memory (and its workers') after each
    tenth of the stream, and its peak (``VmHWM``): flat for a stream of any length.
@@ -34,6 +38,7 @@ Run
     uv run python -m benchmarks.batch                  # ~2 minutes (PyPortfolioOpt's loop dominates)
     uv run python -m benchmarks.batch --problems 200 --repeats 1
     uv run python -m benchmarks.batch --grpc --stream 100000   # + about 10 minutes on 2 shared cores
+    uv run python -m benchmarks.batch --grpc --grpc-only        # PyPortfolioOpt's loop and BatchOptimize only
 """
 
 from __future__ import annotations
@@ -195,27 +200,54 @@ def _rss_mib(pid: int) -> tuple[float, float, float]:
     return mib(server["VmRSS"]), mib(server["VmHWM"]), workers
 
 
+def _cpu_tree(server: int, postmaster: int) -> dict[str, float]:
+    """CPU seconds (user + system) of the server, its workers and PostgreSQL, from ``/proc/<pid>/stat``.
+
+    The server's main process; its children (the solver workers); the postmaster and its children (the
+    connections' backends).
+    """
+    from benchmarks.load import _children, _cpu_s
+
+    return {
+        "server": _cpu_s(server),
+        "workers": sum(_cpu_s(child) for child in _children(server)),
+        "postgres": _cpu_s(postmaster) + sum(_cpu_s(child) for child in _children(postmaster)),
+    }
+
+
 def _grpc(problems: list[Problem], repeats: int, stream: int) -> dict[str, Any]:
     """One ``BatchOptimize`` of every problem (moments input, every run stored), and a stream of ``stream`` items.
 
     Returns the median seconds of the batch and its answers; with ``stream``, the stream's seconds, answers of
     its first ``len(problems)`` items, and the server's resident memory (MiB) after each tenth of the stream.
     """
-    from benchmarks.load import started_server
+    from benchmarks.load import embedded_database, serving
     from stratopt.v1 import command_service_pb2 as cmd_pb
     from stratopt_cli import client
 
     out: dict[str, Any] = {}
     times = []
-    with started_server(2, None) as (target, pid), client.channel(target) as ch:
+    with (
+        embedded_database() as (dsn, base),
+        # Each worker compiles the batched solver's shapes before it is ready: else a shape compiles (seconds) in
+        # whichever worker first solves a chunk of it, and the warm-up call leaves some to the measured calls.
+        serving(dsn, base / "server.log", workers=2, env={"STRATOPT_WARM_BATCH_ASSETS": "64"}) as (target, pid),
+        client.channel(target) as ch,
+    ):
         stub = client.command_stub(ch)
+        postmaster = int((base / "pgdata" / "postmaster.pid").read_text().split()[0])
+        cpu_before: dict[str, float] = {}
         for repeat in range(repeats + 1):  # the first warms the workers' JAX compilations
             requests = [_request(p, f"bench-batch-{k}", f"bench-{repeat}-{k}") for k, p in enumerate(problems)]
+            if repeat == 1:
+                cpu_before = _cpu_tree(pid, postmaster)
             started = time.perf_counter()
             response = stub.BatchOptimize(cmd_pb.BatchOptimizeRequest(requests=requests), timeout=600)
             if repeat:
                 times.append(time.perf_counter() - started)
             assert response.failed == 0, response.results[0]
+        cpu_after = _cpu_tree(pid, postmaster)
+        out["cpu_ms"] = {k: 1e3 * (cpu_after[k] - cpu_before[k]) / (repeats * len(problems)) for k in cpu_after}
         out["batch_s"] = statistics.median(times)
         out["batch"] = [_weights(r.response, p[0].size) for r, p in zip(response.results, problems, strict=True)]
         if stream:
@@ -258,11 +290,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--grpc", action="store_true", help="also one BatchOptimize of every problem through gRPC")
     parser.add_argument(
+        "--grpc-only",
+        action="store_true",
+        help="with --grpc: measure PyPortfolioOpt's loop and the gRPC call only (skip the in-process stratopt runs)",
+    )
+    parser.add_argument(
         "--stream", type=int, default=0, metavar="N", help="with --grpc: also N items through BatchOptimizeStream"
     )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     problems = _problems(args.problems, args.seed)
+    if args.grpc_only:
+        return _grpc_only(problems, args)
     compile_started = time.perf_counter()
     _batched(problems)  # compiles one executable per (bucket, precision)
     compile_s = time.perf_counter() - compile_started
@@ -297,12 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"first batched call (JAX compilation included): {compile_s:.2f} s")
     if args.grpc:
         grpc = _grpc(problems, args.repeats, args.stream)
-        seconds = grpc["batch_s"]
-        print(
-            f"BatchOptimize via gRPC  {seconds:8.3f} s  {1e3 * seconds / len(problems):7.3f} ms/problem  "
-            f"{median['pypfopt'] / seconds:6.1f}x  Sharpe gap {_gap(grpc['batch'], reference, problems):+.1e}  "
-            "(2 workers, every run stored with its event; target ≥ 20x)"
-        )
+        _print_grpc(grpc, median["pypfopt"], reference, problems)
         if args.stream:
             seconds, count = grpc["stream_s"], args.stream
             ms = 1e3 * seconds / count
@@ -317,6 +351,37 @@ def main(argv: list[str] | None = None) -> int:
                 + f"; peak {max(peak for _, peak, _ in grpc['rss']):.0f}; its 2 workers: "
                 + " ".join(f"{workers:.0f}" for _, _, workers in grpc["rss"])
             )
+    return 0
+
+
+def _print_grpc(
+    grpc: dict[str, Any], pypfopt_s: float, reference: list[np.ndarray | None], problems: list[Problem]
+) -> None:
+    seconds = grpc["batch_s"]
+    print(
+        f"BatchOptimize via gRPC  {seconds:8.3f} s  {1e3 * seconds / len(problems):7.3f} ms/problem  "
+        f"{pypfopt_s / seconds:6.1f}x  Sharpe gap {_gap(grpc['batch'], reference, problems):+.1e}  "
+        "(2 workers, every run stored with its event; target ≥ 20x)"
+    )
+    print(
+        "  CPU per problem (ms): "
+        + ", ".join(f"{name} {ms:.3f}" for name, ms in grpc["cpu_ms"].items())
+        + f"; total {sum(grpc['cpu_ms'].values()):.3f}"
+    )
+
+
+def _grpc_only(problems: list[Problem], args: argparse.Namespace) -> int:
+    """``--grpc --grpc-only``: PyPortfolioOpt's loop and the gRPC call, measured in the same run."""
+    times: list[float] = []
+    reference: list[np.ndarray | None] = []
+    for _ in range(args.repeats):
+        t, reference = _pypfopt(problems)
+        times.append(t)
+    pypfopt_s = statistics.median(times)
+    grpc = _grpc(problems, args.repeats, args.stream)
+    print(f"{len(problems)} long-only max-Sharpe problems, N 12..50, half capped at 25 %; medians of {args.repeats}")
+    print(f"PyPortfolioOpt loop     {pypfopt_s:8.3f} s  {1e3 * pypfopt_s / len(problems):7.3f} ms/problem")
+    _print_grpc(grpc, pypfopt_s, reference, problems)
     return 0
 
 

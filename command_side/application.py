@@ -24,7 +24,7 @@ from datetime import datetime
 
 import numpy as np
 
-from command_side.batch_runs import BatchPorts, BatchRunner
+from command_side.batch_runs import BatchPorts, BatchRunner, run_inherits
 from command_side.deadlines import StorageTimer, commit_by
 from command_side.deadlines import deadline as _deadline
 from command_side.field_paths import OPTIMIZATION, proto_field_paths
@@ -33,6 +33,7 @@ from command_side.optimization_commands import (
     BatchResult,
     ConfigurationPage,
     ConfigurationUpsert,
+    EncodedRunResult,
     FrontierCommand,
     FrontierPoint,
     FrontierResult,
@@ -65,7 +66,6 @@ log = logging.getLogger(__name__)
 
 _LIST_TOKEN_PREFIX = "configurations:v1:"
 
-_RUN_INHERITS = ("enabled", "lookback_periods", "market_symbol", "recompute")
 
 MAX_BATCH_SIZE = 1000
 """Most requests in one BatchOptimize call."""
@@ -236,8 +236,7 @@ class OptimizationService:
                 result=run_record(command, outcome),
                 request_hash=command.request_hash,
                 run_inputs=run_inputs,
-                # The stored-data window of a configuration is only set by runs on stored data (or upserts).
-                inherit=("enabled", "recompute") if isinstance(command.inputs, MarketDataWindow) else _RUN_INHERITS,
+                inherit=run_inherits(command),
                 commit_by=commit_by(deadline),
             )
         except IntegrityError:
@@ -342,7 +341,7 @@ class OptimizationService:
         *,
         window: int,
         time_remaining_s: float | None,
-    ) -> AsyncIterator[list[tuple[int, RunResult | BaseException]]]:
+    ) -> AsyncIterator[list[tuple[int, RunResult | EncodedRunResult | BaseException]]]:
         """Answer a stream of batch items as their chunks finish (``BatchRunner.stream``).
 
         Parameters

@@ -17,7 +17,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from command_side.configuration import OptimizationConfiguration, OptimizationConstraints, RiskParameters
+from command_side.configuration import OptimizationConfiguration, OptimizationConstraints, RiskParameters, Strategy
 from command_side.configuration_records import (
     BLACK_LITTERMAN,
     CONSTRAINTS,
@@ -107,6 +107,15 @@ def _fill(schema: Schema, value: Any, message: Any) -> None:
                     _fill(f.record, record, target.add())
 
 
+_STRATEGY_KEYS = ("symbol", "sector", "classifications")
+assert tuple(f.key for f in STRATEGY.fields) == _STRATEGY_KEYS  # _strategies reads these keys
+
+
+def _strategies(messages: Any) -> tuple[Strategy, ...]:
+    """``_from_message(STRATEGY, s)`` of each strategy, written out (a configuration holds up to thousands)."""
+    return tuple(Strategy(symbol=s.symbol, sector=s.sector, classifications=dict(s.classifications)) for s in messages)
+
+
 def configuration_from_message(message: cmd_pb.OptimizationConfiguration) -> OptimizationConfiguration:
     """The domain's configuration of a contract message (``created_at`` as an aware UTC datetime)."""
     black_litterman = None
@@ -117,7 +126,7 @@ def configuration_from_message(message: cmd_pb.OptimizationConfiguration) -> Opt
     return OptimizationConfiguration(
         portfolio_id=message.portfolio_id,
         version=message.version,
-        strategies=tuple(_from_message(STRATEGY, s) for s in message.strategies),
+        strategies=_strategies(message.strategies),
         objective=pb.Objective.Name(message.objective),
         method=pb.OptimizationMethod.Name(message.method),
         constraints=_from_message(CONSTRAINTS, message.constraints),

@@ -349,6 +349,22 @@ def recompute_from_column(column: Mapping[str, Any] | None) -> RecomputePolicy |
     return None if policy is None else RECOMPUTE.from_json(policy, versioned=False)
 
 
+assert tuple((f.key, f.kind) for f in STRATEGY.fields) == (
+    ("symbol", "text"),
+    ("sector", "text"),
+    ("classifications", "texts"),
+)  # _strategy_json writes these
+
+
+def _strategy_json(strategy: Strategy) -> JsonObject:
+    """``STRATEGY.to_json(strategy, versioned=False)``, written out (a configuration holds up to thousands)."""
+    return {
+        "symbol": str(strategy.symbol),
+        "sector": str(strategy.sector),
+        "classifications": {str(k): str(v) for k, v in strategy.classifications.items()},
+    }
+
+
 def configuration_columns(config: OptimizationConfiguration) -> dict[str, JsonObject]:
     """The stored ``strategies``, ``constraints``, ``risk_parameters`` and ``black_litterman`` of ``config``.
 
@@ -361,7 +377,7 @@ def configuration_columns(config: OptimizationConfiguration) -> dict[str, JsonOb
     return {
         "strategies": {
             "schema_version": CONFIGURATION_SCHEMA_VERSION,
-            "strategies": [STRATEGY.to_json(s, versioned=False) for s in config.strategies],
+            "strategies": [_strategy_json(s) for s in config.strategies],
         },
         "constraints": CONSTRAINTS.to_json(config.constraints),
         "risk_parameters": RISK_PARAMETERS.to_json(config.risk_parameters),

@@ -332,8 +332,12 @@ def configuration_from_request(request: cmd_pb.OptimizeRequest) -> cmd_pb.Optimi
     )
     if request.HasField("black_litterman"):
         config.black_litterman.CopyFrom(request.black_litterman)
-    for s in request.strategies:
-        config.strategies.add(symbol=s.symbol, sector=s.sector, classifications=dict(s.classifications))
+    # Copied whole (in C), then stripped of what belongs to a run: current weights and returns.
+    config.strategies.extend(request.strategies)
+    if any(s.HasField("current_weight") or len(s.returns) for s in request.strategies):
+        for s in config.strategies:
+            s.ClearField("current_weight")
+            s.ClearField("returns")
     if request.WhichOneof("inputs") == "market_data":
         config.lookback_periods = request.market_data.lookback_periods
         config.market_symbol = request.market_data.market_symbol

@@ -56,6 +56,21 @@ def observe_solve(job: OptimizationJob, outcome: OptimizationOutcome) -> None:
     ).observe(outcome.total_time_ms / 1000.0)
 
 
+def observe_solve_seconds(method: str, objective: str, solve_path: str, seconds: float) -> None:
+    """Record the solver time of a finished optimization from its labels (``observe_solve``'s, read in a worker).
+
+    Parameters
+    ----------
+    method, objective : str
+        ``job.method.method.value`` and ``job.problem.objective.value``.
+    solve_path : str
+        ``outcome.result.solve_path`` ('' = ``UNKNOWN``).
+    seconds : float
+        ``outcome.total_time_ms / 1000``.
+    """
+    SOLVER_SECONDS.labels(method=method, objective=objective, solve_path=solve_path or "UNKNOWN").observe(seconds)
+
+
 def worker_pool_replaced() -> None:
     """Count one solver worker replaced after it died."""
     WORKER_RESTARTS.inc()

@@ -14,13 +14,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from datetime import UTC
 
 from google.rpc import status_pb2  # type: ignore[attr-defined]  # stubs hidden by types-protobuf
 
-from command_side.application import MAX_BATCH_SIZE, check_batch_size
-from command_side.batch_runs import STREAM_WINDOW
+from command_side.application import MAX_BATCH_SIZE, check_batch_size, run_record
+from command_side.batch_runs import STREAM_WINDOW, run_inherits
 from command_side.configuration_messages import configuration_from_message, configuration_message
 from command_side.field_paths import OPTIMIZATION, proto_field_paths
 from command_side.mapping import (
@@ -36,6 +38,7 @@ from command_side.optimization_commands import (
     BatchResult,
     ConfigurationPage,
     ConfigurationUpsert,
+    EncodedRunResult,
     FrontierCommand,
     FrontierResult,
     IngestResult,
@@ -45,8 +48,9 @@ from command_side.optimization_commands import (
     RunResult,
     SerializedOptimize,
 )
-from command_side.optimization_store import Bar, Configuration
+from command_side.optimization_store import Bar, Configuration, EncodedRun, content_of, encode_run
 from command_side.records import response_from_record
+from services.engine import OptimizationOutcome
 from services.errors import InvalidInputError
 from services.types import Moments
 from services.workload import Workload
@@ -188,11 +192,51 @@ def serialized_optimize(request: cmd_pb.OptimizeRequest, workload: Workload | No
         # The same fingerprint as validate_optimize_request's: only a key needs it.
         request_hash=hashlib.sha256(payload).hexdigest() if request.request_id else "",
         workload=request_workload(request) if workload is None else workload,
+        encode=encoded_run,
     )
 
 
-def optimize_response(result: RunResult) -> cmd_pb.OptimizeResponse:
-    """The ``OptimizeResponse`` of a run: its stored result, ``optimization_metadata.replayed`` for a replay."""
+def encoded_run(command: OptimizeCommand, outcome: OptimizationOutcome) -> EncodedRun:
+    """A solved run encoded for storage with its answer in wire form (``EncodedRun``): what a batch's worker sends.
+
+    The answer is ``response_from_record`` of the run's record with its new ids and without its timestamp and
+    configuration version, which the store gives it (:func:`optimize_response` adds them), so it reads as the
+    unary call's answer field by field.
+    """
+    record = run_record(command, outcome)
+    event_id, result_id = uuid.uuid4(), uuid.uuid4()
+    identified = replace(record, metadata=replace(record.metadata, event_id=str(event_id), result_id=str(result_id)))
+    return encode_run(
+        configuration=command.configuration,
+        content=content_of(command.configuration),
+        result=record,
+        request_hash=command.request_hash,
+        run_inputs={"current_weights": command.current_weights, "kind": command.inputs_kind},
+        inherit=run_inherits(command),
+        event_id=event_id,
+        result_id=result_id,
+        response=response_from_record(identified).SerializeToString(),
+        labels=(
+            str(command.method.method.value),
+            str(command.problem.objective.value),
+            str(outcome.result.solve_path),
+            outcome.total_time_ms / 1000.0,
+        ),
+    )
+
+
+def optimize_response(result: RunResult | EncodedRunResult) -> cmd_pb.OptimizeResponse:
+    """The ``OptimizeResponse`` of a run: its stored result, ``optimization_metadata.replayed`` for a replay.
+
+    A run encoded in a worker (``EncodedRunResult``) answers its wire form with the timestamp and configuration
+    version the store gave it.
+    """
+    if isinstance(result, EncodedRunResult):
+        response = cmd_pb.OptimizeResponse.FromString(result.response)
+        metadata = response.optimization_metadata
+        metadata.timestamp.FromNanoseconds(result.timestamp_ns)
+        metadata.configuration_version = result.configuration_version
+        return response
     response = response_from_record(result.result)
     response.optimization_metadata.replayed = result.replayed
     return response
@@ -255,7 +299,7 @@ def _echoed_key(request_id: str) -> str:
 
 
 def _batch_result(
-    index: int, request_id: str, outcome: RunResult | BaseException, to_status: StatusFactory
+    index: int, request_id: str, outcome: RunResult | EncodedRunResult | BaseException, to_status: StatusFactory
 ) -> cmd_pb.BatchOptimizeResult:
     if isinstance(outcome, BaseException):
         return cmd_pb.BatchOptimizeResult(index=index, request_id=request_id, error=to_status(outcome))
@@ -316,7 +360,9 @@ class BatchStream:
             yield items
 
     def response(
-        self, answers: Sequence[tuple[int, RunResult | BaseException]], to_status: StatusFactory = status_for
+        self,
+        answers: Sequence[tuple[int, RunResult | EncodedRunResult | BaseException]],
+        to_status: StatusFactory = status_for,
     ) -> cmd_pb.BatchOptimizeStreamResponse:
         """The results of finished items (their keys are forgotten)."""
         return cmd_pb.BatchOptimizeStreamResponse(

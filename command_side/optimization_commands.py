@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from command_side.configuration import OptimizationConfiguration
+from command_side.optimization_store import EncodedRun
 from command_side.result_records import ResultRecord
-from services.engine import MethodSettings
+from services.engine import MethodSettings, OptimizationOutcome
 from services.optimization import PortfolioProblem
 from services.types import EstimationSettings, Moments, ReturnHistory
 from services.workload import Workload
@@ -25,6 +26,7 @@ __all__ = [
     "BatchResult",
     "ConfigurationPage",
     "ConfigurationUpsert",
+    "EncodedRunResult",
     "FrontierCommand",
     "FrontierPoint",
     "FrontierResult",
@@ -106,6 +108,10 @@ class SerializedOptimize:
     """Fingerprint of the request behind the key ('' without a key)."""
     workload: Workload | None = None
     """The request's traits, read without parsing it: a heavy one is solved in the heavy pool (None: never heavy)."""
+    encode: Callable[[OptimizeCommand, OptimizationOutcome], EncodedRun] | None = None
+    """Module-level function (picklable by name) that encodes a solved run for storage, with its answer in wire
+    form (``EncodedRun``): a batch's worker encodes each run it solved, so the event loop only stores and forwards
+    it. None: the worker answers the command and the outcome (``Optimize``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,6 +123,19 @@ class RunResult:
     version and timestamp."""
     replayed: bool = False
     """Whether this is the stored answer to an earlier call with the same idempotency key."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EncodedRunResult:
+    """The answer to a batch item solved and encoded in a worker (``EncodedRun``), once stored."""
+
+    response: bytes
+    """The answer in the contract's wire form, without timestamp and configuration version
+    (``EncodedRun.response``)."""
+    timestamp_ns: int
+    """The run's timestamp as stored (ns since the epoch, UTC)."""
+    configuration_version: int
+    """The configuration version of the run."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,7 +161,7 @@ class BatchCommand:
 class BatchResult:
     """One outcome per batch item, in request order."""
 
-    outcomes: tuple[RunResult | BaseException, ...]
+    outcomes: tuple[RunResult | EncodedRunResult | BaseException, ...]
     """The item's result, or the error that ended it."""
 
     @property

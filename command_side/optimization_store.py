@@ -20,6 +20,7 @@ executable specification for the application's unit tests), and splitting them w
 from __future__ import annotations
 
 import json
+import pickle
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -40,7 +41,7 @@ from command_side.configuration_records import (
     recompute_column,
     recompute_from_column,
 )
-from command_side.result_records import JsonObject, ResultRecord, run_inputs_json
+from command_side.result_records import JsonObject, ResultRecord, encode_instant, run_inputs_json
 from services.errors import (
     DeadlineExceededError,
     IntegrityError,
@@ -92,6 +93,189 @@ class PendingRun:
     """Fields kept from the current configuration version (:func:`next_configuration_version`)."""
     content: ConfigurationContent | None = None
     """The configuration's content and hash when already computed (:func:`content_of`, in a worker)."""
+
+
+@dataclass(frozen=True)
+class EncodedRun:
+    """A solved run already encoded for storage (by :func:`encode_run`, in the worker that solved it).
+
+    What a store writes of the run, as text ready for its columns, so that the process that stores it (the event
+    loop) only assembles strings: the configuration version and the timestamp, which the store gives the run,
+    go between the parts of the two JSON documents (:meth:`metadata_json`, :meth:`result_json`). The configuration
+    itself travels pickled and is read only when its version is new or an inherited field differs from the
+    current version's. No ``slots``: such a dataclass pickles through Python code per field, this one as a dict.
+    """
+
+    portfolio_id: str
+    """Portfolio identifier."""
+    request_id: str
+    """Idempotency key ('' = none)."""
+    request_hash: str
+    """Fingerprint of the request ('' without a key)."""
+    event_id: str
+    """Identifier of the ``portfolio_optimized`` event (UUID text)."""
+    result_id: str
+    """Identifier of the result (UUID text)."""
+    objective: str
+    """The configuration's stored objective name."""
+    method: str
+    """The configuration's stored method name."""
+    content_hash: str
+    """sha256 of the configuration's content (``content_hash_of``)."""
+    inherited: dict[str, Any]
+    """The configuration's ``enabled``, ``lookback_periods``, ``market_symbol`` and ``recompute``."""
+    inherit: tuple[str, ...]
+    """Fields kept from the current configuration version (:func:`next_configuration_version`)."""
+    configuration: bytes
+    """``pickle`` of ``(configuration, (content, hash))``, read only when needed (:meth:`decoded_configuration`)."""
+    weights: str
+    """JSON of the weights by symbol."""
+    expected_return: float
+    """Annualised expected return (decimal)."""
+    volatility: float
+    """Annualised volatility (decimal)."""
+    sharpe_ratio: float
+    """Annualised Sharpe ratio."""
+    objective_value: float
+    """Objective at the optimum."""
+    solver: str
+    """Solver that answered."""
+    constraints_satisfied: bool
+    """Whether the weights satisfy every constraint."""
+    run_inputs: str
+    """JSON of ``optimization_results.run_inputs`` (``run_inputs_json``)."""
+    metadata_parts: tuple[str, str, str]
+    """The event metadata's JSON around its timestamp and configuration version (:meth:`metadata_json`)."""
+    result_parts: tuple[str, str]
+    """The result's JSON around its metadata (:meth:`result_json`)."""
+    response: bytes = b""
+    """The answer in the contract's wire form without timestamp and configuration version (the adapter's)."""
+    labels: tuple[str, str, str, float] = ("", "", "", 0.0)
+    """Method, objective, solve path and solver seconds (the solver-time metric)."""
+
+    def metadata_json(self, timestamp_ns: int, configuration_version: int) -> str:
+        """The stored event metadata (``RunMetadataRecord.to_json``) with the run's timestamp and version."""
+        head, middle, tail = self.metadata_parts
+        return f'{head}"{encode_instant(timestamp_ns)}"{middle}{configuration_version}{tail}'
+
+    def result_json(self, metadata_json: str) -> str:
+        """The stored result (``ResultRecord.to_json``) around its metadata's JSON (:meth:`metadata_json`)."""
+        head, tail = self.result_parts
+        return f"{head}{metadata_json}{tail}"
+
+    def decoded_configuration(self) -> tuple[Configuration, ConfigurationContent]:
+        """The run's configuration with its content and hash."""
+        configuration, content = pickle.loads(self.configuration)
+        return configuration, content
+
+    def version_on(self, head: ConfigurationHead | None) -> ConfigurationVersion | None:
+        """The run's configuration version when ``head`` is its portfolio's current one; None: the head's own.
+
+        None when the run leaves the head as it is (same content, inherited fields equal: the common case of a
+        portfolio run again), without reading the pickled configuration; else :func:`next_configuration_version`.
+        """
+        if (
+            head is not None
+            and head.content_hash == self.content_hash
+            and all(getattr(head, name) == self.inherited[name] for name in self.inherit)
+        ):
+            return None
+        configuration, content = self.decoded_configuration()
+        return next_configuration_version(configuration, head, self.inherit, content)
+
+
+@dataclass(frozen=True, slots=True)
+class RunStamp:
+    """What a store gave an :class:`EncodedRun` it stored."""
+
+    timestamp_ns: int
+    """The run's timestamp (ns since the epoch, UTC; whole microseconds)."""
+    configuration_version: int
+    """The configuration version of the run."""
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def encode_run(
+    *,
+    configuration: Configuration,
+    content: ConfigurationContent,
+    result: ResultRecord,
+    request_hash: str,
+    run_inputs: Mapping[str, Any],
+    inherit: tuple[str, ...],
+    event_id: uuid.UUID,
+    result_id: uuid.UUID,
+    response: bytes = b"",
+    labels: tuple[str, str, str, float] = ("", "", "", 0.0),
+) -> EncodedRun:
+    """A solved run encoded for storage (:class:`EncodedRun`).
+
+    Parameters
+    ----------
+    configuration : Configuration
+        The run's configuration.
+    content : (dict, str)
+        Its content and hash (:func:`content_of`).
+    result : ResultRecord
+        The answer (``command_side.application.run_record``); its ids, version and timestamp are ignored.
+    request_hash, run_inputs, inherit
+        As :class:`PendingRun`.
+    event_id, result_id : uuid.UUID
+        The ids the run is stored with.
+    response : bytes, optional
+        The answer in wire form, without timestamp and configuration version (carried, not read).
+    labels : tuple, optional
+        Method, objective, solve path and seconds for the solver-time metric (carried, not read).
+    """
+    stored = result.to_json()
+    metadata = stored["metadata"]
+    metadata["event_id"], metadata["result_id"] = str(event_id), str(result_id)
+    keys = list(metadata)
+    assert keys[1:5] == ["event_id", "result_id", "timestamp", "configuration_version"]  # the schema's order
+    before = {key: metadata[key] for key in keys[:3]}
+    after = {key: metadata[key] for key in keys[5:]}
+    keys = list(stored)
+    cut = keys.index("metadata")
+    assert 0 < cut < len(keys) - 1  # keys on both sides of the metadata
+    result_head = {key: stored[key] for key in keys[:cut]}
+    result_tail = {key: stored[key] for key in keys[cut + 1 :]}
+    return EncodedRun(
+        portfolio_id=configuration.portfolio_id,
+        request_id=result.request_id,
+        request_hash=request_hash,
+        event_id=str(event_id),
+        result_id=str(result_id),
+        objective=configuration.objective,
+        method=configuration.method,
+        content_hash=content[1],
+        inherited={
+            "enabled": configuration.enabled,
+            "lookback_periods": configuration.lookback_periods,
+            "market_symbol": configuration.market_symbol,
+            "recompute": configuration.recompute,
+        },
+        inherit=inherit,
+        configuration=pickle.dumps((configuration, content), protocol=pickle.HIGHEST_PROTOCOL),
+        weights=_json_text(stored["weights"]),
+        expected_return=result.expected_return,
+        volatility=result.volatility,
+        sharpe_ratio=result.sharpe_ratio,
+        objective_value=result.metadata.objective_value,
+        solver=result.metadata.solver,
+        constraints_satisfied=result.metadata.constraints_satisfied,
+        run_inputs=_json_text(run_inputs_json(run_inputs)),
+        metadata_parts=(
+            _json_text(before)[:-1] + ',"timestamp":',
+            ',"configuration_version":',
+            "," + _json_text(after)[1:],
+        ),
+        result_parts=(_json_text(result_head)[:-1] + ',"metadata":', "," + _json_text(result_tail)[1:]),
+        response=response,
+        labels=labels,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,7 +592,9 @@ class OptimizationStore(Protocol):
         """
         ...
 
-    async def persist_runs(self, runs: Sequence[PendingRun], *, commit_by: float | None = None) -> list[ResultRecord]:
+    async def persist_runs(
+        self, runs: Sequence[PendingRun | EncodedRun], *, commit_by: float | None = None
+    ) -> list[ResultRecord | RunStamp]:
         """Store many runs in one transaction, in the given order; each as :meth:`persist_run` stores one.
 
         All or nothing for the whole sequence: each run's configuration version, result, event and read-model row
@@ -418,8 +604,10 @@ class OptimizationStore(Protocol):
 
         Returns
         -------
-        list of ResultRecord
-            The stored results, completed as :meth:`persist_run` completes one, in the given order.
+        list of ResultRecord or RunStamp
+            In the given order: of a :class:`PendingRun`, its stored result, completed as :meth:`persist_run`
+            completes one; of an :class:`EncodedRun`, the timestamp and configuration version it was stored with
+            (its ids are its own).
 
         Raises
         ------
@@ -617,23 +805,63 @@ class InMemoryOptimizationStore(OptimizationStore):
             self._results_by_request[request_id] = run
         return result
 
-    async def persist_runs(self, runs: Sequence[PendingRun], *, commit_by: float | None = None) -> list[ResultRecord]:
+    async def persist_runs(
+        self, runs: Sequence[PendingRun | EncodedRun], *, commit_by: float | None = None
+    ) -> list[ResultRecord | RunStamp]:
         """Store many runs all or nothing; see :meth:`OptimizationStore.persist_runs`."""
         check_commit_by(commit_by)
-        keys = [run.result.request_id for run in runs if run.result.request_id]
+        keys = [run.request_id if isinstance(run, EncodedRun) else run.result.request_id for run in runs]
+        keys = [key for key in keys if key]
         if len(set(keys)) < len(keys) or any(key in self._results_by_request for key in keys):
             raise IntegrityError("a stored row already has this key (optimization_results_request_id_key)")
         # No await below yields (persist_run never awaits): the runs are stored together.
-        return [
-            await self.persist_run(
-                configuration=run.configuration,
-                result=run.result,
-                request_hash=run.request_hash,
-                run_inputs=run.run_inputs,
-                inherit=run.inherit,
+        out: list[ResultRecord | RunStamp] = []
+        for run in runs:
+            if isinstance(run, EncodedRun):
+                out.append(self._store_encoded(run))
+                continue
+            out.append(
+                await self.persist_run(
+                    configuration=run.configuration,
+                    result=run.result,
+                    request_hash=run.request_hash,
+                    run_inputs=run.run_inputs,
+                    inherit=run.inherit,
+                )
             )
-            for run in runs
-        ]
+        return out
+
+    def _store_encoded(self, run: EncodedRun) -> RunStamp:
+        """Store one encoded run (its key already checked), as :meth:`persist_run` stores one."""
+        now = self._clock()
+        if self._last_stamp is not None and now <= self._last_stamp:
+            now = self._last_stamp + timedelta(microseconds=1)
+        head = self._head(run.portfolio_id)
+        version = run.version_on(head)
+        if version is None:
+            assert head is not None  # version_on reads an unchanged head only
+            number = head.version
+        else:
+            number = version.version
+            if version.new:
+                self._commit(version, self._stage(version, now))
+        stamp_ns = epoch_microseconds(now) * 1000
+        recorded = RecordedRun(
+            result_id=uuid.UUID(run.result_id),
+            event_id=uuid.UUID(run.event_id),
+            timestamp=now,
+            portfolio_id=run.portfolio_id,
+            configuration_version=number,
+            request_id=run.request_id or None,
+            request_hash=run.request_hash,
+            result=json.loads(run.result_json(run.metadata_json(stamp_ns, number))),
+            run_inputs=json.loads(run.run_inputs),
+        )
+        self._last_stamp = now
+        self._runs.append(recorded)
+        if run.request_id:
+            self._results_by_request[run.request_id] = recorded
+        return RunStamp(stamp_ns, number)
 
     async def upsert_configuration(self, config: Configuration) -> tuple[Configuration, bool]:
         """Store ``config`` unless unchanged; see :meth:`OptimizationStore.upsert_configuration`."""

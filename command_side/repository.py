@@ -35,15 +35,19 @@ from command_side.optimization_store import (
     Configuration,
     ConfigurationHead,
     ConfigurationVersion,
+    EncodedRun,
     OptimizationStore,
     PendingRun,
     PriceWindow,
+    RunStamp,
     StoredResult,
     check_commit_by,
     completed,
     configuration_from_row,
     configuration_not_found,
     configuration_row,
+    content_of,
+    encode_run,
     epoch_microseconds,
     next_configuration_version,
     price_window,
@@ -323,13 +327,17 @@ class PostgresOptimizationStore(OptimizationStore):
         event_written("portfolio_optimized", "PORTFOLIO_OPTIMIZED")  # after the commit
         return record
 
-    async def persist_runs(self, runs: Sequence[PendingRun], *, commit_by: float | None = None) -> list[ResultRecord]:
+    async def persist_runs(
+        self, runs: Sequence[PendingRun | EncodedRun], *, commit_by: float | None = None
+    ) -> list[ResultRecord | RunStamp]:
         """Store many runs in one transaction; see :meth:`OptimizationStore.persist_runs`.
 
         The portfolios' locks (in key order), one read of their heads and of the database clock, then one ``COPY``
         of the rows into a staging table and one statement that writes them all. The ``k``-th run is stamped the
         clock plus ``k`` microseconds (each portfolio's history in the given order); the commit waits, if need
         be, until the clock is past the last stamp, so that a later run of the same portfolio is stamped after it.
+        A :class:`PendingRun` is encoded here (``encode_run``); an :class:`EncodedRun` (encoded in a worker) only
+        has its timestamp and version put between its parts.
 
         Raises
         ------
@@ -340,39 +348,51 @@ class PostgresOptimizationStore(OptimizationStore):
         """
         if not runs:
             return []
-        portfolios = sorted({run.configuration.portfolio_id for run in runs})
-        versions: list[ConfigurationVersion] = []
-        records: list[ResultRecord] = []
+        encoded = [run if isinstance(run, EncodedRun) else _encoded(run) for run in runs]
+        portfolios = sorted({run.portfolio_id for run in encoded})
+        out: list[ResultRecord | RunStamp] = []
         async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
             await conn.execute(_RUN_STAGE)
             await conn.execute(_LOCK_MANY, portfolios)
             rows = await conn.fetch(_HEADS, portfolios)  # a snapshot taken after the locks
             now = max(row["now"] for row in rows)
             heads = {row["portfolio_id"]: _head(row) for row in rows}
+            base_us = epoch_microseconds(now)
             stage = []
             new_versions: list[ConfigurationVersion] = []
-            for seq, run in enumerate(runs):
-                portfolio_id = run.configuration.portfolio_id
-                version = next_configuration_version(run.configuration, heads[portfolio_id], run.inherit, run.content)
-                if version.new:
-                    new_versions.append(version)
-                    heads[portfolio_id] = _head_of(version)
-                versions.append(version)
-                event_id, result_id = uuid.uuid4(), uuid.uuid4()
+            for seq, (given, run) in enumerate(zip(runs, encoded, strict=True)):
+                portfolio_id = run.portfolio_id
+                head = heads[portfolio_id]
+                version = run.version_on(head)
+                if version is None:
+                    assert head is not None  # version_on reads an unchanged head only
+                    number = head.version
+                else:
+                    number = version.version
+                    if version.new:
+                        new_versions.append(version)
+                        heads[portfolio_id] = _head_of(version)
                 stamp = now + timedelta(microseconds=seq)
-                record = completed(
-                    run.result, event_id=event_id, result_id=result_id, configuration_version=version.version,
-                    timestamp=stamp,
-                )  # fmt: skip
-                records.append(record)
-                meta = record.metadata
+                stamp_ns = (base_us + seq) * 1000
+                metadata = run.metadata_json(stamp_ns, number)
                 stage.append((
-                    seq, result_id, portfolio_id, version.version, record.request_id or None, run.request_hash,
-                    event_id, stamp, run.configuration.objective, run.configuration.method, _json(record.weights),
-                    record.expected_return, record.volatility, record.sharpe_ratio, meta.objective_value,
-                    meta.solver, meta.constraints_satisfied, _json(record.to_json()),
-                    _json(run_inputs_json(run.run_inputs)), _json(meta.to_json()),
+                    seq, run.result_id, portfolio_id, number, run.request_id or None, run.request_hash,
+                    run.event_id, stamp, run.objective, run.method, run.weights, run.expected_return,
+                    run.volatility, run.sharpe_ratio, run.objective_value, run.solver, run.constraints_satisfied,
+                    run.result_json(metadata), run.run_inputs, metadata,
                 ))  # fmt: skip
+                if isinstance(given, EncodedRun):
+                    out.append(RunStamp(stamp_ns, number))
+                else:
+                    out.append(
+                        completed(
+                            given.result,
+                            event_id=uuid.UUID(run.event_id),
+                            result_id=uuid.UUID(run.result_id),
+                            configuration_version=number,
+                            timestamp=stamp,
+                        )
+                    )
             if new_versions:
                 await conn.executemany(_INSERT_CONFIGURATION, [_configuration_arguments(v) for v in new_versions])
             await conn.copy_records_to_table("optimization_run_stage", records=stage, columns=_RUN_STAGE_COLUMNS)
@@ -382,17 +402,22 @@ class PostgresOptimizationStore(OptimizationStore):
             if ahead > 0:  # the clock must pass the last stamp before the locks go
                 await asyncio.sleep(ahead)
             check_commit_by(commit_by)
-        for version in versions:
-            self._remember_head(version)
-        for _ in records:
+        for portfolio_id in portfolios:
+            known = heads[portfolio_id]
+            if known is not None:
+                self._remember(portfolio_id, known)
+        for _ in out:
             event_written("portfolio_optimized", "PORTFOLIO_OPTIMIZED")  # after the commit
-        return records
+        return out
 
     def _remember_head(self, stored: ConfigurationVersion) -> None:
         """Keep ``stored`` as its portfolio's head for the next run's one-statement path (cleared when full)."""
+        self._remember(stored.configuration.portfolio_id, _head_of(stored))
+
+    def _remember(self, portfolio_id: str, head: ConfigurationHead) -> None:
         if len(self._heads) >= HEAD_CACHE_SIZE:
             self._heads.clear()
-        self._heads[stored.configuration.portfolio_id] = _head_of(stored)
+        self._heads[portfolio_id] = head
 
     async def _store_run_of_head(
         self,
@@ -563,6 +588,15 @@ def _configuration_arguments(stored: ConfigurationVersion) -> tuple[Any, ...]:
         _json(columns["strategies"]), _json(columns["constraints"]), _json(columns["risk_parameters"]),
         columns["lookback_periods"], columns["market_symbol"], columns["enabled"], columns["content_hash"],
         _json(columns["black_litterman"]), _json(columns["recompute"]),
+    )  # fmt: skip
+
+
+def _encoded(run: PendingRun) -> EncodedRun:
+    """A run given with its record, encoded as a worker encodes one (new ids)."""
+    return encode_run(
+        configuration=run.configuration, content=run.content or content_of(run.configuration), result=run.result,
+        request_hash=run.request_hash, run_inputs=run.run_inputs, inherit=run.inherit, event_id=uuid.uuid4(),
+        result_id=uuid.uuid4(),
     )  # fmt: skip
 
 

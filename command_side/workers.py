@@ -48,9 +48,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from command_side.field_paths import OPTIMIZATION, proto_field_paths
-from command_side.metrics import observe_solve, solver_job_answered, worker_pool_replaced
+from command_side.metrics import observe_solve, observe_solve_seconds, solver_job_answered, worker_pool_replaced
 from command_side.optimization_commands import MarketDataWindow, OptimizeCommand
-from command_side.optimization_store import ConfigurationContent, content_of
+from command_side.optimization_store import EncodedRun
 from services.engine import (
     FrontierOutcome,
     OptimizationJob,
@@ -60,7 +60,7 @@ from services.engine import (
     run_optimization_batch,
 )
 from services.errors import DeadlineExceededError, ResourceExhaustedError, StratoptError, UnavailableError
-from services.optimization import Objective, PortfolioProblem
+from services.optimization import Objective, PortfolioProblem, warm_up_batch
 from services.rotation import CycleDecision, run_cycle
 from services.trading import AllocationRequest, AllocationResult
 from services.trading import allocate as allocate_shares
@@ -193,13 +193,19 @@ def _send(sock: socket.socket, value: object) -> None:
     sock.sendall(_HEADER.pack(len(data)) + data)  # one write: the pool's reader wakes once per answer
 
 
-def _serve(sock: socket.socket) -> None:
-    """A worker process's main loop: read a job frame, run it, send ``(ok, value, traceback)`` back; exit at EOF."""
+def _serve(sock: socket.socket, warm_batch_assets: int = 0) -> None:
+    """A worker process's main loop: read a job frame, run it, send ``(ok, value, traceback)`` back; exit at EOF.
+
+    ``warm_batch_assets`` > 0: compile the batched solver for problems of up to that many names before the worker
+    reports ready (``SolverPool``).
+    """
     _single_threaded_blas()
     # Ctrl-C in a terminal signals the whole process group: the server drains on it and then stops the workers,
     # so a worker must not die first and fail the calls the drain is finishing.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _warm_up()
+    if warm_batch_assets > 0:
+        warm_up_batch(warm_batch_assets)
     # The imported libraries live as long as the worker: keep full garbage collections (~130 ms over them)
     # from pausing the jobs (as the server does, stratopt_cli.server).
     gc.collect()
@@ -249,32 +255,18 @@ def _parse_and_run(
     return replace(command, inputs=inputs), outcome
 
 
-BatchAnswer = tuple[OptimizeCommand | None, OptimizationOutcome | Exception, ConfigurationContent | None]
-"""A worker's answer to one serialised request of a chunk (``SolverPool.parse_and_run_batch``)."""
-
-
-def _without_inputs(command: OptimizeCommand) -> OptimizeCommand:
-    """The command with its inline inputs emptied (their kind kept): what the event loop needs to store the run."""
-    inputs = command.inputs
-    if isinstance(inputs, ReturnHistory):
-        inputs = ReturnHistory(
-            returns=np.empty((0, inputs.returns.shape[1])), timestamps=np.empty(0, dtype="datetime64[us]")
-        )
-    elif isinstance(inputs, Moments):
-        inputs = Moments(expected_returns=np.empty(0), covariance=np.empty((0, 0)))
-    return replace(command, inputs=inputs)
-
-
 def _parse_and_run_batch(
-    parse: Callable[[bytes], OptimizeCommand], payloads: list[bytes], time_limit_s: float | None
-) -> list[BatchAnswer]:
-    """In a worker: parse and check serialised Optimize requests, then solve them together (``run_batch``).
+    parse: Callable[[bytes], OptimizeCommand],
+    encode: Callable[[OptimizeCommand, OptimizationOutcome], EncodedRun],
+    payloads: list[bytes],
+    time_limit_s: float | None,
+) -> list[EncodedRun | Exception]:
+    """In a worker: parse and check serialised Optimize requests, solve them together (``run_batch``), encode each run.
 
-    Returns, per payload in order, ``(command without its inline inputs, outcome, its configuration's content and
-    hash)``, or ``(None, error, None)`` for a request that does not parse or check; an engine error is the outcome
-    (with proto field paths).
+    Returns, per payload in order, the run encoded for storage with its answer (``encode``), or the error of a
+    request that does not parse or check, of its solve (with proto field paths) or of its encoding.
     """
-    answers: list[BatchAnswer | None] = [None] * len(payloads)
+    answers: list[EncodedRun | Exception | None] = [None] * len(payloads)
     parsed: list[tuple[int, OptimizeCommand]] = []
     for k, payload in enumerate(payloads):
         try:
@@ -282,7 +274,7 @@ def _parse_and_run_batch(
             if isinstance(command.inputs, MarketDataWindow):  # the server reads stored prices before the solve
                 raise TypeError("a request on stored prices cannot be parsed and solved in a worker alone")
         except Exception as exc:  # one broken item must not sink the others
-            answers[k] = (None, exc, None)
+            answers[k] = exc
             continue
         parsed.append((k, command))
     jobs = []
@@ -295,13 +287,14 @@ def _parse_and_run_batch(
         )
     outcomes: list[OptimizationOutcome | Exception] = list(run_optimization_batch(jobs))
     for (k, command), outcome in zip(parsed, outcomes, strict=True):
-        if isinstance(outcome, Exception):
-            try:  # the engine's field names as the request's paths, as the unary call answers
+        try:
+            if isinstance(outcome, Exception):
+                # the engine's field names as the request's paths, as the unary call answers
                 with proto_field_paths(OPTIMIZATION, symbols=command.problem.symbols):
                     raise outcome
-            except Exception as mapped:
-                outcome = mapped
-        answers[k] = (_without_inputs(command), outcome, content_of(command.configuration))
+            answers[k] = encode(command, outcome)
+        except Exception as exc:  # one broken item must not sink the others
+            answers[k] = exc
     return [answer for answer in answers if answer is not None]
 
 
@@ -390,6 +383,12 @@ class SolverPool:
         Strategies from which a job is heavy whatever its method (``services.workload.Workload.is_heavy``).
     name : str, optional
         The pool's name in metrics and logs (``MAIN``; its heavy pool is ``HEAVY``).
+    warm_batch_assets : int, optional
+        Each worker of this pool (not of its heavy pool) compiles the batched solver (``BatchOptimize``) for
+        problems of up to this many names before it reports ready (``services.optimization.warm_up_batch``:
+        about 10-20 s of one core, and memory for the executables); 0 (the default) = none: the first chunks of
+        each shape compile in whichever worker solves them, once per worker, so the first batches take seconds
+        longer.
     """
 
     def __init__(
@@ -401,8 +400,10 @@ class SolverPool:
         heavy_max_queue: int | None = None,
         heavy_assets: int = DEFAULT_HEAVY_ASSETS,
         name: str = MAIN,
+        warm_batch_assets: int = 0,
     ) -> None:
         self.name = name
+        self.warm_batch_assets = max(0, warm_batch_assets)
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.max_queue = DEFAULT_QUEUE_PER_WORKER * self.workers if max_queue is None else max(0, max_queue)
         self.heavy_assets = max(1, heavy_assets)
@@ -595,7 +596,7 @@ class SolverPool:
         ours, theirs = socket.socketpair()
         try:
             label = "stratopt-solver" if self.name == MAIN else f"stratopt-solver-{self.name}"
-            process = context.Process(target=_serve, args=(theirs,), name=label, daemon=True)
+            process = context.Process(target=_serve, args=(theirs, self.warm_batch_assets), name=label, daemon=True)
             process.start()
         except BaseException:
             ours.close()
@@ -856,13 +857,14 @@ class SolverPool:
     async def parse_and_run_batch(
         self,
         parse: Callable[[bytes], OptimizeCommand],
+        encode: Callable[[OptimizeCommand, OptimizationOutcome], EncodedRun],
         payloads: list[bytes],
         *,
         time_limit_s: float | None,
         timeout_s: float | None,
         workloads: Sequence[Workload | None] | None = None,
-    ) -> list[BatchAnswer]:
-        """Parse, check and solve serialised Optimize requests together in one worker (a batch's chunk).
+    ) -> list[EncodedRun | Exception]:
+        """Parse, check and solve serialised Optimize requests together in one worker, and encode each run there.
 
         With ``workloads`` (one per payload, ``request_workload``) and a heavy pool, the heavy requests run as one
         chunk in the heavy pool (``route``), beside the others, as in :meth:`run_batch`.
@@ -871,6 +873,10 @@ class SolverPool:
         ----------
         parse : callable
             Module-level function turning a payload into a checked ``OptimizeCommand``.
+        encode : callable
+            Module-level function turning a command and its outcome into the run encoded for storage, with its
+            answer (``command_side.optimization_store.EncodedRun``): the event loop receives text and bytes only,
+            cheap to read back.
         payloads : list of bytes
             The serialised requests (inline returns or moments).
         time_limit_s : float or None
@@ -880,11 +886,10 @@ class SolverPool:
 
         Returns
         -------
-        list of (OptimizeCommand or None, OptimizationOutcome or Exception, ConfigurationContent or None)
-            Per payload in order: the command (its inline inputs emptied), its outcome (an engine error with the
-            request's field paths) and its configuration's content and hash (``content_of``, computed here rather
-            than on the event loop); ``(None, error, None)`` for a request that does not parse or check
-            (``InvalidInputError`` naming the field).
+        list of (EncodedRun or Exception)
+            Per payload in order: the encoded run, or the error of a request that does not parse or check
+            (``InvalidInputError`` naming the field), of its solve (with the request's field paths) or of its
+            encoding.
 
         Raises
         ------
@@ -895,36 +900,35 @@ class SolverPool:
             heavy = [self.route(workload) is not self for workload in workloads]
             if any(heavy):
                 return await self._parse_and_run_split(
-                    parse, payloads, heavy, time_limit_s=time_limit_s, timeout_s=timeout_s
+                    parse, encode, payloads, heavy, time_limit_s=time_limit_s, timeout_s=timeout_s
                 )
-        answers = await self._call(_parse_and_run_batch, parse, payloads, time_limit_s, timeout_s=timeout_s)
-        for command, outcome, _ in answers:
-            if command is not None and not isinstance(outcome, Exception):
-                assert not isinstance(command.inputs, MarketDataWindow)  # refused by the worker
-                job = OptimizationJob(
-                    problem=command.problem, inputs=command.inputs, settings=command.settings, method=command.method
-                )
-                observe_solve(job, outcome)
+        answers = await self._call(_parse_and_run_batch, parse, encode, payloads, time_limit_s, timeout_s=timeout_s)
+        for answer in answers:
+            if isinstance(answer, EncodedRun):
+                observe_solve_seconds(*answer.labels)
         return answers
 
     async def _parse_and_run_split(
         self,
         parse: Callable[[bytes], OptimizeCommand],
+        encode: Callable[[OptimizeCommand, OptimizationOutcome], EncodedRun],
         payloads: list[bytes],
         heavy: list[bool],
         *,
         time_limit_s: float | None,
         timeout_s: float | None,
-    ) -> list[BatchAnswer]:
+    ) -> list[EncodedRun | Exception]:
         """``parse_and_run_batch`` with the heavy requests in the heavy pool and the others here, at once, in order."""
         assert self.heavy is not None
         light_payloads = [payload for payload, h in zip(payloads, heavy, strict=True) if not h]
         heavy_payloads = [payload for payload, h in zip(payloads, heavy, strict=True) if h]
         parts = await asyncio.gather(
-            self.parse_and_run_batch(parse, light_payloads, time_limit_s=time_limit_s, timeout_s=timeout_s)
+            self.parse_and_run_batch(parse, encode, light_payloads, time_limit_s=time_limit_s, timeout_s=timeout_s)
             if light_payloads
             else _nothing(),
-            self.heavy.parse_and_run_batch(parse, heavy_payloads, time_limit_s=time_limit_s, timeout_s=timeout_s),
+            self.heavy.parse_and_run_batch(
+                parse, encode, heavy_payloads, time_limit_s=time_limit_s, timeout_s=timeout_s
+            ),
             return_exceptions=True,
         )
         for part in parts:  # as one call would: the first pool's failure fails the chunk

@@ -185,6 +185,15 @@ def serve(
             "$XDG_CACHE_HOME/stratopt/jax; 'off' turns it off).",
         ),
     ] = None,
+    warm_batch_assets: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            envvar="STRATOPT_WARM_BATCH_ASSETS",
+            help="Solver workers compile BatchOptimize's batched solver for up to this many strategies before "
+            "they are ready (0 = on first use; about 10-20 s of a core per worker).",
+        ),
+    ] = 0,
     tls_cert_file: Annotated[
         Path | None, typer.Option(exists=True, dir_okay=False, envvar="STRATOPT_TLS_CERT_FILE", help="TLS cert.")
     ] = None,
@@ -389,6 +398,7 @@ def serve(
             heavy_workers=default_heavy_workers() if heavy_workers is None else heavy_workers,
             heavy_max_queue=heavy_max_queue,
             heavy_assets=heavy_assets,
+            warm_batch_assets=warm_batch_assets,
             metrics_endpoint=endpoint,
             tracing=tracing,
             retention=retention,

@@ -95,6 +95,10 @@ class StratoptServer:
         its own (``DEFAULT_HEAVY_QUEUE_PER_WORKER`` per heavy worker).
     heavy_assets : int
         Strategies from which a problem is heavy whatever its method.
+    warm_batch_assets : int
+        The main pool's workers compile the batched solver of BatchOptimize for problems of up to this many
+        strategies before they report ready (``SolverPool``); 0 (the default) = none, each shape compiles on first
+        use in each worker.
     rotation_tick_s : float
         Seconds between the rotation scheduler's ticks (``command_side.rotation_scheduler``); 0 (the default here,
         15 s in ``stratopt serve``) runs no scheduler on this server.
@@ -134,6 +138,7 @@ class StratoptServer:
     heavy_workers: int = 0
     heavy_max_queue: int | None = None
     heavy_assets: int = command_side.DEFAULT_HEAVY_ASSETS
+    warm_batch_assets: int = 0
     freeze_gc: bool = False
     query_event_cache: int = query_side.DEFAULT_MAX_EVENTS
     rotation_tick_s: float = 0.0
@@ -204,6 +209,7 @@ class StratoptServer:
                 heavy_workers=self.heavy_workers,
                 heavy_max_queue=self.heavy_max_queue,
                 heavy_assets=self.heavy_assets,
+                warm_batch_assets=self.warm_batch_assets,
             )
             self.metrics.watch_solver_pool(lambda: self._solver_pool)
             optimization_store = command_side.PostgresOptimizationStore(self._pool)

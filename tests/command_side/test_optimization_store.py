@@ -21,7 +21,16 @@ import numpy as np
 import pytest
 
 from command_side.configuration import OptimizationConfiguration, OptimizationConstraints, Strategy
-from command_side.optimization_store import InMemoryOptimizationStore, OptimizationStore, PendingRun, content_of
+from command_side.optimization_store import (
+    EncodedRun,
+    InMemoryOptimizationStore,
+    OptimizationStore,
+    PendingRun,
+    RunStamp,
+    completed,
+    content_of,
+    encode_run,
+)
 from command_side.records import ResultRecord, RunMetadataRecord, response_from_record, result_record
 from command_side.repository import PostgresOptimizationStore
 from command_side.result_records import encode_instant
@@ -278,6 +287,47 @@ class OptimizationStoreContract:
                 await store.persist_runs([fresh, twice[0]])
             assert await self.stored_runs(store, a) == (1, 1, 1)
             assert await store.find_results([fresh.result.request_id]) == {}
+
+        self.run(scenario)
+
+    def test_a_run_encoded_in_a_worker_is_stored_and_replayed_as_its_record_beside_the_others(self) -> None:
+        async def scenario(store: OptimizationStore) -> None:
+            a, b, key = unique("encoded-a"), unique("encoded-b"), unique("r")
+            await store.upsert_configuration(configuration(b, lookback_periods=250))  # an operator's window
+
+            def encoded(config: OptimizationConfiguration, record: ResultRecord) -> EncodedRun:
+                return encode_run(
+                    configuration=config, content=content_of(config), result=record, request_hash="h",
+                    run_inputs={"kind": "moments", "current_weights": {"A": 0.5}}, inherit=RUN_INHERITS,
+                    event_id=uuid.uuid4(), result_id=uuid.uuid4(), response=b"wire",
+                )  # fmt: skip
+
+            # A record with every part of the schema set (relaxations, Black-Litterman, windows, drawdown).
+            rich = replace(result_record(rich_response()), portfolio_id=a, request_id=key)
+            first = encoded(configuration(a), rich)
+            inherited = encoded(configuration(b), result(b))  # lookback 0, inherits the stored 250: version 1
+            changed = encoded(configuration(b, objective="OBJECTIVE_MIN_VOLATILITY"), result(b))  # version 2
+            before = PendingRun(configuration(a), result(a, unique("r"), 0.2), "h", {"kind": "moments"}, RUN_INHERITS)
+            stored = await store.persist_runs([before, first, inherited, changed])
+            assert isinstance(stored[0], ResultRecord)
+            stamps = stored[1:]
+            assert all(isinstance(s, RunStamp) for s in stamps)
+            assert [s.configuration_version for s in stamps if isinstance(s, RunStamp)] == [1, 1, 2]
+            assert stored[0].metadata.timestamp is not None
+            times = [stored[0].metadata.timestamp] + [s.timestamp_ns for s in stamps if isinstance(s, RunStamp)]
+            assert times == sorted(times) and len(set(times)) == 4  # request order, each its own instant
+            stamp = stamps[0]
+            assert isinstance(stamp, RunStamp)
+            expected = completed(
+                rich, event_id=uuid.UUID(first.event_id), result_id=uuid.UUID(first.result_id),
+                configuration_version=1,
+                timestamp=datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=stamp.timestamp_ns // 1000),
+            )  # fmt: skip
+            found = await store.find_results([key])
+            assert found[key].request_hash == "h" and found[key].result == expected
+            assert await self.stored_runs(store, a) == (2, 2, 1)
+            assert (await store.get_configuration(b)).lookback_periods == 250
+            assert (await store.get_configuration(b)).objective == "OBJECTIVE_MIN_VOLATILITY"
 
         self.run(scenario)
 

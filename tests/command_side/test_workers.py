@@ -7,6 +7,7 @@ only after the crash test kills it).
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import signal
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from command_side.optimization_store import content_of
+from command_side.optimization_store import EncodedRun, content_of
 from command_side.workers import SolverPool
 from services.engine import OptimizationJob
 from services.errors import DeadlineExceededError, InfeasibleError, InvalidInputError, UnavailableError
@@ -68,10 +69,11 @@ def test_engine_errors_come_back_as_raised_in_the_worker(solver_pool: SolverPool
         asyncio.run(solver_pool.run(min_volatility_job(lower=0.6), timeout_s=120))
 
 
-def test_a_chunk_of_serialised_requests_is_parsed_and_solved_in_a_worker_with_errors_per_item(
+def test_a_chunk_of_serialised_requests_is_parsed_solved_and_encoded_in_a_worker_with_errors_per_item(
     solver_pool: SolverPool,
 ) -> None:
     from command_side.mapping import optimize_command_from_bytes
+    from command_side.optimization_adapter import encoded_run
     from stratopt.v1 import command_service_pb2 as cmd_pb
     from stratopt.v1 import types_pb2 as pb
 
@@ -87,17 +89,22 @@ def test_a_chunk_of_serialised_requests_is_parsed_and_solved_in_a_worker_with_er
 
     payloads = [request(), request(objective=pb.OBJECTIVE_UNSPECIFIED), request(lower=0.6), request()]
     answers = asyncio.run(
-        solver_pool.parse_and_run_batch(optimize_command_from_bytes, payloads, time_limit_s=None, timeout_s=120)
+        solver_pool.parse_and_run_batch(
+            optimize_command_from_bytes, encoded_run, payloads, time_limit_s=None, timeout_s=120
+        )
     )
-    (good, outcome, content), (none, invalid, _), (infeasible_command, infeasible, _), (_, again, _) = answers
-    assert good is not None and good.portfolio_id == "p" and good.inputs_kind == "moments"
-    assert not isinstance(outcome, Exception) and not isinstance(again, Exception)
-    for weights in (outcome.result.weights, again.result.weights):  # inverse-variance weights, as above
-        np.testing.assert_allclose(weights, [9 / 13, 4 / 13], atol=1e-7)
-    assert good is not None and content == content_of(good.configuration)  # computed in the worker
-    assert none is None and isinstance(invalid, InvalidInputError)
+    good, invalid, infeasible, again = answers
+    assert isinstance(good, EncodedRun) and isinstance(again, EncodedRun)
+    for run in (good, again):  # inverse-variance weights, as above
+        assert run.portfolio_id == "p" and json.loads(run.run_inputs)["kind"] == "moments"
+        weights = cmd_pb.OptimizeResponse.FromString(run.response).optimal_weights
+        np.testing.assert_allclose([weights["a"], weights["b"]], [9 / 13, 4 / 13], atol=1e-7)
+    configuration, content = good.decoded_configuration()
+    assert configuration.portfolio_id == "p" and content == content_of(configuration)  # computed in the worker
+    assert good.content_hash == content[1] and good.event_id != again.event_id
+    assert isinstance(invalid, InvalidInputError)
     assert [v.field for v in invalid.field_violations] == ["objective"]
-    assert infeasible_command is not None and isinstance(infeasible, InfeasibleError)
+    assert isinstance(infeasible, InfeasibleError)
 
 
 def frontier_job(n: int = 150) -> OptimizationJob:
