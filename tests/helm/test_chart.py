@@ -275,6 +275,9 @@ def test_resources_workers_and_image() -> None:
     # JAX's compilation cache on the /tmp emptyDir the container mounts (the command side's solvers only).
     assert env(c)["STRATOPT_JAX_CACHE_DIR"].startswith("/tmp/") and "STRATOPT_JAX_CACHE_DIR" not in env(q)
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+    assert "STRATOPT_WARM_BATCH_ASSETS" not in env(c)  # compiled on first use by default
+    warm = env(container(render({"command.warmBatchAssets": "64"}), "command"))
+    assert warm["STRATOPT_WARM_BATCH_ASSETS"] == "64"
     apart = env(container(render({"command.heavyWorkers": "0", "command.heavyMaxQueue": "8"}), "command"))
     assert (apart["STRATOPT_HEAVY_WORKERS"], apart["STRATOPT_HEAVY_MAX_QUEUE"]) == ("0", "8")
     for side in ("command", "query", "migrate"):

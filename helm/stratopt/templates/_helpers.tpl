@@ -219,6 +219,10 @@ spec:
             # workers load them instead of compiling again (stratopt_cli/jax_cache.py).
             - name: STRATOPT_JAX_CACHE_DIR
               value: /tmp/jax-cache
+            {{- if $v.warmBatchAssets }}
+            - name: STRATOPT_WARM_BATCH_ASSETS
+              value: {{ $v.warmBatchAssets | quote }}
+            {{- end }}
             - name: STRATOPT_RETENTION_EVENTS_DAYS
               value: {{ $root.Values.retention.eventsDays | quote }}
             - name: STRATOPT_RETENTION_REBALANCE_EVENTS_DAYS
