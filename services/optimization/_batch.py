@@ -356,6 +356,7 @@ def _run(
     count, size = group.mu.shape
     chunk = _chunk()
     outputs: list[list[Any]] = [[], [], [], [], []]
+    pending: list[tuple[int, Any]] = []
     eye, ones, zeros, _ = _dummy(size)
     for start, padded in _calls(count, chunk):
         part = slice(start, min(start + padded, count))
@@ -380,7 +381,9 @@ def _run(
             fill(state0, 0, np.int8),
             fill(lam0, 0.0),
         )
-        result = _batched(*args, limit)  # under the caller's jax.enable_x64(True)
+        # Dispatched without waiting (JAX runs it asynchronously): the next chunk is packed while this one runs.
+        pending.append((m, _batched(*args, limit)))  # under the caller's jax.enable_x64(True)
+    for m, result in pending:
         for out, value in zip(outputs, result, strict=True):
             out.append(np.asarray(value)[:m])
     state, w, lam, settled, iterations = (np.concatenate(out) for out in outputs)
