@@ -41,9 +41,11 @@ _PLAIN_FIELDS: Final = frozenset(
      "risk_aversion"}
 )  # fmt: skip
 """Fields a plain problem may set: sectors and classifications constrain nothing without sector limits."""
-_DEFAULTS: Final = tuple(
-    (f.name, f.default) for f in fields(PortfolioProblem) if f.name not in _PLAIN_FIELDS and f.default is not MISSING
-)
+_DEFAULTS: Final = tuple((f.name, f.default) for f in fields(PortfolioProblem) if f.name not in _PLAIN_FIELDS)
+# A field without a plain default (required, or a default_factory) could not be checked against it: refuse at import,
+# so that such a field added to PortfolioProblem is decided here (plain or not) instead of slipping through.
+if any(default is MISSING for _, default in _DEFAULTS):
+    raise TypeError("a PortfolioProblem field without a plain default: decide in _box_batch whether it is plain")
 
 
 def plain_box_rule(problem: PortfolioProblem, moments: Moments) -> tuple[BatchKind, float] | None:
