@@ -594,12 +594,20 @@ def _pdas(data: _Problem, state: IntArray, choose: Callable[[_Line], float | Non
     The block update changes every name whose state is infeasible (a free weight outside its bounds, a
     multiplier of the wrong sign). As in the block principal pivoting of Júdice & Pires (1994), when the number
     of infeasible names has not decreased for ``PDAS_STRIKES`` block updates, only the infeasible name of largest
-    index changes (Murty's single pivot, finite for positive definite problems) until it does.
+    index changes (Murty's single pivot, finite for positive definite problems) until it does. The budget makes
+    the problem no longer a bound-constrained one, for which that is proven, and a tangency λ moves with the
+    partition: a partition met again with the same counters is a cycle, and the attempt stops there (the caller
+    goes on with a method that cannot cycle) instead of going round it until ``MAX_PDAS_ITERATIONS``.
     """
     weights: FloatArray | None = None
     lam: float | None = None
     best, strikes = state.size + 1, PDAS_STRIKES
+    seen: set[tuple[bytes, int, int, bool]] = set()
     for _ in range(MAX_PDAS_ITERATIONS):
+        key = (state.tobytes(), best, strikes, data.rough)
+        if key in seen:  # each step depends on these alone: it would go round the same partitions again
+            return _Attempt(None, state, weights, lam)
+        seen.add(key)
         line = data.line(state)
         if line is None:
             return _Attempt(None, state, weights, lam)

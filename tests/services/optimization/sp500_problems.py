@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from services.optimization import Objective, PortfolioProblem, SectorLimit
 from tests.services.market_data import SP500_SECTORS
@@ -48,3 +49,22 @@ def sector_inequalities(tickers: list[str]) -> tuple[np.ndarray, np.ndarray]:
         rows.append([1.0 if SP500_SECTORS[t] == sector else 0.0 for t in tickers])
         bounds.append(maximum)
     return np.array(rows), np.array(bounds)
+
+
+def benchmark_problem(prices: pd.DataFrame, seed: int, index: int) -> tuple:
+    """Problem ``index`` of ``benchmarks.batch``'s generator with ``seed``: (Σ, μ, lower, upper).
+
+    N in 12..50 of the 20 names and their returns shifted by one and two days, a 2-year window, μ and Σ
+    annualised, long only with a 25 % cap on odd problems.
+    """
+    returns = prices.pct_change().dropna()
+    shifted = pd.concat([returns, returns.shift(1).add_suffix("_1"), returns.shift(2).add_suffix("_2")], axis=1)
+    shifted = shifted.dropna()
+    rng = np.random.default_rng(seed)
+    for _ in range(index + 1):
+        n = int(rng.integers(12, 51))
+        columns = rng.choice(shifted.columns, n, replace=False)
+        end = int(rng.integers(600, len(shifted)))
+    window = shifted.iloc[end - 504 : end][columns]
+    mu, sigma = window.mean().to_numpy() * 252, window.cov().to_numpy() * 252
+    return sigma, mu, np.zeros(n), np.full(n, 0.25 if index % 2 else 1.0)

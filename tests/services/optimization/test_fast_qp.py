@@ -34,6 +34,7 @@ from services.optimization import (
 from services.optimization import _active_set as fast_qp
 from services.types import Moments
 from tests.services.optimization.families import with_new_family
+from tests.services.optimization.sp500_problems import benchmark_problem
 
 OBJECTIVE_RTOL = 1e-7
 """Agreement of the fast path's objective with the Clarabel path's (the issue's requirement)."""
@@ -256,6 +257,27 @@ def test_primal_active_set_and_sharpe_search_agree(
             assert solution.method == ("SHARPE_SEARCH" if objective is Objective.MAX_SHARPE else "PRIMAL")
             forced = assert_matches_conic(problem, sp500_moments, monkeypatch)
         np.testing.assert_allclose(forced.weights, default.weights, atol=1e-9)
+
+
+def test_a_cycle_of_partitions_is_cut_at_its_first_repeat(sp500_prices: pd.DataFrame) -> None:
+    """A primal-dual attempt that meets a partition again with the same counters stops there.
+
+    Problem 11 of the batch benchmark (seed 7): the tangency's iteration, and then the one at the search's first
+    λ, cycle. Each attempt stops at its first repeat (44 partitions in all; 88 when each went round its cycle
+    until ``MAX_PDAS_ITERATIONS``), and the answer is PyPortfolioOpt's.
+    """
+    sigma, mu, lower, upper = benchmark_problem(sp500_prices, 7, 11)
+    solution = fast_qp.solve_max_sharpe(sigma, mu, lower, upper, 0.0)
+    assert solution is not None and solution.method == "SHARPE_SEARCH"
+    assert solution.iterations < 2 * fast_qp.MAX_PDAS_ITERATIONS
+    frontier = EfficientFrontier(mu, sigma, weight_bounds=(0.0, float(upper[0])))
+    frontier.max_sharpe(risk_free_rate=0.0)
+    reference = np.array(list(frontier.clean_weights(cutoff=0.0, rounding=None).values()))
+    w = solution.weights
+    assert float(mu @ w / np.sqrt(w @ sigma @ w)) >= float(mu @ reference / np.sqrt(reference @ sigma @ reference)) * (
+        1.0 - 1e-9
+    )
+    np.testing.assert_allclose(w, reference, atol=1e-5)
 
 
 def test_schur_complement_updates_equal_fresh_factorisations(monkeypatch: pytest.MonkeyPatch) -> None:
