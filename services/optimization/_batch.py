@@ -16,9 +16,12 @@ names (free, at the lower bound, at the upper bound) w(λ) = a + λ b, and the k
 single-problem one of ``_active_set`` (Hungerländer & Rendl's primal-dual active set on the critical lines), run
 for a chunk of problems in one ``jax.jit``-compiled ``lax.while_loop`` vectorised over them (``jax.vmap``): each
 iteration solves every problem's partition at once, with the names fixed at a bound replaced by identity rows so
-that one padded N × N Cholesky per problem serves any free set. A target's λ taken on each line can cycle between
-two partitions, so after ``_DIRECT_ITERATIONS`` it is held while the partition settles and then moved by a
-Newton step on the target's residual, safeguarded by a bracket (bisection). Problems are padded to a bucket size
+that one padded N × N Cholesky per problem serves any free set. A target's or the tangency's λ taken on each
+line can cycle between partitions, so after ``_DIRECT_ITERATIONS`` (``_TANGENCY_DIRECT`` for the tangency) it
+is held while the partition settles and then moved by a Newton step on the residual of its condition,
+safeguarded by a bracket (bisection): ``_active_set._sharpe_search``'s search for the tangency. Block updates of
+the partition that stop reducing the names changed fall back to single pivots, as in ``_active_set._pdas``.
+Problems are padded to a bucket size
 (``_risk_budgeting.bucket_size``) with independent dummy names pinned at zero and go in chunks of ``CHUNK``
 problems (the last one filled with a well-posed dummy problem), so XLA compiles one executable per (bucket,
 precision), not per problem or batch size; ``warm_up_batch`` compiles them ahead of the first batch.
@@ -62,7 +65,7 @@ __all__ = ["MAX_BATCH_ASSETS", "BatchKind", "BatchSolution", "solve_batch", "war
 
 MAX_BATCH_ASSETS: Final = 256
 """Largest N solved in a batch; larger problems go through the single-problem path."""
-MAX_ITERATIONS: Final = 16
+MAX_ITERATIONS: Final = 32
 """Double-precision partitions (after the polish) before a problem that has not settled is left to the single path."""
 ROUGH_ITERATIONS: Final = 6
 """Single-precision partitions of the first round (proposals; the polish decides)."""
@@ -87,6 +90,11 @@ _TARGET_TOL: Final = 1e-11
 _ROUGH_TARGET_TOL: Final = 1e-5
 _DIRECT_ITERATIONS: Final = 4
 """Partitions of a target's direct λ (the target met on each line) before the safeguarded steps."""
+_TANGENCY_DIRECT: Final = 8
+"""Partitions of the tangency's direct λ before the safeguarded steps (it settles directly far more often than a
+target's: the single-precision round stays direct)."""
+_PDAS_STRIKES: Final = 3
+"""Block updates without fewer names changed before single pivots (``_active_set.PDAS_STRIKES``)."""
 _SMALL_REMAINDER: Final = 24
 """Problems left after the full chunks (or in all) that go in calls of 8 instead of a padded chunk."""
 _KKT_TOL: Final = 1e-9
@@ -215,6 +223,7 @@ def _solve_one(
     lam_scale = coupling / jnp.maximum(jnp.abs(excess).max(), 1e-12)
     target_tol = _TARGET_TOL if sigma.dtype == jnp.float64 else _ROUGH_TARGET_TOL
     is_target = (rule == _TARGET_RETURN) | (rule == _TARGET_RISK)
+    searched = is_target | (rule == _TANGENCY)  # a λ found from the line: the safeguarded steps after a few direct ones
     b_floor = (_TIE if sigma.dtype == jnp.float64 else _ROUGH_TIE) * 1e4 * mu_max * mu_max / coupling
 
     def next_state(w: Any, g: Any, lam: Any) -> Any:
@@ -241,43 +250,63 @@ def _solve_one(
         return (~settled) & (~failed) & (iteration < limit)
 
     def body(carry: tuple[Any, ...]) -> tuple[Any, ...]:
-        state, _, previous, lo, hi, _, _, iteration = carry
+        state, _, previous, lo, hi, best, strikes, _, _, iteration = carry
         a, b, g0, g1, sigma_a, sigma_b, sum_q = _line(sigma, mu, lower, upper, state)
         direct, on_line = _lambda_on_line(
             rule, a, b, sigma_a, sigma_b, mu, excess, lam_given, target, previous, lam_scale, b_floor
         )
         # A target's λ on each line (direct) can cycle between two partitions; after a few partitions the λ is
         # held while the partition settles, then moved by a safeguarded Newton step on the target's residual.
-        guarded = is_target & (iteration >= _DIRECT_ITERATIONS)
+        guarded = searched & (iteration >= jnp.where(rule == _TANGENCY, _TANGENCY_DIRECT, _DIRECT_ITERATIONS))
         lam = jnp.where(guarded, previous, direct)
         w = a + lam * b
         g = g0 + lam * g1
         usable = (sum_q > 0.0) & jnp.any(state == 0) & jnp.all(jnp.isfinite(w))
         new = next_state(w, g, lam)
-        same = jnp.all(new == state)
-        # The residual h(λ) of the target, which rises with λ along the frontier.
-        returns = rule == _TARGET_RETURN
-        h = jnp.where(returns, mu @ w - target, w @ (sigma @ w) - target * target)
-        h_tol = target_tol * jnp.where(returns, jnp.maximum(jnp.abs(target), mu_max), target * target)
+        changed = new != state
+        same = ~jnp.any(changed)
+        # Block updates can cycle: when the number of names changed has not fallen for _PDAS_STRIKES updates,
+        # only the changed name of largest index moves (Murty's single pivot), as ``_active_set._pdas``.
+        count = changed.sum(dtype=jnp.int32)
+        improved = count < best
+        pivot = ~improved & (strikes == 0)
+        last = changed.shape[0] - 1 - jnp.argmax(changed[::-1])
+        new = jnp.where(pivot & (jnp.arange(changed.shape[0]) != last), state, new)
+        best = jnp.where(improved, count, best).astype(jnp.int32)
+        strikes = jnp.where(improved, _PDAS_STRIKES, jnp.maximum(strikes - 1, 0)).astype(jnp.int32)
+        # The residual h(λ) of the target (of the tangency: λ (μ − r_f)ᵀw − wᵀΣw, as ``_sharpe_search``), which
+        # rises with λ along the frontier.
+        returns, tangency = rule == _TARGET_RETURN, rule == _TANGENCY
+        variance = w @ (sigma @ w)
+        h = jnp.select(
+            [returns, tangency], [mu @ w - target, lam * (excess @ w) - variance], variance - target * target
+        )
+        h_tol = target_tol * jnp.select(
+            [returns, tangency], [jnp.maximum(jnp.abs(target), mu_max), variance], target * target
+        )
         met = jnp.where(
             returns, (jnp.abs(h) <= h_tol) | ((lam == 0.0) & (h >= 0.0)), (jnp.abs(h) <= h_tol) & (lam > 0.0)
         )
-        settled = usable & same & jnp.where(is_target, met, on_line)
-        lo = jnp.where(is_target & same & (h < 0.0), lam, lo)
-        hi = jnp.where(is_target & same & (h > 0.0), lam, hi)
+        settled = usable & same & jnp.where(is_target | guarded, met, on_line)
+        lo = jnp.where(searched & same & (h < 0.0), lam, lo)
+        hi = jnp.where(searched & same & (h > 0.0), lam, hi)
         inside = on_line & (direct > lo) & (direct < hi)
         step = jnp.where(inside, direct, jnp.where(jnp.isfinite(hi), 0.5 * (lo + hi), jnp.maximum(2.0 * lo, lam_scale)))
-        lam_next = jnp.where(guarded & same & ~met, step, lam)
+        moved = guarded & same & ~met
+        lam_next = jnp.where(moved, step, lam)
+        # A new λ is a new problem for the pivoting rule.
+        best = jnp.where(moved, changed.shape[0] + 1, best).astype(jnp.int32)
         # A volatility cap below the minimum volatility (the λ = 0 partition settled above it): no answer.
         hopeless = (rule == _TARGET_RISK) & same & (lam == 0.0) & (h > h_tol)
-        return new, w, lam_next, lo, hi, settled, ~usable | hopeless, iteration + 1
+        return new, w, lam_next, lo, hi, best, strikes, settled, ~usable | hopeless, iteration + 1
 
     zero = jnp.asarray(0.0, mu.dtype)
     init = (
-        state0, jnp.zeros_like(mu), lam0, zero, zero + jnp.inf, jnp.array(False), jnp.array(False),
+        state0, jnp.zeros_like(mu), lam0, zero, zero + jnp.inf, jnp.asarray(mu.shape[0] + 1, jnp.int32),
+        jnp.asarray(_PDAS_STRIKES, jnp.int32), jnp.array(False), jnp.array(False),
         jnp.asarray(0, jnp.int32),
     )  # fmt: skip
-    state, w, lam, _, _, settled, _, iterations = jax.lax.while_loop(condition, body, init)
+    state, w, lam, _, _, _, _, settled, _, iterations = jax.lax.while_loop(condition, body, init)
     return state, w, lam, settled, iterations
 
 
@@ -353,12 +382,21 @@ def _run(
 
     Returns the last partition proposed, the weights and λ of the last line, settled and iterations (float64).
     """
+    return _gather(_dispatch(group, dtype, limit, state0, lam0))
+
+
+_Pending = list[tuple[int, Any]]
+"""The compiled calls of one ``_dispatch``: (problems of the call, JAX's not yet awaited outputs)."""
+
+
+def _dispatch(
+    group: _Group, dtype: type[np.floating[Any]], limit: int, state0: NDArray[np.int8], lam0: FloatArray
+) -> _Pending:
+    """Start ``_run``'s compiled calls without waiting for them (JAX runs them asynchronously); ``_gather`` waits."""
     count, size = group.mu.shape
-    chunk = _chunk()
-    outputs: list[list[Any]] = [[], [], [], [], []]
-    pending: list[tuple[int, Any]] = []
+    pending: _Pending = []
     eye, ones, zeros, _ = _dummy(size)
-    for start, padded in _calls(count, chunk):
+    for start, padded in _calls(count, _chunk()):
         part = slice(start, min(start + padded, count))
         m = part.stop - part.start
         pad = padded - m
@@ -381,8 +419,15 @@ def _run(
             fill(state0, 0, np.int8),
             fill(lam0, 0.0),
         )
-        # Dispatched without waiting (JAX runs it asynchronously): the next chunk is packed while this one runs.
         pending.append((m, _batched(*args, limit)))  # under the caller's jax.enable_x64(True)
+    return pending
+
+
+def _gather(
+    pending: _Pending,
+) -> tuple[NDArray[np.int8], FloatArray, FloatArray, NDArray[np.bool_], NDArray[np.int32]]:
+    """Wait for the calls of ``_dispatch`` and join their outputs (``_run``'s)."""
+    outputs: list[list[Any]] = [[], [], [], [], []]
     for m, result in pending:
         for out, value in zip(outputs, result, strict=True):
             out.append(np.asarray(value)[:m])
@@ -505,48 +550,95 @@ def solve_batch(
     for k, n in enumerate(sizes):
         groups.setdefault(bucket_size(n), []).append(k)
     with jax.enable_x64(True):  # entered once: each entry and exit costs a fraction of a millisecond
-        for size, members in groups.items():
-            _solve_group(size, members, sizes, covariances, expected_returns, lowers, uppers, rules, lam_given, rates,
-                         goals, weights, lam_out, certified, iterations)  # fmt: skip
+        # The buckets go through the rounds together, each round dispatched for every bucket before the first is
+        # awaited: NumPy's packing and certificates of one bucket run while XLA iterates another.
+        buckets = [
+            _Bucket.start(
+                size, members, sizes, covariances, expected_returns, lowers, uppers, rules, lam_given, rates, goals
+            )
+            for size, members in groups.items()
+        ]
+        for bucket in buckets:
+            bucket.polish()
+        for bucket in buckets:
+            bucket.settle()
+        for bucket in buckets:
+            bucket.finish(sizes, weights, lam_out, certified, iterations)
     return BatchSolution(weights=weights, lam=lam_out, certified=certified, iterations=iterations)
 
 
-def _solve_group(
-    size: int, members: list[int], sizes: list[int], covariances: list[FloatArray],
-    expected_returns: list[FloatArray], lowers: list[FloatArray], uppers: list[FloatArray], rules: NDArray[np.int32],
-    lam_given: FloatArray, rates: FloatArray, goals: FloatArray, weights: list[FloatArray], lam_out: FloatArray,
-    certified: NDArray[np.bool_], iterations: NDArray[np.int64],
-) -> None:  # fmt: skip
-    """Solve one bucket's problems (the three rounds of the module docstring) into the output arrays."""
-    group = _pack(size, members, sizes, covariances, expected_returns, lowers, uppers)
-    index = np.asarray(members)
-    group = _Group(
-        group.sigma, group.mu, group.lower, group.upper, rules[index],
-        np.where(rules[index] == _FIXED, lam_given[index], 0.0),
-        np.where(np.arange(size)[None, :] < np.asarray([sizes[k] for k in members])[:, None],
-                 group.mu - rates[index][:, None], 0.0),
-        goals[index],
-    )  # fmt: skip
-    state0 = np.where(group.upper - group.lower <= 0.0, -1, 0).astype(np.int8)
-    # 1. The partition, in single precision (twice as fast; a proposal only).
-    state, _, lam_rough, _, rough = _run(group, _ROUGH_DTYPE, ROUGH_ITERATIONS, state0, np.zeros(len(members)))
-    # 2. The exact polish: that partition's line solved in double precision, kept if it proposes itself again
-    # and its answer passes the KKT certificate.
-    state, w, lam_b, settled, its = _run(group, np.float64, 1, state, lam_rough)
-    ok = settled & _certify(group, w, lam_b)
-    its = its + rough
-    pending = np.flatnonzero(~ok)
-    if pending.size:  # 3. the rest, in double precision from where they are, repacked
-        sub = group.take(pending)
-        _, w_p, lam_p, settled_p, its_p = _run(sub, np.float64, MAX_ITERATIONS, state[pending], lam_b[pending])
-        w[pending], lam_b[pending] = w_p, lam_p
-        ok[pending] = settled_p & _certify(sub, w_p, lam_p)
-        its[pending] += its_p
-    for row, k in enumerate(members):
-        weights[k] = w[row, : sizes[k]].copy()
-    lam_out[index] = lam_b
-    certified[index] = ok
-    iterations[index] = its
+class _Bucket:
+    """One bucket's problems through the three rounds of the module docstring, a round per method call.
+
+    Each method awaits the round dispatched before it and dispatches the next one without waiting for it.
+    """
+
+    def __init__(self, group: _Group, members: list[int], rough: _Pending) -> None:
+        self.group, self.members, self.pending = group, members, rough
+        self.state: NDArray[np.int8] = np.empty((0, 0), dtype=np.int8)
+        self.w: FloatArray = np.empty((0, 0))
+        self.lam: FloatArray = np.empty(0)
+        self.ok: NDArray[np.bool_] = np.empty(0, dtype=bool)
+        self.its: NDArray[np.int32] = np.empty(0, dtype=np.int32)
+        self.rows: NDArray[np.intp] = np.empty(0, dtype=np.intp)
+
+    @classmethod
+    def start(
+        cls, size: int, members: list[int], sizes: list[int], covariances: list[FloatArray],
+        expected_returns: list[FloatArray], lowers: list[FloatArray], uppers: list[FloatArray],
+        rules: NDArray[np.int32], lam_given: FloatArray, rates: FloatArray, goals: FloatArray,
+    ) -> _Bucket:  # fmt: skip
+        """Pack the bucket and dispatch round 1: the partition, in single precision (a proposal only)."""
+        group = _pack(size, members, sizes, covariances, expected_returns, lowers, uppers)
+        index = np.asarray(members)
+        group = _Group(
+            group.sigma, group.mu, group.lower, group.upper, rules[index],
+            np.where(rules[index] == _FIXED, lam_given[index], 0.0),
+            np.where(np.arange(size)[None, :] < np.asarray([sizes[k] for k in members])[:, None],
+                     group.mu - rates[index][:, None], 0.0),
+            goals[index],
+        )  # fmt: skip
+        state0 = np.where(group.upper - group.lower <= 0.0, -1, 0).astype(np.int8)
+        return cls(group, members, _dispatch(group, _ROUGH_DTYPE, ROUGH_ITERATIONS, state0, np.zeros(len(members))))
+
+    def polish(self) -> None:
+        """Await round 1; dispatch round 2, the exact polish: that partition's line solved in double precision."""
+        state, _, lam_rough, _, self.its = _gather(self.pending)
+        self.pending = _dispatch(self.group, np.float64, 1, state, lam_rough)
+
+    def settle(self) -> None:
+        """Await round 2, certify it, and dispatch round 3 for the rest.
+
+        Round 2's answer is kept if it proposes its own partition again and passes KKT; round 3 iterates the
+        others on in double precision from where they are, repacked.
+        """
+        self.state, self.w, self.lam, settled, its = _gather(self.pending)
+        self.ok = settled & _certify(self.group, self.w, self.lam)
+        self.its = self.its + its
+        self.rows = np.flatnonzero(~self.ok)
+        self.pending = []
+        if self.rows.size:
+            sub = self.group.take(self.rows)
+            self.pending = _dispatch(sub, np.float64, MAX_ITERATIONS, self.state[self.rows], self.lam[self.rows])
+
+    def finish(
+        self, sizes: list[int], weights: list[FloatArray], lam_out: FloatArray, certified: NDArray[np.bool_],
+        iterations: NDArray[np.int64],
+    ) -> None:  # fmt: skip
+        """Await round 3, certify it, and write the bucket's answers into the output arrays."""
+        w, lam_b, ok, its = self.w, self.lam, self.ok, self.its
+        if self.pending:
+            _, w_p, lam_p, settled_p, its_p = _gather(self.pending)
+            sub = self.group.take(self.rows)
+            w[self.rows], lam_b[self.rows] = w_p, lam_p
+            ok[self.rows] = settled_p & _certify(sub, w_p, lam_p)
+            its[self.rows] += its_p
+        for row, k in enumerate(self.members):
+            weights[k] = w[row, : sizes[k]].copy()
+        index = np.asarray(self.members)
+        lam_out[index] = lam_b
+        certified[index] = ok
+        iterations[index] = its
 
 
 def _pack(

@@ -8,6 +8,7 @@ import pytest
 
 from services.optimization import BatchKind, solve_batch
 from services.optimization._active_set import solve_max_sharpe, solve_qp
+from tests.services.optimization.sp500_problems import benchmark_problem
 
 
 def _problems(prices: pd.DataFrame, count: int, sizes: tuple[int, int], seed: int, cap: float | None) -> list[tuple]:
@@ -226,3 +227,27 @@ def test_compiled_calls_cover_every_problem_once() -> None:
     assert _calls(20, CHUNK) == [(0, 8), (8, 8), (16, 8)]
     assert _calls(434, CHUNK)[-1] == (384, CHUNK)  # 50 left: one padded chunk beats seven calls of 8
     assert _calls(20, 512) == [(0, 512)]  # a GPU: one wide call
+
+
+@pytest.mark.parametrize(("seed", "index"), [(7, 707), (11, 932), (3, 177)])
+def test_a_tangency_that_cycles_on_direct_steps_is_certified(sp500_prices: pd.DataFrame, seed: int, index: int) -> None:
+    """Problems of the batch benchmark whose tangency λ, taken on each line, cycles.
+
+    The batch left them to the single path; the safeguarded search on λ with single pivots settles them in the
+    batch, at PyPortfolioOpt's answer.
+    """
+    from pypfopt import EfficientFrontier
+
+    sigma, mu, lower, upper = benchmark_problem(sp500_prices, seed, index)
+    batch = solve_batch([sigma], [mu], [lower], [upper], kind=BatchKind.TANGENCY)
+    assert batch.certified[0]
+    assert batch.iterations[0] > 7  # it took the third round: rough and polish alone did not settle it
+    w = batch.weights[0]
+    single = solve_max_sharpe(sigma, mu, lower, upper, 0.0)
+    assert single is not None
+    np.testing.assert_allclose(w, single.weights, atol=1e-12)
+    frontier = EfficientFrontier(mu, sigma, weight_bounds=(0.0, float(upper[0])))
+    frontier.max_sharpe(risk_free_rate=0.0)
+    reference = np.array(list(frontier.clean_weights(cutoff=0.0, rounding=None).values()))
+    sharpe = float(mu @ w / np.sqrt(w @ sigma @ w))
+    assert sharpe >= float(mu @ reference / np.sqrt(reference @ sigma @ reference)) * (1.0 - 1e-9)
