@@ -46,6 +46,7 @@ group of problems.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -100,6 +101,9 @@ _SMALL_REMAINDER: Final = 24
 _KKT_TOL: Final = 1e-9
 """Relative tolerance of the certificate (on the gradient scale and on the bounds)."""
 _FIXED, _TANGENCY, _TARGET_RETURN, _TARGET_RISK = 0, 1, 2, 3
+_ONE_AT_A_TIME: Final = threading.Lock()
+"""Held by each ``solve_batch``: two threads awaiting their compiled calls at once deadlocked in XLA's CPU client
+(jax 0.10.2; both threads idle in ``_gather``, with or without XLA's multi-threaded Eigen)."""
 
 
 class BatchKind(StrEnum):
@@ -549,7 +553,7 @@ def solve_batch(
     groups: dict[int, list[int]] = {}
     for k, n in enumerate(sizes):
         groups.setdefault(bucket_size(n), []).append(k)
-    with jax.enable_x64(True):  # entered once: each entry and exit costs a fraction of a millisecond
+    with _ONE_AT_A_TIME, jax.enable_x64(True):  # entered once: each entry and exit costs a fraction of a millisecond
         # The buckets go through the rounds together, each round dispatched for every bucket before the first is
         # awaited: NumPy's packing and certificates of one bucket run while XLA iterates another.
         buckets = [
@@ -691,6 +695,12 @@ def warm_up_batch(max_assets: int = 64) -> float:
         Seconds spent (mostly XLA compilation).
     """
     started = time.perf_counter()
+    with _ONE_AT_A_TIME:
+        _warm_up(max_assets)
+    return time.perf_counter() - started
+
+
+def _warm_up(max_assets: int) -> None:
     for size in sorted({bucket_size(n) for n in range(1, min(max_assets, MAX_BATCH_ASSETS) + 1)}):
         for count in sorted({8, _chunk()}):
             eye, ones, zeros, _ = _dummy(size)
@@ -702,4 +712,3 @@ def warm_up_batch(max_assets: int = 64) -> float:
             for dtype in (np.float32, np.float64):
                 with jax.enable_x64(True):
                     _run(group, dtype, 1, np.zeros((count, size), dtype=np.int8), np.zeros(count))
-    return time.perf_counter() - started

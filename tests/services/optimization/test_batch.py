@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -251,3 +255,48 @@ def test_a_tangency_that_cycles_on_direct_steps_is_certified(sp500_prices: pd.Da
     reference = np.array(list(frontier.clean_weights(cutoff=0.0, rounding=None).values()))
     sharpe = float(mu @ w / np.sqrt(w @ sigma @ w))
     assert sharpe >= float(mu @ reference / np.sqrt(reference @ sigma @ reference)) * (1.0 - 1e-9)
+
+
+_TWO_THREADS = """
+import sys, threading
+import numpy as np
+from services.optimization import BatchKind, solve_batch
+from tests.services.market_data import load_sp500_prices
+from tests.services.optimization.test_batch import _problems, _unzip
+
+sigmas, mus, lowers, uppers = _unzip(_problems(load_sp500_prices(), 120, (3, 21), seed=3, cap=None) * 6)
+alone = solve_batch(sigmas, mus, lowers, uppers, kind=BatchKind.TANGENCY)
+answers = [None, None]
+
+def solve(slot):
+    answers[slot] = solve_batch(sigmas, mus, lowers, uppers, kind=BatchKind.TANGENCY)
+
+threads = [threading.Thread(target=solve, args=(slot,), daemon=True) for slot in range(2)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join(timeout=60)
+if any(thread.is_alive() for thread in threads):
+    print("deadlocked", flush=True)
+    import os
+    os._exit(3)
+for answer in answers:
+    assert np.array_equal(answer.certified, alone.certified)
+    assert all(np.array_equal(w, r) for w, r in zip(answer.weights, alone.weights, strict=True))
+print("both finished, same answers")
+"""
+
+
+def test_batches_from_two_threads_at_once_both_finish() -> None:
+    """Two threads solving batches at once both finish, with the answers of one thread alone.
+
+    Before ``solve_batch`` held a lock, two threads with many compiled calls in flight each (720 problems a
+    thread; 360 did not) deadlocked in XLA's CPU client. Run in a fresh interpreter: the deadlock did not show
+    inside pytest's process, and a deadlocked thread could not be stopped there.
+    """
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run(
+        [sys.executable, "-c", _TWO_THREADS], cwd=root, capture_output=True, text=True, timeout=280, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "both finished, same answers" in done.stdout
