@@ -35,7 +35,12 @@ stationarity on the free names, multipliers of the right sign at the bounds, to 
 multiplier is positive); an answer that fails, or a problem whose iteration did not settle, is reported as not
 certified and the caller solves it with the single-problem path. An infeasible target (a volatility cap below
 the minimum volatility, a return above the best) is never certified. A certified answer is the exact optimum
-(the partition's linear system solved in float64), so it equals the single path's to rounding.
+(the partition's linear system solved in float64), so it equals the single path's to rounding. The buckets go
+through the rounds together (``_Bucket``): each round's compiled calls are dispatched for every bucket before the
+first is awaited, so NumPy's packing and certificates of one bucket run while XLA iterates another.
+
+One batch runs at a time in a process (``_ONE_AT_A_TIME``): two threads awaiting many compiled calls at once
+deadlocked in XLA's CPU client.
 
 The arrays go to JAX's default device (a GPU when one is present, with chunks of ``GPU_CHUNK``); double precision
 is enabled around each call (``jax.enable_x64``), nothing here is CPU-specific.
