@@ -264,8 +264,8 @@ def _solve_one(
         direct, on_line = _lambda_on_line(
             rule, a, b, sigma_a, sigma_b, mu, excess, lam_given, target, previous, lam_scale, b_floor
         )
-        # A target's λ on each line (direct) can cycle between two partitions; after a few partitions the λ is
-        # held while the partition settles, then moved by a safeguarded Newton step on the target's residual.
+        # A target's or the tangency's λ on each line (direct) can cycle between partitions; after a few partitions
+        # the λ is held while the partition settles, then moved by a safeguarded Newton step on the residual.
         guarded = searched & (iteration >= jnp.where(rule == _TANGENCY, _TANGENCY_DIRECT, _DIRECT_ITERATIONS))
         lam = jnp.where(guarded, previous, direct)
         w = a + lam * b
