@@ -62,6 +62,30 @@ def test_max_sharpe_batch_equals_the_single_path(problems: list[tuple]) -> None:
         assert w.sum() == pytest.approx(1.0, abs=1e-12) and np.all(w >= -1e-12) and np.all(w <= upper + 1e-12)
 
 
+@pytest.mark.parametrize("plan", ["CPU_STAGES", "GPU_STAGES"])
+def test_both_stage_plans_give_the_single_paths_answers(
+    problems: list[tuple], plan: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CPU's double-precision stages and the GPU's single-precision proposal with its polish, both on this CPU.
+
+    Problems that take more partitions than the first stage are answered too (the repacked later stages).
+    """
+    from services.optimization import _batch
+
+    monkeypatch.setattr(_batch, "_stages", lambda: getattr(_batch, plan))
+    sigmas, mus, lowers, uppers = _unzip(problems)
+    batch = solve_batch(
+        sigmas, mus, lowers, uppers, kind=BatchKind.TANGENCY, risk_free_rates=np.full(len(problems), 0.01)
+    )
+    assert batch.certified.mean() >= 0.9
+    later = [k for k in np.flatnonzero(batch.certified) if batch.iterations[k] > _batch.CPU_STAGES[0][1]]
+    assert later  # some needed more than the first stage's 4 partitions
+    for k in np.flatnonzero(batch.certified):
+        single = solve_max_sharpe(*problems[k], 0.01)
+        assert single is not None
+        np.testing.assert_allclose(batch.weights[k], single.weights, atol=1e-12)
+
+
 @pytest.mark.parametrize("risk_aversion", [None, 2.0])
 def test_min_volatility_and_quadratic_utility_batches_equal_the_single_path(
     problems: list[tuple], risk_aversion: float | None
@@ -245,7 +269,7 @@ def test_a_tangency_that_cycles_on_direct_steps_is_certified(sp500_prices: pd.Da
     sigma, mu, lower, upper = benchmark_problem(sp500_prices, seed, index)
     batch = solve_batch([sigma], [mu], [lower], [upper], kind=BatchKind.TANGENCY)
     assert batch.certified[0]
-    assert batch.iterations[0] > 7  # it took the third round: rough and polish alone did not settle it
+    assert batch.iterations[0] > 10  # it took the last stage, the one with the safeguarded search
     w = batch.weights[0]
     single = solve_max_sharpe(sigma, mu, lower, upper, 0.0)
     assert single is not None
