@@ -353,7 +353,7 @@ def run_optimization_batch(jobs: list[OptimizationJob]) -> list[OptimizationOutc
     started = time.perf_counter()
     outcomes: list[OptimizationOutcome | StratoptError | None] = [None] * len(jobs)
     batchable: list[tuple[int, EstimatedMoments, ReturnHistory | None]] = []
-    valid = _valid_moments_together(jobs)
+    refused: dict[int, StratoptError] = {}  # the method or objective error of a job with given moments
     for k, job in enumerate(jobs):
         spec, problem = job.method, job.problem
         if (
@@ -362,27 +362,48 @@ def run_optimization_batch(jobs: list[OptimizationJob]) -> list[OptimizationOutc
             or problem.beta_tolerance is not None
         ):
             continue
+        given = isinstance(job.inputs, Moments)
         try:
-            if isinstance(job.inputs, Moments):
-                if k not in valid:  # its error (or its acceptance) exactly as run_optimization gives it
-                    validate_moments(job.inputs, problem.n_assets)
+            if isinstance(job.inputs, Moments):  # validated while the batch solves (``valid`` below)
+                n = problem.n_assets
+                if job.inputs.expected_returns.shape != (n,) or job.inputs.covariance.shape != (n, n):
+                    validate_moments(job.inputs, n)  # its error now: a problem cannot be built on them
                 estimated = EstimatedMoments(moments=job.inputs, observations=0, missing_data_policy="NONE")
                 history = None
             else:
                 estimated, history = estimate_moments(job.inputs, job.settings), job.inputs
             _check_method_objective(spec, problem)
         except StratoptError as error:
-            outcomes[k] = error
+            if given:
+                refused[k] = error  # after the moments' own error, as run_optimization orders them
+            else:
+                outcomes[k] = error
             continue
         batchable.append((k, estimated, history))
-    # A build or pre-check error from the batch is left to run_optimization, which adds its relaxation diagnosis.
+    valid: set[int] = set()
+
+    def validate() -> None:  # while XLA iterates: the given moments, stacked per N
+        valid.update(_valid_moments_together(jobs))
+
+    # The given moments are checked while the batch solves; the answer of a job whose moments fail is dropped. A
+    # build or pre-check error from the batch is left to run_optimization, which adds its relaxation diagnosis.
     solved = optimize_mean_variance_batch(
-        [jobs[k].problem for k, _, _ in batchable], [estimated.moments for _, estimated, _ in batchable]
+        [jobs[k].problem for k, _, _ in batchable],
+        [estimated.moments for _, estimated, _ in batchable],
+        meanwhile=validate,
     )
+    for k in sorted({*refused, *(k for k, _, history in batchable if history is None)} - valid):
+        try:  # its error (or its acceptance) exactly as run_optimization gives it
+            validate_moments(jobs[k].inputs, jobs[k].problem.n_assets)  # type: ignore[arg-type]
+        except StratoptError as error:
+            outcomes[k] = error
+    for k, refusal in refused.items():
+        if outcomes[k] is None:
+            outcomes[k] = refusal
     answered = [
         (k, estimated, history, result)
         for (k, estimated, history), result in zip(batchable, solved, strict=True)
-        if isinstance(result, OptimizationResult)
+        if isinstance(result, OptimizationResult) and outcomes[k] is None
     ]
     contributions = stacked_risk_contributions(
         [result.weights for *_, result in answered], [estimated.moments.covariance for _, estimated, _, _ in answered]

@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
@@ -484,7 +484,15 @@ def _calls(count: int, chunk: int) -> list[tuple[int, int]]:
 
 
 def _certify(group: _Group, w: FloatArray, lam: FloatArray) -> NDArray[np.bool_]:
-    """KKT of each problem's QP at its λ (``_kkt``) and the rule's condition on λ (tangency, target met)."""
+    """KKT of each problem's QP at its λ (``_kkt``) and the rule's condition on λ (tangency, target met).
+
+    Non-finite values (moments the caller checks while the batch solves) fail it quietly.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        return _certified(group, w, lam)
+
+
+def _certified(group: _Group, w: FloatArray, lam: FloatArray) -> NDArray[np.bool_]:
     ok = _kkt(group.sigma, group.mu, group.lower, group.upper, w, lam)
     variance = np.einsum("bi,bij,bj->b", w, group.sigma, w)
     # Tangency: λ (μ − r_f)ᵀw = wᵀΣw with a positive excess return.
@@ -515,6 +523,7 @@ def solve_batch(
     lam: FloatArray | None = None,
     risk_free_rates: FloatArray | None = None,
     targets: FloatArray | None = None,
+    meanwhile: Callable[[], object] | None = None,
 ) -> BatchSolution:
     """Solve a group of box-and-budget problems at once (module docstring); certify each answer.
 
@@ -536,6 +545,9 @@ def solve_batch(
     targets : ndarray of shape (B,), optional
         The minimum return r of each ``TARGET_RETURN`` problem, the maximum volatility σ (annualised) of each
         ``TARGET_RISK`` one (ignored for the other kinds); required when there is one.
+    meanwhile : callable, optional
+        The caller's work to run while XLA iterates: called once, after the first stage of every bucket is
+        dispatched and before any is awaited (at once for an empty batch). Its exceptions propagate.
 
     Returns
     -------
@@ -587,6 +599,8 @@ def solve_batch(
             )
             for size, members in groups.items()
         ]
+        if meanwhile is not None:
+            meanwhile()
         for _ in range(len(_stages())):
             for bucket in buckets:
                 if bucket.pending:

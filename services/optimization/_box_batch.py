@@ -111,9 +111,9 @@ def admitted(problems: list[PortfolioProblem], moments: list[Moments], kinds: li
         if tangency.any():
             rates = np.array([problems[k].risk_free_rate for k in members])
             excess = np.stack([moments[k].expected_returns for k in members]) - rates[:, None]
-            best = _best_linear(excess, lower, upper)
-            scale = 1.0 + np.abs(excess).max(axis=1)
-            with np.errstate(invalid="ignore"):
+            with np.errstate(invalid="ignore"):  # a non-finite μ (its moments' error is the engine's): not admitted
+                best = _best_linear(excess, lower, upper)
+                scale = 1.0 + np.abs(excess).max(axis=1)
                 good &= ~tangency | (best > 1e-12 * scale)
         ok[members] = good
     return ok

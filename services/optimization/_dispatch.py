@@ -22,7 +22,7 @@ its own chain as ``backends``.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -220,7 +220,10 @@ def batch_rule(model: ProblemModel) -> tuple[BatchKind, float, float] | None:
 
 
 def optimize_mean_variance_batch(
-    problems: Sequence[PortfolioProblem], moments: Sequence[Moments]
+    problems: Sequence[PortfolioProblem],
+    moments: Sequence[Moments],
+    *,
+    meanwhile: Callable[[], object] | None = None,
 ) -> list[OptimizationResult | Exception | None]:
     """Solve many mean-variance problems at once where the batched active set can, the same answers as one by one.
 
@@ -229,8 +232,10 @@ def optimize_mean_variance_batch(
     finite bounds) are solved together by ``_batch.solve_batch``, whatever their kind; each certified answer goes
     through the one result builder (``ProblemModel.result``, solve path :data:`BATCH_SOLVE_PATH`). Plain box
     problems (min volatility, max Sharpe or quadratic utility with bounds and nothing else) skip the per-problem
-    model: ``_box_batch`` checks them and builds their results on arrays stacked per N, with the same checks and
-    formulas (a plain problem that fails a check there is built and checked here, and so gets its own error).
+    model: they go to the solver at once, ``_box_batch.admitted`` checks them on arrays stacked per N while XLA
+    iterates, and ``_box_batch.box_results`` builds their results, with the same checks and formulas (a plain
+    problem that fails a check there is built and checked here, and so gets its own error; its answer from the
+    solver is dropped then).
 
     Parameters
     ----------
@@ -238,6 +243,8 @@ def optimize_mean_variance_batch(
         The problems.
     moments : sequence of Moments
         Their moments, in the same order.
+    meanwhile : callable, optional
+        The caller's work to run while the solver iterates (``solve_batch``'s ``meanwhile``): called exactly once.
 
     Returns
     -------
@@ -249,15 +256,11 @@ def optimize_mean_variance_batch(
     """
     started = time.perf_counter()
     answers: list[OptimizationResult | Exception | None] = [None] * len(problems)
-    # Plain box problems: checked and reported on stacked arrays (``_box_batch``); the rest, and any plain one that
-    # fails a check there, build their ProblemModel and are checked one by one.
-    plain = [(k, box) for k, (p, m) in enumerate(zip(problems, moments, strict=True)) if (box := plain_box_rule(p, m))]
-    passed = admitted([problems[k] for k, _ in plain], [moments[k] for k, _ in plain], [r[0] for _, r in plain])
-    fast = {k: box for (k, box), ok in zip(plain, passed, strict=True) if ok}
+    plain = {k: box for k, (p, m) in enumerate(zip(problems, moments, strict=True)) if (box := plain_box_rule(p, m))}
     group: list[tuple[int, ProblemModel | None, tuple[BatchKind, float, float]]] = []
     for k, (problem, moment) in enumerate(zip(problems, moments, strict=True)):
-        if k in fast:
-            group.append((k, None, (fast[k][0], fast[k][1], 0.0)))
+        if k in plain:
+            group.append((k, None, (plain[k][0], plain[k][1], 0.0)))
             continue
         try:
             model = ProblemModel.build(problem, moment)
@@ -268,7 +271,17 @@ def optimize_mean_variance_batch(
         rule = batch_rule(model)
         if rule is not None:
             group.append((k, model, rule))
+    fast: set[int] = set()
+
+    def admit() -> None:  # while XLA iterates: the plain problems' pre-checks, stacked per N
+        if meanwhile is not None:
+            meanwhile()
+        keys = list(plain)
+        passed = admitted([problems[k] for k in keys], [moments[k] for k in keys], [plain[k][0] for k in keys])
+        fast.update(k for k, ok in zip(keys, passed, strict=True) if ok)
+
     if not group:
+        admit()
         return answers
     solved = solve_batch(
         [moments[k].covariance for k, _, _ in group],
@@ -279,8 +292,9 @@ def optimize_mean_variance_batch(
         lam=np.asarray([rule[1] for _, _, rule in group]),
         risk_free_rates=np.asarray([problems[k].risk_free_rate for k, _, _ in group]),
         targets=np.asarray([rule[2] for _, _, rule in group]),
+        meanwhile=admit,
     )
-    rows = [row for row, (_, model, _) in enumerate(group) if model is None and solved.certified[row]]
+    rows = [row for row, (k, model, _) in enumerate(group) if k in fast and solved.certified[row]]
     boxed = box_results(
         [problems[group[row][0]] for row in rows],
         [moments[group[row][0]] for row in rows],
@@ -291,20 +305,29 @@ def optimize_mean_variance_batch(
     )
     for row, result in zip(rows, boxed, strict=True):
         answers[group[row][0]] = result
-    for row, (k, built, _) in enumerate(group):
-        if not solved.certified[row] or answers[k] is not None:
+    for row, (k, built, rule) in enumerate(group):
+        if answers[k] is not None:
             continue
-        # A plain answer with a breach beyond TOLERANCE: the general builder reports it.
-        model = built if built is not None else ProblemModel.build(problems[k], moments[k])
-        answers[k] = model.result(
-            solved.weights[row],
-            status="OPTIMAL",
-            solver=BATCH_SOLVE_PATH,
-            iterations=int(solved.iterations[row]),
-            started=started,
-            solve_path=BATCH_SOLVE_PATH,
-            snap=False,
-        )
+        checked = built
+        if checked is None:  # plain: not admitted (its error, or a case within rounding), or a breach to name
+            try:
+                checked = ProblemModel.build(problems[k], moments[k])
+                checked.precheck()
+            except StratoptError as error:
+                answers[k] = error
+                continue
+            if batch_rule(checked) != rule:  # not the problem the solver was given: the single path decides
+                continue
+        if solved.certified[row]:
+            answers[k] = checked.result(
+                solved.weights[row],
+                status="OPTIMAL",
+                solver=BATCH_SOLVE_PATH,
+                iterations=int(solved.iterations[row]),
+                started=started,
+                solve_path=BATCH_SOLVE_PATH,
+                snap=False,
+            )
     return answers
 
 

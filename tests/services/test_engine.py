@@ -391,3 +391,59 @@ def test_a_batch_validates_given_moments_as_one_by_one() -> None:
                 assert not isinstance(outcome, StratoptError)
                 np.testing.assert_allclose(outcome.result.weights, single.result.weights, atol=1e-9)
     assert errors == 4
+
+
+def test_bad_given_moments_get_their_own_error_whatever_the_problem() -> None:
+    """Bad moments beside every kind of problem a batch builds: each job gets run_optimization's own error.
+
+    The batch solves the plain problems while it checks their moments, and builds the others (a return target,
+    a volatility cap, a sector limit) before solving; a bad Σ or μ must still give the moments' error, never sink
+    the batch or leak an answer.
+    """
+    from services.engine import run_optimization_batch
+    from services.errors import StratoptError
+    from services.optimization import SectorLimit
+
+    rng = np.random.default_rng(8)
+    factor = rng.normal(size=(4, 6)) * 0.1
+    good = factor @ factor.T + np.diag([0.02, 0.03, 0.04, 0.05])
+    mu = np.array([0.05, 0.07, 0.09, 0.11])
+    nan_sigma, indefinite, infinite_mu = good.copy(), good.copy(), mu.copy()
+    nan_sigma[1, 2] = nan_sigma[2, 1] = np.nan
+    indefinite[0, 1] = indefinite[1, 0] = 1.0
+    infinite_mu[0] = np.inf
+    moments = [
+        Moments(expected_returns=mu, covariance=good),
+        Moments(expected_returns=mu, covariance=nan_sigma),
+        Moments(expected_returns=mu, covariance=indefinite),
+        Moments(expected_returns=infinite_mu, covariance=good),
+        Moments(expected_returns=mu[:3], covariance=good[:3, :3]),  # 3 moments for 4 names
+        Moments(expected_returns=mu, covariance=np.ones((4, 5))),  # not square
+    ]
+    names = ["a", "b", "c", "d"]
+    problems = [
+        long_only(Objective.MAX_SHARPE, names),
+        long_only(Objective.MIN_VOLATILITY, names, min_return=0.08),
+        long_only(Objective.MAX_RETURN, names, max_volatility=0.25),
+        PortfolioProblem(
+            symbols=tuple(names), objective=Objective.MIN_VOLATILITY, lower_bounds=np.zeros(4),
+            upper_bounds=np.ones(4), sectors=("x", "x", "y", "y"),
+            sector_limits=(SectorLimit(sector="x", max_weight=0.4),),
+        ),
+    ]  # fmt: skip
+    jobs = [
+        OptimizationJob(problem=problem, inputs=moment, settings=EstimationSettings())
+        for moment in moments
+        for problem in problems
+    ]
+    batched = run_optimization_batch(jobs)
+    errors = 0
+    for job, outcome in zip(jobs, batched, strict=True):
+        single = _outcome_or_error(job)
+        if isinstance(single, StratoptError):
+            assert isinstance(outcome, type(single)) and str(outcome) == str(single)
+            errors += 1
+        else:
+            assert not isinstance(outcome, StratoptError)
+            np.testing.assert_allclose(outcome.result.weights, single.result.weights, atol=1e-8)
+    assert errors == 5 * len(problems)  # every bad moment, beside every problem
