@@ -441,8 +441,8 @@ def _valid_moments_together(jobs: list[OptimizationJob]) -> set[int]:
             by_size.setdefault(n, []).append(k)
     valid: set[int] = set()
     for members in by_size.values():
-        mu = np.stack([jobs[k].inputs.expected_returns for k in members])  # type: ignore[union-attr]
-        sigma = np.stack([jobs[k].inputs.covariance for k in members])  # type: ignore[union-attr]
+        mu = np.array([jobs[k].inputs.expected_returns for k in members])  # type: ignore[union-attr]
+        sigma = np.array([jobs[k].inputs.covariance for k in members])  # type: ignore[union-attr]
         with np.errstate(invalid="ignore"):
             scale = np.maximum(np.abs(sigma).max(axis=(1, 2)), 1e-300)
             asymmetry = np.abs(sigma - sigma.transpose(0, 2, 1)).max(axis=(1, 2))

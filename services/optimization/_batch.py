@@ -338,10 +338,11 @@ _batched = jax.jit(jax.vmap(_solve_one, in_axes=(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, N
 
 
 def _kkt(
-    sigma: FloatArray, mu: FloatArray, lower: FloatArray, upper: FloatArray, w: FloatArray, lam: FloatArray
-) -> NDArray[np.bool_]:
-    """KKT of min ½wᵀΣw − λμᵀw, 1ᵀw = 1, l ≤ w ≤ u, for every problem of a padded batch (B, N)."""
-    gradient = np.einsum("bij,bj->bi", sigma, w) - lam[:, None] * mu
+    sigma: FloatArray, mu: FloatArray, lower: FloatArray, upper: FloatArray, w: FloatArray, lam: FloatArray,
+    sigma_w: FloatArray,
+) -> NDArray[np.bool_]:  # fmt: skip
+    """KKT of min ½wᵀΣw − λμᵀw, 1ᵀw = 1, l ≤ w ≤ u, for every problem of a padded batch (B, N); ``sigma_w`` = Σw."""
+    gradient = sigma_w - lam[:, None] * mu
     scale = np.max(np.abs(np.diagonal(sigma, axis1=1, axis2=2)), axis=1) * np.abs(w).sum(axis=1) + np.abs(lam) * np.abs(
         mu
     ).max(axis=1)
@@ -493,8 +494,9 @@ def _certify(group: _Group, w: FloatArray, lam: FloatArray) -> NDArray[np.bool_]
 
 
 def _certified(group: _Group, w: FloatArray, lam: FloatArray) -> NDArray[np.bool_]:
-    ok = _kkt(group.sigma, group.mu, group.lower, group.upper, w, lam)
-    variance = np.einsum("bi,bij,bj->b", w, group.sigma, w)
+    sigma_w = np.matmul(group.sigma, w[:, :, None])[:, :, 0]
+    ok = _kkt(group.sigma, group.mu, group.lower, group.upper, w, lam, sigma_w)
+    variance = (w * sigma_w).sum(axis=1)
     # Tangency: λ (μ − r_f)ᵀw = wᵀΣw with a positive excess return.
     gain = np.einsum("bi,bi->b", group.excess, w)
     tangent = (gain > 0.0) & (np.abs(lam * gain - variance) <= _KKT_TOL * variance)
@@ -696,16 +698,21 @@ def _pack(
     mu = np.zeros((b, size))
     lower = np.zeros((b, size))
     upper = np.zeros((b, size))
+    by_size: dict[int, list[int]] = {}
     for row, k in enumerate(members):
-        n = sizes[k]
-        c = covariances[k]
-        sigma[row, :n, :n] = c
+        by_size.setdefault(sizes[k], []).append(row)
+    for n, rows in by_size.items():  # one copy per N of the bucket (np.array stacks equal shapes)
+        chosen = [members[row] for row in rows]
+        block = np.array([covariances[k] for k in chosen])
+        index = np.asarray(rows)
+        sigma[index, :n, :n] = block
         if size > n:
-            scale = float(c.diagonal().max())
-            sigma[row, range(n, size), range(n, size)] = scale
-        mu[row, :n] = expected_returns[k]
-        lower[row, :n] = lowers[k]
-        upper[row, :n] = uppers[k]
+            pad = np.arange(n, size)
+            scale = block.diagonal(axis1=1, axis2=2).max(axis=1)
+            sigma[index[:, None], pad[None, :], pad[None, :]] = scale[:, None]
+        mu[index, :n] = np.array([expected_returns[k] for k in chosen])
+        lower[index, :n] = np.array([lowers[k] for k in chosen])
+        upper[index, :n] = np.array([uppers[k] for k in chosen])
     empty = np.zeros(b)
     return _Group(sigma, mu, lower, upper, np.zeros(b, dtype=np.int32), empty, mu, empty)
 

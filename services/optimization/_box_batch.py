@@ -101,8 +101,8 @@ def admitted(problems: list[PortfolioProblem], moments: list[Moments], kinds: li
     """
     ok = np.zeros(len(problems), dtype=bool)
     for members in _by_size(problems).values():
-        lower = np.stack([problems[k].lower_bounds for k in members])
-        upper = np.stack([problems[k].upper_bounds for k in members])
+        lower = np.array([problems[k].lower_bounds for k in members])
+        upper = np.array([problems[k].upper_bounds for k in members])
         with np.errstate(invalid="ignore"):
             good = np.isfinite(lower).all(axis=1) & np.isfinite(upper).all(axis=1)
             good &= ~(lower > upper + 1e-12).any(axis=1)
@@ -110,7 +110,7 @@ def admitted(problems: list[PortfolioProblem], moments: list[Moments], kinds: li
         tangency = np.array([kinds[k] is BatchKind.TANGENCY for k in members])
         if tangency.any():
             rates = np.array([problems[k].risk_free_rate for k in members])
-            excess = np.stack([moments[k].expected_returns for k in members]) - rates[:, None]
+            excess = np.array([moments[k].expected_returns for k in members]) - rates[:, None]
             with np.errstate(invalid="ignore"):  # a non-finite μ (its moments' error is the engine's): not admitted
                 best = _best_linear(excess, lower, upper)
                 scale = 1.0 + np.abs(excess).max(axis=1)
@@ -165,11 +165,11 @@ def box_results(
     """
     out: list[OptimizationResult | None] = [None] * len(problems)
     for members in _by_size(problems).values():
-        w = np.stack([weights[k] for k in members])
-        mu = np.stack([moments[k].expected_returns for k in members])
-        sigma = np.stack([moments[k].covariance for k in members])
-        lower = np.stack([problems[k].lower_bounds for k in members])
-        upper = np.stack([problems[k].upper_bounds for k in members])
+        w = np.array([weights[k] for k in members])
+        mu = np.array([moments[k].expected_returns for k in members])
+        sigma = np.array([moments[k].covariance for k in members])
+        lower = np.array([problems[k].lower_bounds for k in members])
+        upper = np.array([problems[k].upper_bounds for k in members])
         rates = np.array([problems[k].risk_free_rate for k in members])
         total = w.sum(axis=1)
         breached = ((w < lower - TOLERANCE) | (w > upper + TOLERANCE)).any(axis=1) | (np.abs(total - 1.0) > TOLERANCE)

@@ -242,8 +242,8 @@ def stacked_risk_contributions(weights: list[FloatArray], covariances: list[Floa
     for k, w in enumerate(weights):
         groups.setdefault(w.shape[0], []).append(k)
     for members in groups.values():
-        w = np.stack([weights[k] for k in members])
-        sigma = np.stack([covariances[k] for k in members])
+        w = np.array([weights[k] for k in members])
+        sigma = np.array([covariances[k] for k in members])
         contributions = w * np.einsum("bij,bj->bi", sigma, w)
         with np.errstate(invalid="ignore", divide="ignore"):
             fractions = contributions / contributions.sum(axis=1, keepdims=True)
