@@ -385,12 +385,22 @@ def run_optimization_batch(jobs: list[OptimizationJob]) -> list[OptimizationOutc
     def validate() -> None:  # while XLA iterates: the given moments, stacked per N
         valid.update(_valid_moments_together(jobs))
 
+    def report(indices: list[int], results: list[OptimizationResult]) -> None:
+        """The outcomes of results certified while the batch still solves others (``on_results``)."""
+        ready = [
+            (batchable[i], result)
+            for i, result in zip(indices, results, strict=True)
+            if batchable[i][2] is not None or batchable[i][0] in valid  # given moments: only those checked good
+        ]
+        _outcomes(ready, outcomes, started)
+
     # The given moments are checked while the batch solves; the answer of a job whose moments fail is dropped. A
     # build or pre-check error from the batch is left to run_optimization, which adds its relaxation diagnosis.
     solved = optimize_mean_variance_batch(
         [jobs[k].problem for k, _, _ in batchable],
         [estimated.moments for _, estimated, _ in batchable],
         meanwhile=validate,
+        on_results=report,
     )
     for k in sorted({*refused, *(k for k, _, history in batchable if history is None)} - valid):
         try:  # its error (or its acceptance) exactly as run_optimization gives it
@@ -400,23 +410,15 @@ def run_optimization_batch(jobs: list[OptimizationJob]) -> list[OptimizationOutc
     for k, refusal in refused.items():
         if outcomes[k] is None:
             outcomes[k] = refusal
-    answered = [
-        (k, estimated, history, result)
-        for (k, estimated, history), result in zip(batchable, solved, strict=True)
-        if isinstance(result, OptimizationResult) and outcomes[k] is None
-    ]
-    contributions = stacked_risk_contributions(
-        [result.weights for *_, result in answered], [estimated.moments.covariance for _, estimated, _, _ in answered]
+    _outcomes(
+        [
+            (entry, result)
+            for entry, result in zip(batchable, solved, strict=True)
+            if isinstance(result, OptimizationResult) and outcomes[entry[0]] is None
+        ],
+        outcomes,
+        started,
     )
-    elapsed_ms = (time.perf_counter() - started) * 1000.0
-    for (k, estimated, history, result), shares in zip(answered, contributions, strict=True):
-        outcomes[k] = OptimizationOutcome(
-            result=result,
-            estimated=estimated,
-            total_time_ms=elapsed_ms,
-            risk_contributions=shares,
-            max_drawdown=None if history is None else max_drawdown(history.returns, result.weights),
-        )
     for k, job in enumerate(jobs):
         if outcomes[k] is None:
             try:
@@ -424,6 +426,26 @@ def run_optimization_batch(jobs: list[OptimizationJob]) -> list[OptimizationOutc
             except StratoptError as error:
                 outcomes[k] = error
     return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _outcomes(
+    answered: list[tuple[tuple[int, EstimatedMoments, ReturnHistory | None], OptimizationResult]],
+    outcomes: list[OptimizationOutcome | StratoptError | None],
+    started: float,
+) -> None:
+    """``OptimizationOutcome``s of batch results (risk contributions stacked per N) into ``outcomes``."""
+    contributions = stacked_risk_contributions(
+        [result.weights for _, result in answered], [entry[1].moments.covariance for entry, _ in answered]
+    )
+    elapsed_ms = (time.perf_counter() - started) * 1000.0
+    for ((k, estimated, history), result), shares in zip(answered, contributions, strict=True):
+        outcomes[k] = OptimizationOutcome(
+            result=result,
+            estimated=estimated,
+            total_time_ms=elapsed_ms,
+            risk_contributions=shares,
+            max_drawdown=None if history is None else max_drawdown(history.returns, result.weights),
+        )
 
 
 def _valid_moments_together(jobs: list[OptimizationJob]) -> set[int]:

@@ -526,6 +526,7 @@ def solve_batch(
     risk_free_rates: FloatArray | None = None,
     targets: FloatArray | None = None,
     meanwhile: Callable[[], object] | None = None,
+    on_certified: Callable[[list[int], list[FloatArray], NDArray[np.int64]], object] | None = None,
 ) -> BatchSolution:
     """Solve a group of box-and-budget problems at once (module docstring); certify each answer.
 
@@ -550,6 +551,10 @@ def solve_batch(
     meanwhile : callable, optional
         The caller's work to run while XLA iterates: called once, after the first stage of every bucket is
         dispatched and before any is awaited (at once for an empty batch). Its exceptions propagate.
+    on_certified : callable, optional
+        Called as problems are certified, while XLA iterates the others: with their indices (input order; each
+        problem once), their weights (the arrays of the returned ``weights``) and iterations. Its exceptions
+        propagate.
 
     Returns
     -------
@@ -606,10 +611,25 @@ def solve_batch(
         for _ in range(len(_stages())):
             for bucket in buckets:
                 if bucket.pending:
-                    bucket.step()
+                    done = bucket.step()
+                    if done.size:
+                        _report(bucket, done, sizes, weights, on_certified)
         for bucket in buckets:
             bucket.finish(sizes, weights, lam_out, certified, iterations)
     return BatchSolution(weights=weights, lam=lam_out, certified=certified, iterations=iterations)
+
+
+def _report(
+    bucket: _Bucket, done: NDArray[np.intp], sizes: list[int], weights: list[FloatArray],
+    on_certified: Callable[[list[int], list[FloatArray], NDArray[np.int64]], object] | None,
+) -> None:  # fmt: skip
+    """Write the weights of a bucket's rows just certified into ``weights``, and tell ``on_certified``."""
+    members = bucket.members
+    index = [members[row] for row in done.tolist()]
+    for row, k in zip(done.tolist(), index, strict=True):
+        weights[k] = bucket.w[row, : sizes[k]].copy()
+    if on_certified is not None:
+        on_certified(index, [weights[k] for k in index], bucket.its[done])
 
 
 class _Bucket:
@@ -649,29 +669,35 @@ class _Bucket:
         )  # fmt: skip
         return cls(group, members, _stages())
 
-    def step(self) -> None:
-        """Await the stage in flight, keep what it certified, and dispatch the next stage for the rest."""
+    def step(self) -> NDArray[np.intp]:
+        """Await the stage in flight, keep what it certified, and dispatch the next stage for the rest.
+
+        Returns the rows it certified.
+        """
         rows, dtype = self.rows, self.stages[self.done][0]
         state, w, lam, settled, its = _gather(self.pending)
         self.state[rows], self.w[rows], self.lam[rows] = state, w, lam
         self.its[rows] += its
         self.done += 1
         self.pending = []
+        done: NDArray[np.intp] = rows[:0]
         if dtype is np.float64:  # else a proposal only: every problem goes on to the double-precision stages
             sub = self.group if rows.size == len(self.members) else self.group.take(rows)
             ok = settled & _certify(sub, w, lam)
             self.ok[rows] = ok
-            self.rows = rows[~ok]
+            self.rows, done = rows[~ok], rows[ok]
         if self.rows.size and self.done < len(self.stages):
             sub = self.group if self.rows.size == len(self.members) else self.group.take(self.rows)
             self.pending = _dispatch(sub, *self.stages[self.done], self.state[self.rows], self.lam[self.rows])
+        return done
 
     def finish(
         self, sizes: list[int], weights: list[FloatArray], lam_out: FloatArray, certified: NDArray[np.bool_],
         iterations: NDArray[np.int64],
     ) -> None:  # fmt: skip
-        """Write the bucket's answers into the output arrays."""
-        for row, k in enumerate(self.members):
+        """Write the bucket's answers into the output arrays (the certified weights are there already)."""
+        for row in np.flatnonzero(~self.ok).tolist():
+            k = self.members[row]
             weights[k] = self.w[row, : sizes[k]].copy()
         index = np.asarray(self.members)
         lam_out[index] = self.lam

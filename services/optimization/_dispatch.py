@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 
 from services.errors import DeadlineExceededError, InvalidInputError, OptimizationError, StratoptError
 from services.optimization import _cardinality
@@ -224,6 +225,7 @@ def optimize_mean_variance_batch(
     moments: Sequence[Moments],
     *,
     meanwhile: Callable[[], object] | None = None,
+    on_results: Callable[[list[int], list[OptimizationResult]], object] | None = None,
 ) -> list[OptimizationResult | Exception | None]:
     """Solve many mean-variance problems at once where the batched active set can, the same answers as one by one.
 
@@ -245,6 +247,9 @@ def optimize_mean_variance_batch(
         Their moments, in the same order.
     meanwhile : callable, optional
         The caller's work to run while the solver iterates (``solve_batch``'s ``meanwhile``): called exactly once.
+    on_results : callable, optional
+        Called with the indices and results of plain problems as the solver certifies them, while it iterates the
+        others (``solve_batch``'s ``on_certified``); those results are in the returned list too.
 
     Returns
     -------
@@ -283,6 +288,22 @@ def optimize_mean_variance_batch(
     if not group:
         admit()
         return answers
+
+    def certified(rows: list[int], weights: list[FloatArray], iterations: NDArray[np.int64]) -> None:
+        picked = [i for i, row in enumerate(rows) if group[row][1] is None and group[row][0] in fast]
+        if not picked:
+            return
+        keys = [group[rows[i]][0] for i in picked]
+        boxed = box_results(
+            [problems[k] for k in keys], [moments[k] for k in keys], [weights[i] for i in picked],
+            iterations[picked], solver=BATCH_SOLVE_PATH, started=started,
+        )  # fmt: skip
+        done = [(k, result) for k, result in zip(keys, boxed, strict=True) if result is not None]
+        for k, result in done:  # None: a breach beyond TOLERANCE, for the general builder below
+            answers[k] = result
+        if on_results is not None and done:
+            on_results([k for k, _ in done], [result for _, result in done])
+
     solved = solve_batch(
         [moments[k].covariance for k, _, _ in group],
         [moments[k].expected_returns for k, _, _ in group],
@@ -293,18 +314,8 @@ def optimize_mean_variance_batch(
         risk_free_rates=np.asarray([problems[k].risk_free_rate for k, _, _ in group]),
         targets=np.asarray([rule[2] for _, _, rule in group]),
         meanwhile=admit,
+        on_certified=certified,
     )
-    rows = [row for row, (k, model, _) in enumerate(group) if k in fast and solved.certified[row]]
-    boxed = box_results(
-        [problems[group[row][0]] for row in rows],
-        [moments[group[row][0]] for row in rows],
-        [solved.weights[row] for row in rows],
-        solved.iterations[rows],
-        solver=BATCH_SOLVE_PATH,
-        started=started,
-    )
-    for row, result in zip(rows, boxed, strict=True):
-        answers[group[row][0]] = result
     for row, (k, built, rule) in enumerate(group):
         if answers[k] is not None:
             continue

@@ -86,6 +86,32 @@ def test_both_stage_plans_give_the_single_paths_answers(
         np.testing.assert_allclose(batch.weights[k], single.weights, atol=1e-12)
 
 
+def test_meanwhile_runs_once_and_each_certified_problem_is_reported_once(problems: list[tuple]) -> None:
+    """``meanwhile`` runs once before any stage is awaited; ``on_certified`` names each certified problem once."""
+    sigmas, mus, lowers, uppers = _unzip(problems)
+    calls: list[str] = []
+    reported: list[int] = []
+    seen: dict[int, np.ndarray] = {}
+
+    def certified(index: list[int], weights: list[np.ndarray], iterations: np.ndarray) -> None:
+        calls.append("certified")
+        reported.extend(index)
+        assert len(weights) == len(index) == iterations.size
+        for k, w in zip(index, weights, strict=True):
+            assert w.shape == mus[k].shape
+            seen[k] = w
+
+    batch = solve_batch(
+        sigmas, mus, lowers, uppers, kind=BatchKind.TANGENCY, risk_free_rates=np.full(len(problems), 0.01),
+        meanwhile=lambda: calls.append("meanwhile"), on_certified=certified,
+    )  # fmt: skip
+    assert calls[0] == "meanwhile" and calls.count("meanwhile") == 1 and len(calls) > 2
+    assert sorted(reported) == np.flatnonzero(batch.certified).tolist()  # each once, only the certified
+    assert all(seen[k] is batch.weights[k] for k in reported)  # the final answers, not copies
+    empty = solve_batch([], [], [], [], kind=BatchKind.TANGENCY, meanwhile=lambda: calls.append("empty"))
+    assert calls[-1] == "empty" and empty.certified.size == 0
+
+
 @pytest.mark.parametrize("risk_aversion", [None, 2.0])
 def test_min_volatility_and_quadratic_utility_batches_equal_the_single_path(
     problems: list[tuple], risk_aversion: float | None
