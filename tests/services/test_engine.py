@@ -218,6 +218,25 @@ def _outcome_or_error(job: OptimizationJob) -> object:
         return error
 
 
+def _errors_as_one_by_one(jobs: list[OptimizationJob], batched: list, atol: float) -> int:
+    """Each batch outcome against run_optimization's: the same error (type and message) or the same weights.
+
+    Returns how many were errors.
+    """
+    from services.errors import StratoptError
+
+    errors = 0
+    for job, outcome in zip(jobs, batched, strict=True):
+        single = _outcome_or_error(job)
+        if isinstance(single, StratoptError):
+            assert isinstance(outcome, type(single)) and str(outcome) == str(single)
+            errors += 1
+        else:
+            assert not isinstance(outcome, StratoptError)
+            np.testing.assert_allclose(outcome.result.weights, single.result.weights, atol=atol)
+    return errors
+
+
 def test_a_batch_of_jobs_answers_as_one_by_one(sp500_returns: pd.DataFrame) -> None:
     """run_optimization_batch against run_optimization, job by job: batched, single-path and failing jobs mixed."""
     from services.engine import Method, MethodSettings, run_optimization_batch
@@ -355,7 +374,6 @@ def test_efficient_return_and_risk_jobs_in_a_batch_answer_as_one_by_one(sp500_re
 def test_a_batch_validates_given_moments_as_one_by_one() -> None:
     """Moments checked together per N: each bad one gets run_optimization's own error, a singular PSD Σ passes."""
     from services.engine import _valid_moments_together, run_optimization_batch
-    from services.errors import StratoptError
 
     rng = np.random.default_rng(4)
     factor = rng.normal(size=(4, 6)) * 0.1
@@ -381,15 +399,7 @@ def test_a_batch_validates_given_moments_as_one_by_one() -> None:
         ]
         # Only the good ones skip the per-job check (the certificate would also refuse an asymmetric Σ's answer).
         assert _valid_moments_together(jobs) == {k for k, c in enumerate(covariances) if c is good}
-        batched = run_optimization_batch(jobs)
-        for job, outcome in zip(jobs, batched, strict=True):
-            single = _outcome_or_error(job)
-            if isinstance(single, StratoptError):
-                assert isinstance(outcome, type(single)) and str(outcome) == str(single)
-                errors += 1
-            else:
-                assert not isinstance(outcome, StratoptError)
-                np.testing.assert_allclose(outcome.result.weights, single.result.weights, atol=1e-9)
+        errors += _errors_as_one_by_one(jobs, run_optimization_batch(jobs), atol=1e-9)
     assert errors == 4
 
 
@@ -401,7 +411,6 @@ def test_bad_given_moments_get_their_own_error_whatever_the_problem() -> None:
     the batch or leak an answer.
     """
     from services.engine import run_optimization_batch
-    from services.errors import StratoptError
     from services.optimization import SectorLimit
 
     rng = np.random.default_rng(8)
@@ -436,14 +445,5 @@ def test_bad_given_moments_get_their_own_error_whatever_the_problem() -> None:
         for moment in moments
         for problem in problems
     ]
-    batched = run_optimization_batch(jobs)
-    errors = 0
-    for job, outcome in zip(jobs, batched, strict=True):
-        single = _outcome_or_error(job)
-        if isinstance(single, StratoptError):
-            assert isinstance(outcome, type(single)) and str(outcome) == str(single)
-            errors += 1
-        else:
-            assert not isinstance(outcome, StratoptError)
-            np.testing.assert_allclose(outcome.result.weights, single.result.weights, atol=1e-8)
+    errors = _errors_as_one_by_one(jobs, run_optimization_batch(jobs), atol=1e-8)
     assert errors == 5 * len(problems)  # every bad moment, beside every problem
