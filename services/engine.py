@@ -339,6 +339,9 @@ def run_optimization_batch(jobs: list[OptimizationJob]) -> list[OptimizationOutc
     moments estimated here and their problems handed to ``optimize_mean_variance_batch`` (which batches min
     volatility, quadratic utility, max Sharpe, efficient return and efficient risk under the budget and finite
     bounds); every other job, and every problem the batch does not answer, runs through ``run_optimization``.
+    Given moments are checked (``validate_moments``' conditions, stacked per N) while the batch solves, and the
+    outcomes of problems certified early are built while it solves the rest; a job whose moments fail gets their
+    error and its answer is dropped.
 
     Parameters
     ----------

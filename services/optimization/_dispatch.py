@@ -317,8 +317,8 @@ def optimize_mean_variance_batch(
         on_certified=certified,
     )
     for row, (k, built, rule) in enumerate(group):
-        if answers[k] is not None:
-            continue
+        if answers[k] is not None or (not solved.certified[row] and (built is not None or k in fast)):
+            continue  # answered, or left to the single path (a plain problem not admitted is checked below)
         checked = built
         if checked is None:  # plain: not admitted (its error, or a case within rounding), or a breach to name
             try:
