@@ -337,21 +337,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.grpc:
         grpc = _grpc(problems, args.repeats, args.stream)
         _print_grpc(grpc, median["pypfopt"], reference, problems)
-        if args.stream:
-            seconds, count = grpc["stream_s"], args.stream
-            ms = 1e3 * seconds / count
-            print(
-                f"BatchOptimizeStream     {seconds:8.3f} s  {ms:7.3f} ms/problem  {per['pypfopt'] / ms:6.1f}x  "
-                f"Sharpe gap {_gap(grpc['stream'], reference[: len(grpc['stream'])], problems):+.1e}  "
-                f"({count:,} items, messages of 100, every run stored)"
-            )
-            print(
-                "server resident memory after each tenth of the stream (MiB): "
-                + " ".join(f"{now:.0f}" for now, _, _ in grpc["rss"])
-                + f"; peak {max(peak for _, peak, _ in grpc['rss']):.0f}; its 2 workers: "
-                + " ".join(f"{workers:.0f}" for _, _, workers in grpc["rss"])
-            )
+        _print_stream(grpc, args.stream, per["pypfopt"], reference, problems)
     return 0
+
+
+def _print_stream(
+    grpc: dict[str, Any], count: int, pypfopt_ms: float, reference: list[np.ndarray | None], problems: list[Problem]
+) -> None:
+    """The ``--stream`` line and the server's memory after each tenth of the stream (nothing without ``--stream``)."""
+    if not count:
+        return
+    seconds = grpc["stream_s"]
+    ms = 1e3 * seconds / count
+    print(
+        f"BatchOptimizeStream     {seconds:8.3f} s  {ms:7.3f} ms/problem  {pypfopt_ms / ms:6.1f}x  "
+        f"Sharpe gap {_gap(grpc['stream'], reference[: len(grpc['stream'])], problems):+.1e}  "
+        f"({count:,} items, messages of 100, every run stored)"
+    )
+    print(
+        "server resident memory after each tenth of the stream (MiB): "
+        + " ".join(f"{now:.0f}" for now, _, _ in grpc["rss"])
+        + f"; peak {max(peak for _, peak, _ in grpc['rss']):.0f}; its 2 workers: "
+        + " ".join(f"{workers:.0f}" for _, _, workers in grpc["rss"])
+    )
 
 
 def _print_grpc(
@@ -382,6 +390,7 @@ def _grpc_only(problems: list[Problem], args: argparse.Namespace) -> int:
     print(f"{len(problems)} long-only max-Sharpe problems, N 12..50, half capped at 25 %; medians of {args.repeats}")
     print(f"PyPortfolioOpt loop     {pypfopt_s:8.3f} s  {1e3 * pypfopt_s / len(problems):7.3f} ms/problem")
     _print_grpc(grpc, pypfopt_s, reference, problems)
+    _print_stream(grpc, args.stream, 1e3 * pypfopt_s / len(problems), reference, problems)
     return 0
 
 
