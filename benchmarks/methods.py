@@ -106,9 +106,12 @@ Run
     uv run python -m benchmarks.methods --sizes 20,100 --repeats 3
     uv run python -m benchmarks.methods --methods minvol,maxsharpe,cvar --sizes 500
     uv run python -m benchmarks.methods --blas-threads 0 --xla-multi-thread    # the libraries' own threading
+    uv run python -m benchmarks.methods --methods maxsharpe,minvol --sizes 2000 --libraries pypfopt
 
 Options: ``--sizes`` (comma-separated N ≥ 5, default ``20,100,500,2000``), ``--methods`` (comma-separated, default
-all of the above), ``--repeats K`` (default 30 for N ≤ 100, 10 for N ≤ 500 and 5 above, for every side),
+all of the above), ``--libraries`` (comma-separated of ``pypfopt``, ``skfolio``, ``riskfolio``, default all; a
+library left out reads ``not run``: at N = 2000 skfolio takes about 40 s a call), ``--repeats K`` (default 30 for
+N ≤ 100, 10 for N ≤ 500 and 5 above, for every side),
 ``--limit-s`` (longest first call of a library per method before it is skipped, default 60), ``--budget-s`` (time
 one side may spend timing one method at one N, default 120), ``--pypfopt-solver`` (PyPortfolioOpt's solver,
 default its own choice), ``--blas-threads K`` (BLAS/OpenMP threads in this process and in the children; default
@@ -945,6 +948,7 @@ def run_size(
     limit_s: float,
     budget_s: float,
     pypfopt_solver: str | None,
+    libraries: tuple[str, ...] = LIBRARIES,
 ) -> list[Row]:
     """Time stratopt in-process and the libraries in children at one N; compare the weights."""
     data = inputs_for(n)
@@ -961,7 +965,7 @@ def run_size(
                 + " ".join(f"{x:.1f}" for x in ours.samples_ms)
             )
         rows.append(Row(spec, n, data.kind, ours, {}, repeats=repeats))
-    for library in LIBRARIES:
+    for library in libraries:
         available = [name for name in methods if library in METHODS[name].libraries]
         if not available:
             continue
@@ -1099,6 +1103,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--sizes", default="20,100,500,2000", help="comma-separated N (default 20,100,500,2000)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
+    parser.add_argument(
+        "--libraries", default=",".join(LIBRARIES), help=f"comma-separated, of {', '.join(LIBRARIES)} (default all)"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="K calls per side, method and N (30/10/5 by N)")
     parser.add_argument("--limit-s", type=float, default=60.0, help="skip a library whose first call exceeds this")
     parser.add_argument("--budget-s", type=float, default=120.0, help="time one side may spend on a method at one N")
@@ -1125,6 +1132,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [s for s in args.methods if s not in METHODS]
     if not args.methods or unknown:
         parser.error(f"--methods must be taken from {', '.join(METHODS)}; got {', '.join(unknown) or 'none'}")
+    args.libraries = tuple(s.strip() for s in args.libraries.split(",") if s.strip())
+    if any(s not in LIBRARIES for s in args.libraries):
+        parser.error(f"--libraries must be taken from {', '.join(LIBRARIES)}; got {', '.join(args.libraries)}")
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be at least 1")
     if args.blas_threads < 0:
@@ -1153,7 +1163,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     for n in args.sizes:
         repeats = args.repeats or default_repeats(n)
-        rows += run_size(n, args.methods, repeats, args.limit_s, args.budget_s, args.pypfopt_solver)
+        rows += run_size(n, args.methods, repeats, args.limit_s, args.budget_s, args.pypfopt_solver, args.libraries)
     load_after = os.getloadavg()
     print(report(rows, load_before, load_after, device, blas))
     del limits

@@ -67,6 +67,7 @@ from numpy.typing import NDArray
 from scipy.linalg import lapack
 
 from services.optimization._constraints import Bounds, Budget, Constraint
+from services.optimization._metrics import covariance_times, quadratic_form
 from services.optimization._model import ProblemModel
 from services.optimization._problem import Objective, OptimizationResult
 from services.types import FloatArray
@@ -99,6 +100,12 @@ MAX_PRIMAL_ITERATIONS = 400
 """Factorisations of the primal active-set method before giving up (returning None)."""
 MAX_SHARPE_SEARCH = 60
 """QP solves of the bracketed search on λ of the maximum Sharpe ratio before giving up."""
+SCREEN_MIN_SIZE = 512
+"""Problems of at least this many names are first solved on a working set of names (``_screened``)."""
+SCREEN_START = 64
+"""Names of the first working set, and most names one round of ``_screened`` adds."""
+SCREEN_MAX = 256
+"""Largest working set ``_screened`` grows to before it leaves the problem to the whole-problem iteration."""
 _TIE = 1e-14
 """Relative slack of the active-set updates, so that round-off does not flip a name at its bound."""
 
@@ -122,7 +129,8 @@ class ActiveSetSolution:
         block or a Schur-complement update of an earlier one).
     method : str
         ``PDAS`` (primal-dual active set), ``PRIMAL`` (primal active set) or ``SHARPE_SEARCH`` (bracketed search
-        on λ over critical lines).
+        on λ over critical lines); ``SCREENED_`` before it when that method solved a working set of the names
+        (``_screened``, at or above ``SCREEN_MIN_SIZE`` names).
     """
 
     weights: FloatArray
@@ -547,7 +555,7 @@ def kkt_holds(
     l1 = float(np.abs(w).sum())
     if abs(float(w.sum()) - 1.0) > rtol * max(1.0, l1):
         return False
-    g = covariance @ w - risk_tolerance * expected_returns
+    g = covariance_times(covariance, w) - risk_tolerance * expected_returns
     scale = float(np.diag(covariance).max()) * l1 + abs(risk_tolerance) * float(np.abs(expected_returns).max())
     at_lower = w <= lower + tol_w
     at_upper = w >= upper - tol_w
@@ -726,6 +734,85 @@ def _prepare(
     return data
 
 
+def _screened(data: _Problem, risk_free_rate: float | None, lam: float) -> ActiveSetSolution | None:
+    """The solution of a large problem found on a small working set of names, certified on the whole, or None.
+
+    Column generation on the bounds (a working set of names grown by the KKT violators left out, as active-set
+    methods grow theirs by one constraint a step: Nocedal & Wright, *Numerical Optimization*, 2006, ch. 16), for
+    problems whose solution holds few of many names: the names are ranked by the solution of the problem
+    with Σ replaced by its diagonal and no bounds (w_i ∝ (μ_i − r_f)/Σ_ii for the maximum Sharpe ratio,
+    (ν + λμ_i)/Σ_ii with the budget's ν for the QP at λ); the problem restricted to the ``SCREEN_START`` best
+    ranked names (with every name of non-zero lower bound, so that each name left out sits at a zero lower bound,
+    and enough names for the budget under the upper bounds) is solved exactly; a name left out whose multiplier at
+    its lower bound has the wrong sign (its KKT condition fails) joins the working set, the worst ``SCREEN_START``
+    a round, and the restricted problem is solved again. When no name left out violates its condition, the
+    weights (zero outside the working set) are certified by the KKT conditions of the whole problem
+    (``kkt_holds``), which make them its optimum. Cost per round: a solve on |S| names and an N × |S| product,
+    against Cholesky factorisations of free sets of hundreds of names for the whole-problem iteration.
+
+    ``risk_free_rate`` None: the QP at the fixed λ ``lam`` (``solve_qp``); a float: the maximum Sharpe ratio
+    (``lam`` unused). None is returned (the caller solves the whole problem) below ``SCREEN_MIN_SIZE`` names,
+    with more than ``SCREEN_START`` non-zero lower bounds, when a restricted problem has no certified answer, when
+    the working set would exceed ``SCREEN_MAX`` names, or when the whole problem's certificate fails.
+    """
+    n = data.mu.size
+    if n < SCREEN_MIN_SIZE:
+        return None
+    required = np.flatnonzero(data.lower != 0.0)
+    if required.size > SCREEN_START:
+        return None
+    diag = np.diag(data.sigma)
+    if risk_free_rate is None:
+        nu = (1.0 - lam * float((data.mu / diag).sum())) / float((1.0 / diag).sum())
+        score = (nu + lam * data.mu) / diag
+    else:
+        score = (data.mu - risk_free_rate) / diag
+    rank = np.argsort(-score, kind="stable")
+    rank = rank[~data.pinned[rank]]  # a pinned name at zero stays out; one at a non-zero value is required
+    chosen = np.zeros(n, dtype=bool)
+    chosen[required] = True
+    chosen[rank[:SCREEN_START]] = True
+    covered = float(data.upper[chosen].sum())
+    if covered < 1.0:  # the working set must hold a fully invested portfolio: add names in rank order
+        extra = rank[~chosen[rank]]
+        reach = int(np.searchsorted(np.cumsum(data.upper[extra]), 1.0 - covered)) + 1
+        chosen[extra[:reach]] = True
+    iterations = 0
+    while True:
+        working = np.flatnonzero(chosen)
+        if working.size > SCREEN_MAX:
+            return None
+        block = data.sigma[np.ix_(working, working)]
+        mu, lower, upper = data.mu[working], data.lower[working], data.upper[working]
+        if risk_free_rate is None:
+            sub = solve_qp(block, mu, lower, upper, lam)
+        else:
+            sub = solve_max_sharpe(block, mu, lower, upper, risk_free_rate)
+        if sub is None:
+            return None
+        iterations += sub.iterations
+        weights = np.zeros(n)
+        weights[working] = sub.weights
+        sub_lam = sub.risk_tolerance
+        # Multipliers g = Σw − λμ + ν1, ≥ 0 at a lower bound: a name left out violates its condition when
+        # λμ_i − (Σw)_i > ν. The working set's names not at their upper bound have g_i ≥ 0 (= 0 when free):
+        # ν is the largest of their λμ_i − (Σw)_i.
+        reach_nu = sub_lam * data.mu - data.sigma[:, working] @ sub.weights
+        below_upper = chosen.copy()
+        below_upper[working[sub.weights >= upper - KKT_RTOL * np.maximum(1.0, np.abs(upper))]] = False
+        nu = float(reach_nu[below_upper].max()) if below_upper.any() else float(reach_nu[working].min())
+        scale = data.diag_max * float(np.abs(weights).sum()) + sub_lam * data.mu_max + abs(nu)
+        violation = np.where(chosen | data.pinned, -np.inf, reach_nu - nu)
+        violators = np.flatnonzero(violation > KKT_RTOL * scale)
+        if violators.size == 0:
+            found = _finish(data, weights, sub_lam, f"SCREENED_{sub.method}")
+            if found is None:
+                return None
+            return ActiveSetSolution(found.weights, found.risk_tolerance, iterations, found.method)
+        worst = violators[np.argsort(-violation[violators], kind="stable")[:SCREEN_START]]
+        chosen[worst] = True
+
+
 def solve_qp(
     covariance: FloatArray,
     expected_returns: FloatArray,
@@ -764,7 +851,8 @@ def solve_qp(
     budget-only solution, with the single-pivot safeguard of Júdice & Pires (1994); then the primal active-set
     method (Nocedal & Wright, 2006, Algorithm 16.3). Cost: one Cholesky factorisation per partition (single
     precision for the first, large ones; Schur-complement updates for small changes to a large free set), and
-    O(N·|F|) products per partition.
+    O(N·|F|) products per partition. At or above ``SCREEN_MIN_SIZE`` names the problem is first solved on a
+    working set of names grown by the KKT violators left out (``_screened``), certified on the whole problem.
     """
     data = _prepare(covariance, expected_returns, lower, upper, cholesky)
     if data is None or not np.isfinite(risk_tolerance) or risk_tolerance < 0.0:
@@ -773,6 +861,9 @@ def solve_qp(
     state[data.pinned] = -1
     if np.all(data.pinned):
         return None
+    screened = _screened(data, None, float(risk_tolerance))
+    if screened is not None:
+        return screened
     solved = _solve_qp(data, float(risk_tolerance), state)
     if solved is None:
         return None
@@ -845,11 +936,15 @@ def solve_max_sharpe(
     Primal-dual active set with λ = the tangency λ* of each partition's critical line; if that fails, a
     bracketed search on λ (Newton steps to the root of h on the current critical line, bisection otherwise) with
     ``solve_qp``'s method at each λ, warm-started from the previous partition. The result is certified by the KKT
-    conditions of the QP at λ = wᵀΣw / (μᵀw − r_f), which are those of the Sharpe ratio's maximum.
+    conditions of the QP at λ = wᵀΣw / (μᵀw − r_f), which are those of the Sharpe ratio's maximum. At or above
+    ``SCREEN_MIN_SIZE`` names, a working set of names first (``_screened``), as in ``solve_qp``.
     """
     data = _prepare(covariance, expected_returns, lower, upper, cholesky)
     if data is None or not np.isfinite(risk_free_rate) or np.all(data.pinned):
         return None
+    screened = _screened(data, float(risk_free_rate), 0.0)
+    if screened is not None:
+        return screened
     excess = data.mu - float(risk_free_rate)
     state = np.zeros(data.mu.size, dtype=np.int8)
     state[data.pinned] = -1
@@ -867,7 +962,7 @@ def _certify_sharpe(data: _Problem, weights: FloatArray, excess: FloatArray, met
     gain = float(excess @ weights)
     if not gain > 0.0:
         return None
-    lam = float(weights @ data.sigma @ weights) / gain
+    lam = quadratic_form(weights, data.sigma) / gain
     return _finish(data, weights, lam, method)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 import numpy as np
+from numpy.typing import NDArray
 
 from services.optimization._problem import PortfolioPerformance
 from services.types import FloatArray, Moments
@@ -35,9 +36,62 @@ def portfolio_performance(weights: FloatArray, moments: Moments, risk_free_rate:
         net exposure bounds, where the part of the capital not invested earns the risk-free rate.
     """
     expected = float(moments.expected_returns @ weights) + (1.0 - float(weights.sum())) * risk_free_rate
-    volatility = float(np.sqrt(max(float(weights @ moments.covariance @ weights), 0.0)))
+    volatility = float(np.sqrt(max(quadratic_form(weights, moments.covariance), 0.0)))
     sharpe = (expected - risk_free_rate) / volatility if volatility > 0 else 0.0
     return PortfolioPerformance(expected_return=expected, volatility=volatility, sharpe_ratio=sharpe)
+
+
+def held_names(weights: FloatArray) -> NDArray[np.intp] | None:
+    """Indices of the non-zero weights when they are fewer than half the names, else None.
+
+    Products with Σ then run over the names held only (an N = 2000 max Sharpe portfolio holds a few dozen):
+    zero weights add exact zeros, so only the order of the sums (round-off) differs from the whole product.
+    """
+    held = np.flatnonzero(weights)
+    return held if 2 * held.size < weights.size else None
+
+
+def quadratic_form(weights: FloatArray, covariance: FloatArray) -> float:
+    """wᵀΣw, over the names held only when few are (:func:`held_names`).
+
+    Parameters
+    ----------
+    weights : ndarray of shape (N,)
+        Portfolio weights.
+    covariance : ndarray of shape (N, N)
+        Σ (finite).
+
+    Returns
+    -------
+    float
+        The portfolio variance in Σ's units.
+    """
+    held = held_names(weights)
+    if held is None:
+        return float(weights @ covariance @ weights)
+    w = weights[held]
+    return float(w @ covariance[np.ix_(held, held)] @ w)
+
+
+def covariance_times(covariance: FloatArray, weights: FloatArray) -> FloatArray:
+    """Σw, from the columns of the names held only when few are (:func:`held_names`).
+
+    Parameters
+    ----------
+    covariance : ndarray of shape (N, N)
+        Σ (finite).
+    weights : ndarray of shape (N,)
+        Portfolio weights.
+
+    Returns
+    -------
+    ndarray of shape (N,)
+        Σw.
+    """
+    held = held_names(weights)
+    if held is None:
+        return np.asarray(covariance @ weights, dtype=np.float64)
+    return np.asarray(covariance[:, held] @ weights[held], dtype=np.float64)
 
 
 def covariance_factor(covariance: FloatArray) -> FloatArray:
@@ -217,7 +271,13 @@ def risk_contributions(weights: FloatArray, covariance: FloatArray) -> FloatArra
     ndarray of shape (N,)
         RC_i = w_i (Σw)_i / wᵀΣw, summing to 1 (NaN or infinite when wᵀΣw = 0).
     """
-    contributions = weights * (covariance @ weights)
+    held = held_names(weights)
+    if held is None:
+        contributions = weights * (covariance @ weights)
+    else:  # RC_i = 0 for a name not held: (Σw)_i over the names held only
+        contributions = np.zeros_like(weights, dtype=np.float64)
+        w = weights[held]
+        contributions[held] = w * (covariance[np.ix_(held, held)] @ w)
     fractions: FloatArray = contributions / contributions.sum()
     return fractions
 

@@ -382,6 +382,124 @@ def test_the_validation_cholesky_factor_is_reused_and_changes_nothing(n: int, mo
                 assert seeded.objective_value == pytest.approx(reference.objective_value, rel=OBJECTIVE_RTOL)
 
 
+def _screening_cases(n: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Long only; a 2 % cap (about 50 names at it: the working set must grow); ten names held at ≥ 0.1 %."""
+    held = np.zeros(n)
+    held[:10] = 0.001
+    return [
+        ("long only", np.zeros(n), np.ones(n)),
+        ("capped", np.zeros(n), np.full(n, 0.02)),
+        ("held", held, np.ones(n)),
+    ]
+
+
+def _whole_and_screened(
+    args: tuple[np.ndarray, ...], objective: Objective, monkeypatch: pytest.MonkeyPatch, **patches: int
+) -> tuple[fast_qp.ActiveSetSolution, fast_qp.ActiveSetSolution]:
+    """The answer of the whole-problem iteration (screening off) and the default answer (with ``patches``)."""
+
+    def solve() -> fast_qp.ActiveSetSolution | None:
+        if objective is Objective.MAX_SHARPE:
+            return fast_qp.solve_max_sharpe(*args, risk_free_rate=RISK_FREE)
+        return fast_qp.solve_qp(*args, 0.0 if objective is Objective.MIN_VOLATILITY else 0.5)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(fast_qp, "SCREEN_MIN_SIZE", 10**9)
+        whole = solve()
+    with monkeypatch.context() as patch:
+        for name, value in patches.items():
+            patch.setattr(fast_qp, name, value)
+        screened = solve()
+    assert whole is not None and screened is not None
+    assert not whole.method.startswith("SCREENED")
+    return whole, screened
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_large_problems_are_solved_on_a_working_set_with_the_whole_problems_answer(
+    objective: Objective, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """N = 1000 (factor model and sample covariance): the working-set answer is the whole problem's, and KKT holds.
+
+    Truth: the whole-problem iteration (checked against Clarabel up to N = 800 above) to 1e-10, and the KKT
+    conditions of the whole problem checked here with NumPy.
+    """
+    n = 1000
+    for factor in (True, False):
+        moments = random_moments(n, 41, factor=factor)
+        for case, lower, upper in _screening_cases(n):
+            args = (moments.covariance, moments.expected_returns, lower, upper)
+            whole, screened = _whole_and_screened(args, objective, monkeypatch)
+            assert screened.method.startswith("SCREENED_"), (factor, case)
+            np.testing.assert_allclose(screened.weights, whole.weights, rtol=0, atol=1e-10)
+            assert_kkt(problem_of(objective, n, lower, upper), moments, screened.weights)
+            if case == "held":
+                assert np.all(screened.weights[:10] >= 0.001)
+
+
+def test_a_working_set_grows_until_no_name_left_out_violates_its_condition(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Started from 12 names (the ten held and two more), the working set grows over several rounds.
+
+    It still ends at the whole problem's answer.
+    """
+    n = 600
+    moments = random_moments(n, 43, factor=True)
+    rounds: list[int] = []
+    real_solve_qp, real_solve_max_sharpe = fast_qp.solve_qp, fast_qp.solve_max_sharpe
+
+    def counted_qp(*a: object, **k: object) -> object:
+        rounds.append(np.asarray(a[0]).shape[0])
+        return real_solve_qp(*a, **k)  # type: ignore[arg-type]
+
+    def counted_sharpe(*a: object, **k: object) -> object:
+        rounds.append(np.asarray(a[0]).shape[0])
+        return real_solve_max_sharpe(*a, **k)  # type: ignore[arg-type]
+
+    for objective in OBJECTIVES:
+        for case, lower, upper in _screening_cases(n):
+            args = (moments.covariance, moments.expected_returns, lower, upper)
+            rounds.clear()
+            monkeypatch.setattr(fast_qp, "solve_qp", counted_qp)
+            monkeypatch.setattr(fast_qp, "solve_max_sharpe", counted_sharpe)
+            whole, screened = _whole_and_screened(args, objective, monkeypatch, SCREEN_START=12)
+            monkeypatch.undo()
+            assert screened.method.startswith("SCREENED_"), (objective, case)
+            sub_sizes = [size for size in rounds if size < n]
+            assert len(sub_sizes) >= 2 and sub_sizes == sorted(sub_sizes), (objective, case, sub_sizes)
+            np.testing.assert_allclose(screened.weights, whole.weights, rtol=0, atol=1e-10)
+
+
+def test_a_working_set_that_outgrows_its_limit_leaves_the_problem_to_the_whole_iteration(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With room for 8 names only, screening gives up and the whole-problem iteration answers, the same."""
+    n = 600
+    moments = random_moments(n, 47, factor=True)
+    for objective in OBJECTIVES:
+        args = (moments.covariance, moments.expected_returns, np.zeros(n), np.full(n, 0.02))
+        whole, fallback = _whole_and_screened(args, objective, monkeypatch, SCREEN_MAX=8)
+        assert not fallback.method.startswith("SCREENED")
+        np.testing.assert_allclose(fallback.weights, whole.weights, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("held", [12, 150, 300])
+def test_products_over_the_names_held_equal_the_whole_products(held: int) -> None:
+    """wᵀΣw, Σw and the risk contributions of a portfolio holding few names, against the plain NumPy products."""
+    from services.optimization._metrics import covariance_times, quadratic_form, risk_contributions
+
+    moments = random_moments(300, 53, factor=True)
+    sigma = moments.covariance
+    weights = np.zeros(300)
+    chosen = np.random.default_rng(held).choice(300, held, replace=False)
+    weights[chosen] = np.random.default_rng(held + 1).dirichlet(np.ones(held))
+    variance = float(weights @ sigma @ weights)
+    assert quadratic_form(weights, sigma) == pytest.approx(variance, rel=1e-13)
+    np.testing.assert_allclose(covariance_times(sigma, weights), sigma @ weights, rtol=1e-13, atol=0)
+    np.testing.assert_allclose(
+        risk_contributions(weights, sigma), weights * (sigma @ weights) / variance, rtol=1e-12, atol=1e-300
+    )
+
+
 def test_a_factor_of_another_matrix_cannot_make_an_answer_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
     """The factor only seeds the iteration: a wrong one still ends in a KKT-certified answer (or the next path)."""
     moments = random_moments(40, 5, factor=True)
