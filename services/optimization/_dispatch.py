@@ -14,8 +14,9 @@ Mean-variance chain (``MEAN_VARIANCE_BACKENDS``):
    quadratic utility with the trading families (turnover, per-name caps, costs, leverage, beta) and the linear ones;
 4. ``CONIC``: Clarabel through cvxpy (SCS as its fallback) for every family.
 
-Scenario risk measures (``SCENARIO_BACKENDS``): HiGHS's simplex for the LPs where it was measured faster, its
-interior point method for MAD at large N, then Clarabel. A caller (a test, a benchmark) that wants one path passes
+Scenario risk measures (``SCENARIO_BACKENDS``): column generation on a working set of names for min risk over
+many names (``_scenario_working_set``), HiGHS's simplex for the LPs where it was measured faster, its interior point
+method for MAD at large N, then Clarabel. A caller (a test, a benchmark) that wants one path passes
 its own chain as ``backends``.
 """
 
@@ -46,6 +47,7 @@ from services.optimization._risk_measures import (
     ScenarioSpec,
     scenario_spec,
 )
+from services.optimization._scenario_working_set import ScenarioWorkingSetBackend
 from services.types import FloatArray, Moments
 
 
@@ -91,10 +93,11 @@ DENSE_IPM = DenseInteriorPointBackend()
 CONIC = ConicBackend()
 MEAN_VARIANCE_BACKENDS: tuple[Backend, ...] = (ACTIVE_SET, CLARABEL_DIRECT, DENSE_IPM, CONIC)
 """The default mean-variance chain, fastest first."""
+WORKING_SET = ScenarioWorkingSetBackend()
 SIMPLEX = ScenarioSimplexBackend()
 HIGHS_IPM = ScenarioInteriorPointBackend()
 SCENARIO_CONIC = ScenarioConicBackend()
-SCENARIO_BACKENDS: tuple[ScenarioBackend, ...] = (SIMPLEX, HIGHS_IPM, SCENARIO_CONIC)
+SCENARIO_BACKENDS: tuple[ScenarioBackend, ...] = (WORKING_SET, SIMPLEX, HIGHS_IPM, SCENARIO_CONIC)
 """The default scenario chain."""
 
 
