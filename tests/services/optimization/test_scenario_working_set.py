@@ -129,7 +129,7 @@ def test_a_working_set_that_outgrows_its_limit_leaves_the_lp_to_the_next_backend
 
 
 def test_problems_outside_its_scope_go_to_the_whole_lp(scenarios: np.ndarray) -> None:
-    """Max ratio, sector limits, a risk cap and N < 512 are not the working set's."""
+    """Max ratio, sector limits, a risk cap and N < WORKING_SET_MIN_ASSETS (256) are not the working set's."""
     n = scenarios.shape[1]
     mu = 252 * scenarios.mean(axis=0)
     sectors = tuple(f"g{i % 5}" for i in range(n))
