@@ -1,27 +1,30 @@
-"""Min CVaR, MAD or CDaR over many names by column generation: HiGHS on a working set of names, priced on all.
+"""Min risk or max ratio with CVaR, MAD or CDaR over many names by column generation: HiGHS on a working set.
 
 The scenario LPs of ``_risk_measures`` have T rows per measure and one column per name; at N = 2000 and
-T = 756 the whole LP took 7-34 s. Their optima hold few names (a min-CVaR portfolio of 2000 names about 60), so
+T = 756 the whole LP took 7-34 s. Their optima hold few names (a min-CVaR portfolio of 2000 names about 50), so
 the LP is solved on a working set S of names, the others held at their zero lower bound, and the dual prices of
-the restricted optimum price every name left out (Dantzig-Wolfe's column generation, as in the revised simplex
-method's pricing step: Chvátal, *Linear Programming*, 1983, ch. 26; Lübbecke & Desrosiers, "Selected topics in
-column generation", Operations Research 53(6), 2005): with y the row duals (HiGHS's, through
-``scipy.optimize.linprog``), name i's reduced cost is d_i = c_i − a_iᵀy, where a_i is its column (its scenario
-returns in the measure's rows and 1 in the budget row) and c_i = 0. The restricted optimum with every d_i ≥ 0
-(to ``REDUCED_COST_TOL``) is an optimum of the whole LP (the duals are feasible for it; LP duality); otherwise
-the names of most negative d_i join S and the restricted LP is solved again.
+the restricted optimum price every name left out (column generation, as in Gilmore & Gomory, "A linear
+programming approach to the cutting-stock problem", Operations Research 9(6), 1961: the revised simplex method's
+pricing step over columns not in the LP; Lübbecke & Desrosiers, "Selected topics in column generation",
+Operations Research 53(6), 2005): with y the row duals (HiGHS's, through ``scipy.optimize.linprog``), name i's
+reduced cost is d_i = c_i − a_iᵀy, where a_i is its column and c_i = 0. The restricted optimum with every
+d_i ≥ 0 (to ``REDUCED_COST_TOL``) is an optimum of the whole LP (the duals are feasible for it; LP duality);
+otherwise the names of most negative d_i join S and the restricted LP is solved again.
 
-Scope (``ScenarioWorkingSetBackend.supports``): min risk (``Objective.MIN_VOLATILITY``) under the budget
-(1ᵀw = 1) and finite bounds with non-negative lower bounds, no other constraint family, no cap on the measure, at
-least ``WORKING_SET_MIN_ASSETS`` names. Anything else, or a working set that outgrows ``WORKING_SET_MAX``, goes to
-the next backend of ``SCENARIO_BACKENDS``.
+Scope (``ScenarioWorkingSetBackend.supports``): min risk (``Objective.MIN_VOLATILITY``) or max ratio
+(``Objective.MAX_SHARPE``: max (μ − r_f)ᵀw / ρ(w), homogenised as in ``_risk_measures``) under the budget
+(1ᵀw = 1) and finite non-negative bounds (zero lower bounds for the max ratio), no other constraint family, no
+cap on the measure, at least ``WORKING_SET_MIN_ASSETS`` names. Anything else, or a working set that outgrows
+``WORKING_SET_MAX``, goes to the next backend of ``SCENARIO_BACKENDS``.
 
 Formulations (R: the T × |S| scenario returns of the working set, w its weights, c = 1/((1 − α)T)):
 
 - CVaR: min τ + c·Σe  s.t.  −R w − τ − e ≤ 0, e ≥ 0 (rows: the T losses);
 - MAD: min (2/T)·Σd  s.t.  −(R − r̄) w − d ≤ 0, d ≥ 0 (rows: the T centred returns);
 - CDaR: min τ + c·Σe  s.t.  u_{t−1} − u_t − R_t w ≤ 0 (u_0 = 0), u_t − τ − e_t ≤ 0, u, e ≥ 0 (rows: the
-  T drawdown recursions, then the T excesses; a name's column is in the first T rows only).
+  T drawdown recursions, then the T excesses; a name's column is in the first T rows only);
+- with 1ᵀw = 1 (a name's column: 1); for the max ratio w → y = κw with (μ − r_f)ᵀy = 1, 1ᵀy − κ = 0 and
+  y_i − u_i κ ≤ 0 for the caps below 1 (a name's column: μ_i − r_f and 1; a name left out is in no cap row).
 """
 
 from __future__ import annotations
@@ -56,21 +59,27 @@ _FAMILIES: Final[frozenset[type[Constraint]]] = frozenset({Budget, Bounds})
 
 
 class ScenarioWorkingSetBackend:
-    """Column generation on the scenario LP for min CVaR, MAD or CDaR over many names (module docstring).
+    """Column generation on the scenario LP for min risk or max ratio with CVaR, MAD or CDaR over many names.
 
     Its answers report solver ``HIGHS`` (dual simplex: a vertex, exact to HiGHS's 1e-7 tolerances, as
     ``ScenarioSimplexBackend``'s) and, as ``iterations``, the number of restricted LPs solved. Measured on this
-    project's 2-core machine (``benchmarks.methods`` inputs, T = 756, min risk, 3 calls): at N = 2000 CVaR took
+    project's 2-core machine (``benchmarks.methods`` inputs, T = 756, 1-3 calls): at N = 2000 min CVaR took
     0.6-0.7 s, MAD 0.7-1.2 s and CDaR 1.7-3.0 s (long only, and with a 2 % cap), against 7-10 s, 11.6-14.6 s and
-    18-34 s for the whole LP; at N = 600 the same optima to 1.4e-13 relative.
+    18-34 s for the whole LP, and the max ratio (r_f = 2 %) 0.5-0.6 s, 0.45-0.5 s and 0.8-1.0 s; the same optima
+    as the whole LP (1.4e-13 relative for min risk at N = 600, 3.8e-15 for the max ratio at N = 400).
     """
 
     solve_path = "WORKING_SET"
 
     def supports(self, model: ProblemModel, spec: ScenarioSpec) -> bool:
-        """Min risk, budget and finite non-negative bounds only, no cap on ρ, N ≥ ``WORKING_SET_MIN_ASSETS``."""
+        """Min risk or max ratio under the budget and finite non-negative bounds only, no cap on ρ, N large.
+
+        N ≥ ``WORKING_SET_MIN_ASSETS``; at most ``WORKING_SET_START`` non-zero lower bounds for min risk, none for
+        the max ratio (its homogenised bounds l·κ ≤ y would be rows of every name).
+        """
+        ratio = model.objective is Objective.MAX_SHARPE
         return (
-            model.objective is Objective.MIN_VOLATILITY
+            (model.objective is Objective.MIN_VOLATILITY or ratio)
             and model.n_assets >= WORKING_SET_MIN_ASSETS
             and model.families <= _FAMILIES
             and model.budget == (1.0, 1.0)
@@ -80,7 +89,7 @@ class ScenarioWorkingSetBackend:
             and spec.max_risk is None
             and bool(np.all(np.isfinite(model.upper)))
             and bool(np.all(model.lower >= 0.0))
-            and int(np.count_nonzero(model.lower)) <= WORKING_SET_START
+            and int(np.count_nonzero(model.lower)) <= (0 if ratio else WORKING_SET_START)
         )
 
     def solve(
@@ -93,6 +102,7 @@ class ScenarioWorkingSetBackend:
             spec.alpha,
             model.lower,
             model.upper,
+            excess_returns=model.excess_returns if model.objective is Objective.MAX_SHARPE else None,
             deadline=None if time_limit_s is None else time.perf_counter() + time_limit_s,
         )
         if found is None:
@@ -117,9 +127,10 @@ def solve_working_set(
     lower: FloatArray,
     upper: FloatArray,
     *,
+    excess_returns: FloatArray | None = None,
     deadline: float | None = None,
 ) -> tuple[FloatArray, int] | None:
-    """Minimise ρ(w) s.t. 1ᵀw = 1, l ≤ w ≤ u by column generation over the names (module docstring).
+    """Minimise ρ(w), or maximise (μ − r_f)ᵀw / ρ(w), s.t. 1ᵀw = 1, l ≤ w ≤ u, by column generation over the names.
 
     Parameters
     ----------
@@ -130,19 +141,27 @@ def solve_working_set(
     alpha : float
         Confidence level of CVaR and CDaR, in (0, 1).
     lower, upper : ndarray of shape (N,)
-        Finite bounds, 0 ≤ l ≤ u, Σl ≤ 1 ≤ Σu.
+        Finite bounds, 0 ≤ l ≤ u, Σl ≤ 1 ≤ Σu (l = 0 for the max ratio).
+    excess_returns : ndarray of shape (N,), optional
+        μ − r_f (any positive scale, e.g. annualised): the max ratio, solved homogenised (y = κw, (μ − r_f)ᵀy = 1,
+        1ᵀy = κ, y ≤ uκ, as ``_risk_measures``); None: min risk.
     deadline : float, optional
         ``time.perf_counter()`` after which no further round starts.
 
     Returns
     -------
     (ndarray of shape (N,), int) or None
-        The weights and the number of restricted LPs solved; None when a restricted LP does not end optimal, the
-        working set would exceed ``WORKING_SET_MAX`` names, or the deadline passed.
+        The weights and the number of restricted LPs solved; None when a restricted LP does not end optimal (or
+        is infeasible: no name of positive excess return in the working set), the working set would exceed
+        ``WORKING_SET_MAX`` names, or the deadline passed.
     """
     n = scenarios.shape[1]
-    # Rank: the minimum-variance weights of uncorrelated names (w_i ∝ 1/σ_i²), the names of least risk first.
-    rank = np.argsort(np.where(upper > 0.0, scenarios.var(axis=0), np.inf), kind="stable")
+    variance = scenarios.var(axis=0)
+    # Rank: the min-variance weights of uncorrelated names (w_i ∝ 1/σ_i², the least risky first), or their
+    # tangency weights (w_i ∝ (μ_i − r_f)/σ_i²) for the max ratio.
+    tiny = np.finfo(np.float64).tiny
+    score = -variance if excess_returns is None else excess_returns / np.maximum(variance, tiny)
+    rank = np.argsort(np.where(upper > 0.0, -score, np.inf), kind="stable")
     chosen = np.zeros(n, dtype=bool)
     chosen[np.flatnonzero(lower > 0.0)] = True
     chosen[rank[:WORKING_SET_START]] = True
@@ -157,13 +176,19 @@ def solve_working_set(
         if working.size > WORKING_SET_MAX or (deadline is not None and time.perf_counter() > deadline):
             return None
         left = None if deadline is None else deadline - time.perf_counter()
-        solved = _restricted(columns[:, working], risk_measure, alpha, lower[working], upper[working], left)
+        excess = None if excess_returns is None else excess_returns[working]
+        solved = _restricted(
+            columns[:, working], risk_measure, alpha, lower[working], upper[working], excess, time_limit_s=left
+        )
         rounds += 1
         if solved is None:
             return None
-        weights_s, row_duals, budget_dual = solved
-        # d_i = c_i − a_iᵀy with c_i = 0 and a_i = (−R_i in the measure's rows, 1 in the budget row).
-        reduced = columns.T @ row_duals - budget_dual
+        weights_s, row_duals, equality_duals = solved
+        # d_i = c_i − a_iᵀy with c_i = 0 and a_i: −R_i in the measure's rows, 1 in the budget row (min risk);
+        # (μ_i − r_f, 1) in the rows (μ − r_f)ᵀy = 1 and 1ᵀy − κ = 0 (max ratio; a name left out is in no cap row).
+        reduced = columns.T @ row_duals - equality_duals[-1]
+        if excess_returns is not None:
+            reduced -= excess_returns * equality_duals[0]
         violation = np.where(chosen | (upper <= 0.0), 0.0, -reduced)
         violators = np.flatnonzero(violation > REDUCED_COST_TOL)
         if violators.size == 0:
@@ -173,74 +198,107 @@ def solve_working_set(
         chosen[violators[np.argsort(-violation[violators], kind="stable")[:WORKING_SET_START]]] = True
 
 
+def _measure_rows(
+    returns: FloatArray, risk_measure: RiskMeasure, alpha: float
+) -> tuple[sparse.csr_matrix, FloatArray, FloatArray, FloatArray]:
+    """The measure's rows over [w (k), its auxiliaries]: the ≤ 0 rows, and the auxiliaries' costs and bounds.
+
+    The first T rows hold the names' columns (−R); CDaR has T more (the excesses over τ), without them.
+    """
+    periods, k = returns.shape
+    identity = sparse.identity(periods, format="csr")
+    names = sparse.csr_matrix(-returns)
+    free, nonneg, unbounded = np.full(1, -np.inf), np.zeros(periods), np.full(periods, np.inf)
+    if risk_measure is RiskMeasure.MAD:  # auxiliaries: d (T)
+        rows = sparse.hstack([names, -identity], format="csr")
+        return rows, np.full(periods, 2.0 / periods), nonneg, unbounded
+    tail = np.full(periods, 1.0 / ((1.0 - alpha) * periods))
+    minus_one = sparse.csr_matrix(-np.ones((periods, 1)))
+    if risk_measure is RiskMeasure.CVAR:  # auxiliaries: τ, e (T)
+        rows = sparse.hstack([names, minus_one, -identity], format="csr")
+        return rows, np.concatenate([[1.0], tail]), np.concatenate([free, nonneg]), np.full(periods + 1, np.inf)
+    # CDaR, auxiliaries: u (T), τ, e (T); rows u_{t−1} − u_t − R_t w ≤ 0 (u_0 = 0), then u_t − τ − e_t ≤ 0
+    recursion = sparse.eye(periods, k=-1, format="csr") - identity
+    rows = sparse.vstack(
+        [
+            sparse.hstack([names, recursion, sparse.csr_matrix((periods, 1)), sparse.csr_matrix((periods, periods))]),
+            sparse.hstack([sparse.csr_matrix((periods, k)), identity, minus_one, -identity]),
+        ],
+        format="csr",
+    )
+    costs = np.concatenate([np.zeros(periods), [1.0], tail])
+    return rows, costs, np.concatenate([nonneg, free, nonneg]), np.full(2 * periods + 1, np.inf)
+
+
 def _restricted(
     returns: FloatArray,
     risk_measure: RiskMeasure,
     alpha: float,
     lower: FloatArray,
     upper: FloatArray,
+    excess_returns: FloatArray | None = None,
+    *,
     time_limit_s: float | None = None,
-) -> tuple[FloatArray, FloatArray, float] | None:
-    """The measure's LP over the columns ``returns`` (T × k): weights, the measure rows' duals, the budget's dual.
+) -> tuple[FloatArray, FloatArray, FloatArray] | None:
+    """The measure's LP over the columns ``returns`` (T × k): weights, the first T rows' duals, the equalities'.
 
-    The duals are HiGHS's (``linprog``'s ``marginals``: ∂ objective / ∂ right-hand side, ≤ 0 for ``≤`` rows).
+    Min risk: variables [w, auxiliaries], the equality 1ᵀw = 1. Max ratio (``excess_returns``): variables
+    [y, auxiliaries, κ], the equalities (μ − r_f)ᵀy = 1 and 1ᵀy − κ = 0, rows y_i − u_i κ ≤ 0 for the caps below 1
+    (y_i ≤ κ follows from the budget), and w = y/κ. The duals are HiGHS's (``linprog``'s ``marginals``:
+    ∂ objective / ∂ right-hand side, ≤ 0 for ``≤`` rows).
     """
     periods, k = returns.shape
-    identity = sparse.identity(periods, format="csr")
-    if risk_measure is RiskMeasure.MAD:
-        # variables: w (k), d (T)
-        cost = np.concatenate([np.zeros(k), np.full(periods, 2.0 / periods)])
-        a_ub = sparse.hstack([sparse.csr_matrix(-returns), -identity], format="csr")
-        b_ub = np.zeros(periods)
-        bounds = np.column_stack(
-            [np.concatenate([lower, np.zeros(periods)]), np.concatenate([upper, np.full(periods, np.inf)])]
-        )
-        measure_rows = periods
-    elif risk_measure is RiskMeasure.CVAR:
-        # variables: w (k), τ, e (T)
-        tail = 1.0 / ((1.0 - alpha) * periods)
-        cost = np.concatenate([np.zeros(k), [1.0], np.full(periods, tail)])
-        a_ub = sparse.hstack(
-            [sparse.csr_matrix(-returns), sparse.csr_matrix(-np.ones((periods, 1))), -identity], format="csr"
-        )
-        b_ub = np.zeros(periods)
-        bounds = np.column_stack(
-            [
-                np.concatenate([lower, [-np.inf], np.zeros(periods)]),
-                np.concatenate([upper, [np.inf], np.full(periods, np.inf)]),
-            ]
-        )
-        measure_rows = periods
+    rows, aux_cost, aux_lower, aux_upper = _measure_rows(returns, risk_measure, alpha)
+    n_aux = aux_cost.size
+    if excess_returns is None:
+        cost = np.concatenate([np.zeros(k), aux_cost])
+        a_ub = rows
+        a_eq = sparse.csr_matrix(np.concatenate([np.ones(k), np.zeros(n_aux)])[None, :])
+        b_eq = np.ones(1)
+        bounds = np.column_stack([np.concatenate([lower, aux_lower]), np.concatenate([upper, aux_upper])])
     else:
-        # variables: w (k), u (T), τ, e (T); rows: u_{t−1} − u_t − R_t w ≤ 0, then u_t − τ − e_t ≤ 0
-        tail = 1.0 / ((1.0 - alpha) * periods)
-        cost = np.concatenate([np.zeros(k), np.zeros(periods), [1.0], np.full(periods, tail)])
-        recursion = sparse.eye(periods, k=-1, format="csr") - identity
-        zeros_t1 = sparse.csr_matrix((periods, 1))
-        zeros_tt = sparse.csr_matrix((periods, periods))
-        a_ub = sparse.vstack(
-            [
-                sparse.hstack([sparse.csr_matrix(-returns), recursion, zeros_t1, zeros_tt]),
-                sparse.hstack(
-                    [sparse.csr_matrix((periods, k)), identity, sparse.csr_matrix(-np.ones((periods, 1))), -identity]
-                ),
-            ],
-            format="csr",
+        cost = np.concatenate([np.zeros(k), aux_cost, [0.0]])
+        capped = np.flatnonzero(upper < 1.0)
+        m = capped.size
+        caps = sparse.csr_matrix(
+            (
+                np.concatenate([np.ones(m), -upper[capped]]),
+                (np.tile(np.arange(m), 2), np.concatenate([capped, np.full(m, k + n_aux)])),
+            ),
+            shape=(m, k + n_aux + 1),
         )
-        b_ub = np.zeros(2 * periods)
+        a_ub = sparse.vstack([sparse.hstack([rows, sparse.csr_matrix((rows.shape[0], 1))]), caps], format="csr")
+        a_eq = sparse.csr_matrix(
+            np.vstack(
+                [
+                    np.concatenate([excess_returns, np.zeros(n_aux), [0.0]]),
+                    np.concatenate([np.ones(k), np.zeros(n_aux), [-1.0]]),
+                ]
+            )
+        )
+        b_eq = np.array([1.0, 0.0])
         bounds = np.column_stack(
-            [
-                np.concatenate([lower, np.zeros(periods), [-np.inf], np.zeros(periods)]),
-                np.concatenate([upper, np.full(periods, np.inf), [np.inf], np.full(periods, np.inf)]),
-            ]
+            [np.concatenate([np.zeros(k), aux_lower, [0.0]]), np.concatenate([np.full(k, np.inf), aux_upper, [np.inf]])]
         )
-        measure_rows = periods
-    a_eq = sparse.hstack([sparse.csr_matrix(np.ones((1, k))), sparse.csr_matrix((1, cost.size - k))], format="csr")
     options = {} if time_limit_s is None else {"time_limit": max(time_limit_s, 1e-3)}
     result = linprog(
-        cost, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=[1.0], bounds=bounds, method="highs-ds", options=options
+        cost,
+        A_ub=a_ub,
+        b_ub=np.zeros(a_ub.shape[0]),
+        A_eq=a_eq,
+        b_eq=b_eq,
+        bounds=bounds,
+        method="highs-ds",
+        options=options,
     )
     if result.status != 0 or result.x is None:
         return None
-    duals: NDArray[np.float64] = np.asarray(result.ineqlin.marginals, dtype=np.float64)[:measure_rows]
-    return np.asarray(result.x[:k], dtype=np.float64), duals, float(result.eqlin.marginals[0])
+    duals: NDArray[np.float64] = np.asarray(result.ineqlin.marginals, dtype=np.float64)[:periods]
+    equalities = np.asarray(result.eqlin.marginals, dtype=np.float64)
+    weights = np.asarray(result.x[:k], dtype=np.float64)
+    if excess_returns is not None:
+        kappa = float(result.x[-1])
+        if not kappa > 1e-12:
+            return None
+        weights = weights / kappa
+    return weights, duals, equalities

@@ -9,6 +9,8 @@ their returns shifted by 1 to 25 days, over the last 756 days.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -62,37 +64,52 @@ def solve(
     return optimize_risk_measure(problem, scenarios, mu, risk_measure=measure)
 
 
+@pytest.mark.parametrize("objective", [Objective.MIN_VOLATILITY, Objective.MAX_SHARPE])
 @pytest.mark.parametrize("measure", MEASURES)
-def test_the_working_set_finds_the_whole_lps_optimum(scenarios: np.ndarray, measure: RiskMeasure) -> None:
-    """N = 520, long only and with a 2 % cap (names at the cap): the whole LP's optimum."""
+def test_the_working_set_finds_the_whole_lps_optimum(
+    scenarios: np.ndarray, measure: RiskMeasure, objective: Objective
+) -> None:
+    """N = 520, min risk and max ratio (r_f = 2 %), long only and with a 2 % cap: the whole LP's optimum."""
     n = scenarios.shape[1]
     for upper in (1.0, 0.02):
-        problem = problem_of(n, upper)
+        problem = problem_of(n, upper, objective=objective, risk_free_rate=0.02)
         ours = solve(problem, scenarios, measure)
         assert ours.solve_path == "WORKING_SET" and ours.solver == "HIGHS" and ours.status == "OPTIMAL"
         assert ours.constraints_satisfied and ours.violations == ()
         whole = solve(problem, scenarios, measure, WHOLE)
         assert whole.solve_path != "WORKING_SET"
         assert ours.objective_value == pytest.approx(whole.objective_value, rel=1e-9)
-        assert ours.objective_value == pytest.approx(float(SKFOLIO[measure](scenarios @ ours.weights)), rel=1e-12)
+        risk = float(SKFOLIO[measure](scenarios @ ours.weights))
+        if objective is Objective.MIN_VOLATILITY:
+            assert ours.objective_value == pytest.approx(risk, rel=1e-12)
+        else:  # the per-period excess return per unit of the measure
+            excess = (float(252 * scenarios.mean(axis=0) @ ours.weights) - 0.02) / 252
+            assert ours.objective_value == pytest.approx(excess / risk, rel=1e-12)
         assert ours.weights.sum() == pytest.approx(1.0, abs=1e-9)
         assert np.all(ours.weights >= -1e-12) and np.all(ours.weights <= upper + 1e-12)
 
 
+@pytest.mark.parametrize("ratio", [False, True])
 @pytest.mark.parametrize("measure", MEASURES)
-def test_the_prices_of_the_names_are_highs_reduced_costs(scenarios: np.ndarray, measure: RiskMeasure) -> None:
+def test_the_prices_of_the_names_are_highs_reduced_costs(
+    scenarios: np.ndarray, measure: RiskMeasure, ratio: bool
+) -> None:
     """The reduced costs the method prices names with (c − aᵀy from the row duals) are HiGHS's own for its columns.
 
-    The restricted LP over 40 names is solved again here with its names as columns; HiGHS reports each column's
-    reduced cost (``lower.marginals``, ``upper.marginals``), which must equal −Rᵢᵀ(duals) − budget dual.
+    The restricted LP over 40 names (uncapped, so that no cap row holds a name's column) is solved again here
+    with its names as columns; HiGHS reports each column's reduced cost (``lower.marginals``), which must equal
+    Rᵢᵀy_rows − the budget's dual (min risk), or Rᵢᵀy_rows − (μ_i − r_f)·y_excess − y_budget (max ratio).
     """
     n = 40
     columns = scenarios[:, :n] - scenarios[:, :n].mean(axis=0) if measure is RiskMeasure.MAD else scenarios[:, :n]
-    lower, upper = np.zeros(n), np.full(n, 0.1)
-    solved = working_set._restricted(columns, measure, 0.95, lower, upper)
+    lower, upper = np.zeros(n), np.ones(n)
+    excess = 252 * scenarios[:, :n].mean(axis=0) - 0.02 if ratio else None
+    solved = working_set._restricted(columns, measure, 0.95, lower, upper, excess)
     assert solved is not None
-    weights, duals, budget_dual = solved
-    ours = columns.T @ duals - budget_dual
+    weights, duals, equalities = solved
+    ours = columns.T @ duals - equalities[-1]
+    if excess is not None:
+        ours -= excess * equalities[0]
     # HiGHS's own reduced costs of the same LP (rebuilt here for its column marginals)
     captured: dict[str, object] = {}
     real = working_set.linprog
@@ -104,13 +121,13 @@ def test_the_prices_of_the_names_are_highs_reduced_costs(scenarios: np.ndarray, 
 
     working_set.linprog = spy  # type: ignore[assignment]
     try:
-        working_set._restricted(columns, measure, 0.95, lower, upper)
+        working_set._restricted(columns, measure, 0.95, lower, upper, excess)
     finally:
         working_set.linprog = real  # type: ignore[assignment]
     result = captured["result"]
     highs = np.asarray(result.lower.marginals[:n]) + np.asarray(result.upper.marginals[:n])  # type: ignore[attr-defined]
     np.testing.assert_allclose(ours, highs, rtol=0, atol=1e-12)
-    at_zero, free = weights <= 1e-12, (weights > 1e-12) & (weights < 0.1 - 1e-12)
+    at_zero, free = weights <= 1e-12, weights > 1e-12
     assert at_zero.any() and free.any()
     assert np.all(ours[at_zero] >= -1e-9) and np.abs(ours[free]).max() <= 1e-9
 
@@ -129,13 +146,14 @@ def test_a_working_set_that_outgrows_its_limit_leaves_the_lp_to_the_next_backend
 
 
 def test_problems_outside_its_scope_go_to_the_whole_lp(scenarios: np.ndarray) -> None:
-    """Max ratio, sector limits, a risk cap and N < WORKING_SET_MIN_ASSETS (256) are not the working set's."""
+    """Max return, a max ratio with a lower bound, sector limits, a risk cap and N < 256 are not the working set's."""
     n = scenarios.shape[1]
     mu = 252 * scenarios.mean(axis=0)
     sectors = tuple(f"g{i % 5}" for i in range(n))
     limits = (SectorLimit("g0", None, 0.3),)
     cases = [
-        (problem_of(n, 1.0, objective=Objective.MAX_SHARPE), scenarios, None),
+        (problem_of(n, 1.0, objective=Objective.MAX_RETURN), scenarios, 0.05),
+        (replace(problem_of(n, 1.0, objective=Objective.MAX_SHARPE), lower_bounds=np.full(n, 1e-4)), scenarios, None),
         (problem_of(n, 1.0, sectors=sectors, sector_limits=limits), scenarios, None),
         (problem_of(n, 1.0), scenarios, 0.05),
         (problem_of(100, 1.0), scenarios[:, :100], None),
