@@ -41,12 +41,19 @@ def portfolio_performance(weights: FloatArray, moments: Moments, risk_free_rate:
     return PortfolioPerformance(expected_return=expected, volatility=volatility, sharpe_ratio=sharpe)
 
 
+HELD_PRODUCTS_MIN_SIZE = 256
+"""Fewest names for which products with Σ run over the names held only: below it the whole product is faster
+(measured: wᵀΣw of 10 names held of 30 took 6.7 µs that way against 1.4 µs; 40 of 500, 12.4 against 50.5 µs)."""
+
+
 def held_names(weights: FloatArray) -> NDArray[np.intp] | None:
-    """Indices of the non-zero weights when they are fewer than half the names, else None.
+    """Indices of the non-zero weights when they are fewer than half of at least 256 names, else None.
 
     Products with Σ then run over the names held only (an N = 2000 max Sharpe portfolio holds a few dozen):
     zero weights add exact zeros, so only the order of the sums (round-off) differs from the whole product.
     """
+    if weights.size < HELD_PRODUCTS_MIN_SIZE:
+        return None
     held = np.flatnonzero(weights)
     return held if 2 * held.size < weights.size else None
 

@@ -485,12 +485,13 @@ def test_a_working_set_that_outgrows_its_limit_leaves_the_problem_to_the_whole_i
 @pytest.mark.parametrize("held", [12, 150, 300])
 def test_products_over_the_names_held_equal_the_whole_products(held: int) -> None:
     """wᵀΣw, Σw and the risk contributions of a portfolio holding few names, against the plain NumPy products."""
-    from services.optimization._metrics import covariance_times, quadratic_form, risk_contributions
+    from services.optimization._metrics import covariance_times, held_names, quadratic_form, risk_contributions
 
     moments = random_moments(300, 53, factor=True)
     sigma = moments.covariance
     weights = np.zeros(300)
     chosen = np.random.default_rng(held).choice(300, held, replace=False)
+    assert (held_names(np.where(np.isin(np.arange(300), chosen), 1.0, 0.0)) is None) == (2 * held >= 300)
     weights[chosen] = np.random.default_rng(held + 1).dirichlet(np.ones(held))
     variance = float(weights @ sigma @ weights)
     assert quadratic_form(weights, sigma) == pytest.approx(variance, rel=1e-13)
