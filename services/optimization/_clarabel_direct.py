@@ -10,6 +10,12 @@ leverage, tracking error, beta —, transaction costs, the multi-objective, card
 added later) is not supported and goes to the next backend, the cvxpy path of ``_conic``; ``solve`` returns None
 when Clarabel fails, and the cvxpy path then tries again, with SCS as its fallback.
 
+Large N: at or above ``WORKING_SET_MIN_ASSETS`` names the program is first solved on a working set of names,
+grown by pricing the names left out with Clarabel's duals (``solve_working_set``; ``solve_path`` ``WORKING_SET``):
+at N = 2000 with a 5 % cap and three group limits the whole program took 5-6 s, the working set 0.03-0.07 s
+(min volatility, max Sharpe, quadratic utility; with and without min_return), the same optimum to Clarabel's
+tolerance (2e-9 relative at N = 600).
+
 Why: above ``PARAMETRIC_MAX_ASSETS`` cvxpy canonicalises the program anew on every call, about 75 % of the call at
 N = 100; at or below it the cached (DPP) program still costs its parameter mapping and a larger factor-form
 program (2.4 ms at N = 20 for a 0.3 ms solve). Assembling the same program with NumPy costs 0.1-0.3 ms up to
@@ -64,6 +70,8 @@ from services.types import FloatArray
 SOLVER = "CLARABEL"
 SOLVE_PATH = "CLARABEL_DIRECT"
 """``OptimizationResult.solve_path`` of an answer of this module (``solver`` is ``CLARABEL``)."""
+WORKING_SET_PATH = "WORKING_SET"
+"""``solve_path`` of an answer found on a working set of names (``solve_working_set``; ``solver`` ``CLARABEL``)."""
 
 ELIGIBLE_OBJECTIVES = frozenset(
     {Objective.MIN_VOLATILITY, Objective.MAX_QUADRATIC_UTILITY, Objective.MAX_RETURN, Objective.MAX_SHARPE}
@@ -238,17 +246,167 @@ def build_program(model: ProblemModel) -> ConicProgram:
     else:
         b = constant
     A = sp.csc_array((data_flat, index_flat, indptr), shape=(m, n_vars))
-    if model.objective is Objective.MAX_RETURN:
-        P = sp.csc_array((n_vars, n_vars))
-    elif model.objective is Objective.MAX_QUADRATIC_UTILITY:
-        P = _upper_triangle(sigma, model.problem.risk_aversion, n_vars)
-    else:
-        P = _upper_triangle(sigma, 2.0, n_vars)
+    scale = _quadratic_scale(model)
+    P = sp.csc_array((n_vars, n_vars)) if scale == 0.0 else _upper_triangle(sigma, scale, n_vars)
     q = np.zeros(n_vars)
     if model.objective in (Objective.MAX_RETURN, Objective.MAX_QUADRATIC_UTILITY):
         # The constant r_f of the cash leg does not move the optimum.
         q[:] = -(model.excess_returns if model.has_net_exposure else mu)
     return ConicProgram(P=P, q=q, A=A, b=b, n_equalities=n_eq, homogenised=sharpe)
+
+
+def _quadratic_scale(model: ProblemModel) -> float:
+    """P = this × Σ on the weights: 0 (max return), δ (quadratic utility) or 2 (min volatility, max Sharpe)."""
+    if model.objective is Objective.MAX_RETURN:
+        return 0.0
+    if model.objective is Objective.MAX_QUADRATIC_UTILITY:
+        return float(model.problem.risk_aversion)
+    return 2.0
+
+
+WORKING_SET_MIN_ASSETS = 512
+"""Fewest names for which ``ClarabelDirectBackend`` first solves the program on a working set of names
+(``solve_working_set``): at N = 500 the whole program took 0.14-0.16 s, at N = 2000 5-6 s."""
+WORKING_SET_START = 64
+"""Names of the first working set (before the groups' minima and min_return add theirs), and most names a round
+adds."""
+WORKING_SET_MAX = 512
+"""Largest working set before the whole program is solved instead."""
+REDUCED_COST_RTOL = 1e-9
+"""A name left out joins when its reduced cost is below −this × the scale of the program's terms."""
+
+
+def _first_working_set(model: ProblemModel) -> NDArray[np.bool_] | None:
+    """The first working set of ``solve_working_set``, or None.
+
+    Every name of non-zero lower bound, the best ranked names, and what the constraints need to be feasible on
+    it (the budget under the caps, each group's minimum, min_return); None when more than ``WORKING_SET_START``
+    names have a non-zero lower bound (they could not stay out at zero).
+
+    Rank: the solution with Σ replaced by its diagonal and no constraint but the budget — (μ_i − r_f)/Σ_ii for max
+    Sharpe, (ν + μ_i/δ)/Σ_ii for quadratic utility, 1/Σ_ii for min volatility — and μ_i for max return.
+    """
+    n = model.n_assets
+    lower, upper, mu = model.lower, model.upper, model.expected_returns
+    required = np.flatnonzero(lower != 0.0)
+    if required.size > WORKING_SET_START:
+        return None
+    diag = np.diag(model.covariance)
+    objective = model.objective
+    if objective is Objective.MAX_SHARPE:
+        score = model.excess_returns / diag
+    elif objective is Objective.MAX_QUADRATIC_UTILITY:
+        tolerance = 1.0 / float(model.problem.risk_aversion)
+        nu = (1.0 - tolerance * float((mu / diag).sum())) / float((1.0 / diag).sum())
+        score = (nu + tolerance * mu) / diag
+    elif objective is Objective.MAX_RETURN:
+        score = mu.copy()
+    else:
+        score = 1.0 / diag
+    rank = np.argsort(np.where(upper > 0.0, -score, np.inf), kind="stable")
+    rank = rank[upper[rank] > 0.0]
+    chosen = np.zeros(n, dtype=bool)
+    chosen[required] = True
+    chosen[rank[:WORKING_SET_START]] = True
+
+    def cover(candidates: NDArray[np.intp], amount: float) -> None:
+        """Add candidates in order until their caps with the chosen ones' reach ``amount``."""
+        have = float(upper[candidates[chosen[candidates]]].sum())
+        extra = candidates[~chosen[candidates]]
+        if have < amount and extra.size:
+            chosen[extra[: int(np.searchsorted(np.cumsum(upper[extra]), amount - have)) + 1]] = True
+
+    budget_low = float(model.budget[0]) if model.has_net_exposure else 1.0
+    cover(rank, max(budget_low, 1.0))
+    groups = model.get(GroupLimits)
+    if groups is not None:
+        for members, minimum in zip(groups.min_matrix, groups.min_weights, strict=True):
+            in_rank = rank[members[rank] != 0.0]
+            cover(in_rank, float(minimum))
+    if model.get(MinReturn) is not None:
+        best = np.argsort(-mu, kind="stable")
+        chosen[best[upper[best] > 0.0][: WORKING_SET_START // 4]] = True
+    return chosen
+
+
+def solve_working_set(
+    model: ProblemModel, program: ConicProgram, started: float, time_limit_s: float | None
+) -> tuple[Any, FloatArray, int] | None:
+    """Clarabel on the program restricted to a working set of names, grown by pricing the names left out.
+
+    Column generation over the weights (as ``_scenario_working_set`` for the scenario LPs and
+    ``_active_set._screened`` for the box-and-budget QP): the names left out stay at their zero lower bound; with
+    Clarabel's duals z of the restricted program (stationarity Px + q + Aᵀz = 0), the multiplier of name i's bound
+    w_i ≥ 0 would be d_i = (Px)_i + q_i + a_iᵀz over the rows other than its bounds (a_i: its column of A), which
+    must be ≥ 0; the names left out with d_i < −``REDUCED_COST_RTOL`` × scale join (the most negative
+    ``WORKING_SET_START`` a round) and the program is solved again. With no such name, the restricted optimum with
+    zeros elsewhere meets the whole program's KKT conditions (to Clarabel's tolerance), so it is its optimum.
+
+    Returns
+    -------
+    (clarabel.DefaultSolution, ndarray of shape (N,), int) or None
+        The last restricted solution, the weights (w = y / κ for max Sharpe) and the Clarabel iterations of all
+        rounds; None when the first set cannot be built (``_first_working_set``), a restricted program does not end
+        ``Solved`` (infeasible on the set, numerical trouble, the time limit), κ degenerates, or the set outgrows
+        ``WORKING_SET_MAX``: the whole program is then solved.
+    """
+    chosen = _first_working_set(model)
+    if chosen is None:
+        return None
+    n = model.n_assets
+    n_eq = program.n_equalities
+    m = program.A.shape[0]
+    sharpe = program.homogenised
+    scale = _quadratic_scale(model)
+    sigma = model.covariance
+    rows = program.A.tocsr()
+    # The rows other than the per-name bounds (equalities, dense rows, κ ≥ 0), and their part on the weights.
+    other = np.concatenate((np.arange(n_eq), np.arange(n_eq + 2 * n, m)))
+    on_weights = rows[other][:, :n]
+    q_weights = program.q[:n]
+    iterations = 0
+    while True:
+        working = np.flatnonzero(chosen)
+        k = working.size
+        if k > WORKING_SET_MAX:
+            return None
+        columns = np.append(working, n) if sharpe else working
+        kept = np.concatenate((np.arange(n_eq), n_eq + working, n_eq + n + working, np.arange(n_eq + 2 * n, m)))
+        restricted = ConicProgram(
+            P=sp.csc_array((columns.size, columns.size))
+            if scale == 0.0
+            else _upper_triangle(sigma[np.ix_(working, working)], scale, columns.size),
+            q=program.q[columns],
+            A=sp.csc_array(rows[kept][:, columns]),
+            b=program.b[kept],
+            n_equalities=n_eq,
+            homogenised=sharpe,
+        )
+        solution = solve(restricted, CLARABEL_SETTINGS, remaining_time(started, time_limit_s))
+        iterations += int(solution.iterations)
+        if str(solution.status) != "Solved":
+            return None
+        x = np.asarray(solution.x, dtype=np.float64)
+        z = np.asarray(solution.z, dtype=np.float64)
+        z_other = np.concatenate((z[:n_eq], z[n_eq + 2 * k :]))
+        reduced = q_weights + on_weights.T @ z_other
+        if scale != 0.0:
+            reduced = reduced + scale * (sigma[:, working] @ x[:k])
+        size = max(1.0, float(np.abs(q_weights).max(initial=0.0)), float(np.abs(z_other).max(initial=0.0)))
+        if scale != 0.0:
+            size = max(size, scale * float(np.diag(sigma).max()) * float(np.abs(x[:k]).sum()))
+        violation = np.where(chosen | (model.upper <= 0.0), 0.0, -reduced)
+        violators = np.flatnonzero(violation > REDUCED_COST_RTOL * size)
+        if violators.size == 0:
+            weights = np.zeros(n)
+            weights[working] = x[:k]
+            if sharpe:
+                kappa = float(x[-1])
+                if not kappa > 1e-12:
+                    return None
+                weights = weights / kappa
+            return solution, weights, iterations
+        chosen[violators[np.argsort(-violation[violators], kind="stable")[:WORKING_SET_START]]] = True
 
 
 def _settings(overrides: dict[str, float], time_limit: float) -> Any:
@@ -320,6 +478,18 @@ class ClarabelDirectBackend:
             No time was left before the solve, or Clarabel hit the time limit.
         """
         program = build_program(model)
+        if model.n_assets >= WORKING_SET_MIN_ASSETS:
+            found = solve_working_set(model, program, started, time_limit_s)
+            if found is not None:
+                _, weights, iterations = found
+                return model.result(
+                    weights,
+                    status="OPTIMAL",
+                    solver=SOLVER,
+                    iterations=iterations,
+                    started=started,
+                    solve_path=WORKING_SET_PATH,
+                )
         solution = solve(program, CLARABEL_SETTINGS, remaining_time(started, time_limit_s))
         status = str(solution.status)
         if status == "AlmostSolved":

@@ -1388,9 +1388,9 @@ class OptimizationMetadata(_message.Message):
     """Algorithm that answered: CONIC (cvxpy + Clarabel), ACTIVE_SET (exact active-set for budget and bounds),
     CLARABEL_DIRECT (Clarabel on directly assembled matrices, linear constraints only), DENSE_IPM (the engine's
     interior-point method for min volatility and quadratic utility with the trading limits),
-    MIP_OUTER_APPROXIMATION or MILP (HiGHS, cardinality), JAX_NEWTON (risk parity), CLOSED_FORM (HRP); for
-    CVaR, MAD and CDaR: WORKING_SET (HiGHS by column generation over the names, min risk at N >= 256), SIMPLEX
-    or HIGHS_IPM (HiGHS on the whole LP), CONIC.
+    MIP_OUTER_APPROXIMATION or MILP (HiGHS, cardinality), JAX_NEWTON (risk parity), CLOSED_FORM (HRP);
+    WORKING_SET: column generation over the names (solver CLARABEL: mean-variance with linear constraints at
+    N >= 512; solver HIGHS: CVaR, MAD and CDaR at N >= 256); SIMPLEX or HIGHS_IPM (HiGHS on the whole scenario LP).
     """
     holdings: _builtins.int
     """Number of strategies with a non-zero weight (|w| > 1e-8)."""
