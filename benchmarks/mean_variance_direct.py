@@ -8,7 +8,8 @@ from the equal-weight return to the highest return the bounds allow), the median
 
 - ``engine``: ``optimize_mean_variance`` as the engine calls it (pre-checks, assembly of P, q, A, b, the Clarabel
   solve, the post-solve constraint check and performance), answered by ``clarabel_direct``
-  (``solve_path == "CLARABEL_DIRECT"``);
+  (``solve_path`` ``CLARABEL_DIRECT``, or ``WORKING_SET`` at N ≥ 512: the program solved on a working set of
+  names; the ``path`` column says which);
 - ``build``: ``ProblemModel.build`` and ``clarabel_direct.build_program`` (validation and the NumPy/SciPy assembly);
 - ``cvxpy``: ``optimize_mean_variance`` with ``backends=(CONIC,)``: cvxpy + Clarabel, the compiled
   program cached per shape (DPP) up to ``PARAMETRIC_MAX_ASSETS`` = 64, canonicalised on every call above;
@@ -136,7 +137,8 @@ def row(n: int, moments: Moments, objective: Objective, repeats: int) -> str:
     problem = problem_for(n, moments, objective)
     engine = optimize_mean_variance(problem, moments)
     reference = cvxpy_solve(problem, moments)
-    if engine.solve_path != clarabel_direct.SOLVE_PATH or reference.solve_path != "CONIC":
+    direct_paths = (clarabel_direct.SOLVE_PATH, clarabel_direct.WORKING_SET_PATH)
+    if engine.solve_path not in direct_paths or reference.solve_path != "CONIC":
         raise RuntimeError(f"unexpected solve paths at N = {n}: {engine.solve_path}, {reference.solve_path}")
     ms = interleaved_ms(
         {
@@ -151,7 +153,7 @@ def row(n: int, moments: Moments, objective: Objective, repeats: int) -> str:
     return (
         f"{n:>5} {objective.value:<15} {ms['engine']:>9.2f} {ms['build']:>8.2f} {ms['cvxpy']:>9.2f} "
         f"{ms['clarabel']:>11.2f} {ms['engine'] / ms['clarabel']:>11.2f} {ms['cvxpy'] / ms['clarabel']:>10.2f} "
-        f"{engine.iterations:>5d} {(ours - theirs) / abs(theirs):>9.1e}"
+        f"{engine.iterations:>5d} {(ours - theirs) / abs(theirs):>9.1e} {engine.solve_path}"
     )
 
 
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"cpus: {os.cpu_count()}, load average before: {os.getloadavg()}, BLAS threads: {args.blas_threads}")
     print(
         f"{'N':>5} {'objective':<15} {'engine ms':>9} {'build ms':>8} {'cvxpy ms':>9} {'clarabel ms':>11} "
-        f"{'engine/clar':>11} {'cvxpy/clar':>10} {'iters':>5} {'rel gap':>9}"
+        f"{'engine/clar':>11} {'cvxpy/clar':>10} {'iters':>5} {'rel gap':>9} path"
     )
     for n in (int(s) for s in args.sizes.split(",")):
         moments = moments_for(n)
