@@ -276,8 +276,8 @@ REDUCED_COST_RTOL = 1e-9
 """A name left out joins when its reduced cost is below −this × the scale of the program's terms."""
 
 
-def _first_working_set(model: ProblemModel) -> NDArray[np.bool_] | None:
-    """The first working set of ``solve_working_set``, or None.
+def first_working_set(model: ProblemModel) -> NDArray[np.bool_] | None:
+    """The first working set of ``solve_working_set`` (and ``_scenario_working_set``'s), or None.
 
     Every name of non-zero lower bound, the best ranked names, and what the constraints need to be feasible on
     it (the budget under the caps, each group's minimum, min_return); None when more than ``WORKING_SET_START``
@@ -346,11 +346,11 @@ def solve_working_set(
     -------
     (clarabel.DefaultSolution, ndarray of shape (N,), int) or None
         The last restricted solution, the weights (w = y / κ for max Sharpe) and the Clarabel iterations of all
-        rounds; None when the first set cannot be built (``_first_working_set``), a restricted program does not end
+        rounds; None when the first set cannot be built (``first_working_set``), a restricted program does not end
         ``Solved`` (infeasible on the set, numerical trouble, the time limit), κ degenerates, or the set outgrows
         ``WORKING_SET_MAX``: the whole program is then solved.
     """
-    chosen = _first_working_set(model)
+    chosen = first_working_set(model)
     if chosen is None:
         return None
     n = model.n_assets

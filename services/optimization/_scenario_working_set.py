@@ -13,9 +13,11 @@ otherwise the names of most negative d_i join S and the restricted LP is solved 
 
 Scope (``ScenarioWorkingSetBackend.supports``): min risk (``Objective.MIN_VOLATILITY``) or max ratio
 (``Objective.MAX_SHARPE``: max (μ − r_f)ᵀw / ρ(w), homogenised as in ``_risk_measures``) under the budget
-(1ᵀw = 1) and finite non-negative bounds (zero lower bounds for the max ratio), no other constraint family, no
-cap on the measure, at least ``WORKING_SET_MIN_ASSETS`` names. Anything else, or a working set that outgrows
-``WORKING_SET_MAX``, goes to the next backend of ``SCENARIO_BACKENDS``.
+(1ᵀw = 1), finite non-negative bounds (zero lower bounds for the max ratio), group limits and min_return (their
+rows, ``Constraint.rows``, priced with their duals), no other constraint family, no cap on the measure, at least
+``WORKING_SET_MIN_ASSETS`` names. The first working set is ``_clarabel_direct.first_working_set``'s (with the
+names the group minima and min_return need). Anything else, or a working set that outgrows ``WORKING_SET_MAX``,
+goes to the next backend of ``SCENARIO_BACKENDS``.
 
 Formulations (R: the T × |S| scenario returns of the working set, w its weights, c = 1/((1 − α)T)):
 
@@ -37,7 +39,8 @@ from numpy.typing import NDArray
 from scipy import sparse
 from scipy.optimize import linprog
 
-from services.optimization._constraints import Bounds, Budget, Constraint
+from services.optimization._clarabel_direct import first_working_set
+from services.optimization._constraints import Bounds, Budget, Constraint, GroupLimits, LinearRows, MinReturn
 from services.optimization._metrics import RiskMeasure
 from services.optimization._model import ProblemModel
 from services.optimization._problem import Objective, OptimizationResult
@@ -55,7 +58,7 @@ WORKING_SET_MAX: Final = 512
 """Largest working set before the whole LP is left to the next backend."""
 REDUCED_COST_TOL: Final = 1e-9
 """A name left out joins the working set when its reduced cost is below −this (per-period return units)."""
-_FAMILIES: Final[frozenset[type[Constraint]]] = frozenset({Budget, Bounds})
+_FAMILIES: Final[frozenset[type[Constraint]]] = frozenset({Budget, Bounds, GroupLimits, MinReturn})
 
 
 class ScenarioWorkingSetBackend:
@@ -72,7 +75,9 @@ class ScenarioWorkingSetBackend:
     solve_path = "WORKING_SET"
 
     def supports(self, model: ProblemModel, spec: ScenarioSpec) -> bool:
-        """Min risk or max ratio under the budget and finite non-negative bounds only, no cap on ρ, N large.
+        """Min risk or max ratio under the budget, finite non-negative bounds, group limits and min_return only.
+
+        No cap on ρ, no net exposure, no costs.
 
         N ≥ ``WORKING_SET_MIN_ASSETS``; at most ``WORKING_SET_START`` non-zero lower bounds for min risk, none for
         the max ratio (its homogenised bounds l·κ ≤ y would be rows of every name).
@@ -96,6 +101,17 @@ class ScenarioWorkingSetBackend:
         self, model: ProblemModel, spec: ScenarioSpec, *, started: float, time_limit_s: float | None
     ) -> OptimizationResult | None:
         """The optimum of the whole LP found on a working set, or None (the next backend answers)."""
+        first = first_working_set(model)
+        if first is None:
+            return None
+        blocks = [family.rows(model) for family in model.constraints if isinstance(family, (GroupLimits, MinReturn))]
+        linear = None
+        if blocks:
+            linear = LinearRows(
+                np.vstack([b.matrix for b in blocks if b is not None]),
+                np.concatenate([b.lower for b in blocks if b is not None]),
+                np.concatenate([b.upper for b in blocks if b is not None]),
+            )
         found = solve_working_set(
             spec.scenarios,
             spec.risk_measure,
@@ -103,6 +119,8 @@ class ScenarioWorkingSetBackend:
             model.lower,
             model.upper,
             excess_returns=model.excess_returns if model.objective is Objective.MAX_SHARPE else None,
+            linear=linear,
+            first=first,
             deadline=None if time_limit_s is None else time.perf_counter() + time_limit_s,
         )
         if found is None:
@@ -128,6 +146,8 @@ def solve_working_set(
     upper: FloatArray,
     *,
     excess_returns: FloatArray | None = None,
+    linear: LinearRows | None = None,
+    first: NDArray[np.bool_] | None = None,
     deadline: float | None = None,
 ) -> tuple[FloatArray, int] | None:
     """Minimise ρ(w), or maximise (μ − r_f)ᵀw / ρ(w), s.t. 1ᵀw = 1, l ≤ w ≤ u, by column generation over the names.
@@ -145,6 +165,12 @@ def solve_working_set(
     excess_returns : ndarray of shape (N,), optional
         μ − r_f (any positive scale, e.g. annualised): the max ratio, solved homogenised (y = κw, (μ − r_f)ᵀy = 1,
         1ᵀy = κ, y ≤ uκ, as ``_risk_measures``); None: min risk.
+    linear : LinearRows, optional
+        Further rows lower ≤ A w ≤ upper over the N names (group limits, min_return: ``Constraint.rows``); for the
+        max ratio they read A y ≤ upper·κ and A y ≥ lower·κ.
+    first : ndarray of bool of shape (N,), optional
+        The first working set (``_clarabel_direct.first_working_set``: with the names the rows need to be
+        feasible); by default the best ranked names with every non-zero lower bound and enough for the budget.
     deadline : float, optional
         ``time.perf_counter()`` after which no further round starts.
 
@@ -162,13 +188,16 @@ def solve_working_set(
     tiny = np.finfo(np.float64).tiny
     score = -variance if excess_returns is None else excess_returns / np.maximum(variance, tiny)
     rank = np.argsort(np.where(upper > 0.0, -score, np.inf), kind="stable")
-    chosen = np.zeros(n, dtype=bool)
-    chosen[np.flatnonzero(lower > 0.0)] = True
-    chosen[rank[:WORKING_SET_START]] = True
-    covered = float(upper[chosen].sum())
-    if covered < 1.0:  # room for a fully invested portfolio under the caps
-        extra = rank[~chosen[rank]]
-        chosen[extra[: int(np.searchsorted(np.cumsum(upper[extra]), 1.0 - covered)) + 1]] = True
+    if first is not None:
+        chosen = first.copy()
+    else:
+        chosen = np.zeros(n, dtype=bool)
+        chosen[np.flatnonzero(lower > 0.0)] = True
+        chosen[rank[:WORKING_SET_START]] = True
+        covered = float(upper[chosen].sum())
+        if covered < 1.0:  # room for a fully invested portfolio under the caps
+            extra = rank[~chosen[rank]]
+            chosen[extra[: int(np.searchsorted(np.cumsum(upper[extra]), 1.0 - covered)) + 1]] = True
     columns = scenarios - scenarios.mean(axis=0) if risk_measure is RiskMeasure.MAD else scenarios
     rounds = 0
     while True:
@@ -177,18 +206,22 @@ def solve_working_set(
             return None
         left = None if deadline is None else deadline - time.perf_counter()
         excess = None if excess_returns is None else excess_returns[working]
+        rows = None if linear is None else LinearRows(linear.matrix[:, working], linear.lower, linear.upper)
         solved = _restricted(
-            columns[:, working], risk_measure, alpha, lower[working], upper[working], excess, time_limit_s=left
+            columns[:, working], risk_measure, alpha, lower[working], upper[working], excess, rows, time_limit_s=left
         )
         rounds += 1
         if solved is None:
             return None
-        weights_s, row_duals, equality_duals = solved
+        weights_s, row_duals, equality_duals, linear_duals = solved
         # d_i = c_i − a_iᵀy with c_i = 0 and a_i: −R_i in the measure's rows, 1 in the budget row (min risk);
-        # (μ_i − r_f, 1) in the rows (μ − r_f)ᵀy = 1 and 1ᵀy − κ = 0 (max ratio; a name left out is in no cap row).
+        # (μ_i − r_f, 1) in the rows (μ − r_f)ᵀy = 1 and 1ᵀy − κ = 0 (max ratio; a name left out is in no cap row);
+        # A_i in the further rows (signed as written: +A_i in a ≤ row, −A_i in a ≥ row, A_i in an equality).
         reduced = columns.T @ row_duals - equality_duals[-1]
         if excess_returns is not None:
             reduced -= excess_returns * equality_duals[0]
+        if linear is not None:
+            reduced -= linear.matrix.T @ linear_duals
         violation = np.where(chosen | (upper <= 0.0), 0.0, -reduced)
         violators = np.flatnonzero(violation > REDUCED_COST_TOL)
         if violators.size == 0:
@@ -237,10 +270,15 @@ def _restricted(
     lower: FloatArray,
     upper: FloatArray,
     excess_returns: FloatArray | None = None,
+    linear: LinearRows | None = None,
     *,
     time_limit_s: float | None = None,
-) -> tuple[FloatArray, FloatArray, FloatArray] | None:
-    """The measure's LP over the columns ``returns`` (T × k): weights, the first T rows' duals, the equalities'.
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray] | None:
+    """The measure's LP over the columns ``returns`` (T × k), and its duals.
+
+    Returns the weights, the first T rows' duals, the equalities', and per row of ``linear`` its net dual (the ≤
+    side's minus the ≥ side's, or the equality's): the y with which a name's column A_i enters its reduced cost as
+    −A_iᵀy.
 
     Min risk: variables [w, auxiliaries], the equality 1ᵀw = 1. Max ratio (``excess_returns``): variables
     [y, auxiliaries, κ], the equalities (μ − r_f)ᵀy = 1 and 1ᵀy − κ = 0, rows y_i − u_i κ ≤ 0 for the caps below 1
@@ -250,11 +288,48 @@ def _restricted(
     periods, k = returns.shape
     rows, aux_cost, aux_lower, aux_upper = _measure_rows(returns, risk_measure, alpha)
     n_aux = aux_cost.size
+    ratio = excess_returns is not None
+    n_vars = k + n_aux + (1 if ratio else 0)
+    # Further rows: a ≤ side (A w ≤ upper; A y − upper·κ ≤ 0), a ≥ side (−A w ≤ −lower; −A y + lower·κ ≤ 0) or an
+    # equality (A w = value; A y − value·κ = 0), each padded to the LP's variables.
+    le_rows: list[FloatArray] = []
+    le_rhs: list[float] = []
+    le_sign: list[tuple[int, float]] = []  # (row of linear, +1 for a ≤ side, −1 for a ≥ side)
+    eq_rows: list[FloatArray] = []
+    eq_rhs: list[float] = []
+    eq_index: list[int] = []
+    if linear is not None:
+        for r in range(linear.matrix.shape[0]):
+            a, low, high = linear.matrix[r], float(linear.lower[r]), float(linear.upper[r])
+            padded = np.zeros(n_vars)
+            padded[:k] = a
+            if low == high:
+                if ratio:
+                    padded[-1] = -high
+                eq_rows.append(padded)
+                eq_rhs.append(0.0 if ratio else high)
+                eq_index.append(r)
+                continue
+            if np.isfinite(high):
+                row = padded.copy()
+                if ratio:
+                    row[-1] = -high
+                le_rows.append(row)
+                le_rhs.append(0.0 if ratio else high)
+                le_sign.append((r, 1.0))
+            if np.isfinite(low):
+                row = -padded
+                if ratio:
+                    row[-1] = low
+                le_rows.append(row)
+                le_rhs.append(0.0 if ratio else -low)
+                le_sign.append((r, -1.0))
     if excess_returns is None:
         cost = np.concatenate([np.zeros(k), aux_cost])
         a_ub = rows
         a_eq = sparse.csr_matrix(np.concatenate([np.ones(k), np.zeros(n_aux)])[None, :])
         b_eq = np.ones(1)
+        b_ub = np.zeros(a_ub.shape[0])
         bounds = np.column_stack([np.concatenate([lower, aux_lower]), np.concatenate([upper, aux_upper])])
     else:
         cost = np.concatenate([np.zeros(k), aux_cost, [0.0]])
@@ -277,14 +352,23 @@ def _restricted(
             )
         )
         b_eq = np.array([1.0, 0.0])
+        b_ub = np.zeros(a_ub.shape[0])
         bounds = np.column_stack(
             [np.concatenate([np.zeros(k), aux_lower, [0.0]]), np.concatenate([np.full(k, np.inf), aux_upper, [np.inf]])]
         )
+    measure_and_caps = a_ub.shape[0]
+    if le_rows:
+        a_ub = sparse.vstack([a_ub, sparse.csr_matrix(np.array(le_rows))], format="csr")
+        b_ub = np.concatenate([b_ub, le_rhs])
+    n_equalities = a_eq.shape[0]
+    if eq_rows:
+        a_eq = sparse.vstack([a_eq, sparse.csr_matrix(np.array(eq_rows))], format="csr")
+        b_eq = np.concatenate([b_eq, eq_rhs])
     options = {} if time_limit_s is None else {"time_limit": max(time_limit_s, 1e-3)}
     result = linprog(
         cost,
         A_ub=a_ub,
-        b_ub=np.zeros(a_ub.shape[0]),
+        b_ub=b_ub,
         A_eq=a_eq,
         b_eq=b_eq,
         bounds=bounds,
@@ -293,12 +377,19 @@ def _restricted(
     )
     if result.status != 0 or result.x is None:
         return None
-    duals: NDArray[np.float64] = np.asarray(result.ineqlin.marginals, dtype=np.float64)[:periods]
-    equalities = np.asarray(result.eqlin.marginals, dtype=np.float64)
+    inequality_duals = np.asarray(result.ineqlin.marginals, dtype=np.float64)
+    duals: NDArray[np.float64] = inequality_duals[:periods]
+    all_equalities = np.asarray(result.eqlin.marginals, dtype=np.float64)
+    equalities = all_equalities[:n_equalities]
+    net = np.zeros(0 if linear is None else linear.matrix.shape[0])
+    for position, (r, sign) in enumerate(le_sign):
+        net[r] += sign * inequality_duals[measure_and_caps + position]
+    for position, r in enumerate(eq_index):
+        net[r] += all_equalities[n_equalities + position]
     weights = np.asarray(result.x[:k], dtype=np.float64)
     if excess_returns is not None:
         kappa = float(result.x[-1])
         if not kappa > 1e-12:
             return None
         weights = weights / kappa
-    return weights, duals, equalities
+    return weights, duals, equalities, net

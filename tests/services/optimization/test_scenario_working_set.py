@@ -106,7 +106,7 @@ def test_the_prices_of_the_names_are_highs_reduced_costs(
     excess = 252 * scenarios[:, :n].mean(axis=0) - 0.02 if ratio else None
     solved = working_set._restricted(columns, measure, 0.95, lower, upper, excess)
     assert solved is not None
-    weights, duals, equalities = solved
+    weights, duals, equalities, _ = solved
     ours = columns.T @ duals - equalities[-1]
     if excess is not None:
         ours -= excess * equalities[0]
@@ -146,15 +146,13 @@ def test_a_working_set_that_outgrows_its_limit_leaves_the_lp_to_the_next_backend
 
 
 def test_problems_outside_its_scope_go_to_the_whole_lp(scenarios: np.ndarray) -> None:
-    """Max return, a max ratio with a lower bound, sector limits, a risk cap and N < 256 are not the working set's."""
+    """Max return, a max ratio with a lower bound, a turnover limit, a risk cap and N < 256: not the working set's."""
     n = scenarios.shape[1]
     mu = 252 * scenarios.mean(axis=0)
-    sectors = tuple(f"g{i % 5}" for i in range(n))
-    limits = (SectorLimit("g0", None, 0.3),)
     cases = [
         (problem_of(n, 1.0, objective=Objective.MAX_RETURN), scenarios, 0.05),
         (replace(problem_of(n, 1.0, objective=Objective.MAX_SHARPE), lower_bounds=np.full(n, 1e-4)), scenarios, None),
-        (problem_of(n, 1.0, sectors=sectors, sector_limits=limits), scenarios, None),
+        (problem_of(n, 1.0, current_weights=np.full(n, 1.0 / n), turnover_limit=0.5), scenarios, None),
         (problem_of(n, 1.0), scenarios, 0.05),
         (problem_of(100, 1.0), scenarios[:, :100], None),
     ]
@@ -163,3 +161,36 @@ def test_problems_outside_its_scope_go_to_the_whole_lp(scenarios: np.ndarray) ->
         spec_mu = mu[:n_assets]
         result = optimize_risk_measure(problem, data, spec_mu, risk_measure="CVAR", max_risk=cap)
         assert result.solve_path != "WORKING_SET", problem
+
+
+@pytest.mark.parametrize("objective", [Objective.MIN_VOLATILITY, Objective.MAX_SHARPE])
+@pytest.mark.parametrize("measure", MEASURES)
+def test_group_limits_and_min_return_on_the_working_set(
+    scenarios: np.ndarray, measure: RiskMeasure, objective: Objective
+) -> None:
+    """Group limits (a maximum, a minimum, both) and a min_return, priced through their rows' duals.
+
+    Truth: the whole LP's optimum, and every limit checked here with NumPy.
+    """
+    n = scenarios.shape[1]
+    mu = 252 * scenarios.mean(axis=0)
+    sectors = tuple(f"g{i % 5}" for i in range(n))
+    limits = (SectorLimit("g0", None, 0.1), SectorLimit("g1", 0.3, None), SectorLimit("g2", 0.05, 0.2))
+    problem = problem_of(
+        n,
+        0.05,
+        objective=objective,
+        risk_free_rate=0.02,
+        sectors=sectors,
+        sector_limits=limits,
+        min_return=float(np.quantile(mu, 0.9)),
+    )
+    ours = solve(problem, scenarios, measure)
+    assert ours.solve_path == "WORKING_SET" and ours.constraints_satisfied
+    whole = solve(problem, scenarios, measure, WHOLE)
+    assert ours.objective_value == pytest.approx(whole.objective_value, rel=1e-9)
+    w = ours.weights
+    groups = np.array(sectors)
+    assert w[groups == "g0"].sum() <= 0.1 + 1e-9 and w[groups == "g1"].sum() >= 0.3 - 1e-9
+    assert 0.05 - 1e-9 <= w[groups == "g2"].sum() <= 0.2 + 1e-9
+    assert float(mu @ w) >= problem.min_return - 1e-9  # type: ignore[operator]
