@@ -14,7 +14,8 @@ Large N: at or above ``WORKING_SET_MIN_ASSETS`` names the program is first solve
 grown by pricing the names left out with Clarabel's duals (``solve_working_set``; ``solve_path`` ``WORKING_SET``):
 at N = 2000 with a 5 % cap and three group limits the whole program took 5-6 s, the working set 0.03-0.07 s
 (min volatility, max Sharpe, quadratic utility; with and without min_return), the same optimum to Clarabel's
-tolerance (2e-9 relative at N = 600).
+tolerance (2e-9 relative at N = 600). Why one module: the working set solves the program ``build_program``
+assembles on a subset of its columns and prices the rest with that program's rows, so both share its layout.
 
 Why: above ``PARAMETRIC_MAX_ASSETS`` cvxpy canonicalises the program anew on every call, about 75 % of the call at
 N = 100; at or below it the cached (DPP) program still costs its parameter mapping and a larger factor-form
