@@ -611,3 +611,79 @@ def test_market_symbol_may_be_a_strategy_and_another_calendar_changes_nothing(
     with_market, without = plain(spy), plain("")
     assert with_market.optimization_metadata.observations == without.optimization_metadata.observations
     assert dict(with_market.optimal_weights) == pytest.approx(dict(without.optimal_weights), abs=1e-9)
+
+
+# --- large N: the working sets -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def many_returns(sp500_returns: pd.DataFrame) -> pd.DataFrame:
+    """520 names: the 20 real S&P 500 series and their returns shifted by 1 to 25 days (last 756 days)."""
+    prices = pd.read_csv(DATA_DIR / "sp500_dataset.csv.gz", parse_dates=["Date"], index_col="Date")
+    returns = prices.pct_change().iloc[1:]
+    shifted = pd.concat([returns.shift(k).add_suffix(f"_{k}") for k in range(26)], axis=1).dropna()
+    return shifted.iloc[-756:]
+
+
+def _group_of(symbol: str) -> str:
+    return f"g{sum(map(ord, symbol)) % 5}"
+
+
+def test_large_cvar_with_group_limits_takes_the_working_set(commands: Any, many_returns: pd.DataFrame) -> None:
+    """Min CVaR over 520 names with a 5 % cap and group limits, through gRPC: answered by column generation.
+
+    Truth: skfolio's CVaR of the returned weights is the reported risk measure, and every limit holds.
+    """
+    request = returns_request(
+        many_returns,
+        unique("cvar-520"),
+        objective=pb.OBJECTIVE_MIN_VOLATILITY,
+        constraints=pb.OptimizationConstraints(
+            max_weight=0.05,
+            sector_limits=[pb.SectorLimit(sector="g0", max_weight=0.1), pb.SectorLimit(sector="g1", min_weight=0.3)],
+        ),
+        risk_parameters=pb.RiskParameters(risk_measure=pb.RISK_MEASURE_CVAR, confidence_level=0.95),
+    )
+    for strategy in request.strategies:
+        strategy.sector = _group_of(strategy.symbol)
+    response = commands.Optimize(request, timeout=120)
+    meta = response.optimization_metadata
+    assert (meta.solve_path, meta.solver) == ("WORKING_SET", "HIGHS")
+    assert meta.constraints_satisfied
+    w = np.array([response.optimal_weights[c] for c in many_returns.columns])
+    groups = np.array([_group_of(c) for c in many_returns.columns])
+    assert w.sum() == pytest.approx(1.0, abs=1e-6) and w.min() >= -1e-9 and w.max() <= 0.05 + 1e-9
+    assert w[groups == "g0"].sum() <= 0.1 + 1e-9 and w[groups == "g1"].sum() >= 0.3 - 1e-9
+    cvar = float(sk_measures.cvar(many_returns.to_numpy() @ w, beta=0.95))
+    assert meta.risk_measure == "CVAR" and meta.risk_measure_value == pytest.approx(cvar, rel=1e-9)
+
+
+def test_large_max_sharpe_with_group_limits_takes_the_working_set(commands: Any, many_returns: pd.DataFrame) -> None:
+    """Max Sharpe over 520 names (caller's moments) with group limits: Clarabel on a working set.
+
+    Truth: PyPortfolioOpt's Sharpe ratio on the same problem (``add_constraint`` for the groups, Clarabel).
+    """
+    mu = expected_returns.mean_historical_return(many_returns, returns_data=True)
+    cov = risk_models.sample_cov(many_returns, returns_data=True)
+    request = cmd_pb.OptimizeRequest(
+        portfolio_id=unique("sharpe-520"),
+        strategies=[pb.Strategy(symbol=c, sector=_group_of(c)) for c in many_returns.columns],
+        moments=pb.MomentsInput(expected_returns=mu.tolist(), covariance=cov.to_numpy().ravel().tolist()),
+        objective=pb.OBJECTIVE_MAX_SHARPE,
+        constraints=pb.OptimizationConstraints(
+            max_weight=0.05,
+            sector_limits=[pb.SectorLimit(sector="g0", max_weight=0.1), pb.SectorLimit(sector="g1", min_weight=0.3)],
+        ),
+        risk_parameters=pb.RiskParameters(risk_free_rate=0.02),
+    )
+    response = commands.Optimize(request, timeout=120)
+    meta = response.optimization_metadata
+    assert (meta.solve_path, meta.solver) == ("WORKING_SET", "CLARABEL")
+    groups = np.array([_group_of(c) for c in many_returns.columns])
+    frontier = EfficientFrontier(mu, cov, weight_bounds=(0, 0.05), solver="CLARABEL")
+    frontier.add_constraint(lambda x: x[np.flatnonzero(groups == "g0")].sum() <= 0.1)
+    frontier.add_constraint(lambda x: x[np.flatnonzero(groups == "g1")].sum() >= 0.3)
+    frontier.max_sharpe(risk_free_rate=0.02)
+    _, _, sharpe = frontier.portfolio_performance(risk_free_rate=0.02)
+    assert response.sharpe_ratio == pytest.approx(sharpe, rel=1e-6)
+    assert response.sharpe_ratio >= sharpe * (1 - 1e-7)
