@@ -53,7 +53,8 @@ risk, long only, median of 3): at N = 500 CVaR / MAD / CDaR took 0.20 / 0.29 / 0
 for the whole LP; at N = 200 0.12 / 0.27 / 0.53 s against 0.15 / 0.41 / 0.48 s; at N = 100 the whole LP is
 faster for MAD and CDaR (0.11 / 0.16 s against 0.16 / 0.27 s)."""
 WORKING_SET_START: Final = 64
-"""Names of the first working set, and most names one round adds."""
+"""Most names one round adds, and most non-zero lower bounds (the first working set is
+``_clarabel_direct.first_working_set``'s)."""
 WORKING_SET_MAX: Final = 512
 """Largest working set before the whole LP is left to the next backend."""
 REDUCED_COST_TOL: Final = 1e-9
@@ -118,9 +119,9 @@ class ScenarioWorkingSetBackend:
             spec.alpha,
             model.lower,
             model.upper,
+            first,
             excess_returns=model.excess_returns if model.objective is Objective.MAX_SHARPE else None,
             linear=linear,
-            first=first,
             deadline=None if time_limit_s is None else time.perf_counter() + time_limit_s,
         )
         if found is None:
@@ -144,10 +145,10 @@ def solve_working_set(
     alpha: float,
     lower: FloatArray,
     upper: FloatArray,
+    first: NDArray[np.bool_],
     *,
     excess_returns: FloatArray | None = None,
     linear: LinearRows | None = None,
-    first: NDArray[np.bool_] | None = None,
     deadline: float | None = None,
 ) -> tuple[FloatArray, int] | None:
     """Minimise ρ(w), or maximise (μ − r_f)ᵀw / ρ(w), s.t. 1ᵀw = 1, l ≤ w ≤ u, by column generation over the names.
@@ -162,15 +163,15 @@ def solve_working_set(
         Confidence level of CVaR and CDaR, in (0, 1).
     lower, upper : ndarray of shape (N,)
         Finite bounds, 0 ≤ l ≤ u, Σl ≤ 1 ≤ Σu (l = 0 for the max ratio).
+    first : ndarray of bool of shape (N,)
+        The first working set (``_clarabel_direct.first_working_set``: the names of non-zero lower bound, the best
+        ranked by the diagonal-Σ solution, and those the budget, the group minima and min_return need).
     excess_returns : ndarray of shape (N,), optional
         μ − r_f (any positive scale, e.g. annualised): the max ratio, solved homogenised (y = κw, (μ − r_f)ᵀy = 1,
         1ᵀy = κ, y ≤ uκ, as ``_risk_measures``); None: min risk.
     linear : LinearRows, optional
         Further rows lower ≤ A w ≤ upper over the N names (group limits, min_return: ``Constraint.rows``); for the
         max ratio they read A y ≤ upper·κ and A y ≥ lower·κ.
-    first : ndarray of bool of shape (N,), optional
-        The first working set (``_clarabel_direct.first_working_set``: with the names the rows need to be
-        feasible); by default the best ranked names with every non-zero lower bound and enough for the budget.
     deadline : float, optional
         ``time.perf_counter()`` after which no further round starts.
 
@@ -182,22 +183,7 @@ def solve_working_set(
         ``WORKING_SET_MAX`` names, or the deadline passed.
     """
     n = scenarios.shape[1]
-    variance = scenarios.var(axis=0)
-    # Rank: the min-variance weights of uncorrelated names (w_i ∝ 1/σ_i², the least risky first), or their
-    # tangency weights (w_i ∝ (μ_i − r_f)/σ_i²) for the max ratio.
-    tiny = np.finfo(np.float64).tiny
-    score = -variance if excess_returns is None else excess_returns / np.maximum(variance, tiny)
-    rank = np.argsort(np.where(upper > 0.0, -score, np.inf), kind="stable")
-    if first is not None:
-        chosen = first.copy()
-    else:
-        chosen = np.zeros(n, dtype=bool)
-        chosen[np.flatnonzero(lower > 0.0)] = True
-        chosen[rank[:WORKING_SET_START]] = True
-        covered = float(upper[chosen].sum())
-        if covered < 1.0:  # room for a fully invested portfolio under the caps
-            extra = rank[~chosen[rank]]
-            chosen[extra[: int(np.searchsorted(np.cumsum(upper[extra]), 1.0 - covered)) + 1]] = True
+    chosen = first.copy()
     columns = scenarios - scenarios.mean(axis=0) if risk_measure is RiskMeasure.MAD else scenarios
     rounds = 0
     while True:
