@@ -171,13 +171,15 @@ def _upper_triangle(matrix: FloatArray, scale: float, n_vars: int) -> sp.csc_arr
     return sp.csc_array((data, rows, indptr), shape=(n_vars, n_vars))
 
 
-def build_program(model: ProblemModel) -> ConicProgram:
+def build_program(model: ProblemModel, *, quadratic: bool = True) -> ConicProgram:
     """Clarabel's P, q, A, b and cones of a supported model.
 
     Parameters
     ----------
     model : ProblemModel
         A supported model (``supports``) over N strategies, with validated moments.
+    quadratic : bool, default=True
+        Whether to build P; False leaves it empty (the working set builds the P of its names only).
 
     Returns
     -------
@@ -248,7 +250,8 @@ def build_program(model: ProblemModel) -> ConicProgram:
         b = constant
     A = sp.csc_array((data_flat, index_flat, indptr), shape=(m, n_vars))
     scale = _quadratic_scale(model)
-    P = sp.csc_array((n_vars, n_vars)) if scale == 0.0 else _upper_triangle(sigma, scale, n_vars)
+    whole_p = quadratic and scale != 0.0  # the working set builds its own P (``solve_working_set``)
+    P = _upper_triangle(sigma, scale, n_vars) if whole_p else sp.csc_array((n_vars, n_vars))
     q = np.zeros(n_vars)
     if model.objective in (Objective.MAX_RETURN, Objective.MAX_QUADRATIC_UTILITY):
         # The constant r_f of the cash leg does not move the optimum.
@@ -478,8 +481,9 @@ class ClarabelDirectBackend:
         DeadlineExceededError
             No time was left before the solve, or Clarabel hit the time limit.
         """
-        program = build_program(model)
-        if model.n_assets >= WORKING_SET_MIN_ASSETS:
+        large = model.n_assets >= WORKING_SET_MIN_ASSETS
+        program = build_program(model, quadratic=not large)
+        if large:
             found = solve_working_set(model, program, started, time_limit_s)
             if found is not None:
                 _, weights, iterations = found
@@ -491,6 +495,7 @@ class ClarabelDirectBackend:
                     started=started,
                     solve_path=WORKING_SET_PATH,
                 )
+            program = build_program(model)  # the whole program, with its P
         solution = solve(program, CLARABEL_SETTINGS, remaining_time(started, time_limit_s))
         status = str(solution.status)
         if status == "AlmostSolved":
