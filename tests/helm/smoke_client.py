@@ -8,6 +8,7 @@ the podman start of the Helm chart (tests/helm/podman_start.py) and by the resou
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 from dataclasses import dataclass
@@ -37,17 +38,25 @@ class Outcome:
     bars_written: int
 
 
-def wait_serving(target: str, service: str = "", timeout_s: float = 180.0) -> None:
+def wait_serving(
+    target: str, service: str = "", timeout_s: float = 180.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
     """Poll ``grpc.health.v1`` at ``target`` until ``service`` is SERVING.
+
+    ``process``, when given, is the server's process: its exit ends the wait at once.
 
     Raises
     ------
     TimeoutError
         When it is not SERVING within ``timeout_s`` seconds (the last error is in the message).
+    RuntimeError
+        When ``process`` exits before it is SERVING (its exit status is in the message).
     """
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server at {target} exited with status {process.returncode} (last: {last})")
         with client.channel(target) as ch:
             try:
                 answer = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)

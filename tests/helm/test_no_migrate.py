@@ -47,7 +47,7 @@ def serve_query_side(url: str, *flags: str, env: dict[str, str] | None = None) -
         env={**os.environ, "STRATOPT_DATABASE_URL": url, **(env or {})},
     )
     try:
-        smoke_client.wait_serving(target, timeout_s=60)
+        smoke_client.wait_serving(target, timeout_s=180, process=proc)
     finally:
         proc.terminate()
         proc.wait(60)
