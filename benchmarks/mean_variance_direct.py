@@ -1,4 +1,4 @@
-"""Speed of the direct Clarabel path (``_clarabel_direct``) next to cvxpy and Clarabel called directly.
+"""Speed of the engine on linear-constraint problems next to cvxpy, Clarabel and DAQP called directly.
 
 What is measured
 ----------------
@@ -6,16 +6,21 @@ For each N and objective (min volatility, max Sharpe at r_f = 2 %) under long-on
 group limits (g0 ≤ 15 %, g1 ≥ 25 %, g2 ≤ 20 % over ten round-robin groups) and a min_return (a quarter of the way
 from the equal-weight return to the highest return the bounds allow), the median wall time of
 
-- ``engine``: ``optimize_mean_variance`` as the engine calls it (pre-checks, assembly of P, q, A, b, the Clarabel
-  solve, the post-solve constraint check and performance), answered by ``clarabel_direct``
-  (``solve_path`` ``CLARABEL_DIRECT``, or ``WORKING_SET`` at N ≥ 512: the program solved on a working set of
-  names; the ``path`` column says which);
-- ``build``: ``ProblemModel.build`` and ``clarabel_direct.build_program`` (validation and the NumPy/SciPy assembly);
+- ``engine``: ``optimize_mean_variance`` as the engine calls it (pre-checks, assembly of the program, the solve,
+  the post-solve constraint check and performance), answered by DAQP's dual active set on the dense program up to
+  ``_dual_active_set.MAX_ASSETS`` names (``solve_path`` ``DUAL_ACTIVE_SET``, KKT-certified), above it by
+  ``clarabel_direct`` (``CLARABEL_DIRECT``, or ``WORKING_SET`` at N ≥ 512: the program solved on a working set
+  of names); the ``path`` column says which;
+- ``build``: ``ProblemModel.build`` and the engine's program assembly (``_dual_active_set.build_program``, dense, or
+  ``clarabel_direct.build_program``, sparse, as the path);
 - ``cvxpy``: ``optimize_mean_variance`` with ``backends=(CONIC,)``: cvxpy + Clarabel, the compiled
   program cached per shape (DPP) up to ``PARAMETRIC_MAX_ASSETS`` = 64, canonicalised on every call above;
 - ``clarabel``: ``clarabel.DefaultSolver(P, q, A, b, cones, settings)`` + ``solve()`` on the matrices of
   ``build_program`` with the engine's settings (``CLARABEL_SETTINGS``, quiet): Clarabel called directly, the
-  yardstick; nothing else is timed.
+  yardstick; nothing else is timed;
+- ``daqp``: ``daqp.solve`` on the dense program of ``_dual_active_set.build_program`` with the engine's settings,
+  where that backend supports the problem ("-" elsewhere): the engine's own solver alone, to show what the rest of
+  the call costs.
 
 ``engine/clar`` and ``cvxpy/clar`` are the ratios of the medians to the yardstick (the issue's target: ≤ 1.2 for
 the engine), ``rel gap`` (engine − cvxpy) / |cvxpy| of the objective (variance or Sharpe ratio). The calls of one
@@ -47,6 +52,7 @@ import warnings
 from collections.abc import Callable
 
 import clarabel
+import daqp
 import numpy as np
 from threadpoolctl import threadpool_limits
 
@@ -62,6 +68,7 @@ from services.optimization import (
     optimize_mean_variance,
 )
 from services.optimization import _clarabel_direct as clarabel_direct
+from services.optimization import _dual_active_set as dual_active_set
 from services.optimization._solver import CLARABEL_SETTINGS
 from services.types import Moments
 
@@ -111,6 +118,27 @@ def clarabel_call(problem: PortfolioProblem, moments: Moments) -> Callable[[], o
     return solve
 
 
+def daqp_call(problem: PortfolioProblem, moments: Moments) -> Callable[[], object] | None:
+    """DAQP on the dense program (None where ``_dual_active_set`` does not support the problem)."""
+    model = ProblemModel.build(problem, moments)
+    if not dual_active_set.supports(model):
+        return None
+    program = dual_active_set.build_program(model)
+
+    def solve() -> object:
+        return daqp.solve(
+            program.H,
+            program.f,
+            program.A,
+            program.upper,
+            program.lower,
+            program.sense,
+            primal_tol=dual_active_set.PRIMAL_TOL,
+        )
+
+    return solve
+
+
 def interleaved_ms(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Median ms of each call over ``repeats`` rounds (one call of each per round) after one untimed round."""
     for call in calls.values():
@@ -137,22 +165,30 @@ def row(n: int, moments: Moments, objective: Objective, repeats: int) -> str:
     problem = problem_for(n, moments, objective)
     engine = optimize_mean_variance(problem, moments)
     reference = cvxpy_solve(problem, moments)
-    direct_paths = (clarabel_direct.SOLVE_PATH, clarabel_direct.WORKING_SET_PATH)
+    direct_paths = (dual_active_set.SOLVE_PATH, clarabel_direct.SOLVE_PATH, clarabel_direct.WORKING_SET_PATH)
     if engine.solve_path not in direct_paths or reference.solve_path != "CONIC":
         raise RuntimeError(f"unexpected solve paths at N = {n}: {engine.solve_path}, {reference.solve_path}")
-    ms = interleaved_ms(
-        {
-            "engine": lambda: optimize_mean_variance(problem, moments),
-            "build": lambda: clarabel_direct.build_program(ProblemModel.build(problem, moments)),
-            "cvxpy": lambda: cvxpy_solve(problem, moments),
-            "clarabel": clarabel_call(problem, moments),
-        },
-        repeats,
-    )
+    dense = engine.solve_path == dual_active_set.SOLVE_PATH
+    calls: dict[str, Callable[[], object]] = {
+        "engine": lambda: optimize_mean_variance(problem, moments),
+        "build": (
+            (lambda: dual_active_set.build_program(ProblemModel.build(problem, moments)))
+            if dense
+            else (lambda: clarabel_direct.build_program(ProblemModel.build(problem, moments)))
+        ),
+        "cvxpy": lambda: cvxpy_solve(problem, moments),
+        "clarabel": clarabel_call(problem, moments),
+    }
+    alone = daqp_call(problem, moments)
+    if alone is not None:
+        calls["daqp"] = alone
+    ms = interleaved_ms(calls, repeats)
+    daqp_ms = f"{ms['daqp']:>8.3f}" if "daqp" in ms else f"{'-':>8}"
     ours, theirs = objective_of(engine.weights, moments, objective), objective_of(reference.weights, moments, objective)
     return (
         f"{n:>5} {objective.value:<15} {ms['engine']:>9.2f} {ms['build']:>8.2f} {ms['cvxpy']:>9.2f} "
-        f"{ms['clarabel']:>11.2f} {ms['engine'] / ms['clarabel']:>11.2f} {ms['cvxpy'] / ms['clarabel']:>10.2f} "
+        f"{ms['clarabel']:>11.2f} {daqp_ms} {ms['engine'] / ms['clarabel']:>11.2f} "
+        f"{ms['cvxpy'] / ms['clarabel']:>10.2f} "
         f"{engine.iterations:>5d} {(ours - theirs) / abs(theirs):>9.1e} {engine.solve_path}"
     )
 
@@ -169,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"cpus: {os.cpu_count()}, load average before: {os.getloadavg()}, BLAS threads: {args.blas_threads}")
     print(
         f"{'N':>5} {'objective':<15} {'engine ms':>9} {'build ms':>8} {'cvxpy ms':>9} {'clarabel ms':>11} "
+        f"{'daqp ms':>8} "
         f"{'engine/clar':>11} {'cvxpy/clar':>10} {'iters':>5} {'rel gap':>9} path"
     )
     for n in (int(s) for s in args.sizes.split(",")):

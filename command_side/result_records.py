@@ -207,7 +207,7 @@ class RunMetadataRecord:
     fallback_used: bool = False
     """Whether the fallback solver produced the answer."""
     solve_path: str = ""
-    """Algorithm that answered (``CONIC``, ``ACTIVE_SET``, ``CLARABEL_DIRECT``, ``DENSE_IPM``, ...)."""
+    """Algorithm that answered (``CONIC``, ``ACTIVE_SET``, ``DUAL_ACTIVE_SET``, ``CLARABEL_DIRECT``, ...)."""
     method: str = ""
     """Method that produced the weights (``MEAN_VARIANCE``, ``BLACK_LITTERMAN``, ... or ``""``)."""
     risk_measure: str = ""

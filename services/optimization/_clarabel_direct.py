@@ -51,6 +51,7 @@ return carries the cash leg r_f(1 − 1ᵀw): μ is replaced by μ − r_f in th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -130,11 +131,14 @@ def supports(model: ProblemModel) -> bool:
         np.isfinite(problem.risk_aversion) and problem.risk_aversion > 0.0
     ):
         return False
-    scalars = [model.risk_free_rate, *(() if problem.min_return is None else (problem.min_return,))]
+    # One sum: finite exactly when every term is (±inf and NaN propagate; an overflow only declines).
+    total = model.risk_free_rate + float(model.lower.sum()) + float(model.upper.sum())
+    if problem.min_return is not None:
+        total += float(problem.min_return)
     groups = model.get(GroupLimits)
     if groups is not None:
-        scalars += [*groups.min_weights.tolist(), *groups.max_weights.tolist()]
-    return bool(np.all(np.isfinite(model.lower)) and np.all(np.isfinite(model.upper)) and np.all(np.isfinite(scalars)))
+        total += float(groups.min_weights.sum()) + float(groups.max_weights.sum())
+    return math.isfinite(total)
 
 
 _PATTERN_CACHE_MAX_N = 256

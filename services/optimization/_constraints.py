@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, ClassVar, Protocol, cast
 
 import cvxpy as cp
@@ -411,6 +412,8 @@ class GroupLimits(Constraint):
     max_matrix: FloatArray
     """Memberships of the groups with a maximum, shape (k_max, N)."""
     max_weights: FloatArray
+    linear_rows: LinearRows
+    """Every limit as a row ``min ≤ mᵀw ≤ max`` (±inf where open), in the order of ``limits`` (read-only)."""
 
     @classmethod
     def build(
@@ -430,6 +433,20 @@ class GroupLimits(Constraint):
         """
         if not limits:
             return None
+        try:
+            return _cached_group_limits(limits, sectors, classifications, n_assets)
+        except TypeError:  # an unhashable argument (a list where a tuple belongs): built afresh
+            return cls.assemble(limits, sectors, classifications, n_assets)
+
+    @classmethod
+    def assemble(
+        cls,
+        limits: tuple[SectorLimit, ...],
+        sectors: tuple[str, ...],
+        classifications: tuple[tuple[str, tuple[str, ...]], ...],
+        n_assets: int,
+    ) -> GroupLimits:
+        """:meth:`build` without its cache (the same errors)."""
         schemes = dict(classifications)
         label_arrays: dict[str, NDArray[np.str_]] = {}  # each scheme's labels as one array, compared per limit
         groups = []
@@ -461,14 +478,31 @@ class GroupLimits(Constraint):
             groups.append(GroupRow(label, group_limit.scheme, members, low, high))
         minima = [g for g in groups if g.min_weight is not None]
         maxima = [g for g in groups if g.max_weight is not None]
-        return cls(
+        family = cls(
             limits=limits,
             groups=tuple(groups),
             min_matrix=np.array([g.members for g in minima]).reshape(len(minima), n_assets),
             min_weights=np.array([g.min_weight for g in minima], dtype=np.float64),
             max_matrix=np.array([g.members for g in maxima]).reshape(len(maxima), n_assets),
             max_weights=np.array([g.max_weight for g in maxima], dtype=np.float64),
+            linear_rows=LinearRows(
+                np.array([g.members for g in groups]).reshape(len(groups), n_assets),
+                np.array([-np.inf if g.min_weight is None else g.min_weight for g in groups], dtype=np.float64),
+                np.array([np.inf if g.max_weight is None else g.max_weight for g in groups], dtype=np.float64),
+            ),
         )
+        for array in (
+            family.min_matrix,
+            family.min_weights,
+            family.max_matrix,
+            family.max_weights,
+            family.linear_rows.matrix,
+            family.linear_rows.lower,
+            family.linear_rows.upper,
+            *(g.members for g in groups),
+        ):
+            array.flags.writeable = False  # shared between the models of equal limits (``build``'s cache)
+        return family
 
     def structure(self) -> tuple[Any, ...]:
         return (len(self.min_weights), len(self.max_weights))
@@ -586,10 +620,22 @@ class GroupLimits(Constraint):
         return {"sector_limits": tuple(limits)}, relaxations
 
     def rows(self, model: ModelView) -> LinearRows:
-        lower = [g.min_weight if g.min_weight is not None else -np.inf for g in self.groups]
-        upper = [g.max_weight if g.max_weight is not None else np.inf for g in self.groups]
-        matrix = np.array([g.members for g in self.groups]).reshape(len(self.groups), len(model.lower))
-        return LinearRows(matrix, np.array(lower, dtype=np.float64), np.array(upper, dtype=np.float64))
+        return self.linear_rows
+
+
+@lru_cache(maxsize=256)
+def _cached_group_limits(
+    limits: tuple[SectorLimit, ...],
+    sectors: tuple[str, ...],
+    classifications: tuple[tuple[str, tuple[str, ...]], ...],
+    n_assets: int,
+) -> GroupLimits:
+    """``GroupLimits.assemble``, kept per arguments.
+
+    A batch or a stream of requests repeats the same limits over the same universe, and building the membership
+    rows cost a tenth of a small solve (N = 20, three limits).
+    """
+    return GroupLimits.assemble(limits, sectors, classifications, n_assets)
 
 
 # --- return and risk limits --------------------------------------------------------------------------------------

@@ -9,10 +9,12 @@ subproblems come back through the same chain.
 Mean-variance chain (``MEAN_VARIANCE_BACKENDS``):
 
 1. ``ACTIVE_SET``: exact active set under the budget and finite bounds (min volatility, max Sharpe, utility);
-2. ``CLARABEL_DIRECT``: Clarabel on matrices assembled with NumPy for the linear families;
-3. ``DENSE_IPM``: a primal-dual interior-point method on dense LAPACK factorisations for min volatility and
+2. ``DUAL_ACTIVE_SET``: DAQP's dual active set on the dense program for the linear families at small N (min
+   volatility, quadratic utility, max Sharpe; KKT-certified);
+3. ``CLARABEL_DIRECT``: Clarabel on matrices assembled with NumPy for the linear families;
+4. ``DENSE_IPM``: a primal-dual interior-point method on dense LAPACK factorisations for min volatility and
    quadratic utility with the trading families (turnover, per-name caps, costs, leverage, beta) and the linear ones;
-4. ``CONIC``: Clarabel through cvxpy (SCS as its fallback) for every family.
+5. ``CONIC``: Clarabel through cvxpy (SCS as its fallback) for every family.
 
 Scenario risk measures (``SCENARIO_BACKENDS``): column generation on a working set of names for min risk over
 many names (``_scenario_working_set``), HiGHS's simplex for the LPs where it was measured faster, its interior point
@@ -37,6 +39,7 @@ from services.optimization._box_batch import admitted, box_results, plain_box_ru
 from services.optimization._clarabel_direct import ClarabelDirectBackend
 from services.optimization._conic import ConicBackend
 from services.optimization._constraints import Bounds, Budget, Constraint, MaxVolatility, MinReturn
+from services.optimization._dual_active_set import DualActiveSetBackend
 from services.optimization._interior_point import DenseInteriorPointBackend
 from services.optimization._model import ProblemModel
 from services.optimization._problem import Objective, OptimizationResult, PortfolioProblem
@@ -88,10 +91,11 @@ class ScenarioBackend(Protocol):
 
 
 ACTIVE_SET = ActiveSetBackend()
+DUAL_ACTIVE_SET = DualActiveSetBackend()
 CLARABEL_DIRECT = ClarabelDirectBackend()
 DENSE_IPM = DenseInteriorPointBackend()
 CONIC = ConicBackend()
-MEAN_VARIANCE_BACKENDS: tuple[Backend, ...] = (ACTIVE_SET, CLARABEL_DIRECT, DENSE_IPM, CONIC)
+MEAN_VARIANCE_BACKENDS: tuple[Backend, ...] = (ACTIVE_SET, DUAL_ACTIVE_SET, CLARABEL_DIRECT, DENSE_IPM, CONIC)
 """The default mean-variance chain, fastest first."""
 WORKING_SET = ScenarioWorkingSetBackend()
 SIMPLEX = ScenarioSimplexBackend()
@@ -181,8 +185,28 @@ def optimize_mean_variance(
         The solver failed otherwise (numerical trouble, unbounded problem).
     """
     model = ProblemModel.build(problem, moments, covariance_cholesky=covariance_cholesky)
+    if _certified_first_applies(model, backends):
+        _no_time(time_limit_s)
+        certified = DUAL_ACTIVE_SET.solve(model, started=time.perf_counter(), time_limit_s=time_limit_s)
+        if certified is not None:
+            return certified
+        backends = tuple(backend for backend in backends if backend is not DUAL_ACTIVE_SET)  # declined: not again
     model.precheck()
     return solve_model(model, time_limit_s=time_limit_s, backends=backends)
+
+
+def _certified_first_applies(model: ProblemModel, backends: Sequence[Backend]) -> bool:
+    """Whether ``DUAL_ACTIVE_SET`` answers ``model`` before the pre-checks: it is the chain's first for ``model``.
+
+    The pre-checks (``ProblemModel.precheck``) only name the constraints of an infeasible problem. DAQP's answer is
+    certified by the KKT conditions, which include feasibility, and DAQP declines (None) on an infeasible program:
+    a certified answer needs no pre-check, and on None the pre-checks run before the rest of the chain, as for
+    every other backend. At N = 20 with group limits the pre-checks cost a quarter of the call.
+    """
+    if model.cardinality is not None or DUAL_ACTIVE_SET not in backends:
+        return False
+    first = next((backend for backend in backends if backend.supports(model)), None)
+    return first is DUAL_ACTIVE_SET
 
 
 BATCH_SOLVE_PATH = "BATCH_ACTIVE_SET"

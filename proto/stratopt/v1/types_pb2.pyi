@@ -1386,6 +1386,7 @@ class OptimizationMetadata(_message.Message):
     """True when the primary solver (Clarabel) failed and the fallback (SCS) produced the answer; solver names it."""
     solve_path: _builtins.str
     """Algorithm that answered: CONIC (cvxpy + Clarabel), ACTIVE_SET (exact active-set for budget and bounds),
+    DUAL_ACTIVE_SET (solver DAQP: a dual active set on the dense program, linear constraints, N <= 256),
     CLARABEL_DIRECT (Clarabel on directly assembled matrices, linear constraints only), DENSE_IPM (the engine's
     interior-point method for min volatility and quadratic utility with the trading limits),
     MIP_OUTER_APPROXIMATION or MILP (HiGHS, cardinality), JAX_NEWTON (risk parity), CLOSED_FORM (HRP);

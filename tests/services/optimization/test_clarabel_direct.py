@@ -23,6 +23,8 @@ from services.optimization import (
     ACTIVE_SET,
     CLARABEL_DIRECT,
     CONIC,
+    DUAL_ACTIVE_SET,
+    MEAN_VARIANCE_BACKENDS,
     MultiObjectiveWeights,
     Objective,
     OptimizationResult,
@@ -38,6 +40,8 @@ from services.types import Moments
 from tests.services.market_data import SP500_SECTORS
 from tests.services.optimization.families import with_new_family
 
+CLARABEL_CHAIN = tuple(backend for backend in MEAN_VARIANCE_BACKENDS if backend is not DUAL_ACTIVE_SET)
+"""The default chain without the dual active set, which answers the small problems first (test_dual_active_set)."""
 OBJECTIVE_RTOL = 1e-7
 """Agreement of the direct path's objective with the cvxpy path's (relative)."""
 FEASIBILITY_TOL = 1e-7
@@ -157,7 +161,7 @@ def assert_matches_cvxpy(
     problem: PortfolioProblem, moments: Moments, monkeypatch: pytest.MonkeyPatch
 ) -> OptimizationResult:
     """The engine answers on the direct path, feasibly, with the cvxpy path's objective to OBJECTIVE_RTOL."""
-    direct = optimize_mean_variance(problem, moments)
+    direct = optimize_mean_variance(problem, moments, backends=CLARABEL_CHAIN)
     assert (direct.solve_path, direct.solver, direct.status) == ("CLARABEL_DIRECT", "CLARABEL", "OPTIMAL")
     assert not direct.fallback_used and direct.iterations > 0
     assert direct.constraints_satisfied and direct.violations == ()
@@ -326,7 +330,7 @@ def test_solver_statuses(monkeypatch: pytest.MonkeyPatch) -> None:
     """AlmostSolved: solved again at Clarabel's defaults; a failure (e.g. NumericalError): the next backend answers."""
     moments = random_moments(20, 2)
     problem = random_problem(Objective.MIN_VOLATILITY, 20, 2)
-    exact = optimize_mean_variance(problem, moments)
+    exact = optimize_mean_variance(problem, moments, backends=CLARABEL_CHAIN)
     calls: list[dict[str, float]] = []
     real_solve = clarabel_direct.solve
 
@@ -337,7 +341,7 @@ def test_solver_statuses(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_solve(program, settings, time_limit)
 
     monkeypatch.setattr(clarabel_direct, "solve", almost_then_exact)
-    retried = optimize_mean_variance(problem, moments)
+    retried = optimize_mean_variance(problem, moments, backends=CLARABEL_CHAIN)
     assert (retried.status, retried.solve_path) == ("OPTIMAL", "CLARABEL_DIRECT")
     assert calls[1]["tol_gap_abs"] == 1e-8  # Clarabel's default tolerances on the second solve
     assert retried.objective_value == pytest.approx(exact.objective_value, rel=1e-6)
@@ -345,12 +349,12 @@ def test_solver_statuses(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         clarabel_direct, "solve", lambda *_args, **_kw: _FakeSolution("AlmostSolved", list(exact.weights))
     )
-    inaccurate = optimize_mean_variance(problem, moments)
+    inaccurate = optimize_mean_variance(problem, moments, backends=CLARABEL_CHAIN)
     assert (inaccurate.status, inaccurate.solve_path) == ("OPTIMAL_INACCURATE", "CLARABEL_DIRECT")
 
     monkeypatch.setattr(clarabel_direct, "solve", lambda *_args, **_kw: _FakeSolution("NumericalError", []))
     assert direct(problem, moments, started=time.perf_counter()) is None
-    fallback = optimize_mean_variance(problem, moments)
+    fallback = optimize_mean_variance(problem, moments, backends=CLARABEL_CHAIN)
     assert fallback.solve_path == "DENSE_IPM"  # the next backend of the chain that supports min volatility
     assert fallback.objective_value == pytest.approx(exact.objective_value, rel=OBJECTIVE_RTOL)
 
@@ -425,7 +429,8 @@ def direct(
 def test_switched_off_and_fast_path_problems_do_not_take_the_direct_path(monkeypatch: pytest.MonkeyPatch) -> None:
     moments = random_moments(20, 0)
     grouped = random_problem(Objective.MAX_SHARPE, 20, 0)
-    assert optimize_mean_variance(grouped, moments).solve_path == "CLARABEL_DIRECT"
+    assert optimize_mean_variance(grouped, moments).solve_path == "DUAL_ACTIVE_SET"  # small N: DAQP first
+    assert optimize_mean_variance(grouped, moments, backends=CLARABEL_CHAIN).solve_path == "CLARABEL_DIRECT"
     bounds_only = replace(grouped, sector_limits=())
     assert optimize_mean_variance(bounds_only, moments).solve_path == fast_qp.SOLVE_PATH  # the active set first
     assert (
