@@ -433,6 +433,8 @@ class GroupLimits(Constraint):
         """
         if not limits:
             return None
+        if n_assets > GROUP_CACHE_MAX_ASSETS:
+            return cls.assemble(limits, sectors, classifications, n_assets)
         try:
             return _cached_group_limits(limits, sectors, classifications, n_assets)
         except TypeError:  # an unhashable argument (a list where a tuple belongs): built afresh
@@ -623,7 +625,12 @@ class GroupLimits(Constraint):
         return self.linear_rows
 
 
-@lru_cache(maxsize=256)
+GROUP_CACHE_MAX_ASSETS = 256
+"""Largest universe whose group limits ``GroupLimits.build`` keeps (``_cached_group_limits``, 64 entries: a few MB
+at most). Above it building them is negligible next to the solve, and an entry would hold megabytes."""
+
+
+@lru_cache(maxsize=64)
 def _cached_group_limits(
     limits: tuple[SectorLimit, ...],
     sectors: tuple[str, ...],

@@ -187,10 +187,13 @@ def optimize_mean_variance(
     model = ProblemModel.build(problem, moments, covariance_cholesky=covariance_cholesky)
     if _certified_first_applies(model, backends):
         _no_time(time_limit_s)
-        certified = DUAL_ACTIVE_SET.solve(model, started=time.perf_counter(), time_limit_s=time_limit_s)
+        started = time.perf_counter()
+        certified = DUAL_ACTIVE_SET.solve(model, started=started, time_limit_s=time_limit_s)
         if certified is not None:
             return certified
         backends = tuple(backend for backend in backends if backend is not DUAL_ACTIVE_SET)  # declined: not again
+        if time_limit_s is not None:  # the rest of the chain gets what DAQP left
+            time_limit_s -= time.perf_counter() - started
     model.precheck()
     return solve_model(model, time_limit_s=time_limit_s, backends=backends)
 

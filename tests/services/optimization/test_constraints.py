@@ -164,3 +164,22 @@ def test_a_feasible_problem_needs_no_relaxation() -> None:
         leverage_limit=1.0,
     )
     assert find_relaxation(feasible, MOMENTS) is None
+
+
+def test_group_limits_are_kept_per_arguments_up_to_the_cache_size() -> None:
+    """Equal limits over an equal universe share one read-only family up to N = 256; above, each call builds its own."""
+    from services.optimization._constraints import GROUP_CACHE_MAX_ASSETS, GroupLimits, SectorLimit
+
+    for n, shared in ((20, True), (GROUP_CACHE_MAX_ASSETS + 1, False)):
+        sectors = tuple(f"g{i % 3}" for i in range(n))
+        limits = (SectorLimit("g0", max_weight=0.3), SectorLimit("g1", min_weight=0.2))
+        first = GroupLimits.build(limits, sectors, (), n)
+        second = GroupLimits.build(limits, tuple(list(sectors)), (), n)
+        assert first is not None and second is not None
+        assert (first is second) is shared
+        np.testing.assert_array_equal(first.linear_rows.matrix, second.linear_rows.matrix)
+        np.testing.assert_array_equal(first.linear_rows.matrix[0], [s == "g0" for s in sectors])
+        np.testing.assert_array_equal(first.linear_rows.lower, [-np.inf, 0.2])
+        np.testing.assert_array_equal(first.linear_rows.upper, [0.3, np.inf])
+        with pytest.raises(ValueError, match="read-only"):  # shared arrays cannot be written
+            first.linear_rows.matrix[0, 0] = 2.0
