@@ -18,9 +18,9 @@ from the equal-weight return to the highest return the bounds allow), the median
 - ``clarabel``: ``clarabel.DefaultSolver(P, q, A, b, cones, settings)`` + ``solve()`` on the matrices of
   ``build_program`` with the engine's settings (``CLARABEL_SETTINGS``, quiet): Clarabel called directly, the
   yardstick; nothing else is timed;
-- ``daqp``: ``daqp.solve`` on the dense program of ``_dual_active_set.build_program`` with the engine's settings,
-  where that backend supports the problem ("-" elsewhere): the engine's own solver alone, to show what the rest of
-  the call costs.
+- ``daqp``: ``daqp.solve`` on the dense program of ``_dual_active_set.build_program`` with the engine's settings
+  (``_dual_active_set.solve_program``) where that backend supports the problem ("-" elsewhere): the engine's own
+  solver alone, to show what the rest of the call costs.
 
 ``engine/clar`` and ``cvxpy/clar`` are the ratios of the medians to the yardstick (the issue's target: ≤ 1.2 for
 the engine), ``rel gap`` (engine − cvxpy) / |cvxpy| of the objective (variance or Sharpe ratio). The calls of one
@@ -52,7 +52,6 @@ import warnings
 from collections.abc import Callable
 
 import clarabel
-import daqp
 import numpy as np
 from threadpoolctl import threadpool_limits
 
@@ -126,15 +125,7 @@ def daqp_call(problem: PortfolioProblem, moments: Moments) -> Callable[[], objec
     program = dual_active_set.build_program(model)
 
     def solve() -> object:
-        return daqp.solve(
-            program.H,
-            program.f,
-            program.A,
-            program.upper,
-            program.lower,
-            program.sense,
-            primal_tol=dual_active_set.PRIMAL_TOL,
-        )
+        return dual_active_set.solve_program(program)
 
     return solve
 

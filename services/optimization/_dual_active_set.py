@@ -225,6 +225,28 @@ def kkt_holds(program: DenseProgram, x: FloatArray, lam: FloatArray, rtol: float
     return not bool(np.any(((lam > big) & (to_upper > tolerance)) | ((lam < -big) & (to_lower > tolerance))))
 
 
+def solve_program(program: DenseProgram, time_limit_s: float = float("inf")) -> tuple[FloatArray, FloatArray, int, int]:
+    """One DAQP solve of ``program`` with the engine's settings (``PRIMAL_TOL``; a time limit in seconds).
+
+    Returns
+    -------
+    (ndarray of shape (n,), ndarray of shape (n + m,), int, int)
+        x, the multipliers λ (simple bounds first), DAQP's exit flag (1: optimal) and its iterations.
+    """
+    x, _, flag, info = daqp.solve(
+        program.H,
+        program.f,
+        program.A,
+        program.upper,
+        program.lower,
+        program.sense,
+        primal_tol=PRIMAL_TOL,
+        time_limit=0.0 if time_limit_s == float("inf") else time_limit_s,  # DAQP: 0 is none
+    )
+    lam = np.asarray(info["lam"], dtype=np.float64)
+    return np.asarray(x, dtype=np.float64), lam, int(flag), int(info["iterations"])
+
+
 class DualActiveSetBackend:
     """DAQP's dual active set on the dense program for small N (see the module docstring)."""
 
@@ -261,20 +283,8 @@ class DualActiveSetBackend:
         """
         program = build_program(model)
         limit = remaining_time(started, time_limit_s)
-        x, _, flag, info = daqp.solve(
-            program.H,
-            program.f,
-            program.A,
-            program.upper,
-            program.lower,
-            program.sense,
-            primal_tol=PRIMAL_TOL,
-            time_limit=0.0 if limit == float("inf") else limit,
-        )
-        if flag != 1:
-            return None
-        x = np.asarray(x, dtype=np.float64)
-        if not kkt_holds(program, x, np.asarray(info["lam"], dtype=np.float64)):
+        x, lam, flag, iterations = solve_program(program, limit)
+        if flag != 1 or not kkt_holds(program, x, lam):
             return None
         if program.homogenised:
             kappa = float(x.sum())
@@ -285,7 +295,7 @@ class DualActiveSetBackend:
             x,
             status="OPTIMAL",
             solver=SOLVER,
-            iterations=int(info["iterations"]),
+            iterations=iterations,
             started=started,
             solve_path=SOLVE_PATH,
             snap=False,  # exact and certified, as the active set's: nothing to put back on a bound
