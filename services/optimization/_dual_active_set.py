@@ -45,7 +45,6 @@ optimum. Otherwise (DAQP's exit flag, an infeasible program, the time limit) the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import daqp
 import numpy as np
@@ -141,19 +140,7 @@ def build_program(model: ProblemModel) -> DenseProgram:
     high = np.concatenate([rows.upper for rows in dense]) if dense else np.empty(0)
     lower_w, upper_w = model.lower, model.upper
     if sharpe:
-        # low·κ ≤ aᵀy ≤ high·κ with κ = 1ᵀy: (a − low·1)ᵀy ≥ 0 and (a − high·1)ᵀy ≤ 0 (one row = 0 where
-        # low = high); likewise the per-name bounds l_i·κ ≤ y_i ≤ u_i·κ (finite: ``supports``). Every candidate row
-        # is built, then the open ones (an infinite side, a zero lower bound: y_i ≥ 0 is a simple bound) dropped.
-        k = low.size
-        coefficients = np.vstack((matrix, matrix, _identity(n), _identity(n)))
-        coefficients -= np.concatenate((low, high, lower_w, upper_w))[:, None]
-        equal = low == high
-        kept = np.concatenate((np.isfinite(low) & ~equal, np.isfinite(high), lower_w != 0.0, np.ones(n, dtype=bool)))
-        side_low = np.concatenate((np.zeros(k), np.where(equal, 0.0, -np.inf), np.zeros(n), np.full(n, -np.inf)))
-        side_high = np.concatenate((np.full(k, np.inf), np.zeros(k), np.full(n, np.inf), np.zeros(n)))
-        rows_a = np.vstack((model.excess_returns, np.ones(n), coefficients[kept]))
-        rows_low = np.concatenate(([1.0, 0.0], side_low[kept]))
-        rows_high = np.concatenate(([1.0, np.inf], side_high[kept]))
+        rows_a, rows_low, rows_high = _homogenised_rows(model.excess_returns, matrix, low, high, lower_w, upper_w)
         simple_low = np.where(lower_w >= 0.0, 0.0, -np.inf)
         simple_high = np.full(n, np.inf)
         H = 2.0 * sigma
@@ -181,12 +168,48 @@ def build_program(model: ProblemModel) -> DenseProgram:
     )
 
 
-@lru_cache(maxsize=8)
-def _identity(n: int) -> FloatArray:
-    """The n × n identity (read-only, shared between calls)."""
-    eye = np.eye(n)
-    eye.flags.writeable = False
-    return eye
+def _homogenised_rows(
+    excess: FloatArray, matrix: FloatArray, low: FloatArray, high: FloatArray, lower_w: FloatArray, upper_w: FloatArray
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """The rows of the max Sharpe program in y (κ = 1ᵀy eliminated) and their two sides.
+
+    ``low·κ ≤ aᵀy ≤ high·κ`` becomes ``(a − low·1)ᵀy ≥ 0`` and ``(a − high·1)ᵀy ≤ 0`` (one row ``= 0`` where
+    ``low = high``); the per-name bounds ``l_i·κ ≤ y_i ≤ u_i·κ`` likewise (finite: ``supports``). Only the rows
+    that bind anything are written: an infinite side has none, and ``l_i = 0`` is the simple bound ``y_i ≥ 0``.
+    First ``(μ − r_f)ᵀy = 1`` and ``1ᵀy ≥ 0``.
+
+    Returns
+    -------
+    (ndarray of shape (m, n), ndarray of shape (m,), ndarray of shape (m,))
+        The rows, their lower and upper sides.
+    """
+    n = excess.size
+    equal = low == high
+    from_low = np.flatnonzero(np.isfinite(low) & ~equal)
+    from_high = np.flatnonzero(np.isfinite(high))
+    from_lower = np.flatnonzero(lower_w != 0.0)
+    a, b, c = from_low.size, from_high.size, from_lower.size
+    m = 2 + a + b + c + n
+    rows = np.empty((m, n))
+    rows[0] = excess
+    rows[1] = 1.0
+    rows[2 : 2 + a] = matrix[from_low] - low[from_low, None]
+    rows[2 + a : 2 + a + b] = matrix[from_high] - high[from_high, None]
+    start = 2 + a + b
+    rows[start : start + c] = -lower_w[from_lower, None]
+    rows[start + np.arange(c), from_lower] += 1.0
+    bounds = rows[start + c :]
+    bounds[:] = -upper_w[:, None]
+    bounds.flat[:: n + 1] += 1.0
+    side_low = np.empty(m)
+    side_high = np.empty(m)
+    side_low[:2], side_high[:2] = (1.0, 0.0), (1.0, np.inf)
+    side_low[2 : 2 + a], side_high[2 : 2 + a] = 0.0, np.inf
+    side_low[2 + a : 2 + a + b] = np.where(equal[from_high], 0.0, -np.inf)
+    side_high[2 + a : 2 + a + b] = 0.0
+    side_low[start : start + c], side_high[start : start + c] = 0.0, np.inf
+    side_low[start + c :], side_high[start + c :] = -np.inf, 0.0
+    return rows, side_low, side_high
 
 
 def kkt_holds(program: DenseProgram, x: FloatArray, lam: FloatArray, rtol: float = KKT_RTOL) -> bool:
