@@ -139,12 +139,14 @@ LEFT JOIN LATERAL (
 _RUN_STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS optimization_run_stage (
     seq integer, result_id uuid, portfolio_id text, configuration_version integer, request_id text,
-    request_hash text, event_id uuid, "timestamp" timestamptz, objective text, method text, weights text,
+    request_hash text, event_id uuid, "timestamp" timestamptz, objective text, method text, weights jsonb,
     expected_return double precision, volatility double precision, sharpe_ratio double precision,
-    objective_value double precision, solver text, constraints_satisfied boolean, result text, run_inputs text,
-    metadata text
+    objective_value double precision, solver text, constraints_satisfied boolean, result jsonb, run_inputs jsonb,
+    metadata jsonb
 ) ON COMMIT DELETE ROWS"""
-"""The rows of a bulk write, copied in before one statement spreads them (emptied at each commit)."""
+"""The rows of a bulk write, copied in before one statement spreads them (emptied at each commit). The JSON columns
+are jsonb here: each document is parsed once, by the COPY, and the statement copies the parsed value into each
+table (``weights`` goes to three tables and ``metadata`` to two)."""
 
 _RUN_STAGE_COLUMNS = (
     "seq", "result_id", "portfolio_id", "configuration_version", "request_id", "request_hash", "event_id",
@@ -158,21 +160,21 @@ WITH result AS (
         event_id, created_at, objective, method, weights, expected_return, volatility, sharpe_ratio,
         objective_value, solver, constraints_satisfied, result, run_inputs)
     SELECT result_id, portfolio_id, configuration_version, request_id, request_hash, event_id, "timestamp",
-        objective, method, weights::jsonb, expected_return, volatility, sharpe_ratio, objective_value, solver,
-        constraints_satisfied, result::jsonb, run_inputs::jsonb
+        objective, method, weights, expected_return, volatility, sharpe_ratio, objective_value, solver,
+        constraints_satisfied, result, run_inputs
     FROM optimization_run_stage ORDER BY seq
 ), event AS (
     INSERT INTO portfolio_optimized (event_id, "timestamp", portfolio_id, result_id, configuration_version,
         request_id, objective, method, weights, expected_return, volatility, sharpe_ratio, metadata)
     SELECT event_id, "timestamp", portfolio_id, result_id, configuration_version, request_id, objective, method,
-        weights::jsonb, expected_return, volatility, sharpe_ratio, metadata::jsonb
+        weights, expected_return, volatility, sharpe_ratio, metadata
     FROM optimization_run_stage ORDER BY seq
 ), latest AS (
     INSERT INTO latest_portfolio_optimizations AS latest (event_id, "timestamp", portfolio_id, result_id,
         configuration_version, request_id, objective, method, weights, expected_return, volatility,
         sharpe_ratio, metadata)
     SELECT DISTINCT ON (portfolio_id) event_id, "timestamp", portfolio_id, result_id, configuration_version,
-        request_id, objective, method, weights::jsonb, expected_return, volatility, sharpe_ratio, metadata::jsonb
+        request_id, objective, method, weights, expected_return, volatility, sharpe_ratio, metadata
     FROM optimization_run_stage ORDER BY portfolio_id, seq DESC
     ON CONFLICT (portfolio_id) DO UPDATE SET
         event_id = EXCLUDED.event_id, "timestamp" = EXCLUDED."timestamp",
