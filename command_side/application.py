@@ -482,8 +482,12 @@ def _nanoseconds(value: np.datetime64 | None) -> int | None:
     return None if value is None else int(value.astype("datetime64[ns]").astype(np.int64))
 
 
-def run_record(command: OptimizeCommand, outcome: OptimizationOutcome) -> ResultRecord:
-    """The result of a run as it is stored (ids, configuration version and timestamp still unset).
+def run_record(
+    command: OptimizeCommand, outcome: OptimizationOutcome, *, event_id: str = "", result_id: str = ""
+) -> ResultRecord:
+    """The result of a run as it is stored (configuration version and timestamp still unset).
+
+    ``event_id`` and ``result_id``: the ids it will be stored with, when already chosen ('' = unset).
 
     Relaxed limits are named by the contract's field paths (``command_side.field_paths``): the stored schema and
     the query side read them so.
@@ -501,8 +505,8 @@ def run_record(command: OptimizeCommand, outcome: OptimizationOutcome) -> Result
             tau=float(posterior.tau),
         )
     metadata = RunMetadataRecord(
-        event_id="",
-        result_id="",
+        event_id=event_id,
+        result_id=result_id,
         timestamp=None,
         configuration_version=0,
         convergence_status=result.status if result.status in _CONVERGENCE_STATUSES else "",

@@ -16,7 +16,6 @@ import logging
 import math
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
-from dataclasses import replace
 from datetime import UTC
 
 from google.rpc import status_pb2  # type: ignore[attr-defined]  # stubs hidden by types-protobuf
@@ -203,13 +202,12 @@ def encoded_run(command: OptimizeCommand, outcome: OptimizationOutcome) -> Encod
     configuration version, which the store gives it (:func:`optimize_response` adds them), so it reads as the
     unary call's answer field by field.
     """
-    record = run_record(command, outcome)
     event_id, result_id = uuid.uuid4(), uuid.uuid4()
-    identified = replace(record, metadata=replace(record.metadata, event_id=str(event_id), result_id=str(result_id)))
+    identified = run_record(command, outcome, event_id=str(event_id), result_id=str(result_id))
     return encode_run(
         configuration=command.configuration,
         content=content_of(command.configuration),
-        result=record,
+        result=identified,
         request_hash=command.request_hash,
         run_inputs={"current_weights": command.current_weights, "kind": command.inputs_kind},
         inherit=run_inherits(command),
