@@ -24,7 +24,10 @@ stored with its configuration version, event, read model and notification:
 4. ``--grpc``: one ``BatchOptimize`` of the problems (a warm-up call, then the median of ``--repeats``); target
    ≥ 20× the loop. The workers compile the batched solver before they are ready (``STRATOPT_WARM_BATCH_ASSETS``
    = 64). Printed beside it: the CPU time per problem of the server's event loop, of its workers and of
-   PostgreSQL over the measured calls (``/proc``; less sensitive than wall time to other load on the machine).
+   PostgreSQL over the measured calls (``/proc``; less sensitive than wall time to other load on the machine),
+   and PyPortfolioOpt's CPU per problem (``time.process_time`` of its loop): their ratio bounds the wall ratio
+   to at most that many times the cores the server keeps busy, so the line also says how many fully used cores
+   20× needs at the measured CPU cost (the loop runs on one core, the server on all of them).
    ``--grpc-only`` skips the in-process stratopt runs (PyPortfolioOpt's loop is still measured, in the same
    run);
 5. ``--stream N``: ``N`` items through ``BatchOptimizeStream`` (messages of 100, the problems in turn, the
@@ -44,6 +47,7 @@ Run
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import warnings
@@ -88,10 +92,15 @@ def _sharpe(weights: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> float:
     return float(mu @ weights / np.sqrt(weights @ sigma @ weights))
 
 
+_PYPFOPT_CPU_S: list[float] = []
+"""CPU seconds (this process, ``time.process_time``) of each PyPortfolioOpt loop run, for the CPU comparison."""
+
+
 def _pypfopt(problems: list[Problem]) -> tuple[float, list[np.ndarray | None]]:
     from pypfopt import EfficientFrontier
 
     answers: list[np.ndarray | None] = []
+    cpu_started = time.process_time()
     started = time.perf_counter()
     for mu, sigma, upper in problems:
         try:
@@ -100,7 +109,9 @@ def _pypfopt(problems: list[Problem]) -> tuple[float, list[np.ndarray | None]]:
             answers.append(np.asarray(list(frontier.clean_weights(cutoff=0.0, rounding=None).values())))
         except Exception:  # PyPortfolioOpt raises several kinds: no answer
             answers.append(None)
-    return time.perf_counter() - started, answers
+    elapsed = time.perf_counter() - started
+    _PYPFOPT_CPU_S.append(time.process_time() - cpu_started)
+    return elapsed, answers
 
 
 def _job(mu: np.ndarray, sigma: np.ndarray, upper: np.ndarray) -> OptimizationJob:
@@ -371,10 +382,19 @@ def _print_grpc(
         f"{pypfopt_s / seconds:6.1f}x  Sharpe gap {_gap(grpc['batch'], reference, problems):+.1e}  "
         "(2 workers, every run stored with its event; target ≥ 20x)"
     )
+    total = sum(grpc["cpu_ms"].values())
     print(
         "  CPU per problem (ms): "
         + ", ".join(f"{name} {ms:.3f}" for name, ms in grpc["cpu_ms"].items())
-        + f"; total {sum(grpc['cpu_ms'].values()):.3f}"
+        + f"; total {total:.3f}"
+    )
+    loop_cpu_ms = 1e3 * statistics.median(_PYPFOPT_CPU_S) / len(problems)
+    cores = os.cpu_count() or 1
+    print(
+        f"  CPU per problem of PyPortfolioOpt's loop {loop_cpu_ms:.3f} ms: stratopt uses {loop_cpu_ms / total:.1f}x "
+        f"less CPU per stored run; the wall ratio is at most that times the cores busy ({cores} here: "
+        f"{cores * loop_cpu_ms / total:.1f}x); 20x needs {20 * total / loop_cpu_ms:.1f} fully used cores at this "
+        "CPU cost"
     )
 
 
