@@ -259,7 +259,8 @@ def optimize_mean_variance_batch(
 ) -> list[OptimizationResult | Exception | None]:
     """Solve many mean-variance problems at once where the batched active set can, the same answers as one by one.
 
-    Each problem is built and pre-checked as :func:`optimize_mean_variance` does. Those :func:`batch_rule` covers
+    Each problem is built as :func:`optimize_mean_variance` builds it, and pre-checked when :func:`batch_rule` covers
+    it (the others are left to the single path, which pre-checks them itself when it must). Those it covers
     (min volatility, quadratic utility, max Sharpe, efficient return and efficient risk under the budget and
     finite bounds) are solved together by ``_batch.solve_batch``, whatever their kind; each certified answer goes
     through the one result builder (``ProblemModel.result``, solve path :data:`BATCH_SOLVE_PATH`). Plain box
@@ -299,13 +300,14 @@ def optimize_mean_variance_batch(
             continue
         try:
             model = ProblemModel.build(problem, moment)
+            rule = batch_rule(model)
+            if rule is None:  # the single path's: it pre-checks when it must (after DUAL_ACTIVE_SET declines)
+                continue
             model.precheck()
         except StratoptError as error:  # InvalidInputError, InfeasibleError (a pre-check)
             answers[k] = error
             continue
-        rule = batch_rule(model)
-        if rule is not None:
-            group.append((k, model, rule))
+        group.append((k, model, rule))
     fast: set[int] = set()
 
     def admit() -> None:  # while XLA iterates: the plain problems' pre-checks, stacked per N
