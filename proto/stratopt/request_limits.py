@@ -26,6 +26,7 @@ binary value (``stratopt.rpc_errors`` caps every status message as a last resort
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any, Final
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -243,10 +244,64 @@ def check_request(message: Any, prefix: str = "", *, skip: frozenset[str] = froz
                     ):
                         check_timestamp(item, f"{path}[{i}]")
             elif repeated:
+                plan = None if any(p.startswith(f"{path}[") for p in skip) else _flat_plan(entry)
                 for i, item in enumerate(value):
-                    _check_embedded(item, f"{path}[{i}]", skip)
+                    if plan is None or not _flat_ok(item, plan):  # the full check names the field at fault
+                        _check_embedded(item, f"{path}[{i}]", skip)
             else:
                 _check_embedded(value, path, skip)
+
+
+_UNCHECKED: Final = ("", 0)
+"""A field ``_flat_ok`` passes over (a number, an enumeration, a bool, a field of ``UNCHECKED_FIELDS``)."""
+
+
+@cache
+def _flat_plan(entry: Any) -> dict[str, tuple[str, int] | tuple[tuple[str, int], tuple[str, int]]] | None:
+    """How ``_flat_ok`` checks a message type; None when the type is always checked in full.
+
+    Per field name: the kind of a singular string, ``(key kind, value kind)`` of a string-to-string map, or
+    ``_UNCHECKED``. None when a field needs the full check (a message, a repeated string, another map).
+
+    A request's repeated messages (strategies, bars, lots: thousands of items) are mostly of such flat types, and
+    the full check builds a field path for every field of every item; ``_flat_ok`` builds none.
+    """
+    plan: dict[str, tuple[str, int] | tuple[tuple[str, int], tuple[str, int]]] = {}
+    if entry.full_name in (_TIMESTAMP, _DURATION):
+        return None
+    for field in entry.fields:
+        name = field.name
+        if name in UNCHECKED_FIELDS or field.type not in (_STRING, _MESSAGE):
+            plan[name] = _UNCHECKED
+        elif field.type == _STRING and not field.is_repeated:
+            plan[name] = STRING_KINDS.get(name, TEXT)
+        elif field.type == _MESSAGE and field.message_type.GetOptions().map_entry:
+            key, value = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
+            if key.type != _STRING or value.type != _STRING:
+                return None
+            plan[name] = (MAP_KEY_KINDS.get(name, SYMBOL), MAP_VALUE_KINDS.get(name, TEXT))
+        else:
+            return None
+    return plan
+
+
+def _flat_ok(message: Any, plan: dict[str, Any]) -> bool:
+    """Whether every string of ``message`` (a type with a ``_flat_plan``) is within its kind; False = check in full."""
+    for field, value in message.ListFields():
+        kind = plan.get(field.name)
+        if kind is None:  # a field this build's plan does not know
+            return False
+        if kind is _UNCHECKED:
+            continue
+        if isinstance(kind[0], str):
+            if len(value) > kind[1] or "\x00" in value:
+                return False
+            continue
+        (_, key_limit), (_, value_limit) = kind
+        for key, item in value.items():
+            if len(key) > key_limit or "\x00" in key or len(item) > value_limit or "\x00" in item:
+                return False
+    return True
 
 
 def _check_map(name: str, path: str, value: Any, entry: Any) -> None:
