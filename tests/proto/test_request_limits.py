@@ -46,6 +46,49 @@ def test_a_nul_anywhere_is_named_by_its_path() -> None:
     assert _violation(optimize)[0] == "strategies[0].classifications[gics]"
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "path"),
+    [
+        ("symbol", "S" * 64, None),
+        ("symbol", "S" * 65, "strategies[7].symbol"),
+        ("symbol", "S\x00", "strategies[7].symbol"),
+        ("sector", "x" * 128, None),
+        ("sector", "x" * 129, "strategies[7].sector"),
+        ("classifications", {"g" * 128: "v" * 128}, None),
+        ("classifications", {"g" * 129: "v"}, "strategies[7].classifications"),
+        ("classifications", {"g": "v" * 129}, "strategies[7].classifications[g]"),
+        ("classifications", {"g\x00": "v"}, "strategies[7].classifications"),
+    ],
+)
+def test_items_of_a_flat_repeated_message_are_checked_as_the_full_check_does(
+    field: str, value: object, path: str | None
+) -> None:
+    """Strategies (strings, a string map, numbers) take the quick per-item check; its verdict is the full check's.
+
+    Each string of the 8th of 20 strategies at its limit passes, one character over (or a NUL) is named by the
+    same path and text as the full check (``check_request`` on that strategy alone, under its prefix) gives.
+    """
+    request = cmd_pb.OptimizeRequest(portfolio_id="p")
+    for k in range(20):
+        strategy = request.strategies.add(symbol=f"S{k}", sector="tech", current_weight=0.05)
+        strategy.returns.extend([0.01, -0.02])
+        strategy.classifications["region"] = "us"
+    target = request.strategies[7]
+    if field == "classifications":
+        target.classifications.update(value)  # type: ignore[arg-type]
+    else:
+        setattr(target, field, value)
+    assert limits._flat_plan(cmd_pb.OptimizeRequest.DESCRIPTOR.fields_by_name["strategies"].message_type)
+    if path is None:
+        limits.check_request(request)
+        limits.check_request(target, "strategies[7]")
+        return
+    assert _violation(request)[0] == path
+    with pytest.raises(InvalidInputError) as full:
+        limits.check_request(target, "strategies[7]")
+    assert _violation(request) == (full.value.field_violations[0].field, full.value.field_violations[0].description)
+
+
 def test_a_bad_map_key_names_the_map_and_quotes_at_most_64_characters() -> None:
     field, description = _violation(trading_pb.CheckDriftRequest(portfolio_id="p", prices={"K" * 10_000: 1.0}))
     assert field == "prices"
