@@ -122,6 +122,13 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
         time.sleep(0.1)
 
 
+def data_version(db: psycopg.Connection[Any]) -> int:
+    """The latest market data version (``market_data_versions``; 0 before any ingest)."""
+    row = db.execute("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM market_data_versions").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def settled(db: psycopg.Connection[Any], portfolio_ids: Sequence[str], count: int) -> Callable[[], bool]:
     """Whether the portfolios have ``count`` jobs, none of them PENDING or RUNNING."""
 
@@ -309,16 +316,29 @@ def test_holdings_beyond_the_drift_threshold_rerun_the_configuration(
         trading.UpsertHoldings(tpb.UpsertHoldingsRequest(portfolio_id=portfolio, positions=positions, cash=0.0))
         check = trading.CheckDrift(tpb.CheckDriftRequest(portfolio_id=portfolio, threshold=0.10), timeout=30)
         assert check.exceeds_threshold == (portfolio == drifted)  # the drift the worker will see
-    assert jobs(db, [drifted, aligned]) == []
+    before = data_version(db)
+    # A replica checks drift once per data version, at its next tick. One that reached the history's version only
+    # after the holdings above were stored (a slow tick) has already enqueued the drifted portfolio at that
+    # version: the drift was there. The aligned portfolio never gets a job.
+    early = jobs(db, [drifted, aligned])
+    assert all(j["portfolio_id"] == drifted and j["trigger"] == "DRIFT" for j in early), early
+    assert all(j["data_version"] <= before for j in early), early
     ingest(commands, bars(symbols, range(HISTORY_DAYS, HISTORY_DAYS + 1)))
-    wait_for(settled(db, [drifted], 1))
+
+    def new_day_settled() -> bool:
+        found = jobs(db, [drifted])
+        return any(j["data_version"] > before for j in found) and all(j["status"] in ("DONE", "DEAD") for j in found)
+
+    wait_for(new_day_settled)
     time.sleep(1.0)  # a few more ticks: the aligned portfolio stays without a job
-    [job] = jobs(db, [drifted, aligned])
-    assert (job["portfolio_id"], job["trigger"], job["status"]) == (drifted, "DRIFT", "DONE")
+    found = jobs(db, [drifted, aligned])
+    assert all((j["portfolio_id"], j["trigger"], j["status"]) == (drifted, "DRIFT", "DONE") for j in found), found
+    [job] = [j for j in found if j["data_version"] > before]  # the new day's
     key = f"recompute:drift:{job['data_version']}:{drifted}"
     assert (drifted, key) in events(db, [drifted])
     # The same data version never enqueues twice (both replicas checked it).
-    assert len(jobs(db, [drifted])) == 1
+    versions = [j["data_version"] for j in found]
+    assert len(versions) == len(set(versions))
     bad = cmd_pb.OptimizationConfiguration(
         portfolio_id=drifted, objective=pb.OBJECTIVE_MIN_VOLATILITY, enabled=True,
         recompute=cmd_pb.RecomputePolicy(drift_threshold=2.5),
