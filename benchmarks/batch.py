@@ -15,8 +15,12 @@ estimators, handed to every solver), half of them with a 25 % cap per name, r_f 
    set) with the single-problem active set for the problems it does not certify: the engine's floor.
 
 Each is timed ``--repeats`` times (median); the JAX compilation (first call per bucket and batch size) is printed
-apart. Objective gaps: the largest relative shortfall of each stratopt answer's Sharpe ratio below
-PyPortfolioOpt's (negative = stratopt's is higher). Target (issue 12): the engine ≥ 50× the loop.
+apart. After the imports and the problems are built, the process's objects are frozen out of the garbage
+collector (``gc.collect(); gc.freeze()``), as a solver worker does once it has imported its libraries
+(``command_side.workers``): otherwise a full collection over the libraries' objects (~0.2 s here) falls on
+whichever run crosses the threshold, often one of stratopt's (a fifth of a batched run). Every loop measured runs
+so. Objective gaps: the largest relative shortfall of each stratopt answer's Sharpe ratio below PyPortfolioOpt's
+(negative = stratopt's is higher). Target (issue 12): the engine ≥ 50× the loop.
 
 End to end, on a real server (2 workers) on a fresh embedded PostgreSQL + TimescaleDB, moments input, every run
 stored with its configuration version, event, read model and notification:
@@ -47,6 +51,7 @@ Run
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import time
@@ -311,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     problems = _problems(args.problems, args.seed)
+    gc.collect()  # as a worker does after its imports (module docstring)
+    gc.freeze()
     if args.grpc_only:
         return _grpc_only(problems, args)
     compile_started = time.perf_counter()
