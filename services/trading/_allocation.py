@@ -23,7 +23,10 @@ x_i − c_i, c_i the shares held now) that invest the portfolio as well as the s
   ``clean_weights()`` output (rounded to 5 decimals, summing to e.g. 0.99998) is accepted. The stratopt
   strategies *renormalise*: the weights are divided by their sum (``weight_sum`` and ``weights_renormalised`` of
   the result say so and by how much). The PyPortfolioOpt strategies use them as given, as PyPortfolioOpt does,
-  so a sum below 1 leaves that part of the budget as cash.
+  so a sum below 1 leaves that part of the budget as cash; one exception: when long-only weights sum above 1 and
+  ``greedy_portfolio``'s first round (the floor of each target) would cost more than the budget, where
+  PyPortfolioOpt stops with "Unexpectedly insufficient funds", ``PYPFOPT_GREEDY`` (and ``PYPFOPT_LP``'s greedy
+  fallback) divides them by their sum and says so (``weights_renormalised``), never spending past the budget.
 - Lots. Final share counts are multiples of the lot size: x_i = L_i k_i, k_i a non-negative integer. A held
   position that is not a multiple of its lot size is traded onto one.
 
@@ -118,7 +121,7 @@ import math
 import numbers
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Final
 
@@ -407,7 +410,8 @@ class AllocationResult:
         Σ of the request's target weights (within 1e-3 of 1).
     weights_renormalised : bool
         Whether the weights were divided by ``weight_sum`` (the stratopt strategies, when it is not exactly 1); the
-        PyPortfolioOpt strategies use them as given (the shortfall is cash).
+        PyPortfolioOpt strategies use them as given (the shortfall is cash), except greedy rounds that the weights
+        over 1 would take past the budget (module docstring, Weights).
     lp_objective : float
         PyPortfolioOpt's ``lp_portfolio`` objective at this allocation ($): Σ|target_value − final_value| over the
         lines plus ``unused_budget`` (what ``PYPFOPT_LP`` minimises).
@@ -808,7 +812,7 @@ def _validate(request: AllocationRequest) -> _Problem:
             raise InvalidInputError.for_field(f"{field}.momentum_score", "is required by MOMENTUM_WEIGHTED")
         target_rows.append((symbol, weight, price, deviation, lot, score))
     weight_sum = math.fsum(row[1] for row in target_rows)
-    if abs(weight_sum - 1.0) > WEIGHT_SUM_TOLERANCE:
+    if abs(weight_sum - 1.0) > WEIGHT_SUM_TOLERANCE + 1e-12:  # inclusive: 0.999 and 1.001 alike, rounding aside
         raise InvalidInputError.for_field(
             "targets", f"target weights sum to {weight_sum:.9g}; expected 1 (within {WEIGHT_SUM_TOLERANCE:g})"
         )
@@ -1533,7 +1537,7 @@ def _pypfopt_allocation(problem: _Problem, deadline: float | None, started: floa
     leftovers: list[float] = []
     statuses: list[AllocationStatus] = []
     messages: list[str] = []
-    fallback = False
+    fallback = renormalised = False
     for book in books:
         prices = [float(problem.prices[i]) for i in book.indices]
         shares: list[int] | None = None
@@ -1552,6 +1556,11 @@ def _pypfopt_allocation(problem: _Problem, deadline: float | None, started: floa
         if shares is None:
             shares, leftover = _pypfopt_greedy_book(book.weights, prices, book.total)  # its own running sum
             status = AllocationStatus.GREEDY
+            if leftover < 0.0:  # weights over 1: round one cost more than the book (module docstring, Weights)
+                book = replace(book, weights=[w / problem.weight_sum for w in book.weights])
+                shares, leftover = _pypfopt_greedy_book(book.weights, prices, book.total)
+                renormalised = True
+                message = f"{message}; weights divided by their sum {problem.weight_sum:.9g} (round one overspent)"
         else:
             leftover = book.total - math.fsum(p * x for p, x in zip(prices, shares, strict=True))
         leftovers.append(leftover)
@@ -1570,8 +1579,9 @@ def _pypfopt_allocation(problem: _Problem, deadline: float | None, started: floa
     label = ["long book: ", "short book: "] if len(books) == 2 else [""]
     message = "; ".join(f"{prefix}{text}" for prefix, text in zip(label, messages, strict=True))
     return _pypfopt_result(
-        problem, final, target_value, lower, upper, math.fsum(leftovers), worst, solver, message, fallback, started
-    )
+        problem, final, target_value, lower, upper, math.fsum(leftovers), worst, solver, message, fallback, started,
+        renormalised=renormalised,
+    )  # fmt: skip
 
 
 def _pypfopt_result(
@@ -1586,6 +1596,8 @@ def _pypfopt_result(
     message: str,
     fallback_used: bool,
     started: float,
+    *,
+    renormalised: bool = False,
 ) -> AllocationResult:
     """The result of a PyPortfolioOpt strategy: no fees or bands; the unused budget is its leftover."""
     budget = problem.budget
@@ -1634,6 +1646,6 @@ def _pypfopt_result(
         relaxation_detail="",
         solve_time_ms=(time.perf_counter() - started) * 1e3,
         weight_sum=problem.weight_sum,
-        weights_renormalised=False,
+        weights_renormalised=renormalised,
         lp_objective=math.fsum([*np.abs(target_value - value), leftover]),
     )

@@ -574,7 +574,8 @@ class AllocationMetrics(_message.Message):
     """Sum of the request's target weights (within 1e-3 of 1)."""
     weights_renormalised: _builtins.bool
     """True when the weights were divided by weight_sum (the stratopt strategies, when it is not exactly 1); the
-    PYPFOPT strategies use them as given, the shortfall staying cash.
+    PYPFOPT strategies use them as given, the shortfall staying cash (except weights over 1 whose first greedy
+    round would overspend the budget: divided by their sum, and this is true).
     """
     lp_objective: _builtins.float
     """PyPortfolioOpt's lp_portfolio objective at this allocation: sum over the lines of |target value - final

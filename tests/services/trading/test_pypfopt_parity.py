@@ -232,6 +232,35 @@ def test_pypfopt_strategies_keep_clean_weights_as_given(long_weights: dict[str, 
         assert line.target_value == pytest.approx(long_weights[line.symbol] * BUDGET, rel=1e-15)
 
 
+def test_greedy_weights_over_one_never_spend_past_the_budget() -> None:
+    """Weights over 1: PyPortfolioOpt's answer as given, or its answer on the weights divided by their sum.
+
+    The latter (said so in the result) where its round one overspends, which PyPortfolioOpt refuses (it raises).
+    """
+    prices = pd.Series({"A": 1.0, "B": 1.0})
+    over = {"A": 0.5005, "B": 0.5}
+    with pytest.raises(AssertionError, match="insufficient funds"):
+        DiscreteAllocation(over, prices, total_portfolio_value=BUDGET).greedy_portfolio()
+    for strategy in (AllocationStrategy.PYPFOPT_GREEDY, AllocationStrategy.PYPFOPT_LP):
+        result = allocate(request_of(over, prices, strategy=strategy))
+        assert result.invested_value <= BUDGET and result.unused_budget >= 0.0
+    result = allocate(request_of(over, prices, strategy=AllocationStrategy.PYPFOPT_GREEDY))
+    scaled = {t: w / math.fsum(over.values()) for t, w in over.items()}
+    expected, leftover = pypfopt(scaled, prices, "greedy_portfolio")
+    assert held(result) == expected and result.unused_budget == pytest.approx(leftover, abs=1e-9)
+    assert result.weights_renormalised and "divided by their sum" in result.solver_message
+    slack = pd.Series({"A": 13.0, "B": 11.0})  # round one's floors leave room ($9,999): PyPortfolioOpt answers
+    expected, leftover = pypfopt(over, slack, "greedy_portfolio")
+    result = allocate(request_of(over, slack, strategy=AllocationStrategy.PYPFOPT_GREEDY))
+    assert held(result) == expected and result.unused_budget == pytest.approx(leftover, abs=1e-9)
+    assert not result.weights_renormalised
+
+
+def test_the_weight_sum_tolerance_is_inclusive_on_both_sides(latest: pd.Series) -> None:
+    for weights in ({"GOOG": 0.5, "AAPL": 0.499}, {"GOOG": 0.5, "AAPL": 0.501}):  # 1 ∓ 0.001 to rounding
+        assert allocate(request_of(weights, latest)).weights_renormalised
+
+
 @pytest.mark.parametrize("scale", [1.0011, 0.9989])
 def test_weights_beyond_the_tolerance_are_invalid(latest: pd.Series, scale: float) -> None:
     weights = {"GOOG": 0.5 * scale, "AAPL": 0.5 * scale}
