@@ -14,6 +14,10 @@ A batch (the unary call's items, or the items of a stream as they arrive) is cut
    then replays the run that holds it). Chunks are stored in request order (a chunk waits for the chunk before
    it), so each portfolio's history and latest read model follow the request order.
 
+A chunk that fails otherwise (a bug, a stored run this build cannot read) answers its unanswered items with that
+error (INTERNAL) and the other chunks go on: a batch never ends without an answer for each item, and no chunk keeps
+writing after the call has failed.
+
 :class:`BatchRunner` runs the steps; :meth:`BatchRunner.run` answers a whole batch, :meth:`BatchRunner.stream`
 answers a stream with a bounded window of items in flight.
 """
@@ -234,6 +238,8 @@ class BatchRunner:
             try:
                 outcomes = await self._chunk([item for _, item in chunk], deadline, turn)
                 await answers.put([(number, outcome) for (number, _), outcome in zip(chunk, outcomes, strict=True)])
+            except Exception as exc:  # never expected (_chunk answers its errors): end the stream with it, not OK
+                await answers.put(exc)
             finally:
                 gate.release()
 
@@ -269,16 +275,21 @@ class BatchRunner:
 
     async def _chunk(self, items: Sequence[Item], deadline: float | None, turn: _Turn) -> list[Outcome]:
         """Replay, solve and store one chunk (module docstring); the answers in the items' order."""
+        chunk = _Chunk(items)
         try:
-            chunk = _Chunk(items)
             await self._replay_or_prepare(chunk, deadline)
             await self._solve(chunk, deadline)
             async with turn:
                 await self._store(chunk, deadline)
-            assert all(outcome is not None for outcome in chunk.outcomes)
-            return [outcome for outcome in chunk.outcomes if outcome is not None]
+        except Exception as exc:  # a bug, or a stored run this build cannot read (module docstring)
+            log.exception("batch chunk of %d items failed", len(items))
+            for k, outcome in enumerate(chunk.outcomes):
+                if outcome is None:
+                    chunk.outcomes[k] = exc
         finally:
             turn.done()
+        assert all(outcome is not None for outcome in chunk.outcomes)
+        return [outcome for outcome in chunk.outcomes if outcome is not None]
 
     async def _replay_or_prepare(self, chunk: _Chunk, deadline: float | None) -> None:
         """Answer invalid and replayed items; the engine jobs (or serialised requests) of the others."""
@@ -286,7 +297,9 @@ class BatchRunner:
         keys = [item.request_id for item in items if not isinstance(item, InvalidItem) and item.request_id]
         try:
             stored = await self._ports.store.find_results(keys) if keys else {}
-        except StratoptError as exc:  # the store is unreachable: every item with a key fails with it
+        except Exception as exc:  # the store unreachable, or a stored run unreadable: every keyed item fails with it
+            if not isinstance(exc, StratoptError):
+                log.exception("reading the stored runs of a batch chunk failed")
             stored = {}
             for k, item in enumerate(items):
                 if not isinstance(item, InvalidItem) and item.request_id:

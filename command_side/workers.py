@@ -147,6 +147,24 @@ _START_ATTEMPTS = 3
 log = logging.getLogger(__name__)
 
 
+def _merged(parts: Sequence[object], heavy: list[bool]) -> list[Any]:
+    """The answers of a chunk split between the pools, in the chunk's order.
+
+    A pool's ``StratoptError`` (its worker lost, its time up) answers that pool's items only: the other pool's
+    answers stand. Any other error is raised.
+    """
+    filled: list[list[Any]] = []
+    for part, count in zip(parts, (heavy.count(False), heavy.count(True)), strict=True):
+        if isinstance(part, StratoptError):
+            filled.append([part] * count)
+        elif isinstance(part, BaseException):
+            raise part
+        else:
+            filled.append(list(cast(list[Any], part)))
+    light_iter, heavy_iter = iter(filled[0]), iter(filled[1])
+    return [next(heavy_iter) if h else next(light_iter) for h in heavy]
+
+
 async def _nothing() -> list[OptimizationOutcome | StratoptError]:
     return []
 
@@ -774,7 +792,8 @@ class SolverPool:
         Raises
         ------
         DeadlineExceededError, UnavailableError
-            As ``run``, for the whole chunk (or the part of it in the failing pool).
+            As ``run``, for the whole chunk; when the chunk is split between the pools, a pool's error is the
+            answer of its own items instead (the other pool's answers stand).
         """
         if self.heavy is not None:
             heavy = [self._route_job(job) is not self for job in jobs]
@@ -798,11 +817,7 @@ class SolverPool:
             self.heavy.run_batch(heavy_jobs, timeout_s=timeout_s),
             return_exceptions=True,
         )
-        for part in parts:  # as one call would: the first pool's failure fails the chunk
-            if isinstance(part, BaseException):
-                raise part
-        light_iter, heavy_iter = iter(cast(list[Any], parts[0])), iter(cast(list[Any], parts[1]))
-        return [next(heavy_iter) if h else next(light_iter) for h in heavy]
+        return _merged(parts, heavy)
 
     async def parse_and_run(
         self,
@@ -894,7 +909,8 @@ class SolverPool:
         Raises
         ------
         DeadlineExceededError, UnavailableError
-            As ``run``, for the whole chunk.
+            As ``run``, for the whole chunk; when the chunk is split between the pools, a pool's error is the
+            answer of its own items instead (the other pool's answers stand).
         """
         if self.heavy is not None and workloads is not None:
             heavy = [self.route(workload) is not self for workload in workloads]
@@ -931,11 +947,7 @@ class SolverPool:
             ),
             return_exceptions=True,
         )
-        for part in parts:  # as one call would: the first pool's failure fails the chunk
-            if isinstance(part, BaseException):
-                raise part
-        light_iter, heavy_iter = iter(cast(list[Any], parts[0])), iter(cast(list[Any], parts[1]))
-        return [next(heavy_iter) if h else next(light_iter) for h in heavy]
+        return _merged(parts, heavy)
 
     async def _call(self, function: Callable[..., T], *args: object, timeout_s: float | None) -> T:
         self.pending += 1

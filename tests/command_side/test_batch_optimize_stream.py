@@ -17,7 +17,7 @@ import pytest
 
 from command_side.application import OptimizationService
 from command_side.batch_runs import BATCH_CHUNK
-from command_side.optimization_commands import InvalidItem, OptimizeCommand, RunResult
+from command_side.optimization_commands import BatchCommand, InvalidItem, OptimizeCommand, RunResult
 from command_side.optimization_store import InMemoryOptimizationStore
 from services.errors import InvalidInputError
 from stratopt.v1 import command_service_pb2 as cmd_pb
@@ -120,3 +120,63 @@ def test_the_window_holds_back_reading_until_answers_are_taken() -> None:
     assert sorted(n for n, _ in answers) == list(range(41))
     assert sum(isinstance(o, RunResult) for _, o in answers) == 40
     assert isinstance(dict(answers)[40], InvalidInputError)
+
+
+class _UnreadableRun(InMemoryOptimizationStore):
+    """``find_results`` fails with a plain ``ValueError`` on its second call.
+
+    As when a stored run cannot be read by this build (``result_records.SchemaError``: a newer replica wrote it).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def find_results(self, request_ids: Any) -> Any:
+        self.reads += 1
+        if self.reads == 2:
+            raise ValueError("schema_version 99 of a stored result is not readable")
+        return await super().find_results(request_ids)
+
+
+def test_a_chunk_that_fails_unexpectedly_answers_its_items_with_the_error_and_the_others_go_on() -> None:
+    """A non-domain error in one chunk (unary and stream) answers that chunk's items and nothing else.
+
+    The call never ends early or silently: every item is answered once, the other chunks' runs are stored, and
+    nothing is stored after the answer.
+    """
+
+    async def main() -> None:
+        solver: Any = InProcessSolver()
+        count = 300  # chunks of 64..256: several
+        for streamed in (False, True):
+            store = _UnreadableRun()
+            service = OptimizationService(store, solver, command_for=command_for, batch_concurrency=2)
+            tag = uuid.uuid4().hex[:6]
+            items = [min_volatility(f"unreadable-{tag}-{k % 5}", f"{tag}-{k}") for k in range(count)]
+            answers: dict[int, RunResult | BaseException] = {}
+            if streamed:
+
+                async def source(items: list[OptimizeCommand] = items) -> AsyncIterator[list[OptimizeCommand]]:
+                    for start in range(0, count, 50):
+                        yield items[start : start + 50]
+                        await asyncio.sleep(0.01)
+
+                async for chunk in service.batch_optimize_stream(source(), window=1024, time_remaining_s=None):
+                    for number, outcome in chunk:
+                        assert number not in answers
+                        answers[number] = outcome  # type: ignore[assignment]
+            else:
+                result = await service.batch_optimize(BatchCommand(items=tuple(items)), time_remaining_s=None)
+                answers = dict(enumerate(result.outcomes))  # type: ignore[arg-type]
+            assert sorted(answers) == list(range(count)), streamed
+            failed = [k for k, outcome in answers.items() if isinstance(outcome, ValueError)]
+            stored = [k for k, outcome in answers.items() if isinstance(outcome, RunResult)]
+            assert failed and stored and len(failed) + len(stored) == count, (streamed, len(failed))
+            assert failed == list(range(failed[0], failed[-1] + 1))  # one chunk's items
+            runs_then = len(store.runs())
+            assert runs_then == len(stored)
+            await asyncio.sleep(0.2)
+            assert len(store.runs()) == runs_then  # nothing goes on writing after the answer
+
+    asyncio.run(main())

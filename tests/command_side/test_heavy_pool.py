@@ -26,7 +26,8 @@ from prometheus_client import REGISTRY
 
 from command_side.mapping import optimize_command
 from command_side.optimization_adapter import request_workload
-from command_side.workers import SolverPool
+from command_side.workers import SolverPool, _merged
+from services.errors import UnavailableError
 from services.workload import Workload, job_workload
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import command_service_pb2_grpc as cmd_grpc
@@ -141,6 +142,18 @@ def test_size_alone_makes_a_problem_heavy_from_the_threshold_on() -> None:
     assert Workload(assets=500).is_heavy()
     assert Workload(assets=20).is_heavy(heavy_assets=20)
     assert not Workload(assets=19).is_heavy(heavy_assets=20)
+
+
+def test_a_split_chunk_keeps_one_pools_answers_when_the_other_pool_fails() -> None:
+    """A pool's domain error (its worker lost, its time up) answers its own items only; any other error raises."""
+    lost = UnavailableError("a solver worker process died; retry the call")
+    heavy = [False, True, False, True, False]
+    merged = _merged([["a", "b", "c"], lost], heavy)
+    assert merged == ["a", lost, "b", lost, "c"]
+    assert _merged([lost, ["x", "y"]], heavy) == [lost, "x", lost, "y", lost]
+    assert _merged([["a", "b", "c"], ["x", "y"]], heavy) == ["a", "x", "b", "y", "c"]
+    with pytest.raises(RuntimeError):
+        _merged([["a", "b", "c"], RuntimeError("a bug")], heavy)
 
 
 # --- the pools' life cycle ----------------------------------------------------------------------------------
