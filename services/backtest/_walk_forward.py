@@ -17,7 +17,8 @@ Holding between rebalances:
 Schedules: every ``k`` observations from the first decision (``PERIODS``), the last observation of each
 calendar week, month, quarter or year (``WEEKLY`` … ``ANNUALLY``; the first decision is always the start day), or
 ``DRIFT``: after the first decision, whenever a symbol's weight leaves its band around the last target — absolute
-(``|w − t| > a``) or relative (``|w − t| > r · |t|``), whichever is set — checked at each close.
+(``|w − t| > a``) or relative (``|w − t| > r · |t|``), whichever is set — checked at each close; until a decision
+has given a target (the first failed: all cash, which never drifts), every close is a decision.
 
 Costs of a trade of ``q`` shares at price ``p`` (value ``|q| p``): a commission of ``commission_per_trade`` ($, per
 symbol traded) plus ``commission_per_share`` · |q| plus ``commission_bps`` · 10⁻⁴ · |q| p; half the quoted
@@ -445,6 +446,7 @@ class WalkForward:
         self._shares = np.zeros(n)
         self._cash = float(settings.initial_cash)
         self._target = np.zeros(n)
+        self._targeted = False  # a decision has given a target
         self._constant_value = float(settings.initial_cash)
         self._pending: Decision | None = None
         self._decisions = 0
@@ -537,7 +539,7 @@ class WalkForward:
             return True
         if self._calendar is not None:
             return day in self._calendar
-        return day < self._last and self._breached(day)
+        return day < self._last and (not self._targeted or self._breached(day))
 
     def next_decision(self) -> Decision | None:
         """Simulate up to the next rebalance date and return it; None when the range is done.
@@ -596,6 +598,7 @@ class WalkForward:
             if target.shape != self._shares.shape or not np.all(np.isfinite(target)):
                 raise InvalidInputError.for_field("weights", f"must be {self._shares.size} finite weights")
             self._trade(day, target)
+            self._targeted = True
         self._pending = None
         self._record(day)
         self._day = day + 1

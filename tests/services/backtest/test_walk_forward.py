@@ -267,6 +267,32 @@ def test_drift_schedule_trades_on_the_first_breach(prices: pd.DataFrame) -> None
         assert np.all(drift[:-1] <= band) and drift[-1] > band  # independent recomputation of the trigger
 
 
+def test_a_drift_schedule_whose_first_decision_fails_decides_again_at_the_next_close(prices: pd.DataFrame) -> None:
+    """All cash never drifts: without a target yet, each close is a decision until one gives a target."""
+    symbols = tuple(prices.columns)
+    n = len(symbols)
+    days: list[int] = []
+
+    def first_two_fail(decision: Decision) -> FloatArray:
+        days.append(decision.index)
+        if len(days) <= 2:
+            raise InfeasibleError("no portfolio yet")
+        return np.full(n, 1.0 / n)
+
+    result = run_backtest(
+        prices.to_numpy(),
+        prices.index.to_numpy(),
+        _settings(
+            holding=Holding.BUY_AND_HOLD, schedule=RebalanceSchedule(kind=ScheduleKind.DRIFT, absolute_band=0.02)
+        ),
+        first_two_fail,
+        symbols=symbols,
+    )
+    assert days[:3] == [days[0], days[0] + 1, days[0] + 2] and result.failed_decisions == 2
+    assert not result.rebalanced[:2].any() and result.rebalanced[2]
+    assert result.weights[3].sum() > 0.9  # invested from the third close on
+
+
 def test_failed_decisions_keep_the_holdings(prices: pd.DataFrame) -> None:
     symbols = tuple(prices.columns)
     n = len(symbols)
