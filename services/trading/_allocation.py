@@ -19,8 +19,9 @@ x_i − c_i, c_i the shares held now) that invest the portfolio as well as the s
   With ``DeviationMode.ABSOLUTE`` p_i x_i ∈ [max(0, (w_i − d_i) B), min(B, (w_i + d_i) B)]: d_i is in
   *percentage points of the portfolio*, as a fraction (0.02: a 5 % target may end between 3 % and 7 % of B).
   Bands are met to a relative 1e-9 of the share count.
-- Weights. They must sum to 1 within ``WEIGHT_SUM_TOLERANCE`` (1e-3), so that PyPortfolioOpt's
-  ``clean_weights()`` output (rounded to 5 decimals, summing to e.g. 0.99998) is accepted. The stratopt
+- Weights. They must sum to 1 within ``WEIGHT_SUM_TOLERANCE`` (1e-3), so that PyPortfolioOpt's ``clean_weights()``
+  output (rounded to 5 decimals, summing to e.g. 0.99998) is accepted; the PyPortfolioOpt strategies with short
+  positions also take a sum of 0 (a market-neutral book: its long and short books are sized apart). The stratopt
   strategies *renormalise*: the weights are divided by their sum (``weight_sum`` and ``weights_renormalised`` of
   the result say so and by how much). The PyPortfolioOpt strategies use them as given, as PyPortfolioOpt does,
   so a sum below 1 leaves that part of the budget as cash; one exception: when long-only weights sum above 1 and
@@ -407,7 +408,7 @@ class AllocationResult:
     solve_time_ms : float
         Wall time of the whole call, validation included (milliseconds).
     weight_sum : float
-        Σ of the request's target weights (within 1e-3 of 1).
+        Σ of the request's target weights (within 1e-3 of 1; or of 0, a market-neutral PyPortfolioOpt book).
     weights_renormalised : bool
         Whether the weights were divided by ``weight_sum`` (the stratopt strategies, when it is not exactly 1); the
         PyPortfolioOpt strategies use them as given (the shortfall is cash), except greedy rounds that the weights
@@ -812,9 +813,15 @@ def _validate(request: AllocationRequest) -> _Problem:
             raise InvalidInputError.for_field(f"{field}.momentum_score", "is required by MOMENTUM_WEIGHTED")
         target_rows.append((symbol, weight, price, deviation, lot, score))
     weight_sum = math.fsum(row[1] for row in target_rows)
-    if abs(weight_sum - 1.0) > WEIGHT_SUM_TOLERANCE + 1e-12:  # inclusive: 0.999 and 1.001 alike, rounding aside
+    tolerance = WEIGHT_SUM_TOLERANCE + 1e-12  # inclusive: 0.999 and 1.001 alike, rounding aside
+    # PyPortfolioOpt's long and short books are each divided by their own sum: a market-neutral book (Σ w = 0,
+    # its EfficientFrontier(..., market_neutral=True)) is as valid there as a book summing to 1.
+    neutral = pypfopt and abs(weight_sum) <= tolerance and any(row[1] < 0 for row in target_rows)
+    if abs(weight_sum - 1.0) > tolerance and not neutral:
+        also = ", or 0 with short positions (market neutral)" if pypfopt else ""
         raise InvalidInputError.for_field(
-            "targets", f"target weights sum to {weight_sum:.9g}; expected 1 (within {WEIGHT_SUM_TOLERANCE:g})"
+            "targets",
+            f"target weights sum to {weight_sum:.9g}; expected 1 (within {WEIGHT_SUM_TOLERANCE:g}){also}",
         )
     short_ratio = _short_ratio(request, strategy, [row[1] for row in target_rows])
 

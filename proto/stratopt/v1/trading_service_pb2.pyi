@@ -571,7 +571,7 @@ class AllocationMetrics(_message.Message):
     relaxation_detail: _builtins.str
     """What the relaxation did, in words."""
     weight_sum: _builtins.float
-    """Sum of the request's target weights (within 1e-3 of 1)."""
+    """Sum of the request's target weights (within 1e-3 of 1; or of 0, a market-neutral PYPFOPT book)."""
     weights_renormalised: _builtins.bool
     """True when the weights were divided by weight_sum (the stratopt strategies, when it is not exactly 1); the
     PYPFOPT strategies use them as given, the shortfall staying cash (except weights over 1 whose first greedy

@@ -256,6 +256,27 @@ def test_greedy_weights_over_one_never_spend_past_the_budget() -> None:
     assert not result.weights_renormalised
 
 
+@pytest.mark.parametrize("method", ["greedy_portfolio", "lp_portfolio"])
+def test_a_market_neutral_book_is_allocated_as_pypfopt_does(latest: pd.Series, method: str) -> None:
+    prices = pd.read_csv(DATA_DIR / "stock_prices.csv", parse_dates=["date"], index_col="date")
+    frontier = EfficientFrontier(
+        expected_returns.mean_historical_return(prices), risk_models.sample_cov(prices), weight_bounds=(-1.0, 1.0)
+    )
+    frontier.efficient_return(0.2, market_neutral=True)
+    weights = {t: w for t, w in frontier.clean_weights().items() if w}
+    assert abs(math.fsum(weights.values())) < 1e-3 and min(weights.values()) < 0
+    expected, leftover = pypfopt(weights, latest, method)
+    strategy = AllocationStrategy.PYPFOPT_GREEDY if method == "greedy_portfolio" else AllocationStrategy.PYPFOPT_LP
+    result = allocate(request_of(weights, latest, strategy=strategy))
+    if method == "greedy_portfolio":
+        assert held(result) == expected and result.unused_budget == pytest.approx(leftover, abs=1e-9)
+    else:
+        theirs = pypfopt_lp_objective(weights, latest, expected)
+        assert pypfopt_lp_objective(weights, latest, result.final_shares) == pytest.approx(theirs, abs=LP_TOLERANCE)
+    with pytest.raises(InvalidInputError, match="market neutral"):  # a sum neither 1 nor 0
+        allocate(request_of({"GOOG": 0.75, "AAPL": -0.25}, latest, strategy=strategy))
+
+
 def test_the_weight_sum_tolerance_is_inclusive_on_both_sides(latest: pd.Series) -> None:
     for weights in ({"GOOG": 0.5, "AAPL": 0.499}, {"GOOG": 0.5, "AAPL": 0.501}):  # 1 ∓ 0.001 to rounding
         assert allocate(request_of(weights, latest)).weights_renormalised
