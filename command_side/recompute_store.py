@@ -16,11 +16,14 @@
 * **Drift.** When the market data version has moved, a worker checks each enabled latest configuration with a
   ``drift_threshold`` and stored holdings (:meth:`PostgresRecomputeStore.drift_candidates`) and enqueues a DRIFT
   job at that version for those beyond it (:meth:`PostgresRecomputeStore.enqueue_drift`; the unique key makes
-  it once per version across replicas).
+  it once per version across replicas). The version it reads is a committed one: an ingest holds a shared
+  advisory lock (:data:`INGEST_VERSION_LOCK`) from before it takes its number to its commit, and the read waits
+  for the exclusive one (else a check could see the new number before the new bars, and never check them).
 
 Workers claim due jobs with ``FOR UPDATE SKIP LOCKED`` in one short statement that marks them RUNNING with a
 lease (:meth:`PostgresRecomputeStore.claim`): replicas never wait for each other and never claim the same job
-while its lease holds; an expired lease (a crashed replica) is claimed again.
+while its lease holds; an expired lease (a crashed replica) is claimed again. A portfolio has at most one RUNNING
+job (a partial unique index, migration ``0021_one_running_job``): its runs never overlap.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from command_side.postgres_errors import postgres_errors
 
 __all__ = [
     "ENQUEUE_MARKET_DATA_JOBS",
+    "INGEST_VERSION_LOCK",
     "ClaimedJob",
     "PostgresRecomputeStore",
     "job_request_id",
@@ -92,6 +96,13 @@ WHERE c.enabled AND (c.recompute #>> '{{policy,drift_threshold}}') IS NOT NULL A
 ORDER BY c.portfolio_id"""
 """The latest enabled configurations with a drift threshold whose portfolio has stored holdings."""
 
+_VERSION_LOCK = "hashtext('stratopt'), hashtext('market_data_versions')"
+"""The advisory lock (two-key form: apart from the one-key per-portfolio locks) that orders data versions."""
+
+INGEST_VERSION_LOCK: Final = f"SELECT pg_advisory_xact_lock_shared({_VERSION_LOCK})"
+"""Taken (shared) by an ingest transaction before :data:`ENQUEUE_MARKET_DATA_JOBS` takes its data version, held
+to its commit: :meth:`PostgresRecomputeStore.data_version` waits for it (module docstring, Drift)."""
+
 _DATA_VERSION = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM market_data_versions"
 
 _ENQUEUE_DRIFT = """
@@ -101,20 +112,26 @@ ON CONFLICT DO NOTHING"""
 """One DRIFT job per (portfolio, market data version): a replica that saw the same drift adds nothing."""
 
 _CLAIM = """
-UPDATE recompute_jobs j SET status = 'RUNNING', attempts = j.attempts + 1, claimed_by = $1,
-    lease_until = clock_timestamp() + make_interval(secs => $3), updated_at = clock_timestamp()
-WHERE j.job_id IN (
-    SELECT c.job_id FROM recompute_jobs c
-    WHERE ((c.status = 'PENDING' AND c.not_before <= clock_timestamp())
-           OR (c.status = 'RUNNING' AND c.lease_until < clock_timestamp()))
-      AND NOT EXISTS (SELECT 1 FROM recompute_jobs r WHERE r.portfolio_id = c.portfolio_id
-                      AND r.status = 'RUNNING' AND r.lease_until >= clock_timestamp())
+WITH due AS (
+    SELECT c.job_id, c.portfolio_id, c.status, c.not_before FROM recompute_jobs c
+    WHERE (c.status = 'PENDING' AND c.not_before <= clock_timestamp()
+           AND NOT EXISTS (SELECT 1 FROM recompute_jobs r WHERE r.portfolio_id = c.portfolio_id
+                           AND r.status = 'RUNNING'))
+       OR (c.status = 'RUNNING' AND c.lease_until < clock_timestamp())
     ORDER BY c.not_before
     LIMIT $2
-    FOR UPDATE SKIP LOCKED)
+    FOR UPDATE SKIP LOCKED),
+one_per_portfolio AS (
+    SELECT DISTINCT ON (portfolio_id) job_id FROM due
+    ORDER BY portfolio_id, status = 'RUNNING' DESC, not_before)
+UPDATE recompute_jobs j SET status = 'RUNNING', attempts = j.attempts + 1, claimed_by = $1,
+    lease_until = clock_timestamp() + make_interval(secs => $3), updated_at = clock_timestamp()
+WHERE j.job_id IN (SELECT job_id FROM one_per_portfolio)
 RETURNING j.job_id, j.portfolio_id, j.trigger, j.data_version, j.attempts"""
-"""Claim due jobs (pending past ``not_before``, or running with an expired lease) of portfolios without a live
-run: one statement, rows another replica is claiming are skipped rather than waited for."""
+"""Claim due jobs (pending past ``not_before``, or running with an expired lease), one per portfolio and none of a
+portfolio with a running job (an expired one first): one statement, rows another replica is claiming are skipped
+rather than waited for. Two replicas claiming jobs of one portfolio at once: the unique index of migration
+``0021_one_running_job`` refuses the second (``claim`` then claims nothing this time)."""
 
 _COMPLETE = """
 UPDATE recompute_jobs SET status = 'DONE', result_id = $3, lease_until = NULL, last_error = $4,
@@ -191,8 +208,14 @@ class PostgresRecomputeStore:
         return int((await self._execute(_ENQUEUE_SCHEDULED)).split()[-1])
 
     async def data_version(self) -> int:
-        """The latest market data version (the ``market_data_versions`` sequence; 0 before any ingest)."""
-        async with postgres_errors(), self._pool.acquire() as conn:
+        """The latest committed market data version (``market_data_versions``; 0 before any ingest).
+
+        The sequence moves when an ingest takes its number, before it commits: read under the exclusive form of
+        :data:`INGEST_VERSION_LOCK`, which waits for the ingests in flight, so the bars of every version up to
+        the one returned are committed (or rolled back) and a drift check at that version sees them.
+        """
+        async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(f"SELECT pg_advisory_xact_lock({_VERSION_LOCK})")
             return int(await conn.fetchval(_DATA_VERSION))
 
     async def drift_candidates(self) -> list[tuple[str, float]]:
@@ -208,7 +231,10 @@ class PostgresRecomputeStore:
     async def claim(self, worker_id: str, *, limit: int, lease_s: float) -> list[ClaimedJob]:
         """Claim up to ``limit`` due jobs for ``worker_id``, leased for ``lease_s`` seconds."""
         async with postgres_errors(), self._pool.acquire() as conn:
-            rows = await conn.fetch(_CLAIM, worker_id, limit, lease_s)
+            try:
+                rows = await conn.fetch(_CLAIM, worker_id, limit, lease_s)
+            except asyncpg.UniqueViolationError:  # another replica claimed a job of one of these portfolios first
+                return []
         return [
             ClaimedJob(r["job_id"], r["portfolio_id"], r["trigger"], int(r["data_version"]), int(r["attempts"]))
             for r in rows

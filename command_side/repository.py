@@ -54,7 +54,7 @@ from command_side.optimization_store import (
 )
 from command_side.postgres_errors import Connection, postgres_errors
 from command_side.postgres_errors import operational_errors as database_errors
-from command_side.recompute_store import ENQUEUE_MARKET_DATA_JOBS
+from command_side.recompute_store import ENQUEUE_MARKET_DATA_JOBS, INGEST_VERSION_LOCK
 from command_side.result_records import ResultRecord, run_inputs_json
 from services.errors import DeadlineExceededError
 
@@ -570,7 +570,9 @@ class PostgresOptimizationStore(OptimizationStore):
                    FROM market_data_stage ORDER BY symbol, "timestamp", seq DESC
                    ON CONFLICT (symbol, "timestamp") DO UPDATE SET price = EXCLUDED.price, volume = EXCLUDED.volume"""
             )
-            # The outbox: the re-runs these bars call for commit with them, or not at all (command_side.recompute).
+            # The outbox: the re-runs these bars call for commit with them, or not at all (command_side.recompute);
+            # its data version is read by drift checks only once this commits (INGEST_VERSION_LOCK).
+            await conn.execute(INGEST_VERSION_LOCK)
             await conn.execute(ENQUEUE_MARKET_DATA_JOBS)
             check_commit_by(commit_by)
         return int(result.split()[-1])

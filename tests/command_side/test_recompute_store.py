@@ -21,7 +21,7 @@ from command_side import optimization_service
 from command_side.configuration import OptimizationConfiguration, RecomputePolicy, Strategy
 from command_side.optimization_store import Bar
 from command_side.recompute import RecomputeWorker
-from command_side.recompute_store import PostgresRecomputeStore, job_request_id
+from command_side.recompute_store import _CLAIM, INGEST_VERSION_LOCK, PostgresRecomputeStore, job_request_id
 from command_side.repository import PostgresOptimizationStore
 from command_side.workers import SolverPool
 from services.errors import DeadlineExceededError
@@ -209,5 +209,78 @@ def test_a_job_run_again_after_a_lost_lease_replays_its_stored_run(pg_dsn: str) 
         assert (job["status"], job["attempts"], job["claimed_by"]) == ("DONE", 2, other.worker_id)
         runs = await pool.fetch("SELECT request_id FROM portfolio_optimized WHERE portfolio_id = $1", portfolio)
         assert [r["request_id"] for r in runs] == [job_request_id(job["trigger"], job["data_version"], portfolio)]
+
+    with_pool(pg_dsn, body)
+
+
+_DUE = """INSERT INTO recompute_jobs (portfolio_id, trigger, data_version, not_before, not_after)
+VALUES ($1, $2, 7, clock_timestamp() - interval '1 s', clock_timestamp())"""
+
+
+async def _running(pool: asyncpg.Pool[Any], portfolios: list[str]) -> dict[str, int]:
+    rows = await pool.fetch(
+        "SELECT portfolio_id, count(*) AS n FROM recompute_jobs WHERE status = 'RUNNING' AND portfolio_id = ANY($1)"
+        " GROUP BY portfolio_id",
+        portfolios,
+    )
+    return {r["portfolio_id"]: int(r["n"]) for r in rows}
+
+
+def test_a_claim_takes_one_job_per_portfolio_and_none_of_a_portfolio_running(pg_dsn: str) -> None:
+    async def body(pool: asyncpg.Pool[Any]) -> None:
+        store = PostgresRecomputeStore(pool)
+        tag = uuid.uuid4().hex[:8]
+        p, q = f"outbox-{tag}-p", f"outbox-{tag}-q"
+        for trigger in ("MARKET_DATA", "DRIFT", "SCHEDULE"):
+            await pool.execute(_DUE, p, trigger)
+        await pool.execute(_DUE, q, "MARKET_DATA")
+        claimed = await store.claim("replica-a", limit=1000, lease_s=60)
+        assert sorted(j.portfolio_id for j in claimed if tag in j.portfolio_id) == [p, q]
+        again = await store.claim("replica-b", limit=1000, lease_s=60)
+        assert not [j for j in again if tag in j.portfolio_id]  # p and q each have a running job
+        assert await _running(pool, [p, q]) == {p: 1, q: 1}
+        await pool.execute("DELETE FROM recompute_jobs WHERE portfolio_id = ANY($1::text[])", [p, q])
+
+    with_pool(pg_dsn, body)
+
+
+def test_two_replicas_claiming_one_portfolio_at_once_run_it_once(pg_dsn: str) -> None:
+    """Replica A's claim is not committed when B claims: B's statement cannot see it, and the index refuses B."""
+
+    async def body(pool: asyncpg.Pool[Any]) -> None:
+        store = PostgresRecomputeStore(pool)
+        portfolio = f"outbox-{uuid.uuid4().hex[:8]}-race"
+        for trigger in ("MARKET_DATA", "DRIFT"):
+            await pool.execute(_DUE, portfolio, trigger)
+        async with pool.acquire() as a:
+            transaction = a.transaction()
+            await transaction.start()
+            first = await a.fetch(_CLAIM, "replica-a", 1000, 60.0)
+            assert portfolio in [r["portfolio_id"] for r in first]
+            other = asyncio.create_task(store.claim("replica-b", limit=1000, lease_s=60))
+            await asyncio.sleep(0.3)
+            await transaction.commit()
+            second = await other
+        assert not [j for j in second if j.portfolio_id == portfolio]
+        assert await _running(pool, [portfolio]) == {portfolio: 1}
+        await pool.execute("DELETE FROM recompute_jobs WHERE portfolio_id = $1", portfolio)
+
+    with_pool(pg_dsn, body)
+
+
+def test_the_data_version_is_read_only_once_the_ingest_that_took_it_commits(pg_dsn: str) -> None:
+    async def body(pool: asyncpg.Pool[Any]) -> None:
+        store = PostgresRecomputeStore(pool)
+        async with pool.acquire() as ingest:
+            transaction = ingest.transaction()
+            await transaction.start()
+            await ingest.execute(INGEST_VERSION_LOCK)
+            taken = int(await ingest.fetchval("SELECT nextval('market_data_versions')"))  # its bars not committed
+            read = asyncio.create_task(store.data_version())
+            await asyncio.sleep(0.3)
+            assert not read.done()  # else it says `taken` before the bars of `taken` are visible to a drift check
+            await transaction.commit()
+            assert await read == taken
+        assert await store.data_version() == taken  # no ingest in flight: at once
 
     with_pool(pg_dsn, body)
