@@ -471,7 +471,7 @@ async def watch(
                         yield kind, event, encode_cursors(cursors)
                     if len(events) < CHUNK:
                         break
-                    if sent >= MAX_CATCH_UP:
+                    if sent >= MAX_CATCH_UP and await sources[kind].after(portfolio_id, cursors[kind][portfolio_id], 1):
                         raise ResourceExhaustedError(
                             f"more than {MAX_CATCH_UP} {kind.value} events behind on {portfolio_id!r}: resume with "
                             "the last resume_token, or page with the List RPCs",

@@ -8,10 +8,13 @@ decisions by RunRotationCycle and backtests by Backtest, so every notification p
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any, cast
 
 import grpc
 import pandas as pd
@@ -25,6 +28,7 @@ from command_side.rotation_store import NOTIFY_CHANNEL as ROTATION_CHANNEL
 from query_side.repository import HistoryKey
 from query_side.watch import (
     CHANNELS,
+    MAX_CATCH_UP,
     NOTIFY_CHANNEL,
     WatchKind,
     decode_cursors,
@@ -32,7 +36,8 @@ from query_side.watch import (
     encode_cursors,
     encode_token,
 )
-from services.errors import InvalidInputError
+from query_side.watch import watch as watch_stream
+from services.errors import InvalidInputError, ResourceExhaustedError
 from stratopt.v1 import backtest_pb2 as bt_pb
 from stratopt.v1 import command_service_pb2 as cmd_pb
 from stratopt.v1 import query_service_pb2 as query_pb
@@ -427,3 +432,54 @@ def test_an_optimization_only_stream_resumes_with_a_version_1_token(
         assert ident(resumed.wait_for(1)[0]) == ("event", first)
     finally:
         resumed.stop()
+
+
+class _Events:
+    """A :class:`KindSource` over ``count`` events of one portfolio, a microsecond apart."""
+
+    def __init__(self, count: int) -> None:
+        start = datetime(2030, 1, 1, tzinfo=UTC)
+        self.keys = [
+            HistoryKey(timestamp=start + timedelta(microseconds=k), event_id=uuid.UUID(int=k + 1)) for k in range(count)
+        ]
+
+    async def after(self, portfolio_id: str, after: HistoryKey | None, limit: int) -> list[Any]:
+        index = 0 if after is None else self.keys.index(after) + 1
+        return [SimpleNamespace(key=key) for key in self.keys[index : index + limit]]
+
+    async def latest_key(self, portfolio_id: str) -> HistoryKey | None:
+        return self.keys[-1] if self.keys else None
+
+
+class _QuietError(Exception):
+    """Raised where a caught-up stream would wait for a notification."""
+
+
+class _Notifier:
+    async def subscribe(self, portfolio_ids: Any, kinds: Any) -> Any:
+        async def changed() -> set[Any]:
+            raise _QuietError
+
+        return SimpleNamespace(
+            pairs={(kind, p) for kind in kinds for p in portfolio_ids}, changed=changed, close=lambda: None
+        )
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_a_catch_up_is_cut_only_when_more_than_the_limit_is_left(extra: int) -> None:
+    """Exactly MAX_CATCH_UP events behind (a whole number of chunks): all sent, then live; one more: cut."""
+    source = _Events(MAX_CATCH_UP + extra)
+
+    async def drain() -> tuple[int, BaseException]:
+        sent = 0
+        stream = watch_stream({WatchKind.OPTIMIZATION: source}, cast(Any, _Notifier()), ["p"], "", from_beginning=True)
+        try:
+            async for _ in stream:
+                sent += 1
+        except (_QuietError, ResourceExhaustedError) as error:
+            return sent, error
+        raise AssertionError("the stream ended")
+
+    sent, error = asyncio.run(drain())
+    assert sent == MAX_CATCH_UP
+    assert isinstance(error, _QuietError if extra == 0 else ResourceExhaustedError)
