@@ -80,6 +80,10 @@ MAX_PORTFOLIOS = 100
 """Most portfolios one stream watches."""
 CHUNK = 500
 """Events read per query while catching up."""
+KEEPALIVE_S = 30.0
+"""Seconds between the pings of the LISTEN connection (``EventNotifier``)."""
+KEEPALIVE_TIMEOUT_S = 10.0
+"""Seconds a ping may take before the LISTEN connection is taken for lost."""
 MAX_CATCH_UP = 10_000
 """Events of one (kind, portfolio) sent in one catch-up before a stream is cut (the subscriber resumes)."""
 _FIELD = "resume_token"
@@ -313,14 +317,29 @@ class EventNotifier:
         The query side's pool; one of its connections is held while any stream listens.
     channels : mapping of WatchKind to str, optional
         The notification channel of each kind (default :data:`CHANNELS`); listened to in this order.
+    keepalive_s, keepalive_timeout_s : float, optional
+        While listening, a ping on the LISTEN connection every ``keepalive_s`` seconds must answer within
+        ``keepalive_timeout_s``; else the connection is taken for lost (closed; every stream ends with UNAVAILABLE
+        and resumes). A connection a network drops without a word (a NAT's idle timeout, a failed-over host)
+        never reports its end otherwise, and the streams would wait for notifications that cannot come.
     """
 
-    def __init__(self, pool: Any, channels: Mapping[WatchKind, str] | None = None) -> None:
+    def __init__(
+        self,
+        pool: Any,
+        channels: Mapping[WatchKind, str] | None = None,
+        *,
+        keepalive_s: float = KEEPALIVE_S,
+        keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
+    ) -> None:
         self._pool = pool
         self._kinds = {channel: kind for kind, channel in (CHANNELS if channels is None else channels).items()}
         self._connection: Any = None
         self._lock = asyncio.Lock()
         self._subscribers: dict[Pair, set[Subscription]] = {}
+        self._keepalive_s = keepalive_s
+        self._keepalive_timeout_s = keepalive_timeout_s
+        self._keepalive: asyncio.Task[None] | None = None
 
     async def subscribe(
         self, portfolio_ids: Iterable[str], kinds: Iterable[WatchKind] = (WatchKind.OPTIMIZATION,)
@@ -349,6 +368,7 @@ class EventNotifier:
                     raise UnavailableError("cannot listen for events: the database is not reachable") from error
                 connection.add_termination_listener(self._on_termination)
                 self._connection = connection
+                self._keepalive = asyncio.create_task(self._keep_alive(connection))
             for pair in subscription.pairs:
                 self._subscribers.setdefault(pair, set()).add(subscription)
         return subscription
@@ -370,9 +390,29 @@ class EventNotifier:
         for subscription in self._subscribers.get(pair, ()):
             subscription.notify(pair)
 
+    async def _keep_alive(self, connection: Any) -> None:
+        """Ping the LISTEN connection; close it when it does not answer in time (class docstring).
+
+        The ping repeats the last LISTEN (a no-op for the server): a round trip that leaves the backend's
+        ``pg_stat_activity.query`` as it was, so operators still find the listener by its query.
+        """
+        channel = list(self._kinds)[-1]
+        ping = 'LISTEN "' + channel.replace('"', '""') + '"'
+        while True:
+            await asyncio.sleep(self._keepalive_s)
+            try:
+                await asyncio.wait_for(connection.execute(ping), timeout=self._keepalive_timeout_s)
+            except Exception:  # TimeoutError, a lost connection (its termination listener has run or will)
+                log.warning("the LISTEN connection did not answer within %g s: closing it", self._keepalive_timeout_s)
+                connection.terminate()  # runs _on_termination
+                return
+
     def _on_termination(self, _connection: Any) -> None:
         log.warning("the LISTEN connection closed: %d streams end with UNAVAILABLE", self.subscriber_count)
         self._connection = None
+        keepalive, self._keepalive = self._keepalive, None
+        if keepalive is not None and keepalive is not asyncio.current_task():
+            keepalive.cancel()
         self._fail_all(UnavailableError("event notifications were lost (database connection closed); resume"))
 
     def _fail_all(self, error: Exception) -> None:
@@ -391,6 +431,11 @@ class EventNotifier:
         self._fail_all(UnavailableError("the server is shutting down; resume with the last token"))
         async with self._lock:
             connection, self._connection = self._connection, None
+            keepalive, self._keepalive = self._keepalive, None
+            if keepalive is not None:
+                keepalive.cancel()
+                with contextlib.suppress(BaseException):
+                    await keepalive
             if connection is not None:
                 for channel in self._kinds:
                     with contextlib.suppress(Exception):

@@ -298,6 +298,47 @@ def test_a_lost_listen_connection_does_not_keep_a_pool_slot(pg_dsn: str) -> None
     asyncio.run(scenario())
 
 
+def test_a_listen_connection_that_stops_answering_ends_the_streams_with_unavailable(pg_dsn: str) -> None:
+    """The LISTEN backend is stopped (SIGSTOP: a connection a network dropped without a word, nothing closes).
+
+    The keepalive's ping times out, the connection is closed and the streams end with UNAVAILABLE; a new stream
+    listens again on a fresh connection.
+    """
+    import os
+    import signal
+
+    import asyncpg
+
+    from query_side.watch import EventNotifier
+
+    async def scenario() -> None:
+        pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=3)
+        notifier = EventNotifier(pool, keepalive_s=0.2, keepalive_timeout_s=0.5)
+        stopped = 0
+        try:
+            first = await notifier.subscribe(["p"])
+            await asyncio.sleep(0.5)  # pings answered meanwhile: nothing ends
+            assert notifier.subscriber_count == 1
+            stopped = notifier._connection.get_server_pid()
+            os.kill(stopped, signal.SIGSTOP)
+            with pytest.raises(Exception, match="notifications were lost"):
+                await asyncio.wait_for(first.changed(), 10)
+            os.kill(stopped, signal.SIGCONT)
+            stopped = 0
+            second = await notifier.subscribe(["p"])
+            async with pool.acquire() as writer:
+                await writer.execute("SELECT pg_notify('portfolio_optimized', 'p 1')")
+            assert await asyncio.wait_for(second.changed(), 10) == {(WatchKind.OPTIMIZATION, "p")}
+            second.close()
+        finally:
+            if stopped:
+                os.kill(stopped, signal.SIGCONT)
+            await notifier.close()
+            await pool.close()
+
+    asyncio.run(scenario())
+
+
 # --- rebalance events, rotation decisions and backtests ----------------------------------------------------------
 
 
