@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -160,6 +160,8 @@ class RotationService:
             timeout = None if time_remaining_s is None else max(0.001, time_remaining_s - 0.05)
             cycle = await self._pool.rotation_cycle(arguments, timeout_s=timeout)
             decision_id = str(uuid.uuid4())
+            open_sells = await self._store.open_sells(config.portfolio_id)
+            held = arguments["current_weights"] * value / np.where(prices_now > 0, prices_now, np.inf)
             record = decision_record(
                 cycle,
                 config=config,
@@ -170,6 +172,7 @@ class RotationService:
                 current_weights=arguments["current_weights"],
                 request_id=command.request_id,
                 decided_by=command.decided_by,
+                sellable={s: held[i] - open_sells.get(s, 0.0) for i, s in enumerate(config.symbols)},
             )
             stored = await self._store.store_decision(
                 record, request_hash=command.request_hash(), held_by_switch=held_by_switch
@@ -322,11 +325,14 @@ def decision_record(
     current_weights: np.ndarray,
     request_id: str,
     decided_by: str,
+    sellable: Mapping[str, float] | None = None,
 ) -> DecisionRecord:
     """The stored form of a cycle's outcome, with its orders in whole shares.
 
-    An order's shares are ``floor(weight × portfolio_value / price)`` (never more than the weight change, so a
-    sale never exceeds the holding); an order that rounds to 0 shares is dropped.
+    An order's shares are ``floor(weight × portfolio_value / price)`` (never more than the weight change); a sale
+    is also at most ``sellable[symbol]``, the shares held less those open SELL orders have still to sell (the
+    account holds no short positions: a target below zero, which the QP engine allows, sells the holding and no
+    more; a name not held is not sold); an order that rounds to 0 shares is dropped.
     """
     index = {s: i for i, s in enumerate(config.symbols)}
     orders = []
@@ -335,6 +341,8 @@ def decision_record(
         if not price > 0:
             raise InvalidInputError.for_field("prices", f"no positive price for {order.symbol}")
         shares = math.floor(order.weight * portfolio_value / price + 1e-9)
+        if order.side == "SELL" and sellable is not None:
+            shares = min(shares, math.floor(sellable.get(order.symbol, 0.0) + 1e-6))
         if shares <= 0:
             continue
         orders.append(

@@ -334,6 +334,17 @@ class PostgresRotationStore:
                 )  # fmt: skip
         return decision
 
+    async def open_sells(self, portfolio_id: str) -> dict[str, float]:
+        """Shares the portfolio's open SELL orders (NEW, SENT, PARTIALLY_FILLED) have still to sell, by symbol."""
+        async with postgres_errors(), self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT symbol, sum(shares - filled_shares) AS remaining FROM order_outbox
+                   WHERE portfolio_id = $1 AND side = 'SELL' AND status IN ('NEW', 'SENT', 'PARTIALLY_FILLED')
+                   GROUP BY symbol""",
+                portfolio_id,
+            )
+        return {r["symbol"]: float(r["remaining"]) for r in rows}
+
     async def outbox(self, portfolio_id: str) -> list[asyncpg.Record]:
         """The portfolio's orders in the outbox, oldest first."""
         async with postgres_errors(), self._pool.acquire() as conn:

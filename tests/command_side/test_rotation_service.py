@@ -331,3 +331,27 @@ def test_a_blown_out_spread_holds_that_name_back_from_stored_quotes(
     assert blocked.numbers["normal_spread_bps"] == pytest.approx(2.0, rel=1e-9)  # median of 19 × 2 bp and 10 bp
     assert sorted(o.symbol for o in decision.orders) == sorted((second.symbol, third.symbol))
     assert {s for s, _, _ in outbox(db, portfolio_id)} == {second.symbol, third.symbol}
+
+
+def test_qp_sales_never_exceed_the_holding_less_what_open_orders_still_sell(
+    rotation: rot_grpc.RotationCommandServiceStub, portfolio: tuple[str, str], db: psycopg.Connection[Any]
+) -> None:
+    """The QP may target a weight below zero; the account holds no shorts, so a sale stops at the holding.
+
+    The portfolio holds 1,000 WMT and nothing else: its SELL orders are of WMT only, and across two cycles whose
+    first orders are still open (never executed) they sell at most the 1,000 shares held.
+    """
+    portfolio_id, signal_set = portfolio
+    qp = rot_pb.QpParameters(name_cap=0.3)
+    rotation.UpsertRotationConfiguration(
+        rot_pb.UpsertRotationConfigurationRequest(
+            configuration=configuration(portfolio_id, signal_set, engine=rot_pb.ROTATION_ENGINE_QP, qp=qp)
+        )
+    )
+    first = run(rotation, portfolio_id, request_id="qp-1").decision
+    assert any(c.target_weight < -1e-6 for c in first.changes)  # a short target: the case this guards
+    assert {o.symbol for o in first.orders if o.side == "SELL"} <= {HELD}
+    run(rotation, portfolio_id, request_id="qp-2")
+    sells = [(symbol, shares) for symbol, side, shares in outbox(db, portfolio_id) if side == "SELL"]
+    assert {symbol for symbol, _ in sells} <= {HELD}
+    assert sum(shares for _, shares in sells) <= 1000
