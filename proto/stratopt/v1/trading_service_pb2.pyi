@@ -116,7 +116,9 @@ class _LotMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LotMethod.V
     LOT_METHOD_HIFO: _LotMethod.ValueType  # 2
     """Highest cost basis first."""
     LOT_METHOD_TAX_MINIMIZING: _LotMethod.ValueType  # 3
-    """Lowest tax per share first (losses, then long-term gains, then short-term gains)."""
+    """Lowest tax per share first, (price - basis) x the rate of its term: losses first, then the gains that cost
+    the least tax (a short-term lot with a small gain can come before a long-term lot with a large one).
+    """
 
 class LotMethod(_LotMethod, metaclass=_LotMethodEnumTypeWrapper):
     """Lot selection for sells."""
@@ -128,7 +130,9 @@ LOT_METHOD_FIFO: LotMethod.ValueType  # 1
 LOT_METHOD_HIFO: LotMethod.ValueType  # 2
 """Highest cost basis first."""
 LOT_METHOD_TAX_MINIMIZING: LotMethod.ValueType  # 3
-"""Lowest tax per share first (losses, then long-term gains, then short-term gains)."""
+"""Lowest tax per share first, (price - basis) x the rate of its term: losses first, then the gains that cost
+the least tax (a short-term lot with a small gain can come before a long-term lot with a large one).
+"""
 Global___LotMethod: _TypeAlias = LotMethod  # noqa: Y015
 
 class _ImpactModel:
