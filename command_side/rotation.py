@@ -6,8 +6,10 @@ cash), the latest signals — runs ``services.rotation.run_cycle`` in a solver w
 shares, and stores the decision, its event and its orders in one transaction (``command_side.rotation_store``),
 where the kill-switch is checked again under its lock.
 
-Inputs derived from the holdings: the current weights (shares at the last stored price, cash included in the
-portfolio value), the entry price of a held name (its lots' share-weighted cost basis) and how long it has been
+Inputs derived from the holdings: the current weights (the expected position — shares held plus what open BUY
+orders still buy, less what open SELL orders still sell, read with the holdings in one snapshot — at the last
+stored price, over the value held now, cash included), the shares a SELL may sell (held less open sells), the
+entry price of a held name (its lots' share-weighted cost basis) and how long it has been
 held (minutes since its earliest lot was acquired; lots without a date leave the dead-money rule off). Holdings
 outside the universe count in the portfolio value and are left alone.
 """
@@ -90,7 +92,7 @@ class RotationService:
     prices : OptimizationStore
         Stored market data (``load_prices``).
     trading : TradingStore
-        Holdings snapshots (``load_holdings``) and prices of held names outside the universe.
+        Prices of held names outside the universe (the holdings are read with the open orders from ``store``).
     pool : SolverPool
         The solver workers (a QP cycle at N = 300 takes about 0.2 s).
     """
@@ -156,33 +158,35 @@ class RotationService:
             raise PreconditionError(f"the rotation configuration of {command.portfolio_id!r} is disabled")
         as_of = command.as_of or datetime.now(UTC)
         with self._pool.admitted():
-            arguments, value, prices_now = await self._cycle_inputs(config, as_of)
+            inputs = await self._cycle_inputs(config, as_of)
             timeout = None if time_remaining_s is None else max(0.001, time_remaining_s - 0.05)
-            cycle = await self._pool.rotation_cycle(arguments, timeout_s=timeout)
-            decision_id = str(uuid.uuid4())
-            open_sells = await self._store.open_sells(config.portfolio_id)
-            held = arguments["current_weights"] * value / np.where(prices_now > 0, prices_now, np.inf)
+            cycle = await self._pool.rotation_cycle(inputs.arguments, timeout_s=timeout)
             record = decision_record(
                 cycle,
                 config=config,
-                decision_id=decision_id,
+                decision_id=str(uuid.uuid4()),
                 as_of=as_of,
-                portfolio_value=value,
-                prices=prices_now,
-                current_weights=arguments["current_weights"],
+                portfolio_value=inputs.value,
+                prices=inputs.prices,
+                current_weights=inputs.arguments["current_weights"],
                 request_id=command.request_id,
                 decided_by=command.decided_by,
-                sellable={s: held[i] - open_sells.get(s, 0.0) for i, s in enumerate(config.symbols)},
+                sellable=inputs.sellable,
             )
             stored = await self._store.store_decision(
                 record, request_hash=command.request_hash(), held_by_switch=held_by_switch
             )
         return stored, False
 
-    async def _cycle_inputs(
-        self, config: RotationPortfolioConfig, as_of: datetime
-    ) -> tuple[dict[str, Any], float, np.ndarray]:
-        """``run_cycle``'s keyword arguments, the portfolio value and the universe's last prices."""
+    async def _cycle_inputs(self, config: RotationPortfolioConfig, as_of: datetime) -> _CycleInputs:
+        """``run_cycle``'s keyword arguments, the portfolio value, the universe's last prices and what is sellable.
+
+        The current weights are those of the *expected* position, ``held + open buys - open sells`` at the last
+        price, over the value of what is held now (cash plus held shares at the last price: an open order at the
+        last price moves value between cash and shares and changes neither). A cycle that runs before the last
+        cycle's orders fill so plans from where those orders will leave the portfolio, and does not buy again
+        what they are still buying.
+        """
         symbols = config.symbols
         window = await self._prices.load_prices(
             symbols,
@@ -193,7 +197,8 @@ class RotationService:
         )
         prices = np.asarray(window.prices, dtype=np.float64)
         last = pd.DataFrame(prices).ffill().iloc[-1].to_numpy(dtype=np.float64)
-        holdings = await self._trading.load_holdings(config.portfolio_id)
+        book = await self._store.position_book(config.portfolio_id)
+        holdings = book.holdings
         if holdings is None:
             raise PreconditionError(f"portfolio {config.portfolio_id!r} has no holdings (UpsertHoldings)")
         index = {s: i for i, s in enumerate(symbols)}
@@ -221,7 +226,9 @@ class RotationService:
         value += float(shares @ np.nan_to_num(last))
         if not value > 0:
             raise PreconditionError(f"portfolio {config.portfolio_id!r} has no value (no cash and no priced holdings)")
-        current = shares * np.nan_to_num(last) / value
+        pending = np.array([book.open_buys.get(s, 0.0) - book.open_sells.get(s, 0.0) for s in symbols])
+        current = (shares + pending) * np.nan_to_num(last) / value
+        sellable = {s: float(shares[i]) - book.open_sells.get(s, 0.0) for i, s in enumerate(symbols)}
 
         horizons = config.horizons
         found = await self._store.latest_signals(
@@ -272,7 +279,21 @@ class RotationService:
             # Names without a current quote get NaN: the policy does not check them.
             arguments["spreads_bps"] = np.array([spreads.get(s, (np.nan, np.nan))[0] for s in symbols])
             arguments["normal_spreads_bps"] = np.array([spreads.get(s, (np.nan, np.nan))[1] for s in symbols])
-        return arguments, value, last
+        return _CycleInputs(arguments=arguments, value=value, prices=last, sellable=sellable)
+
+
+@dataclass(frozen=True, slots=True)
+class _CycleInputs:
+    """What a cycle is decided and stored from.
+
+    ``run_cycle``'s arguments, the value ($), the universe's last prices ($, shape (N,)) and the shares each name
+    may still sell (held less what open SELL orders sell).
+    """
+
+    arguments: dict[str, Any]
+    value: float
+    prices: np.ndarray
+    sellable: dict[str, float]
 
 
 def _returns(prices: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,11 +23,30 @@ import asyncpg
 
 from command_side.postgres_errors import postgres_errors
 from command_side.rotation_model import DecisionRecord, KillSwitchState, RotationPortfolioConfig
+from command_side.trading_records import positions_from_json
+from command_side.trading_store import StoredHoldings
 
 GLOBAL_SCOPE = ""
 """The scope of the global kill-switch."""
 NOTIFY_CHANNEL = "rotation_decided"
 """LISTEN/NOTIFY channel of stored decisions (payload ``portfolio_id event_id``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PositionBook:
+    """A portfolio's holdings and its open orders' remaining shares, from one snapshot.
+
+    Attributes
+    ----------
+    holdings : StoredHoldings or None
+        The stored holdings; None when the portfolio has none.
+    open_buys, open_sells : dict of str to float
+        Shares the open BUY (SELL) orders have still to buy (sell), by symbol; symbols without any are absent.
+    """
+
+    holdings: StoredHoldings | None
+    open_buys: dict[str, float]
+    open_sells: dict[str, float]
 
 
 def _json(value: Any) -> str:
@@ -334,16 +353,39 @@ class PostgresRotationStore:
                 )  # fmt: skip
         return decision
 
-    async def open_sells(self, portfolio_id: str) -> dict[str, float]:
-        """Shares the portfolio's open SELL orders (NEW, SENT, PARTIALLY_FILLED) have still to sell, by symbol."""
-        async with postgres_errors(), self._pool.acquire() as conn:
+    async def position_book(self, portfolio_id: str) -> PositionBook:
+        """The portfolio's holdings and what its open orders have still to trade, read in one snapshot.
+
+        One ``REPEATABLE READ`` read-only transaction: a fill updates the holdings and its order in one
+        transaction (``command_side.execution_store``), so a fill committing between two separate reads could
+        be counted twice (in the holdings and as still open) or not at all. Open orders are those NEW, SENT or
+        PARTIALLY_FILLED, of either source (rotation or rebalance); their remaining shares are
+        ``shares - filled_shares``.
+        """
+        async with (
+            postgres_errors(),
+            self._pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            holdings = await conn.fetchrow(
+                "SELECT positions, cash, updated_at FROM portfolio_holdings WHERE portfolio_id = $1", portfolio_id
+            )
             rows = await conn.fetch(
-                """SELECT symbol, sum(shares - filled_shares) AS remaining FROM order_outbox
-                   WHERE portfolio_id = $1 AND side = 'SELL' AND status IN ('NEW', 'SENT', 'PARTIALLY_FILLED')
-                   GROUP BY symbol""",
+                """SELECT symbol, side, sum(shares - filled_shares) AS remaining FROM order_outbox
+                       WHERE portfolio_id = $1 AND status IN ('NEW', 'SENT', 'PARTIALLY_FILLED')
+                       GROUP BY symbol, side""",
                 portfolio_id,
             )
-        return {r["symbol"]: float(r["remaining"]) for r in rows}
+        stored = None
+        if holdings is not None:
+            stored = StoredHoldings(
+                positions=positions_from_json(_loaded(holdings["positions"])),
+                cash=float(holdings["cash"]),
+                updated_at=holdings["updated_at"],
+            )
+        buys = {r["symbol"]: float(r["remaining"]) for r in rows if r["side"] == "BUY"}
+        sells = {r["symbol"]: float(r["remaining"]) for r in rows if r["side"] == "SELL"}
+        return PositionBook(holdings=stored, open_buys=buys, open_sells=sells)
 
     async def outbox(self, portfolio_id: str) -> list[asyncpg.Record]:
         """The portfolio's orders in the outbox, oldest first."""

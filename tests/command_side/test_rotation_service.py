@@ -355,3 +355,52 @@ def test_qp_sales_never_exceed_the_holding_less_what_open_orders_still_sell(
     sells = [(symbol, shares) for symbol, side, shares in outbox(db, portfolio_id) if side == "SELL"]
     assert {symbol for symbol, _ in sells} <= {HELD}
     assert sum(shares for _, shares in sells) <= 1000
+
+
+def test_a_cycle_before_the_last_ones_fills_plans_from_the_expected_position(
+    rotation: rot_grpc.RotationCommandServiceStub,
+    portfolio: tuple[str, str],
+    grpc_channel: grpc.Channel,
+    db: psycopg.Connection[Any],
+) -> None:
+    """Open BUY orders count as bought: a second cycle does not buy the same names again, before or after fills.
+
+    The first cycle buys three names (``floor(0.25 × value / close)`` shares each) and leaves the orders NEW. A
+    second cycle at the same prices sees those names at ``shares × close / value`` (worked here from the file's
+    closes), holds them and orders nothing; after one order is partly filled and the others fully, a third sees
+    the same weights and orders nothing either (a fill moves shares from "open" to "held" in one snapshot).
+    """
+    from stratopt.v1 import execution_service_pb2 as ex_pb
+    from stratopt.v1 import execution_service_pb2_grpc as ex_grpc
+
+    portfolio_id, _ = portfolio
+    value = 4 * 1000 * CLOSE[HELD]
+    first = run(rotation, portfolio_id, request_id="first").decision
+    bought = {o.symbol: o.shares for o in first.orders}
+    assert len(bought) == 3 and all(o.side == "BUY" for o in first.orders)
+
+    def expected_weights(decision: rot_pb.RotationDecision) -> None:
+        current = {c.symbol: c.current_weight for c in decision.changes}
+        for symbol, shares in bought.items():
+            assert current[symbol] == pytest.approx(shares * CLOSE[symbol] / value, rel=1e-9)
+        assert current[HELD] == pytest.approx(0.25, rel=1e-9)
+
+    second = run(rotation, portfolio_id, request_id="second").decision
+    expected_weights(second)
+    assert list(second.orders) == []
+    assert second.turnover == pytest.approx(0.0, abs=1e-3)  # only the whole-share rounding is left
+    assert sorted(outbox(db, portfolio_id)) == sorted((s, "BUY", n) for s, n in bought.items())
+
+    execution = ex_grpc.ExecutionCommandServiceStub(grpc_channel)
+    fills = []
+    for i, order in enumerate(sorted(first.orders, key=lambda o: o.symbol)):
+        shares = math.floor(order.shares / 2) if i == 0 else order.shares  # the first one partly filled
+        fill = ex_pb.Fill(fill_id=f"{portfolio_id}-{order.symbol}", order_id=order.order_id, symbol=order.symbol,
+                          side="BUY", shares=shares, price=CLOSE[order.symbol], filled_at=stamp(IN_WINDOW))  # fmt: skip
+        fills.append(fill)
+    reported = execution.ReportFills(ex_pb.ReportFillsRequest(portfolio_id=portfolio_id, fills=fills))
+    assert reported.applied == 3
+    assert sorted(o.status for o in reported.orders) == ["FILLED", "FILLED", "PARTIALLY_FILLED"]
+    third = run(rotation, portfolio_id, request_id="third").decision
+    expected_weights(third)
+    assert list(third.orders) == []

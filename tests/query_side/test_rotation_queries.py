@@ -1,8 +1,10 @@
 """The query side's rotation reads through a real gRPC channel: latest decision, history pages, reason counts.
 
 The decisions come from RunRotationCycle on the stored S&P 500 prices (the hand-worked portfolio of
-``tests.command_side.test_rotation_service``): each cycle's engine makes the same changes (three BUY_TOP_K, WMT's
-HOLD_HYSTERESIS); the first trades, the second is held by the kill-switch, the third is outside a window.
+``tests.command_side.test_rotation_service``): the first cycle buys three names (three BUY_TOP_K, WMT's
+HOLD_HYSTERESIS) and trades; its orders stay open, so the next two plan from the position they will leave and hold
+those names (three HOLD_TOP_K each, WMT's HOLD_HYSTERESIS); the second is held by the kill-switch, the third is
+outside a window.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def test_latest_history_and_reason_counts_of_three_cycles(
     )
     (bucket,) = counts.buckets
     assert (bucket.decisions, bucket.trades, bucket.holds) == (3, 1, 2)
-    assert dict(bucket.reasons) == {"BUY_TOP_K": 9, "HOLD_HYSTERESIS": 3}
+    assert dict(bucket.reasons) == {"BUY_TOP_K": 3, "HOLD_TOP_K": 6, "HOLD_HYSTERESIS": 3}
     assert dict(bucket.hold_reasons) == {"KILL_SWITCH": 1, "BLOCKED_WINDOW": 1}
 
 
