@@ -2,9 +2,9 @@
 
 Exactly once: the paper broker claims NEW orders with ``FOR UPDATE SKIP LOCKED`` inside the transaction that
 fills them, so two replicas never fill the same order and a crash leaves it NEW; a reported fill is keyed by its
-``fill_id`` (a repeat is ignored). Every transaction locks the portfolio's holdings row ``FOR UPDATE`` before it
-changes it, and the paper broker locks the kill-switch rows ``FOR SHARE`` (as the cycles do) and refuses to fill
-while one is engaged.
+``fill_id`` (a repeat of the same fill is ignored; the id reused for a different fill is refused). Every
+transaction locks the portfolio's holdings row ``FOR UPDATE`` before it changes it, and the paper broker locks the
+kill-switch rows ``FOR SHARE`` (as the cycles do) and refuses to fill while one is engaged.
 """
 
 from __future__ import annotations
@@ -111,6 +111,17 @@ def _state(row: asyncpg.Record) -> OrderState:
         filled_shares=row["filled_shares"],
         average_price=row["average_price"] or 0.0,
         status=row["status"],
+    )
+
+
+def _same_fill(stored: asyncpg.Record, fill: Fill, portfolio_id: str) -> bool:
+    """Whether a reported fill repeats the stored one: portfolio, order, symbol, side, shares and price."""
+    return (
+        stored["portfolio_id"] == portfolio_id
+        and str(stored["order_id"]) == str(uuid.UUID(fill.order_id))
+        and (stored["symbol"], stored["side"]) == (fill.symbol, fill.side)
+        and math.isclose(stored["shares"], fill.shares, rel_tol=1e-12, abs_tol=1e-9)
+        and math.isclose(stored["price"], fill.price, rel_tol=1e-12, abs_tol=1e-12)
     )
 
 
@@ -315,9 +326,14 @@ class PostgresExecutionStore:
     async def report_fills(self, portfolio_id: str, fills: Sequence[Fill], *, reported_by: str) -> ExecutionResult:
         """Apply reported fills in order, in one transaction; fills whose id is stored already are skipped.
 
+        A repeat is a fill whose ``fill_id`` is stored with the same portfolio, order, symbol, side, shares and price
+        (commission and time are not compared); a stored ``fill_id`` with any of those different is refused, not
+        skipped, so a broker's id reused for another fill is never silently lost.
+
         Raises
         ------
         PreconditionError
+            A fill's ``fill_id`` is stored already for a different fill.
             A fill's order is not this portfolio's, its symbol or side differs from the order's, it fills more than
             the order has left, or the holdings refuse it (no margin, no shorts); nothing of the call is stored.
         """
@@ -327,7 +343,17 @@ class PostgresExecutionStore:
             touched: dict[str, OrderState] = {}
             duplicates = 0
             for i, fill in enumerate(fills):
-                if await conn.fetchval("SELECT 1 FROM fills WHERE fill_id = $1", fill.fill_id):
+                stored = await conn.fetchrow(
+                    "SELECT order_id, portfolio_id, symbol, side, shares, price FROM fills WHERE fill_id = $1",
+                    fill.fill_id,
+                )
+                if stored is not None:
+                    if not _same_fill(stored, fill, portfolio_id):
+                        raise PreconditionError(
+                            f"fills[{i}].fill_id: {fill.fill_id!r} is stored already for another fill ("
+                            f"{stored['side']} {stored['shares']:g} {stored['symbol']} @ {stored['price']:g}, order "
+                            f"{stored['order_id']}); a repeated report must repeat the order, side, shares and price"
+                        )
                     duplicates += 1
                     continue
                 order = await conn.fetchrow(

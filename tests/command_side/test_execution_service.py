@@ -173,6 +173,12 @@ def test_reported_fills_are_applied_once_and_checked_against_the_order(
     assert (first.applied, first.duplicates, first.orders[0].status) == (1, 0, "PARTIALLY_FILLED")
     repeat = report(f"{tag}-1", first_half)
     assert (repeat.applied, repeat.duplicates, repeat.cash) == (0, 1, pytest.approx(first.cash))
+    # The id reused for a different fill is refused, not counted as a repeat (that fill would be lost).
+    for fields in ({"shares": first_half - 1}, {"price": CLOSE[order.symbol] + 0.01}):
+        with pytest.raises(grpc.RpcError) as error:
+            report(f"{tag}-1", **{"shares": first_half, **fields})
+        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "fill_id" in str(error.value.details()) and "another fill" in str(error.value.details())
     for fields, code in (
         ({"shares": order.shares}, grpc.StatusCode.FAILED_PRECONDITION),  # more than is left
         ({"side": "SELL"}, grpc.StatusCode.FAILED_PRECONDITION),  # not the order's side

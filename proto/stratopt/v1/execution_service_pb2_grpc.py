@@ -74,8 +74,9 @@ class ExecutionCommandServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportFills(self, request, context):
-        """Fills reported by a broker (what a real broker adapter calls). Idempotent by fill_id: a repeat changes
-        nothing. FAILED_PRECONDITION for a fill of an unknown order, of more shares than the order has left, or one
+        """Fills reported by a broker (what a real broker adapter calls). Idempotent by fill_id: a repeat (same
+        portfolio, order, symbol, side, shares and price) changes nothing. FAILED_PRECONDITION for a fill_id stored
+        already for a different fill, a fill of an unknown order, of more shares than the order has left, or one
         that would make cash negative or sell more than is held.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

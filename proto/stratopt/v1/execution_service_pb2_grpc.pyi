@@ -46,8 +46,9 @@ class ExecutionCommandServiceStub:
     portfolio (or the global one) is engaged, or when the portfolio has no holdings.
     """
     ReportFills: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.ReportFillsRequest, _execution_service_pb2.ReportFillsResponse]
-    """Fills reported by a broker (what a real broker adapter calls). Idempotent by fill_id: a repeat changes
-    nothing. FAILED_PRECONDITION for a fill of an unknown order, of more shares than the order has left, or one
+    """Fills reported by a broker (what a real broker adapter calls). Idempotent by fill_id: a repeat (same
+    portfolio, order, symbol, side, shares and price) changes nothing. FAILED_PRECONDITION for a fill_id stored
+    already for a different fill, a fill of an unknown order, of more shares than the order has left, or one
     that would make cash negative or sell more than is held.
     """
     Reconcile: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.ReconcileRequest, _execution_service_pb2.ReconcileResponse]
@@ -72,8 +73,9 @@ class ExecutionCommandServiceAsyncStub(ExecutionCommandServiceStub):
     portfolio (or the global one) is engaged, or when the portfolio has no holdings.
     """
     ReportFills: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.ReportFillsRequest, _execution_service_pb2.ReportFillsResponse]  # type: ignore[assignment]
-    """Fills reported by a broker (what a real broker adapter calls). Idempotent by fill_id: a repeat changes
-    nothing. FAILED_PRECONDITION for a fill of an unknown order, of more shares than the order has left, or one
+    """Fills reported by a broker (what a real broker adapter calls). Idempotent by fill_id: a repeat (same
+    portfolio, order, symbol, side, shares and price) changes nothing. FAILED_PRECONDITION for a fill_id stored
+    already for a different fill, a fill of an unknown order, of more shares than the order has left, or one
     that would make cash negative or sell more than is held.
     """
     Reconcile: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.ReconcileRequest, _execution_service_pb2.ReconcileResponse]  # type: ignore[assignment]
@@ -107,8 +109,9 @@ class ExecutionCommandServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _execution_service_pb2.ReportFillsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_execution_service_pb2.ReportFillsResponse, _abc.Awaitable[_execution_service_pb2.ReportFillsResponse]]:
-        """Fills reported by a broker (what a real broker adapter calls). Idempotent by fill_id: a repeat changes
-        nothing. FAILED_PRECONDITION for a fill of an unknown order, of more shares than the order has left, or one
+        """Fills reported by a broker (what a real broker adapter calls). Idempotent by fill_id: a repeat (same
+        portfolio, order, symbol, side, shares and price) changes nothing. FAILED_PRECONDITION for a fill_id stored
+        already for a different fill, a fill of an unknown order, of more shares than the order has left, or one
         that would make cash negative or sell more than is held.
         """
 
