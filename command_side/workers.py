@@ -783,7 +783,7 @@ class SolverPool:
 
     async def run_batch(
         self, jobs: list[OptimizationJob], *, timeout_s: float | None
-    ) -> list[OptimizationOutcome | StratoptError]:
+    ) -> list[OptimizationOutcome | Exception]:
         """Run ``services.engine.run_optimization_batch`` on ``jobs`` in one worker (errors per job, in order).
 
         The heavy jobs among them run as one chunk in the heavy pool when there is one (``route``), beside the
@@ -801,13 +801,13 @@ class SolverPool:
                 return await self._run_split(jobs, heavy, timeout_s=timeout_s)
         outcomes = await self._call(run_optimization_batch, jobs, timeout_s=timeout_s)
         for job, outcome in zip(jobs, outcomes, strict=True):
-            if not isinstance(outcome, StratoptError):
+            if not isinstance(outcome, Exception):
                 observe_solve(job, outcome)
         return outcomes
 
     async def _run_split(
         self, jobs: list[OptimizationJob], heavy: list[bool], *, timeout_s: float | None
-    ) -> list[OptimizationOutcome | StratoptError]:
+    ) -> list[OptimizationOutcome | Exception]:
         """``run_batch`` with the heavy jobs in the heavy pool and the others here, both at once, in order."""
         assert self.heavy is not None
         light_jobs = [job for job, h in zip(jobs, heavy, strict=True) if not h]

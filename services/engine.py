@@ -331,7 +331,7 @@ def run_optimization(job: OptimizationJob) -> OptimizationOutcome:
     )
 
 
-def run_optimization_batch(jobs: list[OptimizationJob]) -> list[OptimizationOutcome | StratoptError]:
+def run_optimization_batch(jobs: list[OptimizationJob]) -> list[OptimizationOutcome | Exception]:
     """Run many jobs, solving the mean-variance ones the batched active set supports together.
 
     The same answers as ``run_optimization`` one job at a time (the batch's are certified by KKT and exact to
@@ -343,6 +343,10 @@ def run_optimization_batch(jobs: list[OptimizationJob]) -> list[OptimizationOutc
     outcomes of problems certified early are built while it solves the rest; a job whose moments fail gets their
     error and its answer is dropped.
 
+    An exception that is no domain error (a bug, or a library failing in a way it does not document) is the answer
+    of the job that raised it, as a domain error is; one from the batched solve itself leaves its jobs to
+    ``run_optimization``, one by one, so that the others are still answered (exactly, on the single path).
+
     Parameters
     ----------
     jobs : list of OptimizationJob
@@ -350,11 +354,12 @@ def run_optimization_batch(jobs: list[OptimizationJob]) -> list[OptimizationOutc
 
     Returns
     -------
-    list of OptimizationOutcome or StratoptError
-        Per job, in order: its outcome, or the domain error it raised (a bad item never sinks the others).
+    list of OptimizationOutcome or Exception
+        Per job, in order: its outcome, or the error it raised — a ``StratoptError``, or another exception for a
+        bug — (a bad item never sinks the others).
     """
     started = time.perf_counter()
-    outcomes: list[OptimizationOutcome | StratoptError | None] = [None] * len(jobs)
+    outcomes: list[OptimizationOutcome | Exception | None] = [None] * len(jobs)
     batchable: list[tuple[int, EstimatedMoments, ReturnHistory | None]] = []
     refused: dict[int, StratoptError] = {}  # the method or objective error of a job with given moments
     for k, job in enumerate(jobs):
@@ -382,6 +387,9 @@ def run_optimization_batch(jobs: list[OptimizationJob]) -> list[OptimizationOutc
             else:
                 outcomes[k] = error
             continue
+        except Exception as error:  # a bug in this job's estimation: its answer, not the batch's
+            outcomes[k] = error
+            continue
         batchable.append((k, estimated, history))
     valid: set[int] = set()
 
@@ -399,12 +407,18 @@ def run_optimization_batch(jobs: list[OptimizationJob]) -> list[OptimizationOutc
 
     # The given moments are checked while the batch solves; the answer of a job whose moments fail is dropped. A
     # build or pre-check error from the batch is left to run_optimization, which adds its relaxation diagnosis.
-    solved = optimize_mean_variance_batch(
-        [jobs[k].problem for k, _, _ in batchable],
-        [estimated.moments for _, estimated, _ in batchable],
-        meanwhile=validate,
-        on_results=report,
-    )
+    solved: list[OptimizationResult | Exception | None]
+    try:
+        solved = list(
+            optimize_mean_variance_batch(
+                [jobs[k].problem for k, _, _ in batchable],
+                [estimated.moments for _, estimated, _ in batchable],
+                meanwhile=validate,
+                on_results=report,
+            )
+        )
+    except Exception:  # a bug in the batched solve: every job not yet answered runs singly below
+        solved = [None] * len(batchable)
     for k in sorted({*refused, *(k for k, _, history in batchable if history is None)} - valid):
         try:  # its error (or its acceptance) exactly as run_optimization gives it
             validate_moments(jobs[k].inputs, jobs[k].problem.n_assets)  # type: ignore[arg-type]
@@ -426,14 +440,14 @@ def run_optimization_batch(jobs: list[OptimizationJob]) -> list[OptimizationOutc
         if outcomes[k] is None:
             try:
                 outcomes[k] = run_optimization(job)
-            except StratoptError as error:
+            except Exception as error:  # a domain error, or a bug: this job's answer either way
                 outcomes[k] = error
     return [outcome for outcome in outcomes if outcome is not None]
 
 
 def _outcomes(
     answered: list[tuple[tuple[int, EstimatedMoments, ReturnHistory | None], OptimizationResult]],
-    outcomes: list[OptimizationOutcome | StratoptError | None],
+    outcomes: list[OptimizationOutcome | Exception | None],
     started: float,
 ) -> None:
     """``OptimizationOutcome``s of batch results (risk contributions stacked per N) into ``outcomes``."""

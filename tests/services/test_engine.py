@@ -447,3 +447,61 @@ def test_bad_given_moments_get_their_own_error_whatever_the_problem() -> None:
     ]
     errors = _errors_as_one_by_one(jobs, run_optimization_batch(jobs), atol=1e-8)
     assert errors == 5 * len(problems)  # every bad moment, beside every problem
+
+
+def test_a_batch_answers_each_jobs_unexpected_exception_as_its_own(
+    sp500_returns: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug raised for one job (not a domain error) is that job's answer; the others are answered as one by one.
+
+    Narrow fakes of the engine's own steps stand in for the bugs: the estimation of one job raises LinAlgError,
+    the single path of another RuntimeError; then the batched solve itself raises, and every job is answered by
+    the single path instead (the same weights as ``run_optimization``).
+    """
+    import services.engine as engine
+    from services.engine import Method, MethodSettings, run_optimization, run_optimization_batch
+
+    tickers = list(sp500_returns.columns)
+    windows = [return_history(sp500_returns[tickers[k : k + 8]].iloc[k * 20 : k * 20 + 500]) for k in range(4)]
+    jobs = [
+        OptimizationJob(
+            problem=long_only(Objective.MAX_SHARPE, tickers[k : k + 8], risk_free_rate=0.01),
+            inputs=windows[k],
+            settings=EstimationSettings(),
+            method=MethodSettings(method=Method.HIERARCHICAL_RISK_PARITY) if k == 1 else MethodSettings(),
+        )
+        for k in range(4)
+    ]
+    singles = [run_optimization(job) for job in jobs]
+    real_estimate, real_single = engine.estimate_moments, engine.run_optimization
+
+    def estimate(inputs: object, settings: EstimationSettings) -> object:
+        if inputs is windows[3]:
+            raise np.linalg.LinAlgError("a bug in job 3's estimation")
+        return real_estimate(inputs, settings)  # type: ignore[arg-type]
+
+    def single(job: OptimizationJob) -> object:
+        if job is jobs[1]:
+            raise RuntimeError("a bug in job 1's path")
+        return real_single(job)
+
+    monkeypatch.setattr(engine, "estimate_moments", estimate)
+    monkeypatch.setattr(engine, "run_optimization", single)
+    outcomes = run_optimization_batch(jobs)
+    assert isinstance(outcomes[1], RuntimeError) and isinstance(outcomes[3], np.linalg.LinAlgError)
+    for k in (0, 2):
+        answer = outcomes[k]
+        assert not isinstance(answer, Exception) and answer.result.solve_path == "BATCH_ACTIVE_SET"
+        np.testing.assert_allclose(answer.result.weights, singles[k].result.weights, atol=1e-9)
+
+    def broken_batch(*args: object, **kwargs: object) -> object:
+        raise AssertionError("a bug in the batched solve")
+
+    monkeypatch.setattr(engine, "estimate_moments", real_estimate)
+    monkeypatch.setattr(engine, "run_optimization", real_single)
+    monkeypatch.setattr(engine, "optimize_mean_variance_batch", broken_batch)
+    outcomes = run_optimization_batch(jobs)
+    for answer, expected in zip(outcomes, singles, strict=True):
+        assert not isinstance(answer, Exception)
+        assert answer.result.solve_path == expected.result.solve_path != "BATCH_ACTIVE_SET"
+        np.testing.assert_allclose(answer.result.weights, expected.result.weights, atol=1e-12)
