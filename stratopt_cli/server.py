@@ -11,9 +11,11 @@ reflection lists every service.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import threading
+import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -319,11 +321,17 @@ class StratoptServer:
         await self._monitor.check()
         self._monitor.start()
         if self.retention is not None and self.retention.enabled:
-            self._retention_task = asyncio.get_running_loop().create_task(run_forever(self._pool, self.retention))
+            self._retention_task = asyncio.get_running_loop().create_task(
+                run_forever(self._pool, self.retention), name="retention"
+            )
         if self._scheduler is not None:
-            self._scheduler_task = asyncio.get_running_loop().create_task(self._scheduler.run_forever())
+            self._scheduler_task = asyncio.get_running_loop().create_task(
+                self._scheduler.run_forever(), name="rotation-scheduler"
+            )
         if self._recompute is not None:
-            self._recompute_task = asyncio.get_running_loop().create_task(self._recompute.run_forever())
+            self._recompute_task = asyncio.get_running_loop().create_task(
+                self._recompute.run_forever(), name="recompute-worker"
+            )
         log.info("stratopt ready on port %d", self.port)
 
     async def wait(self) -> None:
@@ -333,18 +341,10 @@ class StratoptServer:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Drain: NOT_SERVING, wait ``shutdown_grace_s``, finish in-flight calls (up to ``grace_s``), then close."""
-        if self._retention_task is not None:
-            self._retention_task.cancel()
-            await asyncio.gather(self._retention_task, return_exceptions=True)
-            self._retention_task = None
-        if self._scheduler_task is not None:
-            self._scheduler_task.cancel()
-            await asyncio.gather(self._scheduler_task, return_exceptions=True)
-            self._scheduler_task = None
-        if self._recompute_task is not None:
-            self._recompute_task.cancel()
-            await asyncio.gather(self._recompute_task, return_exceptions=True)
-            self._recompute_task = None
+        for task in (self._retention_task, self._scheduler_task, self._recompute_task):
+            if task is not None:
+                await _cancelled(task)
+        self._retention_task = self._scheduler_task = self._recompute_task = None
         if self._monitor is not None:
             await self._monitor.drain()
             if self._server is not None and self.shutdown_grace_s > 0:
@@ -378,6 +378,29 @@ class StratoptServer:
         await asyncio.to_thread(self.metrics.close)  # last: scrapes keep working while calls drain
 
 
+TASK_STOP_S = 10.0
+"""Seconds a background task (retention, rotation scheduler, recompute worker) has to end once cancelled."""
+
+
+async def _cancelled(task: asyncio.Task[Any], timeout_s: float = TASK_STOP_S) -> None:
+    """Cancel a background task and wait up to ``timeout_s`` for it to end; past that, log where it is and go on.
+
+    A task that does not end (it swallowed the cancellation, or waits on something that never answers) must not
+    keep the rest of the shutdown (the gRPC server, the workers, the pool) from running.
+    """
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if not done:
+        log.error("%s did not end within %g s of its cancellation; going on\n%s", task.get_name(), timeout_s,
+                  _stack(task))  # fmt: skip
+
+
+def _stack(task: asyncio.Task[Any]) -> str:
+    """Where ``task`` waits, as a traceback's lines (its coroutine's frames)."""
+    frames = task.get_stack()
+    return "".join(traceback.format_list(traceback.StackSummary.extract((f, f.f_lineno) for f in frames)))
+
+
 class ServerThread:
     """Run a ``StratoptServer`` on its own event loop in a background thread (demo, tests, benchmarks).
 
@@ -404,10 +427,28 @@ class ServerThread:
         return f"{host}:{self.server.port}"
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop the server and the loop thread."""
+        """Stop the server and the loop thread.
+
+        Raises
+        ------
+        TimeoutError
+            The server did not stop within ``timeout_s``; the stacks of the loop's tasks are logged first (ERROR,
+            ``stratopt_cli.server``), so a hung shutdown says where it hangs.
+        """
         try:
             asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(timeout_s)
+        except TimeoutError:
+            listed = asyncio.run_coroutine_threadsafe(_task_stacks(), self._loop)
+            with contextlib.suppress(Exception):
+                log.error("the server did not stop within %g s; its tasks:\n%s", timeout_s, listed.result(5))
+            raise
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout_s)
             self._loop.close()
+
+
+async def _task_stacks() -> str:
+    """Every other task of the running loop with where it waits (``ServerThread.stop``'s diagnosis)."""
+    current = asyncio.current_task()
+    return "\n".join(f"{t.get_name()}: {t.get_coro()!r}\n{_stack(t)}" for t in asyncio.all_tasks() if t is not current)

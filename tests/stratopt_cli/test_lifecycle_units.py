@@ -303,3 +303,56 @@ def test_a_server_owning_its_process_freezes_start_up_objects_from_ready_until_s
         assert gc.get_freeze_count() == 0
 
     asyncio.run(run())
+
+
+def test_a_task_that_ignores_its_cancellation_is_logged_with_its_stack_and_left(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The shutdown goes on past a background task that swallows its cancellation, and says where it waits."""
+    from stratopt_cli.server import _cancelled
+
+    released = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not released.is_set():
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                continue  # the bug this guards against
+
+    async def scenario() -> float:
+        task = asyncio.get_running_loop().create_task(stubborn(), name="stubborn")
+        await asyncio.sleep(0)
+        started = time.perf_counter()
+        await _cancelled(task, timeout_s=0.2)
+        took = time.perf_counter() - started
+        assert not task.done()
+        released.set()  # let the test's loop close: the next cancellation ends it
+        task.cancel()
+        await asyncio.wait({task})
+        return took
+
+    with caplog.at_level("ERROR", logger="stratopt_cli.server"):
+        took = asyncio.run(scenario())
+    assert 0.2 <= took < 2.0
+    (record,) = [r for r in caplog.records if "did not end" in r.getMessage()]
+    assert "stubborn" in record.getMessage() and "in stubborn" in record.getMessage()
+
+
+def test_a_server_thread_whose_stop_hangs_logs_the_tasks_and_raises(caplog: pytest.LogCaptureFixture) -> None:
+    """``ServerThread.stop`` past its timeout: TimeoutError, after logging every task of the loop and its stack."""
+    from stratopt_cli.server import ServerThread
+
+    class Hanging:  # the narrowest stand-in: ServerThread needs start() and stop() coroutines only
+        async def start(self) -> int:
+            return 0
+
+        async def stop(self) -> None:
+            await asyncio.Event().wait()
+
+    thread = ServerThread(Hanging())  # type: ignore[arg-type]
+    thread.start()
+    with caplog.at_level("ERROR", logger="stratopt_cli.server"), pytest.raises(TimeoutError):
+        thread.stop(timeout_s=0.3)
+    (record,) = [r for r in caplog.records if "did not stop" in r.getMessage()]
+    assert "in stop" in record.getMessage() and "Hanging.stop" in record.getMessage()
