@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import asyncpg
 import psycopg
@@ -26,6 +26,8 @@ from stratopt_cli.retention import (
 )
 
 pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
 
 AGES_DAYS = (100, 60, 40, 5, 0)
 """Ages of the rows inserted, one per daily chunk; a 30-day retention drops the first three."""
@@ -111,6 +113,19 @@ def test_two_concurrent_runners_exactly_one_runs(pg_dsn: str, db: psycopg.Connec
     assert ages(db, table) == [5, 0]
 
 
+def observed(read: Callable[[], T]) -> T | None:
+    """``read()``, or None when it met a chunk a concurrent round was dropping; the polls then look again.
+
+    TimescaleDB's chunk lookup races with ``drop_chunks`` ("no chunk found with ID").
+    """
+    try:
+        return read()
+    except psycopg.errors.InternalError_ as error:
+        if "no chunk found" not in str(error):
+            raise
+        return None
+
+
 def test_scheduled_task_runs_rounds_until_cancelled(pg_dsn: str, db: psycopg.Connection[Any], table: str) -> None:
     settings = RetentionSettings.from_days({table: 30}, interval_s=0.05)
 
@@ -121,13 +136,17 @@ def test_scheduled_task_runs_rounds_until_cancelled(pg_dsn: str, db: psycopg.Con
             # The checks run in a thread: a blocking query on this loop would wait for a drop_chunks lock held by
             # the round, which cannot commit while the loop is blocked (a deadlock only the timeout ends).
             for _ in range(500):
-                if await asyncio.to_thread(chunk_count, db, table) == 2:
+                if await asyncio.to_thread(observed, lambda: chunk_count(db, table)) == 2:
                     break
                 await asyncio.sleep(0.01)
             # A later row that ages out meanwhile is dropped by a later round.
-            await asyncio.to_thread(db.execute, f"INSERT INTO {table} VALUES (now() - interval '90 days', 90)")
+            insert = f"INSERT INTO {table} VALUES (now() - interval '90 days', 90)"
+            for _ in range(50):
+                if await asyncio.to_thread(observed, lambda: db.execute(insert)) is not None:
+                    break
             for _ in range(500):
-                if 90 not in await asyncio.to_thread(ages, db, table):
+                found = await asyncio.to_thread(observed, lambda: ages(db, table))
+                if found is not None and 90 not in found:
                     break
                 await asyncio.sleep(0.01)
             task.cancel()
