@@ -437,6 +437,8 @@ class EventNotifier:
                 with contextlib.suppress(BaseException):
                     await keepalive
             if connection is not None:
+                # An orderly close: the pool closing this connection later is no lost connection to warn about.
+                connection.remove_termination_listener(self._on_termination)
                 for channel in self._kinds:
                     with contextlib.suppress(Exception):
                         await connection.remove_listener(channel, self._on_notification)

@@ -298,6 +298,28 @@ def test_a_lost_listen_connection_does_not_keep_a_pool_slot(pg_dsn: str) -> None
     asyncio.run(scenario())
 
 
+def test_an_orderly_close_warns_of_no_lost_connection(pg_dsn: str, caplog: pytest.LogCaptureFixture) -> None:
+    """``close()`` gives the LISTEN connection back; the pool closing it later is no loss to warn about."""
+    import asyncio
+
+    import asyncpg
+
+    from query_side.watch import EventNotifier
+
+    async def scenario() -> None:
+        pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=1)
+        notifier = EventNotifier(pool)
+        try:
+            (await notifier.subscribe(["p"])).close()
+        finally:
+            await notifier.close()
+            await pool.close()
+
+    with caplog.at_level("WARNING", logger="query_side.watch"):
+        asyncio.run(scenario())
+    assert [r.getMessage() for r in caplog.records if r.name == "query_side.watch"] == []
+
+
 def test_a_listen_connection_that_stops_answering_ends_the_streams_with_unavailable(pg_dsn: str) -> None:
     """The LISTEN backend is stopped (SIGSTOP: a connection a network dropped without a word, nothing closes).
 
