@@ -149,7 +149,8 @@ class RotationReads:
         """
         conditions, arguments = time_range(portfolio_id, start, end)
         arguments.append(width)
-        bucket = f'time_bucket(${len(arguments)}::interval, "timestamp")'
+        # Aligned to the Unix epoch, as the contract says (TimescaleDB's default origin is 2000-01-03).
+        bucket = f"time_bucket(${len(arguments)}::interval, \"timestamp\", TIMESTAMPTZ '1970-01-01 00:00:00+00')"
         where = " AND ".join(conditions)
         decisions = f"""
             SELECT {bucket} AS bucket, count(*) AS decisions,

@@ -9,6 +9,8 @@ outside a window.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
@@ -53,6 +55,14 @@ def test_latest_history_and_reason_counts_of_three_cycles(
     assert (bucket.decisions, bucket.trades, bucket.holds) == (3, 1, 2)
     assert dict(bucket.reasons) == {"BUY_TOP_K": 3, "HOLD_TOP_K": 6, "HOLD_HYSTERESIS": 3}
     assert dict(bucket.hold_reasons) == {"KILL_SWITCH": 1, "BLOCKED_WINDOW": 1}
+    # Weekly buckets start on the Unix epoch's weekday (Thursday 1970-01-01), worked out here from the decision time.
+    weekly = queries.CountRotationReasons(
+        query_pb.CountRotationReasonsRequest(portfolio_id=portfolio_id, bucket_width=Duration(seconds=7 * 86400))
+    )
+    epoch, week = datetime(1970, 1, 1, tzinfo=UTC), timedelta(days=7)
+    starts = [epoch + (d.decided_at.ToDatetime(tzinfo=UTC) - epoch) // week * week for d in (traded, held, between)]
+    assert [b.bucket_start.ToDatetime(tzinfo=UTC) for b in weekly.buckets] == sorted(set(starts))
+    assert sum(b.decisions for b in weekly.buckets) == 3
 
 
 def test_a_portfolio_without_decisions(queries: query_grpc.OptimizationQueryServiceStub) -> None:
