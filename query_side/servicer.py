@@ -541,10 +541,15 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
                 continue
             message.window_end.CopyFrom(_timestamp(period[0]))
             rows = [k for k, t in enumerate(stamps) if t >= period[0] and (period[1] is None or t <= period[1])]
+            # The run's own dates: those where every name it holds has a close. The closes are read for every
+            # run's names at once, so a date only another run's names trade on (a weekend of a 7-day market,
+            # another exchange's holiday) is a gap here, not a break that would drop the returns around it.
+            prices = closes[np.ix_(rows, [column[s] for s in names])]
+            complete = np.all(np.isfinite(prices), axis=1)
+            rows, prices = [k for k, ok in zip(rows, complete, strict=True) if ok], prices[complete]
             if not rows:
                 continue
             message.period_end.CopyFrom(_timestamp(times[rows[-1]]))
-            prices = closes[np.ix_(rows, [column[s] for s in names])]
             figures = realised_figures(
                 prices[1:] / prices[:-1] - 1.0,
                 np.array([run.weights[s] for s in names]),

@@ -118,3 +118,62 @@ def test_a_run_on_moments_has_no_realised_figures(commands: Any, queries: Any) -
     )
     (only,) = queries.GetRealisedPerformance(query_pb.GetRealisedPerformanceRequest(portfolio_id=portfolio_id)).runs
     assert not only.HasField("window_end") and not only.HasField("total_return") and only.observations == 0
+
+
+def test_a_runs_figures_do_not_depend_on_the_calendars_of_other_runs_names(commands: Any, queries: Any) -> None:
+    """Two stocks trading on weekdays, and a later run on two names that trade every day (a 7-day market).
+
+    The stock run's 28-day figures, recomputed here with pandas from its own names' closes, are the same before and
+    after the other run is stored: the weekend closes of the other names must not break the stock run's returns.
+    """
+    tag = uuid.uuid4().hex[:6].upper()
+    rng = np.random.default_rng(7)
+    days = pd.date_range("2023-01-01", "2024-03-31", freq="D", tz=UTC)
+    weekdays = days[days.weekday < 5]
+    series, bars = {}, []
+    for name, calendar, sigma in ((f"S1{tag}", weekdays, 0.02), (f"S2{tag}", weekdays, 0.015),
+                                  (f"C1{tag}", days, 0.03), (f"C2{tag}", days, 0.025)):  # fmt: skip
+        closes = 100 * np.cumprod(1 + rng.normal(0.0005, sigma, len(calendar)))
+        series[name] = pd.Series(closes, index=calendar)
+        for when, close in zip(calendar, closes, strict=True):
+            at = timestamp_pb2.Timestamp()
+            at.FromDatetime(when.to_pydatetime())
+            bars.append(cmd_pb.PriceBar(symbol=name, timestamp=at, price=float(close)))
+    messages = [cmd_pb.IngestMarketDataRequest(bars=bars[i : i + 5000]) for i in range(0, len(bars), 5000)]
+    commands.IngestMarketData(iter(messages), timeout=120)
+    portfolio_id = f"calendars-{tag}"
+
+    def optimize(symbols: list[str], end: str) -> cmd_pb.OptimizeResponse:
+        response: cmd_pb.OptimizeResponse = commands.Optimize(
+            cmd_pb.OptimizeRequest(
+                portfolio_id=portfolio_id,
+                strategies=[pb.Strategy(symbol=s) for s in symbols],
+                market_data=pb.MarketDataWindow(start=stamp("2023-01-01"), end=stamp(end)),
+                objective=pb.OBJECTIVE_MIN_VOLATILITY,
+            ),
+            timeout=120,
+        )
+        return response
+
+    stocks = [f"S1{tag}", f"S2{tag}"]
+    first = optimize(stocks, "2024-01-05")
+    window_end = pd.Timestamp(first.optimization_metadata.window_end.ToDatetime(tzinfo=UTC))
+    own = pd.DataFrame({s: series[s] for s in stocks}).loc[window_end : window_end + pd.Timedelta(days=28)]
+    returns = own.pct_change().dropna().to_numpy() @ np.array([first.optimal_weights[s] for s in stocks])
+
+    def figures() -> query_pb.RealisedRun:
+        response = queries.GetRealisedPerformance(
+            query_pb.GetRealisedPerformanceRequest(portfolio_id=portfolio_id, horizon_days=28), timeout=60
+        )
+        (stock_run,) = [r for r in response.runs if r.event_id == first.optimization_metadata.event_id]
+        return stock_run
+
+    alone = figures()
+    assert alone.observations == len(returns) == 20
+    assert alone.total_return == pytest.approx(np.prod(1 + returns) - 1, rel=1e-9)
+    optimize([f"C1{tag}", f"C2{tag}"], "2024-02-02")
+    beside = figures()
+    assert beside.observations == len(returns)
+    assert beside.total_return == pytest.approx(alone.total_return, rel=1e-12)
+    assert beside.volatility == pytest.approx(alone.volatility, rel=1e-12)
+    assert beside.period_end == alone.period_end
