@@ -4,8 +4,10 @@ Pure rules here (the store applies them under the portfolio's row lock):
 
 - :func:`apply_fill`: a BUY adds shares and one tax lot (``lot_id`` the fill id, cost basis the fill price plus
   the commission per share, acquired at the fill time) and spends ``shares × price + commission`` of cash; a SELL
-  removes shares from the lots first in, first out (lots without a date last) and adds ``shares × price −
-  commission`` to cash, with the realised gain against the lots' cost basis. A fill that would make cash negative
+  removes shares from the lots its order names first (a rebalance's SELL names the lots its recommendation chose
+  by the policy's lot method: :func:`planned_lots`), then from the other lots first in, first out (lots without a
+  date last), and adds ``shares × price − commission`` to cash, with the realised gain against the lots' cost
+  basis. A fill that would make cash negative
   (no margin) or sell more than is held (no shorts) is refused.
 - :func:`paper_fill_price`: the paper broker fills at the stored price moved against the order by half the spread
   and the market impact; :func:`impact_fraction` estimates the impact by the configured model (a fixed number of
@@ -74,7 +76,41 @@ def _check(fill: Fill) -> None:
         raise InvalidInputError.for_field("commission", f"must be finite and ≥ 0, got {fill.commission}")
 
 
-def apply_fill(positions: Sequence[Position], cash: float, fill: Fill) -> FillEffect:
+def planned_lots(plan: Sequence[tuple[str, float]], filled: float, shares: float) -> list[tuple[str, float]]:
+    """The part of an order's lot plan a fill relieves: the plan's next ``shares`` after the ``filled`` ones.
+
+    Parameters
+    ----------
+    plan : sequence of (str, float)
+        The order's lots to relieve, ``(lot_id, shares)`` in the order the recommendation took them.
+    filled : float
+        Shares the order had filled before this fill.
+    shares : float
+        Shares of this fill.
+
+    Returns
+    -------
+    list of (str, float)
+        ``(lot_id, shares)`` for this fill, in plan order; shorter than ``shares`` when the plan runs out.
+    """
+    out: list[tuple[str, float]] = []
+    skip, need = filled, shares
+    for lot_id, planned in plan:
+        if need <= SHARE_TOLERANCE:
+            break
+        left = planned - skip
+        skip = max(0.0, skip - planned)
+        if left <= SHARE_TOLERANCE:
+            continue
+        take = min(left, need)
+        out.append((lot_id, take))
+        need -= take
+    return out
+
+
+def apply_fill(
+    positions: Sequence[Position], cash: float, fill: Fill, lots: Sequence[tuple[str, float]] = ()
+) -> FillEffect:
     """The holdings after ``fill`` (module docstring).
 
     Parameters
@@ -84,6 +120,9 @@ def apply_fill(positions: Sequence[Position], cash: float, fill: Fill) -> FillEf
     cash : float
         Cash held ($).
     fill : Fill
+    lots : sequence of (str, float), optional
+        For a SELL: ``(lot_id, shares)`` to relieve first (:func:`planned_lots`); a lot no longer held, or holding
+        fewer shares, gives what it has and the rest comes first in, first out from the other lots.
 
     Returns
     -------
@@ -117,19 +156,27 @@ def apply_fill(positions: Sequence[Position], cash: float, fill: Fill) -> FillEf
     else:
         if fill.shares > held.shares + SHARE_TOLERANCE:
             raise PreconditionError(f"the fill sells {fill.shares:g} {fill.symbol} of {held.shares:g} held (no shorts)")
-        remaining, lots, basis = fill.shares, [], 0.0
-        order = sorted(held.lots, key=lambda lot: (lot.acquired is None, lot.acquired or datetime.min, lot.lot_id))
-        for lot in order:
-            take = min(lot.shares, remaining)
+        remaining, basis = fill.shares, 0.0
+        left = {lot.lot_id: lot.shares for lot in held.lots}
+        cost = {lot.lot_id: lot.cost_basis for lot in held.lots}
+        for lot_id, planned in lots:  # the order's lots first
+            take = min(planned, left.get(lot_id, 0.0), remaining)
+            if take > 0:
+                left[lot_id] -= take
+                remaining -= take
+                basis += take * cost[lot_id]
+        fifo = sorted(held.lots, key=lambda lot: (lot.acquired is None, lot.acquired or datetime.min, lot.lot_id))
+        for lot in fifo:
+            take = min(left[lot.lot_id], remaining)
+            left[lot.lot_id] -= take
             remaining -= take
             basis += take * lot.cost_basis
-            if lot.shares - take > SHARE_TOLERANCE:
-                lots.append(replace(lot, shares=lot.shares - take))
+        kept = [replace(lot, shares=left[lot.lot_id]) for lot in held.lots if left[lot.lot_id] > SHARE_TOLERANCE]
         untracked = max(0.0, remaining)  # shares held without lots: no basis to report
         proceeds = gross - fill.commission
         gain = proceeds - basis - untracked * fill.price if held.lots else 0.0
         shares = max(0.0, held.shares - fill.shares)
-        updated = replace(held, shares=shares, lots=tuple(lots), price=None)
+        updated = replace(held, shares=shares, lots=tuple(kept), price=None)
         new_cash = cash + proceeds
     rest = [p for p in positions if p.symbol != fill.symbol]
     if updated.shares > SHARE_TOLERANCE:

@@ -19,7 +19,15 @@ from typing import Any
 
 import asyncpg
 
-from command_side.execution import Fill, PaperImpact, apply_fill, impact_fraction, liquidity, paper_fill_price
+from command_side.execution import (
+    Fill,
+    PaperImpact,
+    apply_fill,
+    impact_fraction,
+    liquidity,
+    paper_fill_price,
+    planned_lots,
+)
 from command_side.postgres_errors import Connection, postgres_errors
 from command_side.rotation_store import GLOBAL_SCOPE
 from command_side.trading_model import Position
@@ -149,7 +157,8 @@ class PostgresExecutionStore:
         reported_by: str,
     ) -> tuple[asyncpg.Record, list[Position], float, float]:
         """Apply one fill to the holdings and its order; the order row after it, the holdings and the gain."""
-        effect = apply_fill(positions, cash, fill)
+        plan = [(lot["lot_id"], float(lot["shares"])) for lot in _loaded(order["lots"]) or ()]
+        effect = apply_fill(positions, cash, fill, planned_lots(plan, order["filled_shares"], fill.shares))
         filled = order["filled_shares"] + fill.shares
         average = ((order["average_price"] or 0.0) * order["filled_shares"] + fill.price * fill.shares) / filled
         status = "FILLED" if filled >= order["shares"] - 1e-9 else "PARTIALLY_FILLED"

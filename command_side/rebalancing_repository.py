@@ -35,7 +35,7 @@ from command_side.metrics import event_written
 from command_side.repository import Connection, database_errors
 from command_side.rotation_model import order_id
 from command_side.rotation_store import GLOBAL_SCOPE
-from command_side.trading_model import Position, RebalancePolicy, RebalanceRecommendation
+from command_side.trading_model import Position, RebalancePolicy, RebalanceRecommendation, RecommendedTrade
 from command_side.trading_records import (
     event_payload,
     policy_from_json,
@@ -70,6 +70,7 @@ from services.trading import (
     PENDING_STATUSES,
     RecommendationState,
     RecommendationStatus,
+    Side,
 )
 
 NOTIFY_CHANNEL: Final = "rebalance_event"
@@ -156,6 +157,13 @@ async def _engaged_switch(conn: Connection, portfolio_id: str) -> str | None:
     return "global" if GLOBAL_SCOPE in engaged else "portfolio"
 
 
+def _lot_plan(trade: RecommendedTrade) -> str | None:
+    """The lots a SELL order relieves, as its recommendation chose them (migration 0022), as JSON; None for a BUY."""
+    if trade.side is not Side.SELL or not trade.lots:
+        return None
+    return _json([{"lot_id": lot.lot_id, "shares": lot.shares} for lot in trade.lots])
+
+
 async def _queue_orders(
     conn: Connection, recommendation: RebalanceRecommendation, recommendation_id: uuid.UUID, now: datetime
 ) -> None:
@@ -168,11 +176,12 @@ async def _queue_orders(
         return
     await conn.executemany(
         "INSERT INTO order_outbox (order_id, source, source_id, portfolio_id, symbol, side, shares, reference_price, "
-        "reason, created_at, updated_at) VALUES ($1, 'REBALANCE', $2, $3, $4, $5, $6, $7, 'REBALANCE', $8, $8) "
+        "reason, created_at, updated_at, lots) "
+        "VALUES ($1, 'REBALANCE', $2, $3, $4, $5, $6, $7, 'REBALANCE', $8, $8, $9::jsonb) "
         "ON CONFLICT (order_id) DO NOTHING",
         [
             (uuid.UUID(order_id(str(recommendation_id), t.symbol)), recommendation_id, recommendation.portfolio_id,
-             t.symbol, t.side.value, t.shares, t.price, now)
+             t.symbol, t.side.value, t.shares, t.price, now, _lot_plan(t))
             for t in recommendation.trades
             if t.shares > 0
         ],

@@ -15,6 +15,7 @@ from command_side.execution import (
     impact_fraction,
     liquidity,
     paper_fill_price,
+    planned_lots,
     reconcile,
 )
 from command_side.trading_model import Position, PositionLot
@@ -53,6 +54,24 @@ def test_a_sell_takes_the_oldest_lots_first_and_realises_the_gain() -> None:
     assert effect.realised_gain == pytest.approx(598.5, abs=1e-12)
     assert effect.cash == pytest.approx(1598.5, abs=1e-12)
     assert [p.symbol for p in effect.positions] == ["KO", "PEP"]
+
+
+def test_a_sell_relieves_its_orders_lots_first_then_the_oldest() -> None:
+    """An order's lot plan ("b" 8, then "a" 4) across two fills of 6; past the plan, first in, first out."""
+    plan = [("b", 8.0), ("a", 4.0)]
+    assert planned_lots(plan, 0.0, 6.0) == [("b", 6.0)]
+    assert planned_lots(plan, 6.0, 6.0) == [("b", 2.0), ("a", 4.0)]
+    assert planned_lots(plan, 12.0, 3.0) == []
+    first = apply_fill([HELD], 0.0, fill("SELL", 6, 100.0), planned_lots(plan, 0.0, 6.0))
+    assert first.realised_gain == pytest.approx(6 * (100 - 80), abs=1e-12)  # all from "b" (basis 80)
+    second = apply_fill(first.positions, first.cash, fill("SELL", 7, 100.0), planned_lots(plan, 6.0, 7.0))
+    # 2 more of "b" and 4 of "a" as planned, then 1 first in, first out: "a" (2020) again.
+    assert second.realised_gain == pytest.approx(2 * 20 + 5 * 50, abs=1e-12)
+    (ko,) = second.positions
+    assert [(lot.lot_id, lot.shares) for lot in ko.lots] == [("b", 2.0), ("a", 5.0)]
+    # A planned lot no longer held gives nothing; the fill then comes first in, first out.
+    gone = apply_fill([HELD], 0.0, fill("SELL", 5, 100.0), [("sold-elsewhere", 5.0)])
+    assert gone.realised_gain == pytest.approx(5 * 50, abs=1e-12)
 
 
 def test_selling_everything_removes_the_position() -> None:

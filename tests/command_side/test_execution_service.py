@@ -305,3 +305,57 @@ def test_the_square_root_impact_prices_each_fill_from_its_size_volume_and_volati
     impact_bps = [(p / CLOSE[s] - 1 - SPREAD_BPS / 2 / 10_000) * 1e4 for s, _, p in expected]
     assert all(b > 4 for b in impact_bps)  # 4.8 to 6.8 bp here: the impact is material, not rounding
     assert executed.cash == pytest.approx(cash, abs=1e-6)
+
+
+def test_a_rebalance_sell_relieves_the_lots_its_recommendation_chose(
+    trading: Any, execution: ex_grpc.ExecutionCommandServiceStub, db: psycopg.Connection[Any]
+) -> None:
+    """HIFO picks the $150 lot, then the $50 one; two partial fills relieve them in that order, not first in first out.
+
+    100 BBB in lot ``old`` (50 @ $50, 2020) and lot ``new`` (50 @ $150, 2023), no cash; target 25 % at $100: sell
+    75. The gains are worked by hand from the lots: fill 1 (30 shares) from ``new``: 30 × (100 − 150) = −1,500;
+    fill 2 (45) 20 from ``new`` and 25 from ``old``: −1,000 + 1,250 = +250; left: 25 of ``old``. First in, first
+    out would have booked +1,500 and −250 and left 25 of ``new``.
+    """
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from stratopt.v1 import trading_service_pb2 as tpb
+
+    def at(year: int, month: int, day: int) -> Timestamp:
+        stamp = Timestamp()
+        stamp.FromDatetime(pd.Timestamp(year=year, month=month, day=day, tz="UTC").to_pydatetime())
+        return stamp
+
+    portfolio_id = f"lots-{uuid.uuid4().hex[:8]}"
+    lots = [tpb.TaxLot(lot_id="old", shares=50, cost_basis=50.0, acquired=at(2020, 1, 2)),
+            tpb.TaxLot(lot_id="new", shares=50, cost_basis=150.0, acquired=at(2023, 1, 3))]  # fmt: skip
+    trading.UpsertHoldings(
+        tpb.UpsertHoldingsRequest(
+            portfolio_id=portfolio_id, positions=[tpb.Position(symbol="BBB", shares=100, lots=lots)], cash=0.0
+        )
+    )
+    policy = tpb.RebalancePolicy(approval_limit=1e9, lot_method=tpb.LOT_METHOD_HIFO)
+    trading.UpsertRebalancePolicy(tpb.UpsertRebalancePolicyRequest(portfolio_id=portfolio_id, policy=policy))
+    recommendation = trading.GenerateRebalance(
+        tpb.GenerateRebalanceRequest(
+            portfolio_id=portfolio_id, target_weights={"BBB": 0.25}, prices={"BBB": 100.0}, request_id="hifo"
+        )
+    ).recommendation
+    (trade,) = recommendation.trades
+    assert (trade.side, trade.shares) == (tpb.TRADE_SIDE_SELL, 75)
+    assert [(lot.lot_id, lot.shares) for lot in trade.lots] == [("new", 50), ("old", 25)]
+    (order,) = execution.ClaimOrders(ex_pb.ClaimOrdersRequest(portfolio_id=portfolio_id)).orders
+    gains = []
+    for k, shares in enumerate((30, 45)):
+        fill = ex_pb.Fill(fill_id=f"{portfolio_id}-{k}", order_id=order.order_id, symbol="BBB", side="SELL",
+                          shares=shares, price=100.0, filled_at=at(2025, 1, 2))  # fmt: skip
+        execution.ReportFills(ex_pb.ReportFillsRequest(portfolio_id=portfolio_id, fills=[fill]))
+        row = db.execute("SELECT realised_gain FROM fills WHERE fill_id = %s", (fill.fill_id,)).fetchone()
+        assert row is not None
+        gains.append(row[0])
+    assert gains == [pytest.approx(-1500.0, abs=1e-9), pytest.approx(250.0, abs=1e-9)]
+    assert sum(gains) == pytest.approx(sum(lot.gain for lot in trade.lots), abs=1e-9)  # what was approved
+    stored = db.execute("SELECT positions FROM portfolio_holdings WHERE portfolio_id = %s", (portfolio_id,)).fetchone()
+    assert stored is not None
+    (position,) = stored[0]["positions"]
+    assert [(lot["lot_id"], lot["shares"]) for lot in position["lots"]] == [("old", 25)]
