@@ -28,7 +28,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from command_side.trading_model import Position, PositionLot
+from command_side.trading_model import OpenOrder, Position, PositionLot
 from services.errors import InvalidInputError, PreconditionError
 from services.trading import CostModel, ImpactModel, estimate_trade_costs
 
@@ -182,6 +182,54 @@ def apply_fill(
     if updated.shares > SHARE_TOLERANCE:
         rest.append(updated)
     return FillEffect(tuple(sorted(rest, key=lambda p: p.symbol)), new_cash, gain)
+
+
+def expected_after(
+    positions: Sequence[Position], cash: float, orders: Sequence[OpenOrder]
+) -> tuple[tuple[Position, ...], float]:
+    """The holdings and cash once the open orders have traded what they still have to, at their reference prices.
+
+    What a new plan starts from while earlier orders are still working (``GenerateRebalance``): a SELL relieves
+    lots as its fills will (its own lots first, :func:`planned_lots`, then first in, first out), never more than is
+    held; a BUY adds its remaining shares, as a lot ``order:<order_id>`` at the reference price acquired when the
+    order was made (unless the position is held without lots). Sells first; commissions are not known and not counted.
+
+    Parameters
+    ----------
+    positions : sequence of Position
+        The stored positions with their lots.
+    cash : float
+        Cash held ($).
+    orders : sequence of OpenOrder
+        The portfolio's open orders.
+
+    Returns
+    -------
+    tuple of (tuple of Position, float)
+        The expected positions (by symbol) and cash ($; below 0 when the open buys cost more than there is).
+    """
+    current = tuple(positions)
+    for order in sorted(orders, key=lambda o: (o.side != "SELL", o.created_at, o.order_id)):
+        held = next((p for p in current if p.symbol == order.symbol), Position(symbol=order.symbol, shares=0.0))
+        if order.side == "SELL":
+            shares = min(order.remaining, held.shares)
+            if shares <= SHARE_TOLERANCE:
+                continue
+            sale = Fill(fill_id=f"order:{order.order_id}", order_id=order.order_id, symbol=order.symbol,
+                        side="SELL", shares=shares, price=order.reference_price, commission=0.0,
+                        filled_at=order.created_at)  # fmt: skip
+            effect = apply_fill(current, cash, sale, planned_lots(order.lots, order.filled, shares))
+            current, cash = effect.positions, effect.cash
+            continue
+        if order.remaining <= SHARE_TOLERANCE:
+            continue
+        lot = PositionLot(lot_id=f"order:{order.order_id}", shares=order.remaining,
+                          cost_basis=order.reference_price, acquired=order.created_at)  # fmt: skip
+        lots = (*held.lots, lot) if held.lots or held.shares <= SHARE_TOLERANCE else ()  # no lots: none kept
+        bought = replace(held, shares=held.shares + order.remaining, lots=lots, price=None)
+        current = tuple(sorted((*(p for p in current if p.symbol != order.symbol), bought), key=lambda p: p.symbol))
+        cash -= order.remaining * order.reference_price
+    return current, cash
 
 
 class PaperImpact(StrEnum):

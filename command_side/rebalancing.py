@@ -11,7 +11,11 @@ the stored inputs (holdings, policy, prices, target) and persists through a
 Inputs of CheckDrift and GenerateRebalance
 ------------------------------------------
 * Holdings: the stored snapshot (UpsertHoldings). None stored: FAILED_PRECONDITION ``NO_HOLDINGS`` (a portfolio
-  without holdings is a state to fix by storing them, not an unknown resource).
+  without holdings is a state to fix by storing them, not an unknown resource). GenerateRebalance plans from the
+  holdings expected once the portfolio's open orders (NEW, SENT, PARTIALLY_FILLED; rebalance and rotation) have
+  traded what they still have to, read with the holdings in one snapshot
+  (:func:`command_side.execution.expected_after`): a second rebalance before the first one's orders fill does not
+  order the same trades again. CheckDrift reports the drift of the holdings as stored.
 * Policy: the stored one, or the defaults (those of the proto comments) when none is stored.
 * Target: the command's ``target_weights``, else the weights of the portfolio's latest optimization
   (``latest_portfolio_optimizations``); neither: FAILED_PRECONDITION ``NO_TARGET``. A stored target summing above
@@ -48,6 +52,7 @@ from typing import Final, TypeVar
 
 import numpy as np
 
+from command_side.execution import expected_after
 from command_side.trading_model import (
     CheckDrift,
     Decision,
@@ -496,13 +501,22 @@ class RebalancingService:
         *,
         at_or_before: datetime | None,
         long_only: bool,
+        open_orders: bool = False,
     ) -> _Inputs:
-        """Holdings, policy, target, prices and bands of a portfolio (see the module docstring)."""
+        """Holdings, policy, target, prices and bands of a portfolio (see the module docstring).
+
+        With ``open_orders``, the holdings are those expected once the portfolio's open orders have traded
+        (``command_side.execution.expected_after``), read with them in one snapshot.
+        """
         given_targets = _request_targets(target_weights, long_only=long_only) if target_weights else None
         given_prices = _prices(prices)
-        holdings = await self._store.load_holdings(portfolio_id)
+        if open_orders:
+            holdings, orders = await self._store.load_book(portfolio_id)
+        else:
+            holdings, orders = await self._store.load_holdings(portfolio_id), ()
         if holdings is None:
             raise _violation("NO_HOLDINGS", portfolio_id, f"portfolio '{portfolio_id}' has no stored holdings")
+        held, cash = expected_after(holdings.positions, holdings.cash, orders)
         policy = resolved_policy(await self._store.load_policy(portfolio_id))
         target_event_id = ""
         if given_targets is not None:
@@ -532,7 +546,7 @@ class RebalancingService:
                 )
             if long_only:  # solver noise: weights in (-1e-9, 0) are zero
                 targets = {s: max(w, 0.0) for s, w in targets.items()}
-        positions = {p.symbol: p for p in holdings.positions}
+        positions = {p.symbol: p for p in held}
         symbols = sorted(
             {s for s, p in positions.items() if p.shares > 0.0}
             | {s for s, w in targets.items() if abs(w) >= TARGET_EPSILON}
@@ -559,7 +573,7 @@ class RebalancingService:
                 shares = position.shares
                 lots = tuple(_tax_lot(lot.lot_id, lot.shares, lot.cost_basis, lot.acquired) for lot in position.lots)
             built.append(Holding(symbol=symbol, shares=shares, price=price_of[symbol], lots=lots))
-        total_value = math.fsum(h.shares * h.price for h in built) + holdings.cash
+        total_value = math.fsum(h.shares * h.price for h in built) + cash
         if not total_value > 0.0:
             raise _violation(
                 "EMPTY_PORTFOLIO",
@@ -571,7 +585,7 @@ class RebalancingService:
         relative = [_given(bands[n].relative, math.inf) if n in bands else math.inf for n in symbols]
         return _Inputs(
             holdings=tuple(built),
-            cash=holdings.cash,
+            cash=cash,
             targets=np.array([targets.get(n, 0.0) for n in symbols], dtype=np.float64),
             absolute_bands=np.array(absolute, dtype=np.float64),
             relative_bands=np.array(relative, dtype=np.float64),
@@ -664,12 +678,18 @@ class RebalancingService:
             if replay is not None:
                 return replay
         inputs = await self._inputs(
-            portfolio_id, command.target_weights, command.prices, at_or_before=given_as_of, long_only=True
+            portfolio_id,
+            command.target_weights,
+            command.prices,
+            at_or_before=given_as_of,
+            long_only=True,
+            open_orders=True,
         )
         as_of = datetime.now(UTC) if given_as_of is None else given_as_of
         trade_date = as_of.date()
         for holding in inputs.holdings:
-            late = [lot for lot in holding.lots if lot.acquired > trade_date]
+            # An open BUY's lot (``order:...``) is dated when the order was made: not the user's to check.
+            late = [lot for lot in holding.lots if lot.acquired > trade_date and not lot.lot_id.startswith("order:")]
             if late:
                 raise InvalidInputError.for_field(
                     "as_of",

@@ -35,7 +35,13 @@ from command_side.metrics import event_written
 from command_side.repository import Connection, database_errors
 from command_side.rotation_model import order_id
 from command_side.rotation_store import GLOBAL_SCOPE
-from command_side.trading_model import Position, RebalancePolicy, RebalanceRecommendation, RecommendedTrade
+from command_side.trading_model import (
+    OpenOrder,
+    Position,
+    RebalancePolicy,
+    RebalanceRecommendation,
+    RecommendedTrade,
+)
 from command_side.trading_records import (
     event_payload,
     policy_from_json,
@@ -310,6 +316,40 @@ class PostgresTradingStore:
             return None
         positions = positions_from_json(_load(row["positions"]))
         return StoredHoldings(positions=positions, cash=float(row["cash"]), updated_at=row["updated_at"])
+
+    async def load_book(self, portfolio_id: str) -> tuple[StoredHoldings | None, tuple[OpenOrder, ...]]:
+        """See :meth:`TradingStore.load_book` (one ``REPEATABLE READ`` read-only transaction)."""
+        async with (
+            store_errors(),
+            self._pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            row = await conn.fetchrow(
+                "SELECT positions, cash, updated_at FROM portfolio_holdings WHERE portfolio_id = $1", portfolio_id
+            )
+            orders = await conn.fetch(
+                "SELECT order_id, symbol, side, shares, filled_shares, reference_price, created_at, lots "
+                "FROM order_outbox WHERE portfolio_id = $1 AND status IN ('NEW', 'SENT', 'PARTIALLY_FILLED') "
+                "ORDER BY created_at, order_id",
+                portfolio_id,
+            )
+        holdings = None
+        if row is not None:
+            positions = positions_from_json(_load(row["positions"]))
+            holdings = StoredHoldings(positions=positions, cash=float(row["cash"]), updated_at=row["updated_at"])
+        return holdings, tuple(
+            OpenOrder(
+                order_id=str(o["order_id"]),
+                symbol=o["symbol"],
+                side=o["side"],
+                remaining=float(o["shares"] - o["filled_shares"]),
+                filled=float(o["filled_shares"]),
+                reference_price=float(o["reference_price"]),
+                created_at=o["created_at"],
+                lots=tuple((lot["lot_id"], float(lot["shares"])) for lot in _load(o["lots"]) or ()),
+            )
+            for o in orders
+        )
 
     async def store_policy(self, portfolio_id: str, policy: RebalancePolicy) -> None:
         """See :meth:`TradingStore.store_policy`."""

@@ -166,6 +166,25 @@ class Position:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OpenOrder:
+    """An order of the outbox not yet done (NEW, SENT or PARTIALLY_FILLED): what it has still to trade."""
+
+    order_id: str
+    symbol: str
+    side: str
+    """BUY or SELL."""
+    remaining: float
+    """Shares still to trade (shares − filled)."""
+    filled: float
+    """Shares filled so far."""
+    reference_price: float
+    """The price it was sized at ($)."""
+    created_at: datetime
+    lots: tuple[tuple[str, float], ...] = ()
+    """A rebalance SELL's lots to relieve, ``(lot_id, shares)`` for the whole order (migration 0022)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class UpsertHoldings:
     """Replace a portfolio's holdings snapshot (UpsertHoldings)."""
 

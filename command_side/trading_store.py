@@ -35,7 +35,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
 from command_side.records import JsonObject
-from command_side.trading_model import Position, RebalancePolicy, RebalanceRecommendation, RecommendedTrade
+from command_side.trading_model import (
+    OpenOrder,
+    Position,
+    RebalancePolicy,
+    RebalanceRecommendation,
+    RecommendedTrade,
+)
 from command_side.trading_records import (
     event_payload,
     policy_from_json,
@@ -178,6 +184,13 @@ class TradingStore(Protocol):
 
     async def load_holdings(self, portfolio_id: str) -> StoredHoldings | None:
         """The portfolio's holdings snapshot, or None when none was stored."""
+        ...
+
+    async def load_book(self, portfolio_id: str) -> tuple[StoredHoldings | None, tuple[OpenOrder, ...]]:
+        """The holdings snapshot and the portfolio's open orders (NEW, SENT, PARTIALLY_FILLED), read together.
+
+        One snapshot: a fill changes the holdings and its order at once, so it is counted in one or the other.
+        """
         ...
 
     async def store_policy(self, portfolio_id: str, policy: RebalancePolicy) -> None:
@@ -385,6 +398,10 @@ class InMemoryTradingStore:
             return None
         positions, cash, updated_at = stored
         return StoredHoldings(positions=positions_from_json(positions), cash=cash, updated_at=updated_at)
+
+    async def load_book(self, portfolio_id: str) -> tuple[StoredHoldings | None, tuple[OpenOrder, ...]]:
+        """See :meth:`TradingStore.load_book`; this store queues no orders, so there are none."""
+        return await self.load_holdings(portfolio_id), ()
 
     async def store_policy(self, portfolio_id: str, policy: RebalancePolicy) -> None:
         """See :meth:`TradingStore.store_policy`."""

@@ -12,13 +12,14 @@ from command_side.execution import (
     Fill,
     PaperImpact,
     apply_fill,
+    expected_after,
     impact_fraction,
     liquidity,
     paper_fill_price,
     planned_lots,
     reconcile,
 )
-from command_side.trading_model import Position, PositionLot
+from command_side.trading_model import OpenOrder, Position, PositionLot
 from services.errors import InvalidInputError, PreconditionError
 
 T = datetime(2022, 12, 28, 15, 51, tzinfo=UTC)
@@ -72,6 +73,28 @@ def test_a_sell_relieves_its_orders_lots_first_then_the_oldest() -> None:
     # A planned lot no longer held gives nothing; the fill then comes first in, first out.
     gone = apply_fill([HELD], 0.0, fill("SELL", 5, 100.0), [("sold-elsewhere", 5.0)])
     assert gone.realised_gain == pytest.approx(5 * 50, abs=1e-12)
+
+
+def test_the_expected_position_counts_what_open_orders_still_trade() -> None:
+    """A half-filled SELL of 8 KO naming lot "b", and a BUY of 5 PEP at $40, worked out by hand."""
+    sell = OpenOrder(order_id="s", symbol="KO", side="SELL", remaining=4.0, filled=4.0, reference_price=100.0,
+                     created_at=T, lots=(("b", 8.0),))  # fmt: skip
+    buy = OpenOrder(order_id="p", symbol="PEP", side="BUY", remaining=5.0, filled=0.0, reference_price=40.0,
+                    created_at=T)  # fmt: skip
+    positions, cash = expected_after([HELD], 1000.0, [buy, sell])
+    ko, pep = positions
+    # KO: 4 more of lot "b" (the plan's shares 4-8); 20 - 4 = 16 left, "b" 6 and "a" 10.
+    assert ko.shares == 16.0 and [(lot.lot_id, lot.shares) for lot in ko.lots] == [("b", 6.0), ("a", 10.0)]
+    assert (pep.shares, pep.lots) == (5.0, (PositionLot(lot_id="order:p", shares=5.0, cost_basis=40.0, acquired=T),))
+    assert cash == pytest.approx(1000.0 + 4 * 100.0 - 5 * 40.0, abs=1e-12)
+    # A SELL of more than is held sells what is held; a BUY of a position held without lots adds no lot.
+    more = OpenOrder(order_id="m", symbol="KO", side="SELL", remaining=50.0, filled=0.0, reference_price=10.0,
+                     created_at=T)  # fmt: skip
+    bare = OpenOrder(order_id="q", symbol="PEP", side="BUY", remaining=2.0, filled=0.0, reference_price=10.0,
+                     created_at=T)  # fmt: skip
+    positions, cash = expected_after([HELD, Position(symbol="PEP", shares=1.0)], 0.0, [more, bare])
+    assert [(p.symbol, p.shares, p.lots) for p in positions] == [("PEP", 3.0, ())]
+    assert cash == pytest.approx(20 * 10.0 - 2 * 10.0, abs=1e-12)
 
 
 def test_selling_everything_removes_the_position() -> None:

@@ -359,3 +359,39 @@ def test_a_rebalance_sell_relieves_the_lots_its_recommendation_chose(
     assert stored is not None
     (position,) = stored[0]["positions"]
     assert [(lot["lot_id"], lot["shares"]) for lot in position["lots"]] == [("old", 25)]
+
+
+def test_a_second_rebalance_before_the_first_ones_fills_plans_from_the_expected_position(
+    trading: Any, execution: ex_grpc.ExecutionCommandServiceStub, db: psycopg.Connection[Any]
+) -> None:
+    """A rebalance while the last one's BUY is open orders nothing more.
+
+    $10,000 of cash, target 50 % AAA at $100: the first rebalance buys 50; while that order is NEW, SENT or
+    partly filled, another rebalance to the same target orders nothing (before: 50 more, twice the target).
+    """
+    from stratopt.v1 import trading_service_pb2 as tpb
+
+    portfolio_id = f"twice-{uuid.uuid4().hex[:8]}"
+    trading.UpsertHoldings(tpb.UpsertHoldingsRequest(portfolio_id=portfolio_id, positions=[], cash=10_000.0))
+    policy = tpb.RebalancePolicy(approval_limit=1e9)
+    trading.UpsertRebalancePolicy(tpb.UpsertRebalancePolicyRequest(portfolio_id=portfolio_id, policy=policy))
+
+    def rebalance(request_id: str) -> list[tuple[str, int, float]]:
+        recommendation = trading.GenerateRebalance(
+            tpb.GenerateRebalanceRequest(
+                portfolio_id=portfolio_id, target_weights={"AAA": 0.5}, prices={"AAA": 100.0}, request_id=request_id
+            )
+        ).recommendation
+        assert recommendation.status == tpb.RECOMMENDATION_STATUS_AUTO_APPROVED
+        return [(t.symbol, t.side, t.shares) for t in recommendation.trades]
+
+    assert rebalance("first") == [("AAA", tpb.TRADE_SIDE_BUY, 50)]
+    assert rebalance("second") == []  # the first one's order is NEW
+    (order,) = execution.ClaimOrders(ex_pb.ClaimOrdersRequest(portfolio_id=portfolio_id)).orders
+    assert rebalance("third") == []  # SENT
+    fill = ex_pb.Fill(fill_id=f"{portfolio_id}-1", order_id=order.order_id, symbol="AAA", side="BUY", shares=20,
+                      price=100.0, filled_at=order.created_at)  # fmt: skip
+    execution.ReportFills(ex_pb.ReportFillsRequest(portfolio_id=portfolio_id, fills=[fill]))
+    assert rebalance("fourth") == []  # PARTIALLY_FILLED: 20 held, 30 to come
+    rows = db.execute("SELECT side, shares FROM order_outbox WHERE portfolio_id = %s", (portfolio_id,)).fetchall()
+    assert rows == [("BUY", 50.0)]

@@ -137,6 +137,8 @@ class TradingCommandServiceServicer:
     def GenerateRebalance(self, request, context):
         """The whole-share trade list that restores the target within the bands, with costs, lots and realised
         gains; stored as a recommendation, PENDING_APPROVAL when its trade value exceeds the approval limit.
+        Planned from the holdings expected once the portfolio's open orders (NEW, SENT, PARTIALLY_FILLED) have
+        traded the rest at their reference prices: a rebalance before the last one's fills does not repeat its trades.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -61,6 +61,8 @@ class TradingCommandServiceStub:
     GenerateRebalance: _grpc.UnaryUnaryMultiCallable[_trading_service_pb2.GenerateRebalanceRequest, _trading_service_pb2.GenerateRebalanceResponse]
     """The whole-share trade list that restores the target within the bands, with costs, lots and realised
     gains; stored as a recommendation, PENDING_APPROVAL when its trade value exceeds the approval limit.
+    Planned from the holdings expected once the portfolio's open orders (NEW, SENT, PARTIALLY_FILLED) have
+    traded the rest at their reference prices: a rebalance before the last one's fills does not repeat its trades.
     """
     ApproveRebalance: _grpc.UnaryUnaryMultiCallable[_trading_service_pb2.ApproveRebalanceRequest, _trading_service_pb2.ApproveRebalanceResponse]
     """Approve a PENDING_APPROVAL recommendation. FAILED_PRECONDITION when it is not pending (already decided,
@@ -97,6 +99,8 @@ class TradingCommandServiceAsyncStub(TradingCommandServiceStub):
     GenerateRebalance: _aio.UnaryUnaryMultiCallable[_trading_service_pb2.GenerateRebalanceRequest, _trading_service_pb2.GenerateRebalanceResponse]  # type: ignore[assignment]
     """The whole-share trade list that restores the target within the bands, with costs, lots and realised
     gains; stored as a recommendation, PENDING_APPROVAL when its trade value exceeds the approval limit.
+    Planned from the holdings expected once the portfolio's open orders (NEW, SENT, PARTIALLY_FILLED) have
+    traded the rest at their reference prices: a rebalance before the last one's fills does not repeat its trades.
     """
     ApproveRebalance: _aio.UnaryUnaryMultiCallable[_trading_service_pb2.ApproveRebalanceRequest, _trading_service_pb2.ApproveRebalanceResponse]  # type: ignore[assignment]
     """Approve a PENDING_APPROVAL recommendation. FAILED_PRECONDITION when it is not pending (already decided,
@@ -172,6 +176,8 @@ class TradingCommandServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_trading_service_pb2.GenerateRebalanceResponse, _abc.Awaitable[_trading_service_pb2.GenerateRebalanceResponse]]:
         """The whole-share trade list that restores the target within the bands, with costs, lots and realised
         gains; stored as a recommendation, PENDING_APPROVAL when its trade value exceeds the approval limit.
+        Planned from the holdings expected once the portfolio's open orders (NEW, SENT, PARTIALLY_FILLED) have
+        traded the rest at their reference prices: a rebalance before the last one's fills does not repeat its trades.
         """
 
     @_abc_1.abstractmethod
