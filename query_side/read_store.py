@@ -42,6 +42,10 @@ class ReadStore(Protocol):
         """The latest event of a portfolio (the greatest ``(timestamp, event_id)``), or None when it has none."""
         ...
 
+    async def window_ends_from(self, portfolio_id: str, *, start: datetime) -> list[str]:
+        """The distinct estimation-window ends (stored RFC 3339 text) of a portfolio's runs at or after ``start``."""
+        ...
+
     async def history(
         self,
         portfolio_id: str,
@@ -197,6 +201,15 @@ class InMemoryReadStore(ReadStore):
     ) -> list[StoredEvent]:
         """A portfolio's events in ``[start, end)``, newest first, after a keyset; see :meth:`ReadStore.history`."""
         return _newest_first(self._events, portfolio_id, start, end, limit, after)
+
+    async def window_ends_from(self, portfolio_id: str, *, start: datetime) -> list[str]:
+        """See :meth:`ReadStore.window_ends_from`."""
+        ends = {
+            e.metadata.get("window_end")
+            for e in self._events
+            if e.portfolio_id == portfolio_id and e.timestamp >= start and isinstance(e.metadata, dict)
+        }
+        return sorted(str(end) for end in ends if end)
 
     async def history_page(
         self,

@@ -21,6 +21,7 @@ Fewer than two returns in the period leave the realised figures unset.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -103,7 +104,9 @@ def realised_figures(
 
 
 def holding_periods(
-    window_ends: list[datetime | None], horizon_end: list[datetime | None] | None = None
+    window_ends: list[datetime | None],
+    horizon_end: list[datetime | None] | None = None,
+    later_window_ends: Sequence[datetime] = (),
 ) -> list[tuple[datetime, datetime | None] | None]:
     """Each run's holding period ``(window_end, period_end]`` (module docstring).
 
@@ -114,6 +117,9 @@ def holding_periods(
     horizon_end : list of datetime or None, optional
         ``window_end + horizon`` per run when a horizon is given; otherwise the next later window end of any run
         (the weights were in force until a run on newer data; None for the latest: up to the latest stored close).
+    later_window_ends : sequence of datetime, optional
+        The window ends of the portfolio's runs after the range asked for (their figures are not asked for, but
+        they end the periods of the range's last runs as well).
 
     Returns
     -------
@@ -128,7 +134,7 @@ def holding_periods(
         if horizon_end is not None:
             periods.append((start, horizon_end[k]))
             continue
-        later = [e for e in window_ends if e is not None and e > start]
+        later = [e for e in (*window_ends, *later_window_ends) if e is not None and e > start]
         periods.append((start, min(later) if later else None))
     return periods
 

@@ -258,6 +258,25 @@ class PostgresReadStore:
             row = await self._pool.fetchrow(query, portfolio_id)
         return None if row is None else _event(row)
 
+    async def window_ends_from(self, portfolio_id: str, *, start: datetime) -> list[str]:
+        """The distinct estimation-window ends (stored RFC 3339 text) of a portfolio's runs at or after ``start``.
+
+        Runs on the caller's moments have none. One column of the runs after ``start``, not the events:
+        ``GetRealisedPerformance`` bounds the holding period of a range's last runs by them.
+
+        Raises
+        ------
+        UnavailableError
+            When the database cannot be reached.
+        """
+        query = (
+            "SELECT DISTINCT metadata->>'window_end' AS window_end FROM portfolio_optimized "
+            "WHERE portfolio_id = $1 AND \"timestamp\" >= $2 AND metadata->>'window_end' IS NOT NULL"
+        )
+        async with _database_errors():
+            rows = await self._pool.fetch(query, portfolio_id, start)
+        return [row["window_end"] for row in rows]
+
     async def history(
         self,
         portfolio_id: str,

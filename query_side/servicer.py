@@ -513,7 +513,13 @@ class OptimizationQueryServicer(query_service_pb2_grpc.OptimizationQueryServiceS
         runs = newest[::-1]
         window_ends = [_window_end(run) for run in runs]
         horizon = timedelta(days=request.horizon_days) if request.horizon_days else None
-        periods = holding_periods(window_ends, None if horizon is None else [_plus(w, horizon) for w in window_ends])
+        later: list[datetime] = []
+        if horizon is None and end is not None:  # runs after the range still end the periods of its last runs
+            texts = await self._repository.window_ends_from(portfolio_id, start=end)
+            later = [_EPOCH + timedelta(microseconds=instant_nanoseconds(t) // 1000) for t in texts]
+        periods = holding_periods(
+            window_ends, None if horizon is None else [_plus(w, horizon) for w in window_ends], later
+        )
         held = [
             sorted(s for s, w in run.weights.items() if w != 0.0) if period else []
             for run, period in zip(runs, periods, strict=True)

@@ -171,9 +171,33 @@ def test_a_runs_figures_do_not_depend_on_the_calendars_of_other_runs_names(comma
     alone = figures()
     assert alone.observations == len(returns) == 20
     assert alone.total_return == pytest.approx(np.prod(1 + returns) - 1, rel=1e-9)
-    optimize([f"C1{tag}", f"C2{tag}"], "2024-02-02")
+    second = optimize([f"C1{tag}", f"C2{tag}"], "2024-02-02")
     beside = figures()
     assert beside.observations == len(returns)
     assert beside.total_return == pytest.approx(alone.total_return, rel=1e-12)
     assert beside.volatility == pytest.approx(alone.volatility, rel=1e-12)
     assert beside.period_end == alone.period_end
+
+    # Without a horizon the stock run's period ends at the later run's window end, whether or not the range
+    # asked for (``end`` between the two runs) holds that run.
+    def until_next(**bounds: Any) -> query_pb.RealisedRun:
+        response = queries.GetRealisedPerformance(
+            query_pb.GetRealisedPerformanceRequest(portfolio_id=portfolio_id, **bounds), timeout=60
+        )
+        (stock_run,) = [r for r in response.runs if r.event_id == first.optimization_metadata.event_id]
+        return stock_run
+
+    later_window_end = second.optimization_metadata.window_end.ToDatetime(tzinfo=UTC)
+    whole = until_next()
+    assert whole.period_end.ToDatetime(tzinfo=UTC) <= later_window_end
+    middle = timestamp_pb2.Timestamp()
+    middle.FromNanoseconds(
+        (first.optimization_metadata.timestamp.ToNanoseconds() + second.optimization_metadata.timestamp.ToNanoseconds())
+        // 2
+    )
+    cut = until_next(end=middle)
+    assert (cut.period_end, cut.observations, cut.total_return) == (
+        whole.period_end,
+        whole.observations,
+        whole.total_return,
+    )

@@ -80,10 +80,11 @@ def test_get_rebalance_errors(queries: Any) -> None:
 
 def test_list_rebalance_events_pages_newest_first(trading: Any, queries: Any, db: psycopg.Connection[Any]) -> None:
     portfolio_id = portfolio(trading, approval_limit=100.0)
-    # Each decided before the next is generated (a new recommendation supersedes a pending one).
+    # Each decided before the next is generated (a new recommendation supersedes a pending one). The approved
+    # SELL of 5 stays open, so the next ones plan from 5 shares (a weight of 0.25): 0.5 buys $500, 0.35 $200.
     ids = [generate(trading, portfolio_id, 0.25).recommendation_id]
     trading.ApproveRebalance(tpb.ApproveRebalanceRequest(recommendation_id=ids[0]))
-    ids.append(generate(trading, portfolio_id, 0.3).recommendation_id)
+    ids.append(generate(trading, portfolio_id, 0.5).recommendation_id)
     trading.RejectRebalance(tpb.RejectRebalanceRequest(recommendation_id=ids[1], reason="no"))
     ids.append(generate(trading, portfolio_id, 0.35).recommendation_id)
 
