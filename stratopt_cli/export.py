@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import json
 import os
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -79,6 +80,34 @@ class BatchWriter(Protocol):
         """Finish the file."""
 
 
+class _CsvWriter:
+    """``pyarrow.csv.CSVWriter`` with list columns written as JSON arrays (CSV has no lists; pyarrow refuses them).
+
+    A backtest point's ``symbols`` and ``weights`` become e.g. ``["AAPL","MSFT"]`` and ``[0.6,0.4]``.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        import pyarrow.csv as pa_csv
+
+        self._lists = [i for i, f in enumerate(schema) if pa.types.is_list(f.type) or pa.types.is_large_list(f.type)]
+        fields = [pa.field(f.name, pa.string(), f.nullable) if i in self._lists else f for i, f in enumerate(schema)]
+        self._schema = pa.schema(fields)
+        self._writer = pa_csv.CSVWriter(str(path), self._schema)
+
+    def write_batch(self, batch: pa.RecordBatch) -> None:
+        columns = list(batch.columns)
+        for i in self._lists:
+            values = columns[i].to_pylist()
+            columns[i] = pa.array(
+                [None if v is None else json.dumps(v, separators=(",", ":"), allow_nan=False) for v in values],
+                pa.string(),
+            )
+        self._writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=self._schema))
+
+    def close(self) -> None:
+        self._writer.close()
+
+
 def open_writer(file_format: FileFormat, path: Path, schema: pa.Schema) -> BatchWriter:
     """A pyarrow writer of ``schema`` batches into a new file at ``path``.
 
@@ -102,9 +131,7 @@ def open_writer(file_format: FileFormat, path: Path, schema: pa.Schema) -> Batch
 
         writer = pq.ParquetWriter(str(path), schema)
     elif file_format is FileFormat.CSV:
-        import pyarrow.csv as pa_csv
-
-        writer = pa_csv.CSVWriter(str(path), schema)
+        writer = _CsvWriter(path, schema)
     else:
         writer = pa.ipc.new_file(str(path), schema)
     return writer  # type: ignore[no-any-return]

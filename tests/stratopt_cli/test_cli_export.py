@@ -145,3 +145,32 @@ def test_realised_compare_and_rebalance_stats_print_json(server_target: str, por
     assert json.loads(invoke("rebalance-stats", portfolio, "--target", server_target).stdout) == {}
     bad = runner.invoke(app, ["rebalance-stats", portfolio, "--bucket-hours", "0", "--target", server_target])
     assert bad.exit_code == 1 and "bucket_width" in bad.output
+
+
+def test_a_csv_export_writes_list_columns_as_json_arrays(tmp_path: Path) -> None:
+    """A backtest point's symbols and weights (Arrow lists, which CSV cannot hold) come out as JSON arrays."""
+    from datetime import datetime
+
+    from query_side.export import BACKTEST_POINTS_SCHEMA, ipc_stream, record_batch
+    from stratopt_cli.export import FileFormat, write_export
+
+    rows = [
+        {"backtest_id": "b", "created_at": datetime(2024, 1, 1, tzinfo=UTC),
+         "timestamp": datetime(2023, 1, 3, tzinfo=UTC), "equity": 1e6, "cash": 10.0, "symbols": ["A", "B"],
+         "weights": [0.25, 0.75], "rebalanced": True, "turnover": 1.0, "cost": 12.0},
+        {"backtest_id": "b", "created_at": datetime(2024, 1, 1, tzinfo=UTC),
+         "timestamp": datetime(2023, 1, 4, tzinfo=UTC), "equity": 1.01e6, "cash": 10.0, "symbols": [],
+         "weights": [], "rebalanced": False, "turnover": 0.0, "cost": 0.0},
+    ]  # fmt: skip
+    message = query_pb.ExportDataResponse(
+        arrow_ipc_stream=ipc_stream(record_batch(BACKTEST_POINTS_SCHEMA, rows)), row_count=2
+    )
+    output = tmp_path / "points.csv"
+    assert write_export([message], FileFormat.CSV, output) == 2
+    with output.open(newline="") as f:
+        read = list(csv.DictReader(f))
+    assert [(json.loads(r["symbols"]), json.loads(r["weights"])) for r in read] == [
+        (["A", "B"], [0.25, 0.75]),
+        ([], []),
+    ]
+    assert [float(r["equity"]) for r in read] == [1e6, 1.01e6]
