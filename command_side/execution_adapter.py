@@ -27,6 +27,7 @@ from stratopt.v1 import execution_service_pb2 as ex_pb
 MAX_FILLS_PER_REPORT = 1000
 DEFAULT_CLAIM_LIMIT = 100
 MAX_CLAIM_LIMIT = 1000
+MAX_CANCEL_ORDERS = 1000
 MAX_BPS = 10_000.0
 MAX_IMPACT_LOOKBACK_PERIODS = 10_000
 """Most stored bars read for the paper broker's σ and average daily volume."""
@@ -241,6 +242,36 @@ def claim_orders_command(request: ex_pb.ClaimOrdersRequest) -> tuple[str, int]:
     if limit > MAX_CLAIM_LIMIT:
         raise _bad("limit", f"at most {MAX_CLAIM_LIMIT}, got {limit}")
     return request.portfolio_id, limit
+
+
+def cancel_orders_command(request: ex_pb.CancelOrdersRequest) -> tuple[str, list[str], str]:
+    """``(portfolio_id, order ids, reason)`` of a CancelOrders request.
+
+    Raises
+    ------
+    InvalidInputError
+        ``portfolio_id`` missing; ``order_ids`` empty or over ``MAX_CANCEL_ORDERS``; ``order_ids[i]`` no UUID or
+        repeated.
+    """
+    check_request(request)
+    portfolio_id = _portfolio(request.portfolio_id)
+    if not 1 <= len(request.order_ids) <= MAX_CANCEL_ORDERS:
+        raise _bad("order_ids", f"needs 1 to {MAX_CANCEL_ORDERS} order ids, got {len(request.order_ids)}")
+    order_ids: list[str] = []
+    for i, text in enumerate(request.order_ids):
+        try:
+            order_id = str(uuid.UUID(text))
+        except ValueError:
+            raise _bad(f"order_ids[{i}]", "must be an order id (a UUID)") from None
+        if order_id in order_ids:
+            raise _bad(f"order_ids[{i}]", f"repeats order_ids[{order_ids.index(order_id)}]")
+        order_ids.append(order_id)
+    return portfolio_id, order_ids, request.reason
+
+
+def cancel_orders_response(orders: list[OrderState]) -> ex_pb.CancelOrdersResponse:
+    """The response of a cancel: the orders' states, in the request's order."""
+    return ex_pb.CancelOrdersResponse(orders=[_order(o) for o in orders])
 
 
 def claim_orders_response(orders: list[ClaimedOrder]) -> ex_pb.ClaimOrdersResponse:

@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from command_side.execution import SHARE_TOLERANCE, Break, Fill, reconcile
-from command_side.execution_store import ClaimedOrder, ExecutionResult, PaperBroker, PostgresExecutionStore
+from command_side.execution_store import (
+    ClaimedOrder,
+    ExecutionResult,
+    OrderState,
+    PaperBroker,
+    PostgresExecutionStore,
+)
 from command_side.trading_store import TradingStore
 from services.errors import NotFoundError
 
@@ -47,6 +53,12 @@ class ExecutionService:
     async def claim_orders(self, portfolio_id: str, *, limit: int, claimed_by: str) -> list[ClaimedOrder]:
         """Release NEW orders to a broker adapter (marked SENT; see ``PostgresExecutionStore.claim_orders``)."""
         return await self._store.claim_orders(portfolio_id, limit=limit, claimed_by=claimed_by)
+
+    async def cancel_orders(
+        self, portfolio_id: str, order_ids: Sequence[str], *, reason: str, cancelled_by: str
+    ) -> list[OrderState]:
+        """Cancel open orders, all or none (see ``PostgresExecutionStore.cancel_orders``)."""
+        return await self._store.cancel_orders(portfolio_id, order_ids, reason=reason, cancelled_by=cancelled_by)
 
     async def report_fills(self, portfolio_id: str, fills: Sequence[Fill], *, reported_by: str) -> ExecutionResult:
         """Apply a broker's fills (idempotent by fill id)."""

@@ -49,6 +49,16 @@ class ExecutionCommandServicer(ex_grpc.ExecutionCommandServiceServicer):
         portfolio_id, reported, cash, tolerance = adapter.reconcile_command(request)
         return adapter.reconcile_response(await self._service.reconcile(portfolio_id, reported, cash, tolerance))
 
+    async def CancelOrders(  # noqa: N802
+        self, request: ex_pb.CancelOrdersRequest, context: Context
+    ) -> ex_pb.CancelOrdersResponse:
+        """Cancel open orders; the caller is recorded from its credentials."""
+        portfolio_id, order_ids, reason = adapter.cancel_orders_command(request)
+        orders = await self._service.cancel_orders(
+            portfolio_id, order_ids, reason=reason, cancelled_by=current_principal().name
+        )
+        return adapter.cancel_orders_response(orders)
+
     async def ClaimOrders(  # noqa: N802
         self, request: ex_pb.ClaimOrdersRequest, context: Context
     ) -> ex_pb.ClaimOrdersResponse:

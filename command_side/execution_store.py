@@ -32,7 +32,7 @@ from command_side.postgres_errors import Connection, postgres_errors
 from command_side.rotation_store import GLOBAL_SCOPE
 from command_side.trading_model import Position
 from command_side.trading_records import positions_from_json, positions_json
-from services.errors import PreconditionError
+from services.errors import NotFoundError, PreconditionError, PreconditionViolation
 
 DEFAULT_SPREAD_BPS = 5.0
 DEFAULT_IMPACT_BPS = 0.0
@@ -388,6 +388,58 @@ class PostgresExecutionStore:
             if applied:
                 await self._store_holdings(conn, portfolio_id, positions, cash)
         return ExecutionResult(fills=tuple(applied), orders=tuple(touched.values()), cash=cash, duplicates=duplicates)
+
+    async def cancel_orders(
+        self, portfolio_id: str, order_ids: Sequence[str], *, reason: str, cancelled_by: str
+    ) -> list[OrderState]:
+        """Cancel open orders of a portfolio, all or none, in one transaction; their states in the given order.
+
+        The portfolio's holdings row is locked first, as a fill's transaction does, so a cancel and a fill of the
+        same portfolio never deadlock on the orders; each cancelled order gets a CANCELLED execution event with
+        the reason, the caller and the shares it had filled. An order already CANCELLED is left as it is.
+
+        Raises
+        ------
+        NotFoundError
+            An order is not one of the portfolio's (naming ``order_ids[i]``).
+        PreconditionError
+            An order is FILLED or REJECTED (naming ``order_ids[i]``).
+        """
+        async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT 1 FROM portfolio_holdings WHERE portfolio_id = $1 FOR UPDATE", portfolio_id)
+            rows = await conn.fetch(
+                "SELECT * FROM order_outbox WHERE order_id = ANY($1::uuid[]) AND portfolio_id = $2 "
+                "ORDER BY order_id FOR UPDATE",
+                [uuid.UUID(o) for o in order_ids],
+                portfolio_id,
+            )
+            found = {str(r["order_id"]): r for r in rows}
+            states = []
+            for i, order_id in enumerate(order_ids):
+                row = found.get(order_id)
+                if row is None:
+                    raise NotFoundError(f"order_ids[{i}]: no order {order_id} of {portfolio_id!r}")
+                if row["status"] in ("FILLED", "REJECTED"):
+                    description = f"order {order_id} is {row['status']}; only an open order can be cancelled"
+                    raise PreconditionError(
+                        f"order_ids[{i}]: {description}",
+                        precondition_violations=(
+                            PreconditionViolation("ORDER_NOT_OPEN", f"order_ids[{i}]", description),
+                        ),
+                    )
+                if row["status"] != "CANCELLED":
+                    row = await conn.fetchrow(
+                        "UPDATE order_outbox SET status = 'CANCELLED', updated_at = clock_timestamp() "
+                        "WHERE order_id = $1 RETURNING *",
+                        row["order_id"],
+                    )
+                    assert row is not None
+                    await self._event(
+                        conn, row, "CANCELLED",
+                        {"reason": reason, "cancelled_by": cancelled_by, "filled": row["filled_shares"]},
+                    )  # fmt: skip
+                states.append(_state(row))
+        return states
 
     async def claim_orders(self, portfolio_id: str, *, limit: int, claimed_by: str) -> list[ClaimedOrder]:
         """Mark up to ``limit`` NEW orders SENT for ``claimed_by``, oldest first, in one transaction.

@@ -90,6 +90,7 @@ METHOD_ROLES: Final[Mapping[str, str]] = {
     _EXECUTION + "ReportFills": "trade",
     _EXECUTION + "Reconcile": "read",
     _EXECUTION + "ClaimOrders": "trade",
+    _EXECUTION + "CancelOrders": "trade",
     # query side: read-only
     _QUERY + "GetLatest": "read",
     _QUERY + "GetHistory": "read",

@@ -286,6 +286,9 @@ def valid_requests() -> dict[str, Any]:
             ],
         ),
         "ExecutionCommandService.ClaimOrders": ex_pb.ClaimOrdersRequest(portfolio_id="corpus", limit=5),
+        "ExecutionCommandService.CancelOrders": ex_pb.CancelOrdersRequest(
+            portfolio_id="corpus", order_ids=[RECOMMENDATION], reason="corpus"
+        ),
         "ExecutionCommandService.Reconcile": ex_pb.ReconcileRequest(
             portfolio_id="corpus", positions=[ex_pb.ReportedPosition(symbol="AAA", shares=1.0)]
         ),

@@ -1156,6 +1156,36 @@ def _cases() -> list[Case]:
             lambda: ex_pb.ClaimOrdersRequest(portfolio_id=NUL),
             "portfolio_id",
         ),
+        Case(
+            "cancel-no-orders",
+            EXE + "CancelOrders",
+            lambda: ex_pb.CancelOrdersRequest(portfolio_id="corpus"),
+            "order_ids",
+        ),
+        Case(
+            "cancel-not-a-uuid",
+            EXE + "CancelOrders",
+            lambda: ex_pb.CancelOrdersRequest(portfolio_id="corpus", order_ids=["order-1"]),
+            "order_ids[0]",
+        ),
+        Case(
+            "cancel-repeated",
+            EXE + "CancelOrders",
+            lambda: ex_pb.CancelOrdersRequest(portfolio_id="corpus", order_ids=[RECOMMENDATION, RECOMMENDATION]),
+            "order_ids[1]",
+        ),
+        Case(
+            "cancel-reason-nul",
+            EXE + "CancelOrders",
+            lambda: ex_pb.CancelOrdersRequest(portfolio_id="corpus", order_ids=[RECOMMENDATION], reason=NUL),
+            "reason",
+        ),
+        Case(
+            "cancel-no-portfolio",
+            EXE + "CancelOrders",
+            lambda: ex_pb.CancelOrdersRequest(order_ids=[RECOMMENDATION]),
+            "portfolio_id",
+        ),
         # Rotation reads
         Case(
             "latest-rotation-nul",

@@ -35,7 +35,7 @@ from services.errors import InvalidInputError
 
 MAX_ID_LENGTH: Final = 128
 """Longest identifier, in characters: ``portfolio_id``, ``request_id``, ``recommendation_id``, ``cache_key``,
-``lot_id``, ``signal_set``, ``fill_id``, ``order_id``."""
+``lot_id``, ``signal_set``, ``fill_id``, ``order_id`` (and each of ``order_ids``)."""
 MAX_SYMBOL_LENGTH: Final = 64
 """Longest symbol, in characters: ``symbol``, ``market_symbol`` and the keys of the maps keyed by symbol
 (``target_weights``, ``prices``, ``constraints.strategy_bounds`` ...)."""
@@ -73,6 +73,7 @@ STRING_KINDS: Final[dict[str, tuple[str, int]]] = {
     "signal_set": ID,
     "fill_id": ID,
     "order_id": ID,
+    "order_ids": ID,
     "backtest_id": ID,
     "symbol": SYMBOL,
     "market_symbol": SYMBOL,

@@ -395,3 +395,68 @@ def test_a_second_rebalance_before_the_first_ones_fills_plans_from_the_expected_
     assert rebalance("fourth") == []  # PARTIALLY_FILLED: 20 held, 30 to come
     rows = db.execute("SELECT side, shares FROM order_outbox WHERE portfolio_id = %s", (portfolio_id,)).fetchall()
     assert rows == [("BUY", 50.0)]
+
+
+def test_cancelled_orders_stop_counting_and_take_no_more_fills(
+    rotation: rot_grpc.RotationCommandServiceStub,
+    execution: ex_grpc.ExecutionCommandServiceStub,
+    portfolio: tuple[str, str],
+    db: psycopg.Connection[Any],
+) -> None:
+    """The first cycle's three BUYs go out; one fills, one fills in part, one not: the last two are cancelled.
+
+    Their states come back in the request's order, with what had filled; a repeat changes nothing; the FILLED one
+    and an unknown id are refused naming the id's index; a later fill of a cancelled order is refused; and the next
+    cycle buys again what the cancelled orders will no longer buy.
+    """
+    portfolio_id, _ = portfolio
+    first = run(rotation, portfolio_id, request_id="first").decision
+    filled, partly, unfilled = sorted(first.orders, key=lambda o: o.symbol)
+    claimed = execution.ClaimOrders(ex_pb.ClaimOrdersRequest(portfolio_id=portfolio_id)).orders
+    assert len(claimed) == 3
+
+    def fill(order: Any, shares: float, k: int) -> ex_pb.Fill:
+        return ex_pb.Fill(fill_id=f"{portfolio_id}-{k}", order_id=order.order_id, symbol=order.symbol, side="BUY",
+                          shares=shares, price=CLOSE[order.symbol], filled_at=stamp(IN_WINDOW))  # fmt: skip
+
+    half = math.floor(partly.shares / 2)
+    execution.ReportFills(
+        ex_pb.ReportFillsRequest(
+            portfolio_id=portfolio_id, fills=[fill(filled, filled.shares, 1), fill(partly, half, 2)]
+        )
+    )
+
+    def cancel(*order_ids: str) -> ex_pb.CancelOrdersResponse:
+        response: ex_pb.CancelOrdersResponse = execution.CancelOrders(
+            ex_pb.CancelOrdersRequest(portfolio_id=portfolio_id, order_ids=list(order_ids), reason="broker cancelled")
+        )
+        return response
+
+    cancelled = cancel(unfilled.order_id, partly.order_id)
+    assert [(o.order_id, o.status, o.filled_shares) for o in cancelled.orders] == [
+        (unfilled.order_id, "CANCELLED", 0.0),
+        (partly.order_id, "CANCELLED", half),
+    ]
+    assert cancel(partly.order_id, unfilled.order_id).orders[0].status == "CANCELLED"  # a repeat: as it was
+    events = db.execute(
+        "SELECT payload->>'cancelled_by', payload->>'reason' FROM execution_events "
+        "WHERE portfolio_id = %s AND event_type = 'CANCELLED'",
+        (portfolio_id,),
+    ).fetchall()
+    assert sorted(events) == [("local", "broker cancelled")] * 2  # once each, the caller from its credentials
+    for order_ids, code, index in (
+        ((unfilled.order_id, filled.order_id), grpc.StatusCode.FAILED_PRECONDITION, 1),
+        ((str(uuid.uuid4()),), grpc.StatusCode.NOT_FOUND, 0),
+    ):
+        with pytest.raises(grpc.RpcError) as error:
+            cancel(*order_ids)
+        assert error.value.code() == code and f"order_ids[{index}]" in str(error.value.details())
+    with pytest.raises(grpc.RpcError) as error:
+        execution.ReportFills(ex_pb.ReportFillsRequest(portfolio_id=portfolio_id, fills=[fill(unfilled, 1, 3)]))
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "CANCELLED" in str(error.value.details())
+
+    # The next cycle counts only what filled: it buys the two names again, in whole shares of what is missing.
+    again = {o.symbol: o for o in run(rotation, portfolio_id, request_id="again").decision.orders}
+    assert set(again) == {partly.symbol, unfilled.symbol}
+    assert again[unfilled.symbol].shares == pytest.approx(unfilled.shares, abs=1)
+    assert again[partly.symbol].shares == pytest.approx(partly.shares - half, abs=1)

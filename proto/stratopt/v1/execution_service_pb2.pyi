@@ -588,3 +588,55 @@ class ClaimOrdersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ClaimOrdersResponse: _TypeAlias = ClaimOrdersResponse  # noqa: Y015
+
+@_typing.final
+class CancelOrdersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTFOLIO_ID_FIELD_NUMBER: _builtins.int
+    ORDER_IDS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    portfolio_id: _builtins.str
+    """Portfolio identifier; every order must be this portfolio's."""
+    reason: _builtins.str
+    """Why (recorded with each order's CANCELLED execution event; the caller is recorded from its credentials)."""
+    @_builtins.property
+    def order_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The orders to cancel (RotationOrder.order_id or ClaimedOrder.order_id), 1 to 1000, no repeats."""
+
+    def __init__(
+        self,
+        *,
+        portfolio_id: _builtins.str = ...,
+        order_ids: _abc.Iterable[_builtins.str] | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order_ids", b"order_ids", "portfolio_id", b"portfolio_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelOrdersRequest: _TypeAlias = CancelOrdersRequest  # noqa: Y015
+
+@_typing.final
+class CancelOrdersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def orders(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrderState]:
+        """The orders in their state after the call, in the request's order."""
+
+    def __init__(
+        self,
+        *,
+        orders: _abc.Iterable[Global___OrderState] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["orders", b"orders"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelOrdersResponse: _TypeAlias = CancelOrdersResponse  # noqa: Y015

@@ -56,6 +56,11 @@ class ExecutionCommandServiceStub:
                 request_serializer=stratopt_dot_v1_dot_execution__service__pb2.ClaimOrdersRequest.SerializeToString,
                 response_deserializer=stratopt_dot_v1_dot_execution__service__pb2.ClaimOrdersResponse.FromString,
                 _registered_method=True)
+        self.CancelOrders = channel.unary_unary(
+                '/stratopt.v1.ExecutionCommandService/CancelOrders',
+                request_serializer=stratopt_dot_v1_dot_execution__service__pb2.CancelOrdersRequest.SerializeToString,
+                response_deserializer=stratopt_dot_v1_dot_execution__service__pb2.CancelOrdersResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutionCommandServiceServicer:
@@ -99,6 +104,19 @@ class ExecutionCommandServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelOrders(self, request, context):
+        """Cancel open orders (NEW, SENT or PARTIALLY_FILLED) of one portfolio: a broker adapter reporting that the
+        broker cancelled or rejected an order, or a trader withdrawing what has not filled. What has filled stands;
+        the rest is no longer traded, nor counted by the next rotation cycle or rebalance (which plan from the
+        holdings plus what open orders still trade). All or nothing, in one transaction; an order already CANCELLED
+        is left as it is (a repeated call changes nothing). FAILED_PRECONDITION naming order_ids[i] for an order
+        FILLED or REJECTED; NOT_FOUND naming order_ids[i] for an order that is not the portfolio's. A fill reported
+        later for a cancelled order is refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutionCommandServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +139,11 @@ def add_ExecutionCommandServiceServicer_to_server(servicer, server):
                     servicer.ClaimOrders,
                     request_deserializer=stratopt_dot_v1_dot_execution__service__pb2.ClaimOrdersRequest.FromString,
                     response_serializer=stratopt_dot_v1_dot_execution__service__pb2.ClaimOrdersResponse.SerializeToString,
+            ),
+            'CancelOrders': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelOrders,
+                    request_deserializer=stratopt_dot_v1_dot_execution__service__pb2.CancelOrdersRequest.FromString,
+                    response_serializer=stratopt_dot_v1_dot_execution__service__pb2.CancelOrdersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -233,6 +256,33 @@ class ExecutionCommandService:
             '/stratopt.v1.ExecutionCommandService/ClaimOrders',
             stratopt_dot_v1_dot_execution__service__pb2.ClaimOrdersRequest.SerializeToString,
             stratopt_dot_v1_dot_execution__service__pb2.ClaimOrdersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelOrders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stratopt.v1.ExecutionCommandService/CancelOrders',
+            stratopt_dot_v1_dot_execution__service__pb2.CancelOrdersRequest.SerializeToString,
+            stratopt_dot_v1_dot_execution__service__pb2.CancelOrdersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,15 @@ class ExecutionCommandServiceStub:
     Each order is claimed once, even by several adapters at once. FAILED_PRECONDITION while the global kill-switch
     is engaged; orders of a portfolio whose own switch is engaged stay NEW. The adapter then calls ReportFills.
     """
+    CancelOrders: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.CancelOrdersRequest, _execution_service_pb2.CancelOrdersResponse]
+    """Cancel open orders (NEW, SENT or PARTIALLY_FILLED) of one portfolio: a broker adapter reporting that the
+    broker cancelled or rejected an order, or a trader withdrawing what has not filled. What has filled stands;
+    the rest is no longer traded, nor counted by the next rotation cycle or rebalance (which plan from the
+    holdings plus what open orders still trade). All or nothing, in one transaction; an order already CANCELLED
+    is left as it is (a repeated call changes nothing). FAILED_PRECONDITION naming order_ids[i] for an order
+    FILLED or REJECTED; NOT_FOUND naming order_ids[i] for an order that is not the portfolio's. A fill reported
+    later for a cancelled order is refused.
+    """
 
 @_typing.type_check_only
 class ExecutionCommandServiceAsyncStub(ExecutionCommandServiceStub):
@@ -84,6 +93,15 @@ class ExecutionCommandServiceAsyncStub(ExecutionCommandServiceStub):
     """For a real broker's adapter: claim NEW orders, oldest first, and mark them SENT with the caller as claimant.
     Each order is claimed once, even by several adapters at once. FAILED_PRECONDITION while the global kill-switch
     is engaged; orders of a portfolio whose own switch is engaged stay NEW. The adapter then calls ReportFills.
+    """
+    CancelOrders: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.CancelOrdersRequest, _execution_service_pb2.CancelOrdersResponse]  # type: ignore[assignment]
+    """Cancel open orders (NEW, SENT or PARTIALLY_FILLED) of one portfolio: a broker adapter reporting that the
+    broker cancelled or rejected an order, or a trader withdrawing what has not filled. What has filled stands;
+    the rest is no longer traded, nor counted by the next rotation cycle or rebalance (which plan from the
+    holdings plus what open orders still trade). All or nothing, in one transaction; an order already CANCELLED
+    is left as it is (a repeated call changes nothing). FAILED_PRECONDITION naming order_ids[i] for an order
+    FILLED or REJECTED; NOT_FOUND naming order_ids[i] for an order that is not the portfolio's. A fill reported
+    later for a cancelled order is refused.
     """
 
 class ExecutionCommandServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -132,6 +150,21 @@ class ExecutionCommandServiceServicer(metaclass=_abc_1.ABCMeta):
         """For a real broker's adapter: claim NEW orders, oldest first, and mark them SENT with the caller as claimant.
         Each order is claimed once, even by several adapters at once. FAILED_PRECONDITION while the global kill-switch
         is engaged; orders of a portfolio whose own switch is engaged stay NEW. The adapter then calls ReportFills.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelOrders(
+        self,
+        request: _execution_service_pb2.CancelOrdersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_execution_service_pb2.CancelOrdersResponse, _abc.Awaitable[_execution_service_pb2.CancelOrdersResponse]]:
+        """Cancel open orders (NEW, SENT or PARTIALLY_FILLED) of one portfolio: a broker adapter reporting that the
+        broker cancelled or rejected an order, or a trader withdrawing what has not filled. What has filled stands;
+        the rest is no longer traded, nor counted by the next rotation cycle or rebalance (which plan from the
+        holdings plus what open orders still trade). All or nothing, in one transaction; an order already CANCELLED
+        is left as it is (a repeated call changes nothing). FAILED_PRECONDITION naming order_ids[i] for an order
+        FILLED or REJECTED; NOT_FOUND naming order_ids[i] for an order that is not the portfolio's. A fill reported
+        later for a cancelled order is refused.
         """
 
 def add_ExecutionCommandServiceServicer_to_server(servicer: ExecutionCommandServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
