@@ -38,6 +38,7 @@ from services.engine import OptimizationJob, OptimizationOutcome
 from services.errors import (
     InfeasibleError,
     InvalidInputError,
+    NotFoundError,
     OptimizationError,
     PreconditionError,
     PreconditionViolation,
@@ -176,6 +177,10 @@ class BacktestService:
         """
         started = time.monotonic()
         deadline = None if time_remaining_s is None else started + time_remaining_s
+        if command.configuration_version > 2**31 - 1:  # the column is an integer: no such version is stored
+            raise NotFoundError(
+                f"no configuration version {command.configuration_version} for portfolio '{command.portfolio_id}'"
+            )
         config = await self._store.get_configuration(command.portfolio_id, command.configuration_version)
         optimize = self._command_for(replace(config, enabled=True), "")
         symbols = optimize.problem.symbols

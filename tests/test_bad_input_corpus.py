@@ -1261,6 +1261,12 @@ def _cases() -> list[Case]:
             "quotes[0].ask",
         ),
         Case(
+            "rotation-winsor-infinite",
+            ROT + "UpsertRotationConfiguration",
+            _set(_rotation, _field("configuration.signals.winsor_limit", float("inf"))),
+            "configuration.signals.winsor_limit",
+        ),
+        Case(
             "rotation-spread-lookback-0",
             ROT + "UpsertRotationConfiguration",
             _set(_rotation, _field("configuration.policy.spread_lookback_days", 0)),
@@ -1407,6 +1413,8 @@ def test_a_not_found_message_never_repeats_a_long_id(grpc_channel: grpc.Channel)
             query_pb.ExportDataRequest(portfolio_id=longest, dataset=query_pb.EXPORT_DATASET_WEIGHTS),
         ),
         (OPT + "GetConfiguration", cmd_pb.GetConfigurationRequest(portfolio_id=longest)),
+        # A version past the stored column's range: no such version, not the database's DataError (INTERNAL).
+        (OPT + "Backtest", bt_pb.BacktestRequest(portfolio_id="corpus", configuration_version=2**31)),
     ):
         outcome = call(grpc_channel, BY_NAME[rpc], request)
         assert outcome.code == grpc.StatusCode.NOT_FOUND, rpc

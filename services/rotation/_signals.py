@@ -11,6 +11,7 @@ PyPortfolioOpt's ``CovarianceShrinkage``); betas against a market series come fr
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,8 +67,8 @@ class SignalSettings:
     def __post_init__(self) -> None:
         if self.ewma_span < 1 or self.atr_periods < 1:
             raise InvalidInputError.for_field("ewma_span", "ewma_span and atr_periods must be ≥ 1")
-        if not self.winsor_limit > 0:
-            raise InvalidInputError.for_field("winsor_limit", f"must be > 0, got {self.winsor_limit}")
+        if not 0 < self.winsor_limit < math.inf:
+            raise InvalidInputError.for_field("winsor_limit", f"must be finite and > 0, got {self.winsor_limit}")
 
 
 def ewma_volatility(returns: FloatArray, span: int) -> FloatArray:
