@@ -490,7 +490,7 @@ class RebalancingService:
         _required_id(command.portfolio_id, "portfolio_id")
         validate_policy(command.policy)
         policy = resolved_policy(command.policy)
-        await self._store.store_policy(command.portfolio_id, policy)
+        await self._store.store_policy(command.portfolio_id, policy, updated_by=command.updated_by)
         return policy
 
     async def _inputs(
@@ -731,8 +731,12 @@ class RebalancingService:
             recent_realized_losses=losses,
             recent_purchases=purchases,
         )
-        recommendation = _recommendation(portfolio_id, plan, _given(policy.approval_limit, DEFAULT_APPROVAL_LIMIT))
-        recommendation = replace(recommendation, hold_reason=cost_hold_reason(recommendation, policy.max_cost_bps))
+        limit = _given(policy.approval_limit, DEFAULT_APPROVAL_LIMIT)
+        recommendation = _recommendation(portfolio_id, plan, limit)
+        holds = [cost_hold_reason(recommendation, policy.max_cost_bps)]
+        if recommendation.total_trade_value <= limit:  # would be approved by the limit: is the limit's word good?
+            holds += await self._approval_holds(command, recommendation, limit, at_or_before=given_as_of)
+        recommendation = replace(recommendation, hold_reason="; ".join(h for h in holds if h))
         if deadline is not None and loop.time() >= deadline:
             raise DeadlineExceededError("the call's deadline passed before the recommendation was stored")
         try:
@@ -751,6 +755,43 @@ class RebalancingService:
                 raise
             return replay
         return GeneratedRebalance(recommendation=stored)
+
+    async def _approval_holds(
+        self,
+        command: GenerateRebalance,
+        recommendation: RebalanceRecommendation,
+        limit: float,
+        *,
+        at_or_before: datetime | None,
+    ) -> list[str]:
+        """Why a recommendation within the approval limit still waits for an approver (empty: it need not).
+
+        The limit approves in advance, so it holds only where an approval would:
+
+        * ``POLICY_SET_BY_GENERATOR``: the principal that generated the recommendation stored the policy, and a
+          generator may not approve its own recommendations (the four-eyes rule; not in the development mode);
+        * ``PRICES_BELOW_STORED``: the request gave prices, and valued at the stored price of each traded symbol
+          where that is higher than the given one, the trades are worth more than the limit (given prices decide
+          the trades; they cannot shrink a trade's value under the limit).
+        """
+        holds = []
+        if not self._allow_self_approval and command.created_by:
+            author = await self._store.policy_author(command.portfolio_id)
+            if author == command.created_by:
+                holds.append(
+                    f"POLICY_SET_BY_GENERATOR: the approval limit was set by {author}, who generated this "
+                    "recommendation; another principal approves it"
+                )
+        given = {t.symbol: t for t in recommendation.trades if t.symbol in command.prices}
+        if given:
+            stored = await self._store.latest_prices(sorted(given), at_or_before=at_or_before)
+            value = math.fsum(t.shares * max(t.price, stored.get(t.symbol, t.price)) for t in recommendation.trades)
+            if value > limit:
+                holds.append(
+                    f"PRICES_BELOW_STORED: at the stored prices where they are above the given ones the trades are "
+                    f"worth {value:,.2f}, above the approval limit {limit:,.2f}"
+                )
+        return holds
 
     async def _replay(self, portfolio_id: str, request_id: str, fingerprint: str) -> GeneratedRebalance | None:
         stored = await self._store.find_by_request(portfolio_id, request_id)

@@ -351,18 +351,27 @@ class PostgresTradingStore:
             for o in orders
         )
 
-    async def store_policy(self, portfolio_id: str, policy: RebalancePolicy) -> None:
+    async def store_policy(self, portfolio_id: str, policy: RebalancePolicy, *, updated_by: str = "") -> None:
         """See :meth:`TradingStore.store_policy`."""
         document = policy_json(policy)
         async with store_errors(), self._pool.acquire() as conn:
             await conn.execute(
-                """INSERT INTO rebalance_policies (portfolio_id, policy, updated_at)
-                   VALUES ($1, $2::jsonb, clock_timestamp())
+                """INSERT INTO rebalance_policies (portfolio_id, policy, updated_at, updated_by)
+                   VALUES ($1, $2::jsonb, clock_timestamp(), $3)
                    ON CONFLICT (portfolio_id) DO UPDATE SET policy = EXCLUDED.policy,
-                       updated_at = EXCLUDED.updated_at""",
+                       updated_at = EXCLUDED.updated_at, updated_by = EXCLUDED.updated_by""",
                 portfolio_id,
                 _json(document),
+                updated_by or None,
             )
+
+    async def policy_author(self, portfolio_id: str) -> str | None:
+        """See :meth:`TradingStore.policy_author`."""
+        async with store_errors(), self._pool.acquire() as conn:
+            author: str | None = await conn.fetchval(
+                "SELECT updated_by FROM rebalance_policies WHERE portfolio_id = $1", portfolio_id
+            )
+        return author
 
     async def load_policy(self, portfolio_id: str) -> RebalancePolicy | None:
         """See :meth:`TradingStore.load_policy`."""

@@ -249,6 +249,8 @@ class UpsertPolicy:
 
     portfolio_id: str
     policy: RebalancePolicy
+    updated_by: str = ""
+    """The authenticated principal storing it (never a request field)."""
 
 
 # --- drift and recommendations ----------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ class TradingCommandServicer(trading_grpc.TradingCommandServiceServicer):
         self, request: trading_pb.UpsertRebalancePolicyRequest, context: Context
     ) -> trading_pb.UpsertRebalancePolicyResponse:
         """Store a rebalance policy."""
-        command = adapter.upsert_policy_command(request)
+        command = replace(adapter.upsert_policy_command(request), updated_by=current_principal().name)
         policy = await self._rebalancing.upsert_policy(command)
         return adapter.upsert_policy_response(command.portfolio_id, policy)
 

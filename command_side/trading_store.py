@@ -193,8 +193,12 @@ class TradingStore(Protocol):
         """
         ...
 
-    async def store_policy(self, portfolio_id: str, policy: RebalancePolicy) -> None:
-        """Replace the portfolio's rebalance policy."""
+    async def store_policy(self, portfolio_id: str, policy: RebalancePolicy, *, updated_by: str = "") -> None:
+        """Replace the portfolio's rebalance policy (``updated_by``: the principal storing it)."""
+        ...
+
+    async def policy_author(self, portfolio_id: str) -> str | None:
+        """Who stored the portfolio's policy; None when no policy, or none recorded (stored before migration 0023)."""
         ...
 
     async def load_policy(self, portfolio_id: str) -> RebalancePolicy | None:
@@ -331,6 +335,7 @@ class _StoredRow:
 class _Tables:
     holdings: dict[str, tuple[JsonObject, float, datetime]] = field(default_factory=dict)
     policies: dict[str, JsonObject] = field(default_factory=dict)
+    policy_authors: dict[str, str | None] = field(default_factory=dict)
     prices: dict[str, list[tuple[datetime, float]]] = field(default_factory=dict)
     targets: dict[str, LatestTarget] = field(default_factory=dict)
     recommendations: dict[uuid.UUID, _StoredRow] = field(default_factory=dict)
@@ -403,10 +408,16 @@ class InMemoryTradingStore:
         """See :meth:`TradingStore.load_book`; this store queues no orders, so there are none."""
         return await self.load_holdings(portfolio_id), ()
 
-    async def store_policy(self, portfolio_id: str, policy: RebalancePolicy) -> None:
+    async def store_policy(self, portfolio_id: str, policy: RebalancePolicy, *, updated_by: str = "") -> None:
         """See :meth:`TradingStore.store_policy`."""
         with self._lock:
             self._tables.policies[portfolio_id] = _stored(policy_json(policy))
+            self._tables.policy_authors[portfolio_id] = updated_by or None
+
+    async def policy_author(self, portfolio_id: str) -> str | None:
+        """See :meth:`TradingStore.policy_author`."""
+        with self._lock:
+            return self._tables.policy_authors.get(portfolio_id)
 
     async def load_policy(self, portfolio_id: str) -> RebalancePolicy | None:
         """See :meth:`TradingStore.load_policy`."""

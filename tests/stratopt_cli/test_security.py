@@ -279,6 +279,63 @@ def test_mtls_without_a_client_certificate_fails_the_handshake(secure_target: st
 # --- the approver is the principal; no self-approval ------------------------------------------------------------
 
 
+def test_neither_an_own_limit_nor_low_given_prices_approve_a_trade(
+    channel: grpc.Channel, pki: Pki, db: psycopg.Connection[Any], stored_prices: dict[str, str]
+) -> None:
+    """A trader who stored the policy, or priced the trades itself, is held for an approver like any other.
+
+    1. A trade-only principal sets an approval limit of $10^15 and sells $15,000 of AAPL: PENDING, not
+       AUTO_APPROVED (``POLICY_SET_BY_GENERATOR``); with the same limit set by someone else, it auto-approves.
+    2. With the default $10,000 limit and AAPL priced at $0.0001 in the request, the sale of 100 shares is worth
+       $0.01 at the given price but 100 × the stored close (above $100) at the stored one: PENDING
+       (``PRICES_BELOW_STORED``). Nothing reaches the order outbox while pending.
+    """
+    assert "AAPL" in stored_prices
+    trading = trading_grpc.TradingCommandServiceStub(channel)
+    tom = bearer(pki.issuer.token("trader-tom", ["trade"]))
+    head = bearer(pki.issuer.token("desk-head", ["trade"]))
+
+    def book(shares: float) -> str:
+        portfolio_id = unique("limit")
+        holdings = tpb.UpsertHoldingsRequest(
+            portfolio_id=portfolio_id, positions=[tpb.Position(symbol="AAPL", shares=shares)]
+        )
+        trading.UpsertHoldings(holdings, metadata=tom, timeout=30)
+        return portfolio_id
+
+    def sell_all(portfolio_id: str, price: float) -> tpb.RebalanceRecommendation:
+        generate = tpb.GenerateRebalanceRequest(portfolio_id=portfolio_id, target_weights={"AAPL": 0.0})
+        generate.prices["AAPL"] = price
+        recommendation: tpb.RebalanceRecommendation = trading.GenerateRebalance(
+            generate, metadata=tom, timeout=30
+        ).recommendation
+        return recommendation
+
+    def outbox(portfolio_id: str) -> int:
+        row = db.execute("SELECT count(*) FROM order_outbox WHERE portfolio_id = %s", (portfolio_id,)).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    policy = tpb.RebalancePolicy(approval_limit=1e15)
+    own, other = book(100), book(100)
+    trading.UpsertRebalancePolicy(tpb.UpsertRebalancePolicyRequest(portfolio_id=own, policy=policy), metadata=tom)
+    trading.UpsertRebalancePolicy(tpb.UpsertRebalancePolicyRequest(portfolio_id=other, policy=policy), metadata=head)
+    held = sell_all(own, 150.0)
+    assert held.status == tpb.RECOMMENDATION_STATUS_PENDING_APPROVAL and held.total_trade_value == 15_000.0
+    assert held.hold_reason.startswith("POLICY_SET_BY_GENERATOR: the approval limit was set by trader-tom")
+    assert outbox(own) == 0
+    approved = sell_all(other, 150.0)
+    assert (approved.status, approved.hold_reason) == (tpb.RECOMMENDATION_STATUS_AUTO_APPROVED, "")
+    assert outbox(other) == 1
+
+    cheap = book(100)
+    low = sell_all(cheap, 0.0001)
+    assert low.total_trade_value == pytest.approx(0.01) and low.approval_limit == 10_000.0
+    assert low.status == tpb.RECOMMENDATION_STATUS_PENDING_APPROVAL
+    assert low.hold_reason.startswith("PRICES_BELOW_STORED: at the stored prices")
+    assert outbox(cheap) == 0
+
+
 def test_generator_cannot_approve_its_own_recommendation(
     channel: grpc.Channel, pki: Pki, db: psycopg.Connection[Any]
 ) -> None:

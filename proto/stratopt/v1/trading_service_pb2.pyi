@@ -1584,8 +1584,11 @@ class RebalanceRecommendation(_message.Message):
     reason: _builtins.str
     """Reason given with the decision."""
     hold_reason: _builtins.str
-    """Why the recommendation waits for approval although its value is within the approval limit (e.g. its cost
-    is above the policy's max_cost_bps); "" when it does not.
+    """Why the recommendation waits for approval although its value is within the approval limit; "" when it
+    does not. Codes, "; "-separated, each with its figures: COST_ABOVE_LIMIT (its cost is above the policy's
+    max_cost_bps), KILL_SWITCH, POLICY_SET_BY_GENERATOR (the caller stored the policy whose limit would approve
+    it, and may not approve its own recommendations), PRICES_BELOW_STORED (valued at the stored prices where
+    they are above the request's prices, the trades are worth more than the limit).
     """
     @_builtins.property
     def trades(self) -> _containers.RepeatedCompositeFieldContainer[Global___Trade]:
