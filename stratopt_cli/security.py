@@ -33,6 +33,7 @@ import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from google.protobuf.message import DecodeError
 
 from stratopt.identity import CURRENT_PRINCIPAL, LOCAL_PRINCIPAL, ROLES, Principal
 from stratopt.request_limits import MAX_ID_LENGTH
@@ -329,6 +330,45 @@ def _admit(authenticator: Authenticator, role: str | None, context: ServicerCont
     return principal
 
 
+@dataclass(frozen=True)
+class _Malformed:
+    """A request whose bytes are no message of the method's type (what :func:`_tolerant` gives for them)."""
+
+    detail: str
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer``, answering bytes it cannot parse with :class:`_Malformed` instead of raising.
+
+    grpc answers a deserializer's exception with UNKNOWN and the exception's class name; the handler wrapped by
+    :class:`AuthInterceptor` answers a ``_Malformed`` request with INVALID_ARGUMENT instead.
+    """
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError as error:
+            return _Malformed(str(error))
+
+    return deserialize
+
+
+async def _refuse_malformed(request: Any, context: ServicerContext) -> None:
+    if isinstance(request, _Malformed):
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: the bytes are no such message ({request.detail})"
+        )
+
+
+async def _checked(requests: AsyncIterator[Any], context: ServicerContext) -> AsyncIterator[Any]:
+    """A client stream's messages, the call refused at the first malformed one."""
+    async for request in requests:
+        await _refuse_malformed(request, context)
+        yield request
+
+
 class AuthInterceptor(_ServerInterceptor):
     """Authenticate each call, check the method's role and run its handler with the principal set.
 
@@ -345,12 +385,18 @@ class AuthInterceptor(_ServerInterceptor):
         self._authenticator = authenticator
         self._method_roles = method_roles
 
-    def _unary(self, behaviour: Callable[..., Any], role: str | None) -> Callable[..., Awaitable[Any]]:
+    def _unary(
+        self, behaviour: Callable[..., Any], role: str | None, *, streamed: bool = False
+    ) -> Callable[..., Awaitable[Any]]:
         async def wrapped(request: Any, context: ServicerContext) -> Any:
             try:
                 principal = _admit(self._authenticator, role, context)
             except AuthError as error:
                 await context.abort(error.code, error.message)
+            if streamed:
+                request = _checked(request, context)
+            else:
+                await _refuse_malformed(request, context)
             token = CURRENT_PRINCIPAL.set(principal)
             try:
                 response = behaviour(request, context)
@@ -360,12 +406,18 @@ class AuthInterceptor(_ServerInterceptor):
 
         return wrapped
 
-    def _streaming(self, behaviour: Callable[..., Any], role: str | None) -> Callable[..., AsyncIterator[Any]]:
+    def _streaming(
+        self, behaviour: Callable[..., Any], role: str | None, *, streamed: bool = False
+    ) -> Callable[..., AsyncIterator[Any]]:
         async def wrapped(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
             try:
                 principal = _admit(self._authenticator, role, context)
             except AuthError as error:
                 await context.abort(error.code, error.message)
+            if streamed:
+                request = _checked(request, context)
+            else:
+                await _refuse_malformed(request, context)
             token = CURRENT_PRINCIPAL.set(principal)
             try:
                 responses = behaviour(request, context)
@@ -407,17 +459,21 @@ class AuthInterceptor(_ServerInterceptor):
             return handler
         role = self._method_roles.get(method)
         serializers = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": _tolerant(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(self._unary(handler.unary_unary, role), **serializers)
         if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(self._unary(handler.stream_unary, role), **serializers)
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary(handler.stream_unary, role, streamed=True), **serializers
+            )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(self._streaming(handler.unary_stream, role), **serializers)
         if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(self._streaming(handler.stream_stream, role), **serializers)
+            return grpc.stream_stream_rpc_method_handler(
+                self._streaming(handler.stream_stream, role, streamed=True), **serializers
+            )
         return handler
 
 
