@@ -26,12 +26,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from services.errors import DeadlineExceededError, InvalidInputError, OptimizationError, StratoptError
+from services.errors import (
+    DeadlineExceededError,
+    InfeasibleError,
+    InvalidInputError,
+    OptimizationError,
+    PreconditionViolation,
+    StratoptError,
+)
 from services.optimization import _cardinality
 from services.optimization._active_set import ActiveSetBackend
 from services.optimization._batch import MAX_BATCH_ASSETS, BatchKind, solve_batch
@@ -195,7 +203,39 @@ def optimize_mean_variance(
         if time_limit_s is not None:  # the rest of the chain gets what DAQP left
             time_limit_s -= time.perf_counter() - started
     model.precheck()
-    return solve_model(model, time_limit_s=time_limit_s, backends=backends)
+    try:
+        return solve_model(model, time_limit_s=time_limit_s, backends=backends)
+    except InfeasibleError as error:
+        if model.objective is Objective.MAX_SHARPE and model.cardinality is None:
+            _no_excess_return(problem, moments, backends, error)
+        raise
+
+
+def _no_excess_return(
+    problem: PortfolioProblem, moments: Moments, backends: Sequence[Backend], error: InfeasibleError
+) -> None:
+    """Raise ``NO_EXCESS_RETURN`` when a max-Sharpe problem the solver found infeasible has feasible constraints.
+
+    Max Sharpe is solved homogenised (``(μ − r_f)ᵀy = 1``), which has no solution when no portfolio meeting the
+    constraints earns more than r_f, although the constraints themselves hold: the pre-check sees that for the
+    bounds and budget alone; with group, turnover or other limits the solver answers "infeasible" instead. The
+    highest expected return under the same constraints (``MAX_RETURN``, a linear program) tells the two apart;
+    when it cannot be had (the constraints conflict, or it is unbounded) the solver's error stands.
+    """
+    try:
+        best = optimize_mean_variance(replace(problem, objective=Objective.MAX_RETURN), moments, backends=backends)
+    except StratoptError:
+        return
+    best_return = best.performance.expected_return
+    if best_return > problem.risk_free_rate:
+        return
+    description = (
+        f"max Sharpe needs a portfolio with expected return above the risk-free rate {problem.risk_free_rate:g}; "
+        f"the highest the constraints allow is {best_return:.6g}"
+    )
+    raise InfeasibleError(
+        description, precondition_violations=(PreconditionViolation("NO_EXCESS_RETURN", "risk_free_rate", description),)
+    ) from error
 
 
 def _certified_first_applies(model: ProblemModel, backends: Sequence[Backend]) -> bool:

@@ -18,13 +18,15 @@ pytestmark = pytest.mark.integration
     ],
 )
 def test_a_malformed_request_is_invalid_argument(grpc_channel: grpc.Channel, path: str, payload: bytes) -> None:
-    call = grpc_channel.unary_unary(path, request_serializer=lambda b: b, response_deserializer=bytes)
-    if path.endswith("WatchEvents"):
-        call = grpc_channel.unary_stream(path, request_serializer=lambda b: b, response_deserializer=bytes)
-    with pytest.raises(grpc.RpcError) as error:
-        result = call(payload, timeout=10)
+    def answer() -> object:
         if path.endswith("WatchEvents"):
-            next(iter(result))
+            stream = grpc_channel.unary_stream(path, request_serializer=lambda b: b, response_deserializer=bytes)
+            return next(iter(stream(payload, timeout=10)))
+        unary = grpc_channel.unary_unary(path, request_serializer=lambda b: b, response_deserializer=bytes)
+        return unary(payload, timeout=10)
+
+    with pytest.raises(grpc.RpcError) as error:
+        answer()
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     details = str(error.value.details())
     assert details.startswith("malformed request") and "<class" not in details

@@ -638,6 +638,37 @@ def test_max_sharpe_without_excess_return_fails_the_precheck(
     assert optimize_mean_variance(min_volatility, sp500_moments).constraints_satisfied
 
 
+def test_max_sharpe_without_excess_return_under_a_group_limit_is_no_excess_return_not_a_conflict(
+    sp500_frame_moments: tuple[pd.Series, pd.DataFrame], sp500_moments: Moments
+) -> None:
+    """A sector floor that leaves no portfolio above r_f: NO_EXCESS_RETURN, not a conflict among the constraints.
+
+    The constraints hold (min volatility solves), so the answer names the risk-free rate, with the highest return
+    they allow (scipy's linprog on the same constraints); the solver alone says "infeasible".
+    """
+    mu = sp500_frame_moments[0]
+    tickers = list(mu.index)
+    low = [t for t in tickers if mu[t] < float(mu.median())]
+    sectors = tuple("low" if t in low else "high" for t in tickers)
+    problem = replace(
+        make_problem(Objective.MAX_SHARPE, tickers, 0.0, 1.0),
+        sectors=sectors,
+        sector_limits=(SectorLimit(sector="low", min_weight=0.9),),
+    )
+    in_low = np.array([s == "low" for s in sectors], dtype=float)
+    best = linprog(-mu.to_numpy(), A_ub=[-in_low], b_ub=[-0.9], A_eq=[np.ones(len(tickers))], b_eq=[1.0],
+                   bounds=(0.0, 1.0), method="highs")  # fmt: skip
+    best_return = -float(best.fun)
+    # r_f between the best return the floor allows and the best without it: only the floor takes the excess away.
+    rf = (best_return + float(mu.max())) / 2
+    problem = replace(problem, risk_free_rate=rf)
+    with pytest.raises(InfeasibleError) as caught:
+        optimize_mean_variance(problem, sp500_moments)
+    assert [v.type for v in caught.value.precondition_violations] == ["NO_EXCESS_RETURN"]
+    assert f"the highest the constraints allow is {best_return:.6g}" in str(caught.value)
+    assert optimize_mean_variance(replace(problem, objective=Objective.MIN_VOLATILITY), sp500_moments)
+
+
 def test_every_failed_precheck_is_reported(
     sp500_frame_moments: tuple[pd.Series, pd.DataFrame], sp500_moments: Moments
 ) -> None:
