@@ -276,7 +276,8 @@ def risk_contributions(weights: FloatArray, covariance: FloatArray) -> FloatArra
     Returns
     -------
     ndarray of shape (N,)
-        RC_i = w_i (Σw)_i / wᵀΣw, summing to 1 (NaN or infinite when wᵀΣw = 0).
+        RC_i = w_i (Σw)_i / wᵀΣw, summing to 1; all 0 when wᵀΣw = 0 (a portfolio without risk, e.g. no weight
+        at all: nothing contributes).
     """
     held = held_names(weights)
     if held is None:
@@ -285,7 +286,8 @@ def risk_contributions(weights: FloatArray, covariance: FloatArray) -> FloatArra
         contributions = np.zeros_like(weights, dtype=np.float64)
         w = weights[held]
         contributions[held] = w * (covariance[np.ix_(held, held)] @ w)
-    fractions: FloatArray = contributions / contributions.sum()
+    total = contributions.sum()
+    fractions: FloatArray = contributions / total if total != 0 else np.zeros_like(contributions)
     return fractions
 
 
@@ -312,8 +314,8 @@ def stacked_risk_contributions(weights: list[FloatArray], covariances: list[Floa
         w = np.array([weights[k] for k in members])
         sigma = np.array([covariances[k] for k in members])
         contributions = w * np.einsum("bij,bj->bi", sigma, w)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            fractions = contributions / contributions.sum(axis=1, keepdims=True)
+        totals = contributions.sum(axis=1, keepdims=True)
+        fractions = np.divide(contributions, totals, out=np.zeros_like(contributions), where=totals != 0)
         for row, k in enumerate(members):
             out[k] = fractions[row]
     return out

@@ -965,3 +965,16 @@ def test_a_failing_primary_solver_falls_back_to_scs(
     # SCS is first-order: its optimum agrees with Clarabel's to its own accuracy.
     assert result.objective_value == pytest.approx(exact.objective_value, rel=1e-5)
     assert not exact.fallback_used and exact.solver == "CLARABEL"
+
+
+def test_a_portfolio_without_risk_has_zero_risk_contributions() -> None:
+    """All weights 0 (a market-neutral book pinned flat): every contribution 0, not 0/0 = NaN, single and stacked."""
+    from services.optimization._metrics import risk_contributions, stacked_risk_contributions
+
+    sigma = np.array([[0.04, 0.01], [0.01, 0.09]])
+    flat, held = np.zeros(2), np.array([0.5, 0.5])
+    assert risk_contributions(flat, sigma).tolist() == [0.0, 0.0]
+    stacked = stacked_risk_contributions([flat, held], [sigma, sigma])
+    assert stacked[0].tolist() == [0.0, 0.0]
+    # w_i (Σw)_i / wᵀΣw by hand: Σw = (0.025, 0.05), wᵀΣw = 0.0375.
+    np.testing.assert_allclose(stacked[1], [0.0125 / 0.0375, 0.025 / 0.0375], rtol=1e-12)
