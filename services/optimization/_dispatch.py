@@ -503,7 +503,22 @@ def optimize_risk_measure(
     )  # fmt: skip
     model = ProblemModel.build(problem, moments)
     model.precheck()
-    return _solve_scenarios(model, spec, time_limit_s, backends)
+    result = _solve_scenarios(model, spec, time_limit_s, backends)
+    if model.objective is Objective.MAX_SHARPE:
+        risk = spec.value(result.weights)
+        if not risk > 0:
+            # min ρ(y) subject to (μ − r_f)ᵀy = 1 reached ρ ≤ 0 (only CVaR can be negative): portfolios with excess
+            # return and a risk as close to 0 as one likes exist, so the ratio has no maximum.
+            description = (
+                f"the ratio of excess return to {spec.risk_measure} has no maximum: a portfolio with excess return "
+                f"has {spec.risk_measure} {risk:.3g} (≤ 0) at confidence {spec.alpha:g}; raise confidence_level "
+                "or choose another objective"
+            )
+            raise InfeasibleError(
+                description,
+                precondition_violations=(PreconditionViolation("UNBOUNDED_RATIO", "confidence_level", description),),
+            )
+    return result
 
 
 def _solve_scenarios(
