@@ -321,6 +321,8 @@ class DualActiveSetBackend:
             iterations=iterations,
             started=started,
             solve_path=SOLVE_PATH,
-            snap=False,  # exact and certified, as the active set's: nothing to put back on a bound
+            # Certified to the KKT tolerance; rounding noise past a bound (e.g. -2.7e-15 for a lower bound 0) goes
+            # back on the bound, so a long-only answer has no negative weight.
+            snap=True,
         )
         return result if result.constraints_satisfied else None

@@ -216,3 +216,21 @@ def test_no_time_left_is_a_deadline() -> None:
     moments = random_moments(20, 3)
     with pytest.raises(DeadlineExceededError):
         optimize_mean_variance(random_problem(Objective.MIN_VOLATILITY, 20, 3), moments, time_limit_s=0.0)
+
+
+def test_a_long_only_answer_has_no_negative_weight() -> None:
+    """Min volatility with a return floor only the riskiest name meets: all in it, the rest exactly 0, not -1e-15.
+
+    Six names, μ up to 0.25 (the floor): the only portfolio meeting it is 100 % of the last name (worked by hand).
+    """
+    mu = np.array([0.01, 0.015, 0.02, 0.15, 0.20, 0.25])
+    vol = np.array([0.1, 0.12, 0.15, 0.2, 0.25, 0.3])
+    sigma = (0.3 * np.ones((6, 6)) + 0.7 * np.eye(6)) * np.outer(vol, vol)
+    problem = PortfolioProblem(
+        symbols=tuple("abcdef"), objective=Objective.MIN_VOLATILITY, lower_bounds=np.zeros(6),
+        upper_bounds=np.ones(6), min_return=0.25,
+    )  # fmt: skip
+    result = optimize_mean_variance(problem, Moments(expected_returns=mu, covariance=sigma))
+    assert result.solve_path == "DUAL_ACTIVE_SET"
+    assert result.weights.min() >= 0.0
+    np.testing.assert_allclose(result.weights, [0, 0, 0, 0, 0, 1], atol=1e-12)
