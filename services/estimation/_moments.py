@@ -515,6 +515,9 @@ def estimate_moments(history: ReturnHistory, settings: EstimationSettings) -> Es
         # Only the pairwise estimate can be indefinite; complete-row estimates are PSD by construction (an
         # eigendecomposition per call would cost seconds at N = 2000).
         covariance = nearest_psd(covariance)
+    if not np.isfinite(covariance).all():  # e.g. returns of 1e155: their squares overflow
+        i = int(np.argwhere(~np.isfinite(covariance))[0][0])
+        raise InvalidInputError.for_field(f"returns[:, {i}]", "returns are too large: their covariance is not finite")
     variances = np.diag(covariance)
     flat = np.flatnonzero(variances <= 1e-12 * max(float(variances.max()), 1e-300))
     if flat.size:

@@ -411,6 +411,16 @@ def test_zero_variance_strategy_is_invalid(sp500_small_returns: pd.DataFrame, co
     assert [v.field for v in caught.value.field_violations] == ["returns[:, 2]"]
 
 
+def test_returns_too_large_for_a_covariance_are_named_as_such(sp500_small_returns: pd.DataFrame) -> None:
+    """Returns of 1e155 (their squares overflow float64) are refused as too large, not as zero variance."""
+    returns = sp500_small_returns.copy()
+    returns.iloc[::2, 1] = 1e155
+    with pytest.raises(InvalidInputError) as caught:
+        estimate_moments(return_history(returns), EstimationSettings())
+    assert [v.field for v in caught.value.field_violations] == ["returns[:, 1]"]
+    assert "too large" in str(caught.value) and "zero variance" not in str(caught.value)
+
+
 def test_returns_between_observations_keep_the_move_across_a_missing_quote(stock_prices: pd.DataFrame) -> None:
     from services.estimation import returns_between_observations
 
