@@ -16,6 +16,7 @@ belong together (a field validated here is read back through the same attributes
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -187,10 +188,13 @@ class ProblemModel:
             A lower bound above its upper bound (``lower_bounds[i]``), NaN or crossed net exposure
             bounds, invalid multi-objective weights, an unknown or empty group or a crossed group limit, a
             wrong-length or non-finite vector, a negative limit, cap or cost, a tracking-error limit without
-            benchmark weights (beta tolerance without betas), or an invalid cardinality (each naming its field).
+            benchmark weights (beta tolerance without betas), an invalid cardinality, a NaN bound, a non-finite
+            ``risk_free_rate`` or ``min_return``, a negative or non-finite ``max_volatility``, or a negative or
+            non-finite ``risk_aversion`` of the quadratic utility (each naming its field).
         """
         n = problem.n_assets
         lower, upper = problem.lower_bounds, problem.upper_bounds
+        _check_scalars(problem)
         crossed = np.flatnonzero(lower > upper + 1e-12)
         if crossed.size:
             raise InvalidInputError.for_field(
@@ -591,3 +595,25 @@ def check_constraints(weights: FloatArray, problem: PortfolioProblem, moments: M
 def objective_value_of(weights: FloatArray, problem: PortfolioProblem, moments: Moments) -> float:
     """The objective of ``problem`` at ``weights``, net of transaction costs (``ProblemModel.objective_value``)."""
     return ProblemModel.build(problem, moments).objective_value(weights)
+
+
+def _check_scalars(problem: PortfolioProblem) -> None:
+    """The problem's scalar inputs, as the gRPC mapping checks them, for callers of the engine itself.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming ``risk_free_rate``, ``min_return``, ``max_volatility``, ``risk_aversion`` or ``lower_bounds[i]`` /
+        ``upper_bounds[i]`` (NaN; ±inf bounds are "no bound").
+    """
+    for name in ("risk_free_rate", "min_return"):
+        value = getattr(problem, name)
+        if value is not None and not math.isfinite(value):
+            raise InvalidInputError.for_field(name, f"must be finite, got {value}")
+    limit(problem.max_volatility, "max_volatility")
+    if problem.objective is Objective.MAX_QUADRATIC_UTILITY and not 0 <= problem.risk_aversion < math.inf:
+        raise InvalidInputError.for_field("risk_aversion", f"must be finite and >= 0, got {problem.risk_aversion}")
+    for name in ("lower_bounds", "upper_bounds"):
+        nan = np.flatnonzero(np.isnan(getattr(problem, name)))
+        if nan.size:
+            raise InvalidInputError.for_field(f"{name}[{int(nan[0])}]", "must not be NaN")

@@ -978,3 +978,30 @@ def test_a_portfolio_without_risk_has_zero_risk_contributions() -> None:
     assert stacked[0].tolist() == [0.0, 0.0]
     # w_i (Σw)_i / wᵀΣw by hand: Σw = (0.025, 0.05), wᵀΣw = 0.0375.
     np.testing.assert_allclose(stacked[1], [0.0125 / 0.0375, 0.025 / 0.0375], rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("objective", "fields", "field"),
+    [
+        (Objective.MIN_VOLATILITY, {"min_return": float("nan")}, "min_return"),
+        (Objective.MAX_SHARPE, {"risk_free_rate": float("nan")}, "risk_free_rate"),
+        (Objective.MAX_RETURN, {"max_volatility": -0.1}, "max_volatility"),
+        (Objective.MAX_QUADRATIC_UTILITY, {"risk_aversion": -1.0}, "risk_aversion"),
+        (Objective.MAX_QUADRATIC_UTILITY, {"risk_aversion": float("inf")}, "risk_aversion"),
+    ],
+)
+def test_the_engine_itself_names_a_bad_scalar(
+    sp500_frame_moments: tuple[pd.Series, pd.DataFrame],
+    sp500_moments: Moments,
+    objective: Objective,
+    fields: dict[str, float],
+    field: str,
+) -> None:
+    """What the gRPC mapping refuses, the engine refuses too (in-process callers: ``services.api``), by field.
+
+    Before, a NaN floor was dropped, a NaN r_f gave NaN figures and a negative δ a cvxpy ValueError.
+    """
+    problem = make_problem(objective, list(sp500_frame_moments[0].index), 0.0, 1.0, **fields)
+    with pytest.raises(InvalidInputError) as caught:
+        optimize_mean_variance(problem, sp500_moments)
+    assert [v.field for v in caught.value.field_violations] == [field]
