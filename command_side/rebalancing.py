@@ -64,6 +64,7 @@ from command_side.trading_model import (
     LotSold,
     MarketQuote,
     Position,
+    PositionLot,
     RebalancePolicy,
     RebalanceRecommendation,
     RecommendedTrade,
@@ -222,6 +223,17 @@ def _lots(position: Position, field: str) -> tuple[TaxLot, ...]:
         lots.append(_tax_lot(lot.lot_id, lot.shares, lot.cost_basis, lot.acquired))
     validate_lots(lots, position.shares, field=field)
     return tuple(lots)
+
+
+def _pending_until(lot: PositionLot, as_of: datetime | None) -> datetime | None:
+    """A lot's acquisition time; an open BUY's lot (``order:...``, dated when the order was made) at most ``as_of``.
+
+    A rebalance dated before an open order was made still counts what the order buys; its lot is then taken as
+    acquired on the rebalance's date (a short-term lot either way).
+    """
+    if as_of is None or lot.acquired is None or not lot.lot_id.startswith("order:"):
+        return lot.acquired
+    return min(lot.acquired, as_of)
 
 
 def _tax_lot(lot_id: str, shares: float, cost_basis: float, acquired: datetime | None) -> TaxLot:
@@ -571,7 +583,10 @@ class RebalancingService:
             shares = 0.0
             if position is not None:
                 shares = position.shares
-                lots = tuple(_tax_lot(lot.lot_id, lot.shares, lot.cost_basis, lot.acquired) for lot in position.lots)
+                lots = tuple(
+                    _tax_lot(lot.lot_id, lot.shares, lot.cost_basis, _pending_until(lot, at_or_before))
+                    for lot in position.lots
+                )
             built.append(Holding(symbol=symbol, shares=shares, price=price_of[symbol], lots=lots))
         total_value = math.fsum(h.shares * h.price for h in built) + cash
         if not total_value > 0.0:
@@ -688,8 +703,7 @@ class RebalancingService:
         as_of = datetime.now(UTC) if given_as_of is None else given_as_of
         trade_date = as_of.date()
         for holding in inputs.holdings:
-            # An open BUY's lot (``order:...``) is dated when the order was made: not the user's to check.
-            late = [lot for lot in holding.lots if lot.acquired > trade_date and not lot.lot_id.startswith("order:")]
+            late = [lot for lot in holding.lots if lot.acquired > trade_date]
             if late:
                 raise InvalidInputError.for_field(
                     "as_of",

@@ -376,17 +376,19 @@ def test_a_second_rebalance_before_the_first_ones_fills_plans_from_the_expected_
     policy = tpb.RebalancePolicy(approval_limit=1e9)
     trading.UpsertRebalancePolicy(tpb.UpsertRebalancePolicyRequest(portfolio_id=portfolio_id, policy=policy))
 
-    def rebalance(request_id: str) -> list[tuple[str, int, float]]:
-        recommendation = trading.GenerateRebalance(
-            tpb.GenerateRebalanceRequest(
-                portfolio_id=portfolio_id, target_weights={"AAA": 0.5}, prices={"AAA": 100.0}, request_id=request_id
-            )
-        ).recommendation
+    def rebalance(request_id: str, *, backdated: bool = False) -> list[tuple[str, int, float]]:
+        request = tpb.GenerateRebalanceRequest(
+            portfolio_id=portfolio_id, target_weights={"AAA": 0.5}, prices={"AAA": 100.0}, request_id=request_id
+        )
+        if backdated:  # dated before the open order was made: its lot counts, as acquired on that date
+            request.as_of.FromDatetime(pd.Timestamp("2022-12-28", tz="UTC").to_pydatetime())
+        recommendation = trading.GenerateRebalance(request).recommendation
         assert recommendation.status == tpb.RECOMMENDATION_STATUS_AUTO_APPROVED
         return [(t.symbol, t.side, t.shares) for t in recommendation.trades]
 
     assert rebalance("first") == [("AAA", tpb.TRADE_SIDE_BUY, 50)]
     assert rebalance("second") == []  # the first one's order is NEW
+    assert rebalance("backdated", backdated=True) == []
     (order,) = execution.ClaimOrders(ex_pb.ClaimOrdersRequest(portfolio_id=portfolio_id)).orders
     assert rebalance("third") == []  # SENT
     fill = ex_pb.Fill(fill_id=f"{portfolio_id}-1", order_id=order.order_id, symbol="AAA", side="BUY", shares=20,
