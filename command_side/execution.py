@@ -109,7 +109,11 @@ def planned_lots(plan: Sequence[tuple[str, float]], filled: float, shares: float
 
 
 def apply_fill(
-    positions: Sequence[Position], cash: float, fill: Fill, lots: Sequence[tuple[str, float]] = ()
+    positions: Sequence[Position],
+    cash: float,
+    fill: Fill,
+    lots: Sequence[tuple[str, float]] = (),
+    aliases: Mapping[str, Sequence[str]] | None = None,
 ) -> FillEffect:
     """The holdings after ``fill`` (module docstring).
 
@@ -123,6 +127,10 @@ def apply_fill(
     lots : sequence of (str, float), optional
         For a SELL: ``(lot_id, shares)`` to relieve first (:func:`planned_lots`); a lot no longer held, or holding
         fewer shares, gives what it has and the rest comes first in, first out from the other lots.
+    aliases : mapping of str to sequence of str, optional
+        Lots a planned ``lot_id`` stands for, taken in order up to its shares: a plan made while a BUY was open
+        names its lot ``order:<order_id>`` (:func:`expected_after`); the BUY's fills became lots named by their
+        fill ids.
 
     Returns
     -------
@@ -160,11 +168,14 @@ def apply_fill(
         left = {lot.lot_id: lot.shares for lot in held.lots}
         cost = {lot.lot_id: lot.cost_basis for lot in held.lots}
         for lot_id, planned in lots:  # the order's lots first
-            take = min(planned, left.get(lot_id, 0.0), remaining)
-            if take > 0:
-                left[lot_id] -= take
-                remaining -= take
-                basis += take * cost[lot_id]
+            budget = planned
+            for held_id in (aliases or {}).get(lot_id, (lot_id,)):
+                take = min(budget, left.get(held_id, 0.0), remaining)
+                if take > 0:
+                    left[held_id] -= take
+                    remaining -= take
+                    budget -= take
+                    basis += take * cost[held_id]
         fifo = sorted(held.lots, key=lambda lot: (lot.acquired is None, lot.acquired or datetime.min, lot.lot_id))
         for lot in fifo:
             take = min(left[lot.lot_id], remaining)

@@ -122,6 +122,32 @@ def _state(row: asyncpg.Record) -> OrderState:
     )
 
 
+async def _pending_lot_aliases(conn: Connection, lot_ids: Sequence[str]) -> dict[str, list[str]]:
+    """The lots each planned ``order:<order_id>`` stands for: the fill ids of that BUY order's fills, in order.
+
+    A rebalance planned while a BUY was open counted its shares as a lot ``order:<order_id>``
+    (``execution.expected_after``); its fills since became lots named by their fill ids.
+    """
+    orders: dict[str, uuid.UUID] = {}
+    for lot_id in lot_ids:
+        if lot_id.startswith("order:"):
+            try:
+                orders[lot_id] = uuid.UUID(lot_id.removeprefix("order:"))
+            except ValueError:
+                continue
+    if not orders:
+        return {}
+    rows = await conn.fetch(
+        "SELECT order_id, fill_id FROM fills WHERE order_id = ANY($1::uuid[]) AND side = 'BUY' "
+        "ORDER BY filled_at, fill_id",
+        list(orders.values()),
+    )
+    by_order: dict[uuid.UUID, list[str]] = {}
+    for row in rows:
+        by_order.setdefault(row["order_id"], []).append(row["fill_id"])
+    return {lot_id: by_order.get(order_id, []) for lot_id, order_id in orders.items()}
+
+
 def _same_fill(stored: asyncpg.Record, fill: Fill, portfolio_id: str) -> bool:
     """Whether a reported fill repeats the stored one: portfolio, order, symbol, side, shares and price."""
     return (
@@ -158,7 +184,9 @@ class PostgresExecutionStore:
     ) -> tuple[asyncpg.Record, list[Position], float, float]:
         """Apply one fill to the holdings and its order; the order row after it, the holdings and the gain."""
         plan = [(lot["lot_id"], float(lot["shares"])) for lot in _loaded(order["lots"]) or ()]
-        effect = apply_fill(positions, cash, fill, planned_lots(plan, order["filled_shares"], fill.shares))
+        planned = planned_lots(plan, order["filled_shares"], fill.shares)
+        aliases = await _pending_lot_aliases(conn, [lot_id for lot_id, _ in planned])
+        effect = apply_fill(positions, cash, fill, planned, aliases)
         filled = order["filled_shares"] + fill.shares
         average = ((order["average_price"] or 0.0) * order["filled_shares"] + fill.price * fill.shares) / filled
         status = "FILLED" if filled >= order["shares"] - 1e-9 else "PARTIALLY_FILLED"
@@ -358,10 +386,15 @@ class PostgresExecutionStore:
                 )
                 if stored is not None:
                     if not _same_fill(stored, fill, portfolio_id):
+                        what = (  # another portfolio's fill is not described to this caller
+                            f" ({stored['side']} {stored['shares']:g} {stored['symbol']} @ {stored['price']:g}, "
+                            f"order {stored['order_id']})"
+                            if stored["portfolio_id"] == portfolio_id
+                            else ""
+                        )
                         raise PreconditionError(
-                            f"fills[{i}].fill_id: {fill.fill_id!r} is stored already for another fill ("
-                            f"{stored['side']} {stored['shares']:g} {stored['symbol']} @ {stored['price']:g}, order "
-                            f"{stored['order_id']}); a repeated report must repeat the order, side, shares and price"
+                            f"fills[{i}].fill_id: {fill.fill_id!r} is stored already for another fill{what}; a "
+                            "repeated report must repeat the order, side, shares and price"
                         )
                     duplicates += 1
                     continue
@@ -394,12 +427,16 @@ class PostgresExecutionStore:
     ) -> list[OrderState]:
         """Cancel open orders of a portfolio, all or none, in one transaction; their states in the given order.
 
-        The portfolio's holdings row is locked first, as a fill's transaction does, so a cancel and a fill of the
-        same portfolio never deadlock on the orders; each cancelled order gets a CANCELLED execution event with
-        the reason, the caller and the shares it had filled. An order already CANCELLED is left as it is.
+        The portfolio's holdings row is locked first, as a reported fill's transaction does; the orders are locked
+        ``NOWAIT``, so one the paper broker is filling at that moment (it locks orders before the holdings) fails
+        the call with UNAVAILABLE (retry) instead of a deadlock. Each cancelled order gets a CANCELLED execution
+        event with the reason, the caller and the shares it had filled. An order already CANCELLED is left as it
+        is.
 
         Raises
         ------
+        OperationalError
+            An order is locked by a fill in progress (retry the call).
         NotFoundError
             An order is not one of the portfolio's (naming ``order_ids[i]``).
         PreconditionError
@@ -407,9 +444,9 @@ class PostgresExecutionStore:
         """
         async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT 1 FROM portfolio_holdings WHERE portfolio_id = $1 FOR UPDATE", portfolio_id)
-            rows = await conn.fetch(
+            rows = await conn.fetch(  # NOWAIT: an order the paper broker is filling now is not waited on
                 "SELECT * FROM order_outbox WHERE order_id = ANY($1::uuid[]) AND portfolio_id = $2 "
-                "ORDER BY order_id FOR UPDATE",
+                "ORDER BY order_id FOR UPDATE NOWAIT",
                 [uuid.UUID(o) for o in order_ids],
                 portfolio_id,
             )

@@ -43,6 +43,8 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.QueryCanceledError,  # 57014: statement_timeout (or an operator's cancel)
     asyncpg.exceptions.LockNotAvailableError,  # 55P03: lock_timeout
     asyncpg.exceptions.IdleInTransactionSessionTimeoutError,  # 25P03: the server ended a stalled transaction
+    asyncpg.exceptions.DeadlockDetectedError,  # 40P01: two transactions waited on each other; one was rolled back
+    asyncpg.exceptions.SerializationError,  # 40001: a serializable transaction lost a conflict; rolled back
 )
 """Errors that mean the database cannot be reached or did not answer in time (retry the call).
 

@@ -529,6 +529,9 @@ class RebalancingService:
         if holdings is None:
             raise _violation("NO_HOLDINGS", portfolio_id, f"portfolio '{portfolio_id}' has no stored holdings")
         held, cash = expected_after(holdings.positions, holdings.cash, orders)
+        # Open buys may cost more than the cash at their reference prices (fills above it, sells capped at the
+        # holding): the plan then starts from no cash, not from a negative amount the engine refuses.
+        cash = max(cash, 0.0)
         policy = resolved_policy(await self._store.load_policy(portfolio_id))
         target_event_id = ""
         if given_targets is not None:
@@ -749,7 +752,7 @@ class RebalancingService:
         recommendation = _recommendation(portfolio_id, plan, limit)
         holds = [cost_hold_reason(recommendation, policy.max_cost_bps)]
         if recommendation.total_trade_value <= limit:  # would be approved by the limit: is the limit's word good?
-            holds += await self._approval_holds(command, recommendation, limit, at_or_before=given_as_of)
+            holds += await self._approval_holds(command, recommendation, limit)
         recommendation = replace(recommendation, hold_reason="; ".join(h for h in holds if h))
         if deadline is not None and loop.time() >= deadline:
             raise DeadlineExceededError("the call's deadline passed before the recommendation was stored")
@@ -775,8 +778,6 @@ class RebalancingService:
         command: GenerateRebalance,
         recommendation: RebalanceRecommendation,
         limit: float,
-        *,
-        at_or_before: datetime | None,
     ) -> list[str]:
         """Why a recommendation within the approval limit still waits for an approver (empty: it need not).
 
@@ -784,9 +785,11 @@ class RebalancingService:
 
         * ``POLICY_SET_BY_GENERATOR``: the principal that generated the recommendation stored the policy, and a
           generator may not approve its own recommendations (the four-eyes rule; not in the development mode);
-        * ``PRICES_BELOW_STORED``: the request gave prices, and valued at the stored price of each traded symbol
-          where that is higher than the given one, the trades are worth more than the limit (given prices decide
-          the trades; they cannot shrink a trade's value under the limit).
+        * ``PRICES_BELOW_STORED``: the request gave prices, and valued at the latest stored price of each traded
+          symbol where that is higher than the given one, the trades are worth more than the limit (given prices
+          decide the trades; they cannot shrink a trade's value under the limit). The latest price, whatever the
+          request's ``as_of``: a backdated request cannot pick an old, lower one. A symbol with no stored price
+          at all is valued at the given price (nothing to check it against).
         """
         holds = []
         if not self._allow_self_approval and command.created_by:
@@ -798,7 +801,7 @@ class RebalancingService:
                 )
         given = {t.symbol: t for t in recommendation.trades if t.symbol in command.prices}
         if given:
-            stored = await self._store.latest_prices(sorted(given), at_or_before=at_or_before)
+            stored = await self._store.latest_prices(sorted(given), at_or_before=None)
             value = math.fsum(t.shares * max(t.price, stored.get(t.symbol, t.price)) for t in recommendation.trades)
             if value > limit:
                 holds.append(

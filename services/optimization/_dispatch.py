@@ -203,35 +203,44 @@ def optimize_mean_variance(
         if time_limit_s is not None:  # the rest of the chain gets what DAQP left
             time_limit_s -= time.perf_counter() - started
     model.precheck()
+    started = time.perf_counter()
     try:
         return solve_model(model, time_limit_s=time_limit_s, backends=backends)
     except InfeasibleError as error:
         if model.objective is Objective.MAX_SHARPE and model.cardinality is None:
-            _no_excess_return(problem, moments, backends, error)
+            left = None if time_limit_s is None else max(0.0, time_limit_s - (time.perf_counter() - started))
+            _no_excess_return(problem, moments, backends, error, left)
         raise
 
 
 def _no_excess_return(
-    problem: PortfolioProblem, moments: Moments, backends: Sequence[Backend], error: InfeasibleError
+    problem: PortfolioProblem,
+    moments: Moments,
+    backends: Sequence[Backend],
+    error: InfeasibleError,
+    time_limit_s: float | None,
 ) -> None:
     """Raise ``NO_EXCESS_RETURN`` when a max-Sharpe problem the solver found infeasible has feasible constraints.
 
     Max Sharpe is solved homogenised (``(μ − r_f)ᵀy = 1``), which has no solution when no portfolio meeting the
     constraints earns more than r_f, although the constraints themselves hold: the pre-check sees that for the
     bounds and budget alone; with group, turnover or other limits the solver answers "infeasible" instead. The
-    highest expected return under the same constraints (``MAX_RETURN``, a linear program) tells the two apart;
-    when it cannot be had (the constraints conflict, or it is unbounded) the solver's error stands.
+    highest expected return net of costs under the same constraints (``MAX_RETURN``'s objective, a linear
+    program, in what is left of ``time_limit_s``) tells the two apart; when it cannot be had (the constraints
+    conflict, it is unbounded, no time is left) the solver's error stands.
     """
     try:
-        best = optimize_mean_variance(replace(problem, objective=Objective.MAX_RETURN), moments, backends=backends)
+        best = optimize_mean_variance(
+            replace(problem, objective=Objective.MAX_RETURN), moments, backends=backends, time_limit_s=time_limit_s
+        )
     except StratoptError:
         return
-    best_return = best.performance.expected_return
+    best_return = best.objective_value
     if best_return > problem.risk_free_rate:
         return
     description = (
         f"max Sharpe needs a portfolio with expected return above the risk-free rate {problem.risk_free_rate:g}; "
-        f"the highest the constraints allow is {best_return:.6g}"
+        f"the highest the constraints allow (net of costs) is {best_return:.6g}"
     )
     raise InfeasibleError(
         description, precondition_violations=(PreconditionViolation("NO_EXCESS_RETURN", "risk_free_rate", description),)

@@ -75,6 +75,26 @@ def test_a_sell_relieves_its_orders_lots_first_then_the_oldest() -> None:
     assert gone.realised_gain == pytest.approx(5 * 50, abs=1e-12)
 
 
+def test_a_planned_pending_lot_is_relieved_from_the_fills_of_its_buy() -> None:
+    """A plan made while a BUY was open names its lot ``order:X``; X's fills became lots "x1" (3) and "x2" (10).
+
+    Selling 6 with the plan ("order:X", 5): 3 from x1, 2 from x2 (the plan's 5), then 1 first in, first out ("a").
+    """
+    bought = Position(
+        symbol="KO",
+        shares=33.0,
+        lots=(
+            *HELD.lots,
+            PositionLot(lot_id="x1", shares=3.0, cost_basis=120.0, acquired=T),
+            PositionLot(lot_id="x2", shares=10.0, cost_basis=110.0, acquired=T),
+        ),
+    )
+    effect = apply_fill([bought], 0.0, fill("SELL", 6, 100.0), [("order:X", 5.0)], {"order:X": ["x1", "x2"]})
+    assert effect.realised_gain == pytest.approx(3 * (100 - 120) + 2 * (100 - 110) + 1 * (100 - 50), abs=1e-12)
+    (ko,) = effect.positions
+    assert [(lot.lot_id, lot.shares) for lot in ko.lots] == [("b", 10.0), ("a", 9.0), ("x2", 8.0)]
+
+
 def test_the_expected_position_counts_what_open_orders_still_trade() -> None:
     """A half-filled SELL of 8 KO naming lot "b", and a BUY of 5 PEP at $40, worked out by hand."""
     sell = OpenOrder(order_id="s", symbol="KO", side="SELL", remaining=4.0, filled=4.0, reference_price=100.0,

@@ -462,3 +462,30 @@ def test_cancelled_orders_stop_counting_and_take_no_more_fills(
     assert set(again) == {partly.symbol, unfilled.symbol}
     assert again[unfilled.symbol].shares == pytest.approx(unfilled.shares, abs=1)
     assert again[partly.symbol].shares == pytest.approx(partly.shares - half, abs=1)
+
+
+def test_a_rebalance_while_a_buy_costs_more_than_planned_starts_from_no_cash(
+    trading: Any, execution: ex_grpc.ExecutionCommandServiceStub
+) -> None:
+    """Open buys that cost more than the cash left: the next rebalance plans from no cash.
+
+    $10,000 of cash, target 99 % AAA at $100: BUY 99. 50 fill at $103, so the 49 still open (at $100) would leave
+    -$50 of cash; before, the rebalance refused that with INVALID_ARGUMENT 'cash', a field the request lacks.
+    """
+    from stratopt.v1 import trading_service_pb2 as tpb
+
+    portfolio_id = f"dear-{uuid.uuid4().hex[:8]}"
+    trading.UpsertHoldings(tpb.UpsertHoldingsRequest(portfolio_id=portfolio_id, positions=[], cash=10_000.0))
+    policy = tpb.RebalancePolicy(approval_limit=1e9)
+    trading.UpsertRebalancePolicy(tpb.UpsertRebalancePolicyRequest(portfolio_id=portfolio_id, policy=policy))
+    request = tpb.GenerateRebalanceRequest(
+        portfolio_id=portfolio_id, target_weights={"AAA": 0.99}, prices={"AAA": 100.0}
+    )
+    (trade,) = trading.GenerateRebalance(request).recommendation.trades
+    assert (trade.side, trade.shares) == (tpb.TRADE_SIDE_BUY, 99)
+    (order,) = execution.ClaimOrders(ex_pb.ClaimOrdersRequest(portfolio_id=portfolio_id)).orders
+    fill = ex_pb.Fill(fill_id=f"{portfolio_id}-1", order_id=order.order_id, symbol="AAA", side="BUY", shares=50,
+                      price=103.0, filled_at=order.created_at)  # fmt: skip
+    execution.ReportFills(ex_pb.ReportFillsRequest(portfolio_id=portfolio_id, fills=[fill]))
+    again = trading.GenerateRebalance(request).recommendation
+    assert [t.side for t in again.trades] != [tpb.TRADE_SIDE_BUY]  # nothing more is bought

@@ -665,7 +665,7 @@ def test_max_sharpe_without_excess_return_under_a_group_limit_is_no_excess_retur
     with pytest.raises(InfeasibleError) as caught:
         optimize_mean_variance(problem, sp500_moments)
     assert [v.type for v in caught.value.precondition_violations] == ["NO_EXCESS_RETURN"]
-    assert f"the highest the constraints allow is {best_return:.6g}" in str(caught.value)
+    assert f"the highest the constraints allow (net of costs) is {best_return:.6g}" in str(caught.value)
     assert optimize_mean_variance(replace(problem, objective=Objective.MIN_VOLATILITY), sp500_moments)
 
 
