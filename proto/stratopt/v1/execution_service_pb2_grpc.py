@@ -110,8 +110,8 @@ class ExecutionCommandServiceServicer:
         the rest is no longer traded, nor counted by the next rotation cycle or rebalance (which plan from the
         holdings plus what open orders still trade). All or nothing, in one transaction; an order already CANCELLED
         is left as it is (a repeated call changes nothing). FAILED_PRECONDITION naming order_ids[i] for an order
-        FILLED or REJECTED; NOT_FOUND naming order_ids[i] for an order that is not the portfolio's. A fill reported
-        later for a cancelled order is refused.
+        FILLED or REJECTED; NOT_FOUND naming order_ids[i] for an order that is not the portfolio's; UNAVAILABLE
+        (retry) while the paper broker is filling one of them. A fill reported later for a cancelled order is refused.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -64,8 +64,8 @@ class ExecutionCommandServiceStub:
     the rest is no longer traded, nor counted by the next rotation cycle or rebalance (which plan from the
     holdings plus what open orders still trade). All or nothing, in one transaction; an order already CANCELLED
     is left as it is (a repeated call changes nothing). FAILED_PRECONDITION naming order_ids[i] for an order
-    FILLED or REJECTED; NOT_FOUND naming order_ids[i] for an order that is not the portfolio's. A fill reported
-    later for a cancelled order is refused.
+    FILLED or REJECTED; NOT_FOUND naming order_ids[i] for an order that is not the portfolio's; UNAVAILABLE
+    (retry) while the paper broker is filling one of them. A fill reported later for a cancelled order is refused.
     """
 
 @_typing.type_check_only
@@ -100,8 +100,8 @@ class ExecutionCommandServiceAsyncStub(ExecutionCommandServiceStub):
     the rest is no longer traded, nor counted by the next rotation cycle or rebalance (which plan from the
     holdings plus what open orders still trade). All or nothing, in one transaction; an order already CANCELLED
     is left as it is (a repeated call changes nothing). FAILED_PRECONDITION naming order_ids[i] for an order
-    FILLED or REJECTED; NOT_FOUND naming order_ids[i] for an order that is not the portfolio's. A fill reported
-    later for a cancelled order is refused.
+    FILLED or REJECTED; NOT_FOUND naming order_ids[i] for an order that is not the portfolio's; UNAVAILABLE
+    (retry) while the paper broker is filling one of them. A fill reported later for a cancelled order is refused.
     """
 
 class ExecutionCommandServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -163,8 +163,8 @@ class ExecutionCommandServiceServicer(metaclass=_abc_1.ABCMeta):
         the rest is no longer traded, nor counted by the next rotation cycle or rebalance (which plan from the
         holdings plus what open orders still trade). All or nothing, in one transaction; an order already CANCELLED
         is left as it is (a repeated call changes nothing). FAILED_PRECONDITION naming order_ids[i] for an order
-        FILLED or REJECTED; NOT_FOUND naming order_ids[i] for an order that is not the portfolio's. A fill reported
-        later for a cancelled order is refused.
+        FILLED or REJECTED; NOT_FOUND naming order_ids[i] for an order that is not the portfolio's; UNAVAILABLE
+        (retry) while the paper broker is filling one of them. A fill reported later for a cancelled order is refused.
         """
 
 def add_ExecutionCommandServiceServicer_to_server(servicer: ExecutionCommandServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
