@@ -20,6 +20,10 @@ Scenario risk measures (``SCENARIO_BACKENDS``): column generation on a working s
 many names (``_scenario_working_set``), HiGHS's simplex for the LPs where it was measured faster, its interior point
 method for MAD at large N, then Clarabel. A caller (a test, a benchmark) that wants one path passes
 its own chain as ``backends``.
+
+Why over 500 lines: every entry point (single, batch, cardinality, scenario measures) runs the same chain and
+the same after-the-solve diagnoses (a max Sharpe with no excess return, a ratio with no maximum), which read the
+chain itself; split apart, each piece would import the others.
 """
 
 from __future__ import annotations
