@@ -167,13 +167,19 @@ def test_a_short_deadline_suffices_for_a_small_problem(server_target: str, db: p
     check_stored_only_when_answered(db, results)
 
 
+NEWS_OF_CANCEL_S = 0.025
+"""How long after the client gives up the server may still not know it: the RST_STREAM's way and the event
+loop's turn (CI once measured a transaction that began 5.1 ms after the client's cancel, on 2 loaded cores)."""
+
+
 def check_stored_only_when_answered(
     db: psycopg.Connection[Any], outcomes: list[tuple[str, float, grpc.StatusCode]]
 ) -> None:
     """Check that each call is stored once when answered OK, and otherwise not at all.
 
     The one exception is the race docs/throughput.md describes: a run whose storing transaction began before the
-    client's deadline or cancellation (``gave_up_at``, epoch seconds), so that its commit raced it.
+    server could know of the client's deadline or cancellation (``gave_up_at``, epoch seconds, plus
+    :data:`NEWS_OF_CANCEL_S` for the cancellation's way to the server's event loop), so that its commit raced it.
     """
     request_ids = [r for r, _, _ in outcomes]
     stored = stored_counts(db, request_ids)
@@ -189,7 +195,8 @@ def check_stored_only_when_answered(
             assert stored[request_id] == (1, 1), request_id
         elif stored[request_id] != (0, 0):
             assert stored[request_id] == (1, 1), request_id
-            assert created[request_id] <= gave_up_at, (request_id, code, created[request_id] - gave_up_at)
+            late = created[request_id] - gave_up_at
+            assert late <= NEWS_OF_CANCEL_S, (request_id, code, late)
 
 
 def test_cancelled_and_timed_out_calls_are_stored_only_when_answered(
